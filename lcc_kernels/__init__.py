@@ -1,0 +1,1 @@
+"""Fused sparse linear Triton kernels for the attention block of pruned models."""

@@ -1,0 +1,1 @@
+"""RestoreLCC: restore pruned LLMs by lost-component compensation."""
