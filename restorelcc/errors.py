@@ -1,0 +1,21 @@
+"""Errors a user can act on. The CLI prints them as one line and exits non-zero."""
+
+
+class RestoreLCCError(Exception):
+    """Base class: bad input, missing asset, unsupported model, corrupt file."""
+
+
+class ModelNotFoundError(RestoreLCCError):
+    """A model name or path that cannot be resolved to a local checkpoint."""
+
+
+class CorruptCacheError(RestoreLCCError):
+    """A cached conversion that is incomplete or damaged."""
+
+
+class DataError(RestoreLCCError):
+    """Missing, empty, malformed or forbidden (evaluation-only) data."""
+
+
+class UnsupportedModelError(RestoreLCCError):
+    """A model family or layout the package does not know how to handle."""

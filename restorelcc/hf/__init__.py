@@ -1,0 +1,1 @@
+"""Hugging Face integration: per-family descriptions and module swaps."""

@@ -1,0 +1,134 @@
+"""One small description per supported model family, keyed by ``config.model_type``.
+
+Everything else (pruning, activation capture, training hooks, folding, the attention
+swap) reads module names and head geometry from here, so adding a family that follows the
+common decoder layout is one entry in ``FAMILIES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from restorelcc.errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where a decoder family keeps its blocks, and what its attention looks like."""
+
+    model_type: str
+    layers_path: str = "model.layers"
+    attention: str = "self_attn"
+    q_proj: str = "q_proj"
+    k_proj: str = "k_proj"
+    v_proj: str = "v_proj"
+    o_proj: str = "o_proj"
+    mlp: str = "mlp"
+    gate_proj: str = "gate_proj"
+    up_proj: str = "up_proj"
+    down_proj: str = "down_proj"
+    qk_norm: bool = False  # per-head RMSNorm on queries and keys before RoPE (Qwen3, Gemma3)
+    qkv_bias: bool = False  # q/k/v projections carry a bias by default (Qwen2)
+
+    @property
+    def attention_linears(self) -> tuple[str, ...]:
+        return tuple(
+            f"{self.attention}.{n}" for n in (self.q_proj, self.k_proj, self.v_proj, self.o_proj)
+        )
+
+    @property
+    def mlp_linears(self) -> tuple[str, ...]:
+        return tuple(f"{self.mlp}.{n}" for n in (self.gate_proj, self.up_proj, self.down_proj))
+
+    @property
+    def block_linears(self) -> tuple[str, ...]:
+        """Names, relative to one decoder block, of every prunable linear layer."""
+        return self.attention_linears + self.mlp_linears
+
+
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in (
+        Family("llama"),
+        Family("mistral"),
+        Family("qwen2", qkv_bias=True),
+        Family("qwen3", qk_norm=True),
+        Family("gemma3_text", qk_norm=True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class HeadGeometry:
+    """Attention shape of a model: ``layers x heads`` query heads of ``head_dim``."""
+
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    hidden_size: int
+
+    @property
+    def total_heads(self) -> int:
+        return self.layers * self.heads
+
+    @property
+    def group_size(self) -> int:
+        """Query heads sharing one key/value head."""
+        return self.heads // self.kv_heads
+
+
+def family_of(model_or_config) -> Family:
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise UnsupportedModelError(
+            f"model family {model_type!r} is not supported (supported: {', '.join(FAMILIES)})"
+        )
+    return FAMILIES[model_type]
+
+
+def head_geometry(model_or_config) -> HeadGeometry:
+    config = getattr(model_or_config, "config", model_or_config)
+    family_of(config)
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return HeadGeometry(config.num_hidden_layers, heads, kv_heads, head_dim, config.hidden_size)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's list of decoder blocks; raises if the family layout is not found."""
+    family = family_of(model)
+    module = model
+    for part in family.layers_path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has no {family.layers_path!r}; expected a "
+                f"{family.model_type} causal LM"
+            )
+    return module
+
+
+def block_linear(block: nn.Module, name: str) -> nn.Linear:
+    """``block.get_submodule(name)``, checked to be an ``nn.Linear``."""
+    try:
+        module = block.get_submodule(name)
+    except AttributeError:
+        module = None
+    if not isinstance(module, nn.Linear):
+        raise UnsupportedModelError(f"decoder block has no linear layer {name!r}")
+    return module
+
+
+def o_proj_of(model: nn.Module, layer: int) -> nn.Linear:
+    family = family_of(model)
+    return block_linear(decoder_layers(model)[layer], f"{family.attention}.{family.o_proj}")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
