@@ -22,7 +22,8 @@ _real_empty_like = torch.empty_like
 
 def _poison(t: torch.Tensor) -> torch.Tensor:
     if t.is_floating_point() and t.device.type != "meta":
-        t.fill_(float("nan"))
+        with torch.no_grad():  # also for tensors created with requires_grad=True
+            t.fill_(float("nan"))
     return t
 
 

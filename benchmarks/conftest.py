@@ -1,0 +1,31 @@
+"""pytest set-up for benchmarks/: collect bench_*.py, skip GPU benchmarks without CUDA, and
+store the GPU name, versions and commit with every pytest-benchmark result."""
+
+import pytest
+import torch
+
+
+def pytest_collect_file(file_path, parent):
+    # A file named on the command line is collected by pytest itself; this adds the
+    # bench_*.py files of a directory run (`pytest benchmarks`).
+    if parent.session.isinitpath(file_path):
+        return None
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="GPU benchmark: needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    from lcc_kernels.bench import environment
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    machine_info["lcc_kernels"] = environment(device)

@@ -1,0 +1,247 @@
+"""Benchmark building blocks shared by benchmarks/bench_kernels.py and benchmarks/gpu_suite.py.
+
+- SHAPES / M_VALUES: the problems of kernels.md.
+- `make_dense`: a random pruned weight of a given kind ("dense", "2:4", "bitmap50", ...).
+- `build_calls`: one provider (ours, F.linear, torch semi-structured, dense Triton) as a
+  list of zero-argument calls, each on its own copy of the weight and input, so that
+  consecutive calls never find their weight in L2 (a 4096 x 4096 bf16 matrix fits the
+  50-60 MB L2 of an H100/H200).
+- `time_calls`: captures the calls in one CUDA graph (no CPU launch overhead in the
+  numbers, as in graph-captured decode) and times its replays with
+  triton.testing.do_bench, which also flushes L2 before each replay; per-call quantiles.
+  On a CPU (smoke runs) it falls back to wall-clock timing.
+- `environment`: GPU name, versions and git commit to store with every result.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .dispatch import Plan
+from .formats import pack
+from .interop import to_torch_semi_structured
+from .linear import dense_linear_triton, sparse_linear
+
+# (N, K) = (out_features, in_features) of the attention projections in kernels.md.
+SHAPES = {
+    "llama3-8b-qkv": (6144, 4096),
+    "llama3-8b-o": (4096, 4096),
+    "llama2-7b-qkv": (12288, 4096),
+    "llama3-70b-qkv": (10240, 8192),
+    "llama3-70b-o": (8192, 8192),
+    "llama3-70b-qkv-tp2": (5120, 8192),
+    "llama3-70b-o-tp2": (8192, 4096),
+    "llama3-70b-qkv-tp4": (2560, 8192),
+    "llama3-70b-o-tp4": (8192, 2048),
+    "llama3-70b-qkv-tp8": (1280, 8192),
+    "llama3-70b-o-tp8": (8192, 1024),
+}
+M_VALUES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
+# Weight kinds: format and the fraction of weights kept.
+KINDS = {"dense": ("dense", 1.0), "2:4": ("2:4", 0.5), "bitmap50": ("bitmap", 0.5),
+         "bitmap70": ("bitmap", 0.3)}
+QUANTILES = (0.5, 0.2, 0.8)
+# Rotate over enough weight copies to cover this many times the L2 size.
+ROTATE_L2_MULTIPLE = 3
+MAX_COPIES = 32
+
+
+def make_dense(n: int, k: int, kind: str, dtype: torch.dtype, device,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random [n, k] weight pruned to `kind` (a KINDS key), values ~ N(0, 1/k)."""
+    fmt, keep = KINDS[kind]
+    weight = torch.randn(n, k, device=device, generator=generator) / math.sqrt(k)
+    if fmt == "2:4":
+        scores = torch.rand(n, k // 4, 4, device=device, generator=generator)
+        kept = scores.argsort(-1)[..., :2]
+        mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, kept, True)
+        weight = weight * mask.reshape(n, k)
+    elif fmt == "bitmap":
+        weight = weight * (torch.rand(n, k, device=device, generator=generator) < keep)
+    return weight.to(dtype)
+
+
+def packed_kind(kind: str) -> str:
+    return KINDS[kind][0]
+
+
+def copies_for(weight_bytes: int, device) -> int:
+    """Weight copies so that one round of calls streams ROTATE_L2_MULTIPLE x L2."""
+    if torch.device(device).type != "cuda":
+        return 2
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    return max(2, min(MAX_COPIES, math.ceil(ROTATE_L2_MULTIPLE * l2 / max(weight_bytes, 1))))
+
+
+def clone_packed(packed):
+    """An independent copy of a packed weight (no data re-validation, unlike a state dict)."""
+    if packed.format == "2:4":
+        return type(packed)(packed.values.clone(), packed.meta.clone(), packed.shape,
+                            packed.split_sizes)
+    return type(packed)(packed.bits.clone(), packed.values.clone(), packed.offsets.clone(),
+                        packed.shape, packed.tile, packed.nnz, packed.split_sizes)
+
+
+def build_calls(provider: str, dense: torch.Tensor, m: int, *, bias: bool, copies: int,
+                plan: Plan | None = None, packed=None,
+                generator: torch.Generator | None = None) -> tuple[list[Callable], int]:
+    """`copies` zero-argument calls of one provider, and the bytes one call must move.
+
+    provider: "dense" (F.linear + bias, cuBLAS), "ours" (sparse_linear on `packed` with
+    `plan`), "dense_triton" (our kernels reading `dense`, with `plan`), "cusparselt" or
+    "cutlass" (torch semi-structured F.linear; `dense` must be 2:4).
+    """
+    n, k = dense.shape
+    device, dtype = dense.device, dense.dtype
+    xs = [torch.randn(m, k, device=device, dtype=dtype, generator=generator)
+          for _ in range(copies)]
+    b = torch.randn(n, device=device, generator=generator) if bias else None
+    io_bytes = (m * k + m * n) * dense.element_size() + (n * 4 if bias else 0)
+    calls: list[Callable] = []
+    if provider == "dense":
+        weights = [dense.clone() for _ in range(copies)]
+        b16 = None if b is None else b.to(dtype)
+        for x, w in zip(xs, weights, strict=True):
+            calls.append(lambda x=x, w=w: F.linear(x, w, b16))
+        return calls, io_bytes + dense.numel() * dense.element_size()
+    if provider == "dense_triton":
+        weights = [dense.clone() for _ in range(copies)]
+        for x, w in zip(xs, weights, strict=True):
+            calls.append(lambda x=x, w=w: dense_linear_triton(x, w, b, plan))
+        return calls, io_bytes + dense.numel() * dense.element_size()
+    if provider == "ours":
+        instances = [clone_packed(packed) for _ in range(copies)]
+        for x, p in zip(xs, instances, strict=True):
+            calls.append(lambda x=x, p=p: sparse_linear(x, p, b, plan=plan))
+        return calls, io_bytes + packed.nbytes
+    if provider in ("cusparselt", "cutlass"):
+        source = pack(dense, "2:4") if packed is None else packed
+        converted = [to_torch_semi_structured(source, provider) for _ in range(copies)]
+        b16 = None if b is None else b.to(dtype)
+        for x, w in zip(xs, converted, strict=True):
+            calls.append(lambda x=x, w=w: F.linear(x, w, b16))
+        return calls, io_bytes + source.nbytes
+    raise ValueError(f"unknown provider {provider!r}")
+
+
+def time_calls(calls: list[Callable], *, rep_ms: int = 100, warmup_ms: int = 25) -> dict:
+    """Per-call time quantiles (ms) of running `calls` back to back; see the module doc."""
+    for call in calls:  # compile, allocate, initialise library handles
+        call()
+    if not torch.cuda.is_available():
+        return _wall_clock(calls)
+    import triton.testing
+
+    torch.cuda.synchronize()
+    run, method = _graph_of(calls)
+    times = triton.testing.do_bench(run, warmup=warmup_ms, rep=rep_ms, quantiles=list(QUANTILES))
+    per_call = [t / len(calls) for t in times]
+    return {"median_ms": per_call[0], "p20_ms": per_call[1], "p80_ms": per_call[2],
+            "method": method, "copies": len(calls)}
+
+
+def _graph_of(calls):
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    try:
+        with torch.cuda.stream(side):  # warm-up on a side stream, as capture requires
+            for call in calls:
+                call()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for call in calls:
+                call()
+        graph.replay()
+        torch.cuda.synchronize()
+        return graph.replay, "cuda_graph"
+    except Exception as error:  # a library that cannot be captured: time it eagerly
+        torch.cuda.synchronize()
+        return (lambda: [call() for call in calls]), f"eager ({type(error).__name__})"
+
+
+def _wall_clock(calls, rounds: int = 2) -> dict:
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for call in calls:
+            call()
+        samples.append((time.perf_counter() - start) * 1e3 / len(calls))
+    samples.sort()
+    return {"median_ms": samples[len(samples) // 2], "p20_ms": samples[0],
+            "p80_ms": samples[-1], "method": "wall_clock_cpu", "copies": len(calls)}
+
+
+def copy_bandwidth(device, nbytes: int = 2**30) -> float | None:
+    """Bytes per second of a device-to-device copy, counting bytes read plus written
+    (None on a CPU)."""
+    if torch.device(device).type != "cuda":
+        return None
+    import triton.testing
+
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200,
+                                 quantiles=[0.5])[0]
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def check_against_oracle(y: torch.Tensor, x: torch.Tensor, dense: torch.Tensor,
+                         bias: torch.Tensor | None) -> dict:
+    """The test suite's error rule: max |y - fp64| <= 2 x PyTorch's own error + atol."""
+    atol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[x.dtype]
+    oracle = F.linear(x.double(), dense.double(), None if bias is None else bias.double())
+    torch_y = F.linear(x, dense, None if bias is None else bias.to(x.dtype))
+    torch_error = (torch_y.double() - oracle).abs().max().item()
+    error = (y.double() - oracle).abs().max().item()
+    nan = bool(torch.isnan(y).any())
+    limit = 2 * torch_error + atol
+    return {"error": error, "torch_error": torch_error, "limit": limit,
+            "ok": (not nan) and error <= limit, "nan": nan}
+
+
+def environment(device, commit: str | None = None) -> dict:
+    """Where a result was measured: device, versions, commit (`commit` overrides git, for
+    copies of the tree without .git)."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit or _git("rev-parse", "HEAD"),
+        "dirty": None if status is None else bool(status),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if torch.device(device).type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, sm_count=props.multi_processor_count,
+                    l2_bytes=props.L2_cache_size, memory_bytes=props.total_memory,
+                    cuda=torch.version.cuda, capability=list(torch.cuda.get_device_capability()))
+    else:
+        info.update(gpu="cpu", sm_count=0, l2_bytes=0, cuda=None)
+    return info
+
+
+def _git(*args: str) -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+

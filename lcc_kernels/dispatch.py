@@ -1,0 +1,319 @@
+"""Choose how to run one sparse linear: which backend, tile sizes and split-K.
+
+A `Plan` names a backend and, for the Triton paths, its launch configuration:
+
+    skinny           split-K kernel for few rows (decode)
+    tiled            tensor-core tiles for many rows (prefill)
+    dense            F.linear (cuBLAS) on a dense copy cached on the weight
+    semi_structured  torch's 2:4 kernels (cuSPARSELt or CUTLASS) on a cached conversion
+    reference        plain PyTorch (unpack, fp32 matmul): the CPU path
+
+`choose_plan` looks the problem up in measured tables first, keyed by device name, format
+(bitmap: its tile and density), dtype, N, K and an M bucket (the next power of two of M,
+capped at 4096, so new sequence lengths never trigger new tuning). Tables are the JSON
+that `benchmarks/gpu_suite.py` writes (`dispatch_table.json`); they are loaded with
+`load_table(path)`, or from the files listed in the LCC_KERNELS_DISPATCH_TABLE
+environment variable (os.pathsep-separated) on the first CUDA dispatch. Without a
+measured entry, `default_plan` applies fixed rules, which never pick the backends that
+cache a second copy of the weight (a measured table may: the dense copy costs 2 bytes per
+weight position). fp16 and bf16 entries stand in for each other. On a CPU the backend is
+always `reference`, unless a caller forces a Triton path (then the kernels must be
+interpreted: TRITON_INTERPRET=1). Inside the custom ops (under torch.compile) the choice
+is restricted to the Triton plans (`triton_only`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+
+BACKENDS = ("skinny", "tiled", "dense", "semi_structured", "reference")
+TRITON_BACKENDS = ("skinny", "tiled")
+TABLE_SCHEMA = "lcc_kernels.dispatch/1"
+TABLE_ENV = "LCC_KERNELS_DISPATCH_TABLE"
+
+# Up to this many rows the weight read dominates (decode); the skinny split-K path keeps
+# every SM busy there, where the tiled path would launch only N/BLOCK_N programs.
+SKINNY_MAX_M = 16
+# Skinny-path programs per SM to aim for: 4-warp programs, several resident per SM, keep
+# enough loads in flight to cover HBM latency (split-K supplies them when N is small).
+SKINNY_PROGRAMS_PER_SM = 4
+# More splits than this only adds partial-tile traffic: at K = 8192 and 64-wide K tiles,
+# 32 splits already leave 4 tiles per program.
+MAX_SPLIT_K = 32
+# M bucket cap: above 4096 rows every problem is compute-bound and tiles no longer change.
+MAX_M_BUCKET = 4096
+# Bitmap table entries match a weight whose density is within this of theirs.
+DENSITY_TOLERANCE = 0.1
+_CPU_SM_COUNT = 4  # split-K heuristic on a CPU (interpreter): a few splits, still quick
+_SAME_WIDTH = {"float16": ("bfloat16",), "bfloat16": ("float16",)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to run one call. Block sizes are powers of two; for bitmap weights block_n and
+    block_k are replaced by the weight's tile. block_m < 16 on the skinny path selects
+    multiply + tl.sum instead of tl.dot."""
+
+    backend: str
+    block_m: int = 16
+    block_n: int = 64
+    block_k: int = 64
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    group_m: int = 8
+    serial_reduction: bool = True
+    semi_structured: str = "cusparselt"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; expected one of {BACKENDS}")
+        for name in ("block_m", "block_n", "block_k", "num_warps"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"Plan.{name} must be a power of two, got {value}")
+        if self.split_k < 1 or self.num_stages < 1 or self.group_m < 1:
+            raise ValueError(f"Plan split_k, num_stages and group_m must be >= 1: {self}")
+        if self.semi_structured not in ("cusparselt", "cutlass"):
+            raise ValueError(f"Plan.semi_structured must be 'cusparselt' or 'cutlass', "
+                             f"got {self.semi_structured!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Plan:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown Plan fields {sorted(unknown)}")
+        return cls(**data)
+
+
+def m_bucket(m: int) -> int:
+    """Next power of two of m, capped at MAX_M_BUCKET (1 for m <= 1)."""
+    bucket = 1
+    while bucket < m and bucket < MAX_M_BUCKET:
+        bucket *= 2
+    return bucket
+
+
+def split_k_for(output_tiles: int, k_tiles: int, sm_count: int) -> int:
+    """Splits of K so that output_tiles * splits ~ SKINNY_PROGRAMS_PER_SM * sm_count,
+    without empty splits."""
+    wanted = -(-SKINNY_PROGRAMS_PER_SM * sm_count // max(output_tiles, 1))
+    split = max(1, min(wanted, k_tiles, MAX_SPLIT_K))
+    tiles_per_split = -(-k_tiles // split)
+    return -(-k_tiles // tiles_per_split)
+
+
+@dataclass(frozen=True)
+class WeightKey:
+    """What a table entry is measured for (besides the device and M)."""
+
+    format: str  # "2:4" or "bitmap"
+    dtype: str  # "float16", "bfloat16", "float32"
+    n: int
+    k: int
+    tile: tuple[int, int] | None = None  # bitmap only
+    density: float | None = None  # bitmap only
+
+    @classmethod
+    def of(cls, weight, dtype: torch.dtype) -> WeightKey:
+        dtype_name = str(dtype).removeprefix("torch.")
+        if weight.format == "bitmap":
+            return cls("bitmap", dtype_name, *weight.shape, weight.tile, weight.density)
+        return cls(weight.format, dtype_name, *weight.shape)
+
+
+class DispatchTable:
+    """Measured plans for one device, per (format, dtype, N, K, tile, density) and M bucket."""
+
+    def __init__(self, device: str, entries: list[dict], meta: dict | None = None) -> None:
+        self.device = device
+        self.meta = meta or {}
+        self._plans: dict[tuple, dict[int, Plan]] = {}
+        for entry in entries:
+            key = self._entry_key(entry)
+            self._plans.setdefault(key, {})[int(entry["m_bucket"])] = Plan.from_dict(entry["plan"])
+
+    @staticmethod
+    def _entry_key(entry: dict) -> tuple:
+        tile = density = None
+        if entry["format"] == "bitmap":
+            if not entry.get("tile") or entry.get("density") is None:
+                raise ValueError(f"bitmap table entries need a tile and density: {entry}")
+            tile, density = tuple(int(v) for v in entry["tile"]), float(entry["density"])
+        return (entry["format"], entry["dtype"], int(entry["n"]), int(entry["k"]), tile, density)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DispatchTable:
+        if data.get("schema") != TABLE_SCHEMA:
+            raise ValueError(f"dispatch table schema is {data.get('schema')!r}, "
+                             f"expected {TABLE_SCHEMA!r}")
+        if not isinstance(data.get("device"), str) or not isinstance(data.get("entries"), list):
+            raise ValueError("dispatch table needs a 'device' string and an 'entries' list")
+        meta = {k: v for k, v in data.items() if k not in ("entries",)}
+        return cls(data["device"], data["entries"], meta)
+
+    def lookup(self, key: WeightKey, m: int) -> Plan | None:
+        # fp16 and bf16 move the same bytes through the same instructions: either one's
+        # measurements stand in for the other's when only one was measured.
+        for dtype in (key.dtype, *_SAME_WIDTH.get(key.dtype, ())):
+            plan = self._lookup(replace(key, dtype=dtype), m)
+            if plan is not None:
+                return plan
+        return None
+
+    def _lookup(self, key: WeightKey, m: int) -> Plan | None:
+        candidates = [
+            (plan_key, plans) for plan_key, plans in self._plans.items()
+            if plan_key[:5] == (key.format, key.dtype, key.n, key.k, key.tile)
+        ]
+        if key.density is not None:
+            candidates = [c for c in candidates
+                          if abs(c[0][5] - key.density) <= DENSITY_TOLERANCE]
+            candidates.sort(key=lambda c: abs(c[0][5] - key.density))
+        if not candidates:
+            return None
+        plans = candidates[0][1]
+        wanted = m_bucket(m).bit_length()
+        nearest = min(plans, key=lambda bucket: (abs(bucket.bit_length() - wanted), bucket))
+        # A neighbouring bucket stands in for a missing one; farther ones do not (a decode
+        # plan says nothing about prefill).
+        return plans[nearest] if abs(nearest.bit_length() - wanted) <= 1 else None
+
+
+_TABLES: dict[str, DispatchTable] = {}
+_ENV_LOADED = False
+
+
+def register_table(table: DispatchTable) -> None:
+    """Use `table` for its device from now on (replaces an earlier one)."""
+    _TABLES[table.device] = table
+
+
+def load_table(path: str | os.PathLike) -> DispatchTable:
+    """Load and register a measured table JSON (as written by gpu_suite.py)."""
+    with open(path) as handle:
+        table = DispatchTable.from_dict(json.load(handle))
+    register_table(table)
+    return table
+
+
+def clear_tables() -> None:
+    """Forget every registered table (the environment variable is not read again)."""
+    global _ENV_LOADED
+    _TABLES.clear()
+    _ENV_LOADED = True
+
+
+def _load_env_tables() -> None:
+    global _ENV_LOADED
+    if _ENV_LOADED:
+        return
+    _ENV_LOADED = True
+    for path in filter(None, os.environ.get(TABLE_ENV, "").split(os.pathsep)):
+        if not Path(path).is_file():
+            raise ValueError(f"{TABLE_ENV} names {path!r}, which is not a file")
+        load_table(path)
+
+
+@functools.cache
+def _cuda_device_info(index: int) -> tuple[str, int]:
+    props = torch.cuda.get_device_properties(index)
+    return props.name, props.multi_processor_count
+
+
+def device_info(device: torch.device) -> tuple[str, int]:
+    """(name, SM count) of a CUDA device; ("cpu", a small count) otherwise."""
+    if device.type != "cuda":
+        return "cpu", _CPU_SM_COUNT
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _cuda_device_info(index)
+
+
+def default_plan(m: int, key: WeightKey, sm_count: int, backend: str = "auto") -> Plan:
+    """Rules used when no measured entry exists (or to fill a forced backend)."""
+    if backend in ("dense", "semi_structured", "reference"):
+        return Plan(backend)
+    skinny = backend == "skinny" or (backend == "auto" and m <= SKINNY_MAX_M)
+    if skinny:
+        # One or two rows: multiply + tl.sum, whose registers grow with block_m * tile;
+        # more rows: a 16-row tl.dot, whose padding costs nothing in a memory-bound call.
+        block_m = 1 if m <= 1 else 2 if m == 2 else 16
+        block_n, block_k = key.tile or (64, 128 if block_m == 1 else 64)
+        output_tiles = -(-key.n // block_n) * -(-m // block_m)
+        split = split_k_for(output_tiles, -(-key.k // block_k), sm_count)
+        return Plan("skinny", block_m, block_n, block_k, split, num_warps=4, num_stages=3)
+    if key.dtype == "float32":
+        # 4-byte operands: 64-row tiles and two stages keep the shared memory of the
+        # pipelined tiles (stages x (BM + BN) x BK x 4 bytes) well inside an SM's.
+        block_n, block_k = key.tile or (64, 32)
+        return Plan("tiled", 64, block_n, block_k, num_warps=4, num_stages=2)
+    block_m = 64 if m <= 64 else 128
+    block_n, block_k = key.tile or (128 if block_m == 128 else 64, 64)
+    return Plan("tiled", block_m, block_n, block_k, num_warps=4 if block_m == 64 else 8,
+                num_stages=3)
+
+
+def plan_for(m: int, key: WeightKey, device_name: str, sm_count: int,
+             backend: str = "auto", triton_only: bool = False) -> Plan:
+    """The plan for M rows on a named device (pure: no tensors, no device queries).
+
+    triton_only: pick among our Triton kernels only (inside the custom ops, which cannot
+    reach the cached dense / torch semi-structured copies)."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
+    if backend == "auto" and device_name == "cpu" and not triton_only:
+        return Plan("reference")
+    if backend == "auto":
+        table = _TABLES.get(device_name)
+        measured = table.lookup(key, m) if table is not None else None
+        if measured is not None and _usable(measured, key, triton_only):
+            return measured
+    return _with_tile(default_plan(m, key, sm_count, backend), key.tile)
+
+
+def _usable(plan: Plan, key: WeightKey, triton_only: bool) -> bool:
+    if triton_only and plan.backend not in TRITON_BACKENDS:
+        return False
+    if plan.backend == "semi_structured":
+        return key.format == "2:4" and key.dtype in ("float16", "bfloat16")
+    if plan.backend in TRITON_BACKENDS and key.tile is not None:
+        return (plan.block_n, plan.block_k) == key.tile
+    return True
+
+
+def plan_for_key(m: int, key: WeightKey, device: torch.device, backend: str = "auto",
+                 triton_only: bool = False) -> Plan:
+    """`plan_for` on a device: loads the tables named in the environment, queries the GPU."""
+    _load_env_tables()
+    name, sm_count = device_info(device)
+    return plan_for(m, key, name, sm_count, backend, triton_only)
+
+
+def choose_plan(m: int, weight, dtype: torch.dtype, device: torch.device,
+                backend: str = "auto") -> Plan:
+    """The plan for x [m, K] (dtype, on device) times `weight`; see the module docstring."""
+    if backend == "auto" and device.type != "cuda":
+        return Plan("reference")  # decided before any I/O, so it traces under torch.compile
+    return plan_for_key(m, WeightKey.of(weight, dtype), device, backend)
+
+
+def _with_tile(plan: Plan, tile: tuple[int, int] | None) -> Plan:
+    if tile is not None and plan.backend in TRITON_BACKENDS and (plan.block_n,
+                                                                   plan.block_k) != tile:
+        return replace(plan, block_n=tile[0], block_k=tile[1])
+    return plan
+
+
+def with_weight_tile(plan: Plan, weight) -> Plan:
+    """Bitmap kernels work on the stored tiles: force block_n x block_k to the weight tile."""
+    return _with_tile(plan, weight.tile if weight.format == "bitmap" else None)

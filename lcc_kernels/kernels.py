@@ -1,0 +1,164 @@
+"""Triton kernels for y[M, N] = x[M, K] @ W[N, K]^T (+ bias), W in any format of decode.py.
+
+Two paths, both accumulating in fp32 and writing y in x's dtype:
+
+- `skinny_linear_kernel` (decode, few rows): grid (N tiles, K splits, M tiles). Each
+  program reduces its share of the K tiles; with one split it finishes the output itself.
+  With several, each split writes an fp32 partial tile to a workspace [splits, M, N] and
+  the partials are summed in split order 0, 1, ... (deterministic, bit-identical across
+  runs), the bias added once in fp32 by the summing program:
+    SERIAL_REDUCTION: in the same launch; every split takes a ticket from a per-tile
+      counter (atomic add, acq_rel, GPU scope) after a block barrier, and the program
+      that draws the last ticket sums the partials and resets the counter to 0.
+    otherwise: `reduce_partials_kernel` runs as a second launch.
+  Few rows (BLOCK_M < 16) use multiply + tl.sum; tl.dot needs every block dim >= 16.
+- `tiled_linear_kernel` (prefill, many rows): one program per output tile, grouped along
+  M so that neighbouring programs share weight tiles in L2, dense tiles rebuilt on chip
+  and multiplied with tl.dot.
+
+The interpreter (TRITON_INTERPRET=1) multiplies bf16 dot operands wrongly, so launchers
+set DOT_IN_FP32 there: the same code then runs a true test in fp16/fp32.
+"""
+
+import triton
+import triton.language as tl
+
+from .decode import load_weight_tile, load_x_tile
+
+
+@triton.jit
+def _accumulate(acc, x, w, USE_DOT: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+                DOT_PRECISION: tl.constexpr):
+    """acc[BM, BN] += x[BM, BK] @ w[BN, BK]^T in fp32."""
+    if USE_DOT:
+        if DOT_IN_FP32:
+            x = x.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+    else:
+        product = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+        acc += tl.sum(product, axis=2)
+    return acc
+
+
+@triton.jit
+def _store_output(acc, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_om + cols[None, :]
+    mask = (rows < M)[:, None] & (cols < N)[None, :]
+    tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _partial_ptrs(partial_ptr, split, rows, cols, M, N):
+    # Workspace [splits, M, N] fp32, contiguous; split * M < 2**31 as splits <= 32.
+    return partial_ptr + (rows.to(tl.int64) + split * M)[:, None] * N + cols[None, :]
+
+
+@triton.jit
+def _sum_partials(partial_ptr, split_k, rows, cols, M, N,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    mask = (rows < M)[:, None] & (cols < N)[None, :]
+    total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for split in range(0, split_k):
+        # .cg: read from L2, never from a possibly stale L1 line of another program's tile.
+        total += tl.load(_partial_ptrs(partial_ptr, split, rows, cols, M, N), mask=mask,
+                         other=0.0, cache_modifier=".cg")
+    return total
+
+
+@triton.jit
+def skinny_linear_kernel(
+    x_ptr, out_ptr, bias_ptr, partial_ptr, counter_ptr,
+    w_ptr, meta_ptr, offsets_ptr,
+    M, N, K, stride_xm, stride_om, w_cols, stride_w, stride_meta,
+    n_k_tiles, tiles_per_split, split_k,
+    FORMAT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT: tl.constexpr, SERIAL_REDUCTION: tl.constexpr, HAS_BIAS: tl.constexpr,
+    USE_DOT: tl.constexpr, DOT_IN_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Split-K y tile: x [M, K], out [M, N], bias [N], partials [split_k, M, N] fp32,
+    counters [M tiles * N tiles] int32 (zero between launches)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    first_tile = pid_k * tiles_per_split
+    last_tile = tl.minimum(first_tile + tiles_per_split, n_k_tiles)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for t in range(first_tile, last_tile):
+        x = load_x_tile(x_ptr, rows, M, stride_xm, t, K, BLOCK_K)
+        w = load_weight_tile(w_ptr, meta_ptr, offsets_ptr, pid_n, t, N, K, w_cols, stride_w,
+                             stride_meta, n_k_tiles, FORMAT, BLOCK_N, BLOCK_K)
+        acc = _accumulate(acc, x, w, USE_DOT, DOT_IN_FP32, DOT_PRECISION)
+
+    if not SPLIT:
+        _store_output(acc, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS)
+    else:
+        mask = (rows < M)[:, None] & (cols < N)[None, :]
+        tl.store(_partial_ptrs(partial_ptr, pid_k, rows, cols, M, N), acc, mask=mask)
+        if SERIAL_REDUCTION:
+            # All threads' partial stores are ordered before the ticket by the barrier, and
+            # published at GPU scope by the release half of the atomic.
+            tl.debug_barrier()
+            counter = counter_ptr + pid_m * tl.num_programs(0) + pid_n
+            ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if ticket == split_k - 1:
+                total = _sum_partials(partial_ptr, split_k, rows, cols, M, N, BLOCK_M, BLOCK_N)
+                _store_output(total, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS)
+                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def reduce_partials_kernel(partial_ptr, out_ptr, bias_ptr, M, N, stride_om, split_k,
+                           HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                           BLOCK_N: tl.constexpr):
+    """out [M, N] = sum over splits of partials [split_k, M, N] (+ bias), in split order."""
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    total = _sum_partials(partial_ptr, split_k, rows, cols, M, N, BLOCK_M, BLOCK_N)
+    _store_output(total, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS)
+
+
+@triton.jit
+def tiled_linear_kernel(
+    x_ptr, out_ptr, bias_ptr,
+    w_ptr, meta_ptr, offsets_ptr,
+    M, N, K, stride_xm, stride_om, w_cols, stride_w, stride_meta, n_k_tiles,
+    FORMAT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """One y tile [BLOCK_M, BLOCK_N] per program over all of K; 1-D grid."""
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    programs_per_group = GROUP_M * tiles_n
+    first_m = (pid // programs_per_group) * GROUP_M
+    group_size = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % programs_per_group) % group_size
+    pid_n = (pid % programs_per_group) // group_size
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for t in range(0, n_k_tiles):
+        x = load_x_tile(x_ptr, rows, M, stride_xm, t, K, BLOCK_K)
+        w = load_weight_tile(w_ptr, meta_ptr, offsets_ptr, pid_n, t, N, K, w_cols, stride_w,
+                             stride_meta, n_k_tiles, FORMAT, BLOCK_N, BLOCK_K)
+        acc = _accumulate(acc, x, w, True, DOT_IN_FP32, DOT_PRECISION)
+    _store_output(acc, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS)
+
+
+def _is_interpreted(kernel) -> bool:
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover - interpreter always ships with triton >= 3.0
+        return False
+    return isinstance(kernel, InterpretedFunction)
+
+
+# Whether the kernels above were decorated under TRITON_INTERPRET=1 (it is read when
+# @triton.jit runs, i.e. when this module is first imported).
+INTERPRETED = _is_interpreted(skinny_linear_kernel)

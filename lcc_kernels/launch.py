@@ -1,0 +1,170 @@
+"""Host launchers for the Triton kernels: operand description, grids, workspace, counters.
+
+`run_linear(x [M, K], operand, bias [N] | None, plan) -> y [M, N]` is what the custom ops
+call. Inputs are assumed checked by `linear.sparse_linear` (dtypes, devices, shapes);
+this module checks only what the kernels themselves need from a plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import decode
+from .dispatch import Plan
+from .kernels import (
+    INTERPRETED,
+    reduce_partials_kernel,
+    skinny_linear_kernel,
+    tiled_linear_kernel,
+)
+
+# Split-K tickets live in per-(device, stream) int32 counters that every launch leaves at
+# zero; a stream never runs two launches at once, so launches never share a live counter.
+# Allocated at least this many at a time (4 KB) so that growth is rare.
+MIN_COUNTERS = 1024
+_COUNTERS: dict[tuple[str, int], torch.Tensor] = {}
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A weight as the kernels see it (see decode.load_weight_tile for the pointers)."""
+
+    format: int
+    n: int
+    k: int
+    w: torch.Tensor
+    meta: torch.Tensor
+    offsets: torch.Tensor
+    w_cols: int
+    stride_w: int
+    stride_meta: int
+    tile: tuple[int, int] | None = None
+
+
+def dense_operand(weight: torch.Tensor) -> Operand:
+    """weight [N, K], unit stride along K."""
+    n, k = weight.shape
+    return Operand(decode.FORMAT_DENSE.value, n, k, weight, weight, weight, k, weight.stride(0), 0)
+
+
+def sparse24_operand(values: torch.Tensor, meta: torch.Tensor, k: int) -> Operand:
+    """values [N, Kp/2] and meta [N, Kp/32] int32 of a Sparse24Weight of logical K."""
+    return Operand(decode.FORMAT_SPARSE24.value, values.shape[0], k, values, meta, meta,
+                   values.shape[1], values.stride(0), meta.stride(0))
+
+
+def bitmap_operand(bits: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
+                   n: int, k: int, tile: tuple[int, int]) -> Operand:
+    """bits [T, tile_n*tile_k/32] int32, values [V], offsets [T] int32 of a BitmapWeight."""
+    return Operand(decode.FORMAT_BITMAP.value, n, k, values, bits, offsets, 0, 0, 0, tuple(tile))
+
+
+def _check_runnable(x: torch.Tensor) -> None:
+    if x.device.type == "cuda" or INTERPRETED:
+        return
+    raise RuntimeError(
+        f"the Triton kernels need a CUDA tensor, got one on {x.device}; on a CPU use "
+        "backend='reference', or set TRITON_INTERPRET=1 before lcc_kernels is imported"
+    )
+
+
+def _check_plan(plan: Plan, operand: Operand) -> None:
+    if operand.tile is not None and (plan.block_n, plan.block_k) != operand.tile:
+        raise ValueError(f"bitmap kernels need block_n x block_k = the weight tile {operand.tile}, "
+                         f"got {plan.block_n} x {plan.block_k}")
+    if operand.format == decode.FORMAT_SPARSE24.value and plan.block_k < 32:
+        raise ValueError(f"2:4 kernels need block_k >= 32 (one metadata word), got {plan.block_k}")
+    if operand.format == decode.FORMAT_BITMAP.value and plan.block_k < 32:
+        raise ValueError(f"bitmap kernels need block_k >= 32, got {plan.block_k}")
+    uses_dot = plan.backend == "tiled" or plan.block_m >= 16
+    if uses_dot and min(plan.block_m, plan.block_n, plan.block_k) < 16:
+        raise ValueError(f"tl.dot needs block_m, block_n, block_k >= 16, got {plan}")
+
+
+def _counters(device: torch.device, count: int) -> torch.Tensor:
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)
+    counters = _COUNTERS.get(key)
+    if counters is None or counters.numel() < count:
+        counters = torch.zeros(max(count, MIN_COUNTERS), dtype=torch.int32, device=device)
+        _COUNTERS[key] = counters
+    return counters
+
+
+def _dot_flags(x: torch.Tensor) -> dict:
+    return {
+        # bf16 tl.dot is wrong in the interpreter; fp32 operands are exact there.
+        "DOT_IN_FP32": INTERPRETED,
+        # fp32 inputs get fp32 products as F.linear does (tf32 would be ~1e-3 off).
+        "DOT_PRECISION": "ieee" if x.dtype == torch.float32 else "tf32",
+    }
+
+
+def run_linear(x: torch.Tensor, operand: Operand, bias: torch.Tensor | None,
+               plan: Plan) -> torch.Tensor:
+    """y [M, N] in x's dtype = x [M, K] @ W^T (+ bias [N], added in fp32)."""
+    _check_runnable(x)
+    _check_plan(plan, operand)
+    m = x.shape[0]
+    out = torch.empty((m, operand.n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return out
+    if plan.backend == "skinny":
+        _run_skinny(x, operand, bias, plan, out)
+    elif plan.backend == "tiled":
+        _run_tiled(x, operand, bias, plan, out)
+    else:
+        raise ValueError(f"run_linear runs the Triton backends only, got {plan.backend!r}")
+    return out
+
+
+def _weight_args(x, operand, out) -> tuple:
+    """The kernels' arguments from the weight pointers through the weight strides."""
+    return (
+        operand.w, operand.meta, operand.offsets,
+        x.shape[0], operand.n, operand.k, x.stride(0), out.stride(0),
+        operand.w_cols, operand.stride_w, operand.stride_meta,
+    )
+
+
+def _run_skinny(x, operand, bias, plan, out) -> None:
+    m, n = out.shape
+    k_tiles = -(-operand.k // plan.block_k)
+    split = max(1, min(plan.split_k, k_tiles))
+    tiles_per_split = -(-k_tiles // split)
+    split = -(-k_tiles // tiles_per_split)  # no empty splits
+    tiles_n, tiles_m = -(-n // plan.block_n), -(-m // plan.block_m)
+    bias_arg = bias if bias is not None else out  # never read without HAS_BIAS
+    if split > 1:
+        partials = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+        counters = _counters(x.device, tiles_n * tiles_m)
+    else:
+        partials = counters = out  # never touched with SPLIT=False
+    skinny_linear_kernel[(tiles_n, split, tiles_m)](
+        x, out, bias_arg, partials, counters, *_weight_args(x, operand, out),
+        k_tiles, tiles_per_split, split,
+        FORMAT=operand.format, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
+        BLOCK_K=plan.block_k, SPLIT=split > 1, SERIAL_REDUCTION=plan.serial_reduction,
+        HAS_BIAS=bias is not None, USE_DOT=plan.block_m >= 16, **_dot_flags(x),
+        num_warps=plan.num_warps, num_stages=plan.num_stages,
+    )
+    if split > 1 and not plan.serial_reduction:
+        reduce_partials_kernel[(tiles_n, tiles_m)](
+            partials, out, bias_arg, m, n, out.stride(0), split,
+            HAS_BIAS=bias is not None, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
+            num_warps=4,
+        )
+
+
+def _run_tiled(x, operand, bias, plan, out) -> None:
+    m, n = out.shape
+    grid = (-(-m // plan.block_m) * -(-n // plan.block_n),)
+    tiled_linear_kernel[grid](
+        x, out, bias if bias is not None else out, *_weight_args(x, operand, out),
+        -(-operand.k // plan.block_k),
+        FORMAT=operand.format, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
+        BLOCK_K=plan.block_k, GROUP_M=plan.group_m, HAS_BIAS=bias is not None,
+        **_dot_flags(x), num_warps=plan.num_warps, num_stages=plan.num_stages,
+    )

@@ -1,0 +1,141 @@
+"""Public entry point: `sparse_linear(x, weight, bias)`, checked, dispatched and launched."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from .dispatch import BACKENDS, TRITON_BACKENDS, Plan, choose_plan, with_weight_tile
+from .formats import SUPPORTED_DTYPES, BitmapWeight, Sparse24Weight, unpack
+from .interop import to_torch_semi_structured
+from .reference import reference_linear
+
+
+def sparse_linear(
+    x: torch.Tensor,
+    weight: Sparse24Weight | BitmapWeight,
+    bias: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+    plan: Plan | None = None,
+) -> torch.Tensor:
+    """y [..., N] = x [..., K] @ W^T + bias, for a packed weight W of shape [N, K].
+
+    x: fp16, bf16 or fp32 with W's dtype and device, any leading dims. A view whose K axis
+        is not unit-stride (or that cannot be viewed as [M, K]) is copied to a contiguous
+        tensor first; other strides and unaligned storage offsets are used as they are.
+    bias: [N], any of the three float dtypes; the Triton kernels add it in fp32 in their
+        epilogue (the dense/semi_structured backends round it to x's dtype first).
+    backend: "auto" (measured dispatch table, else built-in rules; `reference` on a CPU)
+        or one of dispatch.BACKENDS to force it; plan: an explicit `Plan` (benchmarks,
+        tests). Accumulation is fp32; y has x's dtype. Inference only (no autograd
+        through the Triton backends).
+
+    Under torch.compile the call is one custom op; with backend "auto" on a GPU (or a
+    forced Triton backend) the op picks its Triton plan when it runs, so the cached
+    dense / torch semi-structured backends that eager dispatch may pick for large M are
+    not used there.
+
+    >>> w = pack(torch.tensor([[1.0, 0, 0, 2], [0, 3, 4, 0]]), "2:4")
+    >>> sparse_linear(torch.ones(1, 4), w, torch.tensor([0.5, 0.0]))
+    tensor([[3.5000, 7.0000]])
+    """
+    _check_inputs(x, weight, bias)
+    n, k = weight.shape
+    x2d = x.reshape(-1, k)
+    if x2d.stride(-1) != 1:
+        x2d = x2d.contiguous()
+    if bias is not None and bias.stride(0) != 1:
+        bias = bias.contiguous()
+    if x2d.shape[0] == 0:
+        return torch.zeros((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
+    if plan is not None and backend != "auto":
+        raise ValueError(f"give either backend ({backend!r}) or plan, not both")
+    if plan is None and backend not in ("auto", *BACKENDS):
+        raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
+    if plan is None and _defer_to_op(backend, x):
+        # While compiling: let the op choose among the Triton plans when it runs, so that
+        # no dispatcher code is traced and a new M never recompiles the graph.
+        y = _run_triton(x2d, weight, bias, ops.deferred_config(backend))
+    else:
+        if plan is None:
+            plan = choose_plan(x2d.shape[0], weight, x.dtype, x.device, backend)
+        y = _run(x2d, weight, bias, with_weight_tile(plan, weight))
+    return y.reshape(*x.shape[:-1], n)
+
+
+def dense_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        plan: Plan) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ weight [N, K]^T + bias with the sparse kernels' code and tiling,
+    reading the weight densely: the baseline that isolates the cost of decompression."""
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"x {tuple(x.shape)} and weight {tuple(weight.shape)} must be [M, K] "
+                         "and [N, K]")
+    if x.dtype != weight.dtype or x.device != weight.device:
+        raise ValueError(f"x ({x.dtype}, {x.device}) and weight ({weight.dtype}, "
+                         f"{weight.device}) must match")
+    return ops.dense_linear(x.contiguous(), weight.contiguous(), bias, ops.plan_to_config(plan))
+
+
+def _check_inputs(x, weight, bias) -> None:
+    if not isinstance(weight, (Sparse24Weight, BitmapWeight)):
+        raise ValueError(f"weight must be a Sparse24Weight or BitmapWeight (see pack), "
+                         f"got {type(weight).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"x dtype must be float16, bfloat16 or float32, got {x.dtype}")
+    if x.dtype != weight.dtype:
+        raise ValueError(f"x dtype {x.dtype} does not match the weight dtype {weight.dtype}")
+    if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x has shape {tuple(x.shape)}; its last dim must be the weight's "
+                         f"K = {weight.shape[1]} (weight shape {weight.shape})")
+    if x.device != weight.device:
+        raise ValueError(f"x is on {x.device} but the weight is on {weight.device}")
+    if bias is None:
+        return
+    if not isinstance(bias, torch.Tensor):
+        raise ValueError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if bias.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"bias dtype must be float16, bfloat16 or float32, got {bias.dtype}")
+    if bias.device != weight.device:
+        raise ValueError(f"bias is on {bias.device} but the weight is on {weight.device}")
+
+
+def _run(x2d, weight, bias, plan: Plan) -> torch.Tensor:
+    if plan.backend == "reference":
+        return reference_linear(x2d, weight, bias)
+    if plan.backend == "dense":
+        dense = _cached(weight, "dense", lambda: unpack(weight).contiguous())
+        return F.linear(x2d, dense, None if bias is None else bias.to(x2d.dtype))
+    if plan.backend == "semi_structured":
+        if not isinstance(weight, Sparse24Weight):
+            raise ValueError("the semi_structured backend needs a 2:4 weight")
+        converted = _cached(weight, f"semi_structured:{plan.semi_structured}",
+                            lambda: to_torch_semi_structured(weight, plan.semi_structured))
+        return F.linear(x2d, converted, None if bias is None else bias.to(x2d.dtype))
+    assert plan.backend in TRITON_BACKENDS
+    return _run_triton(x2d, weight, bias, ops.plan_to_config(plan))
+
+
+def _defer_to_op(backend: str, x: torch.Tensor) -> bool:
+    if not torch.compiler.is_compiling():
+        return False
+    return backend in TRITON_BACKENDS or (backend == "auto" and x.device.type == "cuda")
+
+
+def _run_triton(x2d, weight, bias, config: list[int]) -> torch.Tensor:
+    if isinstance(weight, Sparse24Weight):
+        return ops.sparse24_linear(x2d, weight.values, weight.meta, weight.shape[1], bias, config)
+    return ops.bitmap_linear(x2d, weight.bits, weight.values, weight.offsets, *weight.shape,
+                             *weight.tile, weight.nnz, bias, config)
+
+
+def _cached(weight, key: str, build):
+    """A derived copy of the weight (dense or torch-converted), built once and kept on it."""
+    if key not in weight.cache:
+        weight.cache[key] = build()
+    return weight.cache[key]

@@ -1,0 +1,95 @@
+"""torch.library custom ops around the Triton launchers, so torch.compile keeps them whole.
+
+Each op takes a 2-D x [M, K], the packed weight's tensors, the bias and a launch config
+(a `Plan` encoded as ints by `plan_to_config`, or a `deferred_config` that lets the op
+pick the plan when it runs), and returns a fresh y [M, N]. Fake
+implementations give torch.compile the output shape without running anything. The ops
+are inference-only: they register no autograd formula.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .dispatch import TRITON_BACKENDS, Plan, WeightKey, plan_for_key
+
+
+def plan_to_config(plan: Plan) -> list[int]:
+    """A Triton-backend Plan as the int list the ops take."""
+    if plan.backend not in TRITON_BACKENDS:
+        raise ValueError(f"only Triton plans go through the custom ops, got {plan.backend!r}")
+    return [
+        TRITON_BACKENDS.index(plan.backend), plan.block_m, plan.block_n, plan.block_k,
+        plan.split_k, plan.num_warps, plan.num_stages, plan.group_m, int(plan.serial_reduction),
+    ]
+
+
+def deferred_config(backend: str = "auto") -> list[int]:
+    """A config that lets the op choose the plan when it runs: [] = any Triton plan,
+    [i] = the rules' plan for TRITON_BACKENDS[i]. Under torch.compile nothing of the
+    dispatcher is traced then, and a new M never causes a recompile."""
+    return [] if backend == "auto" else [TRITON_BACKENDS.index(backend)]
+
+
+def resolve_config(config: list[int], m: int, key: WeightKey, device: torch.device) -> Plan:
+    if len(config) == 0:
+        return plan_for_key(m, key, device, triton_only=True)
+    if len(config) == 1:
+        return plan_for_key(m, key, device, TRITON_BACKENDS[config[0]])
+    backend, block_m, block_n, block_k, split_k, warps, stages, group_m, serial = config
+    return Plan(TRITON_BACKENDS[backend], block_m, block_n, block_k, split_k, warps, stages,
+                group_m, bool(serial))
+
+
+def _dtype_name(x: torch.Tensor) -> str:
+    return str(x.dtype).removeprefix("torch.")
+
+
+@torch.library.custom_op("lcc_kernels::sparse24_linear", mutates_args=())
+def sparse24_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, k: int,
+                    bias: torch.Tensor | None, config: list[int]) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W^T + bias, W a 2:4 weight given by values and meta."""
+    from .launch import run_linear, sparse24_operand
+
+    key = WeightKey("2:4", _dtype_name(x), values.shape[0], k)
+    plan = resolve_config(config, x.shape[0], key, x.device)
+    return run_linear(x, sparse24_operand(values, meta, k), bias, plan)
+
+
+@sparse24_linear.register_fake
+def _sparse24_linear_fake(x, values, meta, k, bias, config):
+    return x.new_empty((x.shape[0], values.shape[0]))
+
+
+@torch.library.custom_op("lcc_kernels::bitmap_linear", mutates_args=())
+def bitmap_linear(x: torch.Tensor, bits: torch.Tensor, values: torch.Tensor,
+                  offsets: torch.Tensor, n: int, k: int, tile_n: int, tile_k: int, nnz: int,
+                  bias: torch.Tensor | None, config: list[int]) -> torch.Tensor:
+    """y [M, n] = x [M, k] @ W^T + bias, W a bitmap weight given by bits/values/offsets."""
+    from .launch import bitmap_operand, run_linear
+
+    key = WeightKey("bitmap", _dtype_name(x), n, k, (tile_n, tile_k), nnz / (n * k))
+    plan = resolve_config(config, x.shape[0], key, x.device)
+    return run_linear(x, bitmap_operand(bits, values, offsets, n, k, (tile_n, tile_k)), bias,
+                      plan)
+
+
+@bitmap_linear.register_fake
+def _bitmap_linear_fake(x, bits, values, offsets, n, k, tile_n, tile_k, nnz, bias, config):
+    return x.new_empty((x.shape[0], n))
+
+
+@torch.library.custom_op("lcc_kernels::dense_linear", mutates_args=())
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 config: list[int]) -> torch.Tensor:
+    """The dense Triton baseline: same kernels and tiling, weight [N, K] read densely."""
+    from .launch import dense_operand, run_linear
+
+    key = WeightKey("2:4", _dtype_name(x), *weight.shape)  # tiled like the 2:4 kernels
+    plan = resolve_config(config, x.shape[0], key, x.device)
+    return run_linear(x, dense_operand(weight), bias, plan)
+
+
+@dense_linear.register_fake
+def _dense_linear_fake(x, weight, bias, config):
+    return x.new_empty((x.shape[0], weight.shape[0]))

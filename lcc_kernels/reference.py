@@ -1,0 +1,38 @@
+"""Plain-PyTorch sparse linear: the CPU execution path and the test oracle.
+
+It states what every kernel computes: unpack the weight, multiply in a wide dtype, add
+the bias in that dtype, round once to the output dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .formats import BitmapWeight, Sparse24Weight, unpack
+
+
+def reference_linear(
+    x: torch.Tensor,
+    weight: Sparse24Weight | BitmapWeight | torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    compute_dtype: torch.dtype = torch.float32,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """y [..., N] = x [..., K] @ W[N, K]^T + bias [N], computed in `compute_dtype`.
+
+    weight: a packed weight or a dense [N, K] tensor. The result is returned in
+    `out_dtype` (default x's dtype). fp32 is the CPU path (the kernels' accumulation
+    precision); fp64 is the oracle the tests compare against.
+    """
+    dense = weight if isinstance(weight, torch.Tensor) else unpack(weight)
+    wide_bias = None if bias is None else bias.to(compute_dtype)
+    y = F.linear(x.to(compute_dtype), dense.to(compute_dtype), wide_bias)
+    return y.to(out_dtype or x.dtype)
+
+
+def oracle_linear(x, weight, bias=None) -> torch.Tensor:
+    """The fp64 result of `reference_linear`, for error measurements."""
+    return reference_linear(x, weight, bias, compute_dtype=torch.float64,
+                            out_dtype=torch.float64)

@@ -1,0 +1,60 @@
+"""Shared helpers for the lcc_kernels tests: random pruned weights and the error rule.
+
+Importing this module first makes the kernel tests run on a CPU through the Triton
+interpreter: TRITON_INTERPRET is read when @triton.jit decorates, i.e. when
+lcc_kernels.kernels is first imported (the package imports it lazily, at the first launch).
+If it was imported earlier without the interpreter, `needs_triton` tests skip.
+(No conftest.py here: another test directory imports names from `conftest`, and a second
+module of that name would shadow its own.)
+"""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from lcc_kernels.kernels import INTERPRETED  # noqa: E402
+
+needs_triton = pytest.mark.skipif(
+    not (INTERPRETED or torch.cuda.is_available()),
+    reason="Triton kernels need a GPU or TRITON_INTERPRET=1 set before lcc_kernels is imported",
+)
+
+# Added to twice PyTorch's own error: covers the rounding of an output that PyTorch's
+# matmul happens to round the other way (half an ulp of outputs of magnitude ~10).
+ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def random_24(n: int, k: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """A dense [n, k] weight with exactly two nonzeros in every group of 4 along K."""
+    keep = torch.rand(n, k // 4, 4, device=device).argsort(-1)[..., :2]
+    mask = torch.zeros(n, k // 4, 4, dtype=torch.bool, device=device).scatter_(-1, keep, True)
+    weight = torch.randn(n, k, device=device) * mask.reshape(n, k)
+    return weight.to(dtype)
+
+
+def random_unstructured(n: int, k: int, density: float, dtype=torch.float32,
+                        device="cpu") -> torch.Tensor:
+    """A dense [n, k] weight keeping each entry with probability `density`."""
+    weight = torch.randn(n, k, device=device) * (torch.rand(n, k, device=device) < density)
+    return weight.to(dtype)
+
+
+def assert_matches_oracle(y, x, dense_weight, bias=None) -> None:
+    """Max |y - fp64 reference| <= 2 x PyTorch's own error at x's precision + ATOL."""
+    x2d = x.reshape(-1, x.shape[-1])
+    expected_shape = (*x.shape[:-1], dense_weight.shape[0])
+    assert y.shape == expected_shape and y.dtype == x.dtype
+    assert not torch.isnan(y).any(), "unwritten (NaN-poisoned) or NaN outputs"
+    bias64 = None if bias is None else bias.double()
+    oracle = F.linear(x2d.double(), dense_weight.double(), bias64)
+    torch_bias = None if bias is None else bias.to(x.dtype)
+    torch_y = F.linear(x2d, dense_weight.to(x.dtype), torch_bias)
+    torch_error = (torch_y.double() - oracle).abs().max().item()
+    error = (y.reshape(-1, y.shape[-1]).double() - oracle).abs().max().item()
+    limit = 2 * torch_error + ATOL[x.dtype]
+    assert error <= limit, f"max error {error:.3g} > {limit:.3g} (PyTorch's: {torch_error:.3g})"

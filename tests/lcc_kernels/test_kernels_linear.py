@@ -1,0 +1,190 @@
+"""sparse_linear through the Triton kernels (interpreted on a CPU) against an fp64 oracle.
+
+Shapes are odd on purpose: N = 72 and K = 136 are multiples of no tile, M = 17 spills
+into a second M tile, and the K splits do not divide the K tiles evenly.
+"""
+
+import pytest
+import torch
+from _kernels_helpers import assert_matches_oracle, needs_triton, random_24, random_unstructured
+
+from lcc_kernels import Plan, dense_linear_triton, pack, sparse_linear, unpack
+
+N, K = 72, 136
+BITMAP_TILE = (16, 32)
+
+
+def _weight(fmt: str, dtype: torch.dtype, n: int = N, k: int = K):
+    dense = random_24(n, k, dtype) if fmt == "2:4" else random_unstructured(n, k, 0.4, dtype)
+    return dense, pack(dense, fmt, tile=BITMAP_TILE)
+
+
+def _plan(path: str, m: int) -> Plan:
+    """Tiles deliberately smaller than the problem; bitmap plans take the weight tile."""
+    if path == "tiled":
+        return Plan("tiled", block_m=16, block_n=32, block_k=32, group_m=2)
+    if m == 1:
+        return Plan("skinny", block_m=1, block_n=32, block_k=64, split_k=2)
+    if m <= 4:
+        return Plan("skinny", block_m=4, block_n=32, block_k=32, split_k=3)
+    return Plan("skinny", block_m=16, block_n=32, block_k=32, split_k=4)
+
+
+@needs_triton
+@pytest.mark.parametrize("m", [1, 3, 17])
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("path", ["skinny", "tiled"])
+@pytest.mark.parametrize("fmt", ["2:4", "bitmap"])
+def test_kernel_matches_oracle(fmt, path, dtype, with_bias, m):
+    dense, packed = _weight(fmt, dtype)
+    x = torch.randn(m, K, dtype=dtype)
+    bias = torch.randn(N) if with_bias else None  # fp32, like the restoration bias
+    y = sparse_linear(x, packed, bias, plan=_plan(path, m))
+    assert_matches_oracle(y, x, dense, bias)
+
+
+@needs_triton
+@pytest.mark.parametrize("m", [1, 3, 17])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("path", ["skinny", "tiled"])
+def test_dense_triton_baseline_matches_oracle(path, dtype, m):
+    weight = torch.randn(N, K, dtype=dtype)
+    x = torch.randn(m, K, dtype=dtype)
+    bias = torch.randn(N)
+    y = dense_linear_triton(x, weight, bias, _plan(path, m))
+    assert_matches_oracle(y, x, weight, bias)
+
+
+@needs_triton
+@pytest.mark.parametrize("fmt", ["2:4", "bitmap"])
+def test_split_k_is_deterministic_and_both_reductions_agree(fmt):
+    dense, packed = _weight(fmt, torch.float16, n=40, k=264)
+    x = torch.randn(5, 264, dtype=torch.float16)
+    bias = torch.randn(40)
+    results = {}
+    for split in (1, 2, 5):
+        for serial in (True, False):
+            plan = Plan("skinny", block_m=8, block_n=16, block_k=32, split_k=split,
+                        serial_reduction=serial)
+            first = sparse_linear(x, packed, bias, plan=plan)
+            assert torch.equal(first, sparse_linear(x, packed, bias, plan=plan))
+            assert_matches_oracle(first, x, dense, bias)
+            results[split, serial] = first
+    for split in (2, 5):
+        assert torch.equal(results[split, True], results[split, False])
+
+
+@needs_triton
+@pytest.mark.parametrize("block_k", [32, 128, 256])
+def test_24_tiles_past_the_padded_k(block_k):
+    # K = 136 is stored padded to 192 positions; 128- and 256-wide tiles overrun it.
+    dense, packed = _weight("2:4", torch.float32)
+    x = torch.randn(2, K)
+    y = sparse_linear(x, packed, plan=Plan("skinny", block_m=2, block_n=16, block_k=block_k,
+                                           split_k=2))
+    assert_matches_oracle(y, x, dense)
+
+
+@needs_triton
+@pytest.mark.parametrize("tile", [(1, 32), (32, 64), (64, 128)])
+def test_bitmap_tiles_of_other_shapes(tile):
+    dense = random_unstructured(N, K, 0.3, torch.float16)
+    packed = pack(dense, "bitmap", tile=tile)
+    x = torch.randn(3, K, dtype=torch.float16)
+    bias = torch.randn(N)
+    y = sparse_linear(x, packed, bias, plan=Plan("skinny", block_m=4, split_k=2))
+    assert_matches_oracle(y, x, dense, bias)
+
+
+@needs_triton
+def test_bitmap_all_zero_and_all_dense_weights():
+    x = torch.randn(3, 70)
+    for density in (0.0, 1.0):
+        dense = random_unstructured(33, 70, density)
+        packed = pack(dense, "bitmap", tile=(16, 32))
+        for path in ("skinny", "tiled"):
+            y = sparse_linear(x, packed, plan=_plan(path, 3))
+            assert_matches_oracle(y, x, dense)
+
+
+@needs_triton
+def test_leading_dims_strided_and_misaligned_inputs():
+    dense, packed = _weight("2:4", torch.float16)
+    plan = _plan("skinny", 3)
+    x = torch.randn(2, 3, K, dtype=torch.float16)
+    assert_matches_oracle(sparse_linear(x, packed, plan=plan), x, dense)
+    # Rows further apart than K: used in place through the row stride.
+    wide = torch.randn(3, K + 5, dtype=torch.float16)[:, :K]
+    assert_matches_oracle(sparse_linear(wide, packed, plan=plan), wide, dense)
+    # K not unit-stride: copied to a contiguous tensor first.
+    strided = torch.randn(3, 2 * K, dtype=torch.float16)[:, ::2]
+    assert_matches_oracle(sparse_linear(strided, packed, plan=plan), strided, dense)
+    # Storage starting one element (2 bytes) past an aligned address.
+    shifted = torch.randn(3 * K + 1, dtype=torch.float16)[1:].view(3, K)
+    assert shifted.data_ptr() % 16 != 0
+    assert_matches_oracle(sparse_linear(shifted, packed, plan=plan), shifted, dense)
+    # A bias in x's dtype, and a strided bias.
+    bias = torch.randn(2 * N, dtype=torch.float16)[::2]
+    assert_matches_oracle(sparse_linear(wide, packed, bias, plan=plan), wide, dense, bias)
+
+
+def test_cpu_auto_runs_the_reference_path():
+    dense, packed = _weight("bitmap", torch.float32)
+    x = torch.randn(4, K)
+    bias = torch.randn(N)
+    assert_matches_oracle(sparse_linear(x, packed, bias), x, dense, bias)
+    assert_matches_oracle(sparse_linear(x, packed, bias, backend="reference"), x, dense, bias)
+
+
+def test_dense_backend_caches_one_dense_copy():
+    dense, packed = _weight("2:4", torch.float32)
+    x = torch.randn(4, K)
+    y = sparse_linear(x, packed, torch.zeros(N), backend="dense")
+    assert_matches_oracle(y, x, dense, torch.zeros(N))
+    assert torch.equal(packed.cache["dense"], unpack(packed))
+
+
+def test_no_rows_gives_an_empty_output():
+    _, packed = _weight("2:4", torch.float32)
+    y = sparse_linear(torch.randn(0, K), packed, backend="skinny")
+    assert y.shape == (0, N)
+
+
+def _bad_inputs():
+    _, packed = _weight("2:4", torch.float16)
+    x = torch.randn(3, K, dtype=torch.float16)
+    return [
+        ("x dtype", packed, x.float(), None, "x dtype torch.float32 does not match"),
+        ("int x", packed, x.to(torch.int16), None, "x dtype must be"),
+        ("wrong K", packed, x[:, :-4], None, "last dim must be the weight's K = 136"),
+        ("scalar x", packed, torch.tensor(1.0, dtype=torch.float16), None, "last dim"),
+        ("x device", packed, x.to("meta"), None, "x is on meta"),
+        ("bias shape", packed, x, torch.zeros(N + 1), r"bias must have shape \(72,\)"),
+        ("bias 2-D", packed, x, torch.zeros(1, N), "bias must have shape"),
+        ("bias dtype", packed, x, torch.zeros(N, dtype=torch.int32), "bias dtype"),
+        ("bias device", packed, x, torch.zeros(N, device="meta"), "bias is on meta"),
+        ("dense weight", unpack(packed), x, None, "Sparse24Weight or BitmapWeight"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_inputs(), ids=lambda case: case[0])
+def test_bad_input_raises_a_clear_error(case):
+    _, weight, x, bias, message = case
+    with pytest.raises(ValueError, match=message):
+        sparse_linear(x, weight, bias)
+
+
+def test_bad_backend_or_plan_raises():
+    _, packed = _weight("2:4", torch.float32)
+    x = torch.randn(2, K)
+    with pytest.raises(ValueError, match="unknown backend"):
+        sparse_linear(x, packed, backend="cusparse")
+    with pytest.raises(ValueError, match="not both"):
+        sparse_linear(x, packed, backend="tiled", plan=Plan("tiled"))
+    with pytest.raises(ValueError, match="power of two"):
+        Plan("skinny", block_n=48)
+    with pytest.raises(ValueError, match="block_k >= 32"):
+        sparse_linear(x, packed, plan=Plan("skinny", block_m=2, block_k=16))
+    with pytest.raises(ValueError, match="tl.dot needs"):
+        sparse_linear(x, packed, plan=Plan("tiled", block_m=8))

@@ -1,0 +1,115 @@
+"""Custom ops: registration checks, torch.compile(fullgraph=True), and the CPU guard."""
+
+import os
+import subprocess
+import sys
+
+import torch
+from _kernels_helpers import assert_matches_oracle, needs_triton, random_24, random_unstructured
+from torch.library import opcheck
+
+from lcc_kernels import Plan, pack, sparse_linear
+from lcc_kernels.ops import bitmap_linear, dense_linear, plan_to_config, sparse24_linear
+
+SMALL_PLAN = Plan("skinny", block_m=4, block_n=16, block_k=32, split_k=2)
+
+
+@needs_triton
+def test_opcheck_passes_for_every_op():
+    x, bias = torch.randn(3, 64), torch.randn(40)
+    config = plan_to_config(SMALL_PLAN)
+    w24 = pack(random_24(40, 64), "2:4")
+    bitmap = pack(random_unstructured(40, 64, 0.4), "bitmap", tile=(16, 32))
+    cases = [
+        (sparse24_linear, (x, w24.values, w24.meta, 64, bias, config)),
+        (bitmap_linear, (x, bitmap.bits, bitmap.values, bitmap.offsets, 40, 64, 16, 32,
+                         bitmap.nnz, None, config)),
+        (dense_linear, (x, torch.randn(40, 64), bias, plan_to_config(Plan("tiled", 16, 16, 16)))),
+    ]
+    for op, args in cases:
+        results = opcheck(op, args)
+        assert all(v == "SUCCESS" for v in results.values()), (op, results)
+
+
+def test_compiled_reference_path_has_no_graph_break(monkeypatch):
+    # Inductor's own set-up allocates leaf tensors with requires_grad=True through
+    # torch.empty, which the NaN-poisoning conftest cannot fill in place: un-poison here
+    # (the reference path allocates no uninitialised outputs of its own).
+    monkeypatch.setattr(torch, "empty", torch._C._VariableFunctions.empty)
+    monkeypatch.setattr(torch, "empty_like", torch._C._VariableFunctions.empty_like)
+    dense = random_unstructured(40, 64, 0.4)
+    packed = pack(dense, "bitmap", tile=(16, 32))
+    bias = torch.randn(40)
+    compiled = torch.compile(lambda x: torch.relu(sparse_linear(x, packed, bias)), fullgraph=True)
+    x = torch.randn(2, 5, 64)
+    torch.testing.assert_close(compiled(x), torch.relu(x @ dense.T + bias))
+
+
+@needs_triton
+def test_compiled_triton_path_has_no_graph_break():
+    dense = random_24(40, 64)
+    packed = pack(dense, "2:4")
+    bias = torch.randn(40)
+
+    def fused(x):
+        return sparse_linear(x, packed, bias, plan=SMALL_PLAN) * 2.0
+
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    x = torch.randn(3, 64)
+    y = compiled(x)
+    assert_matches_oracle(y / 2.0, x, dense, bias)
+
+
+@needs_triton
+def test_compiled_forced_backend_defers_the_plan_to_the_op():
+    dense = random_unstructured(40, 64, 0.4)
+    packed = pack(dense, "bitmap", tile=(16, 32))
+    bias = torch.randn(40)
+    compiled = torch.compile(lambda x: sparse_linear(x, packed, bias, backend="skinny"),
+                             fullgraph=True, dynamic=True, backend="aot_eager")
+    for m in (1, 3, 17):  # symbolic M: the plan is chosen inside the op at run time
+        x = torch.randn(m, 64)
+        assert_matches_oracle(compiled(x), x, dense, bias)
+
+
+@needs_triton
+def test_deferred_configs_resolve_to_triton_plans(monkeypatch):
+    from lcc_kernels import dispatch
+    from lcc_kernels.dispatch import TABLE_SCHEMA, DispatchTable, WeightKey
+    from lcc_kernels.ops import deferred_config, resolve_config
+
+    key = WeightKey("2:4", "float32", 40, 64)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dispatch, "_TABLES", {})
+    dispatch.register_table(DispatchTable.from_dict({
+        "schema": TABLE_SCHEMA, "device": "cpu", "entries": [
+            {"format": "2:4", "dtype": "float32", "n": 40, "k": 64, "m_bucket": 1,
+             "plan": Plan("dense").to_dict()},
+            {"format": "2:4", "dtype": "float32", "n": 40, "k": 64, "m_bucket": 4,
+             "plan": Plan("skinny", 4, 16, 32, 3).to_dict()}]}))
+    assert resolve_config(deferred_config(), 1, key, cpu).backend == "skinny"  # not dense
+    assert resolve_config(deferred_config(), 4, key, cpu) == Plan("skinny", 4, 16, 32, 3)
+    assert resolve_config(deferred_config("tiled"), 4, key, cpu).backend == "tiled"
+    assert resolve_config(plan_to_config(SMALL_PLAN), 4, key, cpu) == SMALL_PLAN
+    dense = random_24(40, 64)
+    packed = pack(dense)
+    x = torch.randn(4, 64)
+    y = sparse24_linear(x, packed.values, packed.meta, 64, None, deferred_config())
+    assert_matches_oracle(y, x, dense)
+
+
+def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error():
+    script = (
+        "import torch, lcc_kernels as L\n"
+        "w = L.pack(torch.eye(8, 16) * 0 + torch.eye(8, 16), '2:4')\n"
+        "try:\n"
+        "    L.sparse_linear(torch.ones(1, 16), w, backend='skinny')\n"
+        "except RuntimeError as e:\n"
+        "    print('RuntimeError:', e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=120, check=True)
+    assert "RuntimeError: the Triton kernels need a CUDA tensor" in result.stdout
+    assert "TRITON_INTERPRET=1" in result.stdout
