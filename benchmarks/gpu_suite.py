@@ -4,6 +4,7 @@ baselines, a measured dispatch table and the acceptance summary of issue 5 (see 
 
     python benchmarks/gpu_suite.py OUT_DIR [--budget-s 360] [--commit SHA] [--phases ...]
     python benchmarks/gpu_suite.py OUT_DIR --smoke     # CPU, Triton interpreter, tiny shapes
+    python benchmarks/gpu_suite.py OUT_DIR --e2e-budget-s 90   # + end-to-end phase, below
 
 On an H200 the full run takes about --budget-s seconds plus a few (it stops adding work
 when the budget is spent, then summarises); give the device 60-90 s more than that.
@@ -18,6 +19,9 @@ Phases, most important first (each also stops at its own cap, PHASE_CAPS):
   prefill      M = 1024 and 4096 on the same shapes
   sweep        the other M of kernels.md on the same shapes
   shapes       Llama-2-7B, Llama-3-70B and its TP splits, as time allows
+Optional last phase, off by default: --e2e-budget-s S keeps the last S seconds of the
+budget for benchmarks/bench_e2e.py (swapped attention in a Llama-3-8B-shaped model, decode
+and prefill, with this run's dispatch table) in its own process, writing OUT_DIR/e2e/.
 While correctness runs, worker processes compile the Triton configs of the timing phases
 in parallel (into Triton's on-disk cache), so the timing phases rarely wait for compilers.
 
@@ -61,6 +65,11 @@ TIMING_PHASES = ("acceptance", "prefill", "sweep")
 SKINNY_CANDIDATE_MAX_M = 128
 # Longest wait for the compile workers before timing starts (then they are killed).
 PRECOMPILE_WAIT_S = 60
+# The optional end-to-end phase (bench_e2e.py) is skipped with less than this many
+# seconds left (building the model and compiling its kernels take some); its process may
+# overrun its budget by the grace, to finish the timing it started.
+E2E_MIN_S = 30
+E2E_GRACE_S = 60
 # Errors after which a CUDA context is unusable: end the child, resume in a new one.
 FATAL_CUDA = ("illegal memory access", "unspecified launch failure", "device-side assert",
               "misaligned address", "illegal instruction", "CUDA error: an illegal")
@@ -571,7 +580,8 @@ def orchestrate(args) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    deadline = start + args.budget_s
+    e2e_budget_s = getattr(args, "e2e_budget_s", 0.0)  # callers may build args by hand
+    deadline = start + args.budget_s - e2e_budget_s
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.smoke:
         env.update(TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
@@ -597,7 +607,27 @@ def orchestrate(args) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "dispatch_table.json").write_text(json.dumps(build_dispatch_table(out), indent=2))
     print(format_summary(summary) + f"\n(whole run {time.time() - start:.0f} s)")
+    if e2e_budget_s > 0:
+        run_e2e(out, start + args.budget_s - time.time(), args)
     return 0
+
+
+def run_e2e(out: Path, budget_s: float, args) -> None:
+    """The optional end-to-end phase: benchmarks/bench_e2e.py in its own process."""
+    if budget_s < E2E_MIN_S:
+        _log_phase(out, "e2e", "end", status=f"skipped: {budget_s:.0f} s left")
+        return
+    command = [sys.executable, str(Path(__file__).with_name("bench_e2e.py")), str(out / "e2e"),
+               f"--budget-s={budget_s}", f"--dispatch-table={out / 'dispatch_table.json'}"]
+    command += ["--smoke"] if args.smoke else []
+    command += [f"--commit={args.commit}"] if args.commit else []
+    _log_phase(out, "e2e", "start")
+    try:  # the bench stops starting work at budget_s; allow the last job to finish
+        code = subprocess.run(command, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                              timeout=budget_s + E2E_GRACE_S).returncode
+    except subprocess.TimeoutExpired:
+        code = "timeout"
+    _log_phase(out, "e2e", "end", status="ok" if code == 0 else f"error: exit {code}")
 
 
 def main(argv=None) -> int:
@@ -610,6 +640,8 @@ def main(argv=None) -> int:
                         help="git commit to record when the tree has no .git")
     parser.add_argument("--workers", type=int, default=None,
                         help="parallel compile workers (default: CPUs - 2, at most 12)")
+    parser.add_argument("--e2e-budget-s", type=float, default=0.0,
+                        help="seconds of the budget kept for the end-to-end phase (0: off)")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated subset of {','.join(PHASES)} (env always runs)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -618,6 +650,8 @@ def main(argv=None) -> int:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.phases = args.phases.split(",")
+    if not 0 <= args.e2e_budget_s < args.budget_s:
+        parser.error(f"--e2e-budget-s must be in [0, --budget-s), got {args.e2e_budget_s}")
     unknown = set(args.phases) - set(PHASES)
     if unknown:
         parser.error(f"unknown phases {sorted(unknown)}; choose from {', '.join(PHASES)}")

@@ -1,0 +1,468 @@
+#!/usr/bin/env python
+"""End-to-end latency of a model whose attention is swapped for the sparse kernels.
+
+    python benchmarks/bench_e2e.py OUT_DIR [--budget-s 150] [--layers 4] [--mlp 14336]
+        [--context 512] [--batches 1 16] [--prefill 1024] [--dispatch-table T] [--commit SHA]
+    python benchmarks/bench_e2e.py OUT_DIR --smoke    # CPU, tiny model, reference path
+
+No new work starts after --budget-s (not yet timed on a GPU; gpu_suite.py runs it as its
+optional last phase with --e2e-budget-s, after its workers have compiled the kernels).
+
+A Llama-3-8B-shaped model (hidden 4096, 32 heads, 8 KV heads, head_dim 128, MLP 14336)
+with a few layers and random weights is built from its config, in bf16. Its attention
+q/k/v/o are pruned by magnitude to each variant, swapped with ``swap_attention`` and
+timed, then unswapped and restored:
+
+    dense      the unpruned model, plain nn.Linear (cuBLAS)
+    2:4        2:4 pruned, packed 2:4
+    bitmap50   50% unstructured, packed bitmap
+    bitmap70   70% unstructured, packed bitmap
+
+Timings: a decode step (batch B, one new token after a context of C tokens in a static
+KV cache) and a prefill (T tokens), each from CUDA-graph replays timed with
+triton.testing.do_bench (``lcc_kernels.bench.time_calls``; eager if capture fails, which
+the row's ``method`` says). The MLP and lm_head stay dense, so the end-to-end gain is
+bounded by ``bytes_ratio`` (weight bytes read per decode step, dense / swapped). Each
+variant's logits are also checked against the unswapped pruned model (the kernels.md
+rule: error vs a wider-precision oracle <= 2 x PyTorch's own + atol).
+
+Results: OUT_DIR/e2e.json (rewritten after every row; schema ``restorelcc.bench_e2e/1``),
+with ``run_metadata()``. On a CPU (``--smoke``) the timings only exercise the code:
+``timing_claims`` is false and no speedups are computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SCHEMA = "restorelcc.bench_e2e/1"
+# variant -> (pruning pattern, sparsity, swap format); None: the dense model as it is
+VARIANTS = {
+    "dense": None,
+    "2:4": ("2:4", 0.5, "2:4"),
+    "bitmap50": ("unstructured", 0.5, "bitmap"),
+    "bitmap70": ("unstructured", 0.7, "bitmap"),
+}
+# Llama-3-8B, but few layers and a smaller vocabulary, so that attention is not hidden
+# behind a 1 GB lm_head in a 4-layer model.
+LLAMA3_8B = dict(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    rope_theta=500000.0,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
+ATOL = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 8e-3}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What to build and time."""
+
+    layers: int
+    vocab: int
+    mlp: int  # intermediate size (14336 in Llama-3-8B; smaller makes attention weigh more)
+    context: int  # tokens already in the KV cache at a decode step
+    decode_batches: tuple[int, ...]
+    prefill_tokens: tuple[int, ...]
+    check_tokens: int  # prompt length of the logits check
+    rep_ms: int
+    smoke: bool
+
+
+def setup_for(args) -> Setup:
+    if args.smoke:
+        return Setup(2, 259, 0, 8, (1, 2), (12,), 6, 1, True)
+    return Setup(
+        args.layers,
+        args.vocab,
+        args.mlp,
+        args.context,
+        tuple(args.batches),
+        tuple(args.prefill),
+        32,
+        100,
+        False,
+    )
+
+
+def build_model(setup: Setup, device, dtype):
+    """A randomly initialised causal LM in eval mode on ``device``, with an o_proj bias
+    in every layer (what a folded restoration adds)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if setup.smoke:
+        from restorelcc.testing import tiny_model
+
+        model = tiny_model("llama-gqa").to(device, dtype)
+    else:
+        config = AutoConfig.for_model(
+            "llama",
+            num_hidden_layers=setup.layers,
+            vocab_size=setup.vocab,
+            **dict(LLAMA3_8B, intermediate_size=setup.mlp),
+        )
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    for (_, name), linear in attention_linears(model).items():
+        if name == "o_proj":
+            bias = 0.02 * torch.randn(linear.out_features, device=device, dtype=dtype)
+            linear.bias = torch.nn.Parameter(bias)
+    return model
+
+
+def attention_linears(model) -> dict[tuple[int, str], object]:
+    """(layer, "q_proj" | "k_proj" | "v_proj" | "o_proj") -> that nn.Linear of each block."""
+    from restorelcc.hf.families import block_linear, decoder_layers, family_of
+
+    family = family_of(model)
+    names = dict(
+        zip(family.attention_linears, ("q_proj", "k_proj", "v_proj", "o_proj"), strict=True)
+    )
+    return {
+        (i, role): block_linear(block, name)
+        for i, block in enumerate(decoder_layers(model))
+        for name, role in names.items()
+    }
+
+
+def prune_attention(model, originals: dict, pattern: str, sparsity: float) -> None:
+    """Reset q/k/v/o to ``originals`` and zero their smallest-magnitude weights."""
+    from restorelcc.prune.magnitude import magnitude_mask
+    from restorelcc.prune.masks import parse_pattern
+
+    for key, linear in attention_linears(model).items():
+        weight = linear.weight.data
+        weight.copy_(originals[key])
+        weight.masked_fill_(magnitude_mask(weight, sparsity, parse_pattern(pattern)), 0)
+
+
+def weight_bytes(model) -> int:
+    """Bytes of weights a decode step reads: every parameter and buffer but the input
+    embedding (of which a step reads only B rows) unless the lm_head shares it."""
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    skipped = embedding if output is None or output.weight is not embedding else None
+    tensors = (*model.parameters(), *model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors if t is not skipped)
+
+
+def reset_cache(cache, length: int) -> None:
+    """Make a static cache hold ``length`` tokens again (captured into the graph too)."""
+    for layer in cache.layers:
+        layer.cumulative_length.fill_(length)
+
+
+def decode_call(model, batch: int, context: int, device, generator):
+    """One decode step: ``batch`` new tokens at position ``context`` of a static cache."""
+    import torch
+    from transformers import StaticCache
+
+    vocab = model.config.vocab_size
+    cache = StaticCache(config=model.config, max_cache_len=context + 1)
+    prompt = torch.randint(0, vocab, (batch, context), device=device, generator=generator)
+    model(prompt, cache=cache, use_cache=True, logits_to_keep=1)
+    token = torch.randint(0, vocab, (batch, 1), device=device, generator=generator)
+
+    def step():
+        reset_cache(cache, context)
+        return model(token, cache=cache, use_cache=True, logits_to_keep=1).logits
+
+    return step
+
+
+def prefill_call(model, tokens: int, device, generator):
+    """A prefill of ``tokens`` tokens. A static cache of exactly that length keeps every
+    step on the device (transformers' mask code syncs with the host without a cache)."""
+    import torch
+    from transformers import StaticCache
+
+    cache = StaticCache(config=model.config, max_cache_len=tokens)
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens), device=device, generator=generator)
+
+    def prefill():
+        reset_cache(cache, 0)
+        return model(ids, cache=cache, use_cache=True, logits_to_keep=1).logits
+
+    return prefill
+
+
+def logits_check(ours, plain, oracle, dtype_name: str) -> dict:
+    """kernels.md rule: |ours - oracle| <= 2 x |plain - oracle| + atol (max over logits)."""
+    error = (ours.double() - oracle.double()).abs().max().item()
+    torch_error = (plain.double() - oracle.double()).abs().max().item()
+    limit = 2 * torch_error + ATOL[dtype_name]
+    return {
+        "error": error,
+        "torch_error": torch_error,
+        "limit": limit,
+        "ok": error <= limit and ours.isfinite().all().item(),
+    }
+
+
+class Bench:
+    """Runs the variants in order, appending rows and rewriting e2e.json after each."""
+
+    def __init__(
+        self, out: Path, setup: Setup, deadline: float, commit: str | None, table: str | None
+    ) -> None:
+        import torch
+
+        from lcc_kernels.bench import environment
+        from restorelcc.io import run_metadata
+
+        self.torch = torch
+        self.out, self.setup, self.deadline = out, setup, deadline
+        self.device = torch.device(
+            "cuda" if torch.cuda.is_available() and not setup.smoke else "cpu"
+        )
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.oracle_dtype = torch.float32 if self.device.type == "cuda" else torch.float64
+        metadata = run_metadata()
+        metadata["commit"] = commit or metadata["commit"]
+        self.result = {
+            "schema": SCHEMA,
+            "metadata": metadata,
+            "environment": environment(self.device, commit),
+            "setup": asdict(setup),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "dispatch_table": table,
+            "timing_claims": self.device.type == "cuda",
+            "variants": {},
+            "rows": [],
+            "status": "running",
+        }
+        self.generator = torch.Generator(device=self.device).manual_seed(0)
+
+    def save(self) -> None:
+        from restorelcc.io import atomic_write_json
+
+        atomic_write_json(self.out / "e2e.json", self.result)
+
+    def time_left(self) -> bool:
+        return time.time() < self.deadline
+
+    def run(self) -> dict:
+        from restorelcc.hf.swap import swap_attention, unswap_attention
+
+        torch = self.torch
+        model = build_model(self.setup, self.device, self.dtype)
+        originals = {k: m.weight.detach().clone() for k, m in attention_linears(model).items()}
+        ids = torch.randint(
+            0,
+            model.config.vocab_size,
+            (1, self.setup.check_tokens),
+            device=self.device,
+            generator=self.generator,
+        )
+        for variant, spec in VARIANTS.items():
+            if not self.time_left():
+                self.result["status"] = f"budget spent before {variant}"
+                break
+            info = self.result["variants"].setdefault(variant, {})
+            swapped = False
+            try:
+                if spec is not None:
+                    pattern, sparsity, fmt = spec
+                    prune_attention(model, originals, pattern, sparsity)
+                    plain = model(ids).logits
+                    oracle = copy.deepcopy(model).to(self.oracle_dtype)(ids).logits
+                    report = swap_attention(model, fmt)
+                    swapped = True
+                    info["swap"] = {k: v for k, v in report.to_dict().items() if k != "groups"}
+                    info["formats"] = sorted({g.format for g in report.groups})
+                    info["check"] = logits_check(
+                        model(ids).logits, plain, oracle, self.result["dtype"]
+                    )
+                info["weight_bytes"] = weight_bytes(model)
+                self.save()
+                self.time_variant(variant, model)
+            except Exception as error:  # one variant failing must not end the run
+                info["error"] = f"{type(error).__name__}: {error}"[:600]
+            finally:
+                if swapped:
+                    unswap_attention(model)
+                self.save()
+        if self.result["status"] == "running":
+            self.result["status"] = "complete"
+        self.result["speedups"] = speedups(self.result)
+        self.save()
+        return self.result
+
+    def time_variant(self, variant: str, model) -> None:
+        jobs = [("decode", b, self.setup.context) for b in self.setup.decode_batches]
+        jobs += [("prefill", 1, t) for t in self.setup.prefill_tokens]
+        for phase, batch, tokens in jobs:
+            if not self.time_left():
+                return
+            row = {"variant": variant, "phase": phase, "batch": batch, "tokens": tokens}
+            try:
+                row.update(self.time_job(model, phase, batch, tokens), status="ok")
+            except Exception as error:  # recorded; the other jobs still run
+                row.update(status="error", error=f"{type(error).__name__}: {error}"[:600])
+            self.result["rows"].append(row)
+            self.save()
+            print(
+                f"{variant:9s} {phase:7s} batch {batch:3d} tokens {tokens:5d} "
+                f"{row.get('median_ms', float('nan')):.4f} ms {row['status']}",
+                flush=True,
+            )
+
+    def time_job(self, model, phase: str, batch: int, tokens: int) -> dict:
+        from lcc_kernels.bench import time_calls
+
+        if phase == "decode":
+            call = decode_call(model, batch, tokens, self.device, self.generator)
+        else:
+            call = prefill_call(model, tokens, self.device, self.generator)
+        rep = self.setup.rep_ms
+        timing = time_calls([call], rep_ms=rep, warmup_ms=max(rep // 4, 1))
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+        return timing
+
+
+def speedups(result: dict) -> list[dict]:
+    """dense median / variant median per job, and the bytes bound; none without a GPU."""
+    if not result["timing_claims"]:
+        return []
+    rows = [r for r in result["rows"] if r["status"] == "ok"]
+    dense = {(r["phase"], r["batch"], r["tokens"]): r for r in rows if r["variant"] == "dense"}
+    dense_bytes = result["variants"].get("dense", {}).get("weight_bytes")
+    out = []
+    for row in rows:
+        base = dense.get((row["phase"], row["batch"], row["tokens"]))
+        if row["variant"] == "dense" or base is None:
+            continue
+        variant_bytes = result["variants"][row["variant"]].get("weight_bytes")
+        out.append(
+            {
+                "variant": row["variant"],
+                "phase": row["phase"],
+                "batch": row["batch"],
+                "tokens": row["tokens"],
+                "speedup": base["median_ms"] / row["median_ms"],
+                "bytes_ratio": dense_bytes / variant_bytes
+                if dense_bytes and variant_bytes
+                else None,
+            }
+        )
+    return out
+
+
+def summary_table(result: dict) -> str:
+    from restorelcc.io import format_table
+
+    ratios = {
+        (s["variant"], s["phase"], s["batch"], s["tokens"]): s for s in result.get("speedups", [])
+    }
+    rows = []
+    for row in result["rows"]:
+        ratio = ratios.get((row["variant"], row["phase"], row["batch"], row["tokens"]), {})
+        check = result["variants"].get(row["variant"], {}).get("check", {})
+        rows.append(
+            {
+                **row,
+                "speedup": ratio.get("speedup"),
+                "bytes_ratio": ratio.get("bytes_ratio"),
+                "logits_ok": check.get("ok"),
+            }
+        )
+    return format_table(
+        rows,
+        [
+            "variant",
+            "phase",
+            "batch",
+            "tokens",
+            "median_ms",
+            "method",
+            "speedup",
+            "bytes_ratio",
+            "logits_ok",
+            "status",
+        ],
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", help="directory for e2e.json (created)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny model on the CPU, reference path; no timing claims",
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=150.0, help="start no new work after this many seconds"
+    )
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=32768)
+    parser.add_argument(
+        "--mlp", type=int, default=LLAMA3_8B["intermediate_size"], help="MLP intermediate size"
+    )
+    parser.add_argument("--context", type=int, default=512, help="KV cache tokens at decode")
+    parser.add_argument(
+        "--batches", type=int, nargs="+", default=[1, 16], help="decode batch sizes"
+    )
+    parser.add_argument(
+        "--prefill", type=int, nargs="+", default=[1024], help="prefill lengths (batch 1)"
+    )
+    parser.add_argument(
+        "--dispatch-table",
+        default=None,
+        help="a gpu_suite dispatch_table.json to load (skipped if absent)",
+    )
+    parser.add_argument("--commit", default=None, help="commit to record (no .git in copies)")
+    args = parser.parse_args(argv)
+    for name in ("layers", "vocab", "mlp", "context"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if min(args.batches + args.prefill) < 1:
+        parser.error("--batches and --prefill must be >= 1")
+    started = time.time()
+    import torch
+
+    table = None
+    if args.dispatch_table and Path(args.dispatch_table).is_file() and not args.smoke:
+        import lcc_kernels
+
+        lcc_kernels.load_table(args.dispatch_table)
+        table = str(args.dispatch_table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    if args.smoke:
+        # Tiny matrices gain nothing from threads, and on a busy CPU OpenMP's waiting
+        # turns microseconds into tens of milliseconds per call.
+        torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            bench = Bench(out, setup_for(args), started + args.budget_s, args.commit, table)
+            result = bench.run()
+    finally:
+        torch.set_num_threads(threads)
+    print(summary_table(result))
+    print(
+        f"({result['status']}; {time.time() - started:.0f} s; "
+        f"{'' if result['timing_claims'] else 'CPU: no timing claims; '}{out / 'e2e.json'})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

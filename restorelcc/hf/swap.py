@@ -1,0 +1,317 @@
+"""Swap a pruned model's attention projections for packed sparse modules, and back.
+
+    report = swap_attention(model)            # in place; "auto": 2:4 where possible
+    print(report.table())                     # per layer: format, density, bytes
+    unswap_attention(model)                   # the original nn.Linear modules again
+
+Per decoder block, two groups are packed: q/k/v together (one ``PackedQKV``, one launch)
+and ``o_proj`` (one ``SparseLinear``, bias in the fp32 epilogue). Rules, per group:
+
+- A group whose matrices are all dense (no zero at all) is left as ``nn.Linear`` and
+  reported with format ``"dense"``, whatever the requested format: a partly pruned model
+  swaps what is pruned. A q/k/v group that mixes dense and sparse matrices is refused
+  (packing the dense one would cost more bytes than leaving it, and splitting the group
+  would cost the single launch): prune it, or leave the layer out with ``layers``.
+- ``"2:4"``: every matrix must have at most 2 nonzeros in each group of 4 along K, else a
+  ``SwapError`` names the layer, matrix, row and group. ``"bitmap"``: any pattern.
+  ``"auto"``: 2:4 if every matrix of the group is 2:4, bitmap otherwise.
+- Everything is checked before anything is replaced, so a refused call changes nothing.
+
+Works on one model instance (no global state, no patched classes). ``unswap_attention``
+rebuilds ``nn.Linear`` modules whose weights equal the swapped ones bit for bit, except
+that pruned positions come back as +0.0 (a pruned -0.0 loses its sign), and whose biases
+are the stored ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+import lcc_kernels
+from lcc_kernels.dispatch import BACKENDS
+from restorelcc.errors import RestoreLCCError
+from restorelcc.hf.attention import (
+    PACKED_QKV,
+    PackedLinear,
+    PackedQKV,
+    ProjectionView,
+    SparseLinear,
+)
+from restorelcc.hf.families import Family, decoder_layers, family_of
+from restorelcc.io import format_table
+
+FORMATS = ("auto", "2:4", "bitmap")
+
+
+class SwapError(RestoreLCCError, ValueError):
+    """A weight or layer that cannot be swapped as asked (names layer and matrix)."""
+
+
+@dataclass
+class SwappedGroup:
+    """One packed (or left dense) group of one layer; bytes are of the weights only."""
+
+    layer: int
+    group: str  # "qkv" or "o_proj"
+    format: str  # "2:4", "bitmap" or "dense" (left as nn.Linear)
+    shape: tuple[int, int]  # [N, K] of the (stacked) weight
+    density: float  # nonzeros / positions
+    bytes_before: int
+    bytes_after: int
+
+
+@dataclass
+class SwapReport:
+    """What ``swap_attention`` did; ``to_dict()`` is its JSON form."""
+
+    format: str
+    backend: str
+    groups: list[SwappedGroup] = field(default_factory=list)
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(g.bytes_before for g in self.groups)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(g.bytes_after for g in self.groups)
+
+    @property
+    def swapped_layers(self) -> list[int]:
+        return sorted({g.layer for g in self.groups if g.format != "dense"})
+
+    def to_dict(self) -> dict:
+        return {
+            "format": self.format,
+            "backend": self.backend,
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+            "groups": [asdict(g) for g in self.groups],
+        }
+
+    def table(self) -> str:
+        rows = [dict(asdict(g), shape="x".join(map(str, g.shape))) for g in self.groups]
+        rows.append(
+            {"layer": "all", "bytes_before": self.bytes_before, "bytes_after": self.bytes_after}
+        )
+        return format_table(
+            rows, ["layer", "group", "format", "shape", "density", "bytes_before", "bytes_after"]
+        )
+
+
+@dataclass
+class _Plan:
+    """One group to pack: where its matrices live and the format chosen."""
+
+    layer: int
+    group: str
+    names: tuple[str, ...]  # attribute names on the attention module
+    linears: tuple[nn.Linear, ...]
+    format: str  # "2:4", "bitmap" or "dense"
+
+
+def swap_attention(
+    model: nn.Module,
+    format: str = "auto",
+    layers: Iterable[int] | None = None,
+    backend: str = "auto",
+    *,
+    bitmap_tile: tuple[int, int] = lcc_kernels.DEFAULT_BITMAP_TILE,
+) -> SwapReport:
+    """Replace q/k/v and o_proj of the chosen decoder layers (default all) in place.
+
+    format: "auto", "2:4" or "bitmap" (rules in the module docstring). backend: "auto" or
+    one of ``lcc_kernels.dispatch.BACKENDS``, passed to every ``sparse_linear`` call.
+    Raises ``SwapError`` for weights that do not fit, ``ValueError`` for bad arguments,
+    ``UnsupportedModelError`` for unknown families.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
+    family = family_of(model)
+    blocks = decoder_layers(model)
+    chosen = _check_layers(layers, len(blocks))
+    plans = [plan for i in chosen for plan in _plan_layer(family, blocks[i], i, format)]
+    report = SwapReport(format, backend)
+    plans.reverse()
+    while plans:  # popped, so each replaced nn.Linear is freed as the swap goes
+        plan = plans.pop()
+        report.groups.append(_swap_group(family, blocks[plan.layer], plan, backend, bitmap_tile))
+    return report
+
+
+def unswap_attention(model: nn.Module) -> list[int]:
+    """Put back ``nn.Linear`` q/k/v/o modules in every swapped layer; returns those layers."""
+    family = family_of(model)
+    restored = []
+    for index, block in enumerate(decoder_layers(model)):
+        attention = block.get_submodule(family.attention)
+        owner = attention._modules.get(PACKED_QKV)
+        changed = False
+        if isinstance(owner, PackedQKV):
+            weights = torch.split(lcc_kernels.unpack(owner.packed), owner.packed.split_sizes)
+            biases = (
+                torch.split(owner.bias, owner.packed.split_sizes)
+                if owner.bias is not None
+                else (None,) * len(weights)
+            )
+            names = (family.q_proj, family.k_proj, family.v_proj)
+            for name, weight, bias, has in zip(names, weights, biases, owner.has_bias, strict=True):
+                setattr(attention, name, _linear(weight, bias if has else None))
+            del attention._modules[PACKED_QKV]
+            changed = True
+        o_proj = getattr(attention, family.o_proj)
+        if isinstance(o_proj, SparseLinear):
+            setattr(
+                attention, family.o_proj, _linear(lcc_kernels.unpack(o_proj.packed), o_proj.bias)
+            )
+            changed = True
+        if changed:
+            restored.append(index)
+    if not restored:
+        raise ValueError(f"{type(model).__name__} has no swapped attention layer to unswap")
+    return restored
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def _check_layers(layers: Iterable[int] | None, count: int) -> list[int]:
+    if layers is None:
+        return list(range(count))
+    chosen = list(layers)
+    for i in chosen:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count:
+            raise ValueError(f"layer {i!r} is not a decoder layer index in 0..{count - 1}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"layers {chosen} name a layer twice")
+    return sorted(chosen)
+
+
+def _plan_layer(family: Family, block: nn.Module, layer: int, format: str) -> list[_Plan]:
+    attention = block.get_submodule(family.attention)
+    qkv_names = (family.q_proj, family.k_proj, family.v_proj)
+    modules = [getattr(attention, n, None) for n in (*qkv_names, family.o_proj)]
+    if PACKED_QKV in attention._modules or any(
+        isinstance(m, (ProjectionView, PackedLinear)) for m in modules
+    ):
+        raise SwapError(f"layer {layer} is already swapped; unswap_attention(model) first")
+    for name, module in zip((*qkv_names, family.o_proj), modules, strict=True):
+        if not isinstance(module, nn.Linear):
+            raise SwapError(
+                f"layer {layer} {family.attention}.{name} is "
+                f"{type(module).__name__}, not an nn.Linear"
+            )
+    return [
+        _plan_group(layer, "qkv", qkv_names, tuple(modules[:3]), format, family),
+        _plan_group(layer, "o_proj", (family.o_proj,), (modules[3],), format, family),
+    ]
+
+
+def _plan_group(
+    layer: int,
+    group: str,
+    names: tuple[str, ...],
+    linears: tuple[nn.Linear, ...],
+    format: str,
+    family: Family,
+) -> _Plan:
+    weights = [m.weight.detach() for m in linears]
+    where = [f"layer {layer} {family.attention}.{n}" for n in names]
+    for w, what in zip(weights, where, strict=True):
+        if w.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise SwapError(f"{what} has dtype {w.dtype}; packed weights are fp16/bf16/fp32")
+    dense = [bool((w != 0).all()) for w in weights]
+    if all(dense):
+        return _Plan(layer, group, names, linears, "dense")
+    if any(dense):
+        raise SwapError(
+            f"{where[dense.index(True)]} has no zeros while "
+            f"{where[dense.index(False)]} is pruned: q/k/v are packed together, so either "
+            "all or none of them must be sparse (prune it, or leave the layer out with layers=)"
+        )
+    if len({w.dtype for w in weights}) > 1:
+        raise SwapError(
+            f"layer {layer} {group} matrices have different dtypes "
+            f"{[str(w.dtype) for w in weights]}"
+        )
+    if format == "bitmap":
+        return _Plan(layer, group, names, linears, "bitmap")
+    problems = [(what, _not_24(w)) for w, what in zip(weights, where, strict=True)]
+    problems = [(what, why) for what, why in problems if why]
+    if not problems:
+        return _Plan(layer, group, names, linears, "2:4")
+    if format == "2:4":
+        what, why = problems[0]
+        raise SwapError(f"{what} does not fit the 2:4 format: {why}")
+    return _Plan(layer, group, names, linears, "bitmap")
+
+
+def _not_24(weight: torch.Tensor) -> str | None:
+    """Why ``weight`` [N, K] is not 2:4 sparse, or None if it is."""
+    n, k = weight.shape
+    if k % 4:
+        return f"K = {k} is not a multiple of 4"
+    counts = (weight.reshape(n, k // 4, 4) != 0).sum(-1)
+    bad = counts > 2
+    if not bool(bad.any()):
+        return None
+    row, group = bad.nonzero()[0].tolist()
+    return (
+        f"row {row}, columns {4 * group}..{4 * group + 3} hold {int(counts[row, group])} "
+        f"nonzeros ({int(bad.sum())} groups of 4 have more than 2)"
+    )
+
+
+# ---------------------------------------------------------------------------- swap
+
+
+def _swap_group(
+    family: Family, block: nn.Module, plan: _Plan, backend: str, tile: tuple[int, int]
+) -> SwappedGroup:
+    weights = [m.weight.detach() for m in plan.linears]
+    shape = (sum(w.shape[0] for w in weights), weights[0].shape[1])
+    nonzeros = sum(int((w != 0).sum()) for w in weights)
+    before = sum(w.numel() * w.element_size() for w in weights)
+    result = SwappedGroup(
+        plan.layer, plan.group, plan.format, shape, nonzeros / (shape[0] * shape[1]), before, before
+    )
+    if plan.format == "dense":
+        return result
+    packed = lcc_kernels.pack_many(weights, plan.format, tile=tile)
+    attention = block.get_submodule(family.attention)
+    if plan.group == "o_proj":
+        setattr(attention, plan.names[0], SparseLinear(packed, plan.linears[0].bias, backend))
+    else:
+        has_bias = tuple(m.bias is not None for m in plan.linears)
+        bias = None
+        if any(has_bias):
+            bias_dtype = next(m.bias.dtype for m in plan.linears if m.bias is not None)
+            bias = torch.cat(
+                [
+                    m.bias.detach()
+                    if m.bias is not None
+                    else torch.zeros(m.out_features, dtype=bias_dtype, device=m.weight.device)
+                    for m in plan.linears
+                ]
+            )
+        owner = PackedQKV(packed, bias, has_bias, backend)
+        attention.add_module(PACKED_QKV, owner)
+        for index, name in enumerate(plan.names):
+            setattr(attention, name, ProjectionView(owner, index, name))
+    result.bytes_after = packed.nbytes
+    return result
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An ``nn.Linear`` holding exactly ``weight`` [out, in] and ``bias`` [out] (copies)."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    linear.weight = nn.Parameter(weight.detach().clone().contiguous())
+    if bias is not None:
+        linear.bias = nn.Parameter(bias.detach().clone())
+    return linear

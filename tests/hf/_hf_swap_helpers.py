@@ -1,0 +1,107 @@
+"""Shared by the attention-swap tests: magnitude pruning of the attention projections of
+the tiny models, an o_proj bias, and the error rule of kernels.md on logits."""
+
+import copy
+
+import torch
+from torch import nn
+
+from restorelcc.hf.families import decoder_layers, family_of
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# Added to twice PyTorch's own error (the tolerance rule of the kernel tests).
+ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def attention(model, layer: int) -> nn.Module:
+    return decoder_layers(model)[layer].get_submodule(family_of(model).attention)
+
+
+@torch.no_grad()
+def prune_attention(model, pattern: str, layers=None, names=PROJECTIONS):
+    """Zero the smallest-magnitude weights of q/k/v/o in place: "2:4" keeps the 2 largest of
+    every 4 along K, "unstructured" keeps the largest 40% of each row (60% sparse)."""
+    for i in range(len(decoder_layers(model))) if layers is None else layers:
+        for name in names:
+            weight = getattr(attention(model, i), name).weight
+            if pattern == "2:4":
+                groups = weight.abs().reshape(weight.shape[0], -1, 4)
+                keep = groups.argsort(-1, descending=True)[..., :2]
+                mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
+                mask = mask.reshape(weight.shape)
+            else:
+                kept = round(0.4 * weight.shape[1])
+                order = weight.abs().argsort(-1, descending=True)[:, :kept]
+                mask = torch.zeros_like(weight, dtype=torch.bool).scatter_(-1, order, True)
+            weight.mul_(mask)
+    return model
+
+
+@torch.no_grad()
+def add_o_bias(model, seed: int = 7):
+    """Give every o_proj a random bias (a folded compensation or an existing bias)."""
+    generator = torch.Generator().manual_seed(seed)
+    for i in range(len(decoder_layers(model))):
+        o_proj = attention(model, i).o_proj
+        o_proj.bias = nn.Parameter(0.5 * torch.randn(o_proj.out_features, generator=generator))
+    return model
+
+
+@torch.no_grad()
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    return model(ids).logits
+
+
+def assert_matches(swapped, pruned, ids, dtype) -> None:
+    """max |swapped - fp64| <= 2 x max |plain PyTorch at dtype - fp64| + ATOL[dtype], where
+    swapped is at dtype and pruned is the unswapped fp32 model."""
+    oracle = logits(copy.deepcopy(pruned).double(), ids)
+    plain = logits(copy.deepcopy(pruned).to(dtype), ids)
+    ours = logits(swapped, ids)
+    assert ours.dtype == dtype and not torch.isnan(ours).any()
+    torch_error = (plain.double() - oracle).abs().max().item()
+    error = (ours.double() - oracle).abs().max().item()
+    limit = 2 * torch_error + ATOL[dtype]
+    assert error <= limit, f"max error {error:.3g} > {limit:.3g} (PyTorch's: {torch_error:.3g})"
+
+
+def linear_state(model) -> dict[str, torch.Tensor]:
+    """Every attention weight and bias, by name."""
+    state = {}
+    for i in range(len(decoder_layers(model))):
+        for name in PROJECTIONS:
+            module = getattr(attention(model, i), name)
+            assert type(module) is nn.Linear, f"layer {i} {name} is {type(module).__name__}"
+            state[f"{i}.{name}.weight"] = module.weight.detach()
+            if module.bias is not None:
+                state[f"{i}.{name}.bias"] = module.bias.detach()
+    return state
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-identical, with -0.0 and +0.0 counted as the same (pruned zeros lose the sign)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return torch.equal((a + 0.0).view(ints), (b + 0.0).view(ints))
+
+
+def assert_generation_matches(swapped, pruned, prompt, new_tokens: int, dtype) -> None:
+    """Greedy ``generate`` (KV cache) of the swapped model gives the pruned model's tokens,
+    and each step's logits obey the rule of ``assert_matches`` against one fp64 forward."""
+    settings = dict(
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_logits=True,
+        pad_token_id=258,
+    )
+    ours = swapped.generate(prompt, **settings)
+    plain = copy.deepcopy(pruned).to(dtype).generate(prompt, **settings)
+    assert torch.equal(ours.sequences, plain.sequences)
+    oracle = logits(copy.deepcopy(pruned).double(), ours.sequences[:, :-1])
+    oracle = oracle[:, prompt.shape[1] - 1 :]  # [batch, new_tokens, vocab]
+    error = (torch.stack(ours.logits, 1).double() - oracle).abs().max().item()
+    torch_error = (torch.stack(plain.logits, 1).double() - oracle).abs().max().item()
+    limit = 2 * torch_error + ATOL[dtype]
+    assert error <= limit, f"max error {error:.3g} > {limit:.3g} (PyTorch's: {torch_error:.3g})"

@@ -1,0 +1,85 @@
+"""benchmarks/bench_e2e.py: the CPU smoke run, its speedup arithmetic, and the optional
+end-to-end phase of benchmarks/gpu_suite.py."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import bench_e2e  # noqa: E402
+
+
+def test_smoke_run_writes_every_variant(tmp_path):
+    assert bench_e2e.main([str(tmp_path / "e2e"), "--smoke"]) == 0
+    result = json.loads((tmp_path / "e2e" / "e2e.json").read_text())
+    assert result["schema"] == bench_e2e.SCHEMA and result["status"] == "complete"
+    assert {"torch", "transformers", "commit", "device"} <= set(result["metadata"])
+    assert result["timing_claims"] is False and result["speedups"] == []
+    rows = result["rows"]
+    assert {(r["variant"], r["phase"], r["batch"]) for r in rows} == {
+        (v, p, b)
+        for v in bench_e2e.VARIANTS
+        for p, b in (("decode", 1), ("decode", 2), ("prefill", 1))
+    }
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
+    variants = result["variants"]
+    assert variants["2:4"]["formats"] == ["2:4"]
+    assert variants["bitmap50"]["formats"] == variants["bitmap70"]["formats"] == ["bitmap"]
+    for name in ("2:4", "bitmap50", "bitmap70"):
+        assert variants[name]["check"]["ok"], variants[name]["check"]
+        swap = variants[name]["swap"]
+        assert swap["bytes_after"] < swap["bytes_before"]
+    sizes = [variants[v]["weight_bytes"] for v in ("dense", "bitmap50", "bitmap70")]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_speedups_are_dense_over_variant_and_only_on_a_gpu():
+    def row(variant, ms, phase="decode"):
+        return {
+            "variant": variant,
+            "phase": phase,
+            "batch": 1,
+            "tokens": 512,
+            "status": "ok",
+            "median_ms": ms,
+        }
+
+    result = {
+        "timing_claims": True,
+        "variants": {"dense": {"weight_bytes": 300}, "2:4": {"weight_bytes": 200}},
+        "rows": [row("dense", 3.0), row("2:4", 2.0), row("2:4", 9.0, "prefill")],
+    }
+    assert bench_e2e.speedups(result) == [
+        {
+            "variant": "2:4",
+            "phase": "decode",
+            "batch": 1,
+            "tokens": 512,
+            "speedup": 1.5,
+            "bytes_ratio": 1.5,
+        }
+    ]
+    assert bench_e2e.speedups(dict(result, timing_claims=False)) == []
+
+
+def test_gpu_suite_runs_the_optional_e2e_phase(tmp_path):
+    out = tmp_path / "suite"
+    command = [
+        sys.executable,
+        str(BENCHMARKS / "gpu_suite.py"),
+        str(out),
+        "--smoke",
+        "--phases",
+        "env",
+        "--budget-s",
+        "600",
+        "--e2e-budget-s",
+        "300",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = [json.loads(line) for line in (out / "phases.jsonl").read_text().splitlines()]
+    assert [e.get("status") for e in events if e["phase"] == "e2e"] == [None, "ok"]
+    assert json.loads((out / "e2e" / "e2e.json").read_text())["status"] == "complete"

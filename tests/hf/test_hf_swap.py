@@ -1,0 +1,204 @@
+"""swap_attention / unswap_attention on every tiny family: logits, one launch for q/k/v,
+unswap bit for bit, generation with a KV cache, state dicts, independent instances."""
+
+import copy
+
+import pytest
+import torch
+from _hf_swap_helpers import (
+    add_o_bias,
+    assert_generation_matches,
+    assert_matches,
+    attention,
+    linear_state,
+    logits,
+    prune_attention,
+    same_bits,
+)
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import lcc_kernels
+from restorelcc import SwapReport, swap_attention, unswap_attention
+from restorelcc.hf.attention import PackedQKV, ProjectionView, SparseLinear
+from restorelcc.testing import TINY_SHAPES, tiny_model
+
+FAMILIES = sorted(TINY_SHAPES)
+PATTERNS = {"2:4": "2:4", "unstructured": "bitmap"}  # pruning -> the format "auto" picks
+
+
+def _pruned(name: str, pattern: str, seed: int = 0):
+    return add_o_bias(prune_attention(tiny_model(name, seed=seed), pattern))
+
+
+def _ids(batch: int = 2, length: int = 11) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, length))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("name", FAMILIES)
+def test_swapped_logits_match_the_pruned_model(name, pattern, dtype):
+    pruned = _pruned(name, pattern)
+    swapped = copy.deepcopy(pruned)
+    report = swap_attention(swapped)  # fp32, then converted: the buffers follow .to()
+    swapped.to(dtype)
+    layers = len(report.swapped_layers)
+    assert layers == TINY_SHAPES[name][1]
+    assert {g.format for g in report.groups} == {PATTERNS[pattern]}
+    qkv = attention(swapped, 0).packed_qkv
+    assert qkv.packed.dtype == dtype and qkv.packed.format == PATTERNS[pattern]
+    assert isinstance(attention(swapped, 0).o_proj, SparseLinear)
+    assert_matches(swapped, pruned, _ids(), dtype)
+
+
+def test_qwen2_qkv_biases_are_carried():
+    pruned = _pruned("qwen2-gqa", "2:4")
+    assert attention(pruned, 0).q_proj.bias is not None  # the family's own q/k/v biases
+    swapped = copy.deepcopy(pruned)
+    swap_attention(swapped)
+    owner = attention(swapped, 1).packed_qkv
+    source = attention(pruned, 1)
+    expected = torch.cat([source.q_proj.bias, source.k_proj.bias, source.v_proj.bias])
+    assert owner.has_bias == (True, True, True) and torch.equal(owner.bias, expected)
+    assert_matches(swapped, pruned, _ids(), torch.float32)
+
+
+def test_one_launch_for_qkv_and_one_for_o_proj(monkeypatch):
+    model = _pruned("llama-gqa", "unstructured")
+    swap_attention(model)
+    rows = []
+    real = lcc_kernels.sparse_linear
+
+    def spy(x, weight, bias=None, **kwargs):
+        rows.append((x.shape[:-1].numel(), weight.shape))
+        return real(x, weight, bias, **kwargs)
+
+    monkeypatch.setattr(lcc_kernels, "sparse_linear", spy)
+    logits(model, _ids(2, 5))
+    hidden, qkv_n = 96, (6 + 2 + 2) * 16
+    assert rows == [(10, (qkv_n, hidden)), (10, (hidden, 96))] * 2
+
+
+def test_views_recompute_when_called_alone_or_twice():
+    model = _pruned("llama-mha", "2:4")
+    reference = copy.deepcopy(model)
+    swap_attention(model)
+    x = torch.randn(3, 64)
+    new, old = attention(model, 0), attention(reference, 0)
+    with torch.no_grad():
+        assert torch.allclose(new.k_proj(x), old.k_proj(x), atol=1e-6)  # k alone
+        assert torch.allclose(new.k_proj(x), old.k_proj(x), atol=1e-6)  # k again
+        q = new.q_proj(x)
+        x.add_(1.0)  # modified in place: v must not reuse the pending result
+        assert torch.allclose(new.v_proj(x), old.v_proj(x), atol=1e-6)
+        assert torch.allclose(q, old.q_proj(x - 1.0), atol=1e-5)
+
+
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("name", FAMILIES)
+def test_unswap_gives_back_bit_identical_linears(name, pattern):
+    pruned = _pruned(name, pattern)
+    model = copy.deepcopy(pruned)
+    swap_attention(model)
+    model.half()  # unswap gives back what the model holds now, at its dtype
+    assert unswap_attention(model) == list(range(TINY_SHAPES[name][1]))
+    before, after = linear_state(pruned.half()), linear_state(model)
+    assert before.keys() == after.keys()
+    for key in before:
+        assert same_bits(before[key], after[key]), key
+    assert all(not hasattr(attention(model, i), "packed_qkv") for i in range(2))
+    assert_matches(model, pruned.float(), _ids(), torch.float16)
+
+
+def test_generate_uses_the_kv_cache_and_matches(monkeypatch):
+    pruned = _pruned("mistral-gqa", "unstructured")
+    swapped = copy.deepcopy(pruned)
+    swap_attention(swapped)
+    prompt = _ids(1, 6)
+    rows = []
+    real = lcc_kernels.sparse_linear
+    monkeypatch.setattr(
+        lcc_kernels,
+        "sparse_linear",
+        lambda x, w, b=None, **kw: rows.append(x.shape[:-1].numel()) or real(x, w, b, **kw),
+    )
+    assert_generation_matches(swapped, pruned, prompt, 5, torch.float32)
+    # prefill over 6 rows, then one row per new token: the cache path ran
+    assert rows[:4] == [6] * 4 and set(rows[4:]) == {1}
+
+
+def test_state_dict_round_trip_through_safetensors(tmp_path):
+    source = _pruned("llama-3x5", "unstructured")
+    swap_attention(source)
+    save_file(source.state_dict(), tmp_path / "swapped.safetensors")
+    state = load_file(tmp_path / "swapped.safetensors")
+    ids = _ids()
+    # Another instance, other weights, even another format: the stored packed layout wins.
+    for pattern in PATTERNS:
+        target = _pruned("llama-3x5", pattern, seed=1)
+        swap_attention(target)
+        assert not torch.equal(logits(target, ids), logits(source, ids))
+        target.load_state_dict(state)
+        assert torch.equal(logits(target, ids), logits(source, ids))
+        assert attention(target, 2).packed_qkv.packed.format == "bitmap"
+
+
+def test_state_dict_of_another_shape_is_refused():
+    source = _pruned("llama-mha", "2:4")
+    target = _pruned("qwen2-gqa", "2:4")
+    swap_attention(source)
+    swap_attention(target)
+    with pytest.raises(RuntimeError, match="does not fit"):
+        target.load_state_dict(source.state_dict(), strict=False)
+
+
+def test_two_instances_swapped_differently_do_not_interfere():
+    first_pruned, second_pruned = (
+        _pruned("llama-mha", "2:4"),
+        _pruned("llama-mha", "unstructured", 1),
+    )
+    first, second = copy.deepcopy(first_pruned), copy.deepcopy(second_pruned)
+    swap_attention(first, "2:4")
+    swap_attention(second, "bitmap", layers=[1])
+    assert isinstance(attention(second, 0).q_proj, nn.Linear)
+    assert isinstance(attention(second, 1).q_proj, ProjectionView)
+    assert attention(first, 1).packed_qkv.packed.format == "2:4"
+    assert attention(second, 1).packed_qkv.packed.format == "bitmap"
+    copied = copy.deepcopy(second)  # views follow their own owner into the copy
+    assert attention(copied, 1).v_proj.owner is attention(copied, 1).packed_qkv
+    assert attention(copied, 1).packed_qkv is not attention(second, 1).packed_qkv
+    unswap_attention(first)
+    assert isinstance(attention(first, 1).q_proj, nn.Linear)
+    assert isinstance(attention(second, 1).packed_qkv, PackedQKV)
+    assert_matches(second, second_pruned, _ids(), torch.float32)
+    assert_matches(first, first_pruned, _ids(), torch.float32)
+    unswap_attention(second)
+    assert_matches(copied, second_pruned, _ids(), torch.float32)
+
+
+def test_dense_groups_are_left_alone_and_reported():
+    model = add_o_bias(tiny_model("llama-gqa"))
+    prune_attention(model, "2:4", layers=[1], names=("q_proj", "k_proj", "v_proj"))
+    reference = copy.deepcopy(model)
+    report = swap_attention(model)
+    assert isinstance(report, SwapReport)
+    formats = {(g.layer, g.group): g.format for g in report.groups}
+    assert formats == {
+        (0, "qkv"): "dense",
+        (0, "o_proj"): "dense",
+        (1, "qkv"): "2:4",
+        (1, "o_proj"): "dense",
+    }
+    assert type(attention(model, 0).q_proj) is nn.Linear
+    assert type(attention(model, 1).o_proj) is nn.Linear
+    dense_qkv = (6 + 2 + 2) * 16 * 96 * 4
+    assert report.bytes_before == 2 * dense_qkv + 2 * 96 * 96 * 4
+    assert (
+        report.bytes_after
+        == report.bytes_before - dense_qkv + attention(model, 1).packed_qkv.packed.nbytes
+    )
+    assert report.swapped_layers == [1] and "all" in report.table()
+    assert report.to_dict()["groups"][2]["format"] == "2:4"
+    assert_matches(model, reference, _ids(), torch.float32)
+    assert unswap_attention(model) == [1]

@@ -1,0 +1,68 @@
+"""A swapped tiny model through the Triton kernels (interpreted on a CPU: a few seconds).
+
+TRITON_INTERPRET is read when the kernels are first imported, so it is set here before
+anything launches one; if a GPU-less session imported them earlier without it, skip.
+"""
+
+import copy
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from _hf_swap_helpers import (  # noqa: E402
+    add_o_bias,
+    assert_generation_matches,
+    assert_matches,
+    prune_attention,
+)
+
+from lcc_kernels.kernels import INTERPRETED  # noqa: E402
+from restorelcc.hf.swap import swap_attention  # noqa: E402
+from restorelcc.testing import tiny_model  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not (INTERPRETED or torch.cuda.is_available()),
+    reason="Triton kernels need a GPU or TRITON_INTERPRET=1 set before lcc_kernels is imported",
+)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _model(pattern: str):
+    return add_o_bias(prune_attention(tiny_model("llama-gqa"), pattern)).to(DEVICE)
+
+
+@pytest.fixture
+def triton_rows(monkeypatch):
+    """Rows of every call that reached a Triton kernel (no silent reference fallback)."""
+    import lcc_kernels.linear
+
+    rows, real = [], lcc_kernels.linear._run_triton
+    monkeypatch.setattr(
+        lcc_kernels.linear,
+        "_run_triton",
+        lambda x2d, *args: rows.append(x2d.shape[0]) or real(x2d, *args),
+    )
+    return rows
+
+
+def test_skinny_kernels_prefill_and_decode_fp32(triton_rows):
+    pruned = _model("2:4")
+    swapped = copy.deepcopy(pruned)
+    swap_attention(swapped, "2:4", backend="skinny")
+    prompt = torch.randint(0, 256, (1, 5), device=DEVICE)
+    assert_matches(swapped, pruned, prompt, torch.float32)  # 5 rows: the 16-row dot
+    assert_generation_matches(swapped, pruned, prompt, 2, torch.float32)  # M = 1 steps
+    assert set(triton_rows) == {5, 1}
+
+
+def test_tiled_bitmap_kernels_fp16(triton_rows):
+    pruned = _model("unstructured")
+    swapped = copy.deepcopy(pruned)
+    swap_attention(swapped, "bitmap", backend="tiled")
+    swapped.half()
+    assert_matches(swapped, pruned, torch.randint(0, 256, (2, 7), device=DEVICE), torch.float16)
+    assert triton_rows == [14] * 4  # 2 layers x (qkv, o_proj)
