@@ -1,0 +1,138 @@
+"""``restorelcc eval``: zero-shot multiple choice and perplexity of a model, with a report."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+DEFAULT_TASKS = "paper"
+DEFAULT_LIMIT = 100  # first items per task: the paper's 7 tasks + 8k-token perplexity in a
+# few minutes on 2 CPU cores with SmolLM2-135M (see benchmarks/results/bench_eval.json)
+DEFAULT_PPL_TOKENS = 8192
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+def _limit(text: str) -> int | None:
+    return None if text.lower() in ("none", "all") else _positive_int(text)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="zero-shot multiple-choice accuracy and perplexity of a model",
+        description="Score multiple-choice tasks by log-likelihood (lm-evaluation-harness "
+        "prompts) and sliding-window perplexity on LAMBADA passages.",
+    )
+    p.add_argument("--model", default="smollm2-135m", help="model name or local directory")
+    p.add_argument(
+        "--tasks",
+        default=DEFAULT_TASKS,
+        help="comma-separated task names, 'paper' (the paper's 7) or 'all' (+ piqa)",
+    )
+    p.add_argument(
+        "--limit",
+        type=_limit,
+        default=DEFAULT_LIMIT,
+        help=f"first N items of each task ('all' for every item; default {DEFAULT_LIMIT})",
+    )
+    ppl = p.add_mutually_exclusive_group()
+    ppl.add_argument(
+        "--ppl-tokens",
+        type=_positive_int,
+        default=DEFAULT_PPL_TOKENS,
+        help=f"perplexity token budget (default {DEFAULT_PPL_TOKENS})",
+    )
+    ppl.add_argument("--no-ppl", action="store_true", help="skip perplexity")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=16, help="rows (questions) per forward"
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if any)")
+    p.add_argument("--json", default=None, help="report path (default eval_<model>.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def default_report_path(model: str) -> Path:
+    stem = Path(str(model).rstrip("/")).name or "model"
+    return Path(f"eval_{stem}.json")
+
+
+def summary_rows(report: dict) -> list[dict]:
+    rows = [
+        {
+            "task": name,
+            "items": metrics["items"],
+            "acc": metrics.get("acc"),
+            "acc_stderr": metrics.get("acc_stderr"),
+            "acc_norm": metrics.get("acc_norm"),
+            "seconds": metrics.get("wall_s"),
+        }
+        for name, metrics in report["tasks"].items()
+    ]
+    if len(rows) > 1:
+        accs = [r["acc"] for r in rows]
+        rows.append(
+            {"task": "mean", "items": sum(r["items"] for r in rows), "acc": sum(accs) / len(accs)}
+        )
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from restorelcc.assets import load_model
+    from restorelcc.evaluate import evaluate_model, resolve_tasks
+    from restorelcc.io import atomic_write_json, format_table, run_metadata
+
+    start = time.perf_counter()
+    tasks = resolve_tasks(args.tasks)  # unknown names fail before the model loads
+    out = Path(args.json) if args.json else default_report_path(args.model)
+    if out.is_dir():
+        raise FileExistsError(f"--json {out} is a directory")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_model(args.model, device=device)
+    report = evaluate_model(
+        model,
+        tokenizer,
+        tasks=tasks,
+        limit=args.limit,
+        perplexity=not args.no_ppl,
+        ppl_tokens=args.ppl_tokens,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    payload = {
+        "model": str(args.model),
+        "tasks": report["tasks"],
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "device": device,
+        "perplexity": report["perplexity"],
+        "eval_wall_s": report["wall_s"],
+        "wall_s": round(time.perf_counter() - start, 2),
+        "run_metadata": run_metadata(),
+    }
+    print(
+        format_table(
+            summary_rows(report), ["task", "items", "acc", "acc_stderr", "acc_norm", "seconds"]
+        )
+    )
+    if report["perplexity"]:
+        ppl = report["perplexity"]
+        print(
+            f"perplexity ({ppl['source']}, {ppl['tokens']} tokens, window {ppl['window']}, "
+            f"stride {ppl['stride']}): {ppl['perplexity']:.3f}"
+        )
+    atomic_write_json(out, payload)
+    print(f"report: {out}  ({payload['wall_s']:.1f} s)")
+    return 0

@@ -1,0 +1,263 @@
+"""Batched log-likelihood of continuations given contexts, as lm-evaluation-harness does.
+
+A request ``(context, continuation)`` is tokenized like the harness: trailing whitespace of
+the context moves to the continuation, ``context + continuation`` is tokenized whole (with
+the tokenizer's default special tokens) and split after the context's own tokens; an empty
+context is replaced by the BOS (else EOS) token. Inputs longer than the model's context are
+cut from the left.
+
+Requests that share their context (the choices of one question) run as one packed row:
+the context once, then each choice (``restorelcc.eval.packing``). The others run one
+right-padded row per distinct input sequence (one-token answers to the same question share
+a row). Rows are sorted by length (longest first) and run in batches; only the
+continuation positions reach the output projection and the log-softmax.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from restorelcc.eval.packing import float_dtype, logit_positions, pack_requests, packed_inputs
+
+TokenRequest = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation ids)
+
+
+@dataclass(frozen=True)
+class Score:
+    """Log-probability of a continuation, and whether greedy decoding would produce it."""
+
+    logprob: float
+    is_greedy: bool
+
+
+def prefix_token_id(tokenizer) -> int:
+    """The id that stands in for an empty context: BOS, else EOS."""
+    token = tokenizer.bos_token_id
+    if token is None:
+        token = tokenizer.eos_token_id
+    if token is None:
+        raise ValueError("tokenizer has neither a BOS nor an EOS token for empty contexts")
+    return token
+
+
+def encode_request(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids ``(context_ids, continuation_ids)`` split the way the harness splits them."""
+    if not continuation:
+        raise ValueError(f"empty continuation for context {context[-40:]!r}")
+    if not context:
+        cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        return [prefix_token_id(tokenizer)], list(cont)
+    stripped = context.rstrip()
+    continuation = context[len(stripped) :] + continuation
+    whole = tokenizer(stripped + continuation)["input_ids"]
+    ctx = tokenizer(stripped)["input_ids"]
+    return list(ctx), list(whole[len(ctx) :])
+
+
+def model_max_length(model, tokenizer=None) -> int:
+    """The longest input the model takes: its position limit, or a sane tokenizer limit."""
+    limits = [getattr(model.config, "max_position_embeddings", None)]
+    if tokenizer is not None and getattr(tokenizer, "model_max_length", 0) < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    limits = [n for n in limits if n]
+    return min(limits) if limits else 2048
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def loglikelihoods(
+    model,
+    tokenizer,
+    requests: Sequence[tuple[str, str]],
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "loglikelihood",
+    share_context: bool = True,
+) -> list[Score]:
+    """``Score`` of every ``(context, continuation)`` request, in request order."""
+    encoded = [encode_request(tokenizer, ctx, cont) for ctx, cont in requests]
+    max_length = model_max_length(model, tokenizer)
+    return score_tokens(model, encoded, batch_size, max_length, progress, desc, share_context)
+
+
+@torch.inference_mode()
+def score_tokens(
+    model,
+    requests: Sequence[TokenRequest],
+    batch_size: int = 16,
+    max_length: int = 2048,
+    progress: bool = True,
+    desc: str = "loglikelihood",
+    share_context: bool = True,
+) -> list[Score]:
+    """Scores of token-level requests; see the module docstring for the batching.
+
+    ``share_context``: requests with identical context ids run as one packed row
+    (``restorelcc.eval.packing``); the first row with two or more multi-token choices is
+    checked against unpacked scoring and packing is dropped, with a warning, if the model
+    disagrees (e.g. custom attention that ignores 4-D masks).
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    for i, (ctx, cont) in enumerate(requests):
+        if not ctx or not cont:
+            raise ValueError(f"request {i} needs non-empty context and continuation ids")
+        if len(cont) > max_length:
+            raise ValueError(f"request {i}: continuation of {len(cont)} tokens > {max_length}")
+    scores: list[Score | None] = [None] * len(requests)
+    if share_context:
+        packable, plain = _split_packable(requests, max_length)
+    else:
+        packable, plain = [], list(range(len(requests)))
+    with tqdm(total=len(requests), desc=desc, disable=not progress, leave=False) as bar:
+        if packable:
+            plain = sorted(
+                plain + _score_packed(model, requests, packable, batch_size, scores, bar)
+            )
+        _score_plain(model, requests, plain, batch_size, max_length, scores, bar)
+    return scores  # type: ignore[return-value]
+
+
+def _split_packable(requests, max_length) -> tuple[list[int], list[int]]:
+    """Indices of requests sharing their context with another (and fitting untruncated)."""
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, _) in enumerate(requests):
+        by_context.setdefault(tuple(ctx), []).append(i)
+    packable, plain = [], []
+    for ctx, members in by_context.items():
+        fits = all(len(ctx) + len(requests[i][1]) <= max_length + 1 for i in members)
+        (packable if len(members) > 1 and fits else plain).extend(members)
+    return sorted(packable), sorted(plain)
+
+
+def _score_packed(model, requests, indices, batch_size, scores, bar) -> list[int]:
+    """Score ``indices`` in packed rows. Returns the indices left unscored: none, or all
+    from the first row where packing matters on, if the model disagrees there with
+    unpacked scoring (or refuses packed inputs)."""
+    rows = sorted(pack_requests(requests, indices), key=lambda r: (-len(r), r.context))
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    device, dtype = model_device(model), float_dtype(model)
+    verified = False
+    for batch in batches:
+        inputs = packed_inputs(batch, dtype)
+        segment = inputs.pop("segment")
+        keep = segment > 0
+        for b, row in enumerate(batch):
+            keep[b, len(row.context) - 1] = True
+        try:
+            logits = _continuation_logits(
+                model, keep, **{k: v.to(device) for k, v in inputs.items()}
+            )
+        except (RuntimeError, ValueError, TypeError) as exc:
+            if verified:
+                raise
+            warnings.warn(f"context sharing off: model refused packed rows ({exc})", stacklevel=3)
+            return _unscored(indices, scores)
+        flat = torch.full(keep.shape, -1, dtype=torch.long)
+        flat[keep] = torch.arange(int(keep.sum()))
+        results = {}
+        for b, row in enumerate(batch):
+            members = {}
+            for (i, cont), positions in zip(row.members, logit_positions(row), strict=True):
+                members[i] = _pick(logits, flat[b, positions], cont)
+            # Masks and position ids only matter with two or more continuation segments.
+            if not verified and sum(bool(s) for s in row.segments) > 1:
+                if not _agrees_with_plain(model, requests, members, dtype):
+                    return _unscored(indices, scores)
+                verified = True
+            results.update(members)
+        for i, score in results.items():
+            scores[i] = score
+        bar.update(len(results))
+    return []
+
+
+def _unscored(indices, scores) -> list[int]:
+    return [i for i in indices if scores[i] is None]
+
+
+def _agrees_with_plain(model, requests, results: dict[int, Score], dtype) -> bool:
+    check: list[Score | None] = [None] * len(requests)
+    indices = sorted(results)
+    _score_plain(model, requests, indices, len(indices), 10**9, check, None)
+    atol, rtol = (1e-3, 1e-4) if dtype == torch.float32 else (5e-2, 1e-2)
+    for i in indices:
+        error = abs(results[i].logprob - check[i].logprob)
+        if error > atol + rtol * abs(check[i].logprob):
+            warnings.warn(
+                f"context sharing off: packed rows differ from plain scoring by {error:.3g} "
+                "(custom attention that ignores 4-D masks or position ids?)",
+                stacklevel=3,
+            )
+            return False
+    return True
+
+
+def _pick(logits: torch.Tensor, rows: torch.Tensor, cont: Sequence[int]) -> Score:
+    """Score of continuation ``cont`` predicted by flattened logits ``rows``."""
+    target = torch.tensor(cont, device=logits.device)
+    picked = logits[rows.to(logits.device)].float().log_softmax(-1)
+    logprob = picked.gather(1, target[:, None]).sum().item()
+    return Score(logprob, bool((picked.argmax(-1) == target).all()))
+
+
+def _score_plain(model, requests, indices, batch_size, max_length, scores, bar) -> None:
+    """One right-padded row per distinct input sequence, longest first."""
+    rows: dict[tuple[int, ...], list[int]] = {}
+    for i in indices:
+        ctx, cont = requests[i]
+        full = [*ctx, *cont][-(max_length + 1) :]
+        rows.setdefault(tuple(full[:-1]), []).append(i)
+    # Longest first (ties broken by content): similar lengths share a batch, little padding.
+    order = sorted(rows, key=lambda key: (-len(key), key))
+    device = model_device(model)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = len(batch[0])
+        input_ids = torch.zeros(len(batch), width, dtype=torch.long)
+        attention = torch.zeros(len(batch), width, dtype=torch.long)
+        keep = torch.zeros(len(batch), width, dtype=torch.bool)
+        for b, key in enumerate(batch):
+            input_ids[b, : len(key)] = torch.tensor(key)
+            attention[b, : len(key)] = 1
+            longest = max(len(requests[i][1]) for i in rows[key])
+            keep[b, len(key) - longest : len(key)] = True
+        logits = _continuation_logits(
+            model, keep, input_ids=input_ids.to(device), attention_mask=attention.to(device)
+        )
+        flat = torch.full(keep.shape, -1, dtype=torch.long)
+        flat[keep] = torch.arange(int(keep.sum()))
+        for b, key in enumerate(batch):
+            for i in rows[key]:
+                cont = requests[i][1]
+                positions = list(range(len(key) - len(cont), len(key)))
+                scores[i] = _pick(logits, flat[b, positions], cont)
+                if bar is not None:
+                    bar.update(1)
+
+
+def _continuation_logits(model, keep: torch.Tensor, **inputs) -> torch.Tensor:
+    """Logits ``[keep.sum(), vocab]`` at the ``True`` positions of ``keep`` ``[B, T]``.
+
+    Asks the model for those positions only (``logits_to_keep`` as a boolean mask); a model
+    that ignores or refuses that gets the full logits, sliced here.
+    """
+    count = int(keep.sum())
+    device = inputs["input_ids"].device
+    try:
+        out = model(**inputs, logits_to_keep=keep.to(device)).logits
+        if out.dim() == 2 and out.shape[0] == count:
+            return out
+        if out.dim() == 3 and out.shape[:2] == keep.shape:
+            return out[keep.to(out.device)]
+    except TypeError:
+        pass
+    out = model(**inputs).logits
+    return out[keep.to(out.device)]

@@ -1,0 +1,152 @@
+"""Evaluate a causal LM in process: zero-shot multiple choice and perplexity.
+
+``evaluate_model(model, tokenizer, tasks="paper", limit=200)`` scores the first ``limit``
+items of each task by log-likelihood exactly as lm-evaluation-harness does (see
+``restorelcc.eval.tasks`` for the prompts, ``restorelcc.eval.scoring`` for the batching)
+and, unless turned off, the sliding-window perplexity on LAMBADA passages
+(``restorelcc.eval.perplexity``). Works for any Hugging Face causal LM, including pruned and
+restored ones and the tiny test models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+
+from restorelcc.eval.perplexity import (
+    DEFAULT_STRIDE,
+    DEFAULT_TOKENS,
+    DEFAULT_WINDOW,
+    PerplexityResult,
+    perplexity,
+    perplexity_report,
+)
+from restorelcc.eval.scoring import Score, loglikelihoods
+from restorelcc.eval.tasks import PAPER_TASKS, TASKS, Question, resolve_tasks, task_questions
+
+__all__ = [
+    "DEFAULT_TOKENS",
+    "PAPER_TASKS",
+    "TASKS",
+    "PerplexityResult",
+    "evaluate_model",
+    "evaluate_task",
+    "loglikelihoods",
+    "perplexity",
+    "perplexity_report",
+    "resolve_tasks",
+]
+
+
+@contextlib.contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """Put ``model`` in eval mode for the block, then restore its training flag."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _mean_and_stderr(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and the standard error of the mean (sample standard deviation, as the harness)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(variance / n)
+
+
+def _first_argmax(values: Sequence[float]) -> int:
+    return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
+def score_questions(questions: Sequence[Question], scores: Sequence[Score]) -> dict[str, list]:
+    """Per-question correctness under ``acc`` (raw log-likelihood) and ``acc_norm``
+    (log-likelihood divided by the choice's length in characters)."""
+    acc, acc_norm, at = [], [], 0
+    for q in questions:
+        lls = [s.logprob for s in scores[at : at + len(q.continuations)]]
+        at += len(q.continuations)
+        acc.append(float(_first_argmax(lls) == q.gold))
+        normed = [ll / max(len(c), 1) for ll, c in zip(lls, q.choices, strict=True)]
+        acc_norm.append(float(_first_argmax(normed) == q.gold))
+    return {"acc": acc, "acc_norm": acc_norm}
+
+
+def evaluate_task(
+    model,
+    tokenizer,
+    task: str,
+    limit: int | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    share_context: bool = True,
+) -> dict:
+    """Metrics of one task: ``{"items", "requests", <metric>, <metric>_stderr, ...}``.
+
+    ``share_context=False`` scores every choice in its own row (slower; same results up to
+    float rounding).
+    """
+    name = resolve_tasks([task])[0]
+    questions = task_questions(name, limit)
+    requests = [
+        (ctx, cont)
+        for q in questions
+        for ctx, cont in zip(q.contexts, q.continuations, strict=True)
+    ]
+    with eval_mode(model):
+        scores = loglikelihoods(
+            model, tokenizer, requests, batch_size, progress, name, share_context
+        )
+    per_question = score_questions(questions, scores)
+    result: dict = {"items": len(questions), "requests": len(requests)}
+    for metric in TASKS[name].metrics:
+        result[metric], result[f"{metric}_stderr"] = _mean_and_stderr(per_question[metric])
+    return result
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    tasks: str | Sequence[str] = "paper",
+    limit: int | None = None,
+    perplexity: bool = True,
+    ppl_tokens: int = DEFAULT_TOKENS,
+    ppl_source: str = "lambada",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Evaluate ``model`` on ``tasks`` (names, ``"all"`` or ``"paper"``) and perplexity.
+
+    Returns ``{"tasks": {name: metrics}, "limit", "perplexity": PerplexityResult as a dict
+    or None, "wall_s"}``. Deterministic for a given model, data and batch size.
+    """
+    names = resolve_tasks(tasks)
+    start = time.perf_counter()
+    report: dict = {"tasks": {}, "limit": limit, "perplexity": None}
+    for name in names:
+        task_start = time.perf_counter()
+        report["tasks"][name] = evaluate_task(model, tokenizer, name, limit, batch_size, progress)
+        report["tasks"][name]["wall_s"] = round(time.perf_counter() - task_start, 2)
+    if perplexity:
+        with eval_mode(model):
+            result = perplexity_report(
+                model,
+                tokenizer,
+                source=ppl_source,
+                tokens=ppl_tokens,
+                window=DEFAULT_WINDOW,
+                stride=DEFAULT_STRIDE,
+                # a window is 512 ids whose logits over the vocabulary are kept: 4 per
+                # forward keeps peak memory near 1 GB for a 49k vocabulary
+                batch_size=max(1, batch_size // 4),
+                progress=progress,
+            )
+        report["perplexity"] = result.as_dict()
+    report["wall_s"] = round(time.perf_counter() - start, 2)
+    return report

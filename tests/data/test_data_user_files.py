@@ -1,0 +1,169 @@
+"""User data: Alpaca JSON/JSONL, save_to_disk folders, text files, and their errors."""
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+
+from restorelcc import data
+from restorelcc.errors import DataError
+from restorelcc.testing import byte_tokenizer
+
+ROWS = [
+    {"instruction": "Name a colour.", "input": "", "output": "Red"},
+    {"instruction": "Add the numbers.", "input": "2 and 3", "output": " 5 "},
+    {"instruction": "Say hi.", "output": "hi"},  # no input field at all
+]
+
+
+def write_json(path, obj):
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture(params=["json", "jsonl", "save_to_disk", "dataset_dict"])
+def alpaca_source(request, tmp_path):
+    if request.param == "json":
+        return write_json(tmp_path / "a.json", ROWS)
+    if request.param == "jsonl":
+        return write_jsonl(tmp_path / "a.jsonl", ROWS)
+    rows = [{"input": "", **r} for r in ROWS]
+    ds = Dataset.from_list(rows)
+    folder = tmp_path / "saved"
+    if request.param == "dataset_dict":
+        DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(str(folder))
+    else:
+        ds.save_to_disk(str(folder))
+    return folder
+
+
+def test_alpaca_formats_give_the_same_pairs(alpaca_source):
+    pairs = data.instruction_pairs(str(alpaca_source))
+    assert [p.prompt for p in pairs] == [
+        "### Instruction:\nName a colour.\n\n### Response:",
+        "### Instruction:\nAdd the numbers.\n\n### Input:\n2 and 3\n\n### Response:",
+        "### Instruction:\nSay hi.\n\n### Response:",
+    ]
+    assert [p.response for p in pairs] == ["\nRed", "\n5", "\nhi"]
+    assert all(p.source == str(alpaca_source) for p in pairs)
+
+
+def test_sampling_is_seeded_and_without_replacement(tmp_path):
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(30)]
+    path = write_jsonl(tmp_path / "many.jsonl", rows)
+    a = data.instruction_pairs(str(path), n=10, seed=3)
+    b = data.instruction_pairs(str(path), n=10, seed=3)
+    c = data.instruction_pairs(str(path), n=10, seed=4)
+    assert a == b and a != c
+    assert len(set(a)) == 10
+    with pytest.raises(DataError, match="holds 30 items; asked for 31"):
+        data.instruction_pairs(str(path), n=31)
+
+
+def test_calibration_texts_from_user_sources(tmp_path):
+    text_file = tmp_path / "corpus.txt"
+    text_file.write_text("one whole document\n\nwith two paragraphs")
+    assert data.calibration_texts(str(text_file)) == ["one whole document\n\nwith two paragraphs"]
+
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "b.txt").write_text("second")
+    (folder / "a.md").write_text("first")
+    (folder / "sub" / "c.txt").write_text("third")
+    (folder / "ignored.bin").write_bytes(b"\x00\x01")
+    assert data.calibration_texts(str(folder)) == ["first", "second", "third"]
+
+    with_text = write_jsonl(tmp_path / "t.jsonl", [{"text": "alpha"}, {"text": "beta"}])
+    assert data.calibration_texts(str(with_text)) == ["alpha", "beta"]
+
+    alpaca = write_json(tmp_path / "a.json", ROWS[:1])
+    assert data.calibration_texts(str(alpaca)) == [
+        "### Instruction:\nName a colour.\n\n### Response:\nRed"
+    ]
+
+
+def test_calibration_batches_from_a_text_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("abcdefghij" * 20)
+    tok = byte_tokenizer()
+    batch = data.calibration_batches(tok, str(path), nsamples=5, seqlen=16, seed=1)
+    assert batch.shape == (5, 16) and batch.dtype == torch.long
+    stream = tok("abcdefghij" * 20 + data.DOCUMENT_SEPARATOR)["input_ids"]
+    windows = {tuple(stream[i : i + 16]) for i in range(len(stream) - 15)}
+    assert all(tuple(row.tolist()) in windows for row in batch)
+    again = data.calibration_batches(tok, str(path), nsamples=5, seqlen=16, seed=1)
+    assert torch.equal(batch, again)
+    with pytest.raises(DataError, match="gives only 202 tokens; need at least seqlen=300"):
+        data.calibration_batches(tok, str(path), nsamples=2, seqlen=300)
+
+
+def test_perplexity_texts_from_a_folder_in_order(tmp_path):
+    for name in ("b.txt", "a.txt"):
+        (tmp_path / name).write_text(name)
+    assert data.perplexity_texts(str(tmp_path)) == ["a.txt", "b.txt"]
+    assert data.perplexity_texts(str(tmp_path), n=1) == ["a.txt"]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="unknown data source .*nope.json.*no such file"):
+        data.instruction_pairs(str(tmp_path / "nope.json"))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.json", "[]", "holds no records"),
+        ("empty.jsonl", "\n\n", "holds no records"),
+        ("bad.json", '[{"instruction": "a",\n "output": }]', "malformed JSON at line 2"),
+        ("bad.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": oops}\n', "line 2"),
+        ("scalar.jsonl", '{"instruction": "a", "output": "b"}\n[1, 2]\n', "line 2 is not a JSON"),
+        ("object.json", '{"instruction": "a", "output": "b"}', "expected a JSON list of objects"),
+        ("cols.json", '[{"prompt": "a", "completion": "b"}]', "record 0 has no 'instruction'"),
+        ("noout.jsonl", '{"instruction": "a"}\n', "has no 'output' field .has: instr"),
+        ("type.json", '[{"instruction": "a", "output": 3}]', "'output' is int, expected a string"),
+        ("blank.json", '[{"instruction": "a", "output": "  "}]', "record 0 has an empty 'output'"),
+        ("plain.txt", "just text", "is plain text; instruction pairs need"),
+    ],
+)  # fmt: skip
+def test_bad_instruction_files(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataError, match=message) as info:
+        data.instruction_pairs(str(path))
+    assert name in str(info.value)
+
+
+def test_bad_folders(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="holds no .txt/.md files"):
+        data.calibration_texts(str(empty))
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    (blank / "a.txt").write_text("  \n")
+    with pytest.raises(DataError, match="holds no text"):
+        data.calibration_texts(str(blank))
+    splits = tmp_path / "splits"
+    ds = Dataset.from_list(ROWS[:1])
+    DatasetDict({"a": ds, "b": ds}).save_to_disk(str(splits))
+    with pytest.raises(DataError, match=r"holds splits \['a', 'b'\]"):
+        data.instruction_pairs(str(splits))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "state.json").write_text("{not json")
+    with pytest.raises(DataError, match="cannot read dataset folder .*broken"):
+        data.instruction_pairs(str(broken))
+
+
+def test_tokenize_pair_splits_at_the_boundary():
+    tok = byte_tokenizer()
+    pair = data.make_pair("Say hi.", "", "hi there")
+    prompt, response = data.tokenize_pair(tok, pair)
+    assert prompt + response == tok(pair.text)["input_ids"]
+    assert tok.decode(response) == "\nhi there"

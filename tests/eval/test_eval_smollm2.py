@@ -1,0 +1,31 @@
+"""The real default model on a handful of items (marked slow; seconds)."""
+
+import math
+
+import pytest
+
+from restorelcc.assets import load_model
+from restorelcc.eval.scoring import loglikelihoods
+from restorelcc.eval.tasks import task_questions
+from restorelcc.evaluate import evaluate_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_smollm2_handful_of_items():
+    model, tok = load_model("smollm2-135m")
+    report = evaluate_model(model, tok, tasks="piqa,winogrande", limit=3, ppl_tokens=256,
+                            batch_size=8, progress=False)  # fmt: skip
+    assert report["tasks"]["piqa"]["items"] == 3 and report["tasks"]["winogrande"]["items"] == 3
+    ppl = report["perplexity"]["perplexity"]
+    # a trained model is far from the uniform guess over 49,152 tokens
+    assert math.isfinite(ppl) and ppl < 1000
+
+    # the real BPE tokenizer: batched, packed, padded scores equal one-at-a-time scores
+    questions = task_questions("piqa", limit=3)
+    requests = [(c, k) for q in questions for c, k in zip(q.contexts, q.continuations, strict=True)]
+    batched = loglikelihoods(model, tok, requests, batch_size=8, progress=False)
+    single = loglikelihoods(model, tok, requests, batch_size=1, progress=False, share_context=False)
+    for a, b in zip(batched, single, strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+        assert a.is_greedy == b.is_greedy
