@@ -39,8 +39,15 @@ pytestmark = pytest.mark.gpu
 
 MAIN_SHAPES = ("llama3-8b-qkv", "llama3-8b-o")
 BENCH_SHAPES = tuple(SHAPES) if os.environ.get("LCC_BENCH_SHAPES") == "all" else MAIN_SHAPES
-PROVIDERS = ("ours-2:4", "ours-bitmap50", "ours-bitmap70", "dense", "cusparselt", "cutlass",
-             "dense_triton")
+PROVIDERS = (
+    "ours-2:4",
+    "ours-bitmap50",
+    "ours-bitmap70",
+    "dense",
+    "cusparselt",
+    "cutlass",
+    "dense_triton",
+)
 # A benchmark round replays at least this long, so the synchronise ending it costs < 1%.
 ROUND_MS = 2.0
 ROUNDS = 20
@@ -72,8 +79,7 @@ def _provider_setup(provider: str, shape: str, m: int, weights):
     if provider.startswith("ours-"):
         kind = provider.removeprefix("ours-")
         dense, packed = weights(shape, kind)
-        return "ours", dense, packed, choose_plan(m, packed, torch.bfloat16,
-                                                  torch.device("cuda"))
+        return "ours", dense, packed, choose_plan(m, packed, torch.bfloat16, torch.device("cuda"))
     if provider in ("cusparselt", "cutlass"):
         dense, packed = weights(shape, "2:4")
         return provider, dense, packed, None
@@ -82,8 +88,13 @@ def _provider_setup(provider: str, shape: str, m: int, weights):
         _, packed_24 = weights(shape, "2:4")
         plan = choose_plan(m, packed_24, torch.bfloat16, torch.device("cuda"))
         if plan.backend not in TRITON_BACKENDS:  # the table picked cuBLAS or cuSPARSELt
-            plan = choose_plan(m, packed_24, torch.bfloat16, torch.device("cuda"),
-                               "skinny" if m <= SKINNY_MAX_M else "tiled")
+            plan = choose_plan(
+                m,
+                packed_24,
+                torch.bfloat16,
+                torch.device("cuda"),
+                "skinny" if m <= SKINNY_MAX_M else "tiled",
+            )
         return provider, dense, None, plan
     return provider, dense, None, None
 
@@ -101,9 +112,14 @@ def _benchmark(benchmark, calls, nbytes, copy_bytes_per_s, info):
         graph.replay()
         torch.cuda.synchronize()
 
-    benchmark.extra_info.update(info, **timing, calls_per_round=repeat * len(calls),
-                                bytes=nbytes, floor_ms=nbytes / copy_bytes_per_s * 1e3,
-                                copy_bytes_per_s=copy_bytes_per_s)
+    benchmark.extra_info.update(
+        info,
+        **timing,
+        calls_per_round=repeat * len(calls),
+        bytes=nbytes,
+        floor_ms=nbytes / copy_bytes_per_s * 1e3,
+        copy_bytes_per_s=copy_bytes_per_s,
+    )
     benchmark.pedantic(one_round, rounds=ROUNDS, warmup_rounds=2)
 
 
@@ -114,14 +130,27 @@ def test_linear(benchmark, weights, copy_bytes_per_s, provider, shape, m):
     name, dense, packed, plan = _provider_setup(provider, shape, m, weights)
     weight_bytes = packed.nbytes if packed is not None else dense.numel() * 2
     try:
-        calls, nbytes = build_calls(name, dense, m, bias=True, plan=plan, packed=packed,
-                                    copies=copies_for(weight_bytes, "cuda"))
+        calls, nbytes = build_calls(
+            name,
+            dense,
+            m,
+            bias=True,
+            plan=plan,
+            packed=packed,
+            copies=copies_for(weight_bytes, "cuda"),
+        )
     except (RuntimeError, NotImplementedError) as error:
         if provider in ("cusparselt", "cutlass"):
             pytest.skip(f"torch semi-structured {provider} unavailable: {error}")
         raise
-    info = {"provider": provider, "shape": shape, "n": dense.shape[0], "k": dense.shape[1],
-            "m": m, "plan": plan.to_dict() if plan else None}
+    info = {
+        "provider": provider,
+        "shape": shape,
+        "n": dense.shape[0],
+        "k": dense.shape[1],
+        "m": m,
+        "plan": plan.to_dict() if plan else None,
+    }
     _benchmark(benchmark, calls, nbytes, copy_bytes_per_s, info)
 
 
@@ -132,10 +161,22 @@ def test_bias_epilogue(benchmark, weights, copy_bytes_per_s, kind, with_bias, m)
     """Same kernel and plan with and without the fused bias (budget: <= 2% apart)."""
     dense, packed = weights("llama3-8b-o", kind)
     plan = choose_plan(m, packed, torch.bfloat16, torch.device("cuda"))
-    calls, nbytes = build_calls("ours", dense, m, bias=with_bias, plan=plan, packed=packed,
-                                copies=copies_for(packed.nbytes, "cuda"))
-    info = {"provider": f"ours-{kind}", "shape": "llama3-8b-o", "m": m, "bias": with_bias,
-            "plan": plan.to_dict()}
+    calls, nbytes = build_calls(
+        "ours",
+        dense,
+        m,
+        bias=with_bias,
+        plan=plan,
+        packed=packed,
+        copies=copies_for(packed.nbytes, "cuda"),
+    )
+    info = {
+        "provider": f"ours-{kind}",
+        "shape": "llama3-8b-o",
+        "m": m,
+        "bias": with_bias,
+        "plan": plan.to_dict(),
+    }
     _benchmark(benchmark, calls, nbytes, copy_bytes_per_s, info)
 
 

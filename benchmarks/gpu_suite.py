@@ -56,8 +56,14 @@ if str(ROOT) not in sys.path:
 from lcc_kernels.bench_report import SPARSE_KINDS  # noqa: E402
 
 # Seconds each phase may use at most (the whole run is also capped by --budget-s).
-PHASE_CAPS = {"env": 30, "correctness": 75, "acceptance": 110, "prefill": 50, "sweep": 70,
-              "shapes": 10**6}
+PHASE_CAPS = {
+    "env": 30,
+    "correctness": 75,
+    "acceptance": 110,
+    "prefill": 50,
+    "sweep": 70,
+    "shapes": 10**6,
+}
 PHASES = tuple(PHASE_CAPS)
 TIMING_PHASES = ("acceptance", "prefill", "sweep")
 # Up to this many rows the sweep also times the skinny path where the rules pick tiled
@@ -71,11 +77,37 @@ PRECOMPILE_WAIT_S = 60
 E2E_MIN_S = 30
 E2E_GRACE_S = 60
 # Errors after which a CUDA context is unusable: end the child, resume in a new one.
-FATAL_CUDA = ("illegal memory access", "unspecified launch failure", "device-side assert",
-              "misaligned address", "illegal instruction", "CUDA error: an illegal")
-CSV_FIELDS = ("phase", "shape", "n", "k", "m", "dtype", "kind", "provider", "plan", "bias",
-              "tag", "status", "median_ms", "p20_ms", "p80_ms", "method", "copies", "bytes",
-              "gbps", "copy_fraction", "error")
+FATAL_CUDA = (
+    "illegal memory access",
+    "unspecified launch failure",
+    "device-side assert",
+    "misaligned address",
+    "illegal instruction",
+    "CUDA error: an illegal",
+)
+CSV_FIELDS = (
+    "phase",
+    "shape",
+    "n",
+    "k",
+    "m",
+    "dtype",
+    "kind",
+    "provider",
+    "plan",
+    "bias",
+    "tag",
+    "status",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "method",
+    "copies",
+    "bytes",
+    "gbps",
+    "copy_fraction",
+    "error",
+)
 
 
 @dataclass(frozen=True)
@@ -97,12 +129,30 @@ def config(smoke: bool) -> Config:
     from lcc_kernels.bench import SHAPES
 
     if smoke:
-        return Config({"smoke-qkv": (48, 64), "smoke-o": (40, 72)}, {"smoke-more": (24, 64)},
-                      (1,), (33,), (2,), ((1,),), (1, 5, 17), 0, True)
+        return Config(
+            {"smoke-qkv": (48, 64), "smoke-o": (40, 72)},
+            {"smoke-more": (24, 64)},
+            (1,),
+            (33,),
+            (2,),
+            ((1,),),
+            (1, 5, 17),
+            0,
+            True,
+        )
     main = {name: SHAPES[name] for name in ("llama3-8b-qkv", "llama3-8b-o")}
     more = {name: shape for name, shape in SHAPES.items() if name not in main}
-    return Config(main, more, (1, 16), (1024, 4096), (2, 4, 8, 32, 64, 128, 256),
-                  ((1, 16, 1024), (4, 64, 256, 4096)), (1, 16, 257), 100, False)
+    return Config(
+        main,
+        more,
+        (1, 16),
+        (1024, 4096),
+        (2, 4, 8, 32, 64, 128, 256),
+        ((1, 16, 1024), (4, 64, 256, 4096)),
+        (1, 16, 257),
+        100,
+        False,
+    )
 
 
 @dataclass(frozen=True)
@@ -129,8 +179,9 @@ def candidates(kind: str, n: int, k: int, m: int, sms: int, smoke: bool) -> list
 
     fmt, keep = KINDS[kind]
     tile = DEFAULT_BITMAP_TILE if fmt == "bitmap" else None
-    key = WeightKey("2:4" if fmt == "dense" else fmt, "bfloat16", n, k, tile,
-                    keep if tile else None)
+    key = WeightKey(
+        "2:4" if fmt == "dense" else fmt, "bfloat16", n, k, tile, keep if tile else None
+    )
     base = default_plan(m, key, sms)
     plans = [base]
     if smoke:
@@ -144,19 +195,28 @@ def candidates(kind: str, n: int, k: int, m: int, sms: int, smoke: bool) -> list
                     continue  # multiply + tl.sum would spill registers
                 split = split_k_for(-(-n // block_n) * -(-m // block_m), -(-k // block_k), sms)
                 warps = (4, 8) if tile else (4,)
-                plans += [Plan("skinny", block_m, block_n, block_k, split, num_warps=w,
-                               num_stages=3) for w in warps]
-        plans += [replace(base, split_k=max(1, base.split_k // 2)),
-                  replace(base, split_k=min(MAX_SPLIT_K, base.split_k * 2))]
+                plans += [
+                    Plan("skinny", block_m, block_n, block_k, split, num_warps=w, num_stages=3)
+                    for w in warps
+                ]
+        plans += [
+            replace(base, split_k=max(1, base.split_k // 2)),
+            replace(base, split_k=min(MAX_SPLIT_K, base.split_k * 2)),
+        ]
     else:
         if tile:
-            shapes = [(64, *tile, 4, 3), (128, *tile, 8, 3), (128, *tile, 4, 4),
-                      (32, *tile, 4, 4)]
+            shapes = [(64, *tile, 4, 3), (128, *tile, 8, 3), (128, *tile, 4, 4), (32, *tile, 4, 4)]
         else:
-            shapes = [(64, 64, 64, 4, 3), (128, 128, 64, 8, 3), (128, 64, 64, 4, 4),
-                      (64, 128, 64, 4, 3), (128, 128, 32, 8, 4)]
-        plans += [Plan("tiled", bm, bn, bk, num_warps=w, num_stages=s)
-                  for bm, bn, bk, w, s in shapes]
+            shapes = [
+                (64, 64, 64, 4, 3),
+                (128, 128, 64, 8, 3),
+                (128, 64, 64, 4, 4),
+                (64, 128, 64, 4, 3),
+                (128, 128, 32, 8, 4),
+            ]
+        plans += [
+            Plan("tiled", bm, bn, bk, num_warps=w, num_stages=s) for bm, bn, bk, w, s in shapes
+        ]
         if m <= SKINNY_CANDIDATE_MAX_M:  # is split-K still worth it above SKINNY_MAX_M?
             block_n, block_k = tile or (64, 64)
             block_m = min(64, 1 << (m - 1).bit_length())
@@ -172,14 +232,20 @@ def candidates(kind: str, n: int, k: int, m: int, sms: int, smoke: bool) -> list
 def timing_jobs(cfg: Config, shape: str, m: int, sms: int, all_dense_triton: bool) -> list[Job]:
     """Every provider for one (shape, M); dense Triton with each 2:4 tiling, or the default."""
     n, k = (cfg.main_shapes | cfg.more_shapes)[shape]
-    jobs = [Job(shape, m, "dense", "dense"), Job(shape, m, "2:4", "cusparselt"),
-            Job(shape, m, "2:4", "cutlass")]
+    jobs = [
+        Job(shape, m, "dense", "dense"),
+        Job(shape, m, "2:4", "cusparselt"),
+        Job(shape, m, "2:4", "cutlass"),
+    ]
     for kind in SPARSE_KINDS:
-        jobs += [Job(shape, m, kind, "ours", plan)
-                 for plan in candidates(kind, n, k, m, sms, cfg.smoke)]
+        jobs += [
+            Job(shape, m, kind, "ours", plan) for plan in candidates(kind, n, k, m, sms, cfg.smoke)
+        ]
     tilings = candidates("2:4", n, k, m, sms, cfg.smoke)
-    jobs += [Job(shape, m, "dense", "dense_triton", plan)
-             for plan in (tilings if all_dense_triton else tilings[:1])]
+    jobs += [
+        Job(shape, m, "dense", "dense_triton", plan)
+        for plan in (tilings if all_dense_triton else tilings[:1])
+    ]
     return jobs
 
 
@@ -192,8 +258,12 @@ def phase_jobs(cfg: Config, phase: str, sms: int) -> list[Job]:
         ms, all_tilings = cfg.sweep_m, False
     else:
         return []
-    return [job for m in ms for shape in cfg.main_shapes
-            for job in timing_jobs(cfg, shape, m, sms, all_tilings)]
+    return [
+        job
+        for m in ms
+        for shape in cfg.main_shapes
+        for job in timing_jobs(cfg, shape, m, sms, all_tilings)
+    ]
 
 
 # ---------------------------------------------------------------------------- runner
@@ -209,8 +279,11 @@ class Runner:
         self.out, self.cfg, self.deadline = out, cfg, deadline
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
-                    if self.device.type == "cuda" else 4)
+        self.sms = (
+            torch.cuda.get_device_properties(self.device).multi_processor_count
+            if self.device.type == "cuda"
+            else 4
+        )
         env = json.loads((out / "env.json").read_text()) if (out / "env.json").exists() else {}
         self.copy_bw = env.get("copy_bandwidth_bytes_per_s")
         self.weights: dict = {}
@@ -256,23 +329,47 @@ class Runner:
         from lcc_kernels.bench import build_calls, copies_for, time_calls
 
         n, k = self.shape(job.shape)
-        row = {"phase": self.phase, "shape": job.shape, "n": n, "k": k, "m": job.m,
-               "dtype": str(self.dtype).removeprefix("torch."), "kind": job.kind,
-               "provider": job.provider, "plan": job.plan.to_dict() if job.plan else None,
-               "bias": job.bias, "tag": job.tag}
+        row = {
+            "phase": self.phase,
+            "shape": job.shape,
+            "n": n,
+            "k": k,
+            "m": job.m,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "kind": job.kind,
+            "provider": job.provider,
+            "plan": job.plan.to_dict() if job.plan else None,
+            "bias": job.bias,
+            "tag": job.tag,
+        }
         try:
             dense = self.dense(job.shape, job.kind)
-            packed = (self.packed(job.shape, job.kind)
-                      if job.provider in ("ours", "cusparselt", "cutlass") else None)
+            packed = (
+                self.packed(job.shape, job.kind)
+                if job.provider in ("ours", "cusparselt", "cutlass")
+                else None
+            )
             weight_bytes = packed.nbytes if packed is not None else dense.numel() * 2
             copies = copies_for(weight_bytes, self.device)
-            calls, nbytes = build_calls(job.provider, dense, job.m, bias=job.bias,
-                                        copies=copies, plan=job.plan, packed=packed)
+            calls, nbytes = build_calls(
+                job.provider,
+                dense,
+                job.m,
+                bias=job.bias,
+                copies=copies,
+                plan=job.plan,
+                packed=packed,
+            )
             rep = max(self.cfg.rep_ms // (2 if quick else 1), 1)
             timing = time_calls(calls, rep_ms=rep, warmup_ms=max(rep // 4, 1))
             gbps = nbytes / (timing["median_ms"] * 1e-3) / 1e9
-            row.update(timing, status="ok", bytes=nbytes, gbps=gbps,
-                       copy_fraction=gbps * 1e9 / self.copy_bw if self.copy_bw else None)
+            row.update(
+                timing,
+                status="ok",
+                bytes=nbytes,
+                gbps=gbps,
+                copy_fraction=gbps * 1e9 / self.copy_bw if self.copy_bw else None,
+            )
         except Exception as error:  # one provider failing must not end the run
             row.update(status="error", error=_describe(error))
             self._record_timing(row)
@@ -307,9 +404,11 @@ def _plan_label(plan: dict | None) -> str:
     if not plan:
         return ""
     if plan["backend"] in ("skinny", "tiled"):
-        return (f"{plan['backend']} m{plan['block_m']} n{plan['block_n']} k{plan['block_k']} "
-                f"s{plan['split_k']} w{plan['num_warps']} st{plan['num_stages']}"
-                f"{'' if plan['serial_reduction'] else ' 2pass'}")
+        return (
+            f"{plan['backend']} m{plan['block_m']} n{plan['block_n']} k{plan['block_k']} "
+            f"s{plan['split_k']} w{plan['num_warps']} st{plan['num_stages']}"
+            f"{'' if plan['serial_reduction'] else ' 2pass'}"
+        )
     return plan["backend"]
 
 
@@ -325,8 +424,11 @@ def phase_env(runner: Runner, commit: str | None) -> None:
     (runner.out / "env.json").write_text(json.dumps(info, indent=2))
     runner.copy_bw = info["copy_bandwidth_bytes_per_s"]
     copy_bw = info["copy_bandwidth_bytes_per_s"]
-    print(f"env: {info.get('gpu')} torch {info['torch']} triton {info['triton']} copy "
-          f"{'-' if copy_bw is None else f'{copy_bw / 1e12:.2f} TB/s'}", flush=True)
+    print(
+        f"env: {info.get('gpu')} torch {info['torch']} triton {info['triton']} copy "
+        f"{'-' if copy_bw is None else f'{copy_bw / 1e12:.2f} TB/s'}",
+        flush=True,
+    )
 
 
 def phase_correctness(runner: Runner) -> None:
@@ -335,33 +437,44 @@ def phase_correctness(runner: Runner) -> None:
 
     dtypes = [torch.float32] if runner.cfg.smoke else [torch.bfloat16, torch.float16]
     shapes = list(runner.cfg.main_shapes)
-    checks = [(dtype, shape, kind, m, backend)
-              for dtype in dtypes for shape in (shapes if dtype == dtypes[0] else shapes[:1])
-              for kind in SPARSE_KINDS for m, backend in zip(
-                  runner.cfg.correctness_m, ("skinny", "skinny", "tiled"), strict=True)]
+    checks = [
+        (dtype, shape, kind, m, backend)
+        for dtype in dtypes
+        for shape in (shapes if dtype == dtypes[0] else shapes[:1])
+        for kind in SPARSE_KINDS
+        for m, backend in zip(runner.cfg.correctness_m, ("skinny", "skinny", "tiled"), strict=True)
+    ]
     for dtype, shape, kind, m, backend in checks:
         if not runner.time_left():
             return
-        _check(runner, dict(dtype=str(dtype), shape=shape, kind=kind, m=m, backend=backend),
-               lambda dtype=dtype, shape=shape, kind=kind, m=m, backend=backend:
-               _linear_check(runner, dtype, shape, kind, m, backend))
+        _check(
+            runner,
+            dict(dtype=str(dtype), shape=shape, kind=kind, m=m, backend=backend),
+            lambda dtype=dtype, shape=shape, kind=kind, m=m, backend=backend: _linear_check(
+                runner, dtype, shape, kind, m, backend
+            ),
+        )
 
     def determinism():
         packed = runner.packed(shapes[0], "2:4")
         x = torch.randn(4, packed.shape[1], device=runner.device, dtype=runner.dtype)
-        plans = [Plan("skinny", 16, 64, 64, split_k=16, serial_reduction=serial)
-                 for serial in (True, False)]
+        plans = [
+            Plan("skinny", 16, 64, 64, split_k=16, serial_reduction=serial)
+            for serial in (True, False)
+        ]
         first = sparse_linear(x, packed, plan=plans[0])
-        same = all(torch.equal(sparse_linear(x, packed, plan=plans[0]), first)
-                   for _ in range(10))
+        same = all(torch.equal(sparse_linear(x, packed, plan=plans[0]), first) for _ in range(10))
         return {"ok": same and torch.equal(sparse_linear(x, packed, plan=plans[1]), first)}
 
     _check(runner, {"name": "split_k_bitwise_determinism"}, determinism)
     if runner.device.type == "cuda":
         _check(runner, {"name": "cuda_graph_replay"}, lambda: _graph_check(runner, shapes[0]))
         for backend in ("cusparselt", "cutlass"):
-            _check(runner, {"name": f"semi_structured_round_trip_{backend}"},
-                   lambda backend=backend: _interop_check(runner, shapes[0], backend))
+            _check(
+                runner,
+                {"name": f"semi_structured_round_trip_{backend}"},
+                lambda backend=backend: _interop_check(runner, shapes[0], backend),
+            )
 
 
 def _linear_check(runner, dtype, shape, kind, m, backend):
@@ -422,7 +535,6 @@ def _check(runner: Runner, row: dict, check) -> None:
         _exit_if_fatal(fatal)
 
 
-
 def phase_timing(runner: Runner, phase: str) -> None:
     jobs = phase_jobs(runner.cfg, phase, runner.sms)
     for index, job in enumerate(jobs):
@@ -430,8 +542,10 @@ def phase_timing(runner: Runner, phase: str) -> None:
             print(f"{phase}: budget spent after {index}/{len(jobs)} jobs", flush=True)
             return
         runner.run(job, quick=phase == "sweep")
-        last_of_problem = index + 1 == len(jobs) or (jobs[index + 1].shape, jobs[index + 1].m) \
-            != (job.shape, job.m)
+        last_of_problem = index + 1 == len(jobs) or (jobs[index + 1].shape, jobs[index + 1].m) != (
+            job.shape,
+            job.m,
+        )
         if phase == "acceptance" and last_of_problem:
             _bias_cost(runner, job.shape, job.m)
 
@@ -442,8 +556,16 @@ def _bias_cost(runner: Runner, shape: str, m: int) -> None:
     from lcc_kernels import Plan
 
     for kind in SPARSE_KINDS:
-        mine = [r for r in rows if r["status"] == "ok" and r["provider"] == "ours"
-                and r["kind"] == kind and r["shape"] == shape and r["m"] == m and r["bias"]]
+        mine = [
+            r
+            for r in rows
+            if r["status"] == "ok"
+            and r["provider"] == "ours"
+            and r["kind"] == kind
+            and r["shape"] == shape
+            and r["m"] == m
+            and r["bias"]
+        ]
         if not mine:
             continue
         plan = Plan.from_dict(min(mine, key=lambda r: r["median_ms"])["plan"])
@@ -459,8 +581,10 @@ def phase_shapes(runner: Runner) -> None:
     for ms in runner.cfg.more_m:
         for shape in runner.cfg.more_shapes:
             for m in ms:
-                defaults = {kind: candidates(kind, *runner.shape(shape), m, runner.sms, True)[0]
-                            for kind in SPARSE_KINDS}
+                defaults = {
+                    kind: candidates(kind, *runner.shape(shape), m, runner.sms, True)[0]
+                    for kind in SPARSE_KINDS
+                }
                 for job in timing_jobs(runner.cfg, shape, m, runner.sms, all_dense_triton=False):
                     if not runner.time_left():
                         return
@@ -477,8 +601,10 @@ def start_precompile(out: Path, cfg: Config, workers: int) -> list[subprocess.Po
     command = [sys.executable, __file__, str(out), "--precompile-worker"]
     if cfg.smoke:
         command.append("--smoke")
-    return [subprocess.Popen(command + [f"--worker={i}/{workers}"], stdout=subprocess.DEVNULL)
-            for i in range(workers)]
+    return [
+        subprocess.Popen(command + [f"--worker={i}/{workers}"], stdout=subprocess.DEVNULL)
+        for i in range(workers)
+    ]
 
 
 def precompile_worker(out: Path, cfg: Config, worker: str) -> None:
@@ -488,15 +614,20 @@ def precompile_worker(out: Path, cfg: Config, worker: str) -> None:
 
     index, count = (int(v) for v in worker.split("/"))
     runner = Runner(out, cfg, deadline=float("inf"))
-    jobs = [job for phase in TIMING_PHASES for job in phase_jobs(cfg, phase, runner.sms)
-            if job.provider in ("ours", "dense_triton")]
+    jobs = [
+        job
+        for phase in TIMING_PHASES
+        for job in phase_jobs(cfg, phase, runner.sms)
+        if job.provider in ("ours", "dense_triton")
+    ]
     mine = jobs[index::count][: 2 if cfg.smoke else None]
     for job in mine:
         try:
             dense = runner.dense(job.shape, job.kind)
             packed = runner.packed(job.shape, job.kind) if job.provider == "ours" else None
-            calls, _ = build_calls(job.provider, dense, job.m, bias=job.bias, copies=1,
-                                   plan=job.plan, packed=packed)
+            calls, _ = build_calls(
+                job.provider, dense, job.m, bias=job.bias, copies=1, plan=job.plan, packed=packed
+            )
             calls[0]()
             if runner.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -515,15 +646,20 @@ def finish_precompile(workers: list[subprocess.Popen], out: Path, wait_s: float)
             worker.wait()
     codes = [worker.returncode for worker in workers]
     with open(out / "phases.jsonl", "a") as handle:
-        handle.write(json.dumps({"phase": "precompile", "event": "end", "exit_codes": codes,
-                                 "time": time.time()}) + "\n")
+        handle.write(
+            json.dumps(
+                {"phase": "precompile", "event": "end", "exit_codes": codes, "time": time.time()}
+            )
+            + "\n"
+        )
 
 
 # ---------------------------------------------------------------------------- driver
 
 
-def run_child(out: Path, cfg: Config, phases: list[str], deadline: float,
-              commit: str | None, workers: int) -> None:
+def run_child(
+    out: Path, cfg: Config, phases: list[str], deadline: float, commit: str | None, workers: int
+) -> None:
     runner = Runner(out, cfg, deadline)
     compilers: list[subprocess.Popen] = []
     wants_compilers = workers > 0 and any(p in TIMING_PHASES for p in phases)
@@ -559,8 +695,9 @@ def run_child(out: Path, cfg: Config, phases: list[str], deadline: float,
 
 def _log_phase(out: Path, phase: str, event: str, **extra) -> None:
     with open(out / "phases.jsonl", "a") as handle:
-        handle.write(json.dumps({"phase": phase, "event": event, "time": time.time(),
-                                 **extra}) + "\n")
+        handle.write(
+            json.dumps({"phase": phase, "event": event, "time": time.time(), **extra}) + "\n"
+        )
     if event != "error":
         print(f"[{time.strftime('%H:%M:%S')}] {phase} {event} {extra or ''}", flush=True)
 
@@ -587,8 +724,15 @@ def orchestrate(args) -> int:
         env.update(TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
     remaining = ["env"] + [p for p in PHASES if p in args.phases and p != "env"]
     while remaining and time.time() < deadline:
-        command = [sys.executable, __file__, str(out), "--child", ",".join(remaining),
-                   f"--deadline={deadline}", f"--workers={args.workers}"]
+        command = [
+            sys.executable,
+            __file__,
+            str(out),
+            "--child",
+            ",".join(remaining),
+            f"--deadline={deadline}",
+            f"--workers={args.workers}",
+        ]
         command += ["--smoke"] if args.smoke else []
         command += [f"--commit={args.commit}"] if args.commit else []
         try:
@@ -600,7 +744,7 @@ def orchestrate(args) -> int:
             break
         crashed = [p for p in remaining if p in started][-1:] or remaining[:1]
         _log_phase(out, crashed[0], "crash", exit_code=code)
-        remaining = remaining[remaining.index(crashed[0]) + 1:]
+        remaining = remaining[remaining.index(crashed[0]) + 1 :]
     from lcc_kernels.bench_report import build_dispatch_table, format_summary, summarize
 
     summary = summarize(out)
@@ -617,14 +761,20 @@ def run_e2e(out: Path, budget_s: float, args) -> None:
     if budget_s < E2E_MIN_S:
         _log_phase(out, "e2e", "end", status=f"skipped: {budget_s:.0f} s left")
         return
-    command = [sys.executable, str(Path(__file__).with_name("bench_e2e.py")), str(out / "e2e"),
-               f"--budget-s={budget_s}", f"--dispatch-table={out / 'dispatch_table.json'}"]
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("bench_e2e.py")),
+        str(out / "e2e"),
+        f"--budget-s={budget_s}",
+        f"--dispatch-table={out / 'dispatch_table.json'}",
+    ]
     command += ["--smoke"] if args.smoke else []
     command += [f"--commit={args.commit}"] if args.commit else []
     _log_phase(out, "e2e", "start")
     try:  # the bench stops starting work at budget_s; allow the last job to finish
-        code = subprocess.run(command, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                              timeout=budget_s + E2E_GRACE_S).returncode
+        code = subprocess.run(
+            command, env=dict(os.environ, PYTHONUNBUFFERED="1"), timeout=budget_s + E2E_GRACE_S
+        ).returncode
     except subprocess.TimeoutExpired:
         code = "timeout"
     _log_phase(out, "e2e", "end", status="ok" if code == 0 else f"error: exit {code}")
@@ -634,16 +784,34 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="directory for the results (created)")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run (interpreter)")
-    parser.add_argument("--budget-s", type=float, default=360.0,
-                        help="wall-clock budget of the whole run in seconds")
-    parser.add_argument("--commit", default=os.environ.get("LCC_COMMIT"),
-                        help="git commit to record when the tree has no .git")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="parallel compile workers (default: CPUs - 2, at most 12)")
-    parser.add_argument("--e2e-budget-s", type=float, default=0.0,
-                        help="seconds of the budget kept for the end-to-end phase (0: off)")
-    parser.add_argument("--phases", default=",".join(PHASES),
-                        help=f"comma-separated subset of {','.join(PHASES)} (env always runs)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=360.0,
+        help="wall-clock budget of the whole run in seconds",
+    )
+    parser.add_argument(
+        "--commit",
+        default=os.environ.get("LCC_COMMIT"),
+        help="git commit to record when the tree has no .git",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="parallel compile workers (default: CPUs - 2, at most 12)",
+    )
+    parser.add_argument(
+        "--e2e-budget-s",
+        type=float,
+        default=0.0,
+        help="seconds of the budget kept for the end-to-end phase (0: off)",
+    )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (env always runs)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--precompile-worker", action="store_true", help=argparse.SUPPRESS)
@@ -661,8 +829,14 @@ def main(argv=None) -> int:
         precompile_worker(Path(args.out), config(args.smoke), args.worker)
         return 0
     if args.child is not None:
-        run_child(Path(args.out), config(args.smoke), args.child.split(","), args.deadline,
-                  args.commit, args.workers)
+        run_child(
+            Path(args.out),
+            config(args.smoke),
+            args.child.split(","),
+            args.deadline,
+            args.commit,
+            args.workers,
+        )
         return 0
     return orchestrate(args)
 

@@ -1,0 +1,60 @@
+"""``restorelcc inspect DIR``: per-matrix sparsity, N:M validity, structured shape changes."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "inspect",
+        help="check a checkpoint's sparsity pattern",
+        description="Report per-matrix sparsity of the decoder-block linears, whether they are "
+        "exactly 2:4 / 4:8, and structured shape changes.",
+    )
+    p.add_argument("directory", help="a Hugging Face checkpoint directory")
+    p.add_argument("--json", default=None, help="also write the full report to this file")
+    p.add_argument("--per-matrix", action="store_true", help="one table row per matrix")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from restorelcc.io import atomic_write_json, format_table, run_metadata
+    from restorelcc.prune.checkpoint import inspect_checkpoint
+    from restorelcc.prune.report import summarize
+
+    result = inspect_checkpoint(args.directory)
+    matrices = result["matrices"]
+    if args.per_matrix:
+        rows = [
+            {
+                "matrix": m.name,
+                "shape": "x".join(map(str, m.shape)),
+                "sparsity": m.sparsity,
+                "row_zeros": f"{m.row_zeros_min}-{m.row_zeros_max}",
+                **m.nm,
+            }
+            for m in matrices
+        ]
+    else:
+        rows = summarize(matrices)
+    print(format_table(rows))
+    geometry = dict(result["geometry"])
+    structured = result["structured"]
+    if structured:
+        for key in ("heads", "kv_heads", "intermediate_size"):
+            before, after = structured[key]
+            geometry[key] = f"{before}->{after}"
+        geometry["removed_params"] = structured["removed_fraction_of_blocks"]
+    elements = sum(m.shape[0] * m.shape[1] for m in matrices)
+    geometry["sparsity"] = sum(m.zeros for m in matrices) / max(elements, 1)
+    geometry["shapes_match_config"] = not result["shape_mismatches"]
+    print(format_table([geometry]))
+    for line in result["shape_mismatches"]:
+        print(f"shape mismatch: {line}")
+    if args.json:
+        payload = {**result, "matrices": [asdict(m) for m in matrices]}
+        atomic_write_json(args.json, {**payload, "run_metadata": run_metadata()})
+        print(f"wrote {args.json}")
+    return 0 if not result["shape_mismatches"] else 1

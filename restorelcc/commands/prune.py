@@ -1,0 +1,129 @@
+"""``restorelcc prune``: prune a model and write a Hugging Face checkpoint plus a report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from restorelcc.prune.validate import METHODS, PruneArgumentError
+
+REPORT_NAME = "prune_report.json"
+DEFAULT_CALIBRATION = "mix"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prune",
+        help="prune a model (magnitude / Wanda / SparseGPT; unstructured, N:M or heads)",
+        description="Prune every decoder-block linear layer and save a Hugging Face checkpoint "
+        f"with {REPORT_NAME}.",
+    )
+    p.add_argument("--model", default="smollm2-135m", help="model name or local directory")
+    p.add_argument("--method", choices=METHODS, default="wanda")
+    p.add_argument("--sparsity", type=float, default=0.5, help="fraction removed, in (0, 1)")
+    p.add_argument(
+        "--pattern",
+        default="unstructured",
+        help="unstructured, N:M (e.g. 2:4, 4:8) or heads (structured)",
+    )
+    p.add_argument(
+        "--head-fraction",
+        type=float,
+        default=None,
+        help="heads only: fraction of KV groups removed per layer "
+        "(default: floor(sparsity * KV heads) groups)",
+    )
+    p.add_argument(
+        "--calibration",
+        default=DEFAULT_CALIBRATION,
+        help="calibration source (a training source name, 'mix', or a file/folder)",
+    )
+    p.add_argument("--nsamples", type=int, default=64, help="calibration sequences")
+    p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sequence")
+    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    p.add_argument("--chunk-size", type=int, default=8, help="calibration samples per forward")
+    p.add_argument("--eval", action="store_true", help="evaluate the pruned model (perplexity)")
+    p.add_argument(
+        "--ppl-tokens", type=int, default=8192, help="--eval: LAMBADA tokens scored (perplexity)"
+    )
+    p.add_argument("--out", required=True, help="output checkpoint directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(func=run)
+
+
+def _check_arguments(args: argparse.Namespace):
+    from restorelcc.prune.validate import check_spec
+
+    spec = check_spec(args.method, args.sparsity, args.pattern, args.head_fraction)
+    for name in ("nsamples", "seqlen", "chunk_size", "ppl_tokens"):
+        if getattr(args, name) <= 0:
+            raise PruneArgumentError(f"--{name.replace('_', '-')} must be positive")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"--out {out} is not empty (pass --overwrite to replace it)")
+    return spec
+
+
+def _evaluate(model, tokenizer, tokens: int) -> dict:
+    """Sliding-window perplexity of the pruned model on LAMBADA passages."""
+    from restorelcc.evaluate import perplexity_report
+
+    result = perplexity_report(model, tokenizer, source="lambada", tokens=tokens)
+    return {"perplexity": result.as_dict()}
+
+
+def run(args: argparse.Namespace) -> int:
+    from restorelcc.assets import load_model
+    from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
+    from restorelcc.prune import prune_model
+    from restorelcc.prune.validate import check_model
+
+    spec = _check_arguments(args)
+    model, tokenizer = load_model(args.model)
+    check_model(model, spec)
+    calibration = None
+    if spec.needs_calibration:
+        from restorelcc.data import calibration_batches
+
+        calibration = calibration_batches(
+            tokenizer, source=args.calibration, nsamples=args.nsamples, seqlen=args.seqlen,
+            seed=args.seed,
+        )  # fmt: skip
+    report = prune_model(
+        model,
+        spec.method,
+        spec.sparsity,
+        str(spec.pattern),
+        calibration,
+        calibration_source=args.calibration if calibration is not None else None,
+        head_fraction=spec.head_fraction,
+        chunk_size=args.chunk_size,
+    )
+    if args.eval:
+        report.evaluation = _evaluate(model, tokenizer, args.ppl_tokens)
+    payload = {
+        "model": str(args.model),
+        **report.to_dict(),
+        "run_metadata": run_metadata(),
+    }
+    with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / REPORT_NAME, payload)
+
+    print(format_table(report.summary_rows()))
+    summary = {
+        "method": report.method,
+        "pattern": report.pattern,
+        "sparsity": report.overall_sparsity,
+        "seconds": report.seconds,
+    }
+    if report.structured:
+        summary["removed_params"] = report.structured["removed_fraction_of_blocks"]
+    if report.evaluation:
+        summary["ppl"] = report.evaluation["perplexity"]["perplexity"]
+    print(format_table([summary]))
+    print(f"wrote {args.out} ({REPORT_NAME})")
+    return 0

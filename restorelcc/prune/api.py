@@ -1,0 +1,157 @@
+"""``prune_model``: prune every decoder-block linear of a causal LM in place."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from restorelcc.hf.families import Family, block_linear, decoder_layers
+from restorelcc.prune.calibrate import collect_input_stats, input_sharing_groups, walk_blocks
+from restorelcc.prune.magnitude import magnitude_mask
+from restorelcc.prune.report import PruneReport, matrix_report
+from restorelcc.prune.sparsegpt import (
+    BLOCK_SIZE,
+    DAMPENING,
+    inverse_hessian_factor,
+    prune_with_factor,
+)
+from restorelcc.prune.structured import plan_removal, prune_structured
+from restorelcc.prune.validate import (
+    PruneArgumentError,
+    PruneSpec,
+    check_calibration,
+    check_model,
+    check_spec,
+)
+from restorelcc.prune.wanda import wanda_mask
+
+
+def prune_model(
+    model: nn.Module,
+    method: str = "magnitude",
+    sparsity: float = 0.5,
+    pattern: str = "unstructured",
+    calibration: torch.Tensor | None = None,
+    *,
+    calibration_source: str | None = None,
+    head_fraction: float | None = None,
+    chunk_size: int = 8,
+    block_size: int = BLOCK_SIZE,
+    dampening: float = DAMPENING,
+) -> PruneReport:
+    """Prune ``model`` in place and return a ``PruneReport``.
+
+    Prunes q, k, v, o, gate, up and down of every decoder block (never embeddings or the
+    LM head). ``method``: ``magnitude`` (no data), ``wanda`` or ``sparsegpt`` (need
+    ``calibration``, token ids ``[nsamples, seqlen]``, propagated block by block through
+    the already-pruned blocks in chunks of ``chunk_size`` samples). ``pattern``:
+    ``unstructured`` (magnitude and Wanda: each row loses ``sparsity * in_features``
+    weights, rounded half up; SparseGPT: each matrix loses ``sparsity`` of its weights,
+    chosen per block of 128 columns as in the reference), ``"N:M"``
+    (at most N nonzeros in every M consecutive inputs; ``sparsity`` must be ``1 - N/M``)
+    or ``heads`` (structured: removes KV groups and MLP channels so that ``sparsity`` of the
+    block parameters go; ``magnitude`` or ``wanda`` scoring; see ``structured.py``).
+    ``calibration_source`` is only recorded in the report.
+
+    All arguments are checked before any weight changes; bad ones raise
+    ``PruneArgumentError`` (a ``ValueError``) or ``UnsupportedModelError``.
+
+    Example::
+
+        report = prune_model(model, "wanda", 0.5, "2:4", calibration=tokens)
+        print(report.overall_sparsity)
+    """
+    spec = check_spec(method, sparsity, pattern, head_fraction)
+    if chunk_size < 1 or block_size < 1 or not dampening >= 0:
+        raise PruneArgumentError(
+            f"need chunk_size >= 1, block_size >= 1 and dampening >= 0, got {chunk_size}, "
+            f"{block_size}, {dampening}"
+        )
+    family = check_model(model, spec)
+    vocab = model.get_input_embeddings().num_embeddings
+    tokens = check_calibration(calibration, spec, vocab)
+    plan = plan_removal(model, family, spec) if spec.pattern.kind == "heads" else None
+
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    structured = None
+    try:
+        with torch.no_grad():
+            if plan is not None:
+                structured = prune_structured(model, family, spec, plan, tokens, chunk_size)
+            elif spec.method == "magnitude":
+                _prune_magnitude(model, family, spec)
+            else:
+                _prune_calibrated(model, family, spec, tokens, chunk_size, block_size, dampening)
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+
+    matrices = [
+        matrix_report(f"layers.{i}.{name}", block_linear(layer, name).weight)
+        for i, layer in enumerate(decoder_layers(model))
+        for name in family.block_linears
+    ]
+    calibration_info = None
+    if tokens is not None:
+        calibration_info = {
+            "source": calibration_source,
+            "nsamples": int(tokens.shape[0]),
+            "seqlen": int(tokens.shape[1]),
+        }
+    return PruneReport(
+        method=spec.method,
+        pattern=str(spec.pattern),
+        sparsity=spec.sparsity,
+        matrices=matrices,
+        seconds=seconds,
+        calibration=calibration_info,
+        structured=structured,
+    )
+
+
+def _prune_magnitude(model: nn.Module, family: Family, spec: PruneSpec) -> None:
+    layers = decoder_layers(model)
+    for layer in tqdm(layers, desc=f"magnitude {spec.pattern}", unit="layer"):
+        for name in family.block_linears:
+            weight = block_linear(layer, name).weight
+            weight.masked_fill_(magnitude_mask(weight, spec.sparsity, spec.pattern), 0.0)
+
+
+def _prune_calibrated(
+    model: nn.Module,
+    family: Family,
+    spec: PruneSpec,
+    tokens: torch.Tensor,
+    chunk_size: int,
+    block_size: int,
+    dampening: float,
+) -> None:
+    gram = spec.method == "sparsegpt"
+    desc = f"{spec.method} {spec.pattern}"
+    for step in walk_blocks(model, tokens, chunk_size, desc=desc):
+        with collect_input_stats(step.block, family, gram=gram) as stats:
+            step.forward()
+        if spec.method == "wanda":
+            for name in family.block_linears:
+                weight = block_linear(step.block, name).weight
+                mask = wanda_mask(weight, stats[name].norms(), spec.sparsity, spec.pattern)
+                weight.masked_fill_(mask, 0.0)
+            continue
+        for group in input_sharing_groups(family):
+            # linears reading the same input (q/k/v, gate/up) share one Hessian factor
+            factor = inverse_hessian_factor(stats[group[0]].hessian(), dampening)
+            # N:M rows are independent, so the group is pruned as one stacked matrix (fewer
+            # Python column steps); unstructured masks span whole blocks, so one at a time
+            parts = [group] if spec.pattern.kind == "nm" else [(name,) for name in group]
+            for names in parts:
+                weights = [block_linear(step.block, name).weight for name in names]
+                stacked = torch.cat([w.detach().float() for w in weights])
+                new = prune_with_factor(stacked, factor, spec.sparsity, spec.pattern, block_size)
+                sizes = [w.shape[0] for w in weights]
+                for weight, part in zip(weights, new.split(sizes), strict=True):
+                    weight.copy_(part.to(weight.dtype))

@@ -1,0 +1,197 @@
+"""Layer-by-layer calibration: capture decoder-block inputs once, then walk the blocks.
+
+As in the reference Wanda and SparseGPT code, only one block's activations live at a time:
+the calibration tokens are embedded and stopped at the first decoder block, each block is
+run on those hidden states (with statistics hooks on its linears), pruned, and run again to
+produce the inputs of the next block, so later blocks see the errors of earlier pruning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from restorelcc.hf.families import Family, block_linear, decoder_layers
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the wanted input is captured."""
+
+
+def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _without_hidden(kwargs: dict) -> dict:
+    return {k: v for k, v in kwargs.items() if k != "hidden_states"}
+
+
+@torch.no_grad()
+def capture_block_inputs(
+    model: nn.Module, tokens: torch.Tensor, chunk_size: int = 8
+) -> tuple[list[torch.Tensor], list[dict]]:
+    """Hidden states entering the first decoder block, and every block's keyword arguments.
+
+    ``tokens`` is ``[nsamples, seqlen]``. Returns ``chunks`` (``[<=chunk_size, seqlen,
+    hidden]`` each) and ``block_kwargs`` (one dict per block: position embeddings, attention
+    mask, ... as the model passes them; recorded from a batch of one sample so they
+    broadcast over any chunk size, and per block because some families give each block
+    type its own mask or rotary embedding).
+    """
+    layers = decoder_layers(model)
+    device = next(model.parameters()).device
+    tokens = tokens.to(device)
+    chunks: list[torch.Tensor] = []
+
+    def grab_hidden(module, args, kwargs):
+        chunks.append(_hidden_of(args, kwargs).detach())
+        raise _StopForward
+
+    handle = layers[0].register_forward_pre_hook(grab_hidden, with_kwargs=True)
+    try:
+        for start in range(0, tokens.shape[0], chunk_size):
+            with contextlib.suppress(_StopForward):
+                model(input_ids=tokens[start : start + chunk_size], use_cache=False)
+    finally:
+        handle.remove()
+
+    block_kwargs: list[dict] = [{} for _ in layers]
+
+    def grab_kwargs(index: int):
+        def hook(module, args, kwargs):
+            block_kwargs[index] = _without_hidden(kwargs)
+            if index == len(layers) - 1:
+                raise _StopForward
+
+        return hook
+
+    handles = [
+        layer.register_forward_pre_hook(grab_kwargs(i), with_kwargs=True)
+        for i, layer in enumerate(layers)
+    ]
+    try:
+        with contextlib.suppress(_StopForward):
+            model(input_ids=tokens[:1], use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return chunks, block_kwargs
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, chunks: list[torch.Tensor], kwargs: dict) -> list[torch.Tensor]:
+    """``block`` applied to every chunk ``[b, seqlen, hidden]``; returns the outputs."""
+    outputs = []
+    for hidden in chunks:
+        out = block(hidden, **kwargs)
+        outputs.append(out[0] if isinstance(out, tuple) else out)
+    return outputs
+
+
+@dataclass
+class BlockStep:
+    """One decoder block during a calibrated walk: its index, module and current inputs."""
+
+    index: int
+    block: nn.Module
+    inputs: list[torch.Tensor]
+    kwargs: dict = field(default_factory=dict)
+
+    def forward(self) -> list[torch.Tensor]:
+        """Run the block on its calibration inputs (hooks registered on it see them)."""
+        return run_block(self.block, self.inputs, self.kwargs)
+
+
+def walk_blocks(
+    model: nn.Module, tokens: torch.Tensor, chunk_size: int = 8, desc: str = "prune"
+) -> Iterator[BlockStep]:
+    """Yield every decoder block with its calibration inputs, in order.
+
+    The caller collects statistics (``step.forward()`` under hooks) and modifies
+    ``step.block``; when the caller asks for the next block, this block is re-run on the
+    same inputs and its outputs become the next block's inputs.
+    """
+    chunks, block_kwargs = capture_block_inputs(model, tokens, chunk_size)
+    layers = decoder_layers(model)
+    for index in tqdm(range(len(layers)), desc=desc, unit="layer"):
+        step = BlockStep(index, layers[index], chunks, block_kwargs[index])
+        yield step
+        chunks = run_block(layers[index], chunks, block_kwargs[index])
+
+
+class InputStats:
+    """Running statistics of the inputs ``X`` ``[tokens, features]`` of one linear layer.
+
+    ``sumsq[j] = sum_t X[t, j]^2`` (Wanda's squared column norms) and, if ``gram``,
+    ``X^T X`` accumulated in float64 from float32 chunk products (SparseGPT's Hessian).
+    """
+
+    def __init__(self, features: int, gram: bool, device: torch.device):
+        self.count = 0
+        self.sumsq = torch.zeros(features, dtype=torch.float64, device=device)
+        self.gram = (
+            torch.zeros(features, features, dtype=torch.float64, device=device) if gram else None
+        )
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.count += x.shape[0]
+        self.sumsq += x.square().sum(dim=0, dtype=torch.float64)
+        if self.gram is not None:
+            self.gram += (x.T @ x).double()
+
+    def norms(self) -> torch.Tensor:
+        """``||X[:, j]||_2`` per input feature, float32 ``[features]``."""
+        return self.sumsq.sqrt().float()
+
+    def hessian(self) -> torch.Tensor:
+        """``2 X^T X / tokens``, float64 ``[features, features]`` (SparseGPT's scaling)."""
+        if self.gram is None:
+            raise ValueError("these statistics were collected without the Gram matrix")
+        return self.gram * (2.0 / max(self.count, 1))
+
+
+def input_sharing_groups(family: Family) -> list[tuple[str, ...]]:
+    """Linears of a block, grouped by the input they read (q/k/v share one, gate/up one)."""
+    attn, mlp = family.attention, family.mlp
+    return [
+        tuple(f"{attn}.{n}" for n in (family.q_proj, family.k_proj, family.v_proj)),
+        (f"{attn}.{family.o_proj}",),
+        tuple(f"{mlp}.{n}" for n in (family.gate_proj, family.up_proj)),
+        (f"{mlp}.{family.down_proj}",),
+    ]
+
+
+@contextlib.contextmanager
+def collect_input_stats(
+    block: nn.Module, family: Family, names: tuple[str, ...] | None = None, gram: bool = False
+) -> Iterator[dict[str, InputStats]]:
+    """Hook ``block``'s linears and yield ``{name: InputStats}`` filled by block forwards.
+
+    Linears that read the same input share one ``InputStats`` (computed once). ``names``
+    limits collection to those linears (default: all of ``family.block_linears``).
+    """
+    wanted = set(names or family.block_linears)
+    stats: dict[str, InputStats] = {}
+    handles = []
+    try:
+        for group in input_sharing_groups(family):
+            members = [n for n in group if n in wanted]
+            if not members:
+                continue
+            first = block_linear(block, members[0])
+            shared = InputStats(first.in_features, gram, first.weight.device)
+            for name in members:
+                stats[name] = shared
+            handles.append(
+                first.register_forward_hook(lambda mod, args, out, s=shared: s.update(args[0]))
+            )
+        yield stats
+    finally:
+        for h in handles:
+            h.remove()

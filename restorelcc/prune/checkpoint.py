@@ -1,0 +1,100 @@
+"""Check a saved checkpoint's sparsity pattern without building the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from restorelcc.errors import CorruptCacheError, ModelNotFoundError
+from restorelcc.hf.families import family_of, head_geometry
+from restorelcc.prune.report import MatrixReport, matrix_report
+
+PRUNE_REPORT = "prune_report.json"
+
+
+def _tensor_files(directory: Path) -> dict[str, Path]:
+    """Tensor name -> the safetensors file holding it (single file or sharded index)."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: directory / file for name, file in weight_map.items()}
+    single = directory / "model.safetensors"
+    if not single.is_file():
+        raise ModelNotFoundError(f"{directory} holds no model.safetensors (or sharded index)")
+    from safetensors import safe_open
+
+    with safe_open(single, framework="pt") as f:
+        return {name: single for name in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+
+
+def expected_shapes(config, family) -> dict[str, tuple[int, int]]:
+    """Shape of each block linear implied by ``config`` (``[out, in]``)."""
+    g = head_geometry(config)
+    hidden, inter = config.hidden_size, config.intermediate_size
+    a, m = family.attention, family.mlp
+    return {
+        f"{a}.{family.q_proj}": (g.heads * g.head_dim, hidden),
+        f"{a}.{family.k_proj}": (g.kv_heads * g.head_dim, hidden),
+        f"{a}.{family.v_proj}": (g.kv_heads * g.head_dim, hidden),
+        f"{a}.{family.o_proj}": (hidden, g.heads * g.head_dim),
+        f"{m}.{family.gate_proj}": (inter, hidden),
+        f"{m}.{family.up_proj}": (inter, hidden),
+        f"{m}.{family.down_proj}": (hidden, inter),
+    }
+
+
+def inspect_checkpoint(directory: str | Path) -> dict:
+    """Per-matrix sparsity, N:M validity and shape consistency of a saved checkpoint.
+
+    Returns ``{"matrices": [MatrixReport...], "geometry": {...}, "shape_mismatches": [...],
+    "structured": {...} | None}`` (``structured`` from the checkpoint's prune report).
+    """
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise ModelNotFoundError(f"{directory} is not a checkpoint directory (no config.json)")
+    config = AutoConfig.from_pretrained(directory)
+    family = family_of(config)
+    files = _tensor_files(directory)
+    expected = expected_shapes(config, family)
+    matrices: list[MatrixReport] = []
+    mismatches: list[str] = []
+    handles: dict[Path, object] = {}
+    try:
+        for layer in range(config.num_hidden_layers):
+            for name, shape in expected.items():
+                key = f"{family.layers_path}.{layer}.{name}.weight"
+                if key not in files:
+                    raise CorruptCacheError(f"{directory} lacks tensor {key}")
+                path = files[key]
+                if path not in handles:
+                    handles[path] = safe_open(path, framework="pt")
+                weight = handles[path].get_tensor(key)
+                report = matrix_report(f"layers.{layer}.{name}", weight)
+                if report.shape != shape:
+                    mismatches.append(f"{key}: {report.shape} but config implies {shape}")
+                matrices.append(report)
+    finally:
+        handles.clear()
+    g = head_geometry(config)
+    structured = None
+    prune_report = directory / PRUNE_REPORT
+    if prune_report.is_file():
+        structured = json.loads(prune_report.read_text()).get("structured")
+    return {
+        "directory": str(directory),
+        "model_type": config.model_type,
+        "geometry": {
+            "layers": g.layers,
+            "heads": g.heads,
+            "kv_heads": g.kv_heads,
+            "head_dim": g.head_dim,
+            "hidden_size": g.hidden_size,
+            "intermediate_size": config.intermediate_size,
+        },
+        "matrices": matrices,
+        "shape_mismatches": mismatches,
+        "structured": structured,
+    }

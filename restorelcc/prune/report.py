@@ -1,0 +1,91 @@
+"""What a pruning run did: per-matrix sparsity, N:M validity, structured shape changes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from restorelcc.prune.masks import is_nm
+
+CHECKED_NM = ((2, 4), (4, 8))
+
+
+@dataclass
+class MatrixReport:
+    """Sparsity of one weight matrix ``[out, in]``."""
+
+    name: str
+    shape: tuple[int, int]
+    zeros: int
+    sparsity: float
+    row_zeros_min: int
+    row_zeros_max: int
+    nm: dict[str, bool]  # "2:4" -> every group of 4 inputs has at most 2 nonzeros
+
+
+def matrix_report(name: str, weight: torch.Tensor) -> MatrixReport:
+    zero = weight.detach() == 0
+    per_row = zero.sum(dim=1)
+    return MatrixReport(
+        name=name,
+        shape=(int(weight.shape[0]), int(weight.shape[1])),
+        zeros=int(per_row.sum()),
+        sparsity=float(zero.float().mean()),
+        row_zeros_min=int(per_row.min()),
+        row_zeros_max=int(per_row.max()),
+        nm={f"{n}:{m}": is_nm(weight, n, m) for n, m in CHECKED_NM},
+    )
+
+
+@dataclass
+class PruneReport:
+    """The outcome of ``prune_model``; ``to_dict()`` is its JSON form."""
+
+    method: str
+    pattern: str
+    sparsity: float  # requested: fraction of weights (or, for 'heads', of parameters) removed
+    matrices: list[MatrixReport]
+    seconds: float
+    calibration: dict | None = None  # {"source", "nsamples", "seqlen"} when used
+    structured: dict | None = None  # removed heads / channels and parameter counts
+    evaluation: dict | None = field(default=None)
+
+    @property
+    def overall_sparsity(self) -> float:
+        """Zeros over all pruned matrices / their elements."""
+        total = sum(m.shape[0] * m.shape[1] for m in self.matrices)
+        return sum(m.zeros for m in self.matrices) / max(total, 1)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["overall_sparsity"] = self.overall_sparsity
+        return out
+
+    def summary_rows(self) -> list[dict]:
+        """One row per linear name (q_proj, ...) aggregated over layers, for a table."""
+        return summarize(self.matrices)
+
+
+def summarize(matrices: list[MatrixReport]) -> list[dict]:
+    """One row per linear name (``layers.<i>.`` stripped) aggregated over layers."""
+    groups: dict[str, list[MatrixReport]] = {}
+    for m in matrices:
+        groups.setdefault(m.name.split(".", 2)[-1], []).append(m)
+    rows = []
+    for name, ms in groups.items():
+        elements = sum(m.shape[0] * m.shape[1] for m in ms)
+        shapes = sorted({"x".join(map(str, m.shape)) for m in ms})
+        rows.append(
+            {
+                "matrix": name,
+                "layers": len(ms),
+                "shape": ",".join(shapes),
+                "sparsity": sum(m.zeros for m in ms) / max(elements, 1),
+                "row_zeros": f"{min(m.row_zeros_min for m in ms)}-"
+                f"{max(m.row_zeros_max for m in ms)}",
+                "2:4": all(m.nm["2:4"] for m in ms),
+                "4:8": all(m.nm["4:8"] for m in ms),
+            }
+        )
+    return rows

@@ -1,0 +1,241 @@
+"""Structured pruning: remove whole key/value groups of attention heads and MLP channels.
+
+Every layer loses the same number of KV groups (one key/value head with all the query
+heads that read it) and the same number of MLP intermediate channels, so the result is an
+ordinary config (fewer ``num_attention_heads`` / ``num_key_value_heads``, smaller
+``intermediate_size``, same ``head_dim``) that ``from_pretrained`` reloads. Which groups
+and channels go is decided per layer by their importance, the energy they feed into the
+output projection: ``sum_j ||W_out[:, j]||^2 * ||X_j||^2`` over their input columns ``j`` of
+``o_proj`` / ``down_proj`` (``wanda``; ``X`` from calibration inputs propagated through the
+already-pruned layers), or ``sum_j ||W_out[:, j]||^2`` (``magnitude``, no data).
+
+``sparsity`` is the fraction of the decoder blocks' linear parameters removed. By default
+``floor(sparsity * kv_heads)`` groups are removed (attention never loses a larger share
+than the target; at most all but one group), and MLP channels make up the rest;
+``head_fraction`` sets the number of groups directly (``head_fraction * kv_heads``, rounded
+half up; ``0`` removes MLP channels only). Why floor: on SmolLM2-135M (3 KV groups), 20%
+structured with one KV group + 239 channels per layer measured LAMBADA perplexity 135.0,
+MLP channels only (410 per layer) 79.7 (dense 40.4; benchmarks/results).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from restorelcc.hf.families import Family, block_linear, decoder_layers, head_geometry
+from restorelcc.prune.calibrate import collect_input_stats, walk_blocks
+from restorelcc.prune.validate import PruneArgumentError, PruneSpec
+
+
+def _params(linear: nn.Linear) -> int:
+    return linear.weight.numel() + (linear.bias.numel() if linear.bias is not None else 0)
+
+
+@dataclass(frozen=True)
+class StructuredPlan:
+    """How much every layer loses; parameter counts are per layer, biases included."""
+
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    kv_groups_removed: int
+    channels_removed: int
+    group_params: int
+    channel_params: int
+    layer_params: int
+
+    @property
+    def removed_params(self) -> int:
+        per_layer = (
+            self.kv_groups_removed * self.group_params + self.channels_removed * self.channel_params
+        )
+        return self.layers * per_layer
+
+    @property
+    def removed_fraction(self) -> float:
+        return self.removed_params / (self.layers * self.layer_params)
+
+
+def plan_removal(model: nn.Module, family: Family, spec: PruneSpec) -> StructuredPlan:
+    """Choose the KV groups and MLP channels removed per layer; raises if infeasible."""
+    geometry = head_geometry(model)
+    layers = decoder_layers(model)
+    first = layers[0]
+    linear = {name: block_linear(first, name) for name in family.block_linears}
+    for index, layer in enumerate(layers):
+        for name in family.block_linears:
+            if block_linear(layer, name).weight.shape != linear[name].weight.shape:
+                raise PruneArgumentError(
+                    f"structured pruning needs identical layers; layers.{index}.{name} differs"
+                )
+    attn, mlp = family.attention, family.mlp
+    q, k, v = (linear[f"{attn}.{n}"] for n in (family.q_proj, family.k_proj, family.v_proj))
+    o = linear[f"{attn}.{family.o_proj}"]
+    gate, up, down = (
+        linear[f"{mlp}.{n}"] for n in (family.gate_proj, family.up_proj, family.down_proj)
+    )
+    heads, kv_heads, head_dim = geometry.heads, geometry.kv_heads, geometry.head_dim
+    group = geometry.group_size
+    per_row = lambda lin: lin.in_features + (1 if lin.bias is not None else 0)
+    group_params = head_dim * (
+        group * per_row(q) + per_row(k) + per_row(v) + group * o.out_features
+    )
+    channel_params = per_row(gate) + per_row(up) + down.out_features
+    layer_params = sum(_params(lin) for lin in linear.values())
+    intermediate = down.in_features
+
+    target = spec.sparsity * layer_params
+    if spec.head_fraction is not None:
+        groups = math.floor(spec.head_fraction * kv_heads + 0.5)
+        if groups >= kv_heads:
+            raise PruneArgumentError(
+                f"head_fraction {spec.head_fraction} removes all {kv_heads} KV groups"
+            )
+        if groups * group_params > target:
+            raise PruneArgumentError(
+                f"head_fraction {spec.head_fraction} removes {groups} KV groups, more than "
+                f"sparsity {spec.sparsity} allows"
+            )
+    else:
+        groups = min(math.floor(spec.sparsity * kv_heads), kv_heads - 1)
+        while groups > 0 and groups * group_params > target:
+            groups -= 1
+    channels = math.floor((target - groups * group_params) / channel_params + 0.5)
+    if channels >= intermediate:
+        most = ((kv_heads - 1) * group_params + (intermediate - 1) * channel_params) / layer_params
+        raise PruneArgumentError(
+            f"structured sparsity {spec.sparsity} is out of reach: keeping one KV group and one "
+            f"MLP channel per layer removes at most {most:.3f} of the block parameters"
+        )
+    return StructuredPlan(
+        len(layers), heads, kv_heads, head_dim, intermediate, groups, channels,
+        group_params, channel_params, layer_params,
+    )  # fmt: skip
+
+
+def _keep_rows(linear: nn.Linear, index: torch.Tensor) -> None:
+    linear.weight = nn.Parameter(linear.weight.data[index].clone(), linear.weight.requires_grad)
+    if linear.bias is not None:
+        linear.bias = nn.Parameter(linear.bias.data[index].clone(), linear.bias.requires_grad)
+    linear.out_features = int(index.numel())
+
+
+def _keep_columns(linear: nn.Linear, index: torch.Tensor) -> None:
+    linear.weight = nn.Parameter(linear.weight.data[:, index].clone(), linear.weight.requires_grad)
+    linear.in_features = int(index.numel())
+
+
+def _column_energy(weight: torch.Tensor, input_sumsq: torch.Tensor | None) -> torch.Tensor:
+    """``||W[:, j]||^2`` (times ``||X_j||^2`` when given), float64 ``[in]``."""
+    energy = weight.detach().double().square().sum(dim=0)
+    return energy if input_sumsq is None else energy * input_sumsq.double()
+
+
+def _lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Sorted indices of the ``count`` lowest ``scores``."""
+    return torch.sort(torch.topk(scores, count, largest=False).indices).values
+
+
+def _shrink_block(
+    block: nn.Module,
+    family: Family,
+    plan: StructuredPlan,
+    o_sumsq: torch.Tensor | None,
+    down_sumsq: torch.Tensor | None,
+) -> dict:
+    """Remove the least important KV groups and channels of one block; returns what went."""
+    attn, mlp = family.attention, family.mlp
+    q, k, v, o = (
+        block_linear(block, f"{attn}.{n}")
+        for n in (family.q_proj, family.k_proj, family.v_proj, family.o_proj)
+    )
+    gate, up, down = (
+        block_linear(block, f"{mlp}.{n}")
+        for n in (family.gate_proj, family.up_proj, family.down_proj)
+    )
+    group, hd = plan.heads // plan.kv_heads, plan.head_dim
+    # query head h reads KV head h // group (transformers' repeat_kv order)
+    head_energy = _column_energy(o.weight, o_sumsq).reshape(plan.heads, hd).sum(dim=1)
+    group_energy = head_energy.reshape(plan.kv_heads, group).sum(dim=1)
+    removed_kv = _lowest(group_energy, plan.kv_groups_removed)
+    keep_kv = torch.tensor([g for g in range(plan.kv_heads) if g not in set(removed_kv.tolist())])
+    keep_heads = (keep_kv[:, None] * group + torch.arange(group)).reshape(-1)
+    keep_head_dims = (keep_heads[:, None] * hd + torch.arange(hd)).reshape(-1)
+    keep_kv_dims = (keep_kv[:, None] * hd + torch.arange(hd)).reshape(-1)
+    _keep_rows(q, keep_head_dims)
+    _keep_rows(k, keep_kv_dims)
+    _keep_rows(v, keep_kv_dims)
+    _keep_columns(o, keep_head_dims)
+
+    channel_energy = _column_energy(down.weight, down_sumsq)
+    removed_channels = _lowest(channel_energy, plan.channels_removed)
+    keep = torch.ones(plan.intermediate, dtype=torch.bool)
+    keep[removed_channels] = False
+    keep_channels = keep.nonzero().squeeze(1)
+    _keep_rows(gate, keep_channels)
+    _keep_rows(up, keep_channels)
+    _keep_columns(down, keep_channels)
+    if hasattr(block.get_submodule(mlp), "intermediate_size"):
+        block.get_submodule(mlp).intermediate_size = int(keep_channels.numel())
+    removed_heads = [h for h in range(plan.heads) if h not in set(keep_heads.tolist())]
+    return {
+        "kv_heads": removed_kv.tolist(),
+        "heads": removed_heads,
+        "channels": int(removed_channels.numel()),
+    }
+
+
+def _update_config(model: nn.Module, plan: StructuredPlan) -> None:
+    kv = plan.kv_heads - plan.kv_groups_removed
+    config = model.config
+    config.num_attention_heads = kv * (plan.heads // plan.kv_heads)
+    config.num_key_value_heads = kv
+    config.head_dim = plan.head_dim
+    config.intermediate_size = plan.intermediate - plan.channels_removed
+
+
+@torch.no_grad()
+def prune_structured(
+    model: nn.Module,
+    family: Family,
+    spec: PruneSpec,
+    plan: StructuredPlan,
+    tokens: torch.Tensor | None,
+    chunk_size: int = 8,
+) -> dict:
+    """Apply ``plan`` to ``model`` in place and update its config; returns the report part."""
+    model_params_before = sum(p.numel() for p in model.parameters())
+    o_name = f"{family.attention}.{family.o_proj}"
+    down_name = f"{family.mlp}.{family.down_proj}"
+    removed: dict[int, dict] = {}
+    if spec.method == "wanda":
+        for step in walk_blocks(model, tokens, chunk_size, desc="structured wanda"):
+            with collect_input_stats(step.block, family, (o_name, down_name)) as stats:
+                step.forward()
+            o_sumsq, down_sumsq = stats[o_name].sumsq, stats[down_name].sumsq
+            removed[step.index] = _shrink_block(step.block, family, plan, o_sumsq, down_sumsq)
+    else:
+        from tqdm.auto import tqdm
+
+        layers = decoder_layers(model)
+        for index in tqdm(range(len(layers)), desc="structured magnitude", unit="layer"):
+            removed[index] = _shrink_block(layers[index], family, plan, None, None)
+    _update_config(model, plan)
+    model_params_after = sum(p.numel() for p in model.parameters())
+    return {
+        "plan": asdict(plan),
+        "heads": [plan.heads, model.config.num_attention_heads],
+        "kv_heads": [plan.kv_heads, model.config.num_key_value_heads],
+        "intermediate_size": [plan.intermediate, model.config.intermediate_size],
+        "removed_params": plan.removed_params,
+        "removed_fraction_of_blocks": plan.removed_fraction,
+        "model_params": [model_params_before, model_params_after],
+        "removed_fraction_of_model": 1 - model_params_after / model_params_before,
+        "removed_per_layer": removed,
+    }

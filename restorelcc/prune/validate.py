@@ -1,0 +1,112 @@
+"""Argument checks for pruning, all done before any weight is touched."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from restorelcc.errors import RestoreLCCError
+from restorelcc.hf.families import Family, block_linear, decoder_layers, family_of
+from restorelcc.prune.masks import Pattern, parse_pattern
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+CALIBRATED_METHODS = ("wanda", "sparsegpt")
+STRUCTURED_METHODS = ("magnitude", "wanda")
+
+
+class PruneArgumentError(RestoreLCCError, ValueError):
+    """A pruning request that cannot be carried out (bad method, sparsity, pattern, data)."""
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """A validated pruning request."""
+
+    method: str
+    sparsity: float
+    pattern: Pattern
+    head_fraction: float | None = None
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method in CALIBRATED_METHODS
+
+
+def check_spec(
+    method: str, sparsity: float, pattern: str | Pattern, head_fraction: float | None = None
+) -> PruneSpec:
+    """Validate the model-independent arguments; raises ``PruneArgumentError``."""
+    if method not in METHODS:
+        raise PruneArgumentError(f"unknown pruning method {method!r}; choose from {METHODS}")
+    try:
+        sparsity = float(sparsity)
+    except (TypeError, ValueError):
+        raise PruneArgumentError(f"sparsity must be a number, got {sparsity!r}") from None
+    if not (0.0 < sparsity < 1.0) or math.isnan(sparsity):
+        raise PruneArgumentError(f"sparsity must lie strictly between 0 and 1, got {sparsity}")
+    try:
+        parsed = parse_pattern(pattern)
+    except ValueError as exc:
+        raise PruneArgumentError(str(exc)) from None
+    if parsed.kind == "nm":
+        implied = parsed.prune_per_group / parsed.m
+        if not math.isclose(sparsity, implied, abs_tol=1e-9):
+            raise PruneArgumentError(
+                f"pattern {parsed} prunes {implied:g} of the weights, but sparsity {sparsity:g} "
+                f"was requested; pass sparsity={implied:g}"
+            )
+    if parsed.kind == "heads":
+        if method not in STRUCTURED_METHODS:
+            raise PruneArgumentError(
+                f"structured pruning ('heads') supports methods {STRUCTURED_METHODS}, "
+                f"not {method!r}"
+            )
+        if head_fraction is not None and not (0.0 <= head_fraction < 1.0):
+            raise PruneArgumentError(f"head_fraction must lie in [0, 1), got {head_fraction}")
+    elif head_fraction is not None:
+        raise PruneArgumentError("head_fraction only applies to the 'heads' pattern")
+    return PruneSpec(method, sparsity, parsed, head_fraction)
+
+
+def check_model(model: nn.Module, spec: PruneSpec) -> Family:
+    """Check the model has the family's decoder linears and the pattern fits their shapes."""
+    family = family_of(model)
+    layers = decoder_layers(model)
+    for index, layer in enumerate(layers):
+        for name in family.block_linears:
+            linear = block_linear(layer, name)
+            if spec.pattern.kind == "nm" and linear.in_features % spec.pattern.m:
+                raise PruneArgumentError(
+                    f"pattern {spec.pattern} needs input dimensions divisible by "
+                    f"{spec.pattern.m}, but layers.{index}.{name} has {linear.in_features}"
+                )
+    return family
+
+
+def check_calibration(calibration, spec: PruneSpec, vocab_size: int) -> torch.Tensor | None:
+    """The calibration tokens ``[nsamples, seqlen]`` (long), or ``None`` if not needed."""
+    if not spec.needs_calibration:
+        return None
+    if calibration is None:
+        raise PruneArgumentError(
+            f"method {spec.method!r} needs calibration tokens (a LongTensor [nsamples, seqlen])"
+        )
+    if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2:
+        shape = tuple(calibration.shape) if isinstance(calibration, torch.Tensor) else None
+        raise PruneArgumentError(
+            f"calibration must be a 2-D token tensor [nsamples, seqlen], got "
+            f"{type(calibration).__name__} {shape or ''}".rstrip()
+        )
+    if calibration.dtype.is_floating_point or calibration.dtype == torch.bool:
+        raise PruneArgumentError(f"calibration must hold token ids, got dtype {calibration.dtype}")
+    if calibration.numel() == 0:
+        raise PruneArgumentError("calibration holds no tokens")
+    low, high = int(calibration.min()), int(calibration.max())
+    if low < 0 or high >= vocab_size:
+        raise PruneArgumentError(
+            f"calibration token ids span [{low}, {high}], outside the vocabulary [0, {vocab_size})"
+        )
+    return calibration.long()

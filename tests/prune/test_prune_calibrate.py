@@ -1,0 +1,46 @@
+"""Block-by-block propagation reproduces the model; statistics match direct sums."""
+
+import pytest
+import torch
+
+from restorelcc.hf.families import decoder_layers, family_of
+from restorelcc.prune.calibrate import collect_input_stats, walk_blocks
+from restorelcc.testing import tiny_model
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "llama-3x5", "qwen2-gqa", "mistral-gqa"])
+def test_walk_without_pruning_reproduces_last_block_output(name):
+    model = tiny_model(name)
+    tokens = torch.randint(0, 259, (5, 24))
+    captured = []
+    last = decoder_layers(model)[-1]
+    handle = last.register_forward_hook(lambda m, a, out: captured.append(out))
+    with torch.no_grad():
+        model(input_ids=tokens, use_cache=False)
+    handle.remove()
+    expected = captured[0][0] if isinstance(captured[0], tuple) else captured[0]
+
+    steps = list(walk_blocks(model, tokens, chunk_size=2))
+    assert [s.index for s in steps] == list(range(len(decoder_layers(model))))
+    final = steps[-1].forward()  # chunks of 2, 2, 1 samples
+    torch.testing.assert_close(torch.cat(final), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_input_stats_match_direct_sums():
+    model = tiny_model("llama-gqa")
+    family = family_of(model)
+    block = decoder_layers(model)[0]
+    hidden = [torch.randn(3, 10, 96), torch.randn(2, 10, 96)]
+    seen = {}
+    q = block.self_attn.q_proj
+    handle = q.register_forward_hook(lambda m, a, o: seen.setdefault("x", []).append(a[0]))
+    with collect_input_stats(block, family, gram=True) as stats:
+        for h in hidden:
+            block(h, position_embeddings=model.model.rotary_emb(h, torch.arange(10)[None]))
+    handle.remove()
+    x = torch.cat([t.reshape(-1, 96) for t in seen["x"]]).double()
+    name = "self_attn.q_proj"
+    assert stats[name] is stats["self_attn.k_proj"] is stats["self_attn.v_proj"]
+    assert stats[name].count == 50
+    torch.testing.assert_close(stats[name].sumsq, x.square().sum(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats[name].hessian(), 2 * x.T @ x / 50, rtol=1e-5, atol=1e-6)

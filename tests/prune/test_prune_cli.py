@@ -1,0 +1,119 @@
+"""``restorelcc prune`` / ``restorelcc inspect`` on a tiny checkpoint."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from restorelcc.cli import main
+from restorelcc.testing import byte_tokenizer, tiny_model
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    path = tmp_path / "tiny"
+    tiny_model("llama-gqa").save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def calib_file(tmp_path):
+    path = tmp_path / "calib.txt"
+    words = ["river", "stone", "market", "seven", "quiet", "lantern", "north", "bread"]
+    text = " ".join(words[(i * 7 + i // 3) % len(words)] for i in range(3000))
+    path.write_text(text)
+    return path
+
+
+def test_prune_writes_checkpoint_and_report(tiny_dir, calib_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(
+        ["prune", "--model", str(tiny_dir), "--method", "sparsegpt", "--pattern", "2:4",
+         "--calibration", str(calib_file), "--nsamples", "4", "--seqlen", "32", "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["method"] == "sparsegpt" and report["pattern"] == "2:4"
+    assert report["calibration"] == {"source": str(calib_file), "nsamples": 4, "seqlen": 32}
+    assert len(report["matrices"]) == 2 * 7
+    assert all(m["nm"]["2:4"] for m in report["matrices"])
+    assert "run_metadata" in report
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert (model.model.layers[1].mlp.down_proj.weight == 0).float().mean() == 0.5
+    capsys.readouterr()
+
+    assert main(["inspect", str(out), "--json", str(tmp_path / "inspect.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "mlp.down_proj" in printed and "True" in printed
+    inspected = json.loads((tmp_path / "inspect.json").read_text())
+    assert inspected["shape_mismatches"] == []
+    assert all(m["nm"]["2:4"] and m["sparsity"] == 0.5 for m in inspected["matrices"])
+
+
+def test_eval_records_perplexity(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "evaluated"
+    rc = main(
+        ["prune", "--model", str(tiny_dir), "--method", "magnitude", "--eval",
+         "--ppl-tokens", "300", "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    ppl = json.loads((out / "prune_report.json").read_text())["evaluation"]["perplexity"]
+    assert ppl["source"] == "lambada" and ppl["tokens"] == 300
+    assert 1.0 < ppl["perplexity"] < float("inf")
+    assert "ppl" in capsys.readouterr().out
+
+
+def test_structured_checkpoint_is_smaller_and_reloads(tiny_dir, calib_file, tmp_path, capsys):
+    out = tmp_path / "heads"
+    rc = main(
+        ["prune", "--model", str(tiny_dir), "--method", "wanda", "--pattern", "heads",
+         "--sparsity", "0.3", "--head-fraction", "0.5", "--calibration", str(calib_file),
+         "--nsamples", "4", "--seqlen", "32", "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    dense_size = (tiny_dir / "model.safetensors").stat().st_size
+    assert (out / "model.safetensors").stat().st_size < 0.85 * dense_size
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_key_value_heads == 1 and model.config.num_attention_heads == 3
+    logits = model(torch.randint(0, 259, (2, 9))).logits
+    assert logits.isfinite().all()
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    assert "6->3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--sparsity", "1.5"], "strictly between 0 and 1"),
+        (["--pattern", "3:8", "--sparsity", "0.625"], "divisible by 8"),
+        (["--method", "sparsegpt", "--pattern", "heads"], "supports methods"),
+        (["--calibration", "lambada"], "lambada"),
+    ],
+)
+def test_bad_input_leaves_output_untouched(tiny_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    model = str(tiny_dir)
+    if "3:8" in extra:  # a model whose hidden size (60) is not divisible by 8
+        model = str(tmp_path / "t35")
+        tiny_model("llama-3x5").save_pretrained(model)
+        byte_tokenizer().save_pretrained(model)
+    args = ["prune", "--model", model, "--method", "wanda", "--nsamples", "2", "--seqlen", "16"]
+    rc = main([*args, *extra, "--out", str(out), "--overwrite"])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_refuses_non_empty_output_before_loading(tmp_path, capsys):
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "x").write_text("x")
+    rc = main(["prune", "--model", str(tmp_path / "nowhere"), "--out", str(out)])
+    assert rc == 2
+    assert "not empty" in capsys.readouterr().err
