@@ -46,16 +46,21 @@ SHAPES = {
 }
 M_VALUES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
 # Weight kinds: format and the fraction of weights kept.
-KINDS = {"dense": ("dense", 1.0), "2:4": ("2:4", 0.5), "bitmap50": ("bitmap", 0.5),
-         "bitmap70": ("bitmap", 0.3)}
+KINDS = {
+    "dense": ("dense", 1.0),
+    "2:4": ("2:4", 0.5),
+    "bitmap50": ("bitmap", 0.5),
+    "bitmap70": ("bitmap", 0.3),
+}
 QUANTILES = (0.5, 0.2, 0.8)
 # Rotate over enough weight copies to cover this many times the L2 size.
 ROTATE_L2_MULTIPLE = 3
 MAX_COPIES = 32
 
 
-def make_dense(n: int, k: int, kind: str, dtype: torch.dtype, device,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def make_dense(
+    n: int, k: int, kind: str, dtype: torch.dtype, device, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A random [n, k] weight pruned to `kind` (a KINDS key), values ~ N(0, 1/k)."""
     fmt, keep = KINDS[kind]
     weight = torch.randn(n, k, device=device, generator=generator) / math.sqrt(k)
@@ -84,15 +89,31 @@ def copies_for(weight_bytes: int, device) -> int:
 def clone_packed(packed):
     """An independent copy of a packed weight (no data re-validation, unlike a state dict)."""
     if packed.format == "2:4":
-        return type(packed)(packed.values.clone(), packed.meta.clone(), packed.shape,
-                            packed.split_sizes)
-    return type(packed)(packed.bits.clone(), packed.values.clone(), packed.offsets.clone(),
-                        packed.shape, packed.tile, packed.nnz, packed.split_sizes)
+        return type(packed)(
+            packed.values.clone(), packed.meta.clone(), packed.shape, packed.split_sizes
+        )
+    return type(packed)(
+        packed.bits.clone(),
+        packed.values.clone(),
+        packed.offsets.clone(),
+        packed.shape,
+        packed.tile,
+        packed.nnz,
+        packed.split_sizes,
+    )
 
 
-def build_calls(provider: str, dense: torch.Tensor, m: int, *, bias: bool, copies: int,
-                plan: Plan | None = None, packed=None,
-                generator: torch.Generator | None = None) -> tuple[list[Callable], int]:
+def build_calls(
+    provider: str,
+    dense: torch.Tensor,
+    m: int,
+    *,
+    bias: bool,
+    copies: int,
+    plan: Plan | None = None,
+    packed=None,
+    generator: torch.Generator | None = None,
+) -> tuple[list[Callable], int]:
     """`copies` zero-argument calls of one provider, and the bytes one call must move.
 
     provider: "dense" (F.linear + bias, cuBLAS), "ours" (sparse_linear on `packed` with
@@ -101,8 +122,7 @@ def build_calls(provider: str, dense: torch.Tensor, m: int, *, bias: bool, copie
     """
     n, k = dense.shape
     device, dtype = dense.device, dense.dtype
-    xs = [torch.randn(m, k, device=device, dtype=dtype, generator=generator)
-          for _ in range(copies)]
+    xs = [torch.randn(m, k, device=device, dtype=dtype, generator=generator) for _ in range(copies)]
     b = torch.randn(n, device=device, generator=generator) if bias else None
     io_bytes = (m * k + m * n) * dense.element_size() + (n * 4 if bias else 0)
     calls: list[Callable] = []
@@ -144,8 +164,13 @@ def time_calls(calls: list[Callable], *, rep_ms: int = 100, warmup_ms: int = 25)
     run, method = _graph_of(calls)
     times = triton.testing.do_bench(run, warmup=warmup_ms, rep=rep_ms, quantiles=list(QUANTILES))
     per_call = [t / len(calls) for t in times]
-    return {"median_ms": per_call[0], "p20_ms": per_call[1], "p80_ms": per_call[2],
-            "method": method, "copies": len(calls)}
+    return {
+        "median_ms": per_call[0],
+        "p20_ms": per_call[1],
+        "p80_ms": per_call[2],
+        "method": method,
+        "copies": len(calls),
+    }
 
 
 def _graph_of(calls):
@@ -176,8 +201,13 @@ def _wall_clock(calls, rounds: int = 2) -> dict:
             call()
         samples.append((time.perf_counter() - start) * 1e3 / len(calls))
     samples.sort()
-    return {"median_ms": samples[len(samples) // 2], "p20_ms": samples[0],
-            "p80_ms": samples[-1], "method": "wall_clock_cpu", "copies": len(calls)}
+    return {
+        "median_ms": samples[len(samples) // 2],
+        "p20_ms": samples[0],
+        "p80_ms": samples[-1],
+        "method": "wall_clock_cpu",
+        "copies": len(calls),
+    }
 
 
 def copy_bandwidth(device, nbytes: int = 2**30) -> float | None:
@@ -189,13 +219,13 @@ def copy_bandwidth(device, nbytes: int = 2**30) -> float | None:
 
     src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
     dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200,
-                                 quantiles=[0.5])[0]
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, quantiles=[0.5])[0]
     return 2 * nbytes / (ms * 1e-3)
 
 
-def check_against_oracle(y: torch.Tensor, x: torch.Tensor, dense: torch.Tensor,
-                         bias: torch.Tensor | None) -> dict:
+def check_against_oracle(
+    y: torch.Tensor, x: torch.Tensor, dense: torch.Tensor, bias: torch.Tensor | None
+) -> dict:
     """The test suite's error rule: max |y - fp64| <= 2 x PyTorch's own error + atol."""
     atol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[x.dtype]
     oracle = F.linear(x.double(), dense.double(), None if bias is None else bias.double())
@@ -204,8 +234,13 @@ def check_against_oracle(y: torch.Tensor, x: torch.Tensor, dense: torch.Tensor,
     error = (y.double() - oracle).abs().max().item()
     nan = bool(torch.isnan(y).any())
     limit = 2 * torch_error + atol
-    return {"error": error, "torch_error": torch_error, "limit": limit,
-            "ok": (not nan) and error <= limit, "nan": nan}
+    return {
+        "error": error,
+        "torch_error": torch_error,
+        "limit": limit,
+        "ok": (not nan) and error <= limit,
+        "nan": nan,
+    }
 
 
 def environment(device, commit: str | None = None) -> dict:
@@ -228,9 +263,14 @@ def environment(device, commit: str | None = None) -> dict:
         info["triton"] = None
     if torch.device(device).type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, sm_count=props.multi_processor_count,
-                    l2_bytes=props.L2_cache_size, memory_bytes=props.total_memory,
-                    cuda=torch.version.cuda, capability=list(torch.cuda.get_device_capability()))
+        info.update(
+            gpu=props.name,
+            sm_count=props.multi_processor_count,
+            l2_bytes=props.L2_cache_size,
+            memory_bytes=props.total_memory,
+            cuda=torch.version.cuda,
+            capability=list(torch.cuda.get_device_capability()),
+        )
     else:
         info.update(gpu="cpu", sm_count=0, l2_bytes=0, cuda=None)
     return info
@@ -239,9 +279,9 @@ def environment(device, commit: str | None = None) -> dict:
 def _git(*args: str) -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
-        result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                                timeout=10)
+        result = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
-

@@ -38,8 +38,9 @@ def load_rows(out: Path, name: str) -> list[dict]:
 
 
 def _best(rows, **match):
-    found = [r for r in rows
-             if r["status"] == "ok" and all(r.get(k) == v for k, v in match.items())]
+    found = [
+        r for r in rows if r["status"] == "ok" and all(r.get(k) == v for k, v in match.items())
+    ]
     return min(found, key=lambda r: r["median_ms"]) if found else None
 
 
@@ -48,8 +49,13 @@ def _ratio_check(name, threshold, numerator, denominator, **where) -> dict:
     if numerator is None or denominator is None:
         return {"check": name, **where, "threshold": threshold, "status": "unmeasured"}
     measured = numerator["median_ms"] / denominator["median_ms"]
-    return {"check": name, **where, "threshold": threshold, "measured": round(measured, 4),
-            "status": "pass" if measured >= threshold else "fail"}
+    return {
+        "check": name,
+        **where,
+        "threshold": threshold,
+        "measured": round(measured, 4),
+        "status": "pass" if measured >= threshold else "fail",
+    }
 
 
 # (M, weight kind, least speed-up over dense F.linear) required at decode, issue 5.
@@ -69,8 +75,11 @@ def _decode_checks(rows, shape) -> list[dict]:
     for m, kind, threshold in DECODE_SPEEDUPS:
         dense = _best(rows, shape=shape, m=m, provider="dense")
         ours = _best(rows, shape=shape, m=m, provider="ours", kind=kind, bias=True)
-        checks.append(_ratio_check("speedup_vs_dense_F.linear", threshold, dense, ours,
-                                   shape=shape, m=m, kind=kind))
+        checks.append(
+            _ratio_check(
+                "speedup_vs_dense_F.linear", threshold, dense, ours, shape=shape, m=m, kind=kind
+            )
+        )
     return checks
 
 
@@ -78,12 +87,20 @@ def _bandwidth_checks(rows, shape, copy_bw) -> list[dict]:
     checks = []
     for kind in SPARSE_KINDS:
         ours = _best(rows, shape=shape, m=1, provider="ours", kind=kind, bias=True)
-        check = {"check": "bandwidth_vs_device_copy", "shape": shape, "m": 1, "kind": kind,
-                 "threshold": MIN_COPY_FRACTION, "status": "unmeasured"}
+        check = {
+            "check": "bandwidth_vs_device_copy",
+            "shape": shape,
+            "m": 1,
+            "kind": kind,
+            "threshold": MIN_COPY_FRACTION,
+            "status": "unmeasured",
+        }
         if ours and copy_bw:
             fraction = ours["bytes"] / (ours["median_ms"] * 1e-3) / copy_bw
-            check.update(measured=round(fraction, 4),
-                         status="pass" if fraction >= MIN_COPY_FRACTION else "fail")
+            check.update(
+                measured=round(fraction, 4),
+                status="pass" if fraction >= MIN_COPY_FRACTION else "fail",
+            )
         checks.append(check)
     return checks
 
@@ -95,15 +112,32 @@ def _large_m_checks(rows, shape) -> list[dict]:
         for kind in SPARSE_KINDS:
             ours = _best(rows, shape=shape, m=m, provider="ours", kind=kind, bias=True)
             torch_24 = ("cusparselt", "cutlass") if kind == "2:4" else ()
-            options = [ours, dense] + [_best(rows, shape=shape, m=m, provider=p)
-                                       for p in torch_24]
+            options = [ours, dense] + [_best(rows, shape=shape, m=m, provider=p) for p in torch_24]
             options = [o for o in options if o]
             dispatched = min(options, key=lambda r: r["median_ms"]) if options else None
-            checks.append(_ratio_check("large_m_dispatched_vs_dense", MIN_LARGE_M_RATIO, dense,
-                                       dispatched, shape=shape, m=m, kind=kind,
-                                       winner=dispatched and dispatched["provider"]))
-            checks.append(_ratio_check("large_m_triton_only_vs_dense (info)", MIN_LARGE_M_RATIO,
-                                       dense, ours, shape=shape, m=m, kind=kind))
+            checks.append(
+                _ratio_check(
+                    "large_m_dispatched_vs_dense",
+                    MIN_LARGE_M_RATIO,
+                    dense,
+                    dispatched,
+                    shape=shape,
+                    m=m,
+                    kind=kind,
+                    winner=dispatched and dispatched["provider"],
+                )
+            )
+            checks.append(
+                _ratio_check(
+                    "large_m_triton_only_vs_dense (info)",
+                    MIN_LARGE_M_RATIO,
+                    dense,
+                    ours,
+                    shape=shape,
+                    m=m,
+                    kind=kind,
+                )
+            )
     return checks
 
 
@@ -111,12 +145,20 @@ def _semi_structured_checks(rows, shape) -> list[dict]:
     checks = []
     for m in sorted({r["m"] for r in rows if r["shape"] == shape and r["m"] <= 16}):
         ours = _best(rows, shape=shape, m=m, provider="ours", kind="2:4", bias=True)
-        torch_rows = [_best(rows, shape=shape, m=m, provider=p) for p in ("cusparselt",
-                                                                          "cutlass")]
+        torch_rows = [_best(rows, shape=shape, m=m, provider=p) for p in ("cusparselt", "cutlass")]
         torch_rows = [r for r in torch_rows if r]
         fastest = min(torch_rows, key=lambda r: r["median_ms"]) if torch_rows else None
-        checks.append(_ratio_check("speedup_vs_torch_semi_structured", MIN_SPEEDUP_VS_SEMI,
-                                   fastest, ours, shape=shape, m=m, kind="2:4"))
+        checks.append(
+            _ratio_check(
+                "speedup_vs_torch_semi_structured",
+                MIN_SPEEDUP_VS_SEMI,
+                fastest,
+                ours,
+                shape=shape,
+                m=m,
+                kind="2:4",
+            )
+        )
     return checks
 
 
@@ -124,15 +166,28 @@ def _bias_checks(bias_rows, shape) -> list[dict]:
     checks = []
     for m in sorted({r["m"] for r in bias_rows if r["shape"] == shape}):
         for kind in SPARSE_KINDS:
-            with_bias, without = ([r["median_ms"] for r in bias_rows if r["status"] == "ok"
-                                   and (r["shape"], r["m"], r["kind"], r["bias"])
-                                   == (shape, m, kind, bias)] for bias in (True, False))
-            check = {"check": "bias_epilogue_cost", "shape": shape, "m": m, "kind": kind,
-                     "threshold": MAX_BIAS_COST, "status": "unmeasured"}
+            with_bias, without = (
+                [
+                    r["median_ms"]
+                    for r in bias_rows
+                    if r["status"] == "ok"
+                    and (r["shape"], r["m"], r["kind"], r["bias"]) == (shape, m, kind, bias)
+                ]
+                for bias in (True, False)
+            )
+            check = {
+                "check": "bias_epilogue_cost",
+                "shape": shape,
+                "m": m,
+                "kind": kind,
+                "threshold": MAX_BIAS_COST,
+                "status": "unmeasured",
+            }
             if with_bias and without:
                 cost = _median(with_bias) / _median(without) - 1
-                check.update(measured=round(cost, 4),
-                             status="pass" if cost <= MAX_BIAS_COST else "fail")
+                check.update(
+                    measured=round(cost, 4), status="pass" if cost <= MAX_BIAS_COST else "fail"
+                )
             checks.append(check)
     return checks
 
@@ -156,8 +211,10 @@ def summarize(out: Path) -> dict:
     correctness = load_rows(out, "correctness.jsonl")
     return {
         "env": env,
-        "correctness": {"checks": len(correctness),
-                        "failed": [c for c in correctness if not c.get("ok")]},
+        "correctness": {
+            "checks": len(correctness),
+            "failed": [c for c in correctness if not c.get("ok")],
+        },
         "acceptance": checks,
         "phases": load_rows(out, "phases.jsonl"),
         "timing_rows": len(all_rows),
@@ -191,18 +248,30 @@ def build_dispatch_table(out: Path) -> dict:
             else:
                 plan = Plan("semi_structured", semi_structured=winner)
             fmt, keep = KINDS[kind]
-            entries.append({
-                "format": fmt, "dtype": dtype, "n": n, "k": k,
-                "tile": list(DEFAULT_BITMAP_TILE) if fmt == "bitmap" else None,
-                "density": keep if fmt == "bitmap" else None, "m_bucket": m_bucket(m),
-                "measured_m": m, "plan": plan.to_dict(),
-                "median_ms": options[winner]["median_ms"],
-                "alternatives_ms": {name: row["median_ms"] for name, row in options.items()},
-            })
-    return {"schema": TABLE_SCHEMA, "device": env.get("gpu", "unknown"),
-            "torch": env.get("torch"), "triton": env.get("triton"),
-            "commit": env.get("commit"), "created_utc": env.get("time_utc"),
-            "entries": entries}
+            entries.append(
+                {
+                    "format": fmt,
+                    "dtype": dtype,
+                    "n": n,
+                    "k": k,
+                    "tile": list(DEFAULT_BITMAP_TILE) if fmt == "bitmap" else None,
+                    "density": keep if fmt == "bitmap" else None,
+                    "m_bucket": m_bucket(m),
+                    "measured_m": m,
+                    "plan": plan.to_dict(),
+                    "median_ms": options[winner]["median_ms"],
+                    "alternatives_ms": {name: row["median_ms"] for name, row in options.items()},
+                }
+            )
+    return {
+        "schema": TABLE_SCHEMA,
+        "device": env.get("gpu", "unknown"),
+        "torch": env.get("torch"),
+        "triton": env.get("triton"),
+        "commit": env.get("commit"),
+        "created_utc": env.get("time_utc"),
+        "entries": entries,
+    }
 
 
 def format_summary(summary: dict) -> str:
@@ -218,8 +287,10 @@ def format_summary(summary: dict) -> str:
     ]
     for check in summary["acceptance"]:
         where = f"{check.get('shape')} M={check.get('m')} {check.get('kind')}"
-        lines.append(f"  {check['status']:<10} {check['check']:<38} {where:<30} measured "
-                     f"{check.get('measured', '-')} (threshold {check['threshold']})")
+        lines.append(
+            f"  {check['status']:<10} {check['check']:<38} {where:<30} measured "
+            f"{check.get('measured', '-')} (threshold {check['threshold']})"
+        )
     return "\n".join(lines)
 
 
@@ -235,5 +306,3 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

@@ -34,33 +34,60 @@ def _dense_tile(w_ptr, pid_n, t, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K:
 
 
 @triton.jit
-def _sparse24_tile(values_ptr, meta_ptr, pid_n, t, N, value_cols, stride_values, stride_meta,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _sparse24_tile(
+    values_ptr,
+    meta_ptr,
+    pid_n,
+    t,
+    N,
+    value_cols,
+    stride_values,
+    stride_meta,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     # values [N, value_cols] hold two kept values per group of 4 columns; meta
     # [N, value_cols / 16] int32 holds their 2-bit in-group indices, 16 per word.
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = (rows < N)[:, None]
     row_offset = rows.to(tl.int64)[:, None]
     slots = t * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-    values = tl.load(values_ptr + row_offset * stride_values + slots[None, :],
-                     mask=row_ok & (slots < value_cols)[None, :], other=0.0)
+    values = tl.load(
+        values_ptr + row_offset * stride_values + slots[None, :],
+        mask=row_ok & (slots < value_cols)[None, :],
+        other=0.0,
+    )
     words = t * (BLOCK_K // 32) + tl.arange(0, BLOCK_K // 32)
-    meta = tl.load(meta_ptr + row_offset * stride_meta + words[None, :],
-                   mask=row_ok & (words < value_cols // 16)[None, :], other=0)
+    meta = tl.load(
+        meta_ptr + row_offset * stride_meta + words[None, :],
+        mask=row_ok & (words < value_cols // 16)[None, :],
+        other=0,
+    )
     # Expand each word into its 16 indices: [BLOCK_N, BLOCK_K/32, 16] -> [BLOCK_N, BLOCK_K/2].
     shifts = 2 * tl.arange(0, 16)
     indices = tl.reshape((meta[:, :, None] >> shifts[None, None, :]) & 3, [BLOCK_N, BLOCK_K // 2])
     first_value, second_value = tl.split(tl.reshape(values, [BLOCK_N, BLOCK_K // 4, 2]))
     first_index, second_index = tl.split(tl.reshape(indices, [BLOCK_N, BLOCK_K // 4, 2]))
     lane = tl.arange(0, 4)[None, None, :]
-    groups = tl.where(first_index[:, :, None] == lane, first_value[:, :, None],
-                      tl.where(second_index[:, :, None] == lane, second_value[:, :, None], 0.0))
+    groups = tl.where(
+        first_index[:, :, None] == lane,
+        first_value[:, :, None],
+        tl.where(second_index[:, :, None] == lane, second_value[:, :, None], 0.0),
+    )
     return tl.reshape(groups, [BLOCK_N, BLOCK_K])
 
 
 @triton.jit
-def _bitmap_tile(values_ptr, bits_ptr, offsets_ptr, pid_n, t, n_k_tiles,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _bitmap_tile(
+    values_ptr,
+    bits_ptr,
+    offsets_ptr,
+    pid_n,
+    t,
+    n_k_tiles,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     # Stored tile `tile` has a bitmap of BLOCK_N rows x BLOCK_K/32 words and its nonzeros,
     # row-major, at values[offsets[tile]:]. A nonzero's place in that run is the number of
     # set bits before it in row-major order (a prefix count; the interpreter has no popc).
@@ -77,9 +104,22 @@ def _bitmap_tile(values_ptr, bits_ptr, offsets_ptr, pid_n, t, n_k_tiles,
 
 
 @triton.jit
-def load_weight_tile(w_ptr, meta_ptr, offsets_ptr, pid_n, t, N, K, w_cols, stride_w, stride_meta,
-                     n_k_tiles, FORMAT: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+def load_weight_tile(
+    w_ptr,
+    meta_ptr,
+    offsets_ptr,
+    pid_n,
+    t,
+    N,
+    K,
+    w_cols,
+    stride_w,
+    stride_meta,
+    n_k_tiles,
+    FORMAT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """Dense weight tile [BLOCK_N, BLOCK_K] in the weight's dtype; zeros outside [N, K].
 
     dense:  w_ptr = weight [N, K] (row stride stride_w)
@@ -89,8 +129,9 @@ def load_weight_tile(w_ptr, meta_ptr, offsets_ptr, pid_n, t, N, K, w_cols, strid
     if FORMAT == FORMAT_DENSE:
         tile = _dense_tile(w_ptr, pid_n, t, N, K, stride_w, BLOCK_N, BLOCK_K)
     elif FORMAT == FORMAT_SPARSE24:
-        tile = _sparse24_tile(w_ptr, meta_ptr, pid_n, t, N, w_cols, stride_w, stride_meta,
-                              BLOCK_N, BLOCK_K)
+        tile = _sparse24_tile(
+            w_ptr, meta_ptr, pid_n, t, N, w_cols, stride_w, stride_meta, BLOCK_N, BLOCK_K
+        )
     else:
         tile = _bitmap_tile(w_ptr, meta_ptr, offsets_ptr, pid_n, t, n_k_tiles, BLOCK_N, BLOCK_K)
     # tl.dot needs both operands in one dtype; keep the tile in the stored one.

@@ -81,8 +81,10 @@ class Plan:
         if self.split_k < 1 or self.num_stages < 1 or self.group_m < 1:
             raise ValueError(f"Plan split_k, num_stages and group_m must be >= 1: {self}")
         if self.semi_structured not in ("cusparselt", "cutlass"):
-            raise ValueError(f"Plan.semi_structured must be 'cusparselt' or 'cutlass', "
-                             f"got {self.semi_structured!r}")
+            raise ValueError(
+                f"Plan.semi_structured must be 'cusparselt' or 'cutlass', "
+                f"got {self.semi_structured!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,8 +157,9 @@ class DispatchTable:
     @classmethod
     def from_dict(cls, data: dict) -> DispatchTable:
         if data.get("schema") != TABLE_SCHEMA:
-            raise ValueError(f"dispatch table schema is {data.get('schema')!r}, "
-                             f"expected {TABLE_SCHEMA!r}")
+            raise ValueError(
+                f"dispatch table schema is {data.get('schema')!r}, expected {TABLE_SCHEMA!r}"
+            )
         if not isinstance(data.get("device"), str) or not isinstance(data.get("entries"), list):
             raise ValueError("dispatch table needs a 'device' string and an 'entries' list")
         meta = {k: v for k, v in data.items() if k not in ("entries",)}
@@ -173,12 +176,12 @@ class DispatchTable:
 
     def _lookup(self, key: WeightKey, m: int) -> Plan | None:
         candidates = [
-            (plan_key, plans) for plan_key, plans in self._plans.items()
+            (plan_key, plans)
+            for plan_key, plans in self._plans.items()
             if plan_key[:5] == (key.format, key.dtype, key.n, key.k, key.tile)
         ]
         if key.density is not None:
-            candidates = [c for c in candidates
-                          if abs(c[0][5] - key.density) <= DENSITY_TOLERANCE]
+            candidates = [c for c in candidates if abs(c[0][5] - key.density) <= DENSITY_TOLERANCE]
             candidates.sort(key=lambda c: abs(c[0][5] - key.density))
         if not candidates:
             return None
@@ -259,12 +262,19 @@ def default_plan(m: int, key: WeightKey, sm_count: int, backend: str = "auto") -
         return Plan("tiled", 64, block_n, block_k, num_warps=4, num_stages=2)
     block_m = 64 if m <= 64 else 128
     block_n, block_k = key.tile or (128 if block_m == 128 else 64, 64)
-    return Plan("tiled", block_m, block_n, block_k, num_warps=4 if block_m == 64 else 8,
-                num_stages=3)
+    return Plan(
+        "tiled", block_m, block_n, block_k, num_warps=4 if block_m == 64 else 8, num_stages=3
+    )
 
 
-def plan_for(m: int, key: WeightKey, device_name: str, sm_count: int,
-             backend: str = "auto", triton_only: bool = False) -> Plan:
+def plan_for(
+    m: int,
+    key: WeightKey,
+    device_name: str,
+    sm_count: int,
+    backend: str = "auto",
+    triton_only: bool = False,
+) -> Plan:
     """The plan for M rows on a named device (pure: no tensors, no device queries).
 
     triton_only: pick among our Triton kernels only (inside the custom ops, which cannot
@@ -291,16 +301,18 @@ def _usable(plan: Plan, key: WeightKey, triton_only: bool) -> bool:
     return True
 
 
-def plan_for_key(m: int, key: WeightKey, device: torch.device, backend: str = "auto",
-                 triton_only: bool = False) -> Plan:
+def plan_for_key(
+    m: int, key: WeightKey, device: torch.device, backend: str = "auto", triton_only: bool = False
+) -> Plan:
     """`plan_for` on a device: loads the tables named in the environment, queries the GPU."""
     _load_env_tables()
     name, sm_count = device_info(device)
     return plan_for(m, key, name, sm_count, backend, triton_only)
 
 
-def choose_plan(m: int, weight, dtype: torch.dtype, device: torch.device,
-                backend: str = "auto") -> Plan:
+def choose_plan(
+    m: int, weight, dtype: torch.dtype, device: torch.device, backend: str = "auto"
+) -> Plan:
     """The plan for x [m, K] (dtype, on device) times `weight`; see the module docstring."""
     if backend == "auto" and device.type != "cuda":
         return Plan("reference")  # decided before any I/O, so it traces under torch.compile
@@ -308,8 +320,11 @@ def choose_plan(m: int, weight, dtype: torch.dtype, device: torch.device,
 
 
 def _with_tile(plan: Plan, tile: tuple[int, int] | None) -> Plan:
-    if tile is not None and plan.backend in TRITON_BACKENDS and (plan.block_n,
-                                                                   plan.block_k) != tile:
+    if (
+        tile is not None
+        and plan.backend in TRITON_BACKENDS
+        and (plan.block_n, plan.block_k) != tile
+    ):
         return replace(plan, block_n=tile[0], block_k=tile[1])
     return plan
 

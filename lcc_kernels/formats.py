@@ -255,8 +255,9 @@ class BitmapWeight:
             )
         for name in ("bits", "offsets"):
             if getattr(self, name).device != self.values.device:
-                raise ValueError(f"bitmap {name} on {getattr(self, name).device}, values on "
-                                 f"{self.values.device}")
+                raise ValueError(
+                    f"bitmap {name} on {getattr(self, name).device}, values on {self.values.device}"
+                )
         if not all(t.is_contiguous() for t in (self.bits, self.values, self.offsets)):
             raise ValueError("bitmap bits, values and offsets must be contiguous")
 
@@ -266,8 +267,9 @@ class BitmapWeight:
         starts = self.offsets.to(torch.int64)
         ends = starts + counts
         if int(counts.sum()) != self.nnz:
-            raise ValueError(f"bitmap nnz {self.nnz} does not match the bitmap "
-                             f"({int(counts.sum())})")
+            raise ValueError(
+                f"bitmap nnz {self.nnz} does not match the bitmap ({int(counts.sum())})"
+            )
         bad = (starts < 0) | (ends > self.values.numel()) | (starts % VALUE_ALIGN != 0)
         bad[1:] |= starts[1:] < ends[:-1]
         if bool(bad.any()):
@@ -277,16 +279,25 @@ class BitmapWeight:
                 f"{int(counts[tile])} values, {self.values.numel()} values stored"
             )
         n, k = self.shape
-        inside = torch.zeros(self.grid[0] * self.tile[0], self.grid[1] * self.tile[1],
-                             dtype=torch.bool, device=self.device)
+        inside = torch.zeros(
+            self.grid[0] * self.tile[0],
+            self.grid[1] * self.tile[1],
+            dtype=torch.bool,
+            device=self.device,
+        )
         inside[:n, :k] = True
         if bool((_tiles_of(~inside, self.tile) & (_unpack_words(self.bits, 1) != 0)).any()):
             raise ValueError("bitmap marks nonzeros in the padding beyond the weight's shape")
 
     def to(self, device: torch.device | str) -> BitmapWeight:
         return BitmapWeight(
-            self.bits.to(device), self.values.to(device), self.offsets.to(device),
-            self.shape, self.tile, self.nnz, self.split_sizes,
+            self.bits.to(device),
+            self.values.to(device),
+            self.offsets.to(device),
+            self.shape,
+            self.tile,
+            self.nnz,
+            self.split_sizes,
         )
 
     def to_state_dict(self) -> dict[str, torch.Tensor]:
@@ -304,8 +315,12 @@ class BitmapWeight:
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> BitmapWeight:
         _, n, k, tile_n, tile_k, nnz = (int(v) for v in state["info"].tolist())
         weight = cls(
-            state["bits"].contiguous(), state["values"].contiguous(),
-            state["offsets"].contiguous(), (n, k), (tile_n, tile_k), nnz,
+            state["bits"].contiguous(),
+            state["values"].contiguous(),
+            state["offsets"].contiguous(),
+            (n, k),
+            (tile_n, tile_k),
+            nnz,
             tuple(int(s) for s in state["split_sizes"].tolist()),
         )
         weight.validate_data()

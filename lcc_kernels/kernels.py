@@ -27,8 +27,9 @@ from .decode import load_weight_tile, load_x_tile
 
 
 @triton.jit
-def _accumulate(acc, x, w, USE_DOT: tl.constexpr, DOT_IN_FP32: tl.constexpr,
-                DOT_PRECISION: tl.constexpr):
+def _accumulate(
+    acc, x, w, USE_DOT: tl.constexpr, DOT_IN_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr
+):
     """acc[BM, BN] += x[BM, BK] @ w[BN, BK]^T in fp32."""
     if USE_DOT:
         if DOT_IN_FP32:
@@ -57,26 +58,53 @@ def _partial_ptrs(partial_ptr, split, rows, cols, M, N):
 
 
 @triton.jit
-def _sum_partials(partial_ptr, split_k, rows, cols, M, N,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _sum_partials(
+    partial_ptr, split_k, rows, cols, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
+):
     mask = (rows < M)[:, None] & (cols < N)[None, :]
     total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for split in range(0, split_k):
         # .cg: read from L2, never from a possibly stale L1 line of another program's tile.
-        total += tl.load(_partial_ptrs(partial_ptr, split, rows, cols, M, N), mask=mask,
-                         other=0.0, cache_modifier=".cg")
+        total += tl.load(
+            _partial_ptrs(partial_ptr, split, rows, cols, M, N),
+            mask=mask,
+            other=0.0,
+            cache_modifier=".cg",
+        )
     return total
 
 
 @triton.jit
 def skinny_linear_kernel(
-    x_ptr, out_ptr, bias_ptr, partial_ptr, counter_ptr,
-    w_ptr, meta_ptr, offsets_ptr,
-    M, N, K, stride_xm, stride_om, w_cols, stride_w, stride_meta,
-    n_k_tiles, tiles_per_split, split_k,
-    FORMAT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT: tl.constexpr, SERIAL_REDUCTION: tl.constexpr, HAS_BIAS: tl.constexpr,
-    USE_DOT: tl.constexpr, DOT_IN_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    x_ptr,
+    out_ptr,
+    bias_ptr,
+    partial_ptr,
+    counter_ptr,
+    w_ptr,
+    meta_ptr,
+    offsets_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_om,
+    w_cols,
+    stride_w,
+    stride_meta,
+    n_k_tiles,
+    tiles_per_split,
+    split_k,
+    FORMAT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT: tl.constexpr,
+    SERIAL_REDUCTION: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """Split-K y tile: x [M, K], out [M, N], bias [N], partials [split_k, M, N] fp32,
     counters [M tiles * N tiles] int32 (zero between launches)."""
@@ -90,8 +118,22 @@ def skinny_linear_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for t in range(first_tile, last_tile):
         x = load_x_tile(x_ptr, rows, M, stride_xm, t, K, BLOCK_K)
-        w = load_weight_tile(w_ptr, meta_ptr, offsets_ptr, pid_n, t, N, K, w_cols, stride_w,
-                             stride_meta, n_k_tiles, FORMAT, BLOCK_N, BLOCK_K)
+        w = load_weight_tile(
+            w_ptr,
+            meta_ptr,
+            offsets_ptr,
+            pid_n,
+            t,
+            N,
+            K,
+            w_cols,
+            stride_w,
+            stride_meta,
+            n_k_tiles,
+            FORMAT,
+            BLOCK_N,
+            BLOCK_K,
+        )
         acc = _accumulate(acc, x, w, USE_DOT, DOT_IN_FP32, DOT_PRECISION)
 
     if not SPLIT:
@@ -112,9 +154,18 @@ def skinny_linear_kernel(
 
 
 @triton.jit
-def reduce_partials_kernel(partial_ptr, out_ptr, bias_ptr, M, N, stride_om, split_k,
-                           HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-                           BLOCK_N: tl.constexpr):
+def reduce_partials_kernel(
+    partial_ptr,
+    out_ptr,
+    bias_ptr,
+    M,
+    N,
+    stride_om,
+    split_k,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """out [M, N] = sum over splits of partials [split_k, M, N] (+ bias), in split order."""
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -124,11 +175,28 @@ def reduce_partials_kernel(partial_ptr, out_ptr, bias_ptr, M, N, stride_om, spli
 
 @triton.jit
 def tiled_linear_kernel(
-    x_ptr, out_ptr, bias_ptr,
-    w_ptr, meta_ptr, offsets_ptr,
-    M, N, K, stride_xm, stride_om, w_cols, stride_w, stride_meta, n_k_tiles,
-    FORMAT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    x_ptr,
+    out_ptr,
+    bias_ptr,
+    w_ptr,
+    meta_ptr,
+    offsets_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_om,
+    w_cols,
+    stride_w,
+    stride_meta,
+    n_k_tiles,
+    FORMAT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """One y tile [BLOCK_M, BLOCK_N] per program over all of K; 1-D grid."""
@@ -145,8 +213,22 @@ def tiled_linear_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for t in range(0, n_k_tiles):
         x = load_x_tile(x_ptr, rows, M, stride_xm, t, K, BLOCK_K)
-        w = load_weight_tile(w_ptr, meta_ptr, offsets_ptr, pid_n, t, N, K, w_cols, stride_w,
-                             stride_meta, n_k_tiles, FORMAT, BLOCK_N, BLOCK_K)
+        w = load_weight_tile(
+            w_ptr,
+            meta_ptr,
+            offsets_ptr,
+            pid_n,
+            t,
+            N,
+            K,
+            w_cols,
+            stride_w,
+            stride_meta,
+            n_k_tiles,
+            FORMAT,
+            BLOCK_N,
+            BLOCK_K,
+        )
         acc = _accumulate(acc, x, w, True, DOT_IN_FP32, DOT_PRECISION)
     _store_output(acc, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS)
 

@@ -51,12 +51,27 @@ def dense_operand(weight: torch.Tensor) -> Operand:
 
 def sparse24_operand(values: torch.Tensor, meta: torch.Tensor, k: int) -> Operand:
     """values [N, Kp/2] and meta [N, Kp/32] int32 of a Sparse24Weight of logical K."""
-    return Operand(decode.FORMAT_SPARSE24.value, values.shape[0], k, values, meta, meta,
-                   values.shape[1], values.stride(0), meta.stride(0))
+    return Operand(
+        decode.FORMAT_SPARSE24.value,
+        values.shape[0],
+        k,
+        values,
+        meta,
+        meta,
+        values.shape[1],
+        values.stride(0),
+        meta.stride(0),
+    )
 
 
-def bitmap_operand(bits: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
-                   n: int, k: int, tile: tuple[int, int]) -> Operand:
+def bitmap_operand(
+    bits: torch.Tensor,
+    values: torch.Tensor,
+    offsets: torch.Tensor,
+    n: int,
+    k: int,
+    tile: tuple[int, int],
+) -> Operand:
     """bits [T, tile_n*tile_k/32] int32, values [V], offsets [T] int32 of a BitmapWeight."""
     return Operand(decode.FORMAT_BITMAP.value, n, k, values, bits, offsets, 0, 0, 0, tuple(tile))
 
@@ -72,8 +87,10 @@ def _check_runnable(x: torch.Tensor) -> None:
 
 def _check_plan(plan: Plan, operand: Operand) -> None:
     if operand.tile is not None and (plan.block_n, plan.block_k) != operand.tile:
-        raise ValueError(f"bitmap kernels need block_n x block_k = the weight tile {operand.tile}, "
-                         f"got {plan.block_n} x {plan.block_k}")
+        raise ValueError(
+            f"bitmap kernels need block_n x block_k = the weight tile {operand.tile}, "
+            f"got {plan.block_n} x {plan.block_k}"
+        )
     if operand.format == decode.FORMAT_SPARSE24.value and plan.block_k < 32:
         raise ValueError(f"2:4 kernels need block_k >= 32 (one metadata word), got {plan.block_k}")
     if operand.format == decode.FORMAT_BITMAP.value and plan.block_k < 32:
@@ -102,8 +119,9 @@ def _dot_flags(x: torch.Tensor) -> dict:
     }
 
 
-def run_linear(x: torch.Tensor, operand: Operand, bias: torch.Tensor | None,
-               plan: Plan) -> torch.Tensor:
+def run_linear(
+    x: torch.Tensor, operand: Operand, bias: torch.Tensor | None, plan: Plan
+) -> torch.Tensor:
     """y [M, N] in x's dtype = x [M, K] @ W^T (+ bias [N], added in fp32)."""
     _check_runnable(x)
     _check_plan(plan, operand)
@@ -123,9 +141,17 @@ def run_linear(x: torch.Tensor, operand: Operand, bias: torch.Tensor | None,
 def _weight_args(x, operand, out) -> tuple:
     """The kernels' arguments from the weight pointers through the weight strides."""
     return (
-        operand.w, operand.meta, operand.offsets,
-        x.shape[0], operand.n, operand.k, x.stride(0), out.stride(0),
-        operand.w_cols, operand.stride_w, operand.stride_meta,
+        operand.w,
+        operand.meta,
+        operand.offsets,
+        x.shape[0],
+        operand.n,
+        operand.k,
+        x.stride(0),
+        out.stride(0),
+        operand.w_cols,
+        operand.stride_w,
+        operand.stride_meta,
     )
 
 
@@ -143,17 +169,39 @@ def _run_skinny(x, operand, bias, plan, out) -> None:
     else:
         partials = counters = out  # never touched with SPLIT=False
     skinny_linear_kernel[(tiles_n, split, tiles_m)](
-        x, out, bias_arg, partials, counters, *_weight_args(x, operand, out),
-        k_tiles, tiles_per_split, split,
-        FORMAT=operand.format, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
-        BLOCK_K=plan.block_k, SPLIT=split > 1, SERIAL_REDUCTION=plan.serial_reduction,
-        HAS_BIAS=bias is not None, USE_DOT=plan.block_m >= 16, **_dot_flags(x),
-        num_warps=plan.num_warps, num_stages=plan.num_stages,
+        x,
+        out,
+        bias_arg,
+        partials,
+        counters,
+        *_weight_args(x, operand, out),
+        k_tiles,
+        tiles_per_split,
+        split,
+        FORMAT=operand.format,
+        BLOCK_M=plan.block_m,
+        BLOCK_N=plan.block_n,
+        BLOCK_K=plan.block_k,
+        SPLIT=split > 1,
+        SERIAL_REDUCTION=plan.serial_reduction,
+        HAS_BIAS=bias is not None,
+        USE_DOT=plan.block_m >= 16,
+        **_dot_flags(x),
+        num_warps=plan.num_warps,
+        num_stages=plan.num_stages,
     )
     if split > 1 and not plan.serial_reduction:
         reduce_partials_kernel[(tiles_n, tiles_m)](
-            partials, out, bias_arg, m, n, out.stride(0), split,
-            HAS_BIAS=bias is not None, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
+            partials,
+            out,
+            bias_arg,
+            m,
+            n,
+            out.stride(0),
+            split,
+            HAS_BIAS=bias is not None,
+            BLOCK_M=plan.block_m,
+            BLOCK_N=plan.block_n,
             num_warps=4,
         )
 
@@ -162,9 +210,18 @@ def _run_tiled(x, operand, bias, plan, out) -> None:
     m, n = out.shape
     grid = (-(-m // plan.block_m) * -(-n // plan.block_n),)
     tiled_linear_kernel[grid](
-        x, out, bias if bias is not None else out, *_weight_args(x, operand, out),
+        x,
+        out,
+        bias if bias is not None else out,
+        *_weight_args(x, operand, out),
         -(-operand.k // plan.block_k),
-        FORMAT=operand.format, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
-        BLOCK_K=plan.block_k, GROUP_M=plan.group_m, HAS_BIAS=bias is not None,
-        **_dot_flags(x), num_warps=plan.num_warps, num_stages=plan.num_stages,
+        FORMAT=operand.format,
+        BLOCK_M=plan.block_m,
+        BLOCK_N=plan.block_n,
+        BLOCK_K=plan.block_k,
+        GROUP_M=plan.group_m,
+        HAS_BIAS=bias is not None,
+        **_dot_flags(x),
+        num_warps=plan.num_warps,
+        num_stages=plan.num_stages,
     )

@@ -65,23 +65,28 @@ def sparse_linear(
     return y.reshape(*x.shape[:-1], n)
 
 
-def dense_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                        plan: Plan) -> torch.Tensor:
+def dense_linear_triton(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: Plan
+) -> torch.Tensor:
     """y [M, N] = x [M, K] @ weight [N, K]^T + bias with the sparse kernels' code and tiling,
     reading the weight densely: the baseline that isolates the cost of decompression."""
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
-        raise ValueError(f"x {tuple(x.shape)} and weight {tuple(weight.shape)} must be [M, K] "
-                         "and [N, K]")
+        raise ValueError(
+            f"x {tuple(x.shape)} and weight {tuple(weight.shape)} must be [M, K] and [N, K]"
+        )
     if x.dtype != weight.dtype or x.device != weight.device:
-        raise ValueError(f"x ({x.dtype}, {x.device}) and weight ({weight.dtype}, "
-                         f"{weight.device}) must match")
+        raise ValueError(
+            f"x ({x.dtype}, {x.device}) and weight ({weight.dtype}, {weight.device}) must match"
+        )
     return ops.dense_linear(x.contiguous(), weight.contiguous(), bias, ops.plan_to_config(plan))
 
 
 def _check_inputs(x, weight, bias) -> None:
     if not isinstance(weight, (Sparse24Weight, BitmapWeight)):
-        raise ValueError(f"weight must be a Sparse24Weight or BitmapWeight (see pack), "
-                         f"got {type(weight).__name__}")
+        raise ValueError(
+            f"weight must be a Sparse24Weight or BitmapWeight (see pack), "
+            f"got {type(weight).__name__}"
+        )
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in SUPPORTED_DTYPES:
@@ -89,8 +94,10 @@ def _check_inputs(x, weight, bias) -> None:
     if x.dtype != weight.dtype:
         raise ValueError(f"x dtype {x.dtype} does not match the weight dtype {weight.dtype}")
     if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"x has shape {tuple(x.shape)}; its last dim must be the weight's "
-                         f"K = {weight.shape[1]} (weight shape {weight.shape})")
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}; its last dim must be the weight's "
+            f"K = {weight.shape[1]} (weight shape {weight.shape})"
+        )
     if x.device != weight.device:
         raise ValueError(f"x is on {x.device} but the weight is on {weight.device}")
     if bias is None:
@@ -114,8 +121,11 @@ def _run(x2d, weight, bias, plan: Plan) -> torch.Tensor:
     if plan.backend == "semi_structured":
         if not isinstance(weight, Sparse24Weight):
             raise ValueError("the semi_structured backend needs a 2:4 weight")
-        converted = _cached(weight, f"semi_structured:{plan.semi_structured}",
-                            lambda: to_torch_semi_structured(weight, plan.semi_structured))
+        converted = _cached(
+            weight,
+            f"semi_structured:{plan.semi_structured}",
+            lambda: to_torch_semi_structured(weight, plan.semi_structured),
+        )
         return F.linear(x2d, converted, None if bias is None else bias.to(x2d.dtype))
     assert plan.backend in TRITON_BACKENDS
     return _run_triton(x2d, weight, bias, ops.plan_to_config(plan))
@@ -130,8 +140,17 @@ def _defer_to_op(backend: str, x: torch.Tensor) -> bool:
 def _run_triton(x2d, weight, bias, config: list[int]) -> torch.Tensor:
     if isinstance(weight, Sparse24Weight):
         return ops.sparse24_linear(x2d, weight.values, weight.meta, weight.shape[1], bias, config)
-    return ops.bitmap_linear(x2d, weight.bits, weight.values, weight.offsets, *weight.shape,
-                             *weight.tile, weight.nnz, bias, config)
+    return ops.bitmap_linear(
+        x2d,
+        weight.bits,
+        weight.values,
+        weight.offsets,
+        *weight.shape,
+        *weight.tile,
+        weight.nnz,
+        bias,
+        config,
+    )
 
 
 def _cached(weight, key: str, build):

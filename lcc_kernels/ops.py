@@ -19,8 +19,15 @@ def plan_to_config(plan: Plan) -> list[int]:
     if plan.backend not in TRITON_BACKENDS:
         raise ValueError(f"only Triton plans go through the custom ops, got {plan.backend!r}")
     return [
-        TRITON_BACKENDS.index(plan.backend), plan.block_m, plan.block_n, plan.block_k,
-        plan.split_k, plan.num_warps, plan.num_stages, plan.group_m, int(plan.serial_reduction),
+        TRITON_BACKENDS.index(plan.backend),
+        plan.block_m,
+        plan.block_n,
+        plan.block_k,
+        plan.split_k,
+        plan.num_warps,
+        plan.num_stages,
+        plan.group_m,
+        int(plan.serial_reduction),
     ]
 
 
@@ -37,8 +44,17 @@ def resolve_config(config: list[int], m: int, key: WeightKey, device: torch.devi
     if len(config) == 1:
         return plan_for_key(m, key, device, TRITON_BACKENDS[config[0]])
     backend, block_m, block_n, block_k, split_k, warps, stages, group_m, serial = config
-    return Plan(TRITON_BACKENDS[backend], block_m, block_n, block_k, split_k, warps, stages,
-                group_m, bool(serial))
+    return Plan(
+        TRITON_BACKENDS[backend],
+        block_m,
+        block_n,
+        block_k,
+        split_k,
+        warps,
+        stages,
+        group_m,
+        bool(serial),
+    )
 
 
 def _dtype_name(x: torch.Tensor) -> str:
@@ -46,8 +62,14 @@ def _dtype_name(x: torch.Tensor) -> str:
 
 
 @torch.library.custom_op("lcc_kernels::sparse24_linear", mutates_args=())
-def sparse24_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, k: int,
-                    bias: torch.Tensor | None, config: list[int]) -> torch.Tensor:
+def sparse24_linear(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    k: int,
+    bias: torch.Tensor | None,
+    config: list[int],
+) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W^T + bias, W a 2:4 weight given by values and meta."""
     from .launch import run_linear, sparse24_operand
 
@@ -62,16 +84,25 @@ def _sparse24_linear_fake(x, values, meta, k, bias, config):
 
 
 @torch.library.custom_op("lcc_kernels::bitmap_linear", mutates_args=())
-def bitmap_linear(x: torch.Tensor, bits: torch.Tensor, values: torch.Tensor,
-                  offsets: torch.Tensor, n: int, k: int, tile_n: int, tile_k: int, nnz: int,
-                  bias: torch.Tensor | None, config: list[int]) -> torch.Tensor:
+def bitmap_linear(
+    x: torch.Tensor,
+    bits: torch.Tensor,
+    values: torch.Tensor,
+    offsets: torch.Tensor,
+    n: int,
+    k: int,
+    tile_n: int,
+    tile_k: int,
+    nnz: int,
+    bias: torch.Tensor | None,
+    config: list[int],
+) -> torch.Tensor:
     """y [M, n] = x [M, k] @ W^T + bias, W a bitmap weight given by bits/values/offsets."""
     from .launch import bitmap_operand, run_linear
 
     key = WeightKey("bitmap", _dtype_name(x), n, k, (tile_n, tile_k), nnz / (n * k))
     plan = resolve_config(config, x.shape[0], key, x.device)
-    return run_linear(x, bitmap_operand(bits, values, offsets, n, k, (tile_n, tile_k)), bias,
-                      plan)
+    return run_linear(x, bitmap_operand(bits, values, offsets, n, k, (tile_n, tile_k)), bias, plan)
 
 
 @bitmap_linear.register_fake
@@ -80,8 +111,9 @@ def _bitmap_linear_fake(x, bits, values, offsets, n, k, tile_n, tile_k, nnz, bia
 
 
 @torch.library.custom_op("lcc_kernels::dense_linear", mutates_args=())
-def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 config: list[int]) -> torch.Tensor:
+def dense_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: list[int]
+) -> torch.Tensor:
     """The dense Triton baseline: same kernels and tiling, weight [N, K] read densely."""
     from .launch import dense_operand, run_linear
 

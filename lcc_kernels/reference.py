@@ -34,5 +34,4 @@ def reference_linear(
 
 def oracle_linear(x, weight, bias=None) -> torch.Tensor:
     """The fp64 result of `reference_linear`, for error measurements."""
-    return reference_linear(x, weight, bias, compute_dtype=torch.float64,
-                            out_dtype=torch.float64)
+    return reference_linear(x, weight, bias, compute_dtype=torch.float64, out_dtype=torch.float64)

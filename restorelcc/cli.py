@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from restorelcc.errors import RestoreLCCError
 
 # subcommand -> module with ``register(subparsers)`` that sets ``func`` on its parser
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "prune": "restorelcc.commands.prune",
+    "inspect": "restorelcc.commands.inspect",
+    "eval": "restorelcc.commands.evaluate",
+    "restore": "restorelcc.commands.restore",
+    "demo": "restorelcc.commands.demo",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (RestoreLCCError, FileExistsError, FileNotFoundError) as exc:
+    except (RestoreLCCError, ValueError, FileExistsError, FileNotFoundError) as exc:
+        # Bad input: one line for the user; RESTORELCC_DEBUG=1 shows the traceback.
+        if os.environ.get("RESTORELCC_DEBUG"):
+            raise
         print(f"restorelcc {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

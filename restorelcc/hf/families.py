@@ -32,6 +32,10 @@ class Family:
     down_proj: str = "down_proj"
     qk_norm: bool = False  # per-head RMSNorm on queries and keys before RoPE (Qwen3, Gemma3)
     qkv_bias: bool = False  # q/k/v projections carry a bias by default (Qwen2)
+    # Config flag that gives o_proj a bias in vanilla transformers (it also gives q/k/v one,
+    # saved as zeros), so a folded restoration can be exported as a plain checkpoint; None
+    # where the family's o_proj is always bias-free (Mistral, Qwen2).
+    o_proj_bias_flag: str | None = None
 
     @property
     def attention_linears(self) -> tuple[str, ...]:
@@ -52,11 +56,11 @@ class Family:
 FAMILIES: dict[str, Family] = {
     f.model_type: f
     for f in (
-        Family("llama"),
+        Family("llama", o_proj_bias_flag="attention_bias"),
         Family("mistral"),
         Family("qwen2", qkv_bias=True),
-        Family("qwen3", qk_norm=True),
-        Family("gemma3_text", qk_norm=True),
+        Family("qwen3", qk_norm=True, o_proj_bias_flag="attention_bias"),
+        Family("gemma3_text", qk_norm=True, o_proj_bias_flag="attention_bias"),
     )
 }
 

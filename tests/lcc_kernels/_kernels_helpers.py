@@ -37,8 +37,9 @@ def random_24(n: int, k: int, dtype=torch.float32, device="cpu") -> torch.Tensor
     return weight.to(dtype)
 
 
-def random_unstructured(n: int, k: int, density: float, dtype=torch.float32,
-                        device="cpu") -> torch.Tensor:
+def random_unstructured(
+    n: int, k: int, density: float, dtype=torch.float32, device="cpu"
+) -> torch.Tensor:
     """A dense [n, k] weight keeping each entry with probability `density`."""
     weight = torch.randn(n, k, device=device) * (torch.rand(n, k, device=device) < density)
     return weight.to(dtype)

@@ -32,8 +32,16 @@ def _no_tables():
 
 
 def _entry(m_bucket_, plan, fmt="2:4", n=6144, k=4096, tile=None, density=None):
-    return {"format": fmt, "dtype": "bfloat16", "n": n, "k": k, "tile": tile,
-            "density": density, "m_bucket": m_bucket_, "plan": plan.to_dict()}
+    return {
+        "format": fmt,
+        "dtype": "bfloat16",
+        "n": n,
+        "k": k,
+        "tile": tile,
+        "density": density,
+        "m_bucket": m_bucket_,
+        "plan": plan.to_dict(),
+    }
 
 
 def _table(entries):
@@ -41,8 +49,17 @@ def _table(entries):
 
 
 def test_m_buckets_are_capped_powers_of_two():
-    assert [m_bucket(m) for m in (0, 1, 2, 3, 16, 17, 1000, 4096, 10**6)] == \
-        [1, 1, 2, 4, 16, 32, 1024, 4096, 4096]
+    assert [m_bucket(m) for m in (0, 1, 2, 3, 16, 17, 1000, 4096, 10**6)] == [
+        1,
+        1,
+        2,
+        4,
+        16,
+        32,
+        1024,
+        4096,
+        4096,
+    ]
 
 
 @settings(max_examples=25, deadline=None)
@@ -89,11 +106,17 @@ def test_measured_table_is_used_per_bucket(tmp_path):
 def test_bitmap_entries_match_tile_and_density():
     measured = Plan("tiled", block_m=128, block_n=64, block_k=64, num_warps=8)
     wrong_tile = Plan("tiled", block_m=64, block_n=32, block_k=64)
-    dispatch.register_table(DispatchTable.from_dict(_table([
-        _entry(1024, measured, "bitmap", 4096, 4096, [64, 64], 0.3),
-        _entry(1024, Plan("dense"), "bitmap", 4096, 4096, [64, 64], 0.7),
-        _entry(1024, wrong_tile, "bitmap", 4096, 4096, [32, 64], 0.3),
-    ])))
+    dispatch.register_table(
+        DispatchTable.from_dict(
+            _table(
+                [
+                    _entry(1024, measured, "bitmap", 4096, 4096, [64, 64], 0.3),
+                    _entry(1024, Plan("dense"), "bitmap", 4096, 4096, [64, 64], 0.7),
+                    _entry(1024, wrong_tile, "bitmap", 4096, 4096, [32, 64], 0.3),
+                ]
+            )
+        )
+    )
     assert plan_for(1024, KEY_BITMAP, H200, 132) == measured
     denser = WeightKey("bitmap", "bfloat16", 4096, 4096, (64, 64), 0.65)
     assert plan_for(1024, denser, H200, 132).backend == "dense"

@@ -20,8 +20,9 @@ from lcc_kernels import (
 from lcc_kernels.formats import VALUE_ALIGN
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
-FEW = settings(max_examples=25, deadline=None,
-               suppress_health_check=[HealthCheck.function_scoped_fixture])
+FEW = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @st.composite
@@ -69,8 +70,8 @@ def test_24_validation_names_the_offending_group(weight, data):
     group = data.draw(st.integers(0, k // 4 - 1))
     nonzeros = data.draw(st.integers(3, 4))
     bad = weight.clone()
-    bad[row, 4 * group: 4 * group + 4] = 0
-    bad[row, 4 * group: 4 * group + nonzeros] = 1.5
+    bad[row, 4 * group : 4 * group + 4] = 0
+    bad[row, 4 * group : 4 * group + nonzeros] = 1.5
     with pytest.raises(ValueError, match=rf"row {row}, group {group} .* has {nonzeros} nonzeros"):
         pack(bad, "2:4")
 

@@ -22,15 +22,19 @@ N, K = 1536, 2048
 
 
 def _weight(fmt, dtype, n=N, k=K):
-    dense = random_24(n, k, dtype, "cuda") if fmt == "2:4" else \
-        random_unstructured(n, k, 0.3, dtype, "cuda")
+    dense = (
+        random_24(n, k, dtype, "cuda")
+        if fmt == "2:4"
+        else random_unstructured(n, k, 0.3, dtype, "cuda")
+    )
     return dense, pack(dense, fmt)
 
 
 @pytest.mark.parametrize("m", [1, 2, 5, 16, 300])
 @pytest.mark.parametrize("backend", ["auto", "skinny", "tiled"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
-                         ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"]
+)
 @pytest.mark.parametrize("fmt", ["2:4", "bitmap"])
 def test_kernels_match_oracle_on_gpu(fmt, dtype, backend, m):
     dense, packed = _weight(fmt, dtype)
@@ -47,8 +51,11 @@ def test_serial_split_k_is_deterministic_on_gpu():
     first = sparse_linear(x, packed, plan=plan)
     for _ in range(20):
         assert torch.equal(sparse_linear(x, packed, plan=plan), first)
-    two_pass = sparse_linear(x, packed, plan=Plan("skinny", block_m=16, block_n=64, block_k=64,
-                                                  split_k=32, serial_reduction=False))
+    two_pass = sparse_linear(
+        x,
+        packed,
+        plan=Plan("skinny", block_m=16, block_n=64, block_k=64, split_k=32, serial_reduction=False),
+    )
     assert torch.equal(two_pass, first)
     assert_matches_oracle(first, x, dense)
 

@@ -23,13 +23,20 @@ def _lines(path: Path) -> list[dict]:
 
 def test_smoke_run_writes_every_result(tmp_path):
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, str(SUITE), str(out), "--smoke"],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(SUITE), str(out), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     env = json.loads((out / "env.json").read_text())
     assert {"gpu", "torch", "triton", "commit", "copy_bandwidth_bytes_per_s"} <= set(env)
-    ends = {e["phase"]: e["status"] for e in _lines(out / "phases.jsonl") if e["event"] == "end"
-            and "status" in e}
+    ends = {
+        e["phase"]: e["status"]
+        for e in _lines(out / "phases.jsonl")
+        if e["event"] == "end" and "status" in e
+    }
     assert ends == {phase: "ok" for phase in gpu_suite.PHASES}
     correctness = _lines(out / "correctness.jsonl")
     assert len(correctness) >= 18 and all(c["ok"] for c in correctness)
@@ -39,8 +46,7 @@ def test_smoke_run_writes_every_result(tmp_path):
     assert {t["phase"] for t in ok} == {"acceptance", "prefill", "sweep", "shapes"}
     assert any(t["tag"] == "bias_cost" for t in ok)
     # torch semi-structured needs CUDA: recorded as errors, and the run went on.
-    assert {t["provider"] for t in timings if t["status"] == "error"} == {"cusparselt",
-                                                                         "cutlass"}
+    assert {t["provider"] for t in timings if t["status"] == "error"} == {"cusparselt", "cutlass"}
     with open(out / "timings.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == gpu_suite.CSV_FIELDS and len(rows) == len(timings)
@@ -49,20 +55,49 @@ def test_smoke_run_writes_every_result(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["acceptance"]
     assert all(c["status"].startswith("unmeasured") for c in summary["acceptance"])
-    again = subprocess.run([sys.executable, str(SUITE), str(out), "--smoke"],
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, str(SUITE), str(out), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 2 and "not empty" in again.stderr
 
 
 def _timing(shape, m, provider, median_us, kind="dense", bias=True, **extra):
-    return {"phase": "acceptance", "shape": shape, "n": 4096, "k": 4096, "m": m,
-            "dtype": "bfloat16", "kind": kind, "provider": provider, "plan": extra.pop(
-                "plan", {"backend": "skinny", "block_m": 1, "block_n": 64, "block_k": 128,
-                         "split_k": 8, "num_warps": 4, "num_stages": 3, "group_m": 8,
-                         "serial_reduction": True, "semi_structured": "cusparselt"}
-                if provider == "ours" else None),
-            "bias": bias, "tag": extra.pop("tag", ""), "status": "ok", "median_ms": median_us / 1e3,
-            "bytes": extra.pop("bytes", 0), **extra}
+    return {
+        "phase": "acceptance",
+        "shape": shape,
+        "n": 4096,
+        "k": 4096,
+        "m": m,
+        "dtype": "bfloat16",
+        "kind": kind,
+        "provider": provider,
+        "plan": extra.pop(
+            "plan",
+            {
+                "backend": "skinny",
+                "block_m": 1,
+                "block_n": 64,
+                "block_k": 128,
+                "split_k": 8,
+                "num_warps": 4,
+                "num_stages": 3,
+                "group_m": 8,
+                "serial_reduction": True,
+                "semi_structured": "cusparselt",
+            }
+            if provider == "ours"
+            else None,
+        ),
+        "bias": bias,
+        "tag": extra.pop("tag", ""),
+        "status": "ok",
+        "median_ms": median_us / 1e3,
+        "bytes": extra.pop("bytes", 0),
+        **extra,
+    }
 
 
 def _write(out: Path, env: dict, timings: list[dict]) -> None:
@@ -92,12 +127,13 @@ def test_summary_judges_ratios_and_the_table_picks_winners(tmp_path):
         assert len(found) == 1, (name, m, kind)
         return found[0]["status"], found[0].get("measured")
 
-    assert status("speedup_vs_dense_F.linear", 1, "2:4") == ("pass", pytest.approx(1.6667,
-                                                                                   abs=1e-3))
+    assert status("speedup_vs_dense_F.linear", 1, "2:4") == (
+        "pass",
+        pytest.approx(1.6667, abs=1e-3),
+    )
     assert status("speedup_vs_dense_F.linear", 1, "bitmap50")[0] == "fail"
     assert status("speedup_vs_dense_F.linear", 1, "bitmap70")[0] == "unmeasured"
-    assert status("bandwidth_vs_device_copy", 1, "2:4") == ("pass", pytest.approx(0.7917,
-                                                                                  abs=1e-3))
+    assert status("bandwidth_vs_device_copy", 1, "2:4") == ("pass", pytest.approx(0.7917, abs=1e-3))
     assert status("speedup_vs_torch_semi_structured", 1, "2:4")[0] == "fail"
     assert status("bias_epilogue_cost", 1, "2:4") == ("pass", pytest.approx(0.0101, abs=1e-3))
     assert status("large_m_dispatched_vs_dense", 1024, "2:4") == ("pass", 1.25)
@@ -106,8 +142,11 @@ def test_summary_judges_ratios_and_the_table_picks_winners(tmp_path):
     table = bench_report.build_dispatch_table(tmp_path)
     plans = {(e["format"], e["density"], e["m_bucket"]): e["plan"] for e in table["entries"]}
     assert plans["2:4", None, 1]["backend"] == "skinny"
-    assert plans["2:4", None, 1024] == {**plans["2:4", None, 1024], "backend": "semi_structured",
-                                        "semi_structured": "cutlass"}
+    assert plans["2:4", None, 1024] == {
+        **plans["2:4", None, 1024],
+        "backend": "semi_structured",
+        "semi_structured": "cutlass",
+    }
     assert plans["bitmap", 0.5, 1]["backend"] == "skinny"  # dense is slower there
     assert DispatchTable.from_dict(table).device == "NVIDIA H200"
 
@@ -124,12 +163,19 @@ def test_a_crashed_child_resumes_at_the_next_phase(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(command, 3 if len(commands) == 1 else 0)
 
     monkeypatch.setattr(gpu_suite.subprocess, "run", fake_run)
-    args = gpu_suite.argparse.Namespace(out=str(tmp_path / "out"), budget_s=60, smoke=True,
-                                        commit=None, workers=1, phases=list(gpu_suite.PHASES))
+    args = gpu_suite.argparse.Namespace(
+        out=str(tmp_path / "out"),
+        budget_s=60,
+        smoke=True,
+        commit=None,
+        workers=1,
+        phases=list(gpu_suite.PHASES),
+    )
     assert gpu_suite.orchestrate(args) == 0
     assert len(commands) == 2
     resumed = commands[1][commands[1].index("--child") + 1].split(",")
     assert resumed == list(gpu_suite.PHASES[3:])  # the third phase crashed: skip it
     crash = [e for e in _lines(tmp_path / "out" / "phases.jsonl") if e["event"] == "crash"]
-    assert crash == [{"phase": gpu_suite.PHASES[2], "event": "crash", "time": crash[0]["time"],
-                      "exit_code": 3}]
+    assert crash == [
+        {"phase": gpu_suite.PHASES[2], "event": "crash", "time": crash[0]["time"], "exit_code": 3}
+    ]

@@ -65,8 +65,9 @@ def test_split_k_is_deterministic_and_both_reductions_agree(fmt):
     results = {}
     for split in (1, 2, 5):
         for serial in (True, False):
-            plan = Plan("skinny", block_m=8, block_n=16, block_k=32, split_k=split,
-                        serial_reduction=serial)
+            plan = Plan(
+                "skinny", block_m=8, block_n=16, block_k=32, split_k=split, serial_reduction=serial
+            )
             first = sparse_linear(x, packed, bias, plan=plan)
             assert torch.equal(first, sparse_linear(x, packed, bias, plan=plan))
             assert_matches_oracle(first, x, dense, bias)
@@ -81,8 +82,9 @@ def test_24_tiles_past_the_padded_k(block_k):
     # K = 136 is stored padded to 192 positions; 128- and 256-wide tiles overrun it.
     dense, packed = _weight("2:4", torch.float32)
     x = torch.randn(2, K)
-    y = sparse_linear(x, packed, plan=Plan("skinny", block_m=2, block_n=16, block_k=block_k,
-                                           split_k=2))
+    y = sparse_linear(
+        x, packed, plan=Plan("skinny", block_m=2, block_n=16, block_k=block_k, split_k=2)
+    )
     assert_matches_oracle(y, x, dense)
 
 

@@ -22,8 +22,22 @@ def test_opcheck_passes_for_every_op():
     bitmap = pack(random_unstructured(40, 64, 0.4), "bitmap", tile=(16, 32))
     cases = [
         (sparse24_linear, (x, w24.values, w24.meta, 64, bias, config)),
-        (bitmap_linear, (x, bitmap.bits, bitmap.values, bitmap.offsets, 40, 64, 16, 32,
-                         bitmap.nnz, None, config)),
+        (
+            bitmap_linear,
+            (
+                x,
+                bitmap.bits,
+                bitmap.values,
+                bitmap.offsets,
+                40,
+                64,
+                16,
+                32,
+                bitmap.nnz,
+                None,
+                config,
+            ),
+        ),
         (dense_linear, (x, torch.randn(40, 64), bias, plan_to_config(Plan("tiled", 16, 16, 16)))),
     ]
     for op, args in cases:
@@ -65,8 +79,12 @@ def test_compiled_forced_backend_defers_the_plan_to_the_op():
     dense = random_unstructured(40, 64, 0.4)
     packed = pack(dense, "bitmap", tile=(16, 32))
     bias = torch.randn(40)
-    compiled = torch.compile(lambda x: sparse_linear(x, packed, bias, backend="skinny"),
-                             fullgraph=True, dynamic=True, backend="aot_eager")
+    compiled = torch.compile(
+        lambda x: sparse_linear(x, packed, bias, backend="skinny"),
+        fullgraph=True,
+        dynamic=True,
+        backend="aot_eager",
+    )
     for m in (1, 3, 17):  # symbolic M: the plan is chosen inside the op at run time
         x = torch.randn(m, 64)
         assert_matches_oracle(compiled(x), x, dense, bias)
@@ -81,12 +99,32 @@ def test_deferred_configs_resolve_to_triton_plans(monkeypatch):
     key = WeightKey("2:4", "float32", 40, 64)
     cpu = torch.device("cpu")
     monkeypatch.setattr(dispatch, "_TABLES", {})
-    dispatch.register_table(DispatchTable.from_dict({
-        "schema": TABLE_SCHEMA, "device": "cpu", "entries": [
-            {"format": "2:4", "dtype": "float32", "n": 40, "k": 64, "m_bucket": 1,
-             "plan": Plan("dense").to_dict()},
-            {"format": "2:4", "dtype": "float32", "n": 40, "k": 64, "m_bucket": 4,
-             "plan": Plan("skinny", 4, 16, 32, 3).to_dict()}]}))
+    dispatch.register_table(
+        DispatchTable.from_dict(
+            {
+                "schema": TABLE_SCHEMA,
+                "device": "cpu",
+                "entries": [
+                    {
+                        "format": "2:4",
+                        "dtype": "float32",
+                        "n": 40,
+                        "k": 64,
+                        "m_bucket": 1,
+                        "plan": Plan("dense").to_dict(),
+                    },
+                    {
+                        "format": "2:4",
+                        "dtype": "float32",
+                        "n": 40,
+                        "k": 64,
+                        "m_bucket": 4,
+                        "plan": Plan("skinny", 4, 16, 32, 3).to_dict(),
+                    },
+                ],
+            }
+        )
+    )
     assert resolve_config(deferred_config(), 1, key, cpu).backend == "skinny"  # not dense
     assert resolve_config(deferred_config(), 4, key, cpu) == Plan("skinny", 4, 16, 32, 3)
     assert resolve_config(deferred_config("tiled"), 4, key, cpu).backend == "tiled"
@@ -109,7 +147,13 @@ def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error():
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["CUDA_VISIBLE_DEVICES"] = ""
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert "RuntimeError: the Triton kernels need a CUDA tensor" in result.stdout
     assert "TRITON_INTERPRET=1" in result.stdout

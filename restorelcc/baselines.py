@@ -1,0 +1,182 @@
+"""Baselines in RestoreLCC's harness: same data, same training loop, same steps.
+
+- ``lora_baseline`` / ``dora_baseline``: LoRA or DoRA (``peft``) on q/k/v/o of every layer,
+  trained with ``train_response_lm`` exactly as RestoreLCC's ``beta, b`` are. Merging them
+  writes dense deltas into the pruned weights (``merged_sparsity`` measures what is left);
+  unmerged, they cost extra matmuls at inference.
+- ``training_free``: ``c = mean(Zd - Zp)`` at the prompt's last token for every head, no
+  training, folded like RestoreLCC (the first-order bias correction method.md suggests).
+- ``random_heads_restore``: RestoreLCC with heads drawn at random (the paper's ablation).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from restorelcc.hf.families import decoder_layers, family_of, head_geometry
+from restorelcc.lcc.capture import capture_last_token
+from restorelcc.lcc.compat import check_compatible
+from restorelcc.lcc.fingerprint import model_fingerprint
+from restorelcc.lcc.pipeline import RestoreConfig, restore
+from restorelcc.lcc.restoration import Restoration
+from restorelcc.lcc.tokens import check_pairs, encode_pair
+from restorelcc.lcc.train import TrainConfig, TrainResult, train_response_lm
+
+DEFAULT_LORA_RANK = 8
+
+
+@dataclass
+class LoraResult:
+    """A trained LoRA/DoRA baseline. ``model`` is the ``peft`` model (adapters unmerged)."""
+
+    name: str
+    model: nn.Module
+    rank: int
+    train: TrainResult
+
+    @property
+    def trainable_parameters(self) -> int:
+        return self.train.trainable_parameters
+
+    def summary(self) -> dict:
+        return {
+            "method": self.name,
+            "rank": self.rank,
+            "trainable_parameters": self.trainable_parameters,
+            "final_loss": self.train.final_loss,
+            "seconds": self.train.seconds,
+        }
+
+
+def lora_baseline(
+    pruned: nn.Module,
+    tokenizer,
+    pairs: Sequence,
+    config: TrainConfig | None = None,
+    rank: int = DEFAULT_LORA_RANK,
+    alpha: float | None = None,
+    dora: bool = False,
+    copy_model: bool = True,
+) -> LoraResult:
+    """Train LoRA (or DoRA) adapters on q/k/v/o of ``pruned`` with RestoreLCC's loop.
+
+    ``alpha`` defaults to ``2 * rank``; no dropout (the loop is deterministic). With
+    ``copy_model`` (default) ``pruned`` itself is left untouched.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    config = config or TrainConfig()
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    family = family_of(pruned)
+    model = copy.deepcopy(pruned) if copy_model else pruned
+    peft_config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else 2 * rank,
+        lora_dropout=0.0,
+        target_modules=[family.q_proj, family.k_proj, family.v_proj, family.o_proj],
+        use_dora=dora,
+        bias="none",
+    )
+    peft_model = get_peft_model(model, peft_config)
+    base = peft_model.get_base_model()
+    params = [p for p in base.parameters() if p.requires_grad]
+    name = "dora" if dora else "lora"
+    result = train_response_lm(base, tokenizer, pairs, params, config, desc=f"train {name}")
+    return LoraResult(name=name, model=peft_model, rank=rank, train=result)
+
+
+def dora_baseline(
+    pruned, tokenizer, pairs, config=None, rank=DEFAULT_LORA_RANK, **kw
+) -> LoraResult:
+    """``lora_baseline(..., dora=True)``."""
+    return lora_baseline(pruned, tokenizer, pairs, config, rank, dora=True, **kw)
+
+
+def block_sparsity(model: nn.Module) -> float:
+    """Fraction of zeros over every decoder-block linear weight (for ``peft`` layers, the
+    wrapped base layer's weight, i.e. without the unmerged adapters)."""
+    family = family_of(model)
+    zeros = total = 0
+    for layer in decoder_layers(model):
+        for name in family.block_linears:
+            module = layer.get_submodule(name)
+            weight = getattr(module, "base_layer", module).weight
+            zeros += int((weight == 0).sum())
+            total += weight.numel()
+    return zeros / total
+
+
+def merged_sparsity(result: LoraResult) -> float:
+    """Block sparsity after merging the adapters into a copy of the weights."""
+    merged = copy.deepcopy(result.model).merge_and_unload()
+    return block_sparsity(merged)
+
+
+@torch.no_grad()
+def training_free(
+    dense: nn.Module,
+    pruned: nn.Module,
+    tokenizer,
+    pairs: Sequence,
+    max_length: int = 512,
+    batch_tokens: int | None = None,
+    progress: bool = True,
+) -> Restoration:
+    """``c(l, h) = mean_i (Zd - Zp)`` at each prompt's last token, every head, no training.
+
+    Returned as a ``Restoration`` (identity directions, ``beta = 0``, ``b = c``) that folds,
+    saves and exports like RestoreLCC's.
+    """
+    check_compatible(dense, pruned)
+    pairs = check_pairs(pairs, minimum=1)
+    start = time.perf_counter()
+    prompts = [encode_pair(tokenizer, p, max_length)[0] for p in pairs]
+    zd = capture_last_token(dense, prompts, batch_tokens, progress, "capture dense")
+    zp = capture_last_token(pruned, prompts, batch_tokens, progress, "capture pruned")
+    g = head_geometry(pruned)
+    mean = (zd.double() - zp.double()).mean(0).reshape(g.total_heads, g.head_dim).float()
+    flat = torch.arange(g.total_heads)
+    heads = torch.stack([flat // g.heads, flat % g.heads], dim=1)
+    return Restoration(
+        model_type=family_of(pruned).model_type,
+        geometry=g,
+        heads=heads,
+        directions=torch.eye(g.head_dim).expand(g.total_heads, -1, -1).clone(),
+        beta=torch.zeros(g.total_heads, g.head_dim),
+        b=mean,
+        fingerprint=model_fingerprint(pruned),
+        method="training-free",
+        hyperparameters={"pairs": len(pairs), "max_length": max_length},
+        report={"seconds": {"capture+mean": time.perf_counter() - start}},
+    )
+
+
+def random_heads_restore(
+    dense: nn.Module,
+    pruned: nn.Module,
+    tokenizer,
+    pairs: Sequence,
+    config: RestoreConfig | None = None,
+) -> Restoration:
+    """RestoreLCC with ``config.heads`` heads drawn at random (seed ``config.train.seed``)."""
+    config = dataclasses.replace(config or RestoreConfig(), selection="random")
+    return restore(dense, pruned, tokenizer, pairs, config)
+
+
+__all__ = [
+    "LoraResult",
+    "block_sparsity",
+    "dora_baseline",
+    "lora_baseline",
+    "merged_sparsity",
+    "random_heads_restore",
+    "training_free",
+]

@@ -1,0 +1,193 @@
+"""``restorelcc restore``: learn a RestoreLCC restoration of a pruned model.
+
+Writes into ``--out``: the adapter (``adapter.safetensors`` + ``adapter.json``), a report
+(``restore_report.json``) and, with ``--merged``, a plain ``transformers`` checkpoint with
+the restoration folded into the ``o_proj`` biases (``--out/merged``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from restorelcc.errors import RestoreLCCError
+
+REPORT_NAME = "restore_report.json"
+MERGED_DIR = "merged"
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class RestoreArgumentError(RestoreLCCError, ValueError):
+    """A ``restore`` request that cannot be carried out."""
+
+
+def heads_value(text: str) -> int | float:
+    """``"64"`` -> 64 heads; ``"0.25"`` -> a quarter of all heads."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a count nor a fraction") from None
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "restore",
+        help="restore a pruned model by lost-component compensation (RestoreLCC)",
+        description="Capture dense and pruned head activations, score heads by contrastive "
+        "probing, train per-head compensations on instruction pairs, and save them as an "
+        "adapter (and, with --merged, as a checkpoint with the compensation folded in).",
+    )
+    p.add_argument("--dense", default="smollm2-135m", help="dense model name or directory")
+    p.add_argument("--pruned", required=True, help="pruned checkpoint directory")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--data", default="squad", help="pairs source: a training source, 'mix', or a file"
+    )
+    p.add_argument("--pairs", type=int, default=512, help="instruction pairs for training")
+    p.add_argument(
+        "--probe-pairs", type=int, default=None, help="pairs for capture/probing (default: all)"
+    )
+    p.add_argument(
+        "--heads", type=heads_value, default=0.25, help="heads to train: a count or a fraction"
+    )
+    p.add_argument("--selection", choices=("probe", "random"), default="probe")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--max-steps", type=int, default=None, help="overrides --epochs")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=500, help="training tokens per pair")
+    p.add_argument("--components-k", type=int, default=1, help="paper 1, research code 10")
+    p.add_argument("--negatives", choices=("auto", "minilm", "tfidf"), default="auto")
+    p.add_argument("--standardize", action="store_true", help="standardise probe features")
+    p.add_argument("--seed", type=int, default=0, help="data sampling, init and order")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--merged", action="store_true", help=f"also write --out/{MERGED_DIR}")
+    p.add_argument(
+        "--eval", action="store_true", help="perplexity (LAMBADA) of dense, pruned, restored"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace):
+    from restorelcc.lcc import RestoreConfig, TrainConfig
+
+    for name in ("pairs", "epochs", "batch_size", "max_length", "components_k"):
+        if getattr(args, name) < 1:
+            raise RestoreArgumentError(f"--{name.replace('_', '-')} must be positive")
+    probe_pairs = args.probe_pairs if args.probe_pairs is not None else args.pairs
+    try:
+        train = TrainConfig(
+            lr=args.lr,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            max_steps=args.max_steps,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+        return RestoreConfig(
+            heads=args.heads,
+            selection=args.selection,
+            probe_pairs=probe_pairs,
+            components_k=args.components_k,
+            probe_standardize=args.standardize,
+            negatives=args.negatives,
+            train=train,
+        )
+    except ValueError as exc:
+        raise RestoreArgumentError(str(exc)) from None
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"--out {out} is not empty (pass --overwrite to replace it)")
+    if not Path(args.pruned).is_dir():
+        raise FileNotFoundError(f"--pruned {args.pruned} is not a directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoConfig
+
+    from restorelcc.assets import load_model, resolve_model
+    from restorelcc.data import instruction_pairs
+    from restorelcc.hf.families import head_geometry
+    from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
+    from restorelcc.lcc import head_count, restore, save_adapter
+    from restorelcc.lcc.adapter import export_merged, merged_config
+
+    config = _config(args)
+    _check_out(args)
+    # Cheap checks first: the data, and the head count against the pruned config.
+    pairs = instruction_pairs(args.data, n=args.pairs, seed=args.seed)
+    pruned_config = AutoConfig.from_pretrained(resolve_model(args.pruned))
+    try:
+        selected = head_count(head_geometry(pruned_config), config.heads)
+    except ValueError as exc:
+        raise RestoreArgumentError(f"--heads: {exc}") from None
+    dtype = getattr(torch, args.dtype)
+    dense, tokenizer = load_model(args.dense, dtype=dtype)
+    pruned, _ = load_model(args.pruned, dtype=dtype)
+    if args.merged:
+        merged_config(pruned)  # refuse before the work if it cannot be merged
+    restoration = restore(dense, pruned, tokenizer, pairs, config)
+
+    evaluation = (
+        _evaluate(dense, pruned, tokenizer, restoration, not args.quiet) if args.eval else None
+    )
+    report = {
+        "dense": str(args.dense),
+        "pruned": str(args.pruned),
+        "data": str(args.data),
+        "pairs": len(pairs),
+        **restoration.summary(),
+        "config": config.to_dict(),
+        "report": restoration.report,
+        "evaluation": evaluation,
+        "run_metadata": run_metadata(),
+    }
+    with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
+        save_adapter(restoration, tmp, overwrite=True)
+        if args.merged:
+            export_merged(restoration, pruned, tmp / MERGED_DIR, tokenizer)
+        atomic_write_json(tmp / REPORT_NAME, report)
+
+    stages = [{"stage": k, "seconds": v} for k, v in restoration.report["seconds"].items()]
+    print(format_table(stages))
+    train = restoration.report["train"]
+    summary = {
+        "heads": f"{selected}/{restoration.geometry.total_heads}",
+        "trainable": restoration.trainable_parameters,
+        "steps": train["steps"],
+        "first_loss": train["first_loss"],
+        "final_loss": train["final_loss"],
+    }
+    if evaluation:
+        summary.update({f"ppl_{k}": v for k, v in evaluation.items()})
+    print(format_table([summary]))
+    written = f"{args.out} (adapter, {REPORT_NAME}" + (f", {MERGED_DIR}/)" if args.merged else ")")
+    print(f"wrote {written}")
+    return 0
+
+
+def _evaluate(dense, pruned, tokenizer, restoration, progress: bool) -> dict:
+    """LAMBADA perplexity of the dense, pruned and restored (folded copy) models."""
+    import copy
+
+    from restorelcc.evaluate import perplexity
+
+    restored = restoration.fold(copy.deepcopy(pruned))
+    return {
+        "dense": perplexity(dense, tokenizer, progress=progress),
+        "pruned": perplexity(pruned, tokenizer, progress=progress),
+        "restored": perplexity(restored, tokenizer, progress=progress),
+    }

@@ -1,0 +1,56 @@
+"""RestoreLCC, one step per file.
+
+capture -> components -> probing -> (select) -> train -> fold / adapter. The one call is
+``restore(dense, pruned, tokenizer, pairs, RestoreConfig(...)) -> Restoration``; a
+``Restoration`` folds into the pruned model (``.fold``), runs unfolded (``.attached``),
+saves as a small adapter (``.save`` / ``Restoration.load``) or exports a merged checkpoint
+that plain ``transformers`` loads (``.export_merged``).
+"""
+
+from restorelcc.lcc.adapter import export_merged, load_adapter, save_adapter
+from restorelcc.lcc.capture import (
+    ProbeActivations,
+    capture_last_token,
+    capture_probe_activations,
+    capture_with_continuations,
+)
+from restorelcc.lcc.compat import check_compatible
+from restorelcc.lcc.components import Components, lost_components
+from restorelcc.lcc.fingerprint import model_fingerprint
+from restorelcc.lcc.fold import fold_offsets
+from restorelcc.lcc.heads import HeadCompensation, o_proj_input_offsets
+from restorelcc.lcc.negatives import mine_negatives
+from restorelcc.lcc.pipeline import RestoreConfig, restore
+from restorelcc.lcc.probing import head_count, random_heads, score_heads, select_heads
+from restorelcc.lcc.restoration import AdapterError, AdapterMismatchError, Restoration
+from restorelcc.lcc.train import TrainConfig, TrainResult, train_response_lm
+
+__all__ = [
+    "AdapterError",
+    "AdapterMismatchError",
+    "Components",
+    "HeadCompensation",
+    "ProbeActivations",
+    "RestoreConfig",
+    "Restoration",
+    "TrainConfig",
+    "TrainResult",
+    "capture_last_token",
+    "capture_probe_activations",
+    "capture_with_continuations",
+    "check_compatible",
+    "export_merged",
+    "fold_offsets",
+    "head_count",
+    "load_adapter",
+    "lost_components",
+    "mine_negatives",
+    "model_fingerprint",
+    "o_proj_input_offsets",
+    "random_heads",
+    "restore",
+    "save_adapter",
+    "score_heads",
+    "select_heads",
+    "train_response_lm",
+]

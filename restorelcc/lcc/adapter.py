@@ -1,0 +1,195 @@
+"""Restoration adapters on disk, and merged checkpoints.
+
+An adapter is a directory with ``adapter.safetensors`` (``heads [S, 2]`` int64,
+``directions [S, d, d]``, ``beta [S, d]``, ``b [S, d]``, optional ``scores [L, H]``; fp32)
+and ``adapter.json`` (format version, method, model family and geometry, the selected heads,
+the fingerprint of the pruned model, hyper-parameters, the run's report and metadata). It
+is a few hundred KB, written atomically.
+
+A merged checkpoint is the pruned model with the restoration folded into its ``o_proj``
+biases, saved with ``save_pretrained`` so that plain ``transformers`` loads it: the family's
+config flag that gives ``o_proj`` a bias (``attention_bias`` for Llama) is switched on, and
+the q/k/v biases that the flag also creates are saved as zeros.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from restorelcc.errors import UnsupportedModelError
+from restorelcc.hf.families import HeadGeometry, decoder_layers, family_of, o_proj_of
+from restorelcc.io import atomic_directory, run_metadata
+from restorelcc.lcc.restoration import AdapterError, Restoration
+
+ADAPTER_FORMAT = 1
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter.json"
+MERGED_INFO = "restorelcc.json"
+
+
+def save_adapter(restoration: Restoration, directory: str | Path, overwrite: bool = False) -> Path:
+    """Write ``restoration`` into ``directory`` (atomically); returns the directory."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        "heads": restoration.heads.contiguous(),
+        "directions": restoration.directions.contiguous(),
+        "beta": restoration.beta.contiguous(),
+        "b": restoration.b.contiguous(),
+    }
+    if restoration.scores is not None:
+        tensors["scores"] = restoration.scores.contiguous()
+    g = restoration.geometry
+    meta = {
+        "format": ADAPTER_FORMAT,
+        "method": restoration.method,
+        "model_type": restoration.model_type,
+        "geometry": {
+            "layers": g.layers,
+            "heads": g.heads,
+            "kv_heads": g.kv_heads,
+            "head_dim": g.head_dim,
+            "hidden_size": g.hidden_size,
+        },
+        "fingerprint": restoration.fingerprint,
+        "selected_heads": restoration.heads.tolist(),
+        "trainable_parameters": restoration.trainable_parameters,
+        "hyperparameters": restoration.hyperparameters,
+        "report": restoration.report,
+        "metadata": run_metadata(),
+    }
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS))
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return Path(directory)
+
+
+def load_adapter(directory: str | Path) -> Restoration:
+    """Read an adapter written by ``save_adapter``; ``AdapterError`` if missing or malformed."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    weights, config = directory / ADAPTER_WEIGHTS, directory / ADAPTER_CONFIG
+    if not weights.is_file() or not config.is_file():
+        raise AdapterError(
+            f"{directory} is not a restoration adapter "
+            f"(needs {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG})"
+        )
+    try:
+        meta = json.loads(config.read_text())
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"{config} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
+        raise AdapterError(
+            f"{config} has format {meta.get('format') if isinstance(meta, dict) else None!r}; "
+            f"this version reads format {ADAPTER_FORMAT}"
+        )
+    try:
+        tensors = load_file(str(weights))
+    except (OSError, SafetensorError) as exc:
+        raise AdapterError(f"{weights} cannot be read: {exc}") from None
+    try:
+        geometry = HeadGeometry(**{k: int(v) for k, v in meta["geometry"].items()})
+        restoration = Restoration(
+            model_type=str(meta["model_type"]),
+            geometry=geometry,
+            heads=tensors["heads"],
+            directions=tensors["directions"],
+            beta=tensors["beta"],
+            b=tensors["b"],
+            fingerprint=str(meta["fingerprint"]),
+            method=str(meta.get("method", "restorelcc")),
+            hyperparameters=meta.get("hyperparameters", {}),
+            scores=tensors.get("scores"),
+            report=meta.get("report", {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AdapterError(
+            f"{directory} is a malformed adapter: {type(exc).__name__}: {exc}"
+        ) from None
+    if restoration.heads.tolist() != meta.get("selected_heads"):
+        raise AdapterError(f"{directory}: heads in {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG} disagree")
+    return restoration
+
+
+@contextlib.contextmanager
+def _temporarily_folded(model: nn.Module, restoration: Restoration):
+    """Fold for the duration; the original ``o_proj`` biases (or their absence) come back
+    exactly on exit."""
+    layers = range(len(decoder_layers(model)))
+    saved = []
+    for layer in layers:
+        bias = o_proj_of(model, layer).bias
+        saved.append(None if bias is None else bias.detach().clone())
+    try:
+        restoration.fold(model, check=False)
+        yield model
+    finally:
+        with torch.no_grad():
+            for layer, bias in zip(layers, saved, strict=True):
+                o_proj = o_proj_of(model, layer)
+                if bias is None:
+                    o_proj.bias = None
+                else:
+                    o_proj.bias.copy_(bias)
+
+
+def merged_config(model: nn.Module):
+    """A copy of ``model.config`` whose family flag gives ``o_proj`` a bias; raises
+    ``UnsupportedModelError`` for families whose ``o_proj`` cannot hold one."""
+    family = family_of(model)
+    if family.o_proj_bias_flag is None:
+        raise UnsupportedModelError(
+            f"a merged checkpoint needs an o_proj bias, which {family.model_type} models cannot "
+            "hold in transformers; save the adapter and apply it with restorelcc instead"
+        )
+    config = copy.deepcopy(model.config)
+    setattr(config, family.o_proj_bias_flag, True)
+    return config
+
+
+def export_merged(
+    restoration: Restoration,
+    model: nn.Module,
+    directory: str | Path,
+    tokenizer=None,
+    overwrite: bool = False,
+) -> Path:
+    """Save ``model`` with ``restoration`` folded in as a plain ``transformers`` checkpoint.
+
+    ``model`` must be the pruned model the restoration was made for, not yet folded; it is
+    left unchanged. Biases the new config implies but the model lacks (q/k/v) are zeros.
+    """
+    from transformers import AutoModelForCausalLM
+
+    restoration.check_model(model)
+    config = merged_config(model)
+    dtype = next(model.parameters()).dtype
+    with _temporarily_folded(model, restoration):
+        state = model.state_dict()
+        with torch.device("meta"):
+            shell = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        for name, param in shell.state_dict().items():
+            if name in state:
+                continue
+            if not name.endswith(".bias"):
+                raise UnsupportedModelError(
+                    f"merged {config.model_type} model expects {name}, which the model lacks"
+                )
+            state[name] = torch.zeros(param.shape, dtype=dtype)
+        shell.load_state_dict(state, strict=True, assign=True)
+        shell.generation_config = copy.deepcopy(model.generation_config)
+        with atomic_directory(directory, overwrite=overwrite) as tmp:
+            shell.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            info = {"restoration": restoration.summary(), "metadata": run_metadata()}
+            (tmp / MERGED_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return Path(directory)

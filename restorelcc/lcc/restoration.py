@@ -1,0 +1,156 @@
+"""``Restoration``: a trained (or training-free) set of per-head compensations.
+
+It is what ``restore`` returns and what an adapter file holds: the selected heads, their
+directions ``V^T`` and coefficients ``beta, b``, the hyper-parameters, and the fingerprint of
+the pruned model it was made for. It can be attached to that model unfolded (hooks), folded
+into its ``o_proj`` biases, saved as a small adapter, or exported as a merged checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from restorelcc.errors import RestoreLCCError
+from restorelcc.hf.families import HeadGeometry, family_of, head_geometry
+from restorelcc.lcc.fingerprint import model_fingerprint
+from restorelcc.lcc.fold import fold_offsets
+from restorelcc.lcc.heads import HeadCompensation, check_heads, o_proj_input_offsets, scatter_heads
+
+
+class AdapterError(RestoreLCCError):
+    """A restoration adapter that is missing, malformed, or of an unknown format."""
+
+
+class AdapterMismatchError(AdapterError):
+    """A restoration applied to a model other than the pruned model it was made for."""
+
+
+@dataclass
+class Restoration:
+    """Per-head compensation ``c = V^T beta + b`` for ``heads [S, 2]`` (layer, head).
+
+    ``directions [S, d, d]``, ``beta [S, d]``, ``b [S, d]``: fp32. ``scores [L, H]``: the
+    probe accuracies when heads were probed. ``method``: ``restorelcc``,
+    ``restorelcc-random-heads`` or ``training-free``.
+    """
+
+    model_type: str
+    geometry: HeadGeometry
+    heads: torch.Tensor
+    directions: torch.Tensor
+    beta: torch.Tensor
+    b: torch.Tensor
+    fingerprint: str
+    method: str = "restorelcc"
+    hyperparameters: dict = field(default_factory=dict)
+    scores: torch.Tensor | None = None
+    report: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.heads = check_heads(self.heads, self.geometry)
+        s, d = self.heads.shape[0], self.geometry.head_dim
+        for name, shape in (("directions", (s, d, d)), ("beta", (s, d)), ("b", (s, d))):
+            value = getattr(self, name)
+            if tuple(value.shape) != shape:
+                raise AdapterError(f"{name} must be {list(shape)}, got {list(value.shape)}")
+            setattr(self, name, value.detach().float().cpu())
+        if self.scores is not None:
+            self.scores = self.scores.detach().float().cpu()
+
+    @classmethod
+    def from_compensation(
+        cls, module: HeadCompensation, model_type: str, fingerprint: str, **fields
+    ) -> Restoration:
+        return cls(
+            model_type=model_type,
+            geometry=module.geometry,
+            heads=module.heads.clone(),
+            directions=module.directions.clone(),
+            beta=module.beta.detach().clone(),
+            b=module.b.detach().clone(),
+            fingerprint=fingerprint,
+            **fields,
+        )
+
+    @property
+    def trainable_parameters(self) -> int:
+        """``2 * head_dim`` per selected head (``beta`` and ``b``)."""
+        return self.beta.numel() + self.b.numel()
+
+    def per_head(self) -> torch.Tensor:
+        """``c [S, d]`` fp32."""
+        return torch.einsum("si,sid->sd", self.beta, self.directions) + self.b
+
+    def layer_offsets(self) -> torch.Tensor:
+        """``[L, H*d]`` fp32: what is added to each layer's ``o_proj`` input."""
+        return scatter_heads(self.geometry, self.heads, self.per_head())
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ``AdapterMismatchError`` unless ``model`` is the pruned model this
+        restoration was made for (family, geometry, masks and ``o_proj`` weights)."""
+        family = family_of(model).model_type
+        if family != self.model_type:
+            raise AdapterMismatchError(
+                f"restoration is for a {self.model_type} model, got a {family} model"
+            )
+        geometry = head_geometry(model)
+        if geometry != self.geometry:
+            raise AdapterMismatchError(
+                f"restoration is for {self.geometry}, the model has {geometry}"
+            )
+        found = model_fingerprint(model)
+        if found != self.fingerprint:
+            raise AdapterMismatchError(
+                "restoration was made for a different pruned model (fingerprint "
+                f"{self.fingerprint[:19]}..., this model {found[:19]}...): other weights, "
+                "another sparsity mask, or a restoration already folded in"
+            )
+
+    @contextlib.contextmanager
+    def attached(self, model: nn.Module, check: bool = True):
+        """Run ``model`` with the compensation added at ``o_proj``'s input (unfolded)."""
+        if check:
+            self.check_model(model)
+        offsets = self.layer_offsets()
+        with o_proj_input_offsets(model, lambda layer: offsets[layer]):
+            yield model
+
+    def fold(self, model: nn.Module, check: bool = True) -> nn.Module:
+        """Fold into ``model``'s ``o_proj`` biases in place (weights untouched); returns it."""
+        if check:
+            self.check_model(model)
+        fold_offsets(model, self.layer_offsets())
+        return model
+
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        from restorelcc.lcc.adapter import save_adapter
+
+        return save_adapter(self, directory, overwrite)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Restoration:
+        from restorelcc.lcc.adapter import load_adapter
+
+        return load_adapter(directory)
+
+    def export_merged(
+        self, model: nn.Module, directory: str | Path, tokenizer=None, overwrite: bool = False
+    ) -> Path:
+        from restorelcc.lcc.adapter import export_merged
+
+        return export_merged(self, model, directory, tokenizer, overwrite)
+
+    def summary(self) -> dict:
+        return {
+            "method": self.method,
+            "model_type": self.model_type,
+            "selected_heads": int(self.heads.shape[0]),
+            "total_heads": self.geometry.total_heads,
+            "trainable_parameters": self.trainable_parameters,
+            "fingerprint": self.fingerprint,
+        }

@@ -1,0 +1,111 @@
+"""Instruction pairs -> token ids, shared by capture and training.
+
+A pair is tokenized with ``restorelcc.data.tokenize_pair`` into ``prompt ids`` and
+``response ids`` whose concatenation is the tokenized pair, so the prompt is an exact prefix
+of the prompt-plus-response sequence: in a causal model the activation at the prompt's last
+position of a ``q + r`` forward *is* the activation of ``q`` alone. Capture relies on this
+to share one forward between ``q`` and ``q + r``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from restorelcc.data import InstructionPair, tokenize_pair
+from restorelcc.errors import DataError
+
+
+def check_pairs(
+    items: Sequence, minimum: int = 1, what: str = "instruction pairs"
+) -> list[InstructionPair]:
+    """Validate ``items`` (objects with ``.prompt``/``.response``, or 2-tuples of strings).
+
+    Returns ``InstructionPair``s. Raises ``DataError`` naming the first bad item, or when
+    fewer than ``minimum`` are given.
+    """
+    if items is None:
+        raise DataError(f"no {what} given")
+    pairs = []
+    for i, item in enumerate(items):
+        if isinstance(item, tuple | list) and len(item) == 2:
+            prompt, response = item
+        else:
+            prompt = getattr(item, "prompt", None)
+            response = getattr(item, "response", None)
+        if not isinstance(prompt, str) or not isinstance(response, str):
+            raise DataError(
+                f"{what}[{i}] is not a (prompt, response) pair of strings: {type(item).__name__}"
+            )
+        if not prompt.strip():
+            raise DataError(f"{what}[{i}] has an empty prompt")
+        if not response.strip():
+            raise DataError(f"{what}[{i}] has an empty response (prompt: {prompt[:60]!r})")
+        source = getattr(item, "source", "")
+        pairs.append(InstructionPair(prompt, response, source if isinstance(source, str) else ""))
+    if len(pairs) < minimum:
+        raise DataError(f"need at least {minimum} {what}, got {len(pairs)}")
+    return pairs
+
+
+def fit_lengths(
+    prompt: list[int], response: list[int], max_length: int
+) -> tuple[list[int], list[int]]:
+    """Truncate ``prompt + response`` to ``max_length`` tokens.
+
+    The response keeps up to ``max(max_length - len(prompt), max_length // 2)`` tokens from
+    its start; the prompt fills the rest from its end (the template's response marker sits
+    at the end of the prompt, so that is the part to keep).
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2, got {max_length}")
+    if len(prompt) + len(response) <= max_length:
+        return prompt, response
+    keep_response = min(len(response), max(max_length - len(prompt), max_length // 2))
+    keep_prompt = max_length - keep_response
+    return prompt[len(prompt) - keep_prompt :], response[:keep_response]
+
+
+def encode_pair(
+    tokenizer, pair: InstructionPair, max_length: int, eos: bool = False
+) -> tuple[list[int], list[int]]:
+    """``(prompt ids, response ids)`` fitted to ``max_length``; ``eos`` appends EOS."""
+    prompt, response = tokenize_pair(tokenizer, pair)
+    prompt, response = list(prompt), list(response)
+    if eos:
+        if tokenizer.eos_token_id is None:
+            raise DataError("the tokenizer has no EOS token to end responses with")
+        response.append(tokenizer.eos_token_id)
+    if not prompt or not response:
+        raise DataError(f"pair tokenizes to an empty prompt or response: {pair.prompt[:60]!r}")
+    return fit_lengths(prompt, response, max_length)
+
+
+@dataclass(frozen=True)
+class ProbeSequences:
+    """Token ids for probing: per pair a prompt and its two continuations (r+, r-)."""
+
+    prompts: list[list[int]]
+    positives: list[list[int]]
+    negatives: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def encode_probe_set(
+    tokenizer, pairs: Sequence[InstructionPair], negative_index: Sequence[int], max_length: int
+) -> ProbeSequences:
+    """Tokenize prompts, responses and the mined negatives (``pairs[negative_index[i]]``)."""
+    prompts, positives, negatives = [], [], []
+    for pair, j in zip(pairs, negative_index, strict=True):
+        p, pos = encode_pair(tokenizer, pair, max_length)
+        negative = InstructionPair(pair.prompt, pairs[j].response)
+        p_neg, neg = encode_pair(tokenizer, negative, max_length)
+        # Both continuations follow one prompt. Truncation may keep different suffixes of
+        # its ids for responses of different length: keep the shorter (both still fit).
+        p = min(p, p_neg, key=len)
+        prompts.append(p)
+        positives.append(pos)
+        negatives.append(neg)
+    return ProbeSequences(prompts, positives, negatives)

@@ -1,0 +1,209 @@
+"""The response-only causal-LM training loop, generic over a set of trainable parameters.
+
+RestoreLCC trains its per-head ``beta, b``; the LoRA/DoRA baselines train their adapter
+matrices; both go through ``train_response_lm`` with the same data order, steps and
+schedule. The loss is the cross-entropy of the response tokens (and the EOS that ends
+them) only; the LM head runs only at the positions that predict those tokens (the decoder
+runs to hidden states, the positions are gathered, then the head). The model's own
+parameters are frozen for the duration (their ``requires_grad`` is restored afterwards)
+and the loop checks that no gradient reached them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from restorelcc.data import InstructionPair
+from restorelcc.hf.families import model_device
+from restorelcc.lcc.capture import pad_right
+from restorelcc.lcc.tokens import check_pairs, encode_pair
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (research code: AdamW lr 1e-3, 3 epochs, batch 8, max length
+    500, linear decay, no weight decay). ``max_steps`` overrides ``epochs`` when set."""
+
+    lr: float = 1e-3
+    epochs: int = 3
+    batch_size: int = 8
+    max_length: int = 500
+    max_steps: int | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"epochs and batch_size must be >= 1: {self.epochs}, {self.batch_size}"
+            )
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+
+    def total_steps(self, pairs: int) -> int:
+        return self.max_steps or self.epochs * math.ceil(pairs / self.batch_size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: list[float] = field(repr=False)  # one per step
+    seconds: float
+    response_tokens: int  # target tokens seen over all steps
+    trainable_parameters: int
+
+    @property
+    def final_loss(self) -> float:
+        """Mean loss over the last 10% of steps (at least one)."""
+        tail = self.losses[-max(1, len(self.losses) // 10) :]
+        return sum(tail) / len(tail)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["final_loss"] = self.final_loss
+        out["first_loss"] = self.losses[0] if self.losses else None
+        return out
+
+
+def _batches(n: int, batch_size: int, seed: int):
+    """Endless stream of index batches: a fresh seeded permutation per epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n, batch_size):
+            yield order[start : start + batch_size]
+
+
+def collate(
+    encoded: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``(ids [B, T], mask [B, T], positions [M, 2], targets [M])``.
+
+    ``positions`` are the (row, position) pairs whose next token is a response token and
+    ``targets`` those tokens.
+    """
+    ids, mask = pad_right([p + r for p, r in encoded], pad_id)
+    rows, cols, targets = [], [], []
+    for row, (prompt, response) in enumerate(encoded):
+        start = len(prompt) - 1
+        rows += [row] * len(response)
+        cols += range(start, start + len(response))
+        targets += response
+    positions = torch.tensor([rows, cols], dtype=torch.long).T
+    return ids, mask, positions, torch.tensor(targets, dtype=torch.long)
+
+
+def response_loss(model: nn.Module, ids, mask, positions, targets) -> torch.Tensor:
+    """Mean cross-entropy of ``targets`` predicted at ``positions`` (LM head only there)."""
+    device = model_device(model)
+    hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device))
+    hidden = hidden.last_hidden_state
+    picked = hidden[positions[:, 0].to(device), positions[:, 1].to(device)]  # [M, hidden]
+    logits = model.get_output_embeddings()(picked).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return nn.functional.cross_entropy(logits, targets.to(device))
+
+
+@contextlib.contextmanager
+def frozen_except(model: nn.Module, trainable: Sequence[nn.Parameter]):
+    """Only ``trainable`` require grad inside; the model's flags are restored on exit."""
+    keep = {id(p) for p in trainable}
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)
+        for p in trainable:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags[name])
+
+
+def _gradless(
+    model: nn.Module, trainable: Sequence[nn.Parameter]
+) -> list[tuple[str, nn.Parameter]]:
+    """The frozen parameters that hold no gradient now (so must hold none after a step)."""
+    keep = {id(p) for p in trainable}
+    return [(n, p) for n, p in model.named_parameters() if id(p) not in keep and p.grad is None]
+
+
+def _check_no_stray_grads(watched: list[tuple[str, nn.Parameter]]) -> None:
+    stray = [name for name, p in watched if p.grad is not None]
+    if stray:
+        raise RuntimeError(f"gradient reached frozen model parameters: {stray[:3]}")
+
+
+def train_response_lm(
+    model: nn.Module,
+    tokenizer,
+    pairs: Sequence[InstructionPair],
+    parameters: Sequence[nn.Parameter],
+    config: TrainConfig,
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``parameters`` on the response tokens of ``pairs``; returns the loss curve.
+
+    ``model``: a causal LM whose forward already includes whatever ``parameters`` act
+    through (LoRA layers), or ``context()`` adds it (RestoreLCC's hooks). AdamW (no weight
+    decay), linear decay to zero over ``config.total_steps``, batches drawn from a seeded
+    permutation per epoch: the same seed gives the same run.
+    """
+    parameters = list(parameters)
+    if not parameters:
+        raise ValueError("no trainable parameters given")
+    pairs = check_pairs(pairs, what="training pairs")
+    encoded = [encode_pair(tokenizer, p, config.max_length, eos=True) for p in pairs]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    steps = config.total_steps(len(encoded))
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
+    batches = _batches(len(encoded), config.batch_size, config.seed)
+    losses: list[float] = []
+    tokens = 0
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()  # no dropout: the run is deterministic for a seed
+    try:
+        watched = _gradless(model, parameters)
+        with frozen_except(model, parameters), context():
+            bar = tqdm(range(steps), desc=desc, unit="step", disable=not config.progress)
+            for step in bar:
+                ids, mask, positions, targets = collate([encoded[i] for i in next(batches)], pad_id)
+                loss = response_loss(model, ids, mask, positions, targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if step == 0 or step == steps - 1:
+                    _check_no_stray_grads(watched)
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+                tokens += len(targets)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    finally:
+        model.train(was_training)
+    return TrainResult(
+        steps=steps,
+        losses=losses,
+        seconds=time.perf_counter() - start,
+        response_tokens=tokens,
+        trainable_parameters=sum(p.numel() for p in parameters),
+    )

@@ -1,0 +1,98 @@
+import copy
+
+import pytest
+import torch
+
+from restorelcc.baselines import (
+    block_sparsity,
+    dora_baseline,
+    lora_baseline,
+    merged_sparsity,
+    random_heads_restore,
+    training_free,
+)
+from restorelcc.data import InstructionPair
+from restorelcc.lcc import RestoreConfig, TrainConfig, capture_last_token
+from restorelcc.lcc.tokens import encode_pair
+from restorelcc.prune import prune_model
+from restorelcc.testing import byte_tokenizer, tiny_model
+
+
+@pytest.fixture
+def setup():
+    dense = tiny_model("llama-3x5")
+    pruned = copy.deepcopy(dense)
+    prune_model(pruned, "magnitude", 0.5)
+    pairs = [
+        InstructionPair(
+            f"### Instruction:\nCount to {i}.\n\n### Response:", f"\n{' '.join('x' * i)}"
+        )
+        for i in range(1, 13)
+    ]
+    return dense, pruned, byte_tokenizer(), pairs
+
+
+TRAIN = TrainConfig(max_steps=4, batch_size=4, progress=False)
+
+
+def test_lora_trains_only_its_adapters_with_the_same_loop(setup):
+    _, pruned, tokenizer, pairs = setup
+    before = copy.deepcopy(pruned.state_dict())
+    result = lora_baseline(pruned, tokenizer, pairs, TRAIN, rank=2)
+    # q: 60->80, k/v: 60->16, o: 80->60 per layer; LoRA adds r * (in + out) per matrix
+    per_layer = 2 * ((60 + 80) + 2 * (60 + 16) + (80 + 60))
+    assert result.trainable_parameters == 3 * per_layer
+    assert result.train.steps == 4 and len(result.train.losses) == 4
+    assert all(torch.equal(v, before[k]) for k, v in pruned.state_dict().items())  # copy
+    lora_b = [p for n, p in result.model.named_parameters() if "lora_B" in n]
+    assert any(p.abs().max() > 0 for p in lora_b)  # B starts at zero: training moved it
+    # unmerged, the pruned weights keep their sparsity; merged, they do not
+    assert block_sparsity(result.model.get_base_model()) == pytest.approx(block_sparsity(pruned))
+    # merged, q/k/v/o turn dense (B @ A has no zeros); only the MLPs (3 x 128 x 60) stay sparse
+    attention, mlp = 80 * 60 + 2 * 16 * 60 + 60 * 80, 3 * 128 * 60
+    assert merged_sparsity(result) == pytest.approx(0.5 * mlp / (attention + mlp), abs=1e-3)
+
+
+def test_dora_adds_magnitude_vectors(setup):
+    _, pruned, tokenizer, pairs = setup
+    lora = lora_baseline(pruned, tokenizer, pairs, TRAIN, rank=2)
+    dora = dora_baseline(pruned, tokenizer, pairs, TRAIN, rank=2)
+    assert dora.name == "dora"
+    # one magnitude per output row of q, k, v, o in each layer
+    assert dora.trainable_parameters - lora.trainable_parameters == 3 * (80 + 16 + 16 + 60)
+
+
+def test_training_free_is_the_mean_difference_at_the_prompt_end(setup):
+    dense, pruned, tokenizer, pairs = setup
+    restoration = training_free(dense, pruned, tokenizer, pairs, progress=False)
+    assert restoration.method == "training-free" and restoration.heads.shape == (15, 2)
+    prompts = [encode_pair(tokenizer, p, 512)[0] for p in pairs]
+    diff = capture_last_token(dense, prompts, progress=False) - capture_last_token(
+        pruned, prompts, progress=False
+    )
+    torch.testing.assert_close(
+        restoration.per_head(), diff.mean(0).reshape(15, 16), rtol=0, atol=1e-5
+    )
+    assert restoration.trainable_parameters == 15 * 2 * 16  # stored as b, beta = 0
+    # folded, the pruned model's prompt-end head outputs move by exactly that mean
+    with restoration.attached(pruned):
+        shifted = capture_last_token(pruned, prompts, progress=False)
+    zp = capture_last_token(pruned, prompts, progress=False)
+    torch.testing.assert_close(
+        (shifted - zp)[:, 0], diff.mean(0)[0].expand(len(pairs), -1, -1), rtol=0, atol=1e-5
+    )
+
+
+def test_random_heads_restore(setup):
+    dense, pruned, tokenizer, pairs = setup
+    config = RestoreConfig(heads=5, probe_pairs=8, train=TRAIN)
+    restoration = random_heads_restore(dense, pruned, tokenizer, pairs, config)
+    assert restoration.method == "restorelcc-random-heads"
+    assert restoration.heads.shape == (5, 2) and restoration.scores is None
+    assert restoration.report["train"]["steps"] == 4
+
+
+def test_bad_rank(setup):
+    _, pruned, tokenizer, pairs = setup
+    with pytest.raises(ValueError, match="rank"):
+        lora_baseline(pruned, tokenizer, pairs, TRAIN, rank=0)

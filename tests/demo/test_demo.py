@@ -1,0 +1,81 @@
+import json
+
+import pytest
+
+from restorelcc.cli import main
+from restorelcc.demo import DemoConfig, gap_closed, run_demo
+from restorelcc.testing import byte_tokenizer, tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama-gqa").save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+def tiny_config(model, **overrides):
+    settings = dict(
+        model=str(model),
+        calibration_samples=4,
+        calibration_seqlen=32,
+        train_pairs=12,
+        probe_pairs=8,
+        heads=3,
+        batch_size=4,
+        max_length=48,
+        tasks=("arc_easy", "piqa"),
+        limit=4,
+        ppl_tokens=256,
+        latency_rounds=1,
+        progress=False,
+    )
+    settings.update(overrides)
+    return DemoConfig(**settings)
+
+
+def test_gap_closed():
+    assert gap_closed(pruned=100.0, method=60.0, dense=20.0) == pytest.approx(0.5)
+    assert gap_closed(pruned=0.4, method=0.45, dense=0.5) == pytest.approx(0.5)
+    assert gap_closed(pruned=0.5, method=0.6, dense=0.5) is None
+
+
+def test_demo_runs_end_to_end_and_keeps_sparsity(tiny_checkpoint, tmp_path):
+    report = run_demo(tiny_config(tiny_checkpoint, patterns=("2:4",)), tmp_path / "out")
+    rows = report["rows"]
+    methods = [(r["pattern"], r["method"]) for r in rows]
+    assert methods == [
+        ("-", "dense"),
+        *[("2:4", m) for m in ("pruned (wanda)", "lora", "training-free", "restorelcc")],
+    ]
+    by_key = {(r["pattern"], r["method"]): r for r in rows}
+    assert by_key[("2:4", "pruned (wanda)")]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    restored = by_key[("2:4", "restorelcc")]
+    assert restored["sparsity_kept"] == 1.0
+    assert restored["trainable_parameters"] == 3 * 2 * 16
+    assert by_key[("2:4", "training-free")]["sparsity_kept"] == 1.0
+    assert by_key[("2:4", "lora")]["sparsity_kept"] < 1.0  # merging densifies
+    assert "ppl_gap_closed" in restored and "acc_gap_closed" in restored
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows, default=str))
+    assert (tmp_path / "out" / "plot.png").stat().st_size > 1000
+    assert "restorelcc" in report["table"] and "acc gap closed" in report["table"]
+
+
+def test_demo_cli_rejects_unknown_method(tiny_checkpoint, tmp_path, capsys):
+    code = main(
+        [
+            "demo",
+            "--model",
+            str(tiny_checkpoint),
+            "--methods",
+            "lora,magic",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "magic" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,33 @@
+"""Fixtures for the RestoreLCC tests: tiny dense/pruned model pairs and synthetic pairs."""
+
+import pytest
+import torch
+from lcc_helpers import pruned_copy, synthetic_pairs
+
+from restorelcc.testing import byte_tokenizer, tiny_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run ~100x faster on one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return byte_tokenizer()
+
+
+@pytest.fixture
+def models():
+    """(dense, pruned) llama-3x5: 3 layers x 5 heads x 1 KV head, hidden 60 != 5 * 16."""
+    dense = tiny_model("llama-3x5")
+    return dense, pruned_copy(dense)
+
+
+@pytest.fixture
+def pairs():
+    return synthetic_pairs()

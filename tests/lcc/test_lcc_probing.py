@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from restorelcc.errors import DataError
+from restorelcc.hf.families import HeadGeometry
+from restorelcc.lcc.capture import ProbeActivations
+from restorelcc.lcc.probing import (
+    head_count,
+    probe_features,
+    probe_init,
+    random_heads,
+    score_heads,
+    select_heads,
+    split_pairs,
+    train_probes,
+)
+from restorelcc.lcc.reference import _probe_one_head, components_and_probes_per_head
+
+GEOMETRY = HeadGeometry(layers=3, heads=5, kv_heads=1, head_dim=8, hidden_size=60)
+
+
+def planted(n=60, seed=0):
+    """Activations where only head (2, 1) separates r+ from r-."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, 3, 5, 8)
+    dense = torch.randn(shape, generator=g)
+    pruned = dense + 0.1 * torch.randn(shape, generator=g)
+    positive = torch.randn(shape, generator=g)
+    negative = torch.randn(shape, generator=g)
+    positive[:, 2, 1, 0] += 3.0
+    negative[:, 2, 1, 0] -= 3.0
+    return ProbeActivations(dense, pruned, positive, negative)
+
+
+def test_vectorised_probes_equal_one_probe_per_head():
+    acts = planted(40)
+    compensation = torch.zeros(3, 5, 8)
+    pos, neg = probe_features(acts, compensation)
+    train_idx, test_idx = split_pairs(40)
+    init = probe_init(15, 16, seed=3)
+    ours = train_probes(pos, neg, train_idx, test_idx, epochs=50, init=init)
+    for h in range(15):
+        want = _probe_one_head(
+            pos[h], neg[h], train_idx, test_idx, init[0][h], init[1][h], epochs=50, lr=0.01
+        )
+        assert ours[h].item() == pytest.approx(want, abs=1e-6)
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_probing_recovers_a_planted_separable_head(standardize):
+    acts = planted()
+    scores = score_heads(acts, torch.zeros(3, 5, 8), standardize=standardize)
+    assert scores.shape == (3, 5)
+    assert scores[2, 1] >= 0.95
+    others = torch.cat([scores.flatten()[:11], scores.flatten()[12:]])
+    assert others.max() < 0.9
+    assert select_heads(scores, 1).tolist() == [[2, 1]]
+
+
+def test_matches_the_research_protocol_per_head():
+    acts = planted(30, seed=1)
+    ref_scores, ref_dirs, ref_comp = components_and_probes_per_head(acts, k=10, progress=False)
+    from restorelcc.lcc.components import lost_components
+
+    comps = lost_components(acts.dense, acts.pruned, k=10)
+    torch.testing.assert_close(comps.compensation, ref_comp, rtol=1e-4, atol=1e-5)
+    scores = score_heads(acts, comps.compensation)
+    assert torch.equal(select_heads(scores, 3), select_heads(ref_scores, 3))
+
+
+def test_split_is_by_pair_and_seeded():
+    train, test = split_pairs(10)
+    assert len(test) == 3 and len(train) == 7
+    assert sorted(torch.cat([train, test]).tolist()) == list(range(10))
+    again = split_pairs(10)
+    assert torch.equal(train, again[0]) and torch.equal(test, again[1])
+    with pytest.raises(DataError, match="cannot be split"):
+        split_pairs(1)
+
+
+def test_select_heads_best_first_ties_to_lower_index():
+    scores = torch.tensor([[0.5, 0.9, 0.7, 0.9, 0.1], [0.9, 0.2, 0.2, 0.2, 0.2], [0] * 5])
+    assert select_heads(scores, 4).tolist() == [[0, 1], [0, 3], [1, 0], [0, 2]]
+
+
+def test_head_count_and_random_heads():
+    assert head_count(GEOMETRY, 4) == 4
+    assert head_count(GEOMETRY, 0.25) == 4  # round(0.25 * 15)
+    assert head_count(GEOMETRY, 1.0) == 15
+    for bad in (0, 16, 0.0, 1.5, True, "3"):
+        with pytest.raises(ValueError):
+            head_count(GEOMETRY, bad)
+    heads = random_heads(GEOMETRY, 6, seed=0)
+    assert heads.shape == (6, 2)
+    flat = heads[:, 0] * 5 + heads[:, 1]
+    assert flat.unique().numel() == 6 and (heads[:, 0] < 3).all() and (heads[:, 1] < 5).all()
+    assert torch.equal(heads, random_heads(GEOMETRY, 6, seed=0))

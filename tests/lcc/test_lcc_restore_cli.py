@@ -1,0 +1,111 @@
+import json
+
+import pytest
+import torch
+from lcc_helpers import WORDS, pruned_copy
+
+from restorelcc.cli import main
+from restorelcc.lcc import Restoration
+from restorelcc.testing import tiny_model
+
+
+@pytest.fixture
+def checkpoints(tmp_path, tokenizer):
+    dense = tiny_model("llama-3x5")
+    pruned = pruned_copy(dense)
+    for name, model in (("dense", dense), ("pruned", pruned)):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    rows = [
+        {
+            "instruction": f"Name word {i}.",
+            "input": "",
+            "output": f"{WORDS[i % 12]} {WORDS[i * 5 % 12]}",
+        }
+        for i in range(20)
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    return tmp_path, pruned
+
+
+def args(tmp_path, *extra):
+    return [
+        "restore",
+        "--dense", str(tmp_path / "dense"),
+        "--pruned", str(tmp_path / "pruned"),
+        "--out", str(tmp_path / "out"),
+        "--data", str(tmp_path / "pairs.jsonl"),
+        "--pairs", "16",
+        "--heads", "3",
+        "--epochs", "1",
+        "--batch-size", "4",
+        "--negatives", "tfidf",
+        "--quiet",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_restore_command_writes_adapter_report_and_merged(checkpoints, capsys):
+    from transformers import AutoModelForCausalLM
+
+    tmp_path, pruned = checkpoints
+    assert main(args(tmp_path, "--merged")) == 0
+    out = capsys.readouterr().out
+    assert "capture" in out and "final_loss" in out and "wrote" in out
+    report = json.loads((tmp_path / "out" / "restore_report.json").read_text())
+    assert report["selected_heads"] == 3 and report["trainable_parameters"] == 96
+    assert set(report["report"]["seconds"]) >= {"capture", "components", "probing", "train"}
+    assert "run_metadata" in report
+    restoration = Restoration.load(tmp_path / "out")
+    restoration.check_model(pruned)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged")
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            merged(ids).logits, restoration.fold(pruned)(ids).logits, rtol=1e-5, atol=1e-5
+        )
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--heads", "99"], "--heads: heads must be between 1 and 15"),
+        (["--lr", "-1"], "lr must be positive"),
+        (["--pairs", "500"], "holds 20 items; asked for 500"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(checkpoints, capsys, extra, match):
+    tmp_path, _ = checkpoints
+    assert main(args(tmp_path, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("restorelcc restore: error:") and match in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_mismatched_pruned_model(checkpoints, tmp_path, tokenizer, capsys):
+    other = pruned_copy(tiny_model("llama-gqa"))
+    other.save_pretrained(tmp_path / "other")
+    tokenizer.save_pretrained(tmp_path / "other")
+    argv = args(tmp_path)
+    argv[argv.index("--pruned") + 1] = str(tmp_path / "other")
+    assert main(argv) == 2
+    assert "differs from the dense model" in capsys.readouterr().err
+
+
+def test_refuses_a_non_empty_out(checkpoints, capsys):
+    tmp_path, _ = checkpoints
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("x")
+    assert main(args(tmp_path)) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_eval_reports_dense_pruned_and_restored_perplexity(checkpoints, capsys):
+    tmp_path, _ = checkpoints
+    assert main(args(tmp_path, "--eval")) == 0
+    assert "ppl_restored" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "restore_report.json").read_text())
+    ppl = report["evaluation"]
+    assert set(ppl) == {"dense", "pruned", "restored"}
+    assert all(1 < value < float("inf") for value in ppl.values())

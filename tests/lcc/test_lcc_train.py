@@ -1,0 +1,113 @@
+import copy
+
+import pytest
+import torch
+from lcc_helpers import synthetic_pairs
+
+from restorelcc.hf.families import head_geometry
+from restorelcc.lcc.heads import HeadCompensation
+from restorelcc.lcc.tokens import encode_pair
+from restorelcc.lcc.train import TrainConfig, collate, response_loss, train_response_lm
+from restorelcc.testing import tiny_model
+
+
+def compensation(model, seed=0, std=1e-3):
+    g = head_geometry(model)
+    heads = torch.tensor([[0, 1], [1, 3], [2, 4]])
+    noise = torch.randn(3, g.head_dim, g.head_dim, generator=torch.Generator().manual_seed(seed))
+    directions = torch.linalg.qr(noise).Q.transpose(1, 2)
+    return HeadCompensation(g, heads, directions, init_std=std, seed=seed)
+
+
+def train(model, tokenizer, pairs, comp, **kw):
+    config = TrainConfig(progress=False, **{"epochs": 1, "batch_size": 4, **kw})
+    return train_response_lm(
+        model, tokenizer, pairs, list(comp.parameters()), config, lambda: comp.attached(model)
+    )
+
+
+def test_loss_is_the_response_only_causal_lm_loss(tokenizer):
+    model = tiny_model("llama-3x5")
+    pairs = synthetic_pairs(5)
+    encoded = [encode_pair(tokenizer, p, 500, eos=True) for p in pairs]
+    ids, mask, positions, targets = collate(encoded, tokenizer.pad_token_id)
+    labels = torch.full_like(ids, -100)
+    for row, (prompt, response) in enumerate(encoded):
+        labels[row, len(prompt) : len(prompt) + len(response)] = torch.tensor(response)
+        assert response[-1] == tokenizer.eos_token_id
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        got = response_loss(model, ids, mask, positions, targets)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert len(targets) == int((labels != -100).sum())
+
+
+def test_only_beta_and_b_train_and_the_model_is_untouched(tokenizer):
+    model = tiny_model("llama-3x5")
+    before = copy.deepcopy(model.state_dict())
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    comp = compensation(model)
+    beta0 = comp.beta.detach().clone()
+    result = train(model, tokenizer, synthetic_pairs(8), comp, max_steps=3)
+    assert result.steps == 3 and len(result.losses) == 3
+    assert result.trainable_parameters == 3 * 2 * 16
+    assert not torch.equal(comp.beta, beta0)
+    assert all(p.grad is None for p in model.parameters())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert all(not layer.self_attn.o_proj._forward_pre_hooks for layer in model.model.layers)
+
+
+def test_deterministic_for_a_seed(tokenizer):
+    pairs = synthetic_pairs(10)
+    runs = []
+    for _ in range(2):
+        model = tiny_model("llama-3x5")
+        comp = compensation(model, seed=3)
+        result = train(model, tokenizer, pairs, comp, max_steps=4, seed=7)
+        runs.append((result.losses, comp.beta.detach().clone()))
+    assert runs[0][0] == runs[1][0]
+    assert torch.equal(runs[0][1], runs[1][1])
+    model = tiny_model("llama-3x5")
+    other = train(model, tokenizer, pairs, compensation(model, seed=3), max_steps=4, seed=8)
+    assert other.losses != runs[0][0]
+
+
+def test_loss_goes_down(tokenizer):
+    model = tiny_model("llama-3x5")
+    comp = compensation(model)
+    pairs = synthetic_pairs(8)
+    result = train(model, tokenizer, pairs, comp, epochs=15, lr=3e-2)
+    assert result.final_loss < 0.9 * result.losses[0]
+
+
+def test_fp32_master_parameters_on_a_bf16_model(tokenizer):
+    model = tiny_model("llama-3x5").to(torch.bfloat16)
+    comp = compensation(model, std=0.0)
+    train(model, tokenizer, synthetic_pairs(4), comp, max_steps=2, lr=1e-3)
+    assert comp.beta.dtype == torch.float32 and comp.b.dtype == torch.float32
+    # one lr-sized Adam step from zero is far below bf16's resolution near 1, but is kept
+    assert 0 < comp.b.abs().max() < 2e-3
+
+
+def test_bad_config_and_data(tokenizer):
+    for bad in (
+        dict(lr=0),
+        dict(epochs=0),
+        dict(batch_size=0),
+        dict(max_steps=0),
+        dict(max_length=1),
+    ):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+    model = tiny_model("llama-3x5")
+    comp = compensation(model)
+    from restorelcc.errors import DataError
+
+    with pytest.raises(DataError, match="need at least 1"):
+        train(model, tokenizer, [], comp)
+    with pytest.raises(DataError, match="empty response"):
+        train(model, tokenizer, [("### Instruction:\nx\n\n### Response:", "  ")], comp)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        train_response_lm(model, tokenizer, synthetic_pairs(2), [], TrainConfig(progress=False))
