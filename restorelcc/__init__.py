@@ -5,6 +5,15 @@ import importlib
 # Public name -> module that defines it, imported on first use (keeps `import restorelcc`
 # free of torch / transformers imports).
 _LAZY_EXPORTS: dict[str, str] = {
+    "load_model": "restorelcc.assets",
+    "prune_model": "restorelcc.prune",
+    "evaluate_model": "restorelcc.evaluate",
+    "instruction_pairs": "restorelcc.data",
+    "calibration_batches": "restorelcc.data",
+    "restore": "restorelcc.lcc",
+    "RestoreConfig": "restorelcc.lcc",
+    "TrainConfig": "restorelcc.lcc",
+    "Restoration": "restorelcc.lcc",
     "swap_attention": "restorelcc.hf.swap",
     "unswap_attention": "restorelcc.hf.swap",
     "SwapReport": "restorelcc.hf.swap",
