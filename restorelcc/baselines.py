@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,11 +86,14 @@ def lora_baseline(
         use_dora=dora,
         bias="none",
     )
-    peft_model = get_peft_model(model, peft_config)
-    base = peft_model.get_base_model()
-    params = [p for p in base.parameters() if p.requires_grad]
     name = "dora" if dora else "lora"
-    result = train_response_lm(base, tokenizer, pairs, params, config, desc=f"train {name}")
+    with warnings.catch_warnings():
+        # peft still calls a transformers property deprecated in 5.x; nothing for users to do
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+        peft_model = get_peft_model(model, peft_config)
+        base = peft_model.get_base_model()
+        params = [p for p in base.parameters() if p.requires_grad]
+        result = train_response_lm(base, tokenizer, pairs, params, config, desc=f"train {name}")
     return LoraResult(name=name, model=peft_model, rank=rank, train=result)
 
 

@@ -6,6 +6,7 @@ import argparse
 import time
 from dataclasses import fields
 
+from restorelcc.commands.restore import heads_value
 from restorelcc.demo import METHODS, DemoConfig, run_demo
 
 
@@ -35,9 +36,18 @@ def register(subparsers) -> None:
         "--prune-method", default=d.prune_method, choices=["magnitude", "wanda", "sparsegpt"]
     )
     p.add_argument(
-        "--patterns", type=_csv, default=d.patterns, help="comma-separated: unstructured, 2:4, 4:8"
+        "--patterns",
+        type=_csv,
+        default=d.patterns,
+        help="comma-separated: unstructured, 2:4, 4:8, heads (structured)",
     )
     p.add_argument("--sparsity", type=float, default=d.sparsity)
+    p.add_argument(
+        "--structured-sparsity",
+        type=float,
+        default=d.structured_sparsity,
+        help="fraction of the decoder-block parameters removed by the 'heads' pattern",
+    )
     p.add_argument("--calibration-samples", type=int, default=d.calibration_samples)
     p.add_argument("--calibration-seqlen", type=int, default=d.calibration_seqlen)
     p.add_argument(
@@ -48,7 +58,10 @@ def register(subparsers) -> None:
     p.add_argument("--train-pairs", type=int, default=d.train_pairs)
     p.add_argument("--probe-pairs", type=int, default=d.probe_pairs)
     p.add_argument(
-        "--heads", type=float, default=d.heads, help="heads to restore: a fraction (< 1) or a count"
+        "--heads",
+        type=heads_value,
+        default=d.heads,
+        help="heads to restore: a count (64) or a fraction of all heads (0.25, 1.0)",
     )
     p.add_argument("--lr", type=float, default=d.lr, help="RestoreLCC learning rate")
     p.add_argument("--lora-lr", type=float, default=d.lora_lr)
@@ -75,8 +88,6 @@ def run(args) -> int:
     chosen["progress"] = not args.quiet
     if args.limit == 0:
         chosen["limit"] = None
-    if "heads" in chosen and chosen["heads"] >= 1:
-        chosen["heads"] = int(chosen["heads"])
     config = DemoConfig.paper(**chosen) if args.paper else DemoConfig(**chosen)
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     report = run_demo(config, out)

@@ -9,11 +9,13 @@ from restorelcc.hf.families import family_of, head_geometry
 
 
 def check_compatible(dense: nn.Module, pruned: nn.Module) -> None:
-    """Raise ``UnsupportedModelError`` unless ``pruned`` is ``dense`` with some weights
-    zeroed: same family, same head geometry and vocabulary, same parameter names and shapes.
+    """Raise ``UnsupportedModelError`` unless ``pruned`` is ``dense`` pruned: same family,
+    head geometry, vocabulary and parameter names, the same shapes except that MLP
+    intermediate channels may have been removed (structured channel pruning; RestoreLCC
+    only compares attention heads, so narrower MLPs are fine).
 
-    Structured pruning that removes heads or channels changes shapes and is refused here
-    (the per-head correspondence RestoreLCC needs would have to be mapped).
+    Structured pruning that removes attention heads is refused (the per-head correspondence
+    RestoreLCC needs would have to be mapped).
     """
     if dense is pruned:
         raise ValueError("dense and pruned are the same model object; pass two models")
@@ -30,10 +32,19 @@ def check_compatible(dense: nn.Module, pruned: nn.Module) -> None:
         )
     dense_shapes = {n: tuple(p.shape) for n, p in dense.named_parameters()}
     pruned_shapes = {n: tuple(p.shape) for n, p in pruned.named_parameters()}
+    mlp = tuple(f".{linear}." for linear in family_of(dense).mlp_linears)
     for name in sorted(dense_shapes.keys() | pruned_shapes.keys()):
         a, b = dense_shapes.get(name), pruned_shapes.get(name)
-        if a != b:
+        if a != b and not (a and b and any(m in name for m in mlp) and _narrower(a, b)):
             raise UnsupportedModelError(
                 f"parameter {name} is {b or 'missing'} in the pruned model but {a or 'missing'} "
                 "in the dense model; the pruned model must have the dense model's shapes"
             )
+
+
+def _narrower(dense_shape: tuple[int, ...], pruned_shape: tuple[int, ...]) -> bool:
+    """One dimension (the intermediate channels) smaller, every other equal."""
+    if len(dense_shape) != len(pruned_shape):
+        return False
+    differ = [(a, b) for a, b in zip(dense_shape, pruned_shape, strict=True) if a != b]
+    return len(differ) == 1 and 0 < differ[0][1] < differ[0][0]

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from restorelcc.cli import main
-from restorelcc.demo import DemoConfig, gap_closed, run_demo
+from restorelcc.cli import build_parser, main
+from restorelcc.demo import DemoConfig, forward_latency, gap_closed, run_demo
 from restorelcc.testing import byte_tokenizer, tiny_model
 
 
@@ -79,3 +79,26 @@ def test_demo_cli_rejects_unknown_method(tiny_checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "magic" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("text", "heads"), [("64", 64), ("0.25", 0.25), ("1.0", 1.0)])
+def test_demo_heads_are_a_count_or_a_fraction(text, heads):
+    args = build_parser().parse_args(["demo", "--heads", text])
+    assert args.heads == heads and type(args.heads) is type(heads)
+
+
+def test_demo_on_structured_pruning(tiny_checkpoint, tmp_path):
+    """The 'heads' pattern removes MLP channels here (0.2 of 2 KV groups rounds to none)."""
+    config = tiny_config(tiny_checkpoint, patterns=("heads",), methods=("restorelcc",))
+    report = run_demo(config, tmp_path / "out")
+    pruned, restored = report["rows"][1:]
+    assert pruned["method"] == "pruned (wanda)" and pruned["sparsity_kept"] is None
+    assert restored["method"] == "restorelcc" and restored["sparsity_kept"] is None
+    assert restored["trainable_parameters"] == 3 * 2 * 16
+
+
+def test_forward_latency_is_relative_to_the_baseline():
+    model = tiny_model("llama-gqa")
+    ratios = forward_latency({"pruned": model, "other": model}, 64, rounds=3, baseline="pruned")
+    assert set(ratios) == {"pruned", "other"}
+    assert ratios["pruned"] == 1.0 and ratios["other"] > 0

@@ -1,19 +1,14 @@
 """Fixtures for the RestoreLCC tests: tiny dense/pruned model pairs and synthetic pairs."""
 
 import pytest
-import torch
 from lcc_helpers import pruned_copy, synthetic_pairs
 
 from restorelcc.testing import byte_tokenizer, tiny_model
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run ~100x faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

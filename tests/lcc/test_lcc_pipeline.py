@@ -6,6 +6,7 @@ from lcc_helpers import pruned_copy, synthetic_pairs
 
 from restorelcc.errors import DataError, UnsupportedModelError
 from restorelcc.lcc import RestoreConfig, TrainConfig, restore, select_heads
+from restorelcc.prune import prune_model
 from restorelcc.testing import tiny_model
 
 STAGES = {"fingerprint", "negatives", "capture", "components", "probing", "train"}
@@ -56,9 +57,14 @@ def test_mismatched_models_are_refused(models, tokenizer, pairs):
         restore(dense, pruned_copy(tiny_model("qwen2-gqa")), tokenizer, pairs, config())
     with pytest.raises(UnsupportedModelError, match="attention"):
         restore(dense, pruned_copy(tiny_model("llama-gqa")), tokenizer, pairs, config())
-    wider = tiny_model("llama-3x5", intermediate_size=64)
+    wider = tiny_model("llama-3x5", intermediate_size=dense.config.intermediate_size + 8)
     with pytest.raises(UnsupportedModelError, match="mlp.*must have the dense model's shapes"):
         restore(dense, wider, tokenizer, pairs, config())
+    gqa = tiny_model("llama-gqa")  # 2 KV groups: one can go
+    fewer_heads = copy.deepcopy(gqa)
+    prune_model(fewer_heads, "magnitude", 0.3, "heads", head_fraction=0.5)
+    with pytest.raises(UnsupportedModelError, match="removes heads is not supported"):
+        restore(gqa, fewer_heads, tokenizer, pairs, config())
     with pytest.raises(ValueError, match="same model object"):
         restore(dense, dense, tokenizer, pairs, config())
 
@@ -85,3 +91,18 @@ def test_bad_config():
         RestoreConfig(selection="best")
     with pytest.raises(ValueError, match="probe_pairs"):
         RestoreConfig(probe_pairs=2)
+
+
+def test_mlp_channel_pruning_restores_and_folds(models, tokenizer, pairs):
+    """Structured pruning of MLP channels only keeps every head, so it can be restored."""
+    dense = models[0]
+    pruned = copy.deepcopy(dense)
+    prune_model(pruned, "magnitude", 0.2, "heads", head_fraction=0.0)
+    assert pruned.config.intermediate_size < dense.config.intermediate_size
+    restoration = restore(dense, pruned, tokenizer, pairs, config())
+    ids = torch.tensor([[5, 9, 2, 7]])
+    with torch.no_grad(), restoration.attached(pruned):
+        expected = pruned(ids).logits
+    restoration.fold(pruned)
+    with torch.no_grad():
+        assert torch.allclose(pruned(ids).logits, expected, atol=1e-5)
