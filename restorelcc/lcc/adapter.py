@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -45,18 +46,11 @@ def save_adapter(restoration: Restoration, directory: str | Path, overwrite: boo
     }
     if restoration.scores is not None:
         tensors["scores"] = restoration.scores.contiguous()
-    g = restoration.geometry
     meta = {
         "format": ADAPTER_FORMAT,
         "method": restoration.method,
         "model_type": restoration.model_type,
-        "geometry": {
-            "layers": g.layers,
-            "heads": g.heads,
-            "kv_heads": g.kv_heads,
-            "head_dim": g.head_dim,
-            "hidden_size": g.hidden_size,
-        },
+        "geometry": dataclasses.asdict(restoration.geometry),
         "fingerprint": restoration.fingerprint,
         "selected_heads": restoration.heads.tolist(),
         "trainable_parameters": restoration.trainable_parameters,

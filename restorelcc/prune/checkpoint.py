@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -86,14 +87,7 @@ def inspect_checkpoint(directory: str | Path) -> dict:
     return {
         "directory": str(directory),
         "model_type": config.model_type,
-        "geometry": {
-            "layers": g.layers,
-            "heads": g.heads,
-            "kv_heads": g.kv_heads,
-            "head_dim": g.head_dim,
-            "hidden_size": g.hidden_size,
-            "intermediate_size": config.intermediate_size,
-        },
+        "geometry": {**dataclasses.asdict(g), "intermediate_size": config.intermediate_size},
         "matrices": matrices,
         "shape_mismatches": mismatches,
         "structured": structured,
