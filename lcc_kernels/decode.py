@@ -7,6 +7,8 @@ decompression from the Triton-vs-cuBLAS gap. Layouts are described in `formats.p
 
 Tile (pid_n, t) covers weight rows pid_n*BLOCK_N ... and columns t*BLOCK_K ...; for the
 bitmap format BLOCK_N x BLOCK_K is the format's tile, so (pid_n, t) is one stored tile.
+`sparse24_products` is the 2:4 alternative for the skinny path without tl.dot: x times
+the kept values, without the dense tile.
 """
 
 import triton
@@ -34,7 +36,7 @@ def _dense_tile(w_ptr, pid_n, t, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K:
 
 
 @triton.jit
-def _sparse24_tile(
+def _sparse24_pairs(
     values_ptr,
     meta_ptr,
     pid_n,
@@ -46,6 +48,8 @@ def _sparse24_tile(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
+    """The two kept values of each group of 4 columns and their in-group indices (0..3):
+    (first_value, second_value, first_index, second_index), each [BLOCK_N, BLOCK_K/4]."""
     # values [N, value_cols] hold two kept values per group of 4 columns; meta
     # [N, value_cols / 16] int32 holds their 2-bit in-group indices, 16 per word.
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -68,6 +72,25 @@ def _sparse24_tile(
     indices = tl.reshape((meta[:, :, None] >> shifts[None, None, :]) & 3, [BLOCK_N, BLOCK_K // 2])
     first_value, second_value = tl.split(tl.reshape(values, [BLOCK_N, BLOCK_K // 4, 2]))
     first_index, second_index = tl.split(tl.reshape(indices, [BLOCK_N, BLOCK_K // 4, 2]))
+    return first_value, second_value, first_index, second_index
+
+
+@triton.jit
+def _sparse24_tile(
+    values_ptr,
+    meta_ptr,
+    pid_n,
+    t,
+    N,
+    value_cols,
+    stride_values,
+    stride_meta,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    first_value, second_value, first_index, second_index = _sparse24_pairs(
+        values_ptr, meta_ptr, pid_n, t, N, value_cols, stride_values, stride_meta, BLOCK_N, BLOCK_K
+    )
     lane = tl.arange(0, 4)[None, None, :]
     groups = tl.where(
         first_index[:, :, None] == lane,
@@ -75,6 +98,54 @@ def _sparse24_tile(
         tl.where(second_index[:, :, None] == lane, second_value[:, :, None], 0.0),
     )
     return tl.reshape(groups, [BLOCK_N, BLOCK_K])
+
+
+@triton.jit
+def _pick(x0, x1, x2, x3, index):
+    """x0..x3 [BM, G] picked per index [BN, G] in 0..3 -> [BM, BN, G]."""
+    index = index[None, :, :]
+    low = tl.where((index & 1) != 0, x1[:, None, :], x0[:, None, :])
+    high = tl.where((index & 1) != 0, x3[:, None, :], x2[:, None, :])
+    return tl.where((index & 2) != 0, high, low)
+
+
+@triton.jit
+def sparse24_products(
+    x,
+    values_ptr,
+    meta_ptr,
+    pid_n,
+    t,
+    N,
+    value_cols,
+    stride_values,
+    stride_meta,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """x [BM, BLOCK_K] times the kept values of 2:4 tile (pid_n, t), without rebuilding
+    the tile: [BM, BLOCK_N, BLOCK_K/4] fp32, each entry the two products of one group
+    (summed over the last axis, it is x @ tile^T). The x element of each kept value is
+    picked by its index, so the work follows the kept values, not the positions."""
+    first_value, second_value, first_index, second_index = _sparse24_pairs(
+        values_ptr, meta_ptr, pid_n, t, N, value_cols, stride_values, stride_meta, BLOCK_N, BLOCK_K
+    )
+    x = x.to(tl.float32)
+    even, odd = tl.split(tl.reshape(x, [x.shape[0], BLOCK_K // 4, 2, 2]))
+    x0, x2 = tl.split(even)
+    x1, x3 = tl.split(odd)
+    first = _pick(x0, x1, x2, x3, first_index) * first_value.to(tl.float32)[None, :, :]
+    return first + _pick(x0, x1, x2, x3, second_index) * second_value.to(tl.float32)[None, :, :]
+
+
+@triton.jit
+def _popcount(v):
+    """Set bits of each uint32: the classic SWAR sum, which LLVM turns into one POPC (and
+    which the interpreter, lacking libdevice, can run)."""
+    v = v - ((v >> 1) & 0x55555555)
+    v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
+    v = (v + (v >> 4)) & 0x0F0F0F0F
+    return ((v * 0x01010101) >> 24).to(tl.int32)
 
 
 @triton.jit
@@ -90,17 +161,25 @@ def _bitmap_tile(
 ):
     # Stored tile `tile` has a bitmap of BLOCK_N rows x BLOCK_K/32 words and its nonzeros,
     # row-major, at values[offsets[tile]:]. A nonzero's place in that run is the number of
-    # set bits before it in row-major order (a prefix count; the interpreter has no popc).
+    # set bits before it: the words before its row (one scan over the rows per tile), the
+    # words before its word in the row, and the bits below it in its word (one popcount
+    # per position, no scan across threads).
     tile = pid_n.to(tl.int64) * n_k_tiles + t
     words_per_row: tl.constexpr = BLOCK_K // 32
     word_ids = tl.arange(0, BLOCK_N)[:, None] * words_per_row + tl.arange(0, words_per_row)[None, :]
     words = tl.load(bits_ptr + tile * (BLOCK_N * words_per_row) + word_ids)
-    bits = (words[:, :, None] >> tl.arange(0, 32)[None, None, :]) & 1
-    bits = tl.reshape(bits, [BLOCK_N, BLOCK_K])
-    row_counts = tl.sum(bits, axis=1)
-    rank = (tl.cumsum(row_counts, axis=0) - row_counts)[:, None] + tl.cumsum(bits, axis=1) - bits
-    start = tl.load(offsets_ptr + tile).to(tl.int64)
-    return tl.load(values_ptr + start + rank, mask=bits != 0, other=0.0)
+    words = words.to(tl.uint32, bitcast=True)
+    counts = _popcount(words)
+    row_counts = tl.sum(counts, axis=1)
+    word_start = (tl.cumsum(row_counts, axis=0) - row_counts)[:, None] + (
+        tl.cumsum(counts, axis=1) - counts
+    )
+    bit = tl.arange(0, 32).to(tl.uint32)[None, None, :]
+    rank = word_start[:, :, None] + _popcount(words[:, :, None] & ((1 << bit) - 1))
+    present = ((words[:, :, None] >> bit) & 1) != 0
+    tile_values = values_ptr + tl.load(offsets_ptr + tile).to(tl.int64)
+    values = tl.load(tile_values + rank, mask=present, other=0.0)
+    return tl.reshape(values, [BLOCK_N, BLOCK_K])
 
 
 @triton.jit

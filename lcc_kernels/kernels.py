@@ -11,7 +11,10 @@ Two paths, both accumulating in fp32 and writing y in x's dtype:
       counter (atomic add, acq_rel, GPU scope) after a block barrier, and the program
       that draws the last ticket sums the partials and resets the counter to 0.
     otherwise: `reduce_partials_kernel` runs as a second launch.
-  Few rows (BLOCK_M < 16) use multiply + tl.sum; tl.dot needs every block dim >= 16.
+  Few rows (BLOCK_M < 16) multiply elementwise into a [BM, BN, BK] fp32 accumulator
+  reduced once after the K loop (tl.dot needs every block dim >= 16); 2:4 weights there
+  multiply their kept values by the x elements their indices pick, never rebuilding the
+  tile. benchmarks/compile_report.py reads the resulting loops' machine code.
 - `tiled_linear_kernel` (prefill, many rows): one program per output tile, grouped along
   M so that neighbouring programs share weight tiles in L2, dense tiles rebuilt on chip
   and multiplied with tl.dot.
@@ -23,22 +26,23 @@ set DOT_IN_FP32 there: the same code then runs a true test in fp16/fp32.
 import triton
 import triton.language as tl
 
-from .decode import load_weight_tile, load_x_tile
+from .decode import FORMAT_SPARSE24, load_weight_tile, load_x_tile, sparse24_products
 
 
 @triton.jit
 def _accumulate(
     acc, x, w, USE_DOT: tl.constexpr, DOT_IN_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr
 ):
-    """acc[BM, BN] += x[BM, BK] @ w[BN, BK]^T in fp32."""
+    """With tl.dot: acc [BM, BN] += x [BM, BK] @ w [BN, BK]^T in fp32. Without: acc
+    [BM, BN, BK] += x[:, None, :] * w[None, :, :], reduced over K once, after the K loop
+    (a reduction per tile would cost a shuffle tree per tile)."""
     if USE_DOT:
         if DOT_IN_FP32:
             x = x.to(tl.float32)
             w = w.to(tl.float32)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
     else:
-        product = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
-        acc += tl.sum(product, axis=2)
+        acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
     return acc
 
 
@@ -115,26 +119,41 @@ def skinny_linear_kernel(
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     first_tile = pid_k * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, n_k_tiles)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    # Without tl.dot the products are summed elementwise over the K loop and reduced once
+    # after it; 2:4 weights then multiply their kept values only, [BM, BN, BLOCK_K/4].
+    PRODUCTS_24: tl.constexpr = not USE_DOT and FORMAT == FORMAT_SPARSE24
+    if USE_DOT:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    elif PRODUCTS_24:
+        acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K // 4], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
     for t in range(first_tile, last_tile):
         x = load_x_tile(x_ptr, rows, M, stride_xm, t, K, BLOCK_K)
-        w = load_weight_tile(
-            w_ptr,
-            meta_ptr,
-            offsets_ptr,
-            pid_n,
-            t,
-            N,
-            K,
-            w_cols,
-            stride_w,
-            stride_meta,
-            n_k_tiles,
-            FORMAT,
-            BLOCK_N,
-            BLOCK_K,
-        )
-        acc = _accumulate(acc, x, w, USE_DOT, DOT_IN_FP32, DOT_PRECISION)
+        if PRODUCTS_24:
+            acc += sparse24_products(
+                x, w_ptr, meta_ptr, pid_n, t, N, w_cols, stride_w, stride_meta, BLOCK_N, BLOCK_K
+            )
+        else:
+            w = load_weight_tile(
+                w_ptr,
+                meta_ptr,
+                offsets_ptr,
+                pid_n,
+                t,
+                N,
+                K,
+                w_cols,
+                stride_w,
+                stride_meta,
+                n_k_tiles,
+                FORMAT,
+                BLOCK_N,
+                BLOCK_K,
+            )
+            acc = _accumulate(acc, x, w, USE_DOT, DOT_IN_FP32, DOT_PRECISION)
+    if not USE_DOT:
+        acc = tl.sum(acc, axis=2)
 
     if not SPLIT:
         _store_output(acc, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS)

@@ -119,23 +119,40 @@ def _dot_flags(x: torch.Tensor) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: `kernel[grid](*args, **options)` (options: constexprs, warps)."""
+
+    kernel: object
+    grid: tuple[int, ...]
+    args: tuple
+    options: dict
+
+
 def run_linear(
     x: torch.Tensor, operand: Operand, bias: torch.Tensor | None, plan: Plan
 ) -> torch.Tensor:
     """y [M, N] in x's dtype = x [M, K] @ W^T (+ bias [N], added in fp32)."""
     _check_runnable(x)
-    _check_plan(plan, operand)
-    m = x.shape[0]
-    out = torch.empty((m, operand.n), dtype=x.dtype, device=x.device)
-    if m == 0:
-        return out
-    if plan.backend == "skinny":
-        _run_skinny(x, operand, bias, plan, out)
-    elif plan.backend == "tiled":
-        _run_tiled(x, operand, bias, plan, out)
-    else:
-        raise ValueError(f"run_linear runs the Triton backends only, got {plan.backend!r}")
+    out = torch.empty((x.shape[0], operand.n), dtype=x.dtype, device=x.device)
+    for launch in plan_launches(x, operand, bias, plan, out):
+        launch.kernel[launch.grid](*launch.args, **launch.options)
     return out
+
+
+def plan_launches(
+    x: torch.Tensor, operand: Operand, bias: torch.Tensor | None, plan: Plan, out: torch.Tensor
+) -> list[Launch]:
+    """The launches that write out [M, N] for `plan`, in order (none for M = 0); the
+    split-K workspace is allocated here. Also used to compile ahead of time for a GPU."""
+    _check_plan(plan, operand)
+    if x.shape[0] == 0:
+        return []
+    if plan.backend == "skinny":
+        return _skinny_launches(x, operand, bias, plan, out)
+    if plan.backend == "tiled":
+        return [_tiled_launch(x, operand, bias, plan, out)]
+    raise ValueError(f"run_linear runs the Triton backends only, got {plan.backend!r}")
 
 
 def _weight_args(x, operand, out) -> tuple:
@@ -155,7 +172,7 @@ def _weight_args(x, operand, out) -> tuple:
     )
 
 
-def _run_skinny(x, operand, bias, plan, out) -> None:
+def _skinny_launches(x, operand, bias, plan, out) -> list[Launch]:
     m, n = out.shape
     k_tiles = -(-operand.k // plan.block_k)
     split = max(1, min(plan.split_k, k_tiles))
@@ -168,60 +185,74 @@ def _run_skinny(x, operand, bias, plan, out) -> None:
         counters = _counters(x.device, tiles_n * tiles_m)
     else:
         partials = counters = out  # never touched with SPLIT=False
-    skinny_linear_kernel[(tiles_n, split, tiles_m)](
-        x,
-        out,
-        bias_arg,
-        partials,
-        counters,
-        *_weight_args(x, operand, out),
-        k_tiles,
-        tiles_per_split,
-        split,
-        FORMAT=operand.format,
-        BLOCK_M=plan.block_m,
-        BLOCK_N=plan.block_n,
-        BLOCK_K=plan.block_k,
-        SPLIT=split > 1,
-        SERIAL_REDUCTION=plan.serial_reduction,
-        HAS_BIAS=bias is not None,
-        USE_DOT=plan.block_m >= 16,
-        **_dot_flags(x),
-        num_warps=plan.num_warps,
-        num_stages=plan.num_stages,
-    )
+    launches = [
+        Launch(
+            skinny_linear_kernel,
+            (tiles_n, split, tiles_m),
+            (
+                x,
+                out,
+                bias_arg,
+                partials,
+                counters,
+                *_weight_args(x, operand, out),
+                k_tiles,
+                tiles_per_split,
+                split,
+            ),
+            dict(
+                FORMAT=operand.format,
+                BLOCK_M=plan.block_m,
+                BLOCK_N=plan.block_n,
+                BLOCK_K=plan.block_k,
+                SPLIT=split > 1,
+                SERIAL_REDUCTION=plan.serial_reduction,
+                HAS_BIAS=bias is not None,
+                USE_DOT=plan.block_m >= 16,
+                **_dot_flags(x),
+                num_warps=plan.num_warps,
+                num_stages=plan.num_stages,
+            ),
+        )
+    ]
     if split > 1 and not plan.serial_reduction:
-        reduce_partials_kernel[(tiles_n, tiles_m)](
-            partials,
+        launches.append(
+            Launch(
+                reduce_partials_kernel,
+                (tiles_n, tiles_m),
+                (partials, out, bias_arg, m, n, out.stride(0), split),
+                dict(
+                    HAS_BIAS=bias is not None,
+                    BLOCK_M=plan.block_m,
+                    BLOCK_N=plan.block_n,
+                    num_warps=4,
+                ),
+            )
+        )
+    return launches
+
+
+def _tiled_launch(x, operand, bias, plan, out) -> Launch:
+    m, n = out.shape
+    return Launch(
+        tiled_linear_kernel,
+        (-(-m // plan.block_m) * -(-n // plan.block_n),),
+        (
+            x,
             out,
-            bias_arg,
-            m,
-            n,
-            out.stride(0),
-            split,
-            HAS_BIAS=bias is not None,
+            bias if bias is not None else out,
+            *_weight_args(x, operand, out),
+            -(-operand.k // plan.block_k),
+        ),
+        dict(
+            FORMAT=operand.format,
             BLOCK_M=plan.block_m,
             BLOCK_N=plan.block_n,
-            num_warps=4,
-        )
-
-
-def _run_tiled(x, operand, bias, plan, out) -> None:
-    m, n = out.shape
-    grid = (-(-m // plan.block_m) * -(-n // plan.block_n),)
-    tiled_linear_kernel[grid](
-        x,
-        out,
-        bias if bias is not None else out,
-        *_weight_args(x, operand, out),
-        -(-operand.k // plan.block_k),
-        FORMAT=operand.format,
-        BLOCK_M=plan.block_m,
-        BLOCK_N=plan.block_n,
-        BLOCK_K=plan.block_k,
-        GROUP_M=plan.group_m,
-        HAS_BIAS=bias is not None,
-        **_dot_flags(x),
-        num_warps=plan.num_warps,
-        num_stages=plan.num_stages,
+            BLOCK_K=plan.block_k,
+            GROUP_M=plan.group_m,
+            HAS_BIAS=bias is not None,
+            **_dot_flags(x),
+            num_warps=plan.num_warps,
+            num_stages=plan.num_stages,
+        ),
     )
