@@ -117,17 +117,19 @@ def _tool(name: str) -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
 
 
-def _resources(cubin: bytes, kernel: str) -> tuple[int, int, int]:
-    """(registers, stack + local bytes, static shared bytes) from cuobjdump."""
+def _run_tool(tool: str, flag: str, cubin: bytes) -> str:
+    """stdout of one of triton's bundled NVIDIA tools run on a cubin."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
         handle.write(cubin)
         handle.flush()
-        text = subprocess.run(
-            [_tool("cuobjdump"), "--dump-resource-usage", handle.name],
-            capture_output=True,
-            text=True,
-            check=True,
+        return subprocess.run(
+            [_tool(tool), flag, handle.name], capture_output=True, text=True, check=True
         ).stdout
+
+
+def _resources(cubin: bytes, kernel: str) -> tuple[int, int, int]:
+    """(registers, stack + local bytes, static shared bytes) from cuobjdump."""
+    text = _run_tool("cuobjdump", "--dump-resource-usage", cubin)
     for name, reg, stack, shared, local in RESOURCE_LINE.findall(text):
         if name == kernel:
             return int(reg), int(stack) + int(local), int(shared)
@@ -136,14 +138,8 @@ def _resources(cubin: bytes, kernel: str) -> tuple[int, int, int]:
 
 def _sass(cubin: bytes) -> list[tuple[int, str]]:
     """[(address, instruction)] with labels as (address of the next instruction, label)."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
-        handle.write(cubin)
-        handle.flush()
-        text = subprocess.run(
-            [_tool("nvdisasm"), "-c", handle.name], capture_output=True, text=True, check=True
-        ).stdout
     lines, pending = [], []
-    for raw in text.splitlines():
+    for raw in _run_tool("nvdisasm", "-c", cubin).splitlines():
         label = LABEL_LINE.match(raw.strip())
         if label:
             pending.append(label.group(1))
@@ -189,17 +185,6 @@ def _global_loads(body: list[str]) -> dict:
             name = f"{match.group(1)}.{width}"
             counts[name] = counts.get(name, 0) + 1
     return counts
-
-
-def _weight_bytes(weight) -> int:
-    """Bytes the kernels read for a packed weight (or a dense tensor)."""
-    if isinstance(weight, torch.Tensor):
-        return weight.numel() * weight.element_size()
-    return sum(
-        t.numel() * t.element_size()
-        for t in (getattr(weight, name, None) for name in ("values", "meta", "bits", "offsets"))
-        if t is not None
-    )
 
 
 def _issue_bound(report: LaunchReport, weight_bytes: int, dense_bytes: int) -> None:
@@ -266,25 +251,17 @@ def compile_plan(shape: str, m: int, kind: str, plan, weights: dict) -> list[Lau
         report.loop_instructions = len(body)
         report.loop_global_loads = _global_loads(body)
         if item.kernel.__name__ == "skinny_linear_kernel" and body:
-            _issue_bound(report, _weight_bytes(weight), dense_bytes)
+            _issue_bound(report, weight.nbytes, dense_bytes)
     return reports
 
 
 def plans_for(kind: str, n: int, k: int, m: int, candidates: bool) -> list:
-    from lcc_kernels.bench import KINDS as BENCH_KINDS
-    from lcc_kernels.dispatch import WeightKey, default_plan
-    from lcc_kernels.formats import DEFAULT_BITMAP_TILE
+    """The GPU suite's plans for one problem; without `candidates`, only the first: the
+    plan the built-in rules pick."""
+    from gpu_suite import candidates as suite_candidates  # this script's directory
 
-    if candidates:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from gpu_suite import candidates as suite_candidates
-
-        return suite_candidates(kind, n, k, m, DEVICE["sms"], smoke=False)
-    fmt, keep = BENCH_KINDS[kind]
-    tile = DEFAULT_BITMAP_TILE if fmt == "bitmap" else None
-    density = keep if tile else None
-    key = WeightKey("2:4" if fmt == "dense" else fmt, "bfloat16", n, k, tile, density)
-    return [default_plan(m, key, DEVICE["sms"])]
+    plans = suite_candidates(kind, n, k, m, DEVICE["sms"], smoke=False)
+    return plans if candidates else plans[:1]
 
 
 def build_weights(shapes, kinds) -> dict:

@@ -47,6 +47,56 @@ def _accumulate(
 
 
 @triton.jit
+def _accumulate_tile(
+    acc,
+    x,
+    w_ptr,
+    meta_ptr,
+    offsets_ptr,
+    pid_n,
+    t,
+    N,
+    K,
+    w_cols,
+    stride_w,
+    stride_meta,
+    n_k_tiles,
+    FORMAT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """acc plus x [BM, BLOCK_K] times weight tile (pid_n, t), the weight as in
+    decode.load_weight_tile; acc as in `_accumulate`, or [BM, BN, BLOCK_K/4] for 2:4
+    without tl.dot (sparse24_products: the kept values only, no dense tile)."""
+    if not USE_DOT and FORMAT == FORMAT_SPARSE24:
+        acc += sparse24_products(
+            x, w_ptr, meta_ptr, pid_n, t, N, w_cols, stride_w, stride_meta, BLOCK_N, BLOCK_K
+        )
+    else:
+        w = load_weight_tile(
+            w_ptr,
+            meta_ptr,
+            offsets_ptr,
+            pid_n,
+            t,
+            N,
+            K,
+            w_cols,
+            stride_w,
+            stride_meta,
+            n_k_tiles,
+            FORMAT,
+            BLOCK_N,
+            BLOCK_K,
+        )
+        acc = _accumulate(acc, x, w, USE_DOT, DOT_IN_FP32, DOT_PRECISION)
+    return acc
+
+
+@triton.jit
 def _store_output(acc, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS: tl.constexpr):
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
@@ -130,28 +180,27 @@ def skinny_linear_kernel(
         acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
     for t in range(first_tile, last_tile):
         x = load_x_tile(x_ptr, rows, M, stride_xm, t, K, BLOCK_K)
-        if PRODUCTS_24:
-            acc += sparse24_products(
-                x, w_ptr, meta_ptr, pid_n, t, N, w_cols, stride_w, stride_meta, BLOCK_N, BLOCK_K
-            )
-        else:
-            w = load_weight_tile(
-                w_ptr,
-                meta_ptr,
-                offsets_ptr,
-                pid_n,
-                t,
-                N,
-                K,
-                w_cols,
-                stride_w,
-                stride_meta,
-                n_k_tiles,
-                FORMAT,
-                BLOCK_N,
-                BLOCK_K,
-            )
-            acc = _accumulate(acc, x, w, USE_DOT, DOT_IN_FP32, DOT_PRECISION)
+        acc = _accumulate_tile(
+            acc,
+            x,
+            w_ptr,
+            meta_ptr,
+            offsets_ptr,
+            pid_n,
+            t,
+            N,
+            K,
+            w_cols,
+            stride_w,
+            stride_meta,
+            n_k_tiles,
+            FORMAT,
+            BLOCK_N,
+            BLOCK_K,
+            USE_DOT,
+            DOT_IN_FP32,
+            DOT_PRECISION,
+        )
     if not USE_DOT:
         acc = tl.sum(acc, axis=2)
 
@@ -232,7 +281,9 @@ def tiled_linear_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for t in range(0, n_k_tiles):
         x = load_x_tile(x_ptr, rows, M, stride_xm, t, K, BLOCK_K)
-        w = load_weight_tile(
+        acc = _accumulate_tile(
+            acc,
+            x,
             w_ptr,
             meta_ptr,
             offsets_ptr,
@@ -247,8 +298,10 @@ def tiled_linear_kernel(
             FORMAT,
             BLOCK_N,
             BLOCK_K,
+            True,
+            DOT_IN_FP32,
+            DOT_PRECISION,
         )
-        acc = _accumulate(acc, x, w, True, DOT_IN_FP32, DOT_PRECISION)
     _store_output(acc, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS)
 
 
