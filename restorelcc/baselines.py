@@ -23,7 +23,7 @@ from torch import nn
 
 from restorelcc.hf.families import decoder_layers, family_of, head_geometry
 from restorelcc.lcc.capture import capture_last_token
-from restorelcc.lcc.compat import check_compatible
+from restorelcc.lcc.compat import check_compatible, to_pruned_heads
 from restorelcc.lcc.fingerprint import model_fingerprint
 from restorelcc.lcc.pipeline import RestoreConfig, restore
 from restorelcc.lcc.restoration import Restoration
@@ -139,11 +139,12 @@ def training_free(
     Returned as a ``Restoration`` (identity directions, ``beta = 0``, ``b = c``) that folds,
     saves and exports like RestoreLCC's.
     """
-    check_compatible(dense, pruned)
+    head_map = check_compatible(dense, pruned)
     pairs = check_pairs(pairs, minimum=1)
     start = time.perf_counter()
     prompts = [encode_pair(tokenizer, p, max_length)[0] for p in pairs]
     zd = capture_last_token(dense, prompts, batch_tokens, progress, "capture dense")
+    zd = to_pruned_heads(zd, head_map)
     zp = capture_last_token(pruned, prompts, batch_tokens, progress, "capture pruned")
     g = head_geometry(pruned)
     mean = (zd.double() - zp.double()).mean(0).reshape(g.total_heads, g.head_dim).float()

@@ -14,7 +14,7 @@ from restorelcc.lcc.capture import (
     capture_probe_activations,
     capture_with_continuations,
 )
-from restorelcc.lcc.compat import check_compatible
+from restorelcc.lcc.compat import check_compatible, match_heads
 from restorelcc.lcc.components import Components, lost_components
 from restorelcc.lcc.fingerprint import model_fingerprint
 from restorelcc.lcc.fold import fold_offsets
@@ -44,6 +44,7 @@ __all__ = [
     "head_count",
     "load_adapter",
     "lost_components",
+    "match_heads",
     "mine_negatives",
     "model_fingerprint",
     "o_proj_input_offsets",

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from restorelcc.hf.families import head_geometry, model_device, o_proj_of
+from restorelcc.lcc.compat import to_pruned_heads
 from restorelcc.lcc.tokens import ProbeSequences
 
 # Padded tokens per forward. On a CPU, ~1k tokens is the measured sweet spot (SmolLM2 on 2
@@ -360,8 +361,11 @@ def capture_probe_activations(
     sequences: ProbeSequences,
     batch_tokens: int | None = None,
     progress: bool = True,
+    head_map: torch.Tensor | None = None,
 ) -> ProbeActivations:
-    """``Zd``, ``Zp``, ``Z+``, ``Z-`` for every pair.
+    """``Zd``, ``Zp``, ``Z+``, ``Z-`` for every pair, on the pruned model's heads: with
+    ``head_map`` (``[layers, pruned heads]``, see ``compat.check_compatible``) the dense
+    reads keep the heads the pruned model kept.
 
     Two forwards over the prompt tokens (the dense one, shared by the three dense reads, and
     the pruned one) plus one over both continuations, none of them computing the LM head;
@@ -378,6 +382,8 @@ def capture_probe_activations(
     zp = capture_last_token(
         pruned, sequences.prompts, batch_tokens, progress, desc="capture pruned"
     )
+    if head_map is not None:
+        zd, zpos, zneg = (to_pruned_heads(z, head_map) for z in (zd, zpos, zneg))
     return ProbeActivations(dense=zd, pruned=zp, positive=zpos, negative=zneg)
 
 

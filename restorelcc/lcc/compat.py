@@ -1,21 +1,28 @@
-"""Check that a pruned model can be restored against a dense one."""
+"""Check that a pruned model can be restored against a dense one, and pair up their heads."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from restorelcc.errors import UnsupportedModelError
-from restorelcc.hf.families import family_of, head_geometry
+from restorelcc.hf.families import HeadGeometry, family_of, head_geometry, o_proj_of
+
+# A pruned head is the dense head whose o_proj columns point the same way; structured
+# pruning copies those columns unchanged (cosine 1), and unstructured pruning on top keeps
+# most of their energy (50% magnitude: ~0.9), while other heads are near 0.
+MIN_HEAD_COSINE = 0.5
 
 
-def check_compatible(dense: nn.Module, pruned: nn.Module) -> None:
-    """Raise ``UnsupportedModelError`` unless ``pruned`` is ``dense`` pruned: same family,
-    head geometry, vocabulary and parameter names, the same shapes except that MLP
-    intermediate channels may have been removed (structured channel pruning; RestoreLCC
-    only compares attention heads, so narrower MLPs are fine).
+def check_compatible(dense: nn.Module, pruned: nn.Module) -> torch.Tensor:
+    """Raise ``UnsupportedModelError`` unless ``pruned`` is ``dense`` pruned; return the
+    head map, ``[layers, pruned heads]`` int64: the dense head each pruned head came from.
 
-    Structured pruning that removes attention heads is refused (the per-head correspondence
-    RestoreLCC needs would have to be mapped).
+    Compatible: same family, layers, head_dim, hidden size, vocabulary and parameter names;
+    every shape equal except that MLP intermediate channels may be fewer and, with
+    structured pruning that removed whole heads, the attention projections narrower. The
+    heads are then paired by their ``o_proj`` columns (``match_heads``); otherwise the map
+    is the identity.
     """
     if dense is pruned:
         raise ValueError("dense and pruned are the same model object; pass two models")
@@ -25,25 +32,86 @@ def check_compatible(dense: nn.Module, pruned: nn.Module) -> None:
             f"the pruned model is a {pruned_family} model but the dense one is {dense_family}"
         )
     dense_geo, pruned_geo = head_geometry(dense), head_geometry(pruned)
-    if dense_geo != pruned_geo:
+    heads_removed = dense_geo != pruned_geo
+    if heads_removed and not _fewer_heads(dense_geo, pruned_geo):
         raise UnsupportedModelError(
             f"the pruned model's attention ({pruned_geo}) differs from the dense model's "
-            f"({dense_geo}); structured pruning that removes heads is not supported by restore"
+            f"({dense_geo}) by more than removed heads"
         )
+    family = family_of(dense)
+    narrowable = family.mlp_linears + (family.attention_linears if heads_removed else ())
+    narrowable = tuple(f".{linear}." for linear in narrowable)
     dense_shapes = {n: tuple(p.shape) for n, p in dense.named_parameters()}
     pruned_shapes = {n: tuple(p.shape) for n, p in pruned.named_parameters()}
-    mlp = tuple(f".{linear}." for linear in family_of(dense).mlp_linears)
     for name in sorted(dense_shapes.keys() | pruned_shapes.keys()):
         a, b = dense_shapes.get(name), pruned_shapes.get(name)
-        if a != b and not (a and b and any(m in name for m in mlp) and _narrower(a, b)):
+        if a != b and not (a and b and any(m in name for m in narrowable) and _narrower(a, b)):
             raise UnsupportedModelError(
                 f"parameter {name} is {b or 'missing'} in the pruned model but {a or 'missing'} "
                 "in the dense model; the pruned model must have the dense model's shapes"
             )
+    if not heads_removed:
+        return torch.arange(pruned_geo.heads).expand(pruned_geo.layers, -1).clone()
+    return match_heads(dense, pruned)
+
+
+def match_heads(dense: nn.Module, pruned: nn.Module) -> torch.Tensor:
+    """``[layers, pruned heads]``: for each pruned head, the dense head whose ``o_proj``
+    columns (``hidden x head_dim``) have the largest cosine similarity with its own. Raises
+    ``UnsupportedModelError`` if a head matches none (cosine < ``MIN_HEAD_COSINE``) or two
+    pruned heads match the same dense head."""
+    dense_geo, pruned_geo = head_geometry(dense), head_geometry(pruned)
+    head_map = torch.empty(pruned_geo.layers, pruned_geo.heads, dtype=torch.int64)
+    for layer in range(pruned_geo.layers):
+        d = _unit_head_columns(o_proj_of(dense, layer).weight, dense_geo)
+        p = _unit_head_columns(o_proj_of(pruned, layer).weight, pruned_geo)
+        cosine, best = (p @ d.T).max(dim=1)
+        for head in range(pruned_geo.heads):
+            if cosine[head] < MIN_HEAD_COSINE:
+                raise UnsupportedModelError(
+                    f"layer {layer}: pruned head {head} matches no dense head (best o_proj "
+                    f"cosine {float(cosine[head]):.2f}, with head {int(best[head])}); is the "
+                    "pruned model really this dense model with heads removed?"
+                )
+        taken = best.tolist()
+        twice = next((h for h in set(taken) if taken.count(h) > 1), None)
+        if twice is not None:
+            raise UnsupportedModelError(
+                f"layer {layer}: pruned heads {[i for i, h in enumerate(taken) if h == twice]} "
+                f"all match dense head {twice}; heads cannot be paired one to one"
+            )
+        head_map[layer] = best
+    return head_map
+
+
+def to_pruned_heads(acts: torch.Tensor, head_map: torch.Tensor) -> torch.Tensor:
+    """Dense per-head activations ``[N, layers, dense heads, head_dim]`` -> the pruned
+    model's heads, ``[N, layers, pruned heads, head_dim]`` (``acts`` itself if the map is
+    the identity)."""
+    layers, heads = head_map.shape
+    if heads == acts.shape[2] and torch.equal(head_map, torch.arange(heads).expand(layers, -1)):
+        return acts
+    return acts[:, torch.arange(layers)[:, None], head_map]
+
+
+def _unit_head_columns(o_weight: torch.Tensor, geometry: HeadGeometry) -> torch.Tensor:
+    """o_proj weight [hidden, heads * head_dim] -> [heads, hidden * head_dim], unit rows."""
+    w = o_weight.detach().to("cpu", torch.float64)
+    w = w.reshape(w.shape[0], geometry.heads, geometry.head_dim).transpose(0, 1)
+    return nn.functional.normalize(w.reshape(geometry.heads, -1), dim=1)
+
+
+def _fewer_heads(dense: HeadGeometry, pruned: HeadGeometry) -> bool:
+    return (
+        (dense.layers, dense.head_dim, dense.hidden_size)
+        == (pruned.layers, pruned.head_dim, pruned.hidden_size)
+        and 0 < pruned.heads < dense.heads
+        and 0 < pruned.kv_heads <= dense.kv_heads
+    )
 
 
 def _narrower(dense_shape: tuple[int, ...], pruned_shape: tuple[int, ...]) -> bool:
-    """One dimension (the intermediate channels) smaller, every other equal."""
+    """One dimension (intermediate channels, or heads x head_dim) smaller, every other equal."""
     if len(dense_shape) != len(pruned_shape):
         return False
     differ = [(a, b) for a, b in zip(dense_shape, pruned_shape, strict=True) if a != b]

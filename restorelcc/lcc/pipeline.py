@@ -23,7 +23,7 @@ from restorelcc.lcc.capture import (
     capture_last_token,
     capture_probe_activations,
 )
-from restorelcc.lcc.compat import check_compatible
+from restorelcc.lcc.compat import check_compatible, to_pruned_heads
 from restorelcc.lcc.components import PAPER_K, lost_components
 from restorelcc.lcc.fingerprint import model_fingerprint
 from restorelcc.lcc.heads import INIT_STD, HeadCompensation
@@ -121,7 +121,7 @@ def restore(
     stage.
     """
     config = config or RestoreConfig()
-    check_compatible(dense, pruned)
+    head_map = check_compatible(dense, pruned)
     pairs = check_pairs(pairs, minimum=MIN_PROBE_PAIRS)
     geometry = head_geometry(pruned)
     count = head_count(geometry, config.heads)
@@ -129,6 +129,8 @@ def restore(
     stage = StageTimer()
     progress = config.progress
     report: dict = {"train_pairs": len(pairs), "probe_pairs": len(probe_set)}
+    if head_geometry(dense) != geometry:
+        report["dense_heads"] = head_map.tolist()  # per layer, the dense head of each head
 
     with stage("fingerprint"):
         fingerprint = model_fingerprint(pruned)
@@ -143,7 +145,7 @@ def restore(
                 tokenizer, probe_set, negative_index, config.capture_max_length
             )
             acts = capture_probe_activations(
-                dense, pruned, sequences, config.capture_batch_tokens, progress
+                dense, pruned, sequences, config.capture_batch_tokens, progress, head_map
             )
             zd, zp = acts.dense, acts.pruned
     else:
@@ -152,6 +154,7 @@ def restore(
             zd = capture_last_token(
                 dense, prompts, config.capture_batch_tokens, progress, "capture dense"
             )
+            zd = to_pruned_heads(zd, head_map)
             zp = capture_last_token(
                 pruned, prompts, config.capture_batch_tokens, progress, "capture pruned"
             )
