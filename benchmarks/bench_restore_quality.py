@@ -25,8 +25,6 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from restorelcc.assets import DEFAULT_MODEL, load_model
 from restorelcc.baselines import lora_baseline, random_heads_restore, training_free
 from restorelcc.commands.restore import heads_value
@@ -35,24 +33,10 @@ from restorelcc.demo import gap_closed, headline_accuracy
 from restorelcc.evaluate import evaluate_model, perplexity
 from restorelcc.io import atomic_write_json, format_table, run_metadata
 from restorelcc.lcc import RestoreConfig, TrainConfig, restore
-from restorelcc.lcc.tokens import encode_pair
-from restorelcc.lcc.train import collate, response_loss
+from restorelcc.lcc.train import heldout_loss
 from restorelcc.prune import prune_model
 
 METHODS = ("restorelcc", "random-heads", "training-free", "lora")
-
-
-@torch.no_grad()
-def heldout_loss(model, tokenizer, pairs, batch_size: int = 8) -> float:
-    """Token-weighted response-only cross-entropy on ``pairs``."""
-    encoded = [encode_pair(tokenizer, p, 500, eos=True) for p in pairs]
-    total = count = 0.0
-    for start in range(0, len(encoded), batch_size):
-        ids, mask, positions, targets = collate(encoded[start : start + batch_size], 0)
-        loss = response_loss(model, ids, mask, positions, targets)
-        total += float(loss) * len(targets)
-        count += len(targets)
-    return total / count
 
 
 def measure(model, tokenizer, heldout, ppl_tokens) -> dict:

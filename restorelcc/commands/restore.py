@@ -49,6 +49,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--pairs", type=int, default=512, help="instruction pairs for training")
     p.add_argument(
+        "--validation-pairs",
+        type=int,
+        default=0,
+        help="more pairs of the source, held out: response loss before/after training",
+    )
+    p.add_argument(
         "--probe-pairs", type=int, default=None, help="pairs for capture/probing (default: all)"
     )
     p.add_argument(
@@ -90,6 +96,7 @@ def _config(args: argparse.Namespace):
             max_steps=args.max_steps,
             seed=args.seed,
             progress=not args.quiet,
+            validation_pairs=args.validation_pairs,
         )
         return RestoreConfig(
             heads=args.heads,
@@ -128,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     _check_out(args)
     # Cheap checks first: the data, and the head count against the pruned config.
-    pairs = instruction_pairs(args.data, n=args.pairs, seed=args.seed)
+    # The held-out pairs come last (TrainConfig.split): training keeps --pairs pairs.
+    pairs = instruction_pairs(args.data, n=args.pairs + args.validation_pairs, seed=args.seed)
     pruned_config = AutoConfig.from_pretrained(resolve_model(args.pruned))
     try:
         selected = head_count(head_geometry(pruned_config), config.heads)
@@ -171,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
         "first_loss": train["first_loss"],
         "final_loss": train["final_loss"],
     }
+    if train["validation"]:
+        summary["heldout_before"] = train["validation"]["before"]
+        summary["heldout_after"] = train["validation"]["after"]
     if evaluation:
         summary.update({f"ppl_{k}": v for k, v in evaluation.items()})
     print(format_table([summary]))

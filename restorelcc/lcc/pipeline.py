@@ -125,10 +125,13 @@ def restore(
     pairs = check_pairs(pairs, minimum=MIN_PROBE_PAIRS)
     geometry = head_geometry(pruned)
     count = head_count(geometry, config.heads)
-    probe_set = pairs[: config.probe_pairs]
+    # Held-out pairs (config.train.validation_pairs) take no part in head selection either.
+    probe_set = check_pairs(config.train.split(pairs)[0], minimum=MIN_PROBE_PAIRS)
+    probe_set = probe_set[: config.probe_pairs]
     stage = StageTimer()
     progress = config.progress
-    report: dict = {"train_pairs": len(pairs), "probe_pairs": len(probe_set)}
+    train_pairs = len(pairs) - config.train.validation_pairs
+    report: dict = {"train_pairs": train_pairs, "probe_pairs": len(probe_set)}
     if head_geometry(dense) != geometry:
         report["dense_heads"] = head_map.tolist()  # per layer, the dense head of each head
 

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from restorelcc.data import InstructionPair
+from restorelcc.errors import DataError
 from restorelcc.hf.families import model_device
 from restorelcc.lcc.capture import pad_right
 from restorelcc.lcc.tokens import check_pairs, encode_pair
@@ -30,7 +31,9 @@ from restorelcc.lcc.tokens import check_pairs, encode_pair
 @dataclass
 class TrainConfig:
     """Optimisation settings (research code: AdamW lr 1e-3, 3 epochs, batch 8, max length
-    500, linear decay, no weight decay). ``max_steps`` overrides ``epochs`` when set."""
+    500, linear decay, no weight decay). ``max_steps`` overrides ``epochs`` when set.
+    ``validation_pairs``: the last pairs given are held out of training (and of RestoreLCC's
+    probing) and their response loss is measured before and after training."""
 
     lr: float = 1e-3
     epochs: int = 3
@@ -39,6 +42,7 @@ class TrainConfig:
     max_steps: int | None = None
     seed: int = 0
     progress: bool = True
+    validation_pairs: int = 0
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -51,6 +55,19 @@ class TrainConfig:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        if self.validation_pairs < 0:
+            raise ValueError(f"validation_pairs must be >= 0, got {self.validation_pairs}")
+
+    def split(self, pairs: Sequence[InstructionPair]) -> tuple[list, list]:
+        """(training pairs, held-out pairs): the last ``validation_pairs`` are held out."""
+        pairs = list(pairs)
+        if self.validation_pairs and self.validation_pairs >= len(pairs):
+            raise DataError(
+                f"validation_pairs {self.validation_pairs} leaves no training pair "
+                f"out of {len(pairs)}"
+            )
+        cut = len(pairs) - self.validation_pairs
+        return pairs[:cut], pairs[cut:]
 
     def total_steps(self, pairs: int) -> int:
         return self.max_steps or self.epochs * math.ceil(pairs / self.batch_size)
@@ -66,6 +83,8 @@ class TrainResult:
     seconds: float
     response_tokens: int  # target tokens seen over all steps
     trainable_parameters: int
+    # Response loss on the held-out pairs: {"pairs", "before", "after"}; None without any.
+    validation: dict | None = None
 
     @property
     def final_loss(self) -> float:
@@ -121,6 +140,25 @@ def response_loss(model: nn.Module, ids, mask, positions, targets) -> torch.Tens
     return nn.functional.cross_entropy(logits, targets.to(device))
 
 
+@torch.no_grad()
+def heldout_loss(
+    model: nn.Module,
+    tokenizer,
+    pairs: Sequence[InstructionPair],
+    batch_size: int = 8,
+    max_length: int = 500,
+) -> float:
+    """Token-weighted response-only cross-entropy of ``model`` on ``pairs``."""
+    encoded = [encode_pair(tokenizer, p, max_length, eos=True) for p in pairs]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total = count = 0.0
+    for start in range(0, len(encoded), batch_size):
+        ids, mask, positions, targets = collate(encoded[start : start + batch_size], pad_id)
+        total += float(response_loss(model, ids, mask, positions, targets)) * len(targets)
+        count += len(targets)
+    return total / count
+
+
 @contextlib.contextmanager
 def frozen_except(model: nn.Module, trainable: Sequence[nn.Parameter]):
     """Only ``trainable`` require grad inside; the model's flags are restored on exit."""
@@ -165,12 +203,13 @@ def train_response_lm(
     ``model``: a causal LM whose forward already includes whatever ``parameters`` act
     through (LoRA layers), or ``context()`` adds it (RestoreLCC's hooks). AdamW (no weight
     decay), linear decay to zero over ``config.total_steps``, batches drawn from a seeded
-    permutation per epoch: the same seed gives the same run.
+    permutation per epoch: the same seed gives the same run. With
+    ``config.validation_pairs``, the last pairs are held out and scored before and after.
     """
     parameters = list(parameters)
     if not parameters:
         raise ValueError("no trainable parameters given")
-    pairs = check_pairs(pairs, what="training pairs")
+    pairs, held_out = config.split(check_pairs(pairs, what="training pairs"))
     encoded = [encode_pair(tokenizer, p, config.max_length, eos=True) for p in pairs]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     steps = config.total_steps(len(encoded))
@@ -182,9 +221,14 @@ def train_response_lm(
     start = time.perf_counter()
     was_training = model.training
     model.eval()  # no dropout: the run is deterministic for a seed
+    validation = None
     try:
         watched = _gradless(model, parameters)
         with frozen_except(model, parameters), context():
+            if held_out:
+                before = heldout_loss(
+                    model, tokenizer, held_out, config.batch_size, config.max_length
+                )
             bar = tqdm(range(steps), desc=desc, unit="step", disable=not config.progress)
             for step in bar:
                 ids, mask, positions, targets = collate([encoded[i] for i in next(batches)], pad_id)
@@ -198,6 +242,11 @@ def train_response_lm(
                 losses.append(loss.item())
                 tokens += len(targets)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if held_out:
+                after = heldout_loss(
+                    model, tokenizer, held_out, config.batch_size, config.max_length
+                )
+                validation = {"pairs": len(held_out), "before": before, "after": after}
     finally:
         model.train(was_training)
     return TrainResult(
@@ -206,4 +255,5 @@ def train_response_lm(
         seconds=time.perf_counter() - start,
         response_tokens=tokens,
         trainable_parameters=sum(p.numel() for p in parameters),
+        validation=validation,
     )

@@ -14,6 +14,7 @@ from restorelcc.baselines import (
 from restorelcc.data import InstructionPair
 from restorelcc.lcc import RestoreConfig, TrainConfig, capture_last_token
 from restorelcc.lcc.tokens import encode_pair
+from restorelcc.lcc.train import heldout_loss
 from restorelcc.prune import prune_model
 from restorelcc.testing import byte_tokenizer, tiny_model
 
@@ -51,6 +52,19 @@ def test_lora_trains_only_its_adapters_with_the_same_loop(setup):
     # merged, q/k/v/o turn dense (B @ A has no zeros); only the MLPs (3 x 128 x 60) stay sparse
     attention, mlp = 80 * 60 + 2 * 16 * 60 + 60 * 80, 3 * 128 * 60
     assert merged_sparsity(result) == pytest.approx(0.5 * mlp / (attention + mlp), abs=1e-3)
+
+
+def test_lora_scores_held_out_pairs_like_restorelcc(setup):
+    _, pruned, tokenizer, pairs = setup
+    config = TrainConfig(max_steps=4, batch_size=4, progress=False, validation_pairs=3)
+    result = lora_baseline(pruned, tokenizer, pairs, config, rank=2)
+    # B starts at zero: before training the adapted model is the pruned one
+    assert result.train.validation["before"] == pytest.approx(
+        heldout_loss(pruned, tokenizer, pairs[-3:], batch_size=4), rel=1e-6
+    )
+    assert result.train.validation["after"] == pytest.approx(
+        heldout_loss(result.model, tokenizer, pairs[-3:], batch_size=4), rel=1e-6
+    )
 
 
 def test_dora_adds_magnitude_vectors(setup):

@@ -9,6 +9,7 @@ from restorelcc.hf.families import head_geometry
 from restorelcc.lcc.fingerprint import model_fingerprint
 from restorelcc.lcc.heads import HeadCompensation
 from restorelcc.lcc.restoration import Restoration
+from restorelcc.lcc.train import TrainConfig, train_response_lm
 from restorelcc.prune import prune_model
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()  # noqa: SIM905
@@ -39,3 +40,18 @@ def trained_like(model, seed: int = 0) -> Restoration:
     directions = torch.linalg.qr(torch.randn(4, g.head_dim, g.head_dim, generator=gen)).Q.mT
     comp = HeadCompensation(g, heads, directions, init_std=0.3, seed=seed)
     return Restoration.from_compensation(comp, model.config.model_type, model_fingerprint(model))
+
+
+def compensation(model, seed=0, std=1e-3):
+    g = head_geometry(model)
+    heads = torch.tensor([[0, 1], [1, 3], [2, 4]])
+    noise = torch.randn(3, g.head_dim, g.head_dim, generator=torch.Generator().manual_seed(seed))
+    directions = torch.linalg.qr(noise).Q.transpose(1, 2)
+    return HeadCompensation(g, heads, directions, init_std=std, seed=seed)
+
+
+def train(model, tokenizer, pairs, comp, **kw):
+    config = TrainConfig(progress=False, **{"epochs": 1, "batch_size": 4, **kw})
+    return train_response_lm(
+        model, tokenizer, pairs, list(comp.parameters()), config, lambda: comp.attached(model)
+    )

@@ -73,6 +73,8 @@ def test_restore_command_writes_adapter_report_and_merged(checkpoints, capsys):
         (["--heads", "99"], "--heads: heads must be between 1 and 15"),
         (["--lr", "-1"], "lr must be positive"),
         (["--pairs", "500"], "holds 20 items; asked for 500"),
+        (["--validation-pairs", "8"], "holds 20 items; asked for 24"),
+        (["--validation-pairs", "-1"], "validation_pairs must be >= 0"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(checkpoints, capsys, extra, match):
@@ -109,3 +111,13 @@ def test_eval_reports_dense_pruned_and_restored_perplexity(checkpoints, capsys):
     ppl = report["evaluation"]
     assert set(ppl) == {"dense", "pruned", "restored"}
     assert all(1 < value < float("inf") for value in ppl.values())
+
+
+def test_validation_pairs_are_scored_before_and_after(checkpoints, capsys):
+    tmp_path, _ = checkpoints
+    assert main(args(tmp_path, "--validation-pairs", "4")) == 0
+    assert "heldout_before" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "restore_report.json").read_text())
+    assert report["report"]["train_pairs"] == 16 and report["pairs"] == 20
+    validation = report["report"]["train"]["validation"]
+    assert validation["pairs"] == 4 and validation["before"] > 0 and validation["after"] > 0

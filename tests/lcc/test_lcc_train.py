@@ -2,28 +2,11 @@ import copy
 
 import pytest
 import torch
-from lcc_helpers import synthetic_pairs
+from lcc_helpers import compensation, synthetic_pairs, train
 
-from restorelcc.hf.families import head_geometry
-from restorelcc.lcc.heads import HeadCompensation
 from restorelcc.lcc.tokens import encode_pair
 from restorelcc.lcc.train import TrainConfig, collate, response_loss, train_response_lm
 from restorelcc.testing import tiny_model
-
-
-def compensation(model, seed=0, std=1e-3):
-    g = head_geometry(model)
-    heads = torch.tensor([[0, 1], [1, 3], [2, 4]])
-    noise = torch.randn(3, g.head_dim, g.head_dim, generator=torch.Generator().manual_seed(seed))
-    directions = torch.linalg.qr(noise).Q.transpose(1, 2)
-    return HeadCompensation(g, heads, directions, init_std=std, seed=seed)
-
-
-def train(model, tokenizer, pairs, comp, **kw):
-    config = TrainConfig(progress=False, **{"epochs": 1, "batch_size": 4, **kw})
-    return train_response_lm(
-        model, tokenizer, pairs, list(comp.parameters()), config, lambda: comp.attached(model)
-    )
 
 
 def test_loss_is_the_response_only_causal_lm_loss(tokenizer):
