@@ -97,6 +97,22 @@ def test_demo_on_structured_pruning(tiny_checkpoint, tmp_path):
     assert restored["trainable_parameters"] == 3 * 2 * 16
 
 
+def test_demo_restores_a_model_with_heads_removed(tiny_checkpoint, tmp_path):
+    """At 0.5, one of the 2 KV groups (and its 3 query heads) goes in every layer."""
+    config = tiny_config(
+        tiny_checkpoint,
+        patterns=("heads",),
+        structured_sparsity=0.5,
+        methods=("training-free", "restorelcc"),
+    )
+    report = run_demo(config, tmp_path / "out")
+    methods = [row["method"] for row in report["rows"][1:]]
+    assert methods == ["pruned (wanda)", "training-free", "restorelcc"]
+    restored = report["rows"][-1]
+    assert restored["trainable_parameters"] == 3 * 2 * 16
+    assert restored["notes"]["selected_heads"] == 3
+
+
 def test_forward_latency_is_relative_to_the_baseline():
     model = tiny_model("llama-gqa")
     ratios = forward_latency({"pruned": model, "other": model}, 64, rounds=3, baseline="pruned")
