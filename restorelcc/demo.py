@@ -236,6 +236,7 @@ class Demo:
             pattern,
             calibration,
             calibration_source=c.calibration_source,
+            progress=c.progress,
         )
         sparsity = block_sparsity(pruned)
         self.log["stages"][f"prune {pattern}"] = round(prune_report.seconds, 1)

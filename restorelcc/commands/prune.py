@@ -48,6 +48,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", required=True, help="output checkpoint directory")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
@@ -66,11 +67,11 @@ def _check_arguments(args: argparse.Namespace):
     return spec
 
 
-def _evaluate(model, tokenizer, tokens: int) -> dict:
+def _evaluate(model, tokenizer, tokens: int, progress: bool) -> dict:
     """Sliding-window perplexity of the pruned model on LAMBADA passages."""
     from restorelcc.evaluate import perplexity_report
 
-    result = perplexity_report(model, tokenizer, source="lambada", tokens=tokens)
+    result = perplexity_report(model, tokenizer, source="lambada", tokens=tokens, progress=progress)
     return {"perplexity": result.as_dict()}
 
 
@@ -100,9 +101,10 @@ def run(args: argparse.Namespace) -> int:
         calibration_source=args.calibration if calibration is not None else None,
         head_fraction=spec.head_fraction,
         chunk_size=args.chunk_size,
+        progress=not args.quiet,
     )
     if args.eval:
-        report.evaluation = _evaluate(model, tokenizer, args.ppl_tokens)
+        report.evaluation = _evaluate(model, tokenizer, args.ppl_tokens, not args.quiet)
     payload = {
         "model": str(args.model),
         **report.to_dict(),

@@ -41,6 +41,7 @@ def prune_model(
     chunk_size: int = 8,
     block_size: int = BLOCK_SIZE,
     dampening: float = DAMPENING,
+    progress: bool = True,
 ) -> PruneReport:
     """Prune ``model`` in place and return a ``PruneReport``.
 
@@ -54,7 +55,7 @@ def prune_model(
     (at most N nonzeros in every M consecutive inputs; ``sparsity`` must be ``1 - N/M``)
     or ``heads`` (structured: removes KV groups and MLP channels so that ``sparsity`` of the
     block parameters go; ``magnitude`` or ``wanda`` scoring; see ``structured.py``).
-    ``calibration_source`` is only recorded in the report.
+    ``calibration_source`` is only recorded in the report; ``progress``: a bar over layers.
 
     All arguments are checked before any weight changes; bad ones raise
     ``PruneArgumentError`` (a ``ValueError``) or ``UnsupportedModelError``.
@@ -82,11 +83,15 @@ def prune_model(
     try:
         with torch.no_grad():
             if plan is not None:
-                structured = prune_structured(model, family, spec, plan, tokens, chunk_size)
+                structured = prune_structured(
+                    model, family, spec, plan, tokens, chunk_size, progress
+                )
             elif spec.method == "magnitude":
-                _prune_magnitude(model, family, spec)
+                _prune_magnitude(model, family, spec, progress)
             else:
-                _prune_calibrated(model, family, spec, tokens, chunk_size, block_size, dampening)
+                _prune_calibrated(
+                    model, family, spec, tokens, chunk_size, block_size, dampening, progress
+                )
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start
@@ -114,9 +119,10 @@ def prune_model(
     )
 
 
-def _prune_magnitude(model: nn.Module, family: Family, spec: PruneSpec) -> None:
+def _prune_magnitude(model: nn.Module, family: Family, spec: PruneSpec, progress: bool) -> None:
     layers = decoder_layers(model)
-    for layer in tqdm(layers, desc=f"magnitude {spec.pattern}", unit="layer"):
+    bar = tqdm(layers, desc=f"magnitude {spec.pattern}", unit="layer", disable=not progress)
+    for layer in bar:
         for name in family.block_linears:
             weight = block_linear(layer, name).weight
             weight.masked_fill_(magnitude_mask(weight, spec.sparsity, spec.pattern), 0.0)
@@ -130,10 +136,11 @@ def _prune_calibrated(
     chunk_size: int,
     block_size: int,
     dampening: float,
+    progress: bool,
 ) -> None:
     gram = spec.method == "sparsegpt"
     desc = f"{spec.method} {spec.pattern}"
-    for step in walk_blocks(model, tokens, chunk_size, desc=desc):
+    for step in walk_blocks(model, tokens, chunk_size, desc, progress):
         with collect_input_stats(step.block, family, gram=gram) as stats:
             step.forward()
         if spec.method == "wanda":

@@ -108,7 +108,11 @@ class BlockStep:
 
 
 def walk_blocks(
-    model: nn.Module, tokens: torch.Tensor, chunk_size: int = 8, desc: str = "prune"
+    model: nn.Module,
+    tokens: torch.Tensor,
+    chunk_size: int = 8,
+    desc: str = "prune",
+    progress: bool = True,
 ) -> Iterator[BlockStep]:
     """Yield every decoder block with its calibration inputs, in order.
 
@@ -118,7 +122,7 @@ def walk_blocks(
     """
     chunks, block_kwargs = capture_block_inputs(model, tokens, chunk_size)
     layers = decoder_layers(model)
-    for index in tqdm(range(len(layers)), desc=desc, unit="layer"):
+    for index in tqdm(range(len(layers)), desc=desc, unit="layer", disable=not progress):
         step = BlockStep(index, layers[index], chunks, block_kwargs[index])
         yield step
         chunks = run_block(layers[index], chunks, block_kwargs[index])

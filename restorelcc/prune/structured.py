@@ -208,6 +208,7 @@ def prune_structured(
     plan: StructuredPlan,
     tokens: torch.Tensor | None,
     chunk_size: int = 8,
+    progress: bool = True,
 ) -> dict:
     """Apply ``plan`` to ``model`` in place and update its config; returns the report part."""
     model_params_before = sum(p.numel() for p in model.parameters())
@@ -215,7 +216,7 @@ def prune_structured(
     down_name = f"{family.mlp}.{family.down_proj}"
     removed: dict[int, dict] = {}
     if spec.method == "wanda":
-        for step in walk_blocks(model, tokens, chunk_size, desc="structured wanda"):
+        for step in walk_blocks(model, tokens, chunk_size, "structured wanda", progress):
             with collect_input_stats(step.block, family, (o_name, down_name)) as stats:
                 step.forward()
             o_sumsq, down_sumsq = stats[o_name].sumsq, stats[down_name].sumsq
@@ -224,7 +225,10 @@ def prune_structured(
         from tqdm.auto import tqdm
 
         layers = decoder_layers(model)
-        for index in tqdm(range(len(layers)), desc="structured magnitude", unit="layer"):
+        bar = tqdm(
+            range(len(layers)), desc="structured magnitude", unit="layer", disable=not progress
+        )
+        for index in bar:
             removed[index] = _shrink_block(layers[index], family, plan, None, None)
     _update_config(model, plan)
     model_params_after = sum(p.numel() for p in model.parameters())

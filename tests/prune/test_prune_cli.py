@@ -117,3 +117,17 @@ def test_refuses_non_empty_output_before_loading(tmp_path, capsys):
     rc = main(["prune", "--model", str(tmp_path / "nowhere"), "--out", str(out)])
     assert rc == 2
     assert "not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+@pytest.mark.parametrize("pattern", ["unstructured", "heads"])
+def test_quiet_prune_shows_no_progress_bars(
+    tiny_dir, calib_file, tmp_path, capsys, method, pattern
+):
+    argv = ["prune", "--model", str(tiny_dir), "--method", method, "--pattern", pattern,
+            "--sparsity", "0.5", "--calibration", str(calib_file), "--nsamples", "2",
+            "--seqlen", "16", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 0
+    assert "layer/s" in capsys.readouterr().err  # the bar over layers
+    assert main([*argv, "--overwrite", "--quiet"]) == 0
+    assert "layer/s" not in capsys.readouterr().err
