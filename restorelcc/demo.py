@@ -68,6 +68,7 @@ class DemoConfig:
     latency_rounds: int = 15
     seed: int = 0
     progress: bool = True
+    device: str = "cpu"
 
     @classmethod
     def paper(cls, **overrides) -> DemoConfig:
@@ -152,14 +153,18 @@ def forward_latency(
     the median over rounds of the per-round ratio. Rounds interleave the models so that a
     change of machine load hits them alike. Returns the ratio per model name."""
     ids = torch.randint(0, vocab, (1, 128), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(next(next(iter(models.values())).parameters()).device)
+    sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
         for model in models.values():
             model(ids)  # warm-up
         for _ in range(rounds):
             for name, model in models.items():
+                sync()
                 start = time.perf_counter()
                 model(ids)
+                sync()
                 times[name].append(time.perf_counter() - start)
     return {
         name: statistics.median(t / b for t, b in zip(times[name], times[baseline], strict=True))
@@ -208,7 +213,7 @@ class Demo:
         c = self.config
         start = time.perf_counter()
         torch.manual_seed(c.seed)
-        dense, tokenizer = load_model(c.model)
+        dense, tokenizer = load_model(c.model, device=c.device)
         calibration = None
         if c.prune_method != "magnitude":
             calibration = calibration_batches(

@@ -6,6 +6,7 @@ import argparse
 import time
 from dataclasses import fields
 
+from restorelcc.commands.device import add_device_argument, resolve_device
 from restorelcc.commands.restore import heads_value
 from restorelcc.demo import METHODS, DemoConfig, run_demo
 
@@ -75,6 +76,7 @@ def register(subparsers) -> None:
     p.add_argument("--methods", type=_csv, default=d.methods, help=f"from {','.join(METHODS)}")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=None, help="output folder (default runs/demo-<time>)")
+    add_device_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -86,6 +88,7 @@ def run(args) -> int:
         if hasattr(args, f.name) and getattr(args, f.name) != f.default
     }
     chosen["progress"] = not args.quiet
+    chosen["device"] = str(resolve_device(args.device))
     if args.limit == 0:
         chosen["limit"] = None
     config = DemoConfig.paper(**chosen) if args.paper else DemoConfig(**chosen)

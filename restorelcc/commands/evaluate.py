@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from restorelcc.commands.device import add_device_argument, resolve_device
+
 DEFAULT_TASKS = "paper"
 DEFAULT_LIMIT = 100  # first items per task: the paper's 7 tasks + 8k-token perplexity in a
 # few minutes on 2 CPU cores with SmolLM2-135M (see benchmarks/results/bench_eval.json)
@@ -56,7 +58,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--batch-size", type=_positive_int, default=16, help="rows (questions) per forward"
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if any)")
+    add_device_argument(p)
     p.add_argument("--json", default=None, help="report path (default eval_<model>.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -88,8 +90,6 @@ def summary_rows(report: dict) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from restorelcc.assets import load_model
     from restorelcc.evaluate import evaluate_model, resolve_tasks
     from restorelcc.io import atomic_write_json, format_table, run_metadata
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.json) if args.json else default_report_path(args.model)
     if out.is_dir():
         raise FileExistsError(f"--json {out} is a directory")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     model, tokenizer = load_model(args.model, device=device)
     report = evaluate_model(
         model,
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         "tasks": report["tasks"],
         "limit": args.limit,
         "batch_size": args.batch_size,
-        "device": device,
+        "device": str(device),
         "perplexity": report["perplexity"],
         "eval_wall_s": report["wall_s"],
         "wall_s": round(time.perf_counter() - start, 2),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from restorelcc.commands.device import add_device_argument, resolve_device
 from restorelcc.prune.validate import METHODS, PruneArgumentError
 
 REPORT_NAME = "prune_report.json"
@@ -48,6 +49,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", required=True, help="output checkpoint directory")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    add_device_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.prune.validate import check_model
 
     spec = _check_arguments(args)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, device=resolve_device(args.device))
     check_model(model, spec)
     calibration = None
     if spec.needs_calibration:

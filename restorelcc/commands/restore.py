@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from restorelcc.commands.device import add_device_argument, resolve_device
 from restorelcc.errors import RestoreLCCError
 
 REPORT_NAME = "restore_report.json"
@@ -76,6 +77,7 @@ def register(subparsers) -> None:
         "--eval", action="store_true", help="perplexity (LAMBADA) of dense, pruned, restored"
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    add_device_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -133,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.lcc.adapter import export_merged, merged_config
 
     config = _config(args)
+    device = resolve_device(args.device)
     _check_out(args)
     # Cheap checks first: the data, and the head count against the pruned config.
     # The held-out pairs come last (TrainConfig.split): training keeps --pairs pairs.
@@ -143,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise RestoreArgumentError(f"--heads: {exc}") from None
     dtype = getattr(torch, args.dtype)
-    dense, tokenizer = load_model(args.dense, dtype=dtype)
-    pruned, _ = load_model(args.pruned, dtype=dtype)
+    dense, tokenizer = load_model(args.dense, dtype=dtype, device=device)
+    pruned, _ = load_model(args.pruned, dtype=dtype, device=device)
     if args.merged:
         merged_config(pruned)  # refuse before the work if it cannot be merged
     restoration = restore(dense, pruned, tokenizer, pairs, config)
