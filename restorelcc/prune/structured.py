@@ -163,7 +163,8 @@ def _shrink_block(
     # query head h reads KV head h // group (transformers' repeat_kv order)
     head_energy = _column_energy(o.weight, o_sumsq).reshape(plan.heads, hd).sum(dim=1)
     group_energy = head_energy.reshape(plan.kv_heads, group).sum(dim=1)
-    removed_kv = _lowest(group_energy, plan.kv_groups_removed)
+    removed_kv = _lowest(group_energy, plan.kv_groups_removed).cpu()
+    # Index tensors live on the CPU: they index the weights on any device.
     keep_kv = torch.tensor([g for g in range(plan.kv_heads) if g not in set(removed_kv.tolist())])
     keep_heads = (keep_kv[:, None] * group + torch.arange(group)).reshape(-1)
     keep_head_dims = (keep_heads[:, None] * hd + torch.arange(hd)).reshape(-1)
@@ -174,7 +175,7 @@ def _shrink_block(
     _keep_columns(o, keep_head_dims)
 
     channel_energy = _column_energy(down.weight, down_sumsq)
-    removed_channels = _lowest(channel_energy, plan.channels_removed)
+    removed_channels = _lowest(channel_energy, plan.channels_removed).cpu()
     keep = torch.ones(plan.intermediate, dtype=torch.bool)
     keep[removed_channels] = False
     keep_channels = keep.nonzero().squeeze(1)
