@@ -165,7 +165,7 @@ def export_merged(
 
     restoration.check_model(model)
     config = merged_config(model)
-    dtype = next(model.parameters()).dtype
+    dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
     with _temporarily_folded(model, restoration):
         state = model.state_dict()
         with torch.device("meta"):
@@ -177,7 +177,7 @@ def export_merged(
                 raise UnsupportedModelError(
                     f"merged {config.model_type} model expects {name}, which the model lacks"
                 )
-            state[name] = torch.zeros(param.shape, dtype=dtype)
+            state[name] = torch.zeros(param.shape, dtype=dtype, device=device)
         shell.load_state_dict(state, strict=True, assign=True)
         shell.generation_config = copy.deepcopy(model.generation_config)
         with atomic_directory(directory, overwrite=overwrite) as tmp:
