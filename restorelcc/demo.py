@@ -40,7 +40,7 @@ HEADLINE_METRIC = {
 
 @dataclass
 class DemoConfig:
-    """Budget of the demo. Defaults fit ~20 minutes on 2 CPU cores for ``smollm2-135m``;
+    """Budget of the demo. Defaults fit ~25-30 minutes on 2 CPU cores for ``smollm2-135m``;
     ``paper()`` gives the paper's settings (hours on a CPU)."""
 
     model: str = DEFAULT_MODEL

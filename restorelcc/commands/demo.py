@@ -22,7 +22,7 @@ def register(subparsers) -> None:
         description=(
             "Prune a model with Wanda (50% unstructured and 2:4 by default), restore it with "
             "RestoreLCC and the baselines on the same data and steps, fold, and evaluate. "
-            "Defaults fit ~20 minutes on 2 CPU cores; --paper scales to the paper's settings."
+            "Defaults fit ~25-30 minutes on 2 CPU cores; --paper scales to the paper's settings."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
