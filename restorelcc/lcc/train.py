@@ -140,6 +140,11 @@ def response_loss(model: nn.Module, ids, mask, positions, targets) -> torch.Tens
     return nn.functional.cross_entropy(logits, targets.to(device))
 
 
+def _pad_id(tokenizer) -> int:
+    """The id that fills padded positions (masked out, so any valid id does)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 @torch.no_grad()
 def heldout_loss(
     model: nn.Module,
@@ -150,7 +155,7 @@ def heldout_loss(
 ) -> float:
     """Token-weighted response-only cross-entropy of ``model`` on ``pairs``."""
     encoded = [encode_pair(tokenizer, p, max_length, eos=True) for p in pairs]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = _pad_id(tokenizer)
     total = count = 0.0
     for start in range(0, len(encoded), batch_size):
         ids, mask, positions, targets = collate(encoded[start : start + batch_size], pad_id)
@@ -211,7 +216,7 @@ def train_response_lm(
         raise ValueError("no trainable parameters given")
     pairs, held_out = config.split(check_pairs(pairs, what="training pairs"))
     encoded = [encode_pair(tokenizer, p, config.max_length, eos=True) for p in pairs]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = _pad_id(tokenizer)
     steps = config.total_steps(len(encoded))
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
