@@ -7,11 +7,14 @@
 Per decoder block, two groups are packed: q/k/v together (one ``PackedQKV``, one launch)
 and ``o_proj`` (one ``SparseLinear``, bias in the fp32 epilogue). Rules, per group:
 
-- A group whose matrices are all dense (no zero at all) is left as ``nn.Linear`` and
-  reported with format ``"dense"``, whatever the requested format: a partly pruned model
-  swaps what is pruned. A q/k/v group that mixes dense and sparse matrices is refused
-  (packing the dense one would cost more bytes than leaving it, and splitting the group
-  would cost the single launch): prune it, or leave the layer out with ``layers``.
+- A matrix counts as pruned when at least ``min_sparsity`` (default 10%) of it is zero.
+  Real checkpoints hold a few exact zeros (SmolLM2: ~0.05%); packing such a matrix would
+  cost more bytes and time than leaving it. A group whose matrices are all unpruned is
+  left as ``nn.Linear`` and reported with format ``"dense"``, whatever the requested
+  format: a partly pruned model swaps what is pruned. A q/k/v group that mixes pruned
+  and unpruned matrices is refused (packing the unpruned one would cost more bytes than
+  leaving it, and splitting the group would cost the single launch): prune it, or leave
+  the layer out with ``layers``.
 - ``"2:4"``: every matrix must have at most 2 nonzeros in each group of 4 along K, else a
   ``SwapError`` names the layer, matrix, row and group. ``"bitmap"``: any pattern.
   ``"auto"``: 2:4 if every matrix of the group is 2:4, bitmap otherwise.
@@ -121,22 +124,28 @@ def swap_attention(
     backend: str = "auto",
     *,
     bitmap_tile: tuple[int, int] = lcc_kernels.DEFAULT_BITMAP_TILE,
+    min_sparsity: float = 0.1,
 ) -> SwapReport:
     """Replace q/k/v and o_proj of the chosen decoder layers (default all) in place.
 
     format: "auto", "2:4" or "bitmap" (rules in the module docstring). backend: "auto" or
     one of ``lcc_kernels.dispatch.BACKENDS``, passed to every ``sparse_linear`` call.
-    Raises ``SwapError`` for weights that do not fit, ``ValueError`` for bad arguments,
-    ``UnsupportedModelError`` for unknown families.
+    min_sparsity: the fraction of zeros from which a matrix counts as pruned (0 packs any
+    matrix with a zero). Raises ``SwapError`` for weights that do not fit, ``ValueError``
+    for bad arguments, ``UnsupportedModelError`` for unknown families.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    if not 0 <= min_sparsity < 1:
+        raise ValueError(f"min_sparsity must be in [0, 1), got {min_sparsity}")
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
     family = family_of(model)
     blocks = decoder_layers(model)
     chosen = _check_layers(layers, len(blocks))
-    plans = [plan for i in chosen for plan in _plan_layer(family, blocks[i], i, format)]
+    plans = [
+        plan for i in chosen for plan in _plan_layer(family, blocks[i], i, format, min_sparsity)
+    ]
     report = SwapReport(format, backend)
     plans.reverse()
     while plans:  # popped, so each replaced nn.Linear is freed as the swap goes
@@ -193,7 +202,9 @@ def _check_layers(layers: Iterable[int] | None, count: int) -> list[int]:
     return sorted(chosen)
 
 
-def _plan_layer(family: Family, block: nn.Module, layer: int, format: str) -> list[_Plan]:
+def _plan_layer(
+    family: Family, block: nn.Module, layer: int, format: str, min_sparsity: float
+) -> list[_Plan]:
     attention = block.get_submodule(family.attention)
     qkv_names = (family.q_proj, family.k_proj, family.v_proj)
     modules = [getattr(attention, n, None) for n in (*qkv_names, family.o_proj)]
@@ -208,8 +219,8 @@ def _plan_layer(family: Family, block: nn.Module, layer: int, format: str) -> li
                 f"{type(module).__name__}, not an nn.Linear"
             )
     return [
-        _plan_group(layer, "qkv", qkv_names, tuple(modules[:3]), format, family),
-        _plan_group(layer, "o_proj", (family.o_proj,), (modules[3],), format, family),
+        _plan_group(layer, "qkv", qkv_names, tuple(modules[:3]), format, family, min_sparsity),
+        _plan_group(layer, "o_proj", (family.o_proj,), (modules[3],), format, family, min_sparsity),
     ]
 
 
@@ -220,20 +231,23 @@ def _plan_group(
     linears: tuple[nn.Linear, ...],
     format: str,
     family: Family,
+    min_sparsity: float,
 ) -> _Plan:
     weights = [m.weight.detach() for m in linears]
     where = [f"layer {layer} {family.attention}.{n}" for n in names]
     for w, what in zip(weights, where, strict=True):
         if w.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             raise SwapError(f"{what} has dtype {w.dtype}; packed weights are fp16/bf16/fp32")
-    dense = [bool((w != 0).all()) for w in weights]
+    sparsities = [float((w == 0).sum()) / w.numel() for w in weights]
+    dense = [s == 0 or s < min_sparsity for s in sparsities]
     if all(dense):
         return _Plan(layer, group, names, linears, "dense")
     if any(dense):
         raise SwapError(
-            f"{where[dense.index(True)]} has no zeros while "
-            f"{where[dense.index(False)]} is pruned: q/k/v are packed together, so either "
-            "all or none of them must be sparse (prune it, or leave the layer out with layers=)"
+            f"{where[dense.index(True)]} is not pruned ({sparsities[dense.index(True)]:.2%} "
+            f"zeros, below min_sparsity {min_sparsity:.0%}) while "
+            f"{where[dense.index(False)]} is: q/k/v are packed together, so either all or "
+            "none of them must be sparse (prune it, or leave the layer out with layers=)"
         )
     if len({w.dtype for w in weights}) > 1:
         raise SwapError(

@@ -202,3 +202,34 @@ def test_dense_groups_are_left_alone_and_reported():
     assert report.to_dict()["groups"][2]["format"] == "2:4"
     assert_matches(model, reference, _ids(), torch.float32)
     assert unswap_attention(model) == [1]
+
+
+@torch.no_grad()
+def _zero_a_few(model, fraction: float, names=("q_proj", "k_proj", "v_proj", "o_proj")):
+    """Set ``fraction`` of each named projection's weights to exactly 0, as real checkpoints
+    have a few (not a pruning)."""
+    for layer in range(len(model.model.layers)):
+        for name in names:
+            weight = getattr(attention(model, layer), name).weight
+            flat = weight.view(-1)
+            flat[torch.randperm(flat.numel())[: max(1, round(fraction * flat.numel()))]] = 0
+    return model
+
+
+def test_a_few_exact_zeros_do_not_make_a_matrix_pruned():
+    model = _zero_a_few(tiny_model("llama-gqa"), 0.01)
+    report = swap_attention(model)
+    assert {g.format for g in report.groups} == {"dense"} and report.swapped_layers == []
+    assert report.bytes_after == report.bytes_before
+    assert type(attention(model, 0).q_proj) is nn.Linear
+    packed_anyway = swap_attention(model, min_sparsity=0.0)  # the old rule: any zero
+    assert {g.format for g in packed_anyway.groups} == {"bitmap"}
+    assert packed_anyway.bytes_after > packed_anyway.bytes_before  # why it is not the default
+
+
+def test_min_sparsity_decides_what_counts_as_pruned():
+    model = prune_attention(tiny_model("llama-gqa"), "unstructured")  # 60% zeros
+    assert {g.format for g in swap_attention(copy.deepcopy(model)).groups} == {"bitmap"}
+    assert {g.format for g in swap_attention(model, min_sparsity=0.7).groups} == {"dense"}
+    with pytest.raises(ValueError, match=r"min_sparsity must be in \[0, 1\), got 1"):
+        swap_attention(model, min_sparsity=1)

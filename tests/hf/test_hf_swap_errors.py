@@ -56,8 +56,8 @@ def test_mixed_dense_and_sparse_qkv_is_refused():
     model = prune_attention(tiny_model("llama-gqa"), "2:4", names=("q_proj", "v_proj", "o_proj"))
     with pytest.raises(
         SwapError,
-        match=r"layer 0 self_attn\.k_proj has no zeros while layer 0 "
-        r"self_attn\.q_proj is pruned",
+        match=r"layer 0 self_attn\.k_proj is not pruned \(0\.00% zeros, below min_sparsity "
+        r"10%\) while layer 0 self_attn\.q_proj is",
     ):
         swap_attention(model)
 
@@ -87,4 +87,12 @@ def test_unknown_family_is_refused():
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
     with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported"):
+        swap_attention(model)
+
+
+def test_qkv_with_one_nearly_dense_matrix_is_refused():
+    model = prune_attention(tiny_model("llama-gqa"), "2:4", names=("q_proj", "k_proj", "o_proj"))
+    with torch.no_grad():
+        attention(model, 0).v_proj.weight[0, :3] = 0  # a few exact zeros are not a pruning
+    with pytest.raises(SwapError, match=r"layer 0 self_attn\.v_proj is not pruned \(0\.\d+% zeros"):
         swap_attention(model)

@@ -1,0 +1,49 @@
+"""Options shared by the subcommands: ``--device`` and positive integer values."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for values that must be integers >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if there is one)"
+    )
+
+
+def resolve_device(text: str | None) -> torch.device:
+    """The ``--device`` value as a ``torch.device``: CUDA when none is given and one is
+    available, else the CPU. Raises ``ValueError`` for a malformed or unavailable device."""
+    import torch  # here, so that parsing the command line stays fast
+
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device {text!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {text}: no CUDA device is available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
+    elif device.type != "cpu":
+        raise ValueError(f"--device {text}: only cpu and cuda devices are supported")
+    return device
