@@ -20,11 +20,12 @@ timed, then unswapped and restored:
 
 Timings: a decode step (batch B, one new token after a context of C tokens in a static
 KV cache) and a prefill (T tokens), each from CUDA-graph replays timed with
-triton.testing.do_bench (``lcc_kernels.bench.time_calls``; eager if capture fails, which
-the row's ``method`` says). The MLP and lm_head stay dense, so the end-to-end gain is
-bounded by ``bytes_ratio`` (weight bytes read per decode step, dense / swapped). Each
-variant's logits are also checked against the unswapped pruned model (the kernels.md
-rule: error vs a wider-precision oracle <= 2 x PyTorch's own + atol).
+triton.testing.do_bench (``restorelcc.latency``, shared with ``restorelcc bench``; eager
+if capture fails, which the row's ``method`` says). The MLP and lm_head stay dense, so
+the end-to-end gain is bounded by ``bytes_ratio`` (weight bytes read per decode step,
+dense / swapped). Each variant's logits are also checked against the unswapped pruned
+model (the kernels.md rule: error vs a wider-precision oracle <= 2 x PyTorch's own +
+atol).
 
 Results: OUT_DIR/e2e.json (rewritten after every row; schema ``restorelcc.bench_e2e/1``),
 with ``run_metadata()``. On a CPU (``--smoke``) the timings only exercise the code:
@@ -65,7 +66,6 @@ LLAMA3_8B = dict(
     rms_norm_eps=1e-5,
     tie_word_embeddings=False,
 )
-ATOL = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 8e-3}
 
 
 @dataclass(frozen=True)
@@ -151,69 +151,6 @@ def prune_attention(model, originals: dict, pattern: str, sparsity: float) -> No
         weight.masked_fill_(magnitude_mask(weight, sparsity, parse_pattern(pattern)), 0)
 
 
-def weight_bytes(model) -> int:
-    """Bytes of weights a decode step reads: every parameter and buffer but the input
-    embedding (of which a step reads only B rows) unless the lm_head shares it."""
-    embedding = model.get_input_embeddings().weight
-    output = model.get_output_embeddings()
-    skipped = embedding if output is None or output.weight is not embedding else None
-    tensors = (*model.parameters(), *model.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors if t is not skipped)
-
-
-def reset_cache(cache, length: int) -> None:
-    """Make a static cache hold ``length`` tokens again (captured into the graph too)."""
-    for layer in cache.layers:
-        layer.cumulative_length.fill_(length)
-
-
-def decode_call(model, batch: int, context: int, device, generator):
-    """One decode step: ``batch`` new tokens at position ``context`` of a static cache."""
-    import torch
-    from transformers import StaticCache
-
-    vocab = model.config.vocab_size
-    cache = StaticCache(config=model.config, max_cache_len=context + 1)
-    prompt = torch.randint(0, vocab, (batch, context), device=device, generator=generator)
-    model(prompt, cache=cache, use_cache=True, logits_to_keep=1)
-    token = torch.randint(0, vocab, (batch, 1), device=device, generator=generator)
-
-    def step():
-        reset_cache(cache, context)
-        return model(token, cache=cache, use_cache=True, logits_to_keep=1).logits
-
-    return step
-
-
-def prefill_call(model, tokens: int, device, generator):
-    """A prefill of ``tokens`` tokens. A static cache of exactly that length keeps every
-    step on the device (transformers' mask code syncs with the host without a cache)."""
-    import torch
-    from transformers import StaticCache
-
-    cache = StaticCache(config=model.config, max_cache_len=tokens)
-    ids = torch.randint(0, model.config.vocab_size, (1, tokens), device=device, generator=generator)
-
-    def prefill():
-        reset_cache(cache, 0)
-        return model(ids, cache=cache, use_cache=True, logits_to_keep=1).logits
-
-    return prefill
-
-
-def logits_check(ours, plain, oracle, dtype_name: str) -> dict:
-    """kernels.md rule: |ours - oracle| <= 2 x |plain - oracle| + atol (max over logits)."""
-    error = (ours.double() - oracle.double()).abs().max().item()
-    torch_error = (plain.double() - oracle.double()).abs().max().item()
-    limit = 2 * torch_error + ATOL[dtype_name]
-    return {
-        "error": error,
-        "torch_error": torch_error,
-        "limit": limit,
-        "ok": error <= limit and ours.isfinite().all().item(),
-    }
-
-
 class Bench:
     """Runs the variants in order, appending rows and rewriting e2e.json after each."""
 
@@ -224,6 +161,7 @@ class Bench:
 
         from lcc_kernels.bench import environment
         from restorelcc.io import run_metadata
+        from restorelcc.latency import oracle_dtype
 
         self.torch = torch
         self.out, self.setup, self.deadline = out, setup, deadline
@@ -231,7 +169,7 @@ class Bench:
             "cuda" if torch.cuda.is_available() and not setup.smoke else "cpu"
         )
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.oracle_dtype = torch.float32 if self.device.type == "cuda" else torch.float64
+        self.oracle_dtype = oracle_dtype(self.dtype)
         metadata = run_metadata()
         metadata["commit"] = commit or metadata["commit"]
         self.result = {
@@ -258,6 +196,7 @@ class Bench:
 
     def run(self) -> dict:
         from restorelcc.hf.swap import swap_attention, unswap_attention
+        from restorelcc.latency import logits_check, weight_bytes
 
         torch = self.torch
         model = build_model(self.setup, self.device, self.dtype)
@@ -285,9 +224,7 @@ class Bench:
                     swapped = True
                     info["swap"] = {k: v for k, v in report.to_dict().items() if k != "groups"}
                     info["formats"] = sorted({g.format for g in report.groups})
-                    info["check"] = logits_check(
-                        model(ids).logits, plain, oracle, self.result["dtype"]
-                    )
+                    info["check"] = logits_check(model(ids).logits, plain, oracle, self.dtype)
                 info["weight_bytes"] = weight_bytes(model)
                 self.save()
                 self.time_variant(variant, model)
@@ -323,17 +260,13 @@ class Bench:
             )
 
     def time_job(self, model, phase: str, batch: int, tokens: int) -> dict:
-        from lcc_kernels.bench import time_calls
+        from restorelcc.latency import decode_step, prefill, time_call
 
         if phase == "decode":
-            call = decode_call(model, batch, tokens, self.device, self.generator)
+            call = decode_step(model, batch, tokens, self.generator)
         else:
-            call = prefill_call(model, tokens, self.device, self.generator)
-        rep = self.setup.rep_ms
-        timing = time_calls([call], rep_ms=rep, warmup_ms=max(rep // 4, 1))
-        if self.device.type == "cuda":
-            self.torch.cuda.synchronize()
-        return timing
+            call = prefill(model, tokens, self.generator)
+        return time_call(call, self.device, rounds=2, rep_ms=self.setup.rep_ms)
 
 
 def speedups(result: dict) -> list[dict]:

@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "eval": "restorelcc.commands.evaluate",
     "restore": "restorelcc.commands.restore",
     "demo": "restorelcc.commands.demo",
+    "bench": "restorelcc.commands.bench",
 }
 
 

@@ -6,7 +6,7 @@ import argparse
 import time
 from dataclasses import fields
 
-from restorelcc.commands.device import add_device_argument, resolve_device
+from restorelcc.commands.options import add_device_argument, resolve_device
 from restorelcc.commands.restore import heads_value
 from restorelcc.demo import METHODS, DemoConfig, run_demo
 

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from restorelcc.commands.device import add_device_argument, resolve_device
+from restorelcc.commands.options import add_device_argument, positive_int, resolve_device
 
 DEFAULT_TASKS = "paper"
 DEFAULT_LIMIT = 100  # first items per task: the paper's 7 tasks + 8k-token perplexity in a
@@ -14,18 +14,8 @@ DEFAULT_LIMIT = 100  # first items per task: the paper's 7 tasks + 8k-token perp
 DEFAULT_PPL_TOKENS = 8192
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
-    return value
-
-
 def _limit(text: str) -> int | None:
-    return None if text.lower() in ("none", "all") else _positive_int(text)
+    return None if text.lower() in ("none", "all") else positive_int(text)
 
 
 def register(subparsers) -> None:
@@ -50,13 +40,19 @@ def register(subparsers) -> None:
     ppl = p.add_mutually_exclusive_group()
     ppl.add_argument(
         "--ppl-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_PPL_TOKENS,
         help=f"perplexity token budget (default {DEFAULT_PPL_TOKENS})",
     )
     ppl.add_argument("--no-ppl", action="store_true", help="skip perplexity")
     p.add_argument(
-        "--batch-size", type=_positive_int, default=16, help="rows (questions) per forward"
+        "--batch-size", type=positive_int, default=16, help="rows (questions) per forward"
+    )
+    p.add_argument(
+        "--swap",
+        choices=("auto", "2:4", "bitmap"),
+        default=None,
+        help="evaluate with the pruned attention swapped for the packed sparse kernels",
     )
     add_device_argument(p)
     p.add_argument("--json", default=None, help="report path (default eval_<model>.json)")
@@ -101,6 +97,18 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(f"--json {out} is a directory")
     device = resolve_device(args.device)
     model, tokenizer = load_model(args.model, device=device)
+    swap = None
+    if args.swap:
+        from restorelcc.hf.swap import swap_attention
+
+        swap = swap_attention(model, args.swap)
+        if not swap.swapped_layers:
+            raise ValueError(f"--swap: {args.model} has no pruned attention layer to swap")
+        print(
+            f"swapped layers {swap.swapped_layers[0]}..{swap.swapped_layers[-1]} "
+            f"({', '.join(sorted({g.format for g in swap.groups}))}); attention weights "
+            f"{swap.bytes_before / 2**20:.1f} -> {swap.bytes_after / 2**20:.1f} MiB"
+        )
     report = evaluate_model(
         model,
         tokenizer,
@@ -117,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         "limit": args.limit,
         "batch_size": args.batch_size,
         "device": str(device),
+        "swap": swap.to_dict() if swap else None,
         "perplexity": report["perplexity"],
         "eval_wall_s": report["wall_s"],
         "wall_s": round(time.perf_counter() - start, 2),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from restorelcc.commands.device import add_device_argument, resolve_device
+from restorelcc.commands.options import add_device_argument, resolve_device
 from restorelcc.prune.validate import METHODS, PruneArgumentError
 
 REPORT_NAME = "prune_report.json"

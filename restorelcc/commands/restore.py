@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from restorelcc.commands.device import add_device_argument, resolve_device
+from restorelcc.commands.options import add_device_argument, resolve_device
 from restorelcc.errors import RestoreLCCError
 
 REPORT_NAME = "restore_report.json"

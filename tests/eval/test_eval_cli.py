@@ -95,3 +95,37 @@ def test_bad_flags_exit_2(flags, message, capsys):
         cli.main(["eval", *flags])
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@needs_wheel
+def test_swap_evaluates_the_same_model_with_packed_attention(tmp_path, capsys):
+    from restorelcc import prune_model
+
+    folder = tmp_path / "pruned"
+    model = tiny_model("llama-gqa")
+    prune_model(model, "magnitude", 0.5, "2:4", progress=False)
+    model.save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    reports = {}
+    for swap in ([], ["--swap", "auto"]):
+        out = tmp_path / f"r{len(swap)}.json"
+        argv = ["eval", "--model", str(folder), "--tasks", "arc_easy", "--limit", "4",
+                "--ppl-tokens", "40", "--json", str(out), "--quiet", *swap]  # fmt: skip
+        assert cli.main(argv) == 0
+        reports[bool(swap)] = json.loads(out.read_text())
+    assert "swapped layers 0..1 (2:4)" in capsys.readouterr().out
+    plain, swapped = reports[False], reports[True]
+    assert plain["swap"] is None
+    assert {g["format"] for g in swapped["swap"]["groups"]} == {"2:4"}
+    assert swapped["tasks"]["arc_easy"]["acc"] == plain["tasks"]["arc_easy"]["acc"]
+    assert swapped["perplexity"]["perplexity"] == pytest.approx(
+        plain["perplexity"]["perplexity"], rel=1e-5
+    )
+
+
+def test_swap_of_an_unpruned_model_is_refused(tiny_dir, tmp_path, capsys):
+    argv = ["eval", "--model", str(tiny_dir), "--swap", "auto", "--json", str(tmp_path / "r")]
+    assert cli.main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' bar
+    assert last.startswith("restorelcc eval: error: --swap:")
+    assert "has no pruned attention layer to swap" in last and not (tmp_path / "r").exists()

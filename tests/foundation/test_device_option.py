@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from restorelcc.cli import main
-from restorelcc.commands.device import resolve_device
+from restorelcc.commands.options import resolve_device
 
 
 def test_default_is_cuda_when_there_is_one_else_cpu():

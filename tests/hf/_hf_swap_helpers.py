@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from restorelcc.hf.families import decoder_layers, family_of
+from restorelcc.latency import LOGITS_ATOL
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 # Added to twice PyTorch's own error (the tolerance rule of the kernel tests).
-ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+ATOL = LOGITS_ATOL
 
 
 def attention(model, layer: int) -> nn.Module:

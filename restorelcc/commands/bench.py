@@ -1,0 +1,201 @@
+"""``restorelcc bench``: latency of a pruned (or restored) model before and after the swap.
+
+The model is loaded once. Its logits on a random prompt are checked (swapped against
+``nn.Linear``, both against a wider-dtype copy: the kernels.md rule); then every job
+(a decode step per ``--batches`` value after ``--context`` cached tokens, a prefill per
+``--prefill`` value) is timed with the attention swapped, and again after
+``unswap_attention``, with ``nn.Linear`` (cuBLAS on a GPU) on the same pruned weights.
+Speedup = ``nn.Linear`` time / swapped time. On a CPU the swapped modules run the
+PyTorch reference path, so CPU figures say nothing of GPU speed (the report says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+from restorelcc.commands.options import add_device_argument, positive_int, resolve_device
+from restorelcc.errors import RestoreLCCError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+CHECK_TOKENS = 32
+
+
+class NothingToSwapError(RestoreLCCError, ValueError):
+    """A model whose attention projections hold no pruned matrix."""
+
+
+def register(subparsers) -> None:
+    from restorelcc.hf.swap import FORMATS
+
+    p = subparsers.add_parser(
+        "bench",
+        help="decode and prefill latency of a pruned model, swapped vs nn.Linear",
+        description="Time decode steps and prefills of a pruned or restored model with its "
+        "attention swapped for the packed sparse kernels, against the same model with "
+        "nn.Linear projections, after checking that both give the same logits.",
+    )
+    p.add_argument("--model", required=True, help="pruned model name or directory")
+    p.add_argument("--format", choices=FORMATS, default="auto", help="packed format (swap)")
+    p.add_argument(
+        "--batches", type=positive_int, nargs="+", default=[1, 16], help="decode batch sizes"
+    )
+    p.add_argument(
+        "--context", type=positive_int, default=512, help="cached tokens before a decode step"
+    )
+    p.add_argument("--prefill", type=positive_int, nargs="*", default=[512], help="prefill lengths")
+    p.add_argument(
+        "--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on CUDA, else float32"
+    )
+    p.add_argument("--rounds", type=positive_int, default=10, help="timed calls (CPU)")
+    p.add_argument("--rep-ms", type=positive_int, default=200, help="timing window (CUDA)")
+    p.add_argument(
+        "--min-sparsity",
+        type=float,
+        default=0.1,
+        help="fraction of zeros from which a matrix counts as pruned (default 0.1)",
+    )
+    p.add_argument("--no-check", action="store_true", help="skip the logits check")
+    add_device_argument(p)
+    p.add_argument("--json", default=None, help="report path (default bench_<model>.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _dtype(name: str, device):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def _jobs(args: argparse.Namespace) -> list[tuple[str, int, int]]:
+    """(phase, batch, tokens) for every timed call."""
+    return [("decode", b, args.context) for b in args.batches] + [
+        ("prefill", 1, t) for t in args.prefill
+    ]
+
+
+def _time_jobs(model, jobs, device, args, label: str, bar) -> list[dict]:
+    import torch
+
+    from restorelcc.latency import decode_step, prefill, time_call
+
+    generator = torch.Generator(device=device).manual_seed(0)
+    timings = []
+    for phase, batch, tokens in jobs:
+        bar.set_postfix_str(f"{label} {phase} x{batch} {tokens}")
+        if phase == "decode":
+            call = decode_step(model, batch, tokens, generator)
+        else:
+            call = prefill(model, tokens, generator)
+        timings.append(time_call(call, device, rounds=args.rounds, rep_ms=args.rep_ms))
+        bar.update()
+    return timings
+
+
+def _check_logits(model, ids, swap) -> dict:
+    """Logits of ``model`` after ``swap()`` against its ``nn.Linear`` self and a wider copy."""
+    from restorelcc.latency import logits_check, oracle_dtype
+
+    dtype = next(model.parameters()).dtype
+    plain = model(ids).logits
+    oracle = copy.deepcopy(model).to(oracle_dtype(dtype))(ids).logits
+    swap()
+    return logits_check(model(ids).logits, plain, oracle, dtype)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from restorelcc.assets import load_model
+    from restorelcc.hf.swap import swap_attention, unswap_attention
+    from restorelcc.io import atomic_write_json, format_table, run_metadata
+    from restorelcc.latency import weight_bytes
+
+    start = time.perf_counter()
+    out = Path(args.json) if args.json else Path(f"bench_{Path(args.model).name}.json")
+    if out.is_dir():
+        raise FileExistsError(f"--json {out} is a directory")
+    if not 0 <= args.min_sparsity < 1:
+        raise ValueError(f"--min-sparsity must be in [0, 1), got {args.min_sparsity}")
+    device = resolve_device(args.device)
+    dtype = _dtype(args.dtype, device)
+    model, _ = load_model(args.model, dtype=dtype, device=device)
+    bytes_linear = weight_bytes(model)
+    jobs = _jobs(args)
+    reports = []
+
+    def swap() -> None:
+        reports.append(swap_attention(model, args.format, min_sparsity=args.min_sparsity))
+        if not reports[-1].swapped_layers:
+            raise NothingToSwapError(
+                f"{args.model}: no attention projection is pruned (none has "
+                f"{args.min_sparsity:.0%} zeros or more), so there is nothing to swap; "
+                "prune the model first"
+            )
+
+    with torch.no_grad():
+        check = None
+        if args.no_check:
+            swap()
+        else:
+            ids = torch.randint(0, model.config.vocab_size, (1, CHECK_TOKENS), device=device)
+            check = _check_logits(model, ids, swap)
+        bytes_swapped = weight_bytes(model)
+        with tqdm(total=2 * len(jobs), desc="bench", disable=args.quiet) as bar:
+            swapped = _time_jobs(model, jobs, device, args, "swapped", bar)
+            unswap_attention(model)
+            linear = _time_jobs(model, jobs, device, args, "nn.Linear", bar)
+    report = reports[-1]
+    rows = [
+        {
+            "phase": phase,
+            "batch": batch,
+            "tokens": tokens,
+            "linear_ms": base["median_ms"],
+            "swapped_ms": ours["median_ms"],
+            "speedup": base["median_ms"] / ours["median_ms"],
+            "linear": base,
+            "swapped": ours,
+        }
+        for (phase, batch, tokens), base, ours in zip(jobs, linear, swapped, strict=True)
+    ]
+    payload = {
+        "model": str(args.model),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "timing_claims": device.type == "cuda",
+        "swap": report.to_dict(),
+        "formats": sorted({g.format for g in report.groups}),
+        "weight_bytes": {"linear": bytes_linear, "swapped": bytes_swapped},
+        "logits_check": check,
+        "rows": rows,
+        "wall_s": round(time.perf_counter() - start, 2),
+        "run_metadata": run_metadata(),
+    }
+    columns = ["phase", "batch", "tokens", "linear_ms", "swapped_ms", "speedup"]
+    print(format_table(rows, columns))
+    print(
+        f"formats {', '.join(payload['formats'])}; attention weights "
+        f"{report.bytes_before / 2**20:.1f} -> {report.bytes_after / 2**20:.1f} MiB; "
+        f"weights read per decode step {bytes_linear / bytes_swapped:.2f}x fewer"
+    )
+    if check is not None:
+        verdict = "ok" if check["ok"] else "FAILED"
+        print(
+            f"logits check {verdict}: error {check['error']:.3g} "
+            f"(limit {check['limit']:.3g} = 2 x nn.Linear's {check['torch_error']:.3g} + atol)"
+        )
+    if device.type != "cuda":
+        print(
+            "CPU: the swapped modules run the PyTorch reference path; these timings say "
+            "nothing of GPU speed."
+        )
+    atomic_write_json(out, payload)
+    print(f"report: {out}  ({payload['wall_s']:.1f} s)")
+    return 0 if check is None or check["ok"] else 1

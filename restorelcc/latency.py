@@ -1,0 +1,136 @@
+"""Decode-step and prefill latency of a causal LM, and the logits check of a swapped model.
+
+    step = decode_step(model, batch=1, context=512, generator=g)   # one new token per row
+    run = prefill(model, tokens=512, generator=g)
+    timing = time_call(step, device)          # {"median_ms", "p20_ms", "p80_ms", "method"}
+
+Both calls run against a ``StaticCache`` that is reset before each run, so a call can be
+repeated (and captured in a CUDA graph: on a GPU ``time_call`` replays one, else it falls
+back to eager and says so in ``method``). On a CPU it is the median wall time of
+``rounds`` calls. Used by ``restorelcc bench`` and ``benchmarks/bench_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+# Absolute slack of the logits check, per dtype of the model under test.
+LOGITS_ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def _reset_cache(cache, length: int) -> None:
+    """Make a static cache hold ``length`` tokens again (captured into a graph too)."""
+    for layer in cache.layers:
+        layer.cumulative_length.fill_(length)
+
+
+def _random_ids(model: nn.Module, shape: tuple[int, int], generator) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return torch.randint(0, model.config.vocab_size, shape, device=device, generator=generator)
+
+
+def decode_step(
+    model: nn.Module, batch: int, context: int, generator: torch.Generator | None = None
+) -> Callable[[], torch.Tensor]:
+    """A call that runs one decode step: ``batch`` new tokens after ``context`` random
+    tokens already in a static KV cache; returns logits [batch, 1, vocab]."""
+    from transformers import StaticCache
+
+    cache = StaticCache(config=model.config, max_cache_len=context + 1)
+    model(_random_ids(model, (batch, context), generator), cache=cache, use_cache=True,
+          logits_to_keep=1)  # fmt: skip
+    token = _random_ids(model, (batch, 1), generator)
+
+    def step() -> torch.Tensor:
+        _reset_cache(cache, context)
+        return model(token, cache=cache, use_cache=True, logits_to_keep=1).logits
+
+    return step
+
+
+def prefill(
+    model: nn.Module, tokens: int, generator: torch.Generator | None = None
+) -> Callable[[], torch.Tensor]:
+    """A call that prefills ``tokens`` random tokens (batch 1); returns logits [1, 1, vocab].
+
+    A static cache of exactly that length keeps every step on the device (without a cache
+    transformers' mask code synchronises with the host)."""
+    from transformers import StaticCache
+
+    cache = StaticCache(config=model.config, max_cache_len=tokens)
+    ids = _random_ids(model, (1, tokens), generator)
+
+    def run() -> torch.Tensor:
+        _reset_cache(cache, 0)
+        return model(ids, cache=cache, use_cache=True, logits_to_keep=1).logits
+
+    return run
+
+
+def time_call(
+    call: Callable[[], object], device: torch.device, *, rounds: int = 10, rep_ms: int = 100
+) -> dict:
+    """Time quantiles (ms) of ``call``: a CUDA-graph replay timed by ``do_bench`` for
+    ``rep_ms`` on a GPU, or the wall time of ``rounds`` calls after one warm-up on a CPU."""
+    if device.type == "cuda":
+        from lcc_kernels.bench import time_calls
+
+        with torch.cuda.device(device):
+            timing = time_calls([call], rep_ms=rep_ms, warmup_ms=max(rep_ms // 4, 1))
+            torch.cuda.synchronize()
+        return timing
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    call()
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1e3)
+    samples.sort()
+
+    def quantile(q: float) -> float:
+        return samples[min(len(samples) - 1, int(q * len(samples)))]
+
+    return {
+        "median_ms": quantile(0.5),
+        "p20_ms": quantile(0.2),
+        "p80_ms": quantile(0.8),
+        "method": f"wall clock, {rounds} rounds",
+    }
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of weights a decode step reads: every parameter and buffer except the input
+    embedding (of which a step reads only a few rows) unless the lm_head shares it."""
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    skipped = embedding if output is None or output.weight is not embedding else None
+    tensors = (*model.parameters(), *model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors if t is not skipped)
+
+
+def oracle_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The wider dtype a model in ``dtype`` is checked against."""
+    return torch.float64 if dtype == torch.float32 else torch.float32
+
+
+def logits_check(
+    ours: torch.Tensor, plain: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype
+) -> dict:
+    """The kernels.md rule on logits [..., vocab]: max |ours - oracle| <= 2 x max
+    |plain - oracle| + atol, where ``plain`` is the same model with ``nn.Linear``
+    projections and ``oracle`` that model in ``oracle_dtype(dtype)``."""
+    error = (ours.double() - oracle.double()).abs().max().item()
+    torch_error = (plain.double() - oracle.double()).abs().max().item()
+    limit = 2 * torch_error + LOGITS_ATOL[dtype]
+    return {
+        "error": error,
+        "torch_error": torch_error,
+        "limit": limit,
+        "ok": bool(error <= limit and ours.isfinite().all().item()),
+    }

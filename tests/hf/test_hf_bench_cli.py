@@ -1,0 +1,134 @@
+"""``restorelcc bench`` and ``restorelcc.latency``: the timed calls compute what a plain
+forward computes, the logits check can fail, and the command's report and errors."""
+
+import copy
+import json
+
+import pytest
+import torch
+from _hf_swap_helpers import attention, prune_attention
+
+from restorelcc.cli import main
+from restorelcc.commands.bench import _check_logits
+from restorelcc.hf.swap import swap_attention
+from restorelcc.latency import decode_step, prefill, time_call
+from restorelcc.testing import byte_tokenizer, tiny_model
+
+
+def _save(model, path):
+    model.save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def pruned_dir(tmp_path):
+    return _save(prune_attention(tiny_model("llama-gqa"), "2:4"), tmp_path / "pruned")
+
+
+@torch.no_grad()
+def test_decode_step_is_a_repeatable_step_after_its_context():
+    model = tiny_model("llama-3x5").eval()
+    step = decode_step(model, batch=2, context=7, generator=torch.Generator().manual_seed(3))
+    first, second = step(), step()  # the cache is reset between calls
+    generator = torch.Generator().manual_seed(3)
+    context = torch.randint(0, model.config.vocab_size, (2, 7), generator=generator)
+    token = torch.randint(0, model.config.vocab_size, (2, 1), generator=generator)
+    full = model(torch.cat([context, token], dim=1)).logits[:, -1:]
+    assert first.shape == (2, 1, model.config.vocab_size)
+    torch.testing.assert_close(first, full, rtol=1e-5, atol=1e-5)
+    assert torch.equal(first, second)
+
+
+@torch.no_grad()
+def test_prefill_is_the_last_logits_of_a_plain_forward():
+    model = tiny_model("qwen2-gqa").eval()
+    run = prefill(model, tokens=9, generator=torch.Generator().manual_seed(5))
+    ids = torch.randint(
+        0, model.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(5)
+    )
+    torch.testing.assert_close(run(), model(ids).logits[:, -1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(run(), model(ids).logits[:, -1:], rtol=1e-5, atol=1e-5)
+
+
+def test_time_call_on_the_cpu_counts_its_rounds():
+    calls = []
+    timing = time_call(lambda: calls.append(1), torch.device("cpu"), rounds=4)
+    assert len(calls) == 5  # one warm-up
+    assert 0 <= timing["p20_ms"] <= timing["median_ms"] <= timing["p80_ms"]
+    assert timing["method"] == "wall clock, 4 rounds"
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        time_call(lambda: None, torch.device("cpu"), rounds=0)
+
+
+@torch.no_grad()
+def test_the_logits_check_fails_when_the_swap_changes_the_model():
+    model = prune_attention(tiny_model("llama-gqa"), "2:4")
+    ids = torch.randint(0, 256, (1, 10))
+    assert _check_logits(copy.deepcopy(model), ids, lambda: swap_attention(model))["ok"]
+
+    def wrong_swap():
+        swap_attention(model_b)
+        attention(model_b, 1).o_proj.bias.add_(1e-3)  # a compensation applied twice, say
+
+    model_b = prune_attention(tiny_model("llama-gqa"), "2:4")
+    for layer in range(2):
+        o_proj = attention(model_b, layer).o_proj
+        o_proj.bias = torch.nn.Parameter(torch.zeros(o_proj.out_features))
+    check = _check_logits(model_b, ids, wrong_swap)
+    assert not check["ok"] and check["error"] > check["limit"]
+
+
+def test_bench_reports_swapped_and_linear_timings(pruned_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(
+        ["bench", "--model", str(pruned_dir), "--batches", "1", "3", "--context", "8",
+         "--prefill", "12", "--rounds", "2", "--quiet", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "logits check ok" in printed and "CPU: the swapped modules" in printed
+    report = json.loads(out.read_text())
+    assert report["formats"] == ["2:4"] and report["timing_claims"] is False
+    assert report["logits_check"]["ok"] and report["dtype"] == "float32"
+    assert [(r["phase"], r["batch"], r["tokens"]) for r in report["rows"]] == [
+        ("decode", 1, 8),
+        ("decode", 3, 8),
+        ("prefill", 1, 12),
+    ]
+    for row in report["rows"]:
+        assert row["speedup"] == row["linear_ms"] / row["swapped_ms"]
+        assert row["linear"]["median_ms"] == row["linear_ms"] > 0
+    assert report["weight_bytes"]["swapped"] < report["weight_bytes"]["linear"]
+    swap = report["swap"]
+    assert swap["bytes_after"] < swap["bytes_before"] and len(swap["groups"]) == 4
+    assert {"torch", "commit"} <= set(report["run_metadata"])
+
+
+@pytest.mark.parametrize(
+    ("make", "arguments", "message"),
+    [
+        ("dense", [], "no attention projection is pruned"),
+        ("unstructured", ["--format", "2:4"], "does not fit the 2:4 format"),
+        ("missing", [], "cannot resolve model"),
+    ],
+)
+def test_bench_refuses_with_one_line(make, arguments, message, tmp_path, capsys):
+    path = tmp_path / make
+    if make == "dense":
+        _save(tiny_model("llama-gqa"), path)
+    elif make == "unstructured":
+        _save(prune_attention(tiny_model("llama-gqa"), "unstructured"), path)
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--model", str(path), "--quiet", "--json", str(out), *arguments])
+    assert rc == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' bars
+    assert last.startswith("restorelcc bench: error:") and message in last
+    assert not out.exists()
+
+
+def test_bench_rejects_bad_numbers(pruned_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--model", str(pruned_dir), "--batches", "0"])
+    assert exit_info.value.code == 2
+    assert "0 is not positive" in capsys.readouterr().err
