@@ -11,7 +11,8 @@ They replace ``nn.Linear`` submodules one for one, so each family's own attentio
   first view called runs the launch; the others called with the same tensor (same object,
   unmodified) take their slice of that result, so the usual ``q_proj(h); k_proj(h);
   v_proj(h)`` costs one launch. Any other call pattern recomputes, so results are always
-  right.
+  right. Under ``torch.compile`` the model traces as one graph with one q/k/v launch per
+  layer; there "unmodified" is not checked (see ``_version_of``).
 - ``SparseLinear``: a packed ``o_proj``; its bias (an existing bias, or the RestoreLCC
   compensation folded into it) is added in fp32 in the kernel's epilogue.
 
@@ -37,7 +38,14 @@ _NOT_TENSOR_FIELDS = ("info", "split_sizes")
 
 
 def _version_of(x: torch.Tensor) -> int | None:
-    """In-place modification counter (inference-mode tensors have none)."""
+    """In-place modification counter (inference-mode tensors have none).
+
+    None while torch.compile traces: dynamo cannot guard on a version, and comparing two
+    would break the graph at every q/k/v call. The traced code then relies on identity
+    alone, which holds for transformers' attention (it never modifies the hidden states
+    between its q, k and v projections)."""
+    if torch.compiler.is_compiling():
+        return None
     try:
         return x._version
     except RuntimeError:

@@ -66,3 +66,27 @@ def test_tiled_bitmap_kernels_fp16(triton_rows):
     swapped.half()
     assert_matches(swapped, pruned, torch.randint(0, 256, (2, 7), device=DEVICE), torch.float16)
     assert triton_rows == [14] * 4  # 2 layers x (qkv, o_proj)
+
+
+def test_compiled_swapped_model_is_one_graph_with_one_qkv_launch_per_layer():
+    pruned = _model("2:4")
+    swapped = copy.deepcopy(pruned)
+    swap_attention(swapped, "2:4", backend="skinny")
+    graphs = []
+
+    def recording_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    compiled = torch.compile(swapped, fullgraph=True, backend=recording_backend)
+    prompt = torch.randint(0, 256, (2, 5), device=DEVICE)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(prompt).logits, swapped(prompt).logits)
+    assert len(graphs) == 1
+    launches = [
+        node
+        for node in graphs[0].graph.nodes
+        if node.op == "call_function" and "lcc_kernels" in str(node.target)
+    ]
+    assert len(launches) == 2 * 2  # 2 layers x (q/k/v together, o_proj)
+    assert_matches(compiled, pruned, prompt, torch.float32)
