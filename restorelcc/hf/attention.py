@@ -16,10 +16,13 @@ They replace ``nn.Linear`` submodules one for one, so each family's own attentio
 - ``SparseLinear``: a packed ``o_proj``; its bias (an existing bias, or the RestoreLCC
   compensation folded into it) is added in fp32 in the kernel's epilogue.
 
-The packed weight lives in plain-tensor buffers named ``packed_<field>`` (the fields of
-``PackedWeight.to_state_dict()``), so ``state_dict`` / ``load_state_dict`` / ``.to()`` /
-``.half()`` work; loading may change the packed sizes (a bitmap with another nnz) but not
-the logical shape. Inference only.
+State dicts hold what the replaced ``nn.Linear`` modules held, under the same keys
+(``q_proj.weight``, ``o_proj.bias``...; the q/k/v views save their rows), so
+``save_pretrained`` of a swapped model writes a checkpoint plain transformers loads, and
+``load_state_dict`` of a plain checkpoint into a swapped model repacks each weight in its
+module's format (a 2:4 module refuses weights that are not 2:4). The packed tensors are
+non-persistent buffers named ``packed_<field>``, so ``.to()`` / ``.half()`` move them.
+Inference only.
 """
 
 from __future__ import annotations
@@ -52,6 +55,21 @@ def _version_of(x: torch.Tensor) -> int | None:
         return None
 
 
+def _take(state_dict, key, shape, missing_keys, error_msgs) -> torch.Tensor | None:
+    """``state_dict[key]`` if present with ``shape``; else records why and returns None."""
+    if key not in state_dict:
+        missing_keys.append(key)
+        return None
+    value = state_dict[key]
+    if tuple(value.shape) != tuple(shape):
+        error_msgs.append(
+            f"size mismatch for {key}: copying a param with shape {tuple(value.shape)} from "
+            f"checkpoint, the shape in current model is {tuple(shape)}."
+        )
+        return None
+    return value
+
+
 class PackedLinear(nn.Module):
     """y [..., N] = x [..., K] @ W^T + bias for a packed W [N, K]; bias [N] or None."""
 
@@ -61,7 +79,8 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.backend = backend
         self._set_packed(packed)
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        bias = None if bias is None else bias.detach().clone()
+        self.register_buffer("bias", bias, persistent=False)  # saved as nn.Linear's
 
     @property
     def packed(self) -> lcc_kernels.PackedWeight:
@@ -80,7 +99,7 @@ class PackedLinear(nn.Module):
         for name in [n for n in self._buffers if n.startswith(_PREFIX)]:
             del self._buffers[name]
         for name, tensor in packed.to_state_dict().items():  # info: made on the CPU
-            self.register_buffer(_PREFIX + name, tensor.to(packed.device))
+            self.register_buffer(_PREFIX + name, tensor.to(packed.device), persistent=False)
         self._rebuild(packed)
 
     def _rebuild(self, template: lcc_kernels.PackedWeight | None = None) -> None:
@@ -98,39 +117,58 @@ class PackedLinear(nn.Module):
         self._rebuild()
         return result
 
+    # State dicts: nn.Linear's keys and tensors, so save_pretrained writes a plain
+    # checkpoint. Rows [rows] of the packed weight are one nn.Linear: all of them for
+    # o_proj, one projection's for a q/k/v view.
+    def _save_rows(self, rows: slice, has_bias: bool, destination, prefix, keep_vars) -> None:
+        destination[prefix + "weight"] = lcc_kernels.unpack(self._packed)[rows]
+        if has_bias:
+            bias = self.bias if keep_vars else self.bias.detach()
+            destination[prefix + "bias"] = bias[rows]
+
+    def _load_rows(
+        self, rows: slice, has_bias: bool, state_dict, prefix, strict, missing, unexpected, errors
+    ) -> None:
+        """Replace rows [rows] from ``prefix + "weight"`` (and ``"bias"``), repacked in this
+        module's format, tile and dtype; what does not fit goes to ``errors``."""
+        p = self._packed
+        shape = (rows.stop - rows.start, p.shape[1])
+        weight = _take(state_dict, prefix + "weight", shape, missing, errors)
+        if weight is not None:
+            dense = lcc_kernels.unpack(p)
+            dense[rows] = weight.to(dense.device, dense.dtype)
+            tile = {"tile": p.tile} if p.format == "bitmap" else {}
+            try:  # the rows alone first, so that an error names their own row
+                lcc_kernels.pack(dense[rows], p.format, **tile)
+                self._set_packed(
+                    lcc_kernels.pack(dense, p.format, split_sizes=p.split_sizes, **tile)
+                )
+            except ValueError as error:
+                errors.append(f"{prefix}weight does not fit this {p.format} module: {error}")
+        if has_bias:
+            bias = _take(state_dict, prefix + "bias", shape[:1], missing, errors)
+            if bias is not None:
+                with torch.no_grad():
+                    self.bias[rows] = bias
+        if strict:
+            expected = ("weight", "bias") if has_bias else ("weight",)
+            unexpected.extend(
+                key
+                for key in state_dict
+                if key.startswith(prefix) and key[len(prefix) :] not in expected
+            )
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        rows = slice(0, self.out_features)
+        self._save_rows(rows, self.bias is not None, destination, prefix, keep_vars)
+
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ) -> None:
-        incoming = {
-            k[len(prefix + _PREFIX) :]: v
-            for k, v in state_dict.items()
-            if k.startswith(prefix + _PREFIX)
-        }
-        if "info" in incoming:
-            # The stored packed sizes may differ from ours (another nnz, another format):
-            # take the stored layout, on our device and in our dtype, then copy as usual.
-            values = self._packed.values
-            incoming = {
-                k: v.to(values.device, values.dtype if k == "values" else v.dtype)
-                for k, v in incoming.items()
-            }
-            try:
-                packed = lcc_kernels.load_state_dict(incoming)
-            except (ValueError, KeyError) as error:
-                error_msgs.append(f"{prefix}{_PREFIX}*: not a valid packed weight ({error})")
-                return
-            if packed.shape != self._packed.shape or packed.split_sizes != self._packed.split_sizes:
-                error_msgs.append(
-                    f"{prefix}{_PREFIX}*: packed weight of shape {packed.shape} split "
-                    f"{packed.split_sizes} does not fit this module's {self._packed.shape} "
-                    f"split {self._packed.split_sizes}"
-                )
-                return
-            self._set_packed(packed)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        rows, has_bias = slice(0, self.out_features), self.bias is not None
+        self._load_rows(
+            rows, has_bias, state_dict, prefix, strict, missing_keys, unexpected_keys, error_msgs
         )
-        self._rebuild()  # load_state_dict(assign=True) replaces the buffers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., K] -> [..., N]."""
@@ -192,6 +230,29 @@ class PackedQKV(PackedLinear):
         self._pending = None  # computed with the weights being replaced
         super()._rebuild(template)
 
+    def _rows(self, index: int) -> slice:
+        start = sum(self._packed.split_sizes[:index])
+        return slice(start, start + self._packed.split_sizes[index])
+
+    # The views save and load q/k/v under their nn.Linear keys; the owner holds none.
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        pass
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        if strict:
+            unexpected_keys.extend(key for key in state_dict if key.startswith(prefix))
+
+    def save_part(self, index: int, destination, prefix: str, keep_vars: bool) -> None:
+        """Projection ``index``'s ``weight`` [N_i, K] (and ``bias`` [N_i] if it had one)."""
+        self._save_rows(self._rows(index), self.has_bias[index], destination, prefix, keep_vars)
+
+    def load_part(self, index: int, state_dict, prefix, strict, missing, unexpected, errors):
+        """Replace projection ``index`` from ``prefix + "weight"`` (and ``"bias"``)."""
+        rows, has_bias = self._rows(index), self.has_bias[index]
+        self._load_rows(rows, has_bias, state_dict, prefix, strict, missing, unexpected, errors)
+
 
 class ProjectionView(nn.Module):
     """Stands in for ``q_proj`` / ``k_proj`` / ``v_proj``: x [..., hidden] -> [..., N_i].
@@ -216,6 +277,16 @@ class ProjectionView(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.owner.projection(x, self.index)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        self.owner.save_part(self.index, destination, prefix, keep_vars)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        self.owner.load_part(
+            self.index, state_dict, prefix, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -2,6 +2,7 @@
 unswap bit for bit, generation with a KV cache, state dicts, independent instances."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -128,29 +129,80 @@ def test_generate_uses_the_kv_cache_and_matches(monkeypatch):
     assert rows[:4] == [6] * 4 and set(rows[4:]) == {1}
 
 
-def test_state_dict_round_trip_through_safetensors(tmp_path):
-    source = _pruned("llama-3x5", "unstructured")
-    swap_attention(source)
-    save_file(source.state_dict(), tmp_path / "swapped.safetensors")
-    state = load_file(tmp_path / "swapped.safetensors")
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("name", ["llama-3x5", "qwen2-gqa"])  # qwen2: q/k/v biases
+def test_state_dict_is_the_unswapped_models(name, pattern):
+    pruned = _pruned(name, pattern)
+    swapped = copy.deepcopy(pruned)
+    swap_attention(swapped)
+    plain, ours = pruned.state_dict(), swapped.state_dict()
+    assert list(ours) == list(plain)
+    assert all(torch.equal(ours[k], plain[k]) for k in plain)
+
+
+def test_save_pretrained_of_a_swapped_model_loads_in_plain_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    pruned = prune_attention(tiny_model("qwen2-gqa"), "2:4")
+    swapped = copy.deepcopy(pruned)
+    swap_attention(swapped)
+    swapped.save_pretrained(tmp_path / "saved")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
     ids = _ids()
-    # Another instance, other weights, even another format: the stored packed layout wins.
-    for pattern in PATTERNS:
-        target = _pruned("llama-3x5", pattern, seed=1)
-        swap_attention(target)
-        assert not torch.equal(logits(target, ids), logits(source, ids))
-        target.load_state_dict(state)
-        assert torch.equal(logits(target, ids), logits(source, ids))
-        assert attention(target, 2).packed_qkv.packed.format == "bitmap"
+    assert torch.equal(logits(loaded, ids), logits(pruned, ids))
 
 
-def test_state_dict_of_another_shape_is_refused():
-    source = _pruned("llama-mha", "2:4")
-    target = _pruned("qwen2-gqa", "2:4")
-    swap_attention(source)
+def test_plain_state_dict_loads_into_a_swapped_model_through_safetensors(tmp_path):
+    source = _pruned("llama-3x5", "unstructured")
+    save_file(source.state_dict(), tmp_path / "plain.safetensors")
+    state = load_file(tmp_path / "plain.safetensors")
+    ids = _ids()
+    target = _pruned("llama-3x5", "unstructured", seed=1)
     swap_attention(target)
-    with pytest.raises(RuntimeError, match="does not fit"):
-        target.load_state_dict(source.state_dict(), strict=False)
+    assert not torch.equal(logits(target, ids), logits(source, ids))
+    target.load_state_dict(state)
+    assert attention(target, 2).packed_qkv.packed.format == "bitmap"  # repacked, format kept
+    assert_matches(target, source, ids, torch.float32)
+    swapped_state = target.state_dict()
+    assert all(torch.equal(swapped_state[k], v) for k, v in state.items())
+
+
+def test_partial_load_replaces_only_what_it_names():
+    target = _pruned("llama-gqa", "2:4")
+    swap_attention(target)
+    before = target.state_dict()
+    new_q = prune_attention(tiny_model("llama-gqa", seed=3), "2:4").model.layers[0].self_attn
+    key = "model.layers.0.self_attn.q_proj.weight"
+    result = target.load_state_dict({key: new_q.q_proj.weight}, strict=False)
+    assert key not in result.missing_keys and len(result.missing_keys) == len(before) - 1
+    after = target.state_dict()
+    assert torch.equal(after[key], new_q.q_proj.weight)
+    assert all(torch.equal(after[k], before[k]) for k in before if k != key)
+
+
+def test_state_dicts_that_do_not_fit_are_refused():
+    target = _pruned("llama-mha", "2:4")
+    swap_attention(target)
+    with pytest.raises(
+        RuntimeError,
+        match=r"size mismatch for model\.layers\.0\.self_attn\.k_proj\.weight: copying a "
+        r"param with shape \(32, 64\) from checkpoint, the shape in current model is \(64, 64\)",
+    ):
+        target.load_state_dict(_pruned("qwen2-gqa", "2:4").state_dict(), strict=False)
+    unstructured = _pruned("llama-mha", "unstructured").state_dict()
+    with pytest.raises(RuntimeError, match=r"q_proj\.weight does not fit this 2:4 module") as error:
+        target.load_state_dict(unstructured)
+    k_row = re.search(
+        r"k_proj\.weight does not fit this 2:4 module: .*? row (\d+)", str(error.value)
+    )
+    assert int(k_row.group(1)) < 64  # a row of k_proj, not of the stacked q/k/v
+    state = _pruned("llama-mha", "2:4").state_dict()
+    del state["model.layers.1.self_attn.v_proj.weight"]
+    state["model.layers.1.self_attn.packed_qkv.packed_values"] = torch.zeros(3)
+    with pytest.raises(
+        RuntimeError, match=r"Missing key.*v_proj\.weight(.|\n)*Unexpected key.*packed_values"
+    ):
+        target.load_state_dict(state)
 
 
 def test_two_instances_swapped_differently_do_not_interfere():
