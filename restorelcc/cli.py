@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 
 from restorelcc.errors import RestoreLCCError
 
@@ -31,10 +33,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _library_progress_bars(enabled: bool) -> Iterator[None]:
+    """transformers' own bars (loading and writing weights) follow ``--quiet`` too."""
+    if enabled:
+        yield
+        return
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with _library_progress_bars(not getattr(args, "quiet", False)):
+            return int(args.func(args) or 0)
     except (RestoreLCCError, ValueError, FileExistsError, FileNotFoundError) as exc:
         # Bad input: one line for the user; RESTORELCC_DEBUG=1 shows the traceback.
         if os.environ.get("RESTORELCC_DEBUG"):

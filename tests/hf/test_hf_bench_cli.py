@@ -86,7 +86,12 @@ def test_bench_reports_swapped_and_linear_timings(pruned_dir, tmp_path, capsys):
          "--prefill", "12", "--rounds", "2", "--quiet", "--json", str(out)]
     )  # fmt: skip
     assert rc == 0
-    printed = capsys.readouterr().out
+    from transformers.utils import logging
+
+    assert logging.is_progress_bar_enabled()  # --quiet held only during the command
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    printed = captured.out
     assert "logits check ok" in printed and "CPU: the swapped modules" in printed
     report = json.loads(out.read_text())
     assert report["formats"] == ["2:4"] and report["timing_claims"] is False
@@ -120,11 +125,12 @@ def test_bench_refuses_with_one_line(make, arguments, message, tmp_path, capsys)
     elif make == "unstructured":
         _save(prune_attention(tiny_model("llama-gqa"), "unstructured"), path)
     out = tmp_path / "bench.json"
+    capsys.readouterr()  # the saving above
     rc = main(["bench", "--model", str(path), "--quiet", "--json", str(out), *arguments])
     assert rc == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' bars
-    assert last.startswith("restorelcc bench: error:") and message in last
-    assert not out.exists()
+    err = capsys.readouterr().err.strip()  # --quiet: not even transformers' loading bar
+    assert err.startswith("restorelcc bench: error:") and message in err
+    assert len(err.splitlines()) == 1 and not out.exists()
 
 
 def test_bench_rejects_bad_numbers(pruned_dir, capsys):
