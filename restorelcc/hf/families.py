@@ -125,6 +125,13 @@ def block_linear(block: nn.Module, name: str) -> nn.Linear:
     except AttributeError:
         module = None
     if not isinstance(module, nn.Linear):
+        from restorelcc.hf.attention import PackedLinear, ProjectionView
+
+        if isinstance(module, (PackedLinear, ProjectionView)):
+            raise UnsupportedModelError(
+                f"{name} is swapped for a packed sparse module; this needs the nn.Linear "
+                "weights: call unswap_attention(model) first (or swap after it)"
+            )
         raise UnsupportedModelError(f"decoder block has no linear layer {name!r}")
     return module
 

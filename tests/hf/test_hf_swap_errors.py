@@ -96,3 +96,17 @@ def test_qkv_with_one_nearly_dense_matrix_is_refused():
         attention(model, 0).v_proj.weight[0, :3] = 0  # a few exact zeros are not a pruning
     with pytest.raises(SwapError, match=r"layer 0 self_attn\.v_proj is not pruned \(0\.\d+% zeros"):
         swap_attention(model)
+
+
+def test_work_that_needs_nn_linear_weights_refuses_a_swapped_model(model_24):
+    from restorelcc import prune_model
+    from restorelcc.hf.families import head_geometry
+    from restorelcc.lcc.fold import fold_offsets
+
+    g = head_geometry(model_24)
+    swap_attention(model_24)
+    swapped = r"self_attn\.(q|o)_proj is swapped for a packed sparse module(.*)unswap_attention"
+    with pytest.raises(UnsupportedModelError, match=swapped):
+        fold_offsets(model_24, torch.zeros(g.layers, g.heads * g.head_dim))
+    with pytest.raises(UnsupportedModelError, match=swapped):
+        prune_model(model_24, "magnitude", 0.5, progress=False)
