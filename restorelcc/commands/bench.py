@@ -27,6 +27,10 @@ class NothingToSwapError(RestoreLCCError, ValueError):
     """A model whose attention projections hold no pruned matrix."""
 
 
+class NotEnoughMemoryError(RestoreLCCError):
+    """The logits check's wider copy of the model does not fit."""
+
+
 def register(subparsers) -> None:
     from restorelcc.hf.swap import FORMATS
 
@@ -99,11 +103,19 @@ def _time_jobs(model, jobs, device, args, label: str, bar) -> list[dict]:
 
 def _check_logits(model, ids, swap) -> dict:
     """Logits of ``model`` after ``swap()`` against its ``nn.Linear`` self and a wider copy."""
+    import torch
+
     from restorelcc.latency import logits_check, oracle_dtype
 
     dtype = next(model.parameters()).dtype
     plain = model(ids).logits
-    oracle = copy.deepcopy(model).to(oracle_dtype(dtype))(ids).logits
+    try:
+        oracle = copy.deepcopy(model).to(oracle_dtype(dtype))(ids).logits
+    except torch.OutOfMemoryError:
+        raise NotEnoughMemoryError(
+            f"no memory for the {oracle_dtype(dtype)} copy of the model that the logits check "
+            "compares against; rerun with --no-check"
+        ) from None
     swap()
     return logits_check(model(ids).logits, plain, oracle, dtype)
 

@@ -3,6 +3,7 @@ forward computes, the logits check can fail, and the command's report and errors
 
 import copy
 import json
+import types
 
 import pytest
 import torch
@@ -138,3 +139,14 @@ def test_bench_rejects_bad_numbers(pruned_dir, capsys):
         main(["bench", "--model", str(pruned_dir), "--batches", "0"])
     assert exit_info.value.code == 2
     assert "0 is not positive" in capsys.readouterr().err
+
+
+def test_no_memory_for_the_check_says_to_skip_it(pruned_dir, monkeypatch, capsys):
+    import restorelcc.commands.bench as bench
+
+    def out_of_memory(model):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(bench, "copy", types.SimpleNamespace(deepcopy=out_of_memory))
+    assert main(["bench", "--model", str(pruned_dir), "--quiet"]) == 2
+    assert "rerun with --no-check" in capsys.readouterr().err
