@@ -1,7 +1,7 @@
 """Results of benchmarks/gpu_suite.py -> acceptance checks and a measured dispatch table.
 
 Pure Python over the JSON lines the suite writes (no GPU needed), so stored results can be
-re-summarised:  python -m lcc_kernels.bench_report RESULTS_DIR
+re-summarised (and drawn, ``bench_plot``):  python -m lcc_kernels.bench_report RESULTS_DIR
 
 Checks (issue 5), each "pass", "fail" or "unmeasured", with the measured value:
   speedup_vs_dense_F.linear          dense time / our best time, bf16: M = 1: 2:4 >= 1.6,
@@ -295,12 +295,27 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv=None) -> int:
-    """Re-summarise a stored results directory: python -m lcc_kernels.bench_report DIR."""
-    out = Path((argv or sys.argv[1:])[0])
+    """Re-summarise a stored results directory and draw its speed-ups:
+    python -m lcc_kernels.bench_report DIR [--no-plot]."""
+    import argparse
+
+    from .bench_plot import plot_speedups
+
+    parser = argparse.ArgumentParser(prog="python -m lcc_kernels.bench_report")
+    parser.add_argument("out", type=Path, help="a gpu_suite results directory")
+    parser.add_argument("--no-plot", action="store_true", help="skip speedups.png")
+    args = parser.parse_args(argv)
+    out = args.out
+    if not (out / "timings.jsonl").is_file():
+        parser.error(f"{out} holds no timings.jsonl (not a gpu_suite results directory)")
     summary = summarize(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "dispatch_table.json").write_text(json.dumps(build_dispatch_table(out), indent=2))
     print(format_summary(summary))
+    if not args.no_plot:
+        targets = [c for c in summary["acceptance"] if c["check"] == "speedup_vs_dense_F.linear"]
+        path = plot_speedups(out, load_rows(out, "timings.jsonl"), targets)
+        print(f"plot: {path}" if path else "plot: no timing has a dense baseline")
     return 0
 
 

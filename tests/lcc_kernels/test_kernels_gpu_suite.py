@@ -62,6 +62,10 @@ def test_smoke_run_writes_every_result(tmp_path):
         timeout=60,
     )
     assert again.returncode == 2 and "not empty" in again.stderr
+    assert not (out / "speedups.png").exists()  # the suite stays within 8 files to fetch
+    assert bench_report.main([str(out)]) == 0  # re-summarised and drawn where it is stored
+    assert (out / "speedups.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "summary.json").read_text()) == summary
 
 
 def _timing(shape, m, provider, median_us, kind="dense", bias=True, **extra):
