@@ -16,7 +16,13 @@ import copy
 import time
 from pathlib import Path
 
-from restorelcc.commands.options import add_device_argument, positive_int, resolve_device
+from restorelcc.commands.options import (
+    add_adapter_argument,
+    add_device_argument,
+    positive_int,
+    read_adapter,
+    resolve_device,
+)
 from restorelcc.errors import RestoreLCCError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -42,6 +48,7 @@ def register(subparsers) -> None:
         "nn.Linear projections, after checking that both give the same logits.",
     )
     p.add_argument("--model", required=True, help="pruned model name or directory")
+    add_adapter_argument(p)
     p.add_argument("--format", choices=FORMATS, default="auto", help="packed format (swap)")
     p.add_argument(
         "--batches", type=positive_int, nargs="+", default=[1, 16], help="decode batch sizes"
@@ -137,7 +144,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--min-sparsity must be in [0, 1), got {args.min_sparsity}")
     device = resolve_device(args.device)
     dtype = _dtype(args.dtype, device)
+    restoration = read_adapter(args.adapter)
     model, _ = load_model(args.model, dtype=dtype, device=device)
+    if restoration is not None:
+        restoration.fold(model)
     bytes_linear = weight_bytes(model)
     jobs = _jobs(args)
     reports = []
@@ -179,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     payload = {
         "model": str(args.model),
+        "adapter": {"path": str(args.adapter), **restoration.summary()} if restoration else None,
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "timing_claims": device.type == "cuda",

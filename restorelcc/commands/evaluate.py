@@ -6,7 +6,13 @@ import argparse
 import time
 from pathlib import Path
 
-from restorelcc.commands.options import add_device_argument, positive_int, resolve_device
+from restorelcc.commands.options import (
+    add_adapter_argument,
+    add_device_argument,
+    positive_int,
+    read_adapter,
+    resolve_device,
+)
 
 DEFAULT_TASKS = "paper"
 DEFAULT_LIMIT = 100  # first items per task: the paper's 7 tasks + 8k-token perplexity in a
@@ -48,6 +54,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--batch-size", type=positive_int, default=16, help="rows (questions) per forward"
     )
+    add_adapter_argument(p)
     p.add_argument(
         "--swap",
         choices=("auto", "2:4", "bitmap"),
@@ -96,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise FileExistsError(f"--json {out} is a directory")
     device = resolve_device(args.device)
+    restoration = read_adapter(args.adapter)
     model, tokenizer = load_model(args.model, device=device)
+    if restoration is not None:
+        restoration.fold(model)
     swap = None
     if args.swap:
         from restorelcc.hf.swap import swap_attention
@@ -125,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         "limit": args.limit,
         "batch_size": args.batch_size,
         "device": str(device),
+        "adapter": {"path": str(args.adapter), **restoration.summary()} if restoration else None,
         "swap": swap.to_dict() if swap else None,
         "perplexity": report["perplexity"],
         "eval_wall_s": report["wall_s"],

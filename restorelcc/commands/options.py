@@ -1,4 +1,4 @@
-"""Options shared by the subcommands: ``--device`` and positive integer values."""
+"""Options shared by the subcommands: ``--device``, ``--adapter`` and positive integers."""
 
 from __future__ import annotations
 
@@ -47,3 +47,22 @@ def resolve_device(text: str | None) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"--device {text}: only cpu and cuda devices are supported")
     return device
+
+
+def add_adapter_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        help="a restore --out directory (or its adapter files): fold that restoration into "
+        "the model first; it must be the pruned model the adapter was made for",
+    )
+
+
+def read_adapter(directory: str | None):
+    """The ``Restoration`` saved in ``directory`` (read before any model loads, so a bad
+    path fails at once), or None without ``--adapter``; fold it with ``.fold(model)``."""
+    if directory is None:
+        return None
+    from restorelcc.lcc import Restoration
+
+    return Restoration.load(directory)

