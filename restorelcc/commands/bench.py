@@ -38,7 +38,7 @@ class NotEnoughMemoryError(RestoreLCCError):
 
 
 def register(subparsers) -> None:
-    from restorelcc.hf.swap import FORMATS
+    from restorelcc.hf.swap import FORMATS, MIN_SPARSITY
 
     p = subparsers.add_parser(
         "bench",
@@ -65,8 +65,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--min-sparsity",
         type=float,
-        default=0.1,
-        help="fraction of zeros from which a matrix counts as pruned (default 0.1)",
+        default=MIN_SPARSITY,
+        help=f"fraction of zeros from which a matrix counts as pruned (default {MIN_SPARSITY})",
     )
     p.add_argument("--no-check", action="store_true", help="skip the logits check")
     add_device_argument(p)

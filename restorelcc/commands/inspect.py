@@ -1,4 +1,5 @@
-"""``restorelcc inspect DIR``: per-matrix sparsity, N:M validity, structured shape changes."""
+"""``restorelcc inspect DIR``: per-matrix sparsity, N:M validity, structured shape changes,
+and (``--swap``) what ``swap_attention`` would pack."""
 
 from __future__ import annotations
 
@@ -16,7 +17,26 @@ def register(subparsers) -> None:
     p.add_argument("directory", help="a Hugging Face checkpoint directory")
     p.add_argument("--json", default=None, help="also write the full report to this file")
     p.add_argument("--per-matrix", action="store_true", help="one table row per matrix")
+    p.add_argument(
+        "--swap",
+        choices=("auto", "2:4", "bitmap"),
+        default=None,
+        help="also load the model and show what swap_attention would pack, per layer",
+    )
     p.set_defaults(func=run)
+
+
+def _swap_preview(directory: str, format: str) -> dict:
+    """Swap a throwaway copy of the model and return the ``SwapReport`` as a dict."""
+    from restorelcc.assets import load_model
+    from restorelcc.hf.swap import MIN_SPARSITY, swap_attention
+
+    model, _ = load_model(directory)
+    report = swap_attention(model, format)
+    print(report.table())
+    if not report.swapped_layers:
+        print(f"nothing to swap: no attention projection has {MIN_SPARSITY:.0%} zeros or more")
+    return report.to_dict()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_table([geometry]))
     for line in result["shape_mismatches"]:
         print(f"shape mismatch: {line}")
+    swap = _swap_preview(args.directory, args.swap) if args.swap else None
     if args.json:
-        payload = {**result, "matrices": [asdict(m) for m in matrices]}
+        payload = {**result, "matrices": [asdict(m) for m in matrices], "swap": swap}
         atomic_write_json(args.json, {**payload, "run_metadata": run_metadata()})
         print(f"wrote {args.json}")
     return 0 if not result["shape_mismatches"] else 1

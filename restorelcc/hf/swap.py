@@ -48,6 +48,8 @@ from restorelcc.hf.families import Family, decoder_layers, family_of
 from restorelcc.io import format_table
 
 FORMATS = ("auto", "2:4", "bitmap")
+# Fraction of zeros from which a matrix counts as pruned (module docstring).
+MIN_SPARSITY = 0.1
 
 
 class SwapError(RestoreLCCError, ValueError):
@@ -124,7 +126,7 @@ def swap_attention(
     backend: str = "auto",
     *,
     bitmap_tile: tuple[int, int] = lcc_kernels.DEFAULT_BITMAP_TILE,
-    min_sparsity: float = 0.1,
+    min_sparsity: float = MIN_SPARSITY,
 ) -> SwapReport:
     """Replace q/k/v and o_proj of the chosen decoder layers (default all) in place.
 

@@ -131,3 +131,29 @@ def test_quiet_prune_shows_no_progress_bars(
     assert "layer/s" in capsys.readouterr().err  # the bar over layers
     assert main([*argv, "--overwrite", "--quiet"]) == 0
     assert "layer/s" not in capsys.readouterr().err
+
+
+def test_inspect_swap_previews_what_swap_attention_would_pack(tiny_dir, tmp_path, capsys):
+    from restorelcc import prune_model
+
+    pruned = tmp_path / "pruned24"
+    model = tiny_model("llama-gqa")
+    prune_model(model, "magnitude", 0.5, "2:4", progress=False)
+    model.save_pretrained(pruned)
+    byte_tokenizer().save_pretrained(pruned)
+    capsys.readouterr()
+    report = tmp_path / "inspect.json"
+    assert main(["inspect", str(pruned), "--swap", "auto", "--json", str(report)]) == 0
+    assert "nothing to swap" not in capsys.readouterr().out
+    groups = json.loads(report.read_text())["swap"]["groups"]
+    assert [(g["layer"], g["group"], g["format"]) for g in groups] == [
+        (0, "qkv", "2:4"),
+        (0, "o_proj", "2:4"),
+        (1, "qkv", "2:4"),
+        (1, "o_proj", "2:4"),
+    ]
+    assert all(g["bytes_after"] < g["bytes_before"] for g in groups)
+    assert main(["inspect", str(tiny_dir), "--swap", "auto"]) == 0
+    assert "nothing to swap: no attention projection has 10% zeros or more" in (
+        capsys.readouterr().out
+    )
