@@ -11,6 +11,7 @@ demo: setup
 
 test: setup
 	TRITON_INTERPRET=1 $(PY) -m pytest -q
+	bash scripts/test_old_transformers.sh
 
 lint: setup
 	$(VENV)/bin/ruff check restorelcc lcc_kernels tests benchmarks

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from restorelcc.hf.cache import cache_kwargs
+
 # Absolute slack of the logits check, per dtype of the model under test.
 LOGITS_ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
@@ -41,13 +43,14 @@ def decode_step(
     from transformers import StaticCache
 
     cache = StaticCache(config=model.config, max_cache_len=context + 1)
-    model(_random_ids(model, (batch, context), generator), cache=cache, use_cache=True,
+    cached = cache_kwargs(model, cache)
+    model(_random_ids(model, (batch, context), generator), **cached, use_cache=True,
           logits_to_keep=1)  # fmt: skip
     token = _random_ids(model, (batch, 1), generator)
 
     def step() -> torch.Tensor:
         _reset_cache(cache, context)
-        return model(token, cache=cache, use_cache=True, logits_to_keep=1).logits
+        return model(token, **cached, use_cache=True, logits_to_keep=1).logits
 
     return step
 
@@ -62,11 +65,12 @@ def prefill(
     from transformers import StaticCache
 
     cache = StaticCache(config=model.config, max_cache_len=tokens)
+    cached = cache_kwargs(model, cache)
     ids = _random_ids(model, (1, tokens), generator)
 
     def run() -> torch.Tensor:
         _reset_cache(cache, 0)
-        return model(ids, cache=cache, use_cache=True, logits_to_keep=1).logits
+        return model(ids, **cached, use_cache=True, logits_to_keep=1).logits
 
     return run
 

@@ -243,6 +243,12 @@ def _score_plain(model, requests, indices, batch_size, max_length, scores, bar) 
                     bar.update(1)
 
 
+# Model classes that refused a boolean ``logits_to_keep`` (no such argument, or a
+# transformers release before 5.2x, which indexes with it as a slice and fails), so that
+# each batch does not pay for a failed forward.
+_NO_MASKED_LOGITS: set[type] = set()
+
+
 def _continuation_logits(model, keep: torch.Tensor, **inputs) -> torch.Tensor:
     """Logits ``[keep.sum(), vocab]`` at the ``True`` positions of ``keep`` ``[B, T]``.
 
@@ -251,13 +257,14 @@ def _continuation_logits(model, keep: torch.Tensor, **inputs) -> torch.Tensor:
     """
     count = int(keep.sum())
     device = inputs["input_ids"].device
-    try:
-        out = model(**inputs, logits_to_keep=keep.to(device)).logits
-        if out.dim() == 2 and out.shape[0] == count:
-            return out
-        if out.dim() == 3 and out.shape[:2] == keep.shape:
-            return out[keep.to(out.device)]
-    except TypeError:
-        pass
+    if type(model) not in _NO_MASKED_LOGITS:
+        try:
+            out = model(**inputs, logits_to_keep=keep.to(device)).logits
+            if out.dim() == 2 and out.shape[0] == count:
+                return out
+            if out.dim() == 3 and out.shape[:2] == keep.shape:
+                return out[keep.to(out.device)]
+        except (TypeError, IndexError):
+            _NO_MASKED_LOGITS.add(type(model))
     out = model(**inputs).logits
     return out[keep.to(out.device)]

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from restorelcc.hf.cache import cache_kwargs
 from restorelcc.hf.families import head_geometry, model_device, o_proj_of
 from restorelcc.lcc.compat import to_pruned_heads
 from restorelcc.lcc.tokens import ProbeSequences
@@ -304,7 +305,8 @@ def _cached(model, prompts, conts) -> tuple[torch.Tensor, torch.Tensor]:
     ids, mask = pad_right(prompts)
     lengths = mask.sum(1)
     cache = DynamicCache(config=model.config)
-    p_act = _capture_rows(model, ids, mask, (lengths - 1).unsqueeze(1), cache=cache, use_cache=True)
+    cached = cache_kwargs(model, cache)
+    p_act = _capture_rows(model, ids, mask, (lengths - 1).unsqueeze(1), **cached, use_cache=True)
     cache.batch_repeat_interleave(sets)
     flat = [c for row in conts for c in row]  # row-major: prompt i, set k at i * sets + k
     c_ids, c_mask = pad_right(flat)
@@ -317,7 +319,7 @@ def _cached(model, prompts, conts) -> tuple[torch.Tensor, torch.Tensor]:
         c_ids,
         full_mask,
         c_last,
-        cache=cache,
+        **cached,
         use_cache=True,
         position_ids=position_ids.to(device),
     )

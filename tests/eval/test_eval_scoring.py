@@ -1,5 +1,7 @@
 """Batched log-likelihood scoring against a direct per-request computation."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -115,6 +117,37 @@ def test_models_without_logits_to_keep_still_score(model, tok):
     a = loglikelihoods(wrapped, tok, REQUESTS, batch_size=4, progress=False)
     b = loglikelihoods(model, tok, REQUESTS, batch_size=4, progress=False)
     assert [s.logprob for s in a] == pytest.approx([s.logprob for s in b], abs=1e-5)
+
+
+class SlicesWithLogitsToKeep(IgnoresLogitsToKeep):
+    """transformers before 5.2x: ``hidden[:, logits_to_keep]``, which a [B, T] boolean mask
+    cannot index (IndexError). Counts its forwards."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.forwards = 0
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0):
+        self.forwards += 1
+        logits = self.inner(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).logits
+        index = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        return SimpleNamespace(logits=logits[:, index, :])
+
+
+def test_models_whose_logits_to_keep_takes_no_mask_still_score(model, tok, monkeypatch):
+    import restorelcc.eval.scoring as scoring
+
+    monkeypatch.setattr(scoring, "_NO_MASKED_LOGITS", set())  # no class remembered yet
+    wrapped = SlicesWithLogitsToKeep(model)
+    a = loglikelihoods(wrapped, tok, REQUESTS, batch_size=2, progress=False)
+    b = loglikelihoods(model, tok, REQUESTS, batch_size=2, progress=False)
+    assert [s.logprob for s in a] == pytest.approx([s.logprob for s in b], abs=1e-5)
+    batches = wrapped.forwards - 1  # one refused forward, then one per batch
+    assert batches >= 2
+    loglikelihoods(wrapped, tok, REQUESTS, batch_size=2, progress=False)
+    assert wrapped.forwards == 1 + 2 * batches  # the refusal was remembered
 
 
 def test_packing_switches_off_when_the_model_ignores_masks(model, tok):
