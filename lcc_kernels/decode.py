@@ -13,10 +13,30 @@ the kept values, without the dense tile.
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 FORMAT_DENSE = tl.constexpr(0)
 FORMAT_SPARSE24 = tl.constexpr(1)
 FORMAT_BITMAP = tl.constexpr(2)
+
+
+@triton.jit
+def _probe():
+    pass
+
+
+def _is_interpreted(kernel) -> bool:
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover - interpreter always ships with triton >= 3.0
+        return False
+    return isinstance(kernel, InterpretedFunction)
+
+
+# Whether the kernels are decorated under TRITON_INTERPRET=1 (read when @triton.jit runs,
+# i.e. when this module is first imported).
+INTERPRETED = _is_interpreted(_probe)
+_HARDWARE_POPCOUNT = tl.constexpr(not INTERPRETED)
 
 
 @triton.jit
@@ -140,8 +160,12 @@ def sparse24_products(
 
 @triton.jit
 def _popcount(v):
-    """Set bits of each uint32: the classic SWAR sum, which LLVM turns into one POPC (and
-    which the interpreter, lacking libdevice, can run)."""
+    """Set bits of each uint32 -> int32. Compiled: libdevice's popc, one POPC. Interpreted
+    (no libdevice there): the classic SWAR sum. LLVM turns that sum into one POPC with
+    triton 3.9 but not 3.6 (the GPU machines' version), where it cost ~12 instructions per
+    position and made the 50% bitmap decode loop 741 instructions instead of 439."""
+    if _HARDWARE_POPCOUNT:
+        return libdevice.popc(v.to(tl.int32, bitcast=True))
     v = v - ((v >> 1) & 0x55555555)
     v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
     v = (v + (v >> 4)) & 0x0F0F0F0F

@@ -26,7 +26,13 @@ set DOT_IN_FP32 there: the same code then runs a true test in fp16/fp32.
 import triton
 import triton.language as tl
 
-from .decode import FORMAT_SPARSE24, load_weight_tile, load_x_tile, sparse24_products
+from .decode import (  # noqa: F401  (INTERPRETED: re-exported for launch and tests)
+    FORMAT_SPARSE24,
+    INTERPRETED,
+    load_weight_tile,
+    load_x_tile,
+    sparse24_products,
+)
 
 
 @triton.jit
@@ -303,16 +309,3 @@ def tiled_linear_kernel(
             DOT_PRECISION,
         )
     _store_output(acc, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS)
-
-
-def _is_interpreted(kernel) -> bool:
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-    except ImportError:  # pragma: no cover - interpreter always ships with triton >= 3.0
-        return False
-    return isinstance(kernel, InterpretedFunction)
-
-
-# Whether the kernels above were decorated under TRITON_INTERPRET=1 (it is read when
-# @triton.jit runs, i.e. when this module is first imported).
-INTERPRETED = _is_interpreted(skinny_linear_kernel)
