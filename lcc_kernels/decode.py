@@ -87,12 +87,12 @@ def _sparse24_pairs(
         mask=row_ok & (words < value_cols // 16)[None, :],
         other=0,
     )
-    # Expand each word into its 16 indices: [BLOCK_N, BLOCK_K/32, 16] -> [BLOCK_N, BLOCK_K/2].
-    shifts = 2 * tl.arange(0, 16)
-    indices = tl.reshape((meta[:, :, None] >> shifts[None, None, :]) & 3, [BLOCK_N, BLOCK_K // 2])
+    # A word holds the indices of 8 groups, 4 bits per group (first index in the low 2):
+    # one shift per group, [BLOCK_N, BLOCK_K/32, 8] -> [BLOCK_N, BLOCK_K/4].
+    shifts = 4 * tl.arange(0, 8)
+    nibbles = tl.reshape((meta[:, :, None] >> shifts[None, None, :]) & 15, [BLOCK_N, BLOCK_K // 4])
     first_value, second_value = tl.split(tl.reshape(values, [BLOCK_N, BLOCK_K // 4, 2]))
-    first_index, second_index = tl.split(tl.reshape(indices, [BLOCK_N, BLOCK_K // 4, 2]))
-    return first_value, second_value, first_index, second_index
+    return first_value, second_value, nibbles & 3, nibbles >> 2
 
 
 @triton.jit
