@@ -111,13 +111,16 @@ def _sparse24_tile(
     first_value, second_value, first_index, second_index = _sparse24_pairs(
         values_ptr, meta_ptr, pid_n, t, N, value_cols, stride_values, stride_meta, BLOCK_N, BLOCK_K
     )
-    lane = tl.arange(0, 4)[None, None, :]
-    groups = tl.where(
-        first_index[:, :, None] == lane,
-        first_value[:, :, None],
-        tl.where(second_index[:, :, None] == lane, second_value[:, :, None], 0.0),
-    )
-    return tl.reshape(groups, [BLOCK_N, BLOCK_K])
+    # The format keeps two distinct ascending indices per group (validate_data), so lane 0
+    # can only hold the first value and lane 3 only the second. Lanes are built one by one
+    # and joined: triton 3.6 compiled the [BN, G, 4] where-chain into ~40% more SASS.
+    zero = tl.zeros_like(first_value)
+    v0 = tl.where(first_index == 0, first_value, zero)
+    v1 = tl.where(first_index == 1, first_value, tl.where(second_index == 1, second_value, zero))
+    v2 = tl.where(first_index == 2, first_value, tl.where(second_index == 2, second_value, zero))
+    v3 = tl.where(second_index == 3, second_value, zero)
+    groups = tl.join(tl.join(v0, v1), tl.join(v2, v3))  # [BN, G, 2, 2]: lane = 2 * a + b
+    return tl.reshape(tl.permute(groups, 0, 1, 3, 2), [BLOCK_N, BLOCK_K])
 
 
 @triton.jit
