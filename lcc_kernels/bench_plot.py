@@ -26,29 +26,24 @@ SERIES = {
 DENSE = ("dense", "dense")
 
 
-def _fastest(rows: list[dict]) -> dict[tuple, dict]:
-    """(shape, m, provider, kind) -> the fastest ok row with the bias fused (the rows the
-    acceptance checks read: not the with/without-bias pairs)."""
-    best: dict[tuple, dict] = {}
-    for row in rows:
-        if row.get("status") != "ok" or not row.get("bias", True) or row.get("tag"):
-            continue
-        key = (row["shape"], row["m"], row["provider"], row["kind"])
-        if key not in best or row["median_ms"] < best[key]["median_ms"]:
-            best[key] = row
-    return best
-
-
 def speedup_series(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """shape -> label -> [(M, dense median / that median)], by M; labels of ``SERIES``,
-    plus ``"<label> bytes bound"`` (dense bytes / our bytes) for our formats."""
-    best = _fastest(rows)
+    plus ``"<label> bytes bound"`` (dense bytes / our bytes) for our formats. Each median is
+    the fastest ok row with the bias fused (the rows the acceptance checks read: not the
+    with/without-bias pairs)."""
+    from .bench_report import _best
+
+    fused = [r for r in rows if r.get("bias", True) and not r.get("tag")]
+    problems = sorted(
+        {(r["shape"], r["m"], r["provider"], r["kind"]) for r in fused if r["status"] == "ok"}
+    )
     out: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    for (shape, m, provider, kind), row in sorted(best.items()):
-        dense = best.get((shape, m, *DENSE))
+    for shape, m, provider, kind in problems:
         label = SERIES.get((provider, kind))
+        dense = _best(fused, shape=shape, m=m, provider=DENSE[0], kind=DENSE[1])
         if dense is None or label is None:
             continue
+        row = _best(fused, shape=shape, m=m, provider=provider, kind=kind)
         series = out.setdefault(shape, {})
         series.setdefault(label, []).append((m, dense["median_ms"] / row["median_ms"]))
         if provider == "ours" and row.get("bytes") and dense.get("bytes"):
