@@ -22,15 +22,13 @@ from restorelcc.commands.options import (
     positive_int,
     read_adapter,
     resolve_device,
+    swap_pruned_attention,
 )
 from restorelcc.errors import RestoreLCCError
+from restorelcc.hf import FORMATS, MIN_SPARSITY
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CHECK_TOKENS = 32
-
-
-class NothingToSwapError(RestoreLCCError, ValueError):
-    """A model whose attention projections hold no pruned matrix."""
 
 
 class NotEnoughMemoryError(RestoreLCCError):
@@ -38,8 +36,6 @@ class NotEnoughMemoryError(RestoreLCCError):
 
 
 def register(subparsers) -> None:
-    from restorelcc.hf.swap import FORMATS, MIN_SPARSITY
-
     p = subparsers.add_parser(
         "bench",
         help="decode and prefill latency of a pruned model, swapped vs nn.Linear",
@@ -132,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from restorelcc.assets import load_model
-    from restorelcc.hf.swap import swap_attention, unswap_attention
+    from restorelcc.hf.swap import unswap_attention
     from restorelcc.io import atomic_write_json, format_table, run_metadata
     from restorelcc.latency import weight_bytes
 
@@ -153,13 +149,9 @@ def run(args: argparse.Namespace) -> int:
     reports = []
 
     def swap() -> None:
-        reports.append(swap_attention(model, args.format, min_sparsity=args.min_sparsity))
-        if not reports[-1].swapped_layers:
-            raise NothingToSwapError(
-                f"{args.model}: no attention projection is pruned (none has "
-                f"{args.min_sparsity:.0%} zeros or more), so there is nothing to swap; "
-                "prune the model first"
-            )
+        reports.append(
+            swap_pruned_attention(model, "--model", args.model, args.format, args.min_sparsity)
+        )
 
     with torch.no_grad():
         check = None

@@ -12,7 +12,9 @@ from restorelcc.commands.options import (
     positive_int,
     read_adapter,
     resolve_device,
+    swap_pruned_attention,
 )
+from restorelcc.hf import FORMATS, MIN_SPARSITY
 
 DEFAULT_TASKS = "paper"
 DEFAULT_LIMIT = 100  # first items per task: the paper's 7 tasks + 8k-token perplexity in a
@@ -57,7 +59,7 @@ def register(subparsers) -> None:
     add_adapter_argument(p)
     p.add_argument(
         "--swap",
-        choices=("auto", "2:4", "bitmap"),
+        choices=FORMATS,
         default=None,
         help="evaluate with the pruned attention swapped for the packed sparse kernels",
     )
@@ -109,11 +111,7 @@ def run(args: argparse.Namespace) -> int:
         restoration.fold(model)
     swap = None
     if args.swap:
-        from restorelcc.hf.swap import swap_attention
-
-        swap = swap_attention(model, args.swap)
-        if not swap.swapped_layers:
-            raise ValueError(f"--swap: {args.model} has no pruned attention layer to swap")
+        swap = swap_pruned_attention(model, "--swap", args.model, args.swap, MIN_SPARSITY)
         print(
             f"swapped layers {swap.swapped_layers[0]}..{swap.swapped_layers[-1]} "
             f"({', '.join(sorted({g.format for g in swap.groups}))}); attention weights "

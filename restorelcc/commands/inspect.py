@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
+from restorelcc.hf import FORMATS, MIN_SPARSITY
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -19,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--per-matrix", action="store_true", help="one table row per matrix")
     p.add_argument(
         "--swap",
-        choices=("auto", "2:4", "bitmap"),
+        choices=FORMATS,
         default=None,
         help="also load the model and show what swap_attention would pack, per layer",
     )
@@ -29,7 +31,7 @@ def register(subparsers) -> None:
 def _swap_preview(directory: str, format: str) -> dict:
     """Swap a throwaway copy of the model and return the ``SwapReport`` as a dict."""
     from restorelcc.assets import load_model
-    from restorelcc.hf.swap import MIN_SPARSITY, swap_attention
+    from restorelcc.hf.swap import swap_attention
 
     model, _ = load_model(directory)
     report = swap_attention(model, format)

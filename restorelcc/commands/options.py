@@ -1,9 +1,12 @@
-"""Options shared by the subcommands: ``--device``, ``--adapter`` and positive integers."""
+"""Options shared by the subcommands: ``--device``, ``--adapter``, positive integers, and
+the swap of a model's pruned attention."""
 
 from __future__ import annotations
 
 import argparse
 from typing import TYPE_CHECKING
+
+from restorelcc.errors import RestoreLCCError
 
 if TYPE_CHECKING:
     import torch
@@ -66,3 +69,22 @@ def read_adapter(directory: str | None):
     from restorelcc.lcc import Restoration
 
     return Restoration.load(directory)
+
+
+class NothingToSwapError(RestoreLCCError, ValueError):
+    """A model whose attention projections hold no pruned matrix."""
+
+
+def swap_pruned_attention(model, option: str, name: str, format: str, min_sparsity: float):
+    """``swap_attention(model, format, min_sparsity=...)``; its ``SwapReport``. Raises
+    ``NothingToSwapError`` (naming ``option`` and the model ``name``) if nothing was pruned,
+    so nothing was swapped."""
+    from restorelcc.hf.swap import swap_attention
+
+    report = swap_attention(model, format, min_sparsity=min_sparsity)
+    if not report.swapped_layers:
+        raise NothingToSwapError(
+            f"{option}: {name} has no pruned attention layer to swap (no attention projection "
+            f"is pruned: none has {min_sparsity:.0%} zeros or more); prune the model first"
+        )
+    return report

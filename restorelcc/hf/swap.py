@@ -37,6 +37,7 @@ from torch import nn
 import lcc_kernels
 from lcc_kernels.dispatch import BACKENDS
 from restorelcc.errors import RestoreLCCError
+from restorelcc.hf import FORMATS, MIN_SPARSITY
 from restorelcc.hf.attention import (
     PACKED_QKV,
     PackedLinear,
@@ -46,10 +47,6 @@ from restorelcc.hf.attention import (
 )
 from restorelcc.hf.families import Family, decoder_layers, family_of
 from restorelcc.io import format_table
-
-FORMATS = ("auto", "2:4", "bitmap")
-# Fraction of zeros from which a matrix counts as pruned (module docstring).
-MIN_SPARSITY = 0.1
 
 
 class SwapError(RestoreLCCError, ValueError):
