@@ -22,7 +22,6 @@ import os
 import pytest
 import torch
 
-from lcc_kernels import pack
 from lcc_kernels.bench import (
     M_VALUES,
     SHAPES,
@@ -30,7 +29,7 @@ from lcc_kernels.bench import (
     copies_for,
     copy_bandwidth,
     make_dense,
-    packed_kind,
+    pack_kind,
     time_calls,
 )
 from lcc_kernels.dispatch import SKINNY_MAX_M, TRITON_BACKENDS, choose_plan
@@ -67,7 +66,7 @@ def weights():
         if (shape, kind) not in cache:
             generator = torch.Generator(device="cuda").manual_seed(0)
             dense = make_dense(*SHAPES[shape], kind, torch.bfloat16, "cuda", generator)
-            packed = None if kind == "dense" else pack(dense, packed_kind(kind))
+            packed = None if kind == "dense" else pack_kind(dense, kind)
             cache[shape, kind] = dense, packed
         return cache[shape, kind]
 

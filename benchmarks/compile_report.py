@@ -215,7 +215,7 @@ def compile_plan(shape: str, m: int, kind: str, plan, weights: dict) -> list[Lau
     from lcc_kernels.bench import SHAPES as BENCH_SHAPES
 
     n, k = BENCH_SHAPES[shape]
-    weight = weights[(shape, kind)]
+    weight = _weight_for(weights, shape, kind, plan)
     dense_bytes = n * k * 2
     if kind == "dense":
         operand = launch.dense_operand(weight)
@@ -255,6 +255,20 @@ def compile_plan(shape: str, m: int, kind: str, plan, weights: dict) -> list[Lau
     return reports
 
 
+def _weight_for(weights: dict, shape: str, kind: str, plan):
+    """The weight of build_weights, repacked (and kept) in the bitmap tile `plan` runs on."""
+    from lcc_kernels import unpack
+    from lcc_kernels.bench import pack_kind, plan_tile
+
+    weight = weights[(shape, kind)]
+    tile = plan_tile(kind, plan)
+    if tile is None or tile == weight.tile:
+        return weight
+    if (shape, kind, tile) not in weights:
+        weights[(shape, kind, tile)] = pack_kind(unpack(weight), kind, tile)
+    return weights[(shape, kind, tile)]
+
+
 def plans_for(kind: str, n: int, k: int, m: int, candidates: bool) -> list:
     """The GPU suite's plans for one problem; without `candidates`, only the first: the
     plan the built-in rules pick."""
@@ -265,9 +279,8 @@ def plans_for(kind: str, n: int, k: int, m: int, candidates: bool) -> list:
 
 
 def build_weights(shapes, kinds) -> dict:
-    from lcc_kernels import pack
     from lcc_kernels.bench import SHAPES as BENCH_SHAPES
-    from lcc_kernels.bench import make_dense, packed_kind
+    from lcc_kernels.bench import make_dense, pack_kind
 
     weights = {}
     generator = torch.Generator().manual_seed(0)
@@ -275,7 +288,7 @@ def build_weights(shapes, kinds) -> dict:
         n, k = BENCH_SHAPES[shape]
         for kind in kinds:
             dense = make_dense(n, k, kind, torch.bfloat16, "cpu", generator)
-            weights[(shape, kind)] = dense if kind == "dense" else pack(dense, packed_kind(kind))
+            weights[(shape, kind)] = dense if kind == "dense" else pack_kind(dense, kind)
     return weights
 
 

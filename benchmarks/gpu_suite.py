@@ -14,8 +14,9 @@ Phases, most important first (each also stops at its own cap, PHASE_CAPS):
                split-K determinism, CUDA-graph replay, torch semi-structured round trips
   acceptance   M = 1 and 16 on Llama-3-8B qkv 6144x4096 and o 4096x4096, bf16: dense
                F.linear + bias, torch semi-structured (cuSPARSELt, CUTLASS), ours (2:4,
-               bitmap 50% and 70%, a sweep of tile configs), the dense Triton kernel with
-               the same tilings, and the bias-epilogue cost (best plan with vs without)
+               bitmap 50% and 70% each in two tiles, a sweep of block configs), the dense
+               Triton kernel with the same tilings, and the bias-epilogue cost (best plan
+               with vs without)
   prefill      M = 1024 and 4096 on the same shapes
   sweep        the other M of kernels.md on the same shapes
   shapes       Llama-2-7B, Llama-3-70B and its TP splits, as time allows
@@ -69,6 +70,11 @@ TIMING_PHASES = ("acceptance", "prefill", "sweep")
 # Up to this many rows the sweep also times the skinny path where the rules pick tiled
 # (the memory/compute crossover is ~115-200 rows for 2:4 on an H200, kernels.md).
 SKINNY_CANDIDATE_MAX_M = 128
+# Bitmap tiles timed besides lcc_kernels' default one (the tile is fixed when a weight is
+# packed; the kernels work on stored tiles). compile_report.py: (128, 64) has ~8% fewer
+# decode-loop instructions per position than (64, 64) with triton 3.6 and 3.9; whether
+# that shows is for the GPU to say.
+EXTRA_BITMAP_TILES = ((128, 64),)
 # Longest wait for the compile workers before timing starts (then they are killed).
 PRECOMPILE_WAIT_S = 60
 # The optional end-to-end phase (bench_e2e.py) is skipped with less than this many
@@ -171,8 +177,11 @@ class Job:
 # ---------------------------------------------------------------------------- plans
 
 
-def candidates(kind: str, n: int, k: int, m: int, sms: int, smoke: bool) -> list:
-    """Our plans to time for one problem: the default rules' plan first, then variants."""
+def candidates(
+    kind: str, n: int, k: int, m: int, sms: int, smoke: bool, extra_tiles: bool = True
+) -> list:
+    """Our plans to time for one problem: the default rules' plan first, then variants;
+    with `extra_tiles`, bitmap plans also in EXTRA_BITMAP_TILES (4 warps, tiled: 2 shapes)."""
     from lcc_kernels.bench import KINDS
     from lcc_kernels.dispatch import MAX_SPLIT_K, Plan, WeightKey, default_plan, split_k_for
     from lcc_kernels.formats import DEFAULT_BITMAP_TILE
@@ -186,15 +195,16 @@ def candidates(kind: str, n: int, k: int, m: int, sms: int, smoke: bool) -> list
     plans = [base]
     if smoke:
         return plans
+    extra = [t for t in EXTRA_BITMAP_TILES if t != tile] if tile and extra_tiles else []
     if base.backend == "skinny":
-        tiles = [tile] if tile else [(64, 128), (32, 256), (128, 64), (64, 64)]
+        tiles = [tile, *extra] if tile else [(64, 128), (32, 256), (128, 64), (64, 64)]
         small = 1 << max(0, m - 1).bit_length()
         for block_m in sorted({base.block_m, 16, small if m <= 4 else 16}):
             for block_n, block_k in tiles:
                 if block_m < 16 and block_m * block_n * block_k > 16384:
                     continue  # multiply + tl.sum would spill registers
                 split = split_k_for(-(-n // block_n) * -(-m // block_m), -(-k // block_k), sms)
-                warps = (4, 8) if tile else (4,)
+                warps = (4, 8) if tile and (block_n, block_k) == tile else (4,)
                 plans += [
                     Plan("skinny", block_m, block_n, block_k, split, num_warps=w, num_stages=3)
                     for w in warps
@@ -210,6 +220,7 @@ def candidates(kind: str, n: int, k: int, m: int, sms: int, smoke: bool) -> list
     else:
         if tile:
             shapes = [(64, *tile, 4, 3), (128, *tile, 8, 3), (128, *tile, 4, 4), (32, *tile, 4, 4)]
+            shapes += [(bm, *t, w, 3) for t in extra for bm, w in ((64, 4), (128, 8))]
         else:
             shapes = [
                 (64, 64, 64, 4, 3),
@@ -233,8 +244,9 @@ def candidates(kind: str, n: int, k: int, m: int, sms: int, smoke: bool) -> list
     return unique
 
 
-def timing_jobs(cfg: Config, shape: str, m: int, sms: int, all_dense_triton: bool) -> list[Job]:
-    """Every provider for one (shape, M); dense Triton with each 2:4 tiling, or the default."""
+def timing_jobs(cfg: Config, shape: str, m: int, sms: int, all_tilings: bool) -> list[Job]:
+    """Every provider for one (shape, M). all_tilings: bitmap plans in the extra tiles too,
+    and dense Triton with each 2:4 tiling (else with the default one)."""
     n, k = (cfg.main_shapes | cfg.more_shapes)[shape]
     jobs = [
         Job(shape, m, "dense", "dense"),
@@ -243,12 +255,13 @@ def timing_jobs(cfg: Config, shape: str, m: int, sms: int, all_dense_triton: boo
     ]
     for kind in SPARSE_KINDS:
         jobs += [
-            Job(shape, m, kind, "ours", plan) for plan in candidates(kind, n, k, m, sms, cfg.smoke)
+            Job(shape, m, kind, "ours", plan)
+            for plan in candidates(kind, n, k, m, sms, cfg.smoke, extra_tiles=all_tilings)
         ]
     tilings = candidates("2:4", n, k, m, sms, cfg.smoke)
     jobs += [
         Job(shape, m, "dense", "dense_triton", plan)
-        for plan in (tilings if all_dense_triton else tilings[:1])
+        for plan in (tilings if all_tilings else tilings[:1])
     ]
     return jobs
 
@@ -308,13 +321,13 @@ class Runner:
             self.weights[key] = make_dense(*self.shape(shape), kind, dtype, self.device, gen)
         return self.weights[key]
 
-    def packed(self, shape: str, kind: str, dtype=None):
-        from lcc_kernels import pack
-        from lcc_kernels.bench import packed_kind
+    def packed(self, shape: str, kind: str, dtype=None, tile=None):
+        """The weight of `kind` packed; a bitmap in `tile` (default: lcc_kernels' tile)."""
+        from lcc_kernels.bench import pack_kind
 
-        key = (shape, kind, dtype or self.dtype, "packed")
+        key = (shape, kind, dtype or self.dtype, "packed", tile)
         if key not in self.weights:
-            self.weights[key] = pack(self.dense(shape, kind, dtype), packed_kind(kind))
+            self.weights[key] = pack_kind(self.dense(shape, kind, dtype), kind, tile)
         return self.weights[key]
 
     def forget_weights(self) -> None:
@@ -330,7 +343,7 @@ class Runner:
             handle.write(json.dumps(row) + "\n")
 
     def run(self, job: Job, quick: bool = False) -> dict:
-        from lcc_kernels.bench import build_calls, copies_for, time_calls
+        from lcc_kernels.bench import build_calls, copies_for, plan_tile, time_calls
 
         n, k = self.shape(job.shape)
         row = {
@@ -349,7 +362,7 @@ class Runner:
         try:
             dense = self.dense(job.shape, job.kind)
             packed = (
-                self.packed(job.shape, job.kind)
+                self.packed(job.shape, job.kind, tile=plan_tile(job.kind, job.plan))
                 if job.provider in ("ours", "cusparselt", "cutlass")
                 else None
             )
@@ -441,21 +454,29 @@ def phase_correctness(runner: Runner) -> None:
 
     dtypes = [torch.float32] if runner.cfg.smoke else [torch.bfloat16, torch.float16]
     shapes = list(runner.cfg.main_shapes)
+    paths = list(zip(runner.cfg.correctness_m, ("skinny", "skinny", "tiled"), strict=True))
     checks = [
-        (dtype, shape, kind, m, backend)
+        (dtype, shape, kind, m, backend, None)
         for dtype in dtypes
         for shape in (shapes if dtype == dtypes[0] else shapes[:1])
         for kind in SPARSE_KINDS
-        for m, backend in zip(runner.cfg.correctness_m, ("skinny", "skinny", "tiled"), strict=True)
+        for m, backend in paths
     ]
-    for dtype, shape, kind, m, backend in checks:
+    # The bitmap tiles the timing phases add (each a packing of its own).
+    checks += [
+        (dtypes[0], shapes[0], "bitmap50", m, backend, tile)
+        for tile in EXTRA_BITMAP_TILES
+        for m, backend in paths
+    ]
+    for dtype, shape, kind, m, backend, tile in checks:
         if not runner.time_left():
             return
+        row = dict(dtype=str(dtype), shape=shape, kind=kind, m=m, backend=backend)
         _check(
             runner,
-            dict(dtype=str(dtype), shape=shape, kind=kind, m=m, backend=backend),
-            lambda dtype=dtype, shape=shape, kind=kind, m=m, backend=backend: _linear_check(
-                runner, dtype, shape, kind, m, backend
+            row if tile is None else dict(row, tile=list(tile)),
+            lambda dtype=dtype, shape=shape, kind=kind, m=m, backend=backend, tile=tile: (
+                _linear_check(runner, dtype, shape, kind, m, backend, tile)
             ),
         )
 
@@ -481,13 +502,13 @@ def phase_correctness(runner: Runner) -> None:
             )
 
 
-def _linear_check(runner, dtype, shape, kind, m, backend):
+def _linear_check(runner, dtype, shape, kind, m, backend, tile=None):
     torch = runner.torch
     from lcc_kernels import sparse_linear
     from lcc_kernels.bench import check_against_oracle
 
     dense = runner.dense(shape, kind, dtype)
-    packed = runner.packed(shape, kind, dtype)
+    packed = runner.packed(shape, kind, dtype, tile)
     x = torch.randn(m, dense.shape[1], device=runner.device, dtype=dtype)
     bias = torch.randn(dense.shape[0], device=runner.device)
     return check_against_oracle(sparse_linear(x, packed, bias, backend=backend), x, dense, bias)
@@ -589,7 +610,7 @@ def phase_shapes(runner: Runner) -> None:
                     kind: candidates(kind, *runner.shape(shape), m, runner.sms, True)[0]
                     for kind in SPARSE_KINDS
                 }
-                for job in timing_jobs(runner.cfg, shape, m, runner.sms, all_dense_triton=False):
+                for job in timing_jobs(runner.cfg, shape, m, runner.sms, all_tilings=False):
                     if not runner.time_left():
                         return
                     if job.provider != "ours" or job.plan == defaults[job.kind]:
@@ -614,7 +635,7 @@ def start_precompile(out: Path, cfg: Config, workers: int) -> list[subprocess.Po
 def precompile_worker(out: Path, cfg: Config, worker: str) -> None:
     import torch
 
-    from lcc_kernels.bench import build_calls
+    from lcc_kernels.bench import build_calls, plan_tile
 
     index, count = (int(v) for v in worker.split("/"))
     runner = Runner(out, cfg, deadline=float("inf"))
@@ -628,7 +649,11 @@ def precompile_worker(out: Path, cfg: Config, worker: str) -> None:
     for job in mine:
         try:
             dense = runner.dense(job.shape, job.kind)
-            packed = runner.packed(job.shape, job.kind) if job.provider == "ours" else None
+            packed = (
+                runner.packed(job.shape, job.kind, tile=plan_tile(job.kind, job.plan))
+                if job.provider == "ours"
+                else None
+            )
             calls, _ = build_calls(
                 job.provider, dense, job.m, bias=job.bias, copies=1, plan=job.plan, packed=packed
             )

@@ -1,7 +1,8 @@
 """Benchmark building blocks shared by benchmarks/bench_kernels.py and benchmarks/gpu_suite.py.
 
 - SHAPES / M_VALUES: the problems of kernels.md.
-- `make_dense`: a random pruned weight of a given kind ("dense", "2:4", "bitmap50", ...).
+- `make_dense`: a random pruned weight of a given kind ("dense", "2:4", "bitmap50", ...);
+  `pack_kind` packs it, a bitmap in the tile a plan runs on (`plan_tile`).
 - `build_calls`: one provider (ours, F.linear, torch semi-structured, dense Triton) as a
   list of zero-argument calls, each on its own copy of the weight and input, so that
   consecutive calls never find their weight in L2 (a 4096 x 4096 bf16 matrix fits the
@@ -76,6 +77,24 @@ def make_dense(
 
 def packed_kind(kind: str) -> str:
     return KINDS[kind][0]
+
+
+def plan_tile(kind: str, plan: Plan | dict | None) -> tuple[int, int] | None:
+    """The bitmap tile a Triton plan for a weight of `kind` runs on (its block_n x
+    block_k: bitmap kernels work on stored tiles), or None (not bitmap, or not Triton)."""
+    if plan is None or KINDS[kind][0] != "bitmap":
+        return None
+    plan = plan.to_dict() if isinstance(plan, Plan) else plan
+    if plan["backend"] not in ("skinny", "tiled"):
+        return None
+    return plan["block_n"], plan["block_k"]
+
+
+def pack_kind(dense: torch.Tensor, kind: str, tile: tuple[int, int] | None = None):
+    """`dense` (from make_dense) packed in the format of `kind`; bitmap in `tile` if given,
+    else in the default tile."""
+    options = {"tile": tile} if tile is not None and packed_kind(kind) == "bitmap" else {}
+    return pack(dense, packed_kind(kind), **options)
 
 
 def copies_for(weight_bytes: int, device) -> int:

@@ -12,7 +12,8 @@ Checks (issue 5), each "pass", "fail" or "unmeasured", with the measured value:
   large_m_triton_only_vs_dense (info)  the same for our Triton kernels alone
   speedup_vs_torch_semi_structured   M <= 16, 2:4: faster torch backend / ours >= 2
   bias_epilogue_cost                 our best plan with / without bias - 1 <= 0.02
-"Our best time" is the fastest of the plans the suite swept for that problem.
+"Our best time" is the fastest of the plans the suite swept for that problem (for bitmap
+weights, over every tile it packed; the check names the winning tile).
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ import json
 import sys
 from pathlib import Path
 
-from .bench import KINDS
+from .bench import KINDS, plan_tile
 from .dispatch import TABLE_SCHEMA, Plan, m_bucket
-from .formats import DEFAULT_BITMAP_TILE
 
 SPARSE_KINDS = ("2:4", "bitmap50", "bitmap70")
 # A table entry keeps our Triton kernels unless another backend is this much faster
@@ -75,11 +75,11 @@ def _decode_checks(rows, shape) -> list[dict]:
     for m, kind, threshold in DECODE_SPEEDUPS:
         dense = _best(rows, shape=shape, m=m, provider="dense")
         ours = _best(rows, shape=shape, m=m, provider="ours", kind=kind, bias=True)
-        checks.append(
-            _ratio_check(
-                "speedup_vs_dense_F.linear", threshold, dense, ours, shape=shape, m=m, kind=kind
-            )
-        )
+        where = {"shape": shape, "m": m, "kind": kind}
+        tile = ours and plan_tile(kind, ours["plan"])
+        if tile:
+            where["tile"] = list(tile)
+        checks.append(_ratio_check("speedup_vs_dense_F.linear", threshold, dense, ours, **where))
     return checks
 
 
@@ -230,10 +230,14 @@ def build_dispatch_table(out: Path) -> dict:
     problems = sorted({(r["shape"], r["n"], r["k"], r["m"], r["dtype"]) for r in timings})
     for shape, n, k, m, dtype in problems:
         same = [r for r in timings if (r["shape"], r["m"]) == (shape, m)]
-        for kind in SPARSE_KINDS:
-            ours = _best(same, provider="ours", kind=kind)
-            if ours is None:
-                continue
+        for kind, tile in sorted(
+            {(r["kind"], plan_tile(r["kind"], r["plan"])) for r in same if r["provider"] == "ours"},
+            key=repr,
+        ):
+            # One entry per bitmap tile: a weight is looked up with the tile it was packed in.
+            ours = _best(
+                [r for r in same if plan_tile(kind, r["plan"]) == tile], provider="ours", kind=kind
+            )
             options = {"ours": ours, "dense": _best(same, provider="dense")}
             if kind == "2:4":
                 options |= {p: _best(same, provider=p) for p in ("cusparselt", "cutlass")}
@@ -254,7 +258,7 @@ def build_dispatch_table(out: Path) -> dict:
                     "dtype": dtype,
                     "n": n,
                     "k": k,
-                    "tile": list(DEFAULT_BITMAP_TILE) if fmt == "bitmap" else None,
+                    "tile": list(tile) if tile else None,
                     "density": keep if fmt == "bitmap" else None,
                     "m_bucket": m_bucket(m),
                     "measured_m": m,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lcc_kernels import bench_report
 from lcc_kernels.dispatch import DispatchTable, WeightKey
@@ -183,3 +184,64 @@ def test_a_crashed_child_resumes_at_the_next_phase(tmp_path, monkeypatch):
     assert crash == [
         {"phase": gpu_suite.PHASES[2], "event": "crash", "time": crash[0]["time"], "exit_code": 3}
     ]
+
+
+def _bitmap_plan(block_n, block_k, backend="skinny"):
+    return {
+        **_timing("s", 1, "ours", 1.0)["plan"],
+        "backend": backend,
+        "block_n": block_n,
+        "block_k": block_k,
+    }
+
+
+def test_bitmap_tiles_are_timed_packed_and_tabled_apart(tmp_path):
+    """The suite times bitmap plans in every tile of EXTRA_BITMAP_TILES besides the default,
+    packs the weight in each plan's tile, and the table keeps one entry per tile."""
+    from lcc_kernels import Plan, sparse_linear, unpack
+    from lcc_kernels.bench import plan_tile
+    from lcc_kernels.formats import DEFAULT_BITMAP_TILE
+
+    (extra,) = gpu_suite.EXTRA_BITMAP_TILES
+    assert extra != DEFAULT_BITMAP_TILE
+    for m in (1, 16, 1024):
+        plans = gpu_suite.candidates("bitmap50", 4096, 4096, m, 132, smoke=False)
+        tiles = {(p.block_n, p.block_k) for p in plans}
+        assert tiles == {DEFAULT_BITMAP_TILE, extra}, (m, tiles)
+        assert (plans[0].block_n, plans[0].block_k) == DEFAULT_BITMAP_TILE  # the rules' plan
+        narrow = gpu_suite.candidates("bitmap50", 4096, 4096, m, 132, False, extra_tiles=False)
+        assert {(p.block_n, p.block_k) for p in narrow} == {DEFAULT_BITMAP_TILE}
+    assert plan_tile("2:4", plans[0]) is None and plan_tile("bitmap70", Plan("dense")) is None
+
+    cfg = gpu_suite.config(smoke=True)
+    runner = gpu_suite.Runner(tmp_path, cfg, deadline=float("inf"))
+    shape = next(iter(cfg.main_shapes))
+    tile = plan_tile("bitmap50", Plan("skinny", 1, *extra, split_k=1))
+    default, other = runner.packed(shape, "bitmap50"), runner.packed(shape, "bitmap50", tile=tile)
+    assert default.tile == DEFAULT_BITMAP_TILE and other.tile == extra
+    assert torch.equal(unpack(other), unpack(default))
+    assert runner.packed(shape, "bitmap50", tile=tile) is other  # packed once per tile
+    x = torch.randn(3, other.shape[1])
+    dense = runner.dense(shape, "bitmap50")
+    torch.testing.assert_close(
+        sparse_linear(x, other, backend="reference"), x @ dense.T, rtol=1e-5, atol=1e-5
+    )
+
+    shape = "llama3-8b-o"
+    timings = [
+        _timing(shape, 1, "dense", 10.0),
+        _timing(shape, 1, "ours", 8.0, "bitmap50", plan=_bitmap_plan(64, 64)),
+        _timing(shape, 1, "ours", 6.0, "bitmap50", plan=_bitmap_plan(128, 64)),
+        _timing(shape, 1, "ours", 7.0, "bitmap50", plan=_bitmap_plan(128, 64, "tiled")),
+    ]
+    _write(tmp_path, {"gpu": "NVIDIA H200"}, timings)
+    (check,) = [
+        c
+        for c in bench_report.summarize(tmp_path)["acceptance"]
+        if c["check"] == "speedup_vs_dense_F.linear" and c["kind"] == "bitmap50"
+    ]
+    assert check["tile"] == [128, 64] and check["measured"] == pytest.approx(10 / 6, abs=1e-3)
+    table = DispatchTable.from_dict(bench_report.build_dispatch_table(tmp_path))
+    for tile, block_n in (((64, 64), 64), ((128, 64), 128)):
+        found = table.lookup(WeightKey("bitmap", "bfloat16", 4096, 4096, tile, 0.5), 1)
+        assert (found.backend, found.block_n) == ("skinny", block_n)
