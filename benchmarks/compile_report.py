@@ -272,7 +272,7 @@ def _weight_for(weights: dict, shape: str, kind: str, plan):
 def plans_for(kind: str, n: int, k: int, m: int, candidates: bool) -> list:
     """The GPU suite's plans for one problem; without `candidates`, only the first: the
     plan the built-in rules pick."""
-    from gpu_suite import candidates as suite_candidates  # this script's directory
+    from suite_plans import candidates as suite_candidates  # this script's directory
 
     plans = suite_candidates(kind, n, k, m, DEVICE["sms"], smoke=False)
     return plans if candidates else plans[:1]

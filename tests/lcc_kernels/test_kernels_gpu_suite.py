@@ -16,6 +16,8 @@ from lcc_kernels.dispatch import DispatchTable, WeightKey
 SUITE = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_suite.py"
 sys.path.insert(0, str(SUITE.parent))
 import gpu_suite  # noqa: E402
+import suite_plans  # noqa: E402
+import suite_runner  # noqa: E402
 
 
 def _lines(path: Path) -> list[dict]:
@@ -50,7 +52,7 @@ def test_smoke_run_writes_every_result(tmp_path):
     assert {t["provider"] for t in timings if t["status"] == "error"} == {"cusparselt", "cutlass"}
     with open(out / "timings.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert tuple(rows[0]) == gpu_suite.CSV_FIELDS and len(rows) == len(timings)
+    assert tuple(rows[0]) == suite_runner.CSV_FIELDS and len(rows) == len(timings)
     table = DispatchTable.from_dict(json.loads((out / "dispatch_table.json").read_text()))
     assert table.lookup(WeightKey("2:4", "float32", 48, 64), 1) is not None
     summary = json.loads((out / "summary.json").read_text())
@@ -202,19 +204,19 @@ def test_bitmap_tiles_are_timed_packed_and_tabled_apart(tmp_path):
     from lcc_kernels.bench import plan_tile
     from lcc_kernels.formats import DEFAULT_BITMAP_TILE
 
-    (extra,) = gpu_suite.EXTRA_BITMAP_TILES
+    (extra,) = suite_plans.EXTRA_BITMAP_TILES
     assert extra != DEFAULT_BITMAP_TILE
     for m in (1, 16, 1024):
-        plans = gpu_suite.candidates("bitmap50", 4096, 4096, m, 132, smoke=False)
+        plans = suite_plans.candidates("bitmap50", 4096, 4096, m, 132, smoke=False)
         tiles = {(p.block_n, p.block_k) for p in plans}
         assert tiles == {DEFAULT_BITMAP_TILE, extra}, (m, tiles)
         assert (plans[0].block_n, plans[0].block_k) == DEFAULT_BITMAP_TILE  # the rules' plan
-        narrow = gpu_suite.candidates("bitmap50", 4096, 4096, m, 132, False, extra_tiles=False)
+        narrow = suite_plans.candidates("bitmap50", 4096, 4096, m, 132, False, extra_tiles=False)
         assert {(p.block_n, p.block_k) for p in narrow} == {DEFAULT_BITMAP_TILE}
     assert plan_tile("2:4", plans[0]) is None and plan_tile("bitmap70", Plan("dense")) is None
 
-    cfg = gpu_suite.config(smoke=True)
-    runner = gpu_suite.Runner(tmp_path, cfg, deadline=float("inf"))
+    cfg = suite_plans.config(smoke=True)
+    runner = suite_runner.Runner(tmp_path, cfg, deadline=float("inf"))
     shape = next(iter(cfg.main_shapes))
     tile = plan_tile("bitmap50", Plan("skinny", 1, *extra, split_k=1))
     default, other = runner.packed(shape, "bitmap50"), runner.packed(shape, "bitmap50", tile=tile)
