@@ -81,7 +81,14 @@ def candidates(
     """Our plans to time for one problem: the default rules' plan first, then variants;
     with `extra_tiles`, bitmap plans also in EXTRA_BITMAP_TILES (4 warps, tiled: 2 shapes)."""
     from lcc_kernels.bench import KINDS
-    from lcc_kernels.dispatch import MAX_SPLIT_K, Plan, WeightKey, default_plan, split_k_for
+    from lcc_kernels.dispatch import (
+        MAX_SPLIT_K,
+        Plan,
+        WeightKey,
+        default_plan,
+        skinny_stages,
+        split_k_for,
+    )
     from lcc_kernels.formats import DEFAULT_BITMAP_TILE
 
     fmt, keep = KINDS[kind]
@@ -103,18 +110,18 @@ def candidates(
                     continue  # multiply + tl.sum would spill registers
                 split = split_k_for(-(-n // block_n) * -(-m // block_m), -(-k // block_k), sms)
                 warps = (4, 8) if tile and (block_n, block_k) == tile else (4,)
+                stages = skinny_stages(key.format, block_m)
                 plans += [
-                    Plan("skinny", block_m, block_n, block_k, split, num_warps=w, num_stages=3)
+                    Plan("skinny", block_m, block_n, block_k, split, num_warps=w, num_stages=stages)
                     for w in warps
                 ]
         plans += [
             replace(base, split_k=max(1, base.split_k // 2)),
             replace(base, split_k=min(MAX_SPLIT_K, base.split_k * 2)),
         ]
-        if base.block_m >= 16:
-            # Without the cp.async pipeline the 2:4 decode loop is ~11% shorter
-            # (compile_report.py); whether latency then shows is for the GPU to say.
-            plans.append(replace(base, num_stages=1))
+        # The other pipelining depth: cp.async costs instructions (M = 16 2:4 loop ~11%
+        # longer, M = 1 ~7%) and buys loads in flight; which wins is for the GPU to say.
+        plans.append(replace(base, num_stages=1 if base.num_stages > 1 else 3))
     else:
         if tile:
             shapes = [(64, *tile, 4, 3), (128, *tile, 8, 3), (128, *tile, 4, 4), (32, *tile, 4, 4)]
@@ -134,7 +141,8 @@ def candidates(
             block_n, block_k = tile or (64, 64)
             block_m = min(64, 1 << (m - 1).bit_length())
             split = split_k_for(-(-n // block_n) * -(-m // block_m), -(-k // block_k), sms)
-            plans.append(Plan("skinny", block_m, block_n, block_k, split, num_stages=3))
+            stages = skinny_stages(key.format, block_m)
+            plans.append(Plan("skinny", block_m, block_n, block_k, split, num_stages=stages))
     unique = []
     for plan in plans:
         if plan not in unique:

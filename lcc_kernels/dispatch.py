@@ -242,6 +242,14 @@ def device_info(device: torch.device) -> tuple[str, int]:
     return _cuda_device_info(index)
 
 
+def skinny_stages(format: str, block_m: int) -> int:
+    """The skinny path's default pipelining depth. Without tl.dot (block_m < 16), stages
+    > 1 let cp.async fetch the weight's contiguous loads tiles ahead; a bitmap's gathered
+    value loads cannot go that way, and its loop only grows (compile_report.py: 439 -> 500
+    SASS instructions at M = 1). With tl.dot the compiler stages what feeds the dot."""
+    return 1 if format == "bitmap" and block_m < 16 else 3
+
+
 def default_plan(m: int, key: WeightKey, sm_count: int, backend: str = "auto") -> Plan:
     """Rules used when no measured entry exists (or to fill a forced backend)."""
     if backend in ("dense", "semi_structured", "reference"):
@@ -254,7 +262,8 @@ def default_plan(m: int, key: WeightKey, sm_count: int, backend: str = "auto") -
         block_n, block_k = key.tile or (64, 128 if block_m == 1 else 64)
         output_tiles = -(-key.n // block_n) * -(-m // block_m)
         split = split_k_for(output_tiles, -(-key.k // block_k), sm_count)
-        return Plan("skinny", block_m, block_n, block_k, split, num_warps=4, num_stages=3)
+        stages = skinny_stages(key.format, block_m)
+        return Plan("skinny", block_m, block_n, block_k, split, num_warps=4, num_stages=stages)
     if key.dtype == "float32":
         # 4-byte operands: 64-row tiles and two stages keep the shared memory of the
         # pipelined tiles (stages x (BM + BN) x BK x 4 bytes) well inside an SM's.

@@ -14,7 +14,8 @@ Two paths, both accumulating in fp32 and writing y in x's dtype:
   Few rows (BLOCK_M < 16) multiply elementwise into a [BM, BN, BK] fp32 accumulator
   reduced once after the K loop (tl.dot needs every block dim >= 16); 2:4 weights there
   multiply their kept values by the x elements their indices pick, never rebuilding the
-  tile. benchmarks/compile_report.py reads the resulting loops' machine code.
+  tile, and the plan's num_stages > 1 has the loop's loads pipelined (cp.async).
+  benchmarks/compile_report.py reads the resulting loops' machine code.
 - `tiled_linear_kernel` (prefill, many rows): one program per output tile, grouped along
   M so that neighbouring programs share weight tiles in L2, dense tiles rebuilt on chip
   and multiplied with tl.dot.
@@ -165,6 +166,7 @@ def skinny_linear_kernel(
     USE_DOT: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     """Split-K y tile: x [M, K], out [M, N], bias [N], partials [split_k, M, N] fp32,
     counters [M tiles * N tiles] int32 (zero between launches)."""
@@ -184,7 +186,12 @@ def skinny_linear_kernel(
         acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K // 4], dtype=tl.float32)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for t in range(first_tile, last_tile):
+    # Without tl.dot, NUM_STAGES > 1 pipelines the loop's loads (cp.async: the weight's
+    # contiguous loads run stages ahead). With tl.dot the compiler's own choice, set by the
+    # launch's num_stages, is kept: it stages what feeds the dot (explicit stages would also
+    # stage a bitmap's words: 492 -> 522 SASS instructions at M = 16, compile_report.py).
+    LOOP_STAGES: tl.constexpr = None if USE_DOT else NUM_STAGES
+    for t in tl.range(first_tile, last_tile, num_stages=LOOP_STAGES):
         x = load_x_tile(x_ptr, rows, M, stride_xm, t, K, BLOCK_K)
         acc = _accumulate_tile(
             acc,

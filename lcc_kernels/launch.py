@@ -210,6 +210,7 @@ def _skinny_launches(x, operand, bias, plan, out) -> list[Launch]:
                 HAS_BIAS=bias is not None,
                 USE_DOT=plan.block_m >= 16,
                 **_dot_flags(x),
+                NUM_STAGES=plan.num_stages,
                 num_warps=plan.num_warps,
                 num_stages=plan.num_stages,
             ),

@@ -70,6 +70,17 @@ def test_two_four_decode_leaves_room_for_the_targets(report):
     assert dense["issue_bytes_per_s"] > report["device_model"]["copy_bytes_per_s"]
 
 
+def test_decode_streams_contiguous_weights_through_cp_async(report):
+    # M = 1 (no tl.dot): the default plans of dense and 2:4 pipeline their weight loads
+    # (LDGSTS: cp.async into shared memory, tiles ahead); a bitmap's gathered values
+    # cannot be, so its plan keeps plain loads rather than pay for staging its words.
+    for kind in ("dense", "2:4"):
+        loads = _launch(report, kind, 1)["loop_global_loads"]
+        assert any(name.startswith("LDGSTS") for name in loads), (kind, loads)
+    loads = _launch(report, "bitmap50", 1)["loop_global_loads"]
+    assert not any(name.startswith("LDGSTS") for name in loads), loads
+
+
 def test_decode_loops_are_no_longer_than_the_stored_baseline(report):
     baseline = json.loads(BASELINE.read_text())
     if baseline["environment"]["triton"] != triton.__version__:
