@@ -95,24 +95,32 @@ def _linear_check(runner, dtype, shape, kind, m, backend, tile=None):
 
 
 def _graph_check(runner, shape):
+    """Two split-K graphs, the second replayed first, then both at once on two streams."""
     torch = runner.torch
     from lcc_kernels import Plan, sparse_linear
     from lcc_kernels.bench import check_against_oracle
 
     dense, packed = runner.dense(shape, "bitmap50"), runner.packed(shape, "bitmap50")
     bias = torch.randn(dense.shape[0], device=runner.device)
-    x = torch.randn(1, dense.shape[1], device=runner.device, dtype=runner.dtype)
+    xs = [torch.randn(1, dense.shape[1], device=runner.device, dtype=runner.dtype) for _ in "ab"]
     plan = Plan("skinny", 1, 64, 64, split_k=8)
-    sparse_linear(x, packed, bias, plan=plan)
+    sparse_linear(xs[0], packed, bias, plan=plan)
     torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = sparse_linear(x, packed, bias, plan=plan)
+    graphs, ys = [torch.cuda.CUDAGraph() for _ in xs], []
+    for graph, x in zip(graphs, xs, strict=True):
+        with torch.cuda.graph(graph):
+            ys.append(sparse_linear(x, packed, bias, plan=plan))
+    streams = [torch.cuda.Stream() for _ in graphs]
     results = []
     for _ in range(3):
-        x.copy_(torch.randn_like(x))
-        graph.replay()
-        results.append(check_against_oracle(y, x, dense, bias))
+        for x in xs:
+            x.copy_(torch.randn_like(x))
+        torch.cuda.synchronize()
+        for graph, stream in reversed(list(zip(graphs, streams, strict=True))):
+            with torch.cuda.stream(stream):
+                graph.replay()
+        torch.cuda.synchronize()
+        results += [check_against_oracle(y, x, dense, bias) for x, y in zip(xs, ys, strict=True)]
     return {"ok": all(r["ok"] for r in results), "error": max(r["error"] for r in results)}
 
 

@@ -20,11 +20,26 @@ from .kernels import (
     tiled_linear_kernel,
 )
 
-# Split-K tickets live in per-(device, stream) int32 counters that every launch leaves at
-# zero; a stream never runs two launches at once, so launches never share a live counter.
-# Allocated at least this many at a time (4 KB) so that growth is rare.
-MIN_COUNTERS = 1024
-_COUNTERS: dict[tuple[str, int], torch.Tensor] = {}
+# Split-K tickets live in int32 counters that every launch leaves at zero. Eager launches
+# use one block per (device, stream): a stream never runs two launches at once. A launch
+# captured in a CUDA graph gets counters of its own, never handed out again, since the
+# graph may be replayed on any stream, before or after other graphs. They must be zero at
+# the graph's first replay, and zeros written during capture would only be written then,
+# as one more graph node per launch: so they are carved from a capture reserve zeroed
+# eagerly, with the device's first eager split-K launch. Only once the reserve is spent
+# (or before any eager launch) does a capture zero its counters inside the graph.
+STREAM_COUNTERS = 1024  # per (device, stream), 4 KB: growth is rare
+CAPTURE_RESERVE = 1 << 18  # per device, 1 MB: ~2,700 captured 6144-wide launches
+_STREAM_COUNTERS: dict[tuple[str, int], torch.Tensor] = {}
+
+
+@dataclass
+class _CaptureReserve:
+    counters: torch.Tensor
+    used: int = 0
+
+
+_CAPTURE_RESERVES: dict[str, _CaptureReserve] = {}
 
 
 @dataclass(frozen=True)
@@ -100,13 +115,32 @@ def _check_plan(plan: Plan, operand: Operand) -> None:
         raise ValueError(f"tl.dot needs block_m, block_n, block_k >= 16, got {plan}")
 
 
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def _counters(device: torch.device, count: int) -> torch.Tensor:
+    """`count` int32 counters, zero now, that no launch able to run concurrently uses."""
+    if _capturing(device):
+        return _capture_counters(device, count)
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     key = (str(device), stream)
-    counters = _COUNTERS.get(key)
+    counters = _STREAM_COUNTERS.get(key)
     if counters is None or counters.numel() < count:
-        counters = torch.zeros(max(count, MIN_COUNTERS), dtype=torch.int32, device=device)
-        _COUNTERS[key] = counters
+        counters = torch.zeros(max(count, STREAM_COUNTERS), dtype=torch.int32, device=device)
+        _STREAM_COUNTERS[key] = counters
+    if key[0] not in _CAPTURE_RESERVES:
+        reserve = torch.zeros(CAPTURE_RESERVE, dtype=torch.int32, device=device)
+        _CAPTURE_RESERVES[key[0]] = _CaptureReserve(reserve)
+    return counters
+
+
+def _capture_counters(device: torch.device, count: int) -> torch.Tensor:
+    reserve = _CAPTURE_RESERVES.get(str(device))
+    if reserve is None or reserve.used + count > reserve.counters.numel():
+        return torch.zeros(count, dtype=torch.int32, device=device)  # zeroed at each replay
+    counters = reserve.counters[reserve.used : reserve.used + count]
+    reserve.used += count
     return counters
 
 

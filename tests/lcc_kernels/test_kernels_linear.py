@@ -190,3 +190,44 @@ def test_bad_backend_or_plan_raises():
         sparse_linear(x, packed, plan=Plan("skinny", block_m=2, block_k=16))
     with pytest.raises(ValueError, match="tl.dot needs"):
         sparse_linear(x, packed, plan=Plan("tiled", block_m=8))
+
+
+def _span(t: torch.Tensor) -> range:
+    return range(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
+
+
+@needs_triton
+def test_captured_launches_get_counters_of_their_own(monkeypatch):
+    """A split-K launch captured in a CUDA graph must find its counters zero at the first
+    replay and share them with nothing: graphs replay in any order, on any stream. Capture
+    is simulated (interpreted launches run at once, so the results are checked too)."""
+    from lcc_kernels import launch
+
+    handed, counters = [], launch._counters
+
+    def recording_counters(device, count):
+        handed.append(counters(device, count))
+        return handed[-1]
+
+    dense, packed = _weight("2:4", torch.float32)
+    x = torch.randn(3, K)
+    plan = Plan("skinny", block_m=4, block_n=16, block_k=32, split_k=3)
+    monkeypatch.setattr(launch, "_counters", recording_counters)
+    monkeypatch.setattr(launch, "_STREAM_COUNTERS", {})
+    monkeypatch.setattr(launch, "_CAPTURE_RESERVES", {})
+    monkeypatch.setattr(launch, "CAPTURE_RESERVE", 12)
+    eager = sparse_linear(x, packed, plan=plan)  # sets the capture reserve aside
+    monkeypatch.setattr(launch, "_capturing", lambda device: True)
+    captured = []
+    for _ in range(3):  # 5 counters each: two from the reserve, then one zeroed in capture
+        assert all(int(c.abs().sum()) == 0 for c in handed)
+        captured.append(sparse_linear(x, packed, plan=plan))
+    reserve = launch._CAPTURE_RESERVES["cpu"].counters
+    assert [set(_span(c)) <= set(_span(reserve)) for c in handed] == [False, True, True, False]
+    for i, first in enumerate(handed):
+        for second in handed[i + 1 :]:
+            assert not set(_span(first)) & set(_span(second))
+    assert all(int(c.abs().sum()) == 0 for c in handed)  # every launch leaves them at zero
+    for y in (eager, *captured):
+        assert torch.equal(y, eager)
+    assert_matches_oracle(eager, x, dense)
