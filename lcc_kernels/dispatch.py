@@ -242,6 +242,11 @@ def device_info(device: torch.device) -> tuple[str, int]:
     return _cuda_device_info(index)
 
 
+def capturing(device: torch.device) -> bool:
+    """Whether work issued now on `device` is being captured into a CUDA graph (not run)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def skinny_stages(format: str, block_m: int) -> int:
     """The skinny path's default pipelining depth. Without tl.dot (block_m < 16), stages
     > 1 let cp.async fetch the weight's contiguous loads tiles ahead; a bitmap's gathered

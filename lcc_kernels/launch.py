@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import decode
+from . import decode, dispatch
 from .dispatch import Plan
 from .kernels import (
     INTERPRETED,
@@ -115,13 +115,9 @@ def _check_plan(plan: Plan, operand: Operand) -> None:
         raise ValueError(f"tl.dot needs block_m, block_n, block_k >= 16, got {plan}")
 
 
-def _capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
 def _counters(device: torch.device, count: int) -> torch.Tensor:
     """`count` int32 counters, zero now, that no launch able to run concurrently uses."""
-    if _capturing(device):
+    if dispatch.capturing(device):
         return _capture_counters(device, count)
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     key = (str(device), stream)

@@ -5,8 +5,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import ops
-from .dispatch import BACKENDS, TRITON_BACKENDS, Plan, choose_plan, with_weight_tile
+from . import dispatch, ops
+from .dispatch import (
+    BACKENDS,
+    TRITON_BACKENDS,
+    Plan,
+    WeightKey,
+    choose_plan,
+    plan_for_key,
+    with_weight_tile,
+)
 from .formats import SUPPORTED_DTYPES, BitmapWeight, Sparse24Weight, unpack
 from .interop import to_torch_semi_structured
 from .reference import reference_linear
@@ -35,7 +43,9 @@ def sparse_linear(
     Under torch.compile the call is one custom op; with backend "auto" on a GPU (or a
     forced Triton backend) the op picks its Triton plan when it runs, so the cached
     dense / torch semi-structured backends that eager dispatch may pick for large M are
-    not used there.
+    not used there. Under CUDA-graph capture those two backends are used only if their
+    copy was built before (by an eager call): "auto" falls back to a Triton plan, a forced
+    one raises.
 
     >>> w = pack(torch.tensor([[1.0, 0, 0, 2], [0, 3, 4, 0]]), "2:4")
     >>> sparse_linear(torch.ones(1, 4), w, torch.tensor([0.5, 0.0]))
@@ -61,6 +71,10 @@ def sparse_linear(
     else:
         if plan is None:
             plan = choose_plan(x2d.shape[0], weight, x.dtype, x.device, backend)
+            if backend == "auto" and _copy_missing(weight, plan) and dispatch.capturing(x.device):
+                # The copy would be built by graph nodes, holding data only once replayed.
+                key = WeightKey.of(weight, x.dtype)
+                plan = plan_for_key(x2d.shape[0], key, x.device, triton_only=True)
         y = _run(x2d, weight, bias, with_weight_tile(plan, weight))
     return y.reshape(*x.shape[:-1], n)
 
@@ -116,15 +130,13 @@ def _run(x2d, weight, bias, plan: Plan) -> torch.Tensor:
     if plan.backend == "reference":
         return reference_linear(x2d, weight, bias)
     if plan.backend == "dense":
-        dense = _cached(weight, "dense", lambda: unpack(weight).contiguous())
+        dense = _cached(weight, plan, lambda: unpack(weight).contiguous())
         return F.linear(x2d, dense, None if bias is None else bias.to(x2d.dtype))
     if plan.backend == "semi_structured":
         if not isinstance(weight, Sparse24Weight):
             raise ValueError("the semi_structured backend needs a 2:4 weight")
         converted = _cached(
-            weight,
-            f"semi_structured:{plan.semi_structured}",
-            lambda: to_torch_semi_structured(weight, plan.semi_structured),
+            weight, plan, lambda: to_torch_semi_structured(weight, plan.semi_structured)
         )
         return F.linear(x2d, converted, None if bias is None else bias.to(x2d.dtype))
     assert plan.backend in TRITON_BACKENDS
@@ -153,8 +165,30 @@ def _run_triton(x2d, weight, bias, config: list[int]) -> torch.Tensor:
     )
 
 
-def _cached(weight, key: str, build):
-    """A derived copy of the weight (dense or torch-converted), built once and kept on it."""
+def _cache_key(plan: Plan) -> str | None:
+    """Where `plan`'s derived copy of the weight is kept in weight.cache (None: no copy)."""
+    if plan.backend == "dense":
+        return "dense"
+    if plan.backend == "semi_structured":
+        return f"semi_structured:{plan.semi_structured}"
+    return None
+
+
+def _copy_missing(weight, plan: Plan) -> bool:
+    key = _cache_key(plan)
+    return key is not None and key not in weight.cache
+
+
+def _cached(weight, plan: Plan, build):
+    """The derived copy of the weight (dense or torch-converted) that `plan` runs on, built
+    once and kept on the weight."""
+    key = _cache_key(plan)
     if key not in weight.cache:
+        if dispatch.capturing(weight.device):
+            raise RuntimeError(
+                f"the {key} copy of this weight is built on its first use, which cannot be "
+                "captured in a CUDA graph (its data would exist only after a replay): run "
+                "the call once before capturing"
+            )
         weight.cache[key] = build()
     return weight.cache[key]

@@ -147,6 +147,29 @@ def test_dense_backend_caches_one_dense_copy():
     assert torch.equal(packed.cache["dense"], unpack(packed))
 
 
+@needs_triton
+def test_weight_copies_are_never_first_built_under_graph_capture(monkeypatch):
+    """Built by graph nodes, a dense copy would hold data only after the graph's first
+    replay, and eager calls would read it before: under (simulated) capture, "auto" runs
+    a Triton plan instead and a forced backend says what to do; a copy built eagerly is
+    used."""
+    from lcc_kernels import dispatch, linear
+
+    dense, packed = _weight("2:4", torch.float32)
+    x = torch.randn(4, K)
+    monkeypatch.setattr(linear, "choose_plan", lambda *args: Plan("dense"))
+    monkeypatch.setattr(dispatch, "capturing", lambda device: True)
+    assert_matches_oracle(sparse_linear(x, packed), x, dense)
+    assert "dense" not in packed.cache
+    with pytest.raises(RuntimeError, match="run the call once before capturing"):
+        sparse_linear(x, packed, backend="dense")
+    monkeypatch.setattr(dispatch, "capturing", lambda device: False)
+    sparse_linear(x, packed, backend="dense")
+    monkeypatch.setattr(dispatch, "capturing", lambda device: True)
+    assert_matches_oracle(sparse_linear(x, packed), x, dense)
+    assert_matches_oracle(sparse_linear(x, packed, backend="dense"), x, dense)
+
+
 def test_no_rows_gives_an_empty_output():
     _, packed = _weight("2:4", torch.float32)
     y = sparse_linear(torch.randn(0, K), packed, backend="skinny")
@@ -201,7 +224,7 @@ def test_captured_launches_get_counters_of_their_own(monkeypatch):
     """A split-K launch captured in a CUDA graph must find its counters zero at the first
     replay and share them with nothing: graphs replay in any order, on any stream. Capture
     is simulated (interpreted launches run at once, so the results are checked too)."""
-    from lcc_kernels import launch
+    from lcc_kernels import dispatch, launch
 
     handed, counters = [], launch._counters
 
@@ -217,7 +240,7 @@ def test_captured_launches_get_counters_of_their_own(monkeypatch):
     monkeypatch.setattr(launch, "_CAPTURE_RESERVES", {})
     monkeypatch.setattr(launch, "CAPTURE_RESERVE", 12)
     eager = sparse_linear(x, packed, plan=plan)  # sets the capture reserve aside
-    monkeypatch.setattr(launch, "_capturing", lambda device: True)
+    monkeypatch.setattr(dispatch, "capturing", lambda device: True)
     captured = []
     for _ in range(3):  # 5 counters each: two from the reserve, then one zeroed in capture
         assert all(int(c.abs().sum()) == 0 for c in handed)
