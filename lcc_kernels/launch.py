@@ -7,6 +7,7 @@ this module checks only what the kernels themselves need from a plan.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -165,9 +166,18 @@ def run_linear(
     """y [M, N] in x's dtype = x [M, K] @ W^T (+ bias [N], added in fp32)."""
     _check_runnable(x)
     out = torch.empty((x.shape[0], operand.n), dtype=x.dtype, device=x.device)
-    for launch in plan_launches(x, operand, bias, plan, out):
-        launch.kernel[launch.grid](*launch.args, **launch.options)
+    with _on_device(x.device):
+        for launch in plan_launches(x, operand, bias, plan, out):
+            launch.kernel[launch.grid](*launch.args, **launch.options)
     return out
+
+
+def _on_device(device: torch.device):
+    """Triton launches on the current CUDA device (and its current stream), whatever the
+    tensors' device: make it x's, as for a model spread over GPUs (device_map)."""
+    if device.type == "cuda" and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def plan_launches(
