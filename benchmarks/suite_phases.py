@@ -74,6 +74,11 @@ def phase_correctness(runner: Runner) -> None:
     _check(runner, {"name": "split_k_bitwise_determinism"}, determinism)
     if runner.device.type == "cuda":
         _check(runner, {"name": "cuda_graph_replay"}, lambda: _graph_check(runner, shapes[0]))
+        _check(
+            runner,
+            {"name": "compiled_cuda_graphs"},
+            lambda: _compiled_graphs_check(runner, shapes[0]),
+        )
         for backend in ("cusparselt", "cutlass"):
             _check(
                 runner,
@@ -121,6 +126,26 @@ def _graph_check(runner, shape):
                 graph.replay()
         torch.cuda.synchronize()
         results += [check_against_oracle(y, x, dense, bias) for x, y in zip(xs, ys, strict=True)]
+    return {"ok": all(r["ok"] for r in results), "error": max(r["error"] for r in results)}
+
+
+def _compiled_graphs_check(runner, shape):
+    """torch.compile(mode="reduce-overhead"), split-K: two M values, so several recordings,
+    and several runs (each hands the graph pool's memory out again)."""
+    torch = runner.torch
+    from lcc_kernels import sparse_linear
+    from lcc_kernels.bench import check_against_oracle
+
+    dense, packed = runner.dense(shape, "2:4"), runner.packed(shape, "2:4")
+    bias = torch.randn(dense.shape[0], device=runner.device)
+    compiled = torch.compile(
+        lambda x: sparse_linear(x, packed, bias, backend="skinny"), mode="reduce-overhead"
+    )
+    results = []
+    for _ in range(3):
+        for m in (1, 3):
+            x = torch.randn(m, dense.shape[1], device=runner.device, dtype=runner.dtype)
+            results.append(check_against_oracle(compiled(x).clone(), x, dense, bias))
     return {"ok": all(r["ok"] for r in results), "error": max(r["error"] for r in results)}
 
 

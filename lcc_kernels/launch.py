@@ -1,8 +1,9 @@
-"""Host launchers for the Triton kernels: operand description, grids, workspace, counters.
+"""Host launchers for the Triton kernels: operand description, grids, split-K workspace.
 
 `run_linear(x [M, K], operand, bias [N] | None, plan) -> y [M, N]` is what the custom ops
 call. Inputs are assumed checked by `linear.sparse_linear` (dtypes, devices, shapes);
-this module checks only what the kernels themselves need from a plan.
+this module checks only what the kernels themselves need from a plan. Split-K counters:
+`counters.py`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import decode, dispatch
+from . import decode
+from .counters import split_k_counters
 from .dispatch import Plan
 from .kernels import (
     INTERPRETED,
@@ -20,27 +22,6 @@ from .kernels import (
     skinny_linear_kernel,
     tiled_linear_kernel,
 )
-
-# Split-K tickets live in int32 counters that every launch leaves at zero. Eager launches
-# use one block per (device, stream): a stream never runs two launches at once. A launch
-# captured in a CUDA graph gets counters of its own, never handed out again, since the
-# graph may be replayed on any stream, before or after other graphs. They must be zero at
-# the graph's first replay, and zeros written during capture would only be written then,
-# as one more graph node per launch: so they are carved from a capture reserve zeroed
-# eagerly, with the device's first eager split-K launch. Only once the reserve is spent
-# (or before any eager launch) does a capture zero its counters inside the graph.
-STREAM_COUNTERS = 1024  # per (device, stream), 4 KB: growth is rare
-CAPTURE_RESERVE = 1 << 18  # per device, 1 MB: ~2,700 captured 6144-wide launches
-_STREAM_COUNTERS: dict[tuple[str, int], torch.Tensor] = {}
-
-
-@dataclass
-class _CaptureReserve:
-    counters: torch.Tensor
-    used: int = 0
-
-
-_CAPTURE_RESERVES: dict[str, _CaptureReserve] = {}
 
 
 @dataclass(frozen=True)
@@ -114,31 +95,6 @@ def _check_plan(plan: Plan, operand: Operand) -> None:
     uses_dot = plan.backend == "tiled" or plan.block_m >= 16
     if uses_dot and min(plan.block_m, plan.block_n, plan.block_k) < 16:
         raise ValueError(f"tl.dot needs block_m, block_n, block_k >= 16, got {plan}")
-
-
-def _counters(device: torch.device, count: int) -> torch.Tensor:
-    """`count` int32 counters, zero now, that no launch able to run concurrently uses."""
-    if dispatch.capturing(device):
-        return _capture_counters(device, count)
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (str(device), stream)
-    counters = _STREAM_COUNTERS.get(key)
-    if counters is None or counters.numel() < count:
-        counters = torch.zeros(max(count, STREAM_COUNTERS), dtype=torch.int32, device=device)
-        _STREAM_COUNTERS[key] = counters
-    if key[0] not in _CAPTURE_RESERVES:
-        reserve = torch.zeros(CAPTURE_RESERVE, dtype=torch.int32, device=device)
-        _CAPTURE_RESERVES[key[0]] = _CaptureReserve(reserve)
-    return counters
-
-
-def _capture_counters(device: torch.device, count: int) -> torch.Tensor:
-    reserve = _CAPTURE_RESERVES.get(str(device))
-    if reserve is None or reserve.used + count > reserve.counters.numel():
-        return torch.zeros(count, dtype=torch.int32, device=device)  # zeroed at each replay
-    counters = reserve.counters[reserve.used : reserve.used + count]
-    reserve.used += count
-    return counters
 
 
 def _dot_flags(x: torch.Tensor) -> dict:
@@ -222,7 +178,7 @@ def _skinny_launches(x, operand, bias, plan, out) -> list[Launch]:
     bias_arg = bias if bias is not None else out  # never read without HAS_BIAS
     if split > 1:
         partials = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
-        counters = _counters(x.device, tiles_n * tiles_m)
+        counters = split_k_counters(x.device, tiles_n * tiles_m)
     else:
         partials = counters = out  # never touched with SPLIT=False
     launches = [

@@ -102,6 +102,22 @@ def test_cuda_graphs_replay_in_any_order_and_concurrently_with_split_k():
         assert_matches_oracle(y, x, dense)
 
 
+def test_compiled_with_cuda_graphs_across_runs_and_shapes():
+    # torch.compile's CUDA graphs ("reduce-overhead") warm up and record in a private pool
+    # whose memory each new run hands out again: split-K counters made on the first call
+    # must live outside it. Several M values make several recordings.
+    dense, packed = _weight("2:4", torch.bfloat16)
+    bias = torch.randn(N, device="cuda")
+    compiled = torch.compile(
+        lambda x: sparse_linear(x, packed, bias, backend="skinny"), mode="reduce-overhead"
+    )
+    for _ in range(4):
+        for m in (1, 3, 1, 2):
+            x = torch.randn(m, K, dtype=torch.bfloat16, device="cuda")
+            y = compiled(x).clone()
+            assert_matches_oracle(y, x, dense, bias)
+
+
 def test_concurrent_streams_do_not_share_counters():
     dense, packed = _weight("2:4", torch.bfloat16)
     plan = Plan("skinny", block_m=1, block_n=64, block_k=64, split_k=16)

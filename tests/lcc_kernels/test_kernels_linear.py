@@ -8,7 +8,7 @@ import pytest
 import torch
 from _kernels_helpers import assert_matches_oracle, needs_triton, random_24, random_unstructured
 
-from lcc_kernels import Plan, dense_linear_triton, pack, sparse_linear, unpack
+from lcc_kernels import Plan, dense_linear_triton, launch, pack, sparse_linear, unpack
 
 N, K = 72, 136
 BITMAP_TILE = (16, 32)
@@ -224,33 +224,44 @@ def test_captured_launches_get_counters_of_their_own(monkeypatch):
     """A split-K launch captured in a CUDA graph must find its counters zero at the first
     replay and share them with nothing: graphs replay in any order, on any stream. Capture
     is simulated (interpreted launches run at once, so the results are checked too)."""
-    from lcc_kernels import dispatch, launch
+    from lcc_kernels import counters, dispatch
 
-    handed, counters = [], launch._counters
+    handed, split_k_counters = [], counters.split_k_counters
 
-    def recording_counters(device, count):
-        handed.append(counters(device, count))
+    def recording(device, count):
+        handed.append(split_k_counters(device, count))
         return handed[-1]
 
     dense, packed = _weight("2:4", torch.float32)
     x = torch.randn(3, K)
-    plan = Plan("skinny", block_m=4, block_n=16, block_k=32, split_k=3)
-    monkeypatch.setattr(launch, "_counters", recording_counters)
-    monkeypatch.setattr(launch, "_STREAM_COUNTERS", {})
-    monkeypatch.setattr(launch, "_CAPTURE_RESERVES", {})
-    monkeypatch.setattr(launch, "CAPTURE_RESERVE", 12)
-    eager = sparse_linear(x, packed, plan=plan)  # sets the capture reserve aside
-    monkeypatch.setattr(dispatch, "capturing", lambda device: True)
-    captured = []
-    for _ in range(3):  # 5 counters each: two from the reserve, then one zeroed in capture
+    plan = Plan("skinny", block_m=4, block_n=16, block_k=32, split_k=3)  # 5 counters
+
+    def run(capturing: bool) -> torch.Tensor:
+        monkeypatch.setattr(dispatch, "capturing", lambda device: capturing)
         assert all(int(c.abs().sum()) == 0 for c in handed)
-        captured.append(sparse_linear(x, packed, plan=plan))
-    reserve = launch._CAPTURE_RESERVES["cpu"].counters
-    assert [set(_span(c)) <= set(_span(reserve)) for c in handed] == [False, True, True, False]
-    for i, first in enumerate(handed):
-        for second in handed[i + 1 :]:
+        return sparse_linear(x, packed, plan=plan)
+
+    monkeypatch.setattr(launch, "split_k_counters", recording)
+    monkeypatch.setattr(counters, "_DEVICES", {})
+    monkeypatch.setattr(counters, "CAPTURE_RESERVE", 12)
+    results = [run(capturing) for capturing in (False, True, True, True, False, True)]
+    # eager; reserve, reserve, zeroed in the graph (reserve spent); eager: new reserve;
+    # the new reserve.
+    device = counters._DEVICES["cpu"]
+    first_reserve, second_reserve = device.retired[0], device.reserve
+    inside = [
+        [set(_span(c)) <= set(_span(r)) for c in handed] for r in (first_reserve, second_reserve)
+    ]
+    assert inside == [
+        [False, True, True, False, False, False],
+        [False, False, False, False, False, True],
+    ]
+    assert handed[4] is handed[0]  # one block per stream for eager launches
+    captured = handed[1:4] + handed[5:]
+    for i, first in enumerate(captured):
+        for second in [handed[0], *captured[i + 1 :]]:
             assert not set(_span(first)) & set(_span(second))
     assert all(int(c.abs().sum()) == 0 for c in handed)  # every launch leaves them at zero
-    for y in (eager, *captured):
-        assert torch.equal(y, eager)
-    assert_matches_oracle(eager, x, dense)
+    for y in results:
+        assert torch.equal(y, results[0])
+    assert_matches_oracle(results[0], x, dense)

@@ -1,0 +1,91 @@
+"""Split-K ticket counters: int32 blocks, zero whenever a launch may take them.
+
+Every serial split-K launch counts its finished splits per output tile in counters that it
+leaves at zero (kernels.skinny_linear_kernel), so a block can serve launch after launch
+as long as no two launches use it at once:
+
+- eager launches use one block per (device, stream): a stream runs one launch at a time;
+- a launch captured in a CUDA graph gets counters no other launch ever gets, since the
+  graph may be replayed on any stream, before or after other graphs. They must be zero at
+  its first replay, and zeros written during capture would be written only then, as one
+  more graph node per launch: so they are carved from a reserve zeroed eagerly (renewed by
+  eager launches once half spent). Only when the reserve is missing or too small does a
+  capture zero its counters inside the graph.
+
+Blocks are never freed: graphs may still use them after they are replaced. They are
+allocated from a helper thread, outside any CUDA-graph memory pool: torch.compile's CUDA
+graphs ("reduce-overhead") route the calling thread's allocations to their pool, whose
+memory they hand out again at each new run, and a block kept from there would then be in
+use twice.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from . import dispatch
+
+STREAM_COUNTERS = 1024  # per (device, stream), 4 KB: growth is rare
+CAPTURE_RESERVE = 1 << 18  # per device, 1 MB: ~2,700 captured 6144-wide launches
+
+
+def _persistent_zeros(device: torch.device, count: int) -> torch.Tensor:
+    if device.type != "cuda":
+        return torch.zeros(count, dtype=torch.int32, device=device)
+
+    def allocate() -> torch.Tensor:
+        zeros = torch.zeros(count, dtype=torch.int32, device=device)
+        torch.cuda.current_stream(device).synchronize()  # zero before any stream uses it
+        return zeros
+
+    with ThreadPoolExecutor(1) as helper:
+        return helper.submit(allocate).result()
+
+
+@dataclass
+class DeviceCounters:
+    """The counters of one device."""
+
+    device: torch.device
+    streams: dict[int, torch.Tensor] = field(default_factory=dict)
+    reserve: torch.Tensor | None = None
+    reserve_used: int = 0
+    retired: list[torch.Tensor] = field(default_factory=list)
+
+    def for_stream(self, stream: int, count: int) -> torch.Tensor:
+        block = self.streams.get(stream)
+        if block is None or block.numel() < count:
+            if block is not None:
+                self.retired.append(block)
+            block = _persistent_zeros(self.device, max(count, STREAM_COUNTERS))
+            self.streams[stream] = block
+        if self.reserve is None or 2 * self.reserve_used > self.reserve.numel():
+            if self.reserve is not None:
+                self.retired.append(self.reserve)
+            self.reserve, self.reserve_used = _persistent_zeros(self.device, CAPTURE_RESERVE), 0
+        return block
+
+    def for_capture(self, count: int) -> torch.Tensor:
+        start = self.reserve_used
+        if self.reserve is None or start + count > self.reserve.numel():
+            return torch.zeros(count, dtype=torch.int32, device=self.device)  # a graph node
+        self.reserve_used += count
+        return self.reserve[start : start + count]
+
+
+_DEVICES: dict[str, DeviceCounters] = {}
+
+
+def split_k_counters(device: torch.device, count: int) -> torch.Tensor:
+    """`count` int32 counters on `device`, zero when the launch issued now runs, that no
+    launch able to run at the same time uses."""
+    counters = _DEVICES.get(str(device))
+    if counters is None:
+        counters = _DEVICES[str(device)] = DeviceCounters(device)
+    if dispatch.capturing(device):
+        return counters.for_capture(count)
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    return counters.for_stream(stream, count)
