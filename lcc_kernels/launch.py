@@ -23,6 +23,8 @@ from .kernels import (
     tiled_linear_kernel,
 )
 
+MAX_GRID_YZ = 65535  # CUDA's limit on a grid's y and z dimensions
+
 
 @dataclass(frozen=True)
 class Operand:
@@ -175,6 +177,11 @@ def _skinny_launches(x, operand, bias, plan, out) -> list[Launch]:
     tiles_per_split = -(-k_tiles // split)
     split = -(-k_tiles // tiles_per_split)  # no empty splits
     tiles_n, tiles_m = -(-n // plan.block_n), -(-m // plan.block_m)
+    if tiles_m > MAX_GRID_YZ:  # the row tiles are the grid's z (and the reduction's y)
+        raise ValueError(
+            f"the skinny path runs at most {MAX_GRID_YZ} row tiles of block_m = "
+            f"{plan.block_m}, got M = {m} rows: use the tiled path"
+        )
     bias_arg = bias if bias is not None else out  # never read without HAS_BIAS
     if split > 1:
         partials = torch.empty((split, m, n), dtype=torch.float32, device=x.device)

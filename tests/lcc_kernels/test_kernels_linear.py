@@ -213,6 +213,8 @@ def test_bad_backend_or_plan_raises():
         sparse_linear(x, packed, plan=Plan("skinny", block_m=2, block_k=16))
     with pytest.raises(ValueError, match="tl.dot needs"):
         sparse_linear(x, packed, plan=Plan("tiled", block_m=8))
+    with pytest.raises(ValueError, match="at most 65535 row tiles of block_m = 1, got M = 65536"):
+        sparse_linear(x.new_zeros(65536, K), packed, plan=Plan("skinny", block_m=1))
 
 
 def _span(t: torch.Tensor) -> range:
