@@ -74,17 +74,23 @@ def phase_correctness(runner: Runner) -> None:
     _check(runner, {"name": "split_k_bitwise_determinism"}, determinism)
     if runner.device.type == "cuda":
         _check(runner, {"name": "cuda_graph_replay"}, lambda: _graph_check(runner, shapes[0]))
-        _check(
-            runner,
-            {"name": "compiled_cuda_graphs"},
-            lambda: _compiled_graphs_check(runner, shapes[0]),
-        )
         for backend in ("cusparselt", "cutlass"):
             _check(
                 runner,
                 {"name": f"semi_structured_round_trip_{backend}"},
                 lambda backend=backend: _interop_check(runner, shapes[0], backend),
             )
+        # Last: torch.compile takes tens of seconds, which the timing phases need more.
+        if runner.time_left():
+            _check(
+                runner,
+                {"name": "compiled_cuda_graphs"},
+                lambda: _compiled_graphs_check(runner, shapes[0]),
+            )
+        else:
+            row = {"name": "compiled_cuda_graphs", "status": "skipped", "reason": "budget"}
+            runner.append("correctness.jsonl", row)
+            print(f"correctness skip {row}", flush=True)
 
 
 def _linear_check(runner, dtype, shape, kind, m, backend, tile=None):

@@ -213,7 +213,8 @@ def summarize(out: Path) -> dict:
         "env": env,
         "correctness": {
             "checks": len(correctness),
-            "failed": [c for c in correctness if not c.get("ok")],
+            "failed": [c for c in correctness if not c.get("ok") and c.get("status") != "skipped"],
+            "skipped": [c for c in correctness if c.get("status") == "skipped"],
         },
         "acceptance": checks,
         "phases": load_rows(out, "phases.jsonl"),
@@ -285,8 +286,10 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"=== lcc_kernels GPU suite: {env.get('gpu')} torch {env.get('torch')} triton "
         f"{env.get('triton')} commit {str(env.get('commit'))[:10]} ===",
-        f"correctness: {summary['correctness']['checks']} checks, {len(failed)} failed",
+        f"correctness: {summary['correctness']['checks']} checks, {len(failed)} failed, "
+        f"{len(summary['correctness']['skipped'])} skipped",
         *(f"  FAILED {row}" for row in failed),
+        *(f"  skipped {row}" for row in summary["correctness"]["skipped"]),
         f"timings: {summary['timing_rows']} rows, {summary['timing_errors']} errors",
     ]
     for check in summary["acceptance"]:

@@ -158,6 +158,21 @@ def test_summary_judges_ratios_and_the_table_picks_winners(tmp_path):
     assert DispatchTable.from_dict(table).device == "NVIDIA H200"
 
 
+def test_summary_counts_failed_and_skipped_checks_apart(tmp_path):
+    _write(tmp_path, {"gpu": "NVIDIA H200"}, [])
+    rows = [
+        {"name": "cuda_graph_replay", "ok": True, "status": "ok"},
+        {"name": "split_k_bitwise_determinism", "ok": False, "status": "ok"},
+        {"name": "semi_structured_round_trip_cutlass", "ok": False, "status": "error"},
+        {"name": "compiled_cuda_graphs", "status": "skipped", "reason": "budget"},
+    ]
+    (tmp_path / "correctness.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = bench_report.summarize(tmp_path)
+    assert [r["name"] for r in summary["correctness"]["failed"]] == [r["name"] for r in rows[1:3]]
+    assert summary["correctness"]["skipped"] == rows[3:]
+    assert "4 checks, 2 failed, 1 skipped" in bench_report.format_summary(summary)
+
+
 def test_a_crashed_child_resumes_at_the_next_phase(tmp_path, monkeypatch):
     commands = []
 
