@@ -55,9 +55,15 @@ def one_torch_thread():
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
+    if not torch.cuda.is_available():
+        reason = "needs a CUDA device"
+    elif os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes"):
+        # `make test` interprets the kernels (for the CPU tests); GPU tests are there for
+        # the compiled ones, at sizes the interpreter would take hours over.
+        reason = "runs the compiled kernels: unset TRITON_INTERPRET (python -m pytest -m gpu)"
+    else:
         return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_gpu = pytest.mark.skip(reason=reason)
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)

@@ -3,7 +3,8 @@
 Importing this module first makes the kernel tests run on a CPU through the Triton
 interpreter: TRITON_INTERPRET is read when @triton.jit decorates, i.e. when
 lcc_kernels.kernels is first imported (the package imports it lazily, at the first launch).
-If it was imported earlier without the interpreter, `needs_triton` tests skip.
+If it was imported earlier without the interpreter, or runs on a GPU machine without it,
+the `needs_triton` tests (CPU tensors) skip; the `gpu` tests run the compiled kernels.
 (No conftest.py here: another test directory imports names from `conftest`, and a second
 module of that name would shadow its own.)
 """
@@ -19,9 +20,11 @@ if not torch.cuda.is_available():
 
 from lcc_kernels.kernels import INTERPRETED  # noqa: E402
 
+# These tests launch the kernels on CPU tensors (the GPU ones are marked `gpu`).
 needs_triton = pytest.mark.skipif(
-    not (INTERPRETED or torch.cuda.is_available()),
-    reason="Triton kernels need a GPU or TRITON_INTERPRET=1 set before lcc_kernels is imported",
+    not INTERPRETED,
+    reason="runs the kernels on CPU tensors: needs TRITON_INTERPRET=1 before lcc_kernels is "
+    "imported (set here when there is no GPU)",
 )
 
 # Added to twice PyTorch's own error: covers the rounding of an output that PyTorch's
