@@ -11,7 +11,8 @@ when the budget is spent, then summarises); give the device 60-90 s more than th
 Phases, most important first (each also stops at its own cap, PHASE_CAPS):
   env          GPU, versions, commit, measured device-copy bandwidth -> env.json
   correctness  bf16/fp16, every format and path, bias, at the Llama-3-8B shapes, vs fp64;
-               split-K determinism, CUDA-graph replay, torch semi-structured round trips
+               split-K determinism, CUDA graphs (two, replayed out of order and at once;
+               torch.compile reduce-overhead, budget allowing), torch semi-structured round trips
   acceptance   M = 1 and 16 on Llama-3-8B qkv 6144x4096 and o 4096x4096, bf16: dense
                F.linear + bias, torch semi-structured (cuSPARSELt, CUTLASS), ours (2:4,
                bitmap 50% and 70% each in two tiles, a sweep of block configs), the dense
