@@ -13,13 +13,13 @@ specialisation a real launch gets, and the report gives per launch:
   the main loop (the backward branch over K tiles that holds the most global loads):
     SASS instructions per iteration and the global loads in it, by width;
   for the skinny (decode) path, a static issue-rate ceiling: an SM issues at most one
-    warp instruction per scheduler per cycle (4 per cycle on sm_80/90), so a loop of I
-    instructions in W warps reading B bytes per iteration cannot stream faster than
-    4 * B / (I * W) bytes per cycle per SM. With the device's SM count and clock this
-    gives bytes/s, compared with the measured device-copy bandwidth (kernels.md: ~4.3
-    TB/s on an H200). `bound_speedup_vs_dense` = dense bytes at copy bandwidth / ours at
-    min(copy bandwidth, issue ceiling): an upper bound on the decode speed-up that the
-    GPU run can show (it ignores latency, partial reductions and slower pipes).
+    warp instruction per scheduler per cycle (4 per cycle on sm_80/90), so T iterations of
+    a loop of I instructions in W warps take at least T * I * W / (4 * SMs * clock)
+    seconds, however fast memory is. `issue_bytes_per_s` = the call's bytes (weight and
+    x, each read once) over that time; `bound_speedup_vs_dense` = dense bytes at the
+    measured device-copy bandwidth (kernels.md: ~4.3 TB/s on an H200) / the longer of
+    ours at that bandwidth and the issue time: an upper bound on the decode speed-up that
+    the GPU run can show (it ignores latency, partial reductions and slower pipes).
 
 Nothing here runs a kernel: it needs triton's bundled ptxas, cuobjdump and nvdisasm, and
 the weights are packed on the CPU. A compile error is reported as such (and makes the exit
@@ -190,23 +190,20 @@ def _global_loads(body: list[str]) -> dict:
 def _issue_bound(report: LaunchReport, weight_bytes: int, dense_bytes: int) -> None:
     """Fill the issue-rate ceiling of a skinny launch (decode), see the module docstring."""
     plan = report.plan
-    iterations = math.ceil(report.n / plan["block_n"]) * math.ceil(report.k / plan["block_k"])
+    tiles = math.ceil(report.n / plan["block_n"]) * math.ceil(report.k / plan["block_k"])
+    iterations = tiles * math.ceil(report.m / plan["block_m"])
     positions = plan["block_n"] * plan["block_k"]
-    per_iteration = weight_bytes / iterations + plan["block_m"] * plan["block_k"] * 2
     report.positions_per_iteration = positions
-    report.bytes_per_iteration = round(per_iteration)
+    report.bytes_per_iteration = round(weight_bytes / tiles)  # from HBM; x comes from L2
     threads = 32 * plan["num_warps"]
     report.instructions_per_position = round(report.loop_instructions * threads / positions, 2)
-    bytes_per_cycle = (
-        DEVICE["schedulers_per_sm"] * per_iteration / (report.loop_instructions * plan["num_warps"])
-    )
-    report.issue_bytes_per_s = bytes_per_cycle * DEVICE["sms"] * DEVICE["clock_hz"]
-    rate = min(DEVICE["copy_bytes_per_s"], report.issue_bytes_per_s)
+    issue_cycles = iterations * report.loop_instructions * plan["num_warps"]
+    issue_s = issue_cycles / (DEVICE["schedulers_per_sm"] * DEVICE["sms"] * DEVICE["clock_hz"])
     total = weight_bytes + report.m * report.k * 2
     dense_total = dense_bytes + report.m * report.k * 2
-    report.bound_speedup_vs_dense = round(
-        (dense_total / DEVICE["copy_bytes_per_s"]) / (total / rate), 3
-    )
+    report.issue_bytes_per_s = total / issue_s
+    ours_s = max(total / DEVICE["copy_bytes_per_s"], issue_s)
+    report.bound_speedup_vs_dense = round(dense_total / DEVICE["copy_bytes_per_s"] / ours_s, 3)
 
 
 def compile_plan(shape: str, m: int, kind: str, plan, weights: dict) -> list[LaunchReport]:

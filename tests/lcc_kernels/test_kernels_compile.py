@@ -70,6 +70,25 @@ def test_two_four_decode_leaves_room_for_the_targets(report):
     assert dense["issue_bytes_per_s"] > report["device_model"]["copy_bytes_per_s"]
 
 
+def test_issue_bound_is_the_loop_time_against_the_bytes_read_once(report):
+    # x is re-read for every N tile (from L2): only its one read from HBM may count against
+    # the issue time, else a 16-row loop looks able to stream 1.4x the bytes it can.
+    device = report["device_model"]
+    rate = device["schedulers_per_sm"] * device["sms"] * device["clock_hz"]
+    for launch in report["launches"]:
+        if launch["kernel"] != "skinny_linear_kernel":
+            continue
+        plan, n, k, m = launch["plan"], launch["n"], launch["k"], launch["m"]
+        tiles = -(-n // plan["block_n"]) * -(-k // plan["block_k"])
+        issue_s = tiles * -(-m // plan["block_m"]) * launch["loop_instructions"]
+        issue_s *= plan["num_warps"] / rate
+        ours = launch["bytes_per_iteration"] * tiles + m * k * 2
+        assert launch["issue_bytes_per_s"] == pytest.approx(ours / issue_s, rel=1e-3)
+        dense_s = (n * k * 2 + m * k * 2) / device["copy_bytes_per_s"]
+        ours_s = max(ours / device["copy_bytes_per_s"], issue_s)
+        assert launch["bound_speedup_vs_dense"] == pytest.approx(dense_s / ours_s, abs=2e-3)
+
+
 def test_decode_streams_contiguous_weights_through_cp_async(report):
     # M = 1 (no tl.dot): the default plans of dense and 2:4 pipeline their weight loads
     # (LDGSTS: cp.async into shared memory, tiles ahead); a bitmap's gathered values
