@@ -21,6 +21,7 @@ use twice.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -47,15 +48,24 @@ def _persistent_zeros(device: torch.device, count: int) -> torch.Tensor:
 
 @dataclass
 class DeviceCounters:
-    """The counters of one device."""
+    """The counters of one device (threads launching at once take the lock)."""
 
     device: torch.device
     streams: dict[int, torch.Tensor] = field(default_factory=dict)
     reserve: torch.Tensor | None = None
     reserve_used: int = 0
     retired: list[torch.Tensor] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def for_stream(self, stream: int, count: int) -> torch.Tensor:
+        with self.lock:
+            return self._for_stream(stream, count)
+
+    def for_capture(self, count: int) -> torch.Tensor:
+        with self.lock:
+            return self._for_capture(count)
+
+    def _for_stream(self, stream: int, count: int) -> torch.Tensor:
         block = self.streams.get(stream)
         if block is None or block.numel() < count:
             if block is not None:
@@ -68,7 +78,7 @@ class DeviceCounters:
             self.reserve, self.reserve_used = _persistent_zeros(self.device, CAPTURE_RESERVE), 0
         return block
 
-    def for_capture(self, count: int) -> torch.Tensor:
+    def _for_capture(self, count: int) -> torch.Tensor:
         start = self.reserve_used
         if self.reserve is None or start + count > self.reserve.numel():
             return torch.zeros(count, dtype=torch.int32, device=self.device)  # a graph node
@@ -84,7 +94,7 @@ def split_k_counters(device: torch.device, count: int) -> torch.Tensor:
     launch able to run at the same time uses."""
     counters = _DEVICES.get(str(device))
     if counters is None:
-        counters = _DEVICES[str(device)] = DeviceCounters(device)
+        counters = _DEVICES.setdefault(str(device), DeviceCounters(device))
     if dispatch.capturing(device):
         return counters.for_capture(count)
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
