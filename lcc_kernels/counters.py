@@ -13,10 +13,10 @@ as long as no two launches use it at once:
   capture zero its counters inside the graph.
 
 Blocks are never freed: graphs may still use them after they are replaced. They are
-allocated from a helper thread, outside any CUDA-graph memory pool: torch.compile's CUDA
-graphs ("reduce-overhead") route the calling thread's allocations to their pool, whose
-memory they hand out again at each new run, and a block kept from there would then be in
-use twice.
+allocated from a helper thread, on its default stream, outside any CUDA-graph memory pool:
+torch.compile's CUDA graphs ("reduce-overhead") route the calling thread's allocations
+(in older torch, those on its current stream) to their pool, whose memory they hand out
+again at each new run, and a block kept from there would then be in use twice.
 """
 
 from __future__ import annotations
