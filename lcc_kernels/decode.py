@@ -96,6 +96,37 @@ def _sparse24_pairs(
 
 
 @triton.jit
+def _shifted_lanes(first_value, second_value, first_index, second_index):
+    """The 4 lanes of each group [BN, G] of 16-bit values, by shifts: both values' bits
+    placed at 16 x their index in one 64-bit word, then read back 16 bits at a time. With
+    no comparisons, ~28% fewer SASS instructions per tile than the where-chain below
+    (triton 3.6 and 3.9, compile_report.py), where LLVM packs the compares' i1 vectors into
+    integers and unpacks them again."""
+    value_type = first_value.dtype
+    first = first_value.to(tl.int16, bitcast=True).to(tl.int64) & 0xFFFF
+    second = second_value.to(tl.int16, bitcast=True).to(tl.int64) & 0xFFFF
+    word = (first << (first_index.to(tl.int64) * 16)) | (second << (second_index.to(tl.int64) * 16))
+    v0 = (word & 0xFFFF).to(tl.int16).to(value_type, bitcast=True)
+    v1 = ((word >> 16) & 0xFFFF).to(tl.int16).to(value_type, bitcast=True)
+    v2 = ((word >> 32) & 0xFFFF).to(tl.int16).to(value_type, bitcast=True)
+    v3 = ((word >> 48) & 0xFFFF).to(tl.int16).to(value_type, bitcast=True)
+    return v0, v1, v2, v3
+
+
+@triton.jit
+def _selected_lanes(first_value, second_value, first_index, second_index):
+    """The 4 lanes of each group [BN, G], by comparisons (any value width). The format
+    keeps two distinct ascending indices per group (validate_data), so lane 0 can only
+    hold the first value and lane 3 only the second."""
+    zero = tl.zeros_like(first_value)
+    v0 = tl.where(first_index == 0, first_value, zero)
+    v1 = tl.where(first_index == 1, first_value, tl.where(second_index == 1, second_value, zero))
+    v2 = tl.where(first_index == 2, first_value, tl.where(second_index == 2, second_value, zero))
+    v3 = tl.where(second_index == 3, second_value, zero)
+    return v0, v1, v2, v3
+
+
+@triton.jit
 def _sparse24_tile(
     values_ptr,
     meta_ptr,
@@ -111,14 +142,12 @@ def _sparse24_tile(
     first_value, second_value, first_index, second_index = _sparse24_pairs(
         values_ptr, meta_ptr, pid_n, t, N, value_cols, stride_values, stride_meta, BLOCK_N, BLOCK_K
     )
-    # The format keeps two distinct ascending indices per group (validate_data), so lane 0
-    # can only hold the first value and lane 3 only the second. Lanes are built one by one
-    # and joined: triton 3.6 compiled the [BN, G, 4] where-chain into ~40% more SASS.
-    zero = tl.zeros_like(first_value)
-    v0 = tl.where(first_index == 0, first_value, zero)
-    v1 = tl.where(first_index == 1, first_value, tl.where(second_index == 1, second_value, zero))
-    v2 = tl.where(first_index == 2, first_value, tl.where(second_index == 2, second_value, zero))
-    v3 = tl.where(second_index == 3, second_value, zero)
+    if first_value.dtype.primitive_bitwidth == 16:
+        v0, v1, v2, v3 = _shifted_lanes(first_value, second_value, first_index, second_index)
+    else:
+        v0, v1, v2, v3 = _selected_lanes(first_value, second_value, first_index, second_index)
+    # Lanes are built one by one and joined: triton 3.6 compiled a [BN, G, 4] where-chain
+    # into ~40% more SASS.
     groups = tl.join(tl.join(v0, v1), tl.join(v2, v3))  # [BN, G, 2, 2]: lane = 2 * a + b
     return tl.reshape(tl.permute(groups, 0, 1, 3, 2), [BLOCK_N, BLOCK_K])
 
