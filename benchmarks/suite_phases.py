@@ -139,6 +139,8 @@ def _compiled_graphs_check(runner, shape):
     """torch.compile(mode="reduce-overhead"), split-K: two M values, so several recordings,
     and several runs (each hands the graph pool's memory out again)."""
     torch = runner.torch
+    from torch._dynamo.utils import counters
+
     from lcc_kernels import sparse_linear
     from lcc_kernels.bench import check_against_oracle
 
@@ -147,12 +149,18 @@ def _compiled_graphs_check(runner, shape):
     compiled = torch.compile(
         lambda x: sparse_linear(x, packed, bias, backend="skinny"), mode="reduce-overhead"
     )
+    skips = counters["inductor"]["cudagraph_skips"]
     results = []
     for _ in range(3):
         for m in (1, 3):
             x = torch.randn(m, dense.shape[1], device=runner.device, dtype=runner.dtype)
             results.append(check_against_oracle(compiled(x).clone(), x, dense, bias))
-    return {"ok": all(r["ok"] for r in results), "error": max(r["error"] for r in results)}
+    skips = counters["inductor"]["cudagraph_skips"] - skips  # graphs not used: no test
+    return {
+        "ok": all(r["ok"] for r in results) and skips == 0,
+        "error": max(r["error"] for r in results),
+        "cudagraph_skips": skips,
+    }
 
 
 def _interop_check(runner, shape, backend):

@@ -106,16 +106,20 @@ def test_compiled_with_cuda_graphs_across_runs_and_shapes():
     # torch.compile's CUDA graphs ("reduce-overhead") warm up and record in a private pool
     # whose memory each new run hands out again: split-K counters made on the first call
     # must live outside it. Several M values make several recordings.
+    from torch._dynamo.utils import counters
+
     dense, packed = _weight("2:4", torch.bfloat16)
     bias = torch.randn(N, device="cuda")
     compiled = torch.compile(
         lambda x: sparse_linear(x, packed, bias, backend="skinny"), mode="reduce-overhead"
     )
+    skips = counters["inductor"]["cudagraph_skips"]
     for _ in range(4):
         for m in (1, 3, 1, 2):
             x = torch.randn(m, K, dtype=torch.bfloat16, device="cuda")
             y = compiled(x).clone()
             assert_matches_oracle(y, x, dense, bias)
+    assert counters["inductor"]["cudagraph_skips"] == skips  # the graphs were used
 
 
 def test_concurrent_streams_do_not_share_counters():
