@@ -86,15 +86,15 @@ class DeviceCounters:
         return self.reserve[start : start + count]
 
 
-_DEVICES: dict[str, DeviceCounters] = {}
+_DEVICES: dict[torch.device, DeviceCounters] = {}
 
 
 def split_k_counters(device: torch.device, count: int) -> torch.Tensor:
-    """`count` int32 counters on `device`, zero when the launch issued now runs, that no
-    launch able to run at the same time uses."""
-    counters = _DEVICES.get(str(device))
+    """`count` int32 counters on `device` (a tensor's: with its index), zero when the
+    launch issued now runs, that no launch able to run at the same time uses."""
+    counters = _DEVICES.get(device)
     if counters is None:
-        counters = _DEVICES.setdefault(str(device), DeviceCounters(device))
+        counters = _DEVICES.setdefault(device, DeviceCounters(device))
     if dispatch.capturing(device):
         return counters.for_capture(count)
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0

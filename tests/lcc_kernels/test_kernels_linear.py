@@ -261,7 +261,7 @@ def test_captured_launches_get_counters_of_their_own(monkeypatch):
     results = [run(capturing) for capturing in (False, True, True, True, False, True)]
     # eager; reserve, reserve, zeroed in the graph (reserve spent); eager: new reserve;
     # the new reserve.
-    device = counters._DEVICES["cpu"]
+    device = counters._DEVICES[torch.device("cpu")]
     first_reserve, second_reserve = device.retired[0], device.reserve
     inside = [
         [set(_span(c)) <= set(_span(r)) for c in handed] for r in (first_reserve, second_reserve)
