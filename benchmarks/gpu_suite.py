@@ -16,8 +16,9 @@ Phases, most important first (each also stops at its own cap, PHASE_CAPS):
   acceptance   M = 1 and 16 on Llama-3-8B qkv 6144x4096 and o 4096x4096, bf16: dense
                F.linear + bias, torch semi-structured (cuSPARSELt, CUTLASS), ours (2:4,
                bitmap 50% and 70% each in two tiles, a sweep of block configs), the dense
-               Triton kernel with the same tilings, and the bias-epilogue cost (best plan
-               with vs without)
+               Triton kernel with the same tilings, the bias-epilogue cost (best plan
+               with vs without), then M = 1 calls issued eagerly (no graph): dense F.linear
+               vs ours as dispatched by default, host overhead included
   prefill      M = 1024 and 4096 on the same shapes
   sweep        the other M of kernels.md on the same shapes
   shapes       Llama-2-7B, Llama-3-70B and its TP splits, as time allows

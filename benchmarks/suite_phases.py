@@ -6,7 +6,14 @@ from __future__ import annotations
 import json
 import time
 
-from suite_plans import EXTRA_BITMAP_TILES, Job, candidates, phase_jobs, timing_jobs
+from suite_plans import (
+    EXTRA_BITMAP_TILES,
+    Job,
+    candidates,
+    eager_jobs,
+    phase_jobs,
+    timing_jobs,
+)
 from suite_runner import Runner, describe_error, exit_if_fatal
 
 from lcc_kernels.bench_report import SPARSE_KINDS
@@ -192,7 +199,7 @@ def phase_timing(runner: Runner, phase: str) -> None:
     for index, job in enumerate(jobs):
         if not runner.time_left():
             print(f"{phase}: budget spent after {index}/{len(jobs)} jobs", flush=True)
-            return
+            break
         runner.run(job, quick=phase == "sweep")
         last_of_problem = index + 1 == len(jobs) or (jobs[index + 1].shape, jobs[index + 1].m) != (
             job.shape,
@@ -200,6 +207,10 @@ def phase_timing(runner: Runner, phase: str) -> None:
         )
         if phase == "acceptance" and last_of_problem:
             _bias_cost(runner, job.shape, job.m)
+    if phase == "acceptance":
+        for job in eager_jobs(runner.cfg):
+            if runner.time_left():
+                runner.run(job)
 
 
 def _bias_cost(runner: Runner, shape: str, m: int) -> None:

@@ -172,6 +172,18 @@ def timing_jobs(cfg: Config, shape: str, m: int, sms: int, all_tilings: bool) ->
     return jobs
 
 
+def eager_jobs(cfg: Config) -> list[Job]:
+    """M = 1 calls issued from Python without a graph, per main shape: dense F.linear and
+    ours as `sparse_linear` dispatches them by default (what uncaptured decode pays)."""
+    from lcc_kernels.bench_report import SPARSE_KINDS
+
+    return [
+        Job(shape, 1, kind, "dense" if kind == "dense" else "ours", tag="eager")
+        for shape in cfg.main_shapes
+        for kind in ("dense", *SPARSE_KINDS)
+    ]
+
+
 def phase_jobs(cfg: Config, phase: str, sms: int) -> list[Job]:
     if phase == "acceptance":
         ms, all_tilings = cfg.acceptance_m, True

@@ -138,7 +138,9 @@ class Runner:
                 packed=packed,
             )
             rep = max(self.cfg.rep_ms // (2 if quick else 1), 1)
-            timing = time_calls(calls, rep_ms=rep, warmup_ms=max(rep // 4, 1))
+            timing = time_calls(
+                calls, rep_ms=rep, warmup_ms=max(rep // 4, 1), eager=job.tag == "eager"
+            )
             gbps = nbytes / (timing["median_ms"] * 1e-3) / 1e9
             row.update(
                 timing,

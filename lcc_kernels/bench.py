@@ -10,7 +10,8 @@
 - `time_calls`: captures the calls in one CUDA graph (no CPU launch overhead in the
   numbers, as in graph-captured decode) and times its replays with
   triton.testing.do_bench, which also flushes L2 before each replay; per-call quantiles.
-  On a CPU (smoke runs) it falls back to wall-clock timing.
+  With eager=True (and on a CPU, smoke runs) it times the calls issued from Python in a
+  loop instead: what an uncaptured call costs, host overhead included.
 - `environment`: GPU name, versions and git commit to store with every result.
 """
 
@@ -54,6 +55,8 @@ KINDS = {
     "bitmap70": ("bitmap", 0.3),
 }
 QUANTILES = (0.5, 0.2, 0.8)
+# Eager timings: calls per round, enough that the device is busy well past the first one.
+EAGER_CALLS_PER_ROUND = 200
 # Rotate over enough weight copies to cover this many times the L2 size.
 ROTATE_L2_MULTIPLE = 3
 MAX_COPIES = 32
@@ -171,12 +174,16 @@ def build_calls(
     raise ValueError(f"unknown provider {provider!r}")
 
 
-def time_calls(calls: list[Callable], *, rep_ms: int = 100, warmup_ms: int = 25) -> dict:
+def time_calls(
+    calls: list[Callable], *, rep_ms: int = 100, warmup_ms: int = 25, eager: bool = False
+) -> dict:
     """Per-call time quantiles (ms) of running `calls` back to back; see the module doc."""
     for call in calls:  # compile, allocate, initialise library handles
         call()
     if not torch.cuda.is_available():
         return _wall_clock(calls)
+    if eager:
+        return _wall_clock(calls, rounds=7, repeat=max(1, EAGER_CALLS_PER_ROUND // len(calls)))
     import triton.testing
 
     torch.cuda.synchronize()
@@ -212,19 +219,27 @@ def _graph_of(calls):
         return (lambda: [call() for call in calls]), f"eager ({type(error).__name__})"
 
 
-def _wall_clock(calls, rounds: int = 2) -> dict:
+def _wall_clock(calls, rounds: int = 2, repeat: int = 1) -> dict:
+    """Rounds of `repeat` passes over the calls issued from Python, each round from an idle
+    device to its end (synchronised): per-call quantiles over the rounds."""
+    cuda = torch.cuda.is_available()
     samples = []
     for _ in range(rounds):
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
-        for call in calls:
-            call()
-        samples.append((time.perf_counter() - start) * 1e3 / len(calls))
+        for _ in range(repeat):
+            for call in calls:
+                call()
+        if cuda:
+            torch.cuda.synchronize()
+        samples.append((time.perf_counter() - start) * 1e3 / (len(calls) * repeat))
     samples.sort()
     return {
         "median_ms": samples[len(samples) // 2],
-        "p20_ms": samples[0],
-        "p80_ms": samples[-1],
-        "method": "wall_clock_cpu",
+        "p20_ms": samples[int(0.2 * (rounds - 1))],
+        "p80_ms": samples[round(0.8 * (rounds - 1))],
+        "method": "eager_loop" if cuda else "wall_clock_cpu",
         "copies": len(calls),
     }
 

@@ -12,6 +12,8 @@ Checks (issue 5), each "pass", "fail" or "unmeasured", with the measured value:
   large_m_triton_only_vs_dense (info)  the same for our Triton kernels alone
   speedup_vs_torch_semi_structured   M <= 16, 2:4: faster torch backend / ours >= 2
   bias_epilogue_cost                 our best plan with / without bias - 1 <= 0.02
+  eager_call_vs_dense (info)         M = 1, calls issued from Python without a graph:
+                                     dense F.linear time / ours (default dispatch) >= 1
 "Our best time" is the fastest of the plans the suite swept for that problem (for bitmap
 weights, over every tile it packed; the check names the winning tile).
 """
@@ -64,6 +66,7 @@ MIN_COPY_FRACTION = 0.75  # M = 1 achieved bandwidth / measured device copy
 MIN_LARGE_M_RATIO = 0.9  # M >= 1024: never slower than 0.9x dense
 MIN_SPEEDUP_VS_SEMI = 2.0  # M <= 16, 2:4: vs the faster torch semi-structured backend
 MAX_BIAS_COST = 0.02  # bias epilogue: time with / without - 1
+MIN_EAGER_RATIO = 1.0  # info: an uncaptured call no slower than an uncaptured F.linear
 
 
 def _median(values: list[float]) -> float:
@@ -192,12 +195,31 @@ def _bias_checks(bias_rows, shape) -> list[dict]:
     return checks
 
 
+def _eager_checks(eager_rows, shape) -> list[dict]:
+    if not any(r["shape"] == shape for r in eager_rows):
+        return []  # a run from before eager timings, or one whose budget ran out first
+    dense = _best(eager_rows, shape=shape, provider="dense")
+    return [
+        _ratio_check(
+            "eager_call_vs_dense (info)",
+            MIN_EAGER_RATIO,
+            dense,
+            _best(eager_rows, shape=shape, provider="ours", kind=kind),
+            shape=shape,
+            m=1,
+            kind=kind,
+        )
+        for kind in SPARSE_KINDS
+    ]
+
+
 def summarize(out: Path) -> dict:
     """Acceptance checks, correctness failures and run facts of a results directory."""
     env = json.loads((out / "env.json").read_text()) if (out / "env.json").exists() else {}
     all_rows = load_rows(out, "timings.jsonl")
-    rows = [r for r in all_rows if r.get("tag") != "bias_cost"]
+    rows = [r for r in all_rows if r.get("tag") not in ("bias_cost", "eager")]
     bias_rows = [r for r in all_rows if r.get("tag") == "bias_cost"]
+    eager_rows = [r for r in all_rows if r.get("tag") == "eager"]
     checks = []
     for shape in sorted({r["shape"] for r in rows if r["phase"] != "shapes"}):
         checks += _decode_checks(rows, shape)
@@ -205,6 +227,7 @@ def summarize(out: Path) -> dict:
         checks += _large_m_checks(rows, shape)
         checks += _semi_structured_checks(rows, shape)
         checks += _bias_checks(bias_rows, shape)
+        checks += _eager_checks(eager_rows, shape)
     if env.get("smoke"):
         for check in checks:
             check["status"] = "unmeasured (smoke run on a CPU)"
@@ -226,7 +249,11 @@ def summarize(out: Path) -> dict:
 def build_dispatch_table(out: Path) -> dict:
     """Fastest measured plan per (kind, shape, M bucket), in dispatch.load_table's schema."""
     env = json.loads((out / "env.json").read_text()) if (out / "env.json").exists() else {}
-    timings = [r for r in load_rows(out, "timings.jsonl") if r["status"] == "ok" and r["bias"]]
+    timings = [
+        r
+        for r in load_rows(out, "timings.jsonl")
+        if r["status"] == "ok" and r["bias"] and r.get("tag") != "eager"
+    ]
     entries = []
     problems = sorted({(r["shape"], r["n"], r["k"], r["m"], r["dtype"]) for r in timings})
     for shape, n, k, m, dtype in problems:

@@ -292,13 +292,27 @@ def plan_for(
     """The plan for M rows on a named device (pure: no tensors, no device queries).
 
     triton_only: pick among our Triton kernels only (inside the custom ops, which cannot
-    reach the cached dense / torch semi-structured copies)."""
+    reach the cached dense / torch semi-structured copies). Memoised: a table lookup scans
+    the table, and eager decode asks again at every call."""
+    table = _TABLES.get(device_name)  # part of the memo key: a new table means new plans
+    return _memoised_plan(m, key, device_name, sm_count, backend, triton_only, table)
+
+
+@functools.lru_cache(maxsize=4096)
+def _memoised_plan(
+    m: int,
+    key: WeightKey,
+    device_name: str,
+    sm_count: int,
+    backend: str,
+    triton_only: bool,
+    table: DispatchTable | None,
+) -> Plan:
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
     if backend == "auto" and device_name == "cpu" and not triton_only:
         return Plan("reference")
     if backend == "auto":
-        table = _TABLES.get(device_name)
         measured = table.lookup(key, m) if table is not None else None
         if measured is not None and _usable(measured, key, triton_only):
             return measured

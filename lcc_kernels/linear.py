@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from . import dispatch, ops
 from .dispatch import (
@@ -67,7 +68,7 @@ def sparse_linear(
     if plan is None and _defer_to_op(backend, x):
         # While compiling: let the op choose among the Triton plans when it runs, so that
         # no dispatcher code is traced and a new M never recompiles the graph.
-        y = _run_triton(x2d, weight, bias, ops.deferred_config(backend))
+        y = _run_triton(x2d, weight, bias, None, backend)
     else:
         if plan is None:
             plan = choose_plan(x2d.shape[0], weight, x.dtype, x.device, backend)
@@ -140,7 +141,7 @@ def _run(x2d, weight, bias, plan: Plan) -> torch.Tensor:
         )
         return F.linear(x2d, converted, None if bias is None else bias.to(x2d.dtype))
     assert plan.backend in TRITON_BACKENDS
-    return _run_triton(x2d, weight, bias, ops.plan_to_config(plan))
+    return _run_triton(x2d, weight, bias, plan)
 
 
 def _defer_to_op(backend: str, x: torch.Tensor) -> bool:
@@ -149,7 +150,41 @@ def _defer_to_op(backend: str, x: torch.Tensor) -> bool:
     return backend in TRITON_BACKENDS or (backend == "auto" and x.device.type == "cuda")
 
 
-def _run_triton(x2d, weight, bias, config: list[int]) -> torch.Tensor:
+def _launch_directly(x2d, weight, bias) -> bool:
+    """Whether an eager call may launch the kernels itself rather than through the custom
+    op, whose dispatch costs more host time than the rest of the call (torch issue
+    177109). Only for plain tensors outside tracing: under torch.compile, a dispatch mode
+    (export, FLOP counters) or a tensor subclass the op must be seen; when autograd would
+    record the call, the op's node is what makes a backward raise instead of silently
+    giving no gradient."""
+    if (
+        torch.compiler.is_compiling()
+        or is_in_torch_dispatch_mode()
+        or type(x2d) is not torch.Tensor
+    ):
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    return not (
+        x2d.requires_grad
+        or weight.values.requires_grad
+        or (bias is not None and bias.requires_grad)
+    )
+
+
+def _run_triton(x2d, weight, bias, plan: Plan | None, backend: str = "auto") -> torch.Tensor:
+    """Run a Triton plan, or with plan None let the op pick one for `backend` when it runs."""
+    if plan is not None and _launch_directly(x2d, weight, bias):
+        from .launch import bitmap_operand, run_linear, sparse24_operand  # imports triton
+
+        if isinstance(weight, Sparse24Weight):
+            operand = sparse24_operand(weight.values, weight.meta, weight.shape[1])
+        else:
+            operand = bitmap_operand(
+                weight.bits, weight.values, weight.offsets, *weight.shape, weight.tile
+            )
+        return run_linear(x2d, operand, bias, plan)
+    config = ops.deferred_config(backend) if plan is None else ops.plan_to_config(plan)
     if isinstance(weight, Sparse24Weight):
         return ops.sparse24_linear(x2d, weight.values, weight.meta, weight.shape[1], bias, config)
     return ops.bitmap_linear(

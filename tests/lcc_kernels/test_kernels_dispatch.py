@@ -103,6 +103,18 @@ def test_measured_table_is_used_per_bucket(tmp_path):
     assert plan_for(1, KEY_24, "NVIDIA H100", 132).split_k != 7  # other device
 
 
+def test_memoised_plans_follow_the_registered_tables():
+    # Plans are memoised per table: registering, replacing or clearing one must show at once.
+    before = plan_for(1, KEY_24, H200, 132)
+    assert plan_for(1, KEY_24, H200, 132) is before  # memoised
+    dispatch.register_table(DispatchTable.from_dict(_table([_entry(1, Plan("skinny", split_k=5))])))
+    assert plan_for(1, KEY_24, H200, 132).split_k == 5
+    dispatch.register_table(DispatchTable.from_dict(_table([_entry(1, Plan("skinny", split_k=6))])))
+    assert plan_for(1, KEY_24, H200, 132).split_k == 6
+    dispatch.clear_tables()
+    assert plan_for(1, KEY_24, H200, 132) == before
+
+
 def test_bitmap_entries_match_tile_and_density():
     measured = Plan("tiled", block_m=128, block_n=64, block_k=64, num_warps=8)
     wrong_tile = Plan("tiled", block_m=64, block_n=32, block_k=64)

@@ -48,6 +48,14 @@ def test_smoke_run_writes_every_result(tmp_path):
     assert {t["provider"] for t in ok} == {"dense", "ours", "dense_triton"}
     assert {t["phase"] for t in ok} == {"acceptance", "prefill", "sweep", "shapes"}
     assert any(t["tag"] == "bias_cost" for t in ok)
+    eager = [t for t in ok if t["tag"] == "eager"]  # uncaptured calls, default dispatch
+    assert {(t["provider"], t["kind"]) for t in eager} == {
+        ("dense", "dense"),
+        ("ours", "2:4"),
+        ("ours", "bitmap50"),
+        ("ours", "bitmap70"),
+    }
+    assert all(t["plan"] is None and t["m"] == 1 for t in eager)
     # torch semi-structured needs CUDA: recorded as errors, and the run went on.
     assert {t["provider"] for t in timings if t["status"] == "error"} == {"cusparselt", "cutlass"}
     with open(out / "timings.csv") as handle:
@@ -125,6 +133,10 @@ def test_summary_judges_ratios_and_the_table_picks_winners(tmp_path):
         _timing(shape, 1024, "dense", 1.0),
         _timing(shape, 1024, "ours", 1.5, "2:4"),
         _timing(shape, 1024, "cutlass", 0.8, "2:4"),
+        # Uncaptured calls: informative only, never in the table or the graph-timed checks.
+        _timing(shape, 1, "dense", 12.0, tag="eager"),
+        _timing(shape, 1, "ours", 15.0, "2:4", plan=None, tag="eager"),
+        _timing(shape, 1, "ours", 1.0, "bitmap50", plan=None, tag="eager"),
     ]
     _write(tmp_path, {"gpu": "NVIDIA H200", "copy_bandwidth_bytes_per_s": 4e12}, timings)
     checks = bench_report.summarize(tmp_path)["acceptance"]
@@ -145,6 +157,8 @@ def test_summary_judges_ratios_and_the_table_picks_winners(tmp_path):
     assert status("bias_epilogue_cost", 1, "2:4") == ("pass", pytest.approx(0.0101, abs=1e-3))
     assert status("large_m_dispatched_vs_dense", 1024, "2:4") == ("pass", 1.25)
     assert status("large_m_triton_only_vs_dense (info)", 1024, "2:4")[0] == "fail"
+    assert status("eager_call_vs_dense (info)", 1, "2:4") == ("fail", 0.8)
+    assert status("eager_call_vs_dense (info)", 1, "bitmap70")[0] == "unmeasured"
 
     table = bench_report.build_dispatch_table(tmp_path)
     plans = {(e["format"], e["density"], e["m_bucket"]): e["plan"] for e in table["entries"]}

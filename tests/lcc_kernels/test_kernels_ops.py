@@ -4,11 +4,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from _kernels_helpers import assert_matches_oracle, needs_triton, random_24, random_unstructured
 from torch.library import opcheck
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from lcc_kernels import Plan, pack, sparse_linear
+from lcc_kernels import Plan, ops, pack, sparse_linear
 from lcc_kernels.ops import bitmap_linear, dense_linear, plan_to_config, sparse24_linear
 
 SMALL_PLAN = Plan("skinny", block_m=4, block_n=16, block_k=32, split_k=2)
@@ -43,6 +45,49 @@ def test_opcheck_passes_for_every_op():
     for op, args in cases:
         results = opcheck(op, args)
         assert all(v == "SUCCESS" for v in results.values()), (op, results)
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Records the ops dispatched while it is active (as FLOP counters and export see them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@needs_triton
+@pytest.mark.parametrize("fmt", ["2:4", "bitmap"])
+def test_eager_calls_launch_directly_and_others_go_through_the_op(fmt, monkeypatch):
+    dense = random_24(40, 64) if fmt == "2:4" else random_unstructured(40, 64, 0.4)
+    packed = pack(dense, fmt, tile=(16, 32))
+    bias = torch.randn(40)
+    op_name = "sparse24_linear" if fmt == "2:4" else "bitmap_linear"
+    op_calls = []
+    real_op = getattr(ops, op_name)
+    monkeypatch.setattr(ops, op_name, lambda *args: op_calls.append(1) or real_op(*args))
+    x = torch.randn(3, 64, requires_grad=True)
+
+    with torch.no_grad():  # plain tensors, nothing to record: no dispatcher
+        direct = sparse_linear(x, packed, bias, plan=SMALL_PLAN)
+    assert op_calls == [] and not direct.requires_grad
+    assert_matches_oracle(direct, x.detach(), dense, bias)
+
+    with torch.no_grad(), _OpRecorder() as recorder:  # a dispatch mode must see the op
+        seen = sparse_linear(x, packed, bias, plan=SMALL_PLAN)
+    assert f"lcc_kernels.{op_name}.default" in recorder.ops and len(op_calls) == 1
+    assert torch.equal(seen, direct)
+
+    # Autograd records the op, so that a backward fails loudly instead of giving no grad.
+    y = sparse_linear(x, packed, bias, plan=SMALL_PLAN)
+    assert y.requires_grad and len(op_calls) == 2
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        y.sum().backward()
+    y = sparse_linear(x.detach(), packed, bias.requires_grad_(), plan=SMALL_PLAN)
+    assert y.requires_grad and len(op_calls) == 3
 
 
 def test_compiled_reference_path_has_no_graph_break(monkeypatch):
