@@ -153,12 +153,13 @@ def _defer_to_op(backend: str, x: torch.Tensor) -> bool:
 def _launch_directly(x2d, weight, bias) -> bool:
     """Whether an eager call may launch the kernels itself rather than through the custom
     op, whose dispatch costs more host time than the rest of the call (torch issue
-    177109). Only for plain tensors outside tracing: under torch.compile, a dispatch mode
-    (export, FLOP counters) or a tensor subclass the op must be seen; when autograd would
-    record the call, the op's node is what makes a backward raise instead of silently
-    giving no gradient."""
+    177109). Only for plain tensors outside tracing: torch.compile, torch.jit.trace, a
+    dispatch mode (export, FLOP counters) or a tensor subclass must see the op; and when
+    autograd would record the call, the op's node is what makes a backward raise instead
+    of silently giving no gradient."""
     if (
         torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
         or is_in_torch_dispatch_mode()
         or type(x2d) is not torch.Tensor
     ):

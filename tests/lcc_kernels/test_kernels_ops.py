@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -80,14 +81,21 @@ def test_eager_calls_launch_directly_and_others_go_through_the_op(fmt, monkeypat
         seen = sparse_linear(x, packed, bias, plan=SMALL_PLAN)
     assert f"lcc_kernels.{op_name}.default" in recorder.ops and len(op_calls) == 1
     assert torch.equal(seen, direct)
+    with torch.no_grad(), warnings.catch_warnings():  # so must torch.jit.trace (deprecated)
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(
+            lambda x: sparse_linear(x, packed, bias, plan=SMALL_PLAN), x, check_trace=False
+        )
+    assert f"lcc_kernels::{op_name}" in str(traced.graph) and len(op_calls) == 2
+    assert torch.equal(traced(x.detach()), direct)
 
     # Autograd records the op, so that a backward fails loudly instead of giving no grad.
     y = sparse_linear(x, packed, bias, plan=SMALL_PLAN)
-    assert y.requires_grad and len(op_calls) == 2
+    assert y.requires_grad and len(op_calls) == 3
     with pytest.raises(RuntimeError, match="no autograd formula"):
         y.sum().backward()
     y = sparse_linear(x.detach(), packed, bias.requires_grad_(), plan=SMALL_PLAN)
-    assert y.requires_grad and len(op_calls) == 3
+    assert y.requires_grad and len(op_calls) == 4
 
 
 def test_compiled_reference_path_has_no_graph_break(monkeypatch):
