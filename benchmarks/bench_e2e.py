@@ -21,7 +21,9 @@ timed, then unswapped and restored:
 Timings: a decode step (batch B, one new token after a context of C tokens in a static
 KV cache) and a prefill (T tokens), each from CUDA-graph replays timed with
 triton.testing.do_bench (``restorelcc.latency``, shared with ``restorelcc bench``; eager
-if capture fails, which the row's ``method`` says). The MLP and lm_head stay dense, so
+if capture fails, which the row's ``method`` says); then ``decode_eager``, the first
+decode batch stepped from Python without a graph (``eager_loop``), as an uncompiled
+``generate`` runs, host overhead included. The MLP and lm_head stay dense, so
 the end-to-end gain is bounded by ``bytes_ratio`` (weight bytes read per decode step,
 dense / swapped). Each variant's logits are also checked against the unswapped pruned
 model (the kernels.md rule: error vs a wider-precision oracle <= 2 x PyTorch's own +
@@ -243,6 +245,7 @@ class Bench:
     def time_variant(self, variant: str, model) -> None:
         jobs = [("decode", b, self.setup.context) for b in self.setup.decode_batches]
         jobs += [("prefill", 1, t) for t in self.setup.prefill_tokens]
+        jobs.append(("decode_eager", self.setup.decode_batches[0], self.setup.context))
         for phase, batch, tokens in jobs:
             if not self.time_left():
                 return
@@ -262,11 +265,12 @@ class Bench:
     def time_job(self, model, phase: str, batch: int, tokens: int) -> dict:
         from restorelcc.latency import decode_step, prefill, time_call
 
-        if phase == "decode":
-            call = decode_step(model, batch, tokens, self.generator)
-        else:
+        if phase == "prefill":
             call = prefill(model, tokens, self.generator)
-        return time_call(call, self.device, rounds=2, rep_ms=self.setup.rep_ms)
+        else:
+            call = decode_step(model, batch, tokens, self.generator)
+        eager = phase == "decode_eager"
+        return time_call(call, self.device, rounds=2, rep_ms=self.setup.rep_ms, eager=eager)
 
 
 def speedups(result: dict) -> list[dict]:

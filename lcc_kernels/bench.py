@@ -55,7 +55,9 @@ KINDS = {
     "bitmap70": ("bitmap", 0.3),
 }
 QUANTILES = (0.5, 0.2, 0.8)
-# Eager timings: calls per round, enough that the device is busy well past the first one.
+# Eager timings: each round issues calls for about EAGER_ROUND_MS (so that the device is
+# busy well past the first one), at most EAGER_CALLS_PER_ROUND of them.
+EAGER_ROUND_MS = 20.0
 EAGER_CALLS_PER_ROUND = 200
 # Rotate over enough weight copies to cover this many times the L2 size.
 ROTATE_L2_MULTIPLE = 3
@@ -183,7 +185,15 @@ def time_calls(
     if not torch.cuda.is_available():
         return _wall_clock(calls)
     if eager:
-        return _wall_clock(calls, rounds=7, repeat=max(1, EAGER_CALLS_PER_ROUND // len(calls)))
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for call in calls:
+            call()
+        torch.cuda.synchronize()
+        one_pass_ms = (time.perf_counter() - start) * 1e3
+        most = max(1, EAGER_CALLS_PER_ROUND // len(calls))
+        repeat = min(most, max(1, math.ceil(EAGER_ROUND_MS / max(one_pass_ms, 1e-3))))
+        return _wall_clock(calls, rounds=7, repeat=repeat)
     import triton.testing
 
     torch.cuda.synchronize()

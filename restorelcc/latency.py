@@ -76,15 +76,21 @@ def prefill(
 
 
 def time_call(
-    call: Callable[[], object], device: torch.device, *, rounds: int = 10, rep_ms: int = 100
+    call: Callable[[], object],
+    device: torch.device,
+    *,
+    rounds: int = 10,
+    rep_ms: int = 100,
+    eager: bool = False,
 ) -> dict:
     """Time quantiles (ms) of ``call``: a CUDA-graph replay timed by ``do_bench`` for
-    ``rep_ms`` on a GPU, or the wall time of ``rounds`` calls after one warm-up on a CPU."""
+    ``rep_ms`` on a GPU (with ``eager``: calls issued from Python back to back, host time
+    included), or the wall time of ``rounds`` calls after one warm-up on a CPU."""
     if device.type == "cuda":
         from lcc_kernels.bench import time_calls
 
         with torch.cuda.device(device):
-            timing = time_calls([call], rep_ms=rep_ms, warmup_ms=max(rep_ms // 4, 1))
+            timing = time_calls([call], rep_ms=rep_ms, warmup_ms=max(rep_ms // 4, 1), eager=eager)
             torch.cuda.synchronize()
         return timing
     if rounds < 1:

@@ -21,7 +21,7 @@ def test_smoke_run_writes_every_variant(tmp_path):
     assert {(r["variant"], r["phase"], r["batch"]) for r in rows} == {
         (v, p, b)
         for v in bench_e2e.VARIANTS
-        for p, b in (("decode", 1), ("decode", 2), ("prefill", 1))
+        for p, b in (("decode", 1), ("decode", 2), ("prefill", 1), ("decode_eager", 1))
     }
     assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
     variants = result["variants"]
