@@ -185,15 +185,7 @@ def time_calls(
     if not torch.cuda.is_available():
         return _wall_clock(calls)
     if eager:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for call in calls:
-            call()
-        torch.cuda.synchronize()
-        one_pass_ms = (time.perf_counter() - start) * 1e3
-        most = max(1, EAGER_CALLS_PER_ROUND // len(calls))
-        repeat = min(most, max(1, math.ceil(EAGER_ROUND_MS / max(one_pass_ms, 1e-3))))
-        return _wall_clock(calls, rounds=7, repeat=repeat)
+        return _wall_clock(calls, rounds=7, repeat=None)
     import triton.testing
 
     torch.cuda.synchronize()
@@ -229,27 +221,34 @@ def _graph_of(calls):
         return (lambda: [call() for call in calls]), f"eager ({type(error).__name__})"
 
 
-def _wall_clock(calls, rounds: int = 2, repeat: int = 1) -> dict:
+def _wall_clock(calls, rounds: int = 2, repeat: int | None = 1) -> dict:
     """Rounds of `repeat` passes over the calls issued from Python, each round from an idle
-    device to its end (synchronised): per-call quantiles over the rounds."""
-    cuda = torch.cuda.is_available()
-    samples = []
-    for _ in range(rounds):
-        if cuda:
-            torch.cuda.synchronize()
+    device to its end (synchronised): per-call quantiles over the rounds. repeat None: as
+    many passes as fill EAGER_ROUND_MS (one timed pass decides), at most
+    EAGER_CALLS_PER_ROUND calls."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+    def timed_passes(passes: int) -> float:
+        sync()
         start = time.perf_counter()
-        for _ in range(repeat):
+        for _ in range(passes):
             for call in calls:
                 call()
-        if cuda:
-            torch.cuda.synchronize()
-        samples.append((time.perf_counter() - start) * 1e3 / (len(calls) * repeat))
+        sync()
+        return (time.perf_counter() - start) * 1e3
+
+    if repeat is None:
+        most = max(1, EAGER_CALLS_PER_ROUND // len(calls))
+        repeat = min(most, max(1, math.ceil(EAGER_ROUND_MS / max(timed_passes(1), 1e-3))))
+    samples = []
+    for _ in range(rounds):
+        samples.append(timed_passes(repeat) / (len(calls) * repeat))
     samples.sort()
     return {
         "median_ms": samples[len(samples) // 2],
         "p20_ms": samples[int(0.2 * (rounds - 1))],
         "p80_ms": samples[round(0.8 * (rounds - 1))],
-        "method": "eager_loop" if cuda else "wall_clock_cpu",
+        "method": "eager_loop" if torch.cuda.is_available() else "wall_clock_cpu",
         "copies": len(calls),
     }
 

@@ -5,6 +5,8 @@ The model is loaded once. Its logits on a random prompt are checked (swapped aga
 (a decode step per ``--batches`` value after ``--context`` cached tokens, a prefill per
 ``--prefill`` value) is timed with the attention swapped, and again after
 ``unswap_attention``, with ``nn.Linear`` (cuBLAS on a GPU) on the same pruned weights.
+On a GPU each call is timed from CUDA-graph replays (no host overhead, as in compiled or
+captured decode); ``--eager`` times calls issued from Python instead.
 Speedup = ``nn.Linear`` time / swapped time. On a CPU the swapped modules run the
 PyTorch reference path, so CPU figures say nothing of GPU speed (the report says so).
 """
@@ -59,6 +61,12 @@ def register(subparsers) -> None:
     p.add_argument("--rounds", type=positive_int, default=10, help="timed calls (CPU)")
     p.add_argument("--rep-ms", type=positive_int, default=200, help="timing window (CUDA)")
     p.add_argument(
+        "--eager",
+        action="store_true",
+        help="on CUDA, time calls issued from Python one after another (host overhead "
+        "included, as an uncompiled generate runs) instead of CUDA-graph replays",
+    )
+    p.add_argument(
         "--min-sparsity",
         type=float,
         default=MIN_SPARSITY,
@@ -99,7 +107,9 @@ def _time_jobs(model, jobs, device, args, label: str, bar) -> list[dict]:
             call = decode_step(model, batch, tokens, generator)
         else:
             call = prefill(model, tokens, generator)
-        timings.append(time_call(call, device, rounds=args.rounds, rep_ms=args.rep_ms))
+        timings.append(
+            time_call(call, device, rounds=args.rounds, rep_ms=args.rep_ms, eager=args.eager)
+        )
         bar.update()
     return timings
 
@@ -185,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "timing_claims": device.type == "cuda",
+        "eager": args.eager,
         "swap": report.to_dict(),
         "formats": sorted({g.format for g in report.groups}),
         "weight_bytes": {"linear": bytes_linear, "swapped": bytes_swapped},

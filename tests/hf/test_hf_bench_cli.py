@@ -111,6 +111,25 @@ def test_bench_reports_swapped_and_linear_timings(pruned_dir, tmp_path, capsys):
     assert {"torch", "commit"} <= set(report["run_metadata"])
 
 
+def test_bench_eager_times_uncaptured_calls(pruned_dir, tmp_path, monkeypatch):
+    import restorelcc.latency
+
+    seen = []
+
+    def fake_time_call(call, device, *, rounds, rep_ms, eager=False):
+        seen.append(eager)
+        return {"median_ms": 1.0, "method": "fake"}
+
+    monkeypatch.setattr(restorelcc.latency, "time_call", fake_time_call)
+    out = tmp_path / "bench.json"
+    arguments = ["bench", "--model", str(pruned_dir), "--batches", "1", "--context", "8",
+                 "--prefill", "--no-check", "--quiet", "--json", str(out)]  # fmt: skip
+    assert main(arguments + ["--eager"]) == 0
+    assert seen == [True, True] and json.loads(out.read_text())["eager"] is True
+    assert main(arguments) == 0
+    assert seen[2:] == [False, False] and json.loads(out.read_text())["eager"] is False
+
+
 @pytest.mark.parametrize(
     ("make", "arguments", "message"),
     [

@@ -3,6 +3,7 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -276,3 +277,23 @@ def test_bitmap_tiles_are_timed_packed_and_tabled_apart(tmp_path):
     for tile, block_n in (((64, 64), 64), ((128, 64), 128)):
         found = table.lookup(WeightKey("bitmap", "bfloat16", 4096, 4096, tile, 0.5), 1)
         assert (found.backend, found.block_n) == ("skinny", block_n)
+
+
+def test_eager_rounds_issue_calls_for_their_time_budget(monkeypatch):
+    from lcc_kernels import bench
+
+    clock = {"ms": 0.0, "calls": 0}
+
+    def call(cost_ms):
+        clock["ms"] += cost_ms
+        clock["calls"] += 1
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["ms"] / 1e3)
+    calls = [lambda: call(1.0), lambda: call(2.0)]  # one pass: 3 ms, i.e. 1.5 ms per call
+    timing = bench._wall_clock(calls, rounds=3, repeat=None)
+    passes = math.ceil(bench.EAGER_ROUND_MS / 3.0)  # 7 passes fill a 20 ms round
+    assert clock["calls"] == 2 * (1 + 3 * passes)  # the deciding pass, then the rounds
+    assert timing["median_ms"] == pytest.approx(1.5) and timing["copies"] == 2
+    clock["calls"] = 0
+    bench._wall_clock([lambda: call(1e-6)], rounds=2, repeat=None)  # cheap: capped
+    assert clock["calls"] == 1 + 2 * bench.EAGER_CALLS_PER_ROUND
