@@ -31,7 +31,7 @@ def speedup_series(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, floa
     plus ``"<label> bytes bound"`` (dense bytes / our bytes) for our formats. Each median is
     the fastest ok row with the bias fused (the rows the acceptance checks read: not the
     with/without-bias pairs)."""
-    from .bench_report import _best
+    from .bench_report import fastest
 
     fused = [r for r in rows if r.get("bias", True) and not r.get("tag")]
     problems = sorted(
@@ -40,10 +40,10 @@ def speedup_series(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, floa
     out: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for shape, m, provider, kind in problems:
         label = SERIES.get((provider, kind))
-        dense = _best(fused, shape=shape, m=m, provider=DENSE[0], kind=DENSE[1])
+        dense = fastest(fused, shape=shape, m=m, provider=DENSE[0], kind=DENSE[1])
         if dense is None or label is None:
             continue
-        row = _best(fused, shape=shape, m=m, provider=provider, kind=kind)
+        row = fastest(fused, shape=shape, m=m, provider=provider, kind=kind)
         series = out.setdefault(shape, {})
         series.setdefault(label, []).append((m, dense["median_ms"] / row["median_ms"]))
         if provider == "ours" and row.get("bytes") and dense.get("bytes"):

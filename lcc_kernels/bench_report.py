@@ -39,7 +39,8 @@ def load_rows(out: Path, name: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _best(rows, **match):
+def fastest(rows: list[dict], **match) -> dict | None:
+    """The ok timing row with the lowest median among those whose fields equal `match`."""
     found = [
         r for r in rows if r["status"] == "ok" and all(r.get(k) == v for k, v in match.items())
     ]
@@ -76,8 +77,8 @@ def _median(values: list[float]) -> float:
 def _decode_checks(rows, shape) -> list[dict]:
     checks = []
     for m, kind, threshold in DECODE_SPEEDUPS:
-        dense = _best(rows, shape=shape, m=m, provider="dense")
-        ours = _best(rows, shape=shape, m=m, provider="ours", kind=kind, bias=True)
+        dense = fastest(rows, shape=shape, m=m, provider="dense")
+        ours = fastest(rows, shape=shape, m=m, provider="ours", kind=kind, bias=True)
         where = {"shape": shape, "m": m, "kind": kind}
         tile = ours and plan_tile(kind, ours["plan"])
         if tile:
@@ -89,7 +90,7 @@ def _decode_checks(rows, shape) -> list[dict]:
 def _bandwidth_checks(rows, shape, copy_bw) -> list[dict]:
     checks = []
     for kind in SPARSE_KINDS:
-        ours = _best(rows, shape=shape, m=1, provider="ours", kind=kind, bias=True)
+        ours = fastest(rows, shape=shape, m=1, provider="ours", kind=kind, bias=True)
         check = {
             "check": "bandwidth_vs_device_copy",
             "shape": shape,
@@ -111,11 +112,13 @@ def _bandwidth_checks(rows, shape, copy_bw) -> list[dict]:
 def _large_m_checks(rows, shape) -> list[dict]:
     checks = []
     for m in sorted({r["m"] for r in rows if r["shape"] == shape and r["m"] >= 1024}):
-        dense = _best(rows, shape=shape, m=m, provider="dense")
+        dense = fastest(rows, shape=shape, m=m, provider="dense")
         for kind in SPARSE_KINDS:
-            ours = _best(rows, shape=shape, m=m, provider="ours", kind=kind, bias=True)
+            ours = fastest(rows, shape=shape, m=m, provider="ours", kind=kind, bias=True)
             torch_24 = ("cusparselt", "cutlass") if kind == "2:4" else ()
-            options = [ours, dense] + [_best(rows, shape=shape, m=m, provider=p) for p in torch_24]
+            options = [ours, dense] + [
+                fastest(rows, shape=shape, m=m, provider=p) for p in torch_24
+            ]
             options = [o for o in options if o]
             dispatched = min(options, key=lambda r: r["median_ms"]) if options else None
             checks.append(
@@ -147,15 +150,17 @@ def _large_m_checks(rows, shape) -> list[dict]:
 def _semi_structured_checks(rows, shape) -> list[dict]:
     checks = []
     for m in sorted({r["m"] for r in rows if r["shape"] == shape and r["m"] <= 16}):
-        ours = _best(rows, shape=shape, m=m, provider="ours", kind="2:4", bias=True)
-        torch_rows = [_best(rows, shape=shape, m=m, provider=p) for p in ("cusparselt", "cutlass")]
+        ours = fastest(rows, shape=shape, m=m, provider="ours", kind="2:4", bias=True)
+        torch_rows = [
+            fastest(rows, shape=shape, m=m, provider=p) for p in ("cusparselt", "cutlass")
+        ]
         torch_rows = [r for r in torch_rows if r]
-        fastest = min(torch_rows, key=lambda r: r["median_ms"]) if torch_rows else None
+        torch_best = min(torch_rows, key=lambda r: r["median_ms"]) if torch_rows else None
         checks.append(
             _ratio_check(
                 "speedup_vs_torch_semi_structured",
                 MIN_SPEEDUP_VS_SEMI,
-                fastest,
+                torch_best,
                 ours,
                 shape=shape,
                 m=m,
@@ -198,13 +203,13 @@ def _bias_checks(bias_rows, shape) -> list[dict]:
 def _eager_checks(eager_rows, shape) -> list[dict]:
     if not any(r["shape"] == shape for r in eager_rows):
         return []  # a run from before eager timings, or one whose budget ran out first
-    dense = _best(eager_rows, shape=shape, provider="dense")
+    dense = fastest(eager_rows, shape=shape, provider="dense")
     return [
         _ratio_check(
             "eager_call_vs_dense (info)",
             MIN_EAGER_RATIO,
             dense,
-            _best(eager_rows, shape=shape, provider="ours", kind=kind),
+            fastest(eager_rows, shape=shape, provider="ours", kind=kind),
             shape=shape,
             m=1,
             kind=kind,
@@ -263,12 +268,12 @@ def build_dispatch_table(out: Path) -> dict:
             key=repr,
         ):
             # One entry per bitmap tile: a weight is looked up with the tile it was packed in.
-            ours = _best(
+            ours = fastest(
                 [r for r in same if plan_tile(kind, r["plan"]) == tile], provider="ours", kind=kind
             )
-            options = {"ours": ours, "dense": _best(same, provider="dense")}
+            options = {"ours": ours, "dense": fastest(same, provider="dense")}
             if kind == "2:4":
-                options |= {p: _best(same, provider=p) for p in ("cusparselt", "cutlass")}
+                options |= {p: fastest(same, provider=p) for p in ("cusparselt", "cutlass")}
             options = {name: row for name, row in options.items() if row}
             winner = min(options, key=lambda name: options[name]["median_ms"])
             if options[winner]["median_ms"] > ours["median_ms"] * (1 - TABLE_HYSTERESIS):
