@@ -5,8 +5,9 @@
     LCC_BENCH_SHAPES=all pytest ...            # every shape of kernels.md, not just Llama-3-8B
 
 Providers side by side for each (shape, M), all in bf16 with a bias: ours (2:4, and
-bitmap at 50% and 70% sparsity), dense F.linear (cuBLAS), torch semi-structured
-(cuSPARSELt and CUTLASS), and the dense Triton kernel with the tiling our 2:4 plan uses.
+bitmap at 50% and 70% sparsity), the streams backend on the bitmap weights (M <=
+STREAMS_MAX_M), dense F.linear (cuBLAS), torch semi-structured (cuSPARSELt and CUTLASS),
+and the dense Triton kernel with the tiling our 2:4 plan uses.
 Every benchmark round replays a CUDA graph of calls that rotate over weight copies (so L2
 never serves the weight) and synchronises; `extra_info` holds the per-call
 times from triton's do_bench (L2 flushed before each replay), the bytes each call must
@@ -32,7 +33,7 @@ from lcc_kernels.bench import (
     pack_kind,
     time_calls,
 )
-from lcc_kernels.dispatch import SKINNY_MAX_M, TRITON_BACKENDS, choose_plan
+from lcc_kernels.dispatch import SKINNY_MAX_M, STREAMS_MAX_M, TRITON_BACKENDS, choose_plan
 
 pytestmark = pytest.mark.gpu
 
@@ -42,6 +43,8 @@ PROVIDERS = (
     "ours-2:4",
     "ours-bitmap50",
     "ours-bitmap70",
+    "streams-bitmap50",
+    "streams-bitmap70",
     "dense",
     "cusparselt",
     "cutlass",
@@ -79,6 +82,12 @@ def _provider_setup(provider: str, shape: str, m: int, weights):
         kind = provider.removeprefix("ours-")
         dense, packed = weights(shape, kind)
         return "ours", dense, packed, choose_plan(m, packed, torch.bfloat16, torch.device("cuda"))
+    if provider.startswith("streams-"):
+        if m > STREAMS_MAX_M:
+            pytest.skip(f"the streams backend is for M <= {STREAMS_MAX_M}")
+        dense, packed = weights(shape, provider.removeprefix("streams-"))
+        cuda = torch.device("cuda")
+        return "ours", dense, packed, choose_plan(m, packed, torch.bfloat16, cuda, "streams")
     if provider in ("cusparselt", "cutlass"):
         dense, packed = weights(shape, "2:4")
         return provider, dense, packed, None

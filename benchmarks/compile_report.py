@@ -12,14 +12,18 @@ specialisation a real launch gets, and the report gives per launch:
   registers, spills (local memory), shared memory, resident warps per SM;
   the main loop (the backward branch over K tiles that holds the most global loads):
     SASS instructions per iteration and the global loads in it, by width;
-  for the skinny (decode) path, a static issue-rate ceiling: an SM issues at most one
-    warp instruction per scheduler per cycle (4 per cycle on sm_80/90), so T iterations of
-    a loop of I instructions in W warps take at least T * I * W / (4 * SMs * clock)
-    seconds, however fast memory is. `issue_bytes_per_s` = the call's bytes (weight and
-    x, each read once) over that time; `bound_speedup_vs_dense` = dense bytes at the
-    measured device-copy bandwidth (kernels.md: ~4.3 TB/s on an H200) / the longer of
-    ours at that bandwidth and the issue time: an upper bound on the decode speed-up that
-    the GPU run can show (it ignores latency, partial reductions and slower pipes).
+  for the decode paths (skinny, and streams for bitmap weights at M <= 4, shown besides
+    the rules' plan), a static issue-rate ceiling: an SM issues at most one warp
+    instruction per scheduler per cycle (4 per cycle on sm_80/90), so T iterations of a
+    loop of I instructions in W warps take at least T * I * W / (4 * SMs * clock)
+    seconds, however fast memory is (a streams iteration is one group of 8 entries per
+    lane, T the layout's groups: the count follows the kept values, not the positions).
+    `issue_bytes_per_s` = the call's bytes (weight and x, each read once) over that time;
+    `bound_speedup_vs_dense` = dense bytes at the measured device-copy bandwidth
+    (kernels.md: ~4.3 TB/s on an H200) / the longer of ours at that bandwidth and the
+    issue time: an upper bound on the decode speed-up that the GPU run can show (it
+    ignores latency, partial reductions, slower pipes, and for streams the L1 traffic of
+    their gathered x elements).
 
 Nothing here runs a kernel: it needs triton's bundled ptxas, cuobjdump and nvdisasm, and
 the weights are packed on the CPU. A compile error is reported as such (and makes the exit
@@ -65,6 +69,7 @@ DEVICE = {
     "shared_bytes_per_sm": 228 * 1024,
 }
 SHAPES = ("llama3-8b-qkv", "llama3-8b-o")
+DECODE_KERNELS = ("skinny_linear_kernel", "stream_linear_kernel")
 KINDS = ("dense", "2:4", "bitmap50", "bitmap70")
 RESOURCE_LINE = re.compile(r"Function (\w+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
@@ -105,6 +110,7 @@ class LaunchReport:
     warps_per_sm: int = 0
     loop_instructions: int = 0
     loop_global_loads: dict | None = None
+    loop_iterations: int = 0  # per M tile, over the whole weight
     bytes_per_iteration: int = 0
     positions_per_iteration: int = 0
     instructions_per_position: float | None = None
@@ -187,14 +193,17 @@ def _global_loads(body: list[str]) -> dict:
     return counts
 
 
-def _issue_bound(report: LaunchReport, weight_bytes: int, dense_bytes: int) -> None:
-    """Fill the issue-rate ceiling of a skinny launch (decode), see the module docstring."""
+def _issue_bound(
+    report: LaunchReport, weight_bytes: int, dense_bytes: int, weight_iterations: int
+) -> None:
+    """Fill the issue-rate ceiling of a decode launch, see the module docstring; the loop
+    runs weight_iterations times per M tile (each reading a weight_bytes / that share)."""
     plan = report.plan
-    tiles = math.ceil(report.n / plan["block_n"]) * math.ceil(report.k / plan["block_k"])
-    iterations = tiles * math.ceil(report.m / plan["block_m"])
-    positions = plan["block_n"] * plan["block_k"]
-    report.positions_per_iteration = positions
-    report.bytes_per_iteration = round(weight_bytes / tiles)  # from HBM; x comes from L2
+    report.loop_iterations = weight_iterations
+    iterations = weight_iterations * math.ceil(report.m / plan["block_m"])
+    positions = report.n * report.k / weight_iterations  # on average, for streams
+    report.positions_per_iteration = round(positions)
+    report.bytes_per_iteration = round(weight_bytes / weight_iterations)  # x comes from L2
     threads = 32 * plan["num_warps"]
     report.instructions_per_position = round(report.loop_instructions * threads / positions, 2)
     issue_cycles = iterations * report.loop_instructions * plan["num_warps"]
@@ -210,6 +219,7 @@ def compile_plan(shape: str, m: int, kind: str, plan, weights: dict) -> list[Lau
     """Compile every launch of `plan` for x [m, K] bf16 and read its machine code."""
     from lcc_kernels import launch
     from lcc_kernels.bench import SHAPES as BENCH_SHAPES
+    from lcc_kernels.linear import derived_copy
 
     n, k = BENCH_SHAPES[shape]
     weight = _weight_for(weights, shape, kind, plan)
@@ -225,8 +235,16 @@ def compile_plan(shape: str, m: int, kind: str, plan, weights: dict) -> list[Lau
     x = torch.zeros(m, k, dtype=torch.bfloat16)
     out = torch.empty(m, n, dtype=torch.bfloat16)
     bias = torch.zeros(n, dtype=torch.float32)
+    if plan.backend == "streams":
+        streams = derived_copy(weight, plan)  # kept on the weight for the next M
+        items = launch.stream_launches(x, streams, bias, plan, out)
+        weight_bytes, weight_iterations = streams.nbytes, int(streams.groups.sum())
+    else:
+        items = launch.plan_launches(x, operand, bias, plan, out)
+        weight_bytes = weight.nbytes
+        weight_iterations = math.ceil(n / plan.block_n) * math.ceil(k / plan.block_k)
     reports = []
-    for item in launch.plan_launches(x, operand, bias, plan, out):
+    for item in items:
         report = LaunchReport(
             shape, n, k, m, kind, item.kernel.__name__, asdict(plan), list(item.grid)
         )
@@ -247,8 +265,8 @@ def compile_plan(shape: str, m: int, kind: str, plan, weights: dict) -> list[Lau
         body = main_loop(_sass(cubin))
         report.loop_instructions = len(body)
         report.loop_global_loads = _global_loads(body)
-        if item.kernel.__name__ == "skinny_linear_kernel" and body:
-            _issue_bound(report, weight.nbytes, dense_bytes)
+        if item.kernel.__name__ in DECODE_KERNELS and body:
+            _issue_bound(report, weight_bytes, dense_bytes, weight_iterations)
     return reports
 
 
@@ -272,7 +290,9 @@ def plans_for(kind: str, n: int, k: int, m: int, candidates: bool) -> list:
     from suite_plans import candidates as suite_candidates  # this script's directory
 
     plans = suite_candidates(kind, n, k, m, DEVICE["sms"], smoke=False)
-    return plans if candidates else plans[:1]
+    if candidates:
+        return plans
+    return plans[:1] + [plan for plan in plans if plan.backend == "streams"][:1]
 
 
 def build_weights(shapes, kinds) -> dict:

@@ -17,6 +17,7 @@ from suite_plans import (
 from suite_runner import Runner, describe_error, exit_if_fatal
 
 from lcc_kernels.bench_report import SPARSE_KINDS
+from lcc_kernels.dispatch import STREAMS_MAX_M
 
 
 def phase_env(runner: Runner, commit: str | None) -> None:
@@ -55,6 +56,13 @@ def phase_correctness(runner: Runner) -> None:
         for tile in EXTRA_BITMAP_TILES
         for m, backend in paths
     ]
+    # The streams backend, at the row counts it is timed for.
+    checks += [
+        (dtypes[0], shape, kind, m, "streams", None)
+        for shape in shapes
+        for kind in ("bitmap50", "bitmap70")
+        for m in sorted({1, STREAMS_MAX_M})
+    ]
     for dtype, shape, kind, m, backend, tile in checks:
         if not runner.time_left():
             return
@@ -81,6 +89,11 @@ def phase_correctness(runner: Runner) -> None:
     _check(runner, {"name": "split_k_bitwise_determinism"}, determinism)
     if runner.device.type == "cuda":
         _check(runner, {"name": "cuda_graph_replay"}, lambda: _graph_check(runner, shapes[0]))
+        _check(
+            runner,
+            {"name": "cuda_graph_replay_streams"},
+            lambda: _graph_check(runner, shapes[0], streams=True),
+        )
         for backend in ("cusparselt", "cutlass"):
             _check(
                 runner,
@@ -112,8 +125,9 @@ def _linear_check(runner, dtype, shape, kind, m, backend, tile=None):
     return check_against_oracle(sparse_linear(x, packed, bias, backend=backend), x, dense, bias)
 
 
-def _graph_check(runner, shape):
-    """Two split-K graphs, the second replayed first, then both at once on two streams."""
+def _graph_check(runner, shape, streams: bool = False):
+    """Two split-K graphs, the second replayed first, then both at once on two streams;
+    with `streams`, of the streams backend (its copy built by the eager call before)."""
     torch = runner.torch
     from lcc_kernels import Plan, sparse_linear
     from lcc_kernels.bench import check_against_oracle
@@ -122,6 +136,8 @@ def _graph_check(runner, shape):
     bias = torch.randn(dense.shape[0], device=runner.device)
     xs = [torch.randn(1, dense.shape[1], device=runner.device, dtype=runner.dtype) for _ in "ab"]
     plan = Plan("skinny", 1, 64, 64, split_k=8)
+    if streams:
+        plan = Plan("streams", 1, 64, split_k=8, num_warps=2)
     sparse_linear(xs[0], packed, bias, plan=plan)
     torch.cuda.synchronize()
     graphs, ys = [torch.cuda.CUDAGraph() for _ in xs], []

@@ -79,15 +79,18 @@ def candidates(
     kind: str, n: int, k: int, m: int, sms: int, smoke: bool, extra_tiles: bool = True
 ) -> list:
     """Our plans to time for one problem: the default rules' plan first, then variants;
-    with `extra_tiles`, bitmap plans also in EXTRA_BITMAP_TILES (4 warps, tiled: 2 shapes)."""
+    with `extra_tiles`, bitmap plans also in EXTRA_BITMAP_TILES (4 warps, tiled: 2 shapes).
+    Bitmap weights at M <= STREAMS_MAX_M also get "streams" plans (smoke: one)."""
     from lcc_kernels.bench import KINDS
     from lcc_kernels.dispatch import (
         MAX_SPLIT_K,
+        STREAMS_MAX_M,
         Plan,
         WeightKey,
         default_plan,
         skinny_stages,
         split_k_for,
+        streams_plan,
     )
     from lcc_kernels.formats import DEFAULT_BITMAP_TILE
 
@@ -98,6 +101,14 @@ def candidates(
     )
     base = default_plan(m, key, sms)
     plans = [base]
+    if fmt == "bitmap" and m <= STREAMS_MAX_M:
+        streams = streams_plan(m, key, sms)
+        plans.append(streams)
+        if not smoke:
+            plans += [
+                streams_plan(m, key, sms, block_n=256),
+                replace(streams, split_k=min(MAX_SPLIT_K, streams.split_k * 2)),
+            ]
     if smoke:
         return plans
     extra = [t for t in EXTRA_BITMAP_TILES if t != tile] if tile and extra_tiles else []

@@ -188,4 +188,9 @@ def _plan_label(plan: dict | None) -> str:
             f"s{plan['split_k']} w{plan['num_warps']} st{plan['num_stages']}"
             f"{'' if plan['serial_reduction'] else ' 2pass'}"
         )
+    if plan["backend"] == "streams":
+        return (
+            f"streams m{plan['block_m']} n{plan['block_n']} s{plan['split_k']} "
+            f"w{plan['num_warps']}{'' if plan['serial_reduction'] else ' 2pass'}"
+        )
     return plan["backend"]

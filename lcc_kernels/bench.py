@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .dispatch import Plan
 from .formats import pack
 from .interop import to_torch_semi_structured
-from .linear import dense_linear_triton, sparse_linear
+from .linear import dense_linear_triton, derived_copy, sparse_linear
 
 # (N, K) = (out_features, in_features) of the attention projections in kernels.md.
 SHAPES = {
@@ -165,7 +165,11 @@ def build_calls(
         instances = [clone_packed(packed) for _ in range(copies)]
         for x, p in zip(xs, instances, strict=True):
             calls.append(lambda x=x, p=p: sparse_linear(x, p, b, plan=plan))
-        return calls, io_bytes + packed.nbytes
+        weight_bytes = packed.nbytes
+        if plan is not None and plan.backend == "streams":
+            # The plan reads its re-layout of the weight, built here once per copy.
+            weight_bytes = [derived_copy(p, plan) for p in instances][0].nbytes
+        return calls, io_bytes + weight_bytes
     if provider in ("cusparselt", "cutlass"):
         source = pack(dense, "2:4") if packed is None else packed
         converted = [to_torch_semi_structured(source, provider) for _ in range(copies)]

@@ -15,7 +15,8 @@ Checks (issue 5), each "pass", "fail" or "unmeasured", with the measured value:
   eager_call_vs_dense (info)         M = 1, calls issued from Python without a graph:
                                      dense F.linear time / ours (default dispatch) >= 1
 "Our best time" is the fastest of the plans the suite swept for that problem (for bitmap
-weights, over every tile it packed; the check names the winning tile).
+weights, over every tile it packed and the streams backend; the check names the winning
+backend and tile).
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def _decode_checks(rows, shape) -> list[dict]:
         tile = ours and plan_tile(kind, ours["plan"])
         if tile:
             where["tile"] = list(tile)
+        if ours:
+            where["backend"] = ours["plan"]["backend"]
         checks.append(_ratio_check("speedup_vs_dense_F.linear", threshold, dense, ours, **where))
     return checks
 
@@ -263,13 +266,14 @@ def build_dispatch_table(out: Path) -> dict:
     problems = sorted({(r["shape"], r["n"], r["k"], r["m"], r["dtype"]) for r in timings})
     for shape, n, k, m, dtype in problems:
         same = [r for r in timings if (r["shape"], r["m"]) == (shape, m)]
+        mine = [r for r in same if r["provider"] == "ours"]
         for kind, tile in sorted(
-            {(r["kind"], plan_tile(r["kind"], r["plan"])) for r in same if r["provider"] == "ours"},
+            {(r["kind"], plan_tile(r["kind"], r["plan"])) for r in mine if not _any_tile(r)},
             key=repr,
         ):
             # One entry per bitmap tile: a weight is looked up with the tile it was packed in.
             ours = fastest(
-                [r for r in same if plan_tile(kind, r["plan"]) == tile], provider="ours", kind=kind
+                [r for r in mine if plan_tile(kind, r["plan"]) == tile or _any_tile(r)], kind=kind
             )
             options = {"ours": ours, "dense": fastest(same, provider="dense")}
             if kind == "2:4":
@@ -309,6 +313,11 @@ def build_dispatch_table(out: Path) -> dict:
         "created_utc": env.get("time_utc"),
         "entries": entries,
     }
+
+
+def _any_tile(row: dict) -> bool:
+    """Whether the row's plan runs on a bitmap weight of any tile (streams re-lay it out)."""
+    return row["plan"] is not None and row["plan"]["backend"] == "streams"
 
 
 def format_summary(summary: dict) -> str:

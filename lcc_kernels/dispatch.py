@@ -6,6 +6,8 @@ A `Plan` names a backend and, for the Triton paths, its launch configuration:
     tiled            tensor-core tiles for many rows (prefill)
     dense            F.linear (cuBLAS) on a dense copy cached on the weight
     semi_structured  torch's 2:4 kernels (cuSPARSELt or CUTLASS) on a cached conversion
+    streams          bitmap weights, few rows: the kept values walked as streams
+                     (streams.py), on a cached re-layout of the weight
     reference        plain PyTorch (unpack, fp32 matmul): the CPU path
 
 `choose_plan` looks the problem up in measured tables first, keyed by device name, format
@@ -16,10 +18,10 @@ that `benchmarks/gpu_suite.py` writes (`dispatch_table.json`); they are loaded w
 environment variable (os.pathsep-separated) on the first CUDA dispatch. Without a
 measured entry, `default_plan` applies fixed rules, which never pick the backends that
 cache a second copy of the weight (a measured table may: the dense copy costs 2 bytes per
-weight position). fp16 and bf16 entries stand in for each other. On a CPU the backend is
-always `reference`, unless a caller forces a Triton path (then the kernels must be
-interpreted: TRITON_INTERPRET=1). Inside the custom ops (under torch.compile) the choice
-is restricted to the Triton plans (`triton_only`).
+weight position, the streams ~1.1x the bitmap's bytes). fp16 and bf16 entries stand in
+for each other. On a CPU the backend is always `reference`, unless a caller forces a
+Triton path (then the kernels must be interpreted: TRITON_INTERPRET=1). Inside the custom
+ops (under torch.compile) the choice is restricted to the Triton plans (`triton_only`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-BACKENDS = ("skinny", "tiled", "dense", "semi_structured", "reference")
+BACKENDS = ("skinny", "tiled", "dense", "semi_structured", "streams", "reference")
 TRITON_BACKENDS = ("skinny", "tiled")
 TABLE_SCHEMA = "lcc_kernels.dispatch/1"
 TABLE_ENV = "LCC_KERNELS_DISPATCH_TABLE"
@@ -48,6 +50,12 @@ SKINNY_PROGRAMS_PER_SM = 4
 MAX_SPLIT_K = 32
 # M bucket cap: above 4096 rows every problem is compute-bound and tiles no longer change.
 MAX_M_BUCKET = 4096
+# The streams backend's cost per kept value grows with the rows of x it multiplies (one
+# gathered x element each): ~11.5 SASS instructions per value at M = 1, 27 at M = 4
+# (compile_report.py), so beyond a few rows the bitmap tiles win.
+STREAMS_MAX_M = 4
+# Streams segments (split-K) hold at least this many groups of 8 entries per lane.
+STREAMS_MIN_GROUPS = 4
 # Bitmap table entries match a weight whose density is within this of theirs.
 DENSITY_TOLERANCE = 0.1
 _CPU_SM_COUNT = 4  # split-K heuristic on a CPU (interpreter): a few splits, still quick
@@ -259,6 +267,8 @@ def default_plan(m: int, key: WeightKey, sm_count: int, backend: str = "auto") -
     """Rules used when no measured entry exists (or to fill a forced backend)."""
     if backend in ("dense", "semi_structured", "reference"):
         return Plan(backend)
+    if backend == "streams":
+        return streams_plan(m, key, sm_count)
     skinny = backend == "skinny" or (backend == "auto" and m <= SKINNY_MAX_M)
     if skinny:
         # One or two rows: multiply + tl.sum, whose registers grow with block_m * tile;
@@ -279,6 +289,19 @@ def default_plan(m: int, key: WeightKey, sm_count: int, backend: str = "auto") -
     return Plan(
         "tiled", block_m, block_n, block_k, num_warps=4 if block_m == 64 else 8, num_stages=3
     )
+
+
+def streams_plan(m: int, key: WeightKey, sm_count: int, block_n: int = 128) -> Plan:
+    """A "streams" plan for M rows: one weight row per lane (block_n lanes, 4 warps per
+    128), segments enough to fill the GPU while each keeps STREAMS_MIN_GROUPS groups."""
+    if key.format != "bitmap":
+        raise ValueError(f"the streams backend needs a bitmap weight, got a {key.format} one")
+    block_m = min(STREAMS_MAX_M, 1 << max(0, m - 1).bit_length())
+    output_tiles = -(-key.n // block_n) * -(-m // block_m)
+    groups = -(-round(key.density * key.k) // 8)  # per row, without escapes
+    split = split_k_for(output_tiles, max(1, groups // STREAMS_MIN_GROUPS), sm_count)
+    warps = max(1, block_n // 32)
+    return Plan("streams", block_m, block_n, split_k=split, num_warps=warps, num_stages=1)
 
 
 def plan_for(
@@ -324,6 +347,8 @@ def _usable(plan: Plan, key: WeightKey, triton_only: bool) -> bool:
         return False
     if plan.backend == "semi_structured":
         return key.format == "2:4" and key.dtype in ("float16", "bfloat16")
+    if plan.backend == "streams":
+        return key.format == "bitmap"
     if plan.backend in TRITON_BACKENDS and key.tile is not None:
         return (plan.block_n, plan.block_k) == key.tile
     return True

@@ -1,6 +1,7 @@
-"""Triton kernels for y[M, N] = x[M, K] @ W[N, K]^T (+ bias), W in any format of decode.py.
+"""Triton kernels for y[M, N] = x[M, K] @ W[N, K]^T (+ bias), W in any format of decode.py
+(or, for bitmap weights, as the value streams of streams.py).
 
-Two paths, both accumulating in fp32 and writing y in x's dtype:
+Three paths, all accumulating in fp32 and writing y in x's dtype:
 
 - `skinny_linear_kernel` (decode, few rows): grid (N tiles, K splits, M tiles). Each
   program reduces its share of the K tiles; with one split it finishes the output itself.
@@ -19,6 +20,7 @@ Two paths, both accumulating in fp32 and writing y in x's dtype:
 - `tiled_linear_kernel` (prefill, many rows): one program per output tile, grouped along
   M so that neighbouring programs share weight tiles in L2, dense tiles rebuilt on chip
   and multiplied with tl.dot.
+- `stream_linear_kernel` (bitmap weights, 1-4 rows of x), in stream_kernel.py.
 
 The interpreter (TRITON_INTERPRET=1) multiplies bf16 dot operands wrongly, so launchers
 set DOT_IN_FP32 there: the same code then runs a true test in fp16/fp32.
@@ -217,6 +219,54 @@ def skinny_linear_kernel(
     if not USE_DOT:
         acc = tl.sum(acc, axis=2)
 
+    finish_output(
+        acc,
+        out_ptr,
+        bias_ptr,
+        partial_ptr,
+        counter_ptr,
+        pid_k,
+        pid_m,
+        pid_n,
+        rows,
+        cols,
+        M,
+        N,
+        stride_om,
+        split_k,
+        BLOCK_M,
+        BLOCK_N,
+        SPLIT,
+        SERIAL_REDUCTION,
+        HAS_BIAS,
+    )
+
+
+@triton.jit
+def finish_output(
+    acc,
+    out_ptr,
+    bias_ptr,
+    partial_ptr,
+    counter_ptr,
+    pid_k,
+    pid_m,
+    pid_n,
+    rows,
+    cols,
+    M,
+    N,
+    stride_om,
+    split_k,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
+    SERIAL_REDUCTION: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
+    """Write split pid_k's acc [BLOCK_M, BLOCK_N] of the y tile (rows, cols): the output
+    itself without SPLIT, else a partial, summed by the last split to arrive
+    (SERIAL_REDUCTION) or by reduce_partials_kernel."""
     if not SPLIT:
         _store_output(acc, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS)
     else:

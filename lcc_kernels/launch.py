@@ -22,8 +22,10 @@ from .kernels import (
     skinny_linear_kernel,
     tiled_linear_kernel,
 )
+from .stream_kernel import stream_linear_kernel
 
 MAX_GRID_YZ = 65535  # CUDA's limit on a grid's y and z dimensions
+STREAMS_BLOCK_M = (1, 2, 4)  # rows of x per streams program (stream_kernel._x_rows)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,17 @@ def run_linear(
     return out
 
 
+def run_streams(x: torch.Tensor, streams, bias: torch.Tensor | None, plan: Plan) -> torch.Tensor:
+    """y [M, N] in x's dtype = x [M, K] @ W^T (+ bias [N], added in fp32), W as the value
+    streams (streams.BitmapStreams) built for plan.block_n and plan.split_k."""
+    _check_runnable(x)
+    out = torch.empty((x.shape[0], streams.shape[0]), dtype=x.dtype, device=x.device)
+    with _on_device(x.device):
+        for launch in stream_launches(x, streams, bias, plan, out):
+            launch.kernel[launch.grid](*launch.args, **launch.options)
+    return out
+
+
 def _on_device(device: torch.device):
     """Triton launches on the current CUDA device (and its current stream), whatever the
     tensors' device: make it x's, as for a model spread over GPUs (device_map)."""
@@ -182,58 +195,122 @@ def _skinny_launches(x, operand, bias, plan, out) -> list[Launch]:
             f"the skinny path runs at most {MAX_GRID_YZ} row tiles of block_m = "
             f"{plan.block_m}, got M = {m} rows: use the tiled path"
         )
-    bias_arg = bias if bias is not None else out  # never read without HAS_BIAS
-    if split > 1:
-        partials = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
-        counters = split_k_counters(x.device, tiles_n * tiles_m)
-    else:
-        partials = counters = out  # never touched with SPLIT=False
-    launches = [
+    bias_arg, partials, counters = _split_buffers(x, bias, out, split, tiles_n * tiles_m)
+    kernel = Launch(
+        skinny_linear_kernel,
+        (tiles_n, split, tiles_m),
+        (
+            x,
+            out,
+            bias_arg,
+            partials,
+            counters,
+            *_weight_args(x, operand, out),
+            k_tiles,
+            tiles_per_split,
+            split,
+        ),
+        dict(
+            FORMAT=operand.format,
+            BLOCK_M=plan.block_m,
+            BLOCK_N=plan.block_n,
+            BLOCK_K=plan.block_k,
+            SPLIT=split > 1,
+            SERIAL_REDUCTION=plan.serial_reduction,
+            HAS_BIAS=bias is not None,
+            USE_DOT=plan.block_m >= 16,
+            **_dot_flags(x),
+            NUM_STAGES=plan.num_stages,
+            num_warps=plan.num_warps,
+            num_stages=plan.num_stages,
+        ),
+    )
+    return [kernel, *_reduction(plan, split, partials, out, bias, tiles_n, tiles_m)]
+
+
+def _split_buffers(x, bias, out, split: int, tiles: int) -> tuple:
+    """(bias argument, partials [split, M, N] fp32, tile counters) of a split-K launch;
+    `out` stands in for what the kernel never reads (no bias, one split)."""
+    bias_arg = bias if bias is not None else out
+    if split == 1:
+        return bias_arg, out, out
+    partials = torch.empty((split, *out.shape), dtype=torch.float32, device=x.device)
+    return bias_arg, partials, split_k_counters(x.device, tiles)
+
+
+def _reduction(plan: Plan, split: int, partials, out, bias, tiles_n: int, tiles_m: int) -> list:
+    """The second launch that sums the partials, where the plan does not sum them in the
+    split-K launch itself."""
+    if split == 1 or plan.serial_reduction:
+        return []
+    return [
         Launch(
-            skinny_linear_kernel,
-            (tiles_n, split, tiles_m),
-            (
-                x,
-                out,
-                bias_arg,
-                partials,
-                counters,
-                *_weight_args(x, operand, out),
-                k_tiles,
-                tiles_per_split,
-                split,
-            ),
+            reduce_partials_kernel,
+            (tiles_n, tiles_m),
+            (partials, out, bias if bias is not None else out, *out.shape, out.stride(0), split),
             dict(
-                FORMAT=operand.format,
+                HAS_BIAS=bias is not None,
                 BLOCK_M=plan.block_m,
                 BLOCK_N=plan.block_n,
-                BLOCK_K=plan.block_k,
-                SPLIT=split > 1,
-                SERIAL_REDUCTION=plan.serial_reduction,
-                HAS_BIAS=bias is not None,
-                USE_DOT=plan.block_m >= 16,
-                **_dot_flags(x),
-                NUM_STAGES=plan.num_stages,
-                num_warps=plan.num_warps,
-                num_stages=plan.num_stages,
+                num_warps=4,
             ),
         )
     ]
-    if split > 1 and not plan.serial_reduction:
-        launches.append(
-            Launch(
-                reduce_partials_kernel,
-                (tiles_n, tiles_m),
-                (partials, out, bias_arg, m, n, out.stride(0), split),
-                dict(
-                    HAS_BIAS=bias is not None,
-                    BLOCK_M=plan.block_m,
-                    BLOCK_N=plan.block_n,
-                    num_warps=4,
-                ),
-            )
+
+
+def stream_launches(x, streams, bias, plan: Plan, out) -> list[Launch]:
+    """The launches of a "streams" plan (the streams must be built for its block_n and
+    split_k) writing out [M, N]; none for M = 0."""
+    if (plan.block_n, plan.split_k) != (streams.block_n, streams.split):
+        raise ValueError(
+            f"streams built for block_n {streams.block_n}, split {streams.split} cannot run "
+            f"plan block_n {plan.block_n}, split_k {plan.split_k}"
         )
-    return launches
+    if plan.block_m not in STREAMS_BLOCK_M:
+        raise ValueError(f"streams plans take block_m in {STREAMS_BLOCK_M}, got {plan.block_m}")
+    m = x.shape[0]
+    if m == 0:
+        return []
+    tiles_m = -(-m // plan.block_m)
+    if tiles_m > MAX_GRID_YZ:
+        raise ValueError(
+            f"the streams path runs at most {MAX_GRID_YZ} row tiles of block_m = "
+            f"{plan.block_m}, got M = {m} rows"
+        )
+    split = streams.split
+    bias_arg, partials, counters = _split_buffers(x, bias, out, split, streams.blocks * tiles_m)
+    kernel = Launch(
+        stream_linear_kernel,
+        (streams.blocks, split, tiles_m),
+        (
+            x,
+            out,
+            bias_arg,
+            partials,
+            counters,
+            streams.values,
+            streams.steps,
+            streams.starts,
+            streams.group_base,
+            streams.groups,
+            streams.row_ids,
+            m,
+            streams.shape[0],
+            x.stride(0),
+            out.stride(0),
+            split,
+        ),
+        dict(
+            BLOCK_M=plan.block_m,
+            BLOCK_N=plan.block_n,
+            SPLIT=split > 1,
+            SERIAL_REDUCTION=plan.serial_reduction,
+            HAS_BIAS=bias is not None,
+            num_warps=plan.num_warps,
+            num_stages=plan.num_stages,
+        ),
+    )
+    return [kernel, *_reduction(plan, split, partials, out, bias, streams.blocks, tiles_m)]
 
 
 def _tiled_launch(x, operand, bias, plan, out) -> Launch:

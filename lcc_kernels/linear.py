@@ -19,6 +19,7 @@ from .dispatch import (
 from .formats import SUPPORTED_DTYPES, BitmapWeight, Sparse24Weight, unpack
 from .interop import to_torch_semi_structured
 from .reference import reference_linear
+from .streams import build_streams
 
 
 def sparse_linear(
@@ -42,11 +43,13 @@ def sparse_linear(
         through the Triton backends).
 
     Under torch.compile the call is one custom op; with backend "auto" on a GPU (or a
-    forced Triton backend) the op picks its Triton plan when it runs, so the cached
-    dense / torch semi-structured backends that eager dispatch may pick for large M are
-    not used there. Under CUDA-graph capture those two backends are used only if their
-    copy was built before (by an eager call): "auto" falls back to a Triton plan, a forced
-    one raises.
+    forced Triton backend) the op picks its Triton plan when it runs, so the backends on
+    a cached copy of the weight that eager dispatch may pick (dense and torch
+    semi-structured for large M, streams for bitmap weights at decode) are not used
+    there. Under CUDA-graph capture those are used only if their copy was built before
+    (by an eager call): "auto" falls back to a Triton plan, a forced one raises. Where
+    autograd would record the call, "auto" does not pick streams (whose launches have no
+    op node to refuse a backward) and a forced streams plan raises.
 
     >>> w = pack(torch.tensor([[1.0, 0, 0, 2], [0, 3, 4, 0]]), "2:4")
     >>> sparse_linear(torch.ones(1, 4), w, torch.tensor([0.5, 0.0]))
@@ -72,8 +75,11 @@ def sparse_linear(
     else:
         if plan is None:
             plan = choose_plan(x2d.shape[0], weight, x.dtype, x.device, backend)
-            if backend == "auto" and _copy_missing(weight, plan) and dispatch.capturing(x.device):
+            if backend == "auto" and (
                 # The copy would be built by graph nodes, holding data only once replayed.
+                (_copy_missing(weight, plan) and dispatch.capturing(x.device))
+                or (plan.backend == "streams" and not _launch_directly(x2d, weight, bias))
+            ):
                 key = WeightKey.of(weight, x.dtype)
                 plan = plan_for_key(x2d.shape[0], key, x.device, triton_only=True)
         y = _run(x2d, weight, bias, with_weight_tile(plan, weight))
@@ -130,18 +136,24 @@ def _check_inputs(x, weight, bias) -> None:
 def _run(x2d, weight, bias, plan: Plan) -> torch.Tensor:
     if plan.backend == "reference":
         return reference_linear(x2d, weight, bias)
-    if plan.backend == "dense":
-        dense = _cached(weight, plan, lambda: unpack(weight).contiguous())
-        return F.linear(x2d, dense, None if bias is None else bias.to(x2d.dtype))
-    if plan.backend == "semi_structured":
-        if not isinstance(weight, Sparse24Weight):
-            raise ValueError("the semi_structured backend needs a 2:4 weight")
-        converted = _cached(
-            weight, plan, lambda: to_torch_semi_structured(weight, plan.semi_structured)
-        )
-        return F.linear(x2d, converted, None if bias is None else bias.to(x2d.dtype))
-    assert plan.backend in TRITON_BACKENDS
-    return _run_triton(x2d, weight, bias, plan)
+    if plan.backend in TRITON_BACKENDS:
+        return _run_triton(x2d, weight, bias, plan)
+    if plan.backend == "semi_structured" and not isinstance(weight, Sparse24Weight):
+        raise ValueError("the semi_structured backend needs a 2:4 weight")
+    if plan.backend == "streams":
+        if not isinstance(weight, BitmapWeight):
+            raise ValueError("the streams backend needs a bitmap weight")
+        if not _launch_directly(x2d, weight, bias):
+            raise ValueError(
+                "the streams backend runs plain inference calls only: not under "
+                "torch.compile, tracing or a dispatch mode, and not where autograd records "
+                "the call (use torch.no_grad(), or backend='auto')"
+            )
+        from .launch import run_streams  # imports triton
+
+        return run_streams(x2d, derived_copy(weight, plan), bias, plan)
+    # dense or semi_structured: F.linear on the cached copy
+    return F.linear(x2d, derived_copy(weight, plan), None if bias is None else bias.to(x2d.dtype))
 
 
 def _defer_to_op(backend: str, x: torch.Tensor) -> bool:
@@ -207,6 +219,8 @@ def _cache_key(plan: Plan) -> str | None:
         return "dense"
     if plan.backend == "semi_structured":
         return f"semi_structured:{plan.semi_structured}"
+    if plan.backend == "streams":
+        return f"streams:{plan.block_n}:{plan.split_k}"
     return None
 
 
@@ -215,9 +229,21 @@ def _copy_missing(weight, plan: Plan) -> bool:
     return key is not None and key not in weight.cache
 
 
+def derived_copy(weight, plan: Plan):
+    """The copy of `weight` that `plan` runs on, built now if missing (dense tensor, torch
+    semi-structured tensor or streams.BitmapStreams); None for plans on the weight itself."""
+    if plan.backend == "dense":
+        return _cached(weight, plan, lambda: unpack(weight).contiguous())
+    if plan.backend == "semi_structured":
+        return _cached(weight, plan, lambda: to_torch_semi_structured(weight, plan.semi_structured))
+    if plan.backend == "streams":
+        return _cached(weight, plan, lambda: build_streams(weight, plan.block_n, plan.split_k))
+    return None
+
+
 def _cached(weight, plan: Plan, build):
-    """The derived copy of the weight (dense or torch-converted) that `plan` runs on, built
-    once and kept on the weight."""
+    """The derived copy of the weight (dense, torch-converted, streams) that `plan` runs
+    on, built once and kept on the weight."""
     key = _cache_key(plan)
     if key not in weight.cache:
         if dispatch.capturing(weight.device):

@@ -44,6 +44,26 @@ def test_kernels_match_oracle_on_gpu(fmt, dtype, backend, m):
     assert_matches_oracle(y, x, dense, bias)
 
 
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 9])
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"]
+)
+def test_streams_match_oracle_on_gpu(dtype, m):
+    dense, packed = _weight("bitmap", dtype)
+    dense[7, 100:1900] = 0  # escape entries
+    packed = pack(dense, "bitmap")
+    x = torch.randn(m, K, dtype=dtype, device="cuda")
+    bias = torch.randn(N, device="cuda")
+    y = sparse_linear(x, packed, bias, backend="streams")
+    assert_matches_oracle(y, x, dense, bias)
+    assert_matches_oracle(
+        sparse_linear(x, packed, bias, plan=Plan("streams", 4, 256, split_k=5, num_warps=8)),
+        x,
+        dense,
+        bias,
+    )
+
+
 def test_serial_split_k_is_deterministic_on_gpu():
     dense, packed = _weight("2:4", torch.bfloat16, n=512, k=8192)
     x = torch.randn(4, 8192, dtype=torch.bfloat16, device="cuda")

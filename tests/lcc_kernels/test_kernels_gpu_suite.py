@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lcc_kernels import bench_report
-from lcc_kernels.dispatch import DispatchTable, WeightKey
+from lcc_kernels.dispatch import DispatchTable, Plan, WeightKey
 
 SUITE = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_suite.py"
 sys.path.insert(0, str(SUITE.parent))
@@ -47,6 +47,12 @@ def test_smoke_run_writes_every_result(tmp_path):
     timings = _lines(out / "timings.jsonl")
     ok = [t for t in timings if t["status"] == "ok"]
     assert {t["provider"] for t in ok} == {"dense", "ours", "dense_triton"}
+    streams = [t for t in ok if t["plan"] and t["plan"]["backend"] == "streams"]
+    assert {t["kind"] for t in streams} == {"bitmap50", "bitmap70"}
+    assert {c["kind"] for c in correctness if c.get("backend") == "streams"} == {
+        "bitmap50",
+        "bitmap70",
+    }
     assert {t["phase"] for t in ok} == {"acceptance", "prefill", "sweep", "shapes"}
     assert any(t["tag"] == "bias_cost" for t in ok)
     eager = [t for t in ok if t["tag"] == "eager"]  # uncaptured calls, default dispatch
@@ -230,7 +236,7 @@ def _bitmap_plan(block_n, block_k, backend="skinny"):
 def test_bitmap_tiles_are_timed_packed_and_tabled_apart(tmp_path):
     """The suite times bitmap plans in every tile of EXTRA_BITMAP_TILES besides the default,
     packs the weight in each plan's tile, and the table keeps one entry per tile."""
-    from lcc_kernels import Plan, sparse_linear, unpack
+    from lcc_kernels import sparse_linear, unpack
     from lcc_kernels.bench import plan_tile
     from lcc_kernels.formats import DEFAULT_BITMAP_TILE
 
@@ -238,11 +244,14 @@ def test_bitmap_tiles_are_timed_packed_and_tabled_apart(tmp_path):
     assert extra != DEFAULT_BITMAP_TILE
     for m in (1, 16, 1024):
         plans = suite_plans.candidates("bitmap50", 4096, 4096, m, 132, smoke=False)
-        tiles = {(p.block_n, p.block_k) for p in plans}
+        tiles = {(p.block_n, p.block_k) for p in plans if p.backend != "streams"}
         assert tiles == {DEFAULT_BITMAP_TILE, extra}, (m, tiles)
+        # Streams plans run on any tile's weight, at decode only.
+        assert any(p.backend == "streams" for p in plans) == (m == 1)
         assert (plans[0].block_n, plans[0].block_k) == DEFAULT_BITMAP_TILE  # the rules' plan
         narrow = suite_plans.candidates("bitmap50", 4096, 4096, m, 132, False, extra_tiles=False)
-        assert {(p.block_n, p.block_k) for p in narrow} == {DEFAULT_BITMAP_TILE}
+        narrow_tiles = {(p.block_n, p.block_k) for p in narrow if p.backend != "streams"}
+        assert narrow_tiles == {DEFAULT_BITMAP_TILE}
     assert plan_tile("2:4", plans[0]) is None and plan_tile("bitmap70", Plan("dense")) is None
 
     cfg = suite_plans.config(smoke=True)
@@ -277,6 +286,31 @@ def test_bitmap_tiles_are_timed_packed_and_tabled_apart(tmp_path):
     for tile, block_n in (((64, 64), 64), ((128, 64), 128)):
         found = table.lookup(WeightKey("bitmap", "bfloat16", 4096, 4096, tile, 0.5), 1)
         assert (found.backend, found.block_n) == ("skinny", block_n)
+
+
+def test_streams_plans_compete_in_every_bitmap_tile(tmp_path):
+    """A streams plan re-lays out a bitmap weight of any tile: its timing counts for the
+    decode check (which names the backend) and for every tile's table entry."""
+    shape = "llama3-8b-o"
+    streams = Plan("streams", 1, 128, split_k=8).to_dict()
+    timings = [
+        _timing(shape, 1, "dense", 10.0),
+        _timing(shape, 1, "ours", 8.0, "bitmap70", plan=_bitmap_plan(64, 64)),
+        _timing(shape, 1, "ours", 9.0, "bitmap70", plan=_bitmap_plan(128, 64)),
+        _timing(shape, 1, "ours", 4.0, "bitmap70", plan=streams),
+    ]
+    _write(tmp_path, {"gpu": "NVIDIA H200"}, timings)
+    (check,) = [
+        c
+        for c in bench_report.summarize(tmp_path)["acceptance"]
+        if c["check"] == "speedup_vs_dense_F.linear" and c["kind"] == "bitmap70"
+    ]
+    assert check["backend"] == "streams" and "tile" not in check
+    assert check["measured"] == pytest.approx(2.5) and check["status"] == "pass"
+    table = DispatchTable.from_dict(bench_report.build_dispatch_table(tmp_path))
+    for tile in ((64, 64), (128, 64)):
+        found = table.lookup(WeightKey("bitmap", "bfloat16", 4096, 4096, tile, 0.3), 1)
+        assert found == Plan.from_dict(streams)
 
 
 def test_eager_rounds_issue_calls_for_their_time_budget(monkeypatch):

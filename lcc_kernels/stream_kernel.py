@@ -1,0 +1,147 @@
+"""`stream_linear_kernel`: y[M, N] = x[M, K] @ W[N, K]^T (+ bias) for a bitmap weight W
+laid out as value streams (streams.py), for 1-4 rows of x (decode).
+
+One weight row per lane: the lane walks its stream of kept values, 8 entries (one 16-byte
+load of values, one 32-bit word of steps) per iteration, and gathers the x element of
+each. The work follows the kept values, not the positions: ~11.5 SASS instructions per
+kept value at M = 1 (compile_report.py), against ~14 per position for the bitmap tiles.
+Split-K, partials and their reduction are the skinny kernel's (kernels.finish_output); the
+rows are permuted, so each lane writes the output column of its weight row.
+"""
+
+import triton
+import triton.language as tl
+
+from .kernels import finish_output
+
+
+@triton.jit
+def _eighths(v):
+    """[BN, 8] -> its 8 columns, each [BN]: splits within a thread's registers."""
+    even, odd = tl.split(tl.reshape(v, [v.shape[0], 4, 2]))  # columns 0 2 4 6 / 1 3 5 7
+    e04, e26 = tl.split(tl.reshape(even, [v.shape[0], 2, 2]))
+    o15, o37 = tl.split(tl.reshape(odd, [v.shape[0], 2, 2]))
+    v0, v4 = tl.split(e04)
+    v2, v6 = tl.split(e26)
+    v1, v5 = tl.split(o15)
+    v3, v7 = tl.split(o37)
+    return v0, v1, v2, v3, v4, v5, v6, v7
+
+
+@triton.jit
+def _x_row(x_ptr, stride_xm, row, M, col):
+    """x[row, col] [BN] in fp32 (0 past M)."""
+    in_x = (tl.zeros_like(col) + row) < M  # the interpreter takes no scalar (or splat) mask
+    return tl.load(x_ptr + row.to(tl.int64) * stride_xm + col, mask=in_x, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _x_rows(x_ptr, stride_xm, first_row, M, col, BLOCK_M: tl.constexpr):
+    """x[first_row + i, col] as [BN, BLOCK_M] fp32, BLOCK_M in 1, 2, 4. Joined rather than
+    loaded as one [BLOCK_M, BN] gather: triton 3.6 lays that out over threads along
+    BLOCK_M and moved every entry's column through shared memory (230 instead of 126
+    instructions per group at M = 2, compile_report.py)."""
+    x0 = _x_row(x_ptr, stride_xm, first_row, M, col)
+    if BLOCK_M == 1:
+        rows = x0[:, None]
+    else:
+        pair = tl.join(x0, _x_row(x_ptr, stride_xm, first_row + 1, M, col))
+        if BLOCK_M == 2:
+            rows = pair
+        else:
+            x2 = _x_row(x_ptr, stride_xm, first_row + 2, M, col)
+            other = tl.join(x2, _x_row(x_ptr, stride_xm, first_row + 3, M, col))
+            # [BN, 2 (row % 2), 2 (row // 2)] -> [BN, 4]
+            rows = tl.reshape(tl.permute(tl.join(pair, other), 0, 2, 1), [col.shape[0], 4])
+    return rows
+
+
+@triton.jit
+def _stream_entry(
+    acc, col, word, value, x_ptr, stride_xm, first_row, M, BLOCK_M: tl.constexpr, J: tl.constexpr
+):
+    """acc [BN, BM] += value [BN] * x [first_row + i, column]; entry J of the group's step
+    word (4 bits per step: streams.STEP_BITS)."""
+    col = col + ((word >> (4 * J)) & 15)
+    x = _x_rows(x_ptr, stride_xm, first_row, M, col, BLOCK_M)
+    return acc + x * value.to(tl.float32)[:, None], col
+
+
+@triton.jit
+def stream_linear_kernel(
+    x_ptr,
+    out_ptr,
+    bias_ptr,
+    partial_ptr,
+    counter_ptr,
+    values_ptr,
+    steps_ptr,
+    starts_ptr,
+    group_base_ptr,
+    groups_ptr,
+    row_ids_ptr,
+    M,
+    N,
+    stride_xm,
+    stride_om,
+    split_k,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
+    SERIAL_REDUCTION: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
+    """Split-K y tile from value streams (streams.py): lane i of row block pid_n walks
+    segment pid_k of weight row row_ids[i]'s stream. x [M, K], out [M, N], bias [N],
+    partials [split_k, M, N] fp32, counters [M tiles * row blocks] int32; values
+    [groups, BLOCK_N, 8], steps [groups, BLOCK_N] int32, starts [blocks, split_k,
+    BLOCK_N] int32, group_base and groups [blocks] int32, row_ids [blocks * BLOCK_N]."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    lanes = tl.arange(0, BLOCK_N)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.load(row_ids_ptr + pid_n * BLOCK_N + lanes)
+    block_groups = tl.load(groups_ptr + pid_n)
+    per_split = tl.cdiv(block_groups, split_k)
+    first = tl.minimum(pid_k * per_split, block_groups)
+    last = tl.minimum(first + per_split, block_groups)
+    base = tl.load(group_base_ptr + pid_n).to(tl.int64)
+    col = tl.load(starts_ptr + (pid_n * split_k + pid_k) * BLOCK_N + lanes)
+    first_row = pid_m * BLOCK_M
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for g in range(first, last):
+        slot = (base + g) * BLOCK_N + lanes
+        values = tl.load(values_ptr + slot[:, None] * 8 + tl.arange(0, 8)[None, :])
+        word = tl.load(steps_ptr + slot)
+        v0, v1, v2, v3, v4, v5, v6, v7 = _eighths(values)
+        acc, col = _stream_entry(acc, col, word, v0, x_ptr, stride_xm, first_row, M, BLOCK_M, 0)
+        acc, col = _stream_entry(acc, col, word, v1, x_ptr, stride_xm, first_row, M, BLOCK_M, 1)
+        acc, col = _stream_entry(acc, col, word, v2, x_ptr, stride_xm, first_row, M, BLOCK_M, 2)
+        acc, col = _stream_entry(acc, col, word, v3, x_ptr, stride_xm, first_row, M, BLOCK_M, 3)
+        acc, col = _stream_entry(acc, col, word, v4, x_ptr, stride_xm, first_row, M, BLOCK_M, 4)
+        acc, col = _stream_entry(acc, col, word, v5, x_ptr, stride_xm, first_row, M, BLOCK_M, 5)
+        acc, col = _stream_entry(acc, col, word, v6, x_ptr, stride_xm, first_row, M, BLOCK_M, 6)
+        acc, col = _stream_entry(acc, col, word, v7, x_ptr, stride_xm, first_row, M, BLOCK_M, 7)
+    acc = tl.trans(acc)
+    finish_output(
+        acc,
+        out_ptr,
+        bias_ptr,
+        partial_ptr,
+        counter_ptr,
+        pid_k,
+        pid_m,
+        pid_n,
+        rows,
+        cols,
+        M,
+        N,
+        stride_om,
+        split_k,
+        BLOCK_M,
+        BLOCK_N,
+        SPLIT,
+        SERIAL_REDUCTION,
+        HAS_BIAS,
+    )

@@ -1,0 +1,192 @@
+"""Value streams: a bitmap weight re-laid out for calls with few rows (decode).
+
+The bitmap kernels rebuild every weight position on chip, kept or not: a popcount and a
+gathered load per position, ~14 SASS instructions each (compile_report.py), which bounds
+their decode speed-up near 1.1x, whatever the density. Here the work follows the kept
+values instead. Each weight row becomes a stream of entries, in K order:
+
+    entry = (value, step)   step = its column minus the previous entry's column (the
+                            first entry's: minus 0), 0..MAX_STEP, 4 bits
+
+A gap wider than MAX_STEP is bridged by escape entries (value 0, step MAX_STEP); a row's
+stream ends in padding entries (value 0, step 0, so their column stays the last one, a
+valid one). Every entry's column is then start + a running sum of steps, and
+y[m, row] = sum over entries of value * x[m, column]: one gathered x element and one FMA
+per kept value, ~11 instructions (M = 1), with no work for pruned positions. At 2 bytes
+per value plus half a byte of step, a 70% sparse bf16 weight streams ~0.76 bytes per
+position (bitmap: 0.725, dense: 2), a 50% one ~1.27 (bitmap: 1.125).
+
+Layout, for kernels that give one weight row to each of `block_n` lanes and cut every row's
+stream into `split` segments (split-K):
+
+    rows are sorted by stream length, longest first, and dealt to row blocks of block_n
+    lanes (row_ids: the weight row of each lane; N for lanes past the last row), so that
+    a block pads its streams only to its own longest one, rounded up to a multiple of 8;
+    block b holds groups[b] groups of 8 entries per lane, global groups group_base[b] ...,
+    stored lane-major:
+        values [total_groups, block_n, 8]   the entries' values (weight dtype)
+        steps  [total_groups, block_n]      int32, entry j's step in bits 4j .. 4j+3
+    so one group is one contiguous 16-byte load per lane (fp16/bf16) and one 32-bit word;
+    segment s of a block is its groups s * G ... (s + 1) * G - 1, G = ceil(groups[b] /
+    split) (the last segments may be shorter or empty);
+    starts [blocks, split, block_n] int32: the column each segment's running sum starts
+    from (the column of the entry before the segment; 0 for the first).
+
+The layout is derived from the weight (exactly: `to_dense` gives it back) and cached on it
+by `sparse_linear` when a plan asks for the "streams" backend, like the dense copy of the
+"dense" backend: it costs its own memory, `nbytes`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .formats import BitmapWeight, _pack_words, _unpack_words, unpack
+
+STEP_BITS = 4
+MAX_STEP = (1 << STEP_BITS) - 1
+ENTRIES_PER_GROUP = 32 // STEP_BITS  # one steps word, one 16-byte load of 16-bit values
+
+
+@dataclass(eq=False)
+class BitmapStreams:
+    """A weight of logical shape (N, K) as value streams; see the module docstring."""
+
+    values: torch.Tensor
+    steps: torch.Tensor
+    starts: torch.Tensor
+    group_base: torch.Tensor
+    groups: torch.Tensor
+    row_ids: torch.Tensor
+    shape: tuple[int, int]
+    block_n: int
+    split: int
+
+    @property
+    def blocks(self) -> int:
+        return self.group_base.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a few-row call reads: every tensor once."""
+        tensors = (self.values, self.steps, self.starts, self.group_base, self.groups)
+        return sum(t.numel() * t.element_size() for t in (*tensors, self.row_ids))
+
+    def to_dense(self) -> torch.Tensor:
+        """The dense [N, K] weight back (pruned zeros as +0.0)."""
+        n, k = self.shape
+        per_lane = self.values.view(-1, self.block_n, ENTRIES_PER_GROUP)
+        steps = _unpack_words(self.steps, STEP_BITS).view(-1, self.block_n, ENTRIES_PER_GROUP)
+        dense = torch.zeros(n, k, dtype=self.values.dtype, device=self.values.device)
+        starts = self.starts.view(self.blocks, self.split, self.block_n)
+        for block, (base, groups) in enumerate(
+            zip(self.group_base.tolist(), self.groups.tolist(), strict=True)
+        ):
+            rows = self.row_ids[block * self.block_n : (block + 1) * self.block_n].long()
+            per_split = -(-groups // self.split)
+            for segment in range(self.split):
+                first = base + min(segment * per_split, groups)
+                last = base + min((segment + 1) * per_split, groups)
+                # [block_n, entries] of this segment, in stream order
+                seg_steps = steps[first:last].permute(1, 0, 2).reshape(self.block_n, -1)
+                seg_values = per_lane[first:last].permute(1, 0, 2).reshape(self.block_n, -1)
+                cols = starts[block, segment].long()[:, None] + seg_steps.cumsum(1)
+                lanes = (rows < n)[:, None].expand_as(cols)
+                dense.index_put_(
+                    (rows[:, None].expand_as(cols)[lanes], cols[lanes]),
+                    seg_values[lanes],
+                    accumulate=True,  # escape and padding entries add zeros
+                )
+        return dense
+
+
+def build_streams(weight: BitmapWeight | torch.Tensor, block_n: int, split: int) -> BitmapStreams:
+    """Streams of a bitmap weight (or of a dense [N, K] tensor whose zeros are the mask),
+    for kernels with `block_n` lanes (a power of two) and `split` segments per row."""
+    if block_n < 1 or block_n & (block_n - 1):
+        raise ValueError(f"block_n must be a power of two, got {block_n}")
+    if split < 1:
+        raise ValueError(f"split must be >= 1, got {split}")
+    dense = unpack(weight) if isinstance(weight, BitmapWeight) else weight
+    if dense.dim() != 2:
+        raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(dense.shape)}")
+    n, k = dense.shape
+    device = dense.device
+    rows, cols = (dense != 0).nonzero(as_tuple=True)  # row-major: each row's in K order
+    values = dense[rows, cols]
+    previous = torch.zeros_like(cols)
+    same_row = rows[1:] == rows[:-1]
+    previous[1:] = torch.where(same_row, cols[:-1], torch.zeros_like(cols[1:]))
+    gap = cols - previous
+    escapes = (gap - 1).clamp(min=0) // MAX_STEP
+    taken = 1 + escapes  # entries per kept value: its escapes, then itself
+    lengths = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, rows, taken)
+    row_first = torch.cumsum(lengths, 0) - lengths
+    entry = torch.cumsum(taken, 0) - 1 - row_first[rows]  # index of the value's own entry
+
+    # Longest streams first, so that a block's rows need little padding.
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    blocks = -(-n // block_n)
+    lane_of_row = torch.empty_like(order)
+    lane_of_row[order] = torch.arange(n, device=device)
+    block_longest = torch.zeros(blocks * block_n, dtype=torch.int64, device=device)
+    block_longest[:n] = lengths[order]
+    block_longest = block_longest.view(blocks, block_n).amax(1)
+    groups = -(-block_longest // ENTRIES_PER_GROUP)
+    group_base = torch.cumsum(groups, 0) - groups
+    total_groups = int(groups.sum())
+    per_split = -(-groups // split)  # groups per segment, per block
+
+    def slots(row: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(group-lane slot, entry in group) of entry `index` of weight row `row`."""
+        lane = lane_of_row[row]
+        group = group_base[lane // block_n] + index // ENTRIES_PER_GROUP
+        return group * block_n + lane % block_n, index % ENTRIES_PER_GROUP
+
+    flat_values = torch.zeros(total_groups * block_n * ENTRIES_PER_GROUP, dtype=dense.dtype)
+    flat_values = flat_values.to(device)
+    fields = torch.zeros(total_groups * block_n, ENTRIES_PER_GROUP, dtype=torch.int64)
+    fields = fields.to(device)
+    slot, j = slots(rows, entry)
+    flat_values[slot * ENTRIES_PER_GROUP + j] = values
+    fields[slot, j] = gap - MAX_STEP * escapes
+
+    # Escape entries: value 0, step MAX_STEP, just before the value that needed them.
+    owner = torch.repeat_interleave(torch.arange(rows.numel(), device=device), escapes)
+    nth = torch.arange(owner.numel(), device=device) - (torch.cumsum(escapes, 0) - escapes)[owner]
+    escape_entry = entry[owner] - escapes[owner] + nth
+    slot_e, j_e = slots(rows[owner], escape_entry)
+    fields[slot_e, j_e] = MAX_STEP
+
+    # A segment starts from the column of the entry before it, or from the row's last
+    # column when the row's stream ends earlier (then it holds padding only).
+    starts = torch.zeros(blocks * block_n, split, dtype=torch.int64, device=device)
+    lane_rows = order  # lane i (< n) holds weight row order[i]
+    last = entry == lengths[rows] - 1
+    row_last_col = torch.zeros(n, dtype=torch.int64, device=device)
+    row_last_col[rows[last]] = cols[last]
+    starts[:n, 1:] = row_last_col[lane_rows][:, None]
+    entry_cols = torch.cat([cols, previous[owner] + MAX_STEP * (nth + 1)])
+    entry_rows = torch.cat([rows, rows[owner]])
+    entry_index = torch.cat([entry, escape_entry])
+    length = per_split[lane_of_row[entry_rows] // block_n] * ENTRIES_PER_GROUP
+    segment = (entry_index + 1) // length
+    ends_segment = ((entry_index + 1) % length == 0) & (segment < split)
+    starts[lane_of_row[entry_rows[ends_segment]], segment[ends_segment]] = entry_cols[ends_segment]
+    starts = starts.view(blocks, block_n, split).transpose(1, 2).contiguous()
+
+    row_ids = torch.full((blocks * block_n,), n, dtype=torch.int32, device=device)
+    row_ids[:n] = order.to(torch.int32)
+    return BitmapStreams(
+        values=flat_values,
+        steps=_pack_words(fields, STEP_BITS),
+        starts=starts.to(torch.int32).reshape(-1),
+        group_base=group_base.to(torch.int32),
+        groups=groups.to(torch.int32),
+        row_ids=row_ids,
+        shape=(n, k),
+        block_n=block_n,
+        split=split,
+    )
