@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from .streams import GROUP_ENTRIES, step_bits_for
+
 BACKENDS = ("skinny", "tiled", "dense", "semi_structured", "streams", "reference")
 TRITON_BACKENDS = ("skinny", "tiled")
 TABLE_SCHEMA = "lcc_kernels.dispatch/1"
@@ -54,7 +56,7 @@ MAX_M_BUCKET = 4096
 # gathered x element each): ~11.5 SASS instructions per value at M = 1, 27 at M = 4
 # (compile_report.py), so beyond a few rows the bitmap tiles win.
 STREAMS_MAX_M = 4
-# Streams segments (split-K) hold at least this many groups of 8 entries per lane.
+# Streams segments (split-K) hold at least this many groups (8 or 32 entries) per lane.
 STREAMS_MIN_GROUPS = 4
 # Bitmap table entries match a weight whose density is within this of theirs.
 DENSITY_TOLERANCE = 0.1
@@ -298,7 +300,8 @@ def streams_plan(m: int, key: WeightKey, sm_count: int, block_n: int = 128) -> P
         raise ValueError(f"the streams backend needs a bitmap weight, got a {key.format} one")
     block_m = min(STREAMS_MAX_M, 1 << max(0, m - 1).bit_length())
     output_tiles = -(-key.n // block_n) * -(-m // block_m)
-    groups = -(-round(key.density * key.k) // 8)  # per row, without escapes
+    entries = GROUP_ENTRIES[step_bits_for(key.density)]
+    groups = -(-round(key.density * key.k) // entries)  # per row, without escapes
     split = split_k_for(output_tiles, max(1, groups // STREAMS_MIN_GROUPS), sm_count)
     warps = max(1, block_n // 32)
     return Plan("streams", block_m, block_n, split_k=split, num_warps=warps, num_stages=1)

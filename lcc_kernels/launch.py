@@ -303,6 +303,7 @@ def stream_launches(x, streams, bias, plan: Plan, out) -> list[Launch]:
         dict(
             BLOCK_M=plan.block_m,
             BLOCK_N=plan.block_n,
+            STEP_BITS=streams.step_bits,
             SPLIT=split > 1,
             SERIAL_REDUCTION=plan.serial_reduction,
             HAS_BIAS=bias is not None,

@@ -58,13 +58,56 @@ def _x_rows(x_ptr, stride_xm, first_row, M, col, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _stream_entry(
-    acc, col, word, value, x_ptr, stride_xm, first_row, M, BLOCK_M: tl.constexpr, J: tl.constexpr
+    acc,
+    col,
+    steps,
+    value,
+    x_ptr,
+    stride_xm,
+    first_row,
+    M,
+    BLOCK_M: tl.constexpr,
+    BITS: tl.constexpr,
+    J: tl.constexpr,
 ):
-    """acc [BN, BM] += value [BN] * x [first_row + i, column]; entry J of the group's step
-    word (4 bits per step: streams.STEP_BITS)."""
-    col = col + ((word >> (4 * J)) & 15)
+    """acc [BN, BM] += value [BN] * x [first_row + i, column]; the column moves by entry J's
+    step, bits BITS * J ... of `steps` [BN] (bits above the step may be anything)."""
+    col = col + ((steps >> (BITS * J)) & ((1 << BITS) - 1))
     x = _x_rows(x_ptr, stride_xm, first_row, M, col, BLOCK_M)
     return acc + x * value.to(tl.float32)[:, None], col
+
+
+@triton.jit
+def _stream_eight(
+    acc,
+    col,
+    values,
+    steps,
+    x_ptr,
+    stride_xm,
+    first_row,
+    M,
+    BLOCK_M: tl.constexpr,
+    BITS: tl.constexpr,
+):
+    """Eight consecutive entries: values [BN, 8], their steps in the low 8 * BITS bits of
+    steps [BN]."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = _eighths(values)
+    acc, col = _stream_entry(acc, col, steps, v0, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 0)
+    acc, col = _stream_entry(acc, col, steps, v1, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 1)
+    acc, col = _stream_entry(acc, col, steps, v2, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 2)
+    acc, col = _stream_entry(acc, col, steps, v3, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 3)
+    acc, col = _stream_entry(acc, col, steps, v4, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 4)
+    acc, col = _stream_entry(acc, col, steps, v5, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 5)
+    acc, col = _stream_entry(acc, col, steps, v6, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 6)
+    acc, col = _stream_entry(acc, col, steps, v7, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 7)
+    return acc, col
+
+
+@triton.jit
+def _load_eight(values_ptr, slot, GROUP: tl.constexpr, FIRST: tl.constexpr):
+    """Values FIRST ... FIRST + 7 of the lanes' groups [BN, 8] (GROUP entries per group)."""
+    return tl.load(values_ptr + slot[:, None] * GROUP + FIRST + tl.arange(0, 8)[None, :])
 
 
 @triton.jit
@@ -87,6 +130,7 @@ def stream_linear_kernel(
     split_k,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    STEP_BITS: tl.constexpr,
     SPLIT: tl.constexpr,
     SERIAL_REDUCTION: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -94,8 +138,9 @@ def stream_linear_kernel(
     """Split-K y tile from value streams (streams.py): lane i of row block pid_n walks
     segment pid_k of weight row row_ids[i]'s stream. x [M, K], out [M, N], bias [N],
     partials [split_k, M, N] fp32, counters [M tiles * row blocks] int32; values
-    [groups, BLOCK_N, 8], steps [groups, BLOCK_N] int32, starts [blocks, split_k,
-    BLOCK_N] int32, group_base and groups [blocks] int32, row_ids [blocks * BLOCK_N]."""
+    [groups, BLOCK_N, E], steps [groups, W, BLOCK_N] int32 (E, W = 8, 1 for 4-bit steps,
+    32, 3 for 3-bit ones), starts [blocks, split_k, BLOCK_N] int32, group_base and groups
+    [blocks] int32, row_ids [blocks * BLOCK_N]."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -112,17 +157,38 @@ def stream_linear_kernel(
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     for g in range(first, last):
         slot = (base + g) * BLOCK_N + lanes
-        values = tl.load(values_ptr + slot[:, None] * 8 + tl.arange(0, 8)[None, :])
-        word = tl.load(steps_ptr + slot)
-        v0, v1, v2, v3, v4, v5, v6, v7 = _eighths(values)
-        acc, col = _stream_entry(acc, col, word, v0, x_ptr, stride_xm, first_row, M, BLOCK_M, 0)
-        acc, col = _stream_entry(acc, col, word, v1, x_ptr, stride_xm, first_row, M, BLOCK_M, 1)
-        acc, col = _stream_entry(acc, col, word, v2, x_ptr, stride_xm, first_row, M, BLOCK_M, 2)
-        acc, col = _stream_entry(acc, col, word, v3, x_ptr, stride_xm, first_row, M, BLOCK_M, 3)
-        acc, col = _stream_entry(acc, col, word, v4, x_ptr, stride_xm, first_row, M, BLOCK_M, 4)
-        acc, col = _stream_entry(acc, col, word, v5, x_ptr, stride_xm, first_row, M, BLOCK_M, 5)
-        acc, col = _stream_entry(acc, col, word, v6, x_ptr, stride_xm, first_row, M, BLOCK_M, 6)
-        acc, col = _stream_entry(acc, col, word, v7, x_ptr, stride_xm, first_row, M, BLOCK_M, 7)
+        if STEP_BITS == 4:
+            steps = tl.load(steps_ptr + slot)
+            values = _load_eight(values_ptr, slot, 8, 0)
+            acc, col = _stream_eight(
+                acc, col, values, steps, x_ptr, stride_xm, first_row, M, BLOCK_M, 4
+            )
+        else:
+            # 32 entries, 96 bits of steps: eight entries take 24 bits, cut from the words
+            # (>> is arithmetic on int32: the high parts are masked before joining).
+            words = steps_ptr + (base + g) * (3 * BLOCK_N) + lanes
+            w0 = tl.load(words)
+            w1 = tl.load(words + BLOCK_N)
+            w2 = tl.load(words + 2 * BLOCK_N)
+            quarter1 = ((w0 >> 24) & 0xFF) | (w1 << 8)
+            quarter2 = ((w1 >> 16) & 0xFFFF) | (w2 << 16)
+            quarter3 = w2 >> 8
+            values = _load_eight(values_ptr, slot, 32, 0)
+            acc, col = _stream_eight(
+                acc, col, values, w0, x_ptr, stride_xm, first_row, M, BLOCK_M, 3
+            )
+            values = _load_eight(values_ptr, slot, 32, 8)
+            acc, col = _stream_eight(
+                acc, col, values, quarter1, x_ptr, stride_xm, first_row, M, BLOCK_M, 3
+            )
+            values = _load_eight(values_ptr, slot, 32, 16)
+            acc, col = _stream_eight(
+                acc, col, values, quarter2, x_ptr, stride_xm, first_row, M, BLOCK_M, 3
+            )
+            values = _load_eight(values_ptr, slot, 32, 24)
+            acc, col = _stream_eight(
+                acc, col, values, quarter3, x_ptr, stride_xm, first_row, M, BLOCK_M, 3
+            )
     acc = tl.trans(acc)
     finish_output(
         acc,

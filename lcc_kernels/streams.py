@@ -6,27 +6,33 @@ their decode speed-up near 1.1x, whatever the density. Here the work follows the
 values instead. Each weight row becomes a stream of entries, in K order:
 
     entry = (value, step)   step = its column minus the previous entry's column (the
-                            first entry's: minus 0), 0..MAX_STEP, 4 bits
+                            first entry's: minus 0), 0 .. 2**step_bits - 1
 
-A gap wider than MAX_STEP is bridged by escape entries (value 0, step MAX_STEP); a row's
-stream ends in padding entries (value 0, step 0, so their column stays the last one, a
-valid one). Every entry's column is then start + a running sum of steps, and
+A gap wider than the largest step is bridged by escape entries (value 0, the largest
+step); a row's stream ends in padding entries (value 0, step 0, so their column stays the
+last one, a valid one). Every entry's column is then start + a running sum of steps, and
 y[m, row] = sum over entries of value * x[m, column]: one gathered x element and one FMA
-per kept value, ~11 instructions (M = 1), with no work for pruned positions. At 2 bytes
-per value plus half a byte of step, a 70% sparse bf16 weight streams ~0.76 bytes per
-position (bitmap: 0.725, dense: 2), a 50% one ~1.27 (bitmap: 1.125).
+per kept value, ~11.5 instructions (M = 1), with no work for pruned positions.
+
+Steps take 4 bits below STEP3_FROM_DENSITY kept values per position and 3 bits from it
+(fewer bits, more escapes: 3 bits need one per gap of 8+, 0.8% of the values at 50%
+density but 8% at 30%). In bf16, with escapes, padding and segment starts, a 70% sparse
+weight streams ~0.77 bytes per position with 4-bit steps (bitmap: 0.725, dense: 2) and
+a 50% one ~1.21 with 3-bit steps (bitmap: 1.125; 4-bit steps: ~1.27).
 
 Layout, for kernels that give one weight row to each of `block_n` lanes and cut every row's
 stream into `split` segments (split-K):
 
     rows are sorted by stream length, longest first, and dealt to row blocks of block_n
     lanes (row_ids: the weight row of each lane; N for lanes past the last row), so that
-    a block pads its streams only to its own longest one, rounded up to a multiple of 8;
-    block b holds groups[b] groups of 8 entries per lane, global groups group_base[b] ...,
-    stored lane-major:
-        values [total_groups, block_n, 8]   the entries' values (weight dtype)
-        steps  [total_groups, block_n]      int32, entry j's step in bits 4j .. 4j+3
-    so one group is one contiguous 16-byte load per lane (fp16/bf16) and one 32-bit word;
+    a block pads its streams only to its own longest one, rounded up to a whole group;
+    a group is E = 8 (4-bit steps) or 32 (3-bit) entries of one lane: their values and
+    one (4-bit) or three (3-bit) int32 words of steps, entry j's step in bits
+    step_bits * j ... of the words read as one little-endian bit string. Block b holds
+    groups[b] groups per lane, global groups group_base[b] ..., stored lane-major:
+        values [total_groups, block_n, E]      the entries' values (weight dtype)
+        steps  [total_groups, W, block_n]      int32, W = E * step_bits / 32
+    so a group is contiguous 16-byte loads per lane (fp16/bf16) and coalesced words;
     segment s of a block is its groups s * G ... (s + 1) * G - 1, G = ceil(groups[b] /
     split) (the last segments may be shorter or empty);
     starts [blocks, split, block_n] int32: the column each segment's running sum starts
@@ -43,11 +49,44 @@ from dataclasses import dataclass
 
 import torch
 
-from .formats import BitmapWeight, _pack_words, _unpack_words, unpack
+from .formats import BitmapWeight, unpack
 
-STEP_BITS = 4
-MAX_STEP = (1 << STEP_BITS) - 1
-ENTRIES_PER_GROUP = 32 // STEP_BITS  # one steps word, one 16-byte load of 16-bit values
+# Kept values per position from which steps take 3 bits rather than 4. Per kept value a
+# 3-bit step saves 1/8 byte and costs 2.4 bytes per escape, one per gap of 8+ positions:
+# (1 - d)**7 of the values at density d (1/16 byte less at 40%, about even at 35%).
+STEP3_FROM_DENSITY = 0.4
+# Entries per group, by step width: one int32 word of 4-bit steps, three of 3-bit ones.
+GROUP_ENTRIES = {4: 8, 3: 32}
+
+
+def step_bits_for(density: float) -> int:
+    """Step width for a weight keeping `density` of its positions."""
+    return 3 if density >= STEP3_FROM_DENSITY else 4
+
+
+def _pack_steps(fields: torch.Tensor, bits: int) -> torch.Tensor:
+    """[..., E] steps -> [..., E * bits / 32] int32 words (one little-endian bit string)."""
+    words = torch.zeros(*fields.shape[:-1], fields.shape[-1] * bits // 32, dtype=torch.int64)
+    words = words.to(fields.device)
+    for j in range(fields.shape[-1]):
+        word, shift = divmod(bits * j, 32)
+        words[..., word] |= (fields[..., j] << shift) & 0xFFFFFFFF
+        if shift + bits > 32:  # straddles two words
+            words[..., word + 1] |= fields[..., j] >> (32 - shift)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def _unpack_steps(words: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of _pack_steps: [..., W] int32 -> [..., W * 32 / bits] int64."""
+    unsigned = words.to(torch.int64) & 0xFFFFFFFF
+    fields = []
+    for j in range(words.shape[-1] * 32 // bits):
+        word, shift = divmod(bits * j, 32)
+        field = unsigned[..., word] >> shift
+        if shift + bits > 32:
+            field = field | (unsigned[..., word + 1] << (32 - shift))
+        fields.append(field & ((1 << bits) - 1))
+    return torch.stack(fields, -1)
 
 
 @dataclass(eq=False)
@@ -63,10 +102,19 @@ class BitmapStreams:
     shape: tuple[int, int]
     block_n: int
     split: int
+    step_bits: int
 
     @property
     def blocks(self) -> int:
         return self.group_base.shape[0]
+
+    @property
+    def group_entries(self) -> int:
+        return GROUP_ENTRIES[self.step_bits]
+
+    @property
+    def words_per_group(self) -> int:
+        return self.group_entries * self.step_bits // 32
 
     @property
     def nbytes(self) -> int:
@@ -77,8 +125,9 @@ class BitmapStreams:
     def to_dense(self) -> torch.Tensor:
         """The dense [N, K] weight back (pruned zeros as +0.0)."""
         n, k = self.shape
-        per_lane = self.values.view(-1, self.block_n, ENTRIES_PER_GROUP)
-        steps = _unpack_words(self.steps, STEP_BITS).view(-1, self.block_n, ENTRIES_PER_GROUP)
+        per_lane = self.values.view(-1, self.block_n, self.group_entries)
+        words = self.steps.view(per_lane.shape[0], self.words_per_group, self.block_n)
+        steps = _unpack_steps(words.transpose(1, 2), self.step_bits)
         dense = torch.zeros(n, k, dtype=self.values.dtype, device=self.values.device)
         starts = self.starts.view(self.blocks, self.split, self.block_n)
         for block, (base, groups) in enumerate(
@@ -102,9 +151,12 @@ class BitmapStreams:
         return dense
 
 
-def build_streams(weight: BitmapWeight | torch.Tensor, block_n: int, split: int) -> BitmapStreams:
+def build_streams(
+    weight: BitmapWeight | torch.Tensor, block_n: int, split: int, step_bits: int | None = None
+) -> BitmapStreams:
     """Streams of a bitmap weight (or of a dense [N, K] tensor whose zeros are the mask),
-    for kernels with `block_n` lanes (a power of two) and `split` segments per row."""
+    for kernels with `block_n` lanes (a power of two) and `split` segments per row; steps
+    of `step_bits` (3 or 4; default by density, step_bits_for)."""
     if block_n < 1 or block_n & (block_n - 1):
         raise ValueError(f"block_n must be a power of two, got {block_n}")
     if split < 1:
@@ -114,13 +166,20 @@ def build_streams(weight: BitmapWeight | torch.Tensor, block_n: int, split: int)
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(dense.shape)}")
     n, k = dense.shape
     device = dense.device
-    rows, cols = (dense != 0).nonzero(as_tuple=True)  # row-major: each row's in K order
+    kept = dense != 0
+    if step_bits is None:
+        step_bits = step_bits_for(kept.sum().item() / max(kept.numel(), 1))
+    if step_bits not in GROUP_ENTRIES:
+        raise ValueError(f"step_bits must be one of {sorted(GROUP_ENTRIES)}, got {step_bits}")
+    max_step = (1 << step_bits) - 1
+    group_entries = GROUP_ENTRIES[step_bits]
+    rows, cols = kept.nonzero(as_tuple=True)  # row-major: each row's in K order
     values = dense[rows, cols]
     previous = torch.zeros_like(cols)
     same_row = rows[1:] == rows[:-1]
     previous[1:] = torch.where(same_row, cols[:-1], torch.zeros_like(cols[1:]))
     gap = cols - previous
-    escapes = (gap - 1).clamp(min=0) // MAX_STEP
+    escapes = (gap - 1).clamp(min=0) // max_step
     taken = 1 + escapes  # entries per kept value: its escapes, then itself
     lengths = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, rows, taken)
     row_first = torch.cumsum(lengths, 0) - lengths
@@ -134,7 +193,7 @@ def build_streams(weight: BitmapWeight | torch.Tensor, block_n: int, split: int)
     block_longest = torch.zeros(blocks * block_n, dtype=torch.int64, device=device)
     block_longest[:n] = lengths[order]
     block_longest = block_longest.view(blocks, block_n).amax(1)
-    groups = -(-block_longest // ENTRIES_PER_GROUP)
+    groups = -(-block_longest // group_entries)
     group_base = torch.cumsum(groups, 0) - groups
     total_groups = int(groups.sum())
     per_split = -(-groups // split)  # groups per segment, per block
@@ -142,23 +201,23 @@ def build_streams(weight: BitmapWeight | torch.Tensor, block_n: int, split: int)
     def slots(row: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(group-lane slot, entry in group) of entry `index` of weight row `row`."""
         lane = lane_of_row[row]
-        group = group_base[lane // block_n] + index // ENTRIES_PER_GROUP
-        return group * block_n + lane % block_n, index % ENTRIES_PER_GROUP
+        group = group_base[lane // block_n] + index // group_entries
+        return group * block_n + lane % block_n, index % group_entries
 
-    flat_values = torch.zeros(total_groups * block_n * ENTRIES_PER_GROUP, dtype=dense.dtype)
+    flat_values = torch.zeros(total_groups * block_n * group_entries, dtype=dense.dtype)
     flat_values = flat_values.to(device)
-    fields = torch.zeros(total_groups * block_n, ENTRIES_PER_GROUP, dtype=torch.int64)
+    fields = torch.zeros(total_groups * block_n, group_entries, dtype=torch.int64)
     fields = fields.to(device)
     slot, j = slots(rows, entry)
-    flat_values[slot * ENTRIES_PER_GROUP + j] = values
-    fields[slot, j] = gap - MAX_STEP * escapes
+    flat_values[slot * group_entries + j] = values
+    fields[slot, j] = gap - max_step * escapes
 
-    # Escape entries: value 0, step MAX_STEP, just before the value that needed them.
+    # Escape entries: value 0, the largest step, just before the value that needed them.
     owner = torch.repeat_interleave(torch.arange(rows.numel(), device=device), escapes)
     nth = torch.arange(owner.numel(), device=device) - (torch.cumsum(escapes, 0) - escapes)[owner]
     escape_entry = entry[owner] - escapes[owner] + nth
     slot_e, j_e = slots(rows[owner], escape_entry)
-    fields[slot_e, j_e] = MAX_STEP
+    fields[slot_e, j_e] = max_step
 
     # A segment starts from the column of the entry before it, or from the row's last
     # column when the row's stream ends earlier (then it holds padding only).
@@ -168,10 +227,10 @@ def build_streams(weight: BitmapWeight | torch.Tensor, block_n: int, split: int)
     row_last_col = torch.zeros(n, dtype=torch.int64, device=device)
     row_last_col[rows[last]] = cols[last]
     starts[:n, 1:] = row_last_col[lane_rows][:, None]
-    entry_cols = torch.cat([cols, previous[owner] + MAX_STEP * (nth + 1)])
+    entry_cols = torch.cat([cols, previous[owner] + max_step * (nth + 1)])
     entry_rows = torch.cat([rows, rows[owner]])
     entry_index = torch.cat([entry, escape_entry])
-    length = per_split[lane_of_row[entry_rows] // block_n] * ENTRIES_PER_GROUP
+    length = per_split[lane_of_row[entry_rows] // block_n] * group_entries
     segment = (entry_index + 1) // length
     ends_segment = ((entry_index + 1) % length == 0) & (segment < split)
     starts[lane_of_row[entry_rows[ends_segment]], segment[ends_segment]] = entry_cols[ends_segment]
@@ -181,7 +240,11 @@ def build_streams(weight: BitmapWeight | torch.Tensor, block_n: int, split: int)
     row_ids[:n] = order.to(torch.int32)
     return BitmapStreams(
         values=flat_values,
-        steps=_pack_words(fields, STEP_BITS),
+        steps=_pack_steps(fields, step_bits)
+        .view(total_groups, block_n, group_entries * step_bits // 32)
+        .transpose(1, 2)
+        .contiguous()
+        .view(-1),
         starts=starts.to(torch.int32).reshape(-1),
         group_base=group_base.to(torch.int32),
         groups=groups.to(torch.int32),
@@ -189,4 +252,5 @@ def build_streams(weight: BitmapWeight | torch.Tensor, block_n: int, split: int)
         shape=(n, k),
         block_n=block_n,
         split=split,
+        step_bits=step_bits,
     )

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from lcc_kernels import Plan, pack, sparse_linear
 from lcc_kernels.dispatch import DispatchTable, WeightKey, plan_for, streams_plan
-from lcc_kernels.streams import MAX_STEP, build_streams
+from lcc_kernels.streams import build_streams
 
 N, K = 72, 136
 
@@ -35,27 +35,31 @@ def _awkward(n: int, k: int, density: float, dtype=torch.float32) -> torch.Tenso
     density=st.sampled_from([0.0, 0.02, 0.3, 0.5, 1.0]),
     block_n=st.sampled_from([1, 2, 8, 32]),
     split=st.integers(1, 6),
+    step_bits=st.sampled_from([3, 4, None]),
     seed=st.integers(0, 2**16),
 )
-def test_streams_give_the_weight_back_exactly(n, k, density, block_n, split, seed):
+def test_streams_give_the_weight_back_exactly(n, k, density, block_n, split, step_bits, seed):
     torch.manual_seed(seed)
     weight = _awkward(n, k, density)
-    streams = build_streams(weight, block_n, split)
+    streams = build_streams(weight, block_n, split, step_bits)
     assert torch.equal(streams.to_dense(), weight)
     assert streams.starts.numel() == streams.blocks * split * block_n
+    assert streams.steps.numel() * 32 == streams.values.numel() * streams.step_bits
     # No block pads its lanes beyond its longest stream rounded up to a group.
     longest = (weight != 0).sum(1).max().item()
-    escapes = -(-k // MAX_STEP)
-    assert streams.groups.max().item() <= -(-(longest + escapes) // 8)
+    escapes = -(-k // ((1 << streams.step_bits) - 1))
+    assert streams.groups.max().item() <= -(-(longest + escapes) // streams.group_entries)
 
 
-def test_streams_of_a_bitmap_weight_and_their_bytes():
+@pytest.mark.parametrize("density, step_bits", [(0.3, 4), (0.5, 3)])
+def test_streams_of_a_bitmap_weight_and_their_bytes(density, step_bits):
     torch.manual_seed(0)
-    weight = random_unstructured(256, 1024, 0.3, torch.float16)
+    weight = random_unstructured(256, 1024, density, torch.float16)
     packed = pack(weight, "bitmap")
     streams = build_streams(packed, 64, 4)
+    assert streams.step_bits == step_bits  # the narrower steps from STEP3_FROM_DENSITY
     assert torch.equal(streams.to_dense(), weight)
-    # 2 bytes of value + half a byte of step per kept value, a few percent of escapes,
+    # 2 bytes of value + 3 or 4 bits of step per kept value, a few percent of escapes,
     # padding and segment starts: between the bitmap's bytes and 1.15x them.
     assert packed.nbytes < streams.nbytes < 1.15 * packed.nbytes
 
@@ -68,6 +72,8 @@ def test_bad_streams_arguments_raise():
         build_streams(weight, 4, 0)
     with pytest.raises(ValueError, match=r"2-D \[N, K\]"):
         build_streams(torch.ones(4), 4, 1)
+    with pytest.raises(ValueError, match="step_bits must be one of"):
+        build_streams(weight, 4, 1, step_bits=2)
 
 
 def _plan(m: int, block_n: int = 32, split: int = 3, serial: bool = True) -> Plan:
@@ -86,8 +92,9 @@ def _plan(m: int, block_n: int = 32, split: int = 3, serial: bool = True) -> Pla
 @pytest.mark.parametrize("m", [1, 3, 17])
 @pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
-def test_streams_kernel_matches_oracle(dtype, with_bias, m):
-    dense = _awkward(N, K, 0.4, dtype)
+@pytest.mark.parametrize("density", [0.3, 0.6], ids=["4bit", "3bit"])  # step widths
+def test_streams_kernel_matches_oracle(density, dtype, with_bias, m):
+    dense = _awkward(N, K, density, dtype)
     packed = pack(dense, "bitmap", tile=(16, 32))
     x = torch.randn(m, K, dtype=dtype)
     bias = torch.randn(N) if with_bias else None
