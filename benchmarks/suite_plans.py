@@ -107,7 +107,8 @@ def candidates(
         if not smoke:
             plans += [
                 streams_plan(m, key, sms, block_n=256),
-                replace(streams, split_k=min(MAX_SPLIT_K, streams.split_k * 2)),
+                replace(streams, split_k=max(1, streams.split_k // 2)),
+                replace(streams, num_stages=1),  # no cp.async: ~15% fewer instructions
             ]
     if smoke:
         return plans

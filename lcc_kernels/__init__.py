@@ -4,6 +4,7 @@
     y = sparse_linear(x, packed, bias)      # x [..., K] -> y [..., N], bias in fp32
     qkv = pack_many([wq, wk, wv], "2:4")    # one launch for three projections
     q, k, v = split_output(sparse_linear(x, qkv), qkv)
+    y = sparse_linear(x, bitmap, bias, backend="streams")  # decode: kept values as streams
 
 Knows nothing of transformers or of the restoration method.
 """

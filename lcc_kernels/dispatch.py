@@ -58,6 +58,9 @@ MAX_M_BUCKET = 4096
 STREAMS_MAX_M = 4
 # Streams segments (split-K) hold at least this many groups (8 or 32 entries) per lane.
 STREAMS_MIN_GROUPS = 4
+# Streams programs per SM to aim for (4 warps each, 32 registers a thread): twice the
+# skinny path's, as each iteration's x gathers wait on its weight loads (two round trips).
+STREAMS_PROGRAMS_PER_SM = 8
 # Bitmap table entries match a weight whose density is within this of theirs.
 DENSITY_TOLERANCE = 0.1
 _CPU_SM_COUNT = 4  # split-K heuristic on a CPU (interpreter): a few splits, still quick
@@ -295,16 +298,18 @@ def default_plan(m: int, key: WeightKey, sm_count: int, backend: str = "auto") -
 
 def streams_plan(m: int, key: WeightKey, sm_count: int, block_n: int = 128) -> Plan:
     """A "streams" plan for M rows: one weight row per lane (block_n lanes, 4 warps per
-    128), segments enough to fill the GPU while each keeps STREAMS_MIN_GROUPS groups."""
+    128), segments enough for STREAMS_PROGRAMS_PER_SM programs per SM while each keeps
+    STREAMS_MIN_GROUPS groups, and the next group's loads issued a stage ahead."""
     if key.format != "bitmap":
         raise ValueError(f"the streams backend needs a bitmap weight, got a {key.format} one")
     block_m = min(STREAMS_MAX_M, 1 << max(0, m - 1).bit_length())
     output_tiles = -(-key.n // block_n) * -(-m // block_m)
     entries = GROUP_ENTRIES[step_bits_for(key.density)]
     groups = -(-round(key.density * key.k) // entries)  # per row, without escapes
-    split = split_k_for(output_tiles, max(1, groups // STREAMS_MIN_GROUPS), sm_count)
+    wanted = -(-STREAMS_PROGRAMS_PER_SM * sm_count // output_tiles)
+    split = max(1, min(wanted, groups // STREAMS_MIN_GROUPS, MAX_SPLIT_K))
     warps = max(1, block_n // 32)
-    return Plan("streams", block_m, block_n, split_k=split, num_warps=warps, num_stages=1)
+    return Plan("streams", block_m, block_n, split_k=split, num_warps=warps, num_stages=2)
 
 
 def plan_for(

@@ -307,6 +307,7 @@ def stream_launches(x, streams, bias, plan: Plan, out) -> list[Launch]:
             SPLIT=split > 1,
             SERIAL_REDUCTION=plan.serial_reduction,
             HAS_BIAS=bias is not None,
+            NUM_STAGES=plan.num_stages,
             num_warps=plan.num_warps,
             num_stages=plan.num_stages,
         ),

@@ -134,6 +134,7 @@ def stream_linear_kernel(
     SPLIT: tl.constexpr,
     SERIAL_REDUCTION: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     """Split-K y tile from value streams (streams.py): lane i of row block pid_n walks
     segment pid_k of weight row row_ids[i]'s stream. x [M, K], out [M, N], bias [N],
@@ -155,7 +156,7 @@ def stream_linear_kernel(
     col = tl.load(starts_ptr + (pid_n * split_k + pid_k) * BLOCK_N + lanes)
     first_row = pid_m * BLOCK_M
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    for g in range(first, last):
+    for g in tl.range(first, last, num_stages=NUM_STAGES):
         slot = (base + g) * BLOCK_N + lanes
         if STEP_BITS == 4:
             steps = tl.load(steps_ptr + slot)
