@@ -71,7 +71,9 @@ _SAME_WIDTH = {"float16": ("bfloat16",), "bfloat16": ("float16",)}
 class Plan:
     """How to run one call. Block sizes are powers of two; for bitmap weights block_n and
     block_k are replaced by the weight's tile. block_m < 16 on the skinny path selects
-    multiply + tl.sum instead of tl.dot."""
+    multiply + tl.sum instead of tl.dot. A streams plan reads block_m (1, 2 or 4 rows of
+    x per program), block_n (weight rows per program, one per lane), split_k (segments
+    of each row's stream), num_warps, num_stages and serial_reduction; not block_k."""
 
     backend: str
     block_m: int = 16
