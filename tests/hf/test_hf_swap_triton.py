@@ -68,6 +68,29 @@ def test_tiled_bitmap_kernels_fp16(triton_rows):
     assert triton_rows == [14] * 4  # 2 layers x (qkv, o_proj)
 
 
+def test_streams_decode_bitmap_fp32(monkeypatch):
+    """The streams backend in a swapped model: fused q/k/v split after one launch, o_proj
+    with its bias, on prefill (several M tiles) and decode; generate runs without grad."""
+    import lcc_kernels.launch
+
+    rows, real = [], lcc_kernels.launch.run_streams
+    monkeypatch.setattr(
+        lcc_kernels.launch,
+        "run_streams",
+        lambda x2d, *args: rows.append(x2d.shape[0]) or real(x2d, *args),
+    )
+    pruned = _model("unstructured")
+    swapped = copy.deepcopy(pruned)
+    swap_attention(swapped, "bitmap", backend="streams")
+    prompt = torch.randint(0, 256, (1, 6), device=DEVICE)
+    with pytest.raises(ValueError, match="plain inference calls only"):
+        swapped(prompt)  # the parameters require grad: autograd would record the call
+    with torch.no_grad():
+        assert_matches(swapped, pruned, prompt, torch.float32)
+    assert_generation_matches(swapped, pruned, prompt, 2, torch.float32)
+    assert set(rows) == {6, 1} and len(rows) == 3 * 2 * 2  # 3 forwards x 2 layers x 2 launches
+
+
 def test_compiled_swapped_model_is_one_graph_with_one_qkv_launch_per_layer():
     pruned = _model("2:4")
     swapped = copy.deepcopy(pruned)
