@@ -168,7 +168,8 @@ def build_calls(
         weight_bytes = packed.nbytes
         if plan is not None and plan.backend == "streams":
             # The plan reads its re-layout of the weight, built here once per copy.
-            weight_bytes = [derived_copy(p, plan) for p in instances][0].nbytes
+            layouts = [derived_copy(p, plan) for p in instances]
+            weight_bytes = layouts[0].nbytes
         return calls, io_bytes + weight_bytes
     if provider in ("cusparselt", "cutlass"):
         source = pack(dense, "2:4") if packed is None else packed

@@ -53,7 +53,7 @@ MAX_SPLIT_K = 32
 # M bucket cap: above 4096 rows every problem is compute-bound and tiles no longer change.
 MAX_M_BUCKET = 4096
 # The streams backend's cost per kept value grows with the rows of x it multiplies (one
-# gathered x element each): ~11.5 SASS instructions per value at M = 1, 27 at M = 4
+# gathered x element each): ~11-13 SASS instructions per value at M = 1, ~25-30 at M = 4
 # (compile_report.py), so beyond a few rows the bitmap tiles win.
 STREAMS_MAX_M = 4
 # Streams segments (split-K) hold at least this many groups (8 or 32 entries) per lane.

@@ -76,7 +76,8 @@ def sparse_linear(
         if plan is None:
             plan = choose_plan(x2d.shape[0], weight, x.dtype, x.device, backend)
             if backend == "auto" and (
-                # The copy would be built by graph nodes, holding data only once replayed.
+                # A copy built under capture would hold data only once the graph replays;
+                # streams launch directly, unseen by autograd, tracing and dispatch modes.
                 (_copy_missing(weight, plan) and dispatch.capturing(x.device))
                 or (plan.backend == "streams" and not _launch_directly(x2d, weight, bias))
             ):
