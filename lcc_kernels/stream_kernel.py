@@ -1,10 +1,12 @@
 """`stream_linear_kernel`: y[M, N] = x[M, K] @ W[N, K]^T (+ bias) for a bitmap weight W
 laid out as value streams (streams.py), for 1-4 rows of x (decode).
 
-One weight row per lane: the lane walks its stream of kept values, 8 entries (one 16-byte
-load of values, one 32-bit word of steps) per iteration, and gathers the x element of
-each. The work follows the kept values, not the positions: ~11.5 SASS instructions per
-kept value at M = 1 (compile_report.py), against ~14 per position for the bitmap tiles.
+One weight row per lane: the lane walks its stream of kept values a group per iteration
+(8 entries with 4-bit steps: a 16-byte load of values and a word of steps; 32 with 3-bit
+steps: four such loads and three words), the group's loads issued NUM_STAGES - 1
+iterations ahead, and gathers the x element of each entry. The work follows the kept
+values, not the positions: ~11-13 SASS instructions per kept value at M = 1
+(compile_report.py), against ~14 per position for the bitmap tiles.
 Split-K, partials and their reduction are the skinny kernel's (kernels.finish_output); the
 rows are permuted, so each lane writes the output column of its weight row.
 """

@@ -12,7 +12,7 @@ A gap wider than the largest step is bridged by escape entries (value 0, the lar
 step); a row's stream ends in padding entries (value 0, step 0, so their column stays the
 last one, a valid one). Every entry's column is then start + a running sum of steps, and
 y[m, row] = sum over entries of value * x[m, column]: one gathered x element and one FMA
-per kept value, ~11.5 instructions (M = 1), with no work for pruned positions.
+per kept value, ~11-13 instructions (M = 1), with no work for pruned positions.
 
 Steps take 4 bits below STEP3_FROM_DENSITY kept values per position and 3 bits from it
 (fewer bits, more escapes: 3 bits need one per gap of 8+, 0.8% of the values at 50%
