@@ -66,8 +66,8 @@ def step_bits_for(density: float) -> int:
 
 def _pack_steps(fields: torch.Tensor, bits: int) -> torch.Tensor:
     """[..., E] steps -> [..., E * bits / 32] int32 words (one little-endian bit string)."""
-    words = torch.zeros(*fields.shape[:-1], fields.shape[-1] * bits // 32, dtype=torch.int64)
-    words = words.to(fields.device)
+    shape = (*fields.shape[:-1], fields.shape[-1] * bits // 32)
+    words = torch.zeros(shape, dtype=torch.int64, device=fields.device)
     for j in range(fields.shape[-1]):
         word, shift = divmod(bits * j, 32)
         words[..., word] |= (fields[..., j] << shift) & 0xFFFFFFFF
@@ -204,10 +204,10 @@ def build_streams(
         group = group_base[lane // block_n] + index // group_entries
         return group * block_n + lane % block_n, index % group_entries
 
-    flat_values = torch.zeros(total_groups * block_n * group_entries, dtype=dense.dtype)
-    flat_values = flat_values.to(device)
-    fields = torch.zeros(total_groups * block_n, group_entries, dtype=torch.int64)
-    fields = fields.to(device)
+    flat_values = torch.zeros(
+        total_groups * block_n * group_entries, dtype=dense.dtype, device=device
+    )
+    fields = torch.zeros(total_groups * block_n, group_entries, dtype=torch.int64, device=device)
     slot, j = slots(rows, entry)
     flat_values[slot * group_entries + j] = values
     fields[slot, j] = gap - max_step * escapes
