@@ -16,7 +16,7 @@ specialisation a real launch gets, and the report gives per launch:
     the rules' plan), a static issue-rate ceiling: an SM issues at most one warp
     instruction per scheduler per cycle (4 per cycle on sm_80/90), so T iterations of a
     loop of I instructions in W warps take at least T * I * W / (4 * SMs * clock)
-    seconds, however fast memory is (a streams iteration is one group of 8 entries per
+    seconds, however fast memory is (a streams iteration is one group, 8 or 32 entries, per
     lane, T the layout's groups: the count follows the kept values, not the positions).
     `issue_bytes_per_s` = the call's bytes (weight and x, each read once) over that time;
     `bound_speedup_vs_dense` = dense bytes at the measured device-copy bandwidth
@@ -197,7 +197,8 @@ def _issue_bound(
     report: LaunchReport, weight_bytes: int, dense_bytes: int, weight_iterations: int
 ) -> None:
     """Fill the issue-rate ceiling of a decode launch, see the module docstring; the loop
-    runs weight_iterations times per M tile (each reading a weight_bytes / that share)."""
+    runs weight_iterations times per M tile, each reading weight_bytes / weight_iterations
+    of the weight on average."""
     plan = report.plan
     report.loop_iterations = weight_iterations
     iterations = weight_iterations * math.ceil(report.m / plan["block_m"])
