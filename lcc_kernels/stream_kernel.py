@@ -107,6 +107,22 @@ def _stream_eight(
 
 
 @triton.jit
+def _quarter_steps(w0, w1, w2, QUARTER: tl.constexpr):
+    """The 24 bits of 3-bit steps of entries 8 * QUARTER ... of a 32-entry group, from its
+    three words w0..w2 [BN] int32, in the low bits (bits above may be anything). >> is
+    arithmetic on int32: the high parts are masked before joining."""
+    if QUARTER == 0:
+        steps = w0
+    elif QUARTER == 1:
+        steps = ((w0 >> 24) & 0xFF) | (w1 << 8)
+    elif QUARTER == 2:
+        steps = ((w1 >> 16) & 0xFFFF) | (w2 << 16)
+    else:
+        steps = w2 >> 8
+    return steps
+
+
+@triton.jit
 def _load_eight(values_ptr, slot, GROUP: tl.constexpr, FIRST: tl.constexpr):
     """Values FIRST ... FIRST + 7 of the lanes' groups [BN, 8] (GROUP entries per group)."""
     return tl.load(values_ptr + slot[:, None] * GROUP + FIRST + tl.arange(0, 8)[None, :])
@@ -167,31 +183,16 @@ def stream_linear_kernel(
                 acc, col, values, steps, x_ptr, stride_xm, first_row, M, BLOCK_M, 4
             )
         else:
-            # 32 entries, 96 bits of steps: eight entries take 24 bits, cut from the words
-            # (>> is arithmetic on int32: the high parts are masked before joining).
             words = steps_ptr + (base + g) * (3 * BLOCK_N) + lanes
             w0 = tl.load(words)
             w1 = tl.load(words + BLOCK_N)
             w2 = tl.load(words + 2 * BLOCK_N)
-            quarter1 = ((w0 >> 24) & 0xFF) | (w1 << 8)
-            quarter2 = ((w1 >> 16) & 0xFFFF) | (w2 << 16)
-            quarter3 = w2 >> 8
-            values = _load_eight(values_ptr, slot, 32, 0)
-            acc, col = _stream_eight(
-                acc, col, values, w0, x_ptr, stride_xm, first_row, M, BLOCK_M, 3
-            )
-            values = _load_eight(values_ptr, slot, 32, 8)
-            acc, col = _stream_eight(
-                acc, col, values, quarter1, x_ptr, stride_xm, first_row, M, BLOCK_M, 3
-            )
-            values = _load_eight(values_ptr, slot, 32, 16)
-            acc, col = _stream_eight(
-                acc, col, values, quarter2, x_ptr, stride_xm, first_row, M, BLOCK_M, 3
-            )
-            values = _load_eight(values_ptr, slot, 32, 24)
-            acc, col = _stream_eight(
-                acc, col, values, quarter3, x_ptr, stride_xm, first_row, M, BLOCK_M, 3
-            )
+            for quarter in tl.static_range(4):
+                values = _load_eight(values_ptr, slot, 32, 8 * quarter)
+                steps = _quarter_steps(w0, w1, w2, quarter)
+                acc, col = _stream_eight(
+                    acc, col, values, steps, x_ptr, stride_xm, first_row, M, BLOCK_M, 3
+                )
     acc = tl.trans(acc)
     finish_output(
         acc,
