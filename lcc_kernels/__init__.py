@@ -4,7 +4,8 @@
     y = sparse_linear(x, packed, bias)      # x [..., K] -> y [..., N], bias in fp32
     qkv = pack_many([wq, wk, wv], "2:4")    # one launch for three projections
     q, k, v = split_output(sparse_linear(x, qkv), qkv)
-    y = sparse_linear(x, bitmap, bias, backend="streams")  # decode: kept values as streams
+    y = sparse_linear(x, bitmap, bias, decode_streams=True)  # decode: kept values as streams
+    prepare_streams(bitmap)                 # build their layout now (before torch.compile)
 
 Knows nothing of transformers or of the restoration method.
 """
@@ -23,7 +24,7 @@ from .formats import (
     unpack,
 )
 from .interop import from_torch_semi_structured, to_torch_semi_structured
-from .linear import dense_linear_triton, sparse_linear
+from .linear import dense_linear_triton, prepare_streams, sparse_linear
 from .reference import oracle_linear, reference_linear
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "oracle_linear",
     "pack",
     "pack_many",
+    "prepare_streams",
     "reference_linear",
     "sparse_linear",
     "split_output",

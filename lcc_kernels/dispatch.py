@@ -18,10 +18,14 @@ that `benchmarks/gpu_suite.py` writes (`dispatch_table.json`); they are loaded w
 environment variable (os.pathsep-separated) on the first CUDA dispatch. Without a
 measured entry, `default_plan` applies fixed rules, which never pick the backends that
 cache a second copy of the weight (a measured table may: the dense copy costs 2 bytes per
-weight position, the streams ~1.1x the bitmap's bytes). fp16 and bf16 entries stand in
-for each other. On a CPU the backend is always `reference`, unless a caller forces a
-Triton path (then the kernels must be interpreted: TRITON_INTERPRET=1). Inside the custom
-ops (under torch.compile) the choice is restricted to the Triton plans (`triton_only`).
+weight position, the streams ~1.1x the bitmap's bytes), unless the caller opts in with
+`decode_streams`: then bitmap weights take the streams backend up to STREAMS_MAX_M rows.
+fp16 and bf16 entries stand in for each other. On a CPU the backend is always
+`reference`, unless a caller forces a Triton path (then the kernels must be interpreted:
+TRITON_INTERPRET=1). Inside the custom
+ops (under torch.compile) the choice is restricted to the plans they can run
+(`triton_only`): the Triton ones, and streams where the op was given a layout
+(`decode_streams`).
 """
 
 from __future__ import annotations
@@ -298,13 +302,18 @@ def default_plan(m: int, key: WeightKey, sm_count: int, backend: str = "auto") -
     )
 
 
+def streams_block_m(m: int) -> int:
+    """Rows of x per streams program for M rows: the next power of two, at most 4."""
+    return min(STREAMS_MAX_M, 1 << max(0, m - 1).bit_length())
+
+
 def streams_plan(m: int, key: WeightKey, sm_count: int, block_n: int = 128) -> Plan:
     """A "streams" plan for M rows: one weight row per lane (block_n lanes, 4 warps per
     128), segments enough for STREAMS_PROGRAMS_PER_SM programs per SM while each keeps
     STREAMS_MIN_GROUPS groups, and the next group's loads issued a stage ahead."""
     if key.format != "bitmap":
         raise ValueError(f"the streams backend needs a bitmap weight, got a {key.format} one")
-    block_m = min(STREAMS_MAX_M, 1 << max(0, m - 1).bit_length())
+    block_m = streams_block_m(m)
     output_tiles = -(-key.n // block_n) * -(-m // block_m)
     entries = GROUP_ENTRIES[step_bits_for(key.density)]
     groups = -(-round(key.density * key.k) // entries)  # per row, without escapes
@@ -321,14 +330,19 @@ def plan_for(
     sm_count: int,
     backend: str = "auto",
     triton_only: bool = False,
+    decode_streams: bool = False,
 ) -> Plan:
     """The plan for M rows on a named device (pure: no tensors, no device queries).
 
     triton_only: pick among our Triton kernels only (inside the custom ops, which cannot
-    reach the cached dense / torch semi-structured copies). Memoised: a table lookup scans
+    reach the cached dense / torch semi-structured copies); with decode_streams, streams
+    plans too (the op holds a layout). decode_streams: without a measured entry, a bitmap
+    weight takes streams_plan up to STREAMS_MAX_M rows. Memoised: a table lookup scans
     the table, and eager decode asks again at every call."""
     table = _TABLES.get(device_name)  # part of the memo key: a new table means new plans
-    return _memoised_plan(m, key, device_name, sm_count, backend, triton_only, table)
+    return _memoised_plan(
+        m, key, device_name, sm_count, backend, triton_only, decode_streams, table
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -339,6 +353,7 @@ def _memoised_plan(
     sm_count: int,
     backend: str,
     triton_only: bool,
+    decode_streams: bool,
     table: DispatchTable | None,
 ) -> Plan:
     if backend != "auto" and backend not in BACKENDS:
@@ -347,13 +362,17 @@ def _memoised_plan(
         return Plan("reference")
     if backend == "auto":
         measured = table.lookup(key, m) if table is not None else None
-        if measured is not None and _usable(measured, key, triton_only):
+        if measured is not None and _usable(measured, key, triton_only, decode_streams):
             return measured
+        if decode_streams and key.format == "bitmap" and m <= STREAMS_MAX_M:
+            return streams_plan(m, key, sm_count)
     return _with_tile(default_plan(m, key, sm_count, backend), key.tile)
 
 
-def _usable(plan: Plan, key: WeightKey, triton_only: bool) -> bool:
-    if triton_only and plan.backend not in TRITON_BACKENDS:
+def _usable(plan: Plan, key: WeightKey, triton_only: bool, decode_streams: bool) -> bool:
+    if triton_only and not (
+        plan.backend in TRITON_BACKENDS or (decode_streams and plan.backend == "streams")
+    ):
         return False
     if plan.backend == "semi_structured":
         return key.format == "2:4" and key.dtype in ("float16", "bfloat16")
@@ -365,21 +384,33 @@ def _usable(plan: Plan, key: WeightKey, triton_only: bool) -> bool:
 
 
 def plan_for_key(
-    m: int, key: WeightKey, device: torch.device, backend: str = "auto", triton_only: bool = False
+    m: int,
+    key: WeightKey,
+    device: torch.device,
+    backend: str = "auto",
+    triton_only: bool = False,
+    decode_streams: bool = False,
 ) -> Plan:
     """`plan_for` on a device: loads the tables named in the environment, queries the GPU."""
     _load_env_tables()
     name, sm_count = device_info(device)
-    return plan_for(m, key, name, sm_count, backend, triton_only)
+    return plan_for(m, key, name, sm_count, backend, triton_only, decode_streams)
 
 
 def choose_plan(
-    m: int, weight, dtype: torch.dtype, device: torch.device, backend: str = "auto"
+    m: int,
+    weight,
+    dtype: torch.dtype,
+    device: torch.device,
+    backend: str = "auto",
+    decode_streams: bool = False,
 ) -> Plan:
     """The plan for x [m, K] (dtype, on device) times `weight`; see the module docstring."""
     if backend == "auto" and device.type != "cuda":
         return Plan("reference")  # decided before any I/O, so it traces under torch.compile
-    return plan_for_key(m, WeightKey.of(weight, dtype), device, backend)
+    return plan_for_key(
+        m, WeightKey.of(weight, dtype), device, backend, decode_streams=decode_streams
+    )
 
 
 def _with_tile(plan: Plan, tile: tuple[int, int] | None) -> Plan:

@@ -29,6 +29,7 @@ def sparse_linear(
     *,
     backend: str = "auto",
     plan: Plan | None = None,
+    decode_streams: bool = False,
 ) -> torch.Tensor:
     """y [..., N] = x [..., K] @ W^T + bias, for a packed weight W of shape [N, K].
 
@@ -41,15 +42,21 @@ def sparse_linear(
         or one of dispatch.BACKENDS to force it; plan: an explicit `Plan` (benchmarks,
         tests). Accumulation is fp32; y has x's dtype. Inference only (no autograd
         through the Triton backends).
+    decode_streams: with "auto", a bitmap weight runs on its streams layout (built on
+        first use and kept on the weight, ~1.1x the bitmap's bytes) up to
+        dispatch.STREAMS_MAX_M rows where no measured entry says otherwise. Without it
+        the rules never pick streams (a measured table still may, in eager calls).
 
     Under torch.compile the call is one custom op; with backend "auto" on a GPU (or a
     forced Triton backend) the op picks its Triton plan when it runs, so the backends on
     a cached copy of the weight that eager dispatch may pick (dense and torch
-    semi-structured for large M, streams for bitmap weights at decode) are not used
-    there. Under CUDA-graph capture those are used only if their copy was built before
-    (by an eager call): "auto" falls back to a Triton plan, a forced one raises. Where
-    autograd would record the call, "auto" does not pick streams (whose launches have no
-    op node to refuse a backward) and a forced streams plan raises.
+    semi-structured for large M) are not used there. Streams are, with decode_streams or
+    backend "streams", if the weight's layout was built before tracing (by
+    `prepare_streams` or an eager call): the op then gets it and picks streams or a
+    Triton plan when it runs. Under CUDA-graph capture the cached copies are used only if
+    they were built before: "auto" falls back to a Triton plan, a forced one raises.
+    Where autograd would record the call, "auto" does not pick streams (whose eager
+    launches have no op node to refuse a backward) and a forced streams plan raises.
 
     >>> w = pack(torch.tensor([[1.0, 0, 0, 2], [0, 3, 4, 0]]), "2:4")
     >>> sparse_linear(torch.ones(1, 4), w, torch.tensor([0.5, 0.0]))
@@ -69,12 +76,12 @@ def sparse_linear(
     if plan is None and backend not in ("auto", *BACKENDS):
         raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
     if plan is None and _defer_to_op(backend, x):
-        # While compiling: let the op choose among the Triton plans when it runs, so that
-        # no dispatcher code is traced and a new M never recompiles the graph.
-        y = _run_triton(x2d, weight, bias, None, backend)
+        # While compiling: let the op choose its plan when it runs, so that no dispatcher
+        # code is traced and a new M never recompiles the graph.
+        y = _run_deferred(x2d, weight, bias, backend, decode_streams)
     else:
         if plan is None:
-            plan = choose_plan(x2d.shape[0], weight, x.dtype, x.device, backend)
+            plan = choose_plan(x2d.shape[0], weight, x.dtype, x.device, backend, decode_streams)
             if backend == "auto" and (
                 # A copy built under capture would hold data only once the graph replays;
                 # streams launch directly, unseen by autograd, tracing and dispatch modes.
@@ -160,7 +167,37 @@ def _run(x2d, weight, bias, plan: Plan) -> torch.Tensor:
 def _defer_to_op(backend: str, x: torch.Tensor) -> bool:
     if not torch.compiler.is_compiling():
         return False
-    return backend in TRITON_BACKENDS or (backend == "auto" and x.device.type == "cuda")
+    return backend in (*TRITON_BACKENDS, "streams") or (
+        backend == "auto" and x.device.type == "cuda"
+    )
+
+
+def _run_deferred(x2d, weight, bias, backend: str, decode_streams: bool) -> torch.Tensor:
+    """Under torch.compile: one custom op that picks its plan when it runs; the streams op
+    where the weight has a layout and streams are asked for (forced, or decode_streams)."""
+    wants_streams = backend == "streams" or (
+        backend == "auto" and decode_streams and isinstance(weight, BitmapWeight)
+    )
+    built = weight.cache.get(_LAST_STREAMS) if wants_streams else None
+    if built is None:
+        if backend == "streams":
+            if not isinstance(weight, BitmapWeight):
+                raise ValueError("the streams backend needs a bitmap weight")
+            raise ValueError(
+                "under torch.compile the streams backend runs on a layout built before "
+                "tracing: call lcc_kernels.prepare_streams(weight) (or run the call once "
+                "without compiling) first"
+            )
+        return _run_triton(x2d, weight, bias, None, backend)
+    built_plan, layout = built
+    return ops.bitmap_streams_linear(
+        x2d,
+        *_bitmap_op_args(weight),
+        list(layout.tensors),
+        ops.streams_config(built_plan, layout),
+        bias,
+        backend == "streams",
+    )
 
 
 def _launch_directly(x2d, weight, bias) -> bool:
@@ -201,17 +238,17 @@ def _run_triton(x2d, weight, bias, plan: Plan | None, backend: str = "auto") -> 
     config = ops.deferred_config(backend) if plan is None else ops.plan_to_config(plan)
     if isinstance(weight, Sparse24Weight):
         return ops.sparse24_linear(x2d, weight.values, weight.meta, weight.shape[1], bias, config)
-    return ops.bitmap_linear(
-        x2d,
-        weight.bits,
-        weight.values,
-        weight.offsets,
-        *weight.shape,
-        *weight.tile,
-        weight.nnz,
-        bias,
-        config,
-    )
+    return ops.bitmap_linear(x2d, *_bitmap_op_args(weight), bias, config)
+
+
+def _bitmap_op_args(weight: BitmapWeight) -> tuple:
+    """A bitmap weight as the bitmap ops take it: bits, values, offsets, n, k, tile, nnz."""
+    return (weight.bits, weight.values, weight.offsets, *weight.shape, *weight.tile, weight.nnz)
+
+
+# weight.cache key of (plan, layout) of the last streams plan built or run: compiled calls
+# find their layout there without formatting its key (traced ints may be symbolic).
+_LAST_STREAMS = "streams:last"
 
 
 def _cache_key(plan: Plan) -> str | None:
@@ -232,14 +269,36 @@ def _copy_missing(weight, plan: Plan) -> bool:
 
 def derived_copy(weight, plan: Plan):
     """The copy of `weight` that `plan` runs on, built now if missing (dense tensor, torch
-    semi-structured tensor or streams.BitmapStreams); None for plans on the weight itself."""
+    semi-structured tensor or streams.BitmapStreams); None for plans on the weight itself.
+    The last streams plan asked for is remembered: compiled calls run on its layout."""
     if plan.backend == "dense":
         return _cached(weight, plan, lambda: unpack(weight).contiguous())
     if plan.backend == "semi_structured":
         return _cached(weight, plan, lambda: to_torch_semi_structured(weight, plan.semi_structured))
     if plan.backend == "streams":
-        return _cached(weight, plan, lambda: build_streams(weight, plan.block_n, plan.split_k))
+        layout = _cached(weight, plan, lambda: build_streams(weight, plan.block_n, plan.split_k))
+        weight.cache[_LAST_STREAMS] = (plan, layout)
+        return layout
     return None
+
+
+def prepare_streams(weight: BitmapWeight, plan: Plan | None = None):
+    """Build (or find) `weight`'s streams layout now and make it the one that compiled
+    calls run on; returns it (streams.BitmapStreams). Do this before torch.compile or
+    CUDA-graph capture, which cannot build it. plan: a "streams" Plan; by default the one
+    a one-row call with decode_streams picks on the weight's device (the same layout
+    serves up to dispatch.STREAMS_MAX_M rows)."""
+    if not isinstance(weight, BitmapWeight):
+        raise ValueError(
+            f"streams layouts are built for bitmap weights, got {type(weight).__name__}"
+        )
+    if plan is None:
+        plan = choose_plan(1, weight, weight.dtype, weight.device, "auto", True)
+        if plan.backend != "streams":  # a measured entry (or the CPU) says otherwise
+            plan = choose_plan(1, weight, weight.dtype, weight.device, "streams")
+    elif plan.backend != "streams":
+        raise ValueError(f"prepare_streams needs a streams plan, got {plan.backend!r}")
+    return derived_copy(weight, plan)
 
 
 def _cached(weight, plan: Plan, build):

@@ -2,7 +2,8 @@
 
 Each op takes a 2-D x [M, K], the packed weight's tensors, the bias and a launch config
 (a `Plan` encoded as ints by `plan_to_config`, or a `deferred_config` that lets the op
-pick the plan when it runs), and returns a fresh y [M, N]. Fake
+pick the plan when it runs), and returns a fresh y [M, N]; `bitmap_streams_linear` also
+takes a streams layout of the weight, built beforehand (tracing cannot build it). Fake
 implementations give torch.compile the output shape without running anything. The ops
 are inference-only: they register no autograd formula.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import TRITON_BACKENDS, Plan, WeightKey, plan_for_key
+from .dispatch import TRITON_BACKENDS, Plan, WeightKey, plan_for_key, streams_block_m
+from .streams import BitmapStreams
 
 
 def plan_to_config(plan: Plan) -> list[int]:
@@ -125,3 +127,74 @@ def dense_linear(
 @dense_linear.register_fake
 def _dense_linear_fake(x, weight, bias, config):
     return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def streams_config(plan: Plan, layout: BitmapStreams) -> list[int]:
+    """The streams plan a layout was built for, as the int list `bitmap_streams_linear`
+    takes (block_m is chosen per call, from M)."""
+    if plan.backend != "streams" or (plan.block_n, plan.split_k) != (layout.block_n, layout.split):
+        raise ValueError(
+            f"{plan} is not the streams plan of a layout built for "
+            f"block_n {layout.block_n}, split {layout.split}"
+        )
+    return [
+        layout.block_n,
+        layout.split,
+        layout.step_bits,
+        plan.num_warps,
+        plan.num_stages,
+        int(plan.serial_reduction),
+    ]
+
+
+@torch.library.custom_op("lcc_kernels::bitmap_streams_linear", mutates_args=())
+def bitmap_streams_linear(
+    x: torch.Tensor,
+    bits: torch.Tensor,
+    values: torch.Tensor,
+    offsets: torch.Tensor,
+    n: int,
+    k: int,
+    tile_n: int,
+    tile_k: int,
+    nnz: int,
+    layout: list[torch.Tensor],
+    layout_config: list[int],
+    bias: torch.Tensor | None,
+    forced: bool,
+) -> torch.Tensor:
+    """y [M, n] = x [M, k] @ W^T + bias, W a bitmap weight (bits/values/offsets) whose
+    streams layout is also given: `layout` the tensors of a streams.BitmapStreams (values,
+    steps, starts, group_base, groups, row_ids), `layout_config` from `streams_config`.
+
+    forced: run the streams at any M. Otherwise the op asks the dispatcher (decode_streams
+    on) when it runs: the streams where it picks a streams plan, else its Triton plan on
+    the bitmap, so that M stays symbolic under torch.compile."""
+    from .launch import bitmap_operand, run_linear, run_streams
+
+    m = x.shape[0]
+    if not forced:
+        key = WeightKey("bitmap", _dtype_name(x), n, k, (tile_n, tile_k), nnz / (n * k))
+        plan = plan_for_key(m, key, x.device, triton_only=True, decode_streams=True)
+        if plan.backend != "streams":
+            operand = bitmap_operand(bits, values, offsets, n, k, (tile_n, tile_k))
+            return run_linear(x, operand, bias, plan)
+    block_n, split, step_bits, warps, stages, serial = layout_config
+    streams = BitmapStreams(*layout, (n, k), block_n, split, step_bits)
+    plan = Plan(
+        "streams",
+        streams_block_m(m),
+        block_n,
+        split_k=split,
+        num_warps=warps,
+        num_stages=stages,
+        serial_reduction=bool(serial),
+    )
+    return run_streams(x, streams, bias, plan)
+
+
+@bitmap_streams_linear.register_fake
+def _bitmap_streams_linear_fake(
+    x, bits, values, offsets, n, k, tile_n, tile_k, nnz, layout, layout_config, bias, forced
+):
+    return x.new_empty((x.shape[0], n))

@@ -39,8 +39,9 @@ stream into `split` segments (split-K):
     from (the column of the entry before the segment; 0 for the first).
 
 The layout is derived from the weight (exactly: `to_dense` gives it back) and cached on it
-by `sparse_linear` when a plan asks for the "streams" backend, like the dense copy of the
-"dense" backend: it costs its own memory, `nbytes`.
+by `sparse_linear` when a plan asks for the "streams" backend (or by `prepare_streams`,
+ahead of torch.compile and CUDA-graph capture), like the dense copy of the "dense"
+backend: it costs its own memory, `nbytes`.
 """
 
 from __future__ import annotations
@@ -117,10 +118,14 @@ class BitmapStreams:
         return self.group_entries * self.step_bits // 32
 
     @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The layout's tensors, in field order (values ... row_ids)."""
+        return (self.values, self.steps, self.starts, self.group_base, self.groups, self.row_ids)
+
+    @property
     def nbytes(self) -> int:
         """Bytes a few-row call reads: every tensor once."""
-        tensors = (self.values, self.steps, self.starts, self.group_base, self.groups)
-        return sum(t.numel() * t.element_size() for t in (*tensors, self.row_ids))
+        return sum(t.numel() * t.element_size() for t in self.tensors)
 
     def to_dense(self) -> torch.Tensor:
         """The dense [N, K] weight back (pruned zeros as +0.0)."""

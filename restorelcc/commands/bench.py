@@ -72,6 +72,12 @@ def register(subparsers) -> None:
         default=MIN_SPARSITY,
         help=f"fraction of zeros from which a matrix counts as pruned (default {MIN_SPARSITY})",
     )
+    p.add_argument(
+        "--decode-streams",
+        action="store_true",
+        help="bitmap weights run decode (up to 4 rows) on a streams layout of their kept "
+        "values: ~1.1x the bitmap's bytes more memory (lcc_kernels.streams)",
+    )
     p.add_argument("--no-check", action="store_true", help="skip the logits check")
     add_device_argument(p)
     p.add_argument("--json", default=None, help="report path (default bench_<model>.json)")
@@ -160,7 +166,14 @@ def run(args: argparse.Namespace) -> int:
 
     def swap() -> None:
         reports.append(
-            swap_pruned_attention(model, "--model", args.model, args.format, args.min_sparsity)
+            swap_pruned_attention(
+                model,
+                "--model",
+                args.model,
+                args.format,
+                args.min_sparsity,
+                args.decode_streams,
+            )
         )
 
     with torch.no_grad():

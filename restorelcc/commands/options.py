@@ -75,13 +75,15 @@ class NothingToSwapError(RestoreLCCError, ValueError):
     """A model whose attention projections hold no pruned matrix."""
 
 
-def swap_pruned_attention(model, option: str, name: str, format: str, min_sparsity: float):
-    """``swap_attention(model, format, min_sparsity=...)``; its ``SwapReport``. Raises
-    ``NothingToSwapError`` (naming ``option`` and the model ``name``) if nothing was pruned,
-    so nothing was swapped."""
+def swap_pruned_attention(
+    model, option: str, name: str, format: str, min_sparsity: float, decode_streams=False
+):
+    """``swap_attention(model, format, min_sparsity=..., decode_streams=...)``; its
+    ``SwapReport``. Raises ``NothingToSwapError`` (naming ``option`` and the model
+    ``name``) if nothing was pruned, so nothing was swapped."""
     from restorelcc.hf.swap import swap_attention
 
-    report = swap_attention(model, format, min_sparsity=min_sparsity)
+    report = swap_attention(model, format, min_sparsity=min_sparsity, decode_streams=decode_streams)
     if not report.swapped_layers:
         raise NothingToSwapError(
             f"{option}: {name} has no pruned attention layer to swap (no attention projection "

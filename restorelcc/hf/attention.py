@@ -71,13 +71,24 @@ def _take(state_dict, key, shape, missing_keys, error_msgs) -> torch.Tensor | No
 
 
 class PackedLinear(nn.Module):
-    """y [..., N] = x [..., K] @ W^T + bias for a packed W [N, K]; bias [N] or None."""
+    """y [..., N] = x [..., K] @ W^T + bias for a packed W [N, K]; bias [N] or None.
+
+    backend and decode_streams are passed to every ``sparse_linear`` call. With
+    decode_streams, a bitmap weight on a GPU gets its streams layout built whenever the
+    module's tensors are set or moved, so that compiled and captured decode can use it.
+    """
 
     def __init__(
-        self, packed: lcc_kernels.PackedWeight, bias: torch.Tensor | None, backend: str = "auto"
+        self,
+        packed: lcc_kernels.PackedWeight,
+        bias: torch.Tensor | None,
+        backend: str = "auto",
+        *,
+        decode_streams: bool = False,
     ) -> None:
         super().__init__()
         self.backend = backend
+        self._decode_streams = decode_streams
         self._set_packed(packed)
         bias = None if bias is None else bias.detach().clone()
         self.register_buffer("bias", bias, persistent=False)  # saved as nn.Linear's
@@ -111,6 +122,21 @@ class PackedLinear(nn.Module):
         }
         template = self._packed if template is None else template
         self._packed = dataclasses.replace(template, cache={}, **tensors)
+        self._prepare_streams()
+
+    @property
+    def decode_streams(self) -> bool:
+        return self._decode_streams
+
+    @decode_streams.setter
+    def decode_streams(self, value: bool) -> None:
+        self._decode_streams = bool(value)
+        self._prepare_streams()
+
+    def _prepare_streams(self) -> None:
+        p = self._packed
+        if self._decode_streams and p.format == "bitmap" and p.device.type == "cuda":
+            lcc_kernels.prepare_streams(p)
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)
@@ -172,7 +198,9 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., K] -> [..., N]."""
-        return lcc_kernels.sparse_linear(x, self._packed, self.bias, backend=self.backend)
+        return lcc_kernels.sparse_linear(
+            x, self._packed, self.bias, backend=self.backend, decode_streams=self._decode_streams
+        )
 
     def extra_repr(self) -> str:
         p = self._packed
@@ -180,7 +208,7 @@ class PackedLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"format={p.format!r}{extra}, bias={self.bias is not None}, "
-            f"backend={self.backend!r}"
+            f"backend={self.backend!r}, decode_streams={self._decode_streams}"
         )
 
 
@@ -195,8 +223,16 @@ class PackedQKV(PackedLinear):
     concatenated ``bias`` buffer); ``unswap`` uses it to give back the same modules.
     """
 
-    def __init__(self, packed, bias, has_bias: tuple[bool, ...], backend: str = "auto"):
-        super().__init__(packed, bias, backend)
+    def __init__(
+        self,
+        packed,
+        bias,
+        has_bias: tuple[bool, ...],
+        backend: str = "auto",
+        *,
+        decode_streams: bool = False,
+    ):
+        super().__init__(packed, bias, backend, decode_streams=decode_streams)
         if len(has_bias) != len(packed.split_sizes):
             raise ValueError(
                 f"has_bias {has_bias} must name each of the "

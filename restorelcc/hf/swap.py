@@ -1,6 +1,7 @@
 """Swap a pruned model's attention projections for packed sparse modules, and back.
 
     report = swap_attention(model)            # in place; "auto": 2:4 where possible
+    swap_attention(model, decode_streams=True)  # bitmap weights: streams at decode (GPU)
     print(report.table())                     # per layer: format, density, bytes
     unswap_attention(model)                   # the original nn.Linear modules again
 
@@ -73,6 +74,7 @@ class SwapReport:
     format: str
     backend: str
     groups: list[SwappedGroup] = field(default_factory=list)
+    decode_streams: bool = False
 
     @property
     def bytes_before(self) -> int:
@@ -90,6 +92,7 @@ class SwapReport:
         return {
             "format": self.format,
             "backend": self.backend,
+            "decode_streams": self.decode_streams,
             "bytes_before": self.bytes_before,
             "bytes_after": self.bytes_after,
             "groups": [asdict(g) for g in self.groups],
@@ -124,11 +127,17 @@ def swap_attention(
     *,
     bitmap_tile: tuple[int, int] = lcc_kernels.DEFAULT_BITMAP_TILE,
     min_sparsity: float = MIN_SPARSITY,
+    decode_streams: bool = False,
 ) -> SwapReport:
     """Replace q/k/v and o_proj of the chosen decoder layers (default all) in place.
 
     format: "auto", "2:4" or "bitmap" (rules in the module docstring). backend: "auto" or
     one of ``lcc_kernels.dispatch.BACKENDS``, passed to every ``sparse_linear`` call.
+    decode_streams: bitmap groups run their decode calls (up to
+    ``lcc_kernels.dispatch.STREAMS_MAX_M`` rows) on a streams layout of their weight,
+    built when they are on a GPU (at the swap, or when moved there). It costs ~1.1x the
+    bitmap's bytes more (not counted in the report's bytes) for the faster decode path
+    (``lcc_kernels.streams``); prefill still runs on the bitmap tiles.
     min_sparsity: the fraction of zeros from which a matrix counts as pruned (0 packs any
     matrix with a zero). Raises ``SwapError`` for weights that do not fit, ``ValueError``
     for bad arguments, ``UnsupportedModelError`` for unknown families.
@@ -145,11 +154,13 @@ def swap_attention(
     plans = [
         plan for i in chosen for plan in _plan_layer(family, blocks[i], i, format, min_sparsity)
     ]
-    report = SwapReport(format, backend)
+    report = SwapReport(format, backend, decode_streams=decode_streams)
     plans.reverse()
     while plans:  # popped, so each replaced nn.Linear is freed as the swap goes
         plan = plans.pop()
-        report.groups.append(_swap_group(family, blocks[plan.layer], plan, backend, bitmap_tile))
+        report.groups.append(
+            _swap_group(family, blocks[plan.layer], plan, backend, bitmap_tile, decode_streams)
+        )
     return report
 
 
@@ -285,7 +296,12 @@ def _not_24(weight: torch.Tensor) -> str | None:
 
 
 def _swap_group(
-    family: Family, block: nn.Module, plan: _Plan, backend: str, tile: tuple[int, int]
+    family: Family,
+    block: nn.Module,
+    plan: _Plan,
+    backend: str,
+    tile: tuple[int, int],
+    decode_streams: bool,
 ) -> SwappedGroup:
     weights = [m.weight.detach() for m in plan.linears]
     shape = (sum(w.shape[0] for w in weights), weights[0].shape[1])
@@ -299,7 +315,8 @@ def _swap_group(
     packed = lcc_kernels.pack_many(weights, plan.format, tile=tile)
     attention = block.get_submodule(family.attention)
     if plan.group == "o_proj":
-        setattr(attention, plan.names[0], SparseLinear(packed, plan.linears[0].bias, backend))
+        o_proj = SparseLinear(packed, plan.linears[0].bias, backend, decode_streams=decode_streams)
+        setattr(attention, plan.names[0], o_proj)
     else:
         has_bias = tuple(m.bias is not None for m in plan.linears)
         bias = None
@@ -313,7 +330,7 @@ def _swap_group(
                     for m in plan.linears
                 ]
             )
-        owner = PackedQKV(packed, bias, has_bias, backend)
+        owner = PackedQKV(packed, bias, has_bias, backend, decode_streams=decode_streams)
         attention.add_module(PACKED_QKV, owner)
         for index, name in enumerate(plan.names):
             setattr(attention, name, ProjectionView(owner, index, name))

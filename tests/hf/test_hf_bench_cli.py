@@ -127,7 +127,11 @@ def test_bench_eager_times_uncaptured_calls(pruned_dir, tmp_path, monkeypatch):
     assert main(arguments + ["--eager"]) == 0
     assert seen == [True, True] and json.loads(out.read_text())["eager"] is True
     assert main(arguments) == 0
-    assert seen[2:] == [False, False] and json.loads(out.read_text())["eager"] is False
+    report = json.loads(out.read_text())
+    assert seen[2:] == [False, False] and report["eager"] is False
+    assert report["swap"]["decode_streams"] is False
+    assert main(arguments + ["--decode-streams"]) == 0
+    assert json.loads(out.read_text())["swap"]["decode_streams"] is True
 
 
 @pytest.mark.parametrize(

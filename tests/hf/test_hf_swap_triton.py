@@ -91,6 +91,42 @@ def test_streams_decode_bitmap_fp32(monkeypatch):
     assert set(rows) == {6, 1} and len(rows) == 3 * 2 * 2  # 3 forwards x 2 layers x 2 launches
 
 
+def test_decode_streams_run_decode_on_streams_and_prefill_on_tiles(monkeypatch):
+    """swap_attention(decode_streams=True): the rules a GPU applies (here on a pretend
+    4-SM device, as a CPU always takes the reference path) send the 1-row decode calls to
+    the streams and the 6-row prefill to the bitmap kernels."""
+    import lcc_kernels.launch
+    from lcc_kernels import dispatch, linear
+
+    def gpu_rules(m, weight, dtype, device, backend, decode_streams):
+        key = dispatch.WeightKey.of(weight, dtype)
+        return dispatch.plan_for(m, key, "pretend-gpu", 4, backend, False, decode_streams)
+
+    monkeypatch.setattr(linear, "choose_plan", gpu_rules)
+    calls = []
+    for name in ("run_streams", "run_linear"):
+        real = getattr(lcc_kernels.launch, name)
+        monkeypatch.setattr(
+            lcc_kernels.launch,
+            name,
+            lambda x2d, *args, _real=real, _name=name: (
+                calls.append((_name, x2d.shape[0])) or _real(x2d, *args)
+            ),
+        )
+    pruned = _model("unstructured")
+    swapped = copy.deepcopy(pruned)
+    report = swap_attention(swapped, "bitmap", decode_streams=True)
+    assert report.to_dict()["decode_streams"] is True
+    owner = swapped.model.layers[0].self_attn.packed_qkv
+    assert owner.decode_streams and "decode_streams=True" in repr(owner)
+    prompt = torch.randint(0, 256, (1, 6), device=DEVICE)
+    with torch.no_grad():
+        assert_matches(swapped, pruned, prompt, torch.float32)
+    assert_generation_matches(swapped, pruned, prompt, 2, torch.float32)
+    assert set(calls) == {("run_linear", 6), ("run_streams", 1)}
+    assert calls.count(("run_streams", 1)) == 2 * 2  # one decode forward x 2 layers x 2
+
+
 def test_compiled_swapped_model_is_one_graph_with_one_qkv_launch_per_layer():
     pruned = _model("2:4")
     swapped = copy.deepcopy(pruned)

@@ -142,6 +142,42 @@ def test_compiled_with_cuda_graphs_across_runs_and_shapes():
     assert counters["inductor"]["cudagraph_skips"] == skips  # the graphs were used
 
 
+def test_compiled_decode_streams_with_cuda_graphs():
+    """decode_streams under torch.compile + CUDA graphs: the prepared layout goes into the
+    streams op, which picks streams (M <= 4) or the bitmap kernels (M = 17) per replay."""
+    from torch._dynamo.utils import counters
+
+    from lcc_kernels import prepare_streams
+
+    dense, packed = _weight("bitmap", torch.bfloat16)
+    bias = torch.randn(N, device="cuda")
+    prepare_streams(packed)
+    compiled = torch.compile(
+        lambda x: sparse_linear(x, packed, bias, decode_streams=True), mode="reduce-overhead"
+    )
+    skips = counters["inductor"]["cudagraph_skips"]
+    for _ in range(3):
+        for m in (1, 3, 17, 1):
+            x = torch.randn(m, K, dtype=torch.bfloat16, device="cuda")
+            y = compiled(x).clone()
+            assert_matches_oracle(y, x, dense, bias)
+    assert counters["inductor"]["cudagraph_skips"] == skips
+
+
+def test_swapped_modules_on_a_gpu_prepare_their_streams():
+    from restorelcc.hf.attention import SparseLinear
+
+    dense = random_unstructured(N, K, 0.3, torch.bfloat16)  # on the CPU: nothing built
+    module = SparseLinear(pack(dense, "bitmap"), torch.randn(N), decode_streams=True)
+    assert "streams:last" not in module.packed.cache
+    module.cuda()
+    plan, layout = module.packed.cache["streams:last"]
+    assert plan.backend == "streams" and torch.equal(layout.to_dense().cpu(), dense)
+    x = torch.randn(2, K, dtype=torch.bfloat16, device="cuda")
+    with torch.no_grad():
+        assert_matches_oracle(module(x), x, dense.cuda(), module.bias)
+
+
 def test_concurrent_streams_do_not_share_counters():
     dense, packed = _weight("2:4", torch.bfloat16)
     plan = Plan("skinny", block_m=1, block_n=64, block_k=64, split_k=16)

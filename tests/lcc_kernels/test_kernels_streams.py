@@ -13,7 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lcc_kernels import Plan, pack, sparse_linear
-from lcc_kernels.dispatch import DispatchTable, WeightKey, plan_for, streams_plan
+from lcc_kernels.dispatch import (
+    DispatchTable,
+    WeightKey,
+    plan_for,
+    streams_block_m,
+    streams_plan,
+)
 from lcc_kernels.streams import build_streams
 
 N, K = 72, 136
@@ -77,7 +83,7 @@ def test_bad_streams_arguments_raise():
 
 
 def _plan(m: int, block_n: int = 32, split: int = 3, serial: bool = True) -> Plan:
-    block_m = min(4, 1 << max(0, m - 1).bit_length())  # M = 17: five M tiles
+    block_m = streams_block_m(m)  # M = 17: five M tiles of 4
     return Plan(
         "streams",
         block_m,
@@ -136,7 +142,9 @@ def test_streams_are_built_once_per_block_and_split():
     sparse_linear(x, packed, plan=_plan(1, 32, 3))
     sparse_linear(x, packed, plan=_plan(1, 16, 2))
     assert packed.cache["streams:32:3"] is first
-    assert sorted(packed.cache) == ["streams:16:2", "streams:32:3"]
+    assert sorted(packed.cache) == ["streams:16:2", "streams:32:3", "streams:last"]
+    plan, layout = packed.cache["streams:last"]  # the one compiled calls would run on
+    assert plan == _plan(1, 16, 2) and layout is packed.cache["streams:16:2"]
 
 
 @needs_triton
@@ -156,7 +164,7 @@ def test_streams_refuse_recorded_grads_and_auto_falls_back(monkeypatch):
     assert_matches_oracle(y.detach(), x.detach(), dense)
     with torch.no_grad():
         assert_matches_oracle(sparse_linear(x, packed), x.detach(), dense)
-    assert list(packed.cache) == ["streams:32:3"]
+    assert sorted(packed.cache) == ["streams:32:3", "streams:last"]
 
 
 @needs_triton
