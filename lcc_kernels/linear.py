@@ -55,8 +55,9 @@ def sparse_linear(
     `prepare_streams` or an eager call): the op then gets it and picks streams or a
     Triton plan when it runs. Under CUDA-graph capture the cached copies are used only if
     they were built before: "auto" falls back to a Triton plan, a forced one raises.
-    Where autograd would record the call, "auto" does not pick streams (whose eager
-    launches have no op node to refuse a backward) and a forced streams plan raises.
+    Where autograd would record the call (or a tracer or dispatch mode must see it), every
+    Triton backend, streams included, runs through its custom op, which has no autograd
+    formula: a backward raises instead of silently giving no gradient.
 
     >>> w = pack(torch.tensor([[1.0, 0, 0, 2], [0, 3, 4, 0]]), "2:4")
     >>> sparse_linear(torch.ones(1, 4), w, torch.tensor([0.5, 0.0]))
@@ -82,12 +83,8 @@ def sparse_linear(
     else:
         if plan is None:
             plan = choose_plan(x2d.shape[0], weight, x.dtype, x.device, backend, decode_streams)
-            if backend == "auto" and (
-                # A copy built under capture would hold data only once the graph replays;
-                # streams launch directly, unseen by autograd, tracing and dispatch modes.
-                (_copy_missing(weight, plan) and dispatch.capturing(x.device))
-                or (plan.backend == "streams" and not _launch_directly(x2d, weight, bias))
-            ):
+            # A copy built under capture would hold data only once the graph replays.
+            if backend == "auto" and _copy_missing(weight, plan) and dispatch.capturing(x.device):
                 key = WeightKey.of(weight, x.dtype)
                 plan = plan_for_key(x2d.shape[0], key, x.device, triton_only=True)
         y = _run(x2d, weight, bias, with_weight_tile(plan, weight))
@@ -151,15 +148,12 @@ def _run(x2d, weight, bias, plan: Plan) -> torch.Tensor:
     if plan.backend == "streams":
         if not isinstance(weight, BitmapWeight):
             raise ValueError("the streams backend needs a bitmap weight")
+        layout = derived_copy(weight, plan)
         if not _launch_directly(x2d, weight, bias):
-            raise ValueError(
-                "the streams backend runs plain inference calls only: not under "
-                "torch.compile, tracing or a dispatch mode, and not where autograd records "
-                "the call (use torch.no_grad(), or backend='auto')"
-            )
+            return _streams_op(x2d, weight, bias, plan, layout, forced=True)
         from .launch import run_streams  # imports triton
 
-        return run_streams(x2d, derived_copy(weight, plan), bias, plan)
+        return run_streams(x2d, layout, bias, plan)
     # dense or semi_structured: F.linear on the cached copy
     return F.linear(x2d, derived_copy(weight, plan), None if bias is None else bias.to(x2d.dtype))
 
@@ -189,14 +183,19 @@ def _run_deferred(x2d, weight, bias, backend: str, decode_streams: bool) -> torc
                 "without compiling) first"
             )
         return _run_triton(x2d, weight, bias, None, backend)
-    built_plan, layout = built
+    return _streams_op(x2d, weight, bias, *built, forced=backend == "streams")
+
+
+def _streams_op(x2d, weight, bias, plan: Plan, layout, forced: bool) -> torch.Tensor:
+    """The streams custom op on `layout` (built for `plan`): the streams at any M if forced
+    (block_m chosen from M), else streams or a Triton plan as the dispatcher picks."""
     return ops.bitmap_streams_linear(
         x2d,
         *_bitmap_op_args(weight),
         list(layout.tensors),
-        ops.streams_config(built_plan, layout),
+        ops.streams_config(plan, layout),
         bias,
-        backend == "streams",
+        forced,
     )
 
 

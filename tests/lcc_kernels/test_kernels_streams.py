@@ -148,22 +148,45 @@ def test_streams_are_built_once_per_block_and_split():
 
 
 @needs_triton
-def test_streams_refuse_recorded_grads_and_auto_falls_back(monkeypatch):
-    """Launched directly, streams have no op node to refuse a backward: a forced plan
-    raises where autograd records the call, and "auto" runs a Triton plan instead."""
-    from lcc_kernels import linear
+def test_streams_go_through_their_op_where_autograd_or_a_dispatch_mode_must_see_them(
+    monkeypatch,
+):
+    """Eager no-grad calls launch the streams directly; where autograd would record the
+    call, or a dispatch mode watches, they run through the custom op, whose missing
+    autograd formula makes a backward raise instead of silently giving no gradient."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from lcc_kernels import launch, linear, ops
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
 
     dense = _awkward(N, K, 0.4)
     packed = pack(dense, "bitmap", tile=(16, 32))
-    x = torch.randn(2, K, requires_grad=True)
-    with pytest.raises(ValueError, match="plain inference calls only"):
-        sparse_linear(x, packed, backend="streams")
+    bias = torch.randn(N)
+    op_calls, seen = [], []
+    real_op = ops.bitmap_streams_linear
+    monkeypatch.setattr(ops, "bitmap_streams_linear", lambda *a: op_calls.append(1) or real_op(*a))
     monkeypatch.setattr(linear, "choose_plan", lambda *args: _plan(2))
-    y = sparse_linear(x, packed)
-    assert not packed.cache
-    assert_matches_oracle(y.detach(), x.detach(), dense)
+    x = torch.randn(2, K, requires_grad=True)
+    for y in (sparse_linear(x, packed, bias, backend="streams"), sparse_linear(x, packed, bias)):
+        assert y.requires_grad
+        assert_matches_oracle(y.detach(), x.detach(), dense, bias)
+        with pytest.raises(RuntimeError, match="no autograd formula"):
+            y.sum().backward()
+    assert len(op_calls) == 2
     with torch.no_grad():
-        assert_matches_oracle(sparse_linear(x, packed), x.detach(), dense)
+        launched = []
+        real = launch.run_streams
+        monkeypatch.setattr(launch, "run_streams", lambda *a: launched.append(1) or real(*a))
+        direct = sparse_linear(x, packed, bias)
+        assert launched == [1] and len(op_calls) == 2
+        with Recorder():
+            watched = sparse_linear(x, packed, bias)
+    assert "lcc_kernels.bitmap_streams_linear.default" in seen and len(op_calls) == 3
+    assert torch.equal(watched, direct)
     assert sorted(packed.cache) == ["streams:32:3", "streams:last"]
 
 
