@@ -219,9 +219,14 @@ def run(args: argparse.Namespace) -> int:
     }
     columns = ["phase", "batch", "tokens", "linear_ms", "swapped_ms", "speedup"]
     print(format_table(rows, columns))
+    streams = (
+        f" (+ {report.bytes_streams / 2**20:.1f} MiB of decode streams)"
+        if report.bytes_streams
+        else ""
+    )
     print(
         f"formats {', '.join(payload['formats'])}; attention weights "
-        f"{report.bytes_before / 2**20:.1f} -> {report.bytes_after / 2**20:.1f} MiB; "
+        f"{report.bytes_before / 2**20:.1f} -> {report.bytes_after / 2**20:.1f} MiB{streams}; "
         f"weights read per decode step {bytes_linear / bytes_swapped:.2f}x fewer"
     )
     if check is not None:

@@ -133,10 +133,15 @@ class PackedLinear(nn.Module):
         self._decode_streams = bool(value)
         self._prepare_streams()
 
+    @property
+    def streams_bytes(self) -> int:
+        """Bytes of the streams layout built for decode_streams (0: none built)."""
+        return self._streams_bytes
+
     def _prepare_streams(self) -> None:
         p = self._packed
-        if self._decode_streams and p.format == "bitmap" and p.device.type == "cuda":
-            lcc_kernels.prepare_streams(p)
+        ready = self._decode_streams and p.format == "bitmap" and p.device.type == "cuda"
+        self._streams_bytes = lcc_kernels.prepare_streams(p).nbytes if ready else 0
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)

@@ -65,6 +65,7 @@ class SwappedGroup:
     density: float  # nonzeros / positions
     bytes_before: int
     bytes_after: int
+    bytes_streams: int = 0  # the streams layout of decode_streams, if built (on a GPU)
 
 
 @dataclass
@@ -95,17 +96,26 @@ class SwapReport:
             "decode_streams": self.decode_streams,
             "bytes_before": self.bytes_before,
             "bytes_after": self.bytes_after,
+            "bytes_streams": self.bytes_streams,
             "groups": [asdict(g) for g in self.groups],
         }
+
+    @property
+    def bytes_streams(self) -> int:
+        return sum(g.bytes_streams for g in self.groups)
 
     def table(self) -> str:
         rows = [dict(asdict(g), shape="x".join(map(str, g.shape))) for g in self.groups]
         rows.append(
-            {"layer": "all", "bytes_before": self.bytes_before, "bytes_after": self.bytes_after}
+            {
+                "layer": "all",
+                "bytes_before": self.bytes_before,
+                "bytes_after": self.bytes_after,
+                "bytes_streams": self.bytes_streams,
+            }
         )
-        return format_table(
-            rows, ["layer", "group", "format", "shape", "density", "bytes_before", "bytes_after"]
-        )
+        columns = ["layer", "group", "format", "shape", "density", "bytes_before", "bytes_after"]
+        return format_table(rows, columns + ["bytes_streams"] * self.decode_streams)
 
 
 @dataclass
@@ -315,8 +325,8 @@ def _swap_group(
     packed = lcc_kernels.pack_many(weights, plan.format, tile=tile)
     attention = block.get_submodule(family.attention)
     if plan.group == "o_proj":
-        o_proj = SparseLinear(packed, plan.linears[0].bias, backend, decode_streams=decode_streams)
-        setattr(attention, plan.names[0], o_proj)
+        module = SparseLinear(packed, plan.linears[0].bias, backend, decode_streams=decode_streams)
+        setattr(attention, plan.names[0], module)
     else:
         has_bias = tuple(m.bias is not None for m in plan.linears)
         bias = None
@@ -330,11 +340,12 @@ def _swap_group(
                     for m in plan.linears
                 ]
             )
-        owner = PackedQKV(packed, bias, has_bias, backend, decode_streams=decode_streams)
-        attention.add_module(PACKED_QKV, owner)
+        module = PackedQKV(packed, bias, has_bias, backend, decode_streams=decode_streams)
+        attention.add_module(PACKED_QKV, module)
         for index, name in enumerate(plan.names):
-            setattr(attention, name, ProjectionView(owner, index, name))
+            setattr(attention, name, ProjectionView(module, index, name))
     result.bytes_after = packed.nbytes
+    result.bytes_streams = module.streams_bytes
     return result
 
 

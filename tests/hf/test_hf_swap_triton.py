@@ -117,7 +117,9 @@ def test_decode_streams_run_decode_on_streams_and_prefill_on_tiles(monkeypatch):
     pruned = _model("unstructured")
     swapped = copy.deepcopy(pruned)
     report = swap_attention(swapped, "bitmap", decode_streams=True)
-    assert report.to_dict()["decode_streams"] is True
+    assert report.to_dict()["decode_streams"] is True and "bytes_streams" in report.table()
+    # layouts are built on a GPU only (on a CPU "auto" runs the reference path)
+    assert (report.bytes_streams > 0) == (DEVICE == "cuda")
     owner = swapped.model.layers[0].self_attn.packed_qkv
     assert owner.decode_streams and "decode_streams=True" in repr(owner)
     prompt = torch.randint(0, 256, (1, 6), device=DEVICE)

@@ -169,9 +169,10 @@ def test_swapped_modules_on_a_gpu_prepare_their_streams():
 
     dense = random_unstructured(N, K, 0.3, torch.bfloat16)  # on the CPU: nothing built
     module = SparseLinear(pack(dense, "bitmap"), torch.randn(N), decode_streams=True)
-    assert "streams:last" not in module.packed.cache
+    assert "streams:last" not in module.packed.cache and module.streams_bytes == 0
     module.cuda()
     plan, layout = module.packed.cache["streams:last"]
+    assert module.streams_bytes == layout.nbytes
     assert plan.backend == "streams" and torch.equal(layout.to_dense().cpu(), dense)
     x = torch.randn(2, K, dtype=torch.bfloat16, device="cuda")
     with torch.no_grad():
