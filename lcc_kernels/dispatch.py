@@ -22,10 +22,9 @@ weight position, the streams ~1.1x the bitmap's bytes), unless the caller opts i
 `decode_streams`: then bitmap weights take the streams backend up to STREAMS_MAX_M rows.
 fp16 and bf16 entries stand in for each other. On a CPU the backend is always
 `reference`, unless a caller forces a Triton path (then the kernels must be interpreted:
-TRITON_INTERPRET=1). Inside the custom
-ops (under torch.compile) the choice is restricted to the plans they can run
-(`triton_only`): the Triton ones, and streams where the op was given a layout
-(`decode_streams`).
+TRITON_INTERPRET=1). Inside the custom ops (under torch.compile) the choice is restricted
+to the plans they can run (`triton_only`): the Triton ones, and streams where the op was
+given a layout (`decode_streams`).
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ class NothingToSwapError(RestoreLCCError, ValueError):
 
 
 def swap_pruned_attention(
-    model, option: str, name: str, format: str, min_sparsity: float, decode_streams=False
+    model, option: str, name: str, format: str, min_sparsity: float, decode_streams: bool = False
 ):
     """``swap_attention(model, format, min_sparsity=..., decode_streams=...)``; its
     ``SwapReport``. Raises ``NothingToSwapError`` (naming ``option`` and the model
