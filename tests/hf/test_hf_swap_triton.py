@@ -130,10 +130,21 @@ def test_decode_streams_run_decode_on_streams_and_prefill_on_tiles(monkeypatch):
     assert calls.count(("run_streams", 1)) == 2 * 2  # one decode forward x 2 layers x 2
 
 
-def test_compiled_swapped_model_is_one_graph_with_one_qkv_launch_per_layer():
-    pruned = _model("2:4")
+@pytest.mark.parametrize(
+    ("pattern", "backend", "op"),
+    [("2:4", "skinny", "sparse24_linear"), ("unstructured", "streams", "bitmap_streams_linear")],
+)
+def test_compiled_swapped_model_is_one_graph_with_one_qkv_launch_per_layer(pattern, backend, op):
+    import lcc_kernels
+    from restorelcc.hf.attention import PackedLinear
+
+    pruned = _model(pattern)
     swapped = copy.deepcopy(pruned)
-    swap_attention(swapped, "2:4", backend="skinny")
+    swap_attention(swapped, "2:4" if pattern == "2:4" else "bitmap", backend=backend)
+    if backend == "streams":  # layouts are built before tracing
+        for module in swapped.modules():
+            if isinstance(module, PackedLinear):
+                lcc_kernels.prepare_streams(module.packed)
     graphs = []
 
     def recording_backend(graph_module, example_inputs):
@@ -146,9 +157,9 @@ def test_compiled_swapped_model_is_one_graph_with_one_qkv_launch_per_layer():
         torch.testing.assert_close(compiled(prompt).logits, swapped(prompt).logits)
     assert len(graphs) == 1
     launches = [
-        node
+        str(node.target)
         for node in graphs[0].graph.nodes
         if node.op == "call_function" and "lcc_kernels" in str(node.target)
     ]
-    assert len(launches) == 2 * 2  # 2 layers x (q/k/v together, o_proj)
+    assert launches == [f"lcc_kernels.{op}.default"] * 2 * 2  # 2 layers x (q/k/v, o_proj)
     assert_matches(compiled, pruned, prompt, torch.float32)
