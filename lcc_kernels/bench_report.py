@@ -14,6 +14,11 @@ Checks (issue 5), each "pass", "fail" or "unmeasured", with the measured value:
   bias_epilogue_cost                 our best plan with / without bias - 1 <= 0.02
   eager_call_vs_dense (info)         M = 1, calls issued from Python without a graph:
                                      dense F.linear time / ours (default dispatch) >= 1
+  rules_vs_dense (info)              M <= 16: dense / the built-in rules' plan (what runs
+                                     without a measured table), against the decode target
+                                     where there is one, else 1
+  decode_streams_rules_vs_dense (info)  bitmap, M <= 4: the same for the rules' plan with
+                                     decode_streams (whether the opt-in should be a default)
 "Our best time" is the fastest of the plans the suite swept for that problem (for bitmap
 weights, over every tile it packed and the streams backend; the check names the winning
 backend and tile).
@@ -26,7 +31,16 @@ import sys
 from pathlib import Path
 
 from .bench import KINDS, plan_tile
-from .dispatch import TABLE_SCHEMA, Plan, m_bucket
+from .dispatch import (
+    SKINNY_MAX_M,
+    STREAMS_MAX_M,
+    TABLE_SCHEMA,
+    Plan,
+    WeightKey,
+    m_bucket,
+    plan_for,
+)
+from .formats import DEFAULT_BITMAP_TILE
 
 SPARSE_KINDS = ("2:4", "bitmap50", "bitmap70")
 # A table entry keeps our Triton kernels unless another backend is this much faster
@@ -221,6 +235,50 @@ def _eager_checks(eager_rows, shape) -> list[dict]:
     ]
 
 
+# A device name no table is registered under: plan_for gives the built-in rules' plan.
+_RULES_ONLY = "(built-in rules)"
+
+
+def _rules_checks(rows, shape, sm_count: int | None) -> list[dict]:
+    """Decode problems timed with the plan the built-in rules choose (the suite times it
+    first among each problem's candidates), with and without decode_streams."""
+    if not sm_count:
+        return []
+    targets = {(m, kind): threshold for m, kind, threshold in DECODE_SPEEDUPS}
+    checks = []
+    for m in sorted({r["m"] for r in rows if r["shape"] == shape and r["m"] <= SKINNY_MAX_M}):
+        dense = fastest(rows, shape=shape, m=m, provider="dense")
+        for kind in SPARSE_KINDS:
+            mine = [
+                r
+                for r in rows
+                if (r["shape"], r["m"], r["provider"], r["kind"]) == (shape, m, "ours", kind)
+                and r["bias"]
+            ]
+            if not mine:
+                continue
+            fmt, keep = KINDS[kind]
+            bitmap = fmt == "bitmap"
+            key = WeightKey(
+                fmt,
+                mine[0]["dtype"],
+                mine[0]["n"],
+                mine[0]["k"],
+                DEFAULT_BITMAP_TILE if bitmap else None,
+                keep if bitmap else None,
+            )
+            names = {"rules_vs_dense (info)": False}
+            if bitmap and m <= STREAMS_MAX_M:
+                names["decode_streams_rules_vs_dense (info)"] = True
+            for name, decode_streams in names.items():
+                plan = plan_for(m, key, _RULES_ONLY, sm_count, decode_streams=decode_streams)
+                ours = fastest(mine, plan=plan.to_dict())
+                where = {"shape": shape, "m": m, "kind": kind, "backend": plan.backend}
+                threshold = targets.get((m, kind), 1.0)
+                checks.append(_ratio_check(name, threshold, dense, ours, **where))
+    return checks
+
+
 def summarize(out: Path) -> dict:
     """Acceptance checks, correctness failures and run facts of a results directory."""
     env = json.loads((out / "env.json").read_text()) if (out / "env.json").exists() else {}
@@ -236,6 +294,7 @@ def summarize(out: Path) -> dict:
         checks += _semi_structured_checks(rows, shape)
         checks += _bias_checks(bias_rows, shape)
         checks += _eager_checks(eager_rows, shape)
+        checks += _rules_checks(rows, shape, env.get("sm_count"))
     if env.get("smoke"):
         for check in checks:
             check["status"] = "unmeasured (smoke run on a CPU)"

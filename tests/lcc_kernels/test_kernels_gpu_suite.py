@@ -313,6 +313,49 @@ def test_streams_plans_compete_in_every_bitmap_tile(tmp_path):
         assert found == Plan.from_dict(streams)
 
 
+def test_rules_checks_read_the_plans_the_rules_pick_among_those_the_suite_times(tmp_path):
+    """Without a table users get the rules' plan; with decode_streams, bitmap decode gets
+    the rules' streams plan. The suite times both (its first candidates), and the summary
+    sets them against dense, however much faster another candidate is."""
+    shape, sms = "llama3-8b-o", 132
+    timings = [_timing(shape, m, "dense", 10.0) for m in (1, 4, 8)]
+    for m in (1, 4, 8):
+        rules, *others = suite_plans.candidates("bitmap70", 4096, 4096, m, sms, smoke=False)
+        streams = [p for p in others if p.backend == "streams"]
+        assert (len(streams) == 4) == (m <= 4)
+        timings.append(_timing(shape, m, "ours", 8.0, "bitmap70", plan=rules.to_dict()))
+        timings += [
+            _timing(shape, m, "ours", 4.0 + i, "bitmap70", plan=p.to_dict())
+            for i, p in enumerate(streams)  # the rules' streams plan first: 4.0
+        ]
+        timings.append(_timing(shape, m, "ours", 2.0, "bitmap70", plan=others[-1].to_dict()))
+    _write(tmp_path, {"gpu": "NVIDIA H200", "sm_count": sms}, timings)
+    checks = {
+        (c["check"], c["m"]): c
+        for c in bench_report.summarize(tmp_path)["acceptance"]
+        if "rules" in c["check"]
+    }
+    assert set(checks) == {
+        ("rules_vs_dense (info)", 1),
+        ("rules_vs_dense (info)", 4),
+        ("rules_vs_dense (info)", 8),
+        ("decode_streams_rules_vs_dense (info)", 1),
+        ("decode_streams_rules_vs_dense (info)", 4),
+    }
+    rules_1 = checks["rules_vs_dense (info)", 1]
+    assert (rules_1["measured"], rules_1["threshold"], rules_1["status"]) == (1.25, 2.3, "fail")
+    assert rules_1["backend"] == "skinny"
+    streams_1 = checks["decode_streams_rules_vs_dense (info)", 1]
+    assert (streams_1["measured"], streams_1["status"], streams_1["backend"]) == (
+        2.5,
+        "pass",
+        "streams",
+    )
+    assert checks["rules_vs_dense (info)", 8]["threshold"] == 1.0
+    _write(tmp_path, {"gpu": "NVIDIA H200"}, timings)  # no SM count: no rules to replay
+    assert not [c for c in bench_report.summarize(tmp_path)["acceptance"] if "rules" in c["check"]]
+
+
 def test_eager_rounds_issue_calls_for_their_time_budget(monkeypatch):
     from lcc_kernels import bench
 
