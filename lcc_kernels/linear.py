@@ -245,8 +245,10 @@ def _bitmap_op_args(weight: BitmapWeight) -> tuple:
     return (weight.bits, weight.values, weight.offsets, *weight.shape, *weight.tile, weight.nnz)
 
 
-# weight.cache key of (plan, layout) of the last streams plan built or run: compiled calls
-# find their layout there without formatting its key (traced ints may be symbolic).
+# weight.cache key of (plan, layout) of the last streams layout built (or prepared):
+# compiled calls find their layout there without formatting its key (traced ints may be
+# symbolic). Eager calls on an existing layout (with other launch settings, say) leave the
+# record as it is: a compiled graph guards on the plan it read there.
 _LAST_STREAMS = "streams:last"
 
 
@@ -269,14 +271,16 @@ def _copy_missing(weight, plan: Plan) -> bool:
 def derived_copy(weight, plan: Plan):
     """The copy of `weight` that `plan` runs on, built now if missing (dense tensor, torch
     semi-structured tensor or streams.BitmapStreams); None for plans on the weight itself.
-    The last streams plan asked for is remembered: compiled calls run on its layout."""
+    The last streams layout built is remembered with its plan: compiled calls run on it."""
     if plan.backend == "dense":
         return _cached(weight, plan, lambda: unpack(weight).contiguous())
     if plan.backend == "semi_structured":
         return _cached(weight, plan, lambda: to_torch_semi_structured(weight, plan.semi_structured))
     if plan.backend == "streams":
+        fresh = _copy_missing(weight, plan)
         layout = _cached(weight, plan, lambda: build_streams(weight, plan.block_n, plan.split_k))
-        weight.cache[_LAST_STREAMS] = (plan, layout)
+        if fresh:
+            weight.cache[_LAST_STREAMS] = (plan, layout)
         return layout
     return None
 
@@ -297,7 +301,10 @@ def prepare_streams(weight: BitmapWeight, plan: Plan | None = None):
             plan = choose_plan(1, weight, weight.dtype, weight.device, "streams")
     elif plan.backend != "streams":
         raise ValueError(f"prepare_streams needs a streams plan, got {plan.backend!r}")
-    return derived_copy(weight, plan)
+    layout = derived_copy(weight, plan)
+    if weight.cache[_LAST_STREAMS][1] is not layout:
+        weight.cache[_LAST_STREAMS] = (plan, layout)
+    return layout
 
 
 def _cached(weight, plan: Plan, build):

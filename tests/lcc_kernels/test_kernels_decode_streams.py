@@ -6,6 +6,8 @@ checked on the pure dispatcher (`plan_for`) and on the op, whose own dispatch sk
 reference path (as the Triton ops' does) and so runs interpreted here.
 """
 
+import dataclasses
+
 import pytest
 import torch
 from _kernels_helpers import assert_matches_oracle, needs_triton, random_unstructured
@@ -87,6 +89,11 @@ def test_prepare_streams_builds_the_layout_compiled_calls_use():
         and packed.cache[f"streams:128:{plan.split_k}"] is layout
     )
     assert prepare_streams(packed) is layout  # built once
+    record = packed.cache["streams:last"]
+    x = torch.randn(2, K)
+    with torch.no_grad():  # an eager call on the layout (another block_m) keeps the record
+        sparse_linear(x, packed, plan=dataclasses.replace(plan, block_m=2))
+    assert packed.cache["streams:last"] is record
     assert torch.equal(layout.to_dense(), dense)
     other = prepare_streams(packed, Plan("streams", 1, 32, split_k=3, num_warps=1))
     assert packed.cache["streams:last"][0].block_n == 32 and other is not layout
@@ -194,3 +201,31 @@ def test_compiled_auto_decode_streams_go_through_the_streams_op(monkeypatch):
         x = torch.randn(m, K)
         assert_matches_oracle(compiled(x), x, dense, bias)
     assert seen  # traced through the streams op (which chose per M when it ran)
+
+
+@needs_triton
+def test_eager_calls_on_the_layout_keep_a_compiled_graph_valid(monkeypatch):
+    """A compiled graph guards on the layout it was traced with: eager calls that run on
+    it (prefill of a few tokens, say) do not force a recompile; a new layout does."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from lcc_kernels import linear
+
+    dense, packed = _bitmap()
+    monkeypatch.setattr(linear, "_defer_to_op", lambda backend, x: torch.compiler.is_compiling())
+    prepare_streams(packed)
+    plan, _ = packed.cache["streams:last"]
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(
+        lambda x: sparse_linear(x, packed, decode_streams=True), backend=counter, fullgraph=True
+    )
+    x = torch.randn(1, K)
+    with torch.no_grad():
+        assert_matches_oracle(compiled(x), x, dense)
+        other_launch = dataclasses.replace(plan, block_m=2, num_stages=1)  # same layout
+        sparse_linear(torch.randn(2, K), packed, plan=other_launch)
+        assert_matches_oracle(compiled(x), x, dense)
+        assert counter.frame_count == 1
+        prepare_streams(packed, Plan("streams", 1, 32, split_k=2, num_warps=1))
+        assert_matches_oracle(compiled(x), x, dense)
+        assert counter.frame_count == 2  # traced again, on the new layout
