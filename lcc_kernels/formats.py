@@ -65,12 +65,15 @@ def _pack_words(fields: torch.Tensor, bits_per_field: int) -> torch.Tensor:
     return words.to(torch.int32)
 
 
-def _unpack_words(words: torch.Tensor, bits_per_field: int) -> torch.Tensor:
-    """[..., W] int32 words -> [..., W * 32 // bits_per_field] int64 fields."""
+def _unpack_words(
+    words: torch.Tensor, bits_per_field: int, dtype: torch.dtype = torch.int64
+) -> torch.Tensor:
+    """[..., W] int32 words -> [..., W * 32 // bits_per_field] fields, as `dtype`."""
     per_word = 32 // bits_per_field
-    shifts = torch.arange(per_word, device=words.device) * bits_per_field
-    fields = (words.to(torch.int64).unsqueeze(-1) >> shifts) & ((1 << bits_per_field) - 1)
-    return fields.flatten(-2)
+    shifts = torch.arange(per_word, dtype=torch.int32, device=words.device) * bits_per_field
+    # Shifted in int32: the sign bits an arithmetic shift brings in are masked off.
+    fields = (words.unsqueeze(-1) >> shifts) & ((1 << bits_per_field) - 1)
+    return fields.flatten(-2).to(dtype)
 
 
 def _check_dense(weight: torch.Tensor) -> None:
@@ -516,14 +519,16 @@ def _pack_bitmap(
 
 
 def _unpack_bitmap(packed: BitmapWeight) -> torch.Tensor:
-    # Static shapes only (gather + where, no boolean indexing), so the reference path
-    # built on this traces under torch.compile(fullgraph=True).
-    mask = _unpack_words(packed.bits, 1) != 0
-    rank = torch.cumsum(mask, -1) - 1
-    source = packed.offsets.to(torch.int64).unsqueeze(-1) + rank
-    source = source.clamp(0, packed.values.numel() - 1)
-    zero = torch.zeros((), dtype=packed.dtype, device=packed.device)
-    tiles = torch.where(mask, packed.values[source], zero)
+    # One gather, static shapes only (no boolean indexing), so the reference path built on
+    # this traces under torch.compile(fullgraph=True). Pruned positions gather a +0.0
+    # appended to the values. int32 indices and index_select: int64 ones, a where or a
+    # masked_fill over every position each cost more than the rest (CPU, every call).
+    mask = _unpack_words(packed.bits, 1, torch.int32)  # [tiles, tile_n * tile_k]
+    rank = torch.cumsum(mask, -1, dtype=torch.int32)
+    zero_slot = packed.values.numel()
+    source = (packed.offsets.unsqueeze(-1) + (rank - 1 - zero_slot)) * mask + zero_slot
+    values = torch.cat([packed.values, packed.values.new_zeros(1)])
+    tiles = values.index_select(0, source.flatten()).view(source.shape)
     row_blocks, k_tiles = packed.grid
     tile_n, tile_k = packed.tile
     dense = tiles.reshape(row_blocks, k_tiles, tile_n, tile_k).permute(0, 2, 1, 3)
