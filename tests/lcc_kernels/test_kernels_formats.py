@@ -83,7 +83,9 @@ def test_bitmap_round_trip_is_exact(case):
     packed = pack(weight, "bitmap", tile=tile)
     assert isinstance(packed, BitmapWeight)
     assert packed.nnz == int((weight != 0).sum())
-    assert torch.equal(unpack(packed), weight)
+    dense = unpack(packed)
+    assert torch.equal(dense, weight)
+    assert not bool(torch.signbit(dense[weight == 0]).any())  # pruned: +0.0, not -0.0
     assert bool((packed.offsets % VALUE_ALIGN == 0).all())
     packed.validate_data()
 
