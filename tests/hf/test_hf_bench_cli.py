@@ -131,7 +131,22 @@ def test_bench_eager_times_uncaptured_calls(pruned_dir, tmp_path, monkeypatch):
     assert seen[2:] == [False, False] and report["eager"] is False
     assert report["swap"]["decode_streams"] is False
     assert main(arguments + ["--decode-streams"]) == 0
-    assert json.loads(out.read_text())["swap"]["decode_streams"] is True
+    report = json.loads(out.read_text())
+    assert report["swap"]["decode_streams"] is True
+    assert report["weight_bytes"]["swapped_decode_streams"] is None  # built on a GPU only
+
+
+def test_decode_streams_bytes_swap_the_bitmaps_for_their_layouts():
+    from restorelcc.commands.bench import decode_streams_bytes
+    from restorelcc.hf.swap import SwappedGroup, SwapReport
+
+    groups = [
+        SwappedGroup(0, "qkv", "bitmap", (96, 64), 0.5, 12288, 4000, 4300),
+        SwappedGroup(0, "o_proj", "2:4", (64, 64), 0.5, 8192, 2300),  # no streams for 2:4
+    ]
+    report = SwapReport("auto", "auto", groups, decode_streams=True)
+    assert decode_streams_bytes(report, 100_000) == 100_000 - 4000 + 4300
+    assert decode_streams_bytes(SwapReport("auto", "auto", groups[1:]), 100_000) is None
 
 
 @pytest.mark.parametrize(
