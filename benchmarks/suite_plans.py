@@ -81,27 +81,22 @@ def candidates(
     """Our plans to time for one problem: the default rules' plan first, then variants;
     with `extra_tiles`, bitmap plans also in EXTRA_BITMAP_TILES (4 warps, tiled: 2 shapes).
     Bitmap weights at M <= STREAMS_MAX_M also get "streams" plans (smoke: one)."""
-    from lcc_kernels.bench import KINDS
+    from lcc_kernels.bench import kind_key
     from lcc_kernels.dispatch import (
         MAX_SPLIT_K,
         STREAMS_MAX_M,
         Plan,
-        WeightKey,
         default_plan,
         skinny_stages,
         split_k_for,
         streams_plan,
     )
-    from lcc_kernels.formats import DEFAULT_BITMAP_TILE
 
-    fmt, keep = KINDS[kind]
-    tile = DEFAULT_BITMAP_TILE if fmt == "bitmap" else None
-    key = WeightKey(
-        "2:4" if fmt == "dense" else fmt, "bfloat16", n, k, tile, keep if tile else None
-    )
+    key = kind_key(kind, "bfloat16", n, k)
+    tile = key.tile
     base = default_plan(m, key, sms)
     plans = [base]
-    if fmt == "bitmap" and m <= STREAMS_MAX_M:
+    if key.format == "bitmap" and m <= STREAMS_MAX_M:
         streams = streams_plan(m, key, sms)
         plans.append(streams)
         if not smoke:

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .dispatch import Plan
-from .formats import pack
+from .dispatch import Plan, WeightKey
+from .formats import DEFAULT_BITMAP_TILE, pack
 from .interop import to_torch_semi_structured
 from .linear import dense_linear_triton, derived_copy, sparse_linear
 
@@ -55,6 +55,18 @@ KINDS = {
     "bitmap70": ("bitmap", 0.3),
 }
 QUANTILES = (0.5, 0.2, 0.8)
+
+
+def kind_key(kind: str, dtype: str, n: int, k: int) -> WeightKey:
+    """What the dispatcher sees of an [n, k] weight of `kind` (a KINDS key) in `dtype`
+    (a dtype name): bitmap in the default tile; dense tiled like 2:4, as the dense Triton
+    baseline runs."""
+    fmt, keep = KINDS[kind]
+    if fmt == "bitmap":
+        return WeightKey("bitmap", dtype, n, k, DEFAULT_BITMAP_TILE, keep)
+    return WeightKey("2:4", dtype, n, k)
+
+
 # Eager timings: each round issues calls for about EAGER_ROUND_MS (so that the device is
 # busy well past the first one), at most EAGER_CALLS_PER_ROUND of them.
 EAGER_ROUND_MS = 20.0

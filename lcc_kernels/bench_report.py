@@ -30,17 +30,15 @@ import json
 import sys
 from pathlib import Path
 
-from .bench import KINDS, plan_tile
+from .bench import KINDS, kind_key, plan_tile
 from .dispatch import (
     SKINNY_MAX_M,
     STREAMS_MAX_M,
     TABLE_SCHEMA,
     Plan,
-    WeightKey,
     m_bucket,
     plan_for,
 )
-from .formats import DEFAULT_BITMAP_TILE
 
 SPARSE_KINDS = ("2:4", "bitmap50", "bitmap70")
 # A table entry keeps our Triton kernels unless another backend is this much faster
@@ -257,18 +255,9 @@ def _rules_checks(rows, shape, sm_count: int | None) -> list[dict]:
             ]
             if not mine:
                 continue
-            fmt, keep = KINDS[kind]
-            bitmap = fmt == "bitmap"
-            key = WeightKey(
-                fmt,
-                mine[0]["dtype"],
-                mine[0]["n"],
-                mine[0]["k"],
-                DEFAULT_BITMAP_TILE if bitmap else None,
-                keep if bitmap else None,
-            )
+            key = kind_key(kind, mine[0]["dtype"], mine[0]["n"], mine[0]["k"])
             names = {"rules_vs_dense (info)": False}
-            if bitmap and m <= STREAMS_MAX_M:
+            if key.format == "bitmap" and m <= STREAMS_MAX_M:
                 names["decode_streams_rules_vs_dense (info)"] = True
             for name, decode_streams in names.items():
                 plan = plan_for(m, key, _RULES_ONLY, sm_count, decode_streams=decode_streams)

@@ -63,6 +63,11 @@ def _dtype_name(x: torch.Tensor) -> str:
     return str(x.dtype).removeprefix("torch.")
 
 
+def _bitmap_key(x: torch.Tensor, n: int, k: int, tile_n: int, tile_k: int, nnz: int):
+    """WeightKey.of a bitmap weight given as the bitmap ops take it."""
+    return WeightKey("bitmap", _dtype_name(x), n, k, (tile_n, tile_k), nnz / (n * k))
+
+
 @torch.library.custom_op("lcc_kernels::sparse24_linear", mutates_args=())
 def sparse24_linear(
     x: torch.Tensor,
@@ -102,8 +107,7 @@ def bitmap_linear(
     """y [M, n] = x [M, k] @ W^T + bias, W a bitmap weight given by bits/values/offsets."""
     from .launch import bitmap_operand, run_linear
 
-    key = WeightKey("bitmap", _dtype_name(x), n, k, (tile_n, tile_k), nnz / (n * k))
-    plan = resolve_config(config, x.shape[0], key, x.device)
+    plan = resolve_config(config, x.shape[0], _bitmap_key(x, n, k, tile_n, tile_k, nnz), x.device)
     return run_linear(x, bitmap_operand(bits, values, offsets, n, k, (tile_n, tile_k)), bias, plan)
 
 
@@ -174,7 +178,7 @@ def bitmap_streams_linear(
 
     m = x.shape[0]
     if not forced:
-        key = WeightKey("bitmap", _dtype_name(x), n, k, (tile_n, tile_k), nnz / (n * k))
+        key = _bitmap_key(x, n, k, tile_n, tile_k, nnz)
         plan = plan_for_key(m, key, x.device, triton_only=True, decode_streams=True)
         if plan.backend != "streams":
             operand = bitmap_operand(bits, values, offsets, n, k, (tile_n, tile_k))
