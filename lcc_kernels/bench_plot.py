@@ -31,19 +31,19 @@ def speedup_series(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, floa
     plus ``"<label> bytes bound"`` (dense bytes / our bytes) for our formats. Each median is
     the fastest ok row with the bias fused (the rows the acceptance checks read: not the
     with/without-bias pairs)."""
-    from .bench_report import fastest
-
-    fused = [r for r in rows if r.get("bias", True) and not r.get("tag")]
-    problems = sorted(
-        {(r["shape"], r["m"], r["provider"], r["kind"]) for r in fused if r["status"] == "ok"}
-    )
+    best: dict[tuple, dict] = {}  # (shape, M, provider, kind) -> its fastest row
+    for row in rows:
+        if row["status"] != "ok" or not row.get("bias", True) or row.get("tag"):
+            continue
+        problem = (row["shape"], row["m"], row["provider"], row["kind"])
+        if problem not in best or row["median_ms"] < best[problem]["median_ms"]:
+            best[problem] = row
     out: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    for shape, m, provider, kind in problems:
+    for (shape, m, provider, kind), row in sorted(best.items(), key=lambda item: item[0]):
         label = SERIES.get((provider, kind))
-        dense = fastest(fused, shape=shape, m=m, provider=DENSE[0], kind=DENSE[1])
+        dense = best.get((shape, m, *DENSE))
         if dense is None or label is None:
             continue
-        row = fastest(fused, shape=shape, m=m, provider=provider, kind=kind)
         series = out.setdefault(shape, {})
         series.setdefault(label, []).append((m, dense["median_ms"] / row["median_ms"]))
         if provider == "ours" and row.get("bytes") and dense.get("bytes"):
