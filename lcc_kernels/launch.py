@@ -1,5 +1,8 @@
 """Host launchers for the Triton kernels: operand description, grids, split-K workspace.
 
+What a launch needs apart from its tensors (grid, constexprs, split) is worked out once
+per plan, M and weight shape (`_Geometry`): an eager decode step repeats the same calls.
+
 `run_linear(x [M, K], operand, bias [N] | None, plan) -> y [M, N]` is what the custom ops
 call. Inputs are assumed checked by `linear.sparse_linear` (dtypes, devices, shapes);
 this module checks only what the kernels themselves need from a plan. Split-K counters:
@@ -9,7 +12,8 @@ this module checks only what the kernels themselves need from a plan. Split-K co
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import functools
+from typing import NamedTuple
 
 import torch
 
@@ -28,9 +32,10 @@ MAX_GRID_YZ = 65535  # CUDA's limit on a grid's y and z dimensions
 STREAMS_BLOCK_M = (1, 2, 4)  # rows of x per streams program (stream_kernel._x_rows)
 
 
-@dataclass(frozen=True)
-class Operand:
-    """A weight as the kernels see it (see decode.load_weight_tile for the pointers)."""
+class Operand(NamedTuple):
+    """A weight as the kernels see it (see decode.load_weight_tile for the pointers).
+    NamedTuples, as Launch: eager decode builds them at every call, and a frozen
+    dataclass costs several times the host time."""
 
     format: int
     n: int
@@ -86,38 +91,50 @@ def _check_runnable(x: torch.Tensor) -> None:
     )
 
 
-def _check_plan(plan: Plan, operand: Operand) -> None:
-    if operand.tile is not None and (plan.block_n, plan.block_k) != operand.tile:
+def _check_plan(plan: Plan, format: int, tile: tuple[int, int] | None) -> None:
+    if tile is not None and (plan.block_n, plan.block_k) != tile:
         raise ValueError(
-            f"bitmap kernels need block_n x block_k = the weight tile {operand.tile}, "
+            f"bitmap kernels need block_n x block_k = the weight tile {tile}, "
             f"got {plan.block_n} x {plan.block_k}"
         )
-    if operand.format == decode.FORMAT_SPARSE24.value and plan.block_k < 32:
+    if format == decode.FORMAT_SPARSE24.value and plan.block_k < 32:
         raise ValueError(f"2:4 kernels need block_k >= 32 (one metadata word), got {plan.block_k}")
-    if operand.format == decode.FORMAT_BITMAP.value and plan.block_k < 32:
+    if format == decode.FORMAT_BITMAP.value and plan.block_k < 32:
         raise ValueError(f"bitmap kernels need block_k >= 32, got {plan.block_k}")
     uses_dot = plan.backend == "tiled" or plan.block_m >= 16
     if uses_dot and min(plan.block_m, plan.block_n, plan.block_k) < 16:
         raise ValueError(f"tl.dot needs block_m, block_n, block_k >= 16, got {plan}")
 
 
-def _dot_flags(x: torch.Tensor) -> dict:
+def _dot_flags(dtype: torch.dtype) -> dict:
     return {
         # bf16 tl.dot is wrong in the interpreter; fp32 operands are exact there.
         "DOT_IN_FP32": INTERPRETED,
         # fp32 inputs get fp32 products as F.linear does (tf32 would be ~1e-3 off).
-        "DOT_PRECISION": "ieee" if x.dtype == torch.float32 else "tf32",
+        "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
     }
 
 
-@dataclass(frozen=True)
-class Launch:
+class Launch(NamedTuple):
     """One kernel launch: `kernel[grid](*args, **options)` (options: constexprs, warps)."""
 
     kernel: object
     grid: tuple[int, ...]
     args: tuple
     options: dict
+
+
+class _Geometry(NamedTuple):
+    """A plan's launches at M rows of one weight shape, apart from the tensors: worked
+    out once per (plan, M, weight shape, bias or not, dtype), since eager decode launches
+    the same ones at every step and the host time is what it waits on."""
+
+    grid: tuple[int, ...]
+    scalars: tuple[int, ...]  # the kernel's arguments after the weight's
+    options: dict  # shared by every launch of this geometry: never mutated
+    split: int
+    tiles: int  # output tiles: split-K counters
+    reduction: tuple[tuple[int, int], dict] | None  # grid and options of the partials' sum
 
 
 def run_linear(
@@ -156,23 +173,18 @@ def plan_launches(
 ) -> list[Launch]:
     """The launches that write out [M, N] for `plan`, in order (none for M = 0); the
     split-K workspace is allocated here. Also used to compile ahead of time for a GPU."""
-    _check_plan(plan, operand)
-    if x.shape[0] == 0:
+    if plan.backend not in ("skinny", "tiled"):
+        raise ValueError(f"run_linear runs the Triton backends only, got {plan.backend!r}")
+    m = x.shape[0]
+    shape = (plan, m, operand.n, operand.k, operand.format, operand.tile, bias is not None)
+    geometry = (_skinny_geometry if plan.backend == "skinny" else _tiled_geometry)(*shape, x.dtype)
+    if m == 0:
         return []
-    if plan.backend == "skinny":
-        return _skinny_launches(x, operand, bias, plan, out)
-    if plan.backend == "tiled":
-        return [_tiled_launch(x, operand, bias, plan, out)]
-    raise ValueError(f"run_linear runs the Triton backends only, got {plan.backend!r}")
-
-
-def _weight_args(x, operand, out) -> tuple:
-    """The kernels' arguments from the weight pointers through the weight strides."""
-    return (
+    weight_args = (
         operand.w,
         operand.meta,
         operand.offsets,
-        x.shape[0],
+        m,
         operand.n,
         operand.k,
         x.stride(0),
@@ -181,161 +193,170 @@ def _weight_args(x, operand, out) -> tuple:
         operand.stride_w,
         operand.stride_meta,
     )
-
-
-def _skinny_launches(x, operand, bias, plan, out) -> list[Launch]:
-    m, n = out.shape
-    k_tiles = -(-operand.k // plan.block_k)
-    split = max(1, min(plan.split_k, k_tiles))
-    tiles_per_split = -(-k_tiles // split)
-    split = -(-k_tiles // tiles_per_split)  # no empty splits
-    tiles_n, tiles_m = -(-n // plan.block_n), -(-m // plan.block_m)
-    if tiles_m > MAX_GRID_YZ:  # the row tiles are the grid's z (and the reduction's y)
-        raise ValueError(
-            f"the skinny path runs at most {MAX_GRID_YZ} row tiles of block_m = "
-            f"{plan.block_m}, got M = {m} rows: use the tiled path"
-        )
-    bias_arg, partials, counters = _split_buffers(x, bias, out, split, tiles_n * tiles_m)
-    kernel = Launch(
-        skinny_linear_kernel,
-        (tiles_n, split, tiles_m),
-        (
-            x,
-            out,
-            bias_arg,
-            partials,
-            counters,
-            *_weight_args(x, operand, out),
-            k_tiles,
-            tiles_per_split,
-            split,
-        ),
-        dict(
-            FORMAT=operand.format,
-            BLOCK_M=plan.block_m,
-            BLOCK_N=plan.block_n,
-            BLOCK_K=plan.block_k,
-            SPLIT=split > 1,
-            SERIAL_REDUCTION=plan.serial_reduction,
-            HAS_BIAS=bias is not None,
-            USE_DOT=plan.block_m >= 16,
-            **_dot_flags(x),
-            NUM_STAGES=plan.num_stages,
-            num_warps=plan.num_warps,
-            num_stages=plan.num_stages,
-        ),
-    )
-    return [kernel, *_reduction(plan, split, partials, out, bias, tiles_n, tiles_m)]
-
-
-def _split_buffers(x, bias, out, split: int, tiles: int) -> tuple:
-    """(bias argument, partials [split, M, N] fp32, tile counters) of a split-K launch;
-    `out` stands in for what the kernel never reads (no bias, one split)."""
-    bias_arg = bias if bias is not None else out
-    if split == 1:
-        return bias_arg, out, out
-    partials = torch.empty((split, *out.shape), dtype=torch.float32, device=x.device)
-    return bias_arg, partials, split_k_counters(x.device, tiles)
-
-
-def _reduction(plan: Plan, split: int, partials, out, bias, tiles_n: int, tiles_m: int) -> list:
-    """The second launch that sums the partials, where the plan does not sum them in the
-    split-K launch itself."""
-    if split == 1 or plan.serial_reduction:
-        return []
-    return [
-        Launch(
-            reduce_partials_kernel,
-            (tiles_n, tiles_m),
-            (partials, out, bias if bias is not None else out, *out.shape, out.stride(0), split),
-            dict(
-                HAS_BIAS=bias is not None,
-                BLOCK_M=plan.block_m,
-                BLOCK_N=plan.block_n,
-                num_warps=4,
-            ),
-        )
-    ]
+    if plan.backend == "skinny":
+        return _split_k_launches(skinny_linear_kernel, geometry, x, out, bias, weight_args)
+    args = (x, out, bias if bias is not None else out, *weight_args, *geometry.scalars)
+    return [Launch(tiled_linear_kernel, geometry.grid, args, geometry.options)]
 
 
 def stream_launches(x, streams, bias, plan: Plan, out) -> list[Launch]:
     """The launches of a "streams" plan (the streams must be built for its block_n and
     split_k) writing out [M, N]; none for M = 0."""
-    if (plan.block_n, plan.split_k) != (streams.block_n, streams.split):
+    m, has_bias = x.shape[0], bias is not None
+    layout = (streams.block_n, streams.split, streams.blocks, streams.step_bits)
+    geometry = _streams_geometry(plan, m, *layout, has_bias)
+    if m == 0:
+        return []
+    weight_args = (
+        streams.values,
+        streams.steps,
+        streams.starts,
+        streams.group_base,
+        streams.groups,
+        streams.row_ids,
+        m,
+        streams.shape[0],
+        x.stride(0),
+        out.stride(0),
+    )
+    return _split_k_launches(stream_linear_kernel, geometry, x, out, bias, weight_args)
+
+
+def _split_k_launches(
+    kernel, geometry: _Geometry, x, out, bias, weight_args: tuple
+) -> list[Launch]:
+    """The kernel's launch (x, out, bias, split-K workspace, then the weight's and the
+    geometry's arguments) and, where the plan sums the partials apart, the second one.
+    `out` stands in for what a kernel never reads (no bias, one split)."""
+    bias_arg = bias if bias is not None else out
+    partials = counters = out
+    if geometry.split > 1:
+        partials = torch.empty((geometry.split, *out.shape), dtype=torch.float32, device=x.device)
+        counters = split_k_counters(x.device, geometry.tiles)
+    args = (x, out, bias_arg, partials, counters, *weight_args, *geometry.scalars)
+    launches = [Launch(kernel, geometry.grid, args, geometry.options)]
+    if geometry.reduction is not None:
+        grid, options = geometry.reduction
+        sum_args = (partials, out, bias_arg, *out.shape, out.stride(0), geometry.split)
+        launches.append(Launch(reduce_partials_kernel, grid, sum_args, options))
+    return launches
+
+
+def _row_tiles(m: int, block_m: int, path: str) -> int:
+    tiles_m = -(-m // block_m)
+    if tiles_m > MAX_GRID_YZ:  # the row tiles are the grid's z (and the reduction's y)
         raise ValueError(
-            f"streams built for block_n {streams.block_n}, split {streams.split} cannot run "
+            f"the {path} path runs at most {MAX_GRID_YZ} row tiles of block_m = "
+            f"{block_m}, got M = {m} rows" + (": use the tiled path" if path == "skinny" else "")
+        )
+    return tiles_m
+
+
+def _reduction(plan: Plan, split: int, has_bias: bool, tiles_n: int, tiles_m: int):
+    """The grid and options of the second launch that sums the partials, where the plan
+    does not sum them in the split-K launch itself."""
+    if split == 1 or plan.serial_reduction:
+        return None
+    options = dict(HAS_BIAS=has_bias, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, num_warps=4)
+    return (tiles_n, tiles_m), options
+
+
+@functools.lru_cache(maxsize=4096)
+def _skinny_geometry(
+    plan: Plan,
+    m: int,
+    n: int,
+    k: int,
+    format: int,
+    tile: tuple[int, int] | None,
+    has_bias: bool,
+    dtype: torch.dtype,
+) -> _Geometry:
+    _check_plan(plan, format, tile)
+    k_tiles = -(-k // plan.block_k)
+    split = max(1, min(plan.split_k, k_tiles))
+    tiles_per_split = -(-k_tiles // split)
+    split = -(-k_tiles // tiles_per_split)  # no empty splits
+    tiles_n, tiles_m = -(-n // plan.block_n), _row_tiles(m, plan.block_m, "skinny")
+    options = dict(
+        FORMAT=format,
+        BLOCK_M=plan.block_m,
+        BLOCK_N=plan.block_n,
+        BLOCK_K=plan.block_k,
+        SPLIT=split > 1,
+        SERIAL_REDUCTION=plan.serial_reduction,
+        HAS_BIAS=has_bias,
+        USE_DOT=plan.block_m >= 16,
+        **_dot_flags(dtype),
+        NUM_STAGES=plan.num_stages,
+        num_warps=plan.num_warps,
+        num_stages=plan.num_stages,
+    )
+    return _Geometry(
+        (tiles_n, split, tiles_m),
+        (k_tiles, tiles_per_split, split),
+        options,
+        split,
+        tiles_n * tiles_m,
+        _reduction(plan, split, has_bias, tiles_n, tiles_m),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _tiled_geometry(
+    plan: Plan,
+    m: int,
+    n: int,
+    k: int,
+    format: int,
+    tile: tuple[int, int] | None,
+    has_bias: bool,
+    dtype: torch.dtype,
+) -> _Geometry:
+    _check_plan(plan, format, tile)
+    options = dict(
+        FORMAT=format,
+        BLOCK_M=plan.block_m,
+        BLOCK_N=plan.block_n,
+        BLOCK_K=plan.block_k,
+        GROUP_M=plan.group_m,
+        HAS_BIAS=has_bias,
+        **_dot_flags(dtype),
+        num_warps=plan.num_warps,
+        num_stages=plan.num_stages,
+    )
+    grid = (-(-m // plan.block_m) * -(-n // plan.block_n),)
+    return _Geometry(grid, (-(-k // plan.block_k),), options, 1, 0, None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _streams_geometry(
+    plan: Plan, m: int, block_n: int, split: int, blocks: int, step_bits: int, has_bias: bool
+) -> _Geometry:
+    if (plan.block_n, plan.split_k) != (block_n, split):
+        raise ValueError(
+            f"streams built for block_n {block_n}, split {split} cannot run "
             f"plan block_n {plan.block_n}, split_k {plan.split_k}"
         )
     if plan.block_m not in STREAMS_BLOCK_M:
         raise ValueError(f"streams plans take block_m in {STREAMS_BLOCK_M}, got {plan.block_m}")
-    m = x.shape[0]
-    if m == 0:
-        return []
-    tiles_m = -(-m // plan.block_m)
-    if tiles_m > MAX_GRID_YZ:
-        raise ValueError(
-            f"the streams path runs at most {MAX_GRID_YZ} row tiles of block_m = "
-            f"{plan.block_m}, got M = {m} rows"
-        )
-    split = streams.split
-    bias_arg, partials, counters = _split_buffers(x, bias, out, split, streams.blocks * tiles_m)
-    kernel = Launch(
-        stream_linear_kernel,
-        (streams.blocks, split, tiles_m),
-        (
-            x,
-            out,
-            bias_arg,
-            partials,
-            counters,
-            streams.values,
-            streams.steps,
-            streams.starts,
-            streams.group_base,
-            streams.groups,
-            streams.row_ids,
-            m,
-            streams.shape[0],
-            x.stride(0),
-            out.stride(0),
-            split,
-        ),
-        dict(
-            BLOCK_M=plan.block_m,
-            BLOCK_N=plan.block_n,
-            STEP_BITS=streams.step_bits,
-            SPLIT=split > 1,
-            SERIAL_REDUCTION=plan.serial_reduction,
-            HAS_BIAS=bias is not None,
-            NUM_STAGES=plan.num_stages,
-            num_warps=plan.num_warps,
-            num_stages=plan.num_stages,
-        ),
+    tiles_m = _row_tiles(m, plan.block_m, "streams")
+    options = dict(
+        BLOCK_M=plan.block_m,
+        BLOCK_N=plan.block_n,
+        STEP_BITS=step_bits,
+        SPLIT=split > 1,
+        SERIAL_REDUCTION=plan.serial_reduction,
+        HAS_BIAS=has_bias,
+        NUM_STAGES=plan.num_stages,
+        num_warps=plan.num_warps,
+        num_stages=plan.num_stages,
     )
-    return [kernel, *_reduction(plan, split, partials, out, bias, streams.blocks, tiles_m)]
-
-
-def _tiled_launch(x, operand, bias, plan, out) -> Launch:
-    m, n = out.shape
-    return Launch(
-        tiled_linear_kernel,
-        (-(-m // plan.block_m) * -(-n // plan.block_n),),
-        (
-            x,
-            out,
-            bias if bias is not None else out,
-            *_weight_args(x, operand, out),
-            -(-operand.k // plan.block_k),
-        ),
-        dict(
-            FORMAT=operand.format,
-            BLOCK_M=plan.block_m,
-            BLOCK_N=plan.block_n,
-            BLOCK_K=plan.block_k,
-            GROUP_M=plan.group_m,
-            HAS_BIAS=bias is not None,
-            **_dot_flags(x),
-            num_warps=plan.num_warps,
-            num_stages=plan.num_stages,
-        ),
+    return _Geometry(
+        (blocks, split, tiles_m),
+        (split,),
+        options,
+        split,
+        blocks * tiles_m,
+        _reduction(plan, split, has_bias, blocks, tiles_m),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
@@ -151,9 +153,7 @@ def _run(x2d, weight, bias, plan: Plan) -> torch.Tensor:
         layout = derived_copy(weight, plan)
         if not _launch_directly(x2d, weight, bias):
             return _streams_op(x2d, weight, bias, plan, layout, forced=True)
-        from .launch import run_streams  # imports triton
-
-        return run_streams(x2d, layout, bias, plan)
+        return _launchers().run_streams(x2d, layout, bias, plan)
     # dense or semi_structured: F.linear on the cached copy
     return F.linear(x2d, derived_copy(weight, plan), None if bias is None else bias.to(x2d.dtype))
 
@@ -225,19 +225,28 @@ def _launch_directly(x2d, weight, bias) -> bool:
 def _run_triton(x2d, weight, bias, plan: Plan | None, backend: str = "auto") -> torch.Tensor:
     """Run a Triton plan, or with plan None let the op pick one for `backend` when it runs."""
     if plan is not None and _launch_directly(x2d, weight, bias):
-        from .launch import bitmap_operand, run_linear, sparse24_operand  # imports triton
-
+        launch = _launchers()
         if isinstance(weight, Sparse24Weight):
-            operand = sparse24_operand(weight.values, weight.meta, weight.shape[1])
+            operand = launch.sparse24_operand(weight.values, weight.meta, weight.shape[1])
         else:
-            operand = bitmap_operand(
+            operand = launch.bitmap_operand(
                 weight.bits, weight.values, weight.offsets, *weight.shape, weight.tile
             )
-        return run_linear(x2d, operand, bias, plan)
+        return launch.run_linear(x2d, operand, bias, plan)
     config = ops.deferred_config(backend) if plan is None else ops.plan_to_config(plan)
     if isinstance(weight, Sparse24Weight):
         return ops.sparse24_linear(x2d, weight.values, weight.meta, weight.shape[1], bias, config)
     return ops.bitmap_linear(x2d, *_bitmap_op_args(weight), bias, config)
+
+
+@functools.cache
+def _launchers():
+    """lcc_kernels.launch, imported on the first Triton launch (it imports triton, which a
+    CPU-only user need not have); kept here since an import statement costs host time at
+    every eager call."""
+    from . import launch
+
+    return launch
 
 
 def _bitmap_op_args(weight: BitmapWeight) -> tuple:
