@@ -176,8 +176,8 @@ def plan_launches(
     if plan.backend not in ("skinny", "tiled"):
         raise ValueError(f"run_linear runs the Triton backends only, got {plan.backend!r}")
     m = x.shape[0]
-    shape = (plan, m, operand.n, operand.k, operand.format, operand.tile, bias is not None)
-    geometry = (_skinny_geometry if plan.backend == "skinny" else _tiled_geometry)(*shape, x.dtype)
+    shape = (operand.n, operand.k, operand.format, operand.tile)
+    geometry = _operand_geometry(plan, m, *shape, bias is not None, x.dtype)
     if m == 0:
         return []
     weight_args = (
@@ -262,7 +262,7 @@ def _reduction(plan: Plan, split: int, has_bias: bool, tiles_n: int, tiles_m: in
 
 
 @functools.lru_cache(maxsize=4096)
-def _skinny_geometry(
+def _operand_geometry(
     plan: Plan,
     m: int,
     n: int,
@@ -272,25 +272,33 @@ def _skinny_geometry(
     has_bias: bool,
     dtype: torch.dtype,
 ) -> _Geometry:
+    """A skinny or tiled plan's geometry on a weight operand (format, tile) of [n, k]."""
     _check_plan(plan, format, tile)
     k_tiles = -(-k // plan.block_k)
+    common = dict(
+        FORMAT=format,
+        BLOCK_M=plan.block_m,
+        BLOCK_N=plan.block_n,
+        BLOCK_K=plan.block_k,
+        HAS_BIAS=has_bias,
+        num_warps=plan.num_warps,
+        num_stages=plan.num_stages,
+    )
+    if plan.backend == "tiled":
+        grid = (-(-m // plan.block_m) * -(-n // plan.block_n),)
+        options = dict(common, GROUP_M=plan.group_m, **_dot_flags(dtype))
+        return _Geometry(grid, (k_tiles,), options, 1, 0, None)
     split = max(1, min(plan.split_k, k_tiles))
     tiles_per_split = -(-k_tiles // split)
     split = -(-k_tiles // tiles_per_split)  # no empty splits
     tiles_n, tiles_m = -(-n // plan.block_n), _row_tiles(m, plan.block_m, "skinny")
     options = dict(
-        FORMAT=format,
-        BLOCK_M=plan.block_m,
-        BLOCK_N=plan.block_n,
-        BLOCK_K=plan.block_k,
+        common,
         SPLIT=split > 1,
         SERIAL_REDUCTION=plan.serial_reduction,
-        HAS_BIAS=has_bias,
         USE_DOT=plan.block_m >= 16,
         **_dot_flags(dtype),
         NUM_STAGES=plan.num_stages,
-        num_warps=plan.num_warps,
-        num_stages=plan.num_stages,
     )
     return _Geometry(
         (tiles_n, split, tiles_m),
@@ -300,33 +308,6 @@ def _skinny_geometry(
         tiles_n * tiles_m,
         _reduction(plan, split, has_bias, tiles_n, tiles_m),
     )
-
-
-@functools.lru_cache(maxsize=4096)
-def _tiled_geometry(
-    plan: Plan,
-    m: int,
-    n: int,
-    k: int,
-    format: int,
-    tile: tuple[int, int] | None,
-    has_bias: bool,
-    dtype: torch.dtype,
-) -> _Geometry:
-    _check_plan(plan, format, tile)
-    options = dict(
-        FORMAT=format,
-        BLOCK_M=plan.block_m,
-        BLOCK_N=plan.block_n,
-        BLOCK_K=plan.block_k,
-        GROUP_M=plan.group_m,
-        HAS_BIAS=has_bias,
-        **_dot_flags(dtype),
-        num_warps=plan.num_warps,
-        num_stages=plan.num_stages,
-    )
-    grid = (-(-m // plan.block_m) * -(-n // plan.block_n),)
-    return _Geometry(grid, (-(-k // plan.block_k),), options, 1, 0, None)
 
 
 @functools.lru_cache(maxsize=4096)
