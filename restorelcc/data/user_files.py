@@ -102,3 +102,10 @@ def records_to_texts(records: Sequence[dict], source: str) -> list[str]:
     if records and "text" in records[0]:
         return [_field(r, "text", f"{source}: record {i}") for i, r in enumerate(records)]
     return [p.text for p in records_to_pairs(records, source)]
+
+
+def user_texts(path: Path) -> list[str]:
+    """The non-blank documents of a user source: one per text file, else the rows' text."""
+    records = user_records(path)
+    texts = text_documents(path) if records is None else records_to_texts(records, str(path))
+    return [t for t in texts if t.strip()]
