@@ -97,5 +97,7 @@ def split_k_counters(device: torch.device, count: int) -> torch.Tensor:
         counters = _DEVICES.setdefault(device, DeviceCounters(device))
     if dispatch.capturing(device):
         return counters.for_capture(count)
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    # The raw stream handle Triton launches on (its driver's get_current_stream): cheaper
+    # than a torch.cuda.Stream object, which eager decode would build at every call.
+    stream = torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
     return counters.for_stream(stream, count)

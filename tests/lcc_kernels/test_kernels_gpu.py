@@ -122,6 +122,35 @@ def test_cuda_graphs_replay_in_any_order_and_concurrently_with_split_k():
         assert_matches_oracle(y, x, dense)
 
 
+def test_eager_split_k_launches_on_two_streams_keep_their_own_counters():
+    # Eager launches take the counter block of the stream they run on (the raw handle
+    # Triton launches on): two streams at once must not share one, one stream reuses its.
+    from lcc_kernels.counters import split_k_counters
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    streams = [torch.cuda.Stream() for _ in range(2)]
+    blocks = []
+    for stream in streams:
+        with torch.cuda.stream(stream):
+            blocks.append(split_k_counters(device, 64).data_ptr())
+            assert split_k_counters(device, 64).data_ptr() == blocks[-1]
+    assert blocks[0] != blocks[1]
+    assert split_k_counters(device, 64).data_ptr() not in blocks  # the current stream's
+    dense, packed = _weight("2:4", torch.bfloat16)
+    plan = Plan("skinny", block_m=1, block_n=64, block_k=64, split_k=16)
+    xs = [torch.randn(1, K, dtype=torch.bfloat16, device="cuda") for _ in streams]
+    torch.cuda.synchronize()
+    ys = [[] for _ in streams]
+    for _ in range(20):
+        for stream, x, outs in zip(streams, xs, ys, strict=True):
+            with torch.cuda.stream(stream):
+                outs.append(sparse_linear(x, packed, plan=plan))
+    torch.cuda.synchronize()
+    for x, outs in zip(xs, ys, strict=True):
+        for y in outs:
+            assert_matches_oracle(y, x, dense)
+
+
 def test_compiled_with_cuda_graphs_across_runs_and_shapes():
     # torch.compile's CUDA graphs ("reduce-overhead") warm up and record in a private pool
     # whose memory each new run hands out again: split-K counters made on the first call
