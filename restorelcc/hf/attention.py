@@ -120,7 +120,10 @@ class PackedLinear(nn.Module):
             for n, t in self._buffers.items()
             if n.startswith(_PREFIX) and n[len(_PREFIX) :] not in _NOT_TENSOR_FIELDS
         }
-        template = self._packed if template is None else template
+        if template is None:
+            if all(t is getattr(self._packed, n) for n, t in tensors.items()):
+                return  # a no-op .to()/.float(): keep the cached layouts and copies
+            template = self._packed
         self._packed = dataclasses.replace(template, cache={}, **tensors)
         self._prepare_streams()
 

@@ -112,6 +112,20 @@ def test_unswap_gives_back_bit_identical_linears(name, pattern):
     assert_matches(model, pruned.float(), _ids(), torch.float16)
 
 
+def test_a_no_op_conversion_keeps_the_streams_layouts_and_a_real_one_rebuilds():
+    pruned = _pruned("llama-gqa", "unstructured")
+    model = copy.deepcopy(pruned)
+    swap_attention(model, "bitmap")
+    owner = attention(model, 0).packed_qkv
+    layout = lcc_kernels.prepare_streams(owner.packed)  # built by hand: a CPU builds none
+    model.float().to("cpu")  # nothing changes: nothing is rebuilt
+    assert lcc_kernels.prepare_streams(owner.packed) is layout
+    model.half()
+    assert owner.packed.values.dtype == torch.float16 and not owner.packed.cache
+    assert lcc_kernels.prepare_streams(owner.packed).values.dtype == torch.float16
+    assert_matches(model, pruned, _ids(), torch.float16)
+
+
 def test_generate_uses_the_kv_cache_and_matches(monkeypatch):
     pruned = _pruned("mistral-gqa", "unstructured")
     swapped = copy.deepcopy(pruned)
