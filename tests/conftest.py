@@ -64,7 +64,7 @@ def pytest_collection_modifyitems(config, items):
             return
         # `make test` interprets the kernels (for the CPU tests); GPU tests are there for
         # the compiled ones, at sizes the interpreter would take hours over.
-        reason = "runs the compiled kernels: unset TRITON_INTERPRET (python -m pytest -m gpu)"
+        reason = "runs the compiled kernels: unset TRITON_INTERPRET (pytest -m 'gpu or triton')"
     skip_gpu = pytest.mark.skip(reason=reason)
     for item in items:
         if "gpu" in item.keywords:

@@ -24,10 +24,13 @@ from lcc_kernels.kernels import INTERPRETED  # noqa: E402
 from restorelcc.hf.swap import swap_attention  # noqa: E402
 from restorelcc.testing import tiny_model  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    not (INTERPRETED or torch.cuda.is_available()),
-    reason="Triton kernels need a GPU or TRITON_INTERPRET=1 set before lcc_kernels is imported",
-)
+pytestmark = [
+    pytest.mark.triton,
+    pytest.mark.skipif(
+        not (INTERPRETED or torch.cuda.is_available()),
+        reason="Triton kernels need a GPU or TRITON_INTERPRET=1 set before lcc_kernels is imported",
+    ),
+]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
