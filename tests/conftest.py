@@ -15,6 +15,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if not torch.cuda.is_available():
+    # The kernels then run interpreted on CPU tensors. TRITON_INTERPRET is read as each
+    # @triton.jit decorates, so it is set before any test module imports a kernel: a
+    # kernel compiled-mode and one interpreted cannot call each other.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 _real_empty = torch.empty
 _real_empty_like = torch.empty_like

@@ -52,7 +52,8 @@ class Restoration:
     report: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.heads = check_heads(self.heads, self.geometry)
+        # On the CPU like the other tensors, also when made from a module on a GPU.
+        self.heads = check_heads(self.heads, self.geometry).cpu()
         s, d = self.heads.shape[0], self.geometry.head_dim
         for name, shape in (("directions", (s, d, d)), ("beta", (s, d)), ("b", (s, d))):
             value = getattr(self, name)
