@@ -31,13 +31,14 @@ def register(subparsers) -> None:
         "eval",
         help="zero-shot multiple-choice accuracy and perplexity of a model",
         description="Score multiple-choice tasks by log-likelihood (lm-evaluation-harness "
-        "prompts) and sliding-window perplexity on LAMBADA passages.",
+        "prompts) and sliding-window perplexity on LAMBADA passages or your own text.",
     )
     p.add_argument("--model", default="smollm2-135m", help="model name or local directory")
     p.add_argument(
         "--tasks",
         default=DEFAULT_TASKS,
-        help="comma-separated task names, 'paper' (the paper's 7) or 'all' (+ piqa)",
+        help="comma-separated task names, 'paper' (the paper's 7), 'all' (+ piqa) or "
+        "'none' (perplexity only)",
     )
     p.add_argument(
         "--limit",
@@ -53,6 +54,12 @@ def register(subparsers) -> None:
         help=f"perplexity token budget (default {DEFAULT_PPL_TOKENS})",
     )
     ppl.add_argument("--no-ppl", action="store_true", help="skip perplexity")
+    p.add_argument(
+        "--ppl-source",
+        default="lambada",
+        help="perplexity text: 'lambada' (default), a text file, a folder of text files, or "
+        "JSON/JSONL/save_to_disk rows with a 'text' column (e.g. WikiText-2's test split)",
+    )
     p.add_argument(
         "--batch-size", type=positive_int, default=16, help="rows (questions) per forward"
     )
@@ -96,11 +103,16 @@ def summary_rows(report: dict) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     from restorelcc.assets import load_model
+    from restorelcc.data import perplexity_texts
     from restorelcc.evaluate import evaluate_model, resolve_tasks
     from restorelcc.io import atomic_write_json, format_table, run_metadata
 
     start = time.perf_counter()
     tasks = resolve_tasks(args.tasks)  # unknown names fail before the model loads
+    if not tasks and args.no_ppl:
+        raise ValueError("nothing to evaluate: --tasks none with --no-ppl")
+    if not args.no_ppl:
+        perplexity_texts(args.ppl_source, n=1)  # a missing or empty source fails here too
     out = Path(args.json) if args.json else default_report_path(args.model)
     if out.is_dir():
         raise FileExistsError(f"--json {out} is a directory")
@@ -124,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         perplexity=not args.no_ppl,
         ppl_tokens=args.ppl_tokens,
+        ppl_source=args.ppl_source,
         batch_size=args.batch_size,
         progress=not args.quiet,
     )
@@ -140,11 +153,9 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": round(time.perf_counter() - start, 2),
         "run_metadata": run_metadata(),
     }
-    print(
-        format_table(
-            summary_rows(report), ["task", "items", "acc", "acc_stderr", "acc_norm", "seconds"]
-        )
-    )
+    if report["tasks"]:
+        columns = ["task", "items", "acc", "acc_stderr", "acc_norm", "seconds"]
+        print(format_table(summary_rows(report), columns))
     if report["perplexity"]:
         ppl = report["perplexity"]
         print(

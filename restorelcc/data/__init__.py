@@ -226,7 +226,13 @@ def perplexity_texts(source: str = "lambada", n: int | None = None) -> list[str]
         ]
         texts = [t for t in texts if t.strip()]
     else:
-        texts = user_texts(_user_path(source))
+        path = Path(str(source)).expanduser()
+        if not path.exists():
+            raise DataError(
+                f"unknown perplexity source {str(source)!r}: not "
+                f"{' or '.join(map(repr, PERPLEXITY_SOURCES))} and no such file or folder"
+            )
+        texts = user_texts(path)
     if not texts:
         raise DataError(f"perplexity source {source!r} holds no text")
     if n is not None and n <= 0:

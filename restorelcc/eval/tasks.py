@@ -117,7 +117,10 @@ PAPER_TASKS: tuple[str, ...] = (
 
 
 def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Task names from ``"all"``, ``"paper"``, ``"a,b"`` or a list; unknown names raise."""
+    """Task names from ``"all"``, ``"paper"``, ``"a,b"`` or a list; unknown names raise.
+    ``"none"`` or an empty list: no task (perplexity only)."""
+    if (spec.strip().lower() == "none") if isinstance(spec, str) else not spec:
+        return []
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     out: list[str] = []
     for raw in names:
@@ -128,12 +131,12 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
         for task in expanded:
             if task not in TASKS:
                 raise DataError(
-                    f"unknown task {raw.strip()!r}; valid: {', '.join(TASKS)}, all, paper"
+                    f"unknown task {raw.strip()!r}; valid: {', '.join(TASKS)}, all, paper, none"
                 )
             if task not in out:
                 out.append(task)
     if not out:
-        raise DataError(f"no tasks given; valid: {', '.join(TASKS)}, all, paper")
+        raise DataError(f"no tasks given; valid: {', '.join(TASKS)}, all, paper, none")
     return out
 
 

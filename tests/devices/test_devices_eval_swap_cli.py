@@ -229,3 +229,14 @@ def test_cli_prune_restore_bench_on_device(device, tmp_path, tokenizer, capsys):
     assert [(r["phase"], r["batch"]) for r in timed["rows"]] == [("decode", 2), ("prefill", 1)]
     for row in timed["rows"]:
         assert row["linear_ms"] > 0 and row["swapped_ms"] > 0
+
+    evaluated = tmp_path / "eval.json"
+    assert main(
+        ["eval", "--model", str(pruned_dir), "--adapter", str(out), "--tasks", "none",
+         "--ppl-source", str(calibration), "--ppl-tokens", "64", "--swap", "2:4",
+         "--device", device, "--json", str(evaluated), "--quiet"]
+    ) == 0  # fmt: skip
+    scored = json.loads(evaluated.read_text())
+    assert scored["device"].startswith(device) and scored["swap"]["format"] == "2:4"
+    assert scored["perplexity"]["tokens"] == 64
+    assert math.isfinite(scored["perplexity"]["perplexity"])

@@ -56,6 +56,45 @@ def test_no_ppl(tiny_dir, tmp_path, capsys):
     assert json.loads(out.read_text())["perplexity"] is None
 
 
+def test_perplexity_only_on_a_text_file(tiny_dir, tmp_path, capsys):
+    """--tasks none --ppl-source FILE: no task data needed; the figure is the one
+    perplexity_report gives on the file's text at the same settings."""
+    from transformers import AutoModelForCausalLM
+
+    from restorelcc.eval.perplexity import perplexity_report
+
+    text = tmp_path / "wiki.txt"
+    text.write_text("The quiet river ran past the mill. " * 40)
+    out = tmp_path / "r.json"
+    argv = ["eval", "--model", str(tiny_dir), "--tasks", "none", "--ppl-source", str(text),
+            "--ppl-tokens", "96", "--json", str(out), "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "acc" not in stdout and f"perplexity ({text}, 96 tokens" in stdout
+    report = json.loads(out.read_text())
+    assert report["tasks"] == {} and report["perplexity"]["source"] == str(text)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    expected = perplexity_report(
+        model, byte_tokenizer(), texts=[text.read_text()], tokens=96, window=256, stride=128,
+        batch_size=4, progress=False,
+    )  # fmt: skip
+    assert report["perplexity"]["perplexity"] == pytest.approx(expected.perplexity, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ppl-source", "/nonexistent/wiki.txt"], "unknown perplexity source '/nonexistent"),
+        (["--ppl-source", "squad"], "not 'lambada' and no such file or folder"),
+        (["--tasks", "none", "--no-ppl"], "nothing to evaluate: --tasks none with --no-ppl"),
+    ],
+)
+def test_bad_perplexity_requests_fail_before_the_model_loads(flags, message, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    err = one_line_error(capsys, ["eval", "--model", "/nonexistent", *flags, "--json", str(out)])
+    assert message in err and not out.exists()
+
+
 def test_missing_model(tmp_path, capsys):
     out = tmp_path / "r.json"
     err = one_line_error(capsys, ["eval", "--model", "/nonexistent", "--json", str(out)])

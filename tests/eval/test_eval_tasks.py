@@ -78,6 +78,7 @@ def test_resolve_tasks():
     assert resolve_tasks("piqa, ARC-Easy,piqa") == ["piqa", "arc_easy"]
     with pytest.raises(DataError, match="unknown task 'arc'; valid: boolq, rte, .*, all, paper"):
         resolve_tasks("piqa,arc")
+    assert resolve_tasks(" None ") == resolve_tasks([]) == []  # perplexity only
     with pytest.raises(DataError, match="no tasks given"):
         resolve_tasks(" , ")
 
