@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The tests that touch transformers' forward arguments (KV cache, logits_to_keep), under an
-# older transformers than the one .venv resolves: 5.17, the version on the lent GPU
-# machines. It goes in a side directory put first on PYTHONPATH; .venv is left alone.
+# The tests that touch transformers' forward arguments (KV cache, logits_to_keep) and the
+# pipeline on one device (tests/devices), under an older transformers than the one .venv
+# resolves: 5.17, the version on the lent GPU machines. It goes in a side directory put
+# first on PYTHONPATH; .venv is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -18,4 +19,4 @@ fi
 PYTHONPATH="$side" "$VENV/bin/python" -c \
     "import transformers; assert transformers.__version__ == '5.17.0', transformers.__version__"
 PYTHONPATH="$side" TRITON_INTERPRET=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-    tests/hf tests/eval tests/lcc/test_lcc_capture.py tests/lcc/test_lcc_pipeline.py
+    tests/hf tests/eval tests/devices tests/lcc/test_lcc_capture.py tests/lcc/test_lcc_pipeline.py
