@@ -22,7 +22,7 @@ from torch import nn
 from restorelcc.assets import DEFAULT_MODEL, load_model
 from restorelcc.baselines import block_sparsity, lora_baseline, merged_sparsity, training_free
 from restorelcc.data import calibration_batches, instruction_pairs
-from restorelcc.evaluate import evaluate_model
+from restorelcc.evaluate import evaluate_model, resolve_tasks
 from restorelcc.io import atomic_write_json, format_table, run_metadata
 from restorelcc.lcc.pipeline import RestoreConfig, restore
 from restorelcc.lcc.train import TrainConfig
@@ -100,6 +100,8 @@ class DemoConfig:
             raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
         if not self.patterns:
             raise ValueError("give at least one sparsity pattern")
+        if not resolve_tasks(self.tasks):  # unknown names fail here, before any pruning
+            raise ValueError("the demo compares accuracy: give at least one task")
 
     def train_config(self, lr: float) -> TrainConfig:
         return TrainConfig(

@@ -119,13 +119,14 @@ PAPER_TASKS: tuple[str, ...] = (
 def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     """Task names from ``"all"``, ``"paper"``, ``"a,b"`` or a list; unknown names raise.
     ``"none"`` or an empty list: no task (perplexity only)."""
-    if (spec.strip().lower() == "none") if isinstance(spec, str) else not spec:
-        return []
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     out: list[str] = []
+    none_asked = False
     for raw in names:
         name = raw.strip().lower().replace("-", "_")
-        if not name:
+        if name == "none":
+            none_asked = True
+        if name in ("", "none"):
             continue
         expanded = {"all": list(TASKS), "paper": list(PAPER_TASKS)}.get(name, [name])
         for task in expanded:
@@ -135,7 +136,7 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
                 )
             if task not in out:
                 out.append(task)
-    if not out:
+    if not out and names and not none_asked:
         raise DataError(f"no tasks given; valid: {', '.join(TASKS)}, all, paper, none")
     return out
 

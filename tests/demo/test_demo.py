@@ -63,21 +63,21 @@ def test_demo_runs_end_to_end_and_keeps_sparsity(tiny_checkpoint, tmp_path):
     assert "restorelcc" in report["table"] and "acc gap closed" in report["table"]
 
 
-def test_demo_cli_rejects_unknown_method(tiny_checkpoint, tmp_path, capsys):
-    code = main(
-        [
-            "demo",
-            "--model",
-            str(tiny_checkpoint),
-            "--methods",
-            "lora,magic",
-            "--out",
-            str(tmp_path / "o"),
-        ]
-    )
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--methods", "lora,magic"], "magic"),
+        (["--tasks", "arc_easy,mmlu"], "unknown task 'mmlu'"),
+        (["--tasks", "none"], "the demo compares accuracy: give at least one task"),
+    ],
+)
+def test_demo_cli_rejects_bad_methods_and_tasks_before_pruning(
+    flags, message, tiny_checkpoint, tmp_path, capsys
+):
+    code = main(["demo", "--model", str(tiny_checkpoint), *flags, "--out", str(tmp_path / "o")])
     assert code == 2
     err = capsys.readouterr().err
-    assert "magic" in err and len(err.strip().splitlines()) == 1
+    assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 
