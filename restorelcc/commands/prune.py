@@ -84,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.prune.validate import check_model
 
     spec = _check_arguments(args)
+    if spec.needs_calibration:  # a bad source fails before a large model loads
+        from restorelcc.data import calibration_texts
+
+        calibration_texts(args.calibration, n=1)
     model, tokenizer = load_model(args.model, device=resolve_device(args.device))
     check_model(model, spec)
     calibration = None

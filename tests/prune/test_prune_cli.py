@@ -157,3 +157,9 @@ def test_inspect_swap_previews_what_swap_attention_would_pack(tiny_dir, tmp_path
     assert "nothing to swap: no attention projection has 10% zeros or more" in (
         capsys.readouterr().out
     )
+
+
+def test_a_missing_calibration_source_fails_before_the_model_loads(tmp_path, capsys):
+    args = ["prune", "--model", str(tmp_path / "no-model"), "--method", "wanda"]
+    assert main([*args, "--calibration", str(tmp_path / "none.txt"), "--out", str(tmp_path)]) == 2
+    assert "unknown data source" in capsys.readouterr().err  # not the missing model
