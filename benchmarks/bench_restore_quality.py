@@ -26,7 +26,12 @@ import time
 from pathlib import Path
 
 from restorelcc.assets import DEFAULT_MODEL, load_model
-from restorelcc.baselines import lora_baseline, random_heads_restore, training_free
+from restorelcc.baselines import (
+    lofit_baseline,
+    lora_baseline,
+    random_heads_restore,
+    training_free,
+)
 from restorelcc.commands.restore import heads_value
 from restorelcc.data import instruction_pairs
 from restorelcc.demo import gap_closed, headline_accuracy
@@ -36,7 +41,8 @@ from restorelcc.lcc import RestoreConfig, TrainConfig, restore
 from restorelcc.lcc.train import heldout_loss
 from restorelcc.prune import prune_model
 
-METHODS = ("restorelcc", "random-heads", "training-free", "lora")
+METHODS = ("restorelcc", "random-heads", "training-free", "lora", "lofit")
+DEFAULT_METHODS = METHODS[:4]  # LoFiT trains twice as many steps: opt in
 
 
 def measure(model, tokenizer, heldout, ppl_tokens) -> dict:
@@ -70,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ppl-tokens", type=int, default=8192)
     p.add_argument("--tasks", default="", help="zero-shot tasks also scored (e.g. arc_easy,piqa)")
     p.add_argument("--limit", type=int, default=100, help="items per zero-shot task")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"from {METHODS}")
     p.add_argument("--tag", default=None)
     args = p.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
@@ -149,11 +155,14 @@ def main(argv: list[str] | None = None) -> int:
             restoration = random_heads_restore(
                 dense, pruned, tokenizer, train, configs(lr, heads)[1]
             )
+        elif method == "lofit":
+            restoration = lofit_baseline(pruned, tokenizer, train, configs(lr, heads)[1])
         else:
             restoration = training_free(dense, pruned, tokenizer, train[: args.probe_pairs])
         seconds = time.perf_counter() - start
         folded = restoration.fold(copy.deepcopy(pruned))
-        extra = {"trainable": restoration.trainable_parameters}
+        trained = restoration.report.get("train", {}).get("trainable_parameters")
+        extra = {"trainable": trained if method == "lofit" else restoration.trainable_parameters}
         result.setdefault("stages", {})[name] = restoration.report.get("seconds")
         if "train" in restoration.report:
             extra["final_loss"] = restoration.report["train"]["final_loss"]

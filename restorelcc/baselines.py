@@ -7,6 +7,10 @@
 - ``training_free``: ``c = mean(Zd - Zp)`` at the prompt's last token for every head, no
   training, folded like RestoreLCC (the first-order bias correction method.md suggests).
 - ``random_heads_restore``: RestoreLCC with heads drawn at random (the paper's ablation).
+- ``lofit_baseline``: LoFiT (Yin et al., 2024), the paper's other head-level baseline:
+  per-head scaling vectors ``z <- (1 + A) * z`` trained with an L1 penalty pick the heads
+  (largest ``|A|_1``), then a free bias vector per picked head is trained; only the biases
+  are kept, so it folds like RestoreLCC's compensation.
 """
 
 from __future__ import annotations
@@ -21,16 +25,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from restorelcc.hf.families import decoder_layers, family_of, head_geometry
+from restorelcc.hf.families import decoder_layers, family_of, head_geometry, model_device
 from restorelcc.lcc.capture import capture_last_token
 from restorelcc.lcc.compat import check_compatible, to_pruned_heads
 from restorelcc.lcc.fingerprint import model_fingerprint
+from restorelcc.lcc.heads import HeadCompensation, o_proj_input_hooks
 from restorelcc.lcc.pipeline import RestoreConfig, restore
+from restorelcc.lcc.probing import head_count
 from restorelcc.lcc.restoration import Restoration
 from restorelcc.lcc.tokens import check_pairs, encode_pair
 from restorelcc.lcc.train import TrainConfig, TrainResult, train_response_lm
 
 DEFAULT_LORA_RANK = 8
+LOFIT_L1 = 1e-3  # weight of the L1 penalty on LoFiT's head-selection scales
 
 
 @dataclass
@@ -176,10 +183,80 @@ def random_heads_restore(
     return restore(dense, pruned, tokenizer, pairs, config)
 
 
+def lofit_baseline(
+    pruned: nn.Module,
+    tokenizer,
+    pairs: Sequence,
+    config: RestoreConfig | None = None,
+    l1: float = LOFIT_L1,
+) -> Restoration:
+    """LoFiT on ``pruned`` with RestoreLCC's data, loop and head count (``config.heads``;
+    ``config.train`` for both steps, so it trains twice as many steps as RestoreLCC).
+
+    1. Head selection: ``A [L, H*d]`` (zeros) scales every head's output,
+       ``z <- (1 + A) * z``; trained on the response loss + ``l1 * |A|_1``. The heads with
+       the largest ``|A(l, h)|_1`` are picked (their norms are the result's ``scores``).
+    2. Bias tuning: a bias ``b [S, d]`` (zeros) added to each picked head's output is
+       trained; ``A`` is dropped. Returned as a ``Restoration`` (identity directions,
+       ``beta = 0``) that folds, saves and exports like RestoreLCC's. ``pruned`` is not
+       modified.
+    """
+    config = config or RestoreConfig()
+    if not l1 >= 0:
+        raise ValueError(f"l1 must be >= 0, got {l1}")
+    g = head_geometry(pruned)
+    count = head_count(g, config.heads)
+    device = model_device(pruned)
+    scales = nn.Parameter(torch.zeros(g.layers, g.heads * g.head_dim, device=device))
+
+    def scaled(layer: int, z: torch.Tensor) -> torch.Tensor:
+        return z * (1 + scales[layer]).to(z.dtype)
+
+    select = train_response_lm(
+        pruned,
+        tokenizer,
+        pairs,
+        [scales],
+        config.train,
+        lambda: o_proj_input_hooks(pruned, scaled),
+        desc="lofit: select heads",
+        penalty=lambda: l1 * scales.abs().sum(),
+    )
+    norms = scales.detach().reshape(g.total_heads, g.head_dim).abs().sum(1).cpu()
+    flat = norms.topk(count).indices.sort().values
+    heads = torch.stack([flat // g.heads, flat % g.heads], dim=1)
+    identity = torch.eye(g.head_dim).expand(count, -1, -1)
+    biases = HeadCompensation(g, heads, identity, init_std=0.0).to(device)
+    biases.beta.requires_grad_(False)  # identity directions: b alone is LoFiT's bias
+    tune = train_response_lm(
+        pruned,
+        tokenizer,
+        pairs,
+        [biases.b],
+        config.train,
+        lambda: biases.attached(pruned),
+        desc="lofit: tune biases",
+    )
+    return Restoration.from_compensation(
+        biases,
+        family_of(pruned).model_type,
+        model_fingerprint(pruned),
+        method="lofit",
+        hyperparameters={"heads": config.heads, "l1": l1, "train": config.train.to_dict()},
+        scores=norms.reshape(g.layers, g.heads),
+        report={
+            "selection": select.to_dict(),
+            "train": tune.to_dict(),
+            "seconds": {"select": select.seconds, "train": tune.seconds},
+        },
+    )
+
+
 __all__ = [
     "LoraResult",
     "block_sparsity",
     "dora_baseline",
+    "lofit_baseline",
     "lora_baseline",
     "merged_sparsity",
     "random_heads_restore",

@@ -2,10 +2,11 @@
 
 For each sparsity pattern: prune the dense model with Wanda (or another method), then
 restore it with RestoreLCC and with the baselines a user would otherwise pick (LoRA on
-q/k/v/o with the same data and steps, training-free mean compensation), fold, and evaluate
-everything on the same perplexity text and zero-shot tasks. The report gives, per method,
-the fraction of the perplexity gap and of the mean-accuracy gap closed, the trainable
-parameters, the sparsity kept and the measured inference latency against the pruned model.
+q/k/v/o with the same data and steps, training-free mean compensation; LoFiT when asked),
+fold, and evaluate everything on the same perplexity text and zero-shot tasks. The report
+gives, per method, the fraction of the perplexity gap and of the mean-accuracy gap closed,
+the trainable parameters, the sparsity kept and the measured inference latency against the
+pruned model.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import torch
 from torch import nn
 
 from restorelcc.assets import DEFAULT_MODEL, load_model
-from restorelcc.baselines import block_sparsity, lora_baseline, merged_sparsity, training_free
+from restorelcc.baselines import (
+    block_sparsity,
+    lofit_baseline,
+    lora_baseline,
+    merged_sparsity,
+    training_free,
+)
 from restorelcc.data import calibration_batches, instruction_pairs
 from restorelcc.evaluate import evaluate_model, resolve_tasks
 from restorelcc.io import atomic_write_json, format_table, run_metadata
@@ -28,7 +35,8 @@ from restorelcc.lcc.pipeline import RestoreConfig, restore
 from restorelcc.lcc.train import TrainConfig
 from restorelcc.prune import prune_model
 
-METHODS = ("lora", "training-free", "restorelcc")
+METHODS = ("lora", "lofit", "training-free", "restorelcc")
+DEFAULT_METHODS = ("lora", "training-free", "restorelcc")  # LoFiT trains twice: opt in
 # One headline metric per task: length-normalised accuracy where the harness's convention
 # is to report it (answers of very different lengths), plain accuracy elsewhere.
 HEADLINE_METRIC = {
@@ -64,7 +72,7 @@ class DemoConfig:
     tasks: tuple[str, ...] = ("arc_easy", "piqa", "hellaswag")
     limit: int | None = 100
     ppl_tokens: int = 4096
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     latency_rounds: int = 15
     seed: int = 0
     progress: bool = True
@@ -146,6 +154,20 @@ def gap_closed(pruned: float, method: float, dense: float) -> float | None:
     pruned, negative = worse. ``None`` when pruning left no gap."""
     gap = dense - pruned
     return None if abs(gap) < 1e-12 else (method - pruned) / gap
+
+
+def folded_candidate(
+    restoration, pruned: nn.Module, sparsity: float, trainable: int, notes: dict | None = None
+) -> tuple[nn.Module, dict]:
+    """A copy of ``pruned`` with ``restoration`` folded, and its demo row's fields."""
+    model = restoration.fold(copy.deepcopy(pruned))
+    fields = {
+        "trainable_parameters": trainable,
+        "sparsity": block_sparsity(model),
+        "sparsity_kept": sparsity_kept(sparsity, block_sparsity(model)),
+        "seconds": sum(restoration.report["seconds"].values()),
+    }
+    return model, fields if notes is None else {**fields, "notes": notes}
 
 
 def forward_latency(
@@ -283,14 +305,20 @@ class Demo:
                 max_length=c.max_length,
                 progress=c.progress,
             )
-            model = free.fold(copy.deepcopy(pruned))
-            candidates["training-free"] = (
-                model,
+            candidates["training-free"] = folded_candidate(free, pruned, sparsity, 0)
+        if "lofit" in c.methods:
+            lofit = lofit_baseline(
+                pruned, tokenizer, pairs, RestoreConfig(heads=c.heads, train=c.train_config(c.lr))
+            )
+            candidates["lofit"] = folded_candidate(
+                lofit,
+                pruned,
+                sparsity,
+                lofit.report["train"]["trainable_parameters"],  # b alone (beta stays 0)
                 {
-                    "trainable_parameters": 0,
-                    "sparsity": block_sparsity(model),
-                    "sparsity_kept": sparsity_kept(sparsity, block_sparsity(model)),
-                    "seconds": sum(free.report["seconds"].values()),
+                    "selected_heads": int(lofit.heads.shape[0]),
+                    "stage_seconds": lofit.report["seconds"],
+                    "final_loss": lofit.report["train"]["final_loss"],
                 },
             )
         if "restorelcc" in c.methods:
@@ -301,19 +329,15 @@ class Demo:
                 train=c.train_config(c.lr),
             )
             restoration = restore(dense, pruned, tokenizer, pairs, config)
-            model = restoration.fold(copy.deepcopy(pruned))
-            candidates["restorelcc"] = (
-                model,
+            candidates["restorelcc"] = folded_candidate(
+                restoration,
+                pruned,
+                sparsity,
+                restoration.trainable_parameters,
                 {
-                    "trainable_parameters": restoration.trainable_parameters,
-                    "sparsity": block_sparsity(model),
-                    "sparsity_kept": sparsity_kept(sparsity, block_sparsity(model)),
-                    "seconds": sum(restoration.report["seconds"].values()),
-                    "notes": {
-                        "selected_heads": int(restoration.heads.shape[0]),
-                        "stage_seconds": restoration.report["seconds"],
-                        "final_loss": restoration.report["train"]["final_loss"],
-                    },
+                    "selected_heads": int(restoration.heads.shape[0]),
+                    "stage_seconds": restoration.report["seconds"],
+                    "final_loss": restoration.report["train"]["final_loss"],
                 },
             )
         latency = forward_latency(

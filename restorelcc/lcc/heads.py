@@ -1,9 +1,10 @@
 """Add per-head vectors to the input of ``o_proj``: the unfolded form of a restoration.
 
-``o_proj_input_offsets`` is the one hook utility used by training, by the baselines and by
-any capture that needs a compensated model. ``HeadCompensation`` holds RestoreLCC's
-trainable parameters: for each selected head ``(l, h)``, ``c = V^T beta + b`` (``V^T``'s
-rows are the head's frozen directions), added to ``z(l, h)`` at every token.
+``o_proj_input_offsets`` (on ``o_proj_input_hooks``) is the one hook utility used by
+training, by the baselines and by any capture that needs a compensated model.
+``HeadCompensation`` holds RestoreLCC's trainable parameters: for each selected head
+``(l, h)``, ``c = V^T beta + b`` (``V^T``'s rows are the head's frozen directions), added
+to ``z(l, h)`` at every token.
 """
 
 from __future__ import annotations
@@ -20,24 +21,21 @@ INIT_STD = 1e-3  # beta, b ~ N(0, 1e-3), as the paper
 
 
 @contextlib.contextmanager
-def o_proj_input_offsets(
-    model: nn.Module, offset: Callable[[int], torch.Tensor | None]
+def o_proj_input_hooks(
+    model: nn.Module, transform: Callable[[int, torch.Tensor], torch.Tensor | None]
 ) -> Iterator[None]:
     """While active, layer ``l``'s ``o_proj`` input ``x [..., H*d]`` becomes
-    ``x + offset(l)`` (``[H*d]``, cast to ``x``'s dtype; ``None`` leaves the layer alone).
+    ``transform(l, x)`` (``None`` leaves the layer alone).
 
-    ``offset`` is called on every forward, so it may return a tensor that carries gradient
-    to trainable parameters. The hooks are removed on exit, also on error.
+    ``transform`` runs on every forward, so what it returns may carry gradient to
+    trainable parameters. The hooks are removed on exit, also on error.
     """
     handles = []
 
     def hook_for(layer: int):
         def hook(module, args):
-            delta = offset(layer)
-            if delta is None:
-                return None
-            x = args[0]
-            return (x + delta.to(device=x.device, dtype=x.dtype), *args[1:])
+            y = transform(layer, args[0])
+            return None if y is None else (y, *args[1:])
 
         return hook
 
@@ -48,6 +46,17 @@ def o_proj_input_offsets(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def o_proj_input_offsets(model: nn.Module, offset: Callable[[int], torch.Tensor | None]):
+    """Context manager: layer ``l``'s ``o_proj`` input ``x [..., H*d]`` becomes
+    ``x + offset(l)`` (``[H*d]``, cast to ``x``'s dtype; ``None`` leaves the layer alone)."""
+
+    def add(layer: int, x: torch.Tensor) -> torch.Tensor | None:
+        delta = offset(layer)
+        return None if delta is None else x + delta.to(device=x.device, dtype=x.dtype)
+
+    return o_proj_input_hooks(model, add)
 
 
 def check_heads(heads: torch.Tensor, geometry: HeadGeometry) -> torch.Tensor:

@@ -35,8 +35,8 @@ class Restoration:
     """Per-head compensation ``c = V^T beta + b`` for ``heads [S, 2]`` (layer, head).
 
     ``directions [S, d, d]``, ``beta [S, d]``, ``b [S, d]``: fp32. ``scores [L, H]``: the
-    probe accuracies when heads were probed. ``method``: ``restorelcc``,
-    ``restorelcc-random-heads`` or ``training-free``.
+    probe accuracies when heads were probed (LoFiT: its scales' L1 norms). ``method``:
+    ``restorelcc``, ``restorelcc-random-heads``, ``training-free`` or ``lofit``.
     """
 
     model_type: str

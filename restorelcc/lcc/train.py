@@ -202,6 +202,7 @@ def train_response_lm(
     config: TrainConfig,
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     desc: str = "train",
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``parameters`` on the response tokens of ``pairs``; returns the loss curve.
 
@@ -210,6 +211,8 @@ def train_response_lm(
     decay), linear decay to zero over ``config.total_steps``, batches drawn from a seeded
     permutation per epoch: the same seed gives the same run. With
     ``config.validation_pairs``, the last pairs are held out and scored before and after.
+    ``penalty()``, if given, is added to each step's loss (a regulariser of ``parameters``);
+    the losses recorded are the response loss alone.
     """
     parameters = list(parameters)
     if not parameters:
@@ -239,7 +242,7 @@ def train_response_lm(
                 ids, mask, positions, targets = collate([encoded[i] for i in next(batches)], pad_id)
                 loss = response_loss(model, ids, mask, positions, targets)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss if penalty is None else loss + penalty()).backward()
                 if step == 0 or step == steps - 1:
                     _check_no_stray_grads(watched)
                 optimizer.step()

@@ -6,6 +6,7 @@ import torch
 from restorelcc.baselines import (
     block_sparsity,
     dora_baseline,
+    lofit_baseline,
     lora_baseline,
     merged_sparsity,
     random_heads_restore,
@@ -104,6 +105,45 @@ def test_random_heads_restore(setup):
     assert restoration.method == "restorelcc-random-heads"
     assert restoration.heads.shape == (5, 2) and restoration.scores is None
     assert restoration.report["train"]["steps"] == 4
+
+
+def test_lofit_picks_the_heads_its_scales_grew_most_and_tunes_only_their_biases(setup):
+    _, pruned, tokenizer, pairs = setup
+    before = copy.deepcopy(pruned.state_dict())
+    ids = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        plain = pruned(ids).logits
+    restoration = lofit_baseline(pruned, tokenizer, pairs, RestoreConfig(heads=4, train=TRAIN))
+    assert restoration.method == "lofit" and restoration.heads.shape == (4, 2)
+    assert all(torch.equal(v, before[k]) for k, v in pruned.state_dict().items())
+    # the picked heads are those of the largest scale norms (scores [L, H])
+    assert restoration.scores.shape == (3, 5) and (restoration.scores > 0).all()
+    flat = restoration.heads[:, 0] * 5 + restoration.heads[:, 1]
+    assert set(flat.tolist()) == set(restoration.scores.flatten().topk(4).indices.tolist())
+    # only biases: identity directions, beta zero, b trained away from its zero start
+    assert torch.equal(restoration.directions, torch.eye(16).expand(4, -1, -1))
+    assert not restoration.beta.any() and restoration.b.abs().min() > 0
+    report = restoration.report
+    assert report["selection"]["steps"] == report["train"]["steps"] == 4
+    assert report["train"]["trainable_parameters"] == 4 * 16
+    assert report["selection"]["trainable_parameters"] == 3 * 5 * 16
+    # it folds like RestoreLCC's: the folded model equals the hooked one
+    with torch.no_grad(), restoration.attached(pruned):
+        hooked = pruned(ids).logits
+    folded = restoration.fold(copy.deepcopy(pruned))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(ids).logits, hooked, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(hooked, plain)
+
+
+def test_lofit_l1_penalty_shrinks_the_selection_scales(setup):
+    _, pruned, tokenizer, pairs = setup
+    config = RestoreConfig(heads=4, train=TRAIN)
+    free = lofit_baseline(pruned, tokenizer, pairs, config, l1=0.0)
+    sparse = lofit_baseline(pruned, tokenizer, pairs, config, l1=1.0)
+    assert sparse.scores.sum() < 0.5 * free.scores.sum()
+    with pytest.raises(ValueError, match="l1"):
+        lofit_baseline(pruned, tokenizer, pairs, config, l1=-1.0)
 
 
 def test_bad_rank(setup):

@@ -63,6 +63,16 @@ def test_demo_runs_end_to_end_and_keeps_sparsity(tiny_checkpoint, tmp_path):
     assert "restorelcc" in report["table"] and "acc gap closed" in report["table"]
 
 
+def test_demo_runs_lofit_when_asked(tiny_checkpoint, tmp_path):
+    config = tiny_config(tiny_checkpoint, patterns=("unstructured",), methods=("lofit",))
+    rows = run_demo(config, tmp_path / "out")["rows"]
+    assert [r["method"] for r in rows] == ["dense", "pruned (wanda)", "lofit"]
+    lofit = rows[-1]
+    assert lofit["trainable_parameters"] == 3 * 16  # a bias per picked head, no beta
+    assert lofit["sparsity_kept"] == 1.0 and lofit["notes"]["selected_heads"] == 3
+    assert set(lofit["notes"]["stage_seconds"]) == {"select", "train"}
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -57,6 +57,28 @@ def test_deterministic_for_a_seed(tokenizer):
     assert other.losses != runs[0][0]
 
 
+def test_a_penalty_regularises_without_entering_the_recorded_losses(tokenizer):
+    pairs = synthetic_pairs(8)
+    runs = {}
+    for name in ("none", "constant", "l2"):
+        model = tiny_model("llama-3x5")
+        comp = compensation(model, seed=3, std=0.1)
+        penalty = {
+            "none": None,
+            "constant": lambda: torch.tensor(100.0),  # no gradient: the same run
+            "l2": lambda comp=comp: 1e3 * (comp.beta.square().sum() + comp.b.square().sum()),
+        }[name]
+        config = TrainConfig(max_steps=4, batch_size=4, progress=False)
+        result = train_response_lm(
+            model, tokenizer, pairs, list(comp.parameters()), config,
+            lambda comp=comp, model=model: comp.attached(model), penalty=penalty,
+        )  # fmt: skip
+        runs[name] = (result.losses, comp.b.detach().norm().item())
+    assert runs["constant"] == runs["none"]
+    assert runs["l2"][0][0] == runs["none"][0][0]  # step 0: same parameters, same loss
+    assert runs["l2"][1] < runs["none"][1]
+
+
 def test_loss_goes_down(tokenizer):
     model = tiny_model("llama-3x5")
     comp = compensation(model)
