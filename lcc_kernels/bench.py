@@ -279,7 +279,9 @@ def copy_bandwidth(device, nbytes: int = 2**30) -> float | None:
 
     src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
     dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, quantiles=[0.5])[0]
+    # return_mode="median": do_bench returns a float (with quantiles=[0.5] too: one
+    # quantile is returned unwrapped, not as a list).
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
     return 2 * nbytes / (ms * 1e-3)
 
 
