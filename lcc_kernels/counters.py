@@ -82,7 +82,9 @@ class DeviceCounters:
         start = self.reserve_used
         if self.reserve is None or start + count > self.reserve.numel():
             return torch.zeros(count, dtype=torch.int32, device=self.device)  # a graph node
-        self.reserve_used += count
+        # Each block starts 16-byte aligned, as eager blocks do: Triton compiles a kernel
+        # per pointer alignment, and one first met under capture would compile there.
+        self.reserve_used += -(-count // 4) * 4
         return self.reserve[start : start + count]
 
 

@@ -257,7 +257,7 @@ def test_captured_launches_get_counters_of_their_own(monkeypatch):
 
     monkeypatch.setattr(launch, "split_k_counters", recording)
     monkeypatch.setattr(counters, "_DEVICES", {})
-    monkeypatch.setattr(counters, "CAPTURE_RESERVE", 12)
+    monkeypatch.setattr(counters, "CAPTURE_RESERVE", 16)  # two captures of 5 (each 16-B aligned)
     results = [run(capturing) for capturing in (False, True, True, True, False, True)]
     # eager; reserve, reserve, zeroed in the graph (reserve spent); eager: new reserve;
     # the new reserve.
@@ -272,6 +272,7 @@ def test_captured_launches_get_counters_of_their_own(monkeypatch):
     ]
     assert handed[4] is handed[0]  # one block per stream for eager launches
     captured = handed[1:4] + handed[5:]
+    assert all(c.data_ptr() % 16 == 0 for c in captured)  # as eager blocks: no new kernel
     for i, first in enumerate(captured):
         for second in [handed[0], *captured[i + 1 :]]:
             assert not set(_span(first)) & set(_span(second))
