@@ -28,6 +28,8 @@ def _reset_cache(cache, length: int) -> None:
     """Make a static cache hold ``length`` tokens again (captured into a graph too)."""
     for layer in cache.layers:
         layer.cumulative_length.fill_(length)
+        if hasattr(layer, "cumulative_length_int"):  # sliding-window layers (Mistral) branch on it
+            layer.cumulative_length_int = length
 
 
 def _random_ids(model: nn.Module, shape: tuple[int, int], generator) -> torch.Tensor:

@@ -52,6 +52,23 @@ def test_prefill_is_the_last_logits_of_a_plain_forward():
     torch.testing.assert_close(run(), model(ids).logits[:, -1:], rtol=1e-5, atol=1e-5)
 
 
+@torch.no_grad()
+def test_calls_repeat_on_a_sliding_window_cache():
+    """Mistral's static cache layers slide: they also keep their length as a Python int,
+    which the reset must rewind too (else later calls roll the cache)."""
+    model = tiny_model("mistral-gqa").eval()
+    step = decode_step(model, batch=2, context=7, generator=torch.Generator().manual_seed(3))
+    first, second, third = step(), step(), step()
+    generator = torch.Generator().manual_seed(3)
+    context = torch.randint(0, model.config.vocab_size, (2, 7), generator=generator)
+    token = torch.randint(0, model.config.vocab_size, (2, 1), generator=generator)
+    full = model(torch.cat([context, token], dim=1)).logits[:, -1:]
+    torch.testing.assert_close(first, full, rtol=1e-5, atol=1e-5)
+    assert torch.equal(first, second) and torch.equal(first, third)
+    run = prefill(model, tokens=9, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(run(), run())
+
+
 def test_time_call_on_the_cpu_counts_its_rounds():
     calls = []
     timing = time_call(lambda: calls.append(1), torch.device("cpu"), rounds=4)
