@@ -61,6 +61,11 @@ class Runner:
             if self.device.type == "cuda"
             else 4
         )
+        # torch's CUTLASS 2:4 matmul runs on compute capability 8.x only (an H100/H200 is
+        # 9.0): there its timing jobs would only fail, each after converting the weights.
+        self.cutlass_matmul = (
+            self.device.type != "cuda" or torch.cuda.get_device_capability(self.device)[0] == 8
+        )
         env = json.loads((out / "env.json").read_text()) if (out / "env.json").exists() else {}
         self.copy_bw = env.get("copy_bandwidth_bytes_per_s")
         self.weights: dict = {}
