@@ -212,8 +212,6 @@ def _check(runner: Runner, row: dict, check) -> None:
 
 def phase_timing(runner: Runner, phase: str) -> None:
     jobs = phase_jobs(runner.cfg, phase, runner.sms)
-    if not runner.cutlass_matmul:
-        jobs = [job for job in jobs if job.provider != "cutlass"]
     for index, job in enumerate(jobs):
         if not runner.time_left():
             print(f"{phase}: budget spent after {index}/{len(jobs)} jobs", flush=True)

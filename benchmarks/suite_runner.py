@@ -107,8 +107,12 @@ class Runner:
         with open(self.out / name, "a") as handle:
             handle.write(json.dumps(row) + "\n")
 
-    def run(self, job: Job, quick: bool = False) -> dict:
+    def run(self, job: Job, quick: bool = False) -> dict | None:
+        """Time one job and record its row (None: a CUTLASS job where its matmul cannot run)."""
         from lcc_kernels.bench import build_calls, copies_for, plan_tile, time_calls
+
+        if job.provider == "cutlass" and not self.cutlass_matmul:
+            return None
 
         n, k = self.shape(job.shape)
         row = {

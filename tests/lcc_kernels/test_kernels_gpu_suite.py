@@ -374,3 +374,17 @@ def test_eager_rounds_issue_calls_for_their_time_budget(monkeypatch):
     clock["calls"] = 0
     bench._wall_clock([lambda: call(1e-6)], rounds=2, repeat=None)  # cheap: capped
     assert clock["calls"] == 1 + 2 * bench.EAGER_CALLS_PER_ROUND
+
+
+def test_cutlass_jobs_are_not_run_where_its_matmul_cannot(tmp_path):
+    """torch's CUTLASS 2:4 matmul runs on compute capability 8.x only: on an H100/H200 the
+    suite neither converts nor times for it (a CPU smoke run does, where it can)."""
+    cfg = suite_plans.config(smoke=True)
+    runner = suite_runner.Runner(tmp_path, cfg, deadline=float("inf"))
+    assert runner.cutlass_matmul == (
+        not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] == 8
+    )
+    runner.cutlass_matmul = False
+    shape = next(iter(cfg.main_shapes))
+    assert runner.run(suite_plans.Job(shape, 1, "2:4", "cutlass")) is None
+    assert not (tmp_path / "timings.jsonl").exists() and not runner.weights
