@@ -210,7 +210,7 @@ def lofit_baseline(
     scales = nn.Parameter(torch.zeros(g.layers, g.heads * g.head_dim, device=device))
 
     def scaled(layer: int, z: torch.Tensor) -> torch.Tensor:
-        return z * (1 + scales[layer]).to(z.dtype)
+        return z + z * scales[layer].to(z.dtype)  # not (1 + A): bf16 would round it to 1
 
     select = train_response_lm(
         pruned,
