@@ -28,7 +28,7 @@ from restorelcc.baselines import (
     merged_sparsity,
     training_free,
 )
-from restorelcc.data import calibration_batches, instruction_pairs
+from restorelcc.data import calibration_batches, instruction_pairs, perplexity_texts
 from restorelcc.evaluate import evaluate_model, resolve_tasks
 from restorelcc.io import atomic_write_json, format_table, run_metadata
 from restorelcc.lcc.pipeline import RestoreConfig, restore
@@ -72,6 +72,7 @@ class DemoConfig:
     tasks: tuple[str, ...] = ("arc_easy", "piqa", "hellaswag")
     limit: int | None = 100
     ppl_tokens: int = 4096
+    ppl_source: str = "lambada"  # or a user text source (perplexity_texts), e.g. WikiText-2
     methods: tuple[str, ...] = DEFAULT_METHODS
     latency_rounds: int = 15
     seed: int = 0
@@ -110,6 +111,7 @@ class DemoConfig:
             raise ValueError("give at least one sparsity pattern")
         if not resolve_tasks(self.tasks):  # unknown names fail here, before any pruning
             raise ValueError("the demo compares accuracy: give at least one task")
+        perplexity_texts(self.ppl_source, n=1)  # so does a missing or empty text
 
     def train_config(self, lr: float) -> TrainConfig:
         return TrainConfig(
@@ -219,6 +221,7 @@ class Demo:
             tasks=list(c.tasks),
             limit=c.limit,
             ppl_tokens=c.ppl_tokens,
+            ppl_source=c.ppl_source,
             progress=c.progress,
         )
 

@@ -73,6 +73,11 @@ def register(subparsers) -> None:
     p.add_argument("--tasks", type=_csv, default=d.tasks)
     p.add_argument("--limit", type=int, default=d.limit, help="items per task (0 = all)")
     p.add_argument("--ppl-tokens", type=int, default=d.ppl_tokens)
+    p.add_argument(
+        "--ppl-source",
+        default=d.ppl_source,
+        help="perplexity text: 'lambada' or a text file/folder/JSON(L) with a 'text' column",
+    )
     p.add_argument("--methods", type=_csv, default=d.methods, help=f"from {','.join(METHODS)}")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=None, help="output folder (default runs/demo-<time>)")

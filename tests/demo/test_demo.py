@@ -1,9 +1,11 @@
 import json
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 from restorelcc.cli import build_parser, main
 from restorelcc.demo import DemoConfig, forward_latency, gap_closed, run_demo
+from restorelcc.eval.perplexity import perplexity_report
 from restorelcc.testing import byte_tokenizer, tiny_model
 
 
@@ -63,9 +65,20 @@ def test_demo_runs_end_to_end_and_keeps_sparsity(tiny_checkpoint, tmp_path):
     assert "restorelcc" in report["table"] and "acc gap closed" in report["table"]
 
 
-def test_demo_runs_lofit_when_asked(tiny_checkpoint, tmp_path):
-    config = tiny_config(tiny_checkpoint, patterns=("unstructured",), methods=("lofit",))
-    rows = run_demo(config, tmp_path / "out")["rows"]
+def test_demo_runs_lofit_when_asked_on_a_perplexity_text_of_its_own(tiny_checkpoint, tmp_path):
+    text = tmp_path / "wiki.txt"
+    text.write_text("The quiet river ran past the mill and the baker's lanterns. " * 30)
+    config = tiny_config(
+        tiny_checkpoint, patterns=("unstructured",), methods=("lofit",), ppl_source=str(text)
+    )
+    report = run_demo(config, tmp_path / "out")
+    assert report["config"]["ppl_source"] == str(text)
+    dense = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
+    expected = perplexity_report(
+        dense, byte_tokenizer(), texts=[text.read_text()], tokens=256, progress=False
+    ).perplexity
+    rows = report["rows"]
+    assert rows[0]["perplexity"] == pytest.approx(expected, rel=1e-5)  # the dense row
     assert [r["method"] for r in rows] == ["dense", "pruned (wanda)", "lofit"]
     lofit = rows[-1]
     assert lofit["trainable_parameters"] == 3 * 16  # a bias per picked head, no beta
@@ -79,6 +92,7 @@ def test_demo_runs_lofit_when_asked(tiny_checkpoint, tmp_path):
         (["--methods", "lora,magic"], "magic"),
         (["--tasks", "arc_easy,mmlu"], "unknown task 'mmlu'"),
         (["--tasks", "none"], "the demo compares accuracy: give at least one task"),
+        (["--ppl-source", "/nonexistent/wiki.txt"], "unknown perplexity source"),
     ],
 )
 def test_demo_cli_rejects_bad_methods_and_tasks_before_pruning(
