@@ -111,7 +111,6 @@ class DemoConfig:
             raise ValueError("give at least one sparsity pattern")
         if not resolve_tasks(self.tasks):  # unknown names fail here, before any pruning
             raise ValueError("the demo compares accuracy: give at least one task")
-        perplexity_texts(self.ppl_source, n=1)  # so does a missing or empty text
 
     def train_config(self, lr: float) -> TrainConfig:
         return TrainConfig(
@@ -444,6 +443,7 @@ def plot(report: dict, path: str | Path) -> Path:
 def run_demo(config: DemoConfig, out_dir: str | Path) -> dict:
     """Run the job, write ``report.json`` and ``plot.png`` into ``out_dir``, return the
     report (with the text table under ``"table"``)."""
+    perplexity_texts(config.ppl_source, n=1)  # a missing or empty text fails before pruning
     demo = Demo(config)
     report = demo.run()
     report["table"] = demo.table()
