@@ -75,3 +75,21 @@ def tiny_model(name: str = "llama-gqa", seed: int = 0, **overrides):
             if param.dim() == 2:
                 torch.nn.init.normal_(param, std=param.shape[1] ** -0.5)
     return model.eval()
+
+
+WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
+         "lambda", "mu")  # fmt: skip
+
+
+def synthetic_pairs(n: int = 24) -> list:
+    """``n`` Alpaca-template instruction pairs (``InstructionPair``) naming words of
+    ``WORDS``: training data for tiny models, no data wheel needed."""
+    from restorelcc.data import InstructionPair
+
+    return [
+        InstructionPair(
+            f"### Instruction:\nName word {i} of the list.\n\n### Response:",
+            f"\n{WORDS[i % len(WORDS)]} {WORDS[(i * 7 + 3) % len(WORDS)]}",
+        )
+        for i in range(n)
+    ]

@@ -6,24 +6,12 @@ import copy
 import pytest
 import torch
 
-from restorelcc.data import InstructionPair
 from restorelcc.hf.families import decoder_layers, family_of
 from restorelcc.prune import prune_model
 from restorelcc.testing import tiny_model
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()  # noqa: SIM905
 PAD = 258  # the byte tokenizer's pad id
-
-
-def synthetic_pairs(n: int) -> list[InstructionPair]:
-    return [
-        InstructionPair(
-            f"### Instruction:\nName word {i} of the list.\n\n### Response:",
-            f"\n{WORDS[i % len(WORDS)]} {WORDS[(i * 7 + 3) % len(WORDS)]}",
-        )
-        for i in range(n)
-    ]
 
 
 def token_ids(device: str, batch: int, length: int, seed: int = 0) -> torch.Tensor:

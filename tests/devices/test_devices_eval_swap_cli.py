@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from devices_helpers import (
     DEVICES,
     PAD,
-    WORDS,
     assert_finite_on,
     assert_on,
     logits_of,
@@ -32,7 +31,7 @@ from restorelcc.evaluate import score_questions
 from restorelcc.hf.families import decoder_layers, o_proj_of
 from restorelcc.latency import logits_check, oracle_dtype
 from restorelcc.lcc import Restoration
-from restorelcc.testing import tiny_model
+from restorelcc.testing import WORDS, tiny_model
 
 # ------------------------------------------------------------------------------ evaluation
 

@@ -17,7 +17,6 @@ from devices_helpers import (
     linear_weights,
     logits_of,
     pruned_pair,
-    synthetic_pairs,
     token_ids,
 )
 from transformers import AutoModelForCausalLM
@@ -42,7 +41,7 @@ from restorelcc.lcc.reference import capture_one_by_one
 from restorelcc.lcc.tokens import ProbeSequences
 from restorelcc.prune import prune_model
 from restorelcc.prune.masks import prune_count
-from restorelcc.testing import tiny_model
+from restorelcc.testing import synthetic_pairs, tiny_model
 
 # ------------------------------------------------------------------------------ pruning
 

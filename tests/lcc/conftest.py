@@ -1,9 +1,9 @@
 """Fixtures for the RestoreLCC tests: tiny dense/pruned model pairs and synthetic pairs."""
 
 import pytest
-from lcc_helpers import pruned_copy, synthetic_pairs
+from lcc_helpers import pruned_copy
 
-from restorelcc.testing import byte_tokenizer, tiny_model
+from restorelcc.testing import byte_tokenizer, synthetic_pairs, tiny_model
 
 
 @pytest.fixture(autouse=True)

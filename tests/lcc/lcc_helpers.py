@@ -4,7 +4,6 @@ import copy
 
 import torch
 
-from restorelcc.data import InstructionPair
 from restorelcc.hf.families import head_geometry
 from restorelcc.lcc.fingerprint import model_fingerprint
 from restorelcc.lcc.heads import HeadCompensation
@@ -12,24 +11,12 @@ from restorelcc.lcc.restoration import Restoration
 from restorelcc.lcc.train import TrainConfig, train_response_lm
 from restorelcc.prune import prune_model
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()  # noqa: SIM905
-
 
 def pruned_copy(dense, sparsity: float = 0.5):
     """A magnitude-pruned deep copy of ``dense`` (the package's pruner)."""
     model = copy.deepcopy(dense)
     prune_model(model, "magnitude", sparsity)
     return model
-
-
-def synthetic_pairs(n: int = 24) -> list[InstructionPair]:
-    return [
-        InstructionPair(
-            f"### Instruction:\nName word {i} of the list.\n\n### Response:",
-            f"\n{WORDS[i % len(WORDS)]} {WORDS[(i * 7 + 3) % len(WORDS)]}",
-        )
-        for i in range(n)
-    ]
 
 
 def trained_like(model, seed: int = 0) -> Restoration:

@@ -5,7 +5,6 @@ import copy
 
 import pytest
 import torch
-from lcc_helpers import synthetic_pairs
 
 from restorelcc.baselines import training_free
 from restorelcc.errors import UnsupportedModelError
@@ -15,7 +14,7 @@ from restorelcc.lcc.capture import capture_last_token, capture_probe_activations
 from restorelcc.lcc.compat import to_pruned_heads
 from restorelcc.lcc.tokens import encode_pair, encode_probe_set
 from restorelcc.prune import prune_model
-from restorelcc.testing import tiny_model
+from restorelcc.testing import synthetic_pairs, tiny_model
 
 
 def head_removed(name="llama-gqa", unstructured=0.0):

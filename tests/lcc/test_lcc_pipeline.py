@@ -2,12 +2,12 @@ import copy
 
 import pytest
 import torch
-from lcc_helpers import pruned_copy, synthetic_pairs
+from lcc_helpers import pruned_copy
 
 from restorelcc.errors import DataError, UnsupportedModelError
 from restorelcc.lcc import RestoreConfig, TrainConfig, restore, select_heads
 from restorelcc.prune import prune_model
-from restorelcc.testing import tiny_model
+from restorelcc.testing import synthetic_pairs, tiny_model
 
 STAGES = {"fingerprint", "negatives", "capture", "components", "probing", "train"}
 

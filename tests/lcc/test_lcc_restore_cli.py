@@ -2,11 +2,11 @@ import json
 
 import pytest
 import torch
-from lcc_helpers import WORDS, pruned_copy
+from lcc_helpers import pruned_copy
 
 from restorelcc.cli import main
 from restorelcc.lcc import Restoration
-from restorelcc.testing import tiny_model
+from restorelcc.testing import WORDS, tiny_model
 
 
 @pytest.fixture

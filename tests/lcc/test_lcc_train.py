@@ -2,11 +2,11 @@ import copy
 
 import pytest
 import torch
-from lcc_helpers import compensation, synthetic_pairs, train
+from lcc_helpers import compensation, train
 
 from restorelcc.lcc.tokens import encode_pair
 from restorelcc.lcc.train import TrainConfig, collate, response_loss, train_response_lm
-from restorelcc.testing import tiny_model
+from restorelcc.testing import synthetic_pairs, tiny_model
 
 
 def test_loss_is_the_response_only_causal_lm_loss(tokenizer):

@@ -5,13 +5,13 @@ import dataclasses
 
 import pytest
 import torch
-from lcc_helpers import compensation, pruned_copy, synthetic_pairs, train
+from lcc_helpers import compensation, pruned_copy, train
 
 from restorelcc.errors import DataError
 from restorelcc.lcc import RestoreConfig, TrainConfig, restore
 from restorelcc.lcc.tokens import encode_pair
 from restorelcc.lcc.train import heldout_loss
-from restorelcc.testing import tiny_model
+from restorelcc.testing import synthetic_pairs, tiny_model
 
 
 def test_split_holds_out_the_last_pairs():
