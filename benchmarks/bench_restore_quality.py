@@ -161,11 +161,12 @@ def main(argv: list[str] | None = None) -> int:
             restoration = training_free(dense, pruned, tokenizer, train[: args.probe_pairs])
         seconds = time.perf_counter() - start
         folded = restoration.fold(copy.deepcopy(pruned))
-        trained = restoration.report.get("train", {}).get("trainable_parameters")
-        extra = {"trainable": trained if method == "lofit" else restoration.trainable_parameters}
+        # what its training run trained (LoFiT: b alone); training-free: its stored beta, b
+        run = restoration.report.get("train", {})
+        extra = {"trainable": run.get("trainable_parameters", restoration.trainable_parameters)}
         result.setdefault("stages", {})[name] = restoration.report.get("seconds")
-        if "train" in restoration.report:
-            extra["final_loss"] = restoration.report["train"]["final_loss"]
+        if run:
+            extra["final_loss"] = run["final_loss"]
         record(name, folded, seconds, **extra)
         del folded
 

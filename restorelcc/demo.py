@@ -157,18 +157,25 @@ def gap_closed(pruned: float, method: float, dense: float) -> float | None:
     return None if abs(gap) < 1e-12 else (method - pruned) / gap
 
 
-def folded_candidate(
-    restoration, pruned: nn.Module, sparsity: float, trainable: int, notes: dict | None = None
-) -> tuple[nn.Module, dict]:
-    """A copy of ``pruned`` with ``restoration`` folded, and its demo row's fields."""
+def folded_candidate(restoration, pruned: nn.Module, sparsity: float) -> tuple[nn.Module, dict]:
+    """A copy of ``pruned`` with ``restoration`` folded, and its demo row's fields. The
+    trainable parameters are those its training run trained (none without one: LoFiT's
+    ``beta`` and training-free's are stored, not trained)."""
     model = restoration.fold(copy.deepcopy(pruned))
+    train = restoration.report.get("train")
     fields = {
-        "trainable_parameters": trainable,
+        "trainable_parameters": train["trainable_parameters"] if train else 0,
         "sparsity": block_sparsity(model),
         "sparsity_kept": sparsity_kept(sparsity, block_sparsity(model)),
         "seconds": sum(restoration.report["seconds"].values()),
     }
-    return model, fields if notes is None else {**fields, "notes": notes}
+    if train:
+        fields["notes"] = {
+            "selected_heads": int(restoration.heads.shape[0]),
+            "stage_seconds": restoration.report["seconds"],
+            "final_loss": train["final_loss"],
+        }
+    return model, fields
 
 
 def forward_latency(
@@ -307,22 +314,12 @@ class Demo:
                 max_length=c.max_length,
                 progress=c.progress,
             )
-            candidates["training-free"] = folded_candidate(free, pruned, sparsity, 0)
+            candidates["training-free"] = folded_candidate(free, pruned, sparsity)
         if "lofit" in c.methods:
             lofit = lofit_baseline(
                 pruned, tokenizer, pairs, RestoreConfig(heads=c.heads, train=c.train_config(c.lr))
             )
-            candidates["lofit"] = folded_candidate(
-                lofit,
-                pruned,
-                sparsity,
-                lofit.report["train"]["trainable_parameters"],  # b alone (beta stays 0)
-                {
-                    "selected_heads": int(lofit.heads.shape[0]),
-                    "stage_seconds": lofit.report["seconds"],
-                    "final_loss": lofit.report["train"]["final_loss"],
-                },
-            )
+            candidates["lofit"] = folded_candidate(lofit, pruned, sparsity)
         if "restorelcc" in c.methods:
             config = RestoreConfig(
                 heads=c.heads,
@@ -331,17 +328,7 @@ class Demo:
                 train=c.train_config(c.lr),
             )
             restoration = restore(dense, pruned, tokenizer, pairs, config)
-            candidates["restorelcc"] = folded_candidate(
-                restoration,
-                pruned,
-                sparsity,
-                restoration.trainable_parameters,
-                {
-                    "selected_heads": int(restoration.heads.shape[0]),
-                    "stage_seconds": restoration.report["seconds"],
-                    "final_loss": restoration.report["train"]["final_loss"],
-                },
-            )
+            candidates["restorelcc"] = folded_candidate(restoration, pruned, sparsity)
         latency = forward_latency(
             {"pruned": pruned, **{k: m for k, (m, _) in candidates.items()}},
             dense.config.vocab_size,
