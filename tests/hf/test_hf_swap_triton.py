@@ -1,28 +1,23 @@
 """A swapped tiny model through the Triton kernels (interpreted on a CPU: a few seconds).
 
-TRITON_INTERPRET is read when the kernels are first imported, so it is set here before
-anything launches one; if a GPU-less session imported them earlier without it, skip.
+On a CPU, tests/conftest.py sets TRITON_INTERPRET before the kernels are imported; if
+they were compiled anyway (TRITON_INTERPRET=0 with no GPU), skip.
 """
 
 import copy
-import os
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from _hf_swap_helpers import (  # noqa: E402
+from _hf_swap_helpers import (
     add_o_bias,
     assert_generation_matches,
     assert_matches,
     prune_attention,
 )
 
-from lcc_kernels.kernels import INTERPRETED  # noqa: E402
-from restorelcc.hf.swap import swap_attention  # noqa: E402
-from restorelcc.testing import tiny_model  # noqa: E402
+from lcc_kernels.kernels import INTERPRETED
+from restorelcc.hf.swap import swap_attention
+from restorelcc.testing import tiny_model
 
 pytestmark = [
     pytest.mark.triton,

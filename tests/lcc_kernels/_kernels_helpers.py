@@ -1,30 +1,24 @@
 """Shared helpers for the lcc_kernels tests: random pruned weights and the error rule.
 
-Importing this module first makes the kernel tests run on a CPU through the Triton
-interpreter: TRITON_INTERPRET is read when @triton.jit decorates, i.e. when
-lcc_kernels.kernels is first imported (the package imports it lazily, at the first launch).
-If it was imported earlier without the interpreter, or runs on a GPU machine without it,
-the `needs_triton` tests (CPU tensors) skip; the `gpu` tests run the compiled kernels.
+On a CPU the kernel tests run through the Triton interpreter: tests/conftest.py sets
+TRITON_INTERPRET before any test module imports the kernels (it is read as each @triton.jit
+decorates). Where the kernels are compiled (a GPU machine without it), the `needs_triton`
+tests (CPU tensors) skip; the `gpu` tests run the compiled kernels.
 (No conftest.py here: another test directory imports names from `conftest`, and a second
 module of that name would shadow its own.)
 """
-
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from lcc_kernels.kernels import INTERPRETED  # noqa: E402
+from lcc_kernels.kernels import INTERPRETED
 
 # These tests launch the kernels on CPU tensors (the GPU ones are marked `gpu`).
 needs_triton = pytest.mark.skipif(
     not INTERPRETED,
     reason="runs the kernels on CPU tensors: needs TRITON_INTERPRET=1 before lcc_kernels is "
-    "imported (set here when there is no GPU)",
+    "imported (tests/conftest.py sets it when there is no GPU)",
 )
 
 # Added to twice PyTorch's own error: covers the rounding of an output that PyTorch's
