@@ -122,9 +122,11 @@ class HeadCompensation(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         self.beta = nn.Parameter(torch.randn(heads.shape[0], d, generator=generator) * init_std)
         self.b = nn.Parameter(torch.randn(heads.shape[0], d, generator=generator) * init_std)
-        self._layer_rows = [
-            (heads[:, 0] == layer).nonzero().squeeze(1) for layer in range(geometry.layers)
-        ]
+        # Rows of `heads` grouped by layer: layer l's are head_order[bounds[l]:bounds[l+1]].
+        # A buffer, so the indices follow the module to its device (no copy per forward).
+        self.register_buffer("head_order", torch.argsort(heads[:, 0], stable=True), False)
+        counts = torch.bincount(heads[:, 0], minlength=geometry.layers)
+        self._layer_bounds = [0, *torch.cumsum(counts, 0).tolist()]
 
     def per_head(self) -> torch.Tensor:
         """``c [S, d]`` = ``beta @ V^T + b`` (``sum_i beta_i V^T[i] + b``)."""
@@ -136,9 +138,10 @@ class HeadCompensation(nn.Module):
 
     def layer_offset(self, layer: int) -> torch.Tensor | None:
         """``[H*d]`` for one layer (``None`` if it has no selected head)."""
-        rows = self._layer_rows[layer]
-        if rows.numel() == 0:
+        start, end = self._layer_bounds[layer], self._layer_bounds[layer + 1]
+        if start == end:
             return None
+        rows = self.head_order[start:end]
         g = self.geometry
         c = torch.einsum("si,sid->sd", self.beta[rows], self.directions[rows]) + self.b[rows]
         out = torch.zeros(g.heads, g.head_dim, dtype=c.dtype, device=c.device)

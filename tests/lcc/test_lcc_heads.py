@@ -85,6 +85,18 @@ def test_compensation_is_directions_times_beta_plus_b():
     assert torch.equal(same.beta, comp.beta) and torch.equal(same.b, comp.b)
 
 
+def test_compensation_indices_follow_the_module():
+    """The per-layer row indices move with .to() (a cuda module must not index with CPU
+    tensors, a host-to-device copy per layer and forward) and stay out of the state dict."""
+    g = head_geometry(tiny_model("llama-3x5"))
+    heads = torch.tensor([[2, 4], [0, 1], [2, 0]])
+    comp = HeadCompensation(g, heads, torch.eye(16).expand(3, 16, 16), init_std=0.5)
+    assert set(comp.state_dict()) == {"beta", "b", "heads", "directions"}
+    comp.to("meta")
+    assert comp.head_order.device.type == "meta"
+    assert comp.layer_offset(2).device.type == "meta"
+
+
 def test_bad_heads():
     g = head_geometry(tiny_model("llama-3x5"))
     with pytest.raises(ValueError, match="out of range"):
