@@ -161,9 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             restoration = training_free(dense, pruned, tokenizer, train[: args.probe_pairs])
         seconds = time.perf_counter() - start
         folded = restoration.fold(copy.deepcopy(pruned))
-        # what its training run trained (LoFiT: b alone); training-free: its stored beta, b
         run = restoration.report.get("train", {})
-        extra = {"trainable": run.get("trainable_parameters", restoration.trainable_parameters)}
+        extra = {"trainable": restoration.trainable_parameters}
         result.setdefault("stages", {})[name] = restoration.report.get("seconds")
         if run:
             extra["final_loss"] = run["final_loss"]

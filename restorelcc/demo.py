@@ -158,13 +158,11 @@ def gap_closed(pruned: float, method: float, dense: float) -> float | None:
 
 
 def folded_candidate(restoration, pruned: nn.Module, sparsity: float) -> tuple[nn.Module, dict]:
-    """A copy of ``pruned`` with ``restoration`` folded, and its demo row's fields. The
-    trainable parameters are those its training run trained (none without one: LoFiT's
-    ``beta`` and training-free's are stored, not trained)."""
+    """A copy of ``pruned`` with ``restoration`` folded, and its demo row's fields."""
     model = restoration.fold(copy.deepcopy(pruned))
     train = restoration.report.get("train")
     fields = {
-        "trainable_parameters": train["trainable_parameters"] if train else 0,
+        "trainable_parameters": restoration.trainable_parameters,
         "sparsity": block_sparsity(model),
         "sparsity_kept": sparsity_kept(sparsity, block_sparsity(model)),
         "seconds": sum(restoration.report["seconds"].values()),

@@ -16,6 +16,10 @@ from restorelcc.errors import RestoreLCCError
 REPORT_NAME = "restore_report.json"
 MERGED_DIR = "merged"
 DTYPES = ("float32", "bfloat16", "float16")
+METHODS = ("restorelcc", "lofit", "training-free")
+# Options that another method would ignore: it refuses them (given other than defaults).
+RESTORELCC_ONLY = ("selection", "probe_pairs", "components_k", "negatives", "standardize")
+TRAINING = ("heads", "lr", "epochs", "max_steps", "batch_size", "validation_pairs")
 
 
 class RestoreArgumentError(RestoreLCCError, ValueError):
@@ -59,9 +63,20 @@ def register(subparsers) -> None:
         "--probe-pairs", type=int, default=None, help="pairs for capture/probing (default: all)"
     )
     p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="restorelcc",
+        help="restorelcc (default); lofit: heads picked by L1-penalised scales, then a bias "
+        "per head (twice the training steps); training-free: mean dense-minus-pruned head "
+        "output at the prompts' last token, every head. All three fold into o_proj biases.",
+    )
+    p.add_argument(
         "--heads", type=heads_value, default=0.25, help="heads to train: a count or a fraction"
     )
     p.add_argument("--selection", choices=("probe", "random"), default="probe")
+    p.add_argument(
+        "--lofit-l1", type=float, default=None, help="LoFiT's L1 penalty weight (default 1e-3)"
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--max-steps", type=int, default=None, help="overrides --epochs")
@@ -74,17 +89,40 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--merged", action="store_true", help=f"also write --out/{MERGED_DIR}")
     p.add_argument(
-        "--eval", action="store_true", help="perplexity (LAMBADA) of dense, pruned, restored"
+        "--eval", action="store_true", help="perplexity of the dense, pruned and restored models"
+    )
+    p.add_argument(
+        "--ppl-source",
+        default="lambada",
+        help="--eval's text: 'lambada' (default), a text file, a folder of text files, or "
+        "JSON/JSONL/save_to_disk rows with a 'text' column (e.g. WikiText-2's test split)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     add_device_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    method_options = (*RESTORELCC_ONLY, *TRAINING, "lofit_l1")
+    p.set_defaults(func=run, option_defaults={o: p.get_default(o) for o in method_options})
+
+
+def _check_method_options(args: argparse.Namespace) -> None:
+    """Refuse options that the chosen method would silently ignore."""
+    unused = {
+        "restorelcc": ("lofit_l1",),
+        "lofit": RESTORELCC_ONLY,
+        "training-free": (*RESTORELCC_ONLY, *TRAINING, "lofit_l1"),
+    }[args.method]
+    given = [o for o in unused if getattr(args, o) != args.option_defaults[o]]
+    if given:
+        names = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise RestoreArgumentError(f"--method {args.method} does not use {names}")
+    if args.lofit_l1 is not None and not args.lofit_l1 >= 0:
+        raise RestoreArgumentError(f"--lofit-l1 must be >= 0, got {args.lofit_l1}")
 
 
 def _config(args: argparse.Namespace):
     from restorelcc.lcc import RestoreConfig, TrainConfig
 
+    _check_method_options(args)
     for name in ("pairs", "epochs", "batch_size", "max_length", "components_k"):
         if getattr(args, name) < 1:
             raise RestoreArgumentError(f"--{name.replace('_', '-')} must be positive")
@@ -128,10 +166,10 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoConfig
 
     from restorelcc.assets import load_model, resolve_model
-    from restorelcc.data import instruction_pairs
+    from restorelcc.data import instruction_pairs, perplexity_texts
     from restorelcc.hf.families import head_geometry
     from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
-    from restorelcc.lcc import head_count, restore, save_adapter
+    from restorelcc.lcc import head_count, save_adapter
     from restorelcc.lcc.adapter import export_merged, merged_config
 
     config = _config(args)
@@ -140,9 +178,11 @@ def run(args: argparse.Namespace) -> int:
     # Cheap checks first: the data, and the head count against the pruned config.
     # The held-out pairs come last (TrainConfig.split): training keeps --pairs pairs.
     pairs = instruction_pairs(args.data, n=args.pairs + args.validation_pairs, seed=args.seed)
+    if args.eval:
+        perplexity_texts(args.ppl_source, n=1)  # a missing or empty text fails here
     pruned_config = AutoConfig.from_pretrained(resolve_model(args.pruned))
     try:
-        selected = head_count(head_geometry(pruned_config), config.heads)
+        head_count(head_geometry(pruned_config), config.heads)
     except ValueError as exc:
         raise RestoreArgumentError(f"--heads: {exc}") from None
     dtype = getattr(torch, args.dtype)
@@ -150,11 +190,9 @@ def run(args: argparse.Namespace) -> int:
     pruned, _ = load_model(args.pruned, dtype=dtype, device=device)
     if args.merged:
         merged_config(pruned)  # refuse before the work if it cannot be merged
-    restoration = restore(dense, pruned, tokenizer, pairs, config)
+    restoration = _restore(args, dense, pruned, tokenizer, pairs, config)
 
-    evaluation = (
-        _evaluate(dense, pruned, tokenizer, restoration, not args.quiet) if args.eval else None
-    )
+    evaluation = _evaluate(dense, pruned, tokenizer, restoration, args) if args.eval else None
     report = {
         "dense": str(args.dense),
         "pruned": str(args.pruned),
@@ -174,15 +212,17 @@ def run(args: argparse.Namespace) -> int:
 
     stages = [{"stage": k, "seconds": v} for k, v in restoration.report["seconds"].items()]
     print(format_table(stages))
-    train = restoration.report["train"]
+    train = restoration.report.get("train")
     summary = {
-        "heads": f"{selected}/{restoration.geometry.total_heads}",
+        "method": args.method,
+        "heads": f"{restoration.heads.shape[0]}/{restoration.geometry.total_heads}",
         "trainable": restoration.trainable_parameters,
-        "steps": train["steps"],
-        "first_loss": train["first_loss"],
-        "final_loss": train["final_loss"],
     }
-    if train["validation"]:
+    if train:
+        summary.update(
+            steps=train["steps"], first_loss=train["first_loss"], final_loss=train["final_loss"]
+        )
+    if train and train["validation"]:
         summary["heldout_before"] = train["validation"]["before"]
         summary["heldout_after"] = train["validation"]["after"]
     if evaluation:
@@ -193,15 +233,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(dense, pruned, tokenizer, restoration, progress: bool) -> dict:
-    """LAMBADA perplexity of the dense, pruned and restored (folded copy) models."""
+def _restore(args: argparse.Namespace, dense, pruned, tokenizer, pairs, config):
+    """The restoration that ``--method`` asks for."""
+    from restorelcc.baselines import lofit_baseline, training_free
+    from restorelcc.lcc import restore
+
+    if args.method == "lofit":
+        l1 = {} if args.lofit_l1 is None else {"l1": args.lofit_l1}
+        return lofit_baseline(pruned, tokenizer, pairs, config, **l1)
+    if args.method == "training-free":
+        return training_free(
+            dense, pruned, tokenizer, pairs, args.max_length, progress=not args.quiet
+        )
+    return restore(dense, pruned, tokenizer, pairs, config)
+
+
+def _evaluate(dense, pruned, tokenizer, restoration, args: argparse.Namespace) -> dict:
+    """Perplexity (on ``--ppl-source``) of the dense, pruned and restored (folded copy)
+    models."""
     import copy
 
     from restorelcc.evaluate import perplexity
 
     restored = restoration.fold(copy.deepcopy(pruned))
+    models = {"dense": dense, "pruned": pruned, "restored": restored}
     return {
-        "dense": perplexity(dense, tokenizer, progress=progress),
-        "pruned": perplexity(pruned, tokenizer, progress=progress),
-        "restored": perplexity(restored, tokenizer, progress=progress),
+        name: perplexity(model, tokenizer, source=args.ppl_source, progress=not args.quiet)
+        for name, model in models.items()
     }

@@ -21,6 +21,9 @@ from restorelcc.lcc.fingerprint import model_fingerprint
 from restorelcc.lcc.fold import fold_offsets
 from restorelcc.lcc.heads import HeadCompensation, check_heads, o_proj_input_offsets, scatter_heads
 
+# Of beta and b, what each method other than RestoreLCC (both) trains.
+TRAINED_TENSORS = {"lofit": ("b",), "training-free": ()}
+
 
 class AdapterError(RestoreLCCError):
     """A restoration adapter that is missing, malformed, or of an unknown format."""
@@ -80,8 +83,11 @@ class Restoration:
 
     @property
     def trainable_parameters(self) -> int:
-        """``2 * head_dim`` per selected head (``beta`` and ``b``)."""
-        return self.beta.numel() + self.b.numel()
+        """The parameters its method trained: ``beta`` and ``b`` (``2 * head_dim`` per
+        selected head) for RestoreLCC, ``b`` alone for LoFiT, none for training-free
+        (whose ``b`` is computed and whose ``beta`` is stored as zeros)."""
+        trained = TRAINED_TENSORS.get(self.method, ("beta", "b"))
+        return sum(getattr(self, name).numel() for name in trained)
 
     def per_head(self) -> torch.Tensor:
         """``c [S, d]`` fp32."""

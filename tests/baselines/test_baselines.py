@@ -88,7 +88,7 @@ def test_training_free_is_the_mean_difference_at_the_prompt_end(setup):
     torch.testing.assert_close(
         restoration.per_head(), diff.mean(0).reshape(15, 16), rtol=0, atol=1e-5
     )
-    assert restoration.trainable_parameters == 15 * 2 * 16  # stored as b, beta = 0
+    assert restoration.trainable_parameters == 0  # computed b, beta stored as zeros
     # folded, the pruned model's prompt-end head outputs move by exactly that mean
     with restoration.attached(pruned):
         shifted = capture_last_token(pruned, prompts, progress=False)
@@ -125,7 +125,7 @@ def test_lofit_picks_the_heads_its_scales_grew_most_and_tunes_only_their_biases(
     assert not restoration.beta.any() and restoration.b.abs().min() > 0
     report = restoration.report
     assert report["selection"]["steps"] == report["train"]["steps"] == 4
-    assert report["train"]["trainable_parameters"] == 4 * 16
+    assert report["train"]["trainable_parameters"] == restoration.trainable_parameters == 4 * 16
     assert report["selection"]["trainable_parameters"] == 3 * 5 * 16
     # it folds like RestoreLCC's: the folded model equals the hooked one
     with torch.no_grad(), restoration.attached(pruned):

@@ -46,6 +46,20 @@ def args(tmp_path, *extra):
     ]  # fmt: skip
 
 
+def method_args(tmp_path, *extra):
+    """args(), less the options of its method's defaults that another --method refuses."""
+    argv = args(tmp_path, *extra)
+    if "--method" not in extra:
+        return argv
+    drop = ("--negatives",) if "lofit" in extra else ("--negatives", "--heads", "--epochs")
+    drop += ("--batch-size",) if "training-free" in extra else ()
+    for option in drop:
+        if option not in extra:
+            at = argv.index(option)
+            del argv[at : at + 2]
+    return argv
+
+
 def test_restore_command_writes_adapter_report_and_merged(checkpoints, capsys):
     from transformers import AutoModelForCausalLM
 
@@ -75,11 +89,21 @@ def test_restore_command_writes_adapter_report_and_merged(checkpoints, capsys):
         (["--pairs", "500"], "holds 20 items; asked for 500"),
         (["--validation-pairs", "8"], "holds 20 items; asked for 24"),
         (["--validation-pairs", "-1"], "validation_pairs must be >= 0"),
+        (["--lofit-l1", "0.1"], "--method restorelcc does not use --lofit-l1"),
+        # checked before the models load (a missing --dense would fail there)
+        (["--eval", "--ppl-source", "missing.txt", "--dense", "nowhere"], "missing.txt"),
+        (["--method", "lofit", "--lofit-l1", "-1"], "--lofit-l1 must be >= 0"),
+        (
+            ["--method", "lofit", "--selection", "random", "--components-k", "2"],
+            "--method lofit does not use --selection, --components-k",
+        ),
+        (["--method", "training-free", "--epochs", "2"], "training-free does not use --epochs"),
+        (["--method", "training-free", "--heads", "2"], "training-free does not use --heads"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(checkpoints, capsys, extra, match):
     tmp_path, _ = checkpoints
-    assert main(args(tmp_path, *extra)) == 2
+    assert main(method_args(tmp_path, *extra)) == 2
     err = capsys.readouterr().err
     assert err.startswith("restorelcc restore: error:") and match in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
@@ -121,3 +145,40 @@ def test_validation_pairs_are_scored_before_and_after(checkpoints, capsys):
     assert report["report"]["train_pairs"] == 16 and report["pairs"] == 20
     validation = report["report"]["train"]["validation"]
     assert validation["pairs"] == 4 and validation["before"] > 0 and validation["after"] > 0
+
+
+@pytest.mark.parametrize(
+    "method,heads,trainable",
+    [("lofit", 3, 3 * 16), ("training-free", 15, 0)],
+)
+def test_other_methods_write_adapters_that_fold(checkpoints, capsys, method, heads, trainable):
+    """LoFiT and training-free restorations are written like RestoreLCC's (adapter, report,
+    merged checkpoint), counting only the parameters each trains."""
+    from transformers import AutoModelForCausalLM
+
+    tmp_path, pruned = checkpoints
+    assert main(method_args(tmp_path, "--method", method, "--merged")) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [method, f"{heads}/15", str(trainable)] in [row[:3] for row in rows]  # summary
+    report = json.loads((tmp_path / "out" / "restore_report.json").read_text())
+    assert report["method"] == method and report["selected_heads"] == heads
+    assert report["trainable_parameters"] == trainable
+    restoration = Restoration.load(tmp_path / "out")
+    assert restoration.method == method and restoration.trainable_parameters == trainable
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged")
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            merged(ids).logits, restoration.fold(pruned)(ids).logits, rtol=1e-5, atol=1e-5
+        )
+
+
+def test_eval_reads_its_perplexity_text_from_ppl_source(checkpoints, tmp_path, capsys):
+    tmp_path, _ = checkpoints
+    text = tmp_path / "ppl.txt"
+    text.write_text(" ".join(WORDS * 40))
+    assert main(args(tmp_path, "--eval", "--ppl-source", str(text))) == 0
+    lambada = json.loads((tmp_path / "out" / "restore_report.json").read_text())["evaluation"]
+    assert main(args(tmp_path, "--eval", "--overwrite")) == 0
+    default = json.loads((tmp_path / "out" / "restore_report.json").read_text())["evaluation"]
+    assert lambada != default  # another text, another perplexity
