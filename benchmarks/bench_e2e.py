@@ -10,24 +10,25 @@ optional last phase with --e2e-budget-s, after its workers have compiled the ker
 
 A Llama-3-8B-shaped model (hidden 4096, 32 heads, 8 KV heads, head_dim 128, MLP 14336)
 with a few layers and random weights is built from its config, in bf16. Its attention
-q/k/v/o are pruned by magnitude to each variant, swapped with ``swap_attention`` and
-timed, then unswapped and restored:
+q/k/v/o (and in ``+mlp`` variants its MLP gate/up/down) are pruned by magnitude to each
+variant, swapped with ``swap_attention`` and timed, then unswapped and restored:
 
     dense      the unpruned model, plain nn.Linear (cuBLAS)
-    2:4        2:4 pruned, packed 2:4
-    bitmap50   50% unstructured, packed bitmap
-    bitmap70   70% unstructured, packed bitmap
+    2:4        2:4 pruned attention, packed 2:4
+    2:4+mlp    2:4 pruned attention and MLP, both packed (swap_attention(mlp=True))
+    bitmap50   50% unstructured attention, packed bitmap
+    bitmap70   70% unstructured attention, packed bitmap
 
 Timings: a decode step (batch B, one new token after a context of C tokens in a static
 KV cache) and a prefill (T tokens), each from CUDA-graph replays timed with
 triton.testing.do_bench (``restorelcc.latency``, shared with ``restorelcc bench``; eager
 if capture fails, which the row's ``method`` says); then ``decode_eager``, the first
 decode batch stepped from Python without a graph (``eager_loop``), as an uncompiled
-``generate`` runs, host overhead included. The MLP and lm_head stay dense, so
-the end-to-end gain is bounded by ``bytes_ratio`` (weight bytes read per decode step,
-dense / swapped). Each variant's logits are also checked against the unswapped pruned
-model (the kernels.md rule: error vs a wider-precision oracle <= 2 x PyTorch's own +
-atol).
+``generate`` runs, host overhead included. The lm_head (and but for ``+mlp``, the
+MLP) stays dense, so the end-to-end gain is bounded by ``bytes_ratio`` (weight bytes read
+per decode step, dense / swapped). Each variant's logits are also checked against the
+unswapped pruned model (the kernels.md rule: error vs a wider-precision oracle <= 2 x
+PyTorch's own + atol).
 
 Results: OUT_DIR/e2e.json (rewritten after every row; schema ``restorelcc.bench_e2e/1``),
 with ``run_metadata()``. On a CPU (``--smoke``) the timings only exercise the code:
@@ -48,12 +49,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SCHEMA = "restorelcc.bench_e2e/1"
-# variant -> (pruning pattern, sparsity, swap format); None: the dense model as it is
+# variant -> (pruning pattern, sparsity, swap format, MLP too); None: the dense model as
+# it is. In this order: a budget that runs out cuts the last ones.
 VARIANTS = {
     "dense": None,
-    "2:4": ("2:4", 0.5, "2:4"),
-    "bitmap50": ("unstructured", 0.5, "bitmap"),
-    "bitmap70": ("unstructured", 0.7, "bitmap"),
+    "2:4": ("2:4", 0.5, "2:4", False),
+    "2:4+mlp": ("2:4", 0.5, "2:4", True),
+    "bitmap50": ("unstructured", 0.5, "bitmap", False),
+    "bitmap70": ("unstructured", 0.7, "bitmap", False),
 }
 # Llama-3-8B, but few layers and a smaller vocabulary, so that attention is not hidden
 # behind a 1 GB lm_head in a 4-layer model.
@@ -120,37 +123,39 @@ def build_model(setup: Setup, device, dtype):
         )
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-    for (_, name), linear in attention_linears(model).items():
-        if name == "o_proj":
+    for (_, name), linear in block_linears(model).items():
+        if name.endswith(".o_proj"):
             bias = 0.02 * torch.randn(linear.out_features, device=device, dtype=dtype)
             linear.bias = torch.nn.Parameter(bias)
     return model
 
 
-def attention_linears(model) -> dict[tuple[int, str], object]:
-    """(layer, "q_proj" | "k_proj" | "v_proj" | "o_proj") -> that nn.Linear of each block."""
+def block_linears(model) -> dict[tuple[int, str], object]:
+    """(layer, name in the block: "self_attn.q_proj"... "mlp.down_proj") -> that
+    nn.Linear, for the attention's and the MLP's projections of each block."""
     from restorelcc.hf.families import block_linear, decoder_layers, family_of
 
-    family = family_of(model)
-    names = dict(
-        zip(family.attention_linears, ("q_proj", "k_proj", "v_proj", "o_proj"), strict=True)
-    )
+    names = family_of(model).block_linears
     return {
-        (i, role): block_linear(block, name)
+        (i, name): block_linear(block, name)
         for i, block in enumerate(decoder_layers(model))
-        for name, role in names.items()
+        for name in names
     }
 
 
-def prune_attention(model, originals: dict, pattern: str, sparsity: float) -> None:
-    """Reset q/k/v/o to ``originals`` and zero their smallest-magnitude weights."""
+def prune_blocks(model, originals: dict, pattern: str, sparsity: float, mlp: bool) -> None:
+    """Reset every block linear to ``originals``, then zero the smallest-magnitude weights
+    of q/k/v/o (with ``mlp``, also of gate/up/down)."""
+    from restorelcc.hf.families import family_of
     from restorelcc.prune.magnitude import magnitude_mask
     from restorelcc.prune.masks import parse_pattern
 
-    for key, linear in attention_linears(model).items():
+    pruned = family_of(model).block_linears if mlp else family_of(model).attention_linears
+    for key, linear in block_linears(model).items():
         weight = linear.weight.data
         weight.copy_(originals[key])
-        weight.masked_fill_(magnitude_mask(weight, sparsity, parse_pattern(pattern)), 0)
+        if key[1] in pruned:
+            weight.masked_fill_(magnitude_mask(weight, sparsity, parse_pattern(pattern)), 0)
 
 
 class Bench:
@@ -202,7 +207,7 @@ class Bench:
 
         torch = self.torch
         model = build_model(self.setup, self.device, self.dtype)
-        originals = {k: m.weight.detach().clone() for k, m in attention_linears(model).items()}
+        originals = {k: m.weight.detach().clone() for k, m in block_linears(model).items()}
         ids = torch.randint(
             0,
             model.config.vocab_size,
@@ -217,11 +222,11 @@ class Bench:
             info = self.result["variants"].setdefault(variant, {})
             try:
                 if spec is not None:
-                    pattern, sparsity, fmt = spec
-                    prune_attention(model, originals, pattern, sparsity)
+                    pattern, sparsity, fmt, mlp = spec
+                    prune_blocks(model, originals, pattern, sparsity, mlp)
                     plain = model(ids).logits
                     oracle = copy.deepcopy(model).to(self.oracle_dtype)(ids).logits
-                    report = swap_attention(model, fmt)
+                    report = swap_attention(model, fmt, mlp=mlp)
                     info["swap"] = {k: v for k, v in report.to_dict().items() if k != "groups"}
                     info["formats"] = sorted({g.format for g in report.groups})
                     info["check"] = logits_check(model(ids).logits, plain, oracle, self.dtype)

@@ -23,8 +23,9 @@ Phases, most important first (each also stops at its own cap, PHASE_CAPS):
   sweep        the other M of kernels.md on the same shapes
   shapes       Llama-2-7B, Llama-3-70B and its TP splits, as time allows
 Optional last phase, off by default: --e2e-budget-s S keeps the last S seconds of the
-budget for benchmarks/bench_e2e.py (swapped attention in a Llama-3-8B-shaped model, decode
-and prefill, with this run's dispatch table) in its own process, writing OUT_DIR/e2e/.
+budget for benchmarks/bench_e2e.py (swapped attention, and attention + MLP, in a
+Llama-3-8B-shaped model, decode and prefill, with this run's dispatch table) in its own
+process, writing OUT_DIR/e2e/.
 While correctness runs, worker processes compile the Triton configs of the timing phases
 in parallel (into Triton's on-disk cache), so the timing phases rarely wait for compilers.
 

@@ -3,8 +3,9 @@
 The model is loaded once. Its logits on a random prompt are checked (swapped against
 ``nn.Linear``, both against a wider-dtype copy: the kernels.md rule); then every job
 (a decode step per ``--batches`` value after ``--context`` cached tokens, a prefill per
-``--prefill`` value) is timed with the attention swapped, and again after
-``unswap_attention``, with ``nn.Linear`` (cuBLAS on a GPU) on the same pruned weights.
+``--prefill`` value) is timed with the attention (with ``--mlp``, also the MLP) swapped,
+and again after ``unswap_attention``, with ``nn.Linear`` (cuBLAS on a GPU) on the same
+pruned weights.
 On a GPU each call is timed from CUDA-graph replays (no host overhead, as in compiled or
 captured decode); ``--eager`` times calls issued from Python instead.
 Speedup = ``nn.Linear`` time / swapped time. On a CPU the swapped modules run the
@@ -21,6 +22,7 @@ from pathlib import Path
 from restorelcc.commands.options import (
     add_adapter_argument,
     add_device_argument,
+    add_mlp_argument,
     positive_int,
     read_adapter,
     resolve_device,
@@ -88,6 +90,7 @@ def register(subparsers) -> None:
         help="bitmap weights run decode (up to 4 rows) on a streams layout of their kept "
         "values: ~1.1x the bitmap's bytes more memory (lcc_kernels.streams)",
     )
+    add_mlp_argument(p)
     p.add_argument("--no-check", action="store_true", help="skip the logits check")
     add_device_argument(p)
     p.add_argument("--json", default=None, help="report path (default bench_<model>.json)")
@@ -183,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
                 args.format,
                 args.min_sparsity,
                 args.decode_streams,
+                args.mlp,
             )
         )
 
@@ -238,8 +242,9 @@ def run(args: argparse.Namespace) -> int:
         streams = f" (+ {report.bytes_streams / 2**20:.1f} MiB of decode streams)"
         decode_bytes = payload["weight_bytes"]["swapped_decode_streams"]
         streams_read = f" ({bytes_linear / decode_bytes:.2f}x on the streams, batch <= 4)"
+    swapped_what = "attention and MLP" if report.mlp else "attention"
     print(
-        f"formats {', '.join(payload['formats'])}; attention weights "
+        f"formats {', '.join(payload['formats'])}; {swapped_what} weights "
         f"{report.bytes_before / 2**20:.1f} -> {report.bytes_after / 2**20:.1f} MiB{streams}; "
         f"weights read per decode step {bytes_linear / bytes_swapped:.2f}x fewer{streams_read}"
     )

@@ -9,6 +9,8 @@ from pathlib import Path
 from restorelcc.commands.options import (
     add_adapter_argument,
     add_device_argument,
+    add_mlp_argument,
+    describe_swap,
     positive_int,
     read_adapter,
     resolve_device,
@@ -70,6 +72,7 @@ def register(subparsers) -> None:
         default=None,
         help="evaluate with the pruned attention swapped for the packed sparse kernels",
     )
+    add_mlp_argument(p)
     add_device_argument(p)
     p.add_argument("--json", default=None, help="report path (default eval_<model>.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -109,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     tasks = resolve_tasks(args.tasks)  # unknown names fail before the model loads
+    if args.mlp and not args.swap:
+        raise ValueError("--mlp swaps the MLP projections too: it needs --swap FORMAT")
     if not tasks and args.no_ppl:
         raise ValueError("nothing to evaluate: --tasks none with --no-ppl")
     if not args.no_ppl:
@@ -123,12 +128,10 @@ def run(args: argparse.Namespace) -> int:
         restoration.fold(model)
     swap = None
     if args.swap:
-        swap = swap_pruned_attention(model, "--swap", args.model, args.swap, MIN_SPARSITY)
-        print(
-            f"swapped layers {swap.swapped_layers[0]}..{swap.swapped_layers[-1]} "
-            f"({', '.join(sorted({g.format for g in swap.groups}))}); attention weights "
-            f"{swap.bytes_before / 2**20:.1f} -> {swap.bytes_after / 2**20:.1f} MiB"
+        swap = swap_pruned_attention(
+            model, "--swap", args.model, args.swap, MIN_SPARSITY, mlp=args.mlp
         )
+        print(describe_swap(swap))
     report = evaluate_model(
         model,
         tokenizer,

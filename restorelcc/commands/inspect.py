@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
+from restorelcc.commands.options import add_mlp_argument
 from restorelcc.hf import FORMATS, MIN_SPARSITY
 
 
@@ -25,19 +26,21 @@ def register(subparsers) -> None:
         default=None,
         help="also load the model and show what swap_attention would pack, per layer",
     )
+    add_mlp_argument(p)
     p.set_defaults(func=run)
 
 
-def _swap_preview(directory: str, format: str) -> dict:
+def _swap_preview(directory: str, format: str, mlp: bool) -> dict:
     """Swap a throwaway copy of the model and return the ``SwapReport`` as a dict."""
     from restorelcc.assets import load_model
     from restorelcc.hf.swap import swap_attention
 
     model, _ = load_model(directory)
-    report = swap_attention(model, format)
+    report = swap_attention(model, format, mlp=mlp)
     print(report.table())
     if not report.swapped_layers:
-        print(f"nothing to swap: no attention projection has {MIN_SPARSITY:.0%} zeros or more")
+        what = "attention or MLP" if mlp else "attention"
+        print(f"nothing to swap: no {what} projection has {MIN_SPARSITY:.0%} zeros or more")
     return report.to_dict()
 
 
@@ -46,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.prune.checkpoint import inspect_checkpoint
     from restorelcc.prune.report import summarize
 
+    if args.mlp and not args.swap:
+        raise ValueError("--mlp previews the MLP's swap too: it needs --swap FORMAT")
     result = inspect_checkpoint(args.directory)
     matrices = result["matrices"]
     if args.per_matrix:
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table([geometry]))
     for line in result["shape_mismatches"]:
         print(f"shape mismatch: {line}")
-    swap = _swap_preview(args.directory, args.swap) if args.swap else None
+    swap = _swap_preview(args.directory, args.swap, args.mlp) if args.swap else None
     if args.json:
         payload = {**result, "matrices": [asdict(m) for m in matrices], "swap": swap}
         atomic_write_json(args.json, {**payload, "run_metadata": run_metadata()})

@@ -1,5 +1,5 @@
 """Options shared by the subcommands: ``--device``, ``--adapter``, positive integers, and
-the swap of a model's pruned attention."""
+the swap of a model's pruned attention (and, with ``--mlp``, MLP) projections."""
 
 from __future__ import annotations
 
@@ -75,18 +75,46 @@ class NothingToSwapError(RestoreLCCError, ValueError):
     """A model whose attention projections hold no pruned matrix."""
 
 
+def add_mlp_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mlp",
+        action="store_true",
+        help="swap the pruned MLP projections (gate/up/down_proj) too: most of a block's "
+        "weight bytes, hence most of a decode step's",
+    )
+
+
 def swap_pruned_attention(
-    model, option: str, name: str, format: str, min_sparsity: float, decode_streams: bool = False
+    model,
+    option: str,
+    name: str,
+    format: str,
+    min_sparsity: float,
+    decode_streams: bool = False,
+    mlp: bool = False,
 ):
-    """``swap_attention(model, format, min_sparsity=..., decode_streams=...)``; its
-    ``SwapReport``. Raises ``NothingToSwapError`` (naming ``option`` and the model
+    """``swap_attention(model, format, min_sparsity=..., decode_streams=..., mlp=...)``;
+    its ``SwapReport``. Raises ``NothingToSwapError`` (naming ``option`` and the model
     ``name``) if nothing was pruned, so nothing was swapped."""
     from restorelcc.hf.swap import swap_attention
 
-    report = swap_attention(model, format, min_sparsity=min_sparsity, decode_streams=decode_streams)
+    report = swap_attention(
+        model, format, min_sparsity=min_sparsity, decode_streams=decode_streams, mlp=mlp
+    )
     if not report.swapped_layers:
+        what = "attention or MLP" if mlp else "attention"
         raise NothingToSwapError(
-            f"{option}: {name} has no pruned attention layer to swap (no attention projection "
-            f"is pruned: none has {min_sparsity:.0%} zeros or more); prune the model first"
+            f"{option}: {name} has no pruned {what} layer to swap (no {what} projection is "
+            f"pruned: none has {min_sparsity:.0%} zeros or more); prune the model first"
         )
     return report
+
+
+def describe_swap(report) -> str:
+    """One line: the swapped layers, their formats and the bytes of what was swapped."""
+    what = "attention and MLP" if report.mlp else "attention"
+    return (
+        f"swapped layers {report.swapped_layers[0]}..{report.swapped_layers[-1]} "
+        f"({', '.join(sorted({g.format for g in report.groups}))}); {what} weights "
+        f"{report.bytes_before / 2**20:.1f} -> {report.bytes_after / 2**20:.1f} MiB"
+    )

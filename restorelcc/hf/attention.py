@@ -14,7 +14,8 @@ They replace ``nn.Linear`` submodules one for one, so each family's own attentio
   right. Under ``torch.compile`` the model traces as one graph with one q/k/v launch per
   layer; there "unmodified" is not checked (see ``_version_of``).
 - ``SparseLinear``: a packed ``o_proj``; its bias (an existing bias, or the RestoreLCC
-  compensation folded into it) is added in fp32 in the kernel's epilogue.
+  compensation folded into it) is added in fp32 in the kernel's epilogue. Also what the
+  MLP's projections become when they are swapped too.
 
 State dicts hold what the replaced ``nn.Linear`` modules held, under the same keys
 (``q_proj.weight``, ``o_proj.bias``...; the q/k/v views save their rows), so
@@ -221,7 +222,8 @@ class PackedLinear(nn.Module):
 
 
 class SparseLinear(PackedLinear):
-    """A packed ``o_proj``: x [..., H*d] -> [..., hidden], bias added in fp32."""
+    """A packed ``o_proj`` (x [..., H*d] -> [..., hidden], bias added in fp32), or one of
+    the MLP's ``gate_proj`` / ``up_proj`` / ``down_proj`` (``swap_attention(mlp=True)``)."""
 
 
 class PackedQKV(PackedLinear):

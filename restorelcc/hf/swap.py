@@ -6,7 +6,10 @@
     unswap_attention(model)                   # the original nn.Linear modules again
 
 Per decoder block, two groups are packed: q/k/v together (one ``PackedQKV``, one launch)
-and ``o_proj`` (one ``SparseLinear``, bias in the fp32 epilogue). Rules, per group:
+and ``o_proj`` (one ``SparseLinear``, bias in the fp32 epilogue). With ``mlp=True`` the
+MLP's ``gate_proj``, ``up_proj`` and ``down_proj`` are swapped too, one ``SparseLinear``
+each: in a Llama-shaped block they hold about four fifths of the weight bytes, so a
+decode step's end-to-end speed-up depends mostly on them. Rules, per group:
 
 - A matrix counts as pruned when at least ``min_sparsity`` (default 10%) of it is zero.
   Real checkpoints hold a few exact zeros (SmolLM2: ~0.05%); packing such a matrix would
@@ -29,7 +32,7 @@ are the stored ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -59,7 +62,7 @@ class SwappedGroup:
     """One packed (or left dense) group of one layer; bytes are of the weights only."""
 
     layer: int
-    group: str  # "qkv" or "o_proj"
+    group: str  # "qkv", "o_proj", or with mlp=True "gate_proj", "up_proj", "down_proj"
     format: str  # "2:4", "bitmap" or "dense" (left as nn.Linear)
     shape: tuple[int, int]  # [N, K] of the (stacked) weight
     density: float  # nonzeros / positions
@@ -76,6 +79,7 @@ class SwapReport:
     backend: str
     groups: list[SwappedGroup] = field(default_factory=list)
     decode_streams: bool = False
+    mlp: bool = False
 
     @property
     def bytes_before(self) -> int:
@@ -94,6 +98,7 @@ class SwapReport:
             "format": self.format,
             "backend": self.backend,
             "decode_streams": self.decode_streams,
+            "mlp": self.mlp,
             "bytes_before": self.bytes_before,
             "bytes_after": self.bytes_after,
             "bytes_streams": self.bytes_streams,
@@ -124,7 +129,8 @@ class _Plan:
 
     layer: int
     group: str
-    names: tuple[str, ...]  # attribute names on the attention module
+    owner: str  # path of the module holding the matrices, in the block (attention or MLP)
+    names: tuple[str, ...]  # attribute names on the owner
     linears: tuple[nn.Linear, ...]
     format: str  # "2:4", "bitmap" or "dense"
 
@@ -138,8 +144,10 @@ def swap_attention(
     bitmap_tile: tuple[int, int] = lcc_kernels.DEFAULT_BITMAP_TILE,
     min_sparsity: float = MIN_SPARSITY,
     decode_streams: bool = False,
+    mlp: bool = False,
 ) -> SwapReport:
-    """Replace q/k/v and o_proj of the chosen decoder layers (default all) in place.
+    """Replace q/k/v and o_proj (with ``mlp``, also gate/up/down_proj) of the chosen
+    decoder layers (default all) in place.
 
     format: "auto", "2:4" or "bitmap" (rules in the module docstring). backend: "auto" or
     one of ``lcc_kernels.dispatch.BACKENDS``, passed to every ``sparse_linear`` call.
@@ -162,20 +170,23 @@ def swap_attention(
     blocks = decoder_layers(model)
     chosen = _check_layers(layers, len(blocks))
     plans = [
-        plan for i in chosen for plan in _plan_layer(family, blocks[i], i, format, min_sparsity)
+        plan
+        for i in chosen
+        for plan in _plan_layer(family, blocks[i], i, format, min_sparsity, mlp)
     ]
-    report = SwapReport(format, backend, decode_streams=decode_streams)
+    report = SwapReport(format, backend, decode_streams=decode_streams, mlp=mlp)
     plans.reverse()
     while plans:  # popped, so each replaced nn.Linear is freed as the swap goes
         plan = plans.pop()
         report.groups.append(
-            _swap_group(family, blocks[plan.layer], plan, backend, bitmap_tile, decode_streams)
+            _swap_group(blocks[plan.layer], plan, backend, bitmap_tile, decode_streams)
         )
     return report
 
 
 def unswap_attention(model: nn.Module) -> list[int]:
-    """Put back ``nn.Linear`` q/k/v/o modules in every swapped layer; returns those layers."""
+    """Put back ``nn.Linear`` modules for every swapped projection (q/k/v/o and, if they
+    were swapped, the MLP's) in every swapped layer; returns those layers."""
     family = family_of(model)
     restored = []
     for index, block in enumerate(decoder_layers(model)):
@@ -194,12 +205,11 @@ def unswap_attention(model: nn.Module) -> list[int]:
                 setattr(attention, name, _linear(weight, bias if has else None))
             del attention._modules[PACKED_QKV]
             changed = True
-        o_proj = getattr(attention, family.o_proj)
-        if isinstance(o_proj, SparseLinear):
-            setattr(
-                attention, family.o_proj, _linear(lcc_kernels.unpack(o_proj.packed), o_proj.bias)
-            )
-            changed = True
+        for _, owner, name in _projections(family, block)[3:]:
+            module = getattr(owner, name, None)
+            if isinstance(module, SparseLinear):
+                setattr(owner, name, _linear(lcc_kernels.unpack(module.packed), module.bias))
+                changed = True
         if changed:
             restored.append(index)
     if not restored:
@@ -222,46 +232,60 @@ def _check_layers(layers: Iterable[int] | None, count: int) -> list[int]:
     return sorted(chosen)
 
 
+def _projections(family: Family, block: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(owner path, owner module, attribute) of each projection a swap may replace:
+    q/k/v_proj, o_proj, then the MLP's gate/up/down_proj."""
+    attention, mlp = block.get_submodule(family.attention), block.get_submodule(family.mlp)
+    names = (family.q_proj, family.k_proj, family.v_proj, family.o_proj)
+    mlp_names = (family.gate_proj, family.up_proj, family.down_proj)
+    return [(family.attention, attention, n) for n in names] + [
+        (family.mlp, mlp, n) for n in mlp_names
+    ]
+
+
 def _plan_layer(
-    family: Family, block: nn.Module, layer: int, format: str, min_sparsity: float
+    family: Family, block: nn.Module, layer: int, format: str, min_sparsity: float, mlp: bool
 ) -> list[_Plan]:
-    attention = block.get_submodule(family.attention)
-    qkv_names = (family.q_proj, family.k_proj, family.v_proj)
-    modules = [getattr(attention, n, None) for n in (*qkv_names, family.o_proj)]
-    if PACKED_QKV in attention._modules or any(
+    places = _projections(family, block)
+    modules = [getattr(owner, name, None) for _, owner, name in places]
+    if PACKED_QKV in block.get_submodule(family.attention)._modules or any(
         isinstance(m, (ProjectionView, PackedLinear)) for m in modules
     ):
         raise SwapError(f"layer {layer} is already swapped; unswap_attention(model) first")
-    for name, module in zip((*qkv_names, family.o_proj), modules, strict=True):
+    swapped = len(places) if mlp else 4
+    for (path, _, name), module in zip(places[:swapped], modules[:swapped], strict=True):
         if not isinstance(module, nn.Linear):
             raise SwapError(
-                f"layer {layer} {family.attention}.{name} is "
-                f"{type(module).__name__}, not an nn.Linear"
+                f"layer {layer} {path}.{name} is {type(module).__name__}, not an nn.Linear"
             )
-    return [
-        _plan_group(layer, "qkv", qkv_names, tuple(modules[:3]), format, family, min_sparsity),
-        _plan_group(layer, "o_proj", (family.o_proj,), (modules[3],), format, family, min_sparsity),
+    qkv_names = tuple(name for _, _, name in places[:3])
+    plans = [
+        _plan_group(layer, "qkv", family.attention, qkv_names, modules[:3], format, min_sparsity)
     ]
+    for (path, _, name), module in zip(places[3:swapped], modules[3:swapped], strict=True):
+        plans.append(_plan_group(layer, name, path, (name,), [module], format, min_sparsity))
+    return plans
 
 
 def _plan_group(
     layer: int,
     group: str,
+    owner: str,
     names: tuple[str, ...],
-    linears: tuple[nn.Linear, ...],
+    linears: Sequence[nn.Linear],
     format: str,
-    family: Family,
     min_sparsity: float,
 ) -> _Plan:
+    linears = tuple(linears)
     weights = [m.weight.detach() for m in linears]
-    where = [f"layer {layer} {family.attention}.{n}" for n in names]
+    where = [f"layer {layer} {owner}.{n}" for n in names]
     for w, what in zip(weights, where, strict=True):
         if w.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             raise SwapError(f"{what} has dtype {w.dtype}; packed weights are fp16/bf16/fp32")
     sparsities = [float((w == 0).sum()) / w.numel() for w in weights]
     dense = [s == 0 or s < min_sparsity for s in sparsities]
     if all(dense):
-        return _Plan(layer, group, names, linears, "dense")
+        return _Plan(layer, group, owner, names, linears, "dense")
     if any(dense):
         raise SwapError(
             f"{where[dense.index(True)]} is not pruned ({sparsities[dense.index(True)]:.2%} "
@@ -275,15 +299,15 @@ def _plan_group(
             f"{[str(w.dtype) for w in weights]}"
         )
     if format == "bitmap":
-        return _Plan(layer, group, names, linears, "bitmap")
+        return _Plan(layer, group, owner, names, linears, "bitmap")
     problems = [(what, _not_24(w)) for w, what in zip(weights, where, strict=True)]
     problems = [(what, why) for what, why in problems if why]
     if not problems:
-        return _Plan(layer, group, names, linears, "2:4")
+        return _Plan(layer, group, owner, names, linears, "2:4")
     if format == "2:4":
         what, why = problems[0]
         raise SwapError(f"{what} does not fit the 2:4 format: {why}")
-    return _Plan(layer, group, names, linears, "bitmap")
+    return _Plan(layer, group, owner, names, linears, "bitmap")
 
 
 def _not_24(weight: torch.Tensor) -> str | None:
@@ -306,7 +330,6 @@ def _not_24(weight: torch.Tensor) -> str | None:
 
 
 def _swap_group(
-    family: Family,
     block: nn.Module,
     plan: _Plan,
     backend: str,
@@ -323,10 +346,10 @@ def _swap_group(
     if plan.format == "dense":
         return result
     packed = lcc_kernels.pack_many(weights, plan.format, tile=tile)
-    attention = block.get_submodule(family.attention)
-    if plan.group == "o_proj":
+    owner = block.get_submodule(plan.owner)
+    if plan.group != "qkv":
         module = SparseLinear(packed, plan.linears[0].bias, backend, decode_streams=decode_streams)
-        setattr(attention, plan.names[0], module)
+        setattr(owner, plan.names[0], module)
     else:
         has_bias = tuple(m.bias is not None for m in plan.linears)
         bias = None
@@ -341,9 +364,9 @@ def _swap_group(
                 ]
             )
         module = PackedQKV(packed, bias, has_bias, backend, decode_streams=decode_streams)
-        attention.add_module(PACKED_QKV, module)
+        owner.add_module(PACKED_QKV, module)
         for index, name in enumerate(plan.names):
-            setattr(attention, name, ProjectionView(module, index, name))
+            setattr(owner, name, ProjectionView(module, index, name))
     result.bytes_after = packed.nbytes
     result.bytes_streams = module.streams_bytes
     return result

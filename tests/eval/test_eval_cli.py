@@ -145,21 +145,28 @@ def test_swap_evaluates_the_same_model_with_packed_attention(tmp_path, capsys):
     prune_model(model, "magnitude", 0.5, "2:4", progress=False)
     model.save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
-    reports = {}
-    for swap in ([], ["--swap", "auto"]):
+    reports = []
+    for swap in ([], ["--swap", "auto"], ["--swap", "auto", "--mlp"]):
         out = tmp_path / f"r{len(swap)}.json"
         argv = ["eval", "--model", str(folder), "--tasks", "arc_easy", "--limit", "4",
                 "--ppl-tokens", "40", "--json", str(out), "--quiet", *swap]  # fmt: skip
         assert cli.main(argv) == 0
-        reports[bool(swap)] = json.loads(out.read_text())
-    assert "swapped layers 0..1 (2:4)" in capsys.readouterr().out
-    plain, swapped = reports[False], reports[True]
+        reports.append(json.loads(out.read_text()))
+    printed = capsys.readouterr().out
+    assert "swapped layers 0..1 (2:4); attention weights" in printed
+    assert "swapped layers 0..1 (2:4); attention and MLP weights" in printed
+    plain, *swapped = reports
     assert plain["swap"] is None
-    assert {g["format"] for g in swapped["swap"]["groups"]} == {"2:4"}
-    assert swapped["tasks"]["arc_easy"]["acc"] == plain["tasks"]["arc_easy"]["acc"]
-    assert swapped["perplexity"]["perplexity"] == pytest.approx(
-        plain["perplexity"]["perplexity"], rel=1e-5
-    )
+    groups = [{(g["group"], g["format"]) for g in r["swap"]["groups"]} for r in swapped]
+    assert groups[0] == {("qkv", "2:4"), ("o_proj", "2:4")}
+    assert groups[1] == groups[0] | {(n, "2:4") for n in ("gate_proj", "up_proj", "down_proj")}
+    for report in swapped:
+        assert report["tasks"]["arc_easy"]["acc"] == plain["tasks"]["arc_easy"]["acc"]
+        assert report["perplexity"]["perplexity"] == pytest.approx(
+            plain["perplexity"]["perplexity"], rel=1e-5
+        )
+    assert cli.main(["eval", "--model", str(folder), "--mlp"]) == 2
+    assert "--mlp swaps the MLP projections too: it needs --swap" in capsys.readouterr().err
 
 
 def test_swap_of_an_unpruned_model_is_refused(tiny_dir, tmp_path, capsys):

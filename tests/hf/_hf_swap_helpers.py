@@ -10,6 +10,7 @@ from restorelcc.hf.families import decoder_layers, family_of
 from restorelcc.latency import LOGITS_ATOL
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 # Added to twice PyTorch's own error (the tolerance rule of the kernel tests).
 ATOL = LOGITS_ATOL
 
@@ -18,13 +19,18 @@ def attention(model, layer: int) -> nn.Module:
     return decoder_layers(model)[layer].get_submodule(family_of(model).attention)
 
 
+def mlp(model, layer: int) -> nn.Module:
+    return decoder_layers(model)[layer].get_submodule(family_of(model).mlp)
+
+
 @torch.no_grad()
-def prune_attention(model, pattern: str, layers=None, names=PROJECTIONS):
-    """Zero the smallest-magnitude weights of q/k/v/o in place: "2:4" keeps the 2 largest of
-    every 4 along K, "unstructured" keeps the largest 40% of each row (60% sparse)."""
+def prune_attention(model, pattern: str, layers=None, names=PROJECTIONS, owner=attention):
+    """Zero the smallest-magnitude weights of q/k/v/o (of ``names`` of ``owner(model,
+    layer)``) in place: "2:4" keeps the 2 largest of every 4 along K, "unstructured" keeps
+    the largest 40% of each row (60% sparse)."""
     for i in range(len(decoder_layers(model))) if layers is None else layers:
         for name in names:
-            weight = getattr(attention(model, i), name).weight
+            weight = getattr(owner(model, i), name).weight
             if pattern == "2:4":
                 groups = weight.abs().reshape(weight.shape[0], -1, 4)
                 keep = groups.argsort(-1, descending=True)[..., :2]
@@ -66,12 +72,17 @@ def assert_matches(swapped, pruned, ids, dtype) -> None:
     assert error <= limit, f"max error {error:.3g} > {limit:.3g} (PyTorch's: {torch_error:.3g})"
 
 
-def linear_state(model) -> dict[str, torch.Tensor]:
-    """Every attention weight and bias, by name."""
+def prune_mlp(model, pattern: str, layers=None):
+    """``prune_attention`` of gate/up/down_proj."""
+    return prune_attention(model, pattern, layers, MLP_PROJECTIONS, mlp)
+
+
+def linear_state(model, names=PROJECTIONS, owner=attention) -> dict[str, torch.Tensor]:
+    """Every attention weight and bias (of ``names`` of ``owner``), by name."""
     state = {}
     for i in range(len(decoder_layers(model))):
-        for name in PROJECTIONS:
-            module = getattr(attention(model, i), name)
+        for name in names:
+            module = getattr(owner(model, i), name)
             assert type(module) is nn.Linear, f"layer {i} {name} is {type(module).__name__}"
             state[f"{i}.{name}.weight"] = module.weight.detach()
             if module.bias is not None:

@@ -7,7 +7,7 @@ import types
 
 import pytest
 import torch
-from _hf_swap_helpers import attention, prune_attention
+from _hf_swap_helpers import attention, prune_attention, prune_mlp
 
 from restorelcc.cli import main
 from restorelcc.commands.bench import _check_logits
@@ -126,6 +126,25 @@ def test_bench_reports_swapped_and_linear_timings(pruned_dir, tmp_path, capsys):
     swap = report["swap"]
     assert swap["bytes_after"] < swap["bytes_before"] and len(swap["groups"]) == 4
     assert {"torch", "commit"} <= set(report["run_metadata"])
+
+
+@torch.no_grad()
+def test_bench_mlp_swaps_and_times_the_mlp_too(tmp_path, capsys):
+    model = prune_mlp(prune_attention(tiny_model("llama-gqa"), "unstructured"), "unstructured")
+    folder = _save(model, tmp_path / "pruned")
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--model", str(folder), "--batches", "1", "--context", "4",
+            "--prefill", "--rounds", "1", "--quiet", "--json", str(out)]  # fmt: skip
+    assert main([*argv, "--mlp"]) == 0
+    assert "attention and MLP weights" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["logits_check"]["ok"] and report["swap"]["mlp"] is True
+    groups = {(g["layer"], g["group"]): g["format"] for g in report["swap"]["groups"]}
+    names = ("qkv", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert groups == {(i, n): "bitmap" for i in range(2) for n in names}
+    mlp_bytes = report["weight_bytes"]["swapped"]
+    assert main(argv) == 0  # the attention alone: the MLP stays dense, more bytes are read
+    assert json.loads(out.read_text())["weight_bytes"]["swapped"] > mlp_bytes
 
 
 def test_bench_eager_times_uncaptured_calls(pruned_dir, tmp_path, monkeypatch):

@@ -25,14 +25,16 @@ def test_smoke_run_writes_every_variant(tmp_path):
     }
     assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
     variants = result["variants"]
-    assert variants["2:4"]["formats"] == ["2:4"]
+    assert variants["2:4"]["formats"] == variants["2:4+mlp"]["formats"] == ["2:4"]
     assert variants["bitmap50"]["formats"] == variants["bitmap70"]["formats"] == ["bitmap"]
-    for name in ("2:4", "bitmap50", "bitmap70"):
+    for name in ("2:4", "2:4+mlp", "bitmap50", "bitmap70"):
         assert variants[name]["check"]["ok"], variants[name]["check"]
         swap = variants[name]["swap"]
         assert swap["bytes_after"] < swap["bytes_before"]
+        assert swap["mlp"] == (name == "2:4+mlp")
     sizes = [variants[v]["weight_bytes"] for v in ("dense", "bitmap50", "bitmap70")]
     assert sizes == sorted(sizes, reverse=True)
+    assert variants["2:4+mlp"]["weight_bytes"] < variants["2:4"]["weight_bytes"]
 
 
 def test_speedups_are_dense_over_variant_and_only_on_a_gpu():

@@ -13,6 +13,7 @@ from _hf_swap_helpers import (
     assert_generation_matches,
     assert_matches,
     prune_attention,
+    prune_mlp,
 )
 
 from lcc_kernels.kernels import INTERPRETED
@@ -64,6 +65,17 @@ def test_tiled_bitmap_kernels_fp16(triton_rows):
     swapped.half()
     assert_matches(swapped, pruned, torch.randint(0, 256, (2, 7), device=DEVICE), torch.float16)
     assert triton_rows == [14] * 4  # 2 layers x (qkv, o_proj)
+
+
+@pytest.mark.parametrize(("pattern", "backend"), [("2:4", "tiled"), ("unstructured", "skinny")])
+def test_mlp_swapped_too_fp16(triton_rows, pattern, backend):
+    pruned = prune_mlp(_model(pattern), pattern)
+    swapped = copy.deepcopy(pruned)
+    swap_attention(swapped, backend=backend, mlp=True)
+    swapped.half()
+    prompt = torch.randint(0, 256, (1, 5), device=DEVICE)
+    assert_matches(swapped, pruned, prompt, torch.float16)
+    assert triton_rows == [5] * 10  # 2 layers x (qkv, o_proj, gate, up, down)
 
 
 def test_streams_decode_bitmap_fp32(monkeypatch):

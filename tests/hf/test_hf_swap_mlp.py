@@ -1,0 +1,132 @@
+"""swap_attention(mlp=True): the MLP's gate/up/down_proj swapped too, one SparseLinear each;
+logits, launches, unswap bit for bit, generation, state dicts, refusals."""
+
+import copy
+
+import pytest
+import torch
+from _hf_swap_helpers import (
+    MLP_PROJECTIONS,
+    add_o_bias,
+    assert_generation_matches,
+    assert_matches,
+    linear_state,
+    logits,
+    mlp,
+    prune_attention,
+    prune_mlp,
+    same_bits,
+)
+from torch import nn
+
+import lcc_kernels
+from restorelcc import swap_attention, unswap_attention
+from restorelcc.hf.attention import SparseLinear
+from restorelcc.hf.swap import SwapError
+from restorelcc.testing import TINY_SHAPES, tiny_model
+
+FAMILIES = sorted(TINY_SHAPES)
+PATTERNS = {"2:4": "2:4", "unstructured": "bitmap"}  # pruning -> the format "auto" picks
+
+
+def _pruned(name: str, pattern: str, seed: int = 0):
+    return prune_mlp(add_o_bias(prune_attention(tiny_model(name, seed=seed), pattern)), pattern)
+
+
+def _ids(batch: int = 2, length: int = 11) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, length))
+
+
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("name", FAMILIES)
+def test_swapped_mlp_logits_match_and_unswap_is_bit_identical(name, pattern):
+    pruned = _pruned(name, pattern)
+    model = copy.deepcopy(pruned)
+    report = swap_attention(model, mlp=True)
+    layers = TINY_SHAPES[name][1]
+    groups = {(g.layer, g.group): g.format for g in report.groups}
+    expected_groups = ("qkv", "o_proj", *MLP_PROJECTIONS)
+    assert groups == {(i, g): PATTERNS[pattern] for i in range(layers) for g in expected_groups}
+    assert report.to_dict()["mlp"] is True
+    assert all(isinstance(getattr(mlp(model, 0), n), SparseLinear) for n in MLP_PROJECTIONS)
+    assert_matches(model, pruned, _ids(), torch.float32)
+    model.half()
+    assert unswap_attention(model) == list(range(layers))
+    for names_owner in ({}, {"names": MLP_PROJECTIONS, "owner": mlp}):
+        before, after = (
+            linear_state(pruned.half(), **names_owner),
+            linear_state(model, **names_owner),
+        )
+        assert before.keys() == after.keys()
+        assert all(same_bits(before[key], after[key]) for key in before)
+
+
+def test_by_default_the_mlp_stays_nn_linear():
+    model = _pruned("llama-gqa", "2:4")
+    report = swap_attention(model)
+    assert {g.group for g in report.groups} == {"qkv", "o_proj"} and not report.mlp
+    assert all(type(getattr(mlp(model, 1), n)) is nn.Linear for n in MLP_PROJECTIONS)
+
+
+def test_five_launches_per_layer(monkeypatch):
+    model = _pruned("llama-gqa", "unstructured")
+    swap_attention(model, mlp=True)
+    rows = []
+    real = lcc_kernels.sparse_linear
+
+    def spy(x, weight, bias=None, **kwargs):
+        rows.append((x.shape[:-1].numel(), weight.shape))
+        return real(x, weight, bias, **kwargs)
+
+    monkeypatch.setattr(lcc_kernels, "sparse_linear", spy)
+    logits(model, _ids(2, 5))
+    hidden, qkv_n, inner = 96, (6 + 2 + 2) * 16, 2 * 96 + 8
+    per_layer = [(qkv_n, hidden), (hidden, 96), (inner, hidden), (inner, hidden), (hidden, inner)]
+    assert rows == [(10, shape) for shape in per_layer] * 2
+
+
+def test_generate_matches_with_the_mlp_swapped():
+    pruned = _pruned("qwen2-gqa", "unstructured")
+    swapped = copy.deepcopy(pruned)
+    swap_attention(swapped, mlp=True)
+    assert_generation_matches(swapped, pruned, _ids(1, 6), 5, torch.float32)
+
+
+def test_state_dict_and_save_pretrained_are_the_plain_models(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    pruned = prune_mlp(prune_attention(tiny_model("qwen2-gqa"), "2:4"), "2:4")  # no o bias
+    swapped = copy.deepcopy(pruned)
+    swap_attention(swapped, mlp=True)
+    plain, ours = pruned.state_dict(), swapped.state_dict()
+    assert list(ours) == list(plain) and all(torch.equal(ours[k], plain[k]) for k in plain)
+    swapped.save_pretrained(tmp_path / "saved")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    ids = _ids()
+    assert torch.equal(logits(loaded, ids), logits(pruned, ids))
+
+
+def test_an_unpruned_mlp_is_left_dense_and_a_pruned_one_alone_is_swapped():
+    model = add_o_bias(prune_attention(tiny_model("llama-gqa"), "2:4"))
+    report = swap_attention(copy.deepcopy(model), mlp=True)
+    assert {g.format for g in report.groups if g.group in MLP_PROJECTIONS} == {"dense"}
+    mlp_only = prune_mlp(tiny_model("llama-gqa"), "unstructured", layers=[1])
+    reference = copy.deepcopy(mlp_only)
+    report = swap_attention(mlp_only, mlp=True)
+    assert report.swapped_layers == [1]
+    assert {g.group for g in report.groups if g.format != "dense"} == set(MLP_PROJECTIONS)
+    assert_matches(mlp_only, reference, _ids(), torch.float32)
+    with pytest.raises(SwapError, match="layer 1 is already swapped"):
+        swap_attention(mlp_only)  # its attention is plain nn.Linear, its MLP is not
+    assert unswap_attention(mlp_only) == [1]
+
+
+def test_mlp_refusals_name_the_matrix():
+    model = _pruned("llama-mha", "unstructured")
+    with pytest.raises(SwapError, match=r"layer 0 mlp\.gate_proj does not fit the 2:4 format"):
+        swap_attention(prune_attention(model, "2:4"), "2:4", mlp=True)
+    assert all(type(getattr(mlp(model, 0), n)) is nn.Linear for n in MLP_PROJECTIONS)
+    mlp(model, 1).up_proj = nn.Identity()
+    with pytest.raises(SwapError, match=r"layer 1 mlp\.up_proj is Identity, not an nn\.Linear"):
+        swap_attention(model, mlp=True)
+    swap_attention(model)  # the attention alone does not look at the MLP
