@@ -3,19 +3,21 @@
 They replace ``nn.Linear`` submodules one for one, so each family's own attention forward
 (RoPE, q/k norms, KV cache, attention implementation) stays transformers' code:
 
-- ``PackedQKV``: q, k and v packed side by side as one ``[Nq + Nk + Nv, hidden]`` sparse
-  matrix (their biases, if any, as one ``[Nq + Nk + Nv]`` vector); one ``sparse_linear``
-  launch gives all three outputs. It sits next to the projections (``PACKED_QKV``).
-- ``ProjectionView``: what ``q_proj`` / ``k_proj`` / ``v_proj`` become. Called with
-  ``x [..., hidden]`` it returns its ``[..., N_i]`` slice of the owner's fused output. The
-  first view called runs the launch; the others called with the same tensor (same object,
-  unmodified) take their slice of that result, so the usual ``q_proj(h); k_proj(h);
-  v_proj(h)`` costs one launch. Any other call pattern recomputes, so results are always
-  right. Under ``torch.compile`` the model traces as one graph with one q/k/v launch per
-  layer; there "unmodified" is not checked (see ``_version_of``).
+- ``PackedProjections``: projections of the same input packed side by side as one sparse
+  matrix, q, k and v as ``[Nq + Nk + Nv, hidden]`` (their biases, if any, as one vector;
+  also the MLP's gate and up); one ``sparse_linear`` launch gives every output. It sits
+  next to the projections (``PACKED_QKV`` on the attention, ``PACKED_GATE_UP`` on the MLP).
+- ``ProjectionView``: what ``q_proj`` / ``k_proj`` / ``v_proj`` (``gate_proj`` /
+  ``up_proj``) become. Called with ``x [..., hidden]`` it returns its ``[..., N_i]`` slice
+  of the owner's fused output. The first view called runs the launch; the others called
+  with the same tensor (same object, unmodified) take their slice of that result, so the
+  usual ``q_proj(h); k_proj(h); v_proj(h)`` costs one launch. Any other call pattern
+  recomputes, so results are always right. Under ``torch.compile`` the model traces as
+  one graph with one q/k/v launch per layer; there "unmodified" is not checked (see
+  ``_version_of``).
 - ``SparseLinear``: a packed ``o_proj``; its bias (an existing bias, or the RestoreLCC
   compensation folded into it) is added in fp32 in the kernel's epilogue. Also what the
-  MLP's projections become when they are swapped too.
+  MLP's ``down_proj`` becomes when the MLP is swapped too.
 
 State dicts hold what the replaced ``nn.Linear`` modules held, under the same keys
 (``q_proj.weight``, ``o_proj.bias``...; the q/k/v views save their rows), so
@@ -35,8 +37,9 @@ from torch import nn
 
 import lcc_kernels
 
-# Attribute of the attention module that holds the PackedQKV owner.
+# Attributes of the attention and MLP modules that hold a PackedProjections owner.
 PACKED_QKV = "packed_qkv"
+PACKED_GATE_UP = "packed_gate_up"
 _PREFIX = "packed_"
 _NOT_TENSOR_FIELDS = ("info", "split_sizes")
 
@@ -222,12 +225,13 @@ class PackedLinear(nn.Module):
 
 
 class SparseLinear(PackedLinear):
-    """A packed ``o_proj`` (x [..., H*d] -> [..., hidden], bias added in fp32), or one of
-    the MLP's ``gate_proj`` / ``up_proj`` / ``down_proj`` (``swap_attention(mlp=True)``)."""
+    """A packed ``o_proj`` (x [..., H*d] -> [..., hidden], bias added in fp32), or the
+    MLP's ``down_proj`` (``swap_attention(mlp=True)``)."""
 
 
-class PackedQKV(PackedLinear):
-    """q, k and v in one packed matrix [Nq + Nk + Nv, hidden] and one launch.
+class PackedProjections(PackedLinear):
+    """Projections of one input in one packed matrix and one launch: q, k and v as
+    [Nq + Nk + Nv, hidden], or the MLP's gate and up as [2 * intermediate, hidden].
 
     ``has_bias[i]`` says whether projection i had a bias (absent ones are zeros in the
     concatenated ``bias`` buffer); ``unswap`` uses it to give back the same modules.
@@ -252,7 +256,7 @@ class PackedQKV(PackedLinear):
         self._pending = None  # (x, x version, outputs, indices already handed out)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """x [..., hidden] -> (q [..., Nq], k [..., Nk], v [..., Nv]) from one launch."""
+        """x [..., hidden] -> one output per projection ([..., N_i]: q, k, v), one launch."""
         return lcc_kernels.split_output(super().forward(x), self._packed)
 
     def projection(self, x: torch.Tensor, index: int) -> torch.Tensor:
@@ -280,7 +284,7 @@ class PackedQKV(PackedLinear):
         start = sum(self._packed.split_sizes[:index])
         return slice(start, start + self._packed.split_sizes[index])
 
-    # The views save and load q/k/v under their nn.Linear keys; the owner holds none.
+    # The views save and load their rows under their nn.Linear keys; the owner holds none.
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         pass
 
@@ -301,13 +305,14 @@ class PackedQKV(PackedLinear):
 
 
 class ProjectionView(nn.Module):
-    """Stands in for ``q_proj`` / ``k_proj`` / ``v_proj``: x [..., hidden] -> [..., N_i].
+    """Stands in for ``q_proj`` / ``k_proj`` / ``v_proj`` (or ``gate_proj`` / ``up_proj``):
+    x [..., hidden] -> [..., N_i].
 
-    Holds no tensors; the owner is registered on the attention module, not here, so the
-    state dict holds the packed weight once.
+    Holds no tensors; the owner is registered on the attention (or MLP) module, not here,
+    so the state dict holds the packed weight once.
     """
 
-    def __init__(self, owner: PackedQKV, index: int, name: str) -> None:
+    def __init__(self, owner: PackedProjections, index: int, name: str) -> None:
         super().__init__()
         self.__dict__["owner"] = owner  # a plain reference: not a submodule
         self.index = index
@@ -335,6 +340,4 @@ class ProjectionView(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.name}: outputs {self.index} of {PACKED_QKV}, out_features={self.out_features}"
-        )
+        return f"{self.name}: output {self.index} of its owner, out_features={self.out_features}"

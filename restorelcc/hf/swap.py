@@ -5,11 +5,12 @@
     print(report.table())                     # per layer: format, density, bytes
     unswap_attention(model)                   # the original nn.Linear modules again
 
-Per decoder block, two groups are packed: q/k/v together (one ``PackedQKV``, one launch)
-and ``o_proj`` (one ``SparseLinear``, bias in the fp32 epilogue). With ``mlp=True`` the
-MLP's ``gate_proj``, ``up_proj`` and ``down_proj`` are swapped too, one ``SparseLinear``
-each: in a Llama-shaped block they hold about four fifths of the weight bytes, so a
-decode step's end-to-end speed-up depends mostly on them. Rules, per group:
+Per decoder block, two groups are packed: q/k/v together (one ``PackedProjections``, one
+launch) and ``o_proj`` (one ``SparseLinear``, bias in the fp32 epilogue). With
+``mlp=True`` the MLP is swapped too: ``gate_proj`` and ``up_proj`` together, as q/k/v
+(both read the same input), and ``down_proj`` alone. In a Llama-shaped block the MLP
+holds about four fifths of the weight bytes, so a decode step's end-to-end speed-up
+depends mostly on it. Rules, per group:
 
 - A matrix counts as pruned when at least ``min_sparsity`` (default 10%) of it is zero.
   Real checkpoints hold a few exact zeros (SmolLM2: ~0.05%); packing such a matrix would
@@ -32,7 +33,7 @@ are the stored ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -43,9 +44,10 @@ from lcc_kernels.dispatch import BACKENDS
 from restorelcc.errors import RestoreLCCError
 from restorelcc.hf import FORMATS, MIN_SPARSITY
 from restorelcc.hf.attention import (
+    PACKED_GATE_UP,
     PACKED_QKV,
     PackedLinear,
-    PackedQKV,
+    PackedProjections,
     ProjectionView,
     SparseLinear,
 )
@@ -62,7 +64,7 @@ class SwappedGroup:
     """One packed (or left dense) group of one layer; bytes are of the weights only."""
 
     layer: int
-    group: str  # "qkv", "o_proj", or with mlp=True "gate_proj", "up_proj", "down_proj"
+    group: str  # "qkv", "o_proj", or with mlp=True "gate_up", "down_proj"
     format: str  # "2:4", "bitmap" or "dense" (left as nn.Linear)
     shape: tuple[int, int]  # [N, K] of the (stacked) weight
     density: float  # nonzeros / positions
@@ -123,14 +125,40 @@ class SwapReport:
         return format_table(rows, columns + ["bytes_streams"] * self.decode_streams)
 
 
+@dataclass(frozen=True)
+class _Group:
+    """Projections of one block packed as one module: several side by side (one launch,
+    a ``PackedProjections`` on the owner under ``packed``, a view per projection) or one
+    alone (a ``SparseLinear`` in its place)."""
+
+    name: str  # "qkv", "o_proj", "gate_up", "down_proj"
+    owner: str  # path of the module holding the projections, in the block
+    projections: tuple[str, ...]  # their attribute names on the owner
+    packed: str | None = None  # attribute of the owner's PackedProjections, if several
+
+
+def _groups(family: Family, mlp: bool) -> list[_Group]:
+    """The groups a swap packs in each block: q/k/v and o_proj; with ``mlp`` also gate/up
+    (like q/k/v: two projections of the same input, one launch) and down_proj."""
+    attention = (family.q_proj, family.k_proj, family.v_proj)
+    groups = [
+        _Group("qkv", family.attention, attention, PACKED_QKV),
+        _Group("o_proj", family.attention, (family.o_proj,)),
+    ]
+    if mlp:
+        groups += [
+            _Group("gate_up", family.mlp, (family.gate_proj, family.up_proj), PACKED_GATE_UP),
+            _Group("down_proj", family.mlp, (family.down_proj,)),
+        ]
+    return groups
+
+
 @dataclass
 class _Plan:
-    """One group to pack: where its matrices live and the format chosen."""
+    """One group of one layer to pack: its matrices and the format chosen."""
 
     layer: int
-    group: str
-    owner: str  # path of the module holding the matrices, in the block (attention or MLP)
-    names: tuple[str, ...]  # attribute names on the owner
+    group: _Group
     linears: tuple[nn.Linear, ...]
     format: str  # "2:4", "bitmap" or "dense"
 
@@ -190,26 +218,27 @@ def unswap_attention(model: nn.Module) -> list[int]:
     family = family_of(model)
     restored = []
     for index, block in enumerate(decoder_layers(model)):
-        attention = block.get_submodule(family.attention)
-        owner = attention._modules.get(PACKED_QKV)
         changed = False
-        if isinstance(owner, PackedQKV):
-            weights = torch.split(lcc_kernels.unpack(owner.packed), owner.packed.split_sizes)
-            biases = (
-                torch.split(owner.bias, owner.packed.split_sizes)
-                if owner.bias is not None
-                else (None,) * len(weights)
-            )
-            names = (family.q_proj, family.k_proj, family.v_proj)
-            for name, weight, bias, has in zip(names, weights, biases, owner.has_bias, strict=True):
-                setattr(attention, name, _linear(weight, bias if has else None))
-            del attention._modules[PACKED_QKV]
+        for group in _groups(family, mlp=True):
+            owner = block.get_submodule(group.owner)
+            if group.packed is None:
+                name = group.projections[0]
+                module = getattr(owner, name, None)
+                if isinstance(module, SparseLinear):
+                    setattr(owner, name, _linear(lcc_kernels.unpack(module.packed), module.bias))
+                    changed = True
+                continue
+            module = owner._modules.get(group.packed)
+            if not isinstance(module, PackedProjections):
+                continue
+            sizes = module.packed.split_sizes
+            weights = torch.split(lcc_kernels.unpack(module.packed), sizes)
+            biases = torch.split(module.bias, sizes) if module.bias is not None else None
+            for i, name in enumerate(group.projections):
+                bias = biases[i] if biases is not None and module.has_bias[i] else None
+                setattr(owner, name, _linear(weights[i], bias))
+            del owner._modules[group.packed]
             changed = True
-        for _, owner, name in _projections(family, block)[3:]:
-            module = getattr(owner, name, None)
-            if isinstance(module, SparseLinear):
-                setattr(owner, name, _linear(lcc_kernels.unpack(module.packed), module.bias))
-                changed = True
         if changed:
             restored.append(index)
     if not restored:
@@ -232,82 +261,72 @@ def _check_layers(layers: Iterable[int] | None, count: int) -> list[int]:
     return sorted(chosen)
 
 
-def _projections(family: Family, block: nn.Module) -> list[tuple[str, nn.Module, str]]:
-    """(owner path, owner module, attribute) of each projection a swap may replace:
-    q/k/v_proj, o_proj, then the MLP's gate/up/down_proj."""
-    attention, mlp = block.get_submodule(family.attention), block.get_submodule(family.mlp)
-    names = (family.q_proj, family.k_proj, family.v_proj, family.o_proj)
-    mlp_names = (family.gate_proj, family.up_proj, family.down_proj)
-    return [(family.attention, attention, n) for n in names] + [
-        (family.mlp, mlp, n) for n in mlp_names
-    ]
-
-
 def _plan_layer(
     family: Family, block: nn.Module, layer: int, format: str, min_sparsity: float, mlp: bool
 ) -> list[_Plan]:
-    places = _projections(family, block)
-    modules = [getattr(owner, name, None) for _, owner, name in places]
-    if PACKED_QKV in block.get_submodule(family.attention)._modules or any(
-        isinstance(m, (ProjectionView, PackedLinear)) for m in modules
-    ):
-        raise SwapError(f"layer {layer} is already swapped; unswap_attention(model) first")
-    swapped = len(places) if mlp else 4
-    for (path, _, name), module in zip(places[:swapped], modules[:swapped], strict=True):
-        if not isinstance(module, nn.Linear):
-            raise SwapError(
-                f"layer {layer} {path}.{name} is {type(module).__name__}, not an nn.Linear"
-            )
-    qkv_names = tuple(name for _, _, name in places[:3])
-    plans = [
-        _plan_group(layer, "qkv", family.attention, qkv_names, modules[:3], format, min_sparsity)
-    ]
-    for (path, _, name), module in zip(places[3:swapped], modules[3:swapped], strict=True):
-        plans.append(_plan_group(layer, name, path, (name,), [module], format, min_sparsity))
+    every = _groups(family, mlp=True)
+    for group in every:  # also what this call leaves alone: a second swap would mix them
+        owner = block.get_submodule(group.owner)
+        modules = [getattr(owner, name, None) for name in group.projections]
+        if (group.packed is not None and group.packed in owner._modules) or any(
+            isinstance(m, (ProjectionView, PackedLinear)) for m in modules
+        ):
+            raise SwapError(f"layer {layer} is already swapped; unswap_attention(model) first")
+    plans = []
+    for group in _groups(family, mlp):
+        owner = block.get_submodule(group.owner)
+        linears = []
+        for name in group.projections:
+            module = getattr(owner, name, None)
+            if not isinstance(module, nn.Linear):
+                raise SwapError(
+                    f"layer {layer} {group.owner}.{name} is {type(module).__name__}, "
+                    "not an nn.Linear"
+                )
+            linears.append(module)
+        plans.append(_plan_group(layer, group, tuple(linears), format, min_sparsity))
     return plans
 
 
 def _plan_group(
     layer: int,
-    group: str,
-    owner: str,
-    names: tuple[str, ...],
-    linears: Sequence[nn.Linear],
+    group: _Group,
+    linears: tuple[nn.Linear, ...],
     format: str,
     min_sparsity: float,
 ) -> _Plan:
-    linears = tuple(linears)
     weights = [m.weight.detach() for m in linears]
-    where = [f"layer {layer} {owner}.{n}" for n in names]
+    where = [f"layer {layer} {group.owner}.{n}" for n in group.projections]
     for w, what in zip(weights, where, strict=True):
         if w.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             raise SwapError(f"{what} has dtype {w.dtype}; packed weights are fp16/bf16/fp32")
     sparsities = [float((w == 0).sum()) / w.numel() for w in weights]
     dense = [s == 0 or s < min_sparsity for s in sparsities]
     if all(dense):
-        return _Plan(layer, group, owner, names, linears, "dense")
+        return _Plan(layer, group, linears, "dense")
     if any(dense):
         raise SwapError(
             f"{where[dense.index(True)]} is not pruned ({sparsities[dense.index(True)]:.2%} "
             f"zeros, below min_sparsity {min_sparsity:.0%}) while "
-            f"{where[dense.index(False)]} is: q/k/v are packed together, so either all or "
-            "none of them must be sparse (prune it, or leave the layer out with layers=)"
+            f"{where[dense.index(False)]} is: {'/'.join(group.projections)} are packed "
+            "together, so either all or none of them must be sparse (prune it, or leave the "
+            "layer out with layers=)"
         )
     if len({w.dtype for w in weights}) > 1:
         raise SwapError(
-            f"layer {layer} {group} matrices have different dtypes "
+            f"layer {layer} {group.name} matrices have different dtypes "
             f"{[str(w.dtype) for w in weights]}"
         )
     if format == "bitmap":
-        return _Plan(layer, group, owner, names, linears, "bitmap")
+        return _Plan(layer, group, linears, "bitmap")
     problems = [(what, _not_24(w)) for w, what in zip(weights, where, strict=True)]
     problems = [(what, why) for what, why in problems if why]
     if not problems:
-        return _Plan(layer, group, owner, names, linears, "2:4")
+        return _Plan(layer, group, linears, "2:4")
     if format == "2:4":
         what, why = problems[0]
         raise SwapError(f"{what} does not fit the 2:4 format: {why}")
-    return _Plan(layer, group, owner, names, linears, "bitmap")
+    return _Plan(layer, group, linears, "bitmap")
 
 
 def _not_24(weight: torch.Tensor) -> str | None:
@@ -340,16 +359,16 @@ def _swap_group(
     shape = (sum(w.shape[0] for w in weights), weights[0].shape[1])
     nonzeros = sum(int((w != 0).sum()) for w in weights)
     before = sum(w.numel() * w.element_size() for w in weights)
-    result = SwappedGroup(
-        plan.layer, plan.group, plan.format, shape, nonzeros / (shape[0] * shape[1]), before, before
-    )
+    group = plan.group
+    density = nonzeros / (shape[0] * shape[1])
+    result = SwappedGroup(plan.layer, group.name, plan.format, shape, density, before, before)
     if plan.format == "dense":
         return result
     packed = lcc_kernels.pack_many(weights, plan.format, tile=tile)
-    owner = block.get_submodule(plan.owner)
-    if plan.group != "qkv":
+    owner = block.get_submodule(group.owner)
+    if group.packed is None:
         module = SparseLinear(packed, plan.linears[0].bias, backend, decode_streams=decode_streams)
-        setattr(owner, plan.names[0], module)
+        setattr(owner, group.projections[0], module)
     else:
         has_bias = tuple(m.bias is not None for m in plan.linears)
         bias = None
@@ -363,9 +382,9 @@ def _swap_group(
                     for m in plan.linears
                 ]
             )
-        module = PackedQKV(packed, bias, has_bias, backend, decode_streams=decode_streams)
-        owner.add_module(PACKED_QKV, module)
-        for index, name in enumerate(plan.names):
+        module = PackedProjections(packed, bias, has_bias, backend, decode_streams=decode_streams)
+        owner.add_module(group.packed, module)
+        for index, name in enumerate(group.projections):
             setattr(owner, name, ProjectionView(module, index, name))
     result.bytes_after = packed.nbytes
     result.bytes_streams = module.streams_bytes

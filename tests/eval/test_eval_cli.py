@@ -159,7 +159,7 @@ def test_swap_evaluates_the_same_model_with_packed_attention(tmp_path, capsys):
     assert plain["swap"] is None
     groups = [{(g["group"], g["format"]) for g in r["swap"]["groups"]} for r in swapped]
     assert groups[0] == {("qkv", "2:4"), ("o_proj", "2:4")}
-    assert groups[1] == groups[0] | {(n, "2:4") for n in ("gate_proj", "up_proj", "down_proj")}
+    assert groups[1] == groups[0] | {("gate_up", "2:4"), ("down_proj", "2:4")}
     for report in swapped:
         assert report["tasks"]["arc_easy"]["acc"] == plain["tasks"]["arc_easy"]["acc"]
         assert report["perplexity"]["perplexity"] == pytest.approx(

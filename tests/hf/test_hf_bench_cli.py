@@ -140,7 +140,7 @@ def test_bench_mlp_swaps_and_times_the_mlp_too(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["logits_check"]["ok"] and report["swap"]["mlp"] is True
     groups = {(g["layer"], g["group"]): g["format"] for g in report["swap"]["groups"]}
-    names = ("qkv", "o_proj", "gate_proj", "up_proj", "down_proj")
+    names = ("qkv", "o_proj", "gate_up", "down_proj")
     assert groups == {(i, n): "bitmap" for i in range(2) for n in names}
     mlp_bytes = report["weight_bytes"]["swapped"]
     assert main(argv) == 0  # the attention alone: the MLP stays dense, more bytes are read

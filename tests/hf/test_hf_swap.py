@@ -21,7 +21,7 @@ from torch import nn
 
 import lcc_kernels
 from restorelcc import SwapReport, swap_attention, unswap_attention
-from restorelcc.hf.attention import PackedQKV, ProjectionView, SparseLinear
+from restorelcc.hf.attention import PackedProjections, ProjectionView, SparseLinear
 from restorelcc.testing import TINY_SHAPES, tiny_model
 
 FAMILIES = sorted(TINY_SHAPES)
@@ -236,7 +236,7 @@ def test_two_instances_swapped_differently_do_not_interfere():
     assert attention(copied, 1).packed_qkv is not attention(second, 1).packed_qkv
     unswap_attention(first)
     assert isinstance(attention(first, 1).q_proj, nn.Linear)
-    assert isinstance(attention(second, 1).packed_qkv, PackedQKV)
+    assert isinstance(attention(second, 1).packed_qkv, PackedProjections)
     assert_matches(second, second_pruned, _ids(), torch.float32)
     assert_matches(first, first_pruned, _ids(), torch.float32)
     unswap_attention(second)

@@ -1,5 +1,5 @@
-"""swap_attention(mlp=True): the MLP's gate/up/down_proj swapped too, one SparseLinear each;
-logits, launches, unswap bit for bit, generation, state dicts, refusals."""
+"""swap_attention(mlp=True): the MLP swapped too, gate/up packed as one (like q/k/v) and
+down_proj alone; logits, launches, unswap bit for bit, generation, state dicts, refusals."""
 
 import copy
 
@@ -21,7 +21,7 @@ from torch import nn
 
 import lcc_kernels
 from restorelcc import swap_attention, unswap_attention
-from restorelcc.hf.attention import SparseLinear
+from restorelcc.hf.attention import PackedProjections, ProjectionView, SparseLinear
 from restorelcc.hf.swap import SwapError
 from restorelcc.testing import TINY_SHAPES, tiny_model
 
@@ -45,10 +45,12 @@ def test_swapped_mlp_logits_match_and_unswap_is_bit_identical(name, pattern):
     report = swap_attention(model, mlp=True)
     layers = TINY_SHAPES[name][1]
     groups = {(g.layer, g.group): g.format for g in report.groups}
-    expected_groups = ("qkv", "o_proj", *MLP_PROJECTIONS)
+    expected_groups = ("qkv", "o_proj", "gate_up", "down_proj")
     assert groups == {(i, g): PATTERNS[pattern] for i in range(layers) for g in expected_groups}
     assert report.to_dict()["mlp"] is True
-    assert all(isinstance(getattr(mlp(model, 0), n), SparseLinear) for n in MLP_PROJECTIONS)
+    assert isinstance(mlp(model, 0).packed_gate_up, PackedProjections)
+    assert isinstance(mlp(model, 0).gate_proj, ProjectionView)
+    assert isinstance(mlp(model, 0).down_proj, SparseLinear)
     assert_matches(model, pruned, _ids(), torch.float32)
     model.half()
     assert unswap_attention(model) == list(range(layers))
@@ -68,7 +70,7 @@ def test_by_default_the_mlp_stays_nn_linear():
     assert all(type(getattr(mlp(model, 1), n)) is nn.Linear for n in MLP_PROJECTIONS)
 
 
-def test_five_launches_per_layer(monkeypatch):
+def test_four_launches_per_layer(monkeypatch):
     model = _pruned("llama-gqa", "unstructured")
     swap_attention(model, mlp=True)
     rows = []
@@ -81,7 +83,7 @@ def test_five_launches_per_layer(monkeypatch):
     monkeypatch.setattr(lcc_kernels, "sparse_linear", spy)
     logits(model, _ids(2, 5))
     hidden, qkv_n, inner = 96, (6 + 2 + 2) * 16, 2 * 96 + 8
-    per_layer = [(qkv_n, hidden), (hidden, 96), (inner, hidden), (inner, hidden), (hidden, inner)]
+    per_layer = [(qkv_n, hidden), (hidden, 96), (2 * inner, hidden), (hidden, inner)]
     assert rows == [(10, shape) for shape in per_layer] * 2
 
 
@@ -109,12 +111,13 @@ def test_state_dict_and_save_pretrained_are_the_plain_models(tmp_path):
 def test_an_unpruned_mlp_is_left_dense_and_a_pruned_one_alone_is_swapped():
     model = add_o_bias(prune_attention(tiny_model("llama-gqa"), "2:4"))
     report = swap_attention(copy.deepcopy(model), mlp=True)
-    assert {g.format for g in report.groups if g.group in MLP_PROJECTIONS} == {"dense"}
+    mlp_groups = ("gate_up", "down_proj")
+    assert {g.format for g in report.groups if g.group in mlp_groups} == {"dense"}
     mlp_only = prune_mlp(tiny_model("llama-gqa"), "unstructured", layers=[1])
     reference = copy.deepcopy(mlp_only)
     report = swap_attention(mlp_only, mlp=True)
     assert report.swapped_layers == [1]
-    assert {g.group for g in report.groups if g.format != "dense"} == set(MLP_PROJECTIONS)
+    assert {g.group for g in report.groups if g.format != "dense"} == {"gate_up", "down_proj"}
     assert_matches(mlp_only, reference, _ids(), torch.float32)
     with pytest.raises(SwapError, match="layer 1 is already swapped"):
         swap_attention(mlp_only)  # its attention is plain nn.Linear, its MLP is not
@@ -130,3 +133,7 @@ def test_mlp_refusals_name_the_matrix():
     with pytest.raises(SwapError, match=r"layer 1 mlp\.up_proj is Identity, not an nn\.Linear"):
         swap_attention(model, mlp=True)
     swap_attention(model)  # the attention alone does not look at the MLP
+    half = prune_attention(tiny_model("llama-mha"), "2:4")
+    prune_attention(half, "2:4", names=("gate_proj", "down_proj"), owner=mlp)
+    with pytest.raises(SwapError, match=r"layer 0 mlp\.up_proj is not pruned .* gate_proj/up_proj"):
+        swap_attention(half, mlp=True)  # gate and up are one launch: both sparse or neither

@@ -75,7 +75,7 @@ def test_mlp_swapped_too_fp16(triton_rows, pattern, backend):
     swapped.half()
     prompt = torch.randint(0, 256, (1, 5), device=DEVICE)
     assert_matches(swapped, pruned, prompt, torch.float16)
-    assert triton_rows == [5] * 10  # 2 layers x (qkv, o_proj, gate, up, down)
+    assert triton_rows == [5] * 8  # 2 layers x (qkv, o_proj, gate_up, down_proj)
 
 
 def test_streams_decode_bitmap_fp32(monkeypatch):

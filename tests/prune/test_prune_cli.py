@@ -155,8 +155,8 @@ def test_inspect_swap_previews_what_swap_attention_would_pack(tiny_dir, tmp_path
     assert all(g["bytes_after"] < g["bytes_before"] for g in groups)
     assert main(["inspect", str(pruned), "--swap", "auto", "--mlp", "--json", str(report)]) == 0
     groups = json.loads(report.read_text())["swap"]["groups"]
-    assert [g["group"] for g in groups][2:5] == ["gate_proj", "up_proj", "down_proj"]
-    assert {g["format"] for g in groups} == {"2:4"} and len(groups) == 10
+    assert [g["group"] for g in groups][:4] == ["qkv", "o_proj", "gate_up", "down_proj"]
+    assert {g["format"] for g in groups} == {"2:4"} and len(groups) == 8
     assert main(["inspect", str(pruned), "--mlp"]) == 2
     assert "--mlp previews the MLP's swap too: it needs --swap" in capsys.readouterr().err
     assert main(["inspect", str(tiny_dir), "--swap", "auto"]) == 0
