@@ -36,8 +36,8 @@ from .linear import dense_linear_triton, derived_copy, sparse_linear
 SHAPES = {
     "llama3-8b-qkv": (6144, 4096),
     "llama3-8b-o": (4096, 4096),
-    # the MLP (swap_attention(mlp=True)): gate_proj and up_proj each, then down_proj
-    "llama3-8b-gate": (14336, 4096),
+    # the MLP (swap_attention(mlp=True)): gate_proj and up_proj packed as one, down_proj
+    "llama3-8b-gate-up": (28672, 4096),
     "llama3-8b-down": (4096, 14336),
     "llama2-7b-qkv": (12288, 4096),
     "llama3-70b-qkv": (10240, 8192),
