@@ -141,16 +141,23 @@ def test_decode_streams_run_decode_on_streams_and_prefill_on_tiles(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("pattern", "backend", "op"),
-    [("2:4", "skinny", "sparse24_linear"), ("unstructured", "streams", "bitmap_streams_linear")],
+    ("pattern", "backend", "op", "mlp"),
+    [
+        ("2:4", "skinny", "sparse24_linear", False),
+        ("unstructured", "streams", "bitmap_streams_linear", False),
+        ("2:4", "skinny", "sparse24_linear", True),  # + one gate/up launch and down_proj's
+    ],
 )
-def test_compiled_swapped_model_is_one_graph_with_one_qkv_launch_per_layer(pattern, backend, op):
+def test_compiled_swapped_model_is_one_graph_with_one_qkv_launch_per_layer(
+    pattern, backend, op, mlp
+):
     import lcc_kernels
     from restorelcc.hf.attention import PackedLinear
 
-    pruned = _model(pattern)
+    pruned = prune_mlp(_model(pattern), pattern) if mlp else _model(pattern)
     swapped = copy.deepcopy(pruned)
-    swap_attention(swapped, "2:4" if pattern == "2:4" else "bitmap", backend=backend)
+    fmt = "2:4" if pattern == "2:4" else "bitmap"
+    swap_attention(swapped, fmt, backend=backend, mlp=mlp)
     if backend == "streams":  # layouts are built before tracing
         for module in swapped.modules():
             if isinstance(module, PackedLinear):
@@ -171,5 +178,6 @@ def test_compiled_swapped_model_is_one_graph_with_one_qkv_launch_per_layer(patte
         for node in graphs[0].graph.nodes
         if node.op == "call_function" and "lcc_kernels" in str(node.target)
     ]
-    assert launches == [f"lcc_kernels.{op}.default"] * 2 * 2  # 2 layers x (q/k/v, o_proj)
+    per_layer = 4 if mlp else 2  # q/k/v, o_proj (, gate/up, down_proj)
+    assert launches == [f"lcc_kernels.{op}.default"] * 2 * per_layer  # 2 layers
     assert_matches(compiled, pruned, prompt, torch.float32)
