@@ -216,7 +216,7 @@ def test_cli_prune_restore_bench_on_device(device, tmp_path, tokenizer, capsys):
     bench = tmp_path / "bench.json"
     assert main(
         ["bench", "--model", str(pruned_dir), "--adapter", str(out), "--batches", "2",
-         "--context", "8", "--prefill", "8", "--rounds", "2", "--rep-ms", "5",
+         "--context", "8", "--prefill", "8", "--rounds", "2", "--rep-ms", "5", "--mlp",
          "--device", device, "--json", str(bench), "--quiet"]
     ) == 0  # fmt: skip
     assert "logits check ok" in capsys.readouterr().out
@@ -224,6 +224,8 @@ def test_cli_prune_restore_bench_on_device(device, tmp_path, tokenizer, capsys):
     assert timed["device"] == device and timed["timing_claims"] == (device == "cuda")
     assert timed["dtype"] == ("bfloat16" if device == "cuda" else "float32")
     assert timed["formats"] == ["2:4"] and timed["adapter"]["selected_heads"] == 3
+    groups = {(g["group"], g["format"]) for g in timed["swap"]["groups"]}
+    assert groups == {(g, "2:4") for g in ("qkv", "o_proj", "gate_up", "down_proj")}
     assert timed["logits_check"]["ok"]
     assert [(r["phase"], r["batch"]) for r in timed["rows"]] == [("decode", 2), ("prefill", 1)]
     for row in timed["rows"]:
