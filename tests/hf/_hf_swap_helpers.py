@@ -8,9 +8,12 @@ from torch import nn
 
 from restorelcc.hf.families import decoder_layers, family_of
 from restorelcc.latency import LOGITS_ATOL
+from restorelcc.testing import TINY_SHAPES, tiny_model
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+FAMILIES = sorted(TINY_SHAPES)
+PATTERNS = {"2:4": "2:4", "unstructured": "bitmap"}  # pruning -> the format "auto" picks
 # Added to twice PyTorch's own error (the tolerance rule of the kernel tests).
 ATOL = LOGITS_ATOL
 
@@ -117,3 +120,14 @@ def assert_generation_matches(swapped, pruned, prompt, new_tokens: int, dtype) -
     torch_error = (torch.stack(plain.logits, 1).double() - oracle).abs().max().item()
     limit = 2 * torch_error + ATOL[dtype]
     assert error <= limit, f"max error {error:.3g} > {limit:.3g} (PyTorch's: {torch_error:.3g})"
+
+
+def pruned_model(name: str, pattern: str, seed: int = 0, mlp: bool = False):
+    """A tiny model with its attention (and with ``mlp``, its MLP) pruned to ``pattern``
+    and an o_proj bias."""
+    model = add_o_bias(prune_attention(tiny_model(name, seed=seed), pattern))
+    return prune_mlp(model, pattern) if mlp else model
+
+
+def random_ids(batch: int = 2, length: int = 11) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, length))

@@ -7,6 +7,8 @@ import re
 import pytest
 import torch
 from _hf_swap_helpers import (
+    FAMILIES,
+    PATTERNS,
     add_o_bias,
     assert_generation_matches,
     assert_matches,
@@ -14,6 +16,8 @@ from _hf_swap_helpers import (
     linear_state,
     logits,
     prune_attention,
+    pruned_model,
+    random_ids,
     same_bits,
 )
 from safetensors.torch import load_file, save_file
@@ -24,23 +28,12 @@ from restorelcc import SwapReport, swap_attention, unswap_attention
 from restorelcc.hf.attention import PackedProjections, ProjectionView, SparseLinear
 from restorelcc.testing import TINY_SHAPES, tiny_model
 
-FAMILIES = sorted(TINY_SHAPES)
-PATTERNS = {"2:4": "2:4", "unstructured": "bitmap"}  # pruning -> the format "auto" picks
-
-
-def _pruned(name: str, pattern: str, seed: int = 0):
-    return add_o_bias(prune_attention(tiny_model(name, seed=seed), pattern))
-
-
-def _ids(batch: int = 2, length: int = 11) -> torch.Tensor:
-    return torch.randint(0, 256, (batch, length))
-
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("pattern", list(PATTERNS))
 @pytest.mark.parametrize("name", FAMILIES)
 def test_swapped_logits_match_the_pruned_model(name, pattern, dtype):
-    pruned = _pruned(name, pattern)
+    pruned = pruned_model(name, pattern)
     swapped = copy.deepcopy(pruned)
     report = swap_attention(swapped)  # fp32, then converted: the buffers follow .to()
     swapped.to(dtype)
@@ -50,11 +43,11 @@ def test_swapped_logits_match_the_pruned_model(name, pattern, dtype):
     qkv = attention(swapped, 0).packed_qkv
     assert qkv.packed.dtype == dtype and qkv.packed.format == PATTERNS[pattern]
     assert isinstance(attention(swapped, 0).o_proj, SparseLinear)
-    assert_matches(swapped, pruned, _ids(), dtype)
+    assert_matches(swapped, pruned, random_ids(), dtype)
 
 
 def test_qwen2_qkv_biases_are_carried():
-    pruned = _pruned("qwen2-gqa", "2:4")
+    pruned = pruned_model("qwen2-gqa", "2:4")
     assert attention(pruned, 0).q_proj.bias is not None  # the family's own q/k/v biases
     swapped = copy.deepcopy(pruned)
     swap_attention(swapped)
@@ -62,11 +55,11 @@ def test_qwen2_qkv_biases_are_carried():
     source = attention(pruned, 1)
     expected = torch.cat([source.q_proj.bias, source.k_proj.bias, source.v_proj.bias])
     assert owner.has_bias == (True, True, True) and torch.equal(owner.bias, expected)
-    assert_matches(swapped, pruned, _ids(), torch.float32)
+    assert_matches(swapped, pruned, random_ids(), torch.float32)
 
 
 def test_one_launch_for_qkv_and_one_for_o_proj(monkeypatch):
-    model = _pruned("llama-gqa", "unstructured")
+    model = pruned_model("llama-gqa", "unstructured")
     swap_attention(model)
     rows = []
     real = lcc_kernels.sparse_linear
@@ -76,13 +69,13 @@ def test_one_launch_for_qkv_and_one_for_o_proj(monkeypatch):
         return real(x, weight, bias, **kwargs)
 
     monkeypatch.setattr(lcc_kernels, "sparse_linear", spy)
-    logits(model, _ids(2, 5))
+    logits(model, random_ids(2, 5))
     hidden, qkv_n = 96, (6 + 2 + 2) * 16
     assert rows == [(10, (qkv_n, hidden)), (10, (hidden, 96))] * 2
 
 
 def test_views_recompute_when_called_alone_or_twice():
-    model = _pruned("llama-mha", "2:4")
+    model = pruned_model("llama-mha", "2:4")
     reference = copy.deepcopy(model)
     swap_attention(model)
     x = torch.randn(3, 64)
@@ -99,7 +92,7 @@ def test_views_recompute_when_called_alone_or_twice():
 @pytest.mark.parametrize("pattern", list(PATTERNS))
 @pytest.mark.parametrize("name", FAMILIES)
 def test_unswap_gives_back_bit_identical_linears(name, pattern):
-    pruned = _pruned(name, pattern)
+    pruned = pruned_model(name, pattern)
     model = copy.deepcopy(pruned)
     swap_attention(model)
     model.half()  # unswap gives back what the model holds now, at its dtype
@@ -109,11 +102,11 @@ def test_unswap_gives_back_bit_identical_linears(name, pattern):
     for key in before:
         assert same_bits(before[key], after[key]), key
     assert all(not hasattr(attention(model, i), "packed_qkv") for i in range(2))
-    assert_matches(model, pruned.float(), _ids(), torch.float16)
+    assert_matches(model, pruned.float(), random_ids(), torch.float16)
 
 
 def test_a_no_op_conversion_keeps_the_streams_layouts_and_a_real_one_rebuilds():
-    pruned = _pruned("llama-gqa", "unstructured")
+    pruned = pruned_model("llama-gqa", "unstructured")
     model = copy.deepcopy(pruned)
     swap_attention(model, "bitmap")
     owner = attention(model, 0).packed_qkv
@@ -123,14 +116,14 @@ def test_a_no_op_conversion_keeps_the_streams_layouts_and_a_real_one_rebuilds():
     model.half()
     assert owner.packed.values.dtype == torch.float16 and not owner.packed.cache
     assert lcc_kernels.prepare_streams(owner.packed).values.dtype == torch.float16
-    assert_matches(model, pruned, _ids(), torch.float16)
+    assert_matches(model, pruned, random_ids(), torch.float16)
 
 
 def test_generate_uses_the_kv_cache_and_matches(monkeypatch):
-    pruned = _pruned("mistral-gqa", "unstructured")
+    pruned = pruned_model("mistral-gqa", "unstructured")
     swapped = copy.deepcopy(pruned)
     swap_attention(swapped)
-    prompt = _ids(1, 6)
+    prompt = random_ids(1, 6)
     rows = []
     real = lcc_kernels.sparse_linear
     monkeypatch.setattr(
@@ -146,7 +139,7 @@ def test_generate_uses_the_kv_cache_and_matches(monkeypatch):
 @pytest.mark.parametrize("pattern", list(PATTERNS))
 @pytest.mark.parametrize("name", ["llama-3x5", "qwen2-gqa"])  # qwen2: q/k/v biases
 def test_state_dict_is_the_unswapped_models(name, pattern):
-    pruned = _pruned(name, pattern)
+    pruned = pruned_model(name, pattern)
     swapped = copy.deepcopy(pruned)
     swap_attention(swapped)
     plain, ours = pruned.state_dict(), swapped.state_dict()
@@ -162,16 +155,16 @@ def test_save_pretrained_of_a_swapped_model_loads_in_plain_transformers(tmp_path
     swap_attention(swapped)
     swapped.save_pretrained(tmp_path / "saved")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
-    ids = _ids()
+    ids = random_ids()
     assert torch.equal(logits(loaded, ids), logits(pruned, ids))
 
 
 def test_plain_state_dict_loads_into_a_swapped_model_through_safetensors(tmp_path):
-    source = _pruned("llama-3x5", "unstructured")
+    source = pruned_model("llama-3x5", "unstructured")
     save_file(source.state_dict(), tmp_path / "plain.safetensors")
     state = load_file(tmp_path / "plain.safetensors")
-    ids = _ids()
-    target = _pruned("llama-3x5", "unstructured", seed=1)
+    ids = random_ids()
+    target = pruned_model("llama-3x5", "unstructured", seed=1)
     swap_attention(target)
     assert not torch.equal(logits(target, ids), logits(source, ids))
     target.load_state_dict(state)
@@ -182,7 +175,7 @@ def test_plain_state_dict_loads_into_a_swapped_model_through_safetensors(tmp_pat
 
 
 def test_partial_load_replaces_only_what_it_names():
-    target = _pruned("llama-gqa", "2:4")
+    target = pruned_model("llama-gqa", "2:4")
     swap_attention(target)
     before = target.state_dict()
     new_q = prune_attention(tiny_model("llama-gqa", seed=3), "2:4").model.layers[0].self_attn
@@ -195,22 +188,22 @@ def test_partial_load_replaces_only_what_it_names():
 
 
 def test_state_dicts_that_do_not_fit_are_refused():
-    target = _pruned("llama-mha", "2:4")
+    target = pruned_model("llama-mha", "2:4")
     swap_attention(target)
     with pytest.raises(
         RuntimeError,
         match=r"size mismatch for model\.layers\.0\.self_attn\.k_proj\.weight: copying a "
         r"param with shape \(32, 64\) from checkpoint, the shape in current model is \(64, 64\)",
     ):
-        target.load_state_dict(_pruned("qwen2-gqa", "2:4").state_dict(), strict=False)
-    unstructured = _pruned("llama-mha", "unstructured").state_dict()
+        target.load_state_dict(pruned_model("qwen2-gqa", "2:4").state_dict(), strict=False)
+    unstructured = pruned_model("llama-mha", "unstructured").state_dict()
     with pytest.raises(RuntimeError, match=r"q_proj\.weight does not fit this 2:4 module") as error:
         target.load_state_dict(unstructured)
     k_row = re.search(
         r"k_proj\.weight does not fit this 2:4 module: .*? row (\d+)", str(error.value)
     )
     assert int(k_row.group(1)) < 64  # a row of k_proj, not of the stacked q/k/v
-    state = _pruned("llama-mha", "2:4").state_dict()
+    state = pruned_model("llama-mha", "2:4").state_dict()
     del state["model.layers.1.self_attn.v_proj.weight"]
     state["model.layers.1.self_attn.packed_qkv.packed_values"] = torch.zeros(3)
     with pytest.raises(
@@ -221,8 +214,8 @@ def test_state_dicts_that_do_not_fit_are_refused():
 
 def test_two_instances_swapped_differently_do_not_interfere():
     first_pruned, second_pruned = (
-        _pruned("llama-mha", "2:4"),
-        _pruned("llama-mha", "unstructured", 1),
+        pruned_model("llama-mha", "2:4"),
+        pruned_model("llama-mha", "unstructured", 1),
     )
     first, second = copy.deepcopy(first_pruned), copy.deepcopy(second_pruned)
     swap_attention(first, "2:4")
@@ -237,10 +230,10 @@ def test_two_instances_swapped_differently_do_not_interfere():
     unswap_attention(first)
     assert isinstance(attention(first, 1).q_proj, nn.Linear)
     assert isinstance(attention(second, 1).packed_qkv, PackedProjections)
-    assert_matches(second, second_pruned, _ids(), torch.float32)
-    assert_matches(first, first_pruned, _ids(), torch.float32)
+    assert_matches(second, second_pruned, random_ids(), torch.float32)
+    assert_matches(first, first_pruned, random_ids(), torch.float32)
     unswap_attention(second)
-    assert_matches(copied, second_pruned, _ids(), torch.float32)
+    assert_matches(copied, second_pruned, random_ids(), torch.float32)
 
 
 def test_dense_groups_are_left_alone_and_reported():
@@ -266,7 +259,7 @@ def test_dense_groups_are_left_alone_and_reported():
     )
     assert report.swapped_layers == [1] and "all" in report.table()
     assert report.to_dict()["groups"][2]["format"] == "2:4"
-    assert_matches(model, reference, _ids(), torch.float32)
+    assert_matches(model, reference, random_ids(), torch.float32)
     assert unswap_attention(model) == [1]
 
 
@@ -293,7 +286,7 @@ def test_a_few_exact_zeros_do_not_make_a_matrix_pruned():
     assert packed_anyway.bytes_after > packed_anyway.bytes_before  # why it is not the default
 
 
-def test_min_sparsity_decides_what_counts_as_pruned():
+def test_min_sparsity_decides_what_counts_aspruned_model():
     model = prune_attention(tiny_model("llama-gqa"), "unstructured")  # 60% zeros
     assert {g.format for g in swap_attention(copy.deepcopy(model)).groups} == {"bitmap"}
     assert {g.format for g in swap_attention(model, min_sparsity=0.7).groups} == {"dense"}

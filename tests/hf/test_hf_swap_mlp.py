@@ -6,7 +6,9 @@ import copy
 import pytest
 import torch
 from _hf_swap_helpers import (
+    FAMILIES,
     MLP_PROJECTIONS,
+    PATTERNS,
     add_o_bias,
     assert_generation_matches,
     assert_matches,
@@ -15,6 +17,8 @@ from _hf_swap_helpers import (
     mlp,
     prune_attention,
     prune_mlp,
+    pruned_model,
+    random_ids,
     same_bits,
 )
 from torch import nn
@@ -25,22 +29,11 @@ from restorelcc.hf.attention import PackedProjections, ProjectionView, SparseLin
 from restorelcc.hf.swap import SwapError
 from restorelcc.testing import TINY_SHAPES, tiny_model
 
-FAMILIES = sorted(TINY_SHAPES)
-PATTERNS = {"2:4": "2:4", "unstructured": "bitmap"}  # pruning -> the format "auto" picks
-
-
-def _pruned(name: str, pattern: str, seed: int = 0):
-    return prune_mlp(add_o_bias(prune_attention(tiny_model(name, seed=seed), pattern)), pattern)
-
-
-def _ids(batch: int = 2, length: int = 11) -> torch.Tensor:
-    return torch.randint(0, 256, (batch, length))
-
 
 @pytest.mark.parametrize("pattern", list(PATTERNS))
 @pytest.mark.parametrize("name", FAMILIES)
 def test_swapped_mlp_logits_match_and_unswap_is_bit_identical(name, pattern):
-    pruned = _pruned(name, pattern)
+    pruned = pruned_model(name, pattern, mlp=True)
     model = copy.deepcopy(pruned)
     report = swap_attention(model, mlp=True)
     layers = TINY_SHAPES[name][1]
@@ -51,7 +44,7 @@ def test_swapped_mlp_logits_match_and_unswap_is_bit_identical(name, pattern):
     assert isinstance(mlp(model, 0).packed_gate_up, PackedProjections)
     assert isinstance(mlp(model, 0).gate_proj, ProjectionView)
     assert isinstance(mlp(model, 0).down_proj, SparseLinear)
-    assert_matches(model, pruned, _ids(), torch.float32)
+    assert_matches(model, pruned, random_ids(), torch.float32)
     model.half()
     assert unswap_attention(model) == list(range(layers))
     for names_owner in ({}, {"names": MLP_PROJECTIONS, "owner": mlp}):
@@ -64,14 +57,14 @@ def test_swapped_mlp_logits_match_and_unswap_is_bit_identical(name, pattern):
 
 
 def test_by_default_the_mlp_stays_nn_linear():
-    model = _pruned("llama-gqa", "2:4")
+    model = pruned_model("llama-gqa", "2:4", mlp=True)
     report = swap_attention(model)
     assert {g.group for g in report.groups} == {"qkv", "o_proj"} and not report.mlp
     assert all(type(getattr(mlp(model, 1), n)) is nn.Linear for n in MLP_PROJECTIONS)
 
 
 def test_four_launches_per_layer(monkeypatch):
-    model = _pruned("llama-gqa", "unstructured")
+    model = pruned_model("llama-gqa", "unstructured", mlp=True)
     swap_attention(model, mlp=True)
     rows = []
     real = lcc_kernels.sparse_linear
@@ -81,17 +74,17 @@ def test_four_launches_per_layer(monkeypatch):
         return real(x, weight, bias, **kwargs)
 
     monkeypatch.setattr(lcc_kernels, "sparse_linear", spy)
-    logits(model, _ids(2, 5))
+    logits(model, random_ids(2, 5))
     hidden, qkv_n, inner = 96, (6 + 2 + 2) * 16, 2 * 96 + 8
     per_layer = [(qkv_n, hidden), (hidden, 96), (2 * inner, hidden), (hidden, inner)]
     assert rows == [(10, shape) for shape in per_layer] * 2
 
 
 def test_generate_matches_with_the_mlp_swapped():
-    pruned = _pruned("qwen2-gqa", "unstructured")
+    pruned = pruned_model("qwen2-gqa", "unstructured", mlp=True)
     swapped = copy.deepcopy(pruned)
     swap_attention(swapped, mlp=True)
-    assert_generation_matches(swapped, pruned, _ids(1, 6), 5, torch.float32)
+    assert_generation_matches(swapped, pruned, random_ids(1, 6), 5, torch.float32)
 
 
 def test_state_dict_and_save_pretrained_are_the_plain_models(tmp_path):
@@ -104,7 +97,7 @@ def test_state_dict_and_save_pretrained_are_the_plain_models(tmp_path):
     assert list(ours) == list(plain) and all(torch.equal(ours[k], plain[k]) for k in plain)
     swapped.save_pretrained(tmp_path / "saved")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
-    ids = _ids()
+    ids = random_ids()
     assert torch.equal(logits(loaded, ids), logits(pruned, ids))
 
 
@@ -118,14 +111,14 @@ def test_an_unpruned_mlp_is_left_dense_and_a_pruned_one_alone_is_swapped():
     report = swap_attention(mlp_only, mlp=True)
     assert report.swapped_layers == [1]
     assert {g.group for g in report.groups if g.format != "dense"} == {"gate_up", "down_proj"}
-    assert_matches(mlp_only, reference, _ids(), torch.float32)
+    assert_matches(mlp_only, reference, random_ids(), torch.float32)
     with pytest.raises(SwapError, match="layer 1 is already swapped"):
         swap_attention(mlp_only)  # its attention is plain nn.Linear, its MLP is not
     assert unswap_attention(mlp_only) == [1]
 
 
 def test_mlp_refusals_name_the_matrix():
-    model = _pruned("llama-mha", "unstructured")
+    model = pruned_model("llama-mha", "unstructured", mlp=True)
     with pytest.raises(SwapError, match=r"layer 0 mlp\.gate_proj does not fit the 2:4 format"):
         swap_attention(prune_attention(model, "2:4"), "2:4", mlp=True)
     assert all(type(getattr(mlp(model, 0), n)) is nn.Linear for n in MLP_PROJECTIONS)
