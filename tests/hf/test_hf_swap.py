@@ -58,9 +58,10 @@ def test_qwen2_qkv_biases_are_carried():
     assert_matches(swapped, pruned, random_ids(), torch.float32)
 
 
-def test_one_launch_for_qkv_and_one_for_o_proj(monkeypatch):
-    model = pruned_model("llama-gqa", "unstructured")
-    swap_attention(model)
+@pytest.mark.parametrize("mlp", [False, True])
+def test_one_launch_per_packed_group(monkeypatch, mlp):
+    model = pruned_model("llama-gqa", "unstructured", mlp=mlp)
+    swap_attention(model, mlp=mlp)
     rows = []
     real = lcc_kernels.sparse_linear
 
@@ -70,8 +71,11 @@ def test_one_launch_for_qkv_and_one_for_o_proj(monkeypatch):
 
     monkeypatch.setattr(lcc_kernels, "sparse_linear", spy)
     logits(model, random_ids(2, 5))
-    hidden, qkv_n = 96, (6 + 2 + 2) * 16
-    assert rows == [(10, (qkv_n, hidden)), (10, (hidden, 96))] * 2
+    hidden, qkv_n, inner = 96, (6 + 2 + 2) * 16, 2 * 96 + 8
+    per_layer = [(qkv_n, hidden), (hidden, 96)]  # q/k/v as one, o_proj
+    if mlp:
+        per_layer += [(2 * inner, hidden), (hidden, inner)]  # gate/up as one, down_proj
+    assert rows == [(10, shape) for shape in per_layer] * 2
 
 
 def test_views_recompute_when_called_alone_or_twice():

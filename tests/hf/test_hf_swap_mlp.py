@@ -23,7 +23,6 @@ from _hf_swap_helpers import (
 )
 from torch import nn
 
-import lcc_kernels
 from restorelcc import swap_attention, unswap_attention
 from restorelcc.hf.attention import PackedProjections, ProjectionView, SparseLinear
 from restorelcc.hf.swap import SwapError
@@ -61,23 +60,6 @@ def test_by_default_the_mlp_stays_nn_linear():
     report = swap_attention(model)
     assert {g.group for g in report.groups} == {"qkv", "o_proj"} and not report.mlp
     assert all(type(getattr(mlp(model, 1), n)) is nn.Linear for n in MLP_PROJECTIONS)
-
-
-def test_four_launches_per_layer(monkeypatch):
-    model = pruned_model("llama-gqa", "unstructured", mlp=True)
-    swap_attention(model, mlp=True)
-    rows = []
-    real = lcc_kernels.sparse_linear
-
-    def spy(x, weight, bias=None, **kwargs):
-        rows.append((x.shape[:-1].numel(), weight.shape))
-        return real(x, weight, bias, **kwargs)
-
-    monkeypatch.setattr(lcc_kernels, "sparse_linear", spy)
-    logits(model, random_ids(2, 5))
-    hidden, qkv_n, inner = 96, (6 + 2 + 2) * 16, 2 * 96 + 8
-    per_layer = [(qkv_n, hidden), (hidden, 96), (2 * inner, hidden), (hidden, inner)]
-    assert rows == [(10, shape) for shape in per_layer] * 2
 
 
 def test_generate_matches_with_the_mlp_swapped():
