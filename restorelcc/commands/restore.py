@@ -199,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
         "data": str(args.data),
         "pairs": len(pairs),
         **restoration.summary(),
-        "config": config.to_dict(),
+        # another method's settings are its hyper-parameters (RestoreConfig's are not)
+        "config": config.to_dict() if args.method == "restorelcc" else restoration.hyperparameters,
         "report": restoration.report,
         "evaluation": evaluation,
         "run_metadata": run_metadata(),

@@ -162,6 +162,7 @@ def test_other_methods_write_adapters_that_fold(checkpoints, capsys, method, hea
     assert [method, f"{heads}/15", str(trainable)] in [row[:3] for row in rows]  # summary
     report = json.loads((tmp_path / "out" / "restore_report.json").read_text())
     assert report["method"] == method and report["selected_heads"] == heads
+    assert ("l1" in report["config"]) == (method == "lofit")  # the method's own settings
     assert report["trainable_parameters"] == trainable
     restoration = Restoration.load(tmp_path / "out")
     assert restoration.method == method and restoration.trainable_parameters == trainable
