@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM
 
 from restorelcc.baselines import (
     block_sparsity,
+    lofit_baseline,
     lora_baseline,
     merged_sparsity,
     random_heads_restore,
@@ -248,7 +249,7 @@ def test_lora_baselines_train_on_device(device, dora, tokenizer):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_training_free_and_random_heads_on_device(device, tokenizer):
+def test_training_free_random_heads_and_lofit_on_device(device, tokenizer):
     dense, pruned = pruned_pair("llama-3x5", device)
     pairs = synthetic_pairs(8)
 
@@ -266,3 +267,10 @@ def test_training_free_and_random_heads_on_device(device, tokenizer):
     start = initial_coefficients(random, config)
     assert (random.b - start.b.detach()).abs().max() > 1e-4
     assert_fold_equals_attached(random, pruned, device)
+
+    lofit = lofit_baseline(pruned, tokenizer, pairs, config)
+    assert lofit.method == "lofit" and lofit.heads.shape == (4, 2)
+    assert lofit.report["selection"]["steps"] == lofit.report["train"]["steps"] == 2
+    assert_restoration_on_cpu(lofit)
+    assert lofit.scores.device.type == "cpu" and lofit.b.abs().min() > 0  # b starts at zero
+    assert_fold_equals_attached(lofit, pruned, device)
