@@ -242,9 +242,8 @@ def run(args: argparse.Namespace) -> int:
         streams = f" (+ {report.bytes_streams / 2**20:.1f} MiB of decode streams)"
         decode_bytes = payload["weight_bytes"]["swapped_decode_streams"]
         streams_read = f" ({bytes_linear / decode_bytes:.2f}x on the streams, batch <= 4)"
-    swapped_what = "attention and MLP" if report.mlp else "attention"
     print(
-        f"formats {', '.join(payload['formats'])}; {swapped_what} weights "
+        f"formats {', '.join(payload['formats'])}; {report.scope} weights "
         f"{report.bytes_before / 2**20:.1f} -> {report.bytes_after / 2**20:.1f} MiB{streams}; "
         f"weights read per decode step {bytes_linear / bytes_swapped:.2f}x fewer{streams_read}"
     )

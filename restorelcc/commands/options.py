@@ -112,9 +112,8 @@ def swap_pruned_attention(
 
 def describe_swap(report) -> str:
     """One line: the swapped layers, their formats and the bytes of what was swapped."""
-    what = "attention and MLP" if report.mlp else "attention"
     return (
         f"swapped layers {report.swapped_layers[0]}..{report.swapped_layers[-1]} "
-        f"({', '.join(sorted({g.format for g in report.groups}))}); {what} weights "
+        f"({', '.join(sorted({g.format for g in report.groups}))}); {report.scope} weights "
         f"{report.bytes_before / 2**20:.1f} -> {report.bytes_after / 2**20:.1f} MiB"
     )

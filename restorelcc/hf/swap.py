@@ -92,6 +92,11 @@ class SwapReport:
         return sum(g.bytes_after for g in self.groups)
 
     @property
+    def scope(self) -> str:
+        """What the swap covered: "attention", or "attention and MLP"."""
+        return "attention and MLP" if self.mlp else "attention"
+
+    @property
     def swapped_layers(self) -> list[int]:
         return sorted({g.layer for g in self.groups if g.format != "dense"})
 
