@@ -124,7 +124,8 @@ class HeadCompensation(nn.Module):
         self.b = nn.Parameter(torch.randn(heads.shape[0], d, generator=generator) * init_std)
         # Rows of `heads` grouped by layer: layer l's are head_order[bounds[l]:bounds[l+1]].
         # A buffer, so the indices follow the module to its device (no copy per forward).
-        self.register_buffer("head_order", torch.argsort(heads[:, 0], stable=True), False)
+        order = torch.argsort(heads[:, 0], stable=True)
+        self.register_buffer("head_order", order, persistent=False)
         counts = torch.bincount(heads[:, 0], minlength=geometry.layers)
         self._layer_bounds = [0, *torch.cumsum(counts, 0).tolist()]
 
