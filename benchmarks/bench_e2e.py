@@ -150,7 +150,8 @@ def prune_blocks(model, originals: dict, pattern: str, sparsity: float, mlp: boo
     from restorelcc.prune.magnitude import magnitude_mask
     from restorelcc.prune.masks import parse_pattern
 
-    pruned = family_of(model).block_linears if mlp else family_of(model).attention_linears
+    family = family_of(model)
+    pruned = family.block_linears if mlp else family.attention_linears
     for key, linear in block_linears(model).items():
         weight = linear.weight.data
         weight.copy_(originals[key])
