@@ -16,6 +16,20 @@ TINY_SHAPES: dict[str, tuple[str, int, int, int, int, int]] = {
     "llama-3x5": ("llama", 3, 5, 1, 16, 60),
     "qwen2-gqa": ("qwen2", 2, 4, 2, 16, 64),
     "mistral-gqa": ("mistral", 2, 4, 2, 16, 64),
+    "qwen3-gqa": ("qwen3", 2, 4, 2, 16, 64),
+    "gemma-mha": ("gemma", 2, 4, 4, 16, 48),
+    "gemma2-gqa": ("gemma2", 2, 4, 2, 16, 48),
+    "gemma3-gqa": ("gemma3_text", 2, 4, 2, 16, 48),
+    "olmo-mha": ("olmo", 2, 4, 4, 16, 64),
+    "olmo2-gqa": ("olmo2", 2, 4, 2, 16, 64),
+    "olmo3-gqa": ("olmo3", 2, 4, 2, 16, 64),
+    "smollm3-gqa": ("smollm3", 2, 4, 2, 16, 64),
+    "granite-gqa": ("granite", 2, 4, 2, 16, 64),
+    "cohere-gqa": ("cohere", 2, 4, 2, 16, 64),
+    "cohere2-gqa": ("cohere2", 2, 4, 2, 16, 64),
+    "exaone4-gqa": ("exaone4", 2, 4, 2, 16, 64),
+    "ernie4_5-gqa": ("ernie4_5", 2, 4, 2, 16, 64),
+    "seed_oss-gqa": ("seed_oss", 2, 4, 2, 16, 64),
 }
 
 

@@ -30,11 +30,16 @@ class Family:
     gate_proj: str = "gate_proj"
     up_proj: str = "up_proj"
     down_proj: str = "down_proj"
-    qk_norm: bool = False  # per-head RMSNorm on queries and keys before RoPE (Qwen3, Gemma3)
-    qkv_bias: bool = False  # q/k/v projections carry a bias by default (Qwen2)
-    # Config flag that gives o_proj a bias in vanilla transformers (it also gives q/k/v one,
-    # saved as zeros), so a folded restoration can be exported as a plain checkpoint; None
-    # where the family's o_proj is always bias-free (Mistral, Qwen2).
+    # Norms on queries and keys before RoPE, and what their weights span: "head" (one
+    # head_dim vector shared by all heads: Qwen3, Gemma3), "heads" (one row per head:
+    # Cohere's use_qk_norm), "projection" (the whole projection: OLMo 2/3). Structured
+    # pruning cuts the last two along with the heads it removes.
+    qk_norm: str | None = None
+    q_norm: str = "q_norm"
+    k_norm: str = "k_norm"
+    # Config flag that gives o_proj a bias in vanilla transformers (most also give q/k/v
+    # one, saved as zeros), so a folded restoration can be exported as a plain checkpoint;
+    # None where the family's o_proj is always bias-free (Mistral, Qwen2, EXAONE 4).
     o_proj_bias_flag: str | None = None
 
     @property
@@ -58,9 +63,21 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family("llama", o_proj_bias_flag="attention_bias"),
         Family("mistral"),
-        Family("qwen2", qkv_bias=True),
-        Family("qwen3", qk_norm=True, o_proj_bias_flag="attention_bias"),
-        Family("gemma3_text", qk_norm=True, o_proj_bias_flag="attention_bias"),
+        Family("qwen2"),
+        Family("qwen3", qk_norm="head", o_proj_bias_flag="attention_bias"),
+        Family("gemma", o_proj_bias_flag="attention_bias"),
+        Family("gemma2", o_proj_bias_flag="attention_bias"),
+        Family("gemma3_text", qk_norm="head", o_proj_bias_flag="attention_bias"),
+        Family("olmo", o_proj_bias_flag="attention_bias"),
+        Family("olmo2", qk_norm="projection", o_proj_bias_flag="attention_bias"),
+        Family("olmo3", qk_norm="projection", o_proj_bias_flag="attention_bias"),
+        Family("smollm3", o_proj_bias_flag="attention_bias"),
+        Family("granite", o_proj_bias_flag="attention_bias"),
+        Family("cohere", qk_norm="heads", o_proj_bias_flag="attention_bias"),
+        Family("cohere2", o_proj_bias_flag="attention_bias"),
+        Family("exaone4", qk_norm="head"),
+        Family("ernie4_5", o_proj_bias_flag="use_bias"),
+        Family("seed_oss", o_proj_bias_flag="attention_out_bias"),
     )
 }
 

@@ -126,6 +126,26 @@ def _keep_rows(linear: nn.Linear, index: torch.Tensor) -> None:
     linear.out_features = int(index.numel())
 
 
+def _keep_norm_rows(norm: nn.Module, index: torch.Tensor) -> None:
+    for name, param in list(norm.named_parameters(recurse=False)):
+        setattr(norm, name, nn.Parameter(param.data[index].clone(), param.requires_grad))
+
+
+def _shrink_qk_norms(attention: nn.Module, family: Family, keep: dict[str, torch.Tensor]) -> None:
+    """Cut q/k norms whose weights span the heads (``Family.qk_norm``) to the kept heads.
+
+    ``keep`` maps "head" and "dim" to the kept query heads / their columns, "kv_head" and
+    "kv_dim" to the kept key/value heads / theirs.
+    """
+    if family.qk_norm not in ("heads", "projection"):
+        return
+    unit = "head" if family.qk_norm == "heads" else "dim"
+    for name, index in ((family.q_norm, keep[unit]), (family.k_norm, keep[f"kv_{unit}"])):
+        norm = getattr(attention, name, None)
+        if norm is not None:  # absent where a config turns the norm off (Cohere)
+            _keep_norm_rows(norm, index)
+
+
 def _keep_columns(linear: nn.Linear, index: torch.Tensor) -> None:
     linear.weight = nn.Parameter(linear.weight.data[:, index].clone(), linear.weight.requires_grad)
     linear.in_features = int(index.numel())
@@ -173,6 +193,8 @@ def _shrink_block(
     _keep_rows(k, keep_kv_dims)
     _keep_rows(v, keep_kv_dims)
     _keep_columns(o, keep_head_dims)
+    kept = {"head": keep_heads, "dim": keep_head_dims, "kv_head": keep_kv, "kv_dim": keep_kv_dims}
+    _shrink_qk_norms(block.get_submodule(attn), family, kept)
 
     channel_energy = _column_energy(down.weight, down_sumsq)
     removed_channels = _lowest(channel_energy, plan.channels_removed).cpu()
