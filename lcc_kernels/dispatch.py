@@ -273,17 +273,25 @@ def skinny_stages(format: str, block_m: int) -> int:
     return 1 if format == "bitmap" and block_m < 16 else 3
 
 
+def _dot_fits(key: WeightKey) -> bool:
+    """tl.dot needs 16 rows of weight per block; a bitmap tile may have fewer."""
+    return key.tile is None or key.tile[0] >= 16
+
+
 def default_plan(m: int, key: WeightKey, sm_count: int, backend: str = "auto") -> Plan:
     """Rules used when no measured entry exists (or to fill a forced backend)."""
     if backend in ("dense", "semi_structured", "reference"):
         return Plan(backend)
     if backend == "streams":
         return streams_plan(m, key, sm_count)
-    skinny = backend == "skinny" or (backend == "auto" and m <= SKINNY_MAX_M)
+    # Tiles under 16 rows cannot feed tl.dot: every M runs the multiply + tl.sum loop.
+    skinny = backend == "skinny" or (
+        backend == "auto" and (m <= SKINNY_MAX_M or not _dot_fits(key))
+    )
     if skinny:
         # One or two rows: multiply + tl.sum, whose registers grow with block_m * tile;
         # more rows: a 16-row tl.dot, whose padding costs nothing in a memory-bound call.
-        block_m = 1 if m <= 1 else 2 if m == 2 else 16
+        block_m = 1 if m <= 1 else 2 if m == 2 else 16 if _dot_fits(key) else 4
         block_n, block_k = key.tile or (64, 128 if block_m == 1 else 64)
         output_tiles = -(-key.n // block_n) * -(-m // block_m)
         split = split_k_for(output_tiles, -(-key.k // block_k), sm_count)
@@ -378,7 +386,8 @@ def _usable(plan: Plan, key: WeightKey, triton_only: bool, decode_streams: bool)
     if plan.backend == "streams":
         return key.format == "bitmap"
     if plan.backend in TRITON_BACKENDS and key.tile is not None:
-        return (plan.block_n, plan.block_k) == key.tile
+        uses_dot = plan.backend == "tiled" or plan.block_m >= 16
+        return (plan.block_n, plan.block_k) == key.tile and (_dot_fits(key) or not uses_dot)
     return True
 
 

@@ -18,6 +18,8 @@ that one tile's data is contiguous, the order the kernels read it in:
     values  [V]       the tile's nonzeros in row-major order, each tile's run starting at
                       offsets[t] and padded to a multiple of VALUE_ALIGN elements
     offsets [T]       int32 start of each tile's run in `values`
+Tiles are powers of two, tile_k >= 32. The kernels work on whole tiles; tiles of fewer
+than 16 rows cannot feed tl.dot, so their weights run the multiply-and-sum loop at every M.
 
 Both hold plain tensors plus Python ints, so `to_state_dict()` gives tensors only
 (safetensors-friendly) and `load_state_dict()` rebuilds either container. Several weights
@@ -79,6 +81,8 @@ def _unpack_words(
 def _check_dense(weight: torch.Tensor) -> None:
     if not isinstance(weight, torch.Tensor):
         raise ValueError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.layout != torch.strided:
+        raise ValueError(f"weight must be a dense (strided) tensor, got layout {weight.layout}")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(weight.shape)}")
     if weight.dtype not in SUPPORTED_DTYPES:
@@ -149,14 +153,23 @@ class Sparse24Weight:
             raise ValueError("2:4 values and meta must be contiguous")
 
     def validate_data(self) -> None:
-        """Check that every group's two indices are distinct and in order (reads the data)."""
-        indices = _unpack_words(self.meta, 2).view(self.shape[0], -1, 2)
+        """Check that every group's two indices are distinct and in order, and that the
+        groups padding K to K_ALIGN_24 hold zeros (the kernels read them; reads the data)."""
+        n, k = self.shape
+        indices = _unpack_words(self.meta, 2).view(n, -1, 2)
         bad = indices[..., 0] >= indices[..., 1]
         if bool(bad.any()):
             row, group = bad.nonzero()[0].tolist()
             raise ValueError(
                 f"2:4 meta is corrupt: row {row}, group {group} has in-group indices "
                 f"{indices[row, group].tolist()} (two distinct ascending indices expected)"
+            )
+        padding = self.values.view(n, -1, 2)[:, k // 4 :]
+        if bool((padding != 0).any()):  # NaN != 0 too
+            row = int((padding != 0).flatten(1).any(1).nonzero()[0, 0])
+            raise ValueError(
+                f"2:4 values are corrupt: row {row} holds nonzeros in the padding beyond "
+                f"K = {k} (the state dict's K does not match its values, or they were altered)"
             )
 
     def to(self, device: torch.device | str) -> Sparse24Weight:
@@ -175,7 +188,7 @@ class Sparse24Weight:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> Sparse24Weight:
-        _, n, k = (int(v) for v in state["info"].tolist())
+        _, n, k = _state_info(state, FORMAT_24, ("values", "meta"), ("N", "K"))
         weight = cls(
             state["values"].contiguous(),
             state["meta"].contiguous(),
@@ -316,7 +329,10 @@ class BitmapWeight:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> BitmapWeight:
-        _, n, k, tile_n, tile_k, nnz = (int(v) for v in state["info"].tolist())
+        fields = ("N", "K", "tile_n", "tile_k", "nnz")
+        _, n, k, tile_n, tile_k, nnz = _state_info(
+            state, FORMAT_BITMAP, ("bits", "values", "offsets"), fields
+        )
         weight = cls(
             state["bits"].contiguous(),
             state["values"].contiguous(),
@@ -333,7 +349,30 @@ class BitmapWeight:
 PackedWeight = Sparse24Weight | BitmapWeight
 
 
+def _state_info(
+    state: dict[str, torch.Tensor], format: str, tensors: tuple[str, ...], fields: tuple[str, ...]
+) -> list[int]:
+    """``state["info"]`` as ints (format id, then ``fields``), after checking that the
+    state dict holds every entry ``format`` needs."""
+    missing = [name for name in ("info", "split_sizes", *tensors) if name not in state]
+    if missing:
+        raise ValueError(f"{format} state dict lacks {', '.join(map(repr, missing))}")
+    info = state["info"]
+    if info.dim() != 1 or info.numel() != 1 + len(fields) or info.is_floating_point():
+        raise ValueError(
+            f"{format} state dict 'info' must be 1-D integers (format id, "
+            f"{', '.join(fields)}), got {info.dtype} of shape {tuple(info.shape)}"
+        )
+    return [int(v) for v in info.tolist()]
+
+
 def check_bitmap_tile(tile: tuple[int, int]) -> None:
+    if not (
+        isinstance(tile, (tuple, list))
+        and len(tile) == 2
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in tile)
+    ):
+        raise ValueError(f"bitmap tile must be a pair of ints (rows, columns), got {tile!r}")
     tile_n, tile_k = tile
     if tile_n < 1 or tile_n & (tile_n - 1) or tile_k < 32 or tile_k & (tile_k - 1):
         raise ValueError(
@@ -400,6 +439,8 @@ def pack_many(
             )
         if w.device != weights[0].device:
             raise ValueError(f"weight {i} is on {w.device}, weight 0 on {weights[0].device}")
+        if format == FORMAT_24:
+            _check_24(w, f"weight {i}")
     stacked = torch.cat([w.detach() for w in weights], dim=0)
     return pack(stacked, format, tile=tile, split_sizes=tuple(w.shape[0] for w in weights))
 
@@ -439,9 +480,9 @@ def split_output(output: torch.Tensor, packed: PackedWeight) -> tuple[torch.Tens
 
 def load_state_dict(state: dict[str, torch.Tensor]) -> PackedWeight:
     """Rebuild a packed weight from `to_state_dict()` output (validates the data)."""
-    if "info" not in state:
-        raise ValueError("not a packed weight state dict: no 'info' entry")
-    format_id = int(state["info"][0])
+    if "info" not in state or state["info"].numel() == 0:
+        raise ValueError("not a packed weight state dict: no 'info' entry (format id first)")
+    format_id = int(state["info"].flatten()[0])
     if format_id == _FORMAT_IDS[FORMAT_24]:
         return Sparse24Weight.from_state_dict(state)
     if format_id == _FORMAT_IDS[FORMAT_BITMAP]:
@@ -452,20 +493,33 @@ def load_state_dict(state: dict[str, torch.Tensor]) -> PackedWeight:
 # ---------------------------------------------------------------------------- 2:4
 
 
-def _pack_24(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+_SAME_SIZE_INT = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+}
+
+
+def _check_24(weight: torch.Tensor, name: str = "weight") -> None:
+    """Refuse a weight [N, K] that is not 2:4, naming its first bad group."""
     n, k = weight.shape
     if k % 4:
-        raise ValueError(f"2:4 needs K divisible by 4, got weight of shape {(n, k)}")
+        raise ValueError(f"2:4 needs K divisible by 4, got {name} of shape {(n, k)}")
     nonzero = weight.reshape(n, k // 4, 4) != 0
     counts = nonzero.sum(-1)
     violating = counts > 2
     if bool(violating.any()):
         row, group = violating.nonzero()[0].tolist()
         raise ValueError(
-            f"weight is not 2:4 sparse: row {row}, group {group} (columns {4 * group}.."
+            f"{name} is not 2:4 sparse: row {row}, group {group} (columns {4 * group}.."
             f"{4 * group + 3}) has {int(counts[row, group])} nonzeros; at most 2 of every 4 "
             f"consecutive values along K may be nonzero ({int(violating.sum())} groups violate it)"
         )
+
+
+def _pack_24(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n, k = weight.shape
+    _check_24(weight)
     padded_k = _round_up(k, K_ALIGN_24)
     groups = F.pad(weight, (0, padded_k - k)).reshape(n, padded_k // 4, 4)
     # Keep the nonzeros; groups with fewer than two also keep their first zero positions,
@@ -473,7 +527,9 @@ def _pack_24(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     position = torch.arange(4, device=weight.device)
     order_key = (groups == 0).to(torch.int64) * 4 + position
     keep = order_key.argsort(dim=-1)[..., :2].sort(dim=-1).values
-    values = groups.gather(-1, keep).reshape(n, padded_k // 2).contiguous()
+    # Moved as integers: a float gather may rewrite NaN payloads (bf16 on the CPU does).
+    bits = groups.view(_SAME_SIZE_INT[weight.dtype]).gather(-1, keep)
+    values = bits.view(weight.dtype).reshape(n, padded_k // 2).contiguous()
     meta = _pack_words(keep.reshape(n, -1, INDICES_PER_WORD), 2).contiguous()
     return values, meta
 
@@ -482,9 +538,10 @@ def _unpack_24(packed: Sparse24Weight) -> torch.Tensor:
     n, k = packed.shape
     indices = _unpack_words(packed.meta, 2).view(n, -1, 2)
     values = packed.values.view(n, -1, 2)
-    groups = torch.zeros(n, values.shape[1], 4, dtype=packed.dtype, device=packed.device)
-    groups.scatter_(-1, indices, values)
-    return groups.reshape(n, -1)[:, :k]
+    integer = _SAME_SIZE_INT[packed.dtype]
+    groups = torch.zeros(n, values.shape[1], 4, dtype=integer, device=packed.device)
+    groups.scatter_(-1, indices, values.view(integer))
+    return groups.view(packed.dtype).reshape(n, -1)[:, :k].contiguous()
 
 
 # ---------------------------------------------------------------------------- bitmap
@@ -533,4 +590,4 @@ def _unpack_bitmap(packed: BitmapWeight) -> torch.Tensor:
     tile_n, tile_k = packed.tile
     dense = tiles.reshape(row_blocks, k_tiles, tile_n, tile_k).permute(0, 2, 1, 3)
     n, k = packed.shape
-    return dense.reshape(row_blocks * tile_n, k_tiles * tile_k)[:n, :k]
+    return dense.reshape(row_blocks * tile_n, k_tiles * tile_k)[:n, :k].contiguous()

@@ -103,7 +103,11 @@ def _check_plan(plan: Plan, format: int, tile: tuple[int, int] | None) -> None:
         raise ValueError(f"bitmap kernels need block_k >= 32, got {plan.block_k}")
     uses_dot = plan.backend == "tiled" or plan.block_m >= 16
     if uses_dot and min(plan.block_m, plan.block_n, plan.block_k) < 16:
-        raise ValueError(f"tl.dot needs block_m, block_n, block_k >= 16, got {plan}")
+        narrow = f" (the bitmap tile {tile} has fewer rows)" if tile and tile[0] < 16 else ""
+        raise ValueError(
+            f"tl.dot (the tiled backend, or skinny with block_m >= 16) needs block_m, block_n "
+            f"and block_k >= 16{narrow}, got {plan}"
+        )
 
 
 def _dot_flags(dtype: torch.dtype) -> dict:

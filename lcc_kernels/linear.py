@@ -72,8 +72,8 @@ def sparse_linear(
         x2d = x2d.contiguous()
     if bias is not None and bias.stride(0) != 1:
         bias = bias.contiguous()
-    if x2d.shape[0] == 0:
-        return torch.zeros((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
+    if x2d.shape[0] == 0:  # F.linear keeps the autograd graph of an empty x
+        return reference_linear(x2d, weight, bias).reshape(*x.shape[:-1], n)
     if plan is not None and backend != "auto":
         raise ValueError(f"give either backend ({backend!r}) or plan, not both")
     if plan is None and backend not in ("auto", *BACKENDS):
@@ -102,10 +102,14 @@ def dense_linear_triton(
         raise ValueError(
             f"x {tuple(x.shape)} and weight {tuple(weight.shape)} must be [M, K] and [N, K]"
         )
-    if x.dtype != weight.dtype or x.device != weight.device:
+    if x.dtype not in SUPPORTED_DTYPES or x.dtype != weight.dtype or x.device != weight.device:
         raise ValueError(
-            f"x ({x.dtype}, {x.device}) and weight ({weight.dtype}, {weight.device}) must match"
+            f"x ({x.dtype}, {x.device}) and weight ({weight.dtype}, {weight.device}) must match, "
+            "in float16, bfloat16 or float32"
         )
+    if bias is not None:
+        _check_bias(bias, weight.shape[0], weight.device)
+        bias = bias.contiguous()
     return ops.dense_linear(x.contiguous(), weight.contiguous(), bias, ops.plan_to_config(plan))
 
 
@@ -128,16 +132,19 @@ def _check_inputs(x, weight, bias) -> None:
         )
     if x.device != weight.device:
         raise ValueError(f"x is on {x.device} but the weight is on {weight.device}")
-    if bias is None:
-        return
+    if bias is not None:
+        _check_bias(bias, weight.shape[0], weight.device)
+
+
+def _check_bias(bias, n: int, device: torch.device) -> None:
     if not isinstance(bias, torch.Tensor):
         raise ValueError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
-    if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
-        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if bias.dim() != 1 or bias.shape[0] != n:
+        raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
     if bias.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"bias dtype must be float16, bfloat16 or float32, got {bias.dtype}")
-    if bias.device != weight.device:
-        raise ValueError(f"bias is on {bias.device} but the weight is on {weight.device}")
+    if bias.device != device:
+        raise ValueError(f"bias is on {bias.device} but the weight is on {device}")
 
 
 def _run(x2d, weight, bias, plan: Plan) -> torch.Tensor:
@@ -147,6 +154,10 @@ def _run(x2d, weight, bias, plan: Plan) -> torch.Tensor:
         return _run_triton(x2d, weight, bias, plan)
     if plan.backend == "semi_structured" and not isinstance(weight, Sparse24Weight):
         raise ValueError("the semi_structured backend needs a 2:4 weight")
+    if plan.backend == "semi_structured" and x2d.device.type != "cuda":
+        raise ValueError(
+            f"the semi_structured backend runs on CUDA tensors only, x is on {x2d.device}"
+        )
     if plan.backend == "streams":
         if not isinstance(weight, BitmapWeight):
             raise ValueError("the streams backend needs a bitmap weight")

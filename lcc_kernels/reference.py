@@ -27,6 +27,12 @@ def reference_linear(
     precision); fp64 is the oracle the tests compare against.
     """
     dense = weight if isinstance(weight, torch.Tensor) else unpack(weight)
+    if not (x.is_floating_point() and dense.is_floating_point()):
+        raise ValueError(f"x ({x.dtype}) and the weight ({dense.dtype}) must be floating point")
+    if dense.dim() != 2 or x.dim() == 0 or x.shape[-1] != dense.shape[1]:
+        raise ValueError(
+            f"x {tuple(x.shape)} and weight {tuple(dense.shape)} must be [..., K] and [N, K]"
+        )
     wide_bias = None if bias is None else bias.to(compute_dtype)
     y = F.linear(x.to(compute_dtype), dense.to(compute_dtype), wide_bias)
     return y.to(out_dtype or x.dtype)

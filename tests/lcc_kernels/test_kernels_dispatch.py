@@ -182,3 +182,16 @@ def test_choose_plan_keys_on_the_weight():
     assert plan.backend == "reference"
     forced = dispatch.choose_plan(3, bitmap, torch.float32, torch.device("cpu"), "skinny")
     assert (forced.backend, forced.block_n, forced.block_k) == ("skinny", 16, 32)
+
+
+@pytest.mark.parametrize("tile", [(1, 32), (8, 64)])
+def test_bitmap_tiles_under_16_rows_never_get_a_dot_plan(tile):
+    narrow = WeightKey("bitmap", "bfloat16", 4096, 4096, tile, 0.3)
+    dot_plan = Plan("tiled", block_m=64, block_n=tile[0], block_k=tile[1])
+    table = _table([_entry(1024, dot_plan, "bitmap", 4096, 4096, list(tile), 0.3)])
+    dispatch.register_table(DispatchTable.from_dict(table))
+    for m in (1, 2, 3, 16, 1024):
+        for backend in ("auto", "skinny"):
+            plan = plan_for(m, narrow, H200, 132, backend=backend)
+            assert plan.backend == "skinny" and plan.block_m < 16, (m, backend, plan)
+            assert (plan.block_n, plan.block_k) == tile

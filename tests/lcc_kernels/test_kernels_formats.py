@@ -107,6 +107,44 @@ def test_state_dict_with_corrupt_24_meta_is_refused():
         load_state_dict(state)
 
 
+@pytest.mark.parametrize("padding_value", [1.0, float("nan")])
+def test_24_padding_beyond_k_must_hold_zeros(padding_value):
+    # K = 60 pads to 64: value slots 30 and 31 of every row belong to no column, and the
+    # kernels read them; a state dict whose K shrank leaves real values there.
+    state = pack(random_24(4, 60), "2:4").to_state_dict()
+    state["values"][2, 31] = padding_value
+    with pytest.raises(ValueError, match="row 2 holds nonzeros in the padding beyond K = 60"):
+        load_state_dict(state)
+    state = pack(random_24(4, 64), "2:4").to_state_dict()
+    state["info"][2] = 60
+    with pytest.raises(ValueError, match="padding beyond K = 60"):
+        load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda s: s.__setitem__("info", s["info"][:2]), r"'info' must be 1-D integers \(format"),
+        (lambda s: s.__setitem__("info", s["info"][:0]), "no 'info' entry"),
+        (lambda s: s.__setitem__("info", s["info"].double()), "'info' must be 1-D integers"),
+        (lambda s: s.pop("split_sizes"), "lacks 'split_sizes'"),
+        (lambda s: s.pop("values"), "lacks 'values'"),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["2:4", "bitmap"])
+def test_state_dict_entries_are_checked_by_name(fmt, mutate, message):
+    state = pack(random_24(8, 64), fmt, tile=(8, 32)).to_state_dict()
+    mutate(state)
+    with pytest.raises(ValueError, match=message):
+        load_state_dict(state)
+
+
+@pytest.mark.parametrize("fmt", ["2:4", "bitmap"])
+def test_unpack_is_contiguous_for_unaligned_k(fmt):
+    dense = unpack(pack(random_24(8, 60), fmt, tile=(8, 32)))
+    assert dense.shape == (8, 60) and dense.is_contiguous()
+
+
 @pytest.mark.parametrize(
     "corrupt, message",
     [
@@ -152,6 +190,8 @@ def test_concat_of_packed_equals_packing_the_concatenation(fmt):
         (torch.zeros(4, 8), "csr", {}, "unknown format"),
         (torch.zeros(4, 8), "bitmap", {"tile": (3, 32)}, "tile"),
         (torch.zeros(4, 8), "bitmap", {"tile": (4, 16)}, "tile"),
+        (torch.zeros(4, 8), "bitmap", {"tile": 64}, "pair of ints"),
+        (torch.zeros(4, 8).to_sparse(), "2:4", {}, "dense \\(strided\\)"),
         (torch.zeros(4, 8), "2:4", {"split_sizes": (3, 2)}, "split_sizes"),
     ],
 )
@@ -163,6 +203,10 @@ def test_pack_refuses_bad_input(weight, fmt, kwargs, message):
 def test_mixed_weights_are_refused():
     with pytest.raises(ValueError, match="share K"):
         pack_many([torch.zeros(4, 8), torch.zeros(4, 12)])
+    bad = torch.zeros(4, 8)
+    bad[1, :3] = 1.0  # three nonzeros in the first group of its row 1
+    with pytest.raises(ValueError, match="weight 2 is not 2:4 sparse: row 1, group 0"):
+        pack_many([random_24(4, 8), random_24(4, 8), bad])
     with pytest.raises(ValueError, match="does not match"):
         concat([pack(torch.zeros(4, 8)), pack(torch.zeros(4, 8), "bitmap")])
     with pytest.raises(ValueError, match="features"):
@@ -175,3 +219,12 @@ def test_containers_check_their_layout():
         Sparse24Weight(packed.values[:, :-1].contiguous(), packed.meta, (8, 64), (8,))
     with pytest.raises(ValueError, match="meta must be int32"):
         Sparse24Weight(packed.values, packed.meta.long(), (8, 64), (8,))
+
+
+@pytest.mark.parametrize("dtype, bits", [(torch.bfloat16, 0x7FC1), (torch.float16, 0x7E01)])
+def test_24_round_trip_keeps_nan_payloads(dtype, bits):
+    weight = torch.zeros(2, 8, dtype=dtype)
+    weight.view(torch.int16)[0, 1] = bits
+    weight[1, 4] = 3.0
+    restored = unpack(pack(weight, "2:4"))
+    assert torch.equal(restored.view(torch.int16), weight.view(torch.int16))

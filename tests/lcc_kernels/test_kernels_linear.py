@@ -8,7 +8,15 @@ import pytest
 import torch
 from _kernels_helpers import assert_matches_oracle, needs_triton, random_24, random_unstructured
 
-from lcc_kernels import Plan, dense_linear_triton, launch, pack, sparse_linear, unpack
+from lcc_kernels import (
+    Plan,
+    dense_linear_triton,
+    launch,
+    pack,
+    reference_linear,
+    sparse_linear,
+    unpack,
+)
 
 N, K = 72, 136
 BITMAP_TILE = (16, 32)
@@ -112,6 +120,16 @@ def test_bitmap_tiles_of_other_shapes(tile):
 
 
 @needs_triton
+def test_bitmap_tiles_under_16_rows_run_without_tl_dot():
+    dense = random_unstructured(N, K, 0.3, torch.float16)
+    packed = pack(dense, "bitmap", tile=(8, 32))
+    x = torch.randn(5, K, dtype=torch.float16)
+    assert_matches_oracle(sparse_linear(x, packed, backend="skinny"), x, dense)
+    with pytest.raises(ValueError, match=r"tile \(8, 32\) has fewer rows"):
+        sparse_linear(x, packed, backend="tiled")
+
+
+@needs_triton
 def test_bitmap_all_zero_and_all_dense_weights():
     x = torch.randn(3, 70)
     for density in (0.0, 1.0):
@@ -186,6 +204,36 @@ def test_no_rows_gives_an_empty_output():
     _, packed = _weight("2:4", torch.float32)
     y = sparse_linear(torch.randn(0, K), packed, backend="skinny")
     assert y.shape == (0, N)
+    x, bias = torch.randn(2, 0, K, requires_grad=True), torch.randn(N, requires_grad=True)
+    y = sparse_linear(x, packed, bias)  # as F.linear: still part of the autograd graph
+    assert y.shape == (2, 0, N)
+    y.sum().backward()
+    assert torch.equal(bias.grad, torch.zeros(N)) and x.grad.shape == x.shape
+
+
+@needs_triton
+def test_dense_triton_baseline_checks_its_bias():
+    weight, x = torch.randn(N, K), torch.randn(3, K)
+    every_other = torch.randn(2 * N)[::2]
+    y = dense_linear_triton(x, weight, every_other, _plan("skinny", 3))
+    assert_matches_oracle(y, x, weight, every_other)
+    for bias, message in (
+        (torch.zeros(N - 4), r"bias must have shape \(72,\)"),
+        (torch.zeros(3, N), "bias must have shape"),
+        (torch.zeros(N, dtype=torch.int64), "bias dtype"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            dense_linear_triton(x, weight, bias, _plan("skinny", 3))
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
+        dense_linear_triton(x.double(), weight.double(), None, _plan("skinny", 3))
+
+
+def test_reference_refuses_integer_or_mismatched_inputs():
+    _, packed = _weight("2:4", torch.float32)
+    with pytest.raises(ValueError, match="must be floating point"):
+        reference_linear(torch.ones(1, K, dtype=torch.int64), packed)
+    with pytest.raises(ValueError, match=r"must be \[..., K\] and \[N, K\]"):
+        reference_linear(torch.ones(1, K - 4), packed)
 
 
 def _bad_inputs():
@@ -217,13 +265,15 @@ def test_bad_backend_or_plan_raises():
     x = torch.randn(2, K)
     with pytest.raises(ValueError, match="unknown backend"):
         sparse_linear(x, packed, backend="cusparse")
+    with pytest.raises(ValueError, match="semi_structured backend runs on CUDA tensors only"):
+        sparse_linear(x, packed, backend="semi_structured")
     with pytest.raises(ValueError, match="not both"):
         sparse_linear(x, packed, backend="tiled", plan=Plan("tiled"))
     with pytest.raises(ValueError, match="power of two"):
         Plan("skinny", block_n=48)
     with pytest.raises(ValueError, match="block_k >= 32"):
         sparse_linear(x, packed, plan=Plan("skinny", block_m=2, block_k=16))
-    with pytest.raises(ValueError, match="tl.dot needs"):
+    with pytest.raises(ValueError, match="needs block_m, block_n and block_k >= 16"):
         sparse_linear(x, packed, plan=Plan("tiled", block_m=8))
     with pytest.raises(ValueError, match="at most 65535 row tiles of block_m = 1, got M = 65536"):
         sparse_linear(x.new_zeros(65536, K), packed, plan=Plan("skinny", block_m=1))
