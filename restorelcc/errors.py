@@ -19,3 +19,7 @@ class DataError(RestoreLCCError):
 
 class UnsupportedModelError(RestoreLCCError):
     """A model family or layout the package does not know how to handle."""
+
+
+class NonFiniteError(RestoreLCCError):
+    """Activations, differences or losses that became inf or NaN (e.g. fp16 overflow)."""

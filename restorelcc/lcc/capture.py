@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from restorelcc.hf.cache import cache_kwargs
 from restorelcc.hf.families import head_geometry, model_device, o_proj_of
 from restorelcc.lcc.compat import to_pruned_heads
+from restorelcc.lcc.finite import check_finite_heads
 from restorelcc.lcc.tokens import ProbeSequences
 
 # Padded tokens per forward. On a CPU, ~1k tokens is the measured sweet spot (SmolLM2 on 2
@@ -158,6 +159,17 @@ def _reshape(acts: torch.Tensor, model: nn.Module) -> torch.Tensor:
     return acts.reshape(acts.shape[0], g.layers, g.heads, g.head_dim)
 
 
+def _model_label(model_name: str | None, desc: str) -> str:
+    """The model's name in error messages: ``model_name``, else ``desc``'s words after
+    ``capture`` (``"capture dense"`` -> ``dense``)."""
+    return model_name or desc.removeprefix("capture").strip() or "captured"
+
+
+def _check_batch(acts: torch.Tensor, model: nn.Module, what: str, batch: list[int]) -> None:
+    """Captured ``[B, L, H*d]`` (on the CPU: no device sync) must be finite."""
+    check_finite_heads(_reshape(acts, model), what, samples=batch)
+
+
 @torch.inference_mode()
 def capture_last_token(
     model: nn.Module,
@@ -165,14 +177,17 @@ def capture_last_token(
     batch_tokens: int | None = None,
     progress: bool = True,
     desc: str = "capture",
+    model_name: str | None = None,
 ) -> torch.Tensor:
     """Per-head ``o_proj`` inputs at the last token of each sequence.
 
     ``sequences``: token id lists (no padding). Returns ``[N, layers, heads, head_dim]``
-    fp32, in the order of ``sequences``.
+    fp32, in the order of ``sequences``. Raises ``NonFiniteError`` naming the model
+    (``model_name``, default from ``desc``), layer, head and sequence on an inf/NaN.
     """
     _check_sequences(sequences, "sequences")
     batch_tokens = batch_tokens or default_batch_tokens(model)
+    what = f"the {_model_label(model_name, desc)} model's o_proj input"
     g = head_geometry(model)
     result = torch.zeros(len(sequences), g.layers, g.heads * g.head_dim)
     lengths = [len(s) for s in sequences]
@@ -180,7 +195,9 @@ def capture_last_token(
         for batch in length_batches(lengths, batch_tokens, MAX_BATCH_ROWS):
             ids, mask = pad_right([sequences[i] for i in batch])
             last = torch.tensor([lengths[i] - 1 for i in batch]).unsqueeze(1)
-            result[batch] = _capture_rows(model, ids, mask, last)[:, 0]
+            acts = _capture_rows(model, ids, mask, last)[:, 0]
+            _check_batch(acts, model, what, batch)
+            result[batch] = acts
             bar.update(len(batch))
     return _reshape(result, model)
 
@@ -200,6 +217,7 @@ def capture_with_continuations(
     batch_tokens: int | None = None,
     progress: bool = True,
     desc: str = "capture",
+    model_name: str | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Per-head ``o_proj`` inputs at the last token of each prompt, and of each
     ``prompt + continuation`` for every continuation set.
@@ -209,6 +227,8 @@ def capture_with_continuations(
     (default: per device) bounds the padded tokens of a forward.
 
     Returns ``(prompt_acts, [continuation_acts per set])``, each ``[N, L, H, d]`` fp32.
+    Raises ``NonFiniteError`` naming the model (``model_name``, default from ``desc``),
+    the input, layer, head and prompt on an inf/NaN.
     """
     _check_sequences(prompts, "prompts")
     if len(continuations) == 0:
@@ -226,6 +246,7 @@ def capture_with_continuations(
     prompt_acts = torch.zeros(len(prompts), g.layers, features)
     cont_acts = [torch.zeros(len(prompts), g.layers, features) for _ in range(sets)]
     rows = [len(p) + sum(len(c[i]) for c in continuations) for i, p in enumerate(prompts)]
+    what = f"the {_model_label(model_name, desc)} model's o_proj input"
 
     with tqdm(total=len(prompts), desc=desc, unit="pair", disable=not progress) as bar:
         for batch in length_batches(rows, batch_tokens, MAX_BATCH_ROWS):
@@ -233,8 +254,10 @@ def capture_with_continuations(
             batch_prompts = [prompts[i] for i in batch]
             strategy = continuation_strategy(model, max(rows[i] for i in batch))
             p_act, c_act = _STRATEGIES[strategy](model, batch_prompts, conts)
+            _check_batch(p_act, model, f"{what} at the prompts' end", batch)
             prompt_acts[batch] = p_act
             for k in range(sets):
+                _check_batch(c_act[:, k], model, f"{what} after continuation set {k}", batch)
                 cont_acts[k][batch] = c_act[:, k]
             bar.update(len(batch))
     return _reshape(prompt_acts, model), [_reshape(c, model) for c in cont_acts]
@@ -380,9 +403,10 @@ def capture_probe_activations(
         batch_tokens,
         progress,
         desc="capture dense",
+        model_name="dense",
     )
     zp = capture_last_token(
-        pruned, sequences.prompts, batch_tokens, progress, desc="capture pruned"
+        pruned, sequences.prompts, batch_tokens, progress, "capture pruned", "pruned"
     )
     if head_map is not None:
         zd, zpos, zneg = (to_pruned_heads(z, head_map) for z in (zd, zpos, zneg))

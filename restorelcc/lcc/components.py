@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from restorelcc.errors import NonFiniteError
+from restorelcc.lcc.finite import all_finite, check_finite_heads
+
 PAPER_K = 1
 SVD_CHUNK_BYTES = 256 * 2**20  # fp64 differences per batched SVD call
 
@@ -40,7 +43,8 @@ def lost_components(dense: torch.Tensor, pruned: torch.Tensor, k: int = PAPER_K)
     """SVD of ``dense - pruned`` (both ``[N, L, H, d]``) for every head.
 
     ``k`` (>= 1): singular directions summed into the probing compensation (capped at
-    ``min(N, d)``).
+    ``min(N, d)``). Raises ``NonFiniteError`` naming the model, layer and head when an
+    activation is inf/NaN (checked on the differences: one sum per chunk of heads).
     """
     if dense.shape != pruned.shape or dense.dim() != 4:
         raise ValueError(
@@ -64,6 +68,8 @@ def lost_components(dense: torch.Tensor, pruned: torch.Tensor, k: int = PAPER_K)
         part = slice(start, start + chunk)
         # [h, N, d] in fp64: one batched SVD problem for this chunk of heads
         diff = (dense_heads[:, part].double() - pruned_heads[:, part].double()).transpose(0, 1)
+        if not all_finite(diff):
+            _raise_non_finite(dense, pruned)
         u, s, vh = torch.linalg.svd(diff, full_matrices=False)  # [h,N,r], [h,r], [h,r,d]
         weights = u[:, :, :top].mean(dim=1) * s[:, :top]  # [h, top]
         compensation[part] = torch.einsum("hk,hkd->hd", weights, vh[:, :top]).float()
@@ -77,3 +83,10 @@ def lost_components(dense: torch.Tensor, pruned: torch.Tensor, k: int = PAPER_K)
         mean_difference=mean.reshape(layers, heads, d),
         k=k,
     )
+
+
+def _raise_non_finite(dense: torch.Tensor, pruned: torch.Tensor) -> None:
+    """The difference of finite fp32 values is finite in fp64: one of the inputs is not."""
+    check_finite_heads(dense, "the dense model's activations (Zd)")
+    check_finite_heads(pruned, "the pruned model's activations (Zp)")
+    raise NonFiniteError("dense - pruned activation differences overflow to inf")

@@ -34,8 +34,8 @@ from restorelcc.lcc.probing import (
     SPLIT_SEED,
     TEST_FRACTION,
     head_count,
+    probe_heads,
     random_heads,
-    score_heads,
     select_heads,
 )
 from restorelcc.lcc.restoration import Restoration
@@ -155,17 +155,17 @@ def restore(
         with stage("capture"):
             prompts = [encode_pair(tokenizer, p, config.capture_max_length)[0] for p in probe_set]
             zd = capture_last_token(
-                dense, prompts, config.capture_batch_tokens, progress, "capture dense"
+                dense, prompts, config.capture_batch_tokens, progress, "capture dense", "dense"
             )
             zd = to_pruned_heads(zd, head_map)
             zp = capture_last_token(
-                pruned, prompts, config.capture_batch_tokens, progress, "capture pruned"
+                pruned, prompts, config.capture_batch_tokens, progress, "capture pruned", "pruned"
             )
     with stage("components"):
         components = lost_components(zd, zp, config.components_k)
     if config.selection == "probe":
         with stage("probing"):
-            scores = score_heads(
+            probes = probe_heads(
                 acts,
                 components.compensation,
                 config.probe_epochs,
@@ -175,7 +175,9 @@ def restore(
                 config.probe_standardize,
                 progress,
             )
-            heads = select_heads(scores, count)
+            scores = probes.accuracy
+            # Accuracies over few held-out pairs tie often: the lower held-out loss decides.
+            heads = select_heads(scores, count, tie_break=probes.loss)
         del acts
     else:
         heads = random_heads(geometry, count, config.train.seed)
@@ -197,8 +199,13 @@ def restore(
     report["train"] = result.to_dict()
     report["seconds"] = dict(stage.seconds)
     if scores is not None:
-        report["selected_score_min"] = float(scores[heads[:, 0], heads[:, 1]].min())
+        cut = scores[heads[:, 0], heads[:, 1]].min()
+        report["selected_score_min"] = float(cut)
         report["score_mean"] = float(scores.mean())
+        report["score_ties_at_cut"] = {  # how many heads the held-out loss chose between
+            "heads": int((scores == cut).sum()),
+            "selected": int((scores[heads[:, 0], heads[:, 1]] == cut).sum()),
+        }
     method = "restorelcc" if config.selection == "probe" else "restorelcc-random-heads"
     return Restoration.from_compensation(
         module,

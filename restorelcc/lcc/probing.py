@@ -3,7 +3,10 @@
 For head ``(l, h)`` the probe sees ``m+ = [Zp + c ; Z+]`` (label 1) and ``m- = [Zp + c ; Z-]``
 (label 0), ``2d`` features, and is a logistic regression trained on 70% of the pairs (split
 by pair, seed 42) with Adam (lr 0.01, 200 full-batch epochs, BCE) as in the research code.
-The head's score is the probe's accuracy on the other 30%.
+The head's score is the probe's accuracy on the other 30%. Its held-out BCE is kept too:
+accuracies over ``2 * ceil(0.3 N)`` examples take few values, so many heads tie, and
+``select_heads`` breaks those ties by the lower held-out loss rather than by index (which
+would always favour the earliest layers). Accuracy stays the ranking.
 
 All heads train together: the weights are stacked ``[heads, 2d]`` and each head's loss is
 its own mean BCE, so every head gets exactly its own gradient and, Adam being elementwise,
@@ -18,13 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import NamedTuple
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from restorelcc.errors import DataError
 from restorelcc.hf.families import HeadGeometry
 from restorelcc.lcc.capture import ProbeActivations
+from restorelcc.lcc.finite import check_finite_heads
 
 PROBE_EPOCHS = 200
 PROBE_LR = 0.01
@@ -32,6 +38,14 @@ TEST_FRACTION = 0.3
 SPLIT_SEED = 42
 PROBE_CHUNK_BYTES = 256 * 2**20  # training features per chunk of heads (bounds memory)
 SINGLE_THREAD_BYTES = 512 * 2**20  # below this, probes train on one CPU thread
+
+
+class ProbeScores(NamedTuple):
+    """Per head (``[heads]`` or ``[L, H]``), on the held-out pairs: ``accuracy`` in [0, 1]
+    (the score that ranks heads) and ``loss``, the mean BCE (breaks accuracy ties)."""
+
+    accuracy: torch.Tensor
+    loss: torch.Tensor
 
 
 def split_pairs(
@@ -56,10 +70,18 @@ def probe_features(
     acts: ProbeActivations, compensation: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(m+, m-)``, each ``[L*H, N, 2d]`` fp32, from activations ``[N, L, H, d]`` and the
-    probing compensation ``[L, H, d]``."""
+    probing compensation ``[L, H, d]``. Raises ``NonFiniteError`` naming the input, layer
+    and head if one holds inf/NaN (a probe would silently score such a head 0.5)."""
     n, layers, heads, d = acts.pruned.shape
     if compensation.shape != (layers, heads, d):
         raise ValueError(f"compensation shape {tuple(compensation.shape)} != {(layers, heads, d)}")
+    for tensor, what in (
+        (acts.pruned, "the pruned model's activations (Zp)"),
+        (acts.positive, "the dense model's activations after the positive response (Z+)"),
+        (acts.negative, "the dense model's activations after the negative response (Z-)"),
+        (compensation[None], "the probing compensation"),
+    ):
+        check_finite_heads(tensor, what)
     shifted = (acts.pruned + compensation).reshape(n, layers * heads, d)
     pos = torch.cat([shifted, acts.positive.reshape(n, -1, d)], dim=-1)
     neg = torch.cat([shifted, acts.negative.reshape(n, -1, d)], dim=-1)
@@ -87,14 +109,15 @@ def train_probes(
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
     seed: int = SPLIT_SEED,
     progress: bool = False,
-) -> torch.Tensor:
-    """Held-out accuracy of a logistic-regression probe per head.
+) -> ProbeScores:
+    """Held-out accuracy and mean BCE of a logistic-regression probe per head.
 
     ``positive``/``negative``: ``[heads, N, f]`` (label 1 / 0), pair ``i`` in row ``i``
     of both. ``standardize`` scales each feature by the training split's mean and std
     (per head), which makes the score independent of the head's activation scale; the
     research code does not. ``init``: ``(weights [heads, f], bias [heads])``, else
-    ``probe_init(seed)``. Returns accuracies ``[heads]`` in [0, 1].
+    ``probe_init(seed)``. Returns ``ProbeScores``: ``accuracy [heads]`` in [0, 1] and
+    ``loss [heads]`` (mean BCE over the held-out examples, both labels).
     """
     heads, n, f = positive.shape
     if negative.shape != positive.shape:
@@ -103,6 +126,7 @@ def train_probes(
         )
     weights, bias = init if init is not None else probe_init(heads, f, seed)
     scores = torch.zeros(heads)
+    losses = torch.zeros(heads)
     n_train = 2 * len(train_idx)
     chunk = max(1, PROBE_CHUNK_BYTES // (n_train * f * 4))
     y_train = torch.cat([torch.ones(len(train_idx)), torch.zeros(len(train_idx))])
@@ -123,7 +147,10 @@ def train_probes(
             logits = torch.einsum("hnf,hf->hn", x_test, w) + b[:, None]
             predicted = (torch.sigmoid(logits) >= 0.5).float()
             scores[part] = (predicted == y_test).float().mean(dim=1)
-    return scores
+            losses[part] = nn.functional.binary_cross_entropy_with_logits(
+                logits, y_test.expand_as(logits), reduction="none"
+            ).mean(dim=1)
+    return ProbeScores(scores, losses)
 
 
 @contextlib.contextmanager
@@ -155,6 +182,27 @@ def _fit_logistic(
     return w.detach(), b.detach()
 
 
+def probe_heads(
+    acts: ProbeActivations,
+    compensation: torch.Tensor,
+    epochs: int = PROBE_EPOCHS,
+    lr: float = PROBE_LR,
+    test_fraction: float = TEST_FRACTION,
+    seed: int = SPLIT_SEED,
+    standardize: bool = False,
+    progress: bool = False,
+) -> ProbeScores:
+    """Held-out probe accuracy and BCE of every head, each ``[L, H]`` (see the module
+    docstring); ``select_heads(scores.accuracy, count, tie_break=scores.loss)``."""
+    n, layers, heads, _ = acts.pruned.shape
+    train_idx, test_idx = split_pairs(n, test_fraction, seed)
+    pos, neg = probe_features(acts, compensation)
+    accuracy, loss = train_probes(
+        pos, neg, train_idx, test_idx, epochs, lr, standardize, seed=seed, progress=progress
+    )
+    return ProbeScores(accuracy.reshape(layers, heads), loss.reshape(layers, heads))
+
+
 def score_heads(
     acts: ProbeActivations,
     compensation: torch.Tensor,
@@ -165,14 +213,10 @@ def score_heads(
     standardize: bool = False,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Probe accuracy of every head, ``[L, H]`` (see the module docstring)."""
-    n, layers, heads, _ = acts.pruned.shape
-    train_idx, test_idx = split_pairs(n, test_fraction, seed)
-    pos, neg = probe_features(acts, compensation)
-    scores = train_probes(
-        pos, neg, train_idx, test_idx, epochs, lr, standardize, seed=seed, progress=progress
-    )
-    return scores.reshape(layers, heads)
+    """Probe accuracy of every head, ``[L, H]`` (``probe_heads`` also gives the loss)."""
+    return probe_heads(
+        acts, compensation, epochs, lr, test_fraction, seed, standardize, progress
+    ).accuracy
 
 
 def head_count(geometry: HeadGeometry, heads: int | float) -> int:
@@ -191,11 +235,23 @@ def head_count(geometry: HeadGeometry, heads: int | float) -> int:
     )
 
 
-def select_heads(scores: torch.Tensor, count: int) -> torch.Tensor:
+def select_heads(
+    scores: torch.Tensor, count: int, tie_break: torch.Tensor | None = None
+) -> torch.Tensor:
     """Top ``count`` heads of ``scores [L, H]`` as ``[count, 2]`` (layer, head) rows, best
-    first; ties go to the lower (layer, head)."""
+    first: higher score first; among equal scores, lower ``tie_break [L, H]`` first (the
+    pipeline passes the probes' held-out loss); what still ties goes to the lower
+    (layer, head)."""
     layers, heads = scores.shape
-    order = torch.sort(scores.flatten(), descending=True, stable=True).indices[:count]
+    order = torch.arange(layers * heads, device=scores.device)
+    if tie_break is not None:
+        if tie_break.shape != scores.shape:
+            raise ValueError(
+                f"tie_break shape {tuple(tie_break.shape)} != scores shape {tuple(scores.shape)}"
+            )
+        order = torch.sort(tie_break.to(scores.device).flatten(), stable=True).indices
+    flat = scores.flatten()[order]
+    order = order[torch.sort(flat, descending=True, stable=True).indices[:count]]
     return torch.stack([order // heads, order % heads], dim=1)
 
 

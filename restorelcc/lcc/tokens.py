@@ -49,27 +49,47 @@ def check_pairs(
 
 
 def fit_lengths(
-    prompt: list[int], response: list[int], max_length: int
+    prompt: list[int], response: list[int], max_length: int, keep_start: int = 0
 ) -> tuple[list[int], list[int]]:
     """Truncate ``prompt + response`` to ``max_length`` tokens.
 
     The response keeps up to ``max(max_length - len(prompt), max_length // 2)`` tokens from
     its start; the prompt fills the rest from its end (the template's response marker sits
-    at the end of the prompt, so that is the part to keep).
+    at the end of the prompt, so that is the part to keep), except that its first
+    ``keep_start`` tokens (the special tokens the tokenizer put in front, e.g. BOS) are kept
+    as long as at least one token of the end still fits.
     """
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
+    if keep_start < 0:
+        raise ValueError(f"keep_start must be >= 0, got {keep_start}")
     if len(prompt) + len(response) <= max_length:
         return prompt, response
     keep_response = min(len(response), max(max_length - len(prompt), max_length // 2))
     keep_prompt = max_length - keep_response
-    return prompt[len(prompt) - keep_prompt :], response[:keep_response]
+    if keep_prompt == len(prompt):
+        return prompt, response[:keep_response]
+    start = min(keep_start, keep_prompt - 1)
+    return prompt[:start] + prompt[len(prompt) - keep_prompt + start :], response[:keep_response]
+
+
+def leading_special_tokens(tokenizer, ids: Sequence[int]) -> int:
+    """How many of ``ids``' first tokens are special tokens (BOS and the like)."""
+    special = set(tokenizer.all_special_ids)
+    count = 0
+    while count < len(ids) and ids[count] in special:
+        count += 1
+    return count
 
 
 def encode_pair(
     tokenizer, pair: InstructionPair, max_length: int, eos: bool = False
 ) -> tuple[list[int], list[int]]:
-    """``(prompt ids, response ids)`` fitted to ``max_length``; ``eos`` appends EOS."""
+    """``(prompt ids, response ids)`` fitted to ``max_length``; ``eos`` appends EOS.
+
+    Truncation keeps the prompt's leading special tokens (e.g. the BOS that Llama, Mistral
+    or Gemma tokenizers add): models are trained with them at position 0.
+    """
     prompt, response = tokenize_pair(tokenizer, pair)
     prompt, response = list(prompt), list(response)
     if eos:
@@ -78,7 +98,7 @@ def encode_pair(
         response.append(tokenizer.eos_token_id)
     if not prompt or not response:
         raise DataError(f"pair tokenizes to an empty prompt or response: {pair.prompt[:60]!r}")
-    return fit_lengths(prompt, response, max_length)
+    return fit_lengths(prompt, response, max_length, leading_special_tokens(tokenizer, prompt))
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from restorelcc.data import InstructionPair
-from restorelcc.errors import DataError
-from restorelcc.hf.families import model_device
-from restorelcc.lcc.capture import pad_right
+from restorelcc.errors import DataError, NonFiniteError
+from restorelcc.hf.families import head_geometry, model_device
+from restorelcc.lcc.capture import o_proj_taps, pad_right
+from restorelcc.lcc.finite import LOW_PRECISION_HINT
 from restorelcc.lcc.tokens import check_pairs, encode_pair
 
 
@@ -194,6 +195,44 @@ def _check_no_stray_grads(watched: list[tuple[str, nn.Parameter]]) -> None:
         raise RuntimeError(f"gradient reached frozen model parameters: {stray[:3]}")
 
 
+@torch.no_grad()
+def _first_non_finite_o_proj_input(model: nn.Module, ids, mask) -> str | None:
+    """Re-run the decoder on the batch: the first layer whose ``o_proj`` input (at real
+    tokens) holds inf/NaN, and its heads, or None. Only on the error path."""
+    g = head_geometry(model)
+    device = model_device(model)
+    real = mask.bool().to(device)
+    found: list[str] = []
+
+    def read(layer: int, x: torch.Tensor) -> None:
+        if found:
+            return
+        bad = ~torch.isfinite(x[real].reshape(-1, g.heads, g.head_dim))
+        heads = bad.any(dim=2).any(dim=0).nonzero().flatten().tolist()
+        if heads:
+            found.append(f"layer {layer}, heads {heads[:8]}")
+
+    with o_proj_taps(model, read, stop_after_last=False):
+        model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device))
+    return found[0] if found else None
+
+
+def _non_finite_loss_message(model, ids, mask, step, steps, value, total_value) -> str:
+    if math.isfinite(value):
+        what = f"penalty (response loss {value:.4g}, with the penalty {total_value})"
+    else:
+        what = f"response loss ({value})"
+    where = _first_non_finite_o_proj_input(model, ids, mask)
+    if where:
+        located = f"the trained (pruned) model's o_proj input is first non-finite at {where}"
+    else:
+        located = "the trained (pruned) model's o_proj inputs are finite (the overflow is later)"
+    return (
+        f"non-finite {what} at training step {step + 1} of {steps}; {located}. Causes: a "
+        f"non-finite weight or compensation, or overflow: {LOW_PRECISION_HINT}"
+    )
+
+
 def train_response_lm(
     model: nn.Module,
     tokenizer,
@@ -212,7 +251,9 @@ def train_response_lm(
     permutation per epoch: the same seed gives the same run. With
     ``config.validation_pairs``, the last pairs are held out and scored before and after.
     ``penalty()``, if given, is added to each step's loss (a regulariser of ``parameters``);
-    the losses recorded are the response loss alone.
+    the losses recorded are the response loss alone. A non-finite loss raises
+    ``NonFiniteError`` naming the step (and the first layer and heads whose ``o_proj`` input
+    is non-finite, if any) before the update, so ``parameters`` stay finite.
     """
     parameters = list(parameters)
     if not parameters:
@@ -242,12 +283,20 @@ def train_response_lm(
                 ids, mask, positions, targets = collate([encoded[i] for i in next(batches)], pad_id)
                 loss = response_loss(model, ids, mask, positions, targets)
                 optimizer.zero_grad(set_to_none=True)
-                (loss if penalty is None else loss + penalty()).backward()
+                total = loss if penalty is None else loss + penalty()
+                total.backward()
                 if step == 0 or step == steps - 1:
                     _check_no_stray_grads(watched)
+                # The step's one host sync (the loss curve needs it), taken before the update
+                # so that a non-finite loss stops the run with finite parameters.
+                value, total_value = torch.stack([loss.detach(), total.detach()]).tolist()
+                if not math.isfinite(total_value):
+                    raise NonFiniteError(
+                        _non_finite_loss_message(model, ids, mask, step, steps, value, total_value)
+                    )
                 optimizer.step()
                 schedule.step()
-                losses.append(loss.item())
+                losses.append(value)
                 tokens += len(targets)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if held_out:

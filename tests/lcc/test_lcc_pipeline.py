@@ -27,7 +27,8 @@ def test_restore_end_to_end(models, tokenizer, pairs):
     assert restoration.heads.shape == (4, 2)
     assert restoration.trainable_parameters == 4 * 2 * 16
     assert restoration.scores.shape == (3, 5)
-    assert torch.equal(restoration.heads, select_heads(restoration.scores, 4))
+    selected = restoration.scores[restoration.heads[:, 0], restoration.heads[:, 1]]
+    assert torch.equal(selected, restoration.scores.flatten().topk(4).values)  # best first
     report = restoration.report
     assert set(report["seconds"]) == STAGES
     assert report["negatives"] == "tfidf" and report["probe_pairs"] == 16
@@ -101,3 +102,31 @@ def test_mlp_channel_pruning_restores_and_folds(models, tokenizer, pairs):
     restoration.fold(pruned)
     with torch.no_grad():
         assert torch.allclose(pruned(ids).logits, expected, atol=1e-5)
+
+
+def test_selection_breaks_accuracy_ties_by_held_out_probe_loss(
+    models, tokenizer, pairs, monkeypatch
+):
+    import restorelcc.lcc.pipeline as pipeline
+
+    real_probe_heads, seen = pipeline.probe_heads, {}
+
+    def probe_heads(*args, **kwargs):
+        seen["probes"] = real_probe_heads(*args, **kwargs)
+        return seen["probes"]
+
+    monkeypatch.setattr(pipeline, "probe_heads", probe_heads)
+    dense, pruned = models
+    restoration = restore(dense, pruned, tokenizer, pairs, config(heads=6))
+    accuracy, loss = seen["probes"]
+    assert torch.equal(restoration.scores, accuracy)
+    assert torch.equal(restoration.heads, select_heads(accuracy, 6, tie_break=loss))
+    ties = restoration.report["score_ties_at_cut"]
+    cut = restoration.report["selected_score_min"]
+    assert ties == {
+        "heads": int((accuracy == cut).sum()),
+        "selected": int((accuracy[restoration.heads[:, 0], restoration.heads[:, 1]] == cut).sum()),
+    }
+    # With 16 probe pairs (10 held-out examples) accuracies tie: the loss decided something.
+    assert ties["heads"] > ties["selected"]
+    assert not torch.equal(restoration.heads, select_heads(accuracy, 6))

@@ -7,6 +7,7 @@ from restorelcc.lcc.capture import ProbeActivations
 from restorelcc.lcc.probing import (
     head_count,
     probe_features,
+    probe_heads,
     probe_init,
     random_heads,
     score_heads,
@@ -43,7 +44,7 @@ def test_vectorised_probes_equal_one_probe_per_head():
         want = _probe_one_head(
             pos[h], neg[h], train_idx, test_idx, init[0][h], init[1][h], epochs=50, lr=0.01
         )
-        assert ours[h].item() == pytest.approx(want, abs=1e-6)
+        assert ours.accuracy[h].item() == pytest.approx(want, abs=1e-6)
 
 
 @pytest.mark.parametrize("standardize", [False, True])
@@ -95,3 +96,49 @@ def test_head_count_and_random_heads():
     flat = heads[:, 0] * 5 + heads[:, 1]
     assert flat.unique().numel() == 6 and (heads[:, 0] < 3).all() and (heads[:, 1] < 5).all()
     assert torch.equal(heads, random_heads(GEOMETRY, 6, seed=0))
+
+
+def test_accuracy_ties_go_to_the_lower_tie_break_then_the_lower_index():
+    scores = torch.tensor([[0.5, 0.9, 0.7, 0.9, 0.1], [0.9, 0.2, 0.2, 0.2, 0.2], [0] * 5])
+    loss = torch.tensor([[0.1, 0.6, 0.1, 0.5, 0.1], [0.4, 0.1, 0.1, 0.1, 0.1], [0.0] * 5])
+    # accuracy first (0.9 > 0.7 whatever the losses), then the lower loss among the 0.9s
+    assert select_heads(scores, 4, tie_break=loss).tolist() == [[1, 0], [0, 3], [0, 1], [0, 2]]
+    even = torch.full((3, 5), 0.3)
+    assert torch.equal(select_heads(scores, 4, tie_break=even), select_heads(scores, 4))
+    with pytest.raises(ValueError, match="tie_break shape"):
+        select_heads(scores, 4, tie_break=loss[:2])
+
+
+def test_held_out_loss_is_the_mean_bce_of_the_probe_on_the_test_pairs():
+    acts = planted(20)
+    pos, neg = probe_features(acts, torch.zeros(3, 5, 8))
+    train_idx, test_idx = split_pairs(20)
+    weights, bias = probe_init(15, 16, seed=5)
+    # No epoch: the probe is its initialisation, so its held-out BCE can be computed here.
+    got = train_probes(pos, neg, train_idx, test_idx, epochs=0, init=(weights, bias))
+    for h in range(15):
+        x = torch.cat([pos[h, test_idx], neg[h, test_idx]])
+        y = torch.cat([torch.ones(len(test_idx)), torch.zeros(len(test_idx))])
+        p = torch.sigmoid(x @ weights[h] + bias[h])
+        want = -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+        assert got.loss[h].item() == pytest.approx(want.item(), rel=1e-5)
+        assert got.accuracy[h].item() == pytest.approx(((p >= 0.5).float() == y).float().mean())
+
+
+def test_tied_heads_are_chosen_by_probe_confidence_not_by_layer():
+    """Two heads separate r+ from r- perfectly; the later one by a wider margin. Their
+    accuracies tie at 1.0 and the lower held-out loss must pick the later, clearer head."""
+    g = torch.Generator().manual_seed(0)
+    dense, pruned, positive, negative = (
+        0.1 * torch.randn(40, 3, 5, 8, generator=g) for _ in "1234"
+    )
+    for (layer, head), margin in (((0, 2), 0.5), ((2, 1), 3.0)):
+        positive[:, layer, head, 0] += margin
+        negative[:, layer, head, 0] -= margin
+    acts = ProbeActivations(dense, pruned, positive, negative)
+    probes = probe_heads(acts, torch.zeros(3, 5, 8))
+    assert probes.accuracy[0, 2] == probes.accuracy[2, 1] == 1.0
+    assert probes.loss[2, 1] < probes.loss[0, 2]
+    assert torch.equal(probes.accuracy, score_heads(acts, torch.zeros(3, 5, 8)))
+    assert select_heads(probes.accuracy, 1).tolist() == [[0, 2]]  # by index: the early head
+    assert select_heads(probes.accuracy, 1, tie_break=probes.loss).tolist() == [[2, 1]]
