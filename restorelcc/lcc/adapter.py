@@ -1,10 +1,17 @@
 """Restoration adapters on disk, and merged checkpoints.
 
 An adapter is a directory with ``adapter.safetensors`` (``heads [S, 2]`` int64,
-``directions [S, d, d]``, ``beta [S, d]``, ``b [S, d]``, optional ``scores [L, H]``; fp32)
-and ``adapter.json`` (format version, method, model family and geometry, the selected heads,
-the fingerprint of the pruned model, hyper-parameters, the run's report and metadata). It
-is a few hundred KB, written atomically.
+``directions [S, d, d]``, ``beta [S, d]``, ``b [S, d]``, optional ``scores [L, H]``; fp32;
+``fingerprint_sketches [P, 16, 4]`` fp64) and ``adapter.json`` (format version, method, model
+family and geometry, the selected heads, the fingerprint of the pruned model, its masks'
+hashes and per-parameter norms, hyper-parameters, the run's report and metadata). It is a
+few hundred KB, written atomically.
+
+Format 2 (fingerprint v2: exact masks + value sketches, see ``restorelcc.lcc.fingerprint``)
+replaced format 1, whose single hash mixed the masks with bf16-rounded ``o_proj`` values:
+it refused fp16-made adapters on fp32 models and missed changes of other weights. A format
+1 adapter cannot be checked (the masks cannot be read back out of that hash), so loading it
+is an ``AdapterError`` asking to re-create it with ``restorelcc restore``.
 
 A merged checkpoint is the pruned model with the restoration folded into its ``o_proj``
 biases, saved with ``save_pretrained`` so that plain ``transformers`` loads it: the family's
@@ -26,9 +33,11 @@ from torch import nn
 from restorelcc.errors import UnsupportedModelError
 from restorelcc.hf.families import HeadGeometry, decoder_layers, family_of, o_proj_of
 from restorelcc.io import atomic_directory, run_metadata
+from restorelcc.lcc.fingerprint import ModelFingerprint
 from restorelcc.lcc.restoration import AdapterError, Restoration
 
-ADAPTER_FORMAT = 1
+ADAPTER_FORMAT = 2
+FINGERPRINT_SKETCHES = "fingerprint_sketches"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
 MERGED_INFO = "restorelcc.json"
@@ -46,12 +55,13 @@ def save_adapter(restoration: Restoration, directory: str | Path, overwrite: boo
     }
     if restoration.scores is not None:
         tensors["scores"] = restoration.scores.contiguous()
+    tensors[FINGERPRINT_SKETCHES] = restoration.fingerprint.sketches().contiguous()
     meta = {
         "format": ADAPTER_FORMAT,
         "method": restoration.method,
         "model_type": restoration.model_type,
         "geometry": dataclasses.asdict(restoration.geometry),
-        "fingerprint": restoration.fingerprint,
+        "fingerprint": restoration.fingerprint.to_json(),
         "selected_heads": restoration.heads.tolist(),
         "trainable_parameters": restoration.trainable_parameters,
         "hyperparameters": restoration.hyperparameters,
@@ -80,6 +90,12 @@ def load_adapter(directory: str | Path) -> Restoration:
         meta = json.loads(config.read_text())
     except (OSError, ValueError) as exc:
         raise AdapterError(f"{config} is not valid JSON: {exc}") from None
+    if isinstance(meta, dict) and meta.get("format") == 1:
+        raise AdapterError(
+            f"{config} is adapter format 1 (fingerprint v1, which cannot tell a dtype change "
+            f"from other weights); this version reads format {ADAPTER_FORMAT}: re-create the "
+            "adapter with `restorelcc restore` on the pruned model"
+        )
     if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
         raise AdapterError(
             f"{config} has format {meta.get('format') if isinstance(meta, dict) else None!r}; "
@@ -98,7 +114,9 @@ def load_adapter(directory: str | Path) -> Restoration:
             directions=tensors["directions"],
             beta=tensors["beta"],
             b=tensors["b"],
-            fingerprint=str(meta["fingerprint"]),
+            fingerprint=ModelFingerprint.from_json(
+                meta["fingerprint"], tensors[FINGERPRINT_SKETCHES]
+            ),
             method=str(meta.get("method", "restorelcc")),
             hyperparameters=meta.get("hyperparameters", {}),
             scores=tensors.get("scores"),

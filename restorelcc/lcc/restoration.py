@@ -17,7 +17,7 @@ from torch import nn
 
 from restorelcc.errors import RestoreLCCError
 from restorelcc.hf.families import HeadGeometry, family_of, head_geometry
-from restorelcc.lcc.fingerprint import model_fingerprint
+from restorelcc.lcc.fingerprint import ModelFingerprint, model_fingerprint
 from restorelcc.lcc.fold import fold_offsets
 from restorelcc.lcc.heads import HeadCompensation, check_heads, o_proj_input_offsets, scatter_heads
 
@@ -48,7 +48,7 @@ class Restoration:
     directions: torch.Tensor
     beta: torch.Tensor
     b: torch.Tensor
-    fingerprint: str
+    fingerprint: ModelFingerprint
     method: str = "restorelcc"
     hyperparameters: dict = field(default_factory=dict)
     scores: torch.Tensor | None = None
@@ -65,10 +65,15 @@ class Restoration:
             setattr(self, name, value.detach().float().cpu())
         if self.scores is not None:
             self.scores = self.scores.detach().float().cpu()
+        if not isinstance(self.fingerprint, ModelFingerprint):
+            raise AdapterError(
+                f"fingerprint must be a ModelFingerprint (model_fingerprint(model)), got "
+                f"{type(self.fingerprint).__name__}"
+            )
 
     @classmethod
     def from_compensation(
-        cls, module: HeadCompensation, model_type: str, fingerprint: str, **fields
+        cls, module: HeadCompensation, model_type: str, fingerprint: ModelFingerprint, **fields
     ) -> Restoration:
         return cls(
             model_type=model_type,
@@ -99,7 +104,9 @@ class Restoration:
 
     def check_model(self, model: nn.Module) -> None:
         """Raise ``AdapterMismatchError`` unless ``model`` is the pruned model this
-        restoration was made for (family, geometry, masks and ``o_proj`` weights)."""
+        restoration was made for: its family and geometry, the sparsity mask of every block
+        linear, and every parameter's values up to what a change of dtype explains (see
+        ``restorelcc.lcc.fingerprint``). The message names what differs."""
         family = family_of(model).model_type
         if family != self.model_type:
             raise AdapterMismatchError(
@@ -110,12 +117,13 @@ class Restoration:
             raise AdapterMismatchError(
                 f"restoration is for {self.geometry}, the model has {geometry}"
             )
-        found = model_fingerprint(model)
-        if found != self.fingerprint:
+        problems = self.fingerprint.differences(model_fingerprint(model))
+        if problems:
+            more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
             raise AdapterMismatchError(
-                "restoration was made for a different pruned model (fingerprint "
-                f"{self.fingerprint[:19]}..., this model {found[:19]}...): other weights, "
-                "another sparsity mask, or a restoration already folded in"
+                "restoration was made for a different pruned model: "
+                + "; ".join(problems[:3])
+                + more
             )
 
     @contextlib.contextmanager
@@ -159,5 +167,5 @@ class Restoration:
             "selected_heads": int(self.heads.shape[0]),
             "total_heads": self.geometry.total_heads,
             "trainable_parameters": self.trainable_parameters,
-            "fingerprint": self.fingerprint,
+            "fingerprint": self.fingerprint.digest,
         }

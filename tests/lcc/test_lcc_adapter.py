@@ -23,11 +23,13 @@ def test_save_load_round_trip(pruned, tmp_path):
     restoration.save(tmp_path / "adapter")
     meta = json.loads((tmp_path / "adapter" / ADAPTER_CONFIG).read_text())
     assert meta["selected_heads"] == restoration.heads.tolist()
-    assert meta["fingerprint"] == restoration.fingerprint and meta["hyperparameters"]["lr"] == 1e-3
+    assert meta["fingerprint"] == restoration.fingerprint.to_json()
+    assert meta["hyperparameters"]["lr"] == 1e-3
     assert "metadata" in meta
     loaded = Restoration.load(tmp_path / "adapter")
     for field in ("heads", "directions", "beta", "b"):
         assert torch.equal(getattr(loaded, field), getattr(restoration, field))
+    assert torch.equal(loaded.fingerprint.sketches(), restoration.fingerprint.sketches())
     assert loaded.geometry == restoration.geometry and loaded.model_type == "llama"
     with pytest.raises(FileExistsError):
         restoration.save(tmp_path / "adapter")
