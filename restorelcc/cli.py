@@ -6,7 +6,9 @@ import argparse
 import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 
 from restorelcc.errors import RestoreLCCError
@@ -50,10 +52,32 @@ def _library_progress_bars(enabled: bool) -> Iterator[None]:
             logging.enable_progress_bar()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it unwinds as Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler's stop) unwinds the stack like Ctrl-C, so the
+    atomic writes remove their temporary files instead of leaving half a checkpoint."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with _library_progress_bars(not getattr(args, "quiet", False)):
+        with _terminate_as_interrupt(), _library_progress_bars(not getattr(args, "quiet", False)):
             return int(args.func(args) or 0)
     except (RestoreLCCError, ValueError, FileExistsError, FileNotFoundError) as exc:
         # Bad input: one line for the user; RESTORELCC_DEBUG=1 shows the traceback.
@@ -61,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"restorelcc {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"restorelcc {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"restorelcc {args.command}: interrupted", file=sys.stderr)
         return 130

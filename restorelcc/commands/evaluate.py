@@ -58,7 +58,7 @@ def register(subparsers) -> None:
     ppl.add_argument("--no-ppl", action="store_true", help="skip perplexity")
     p.add_argument(
         "--ppl-source",
-        default="lambada",
+        default=DEFAULT_PPL_SOURCE,
         help="perplexity text: 'lambada' (default), a text file, a folder of text files, or "
         "JSON/JSONL/save_to_disk rows with a 'text' column (e.g. WikiText-2's test split)",
     )
@@ -77,6 +77,9 @@ def register(subparsers) -> None:
     p.add_argument("--json", default=None, help="report path (default eval_<model>.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
+
+
+DEFAULT_PPL_SOURCE = "lambada"
 
 
 def default_report_path(model: str) -> Path:
@@ -99,7 +102,11 @@ def summary_rows(report: dict) -> list[dict]:
     if len(rows) > 1:
         accs = [r["acc"] for r in rows]
         rows.append(
-            {"task": "mean", "items": sum(r["items"] for r in rows), "acc": sum(accs) / len(accs)}
+            {
+                "task": "mean (acc)",
+                "items": sum(r["items"] for r in rows),
+                "acc": sum(accs) / len(accs),
+            }
         )
     return rows
 
@@ -116,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--mlp swaps the MLP projections too: it needs --swap FORMAT")
     if not tasks and args.no_ppl:
         raise ValueError("nothing to evaluate: --tasks none with --no-ppl")
+    if args.no_ppl and args.ppl_source != DEFAULT_PPL_SOURCE:
+        raise ValueError("--ppl-source is the perplexity text: it has no use with --no-ppl")
     if not args.no_ppl:
         perplexity_texts(args.ppl_source, n=1)  # a missing or empty source fails here too
     out = Path(args.json) if args.json else default_report_path(args.model)

@@ -100,8 +100,8 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     add_device_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    method_options = (*RESTORELCC_ONLY, *TRAINING, "lofit_l1")
-    p.set_defaults(func=run, option_defaults={o: p.get_default(o) for o in method_options})
+    checked_options = (*RESTORELCC_ONLY, *TRAINING, "lofit_l1", "ppl_source")
+    p.set_defaults(func=run, option_defaults={o: p.get_default(o) for o in checked_options})
 
 
 def _check_method_options(args: argparse.Namespace) -> None:
@@ -117,6 +117,8 @@ def _check_method_options(args: argparse.Namespace) -> None:
         raise RestoreArgumentError(f"--method {args.method} does not use {names}")
     if args.lofit_l1 is not None and not args.lofit_l1 >= 0:
         raise RestoreArgumentError(f"--lofit-l1 must be >= 0, got {args.lofit_l1}")
+    if not args.eval and args.ppl_source != args.option_defaults["ppl_source"]:
+        raise RestoreArgumentError("--ppl-source is --eval's text: give --eval too")
 
 
 def _config(args: argparse.Namespace):
@@ -227,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         summary["heldout_before"] = train["validation"]["before"]
         summary["heldout_after"] = train["validation"]["after"]
     if evaluation:
-        summary.update({f"ppl_{k}": v for k, v in evaluation.items()})
+        summary.update({f"ppl_{k}": v for k, v in evaluation["perplexity"].items()})
     print(format_table([summary]))
     written = f"{args.out} (adapter, {REPORT_NAME}" + (f", {MERGED_DIR}/)" if args.merged else ")")
     print(f"wrote {written}")
@@ -254,11 +256,16 @@ def _evaluate(dense, pruned, tokenizer, restoration, args: argparse.Namespace) -
     models."""
     import copy
 
-    from restorelcc.evaluate import perplexity
+    from restorelcc.evaluate import perplexity_report
 
     restored = restoration.fold(copy.deepcopy(pruned))
     models = {"dense": dense, "pruned": pruned, "restored": restored}
-    return {
-        name: perplexity(model, tokenizer, source=args.ppl_source, progress=not args.quiet)
+    results = {
+        name: perplexity_report(model, tokenizer, source=args.ppl_source, progress=not args.quiet)
         for name, model in models.items()
+    }
+    settings = results["dense"].as_dict()
+    return {
+        "perplexity": {name: result.perplexity for name, result in results.items()},
+        **{key: settings[key] for key in ("source", "tokens", "window", "stride")},
     }

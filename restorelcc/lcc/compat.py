@@ -6,7 +6,14 @@ import torch
 from torch import nn
 
 from restorelcc.errors import UnsupportedModelError
-from restorelcc.hf.families import HeadGeometry, family_of, head_geometry, o_proj_of
+from restorelcc.hf.families import (
+    HeadGeometry,
+    block_linear,
+    decoder_layers,
+    family_of,
+    head_geometry,
+    o_proj_of,
+)
 
 # A pruned head is the dense head whose o_proj columns point the same way; structured
 # pruning copies those columns unchanged (cosine 1), and unstructured pruning on top keeps
@@ -51,8 +58,29 @@ def check_compatible(dense: nn.Module, pruned: nn.Module) -> torch.Tensor:
                 "in the dense model; the pruned model must have the dense model's shapes"
             )
     if not heads_removed:
+        if _same_block_weights(dense, pruned):
+            raise UnsupportedModelError(
+                "the pruned model's decoder weights equal the dense model's: nothing was "
+                "pruned, so nothing was lost to restore (prune it first)"
+            )
         return torch.arange(pruned_geo.heads).expand(pruned_geo.layers, -1).clone()
     return match_heads(dense, pruned)
+
+
+@torch.no_grad()
+def _same_block_weights(dense: nn.Module, pruned: nn.Module) -> bool:
+    """Whether every decoder-block linear weight is equal (stops at the first that is not,
+    which for a pruned model is the first one)."""
+    family = family_of(dense)
+    for dense_block, pruned_block in zip(
+        decoder_layers(dense), decoder_layers(pruned), strict=True
+    ):
+        for name in family.block_linears:
+            a = block_linear(dense_block, name).weight
+            b = block_linear(pruned_block, name).weight
+            if a.shape != b.shape or not torch.equal(a, b.to(a.device)):
+                return False
+    return True
 
 
 def match_heads(dense: nn.Module, pruned: nn.Module) -> torch.Tensor:

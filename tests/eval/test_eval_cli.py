@@ -87,6 +87,7 @@ def test_perplexity_only_on_a_text_file(tiny_dir, tmp_path, capsys):
         (["--ppl-source", "/nonexistent/wiki.txt"], "unknown perplexity source '/nonexistent"),
         (["--ppl-source", "squad"], "not 'lambada' and no such file or folder"),
         (["--tasks", "none", "--no-ppl"], "nothing to evaluate: --tasks none with --no-ppl"),
+        (["--no-ppl", "--ppl-source", "wiki.txt"], "it has no use with --no-ppl"),
     ],
 )
 def test_bad_perplexity_requests_fail_before_the_model_loads(flags, message, tmp_path, capsys):

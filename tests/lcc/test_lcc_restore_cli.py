@@ -132,9 +132,11 @@ def test_eval_reports_dense_pruned_and_restored_perplexity(checkpoints, capsys):
     assert main(args(tmp_path, "--eval")) == 0
     assert "ppl_restored" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "restore_report.json").read_text())
-    ppl = report["evaluation"]
-    assert set(ppl) == {"dense", "pruned", "restored"}
-    assert all(1 < value < float("inf") for value in ppl.values())
+    evaluation = report["evaluation"]
+    assert set(evaluation["perplexity"]) == {"dense", "pruned", "restored"}
+    assert all(1 < value < float("inf") for value in evaluation["perplexity"].values())
+    assert evaluation["source"] == "lambada" and evaluation["tokens"] > 0
+    assert evaluation["window"] >= evaluation["stride"] > 0
 
 
 def test_validation_pairs_are_scored_before_and_after(checkpoints, capsys):
@@ -179,7 +181,23 @@ def test_eval_reads_its_perplexity_text_from_ppl_source(checkpoints, tmp_path, c
     text = tmp_path / "ppl.txt"
     text.write_text(" ".join(WORDS * 40))
     assert main(args(tmp_path, "--eval", "--ppl-source", str(text))) == 0
-    lambada = json.loads((tmp_path / "out" / "restore_report.json").read_text())["evaluation"]
+    user = json.loads((tmp_path / "out" / "restore_report.json").read_text())["evaluation"]
     assert main(args(tmp_path, "--eval", "--overwrite")) == 0
     default = json.loads((tmp_path / "out" / "restore_report.json").read_text())["evaluation"]
-    assert lambada != default  # another text, another perplexity
+    assert user["source"] == str(text) and default["source"] == "lambada"
+    assert user["perplexity"] != default["perplexity"]  # another text, another perplexity
+
+
+def test_ppl_source_without_eval_is_refused(checkpoints, capsys):
+    tmp_path, _ = checkpoints
+    assert main(args(tmp_path, "--ppl-source", "lambada.txt")) == 2
+    assert "--ppl-source is --eval's text: give --eval too" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unpruned_model_is_refused(checkpoints, capsys):
+    tmp_path, _ = checkpoints
+    argv = args(tmp_path)
+    argv[argv.index("--pruned") + 1] = argv[argv.index("--dense") + 1]
+    assert main(argv) == 2
+    assert "nothing was pruned" in capsys.readouterr().err
