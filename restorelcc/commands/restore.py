@@ -8,6 +8,7 @@ the restoration folded into the ``o_proj`` biases (``--out/merged``).
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from restorelcc.commands.options import add_device_argument, resolve_device
@@ -73,20 +74,39 @@ def register(subparsers) -> None:
     p.add_argument(
         "--heads", type=heads_value, default=0.25, help="heads to train: a count or a fraction"
     )
-    p.add_argument("--selection", choices=("probe", "random"), default="probe")
+    p.add_argument(
+        "--selection",
+        choices=("probe", "random"),
+        default="probe",
+        help="how heads are picked: contrastive probes, or at random (ablation); default "
+        "%(default)s",
+    )
     p.add_argument(
         "--lofit-l1", type=float, default=None, help="LoFiT's L1 penalty weight (default 1e-3)"
     )
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default %(default)s)")
+    p.add_argument(
+        "--epochs", type=int, default=3, help="passes over --pairs (default %(default)s)"
+    )
     p.add_argument("--max-steps", type=int, default=None, help="overrides --epochs")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per step (default %(default)s)")
     p.add_argument("--max-length", type=int, default=500, help="training tokens per pair")
     p.add_argument("--components-k", type=int, default=1, help="paper 1, research code 10")
-    p.add_argument("--negatives", choices=("auto", "minilm", "tfidf"), default="auto")
+    p.add_argument(
+        "--negatives",
+        choices=("auto", "minilm", "tfidf"),
+        default="auto",
+        help="how probing's negative responses are mined: sentence embeddings (minilm), "
+        "tf-idf, or auto (minilm where its wheel is installed); default %(default)s",
+    )
     p.add_argument("--standardize", action="store_true", help="standardise probe features")
     p.add_argument("--seed", type=int, default=0, help="data sampling, init and order")
-    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="both models' dtype (default %(default)s)",
+    )
     p.add_argument("--merged", action="store_true", help=f"also write --out/{MERGED_DIR}")
     p.add_argument(
         "--eval", action="store_true", help="perplexity of the dense, pruned and restored models"
@@ -150,7 +170,10 @@ def _config(args: argparse.Namespace):
             train=train,
         )
     except ValueError as exc:
-        raise RestoreArgumentError(str(exc)) from None
+        # the configs name their fields; the user typed flags
+        flags = "|".join(f for f in vars(args) if "_" in f)
+        message = re.sub(rf"\b({flags})\b", lambda m: "--" + m[1].replace("_", "-"), str(exc))
+        raise RestoreArgumentError(message) from None
 
 
 def _check_out(args: argparse.Namespace) -> None:

@@ -88,7 +88,8 @@ def test_restore_command_writes_adapter_report_and_merged(checkpoints, capsys):
         (["--lr", "-1"], "lr must be positive"),
         (["--pairs", "500"], "holds 20 items; asked for 500"),
         (["--validation-pairs", "8"], "holds 20 items; asked for 24"),
-        (["--validation-pairs", "-1"], "validation_pairs must be >= 0"),
+        (["--validation-pairs", "-1"], "--validation-pairs must be >= 0"),
+        (["--max-steps", "0"], "--max-steps must be >= 1"),
         (["--lofit-l1", "0.1"], "--method restorelcc does not use --lofit-l1"),
         # checked before the models load (a missing --dense would fail there)
         (["--eval", "--ppl-source", "missing.txt", "--dense", "nowhere"], "missing.txt"),
