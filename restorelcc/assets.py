@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +137,105 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# Files one of which a saved tokenizer needs (a fast tokenizer's file, a SentencePiece or
+# tiktoken model, a BPE / WordPiece vocabulary).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tiktoken.model",
+    "vocab.json",
+    "vocab.txt",
+)
+LISTED_KEYS = 3
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message as one line (all of its lines, joined)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines) or type(exc).__name__
+
+
+def _listed(keys) -> str:
+    """A few sorted names, then "and N more"."""
+    keys = sorted(map(str, keys))
+    shown = ", ".join(keys[:LISTED_KEYS])
+    more = len(keys) - LISTED_KEYS
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def load_config(name_or_path: str | os.PathLike = DEFAULT_MODEL):
+    """The model's ``transformers`` config, without its weights (cheap checks first).
+
+    Raises ``ModelNotFoundError`` / ``CorruptCacheError`` (an unreadable config.json)."""
+    return _read_config(resolve_model(name_or_path))
+
+
+def _read_config(directory: Path):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(directory)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CorruptCacheError(
+            f"cannot read the config of {directory}: {_one_line(exc)}"
+        ) from None
+
+
+def _load_tokenizer(directory: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError, RuntimeError) as exc:
+        if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+            raise CorruptCacheError(
+                f"no tokenizer files found in {directory}: expected {TOKENIZER_FILES[0]} "
+                f"(or {', '.join(TOKENIZER_FILES[1:])}); save the tokenizer with the weights"
+            ) from exc
+        raise CorruptCacheError(
+            f"cannot load the tokenizer from {directory}: {_one_line(exc)}"
+        ) from exc
+
+
+@contextmanager
+def _without_load_report():
+    """Hide transformers' LOAD REPORT warning: ``_check_loading_info`` raises instead."""
+    logger = logging.getLogger("transformers.modeling_utils")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def _check_loading_info(directory: Path, model, info: dict) -> None:
+    """Raise ``CorruptCacheError`` if weights were missing from the checkpoint (so left
+    randomly initialised), unused by the model, or of the wrong shape. Tied weights and
+    buffers that transformers rebuilds are not reported as missing by transformers."""
+    problems = []
+    if info["missing_keys"]:
+        problems.append(f"missing tensors {_listed(info['missing_keys'])}")
+    if info["unexpected_keys"]:
+        problems.append(f"unexpected tensors {_listed(info['unexpected_keys'])}")
+    if info["mismatched_keys"]:
+        shapes = [
+            f"{key} {list(saved)} (config implies {list(expected)})"
+            for key, saved, expected in info["mismatched_keys"]
+        ]
+        problems.append(f"tensors of the wrong shape {_listed(shapes)}")
+    if problems:
+        raise CorruptCacheError(
+            f"the weights in {directory} do not match its config "
+            f"({model.config.model_type}, {type(model).__name__}): {'; '.join(problems)}"
+        )
+
+
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     dtype: torch.dtype = torch.float32,
@@ -142,17 +243,26 @@ def load_model(
 ):
     """Load ``(model, tokenizer)`` in eval mode; the tokenizer pads on the right.
 
-    Raises ``ModelNotFoundError`` / ``CorruptCacheError`` with the reason.
+    Raises ``ModelNotFoundError`` / ``CorruptCacheError`` with the reason, including
+    weights the checkpoint lacks (which transformers would initialise randomly).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     directory = resolve_model(name_or_path)
+    config = _read_config(directory)  # the small files before the (larger) weights
+    tokenizer = _load_tokenizer(directory)
     try:
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        with _without_load_report():
+            model, info = AutoModelForCausalLM.from_pretrained(
+                directory,
+                config=config,
+                dtype=dtype,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,  # reported by _check_loading_info
+            )
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorruptCacheError(f"cannot load model from {directory}: {first}") from exc
+        raise CorruptCacheError(f"cannot load model from {directory}: {_one_line(exc)}") from exc
+    _check_loading_info(directory, model, info)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

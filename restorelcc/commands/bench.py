@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from restorelcc.assets import load_model
+    from restorelcc.assets import load_config, load_model
+    from restorelcc.hf.families import family_of
     from restorelcc.hf.swap import unswap_attention
     from restorelcc.io import atomic_write_json, format_table, run_metadata
     from restorelcc.latency import weight_bytes
@@ -170,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = _dtype(args.dtype, device)
     restoration = read_adapter(args.adapter)
+    family_of(load_config(args.model))  # an unsupported family fails before the weights load
     model, _ = load_model(args.model, dtype=dtype, device=device)
     if restoration is not None:
         restoration.fold(model)

@@ -10,6 +10,10 @@ from restorelcc.prune.validate import METHODS, PruneArgumentError
 
 REPORT_NAME = "prune_report.json"
 DEFAULT_CALIBRATION = "mix"
+# Options only calibrated methods use, and options only --eval uses: refused when given
+# (other than their defaults) where they would be ignored, as restore refuses its own.
+CALIBRATION_OPTIONS = ("calibration", "nsamples", "seqlen", "seed", "chunk_size")
+EVAL_OPTIONS = ("ppl_tokens",)
 
 
 def register(subparsers) -> None:
@@ -51,13 +55,33 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     add_device_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    checked_options = (*CALIBRATION_OPTIONS, *EVAL_OPTIONS)
+    p.set_defaults(func=run, option_defaults={o: p.get_default(o) for o in checked_options})
+
+
+def _option_names(names) -> str:
+    return ", ".join("--" + name.replace("_", "-") for name in names)
+
+
+def _check_unused_options(args: argparse.Namespace, spec) -> None:
+    """Refuse options that this run would silently ignore."""
+    given = [o for o in CALIBRATION_OPTIONS if getattr(args, o) != args.option_defaults[o]]
+    if given and not spec.needs_calibration:
+        raise PruneArgumentError(
+            f"--method {spec.method} uses no calibration data: it does not use "
+            f"{_option_names(given)}"
+        )
+    given = [o for o in EVAL_OPTIONS if getattr(args, o) != args.option_defaults[o]]
+    if given and not args.eval:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise PruneArgumentError(f"{_option_names(given)} {verb} only to --eval: give --eval too")
 
 
 def _check_arguments(args: argparse.Namespace):
     from restorelcc.prune.validate import check_spec
 
     spec = check_spec(args.method, args.sparsity, args.pattern, args.head_fraction)
+    _check_unused_options(args, spec)
     for name in ("nsamples", "seqlen", "chunk_size", "ppl_tokens"):
         if getattr(args, name) <= 0:
             raise PruneArgumentError(f"--{name.replace('_', '-')} must be positive")
@@ -78,7 +102,8 @@ def _evaluate(model, tokenizer, tokens: int, progress: bool) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from restorelcc.assets import load_model
+    from restorelcc.assets import load_config, load_model
+    from restorelcc.hf.families import family_of
     from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
     from restorelcc.prune import prune_model
     from restorelcc.prune.validate import check_model
@@ -88,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         from restorelcc.data import calibration_texts
 
         calibration_texts(args.calibration, n=1)
+    family_of(load_config(args.model))  # an unsupported family fails before the weights load
     model, tokenizer = load_model(args.model, device=resolve_device(args.device))
     check_model(model, spec)
     calibration = None

