@@ -23,6 +23,7 @@ from restorelcc.commands.options import (
     add_adapter_argument,
     add_device_argument,
     add_mlp_argument,
+    check_json_path,
     positive_int,
     read_adapter,
     resolve_device,
@@ -163,9 +164,7 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.latency import weight_bytes
 
     start = time.perf_counter()
-    out = Path(args.json) if args.json else Path(f"bench_{Path(args.model).name}.json")
-    if out.is_dir():
-        raise FileExistsError(f"--json {out} is a directory")
+    out = check_json_path(args.json or f"bench_{Path(args.model).name}.json")
     if not 0 <= args.min_sparsity < 1:
         raise ValueError(f"--min-sparsity must be in [0, 1), got {args.min_sparsity}")
     device = resolve_device(args.device)

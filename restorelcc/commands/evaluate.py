@@ -10,6 +10,7 @@ from restorelcc.commands.options import (
     add_adapter_argument,
     add_device_argument,
     add_mlp_argument,
+    check_json_path,
     describe_swap,
     positive_int,
     read_adapter,
@@ -127,9 +128,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--ppl-source is the perplexity text: it has no use with --no-ppl")
     if not args.no_ppl:
         perplexity_texts(args.ppl_source, n=1)  # a missing or empty source fails here too
-    out = Path(args.json) if args.json else default_report_path(args.model)
-    if out.is_dir():
-        raise FileExistsError(f"--json {out} is a directory")
+    out = check_json_path(args.json or default_report_path(args.model))
     device = resolve_device(args.device)
     restoration = read_adapter(args.adapter)
     model, tokenizer = load_model(args.model, device=device)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
-from pathlib import Path
 
-from restorelcc.commands.options import add_mlp_argument
+from restorelcc.commands.options import add_mlp_argument, check_json_path
 from restorelcc.hf import FORMATS, MIN_SPARSITY
 
 
@@ -52,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.mlp and not args.swap:
         raise ValueError("--mlp previews the MLP's swap too: it needs --swap FORMAT")
-    if args.json and Path(args.json).is_dir():  # before the work, as eval and bench check
-        raise FileExistsError(f"--json {args.json} is a directory")
+    if args.json:
+        check_json_path(args.json)
     result = inspect_checkpoint(args.directory)
     matrices = result["matrices"]
     if args.per_matrix:

@@ -1,9 +1,12 @@
-"""Options shared by the subcommands: ``--device``, ``--adapter``, positive integers, and
-the swap of a model's pruned attention (and, with ``--mlp``, MLP) projections."""
+"""Options shared by the subcommands: ``--device``, ``--adapter``, positive integers, the
+``--json`` report path, options a run would ignore, and the swap of a model's pruned
+attention (and, with ``--mlp``, MLP) projections."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from restorelcc.errors import RestoreLCCError
@@ -21,6 +24,31 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} is not positive")
     return value
+
+
+def remember_defaults(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """Keep the defaults of the options ``names`` on the parsed namespace, for
+    ``given_options``."""
+    parser.set_defaults(option_defaults={name: parser.get_default(name) for name in names})
+
+
+def given_options(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` (remembered by ``remember_defaults``) set to other than their
+    default, as flags (``--max-steps``)."""
+    return [
+        "--" + name.replace("_", "-")
+        for name in names
+        if getattr(args, name) != args.option_defaults[name]
+    ]
+
+
+def check_json_path(path: str | Path) -> Path:
+    """``path`` as a Path; ``FileExistsError`` if it is a directory (checked before the work,
+    so the report can be written after it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileExistsError(f"--json {path} is a directory")
+    return path
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

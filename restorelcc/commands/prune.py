@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from restorelcc.commands.options import add_device_argument, resolve_device
+from restorelcc.commands.options import (
+    add_device_argument,
+    given_options,
+    remember_defaults,
+    resolve_device,
+)
 from restorelcc.prune.validate import METHODS, PruneArgumentError
 
 REPORT_NAME = "prune_report.json"
@@ -55,26 +60,21 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     add_device_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    checked_options = (*CALIBRATION_OPTIONS, *EVAL_OPTIONS)
-    p.set_defaults(func=run, option_defaults={o: p.get_default(o) for o in checked_options})
-
-
-def _option_names(names) -> str:
-    return ", ".join("--" + name.replace("_", "-") for name in names)
+    p.set_defaults(func=run)
+    remember_defaults(p, (*CALIBRATION_OPTIONS, *EVAL_OPTIONS))
 
 
 def _check_unused_options(args: argparse.Namespace, spec) -> None:
     """Refuse options that this run would silently ignore."""
-    given = [o for o in CALIBRATION_OPTIONS if getattr(args, o) != args.option_defaults[o]]
+    given = given_options(args, CALIBRATION_OPTIONS)
     if given and not spec.needs_calibration:
         raise PruneArgumentError(
-            f"--method {spec.method} uses no calibration data: it does not use "
-            f"{_option_names(given)}"
+            f"--method {spec.method} uses no calibration data: it does not use {', '.join(given)}"
         )
-    given = [o for o in EVAL_OPTIONS if getattr(args, o) != args.option_defaults[o]]
+    given = given_options(args, EVAL_OPTIONS)
     if given and not args.eval:
         verb = "applies" if len(given) == 1 else "apply"
-        raise PruneArgumentError(f"{_option_names(given)} {verb} only to --eval: give --eval too")
+        raise PruneArgumentError(f"{', '.join(given)} {verb} only to --eval: give --eval too")
 
 
 def _check_arguments(args: argparse.Namespace):

@@ -11,7 +11,12 @@ import argparse
 import re
 from pathlib import Path
 
-from restorelcc.commands.options import add_device_argument, resolve_device
+from restorelcc.commands.options import (
+    add_device_argument,
+    given_options,
+    remember_defaults,
+    resolve_device,
+)
 from restorelcc.errors import RestoreLCCError
 
 REPORT_NAME = "restore_report.json"
@@ -120,8 +125,8 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     add_device_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    checked_options = (*RESTORELCC_ONLY, *TRAINING, "lofit_l1", "ppl_source")
-    p.set_defaults(func=run, option_defaults={o: p.get_default(o) for o in checked_options})
+    p.set_defaults(func=run)
+    remember_defaults(p, (*RESTORELCC_ONLY, *TRAINING, "lofit_l1", "ppl_source"))
 
 
 def _check_method_options(args: argparse.Namespace) -> None:
@@ -131,13 +136,12 @@ def _check_method_options(args: argparse.Namespace) -> None:
         "lofit": RESTORELCC_ONLY,
         "training-free": (*RESTORELCC_ONLY, *TRAINING, "lofit_l1"),
     }[args.method]
-    given = [o for o in unused if getattr(args, o) != args.option_defaults[o]]
+    given = given_options(args, unused)
     if given:
-        names = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise RestoreArgumentError(f"--method {args.method} does not use {names}")
+        raise RestoreArgumentError(f"--method {args.method} does not use {', '.join(given)}")
     if args.lofit_l1 is not None and not args.lofit_l1 >= 0:
         raise RestoreArgumentError(f"--lofit-l1 must be >= 0, got {args.lofit_l1}")
-    if not args.eval and args.ppl_source != args.option_defaults["ppl_source"]:
+    if not args.eval and given_options(args, ("ppl_source",)):
         raise RestoreArgumentError("--ppl-source is --eval's text: give --eval too")
 
 
