@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from restorelcc.assets import DEFAULT_MODEL, load_model
+from restorelcc.assets import DEFAULT_MODEL, load_config, load_model
 from restorelcc.baselines import (
     block_sparsity,
     lofit_baseline,
@@ -28,12 +28,23 @@ from restorelcc.baselines import (
     merged_sparsity,
     training_free,
 )
-from restorelcc.data import calibration_batches, instruction_pairs, perplexity_texts
-from restorelcc.evaluate import evaluate_model, resolve_tasks
-from restorelcc.io import atomic_write_json, format_table, run_metadata
+from restorelcc.data import (
+    calibration_batches,
+    calibration_texts,
+    instruction_pairs,
+    perplexity_texts,
+)
+from restorelcc.errors import RestoreLCCError
+from restorelcc.evaluate import PAPER_TASKS, evaluate_model, resolve_tasks
+from restorelcc.hf.families import head_geometry
+from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
 from restorelcc.lcc.pipeline import RestoreConfig, restore
+from restorelcc.lcc.probing import head_count
 from restorelcc.lcc.train import TrainConfig
 from restorelcc.prune import prune_model
+from restorelcc.prune.masks import parse_pattern
+from restorelcc.prune.validate import CALIBRATED_METHODS, PruneSpec, check_model, check_spec
+from restorelcc.prune.validate import METHODS as PRUNE_METHODS
 
 METHODS = ("lora", "lofit", "training-free", "restorelcc")
 DEFAULT_METHODS = ("lora", "training-free", "restorelcc")  # LoFiT trains twice: opt in
@@ -44,12 +55,57 @@ HEADLINE_METRIC = {
     "arc_challenge": "acc_norm",
     "openbookqa": "acc_norm",
 }
+# What ``--paper`` changes: the paper's budget (hours on a CPU).
+PAPER_SETTINGS = dict(
+    calibration_samples=128,
+    calibration_seqlen=2048,
+    train_pairs=2000,
+    probe_pairs=1000,
+    epochs=3,
+    max_length=500,
+    tasks=PAPER_TASKS,  # the 7 tasks of the paper
+    limit=None,
+    ppl_tokens=65536,
+)
+# DemoConfig fields that must be integers >= 1.
+POSITIVE_FIELDS = (
+    "calibration_samples",
+    "calibration_seqlen",
+    "train_pairs",
+    "probe_pairs",
+    "lora_rank",
+    "epochs",
+    "batch_size",
+    "max_length",
+    "ppl_tokens",
+    "latency_rounds",
+)
+
+
+class DemoArgumentError(RestoreLCCError, ValueError):
+    """A demo setting that cannot be carried out; the message names its ``demo`` option."""
+
+
+def option(field_name: str) -> str:
+    """The ``restorelcc demo`` option of a ``DemoConfig`` field: ``train_pairs`` ->
+    ``--train-pairs``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _flagged(flag: str, check, *args, **kwargs):
+    """``check(*args, **kwargs)``, its error re-raised as one naming the option ``flag``."""
+    try:
+        return check(*args, **kwargs)
+    except (RestoreLCCError, ValueError) as exc:
+        raise DemoArgumentError(f"{flag}: {exc}") from None
 
 
 @dataclass
 class DemoConfig:
     """Budget of the demo. Defaults fit ~25-30 minutes on 2 CPU cores for ``smollm2-135m``;
-    ``paper()`` gives the paper's settings (hours on a CPU)."""
+    ``paper()`` gives the paper's settings (hours on a CPU). Each field is the ``restorelcc
+    demo`` option of the same name (``option(name)``); construction checks every setting
+    that needs no data or model, and its errors name those options."""
 
     model: str = DEFAULT_MODEL
     prune_method: str = "wanda"
@@ -62,7 +118,7 @@ class DemoConfig:
     pairs_source: str = "mix"
     train_pairs: int = 192
     probe_pairs: int = 128
-    heads: float = 0.25
+    heads: int | float = 0.25  # a count, or a fraction of all heads
     lr: float = 1e-3
     lora_lr: float = 1e-3
     lora_rank: int = 8
@@ -81,36 +137,58 @@ class DemoConfig:
 
     @classmethod
     def paper(cls, **overrides) -> DemoConfig:
-        settings = dict(
-            calibration_samples=128,
-            calibration_seqlen=2048,
-            train_pairs=2000,
-            probe_pairs=1000,
-            epochs=3,
-            max_length=500,
-            tasks=(
-                "boolq",
-                "rte",
-                "hellaswag",
-                "winogrande",
-                "arc_easy",
-                "arc_challenge",
-                "openbookqa",
-            ),
-            limit=None,
-            ppl_tokens=65536,
-        )
-        settings.update(overrides)
-        return cls(**settings)
+        """The paper's budget (``PAPER_SETTINGS``); ``overrides`` win over it."""
+        return cls(**(PAPER_SETTINGS | overrides))
 
     def __post_init__(self) -> None:
         unknown = set(self.methods) - set(METHODS)
         if unknown:
-            raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+            raise DemoArgumentError(
+                f"--methods: unknown {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}"
+            )
+        for name in POSITIVE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DemoArgumentError(f"{option(name)} must be positive, got {value!r}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise DemoArgumentError(
+                f"--limit must be a positive count or 'all', got {self.limit!r}"
+            )
+        # The training checks are TrainConfig's and RestoreConfig's, one setting at a time.
+        _flagged("--max-length", TrainConfig, max_length=self.max_length)
+        _flagged("--lr", TrainConfig, lr=self.lr)
+        _flagged("--lora-lr", TrainConfig, lr=self.lora_lr)
+        if "restorelcc" in self.methods:
+            _flagged("--probe-pairs", RestoreConfig, probe_pairs=self.probe_pairs)
+        if self.prune_method not in PRUNE_METHODS:
+            raise DemoArgumentError(
+                f"--prune-method must be one of {', '.join(PRUNE_METHODS)}, "
+                f"got {self.prune_method!r}"
+            )
         if not self.patterns:
-            raise ValueError("give at least one sparsity pattern")
-        if not resolve_tasks(self.tasks):  # unknown names fail here, before any pruning
-            raise ValueError("the demo compares accuracy: give at least one task")
+            raise DemoArgumentError("--patterns: give at least one sparsity pattern")
+        self.patterns = tuple(str(self.prune_spec(pattern).pattern) for pattern in self.patterns)
+        self.tasks = tuple(_flagged("--tasks", resolve_tasks, self.tasks))
+        if not self.tasks:
+            raise DemoArgumentError("--tasks: the demo compares accuracy: give at least one task")
+
+    def prune_spec(self, pattern: str) -> PruneSpec:
+        """The pruning request for one of ``patterns``, checked by ``check_spec`` (errors
+        name the option at fault: ``--patterns``, ``--sparsity`` or ``--structured-sparsity``)."""
+        parsed = _flagged("--patterns", parse_pattern, pattern)
+        if parsed.kind == "heads":
+            flag, sparsity = "--structured-sparsity", self.structured_sparsity
+        else:
+            flag, sparsity = "--sparsity", self.sparsity
+        # the sparsity on its own first, so that its error names its own option
+        _flagged(flag, check_spec, self.prune_method, sparsity, "unstructured")
+        return _flagged(
+            f"--patterns {parsed} with {flag} {float(sparsity):g}",
+            check_spec,
+            self.prune_method,
+            sparsity,
+            parsed,
+        )
 
     def train_config(self, lr: float) -> TrainConfig:
         return TrainConfig(
@@ -240,13 +318,30 @@ class Demo:
         self.rows.append(row)
         return row
 
+    def check_inputs(self) -> list:
+        """Every check that reads data or the model's config, before any model loads;
+        returns the training pairs."""
+        c = self.config
+        if {"restorelcc", "lofit"} & set(c.methods):
+            geometry = head_geometry(load_config(c.model))
+            _flagged("--heads", head_count, geometry, c.heads)
+        _flagged("--ppl-source", perplexity_texts, c.ppl_source, n=1)
+        if c.prune_method in CALIBRATED_METHODS:
+            _flagged("--calibration-source", calibration_texts, c.calibration_source, n=1)
+        return _flagged(
+            "--pairs-source", instruction_pairs, c.pairs_source, n=c.train_pairs, seed=c.seed
+        )
+
     def run(self) -> dict:
         c = self.config
         start = time.perf_counter()
         torch.manual_seed(c.seed)
+        pairs = self.check_inputs()
         dense, tokenizer = load_model(c.model, device=c.device)
+        for pattern in c.patterns:  # N:M needs input widths divisible by M
+            _flagged(f"--patterns {pattern}", check_model, dense, c.prune_spec(pattern))
         calibration = None
-        if c.prune_method != "magnitude":
+        if c.prune_method in CALIBRATED_METHODS:
             calibration = calibration_batches(
                 tokenizer,
                 c.calibration_source,
@@ -254,7 +349,6 @@ class Demo:
                 c.calibration_seqlen,
                 c.seed,
             )
-        pairs = instruction_pairs(c.pairs_source, n=c.train_pairs, seed=c.seed)
         self.add_row("-", "dense", self.evaluate(dense, tokenizer), sparsity=block_sparsity(dense))
         for pattern in c.patterns:
             self.run_pattern(dense, tokenizer, pattern, calibration, pairs)
@@ -265,11 +359,12 @@ class Demo:
     def run_pattern(self, dense, tokenizer, pattern, calibration, pairs) -> None:
         c = self.config
         pruned = copy.deepcopy(dense)
+        spec = c.prune_spec(pattern)
         prune_report = prune_model(
             pruned,
-            c.prune_method,
-            c.structured_sparsity if pattern == "heads" else c.sparsity,
-            pattern,
+            spec.method,
+            spec.sparsity,
+            str(spec.pattern),
             calibration,
             calibration_source=c.calibration_source,
             progress=c.progress,
@@ -425,14 +520,16 @@ def plot(report: dict, path: str | Path) -> Path:
     return path
 
 
-def run_demo(config: DemoConfig, out_dir: str | Path) -> dict:
+def run_demo(config: DemoConfig, out_dir: str | Path, overwrite: bool = False) -> dict:
     """Run the job, write ``report.json`` and ``plot.png`` into ``out_dir``, return the
-    report (with the text table under ``"table"``)."""
-    perplexity_texts(config.ppl_source, n=1)  # a missing or empty text fails before pruning
+    report (with the text table under ``"table"``).
+
+    ``out_dir`` is refused at once if it is a file, or a non-empty directory unless
+    ``overwrite``; it appears (or is replaced) only when the whole job has succeeded."""
     demo = Demo(config)
-    report = demo.run()
-    report["table"] = demo.table()
-    out_dir = Path(out_dir)
-    atomic_write_json(out_dir / "report.json", report)
-    plot(report, out_dir / "plot.png")
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        report = demo.run()
+        report["table"] = demo.table()
+        atomic_write_json(tmp / "report.json", report)
+        plot(report, tmp / "plot.png")
     return report

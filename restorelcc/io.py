@@ -41,6 +41,22 @@ def atomic_write_json(path: str | os.PathLike, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def check_output_directory(
+    target: str | os.PathLike, overwrite: bool = False, option: str | None = None
+) -> Path:
+    """``target`` as a ``Path`` if a directory may be written there: refuses an existing
+    file, and a non-empty directory unless ``overwrite``. ``option`` (e.g. ``"--out"``)
+    names the command-line option in the message, whose remedy is then ``--overwrite``."""
+    target = Path(target)
+    name = f"{option} {target}" if option else str(target)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{name} exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        remedy = "--overwrite" if option else "overwrite"
+        raise FileExistsError(f"{name} is not empty (pass {remedy} to replace it)")
+    return target
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``target`` only on success.
@@ -48,11 +64,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     On any exception the temporary directory is removed and ``target`` is untouched.
     Refuses an existing non-empty ``target`` unless ``overwrite``.
     """
-    target = Path(target)
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{target} exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target} is not empty (pass overwrite to replace it)")
+    target = check_output_directory(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:

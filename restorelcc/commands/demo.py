@@ -6,13 +6,40 @@ import argparse
 import time
 from dataclasses import fields
 
-from restorelcc.commands.options import add_device_argument, resolve_device
+from restorelcc.commands.options import add_device_argument, limit_value, resolve_device
 from restorelcc.commands.restore import heads_value
-from restorelcc.demo import METHODS, DemoConfig, run_demo
+from restorelcc.demo import METHODS, PAPER_SETTINGS, DemoConfig, option, run_demo
+from restorelcc.evaluate import PAPER_TASKS
+from restorelcc.io import check_output_directory
+from restorelcc.prune.validate import METHODS as PRUNE_METHODS
+
+DEFAULTS = DemoConfig()
+# Every DemoConfig option defaults to "not given" (argparse.SUPPRESS), so that what the
+# user typed wins over --paper's preset even where it equals the plain default; the real
+# defaults are written into the help text instead.
 
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _readable(value) -> str:
+    """A default as a user would type it: ``unstructured,2:4``, ``paper``, ``all``."""
+    if value == PAPER_TASKS:
+        return "paper"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return "all" if value is None else str(value)
+
+
+def _add(parser: argparse.ArgumentParser, name: str, text: str, **kwargs) -> None:
+    """The option of the ``DemoConfig`` field ``name``, its default (and --paper's) in help."""
+    default = f"default: {_readable(getattr(DEFAULTS, name))}"
+    if name in PAPER_SETTINGS:
+        default += f"; --paper: {_readable(PAPER_SETTINGS[name])}"
+    parser.add_argument(
+        option(name), dest=name, default=argparse.SUPPRESS, help=f"{text} ({default})", **kwargs
+    )
 
 
 def register(subparsers) -> None:
@@ -20,85 +47,75 @@ def register(subparsers) -> None:
         "demo",
         help="prune, restore (RestoreLCC vs LoRA vs training-free) and evaluate",
         description=(
-            "Prune a model with Wanda (50% unstructured and 2:4 by default), restore it with "
-            "RestoreLCC and the baselines on the same data and steps, fold, and evaluate. "
+            "Prune a model with Wanda (50 percent unstructured and 2:4 by default), restore it "
+            "with RestoreLCC and the baselines on the same data and steps, fold, and evaluate. "
             "Defaults fit ~25-30 minutes on 2 CPU cores; --paper scales to the paper's settings."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    d = DemoConfig()
-    p.add_argument("--model", default=d.model)
+    _add(p, "model", "model name or local directory")
+    paper = ", ".join(f"{option(k)} {_readable(v)}" for k, v in PAPER_SETTINGS.items())
     p.add_argument(
         "--paper",
         action="store_true",
-        help="the paper's budget: 2,000 pairs, 3 epochs, the 7 tasks in full",
+        help=f"the paper's budget: {paper}; options given explicitly win",
     )
-    p.add_argument(
-        "--prune-method", default=d.prune_method, choices=["magnitude", "wanda", "sparsegpt"]
-    )
-    p.add_argument(
-        "--patterns",
-        type=_csv,
-        default=d.patterns,
-        help="comma-separated: unstructured, 2:4, 4:8, heads (structured)",
-    )
-    p.add_argument("--sparsity", type=float, default=d.sparsity)
-    p.add_argument(
-        "--structured-sparsity",
+    _add(p, "prune_method", "pruning method", choices=PRUNE_METHODS)
+    _add(p, "patterns", "comma-separated: unstructured, 2:4, 4:8, heads (structured)", type=_csv)
+    _add(p, "sparsity", "fraction of the weights removed (unstructured, N:M)", type=float)
+    _add(
+        p,
+        "structured_sparsity",
+        "fraction of the decoder-block parameters removed by the 'heads' pattern",
         type=float,
-        default=d.structured_sparsity,
-        help="fraction of the decoder-block parameters removed by the 'heads' pattern",
     )
-    p.add_argument("--calibration-samples", type=int, default=d.calibration_samples)
-    p.add_argument("--calibration-seqlen", type=int, default=d.calibration_seqlen)
-    p.add_argument(
-        "--pairs-source",
-        default=d.pairs_source,
-        help="built-in source (squad, coqa, ..., mix) or an Alpaca JSON/JSONL file",
+    _add(
+        p,
+        "calibration_source",
+        "pruning calibration text: a training source, 'mix', or a file/folder",
     )
-    p.add_argument("--train-pairs", type=int, default=d.train_pairs)
-    p.add_argument("--probe-pairs", type=int, default=d.probe_pairs)
-    p.add_argument(
-        "--heads",
+    _add(p, "calibration_samples", "calibration sequences", type=int)
+    _add(p, "calibration_seqlen", "tokens per calibration sequence", type=int)
+    _add(p, "pairs_source", "built-in source (squad, coqa, ..., mix) or an Alpaca JSON/JSONL file")
+    _add(p, "train_pairs", "instruction pairs for training (every method)", type=int)
+    _add(p, "probe_pairs", "of those, pairs for capture and probing", type=int)
+    _add(
+        p,
+        "heads",
+        "heads to restore: a count (64) or a fraction of all heads (0.25, 1.0)",
         type=heads_value,
-        default=d.heads,
-        help="heads to restore: a count (64) or a fraction of all heads (0.25, 1.0)",
     )
-    p.add_argument("--lr", type=float, default=d.lr, help="RestoreLCC learning rate")
-    p.add_argument("--lora-lr", type=float, default=d.lora_lr)
-    p.add_argument("--lora-rank", type=int, default=d.lora_rank)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--max-length", type=int, default=d.max_length)
-    p.add_argument("--tasks", type=_csv, default=d.tasks)
-    p.add_argument("--limit", type=int, default=d.limit, help="items per task (0 = all)")
-    p.add_argument("--ppl-tokens", type=int, default=d.ppl_tokens)
-    p.add_argument(
-        "--ppl-source",
-        default=d.ppl_source,
-        help="perplexity text: 'lambada' or a text file/folder/JSON(L) with a 'text' column",
+    _add(p, "lr", "RestoreLCC (and LoFiT) learning rate", type=float)
+    _add(p, "lora_lr", "LoRA learning rate", type=float)
+    _add(p, "lora_rank", "LoRA rank", type=int)
+    _add(p, "epochs", "training epochs", type=int)
+    _add(p, "batch_size", "training pairs per step", type=int)
+    _add(p, "max_length", "tokens per training pair", type=int)
+    _add(p, "tasks", "comma-separated task names, or 'paper' (the paper's 7)", type=_csv)
+    _add(p, "limit", "first N items of each task ('all' for every item)", type=limit_value)
+    _add(p, "ppl_tokens", "perplexity token budget", type=int)
+    _add(
+        p,
+        "ppl_source",
+        "perplexity text: 'lambada' or a text file/folder/JSON(L) with a 'text' column",
     )
-    p.add_argument("--methods", type=_csv, default=d.methods, help=f"from {','.join(METHODS)}")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=None, help="output folder (default runs/demo-<time>)")
+    _add(p, "methods", f"comma-separated, from {','.join(METHODS)}", type=_csv)
+    _add(p, "latency_rounds", "interleaved rounds of the forward-latency measurement", type=int)
+    _add(p, "seed", "data sampling, initialisation and order", type=int)
+    p.add_argument("--out", default=None, help="output folder (default: runs/demo-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     add_device_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    chosen = {
-        f.name: getattr(args, f.name)
-        for f in fields(DemoConfig)
-        if hasattr(args, f.name) and getattr(args, f.name) != f.default
-    }
-    chosen["progress"] = not args.quiet
-    chosen["device"] = str(resolve_device(args.device))
-    if args.limit == 0:
-        chosen["limit"] = None
-    config = DemoConfig.paper(**chosen) if args.paper else DemoConfig(**chosen)
+def run(args: argparse.Namespace) -> int:
+    given = {f.name: getattr(args, f.name) for f in fields(DemoConfig) if hasattr(args, f.name)}
+    given["progress"] = not args.quiet
+    given["device"] = str(resolve_device(args.device))
+    config = DemoConfig.paper(**given) if args.paper else DemoConfig(**given)
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    report = run_demo(config, out)
+    check_output_directory(out, args.overwrite, option="--out")
+    report = run_demo(config, out, overwrite=args.overwrite)
     print(report["table"])
     print(f"\nreport: {out}/report.json  plot: {out}/plot.png  ({report['wall_s']:.0f} s)")
     return 0

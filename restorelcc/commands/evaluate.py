@@ -12,6 +12,7 @@ from restorelcc.commands.options import (
     add_mlp_argument,
     check_json_path,
     describe_swap,
+    limit_value,
     positive_int,
     read_adapter,
     resolve_device,
@@ -23,10 +24,6 @@ DEFAULT_TASKS = "paper"
 DEFAULT_LIMIT = 100  # first items per task: the paper's 7 tasks + 8k-token perplexity in a
 # few minutes on 2 CPU cores with SmolLM2-135M (see benchmarks/results/bench_eval.json)
 DEFAULT_PPL_TOKENS = 8192
-
-
-def _limit(text: str) -> int | None:
-    return None if text.lower() in ("none", "all") else positive_int(text)
 
 
 def register(subparsers) -> None:
@@ -45,7 +42,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--limit",
-        type=_limit,
+        type=limit_value,
         default=DEFAULT_LIMIT,
         help=f"first N items of each task ('all' for every item; default {DEFAULT_LIMIT})",
     )

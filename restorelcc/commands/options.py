@@ -26,6 +26,12 @@ def positive_int(text: str) -> int:
     return value
 
 
+def limit_value(text: str) -> int | None:
+    """An argparse ``type`` for ``--limit``: a positive count, or ``all``/``none`` (None:
+    every item)."""
+    return None if text.lower() in ("none", "all") else positive_int(text)
+
+
 def remember_defaults(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
     """Keep the defaults of the options ``names`` on the parsed namespace, for
     ``given_options``."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from restorelcc.commands.options import (
     add_device_argument,
@@ -11,6 +10,7 @@ from restorelcc.commands.options import (
     remember_defaults,
     resolve_device,
 )
+from restorelcc.io import check_output_directory
 from restorelcc.prune.validate import METHODS, PruneArgumentError
 
 REPORT_NAME = "prune_report.json"
@@ -85,11 +85,7 @@ def _check_arguments(args: argparse.Namespace):
     for name in ("nsamples", "seqlen", "chunk_size", "ppl_tokens"):
         if getattr(args, name) <= 0:
             raise PruneArgumentError(f"--{name.replace('_', '-')} must be positive")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"--out {out} is not empty (pass --overwrite to replace it)")
+    check_output_directory(args.out, args.overwrite, option="--out")
     return spec
 
 

@@ -18,6 +18,7 @@ from restorelcc.commands.options import (
     resolve_device,
 )
 from restorelcc.errors import RestoreLCCError
+from restorelcc.io import check_output_directory
 
 REPORT_NAME = "restore_report.json"
 MERGED_DIR = "merged"
@@ -181,11 +182,7 @@ def _config(args: argparse.Namespace):
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"--out {out} is not empty (pass --overwrite to replace it)")
+    check_output_directory(args.out, args.overwrite, option="--out")
     if not Path(args.pruned).is_dir():
         raise FileNotFoundError(f"--pruned {args.pruned} is not a directory")
 

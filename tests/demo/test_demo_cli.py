@@ -1,0 +1,251 @@
+"""``restorelcc demo`` on the command line: --paper and explicit options, checks before any
+work, the --out directory, --help's defaults and --limit's values."""
+
+import json
+import re
+
+import pytest
+
+from restorelcc import demo as demo_module
+from restorelcc.cli import build_parser, main
+from restorelcc.commands import demo as demo_command
+from restorelcc.demo import PAPER_SETTINGS, DemoArgumentError, DemoConfig
+from restorelcc.testing import byte_tokenizer, tiny_model
+
+TINY_FLAGS = [
+    "--calibration-samples", "4", "--calibration-seqlen", "32", "--train-pairs", "12",
+    "--probe-pairs", "8", "--heads", "3", "--batch-size", "4", "--max-length", "48",
+    "--tasks", "arc_easy", "--limit", "4", "--ppl-tokens", "256", "--latency-rounds", "1",
+    "--patterns", "unstructured", "--methods", "training-free", "--quiet",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama-cli")
+    tiny_model("llama-gqa").save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Loading a model (the first expensive step) fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(demo_module, "load_model", refuse)
+
+
+@pytest.fixture
+def captured_config(monkeypatch):
+    """Runs ``demo`` on the command line up to ``run_demo``; returns the config it gets."""
+    seen = {}
+
+    def fake_run_demo(config, out, overwrite=False):
+        seen["config"] = config
+        return {"table": "", "wall_s": 0.0}
+
+    monkeypatch.setattr(demo_command, "run_demo", fake_run_demo)
+
+    def run(*flags, tmp_path):
+        assert main(["demo", *flags, "--out", str(tmp_path / "out"), "--quiet"]) == 0
+        return seen["config"]
+
+    return run
+
+
+# 1. --paper keeps what the user gave, even where it equals the plain default.
+
+
+@pytest.mark.parametrize(
+    ("flags", "field", "value"),
+    [
+        (["--epochs", "1"], "epochs", 1),
+        (["--limit", "100"], "limit", 100),
+        (["--max-length", "256"], "max_length", 256),
+        (["--train-pairs", "192"], "train_pairs", 192),
+        (["--tasks", "arc_easy,piqa,hellaswag"], "tasks", ("arc_easy", "piqa", "hellaswag")),
+    ],
+)
+def test_paper_keeps_explicit_options_equal_to_the_defaults(
+    flags, field, value, captured_config, tmp_path
+):
+    assert getattr(DemoConfig(), field) == value != PAPER_SETTINGS[field]
+    config = captured_config("--paper", *flags, tmp_path=tmp_path)
+    assert getattr(config, field) == value
+    others = {k: v for k, v in PAPER_SETTINGS.items() if k != field}
+    assert {k: getattr(config, k) for k in others} == others
+
+
+def test_paper_and_plain_defaults_without_options(captured_config, tmp_path):
+    paper = captured_config("--paper", tmp_path=tmp_path)
+    assert {k: getattr(paper, k) for k in PAPER_SETTINGS} == PAPER_SETTINGS
+    plain = captured_config(tmp_path=tmp_path)
+    assert {k: getattr(plain, k) for k in PAPER_SETTINGS} == {
+        k: getattr(DemoConfig(), k) for k in PAPER_SETTINGS
+    }
+
+
+# 2. Every option is checked before any model loads; errors name the option.
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--sparsity", "2"], "--sparsity: sparsity must lie strictly between 0 and 1, got 2"),
+        (["--patterns", "3:2"], "--patterns: unknown sparsity pattern '3:2'"),
+        (["--sparsity", "0.6"], "--patterns 2:4 with --sparsity 0.6: pattern 2:4 prunes 0.5"),
+        (
+            ["--patterns", "heads", "--structured-sparsity", "1.5"],
+            "--structured-sparsity: sparsity must lie strictly between 0 and 1, got 1.5",
+        ),
+        (["--patterns", "heads", "--prune-method", "sparsegpt"], "--patterns heads with"),
+        (["--lora-rank", "0"], "--lora-rank must be positive, got 0"),
+        (["--train-pairs", "0"], "--train-pairs must be positive, got 0"),
+        (["--epochs", "-1"], "--epochs must be positive, got -1"),
+        (["--latency-rounds", "0"], "--latency-rounds must be positive, got 0"),
+        (["--probe-pairs", "2"], "--probe-pairs: probe_pairs must be at least 4, got 2"),
+        (["--lr", "0"], "--lr: lr must be positive"),
+        (["--lora-lr", "-1"], "--lora-lr: lr must be positive"),
+        (["--max-length", "1"], "--max-length: max_length must be >= 2, got 1"),
+        (["--heads", "0"], "--heads: heads must be between 1 and 12 (all heads), got 0"),
+        (["--heads", "1.5"], "--heads: heads must be a count in [1, 12] or a fraction"),
+        (["--pairs-source", "/nonexistent/pairs.json"], "--pairs-source: unknown data source"),
+        (["--calibration-source", "/nonexistent/c.txt"], "--calibration-source: unknown data"),
+    ],
+)
+def test_demo_checks_every_option_before_loading_a_model(
+    flags, message, tiny_checkpoint, tmp_path, capsys, no_model_loads
+):
+    out = tmp_path / "o"
+    code = main(["demo", "--model", str(tiny_checkpoint), *flags, "--out", str(out), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # neither --out nor a temporary sibling
+
+
+def test_demo_config_errors_name_the_options_not_the_fields():
+    with pytest.raises(DemoArgumentError, match="^--train-pairs must be positive, got 0$"):
+        DemoConfig(train_pairs=0)
+    with pytest.raises(DemoArgumentError, match="^--limit must be a positive count or 'all'"):
+        DemoConfig(limit=0)
+    assert DemoConfig(patterns=(" 2:4 ", "HEADS"), tasks=("paper",)).patterns == ("2:4", "heads")
+
+
+# 3. --out: refused at once if a file or a non-empty folder; written atomically.
+
+
+def test_demo_refuses_an_existing_file_as_out_before_any_work(tmp_path, capsys, no_model_loads):
+    out = tmp_path / "taken"
+    out.write_text("mine")
+    assert main(["demo", "--out", str(out), "--quiet"]) == 2
+    assert f"--out {out} exists and is not a directory" in capsys.readouterr().err
+    assert out.read_text() == "mine"
+
+
+def test_demo_refuses_a_non_empty_out_without_overwrite(tmp_path, capsys, no_model_loads):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["demo", "--out", str(out), "--quiet"]) == 2
+    assert f"--out {out} is not empty (pass --overwrite to replace it)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_demo_overwrite_replaces_a_non_empty_out(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old.txt").write_text("stale")
+    argv = ["demo", "--model", str(tiny_checkpoint), *TINY_FLAGS, "--out", str(out)]
+    assert main([*argv, "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["plot.png", "report.json"]
+    report = json.loads((out / "report.json").read_text())
+    assert [r["method"] for r in report["rows"]] == ["dense", "pruned (wanda)", "training-free"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary left
+
+
+def test_a_demo_failing_at_the_end_leaves_nothing_half_written(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    def broken_plot(report, path):
+        raise KeyboardInterrupt  # as a Ctrl-C while the plot is drawn
+
+    monkeypatch.setattr(demo_module, "plot", broken_plot)
+    out = tmp_path / "run"
+    argv = ["demo", "--model", str(tiny_checkpoint), *TINY_FLAGS, "--out", str(out)]
+    assert main(argv) == 130
+    assert list(tmp_path.iterdir()) == []  # report.json was written, but only to the temporary
+
+
+# 4. --help shows each option's real default, once, as it would be typed.
+
+
+def _help_entries(capsys, monkeypatch) -> dict[str, str]:
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = capsys.readouterr().out.split("options:", 1)[1]
+    entries: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        match = re.match(r"  (--?[\w-]+)", line)
+        if match:
+            name = match.group(1)
+            entries[name] = ""
+        if name:  # a help too long for the option's line starts on the next one
+            entries[name] = " ".join([*entries[name].split(), *line.split()])
+    return entries
+
+
+FLAGS = {"-h", "--paper", "--overwrite", "--quiet"}
+
+
+def test_demo_help_shows_every_default_once(capsys, monkeypatch):
+    entries = _help_entries(capsys, monkeypatch)
+    for name, entry in entries.items():
+        if name not in FLAGS:
+            assert entry.count("default") == 1, entry
+        assert "None" not in entry and not re.search(r"\('[^']*', '", entry), entry  # a tuple
+    assert entries["--out"].endswith("(default: runs/demo-<time>)")
+    assert entries["--device"].endswith("(default: cuda if there is one)")
+    assert entries["--patterns"].endswith("(default: unstructured,2:4)")
+    assert entries["--limit"].endswith("(default: 100; --paper: all)")
+
+
+def test_demo_help_defaults_parse_back_to_the_real_defaults(capsys, monkeypatch):
+    entries = _help_entries(capsys, monkeypatch)
+    parser = build_parser()
+    defaults = DemoConfig()
+    paper = DemoConfig.paper()
+    for field in DemoConfig.__dataclass_fields__:
+        if field in ("progress", "device"):  # --quiet; --device (above) resolves its default
+            continue
+        flag = demo_module.option(field)
+        shown = re.search(r"\(default: ([^;)]*)(?:; --paper: ([^)]*))?\)", entries[flag])
+        plain = getattr(parser.parse_args(["demo", flag, shown.group(1)]), field)
+        assert plain == getattr(defaults, field), flag
+        if shown.group(2) is not None:
+            value = getattr(parser.parse_args(["demo", flag, shown.group(2)]), field)
+            assert DemoConfig(**{field: value}).__dict__[field] == getattr(paper, field), flag
+
+
+# 5. --limit takes the values eval takes.
+
+
+@pytest.mark.parametrize("text", ["all", "None", "7", "0", "-3", "x"])
+def test_demo_limit_accepts_what_eval_accepts(text, capsys):
+    parser = build_parser()
+
+    def parsed(command):
+        try:
+            return ("ok", parser.parse_args([command, "--limit", text]).limit)
+        except SystemExit as exit:
+            return ("refused", exit.code, capsys.readouterr().err.splitlines()[-1].split(": ")[-1])
+
+    assert parsed("demo") == parsed("eval")
+    if text.lower() in ("all", "none"):
+        assert parsed("demo") == ("ok", None)
