@@ -8,7 +8,8 @@ from dataclasses import fields
 
 from restorelcc.commands.options import add_device_argument, limit_value, resolve_device
 from restorelcc.commands.restore import heads_value
-from restorelcc.demo import METHODS, PAPER_SETTINGS, DemoConfig, option, run_demo
+from restorelcc.demo import run_demo
+from restorelcc.demo_config import METHODS, PAPER_SETTINGS, DemoConfig, option
 from restorelcc.evaluate import PAPER_TASKS
 from restorelcc.io import check_output_directory
 from restorelcc.prune.validate import METHODS as PRUNE_METHODS

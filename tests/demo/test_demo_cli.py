@@ -9,7 +9,7 @@ import pytest
 from restorelcc import demo as demo_module
 from restorelcc.cli import build_parser, main
 from restorelcc.commands import demo as demo_command
-from restorelcc.demo import PAPER_SETTINGS, DemoArgumentError, DemoConfig
+from restorelcc.demo_config import PAPER_SETTINGS, DemoArgumentError, DemoConfig
 from restorelcc.testing import byte_tokenizer, tiny_model
 
 TINY_FLAGS = [
