@@ -9,7 +9,7 @@ import pytest
 from restorelcc import demo as demo_module
 from restorelcc.cli import build_parser, main
 from restorelcc.commands import demo as demo_command
-from restorelcc.demo_config import PAPER_SETTINGS, DemoArgumentError, DemoConfig
+from restorelcc.demo_config import PAPER_SETTINGS, DemoArgumentError, DemoConfig, option
 from restorelcc.testing import byte_tokenizer, tiny_model
 
 TINY_FLAGS = [
@@ -224,7 +224,7 @@ def test_demo_help_defaults_parse_back_to_the_real_defaults(capsys, monkeypatch)
     for field in DemoConfig.__dataclass_fields__:
         if field in ("progress", "device"):  # --quiet; --device (above) resolves its default
             continue
-        flag = demo_module.option(field)
+        flag = option(field)
         shown = re.search(r"\(default: ([^;)]*)(?:; --paper: ([^)]*))?\)", entries[flag])
         plain = getattr(parser.parse_args(["demo", flag, shown.group(1)]), field)
         assert plain == getattr(defaults, field), flag
