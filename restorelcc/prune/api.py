@@ -66,9 +66,10 @@ def prune_model(
         print(report.overall_sparsity)
     """
     spec = check_spec(method, sparsity, pattern, head_fraction)
-    if chunk_size < 1 or block_size < 1 or not dampening >= 0:
+    # dampening 0 leaves the Hessian singular whenever calibration has fewer tokens than inputs
+    if chunk_size < 1 or block_size < 1 or not dampening > 0:
         raise PruneArgumentError(
-            f"need chunk_size >= 1, block_size >= 1 and dampening >= 0, got {chunk_size}, "
+            f"need chunk_size >= 1, block_size >= 1 and dampening > 0, got {chunk_size}, "
             f"{block_size}, {dampening}"
         )
     family = check_model(model, spec)

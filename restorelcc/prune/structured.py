@@ -13,13 +13,18 @@ already-pruned layers), or ``sum_j ||W_out[:, j]||^2`` (``magnitude``, no data).
 ``floor(sparsity * kv_heads)`` groups are removed (attention never loses a larger share
 than the target; at most all but one group), and MLP channels make up the rest;
 ``head_fraction`` sets the number of groups directly (``head_fraction * kv_heads``, rounded
-half up; ``0`` removes MLP channels only). Why floor: on SmolLM2-135M (3 KV groups), 20%
-structured with one KV group + 239 channels per layer measured LAMBADA perplexity 135.0,
-MLP channels only (410 per layer) 79.7 (dense 40.4; benchmarks/results).
+half up; ``0`` removes MLP channels only). Llama and Gemma 2/3 configs must keep a head
+count that divides the hidden size (transformers refuses to save them otherwise, even with
+an explicit head_dim): the default then removes fewer groups (LLaMA-7B, 32 heads and hidden
+4096, keeps all its heads below 50%), and a ``head_fraction`` that breaks it is refused.
+Why floor: on SmolLM2-135M (3 KV groups), 20% structured with one KV group + 239 channels
+per layer measured LAMBADA perplexity 135.0, MLP channels only (410 per layer) 79.7 (dense
+40.4; benchmarks/results).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -97,6 +102,12 @@ def plan_removal(model: nn.Module, family: Family, spec: PruneSpec) -> Structure
             raise PruneArgumentError(
                 f"head_fraction {spec.head_fraction} removes all {kv_heads} KV groups"
             )
+        refusal = _config_refusal(model.config, kv_heads - groups, group)
+        if groups and refusal:
+            raise PruneArgumentError(
+                f"head_fraction {spec.head_fraction} leaves {(kv_heads - groups) * group} "
+                f"attention heads, which transformers refuses to save: {refusal}"
+            )
         if groups * group_params > target:
             raise PruneArgumentError(
                 f"head_fraction {spec.head_fraction} removes {groups} KV groups, more than "
@@ -104,7 +115,11 @@ def plan_removal(model: nn.Module, family: Family, spec: PruneSpec) -> Structure
             )
     else:
         groups = min(math.floor(spec.sparsity * kv_heads), kv_heads - 1)
-        while groups > 0 and groups * group_params > target:
+        # fewer groups (more MLP channels) where the config could not be saved
+        while groups > 0 and (
+            groups * group_params > target
+            or _config_refusal(model.config, kv_heads - groups, group)
+        ):
             groups -= 1
     channels = math.floor((target - groups * group_params) / channel_params + 0.5)
     if channels >= intermediate:
@@ -117,6 +132,22 @@ def plan_removal(model: nn.Module, family: Family, spec: PruneSpec) -> Structure
         len(layers), heads, kv_heads, head_dim, intermediate, groups, channels,
         group_params, channel_params, layer_params,
     )  # fmt: skip
+
+
+def _config_refusal(config, kv_heads: int, group: int) -> str | None:
+    """Why transformers would refuse to save ``config`` with ``kv_heads`` KV heads (and
+    ``kv_heads * group`` query heads), or None. Llama and Gemma 2/3 configs insist that
+    the hidden size be a multiple of the head count, even with an explicit head_dim."""
+    trial = copy.deepcopy(config)
+    trial.num_attention_heads, trial.num_key_value_heads = kv_heads * group, kv_heads
+    validate = getattr(trial, "validate", None)
+    if validate is None:
+        return None
+    try:
+        validate()
+    except Exception as exc:  # transformers' validation error types differ between versions
+        return str(exc).strip().splitlines()[-1]
+    return None
 
 
 def _keep_rows(linear: nn.Linear, index: torch.Tensor) -> None:

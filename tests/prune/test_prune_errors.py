@@ -41,7 +41,8 @@ def assert_unchanged(model, before):
         (dict(pattern="heads", head_fraction=1.0), "head_fraction must lie in"),
         (dict(head_fraction=0.5), "only applies to the 'heads' pattern"),
         (dict(chunk_size=0), "chunk_size >= 1"),
-        (dict(method="sparsegpt", calibration=TOKENS, dampening=-1.0), "dampening >= 0"),
+        (dict(method="sparsegpt", calibration=TOKENS, dampening=-1.0), "dampening > 0"),
+        (dict(method="sparsegpt", calibration=TOKENS, dampening=0.0), "dampening > 0"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

@@ -108,7 +108,8 @@ def test_single_kv_head_keeps_attention():
 
 @pytest.mark.parametrize("sparsity, groups", [(0.2, 0), (0.25, 1), (0.6, 2), (0.9, 3)])
 def test_default_groups_never_exceed_the_target_share(sparsity, groups):
-    model = tiny_model("llama-mha")  # 4 KV groups: floor(sparsity * 4), at most 3
+    # 4 KV groups: floor(sparsity * 4), at most 3; hidden 48 takes any head count from 1 to 4
+    model = tiny_model("llama-mha", hidden_size=48)
     report = prune_model(model, "magnitude", sparsity, "heads")
     assert report.structured["plan"]["kv_groups_removed"] == groups
     assert abs(report.structured["removed_fraction_of_blocks"] - sparsity) < 0.01
@@ -122,3 +123,15 @@ def test_head_fraction_and_unreachable_sparsity():
         prune_model(model, "magnitude", 0.99, "heads")
     with pytest.raises(PruneArgumentError, match="more than"):
         prune_model(model, "magnitude", 0.1, "heads", head_fraction=0.75)
+
+
+def test_head_counts_the_config_cannot_save_are_avoided(tmp_path):
+    # Llama configs refuse hidden 64 with 3 heads (64 % 3): 30% would remove 1 of 4 groups.
+    model = tiny_model("llama-mha")
+    report = prune_model(model, "magnitude", 0.3, "heads", progress=False)
+    assert model.config.num_attention_heads == 4  # MLP channels only
+    assert report.to_dict()["structured"]["plan"]["kv_groups_removed"] == 0
+    model.save_pretrained(tmp_path)
+    AutoModelForCausalLM.from_pretrained(tmp_path)
+    with pytest.raises(PruneArgumentError, match="leaves 3 attention heads, which transformers"):
+        prune_model(tiny_model("llama-mha"), "magnitude", 0.3, "heads", head_fraction=0.25)
