@@ -475,7 +475,13 @@ def split_output(output: torch.Tensor, packed: PackedWeight) -> tuple[torch.Tens
         raise ValueError(
             f"output has {output.shape[-1]} features, the packed weight has N = {packed.shape[0]}"
         )
-    return torch.split(output, list(packed.split_sizes), dim=-1)
+    # narrow, not torch.split: a model may modify a part in place (OLMo clamps q/k/v), which
+    # autograd refuses on the outputs of split's multi-output view
+    parts, start = [], 0
+    for size in packed.split_sizes:
+        parts.append(output.narrow(-1, start, size))
+        start += size
+    return tuple(parts)
 
 
 def load_state_dict(state: dict[str, torch.Tensor]) -> PackedWeight:

@@ -65,6 +65,8 @@ def window_plan(length: int, window: int, stride: int) -> list[tuple[int, int, i
     ``stride < window`` every id but the stream's first is scored exactly once; with
     ``stride == window`` (disjoint windows) each window's first id goes unscored.
     """
+    if window < 2:
+        raise ValueError(f"need a window of at least 2 ids (one predicts nothing), got {window}")
     if not 0 < stride <= window:
         raise ValueError(f"need 0 < stride <= window, got stride={stride}, window={window}")
     plan, prev_end = [], 0

@@ -113,7 +113,7 @@ def score_tokens(
             raise ValueError(f"request {i}: continuation of {len(cont)} tokens > {max_length}")
     scores: list[Score | None] = [None] * len(requests)
     if share_context:
-        packable, plain = _split_packable(requests, max_length)
+        packable, plain = _split_packable(requests, max_length, _sliding_window(model))
     else:
         packable, plain = [], list(range(len(requests)))
     with tqdm(total=len(requests), desc=desc, disable=not progress, leave=False) as bar:
@@ -125,14 +125,27 @@ def score_tokens(
     return scores  # type: ignore[return-value]
 
 
-def _split_packable(requests, max_length) -> tuple[list[int], list[int]]:
-    """Indices of requests sharing their context with another (and fitting untruncated)."""
+def _sliding_window(model) -> int | None:
+    """The attention window of a model whose layers may attend to fewer than all previous
+    ids (Mistral, Gemma 2/3, Cohere 2...), else None. Read from the config as written:
+    a config that sets a window but does not use it only costs some packing."""
+    window = getattr(getattr(model, "config", None), "sliding_window", None)
+    return window if isinstance(window, int) and window > 0 else None
+
+
+def _split_packable(requests, max_length, window: int | None = None) -> tuple[list[int], list[int]]:
+    """Indices of requests sharing their context with another (and fitting untruncated).
+
+    With a sliding ``window``, only requests whose context and continuation fit in it are
+    packed: the packed rows' 4-D mask replaces the model's own, window included, and within
+    the window it sees what plain scoring sees."""
+    limit = max_length + 1 if window is None else min(max_length + 1, window)
     by_context: dict[tuple[int, ...], list[int]] = {}
     for i, (ctx, _) in enumerate(requests):
         by_context.setdefault(tuple(ctx), []).append(i)
     packable, plain = [], []
     for ctx, members in by_context.items():
-        fits = all(len(ctx) + len(requests[i][1]) <= max_length + 1 for i in members)
+        fits = all(len(ctx) + len(requests[i][1]) <= limit for i in members)
         (packable if len(members) > 1 and fits else plain).extend(members)
     return sorted(packable), sorted(plain)
 

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 import lcc_kernels
+from lcc_kernels.formats import SUPPORTED_DTYPES
 
 # Attributes of the attention and MLP modules that hold a PackedProjections owner.
 PACKED_QKV = "packed_qkv"
@@ -151,6 +152,14 @@ class PackedLinear(nn.Module):
         self._streams_bytes = lcc_kernels.prepare_streams(p).nbytes if ready else 0
 
     def _apply(self, fn, recurse=True):
+        target = fn(torch.zeros(1, dtype=self._packed.dtype, device=self._packed.device)).dtype
+        if target not in SUPPORTED_DTYPES:
+            # nn.Module._apply has already converted the modules before this one
+            raise ValueError(
+                f"packed sparse weights hold float16, bfloat16 or float32, not {target}: call "
+                "unswap_attention(model) before the conversion (modules before the first "
+                "swapped one are converted already: convert the model back)"
+            )
         result = super()._apply(fn, recurse)
         self._rebuild()
         return result

@@ -42,6 +42,8 @@ def test_disjoint_windows_skip_each_window_start():
 def test_window_plan_rejects_a_bad_stride():
     with pytest.raises(ValueError, match="0 < stride <= window"):
         window_plan(10, 4, 5)
+    with pytest.raises(ValueError, match="window of at least 2 ids"):
+        window_plan(10, 1, 1)  # would score nothing: a division by zero later
 
 
 def test_one_window_equals_the_plain_loss(model, tok):

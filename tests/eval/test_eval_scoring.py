@@ -228,3 +228,15 @@ def test_packed_equals_unpacked_for_every_family(name, tok):
     # fp32 sums of ~20 log-probabilities of ~3 nats: rounding is ~1e-7 relative per term
     expected = pytest.approx([s.logprob for s in plain], rel=1e-6, abs=1e-5)
     assert [s.logprob for s in packed] == expected
+
+
+@pytest.mark.parametrize("name", ["mistral-gqa", "gemma3-gqa"])
+def test_shared_contexts_longer_than_a_sliding_window_score_as_plain_rows(name):
+    # The packed rows' 4-D mask has no window: beyond it, packing would see more context.
+    model = tiny_model(name, sliding_window=8)
+    context = list(range(10, 40))  # 30 ids: past the window
+    requests = [(context, [50]), (context, [51]), ([60, 61, 62], [70, 71]), ([60, 61, 62], [72])]
+    packed = score_tokens(model, requests, 16, progress=False)
+    plain = score_tokens(model, requests, 16, progress=False, share_context=False)
+    for a, b in zip(packed, plain, strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-5)

@@ -109,6 +109,23 @@ def test_unswap_gives_back_bit_identical_linears(name, pattern):
     assert_matches(model, pruned.float(), random_ids(), torch.float16)
 
 
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+def test_projections_clamped_in_place_keep_autograd_working(pattern):
+    # OLMo's clip_qkv clamps q, k and v in place: split's views would refuse it under autograd
+    pruned = add_o_bias(prune_attention(tiny_model("olmo-mha", clip_qkv=0.5), pattern))
+    model = copy.deepcopy(pruned)
+    swap_attention(model)
+    ids = random_ids()
+    torch.testing.assert_close(model(ids).logits, pruned(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_converting_a_swapped_model_to_float64_names_the_remedy():
+    model = pruned_model("llama-gqa", "2:4")
+    swap_attention(model)
+    with pytest.raises(ValueError, match="not torch.float64: call unswap_attention"):
+        model.double()
+
+
 def test_a_no_op_conversion_keeps_the_streams_layouts_and_a_real_one_rebuilds():
     pruned = pruned_model("llama-gqa", "unstructured")
     model = copy.deepcopy(pruned)
