@@ -33,6 +33,7 @@ are the stored ones.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
@@ -257,10 +258,15 @@ def unswap_attention(model: nn.Module) -> list[int]:
 def _check_layers(layers: Iterable[int] | None, count: int) -> list[int]:
     if layers is None:
         return list(range(count))
-    chosen = list(layers)
-    for i in chosen:
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count:
+    chosen = []
+    for i in layers:
+        try:  # any integer type (numpy's, a 0-d tensor's item) but bool
+            index = None if isinstance(i, bool) else operator.index(i)
+        except TypeError:
+            index = None
+        if index is None or not 0 <= index < count:
             raise ValueError(f"layer {i!r} is not a decoder layer index in 0..{count - 1}")
+        chosen.append(index)
     if len(set(chosen)) != len(chosen):
         raise ValueError(f"layers {chosen} name a layer twice")
     return sorted(chosen)

@@ -1,6 +1,7 @@
 """swap_attention / unswap_attention refuse bad input with a message naming the problem,
 and a refused swap changes nothing."""
 
+import numpy as np
 import pytest
 import torch
 from _hf_swap_helpers import attention, prune_attention
@@ -24,12 +25,19 @@ def model_24():
         ({"layers": [2]}, "layer 2 is not a decoder layer index in 0..1"),
         ({"layers": [-1]}, "layer -1 is not"),
         ({"layers": [1, 1]}, "name a layer twice"),
+        ({"layers": [True]}, "layer True is not"),
+        ({"layers": [0.0]}, "layer 0.0 is not"),
     ],
-    ids=["format", "backend", "layer-range", "negative-layer", "duplicate-layer"],
+    ids=["format", "backend", "layer-range", "negative-layer", "duplicate-layer", "bool", "float"],
 )
 def test_bad_arguments(model_24, kwargs, message):
     with pytest.raises(ValueError, match=message):
         swap_attention(model_24, **kwargs)
+
+
+def test_layer_indices_of_any_integer_type(model_24):
+    report = swap_attention(model_24, layers=[np.int64(1), torch.tensor(0)])
+    assert report.swapped_layers == [0, 1]
 
 
 def test_unstructured_weights_do_not_fit_2_4_and_nothing_changes():
