@@ -231,7 +231,8 @@ def unswap_attention(model: nn.Module) -> list[int]:
                 name = group.projections[0]
                 module = getattr(owner, name, None)
                 if isinstance(module, SparseLinear):
-                    setattr(owner, name, _linear(lcc_kernels.unpack(module.packed), module.bias))
+                    weight = lcc_kernels.unpack(module.packed)
+                    setattr(owner, name, _linear(weight, module.bias, _requires_grad(module, 0)))
                     changed = True
                 continue
             module = owner._modules.get(group.packed)
@@ -242,7 +243,7 @@ def unswap_attention(model: nn.Module) -> list[int]:
             biases = torch.split(module.bias, sizes) if module.bias is not None else None
             for i, name in enumerate(group.projections):
                 bias = biases[i] if biases is not None and module.has_bias[i] else None
-                setattr(owner, name, _linear(weights[i], bias))
+                setattr(owner, name, _linear(weights[i], bias, _requires_grad(module, i)))
             del owner._modules[group.packed]
             changed = True
         if changed:
@@ -397,15 +398,28 @@ def _swap_group(
         owner.add_module(group.packed, module)
         for index, name in enumerate(group.projections):
             setattr(owner, name, ProjectionView(module, index, name))
+    # unswap gives back Parameters as trainable (or frozen) as the ones replaced
+    module.linear_requires_grad = tuple(
+        (m.weight.requires_grad, m.bias is not None and m.bias.requires_grad) for m in plan.linears
+    )
     result.bytes_after = packed.nbytes
     result.bytes_streams = module.streams_bytes
     return result
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    """An ``nn.Linear`` holding exactly ``weight`` [out, in] and ``bias`` [out] (copies)."""
+def _requires_grad(module: nn.Module, index: int) -> tuple[bool, bool]:
+    """Whether projection ``index``'s weight and bias required grad before the swap."""
+    flags = getattr(module, "linear_requires_grad", None)
+    return flags[index] if flags is not None else (True, True)
+
+
+def _linear(
+    weight: torch.Tensor, bias: torch.Tensor | None, requires_grad: tuple[bool, bool]
+) -> nn.Linear:
+    """An ``nn.Linear`` holding exactly ``weight`` [out, in] and ``bias`` [out] (copies),
+    with ``requires_grad`` (weight, bias)."""
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    linear.weight = nn.Parameter(weight.detach().clone().contiguous())
+    linear.weight = nn.Parameter(weight.detach().clone().contiguous(), requires_grad[0])
     if bias is not None:
-        linear.bias = nn.Parameter(bias.detach().clone())
+        linear.bias = nn.Parameter(bias.detach().clone(), requires_grad[1])
     return linear

@@ -119,6 +119,17 @@ def test_projections_clamped_in_place_keep_autograd_working(pattern):
     torch.testing.assert_close(model(ids).logits, pruned(ids).logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("mlp", [False, True])
+def test_unswap_keeps_what_was_frozen_frozen(mlp):
+    model = pruned_model("qwen2-gqa", "2:4")  # q/k/v biases too
+    model.requires_grad_(False)
+    attention(model, 0).q_proj.weight.requires_grad_(True)  # one trainable, to tell apart
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    swap_attention(model, mlp=mlp)
+    unswap_attention(model)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+
+
 def test_converting_a_swapped_model_to_float64_names_the_remedy():
     model = pruned_model("llama-gqa", "2:4")
     swap_attention(model)
