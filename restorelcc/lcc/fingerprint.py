@@ -301,16 +301,17 @@ def _probe(size: int, side: int) -> torch.Tensor:
 
 
 class _Probes:
-    """``_probe`` copied to one device, once per size and side."""
+    """``_probe`` copied to each device a parameter lives on (a model may span several),
+    once per size and side."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.cache: dict[tuple[int, int], torch.Tensor] = {}
+    def __init__(self) -> None:
+        self.cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
-    def __call__(self, size: int, side: int) -> torch.Tensor:
-        if (size, side) not in self.cache:
-            self.cache[size, side] = _probe(size, side).to(self.device)
-        return self.cache[size, side]
+    def __call__(self, size: int, side: int, device: torch.device) -> torch.Tensor:
+        key = (size, side, device)
+        if key not in self.cache:
+            self.cache[key] = _probe(size, side).to(device)
+        return self.cache[key]
 
 
 def _packed_bits(bits: torch.Tensor) -> tuple[bytes, int]:
@@ -340,7 +341,7 @@ def _sketch(
     tensor = tensor.detach()
     matrix = tensor.reshape(tensor.shape[0], -1) if tensor.dim() > 1 else tensor.reshape(-1, 1)
     rows, cols = matrix.shape
-    r, p = probes(rows, 0), probes(cols, 1)
+    r, p = probes(rows, 0, matrix.device), probes(cols, 1, matrix.device)
     # A multiple of 8 rows keeps the packed mask bytes independent of the chunking.
     step = max(8, CHUNK_ELEMENTS // max(cols, 1) // 8 * 8)
     sketch = torch.zeros(ROW_PROBES, COLUMN_PROBES, dtype=torch.float64, device=matrix.device)
@@ -375,7 +376,7 @@ def model_fingerprint(model: nn.Module, progress: bool = False) -> ModelFingerpr
 
     family = family_of(model)
     layers = decoder_layers(model)
-    probes = _Probes(next(model.parameters()).device)
+    probes = _Probes()
     items, seen = [], set()
     linears = [(i, n) for i in range(len(layers)) for n in family.block_linears]
     for index, linear_name in tqdm(linears, desc="fingerprint", disable=not progress):

@@ -173,3 +173,13 @@ def test_a_restoration_needs_a_fingerprint_object(checkpoints):
             b=restoration.b,
             fingerprint="v1:" + "0" * 64,
         )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_a_model_spread_over_two_devices_matches_itself(checkpoints):
+    model = copy.deepcopy(checkpoints["llama-3x5"])
+    expected = fp.model_fingerprint(model)
+    model.to("cuda:0")
+    decoder_layers(model)[1:].to("cuda:1")  # as device_map splits a model by layers
+    assert not fp.model_fingerprint(model).differences(expected)
