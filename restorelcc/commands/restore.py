@@ -234,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
     with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
         save_adapter(restoration, tmp, overwrite=True)
         if args.merged:
-            export_merged(restoration, pruned, tmp / MERGED_DIR, tokenizer)
+            # made from this very model above: its fingerprint check would only repeat
+            export_merged(restoration, pruned, tmp / MERGED_DIR, tokenizer, check=False)
         atomic_write_json(tmp / REPORT_NAME, report)
 
     stages = [{"stage": k, "seconds": v} for k, v in restoration.report["seconds"].items()]
@@ -282,7 +283,7 @@ def _evaluate(dense, pruned, tokenizer, restoration, args: argparse.Namespace) -
 
     from restorelcc.evaluate import perplexity_report
 
-    restored = restoration.fold(copy.deepcopy(pruned))
+    restored = restoration.fold(copy.deepcopy(pruned), check=False)  # made from pruned
     models = {"dense": dense, "pruned": pruned, "restored": restored}
     results = {
         name: perplexity_report(model, tokenizer, source=args.ppl_source, progress=not args.quiet)

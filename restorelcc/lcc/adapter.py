@@ -173,15 +173,19 @@ def export_merged(
     directory: str | Path,
     tokenizer=None,
     overwrite: bool = False,
+    check: bool = True,
 ) -> Path:
     """Save ``model`` with ``restoration`` folded in as a plain ``transformers`` checkpoint.
 
     ``model`` must be the pruned model the restoration was made for, not yet folded; it is
     left unchanged. Biases the new config implies but the model lacks (q/k/v) are zeros.
+    ``check=False`` skips ``check_model`` (a pass over every weight) where the restoration
+    was just made from ``model``, as ``fold`` and ``attached`` allow.
     """
     from transformers import AutoModelForCausalLM
 
-    restoration.check_model(model)
+    if check:
+        restoration.check_model(model)
     config = merged_config(model)
     dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
     with _temporarily_folded(model, restoration):

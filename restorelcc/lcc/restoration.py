@@ -154,11 +154,16 @@ class Restoration:
         return load_adapter(directory)
 
     def export_merged(
-        self, model: nn.Module, directory: str | Path, tokenizer=None, overwrite: bool = False
+        self,
+        model: nn.Module,
+        directory: str | Path,
+        tokenizer=None,
+        overwrite: bool = False,
+        check: bool = True,
     ) -> Path:
         from restorelcc.lcc.adapter import export_merged
 
-        return export_merged(self, model, directory, tokenizer, overwrite)
+        return export_merged(self, model, directory, tokenizer, overwrite, check)
 
     def summary(self) -> dict:
         return {
