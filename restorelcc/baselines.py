@@ -33,7 +33,7 @@ from restorelcc.lcc.heads import HeadCompensation, o_proj_input_hooks
 from restorelcc.lcc.pipeline import RestoreConfig, restore
 from restorelcc.lcc.probing import head_count
 from restorelcc.lcc.restoration import Restoration
-from restorelcc.lcc.tokens import check_pairs, encode_pair
+from restorelcc.lcc.tokens import check_pairs, encode_prompt
 from restorelcc.lcc.train import TrainConfig, TrainResult, train_response_lm
 
 DEFAULT_LORA_RANK = 8
@@ -75,8 +75,9 @@ def lora_baseline(
 ) -> LoraResult:
     """Train LoRA (or DoRA) adapters on q/k/v/o of ``pruned`` with RestoreLCC's loop.
 
-    ``alpha`` defaults to ``2 * rank``; no dropout (the loop is deterministic). With
-    ``copy_model`` (default) ``pruned`` itself is left untouched.
+    ``alpha`` defaults to ``2 * rank``; no dropout, and the adapters' initialisation is
+    seeded with ``config.seed``: the same seed gives the same run. With ``copy_model``
+    (default) ``pruned`` itself is left untouched.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -97,7 +98,11 @@ def lora_baseline(
     with warnings.catch_warnings():
         # peft still calls a transformers property deprecated in 5.x; nothing for users to do
         warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
-        peft_model = get_peft_model(model, peft_config)
+        # peft draws lora_A from the global generator: seed it, so the seed fixes the run
+        cuda = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(config.seed)
+            peft_model = get_peft_model(model, peft_config)
         base = peft_model.get_base_model()
         params = [p for p in base.parameters() if p.requires_grad]
         result = train_response_lm(base, tokenizer, pairs, params, config, desc=f"train {name}")
@@ -149,14 +154,14 @@ def training_free(
     head_map = check_compatible(dense, pruned)
     pairs = check_pairs(pairs, minimum=1)
     start = time.perf_counter()
-    prompts = [encode_pair(tokenizer, p, max_length)[0] for p in pairs]
+    prompts = [encode_prompt(tokenizer, p, max_length) for p in pairs]
     zd = capture_last_token(dense, prompts, batch_tokens, progress, "capture dense")
     zd = to_pruned_heads(zd, head_map)
     zp = capture_last_token(pruned, prompts, batch_tokens, progress, "capture pruned")
     g = head_geometry(pruned)
     mean = (zd.double() - zp.double()).mean(0).reshape(g.total_heads, g.head_dim).float()
     flat = torch.arange(g.total_heads)
-    heads = torch.stack([flat // g.heads, flat % g.heads], dim=1)
+    heads = g.layer_and_head(flat)
     return Restoration(
         model_type=family_of(pruned).model_type,
         geometry=g,
@@ -193,13 +198,15 @@ def lofit_baseline(
     """LoFiT on ``pruned`` with RestoreLCC's data, loop and head count (``config.heads``;
     ``config.train`` for both steps, so it trains twice as many steps as RestoreLCC).
 
-    1. Head selection: ``A [L, H*d]`` (zeros) scales every head's output,
+    1. Head selection: ``A [L, H*d]`` scales every head's output,
        ``z <- (1 + A) * z``; trained on the response loss + ``l1 * |A|_1``. The heads with
        the largest ``|A(l, h)|_1`` are picked (their norms are the result's ``scores``).
-    2. Bias tuning: a bias ``b [S, d]`` (zeros) added to each picked head's output is
-       trained; ``A`` is dropped. Returned as a ``Restoration`` (identity directions,
-       ``beta = 0``) that folds, saves and exports like RestoreLCC's. ``pruned`` is not
-       modified.
+    2. Bias tuning: a bias ``b [S, d]`` added to each picked head's output is trained;
+       ``A`` is dropped. Returned as a ``Restoration`` (identity directions, ``beta = 0``)
+       that folds, saves and exports like RestoreLCC's. ``pruned`` is not modified.
+
+    ``A`` and ``b`` start from N(0, ``config.init_std``) drawn with ``config.train.seed``,
+    as LoFiT's reference code starts them.
     """
     config = config or RestoreConfig()
     if not l1 >= 0:
@@ -207,7 +214,9 @@ def lofit_baseline(
     g = head_geometry(pruned)
     count = head_count(g, config.heads)
     device = model_device(pruned)
-    scales = nn.Parameter(torch.zeros(g.layers, g.heads * g.head_dim, device=device))
+    generator = torch.Generator().manual_seed(config.train.seed)
+    start = torch.randn(g.layers, g.heads * g.head_dim, generator=generator) * config.init_std
+    scales = nn.Parameter(start.to(device))
 
     def scaled(layer: int, z: torch.Tensor) -> torch.Tensor:
         return z + z * scales[layer].to(z.dtype)  # not (1 + A): bf16 would round it to 1
@@ -224,10 +233,12 @@ def lofit_baseline(
     )
     norms = scales.detach().reshape(g.total_heads, g.head_dim).abs().sum(1).cpu()
     flat = norms.topk(count).indices.sort().values
-    heads = torch.stack([flat // g.heads, flat % g.heads], dim=1)
+    heads = g.layer_and_head(flat)
     identity = torch.eye(g.head_dim).expand(count, -1, -1)
-    biases = HeadCompensation(g, heads, identity, init_std=0.0).to(device)
-    biases.beta.requires_grad_(False)  # identity directions: b alone is LoFiT's bias
+    biases = HeadCompensation(g, heads, identity, config.init_std, config.train.seed).to(device)
+    with torch.no_grad():
+        biases.beta.zero_()  # identity directions: b alone is LoFiT's bias
+    biases.beta.requires_grad_(False)
     tune = train_response_lm(
         pruned,
         tokenizer,

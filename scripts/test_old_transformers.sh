@@ -19,4 +19,5 @@ fi
 PYTHONPATH="$side" "$VENV/bin/python" -c \
     "import transformers; assert transformers.__version__ == '5.17.0', transformers.__version__"
 PYTHONPATH="$side" TRITON_INTERPRET=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-    tests/hf tests/eval tests/devices tests/lcc/test_lcc_capture.py tests/lcc/test_lcc_pipeline.py
+    tests/hf tests/eval tests/devices tests/lcc/test_lcc_capture.py tests/lcc/test_lcc_pipeline.py \
+    tests/lcc/test_lcc_train.py

@@ -26,11 +26,16 @@ DTYPES = ("float32", "bfloat16", "float16")
 METHODS = ("restorelcc", "lofit", "training-free")
 # Options that another method would ignore: it refuses them (given other than defaults).
 RESTORELCC_ONLY = ("selection", "probe_pairs", "components_k", "negatives", "standardize")
-TRAINING = ("heads", "lr", "epochs", "max_steps", "batch_size", "validation_pairs")
+TRAINING = ("heads", "lr", "epochs", "max_steps", "batch_size", "validation_pairs", "max_grad_norm")
 
 
 class RestoreArgumentError(RestoreLCCError, ValueError):
     """A ``restore`` request that cannot be carried out."""
+
+
+def grad_norm_value(text: str) -> float | None:
+    """``"none"`` -> None (no clipping); else a float (``TrainConfig`` checks its sign)."""
+    return None if text.strip().lower() == "none" else float(text)
 
 
 def heads_value(text: str) -> int | float:
@@ -95,6 +100,13 @@ def register(subparsers) -> None:
         "--epochs", type=int, default=3, help="passes over --pairs (default %(default)s)"
     )
     p.add_argument("--max-steps", type=int, default=None, help="overrides --epochs")
+    p.add_argument(
+        "--max-grad-norm",
+        type=grad_norm_value,
+        default=1.0,
+        help="clip each step's gradient norm to this, or 'none' (default %(default)s, as the "
+        "research code's Trainer)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="pairs per step (default %(default)s)")
     p.add_argument("--max-length", type=int, default=500, help="training tokens per pair")
     p.add_argument("--components-k", type=int, default=1, help="paper 1, research code 10")
@@ -164,6 +176,7 @@ def _config(args: argparse.Namespace):
             seed=args.seed,
             progress=not args.quiet,
             validation_pairs=args.validation_pairs,
+            max_grad_norm=args.max_grad_norm,
         )
         return RestoreConfig(
             heads=args.heads,

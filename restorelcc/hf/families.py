@@ -101,6 +101,11 @@ class HeadGeometry:
         """Query heads sharing one key/value head."""
         return self.heads // self.kv_heads
 
+    def layer_and_head(self, flat: torch.Tensor) -> torch.Tensor:
+        """``[S, 2]`` (layer, head) rows of flat head indices ``[S]`` (``layer * heads +
+        head``)."""
+        return torch.stack([flat // self.heads, flat % self.heads], dim=1)
+
 
 def family_of(model_or_config) -> Family:
     config = getattr(model_or_config, "config", model_or_config)

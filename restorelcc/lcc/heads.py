@@ -92,6 +92,14 @@ def scatter_heads(
     return out.reshape(geometry.layers, geometry.heads * geometry.head_dim)
 
 
+def compensation_vectors(
+    beta: torch.Tensor, directions: torch.Tensor, b: torch.Tensor
+) -> torch.Tensor:
+    """``c [S, d] = V^T beta + b``: ``beta, b [S, d]``, ``directions [S, d, d]`` (rows of
+    ``V^T``), i.e. ``sum_i beta_i V^T[i] + b`` per head."""
+    return torch.einsum("si,sid->sd", beta, directions) + b
+
+
 class HeadCompensation(nn.Module):
     """Trainable ``c(l, h) = V(l, h)^T beta + b`` for the selected heads, in fp32.
 
@@ -131,7 +139,7 @@ class HeadCompensation(nn.Module):
 
     def per_head(self) -> torch.Tensor:
         """``c [S, d]`` = ``beta @ V^T + b`` (``sum_i beta_i V^T[i] + b``)."""
-        return torch.einsum("si,sid->sd", self.beta, self.directions) + self.b
+        return compensation_vectors(self.beta, self.directions, self.b)
 
     def layer_offsets(self) -> torch.Tensor:
         """``[L, H*d]`` fp32: what is added to every layer's ``o_proj`` input."""
@@ -144,7 +152,7 @@ class HeadCompensation(nn.Module):
             return None
         rows = self.head_order[start:end]
         g = self.geometry
-        c = torch.einsum("si,sid->sd", self.beta[rows], self.directions[rows]) + self.b[rows]
+        c = compensation_vectors(self.beta[rows], self.directions[rows], self.b[rows])
         out = torch.zeros(g.heads, g.head_dim, dtype=c.dtype, device=c.device)
         return out.index_add(0, self.heads[rows, 1], c).reshape(-1)
 

@@ -39,7 +39,7 @@ from restorelcc.lcc.probing import (
     select_heads,
 )
 from restorelcc.lcc.restoration import Restoration
-from restorelcc.lcc.tokens import check_pairs, encode_pair, encode_probe_set
+from restorelcc.lcc.tokens import check_pairs, encode_probe_set, encode_prompt
 from restorelcc.lcc.train import TrainConfig, train_response_lm
 
 MIN_PROBE_PAIRS = 4  # a 70/30 split with both sides holding at least one pair
@@ -153,7 +153,7 @@ def restore(
             zd, zp = acts.dense, acts.pruned
     else:
         with stage("capture"):
-            prompts = [encode_pair(tokenizer, p, config.capture_max_length)[0] for p in probe_set]
+            prompts = [encode_prompt(tokenizer, p, config.capture_max_length) for p in probe_set]
             zd = capture_last_token(
                 dense, prompts, config.capture_batch_tokens, progress, "capture dense", "dense"
             )

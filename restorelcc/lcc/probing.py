@@ -259,4 +259,4 @@ def random_heads(geometry: HeadGeometry, count: int, seed: int) -> torch.Tensor:
     """``count`` distinct heads drawn uniformly with ``seed``, ``[count, 2]`` sorted."""
     flat = torch.randperm(geometry.total_heads, generator=torch.Generator().manual_seed(seed))
     flat = torch.sort(flat[:count]).values
-    return torch.stack([flat // geometry.heads, flat % geometry.heads], dim=1)
+    return geometry.layer_and_head(flat)

@@ -19,7 +19,13 @@ from restorelcc.errors import RestoreLCCError
 from restorelcc.hf.families import HeadGeometry, family_of, head_geometry
 from restorelcc.lcc.fingerprint import ModelFingerprint, model_fingerprint
 from restorelcc.lcc.fold import fold_offsets
-from restorelcc.lcc.heads import HeadCompensation, check_heads, o_proj_input_offsets, scatter_heads
+from restorelcc.lcc.heads import (
+    HeadCompensation,
+    check_heads,
+    compensation_vectors,
+    o_proj_input_offsets,
+    scatter_heads,
+)
 
 # Of beta and b, what each method other than RestoreLCC (both) trains.
 TRAINED_TENSORS = {"lofit": ("b",), "training-free": ()}
@@ -96,7 +102,7 @@ class Restoration:
 
     def per_head(self) -> torch.Tensor:
         """``c [S, d]`` fp32."""
-        return torch.einsum("si,sid->sd", self.beta, self.directions) + self.b
+        return compensation_vectors(self.beta, self.directions, self.b)
 
     def layer_offsets(self) -> torch.Tensor:
         """``[L, H*d]`` fp32: what is added to each layer's ``o_proj`` input."""

@@ -101,6 +101,17 @@ def encode_pair(
     return fit_lengths(prompt, response, max_length, leading_special_tokens(tokenizer, prompt))
 
 
+def encode_prompt(tokenizer, pair: InstructionPair, max_length: int) -> list[int]:
+    """The prompt's ids alone, fitted to ``max_length`` as ``encode_pair`` fits them (its
+    end and leading special tokens kept), for captures at the prompt's last token: no room
+    is left for a response that does not run."""
+    prompt, _ = tokenize_pair(tokenizer, pair)
+    prompt = list(prompt)
+    if not prompt:
+        raise DataError(f"pair tokenizes to an empty prompt: {pair.prompt[:60]!r}")
+    return fit_lengths(prompt, [], max_length, leading_special_tokens(tokenizer, prompt))[0]
+
+
 @dataclass(frozen=True)
 class ProbeSequences:
     """Token ids for probing: per pair a prompt and its two continuations (r+, r-)."""

@@ -3,8 +3,7 @@
 RestoreLCC trains its per-head ``beta, b``; the LoRA/DoRA baselines train their adapter
 matrices; both go through ``train_response_lm`` with the same data order, steps and
 schedule. The loss is the cross-entropy of the response tokens (and the EOS that ends
-them) only; the LM head runs only at the positions that predict those tokens (the decoder
-runs to hidden states, the positions are gathered, then the head). The model's own
+them) only; the LM head runs only at the positions that predict those tokens. The model's own
 parameters are frozen for the duration (their ``requires_grad`` is restored afterwards)
 and the loop checks that no gradient reached them.
 """
@@ -32,7 +31,9 @@ from restorelcc.lcc.tokens import check_pairs, encode_pair
 @dataclass
 class TrainConfig:
     """Optimisation settings (research code: AdamW lr 1e-3, 3 epochs, batch 8, max length
-    500, linear decay, no weight decay). ``max_steps`` overrides ``epochs`` when set.
+    500, linear decay, no weight decay, and the Hugging Face ``Trainer``'s clipping of the
+    gradient norm to 1). ``max_steps`` overrides ``epochs`` when set; ``max_grad_norm=None``
+    does not clip.
     ``validation_pairs``: the last pairs given are held out of training (and of RestoreLCC's
     probing) and their response loss is measured before and after training."""
 
@@ -44,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     validation_pairs: int = 0
+    max_grad_norm: float | None = 1.0
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -58,6 +60,8 @@ class TrainConfig:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
         if self.validation_pairs < 0:
             raise ValueError(f"validation_pairs must be >= 0, got {self.validation_pairs}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be positive or None, got {self.max_grad_norm}")
 
     def split(self, pairs: Sequence[InstructionPair]) -> tuple[list, list]:
         """(training pairs, held-out pairs): the last ``validation_pairs`` are held out."""
@@ -81,6 +85,7 @@ class TrainConfig:
 class TrainResult:
     steps: int
     losses: list[float] = field(repr=False)  # one per step
+    grad_norms: list[float] = field(repr=False)  # per step, before clipping
     seconds: float
     response_tokens: int  # target tokens seen over all steps
     trainable_parameters: int
@@ -129,16 +134,26 @@ def collate(
 
 
 def response_loss(model: nn.Module, ids, mask, positions, targets) -> torch.Tensor:
-    """Mean cross-entropy of ``targets`` predicted at ``positions`` (LM head only there)."""
+    """Mean cross-entropy of ``targets [M]`` predicted at ``positions [M, 2]`` (row, column)
+    of ``ids [B, T]``.
+
+    The model's own forward makes the logits, so whatever it does after its LM head
+    (Granite's ``logits_scaling``, Cohere's ``logit_scale``, Gemma 2's soft-capping) is
+    done here too; a pre-hook hands the LM head the ``M`` gathered hidden states only, so
+    no ``[B, T, vocab]`` logits are made.
+    """
     device = model_device(model)
-    hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device))
-    hidden = hidden.last_hidden_state
-    picked = hidden[positions[:, 0].to(device), positions[:, 1].to(device)]  # [M, hidden]
-    logits = model.get_output_embeddings()(picked).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return nn.functional.cross_entropy(logits, targets.to(device))
+    rows, cols = positions[:, 0].to(device), positions[:, 1].to(device)
+
+    def gather(module, args):
+        return (args[0][rows, cols],) + tuple(args[1:])  # [M, hidden]
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(gather)
+    try:
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+    finally:
+        handle.remove()
+    return nn.functional.cross_entropy(out.logits.float(), targets.to(device))
 
 
 def _pad_id(tokenizer) -> int:
@@ -217,8 +232,10 @@ def _first_non_finite_o_proj_input(model: nn.Module, ids, mask) -> str | None:
     return found[0] if found else None
 
 
-def _non_finite_loss_message(model, ids, mask, step, steps, value, total_value) -> str:
-    if math.isfinite(value):
+def _non_finite_loss_message(model, ids, mask, step, steps, value, total_value, norm) -> str:
+    if math.isfinite(total_value):
+        what = f"gradient (norm {norm}; response loss {value:.4g}, finite)"
+    elif math.isfinite(value):
         what = f"penalty (response loss {value:.4g}, with the penalty {total_value})"
     else:
         what = f"response loss ({value})"
@@ -251,9 +268,11 @@ def train_response_lm(
     permutation per epoch: the same seed gives the same run. With
     ``config.validation_pairs``, the last pairs are held out and scored before and after.
     ``penalty()``, if given, is added to each step's loss (a regulariser of ``parameters``);
-    the losses recorded are the response loss alone. A non-finite loss raises
-    ``NonFiniteError`` naming the step (and the first layer and heads whose ``o_proj`` input
-    is non-finite, if any) before the update, so ``parameters`` stay finite.
+    the losses recorded are the response loss alone. The gradient's norm over
+    ``parameters`` is recorded, then clipped to ``config.max_grad_norm``. A non-finite loss
+    or gradient raises ``NonFiniteError`` naming the step (and the first layer and heads
+    whose ``o_proj`` input is non-finite, if any) before the update, so ``parameters`` stay
+    finite.
     """
     parameters = list(parameters)
     if not parameters:
@@ -266,6 +285,8 @@ def train_response_lm(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
     batches = _batches(len(encoded), config.batch_size, config.seed)
     losses: list[float] = []
+    grad_norms: list[float] = []
+    max_norm = config.max_grad_norm or math.inf  # inf: measured, not clipped
     tokens = 0
     start = time.perf_counter()
     was_training = model.training
@@ -287,16 +308,22 @@ def train_response_lm(
                 total.backward()
                 if step == 0 or step == steps - 1:
                     _check_no_stray_grads(watched)
+                norm = nn.utils.clip_grad_norm_(parameters, max_norm)
                 # The step's one host sync (the loss curve needs it), taken before the update
-                # so that a non-finite loss stops the run with finite parameters.
-                value, total_value = torch.stack([loss.detach(), total.detach()]).tolist()
-                if not math.isfinite(total_value):
+                # so that a non-finite loss or gradient stops the run with finite parameters.
+                value, total_value, norm = torch.stack(
+                    [loss.detach().float(), total.detach().float(), norm.float().to(loss.device)]
+                ).tolist()
+                if not math.isfinite(total_value + norm):
                     raise NonFiniteError(
-                        _non_finite_loss_message(model, ids, mask, step, steps, value, total_value)
+                        _non_finite_loss_message(
+                            model, ids, mask, step, steps, value, total_value, norm
+                        )
                     )
                 optimizer.step()
                 schedule.step()
                 losses.append(value)
+                grad_norms.append(norm)
                 tokens += len(targets)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if held_out:
@@ -309,6 +336,7 @@ def train_response_lm(
     return TrainResult(
         steps=steps,
         losses=losses,
+        grad_norms=grad_norms,
         seconds=time.perf_counter() - start,
         response_tokens=tokens,
         trainable_parameters=sum(p.numel() for p in parameters),

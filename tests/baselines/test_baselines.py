@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -68,6 +69,20 @@ def test_lora_scores_held_out_pairs_like_restorelcc(setup):
     )
 
 
+@pytest.mark.parametrize("dora", [False, True])
+def test_lora_runs_are_fixed_by_the_seed(setup, dora):
+    _, pruned, tokenizer, pairs = setup
+    runs = [
+        lora_baseline(pruned, tokenizer, pairs, TRAIN, rank=2, dora=dora).train.losses
+        for _ in range(2)
+    ]
+    torch.manual_seed(123)  # the global generator's state does not matter
+    runs.append(lora_baseline(pruned, tokenizer, pairs, TRAIN, rank=2, dora=dora).train.losses)
+    assert runs[0] == runs[1] == runs[2]
+    reseeded = dataclasses.replace(TRAIN, seed=1)
+    assert lora_baseline(pruned, tokenizer, pairs, reseeded, rank=2).train.losses != runs[0]
+
+
 def test_dora_adds_magnitude_vectors(setup):
     _, pruned, tokenizer, pairs = setup
     lora = lora_baseline(pruned, tokenizer, pairs, TRAIN, rank=2)
@@ -120,7 +135,7 @@ def test_lofit_picks_the_heads_its_scales_grew_most_and_tunes_only_their_biases(
     assert restoration.scores.shape == (3, 5) and (restoration.scores > 0).all()
     flat = restoration.heads[:, 0] * 5 + restoration.heads[:, 1]
     assert set(flat.tolist()) == set(restoration.scores.flatten().topk(4).indices.tolist())
-    # only biases: identity directions, beta zero, b trained away from its zero start
+    # only biases: identity directions, beta zero, b trained
     assert torch.equal(restoration.directions, torch.eye(16).expand(4, -1, -1))
     assert not restoration.beta.any() and restoration.b.abs().min() > 0
     report = restoration.report
@@ -134,6 +149,22 @@ def test_lofit_picks_the_heads_its_scales_grew_most_and_tunes_only_their_biases(
     with torch.no_grad():
         torch.testing.assert_close(folded(ids).logits, hooked, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(hooked, plain)
+
+
+def test_lofit_starts_from_small_seeded_noise(setup):
+    _, pruned, tokenizer, pairs = setup
+    # one step at a negligible rate: the result is (almost) the starting point
+    still = TrainConfig(max_steps=1, batch_size=4, progress=False, lr=1e-12)
+    runs = [
+        lofit_baseline(pruned, tokenizer, pairs, RestoreConfig(heads=4, train=still))
+        for _ in range(2)
+    ]
+    assert torch.equal(runs[0].b, runs[1].b) and torch.equal(runs[0].scores, runs[1].scores)
+    assert 0.5e-3 < runs[0].b.std() < 2e-3 and not runs[0].beta.any()
+    # the L1 norm of 16 N(0, 1e-3) scales per head is about 16 * 0.8e-3
+    assert 0.5 * 16 * 0.8e-3 < runs[0].scores.mean() < 2 * 16 * 0.8e-3
+    reseeded = RestoreConfig(heads=4, train=dataclasses.replace(still, seed=1))
+    assert not torch.equal(lofit_baseline(pruned, tokenizer, pairs, reseeded).b, runs[0].b)
 
 
 def test_lofit_l1_penalty_shrinks_the_selection_scales(setup):

@@ -10,6 +10,8 @@ from transformers import AutoModelForCausalLM
 from restorelcc.errors import UnsupportedModelError
 from restorelcc.hf.families import FAMILIES, family_of
 from restorelcc.lcc import RestoreConfig, TrainConfig, restore
+from restorelcc.lcc.tokens import encode_pair
+from restorelcc.lcc.train import collate, response_loss
 from restorelcc.prune import prune_model
 from restorelcc.testing import TINY_SHAPES, byte_tokenizer, synthetic_pairs, tiny_model
 
@@ -72,3 +74,21 @@ def test_structured_pruning_reloads(model_type, tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(_logits(reloaded, x), in_memory, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_training_loss_is_the_models_own_loss(model_type):
+    # Granite divides its logits by logits_scaling and Cohere multiplies them by
+    # logit_scale (0.0625 by default) after the LM head; the training loss must too.
+    overrides = {"logits_scaling": 8.0} if model_type == "granite" else {}
+    model = tiny_model(TINY_OF_FAMILY[model_type], **overrides)
+    tokenizer = byte_tokenizer()
+    encoded = [encode_pair(tokenizer, p, 64, eos=True) for p in synthetic_pairs(3)]
+    ids, mask, positions, targets = collate(encoded, tokenizer.pad_token_id)
+    labels = torch.full_like(ids, -100)
+    for row, (prompt, response) in enumerate(encoded):
+        labels[row, len(prompt) : len(prompt) + len(response)] = torch.tensor(response)
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        got = response_loss(model, ids, mask, positions, targets)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

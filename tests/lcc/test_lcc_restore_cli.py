@@ -90,6 +90,7 @@ def test_restore_command_writes_adapter_report_and_merged(checkpoints, capsys):
         (["--validation-pairs", "8"], "holds 20 items; asked for 24"),
         (["--validation-pairs", "-1"], "--validation-pairs must be >= 0"),
         (["--max-steps", "0"], "--max-steps must be >= 1"),
+        (["--max-grad-norm", "0"], "--max-grad-norm must be positive or None, got 0.0"),
         (["--lofit-l1", "0.1"], "--method restorelcc does not use --lofit-l1"),
         # checked before the models load (a missing --dense would fail there)
         (["--eval", "--ppl-source", "missing.txt", "--dense", "nowhere"], "missing.txt"),
@@ -100,6 +101,10 @@ def test_restore_command_writes_adapter_report_and_merged(checkpoints, capsys):
         ),
         (["--method", "training-free", "--epochs", "2"], "training-free does not use --epochs"),
         (["--method", "training-free", "--heads", "2"], "training-free does not use --heads"),
+        (
+            ["--method", "training-free", "--max-grad-norm", "none"],
+            "training-free does not use --max-grad-norm",
+        ),
     ],
 )
 def test_bad_arguments_give_one_line_errors(checkpoints, capsys, extra, match):
@@ -142,9 +147,11 @@ def test_eval_reports_dense_pruned_and_restored_perplexity(checkpoints, capsys):
 
 def test_validation_pairs_are_scored_before_and_after(checkpoints, capsys):
     tmp_path, _ = checkpoints
-    assert main(args(tmp_path, "--validation-pairs", "4")) == 0
+    assert main(args(tmp_path, "--validation-pairs", "4", "--max-grad-norm", "none")) == 0
     assert "heldout_before" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "restore_report.json").read_text())
+    assert report["config"]["train"]["max_grad_norm"] is None
+    assert len(report["report"]["train"]["grad_norms"]) == report["report"]["train"]["steps"]
     assert report["report"]["train_pairs"] == 16 and report["pairs"] == 20
     validation = report["report"]["train"]["validation"]
     assert validation["pairs"] == 4 and validation["before"] > 0 and validation["after"] > 0

@@ -4,7 +4,7 @@ import pytest
 from tokenizers import processors
 
 from restorelcc.data import InstructionPair
-from restorelcc.lcc.tokens import encode_pair, encode_probe_set, fit_lengths
+from restorelcc.lcc.tokens import encode_pair, encode_probe_set, encode_prompt, fit_lengths
 from restorelcc.lcc.train import collate
 from restorelcc.testing import byte_tokenizer
 
@@ -66,3 +66,14 @@ def test_without_a_bos_truncation_keeps_the_end_only():
     full_prompt, _ = encode_pair(tokenizer, long_pair(), 10_000)
     prompt, response = encode_pair(tokenizer, long_pair(), 64)
     assert prompt == full_prompt[len(full_prompt) - len(prompt) :]
+
+
+def test_a_prompt_captured_alone_leaves_no_room_for_its_response():
+    tokenizer = bos_tokenizer()
+    full_prompt, _ = encode_pair(tokenizer, long_pair(20), 10_000)
+    assert len(full_prompt) < 200
+    assert encode_prompt(tokenizer, long_pair(20), 200) == full_prompt  # room for the pair cuts it
+    assert len(encode_pair(tokenizer, long_pair(20), 200)[0]) < len(full_prompt)
+    cut = encode_prompt(tokenizer, long_pair(20), 64)
+    assert len(cut) == 64 and cut[0] == tokenizer.bos_token_id
+    assert cut[1:] == full_prompt[len(full_prompt) - 63 :]

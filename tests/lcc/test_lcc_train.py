@@ -4,6 +4,7 @@ import pytest
 import torch
 from lcc_helpers import compensation, train
 
+from restorelcc.errors import NonFiniteError
 from restorelcc.lcc.tokens import encode_pair
 from restorelcc.lcc.train import TrainConfig, collate, response_loss, train_response_lm
 from restorelcc.testing import synthetic_pairs, tiny_model
@@ -79,6 +80,34 @@ def test_a_penalty_regularises_without_entering_the_recorded_losses(tokenizer):
     assert runs["l2"][1] < runs["none"][1]
 
 
+def test_the_gradient_norm_is_recorded_then_clipped(tokenizer):
+    pairs = synthetic_pairs(8)
+    model = tiny_model("llama-3x5")
+    comp = compensation(model, std=0.1)
+    free = train(model, tokenizer, pairs, comp, max_steps=3, max_grad_norm=None)
+    left = torch.cat([p.grad.flatten() for p in comp.parameters()]).norm().item()
+    assert len(free.grad_norms) == 3 and free.grad_norms[-1] == pytest.approx(left, rel=1e-5)
+    limit = min(free.grad_norms) / 4
+    comp = compensation(model, std=0.1)
+    clipped = train(model, tokenizer, pairs, comp, max_steps=3, max_grad_norm=limit)
+    assert clipped.grad_norms[0] == pytest.approx(free.grad_norms[0], rel=1e-6)  # before clipping
+    left = torch.cat([p.grad.flatten() for p in comp.parameters()]).norm().item()
+    assert left == pytest.approx(limit, rel=1e-5)
+
+
+def test_a_non_finite_gradient_stops_training_before_the_update(tokenizer):
+    model = tiny_model("llama-3x5")
+    comp = compensation(model, std=0.0)
+    config = TrainConfig(max_steps=2, batch_size=4, progress=False)
+    # sqrt(|b|) is 0 at b = 0 but its slope is infinite: a finite loss, a non-finite gradient
+    with pytest.raises(NonFiniteError, match="non-finite gradient .* at training step 1 of 2"):
+        train_response_lm(
+            model, tokenizer, synthetic_pairs(4), list(comp.parameters()), config,
+            lambda: comp.attached(model), penalty=lambda: comp.b.abs().sqrt().sum(),
+        )  # fmt: skip
+    assert not comp.b.any()
+
+
 def test_loss_goes_down(tokenizer):
     model = tiny_model("llama-3x5")
     comp = compensation(model)
@@ -103,6 +132,7 @@ def test_bad_config_and_data(tokenizer):
         dict(batch_size=0),
         dict(max_steps=0),
         dict(max_length=1),
+        dict(max_grad_norm=0),
     ):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
