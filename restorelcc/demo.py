@@ -12,6 +12,7 @@ pruned model.
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -163,7 +164,8 @@ class Demo:
         row = Row(
             pattern=pattern,
             method=method,
-            perplexity=evaluation["perplexity"]["perplexity"],
+            # None: exp(mean NLL) overflowed a float (PerplexityResult.as_dict)
+            perplexity=evaluation["perplexity"]["perplexity"] or math.inf,
             accuracy=headline_accuracy(evaluation),
             **fields,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from restorelcc.assets import DEFAULT_MODEL
+from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.errors import RestoreLCCError
 from restorelcc.evaluate import PAPER_TASKS, resolve_tasks
 from restorelcc.lcc.pipeline import RestoreConfig
@@ -89,7 +90,7 @@ class DemoConfig:
     tasks: tuple[str, ...] = ("arc_easy", "piqa", "hellaswag")
     limit: int | None = 100
     ppl_tokens: int = 4096
-    ppl_source: str = "lambada"  # or a user text source (perplexity_texts), e.g. WikiText-2
+    ppl_source: str = DEFAULT_PERPLEXITY_SOURCE  # or user text (perplexity_texts): WikiText-2
     methods: tuple[str, ...] = DEFAULT_METHODS
     latency_rounds: int = 15
     seed: int = 0

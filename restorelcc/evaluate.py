@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 
+from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE, positive_count
 from restorelcc.eval.perplexity import (
     DEFAULT_STRIDE,
     DEFAULT_TOKENS,
@@ -24,7 +25,14 @@ from restorelcc.eval.perplexity import (
     perplexity_report,
 )
 from restorelcc.eval.scoring import Score, loglikelihoods
-from restorelcc.eval.tasks import PAPER_TASKS, TASKS, Question, resolve_tasks, task_questions
+from restorelcc.eval.tasks import (
+    PAPER_TASKS,
+    TASKS,
+    Question,
+    resolve_task,
+    resolve_tasks,
+    task_questions,
+)
 
 __all__ = [
     "DEFAULT_TOKENS",
@@ -89,10 +97,12 @@ def evaluate_task(
 ) -> dict:
     """Metrics of one task: ``{"items", "requests", <metric>, <metric>_stderr, ...}``.
 
-    ``share_context=False`` scores every choice in its own row (slower; same results up to
-    float rounding).
+    ``task``: one task name (``DataError`` for anything else, e.g. ``"all"``; use
+    ``evaluate_model`` for several). ``share_context=False`` scores every choice in its own
+    row (slower; same results up to float rounding). Raises ``NonFiniteError`` if the model
+    gives a NaN or inf log-likelihood.
     """
-    name = resolve_tasks([task])[0]
+    name = resolve_task(task)
     questions = task_questions(name, limit)
     requests = [
         (ctx, cont)
@@ -117,16 +127,23 @@ def evaluate_model(
     limit: int | None = None,
     perplexity: bool = True,
     ppl_tokens: int = DEFAULT_TOKENS,
-    ppl_source: str = "lambada",
+    ppl_source: str = DEFAULT_PERPLEXITY_SOURCE,
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict:
     """Evaluate ``model`` on ``tasks`` (names, ``"all"`` or ``"paper"``) and perplexity.
 
     Returns ``{"tasks": {name: metrics}, "limit", "perplexity": PerplexityResult as a dict
-    or None, "wall_s"}``. Deterministic for a given model, data and batch size.
+    or None, "wall_s"}`` (JSON-ready: a perplexity that overflows a float is ``None``, see
+    ``PerplexityResult.as_dict``). Deterministic for a given model, data and batch size.
     """
     names = resolve_tasks(tasks)
+    # bad counts fail here, not after the tasks that run before perplexity
+    if limit is not None:
+        positive_count(limit, "limit")
+    positive_count(batch_size, "batch_size")
+    if perplexity:
+        positive_count(ppl_tokens, "ppl_tokens")
     start = time.perf_counter()
     report: dict = {"tasks": {}, "limit": limit, "perplexity": None}
     for name in names:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -37,8 +38,23 @@ def _umask() -> int:
     return current
 
 
+def json_ready(obj):
+    """``obj`` with every NaN or infinite float replaced by ``None``: JSON has neither, and
+    Python's ``Infinity``/``NaN`` extension is refused by strict readers."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: json_ready(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(value) for value in obj]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+    """``obj`` as indented JSON (``json_ready``: non-finite floats as ``null``; other
+    non-JSON values as ``str``), written atomically."""
+    text = json.dumps(json_ready(obj), indent=2, default=str, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
 
 
 def check_output_directory(

@@ -8,6 +8,7 @@ from dataclasses import fields
 
 from restorelcc.commands.options import add_device_argument, limit_value, resolve_device
 from restorelcc.commands.restore import heads_value
+from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.demo import run_demo
 from restorelcc.demo_config import METHODS, PAPER_SETTINGS, DemoConfig, option
 from restorelcc.evaluate import PAPER_TASKS
@@ -97,7 +98,8 @@ def register(subparsers) -> None:
     _add(
         p,
         "ppl_source",
-        "perplexity text: 'lambada' or a text file/folder/JSON(L) with a 'text' column",
+        f"perplexity text: '{DEFAULT_PERPLEXITY_SOURCE}' or a text file/folder/JSON(L) with a "
+        "'text' column",
     )
     _add(p, "methods", f"comma-separated, from {','.join(METHODS)}", type=_csv)
     _add(p, "latency_rounds", "interleaved rounds of the forward-latency measurement", type=int)

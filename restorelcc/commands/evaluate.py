@@ -18,12 +18,13 @@ from restorelcc.commands.options import (
     resolve_device,
     swap_pruned_attention,
 )
+from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
+from restorelcc.eval.perplexity import DEFAULT_TOKENS
 from restorelcc.hf import FORMATS, MIN_SPARSITY
 
 DEFAULT_TASKS = "paper"
 DEFAULT_LIMIT = 100  # first items per task: the paper's 7 tasks + 8k-token perplexity in a
 # few minutes on 2 CPU cores with SmolLM2-135M (see benchmarks/results/bench_eval.json)
-DEFAULT_PPL_TOKENS = 8192
 
 
 def register(subparsers) -> None:
@@ -50,15 +51,16 @@ def register(subparsers) -> None:
     ppl.add_argument(
         "--ppl-tokens",
         type=positive_int,
-        default=DEFAULT_PPL_TOKENS,
-        help=f"perplexity token budget (default {DEFAULT_PPL_TOKENS})",
+        default=DEFAULT_TOKENS,
+        help=f"perplexity token budget (default {DEFAULT_TOKENS})",
     )
     ppl.add_argument("--no-ppl", action="store_true", help="skip perplexity")
     p.add_argument(
         "--ppl-source",
-        default=DEFAULT_PPL_SOURCE,
-        help="perplexity text: 'lambada' (default), a text file, a folder of text files, or "
-        "JSON/JSONL/save_to_disk rows with a 'text' column (e.g. WikiText-2's test split)",
+        default=DEFAULT_PERPLEXITY_SOURCE,
+        help=f"perplexity text: '{DEFAULT_PERPLEXITY_SOURCE}' (default), a text file, a folder "
+        "of text files, or JSON/JSONL/save_to_disk rows with a 'text' column (e.g. "
+        "WikiText-2's test split)",
     )
     p.add_argument(
         "--batch-size", type=positive_int, default=16, help="rows (questions) per forward"
@@ -75,9 +77,6 @@ def register(subparsers) -> None:
     p.add_argument("--json", default=None, help="report path (default eval_<model>.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
-
-
-DEFAULT_PPL_SOURCE = "lambada"
 
 
 def default_report_path(model: str) -> Path:
@@ -109,6 +108,20 @@ def summary_rows(report: dict) -> list[dict]:
     return rows
 
 
+def perplexity_line(ppl: dict) -> str:
+    """The perplexity summary of a report (``PerplexityResult.as_dict``); its ``None``
+    perplexity (a mean NLL whose exp overflows a float) reads as inf, with the mean NLL."""
+    figure = ppl["perplexity"]
+    if figure is None:
+        shown = f"inf (mean NLL {ppl['nll'] / ppl['tokens']:.1f} nats per token)"
+    else:
+        shown = f"{figure:.3f}"
+    return (
+        f"perplexity ({ppl['source']}, {ppl['tokens']} tokens, window {ppl['window']}, "
+        f"stride {ppl['stride']}): {shown}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from restorelcc.assets import load_model
     from restorelcc.data import perplexity_texts
@@ -121,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--mlp swaps the MLP projections too: it needs --swap FORMAT")
     if not tasks and args.no_ppl:
         raise ValueError("nothing to evaluate: --tasks none with --no-ppl")
-    if args.no_ppl and args.ppl_source != DEFAULT_PPL_SOURCE:
+    if args.no_ppl and args.ppl_source != DEFAULT_PERPLEXITY_SOURCE:
         raise ValueError("--ppl-source is the perplexity text: it has no use with --no-ppl")
     if not args.no_ppl:
         perplexity_texts(args.ppl_source, n=1)  # a missing or empty source fails here too
@@ -165,11 +178,7 @@ def run(args: argparse.Namespace) -> int:
         columns = ["task", "items", "acc", "acc_stderr", "acc_norm", "seconds"]
         print(format_table(summary_rows(report), columns))
     if report["perplexity"]:
-        ppl = report["perplexity"]
-        print(
-            f"perplexity ({ppl['source']}, {ppl['tokens']} tokens, window {ppl['window']}, "
-            f"stride {ppl['stride']}): {ppl['perplexity']:.3f}"
-        )
+        print(perplexity_line(report["perplexity"]))
     atomic_write_json(out, payload)
     print(f"report: {out}  ({payload['wall_s']:.1f} s)")
     return 0

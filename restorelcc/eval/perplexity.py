@@ -8,6 +8,11 @@ exactly once, and all but the first window's ids see at least ``window - stride`
 context (the Hugging Face "perplexity of fixed-length models" scheme). Perplexity is
 ``exp(total negative log-likelihood / scored ids)``. Joined passages see the end of the
 previous passage, so the figure is lower than scoring each passage alone.
+
+A NaN or inf total NLL (NaN/inf weights, fp16 overflow) raises ``NonFiniteError``. A finite
+mean NLL above ~709 nats gives a perplexity of ``inf`` (``exp`` overflows a float), which
+``PerplexityResult.as_dict`` writes as ``None`` (JSON ``null``: JSON has no infinity);
+``nll`` and ``tokens`` still give the figure.
 """
 
 from __future__ import annotations
@@ -20,8 +25,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from restorelcc.data import DOCUMENT_SEPARATOR, perplexity_texts
-from restorelcc.errors import DataError
+from restorelcc.data import (
+    DEFAULT_PERPLEXITY_SOURCE,
+    DOCUMENT_SEPARATOR,
+    perplexity_texts,
+    positive_count,
+)
+from restorelcc.errors import DataError, NonFiniteError
 from restorelcc.eval.scoring import model_device, model_max_length
 
 DEFAULT_TOKENS = 8192
@@ -31,15 +41,27 @@ DEFAULT_STRIDE = 256
 
 @dataclass(frozen=True)
 class PerplexityResult:
-    perplexity: float
-    nll: float  # total negative log-likelihood, nats
+    perplexity: float  # inf when exp(nll / tokens) overflows a float
+    nll: float  # total negative log-likelihood, nats (always finite)
     tokens: int  # ids scored
     window: int
     stride: int
     source: str
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        """The fields for a JSON report: an infinite ``perplexity`` becomes ``None``."""
+        fields = dict(self.__dict__)
+        if not math.isfinite(self.perplexity):
+            fields["perplexity"] = None
+        return fields
+
+
+def perplexity_of(nll: float, count: int) -> float:
+    """``exp(nll / count)``, or ``inf`` where that overflows a float."""
+    try:
+        return math.exp(nll / count)
+    except OverflowError:
+        return math.inf
 
 
 def token_stream(tokenizer, texts: Sequence[str], tokens: int) -> torch.Tensor:
@@ -89,6 +111,7 @@ def stream_nll(
     """``(total NLL in nats, ids scored)`` of a ``[n]`` id stream under the sliding window."""
     if ids.dim() != 1 or len(ids) < 2:
         raise ValueError(f"need a 1-D stream of at least 2 ids, got shape {tuple(ids.shape)}")
+    batch_size = positive_count(batch_size, "batch_size")
     device = model_device(model)
     plan = window_plan(len(ids), window, stride)
     total, count = 0.0, 0
@@ -113,7 +136,7 @@ def perplexity_report(
     model,
     tokenizer,
     texts: Sequence[str] | None = None,
-    source: str = "lambada",
+    source: str = DEFAULT_PERPLEXITY_SOURCE,
     tokens: int = DEFAULT_TOKENS,
     window: int = DEFAULT_WINDOW,
     stride: int = DEFAULT_STRIDE,
@@ -123,10 +146,11 @@ def perplexity_report(
     """Sliding-window perplexity of ``texts`` (else of ``perplexity_texts(source)``).
 
     ``batch_size`` windows run per forward; each keeps ``stride`` positions of logits
-    over the vocabulary, which bounds the memory.
+    over the vocabulary, which bounds the memory. Raises ``NonFiniteError`` (naming the
+    source) if the total NLL is NaN or inf.
     """
-    if tokens <= 0:
-        raise ValueError(f"tokens must be positive, got {tokens}")
+    tokens = positive_count(tokens, "tokens")
+    batch_size = positive_count(batch_size, "batch_size")
     limit = model_max_length(model, tokenizer)
     if window > limit:  # shrink to the model's context, keeping the stride/window ratio
         stride, window = max(1, stride * limit // window), limit
@@ -138,7 +162,13 @@ def perplexity_report(
     if len(ids) < 2:
         raise DataError(f"perplexity source {source!r} gives fewer than 2 tokens")
     nll, count = stream_nll(model, ids, window, stride, batch_size, progress)
-    return PerplexityResult(math.exp(nll / count), nll, count, window, stride, source)
+    if not math.isfinite(nll):
+        raise NonFiniteError(
+            f"perplexity of {source!r}: the total negative log-likelihood over {count} "
+            f"tokens is {nll}; the model gives NaN/inf logits (NaN or inf weights, or fp16 "
+            "overflow)"
+        )
+    return PerplexityResult(perplexity_of(nll, count), nll, count, window, stride, source)
 
 
 def perplexity(model, tokenizer, **kwargs) -> float:

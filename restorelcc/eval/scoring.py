@@ -3,8 +3,10 @@
 A request ``(context, continuation)`` is tokenized like the harness: trailing whitespace of
 the context moves to the continuation, ``context + continuation`` is tokenized whole (with
 the tokenizer's default special tokens) and split after the context's own tokens; an empty
-context is replaced by the BOS (else EOS) token. Inputs longer than the model's context are
-cut from the left.
+context is replaced by the BOS (else EOS) token, and so is a whitespace-only one (its
+whitespace moves to the continuation, which leaves it empty). Inputs longer than the
+model's context are cut from the left. A non-finite log-likelihood (a model with NaN or
+inf weights, fp16 overflow) raises ``NonFiniteError`` instead of deciding an argmax.
 
 Requests that share their context (the choices of one question) run as one packed row:
 the context once, then each choice (``restorelcc.eval.packing``). The others run one
@@ -15,6 +17,7 @@ continuation positions reach the output projection and the log-softmax.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from restorelcc.data import positive_count
+from restorelcc.errors import NonFiniteError
 from restorelcc.eval.packing import float_dtype, logit_positions, pack_requests, packed_inputs
 
 TokenRequest = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation ids)
@@ -49,14 +54,21 @@ def encode_request(tokenizer, context: str, continuation: str) -> tuple[list[int
     """Token ids ``(context_ids, continuation_ids)`` split the way the harness splits them."""
     if not continuation:
         raise ValueError(f"empty continuation for context {context[-40:]!r}")
-    if not context:
-        cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
-        return [prefix_token_id(tokenizer)], list(cont)
     stripped = context.rstrip()
     continuation = context[len(stripped) :] + continuation
-    whole = tokenizer(stripped + continuation)["input_ids"]
-    ctx = tokenizer(stripped)["input_ids"]
-    return list(ctx), list(whole[len(ctx) :])
+    if not stripped:  # "" (the harness's case) or whitespace only, which becomes ""
+        cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        ctx = [prefix_token_id(tokenizer)]
+    else:
+        whole = tokenizer(stripped + continuation)["input_ids"]
+        ctx = tokenizer(stripped)["input_ids"]
+        cont = whole[len(ctx) :]
+    if not ctx or not cont:
+        raise ValueError(
+            f"request ({context[-40:]!r}, {continuation!r}) gives no "
+            f"{'context' if not ctx else 'continuation'} token ids"
+        )
+    return list(ctx), list(cont)
 
 
 def model_max_length(model, tokenizer=None) -> int:
@@ -103,9 +115,10 @@ def score_tokens(
     (``restorelcc.eval.packing``); the first row with two or more multi-token choices is
     checked against unpacked scoring and packing is dropped, with a warning, if the model
     disagrees (e.g. custom attention that ignores 4-D masks).
+
+    Raises ``NonFiniteError`` (naming ``desc``, e.g. the task) if a score is NaN or inf.
     """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    batch_size = positive_count(batch_size, "batch_size")
     for i, (ctx, cont) in enumerate(requests):
         if not ctx or not cont:
             raise ValueError(f"request {i} needs non-empty context and continuation ids")
@@ -122,7 +135,18 @@ def score_tokens(
                 plain + _score_packed(model, requests, packable, batch_size, scores, bar)
             )
         _score_plain(model, requests, plain, batch_size, max_length, scores, bar)
+    _check_finite(scores, desc)
     return scores  # type: ignore[return-value]
+
+
+def _check_finite(scores: Sequence[Score], desc: str) -> None:
+    bad = [i for i, s in enumerate(scores) if not math.isfinite(s.logprob)]
+    if bad:
+        raise NonFiniteError(
+            f"{desc}: {len(bad)} of {len(scores)} log-likelihoods are not finite (request "
+            f"{bad[0]}: {scores[bad[0]].logprob}); the model gives NaN/inf logits (NaN or inf "
+            "weights, or fp16 overflow), so no accuracy can be read from it"
+        )
 
 
 def _sliding_window(model) -> int | None:
@@ -173,8 +197,7 @@ def _score_packed(model, requests, indices, batch_size, scores, bar) -> list[int
                 raise
             warnings.warn(f"context sharing off: model refused packed rows ({exc})", stacklevel=3)
             return _unscored(indices, scores)
-        flat = torch.full(keep.shape, -1, dtype=torch.long)
-        flat[keep] = torch.arange(int(keep.sum()))
+        flat = _flat_index(keep)
         results = {}
         for b, row in enumerate(batch):
             members = {}
@@ -213,6 +236,14 @@ def _agrees_with_plain(model, requests, results: dict[int, Score], dtype) -> boo
     return True
 
 
+def _flat_index(keep: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` LongTensor: each ``True`` position of ``keep`` ``[B, T]`` numbered in
+    row-major order (its row in the ``[keep.sum(), vocab]`` logits), -1 elsewhere."""
+    flat = torch.full(keep.shape, -1, dtype=torch.long)
+    flat[keep] = torch.arange(int(keep.sum()))
+    return flat
+
+
 def _pick(logits: torch.Tensor, rows: torch.Tensor, cont: Sequence[int]) -> Score:
     """Score of continuation ``cont`` predicted by flattened logits ``rows``."""
     target = torch.tensor(cont, device=logits.device)
@@ -245,8 +276,7 @@ def _score_plain(model, requests, indices, batch_size, max_length, scores, bar) 
         logits = _continuation_logits(
             model, keep, input_ids=input_ids.to(device), attention_mask=attention.to(device)
         )
-        flat = torch.full(keep.shape, -1, dtype=torch.long)
-        flat[keep] = torch.arange(int(keep.sum()))
+        flat = _flat_index(keep)
         for b, key in enumerate(batch):
             for i in rows[key]:
                 cont = requests[i][1]
@@ -258,7 +288,9 @@ def _score_plain(model, requests, indices, batch_size, max_length, scores, bar) 
 
 # Model classes that refused a boolean ``logits_to_keep`` (no such argument, or a
 # transformers release before 5.2x, which indexes with it as a slice and fails), so that
-# each batch does not pay for a failed forward.
+# each batch does not pay for a failed forward. A class is remembered only when the same
+# forward without ``logits_to_keep`` then succeeds: an unrelated TypeError or IndexError
+# raises from that second call and leaves the class alone.
 _NO_MASKED_LOGITS: set[type] = set()
 
 
@@ -273,11 +305,13 @@ def _continuation_logits(model, keep: torch.Tensor, **inputs) -> torch.Tensor:
     if type(model) not in _NO_MASKED_LOGITS:
         try:
             out = model(**inputs, logits_to_keep=keep.to(device)).logits
-            if out.dim() == 2 and out.shape[0] == count:
-                return out
-            if out.dim() == 3 and out.shape[:2] == keep.shape:
-                return out[keep.to(out.device)]
         except (TypeError, IndexError):
+            out = model(**inputs).logits  # fails again, and raises, if not logits_to_keep's
             _NO_MASKED_LOGITS.add(type(model))
+            return out[keep.to(out.device)]
+        if out.dim() == 2 and out.shape[0] == count:
+            return out
+        if out.dim() == 3 and out.shape[:2] == keep.shape:
+            return out[keep.to(out.device)]
     out = model(**inputs).logits
     return out[keep.to(out.device)]

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from restorelcc.data import EVAL_TASKS, eval_dataset
+from restorelcc.data import EVAL_TASKS, eval_dataset, positive_count
 from restorelcc.errors import DataError
 
 TARGET_DELIMITER = " "
@@ -116,6 +116,10 @@ PAPER_TASKS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+def _task_key(name: str) -> str:
+    return str(name).strip().lower().replace("-", "_")
+
+
 def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     """Task names from ``"all"``, ``"paper"``, ``"a,b"`` or a list; unknown names raise.
     ``"none"`` or an empty list: no task (perplexity only)."""
@@ -123,7 +127,7 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     out: list[str] = []
     none_asked = False
     for raw in names:
-        name = raw.strip().lower().replace("-", "_")
+        name = _task_key(raw)
         if name == "none":
             none_asked = True
         if name in ("", "none"):
@@ -132,7 +136,8 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
         for task in expanded:
             if task not in TASKS:
                 raise DataError(
-                    f"unknown task {raw.strip()!r}; valid: {', '.join(TASKS)}, all, paper, none"
+                    f"unknown task {str(raw).strip()!r}; valid: {', '.join(TASKS)}, all, "
+                    "paper, none"
                 )
             if task not in out:
                 out.append(task)
@@ -141,11 +146,20 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     return out
 
 
+def resolve_task(name: str) -> str:
+    """The one task ``name`` names (any case, ``-`` for ``_``); ``DataError`` listing the
+    valid names for anything else (``"all"``, ``"paper"``, ``"none"``, ``"a,b"``)."""
+    key = _task_key(name)
+    if key not in TASKS:
+        raise DataError(f"{name!r} is not one task; name one of: {', '.join(TASKS)}")
+    return key
+
+
 def task_questions(name: str, limit: int | None = None) -> list[Question]:
     """The first ``limit`` questions (all when None) of task ``name``."""
-    task = TASKS[resolve_tasks([name])[0]]
-    if limit is not None and limit <= 0:
-        raise ValueError(f"limit must be positive, got {limit}")
+    task = TASKS[resolve_task(name)]
+    if limit is not None:
+        limit = positive_count(limit, "limit")
     rows = eval_dataset(task.name)
     count = len(rows) if limit is None else min(limit, len(rows))
     try:

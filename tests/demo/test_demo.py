@@ -1,10 +1,11 @@
 import json
+import math
 
 import pytest
 from transformers import AutoModelForCausalLM
 
 from restorelcc.cli import build_parser, main
-from restorelcc.demo import DemoConfig, forward_latency, gap_closed, run_demo
+from restorelcc.demo import Demo, DemoConfig, forward_latency, gap_closed, run_demo
 from restorelcc.eval.perplexity import perplexity_report
 from restorelcc.testing import byte_tokenizer, tiny_model
 
@@ -41,6 +42,15 @@ def test_gap_closed():
     assert gap_closed(pruned=100.0, method=60.0, dense=20.0) == pytest.approx(0.5)
     assert gap_closed(pruned=0.4, method=0.45, dense=0.5) == pytest.approx(0.5)
     assert gap_closed(pruned=0.5, method=0.6, dense=0.5) is None
+
+
+def test_an_overflowing_perplexity_reads_as_inf_in_the_rows():
+    demo = Demo(DemoConfig(tasks=("arc_easy",)))
+    for method, ppl in (("dense", 20.0), ("pruned (wanda)", 100.0), ("restorelcc", None)):
+        evaluation = {"perplexity": {"perplexity": ppl}, "tasks": {"arc_easy": {"acc": 0.5}}}
+        demo.add_row("-" if method == "dense" else "2:4", method, evaluation)
+    restored = demo.derived()[-1]
+    assert restored["perplexity"] == math.inf and restored["ppl_gap_closed"] == -math.inf
 
 
 def test_demo_runs_end_to_end_and_keeps_sparsity(tiny_checkpoint, tmp_path):

@@ -2,10 +2,13 @@
 
 import importlib.util
 import json
+import os
 
 import pytest
+import torch
 
 from restorelcc import assets, cli
+from restorelcc.commands.options import ReportPathError, check_json_path
 from restorelcc.testing import byte_tokenizer, tiny_model
 
 needs_wheel = pytest.mark.skipif(
@@ -94,6 +97,57 @@ def test_bad_perplexity_requests_fail_before_the_model_loads(flags, message, tmp
     out = tmp_path / "r.json"
     err = one_line_error(capsys, ["eval", "--model", "/nonexistent", *flags, "--json", str(out)])
     assert message in err and not out.exists()
+
+
+def test_a_json_path_that_cannot_be_written_fails_before_the_model_loads(tmp_path, capsys):
+    """It used to fail only when the report was written, after the whole evaluation."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for out in (afile / "r.json", afile / "deeper" / "r.json"):
+        argv = ["eval", "--model", "/nonexistent", "--no-ppl", "--json", str(out)]
+        err = one_line_error(capsys, argv)  # before the fix: "cannot resolve model"
+        assert err == f"restorelcc eval: error: --json {out}: {afile} is a file, not a directory"
+
+
+def test_check_json_path(tmp_path, monkeypatch):
+    (tmp_path / "existing.json").write_text("{}")
+    for fine in ("existing.json", "new.json", "new/sub/r.json"):
+        assert check_json_path(tmp_path / fine) == tmp_path / fine  # missing folders: made later
+    monkeypatch.chdir(tmp_path)
+    assert str(check_json_path("r.json")) == "r.json"
+    with pytest.raises(FileExistsError, match="is a directory"):
+        check_json_path(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()  # os.access says "writable" to root whatever the mode: ask it to say no
+    monkeypatch.setattr(os, "access", lambda path, mode: os.fspath(path) != str(locked))
+    with pytest.raises(ReportPathError, match=f"directory {locked} is not writable"):
+        check_json_path(locked / "sub" / "r.json")
+
+
+def test_an_overflowing_perplexity_is_null_in_the_report(tmp_path, capsys):
+    """exp(mean NLL) used to raise OverflowError after the whole run; the report must parse
+    as strict JSON (no Infinity or NaN)."""
+    from restorelcc.testing import tiny_model
+
+    folder = tmp_path / "overconfident"
+    model = tiny_model("llama-gqa")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2000.0)
+    model.save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    text = tmp_path / "t.txt"
+    text.write_text("some text " * 40)
+    out = tmp_path / "r.json"
+    argv = ["eval", "--model", str(folder), "--tasks", "none", "--ppl-source", str(text),
+            "--ppl-tokens", "64", "--json", str(out), "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert ": inf (mean NLL " in capsys.readouterr().out
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    ppl = json.loads(out.read_text(), parse_constant=refuse)["perplexity"]
+    assert ppl["perplexity"] is None and ppl["nll"] / ppl["tokens"] > 710
 
 
 def test_missing_model(tmp_path, capsys):

