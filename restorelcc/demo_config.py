@@ -12,8 +12,9 @@ from restorelcc.evaluate import PAPER_TASKS, resolve_tasks
 from restorelcc.lcc.pipeline import RestoreConfig
 from restorelcc.lcc.train import TrainConfig
 from restorelcc.prune.masks import parse_pattern
+from restorelcc.prune.sparsegpt import BLOCK_SIZE, DAMPENING
 from restorelcc.prune.validate import METHODS as PRUNE_METHODS
-from restorelcc.prune.validate import PruneSpec, check_spec
+from restorelcc.prune.validate import PruneSpec, check_options, check_spec
 
 METHODS = ("lora", "lofit", "training-free", "restorelcc")
 DEFAULT_METHODS = ("lora", "training-free", "restorelcc")  # LoFiT trains twice: opt in
@@ -135,8 +136,9 @@ class DemoConfig:
             raise DemoArgumentError("--tasks: the demo compares accuracy: give at least one task")
 
     def prune_spec(self, pattern: str) -> PruneSpec:
-        """The pruning request for one of ``patterns``, checked by ``check_spec`` (errors
-        name the option at fault: ``--patterns``, ``--sparsity`` or ``--structured-sparsity``)."""
+        """The pruning request for one of ``patterns``, checked by ``check_spec`` and
+        ``check_options`` (errors name the option at fault: ``--patterns``, ``--sparsity`` or
+        ``--structured-sparsity``)."""
         parsed = flagged("--patterns", parse_pattern, pattern)
         if parsed.kind == "heads":
             flag, sparsity = "--structured-sparsity", self.structured_sparsity
@@ -144,13 +146,11 @@ class DemoConfig:
             flag, sparsity = "--sparsity", self.sparsity
         # the sparsity on its own first, so that its error names its own option
         flagged(flag, check_spec, self.prune_method, sparsity, "unstructured")
-        return flagged(
-            f"--patterns {parsed} with {flag} {float(sparsity):g}",
-            check_spec,
-            self.prune_method,
-            sparsity,
-            parsed,
-        )
+        label = f"--patterns {parsed} with {flag} {float(sparsity):g}"
+        spec = flagged(label, check_spec, self.prune_method, sparsity, parsed)
+        # prune_model's own settings, as the demo leaves them (e.g. SparseGPT's column block)
+        flagged(label, check_options, spec, 1, BLOCK_SIZE, DAMPENING)
+        return spec
 
     def train_config(self, lr: float) -> TrainConfig:
         return TrainConfig(

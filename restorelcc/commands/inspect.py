@@ -15,7 +15,8 @@ def register(subparsers) -> None:
         "inspect",
         help="check a checkpoint's sparsity pattern",
         description="Report per-matrix sparsity of the decoder-block linears, whether they are "
-        "exactly 2:4 / 4:8, and structured shape changes.",
+        "exactly 2:4 / 4:8 (and the N:M pattern they were pruned to), and structured shape "
+        "changes.",
     )
     p.add_argument("directory", help="a Hugging Face checkpoint directory")
     p.add_argument("--json", default=None, help="also write the full report to this file")
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         for key in ("heads", "kv_heads", "intermediate_size"):
             before, after = structured[key]
             geometry[key] = f"{before}->{after}"
-        geometry["removed_params"] = structured["removed_fraction_of_blocks"]
+        geometry["removed_of_block_params"] = structured["removed_fraction_of_blocks"]
     elements = sum(m.shape[0] * m.shape[1] for m in matrices)
     geometry["sparsity"] = sum(m.zeros for m in matrices) / max(elements, 1)
     geometry["shapes_match_config"] = not result["shape_mismatches"]

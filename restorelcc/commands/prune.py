@@ -11,9 +11,9 @@ from restorelcc.commands.options import (
     resolve_device,
 )
 from restorelcc.io import check_output_directory
+from restorelcc.prune.checkpoint import PRUNE_REPORT
 from restorelcc.prune.validate import METHODS, PruneArgumentError
 
-REPORT_NAME = "prune_report.json"
 DEFAULT_CALIBRATION = "mix"
 # Options only calibrated methods use, and options only --eval uses: refused when given
 # (other than their defaults) where they would be ignored, as restore refuses its own.
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
         "prune",
         help="prune a model (magnitude / Wanda / SparseGPT; unstructured, N:M or heads)",
         description="Prune every decoder-block linear layer and save a Hugging Face checkpoint "
-        f"with {REPORT_NAME}.",
+        f"with {PRUNE_REPORT}.",
     )
     p.add_argument("--model", default="smollm2-135m", help="model name or local directory")
     p.add_argument("--method", choices=METHODS, default="wanda")
@@ -78,13 +78,15 @@ def _check_unused_options(args: argparse.Namespace, spec) -> None:
 
 
 def _check_arguments(args: argparse.Namespace):
-    from restorelcc.prune.validate import check_spec
+    from restorelcc.prune.sparsegpt import BLOCK_SIZE, DAMPENING
+    from restorelcc.prune.validate import check_options, check_spec
 
     spec = check_spec(args.method, args.sparsity, args.pattern, args.head_fraction)
     _check_unused_options(args, spec)
     for name in ("nsamples", "seqlen", "chunk_size", "ppl_tokens"):
         if getattr(args, name) <= 0:
             raise PruneArgumentError(f"--{name.replace('_', '-')} must be positive")
+    check_options(spec, args.chunk_size, BLOCK_SIZE, DAMPENING)  # as prune_model will use them
     check_output_directory(args.out, args.overwrite, option="--out")
     return spec
 
@@ -98,6 +100,22 @@ def _evaluate(model, tokenizer, tokens: int, progress: bool) -> dict:
         model, tokenizer, source=DEFAULT_PERPLEXITY_SOURCE, tokens=tokens, progress=progress
     )
     return {"perplexity": result.as_dict()}
+
+
+def _run_summary(report) -> dict:
+    """One table row for the run. Structured runs shrink the matrices, so what they
+    removed (a fraction of the block parameters) and the zeros left in the kept weights
+    are two different numbers, each in its own column."""
+    summary = {"method": report.method, "pattern": report.pattern}
+    if report.structured:
+        summary["removed_of_block_params"] = report.structured["removed_fraction_of_blocks"]
+        summary["zeros_in_kept_weights"] = report.overall_sparsity
+    else:
+        summary["sparsity"] = report.overall_sparsity
+    summary["seconds"] = report.seconds
+    if report.evaluation:
+        summary["ppl"] = report.evaluation["perplexity"]["perplexity"]
+    return summary
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,19 +162,9 @@ def run(args: argparse.Namespace) -> int:
     with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / REPORT_NAME, payload)
+        atomic_write_json(tmp / PRUNE_REPORT, payload)
 
     print(format_table(report.summary_rows()))
-    summary = {
-        "method": report.method,
-        "pattern": report.pattern,
-        "sparsity": report.overall_sparsity,
-        "seconds": report.seconds,
-    }
-    if report.structured:
-        summary["removed_params"] = report.structured["removed_fraction_of_blocks"]
-    if report.evaluation:
-        summary["ppl"] = report.evaluation["perplexity"]["perplexity"]
-    print(format_table([summary]))
-    print(f"wrote {args.out} ({REPORT_NAME})")
+    print(format_table([_run_summary(report)]))
+    print(f"wrote {args.out} ({PRUNE_REPORT})")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -11,19 +12,19 @@ from tqdm.auto import tqdm
 from restorelcc.hf.families import Family, block_linear, decoder_layers
 from restorelcc.prune.calibrate import collect_input_stats, input_sharing_groups, walk_blocks
 from restorelcc.prune.magnitude import magnitude_mask
-from restorelcc.prune.report import PruneReport, matrix_report
+from restorelcc.prune.report import PruneReport, checked_patterns, matrix_report
 from restorelcc.prune.sparsegpt import (
     BLOCK_SIZE,
     DAMPENING,
     inverse_hessian_factor,
     prune_with_factor,
 )
-from restorelcc.prune.structured import plan_removal, prune_structured
+from restorelcc.prune.structured import plan_removal, prune_structured, renormalisation_note
 from restorelcc.prune.validate import (
-    PruneArgumentError,
     PruneSpec,
     check_calibration,
     check_model,
+    check_options,
     check_spec,
 )
 from restorelcc.prune.wanda import wanda_mask
@@ -46,19 +47,26 @@ def prune_model(
     """Prune ``model`` in place and return a ``PruneReport``.
 
     Prunes q, k, v, o, gate, up and down of every decoder block (never embeddings or the
-    LM head). ``method``: ``magnitude`` (no data), ``wanda`` or ``sparsegpt`` (need
-    ``calibration``, token ids ``[nsamples, seqlen]``, propagated block by block through
-    the already-pruned blocks in chunks of ``chunk_size`` samples). ``pattern``:
-    ``unstructured`` (magnitude and Wanda: each row loses ``sparsity * in_features``
-    weights, rounded half up; SparseGPT: each matrix loses ``sparsity`` of its weights,
-    chosen per block of 128 columns as in the reference), ``"N:M"``
-    (at most N nonzeros in every M consecutive inputs; ``sparsity`` must be ``1 - N/M``)
-    or ``heads`` (structured: removes KV groups and MLP channels so that ``sparsity`` of the
-    block parameters go; ``magnitude`` or ``wanda`` scoring; see ``structured.py``).
-    ``calibration_source`` is only recorded in the report; ``progress``: a bar over layers.
+    LM head). ``method``: ``magnitude`` (no data; ``calibration`` must be ``None``),
+    ``wanda`` or ``sparsegpt`` (need ``calibration``, token ids ``[nsamples, seqlen]``,
+    propagated block by block through the already-pruned blocks in chunks of ``chunk_size``
+    samples). ``pattern``: ``unstructured`` (magnitude and Wanda: each row loses
+    ``sparsity * in_features`` weights, rounded half up; SparseGPT: each matrix loses
+    ``sparsity`` of its weights, chosen per block of ``block_size`` columns as in the
+    reference), ``"N:M"`` (at most N nonzeros in every M consecutive inputs; ``sparsity``
+    must be ``1 - N/M`` within 1e-4, and the exact value is used) or ``heads`` (structured:
+    removes KV groups and MLP channels so that ``sparsity`` of the block parameters go;
+    ``magnitude`` or ``wanda`` scoring; ``head_fraction`` as in ``structured.py``; on OLMo
+    2/3 removing heads also changes the kept ones, which warns and is noted in the report).
+    SparseGPT only: ``block_size`` is the number of columns pruned together before the
+    lazy update of the rest (an integer >= 1, a multiple of M for N:M); ``dampening`` is
+    the fraction of the mean Hessian diagonal added to the diagonal (finite, > 0).
+    ``calibration_source`` is only recorded in the report (with ``calibration``);
+    ``progress``: a bar over layers.
 
-    All arguments are checked before any weight changes; bad ones raise
-    ``PruneArgumentError`` (a ``ValueError``) or ``UnsupportedModelError``.
+    All arguments are checked before any weight changes or calibration pass; bad ones
+    raise ``PruneArgumentError`` (a ``ValueError``) naming the argument, or
+    ``UnsupportedModelError``.
 
     Example::
 
@@ -66,16 +74,14 @@ def prune_model(
         print(report.overall_sparsity)
     """
     spec = check_spec(method, sparsity, pattern, head_fraction)
-    # dampening 0 leaves the Hessian singular whenever calibration has fewer tokens than inputs
-    if chunk_size < 1 or block_size < 1 or not dampening > 0:
-        raise PruneArgumentError(
-            f"need chunk_size >= 1, block_size >= 1 and dampening > 0, got {chunk_size}, "
-            f"{block_size}, {dampening}"
-        )
+    chunk_size, block_size, dampening = check_options(spec, chunk_size, block_size, dampening)
     family = check_model(model, spec)
     vocab = model.get_input_embeddings().num_embeddings
     tokens = check_calibration(calibration, spec, vocab)
     plan = plan_removal(model, family, spec) if spec.pattern.kind == "heads" else None
+    note = renormalisation_note(family, plan) if plan is not None else None
+    if note:  # OLMo 2/3: the kept heads change too (see structured.py)
+        warnings.warn(note, stacklevel=2)
 
     was_training = model.training
     model.eval()
@@ -97,8 +103,9 @@ def prune_model(
         model.train(was_training)
     seconds = time.perf_counter() - start
 
+    patterns = checked_patterns(spec.pattern)
     matrices = [
-        matrix_report(f"layers.{i}.{name}", block_linear(layer, name).weight)
+        matrix_report(f"layers.{i}.{name}", block_linear(layer, name).weight, patterns)
         for i, layer in enumerate(decoder_layers(model))
         for name in family.block_linears
     ]

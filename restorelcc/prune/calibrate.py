@@ -16,11 +16,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from restorelcc.errors import UnsupportedModelError
 from restorelcc.hf.families import Family, block_linear, decoder_layers
 
 
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass once the wanted input is captured."""
+
+
+def _check_positional(index: int, args: tuple) -> None:
+    """Blocks are replayed as ``block(hidden, **kwargs)``: a model that passes anything
+    but the hidden states positionally cannot be replayed, so it is refused."""
+    if len(args) > 1:
+        raise UnsupportedModelError(
+            f"decoder block layers.{index} was called with {len(args)} positional arguments; "
+            "layer-by-layer calibration replays blocks with the hidden states as the only "
+            "positional argument (everything else by keyword)"
+        )
 
 
 def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -49,6 +61,7 @@ def capture_block_inputs(
     chunks: list[torch.Tensor] = []
 
     def grab_hidden(module, args, kwargs):
+        _check_positional(0, args)
         chunks.append(_hidden_of(args, kwargs).detach())
         raise _StopForward
 
@@ -64,6 +77,7 @@ def capture_block_inputs(
 
     def grab_kwargs(index: int):
         def hook(module, args, kwargs):
+            _check_positional(index, args)
             block_kwargs[index] = _without_hidden(kwargs)
             if index == len(layers) - 1:
                 raise _StopForward
@@ -118,14 +132,16 @@ def walk_blocks(
 
     The caller collects statistics (``step.forward()`` under hooks) and modifies
     ``step.block``; when the caller asks for the next block, this block is re-run on the
-    same inputs and its outputs become the next block's inputs.
+    same inputs and its outputs become the next block's inputs (not after the last block:
+    nothing reads its outputs).
     """
     chunks, block_kwargs = capture_block_inputs(model, tokens, chunk_size)
     layers = decoder_layers(model)
     for index in tqdm(range(len(layers)), desc=desc, unit="layer", disable=not progress):
         step = BlockStep(index, layers[index], chunks, block_kwargs[index])
         yield step
-        chunks = run_block(layers[index], chunks, block_kwargs[index])
+        if index + 1 < len(layers):
+            chunks = run_block(layers[index], chunks, block_kwargs[index])
 
 
 class InputStats:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from restorelcc.errors import CorruptCacheError, ModelNotFoundError
 from restorelcc.hf.families import family_of, head_geometry
-from restorelcc.prune.report import MatrixReport, matrix_report
+from restorelcc.prune.masks import parse_pattern
+from restorelcc.prune.report import MatrixReport, checked_patterns, matrix_report
 
-PRUNE_REPORT = "prune_report.json"
+PRUNE_REPORT = "prune_report.json"  # written next to a pruned checkpoint by ``restorelcc prune``
 
 
 def _tensor_files(directory: Path) -> dict[str, Path]:
@@ -55,11 +56,38 @@ def expected_shapes(config, family) -> dict[str, tuple[int, int]]:
     }
 
 
+def read_prune_report(directory: Path) -> dict | None:
+    """The checkpoint's ``prune_report.json`` as a dict, or None if it has none.
+
+    A file that is not a JSON object raises ``CorruptCacheError`` naming it.
+    """
+    path = directory / PRUNE_REPORT
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except ValueError as exc:  # JSON and UTF-8 decoding errors alike
+        raise CorruptCacheError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(report, dict):
+        raise CorruptCacheError(f"{path} holds a {type(report).__name__}, not a prune report")
+    return report
+
+
+def _requested_patterns(prune_report: dict | None) -> tuple[tuple[int, int], ...]:
+    """The N:M patterns to check: the usual ones plus the one the report says was pruned."""
+    try:
+        requested = parse_pattern(prune_report["pattern"]) if prune_report else None
+    except (KeyError, TypeError, ValueError):
+        requested = None  # no or an unreadable pattern: check the usual ones only
+    return checked_patterns(requested)
+
+
 def inspect_checkpoint(directory: str | Path) -> dict:
     """Per-matrix sparsity, N:M validity and shape consistency of a saved checkpoint.
 
     Returns ``{"matrices": [MatrixReport...], "geometry": {...}, "shape_mismatches": [...],
-    "structured": {...} | None}`` (``structured`` from the checkpoint's prune report).
+    "structured": {...} | None}`` (``structured`` from the checkpoint's prune report). N:M
+    validity covers 2:4, 4:8 and the pattern the prune report names.
     """
     from safetensors import SafetensorError
 
@@ -72,6 +100,8 @@ def inspect_checkpoint(directory: str | Path) -> dict:
     family = family_of(config)
     files = _tensor_files(directory)
     expected = expected_shapes(config, family)
+    prune_report = read_prune_report(directory)
+    patterns = _requested_patterns(prune_report)
     matrices: list[MatrixReport] = []
     mismatches: list[str] = []
     handles: dict[Path, object] = {}
@@ -88,17 +118,14 @@ def inspect_checkpoint(directory: str | Path) -> dict:
                     weight = handles[path].get_tensor(key)
                 except SafetensorError as exc:
                     raise CorruptCacheError(f"cannot read {key} from {path}: {exc}") from None
-                report = matrix_report(f"layers.{layer}.{name}", weight)
+                report = matrix_report(f"layers.{layer}.{name}", weight, patterns)
                 if report.shape != shape:
                     mismatches.append(f"{key}: {report.shape} but config implies {shape}")
                 matrices.append(report)
     finally:
         handles.clear()
     g = head_geometry(config)
-    structured = None
-    prune_report = directory / PRUNE_REPORT
-    if prune_report.is_file():
-        structured = json.loads(prune_report.read_text()).get("structured")
+    structured = prune_report.get("structured") if prune_report else None
     return {
         "directory": str(directory),
         "model_type": config.model_type,

@@ -6,9 +6,17 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from restorelcc.prune.masks import is_nm
+from restorelcc.prune.masks import Pattern, is_nm
 
+# N:M patterns every report checks (what sparse kernels run); a requested one is added
 CHECKED_NM = ((2, 4), (4, 8))
+
+
+def checked_patterns(requested: Pattern | None = None) -> tuple[tuple[int, int], ...]:
+    """``CHECKED_NM`` plus ``requested`` when it is an N:M pattern not already there."""
+    if requested is None or requested.kind != "nm" or (requested.n, requested.m) in CHECKED_NM:
+        return CHECKED_NM
+    return (*CHECKED_NM, (requested.n, requested.m))
 
 
 @dataclass
@@ -24,7 +32,11 @@ class MatrixReport:
     nm: dict[str, bool]  # "2:4" -> every group of 4 inputs has at most 2 nonzeros
 
 
-def matrix_report(name: str, weight: torch.Tensor) -> MatrixReport:
+def matrix_report(
+    name: str, weight: torch.Tensor, patterns: tuple[tuple[int, int], ...] = CHECKED_NM
+) -> MatrixReport:
+    """Zeros of ``weight`` ``[out, in]``, per row, and whether it is N:M for each
+    ``(n, m)`` in ``patterns``."""
     zero = weight.detach() == 0
     per_row = zero.sum(dim=1)
     return MatrixReport(
@@ -34,7 +46,7 @@ def matrix_report(name: str, weight: torch.Tensor) -> MatrixReport:
         sparsity=float(zero.float().mean()),
         row_zeros_min=int(per_row.min()),
         row_zeros_max=int(per_row.max()),
-        nm={f"{n}:{m}": is_nm(weight, n, m) for n, m in CHECKED_NM},
+        nm={f"{n}:{m}": is_nm(weight, n, m) for n, m in patterns},
     )
 
 
@@ -72,6 +84,7 @@ def summarize(matrices: list[MatrixReport]) -> list[dict]:
     groups: dict[str, list[MatrixReport]] = {}
     for m in matrices:
         groups.setdefault(m.name.split(".", 2)[-1], []).append(m)
+    patterns = list(dict.fromkeys(key for m in matrices for key in m.nm))
     rows = []
     for name, ms in groups.items():
         elements = sum(m.shape[0] * m.shape[1] for m in ms)
@@ -84,8 +97,7 @@ def summarize(matrices: list[MatrixReport]) -> list[dict]:
                 "sparsity": sum(m.zeros for m in ms) / max(elements, 1),
                 "row_zeros": f"{min(m.row_zeros_min for m in ms)}-"
                 f"{max(m.row_zeros_max for m in ms)}",
-                "2:4": all(m.nm["2:4"] for m in ms),
-                "4:8": all(m.nm["4:8"] for m in ms),
+                **{key: all(m.nm.get(key, False) for m in ms) for key in patterns},
             }
         )
     return rows

@@ -20,12 +20,25 @@ an explicit head_dim): the default then removes fewer groups (LLaMA-7B, 32 heads
 Why floor: on SmolLM2-135M (3 KV groups), 20% structured with one KV group + 239 channels
 per layer measured LAMBADA perplexity 135.0, MLP channels only (410 per layer) 79.7 (dense
 40.4; benchmarks/results).
+
+Removal is exact: the pruned model computes what the dense model computes with the
+group's ``o_proj`` columns (and a channel's ``down_proj`` column) zeroed, which is what the
+importance score measures. The exception is families whose q/k norm spans the whole
+projection (``Family.qk_norm == "projection"``: OLMo 2 and 3): there queries and keys are
+RMS-normalised over all heads together, so after removal the kept heads are normalised
+over fewer dimensions, their queries and keys change scale token by token, and so do their
+attention patterns. No weight edit can undo that (the scale depends on the removed heads'
+activations). Measured on the tiny test OLMo 2 / OLMo 3 (1 of 2 KV groups, 2 of 4 query
+heads removed), the first block's attention output differs from zeroing the heads by 9% /
+10% (relative norm; tests/prune/test_prune_structured_qk_norm.py). Such runs warn and say
+so in the report (``kept_heads_renormalised``, ``note``); ``head_fraction=0`` avoids it.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import asdict, dataclass
 
 import torch
@@ -146,7 +159,9 @@ def _config_refusal(config, kv_heads: int, group: int) -> str | None:
     try:
         validate()
     except Exception as exc:  # transformers' validation error types differ between versions
-        return str(exc).strip().splitlines()[-1]
+        # the last line holds the reason, sometimes indented and prefixed "ValueError: "
+        reason = str(exc).strip().splitlines()[-1].strip()
+        return re.sub(r"^\w+(Error|Exception):\s*", "", reason) or type(exc).__name__
     return None
 
 
@@ -216,7 +231,8 @@ def _shrink_block(
     group_energy = head_energy.reshape(plan.kv_heads, group).sum(dim=1)
     removed_kv = _lowest(group_energy, plan.kv_groups_removed).cpu()
     # Index tensors live on the CPU: they index the weights on any device.
-    keep_kv = torch.tensor([g for g in range(plan.kv_heads) if g not in set(removed_kv.tolist())])
+    gone_kv = set(removed_kv.tolist())
+    keep_kv = torch.tensor([g for g in range(plan.kv_heads) if g not in gone_kv])
     keep_heads = (keep_kv[:, None] * group + torch.arange(group)).reshape(-1)
     keep_head_dims = (keep_heads[:, None] * hd + torch.arange(hd)).reshape(-1)
     keep_kv_dims = (keep_kv[:, None] * hd + torch.arange(hd)).reshape(-1)
@@ -237,7 +253,8 @@ def _shrink_block(
     _keep_columns(down, keep_channels)
     if hasattr(block.get_submodule(mlp), "intermediate_size"):
         block.get_submodule(mlp).intermediate_size = int(keep_channels.numel())
-    removed_heads = [h for h in range(plan.heads) if h not in set(keep_heads.tolist())]
+    kept_heads = set(keep_heads.tolist())
+    removed_heads = [h for h in range(plan.heads) if h not in kept_heads]
     return {
         "kv_heads": removed_kv.tolist(),
         "heads": removed_heads,
@@ -254,6 +271,19 @@ def _update_config(model: nn.Module, plan: StructuredPlan) -> None:
     config.intermediate_size = plan.intermediate - plan.channels_removed
 
 
+def renormalisation_note(family: Family, plan: StructuredPlan) -> str | None:
+    """Why removing heads changes the kept ones on this family, or None where it does not."""
+    if family.qk_norm != "projection" or plan.kv_groups_removed == 0:
+        return None
+    return (
+        f"{family.model_type} normalises queries and keys over the whole projection: after "
+        f"removing {plan.kv_groups_removed} of {plan.kv_heads} KV groups per layer the kept "
+        "heads' q/k are normalised over fewer dimensions, so their scale and attention "
+        "patterns change (removal is not the same as zeroing the heads, unlike other "
+        "families); pass head_fraction=0 (--head-fraction 0) to remove MLP channels only"
+    )
+
+
 @torch.no_grad()
 def prune_structured(
     model: nn.Module,
@@ -264,7 +294,9 @@ def prune_structured(
     chunk_size: int = 8,
     progress: bool = True,
 ) -> dict:
-    """Apply ``plan`` to ``model`` in place and update its config; returns the report part."""
+    """Apply ``plan`` to ``model`` in place and update its config; returns the report part
+    (with ``renormalisation_note`` as ``note``; ``prune_model`` warns it)."""
+    note = renormalisation_note(family, plan)
     model_params_before = sum(p.numel() for p in model.parameters())
     o_name = f"{family.attention}.{family.o_proj}"
     down_name = f"{family.mlp}.{family.down_proj}"
@@ -296,4 +328,6 @@ def prune_structured(
         "model_params": [model_params_before, model_params_after],
         "removed_fraction_of_model": 1 - model_params_after / model_params_before,
         "removed_per_layer": removed,
+        "kept_heads_renormalised": note is not None,
+        "note": note,
     }

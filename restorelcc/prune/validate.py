@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,9 @@ from restorelcc.prune.masks import Pattern, parse_pattern
 METHODS = ("magnitude", "wanda", "sparsegpt")
 CALIBRATED_METHODS = ("wanda", "sparsegpt")
 STRUCTURED_METHODS = ("magnitude", "wanda")
+# How far a requested N:M sparsity may lie from 1 - N/M: far below the 1/M between two
+# patterns of the same M, and far above the rounding of a printed 6-digit value.
+NM_SPARSITY_TOLERANCE = 1e-4
 
 
 class PruneArgumentError(RestoreLCCError, ValueError):
@@ -41,11 +45,8 @@ def check_spec(
     """Validate the model-independent arguments; raises ``PruneArgumentError``."""
     if method not in METHODS:
         raise PruneArgumentError(f"unknown pruning method {method!r}; choose from {METHODS}")
-    try:
-        sparsity = float(sparsity)
-    except (TypeError, ValueError):
-        raise PruneArgumentError(f"sparsity must be a number, got {sparsity!r}") from None
-    if not (0.0 < sparsity < 1.0) or math.isnan(sparsity):
+    sparsity = _number("sparsity", sparsity)
+    if not 0.0 < sparsity < 1.0:
         raise PruneArgumentError(f"sparsity must lie strictly between 0 and 1, got {sparsity}")
     try:
         parsed = parse_pattern(pattern)
@@ -53,22 +54,63 @@ def check_spec(
         raise PruneArgumentError(str(exc)) from None
     if parsed.kind == "nm":
         implied = parsed.prune_per_group / parsed.m
-        if not math.isclose(sparsity, implied, abs_tol=1e-9):
+        if abs(sparsity - implied) > NM_SPARSITY_TOLERANCE:
             raise PruneArgumentError(
-                f"pattern {parsed} prunes {implied:g} of the weights, but sparsity {sparsity:g} "
-                f"was requested; pass sparsity={implied:g}"
+                f"pattern {parsed} prunes {implied:.6g} of the weights, but sparsity "
+                f"{sparsity:.6g} was requested; pass sparsity={implied:.6g}"
             )
+        sparsity = implied  # the exact fraction, whatever rounding the caller typed
     if parsed.kind == "heads":
         if method not in STRUCTURED_METHODS:
             raise PruneArgumentError(
                 f"structured pruning ('heads') supports methods {STRUCTURED_METHODS}, "
                 f"not {method!r}"
             )
-        if head_fraction is not None and not (0.0 <= head_fraction < 1.0):
-            raise PruneArgumentError(f"head_fraction must lie in [0, 1), got {head_fraction}")
+        if head_fraction is not None:
+            head_fraction = _number("head_fraction", head_fraction)
+            if not 0.0 <= head_fraction < 1.0:
+                raise PruneArgumentError(f"head_fraction must lie in [0, 1), got {head_fraction}")
     elif head_fraction is not None:
         raise PruneArgumentError("head_fraction only applies to the 'heads' pattern")
     return PruneSpec(method, sparsity, parsed, head_fraction)
+
+
+def _number(name: str, value) -> float:
+    """``value`` as a float; what ``float()`` refuses, or a bool, raises ``PruneArgumentError``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise PruneArgumentError(f"{name} must be a number, got {value!r}") from None
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise PruneArgumentError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def check_options(
+    spec: PruneSpec, chunk_size: int, block_size: int, dampening: float
+) -> tuple[int, int, float]:
+    """Validate ``prune_model``'s tuning arguments; returns them as int, int, float.
+
+    ``block_size`` (SparseGPT's column block) must hold whole N:M groups; ``dampening``
+    must be finite and positive (0 leaves the Hessian singular whenever calibration has
+    fewer tokens than inputs; inf makes it non-finite).
+    """
+    chunk_size = _positive_int("chunk_size", chunk_size)
+    block_size = _positive_int("block_size", block_size)
+    dampening = _number("dampening", dampening)
+    if not (dampening > 0 and math.isfinite(dampening)):
+        raise PruneArgumentError(f"dampening must be finite and > 0, got {dampening}")
+    if spec.method == "sparsegpt" and spec.pattern.kind == "nm" and block_size % spec.pattern.m:
+        raise PruneArgumentError(
+            f"block_size {block_size} must be a multiple of M={spec.pattern.m} for pattern "
+            f"{spec.pattern} (SparseGPT picks N:M groups within a column block)"
+        )
+    return chunk_size, block_size, dampening
 
 
 def check_model(model: nn.Module, spec: PruneSpec) -> Family:
@@ -89,6 +131,10 @@ def check_model(model: nn.Module, spec: PruneSpec) -> Family:
 def check_calibration(calibration, spec: PruneSpec, vocab_size: int) -> torch.Tensor | None:
     """The calibration tokens ``[nsamples, seqlen]`` (long), or ``None`` if not needed."""
     if not spec.needs_calibration:
+        if calibration is not None:
+            raise PruneArgumentError(
+                f"method {spec.method!r} uses no calibration data: pass calibration=None"
+            )
         return None
     if calibration is None:
         raise PruneArgumentError(

@@ -98,6 +98,10 @@ def test_paper_and_plain_defaults_without_options(captured_config, tmp_path):
         (["--patterns", "3:2"], "--patterns: unknown sparsity pattern '3:2'"),
         (["--sparsity", "0.6"], "--patterns 2:4 with --sparsity 0.6: pattern 2:4 prunes 0.5"),
         (
+            ["--prune-method", "sparsegpt", "--patterns", "1:3", "--sparsity", "0.666667"],
+            "--patterns 1:3 with --sparsity 0.666667: block_size 128 must be a multiple of M=3",
+        ),
+        (
             ["--patterns", "heads", "--structured-sparsity", "1.5"],
             "--structured-sparsity: sparsity must lie strictly between 0 and 1, got 1.5",
         ),

@@ -44,3 +44,18 @@ def test_input_stats_match_direct_sums():
     assert stats[name].count == 50
     torch.testing.assert_close(stats[name].sumsq, x.square().sum(0), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(stats[name].hessian(), 2 * x.T @ x / 50, rtol=1e-5, atol=1e-6)
+
+
+def test_walk_runs_each_block_only_as_often_as_needed():
+    # per chunk: every block runs once for statistics, and all but the last once more to
+    # feed the next block (nothing reads the last block's outputs)
+    model = tiny_model("llama-gqa")
+    layers = decoder_layers(model)
+    calls = [0] * len(layers)
+    for i, layer in enumerate(layers):
+        layer.register_forward_hook(lambda m, a, out, i=i: calls.__setitem__(i, calls[i] + 1))
+    for step in walk_blocks(model, torch.randint(0, 259, (5, 12)), chunk_size=2):
+        if step.index == 0:
+            calls[:] = [0] * len(layers)  # count from here: not the input-capture passes
+        step.forward()
+    assert calls == [6] * (len(layers) - 1) + [3]  # 3 chunks

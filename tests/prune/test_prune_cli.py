@@ -81,7 +81,8 @@ def test_structured_checkpoint_is_smaller_and_reloads(tiny_dir, calib_file, tmp_
     assert logits.isfinite().all()
     capsys.readouterr()
     assert main(["inspect", str(out)]) == 0
-    assert "6->3" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "6->3" in printed and "removed_of_block_params" in printed
 
 
 @pytest.mark.parametrize(
@@ -91,6 +92,10 @@ def test_structured_checkpoint_is_smaller_and_reloads(tiny_dir, calib_file, tmp_
         (["--pattern", "3:8", "--sparsity", "0.625"], "divisible by 8"),
         (["--method", "sparsegpt", "--pattern", "heads"], "supports methods"),
         (["--calibration", "lambada"], "lambada"),
+        (
+            ["--method", "sparsegpt", "--pattern", "1:3", "--sparsity", "0.666667"],
+            "block_size 128 must be a multiple of M=3",
+        ),
     ],
 )
 def test_bad_input_leaves_output_untouched(tiny_dir, tmp_path, capsys, extra, message):

@@ -1,11 +1,13 @@
 """Bad input: clear errors raised before any weight changes."""
 
 import copy
+import re
 
 import pytest
 import torch
 
 from restorelcc.errors import UnsupportedModelError
+from restorelcc.hf.families import decoder_layers
 from restorelcc.prune import PruneArgumentError, prune_model
 from restorelcc.testing import tiny_model
 
@@ -40,17 +42,48 @@ def assert_unchanged(model, before):
         (dict(method="sparsegpt", pattern="heads"), "supports methods"),
         (dict(pattern="heads", head_fraction=1.0), "head_fraction must lie in"),
         (dict(head_fraction=0.5), "only applies to the 'heads' pattern"),
-        (dict(chunk_size=0), "chunk_size >= 1"),
-        (dict(method="sparsegpt", calibration=TOKENS, dampening=-1.0), "dampening > 0"),
-        (dict(method="sparsegpt", calibration=TOKENS, dampening=0.0), "dampening > 0"),
+        (dict(pattern="heads", head_fraction="x"), "head_fraction must be a number, got 'x'"),
+        (dict(pattern="heads", head_fraction=True), "head_fraction must be a number"),
+        (dict(chunk_size=0), "chunk_size must be an integer >= 1, got 0"),
+        (dict(chunk_size=2.5), "chunk_size must be an integer >= 1, got 2.5"),
+        (dict(chunk_size=True), "chunk_size must be an integer >= 1, got True"),
+        (dict(block_size=0), "block_size must be an integer >= 1"),
+        (dict(method="sparsegpt", calibration=TOKENS, dampening=-1.0), "dampening must be"),
+        (dict(method="sparsegpt", calibration=TOKENS, dampening=0.0), "dampening must be"),
+        (dict(method="sparsegpt", calibration=TOKENS, dampening=float("inf")), "finite and > 0"),
+        (dict(method="sparsegpt", calibration=TOKENS, dampening="x"), "dampening must be a num"),
+        (
+            dict(method="sparsegpt", calibration=TOKENS, pattern="2:4", block_size=6),
+            "block_size 6 must be a multiple of M=4",
+        ),
+        (dict(calibration=TOKENS), "'magnitude' uses no calibration data"),
+        (dict(pattern="heads", calibration=TOKENS), "'magnitude' uses no calibration data"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
 def test_bad_arguments_raise_and_leave_model_untouched(kwargs, message):
     model = tiny_model("llama-3x5")  # hidden 60: divisible by 4, not by 8
     before = copy.deepcopy(model)
-    with pytest.raises(PruneArgumentError, match=message):
+    forwards = []  # refused before any calibration pass
+    decoder_layers(model)[0].register_forward_pre_hook(lambda *a: forwards.append(1))
+    with pytest.raises(PruneArgumentError, match=re.escape(message)):
         prune_model(model, **{"method": "magnitude", **kwargs})
+    assert_unchanged(model, before)
+    assert not forwards
+
+
+def test_extra_positional_block_arguments_are_refused():
+    # a model that hands its blocks more than the hidden states positionally cannot be
+    # replayed block by block: refused before anything changes, not silently dropped
+    model = tiny_model("llama-gqa")
+    before = copy.deepcopy(model)
+
+    def positional_rotary(module, args, kwargs):
+        return (*args, kwargs.pop("position_embeddings")), kwargs
+
+    decoder_layers(model)[1].register_forward_pre_hook(positional_rotary, with_kwargs=True)
+    with pytest.raises(UnsupportedModelError, match="layers.1 was called with 2 positional"):
+        prune_model(model, "wanda", 0.5, calibration=TOKENS, progress=False)
     assert_unchanged(model, before)
 
 

@@ -133,5 +133,12 @@ def test_head_counts_the_config_cannot_save_are_avoided(tmp_path):
     assert report.to_dict()["structured"]["plan"]["kv_groups_removed"] == 0
     model.save_pretrained(tmp_path)
     AutoModelForCausalLM.from_pretrained(tmp_path)
-    with pytest.raises(PruneArgumentError, match="leaves 3 attention heads, which transformers"):
+    with pytest.raises(
+        PruneArgumentError, match="leaves 3 attention heads, which transformers"
+    ) as e:
         prune_model(tiny_model("llama-mha"), "magnitude", 0.3, "heads", head_fraction=0.25)
+    # transformers' reason, without its indentation and exception-type prefix
+    assert str(e.value).endswith(
+        "refuses to save: The hidden size (64) is not a multiple of the number of attention "
+        "heads (3)."
+    )

@@ -69,7 +69,8 @@ def test_mask_equals_definition(method, name, sparsity, pattern):
     dense = tiny_model(name)
     pruned = copy.deepcopy(dense)
     tokens = torch.randint(0, 259, (6, 20))
-    prune_model(pruned, method, sparsity, pattern, calibration=tokens, chunk_size=4)
+    calibration = tokens if method == "wanda" else None  # magnitude refuses data
+    prune_model(pruned, method, sparsity, pattern, calibration=calibration, chunk_size=4)
 
     family = family_of(dense)
     nm = tuple(map(int, pattern.split(":"))) if ":" in pattern else None
