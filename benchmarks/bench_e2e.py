@@ -278,7 +278,9 @@ class Bench:
 
 
 def speedups(result: dict) -> list[dict]:
-    """dense median / variant median per job, and the bytes bound; none without a GPU."""
+    """dense median / variant median per job, and the bytes bound; none without a GPU.
+    Two timings taken by different methods (a CUDA graph, eager after a failed capture)
+    give no speedup (None), and `unmeasured` says why."""
     if not result["timing_claims"]:
         return []
     rows = [r for r in result["rows"] if r["status"] == "ok"]
@@ -290,18 +292,20 @@ def speedups(result: dict) -> list[dict]:
         if row["variant"] == "dense" or base is None:
             continue
         variant_bytes = result["variants"][row["variant"]].get("weight_bytes")
-        out.append(
-            {
-                "variant": row["variant"],
-                "phase": row["phase"],
-                "batch": row["batch"],
-                "tokens": row["tokens"],
-                "speedup": base["median_ms"] / row["median_ms"],
-                "bytes_ratio": dense_bytes / variant_bytes
-                if dense_bytes and variant_bytes
-                else None,
-            }
-        )
+        entry = {
+            "variant": row["variant"],
+            "phase": row["phase"],
+            "batch": row["batch"],
+            "tokens": row["tokens"],
+            "speedup": base["median_ms"] / row["median_ms"],
+            "bytes_ratio": dense_bytes / variant_bytes if dense_bytes and variant_bytes else None,
+        }
+        if base.get("method") != row.get("method"):
+            entry["speedup"] = None
+            entry["unmeasured"] = f"timed differently: dense {base.get('method')}, " + (
+                f"{row['variant']} {row.get('method')}"
+            )
+        out.append(entry)
     return out
 
 

@@ -29,6 +29,7 @@ from lcc_kernels.bench import (
     build_calls,
     copies_for,
     copy_bandwidth,
+    cutlass_matmul_supported,
     make_dense,
     pack_kind,
     time_calls,
@@ -89,6 +90,8 @@ def _provider_setup(provider: str, shape: str, m: int, weights):
         cuda = torch.device("cuda")
         return "ours", dense, packed, choose_plan(m, packed, torch.bfloat16, cuda, "streams")
     if provider in ("cusparselt", "cutlass"):
+        if provider == "cutlass" and not cutlass_matmul_supported("cuda"):
+            pytest.skip("torch's CUTLASS 2:4 matmul needs compute capability 8.x")
         dense, packed = weights(shape, "2:4")
         return provider, dense, packed, None
     dense, _ = weights(shape, "dense")
@@ -136,7 +139,7 @@ def _benchmark(benchmark, calls, nbytes, copy_bytes_per_s, info):
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_linear(benchmark, weights, copy_bytes_per_s, provider, shape, m):
     name, dense, packed, plan = _provider_setup(provider, shape, m, weights)
-    weight_bytes = packed.nbytes if packed is not None else dense.numel() * 2
+    weight_bytes = packed.nbytes if packed is not None else dense.numel() * dense.element_size()
     try:
         calls, nbytes = build_calls(
             name,

@@ -101,8 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         if reuse(method, pattern):
             continue
         model, tokenizer = load_model(args.model)
+        calibrated = method != "magnitude"  # magnitude takes no data (and refuses it)
         report = prune_model(
-            model, method, 0.5, pattern, tokens, calibration_source=args.calibration
+            model,
+            method,
+            0.5,
+            pattern,
+            tokens if calibrated else None,
+            calibration_source=args.calibration if calibrated else None,
         )
         record(
             {

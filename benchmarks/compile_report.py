@@ -359,21 +359,21 @@ def main(argv=None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--m", default="1,16,1024", help="comma-separated M values")
     parser.add_argument("--candidates", action="store_true", help="every plan the GPU suite times")
-    args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(given)
     ms = [int(v) for v in args.m.split(",")]
     reports = run(args.shapes.split(","), args.kinds.split(","), ms, args.candidates)
     if args.out:
         from lcc_kernels.bench import environment
+        from restorelcc.io import atomic_write_text
 
         payload = {
             "device_model": DEVICE,
             "environment": environment("cpu"),
-            "command": " ".join(["python", "benchmarks/compile_report.py", *sys.argv[1:]]),
+            "command": " ".join(["python", "benchmarks/compile_report.py", *given]),
             "launches": [asdict(r) for r in reports],
         }
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        tmp.replace(args.out)
+        atomic_write_text(args.out, json.dumps(payload, indent=1))
     failed = [r for r in reports if r.error or r.spill_bytes]
     for r in failed:
         print(f"FAILED: {_row(r)}", file=sys.stderr)

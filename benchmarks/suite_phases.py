@@ -1,34 +1,38 @@
-"""The GPU suite's phases (see gpu_suite.py): env, correctness, the timing phases with the
-bias-epilogue cost, and the other shapes."""
+"""The GPU suite's phases (see gpu_suite.py): env, correctness, the timing phases and the
+other shapes. Each phase is a list of passes of items (correctness checks, timing jobs,
+rounds of paired re-timings) run in order; a child resumed after a fatal CUDA error
+starts after the item it died in (`resume`), or records the rest as skipped."""
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from suite_plans import (
     EXTRA_BITMAP_TILES,
     Job,
-    candidates,
-    eager_jobs,
-    phase_jobs,
-    timing_jobs,
+    Pass,
+    Rounds,
+    phase_passes,
+    shapes_jobs,
 )
 from suite_runner import Runner, describe_error, exit_if_fatal
 
-from lcc_kernels.bench_report import SPARSE_KINDS
+from lcc_kernels.bench_report import SPARSE_KINDS, load_rows
 from lcc_kernels.dispatch import STREAMS_MAX_M
 
 
 def phase_env(runner: Runner, commit: str | None) -> None:
     from lcc_kernels.bench import copy_bandwidth, environment
+    from restorelcc.io import atomic_write_json
 
     info = environment(runner.device, commit)
     info["copy_bandwidth_bytes_per_s"] = copy_bandwidth(runner.device)
     info["smoke"] = runner.cfg.smoke
-    (runner.out / "env.json").write_text(json.dumps(info, indent=2))
-    runner.copy_bw = info["copy_bandwidth_bytes_per_s"]
-    copy_bw = info["copy_bandwidth_bytes_per_s"]
+    info["main_shapes"] = list(runner.cfg.main_shapes)  # the report's required checks
+    atomic_write_json(runner.out / "env.json", info)
+    runner.copy_bw = copy_bw = info["copy_bandwidth_bytes_per_s"]
     print(
         f"env: {info.get('gpu')} torch {info['torch']} triton {info['triton']} copy "
         f"{'-' if copy_bw is None else f'{copy_bw / 1e12:.2f} TB/s'}",
@@ -36,14 +40,41 @@ def phase_env(runner: Runner, commit: str | None) -> None:
     )
 
 
-def phase_correctness(runner: Runner) -> None:
-    torch = runner.torch
-    from lcc_kernels import Plan, sparse_linear
+@dataclass(frozen=True)
+class Check:
+    """One correctness check: its row's identifying fields and what computes the rest."""
 
-    dtypes = [torch.float32] if runner.cfg.smoke else [torch.bfloat16, torch.float16]
+    row: dict
+    run: Callable[[], dict]
+    cuda_only: bool = False
+
+
+def correctness_passes(runner: Runner) -> list[Pass]:
+    """The named checks first, then the kernels against fp64 at every path, then (last:
+    torch.compile takes tens of seconds) the compiled graphs. What the budget leaves out
+    is recorded as skipped, as are the CUDA-only checks on a CPU."""
+    torch = runner.torch
     shapes = list(runner.cfg.main_shapes)
+    named = [
+        Check({"name": "split_k_bitwise_determinism"}, lambda: _determinism(runner, shapes[0])),
+        Check({"name": "cuda_graph_replay"}, lambda: _graph_check(runner, shapes[0]), True),
+        Check(
+            {"name": "cuda_graph_replay_streams"},
+            lambda: _graph_check(runner, shapes[0], streams=True),
+            True,
+        ),
+    ]
+    named += [
+        Check(
+            {"name": f"semi_structured_round_trip_{backend}"},
+            lambda backend=backend: _interop_check(runner, shapes[0], backend),
+            True,
+        )
+        for backend in ("cusparselt", "cutlass")
+    ]
+    dtypes = [torch.float32] if runner.cfg.smoke else [torch.bfloat16, torch.float16]
     paths = list(zip(runner.cfg.correctness_m, ("skinny", "skinny", "tiled"), strict=True))
-    checks = [
+    problems = [
         (dtype, shape, kind, m, backend, None)
         for dtype in dtypes
         for shape in (shapes if dtype == dtypes[0] else shapes[:1])
@@ -51,66 +82,141 @@ def phase_correctness(runner: Runner) -> None:
         for m, backend in paths
     ]
     # The bitmap tiles the timing phases add (each a packing of its own).
-    checks += [
+    problems += [
         (dtypes[0], shapes[0], "bitmap50", m, backend, tile)
         for tile in EXTRA_BITMAP_TILES
         for m, backend in paths
     ]
     # The streams backend, at the row counts it is timed for.
-    checks += [
+    problems += [
         (dtypes[0], shape, kind, m, "streams", None)
         for shape in shapes
         for kind in ("bitmap50", "bitmap70")
         for m in sorted({1, STREAMS_MAX_M})
     ]
-    for dtype, shape, kind, m, backend, tile in checks:
-        if not runner.time_left():
-            return
+    kernels = []
+    for dtype, shape, kind, m, backend, tile in problems:
         row = dict(dtype=str(dtype), shape=shape, kind=kind, m=m, backend=backend)
-        _check(
-            runner,
-            row if tile is None else dict(row, tile=list(tile)),
-            lambda dtype=dtype, shape=shape, kind=kind, m=m, backend=backend, tile=tile: (
-                _linear_check(runner, dtype, shape, kind, m, backend, tile)
-            ),
-        )
-
-    def determinism():
-        packed = runner.packed(shapes[0], "2:4")
-        x = torch.randn(4, packed.shape[1], device=runner.device, dtype=runner.dtype)
-        plans = [
-            Plan("skinny", 16, 64, 64, split_k=16, serial_reduction=serial)
-            for serial in (True, False)
-        ]
-        first = sparse_linear(x, packed, plan=plans[0])
-        same = all(torch.equal(sparse_linear(x, packed, plan=plans[0]), first) for _ in range(10))
-        return {"ok": same and torch.equal(sparse_linear(x, packed, plan=plans[1]), first)}
-
-    _check(runner, {"name": "split_k_bitwise_determinism"}, determinism)
-    if runner.device.type == "cuda":
-        _check(runner, {"name": "cuda_graph_replay"}, lambda: _graph_check(runner, shapes[0]))
-        _check(
-            runner,
-            {"name": "cuda_graph_replay_streams"},
-            lambda: _graph_check(runner, shapes[0], streams=True),
-        )
-        for backend in ("cusparselt", "cutlass"):
-            _check(
-                runner,
-                {"name": f"semi_structured_round_trip_{backend}"},
-                lambda backend=backend: _interop_check(runner, shapes[0], backend),
+        kernels.append(
+            Check(
+                row if tile is None else dict(row, tile=list(tile)),
+                lambda problem=(dtype, shape, kind, m, backend, tile): _linear_check(
+                    runner, *problem
+                ),
             )
-        # Last: torch.compile takes tens of seconds, which the timing phases need more.
-        if runner.time_left():
-            _check(
-                runner,
-                {"name": "compiled_cuda_graphs"},
-                lambda: _compiled_graphs_check(runner, shapes[0]),
-            )
-        else:
-            row = {"name": "compiled_cuda_graphs", "status": "skipped", "reason": "budget"}
-            runner.append("correctness.jsonl", row)
-            print(f"correctness skip {row}", flush=True)
+        )
+    compiled = Check(
+        {"name": "compiled_cuda_graphs"}, lambda: _compiled_graphs_check(runner, shapes[0]), True
+    )
+    return [
+        Pass("named", lambda rows: named),
+        Pass("kernels", lambda rows: kernels),
+        Pass("compiled", lambda rows: [compiled]),
+    ]
+
+
+def phase_correctness(runner: Runner, resume: dict | None = None) -> None:
+    run_passes(runner, correctness_passes(runner), resume)
+
+
+def phase_timing(runner: Runner, phase: str, resume: dict | None = None) -> None:
+    passes = phase_passes(runner.cfg, phase, runner.sms)
+    run_passes(runner, passes, resume, quick=phase == "sweep")
+
+
+def phase_shapes(runner: Runner, resume: dict | None = None) -> None:
+    """Every other shape with the built-in rules' plans, as long as the budget lasts."""
+    jobs = shapes_jobs(runner.cfg, runner.sms)
+    run_passes(runner, [Pass("shapes", lambda rows: jobs)], resume, quick=True, per_shape=True)
+
+
+def run_passes(
+    runner: Runner,
+    passes: list[Pass],
+    resume: dict | None = None,
+    quick: bool = False,
+    per_shape: bool = False,
+) -> None:
+    """Run the items of `passes` in order, each after a progress marker. `resume` (from
+    the orchestrator: "pass", "index", "skip_rest"): start at that item; with skip_rest,
+    record it and every later item as skipped for that reason instead. Timing items stop
+    where the budget does; correctness checks left out are recorded as skipped.
+    per_shape: forget the weights whenever the shape changes (the other shapes' phase)."""
+    names = [p.name for p in passes]
+    at = names.index(resume["pass"]) if resume and resume.get("pass") in names else 0
+    first = resume["index"] if resume and resume.get("pass") in names else 0
+    skip_reason = resume.get("skip_rest") if resume else None
+    shape = None
+    for step in passes[at:]:
+        items = step.build(load_rows(runner.out, "timings.jsonl"))
+        for index in range(first, len(items)):
+            item = items[index]
+            if skip_reason is None and not runner.time_left(step.phase_reserve_s, step.optional):
+                if not isinstance(item, Check):
+                    print(
+                        f"{runner.phase} {step.name}: budget spent at {index}/{len(items)}",
+                        flush=True,
+                    )
+                    break
+                skip_reason = "budget"
+            if skip_reason is not None:
+                _skip(runner, item, skip_reason)
+                continue
+            if per_shape and isinstance(item, Job) and item.shape != shape:
+                runner.forget_weights()
+                shape = item.shape
+            runner.mark(step.name, index, item)
+            if isinstance(item, Check):
+                _check(runner, item)
+            elif isinstance(item, Rounds):
+                runner.run_rounds(item)
+            else:
+                runner.run(item, quick=quick)
+        first = 0
+        if skip_reason == "budget":
+            skip_reason = None  # the next pass may have a smaller reserve
+
+
+def _skip(runner: Runner, item, reason: str) -> None:
+    if isinstance(item, Check):
+        row = dict(item.row, status="skipped", reason=reason)
+        runner.append("correctness.jsonl", row)
+        print(f"correctness skip {row}", flush=True)
+    else:
+        for job in item.jobs if isinstance(item, Rounds) else [item]:
+            runner.skip(job, f"skipped: {reason}")
+
+
+def _check(runner: Runner, check: Check) -> None:
+    """Run one correctness check; its row says ok, or why not (an exception is a failure)."""
+    if check.cuda_only and runner.device.type != "cuda":
+        _skip(runner, check, "needs CUDA")
+        return
+    row, started, fatal = dict(check.row), time.time(), None
+    try:
+        row.update(check.run(), status="ok")
+    except Exception as error:
+        row.update(ok=False, status="error", error=describe_error(error))
+        fatal = error
+    runner.append("correctness.jsonl", dict(row, seconds=round(time.time() - started, 3)))
+    print(f"correctness {'ok  ' if row.get('ok') else 'FAIL'} {row}", flush=True)
+    if fatal is not None:
+        exit_if_fatal(fatal)
+
+
+def _determinism(runner: Runner, shape: str) -> dict:
+    """Split-K skinny plans: ten calls bitwise equal, serial and two-pass reductions too."""
+    torch = runner.torch
+    from lcc_kernels import Plan, sparse_linear
+
+    packed = runner.packed(shape, "2:4")
+    x = torch.randn(4, packed.shape[1], device=runner.device, dtype=runner.dtype)
+    plans = [
+        Plan("skinny", 16, 64, 64, split_k=16, serial_reduction=serial) for serial in (True, False)
+    ]
+    first = sparse_linear(x, packed, plan=plans[0])
+    same = all(torch.equal(sparse_linear(x, packed, plan=plans[0]), first) for _ in range(10))
+    return {"ok": same and torch.equal(sparse_linear(x, packed, plan=plans[1]), first)}
 
 
 def _linear_check(runner, dtype, shape, kind, m, backend, tile=None):
@@ -144,13 +250,13 @@ def _graph_check(runner, shape, streams: bool = False):
     for graph, x in zip(graphs, xs, strict=True):
         with torch.cuda.graph(graph):
             ys.append(sparse_linear(x, packed, bias, plan=plan))
-    streams = [torch.cuda.Stream() for _ in graphs]
+    side_streams = [torch.cuda.Stream() for _ in graphs]
     results = []
     for _ in range(3):
         for x in xs:
             x.copy_(torch.randn_like(x))
         torch.cuda.synchronize()
-        for graph, stream in reversed(list(zip(graphs, streams, strict=True))):
+        for graph, stream in reversed(list(zip(graphs, side_streams, strict=True))):
             with torch.cuda.stream(stream):
                 graph.replay()
         torch.cuda.synchronize()
@@ -193,80 +299,3 @@ def _interop_check(runner, shape, backend):
     packed = runner.packed(shape, "2:4")
     back = from_torch_semi_structured(to_torch_semi_structured(packed, backend))
     return {"ok": torch.equal(unpack(back), unpack(packed))}
-
-
-def _check(runner: Runner, row: dict, check) -> None:
-    """Run one correctness check; its row says ok, or why not (an exception is a failure)."""
-    started = time.time()
-    fatal = None
-    try:
-        row.update(check(), status="ok")
-    except Exception as error:
-        row.update(ok=False, status="error", error=describe_error(error))
-        fatal = error
-    runner.append("correctness.jsonl", dict(row, seconds=round(time.time() - started, 3)))
-    print(f"correctness {'ok  ' if row.get('ok') else 'FAIL'} {row}", flush=True)
-    if fatal is not None:
-        exit_if_fatal(fatal)
-
-
-def phase_timing(runner: Runner, phase: str) -> None:
-    jobs = phase_jobs(runner.cfg, phase, runner.sms)
-    for index, job in enumerate(jobs):
-        if not runner.time_left():
-            print(f"{phase}: budget spent after {index}/{len(jobs)} jobs", flush=True)
-            break
-        runner.run(job, quick=phase == "sweep")
-        last_of_problem = index + 1 == len(jobs) or (jobs[index + 1].shape, jobs[index + 1].m) != (
-            job.shape,
-            job.m,
-        )
-        if phase == "acceptance" and last_of_problem:
-            _bias_cost(runner, job.shape, job.m)
-    if phase == "acceptance":
-        for job in eager_jobs(runner.cfg):
-            if runner.time_left():
-                runner.run(job)
-
-
-def _bias_cost(runner: Runner, shape: str, m: int) -> None:
-    """Best plan per kind, with and without bias, alternated twice (same run, same copies)."""
-    rows = [json.loads(line) for line in (runner.out / "timings.jsonl").read_text().splitlines()]
-    from lcc_kernels import Plan
-
-    for kind in SPARSE_KINDS:
-        mine = [
-            r
-            for r in rows
-            if r["status"] == "ok"
-            and r["provider"] == "ours"
-            and r["kind"] == kind
-            and r["shape"] == shape
-            and r["m"] == m
-            and r["bias"]
-        ]
-        if not mine:
-            continue
-        plan = Plan.from_dict(min(mine, key=lambda r: r["median_ms"])["plan"])
-        for _ in range(2):
-            for bias in (False, True):
-                if runner.time_left():
-                    runner.run(Job(shape, m, kind, "ours", plan, bias, "bias_cost"))
-
-
-def phase_shapes(runner: Runner) -> None:
-    """Breadth over depth: every shape at the first M values, then at the next ones; our
-    kernels with the default rules' plan only."""
-    for ms in runner.cfg.more_m:
-        for shape in runner.cfg.more_shapes:
-            for m in ms:
-                defaults = {
-                    kind: candidates(kind, *runner.shape(shape), m, runner.sms, True)[0]
-                    for kind in SPARSE_KINDS
-                }
-                for job in timing_jobs(runner.cfg, shape, m, runner.sms, all_tilings=False):
-                    if not runner.time_left():
-                        return
-                    if job.provider != "ours" or job.plan == defaults[job.kind]:
-                        runner.run(job, quick=True)
-            runner.forget_weights()

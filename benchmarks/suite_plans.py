@@ -1,11 +1,20 @@
-"""What the GPU suite (gpu_suite.py) times: its configuration, and per problem the plans
-and providers of each timing phase."""
+"""What the GPU suite (gpu_suite.py) times: its configuration, per problem the plans and
+providers, and per timing phase its passes, most important first: the rows every
+acceptance check reads, then the other candidate plans, then (acceptance) the paired
+re-timings the decode and bias checks judge on, then what is information only."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from lcc_kernels.bench_report import SPARSE_KINDS
+from lcc_kernels.bench_report import (
+    DECODE_SPEEDUPS,
+    SEMI_STRUCTURED_M,
+    SPARSE_KINDS,
+    TORCH_24_PROVIDERS,
+    fastest,
+)
 
 # Up to this many rows the sweep also times the skinny path where the rules pick tiled
 # (the memory/compute crossover is ~115-200 rows for 2:4 on an H200, kernels.md).
@@ -15,6 +24,12 @@ SKINNY_CANDIDATE_MAX_M = 128
 # decode-loop instructions per position than (64, 64) with triton 3.6 and 3.9; whether
 # that shows is for the GPU to say.
 EXTRA_BITMAP_TILES = ((128, 64),)
+# Rounds of the paired re-timings (Rounds): each round times every job of the group once.
+VERDICT_ROUNDS = 5
+BIAS_ROUNDS = 5
+# Seconds the acceptance candidates leave of the phase cap for its paired re-timings
+# (verdict: ~80 timings, bias cost: ~120, ~0.15 s each on an H200).
+PAIRED_RESERVE_S = 35.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,19 @@ class Job:
     tag: str = ""
 
 
+def rules_plans(kind: str, n: int, k: int, m: int, sms: int) -> list:
+    """The plans the built-in rules pick for one problem: `default_plan`, and for bitmap
+    weights at M <= STREAMS_MAX_M the decode_streams one (`streams_plan`)."""
+    from lcc_kernels.bench import kind_key
+    from lcc_kernels.dispatch import STREAMS_MAX_M, default_plan, streams_plan
+
+    key = kind_key(kind, "bfloat16", n, k)
+    plans = [default_plan(m, key, sms)]
+    if key.format == "bitmap" and m <= STREAMS_MAX_M:
+        plans.append(streams_plan(m, key, sms))
+    return plans
+
+
 def candidates(
     kind: str, n: int, k: int, m: int, sms: int, smoke: bool, extra_tiles: bool = True
 ) -> list:
@@ -82,23 +110,14 @@ def candidates(
     with `extra_tiles`, bitmap plans also in EXTRA_BITMAP_TILES (4 warps, tiled: 2 shapes).
     Bitmap weights at M <= STREAMS_MAX_M also get "streams" plans (smoke: one)."""
     from lcc_kernels.bench import kind_key
-    from lcc_kernels.dispatch import (
-        MAX_SPLIT_K,
-        STREAMS_MAX_M,
-        Plan,
-        default_plan,
-        skinny_stages,
-        split_k_for,
-        streams_plan,
-    )
+    from lcc_kernels.dispatch import MAX_SPLIT_K, Plan, skinny_stages, split_k_for, streams_plan
 
     key = kind_key(kind, "bfloat16", n, k)
     tile = key.tile
-    base = default_plan(m, key, sms)
-    plans = [base]
-    if key.format == "bitmap" and m <= STREAMS_MAX_M:
-        streams = streams_plan(m, key, sms)
-        plans.append(streams)
+    plans = rules_plans(kind, n, k, m, sms)
+    base = plans[0]
+    if len(plans) > 1:
+        streams = plans[1]
         if not smoke:
             plans += [
                 streams_plan(m, key, sms, block_n=256),
@@ -157,33 +176,48 @@ def candidates(
     return unique
 
 
-def timing_jobs(cfg: Config, shape: str, m: int, sms: int, all_tilings: bool) -> list[Job]:
-    """Every provider for one (shape, M). all_tilings: bitmap plans in the extra tiles too,
-    and dense Triton with each 2:4 tiling (else with the default one)."""
+def required_jobs(cfg: Config, shape: str, m: int, sms: int) -> list[Job]:
+    """The rows the acceptance checks read for one (shape, M): dense F.linear, torch
+    semi-structured, per kind the built-in rules' plans, and the dense Triton kernel in the
+    2:4 rules' tiling."""
     n, k = (cfg.main_shapes | cfg.more_shapes)[shape]
-    jobs = [
-        Job(shape, m, "dense", "dense"),
-        Job(shape, m, "2:4", "cusparselt"),
-        Job(shape, m, "2:4", "cutlass"),
-    ]
+    jobs = [Job(shape, m, "dense", "dense")]
+    jobs += [Job(shape, m, "2:4", provider) for provider in TORCH_24_PROVIDERS]
     for kind in SPARSE_KINDS:
-        jobs += [
-            Job(shape, m, kind, "ours", plan)
-            for plan in candidates(kind, n, k, m, sms, cfg.smoke, extra_tiles=all_tilings)
-        ]
-    tilings = candidates("2:4", n, k, m, sms, cfg.smoke)
-    jobs += [
-        Job(shape, m, "dense", "dense_triton", plan)
-        for plan in (tilings if all_tilings else tilings[:1])
-    ]
+        jobs += [Job(shape, m, kind, "ours", plan) for plan in rules_plans(kind, n, k, m, sms)]
+    jobs.append(Job(shape, m, "dense", "dense_triton", rules_plans("2:4", n, k, m, sms)[0]))
     return jobs
+
+
+def candidate_jobs(cfg: Config, shape: str, m: int, sms: int, extra_tiles: bool) -> list[Job]:
+    """Our other plans for one (shape, M): candidates() less the rules' plans."""
+    n, k = (cfg.main_shapes | cfg.more_shapes)[shape]
+    return [
+        Job(shape, m, kind, "ours", plan)
+        for kind in SPARSE_KINDS
+        for plan in candidates(kind, n, k, m, sms, cfg.smoke, extra_tiles=extra_tiles)
+        if plan not in rules_plans(kind, n, k, m, sms)
+    ]
+
+
+def dense_tiling_jobs(cfg: Config, shape: str, m: int, sms: int) -> list[Job]:
+    """The dense Triton kernel in every other 2:4 tiling (separates sparse overhead from
+    the tiling; no check reads it)."""
+    n, k = (cfg.main_shapes | cfg.more_shapes)[shape]
+    tilings = candidates("2:4", n, k, m, sms, cfg.smoke)
+    return [Job(shape, m, "dense", "dense_triton", plan) for plan in tilings[1:]]
+
+
+def timing_jobs(cfg: Config, shape: str, m: int, sms: int, all_tilings: bool) -> list[Job]:
+    """Every provider for one (shape, M): the required rows, the other candidates, and
+    with all_tilings bitmap plans in the extra tiles and dense Triton in every tiling."""
+    jobs = required_jobs(cfg, shape, m, sms) + candidate_jobs(cfg, shape, m, sms, all_tilings)
+    return jobs + (dense_tiling_jobs(cfg, shape, m, sms) if all_tilings else [])
 
 
 def eager_jobs(cfg: Config) -> list[Job]:
     """M = 1 calls issued from Python without a graph, per main shape: dense F.linear and
     ours as `sparse_linear` dispatches them by default (what uncaptured decode pays)."""
-    from lcc_kernels.bench_report import SPARSE_KINDS
-
     return [
         Job(shape, 1, kind, "dense" if kind == "dense" else "ours", tag="eager")
         for shape in cfg.main_shapes
@@ -191,18 +225,119 @@ def eager_jobs(cfg: Config) -> list[Job]:
     ]
 
 
-def phase_jobs(cfg: Config, phase: str, sms: int) -> list[Job]:
-    if phase == "acceptance":
-        ms, all_tilings = cfg.acceptance_m, True
-    elif phase == "prefill":
-        ms, all_tilings = cfg.prefill_m, True
-    elif phase == "sweep":
-        ms, all_tilings = cfg.sweep_m, False
-    else:
+@dataclass(frozen=True)
+class Rounds:
+    """Jobs timed in turn, `rounds` times, each on calls built once: adjacent timings of
+    the same copies, whose medians the report compares (not best-of-many against one)."""
+
+    jobs: tuple
+    rounds: int
+
+
+def verdict_rounds(cfg: Config, shape: str, m: int, rows: list[dict]) -> Rounds | None:
+    """Dense F.linear, the torch semi-structured backends that ran, and per kind with a
+    decode target at M our fastest plan so far, re-timed in alternation."""
+    kinds = [kind for target_m, kind, _ in DECODE_SPEEDUPS if target_m == m]
+    if not kinds:
+        return None
+    jobs = [Job(shape, m, "dense", "dense", tag="verdict")]
+    if m in SEMI_STRUCTURED_M:
+        jobs += [
+            Job(shape, m, "2:4", provider, tag="verdict")
+            for provider in TORCH_24_PROVIDERS
+            if fastest(rows, shape=shape, m=m, provider=provider, tag="")
+        ]
+    for kind in kinds:
+        best = fastest(rows, shape=shape, m=m, provider="ours", kind=kind, bias=True, tag="")
+        if best:
+            jobs.append(Job(shape, m, kind, "ours", _plan(best["plan"]), tag="verdict"))
+    return Rounds(tuple(jobs), VERDICT_ROUNDS) if len(jobs) > 1 else None
+
+
+def bias_rounds(shape: str, m: int, kind: str, rows: list[dict]) -> Rounds | None:
+    """Our fastest plan so far without and with the bias, in alternation."""
+    best = fastest(rows, shape=shape, m=m, provider="ours", kind=kind, bias=True, tag="")
+    if best is None:
+        return None
+    plan = _plan(best["plan"])
+    jobs = tuple(Job(shape, m, kind, "ours", plan, bias, "bias_cost") for bias in (False, True))
+    return Rounds(jobs, BIAS_ROUNDS)
+
+
+def _plan(data: dict):
+    from lcc_kernels.dispatch import Plan
+
+    return Plan.from_dict(data)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Items of one phase run in order: `build(timing rows so far)` -> Jobs / Rounds.
+    phase_reserve_s: no item starts with less than this left of the phase cap;
+    optional: nor with less than the later phases' reserve left of the whole budget."""
+
+    name: str
+    build: Callable[[list[dict]], list]
+    phase_reserve_s: float = 0.0
+    optional: bool = False
+
+
+def phase_passes(cfg: Config, phase: str, sms: int) -> list[Pass]:
+    """The passes of a timing phase ([] for another phase name)."""
+    ms = {"acceptance": cfg.acceptance_m, "prefill": cfg.prefill_m, "sweep": cfg.sweep_m}
+    if phase not in ms:
         return []
+    problems = [(shape, m) for m in ms[phase] for shape in cfg.main_shapes]
+    extra = phase != "sweep"
+
+    def each(jobs_of):
+        return lambda rows: [job for shape, m in problems for job in jobs_of(shape, m)]
+
+    passes = [
+        Pass("required", each(lambda shape, m: required_jobs(cfg, shape, m, sms))),
+        Pass(
+            "candidates",
+            each(lambda shape, m: candidate_jobs(cfg, shape, m, sms, extra)),
+            PAIRED_RESERVE_S if phase == "acceptance" else 0.0,
+            optional=True,
+        ),
+    ]
+    if phase == "acceptance":
+        passes += [
+            Pass(
+                "verdict",
+                lambda rows: _present(verdict_rounds(cfg, s, m, rows) for s, m in problems),
+            ),
+            Pass(
+                "bias",
+                lambda rows: _present(
+                    bias_rounds(s, m, kind, rows) for s, m in problems for kind in SPARSE_KINDS
+                ),
+            ),
+            Pass("eager", lambda rows: eager_jobs(cfg), optional=True),
+        ]
+    if extra:
+        passes.append(
+            Pass(
+                "tilings",
+                each(lambda shape, m: dense_tiling_jobs(cfg, shape, m, sms)),
+                optional=True,
+            )
+        )
+    return passes
+
+
+def _present(items) -> list:
+    return [item for item in items if item is not None]
+
+
+def shapes_jobs(cfg: Config, sms: int) -> list[Job]:
+    """The other shapes, breadth over depth: every shape at the first M values, then at the
+    next ones; our kernels with the built-in rules' plans only."""
     return [
         job
+        for ms in cfg.more_m
+        for shape in cfg.more_shapes
         for m in ms
-        for shape in cfg.main_shapes
-        for job in timing_jobs(cfg, shape, m, sms, all_tilings)
+        for job in required_jobs(cfg, shape, m, sms)
     ]

@@ -117,6 +117,14 @@ def pack_kind(dense: torch.Tensor, kind: str, tile: tuple[int, int] | None = Non
     return pack(dense, packed_kind(kind), **options)
 
 
+def cutlass_matmul_supported(device) -> bool:
+    """Whether torch's CUTLASS 2:4 matmul runs on `device`: compute capability 8.x only (an
+    H100/H200 is 9.0, where its F.linear raises after the weight was converted). True on
+    a CPU, where every torch semi-structured call fails alike (smoke runs record that)."""
+    device = torch.device(device)
+    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] == 8
+
+
 def copies_for(weight_bytes: int, device) -> int:
     """Weight copies so that one round of calls streams ROTATE_L2_MULTIPLE x L2."""
     if torch.device(device).type != "cuda":

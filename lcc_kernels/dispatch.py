@@ -338,6 +338,7 @@ def plan_for(
     backend: str = "auto",
     triton_only: bool = False,
     decode_streams: bool = False,
+    table: DispatchTable | None = None,
 ) -> Plan:
     """The plan for M rows on a named device (pure: no tensors, no device queries).
 
@@ -345,8 +346,10 @@ def plan_for(
     reach the cached dense / torch semi-structured copies); with decode_streams, streams
     plans too (the op holds a layout). decode_streams: without a measured entry, a bitmap
     weight takes streams_plan up to STREAMS_MAX_M rows. Memoised: a table lookup scans
-    the table, and eager decode asks again at every call."""
-    table = _TABLES.get(device_name)  # part of the memo key: a new table means new plans
+    the table, and eager decode asks again at every call. ``table``: this table instead of
+    the one registered for the device (what a table would choose, before it is used)."""
+    if table is None:
+        table = _TABLES.get(device_name)  # part of the memo key: a new table, new plans
     return _memoised_plan(
         m, key, device_name, sm_count, backend, triton_only, decode_streams, table
     )

@@ -66,6 +66,23 @@ def test_speedups_are_dense_over_variant_and_only_on_a_gpu():
     assert bench_e2e.speedups(dict(result, timing_claims=False)) == []
 
 
+def test_speedups_never_compare_timings_taken_differently():
+    """A CUDA graph replay against an eager fallback (capture failed) measures host
+    overhead, not the kernels: no speedup, and the reason."""
+    rows = [
+        {"variant": "dense", "phase": "decode", "batch": 1, "tokens": 8, "status": "ok"},
+        {"variant": "2:4", "phase": "decode", "batch": 1, "tokens": 8, "status": "ok"},
+    ]
+    rows[0].update(median_ms=3.0, method="cuda_graph")
+    rows[1].update(median_ms=2.0, method="eager (RuntimeError)")
+    result = {"timing_claims": True, "variants": {"dense": {}, "2:4": {}}, "rows": rows}
+    (entry,) = bench_e2e.speedups(result)
+    assert entry["speedup"] is None
+    assert entry["unmeasured"] == "timed differently: dense cuda_graph, 2:4 eager (RuntimeError)"
+    rows[1]["method"] = "cuda_graph"
+    assert bench_e2e.speedups(result)[0]["speedup"] == 1.5
+
+
 def test_gpu_suite_runs_the_optional_e2e_phase(tmp_path):
     out = tmp_path / "suite"
     command = [

@@ -129,3 +129,23 @@ def test_decode_loops_are_no_longer_than_the_stored_baseline(report):
         key = (launch["shape"], launch["kind"], launch["m"], launch["kernel"])
         if key in stored:
             assert launch["loop_instructions"] <= stored[key] * LOOP_TOLERANCE, (key, stored[key])
+
+
+def test_the_report_records_the_arguments_main_was_given(tmp_path):
+    """main(argv) called from Python stores argv as its command, not the caller's."""
+    out = tmp_path / "one.json"
+    argv = ["--shapes", "llama3-8b-o", "--kinds", "2:4", "--m", "1", "--out", str(out)]
+    call = f"import compile_report, sys; sys.exit(compile_report.main({argv!r}))"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPORT.parent), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-c", call, "--unrelated"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["command"] == " ".join(["python", "benchmarks/compile_report.py", *argv])
+    assert [p.name for p in tmp_path.iterdir()] == ["one.json"]  # no temporary file left
