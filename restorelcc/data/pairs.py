@@ -47,11 +47,24 @@ def tokenize_pair(tokenizer, pair: InstructionPair) -> tuple[list[int], list[int
     the tokenization of ``pair.text`` whenever the tokenizer splits at the boundary.
 
     The whole text is tokenized once (with the tokenizer's default special tokens, e.g. a
-    BOS) and split after the prompt's own tokens. If the tokenizer merges across the
-    boundary, the response is tokenized on its own and appended instead.
+    BOS) and split after the prompt's own tokens. Special tokens a tokenizer appends (an
+    EOS, e.g. ``add_eos_token``) are dropped from both first: the prompt must not end in
+    one, and the response's EOS is for the caller to add (``encode_pair(eos=True)``). If
+    the tokenizer merges across the boundary, the response is tokenized on its own and
+    appended instead.
     """
-    whole = tokenizer(pair.text)["input_ids"]
-    prompt = tokenizer(pair.prompt)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    whole = _without_trailing(tokenizer(pair.text)["input_ids"], special)
+    prompt = _without_trailing(tokenizer(pair.prompt)["input_ids"], special)
     if whole[: len(prompt)] == prompt and len(whole) > len(prompt):
         return prompt, whole[len(prompt) :]
-    return prompt, tokenizer(pair.response, add_special_tokens=False)["input_ids"]
+    response = tokenizer(pair.response, add_special_tokens=False)["input_ids"]
+    return prompt, _without_trailing(response, special)
+
+
+def _without_trailing(ids: list[int], special: set[int]) -> list[int]:
+    """``ids`` without the special tokens at its end (all of ``ids`` if nothing else)."""
+    end = len(ids)
+    while end > 0 and ids[end - 1] in special:
+        end -= 1
+    return list(ids[:end]) if end else list(ids)

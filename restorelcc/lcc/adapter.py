@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from restorelcc.errors import UnsupportedModelError
+from restorelcc.errors import NonFiniteError, UnsupportedModelError
 from restorelcc.hf.families import HeadGeometry, decoder_layers, family_of, o_proj_of
 from restorelcc.io import atomic_directory, run_metadata
 from restorelcc.lcc.fingerprint import ModelFingerprint
@@ -126,6 +126,8 @@ def load_adapter(directory: str | Path) -> Restoration:
         raise AdapterError(
             f"{directory} is a malformed adapter: {type(exc).__name__}: {exc}"
         ) from None
+    except (AdapterError, NonFiniteError) as exc:  # Restoration's own checks
+        raise AdapterError(f"{directory} is a malformed adapter: {exc}") from None
     if restoration.heads.tolist() != meta.get("selected_heads"):
         raise AdapterError(f"{directory}: heads in {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG} disagree")
     return restoration

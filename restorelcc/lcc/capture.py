@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from restorelcc.data import positive_count
+from restorelcc.evaluate import eval_mode
 from restorelcc.hf.cache import cache_kwargs
 from restorelcc.hf.families import head_geometry, model_device, o_proj_of
 from restorelcc.lcc.compat import to_pruned_heads
@@ -107,6 +109,13 @@ def default_batch_tokens(model: nn.Module) -> int:
     return CPU_BATCH_TOKENS if model_device(model).type == "cpu" else GPU_BATCH_TOKENS
 
 
+def _batch_tokens(model: nn.Module, batch_tokens: int | None) -> int:
+    """``batch_tokens``, a positive integer, or the device's default for ``None``."""
+    if batch_tokens is None:
+        return default_batch_tokens(model)
+    return positive_count(batch_tokens, "batch_tokens")
+
+
 def pad_right(
     sequences: Sequence[Sequence[int]], pad_id: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +144,12 @@ def _capture_rows(
     positions: torch.Tensor,
     **forward_kwargs,
 ) -> torch.Tensor:
-    """One forward; returns the o_proj inputs at ``positions [B, P]`` -> ``[B, P, L, H*d]``."""
+    """One forward; returns the o_proj inputs at ``positions [B, P]`` -> ``[B, P, L, H*d]``.
+
+    No key/value cache is built unless ``use_cache=True`` is passed (the ``cache``
+    strategy): by default a model would keep one for the whole batch (GBs on 7B models).
+    """
+    forward_kwargs.setdefault("use_cache", False)
     layers = head_geometry(model).layers
     rows = torch.arange(ids.shape[0]).unsqueeze(1)
     out: list[torch.Tensor | None] = [None] * layers
@@ -183,15 +197,17 @@ def capture_last_token(
 
     ``sequences``: token id lists (no padding). Returns ``[N, layers, heads, head_dim]``
     fp32, in the order of ``sequences``. Raises ``NonFiniteError`` naming the model
-    (``model_name``, default from ``desc``), layer, head and sequence on an inf/NaN.
+    (``model_name``, default from ``desc``), layer, head and sequence on an inf/NaN. The
+    model runs in eval mode (no dropout); its training flag is restored afterwards.
     """
     _check_sequences(sequences, "sequences")
-    batch_tokens = batch_tokens or default_batch_tokens(model)
+    batch_tokens = _batch_tokens(model, batch_tokens)
     what = f"the {_model_label(model_name, desc)} model's o_proj input"
     g = head_geometry(model)
     result = torch.zeros(len(sequences), g.layers, g.heads * g.head_dim)
     lengths = [len(s) for s in sequences]
-    with tqdm(total=len(sequences), desc=desc, unit="seq", disable=not progress) as bar:
+    bar = tqdm(total=len(sequences), desc=desc, unit="seq", disable=not progress)
+    with eval_mode(model), bar:
         for batch in length_batches(lengths, batch_tokens, MAX_BATCH_ROWS):
             ids, mask = pad_right([sequences[i] for i in batch])
             last = torch.tensor([lengths[i] - 1 for i in batch]).unsqueeze(1)
@@ -228,7 +244,8 @@ def capture_with_continuations(
 
     Returns ``(prompt_acts, [continuation_acts per set])``, each ``[N, L, H, d]`` fp32.
     Raises ``NonFiniteError`` naming the model (``model_name``, default from ``desc``),
-    the input, layer, head and prompt on an inf/NaN.
+    the input, layer, head and prompt on an inf/NaN. The model runs in eval mode (no
+    dropout); its training flag is restored afterwards.
     """
     _check_sequences(prompts, "prompts")
     if len(continuations) == 0:
@@ -239,7 +256,7 @@ def capture_with_continuations(
                 f"continuation set {k} has {len(conts)} items for {len(prompts)} prompts"
             )
         _check_sequences(conts, f"continuations[{k}]")
-    batch_tokens = batch_tokens or default_batch_tokens(model)
+    batch_tokens = _batch_tokens(model, batch_tokens)
     g = head_geometry(model)
     sets = len(continuations)
     features = g.heads * g.head_dim
@@ -248,7 +265,8 @@ def capture_with_continuations(
     rows = [len(p) + sum(len(c[i]) for c in continuations) for i, p in enumerate(prompts)]
     what = f"the {_model_label(model_name, desc)} model's o_proj input"
 
-    with tqdm(total=len(prompts), desc=desc, unit="pair", disable=not progress) as bar:
+    bar = tqdm(total=len(prompts), desc=desc, unit="pair", disable=not progress)
+    with eval_mode(model), bar:
         for batch in length_batches(rows, batch_tokens, MAX_BATCH_ROWS):
             conts = [[continuations[k][i] for k in range(sets)] for i in batch]  # [B][K]
             batch_prompts = [prompts[i] for i in batch]

@@ -69,8 +69,9 @@ def check_compatible(dense: nn.Module, pruned: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def _same_block_weights(dense: nn.Module, pruned: nn.Module) -> bool:
-    """Whether every decoder-block linear weight is equal (stops at the first that is not,
-    which for a pruned model is the first one)."""
+    """Whether every decoder-block linear weight is equal once both are in the coarser of
+    their two dtypes (so an unpruned copy cast to bf16 counts as equal); stops at the first
+    that is not, which for a pruned model is the first one."""
     family = family_of(dense)
     for dense_block, pruned_block in zip(
         decoder_layers(dense), decoder_layers(pruned), strict=True
@@ -78,9 +79,19 @@ def _same_block_weights(dense: nn.Module, pruned: nn.Module) -> bool:
         for name in family.block_linears:
             a = block_linear(dense_block, name).weight
             b = block_linear(pruned_block, name).weight
-            if a.shape != b.shape or not torch.equal(a, b.to(a.device)):
+            if a.shape != b.shape:
+                return False
+            dtype = _coarser(a.dtype, b.dtype)
+            if not torch.equal(a.to(dtype), b.to(a.device, dtype)):
                 return False
     return True
+
+
+def _coarser(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """Of two dtypes, the one with fewer mantissa bits (``a`` if not both floating)."""
+    if not (a.is_floating_point and b.is_floating_point):
+        return a
+    return b if torch.finfo(b).eps > torch.finfo(a).eps else a
 
 
 def match_heads(dense: nn.Module, pruned: nn.Module) -> torch.Tensor:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from restorelcc.data import positive_count
 from restorelcc.errors import NonFiniteError
 from restorelcc.lcc.finite import all_finite, check_finite_heads
 
@@ -30,6 +31,7 @@ class Components:
     ``directions [L, H, d, d]``: rows of ``V^T`` (orthonormal; zero rows when ``N < d``);
     ``singular_values [L, H, min(N, d)]``; ``compensation [L, H, d]``: the rank-``k``
     probing compensation; ``mean_difference [L, H, d]``: mean of ``Zd - Zp``. All fp32.
+    ``k``: the singular directions summed into ``compensation``, ``min(k asked, N, d)``.
     """
 
     directions: torch.Tensor
@@ -51,8 +53,7 @@ def lost_components(dense: torch.Tensor, pruned: torch.Tensor, k: int = PAPER_K)
             f"dense and pruned activations must share one [N, L, H, d] shape, got "
             f"{tuple(dense.shape)} and {tuple(pruned.shape)}"
         )
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    k = positive_count(k, "k")
     n, layers, heads, d = dense.shape
     rank = min(n, d)
     total = layers * heads
@@ -81,7 +82,7 @@ def lost_components(dense: torch.Tensor, pruned: torch.Tensor, k: int = PAPER_K)
         singular_values=singular.reshape(layers, heads, rank),
         compensation=compensation.reshape(layers, heads, d),
         mean_difference=mean.reshape(layers, heads, d),
-        k=k,
+        k=top,
     )
 
 

@@ -60,12 +60,16 @@ def o_proj_input_offsets(model: nn.Module, offset: Callable[[int], torch.Tensor 
 
 
 def check_heads(heads: torch.Tensor, geometry: HeadGeometry) -> torch.Tensor:
-    """``heads [S, 2]`` (layer, head) rows, in range and without repeats; returns it as long."""
-    heads = torch.as_tensor(heads, dtype=torch.long)
+    """``heads [S, 2]`` (layer, head) rows of an integer dtype, in range and without
+    repeats; returns it as long. Float indices are refused, not truncated."""
+    heads = torch.as_tensor(heads)
     if heads.dim() != 2 or heads.shape[1] != 2 or heads.shape[0] == 0:
         raise ValueError(
             f"heads must be a non-empty [S, 2] (layer, head) table, got {tuple(heads.shape)}"
         )
+    if heads.dtype.is_floating_point or heads.dtype.is_complex or heads.dtype == torch.bool:
+        raise ValueError(f"heads must hold integer (layer, head) indices, got {heads.dtype}")
+    heads = heads.long()
     layer, head = heads[:, 0], heads[:, 1]
     bad = (layer < 0) | (layer >= geometry.layers) | (head < 0) | (head >= geometry.heads)
     if bad.any():

@@ -12,12 +12,15 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
+from restorelcc.data import positive_count
 from restorelcc.hf.families import family_of, head_geometry, model_device
 from restorelcc.lcc.capture import (
     capture_last_token,
@@ -74,14 +77,30 @@ class RestoreConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        """Every value is checked here, before any capture: a bad one fails at once."""
         if self.selection not in ("probe", "random"):
             raise ValueError(f"selection must be 'probe' or 'random', got {self.selection!r}")
-        if self.probe_pairs < MIN_PROBE_PAIRS:
+        if positive_count(self.probe_pairs, "probe_pairs") < MIN_PROBE_PAIRS:
             raise ValueError(
                 f"probe_pairs must be at least {MIN_PROBE_PAIRS}, got {self.probe_pairs}"
             )
-        if self.init_std < 0:
-            raise ValueError(f"init_std must be >= 0, got {self.init_std}")
+        positive_count(self.components_k, "components_k")
+        positive_count(self.probe_epochs, "probe_epochs")
+        if not _real(self.probe_lr) or not 0 < self.probe_lr < math.inf:
+            raise ValueError(f"probe_lr must be a positive finite number, got {self.probe_lr!r}")
+        if not _real(self.probe_test_fraction) or not 0 < self.probe_test_fraction < 1:
+            raise ValueError(
+                f"probe_test_fraction must be between 0 and 1 (exclusive), got "
+                f"{self.probe_test_fraction!r}"
+            )
+        if positive_count(self.capture_max_length, "capture_max_length") < 2:
+            raise ValueError(
+                f"capture_max_length must be at least 2, got {self.capture_max_length}"
+            )
+        if self.capture_batch_tokens is not None:
+            positive_count(self.capture_batch_tokens, "capture_batch_tokens")
+        if not _real(self.init_std) or not 0 <= self.init_std < math.inf:
+            raise ValueError(f"init_std must be a finite number >= 0, got {self.init_std!r}")
 
     @property
     def progress(self) -> bool:
@@ -89,6 +108,11 @@ class RestoreConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _real(value) -> bool:
+    """A real number, not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class StageTimer:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from restorelcc.errors import RestoreLCCError
+from restorelcc.errors import NonFiniteError, RestoreLCCError
 from restorelcc.hf.families import HeadGeometry, family_of, head_geometry
 from restorelcc.lcc.fingerprint import ModelFingerprint, model_fingerprint
 from restorelcc.lcc.fold import fold_offsets
@@ -27,8 +27,14 @@ from restorelcc.lcc.heads import (
     scatter_heads,
 )
 
-# Of beta and b, what each method other than RestoreLCC (both) trains.
-TRAINED_TENSORS = {"lofit": ("b",), "training-free": ()}
+# The methods a restoration can come from, and which of beta and b each one trains.
+TRAINED_TENSORS = {
+    "restorelcc": ("beta", "b"),
+    "restorelcc-random-heads": ("beta", "b"),
+    "lofit": ("b",),
+    "training-free": (),
+}
+METHODS = tuple(TRAINED_TENSORS)
 
 
 class AdapterError(RestoreLCCError):
@@ -45,7 +51,12 @@ class Restoration:
 
     ``directions [S, d, d]``, ``beta [S, d]``, ``b [S, d]``: fp32. ``scores [L, H]``: the
     probe accuracies when heads were probed (LoFiT: its scales' L1 norms). ``method``:
-    ``restorelcc``, ``restorelcc-random-heads``, ``training-free`` or ``lofit``.
+    one of ``METHODS`` (``restorelcc``, ``restorelcc-random-heads``, ``training-free``,
+    ``lofit``).
+
+    Raises ``AdapterError`` for a shape or method that does not fit and ``NonFiniteError``
+    for an inf/NaN in ``directions``, ``beta``, ``b`` or ``scores`` (which would fold into
+    NaN biases).
     """
 
     model_type: str
@@ -70,7 +81,16 @@ class Restoration:
                 raise AdapterError(f"{name} must be {list(shape)}, got {list(value.shape)}")
             setattr(self, name, value.detach().float().cpu())
         if self.scores is not None:
+            shape = (self.geometry.layers, self.geometry.heads)
+            if tuple(self.scores.shape) != shape:
+                raise AdapterError(
+                    f"scores must be [layers, heads] = {list(shape)}, got {list(self.scores.shape)}"
+                )
             self.scores = self.scores.detach().float().cpu()
+        for name in ("directions", "beta", "b", "scores"):
+            _check_finite(getattr(self, name), name)
+        if self.method not in METHODS:
+            raise AdapterError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
         if not isinstance(self.fingerprint, ModelFingerprint):
             raise AdapterError(
                 f"fingerprint must be a ModelFingerprint (model_fingerprint(model)), got "
@@ -97,7 +117,7 @@ class Restoration:
         """The parameters its method trained: ``beta`` and ``b`` (``2 * head_dim`` per
         selected head) for RestoreLCC, ``b`` alone for LoFiT, none for training-free
         (whose ``b`` is computed and whose ``beta`` is stored as zeros)."""
-        trained = TRAINED_TENSORS.get(self.method, ("beta", "b"))
+        trained = TRAINED_TENSORS[self.method]
         return sum(getattr(self, name).numel() for name in trained)
 
     def per_head(self) -> torch.Tensor:
@@ -180,3 +200,16 @@ class Restoration:
             "trainable_parameters": self.trainable_parameters,
             "fingerprint": self.fingerprint.digest,
         }
+
+
+def _check_finite(values: torch.Tensor | None, name: str) -> None:
+    """``NonFiniteError`` naming ``name``, its inf/NaN count and the first one's index."""
+    if values is None:
+        return
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        first = bad.nonzero()[0].tolist()
+        raise NonFiniteError(
+            f"{name} holds {int(bad.sum())} non-finite value(s) (inf/NaN), the first at "
+            f"index {first}"
+        )

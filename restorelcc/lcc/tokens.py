@@ -5,6 +5,15 @@ A pair is tokenized with ``restorelcc.data.tokenize_pair`` into ``prompt ids`` a
 of the prompt-plus-response sequence: in a causal model the activation at the prompt's last
 position of a ``q + r`` forward *is* the activation of ``q`` alone. Capture relies on this
 to share one forward between ``q`` and ``q + r``.
+
+Two fittings to ``max_length``:
+- training (``encode_pair``) fits ``prompt + response`` together (``fit_lengths``);
+- capture (``encode_prompt``, ``encode_probe_set``) fits the prompt on its own, to at most
+  ``max_length - max_length // 2`` tokens, so the prompt whose last token gives ``Zd`` and
+  ``Zp`` depends on nothing but the prompt and ``max_length``: the probe path and the
+  random-heads and training-free paths read the same position, whatever negative a probe
+  pair is given. Each continuation (``r+``, ``r-``) is then cut to the room left after it,
+  ``max_length // 2`` tokens at least.
 """
 
 from __future__ import annotations
@@ -66,11 +75,16 @@ def fit_lengths(
     if len(prompt) + len(response) <= max_length:
         return prompt, response
     keep_response = min(len(response), max(max_length - len(prompt), max_length // 2))
-    keep_prompt = max_length - keep_response
-    if keep_prompt == len(prompt):
-        return prompt, response[:keep_response]
-    start = min(keep_start, keep_prompt - 1)
-    return prompt[:start] + prompt[len(prompt) - keep_prompt + start :], response[:keep_response]
+    return keep_prompt_end(prompt, max_length - keep_response, keep_start), response[:keep_response]
+
+
+def keep_prompt_end(prompt: list[int], keep: int, keep_start: int = 0) -> list[int]:
+    """``prompt`` cut to ``keep`` (>= 1) tokens: its first ``keep_start`` tokens (fewer if
+    ``keep`` is small: at least one token of the end stays) and then its end."""
+    if keep >= len(prompt):
+        return prompt
+    start = min(keep_start, keep - 1)
+    return prompt[:start] + prompt[len(prompt) - keep + start :]
 
 
 def leading_special_tokens(tokenizer, ids: Sequence[int]) -> int:
@@ -82,6 +96,14 @@ def leading_special_tokens(tokenizer, ids: Sequence[int]) -> int:
     return count
 
 
+def _tokenize(tokenizer, pair: InstructionPair) -> tuple[list[int], list[int]]:
+    """``tokenize_pair`` as lists; ``DataError`` if the prompt or the response is empty."""
+    prompt, response = tokenize_pair(tokenizer, pair)
+    if not prompt or not response:
+        raise DataError(f"pair tokenizes to an empty prompt or response: {pair.prompt[:60]!r}")
+    return list(prompt), list(response)
+
+
 def encode_pair(
     tokenizer, pair: InstructionPair, max_length: int, eos: bool = False
 ) -> tuple[list[int], list[int]]:
@@ -90,26 +112,37 @@ def encode_pair(
     Truncation keeps the prompt's leading special tokens (e.g. the BOS that Llama, Mistral
     or Gemma tokenizers add): models are trained with them at position 0.
     """
-    prompt, response = tokenize_pair(tokenizer, pair)
-    prompt, response = list(prompt), list(response)
+    prompt, response = _tokenize(tokenizer, pair)
     if eos:
         if tokenizer.eos_token_id is None:
             raise DataError("the tokenizer has no EOS token to end responses with")
         response.append(tokenizer.eos_token_id)
-    if not prompt or not response:
-        raise DataError(f"pair tokenizes to an empty prompt or response: {pair.prompt[:60]!r}")
     return fit_lengths(prompt, response, max_length, leading_special_tokens(tokenizer, prompt))
 
 
+def capture_prompt_length(max_length: int) -> int:
+    """The most tokens a captured prompt keeps: ``max_length - max_length // 2``, so a
+    continuation after it always has ``max_length // 2`` tokens of room."""
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2, got {max_length}")
+    return max_length - max_length // 2
+
+
+def _fit_capture_prompt(tokenizer, prompt: list[int], max_length: int) -> list[int]:
+    return keep_prompt_end(
+        prompt, capture_prompt_length(max_length), leading_special_tokens(tokenizer, prompt)
+    )
+
+
 def encode_prompt(tokenizer, pair: InstructionPair, max_length: int) -> list[int]:
-    """The prompt's ids alone, fitted to ``max_length`` as ``encode_pair`` fits them (its
-    end and leading special tokens kept), for captures at the prompt's last token: no room
-    is left for a response that does not run."""
+    """The prompt ids that captures read ``Zd``/``Zp`` at (its last token): the whole
+    prompt when it fits in ``capture_prompt_length(max_length)`` tokens, else cut to that
+    (its leading special tokens and its end kept, as ``fit_lengths`` cuts). They depend on
+    the prompt and ``max_length`` only; ``encode_probe_set`` uses the same ids."""
     prompt, _ = tokenize_pair(tokenizer, pair)
-    prompt = list(prompt)
     if not prompt:
         raise DataError(f"pair tokenizes to an empty prompt: {pair.prompt[:60]!r}")
-    return fit_lengths(prompt, [], max_length, leading_special_tokens(tokenizer, prompt))[0]
+    return _fit_capture_prompt(tokenizer, list(prompt), max_length)
 
 
 @dataclass(frozen=True)
@@ -127,16 +160,20 @@ class ProbeSequences:
 def encode_probe_set(
     tokenizer, pairs: Sequence[InstructionPair], negative_index: Sequence[int], max_length: int
 ) -> ProbeSequences:
-    """Tokenize prompts, responses and the mined negatives (``pairs[negative_index[i]]``)."""
+    """Tokenize prompts, responses and the mined negatives (``pairs[negative_index[i]]``).
+
+    Pair ``i``'s prompt ids are ``encode_prompt(tokenizer, pairs[i], max_length)``, whatever
+    its negative; its response (``r+``) and the negative's response (``r-``), tokenized
+    after the prompt, each keep their first ``max_length - len(prompt)`` tokens.
+    """
     prompts, positives, negatives = [], [], []
     for pair, j in zip(pairs, negative_index, strict=True):
-        p, pos = encode_pair(tokenizer, pair, max_length)
-        negative = InstructionPair(pair.prompt, pairs[j].response)
-        p_neg, neg = encode_pair(tokenizer, negative, max_length)
-        # Both continuations follow one prompt. Truncation may keep different suffixes of
-        # its ids for responses of different length: keep the shorter (both still fit).
-        p = min(p, p_neg, key=len)
-        prompts.append(p)
-        positives.append(pos)
-        negatives.append(neg)
+        # tokenize_pair's prompt ids are the prompt's own tokenization, whatever follows it
+        prompt, positive = _tokenize(tokenizer, pair)
+        _, negative = _tokenize(tokenizer, InstructionPair(pair.prompt, pairs[j].response))
+        prompt = _fit_capture_prompt(tokenizer, prompt, max_length)
+        room = max_length - len(prompt)
+        prompts.append(prompt)
+        positives.append(positive[:room])
+        negatives.append(negative[:room])
     return ProbeSequences(prompts, positives, negatives)

@@ -172,6 +172,23 @@ def test_tokenize_pair_splits_at_the_boundary():
     assert tok.decode(response) == "\nhi there"
 
 
+def test_tokenize_pair_drops_the_eos_a_tokenizer_appends():
+    from tokenizers import processors
+
+    plain = byte_tokenizer()
+    tok = byte_tokenizer()
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )  # like add_eos_token=True
+    pair = data.make_pair("Say hi.", "", "hi there")
+    assert tok(pair.prompt)["input_ids"][-1] == eos
+    prompt, response = data.tokenize_pair(tok, pair)
+    assert prompt == [bos] + plain(pair.prompt)["input_ids"]  # ends with "Response:", no EOS
+    assert response == data.tokenize_pair(plain, pair)[1]  # the caller adds the EOS
+    assert prompt + response == tok(pair.text)["input_ids"][:-1]
+
+
 def test_jsonl_lines_end_at_newlines_only(tmp_path):
     """U+2028 and U+0085 are valid unescaped in JSON strings; str.splitlines split on them.
     Windows line ends (\r\n) still work."""

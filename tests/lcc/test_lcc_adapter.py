@@ -5,7 +5,7 @@ import pytest
 import torch
 from lcc_helpers import pruned_copy, trained_like
 
-from restorelcc.errors import UnsupportedModelError
+from restorelcc.errors import NonFiniteError, UnsupportedModelError
 from restorelcc.hf.families import decoder_layers
 from restorelcc.lcc.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_merged, load_adapter
 from restorelcc.lcc.restoration import AdapterError, AdapterMismatchError, Restoration
@@ -69,12 +69,25 @@ def model_weights_equal(a, b):
         ("format", "format 99"),
         ("weights", "cannot be read"),
         ("heads", "disagree"),
+        ("nan-beta", r"a malformed adapter: beta holds 1 non-finite value\(s\) .* index \[0, 7\]"),
+        ("inf-directions", "a malformed adapter: directions holds 1 non-finite"),
+        ("nan-scores", "a malformed adapter: scores holds 1 non-finite"),
+        (
+            "scores-shape",
+            r"a malformed adapter: scores must be \[layers, heads\] = \[3, 5\], got \[7, 2\]",
+        ),
+        ("method", "a malformed adapter: unknown method 'nonsense'; known: restorelcc, "),
     ],
 )
 def test_malformed_adapters(pruned, tmp_path, damage, match):
-    trained_like(pruned).save(tmp_path / "a")
+    from safetensors.torch import load_file, save_file
+
+    restoration = trained_like(pruned)
+    restoration.scores = torch.rand(3, 5)
+    restoration.save(tmp_path / "a")
     config, weights = tmp_path / "a" / ADAPTER_CONFIG, tmp_path / "a" / ADAPTER_WEIGHTS
     meta = json.loads(config.read_text())
+    tensors = load_file(str(weights))
     if damage == "missing":
         weights.unlink()
     elif damage == "json":
@@ -85,8 +98,40 @@ def test_malformed_adapters(pruned, tmp_path, damage, match):
         weights.write_bytes(b"garbage")
     elif damage == "heads":
         config.write_text(json.dumps({**meta, "selected_heads": [[0, 0]]}))
+    elif damage == "method":
+        config.write_text(json.dumps({**meta, "method": "nonsense"}))
+    else:
+        name, value = {
+            "nan-beta": ("beta", float("nan")),
+            "inf-directions": ("directions", float("inf")),
+            "nan-scores": ("scores", float("nan")),
+        }.get(damage, ("scores", None))
+        if value is None:
+            tensors["scores"] = torch.zeros(7, 2)
+        else:
+            tensors[name].view(-1)[7] = value
+        save_file(tensors, str(weights))
     with pytest.raises(AdapterError, match=match):
         load_adapter(tmp_path / "a")
+
+
+def test_a_restoration_made_in_memory_is_checked_too(pruned):
+    restoration = trained_like(pruned)
+    fields = {
+        f: getattr(restoration, f) for f in ("model_type", "geometry", "heads", "fingerprint")
+    }
+    tensors = {f: getattr(restoration, f) for f in ("directions", "beta", "b")}
+    Restoration(**fields, **tensors, scores=torch.rand(3, 5), method="training-free")
+    b = tensors["b"].clone()
+    b[2, 3] = -float("inf")
+    with pytest.raises(NonFiniteError, match=r"^b holds 1 non-finite value\(s\) .* \[2, 3\]$"):
+        Restoration(**fields, **{**tensors, "b": b})
+    with pytest.raises(
+        AdapterError, match=r"scores must be \[layers, heads\] = \[3, 5\], got \[15\]"
+    ):
+        Restoration(**fields, **tensors, scores=torch.rand(15))
+    with pytest.raises(AdapterError, match="unknown method 'LoFiT'"):
+        Restoration(**fields, **tensors, method="LoFiT")
 
 
 def test_merged_checkpoint_loads_in_plain_transformers(pruned, tmp_path, tokenizer):

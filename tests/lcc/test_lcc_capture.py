@@ -78,6 +78,52 @@ def test_every_continuation_strategy_matches_one_at_a_time(monkeypatch, strategy
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=field)
 
 
+@pytest.mark.parametrize("strategy", ["tree", "cache", "full"])
+def test_only_the_cache_strategy_fills_a_key_value_cache(monkeypatch, strategy):
+    """A model's config says ``use_cache=True``: capture must not keep a cache it never
+    reads (GBs on 7B models), except for the strategy that runs on it."""
+    import transformers.cache_utils
+
+    import restorelcc.lcc.capture as capture
+
+    cached = []
+    update = transformers.cache_utils.Cache.update
+
+    def spy(self, key_states, value_states, *args, **kwargs):
+        cached.append(key_states.numel())
+        return update(self, key_states, value_states, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.cache_utils.Cache, "update", spy)
+    monkeypatch.setattr(capture, "continuation_strategy", lambda model, longest: strategy)
+    model = tiny_model("llama-3x5")
+    assert model.config.use_cache
+    capture_last_token(model, random_sequences(4, 2, 10, 0), progress=False)
+    assert cached == []
+    sequences = probe_sequences(4)
+    capture_with_continuations(
+        model, sequences.prompts, [sequences.positives, sequences.negatives], progress=False
+    )
+    assert (cached != []) == (strategy == "cache")
+
+
+def test_capture_runs_in_eval_mode_and_restores_the_training_flag():
+    sequences = probe_sequences(5)
+    conts = [sequences.positives, sequences.negatives]
+    model = tiny_model("llama-3x5", attention_dropout=0.5)
+    want = capture_last_token(model, sequences.prompts, progress=False)
+    want_p, want_c = capture_with_continuations(model, sequences.prompts, conts, progress=False)
+    model.train()
+    got = capture_last_token(model, sequences.prompts, progress=False)
+    assert model.training and all(m.training for m in model.modules())
+    got_p, got_c = capture_with_continuations(model, sequences.prompts, conts, progress=False)
+    assert model.training and all(m.training for m in model.modules())
+    assert torch.equal(got, want) and torch.equal(got_p, want_p)
+    assert all(torch.equal(g, w) for g, w in zip(got_c, want_c, strict=True))
+    model.eval()
+    capture_last_token(model, sequences.prompts, progress=False)
+    assert not any(m.training for m in model.modules())
+
+
 def test_strategy_choice():
     from restorelcc.lcc.capture import continuation_strategy
 
@@ -158,3 +204,12 @@ def test_empty_input_is_refused():
         capture_last_token(model, [], progress=False)
     with pytest.raises(ValueError, match=r"sequences\[1\] is empty"):
         capture_last_token(model, [[1], []], progress=False)
+
+
+@pytest.mark.parametrize("batch_tokens", [0, -5, 2.5, True])
+def test_a_batch_token_budget_that_is_not_a_positive_integer_is_refused(batch_tokens):
+    model = tiny_model("llama-3x5")
+    with pytest.raises(ValueError, match="batch_tokens must be a positive integer"):
+        capture_last_token(model, [[1, 2]], batch_tokens=batch_tokens, progress=False)
+    with pytest.raises(ValueError, match="batch_tokens must be a positive integer"):
+        capture_with_continuations(model, [[1, 2]], [[[3]]], batch_tokens, progress=False)

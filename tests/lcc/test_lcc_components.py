@@ -42,7 +42,11 @@ def test_compensation_rank_one_and_full_rank_is_the_mean():
     full = lost_components(dense, pruned, k=16)
     torch.testing.assert_close(full.compensation.double(), diff.mean(0), rtol=0, atol=1e-5)
     torch.testing.assert_close(full.mean_difference.double(), diff.mean(0), rtol=0, atol=1e-6)
+    assert full.k == 16
     one = lost_components(dense, pruned, k=1)
+    assert one.k == 1
+    assert lost_components(dense, pruned, k=100).k == 16  # capped at d
+    assert lost_components(dense[:5], pruned[:5], k=10).k == 5  # capped at N
     d = diff[:, 1, 2]
     u, s, vh = torch.linalg.svd(d, full_matrices=False)
     want = u[:, 0].mean() * s[0] * vh[0]  # sign-invariant product
@@ -61,5 +65,6 @@ def test_bad_shapes():
     dense, pruned = activations(5)
     with pytest.raises(ValueError, match="share one"):
         lost_components(dense, pruned[:, :2])
-    with pytest.raises(ValueError, match="k must be"):
-        lost_components(dense, pruned, k=0)
+    for k in (0, 1.5, True):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            lost_components(dense, pruned, k=k)

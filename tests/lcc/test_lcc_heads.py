@@ -107,3 +107,18 @@ def test_bad_heads():
         check_heads(torch.tensor([[1, 1], [1, 1]]), g)
     with pytest.raises(ValueError, match="non-empty"):
         check_heads(torch.zeros(0, 2, dtype=torch.long), g)
+    for floats in (
+        torch.tensor([[0.0, 1.7]]),
+        [[0, 1.7]],
+        torch.tensor([[0, 1]], dtype=torch.float64),
+    ):
+        with pytest.raises(ValueError, match="heads must hold integer .* got torch.float"):
+            check_heads(floats, g)  # not truncated to head 1
+    with pytest.raises(ValueError, match="integer .* got torch.bool"):
+        check_heads(torch.tensor([[True, False]]), g)
+    for integers in (
+        [[0, 1]],
+        torch.tensor([[0, 1]], dtype=torch.int32),
+        torch.tensor([[0, 1]], dtype=torch.uint8),
+    ):
+        assert check_heads(integers, g).dtype == torch.long

@@ -6,6 +6,7 @@ from lcc_helpers import pruned_copy
 
 from restorelcc.errors import DataError, UnsupportedModelError
 from restorelcc.lcc import RestoreConfig, TrainConfig, restore, select_heads
+from restorelcc.lcc.tokens import encode_prompt
 from restorelcc.prune import prune_model
 from restorelcc.testing import synthetic_pairs, tiny_model
 
@@ -52,6 +53,38 @@ def test_random_heads_skip_probing(models, tokenizer, pairs):
     assert set(restoration.report["seconds"]) == STAGES - {"negatives", "probing"}
 
 
+class CaptureSeen(Exception):
+    """Raised by a spied capture with the prompts it was given: the run stops there."""
+
+
+def test_every_path_captures_zd_and_zp_at_the_same_prompts(models, tokenizer, pairs, monkeypatch):
+    import restorelcc.baselines as baselines
+    import restorelcc.lcc.pipeline as pipeline
+
+    def seen(prompts):
+        raise CaptureSeen(prompts)
+
+    monkeypatch.setattr(
+        pipeline, "capture_probe_activations", lambda d, p, seqs, *a: seen(seqs.prompts)
+    )
+    monkeypatch.setattr(pipeline, "capture_last_token", lambda model, prompts, *a: seen(prompts))
+    monkeypatch.setattr(baselines, "capture_last_token", lambda model, prompts, *a: seen(prompts))
+    dense, pruned = models
+    captured = []
+    for selection in ("probe", "random"):
+        with pytest.raises(CaptureSeen) as stop:
+            restore(
+                dense, pruned, tokenizer, pairs, config(selection=selection, capture_max_length=48)
+            )
+        captured.append(stop.value.args[0])
+    with pytest.raises(CaptureSeen) as stop:
+        baselines.training_free(dense, pruned, tokenizer, pairs[:16], max_length=48, progress=False)
+    captured.append(stop.value.args[0])
+    want = [encode_prompt(tokenizer, p, 48) for p in pairs[:16]]
+    assert all(len(p) == 24 for p in want)  # every prompt was cut to 48 - 48 // 2
+    assert captured == [want, want, want]
+
+
 def test_mismatched_models_are_refused(models, tokenizer, pairs):
     dense, pruned = models
     with pytest.raises(UnsupportedModelError, match="qwen2 model but the dense one is llama"):
@@ -63,6 +96,20 @@ def test_mismatched_models_are_refused(models, tokenizer, pairs):
         restore(dense, wider, tokenizer, pairs, config())
     with pytest.raises(ValueError, match="same model object"):
         restore(dense, dense, tokenizer, pairs, config())
+
+
+def test_an_unpruned_copy_is_refused_in_any_dtype(models):
+    from restorelcc.lcc.compat import check_compatible
+
+    dense, pruned = models
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        with pytest.raises(UnsupportedModelError, match="nothing was pruned"):
+            check_compatible(dense, copy.deepcopy(dense).to(dtype))
+    with pytest.raises(UnsupportedModelError, match="nothing was pruned"):
+        check_compatible(copy.deepcopy(dense).to(torch.bfloat16), copy.deepcopy(dense))
+    identity = torch.arange(5).expand(3, -1)
+    assert torch.equal(check_compatible(dense, copy.deepcopy(pruned).to(torch.bfloat16)), identity)
+    assert torch.equal(check_compatible(dense.to(torch.float16), pruned), identity)
 
 
 @pytest.mark.parametrize(
@@ -87,6 +134,34 @@ def test_bad_config():
         RestoreConfig(selection="best")
     with pytest.raises(ValueError, match="probe_pairs"):
         RestoreConfig(probe_pairs=2)
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("probe_pairs", 8.0, "probe_pairs must be a positive integer, got 8.0"),
+        ("components_k", 0, "components_k must be a positive integer, got 0"),
+        ("components_k", True, "components_k must be a positive integer, got True"),
+        ("probe_epochs", 0, "probe_epochs must be a positive integer, got 0"),
+        ("probe_epochs", 2.5, "probe_epochs must be a positive integer, got 2.5"),
+        ("probe_lr", 0.0, "probe_lr must be a positive finite number, got 0.0"),
+        ("probe_lr", -1.0, "probe_lr must be a positive finite number"),
+        ("probe_lr", float("nan"), "probe_lr must be a positive finite number, got nan"),
+        ("probe_test_fraction", 0.0, r"probe_test_fraction must be between 0 and 1 .*got 0.0"),
+        ("probe_test_fraction", 1.5, r"probe_test_fraction must be between 0 and 1 .*got 1.5"),
+        ("probe_test_fraction", 1, r"probe_test_fraction must be between 0 and 1 .*got 1$"),
+        ("capture_max_length", 1, "capture_max_length must be at least 2, got 1"),
+        ("capture_max_length", 64.0, "capture_max_length must be a positive integer"),
+        ("capture_batch_tokens", 0, "capture_batch_tokens must be a positive integer, got 0"),
+        ("init_std", float("nan"), "init_std must be a finite number >= 0, got nan"),
+    ],
+)
+def test_bad_config_values_are_refused_when_the_config_is_made(field, value, match):
+    """So they fail before any capture, not minutes later in probing or in the SVD."""
+    with pytest.raises(ValueError, match=match):
+        RestoreConfig(**{field: value})
+    good = {"probe_pairs": 8, "probe_lr": 1e-3, "probe_test_fraction": 0.5, "init_std": 0.0}
+    RestoreConfig(**{field: good.get(field, 2)})
 
 
 def test_mlp_channel_pruning_restores_and_folds(models, tokenizer, pairs):

@@ -18,6 +18,16 @@ def bos_tokenizer():
     return tokenizer
 
 
+def eos_tokenizer():
+    """The byte tokenizer, adding BOS and EOS like a Llama tokenizer with add_eos_token."""
+    tokenizer = byte_tokenizer()
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    return tokenizer
+
+
 def long_pair(words=100):
     return InstructionPair(
         "### Instruction:\n" + "word " * words + "\n\n### Response:", "\nanswer" * 10
@@ -68,12 +78,68 @@ def test_without_a_bos_truncation_keeps_the_end_only():
     assert prompt == full_prompt[len(full_prompt) - len(prompt) :]
 
 
-def test_a_prompt_captured_alone_leaves_no_room_for_its_response():
+def test_a_captured_prompt_leaves_half_the_length_to_any_continuation():
     tokenizer = bos_tokenizer()
     full_prompt, _ = encode_pair(tokenizer, long_pair(20), 10_000)
-    assert len(full_prompt) < 200
-    assert encode_prompt(tokenizer, long_pair(20), 200) == full_prompt  # room for the pair cuts it
-    assert len(encode_pair(tokenizer, long_pair(20), 200)[0]) < len(full_prompt)
-    cut = encode_prompt(tokenizer, long_pair(20), 64)
-    assert len(cut) == 64 and cut[0] == tokenizer.bos_token_id
-    assert cut[1:] == full_prompt[len(full_prompt) - 63 :]
+    assert 100 < len(full_prompt) <= 200
+    assert encode_prompt(tokenizer, long_pair(20), 400) == full_prompt  # fits in 400 - 200
+    assert encode_prompt(tokenizer, long_pair(20), 399) == full_prompt  # in 399 - 199
+    for max_length, kept in ((200, 100), (65, 33), (64, 32), (3, 2), (2, 1)):
+        cut = encode_prompt(tokenizer, long_pair(20), max_length)
+        assert len(cut) == kept
+        if kept > 1:  # the BOS, then the prompt's end
+            assert cut[0] == tokenizer.bos_token_id
+            assert cut[1:] == full_prompt[len(full_prompt) - kept + 1 :]
+        else:  # one token: the end (the response marker) wins over the BOS
+            assert cut == full_prompt[-1:]
+    with pytest.raises(ValueError, match="max_length must be at least 2"):
+        encode_prompt(tokenizer, long_pair(20), 1)
+
+
+def probe_pairs():
+    """Prompts short and long, responses short and long, so that negatives differ in
+    length from the responses they replace."""
+    return [
+        long_pair(100),
+        InstructionPair("### Instruction:\nhi\n\n### Response:", "\nyes"),
+        InstructionPair("### Instruction:\n" + "x" * 50 + "\n\n### Response:", "\n" + "y" * 300),
+        long_pair(5),
+    ]
+
+
+@pytest.mark.parametrize("make_tokenizer", [byte_tokenizer, bos_tokenizer], ids=["plain", "bos"])
+def test_probe_prompts_are_encode_prompt_whatever_the_negative(make_tokenizer):
+    tokenizer = make_tokenizer()
+    pairs = probe_pairs()
+    max_length = 96
+    want = [encode_prompt(tokenizer, p, max_length) for p in pairs]
+    for negative_index in ([1, 2, 3, 0], [2, 0, 0, 2], [3, 3, 1, 1]):
+        probe = encode_probe_set(tokenizer, pairs, negative_index, max_length)
+        assert probe.prompts == want, negative_index
+        for i, (pair, j) in enumerate(zip(pairs, negative_index, strict=True)):
+            room = max_length - len(want[i])
+            assert room >= max_length // 2
+            positive = encode_pair(tokenizer, pair, 10_000)[1]
+            negative = encode_pair(
+                tokenizer, InstructionPair(pair.prompt, pairs[j].response), 10_000
+            )[1]
+            assert probe.positives[i] == positive[:room]  # the start of r+, cut to the room
+            assert probe.negatives[i] == negative[:room]
+    # the long response (pair 2) is cut to the room its prompt leaves, not another's
+    probe = encode_probe_set(tokenizer, pairs, [2, 2, 0, 1], max_length)
+    assert len(want[0]) == max_length - max_length // 2 > len(want[1])
+    assert len(probe.negatives[0]) == max_length // 2
+    assert len(probe.negatives[1]) == max_length - len(want[1]) > max_length // 2
+
+
+def test_a_tokenizer_that_appends_eos_ends_no_prompt_with_it():
+    tokenizer = eos_tokenizer()
+    eos = tokenizer.eos_token_id
+    pairs = [long_pair(5), long_pair(8), long_pair(100)]
+    for pair in pairs:
+        prompt, response = encode_pair(tokenizer, pair, 10_000, eos=True)
+        assert prompt[-1] != eos and prompt.count(eos) == 0
+        assert response[-1] == eos and response.count(eos) == 1  # only the one asked for
+        assert encode_prompt(tokenizer, pair, 96)[-1] != eos
+    probe = encode_probe_set(tokenizer, pairs, [1, 2, 0], 96)
+    assert all(eos not in ids for ids in probe.prompts + probe.positives + probe.negatives)
