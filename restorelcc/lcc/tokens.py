@@ -6,14 +6,12 @@ of the prompt-plus-response sequence: in a causal model the activation at the pr
 position of a ``q + r`` forward *is* the activation of ``q`` alone. Capture relies on this
 to share one forward between ``q`` and ``q + r``.
 
-Two fittings to ``max_length``:
-- training (``encode_pair``) fits ``prompt + response`` together (``fit_lengths``);
-- capture (``encode_prompt``, ``encode_probe_set``) fits the prompt on its own, to at most
-  ``max_length - max_length // 2`` tokens, so the prompt whose last token gives ``Zd`` and
-  ``Zp`` depends on nothing but the prompt and ``max_length``: the probe path and the
-  random-heads and training-free paths read the same position, whatever negative a probe
-  pair is given. Each continuation (``r+``, ``r-``) is then cut to the room left after it,
-  ``max_length // 2`` tokens at least.
+Fitting to ``max_length`` (``fit_lengths``): a pair's prompt and response are fitted
+together (``encode_pair``), and captures use that same prompt (``encode_prompt``,
+``encode_probe_set``), so the prompt whose last token gives ``Zd`` and ``Zp`` depends on
+the pair and ``max_length`` only: the probe path and the random-heads and training-free
+paths read the same position, whatever negative a probe pair is given. The negative's
+response (``r-``) is cut to the room left after that prompt.
 """
 
 from __future__ import annotations
@@ -120,29 +118,12 @@ def encode_pair(
     return fit_lengths(prompt, response, max_length, leading_special_tokens(tokenizer, prompt))
 
 
-def capture_prompt_length(max_length: int) -> int:
-    """The most tokens a captured prompt keeps: ``max_length - max_length // 2``, so a
-    continuation after it always has ``max_length // 2`` tokens of room."""
-    if max_length < 2:
-        raise ValueError(f"max_length must be at least 2, got {max_length}")
-    return max_length - max_length // 2
-
-
-def _fit_capture_prompt(tokenizer, prompt: list[int], max_length: int) -> list[int]:
-    return keep_prompt_end(
-        prompt, capture_prompt_length(max_length), leading_special_tokens(tokenizer, prompt)
-    )
-
-
 def encode_prompt(tokenizer, pair: InstructionPair, max_length: int) -> list[int]:
-    """The prompt ids that captures read ``Zd``/``Zp`` at (its last token): the whole
-    prompt when it fits in ``capture_prompt_length(max_length)`` tokens, else cut to that
-    (its leading special tokens and its end kept, as ``fit_lengths`` cuts). They depend on
-    the prompt and ``max_length`` only; ``encode_probe_set`` uses the same ids."""
-    prompt, _ = tokenize_pair(tokenizer, pair)
-    if not prompt:
-        raise DataError(f"pair tokenizes to an empty prompt: {pair.prompt[:60]!r}")
-    return _fit_capture_prompt(tokenizer, list(prompt), max_length)
+    """The prompt ids that captures read ``Zd``/``Zp`` at (their last token): the prompt
+    as ``encode_pair`` fits it beside the pair's own response. They depend on the pair and
+    ``max_length`` only, so the probe path (which runs ``q + r+`` and ``q + r-`` after
+    them) and the paths that capture the prompt alone read the same position."""
+    return encode_pair(tokenizer, pair, max_length)[0]
 
 
 @dataclass(frozen=True)
@@ -162,18 +143,16 @@ def encode_probe_set(
 ) -> ProbeSequences:
     """Tokenize prompts, responses and the mined negatives (``pairs[negative_index[i]]``).
 
-    Pair ``i``'s prompt ids are ``encode_prompt(tokenizer, pairs[i], max_length)``, whatever
-    its negative; its response (``r+``) and the negative's response (``r-``), tokenized
-    after the prompt, each keep their first ``max_length - len(prompt)`` tokens.
+    Pair ``i``'s prompt ids and ``r+`` are ``encode_pair(tokenizer, pairs[i], max_length)``,
+    whatever its negative; ``r-`` (the negative's response tokenized after this prompt)
+    keeps its first ``max_length - len(prompt)`` tokens.
     """
     prompts, positives, negatives = [], [], []
     for pair, j in zip(pairs, negative_index, strict=True):
+        prompt, positive = encode_pair(tokenizer, pair, max_length)
         # tokenize_pair's prompt ids are the prompt's own tokenization, whatever follows it
-        prompt, positive = _tokenize(tokenizer, pair)
         _, negative = _tokenize(tokenizer, InstructionPair(pair.prompt, pairs[j].response))
-        prompt = _fit_capture_prompt(tokenizer, prompt, max_length)
-        room = max_length - len(prompt)
         prompts.append(prompt)
-        positives.append(positive[:room])
-        negatives.append(negative[:room])
+        positives.append(positive)
+        negatives.append(negative[: max_length - len(prompt)])
     return ProbeSequences(prompts, positives, negatives)

@@ -78,22 +78,18 @@ def test_without_a_bos_truncation_keeps_the_end_only():
     assert prompt == full_prompt[len(full_prompt) - len(prompt) :]
 
 
-def test_a_captured_prompt_leaves_half_the_length_to_any_continuation():
+def test_a_captured_prompt_is_fitted_beside_its_own_response():
     tokenizer = bos_tokenizer()
-    full_prompt, _ = encode_pair(tokenizer, long_pair(20), 10_000)
-    assert 100 < len(full_prompt) <= 200
-    assert encode_prompt(tokenizer, long_pair(20), 400) == full_prompt  # fits in 400 - 200
-    assert encode_prompt(tokenizer, long_pair(20), 399) == full_prompt  # in 399 - 199
-    for max_length, kept in ((200, 100), (65, 33), (64, 32), (3, 2), (2, 1)):
-        cut = encode_prompt(tokenizer, long_pair(20), max_length)
-        assert len(cut) == kept
-        if kept > 1:  # the BOS, then the prompt's end
-            assert cut[0] == tokenizer.bos_token_id
-            assert cut[1:] == full_prompt[len(full_prompt) - kept + 1 :]
-        else:  # one token: the end (the response marker) wins over the BOS
-            assert cut == full_prompt[-1:]
-    with pytest.raises(ValueError, match="max_length must be at least 2"):
-        encode_prompt(tokenizer, long_pair(20), 1)
+    pair = long_pair(20)
+    for max_length in (10_000, 200, 64, 2):
+        assert (
+            encode_prompt(tokenizer, pair, max_length)
+            == encode_pair(tokenizer, pair, max_length)[0]
+        )
+    full_prompt, full_response = encode_pair(tokenizer, pair, 10_000)
+    cut = encode_prompt(tokenizer, pair, 160)  # the 70-token response fits beside it
+    assert len(cut) == 160 - len(full_response) and cut[0] == tokenizer.bos_token_id
+    assert cut[1:] == full_prompt[len(full_prompt) - len(cut) + 1 :]
 
 
 def probe_pairs():
@@ -111,25 +107,23 @@ def probe_pairs():
 def test_probe_prompts_are_encode_prompt_whatever_the_negative(make_tokenizer):
     tokenizer = make_tokenizer()
     pairs = probe_pairs()
-    max_length = 96
-    want = [encode_prompt(tokenizer, p, max_length) for p in pairs]
+    max_length = 160
+    want = [encode_pair(tokenizer, p, max_length) for p in pairs]
+    assert [prompt for prompt, _ in want] == [
+        encode_prompt(tokenizer, p, max_length) for p in pairs
+    ]
     for negative_index in ([1, 2, 3, 0], [2, 0, 0, 2], [3, 3, 1, 1]):
         probe = encode_probe_set(tokenizer, pairs, negative_index, max_length)
-        assert probe.prompts == want, negative_index
+        assert list(zip(probe.prompts, probe.positives, strict=True)) == want, negative_index
         for i, (pair, j) in enumerate(zip(pairs, negative_index, strict=True)):
-            room = max_length - len(want[i])
-            assert room >= max_length // 2
-            positive = encode_pair(tokenizer, pair, 10_000)[1]
             negative = encode_pair(
                 tokenizer, InstructionPair(pair.prompt, pairs[j].response), 10_000
             )[1]
-            assert probe.positives[i] == positive[:room]  # the start of r+, cut to the room
-            assert probe.negatives[i] == negative[:room]
-    # the long response (pair 2) is cut to the room its prompt leaves, not another's
+            assert probe.negatives[i] == negative[: max_length - len(want[i][0])]
+    # pair 0's long prompt is cut for its own short response, not for pair 2's long one
     probe = encode_probe_set(tokenizer, pairs, [2, 2, 0, 1], max_length)
-    assert len(want[0]) == max_length - max_length // 2 > len(want[1])
-    assert len(probe.negatives[0]) == max_length // 2
-    assert len(probe.negatives[1]) == max_length - len(want[1]) > max_length // 2
+    assert len(probe.prompts[0]) == max_length - len(want[0][1]) > max_length // 2
+    assert len(probe.negatives[0]) == len(want[0][1]) < len(pairs[2].response)
 
 
 def test_a_tokenizer_that_appends_eos_ends_no_prompt_with_it():
