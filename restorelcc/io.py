@@ -23,7 +23,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual file mode
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; use the usual file mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -32,7 +32,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's file-mode mask, for giving temporary files and folders (made 0600 /
+    0700) the usual mode before they are renamed into place."""
     current = os.umask(0)
     os.umask(current)
     return current
@@ -92,7 +94,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-        os.chmod(target, 0o777 & ~_umask())  # mkdtemp creates 0700
+        os.chmod(target, 0o777 & ~current_umask())  # mkdtemp creates 0700
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -12,9 +12,13 @@ They replace ``nn.Linear`` submodules one for one, so each family's own attentio
   of the owner's fused output. The first view called runs the launch; the others called
   with the same tensor (same object, unmodified) take their slice of that result, so the
   usual ``q_proj(h); k_proj(h); v_proj(h)`` costs one launch. Any other call pattern
-  recomputes, so results are always right. Under ``torch.compile`` the model traces as
-  one graph with one q/k/v launch per layer; there "unmodified" is not checked (see
-  ``_version_of``).
+  recomputes. "Unmodified" is checked with the tensor's version counter, which two cases
+  lack (see ``_version_of``): under ``torch.compile`` (the model traces as one graph with
+  one q/k/v launch per layer) and for inference tensors (made under
+  ``torch.inference_mode``). There only identity is checked: code that modifies the
+  input in place between two projection calls (``q_proj(h); h.mul_(2); k_proj(h)``)
+  gets a k of the unmodified ``h``, so run such code under ``torch.no_grad`` instead.
+  Transformers' attention and MLP never do this.
 - ``SparseLinear``: a packed ``o_proj``; its bias (an existing bias, or the RestoreLCC
   compensation folded into it) is added in fp32 in the kernel's epilogue. Also what the
   MLP's ``down_proj`` becomes when the MLP is swapped too.
@@ -46,12 +50,13 @@ _NOT_TENSOR_FIELDS = ("info", "split_sizes")
 
 
 def _version_of(x: torch.Tensor) -> int | None:
-    """In-place modification counter (inference-mode tensors have none).
+    """In-place modification counter; None for inference tensors, which have none.
 
     None while torch.compile traces: dynamo cannot guard on a version, and comparing two
-    would break the graph at every q/k/v call. The traced code then relies on identity
+    would break the graph at every q/k/v call. In both cases the reuse relies on identity
     alone, which holds for transformers' attention (it never modifies the hidden states
-    between its q, k and v projections)."""
+    between its q, k and v projections). Recomputing instead would triple the q/k/v work
+    under inference mode, and comparing values would synchronise with the host."""
     if torch.compiler.is_compiling():
         return None
     try:
@@ -167,11 +172,15 @@ class PackedLinear(nn.Module):
     # State dicts: nn.Linear's keys and tensors, so save_pretrained writes a plain
     # checkpoint. Rows [rows] of the packed weight are one nn.Linear: all of them for
     # o_proj, one projection's for a q/k/v view.
+    # Rows short of the whole matrix are copied, so that a saved tensor does not keep the
+    # whole unpacked matrix (or bias) alive, nor torch.save write it for each projection.
     def _save_rows(self, rows: slice, has_bias: bool, destination, prefix, keep_vars) -> None:
-        destination[prefix + "weight"] = lcc_kernels.unpack(self._packed)[rows]
+        whole = rows == slice(0, self.out_features)
+        weight = lcc_kernels.unpack(self._packed)[rows]
+        destination[prefix + "weight"] = weight if whole else weight.clone()
         if has_bias:
             bias = self.bias if keep_vars else self.bias.detach()
-            destination[prefix + "bias"] = bias[rows]
+            destination[prefix + "bias"] = bias if whole else bias[rows].clone()
 
     def _load_rows(
         self, rows: slice, has_bias: bool, state_dict, prefix, strict, missing, unexpected, errors

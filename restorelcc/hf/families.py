@@ -133,6 +133,13 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     for part in family.layers_path.split("."):
         module = getattr(module, part, None)
         if module is None:
+            if type(model).__module__.split(".")[0] == "peft":
+                raise UnsupportedModelError(
+                    f"{type(model).__name__} is a peft model (adapters around a "
+                    f"{family.model_type} model): merge the adapters with "
+                    "model.merge_and_unload() first, or "
+                    "pass model.get_base_model() to leave them out"
+                )
             raise UnsupportedModelError(
                 f"{type(model).__name__} has no {family.layers_path!r}; expected a "
                 f"{family.model_type} causal LM"

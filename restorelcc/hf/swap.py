@@ -23,7 +23,14 @@ depends mostly on it. Rules, per group:
 - ``"2:4"``: every matrix must have at most 2 nonzeros in each group of 4 along K, else a
   ``SwapError`` names the layer, matrix, row and group. ``"bitmap"``: any pattern.
   ``"auto"``: 2:4 if every matrix of the group is 2:4, bitmap otherwise.
-- Everything is checked before anything is replaced, so a refused call changes nothing.
+- Everything is checked before anything is replaced, and a failure while packing puts back
+  the groups already replaced, so a refused or failed call leaves the model as it was (a
+  -0.0 weight comes back as +0.0, as with ``unswap_attention``). Groups are packed one at
+  a time, so each replaced ``nn.Linear`` is freed as the swap goes.
+- Hooks (forward, forward-pre, backward) on a projection would silently stop firing once
+  it is replaced, so a projection with hooks is refused (``SwapError`` naming it), and
+  ``unswap_attention`` likewise refuses swapped modules with hooks. Remove them first and
+  register them again on the new modules (a ``ProjectionView`` runs hooks like any module).
 
 Works on one model instance (no global state, no patched classes). ``unswap_attention``
 rebuilds ``nn.Linear`` modules whose weights equal the swapped ones bit for bit, except
@@ -42,6 +49,7 @@ from torch import nn
 
 import lcc_kernels
 from lcc_kernels.dispatch import BACKENDS
+from lcc_kernels.formats import check_bitmap_tile
 from restorelcc.errors import RestoreLCCError
 from restorelcc.hf import FORMATS, MIN_SPARSITY
 from restorelcc.hf.attention import (
@@ -191,8 +199,10 @@ def swap_attention(
     bitmap's bytes more (not counted in the report's bytes) for the faster decode path
     (``lcc_kernels.streams``); prefill still runs on the bitmap tiles.
     min_sparsity: the fraction of zeros from which a matrix counts as pruned (0 packs any
-    matrix with a zero). Raises ``SwapError`` for weights that do not fit, ``ValueError``
-    for bad arguments, ``UnsupportedModelError`` for unknown families.
+    matrix with a zero). Raises ``SwapError`` for weights that do not fit and projections
+    that are not plain ``nn.Linear`` modules (peft-wrapped, with hooks, offloaded to the
+    meta device), ``ValueError`` for bad arguments, ``UnsupportedModelError`` for unknown
+    families (and for a peft ``PeftModel``: merge or unwrap it first).
     """
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
@@ -200,6 +210,7 @@ def swap_attention(
         raise ValueError(f"min_sparsity must be in [0, 1), got {min_sparsity}")
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
+    check_bitmap_tile(bitmap_tile)
     family = family_of(model)
     blocks = decoder_layers(model)
     chosen = _check_layers(layers, len(blocks))
@@ -209,48 +220,68 @@ def swap_attention(
         for plan in _plan_layer(family, blocks[i], i, format, min_sparsity, mlp)
     ]
     report = SwapReport(format, backend, decode_streams=decode_streams, mlp=mlp)
+    installed: set[int] = set()
     plans.reverse()
-    while plans:  # popped, so each replaced nn.Linear is freed as the swap goes
-        plan = plans.pop()
-        report.groups.append(
-            _swap_group(blocks[plan.layer], plan, backend, bitmap_tile, decode_streams)
-        )
+    try:
+        while plans:  # popped, so each replaced nn.Linear is freed as the swap goes
+            plan = plans.pop()
+            result, module = _build_group(plan, backend, bitmap_tile, decode_streams)
+            if module is not None:
+                _install_group(blocks[plan.layer], plan.group, module)
+                installed.add(plan.layer)
+            report.groups.append(result)
+    except BaseException:
+        for i in sorted(installed):  # a failure the checks could not foresee: put back
+            _unswap_block(family, blocks[i])
+        raise
     return report
 
 
 def unswap_attention(model: nn.Module) -> list[int]:
     """Put back ``nn.Linear`` modules for every swapped projection (q/k/v/o and, if they
-    were swapped, the MLP's) in every swapped layer; returns those layers."""
+    were swapped, the MLP's) in every swapped layer; returns those layers. Raises
+    ``SwapError``, changing nothing, if a swapped module has hooks (they would be dropped)."""
     family = family_of(model)
-    restored = []
-    for index, block in enumerate(decoder_layers(model)):
-        changed = False
+    blocks = decoder_layers(model)
+    for index, block in enumerate(blocks):
         for group in _groups(family, mlp=True):
             owner = block.get_submodule(group.owner)
-            if group.packed is None:
-                name = group.projections[0]
-                module = getattr(owner, name, None)
-                if isinstance(module, SparseLinear):
-                    weight = lcc_kernels.unpack(module.packed)
-                    setattr(owner, name, _linear(weight, module.bias, _requires_grad(module, 0)))
-                    changed = True
-                continue
-            module = owner._modules.get(group.packed)
-            if not isinstance(module, PackedProjections):
-                continue
-            sizes = module.packed.split_sizes
-            weights = torch.split(lcc_kernels.unpack(module.packed), sizes)
-            biases = torch.split(module.bias, sizes) if module.bias is not None else None
-            for i, name in enumerate(group.projections):
-                bias = biases[i] if biases is not None and module.has_bias[i] else None
-                setattr(owner, name, _linear(weights[i], bias, _requires_grad(module, i)))
-            del owner._modules[group.packed]
-            changed = True
-        if changed:
-            restored.append(index)
+            for name in (*group.projections, group.packed):
+                module = owner._modules.get(name) if name else None
+                if isinstance(module, (PackedLinear, ProjectionView)):
+                    _check_no_hooks(module, f"layer {index} {group.owner}.{name}")
+    restored = [index for index, block in enumerate(blocks) if _unswap_block(family, block)]
     if not restored:
         raise ValueError(f"{type(model).__name__} has no swapped attention layer to unswap")
     return restored
+
+
+def _unswap_block(family: Family, block: nn.Module) -> bool:
+    """Put back ``nn.Linear`` modules for the swapped groups of one decoder block; returns
+    whether there were any."""
+    changed = False
+    for group in _groups(family, mlp=True):
+        owner = block.get_submodule(group.owner)
+        if group.packed is None:
+            name = group.projections[0]
+            module = getattr(owner, name, None)
+            if isinstance(module, SparseLinear):
+                weight = lcc_kernels.unpack(module.packed)
+                setattr(owner, name, _linear(weight, module.bias, _requires_grad(module, 0)))
+                changed = True
+            continue
+        module = owner._modules.get(group.packed)
+        if not isinstance(module, PackedProjections):
+            continue
+        sizes = module.packed.split_sizes
+        weights = torch.split(lcc_kernels.unpack(module.packed), sizes)
+        biases = torch.split(module.bias, sizes) if module.bias is not None else None
+        for i, name in enumerate(group.projections):
+            bias = biases[i] if biases is not None and module.has_bias[i] else None
+            setattr(owner, name, _linear(weights[i], bias, _requires_grad(module, i)))
+        del owner._modules[group.packed]
+        changed = True
+    return changed
 
 
 # ---------------------------------------------------------------------------- checks
@@ -290,14 +321,42 @@ def _plan_layer(
         linears = []
         for name in group.projections:
             module = getattr(owner, name, None)
-            if not isinstance(module, nn.Linear):
-                raise SwapError(
-                    f"layer {layer} {group.owner}.{name} is {type(module).__name__}, "
-                    "not an nn.Linear"
-                )
+            _check_replaceable(module, f"layer {layer} {group.owner}.{name}")
             linears.append(module)
         plans.append(_plan_group(layer, group, tuple(linears), format, min_sparsity))
     return plans
+
+
+def _check_replaceable(module: nn.Module | None, what: str) -> None:
+    """Raise ``SwapError`` unless ``module`` is a plain ``nn.Linear`` without hooks."""
+    if module is None:
+        raise SwapError(f"{what} is missing")
+    if not isinstance(module, nn.Linear):
+        cls = type(module)
+        hint = ""
+        if cls.__module__.split(".")[0] == "peft":
+            hint = "; a peft adapter wraps it: merge it first with model.merge_and_unload()"
+        raise SwapError(f"{what} is {cls.__module__}.{cls.__qualname__}, not an nn.Linear{hint}")
+    _check_no_hooks(module, what)
+
+
+HOOKS = {
+    "_forward_pre_hooks": "forward pre-hooks",
+    "_forward_hooks": "forward hooks",
+    "_backward_pre_hooks": "backward pre-hooks",
+    "_backward_hooks": "backward hooks",
+}
+
+
+def _check_no_hooks(module: nn.Module, what: str) -> None:
+    """Raise ``SwapError`` if ``module`` has hooks: replacing it would silently drop them."""
+    found = [kind for attribute, kind in HOOKS.items() if getattr(module, attribute, None)]
+    if found:
+        raise SwapError(
+            f"{what} has {' and '.join(found)}, which would stop firing once the module is "
+            "replaced: remove them (handle.remove()) first, and register them again on the "
+            "new module afterwards if needed"
+        )
 
 
 def _plan_group(
@@ -310,6 +369,12 @@ def _plan_group(
     weights = [m.weight.detach() for m in linears]
     where = [f"layer {layer} {group.owner}.{n}" for n in group.projections]
     for w, what in zip(weights, where, strict=True):
+        if w.device.type == "meta":
+            raise SwapError(
+                f"{what} has its weight on the meta device: the model's weights are "
+                "offloaded (device_map with CPU or disk offload); load the whole model onto "
+                "one device before swapping"
+            )
         if w.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             raise SwapError(f"{what} has dtype {w.dtype}; packed weights are fp16/bf16/fp32")
     sparsities = [float((w == 0).sum()) / w.numel() for w in weights]
@@ -360,13 +425,14 @@ def _not_24(weight: torch.Tensor) -> str | None:
 # ---------------------------------------------------------------------------- swap
 
 
-def _swap_group(
-    block: nn.Module,
+def _build_group(
     plan: _Plan,
     backend: str,
     tile: tuple[int, int],
     decode_streams: bool,
-) -> SwappedGroup:
+) -> tuple[SwappedGroup, PackedLinear | None]:
+    """The group's report row and its packed module (None for a "dense" group), built
+    without touching the model."""
     weights = [m.weight.detach() for m in plan.linears]
     shape = (sum(w.shape[0] for w in weights), weights[0].shape[1])
     nonzeros = sum(int((w != 0).sum()) for w in weights)
@@ -375,12 +441,10 @@ def _swap_group(
     density = nonzeros / (shape[0] * shape[1])
     result = SwappedGroup(plan.layer, group.name, plan.format, shape, density, before, before)
     if plan.format == "dense":
-        return result
+        return result, None
     packed = lcc_kernels.pack_many(weights, plan.format, tile=tile)
-    owner = block.get_submodule(group.owner)
     if group.packed is None:
         module = SparseLinear(packed, plan.linears[0].bias, backend, decode_streams=decode_streams)
-        setattr(owner, group.projections[0], module)
     else:
         has_bias = tuple(m.bias is not None for m in plan.linears)
         bias = None
@@ -395,16 +459,24 @@ def _swap_group(
                 ]
             )
         module = PackedProjections(packed, bias, has_bias, backend, decode_streams=decode_streams)
-        owner.add_module(group.packed, module)
-        for index, name in enumerate(group.projections):
-            setattr(owner, name, ProjectionView(module, index, name))
     # unswap gives back Parameters as trainable (or frozen) as the ones replaced
     module.linear_requires_grad = tuple(
         (m.weight.requires_grad, m.bias is not None and m.bias.requires_grad) for m in plan.linears
     )
     result.bytes_after = packed.nbytes
     result.bytes_streams = module.streams_bytes
-    return result
+    return result, module
+
+
+def _install_group(block: nn.Module, group: _Group, module: PackedLinear) -> None:
+    """Put ``module`` (from ``_build_group``) in place of the group's ``nn.Linear``s."""
+    owner = block.get_submodule(group.owner)
+    if group.packed is None:
+        setattr(owner, group.projections[0], module)
+        return
+    owner.add_module(group.packed, module)
+    for index, name in enumerate(group.projections):
+        setattr(owner, name, ProjectionView(module, index, name))
 
 
 def _requires_grad(module: nn.Module, index: int) -> tuple[bool, bool]:

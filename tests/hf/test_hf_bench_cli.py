@@ -1,7 +1,6 @@
 """``restorelcc bench`` and ``restorelcc.latency``: the timed calls compute what a plain
 forward computes, the logits check can fail, and the command's report and errors."""
 
-import copy
 import json
 import types
 
@@ -10,8 +9,6 @@ import torch
 from _hf_swap_helpers import attention, prune_attention, prune_mlp
 
 from restorelcc.cli import main
-from restorelcc.commands.bench import _check_logits
-from restorelcc.hf.swap import swap_attention
 from restorelcc.latency import decode_step, prefill, time_call
 from restorelcc.testing import byte_tokenizer, tiny_model
 
@@ -79,22 +76,53 @@ def test_time_call_on_the_cpu_counts_its_rounds():
         time_call(lambda: None, torch.device("cpu"), rounds=0)
 
 
-@torch.no_grad()
-def test_the_logits_check_fails_when_the_swap_changes_the_model():
-    model = prune_attention(tiny_model("llama-gqa"), "2:4")
-    ids = torch.randint(0, 256, (1, 10))
-    assert _check_logits(copy.deepcopy(model), ids, lambda: swap_attention(model))["ok"]
+def _swap_then_shift_rows(shift_where):
+    """A swap (as bench does it) that then adds 1e-3 to layer 1's o_proj output wherever
+    ``shift_where(output)`` says (a compensation applied twice, say)."""
+    import restorelcc.commands.bench as bench
 
-    def wrong_swap():
-        swap_attention(model_b)
-        attention(model_b, 1).o_proj.bias.add_(1e-3)  # a compensation applied twice, say
+    real = bench.swap_pruned_attention
 
-    model_b = prune_attention(tiny_model("llama-gqa"), "2:4")
-    for layer in range(2):
-        o_proj = attention(model_b, layer).o_proj
-        o_proj.bias = torch.nn.Parameter(torch.zeros(o_proj.out_features))
-    check = _check_logits(model_b, ids, wrong_swap)
-    assert not check["ok"] and check["error"] > check["limit"]
+    def swap(model, *args):
+        report = real(model, *args)
+        o_proj = attention(model, 1).o_proj
+
+        def shifted(x):  # an instance attribute: no hook, which unswap would refuse
+            out = type(o_proj).forward(o_proj, x)
+            return out + 1e-3 if shift_where(out) else out
+
+        o_proj.forward = shifted
+        return report
+
+    return swap
+
+
+@pytest.mark.parametrize(
+    ("shift_where", "failing"),
+    [
+        (lambda out: True, {"decode", "prefill"}),
+        (lambda out: out.shape[-2] == 1, {"decode"}),  # decode rows only: a decode-only plan
+    ],
+    ids=["everywhere", "decode-only"],
+)
+def test_the_logits_check_runs_on_each_timed_call(
+    pruned_dir, tmp_path, monkeypatch, capsys, shift_where, failing
+):
+    import restorelcc.commands.bench as bench
+
+    monkeypatch.setattr(bench, "swap_pruned_attention", _swap_then_shift_rows(shift_where))
+    out = tmp_path / "bench.json"
+    rc = main(
+        ["bench", "--model", str(pruned_dir), "--batches", "1", "2", "--context", "8",
+         "--prefill", "12", "--rounds", "1", "--quiet", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 1 and "logits check FAILED" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert not report["logits_check"]["ok"]
+    for row in report["rows"]:
+        check = row["logits_check"]
+        assert check["ok"] == (row["phase"] not in failing), row
+        assert check["ok"] or check["error"] > check["limit"]
 
 
 def test_bench_reports_swapped_and_linear_timings(pruned_dir, tmp_path, capsys):
@@ -122,6 +150,7 @@ def test_bench_reports_swapped_and_linear_timings(pruned_dir, tmp_path, capsys):
     for row in report["rows"]:
         assert row["speedup"] == row["linear_ms"] / row["swapped_ms"]
         assert row["linear"]["median_ms"] == row["linear_ms"] > 0
+        assert row["logits_check"]["ok"]
     assert report["weight_bytes"]["swapped"] < report["weight_bytes"]["linear"]
     swap = report["swap"]
     assert swap["bytes_after"] < swap["bytes_before"] and len(swap["groups"]) == 4
