@@ -10,10 +10,9 @@ restored ones and the tiny test models.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE, positive_count
 from restorelcc.eval.perplexity import (
@@ -33,6 +32,7 @@ from restorelcc.eval.tasks import (
     resolve_tasks,
     task_questions,
 )
+from restorelcc.hf.families import eval_mode
 
 __all__ = [
     "DEFAULT_TOKENS",
@@ -46,17 +46,6 @@ __all__ = [
     "perplexity_report",
     "resolve_tasks",
 ]
-
-
-@contextlib.contextmanager
-def eval_mode(model) -> Iterator[None]:
-    """Put ``model`` in eval mode for the block, then restore its training flag."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _mean_and_stderr(values: Sequence[float]) -> tuple[float, float | None]:

@@ -7,6 +7,8 @@ common decoder layout is one entry in ``FAMILIES``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -172,3 +174,15 @@ def o_proj_of(model: nn.Module, layer: int) -> nn.Linear:
 
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode (no dropout) for the block, then restore its training
+    flag."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

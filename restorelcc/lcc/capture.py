@@ -30,9 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from restorelcc.data import positive_count
-from restorelcc.evaluate import eval_mode
 from restorelcc.hf.cache import cache_kwargs
-from restorelcc.hf.families import head_geometry, model_device, o_proj_of
+from restorelcc.hf.families import eval_mode, head_geometry, model_device, o_proj_of
 from restorelcc.lcc.compat import to_pruned_heads
 from restorelcc.lcc.finite import check_finite_heads
 from restorelcc.lcc.tokens import ProbeSequences

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from restorelcc.data import InstructionPair
 from restorelcc.errors import DataError, NonFiniteError
-from restorelcc.hf.families import head_geometry, model_device
+from restorelcc.hf.families import eval_mode, head_geometry, model_device
 from restorelcc.lcc.capture import o_proj_taps, pad_right
 from restorelcc.lcc.finite import LOW_PRECISION_HINT
 from restorelcc.lcc.tokens import check_pairs, encode_pair
@@ -289,10 +289,8 @@ def train_response_lm(
     max_norm = config.max_grad_norm or math.inf  # inf: measured, not clipped
     tokens = 0
     start = time.perf_counter()
-    was_training = model.training
-    model.eval()  # no dropout: the run is deterministic for a seed
     validation = None
-    try:
+    with eval_mode(model):  # no dropout: the run is deterministic for a seed
         watched = _gradless(model, parameters)
         with frozen_except(model, parameters), context():
             if held_out:
@@ -331,8 +329,6 @@ def train_response_lm(
                     model, tokenizer, held_out, config.batch_size, config.max_length
                 )
                 validation = {"pairs": len(held_out), "before": before, "after": after}
-    finally:
-        model.train(was_training)
     return TrainResult(
         steps=steps,
         losses=losses,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from restorelcc.hf.families import Family, block_linear, decoder_layers
+from restorelcc.hf.families import Family, block_linear, decoder_layers, eval_mode
 from restorelcc.prune.calibrate import collect_input_stats, input_sharing_groups, walk_blocks
 from restorelcc.prune.magnitude import magnitude_mask
 from restorelcc.prune.report import PruneReport, checked_patterns, matrix_report
@@ -83,24 +83,17 @@ def prune_model(
     if note:  # OLMo 2/3: the kept heads change too (see structured.py)
         warnings.warn(note, stacklevel=2)
 
-    was_training = model.training
-    model.eval()
     start = time.perf_counter()
     structured = None
-    try:
-        with torch.no_grad():
-            if plan is not None:
-                structured = prune_structured(
-                    model, family, spec, plan, tokens, chunk_size, progress
-                )
-            elif spec.method == "magnitude":
-                _prune_magnitude(model, family, spec, progress)
-            else:
-                _prune_calibrated(
-                    model, family, spec, tokens, chunk_size, block_size, dampening, progress
-                )
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        if plan is not None:
+            structured = prune_structured(model, family, spec, plan, tokens, chunk_size, progress)
+        elif spec.method == "magnitude":
+            _prune_magnitude(model, family, spec, progress)
+        else:
+            _prune_calibrated(
+                model, family, spec, tokens, chunk_size, block_size, dampening, progress
+            )
     seconds = time.perf_counter() - start
 
     patterns = checked_patterns(spec.pattern)
