@@ -19,7 +19,8 @@ from suite_plans import (
 )
 from suite_runner import Runner, describe_error, exit_if_fatal
 
-from lcc_kernels.bench_report import SPARSE_KINDS, load_rows
+from lcc_kernels.acceptance import SPARSE_KINDS
+from lcc_kernels.bench_report import load_rows
 from lcc_kernels.dispatch import STREAMS_MAX_M
 
 

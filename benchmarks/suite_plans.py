@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from lcc_kernels.bench_report import (
+from lcc_kernels.acceptance import (
     DECODE_SPEEDUPS,
     SEMI_STRUCTURED_M,
     SPARSE_KINDS,

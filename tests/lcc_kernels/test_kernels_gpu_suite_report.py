@@ -6,7 +6,7 @@ import json
 import pytest
 from _suite_helpers import timing, write
 
-from lcc_kernels import bench_report
+from lcc_kernels import acceptance, bench_report
 
 SHAPE = "llama3-8b-o"
 H200 = {"gpu": "NVIDIA H200", "sm_count": 132, "copy_bandwidth_bytes_per_s": 4e12}
@@ -75,11 +75,11 @@ def test_large_m_is_judged_on_what_the_dispatcher_runs(tmp_path):
 def test_every_required_check_appears_unmeasured_without_rows(tmp_path):
     """Only M = 1 rows: the large-M, M = 16 and bias checks are still listed."""
     timings = [timing(SHAPE, 1, "dense", 20.0)]
-    timings += [timing(SHAPE, 1, "ours", 12.0, kind) for kind in bench_report.SPARSE_KINDS]
+    timings += [timing(SHAPE, 1, "ours", 12.0, kind) for kind in acceptance.SPARSE_KINDS]
     write(tmp_path, H200, timings)
     checks = bench_report.summarize(tmp_path)["acceptance"]
-    for shape in bench_report.MAIN_SHAPES:
-        for name, m, kind, threshold in bench_report.required_checks():
+    for shape in acceptance.MAIN_SHAPES:
+        for name, m, kind, threshold in acceptance.required_checks():
             found = [
                 c
                 for c in checks
@@ -127,10 +127,12 @@ def test_decode_speedup_is_judged_on_the_alternated_re_timing(tmp_path):
     assert bandwidth["measured"] == pytest.approx(2e6 / 6.45e-6 / 4e12, abs=1e-4)
 
 
-def test_median_of_an_even_count_is_the_mean_of_the_middle_two():
-    assert bench_report._median([1.00, 1.10]) == pytest.approx(1.05)
-    assert bench_report._median([3.0, 1.0, 2.0]) == 2.0
-    assert bench_report._median([4.0, 1.0, 3.0, 2.0]) == 2.5
+def test_retimed_rounds_give_their_median_mean_of_the_middle_two_when_even():
+    rounds = [timing(SHAPE, 1, "dense", us, round=r) for r, us in enumerate((4.0, 1.0, 3.0, 2.0))]
+    merged = acceptance.retimed(rounds, shape=SHAPE, m=1, provider="dense")
+    assert (merged["median_ms"], merged["rounds"]) == (pytest.approx(2.5e-3), 4)
+    assert acceptance.retimed(rounds[:3], provider="dense")["median_ms"] == pytest.approx(3e-3)
+    assert acceptance.retimed(rounds, provider="ours") is None
 
 
 def test_bias_cost_compares_the_medians_of_its_rounds(tmp_path):

@@ -21,7 +21,7 @@ from _suite_helpers import (
     suite_runner,
 )
 
-from lcc_kernels import bench_report
+from lcc_kernels import acceptance, bench_report
 from lcc_kernels.dispatch import Plan
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -182,7 +182,7 @@ def test_acceptance_times_every_required_row_before_optional_work():
             mine = [j for j in required if (j.shape, j.m) == (shape, m)]
             assert [j.provider for j in mine][:3] == ["dense", "cusparselt", "cutlass"]
             n, k = cfg.main_shapes[shape]
-            for kind in bench_report.SPARSE_KINDS:
+            for kind in acceptance.SPARSE_KINDS:
                 rules = suite_plans.rules_plans(kind, n, k, m, 132)
                 assert [j.plan for j in mine if (j.provider, j.kind) == ("ours", kind)] == rules
             (dense_triton,) = [j for j in mine if j.provider == "dense_triton"]
