@@ -1,0 +1,174 @@
+"""The 2:4 container, `Sparse24Weight`, and its pack / unpack / pattern check.
+
+For weights [N, K] with at most 2 nonzeros in every group of 4 along K:
+    values  [N, Kp/2]   the two kept values of each group, in K order (Kp = K padded to a
+                        multiple of K_ALIGN_24; the padding groups hold zeros)
+    meta    [N, Kp/32]  int32; the in-group index (0..3) of value slot j sits in bits
+                        2*(j % 16) .. 2*(j % 16)+1 of word j // 16
+    = 1.125 bytes per position in fp16/bf16 (kernels.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .format_common import (
+    FORMAT_24,
+    PACK_BAND,
+    SUPPORTED_DTYPES,
+    PackedContainer,
+    _check_split_sizes,
+    _pack_words,
+    _round_up,
+    _unpack_words,
+)
+
+# 2:4 rows are padded along K to a multiple of 64 positions: every row of `values` then
+# starts on a 64-byte boundary in fp16 (vector loads need 16) and no kernel K tile
+# (32..256 positions, a power of two) straddles a metadata word.
+K_ALIGN_24 = 64
+INDICES_PER_WORD = 16  # 2-bit in-group indices per int32 metadata word
+
+# Values are moved as integers of the same width: a float gather may rewrite NaN payloads
+# (bf16 on the CPU does).
+_SAME_SIZE_INT = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+}
+
+
+@dataclass(eq=False)
+class Sparse24Weight(PackedContainer):
+    """A 2:4 sparse weight of logical shape (N, K); see the module docstring for layout."""
+
+    values: torch.Tensor
+    meta: torch.Tensor
+    shape: tuple[int, int]
+    split_sizes: tuple[int, ...]
+    format: ClassVar[str] = FORMAT_24
+    TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("values", "meta")
+    INFO_FIELDS: ClassVar[tuple[str, ...]] = ("N", "K")
+    # Derived copies (dense, torch semi-structured) made on demand by the dispatcher.
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.shape = (int(self.shape[0]), int(self.shape[1]))
+        self.split_sizes = _check_split_sizes(self.split_sizes, self.shape[0])
+        self.validate_layout()
+
+    def _info(self) -> tuple[int, ...]:
+        return self.shape
+
+    @classmethod
+    def _fields_of_info(cls, info: list[int]) -> dict[str, Any]:
+        return {"shape": tuple(info)}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a kernel reads for the whole weight (values + metadata)."""
+        return self.values.numel() * self.values.element_size() + self.meta.numel() * 4
+
+    def validate_layout(self) -> None:
+        """Check dtypes, shapes, devices and contiguity (no data is read)."""
+        self._check_tensors_together()
+        n, k = self.shape
+        padded_k = _round_up(k, K_ALIGN_24)
+        if k % 4 or k <= 0 or n <= 0:
+            raise ValueError(f"2:4 weight needs N > 0 and K > 0 divisible by 4, got {self.shape}")
+        if self.values.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"2:4 values dtype must be fp16/bf16/fp32, got {self.values.dtype}")
+        if tuple(self.values.shape) != (n, padded_k // 2):
+            raise ValueError(
+                f"2:4 values must have shape {(n, padded_k // 2)} for weight shape {self.shape}, "
+                f"got {tuple(self.values.shape)}"
+            )
+        expected_meta = (n, padded_k // 2 // INDICES_PER_WORD)
+        if self.meta.dtype != torch.int32 or tuple(self.meta.shape) != expected_meta:
+            raise ValueError(
+                f"2:4 meta must be int32 of shape {expected_meta}, got "
+                f"{self.meta.dtype} {tuple(self.meta.shape)}"
+            )
+
+    def validate_data(self) -> None:
+        """Check that every group's two indices are distinct and in order, and that the
+        groups padding K to K_ALIGN_24 hold zeros (the kernels read them; reads the data)."""
+        n, k = self.shape
+        indices = _unpack_words(self.meta, 2, torch.uint8).view(n, -1, 2)
+        bad = indices[..., 0] >= indices[..., 1]
+        if bool(bad.any()):
+            row, group = bad.nonzero()[0].tolist()
+            raise ValueError(
+                f"2:4 meta is corrupt: row {row}, group {group} has in-group indices "
+                f"{indices[row, group].tolist()} (two distinct ascending indices expected)"
+            )
+        padding = self.values.view(n, -1, 2)[:, k // 4 :]
+        if bool((padding != 0).any()):  # NaN != 0 too
+            row = int((padding != 0).flatten(1).any(1).nonzero()[0, 0])
+            raise ValueError(
+                f"2:4 values are corrupt: row {row} holds nonzeros in the padding beyond "
+                f"K = {k} (the state dict's K does not match its values, or they were altered)"
+            )
+
+
+def _check_24(weight: torch.Tensor, name: str = "weight") -> None:
+    """Refuse a weight [N, K] that is not 2:4, naming its first bad group."""
+    n, k = weight.shape
+    if k % 4:
+        raise ValueError(f"2:4 needs K divisible by 4, got {name} of shape {(n, k)}")
+    nonzero = weight.reshape(n, k // 4, 4) != 0
+    counts = nonzero.sum(-1, dtype=torch.uint8)  # a bool sum would make int64 copies
+    violating = counts > 2
+    if bool(violating.any()):
+        row, group = violating.nonzero()[0].tolist()
+        raise ValueError(
+            f"{name} is not 2:4 sparse: row {row}, group {group} (columns {4 * group}.."
+            f"{4 * group + 3}) has {int(counts[row, group])} nonzeros; at most 2 of every 4 "
+            f"consecutive values along K may be nonzero ({int(violating.sum())} groups violate it)"
+        )
+
+
+def _pack_24(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense 2:4 weight [N, K] -> (values [N, Kp/2] in weight's dtype, meta [N, Kp/32]
+    int32), Kp = K rounded up to K_ALIGN_24. Raises ValueError if it is not 2:4. Packed
+    a band of rows (about PACK_BAND positions) at a time."""
+    _check_24(weight)
+    rows = max(1, PACK_BAND // _round_up(weight.shape[1], K_ALIGN_24))
+    bands = [_pack_24_band(weight[row : row + rows]) for row in range(0, weight.shape[0], rows)]
+    return torch.cat([values for values, _ in bands]), torch.cat([meta for _, meta in bands])
+
+
+def _pack_24_band(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [R, K] of a 2:4 weight -> (values [R, Kp/2], meta [R, Kp/32] int32)."""
+    n, k = weight.shape
+    padded_k = _round_up(k, K_ALIGN_24)
+    groups = F.pad(weight, (0, padded_k - k)).reshape(n, padded_k // 4, 4)
+    # Keep the nonzeros; groups with fewer than two also keep their first zero positions,
+    # so every group stores exactly two (index, value) pairs and unpack is exact.
+    position = torch.arange(4, dtype=torch.uint8, device=weight.device)
+    order_key = (groups == 0).to(torch.uint8) * 4 + position
+    keep = order_key.argsort(dim=-1)[..., :2].sort(dim=-1).values
+    integer = _SAME_SIZE_INT[weight.dtype]
+    bits = groups.view(integer).gather(-1, keep)
+    # A kept zero may be -0.0 (the sign bit alone): store +0.0, so that unpack gives +0.0 at
+    # every zero, as the bitmap format does. Compared as integers, NaN payloads are untouched.
+    bits.masked_fill_(bits == torch.iinfo(integer).min, 0)
+    values = bits.view(weight.dtype).reshape(n, padded_k // 2)
+    meta = _pack_words(keep.reshape(n, -1, INDICES_PER_WORD), 2)
+    return values, meta
+
+
+def _unpack_24(packed: Sparse24Weight) -> torch.Tensor:
+    """Sparse24Weight of shape (N, K) -> the dense weight [N, K] (contiguous); positions
+    that hold no value are +0.0."""
+    n, k = packed.shape
+    indices = _unpack_words(packed.meta, 2).view(n, -1, 2)
+    values = packed.values.view(n, -1, 2)
+    integer = _SAME_SIZE_INT[packed.dtype]
+    groups = torch.zeros(n, values.shape[1], 4, dtype=integer, device=packed.device)
+    groups.scatter_(-1, indices, values.view(integer))
+    return groups.view(packed.dtype).reshape(n, -1)[:, :k].contiguous()

@@ -1,0 +1,242 @@
+"""The bitmap container, `BitmapWeight`, for any sparsity pattern, and its pack / unpack.
+
+The matrix [N, K] is cut into tiles of tile_n rows x tile_k columns, stored tile by tile
+(row blocks outer, K tiles inner), so that one tile's data is contiguous, the order the
+kernels read it in:
+    bits    [T, tile_n*tile_k/32]  int32; bit b of word w in a tile's row r covers column
+                                   32*w + b of that row (words r*tile_k/32 ... of the tile)
+    values  [V]       the tile's nonzeros in row-major order, each tile's run starting at
+                      offsets[t] and padded to a multiple of VALUE_ALIGN elements
+    offsets [T]       int32 start of each tile's run in `values`
+Tiles are powers of two, tile_k >= 32. The kernels work on whole tiles; tiles of fewer
+than 16 rows cannot feed tl.dot, so their weights run the multiply-and-sum loop at every M.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .format_common import (
+    FORMAT_BITMAP,
+    PACK_BAND,
+    SUPPORTED_DTYPES,
+    PackedContainer,
+    _check_split_sizes,
+    _pack_words,
+    _round_up,
+    _unpack_words,
+)
+
+# 64 x 64 positions per bitmap tile: 512 bytes of bitmap and ~4 KB of fp16 values at 50%
+# per tile, a tl.dot-friendly block (>= 16) and two 32-bit words per row.
+DEFAULT_BITMAP_TILE = (64, 64)
+# Each tile's run of values starts on a multiple of 8 elements (16 bytes in fp16/bf16),
+# so a tile's values can be fetched with aligned vector loads.
+VALUE_ALIGN = 8
+
+
+def check_bitmap_tile(tile: tuple[int, int]) -> None:
+    """Refuse a tile that is not (tile_n, tile_k): Python ints, tile_n a power of two
+    >= 1 rows, tile_k a power of two >= 32 columns (one int32 bitmap word or more)."""
+    if not (
+        isinstance(tile, (tuple, list))
+        and len(tile) == 2
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in tile)
+    ):
+        raise ValueError(f"bitmap tile must be a pair of ints (rows, columns), got {tile!r}")
+    tile_n, tile_k = tile
+    if tile_n < 1 or tile_n & (tile_n - 1) or tile_k < 32 or tile_k & (tile_k - 1):
+        raise ValueError(
+            f"bitmap tile must be (power of two >= 1 rows, power of two >= 32 columns), got {tile}"
+        )
+
+
+@dataclass(eq=False)
+class BitmapWeight(PackedContainer):
+    """An unstructured sparse weight of logical shape (N, K) in tiled bitmap form."""
+
+    bits: torch.Tensor
+    values: torch.Tensor
+    offsets: torch.Tensor
+    shape: tuple[int, int]
+    tile: tuple[int, int]
+    nnz: int
+    split_sizes: tuple[int, ...]
+    format: ClassVar[str] = FORMAT_BITMAP
+    TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("bits", "values", "offsets")
+    INFO_FIELDS: ClassVar[tuple[str, ...]] = ("N", "K", "tile_n", "tile_k", "nnz")
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.shape = (int(self.shape[0]), int(self.shape[1]))
+        self.tile = (int(self.tile[0]), int(self.tile[1]))
+        self.nnz = int(self.nnz)
+        self.split_sizes = _check_split_sizes(self.split_sizes, self.shape[0])
+        self.validate_layout()
+
+    def _info(self) -> tuple[int, ...]:
+        return (*self.shape, *self.tile, self.nnz)
+
+    @classmethod
+    def _fields_of_info(cls, info: list[int]) -> dict[str, Any]:
+        n, k, tile_n, tile_k, nnz = info
+        return {"shape": (n, k), "tile": (tile_n, tile_k), "nnz": nnz}
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(row blocks, K tiles)."""
+        return -(-self.shape[0] // self.tile[0]), -(-self.shape[1] // self.tile[1])
+
+    @property
+    def density(self) -> float:
+        return self.nnz / (self.shape[0] * self.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a kernel reads for the whole weight (bitmap + values + offsets)."""
+        return (
+            self.bits.numel() * 4
+            + self.values.numel() * self.values.element_size()
+            + self.offsets.numel() * 4
+        )
+
+    def validate_layout(self) -> None:
+        """Check dtypes, shapes, devices and contiguity (no data is read)."""
+        self._check_tensors_together()
+        check_bitmap_tile(self.tile)
+        n, k = self.shape
+        if n <= 0 or k <= 0:
+            raise ValueError(f"bitmap weight needs a non-empty shape, got {self.shape}")
+        tiles = self.grid[0] * self.grid[1]
+        words = self.tile[0] * self.tile[1] // 32
+        if self.bits.dtype != torch.int32 or tuple(self.bits.shape) != (tiles, words):
+            raise ValueError(
+                f"bitmap bits must be int32 of shape {(tiles, words)}, got "
+                f"{self.bits.dtype} {tuple(self.bits.shape)}"
+            )
+        if self.offsets.dtype != torch.int32 or tuple(self.offsets.shape) != (tiles,):
+            raise ValueError(
+                f"bitmap offsets must be int32 of shape {(tiles,)}, got "
+                f"{self.offsets.dtype} {tuple(self.offsets.shape)}"
+            )
+        if self.values.dtype not in SUPPORTED_DTYPES or self.values.dim() != 1:
+            raise ValueError(
+                f"bitmap values must be a 1-D fp16/bf16/fp32 tensor, got "
+                f"{self.values.dtype} {tuple(self.values.shape)}"
+            )
+
+    def validate_data(self) -> None:
+        """Check offsets, alignment, nnz and padding against the bitmap (reads the data)."""
+        counts = _count_ones(self.bits).sum(-1)  # [T] int64
+        starts = self.offsets.to(torch.int64)
+        ends = starts + counts
+        if int(counts.sum()) != self.nnz:
+            raise ValueError(
+                f"bitmap nnz {self.nnz} does not match the bitmap ({int(counts.sum())})"
+            )
+        bad = (starts < 0) | (ends > self.values.numel()) | (starts % VALUE_ALIGN != 0)
+        bad[1:] |= starts[1:] < ends[:-1]
+        if bool(bad.any()):
+            tile = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"bitmap offsets are corrupt at tile {tile}: start {int(starts[tile])}, "
+                f"{int(counts[tile])} values, {self.values.numel()} values stored"
+            )
+        n, k = self.shape
+        padded_n, padded_k = self.grid[0] * self.tile[0], self.grid[1] * self.tile[1]
+        if (padded_n, padded_k) == (n, k):
+            return
+        outside = torch.ones(padded_n, padded_k, dtype=torch.bool, device=self.device)
+        outside[:n, :k] = False
+        padding = _pack_words(_tiles_of(outside, self.tile).view(len(counts), -1, 32), 1)
+        if bool((self.bits & padding).any()):
+            raise ValueError("bitmap marks nonzeros in the padding beyond the weight's shape")
+
+
+def _count_ones(words: torch.Tensor) -> torch.Tensor:
+    """[..., W] int32 words -> [..., W] int32 count of set bits in each."""
+    counts = torch.zeros_like(words)
+    for bit in range(32):
+        counts += (words >> bit) & 1
+    return counts
+
+
+def _tiles_of(matrix: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:
+    """Padded [Np, Kp] -> [T, tile_n * tile_k], tiles row blocks outer, K tiles inner."""
+    tile_n, tile_k = tile
+    rows, cols = matrix.shape
+    blocks = matrix.reshape(rows // tile_n, tile_n, cols // tile_k, tile_k).permute(0, 2, 1, 3)
+    return blocks.reshape(-1, tile_n * tile_k)
+
+
+def _pack_bitmap(
+    weight: torch.Tensor, tile: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Dense weight [N, K] -> (bits [T, tile_n*tile_k/32] int32, values [V] in weight's
+    dtype, offsets [T] int32, nnz), T = ceil(N/tile_n) * ceil(K/tile_k) tiles.
+
+    Packed a band of whole row blocks (about PACK_BAND positions) at a time; the output is
+    built twice over (the bands' values, then joined)."""
+    tile_n, tile_k = tile
+    rows = max(1, PACK_BAND // (tile_n * _round_up(weight.shape[1], tile_k))) * tile_n
+    bits, values, offsets, nnz, total = [], [], [], 0, 0
+    for row in range(0, weight.shape[0], rows):
+        band_bits, band_values, band_starts, band_nnz = _pack_band(weight[row : row + rows], tile)
+        if total + band_values.numel() >= 2**31:
+            raise ValueError(
+                f"weight {tuple(weight.shape)} has too many nonzeros for int32 tile offsets"
+            )
+        bits.append(band_bits)
+        values.append(band_values)
+        offsets.append((band_starts + total).to(torch.int32))
+        nnz += band_nnz
+        total += band_values.numel()
+    if total == 0:  # an all-zero weight: keep one aligned run of zeros to point at
+        values = [weight.new_zeros(VALUE_ALIGN)]
+    return torch.cat(bits), torch.cat(values), torch.cat(offsets), nnz
+
+
+def _pack_band(
+    band: torch.Tensor, tile: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Rows [R, K] of a weight -> (bits [t, tile_n*tile_k/32] int32, values [v], starts [t]
+    int64 into values, nnz) for its t tiles, R padded to whole row blocks."""
+    rows, k = band.shape
+    pad_n, pad_k = _round_up(rows, tile[0]) - rows, _round_up(k, tile[1]) - k
+    tiles = _tiles_of(F.pad(band, (0, pad_k, 0, pad_n)), tile)  # [t, tile_n * tile_k]
+    mask = tiles != 0
+    # The place of each nonzero in `values`: its tile's start plus its rank in the tile.
+    place = mask.to(torch.int32)
+    place.cumsum_(-1)  # in place: cumsum(mask, dtype=int32) makes a second copy
+    counts = place[:, -1].to(torch.int64)
+    slots = (counts + VALUE_ALIGN - 1) // VALUE_ALIGN * VALUE_ALIGN
+    starts = torch.cumsum(slots, 0) - slots
+    place += (starts - 1).to(torch.int32).unsqueeze(-1)
+    values = tiles.new_zeros(int(slots.sum()))
+    values[place[mask]] = tiles[mask]
+    bits = _pack_words(mask.view(mask.shape[0], -1, 32), 1)
+    return bits, values, starts, int(counts.sum())
+
+
+def _unpack_bitmap(packed: BitmapWeight) -> torch.Tensor:
+    """BitmapWeight of shape (N, K) -> the dense weight [N, K] (contiguous); positions
+    that hold no value are +0.0."""
+    # One gather, static shapes only (no boolean indexing), so the reference path built on
+    # this traces under torch.compile(fullgraph=True). Pruned positions gather a +0.0
+    # appended to the values. int32 indices and index_select: int64 ones, a where or a
+    # masked_fill over every position each cost more than the rest (CPU, every call).
+    mask = _unpack_words(packed.bits, 1, torch.int32)  # [tiles, tile_n * tile_k]
+    rank = torch.cumsum(mask, -1, dtype=torch.int32)
+    zero_slot = packed.values.numel()
+    source = (packed.offsets.unsqueeze(-1) + (rank - 1 - zero_slot)) * mask + zero_slot
+    values = torch.cat([packed.values, packed.values.new_zeros(1)])
+    tiles = values.index_select(0, source.flatten()).view(source.shape)
+    row_blocks, k_tiles = packed.grid
+    tile_n, tile_k = packed.tile
+    dense = tiles.reshape(row_blocks, k_tiles, tile_n, tile_k).permute(0, 2, 1, 3)
+    n, k = packed.shape
+    return dense.reshape(row_blocks * tile_n, k_tiles * tile_k)[:n, :k].contiguous()

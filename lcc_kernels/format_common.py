@@ -1,0 +1,225 @@
+"""What the 2:4 and bitmap containers share: format names, int32 word packing, the
+split_sizes check, and `PackedContainer` (dtype / device, `.to()`, state dicts).
+
+A state dict holds tensors only (safetensors-friendly):
+    info         int64 [1 + F]  format id, then the container's F `INFO_FIELDS` (N, K, ...)
+    split_sizes  int64 [P]      rows of each of the P weights packed side by side
+    <field>      the container's `TENSOR_FIELDS` under their own names
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import operator
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+FORMAT_24 = "2:4"
+FORMAT_BITMAP = "bitmap"
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FORMAT_IDS = {FORMAT_24: 1, FORMAT_BITMAP: 2}
+# Positions of a weight that pack compresses at a time (a band of whole rows, or of whole
+# row blocks): 2**20 keep its int64, int32 and bool working copies to a few tens of MiB
+# whatever the weight's size (all of them at once took ~14x the fp16 weight).
+PACK_BAND = 1 << 20
+
+_Container = TypeVar("_Container", bound="PackedContainer")
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _pack_words(fields: torch.Tensor, bits_per_field: int) -> torch.Tensor:
+    """[..., W, 32 // bits_per_field] small ints -> [..., W] int32 words (two's complement).
+
+    Field i lands in bits i*bits_per_field... of its word. Accumulated one field at a time,
+    so the int64 working copy is [..., W], not the size of `fields`."""
+    words = torch.zeros(fields.shape[:-1], dtype=torch.int64, device=fields.device)
+    for i in range(fields.shape[-1]):
+        words |= fields[..., i].to(torch.int64) << (i * bits_per_field)
+    words = torch.where(words >= 2**31, words - 2**32, words)
+    return words.to(torch.int32)
+
+
+def _unpack_words(
+    words: torch.Tensor, bits_per_field: int, dtype: torch.dtype = torch.int64
+) -> torch.Tensor:
+    """[..., W] int32 words -> [..., W * 32 // bits_per_field] fields, as `dtype`."""
+    per_word = 32 // bits_per_field
+    shifts = torch.arange(per_word, dtype=torch.int32, device=words.device) * bits_per_field
+    # Shifted in int32: the sign bits an arithmetic shift brings in are masked off.
+    fields = (words.unsqueeze(-1) >> shifts) & ((1 << bits_per_field) - 1)
+    return fields.flatten(-2).to(dtype)
+
+
+def _is_integer(tensor: torch.Tensor) -> bool:
+    dtype = tensor.dtype
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
+def _size(value) -> int:
+    if isinstance(value, bool):  # operator.index would take True as 1
+        raise TypeError("a bool is not a size")
+    return operator.index(value)
+
+
+def _check_split_sizes(split_sizes, n: int) -> tuple[int, ...]:
+    """`split_sizes` as a tuple of ints, checked to be positive and to sum to N = n."""
+    try:
+        sizes = tuple(_size(s) for s in split_sizes)
+    except TypeError as error:
+        raise ValueError(f"split_sizes must be a sequence of ints, got {split_sizes!r}") from error
+    if not sizes or any(s <= 0 for s in sizes) or sum(sizes) != n:
+        raise ValueError(f"split_sizes {sizes} must be positive and sum to N = {n}")
+    return sizes
+
+
+def state_format_id(state: Mapping[str, torch.Tensor]) -> int:
+    """The format id that ``state["info"]`` starts with, once ``info`` is known to be a
+    non-empty integer tensor holding data."""
+    if not isinstance(state, Mapping):
+        raise ValueError(
+            f"a packed weight state dict must map names to tensors, got {type(state).__name__}"
+        )
+    info = state.get("info")
+    if info is None or (isinstance(info, torch.Tensor) and info.numel() == 0):
+        raise ValueError("not a packed weight state dict: no 'info' entry (format id first)")
+    _check_entry("info", info, "packed weight")
+    if not _is_integer(info):
+        raise ValueError(
+            f"packed weight state dict 'info' must be 1-D integers (format id first), "
+            f"got {info.dtype} of shape {tuple(info.shape)}"
+        )
+    return int(info.flatten()[0])
+
+
+def _check_entry(name: str, value: Any, format: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(
+            f"{format} state dict entry {name!r} must be a torch.Tensor, got {type(value).__name__}"
+        )
+    if value.device.type == "meta":
+        raise ValueError(f"{format} state dict entry {name!r} is on the meta device (no data)")
+
+
+class PackedContainer(abc.ABC):
+    """Base of the containers (dataclasses with a `values` tensor, a logical `shape`
+    (N, K) and `split_sizes`): dtype and device, `.to()`, state dicts, and the device and
+    contiguity checks of their tensors. Subclasses name their tensors (`TENSOR_FIELDS`)
+    and the ints that `info` stores after the format id (`INFO_FIELDS`)."""
+
+    format: ClassVar[str]
+    TENSOR_FIELDS: ClassVar[tuple[str, ...]]
+    INFO_FIELDS: ClassVar[tuple[str, ...]]
+    values: torch.Tensor
+    shape: tuple[int, int]
+    split_sizes: tuple[int, ...]
+
+    @abc.abstractmethod
+    def _info(self) -> tuple[int, ...]:
+        """The ints stored in `info` after the format id, in `INFO_FIELDS` order."""
+
+    @classmethod
+    @abc.abstractmethod
+    def _fields_of_info(cls, info: list[int]) -> dict[str, Any]:
+        """Constructor arguments (other than tensors and split_sizes) from `_info()`."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def _check_tensors_together(self) -> None:
+        """Every tensor field is a tensor, on the values' device and contiguous."""
+        for name in self.TENSOR_FIELDS:
+            tensor = getattr(self, name)
+            if not isinstance(tensor, torch.Tensor):
+                raise ValueError(
+                    f"{self.format} {name} must be a torch.Tensor, got {type(tensor).__name__}"
+                )
+        for name in self.TENSOR_FIELDS:
+            tensor = getattr(self, name)
+            if tensor.device != self.values.device:
+                raise ValueError(
+                    f"{self.format} {name} on {tensor.device} but values on {self.values.device}"
+                )
+            if not tensor.is_contiguous():
+                raise ValueError(f"{self.format} {name} must be contiguous")
+
+    def to(self: _Container, device: torch.device | str | int) -> _Container:
+        """The same weight with every tensor on `device`. A device only: the values keep the
+        dtype they were packed in (to change it, pack the unpacked weight again)."""
+        name = type(self).__name__
+        if isinstance(device, torch.dtype):
+            raise ValueError(
+                f"{name}.to() takes a device, got the dtype {device}; to change the dtype, "
+                f"pack again: pack(unpack(weight).to({device}), ...)"
+            )
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"{name}.to() takes a device, got {device!r}") from error
+        moved = {field: getattr(self, field).to(device) for field in self.TENSOR_FIELDS}
+        return dataclasses.replace(self, cache={}, **moved)
+
+    def to_state_dict(self) -> dict[str, torch.Tensor]:
+        """Copies of the tensors plus `info` int64 [1 + len(INFO_FIELDS)] and `split_sizes`
+        int64 [P] (see the module docstring)."""
+        return {
+            "info": torch.tensor([FORMAT_IDS[self.format], *self._info()], dtype=torch.int64),
+            "split_sizes": torch.tensor(self.split_sizes, dtype=torch.int64),
+            **{name: getattr(self, name).clone() for name in self.TENSOR_FIELDS},
+        }
+
+    @classmethod
+    def from_state_dict(cls: type[_Container], state: Mapping[str, torch.Tensor]) -> _Container:
+        """Rebuild from `to_state_dict()` output. Refuses missing, unexpected or malformed
+        entries by name, then checks the layout and the data (`validate_data`). The
+        container uses the state's tensors (made contiguous), not copies."""
+        format_id = state_format_id(state)
+        if format_id != FORMAT_IDS[cls.format]:
+            raise ValueError(
+                f"state dict holds packed format id {format_id}, not {cls.format!r} "
+                f"(id {FORMAT_IDS[cls.format]})"
+            )
+        expected = ("info", "split_sizes", *cls.TENSOR_FIELDS)
+        missing = [name for name in expected if name not in state]
+        if missing:
+            raise ValueError(f"{cls.format} state dict lacks {', '.join(map(repr, missing))}")
+        unexpected = [name for name in state if name not in expected]
+        if unexpected:
+            raise ValueError(
+                f"{cls.format} state dict has unexpected entries "
+                f"{', '.join(map(repr, unexpected))} (expected {', '.join(map(repr, expected))})"
+            )
+        for name in expected:
+            _check_entry(name, state[name], cls.format)
+        info, sizes = state["info"], state["split_sizes"]
+        if info.dim() != 1 or info.numel() != 1 + len(cls.INFO_FIELDS):
+            raise ValueError(
+                f"{cls.format} state dict 'info' must be 1-D integers (format id, "
+                f"{', '.join(cls.INFO_FIELDS)}), got {info.dtype} of shape {tuple(info.shape)}"
+            )
+        if sizes.dim() != 1 or not _is_integer(sizes):
+            raise ValueError(
+                f"{cls.format} state dict 'split_sizes' must be 1-D integers (rows of each "
+                f"packed weight), got {sizes.dtype} of shape {tuple(sizes.shape)}"
+            )
+        weight = cls(
+            **{name: state[name].contiguous() for name in cls.TENSOR_FIELDS},
+            **cls._fields_of_info([int(v) for v in info[1:].tolist()]),
+            split_sizes=tuple(int(s) for s in sizes.tolist()),
+        )
+        weight.validate_data()
+        return weight
+
+    @abc.abstractmethod
+    def validate_data(self) -> None:
+        """Check the stored data against the layout (reads the data)."""
