@@ -96,6 +96,8 @@ def make_dense(
 
 
 def packed_kind(kind: str) -> str:
+    """The format a weight of `kind` (a KINDS key) is packed in: "2:4" or "bitmap" ("dense"
+    for the unpruned kind, which is never packed)."""
     return KINDS[kind][0]
 
 
@@ -342,7 +344,7 @@ def environment(device, commit: str | None = None) -> dict:
             l2_bytes=props.L2_cache_size,
             memory_bytes=props.total_memory,
             cuda=torch.version.cuda,
-            capability=list(torch.cuda.get_device_capability()),
+            capability=list(torch.cuda.get_device_capability(device)),
         )
     else:
         info.update(gpu="cpu", sm_count=0, l2_bytes=0, cuda=None)

@@ -7,9 +7,11 @@ re-summarised (and drawn, ``bench_plot``):  python -m lcc_kernels.bench_report R
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from .acceptance import TORCH_24_PROVIDERS, acceptance_checks, fastest
@@ -70,6 +72,9 @@ def build_dispatch_table(out: Path) -> dict:
 def _table(env: dict, all_rows: list[dict]) -> dict:
     """The dispatch table of a run's timing rows (untagged: one job each, bias fused)."""
     timings = [r for r in all_rows if r["status"] == "ok" and r["bias"] and not r.get("tag")]
+    # An "ours" row without a plan (the dispatcher chose at call time) names no plan to
+    # record, nor a bitmap tile to key it by: it cannot become an entry.
+    timings = [r for r in timings if r["provider"] != "ours" or r["plan"] is not None]
     entries = []
     problems = sorted({(r["shape"], r["n"], r["k"], r["m"], r["dtype"]) for r in timings})
     for shape, n, k, m, dtype in problems:
@@ -170,10 +175,26 @@ def write_results(out: Path) -> dict:
 
 
 def _write_json(path: Path, data) -> None:
-    """Through a temporary file and a rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    """Through a temporary file of its own in the same directory, flushed to disk, and a
+    rename, so a reader never sees half a file; the temporary file goes if anything fails."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(data, indent=2))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; results are shared files
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def main(argv=None) -> int:

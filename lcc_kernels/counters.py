@@ -58,10 +58,16 @@ class DeviceCounters:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def for_stream(self, stream: int, count: int) -> torch.Tensor:
+        """At least `count` int32 counters (zero between launches) for an eager launch on
+        `stream` (a raw stream handle; 0 on a CPU): the stream's own block, grown if too
+        small. Also renews the capture reserve once half of it is spent."""
         with self.lock:
             return self._for_stream(stream, count)
 
     def for_capture(self, count: int) -> torch.Tensor:
+        """`count` zeroed int32 counters [count] for a launch being captured in a CUDA
+        graph, never handed out again: carved from the reserve, or (reserve missing or
+        too small) zeros allocated, and written, inside the graph."""
         with self.lock:
             return self._for_capture(count)
 

@@ -13,36 +13,81 @@ A `Plan` names a backend and, for the Triton paths, its launch configuration:
 `choose_plan` looks the problem up in measured tables first, keyed by device name, format
 (bitmap: its tile and density), dtype, N, K and an M bucket (the next power of two of M,
 capped at 4096, so new sequence lengths never trigger new tuning). Tables are the JSON
-that `benchmarks/gpu_suite.py` writes (`dispatch_table.json`); they are loaded with
-`load_table(path)`, or from the files listed in the LCC_KERNELS_DISPATCH_TABLE
-environment variable (os.pathsep-separated) on the first CUDA dispatch. Without a
-measured entry, `default_plan` applies fixed rules, which never pick the backends that
-cache a second copy of the weight (a measured table may: the dense copy costs 2 bytes per
-weight position, the streams ~1.1x the bitmap's bytes), unless the caller opts in with
-`decode_streams`: then bitmap weights take the streams backend up to STREAMS_MAX_M rows.
-fp16 and bf16 entries stand in for each other. On a CPU the backend is always
-`reference`, unless a caller forces a Triton path (then the kernels must be interpreted:
-TRITON_INTERPRET=1). Inside the custom ops (under torch.compile) the choice is restricted
-to the plans they can run (`triton_only`): the Triton ones, and streams where the op was
-given a layout (`decode_streams`).
+that `benchmarks/gpu_suite.py` writes (`dispatch_table.json`), loaded with
+`load_table(path)` or from the files listed in the LCC_KERNELS_DISPATCH_TABLE environment
+variable (os.pathsep-separated): those are read at the first `plan_for_key` (a CUDA
+dispatch, a forced backend, or a custom-op call on any device) or table registration;
+dispatch_table.py reads, checks and merges them, and they are registered once all of them
+load. Without a measured entry, `default_plan` applies fixed rules, which never pick the
+backends that cache a second copy of the weight (a measured table may: the dense copy
+costs 2 bytes per weight position, the streams ~1.1x the bitmap's bytes), unless the
+caller opts in with `decode_streams`: then bitmap weights take the streams backend up to
+STREAMS_MAX_M rows. fp16 and bf16 entries stand in for each other. On a CPU the backend is
+always `reference`, unless a caller forces a Triton path (then the kernels must be
+interpreted: TRITON_INTERPRET=1). Inside the custom ops (under torch.compile) the choice
+is restricted to the plans they can run (`triton_only`): the Triton ones, and streams
+where the op was given a layout (`decode_streams`).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+import threading
+from dataclasses import replace
 
 import torch
 
+from .dispatch_table import (
+    BACKENDS,
+    DENSITY_TOLERANCE,
+    MAX_M_BUCKET,
+    TABLE_ENV,
+    TABLE_SCHEMA,
+    DispatchTable,
+    Plan,
+    WeightKey,
+    m_bucket,
+    read_env_tables,
+    read_table,
+    warn_if_foreign,
+)
 from .streams import GROUP_ENTRIES, step_bits_for
 
-BACKENDS = ("skinny", "tiled", "dense", "semi_structured", "streams", "reference")
+# Plans, keys and reading tables live in dispatch_table; they are used from here too.
+__all__ = [
+    "BACKENDS",
+    "DENSITY_TOLERANCE",
+    "MAX_M_BUCKET",
+    "MAX_SPLIT_K",
+    "SKINNY_MAX_M",
+    "STREAMS_MAX_M",
+    "TABLE_ENV",
+    "TABLE_SCHEMA",
+    "TRITON_BACKENDS",
+    "DispatchTable",
+    "Plan",
+    "WeightKey",
+    "capturing",
+    "choose_plan",
+    "clear_tables",
+    "default_plan",
+    "device_info",
+    "load_table",
+    "m_bucket",
+    "plan_for",
+    "plan_for_key",
+    "read_env_tables",
+    "read_table",
+    "register_table",
+    "skinny_stages",
+    "split_k_for",
+    "streams_block_m",
+    "streams_plan",
+    "with_weight_tile",
+]
+
 TRITON_BACKENDS = ("skinny", "tiled")
-TABLE_SCHEMA = "lcc_kernels.dispatch/1"
-TABLE_ENV = "LCC_KERNELS_DISPATCH_TABLE"
 
 # Up to this many rows the weight read dominates (decode); the skinny split-K path keeps
 # every SM busy there, where the tiled path would launch only N/BLOCK_N programs.
@@ -53,8 +98,6 @@ SKINNY_PROGRAMS_PER_SM = 4
 # More splits than this only adds partial-tile traffic: at K = 8192 and 64-wide K tiles,
 # 32 splits already leave 4 tiles per program.
 MAX_SPLIT_K = 32
-# M bucket cap: above 4096 rows every problem is compute-bound and tiles no longer change.
-MAX_M_BUCKET = 4096
 # The streams backend's cost per kept value grows with the rows of x it multiplies (one
 # gathered x element each): ~11-13 SASS instructions per value at M = 1, ~25-30 at M = 4
 # (compile_report.py), so beyond a few rows the bitmap tiles win.
@@ -64,64 +107,7 @@ STREAMS_MIN_GROUPS = 4
 # Streams programs per SM to aim for (4 warps each, 32 registers a thread): twice the
 # skinny path's, as each iteration's x gathers wait on its weight loads (two round trips).
 STREAMS_PROGRAMS_PER_SM = 8
-# Bitmap table entries match a weight whose density is within this of theirs.
-DENSITY_TOLERANCE = 0.1
 _CPU_SM_COUNT = 4  # split-K heuristic on a CPU (interpreter): a few splits, still quick
-_SAME_WIDTH = {"float16": ("bfloat16",), "bfloat16": ("float16",)}
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How to run one call. Block sizes are powers of two; for bitmap weights block_n and
-    block_k are replaced by the weight's tile. block_m < 16 on the skinny path selects
-    multiply + tl.sum instead of tl.dot. A streams plan reads block_m (1, 2 or 4 rows of
-    x per program), block_n (weight rows per program, one per lane), split_k (segments
-    of each row's stream), num_warps, num_stages and serial_reduction; not block_k."""
-
-    backend: str
-    block_m: int = 16
-    block_n: int = 64
-    block_k: int = 64
-    split_k: int = 1
-    num_warps: int = 4
-    num_stages: int = 3
-    group_m: int = 8
-    serial_reduction: bool = True
-    semi_structured: str = "cusparselt"
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; expected one of {BACKENDS}")
-        for name in ("block_m", "block_n", "block_k", "num_warps"):
-            value = getattr(self, name)
-            if value < 1 or value & (value - 1):
-                raise ValueError(f"Plan.{name} must be a power of two, got {value}")
-        if self.split_k < 1 or self.num_stages < 1 or self.group_m < 1:
-            raise ValueError(f"Plan split_k, num_stages and group_m must be >= 1: {self}")
-        if self.semi_structured not in ("cusparselt", "cutlass"):
-            raise ValueError(
-                f"Plan.semi_structured must be 'cusparselt' or 'cutlass', "
-                f"got {self.semi_structured!r}"
-            )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Plan:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown Plan fields {sorted(unknown)}")
-        return cls(**data)
-
-
-def m_bucket(m: int) -> int:
-    """Next power of two of m, capped at MAX_M_BUCKET (1 for m <= 1)."""
-    bucket = 1
-    while bucket < m and bucket < MAX_M_BUCKET:
-        bucket *= 2
-    return bucket
 
 
 def split_k_for(output_tiles: int, k_tiles: int, sm_count: int) -> int:
@@ -133,117 +119,51 @@ def split_k_for(output_tiles: int, k_tiles: int, sm_count: int) -> int:
     return -(-k_tiles // tiles_per_split)
 
 
-@dataclass(frozen=True)
-class WeightKey:
-    """What a table entry is measured for (besides the device and M)."""
-
-    format: str  # "2:4" or "bitmap"
-    dtype: str  # "float16", "bfloat16", "float32"
-    n: int
-    k: int
-    tile: tuple[int, int] | None = None  # bitmap only
-    density: float | None = None  # bitmap only
-
-    @classmethod
-    def of(cls, weight, dtype: torch.dtype) -> WeightKey:
-        dtype_name = str(dtype).removeprefix("torch.")
-        if weight.format == "bitmap":
-            return cls("bitmap", dtype_name, *weight.shape, weight.tile, weight.density)
-        return cls(weight.format, dtype_name, *weight.shape)
-
-
-class DispatchTable:
-    """Measured plans for one device, per (format, dtype, N, K, tile, density) and M bucket."""
-
-    def __init__(self, device: str, entries: list[dict], meta: dict | None = None) -> None:
-        self.device = device
-        self.meta = meta or {}
-        self._plans: dict[tuple, dict[int, Plan]] = {}
-        for entry in entries:
-            key = self._entry_key(entry)
-            self._plans.setdefault(key, {})[int(entry["m_bucket"])] = Plan.from_dict(entry["plan"])
-
-    @staticmethod
-    def _entry_key(entry: dict) -> tuple:
-        tile = density = None
-        if entry["format"] == "bitmap":
-            if not entry.get("tile") or entry.get("density") is None:
-                raise ValueError(f"bitmap table entries need a tile and density: {entry}")
-            tile, density = tuple(int(v) for v in entry["tile"]), float(entry["density"])
-        return (entry["format"], entry["dtype"], int(entry["n"]), int(entry["k"]), tile, density)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DispatchTable:
-        if data.get("schema") != TABLE_SCHEMA:
-            raise ValueError(
-                f"dispatch table schema is {data.get('schema')!r}, expected {TABLE_SCHEMA!r}"
-            )
-        if not isinstance(data.get("device"), str) or not isinstance(data.get("entries"), list):
-            raise ValueError("dispatch table needs a 'device' string and an 'entries' list")
-        meta = {k: v for k, v in data.items() if k not in ("entries",)}
-        return cls(data["device"], data["entries"], meta)
-
-    def lookup(self, key: WeightKey, m: int) -> Plan | None:
-        # fp16 and bf16 move the same bytes through the same instructions: either one's
-        # measurements stand in for the other's when only one was measured.
-        for dtype in (key.dtype, *_SAME_WIDTH.get(key.dtype, ())):
-            plan = self._lookup(replace(key, dtype=dtype), m)
-            if plan is not None:
-                return plan
-        return None
-
-    def _lookup(self, key: WeightKey, m: int) -> Plan | None:
-        candidates = [
-            (plan_key, plans)
-            for plan_key, plans in self._plans.items()
-            if plan_key[:5] == (key.format, key.dtype, key.n, key.k, key.tile)
-        ]
-        if key.density is not None:
-            candidates = [c for c in candidates if abs(c[0][5] - key.density) <= DENSITY_TOLERANCE]
-            candidates.sort(key=lambda c: abs(c[0][5] - key.density))
-        if not candidates:
-            return None
-        plans = candidates[0][1]
-        wanted = m_bucket(m).bit_length()
-        nearest = min(plans, key=lambda bucket: (abs(bucket.bit_length() - wanted), bucket))
-        # A neighbouring bucket stands in for a missing one; farther ones do not (a decode
-        # plan says nothing about prefill).
-        return plans[nearest] if abs(nearest.bit_length() - wanted) <= 1 else None
-
-
-_TABLES: dict[str, DispatchTable] = {}
+_TABLES: dict[str, DispatchTable] = {}  # device name -> the table in use there
 _ENV_LOADED = False
+_ENV_LOCK = threading.Lock()
 
 
 def register_table(table: DispatchTable) -> None:
-    """Use `table` for its device from now on (replaces an earlier one)."""
+    """Use `table` for its device from now on, in place of an earlier one (the tables named
+    in the environment are read first: one registered in code replaces theirs)."""
+    _load_env_tables()
     _TABLES[table.device] = table
 
 
 def load_table(path: str | os.PathLike) -> DispatchTable:
-    """Load and register a measured table JSON (as written by gpu_suite.py)."""
-    with open(path) as handle:
-        table = DispatchTable.from_dict(json.load(handle))
+    """Read, check and register a measured table JSON (as written by gpu_suite.py); it
+    replaces the device's earlier table. ValueError naming the file (and entry)."""
+    table = read_table(path)
     register_table(table)
+    warn_if_foreign(table.meta)
     return table
 
 
 def clear_tables() -> None:
     """Forget every registered table (the environment variable is not read again)."""
     global _ENV_LOADED
-    _TABLES.clear()
-    _ENV_LOADED = True
+    with _ENV_LOCK:
+        _TABLES.clear()
+        _ENV_LOADED = True
 
 
 def _load_env_tables() -> None:
+    """Register the tables of the files TABLE_ENV lists, once all of them load (merged
+    per device); until then nothing is registered and every call reads them again, and
+    raises again."""
     global _ENV_LOADED
     if _ENV_LOADED:
         return
-    _ENV_LOADED = True
-    for path in filter(None, os.environ.get(TABLE_ENV, "").split(os.pathsep)):
-        if not Path(path).is_file():
-            raise ValueError(f"{TABLE_ENV} names {path!r}, which is not a file")
-        load_table(path)
+    with _ENV_LOCK:
+        if _ENV_LOADED:
+            return
+        tables = read_env_tables()
+        _TABLES.update((table.device, table) for table in tables)
+        _ENV_LOADED = True
+    for table in tables:
+        for source in table.meta["sources"]:
+            warn_if_foreign(source)
 
 
 @functools.cache
@@ -324,7 +244,7 @@ def streams_plan(m: int, key: WeightKey, sm_count: int, block_n: int = 128) -> P
     output_tiles = -(-key.n // block_n) * -(-m // block_m)
     entries = GROUP_ENTRIES[step_bits_for(key.density)]
     groups = -(-round(key.density * key.k) // entries)  # per row, without escapes
-    wanted = -(-STREAMS_PROGRAMS_PER_SM * sm_count // output_tiles)
+    wanted = -(-STREAMS_PROGRAMS_PER_SM * sm_count // max(output_tiles, 1))  # 0 at M = 0
     split = max(1, min(wanted, groups // STREAMS_MIN_GROUPS, MAX_SPLIT_K))
     warps = max(1, block_n // 32)
     return Plan("streams", block_m, block_n, split_k=split, num_warps=warps, num_stages=2)

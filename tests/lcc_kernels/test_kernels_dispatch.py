@@ -167,9 +167,10 @@ def test_tables_named_in_the_environment_are_loaded(tmp_path, monkeypatch):
     monkeypatch.setattr(dispatch, "_ENV_LOADED", False)
     dispatch._load_env_tables()
     assert plan_for(1, KEY_24, H200, 132).split_k == 9
-    monkeypatch.setenv(dispatch.TABLE_ENV, str(tmp_path / "missing.json"))
+    missing = tmp_path / "missing.json"
+    monkeypatch.setenv(dispatch.TABLE_ENV, str(missing))
     monkeypatch.setattr(dispatch, "_ENV_LOADED", False)
-    with pytest.raises(ValueError, match="not a file"):
+    with pytest.raises(ValueError, match=f"{dispatch.TABLE_ENV}: cannot load {missing}: No such"):
         dispatch._load_env_tables()
 
 
@@ -195,3 +196,29 @@ def test_bitmap_tiles_under_16_rows_never_get_a_dot_plan(tile):
             plan = plan_for(m, narrow, H200, 132, backend=backend)
             assert plan.backend == "skinny" and plan.block_m < 16, (m, backend, plan)
             assert (plan.block_n, plan.block_k) == tile
+
+
+def test_bitmap_lookup_tries_every_density_within_tolerance():
+    """The nearest density's entry lacks M bucket 1024: the next one within
+    DENSITY_TOLERANCE that has it answers; none nearer than the tolerance: rules."""
+    decode = Plan("skinny", block_m=1, block_n=64, block_k=64, split_k=8)
+    measured = Plan("tiled", block_m=128, block_n=64, block_k=64, num_warps=8)
+    entries = [
+        _entry(1, decode, "bitmap", 4096, 4096, [64, 64], 0.30),
+        _entry(1024, measured, "bitmap", 4096, 4096, [64, 64], 0.36),
+        _entry(1024, Plan("dense"), "bitmap", 4096, 4096, [64, 64], 0.5),
+    ]
+    table = DispatchTable.from_dict(_table(entries))
+    key = WeightKey("bitmap", "bfloat16", 4096, 4096, (64, 64), 0.31)
+    assert table.lookup(key, 1024) == measured
+    assert table.lookup(key, 1) == decode  # the nearest entry still comes first
+    far = WeightKey("bitmap", "bfloat16", 4096, 4096, (64, 64), 0.2)  # 0.36 is 0.16 away
+    assert table.lookup(far, 1024) is None
+
+
+@pytest.mark.parametrize("kwargs", [{"backend": "streams"}, {"decode_streams": True}])
+def test_streams_plans_for_zero_rows(kwargs):
+    """M = 0 (an empty batch) has no output tiles: one program's split, no division by 0."""
+    plan = plan_for(0, KEY_BITMAP, H200, 132, **kwargs)
+    assert plan.backend == "streams" and plan.block_m == 1 and plan.split_k >= 1
+    assert dispatch.streams_plan(0, KEY_BITMAP, 132) == plan

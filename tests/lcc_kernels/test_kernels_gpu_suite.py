@@ -378,6 +378,25 @@ def test_eager_rounds_issue_calls_for_their_time_budget(monkeypatch):
     assert clock["calls"] == 1 + 2 * bench.EAGER_CALLS_PER_ROUND
 
 
+def test_environment_describes_the_device_it_is_given(monkeypatch):
+    """The capability of the device asked for (cuda:1 here), not the current one's."""
+    from types import SimpleNamespace
+
+    from lcc_kernels import bench
+
+    props = SimpleNamespace(name="GPU1", multi_processor_count=8, L2_cache_size=1, total_memory=1)
+    capability = {0: (9, 0), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_capability",
+        lambda device=None: capability[0 if device is None else torch.device(device).index],
+    )
+    info = bench.environment("cuda:1", commit="abc")
+    assert (info["gpu"], info["sm_count"], info["capability"]) == ("GPU1", 8, [8, 0])
+
+
 def test_cutlass_jobs_are_not_run_where_its_matmul_cannot(tmp_path):
     """torch's CUTLASS 2:4 matmul runs on compute capability 8.x only: on an H100/H200 the
     suite neither converts nor times for it (a CPU smoke run does, where it can)."""

@@ -2,11 +2,13 @@
 rows (large M as dispatched, the verdict rounds, required checks, timing methods)."""
 
 import json
+import os
 
 import pytest
 from _suite_helpers import timing, write
 
 from lcc_kernels import acceptance, bench_report
+from lcc_kernels.dispatch import DispatchTable
 
 SHAPE = "llama3-8b-o"
 H200 = {"gpu": "NVIDIA H200", "sm_count": 132, "copy_bandwidth_bytes_per_s": 4e12}
@@ -175,6 +177,8 @@ def test_results_are_replaced_whole(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         bench_report.write_results(tmp_path)
     assert (tmp_path / "summary.json").read_text() == "old"
+    kept = ["env.json", "summary.json", "timings.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == kept  # no temporary file left
     monkeypatch.undo()
     summary = bench_report.write_results(tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
@@ -185,3 +189,34 @@ def test_results_are_replaced_whole(tmp_path, monkeypatch):
         "summary.json",
         "timings.jsonl",
     ]
+
+
+def test_results_are_flushed_through_a_temporary_file_of_their_own(tmp_path, monkeypatch):
+    """Another writer's temporary file (here, where the fixed name used to be) is left
+    alone; each result is flushed to disk before the rename, with the usual file mode."""
+    write(tmp_path, H200, [timing(SHAPE, 1, "dense", 10.0)])
+    (tmp_path / ".summary.json.tmp").mkdir()
+    synced = []
+    fsync = bench_report.os.fsync
+    monkeypatch.setattr(bench_report.os, "fsync", lambda fd: (synced.append(fd), fsync(fd)))
+    summary = bench_report.write_results(tmp_path)
+    assert len(synced) == 2 and (tmp_path / ".summary.json.tmp").is_dir()
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_timings_of_ours_without_a_plan_make_no_table_entry(tmp_path):
+    """A plan-less bitmap row has no plan, nor tile, to record: the table still loads."""
+    timings = [
+        timing(SHAPE, 1, "dense", 10.0),
+        timing(SHAPE, 1, "ours", 5.0, "bitmap50", plan=None),
+        timing(SHAPE, 1, "ours", 6.0, "2:4"),
+    ]
+    write(tmp_path, H200, timings)
+    table = bench_report.build_dispatch_table(tmp_path)
+    assert [(e["format"], e["plan"]["backend"]) for e in table["entries"]] == [("2:4", "skinny")]
+    bench_report.write_results(tmp_path)
+    dispatch_table = json.loads((tmp_path / "dispatch_table.json").read_text())
+    assert DispatchTable.from_dict(dispatch_table).device == H200["gpu"]
