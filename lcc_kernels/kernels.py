@@ -29,7 +29,7 @@ set DOT_IN_FP32 there: the same code then runs a true test in fp16/fp32.
 import triton
 import triton.language as tl
 
-from .decode import (  # noqa: F401  (INTERPRETED: re-exported for launch and tests)
+from .decode import (  # noqa: F401  (INTERPRETED: re-exported for tests/hf)
     FORMAT_SPARSE24,
     INTERPRETED,
     load_weight_tile,
@@ -107,6 +107,8 @@ def _accumulate_tile(
 
 @triton.jit
 def _store_output(acc, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS: tl.constexpr):
+    """out[rows, cols] = acc [BM, BN] fp32 (+ bias[cols], in fp32), rounded once to out's
+    dtype; out [M, N] with row stride stride_om, bias [N]; rows [BM], cols [BN] masked."""
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_om + cols[None, :]
@@ -116,14 +118,20 @@ def _store_output(acc, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS:
 
 @triton.jit
 def _partial_ptrs(partial_ptr, split, rows, cols, M, N):
-    # Workspace [splits, M, N] fp32, contiguous; split * M < 2**31 as splits <= 32.
-    return partial_ptr + (rows.to(tl.int64) + split * M)[:, None] * N + cols[None, :]
+    """Pointers [BM, BN] to partials[split, rows, cols] of the fp32 workspace [splits, M,
+    N], contiguous. Offsets in int64, split's included: a skinny workspace is bounded
+    (launch.MAX_SPLIT_K_WORKSPACE_BYTES, 2**28 floats) but a streams one is not, and the
+    dispatcher's cap of 32 splits binds only its own plans."""
+    row = rows.to(tl.int64) + tl.cast(split, tl.int64) * M
+    return partial_ptr + row[:, None] * N + cols[None, :]
 
 
 @triton.jit
 def _sum_partials(
     partial_ptr, split_k, rows, cols, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
 ):
+    """The tile [BLOCK_M, BLOCK_N] of rows x cols summed over the split_k partials of the
+    workspace [split_k, M, N] fp32, in split order (0 outside [M, N])."""
     mask = (rows < M)[:, None] & (cols < N)[None, :]
     total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for split in range(0, split_k):
@@ -135,6 +143,49 @@ def _sum_partials(
             cache_modifier=".cg",
         )
     return total
+
+
+@triton.jit
+def finish_output(
+    acc,
+    out_ptr,
+    bias_ptr,
+    partial_ptr,
+    counter_ptr,
+    pid_k,
+    pid_m,
+    pid_n,
+    rows,
+    cols,
+    M,
+    N,
+    stride_om,
+    split_k,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
+    SERIAL_REDUCTION: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
+    """Write split pid_k's acc [BLOCK_M, BLOCK_N] of the y tile (rows, cols): the output
+    itself without SPLIT, else a partial, summed by the last split to arrive
+    (SERIAL_REDUCTION) or by reduce_partials_kernel. Shared with the streams kernel
+    (stream_kernel.py), hence its public name."""
+    if not SPLIT:
+        _store_output(acc, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS)
+    else:
+        mask = (rows < M)[:, None] & (cols < N)[None, :]
+        tl.store(_partial_ptrs(partial_ptr, pid_k, rows, cols, M, N), acc, mask=mask)
+        if SERIAL_REDUCTION:
+            # All threads' partial stores are ordered before the ticket by the barrier, and
+            # published at GPU scope by the release half of the atomic.
+            tl.debug_barrier()
+            counter = counter_ptr + pid_m * tl.num_programs(0) + pid_n
+            ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if ticket == split_k - 1:
+                total = _sum_partials(partial_ptr, split_k, rows, cols, M, N, BLOCK_M, BLOCK_N)
+                _store_output(total, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS)
+                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -240,48 +291,6 @@ def skinny_linear_kernel(
         SERIAL_REDUCTION,
         HAS_BIAS,
     )
-
-
-@triton.jit
-def finish_output(
-    acc,
-    out_ptr,
-    bias_ptr,
-    partial_ptr,
-    counter_ptr,
-    pid_k,
-    pid_m,
-    pid_n,
-    rows,
-    cols,
-    M,
-    N,
-    stride_om,
-    split_k,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr,
-    SERIAL_REDUCTION: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-):
-    """Write split pid_k's acc [BLOCK_M, BLOCK_N] of the y tile (rows, cols): the output
-    itself without SPLIT, else a partial, summed by the last split to arrive
-    (SERIAL_REDUCTION) or by reduce_partials_kernel."""
-    if not SPLIT:
-        _store_output(acc, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS)
-    else:
-        mask = (rows < M)[:, None] & (cols < N)[None, :]
-        tl.store(_partial_ptrs(partial_ptr, pid_k, rows, cols, M, N), acc, mask=mask)
-        if SERIAL_REDUCTION:
-            # All threads' partial stores are ordered before the ticket by the barrier, and
-            # published at GPU scope by the release half of the atomic.
-            tl.debug_barrier()
-            counter = counter_ptr + pid_m * tl.num_programs(0) + pid_n
-            ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-            if ticket == split_k - 1:
-                total = _sum_partials(partial_ptr, split_k, rows, cols, M, N, BLOCK_M, BLOCK_N)
-                _store_output(total, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS)
-                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit

@@ -4,9 +4,12 @@ What a launch needs apart from its tensors (grid, constexprs, split) is worked o
 per plan, M and weight shape (`_Geometry`): an eager decode step repeats the same calls.
 
 `run_linear(x [M, K], operand, bias [N] | None, plan) -> y [M, N]` is what the custom ops
-call. Inputs are assumed checked by `linear.sparse_linear` (dtypes, devices, shapes);
-this module checks only what the kernels themselves need from a plan. Split-K counters:
-`counters.py`.
+and eager `sparse_linear` call; `run_streams` the same for a streams layout. Their inputs
+are checked by the caller: the ops pass theirs through `checked_inputs` (x 2-D with the
+weight's K, dtype and device, a bias of [N] on that device, both unit-stride, copied if
+not), `sparse_linear` checks its own before, so that an eager call, whose host time a
+decode step waits on, checks once. Here a plan is checked against the weight and the
+split-K workspace it would need. Split-K counters: `counters.py`.
 """
 
 from __future__ import annotations
@@ -19,17 +22,26 @@ import torch
 
 from . import decode
 from .counters import split_k_counters
+from .decode import INTERPRETED
 from .dispatch import Plan
+from .formats import SUPPORTED_DTYPES
 from .kernels import (
-    INTERPRETED,
     reduce_partials_kernel,
     skinny_linear_kernel,
     tiled_linear_kernel,
 )
+from .reference import check_bias
 from .stream_kernel import stream_linear_kernel
 
 MAX_GRID_YZ = 65535  # CUDA's limit on a grid's y and z dimensions
 STREAMS_BLOCK_M = (1, 2, 4)  # rows of x per streams program (stream_kernel._x_rows)
+# A skinny plan whose fp32 split-K workspace [split, M, N] is larger is refused. The
+# dispatcher splits K only while the output has too few tiles to fill the GPU, so its
+# workspaces take a few MiB; a forced plan past this bound splits many rows' worth of
+# output tiles, where the tiled path (no workspace) is the faster one. Streams plans are
+# not bounded: their split is the one their layout was built for (a forced streams plan
+# at a large M needs split x the output, which the caller chose).
+MAX_SPLIT_K_WORKSPACE_BYTES = 1 << 30
 
 
 class Operand(NamedTuple):
@@ -37,7 +49,7 @@ class Operand(NamedTuple):
     NamedTuples, as Launch: eager decode builds them at every call, and a frozen
     dataclass costs several times the host time."""
 
-    format: int
+    weight_format: int  # decode.FORMAT_*.value
     n: int
     k: int
     w: torch.Tensor
@@ -51,6 +63,11 @@ class Operand(NamedTuple):
 
 def dense_operand(weight: torch.Tensor) -> Operand:
     """weight [N, K], unit stride along K."""
+    if weight.dim() != 2 or (weight.stride(1) != 1 and weight.shape[1] > 1):
+        raise ValueError(
+            f"the dense weight must be [N, K], unit-stride along K; got shape "
+            f"{tuple(weight.shape)}, strides {weight.stride()}"
+        )
     n, k = weight.shape
     return Operand(decode.FORMAT_DENSE.value, n, k, weight, weight, weight, k, weight.stride(0), 0)
 
@@ -91,18 +108,46 @@ def _check_runnable(x: torch.Tensor) -> None:
     )
 
 
-def _check_plan(plan: Plan, format: int, tile: tuple[int, int] | None) -> None:
+def checked_inputs(
+    x: torch.Tensor, n: int, k: int, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x [M, k] and bias [n] as the kernels read them (unit stride along K, and along the
+    bias), for an [n, k] weight whose values tensor is `weight`; a ValueError names any
+    mismatch (shape, dtype, device)."""
+    if x.dim() != 2 or x.shape[1] != k:
+        raise ValueError(f"x must be [M, K = {k}] for this weight, got {tuple(x.shape)}")
+    if x.dtype != weight.dtype or x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"x dtype {x.dtype} must be the weight's ({weight.dtype}): float16, bfloat16 or float32"
+        )
+    if x.device != weight.device:
+        raise ValueError(f"x is on {x.device} but the weight is on {weight.device}")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if bias is not None:
+        check_bias(bias, n, x.device)
+        if bias.stride(0) != 1:
+            bias = bias.contiguous()
+    return x, bias
+
+
+def _uses_dot(plan: Plan) -> bool:
+    """Whether a skinny or tiled plan multiplies with tl.dot (every block dim >= 16); a
+    copy of this rule decides dispatch._usable."""
+    return plan.backend == "tiled" or plan.block_m >= 16
+
+
+def _check_plan(plan: Plan, weight_format: int, tile: tuple[int, int] | None) -> None:
     if tile is not None and (plan.block_n, plan.block_k) != tile:
         raise ValueError(
             f"bitmap kernels need block_n x block_k = the weight tile {tile}, "
             f"got {plan.block_n} x {plan.block_k}"
         )
-    if format == decode.FORMAT_SPARSE24.value and plan.block_k < 32:
+    if weight_format == decode.FORMAT_SPARSE24.value and plan.block_k < 32:
         raise ValueError(f"2:4 kernels need block_k >= 32 (one metadata word), got {plan.block_k}")
-    if format == decode.FORMAT_BITMAP.value and plan.block_k < 32:
+    if weight_format == decode.FORMAT_BITMAP.value and plan.block_k < 32:
         raise ValueError(f"bitmap kernels need block_k >= 32, got {plan.block_k}")
-    uses_dot = plan.backend == "tiled" or plan.block_m >= 16
-    if uses_dot and min(plan.block_m, plan.block_n, plan.block_k) < 16:
+    if _uses_dot(plan) and min(plan.block_m, plan.block_n, plan.block_k) < 16:
         narrow = f" (the bitmap tile {tile} has fewer rows)" if tile and tile[0] < 16 else ""
         raise ValueError(
             f"tl.dot (the tiled backend, or skinny with block_m >= 16) needs block_m, block_n "
@@ -180,7 +225,7 @@ def plan_launches(
     if plan.backend not in ("skinny", "tiled"):
         raise ValueError(f"run_linear runs the Triton backends only, got {plan.backend!r}")
     m = x.shape[0]
-    shape = (operand.n, operand.k, operand.format, operand.tile)
+    shape = (operand.n, operand.k, operand.weight_format, operand.tile)
     geometry = _operand_geometry(plan, m, *shape, bias is not None, x.dtype)
     if m == 0:
         return []
@@ -256,6 +301,18 @@ def _row_tiles(m: int, block_m: int, path: str) -> int:
     return tiles_m
 
 
+def _check_workspace(split: int, m: int, n: int) -> None:
+    """Refuse a skinny split-K workspace [split, m, n] fp32 over
+    MAX_SPLIT_K_WORKSPACE_BYTES."""
+    if split > 1 and split * m * n * 4 > MAX_SPLIT_K_WORKSPACE_BYTES:
+        raise ValueError(
+            f"the skinny plan splits K {split} ways at M = {m}, N = {n}: its fp32 workspace "
+            f"of {split * m * n * 4 / 2**30:.2f} GiB is over the "
+            f"{MAX_SPLIT_K_WORKSPACE_BYTES / 2**30:.0f} GiB allowed; split K less (or use "
+            "the tiled path)"
+        )
+
+
 def _reduction(plan: Plan, split: int, has_bias: bool, tiles_n: int, tiles_m: int):
     """The grid and options of the second launch that sums the partials, where the plan
     does not sum them in the split-K launch itself."""
@@ -271,16 +328,17 @@ def _operand_geometry(
     m: int,
     n: int,
     k: int,
-    format: int,
+    weight_format: int,
     tile: tuple[int, int] | None,
     has_bias: bool,
     dtype: torch.dtype,
 ) -> _Geometry:
-    """A skinny or tiled plan's geometry on a weight operand (format, tile) of [n, k]."""
-    _check_plan(plan, format, tile)
+    """A skinny or tiled plan's geometry on a weight operand (weight_format, tile) of
+    [n, k]."""
+    _check_plan(plan, weight_format, tile)
     k_tiles = -(-k // plan.block_k)
     common = dict(
-        FORMAT=format,
+        FORMAT=weight_format,
         BLOCK_M=plan.block_m,
         BLOCK_N=plan.block_n,
         BLOCK_K=plan.block_k,
@@ -295,12 +353,13 @@ def _operand_geometry(
     split = max(1, min(plan.split_k, k_tiles))
     tiles_per_split = -(-k_tiles // split)
     split = -(-k_tiles // tiles_per_split)  # no empty splits
+    _check_workspace(split, m, n)
     tiles_n, tiles_m = -(-n // plan.block_n), _row_tiles(m, plan.block_m, "skinny")
     options = dict(
         common,
         SPLIT=split > 1,
         SERIAL_REDUCTION=plan.serial_reduction,
-        USE_DOT=plan.block_m >= 16,
+        USE_DOT=_uses_dot(plan),
         **_dot_flags(dtype),
         NUM_STAGES=plan.num_stages,
     )
@@ -318,6 +377,7 @@ def _operand_geometry(
 def _streams_geometry(
     plan: Plan, m: int, block_n: int, split: int, blocks: int, step_bits: int, has_bias: bool
 ) -> _Geometry:
+    """A streams plan's geometry on a layout (block_n, split, blocks, step_bits)."""
     if (plan.block_n, plan.split_k) != (block_n, split):
         raise ValueError(
             f"streams built for block_n {block_n}, split {split} cannot run "

@@ -1,4 +1,5 @@
-"""Public entry point: `sparse_linear(x, weight, bias)`, checked, dispatched and launched."""
+"""Public entry point: `sparse_linear(x, weight, bias)`, checked, dispatched and launched.
+The copies of a weight that some backends run on are kept by `weight_cache`."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from .dispatch import (
     plan_for_key,
     with_weight_tile,
 )
-from .formats import SUPPORTED_DTYPES, BitmapWeight, Sparse24Weight, unpack
-from .interop import to_torch_semi_structured
-from .reference import reference_linear
-from .streams import build_streams
+from .formats import SUPPORTED_DTYPES, BitmapWeight, Sparse24Weight
+from .reference import check_bias, reference_linear
+from .weight_cache import LAST_STREAMS, copy_missing, derived_copy, prepare_streams
+
+# derived_copy and prepare_streams are imported from here by callers (and the package).
+__all__ = ["dense_linear_triton", "derived_copy", "prepare_streams", "sparse_linear"]
 
 
 def sparse_linear(
@@ -38,12 +41,14 @@ def sparse_linear(
     x: fp16, bf16 or fp32 with W's dtype and device, any leading dims. A view whose K axis
         is not unit-stride (or that cannot be viewed as [M, K]) is copied to a contiguous
         tensor first; other strides and unaligned storage offsets are used as they are.
-    bias: [N], any of the three float dtypes; the Triton kernels add it in fp32 in their
-        epilogue (the dense/semi_structured backends round it to x's dtype first).
+    bias: [N], any of the three float dtypes, added in fp32 to the fp32 product, which is
+        then rounded once to x's dtype. One exception: torch's semi-structured kernels
+        write x's dtype only, so a forced "semi_structured" backend adds a bias that x's
+        dtype cannot hold exactly (fp32 for fp16 x, say) to the rounded product, rounding
+        twice ("auto" runs a Triton plan there instead).
     backend: "auto" (measured dispatch table, else built-in rules; `reference` on a CPU)
         or one of dispatch.BACKENDS to force it; plan: an explicit `Plan` (benchmarks,
-        tests). Accumulation is fp32; y has x's dtype. Inference only (no autograd
-        through the Triton backends).
+        tests). Accumulation is fp32; y has x's dtype.
     decode_streams: with "auto", a bitmap weight runs on its streams layout (built on
         first use and kept on the weight, ~1.1x the bitmap's bytes) up to
         dispatch.STREAMS_MAX_M rows where no measured entry says otherwise. Without it
@@ -57,36 +62,40 @@ def sparse_linear(
     `prepare_streams` or an eager call): the op then gets it and picks streams or a
     Triton plan when it runs. Under CUDA-graph capture the cached copies are used only if
     they were built before: "auto" falls back to a Triton plan, a forced one raises.
-    Where autograd would record the call (or a tracer or dispatch mode must see it), every
-    Triton backend, streams included, runs through its custom op, which has no autograd
-    formula: a backward raises instead of silently giving no gradient.
+
+    Inference only through the Triton backends (streams included). Where autograd would
+    record the call (or a tracer or dispatch mode must see it), they run through their
+    custom op, which has no autograd formula: a backward raises instead of silently giving
+    no gradient. Forward-mode AD (dual tensors) and torch.func transforms (jvp, grad,
+    vmap) raise a ValueError at the call. The reference and dense backends have
+    derivatives of every kind (the packed weight itself gets no gradient).
 
     >>> w = pack(torch.tensor([[1.0, 0, 0, 2], [0, 3, 4, 0]]), "2:4")
     >>> sparse_linear(torch.ones(1, 4), w, torch.tensor([0.5, 0.0]))
     tensor([[3.5000, 7.0000]])
     """
     _check_inputs(x, weight, bias)
+    if plan is not None and backend != "auto":
+        raise ValueError(f"give either backend ({backend!r}) or plan, not both")
+    if plan is None and backend not in ("auto", *BACKENDS):
+        raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
+    _check_backend_fits(backend if plan is None else plan.backend, weight, x.device)
     n, k = weight.shape
     x2d = x.reshape(-1, k)
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
     if bias is not None and bias.stride(0) != 1:
         bias = bias.contiguous()
-    if x2d.shape[0] == 0:  # F.linear keeps the autograd graph of an empty x
-        return reference_linear(x2d, weight, bias).reshape(*x.shape[:-1], n)
-    if plan is not None and backend != "auto":
-        raise ValueError(f"give either backend ({backend!r}) or plan, not both")
-    if plan is None and backend not in ("auto", *BACKENDS):
-        raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
-    if plan is None and _defer_to_op(backend, x):
+    if x2d.shape[0] == 0:
+        y = _empty_output(x2d, weight, bias, plan)
+    elif plan is None and _defer_to_op(backend, x):
         # While compiling: let the op choose its plan when it runs, so that no dispatcher
         # code is traced and a new M never recompiles the graph.
         y = _run_deferred(x2d, weight, bias, backend, decode_streams)
     else:
         if plan is None:
             plan = choose_plan(x2d.shape[0], weight, x.dtype, x.device, backend, decode_streams)
-            # A copy built under capture would hold data only once the graph replays.
-            if backend == "auto" and _copy_missing(weight, plan) and dispatch.capturing(x.device):
+            if backend == "auto" and _needs_triton_plan(plan, x2d, weight, bias):
                 key = WeightKey.of(weight, x.dtype)
                 plan = plan_for_key(x2d.shape[0], key, x.device, triton_only=True)
         y = _run(x2d, weight, bias, with_weight_tile(plan, weight))
@@ -108,7 +117,7 @@ def dense_linear_triton(
             "in float16, bfloat16 or float32"
         )
     if bias is not None:
-        _check_bias(bias, weight.shape[0], weight.device)
+        check_bias(bias, weight.shape[0], weight.device)
         bias = bias.contiguous()
     return ops.dense_linear(x.contiguous(), weight.contiguous(), bias, ops.plan_to_config(plan))
 
@@ -133,40 +142,84 @@ def _check_inputs(x, weight, bias) -> None:
     if x.device != weight.device:
         raise ValueError(f"x is on {x.device} but the weight is on {weight.device}")
     if bias is not None:
-        _check_bias(bias, weight.shape[0], weight.device)
+        check_bias(bias, weight.shape[0], weight.device)
 
 
-def _check_bias(bias, n: int, device: torch.device) -> None:
-    if not isinstance(bias, torch.Tensor):
-        raise ValueError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
-    if bias.dim() != 1 or bias.shape[0] != n:
-        raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
-    if bias.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"bias dtype must be float16, bfloat16 or float32, got {bias.dtype}")
-    if bias.device != device:
-        raise ValueError(f"bias is on {bias.device} but the weight is on {device}")
+def _check_backend_fits(backend: str, weight, device: torch.device) -> None:
+    """Raise where a forced backend cannot run on this weight or device."""
+    if backend == "semi_structured" and not isinstance(weight, Sparse24Weight):
+        raise ValueError("the semi_structured backend needs a 2:4 weight")
+    if backend == "semi_structured" and device.type != "cuda":
+        raise ValueError(f"the semi_structured backend runs on CUDA tensors only, x is on {device}")
+    if backend == "streams" and not isinstance(weight, BitmapWeight):
+        raise ValueError("the streams backend needs a bitmap weight")
+
+
+def _empty_output(x2d, weight, bias, plan: Plan | None) -> torch.Tensor:
+    """y [0, N] for x [0, K], without unpacking the weight: as from F.linear, part of the
+    autograd graph of x and the bias. A forced Triton plan is checked against the weight
+    (its launches at M = 0 are none)."""
+    if plan is not None and plan.backend in TRITON_BACKENDS:
+        out = x2d.new_empty((0, weight.shape[0]))
+        _launchers().plan_launches(x2d, _operand(weight), bias, with_weight_tile(plan, weight), out)
+    zero_weight = x2d.new_zeros(()).expand(weight.shape)
+    return F.linear(x2d, zero_weight, None if bias is None else bias.to(x2d.dtype))
+
+
+def _bias_fits(bias, dtype: torch.dtype) -> bool:
+    """Whether `dtype` holds every value of the bias (None: no bias) exactly."""
+    return bias is None or bias.dtype == dtype or dtype == torch.float32
+
+
+def _needs_triton_plan(plan: Plan, x2d, weight, bias) -> bool:
+    """Where "auto" trades the plan it chose for a Triton one: torch's 2:4 kernels with a
+    bias that x's dtype cannot hold (see `_torch_linear`), or a copy of the weight still
+    missing under CUDA-graph capture (built there, it would hold data only once the graph
+    replays)."""
+    if plan.backend == "semi_structured" and not _bias_fits(bias, x2d.dtype):
+        return True
+    return copy_missing(weight, plan) and dispatch.capturing(x2d.device)
 
 
 def _run(x2d, weight, bias, plan: Plan) -> torch.Tensor:
     if plan.backend == "reference":
         return reference_linear(x2d, weight, bias)
+    if plan.backend in ("dense", "semi_structured"):
+        return _torch_linear(x2d, derived_copy(weight, plan), bias, plan.backend)
+    if not torch.compiler.is_compiling():
+        ops.check_inference_only(x2d, weight.values, bias)
     if plan.backend in TRITON_BACKENDS:
         return _run_triton(x2d, weight, bias, plan)
-    if plan.backend == "semi_structured" and not isinstance(weight, Sparse24Weight):
-        raise ValueError("the semi_structured backend needs a 2:4 weight")
-    if plan.backend == "semi_structured" and x2d.device.type != "cuda":
-        raise ValueError(
-            f"the semi_structured backend runs on CUDA tensors only, x is on {x2d.device}"
-        )
-    if plan.backend == "streams":
-        if not isinstance(weight, BitmapWeight):
-            raise ValueError("the streams backend needs a bitmap weight")
-        layout = derived_copy(weight, plan)
-        if not _launch_directly(x2d, weight, bias):
-            return _streams_op(x2d, weight, bias, plan, layout, forced=True)
-        return _launchers().run_streams(x2d, layout, bias, plan)
-    # dense or semi_structured: F.linear on the cached copy
-    return F.linear(x2d, derived_copy(weight, plan), None if bias is None else bias.to(x2d.dtype))
+    layout = derived_copy(weight, plan)  # streams
+    if not _launch_directly(x2d, weight, bias):
+        return _streams_op(x2d, weight, bias, plan, layout, forced=True)
+    return _launchers().run_streams(x2d, layout, bias, plan)
+
+
+def _torch_linear(x2d, copy, bias, backend: str) -> torch.Tensor:
+    """F.linear on the weight's dense or torch semi-structured copy. A bias that x's dtype
+    holds exactly goes in as x's dtype: the GEMM adds it to its fp32 product, rounding
+    once. A wider one (fp32 for fp16/bf16 x) is added to an fp32 product, which cuBLAS
+    writes on a GPU (torch.mm with out_dtype, which has no derivative: where one is asked,
+    and off a GPU, the reference computes in fp32). torch's 2:4 kernels cannot write fp32
+    from fp16/bf16, so semi_structured adds it to the rounded product (two roundings;
+    "auto" does not run them with such a bias)."""
+    if _bias_fits(bias, x2d.dtype):
+        return F.linear(x2d, copy, None if bias is None else bias.to(x2d.dtype))
+    if backend == "semi_structured":
+        return (F.linear(x2d, copy).float() + bias).to(x2d.dtype)
+    if x2d.device.type == "cuda" and not _differentiated(x2d, bias):
+        return torch.mm(x2d, copy.t(), out_dtype=torch.float32).add_(bias).to(x2d.dtype)
+    return reference_linear(x2d, copy, bias)
+
+
+def _differentiated(x2d, bias) -> bool:
+    """Whether autograd records the call or a forward-mode or torch.func derivative is
+    asked (of x or the bias: a packed weight gets no gradient)."""
+    recorded = torch.is_grad_enabled() and (
+        x2d.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    return recorded or ops.transformed(x2d, bias)
 
 
 def _defer_to_op(backend: str, x: torch.Tensor) -> bool:
@@ -183,11 +236,9 @@ def _run_deferred(x2d, weight, bias, backend: str, decode_streams: bool) -> torc
     wants_streams = backend == "streams" or (
         backend == "auto" and decode_streams and isinstance(weight, BitmapWeight)
     )
-    built = weight.cache.get(_LAST_STREAMS) if wants_streams else None
+    built = weight.cache.get(LAST_STREAMS) if wants_streams else None
     if built is None:
         if backend == "streams":
-            if not isinstance(weight, BitmapWeight):
-                raise ValueError("the streams backend needs a bitmap weight")
             raise ValueError(
                 "under torch.compile the streams backend runs on a layout built before "
                 "tracing: call lcc_kernels.prepare_streams(weight) (or run the call once "
@@ -236,18 +287,21 @@ def _launch_directly(x2d, weight, bias) -> bool:
 def _run_triton(x2d, weight, bias, plan: Plan | None, backend: str = "auto") -> torch.Tensor:
     """Run a Triton plan, or with plan None let the op pick one for `backend` when it runs."""
     if plan is not None and _launch_directly(x2d, weight, bias):
-        launch = _launchers()
-        if isinstance(weight, Sparse24Weight):
-            operand = launch.sparse24_operand(weight.values, weight.meta, weight.shape[1])
-        else:
-            operand = launch.bitmap_operand(
-                weight.bits, weight.values, weight.offsets, *weight.shape, weight.tile
-            )
-        return launch.run_linear(x2d, operand, bias, plan)
+        return _launchers().run_linear(x2d, _operand(weight), bias, plan)
     config = ops.deferred_config(backend) if plan is None else ops.plan_to_config(plan)
     if isinstance(weight, Sparse24Weight):
         return ops.sparse24_linear(x2d, weight.values, weight.meta, weight.shape[1], bias, config)
     return ops.bitmap_linear(x2d, *_bitmap_op_args(weight), bias, config)
+
+
+def _operand(weight):
+    """The packed weight as the Triton launchers take it (launch.Operand)."""
+    launch = _launchers()
+    if isinstance(weight, Sparse24Weight):
+        return launch.sparse24_operand(weight.values, weight.meta, weight.shape[1])
+    return launch.bitmap_operand(
+        weight.bits, weight.values, weight.offsets, *weight.shape, weight.tile
+    )
 
 
 @functools.cache
@@ -263,80 +317,3 @@ def _launchers():
 def _bitmap_op_args(weight: BitmapWeight) -> tuple:
     """A bitmap weight as the bitmap ops take it: bits, values, offsets, n, k, tile, nnz."""
     return (weight.bits, weight.values, weight.offsets, *weight.shape, *weight.tile, weight.nnz)
-
-
-# weight.cache key of (plan, layout) of the last streams layout built (or prepared):
-# compiled calls find their layout there without formatting its key (traced ints may be
-# symbolic). Eager calls on an existing layout (with other launch settings, say) leave the
-# record as it is: a compiled graph guards on the plan it read there.
-_LAST_STREAMS = "streams:last"
-
-
-def _cache_key(plan: Plan) -> str | None:
-    """Where `plan`'s derived copy of the weight is kept in weight.cache (None: no copy)."""
-    if plan.backend == "dense":
-        return "dense"
-    if plan.backend == "semi_structured":
-        return f"semi_structured:{plan.semi_structured}"
-    if plan.backend == "streams":
-        return f"streams:{plan.block_n}:{plan.split_k}"
-    return None
-
-
-def _copy_missing(weight, plan: Plan) -> bool:
-    key = _cache_key(plan)
-    return key is not None and key not in weight.cache
-
-
-def derived_copy(weight, plan: Plan):
-    """The copy of `weight` that `plan` runs on, built now if missing (dense tensor, torch
-    semi-structured tensor or streams.BitmapStreams); None for plans on the weight itself.
-    The last streams layout built is remembered with its plan: compiled calls run on it."""
-    if plan.backend == "dense":
-        return _cached(weight, plan, lambda: unpack(weight).contiguous())
-    if plan.backend == "semi_structured":
-        return _cached(weight, plan, lambda: to_torch_semi_structured(weight, plan.semi_structured))
-    if plan.backend == "streams":
-        fresh = _copy_missing(weight, plan)
-        layout = _cached(weight, plan, lambda: build_streams(weight, plan.block_n, plan.split_k))
-        if fresh:
-            weight.cache[_LAST_STREAMS] = (plan, layout)
-        return layout
-    return None
-
-
-def prepare_streams(weight: BitmapWeight, plan: Plan | None = None):
-    """Build (or find) `weight`'s streams layout now and make it the one that compiled
-    calls run on; returns it (streams.BitmapStreams). Do this before torch.compile or
-    CUDA-graph capture, which cannot build it. plan: a "streams" Plan; by default the one
-    a one-row call with decode_streams picks on the weight's device (the same layout
-    serves up to dispatch.STREAMS_MAX_M rows)."""
-    if not isinstance(weight, BitmapWeight):
-        raise ValueError(
-            f"streams layouts are built for bitmap weights, got {type(weight).__name__}"
-        )
-    if plan is None:
-        plan = choose_plan(1, weight, weight.dtype, weight.device, "auto", True)
-        if plan.backend != "streams":  # a measured entry (or the CPU) says otherwise
-            plan = choose_plan(1, weight, weight.dtype, weight.device, "streams")
-    elif plan.backend != "streams":
-        raise ValueError(f"prepare_streams needs a streams plan, got {plan.backend!r}")
-    layout = derived_copy(weight, plan)
-    if weight.cache[_LAST_STREAMS][1] is not layout:
-        weight.cache[_LAST_STREAMS] = (plan, layout)
-    return layout
-
-
-def _cached(weight, plan: Plan, build):
-    """The derived copy of the weight (dense, torch-converted, streams) that `plan` runs
-    on, built once and kept on the weight."""
-    key = _cache_key(plan)
-    if key not in weight.cache:
-        if dispatch.capturing(weight.device):
-            raise RuntimeError(
-                f"the {key} copy of this weight is built on its first use, which cannot be "
-                "captured in a CUDA graph (its data would exist only after a replay): run "
-                "the call once before capturing"
-            )
-        weight.cache[key] = build()
-    return weight.cache[key]

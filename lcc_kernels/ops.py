@@ -4,33 +4,44 @@ Each op takes a 2-D x [M, K], the packed weight's tensors, the bias and a launch
 (a `Plan` encoded as ints by `plan_to_config`, or a `deferred_config` that lets the op
 pick the plan when it runs), and returns a fresh y [M, N]; `bitmap_streams_linear` also
 takes a streams layout of the weight, built beforehand (tracing cannot build it). Fake
-implementations give torch.compile the output shape without running anything. The ops
-are inference-only: they register no autograd formula.
+implementations give torch.compile the output shape without running anything. Each op
+checks what it is given (launch.checked_inputs: x's shape, dtype and device against the
+weight's, the bias; a K axis or bias that is not unit-stride is copied first).
+
+The ops are inference-only: they register no autograd formula, so a backward through one
+raises, and a forward-mode AD dual input is refused (`check_inference_only`). Inside a
+torch.func transform an op gets unwrapped tensors and cannot tell: torch.func.jvp of a
+bare op call gives a zero tangent (PyTorch's rule for a custom op without one), so
+`sparse_linear` refuses those transforms before calling an op.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
+from torch._C._functorch import is_functorch_wrapped_tensor, maybe_current_level
 
 from .dispatch import TRITON_BACKENDS, Plan, WeightKey, plan_for_key, streams_block_m
 from .streams import BitmapStreams
+
+# The Plan fields of a Triton config, in order, after the index of its backend.
+_CONFIG_FIELDS = (
+    "block_m",
+    "block_n",
+    "block_k",
+    "split_k",
+    "num_warps",
+    "num_stages",
+    "group_m",
+    "serial_reduction",
+)
 
 
 def plan_to_config(plan: Plan) -> list[int]:
     """A Triton-backend Plan as the int list the ops take."""
     if plan.backend not in TRITON_BACKENDS:
         raise ValueError(f"only Triton plans go through the custom ops, got {plan.backend!r}")
-    return [
-        TRITON_BACKENDS.index(plan.backend),
-        plan.block_m,
-        plan.block_n,
-        plan.block_k,
-        plan.split_k,
-        plan.num_warps,
-        plan.num_stages,
-        plan.group_m,
-        int(plan.serial_reduction),
-    ]
+    return [TRITON_BACKENDS.index(plan.backend), *(int(getattr(plan, f)) for f in _CONFIG_FIELDS)]
 
 
 def deferred_config(backend: str = "auto") -> list[int]:
@@ -41,22 +52,41 @@ def deferred_config(backend: str = "auto") -> list[int]:
 
 
 def resolve_config(config: list[int], m: int, key: WeightKey, device: torch.device) -> Plan:
+    """The Plan a config (`plan_to_config` or `deferred_config`) stands for at M = m rows
+    of the weight `key` on `device`."""
     if len(config) == 0:
         return plan_for_key(m, key, device, triton_only=True)
     if len(config) == 1:
         return plan_for_key(m, key, device, TRITON_BACKENDS[config[0]])
-    backend, block_m, block_n, block_k, split_k, warps, stages, group_m, serial = config
-    return Plan(
-        TRITON_BACKENDS[backend],
-        block_m,
-        block_n,
-        block_k,
-        split_k,
-        warps,
-        stages,
-        group_m,
-        bool(serial),
+    backend, *values = config
+    fields = dict(zip(_CONFIG_FIELDS, values, strict=True))
+    fields["serial_reduction"] = bool(fields["serial_reduction"])
+    return Plan(TRITON_BACKENDS[backend], **fields)
+
+
+def transformed(*tensors: torch.Tensor | None) -> bool:
+    """Whether any of `tensors` is a forward-mode AD dual tensor, or one that a torch.func
+    transform (jvp, grad, vmap...) wrapped. Cheap where neither is active: two global
+    checks."""
+    if maybe_current_level() is not None and any(
+        t is not None and is_functorch_wrapped_tensor(t) for t in tensors
+    ):
+        return True
+    return fwAD._current_level >= 0 and any(
+        t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors
     )
+
+
+def check_inference_only(*tensors: torch.Tensor | None) -> None:
+    """Raise a ValueError where a derivative (or a batch) is asked of the Triton kernels,
+    which have no formula for one: where `transformed(*tensors)`. (Reverse mode records
+    the ops instead, so that the backward raises.)"""
+    if transformed(*tensors):
+        raise ValueError(
+            "the Triton backends are inference only: forward-mode AD and torch.func "
+            "transforms (jvp, grad, vmap) cannot run through them; use "
+            "backend='reference' (or 'dense') for derivatives"
+        )
 
 
 def _dtype_name(x: torch.Tensor) -> str:
@@ -78,8 +108,10 @@ def sparse24_linear(
     config: list[int],
 ) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W^T + bias, W a 2:4 weight given by values and meta."""
-    from .launch import run_linear, sparse24_operand
+    from .launch import checked_inputs, run_linear, sparse24_operand
 
+    check_inference_only(x, values, bias)
+    x, bias = checked_inputs(x, values.shape[0], k, values, bias)
     key = WeightKey("2:4", _dtype_name(x), values.shape[0], k)
     plan = resolve_config(config, x.shape[0], key, x.device)
     return run_linear(x, sparse24_operand(values, meta, k), bias, plan)
@@ -105,8 +137,10 @@ def bitmap_linear(
     config: list[int],
 ) -> torch.Tensor:
     """y [M, n] = x [M, k] @ W^T + bias, W a bitmap weight given by bits/values/offsets."""
-    from .launch import bitmap_operand, run_linear
+    from .launch import bitmap_operand, checked_inputs, run_linear
 
+    check_inference_only(x, values, bias)
+    x, bias = checked_inputs(x, n, k, values, bias)
     plan = resolve_config(config, x.shape[0], _bitmap_key(x, n, k, tile_n, tile_k, nnz), x.device)
     return run_linear(x, bitmap_operand(bits, values, offsets, n, k, (tile_n, tile_k)), bias, plan)
 
@@ -121,11 +155,14 @@ def dense_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: list[int]
 ) -> torch.Tensor:
     """The dense Triton baseline: same kernels and tiling, weight [N, K] read densely."""
-    from .launch import dense_operand, run_linear
+    from .launch import checked_inputs, dense_operand, run_linear
 
-    key = WeightKey("2:4", _dtype_name(x), *weight.shape)  # tiled like the 2:4 kernels
+    check_inference_only(x, weight, bias)
+    operand = dense_operand(weight)
+    x, bias = checked_inputs(x, operand.n, operand.k, weight, bias)
+    key = WeightKey("2:4", _dtype_name(x), operand.n, operand.k)  # tiled like the 2:4 kernels
     plan = resolve_config(config, x.shape[0], key, x.device)
-    return run_linear(x, dense_operand(weight), bias, plan)
+    return run_linear(x, operand, bias, plan)
 
 
 @dense_linear.register_fake
@@ -174,8 +211,10 @@ def bitmap_streams_linear(
     forced: run the streams at any M. Otherwise the op asks the dispatcher (decode_streams
     on) when it runs: the streams where it picks a streams plan, else its Triton plan on
     the bitmap, so that M stays symbolic under torch.compile."""
-    from .launch import bitmap_operand, run_linear, run_streams
+    from .launch import bitmap_operand, checked_inputs, run_linear, run_streams
 
+    check_inference_only(x, values, bias)
+    x, bias = checked_inputs(x, n, k, values, bias)
     m = x.shape[0]
     if not forced:
         key = _bitmap_key(x, n, k, tile_n, tile_k, nnz)

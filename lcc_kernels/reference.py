@@ -9,7 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .formats import BitmapWeight, Sparse24Weight, unpack
+from .formats import SUPPORTED_DTYPES, BitmapWeight, Sparse24Weight, unpack
+
+# The reference also computes in (and takes a bias of) float64: the oracle's precision.
+_REFERENCE_DTYPES = (*SUPPORTED_DTYPES, torch.float64)
 
 
 def reference_linear(
@@ -33,6 +36,8 @@ def reference_linear(
         raise ValueError(
             f"x {tuple(x.shape)} and weight {tuple(dense.shape)} must be [..., K] and [N, K]"
         )
+    if bias is not None:
+        check_bias(bias, dense.shape[0], dense.device, _REFERENCE_DTYPES)
     wide_bias = None if bias is None else bias.to(compute_dtype)
     y = F.linear(x.to(compute_dtype), dense.to(compute_dtype), wide_bias)
     return y.to(out_dtype or x.dtype)
@@ -41,3 +46,19 @@ def reference_linear(
 def oracle_linear(x, weight, bias=None) -> torch.Tensor:
     """The fp64 result of `reference_linear`, for error measurements."""
     return reference_linear(x, weight, bias, compute_dtype=torch.float64, out_dtype=torch.float64)
+
+
+def check_bias(
+    bias, n: int, device: torch.device, dtypes: tuple[torch.dtype, ...] = SUPPORTED_DTYPES
+) -> None:
+    """Raise a ValueError unless `bias` is a [n] tensor of one of `dtypes` on `device`
+    (shared by every entry point that takes a bias; any strides)."""
+    if not isinstance(bias, torch.Tensor):
+        raise ValueError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    if bias.dim() != 1 or bias.shape[0] != n:
+        raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    if bias.dtype not in dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise ValueError(f"bias dtype must be one of {names}; got {bias.dtype}")
+    if bias.device != device:
+        raise ValueError(f"bias is on {bias.device} but the weight is on {device}")

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lcc_kernels.kernels import INTERPRETED
+from lcc_kernels.decode import INTERPRETED
 
 # These tests launch the kernels on CPU tensors (the GPU ones are marked `gpu`).
 needs_triton = pytest.mark.skipif(

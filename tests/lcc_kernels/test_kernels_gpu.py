@@ -64,6 +64,28 @@ def test_streams_match_oracle_on_gpu(dtype, m):
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_an_fp32_bias_is_added_before_the_one_rounding_on_gpu(dtype):
+    """A bias x's dtype cannot hold: the dense backend adds it to cuBLAS's fp32 product
+    (torch.mm with out_dtype), the Triton kernels in their epilogue; both within half an
+    ulp of the fp64 result (plus fp32 accumulation). With x requiring grad, the dense
+    backend computes through the reference instead (mm with out_dtype has no derivative)."""
+    dense, packed = _weight("2:4", dtype)
+    x = torch.randn(300, K, dtype=dtype, device="cuda") * 0.01
+    ulp = 512 * torch.finfo(dtype).eps  # of outputs in [512, 1024)
+    bias = 1000 - 8 * ulp + torch.rand(N, device="cuda") * 8 * ulp
+    exact = torch.nn.functional.linear(x.double(), dense.double(), bias.double())
+    for backend in ("dense", "tiled"):
+        y = sparse_linear(x, packed, bias, backend=backend)
+        error = (y.double() - exact).abs().max().item()
+        assert error <= ulp / 2 + ulp / 64, (backend, error, ulp)
+    x.requires_grad_()
+    y = sparse_linear(x, packed, bias, backend="dense")
+    assert (y.double() - exact).abs().max().item() <= ulp / 2 + ulp / 64
+    y.float().sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
 def test_serial_split_k_is_deterministic_on_gpu():
     dense, packed = _weight("2:4", torch.bfloat16, n=512, k=8192)
     x = torch.randn(4, 8192, dtype=torch.bfloat16, device="cuda")

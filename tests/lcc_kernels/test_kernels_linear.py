@@ -6,6 +6,7 @@ into a second M tile, and the K splits do not divide the K tiles evenly.
 
 import pytest
 import torch
+import torch.nn.functional as F
 from _kernels_helpers import assert_matches_oracle, needs_triton, random_24, random_unstructured
 
 from lcc_kernels import (
@@ -330,3 +331,145 @@ def test_captured_launches_get_counters_of_their_own(monkeypatch):
     for y in results:
         assert torch.equal(y, results[0])
     assert_matches_oracle(results[0], x, dense)
+
+
+@needs_triton
+@pytest.mark.parametrize("backend", ["skinny", "streams"])
+def test_triton_backends_refuse_forward_mode_and_func_transforms(backend):
+    """No derivative formula: a tangent (or a batch) would be lost or fail obscurely."""
+    import torch.autograd.forward_ad as fwAD
+
+    _, packed = _weight("bitmap", torch.float32)
+    x, tangent = torch.randn(3, K), torch.randn(3, K)
+
+    def call(a):
+        return sparse_linear(a, packed, backend=backend)
+
+    with fwAD.dual_level(), pytest.raises(ValueError, match="inference only"):
+        call(fwAD.make_dual(x, tangent))
+    for transform in (
+        lambda: torch.func.jvp(call, (x,), (tangent,)),
+        lambda: torch.func.grad(lambda a: call(a).sum())(x),
+        lambda: torch.func.vmap(call)(torch.randn(2, 3, K)),
+    ):
+        with pytest.raises(ValueError, match="backend='reference'"):
+            transform()
+
+
+@pytest.mark.parametrize("backend", ["reference", "dense"])
+def test_reference_and_dense_backends_have_forward_derivatives(backend):
+    import torch.autograd.forward_ad as fwAD
+
+    dense, packed = _weight("2:4", torch.float32)
+    x, tangent, bias = torch.randn(3, K), torch.randn(3, K), torch.randn(N)
+    with fwAD.dual_level():
+        y = sparse_linear(fwAD.make_dual(x, tangent), packed, bias, backend=backend)
+        assert_matches_oracle(fwAD.unpack_dual(y).tangent, tangent, dense)
+    _, jvp = torch.func.jvp(
+        lambda a: sparse_linear(a, packed, bias, backend=backend), (x,), (tangent,)
+    )
+    assert_matches_oracle(jvp, tangent, dense)
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    ("dtype", "backend"),
+    [(torch.float16, "skinny"), (torch.float16, "dense"), (torch.bfloat16, "dense")],
+    ids=["fp16-skinny", "fp16-dense", "bf16-dense"],
+)
+def test_a_bias_wider_than_x_is_added_before_the_one_rounding(dtype, backend):
+    """An fp32 bias that x's dtype cannot hold (a RestoreLCC-like compensation of ~1000,
+    spread over a few ulps there): y is within half an ulp of the fp64 result (plus the
+    fp32 accumulation's error), as for one rounding; rounding the bias first (or the
+    product) is up to one ulp off. (Not bf16 through the interpreted kernels: the
+    interpreter truncates fp32 to bf16 where a GPU rounds.)"""
+    dense, packed = _weight("2:4", dtype)
+    x = torch.randn(33, K, dtype=dtype) * 0.01
+    ulp = 512 * torch.finfo(dtype).eps  # of outputs in [512, 1024)
+    bias = 1000 - 8 * ulp + torch.rand(N) * 8 * ulp
+    y = sparse_linear(x, packed, bias, backend=backend)
+    exact = F.linear(x.double(), dense.double(), bias.double())
+    error = (y.double() - exact).abs().max().item()
+    assert error <= ulp / 2 + ulp / 64, f"max error {error} ulp {ulp}"
+
+
+def test_auto_runs_no_torch_2_4_kernel_with_a_bias_wider_than_x(monkeypatch):
+    """torch's semi-structured kernels write fp16 only: with an fp32 bias on fp16 x,
+    "auto" trades a measured semi_structured plan for a Triton one."""
+    from lcc_kernels import linear
+
+    _, packed = _weight("2:4", torch.float16)
+    x = torch.randn(20, K, dtype=torch.float16)
+    monkeypatch.setattr(linear, "choose_plan", lambda *args: Plan("semi_structured"))
+    plans = []
+    monkeypatch.setattr(linear, "_run", lambda x2d, w, b, plan: plans.append(plan) or x2d[:, :N])
+    sparse_linear(x, packed, torch.randn(N))
+    sparse_linear(x, packed, torch.randn(N, dtype=torch.float16))
+    sparse_linear(x, packed)
+    assert plans[0].backend in ("skinny", "tiled")
+    assert [p.backend for p in plans[1:]] == ["semi_structured", "semi_structured"]
+
+
+def test_no_rows_checks_the_call_and_unpacks_nothing(monkeypatch):
+    from lcc_kernels import reference, weight_cache
+
+    def no_unpack(weight):
+        raise AssertionError("unpacked")
+
+    _, packed = _weight("2:4", torch.float32)
+    empty = torch.randn(2, 0, K)
+    for kwargs, message in (
+        (dict(backend="bogus"), "unknown backend"),
+        (dict(backend="skinny", plan=Plan("tiled")), "not both"),
+        (dict(plan=Plan("streams", 1, 128)), "streams backend needs a bitmap weight"),
+        (dict(backend="semi_structured"), "CUDA tensors only"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            sparse_linear(empty, packed, **kwargs)
+    monkeypatch.setattr(reference, "unpack", no_unpack)
+    monkeypatch.setattr(weight_cache, "unpack", no_unpack)
+    for backend in ("auto", "reference", "dense"):
+        assert sparse_linear(empty, packed, torch.randn(N), backend=backend).shape == (2, 0, N)
+    assert "dense" not in packed.cache
+
+
+@needs_triton
+def test_no_rows_checks_a_forced_triton_plan():
+    _, packed = _weight("2:4", torch.float32)
+    with pytest.raises(ValueError, match="needs block_m, block_n and block_k >= 16"):
+        sparse_linear(torch.randn(0, K), packed, plan=Plan("tiled", block_m=8))
+    y = sparse_linear(torch.randn(0, K), packed, plan=_plan("skinny", 3))
+    assert y.shape == (0, N)
+
+
+def test_reference_checks_its_bias():
+    dense, packed = _weight("2:4", torch.float32)
+    x = torch.randn(3, K)
+    for bias, message in (
+        (torch.ones(1), r"bias must have shape \(72,\), got \(1,\)"),
+        (torch.ones(3, N), r"bias must have shape \(72,\), got \(3, 72\)"),
+        (torch.ones(N, dtype=torch.int64), "bias dtype"),
+        (torch.ones(N, device="meta"), "bias is on meta"),
+    ):
+        for weight in (packed, dense):
+            with pytest.raises(ValueError, match=message):
+                reference_linear(x, weight, bias)
+    bias = torch.randn(N, dtype=torch.float64)  # the oracle's own precision is fine
+    assert_matches_oracle(reference_linear(x, packed, bias), x, dense, bias)
+
+
+@needs_triton
+def test_a_skinny_split_k_workspace_over_the_bound_is_refused(monkeypatch):
+    """A forced plan's fp32 workspace [split, M, N] is bounded (1 GiB; 5 KiB here)."""
+    dense, packed = _weight("bitmap", torch.float32)
+    x = torch.randn(5, K)
+    monkeypatch.setattr(launch, "MAX_SPLIT_K_WORKSPACE_BYTES", 5 * 1024)
+    launch._operand_geometry.cache_clear()  # geometries checked under the real bound
+    split_2 = Plan("skinny", 4, 16, 32, split_k=2)  # 2 x 5 x 72 x 4 B = 2.8 KiB
+    split_5 = Plan("skinny", 4, 16, 32, split_k=5)  # 7 KiB
+    try:
+        assert_matches_oracle(sparse_linear(x, packed, plan=split_2), x, dense)
+        with pytest.raises(ValueError, match=r"splits K 5 ways at M = 5, N = 72.*over the"):
+            sparse_linear(x, packed, plan=split_5)
+    finally:
+        launch._operand_geometry.cache_clear()

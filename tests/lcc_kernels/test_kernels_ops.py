@@ -11,7 +11,7 @@ from _kernels_helpers import assert_matches_oracle, needs_triton, random_24, ran
 from torch.library import opcheck
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lcc_kernels import Plan, ops, pack, sparse_linear
+from lcc_kernels import Plan, ops, pack, prepare_streams, sparse_linear
 from lcc_kernels.ops import bitmap_linear, dense_linear, plan_to_config, sparse24_linear
 
 SMALL_PLAN = Plan("skinny", block_m=4, block_n=16, block_k=32, split_k=2)
@@ -210,3 +210,90 @@ def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error():
     )
     assert "RuntimeError: the Triton kernels need a CUDA tensor" in result.stdout
     assert "TRITON_INTERPRET=1" in result.stdout
+
+
+def _op_calls(x, bias):
+    """Each Triton op on a [40, 64] weight of its kind, as a call of (x, bias), with the
+    dense weight it stands for."""
+    dense24, dense_bitmap, dense = (
+        random_24(40, 64),
+        random_unstructured(40, 64, 0.4),
+        torch.randn(40, 64),
+    )
+    w24 = pack(dense24, "2:4")
+    bitmap = pack(dense_bitmap, "bitmap", tile=(16, 32))
+    config = plan_to_config(SMALL_PLAN)
+    bitmap_args = (bitmap.bits, bitmap.values, bitmap.offsets, 40, 64, 16, 32, bitmap.nnz)
+    layout = prepare_streams(bitmap, Plan("streams", 1, 16, split_k=2))
+    streams_args = (*bitmap_args, list(layout.tensors))
+    streams_config = ops.streams_config(Plan("streams", 1, 16, split_k=2), layout)
+    return {
+        "2:4": (lambda x, b: sparse24_linear(x, w24.values, w24.meta, 64, b, config), dense24),
+        "bitmap": (lambda x, b: bitmap_linear(x, *bitmap_args, b, config), dense_bitmap),
+        "dense": (lambda x, b: dense_linear(x, dense, b, config), dense),
+        "streams": (
+            lambda x, b: ops.bitmap_streams_linear(x, *streams_args, streams_config, b, True),
+            dense_bitmap,
+        ),
+    }
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", ["2:4", "bitmap", "dense", "streams"])
+def test_ops_check_and_copy_what_they_are_given(kind):
+    """Called directly (not through sparse_linear), an op takes a transposed x and a
+    strided bias (copied first) and names a wrong shape, dtype or device."""
+    x = torch.randn(64, 3).t()  # [3, 64], K not unit-stride
+    bias = torch.randn(80)[::2]
+    call, dense = _op_calls(x, bias)[kind]
+    assert_matches_oracle(call(x, bias), x, dense, bias)
+    for bad_x, bad_bias, message in (
+        (torch.randn(3, 72), None, r"x must be \[M, K = 64\] for this weight, got \(3, 72\)"),
+        (torch.randn(2, 3, 64), None, r"x must be \[M, K = 64\]"),
+        (torch.randn(3, 64).half(), None, "x dtype torch.float16 must be the weight's"),
+        (x, torch.randn(41), r"bias must have shape \(40,\), got \(41,\)"),
+        (x, torch.zeros(40, dtype=torch.int32), "bias dtype"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call(bad_x, bad_bias)
+
+
+@needs_triton
+def test_op_inputs_on_another_device_are_named():
+    # A meta tensor given to an op runs its fake implementation: the check itself here.
+    from lcc_kernels.launch import checked_inputs
+
+    weight = torch.randn(40, 64)
+    with pytest.raises(ValueError, match="x is on meta but the weight is on cpu"):
+        checked_inputs(torch.randn(3, 64, device="meta"), 40, 64, weight, None)
+    with pytest.raises(ValueError, match="bias is on meta but the weight is on cpu"):
+        checked_inputs(torch.randn(3, 64), 40, 64, weight, torch.randn(40, device="meta"))
+
+
+@needs_triton
+def test_dense_op_names_a_weight_not_unit_stride_along_k():
+    weight = torch.randn(64, 40).t()
+    with pytest.raises(ValueError, match="unit-stride along K"):
+        dense_linear(torch.randn(3, 64), weight, None, plan_to_config(SMALL_PLAN))
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", ["2:4", "bitmap", "dense", "streams"])
+def test_ops_refuse_forward_mode_dual_inputs(kind):
+    """An op has no forward-mode formula: a dual x would lose its tangent silently."""
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.randn(3, 64)
+    call, _ = _op_calls(x, None)[kind]
+    with fwAD.dual_level(), pytest.raises(ValueError, match="inference only"):
+        call(fwAD.make_dual(x, torch.randn(3, 64)), None)
+
+
+def test_plan_configs_round_trip_every_field():
+    for plan in (
+        Plan("skinny", 2, 32, 128, 5, num_warps=8, num_stages=1, group_m=4),
+        Plan("tiled", 64, 16, 32, serial_reduction=False, num_stages=2, group_m=1),
+    ):
+        config = plan_to_config(plan)
+        assert len(config) == 9 and all(type(v) is int for v in config)
+        assert ops.resolve_config(config, 7, None, torch.device("cpu")) == plan
