@@ -17,7 +17,8 @@ and with one thread (ours uses one) and the faster is kept. Reported: seconds pe
 the ratios, the largest activation and score differences, the overlap of the selected
 heads (the research code's K = 10 compensation and raw features on both sides), and, for
 the record, how standardised probe features would change the selection. Results go to
-``benchmarks/results/capture_probe_<device>.json``.
+``benchmarks/results/capture_probe_<device>.json`` (``--out`` to change); every option is
+checked before the model loads.
 
     python benchmarks/bench_capture_probe.py                 # acceptance: 256 pairs
     python benchmarks/bench_capture_probe.py --pairs 16      # quick look
@@ -27,16 +28,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from restorelcc.assets import DEFAULT_MODEL, load_model
+from restorelcc.assets import DEFAULT_MODEL, load_config, load_model
+from restorelcc.commands.restore import heads_value
 from restorelcc.data import instruction_pairs
+from restorelcc.errors import RestoreLCCError
 from restorelcc.hf.families import head_geometry
-from restorelcc.io import atomic_write_json, format_table, run_metadata
+from restorelcc.io import atomic_write_json, format_table, load_average, run_metadata
 from restorelcc.lcc.capture import ProbeActivations, capture_probe_activations
 from restorelcc.lcc.components import lost_components
 from restorelcc.lcc.negatives import mine_negatives
@@ -45,6 +47,7 @@ from restorelcc.lcc.reference import capture_one_by_one, components_and_probes_p
 from restorelcc.lcc.tokens import ProbeSequences, encode_probe_set
 from restorelcc.prune import prune_model
 
+RESULTS = Path(__file__).resolve().parent / "results"
 RESEARCH_K = 10  # the research code sums 10 singular directions into the compensation
 FIELDS = ("dense", "pruned", "positive", "negative")
 
@@ -66,7 +69,10 @@ def concat(parts: list[ProbeActivations]) -> ProbeActivations:
 
 
 def interleaved_capture(dense, pruned, sequences, chunks, progress):
-    """Both protocols' captures, chunk by chunk; returns activations and seconds of each."""
+    """Both protocols' captures, chunk by chunk (``chunks`` >= 1 of them); returns
+    activations and seconds of each."""
+    if chunks < 1:
+        raise ValueError(f"chunks must be >= 1, got {chunks}")
     ours, reference, seconds = [], [], {"ours": 0.0, "research": 0.0}
     size = -(-len(sequences) // chunks)
     for index, start in enumerate(range(0, len(sequences), size)):
@@ -103,22 +109,46 @@ def per_head_reference(acts, progress):
     return scores, {"default_threads": default_threads, "one_thread": one_thread}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, each checked (the head count against the model's config) before any
+    model loads; a bad one ends the run with a usage error naming it."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--pairs", type=int, default=256)
     p.add_argument("--chunks", type=int, default=4, help="interleaving chunks of the capture")
     p.add_argument("--data", default="squad")
     p.add_argument("--sparsity", type=float, default=0.5, help="magnitude, unstructured")
-    p.add_argument("--heads", type=float, default=0.25, help="fraction selected for the overlap")
+    p.add_argument(
+        "--heads",
+        type=heads_value,
+        default=0.25,
+        help="heads selected for the overlap: a count (64) or a fraction of all (0.25)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
         "--out", default=None, help="default: benchmarks/results/capture_probe_<device>.json"
     )
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
+    for name in ("pairs", "chunks"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.sparsity < 1:
+        p.error(f"--sparsity must lie strictly between 0 and 1, got {args.sparsity}")
+    try:
+        geometry = head_geometry(load_config(args.model))
+    except RestoreLCCError as error:
+        p.error(f"--model {args.model}: {error}")
+    try:
+        args.head_count = head_count(geometry, args.heads)
+    except ValueError as error:
+        p.error(f"--heads {args.heads}: {error}")
+    return args
 
-    out = Path(args.out or f"benchmarks/results/capture_probe_{args.device}.json")
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out or RESULTS / f"capture_probe_{args.device}.json")
     dense, tokenizer = load_model(args.model, device=args.device)
     pruned = copy.deepcopy(dense)
     prune_model(pruned, "magnitude", args.sparsity)
@@ -127,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         lambda: mine_negatives([p.response for p in pairs])
     )
     sequences = encode_probe_set(tokenizer, pairs, negatives, max_length=512)
-    count = head_count(head_geometry(dense), args.heads)
-    load_before = os.getloadavg()
+    count = args.head_count
+    load_before = load_average()
 
     acts, ref_acts, capture = interleaved_capture(
         dense, pruned, sequences, args.chunks, args.progress
@@ -186,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             "selected_overlap_raw_vs_standardized": len(ours_sel & std_sel),
         },
         "torch_threads": torch.get_num_threads(),
-        "load_average": {"before": load_before, "after": os.getloadavg()},
+        "load_average": {"before": load_before, "after": load_average()},
         "run_metadata": run_metadata(),
     }
     atomic_write_json(out, result)

@@ -31,8 +31,10 @@ unswapped pruned model (the kernels.md rule: error vs a wider-precision oracle <
 PyTorch's own + atol).
 
 Results: OUT_DIR/e2e.json (rewritten after every row; schema ``restorelcc.bench_e2e/1``),
-with ``run_metadata()``. On a CPU (``--smoke``) the timings only exercise the code:
-``timing_claims`` is false and no speedups are computed.
+with ``run_metadata()``. Its ``status``: ``running`` until the end, then ``complete``
+(every job of every variant timed), ``budget spent before <variant>`` or ``budget spent
+during <variant>: ...`` (which jobs were not timed). On a CPU (``--smoke``) the timings
+only exercise the code: ``timing_claims`` is false and no speedups are computed.
 """
 
 from __future__ import annotations
@@ -240,6 +242,8 @@ class Bench:
                 if spec is not None:  # also after a swap that failed part-way
                     unswap_attention(model)
                 self.save()
+            if self.result["status"] != "running":  # the budget ran out inside the variant
+                break
         if self.result["status"] == "running":
             self.result["status"] = "complete"
         self.result["speedups"] = speedups(self.result)
@@ -247,11 +251,17 @@ class Bench:
         return self.result
 
     def time_variant(self, variant: str, model) -> None:
+        """Time every job of ``variant``; a budget that runs out first sets ``status`` to
+        say which job and those after it were not timed."""
         jobs = [("decode", b, self.setup.context) for b in self.setup.decode_batches]
         jobs += [("prefill", 1, t) for t in self.setup.prefill_tokens]
         jobs.append(("decode_eager", self.setup.decode_batches[0], self.setup.context))
-        for phase, batch, tokens in jobs:
+        for index, (phase, batch, tokens) in enumerate(jobs):
             if not self.time_left():
+                self.result["status"] = (
+                    f"budget spent during {variant}: {len(jobs) - index} of its {len(jobs)} "
+                    f"jobs not timed, from {phase} batch {batch} tokens {tokens}"
+                )
                 return
             row = {"variant": variant, "phase": phase, "batch": batch, "tokens": tokens}
             try:
@@ -350,7 +360,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="tiny model on the CPU, reference path; no timing claims",
+        help="tiny model on the CPU, reference path; no timing claims. Its sizes are fixed: "
+        "--layers, --vocab, --mlp, --context, --batches, --prefill and --dispatch-table are "
+        "ignored",
     )
     parser.add_argument(
         "--budget-s", type=float, default=150.0, help="start no new work after this many seconds"

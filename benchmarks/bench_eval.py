@@ -124,7 +124,7 @@ def test_perplexity_throughput(benchmark, smollm2):
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from restorelcc.io import atomic_write_json, format_table, run_metadata
+    from restorelcc.io import atomic_write_json, format_table, load_average, run_metadata
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -132,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     model, tokenizer = load_model(args.model)
     warm_up(model)
+    load_before = load_average()
     rows = [measure_task(model, tokenizer, task, limit) for task, limit in CASES.items()]
     rows.append(measure_task(model, tokenizer, UNSHARED, CASES[UNSHARED], share_context=False))
     rows.append(measure_perplexity(model, tokenizer))
     print(format_table(rows, ["case", "items", "tokens", "seconds", "items_per_s", "tokens_per_s"]))
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
     atomic_write_json(
         args.out,
         {
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             "ppl_tokens": PPL_TOKENS,
             "results": rows,
             "torch_threads": torch.get_num_threads(),
-            "load_average": load,  # other jobs on a shared machine slow every figure down
+            # other jobs on a shared machine slow every figure down
+            "load_average": {"before": load_before, "after": load_average()},
             "run_metadata": run_metadata(),
         },
     )

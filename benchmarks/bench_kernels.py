@@ -1,7 +1,7 @@
 """pytest-benchmark microbenchmarks of the sparse linear kernels (GPU only; skipped on a CPU).
 
     pytest benchmarks/bench_kernels.py --benchmark-enable \
-        --benchmark-json=benchmarks/results/<gpu>-<date>.json
+        --benchmark-json=benchmarks/results/kernels-<gpu>-<YYYYMMDD>.json
     LCC_BENCH_SHAPES=all pytest ...            # every shape of kernels.md, not just Llama-3-8B
 
 Providers side by side for each (shape, M), all in bf16 with a bias: ours (2:4, and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import os
 import signal
@@ -24,12 +25,36 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help, unless the help already names its default
+    or there is none to show (``None``, a flag's ``False``, ``argparse.SUPPRESS``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or not action.option_strings:
+            return text
+        if default is None or default is False or default is argparse.SUPPRESS:
+            return text
+        if isinstance(default, (list, tuple)):
+            shown = " ".join(map(str, default)) or "none"
+            return f"{text} (default: {shown.replace('%', '%%')})"
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="restorelcc",
         description="Prune LLMs and restore their accuracy by lost-component compensation.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=functools.partial(
+            argparse.ArgumentParser, formatter_class=DefaultsHelpFormatter
+        ),
+    )
     for module in COMMANDS.values():
         importlib.import_module(module).register(sub)
     return parser
@@ -79,11 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _terminate_as_interrupt(), _library_progress_bars(not getattr(args, "quiet", False)):
             return int(args.func(args) or 0)
-    except (RestoreLCCError, ValueError, FileExistsError, FileNotFoundError) as exc:
-        # Bad input: one line for the user; RESTORELCC_DEBUG=1 shows the traceback.
+    except (RestoreLCCError, ValueError, OSError) as exc:
+        # Bad input, or a file that cannot be read or written (a full disk, a folder that
+        # refuses writes): one line for the user; RESTORELCC_DEBUG=1 shows the traceback.
         if os.environ.get("RESTORELCC_DEBUG"):
             raise
-        print(f"restorelcc {args.command}: error: {exc}", file=sys.stderr)
+        print(f"restorelcc {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except Terminated:
         print(f"restorelcc {args.command}: terminated", file=sys.stderr)
@@ -91,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"restorelcc {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error's message; an operating-system error's as "what: file" (without its
+    ``[Errno N]``), the message of our own ``OSError`` subclasses as it is."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc)
 
 
 if __name__ == "__main__":

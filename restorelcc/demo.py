@@ -39,6 +39,7 @@ from restorelcc.demo_config import DemoConfig, flagged
 from restorelcc.evaluate import evaluate_model
 from restorelcc.hf.families import head_geometry
 from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
+from restorelcc.latency import interleaved_rounds, median_ratios
 from restorelcc.lcc.pipeline import RestoreConfig, restore
 from restorelcc.lcc.probing import head_count
 from restorelcc.prune import prune_model
@@ -111,26 +112,17 @@ def forward_latency(
     models: dict[str, nn.Module], vocab: int, rounds: int, baseline: str
 ) -> dict[str, float]:
     """Forward time of each model relative to ``models[baseline]`` on one 128-token sequence:
-    the median over rounds of the per-round ratio. Rounds interleave the models so that a
-    change of machine load hits them alike. Returns the ratio per model name."""
+    the median over rounds of the per-round ratio. Rounds interleave the models, who goes
+    first rotating (``restorelcc.latency.interleaved_rounds``), so that a change of machine
+    load hits them alike. Returns the ratio per model name."""
     ids = torch.randint(0, vocab, (1, 128), generator=torch.Generator().manual_seed(0))
     ids = ids.to(next(next(iter(models.values())).parameters()).device)
-    sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
-    times: dict[str, list[float]] = {name: [] for name in models}
+    calls = {name: (lambda model=model: model(ids)) for name, model in models.items()}
     with torch.no_grad():
-        for model in models.values():
-            model(ids)  # warm-up
-        for _ in range(rounds):
-            for name, model in models.items():
-                sync()
-                start = time.perf_counter()
-                model(ids)
-                sync()
-                times[name].append(time.perf_counter() - start)
-    return {
-        name: statistics.median(t / b for t, b in zip(times[name], times[baseline], strict=True))
-        for name in models
-    }
+        times = interleaved_rounds(
+            calls, rounds, sync=torch.cuda.synchronize if ids.is_cuda else None
+        )
+    return median_ratios(times, baseline)
 
 
 def sparsity_kept(pruned: float, candidate: float) -> float | None:
@@ -186,11 +178,12 @@ class Demo:
             "--pairs-source", instruction_pairs, c.pairs_source, n=c.train_pairs, seed=c.seed
         )
 
-    def run(self) -> dict:
+    def run(self, pairs: list | None = None) -> dict:
+        """The job; ``pairs``: what ``check_inputs()`` returned, if it has run already."""
         c = self.config
         start = time.perf_counter()
         torch.manual_seed(c.seed)
-        pairs = self.check_inputs()
+        pairs = self.check_inputs() if pairs is None else pairs
         dense, tokenizer = load_model(c.model, device=c.device)
         for pattern in c.patterns:  # N:M needs input widths divisible by M
             flagged(f"--patterns {pattern}", check_model, dense, c.prune_spec(pattern))
@@ -381,8 +374,9 @@ def run_demo(config: DemoConfig, out_dir: str | Path, overwrite: bool = False) -
     ``out_dir`` is refused at once if it is a file, or a non-empty directory unless
     ``overwrite``; it appears (or is replaced) only when the whole job has succeeded."""
     demo = Demo(config)
+    pairs = demo.check_inputs()  # before the folder is made: bad input leaves nothing
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        report = demo.run()
+        report = demo.run(pairs)
         report["table"] = demo.table()
         atomic_write_json(tmp / "report.json", report)
         plot(report, tmp / "plot.png")

@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from restorelcc.errors import RestoreLCCError
+
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
@@ -59,12 +61,37 @@ def atomic_write_json(path: str | os.PathLike, obj) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
+class OutputPathError(RestoreLCCError, ValueError):
+    """An output location that cannot be written: its folder is a file, or refuses writes."""
+
+
+def check_writable_location(path: str | os.PathLike, name: str | None = None) -> Path:
+    """The nearest existing folder of ``path`` (its parent, or the nearest of that
+    parent's existing ancestors: the missing ones are made when writing), after checking
+    that something can be written there: a temporary folder is made in it and removed.
+    Unlike ``os.access``, the probe also holds for root and for read-only file systems.
+    Raises ``OutputPathError`` naming ``name`` (default: ``path``)."""
+    name = name or str(path)
+    parent = Path(path).absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"{name}: {parent} is a file, not a directory")
+    try:
+        probe = tempfile.mkdtemp(prefix=".restorelcc-probe-", dir=parent)
+    except OSError as exc:
+        raise OutputPathError(f"{name}: cannot write in {parent} ({exc.strerror or exc})") from None
+    os.rmdir(probe)
+    return parent
+
+
 def check_output_directory(
     target: str | os.PathLike, overwrite: bool = False, option: str | None = None
 ) -> Path:
     """``target`` as a ``Path`` if a directory may be written there: refuses an existing
-    file, and a non-empty directory unless ``overwrite``. ``option`` (e.g. ``"--out"``)
-    names the command-line option in the message, whose remedy is then ``--overwrite``."""
+    file, a non-empty directory unless ``overwrite``, and a location where nothing can be
+    written (``check_writable_location``). ``option`` (e.g. ``"--out"``) names the
+    command-line option in the message, whose remedy is then ``--overwrite``."""
     target = Path(target)
     name = f"{option} {target}" if option else str(target)
     if target.exists() and not target.is_dir():
@@ -72,31 +99,69 @@ def check_output_directory(
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         remedy = "--overwrite" if option else "overwrite"
         raise FileExistsError(f"{name} is not empty (pass {remedy} to replace it)")
+    check_writable_location(target, name)  # the temporary sibling is made in its parent
     return target
+
+
+def give_usual_modes(folder: Path) -> None:
+    """Give ``folder``, its folders and its files the modes a plain ``mkdir`` and ``open``
+    would (0o777 / 0o666 less the umask): ``mkdtemp``, ``mkstemp`` and safetensors make
+    theirs 0700 / 0600, unreadable to the other users of a shared checkpoint. Symbolic
+    links are left alone (their targets may lie outside ``folder``)."""
+    mask = current_umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for names, mode in ((dirs, 0o777), (files, 0o666)):
+            for entry in names:
+                path = os.path.join(root, entry)
+                if not os.path.islink(path):
+                    os.chmod(path, mode & ~mask)
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The ancestors of ``path`` that do not exist yet, the deepest first."""
+    missing = []
+    for parent in path.absolute().parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
 
 
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``target`` only on success.
 
-    On any exception the temporary directory is removed and ``target`` is untouched.
-    Refuses an existing non-empty ``target`` unless ``overwrite``.
+    On any exception the temporary directory is removed, and so are the (empty) parent
+    folders made for it; ``target`` is untouched. Refuses an existing non-empty ``target``
+    unless ``overwrite``. What is written inside gets the usual modes (``give_usual_modes``).
     """
     target = check_output_directory(target, overwrite)
+    made = _missing_folders(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    done = False
     try:
         yield tmp
+        give_usual_modes(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}-old-{os.getpid()}")
             os.replace(target, old)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)  # put the old one back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-        os.chmod(target, 0o777 & ~current_umask())  # mkdtemp creates 0700
+        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            for folder in made:  # deepest first; one that holds something else stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def git_commit() -> str | None:
@@ -113,8 +178,17 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def load_average() -> list[float] | None:
+    """The host's 1, 5 and 15-minute load averages (None where the OS has none): on a
+    shared machine other jobs slow every timing down."""
+    try:
+        return list(os.getloadavg())
+    except (AttributeError, OSError):
+        return None
+
+
 def run_metadata() -> dict:
-    """Versions, host and commit, for every JSON report."""
+    """Versions, host, commit and the load average when called, for every JSON report."""
     import torch
     import transformers
 
@@ -126,12 +200,14 @@ def run_metadata() -> dict:
         "transformers": transformers.__version__,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "cpu_threads": torch.get_num_threads(),
+        "load_average": load_average(),
         "commit": git_commit(),
     }
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-    """A fixed-width text table; floats get 4 significant digits, missing cells a dash."""
+    """A fixed-width text table; floats get 4 significant digits, missing cells a dash.
+    Columns of numbers (headers included) are right-aligned, others left-aligned."""
     if not rows:
         return "(no rows)"
     columns = list(columns or dict.fromkeys(k for row in rows for k in row))
@@ -143,9 +219,19 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> 
             return f"{value:.4g}"
         return str(value)
 
+    def numeric(column: str) -> bool:
+        values = [row.get(column) for row in rows if row.get(column) is not None]
+        return bool(values) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+        )
+
+    aligns = [str.rjust if numeric(c) else str.ljust for c in columns]
     cells = [[cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
-    rule = "  ".join("-" * w for w in widths)
-    body = ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join([line, rule, *body])
+
+    def line(values) -> str:
+        return "  ".join(
+            align(v, w) for v, w, align in zip(values, widths, aligns, strict=True)
+        ).rstrip()
+
+    return "\n".join([line(columns), line("-" * w for w in widths), *map(line, cells)])

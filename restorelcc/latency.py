@@ -1,20 +1,25 @@
-"""Decode-step and prefill latency of a causal LM, and the logits check of a swapped model.
+"""Decode-step and prefill latency of a causal LM, the logits check of a swapped model,
+and interleaved timing rounds for ratios measured in one run.
 
     step = decode_step(model, batch=1, context=512, generator=g)   # one new token per row
     run = prefill(model, tokens=512, generator=g)
     timing = time_call(step, device)          # {"median_ms", "p20_ms", "p80_ms", "method"}
+    times = interleaved_rounds({"pruned": f, "folded": g}, rounds=20)  # seconds per call
+    ratios = median_ratios(times, baseline="pruned")                   # {"folded": 1.01, ...}
 
 Both calls run against a ``StaticCache`` that is reset before each run, so a call can be
 repeated (and captured in a CUDA graph: on a GPU ``time_call`` replays one, else it falls
 back to eager and says so in ``method``). On a CPU it is the median wall time of
-``rounds`` calls. Used by ``restorelcc bench`` and ``benchmarks/bench_e2e.py``.
+``rounds`` calls. Used by ``restorelcc bench`` and ``benchmarks/bench_e2e.py``;
+``interleaved_rounds`` by the demo's latency column, ``benchmarks/bench_fold_latency.py``,
+``benchmarks/bench_host_overhead.py`` and the latency regression tests (``tests/latency``).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -96,15 +101,7 @@ def time_call(
             timing = time_calls([call], rep_ms=rep_ms, warmup_ms=max(rep_ms // 4, 1), eager=eager)
             torch.cuda.synchronize()
         return timing
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    call()
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - start) * 1e3)
-    samples.sort()
+    samples = sorted(1e3 * t for t in interleaved_rounds({"call": call}, rounds)["call"])
 
     def quantile(q: float) -> float:
         return samples[min(len(samples) - 1, int(q * len(samples)))]
@@ -114,6 +111,57 @@ def time_call(
         "p20_ms": quantile(0.2),
         "p80_ms": quantile(0.8),
         "method": f"wall clock, {rounds} rounds",
+    }
+
+
+def interleaved_rounds(
+    calls: Mapping[str, Callable[[], object]],
+    rounds: int,
+    *,
+    number: int = 1,
+    warmup: int = 1,
+    sync: Callable[[], None] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of each entry of ``calls``, one value per round (name -> [rounds]).
+
+    A round times ``number`` calls of every entry back to back, entry after entry, and
+    starts one entry further along than the round before (who goes first rotates; with
+    two entries they alternate), so that a change of machine load hits them all alike.
+    ``warmup`` untimed calls of each entry come first. ``sync`` (e.g.
+    ``torch.cuda.synchronize``) runs before and after each timing."""
+    for name, value, least in (("rounds", rounds, 1), ("number", number, 1), ("warmup", warmup, 0)):
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+    if not calls:
+        raise ValueError("no calls to time")
+    sync = sync or (lambda: None)
+    names = list(calls)
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            call = calls[name]
+            sync()
+            start = time.perf_counter()
+            for _ in range(number):
+                call()
+            sync()
+            times[name].append((time.perf_counter() - start) / number)
+    return times
+
+
+def median_ratios(times: Mapping[str, Sequence[float]], baseline: str) -> dict[str, float]:
+    """Per name of ``times`` (as ``interleaved_rounds`` returns them), the median over
+    rounds of its time / ``baseline``'s time in the same round (``baseline`` itself: 1.0)."""
+    if baseline not in times:
+        raise KeyError(f"baseline {baseline!r} is not among the timed calls {sorted(times)}")
+    base = times[baseline]
+    return {
+        name: statistics.median(t / b for t, b in zip(values, base, strict=True))
+        for name, values in times.items()
     }
 
 

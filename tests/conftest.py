@@ -7,6 +7,8 @@ comparison instead of passing by luck (the fla conftest does the same).
 
 import os
 import random
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,5 +74,28 @@ def pytest_collection_modifyitems(config, items):
         reason = "runs the compiled kernels: unset TRITON_INTERPRET (pytest -m 'gpu or triton')"
     skip_gpu = pytest.mark.skip(reason=reason)
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu"):
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A directory in which nothing can be made: a read-only (0o555) folder, or, for root
+    (whom modes do not stop), /sys, where the kernel refuses new files. Skips where
+    neither refuses."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    refusing = None
+    for candidate in (folder, Path("/sys")):
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=candidate))
+        except OSError:
+            refusing = candidate
+            break
+    try:
+        if refusing is None:
+            pytest.skip("no directory here refuses writes")
+        yield refusing
+    finally:
+        folder.chmod(0o755)

@@ -9,8 +9,11 @@ kernel plan) are checked against the ``nn.Linear`` model's and a wider-dtype cop
 (the kernels.md rule). Swapped and ``nn.Linear`` timings are taken one after the other,
 not interleaved: the swap is in place, and a second copy of the model would double its
 memory.
-On a GPU each call is timed from CUDA-graph replays (no host overhead, as in compiled or
-captured decode); ``--eager`` times calls issued from Python instead.
+On a GPU each call is timed from CUDA-graph replays for ``--rep-ms`` (no host overhead,
+as in compiled or captured decode); ``--eager`` times calls issued from Python instead. On
+a CPU, ``--rounds`` calls are timed by the wall clock. Options that the device would
+ignore are refused, as are ``--context``/``--prefill`` beyond the model's positions and
+a model with nothing to swap (before the reference logits are computed).
 Speedup = ``nn.Linear`` time / swapped time. On a CPU the swapped modules run the
 PyTorch reference path, so CPU figures say nothing of GPU speed (the report says so).
 """
@@ -20,15 +23,20 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from pathlib import Path
 
 from restorelcc.commands.options import (
+    DEFAULT_REPORT_HELP,
+    adapter_summary,
     add_adapter_argument,
     add_device_argument,
     add_mlp_argument,
-    check_json_path,
+    add_quiet_argument,
+    check_spares_inputs,
     positive_int,
     read_adapter,
+    refuse_unused,
+    remember_defaults,
+    report_path,
     resolve_device,
     swap_pruned_attention,
 )
@@ -36,6 +44,9 @@ from restorelcc.errors import RestoreLCCError
 from restorelcc.hf import FORMATS, MIN_SPARSITY
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Timing options that one kind of device ignores: refused there (given other than defaults).
+CUDA_ONLY = ("rep_ms", "eager", "decode_streams")
+CPU_ONLY = ("rounds",)
 
 
 class NotEnoughMemoryError(RestoreLCCError):
@@ -62,7 +73,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", required=True, help="pruned model name or directory")
     add_adapter_argument(p)
-    p.add_argument("--format", choices=FORMATS, default="auto", help="packed format (swap)")
+    p.add_argument("--format", choices=FORMATS, default="auto", help="packed format of the swap")
     p.add_argument(
         "--batches", type=positive_int, nargs="+", default=[1, 16], help="decode batch sizes"
     )
@@ -73,32 +84,82 @@ def register(subparsers) -> None:
     p.add_argument(
         "--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on CUDA, else float32"
     )
-    p.add_argument("--rounds", type=positive_int, default=10, help="timed calls (CPU)")
-    p.add_argument("--rep-ms", type=positive_int, default=200, help="timing window (CUDA)")
+    p.add_argument("--rounds", type=positive_int, default=10, help="CPU only: timed calls per job")
+    p.add_argument(
+        "--rep-ms", type=positive_int, default=200, help="CUDA only: timing window per job (ms)"
+    )
     p.add_argument(
         "--eager",
         action="store_true",
-        help="on CUDA, time calls issued from Python one after another (host overhead "
+        help="CUDA only: time calls issued from Python one after another (host overhead "
         "included, as an uncompiled generate runs) instead of CUDA-graph replays",
     )
     p.add_argument(
         "--min-sparsity",
         type=float,
         default=MIN_SPARSITY,
-        help=f"fraction of zeros from which a matrix counts as pruned (default {MIN_SPARSITY})",
+        help="fraction of zeros from which a matrix counts as pruned",
     )
     p.add_argument(
         "--decode-streams",
         action="store_true",
-        help="bitmap weights run decode (up to 4 rows) on a streams layout of their kept "
-        "values: ~1.1x the bitmap's bytes more memory (lcc_kernels.streams)",
+        help="CUDA only: bitmap weights run decode (up to 4 rows) on a streams layout of "
+        "their kept values: ~1.1x the bitmap's bytes more memory (lcc_kernels.streams); "
+        "refused where no weight is packed as a bitmap",
     )
     add_mlp_argument(p)
     p.add_argument("--no-check", action="store_true", help="skip the logits check")
     add_device_argument(p)
-    p.add_argument("--json", default=None, help="report path (default bench_<model>.json)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", default=None, help=DEFAULT_REPORT_HELP.format(command="bench"))
+    add_quiet_argument(p)
     p.set_defaults(func=run)
+    remember_defaults(p, (*CUDA_ONLY, *CPU_ONLY))
+
+
+def _check_timing_options(args: argparse.Namespace, device) -> None:
+    """Refuse the timing options that ``device`` would ignore."""
+    if device.type == "cuda":
+        refuse_unused(args, CPU_ONLY, "CPU only; on CUDA each job is timed for --rep-ms")
+        if args.format == "2:4":
+            refuse_unused(
+                args, ("decode_streams",), "it lays out bitmap weights; --format 2:4 has none"
+            )
+    else:
+        refuse_unused(
+            args,
+            CUDA_ONLY,
+            f"CUDA only; on the {device.type} the calls are timed by the wall clock "
+            "(--rounds) on the PyTorch reference path",
+        )
+
+
+def _check_decode_streams(args: argparse.Namespace, report) -> None:
+    """Refuse ``--decode-streams`` where the swap packed no weight as a bitmap."""
+    if args.decode_streams and not any(g.format == "bitmap" for g in report.groups):
+        formats = ", ".join(sorted({g.format for g in report.groups}))
+        raise ValueError(
+            f"--decode-streams: {args.model} has no weight packed as a bitmap (formats: "
+            f"{formats}); it lays out bitmap weights only"
+        )
+
+
+def _check_positions(args: argparse.Namespace, config) -> None:
+    """Refuse a ``--context`` or ``--prefill`` beyond the model's positions."""
+    limit = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if limit is None:
+        return
+    if args.context + 1 > limit:
+        raise ValueError(
+            f"--context {args.context}: a decode step after {args.context} cached tokens "
+            f"needs {args.context + 1} positions; {args.model} has {limit} "
+            "(max_position_embeddings)"
+        )
+    longest = max(args.prefill, default=0)
+    if longest > limit:
+        raise ValueError(
+            f"--prefill {longest}: more tokens than the {limit} positions of {args.model} "
+            "(max_position_embeddings)"
+        )
 
 
 def _dtype(name: str, device):
@@ -192,13 +253,17 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.latency import weight_bytes
 
     start = time.perf_counter()
-    out = check_json_path(args.json or f"bench_{Path(args.model).name}.json")
+    out = report_path(args, "bench")
+    check_spares_inputs("--json", out, {"--model": args.model, "--adapter": args.adapter})
     if not 0 <= args.min_sparsity < 1:
         raise ValueError(f"--min-sparsity must be in [0, 1), got {args.min_sparsity}")
     device = resolve_device(args.device)
+    _check_timing_options(args, device)
     dtype = _dtype(args.dtype, device)
     restoration = read_adapter(args.adapter)
-    family_of(load_config(args.model))  # an unsupported family fails before the weights load
+    config = load_config(args.model)
+    family_of(config)  # an unsupported family fails before the weights load
+    _check_positions(args, config)
     model, _ = load_model(args.model, dtype=dtype, device=device)
     if restoration is not None:
         restoration.fold(model)
@@ -207,20 +272,24 @@ def run(args: argparse.Namespace) -> int:
     reports = []
 
     def swap() -> None:
-        reports.append(
-            swap_pruned_attention(
-                model,
-                "--model",
-                args.model,
-                args.format,
-                args.min_sparsity,
-                args.decode_streams,
-                args.mlp,
-            )
+        report = swap_pruned_attention(
+            model,
+            "--model",
+            args.model,
+            args.format,
+            args.min_sparsity,
+            args.decode_streams,
+            args.mlp,
         )
+        _check_decode_streams(args, report)
+        reports.append(report)
 
     with torch.no_grad():
-        references = None if args.no_check else _reference_logits(model, jobs, device)
+        references = None
+        if not args.no_check:
+            swap()  # a model with nothing to swap fails before the reference logits
+            unswap_attention(model)
+            references = _reference_logits(model, jobs, device)
         swap()
         bytes_swapped = weight_bytes(model)
         with tqdm(total=2 * len(jobs), desc="bench", disable=args.quiet) as bar:
@@ -247,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     payload = {
         "model": str(args.model),
-        "adapter": {"path": str(args.adapter), **restoration.summary()} if restoration else None,
+        "adapter": adapter_summary(args.adapter, restoration),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "timing_claims": device.type == "cuda",

@@ -6,7 +6,13 @@ import argparse
 import time
 from dataclasses import fields
 
-from restorelcc.commands.options import add_device_argument, limit_value, resolve_device
+from restorelcc.commands.options import (
+    add_device_argument,
+    add_quiet_argument,
+    check_spares_inputs,
+    limit_value,
+    resolve_device,
+)
 from restorelcc.commands.restore import heads_value
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.demo import run_demo
@@ -107,7 +113,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="output folder (default: runs/demo-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     add_device_argument(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_argument(p)
     p.set_defaults(func=run)
 
 
@@ -117,6 +123,11 @@ def run(args: argparse.Namespace) -> int:
     given["device"] = str(resolve_device(args.device))
     config = DemoConfig.paper(**given) if args.paper else DemoConfig(**given)
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    inputs = {
+        option(name): getattr(config, name)
+        for name in ("model", "pairs_source", "calibration_source", "ppl_source")
+    }
+    check_spares_inputs("--out", out, inputs)
     check_output_directory(out, args.overwrite, option="--out")
     report = run_demo(config, out, overwrite=args.overwrite)
     print(report["table"])

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from restorelcc.commands.options import (
+    DEFAULT_REPORT_HELP,
+    adapter_summary,
     add_adapter_argument,
     add_device_argument,
     add_mlp_argument,
-    check_json_path,
+    add_perplexity_arguments,
+    add_quiet_argument,
+    check_mlp_needs_swap,
+    check_spares_inputs,
     describe_swap,
     limit_value,
     positive_int,
     read_adapter,
+    report_path,
     resolve_device,
     swap_pruned_attention,
 )
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
-from restorelcc.eval.perplexity import DEFAULT_TOKENS
 from restorelcc.hf import FORMATS, MIN_SPARSITY
 
 DEFAULT_TASKS = "paper"
@@ -38,30 +42,18 @@ def register(subparsers) -> None:
     p.add_argument(
         "--tasks",
         default=DEFAULT_TASKS,
-        help="comma-separated task names, 'paper' (the paper's 7), 'all' (+ piqa) or "
-        "'none' (perplexity only)",
+        help="comma-separated task names, 'paper' (the paper's 7), 'all' (+ piqa), or "
+        "'none' alone (perplexity only)",
     )
     p.add_argument(
         "--limit",
         type=limit_value,
         default=DEFAULT_LIMIT,
-        help=f"first N items of each task ('all' for every item; default {DEFAULT_LIMIT})",
+        help="first N items of each task ('all' for every item)",
     )
     ppl = p.add_mutually_exclusive_group()
-    ppl.add_argument(
-        "--ppl-tokens",
-        type=positive_int,
-        default=DEFAULT_TOKENS,
-        help=f"perplexity token budget (default {DEFAULT_TOKENS})",
-    )
     ppl.add_argument("--no-ppl", action="store_true", help="skip perplexity")
-    p.add_argument(
-        "--ppl-source",
-        default=DEFAULT_PERPLEXITY_SOURCE,
-        help=f"perplexity text: '{DEFAULT_PERPLEXITY_SOURCE}' (default), a text file, a folder "
-        "of text files, or JSON/JSONL/save_to_disk rows with a 'text' column (e.g. "
-        "WikiText-2's test split)",
-    )
+    add_perplexity_arguments(p, tokens_group=ppl)
     p.add_argument(
         "--batch-size", type=positive_int, default=16, help="rows (questions) per forward"
     )
@@ -74,14 +66,22 @@ def register(subparsers) -> None:
     )
     add_mlp_argument(p)
     add_device_argument(p)
-    p.add_argument("--json", default=None, help="report path (default eval_<model>.json)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", default=None, help=DEFAULT_REPORT_HELP.format(command="eval"))
+    add_quiet_argument(p)
     p.set_defaults(func=run)
 
 
-def default_report_path(model: str) -> Path:
-    stem = Path(str(model).rstrip("/")).name or "model"
-    return Path(f"eval_{stem}.json")
+def mean_accuracy(tasks: dict) -> dict | None:
+    """The mean accuracy over the tasks (``tasks``, more than one) and their item count;
+    None for fewer than two tasks."""
+    if len(tasks) < 2:
+        return None
+    accs = [metrics.get("acc") for metrics in tasks.values()]
+    return {
+        "tasks": len(tasks),
+        "items": sum(metrics["items"] for metrics in tasks.values()),
+        "acc": sum(accs) / len(accs),
+    }
 
 
 def summary_rows(report: dict) -> list[dict]:
@@ -96,16 +96,20 @@ def summary_rows(report: dict) -> list[dict]:
         }
         for name, metrics in report["tasks"].items()
     ]
-    if len(rows) > 1:
-        accs = [r["acc"] for r in rows]
-        rows.append(
-            {
-                "task": "mean (acc)",
-                "items": sum(r["items"] for r in rows),
-                "acc": sum(accs) / len(accs),
-            }
-        )
+    mean = mean_accuracy(report["tasks"])
+    if mean:
+        rows.append({"task": "mean (acc)", "items": mean["items"], "acc": mean["acc"]})
     return rows
+
+
+def check_tasks(spec: str) -> None:
+    """Refuse ``none`` (no task) given with tasks: one of the two would be ignored."""
+    names = [name.strip().lower() for name in spec.split(",") if name.strip()]
+    if "none" in names and len(names) > 1:
+        raise ValueError(
+            f"--tasks {spec}: 'none' (perplexity only) cannot be combined with tasks; give "
+            "either 'none' or task names"
+        )
 
 
 def perplexity_line(ppl: dict) -> str:
@@ -129,16 +133,18 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.io import atomic_write_json, format_table, run_metadata
 
     start = time.perf_counter()
+    check_tasks(args.tasks)
     tasks = resolve_tasks(args.tasks)  # unknown names fail before the model loads
-    if args.mlp and not args.swap:
-        raise ValueError("--mlp swaps the MLP projections too: it needs --swap FORMAT")
+    check_mlp_needs_swap(args)
     if not tasks and args.no_ppl:
         raise ValueError("nothing to evaluate: --tasks none with --no-ppl")
     if args.no_ppl and args.ppl_source != DEFAULT_PERPLEXITY_SOURCE:
         raise ValueError("--ppl-source is the perplexity text: it has no use with --no-ppl")
     if not args.no_ppl:
         perplexity_texts(args.ppl_source, n=1)  # a missing or empty source fails here too
-    out = check_json_path(args.json or default_report_path(args.model))
+    out = report_path(args, "eval")
+    inputs = {"--model": args.model, "--adapter": args.adapter, "--ppl-source": args.ppl_source}
+    check_spares_inputs("--json", out, inputs)
     device = resolve_device(args.device)
     restoration = read_adapter(args.adapter)
     model, tokenizer = load_model(args.model, device=device)
@@ -164,10 +170,11 @@ def run(args: argparse.Namespace) -> int:
     payload = {
         "model": str(args.model),
         "tasks": report["tasks"],
+        "mean": mean_accuracy(report["tasks"]),
         "limit": args.limit,
         "batch_size": args.batch_size,
         "device": str(device),
-        "adapter": {"path": str(args.adapter), **restoration.summary()} if restoration else None,
+        "adapter": adapter_summary(args.adapter, restoration),
         "swap": swap.to_dict() if swap else None,
         "perplexity": report["perplexity"],
         "eval_wall_s": report["wall_s"],

@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from restorelcc.commands.options import add_mlp_argument, check_json_path
+from restorelcc.commands.options import (
+    add_mlp_argument,
+    check_json_path,
+    check_mlp_needs_swap,
+    check_spares_inputs,
+    nothing_to_swap,
+)
 from restorelcc.hf import FORMATS, MIN_SPARSITY
 
 
@@ -31,18 +37,21 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _swap_preview(directory: str, format: str, mlp: bool) -> dict:
-    """Swap a throwaway copy of the model and return the ``SwapReport`` as a dict."""
+def _swap_preview(directory: str, format: str, mlp: bool):
+    """The ``SwapReport`` of a swap of a throwaway copy of the model (printed by
+    ``_print_swap``): made before anything is printed, so that weights the format does
+    not fit fail first."""
     from restorelcc.assets import load_model
     from restorelcc.hf.swap import swap_attention
 
     model, _ = load_model(directory)
-    report = swap_attention(model, format, mlp=mlp)
+    return swap_attention(model, format, mlp=mlp)
+
+
+def _print_swap(report, mlp: bool) -> None:
     print(report.table())
     if not report.swapped_layers:
-        what = "attention or MLP" if mlp else "attention"
-        print(f"nothing to swap: no {what} projection has {MIN_SPARSITY:.0%} zeros or more")
-    return report.to_dict()
+        print(f"nothing to swap: {nothing_to_swap(mlp, MIN_SPARSITY)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,11 +59,12 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.prune.checkpoint import inspect_checkpoint
     from restorelcc.prune.report import summarize
 
-    if args.mlp and not args.swap:
-        raise ValueError("--mlp previews the MLP's swap too: it needs --swap FORMAT")
-    if args.json:
+    check_mlp_needs_swap(args)
+    if args.json is not None:
         check_json_path(args.json)
+        check_spares_inputs("--json", args.json, {"the checkpoint": args.directory})
     result = inspect_checkpoint(args.directory)
+    swap = _swap_preview(args.directory, args.swap, args.mlp) if args.swap else None
     matrices = result["matrices"]
     if args.per_matrix:
         rows = [
@@ -83,9 +93,11 @@ def run(args: argparse.Namespace) -> int:
     print(format_table([geometry]))
     for line in result["shape_mismatches"]:
         print(f"shape mismatch: {line}")
-    swap = _swap_preview(args.directory, args.swap, args.mlp) if args.swap else None
-    if args.json:
-        payload = {**result, "matrices": [asdict(m) for m in matrices], "swap": swap}
+    if swap is not None:
+        _print_swap(swap, args.mlp)
+    if args.json is not None:
+        swapped = swap.to_dict() if swap is not None else None
+        payload = {**result, "matrices": [asdict(m) for m in matrices], "swap": swapped}
         atomic_write_json(args.json, {**payload, "run_metadata": run_metadata()})
         print(f"wrote {args.json}")
     return 0 if not result["shape_mismatches"] else 1

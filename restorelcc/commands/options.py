@@ -1,16 +1,23 @@
-"""Options shared by the subcommands: ``--device``, ``--adapter``, positive integers, the
-``--json`` report path, options a run would ignore, and the swap of a model's pruned
-attention (and, with ``--mlp``, MLP) projections."""
+"""Options shared by the subcommands: ``--device``, ``--adapter``, ``--quiet``, the
+perplexity options, positive integers, the ``--json`` report path and its default name,
+outputs that would replace an input, options a run would ignore, library messages
+rewritten to name flags, and the swap of a model's pruned attention (and, with
+``--mlp``, MLP) projections."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.errors import RestoreLCCError
+from restorelcc.eval.perplexity import DEFAULT_TOKENS
+from restorelcc.io import OutputPathError, check_writable_location
 
 if TYPE_CHECKING:
     import torch
@@ -42,38 +49,169 @@ def remember_defaults(parser: argparse.ArgumentParser, names: Iterable[str]) -> 
 def given_options(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
     """Those of ``names`` (remembered by ``remember_defaults``) set to other than their
     default, as flags (``--max-steps``)."""
-    return [
-        "--" + name.replace("_", "-")
-        for name in names
-        if getattr(args, name) != args.option_defaults[name]
-    ]
+    return [flag(name) for name in names if getattr(args, name) != args.option_defaults[name]]
 
 
-class ReportPathError(RestoreLCCError, ValueError):
-    """A ``--json`` report path whose folder cannot be made or written."""
+def flag(name: str) -> str:
+    """The command-line flag of the argparse destination (or config field) ``name``:
+    ``max_grad_norm`` -> ``--max-grad-norm``."""
+    return "--" + name.replace("_", "-")
 
 
-def check_json_path(path: str | Path) -> Path:
+def refuse_unused(args: argparse.Namespace, names: Iterable[str], why: str, error=ValueError):
+    """Raise ``error`` if any of ``names`` was given (``given_options``) where this run
+    would ignore it: "``--a, --b``: ``why``"."""
+    given = given_options(args, names)
+    if given:
+        raise error(f"{', '.join(given)}: {why}")
+
+
+def check_eval_options(args: argparse.Namespace, names: Iterable[str], error=ValueError):
+    """Refuse (``error``) the ``--eval``-only options ``names`` given without ``--eval``."""
+    given = [] if args.eval else given_options(args, names)
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise error(f"{', '.join(given)} {verb} only to --eval: give --eval too")
+
+
+# A config field that a message names as its subject, or as a value to pass.
+_FIELD_ROLE = r"(?=( must| only|=| and \w+ must| \S+ was requested))"
+
+
+def name_flags(message: str, fields: Iterable[str]) -> str:
+    """A library check's ``message`` (naming its parameters) with each of ``fields`` as
+    the flag a user typed: ``lr must be positive`` -> ``--lr must be positive``; ``pass
+    sparsity=0.5`` -> ``pass --sparsity 0.5``. Only a field that the message names as its
+    subject (``x must``, ``x only``, ``x and y must``, ``x V was requested``) or as a value
+    to pass (``x=V``) is rewritten, not the same word elsewhere (``sparsity pattern``)."""
+    for field in fields:
+        message = re.sub(rf"\b{re.escape(field)}{_FIELD_ROLE}", flag(field), message)
+        message = re.sub(rf"{re.escape(flag(field))}=", f"{flag(field)} ", message)
+    return message
+
+
+class ReportPathError(OutputPathError):
+    """A ``--json`` report path that is empty, or whose folder cannot be made or written."""
+
+
+def check_json_path(path: str | Path, option: str = "--json") -> Path:
     """``path`` as a Path where the report can be written after the work (checked before
-    it): ``FileExistsError`` if it is a directory; ``ReportPathError`` if its nearest
-    existing parent is not a directory (the missing ones are made when writing) or not
-    writable (the report is written to a temporary file there, then renamed)."""
+    it): ``ReportPathError`` if it is empty; ``FileExistsError`` if it is a directory;
+    ``ReportPathError`` if its nearest existing parent is not a directory (the missing
+    ones are made when writing) or nothing can be written there (``check_writable_location``:
+    the report is written to a temporary file there, then renamed)."""
+    if not str(path).strip():
+        raise ReportPathError(f"{option} is empty: give the report's file path")
     path = Path(path)
     if path.is_dir():
-        raise FileExistsError(f"--json {path} is a directory")
-    parent = path.absolute().parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ReportPathError(f"--json {path}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ReportPathError(f"--json {path}: directory {parent} is not writable")
+        raise FileExistsError(f"{option} {path} is a directory")
+    try:
+        check_writable_location(path, f"{option} {path}")
+    except OutputPathError as exc:
+        raise ReportPathError(str(exc)) from None
     return path
+
+
+def _report_stem(model: str) -> str:
+    """A file-name-safe name for ``model``: a local folder's parent and own name
+    (``b/merged`` -> ``b-merged``; ``.`` -> the current folder's), else the model's name
+    (``org/name`` -> ``org-name``)."""
+    if Path(model).exists():
+        absolute = Path(os.path.abspath(model))  # as typed: ".." resolved, links not
+        parts = [absolute.parent.name, absolute.name]
+    else:
+        parts = str(model).strip("/").split("/")[-2:]
+    stem = "-".join(part for part in parts if part)
+    return re.sub(r"[^\w.+-]", "_", stem) or "model"
+
+
+def default_report_path(command: str, model: str) -> Path:
+    """``<command>_<model>.json`` in the current folder (``_report_stem``), with ``-2``,
+    ``-3``, ... added where that file exists: a default report never replaces another.
+    The report line at the end of the run names the file."""
+    stem = f"{command}_{_report_stem(model)}"
+    path, number = Path(f"{stem}.json"), 1
+    while path.exists():
+        number += 1
+        path = Path(f"{stem}-{number}.json")
+    return path
+
+
+DEFAULT_REPORT_HELP = (
+    "report path (default: {command}_<model>.json in the current folder, <model> being a "
+    "local folder's parent and own name (b/merged -> b-merged) or the model's name; -2, "
+    "-3... is added rather than replace an existing file)"
+)
+
+
+def report_path(args: argparse.Namespace, command: str) -> Path:
+    """The checked ``--json`` path, or the default report path of ``args.model``."""
+    if args.json is not None:
+        return check_json_path(args.json)
+    return check_json_path(default_report_path(command, args.model))
+
+
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` holds a JSON report of this package (with ``run_metadata``)."""
+    try:
+        return "run_metadata" in json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        return False
+
+
+def check_spares_inputs(
+    option: str, path: str | Path, inputs: Mapping[str, str | os.PathLike | None]
+) -> None:
+    """Refuse an output ``path`` (``option``: ``--out`` or ``--json``) whose writing would
+    delete one of ``inputs`` (flag -> the path given; names that are not paths, such as
+    ``smollm2-135m`` or ``lambada``, are skipped): the output is the input, or holds it
+    (an ``--out`` directory is replaced whole), or is an existing file inside an input
+    folder (a checkpoint's ``config.json``) other than an earlier report."""
+    target = Path(path).resolve()
+    for name, given in inputs.items():
+        if given is None or not Path(given).exists():
+            continue
+        source = Path(given).resolve()
+        if target == source:
+            raise ValueError(f"{option} {path} is {name} {given}: writing it would replace it")
+        if target in source.parents:
+            raise ValueError(
+                f"{option} {path} holds {name} {given}: writing it would delete it; choose "
+                f"another {option}"
+            )
+        if source in target.parents and target.is_file() and not _is_report(target):
+            raise ValueError(
+                f"{option} {path} is a file of {name} {given}: writing it would replace it"
+            )
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if there is one)"
+    )
+
+
+def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_perplexity_arguments(
+    parser: argparse.ArgumentParser, what: str = "perplexity", tokens_group=None
+) -> None:
+    """``--ppl-tokens`` (into ``tokens_group`` if given: a mutually exclusive group) and
+    ``--ppl-source``; ``what`` starts their help (``--eval's perplexity``)."""
+    (tokens_group or parser).add_argument(
+        "--ppl-tokens",
+        type=positive_int,
+        default=DEFAULT_TOKENS,
+        help=f"{what}: tokens scored",
+    )
+    parser.add_argument(
+        "--ppl-source",
+        default=DEFAULT_PERPLEXITY_SOURCE,
+        help=f"{what}: its text, '{DEFAULT_PERPLEXITY_SOURCE}' (LAMBADA passages), a text "
+        "file, a folder of text files, or JSON/JSONL/save_to_disk rows with a 'text' column "
+        "(e.g. WikiText-2's test split)",
     )
 
 
@@ -119,6 +257,14 @@ def read_adapter(directory: str | None):
     return Restoration.load(directory)
 
 
+def adapter_summary(directory: str | None, restoration) -> dict | None:
+    """The report's ``adapter`` entry: its path and ``Restoration.summary()``; None
+    without ``--adapter``."""
+    if restoration is None:
+        return None
+    return {"path": str(directory), **restoration.summary()}
+
+
 class NothingToSwapError(RestoreLCCError, ValueError):
     """A model whose attention projections hold no pruned matrix."""
 
@@ -130,6 +276,18 @@ def add_mlp_argument(p: argparse.ArgumentParser) -> None:
         help="swap the pruned MLP projections (gate/up/down_proj) too: most of a block's "
         "weight bytes, hence most of a decode step's",
     )
+
+
+def check_mlp_needs_swap(args: argparse.Namespace) -> None:
+    """``--mlp`` without ``--swap`` (``eval``, ``inspect``) would be ignored: refuse it."""
+    if args.mlp and not args.swap:
+        raise ValueError("--mlp swaps the MLP projections too: it needs --swap FORMAT")
+
+
+def nothing_to_swap(mlp: bool, min_sparsity: float) -> str:
+    """Why a swap found nothing to pack."""
+    what = "attention or MLP" if mlp else "attention"
+    return f"no {what} projection is pruned (none has {min_sparsity:.0%} zeros or more)"
 
 
 def swap_pruned_attention(
@@ -152,8 +310,8 @@ def swap_pruned_attention(
     if not report.swapped_layers:
         what = "attention or MLP" if mlp else "attention"
         raise NothingToSwapError(
-            f"{option}: {name} has no pruned {what} layer to swap (no {what} projection is "
-            f"pruned: none has {min_sparsity:.0%} zeros or more); prune the model first"
+            f"{option}: {name} has no pruned {what} layer to swap: "
+            f"{nothing_to_swap(mlp, min_sparsity)}; prune the model first"
         )
     return report
 

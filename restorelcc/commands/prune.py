@@ -6,7 +6,13 @@ import argparse
 
 from restorelcc.commands.options import (
     add_device_argument,
+    add_perplexity_arguments,
+    add_quiet_argument,
+    check_eval_options,
+    check_spares_inputs,
+    flag,
     given_options,
+    name_flags,
     remember_defaults,
     resolve_device,
 )
@@ -18,7 +24,9 @@ DEFAULT_CALIBRATION = "mix"
 # Options only calibrated methods use, and options only --eval uses: refused when given
 # (other than their defaults) where they would be ignored, as restore refuses its own.
 CALIBRATION_OPTIONS = ("calibration", "nsamples", "seqlen", "seed", "chunk_size")
-EVAL_OPTIONS = ("ppl_tokens",)
+EVAL_OPTIONS = ("ppl_tokens", "ppl_source")
+# Parameters of the pruning checks whose messages name them: written as their flags.
+SPEC_FIELDS = ("sparsity", "head_fraction", "chunk_size")
 
 
 def register(subparsers) -> None:
@@ -29,7 +37,13 @@ def register(subparsers) -> None:
         f"with {PRUNE_REPORT}.",
     )
     p.add_argument("--model", default="smollm2-135m", help="model name or local directory")
-    p.add_argument("--method", choices=METHODS, default="wanda")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="wanda",
+        help="magnitude: smallest |weight|; wanda: smallest |weight| x input norm (on "
+        "--calibration); sparsegpt: with second-order weight updates (on --calibration)",
+    )
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction removed, in (0, 1)")
     p.add_argument(
         "--pattern",
@@ -53,13 +67,11 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     p.add_argument("--chunk-size", type=int, default=8, help="calibration samples per forward")
     p.add_argument("--eval", action="store_true", help="evaluate the pruned model (perplexity)")
-    p.add_argument(
-        "--ppl-tokens", type=int, default=8192, help="--eval: LAMBADA tokens scored (perplexity)"
-    )
+    add_perplexity_arguments(p, what="--eval's perplexity")
     p.add_argument("--out", required=True, help="output checkpoint directory")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     add_device_argument(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_argument(p)
     p.set_defaults(func=run)
     remember_defaults(p, (*CALIBRATION_OPTIONS, *EVAL_OPTIONS))
 
@@ -71,33 +83,34 @@ def _check_unused_options(args: argparse.Namespace, spec) -> None:
         raise PruneArgumentError(
             f"--method {spec.method} uses no calibration data: it does not use {', '.join(given)}"
         )
-    given = given_options(args, EVAL_OPTIONS)
-    if given and not args.eval:
-        verb = "applies" if len(given) == 1 else "apply"
-        raise PruneArgumentError(f"{', '.join(given)} {verb} only to --eval: give --eval too")
+    check_eval_options(args, EVAL_OPTIONS, PruneArgumentError)
 
 
 def _check_arguments(args: argparse.Namespace):
     from restorelcc.prune.sparsegpt import BLOCK_SIZE, DAMPENING
     from restorelcc.prune.validate import check_options, check_spec
 
-    spec = check_spec(args.method, args.sparsity, args.pattern, args.head_fraction)
+    try:
+        spec = check_spec(args.method, args.sparsity, args.pattern, args.head_fraction)
+    except PruneArgumentError as exc:
+        raise PruneArgumentError(name_flags(str(exc), SPEC_FIELDS)) from None
     _check_unused_options(args, spec)
-    for name in ("nsamples", "seqlen", "chunk_size", "ppl_tokens"):
+    for name in ("nsamples", "seqlen", "chunk_size"):
         if getattr(args, name) <= 0:
-            raise PruneArgumentError(f"--{name.replace('_', '-')} must be positive")
+            raise PruneArgumentError(f"{flag(name)} must be positive")
     check_options(spec, args.chunk_size, BLOCK_SIZE, DAMPENING)  # as prune_model will use them
+    inputs = {"--model": args.model, "--calibration": args.calibration}
+    check_spares_inputs("--out", args.out, {**inputs, "--ppl-source": args.ppl_source})
     check_output_directory(args.out, args.overwrite, option="--out")
     return spec
 
 
-def _evaluate(model, tokenizer, tokens: int, progress: bool) -> dict:
-    """Sliding-window perplexity of the pruned model on the default source (LAMBADA)."""
-    from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
+def _evaluate(model, tokenizer, args: argparse.Namespace) -> dict:
+    """Sliding-window perplexity of the pruned model on ``--ppl-source``."""
     from restorelcc.evaluate import perplexity_report
 
     result = perplexity_report(
-        model, tokenizer, source=DEFAULT_PERPLEXITY_SOURCE, tokens=tokens, progress=progress
+        model, tokenizer, source=args.ppl_source, tokens=args.ppl_tokens, progress=not args.quiet
     )
     return {"perplexity": result.as_dict()}
 
@@ -130,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
         from restorelcc.data import calibration_texts
 
         calibration_texts(args.calibration, n=1)
+    if args.eval:
+        from restorelcc.data import perplexity_texts
+
+        perplexity_texts(args.ppl_source, n=1)  # a missing or empty text fails here too
     family_of(load_config(args.model))  # an unsupported family fails before the weights load
     model, tokenizer = load_model(args.model, device=resolve_device(args.device))
     check_model(model, spec)
@@ -153,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     if args.eval:
-        report.evaluation = _evaluate(model, tokenizer, args.ppl_tokens, not args.quiet)
+        report.evaluation = _evaluate(model, tokenizer, args)
     payload = {
         "model": str(args.model),
         **report.to_dict(),

@@ -8,16 +8,21 @@ the restoration folded into the ``o_proj`` biases (``--out/merged``).
 from __future__ import annotations
 
 import argparse
-import re
+import math
 from pathlib import Path
 
 from restorelcc.commands.options import (
     add_device_argument,
+    add_perplexity_arguments,
+    add_quiet_argument,
+    check_eval_options,
+    check_spares_inputs,
+    flag,
     given_options,
+    name_flags,
     remember_defaults,
     resolve_device,
 )
-from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.errors import RestoreLCCError
 from restorelcc.io import check_output_directory
 
@@ -28,6 +33,17 @@ METHODS = ("restorelcc", "lofit", "training-free")
 # Options that another method would ignore: it refuses them (given other than defaults).
 RESTORELCC_ONLY = ("selection", "probe_pairs", "components_k", "negatives", "standardize")
 TRAINING = ("heads", "lr", "epochs", "max_steps", "batch_size", "validation_pairs", "max_grad_norm")
+EVAL_OPTIONS = ("ppl_source", "ppl_tokens")
+# TrainConfig and RestoreConfig fields that their messages name: written as their flags.
+CONFIG_FIELDS = (
+    *TRAINING,
+    "max_length",
+    "seed",
+    "selection",
+    "probe_pairs",
+    "components_k",
+    "negatives",
+)
 
 
 class RestoreArgumentError(RestoreLCCError, ValueError):
@@ -90,25 +106,22 @@ def register(subparsers) -> None:
         "--selection",
         choices=("probe", "random"),
         default="probe",
-        help="how heads are picked: contrastive probes, or at random (ablation); default "
-        "%(default)s",
+        help="how heads are picked: contrastive probes, or at random (ablation)",
     )
     p.add_argument(
-        "--lofit-l1", type=float, default=None, help="LoFiT's L1 penalty weight (default 1e-3)"
+        "--lofit-l1", type=float, default=None, help="LoFiT's L1 penalty weight (default: 1e-3)"
     )
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default %(default)s)")
-    p.add_argument(
-        "--epochs", type=int, default=3, help="passes over --pairs (default %(default)s)"
-    )
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    p.add_argument("--epochs", type=int, default=3, help="passes over --pairs")
     p.add_argument("--max-steps", type=int, default=None, help="overrides --epochs")
     p.add_argument(
         "--max-grad-norm",
         type=grad_norm_value,
         default=1.0,
-        help="clip each step's gradient norm to this, or 'none' (default %(default)s, as the "
+        help="clip each step's gradient norm to this, or 'none' (default: %(default)s, as the "
         "research code's Trainer)",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per step (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per step")
     p.add_argument("--max-length", type=int, default=500, help="training tokens per pair")
     p.add_argument("--components-k", type=int, default=1, help="paper 1, research code 10")
     p.add_argument(
@@ -116,32 +129,21 @@ def register(subparsers) -> None:
         choices=("auto", "minilm", "tfidf"),
         default="auto",
         help="how probing's negative responses are mined: sentence embeddings (minilm), "
-        "tf-idf, or auto (minilm where its wheel is installed); default %(default)s",
+        "tf-idf, or auto (minilm where its wheel is installed)",
     )
     p.add_argument("--standardize", action="store_true", help="standardise probe features")
     p.add_argument("--seed", type=int, default=0, help="data sampling, init and order")
-    p.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="float32",
-        help="both models' dtype (default %(default)s)",
-    )
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="both models' dtype")
     p.add_argument("--merged", action="store_true", help=f"also write --out/{MERGED_DIR}")
     p.add_argument(
         "--eval", action="store_true", help="perplexity of the dense, pruned and restored models"
     )
-    p.add_argument(
-        "--ppl-source",
-        default=DEFAULT_PERPLEXITY_SOURCE,
-        help=f"--eval's text: '{DEFAULT_PERPLEXITY_SOURCE}' (default), a text file, a folder "
-        "of text files, or "
-        "JSON/JSONL/save_to_disk rows with a 'text' column (e.g. WikiText-2's test split)",
-    )
+    add_perplexity_arguments(p, what="--eval's perplexity")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     add_device_argument(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_argument(p)
     p.set_defaults(func=run)
-    remember_defaults(p, (*RESTORELCC_ONLY, *TRAINING, "lofit_l1", "ppl_source"))
+    remember_defaults(p, (*RESTORELCC_ONLY, *TRAINING, "lofit_l1", *EVAL_OPTIONS))
 
 
 def _check_method_options(args: argparse.Namespace) -> None:
@@ -154,10 +156,14 @@ def _check_method_options(args: argparse.Namespace) -> None:
     given = given_options(args, unused)
     if given:
         raise RestoreArgumentError(f"--method {args.method} does not use {', '.join(given)}")
-    if args.lofit_l1 is not None and not args.lofit_l1 >= 0:
-        raise RestoreArgumentError(f"--lofit-l1 must be >= 0, got {args.lofit_l1}")
-    if not args.eval and given_options(args, ("ppl_source",)):
-        raise RestoreArgumentError("--ppl-source is --eval's text: give --eval too")
+    if args.lofit_l1 is not None and not (math.isfinite(args.lofit_l1) and args.lofit_l1 >= 0):
+        raise RestoreArgumentError(f"--lofit-l1 must be a finite number >= 0, got {args.lofit_l1}")
+    norm = args.max_grad_norm
+    if norm is not None and not (math.isfinite(norm) and norm > 0):
+        raise RestoreArgumentError(
+            f"--max-grad-norm must be a finite number > 0, or 'none' (no clipping), got {norm}"
+        )
+    check_eval_options(args, EVAL_OPTIONS, RestoreArgumentError)
 
 
 def _config(args: argparse.Namespace):
@@ -166,8 +172,13 @@ def _config(args: argparse.Namespace):
     _check_method_options(args)
     for name in ("pairs", "epochs", "batch_size", "max_length", "components_k"):
         if getattr(args, name) < 1:
-            raise RestoreArgumentError(f"--{name.replace('_', '-')} must be positive")
+            raise RestoreArgumentError(f"{flag(name)} must be positive")
     probe_pairs = args.probe_pairs if args.probe_pairs is not None else args.pairs
+    if probe_pairs > args.pairs:
+        raise RestoreArgumentError(
+            f"--probe-pairs {probe_pairs} exceeds --pairs {args.pairs}: capture and probing "
+            "use some of the training pairs"
+        )
     try:
         train = TrainConfig(
             lr=args.lr,
@@ -189,14 +200,13 @@ def _config(args: argparse.Namespace):
             negatives=args.negatives,
             train=train,
         )
-    except ValueError as exc:
-        # the configs name their fields; the user typed flags
-        flags = "|".join(f for f in vars(args) if "_" in f)
-        message = re.sub(rf"\b({flags})\b", lambda m: "--" + m[1].replace("_", "-"), str(exc))
-        raise RestoreArgumentError(message) from None
+    except ValueError as exc:  # the configs name their fields; the user typed flags
+        raise RestoreArgumentError(name_flags(str(exc), CONFIG_FIELDS)) from None
 
 
 def _check_out(args: argparse.Namespace) -> None:
+    inputs = {"--pruned": args.pruned, "--dense": args.dense, "--data": args.data}
+    check_spares_inputs("--out", args.out, {**inputs, "--ppl-source": args.ppl_source})
     check_output_directory(args.out, args.overwrite, option="--out")
     if not Path(args.pruned).is_dir():
         raise FileNotFoundError(f"--pruned {args.pruned} is not a directory")
@@ -238,7 +248,8 @@ def run(args: argparse.Namespace) -> int:
         "dense": str(args.dense),
         "pruned": str(args.pruned),
         "data": str(args.data),
-        "pairs": len(pairs),
+        "train_pairs": len(pairs) - args.validation_pairs,
+        "validation_pairs": args.validation_pairs,
         **restoration.summary(),
         # another method's settings are its hyper-parameters (RestoreConfig's are not)
         "config": config.to_dict() if args.method == "restorelcc" else restoration.hyperparameters,
@@ -301,7 +312,13 @@ def _evaluate(dense, pruned, tokenizer, restoration, args: argparse.Namespace) -
     restored = restoration.fold(copy.deepcopy(pruned), check=False)  # made from pruned
     models = {"dense": dense, "pruned": pruned, "restored": restored}
     results = {
-        name: perplexity_report(model, tokenizer, source=args.ppl_source, progress=not args.quiet)
+        name: perplexity_report(
+            model,
+            tokenizer,
+            source=args.ppl_source,
+            tokens=args.ppl_tokens,
+            progress=not args.quiet,
+        )
         for name, model in models.items()
     }
     settings = results["dense"].as_dict()

@@ -113,6 +113,8 @@ def test_paper_and_plain_defaults_without_options(captured_config, tmp_path):
         (["--probe-pairs", "2"], "--probe-pairs: probe_pairs must be at least 4, got 2"),
         (["--lr", "0"], "--lr: lr must be positive"),
         (["--lora-lr", "-1"], "--lora-lr: lr must be positive"),
+        (["--lr", "inf"], "--lr: lr must be positive and finite, got inf"),
+        (["--lora-lr", "nan"], "--lora-lr: lr must be positive and finite, got nan"),
         (["--max-length", "1"], "--max-length: max_length must be >= 2, got 1"),
         (["--heads", "0"], "--heads: heads must be between 1 and 12 (all heads), got 0"),
         (["--heads", "1.5"], "--heads: heads must be a count in [1, 12] or a fraction"),
@@ -148,6 +150,32 @@ def test_demo_refuses_an_existing_file_as_out_before_any_work(tmp_path, capsys, 
     assert main(["demo", "--out", str(out), "--quiet"]) == 2
     assert f"--out {out} exists and is not a directory" in capsys.readouterr().err
     assert out.read_text() == "mine"
+
+
+def test_bad_input_leaves_no_folder_behind(tiny_checkpoint, tmp_path, capsys, no_model_loads):
+    """A demo refused for its input used to leave the folders made for --out (runs/)."""
+    out = tmp_path / "runs" / "demo-1"
+    argv = ["demo", "--model", str(tiny_checkpoint), "--heads", "100000", "--out", str(out)]
+    assert main([*argv, "--quiet"]) == 2
+    assert "--heads: heads must be between 1 and 12" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_refuses_an_out_that_would_replace_its_model(tiny_checkpoint, capsys, no_model_loads):
+    argv = ["demo", "--model", str(tiny_checkpoint), "--out", str(tiny_checkpoint), "--overwrite"]
+    before = sorted(p.name for p in tiny_checkpoint.iterdir())
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"--out {tiny_checkpoint} is --model {tiny_checkpoint}: writing it would replace it" in err
+    )
+    assert sorted(p.name for p in tiny_checkpoint.iterdir()) == before
+
+
+def test_demo_refuses_an_unwritable_out_at_once(unwritable_dir, capsys, no_model_loads):
+    out = unwritable_dir / "run"
+    assert main(["demo", "--out", str(out), "--quiet"]) == 2
+    assert f"--out {out}: cannot write in {unwritable_dir} " in capsys.readouterr().err
 
 
 def test_demo_refuses_a_non_empty_out_without_overwrite(tmp_path, capsys, no_model_loads):

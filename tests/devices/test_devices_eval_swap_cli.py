@@ -214,9 +214,10 @@ def test_cli_prune_restore_bench_on_device(device, tmp_path, tokenizer, capsys):
     capsys.readouterr()
 
     bench = tmp_path / "bench.json"
+    timing = ["--rep-ms", "5"] if device == "cuda" else ["--rounds", "2"]  # the other: refused
     assert main(
         ["bench", "--model", str(pruned_dir), "--adapter", str(out), "--batches", "2",
-         "--context", "8", "--prefill", "8", "--rounds", "2", "--rep-ms", "5", "--mlp",
+         "--context", "8", "--prefill", "8", *timing, "--mlp",
          "--device", device, "--json", str(bench), "--quiet"]
     ) == 0  # fmt: skip
     assert "logits check ok" in capsys.readouterr().out

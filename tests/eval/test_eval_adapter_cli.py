@@ -80,7 +80,7 @@ def test_bench_with_an_adapter_checks_the_restored_model(saved, tmp_path, capsys
     out = tmp_path / "bench.json"
     argv = ["bench", "--model", str(saved / "pruned"), "--adapter", str(saved / "adapter"),
             "--batches", "1", "--context", "6", "--prefill", "8", "--rounds", "1",
-            "--json", str(out)]  # fmt: skip
+            "--device", "cpu", "--json", str(out)]  # fmt: skip
     assert _run(capsys, *argv) == 0
     report = json.loads(out.read_text())
     assert report["adapter"]["selected_heads"] == 3 and report["logits_check"]["ok"]
@@ -93,6 +93,8 @@ def test_a_wrong_adapter_is_refused(command, saved, tmp_path, capsys):
     assert _run(capsys, command, *missing) == 2
     assert "is not a restoration adapter" in capsys.readouterr().err
     other = ["--model", str(saved / "merged"), "--adapter", str(saved / "adapter")]
+    if command == "bench":  # within the tiny model's 256 positions
+        other += ["--context", "8", "--prefill", "8"]
     assert _run(capsys, command, *other, "--json", str(out)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "made for a different pruned model" in err

@@ -2,13 +2,12 @@
 
 import importlib.util
 import json
-import os
 
 import pytest
 import torch
 
 from restorelcc import assets, cli
-from restorelcc.commands.options import ReportPathError, check_json_path
+from restorelcc.commands.options import ReportPathError, check_json_path, default_report_path
 from restorelcc.testing import byte_tokenizer, tiny_model
 
 needs_wheel = pytest.mark.skipif(
@@ -42,6 +41,8 @@ def test_full_run_prints_a_table_and_writes_the_report(tiny_dir, tmp_path, capsy
     assert "perplexity (lambada, 48 tokens, window 256, stride 128)" in stdout
     report = json.loads(out.read_text())
     assert report["model"] == str(tiny_dir) and report["limit"] == 3
+    accs = [report["tasks"][t]["acc"] for t in ("arc_easy", "winogrande")]
+    assert report["mean"] == {"tasks": 2, "items": 6, "acc": sum(accs) / 2}  # as printed
     assert report["tasks"]["arc_easy"]["items"] == 3 and "acc_norm" in report["tasks"]["arc_easy"]
     assert report["tasks"]["winogrande"]["requests"] == 6
     assert report["perplexity"]["tokens"] == 48 and report["perplexity"]["perplexity"] > 1
@@ -91,6 +92,8 @@ def test_perplexity_only_on_a_text_file(tiny_dir, tmp_path, capsys):
         (["--ppl-source", "squad"], "not 'lambada' and no such file or folder"),
         (["--tasks", "none", "--no-ppl"], "nothing to evaluate: --tasks none with --no-ppl"),
         (["--no-ppl", "--ppl-source", "wiki.txt"], "it has no use with --no-ppl"),
+        (["--tasks", "none,arc_easy"], "--tasks none,arc_easy: 'none' (perplexity only) cannot"),
+        (["--tasks", "arc_easy, NONE"], "cannot be combined with tasks"),
     ],
 )
 def test_bad_perplexity_requests_fail_before_the_model_loads(flags, message, tmp_path, capsys):
@@ -109,7 +112,7 @@ def test_a_json_path_that_cannot_be_written_fails_before_the_model_loads(tmp_pat
         assert err == f"restorelcc eval: error: --json {out}: {afile} is a file, not a directory"
 
 
-def test_check_json_path(tmp_path, monkeypatch):
+def test_check_json_path(tmp_path, monkeypatch, unwritable_dir):
     (tmp_path / "existing.json").write_text("{}")
     for fine in ("existing.json", "new.json", "new/sub/r.json"):
         assert check_json_path(tmp_path / fine) == tmp_path / fine  # missing folders: made later
@@ -117,11 +120,74 @@ def test_check_json_path(tmp_path, monkeypatch):
     assert str(check_json_path("r.json")) == "r.json"
     with pytest.raises(FileExistsError, match="is a directory"):
         check_json_path(tmp_path)
-    locked = tmp_path / "locked"
-    locked.mkdir()  # os.access says "writable" to root whatever the mode: ask it to say no
-    monkeypatch.setattr(os, "access", lambda path, mode: os.fspath(path) != str(locked))
-    with pytest.raises(ReportPathError, match=f"directory {locked} is not writable"):
-        check_json_path(locked / "sub" / "r.json")
+    with pytest.raises(ReportPathError, match="^--json is empty"):
+        check_json_path(" ")  # Path("") would be ".", the current folder
+    # a real write is tried: os.access says "writable" to root whatever the mode
+    with pytest.raises(ReportPathError, match=f"cannot write in {unwritable_dir} "):
+        check_json_path(unwritable_dir / "sub" / "r.json")
+
+
+def test_an_unwritable_json_path_fails_before_the_model_loads(unwritable_dir, capsys):
+    out = unwritable_dir / "r.json"
+    err = one_line_error(
+        capsys, ["eval", "--model", "/nonexistent", "--no-ppl", "--json", str(out)]
+    )
+    assert err.startswith(f"restorelcc eval: error: --json {out}: cannot write in ")
+
+
+def test_an_empty_json_path_is_refused(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = one_line_error(capsys, ["eval", "--model", "/nonexistent", "--no-ppl", "--json", ""])
+    assert err == "restorelcc eval: error: --json is empty: give the report's file path"
+    assert list(tmp_path.iterdir()) == []  # not the default report instead
+
+
+def test_default_report_names_differ_per_model_and_replace_nothing(tmp_path, monkeypatch):
+    for folder in ("a/merged", "b/merged", "c"):
+        (tmp_path / folder).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "c")
+    assert default_report_path("eval", "../a/merged").name == "eval_a-merged.json"
+    assert default_report_path("eval", str(tmp_path / "b" / "merged")).name == "eval_b-merged.json"
+    assert default_report_path("bench", ".").name == f"bench_{tmp_path.name}-c.json"
+    assert default_report_path("eval", "smollm2-135m").name == "eval_smollm2-135m.json"
+    assert default_report_path("eval", "Org/Model:v1").name == "eval_Org-Model_v1.json"
+    (tmp_path / "c" / "eval_a-merged.json").write_text("{}")
+    (tmp_path / "c" / "eval_a-merged-2.json").write_text("{}")
+    assert default_report_path("eval", "../a/merged").name == "eval_a-merged-3.json"
+
+
+def test_the_default_report_of_a_second_model_is_another_file(tiny_dir, tmp_path, monkeypatch):
+    """eval --model a/merged and --model b/merged used to write the same eval_merged.json."""
+    text = tmp_path / "t.txt"
+    text.write_text("some text " * 40)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "merged").symlink_to(tiny_dir, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval", "--tasks", "none", "--ppl-source", str(text), "--ppl-tokens", "32", "--quiet"]
+    for model in ("a/merged", "b/merged", "a/merged"):
+        assert cli.main([*argv, "--model", model]) == 0
+    written = {p.name: json.loads(p.read_text())["model"] for p in tmp_path.glob("eval_*.json")}
+    assert written == {
+        "eval_a-merged.json": "a/merged",
+        "eval_b-merged.json": "b/merged",
+        "eval_a-merged-2.json": "a/merged",
+    }
+
+
+def test_a_report_that_would_replace_an_input_is_refused(tiny_dir, tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("some text " * 40)
+    config = (tiny_dir / "config.json").read_text()
+    for out, what in (
+        (text, f"is --ppl-source {text}"),
+        (tiny_dir / "config.json", "is a file of --model"),
+    ):
+        argv = ["eval", "--model", str(tiny_dir), "--tasks", "none", "--ppl-source", str(text),
+                "--json", str(out)]  # fmt: skip
+        err = one_line_error(capsys, argv)
+        assert f"--json {out} {what}" in err and "writing it would replace it" in err
+    assert (tiny_dir / "config.json").read_text() == config
 
 
 def test_an_overflowing_perplexity_is_null_in_the_report(tmp_path, capsys):

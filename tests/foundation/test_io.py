@@ -1,7 +1,7 @@
 import json
 import math
 
-from restorelcc.io import atomic_write_json
+from restorelcc.io import atomic_write_json, format_table
 
 
 def test_reports_are_strict_json_with_non_finite_floats_as_null(tmp_path):
@@ -14,3 +14,13 @@ def test_reports_are_strict_json_with_non_finite_floats_as_null(tmp_path):
     loaded = json.loads(path.read_text(), parse_constant=refuse)
     assert loaded == {"ppl": None, "rows": [1.5, None, [None, 2]], "name": "x"}
     assert [p.name for p in path.parent.iterdir()] == ["report.json"]  # no temporary left
+
+
+def test_tables_align_numbers_right_text_left_and_end_lines_without_spaces():
+    rows = [{"stage": "prune", "seconds": 1.5, "n": 3}, {"stage": "restore", "n": 12}]
+    assert format_table(rows).splitlines() == [
+        "stage    seconds   n",
+        "-------  -------  --",
+        "prune        1.5   3",
+        "restore        -  12",
+    ]

@@ -114,7 +114,7 @@ def test_the_logits_check_runs_on_each_timed_call(
     out = tmp_path / "bench.json"
     rc = main(
         ["bench", "--model", str(pruned_dir), "--batches", "1", "2", "--context", "8",
-         "--prefill", "12", "--rounds", "1", "--quiet", "--json", str(out)]
+         "--prefill", "12", "--rounds", "1", "--device", "cpu", "--quiet", "--json", str(out)]
     )  # fmt: skip
     assert rc == 1 and "logits check FAILED" in capsys.readouterr().out
     report = json.loads(out.read_text())
@@ -129,7 +129,7 @@ def test_bench_reports_swapped_and_linear_timings(pruned_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(
         ["bench", "--model", str(pruned_dir), "--batches", "1", "3", "--context", "8",
-         "--prefill", "12", "--rounds", "2", "--quiet", "--json", str(out)]
+         "--prefill", "12", "--rounds", "2", "--device", "cpu", "--quiet", "--json", str(out)]
     )  # fmt: skip
     assert rc == 0
     from transformers.utils import logging
@@ -162,8 +162,8 @@ def test_bench_mlp_swaps_and_times_the_mlp_too(tmp_path, capsys):
     model = prune_mlp(prune_attention(tiny_model("llama-gqa"), "unstructured"), "unstructured")
     folder = _save(model, tmp_path / "pruned")
     out = tmp_path / "bench.json"
-    argv = ["bench", "--model", str(folder), "--batches", "1", "--context", "4",
-            "--prefill", "--rounds", "1", "--quiet", "--json", str(out)]  # fmt: skip
+    argv = ["bench", "--model", str(folder), "--batches", "1", "--context", "4", "--prefill",
+            "--rounds", "1", "--device", "cpu", "--quiet", "--json", str(out)]  # fmt: skip
     assert main([*argv, "--mlp"]) == 0
     assert "attention and MLP weights" in capsys.readouterr().out
     report = json.loads(out.read_text())
@@ -176,29 +176,103 @@ def test_bench_mlp_swaps_and_times_the_mlp_too(tmp_path, capsys):
     assert json.loads(out.read_text())["weight_bytes"]["swapped"] > mlp_bytes
 
 
-def test_bench_eager_times_uncaptured_calls(pruned_dir, tmp_path, monkeypatch):
+def test_eager_reaches_the_timer(pruned_dir, monkeypatch):
     import restorelcc.latency
+    from restorelcc.commands.bench import _jobs, _time_jobs
 
     seen = []
 
     def fake_time_call(call, device, *, rounds, rep_ms, eager=False):
-        seen.append(eager)
+        seen.append((rounds, rep_ms, eager))
         return {"median_ms": 1.0, "method": "fake"}
 
     monkeypatch.setattr(restorelcc.latency, "time_call", fake_time_call)
+    model = tiny_model("llama-gqa").eval()
+    for eager in (True, False):
+        args = types.SimpleNamespace(batches=[1], context=4, prefill=[], rounds=3, rep_ms=7,
+                                     eager=eager)  # fmt: skip
+        bar = types.SimpleNamespace(set_postfix_str=lambda text: None, update=lambda: None)
+        timings, checks = _time_jobs(model, _jobs(args), torch.device("cpu"), args, "x", bar)
+        assert timings == [{"median_ms": 1.0, "method": "fake"}] and checks == []
+    assert seen == [(3, 7, True), (3, 7, False)]
+
+
+@pytest.fixture
+def no_weights_load(monkeypatch):
+    import restorelcc.assets
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the options were checked")
+
+    monkeypatch.setattr(restorelcc.assets, "load_model", refuse)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--eager"], "--eager: CUDA only; on the cpu the calls are timed by the wall clock"),
+        (["--rep-ms", "5"], "--rep-ms: CUDA only"),
+        (["--decode-streams", "--eager"], "--eager, --decode-streams: CUDA only"),
+        (
+            ["--context", "256"],
+            "--context 256: a decode step after 256 cached tokens needs 257 positions; ",
+        ),  # fmt: skip
+        (["--context", "8", "--prefill", "64", "257"], "--prefill 257: more tokens than the 256"),
+    ],
+)
+def test_bench_refuses_what_it_would_ignore_or_cannot_run_before_loading(
+    pruned_dir, tmp_path, capsys, no_weights_load, arguments, message
+):
+    """--eager and --rep-ms used to be ignored on a CPU (the report saying eager: true);
+    a --context beyond max_position_embeddings (256) ran."""
     out = tmp_path / "bench.json"
-    arguments = ["bench", "--model", str(pruned_dir), "--batches", "1", "--context", "8",
-                 "--prefill", "--no-check", "--quiet", "--json", str(out)]  # fmt: skip
-    assert main(arguments + ["--eager"]) == 0
-    assert seen == [True, True] and json.loads(out.read_text())["eager"] is True
-    assert main(arguments) == 0
-    report = json.loads(out.read_text())
-    assert seen[2:] == [False, False] and report["eager"] is False
-    assert report["swap"]["decode_streams"] is False
-    assert main(arguments + ["--decode-streams"]) == 0
-    report = json.loads(out.read_text())
-    assert report["swap"]["decode_streams"] is True
-    assert report["weight_bytes"]["swapped_decode_streams"] is None  # built on a GPU only
+    argv = ["bench", "--model", str(pruned_dir), "--device", "cpu", "--json", str(out)]
+    assert main([*argv, *arguments]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("restorelcc bench: error:") and message in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_cuda_timings_refuse_rounds_and_streams_without_bitmaps():
+    from restorelcc.cli import build_parser
+    from restorelcc.commands.bench import _check_timing_options
+
+    def check(*arguments):
+        args = build_parser().parse_args(["bench", "--model", "m", *arguments])
+        _check_timing_options(args, torch.device("cuda"))
+
+    check("--eager", "--rep-ms", "5", "--decode-streams")  # all used on CUDA
+    with pytest.raises(ValueError, match="^--rounds: CPU only; on CUDA each job is timed for"):
+        check("--rounds", "3")
+    with pytest.raises(ValueError, match="--decode-streams: it lays out bitmap weights"):
+        check("--format", "2:4", "--decode-streams")
+
+
+def test_decode_streams_are_refused_where_no_weight_is_a_bitmap():
+    from restorelcc.commands.bench import _check_decode_streams
+    from restorelcc.hf.swap import SwappedGroup, SwapReport
+
+    args = types.SimpleNamespace(decode_streams=True, model="m")
+    bitmap = SwappedGroup(0, "qkv", "bitmap", (96, 64), 0.5, 12288, 4000, 4300)
+    two_four = SwappedGroup(0, "o_proj", "2:4", (64, 64), 0.5, 8192, 2300)
+    _check_decode_streams(args, SwapReport("auto", "auto", [bitmap, two_four]))
+    with pytest.raises(ValueError, match=r"m has no weight packed as a bitmap \(formats: 2:4\)"):
+        _check_decode_streams(args, SwapReport("auto", "auto", [two_four]))
+    _check_decode_streams(types.SimpleNamespace(decode_streams=False), SwapReport("auto", "auto"))
+
+
+def test_nothing_to_swap_fails_before_the_reference_logits(tmp_path, monkeypatch, capsys):
+    import restorelcc.commands.bench as bench
+
+    def no_references(*args):
+        raise AssertionError("the reference logits were computed before the swap was checked")
+
+    monkeypatch.setattr(bench, "_reference_logits", no_references)
+    dense = _save(tiny_model("llama-gqa"), tmp_path / "dense")
+    capsys.readouterr()
+    argv = ["bench", "--model", str(dense), "--context", "8", "--prefill", "8", "--quiet"]
+    assert main([*argv, "--json", str(tmp_path / "b")]) == 2
+    assert "no attention projection is pruned" in capsys.readouterr().err
 
 
 def test_decode_streams_bytes_swap_the_bitmaps_for_their_layouts():
@@ -230,7 +304,8 @@ def test_bench_refuses_with_one_line(make, arguments, message, tmp_path, capsys)
         _save(prune_attention(tiny_model("llama-gqa"), "unstructured"), path)
     out = tmp_path / "bench.json"
     capsys.readouterr()  # the saving above
-    rc = main(["bench", "--model", str(path), "--quiet", "--json", str(out), *arguments])
+    argv = ["bench", "--model", str(path), "--context", "8", "--prefill", "8", "--quiet"]
+    rc = main([*argv, "--json", str(out), *arguments])
     assert rc == 2
     err = capsys.readouterr().err.strip()  # --quiet: not even transformers' loading bar
     assert err.startswith("restorelcc bench: error:") and message in err
@@ -244,14 +319,15 @@ def test_bench_rejects_bad_numbers(pruned_dir, capsys):
     assert "0 is not positive" in capsys.readouterr().err
 
 
-def test_no_memory_for_the_check_says_to_skip_it(pruned_dir, monkeypatch, capsys):
+def test_no_memory_for_the_check_says_to_skip_it(pruned_dir, tmp_path, monkeypatch, capsys):
     import restorelcc.commands.bench as bench
 
     def out_of_memory(model):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(bench, "copy", types.SimpleNamespace(deepcopy=out_of_memory))
-    assert main(["bench", "--model", str(pruned_dir), "--quiet"]) == 2
+    argv = ["bench", "--model", str(pruned_dir), "--context", "8", "--prefill", "8"]
+    assert main([*argv, "--quiet", "--json", str(tmp_path / "b.json")]) == 2
     assert "rerun with --no-check" in capsys.readouterr().err
 
 

@@ -37,6 +37,30 @@ def test_smoke_run_writes_every_variant(tmp_path):
     assert variants["2:4+mlp"]["weight_bytes"] < variants["2:4"]["weight_bytes"]
 
 
+def test_a_budget_spent_inside_the_last_variant_is_not_complete(tmp_path, monkeypatch):
+    """The budget runs out after the first two jobs of the only variant: the status says
+    so (and which jobs were not timed) instead of "complete"."""
+    checks = iter([True, True, True])  # the variant's own check, then two jobs
+    monkeypatch.setattr(bench_e2e.Bench, "time_left", lambda self: next(checks, False))
+    monkeypatch.setattr(bench_e2e, "VARIANTS", {"dense": None})
+    assert bench_e2e.main([str(tmp_path / "e2e"), "--smoke"]) == 0
+    result = json.loads((tmp_path / "e2e" / "e2e.json").read_text())
+    assert [(r["phase"], r["batch"]) for r in result["rows"]] == [("decode", 1), ("decode", 2)]
+    assert result["status"] == (
+        "budget spent during dense: 2 of its 4 jobs not timed, from prefill batch 1 tokens 12"
+    )
+
+
+def test_a_budget_spent_between_variants_names_the_first_not_run(tmp_path, monkeypatch):
+    checks = iter([True] * 5)  # dense: its check and its four jobs
+    monkeypatch.setattr(bench_e2e.Bench, "time_left", lambda self: next(checks, False))
+    monkeypatch.setattr(bench_e2e, "VARIANTS", {"dense": None, "2:4": bench_e2e.VARIANTS["2:4"]})
+    assert bench_e2e.main([str(tmp_path / "e2e"), "--smoke"]) == 0
+    result = json.loads((tmp_path / "e2e" / "e2e.json").read_text())
+    assert {r["variant"] for r in result["rows"]} == {"dense"} and len(result["rows"]) == 4
+    assert result["status"] == "budget spent before 2:4"
+
+
 def test_speedups_are_dense_over_variant_and_only_on_a_gpu():
     def row(variant, ms, phase="decode"):
         return {

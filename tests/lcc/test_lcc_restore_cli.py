@@ -85,16 +85,22 @@ def test_restore_command_writes_adapter_report_and_merged(checkpoints, capsys):
     "extra,match",
     [
         (["--heads", "99"], "--heads: heads must be between 1 and 15"),
-        (["--lr", "-1"], "lr must be positive"),
+        (["--lr", "-1"], "error: --lr must be positive and finite, got -1.0"),
+        (["--lr", "inf"], "error: --lr must be positive and finite, got inf"),
+        (["--lr", "nan"], "error: --lr must be positive and finite, got nan"),
+        (["--probe-pairs", "17"], "--probe-pairs 17 exceeds --pairs 16"),
         (["--pairs", "500"], "holds 20 items; asked for 500"),
         (["--validation-pairs", "8"], "holds 20 items; asked for 24"),
         (["--validation-pairs", "-1"], "--validation-pairs must be >= 0"),
         (["--max-steps", "0"], "--max-steps must be >= 1"),
-        (["--max-grad-norm", "0"], "--max-grad-norm must be positive or None, got 0.0"),
+        (["--max-grad-norm", "0"], "--max-grad-norm must be a finite number > 0, or 'none'"),
+        (["--max-grad-norm", "inf"], "--max-grad-norm must be a finite number > 0, or 'none'"),
+        (["--max-length", "1"], "error: --max-length must be >= 2, got 1"),
         (["--lofit-l1", "0.1"], "--method restorelcc does not use --lofit-l1"),
         # checked before the models load (a missing --dense would fail there)
         (["--eval", "--ppl-source", "missing.txt", "--dense", "nowhere"], "missing.txt"),
-        (["--method", "lofit", "--lofit-l1", "-1"], "--lofit-l1 must be >= 0"),
+        (["--method", "lofit", "--lofit-l1", "-1"], "--lofit-l1 must be a finite number >= 0"),
+        (["--method", "lofit", "--lofit-l1", "inf"], "--lofit-l1 must be a finite number >= 0"),
         (
             ["--method", "lofit", "--selection", "random", "--components-k", "2"],
             "--method lofit does not use --selection, --components-k",
@@ -152,7 +158,8 @@ def test_validation_pairs_are_scored_before_and_after(checkpoints, capsys):
     report = json.loads((tmp_path / "out" / "restore_report.json").read_text())
     assert report["config"]["train"]["max_grad_norm"] is None
     assert len(report["report"]["train"]["grad_norms"]) == report["report"]["train"]["steps"]
-    assert report["report"]["train_pairs"] == 16 and report["pairs"] == 20
+    assert report["train_pairs"] == report["report"]["train_pairs"] == 16
+    assert report["validation_pairs"] == 4 and "pairs" not in report
     validation = report["report"]["train"]["validation"]
     assert validation["pairs"] == 4 and validation["before"] > 0 and validation["after"] > 0
 
@@ -196,11 +203,54 @@ def test_eval_reads_its_perplexity_text_from_ppl_source(checkpoints, tmp_path, c
     assert user["perplexity"] != default["perplexity"]  # another text, another perplexity
 
 
-def test_ppl_source_without_eval_is_refused(checkpoints, capsys):
+@pytest.mark.parametrize(
+    "extra, given",
+    [
+        (["--ppl-source", "lambada.txt"], "--ppl-source applies"),
+        (["--ppl-tokens", "64", "--ppl-source", "t.txt"], "--ppl-source, --ppl-tokens apply"),
+    ],
+)
+def test_perplexity_options_without_eval_are_refused(checkpoints, capsys, extra, given):
     tmp_path, _ = checkpoints
-    assert main(args(tmp_path, "--ppl-source", "lambada.txt")) == 2
-    assert "--ppl-source is --eval's text: give --eval too" in capsys.readouterr().err
+    assert main(args(tmp_path, *extra)) == 2
+    assert f"{given} only to --eval: give --eval too" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_scores_ppl_tokens(checkpoints):
+    tmp_path, _ = checkpoints
+    argv = method_args(tmp_path, "--method", "training-free", "--eval", "--ppl-tokens", "64")
+    assert main(argv) == 0
+    evaluation = json.loads((tmp_path / "out" / "restore_report.json").read_text())["evaluation"]
+    assert evaluation["tokens"] == 64
+
+
+@pytest.mark.parametrize(
+    "option, where", [("--pruned", "same"), ("--dense", "same"), ("--pruned", "parent")]
+)
+def test_an_out_that_would_delete_an_input_is_refused(checkpoints, capsys, option, where):
+    """restore --out X --pruned X --overwrite used to delete the pruned checkpoint."""
+    tmp_path, _ = checkpoints
+    argv = args(tmp_path, "--overwrite")
+    model = argv[argv.index(option) + 1]
+    out = model if where == "same" else str(tmp_path)
+    argv[argv.index("--out") + 1] = out
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    expected = "is" if where == "same" else "holds"
+    assert f"--out {out} {expected} {option} {model}" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_an_unwritable_out_fails_before_the_models_load(checkpoints, unwritable_dir, capsys):
+    tmp_path, _ = checkpoints
+    argv = args(tmp_path, "--dense", str(tmp_path / "nowhere"))  # would fail at loading
+    out = unwritable_dir / "restored"
+    argv[argv.index("--out") + 1] = str(out)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"restorelcc restore: error: --out {out}: cannot write in ")
 
 
 def test_an_unpruned_model_is_refused(checkpoints, capsys):

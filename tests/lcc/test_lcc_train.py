@@ -128,6 +128,8 @@ def test_fp32_master_parameters_on_a_bf16_model(tokenizer):
 def test_bad_config_and_data(tokenizer):
     for bad in (
         dict(lr=0),
+        dict(lr=float("inf")),  # was accepted: inf > 0
+        dict(lr=float("nan")),
         dict(epochs=0),
         dict(batch_size=0),
         dict(max_steps=0),

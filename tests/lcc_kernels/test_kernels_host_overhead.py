@@ -1,5 +1,6 @@
 """benchmarks/bench_host_overhead.py: every case's launches reach its recorders (none runs
-a kernel) and the report names what was timed."""
+a kernel), the report names what was timed, and each case has its own F.linear baseline
+timed with it."""
 
 import json
 import subprocess
@@ -23,6 +24,8 @@ def test_host_overhead_benchmark_records_one_launch_per_call(tmp_path):
     for row in report["rows"]:
         assert row["launches"] == 1, row  # serial split-K: one launch, no reduction
         assert row["split_k"] > 1, row  # planned for 132 SMs, not the CPU's few
-        assert row["host_us"] > 0
-    assert report["baseline"]["host_us"] > 0
+        assert row["host_us"] > 0 and row["baseline_us"] > 0 and row["vs_F.linear"] > 0
+    assert (report["number"], report["repeat"]) == (20, 1)
+    assert set(report["load_average"]) == {"before", "after"}
+    assert "timed with each case" in report["baseline"]["op"]
     assert "wrote" in done.stdout

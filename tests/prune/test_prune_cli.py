@@ -1,6 +1,7 @@
 """``restorelcc prune`` / ``restorelcc inspect`` on a tiny checkpoint."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -88,7 +89,18 @@ def test_structured_checkpoint_is_smaller_and_reloads(tiny_dir, calib_file, tmp_
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--sparsity", "1.5"], "strictly between 0 and 1"),
+        (["--sparsity", "1.5"], "--sparsity must lie strictly between 0 and 1"),
+        (["--sparsity", "nan"], "--sparsity must lie strictly between 0 and 1, got nan"),
+        (
+            ["--pattern", "2:4", "--sparsity", "0.7"],
+            "pattern 2:4 prunes 0.5 of the weights, but --sparsity 0.7 was requested; pass "
+            "--sparsity 0.5",
+        ),
+        (
+            ["--pattern", "heads", "--head-fraction", "2"],
+            "--head-fraction must lie in [0, 1), got 2.0",
+        ),
+        (["--head-fraction", "0.5"], "--head-fraction only applies to the 'heads' pattern"),
         (["--pattern", "3:8", "--sparsity", "0.625"], "divisible by 8"),
         (["--method", "sparsegpt", "--pattern", "heads"], "supports methods"),
         (["--calibration", "lambada"], "lambada"),
@@ -164,11 +176,42 @@ def test_inspect_swap_previews_what_swap_attention_would_pack(tiny_dir, tmp_path
     assert [g["group"] for g in groups][:4] == ["qkv", "o_proj", "gate_up", "down_proj"]
     assert {g["format"] for g in groups} == {"2:4"} and len(groups) == 8
     assert main(["inspect", str(pruned), "--mlp"]) == 2
-    assert "--mlp previews the MLP's swap too: it needs --swap" in capsys.readouterr().err
+    assert "--mlp swaps the MLP projections too: it needs --swap" in capsys.readouterr().err
     assert main(["inspect", str(tiny_dir), "--swap", "auto"]) == 0
-    assert "nothing to swap: no attention projection has 10% zeros or more" in (
+    assert "nothing to swap: no attention projection is pruned (none has 10% zeros or more)" in (
         capsys.readouterr().out
     )
+
+
+def test_inspect_swap_refuses_before_printing_anything(tiny_dir, tmp_path, capsys):
+    """--swap 2:4 on unstructured weights used to print the tables, then exit 2 without
+    the report: the swap is now tried first."""
+    from restorelcc import prune_model
+
+    pruned = tmp_path / "unstructured"
+    model = tiny_model("llama-gqa")
+    prune_model(model, "magnitude", 0.5, "unstructured", progress=False)
+    model.save_pretrained(pruned)
+    byte_tokenizer().save_pretrained(pruned)
+    capsys.readouterr()
+    report = tmp_path / "inspect.json"
+    assert main(["inspect", str(pruned), "--swap", "2:4", "--json", str(report)]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and "does not fit the 2:4 format" in printed.err
+    assert not report.exists()
+
+
+@pytest.mark.parametrize("json_path", ["", "config.json"])
+def test_inspect_refuses_a_report_path_that_is_empty_or_a_checkpoint_file(
+    tiny_dir, json_path, capsys
+):
+    config = (tiny_dir / "config.json").read_text()
+    given = str(tiny_dir / json_path) if json_path else ""
+    assert main(["inspect", str(tiny_dir), "--json", given]) == 2
+    printed = capsys.readouterr()
+    expected = "is empty" if not json_path else "is a file of the checkpoint"
+    assert printed.out == "" and expected in printed.err
+    assert (tiny_dir / "config.json").read_text() == config
 
 
 def test_a_missing_calibration_source_fails_before_the_model_loads(tmp_path, capsys):
@@ -234,6 +277,10 @@ def test_prune_refuses_an_unsupported_family_before_the_weights_load(tmp_path, m
         (["--chunk-size", "2"], "does not use --chunk-size"),
         (["--seed", "3"], "does not use --seed"),
         (["--ppl-tokens", "300"], "--ppl-tokens applies only to --eval: give --eval too"),
+        (
+            ["--ppl-source", "t.txt", "--ppl-tokens", "30"],
+            "--ppl-tokens, --ppl-source apply only to --eval: give --eval too",
+        ),
     ],
 )
 def test_magnitude_refuses_the_options_it_would_ignore(tiny_dir, tmp_path, capsys, extra, message):
@@ -250,3 +297,57 @@ def test_calibrated_methods_keep_their_options(tiny_dir, calib_file, tmp_path):
             str(calib_file), "--nsamples", "2", "--seqlen", "16", "--chunk-size", "1",
             "--seed", "1", "--quiet", "--out", str(tmp_path / "w")]  # fmt: skip
     assert main(argv) == 0
+
+
+def test_eval_reads_its_perplexity_text_from_ppl_source(tiny_dir, calib_file, tmp_path):
+    out = tmp_path / "evaluated"
+    rc = main(
+        ["prune", "--model", str(tiny_dir), "--method", "magnitude", "--eval", "--ppl-source",
+         str(calib_file), "--ppl-tokens", "100", "--quiet", "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    ppl = json.loads((out / "prune_report.json").read_text())["evaluation"]["perplexity"]
+    assert ppl["source"] == str(calib_file) and ppl["tokens"] == 100
+
+
+def test_a_missing_ppl_source_fails_before_the_model_loads(tmp_path, capsys):
+    argv = ["prune", "--model", str(tmp_path / "no-model"), "--method", "magnitude", "--eval",
+            "--ppl-source", str(tmp_path / "none.txt"), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    assert "unknown perplexity source" in capsys.readouterr().err  # not the missing model
+
+
+@pytest.mark.parametrize("where", ["same", "parent"])
+def test_an_out_that_would_delete_the_model_is_refused(tiny_dir, where, capsys):
+    """--out MODEL --overwrite used to replace the model by its pruned copy; --out above it
+    to delete it with the rest of that folder."""
+    out = tiny_dir if where == "same" else tiny_dir.parent
+    before = sorted(p.name for p in tiny_dir.iterdir())
+    argv = ["prune", "--model", str(tiny_dir), "--method", "magnitude", "--out", str(out)]
+    assert main([*argv, "--overwrite", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = "is --model" if where == "same" else "holds --model"
+    assert f"--out {out} {expected} {tiny_dir}" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tiny_dir.iterdir()) == before
+
+
+def test_an_unwritable_out_fails_before_the_model_loads(unwritable_dir, tmp_path, capsys):
+    out = unwritable_dir / "pruned"
+    argv = ["prune", "--model", str(tmp_path / "no-model"), "--method", "magnitude"]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"restorelcc prune: error: --out {out}: cannot write in ")
+
+
+def test_the_checkpoint_is_readable_by_everyone_the_umask_allows(tiny_dir, tmp_path):
+    """safetensors wrote model.safetensors 0600 (the folder 0755): other users of a shared
+    checkpoint could list it but not load it."""
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "out"
+        argv = ["prune", "--model", str(tiny_dir), "--method", "magnitude", "--quiet"]
+        assert main([*argv, "--out", str(out)]) == 0
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}
