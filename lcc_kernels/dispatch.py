@@ -155,6 +155,10 @@ def _load_env_tables() -> None:
     global _ENV_LOADED
     if _ENV_LOADED:
         return
+    if not os.environ.get(TABLE_ENV):
+        # Nothing to read: no lock either, which torch.compile could not trace.
+        _ENV_LOADED = True
+        return
     with _ENV_LOCK:
         if _ENV_LOADED:
             return
@@ -309,8 +313,7 @@ def _usable(plan: Plan, key: WeightKey, triton_only: bool, decode_streams: bool)
     if plan.backend == "streams":
         return key.format == "bitmap"
     if plan.backend in TRITON_BACKENDS and key.tile is not None:
-        uses_dot = plan.backend == "tiled" or plan.block_m >= 16
-        return (plan.block_n, plan.block_k) == key.tile and (_dot_fits(key) or not uses_dot)
+        return (plan.block_n, plan.block_k) == key.tile and (_dot_fits(key) or not plan.uses_dot)
     return True
 
 
@@ -337,8 +340,11 @@ def choose_plan(
     decode_streams: bool = False,
 ) -> Plan:
     """The plan for x [m, K] (dtype, on device) times `weight`; see the module docstring."""
+    # Decided before any I/O, so these trace under torch.compile: no table is consulted.
     if backend == "auto" and device.type != "cuda":
-        return Plan("reference")  # decided before any I/O, so it traces under torch.compile
+        return Plan("reference")
+    if backend in ("dense", "semi_structured", "reference"):
+        return Plan(backend)
     return plan_for_key(
         m, WeightKey.of(weight, dtype), device, backend, decode_streams=decode_streams
     )

@@ -72,6 +72,12 @@ class Plan:
                 f"got {self.semi_structured!r}"
             )
 
+    @property
+    def uses_dot(self) -> bool:
+        """Whether a skinny or tiled plan multiplies with tl.dot (every block dim >= 16)
+        rather than multiply + tl.sum (skinny plans under 16 rows)."""
+        return self.backend == "tiled" or self.block_m >= 16
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -131,12 +131,6 @@ def checked_inputs(
     return x, bias
 
 
-def _uses_dot(plan: Plan) -> bool:
-    """Whether a skinny or tiled plan multiplies with tl.dot (every block dim >= 16); a
-    copy of this rule decides dispatch._usable."""
-    return plan.backend == "tiled" or plan.block_m >= 16
-
-
 def _check_plan(plan: Plan, weight_format: int, tile: tuple[int, int] | None) -> None:
     if tile is not None and (plan.block_n, plan.block_k) != tile:
         raise ValueError(
@@ -147,7 +141,7 @@ def _check_plan(plan: Plan, weight_format: int, tile: tuple[int, int] | None) ->
         raise ValueError(f"2:4 kernels need block_k >= 32 (one metadata word), got {plan.block_k}")
     if weight_format == decode.FORMAT_BITMAP.value and plan.block_k < 32:
         raise ValueError(f"bitmap kernels need block_k >= 32, got {plan.block_k}")
-    if _uses_dot(plan) and min(plan.block_m, plan.block_n, plan.block_k) < 16:
+    if plan.uses_dot and min(plan.block_m, plan.block_n, plan.block_k) < 16:
         narrow = f" (the bitmap tile {tile} has fewer rows)" if tile and tile[0] < 16 else ""
         raise ValueError(
             f"tl.dot (the tiled backend, or skinny with block_m >= 16) needs block_m, block_n "
@@ -359,7 +353,7 @@ def _operand_geometry(
         common,
         SPLIT=split > 1,
         SERIAL_REDUCTION=plan.serial_reduction,
-        USE_DOT=_uses_dot(plan),
+        USE_DOT=plan.uses_dot,
         **_dot_flags(dtype),
         NUM_STAGES=plan.num_stages,
     )

@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -106,16 +107,21 @@ def check_output_directory(
 def give_usual_modes(folder: Path) -> None:
     """Give ``folder``, its folders and its files the modes a plain ``mkdir`` and ``open``
     would (0o777 / 0o666 less the umask): ``mkdtemp``, ``mkstemp`` and safetensors make
-    theirs 0700 / 0600, unreadable to the other users of a shared checkpoint. Symbolic
-    links are left alone (their targets may lie outside ``folder``)."""
+    theirs 0700 / 0600, unreadable to the other users of a shared checkpoint. A folder
+    keeps its setgid bit (inherited in a group-shared folder, as ``mkdir`` keeps it).
+    Symbolic links are left alone (their targets may lie outside ``folder``)."""
     mask = current_umask()
-    os.chmod(folder, 0o777 & ~mask)
+
+    def set_mode(path, mode: int) -> None:
+        os.chmod(path, (mode & ~mask) | (os.stat(path).st_mode & stat.S_ISGID))
+
+    set_mode(folder, 0o777)
     for root, dirs, files in os.walk(folder):
         for names, mode in ((dirs, 0o777), (files, 0o666)):
             for entry in names:
                 path = os.path.join(root, entry)
                 if not os.path.islink(path):
-                    os.chmod(path, mode & ~mask)
+                    set_mode(path, mode)
 
 
 def _missing_folders(path: Path) -> list[Path]:
@@ -144,18 +150,21 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     try:
         yield tmp
         give_usual_modes(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}-old-{os.getpid()}")
-            os.replace(target, old)
-            try:
-                os.replace(tmp, target)
-            except BaseException:
-                os.replace(old, target)  # put the old one back
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
+        old = None
+        try:
+            if os.path.lexists(target):
+                old = target.with_name(f".{target.name}-old-{os.getpid()}")
+                os.replace(target, old)
             os.replace(tmp, target)
-        done = True
+        except BaseException:  # an interrupt between the renames included
+            if old is not None and not os.path.lexists(target):
+                os.replace(old, target)  # put the old one back
+            raise
+        done = True  # the output is in place: what follows only tidies up
+        if old is not None and old.is_symlink():
+            old.unlink()  # a link given as the target: the folder it named is kept
+        elif old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if not done:

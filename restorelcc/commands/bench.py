@@ -143,22 +143,36 @@ def _check_decode_streams(args: argparse.Namespace, report) -> None:
         )
 
 
+def _positions(config) -> int | None:
+    """The positions a model serves: ``max_position_embeddings``, or where a RoPE scaling
+    with a ``factor`` is configured (YaRN, llama3, dynamic...) the length it extends to
+    (``original_max_position_embeddings`` x factor where given); None if unstated."""
+    text = config.get_text_config()
+    limit = getattr(text, "max_position_embeddings", None)
+    scaling = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None)
+    if limit is None or not isinstance(scaling, dict):
+        return limit
+    kind, factor = scaling.get("rope_type", scaling.get("type")), scaling.get("factor")
+    if kind in (None, "default") or not isinstance(factor, (int, float)) or factor <= 1:
+        return limit
+    original = scaling.get("original_max_position_embeddings") or limit
+    return max(limit, int(original * factor))
+
+
 def _check_positions(args: argparse.Namespace, config) -> None:
     """Refuse a ``--context`` or ``--prefill`` beyond the model's positions."""
-    limit = getattr(config.get_text_config(), "max_position_embeddings", None)
+    limit = _positions(config)
     if limit is None:
         return
     if args.context + 1 > limit:
         raise ValueError(
             f"--context {args.context}: a decode step after {args.context} cached tokens "
-            f"needs {args.context + 1} positions; {args.model} has {limit} "
-            "(max_position_embeddings)"
+            f"needs {args.context + 1} positions; {args.model} has {limit}"
         )
     longest = max(args.prefill, default=0)
     if longest > limit:
         raise ValueError(
-            f"--prefill {longest}: more tokens than the {limit} positions of {args.model} "
-            "(max_position_embeddings)"
+            f"--prefill {longest}: more tokens than the {limit} positions of {args.model}"
         )
 
 

@@ -10,6 +10,7 @@ from restorelcc.commands.options import (
     add_device_argument,
     add_quiet_argument,
     check_spares_inputs,
+    data_input,
     limit_value,
     resolve_device,
 )
@@ -123,9 +124,9 @@ def run(args: argparse.Namespace) -> int:
     given["device"] = str(resolve_device(args.device))
     config = DemoConfig.paper(**given) if args.paper else DemoConfig(**given)
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    inputs = {
-        option(name): getattr(config, name)
-        for name in ("model", "pairs_source", "calibration_source", "ppl_source")
+    inputs = {option("model"): config.model} | {
+        option(name): data_input(getattr(config, name))
+        for name in ("pairs_source", "calibration_source", "ppl_source")
     }
     check_spares_inputs("--out", out, inputs)
     check_output_directory(out, args.overwrite, option="--out")

@@ -15,6 +15,7 @@ from restorelcc.commands.options import (
     add_quiet_argument,
     check_mlp_needs_swap,
     check_spares_inputs,
+    data_input,
     describe_swap,
     limit_value,
     positive_int,
@@ -143,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_ppl:
         perplexity_texts(args.ppl_source, n=1)  # a missing or empty source fails here too
     out = report_path(args, "eval")
-    inputs = {"--model": args.model, "--adapter": args.adapter, "--ppl-source": args.ppl_source}
+    ppl_source = None if args.no_ppl else data_input(args.ppl_source)
+    inputs = {"--model": args.model, "--adapter": args.adapter, "--ppl-source": ppl_source}
     check_spares_inputs("--json", out, inputs)
     device = resolve_device(args.device)
     restoration = read_adapter(args.adapter)

@@ -152,11 +152,28 @@ def report_path(args: argparse.Namespace, command: str) -> Path:
 
 
 def _is_report(path: Path) -> bool:
-    """Whether ``path`` holds a JSON report of this package (with ``run_metadata``)."""
-    try:
-        return "run_metadata" in json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+    """Whether ``path`` holds a JSON report of a command (with ``run_metadata``) other than
+    the reports a checkpoint or adapter keeps (``prune_report.json``, read back by
+    ``inspect`` and ``restore``; ``restore_report.json``)."""
+    from restorelcc.commands.restore import REPORT_NAME
+    from restorelcc.prune.checkpoint import PRUNE_REPORT
+
+    if path.name in (PRUNE_REPORT, REPORT_NAME):
         return False
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(report, dict) and "run_metadata" in report
+
+
+def data_input(source: str | None) -> str | None:
+    """A data option's value as ``check_spares_inputs`` takes it: None for a built-in
+    source name (``mix``, ``squad``, ``lambada``...), which the loaders read rather than
+    a local folder of that name."""
+    from restorelcc.data import is_builtin_source
+
+    return None if source is None or is_builtin_source(source) else source
 
 
 def check_spares_inputs(

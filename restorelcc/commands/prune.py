@@ -10,6 +10,7 @@ from restorelcc.commands.options import (
     add_quiet_argument,
     check_eval_options,
     check_spares_inputs,
+    data_input,
     flag,
     given_options,
     name_flags,
@@ -99,8 +100,12 @@ def _check_arguments(args: argparse.Namespace):
         if getattr(args, name) <= 0:
             raise PruneArgumentError(f"{flag(name)} must be positive")
     check_options(spec, args.chunk_size, BLOCK_SIZE, DAMPENING)  # as prune_model will use them
-    inputs = {"--model": args.model, "--calibration": args.calibration}
-    check_spares_inputs("--out", args.out, {**inputs, "--ppl-source": args.ppl_source})
+    inputs = {
+        "--model": args.model,
+        "--calibration": None if args.method == "magnitude" else data_input(args.calibration),
+        "--ppl-source": data_input(args.ppl_source) if args.eval else None,
+    }
+    check_spares_inputs("--out", args.out, inputs)
     check_output_directory(args.out, args.overwrite, option="--out")
     return spec
 

@@ -17,6 +17,7 @@ from restorelcc.commands.options import (
     add_quiet_argument,
     check_eval_options,
     check_spares_inputs,
+    data_input,
     flag,
     given_options,
     name_flags,
@@ -205,8 +206,13 @@ def _config(args: argparse.Namespace):
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    inputs = {"--pruned": args.pruned, "--dense": args.dense, "--data": args.data}
-    check_spares_inputs("--out", args.out, {**inputs, "--ppl-source": args.ppl_source})
+    inputs = {
+        "--pruned": args.pruned,
+        "--dense": args.dense,
+        "--data": data_input(args.data),
+        "--ppl-source": data_input(args.ppl_source) if args.eval else None,
+    }
+    check_spares_inputs("--out", args.out, inputs)
     check_output_directory(args.out, args.overwrite, option="--out")
     if not Path(args.pruned).is_dir():
         raise FileNotFoundError(f"--pruned {args.pruned} is not a directory")

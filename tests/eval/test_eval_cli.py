@@ -179,14 +179,22 @@ def test_a_report_that_would_replace_an_input_is_refused(tiny_dir, tmp_path, cap
     text = tmp_path / "t.txt"
     text.write_text("some text " * 40)
     config = (tiny_dir / "config.json").read_text()
-    for out, what in (
+    report = {"pattern": "unstructured", "run_metadata": {}}
+    (tiny_dir / "prune_report.json").write_text(json.dumps(report))
+    cases = (
         (text, f"is --ppl-source {text}"),
         (tiny_dir / "config.json", "is a file of --model"),
-    ):
-        argv = ["eval", "--model", str(tiny_dir), "--tasks", "none", "--ppl-source", str(text),
-                "--json", str(out)]  # fmt: skip
-        err = one_line_error(capsys, argv)
-        assert f"--json {out} {what}" in err and "writing it would replace it" in err
+        (tiny_dir / "prune_report.json", "is a file of --model"),  # read back by inspect
+    )
+    try:
+        for out, what in cases:
+            argv = ["eval", "--model", str(tiny_dir), "--tasks", "none", "--ppl-source",
+                    str(text), "--json", str(out)]  # fmt: skip
+            err = one_line_error(capsys, argv)
+            assert f"--json {out} {what}" in err and "writing it would replace it" in err
+        assert json.loads((tiny_dir / "prune_report.json").read_text()) == report
+    finally:
+        (tiny_dir / "prune_report.json").unlink()
     assert (tiny_dir / "config.json").read_text() == config
 
 

@@ -109,3 +109,44 @@ def test_help_shows_each_default_once(command, capsys, monkeypatch):
         assert "(default: None)" not in entry and "[" not in entry.split("default")[-1], entry
     if command == "bench":
         assert entries["--batches"].endswith("(default: 1 16)")
+
+
+def test_folders_keep_the_setgid_bit_of_a_group_shared_folder(tmp_path, umask_022):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o2775)
+    with atomic_directory(shared / "out") as tmp:
+        (tmp / "sub").mkdir()
+    for folder in (shared / "out", shared / "out" / "sub"):
+        assert folder.stat().st_mode & 0o7777 == 0o2755, folder
+
+
+def test_a_linked_target_is_replaced_without_leftovers(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "kept.txt").write_text("old")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with atomic_directory(link, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert not link.is_symlink() and (link / "new.txt").read_text() == "new"
+    assert (real / "kept.txt").read_text() == "old"  # the folder it named is not deleted
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
+def test_an_interrupt_between_the_renames_puts_the_old_output_back(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    real_replace = os.replace
+
+    def interrupted(src, dst):
+        if str(dst) == str(out) and "-old-" not in str(src):  # the new output's rename
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt), atomic_directory(out, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -233,6 +233,27 @@ def test_bench_refuses_what_it_would_ignore_or_cannot_run_before_loading(
     assert len(err.splitlines()) == 1 and not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("scaling", "positions"),
+    [
+        (None, 8192),
+        ({"rope_type": "default", "rope_theta": 1e4}, 8192),
+        ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192}, 32768),
+        ({"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 1024}, 8192),
+        ({"rope_type": "dynamic", "factor": 2.0}, 16384),
+    ],
+)
+def test_positions_follow_a_configured_rope_scaling(scaling, positions):
+    """A YaRN model serves original x factor positions beyond max_position_embeddings."""
+    from transformers import LlamaConfig
+
+    from restorelcc.commands.bench import _positions
+
+    config = LlamaConfig(max_position_embeddings=8192)
+    config.rope_parameters = scaling
+    assert _positions(config) == positions
+
+
 def test_cuda_timings_refuse_rounds_and_streams_without_bitmaps():
     from restorelcc.cli import build_parser
     from restorelcc.commands.bench import _check_timing_options

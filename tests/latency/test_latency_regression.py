@@ -14,10 +14,12 @@ measured once more and the second measurement decides (one retry, for a burst of
 a shared machine; a real regression fails both). Being faster never fails. Both ratios
 compare calls timed in alternating rounds, so machine load mostly cancels out of them.
 The tolerances come from repeated runs on the shared 2-core machine at a load average of
-3 to 3.7: fold ratios over 12 rounds rose up to 13% (folded) and 18% (hooked) above the
-stored ones, over 16 rounds at most 2% in 10 runs; host ratios (rounds of 20 calls)
-stayed within 5% in 10 runs. The last two tests show each comparison fails when the
-measured path is made slower. Deselect with `-m "not latency"`.
+2.6 to 4: fold ratios over 12 rounds rose up to 13% (folded) and 18% (hooked) above the
+stored ones, over 16 rounds at most 2% in 10 runs; host ratios (rounds of 20 calls) rose
+up to 12% in fresh processes (the offset holds for a whole process, so the retry helps
+little there): 25% leaves room for that and still catches host work grown by a quarter.
+The last two tests show each comparison fails when the measured path is made slower.
+Deselect with `-m "not latency"`.
 """
 
 import random
@@ -37,7 +39,7 @@ FOLD_ROUNDS = 16  # the baseline: 30
 FOLD_TOLERANCE = 0.20
 HOST_BASELINE = "host_overhead_cpu.json"
 HOST_NUMBER, HOST_REPEAT = 20, 150  # the baseline: 20 calls x 400 rounds
-HOST_TOLERANCE = 0.15
+HOST_TOLERANCE = 0.25
 
 
 @pytest.fixture(autouse=True)

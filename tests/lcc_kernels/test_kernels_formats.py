@@ -248,8 +248,12 @@ def kib(field):
 torch.set_num_threads(1)
 weight = torch.ones(4096, 4096, dtype=torch.float16)
 weight[:, ::2] = 0
-with open("/proc/self/clear_refs", "w") as clear:
-    clear.write("5")  # the peak resident size (VmHWM) restarts from the current one
+try:
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # the peak resident size (VmHWM) restarts from the current one
+except OSError as exc:  # not permitted here, or a kernel before 4.0
+    print("cannot reset the peak:", exc)
+    sys.exit(77)
 before = kib("VmRSS")
 pack(weight, sys.argv[1])
 print(kib("VmHWM") - before)
@@ -261,7 +265,7 @@ print(kib("VmHWM") - before)
 def test_pack_peak_memory_is_a_few_times_the_weight(fmt):
     # A 32 MiB fp16 weight at 50%: the int64 copies over every position that pack made
     # once took its peak to ~440 (2:4) and ~490 MiB (bitmap) above the weight; it packs in
-    # bands now (~100 and ~50 MiB). Measured in a fresh process, whose peak resident size
+    # bands now (under 100 MiB each). Measured in a fresh process, whose peak resident size
     # is pack's own.
     repository = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": repository}
@@ -270,7 +274,9 @@ def test_pack_peak_memory_is_a_few_times_the_weight(fmt):
         capture_output=True,
         text=True,
         env=env,
-        check=True,
     )
+    if result.returncode == 77:
+        pytest.skip(result.stdout.strip())
+    assert result.returncode == 0, result.stderr
     peak_mib = int(result.stdout.split()[-1]) / 1024
     assert peak_mib < 6 * 32, f"{fmt} pack peaked at +{peak_mib:.0f} MiB for a 32 MiB weight"

@@ -112,6 +112,26 @@ def test_compiled_reference_path_has_no_graph_break(monkeypatch):
     torch.testing.assert_close(compiled(x), torch.relu(x @ dense.T + bias))
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference", "dense"])
+def test_a_first_call_inside_a_compiled_region_traces_whole(backend, monkeypatch):
+    # The tables named in the environment are read on the first dispatch; with none
+    # named, that first dispatch must not take the loading lock (Dynamo cannot trace it).
+    from lcc_kernels import dispatch
+
+    monkeypatch.delenv(dispatch.TABLE_ENV, raising=False)
+    monkeypatch.setattr(dispatch, "_ENV_LOADED", False)
+    dense = random_24(40, 64)
+    packed = pack(dense, "2:4")
+    bias = torch.randn(40)
+    compiled = torch.compile(
+        lambda x: sparse_linear(x, packed, bias, backend=backend),
+        fullgraph=True,
+        backend="aot_eager",
+    )
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(compiled(x), x @ dense.T + bias)
+
+
 @needs_triton
 def test_compiled_triton_path_has_no_graph_break():
     dense = random_24(40, 64)

@@ -331,6 +331,21 @@ def test_an_out_that_would_delete_the_model_is_refused(tiny_dir, where, capsys):
     assert sorted(p.name for p in tiny_dir.iterdir()) == before
 
 
+def test_a_local_folder_named_like_a_builtin_source_is_no_input(tiny_dir, tmp_path, monkeypatch):
+    """--calibration mix (or --ppl-source lambada) reads the built-in source, never a local
+    folder of that name: an --out of that name replaces nothing the run reads."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("mix", "lambada"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "old.txt").write_text("an earlier output")
+    argv = ["prune", "--model", str(tiny_dir), "--method", "magnitude", "--quiet", "--overwrite"]
+    assert main([*argv, "--out", "mix"]) == 0  # --calibration mix is the default, unused here
+    assert (tmp_path / "mix" / "prune_report.json").is_file()
+    eval_options = ["--eval", "--ppl-source", "lambada", "--ppl-tokens", "64"]
+    assert main([*argv, *eval_options, "--out", "lambada"]) == 0
+    assert (tmp_path / "lambada" / "prune_report.json").is_file()
+
+
 def test_an_unwritable_out_fails_before_the_model_loads(unwritable_dir, tmp_path, capsys):
     out = unwritable_dir / "pruned"
     argv = ["prune", "--model", str(tmp_path / "no-model"), "--method", "magnitude"]
