@@ -103,16 +103,6 @@ def summary_rows(report: dict) -> list[dict]:
     return rows
 
 
-def check_tasks(spec: str) -> None:
-    """Refuse ``none`` (no task) given with tasks: one of the two would be ignored."""
-    names = [name.strip().lower() for name in spec.split(",") if name.strip()]
-    if "none" in names and len(names) > 1:
-        raise ValueError(
-            f"--tasks {spec}: 'none' (perplexity only) cannot be combined with tasks; give "
-            "either 'none' or task names"
-        )
-
-
 def perplexity_line(ppl: dict) -> str:
     """The perplexity summary of a report (``PerplexityResult.as_dict``); its ``None``
     perplexity (a mean NLL whose exp overflows a float) reads as inf, with the mean NLL."""
@@ -134,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.io import atomic_write_json, format_table, run_metadata
 
     start = time.perf_counter()
-    check_tasks(args.tasks)
     tasks = resolve_tasks(args.tasks)  # unknown names fail before the model loads
     check_mlp_needs_swap(args)
     if not tasks and args.no_ppl:

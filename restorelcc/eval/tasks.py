@@ -122,7 +122,7 @@ def _task_key(name: str) -> str:
 
 def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     """Task names from ``"all"``, ``"paper"``, ``"a,b"`` or a list; unknown names raise.
-    ``"none"`` or an empty list: no task (perplexity only)."""
+    ``"none"`` or an empty list: no task (perplexity only); ``"none"`` with tasks raises."""
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     out: list[str] = []
     none_asked = False
@@ -143,6 +143,11 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
                 out.append(task)
     if not out and names and not none_asked:
         raise DataError(f"no tasks given; valid: {', '.join(TASKS)}, all, paper, none")
+    if none_asked and out:
+        raise DataError(
+            f"tasks {','.join(map(str, names))}: 'none' (no task, perplexity only) cannot be "
+            "combined with tasks; give either 'none' or task names"
+        )
     return out
 
 

@@ -60,8 +60,9 @@ class TrainConfig:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
         if self.validation_pairs < 0:
             raise ValueError(f"validation_pairs must be >= 0, got {self.validation_pairs}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be positive or None, got {self.max_grad_norm}")
+        norm = self.max_grad_norm
+        if norm is not None and not (math.isfinite(norm) and norm > 0):
+            raise ValueError(f"max_grad_norm must be positive and finite, or None, got {norm}")
 
     def split(self, pairs: Sequence[InstructionPair]) -> tuple[list, list]:
         """(training pairs, held-out pairs): the last ``validation_pairs`` are held out."""

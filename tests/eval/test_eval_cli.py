@@ -92,7 +92,7 @@ def test_perplexity_only_on_a_text_file(tiny_dir, tmp_path, capsys):
         (["--ppl-source", "squad"], "not 'lambada' and no such file or folder"),
         (["--tasks", "none", "--no-ppl"], "nothing to evaluate: --tasks none with --no-ppl"),
         (["--no-ppl", "--ppl-source", "wiki.txt"], "it has no use with --no-ppl"),
-        (["--tasks", "none,arc_easy"], "--tasks none,arc_easy: 'none' (perplexity only) cannot"),
+        (["--tasks", "none,arc_easy"], "'none' (no task, perplexity only) cannot be combined"),
         (["--tasks", "arc_easy, NONE"], "cannot be combined with tasks"),
     ],
 )

@@ -123,3 +123,10 @@ def test_limit_must_be_a_positive_integer(limit):
     """2.5 used to fail as 'unexpected layout' of the data, True to mean one question."""
     with pytest.raises(ValueError, match=f"limit must be a positive integer, got {limit!r}"):
         task_questions("boolq", limit=limit)
+
+
+@pytest.mark.parametrize("spec", ["none,arc_easy", ["piqa", "none"], "paper,none"])
+def test_none_with_tasks_is_refused(spec):
+    """One of the two would be ignored (the demo took "none,arc_easy" as arc_easy)."""
+    with pytest.raises(DataError, match="'none' .* cannot be combined with tasks"):
+        resolve_tasks(spec)

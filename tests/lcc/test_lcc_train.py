@@ -135,6 +135,7 @@ def test_bad_config_and_data(tokenizer):
         dict(max_steps=0),
         dict(max_length=1),
         dict(max_grad_norm=0),
+        dict(max_grad_norm=float("inf")),  # was accepted: inf > 0 (None disables clipping)
     ):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
