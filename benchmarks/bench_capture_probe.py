@@ -33,16 +33,15 @@ from pathlib import Path
 
 import torch
 
-from restorelcc.assets import DEFAULT_MODEL, load_config, load_model
+from restorelcc.assets import DEFAULT_MODEL, load_model
+from restorelcc.commands.options import model_head_count
 from restorelcc.commands.restore import heads_value
 from restorelcc.data import instruction_pairs
-from restorelcc.errors import RestoreLCCError
-from restorelcc.hf.families import head_geometry
 from restorelcc.io import atomic_write_json, format_table, load_average, run_metadata
 from restorelcc.lcc.capture import ProbeActivations, capture_probe_activations
 from restorelcc.lcc.components import lost_components
 from restorelcc.lcc.negatives import mine_negatives
-from restorelcc.lcc.probing import head_count, score_heads, select_heads
+from restorelcc.lcc.probing import score_heads, select_heads
 from restorelcc.lcc.reference import capture_one_by_one, components_and_probes_per_head
 from restorelcc.lcc.tokens import ProbeSequences, encode_probe_set
 from restorelcc.prune import prune_model
@@ -136,13 +135,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 0 < args.sparsity < 1:
         p.error(f"--sparsity must lie strictly between 0 and 1, got {args.sparsity}")
     try:
-        geometry = head_geometry(load_config(args.model))
-    except RestoreLCCError as error:
-        p.error(f"--model {args.model}: {error}")
-    try:
-        args.head_count = head_count(geometry, args.heads)
+        args.head_count = model_head_count(args.model, args.heads)
     except ValueError as error:
-        p.error(f"--heads {args.heads}: {error}")
+        p.error(str(error))
     return args
 
 

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-from restorelcc.assets import DEFAULT_MODEL, load_config, load_model
+from restorelcc.assets import DEFAULT_MODEL, load_model
 from restorelcc.baselines import block_sparsity, lora_baseline, merged_sparsity
+from restorelcc.commands.options import model_head_count
 from restorelcc.commands.restore import heads_value
 from restorelcc.data import instruction_pairs
-from restorelcc.errors import RestoreLCCError
 from restorelcc.hf.families import head_geometry
 from restorelcc.io import atomic_write_json, format_table, load_average, run_metadata
 from restorelcc.latency import interleaved_rounds, median_ratios
@@ -148,13 +148,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--variants: unknown {unknown}; choose from {','.join(VARIANTS)}")
     args.variants = [v for v in VARIANTS if v in variants or v == "pruned"]
     try:
-        geometry = head_geometry(load_config(args.model))
-    except RestoreLCCError as error:
-        p.error(f"--model {args.model}: {error}")
-    try:
-        args.head_count = head_count(geometry, args.heads)
+        args.head_count = model_head_count(args.model, args.heads)
     except ValueError as error:
-        p.error(f"--heads {args.heads}: {error}")
+        p.error(str(error))
     return args
 
 

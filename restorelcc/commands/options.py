@@ -202,6 +202,24 @@ def check_spares_inputs(
             )
 
 
+def model_head_count(model: str, heads: int | float) -> int:
+    """The heads that ``heads`` (a count or a fraction of all, as ``--heads`` takes it)
+    stands for in ``model``, from its config alone (no weights load); ``ValueError``
+    naming ``--model`` or ``--heads``."""
+    from restorelcc.assets import load_config
+    from restorelcc.hf.families import head_geometry
+    from restorelcc.lcc.probing import head_count
+
+    try:
+        geometry = head_geometry(load_config(model))
+    except RestoreLCCError as error:
+        raise ValueError(f"--model {model}: {error}") from None
+    try:
+        return head_count(geometry, heads)
+    except ValueError as error:
+        raise ValueError(f"--heads {heads}: {error}") from None
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if there is one)"
