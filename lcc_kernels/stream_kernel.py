@@ -60,7 +60,6 @@ def _x_rows(x_ptr, stride_xm, first_row, M, col, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _stream_entry(
-    acc,
     col,
     steps,
     value,
@@ -72,11 +71,11 @@ def _stream_entry(
     BITS: tl.constexpr,
     J: tl.constexpr,
 ):
-    """acc [BN, BM] += value [BN] * x [first_row + i, column]; the column moves by entry J's
-    step, bits BITS * J ... of `steps` [BN] (bits above the step may be anything)."""
+    """value [BN] * x [first_row + i, column] as [BN, BM] fp32, and the column, moved by
+    entry J's step: bits BITS * J ... of `steps` [BN] (bits above the step may be anything)."""
     col = col + ((steps >> (BITS * J)) & ((1 << BITS) - 1))
     x = _x_rows(x_ptr, stride_xm, first_row, M, col, BLOCK_M)
-    return acc + x * value.to(tl.float32)[:, None], col
+    return x * value.to(tl.float32)[:, None], col
 
 
 @triton.jit
@@ -92,18 +91,33 @@ def _stream_eight(
     BLOCK_M: tl.constexpr,
     BITS: tl.constexpr,
 ):
-    """Eight consecutive entries: values [BN, 8], their steps in the low 8 * BITS bits of
-    steps [BN]."""
+    """acc [BN, BM] += eight consecutive entries: values [BN, 8], their steps in the low
+    8 * BITS bits of steps [BN].
+
+    For fp32 x the eight are summed on their own first, so that the lane's running sum
+    takes one rounding per group rather than one per kept value, as a blocked matmul does
+    (the per-value chain reached ~3.7x PyTorch's fp32 error). That costs an add per eight
+    and up to 16 registers per thread (compile_report.py); fp16/bf16 outputs round far
+    more coarsely than the chain does, so their kernels keep the plain chain."""
+    GROUP_SUMS: tl.constexpr = x_ptr.dtype.element_ty == tl.float32
     v0, v1, v2, v3, v4, v5, v6, v7 = _eighths(values)
-    acc, col = _stream_entry(acc, col, steps, v0, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 0)
-    acc, col = _stream_entry(acc, col, steps, v1, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 1)
-    acc, col = _stream_entry(acc, col, steps, v2, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 2)
-    acc, col = _stream_entry(acc, col, steps, v3, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 3)
-    acc, col = _stream_entry(acc, col, steps, v4, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 4)
-    acc, col = _stream_entry(acc, col, steps, v5, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 5)
-    acc, col = _stream_entry(acc, col, steps, v6, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 6)
-    acc, col = _stream_entry(acc, col, steps, v7, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 7)
-    return acc, col
+    term, col = _stream_entry(col, steps, v0, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 0)
+    total = term if GROUP_SUMS else acc + term
+    term, col = _stream_entry(col, steps, v1, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 1)
+    total += term
+    term, col = _stream_entry(col, steps, v2, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 2)
+    total += term
+    term, col = _stream_entry(col, steps, v3, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 3)
+    total += term
+    term, col = _stream_entry(col, steps, v4, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 4)
+    total += term
+    term, col = _stream_entry(col, steps, v5, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 5)
+    total += term
+    term, col = _stream_entry(col, steps, v6, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 6)
+    total += term
+    term, col = _stream_entry(col, steps, v7, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 7)
+    total += term
+    return (acc + total if GROUP_SUMS else total), col
 
 
 @triton.jit

@@ -10,8 +10,8 @@ module of that name would shadow its own.)
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from lcc_kernels.bench import check_against_oracle
 from lcc_kernels.decode import INTERPRETED
 
 # These tests launch the kernels on CPU tensors (the GPU ones are marked `gpu`).
@@ -20,16 +20,6 @@ needs_triton = pytest.mark.skipif(
     reason="runs the kernels on CPU tensors: needs TRITON_INTERPRET=1 before lcc_kernels is "
     "imported (tests/conftest.py sets it when there is no GPU)",
 )
-
-# Added to twice PyTorch's own error: covers the rounding of an output that PyTorch's
-# matmul happens to round the other way (these outputs reach |y| ~ 30: fp32 ulp 1.9e-6).
-ATOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
-# The streams kernel (stream_kernel.py) adds a lane's kept values one after another in
-# fp32; interpreted, its fp32 error reaches ~3.7x PyTorch's blocked matmul at K = 136 (4
-# accumulators per lane brought it to ~2.6x: not adopted before a GPU measures their
-# cost), so its tests keep the 1e-5 fp32 slack every kernel test had. fp16 and bf16, whose
-# output rounding dominates, hold the rule as the other kernels do.
-STREAMS_ATOL = {**ATOL, torch.float32: 1e-5}
 
 
 def random_24(n: int, k: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
@@ -48,17 +38,14 @@ def random_unstructured(
     return weight.to(dtype)
 
 
-def assert_matches_oracle(y, x, dense_weight, bias=None, atol=ATOL) -> None:
-    """Max |y - fp64 reference| <= 2 x PyTorch's own error at x's precision + atol[dtype]."""
-    x2d = x.reshape(-1, x.shape[-1])
+def assert_matches_oracle(y, x, dense_weight, bias=None) -> None:
+    """Max |y - fp64 reference| <= 2 x PyTorch's own error at x's precision + ORACLE_ATOL
+    (lcc_kernels.bench.check_against_oracle, the GPU suite's check too)."""
     expected_shape = (*x.shape[:-1], dense_weight.shape[0])
     assert y.shape == expected_shape and y.dtype == x.dtype
     assert not torch.isnan(y).any(), "unwritten (NaN-poisoned) or NaN outputs"
-    bias64 = None if bias is None else bias.double()
-    oracle = F.linear(x2d.double(), dense_weight.double(), bias64)
-    torch_bias = None if bias is None else bias.to(x.dtype)
-    torch_y = F.linear(x2d, dense_weight.to(x.dtype), torch_bias)
-    torch_error = (torch_y.double() - oracle).abs().max().item()
-    error = (y.reshape(-1, y.shape[-1]).double() - oracle).abs().max().item()
-    limit = 2 * torch_error + atol[x.dtype]
-    assert error <= limit, f"max error {error:.3g} > {limit:.3g} (PyTorch's: {torch_error:.3g})"
+    check = check_against_oracle(y, x, dense_weight, bias)
+    assert check["ok"], (
+        f"max error {check['error']:.3g} > {check['limit']:.3g} "
+        f"(PyTorch's: {check['torch_error']:.3g})"
+    )

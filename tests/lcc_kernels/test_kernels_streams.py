@@ -9,7 +9,6 @@ of no block, M = 17 needs five M tiles of 4 rows.
 import pytest
 import torch
 from _kernels_helpers import (
-    STREAMS_ATOL,
     assert_matches_oracle,
     needs_triton,
     random_unstructured,
@@ -111,9 +110,7 @@ def test_streams_kernel_matches_oracle(density, dtype, with_bias, m):
     bias = torch.randn(N) if with_bias else None
     # M = 17: fewer, wider programs (the interpreter runs one at a time)
     plan = _plan(m) if m < 17 else _plan(m, block_n=64, split=2)
-    assert_matches_oracle(
-        sparse_linear(x, packed, bias, plan=plan), x, dense, bias, atol=STREAMS_ATOL
-    )
+    assert_matches_oracle(sparse_linear(x, packed, bias, plan=plan), x, dense, bias)
 
 
 @needs_triton
@@ -125,7 +122,7 @@ def test_streams_kernel_blocks_splits_and_reductions(block_n, split, serial):
     x = torch.randn(2, K)
     bias = torch.randn(N)
     y = sparse_linear(x, packed, bias, plan=_plan(2, block_n, split, serial))
-    assert_matches_oracle(y, x, dense, bias, atol=STREAMS_ATOL)
+    assert_matches_oracle(y, x, dense, bias)
 
 
 @needs_triton
@@ -134,13 +131,9 @@ def test_streams_kernel_in_bf16_and_on_strided_x():
     packed = pack(dense, "bitmap")
     x = torch.randn(3, 2 * K, dtype=torch.bfloat16)[:, ::2]  # copied: K stride 2
     bias = torch.randn(N)
-    assert_matches_oracle(
-        sparse_linear(x, packed, bias, backend="streams"), x, dense, bias, atol=STREAMS_ATOL
-    )
+    assert_matches_oracle(sparse_linear(x, packed, bias, backend="streams"), x, dense, bias)
     wide = torch.randn(2, K + 8, dtype=torch.bfloat16)[:, 8:]  # row stride K + 8
-    assert_matches_oracle(
-        sparse_linear(wide, packed, bias, backend="streams"), wide, dense, bias, atol=STREAMS_ATOL
-    )
+    assert_matches_oracle(sparse_linear(wide, packed, bias, backend="streams"), wide, dense, bias)
 
 
 @needs_triton
@@ -184,7 +177,7 @@ def test_streams_go_through_their_op_where_autograd_or_a_dispatch_mode_must_see_
     x = torch.randn(2, K, requires_grad=True)
     for y in (sparse_linear(x, packed, bias, backend="streams"), sparse_linear(x, packed, bias)):
         assert y.requires_grad
-        assert_matches_oracle(y.detach(), x.detach(), dense, bias, atol=STREAMS_ATOL)
+        assert_matches_oracle(y.detach(), x.detach(), dense, bias)
         with pytest.raises(RuntimeError, match="no autograd formula"):
             y.sum().backward()
     assert len(op_calls) == 2
