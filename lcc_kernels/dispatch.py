@@ -38,6 +38,7 @@ from dataclasses import replace
 
 import torch
 
+from . import dispatch_table
 from .dispatch_table import (
     BACKENDS,
     DENSITY_TOLERANCE,
@@ -50,6 +51,8 @@ from .dispatch_table import (
     m_bucket,
     read_env_tables,
     read_table,
+    skinny_split,
+    split_workspace_bytes,
     warn_if_foreign,
 )
 from .streams import GROUP_ENTRIES, step_bits_for
@@ -296,14 +299,18 @@ def _memoised_plan(
         return Plan("reference")
     if backend == "auto":
         measured = table.lookup(key, m) if table is not None else None
-        if measured is not None and _usable(measured, key, triton_only, decode_streams):
+        if measured is not None and _usable(measured, m, key, triton_only, decode_streams):
             return measured
         if decode_streams and key.format == "bitmap" and m <= STREAMS_MAX_M:
             return streams_plan(m, key, sm_count)
     return _with_tile(default_plan(m, key, sm_count, backend), key.tile)
 
 
-def _usable(plan: Plan, key: WeightKey, triton_only: bool, decode_streams: bool) -> bool:
+def _usable(plan: Plan, m: int, key: WeightKey, triton_only: bool, decode_streams: bool) -> bool:
+    if plan.backend == "skinny":
+        workspace = split_workspace_bytes(skinny_split(plan, key.k), m, key.n)
+        if workspace > dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES:
+            return False  # measured at a smaller M: the launcher would refuse it here
     if triton_only and not (
         plan.backend in TRITON_BACKENDS or (decode_streams and plan.backend == "streams")
     ):

@@ -101,6 +101,27 @@ class Plan:
         return cls(**data)
 
 
+# A skinny plan whose fp32 split-K workspace [split, M, N] is larger is refused by the
+# launcher, and a measured one is passed over by the dispatcher (a table's last M bucket
+# also serves every larger M). The dispatcher splits K only while the output has too few
+# tiles to fill the GPU, so its workspaces take a few MiB; a plan past this bound splits
+# many rows' worth of output tiles, where the tiled path (no workspace) is the faster one.
+# Streams plans are not bounded: their split is the one their layout was built for.
+MAX_SPLIT_K_WORKSPACE_BYTES = 1 << 30
+
+
+def skinny_split(plan: Plan, k: int) -> int:
+    """The splits a skinny plan makes of K: split_k, at most one per K tile, none empty."""
+    k_tiles = -(-k // plan.block_k)
+    tiles_per_split = -(-k_tiles // max(1, min(plan.split_k, k_tiles)))
+    return -(-k_tiles // tiles_per_split)
+
+
+def split_workspace_bytes(split: int, m: int, n: int) -> int:
+    """Bytes of a skinny split-K workspace [split, m, n] fp32 (none for one split)."""
+    return 0 if split == 1 else split * m * n * 4
+
+
 def m_bucket(m: int) -> int:
     """Next power of two of m, capped at MAX_M_BUCKET (1 for m <= 1)."""
     bucket = 1

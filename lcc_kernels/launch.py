@@ -24,6 +24,7 @@ from . import decode
 from .counters import split_k_counters
 from .decode import INTERPRETED
 from .dispatch import Plan
+from .dispatch_table import MAX_SPLIT_K_WORKSPACE_BYTES, skinny_split, split_workspace_bytes
 from .formats import SUPPORTED_DTYPES
 from .kernels import (
     reduce_partials_kernel,
@@ -35,13 +36,6 @@ from .stream_kernel import stream_linear_kernel
 
 MAX_GRID_YZ = 65535  # CUDA's limit on a grid's y and z dimensions
 STREAMS_BLOCK_M = (1, 2, 4)  # rows of x per streams program (stream_kernel._x_rows)
-# A skinny plan whose fp32 split-K workspace [split, M, N] is larger is refused. The
-# dispatcher splits K only while the output has too few tiles to fill the GPU, so its
-# workspaces take a few MiB; a forced plan past this bound splits many rows' worth of
-# output tiles, where the tiled path (no workspace) is the faster one. Streams plans are
-# not bounded: their split is the one their layout was built for (a forced streams plan
-# at a large M needs split x the output, which the caller chose).
-MAX_SPLIT_K_WORKSPACE_BYTES = 1 << 30
 
 
 class Operand(NamedTuple):
@@ -298,10 +292,11 @@ def _row_tiles(m: int, block_m: int, path: str) -> int:
 def _check_workspace(split: int, m: int, n: int) -> None:
     """Refuse a skinny split-K workspace [split, m, n] fp32 over
     MAX_SPLIT_K_WORKSPACE_BYTES."""
-    if split > 1 and split * m * n * 4 > MAX_SPLIT_K_WORKSPACE_BYTES:
+    size = split_workspace_bytes(split, m, n)
+    if size > MAX_SPLIT_K_WORKSPACE_BYTES:
         raise ValueError(
             f"the skinny plan splits K {split} ways at M = {m}, N = {n}: its fp32 workspace "
-            f"of {split * m * n * 4 / 2**30:.2f} GiB is over the "
+            f"of {size / 2**30:.2f} GiB is over the "
             f"{MAX_SPLIT_K_WORKSPACE_BYTES / 2**30:.0f} GiB allowed; split K less (or use "
             "the tiled path)"
         )
@@ -344,9 +339,8 @@ def _operand_geometry(
         grid = (-(-m // plan.block_m) * -(-n // plan.block_n),)
         options = dict(common, GROUP_M=plan.group_m, **_dot_flags(dtype))
         return _Geometry(grid, (k_tiles,), options, 1, 0, None)
-    split = max(1, min(plan.split_k, k_tiles))
+    split = skinny_split(plan, k)
     tiles_per_split = -(-k_tiles // split)
-    split = -(-k_tiles // tiles_per_split)  # no empty splits
     _check_workspace(split, m, n)
     tiles_n, tiles_m = -(-n // plan.block_n), _row_tiles(m, plan.block_m, "skinny")
     options = dict(
