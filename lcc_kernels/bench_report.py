@@ -21,6 +21,9 @@ from .dispatch import TABLE_SCHEMA, DispatchTable, Plan, m_bucket
 # A table entry keeps our Triton kernels unless another backend is this much faster
 # (dense and semi_structured cache a second copy of the weight).
 TABLE_HYSTERESIS = 0.02
+# Where the file-mode mask of written results is read, and what is assumed without it.
+PROC_STATUS = "/proc/self/status"
+DEFAULT_UMASK = 0o022
 
 
 def load_rows(out: Path, name: str) -> list[dict]:
@@ -192,9 +195,16 @@ def _write_json(path: Path, data) -> None:
 
 
 def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
+    """The process's file-mode mask, read without changing it: setting it to learn it (the
+    ``os.umask`` round trip) would let another thread create files under the wrong mask in
+    between. Linux shows it in /proc/self/status (``Umask:``, kernel 4.7 and later);
+    elsewhere, the usual ``DEFAULT_UMASK``."""
+    try:
+        with open(PROC_STATUS) as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+        return int(fields["Umask"], 8)
+    except (OSError, KeyError, ValueError):
+        return DEFAULT_UMASK
 
 
 def main(argv=None) -> int:

@@ -310,7 +310,9 @@ def _restore(args: argparse.Namespace, dense, pruned, tokenizer, pairs, config):
 
 def _evaluate(dense, pruned, tokenizer, restoration, args: argparse.Namespace) -> dict:
     """Perplexity (on ``--ppl-source``) of the dense, pruned and restored (folded copy)
-    models."""
+    models, and each one's total NLL over the same ``tokens`` ids: a perplexity whose
+    ``exp`` overflows a float is written as ``null`` (JSON has no infinity), and
+    ``exp(nll / tokens)`` is what is left of it (as in ``PerplexityResult.as_dict``)."""
     import copy
 
     from restorelcc.evaluate import perplexity_report
@@ -330,5 +332,6 @@ def _evaluate(dense, pruned, tokenizer, restoration, args: argparse.Namespace) -
     settings = results["dense"].as_dict()
     return {
         "perplexity": {name: result.perplexity for name, result in results.items()},
+        "nll": {name: result.nll for name, result in results.items()},
         **{key: settings[key] for key in ("source", "tokens", "window", "stride")},
     }

@@ -87,11 +87,12 @@ __all__ = [
 ]
 
 
-def positive_count(value, name: str) -> int:
-    """``value`` if it is an integer >= 1 (not a bool); ``ValueError`` naming ``name``
-    otherwise, so that ``2.5`` or ``True`` fails at once instead of deep in the work."""
+def positive_count(value, name: str, error: type[ValueError] = ValueError) -> int:
+    """``value`` if it is an integer >= 1 (not a bool); ``error`` (a ``ValueError``
+    subclass, e.g. a module's argument error) naming ``name`` otherwise, so that ``2.5``
+    or ``True`` fails at once instead of deep in the work."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise error(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from restorelcc.data import positive_count
 from restorelcc.errors import RestoreLCCError
 from restorelcc.hf.families import Family, block_linear, decoder_layers, family_of
 from restorelcc.prune.masks import Pattern, parse_pattern
@@ -85,12 +85,6 @@ def _number(name: str, value) -> float:
         raise PruneArgumentError(f"{name} must be a number, got {value!r}") from None
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise PruneArgumentError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
 def check_options(
     spec: PruneSpec, chunk_size: int, block_size: int, dampening: float
 ) -> tuple[int, int, float]:
@@ -100,8 +94,8 @@ def check_options(
     must be finite and positive (0 leaves the Hessian singular whenever calibration has
     fewer tokens than inputs; inf makes it non-finite).
     """
-    chunk_size = _positive_int("chunk_size", chunk_size)
-    block_size = _positive_int("block_size", block_size)
+    chunk_size = positive_count(chunk_size, "chunk_size", PruneArgumentError)
+    block_size = positive_count(block_size, "block_size", PruneArgumentError)
     dampening = _number("dampening", dampening)
     if not (dampening > 0 and math.isfinite(dampening)):
         raise PruneArgumentError(f"dampening must be finite and > 0, got {dampening}")

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -148,7 +149,31 @@ def test_eval_reports_dense_pruned_and_restored_perplexity(checkpoints, capsys):
     assert set(evaluation["perplexity"]) == {"dense", "pruned", "restored"}
     assert all(1 < value < float("inf") for value in evaluation["perplexity"].values())
     assert evaluation["source"] == "lambada" and evaluation["tokens"] > 0
+    assert set(evaluation["nll"]) == set(evaluation["perplexity"])
     assert evaluation["window"] >= evaluation["stride"] > 0
+
+
+def test_an_overflowing_perplexity_keeps_its_nll_in_the_report(checkpoints):
+    """A perplexity whose exp overflows a float is null in the JSON (no Infinity): its total
+    NLL over the same tokens is what is left of it, not a bare null."""
+    tmp_path, pruned = checkpoints
+    with torch.no_grad():
+        pruned.lm_head.weight.mul_(2000.0)  # finite logits, thousands of nats per id
+    pruned.save_pretrained(tmp_path / "pruned")
+    argv = method_args(tmp_path, "--method", "training-free", "--eval", "--ppl-tokens", "64")
+    assert main(argv) == 0
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    report = (tmp_path / "out" / "restore_report.json").read_text()
+    evaluation = json.loads(report, parse_constant=refuse)["evaluation"]
+    assert evaluation["perplexity"]["pruned"] is None
+    assert 1 < evaluation["perplexity"]["dense"] < float("inf")
+    mean_nll = {name: nll / evaluation["tokens"] for name, nll in evaluation["nll"].items()}
+    assert mean_nll["pruned"] > 710 and mean_nll["dense"] == pytest.approx(
+        math.log(evaluation["perplexity"]["dense"])
+    )
 
 
 def test_validation_pairs_are_scored_before_and_after(checkpoints, capsys):

@@ -207,6 +207,33 @@ def test_results_are_flushed_through_a_temporary_file_of_their_own(tmp_path, mon
     assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+@pytest.mark.skipif(not os.path.exists(bench_report.PROC_STATUS), reason="Linux /proc only")
+def test_results_get_the_mode_the_umask_allows_and_the_umask_is_never_set(tmp_path, monkeypatch):
+    """0o027 (not the fallback's 0o022) makes 0o640 files, and writing only reads the mask:
+    setting it, even briefly, would give another thread's new files the wrong mode."""
+    write(tmp_path, H200, [timing(SHAPE, 1, "dense", 10.0)])
+    real_umask, set_to = os.umask, []
+    monkeypatch.setattr(os, "umask", lambda mask: (set_to.append(mask), real_umask(mask))[1])
+    previous = real_umask(0o027)
+    try:
+        bench_report.write_results(tmp_path)
+        after = real_umask(previous)
+    finally:
+        real_umask(previous)
+    assert set_to == [] and after == 0o027
+    for name in ("summary.json", "dispatch_table.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+
+
+@pytest.mark.parametrize("status", [None, "Name:\tpython\nPid:\t1\n"], ids=["absent", "no-line"])
+def test_without_a_umask_line_to_read_the_usual_mask_is_assumed(tmp_path, monkeypatch, status):
+    path = tmp_path / "status"
+    if status is not None:
+        path.write_text(status)
+    monkeypatch.setattr(bench_report, "PROC_STATUS", str(path))
+    assert bench_report._umask() == bench_report.DEFAULT_UMASK == 0o022
+
+
 def test_timings_of_ours_without_a_plan_make_no_table_entry(tmp_path):
     """A plan-less bitmap row has no plan, nor tile, to record: the table still loads."""
     timings = [

@@ -1,0 +1,178 @@
+"""sparse_linear, reference_linear and dense_linear_triton on bad input: clear errors
+naming the shape, dtype, device, backend or plan at fault, refused before any work; and
+calls with no rows, which still check what they are given.
+"""
+
+import pytest
+import torch
+from _kernels_helpers import assert_matches_oracle, needs_triton
+from _linear_helpers import K, N, packed_weight, small_plan
+
+from lcc_kernels import Plan, dense_linear_triton, launch, reference_linear, sparse_linear, unpack
+
+
+def test_no_rows_gives_an_empty_output():
+    _, packed = packed_weight("2:4", torch.float32)
+    y = sparse_linear(torch.randn(0, K), packed, backend="skinny")
+    assert y.shape == (0, N)
+    x, bias = torch.randn(2, 0, K, requires_grad=True), torch.randn(N, requires_grad=True)
+    y = sparse_linear(x, packed, bias)  # as F.linear: still part of the autograd graph
+    assert y.shape == (2, 0, N)
+    y.sum().backward()
+    assert torch.equal(bias.grad, torch.zeros(N)) and x.grad.shape == x.shape
+
+
+@needs_triton
+def test_dense_triton_baseline_checks_its_bias():
+    weight, x = torch.randn(N, K), torch.randn(3, K)
+    every_other = torch.randn(2 * N)[::2]
+    y = dense_linear_triton(x, weight, every_other, small_plan("skinny", 3))
+    assert_matches_oracle(y, x, weight, every_other)
+    for bias, message in (
+        (torch.zeros(N - 4), r"bias must have shape \(72,\)"),
+        (torch.zeros(3, N), "bias must have shape"),
+        (torch.zeros(N, dtype=torch.int64), "bias dtype"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            dense_linear_triton(x, weight, bias, small_plan("skinny", 3))
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
+        dense_linear_triton(x.double(), weight.double(), None, small_plan("skinny", 3))
+
+
+def test_reference_refuses_integer_or_mismatched_inputs():
+    _, packed = packed_weight("2:4", torch.float32)
+    with pytest.raises(ValueError, match="must be floating point"):
+        reference_linear(torch.ones(1, K, dtype=torch.int64), packed)
+    with pytest.raises(ValueError, match=r"must be \[..., K\] and \[N, K\]"):
+        reference_linear(torch.ones(1, K - 4), packed)
+
+
+def _bad_inputs():
+    _, packed = packed_weight("2:4", torch.float16)
+    x = torch.randn(3, K, dtype=torch.float16)
+    return [
+        ("x dtype", packed, x.float(), None, "x dtype torch.float32 does not match"),
+        ("int x", packed, x.to(torch.int16), None, "x dtype must be"),
+        ("wrong K", packed, x[:, :-4], None, "last dim must be the weight's K = 136"),
+        ("scalar x", packed, torch.tensor(1.0, dtype=torch.float16), None, "last dim"),
+        ("x device", packed, x.to("meta"), None, "x is on meta"),
+        ("bias shape", packed, x, torch.zeros(N + 1), r"bias must have shape \(72,\)"),
+        ("bias 2-D", packed, x, torch.zeros(1, N), "bias must have shape"),
+        ("bias dtype", packed, x, torch.zeros(N, dtype=torch.int32), "bias dtype"),
+        ("bias device", packed, x, torch.zeros(N, device="meta"), "bias is on meta"),
+        ("dense weight", unpack(packed), x, None, "Sparse24Weight or BitmapWeight"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_inputs(), ids=lambda case: case[0])
+def test_bad_input_raises_a_clear_error(case):
+    _, weight, x, bias, message = case
+    with pytest.raises(ValueError, match=message):
+        sparse_linear(x, weight, bias)
+
+
+def test_bad_backend_or_plan_raises():
+    _, packed = packed_weight("2:4", torch.float32)
+    x = torch.randn(2, K)
+    with pytest.raises(ValueError, match="unknown backend"):
+        sparse_linear(x, packed, backend="cusparse")
+    with pytest.raises(ValueError, match="semi_structured backend runs on CUDA tensors only"):
+        sparse_linear(x, packed, backend="semi_structured")
+    with pytest.raises(ValueError, match="not both"):
+        sparse_linear(x, packed, backend="tiled", plan=Plan("tiled"))
+    with pytest.raises(ValueError, match="power of two"):
+        Plan("skinny", block_n=48)
+    with pytest.raises(ValueError, match="block_k >= 32"):
+        sparse_linear(x, packed, plan=Plan("skinny", block_m=2, block_k=16))
+    with pytest.raises(ValueError, match="needs block_m, block_n and block_k >= 16"):
+        sparse_linear(x, packed, plan=Plan("tiled", block_m=8))
+    with pytest.raises(ValueError, match="at most 65535 row tiles of block_m = 1, got M = 65536"):
+        sparse_linear(x.new_zeros(65536, K), packed, plan=Plan("skinny", block_m=1))
+
+
+@needs_triton
+@pytest.mark.parametrize("backend", ["skinny", "streams"])
+def test_triton_backends_refuse_forward_mode_and_func_transforms(backend):
+    """No derivative formula: a tangent (or a batch) would be lost or fail obscurely."""
+    import torch.autograd.forward_ad as fwAD
+
+    _, packed = packed_weight("bitmap", torch.float32)
+    x, tangent = torch.randn(3, K), torch.randn(3, K)
+
+    def call(a):
+        return sparse_linear(a, packed, backend=backend)
+
+    with fwAD.dual_level(), pytest.raises(ValueError, match="inference only"):
+        call(fwAD.make_dual(x, tangent))
+    for transform in (
+        lambda: torch.func.jvp(call, (x,), (tangent,)),
+        lambda: torch.func.grad(lambda a: call(a).sum())(x),
+        lambda: torch.func.vmap(call)(torch.randn(2, 3, K)),
+    ):
+        with pytest.raises(ValueError, match="backend='reference'"):
+            transform()
+
+
+def test_no_rows_checks_the_call_and_unpacks_nothing(monkeypatch):
+    from lcc_kernels import reference, weight_cache
+
+    def no_unpack(weight):
+        raise AssertionError("unpacked")
+
+    _, packed = packed_weight("2:4", torch.float32)
+    empty = torch.randn(2, 0, K)
+    for kwargs, message in (
+        (dict(backend="bogus"), "unknown backend"),
+        (dict(backend="skinny", plan=Plan("tiled")), "not both"),
+        (dict(plan=Plan("streams", 1, 128)), "streams backend needs a bitmap weight"),
+        (dict(backend="semi_structured"), "CUDA tensors only"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            sparse_linear(empty, packed, **kwargs)
+    monkeypatch.setattr(reference, "unpack", no_unpack)
+    monkeypatch.setattr(weight_cache, "unpack", no_unpack)
+    for backend in ("auto", "reference", "dense"):
+        assert sparse_linear(empty, packed, torch.randn(N), backend=backend).shape == (2, 0, N)
+    assert "dense" not in packed.cache
+
+
+@needs_triton
+def test_no_rows_checks_a_forced_triton_plan():
+    _, packed = packed_weight("2:4", torch.float32)
+    with pytest.raises(ValueError, match="needs block_m, block_n and block_k >= 16"):
+        sparse_linear(torch.randn(0, K), packed, plan=Plan("tiled", block_m=8))
+    y = sparse_linear(torch.randn(0, K), packed, plan=small_plan("skinny", 3))
+    assert y.shape == (0, N)
+
+
+def test_reference_checks_its_bias():
+    dense, packed = packed_weight("2:4", torch.float32)
+    x = torch.randn(3, K)
+    for bias, message in (
+        (torch.ones(1), r"bias must have shape \(72,\), got \(1,\)"),
+        (torch.ones(3, N), r"bias must have shape \(72,\), got \(3, 72\)"),
+        (torch.ones(N, dtype=torch.int64), "bias dtype"),
+        (torch.ones(N, device="meta"), "bias is on meta"),
+    ):
+        for weight in (packed, dense):
+            with pytest.raises(ValueError, match=message):
+                reference_linear(x, weight, bias)
+    bias = torch.randn(N, dtype=torch.float64)  # the oracle's own precision is fine
+    assert_matches_oracle(reference_linear(x, packed, bias), x, dense, bias)
+
+
+@needs_triton
+def test_a_skinny_split_k_workspace_over_the_bound_is_refused(monkeypatch):
+    """A forced plan's fp32 workspace [split, M, N] is bounded (1 GiB; 5 KiB here)."""
+    dense, packed = packed_weight("bitmap", torch.float32)
+    x = torch.randn(5, K)
+    monkeypatch.setattr(launch, "MAX_SPLIT_K_WORKSPACE_BYTES", 5 * 1024)
+    launch._operand_geometry.cache_clear()  # geometries checked under the real bound
+    split_2 = Plan("skinny", 4, 16, 32, split_k=2)  # 2 x 5 x 72 x 4 B = 2.8 KiB
+    split_5 = Plan("skinny", 4, 16, 32, split_k=5)  # 7 KiB
+    try:
+        assert_matches_oracle(sparse_linear(x, packed, plan=split_2), x, dense)
+        with pytest.raises(ValueError, match=r"splits K 5 ways at M = 5, N = 72.*over the"):
+            sparse_linear(x, packed, plan=split_5)
+    finally:
+        launch._operand_geometry.cache_clear()
