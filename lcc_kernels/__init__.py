@@ -3,6 +3,7 @@
     packed = pack(weight, "2:4")            # or "bitmap"; weight [N, K], zeros = mask
     y = sparse_linear(x, packed, bias)      # x [..., K] -> y [..., N], bias in fp32
     qkv = pack_many([wq, wk, wv], "2:4")    # one launch for three projections
+    packed_nbytes([wq, wk, wv], "bitmap")   # qkv's nbytes as bitmap, without packing
     q, k, v = split_output(sparse_linear(x, qkv), qkv)
     y = sparse_linear(x, bitmap, bias, decode_streams=True)  # decode: kept values as streams
     prepare_streams(bitmap)                 # build their layout now (before torch.compile)
@@ -20,6 +21,7 @@ from .formats import (
     load_state_dict,
     pack,
     pack_many,
+    packed_nbytes,
     split_output,
     unpack,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "oracle_linear",
     "pack",
     "pack_many",
+    "packed_nbytes",
     "prepare_streams",
     "reference_linear",
     "sparse_linear",

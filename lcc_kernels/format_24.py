@@ -10,6 +10,7 @@ For weights [N, K] with at most 2 nonzeros in every group of 4 along K:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -70,24 +71,24 @@ class Sparse24Weight(PackedContainer):
 
     @property
     def nbytes(self) -> int:
-        """Bytes a kernel reads for the whole weight (values + metadata)."""
+        """Bytes a kernel reads for the whole weight (values + metadata); `_nbytes_24`
+        gives it from the shape and dtype alone."""
         return self.values.numel() * self.values.element_size() + self.meta.numel() * 4
 
     def validate_layout(self) -> None:
         """Check dtypes, shapes, devices and contiguity (no data is read)."""
         self._check_tensors_together()
         n, k = self.shape
-        padded_k = _round_up(k, K_ALIGN_24)
         if k % 4 or k <= 0 or n <= 0:
             raise ValueError(f"2:4 weight needs N > 0 and K > 0 divisible by 4, got {self.shape}")
         if self.values.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"2:4 values dtype must be fp16/bf16/fp32, got {self.values.dtype}")
-        if tuple(self.values.shape) != (n, padded_k // 2):
+        expected_values, expected_meta = _shapes_24(self.shape)
+        if tuple(self.values.shape) != expected_values:
             raise ValueError(
-                f"2:4 values must have shape {(n, padded_k // 2)} for weight shape {self.shape}, "
+                f"2:4 values must have shape {expected_values} for weight shape {self.shape}, "
                 f"got {tuple(self.values.shape)}"
             )
-        expected_meta = (n, padded_k // 2 // INDICES_PER_WORD)
         if self.meta.dtype != torch.int32 or tuple(self.meta.shape) != expected_meta:
             raise ValueError(
                 f"2:4 meta must be int32 of shape {expected_meta}, got "
@@ -113,6 +114,21 @@ class Sparse24Weight(PackedContainer):
                 f"2:4 values are corrupt: row {row} holds nonzeros in the padding beyond "
                 f"K = {k} (the state dict's K does not match its values, or they were altered)"
             )
+
+
+def _shapes_24(shape: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Logical shape (N, K) -> the shapes of its `values` [N, Kp/2] and `meta` [N, Kp/32],
+    Kp = K rounded up to K_ALIGN_24."""
+    n, k = shape
+    slots = _round_up(k, K_ALIGN_24) // 2
+    return (n, slots), (n, slots // INDICES_PER_WORD)
+
+
+def _nbytes_24(shape: tuple[int, int], dtype: torch.dtype) -> int:
+    """`Sparse24Weight.nbytes` of a weight of logical shape (N, K) packed in `dtype`:
+    values [N, Kp/2] in `dtype` plus int32 meta [N, Kp/32]. The pattern does not change it."""
+    values, meta = _shapes_24(shape)
+    return math.prod(values) * dtype.itemsize + math.prod(meta) * 4
 
 
 def _check_24(weight: torch.Tensor, name: str = "weight") -> None:

@@ -14,6 +14,7 @@ than 16 rows cannot feed tl.dot, so their weights run the multiply-and-sum loop 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -37,6 +38,10 @@ DEFAULT_BITMAP_TILE = (64, 64)
 # Each tile's run of values starts on a multiple of 8 elements (16 bytes in fp16/bf16),
 # so a tile's values can be fetched with aligned vector loads.
 VALUE_ALIGN = 8
+# Tile offsets are int32: a packed weight stores fewer values than this.
+MAX_BITMAP_VALUES = 2**31
+# An all-zero weight stores one aligned run of zeros, for its offsets to point at.
+_EMPTY_RUN = VALUE_ALIGN
 
 
 def check_bitmap_tile(tile: tuple[int, int]) -> None:
@@ -89,7 +94,7 @@ class BitmapWeight(PackedContainer):
     @property
     def grid(self) -> tuple[int, int]:
         """(row blocks, K tiles)."""
-        return -(-self.shape[0] // self.tile[0]), -(-self.shape[1] // self.tile[1])
+        return _grid(self.shape, self.tile)
 
     @property
     def density(self) -> float:
@@ -97,7 +102,8 @@ class BitmapWeight(PackedContainer):
 
     @property
     def nbytes(self) -> int:
-        """Bytes a kernel reads for the whole weight (bitmap + values + offsets)."""
+        """Bytes a kernel reads for the whole weight (bitmap + values + offsets);
+        `_nbytes_bitmap` counts it from the dense weights without packing them."""
         return (
             self.bits.numel() * 4
             + self.values.numel() * self.values.element_size()
@@ -112,7 +118,7 @@ class BitmapWeight(PackedContainer):
         if n <= 0 or k <= 0:
             raise ValueError(f"bitmap weight needs a non-empty shape, got {self.shape}")
         tiles = self.grid[0] * self.grid[1]
-        words = self.tile[0] * self.tile[1] // 32
+        words = _words_per_tile(self.tile)
         if self.bits.dtype != torch.int32 or tuple(self.bits.shape) != (tiles, words):
             raise ValueError(
                 f"bitmap bits must be int32 of shape {(tiles, words)}, got "
@@ -157,6 +163,33 @@ class BitmapWeight(PackedContainer):
             raise ValueError("bitmap marks nonzeros in the padding beyond the weight's shape")
 
 
+def _grid(shape: tuple[int, int], tile: tuple[int, int]) -> tuple[int, int]:
+    """(row blocks, K tiles) of a weight of shape (N, K) cut into (tile_n, tile_k) tiles."""
+    return -(-shape[0] // tile[0]), -(-shape[1] // tile[1])
+
+
+def _words_per_tile(tile: tuple[int, int]) -> int:
+    """int32 bitmap words per (tile_n, tile_k) tile: one bit per position."""
+    return tile[0] * tile[1] // 32
+
+
+def _run_lengths(counts: torch.Tensor) -> torch.Tensor:
+    """Nonzeros per tile [T] -> the length of each tile's run in `values` [T]: its count
+    rounded up to VALUE_ALIGN."""
+    return (counts + VALUE_ALIGN - 1) // VALUE_ALIGN * VALUE_ALIGN
+
+
+def _check_value_count(stored: int, shape: tuple[int, int]) -> None:
+    """Refuse a weight of shape (N, K) whose `values` reach `stored` >= MAX_BITMAP_VALUES
+    elements (beyond the int32 tile offsets)."""
+    if stored >= MAX_BITMAP_VALUES:
+        raise ValueError(
+            f"weight {shape} has too many nonzeros for int32 tile offsets: its bitmap would "
+            f"store at least {stored} values (nonzeros padded per tile), "
+            f"{MAX_BITMAP_VALUES} or more"
+        )
+
+
 def _count_ones(words: torch.Tensor) -> torch.Tensor:
     """[..., W] int32 words -> [..., W] int32 count of set bits in each."""
     counts = torch.zeros_like(words)
@@ -186,17 +219,14 @@ def _pack_bitmap(
     bits, values, offsets, nnz, total = [], [], [], 0, 0
     for row in range(0, weight.shape[0], rows):
         band_bits, band_values, band_starts, band_nnz = _pack_band(weight[row : row + rows], tile)
-        if total + band_values.numel() >= 2**31:
-            raise ValueError(
-                f"weight {tuple(weight.shape)} has too many nonzeros for int32 tile offsets"
-            )
+        _check_value_count(total + band_values.numel(), tuple(weight.shape))
         bits.append(band_bits)
         values.append(band_values)
         offsets.append((band_starts + total).to(torch.int32))
         nnz += band_nnz
         total += band_values.numel()
     if total == 0:  # an all-zero weight: keep one aligned run of zeros to point at
-        values = [weight.new_zeros(VALUE_ALIGN)]
+        values = [weight.new_zeros(_EMPTY_RUN)]
     return torch.cat(bits), torch.cat(values), torch.cat(offsets), nnz
 
 
@@ -213,13 +243,47 @@ def _pack_band(
     place = mask.to(torch.int32)
     place.cumsum_(-1)  # in place: cumsum(mask, dtype=int32) makes a second copy
     counts = place[:, -1].to(torch.int64)
-    slots = (counts + VALUE_ALIGN - 1) // VALUE_ALIGN * VALUE_ALIGN
+    slots = _run_lengths(counts)
     starts = torch.cumsum(slots, 0) - slots
     place += (starts - 1).to(torch.int32).unsqueeze(-1)
     values = tiles.new_zeros(int(slots.sum()))
     values[place[mask]] = tiles[mask]
     bits = _pack_words(mask.view(mask.shape[0], -1, 32), 1)
     return bits, values, starts, int(counts.sum())
+
+
+def _tile_counts(weights: Sequence[torch.Tensor], tile: tuple[int, int]) -> torch.Tensor:
+    """Weights [N_i, K] stacked along N -> nonzeros per tile [row blocks, K tiles] int64,
+    counted as `_pack_band` keeps them (entries != 0: NaN counts, -0.0 does not). A tile
+    may hold rows of two weights. Counted a band of rows (about PACK_BAND positions) at a
+    time; the per-row counts [sum N_i, K tiles] are all that is kept."""
+    tile_n, tile_k = tile
+    k = weights[0].shape[1]
+    pad_k = _round_up(k, tile_k) - k
+    rows = max(1, PACK_BAND // (k + pad_k))
+    per_row = []
+    for weight in weights:
+        for row in range(0, weight.shape[0], rows):
+            mask = F.pad(weight[row : row + rows] != 0, (0, pad_k))
+            per_row.append(mask.reshape(mask.shape[0], -1, tile_k).sum(-1, dtype=torch.int32))
+    stacked = torch.cat(per_row)
+    pad_n = _round_up(stacked.shape[0], tile_n) - stacked.shape[0]
+    stacked = F.pad(stacked, (0, 0, 0, pad_n))
+    return stacked.reshape(-1, tile_n, stacked.shape[1]).sum(1, dtype=torch.int64)
+
+
+def _nbytes_bitmap(weights: Sequence[torch.Tensor], tile: tuple[int, int]) -> int:
+    """`BitmapWeight.nbytes` of weights [N_i, K] (one dtype) packed stacked along N with
+    `tile` (as `pack_many` does), counted without packing: per tile, its bitmap words
+    [tile_n*tile_k/32] and its offset, both int32; then `values` [V], each tile's nonzeros
+    rounded up to VALUE_ALIGN (an all-zero weight keeps one run of VALUE_ALIGN zeros).
+    Raises ValueError where pack would: V >= MAX_BITMAP_VALUES."""
+    shape = (sum(w.shape[0] for w in weights), weights[0].shape[1])
+    stored = int(_run_lengths(_tile_counts(weights, tile)).sum()) or _EMPTY_RUN
+    _check_value_count(stored, shape)
+    row_blocks, k_tiles = _grid(shape, tile)
+    tiles = row_blocks * k_tiles
+    return tiles * (_words_per_tile(tile) + 1) * 4 + stored * weights[0].dtype.itemsize
 
 
 def _unpack_bitmap(packed: BitmapWeight) -> torch.Tensor:

@@ -13,19 +13,30 @@ Both hold plain tensors plus Python ints, so `to_state_dict()` gives tensors onl
 (safetensors-friendly; format_common.py) and `load_state_dict()` rebuilds either container.
 Several weights packed side by side (q, k and v) remember their `split_sizes`;
 `split_output` cuts the result of one fused launch back into the separate projections.
+`packed_nbytes` gives the `nbytes` a pack would have without packing (each format's rule
+beside its layout: `_nbytes_24`, `_nbytes_bitmap`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
-from .format_24 import INDICES_PER_WORD, K_ALIGN_24, Sparse24Weight, _check_24, _pack_24, _unpack_24
+from .format_24 import (
+    INDICES_PER_WORD,
+    K_ALIGN_24,
+    Sparse24Weight,
+    _check_24,
+    _nbytes_24,
+    _pack_24,
+    _unpack_24,
+)
 from .format_bitmap import (
     DEFAULT_BITMAP_TILE,
     VALUE_ALIGN,
     BitmapWeight,
+    _nbytes_bitmap,
     _pack_bitmap,
     _unpack_bitmap,
     check_bitmap_tile,
@@ -56,6 +67,7 @@ __all__ = [
     "load_state_dict",
     "pack",
     "pack_many",
+    "packed_nbytes",
     "split_output",
     "unpack",
 ]
@@ -76,6 +88,30 @@ def _check_dense(weight: torch.Tensor) -> None:
         raise ValueError(f"weight must not be empty, got shape {tuple(weight.shape)}")
     if weight.device.type == "meta":
         raise ValueError("weight is on the meta device: it holds no values to pack")
+
+
+def _check_format(format: str) -> None:
+    if format not in (FORMAT_24, FORMAT_BITMAP):
+        raise ValueError(f"unknown format {format!r}; expected {FORMAT_24!r} or {FORMAT_BITMAP!r}")
+
+
+def _check_stack(weights: Sequence[torch.Tensor], format: str, caller: str) -> None:
+    """Refuse weights [N_i, K] that cannot be packed side by side in `format`: none, one
+    that is not a dense 2-D fp16/bf16/fp32 tensor with data, K, dtype or device unlike
+    weight 0's, or (2:4) one that is not 2:4 (naming its first bad group)."""
+    if len(weights) == 0:
+        raise ValueError(f"{caller} needs at least one weight")
+    for i, w in enumerate(weights):
+        _check_dense(w)
+        if w.shape[1] != weights[0].shape[1] or w.dtype != weights[0].dtype:
+            raise ValueError(
+                f"weight {i} has shape {tuple(w.shape)} and dtype {w.dtype}; all weights must "
+                f"share K = {weights[0].shape[1]} and dtype {weights[0].dtype}"
+            )
+        if w.device != weights[0].device:
+            raise ValueError(f"weight {i} is on {w.device}, weight 0 on {weights[0].device}")
+        if format == FORMAT_24:
+            _check_24(w, f"weight {i}")
 
 
 def _check_packed(packed, what: str) -> None:
@@ -104,16 +140,15 @@ def pack(
     True
     """
     _check_dense(weight)
+    _check_format(format)
     weight = weight.detach()
     sizes = (weight.shape[0],) if split_sizes is None else split_sizes
     if format == FORMAT_24:
         values, meta = _pack_24(weight)
         return Sparse24Weight(values, meta, tuple(weight.shape), sizes)
-    if format == FORMAT_BITMAP:
-        check_bitmap_tile(tile)
-        bits, values, offsets, nnz = _pack_bitmap(weight, tile)
-        return BitmapWeight(bits, values, offsets, tuple(weight.shape), tile, nnz, sizes)
-    raise ValueError(f"unknown format {format!r}; expected {FORMAT_24!r} or {FORMAT_BITMAP!r}")
+    check_bitmap_tile(tile)
+    bits, values, offsets, nnz = _pack_bitmap(weight, tile)
+    return BitmapWeight(bits, values, offsets, tuple(weight.shape), tile, nnz, sizes)
 
 
 def unpack(packed: PackedWeight) -> torch.Tensor:
@@ -134,21 +169,40 @@ def pack_many(
 ) -> PackedWeight:
     """Pack several weights [N_i, K] with the same K side by side (e.g. q, k, v) as one
     [sum N_i, K] weight; `split_output` cuts the fused output back into the N_i parts."""
-    if len(weights) == 0:
-        raise ValueError("pack_many needs at least one weight")
-    for i, w in enumerate(weights):
-        _check_dense(w)
-        if w.shape[1] != weights[0].shape[1] or w.dtype != weights[0].dtype:
-            raise ValueError(
-                f"weight {i} has shape {tuple(w.shape)} and dtype {w.dtype}; all weights must "
-                f"share K = {weights[0].shape[1]} and dtype {weights[0].dtype}"
-            )
-        if w.device != weights[0].device:
-            raise ValueError(f"weight {i} is on {w.device}, weight 0 on {weights[0].device}")
-        if format == FORMAT_24:
-            _check_24(w, f"weight {i}")
+    _check_stack(weights, format, "pack_many")
     stacked = torch.cat([w.detach() for w in weights], dim=0)
     return pack(stacked, format, tile=tile, split_sizes=tuple(w.shape[0] for w in weights))
+
+
+def packed_nbytes(
+    weights: torch.Tensor | Sequence[torch.Tensor],
+    format: str = FORMAT_24,
+    *,
+    tile: tuple[int, int] = DEFAULT_BITMAP_TILE,
+) -> int:
+    """`pack_many(weights, format, tile=tile).nbytes` (for one weight [N, K],
+    `pack(weight, format, tile=tile).nbytes`), worked out without packing.
+
+    weights: dense [N_i, K] tensors sharing K, dtype and device, stacked along N as
+    pack_many does. "2:4" depends on the stacked shape and the dtype alone; "bitmap" counts
+    the nonzeros of each tile (NaN counts, -0.0 does not, as pack keeps them), reading the
+    weights a band of rows at a time. Raises the ValueError pack_many would raise: unknown
+    format, a weight that is not dense 2-D fp16/bf16/fp32 with data, mismatched K, dtype
+    or device, a weight that is not 2:4 ("2:4"), a bad tile or too many values ("bitmap").
+
+    >>> w = torch.tensor([[1.0, 0, 0, 2, 0, 3, 0, 0]])
+    >>> packed_nbytes(w, "2:4") == pack(w, "2:4").nbytes
+    True
+    """
+    _check_format(format)
+    weights = [weights] if isinstance(weights, torch.Tensor) else weights
+    _check_stack(weights, format, "packed_nbytes")
+    weights = [w.detach() for w in weights]
+    if format == FORMAT_24:
+        shape = (sum(w.shape[0] for w in weights), weights[0].shape[1])
+        return _nbytes_24(shape, weights[0].dtype)
+    check_bitmap_tile(tile)
+    return _nbytes_bitmap(weights, tile)
 
 
 def concat(packed: list[PackedWeight] | tuple[PackedWeight, ...]) -> PackedWeight:

@@ -13,7 +13,9 @@ On a GPU each call is timed from CUDA-graph replays for ``--rep-ms`` (no host ov
 as in compiled or captured decode); ``--eager`` times calls issued from Python instead. On
 a CPU, ``--rounds`` calls are timed by the wall clock. Options that the device would
 ignore are refused, as are ``--context``/``--prefill`` beyond the model's positions and
-a model with nothing to swap (before the reference logits are computed).
+a model with nothing to swap or a weight the format does not fit: a dry run of the swap
+(``swap_attention(dry_run=True)``: its checks, nothing packed) finds them before the
+reference logits are computed, and the model is then swapped once.
 Speedup = ``nn.Linear`` time / swapped time. On a CPU the swapped modules run the
 PyTorch reference path, so CPU figures say nothing of GPU speed (the report says so).
 """
@@ -134,13 +136,33 @@ def _check_timing_options(args: argparse.Namespace, device) -> None:
 
 
 def _check_decode_streams(args: argparse.Namespace, report) -> None:
-    """Refuse ``--decode-streams`` where the swap packed no weight as a bitmap."""
+    """Refuse ``--decode-streams`` where the swap packed (or, in a dry run, would pack) no
+    weight as a bitmap."""
     if args.decode_streams and not any(g.format == "bitmap" for g in report.groups):
         formats = ", ".join(sorted({g.format for g in report.groups}))
         raise ValueError(
             f"--decode-streams: {args.model} has no weight packed as a bitmap (formats: "
             f"{formats}); it lays out bitmap weights only"
         )
+
+
+def _swap(model, args: argparse.Namespace, dry_run: bool = False):
+    """Swap ``model`` in place as the options ask (``dry_run``: the swap's checks only,
+    nothing packed, the model unchanged); its ``SwapReport``. Raises
+    ``NothingToSwapError`` where nothing is pruned, ``ValueError`` for
+    ``--decode-streams`` without bitmap weights."""
+    report = swap_pruned_attention(
+        model,
+        "--model",
+        args.model,
+        args.format,
+        args.min_sparsity,
+        args.decode_streams,
+        args.mlp,
+        dry_run=dry_run,
+    )
+    _check_decode_streams(args, report)
+    return report
 
 
 def _positions(config) -> int | None:
@@ -283,35 +305,18 @@ def run(args: argparse.Namespace) -> int:
         restoration.fold(model)
     bytes_linear = weight_bytes(model)
     jobs = _jobs(args)
-    reports = []
-
-    def swap() -> None:
-        report = swap_pruned_attention(
-            model,
-            "--model",
-            args.model,
-            args.format,
-            args.min_sparsity,
-            args.decode_streams,
-            args.mlp,
-        )
-        _check_decode_streams(args, report)
-        reports.append(report)
-
     with torch.no_grad():
         references = None
         if not args.no_check:
-            swap()  # a model with nothing to swap fails before the reference logits
-            unswap_attention(model)
+            _swap(model, args, dry_run=True)  # what the swap refuses fails before these
             references = _reference_logits(model, jobs, device)
-        swap()
+        report = _swap(model, args)
         bytes_swapped = weight_bytes(model)
         with tqdm(total=2 * len(jobs), desc="bench", disable=args.quiet) as bar:
             swapped, checks = _time_jobs(model, jobs, device, args, "swapped", bar, references)
             unswap_attention(model)
             linear, _ = _time_jobs(model, jobs, device, args, "nn.Linear", bar)
     check = _worst_check(jobs, checks)
-    report = reports[-1]
     rows = [
         {
             "phase": phase,

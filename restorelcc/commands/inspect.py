@@ -38,14 +38,15 @@ def register(subparsers) -> None:
 
 
 def _swap_preview(directory: str, format: str, mlp: bool):
-    """The ``SwapReport`` of a swap of a throwaway copy of the model (printed by
-    ``_print_swap``): made before anything is printed, so that weights the format does
-    not fit fail first."""
+    """The ``SwapReport`` of a dry run of the swap on the loaded model (printed by
+    ``_print_swap``): the real swap's checks and figures, its packed bytes counted from
+    the formats' layouts, no weight packed. Made before anything is printed, so that
+    weights the format does not fit fail first."""
     from restorelcc.assets import load_model
     from restorelcc.hf.swap import swap_attention
 
     model, _ = load_model(directory)
-    return swap_attention(model, format, mlp=mlp)
+    return swap_attention(model, format, mlp=mlp, dry_run=True)
 
 
 def _print_swap(report, mlp: bool) -> None:

@@ -333,14 +333,20 @@ def swap_pruned_attention(
     min_sparsity: float,
     decode_streams: bool = False,
     mlp: bool = False,
+    dry_run: bool = False,
 ):
-    """``swap_attention(model, format, min_sparsity=..., decode_streams=..., mlp=...)``;
-    its ``SwapReport``. Raises ``NothingToSwapError`` (naming ``option`` and the model
-    ``name``) if nothing was pruned, so nothing was swapped."""
+    """``swap_attention(model, format, min_sparsity=..., decode_streams=..., mlp=...,
+    dry_run=...)``; its ``SwapReport``. Raises ``NothingToSwapError`` (naming ``option``
+    and the model ``name``) if nothing was pruned, so nothing was (or would be) swapped."""
     from restorelcc.hf.swap import swap_attention
 
     report = swap_attention(
-        model, format, min_sparsity=min_sparsity, decode_streams=decode_streams, mlp=mlp
+        model,
+        format,
+        min_sparsity=min_sparsity,
+        decode_streams=decode_streams,
+        mlp=mlp,
+        dry_run=dry_run,
     )
     if not report.swapped_layers:
         what = "attention or MLP" if mlp else "attention"

@@ -80,6 +80,12 @@ def _take(state_dict, key, shape, missing_keys, error_msgs) -> torch.Tensor | No
     return value
 
 
+def builds_streams(format: str, device: torch.device, decode_streams: bool) -> bool:
+    """Whether a module with ``decode_streams`` builds a streams layout of its weight, packed
+    in ``format`` on ``device``: bitmap weights on a GPU only."""
+    return decode_streams and format == "bitmap" and device.type == "cuda"
+
+
 class PackedLinear(nn.Module):
     """y [..., N] = x [..., K] @ W^T + bias for a packed W [N, K]; bias [N] or None.
 
@@ -153,7 +159,7 @@ class PackedLinear(nn.Module):
 
     def _prepare_streams(self) -> None:
         p = self._packed
-        ready = self._decode_streams and p.format == "bitmap" and p.device.type == "cuda"
+        ready = builds_streams(p.format, p.device, self._decode_streams)
         self._streams_bytes = lcc_kernels.prepare_streams(p).nbytes if ready else 0
 
     def _apply(self, fn, recurse=True):

@@ -2,6 +2,7 @@
 
     report = swap_attention(model)            # in place; "auto": 2:4 where possible
     swap_attention(model, decode_streams=True)  # bitmap weights: streams at decode (GPU)
+    swap_attention(model, dry_run=True)       # its report and errors; nothing packed
     print(report.table())                     # per layer: format, density, bytes
     unswap_attention(model)                   # the original nn.Linear modules again
 
@@ -31,6 +32,10 @@ depends mostly on it. Rules, per group:
   it is replaced, so a projection with hooks is refused (``SwapError`` naming it), and
   ``unswap_attention`` likewise refuses swapped modules with hooks. Remove them first and
   register them again on the new modules (a ``ProjectionView`` runs hooks like any module).
+- ``dry_run=True`` runs the same checks (swap_plan.py: same errors) and returns the
+  report of the swap, without packing a weight or changing the model; its packed bytes
+  are counted from the formats' layouts and equal the real swap's. Only the streams
+  layouts of ``decode_streams`` on a GPU are not counted: their ``bytes_streams`` is None.
 
 Works on one model instance (no global state, no patched classes). ``unswap_attention``
 rebuilds ``nn.Linear`` modules whose weights equal the swapped ones bit for bit, except
@@ -40,7 +45,6 @@ are the stored ones.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
@@ -50,22 +54,27 @@ from torch import nn
 import lcc_kernels
 from lcc_kernels.dispatch import BACKENDS
 from lcc_kernels.formats import check_bitmap_tile
-from restorelcc.errors import RestoreLCCError
 from restorelcc.hf import FORMATS, MIN_SPARSITY
 from restorelcc.hf.attention import (
-    PACKED_GATE_UP,
-    PACKED_QKV,
     PackedLinear,
     PackedProjections,
     ProjectionView,
     SparseLinear,
+    builds_streams,
 )
 from restorelcc.hf.families import Family, decoder_layers, family_of
+from restorelcc.hf.swap_plan import (
+    GroupPlan,
+    ProjectionGroup,
+    SwapError,
+    check_layers,
+    check_no_hooks,
+    plan_layer,
+    projection_groups,
+)
 from restorelcc.io import format_table
 
-
-class SwapError(RestoreLCCError, ValueError):
-    """A weight or layer that cannot be swapped as asked (names layer and matrix)."""
+__all__ = ["SwapError", "SwapReport", "SwappedGroup", "swap_attention", "unswap_attention"]
 
 
 @dataclass
@@ -79,18 +88,22 @@ class SwappedGroup:
     density: float  # nonzeros / positions
     bytes_before: int
     bytes_after: int
-    bytes_streams: int = 0  # the streams layout of decode_streams, if built (on a GPU)
+    # the streams layout of decode_streams, if built (on a GPU); None: one would be
+    # built, but a dry run does not count it
+    bytes_streams: int | None = 0
 
 
 @dataclass
 class SwapReport:
-    """What ``swap_attention`` did; ``to_dict()`` is its JSON form."""
+    """What ``swap_attention`` did (with ``dry_run``, would do); ``to_dict()`` is its JSON
+    form."""
 
     format: str
     backend: str
     groups: list[SwappedGroup] = field(default_factory=list)
     decode_streams: bool = False
     mlp: bool = False
+    dry_run: bool = False
 
     @property
     def bytes_before(self) -> int:
@@ -115,6 +128,7 @@ class SwapReport:
             "backend": self.backend,
             "decode_streams": self.decode_streams,
             "mlp": self.mlp,
+            "dry_run": self.dry_run,
             "bytes_before": self.bytes_before,
             "bytes_after": self.bytes_after,
             "bytes_streams": self.bytes_streams,
@@ -122,8 +136,10 @@ class SwapReport:
         }
 
     @property
-    def bytes_streams(self) -> int:
-        return sum(g.bytes_streams for g in self.groups)
+    def bytes_streams(self) -> int | None:
+        """None if a group's is not counted (a dry run)."""
+        counts = [g.bytes_streams for g in self.groups]
+        return None if None in counts else sum(counts)
 
     def table(self) -> str:
         rows = [dict(asdict(g), shape="x".join(map(str, g.shape))) for g in self.groups]
@@ -139,44 +155,6 @@ class SwapReport:
         return format_table(rows, columns + ["bytes_streams"] * self.decode_streams)
 
 
-@dataclass(frozen=True)
-class _Group:
-    """Projections of one block packed as one module: several side by side (one launch,
-    a ``PackedProjections`` on the owner under ``packed``, a view per projection) or one
-    alone (a ``SparseLinear`` in its place)."""
-
-    name: str  # "qkv", "o_proj", "gate_up", "down_proj"
-    owner: str  # path of the module holding the projections, in the block
-    projections: tuple[str, ...]  # their attribute names on the owner
-    packed: str | None = None  # attribute of the owner's PackedProjections, if several
-
-
-def _groups(family: Family, mlp: bool) -> list[_Group]:
-    """The groups a swap packs in each block: q/k/v and o_proj; with ``mlp`` also gate/up
-    (like q/k/v: two projections of the same input, one launch) and down_proj."""
-    attention = (family.q_proj, family.k_proj, family.v_proj)
-    groups = [
-        _Group("qkv", family.attention, attention, PACKED_QKV),
-        _Group("o_proj", family.attention, (family.o_proj,)),
-    ]
-    if mlp:
-        groups += [
-            _Group("gate_up", family.mlp, (family.gate_proj, family.up_proj), PACKED_GATE_UP),
-            _Group("down_proj", family.mlp, (family.down_proj,)),
-        ]
-    return groups
-
-
-@dataclass
-class _Plan:
-    """One group of one layer to pack: its matrices and the format chosen."""
-
-    layer: int
-    group: _Group
-    linears: tuple[nn.Linear, ...]
-    format: str  # "2:4", "bitmap" or "dense"
-
-
 def swap_attention(
     model: nn.Module,
     format: str = "auto",
@@ -187,9 +165,11 @@ def swap_attention(
     min_sparsity: float = MIN_SPARSITY,
     decode_streams: bool = False,
     mlp: bool = False,
+    dry_run: bool = False,
 ) -> SwapReport:
     """Replace q/k/v and o_proj (with ``mlp``, also gate/up/down_proj) of the chosen
-    decoder layers (default all) in place.
+    decoder layers (default all) in place; with ``dry_run``, check and report as the swap
+    would, packing nothing and leaving the model as it is.
 
     format: "auto", "2:4" or "bitmap" (rules in the module docstring). backend: "auto" or
     one of ``lcc_kernels.dispatch.BACKENDS``, passed to every ``sparse_linear`` call.
@@ -213,13 +193,16 @@ def swap_attention(
     check_bitmap_tile(bitmap_tile)
     family = family_of(model)
     blocks = decoder_layers(model)
-    chosen = _check_layers(layers, len(blocks))
+    chosen = check_layers(layers, len(blocks))
     plans = [
         plan
         for i in chosen
-        for plan in _plan_layer(family, blocks[i], i, format, min_sparsity, mlp)
+        for plan in plan_layer(family, blocks[i], i, format, min_sparsity, mlp, bitmap_tile)
     ]
-    report = SwapReport(format, backend, decode_streams=decode_streams, mlp=mlp)
+    report = SwapReport(format, backend, decode_streams=decode_streams, mlp=mlp, dry_run=dry_run)
+    if dry_run:
+        report.groups = [_planned_row(plan, decode_streams) for plan in plans]
+        return report
     installed: set[int] = set()
     plans.reverse()
     try:
@@ -244,12 +227,12 @@ def unswap_attention(model: nn.Module) -> list[int]:
     family = family_of(model)
     blocks = decoder_layers(model)
     for index, block in enumerate(blocks):
-        for group in _groups(family, mlp=True):
+        for group in projection_groups(family, mlp=True):
             owner = block.get_submodule(group.owner)
             for name in (*group.projections, group.packed):
                 module = owner._modules.get(name) if name else None
                 if isinstance(module, (PackedLinear, ProjectionView)):
-                    _check_no_hooks(module, f"layer {index} {group.owner}.{name}")
+                    check_no_hooks(module, f"layer {index} {group.owner}.{name}")
     restored = [index for index, block in enumerate(blocks) if _unswap_block(family, block)]
     if not restored:
         raise ValueError(f"{type(model).__name__} has no swapped attention layer to unswap")
@@ -260,7 +243,7 @@ def _unswap_block(family: Family, block: nn.Module) -> bool:
     """Put back ``nn.Linear`` modules for the swapped groups of one decoder block; returns
     whether there were any."""
     changed = False
-    for group in _groups(family, mlp=True):
+    for group in projection_groups(family, mlp=True):
         owner = block.get_submodule(group.owner)
         if group.packed is None:
             name = group.projections[0]
@@ -284,164 +267,39 @@ def _unswap_block(family: Family, block: nn.Module) -> bool:
     return changed
 
 
-# ---------------------------------------------------------------------------- checks
-
-
-def _check_layers(layers: Iterable[int] | None, count: int) -> list[int]:
-    if layers is None:
-        return list(range(count))
-    chosen = []
-    for i in layers:
-        try:  # any integer type (numpy's, a 0-d tensor's item) but bool
-            index = None if isinstance(i, bool) else operator.index(i)
-        except TypeError:
-            index = None
-        if index is None or not 0 <= index < count:
-            raise ValueError(f"layer {i!r} is not a decoder layer index in 0..{count - 1}")
-        chosen.append(index)
-    if len(set(chosen)) != len(chosen):
-        raise ValueError(f"layers {chosen} name a layer twice")
-    return sorted(chosen)
-
-
-def _plan_layer(
-    family: Family, block: nn.Module, layer: int, format: str, min_sparsity: float, mlp: bool
-) -> list[_Plan]:
-    every = _groups(family, mlp=True)
-    for group in every:  # also what this call leaves alone: a second swap would mix them
-        owner = block.get_submodule(group.owner)
-        modules = [getattr(owner, name, None) for name in group.projections]
-        if (group.packed is not None and group.packed in owner._modules) or any(
-            isinstance(m, (ProjectionView, PackedLinear)) for m in modules
-        ):
-            raise SwapError(f"layer {layer} is already swapped; unswap_attention(model) first")
-    plans = []
-    for group in _groups(family, mlp):
-        owner = block.get_submodule(group.owner)
-        linears = []
-        for name in group.projections:
-            module = getattr(owner, name, None)
-            _check_replaceable(module, f"layer {layer} {group.owner}.{name}")
-            linears.append(module)
-        plans.append(_plan_group(layer, group, tuple(linears), format, min_sparsity))
-    return plans
-
-
-def _check_replaceable(module: nn.Module | None, what: str) -> None:
-    """Raise ``SwapError`` unless ``module`` is a plain ``nn.Linear`` without hooks."""
-    if module is None:
-        raise SwapError(f"{what} is missing")
-    if not isinstance(module, nn.Linear):
-        cls = type(module)
-        hint = ""
-        if cls.__module__.split(".")[0] == "peft":
-            hint = "; a peft adapter wraps it: merge it first with model.merge_and_unload()"
-        raise SwapError(f"{what} is {cls.__module__}.{cls.__qualname__}, not an nn.Linear{hint}")
-    _check_no_hooks(module, what)
-
-
-HOOKS = {
-    "_forward_pre_hooks": "forward pre-hooks",
-    "_forward_hooks": "forward hooks",
-    "_backward_pre_hooks": "backward pre-hooks",
-    "_backward_hooks": "backward hooks",
-}
-
-
-def _check_no_hooks(module: nn.Module, what: str) -> None:
-    """Raise ``SwapError`` if ``module`` has hooks: replacing it would silently drop them."""
-    found = [kind for attribute, kind in HOOKS.items() if getattr(module, attribute, None)]
-    if found:
-        raise SwapError(
-            f"{what} has {' and '.join(found)}, which would stop firing once the module is "
-            "replaced: remove them (handle.remove()) first, and register them again on the "
-            "new module afterwards if needed"
-        )
-
-
-def _plan_group(
-    layer: int,
-    group: _Group,
-    linears: tuple[nn.Linear, ...],
-    format: str,
-    min_sparsity: float,
-) -> _Plan:
-    weights = [m.weight.detach() for m in linears]
-    where = [f"layer {layer} {group.owner}.{n}" for n in group.projections]
-    for w, what in zip(weights, where, strict=True):
-        if w.device.type == "meta":
-            raise SwapError(
-                f"{what} has its weight on the meta device: the model's weights are "
-                "offloaded (device_map with CPU or disk offload); load the whole model onto "
-                "one device before swapping"
-            )
-        if w.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            raise SwapError(f"{what} has dtype {w.dtype}; packed weights are fp16/bf16/fp32")
-    sparsities = [float((w == 0).sum()) / w.numel() for w in weights]
-    dense = [s == 0 or s < min_sparsity for s in sparsities]
-    if all(dense):
-        return _Plan(layer, group, linears, "dense")
-    if any(dense):
-        raise SwapError(
-            f"{where[dense.index(True)]} is not pruned ({sparsities[dense.index(True)]:.2%} "
-            f"zeros, below min_sparsity {min_sparsity:.0%}) while "
-            f"{where[dense.index(False)]} is: {'/'.join(group.projections)} are packed "
-            "together, so either all or none of them must be sparse (prune it, or leave the "
-            "layer out with layers=)"
-        )
-    if len({w.dtype for w in weights}) > 1:
-        raise SwapError(
-            f"layer {layer} {group.name} matrices have different dtypes "
-            f"{[str(w.dtype) for w in weights]}"
-        )
-    if format == "bitmap":
-        return _Plan(layer, group, linears, "bitmap")
-    problems = [(what, _not_24(w)) for w, what in zip(weights, where, strict=True)]
-    problems = [(what, why) for what, why in problems if why]
-    if not problems:
-        return _Plan(layer, group, linears, "2:4")
-    if format == "2:4":
-        what, why = problems[0]
-        raise SwapError(f"{what} does not fit the 2:4 format: {why}")
-    return _Plan(layer, group, linears, "bitmap")
-
-
-def _not_24(weight: torch.Tensor) -> str | None:
-    """Why ``weight`` [N, K] is not 2:4 sparse, or None if it is."""
-    n, k = weight.shape
-    if k % 4:
-        return f"K = {k} is not a multiple of 4"
-    counts = (weight.reshape(n, k // 4, 4) != 0).sum(-1)
-    bad = counts > 2
-    if not bool(bad.any()):
-        return None
-    row, group = bad.nonzero()[0].tolist()
-    return (
-        f"row {row}, columns {4 * group}..{4 * group + 3} hold {int(counts[row, group])} "
-        f"nonzeros ({int(bad.sum())} groups of 4 have more than 2)"
-    )
-
-
 # ---------------------------------------------------------------------------- swap
 
 
+def _planned_row(plan: GroupPlan, decode_streams: bool) -> SwappedGroup:
+    """The report row of a group as planned, before (or without) packing it: the streams
+    layout that decode_streams would build on a GPU is not counted (None)."""
+    device = plan.linears[0].weight.device
+    streams = None if builds_streams(plan.format, device, decode_streams) else 0
+    return SwappedGroup(
+        plan.layer,
+        plan.group.name,
+        plan.format,
+        plan.shape,
+        plan.density,
+        plan.bytes_before,
+        plan.bytes_after,
+        streams,
+    )
+
+
 def _build_group(
-    plan: _Plan,
+    plan: GroupPlan,
     backend: str,
     tile: tuple[int, int],
     decode_streams: bool,
 ) -> tuple[SwappedGroup, PackedLinear | None]:
     """The group's report row and its packed module (None for a "dense" group), built
     without touching the model."""
-    weights = [m.weight.detach() for m in plan.linears]
-    shape = (sum(w.shape[0] for w in weights), weights[0].shape[1])
-    nonzeros = sum(int((w != 0).sum()) for w in weights)
-    before = sum(w.numel() * w.element_size() for w in weights)
-    group = plan.group
-    density = nonzeros / (shape[0] * shape[1])
-    result = SwappedGroup(plan.layer, group.name, plan.format, shape, density, before, before)
+    result = _planned_row(plan, decode_streams)
     if plan.format == "dense":
         return result, None
+    group = plan.group
+    weights = [m.weight.detach() for m in plan.linears]
     packed = lcc_kernels.pack_many(weights, plan.format, tile=tile)
     if group.packed is None:
         module = SparseLinear(packed, plan.linears[0].bias, backend, decode_streams=decode_streams)
@@ -468,7 +326,7 @@ def _build_group(
     return result, module
 
 
-def _install_group(block: nn.Module, group: _Group, module: PackedLinear) -> None:
+def _install_group(block: nn.Module, group: ProjectionGroup, module: PackedLinear) -> None:
     """Put ``module`` (from ``_build_group``) in place of the group's ``nn.Linear``s."""
     owner = block.get_submodule(group.owner)
     if group.packed is None:

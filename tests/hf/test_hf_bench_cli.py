@@ -83,8 +83,10 @@ def _swap_then_shift_rows(shift_where):
 
     real = bench.swap_pruned_attention
 
-    def swap(model, *args):
-        report = real(model, *args)
+    def swap(model, *args, dry_run=False):
+        report = real(model, *args, dry_run=dry_run)
+        if dry_run:  # nothing swapped to shift
+            return report
         o_proj = attention(model, 1).o_proj
 
         def shifted(x):  # an instance attribute: no hook, which unswap would refuse
@@ -367,3 +369,48 @@ def test_an_unsupported_family_fails_before_the_weights_load(tmp_path, monkeypat
     capsys.readouterr()
     assert main(["bench", "--model", str(path), "--json", str(tmp_path / "b.json")]) == 2
     assert "model family 'gpt2' is not supported" in capsys.readouterr().err
+
+
+def test_bench_checks_with_a_dry_run_and_packs_once_after_the_references(
+    pruned_dir, tmp_path, monkeypatch
+):
+    """The swap used to be done twice (once to fail early, unswapped, then again): its
+    checks are now a dry run, and every weight is packed once, after the references."""
+    import lcc_kernels
+    import restorelcc.commands.bench as bench
+
+    events = []
+    real_pack, real_references = lcc_kernels.pack_many, bench._reference_logits
+
+    def pack_many(weights, format, **kwargs):
+        events.append("pack")
+        return real_pack(weights, format, **kwargs)
+
+    def references(*args):
+        events.append("references")
+        return real_references(*args)
+
+    monkeypatch.setattr(lcc_kernels, "pack_many", pack_many)
+    monkeypatch.setattr(bench, "_reference_logits", references)
+    argv = ["bench", "--model", str(pruned_dir), "--batches", "1", "--context", "4",
+            "--prefill", "--rounds", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main([*argv, "--json", str(tmp_path / "b.json")]) == 0
+    assert events == ["references"] + ["pack"] * 4  # q/k/v and o_proj of 2 layers
+    assert json.loads((tmp_path / "b.json").read_text())["swap"]["dry_run"] is False
+    events.clear()
+    assert main([*argv, "--no-check", "--json", str(tmp_path / "b.json")]) == 0
+    assert events == ["pack"] * 4
+
+
+def test_decode_streams_are_checked_on_the_dry_run_report():
+    from restorelcc.commands.bench import _check_decode_streams
+    from restorelcc.hf.swap import swap_attention
+
+    args = types.SimpleNamespace(decode_streams=True, model="m")
+    model_24 = prune_attention(tiny_model("llama-gqa"), "2:4")
+    planned = swap_attention(model_24, decode_streams=True, dry_run=True)
+    with pytest.raises(ValueError, match=r"m has no weight packed as a bitmap \(formats: 2:4\)"):
+        _check_decode_streams(args, planned)
+    unstructured = prune_attention(tiny_model("llama-gqa"), "unstructured", layers=[1])
+    planned = swap_attention(unstructured, decode_streams=True, dry_run=True)
+    _check_decode_streams(args, planned)  # layer 1's groups would be bitmaps
