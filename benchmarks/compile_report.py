@@ -2,12 +2,14 @@
 """Compile the kernels for an NVIDIA GPU on a machine without one, and read the machine code.
 
     python benchmarks/compile_report.py [--out FILE.json] [--m 1,16,1024] [--candidates]
+                                        [--dtype bfloat16|float16|float32]
 
 For each weight kind of lcc_kernels.bench (dense Triton, 2:4, bitmap 50% / 70%), each
 shape of the acceptance (Llama-3-8B qkv 6144x4096 and o 4096x4096) and each M, every
 launch of the plan the built-in rules pick (with --candidates, every plan the GPU suite
 would time) is compiled for the target (default sm_90: H100/H200) with the exact
-specialisation a real launch gets, and the report gives per launch:
+specialisation a real launch gets, for x and weights in --dtype (default bfloat16, the
+acceptance's; the rules pick fp32 plans of their own), and the report gives per launch:
 
   registers, spills (local memory), shared memory, resident warps per SM;
   the main loop (the backward branch over K tiles that holds the most global loads):
@@ -194,7 +196,11 @@ def _global_loads(body: list[str]) -> dict:
 
 
 def _issue_bound(
-    report: LaunchReport, weight_bytes: int, dense_bytes: int, weight_iterations: int
+    report: LaunchReport,
+    weight_bytes: int,
+    dense_bytes: int,
+    weight_iterations: int,
+    x_bytes: int,
 ) -> None:
     """Fill the issue-rate ceiling of a decode launch, see the module docstring; the loop
     runs weight_iterations times per M tile, each reading weight_bytes / weight_iterations
@@ -209,22 +215,25 @@ def _issue_bound(
     report.instructions_per_position = round(report.loop_instructions * threads / positions, 2)
     issue_cycles = iterations * report.loop_instructions * plan["num_warps"]
     issue_s = issue_cycles / (DEVICE["schedulers_per_sm"] * DEVICE["sms"] * DEVICE["clock_hz"])
-    total = weight_bytes + report.m * report.k * 2
-    dense_total = dense_bytes + report.m * report.k * 2
+    total = weight_bytes + x_bytes
+    dense_total = dense_bytes + x_bytes
     report.issue_bytes_per_s = total / issue_s
     ours_s = max(total / DEVICE["copy_bytes_per_s"], issue_s)
     report.bound_speedup_vs_dense = round(dense_total / DEVICE["copy_bytes_per_s"] / ours_s, 3)
 
 
-def compile_plan(shape: str, m: int, kind: str, plan, weights: dict) -> list[LaunchReport]:
-    """Compile every launch of `plan` for x [m, K] bf16 and read its machine code."""
+def compile_plan(
+    shape: str, m: int, kind: str, plan, weights: dict, dtype=torch.bfloat16
+) -> list[LaunchReport]:
+    """Compile every launch of `plan` for x [m, K] in `dtype` (the weights' dtype) and read
+    its machine code."""
     from lcc_kernels import launch
     from lcc_kernels.bench import SHAPES as BENCH_SHAPES
     from lcc_kernels.linear import derived_copy
 
     n, k = BENCH_SHAPES[shape]
     weight = _weight_for(weights, shape, kind, plan)
-    dense_bytes = n * k * 2
+    dense_bytes = n * k * dtype.itemsize
     if kind == "dense":
         operand = launch.dense_operand(weight)
     elif kind == "2:4":
@@ -233,8 +242,8 @@ def compile_plan(shape: str, m: int, kind: str, plan, weights: dict) -> list[Lau
         operand = launch.bitmap_operand(
             weight.bits, weight.values, weight.offsets, n, k, weight.tile
         )
-    x = torch.zeros(m, k, dtype=torch.bfloat16)
-    out = torch.empty(m, n, dtype=torch.bfloat16)
+    x = torch.zeros(m, k, dtype=dtype)
+    out = torch.empty(m, n, dtype=dtype)
     bias = torch.zeros(n, dtype=torch.float32)
     if plan.backend == "streams":
         streams = derived_copy(weight, plan)  # kept on the weight for the next M
@@ -267,7 +276,8 @@ def compile_plan(shape: str, m: int, kind: str, plan, weights: dict) -> list[Lau
         report.loop_instructions = len(body)
         report.loop_global_loads = _global_loads(body)
         if item.kernel.__name__ in DECODE_KERNELS and body:
-            _issue_bound(report, weight_bytes, dense_bytes, weight_iterations)
+            x_bytes = m * k * dtype.itemsize
+            _issue_bound(report, weight_bytes, dense_bytes, weight_iterations, x_bytes)
     return reports
 
 
@@ -285,18 +295,19 @@ def _weight_for(weights: dict, shape: str, kind: str, plan):
     return weights[(shape, kind, tile)]
 
 
-def plans_for(kind: str, n: int, k: int, m: int, candidates: bool) -> list:
-    """The GPU suite's plans for one problem; without `candidates`, only the first: the
-    plan the built-in rules pick."""
+def plans_for(kind: str, n: int, k: int, m: int, candidates: bool, dtype=torch.bfloat16) -> list:
+    """The GPU suite's plans for one problem in `dtype`; without `candidates`, only the
+    first: the plan the built-in rules pick (and the streams one, where there is one)."""
     from suite_plans import candidates as suite_candidates  # this script's directory
 
-    plans = suite_candidates(kind, n, k, m, DEVICE["sms"], smoke=False)
+    dtype_name = str(dtype).removeprefix("torch.")
+    plans = suite_candidates(kind, n, k, m, DEVICE["sms"], smoke=False, dtype=dtype_name)
     if candidates:
         return plans
     return plans[:1] + [plan for plan in plans if plan.backend == "streams"][:1]
 
 
-def build_weights(shapes, kinds) -> dict:
+def build_weights(shapes, kinds, dtype=torch.bfloat16) -> dict:
     from lcc_kernels.bench import SHAPES as BENCH_SHAPES
     from lcc_kernels.bench import make_dense, pack_kind
 
@@ -305,25 +316,27 @@ def build_weights(shapes, kinds) -> dict:
     for shape in shapes:
         n, k = BENCH_SHAPES[shape]
         for kind in kinds:
-            dense = make_dense(n, k, kind, torch.bfloat16, "cpu", generator)
+            dense = make_dense(n, k, kind, dtype, "cpu", generator)
             weights[(shape, kind)] = dense if kind == "dense" else pack_kind(dense, kind)
     return weights
 
 
-def run(shapes, kinds, ms, candidates: bool, progress: bool = True) -> list[LaunchReport]:
+def run(
+    shapes, kinds, ms, candidates: bool, progress: bool = True, dtype=torch.bfloat16
+) -> list[LaunchReport]:
     from lcc_kernels.bench import SHAPES as BENCH_SHAPES
 
     previous = driver._active  # None until a driver was needed; no GPU driver here
     driver.set_active(_Target(DEVICE["arch"]))
     try:
-        weights = build_weights(shapes, kinds)
+        weights = build_weights(shapes, kinds, dtype)
         reports = []
         for shape in shapes:
             n, k = BENCH_SHAPES[shape]
             for m in ms:
                 for kind in kinds:
-                    for plan in plans_for(kind, n, k, m, candidates):
-                        reports += compile_plan(shape, m, kind, plan, weights)
+                    for plan in plans_for(kind, n, k, m, candidates, dtype):
+                        reports += compile_plan(shape, m, kind, plan, weights, dtype)
                         if progress:
                             print(_row(reports[-1]), flush=True)
         return reports
@@ -359,10 +372,17 @@ def main(argv=None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--m", default="1,16,1024", help="comma-separated M values")
     parser.add_argument("--candidates", action="store_true", help="every plan the GPU suite times")
+    parser.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=("bfloat16", "float16", "float32"),
+        help="x's and the weights' dtype (the acceptance's is bfloat16)",
+    )
     given = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(given)
     ms = [int(v) for v in args.m.split(",")]
-    reports = run(args.shapes.split(","), args.kinds.split(","), ms, args.candidates)
+    dtype = getattr(torch, args.dtype)
+    reports = run(args.shapes.split(","), args.kinds.split(","), ms, args.candidates, dtype=dtype)
     if args.out:
         from lcc_kernels.bench import environment
         from restorelcc.io import atomic_write_text

@@ -90,13 +90,14 @@ class Job:
     tag: str = ""
 
 
-def rules_plans(kind: str, n: int, k: int, m: int, sms: int) -> list:
-    """The plans the built-in rules pick for one problem: `default_plan`, and for bitmap
-    weights at M <= STREAMS_MAX_M the decode_streams one (`streams_plan`)."""
+def rules_plans(kind: str, n: int, k: int, m: int, sms: int, dtype: str = "bfloat16") -> list:
+    """The plans the built-in rules pick for one problem in `dtype` (a torch dtype's name):
+    `default_plan`, and for bitmap weights at M <= STREAMS_MAX_M the decode_streams one
+    (`streams_plan`)."""
     from lcc_kernels.bench import kind_key
     from lcc_kernels.dispatch import STREAMS_MAX_M, default_plan, streams_plan
 
-    key = kind_key(kind, "bfloat16", n, k)
+    key = kind_key(kind, dtype, n, k)
     plans = [default_plan(m, key, sms)]
     if key.format == "bitmap" and m <= STREAMS_MAX_M:
         plans.append(streams_plan(m, key, sms))
@@ -104,17 +105,24 @@ def rules_plans(kind: str, n: int, k: int, m: int, sms: int) -> list:
 
 
 def candidates(
-    kind: str, n: int, k: int, m: int, sms: int, smoke: bool, extra_tiles: bool = True
+    kind: str,
+    n: int,
+    k: int,
+    m: int,
+    sms: int,
+    smoke: bool,
+    extra_tiles: bool = True,
+    dtype: str = "bfloat16",
 ) -> list:
-    """Our plans to time for one problem: the default rules' plan first, then variants;
-    with `extra_tiles`, bitmap plans also in EXTRA_BITMAP_TILES (4 warps, tiled: 2 shapes).
-    Bitmap weights at M <= STREAMS_MAX_M also get "streams" plans (smoke: one)."""
+    """Our plans to time for one problem: the default rules' plan (for `dtype`) first, then
+    variants; with `extra_tiles`, bitmap plans also in EXTRA_BITMAP_TILES (4 warps, tiled:
+    2 shapes). Bitmap weights at M <= STREAMS_MAX_M also get "streams" plans (smoke: one)."""
     from lcc_kernels.bench import kind_key
     from lcc_kernels.dispatch import MAX_SPLIT_K, Plan, skinny_stages, split_k_for, streams_plan
 
-    key = kind_key(kind, "bfloat16", n, k)
+    key = kind_key(kind, dtype, n, k)
     tile = key.tile
-    plans = rules_plans(kind, n, k, m, sms)
+    plans = rules_plans(kind, n, k, m, sms, dtype)
     base = plans[0]
     if len(plans) > 1:
         streams = plans[1]

@@ -215,20 +215,29 @@ def default_plan(m: int, key: WeightKey, sm_count: int, backend: str = "auto") -
     skinny = backend == "skinny" or (
         backend == "auto" and (m <= SKINNY_MAX_M or not _dot_fits(key))
     )
+    # fp32: tl.dot multiplies in "ieee" precision, its operands held in registers rather
+    # than fed to the tensor cores, and a rebuilt sparse tile is twice a bf16 one. The
+    # bf16 plans spill there (compile_report.py --dtype float32, sm_90: up to 10 KiB per
+    # thread); these do not, at the acceptance shapes' M = 1, 2, 16 and 1024.
+    fp32 = key.dtype == "float32"
     if skinny:
         # One or two rows: multiply + tl.sum, whose registers grow with block_m * tile;
         # more rows: a 16-row tl.dot, whose padding costs nothing in a memory-bound call.
         block_m = 1 if m <= 1 else 2 if m == 2 else 16 if _dot_fits(key) else 4
         block_n, block_k = key.tile or (64, 128 if block_m == 1 else 64)
+        warps, stages = 4, skinny_stages(key.format, block_m)
+        if fp32 and block_m == 16:
+            if key.tile is None:
+                block_k = 32
+            else:  # a bitmap tile is the weight's: more threads, no staged copies instead
+                warps, stages = 8, 1
         output_tiles = -(-key.n // block_n) * -(-m // block_m)
         split = split_k_for(output_tiles, -(-key.k // block_k), sm_count)
-        stages = skinny_stages(key.format, block_m)
-        return Plan("skinny", block_m, block_n, block_k, split, num_warps=4, num_stages=stages)
-    if key.dtype == "float32":
-        # 4-byte operands: 64-row tiles and two stages keep the shared memory of the
-        # pipelined tiles (stages x (BM + BN) x BK x 4 bytes) well inside an SM's.
-        block_n, block_k = key.tile or (64, 32)
-        return Plan("tiled", 64, block_n, block_k, num_warps=4, num_stages=2)
+        return Plan("skinny", block_m, block_n, block_k, split, num_warps=warps, num_stages=stages)
+    if fp32:
+        if key.tile is not None:
+            return Plan("tiled", 16, *key.tile, num_warps=8, num_stages=1)
+        return Plan("tiled", 64, 64, 32, num_warps=8, num_stages=2)
     block_m = 64 if m <= 64 else 128
     block_n, block_k = key.tile or (128 if block_m == 128 else 64, 64)
     return Plan(

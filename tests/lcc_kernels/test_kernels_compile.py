@@ -48,6 +48,28 @@ def report(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+def test_fp32_default_plans_compile_without_spills(tmp_path):
+    """fp32 gets plans of its own (dispatch.default_plan): tl.dot in ieee precision holds
+    its operands in registers, where the bf16 plans spilled up to 10 KiB per thread."""
+    out = tmp_path / "fp32.json"
+    argv = ["--shapes", "llama3-8b-o", "--kinds", "2:4,bitmap50", "--m", "2,16,1024"]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, str(REPORT), *argv, "--dtype", "float32", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    launches = json.loads(out.read_text())["launches"]
+    assert {(r["kind"], r["m"]) for r in launches} == {
+        (kind, m) for kind in ("2:4", "bitmap50") for m in (2, 16, 1024)
+    }
+    for launch in launches:
+        assert not launch["error"] and launch["spill_bytes"] == 0, launch
+
+
 def _launch(report: dict, kind: str, m: int) -> dict:
     (launch,) = [
         r
