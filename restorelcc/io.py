@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -18,8 +19,11 @@ from pathlib import Path
 from restorelcc.errors import RestoreLCCError
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+def atomic_write_text(path: str | os.PathLike, text: str, replace: bool = True) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename. ``replace=False``
+    publishes with a hard link instead, which fails with ``FileExistsError`` (the
+    temporary file removed) where ``path`` exists, even if another process made it after
+    any check (on a file system without hard links: a check, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
@@ -27,7 +31,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; use the usual file mode
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _publish_new(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -35,9 +42,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def _publish_new(tmp: str, path: Path) -> None:
+    """Give the finished file ``tmp`` the name ``path`` unless that name is taken."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some FUSE or SMB mounts)
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 def current_umask() -> int:
     """The process's file-mode mask, for giving temporary files and folders (made 0600 /
-    0700) the usual mode before they are renamed into place."""
+    0700) the usual mode before they are renamed into place. Read from /proc/self/status
+    on Linux; elsewhere set and set back, which a thread creating a file in between would
+    see."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split(":", 1)[1], 8)
+    except (OSError, ValueError):
+        pass
     current = os.umask(0)
     os.umask(current)
     return current
@@ -55,11 +85,12 @@ def json_ready(obj):
     return obj
 
 
-def atomic_write_json(path: str | os.PathLike, obj) -> Path:
+def atomic_write_json(path: str | os.PathLike, obj, replace: bool = True) -> Path:
     """``obj`` as indented JSON (``json_ready``: non-finite floats as ``null``; other
-    non-JSON values as ``str``), written atomically."""
+    non-JSON values as ``str``), written atomically (``replace``: as in
+    ``atomic_write_text``)."""
     text = json.dumps(json_ready(obj), indent=2, default=str, allow_nan=False)
-    return atomic_write_text(path, text + "\n")
+    return atomic_write_text(path, text + "\n", replace)
 
 
 class OutputPathError(RestoreLCCError, ValueError):

@@ -41,6 +41,7 @@ from restorelcc.commands.options import (
     report_path,
     resolve_device,
     swap_pruned_attention,
+    write_report,
 )
 from restorelcc.errors import RestoreLCCError
 from restorelcc.hf import FORMATS, MIN_SPARSITY
@@ -285,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.assets import load_config, load_model
     from restorelcc.hf.families import family_of
     from restorelcc.hf.swap import unswap_attention
-    from restorelcc.io import atomic_write_json, format_table, run_metadata
+    from restorelcc.io import format_table, run_metadata
     from restorelcc.latency import weight_bytes
 
     start = time.perf_counter()
@@ -376,6 +377,6 @@ def run(args: argparse.Namespace) -> int:
             "CPU: the swapped modules run the PyTorch reference path; these timings say "
             "nothing of GPU speed."
         )
-    atomic_write_json(out, payload)
+    out = write_report(args, "bench", out, payload)
     print(f"report: {out}  ({payload['wall_s']:.1f} s)")
     return 0 if check is None or check["ok"] else 1

@@ -23,6 +23,7 @@ from restorelcc.commands.options import (
     report_path,
     resolve_device,
     swap_pruned_attention,
+    write_report,
 )
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.hf import FORMATS, MIN_SPARSITY
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.assets import load_model
     from restorelcc.data import perplexity_texts
     from restorelcc.evaluate import evaluate_model, resolve_tasks
-    from restorelcc.io import atomic_write_json, format_table, run_metadata
+    from restorelcc.io import format_table, run_metadata
 
     start = time.perf_counter()
     tasks = resolve_tasks(args.tasks)  # unknown names fail before the model loads
@@ -177,6 +178,6 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(summary_rows(report), columns))
     if report["perplexity"]:
         print(perplexity_line(report["perplexity"]))
-    atomic_write_json(out, payload)
+    out = write_report(args, "eval", out, payload)
     print(f"report: {out}  ({payload['wall_s']:.1f} s)")
     return 0

@@ -151,6 +151,22 @@ def report_path(args: argparse.Namespace, command: str) -> Path:
     return check_json_path(default_report_path(command, args.model))
 
 
+def write_report(args: argparse.Namespace, command: str, out: Path, payload) -> Path:
+    """Write ``command``'s JSON report to ``out`` (``report_path``'s choice); the path
+    written. A ``--json`` file is replaced. A default name is taken only if still free
+    when the report is done: a run that chose the same name meanwhile keeps its report,
+    and this one takes the next free name."""
+    from restorelcc.io import atomic_write_json
+
+    if args.json is not None:
+        return atomic_write_json(out, payload)
+    while True:
+        try:
+            return atomic_write_json(out, payload, replace=False)
+        except FileExistsError:
+            out = default_report_path(command, args.model)
+
+
 def _is_report(path: Path) -> bool:
     """Whether ``path`` holds a JSON report of a command (with ``run_metadata``) other than
     the reports a checkpoint or adapter keeps (``prune_report.json``, read back by

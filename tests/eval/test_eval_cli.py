@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,6 +174,34 @@ def test_the_default_report_of_a_second_model_is_another_file(tiny_dir, tmp_path
         "eval_b-merged.json": "b/merged",
         "eval_a-merged-2.json": "a/merged",
     }
+
+
+def test_a_default_report_name_taken_meanwhile_is_left_to_the_run_that_took_it(
+    tiny_dir, tmp_path, monkeypatch, capsys
+):
+    """Two runs started together choose the same free default name: the one done second
+    takes the next free name instead of replacing the other's report."""
+    import restorelcc.io
+
+    text = tmp_path / "t.txt"
+    text.write_text("some text " * 40)
+    monkeypatch.chdir(tmp_path)
+    chosen = default_report_path("eval", str(tiny_dir))
+    write_json = restorelcc.io.atomic_write_json
+
+    def other_run_finishes_first(path, obj, replace=True):
+        if Path(path) == chosen and not chosen.exists():
+            chosen.write_text('{"model": "the other run"}')
+        return write_json(path, obj, replace)
+
+    monkeypatch.setattr(restorelcc.io, "atomic_write_json", other_run_finishes_first)
+    argv = ["eval", "--model", str(tiny_dir), "--tasks", "none", "--ppl-source", str(text),
+            "--ppl-tokens", "32", "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert json.loads(chosen.read_text()) == {"model": "the other run"}
+    ours = chosen.with_name(f"{chosen.stem}-2.json")
+    assert json.loads(ours.read_text())["model"] == str(tiny_dir)
+    assert f"report: {ours}" in capsys.readouterr().out
 
 
 def test_a_report_that_would_replace_an_input_is_refused(tiny_dir, tmp_path, capsys):
