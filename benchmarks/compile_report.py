@@ -389,6 +389,7 @@ def main(argv=None) -> int:
 
         payload = {
             "device_model": DEVICE,
+            "dtype": args.dtype,
             "environment": environment("cpu"),
             "command": " ".join(["python", "benchmarks/compile_report.py", *given]),
             "launches": [asdict(r) for r in reports],

@@ -218,7 +218,9 @@ def default_plan(m: int, key: WeightKey, sm_count: int, backend: str = "auto") -
     # fp32: tl.dot multiplies in "ieee" precision, its operands held in registers rather
     # than fed to the tensor cores, and a rebuilt sparse tile is twice a bf16 one. The
     # bf16 plans spill there (compile_report.py --dtype float32, sm_90: up to 10 KiB per
-    # thread); these do not, at the acceptance shapes' M = 1, 2, 16 and 1024.
+    # thread); these do not at the acceptance shapes' M = 1, 2, 16 and 1024, 2:4 with
+    # ~70 registers to spare, bitmap tiles of up to 64 x 64 positions (larger ones still
+    # spill in fp32: 128 x 64 ~150 bytes, 128 x 128 ~3 KiB, whatever the warps).
     fp32 = key.dtype == "float32"
     if skinny:
         # One or two rows: multiply + tl.sum, whose registers grow with block_m * tile;
@@ -227,17 +229,18 @@ def default_plan(m: int, key: WeightKey, sm_count: int, backend: str = "auto") -
         block_n, block_k = key.tile or (64, 128 if block_m == 1 else 64)
         warps, stages = 4, skinny_stages(key.format, block_m)
         if fp32 and block_m == 16:
+            warps = 8
             if key.tile is None:
                 block_k = 32
-            else:  # a bitmap tile is the weight's: more threads, no staged copies instead
-                warps, stages = 8, 1
+            else:  # a bitmap tile is the weight's: no staged copies instead
+                stages = 1
         output_tiles = -(-key.n // block_n) * -(-m // block_m)
         split = split_k_for(output_tiles, -(-key.k // block_k), sm_count)
         return Plan("skinny", block_m, block_n, block_k, split, num_warps=warps, num_stages=stages)
     if fp32:
         if key.tile is not None:
             return Plan("tiled", 16, *key.tile, num_warps=8, num_stages=1)
-        return Plan("tiled", 64, 64, 32, num_warps=8, num_stages=2)
+        return Plan("tiled", 64, 32, 32, num_warps=8, num_stages=3)
     block_m = 64 if m <= 64 else 128
     block_n, block_k = key.tile or (128 if block_m == 128 else 64, 64)
     return Plan(

@@ -194,9 +194,9 @@ def packed_nbytes(
     >>> packed_nbytes(w, "2:4") == pack(w, "2:4").nbytes
     True
     """
-    _check_format(format)
     weights = [weights] if isinstance(weights, torch.Tensor) else weights
     _check_stack(weights, format, "packed_nbytes")
+    _check_format(format)  # after the weights, as pack_many
     weights = [w.detach() for w in weights]
     if format == FORMAT_24:
         shape = (sum(w.shape[0] for w in weights), weights[0].shape[1])

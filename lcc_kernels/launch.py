@@ -20,11 +20,11 @@ from typing import NamedTuple
 
 import torch
 
-from . import decode
+from . import decode, dispatch_table
 from .counters import split_k_counters
 from .decode import INTERPRETED
 from .dispatch import Plan
-from .dispatch_table import MAX_SPLIT_K_WORKSPACE_BYTES, skinny_split, split_workspace_bytes
+from .dispatch_table import skinny_split, split_workspace_bytes
 from .formats import SUPPORTED_DTYPES
 from .kernels import (
     reduce_partials_kernel,
@@ -291,13 +291,15 @@ def _row_tiles(m: int, block_m: int, path: str) -> int:
 
 def _check_workspace(split: int, m: int, n: int) -> None:
     """Refuse a skinny split-K workspace [split, m, n] fp32 over
-    MAX_SPLIT_K_WORKSPACE_BYTES."""
+    dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES (read at the call: the dispatcher passes
+    over measured plans by the same bound)."""
+    bound = dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES
     size = split_workspace_bytes(split, m, n)
-    if size > MAX_SPLIT_K_WORKSPACE_BYTES:
+    if size > bound:
         raise ValueError(
             f"the skinny plan splits K {split} ways at M = {m}, N = {n}: its fp32 workspace "
             f"of {size / 2**30:.2f} GiB is over the "
-            f"{MAX_SPLIT_K_WORKSPACE_BYTES / 2**30:.0f} GiB allowed; split K less (or use "
+            f"{bound / 2**30:.0f} GiB allowed; split K less (or use "
             "the tiled path)"
         )
 

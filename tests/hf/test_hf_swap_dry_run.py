@@ -141,6 +141,11 @@ def _on_meta(model):
     return model.to("meta")
 
 
+def _empty_k(model):
+    attention(model, 0).k_proj.weight = nn.Parameter(torch.zeros(0, 96), requires_grad=False)
+    return model
+
+
 def _gpt2(_):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -167,6 +172,7 @@ def _unstructured(_):
         (_bf16_k, {}),
         (_half_pruned_qkv, {}),
         (_on_meta, {}),
+        (_empty_k, {}),
         (_unstructured, {"format": "2:4"}),
     ],
     ids=lambda value: getattr(value, "__name__", None) or str(value),
@@ -183,6 +189,12 @@ def test_a_dry_run_raises_what_the_real_swap_raises(make, kwargs):
         swap_attention(model, **kwargs, dry_run=True)
     assert type(planned.value) is type(real.value) and str(planned.value) == str(real.value)
     _assert_untouched(model, before)
+
+
+def test_a_bitmap_too_large_for_its_offsets_is_refused_by_both(monkeypatch):
+    """Counted before any packing (int32 tile offsets; 100 values here, not 2**31)."""
+    monkeypatch.setattr(lcc_kernels.format_bitmap, "MAX_BITMAP_VALUES", 100)
+    test_a_dry_run_raises_what_the_real_swap_raises(_unstructured, {"format": "bitmap"})
 
 
 def _refuse_packing(monkeypatch) -> None:

@@ -62,7 +62,9 @@ def test_fp32_default_plans_compile_without_spills(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    launches = json.loads(out.read_text())["launches"]
+    fp32 = json.loads(out.read_text())
+    assert fp32["dtype"] == "float32"
+    launches = fp32["launches"]
     assert {(r["kind"], r["m"]) for r in launches} == {
         (kind, m) for kind in ("2:4", "bitmap50") for m in (2, 16, 1024)
     }
@@ -144,10 +146,12 @@ def test_decode_streams_contiguous_weights_through_cp_async(report):
 
 
 def baseline_for(version: str) -> dict | None:
-    """The stored report of ``BASELINES`` compiled with triton ``version`` (None: none)."""
+    """The stored bf16 report of ``BASELINES`` compiled with triton ``version`` (None:
+    none; reports stored before --dtype existed are bf16)."""
     for path in BASELINES:
         baseline = json.loads(path.read_text())
         if baseline["environment"]["triton"] == version:
+            assert baseline.get("dtype", "bfloat16") == "bfloat16", path
             return baseline
     return None
 

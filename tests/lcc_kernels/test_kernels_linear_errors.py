@@ -8,7 +8,15 @@ import torch
 from _kernels_helpers import assert_matches_oracle, needs_triton
 from _linear_helpers import K, N, packed_weight, small_plan
 
-from lcc_kernels import Plan, dense_linear_triton, launch, reference_linear, sparse_linear, unpack
+from lcc_kernels import (
+    Plan,
+    dense_linear_triton,
+    dispatch_table,
+    launch,
+    reference_linear,
+    sparse_linear,
+    unpack,
+)
 
 
 def test_no_rows_gives_an_empty_output():
@@ -166,7 +174,7 @@ def test_a_skinny_split_k_workspace_over_the_bound_is_refused(monkeypatch):
     """A forced plan's fp32 workspace [split, M, N] is bounded (1 GiB; 5 KiB here)."""
     dense, packed = packed_weight("bitmap", torch.float32)
     x = torch.randn(5, K)
-    monkeypatch.setattr(launch, "MAX_SPLIT_K_WORKSPACE_BYTES", 5 * 1024)
+    monkeypatch.setattr(dispatch_table, "MAX_SPLIT_K_WORKSPACE_BYTES", 5 * 1024)
     launch._operand_geometry.cache_clear()  # geometries checked under the real bound
     split_2 = Plan("skinny", 4, 16, 32, split_k=2)  # 2 x 5 x 72 x 4 B = 2.8 KiB
     split_5 = Plan("skinny", 4, 16, 32, split_k=5)  # 7 KiB
