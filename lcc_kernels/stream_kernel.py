@@ -97,8 +97,9 @@ def _stream_eight(
     For fp32 x the eight are summed on their own first, so that the lane's running sum
     takes one rounding per group rather than one per kept value, as a blocked matmul does
     (the per-value chain reached ~3.7x PyTorch's fp32 error). That costs an add per eight
-    and up to 16 registers per thread (compile_report.py); fp16/bf16 outputs round far
-    more coarsely than the chain does, so their kernels keep the plain chain."""
+    and up to 32 registers per thread at M = 4 (occupancy unchanged, shared memory bounds
+    it: compile_report.py --dtype float32); fp16/bf16 outputs round far more coarsely than
+    the chain does, so their kernels keep the plain chain."""
     GROUP_SUMS: tl.constexpr = x_ptr.dtype.element_ty == tl.float32
     v0, v1, v2, v3, v4, v5, v6, v7 = _eighths(values)
     term, col = _stream_entry(col, steps, v0, x_ptr, stride_xm, first_row, M, BLOCK_M, BITS, 0)
