@@ -33,12 +33,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("compile") / "report.json"
+def compile_report(out, *argv: str) -> dict:
+    """Run compile_report.py (compiled, not interpreted) with ``argv``; its JSON report."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run(
-        [sys.executable, str(REPORT), "--shapes", "llama3-8b-o", "--m", "1,16", "--out", str(out)],
+        [sys.executable, str(REPORT), *argv, "--out", str(out)],
         capture_output=True,
         text=True,
         env=env,
@@ -48,21 +47,17 @@ def report(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compile") / "report.json"
+    return compile_report(out, "--shapes", "llama3-8b-o", "--m", "1,16")
+
+
 def test_fp32_default_plans_compile_without_spills(tmp_path):
     """fp32 gets plans of its own (dispatch.default_plan): tl.dot in ieee precision holds
     its operands in registers, where the bf16 plans spilled up to 10 KiB per thread."""
-    out = tmp_path / "fp32.json"
     argv = ["--shapes", "llama3-8b-o", "--kinds", "2:4,bitmap50", "--m", "2,16,1024"]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run(
-        [sys.executable, str(REPORT), *argv, "--dtype", "float32", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    fp32 = json.loads(out.read_text())
+    fp32 = compile_report(tmp_path / "fp32.json", *argv, "--dtype", "float32")
     assert fp32["dtype"] == "float32"
     launches = fp32["launches"]
     assert {(r["kind"], r["m"]) for r in launches} == {
