@@ -289,8 +289,10 @@ def plan_for(
     the one registered for the device (what a table would choose, before it is used)."""
     if table is None:
         table = _TABLES.get(device_name)  # part of the memo key: a new table, new plans
+    # The workspace bound is read at each call (a memoised plan must not outlive it).
+    bound = dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES
     return _memoised_plan(
-        m, key, device_name, sm_count, backend, triton_only, decode_streams, table
+        m, key, device_name, sm_count, backend, triton_only, decode_streams, table, bound
     )
 
 
@@ -304,6 +306,7 @@ def _memoised_plan(
     triton_only: bool,
     decode_streams: bool,
     table: DispatchTable | None,
+    workspace_bound: int,
 ) -> Plan:
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
@@ -311,17 +314,27 @@ def _memoised_plan(
         return Plan("reference")
     if backend == "auto":
         measured = table.lookup(key, m) if table is not None else None
-        if measured is not None and _usable(measured, m, key, triton_only, decode_streams):
+        usable = measured is not None and _usable(
+            measured, m, key, triton_only, decode_streams, workspace_bound
+        )
+        if usable:
             return measured
         if decode_streams and key.format == "bitmap" and m <= STREAMS_MAX_M:
             return streams_plan(m, key, sm_count)
     return _with_tile(default_plan(m, key, sm_count, backend), key.tile)
 
 
-def _usable(plan: Plan, m: int, key: WeightKey, triton_only: bool, decode_streams: bool) -> bool:
+def _usable(
+    plan: Plan,
+    m: int,
+    key: WeightKey,
+    triton_only: bool,
+    decode_streams: bool,
+    workspace_bound: int,
+) -> bool:
     if plan.backend == "skinny":
         workspace = split_workspace_bytes(skinny_split(plan, key.k), m, key.n)
-        if workspace > dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES:
+        if workspace > workspace_bound:
             return False  # measured at a smaller M: the launcher would refuse it here
     if triton_only and not (
         plan.backend in TRITON_BACKENDS or (decode_streams and plan.backend == "streams")

@@ -214,7 +214,8 @@ def plan_launches(
         raise ValueError(f"run_linear runs the Triton backends only, got {plan.backend!r}")
     m = x.shape[0]
     shape = (operand.n, operand.k, operand.weight_format, operand.tile)
-    geometry = _operand_geometry(plan, m, *shape, bias is not None, x.dtype)
+    bound = dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES  # read at each call, as the dispatcher
+    geometry = _operand_geometry(plan, m, *shape, bias is not None, x.dtype, bound)
     if m == 0:
         return []
     weight_args = (
@@ -289,11 +290,10 @@ def _row_tiles(m: int, block_m: int, path: str) -> int:
     return tiles_m
 
 
-def _check_workspace(split: int, m: int, n: int) -> None:
-    """Refuse a skinny split-K workspace [split, m, n] fp32 over
-    dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES (read at the call: the dispatcher passes
-    over measured plans by the same bound)."""
-    bound = dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES
+def _check_workspace(split: int, m: int, n: int, bound: int) -> None:
+    """Refuse a skinny split-K workspace [split, m, n] fp32 over `bound` bytes
+    (dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES; the dispatcher passes over measured
+    plans by the same bound)."""
     size = split_workspace_bytes(split, m, n)
     if size > bound:
         raise ValueError(
@@ -323,9 +323,10 @@ def _operand_geometry(
     tile: tuple[int, int] | None,
     has_bias: bool,
     dtype: torch.dtype,
+    workspace_bound: int,
 ) -> _Geometry:
     """A skinny or tiled plan's geometry on a weight operand (weight_format, tile) of
-    [n, k]."""
+    [n, k]; a split-K workspace over `workspace_bound` bytes is refused."""
     _check_plan(plan, weight_format, tile)
     k_tiles = -(-k // plan.block_k)
     common = dict(
@@ -343,7 +344,7 @@ def _operand_geometry(
         return _Geometry(grid, (k_tiles,), options, 1, 0, None)
     split = skinny_split(plan, k)
     tiles_per_split = -(-k_tiles // split)
-    _check_workspace(split, m, n)
+    _check_workspace(split, m, n, workspace_bound)
     tiles_n, tiles_m = -(-n // plan.block_n), _row_tiles(m, plan.block_m, "skinny")
     options = dict(
         common,

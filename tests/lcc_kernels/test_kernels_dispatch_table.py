@@ -114,11 +114,13 @@ def test_a_measured_split_k_plan_is_passed_over_where_its_workspace_would_be_too
 ):
     """The last M bucket's plan serves every larger M: a skinny split-K plan whose fp32
     workspace [split, M, N] would there be over the launcher's bound gives way to the
-    default plan, rather than to a refusal at launch."""
+    default plan, rather than to a refusal at launch. The bound is the one in force at
+    the call, also for a plan memoised before it changed."""
     plan = Plan("skinny", block_k=16, split_k=4)  # K = 64: 4 tiles, 4 splits
     entry = _entry(m_bucket=dispatch_table.MAX_M_BUCKET, plan=plan.to_dict())
     table = {"schema": TABLE_SCHEMA, "device": DEVICE, "entries": [entry]}
     dispatch.register_table(DispatchTable.from_dict(table))
+    assert plan_for(5001, KEY, DEVICE, 132) == plan  # 5 MiB, under the real bound
     monkeypatch.setattr(dispatch_table, "MAX_SPLIT_K_WORKSPACE_BYTES", 4 * 5000 * 64 * 4)
     assert plan_for(4096, KEY, DEVICE, 132) == plan
     assert plan_for(5000, KEY, DEVICE, 132) == plan  # exactly the bound

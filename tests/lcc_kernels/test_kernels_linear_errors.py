@@ -12,7 +12,6 @@ from lcc_kernels import (
     Plan,
     dense_linear_triton,
     dispatch_table,
-    launch,
     reference_linear,
     sparse_linear,
     unpack,
@@ -171,16 +170,15 @@ def test_reference_checks_its_bias():
 
 @needs_triton
 def test_a_skinny_split_k_workspace_over_the_bound_is_refused(monkeypatch):
-    """A forced plan's fp32 workspace [split, M, N] is bounded (1 GiB; 5 KiB here)."""
+    """A forced plan's fp32 workspace [split, M, N] is bounded (1 GiB; 5 KiB here), by
+    the bound in force at the call: a geometry worked out under the real one is not
+    reused."""
     dense, packed = packed_weight("bitmap", torch.float32)
     x = torch.randn(5, K)
-    monkeypatch.setattr(dispatch_table, "MAX_SPLIT_K_WORKSPACE_BYTES", 5 * 1024)
-    launch._operand_geometry.cache_clear()  # geometries checked under the real bound
     split_2 = Plan("skinny", 4, 16, 32, split_k=2)  # 2 x 5 x 72 x 4 B = 2.8 KiB
     split_5 = Plan("skinny", 4, 16, 32, split_k=5)  # 7 KiB
-    try:
-        assert_matches_oracle(sparse_linear(x, packed, plan=split_2), x, dense)
-        with pytest.raises(ValueError, match=r"splits K 5 ways at M = 5, N = 72.*over the"):
-            sparse_linear(x, packed, plan=split_5)
-    finally:
-        launch._operand_geometry.cache_clear()
+    assert_matches_oracle(sparse_linear(x, packed, plan=split_5), x, dense)
+    monkeypatch.setattr(dispatch_table, "MAX_SPLIT_K_WORKSPACE_BYTES", 5 * 1024)
+    assert_matches_oracle(sparse_linear(x, packed, plan=split_2), x, dense)
+    with pytest.raises(ValueError, match=r"splits K 5 ways at M = 5, N = 72.*over the"):
+        sparse_linear(x, packed, plan=split_5)
