@@ -35,6 +35,9 @@ with ``run_metadata()``. Its ``status``: ``running`` until the end, then ``compl
 (every job of every variant timed), ``budget spent before <variant>`` or ``budget spent
 during <variant>: ...`` (which jobs were not timed). On a CPU (``--smoke``) the timings
 only exercise the code: ``timing_claims`` is false and no speedups are computed.
+
+This script runs the variants and writes the results; e2e_model.py builds and prunes the
+model, e2e_report.py computes the speedups and the summary table.
 """
 
 from __future__ import annotations
@@ -43,12 +46,15 @@ import argparse
 import copy
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from e2e_model import LLAMA3_8B, Setup, block_linears, build_model, prune_blocks, setup_for  # noqa: E402
+from e2e_report import speedups, summary_table  # noqa: E402
 
 SCHEMA = "restorelcc.bench_e2e/1"
 # variant -> (pruning pattern, sparsity, swap format, MLP too); None: the dense model as
@@ -60,105 +66,6 @@ VARIANTS = {
     "bitmap50": ("unstructured", 0.5, "bitmap", False),
     "bitmap70": ("unstructured", 0.7, "bitmap", False),
 }
-# Llama-3-8B, but few layers and a smaller vocabulary, so that attention is not hidden
-# behind a 1 GB lm_head in a 4-layer model.
-LLAMA3_8B = dict(
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    rope_theta=500000.0,
-    max_position_embeddings=8192,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=False,
-)
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What to build and time."""
-
-    layers: int
-    vocab: int
-    mlp: int  # intermediate size (14336 in Llama-3-8B; smaller makes attention weigh more)
-    context: int  # tokens already in the KV cache at a decode step
-    decode_batches: tuple[int, ...]
-    prefill_tokens: tuple[int, ...]
-    check_tokens: int  # prompt length of the logits check
-    rep_ms: int
-    smoke: bool
-
-
-def setup_for(args) -> Setup:
-    if args.smoke:
-        return Setup(2, 259, 0, 8, (1, 2), (12,), 6, 1, True)
-    return Setup(
-        args.layers,
-        args.vocab,
-        args.mlp,
-        args.context,
-        tuple(args.batches),
-        tuple(args.prefill),
-        32,
-        100,
-        False,
-    )
-
-
-def build_model(setup: Setup, device, dtype):
-    """A randomly initialised causal LM in eval mode on ``device``, with an o_proj bias
-    in every layer (what a folded restoration adds)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if setup.smoke:
-        from restorelcc.testing import tiny_model
-
-        model = tiny_model("llama-gqa").to(device, dtype)
-    else:
-        config = AutoConfig.for_model(
-            "llama",
-            num_hidden_layers=setup.layers,
-            vocab_size=setup.vocab,
-            **dict(LLAMA3_8B, intermediate_size=setup.mlp),
-        )
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-    for (_, name), linear in block_linears(model).items():
-        if name.endswith(".o_proj"):
-            bias = 0.02 * torch.randn(linear.out_features, device=device, dtype=dtype)
-            linear.bias = torch.nn.Parameter(bias)
-    return model
-
-
-def block_linears(model) -> dict[tuple[int, str], object]:
-    """(layer, name in the block: "self_attn.q_proj"... "mlp.down_proj") -> that
-    nn.Linear, for the attention's and the MLP's projections of each block."""
-    from restorelcc.hf.families import block_linear, decoder_layers, family_of
-
-    names = family_of(model).block_linears
-    return {
-        (i, name): block_linear(block, name)
-        for i, block in enumerate(decoder_layers(model))
-        for name in names
-    }
-
-
-def prune_blocks(model, originals: dict, pattern: str, sparsity: float, mlp: bool) -> None:
-    """Reset every block linear to ``originals``, then zero the smallest-magnitude weights
-    of q/k/v/o (with ``mlp``, also of gate/up/down)."""
-    from restorelcc.hf.families import family_of
-    from restorelcc.prune.magnitude import magnitude_mask
-    from restorelcc.prune.masks import parse_pattern
-
-    family = family_of(model)
-    pruned = family.block_linears if mlp else family.attention_linears
-    for key, linear in block_linears(model).items():
-        weight = linear.weight.data
-        weight.copy_(originals[key])
-        if key[1] in pruned:
-            weight.masked_fill_(magnitude_mask(weight, sparsity, parse_pattern(pattern)), 0)
 
 
 class Bench:
@@ -285,73 +192,6 @@ class Bench:
             call = decode_step(model, batch, tokens, self.generator)
         eager = phase == "decode_eager"
         return time_call(call, self.device, rounds=2, rep_ms=self.setup.rep_ms, eager=eager)
-
-
-def speedups(result: dict) -> list[dict]:
-    """dense median / variant median per job, and the bytes bound; none without a GPU.
-    Two timings taken by different methods (a CUDA graph, eager after a failed capture)
-    give no speedup (None), and `unmeasured` says why."""
-    if not result["timing_claims"]:
-        return []
-    rows = [r for r in result["rows"] if r["status"] == "ok"]
-    dense = {(r["phase"], r["batch"], r["tokens"]): r for r in rows if r["variant"] == "dense"}
-    dense_bytes = result["variants"].get("dense", {}).get("weight_bytes")
-    out = []
-    for row in rows:
-        base = dense.get((row["phase"], row["batch"], row["tokens"]))
-        if row["variant"] == "dense" or base is None:
-            continue
-        variant_bytes = result["variants"][row["variant"]].get("weight_bytes")
-        entry = {
-            "variant": row["variant"],
-            "phase": row["phase"],
-            "batch": row["batch"],
-            "tokens": row["tokens"],
-            "speedup": base["median_ms"] / row["median_ms"],
-            "bytes_ratio": dense_bytes / variant_bytes if dense_bytes and variant_bytes else None,
-        }
-        if base.get("method") != row.get("method"):
-            entry["speedup"] = None
-            entry["unmeasured"] = f"timed differently: dense {base.get('method')}, " + (
-                f"{row['variant']} {row.get('method')}"
-            )
-        out.append(entry)
-    return out
-
-
-def summary_table(result: dict) -> str:
-    from restorelcc.io import format_table
-
-    ratios = {
-        (s["variant"], s["phase"], s["batch"], s["tokens"]): s for s in result.get("speedups", [])
-    }
-    rows = []
-    for row in result["rows"]:
-        ratio = ratios.get((row["variant"], row["phase"], row["batch"], row["tokens"]), {})
-        check = result["variants"].get(row["variant"], {}).get("check", {})
-        rows.append(
-            {
-                **row,
-                "speedup": ratio.get("speedup"),
-                "bytes_ratio": ratio.get("bytes_ratio"),
-                "logits_ok": check.get("ok"),
-            }
-        )
-    return format_table(
-        rows,
-        [
-            "variant",
-            "phase",
-            "batch",
-            "tokens",
-            "median_ms",
-            "method",
-            "speedup",
-            "bytes_ratio",
-            "logits_ok",
-            "status",
-        ],
-    )
 
 
 def main(argv=None) -> int:

@@ -30,19 +30,18 @@ acceptance's; the rules pick fp32 plans of their own), and the report gives per 
 Nothing here runs a kernel: it needs triton's bundled ptxas, cuobjdump and nvdisasm, and
 the weights are packed on the CPU. A compile error is reported as such (and makes the exit
 status 1), as are spills.
+
+This script picks the plans and writes the report; compile_launch.py compiles one plan's
+launches and computes the ceilings, compile_sass.py reads the machine code.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
-import subprocess
 import sys
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,31 +52,12 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("compile_report.py compiles real kernels: run it without TRITON_INTERPRET=1")
 
 import torch  # noqa: E402
-import triton  # noqa: E402
+from compile_launch import DEVICE, LaunchReport, compile_plan  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
-# The device the ceilings are computed for: H200 SXM (an H100 SXM has the same SM count
-# and clock, and ~3.35 TB/s).
-DEVICE = {
-    "name": "H200 SXM (sm_90)",
-    "arch": 90,
-    "sms": 132,
-    "clock_hz": 1.98e9,
-    "copy_bytes_per_s": 4.3e12,
-    "schedulers_per_sm": 4,
-    "registers_per_sm": 65536,
-    "max_warps_per_sm": 64,
-    "shared_bytes_per_sm": 228 * 1024,
-}
 SHAPES = ("llama3-8b-qkv", "llama3-8b-o")
-DECODE_KERNELS = ("skinny_linear_kernel", "stream_linear_kernel")
 KINDS = ("dense", "2:4", "bitmap50", "bitmap70")
-RESOURCE_LINE = re.compile(r"Function (\w+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
-SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
-LABEL_LINE = re.compile(r"^(\.L_x_\d+):")
-GLOBAL_LOAD = re.compile(r"\b(LDGSTS|LDG)((?:\.[A-Z0-9]+)*)")
-BRANCH = re.compile(r"\bBRA\b.*`\((\.L_x_\d+)\)")
 
 
 class _Target:
@@ -94,205 +74,6 @@ class _Target:
 
     def get_current_stream(self, device=None):
         return 0
-
-
-@dataclass
-class LaunchReport:
-    shape: str
-    n: int
-    k: int
-    m: int
-    kind: str
-    kernel: str
-    plan: dict
-    grid: list
-    registers: int = 0
-    spill_bytes: int = 0
-    shared_bytes: int = 0
-    warps_per_sm: int = 0
-    loop_instructions: int = 0
-    loop_global_loads: dict | None = None
-    loop_iterations: int = 0  # per M tile, over the whole weight
-    bytes_per_iteration: int = 0
-    positions_per_iteration: int = 0
-    instructions_per_position: float | None = None
-    issue_bytes_per_s: float | None = None
-    bound_speedup_vs_dense: float | None = None
-    error: str = ""
-
-
-def _tool(name: str) -> str:
-    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
-
-
-def _run_tool(tool: str, flag: str, cubin: bytes) -> str:
-    """stdout of one of triton's bundled NVIDIA tools run on a cubin."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
-        handle.write(cubin)
-        handle.flush()
-        return subprocess.run(
-            [_tool(tool), flag, handle.name], capture_output=True, text=True, check=True
-        ).stdout
-
-
-def _resources(cubin: bytes, kernel: str) -> tuple[int, int, int]:
-    """(registers, stack + local bytes, static shared bytes) from cuobjdump."""
-    text = _run_tool("cuobjdump", "--dump-resource-usage", cubin)
-    for name, reg, stack, shared, local in RESOURCE_LINE.findall(text):
-        if name == kernel:
-            return int(reg), int(stack) + int(local), int(shared)
-    raise RuntimeError(f"cuobjdump reports no function {kernel}:\n{text}")
-
-
-def _sass(cubin: bytes) -> list[tuple[int, str]]:
-    """[(address, instruction)] with labels as (address of the next instruction, label)."""
-    lines, pending = [], []
-    for raw in _run_tool("nvdisasm", "-c", cubin).splitlines():
-        label = LABEL_LINE.match(raw.strip())
-        if label:
-            pending.append(label.group(1))
-            continue
-        match = SASS_LINE.search(raw)
-        if match:
-            address = int(match.group(1), 16)
-            lines += [(address, f"{name}:") for name in pending]
-            pending = []
-            lines.append((address, match.group(2).strip()))
-    return lines
-
-
-def main_loop(sass: list[tuple[int, str]]) -> list[str]:
-    """Instructions of the longest backward-branch loop that loads weights from global
-    memory (the loop over K tiles; the split-K partial sums, read with .cg, i.e. STRONG.GPU
-    loads, are not counted as such); [] if there is none."""
-    labels = {text[:-1]: address for address, text in sass if text.endswith(":")}
-    best: list[str] = []
-    for address, text in sass:
-        branch = BRANCH.search(text)
-        if not branch or labels.get(branch.group(1), address + 1) > address:
-            continue
-        body = [
-            t
-            for a, t in sass
-            if labels[branch.group(1)] <= a <= address and not t.endswith(":") and t != "NOP"
-        ]
-        loads = any(GLOBAL_LOAD.search(t) and "STRONG.GPU" not in t for t in body)
-        if loads and len(body) > len(best):
-            best = body
-    return best
-
-
-def _global_loads(body: list[str]) -> dict:
-    """Global loads (LDG, and LDGSTS: global to shared) in the loop, by access width."""
-    counts: dict[str, int] = {}
-    for text in body:
-        match = GLOBAL_LOAD.search(text)
-        if match:
-            suffix = match.group(2) or ""
-            width = next((w for w in ("128", "64", "U16", "U8") if w in suffix), "32")
-            name = f"{match.group(1)}.{width}"
-            counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
-def _issue_bound(
-    report: LaunchReport,
-    weight_bytes: int,
-    dense_bytes: int,
-    weight_iterations: int,
-    x_bytes: int,
-) -> None:
-    """Fill the issue-rate ceiling of a decode launch, see the module docstring; the loop
-    runs weight_iterations times per M tile, each reading weight_bytes / weight_iterations
-    of the weight on average."""
-    plan = report.plan
-    report.loop_iterations = weight_iterations
-    iterations = weight_iterations * math.ceil(report.m / plan["block_m"])
-    positions = report.n * report.k / weight_iterations  # on average, for streams
-    report.positions_per_iteration = round(positions)
-    report.bytes_per_iteration = round(weight_bytes / weight_iterations)  # x comes from L2
-    threads = 32 * plan["num_warps"]
-    report.instructions_per_position = round(report.loop_instructions * threads / positions, 2)
-    issue_cycles = iterations * report.loop_instructions * plan["num_warps"]
-    issue_s = issue_cycles / (DEVICE["schedulers_per_sm"] * DEVICE["sms"] * DEVICE["clock_hz"])
-    total = weight_bytes + x_bytes
-    dense_total = dense_bytes + x_bytes
-    report.issue_bytes_per_s = total / issue_s
-    ours_s = max(total / DEVICE["copy_bytes_per_s"], issue_s)
-    report.bound_speedup_vs_dense = round(dense_total / DEVICE["copy_bytes_per_s"] / ours_s, 3)
-
-
-def compile_plan(
-    shape: str, m: int, kind: str, plan, weights: dict, dtype=torch.bfloat16
-) -> list[LaunchReport]:
-    """Compile every launch of `plan` for x [m, K] in `dtype` (the weights' dtype) and read
-    its machine code."""
-    from lcc_kernels import launch
-    from lcc_kernels.bench import SHAPES as BENCH_SHAPES
-    from lcc_kernels.linear import derived_copy
-
-    n, k = BENCH_SHAPES[shape]
-    weight = _weight_for(weights, shape, kind, plan)
-    dense_bytes = n * k * dtype.itemsize
-    if kind == "dense":
-        operand = launch.dense_operand(weight)
-    elif kind == "2:4":
-        operand = launch.sparse24_operand(weight.values, weight.meta, k)
-    else:
-        operand = launch.bitmap_operand(
-            weight.bits, weight.values, weight.offsets, n, k, weight.tile
-        )
-    x = torch.zeros(m, k, dtype=dtype)
-    out = torch.empty(m, n, dtype=dtype)
-    bias = torch.zeros(n, dtype=torch.float32)
-    if plan.backend == "streams":
-        streams = derived_copy(weight, plan)  # kept on the weight for the next M
-        items = launch.stream_launches(x, streams, bias, plan, out)
-        weight_bytes, weight_iterations = streams.nbytes, int(streams.groups.sum())
-    else:
-        items = launch.plan_launches(x, operand, bias, plan, out)
-        weight_bytes = weight.nbytes
-        weight_iterations = math.ceil(n / plan.block_n) * math.ceil(k / plan.block_k)
-    reports = []
-    for item in items:
-        report = LaunchReport(
-            shape, n, k, m, kind, item.kernel.__name__, asdict(plan), list(item.grid)
-        )
-        reports.append(report)
-        try:
-            compiled = item.kernel.warmup(*item.args, grid=item.grid, **item.options)
-        except Exception as exc:  # a compile error is a finding, reported per launch
-            report.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1]}"
-            continue
-        cubin = compiled.asm["cubin"]
-        report.registers, report.spill_bytes, static_shared = _resources(cubin, report.kernel)
-        report.shared_bytes = static_shared + compiled.metadata.shared
-        warps = item.options["num_warps"]
-        by_registers = DEVICE["registers_per_sm"] // max(report.registers * 32 * warps, 1)
-        by_shared = DEVICE["shared_bytes_per_sm"] // max(report.shared_bytes, 1)
-        by_warps = DEVICE["max_warps_per_sm"] // warps
-        report.warps_per_sm = min(by_registers, by_shared, by_warps) * warps
-        body = main_loop(_sass(cubin))
-        report.loop_instructions = len(body)
-        report.loop_global_loads = _global_loads(body)
-        if item.kernel.__name__ in DECODE_KERNELS and body:
-            x_bytes = m * k * dtype.itemsize
-            _issue_bound(report, weight_bytes, dense_bytes, weight_iterations, x_bytes)
-    return reports
-
-
-def _weight_for(weights: dict, shape: str, kind: str, plan):
-    """The weight of build_weights, repacked (and kept) in the bitmap tile `plan` runs on."""
-    from lcc_kernels import unpack
-    from lcc_kernels.bench import pack_kind, plan_tile
-
-    weight = weights[(shape, kind)]
-    tile = plan_tile(kind, plan)
-    if tile is None or tile == weight.tile:
-        return weight
-    if (shape, kind, tile) not in weights:
-        weights[(shape, kind, tile)] = pack_kind(unpack(weight), kind, tile)
-    return weights[(shape, kind, tile)]
 
 
 def plans_for(kind: str, n: int, k: int, m: int, candidates: bool, dtype=torch.bfloat16) -> list:

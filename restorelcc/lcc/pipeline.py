@@ -72,7 +72,7 @@ class RestoreConfig:
     probe_standardize: bool = False
     negatives: str = "auto"
     capture_max_length: int = 512
-    capture_batch_tokens: int | None = None  # None: per device (capture.default_batch_tokens)
+    capture_batch_tokens: int | None = None  # None: per device (capture_taps.default_batch_tokens)
     init_std: float = INIT_STD
     train: TrainConfig = field(default_factory=TrainConfig)
 

@@ -22,7 +22,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from restorelcc.hf.families import head_geometry, model_device
-from restorelcc.lcc.capture import ProbeActivations, o_proj_taps
+from restorelcc.lcc.capture import ProbeActivations
+from restorelcc.lcc.capture_taps import o_proj_taps
 from restorelcc.lcc.probing import (
     PROBE_EPOCHS,
     PROBE_LR,

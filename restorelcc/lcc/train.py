@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from restorelcc.data import InstructionPair
 from restorelcc.errors import DataError, NonFiniteError
 from restorelcc.hf.families import eval_mode, head_geometry, model_device
-from restorelcc.lcc.capture import o_proj_taps, pad_right
+from restorelcc.lcc.capture_taps import o_proj_taps, pad_right
 from restorelcc.lcc.finite import LOW_PRECISION_HINT
 from restorelcc.lcc.tokens import check_pairs, encode_pair
 

@@ -1,5 +1,5 @@
-"""benchmarks/bench_e2e.py: the CPU smoke run, its speedup arithmetic, and the optional
-end-to-end phase of benchmarks/gpu_suite.py."""
+"""benchmarks/bench_e2e.py: the CPU smoke run, its speedup arithmetic (e2e_report.py), and
+the optional end-to-end phase of benchmarks/gpu_suite.py."""
 
 import json
 import subprocess
@@ -9,6 +9,7 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 import bench_e2e  # noqa: E402
+import e2e_report  # noqa: E402
 
 
 def test_smoke_run_writes_every_variant(tmp_path):
@@ -77,7 +78,7 @@ def test_speedups_are_dense_over_variant_and_only_on_a_gpu():
         "variants": {"dense": {"weight_bytes": 300}, "2:4": {"weight_bytes": 200}},
         "rows": [row("dense", 3.0), row("2:4", 2.0), row("2:4", 9.0, "prefill")],
     }
-    assert bench_e2e.speedups(result) == [
+    assert e2e_report.speedups(result) == [
         {
             "variant": "2:4",
             "phase": "decode",
@@ -87,7 +88,7 @@ def test_speedups_are_dense_over_variant_and_only_on_a_gpu():
             "bytes_ratio": 1.5,
         }
     ]
-    assert bench_e2e.speedups(dict(result, timing_claims=False)) == []
+    assert e2e_report.speedups(dict(result, timing_claims=False)) == []
 
 
 def test_speedups_never_compare_timings_taken_differently():
@@ -100,11 +101,11 @@ def test_speedups_never_compare_timings_taken_differently():
     rows[0].update(median_ms=3.0, method="cuda_graph")
     rows[1].update(median_ms=2.0, method="eager (RuntimeError)")
     result = {"timing_claims": True, "variants": {"dense": {}, "2:4": {}}, "rows": rows}
-    (entry,) = bench_e2e.speedups(result)
+    (entry,) = e2e_report.speedups(result)
     assert entry["speedup"] is None
     assert entry["unmeasured"] == "timed differently: dense cuda_graph, 2:4 eager (RuntimeError)"
     rows[1]["method"] = "cuda_graph"
-    assert bench_e2e.speedups(result)[0]["speedup"] == 1.5
+    assert e2e_report.speedups(result)[0]["speedup"] == 1.5
 
 
 def test_gpu_suite_runs_the_optional_e2e_phase(tmp_path):

@@ -7,10 +7,8 @@ from restorelcc.lcc.capture import (
     capture_last_token,
     capture_probe_activations,
     capture_with_continuations,
-    length_batches,
-    o_proj_taps,
-    run_until_stopped,
 )
+from restorelcc.lcc.capture_taps import length_batches, o_proj_taps, run_until_stopped
 from restorelcc.lcc.reference import capture_one_by_one, last_token_full_forward
 from restorelcc.lcc.tokens import ProbeSequences
 from restorelcc.testing import tiny_model
@@ -125,7 +123,7 @@ def test_capture_runs_in_eval_mode_and_restores_the_training_flag():
 
 
 def test_strategy_choice():
-    from restorelcc.lcc.capture import continuation_strategy
+    from restorelcc.lcc.capture_strategies import continuation_strategy
 
     model = tiny_model("mistral-gqa", sliding_window=24)
     assert continuation_strategy(model, 23) == "tree"
