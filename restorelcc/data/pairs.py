@@ -53,17 +53,24 @@ def tokenize_pair(tokenizer, pair: InstructionPair) -> tuple[list[int], list[int
     the tokenizer merges across the boundary, the response is tokenized on its own and
     appended instead.
     """
-    special = set(tokenizer.all_special_ids)
-    whole = _without_trailing(tokenizer(pair.text)["input_ids"], special)
-    prompt = _without_trailing(tokenizer(pair.prompt)["input_ids"], special)
+    whole = encode_unterminated(tokenizer, pair.text)
+    prompt = encode_unterminated(tokenizer, pair.prompt)
     if whole[: len(prompt)] == prompt and len(whole) > len(prompt):
         return prompt, whole[len(prompt) :]
-    response = tokenizer(pair.response, add_special_tokens=False)["input_ids"]
-    return prompt, _without_trailing(response, special)
+    return prompt, encode_unterminated(tokenizer, pair.response, add_special_tokens=False)
 
 
-def _without_trailing(ids: list[int], special: set[int]) -> list[int]:
-    """``ids`` without the special tokens at its end (all of ``ids`` if nothing else)."""
+def encode_unterminated(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of ``text`` for a text that something follows (a response, a continuation,
+    the rest of a stream): the special tokens the tokenizer puts in front (e.g. a BOS) are
+    kept, those it ends a text with (an EOS from ``add_eos_token`` or a post-processor
+    template) are dropped. All of the ids stay if all are special.
+
+    A ``text`` that itself ends in a special token's literal (``"...</s>"``) loses it too:
+    once tokenized, it cannot be told from an appended one.
+    """
+    ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+    special = set(tokenizer.all_special_ids)
     end = len(ids)
     while end > 0 and ids[end - 1] in special:
         end -= 1

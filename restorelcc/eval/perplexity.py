@@ -1,13 +1,14 @@
 """Perplexity over a fixed token budget with a sliding window.
 
 The documents (LAMBADA passages by default) are joined by a blank line and tokenized as one
-stream (the tokenizer's default special tokens, e.g. a leading BOS, included), cut to
-``tokens + 1`` ids. Windows of ``window`` ids start every ``stride`` ids; each window scores
-only the ids the previous window did not reach, so every id after the first is predicted
-exactly once, and all but the first window's ids see at least ``window - stride`` ids of
-context (the Hugging Face "perplexity of fixed-length models" scheme). Perplexity is
-``exp(total negative log-likelihood / scored ids)``. Joined passages see the end of the
-previous passage, so the figure is lower than scoring each passage alone.
+stream (the special tokens the tokenizer puts in front, e.g. a BOS, included; those it
+appends, e.g. an EOS, left out: they are no text to score), cut to ``tokens + 1`` ids.
+Windows of ``window`` ids start every ``stride`` ids; each window scores only the ids the
+previous window did not reach, so every id after the first is predicted exactly once, and
+all but the first window's ids see at least ``window - stride`` ids of context (the Hugging
+Face "perplexity of fixed-length models" scheme). Perplexity is ``exp(total negative
+log-likelihood / scored ids)``. Joined passages see the end of the previous passage, so the
+figure is lower than scoring each passage alone.
 
 A NaN or inf total NLL (NaN/inf weights, fp16 overflow) raises ``NonFiniteError``. A finite
 mean NLL above ~709 nats gives a perplexity of ``inf`` (``exp`` overflows a float), which
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from restorelcc.data import (
     DEFAULT_PERPLEXITY_SOURCE,
     DOCUMENT_SEPARATOR,
+    encode_unterminated,
     perplexity_texts,
     positive_count,
 )
@@ -73,7 +75,7 @@ def token_stream(tokenizer, texts: Sequence[str], tokens: int) -> torch.Tensor:
     while True:
         take = min(len(texts), max(take, 1))
         joined = DOCUMENT_SEPARATOR.join(texts[:take])
-        ids = tokenizer(joined)["input_ids"]
+        ids = encode_unterminated(tokenizer, joined)
         if len(ids) > tokens or take == len(texts):
             return torch.tensor(ids[: tokens + 1], dtype=torch.long)
         # grow by the observed ids-per-document rate, with margin

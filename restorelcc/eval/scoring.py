@@ -1,12 +1,15 @@
 """Batched log-likelihood of continuations given contexts, as lm-evaluation-harness does.
 
 A request ``(context, continuation)`` is tokenized like the harness: trailing whitespace of
-the context moves to the continuation, ``context + continuation`` is tokenized whole (with
-the tokenizer's default special tokens) and split after the context's own tokens; an empty
-context is replaced by the BOS (else EOS) token, and so is a whitespace-only one (its
-whitespace moves to the continuation, which leaves it empty). Inputs longer than the
-model's context are cut from the left. A non-finite log-likelihood (a model with NaN or
-inf weights, fp16 overflow) raises ``NonFiniteError`` instead of deciding an argmax.
+the context moves to the continuation, ``context + continuation`` is tokenized whole and
+split after the context's own tokens, both with the special tokens the tokenizer puts in
+front (e.g. a BOS) but without those it appends (e.g. an EOS, which would otherwise end
+the context and be scored as the continuation's first token:
+``restorelcc.data.encode_unterminated``). An empty context is replaced by the BOS (else
+EOS) token, and so is a whitespace-only one (its whitespace moves to the continuation,
+which leaves it empty). Inputs longer than the model's context are cut from the left. A
+non-finite log-likelihood (a model with NaN or inf weights, fp16 overflow) raises
+``NonFiniteError`` instead of deciding an argmax.
 
 Requests that share their context (the choices of one question) run as one packed row:
 the context once, then each choice (``restorelcc.eval.packing``). The others run one
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from restorelcc.data import positive_count
+from restorelcc.data import encode_unterminated, positive_count
 from restorelcc.errors import NonFiniteError
 from restorelcc.eval.packing import float_dtype, logit_positions, pack_requests, packed_inputs
 
@@ -60,8 +63,8 @@ def encode_request(tokenizer, context: str, continuation: str) -> tuple[list[int
         cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
         ctx = [prefix_token_id(tokenizer)]
     else:
-        whole = tokenizer(stripped + continuation)["input_ids"]
-        ctx = tokenizer(stripped)["input_ids"]
+        whole = encode_unterminated(tokenizer, stripped + continuation)
+        ctx = encode_unterminated(tokenizer, stripped)
         cont = whole[len(ctx) :]
     if not ctx or not cont:
         raise ValueError(

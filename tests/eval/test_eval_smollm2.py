@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from restorelcc.assets import load_model
-from restorelcc.eval.scoring import loglikelihoods
+from restorelcc.assets import load_model, resolve_model
+from restorelcc.eval.scoring import encode_request, loglikelihoods
 from restorelcc.eval.tasks import task_questions
 from restorelcc.evaluate import evaluate_model
 
@@ -29,3 +29,16 @@ def test_smollm2_handful_of_items():
     for a, b in zip(batched, single, strict=True):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
         assert a.is_greedy == b.is_greedy
+
+
+def test_smollm2_tokenizer_appends_no_special_token():
+    """So dropping appended special tokens (an EOS) leaves its splits as they were."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    for question in task_questions("piqa", limit=3):
+        for context, continuation in zip(question.contexts, question.continuations, strict=True):
+            whole = tok(context + continuation)["input_ids"]
+            assert whole == tok(context + continuation, add_special_tokens=False)["input_ids"]
+            ctx, cont = encode_request(tok, context, continuation)
+            assert ctx + cont == whole and ctx == tok(context.rstrip())["input_ids"]

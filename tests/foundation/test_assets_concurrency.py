@@ -1,4 +1,5 @@
-"""Two processes converting the default model at once, killed conversions, cache modes."""
+"""Two processes converting (or rebuilding) the default model at once, killed conversions,
+cache modes."""
 
 import json
 import os
@@ -7,6 +8,7 @@ import sys
 import time
 
 import pytest
+from _assets_helpers import tiny_gguf_loading
 
 from restorelcc import assets
 from restorelcc.errors import CorruptCacheError
@@ -26,6 +28,7 @@ real = transformers.AutoModelForCausalLM
 class Model:
     @staticmethod
     def from_pretrained(src, gguf_file=None, **kwargs):
+        print("converting", file=sys.stderr)
         time.sleep(3)
         return real.from_config(config)
 
@@ -54,30 +57,19 @@ def cache(tmp_path, monkeypatch):
 
 def _convert_tiny(gguf, target):
     """Run convert_gguf on a tiny model instead of a GGUF file (in this process)."""
-    import transformers
-
-    from restorelcc.testing import byte_tokenizer, tiny_config, tiny_model
-
-    config, quantized, plain = (
-        tiny_config("llama-mha"),
-        tiny_model("llama-mha"),
-        tiny_model("llama-mha"),
-    )
-    mp = pytest.MonkeyPatch()
-    try:
-        auto_model = transformers.AutoModelForCausalLM
-        mp.setattr(auto_model, "from_pretrained", lambda *a, **k: quantized)
-        mp.setattr(auto_model, "from_config", lambda *a, **k: plain)
-        mp.setattr(transformers.AutoConfig, "from_pretrained", lambda *a, **k: config)
-        mp.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: byte_tokenizer())
+    with tiny_gguf_loading():
         assets.convert_gguf(gguf, target)
-    finally:
-        mp.undo()
 
 
-def test_two_processes_converting_at_once_both_get_the_cache(cache, tmp_path):
+@pytest.mark.parametrize("stale", [False, True], ids=["no cache", "stale cache"])
+def test_two_processes_converting_at_once_both_get_the_cache(cache, tmp_path, stale):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"")
+    target = cache / assets.DEFAULT_MODEL
+    if stale:  # converted from another GGUF: both processes find it stale at first
+        other = tmp_path / "other.gguf"
+        other.write_bytes(b"older")
+        _convert_tiny(other, target)
     env = dict(os.environ, RESTORELCC_CACHE=str(cache))
     runs = [
         subprocess.Popen(
@@ -90,11 +82,15 @@ def test_two_processes_converting_at_once_both_get_the_cache(cache, tmp_path):
         for _ in range(2)
     ]
     results = [run.communicate(timeout=300) for run in runs]
-    target = cache / assets.DEFAULT_MODEL
     for run, (out, err) in zip(runs, results, strict=True):
         assert run.returncode == 0, err
         assert out.strip() == str(target)
+    # one converts, the other waits for it and finds the cache up to date
+    assert sum(err.count("converting") for _, err in results) == 1
     assets.check_cache(target)
+    distribution = assets.KNOWN_MODELS[assets.DEFAULT_MODEL].distribution
+    marker = json.loads((target / assets.CACHE_MARKER).read_text())
+    assert marker["gguf"] == assets.gguf_identity(gguf, distribution)
     assert sorted(p.name for p in cache.iterdir()) == [
         f".{assets.DEFAULT_MODEL}.lock",
         assets.DEFAULT_MODEL,
@@ -145,7 +141,7 @@ def test_old_temporaries_of_killed_conversions_are_removed(cache, monkeypatch):
     for path in (old, other):
         os.utime(path, (hours_ago, hours_ago))
 
-    def convert(gguf, target):
+    def convert(gguf, target, distribution):
         target.mkdir()
         (target / assets.CACHE_MARKER).write_text(json.dumps({"format": 1, "files": {}}))
 

@@ -1,0 +1,72 @@
+"""Scoring and perplexity with a tokenizer that appends EOS (a post-processor template, as
+``add_eos_token=True`` gives): the EOS must neither end a context nor be scored as text."""
+
+import pytest
+from tokenizers import processors
+
+from restorelcc.eval.perplexity import token_stream
+from restorelcc.eval.scoring import encode_request, loglikelihoods
+from restorelcc.testing import byte_tokenizer, tiny_model
+
+
+def _templated(single: str):
+    """The byte tokenizer with a post-processor template (``<s>`` BOS, ``</s>`` EOS)."""
+    tok = byte_tokenizer()
+    specials = [("<s>", tok.bos_token_id), ("</s>", tok.eos_token_id)]
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=single, special_tokens=[(name, i) for name, i in specials if name in single]
+    )
+    return tok
+
+
+@pytest.fixture(scope="module")
+def eos_tok():
+    tok = _templated("<s> $A </s>")
+    assert tok("ab")["input_ids"] == [tok.bos_token_id, *_plain(tok, "ab"), tok.eos_token_id]
+    return tok
+
+
+@pytest.fixture(scope="module")
+def bos_tok():
+    return _templated("<s> $A")
+
+
+def _plain(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize(
+    ("context", "continuation", "context_text", "continuation_text"),
+    [
+        ("Question: x\nAnswer:", " yes", "Question: x\nAnswer:", " yes"),
+        ("Answer: ", "yes", "Answer:", " yes"),  # trailing whitespace moves over
+    ],
+)
+def test_the_split_falls_before_the_continuation_not_at_the_eos(
+    eos_tok, context, continuation, context_text, continuation_text
+):
+    ctx, cont = encode_request(eos_tok, context, continuation)
+    assert ctx == [eos_tok.bos_token_id, *_plain(eos_tok, context_text)]
+    assert cont == _plain(eos_tok, continuation_text)
+
+
+def test_an_appended_eos_changes_no_score(eos_tok, bos_tok):
+    model = tiny_model("llama-gqa")
+    requests = [("Question: what is red?\nAnswer:", " a colour"), ("Short", " x"), ("Hi ", "yo")]
+    with_eos = loglikelihoods(model, eos_tok, requests, progress=False)
+    without = loglikelihoods(model, bos_tok, requests, progress=False)
+    assert with_eos == without
+    assert [encode_request(eos_tok, *r) for r in requests] == [
+        encode_request(bos_tok, *r) for r in requests
+    ]
+
+
+def test_the_perplexity_stream_ends_in_text_not_in_the_eos(eos_tok):
+    texts = ["ab", "cd"]
+    text_ids = [eos_tok.bos_token_id, *_plain(eos_tok, "ab\n\ncd")]
+    # a budget past the end of the texts: all of them, no EOS scored after the last
+    assert token_stream(eos_tok, texts, tokens=50).tolist() == text_ids
+    # the first document alone is tokens + 1 ids only with its EOS: the stream must go on
+    # into the next document instead of ending in that EOS
+    stream = token_stream(eos_tok, ["abc", "d"], tokens=4)
+    assert stream.tolist() == [eos_tok.bos_token_id, *_plain(eos_tok, "abc\n")]
