@@ -100,39 +100,86 @@ class OutputPathError(RestoreLCCError, ValueError):
 def check_writable_location(path: str | os.PathLike, name: str | None = None) -> Path:
     """The nearest existing folder of ``path`` (its parent, or the nearest of that
     parent's existing ancestors: the missing ones are made when writing), after checking
-    that something can be written there: a temporary folder is made in it and removed.
-    Unlike ``os.access``, the probe also holds for root and for read-only file systems.
-    Raises ``OutputPathError`` naming ``name`` (default: ``path``)."""
-    name = name or str(path)
+    that something can be written there (``check_writable_folder``). Raises
+    ``OutputPathError`` naming ``name`` (default: ``path``)."""
     parent = Path(path).absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir():
-        raise OutputPathError(f"{name}: {parent} is a file, not a directory")
+    return check_writable_folder(parent, name or str(path))
+
+
+def check_writable_folder(folder: Path, name: str) -> Path:
+    """``folder``, after checking that something can be written in it: a temporary folder
+    is made in it and removed. Unlike ``os.access``, the probe also holds for root and for
+    read-only file systems. Raises ``OutputPathError`` naming ``name``."""
+    if not folder.is_dir():
+        raise OutputPathError(f"{name}: {folder} is a file, not a directory")
     try:
-        probe = tempfile.mkdtemp(prefix=".restorelcc-probe-", dir=parent)
+        probe = tempfile.mkdtemp(prefix=".restorelcc-probe-", dir=folder)
     except OSError as exc:
-        raise OutputPathError(f"{name}: cannot write in {parent} ({exc.strerror or exc})") from None
+        raise OutputPathError(f"{name}: cannot write in {folder} ({exc.strerror or exc})") from None
     os.rmdir(probe)
-    return parent
+    return folder
+
+
+def output_directory_path(target: str | os.PathLike) -> Path:
+    """``target`` as the absolute path that writing it renames, as the operating system
+    reads it: ``.``, ``..`` and the links above the last name resolved (``--out .``: the
+    current directory); a link given as the last name kept (it is what is replaced, not
+    the folder it names). Only the file system root has an empty ``name``."""
+    path = Path(target)
+    if path.name in ("", ".."):  # ".", "/", "a/..": no last name of its own
+        return Path(os.path.realpath(path))
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
+def _is_current_directory(target: Path) -> bool:
+    """Whether ``target`` (an ``output_directory_path``) is the current directory."""
+    return target == Path(os.getcwd())
 
 
 def check_output_directory(
     target: str | os.PathLike, overwrite: bool = False, option: str | None = None
 ) -> Path:
-    """``target`` as a ``Path`` if a directory may be written there: refuses an existing
-    file, a non-empty directory unless ``overwrite``, and a location where nothing can be
-    written (``check_writable_location``). ``option`` (e.g. ``"--out"``) names the
-    command-line option in the message, whose remedy is then ``--overwrite``."""
-    target = Path(target)
+    """``target`` as the absolute ``Path`` that ``atomic_directory`` writes
+    (``output_directory_path``) if a directory may be written there: refuses the file
+    system root, an existing file, a non-empty directory unless ``overwrite``, and a
+    location where nothing can be written (``check_writable_location``). The current
+    directory may be written while it is empty (``atomic_directory`` fills it in place),
+    but it, or a folder that holds it, is never replaced: refused even with ``overwrite``.
+    ``option`` (e.g. ``"--out"``) names the command-line option in the message, whose
+    remedy is then ``--overwrite``."""
     name = f"{option} {target}" if option else str(target)
+    target = output_directory_path(target)
+    if not target.name:
+        raise OutputPathError(f"{name} is the file system root: give a folder inside it")
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{name} exists and is not a directory")
+    here = Path(os.getcwd())
+    if target in here.parents or (target == here and any(target.iterdir())):
+        what = "is the current directory" if target == here else "holds the current directory"
+        _refuse_current_directory(f"{name} {what} ({here})", overwrite, option)
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         remedy = "--overwrite" if option else "overwrite"
         raise FileExistsError(f"{name} is not empty (pass {remedy} to replace it)")
-    check_writable_location(target, name)  # the temporary sibling is made in its parent
+    if target == here:  # filled in place: the temporary folder is made inside it
+        check_writable_folder(target, name)
+    else:  # the temporary sibling is made in its parent
+        check_writable_location(target, name)
     return target
+
+
+def _refuse_current_directory(where: str, overwrite: bool, option: str | None) -> None:
+    """Refuse to write over the current directory (or a folder holding it), which is not
+    empty: replacing it would delete the folder that this process, and the shell that
+    started it, work in."""
+    another = f"choose another {option or 'output directory'}"
+    if overwrite:
+        flag = "--overwrite" if option else "overwrite"
+        raise OutputPathError(
+            f"{where}: {flag} would delete the folder this command runs in; {another}"
+        )
+    raise FileExistsError(f"{where} and is not empty: {another}")
 
 
 def give_usual_modes(folder: Path) -> None:
@@ -170,38 +217,78 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     """Yield a temporary sibling directory that replaces ``target`` only on success.
 
     On any exception the temporary directory is removed, and so are the (empty) parent
-    folders made for it; ``target`` is untouched. Refuses an existing non-empty ``target``
-    unless ``overwrite``. What is written inside gets the usual modes (``give_usual_modes``).
+    folders made for it; ``target`` is untouched. Refuses what ``check_output_directory``
+    refuses (an existing non-empty ``target`` unless ``overwrite``). A replaced ``target``
+    is deleted only once the new one is in its place. The current directory (empty: it is
+    never replaced) is filled in place instead, from a temporary folder inside it, so that
+    the shell working in it sees the output. What is written inside gets the usual modes
+    (``give_usual_modes``).
     """
     target = check_output_directory(target, overwrite)
+    in_place = _is_current_directory(target)
     made = _missing_folders(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    work = target if in_place else target.parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=work))
     done = False
     try:
         yield tmp
         give_usual_modes(tmp)
-        old = None
-        try:
-            if os.path.lexists(target):
-                old = target.with_name(f".{target.name}-old-{os.getpid()}")
-                os.replace(target, old)
-            os.replace(tmp, target)
-        except BaseException:  # an interrupt between the renames included
-            if old is not None and not os.path.lexists(target):
-                os.replace(old, target)  # put the old one back
-            raise
+        if in_place:
+            _move_entries(tmp, target)
+            old = None
+        else:
+            old = _replace_directory(tmp, target)
         done = True  # the output is in place: what follows only tidies up
-        if old is not None and old.is_symlink():
-            old.unlink()  # a link given as the target: the folder it named is kept
-        elif old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)  # a link in it is removed, not followed
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if not done:
             for folder in made:  # deepest first; one that holds something else stays
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+
+
+def _replace_directory(new: Path, target: Path) -> Path | None:
+    """Rename ``new`` to ``target``. An existing ``target`` is first moved into a hidden
+    folder of a name of its own beside it (``.<name>-old-XXXX``: a leftover of an
+    interrupted run never blocks this), which is returned for deleting; if the new one
+    cannot be put in place, the old one is put back (and None is left behind)."""
+    holder = old = None
+    try:
+        if os.path.lexists(target):
+            holder = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+            old = holder / target.name
+            os.replace(target, old)
+        os.replace(new, target)
+    except BaseException:  # an interrupt between the renames included
+        if old is not None and os.path.lexists(old) and not os.path.lexists(target):
+            os.replace(old, target)  # put the old one back
+        if holder is not None:
+            with contextlib.suppress(OSError):
+                holder.rmdir()  # empty again, unless the old one could not be put back
+        raise
+    return holder
+
+
+def _move_entries(source: Path, target: Path) -> None:
+    """Move what ``source`` holds into the folder ``target`` (which it is inside), one
+    rename per entry; on a failure, those moved are moved back: ``target`` is left as it
+    was. Refuses an entry whose name ``target`` has come to hold meanwhile."""
+    moved = []
+    try:
+        for entry in sorted(os.listdir(source)):
+            if os.path.lexists(target / entry):
+                raise FileExistsError(
+                    errno.EEXIST, "made while the output was written", str(target / entry)
+                )
+            os.rename(source / entry, target / entry)
+            moved.append(entry)
+    except BaseException:
+        for entry in reversed(moved):
+            os.rename(target / entry, source / entry)
+        raise
 
 
 def git_commit() -> str | None:

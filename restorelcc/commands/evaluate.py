@@ -20,6 +20,8 @@ from restorelcc.commands.options import (
     limit_value,
     positive_int,
     read_adapter,
+    refuse_unused,
+    remember_defaults,
     report_path,
     resolve_device,
     swap_pruned_attention,
@@ -71,6 +73,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", default=None, help=DEFAULT_REPORT_HELP.format(command="eval"))
     add_quiet_argument(p)
     p.set_defaults(func=run)
+    remember_defaults(p, ("limit",))
 
 
 def mean_accuracy(tasks: dict) -> dict | None:
@@ -129,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     check_mlp_needs_swap(args)
     if not tasks and args.no_ppl:
         raise ValueError("nothing to evaluate: --tasks none with --no-ppl")
+    if not tasks:
+        refuse_unused(args, ("limit",), "--tasks none runs no task for it to limit")
     if args.no_ppl and args.ppl_source != DEFAULT_PERPLEXITY_SOURCE:
         raise ValueError("--ppl-source is the perplexity text: it has no use with --no-ppl")
     if not args.no_ppl:
@@ -163,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         "model": str(args.model),
         "tasks": report["tasks"],
         "mean": mean_accuracy(report["tasks"]),
-        "limit": args.limit,
+        "limit": args.limit if tasks else None,  # it limits nothing else
         "batch_size": args.batch_size,
         "device": str(device),
         "adapter": adapter_summary(args.adapter, restoration),

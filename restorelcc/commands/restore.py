@@ -33,6 +33,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 METHODS = ("restorelcc", "lofit", "training-free")
 # Options that another method would ignore: it refuses them (given other than defaults).
 RESTORELCC_ONLY = ("selection", "probe_pairs", "components_k", "negatives", "standardize")
+# Of those, the ones that only score heads by probes: --selection random ignores them.
+PROBING_ONLY = ("components_k", "negatives", "standardize")
 TRAINING = ("heads", "lr", "epochs", "max_steps", "batch_size", "validation_pairs", "max_grad_norm")
 EVAL_OPTIONS = ("ppl_source", "ppl_tokens")
 # TrainConfig and RestoreConfig fields that their messages name: written as their flags.
@@ -157,6 +159,13 @@ def _check_method_options(args: argparse.Namespace) -> None:
     given = given_options(args, unused)
     if given:
         raise RestoreArgumentError(f"--method {args.method} does not use {', '.join(given)}")
+    if args.method == "restorelcc" and args.selection == "random":
+        given = given_options(args, PROBING_ONLY)
+        if given:
+            raise RestoreArgumentError(
+                f"--selection random does not use {', '.join(given)}: they only serve to "
+                "score heads by probes"
+            )
     if args.lofit_l1 is not None and not (math.isfinite(args.lofit_l1) and args.lofit_l1 >= 0):
         raise RestoreArgumentError(f"--lofit-l1 must be a finite number >= 0, got {args.lofit_l1}")
     norm = args.max_grad_norm
@@ -168,18 +177,30 @@ def _check_method_options(args: argparse.Namespace) -> None:
 
 
 def _config(args: argparse.Namespace):
+    """The ``RestoreConfig`` of ``--method restorelcc`` or ``lofit`` (which uses its heads,
+    initialisation and training settings), checked; None for ``training-free``, which
+    takes none (only ``--pairs`` and ``--max-length``, checked here too)."""
     from restorelcc.lcc import RestoreConfig, TrainConfig
+    from restorelcc.lcc.pipeline import MIN_PROBE_PAIRS
 
     _check_method_options(args)
     for name in ("pairs", "epochs", "batch_size", "max_length", "components_k"):
         if getattr(args, name) < 1:
             raise RestoreArgumentError(f"{flag(name)} must be positive")
     probe_pairs = args.probe_pairs if args.probe_pairs is not None else args.pairs
-    if probe_pairs > args.pairs:
-        raise RestoreArgumentError(
-            f"--probe-pairs {probe_pairs} exceeds --pairs {args.pairs}: capture and probing "
-            "use some of the training pairs"
-        )
+    if args.method == "restorelcc":  # the other methods do not probe
+        if probe_pairs > args.pairs:
+            raise RestoreArgumentError(
+                f"--probe-pairs {probe_pairs} exceeds --pairs {args.pairs}: capture and "
+                "probing use some of the training pairs"
+            )
+        if probe_pairs < MIN_PROBE_PAIRS:
+            # --pairs stands for --probe-pairs where that is not given: name what was typed
+            given = "--probe-pairs" if args.probe_pairs is not None else "--pairs"
+            raise RestoreArgumentError(
+                f"{given} must be at least {MIN_PROBE_PAIRS} for --method restorelcc (its "
+                f"probes train on 70% of them and score heads on the rest), got {probe_pairs}"
+            )
     try:
         train = TrainConfig(
             lr=args.lr,
@@ -192,6 +213,10 @@ def _config(args: argparse.Namespace):
             validation_pairs=args.validation_pairs,
             max_grad_norm=args.max_grad_norm,
         )
+        if args.method == "training-free":
+            return None  # TrainConfig checked --max-length, which it uses
+        if args.method == "lofit":
+            return RestoreConfig(heads=args.heads, train=train)
         return RestoreConfig(
             heads=args.heads,
             selection=args.selection,
@@ -218,35 +243,58 @@ def _check_out(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"--pruned {args.pruned} is not a directory")
 
 
+def _check_models(args: argparse.Namespace, config) -> None:
+    """What the two configs tell before any weights load: both of supported families, the
+    pruned one the dense one pruned (same family and attention, or fewer heads), the
+    ``--heads`` count within the pruned model's heads, and an ``o_proj`` that can hold
+    the bias ``--merged`` needs."""
+    from restorelcc.assets import load_config
+    from restorelcc.errors import UnsupportedModelError
+    from restorelcc.hf.families import head_geometry
+    from restorelcc.lcc import head_count
+    from restorelcc.lcc.adapter import check_mergeable
+    from restorelcc.lcc.compat import check_compatible_configs
+
+    pruned_config = load_config(args.pruned)
+    try:
+        check_compatible_configs(load_config(args.dense), pruned_config)
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(
+            f"--pruned {args.pruned} does not match --dense {args.dense}: {exc}"
+        ) from None
+    if config is not None:  # training-free compensates every head
+        try:
+            head_count(head_geometry(pruned_config), config.heads)
+        except ValueError as exc:
+            raise RestoreArgumentError(f"--heads: {exc}") from None
+    if args.merged:
+        try:
+            check_mergeable(pruned_config)
+        except UnsupportedModelError as exc:
+            raise UnsupportedModelError(f"--merged: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoConfig
 
-    from restorelcc.assets import load_model, resolve_model
+    from restorelcc.assets import load_model
     from restorelcc.data import instruction_pairs, perplexity_texts
-    from restorelcc.hf.families import head_geometry
     from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
-    from restorelcc.lcc import head_count, save_adapter
-    from restorelcc.lcc.adapter import export_merged, merged_config
+    from restorelcc.lcc import save_adapter
+    from restorelcc.lcc.adapter import export_merged
 
     config = _config(args)
     device = resolve_device(args.device)
     _check_out(args)
-    # Cheap checks first: the data, and the head count against the pruned config.
+    # Cheap checks first: the data, then the models' configs.
     # The held-out pairs come last (TrainConfig.split): training keeps --pairs pairs.
     pairs = instruction_pairs(args.data, n=args.pairs + args.validation_pairs, seed=args.seed)
     if args.eval:
         perplexity_texts(args.ppl_source, n=1)  # a missing or empty text fails here
-    pruned_config = AutoConfig.from_pretrained(resolve_model(args.pruned))
-    try:
-        head_count(head_geometry(pruned_config), config.heads)
-    except ValueError as exc:
-        raise RestoreArgumentError(f"--heads: {exc}") from None
+    _check_models(args, config)
     dtype = getattr(torch, args.dtype)
     dense, tokenizer = load_model(args.dense, dtype=dtype, device=device)
     pruned, _ = load_model(args.pruned, dtype=dtype, device=device)
-    if args.merged:
-        merged_config(pruned)  # refuse before the work if it cannot be merged
     restoration = _restore(args, dense, pruned, tokenizer, pairs, config)
 
     evaluation = _evaluate(dense, pruned, tokenizer, restoration, args) if args.eval else None
@@ -274,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(stages))
     train = restoration.report.get("train")
     summary = {
-        "method": args.method,
+        "method": restoration.method,  # as the report: restorelcc-random-heads too
         "heads": f"{restoration.heads.shape[0]}/{restoration.geometry.total_heads}",
         "trainable": restoration.trainable_parameters,
     }

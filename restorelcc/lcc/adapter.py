@@ -155,17 +155,24 @@ def _temporarily_folded(model: nn.Module, restoration: Restoration):
                     o_proj.bias.copy_(bias)
 
 
-def merged_config(model: nn.Module):
-    """A copy of ``model.config`` whose family flag gives ``o_proj`` a bias; raises
-    ``UnsupportedModelError`` for families whose ``o_proj`` cannot hold one."""
-    family = family_of(model)
+def check_mergeable(model_or_config) -> None:
+    """Raise ``UnsupportedModelError`` where the family of ``model_or_config`` (a model or
+    its config: checked before the weights load) has an ``o_proj`` that cannot hold the
+    bias a merged checkpoint needs (its family's ``o_proj_bias_flag`` is None)."""
+    family = family_of(model_or_config)
     if family.o_proj_bias_flag is None:
         raise UnsupportedModelError(
             f"a merged checkpoint needs an o_proj bias, which {family.model_type} models cannot "
             "hold in transformers; save the adapter and apply it with restorelcc instead"
         )
+
+
+def merged_config(model: nn.Module):
+    """A copy of ``model.config`` whose family flag gives ``o_proj`` a bias; raises
+    ``UnsupportedModelError`` for families whose ``o_proj`` cannot hold one."""
+    check_mergeable(model)
     config = copy.deepcopy(model.config)
-    setattr(config, family.o_proj_bias_flag, True)
+    setattr(config, family_of(model).o_proj_bias_flag, True)
     return config
 
 

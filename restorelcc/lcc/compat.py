@@ -33,18 +33,7 @@ def check_compatible(dense: nn.Module, pruned: nn.Module) -> torch.Tensor:
     """
     if dense is pruned:
         raise ValueError("dense and pruned are the same model object; pass two models")
-    dense_family, pruned_family = family_of(dense).model_type, family_of(pruned).model_type
-    if dense_family != pruned_family:
-        raise UnsupportedModelError(
-            f"the pruned model is a {pruned_family} model but the dense one is {dense_family}"
-        )
-    dense_geo, pruned_geo = head_geometry(dense), head_geometry(pruned)
-    heads_removed = dense_geo != pruned_geo
-    if heads_removed and not _fewer_heads(dense_geo, pruned_geo):
-        raise UnsupportedModelError(
-            f"the pruned model's attention ({pruned_geo}) differs from the dense model's "
-            f"({dense_geo}) by more than removed heads"
-        )
+    heads_removed = check_compatible_configs(dense, pruned)
     family = family_of(dense)
     narrowable = family.mlp_linears + (family.attention_linears if heads_removed else ())
     narrowable = tuple(f".{linear}." for linear in narrowable)
@@ -63,8 +52,30 @@ def check_compatible(dense: nn.Module, pruned: nn.Module) -> torch.Tensor:
                 "the pruned model's decoder weights equal the dense model's: nothing was "
                 "pruned, so nothing was lost to restore (prune it first)"
             )
-        return torch.arange(pruned_geo.heads).expand(pruned_geo.layers, -1).clone()
+        geometry = head_geometry(pruned)
+        return torch.arange(geometry.heads).expand(geometry.layers, -1).clone()
     return match_heads(dense, pruned)
+
+
+def check_compatible_configs(dense, pruned) -> bool:
+    """What the configs alone tell of ``check_compatible`` (``dense`` and ``pruned``: models
+    or their configs, so that it can run before the weights load): raise
+    ``UnsupportedModelError`` unless both are of one supported family with the same
+    attention, or the pruned one with heads removed (same layers, head_dim and hidden
+    size, fewer heads). Returns whether heads were removed."""
+    dense_family, pruned_family = family_of(dense).model_type, family_of(pruned).model_type
+    if dense_family != pruned_family:
+        raise UnsupportedModelError(
+            f"the pruned model is a {pruned_family} model but the dense one is {dense_family}"
+        )
+    dense_geo, pruned_geo = head_geometry(dense), head_geometry(pruned)
+    heads_removed = dense_geo != pruned_geo
+    if heads_removed and not _fewer_heads(dense_geo, pruned_geo):
+        raise UnsupportedModelError(
+            f"the pruned model's attention ({pruned_geo}) differs from the dense model's "
+            f"({dense_geo}) by more than removed heads"
+        )
+    return heads_removed
 
 
 @torch.no_grad()

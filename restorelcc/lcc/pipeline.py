@@ -30,6 +30,7 @@ from restorelcc.lcc.compat import check_compatible, to_pruned_heads
 from restorelcc.lcc.components import PAPER_K, lost_components
 from restorelcc.lcc.fingerprint import model_fingerprint
 from restorelcc.lcc.heads import INIT_STD, HeadCompensation
+from restorelcc.lcc.negatives import check_method as check_negatives_method
 from restorelcc.lcc.negatives import mine_negatives
 from restorelcc.lcc.probing import (
     PROBE_EPOCHS,
@@ -58,7 +59,7 @@ class RestoreConfig:
     pairs are used for training. ``components_k``: singular directions summed into the
     probing compensation (paper 1, research code 10). ``probe_standardize``: scale probe
     features per head (the research code does not). ``negatives``: ``auto``, ``minilm``
-    or ``tfidf``.
+    (needs its wheel: ``negatives.check_method``) or ``tfidf``.
     """
 
     heads: int | float = 0.25
@@ -85,6 +86,7 @@ class RestoreConfig:
                 f"probe_pairs must be at least {MIN_PROBE_PAIRS}, got {self.probe_pairs}"
             )
         positive_count(self.components_k, "components_k")
+        check_negatives_method(self.negatives)  # minilm: its wheel, before any model loads
         positive_count(self.probe_epochs, "probe_epochs")
         if not _real(self.probe_lr) or not 0 < self.probe_lr < math.inf:
             raise ValueError(f"probe_lr must be a positive finite number, got {self.probe_lr!r}")

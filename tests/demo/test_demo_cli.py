@@ -188,6 +188,20 @@ def test_demo_refuses_a_non_empty_out_without_overwrite(tmp_path, capsys, no_mod
     assert (out / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+def test_demo_refuses_a_non_empty_current_directory_as_out_at_once(
+    tmp_path, monkeypatch, capsys, no_model_loads, overwrite
+):
+    """--out . once failed only after the whole demo ("has an empty name")."""
+    (tmp_path / "keep.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--out", ".", "--quiet", *overwrite]) == 2
+    err = capsys.readouterr().err
+    assert f"--out . is the current directory ({tmp_path})" in err
+    assert ("--overwrite would delete" in err) == bool(overwrite)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
 def test_demo_overwrite_replaces_a_non_empty_out(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

@@ -78,6 +78,7 @@ def test_perplexity_only_on_a_text_file(tiny_dir, tmp_path, capsys):
     assert "acc" not in stdout and f"perplexity ({text}, 96 tokens" in stdout
     report = json.loads(out.read_text())
     assert report["tasks"] == {} and report["perplexity"]["source"] == str(text)
+    assert report["limit"] is None  # no task: nothing was limited
     model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
     expected = perplexity_report(
         model, byte_tokenizer(), texts=[text.read_text()], tokens=96, window=256, stride=128,
@@ -93,6 +94,8 @@ def test_perplexity_only_on_a_text_file(tiny_dir, tmp_path, capsys):
         (["--ppl-source", "squad"], "not 'lambada' and no such file or folder"),
         (["--tasks", "none", "--no-ppl"], "nothing to evaluate: --tasks none with --no-ppl"),
         (["--no-ppl", "--ppl-source", "wiki.txt"], "it has no use with --no-ppl"),
+        (["--tasks", "none", "--limit", "5"], "--limit: --tasks none runs no task for it to"),
+        (["--tasks", "none", "--limit", "all"], "--limit: --tasks none runs no task for it to"),
         (["--tasks", "none,arc_easy"], "'none' (no task, perplexity only) cannot be combined"),
         (["--tasks", "arc_easy, NONE"], "cannot be combined with tasks"),
     ],

@@ -2,11 +2,18 @@ import errno
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 
 from restorelcc import io
-from restorelcc.io import atomic_write_json, atomic_write_text, current_umask, format_table
+from restorelcc.io import (
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_text,
+    current_umask,
+    format_table,
+)
 
 
 def test_reports_are_strict_json_with_non_finite_floats_as_null(tmp_path):
@@ -64,3 +71,92 @@ def test_the_umask_is_read_without_being_set(monkeypatch):
     finally:
         monkeypatch.undo()
         os.umask(previous)
+
+
+def _entries(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_out_dot_fills_an_empty_current_directory_in_place(tmp_path, monkeypatch):
+    """``--out .`` once failed after the work ("PosixPath('.') has an empty name"). The
+    current directory is filled, not replaced: the shell working in it sees the output."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    inode = os.stat(".").st_ino
+    assert io.check_output_directory(".", option="--out") == here
+    with atomic_directory(".") as tmp:
+        (tmp / "report.json").write_text("{}")
+        (tmp / "merged").mkdir()
+        (tmp / "merged" / "config.json").write_text("{}")
+    assert os.stat(".").st_ino == inode and _entries(Path(".")) == ["merged", "report.json"]
+    assert (Path("merged") / "config.json").read_text() == "{}"
+    assert _entries(tmp_path) == ["here"]  # no temporary folder left beside it
+
+
+def test_filling_the_current_directory_is_undone_on_a_clash(tmp_path, monkeypatch):
+    """A name made in the current directory while the output was written: the entries
+    already moved go back, the one made meanwhile stays, nothing else is left."""
+    monkeypatch.chdir(tmp_path)
+    clash = pytest.raises(FileExistsError, match="made while the output was written")
+    with clash, atomic_directory(".") as tmp:
+        (tmp / "a").write_text("ours")
+        (tmp / "b").write_text("ours")
+        Path("b").write_text("theirs")  # after "a" is moved, "b" clashes
+    assert _entries(tmp_path) == ["b"] and Path("b").read_text() == "theirs"
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("given", [".", "..", "sub/..", "../here"])
+def test_the_current_directory_and_its_ancestors_are_never_replaced(
+    tmp_path, monkeypatch, given, overwrite
+):
+    here = tmp_path / "here"
+    (here / "sub").mkdir(parents=True)
+    (here / "mine.txt").write_text("keep")
+    monkeypatch.chdir(here)
+    what = "holds" if given == ".." else "is"
+    expected = io.OutputPathError if overwrite else FileExistsError
+    with pytest.raises(expected) as info:
+        io.check_output_directory(given, overwrite, option="--out")
+    message = str(info.value)
+    assert message.startswith(f"--out {given} {what} the current directory ({here})")
+    assert message.endswith("choose another --out") and "empty name" not in message
+    assert ("--overwrite would delete" in message) == overwrite
+    with pytest.raises(expected), atomic_directory(given, overwrite=overwrite):
+        raise AssertionError("entered an output that would replace the current directory")
+    assert _entries(here) == ["mine.txt", "sub"] and _entries(tmp_path) == ["here"]
+
+
+def test_the_file_system_root_is_refused():
+    with pytest.raises(io.OutputPathError, match="^--out / is the file system root"):
+        io.check_output_directory("/", overwrite=True, option="--out")
+
+
+def test_a_path_ending_in_dot_dot_names_the_folder_it_resolves_to(tmp_path):
+    (tmp_path / "out" / "deeper").mkdir(parents=True)
+    (tmp_path / "out" / "old.txt").write_text("old")
+    given = tmp_path / "out" / "deeper" / ".."
+    assert io.check_output_directory(given, overwrite=True) == tmp_path / "out"
+    with atomic_directory(given, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert _entries(tmp_path / "out") == ["new.txt"] and _entries(tmp_path) == ["out"]
+
+
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_a_leftover_of_an_interrupted_replacement_does_not_block_the_next(tmp_path, kind):
+    """``.out-old-<pid>``, left by a run with the same process id (a container's) that was
+    stopped while deleting the output it replaced, once failed the publish after the work."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("previous result")
+    stale = tmp_path / f".out-old-{os.getpid()}"
+    if kind == "folder":
+        stale.mkdir()
+        (stale / "x").write_text("half deleted")
+    else:
+        stale.write_text("in the way")
+    with atomic_directory(out, overwrite=True) as tmp:
+        (tmp / "a").write_text("new result")
+    assert (out / "a").read_text() == "new result" and _entries(out) == ["a"]
+    assert _entries(tmp_path) == sorted(["out", stale.name])  # the leftover is not ours

@@ -1,7 +1,7 @@
 """Fixtures for the RestoreLCC tests: tiny dense/pruned model pairs and synthetic pairs."""
 
 import pytest
-from lcc_helpers import pruned_copy
+from lcc_helpers import pruned_copy, save_restore_inputs
 
 from restorelcc.testing import byte_tokenizer, synthetic_pairs, tiny_model
 
@@ -26,3 +26,9 @@ def models():
 @pytest.fixture
 def pairs():
     return synthetic_pairs()
+
+
+@pytest.fixture
+def restore_checkpoints(tmp_path, tokenizer):
+    """(tmp_path, pruned model): the inputs ``restore_argv(tmp_path)`` names."""
+    return tmp_path, save_restore_inputs(tmp_path, tokenizer)

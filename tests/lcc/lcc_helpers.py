@@ -1,6 +1,8 @@
 """Helpers shared by the RestoreLCC tests (a unique module name, imported by the tests)."""
 
 import copy
+import json
+from pathlib import Path
 
 import torch
 
@@ -10,6 +12,7 @@ from restorelcc.lcc.heads import HeadCompensation
 from restorelcc.lcc.restoration import Restoration
 from restorelcc.lcc.train import TrainConfig, train_response_lm
 from restorelcc.prune import prune_model
+from restorelcc.testing import WORDS, tiny_model
 
 
 def pruned_copy(dense, sparsity: float = 0.5):
@@ -42,3 +45,56 @@ def train(model, tokenizer, pairs, comp, **kw):
     return train_response_lm(
         model, tokenizer, pairs, list(comp.parameters()), config, lambda: comp.attached(model)
     )
+
+
+def save_restore_inputs(folder: Path, tokenizer, family: str = "llama-3x5", name: str = ""):
+    """A tiny dense checkpoint of ``family`` and its pruned copy, saved as ``folder /
+    f"{name}dense"`` and ``f"{name}pruned"``, and 20 instruction pairs in ``folder /
+    "pairs.jsonl"``, as ``restore_argv`` names them; the pruned model."""
+    dense = tiny_model(family)
+    pruned = pruned_copy(dense)
+    for kind, model in (("dense", dense), ("pruned", pruned)):
+        model.save_pretrained(folder / f"{name}{kind}")
+        tokenizer.save_pretrained(folder / f"{name}{kind}")
+    rows = [
+        {
+            "instruction": f"Name word {i}.",
+            "input": "",
+            "output": f"{WORDS[i % 12]} {WORDS[i * 5 % 12]}",
+        }
+        for i in range(20)
+    ]
+    (folder / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return pruned
+
+
+def restore_argv(folder: Path, *extra) -> list[str]:
+    """``restorelcc restore`` on ``save_restore_inputs(folder, ...)``, small settings."""
+    return [
+        "restore",
+        "--dense", str(folder / "dense"),
+        "--pruned", str(folder / "pruned"),
+        "--out", str(folder / "out"),
+        "--data", str(folder / "pairs.jsonl"),
+        "--pairs", "16",
+        "--heads", "3",
+        "--epochs", "1",
+        "--batch-size", "4",
+        "--negatives", "tfidf",
+        "--quiet",
+        *extra,
+    ]  # fmt: skip
+
+
+def method_argv(folder: Path, *extra) -> list[str]:
+    """``restore_argv()``, less the options of its defaults that ``--method`` refuses."""
+    argv = restore_argv(folder, *extra)
+    if "--method" not in extra:
+        return argv
+    drop = ("--negatives",) if "lofit" in extra else ("--negatives", "--heads", "--epochs")
+    drop += ("--batch-size",) if "training-free" in extra else ()
+    for option in drop:
+        if option not in extra:
+            at = argv.index(option)
+            del argv[at : at + 2]
+    return argv

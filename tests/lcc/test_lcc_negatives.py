@@ -63,3 +63,15 @@ def test_too_few_distinct_responses(responses):
 def test_unknown_method():
     with pytest.raises(ValueError, match="unknown negatives method"):
         mine_negatives(RESPONSES, "bm25")
+
+
+def test_a_config_whose_negatives_cannot_run_here_fails_when_made(monkeypatch):
+    """Not after both models loaded, as ``restore`` once found out at its negatives stage."""
+    from restorelcc.lcc import RestoreConfig, negatives
+
+    monkeypatch.setattr(negatives, "embedder_dir", lambda: None)  # as without the wheel
+    with pytest.raises(negatives.EmbedderMissingError, match="or pass negatives=tfidf$"):
+        RestoreConfig(negatives="minilm")
+    with pytest.raises(ValueError, match="unknown negatives method 'bm25'"):
+        RestoreConfig(negatives="bm25")
+    assert RestoreConfig(negatives="auto").negatives == "auto"  # tf-idf where MiniLM is not

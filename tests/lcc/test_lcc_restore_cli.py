@@ -3,69 +3,18 @@ import math
 
 import pytest
 import torch
-from lcc_helpers import pruned_copy
+from lcc_helpers import method_argv, pruned_copy, restore_argv
 
 from restorelcc.cli import main
 from restorelcc.lcc import Restoration
 from restorelcc.testing import WORDS, tiny_model
 
 
-@pytest.fixture
-def checkpoints(tmp_path, tokenizer):
-    dense = tiny_model("llama-3x5")
-    pruned = pruned_copy(dense)
-    for name, model in (("dense", dense), ("pruned", pruned)):
-        model.save_pretrained(tmp_path / name)
-        tokenizer.save_pretrained(tmp_path / name)
-    rows = [
-        {
-            "instruction": f"Name word {i}.",
-            "input": "",
-            "output": f"{WORDS[i % 12]} {WORDS[i * 5 % 12]}",
-        }
-        for i in range(20)
-    ]
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows))
-    return tmp_path, pruned
-
-
-def args(tmp_path, *extra):
-    return [
-        "restore",
-        "--dense", str(tmp_path / "dense"),
-        "--pruned", str(tmp_path / "pruned"),
-        "--out", str(tmp_path / "out"),
-        "--data", str(tmp_path / "pairs.jsonl"),
-        "--pairs", "16",
-        "--heads", "3",
-        "--epochs", "1",
-        "--batch-size", "4",
-        "--negatives", "tfidf",
-        "--quiet",
-        *extra,
-    ]  # fmt: skip
-
-
-def method_args(tmp_path, *extra):
-    """args(), less the options of its method's defaults that another --method refuses."""
-    argv = args(tmp_path, *extra)
-    if "--method" not in extra:
-        return argv
-    drop = ("--negatives",) if "lofit" in extra else ("--negatives", "--heads", "--epochs")
-    drop += ("--batch-size",) if "training-free" in extra else ()
-    for option in drop:
-        if option not in extra:
-            at = argv.index(option)
-            del argv[at : at + 2]
-    return argv
-
-
-def test_restore_command_writes_adapter_report_and_merged(checkpoints, capsys):
+def test_restore_command_writes_adapter_report_and_merged(restore_checkpoints, capsys):
     from transformers import AutoModelForCausalLM
 
-    tmp_path, pruned = checkpoints
-    assert main(args(tmp_path, "--merged")) == 0
+    tmp_path, pruned = restore_checkpoints
+    assert main(restore_argv(tmp_path, "--merged")) == 0
     out = capsys.readouterr().out
     assert "capture" in out and "final_loss" in out and "wrote" in out
     report = json.loads((tmp_path / "out" / "restore_report.json").read_text())
@@ -114,35 +63,35 @@ def test_restore_command_writes_adapter_report_and_merged(checkpoints, capsys):
         ),
     ],
 )
-def test_bad_arguments_give_one_line_errors(checkpoints, capsys, extra, match):
-    tmp_path, _ = checkpoints
-    assert main(method_args(tmp_path, *extra)) == 2
+def test_bad_arguments_give_one_line_errors(restore_checkpoints, capsys, extra, match):
+    tmp_path, _ = restore_checkpoints
+    assert main(method_argv(tmp_path, *extra)) == 2
     err = capsys.readouterr().err
     assert err.startswith("restorelcc restore: error:") and match in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 
-def test_mismatched_pruned_model(checkpoints, tmp_path, tokenizer, capsys):
+def test_mismatched_pruned_model(restore_checkpoints, tmp_path, tokenizer, capsys):
     other = pruned_copy(tiny_model("llama-gqa"))
     other.save_pretrained(tmp_path / "other")
     tokenizer.save_pretrained(tmp_path / "other")
-    argv = args(tmp_path)
+    argv = restore_argv(tmp_path)
     argv[argv.index("--pruned") + 1] = str(tmp_path / "other")
     assert main(argv) == 2
     assert "differs from the dense model" in capsys.readouterr().err
 
 
-def test_refuses_a_non_empty_out(checkpoints, capsys):
-    tmp_path, _ = checkpoints
+def test_refuses_a_non_empty_out(restore_checkpoints, capsys):
+    tmp_path, _ = restore_checkpoints
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
-    assert main(args(tmp_path)) == 2
+    assert main(restore_argv(tmp_path)) == 2
     assert "not empty" in capsys.readouterr().err
 
 
-def test_eval_reports_dense_pruned_and_restored_perplexity(checkpoints, capsys):
-    tmp_path, _ = checkpoints
-    assert main(args(tmp_path, "--eval")) == 0
+def test_eval_reports_dense_pruned_and_restored_perplexity(restore_checkpoints, capsys):
+    tmp_path, _ = restore_checkpoints
+    assert main(restore_argv(tmp_path, "--eval")) == 0
     assert "ppl_restored" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "restore_report.json").read_text())
     evaluation = report["evaluation"]
@@ -153,14 +102,14 @@ def test_eval_reports_dense_pruned_and_restored_perplexity(checkpoints, capsys):
     assert evaluation["window"] >= evaluation["stride"] > 0
 
 
-def test_an_overflowing_perplexity_keeps_its_nll_in_the_report(checkpoints):
+def test_an_overflowing_perplexity_keeps_its_nll_in_the_report(restore_checkpoints):
     """A perplexity whose exp overflows a float is null in the JSON (no Infinity): its total
     NLL over the same tokens is what is left of it, not a bare null."""
-    tmp_path, pruned = checkpoints
+    tmp_path, pruned = restore_checkpoints
     with torch.no_grad():
         pruned.lm_head.weight.mul_(2000.0)  # finite logits, thousands of nats per id
     pruned.save_pretrained(tmp_path / "pruned")
-    argv = method_args(tmp_path, "--method", "training-free", "--eval", "--ppl-tokens", "64")
+    argv = method_argv(tmp_path, "--method", "training-free", "--eval", "--ppl-tokens", "64")
     assert main(argv) == 0
 
     def refuse(constant):
@@ -176,9 +125,9 @@ def test_an_overflowing_perplexity_keeps_its_nll_in_the_report(checkpoints):
     )
 
 
-def test_validation_pairs_are_scored_before_and_after(checkpoints, capsys):
-    tmp_path, _ = checkpoints
-    assert main(args(tmp_path, "--validation-pairs", "4", "--max-grad-norm", "none")) == 0
+def test_validation_pairs_are_scored_before_and_after(restore_checkpoints, capsys):
+    tmp_path, _ = restore_checkpoints
+    assert main(restore_argv(tmp_path, "--validation-pairs", "4", "--max-grad-norm", "none")) == 0
     assert "heldout_before" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "restore_report.json").read_text())
     assert report["config"]["train"]["max_grad_norm"] is None
@@ -193,13 +142,15 @@ def test_validation_pairs_are_scored_before_and_after(checkpoints, capsys):
     "method,heads,trainable",
     [("lofit", 3, 3 * 16), ("training-free", 15, 0)],
 )
-def test_other_methods_write_adapters_that_fold(checkpoints, capsys, method, heads, trainable):
+def test_other_methods_write_adapters_that_fold(
+    restore_checkpoints, capsys, method, heads, trainable
+):
     """LoFiT and training-free restorations are written like RestoreLCC's (adapter, report,
     merged checkpoint), counting only the parameters each trains."""
     from transformers import AutoModelForCausalLM
 
-    tmp_path, pruned = checkpoints
-    assert main(method_args(tmp_path, "--method", method, "--merged")) == 0
+    tmp_path, pruned = restore_checkpoints
+    assert main(method_argv(tmp_path, "--method", method, "--merged")) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert [method, f"{heads}/15", str(trainable)] in [row[:3] for row in rows]  # summary
     report = json.loads((tmp_path / "out" / "restore_report.json").read_text())
@@ -216,13 +167,13 @@ def test_other_methods_write_adapters_that_fold(checkpoints, capsys, method, hea
         )
 
 
-def test_eval_reads_its_perplexity_text_from_ppl_source(checkpoints, tmp_path, capsys):
-    tmp_path, _ = checkpoints
+def test_eval_reads_its_perplexity_text_from_ppl_source(restore_checkpoints, tmp_path, capsys):
+    tmp_path, _ = restore_checkpoints
     text = tmp_path / "ppl.txt"
     text.write_text(" ".join(WORDS * 40))
-    assert main(args(tmp_path, "--eval", "--ppl-source", str(text))) == 0
+    assert main(restore_argv(tmp_path, "--eval", "--ppl-source", str(text))) == 0
     user = json.loads((tmp_path / "out" / "restore_report.json").read_text())["evaluation"]
-    assert main(args(tmp_path, "--eval", "--overwrite")) == 0
+    assert main(restore_argv(tmp_path, "--eval", "--overwrite")) == 0
     default = json.loads((tmp_path / "out" / "restore_report.json").read_text())["evaluation"]
     assert user["source"] == str(text) and default["source"] == "lambada"
     assert user["perplexity"] != default["perplexity"]  # another text, another perplexity
@@ -235,16 +186,16 @@ def test_eval_reads_its_perplexity_text_from_ppl_source(checkpoints, tmp_path, c
         (["--ppl-tokens", "64", "--ppl-source", "t.txt"], "--ppl-source, --ppl-tokens apply"),
     ],
 )
-def test_perplexity_options_without_eval_are_refused(checkpoints, capsys, extra, given):
-    tmp_path, _ = checkpoints
-    assert main(args(tmp_path, *extra)) == 2
+def test_perplexity_options_without_eval_are_refused(restore_checkpoints, capsys, extra, given):
+    tmp_path, _ = restore_checkpoints
+    assert main(restore_argv(tmp_path, *extra)) == 2
     assert f"{given} only to --eval: give --eval too" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
-def test_eval_scores_ppl_tokens(checkpoints):
-    tmp_path, _ = checkpoints
-    argv = method_args(tmp_path, "--method", "training-free", "--eval", "--ppl-tokens", "64")
+def test_eval_scores_ppl_tokens(restore_checkpoints):
+    tmp_path, _ = restore_checkpoints
+    argv = method_argv(tmp_path, "--method", "training-free", "--eval", "--ppl-tokens", "64")
     assert main(argv) == 0
     evaluation = json.loads((tmp_path / "out" / "restore_report.json").read_text())["evaluation"]
     assert evaluation["tokens"] == 64
@@ -253,10 +204,10 @@ def test_eval_scores_ppl_tokens(checkpoints):
 @pytest.mark.parametrize(
     "option, where", [("--pruned", "same"), ("--dense", "same"), ("--pruned", "parent")]
 )
-def test_an_out_that_would_delete_an_input_is_refused(checkpoints, capsys, option, where):
+def test_an_out_that_would_delete_an_input_is_refused(restore_checkpoints, capsys, option, where):
     """restore --out X --pruned X --overwrite used to delete the pruned checkpoint."""
-    tmp_path, _ = checkpoints
-    argv = args(tmp_path, "--overwrite")
+    tmp_path, _ = restore_checkpoints
+    argv = restore_argv(tmp_path, "--overwrite")
     model = argv[argv.index(option) + 1]
     out = model if where == "same" else str(tmp_path)
     argv[argv.index("--out") + 1] = out
@@ -268,9 +219,11 @@ def test_an_out_that_would_delete_an_input_is_refused(checkpoints, capsys, optio
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
-def test_an_unwritable_out_fails_before_the_models_load(checkpoints, unwritable_dir, capsys):
-    tmp_path, _ = checkpoints
-    argv = args(tmp_path, "--dense", str(tmp_path / "nowhere"))  # would fail at loading
+def test_an_unwritable_out_fails_before_the_models_load(
+    restore_checkpoints, unwritable_dir, capsys
+):
+    tmp_path, _ = restore_checkpoints
+    argv = restore_argv(tmp_path, "--dense", str(tmp_path / "nowhere"))  # would fail at loading
     out = unwritable_dir / "restored"
     argv[argv.index("--out") + 1] = str(out)
     assert main(argv) == 2
@@ -278,9 +231,9 @@ def test_an_unwritable_out_fails_before_the_models_load(checkpoints, unwritable_
     assert err.startswith(f"restorelcc restore: error: --out {out}: cannot write in ")
 
 
-def test_an_unpruned_model_is_refused(checkpoints, capsys):
-    tmp_path, _ = checkpoints
-    argv = args(tmp_path)
+def test_an_unpruned_model_is_refused(restore_checkpoints, capsys):
+    tmp_path, _ = restore_checkpoints
+    argv = restore_argv(tmp_path)
     argv[argv.index("--pruned") + 1] = argv[argv.index("--dense") + 1]
     assert main(argv) == 2
     assert "nothing was pruned" in capsys.readouterr().err

@@ -136,6 +136,22 @@ def test_refuses_non_empty_output_before_loading(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
 
 
+def test_out_dot_writes_into_an_empty_current_directory(tiny_dir, tmp_path, monkeypatch, capsys):
+    """--out . once failed after the work ("PosixPath('.') has an empty name")."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["prune", "--model", str(tiny_dir), "--method", "magnitude", "--out", "."]) == 0
+    assert (here / "prune_report.json").is_file() and (here / "config.json").is_file()
+    capsys.readouterr()
+    # a folder holding the current directory: refused before the model (nowhere) loads
+    argv = ["prune", "--model", "nowhere", "--method", "magnitude", "--out", "..", "--overwrite"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--out .. holds the current directory ({here}): --overwrite would delete" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "tiny"]
+
+
 @pytest.mark.parametrize("method", ["magnitude", "wanda"])
 @pytest.mark.parametrize("pattern", ["unstructured", "heads"])
 def test_quiet_prune_shows_no_progress_bars(
