@@ -71,6 +71,14 @@ class DeviceCounters:
         with self.lock:
             return self._for_capture(count)
 
+    def retire_stream(self, stream: int) -> None:
+        """Stop handing out `stream`'s block (kept alive: a launch may still use it); the
+        next launch there gets a new, zeroed one."""
+        with self.lock:
+            block = self.streams.pop(stream, None)
+            if block is not None:
+                self.retired.append(block)
+
     def _for_stream(self, stream: int, count: int) -> torch.Tensor:
         block = self.streams.get(stream)
         if block is None or block.numel() < count:
@@ -105,7 +113,20 @@ def split_k_counters(device: torch.device, count: int) -> torch.Tensor:
         counters = _DEVICES.setdefault(device, DeviceCounters(device))
     if dispatch.capturing(device):
         return counters.for_capture(count)
-    # The raw stream handle Triton launches on (its driver's get_current_stream): cheaper
-    # than a torch.cuda.Stream object, which eager decode would build at every call.
-    stream = torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
-    return counters.for_stream(stream, count)
+    return counters.for_stream(_current_stream(device), count)
+
+
+def retire_stream_counters(device: torch.device) -> None:
+    """After a launch on `device`'s current stream raised part-way: its counters may not
+    be back at zero (an interpreted kernel stopped mid-run, by an exception or Ctrl-C),
+    so later launches there get a new block."""
+    counters = _DEVICES.get(device)
+    if counters is not None and not dispatch.capturing(device):
+        counters.retire_stream(_current_stream(device))
+
+
+def _current_stream(device: torch.device) -> int:
+    """The raw stream handle Triton launches on (its driver's get_current_stream), 0 on a
+    CPU: cheaper than a torch.cuda.Stream object, which eager decode would build at every
+    call."""
+    return torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0

@@ -15,6 +15,7 @@ dispatch.py's (`load_table`, `register_table`).
 from __future__ import annotations
 
 import json
+import operator
 import os
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
@@ -58,6 +59,11 @@ class Plan:
     semi_structured: str = "cusparselt"
 
     def __post_init__(self) -> None:
+        for field in fields(self):
+            value = _plan_field(
+                field.name, _PLAN_FIELD_TYPES[field.type], getattr(self, field.name)
+            )
+            object.__setattr__(self, field.name, value)
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; expected one of {BACKENDS}")
         for name in ("block_m", "block_n", "block_k", "num_warps"):
@@ -83,22 +89,29 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
-        """The plan `to_dict` gave (as read from JSON): every field of its own type (an int
-        is no bool, float or string), unknown fields refused."""
+        """The plan `to_dict` gave (as read from JSON); unknown fields refused, and each
+        field checked for its type as by the constructor."""
         if not isinstance(data, dict):
             raise ValueError(f"a plan must be an object of Plan fields, got {data!r}")
-        types = {f.name: _PLAN_FIELD_TYPES[f.type] for f in fields(cls)}
-        unknown = set(data) - set(types)
+        unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown Plan fields {sorted(unknown, key=str)}")
         if "backend" not in data:
             raise ValueError(f"a plan needs a backend, got {data!r}")
-        for name, value in data.items():
-            if type(value) is not types[name]:
-                raise ValueError(
-                    f"Plan.{name} must be of type {types[name].__name__}, got {value!r}"
-                )
         return cls(**data)
+
+
+def _plan_field(name: str, kind: type, value):
+    """A Plan field's value as `kind`: an int field takes any integer (numpy's too) but
+    no bool, float or string; bool and str fields take their own type only."""
+    if kind is int and not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    elif kind is not int and type(value) is kind:
+        return value
+    raise ValueError(f"Plan.{name} must be of type {kind.__name__}, got {value!r}")
 
 
 # A skinny plan whose fp32 split-K workspace [split, M, N] is larger is refused by the

@@ -54,8 +54,9 @@ class Sparse24Weight(PackedContainer):
     format: ClassVar[str] = FORMAT_24
     TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("values", "meta")
     INFO_FIELDS: ClassVar[tuple[str, ...]] = ("N", "K")
-    # Derived copies (dense, torch semi-structured) made on demand by the dispatcher.
-    cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # Derived copies made on demand (weight_cache); not an init field, so that a replace()
+    # starts an empty one.
+    cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.shape = (int(self.shape[0]), int(self.shape[1]))

@@ -74,7 +74,9 @@ class BitmapWeight(PackedContainer):
     format: ClassVar[str] = FORMAT_BITMAP
     TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("bits", "values", "offsets")
     INFO_FIELDS: ClassVar[tuple[str, ...]] = ("N", "K", "tile_n", "tile_k", "nnz")
-    cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # Derived copies made on demand (weight_cache); not an init field, so that a replace()
+    # starts an empty one.
+    cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.shape = (int(self.shape[0]), int(self.shape[1]))

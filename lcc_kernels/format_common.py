@@ -132,6 +132,11 @@ class PackedContainer(abc.ABC):
     def dtype(self) -> torch.dtype:
         return self.values.dtype
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (torch.save, copy.deepcopy) without `cache`: the derived copies there
+        (dense, torch semi-structured, streams) are rebuilt on first use, not stored."""
+        return {**self.__dict__, "cache": {}}
+
     @property
     def device(self) -> torch.device:
         return self.values.device
@@ -167,7 +172,7 @@ class PackedContainer(abc.ABC):
         except (RuntimeError, TypeError) as error:
             raise ValueError(f"{name}.to() takes a device, got {device!r}") from error
         moved = {field: getattr(self, field).to(device) for field in self.TENSOR_FIELDS}
-        return dataclasses.replace(self, cache={}, **moved)
+        return dataclasses.replace(self, **moved)
 
     def to_state_dict(self) -> dict[str, torch.Tensor]:
         """Copies of the tensors plus `info` int64 [1 + len(INFO_FIELDS)] and `split_sizes`

@@ -1,41 +1,38 @@
-"""Host launchers for the Triton kernels: operand description, grids, split-K workspace.
+"""Host launchers for the Triton kernels: operand description, launches, split-K workspace.
 
 What a launch needs apart from its tensors (grid, constexprs, split) is worked out once
-per plan, M and weight shape (`_Geometry`): an eager decode step repeats the same calls.
+per plan, M and weight shape (`launch_geometry`): an eager decode step repeats the same
+calls.
 
 `run_linear(x [M, K], operand, bias [N] | None, plan) -> y [M, N]` is what the custom ops
 and eager `sparse_linear` call; `run_streams` the same for a streams layout. Their inputs
 are checked by the caller: the ops pass theirs through `checked_inputs` (x 2-D with the
 weight's K, dtype and device, a bias of [N] on that device, both unit-stride, copied if
 not), `sparse_linear` checks its own before, so that an eager call, whose host time a
-decode step waits on, checks once. Here a plan is checked against the weight and the
-split-K workspace it would need. Split-K counters: `counters.py`.
+decode step waits on, checks once. A plan is checked against the weight and the split-K
+workspace it would need in `launch_geometry`. Split-K counters: `counters.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import NamedTuple
 
 import torch
 
-from . import decode, dispatch_table
-from .counters import split_k_counters
+from . import decode, dispatch_table, launch_geometry
+from .counters import retire_stream_counters, split_k_counters
 from .decode import INTERPRETED
 from .dispatch import Plan
-from .dispatch_table import skinny_split, split_workspace_bytes
 from .formats import SUPPORTED_DTYPES
 from .kernels import (
     reduce_partials_kernel,
     skinny_linear_kernel,
     tiled_linear_kernel,
 )
+from .launch_geometry import Geometry, operand_geometry, streams_geometry
 from .reference import check_bias
 from .stream_kernel import stream_linear_kernel
-
-MAX_GRID_YZ = 65535  # CUDA's limit on a grid's y and z dimensions
-STREAMS_BLOCK_M = (1, 2, 4)  # rows of x per streams program (stream_kernel._x_rows)
 
 
 class Operand(NamedTuple):
@@ -125,33 +122,6 @@ def checked_inputs(
     return x, bias
 
 
-def _check_plan(plan: Plan, weight_format: int, tile: tuple[int, int] | None) -> None:
-    if tile is not None and (plan.block_n, plan.block_k) != tile:
-        raise ValueError(
-            f"bitmap kernels need block_n x block_k = the weight tile {tile}, "
-            f"got {plan.block_n} x {plan.block_k}"
-        )
-    if weight_format == decode.FORMAT_SPARSE24.value and plan.block_k < 32:
-        raise ValueError(f"2:4 kernels need block_k >= 32 (one metadata word), got {plan.block_k}")
-    if weight_format == decode.FORMAT_BITMAP.value and plan.block_k < 32:
-        raise ValueError(f"bitmap kernels need block_k >= 32, got {plan.block_k}")
-    if plan.uses_dot and min(plan.block_m, plan.block_n, plan.block_k) < 16:
-        narrow = f" (the bitmap tile {tile} has fewer rows)" if tile and tile[0] < 16 else ""
-        raise ValueError(
-            f"tl.dot (the tiled backend, or skinny with block_m >= 16) needs block_m, block_n "
-            f"and block_k >= 16{narrow}, got {plan}"
-        )
-
-
-def _dot_flags(dtype: torch.dtype) -> dict:
-    return {
-        # bf16 tl.dot is wrong in the interpreter; fp32 operands are exact there.
-        "DOT_IN_FP32": INTERPRETED,
-        # fp32 inputs get fp32 products as F.linear does (tf32 would be ~1e-3 off).
-        "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
-    }
-
-
 class Launch(NamedTuple):
     """One kernel launch: `kernel[grid](*args, **options)` (options: constexprs, warps)."""
 
@@ -161,19 +131,6 @@ class Launch(NamedTuple):
     options: dict
 
 
-class _Geometry(NamedTuple):
-    """A plan's launches at M rows of one weight shape, apart from the tensors: worked
-    out once per (plan, M, weight shape, bias or not, dtype), since eager decode launches
-    the same ones at every step and the host time is what it waits on."""
-
-    grid: tuple[int, ...]
-    scalars: tuple[int, ...]  # the kernel's arguments after the weight's
-    options: dict  # shared by every launch of this geometry: never mutated
-    split: int
-    tiles: int  # output tiles: split-K counters
-    reduction: tuple[tuple[int, int], dict] | None  # grid and options of the partials' sum
-
-
 def run_linear(
     x: torch.Tensor, operand: Operand, bias: torch.Tensor | None, plan: Plan
 ) -> torch.Tensor:
@@ -181,8 +138,7 @@ def run_linear(
     _check_runnable(x)
     out = torch.empty((x.shape[0], operand.n), dtype=x.dtype, device=x.device)
     with _on_device(x.device):
-        for launch in plan_launches(x, operand, bias, plan, out):
-            launch.kernel[launch.grid](*launch.args, **launch.options)
+        _issue_by_rows(x, out, plan, lambda x, out: plan_launches(x, operand, bias, plan, out))
     return out
 
 
@@ -192,9 +148,35 @@ def run_streams(x: torch.Tensor, streams, bias: torch.Tensor | None, plan: Plan)
     _check_runnable(x)
     out = torch.empty((x.shape[0], streams.shape[0]), dtype=x.dtype, device=x.device)
     with _on_device(x.device):
-        for launch in stream_launches(x, streams, bias, plan, out):
-            launch.kernel[launch.grid](*launch.args, **launch.options)
+        _issue_by_rows(x, out, plan, lambda x, out: stream_launches(x, streams, bias, plan, out))
     return out
+
+
+def _issue_by_rows(x, out, plan: Plan, launches_for) -> None:
+    """Issue `launches_for(x, out)` for all M rows at once, or in parts of rows where the
+    skinny and streams paths' row tiles would exceed their grid axis (M over 65535 x
+    block_m; a bitmap tile under 16 rows keeps "auto" on the skinny path at any M)."""
+    m = x.shape[0]
+    rows = m if plan.backend == "tiled" else launch_geometry.MAX_GRID_YZ * plan.block_m
+    if m <= rows:
+        _issue(launches_for(x, out), x.device)
+        return
+    for start in range(0, m, rows):
+        _issue(launches_for(x[start : start + rows], out[start : start + rows]), x.device)
+
+
+def _issue(launches: list[Launch], device: torch.device) -> None:
+    """Launch in order. Where one raises in the interpreter, which runs a kernel on the
+    host and can be stopped part-way (by Ctrl-C, say) with split-K counters left nonzero,
+    the stream's counters are retired before re-raising. A GPU kernel, once launched,
+    runs to its end."""
+    try:
+        for launch in launches:
+            launch.kernel[launch.grid](*launch.args, **launch.options)
+    except BaseException:
+        if INTERPRETED:
+            retire_stream_counters(device)
+        raise
 
 
 def _on_device(device: torch.device):
@@ -215,7 +197,7 @@ def plan_launches(
     m = x.shape[0]
     shape = (operand.n, operand.k, operand.weight_format, operand.tile)
     bound = dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES  # read at each call, as the dispatcher
-    geometry = _operand_geometry(plan, m, *shape, bias is not None, x.dtype, bound)
+    geometry = operand_geometry(plan, m, *shape, bias is not None, x.dtype, bound)
     if m == 0:
         return []
     weight_args = (
@@ -242,7 +224,7 @@ def stream_launches(x, streams, bias, plan: Plan, out) -> list[Launch]:
     split_k) writing out [M, N]; none for M = 0."""
     m, has_bias = x.shape[0], bias is not None
     layout = (streams.block_n, streams.split, streams.blocks, streams.step_bits)
-    geometry = _streams_geometry(plan, m, *layout, has_bias)
+    geometry = streams_geometry(plan, m, *layout, has_bias)
     if m == 0:
         return []
     weight_args = (
@@ -260,9 +242,7 @@ def stream_launches(x, streams, bias, plan: Plan, out) -> list[Launch]:
     return _split_k_launches(stream_linear_kernel, geometry, x, out, bias, weight_args)
 
 
-def _split_k_launches(
-    kernel, geometry: _Geometry, x, out, bias, weight_args: tuple
-) -> list[Launch]:
+def _split_k_launches(kernel, geometry: Geometry, x, out, bias, weight_args: tuple) -> list[Launch]:
     """The kernel's launch (x, out, bias, split-K workspace, then the weight's and the
     geometry's arguments) and, where the plan sums the partials apart, the second one.
     `out` stands in for what a kernel never reads (no bias, one split)."""
@@ -278,121 +258,3 @@ def _split_k_launches(
         sum_args = (partials, out, bias_arg, *out.shape, out.stride(0), geometry.split)
         launches.append(Launch(reduce_partials_kernel, grid, sum_args, options))
     return launches
-
-
-def _row_tiles(m: int, block_m: int, path: str) -> int:
-    tiles_m = -(-m // block_m)
-    if tiles_m > MAX_GRID_YZ:  # the row tiles are the grid's z (and the reduction's y)
-        raise ValueError(
-            f"the {path} path runs at most {MAX_GRID_YZ} row tiles of block_m = "
-            f"{block_m}, got M = {m} rows" + (": use the tiled path" if path == "skinny" else "")
-        )
-    return tiles_m
-
-
-def _check_workspace(split: int, m: int, n: int, bound: int) -> None:
-    """Refuse a skinny split-K workspace [split, m, n] fp32 over `bound` bytes
-    (dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES; the dispatcher passes over measured
-    plans by the same bound)."""
-    size = split_workspace_bytes(split, m, n)
-    if size > bound:
-        raise ValueError(
-            f"the skinny plan splits K {split} ways at M = {m}, N = {n}: its fp32 workspace "
-            f"of {size / 2**30:.2f} GiB is over the "
-            f"{bound / 2**30:.0f} GiB allowed; split K less (or use "
-            "the tiled path)"
-        )
-
-
-def _reduction(plan: Plan, split: int, has_bias: bool, tiles_n: int, tiles_m: int):
-    """The grid and options of the second launch that sums the partials, where the plan
-    does not sum them in the split-K launch itself."""
-    if split == 1 or plan.serial_reduction:
-        return None
-    options = dict(HAS_BIAS=has_bias, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, num_warps=4)
-    return (tiles_n, tiles_m), options
-
-
-@functools.lru_cache(maxsize=4096)
-def _operand_geometry(
-    plan: Plan,
-    m: int,
-    n: int,
-    k: int,
-    weight_format: int,
-    tile: tuple[int, int] | None,
-    has_bias: bool,
-    dtype: torch.dtype,
-    workspace_bound: int,
-) -> _Geometry:
-    """A skinny or tiled plan's geometry on a weight operand (weight_format, tile) of
-    [n, k]; a split-K workspace over `workspace_bound` bytes is refused."""
-    _check_plan(plan, weight_format, tile)
-    k_tiles = -(-k // plan.block_k)
-    common = dict(
-        FORMAT=weight_format,
-        BLOCK_M=plan.block_m,
-        BLOCK_N=plan.block_n,
-        BLOCK_K=plan.block_k,
-        HAS_BIAS=has_bias,
-        num_warps=plan.num_warps,
-        num_stages=plan.num_stages,
-    )
-    if plan.backend == "tiled":
-        grid = (-(-m // plan.block_m) * -(-n // plan.block_n),)
-        options = dict(common, GROUP_M=plan.group_m, **_dot_flags(dtype))
-        return _Geometry(grid, (k_tiles,), options, 1, 0, None)
-    split = skinny_split(plan, k)
-    tiles_per_split = -(-k_tiles // split)
-    _check_workspace(split, m, n, workspace_bound)
-    tiles_n, tiles_m = -(-n // plan.block_n), _row_tiles(m, plan.block_m, "skinny")
-    options = dict(
-        common,
-        SPLIT=split > 1,
-        SERIAL_REDUCTION=plan.serial_reduction,
-        USE_DOT=plan.uses_dot,
-        **_dot_flags(dtype),
-        NUM_STAGES=plan.num_stages,
-    )
-    return _Geometry(
-        (tiles_n, split, tiles_m),
-        (k_tiles, tiles_per_split, split),
-        options,
-        split,
-        tiles_n * tiles_m,
-        _reduction(plan, split, has_bias, tiles_n, tiles_m),
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def _streams_geometry(
-    plan: Plan, m: int, block_n: int, split: int, blocks: int, step_bits: int, has_bias: bool
-) -> _Geometry:
-    """A streams plan's geometry on a layout (block_n, split, blocks, step_bits)."""
-    if (plan.block_n, plan.split_k) != (block_n, split):
-        raise ValueError(
-            f"streams built for block_n {block_n}, split {split} cannot run "
-            f"plan block_n {plan.block_n}, split_k {plan.split_k}"
-        )
-    if plan.block_m not in STREAMS_BLOCK_M:
-        raise ValueError(f"streams plans take block_m in {STREAMS_BLOCK_M}, got {plan.block_m}")
-    tiles_m = _row_tiles(m, plan.block_m, "streams")
-    options = dict(
-        BLOCK_M=plan.block_m,
-        BLOCK_N=plan.block_n,
-        STEP_BITS=step_bits,
-        SPLIT=split > 1,
-        SERIAL_REDUCTION=plan.serial_reduction,
-        HAS_BIAS=has_bias,
-        NUM_STAGES=plan.num_stages,
-        num_warps=plan.num_warps,
-        num_stages=plan.num_stages,
-    )
-    return _Geometry(
-        (blocks, split, tiles_m),
-        (split,),
-        options,
-        split,
-        blocks * tiles_m,
-        _reduction(plan, split, has_bias, blocks, tiles_m),
-    )

@@ -26,6 +26,10 @@ from .weight_cache import LAST_STREAMS, copy_missing, derived_copy, prepare_stre
 # derived_copy and prepare_streams are imported from here by callers (and the package).
 __all__ = ["dense_linear_triton", "derived_copy", "prepare_streams", "sparse_linear"]
 
+# torch.mm(..., out_dtype=torch.float32) on fp16/bf16 (cuBLAS writing its fp32 product)
+# exists from torch 2.8; before, a wide bias goes through the fp32 reference.
+_MM_WRITES_FP32 = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 8)
+
 
 def sparse_linear(
     x: torch.Tensor,
@@ -200,15 +204,15 @@ def _torch_linear(x2d, copy, bias, backend: str) -> torch.Tensor:
     """F.linear on the weight's dense or torch semi-structured copy. A bias that x's dtype
     holds exactly goes in as x's dtype: the GEMM adds it to its fp32 product, rounding
     once. A wider one (fp32 for fp16/bf16 x) is added to an fp32 product, which cuBLAS
-    writes on a GPU (torch.mm with out_dtype, which has no derivative: where one is asked,
-    and off a GPU, the reference computes in fp32). torch's 2:4 kernels cannot write fp32
-    from fp16/bf16, so semi_structured adds it to the rounded product (two roundings;
-    "auto" does not run them with such a bias)."""
+    writes on a GPU (torch.mm with out_dtype, torch >= 2.8, which has no derivative: where
+    one is asked, off a GPU, and on older torch, the reference computes in fp32). torch's
+    2:4 kernels cannot write fp32 from fp16/bf16, so semi_structured adds it to the
+    rounded product (two roundings; "auto" does not run them with such a bias)."""
     if _bias_fits(bias, x2d.dtype):
         return F.linear(x2d, copy, None if bias is None else bias.to(x2d.dtype))
     if backend == "semi_structured":
         return (F.linear(x2d, copy).float() + bias).to(x2d.dtype)
-    if x2d.device.type == "cuda" and not _differentiated(x2d, bias):
+    if x2d.device.type == "cuda" and _MM_WRITES_FP32 and not _differentiated(x2d, bias):
         return torch.mm(x2d, copy.t(), out_dtype=torch.float32).add_(bias).to(x2d.dtype)
     return reference_linear(x2d, copy, bias)
 

@@ -5,6 +5,10 @@
 A copy is never first built under CUDA-graph capture (its data would exist only once the
 graph replays). The last streams layout built is also recorded under `LAST_STREAMS`, for
 compiled calls, which cannot build one.
+
+A copy is of the weight's tensors as they were when it was built: a new container
+(`.to()`, `dataclasses.replace`, a pickle or deepcopy) starts with an empty cache, but
+after changing the tensors of one in place, `weight.cache.clear()`.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ def prepare_streams(weight: BitmapWeight, plan: Plan | None = None):
     elif plan.backend != "streams":
         raise ValueError(f"prepare_streams needs a streams plan, got {plan.backend!r}")
     layout = derived_copy(weight, plan)
-    if weight.cache[LAST_STREAMS][1] is not layout:
+    # .get: a first call building this layout on another thread records it just after.
+    if weight.cache.get(LAST_STREAMS, (None, None))[1] is not layout:
         weight.cache[LAST_STREAMS] = (plan, layout)
     return layout
 

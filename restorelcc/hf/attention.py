@@ -140,7 +140,7 @@ class PackedLinear(nn.Module):
             if all(t is getattr(self._packed, n) for n, t in tensors.items()):
                 return  # a no-op .to()/.float(): keep the cached layouts and copies
             template = self._packed
-        self._packed = dataclasses.replace(template, cache={}, **tensors)
+        self._packed = dataclasses.replace(template, **tensors)
         self._prepare_streams()
 
     @property
@@ -161,6 +161,12 @@ class PackedLinear(nn.Module):
         p = self._packed
         ready = builds_streams(p.format, p.device, self._decode_streams)
         self._streams_bytes = lcc_kernels.prepare_streams(p).nbytes if ready else 0
+
+    def __setstate__(self, state) -> None:
+        # A copy (deepcopy, torch.load) gets its packed weight without the layouts derived
+        # from it (lcc_kernels containers pickle no cache): build the streams one again.
+        super().__setstate__(state)
+        self._prepare_streams()
 
     def _apply(self, fn, recurse=True):
         target = fn(torch.zeros(1, dtype=self._packed.dtype, device=self._packed.device)).dtype

@@ -2,6 +2,7 @@
 unswap bit for bit, generation with a KV cache, state dicts, independent instances."""
 
 import copy
+import io
 import re
 
 import pytest
@@ -24,7 +25,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import lcc_kernels
+from lcc_kernels.weight_cache import LAST_STREAMS
 from restorelcc import SwapReport, swap_attention, unswap_attention
+from restorelcc.hf import attention as attention_module
 from restorelcc.hf.attention import PackedProjections, ProjectionView, SparseLinear
 from restorelcc.testing import TINY_SHAPES, tiny_model
 
@@ -149,6 +152,27 @@ def test_a_no_op_conversion_keeps_the_streams_layouts_and_a_real_one_rebuilds():
     assert owner.packed.values.dtype == torch.float16 and not owner.packed.cache
     assert lcc_kernels.prepare_streams(owner.packed).values.dtype == torch.float16
     assert_matches(model, pruned, random_ids(), torch.float16)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "torch.save"])
+def test_a_copied_module_builds_its_streams_layout_again(monkeypatch, how):
+    """Packed weights pickle without their derived layouts: a module with decode_streams
+    builds its streams layout again, as compiled and captured decode need it there.
+    (builds_streams stands in for a GPU, where modules build one.)"""
+    monkeypatch.setattr(
+        attention_module, "builds_streams", lambda fmt, device, wanted: wanted and fmt == "bitmap"
+    )
+    weight = torch.randn(24, 64) * (torch.rand(24, 64) > 0.6)
+    module = SparseLinear(lcc_kernels.pack(weight, "bitmap"), None, decode_streams=True)
+    if how == "deepcopy":
+        copied = copy.deepcopy(module)
+    else:
+        buffer = io.BytesIO()
+        torch.save(module, buffer)
+        buffer.seek(0)
+        copied = torch.load(buffer, weights_only=False)
+    assert LAST_STREAMS in copied.packed.cache and copied.packed.cache is not module.packed.cache
+    assert copied.streams_bytes == module.streams_bytes > 0
 
 
 def test_generate_uses_the_kv_cache_and_matches(monkeypatch):

@@ -105,6 +105,11 @@ def test_prepare_streams_builds_the_layout_compiled_calls_use():
         prepare_streams(packed, Plan("skinny"))
     with pytest.raises(ValueError, match="built for bitmap weights"):
         prepare_streams(pack(torch.tensor([[1.0, 0, 0, 2]]), "2:4"))
+    # A layout whose record another thread's first call has yet to write (it stores the
+    # layout, then the record): prepare_streams records it itself.
+    del packed.cache["streams:last"]
+    assert prepare_streams(packed, plan) is layout
+    assert packed.cache["streams:last"] == (plan, layout)
 
 
 @needs_triton

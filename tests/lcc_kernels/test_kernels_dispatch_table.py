@@ -10,6 +10,7 @@ import time
 import warnings
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -261,3 +262,22 @@ def test_tables_from_another_gpu_or_other_versions_warn_once_per_file(tmp_path, 
     # Without CUDA no GPU is visible to compare with; matching versions say nothing.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _recorded(lambda: dispatch.load_table(here)) == []
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"block_m": 16.0}, "Plan.block_m must be of type int, got 16.0"),
+        ({"split_k": 2.5}, "Plan.split_k must be of type int, got 2.5"),
+        ({"block_m": True}, "Plan.block_m must be of type int, got True"),
+        ({"serial_reduction": 1}, "Plan.serial_reduction must be of type bool, got 1"),
+    ],
+)
+def test_a_plan_built_in_code_checks_its_field_types(fields, message):
+    """The same rule as for plans read from a table, at construction (not a TypeError from
+    deep in a launcher); an integer of another type (numpy's) becomes an int."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Plan("skinny", **fields)
+    plan = Plan("skinny", block_m=np.int64(4), split_k=np.int32(3))
+    assert (type(plan.block_m), type(plan.split_k)) == (int, int)
+    assert plan == Plan("skinny", block_m=4, split_k=3)

@@ -1,6 +1,10 @@
 """Packed weight state dicts: safetensors round trips, and every malformed entry refused by
 name (missing, unexpected, wrong type, dtype, shape or device, corrupt data)."""
 
+import copy
+import dataclasses
+import io
+
 import pytest
 import torch
 from _kernels_helpers import random_24, random_unstructured
@@ -138,3 +142,23 @@ def test_a_state_dict_must_be_a_mapping_of_its_own_format():
         Sparse24Weight.from_state_dict(packed_state("bitmap"))
     with pytest.raises(ValueError, match="format id 1, not 'bitmap'"):
         BitmapWeight.from_state_dict(packed_state("2:4"))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_new_containers_start_without_the_derived_copies_of_the_old(fmt):
+    """weight.cache holds copies of the tensors it was built from (sparse_linear's dense
+    and streams copies): a container made by replace(), .to(), deepcopy or a pickle
+    (torch.save) starts with an empty one."""
+    packed = pack(random_24(8, 64), fmt, tile=(8, 32))
+    packed.cache["dense"] = unpack(packed)
+    other = pack(random_24(8, 64), fmt, tile=(8, 32))
+    replaced = dataclasses.replace(packed, values=other.values)
+    assert replaced.cache == {} and packed.cache.keys() == {"dense"}
+    assert packed.to("cpu").cache == {}
+    assert copy.deepcopy(packed).cache == {}
+    buffer = io.BytesIO()
+    torch.save(packed, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded.cache == {} and torch.equal(unpack(loaded), unpack(packed))
+    assert packed.cache.keys() == {"dense"}  # the original keeps its own

@@ -11,7 +11,9 @@ from _kernels_helpers import assert_matches_oracle, random_24, random_unstructur
 from lcc_kernels import (
     Plan,
     from_torch_semi_structured,
+    linear,
     pack,
+    reference_linear,
     sparse_linear,
     to_torch_semi_structured,
     unpack,
@@ -97,6 +99,24 @@ def test_an_fp32_bias_is_added_before_the_one_rounding_on_gpu(dtype):
     assert (y.double() - exact).abs().max().item() <= ulp / 2 + ulp / 64
     y.float().sum().backward()
     assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_an_fp32_bias_on_torch_without_mm_out_dtype_goes_through_the_reference(monkeypatch):
+    """torch < 2.8 has no torch.mm out_dtype: the dense backend computes in fp32 instead,
+    with the same single rounding."""
+    calls = []
+
+    def reference(*args):
+        calls.append(args)
+        return reference_linear(*args)
+
+    monkeypatch.setattr(linear, "_MM_WRITES_FP32", False)
+    monkeypatch.setattr(linear, "reference_linear", reference)
+    dense, packed = _weight("2:4", torch.bfloat16)
+    x = torch.randn(3, K, dtype=torch.bfloat16, device="cuda")
+    bias = torch.randn(N, device="cuda")
+    assert_matches_oracle(sparse_linear(x, packed, bias, backend="dense"), x, dense, bias)
+    assert len(calls) == 1
 
 
 def test_serial_split_k_is_deterministic_on_gpu():

@@ -62,19 +62,24 @@ def test_bitmap_tiles_are_timed_packed_and_tabled_apart(tmp_path):
         timing(shape, 1, "ours", 7.0, "bitmap50", plan=_bitmap_plan(128, 64, "tiled")),
     ]
     write(tmp_path, {"gpu": "NVIDIA H200"}, timings)
-    (check,) = [
-        c
-        for c in bench_report.summarize(tmp_path)["acceptance"]
-        if c["check"] == "speedup_vs_dense_F.linear"
-        and c["shape"] == shape
-        and c["kind"] == "bitmap50"
-    ]
+    check = _decode_check(tmp_path, shape, "bitmap50")
     assert check["tile"] == [128, 64] and check["best_of"] == pytest.approx(10 / 6, abs=1e-3)
     assert check["status"] == "unmeasured" and "verdict" in check["reason"]  # not re-timed
     table = DispatchTable.from_dict(bench_report.build_dispatch_table(tmp_path))
     for tile, block_n in (((64, 64), 64), ((128, 64), 128)):
         found = table.lookup(WeightKey("bitmap", "bfloat16", 4096, 4096, tile, 0.5), 1)
         assert (found.backend, found.block_n) == ("skinny", block_n)
+
+
+def _decode_check(folder, shape: str, kind: str) -> dict:
+    """The one speed-up-over-dense acceptance check of `shape` and `kind` in the summary
+    of the suite results in `folder`."""
+    (check,) = [
+        c
+        for c in bench_report.summarize(folder)["acceptance"]
+        if c["check"] == "speedup_vs_dense_F.linear" and c["shape"] == shape and c["kind"] == kind
+    ]
+    return check
 
 
 def test_streams_plans_compete_in_every_bitmap_tile(tmp_path):
@@ -89,13 +94,7 @@ def test_streams_plans_compete_in_every_bitmap_tile(tmp_path):
         timing(shape, 1, "ours", 4.0, "bitmap70", plan=streams),
     ]
     write(tmp_path, {"gpu": "NVIDIA H200"}, timings)
-    (check,) = [
-        c
-        for c in bench_report.summarize(tmp_path)["acceptance"]
-        if c["check"] == "speedup_vs_dense_F.linear"
-        and c["shape"] == shape
-        and c["kind"] == "bitmap70"
-    ]
+    check = _decode_check(tmp_path, shape, "bitmap70")
     assert check["backend"] == "streams" and "tile" not in check
     assert check["best_of"] == pytest.approx(2.5) and check["status"] == "unmeasured"
     table = DispatchTable.from_dict(bench_report.build_dispatch_table(tmp_path))

@@ -93,8 +93,6 @@ def test_bad_backend_or_plan_raises():
         sparse_linear(x, packed, plan=Plan("skinny", block_m=2, block_k=16))
     with pytest.raises(ValueError, match="needs block_m, block_n and block_k >= 16"):
         sparse_linear(x, packed, plan=Plan("tiled", block_m=8))
-    with pytest.raises(ValueError, match="at most 65535 row tiles of block_m = 1, got M = 65536"):
-        sparse_linear(x.new_zeros(65536, K), packed, plan=Plan("skinny", block_m=1))
 
 
 @needs_triton
@@ -180,5 +178,8 @@ def test_a_skinny_split_k_workspace_over_the_bound_is_refused(monkeypatch):
     assert_matches_oracle(sparse_linear(x, packed, plan=split_5), x, dense)
     monkeypatch.setattr(dispatch_table, "MAX_SPLIT_K_WORKSPACE_BYTES", 5 * 1024)
     assert_matches_oracle(sparse_linear(x, packed, plan=split_2), x, dense)
-    with pytest.raises(ValueError, match=r"splits K 5 ways at M = 5, N = 72.*over the"):
+    with pytest.raises(
+        ValueError,
+        match=r"splits K 5 ways at M = 5, N = 72: .* 7\.0 KiB is over the 5\.0 KiB allowed",
+    ):
         sparse_linear(x, packed, plan=split_5)
