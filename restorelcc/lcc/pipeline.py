@@ -86,7 +86,8 @@ class RestoreConfig:
                 f"probe_pairs must be at least {MIN_PROBE_PAIRS}, got {self.probe_pairs}"
             )
         positive_count(self.components_k, "components_k")
-        check_negatives_method(self.negatives)  # minilm: its wheel, before any model loads
+        # minilm: its wheel, before any model loads (random selection mines no negatives)
+        check_negatives_method(self.negatives, mined=self.selection == "probe")
         positive_count(self.probe_epochs, "probe_epochs")
         if not _real(self.probe_lr) or not 0 < self.probe_lr < math.inf:
             raise ValueError(f"probe_lr must be a positive finite number, got {self.probe_lr!r}")

@@ -2,8 +2,10 @@
 ``add_eos_token=True`` gives): the EOS must neither end a context nor be scored as text."""
 
 import pytest
-from tokenizers import processors
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
 
+from restorelcc.data import encode_unterminated
 from restorelcc.eval.perplexity import token_stream
 from restorelcc.eval.scoring import encode_request, loglikelihoods
 from restorelcc.testing import byte_tokenizer, tiny_model
@@ -70,3 +72,22 @@ def test_the_perplexity_stream_ends_in_text_not_in_the_eos(eos_tok):
     # into the next document instead of ending in that EOS
     stream = token_stream(eos_tok, ["abc", "d"], tokens=4)
     assert stream.tolist() == [eos_tok.bos_token_id, *_plain(eos_tok, "abc\n")]
+
+
+def test_special_ids_the_text_itself_gives_stay():
+    """An unknown word's UNK (and a literal "</s>") are the text's own: only what the
+    tokenizer adds is dropped."""
+    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, "Answer": 3, ":": 4, "yes": 5}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=words, unk_token="[UNK]", bos_token="<s>", eos_token="</s>"
+    )
+    assert tok("Answer: zebra")["input_ids"] == [1, 3, 4, 0, 2]
+    assert encode_unterminated(tok, "Answer: zebra") == [1, 3, 4, 0]
+    assert encode_unterminated(tok, "Answer: </s>") == [1, 3, 4, 2]
+    assert encode_request(tok, "Answer:", " zebra") == ([1, 3, 4], [0])
+    assert encode_request(tok, "Answer: zebra", " yes") == ([1, 3, 4, 0], [5])

@@ -74,4 +74,8 @@ def test_a_config_whose_negatives_cannot_run_here_fails_when_made(monkeypatch):
         RestoreConfig(negatives="minilm")
     with pytest.raises(ValueError, match="unknown negatives method 'bm25'"):
         RestoreConfig(negatives="bm25")
+    # random selection mines no negatives: the name is checked, the wheel is not needed
+    assert RestoreConfig(selection="random", negatives="minilm").negatives == "minilm"
+    with pytest.raises(ValueError, match="unknown negatives method 'bm25'"):
+        RestoreConfig(selection="random", negatives="bm25")
     assert RestoreConfig(negatives="auto").negatives == "auto"  # tf-idf where MiniLM is not
