@@ -138,7 +138,9 @@ def run_linear(
     _check_runnable(x)
     out = torch.empty((x.shape[0], operand.n), dtype=x.dtype, device=x.device)
     with _on_device(x.device):
-        _issue_by_rows(x, out, plan, lambda x, out: plan_launches(x, operand, bias, plan, out))
+        for rows in _row_parts(x.shape[0], plan):
+            part_x, part_out = (x, out) if rows is None else (x[rows], out[rows])
+            _issue(plan_launches(part_x, operand, bias, plan, part_out), x.device)
     return out
 
 
@@ -148,21 +150,24 @@ def run_streams(x: torch.Tensor, streams, bias: torch.Tensor | None, plan: Plan)
     _check_runnable(x)
     out = torch.empty((x.shape[0], streams.shape[0]), dtype=x.dtype, device=x.device)
     with _on_device(x.device):
-        _issue_by_rows(x, out, plan, lambda x, out: stream_launches(x, streams, bias, plan, out))
+        for rows in _row_parts(x.shape[0], plan):
+            part_x, part_out = (x, out) if rows is None else (x[rows], out[rows])
+            _issue(stream_launches(part_x, streams, bias, plan, part_out), x.device)
     return out
 
 
-def _issue_by_rows(x, out, plan: Plan, launches_for) -> None:
-    """Issue `launches_for(x, out)` for all M rows at once, or in parts of rows where the
-    skinny and streams paths' row tiles would exceed their grid axis (M over 65535 x
-    block_m; a bitmap tile under 16 rows keeps "auto" on the skinny path at any M)."""
-    m = x.shape[0]
-    rows = m if plan.backend == "tiled" else launch_geometry.MAX_GRID_YZ * plan.block_m
-    if m <= rows:
-        _issue(launches_for(x, out), x.device)
-        return
-    for start in range(0, m, rows):
-        _issue(launches_for(x[start : start + rows], out[start : start + rows]), x.device)
+_ALL_ROWS = (None,)
+
+
+def _row_parts(m: int, plan: Plan) -> tuple[slice | None, ...]:
+    """The rows of x that each launch (or pair) takes, None for all M at once: in parts
+    where the skinny and streams paths' row tiles would exceed their grid axis (M over
+    65535 x block_m; a bitmap tile under 16 rows keeps "auto" on the skinny path at any
+    M). Eager decode asks at every call: the common answer is one shared tuple."""
+    rows = launch_geometry.MAX_GRID_YZ * plan.block_m
+    if m <= rows or plan.backend == "tiled":
+        return _ALL_ROWS
+    return tuple(slice(start, start + rows) for start in range(0, m, rows))
 
 
 def _issue(launches: list[Launch], device: torch.device) -> None:
@@ -179,12 +184,15 @@ def _issue(launches: list[Launch], device: torch.device) -> None:
         raise
 
 
+_ALREADY_THERE = contextlib.nullcontext()  # reusable: one for every call
+
+
 def _on_device(device: torch.device):
     """Triton launches on the current CUDA device (and its current stream), whatever the
     tensors' device: make it x's, as for a model spread over GPUs (device_map)."""
     if device.type == "cuda" and device.index != torch.cuda.current_device():
         return torch.cuda.device(device)
-    return contextlib.nullcontext()
+    return _ALREADY_THERE
 
 
 def plan_launches(
