@@ -58,7 +58,7 @@ def _print_swap(report, mlp: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     from restorelcc.io import atomic_write_json, format_table, run_metadata
     from restorelcc.prune.checkpoint import inspect_checkpoint
-    from restorelcc.prune.report import summarize
+    from restorelcc.prune.report import overall_sparsity, summarize
 
     check_mlp_needs_swap(args)
     if args.json is not None:
@@ -88,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
             before, after = structured[key]
             geometry[key] = f"{before}->{after}"
         geometry["removed_of_block_params"] = structured["removed_fraction_of_blocks"]
-    elements = sum(m.shape[0] * m.shape[1] for m in matrices)
-    geometry["sparsity"] = sum(m.zeros for m in matrices) / max(elements, 1)
+    geometry["sparsity"] = overall_sparsity(matrices)
     geometry["shapes_match_config"] = not result["shape_mismatches"]
     print(format_table([geometry]))
     for line in result["shape_mismatches"]:

@@ -142,7 +142,7 @@ def _prune_calibrated(
     gram = spec.method == "sparsegpt"
     desc = f"{spec.method} {spec.pattern}"
     for step in walk_blocks(model, tokens, chunk_size, desc, progress):
-        with collect_input_stats(step.block, family, gram=gram) as stats:
+        with collect_input_stats(step.block, family, gram=gram, where=step.name) as stats:
             step.forward()
         if spec.method == "wanda":
             for name in family.block_linears:
@@ -152,14 +152,18 @@ def _prune_calibrated(
             continue
         for group in input_sharing_groups(family):
             # linears reading the same input (q/k/v, gate/up) share one Hessian factor
-            factor = inverse_hessian_factor(stats[group[0]].hessian(), dampening)
+            hessian = stats[group[0]].hessian()
+            factor = inverse_hessian_factor(hessian, dampening)
+            dead = hessian.diagonal() == 0
             # N:M rows are independent, so the group is pruned as one stacked matrix (fewer
             # Python column steps); unstructured masks span whole blocks, so one at a time
             parts = [group] if spec.pattern.kind == "nm" else [(name,) for name in group]
             for names in parts:
                 weights = [block_linear(step.block, name).weight for name in names]
                 stacked = torch.cat([w.detach().float() for w in weights])
-                new = prune_with_factor(stacked, factor, spec.sparsity, spec.pattern, block_size)
+                new = prune_with_factor(
+                    stacked, factor, spec.sparsity, spec.pattern, block_size, dead_inputs=dead
+                )
                 sizes = [w.shape[0] for w in weights]
                 for weight, part in zip(weights, new.split(sizes), strict=True):
                     weight.copy_(part.to(weight.dtype))

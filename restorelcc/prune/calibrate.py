@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from restorelcc.errors import UnsupportedModelError
+from restorelcc.errors import NonFiniteError, UnsupportedModelError
 from restorelcc.hf.families import Family, block_linear, decoder_layers
 
 
@@ -116,6 +116,11 @@ class BlockStep:
     inputs: list[torch.Tensor]
     kwargs: dict = field(default_factory=dict)
 
+    @property
+    def name(self) -> str:
+        """The block as its parameters name it: ``layers.<index>``."""
+        return f"layers.{self.index}"
+
     def forward(self) -> list[torch.Tensor]:
         """Run the block on its calibration inputs (hooks registered on it see them)."""
         return run_block(self.block, self.inputs, self.kwargs)
@@ -165,6 +170,11 @@ class InputStats:
         if self.gram is not None:
             self.gram += (x.T @ x).double()
 
+    def finite(self) -> bool:
+        """Whether every statistic is finite (no input held inf or NaN)."""
+        tensors = (self.sumsq,) if self.gram is None else (self.sumsq, self.gram)
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
+
     def norms(self) -> torch.Tensor:
         """``||X[:, j]||_2`` per input feature, float32 ``[features]``."""
         return self.sumsq.sqrt().float()
@@ -189,12 +199,19 @@ def input_sharing_groups(family: Family) -> list[tuple[str, ...]]:
 
 @contextlib.contextmanager
 def collect_input_stats(
-    block: nn.Module, family: Family, names: tuple[str, ...] | None = None, gram: bool = False
+    block: nn.Module,
+    family: Family,
+    names: tuple[str, ...] | None = None,
+    gram: bool = False,
+    where: str = "block",
 ) -> Iterator[dict[str, InputStats]]:
     """Hook ``block``'s linears and yield ``{name: InputStats}`` filled by block forwards.
 
     Linears that read the same input share one ``InputStats`` (computed once). ``names``
-    limits collection to those linears (default: all of ``family.block_linears``).
+    limits collection to those linears (default: all of ``family.block_linears``). On
+    leaving, statistics that are not finite (inputs with inf or NaN: an fp16 overflow
+    upstream, say) raise ``NonFiniteError`` naming the linear (``where``: the block's
+    name, e.g. ``layers.3``), rather than choose masks from NaN scores.
     """
     wanted = set(names or family.block_linears)
     stats: dict[str, InputStats] = {}
@@ -215,3 +232,9 @@ def collect_input_stats(
     finally:
         for h in handles:
             h.remove()
+    for name, stat in stats.items():
+        if not stat.finite():
+            raise NonFiniteError(
+                f"the calibration inputs of {where}.{name} are not finite (inf or NaN: an "
+                "overflow in an earlier layer?); prune in bfloat16 or float32"
+            )

@@ -66,8 +66,7 @@ class PruneReport:
     @property
     def overall_sparsity(self) -> float:
         """Zeros over all pruned matrices / their elements."""
-        total = sum(m.shape[0] * m.shape[1] for m in self.matrices)
-        return sum(m.zeros for m in self.matrices) / max(total, 1)
+        return overall_sparsity(self.matrices)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -77,6 +76,12 @@ class PruneReport:
     def summary_rows(self) -> list[dict]:
         """One row per linear name (q_proj, ...) aggregated over layers, for a table."""
         return summarize(self.matrices)
+
+
+def overall_sparsity(matrices: list[MatrixReport]) -> float:
+    """Zeros over all ``matrices`` / their elements."""
+    total = sum(m.shape[0] * m.shape[1] for m in matrices)
+    return sum(m.zeros for m in matrices) / max(total, 1)
 
 
 def summarize(matrices: list[MatrixReport]) -> list[dict]:

@@ -303,7 +303,8 @@ def prune_structured(
     removed: dict[int, dict] = {}
     if spec.method == "wanda":
         for step in walk_blocks(model, tokens, chunk_size, "structured wanda", progress):
-            with collect_input_stats(step.block, family, (o_name, down_name)) as stats:
+            names = (o_name, down_name)
+            with collect_input_stats(step.block, family, names, where=step.name) as stats:
                 step.forward()
             o_sumsq, down_sumsq = stats[o_name].sumsq, stats[down_name].sumsq
             removed[step.index] = _shrink_block(step.block, family, plan, o_sumsq, down_sumsq)

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from restorelcc.errors import NonFiniteError
 from restorelcc.hf.families import decoder_layers, family_of
+from restorelcc.prune import prune_model
 from restorelcc.prune.calibrate import collect_input_stats, walk_blocks
 from restorelcc.testing import tiny_model
 
@@ -59,3 +61,18 @@ def test_walk_runs_each_block_only_as_often_as_needed():
             calls[:] = [0] * len(layers)  # count from here: not the input-capture passes
         step.forward()
     assert calls == [6] * (len(layers) - 1) + [3]  # 3 chunks
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_non_finite_calibration_inputs_are_named(method):
+    """An overflow in one block (inf from layer 0 on) fails with the linear whose inputs
+    went bad, instead of masks chosen from NaN scores or a bare Cholesky error."""
+    model = tiny_model("llama-gqa")
+    decoder_layers(model)[0].register_forward_hook(lambda m, a, out: out * float("inf"))
+    weights = {n: p.clone() for n, p in model.named_parameters()}
+    tokens = torch.randint(0, 259, (2, 12))
+    with pytest.raises(NonFiniteError, match=r"inputs of layers\.1\.self_attn\.q_proj are not"):
+        prune_model(model, method, 0.5, calibration=tokens, progress=False)
+    after = dict(model.named_parameters())
+    layer_1 = [n for n in after if n.startswith("model.layers.1.")]
+    assert layer_1 and all(torch.equal(after[n], weights[n]) for n in layer_1)  # not pruned

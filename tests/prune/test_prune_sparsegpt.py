@@ -116,6 +116,22 @@ def test_model_layer_error_below_wanda(pattern):
         assert err["sparsegpt"] < err["wanda"], n
 
 
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_dead_inputs_are_pruned_first(pattern):
+    """Inputs that are always zero (a zero Hessian diagonal) multiply nothing: their
+    weights are the first pruned, whatever their size, and no kept weight is spent on them.
+    Small activations make the live columns' saliencies small, which once kept the dead
+    weights instead."""
+    x = correlated_inputs(512, 128) * 0.01
+    dead = torch.arange(0, 128, 16)
+    x[:, dead] = 0
+    weight = torch.randn(48, 128)
+    weight[:, dead] *= 100
+    pruned = sparsegpt_prune(weight, hessian_of(x), 0.5, parse_pattern(pattern))
+    assert (pruned[:, dead] == 0).all()
+    assert (pruned == 0).sum().item() == 48 * 128 // 2
+
+
 def test_rejects_mismatched_hessian_and_block_size():
     with pytest.raises(ValueError, match="Hessian"):
         sparsegpt_prune(torch.randn(4, 8), torch.eye(6), 0.5, parse_pattern("unstructured"))
