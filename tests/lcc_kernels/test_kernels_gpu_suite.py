@@ -8,8 +8,12 @@ test_kernels_gpu_suite_resume.py (resuming after faults, the compile workers).""
 
 import csv
 import json
+import os
+import re
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
 
 from _suite_helpers import SUITE, gpu_suite, lines, suite_plans, suite_runner
 
@@ -134,3 +138,28 @@ def test_a_crashed_child_resumes_at_the_next_phase(tmp_path, monkeypatch):
     assert crash == [
         {"phase": gpu_suite.PHASES[2], "event": "crash", "time": crash[0]["time"], "exit_code": 3}
     ]
+
+
+def test_the_lent_machine_script_brings_back_three_files(tmp_path):
+    """benchmarks/gpu_run.sh, as one device call runs it (here its CPU smoke mode, the
+    tests cut at 5 s): the suite's directory packed into one file, and both logs."""
+    out = tmp_path / "out"
+    python_first = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, "GPU_RUN_SMOKE": "1", "PATH": python_first}
+    script = SUITE.parent / "gpu_run.sh"
+    done = subprocess.run(
+        ["bash", str(script), str(out), "0123456789abcdef", "300", "5"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 3 and files[1:] == ["pytest.log", "suite.log"], (files, done.stderr)
+    packed = out / files[0]
+    assert packed.name.endswith("-0123456789.tgz")
+    run = packed.name.removesuffix(".tgz")
+    with tarfile.open(packed) as tar:
+        names = {Path(n).relative_to(run).as_posix() for n in tar.getnames()}
+    expected = {"env.json", "summary.json", "timings.jsonl", "dispatch_table.json", "e2e/e2e.json"}
+    assert expected <= names
+    assert "e2e end {'status': 'ok'}" in (out / "suite.log").read_text()
+    # stopped by SIGINT, pytest still ends with its summary line ("... in 4.9s")
+    assert re.search(r" in [0-9.]+s", (out / "pytest.log").read_text().splitlines()[-1])
