@@ -4,9 +4,10 @@ information), the dispatch table picks the winners, and failed and skipped corre
 checks are counted apart."""
 
 import json
+import time
 
 import pytest
-from _suite_helpers import timing, write
+from _suite_helpers import lines, suite_phases, suite_plans, suite_runner, timing, write
 
 from lcc_kernels import bench_report
 from lcc_kernels.dispatch import DispatchTable
@@ -97,3 +98,19 @@ def test_summary_counts_failed_and_skipped_checks_apart(tmp_path):
     assert [r["name"] for r in summary["correctness"]["failed"]] == [r["name"] for r in rows[1:3]]
     assert summary["correctness"]["skipped"] == rows[3:]
     assert "4 checks, 2 failed, 1 skipped" in bench_report.format_summary(summary)
+
+
+def test_the_compiled_check_starts_only_with_its_reserve_of_the_correctness_cap(tmp_path):
+    """torch.compile cannot be cut short once started: with less than its reserve left of
+    the phase cap (though the whole budget has plenty), it is skipped for the budget."""
+    runner = suite_runner.Runner(tmp_path, suite_plans.config(True), deadline=float("inf"))
+    runner.phase = "correctness"
+    (compiled,) = [p for p in suite_phases.correctness_passes(runner) if p.name == "compiled"]
+    reasons = []
+    for left_s in (suite_phases.COMPILED_CHECK_RESERVE_S - 5, 1e4):
+        runner.phase_deadline = time.time() + left_s
+        suite_phases.run_passes(runner, [compiled])
+        row = lines(tmp_path / "correctness.jsonl")[-1]
+        assert row["name"] == "compiled_cuda_graphs"
+        reasons.append(row.get("reason"))
+    assert reasons[0] == "budget" and reasons[1] != "budget"  # "needs CUDA" on a CPU
