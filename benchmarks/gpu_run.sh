@@ -9,13 +9,13 @@
 # Defaults 300 and 180. The suite ends at most ~60 s after its budget (its end-to-end
 # phase's grace), the tests within TESTS_S + 10: give the call timeout_s 600. The tests
 # run on 10 pytest-xdist workers where it is installed (compiling is most of their time),
-# each test stopped after 150 s where pytest-timeout is (a hang then shows as a crashed
+# each test then stopped after 150 s where pytest-timeout is (a hang shows as a crashed
 # worker, not as a call killed with no summary); SIGINT at TESTS_S still prints the
-# summary of what ran. GPU_RUN_SMOKE=1 runs the same steps on a CPU (suite --smoke, tests
+# summary of what ran. Exit status: the suite's if it failed, else pytest's. GPU_RUN_SMOKE=1 runs the same steps on a CPU (suite --smoke, tests
 # interpreted) to check this script.
 set -u -o pipefail
 usage="usage: bash benchmarks/gpu_run.sh OUT COMMIT [SUITE_BUDGET_S [TESTS_S]]"
-out=${1:?$usage}
+out=$(realpath -m -- "${1:?$usage}")
 commit=${2:?$usage}
 budget=${3:-300}
 tests_s=${4:-180}
@@ -28,17 +28,28 @@ if [ "${GPU_RUN_SMOKE:-0}" = 1 ]; then
     export TRITON_INTERPRET=1
     suite_args+=(--smoke)
 fi
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
-gpu=$(printf '%s' "${gpu:-cpu}" | awk '{print tolower($NF)}')
+# "NVIDIA H200 NVL" -> h200, "NVIDIA A100-SXM4-80GB" -> a100: the first word with a digit
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 |
+    tr 'A-Z' 'a-z' | tr -c 'a-z0-9\n' ' ' | tr ' ' '\n' | grep -m 1 -E '^[a-z]*[0-9]')
+gpu=${gpu:-gpu}
+[ "${GPU_RUN_SMOKE:-0}" = 1 ] && gpu=cpu
 name="$gpu-$(date -u +%Y%m%d)-${commit:0:10}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 "$py" benchmarks/gpu_suite.py "$work/$name" "${suite_args[@]}" 2>&1 | tee "$out/suite.log"
+suite_rc=${PIPESTATUS[0]}
 tar czf "$out/$name.tgz" -C "$work" "$name"
 
 options=(-q -m "gpu or triton" -p no:cacheprovider --durations=15)
-"$py" -c "import xdist" 2>/dev/null && options+=(-n 10)
-"$py" -c "import pytest_timeout" 2>/dev/null && options+=(-o timeout=150 -o timeout_method=thread)
-timeout -s INT -k 10 "$tests_s" "$py" -m pytest "${options[@]}" \
+if "$py" -c "import xdist" 2>/dev/null; then
+    options+=(-n 10)
+    # the thread method ends the process of a hung test: a worker here, which xdist reports
+    "$py" -c "import pytest_timeout" 2>/dev/null && options+=(-o timeout=150 -o timeout_method=thread)
+fi
+# --preserve-status: pytest's own status (2 when interrupted), not timeout's 124
+timeout --preserve-status -s INT -k 10 "$tests_s" "$py" -m pytest "${options[@]}" \
     tests/lcc_kernels tests/hf tests/devices 2>&1 | tee "$out/pytest.log"
+tests_rc=${PIPESTATUS[0]}
+echo "gpu_run: suite exit $suite_rc, tests exit $tests_rc; $out holds $name.tgz, suite.log, pytest.log"
+exit $((suite_rc ? suite_rc : tests_rc))

@@ -15,12 +15,13 @@ dispatch.py's (`load_table`, `register_table`).
 from __future__ import annotations
 
 import json
-import operator
+import numbers
 import os
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .formats import FORMAT_24, FORMAT_BITMAP, SUPPORTED_DTYPES, check_bitmap_tile
@@ -102,15 +103,14 @@ class Plan:
 
 
 def _plan_field(name: str, kind: type, value):
-    """A Plan field's value as `kind`: an int field takes any integer (numpy's too) but
-    no bool, float or string; bool and str fields take their own type only."""
-    if kind is int and not isinstance(value, bool):
-        try:
-            return operator.index(value)
-        except TypeError:
-            pass
-    elif kind is not int and type(value) is kind:
-        return value
+    """A Plan field's value as `kind`: an int field takes an integer (numpy's too) but no
+    bool, float, string or tensor; a bool field a bool (numpy's too), a str field a str."""
+    if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if kind is bool and isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if kind is str and isinstance(value, str):
+        return str(value)
     raise ValueError(f"Plan.{name} must be of type {kind.__name__}, got {value!r}")
 
 

@@ -65,14 +65,27 @@ def encode_unterminated(tokenizer, text: str) -> list[int]:
     the rest of a stream): the special tokens the tokenizer puts in front (e.g. a BOS) are
     kept, those it appends (an EOS from ``add_eos_token`` or a post-processor template)
     dropped. What the text itself gives stays, special ids included (an unknown word's
-    UNK, a literal ``"</s>"``): the ids the tokenizer adds are told apart by tokenizing the
-    text without them. A text that gives no ids of its own keeps them all."""
+    UNK, a literal ``"</s>"`` or ``"<s>"``): the ids are the tokenizer's front ids, then
+    the text's own (tokenized without special tokens)."""
     ids = list(tokenizer(text)["input_ids"])
     own = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if not own:
-        return ids
-    # ids = [what it puts in front] + own + [what it appends]
+    front = _front_ids(tokenizer)
+    if ids[front : front + len(own)] == own:
+        return ids[: front + len(own)]
+    # the added tokens changed how the text itself is split: drop trailing special ids
+    special = set(tokenizer.all_special_ids)
+    end = len(ids)
+    while end > front and ids[end - 1] in special:
+        end -= 1
+    return ids[:end]
+
+
+def _front_ids(tokenizer) -> int:
+    """How many ids the tokenizer puts in front of a text (a BOS: 1), read off a probe
+    text whose own ids hold no special token of the front ones."""
+    ids = list(tokenizer("a")["input_ids"])
+    own = list(tokenizer("a", add_special_tokens=False)["input_ids"])
     for start in range(len(ids) - len(own) + 1):
         if ids[start : start + len(own)] == own:
-            return ids[: start + len(own)]
-    return ids  # the added tokens changed how the text itself is split: keep all
+            return start
+    return 0

@@ -165,8 +165,11 @@ class PackedLinear(nn.Module):
     def __setstate__(self, state) -> None:
         # A copy (deepcopy, torch.load) gets its packed weight without the layouts derived
         # from it (lcc_kernels containers pickle no cache): build the streams one again.
+        # Modules pickled before decode_streams existed had none.
+        state.setdefault("_decode_streams", False)
         super().__setstate__(state)
-        self._prepare_streams()
+        if "_packed" in state:
+            self._prepare_streams()
 
     def _apply(self, fn, recurse=True):
         target = fn(torch.zeros(1, dtype=self._packed.dtype, device=self._packed.device)).dtype

@@ -89,5 +89,7 @@ def test_special_ids_the_text_itself_gives_stay():
     assert tok("Answer: zebra")["input_ids"] == [1, 3, 4, 0, 2]
     assert encode_unterminated(tok, "Answer: zebra") == [1, 3, 4, 0]
     assert encode_unterminated(tok, "Answer: </s>") == [1, 3, 4, 2]
+    assert encode_unterminated(tok, "<s>") == [1, 1]  # the BOS put in front, then the text's
+    assert encode_request(tok, "<s>", " yes") == ([1, 1], [5])
     assert encode_request(tok, "Answer:", " zebra") == ([1, 3, 4], [0])
     assert encode_request(tok, "Answer: zebra", " yes") == ([1, 3, 4, 0], [5])

@@ -271,6 +271,8 @@ def test_tables_from_another_gpu_or_other_versions_warn_once_per_file(tmp_path, 
         ({"split_k": 2.5}, "Plan.split_k must be of type int, got 2.5"),
         ({"block_m": True}, "Plan.block_m must be of type int, got True"),
         ({"serial_reduction": 1}, "Plan.serial_reduction must be of type bool, got 1"),
+        ({"block_m": torch.tensor(16)}, "Plan.block_m must be of type int, got tensor(16)"),
+        ({"block_m": np.bool_(True)}, "Plan.block_m must be of type int, got np.True_"),
     ],
 )
 def test_a_plan_built_in_code_checks_its_field_types(fields, message):
@@ -278,6 +280,7 @@ def test_a_plan_built_in_code_checks_its_field_types(fields, message):
     deep in a launcher); an integer of another type (numpy's) becomes an int."""
     with pytest.raises(ValueError, match=re.escape(message)):
         Plan("skinny", **fields)
-    plan = Plan("skinny", block_m=np.int64(4), split_k=np.int32(3))
-    assert (type(plan.block_m), type(plan.split_k)) == (int, int)
+    plan = Plan(np.str_("skinny"), block_m=np.int64(4), split_k=np.int32(3))
+    assert (type(plan.backend), type(plan.block_m), type(plan.split_k)) == (str, int, int)
     assert plan == Plan("skinny", block_m=4, split_k=3)
+    assert Plan("skinny", serial_reduction=np.False_).serial_reduction is False

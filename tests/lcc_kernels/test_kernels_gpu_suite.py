@@ -142,15 +142,19 @@ def test_a_crashed_child_resumes_at_the_next_phase(tmp_path, monkeypatch):
 
 def test_the_lent_machine_script_brings_back_three_files(tmp_path):
     """benchmarks/gpu_run.sh, as one device call runs it (here its CPU smoke mode, the
-    tests cut at 5 s): the suite's directory packed into one file, and both logs."""
-    out = tmp_path / "out"
+    tests cut at 5 s): the suite's directory packed into one file, and both logs, in OUT
+    as given from where it is called; its status is pytest's (2: interrupted), not the
+    timeout's 124, which the device tool would read as a call past its limit."""
+    out = tmp_path / "out dir"
     python_first = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     env = {**os.environ, "GPU_RUN_SMOKE": "1", "PATH": python_first}
     script = SUITE.parent / "gpu_run.sh"
     done = subprocess.run(
-        ["bash", str(script), str(out), "0123456789abcdef", "300", "5"],
-        capture_output=True, text=True, timeout=600, env=env,
+        ["bash", str(script), "out dir", "0123456789abcdef", "300", "5"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
     )  # fmt: skip
+    assert done.returncode == 2, done.stdout[-2000:]
+    assert "gpu_run: suite exit 0, tests exit 2" in done.stdout
     files = sorted(p.name for p in out.iterdir())
     assert len(files) == 3 and files[1:] == ["pytest.log", "suite.log"], (files, done.stderr)
     packed = out / files[0]
