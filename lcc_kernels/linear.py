@@ -53,6 +53,9 @@ def sparse_linear(
     backend: "auto" (measured dispatch table, else built-in rules; `reference` on a CPU)
         or one of dispatch.BACKENDS to force it; plan: an explicit `Plan` (benchmarks,
         tests). Accumulation is fp32; y has x's dtype.
+    Non-finite x at pruned positions: the paths that multiply kept values only (skinny
+        with block_m < 16 on 2:4 weights, streams) never read them; the others, like
+        F.linear on the dense weight, give NaN (0 * inf).
     decode_streams: with "auto", a bitmap weight runs on its streams layout (built on
         first use and kept on the weight, ~1.1x the bitmap's bytes) up to
         dispatch.STREAMS_MAX_M rows where no measured entry says otherwise. Without it
