@@ -84,6 +84,8 @@ def _sparse24_pairs(
     words = t * (BLOCK_K // 32) + tl.arange(0, BLOCK_K // 32)
     meta = tl.load(
         meta_ptr + row_offset * stride_meta + words[None, :],
+        # exact because rows are padded to whole words: value_cols = Kp / 2, Kp a
+        # multiple of format_24.K_ALIGN_24 (>= 32 positions, one word)
         mask=row_ok & (words < value_cols // 16)[None, :],
         other=0,
     )

@@ -31,7 +31,7 @@ from .format_common import (
 # 2:4 rows are padded along K to a multiple of 64 positions: every row of `values` then
 # starts on a 64-byte boundary in fp16 (vector loads need 16) and no kernel K tile
 # (32..256 positions, a power of two) straddles a metadata word.
-K_ALIGN_24 = 64
+K_ALIGN_24 = 64  # >= 32: the kernels mask metadata by whole words (decode._sparse24_pairs)
 INDICES_PER_WORD = 16  # 2-bit in-group indices per int32 metadata word
 
 # Values are moved as integers of the same width: a float gather may rewrite NaN payloads
