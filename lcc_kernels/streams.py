@@ -50,6 +50,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .format_common import PACK_BAND
 from .formats import BitmapWeight, unpack
 
 # Kept values per position from which steps take 3 bits rather than 4. Per kept value a
@@ -161,7 +162,15 @@ def build_streams(
 ) -> BitmapStreams:
     """Streams of a bitmap weight (or of a dense [N, K] tensor whose zeros are the mask),
     for kernels with `block_n` lanes (a power of two) and `split` segments per row; steps
-    of `step_bits` (3 or 4; default by density, step_bits_for)."""
+    of `step_bits` (3 or 4; default by density, step_bits_for).
+
+    Built a band at a time, so that the working tensors (~130 bytes per kept value, 8
+    per entry) cover at most max(PACK_BAND, K) weight positions whatever the weight's
+    size: the row lengths a band of whole weight rows at a time, then the entries a band
+    of whole row blocks (or, where one block holds more than PACK_BAND positions, of
+    lanes of one block), written into the layout's tensors. Beyond those, the layout and
+    the dense weight (unpacked from a BitmapWeight), a few int64 per row are kept: about
+    0.1 GB at 50% density (a whole 4096 x 4096 weight at once took 1.1 GB)."""
     if block_n < 1 or block_n & (block_n - 1):
         raise ValueError(f"block_n must be a power of two, got {block_n}")
     if split < 1:
@@ -171,86 +180,33 @@ def build_streams(
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(dense.shape)}")
     n, k = dense.shape
     device = dense.device
-    kept = dense != 0
+    band_rows = max(1, PACK_BAND // max(k, 1))  # weight rows of about PACK_BAND positions
     if step_bits is None:
-        step_bits = step_bits_for(kept.sum().item() / max(kept.numel(), 1))
+        step_bits = step_bits_for(_kept_count(dense, band_rows) / max(n * k, 1))
     if step_bits not in GROUP_ENTRIES:
         raise ValueError(f"step_bits must be one of {sorted(GROUP_ENTRIES)}, got {step_bits}")
-    max_step = (1 << step_bits) - 1
-    group_entries = GROUP_ENTRIES[step_bits]
-    rows, cols = kept.nonzero(as_tuple=True)  # row-major: each row's in K order
-    values = dense[rows, cols]
-    previous = torch.zeros_like(cols)
-    same_row = rows[1:] == rows[:-1]
-    previous[1:] = torch.where(same_row, cols[:-1], torch.zeros_like(cols[1:]))
-    gap = cols - previous
-    escapes = (gap - 1).clamp(min=0) // max_step
-    taken = 1 + escapes  # entries per kept value: its escapes, then itself
-    lengths = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, rows, taken)
-    row_first = torch.cumsum(lengths, 0) - lengths
-    entry = torch.cumsum(taken, 0) - 1 - row_first[rows]  # index of the value's own entry
+    lengths = _stream_lengths(dense, (1 << step_bits) - 1, band_rows)
 
     # Longest streams first, so that a block's rows need little padding.
     order = torch.sort(lengths, descending=True, stable=True).indices
     blocks = -(-n // block_n)
-    lane_of_row = torch.empty_like(order)
-    lane_of_row[order] = torch.arange(n, device=device)
     block_longest = torch.zeros(blocks * block_n, dtype=torch.int64, device=device)
     block_longest[:n] = lengths[order]
-    block_longest = block_longest.view(blocks, block_n).amax(1)
-    groups = -(-block_longest // group_entries)
+    groups = -(-block_longest.view(blocks, block_n).amax(1) // GROUP_ENTRIES[step_bits])
     group_base = torch.cumsum(groups, 0) - groups
     total_groups = int(groups.sum())
-    per_split = -(-groups // split)  # groups per segment, per block
-
-    def slots(row: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(group-lane slot, entry in group) of entry `index` of weight row `row`."""
-        lane = lane_of_row[row]
-        group = group_base[lane // block_n] + index // group_entries
-        return group * block_n + lane % block_n, index % group_entries
-
-    flat_values = torch.zeros(
-        total_groups * block_n * group_entries, dtype=dense.dtype, device=device
-    )
-    fields = torch.zeros(total_groups * block_n, group_entries, dtype=torch.int64, device=device)
-    slot, j = slots(rows, entry)
-    flat_values[slot * group_entries + j] = values
-    fields[slot, j] = gap - max_step * escapes
-
-    # Escape entries: value 0, the largest step, just before the value that needed them.
-    owner = torch.repeat_interleave(torch.arange(rows.numel(), device=device), escapes)
-    nth = torch.arange(owner.numel(), device=device) - (torch.cumsum(escapes, 0) - escapes)[owner]
-    escape_entry = entry[owner] - escapes[owner] + nth
-    slot_e, j_e = slots(rows[owner], escape_entry)
-    fields[slot_e, j_e] = max_step
-
-    # A segment starts from the column of the entry before it, or from the row's last
-    # column when the row's stream ends earlier (then it holds padding only).
-    starts = torch.zeros(blocks * block_n, split, dtype=torch.int64, device=device)
-    lane_rows = order  # lane i (< n) holds weight row order[i]
-    last = entry == lengths[rows] - 1
-    row_last_col = torch.zeros(n, dtype=torch.int64, device=device)
-    row_last_col[rows[last]] = cols[last]
-    starts[:n, 1:] = row_last_col[lane_rows][:, None]
-    entry_cols = torch.cat([cols, previous[owner] + max_step * (nth + 1)])
-    entry_rows = torch.cat([rows, rows[owner]])
-    entry_index = torch.cat([entry, escape_entry])
-    length = per_split[lane_of_row[entry_rows] // block_n] * group_entries
-    segment = (entry_index + 1) // length
-    ends_segment = ((entry_index + 1) % length == 0) & (segment < split)
-    starts[lane_of_row[entry_rows[ends_segment]], segment[ends_segment]] = entry_cols[ends_segment]
-    starts = starts.view(blocks, block_n, split).transpose(1, 2).contiguous()
-
     row_ids = torch.full((blocks * block_n,), n, dtype=torch.int32, device=device)
     row_ids[:n] = order.to(torch.int32)
-    return BitmapStreams(
-        values=flat_values,
-        steps=_pack_steps(fields, step_bits)
-        .view(total_groups, block_n, group_entries * step_bits // 32)
-        .transpose(1, 2)
-        .contiguous()
-        .view(-1),
-        starts=starts.to(torch.int32).reshape(-1),
+    streams = BitmapStreams(
+        values=torch.zeros(
+            total_groups * block_n * GROUP_ENTRIES[step_bits], dtype=dense.dtype, device=device
+        ),
+        steps=torch.zeros(
+            total_groups * GROUP_ENTRIES[step_bits] * step_bits // 32 * block_n,
+            dtype=torch.int32,
+            device=device,
+        ),
+        starts=torch.zeros(blocks * split * block_n, dtype=torch.int32, device=device),
         group_base=group_base.to(torch.int32),
         groups=groups.to(torch.int32),
         row_ids=row_ids,
@@ -259,3 +215,126 @@ def build_streams(
         split=split,
         step_bits=step_bits,
     )
+    for band in _bands(n, block_n, band_rows):
+        weight_rows = order[band.first_lane : band.first_lane + band.blocks * band.lanes]
+        _fill_band(streams, band, dense.index_select(0, weight_rows), lengths[weight_rows])
+    return streams
+
+
+@dataclass(frozen=True)
+class _Band:
+    """Row blocks first_block ... first_block + blocks - 1, lanes first_lane % block_n ...
+    + lanes - 1 of each (all block_n lanes of each block where blocks > 1)."""
+
+    first_block: int
+    blocks: int
+    first_lane: int  # counted over all lanes, block by block
+    lanes: int
+
+
+def _bands(n: int, block_n: int, band_rows: int) -> list[_Band]:
+    """The bands of the layout of an [N, K] weight that hold a row, of at most band_rows
+    lanes each: whole blocks where band_rows >= block_n, else lanes of one block."""
+    blocks = -(-n // block_n)
+    if band_rows >= block_n:
+        per_band = band_rows // block_n
+        return [
+            _Band(first, min(per_band, blocks - first), first * block_n, block_n)
+            for first in range(0, blocks, per_band)
+        ]
+    return [
+        _Band(lane // block_n, 1, lane, min(band_rows, block_n - lane % block_n))
+        for block in range(blocks)
+        for lane in range(block * block_n, min((block + 1) * block_n, n), band_rows)
+    ]
+
+
+def _kept_values(rows: torch.Tensor, max_step: int) -> tuple[torch.Tensor, ...]:
+    """Rows [R, K] of a weight -> per kept value, row-major (each row's in K order): its
+    (row in rows, column, column of the row's previous kept value or 0 for its first,
+    escape entries before it for steps of at most max_step), each [V] int64."""
+    rows_of, cols = (rows != 0).nonzero(as_tuple=True)
+    previous = torch.zeros_like(cols)
+    same_row = rows_of[1:] == rows_of[:-1]
+    previous[1:] = torch.where(same_row, cols[:-1], torch.zeros_like(cols[1:]))
+    escapes = (cols - previous - 1).clamp(min=0) // max_step
+    return rows_of, cols, previous, escapes
+
+
+def _kept_count(dense: torch.Tensor, band_rows: int) -> int:
+    """Kept (nonzero) positions of dense [N, K], counted band_rows rows at a time."""
+    return sum(
+        int(torch.count_nonzero(dense[row : row + band_rows]))
+        for row in range(0, dense.shape[0], band_rows)
+    )
+
+
+def _stream_lengths(dense: torch.Tensor, max_step: int, band_rows: int) -> torch.Tensor:
+    """Entries [N] int64 of each row's stream (kept values and their escapes, no padding)
+    of dense [N, K], band_rows rows at a time."""
+    lengths = torch.zeros(dense.shape[0], dtype=torch.int64, device=dense.device)
+    for row in range(0, dense.shape[0], band_rows):
+        rows_of, _, _, escapes = _kept_values(dense[row : row + band_rows], max_step)
+        lengths[row : row + band_rows].index_add_(0, rows_of, 1 + escapes)
+    return lengths
+
+
+def _fill_band(
+    streams: BitmapStreams, band: _Band, rows: torch.Tensor, lengths: torch.Tensor
+) -> None:
+    """Write the entries and segment starts of one band into `streams` (zero-filled):
+    rows [R, K] are the weight rows of the band's lanes, in lane order (R <= blocks *
+    lanes: lanes past the weight's last row hold none), lengths [R] their streams'."""
+    block_n, split, entries = streams.block_n, streams.split, streams.group_entries
+    max_step = (1 << streams.step_bits) - 1
+    group_base, groups = streams.group_base.long(), streams.groups.long()
+    last_block = band.first_block + band.blocks - 1
+    first_group = int(group_base[band.first_block])
+    band_groups = int(group_base[last_block] + groups[last_block]) - first_group
+    lane = band.first_lane % block_n
+    lanes = slice(lane, lane + band.lanes)
+
+    rows_of, cols, previous, escapes = _kept_values(rows, max_step)
+    gap = cols - previous
+    row_first = torch.cumsum(lengths, 0) - lengths
+    entry = torch.cumsum(1 + escapes, 0) - 1 - row_first[rows_of]  # the value's own entry
+
+    def place(row: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(group in band, lane in band, entry in group) of entry `index` of band row `row`."""
+        group = group_base[band.first_block + row // band.lanes] - first_group
+        return group + index // entries, row % band.lanes, index % entries
+
+    values = streams.values.view(-1, block_n, entries)[
+        first_group : first_group + band_groups, lanes
+    ]
+    values[place(rows_of, entry)] = rows[rows_of, cols]
+    fields = torch.zeros(band_groups, band.lanes, entries, dtype=torch.int64, device=rows.device)
+    fields[place(rows_of, entry)] = gap - max_step * escapes
+
+    # Escape entries: value 0, the largest step, just before the value that needed them.
+    owner = torch.repeat_interleave(torch.arange(rows_of.numel(), device=rows.device), escapes)
+    nth = torch.arange(owner.numel(), device=rows.device)
+    nth -= (torch.cumsum(escapes, 0) - escapes)[owner]
+    escape_entry = entry[owner] - escapes[owner] + nth
+    fields[place(rows_of[owner], escape_entry)] = max_step
+    words = _pack_steps(fields, streams.step_bits)  # [band_groups, lanes, W]
+    steps = streams.steps.view(-1, streams.words_per_group, block_n)
+    steps[first_group : first_group + band_groups, :, lanes] = words.transpose(1, 2)
+
+    # A segment starts from the column of the entry before it, or from the row's last
+    # column when the row's stream ends earlier (then it holds padding only).
+    starts = torch.zeros(band.blocks * band.lanes, split, dtype=torch.int64, device=rows.device)
+    last = entry == lengths[rows_of] - 1
+    row_last_col = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
+    row_last_col[rows_of[last]] = cols[last]
+    starts[: rows.shape[0], 1:] = row_last_col[:, None]
+    entry_cols = torch.cat([cols, previous[owner] + max_step * (nth + 1)])
+    entry_rows = torch.cat([rows_of, rows_of[owner]])
+    entry_index = torch.cat([entry, escape_entry])
+    per_split = -(-groups // split)  # groups per segment, per block
+    length = per_split[band.first_block + entry_rows // band.lanes] * entries
+    segment = (entry_index + 1) // length
+    ends_segment = ((entry_index + 1) % length == 0) & (segment < split)
+    starts[entry_rows[ends_segment], segment[ends_segment]] = entry_cols[ends_segment]
+    band_starts = streams.starts.view(-1, split, block_n)[band.first_block : last_block + 1]
+    band_starts[:, :, lanes] = starts.view(band.blocks, band.lanes, split).transpose(1, 2)
