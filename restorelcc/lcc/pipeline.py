@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
-from restorelcc.data import positive_count
+from restorelcc.data import is_real, positive_count
 from restorelcc.hf.families import family_of, head_geometry, model_device
 from restorelcc.lcc.capture import (
     capture_last_token,
@@ -79,6 +78,8 @@ class RestoreConfig:
 
     def __post_init__(self) -> None:
         """Every value is checked here, before any capture: a bad one fails at once."""
+        if not isinstance(self.train, TrainConfig):
+            raise TypeError(f"train must be a TrainConfig, got {type(self.train).__name__}")
         if self.selection not in ("probe", "random"):
             raise ValueError(f"selection must be 'probe' or 'random', got {self.selection!r}")
         if positive_count(self.probe_pairs, "probe_pairs") < MIN_PROBE_PAIRS:
@@ -89,9 +90,9 @@ class RestoreConfig:
         # minilm: its wheel, before any model loads (random selection mines no negatives)
         check_negatives_method(self.negatives, mined=self.selection == "probe")
         positive_count(self.probe_epochs, "probe_epochs")
-        if not _real(self.probe_lr) or not 0 < self.probe_lr < math.inf:
+        if not is_real(self.probe_lr) or not 0 < self.probe_lr < math.inf:
             raise ValueError(f"probe_lr must be a positive finite number, got {self.probe_lr!r}")
-        if not _real(self.probe_test_fraction) or not 0 < self.probe_test_fraction < 1:
+        if not is_real(self.probe_test_fraction) or not 0 < self.probe_test_fraction < 1:
             raise ValueError(
                 f"probe_test_fraction must be between 0 and 1 (exclusive), got "
                 f"{self.probe_test_fraction!r}"
@@ -102,7 +103,7 @@ class RestoreConfig:
             )
         if self.capture_batch_tokens is not None:
             positive_count(self.capture_batch_tokens, "capture_batch_tokens")
-        if not _real(self.init_std) or not 0 <= self.init_std < math.inf:
+        if not is_real(self.init_std) or not 0 <= self.init_std < math.inf:
             raise ValueError(f"init_std must be a finite number >= 0, got {self.init_std!r}")
 
     @property
@@ -111,11 +112,6 @@ class RestoreConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _real(value) -> bool:
-    """A real number, not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class StageTimer:
@@ -153,7 +149,11 @@ def restore(
     geometry = head_geometry(pruned)
     count = head_count(geometry, config.heads)
     # Held-out pairs (config.train.validation_pairs) take no part in head selection either.
-    probe_set = check_pairs(config.train.split(pairs)[0], minimum=MIN_PROBE_PAIRS)
+    probe_set = check_pairs(
+        config.train.split(pairs)[0],
+        minimum=MIN_PROBE_PAIRS,
+        what=f"pairs left for probing after validation_pairs={config.train.validation_pairs}",
+    )
     probe_set = probe_set[: config.probe_pairs]
     stage = StageTimer()
     progress = config.progress

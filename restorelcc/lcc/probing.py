@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -236,14 +237,20 @@ def head_count(geometry: HeadGeometry, heads: int | float) -> int:
     if isinstance(heads, bool):
         raise ValueError(f"heads must be a count or a fraction, got {heads!r}")
     if isinstance(heads, int):
-        if not 1 <= heads <= total:
-            raise ValueError(f"heads must be between 1 and {total} (all heads), got {heads}")
-        return heads
+        return _count_in_range(heads, total, "heads")
     if isinstance(heads, float) and 0 < heads <= 1:
         return max(1, round(heads * total))
     raise ValueError(
         f"heads must be a count in [1, {total}] or a fraction in (0, 1], got {heads!r}"
     )
+
+
+def _count_in_range(count: int, total: int, name: str = "count") -> int:
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {count!r}")
+    if not 1 <= count <= total:
+        raise ValueError(f"{name} must be between 1 and {total} (all heads), got {count}")
+    return int(count)
 
 
 def select_heads(
@@ -254,6 +261,7 @@ def select_heads(
     pipeline passes the probes' held-out loss); what still ties goes to the lower
     (layer, head)."""
     layers, heads = scores.shape
+    count = _count_in_range(count, layers * heads)
     order = torch.arange(layers * heads, device=scores.device)
     if tie_break is not None:
         if tie_break.shape != scores.shape:
@@ -268,6 +276,7 @@ def select_heads(
 
 def random_heads(geometry: HeadGeometry, count: int, seed: int) -> torch.Tensor:
     """``count`` distinct heads drawn uniformly with ``seed``, ``[count, 2]`` sorted."""
+    count = _count_in_range(count, geometry.total_heads)
     flat = torch.randperm(geometry.total_heads, generator=torch.Generator().manual_seed(seed))
     flat = torch.sort(flat[:count]).values
     return geometry.layer_and_head(flat)

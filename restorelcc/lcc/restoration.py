@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from restorelcc.errors import NonFiniteError, RestoreLCCError
-from restorelcc.hf.families import HeadGeometry, family_of, head_geometry
+from restorelcc.hf.families import HeadGeometry, family_of, head_geometry, model_device
 from restorelcc.lcc.fingerprint import ModelFingerprint, model_fingerprint
 from restorelcc.lcc.fold import fold_offsets
 from restorelcc.lcc.heads import (
@@ -157,7 +157,8 @@ class Restoration:
         """Run ``model`` with the compensation added at ``o_proj``'s input (unfolded)."""
         if check:
             self.check_model(model)
-        offsets = self.layer_offsets()
+        # On the model's device once, not copied from the host at every forward.
+        offsets = self.layer_offsets().to(model_device(model))
         with o_proj_input_offsets(model, lambda layer: offsets[layer]):
             yield model
 

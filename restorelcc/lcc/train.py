@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from restorelcc.data import InstructionPair
+from restorelcc.data import InstructionPair, is_real, positive_count
 from restorelcc.errors import DataError, NonFiniteError
 from restorelcc.hf.families import eval_mode, head_geometry, model_device
 from restorelcc.lcc.capture_taps import o_proj_taps, pad_right
@@ -48,21 +49,24 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be positive and finite, got {self.lr}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(
-                f"epochs and batch_size must be >= 1: {self.epochs}, {self.batch_size}"
-            )
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.max_length < 2:
+        if not (is_real(self.lr) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be positive and finite, got {self.lr!r}")
+        positive_count(self.epochs, "epochs")
+        positive_count(self.batch_size, "batch_size")
+        if self.max_steps is not None:
+            positive_count(self.max_steps, "max_steps")
+        if positive_count(self.max_length, "max_length") < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
-        if self.validation_pairs < 0:
-            raise ValueError(f"validation_pairs must be >= 0, got {self.validation_pairs}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        pairs = self.validation_pairs
+        if isinstance(pairs, bool) or not isinstance(pairs, numbers.Integral) or pairs < 0:
+            raise ValueError(f"validation_pairs must be an integer >= 0, got {pairs!r}")
         norm = self.max_grad_norm
-        if norm is not None and not (math.isfinite(norm) and norm > 0):
-            raise ValueError(f"max_grad_norm must be positive and finite, or None, got {norm}")
+        if norm is not None and not (is_real(norm) and math.isfinite(norm) and norm > 0):
+            raise ValueError(
+                f"max_grad_norm must be a positive finite number, or None, got {norm!r}"
+            )
 
     def split(self, pairs: Sequence[InstructionPair]) -> tuple[list, list]:
         """(training pairs, held-out pairs): the last ``validation_pairs`` are held out."""

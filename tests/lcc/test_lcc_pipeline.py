@@ -135,6 +135,8 @@ def test_bad_config():
         RestoreConfig(selection="best")
     with pytest.raises(ValueError, match="probe_pairs"):
         RestoreConfig(probe_pairs=2)
+    with pytest.raises(TypeError, match="train must be a TrainConfig, got dict"):
+        RestoreConfig(train={"lr": 1e-3})
 
 
 @pytest.mark.parametrize(

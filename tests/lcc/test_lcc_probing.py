@@ -98,6 +98,16 @@ def test_head_count_and_random_heads():
     assert torch.equal(heads, random_heads(GEOMETRY, 6, seed=0))
 
 
+@pytest.mark.parametrize("count", [0, -2, 16, 2.0, True])
+def test_select_and_random_heads_refuse_a_count_out_of_range(count):
+    """A negative count had been a slice end (-2: all heads but the two worst), a count over
+    the heads had returned all of them."""
+    with pytest.raises(ValueError, match="count must be"):
+        select_heads(torch.rand(3, 5), count)
+    with pytest.raises(ValueError, match="count must be"):
+        random_heads(GEOMETRY, count, seed=0)
+
+
 def test_accuracy_ties_go_to_the_lower_tie_break_then_the_lower_index():
     scores = torch.tensor([[0.5, 0.9, 0.7, 0.9, 0.1], [0.9, 0.2, 0.2, 0.2, 0.2], [0] * 5])
     loss = torch.tensor([[0.1, 0.6, 0.1, 0.5, 0.1], [0.4, 0.1, 0.1, 0.1, 0.1], [0.0] * 5])

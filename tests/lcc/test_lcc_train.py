@@ -136,6 +136,14 @@ def test_bad_config_and_data(tokenizer):
         dict(max_length=1),
         dict(max_grad_norm=0),
         dict(max_grad_norm=float("inf")),  # was accepted: inf > 0 (None disables clipping)
+        # wrong types had failed later with bare TypeErrors, or not at all (2.5 epochs)
+        dict(lr="1e-3"),
+        dict(epochs=2.5),
+        dict(batch_size=True),
+        dict(max_steps=1.0),
+        dict(seed=0.5),
+        dict(validation_pairs=1.5),
+        dict(max_grad_norm="1"),
     ):
         with pytest.raises(ValueError):
             TrainConfig(**bad)

@@ -20,7 +20,7 @@ def test_split_holds_out_the_last_pairs():
     assert TrainConfig().split(pairs) == (pairs, [])
     with pytest.raises(DataError, match="validation_pairs 10 leaves no training pair out of 10"):
         TrainConfig(validation_pairs=10).split(pairs)
-    with pytest.raises(ValueError, match="validation_pairs must be >= 0"):
+    with pytest.raises(ValueError, match="validation_pairs must be an integer >= 0"):
         TrainConfig(validation_pairs=-1)
 
 
@@ -66,3 +66,11 @@ def test_restore_keeps_held_out_pairs_out_of_probing(tokenizer):
     same = restore(dense, pruned, tokenizer, pairs[:16], alone)
     assert torch.equal(same.heads, restoration.heads)
     assert torch.equal(same.beta, restoration.beta) and torch.equal(same.b, restoration.b)
+
+
+def test_too_few_probe_pairs_after_the_held_out_ones_names_validation_pairs(tokenizer):
+    """The user gave 8 pairs; "need at least 4, got 3" had pointed the wrong way."""
+    dense = tiny_model("llama-3x5")
+    config = RestoreConfig(heads=2, train=TrainConfig(validation_pairs=5, progress=False))
+    with pytest.raises(DataError, match="after validation_pairs=5, got 3"):
+        restore(dense, pruned_copy(dense), tokenizer, synthetic_pairs(8), config)
