@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Sequence
 
-from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE, positive_count
+from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE, perplexity_texts, positive_count
 from restorelcc.eval.perplexity import (
     DEFAULT_STRIDE,
     DEFAULT_TOKENS,
@@ -133,6 +133,7 @@ def evaluate_model(
     positive_count(batch_size, "batch_size")
     if perplexity:
         positive_count(ppl_tokens, "ppl_tokens")
+        perplexity_texts(ppl_source, n=1)  # a missing or empty source, too
     start = time.perf_counter()
     report: dict = {"tasks": {}, "limit": limit, "perplexity": None}
     for name in names:

@@ -64,9 +64,14 @@ from restorelcc.data.wheel import (
 from restorelcc.errors import DataError
 
 DOCUMENT_SEPARATOR = "\n\n"
+# More characters than any text spends on a token (English BPE: about 4): a prefix of
+# ``n * CHARS_PER_TOKEN_BOUND`` characters gives at least ``n`` tokens, so no more than that
+# is tokenized.
+CHARS_PER_TOKEN_BOUND = 8
 
 __all__ = [
     "DEFAULT_PERPLEXITY_SOURCE",
+    "CHARS_PER_TOKEN_BOUND",
     "DOCUMENT_SEPARATOR",
     "EVAL_TASKS",
     "MIX",
@@ -219,7 +224,9 @@ def calibration_batches(
     joined by a blank line, no special tokens) are tokenized until about
     ``2 * nsamples * seqlen`` tokens are at hand, then ``nsamples`` start positions are
     drawn uniformly with a seeded generator. A source of fewer than ``nsamples * seqlen``
-    tokens gives overlapping, repeated windows: a ``UserWarning`` says so.
+    tokens gives overlapping, repeated windows: a ``UserWarning`` says so. A document (or a
+    chunk of 64) longer than ``CHARS_PER_TOKEN_BOUND`` characters per token wanted is cut
+    there: a corpus file is not tokenized whole.
 
     Returns a LongTensor ``[nsamples, seqlen]``.
     """
@@ -227,13 +234,17 @@ def calibration_batches(
     docs = calibration_texts(source)
     docs = [docs[i] for i in random.Random(seed).sample(range(len(docs)), len(docs))]
     target = 2 * nsamples * seqlen
+    chars = target * CHARS_PER_TOKEN_BOUND  # a document, or 64, cut to this: a corpus file
     stream: list[int] = []
-    for start in range(0, len(docs), 64):
-        chunk = [d + DOCUMENT_SEPARATOR for d in docs[start : start + 64]]
+    next_doc = 0
+    while next_doc < len(docs) and len(stream) < target:
+        chunk, chunk_chars = [], 0
+        while next_doc < len(docs) and len(chunk) < 64 and chunk_chars < chars:
+            chunk.append(docs[next_doc][:chars] + DOCUMENT_SEPARATOR)
+            chunk_chars += len(chunk[-1])
+            next_doc += 1
         for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
             stream.extend(ids)
-        if len(stream) >= target:
-            break
     if len(stream) < seqlen:
         raise DataError(
             f"source {source!r} gives only {len(stream)} tokens; need at least seqlen={seqlen}"

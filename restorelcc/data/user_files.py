@@ -89,6 +89,8 @@ def text_documents(path: Path) -> list[str]:
 def _field(record: dict, key: str, where: str, required: bool = True) -> str:
     value = record.get(key)
     if value is None:
+        if required and key in record:
+            raise DataError(f"{where}: field {key!r} is null, expected a string")
         if required:
             raise DataError(f"{where} has no {key!r} field (has: {', '.join(sorted(record))})")
         return ""

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from restorelcc.data import (
+    CHARS_PER_TOKEN_BOUND,
     DEFAULT_PERPLEXITY_SOURCE,
     DOCUMENT_SEPARATOR,
     encode_unterminated,
@@ -69,17 +70,20 @@ def perplexity_of(nll: float, count: int) -> float:
 def token_stream(tokenizer, texts: Sequence[str], tokens: int) -> torch.Tensor:
     """The first ``tokens + 1`` ids of the joined documents, ``[n]`` LongTensor.
 
-    Tokenizes a growing prefix of ``texts`` instead of all of them.
+    Tokenizes a growing prefix of the joined text, not all of it (a corpus file of hundreds
+    of MB is one document). The ids kept are those on which the prefix and one twice as long
+    agree, so a word cut at the prefix's end never enters the stream: they are the ids of
+    the whole text wherever tokenization is local (pre-tokenized BPE, SentencePiece).
     """
-    take = 1
-    while True:
-        take = min(len(texts), max(take, 1))
-        joined = DOCUMENT_SEPARATOR.join(texts[:take])
-        ids = encode_unterminated(tokenizer, joined)
-        if len(ids) > tokens or take == len(texts):
-            return torch.tensor(ids[: tokens + 1], dtype=torch.long)
-        # grow by the observed ids-per-document rate, with margin
-        take = int(take * (tokens + 1) / max(len(ids), 1) * 1.2) + 1
+    joined = DOCUMENT_SEPARATOR.join(texts)
+    chars = (tokens + 1) * CHARS_PER_TOKEN_BOUND
+    ids = encode_unterminated(tokenizer, joined[:chars])
+    while chars < len(joined):
+        longer = encode_unterminated(tokenizer, joined[: 2 * chars])
+        if len(ids) > tokens and ids[: tokens + 1] == longer[: tokens + 1]:
+            break
+        ids, chars = longer, 2 * chars
+    return torch.tensor(ids[: tokens + 1], dtype=torch.long)
 
 
 def window_plan(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -126,12 +130,26 @@ def stream_nll(
         inputs = torch.stack([ids[b:e] for b, e, _ in batch]).to(device)
         keep = max(s for _, _, s in batch)
         # logits at positions [-keep-1, -1) predict the last ``keep`` ids of each window
-        logits = model(input_ids=inputs, logits_to_keep=keep + 1).logits[:, -keep - 1 : -1]
+        logits = _last_logits(model, inputs, keep + 1)[:, :-1]
         for row, (_, _, scored) in enumerate(batch):
             targets = inputs[row, -scored:]
             total += F.cross_entropy(logits[row, -scored:].float(), targets, reduction="sum").item()
             count += scored
     return total, count
+
+
+_NO_LOGITS_TO_KEEP: set[type] = set()  # model classes whose forward refuses it
+
+
+def _last_logits(model, inputs: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits ``[B, keep, vocab]`` at the last ``keep`` positions of ``inputs [B, T]``;
+    only those are asked for where the model's forward takes ``logits_to_keep``."""
+    if type(model) not in _NO_LOGITS_TO_KEEP:
+        try:
+            return model(input_ids=inputs, logits_to_keep=keep).logits[:, -keep:]
+        except TypeError:
+            _NO_LOGITS_TO_KEEP.add(type(model))
+    return model(input_ids=inputs).logits[:, -keep:]
 
 
 def perplexity_report(

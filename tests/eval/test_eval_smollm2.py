@@ -42,3 +42,17 @@ def test_smollm2_tokenizer_appends_no_special_token():
             assert whole == tok(context + continuation, add_special_tokens=False)["input_ids"]
             ctx, cont = encode_request(tok, context, continuation)
             assert ctx + cont == whole and ctx == tok(context.rstrip())["input_ids"]
+
+
+def test_smollm2_token_stream_of_one_long_document_is_a_prefix_of_its_ids():
+    """The stream tokenizes a prefix only; a word cut at the prefix's end must not show."""
+    from transformers import AutoTokenizer
+
+    from restorelcc.data import encode_unterminated, perplexity_texts
+    from restorelcc.eval.perplexity import token_stream
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    text = " ".join(perplexity_texts("lambada")[:300])  # one document of ~120k characters
+    whole = encode_unterminated(tok, text)
+    for tokens in (7, 500, 4000, len(whole) + 10):
+        assert token_stream(tok, [text], tokens).tolist() == whole[: tokens + 1]
