@@ -40,6 +40,7 @@ import torch
 
 from . import dispatch_table
 from .dispatch_table import (
+    BACKEND_FORMAT,
     BACKENDS,
     DENSITY_TOLERANCE,
     MAX_M_BUCKET,
@@ -48,6 +49,7 @@ from .dispatch_table import (
     DispatchTable,
     Plan,
     WeightKey,
+    check_backend_format,
     m_bucket,
     read_env_tables,
     read_table,
@@ -60,6 +62,7 @@ from .streams import GROUP_ENTRIES, step_bits_for
 # Plans, keys and reading tables live in dispatch_table; they are used from here too.
 __all__ = [
     "BACKENDS",
+    "BACKEND_FORMAT",
     "DENSITY_TOLERANCE",
     "MAX_M_BUCKET",
     "MAX_SPLIT_K",
@@ -72,6 +75,7 @@ __all__ = [
     "Plan",
     "WeightKey",
     "capturing",
+    "check_backend_format",
     "choose_plan",
     "clear_tables",
     "default_plan",
@@ -257,8 +261,7 @@ def streams_plan(m: int, key: WeightKey, sm_count: int, block_n: int = 128) -> P
     """A "streams" plan for M rows: one weight row per lane (block_n lanes, 4 warps per
     128), segments enough for STREAMS_PROGRAMS_PER_SM programs per SM while each keeps
     STREAMS_MIN_GROUPS groups, and the next group's loads issued a stage ahead."""
-    if key.format != "bitmap":
-        raise ValueError(f"the streams backend needs a bitmap weight, got a {key.format} one")
+    check_backend_format("streams", key.format)
     block_m = streams_block_m(m)
     output_tiles = -(-key.n // block_n) * -(-m // block_m)
     entries = GROUP_ENTRIES[step_bits_for(key.density)]

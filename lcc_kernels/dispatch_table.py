@@ -27,6 +27,8 @@ import torch
 from .formats import FORMAT_24, FORMAT_BITMAP, SUPPORTED_DTYPES, check_bitmap_tile
 
 BACKENDS = ("skinny", "tiled", "dense", "semi_structured", "streams", "reference")
+# The backends that run one weight format only.
+BACKEND_FORMAT = {"semi_structured": FORMAT_24, "streams": FORMAT_BITMAP}
 TABLE_SCHEMA = "lcc_kernels.dispatch/1"
 TABLE_ENV = "LCC_KERNELS_DISPATCH_TABLE"
 FORMATS = (FORMAT_24, FORMAT_BITMAP)
@@ -100,6 +102,13 @@ class Plan:
         if "backend" not in data:
             raise ValueError(f"a plan needs a backend, got {data!r}")
         return cls(**data)
+
+
+def check_backend_format(backend: str, format: str) -> None:
+    """Raise ``ValueError`` where ``backend`` cannot run weights of ``format``."""
+    needed = BACKEND_FORMAT.get(backend)
+    if needed is not None and format != needed:
+        raise ValueError(f"the {backend} backend needs a {needed} weight, got a {format} one")
 
 
 def _plan_field(name: str, kind: type, value):

@@ -15,6 +15,7 @@ from .dispatch import (
     TRITON_BACKENDS,
     Plan,
     WeightKey,
+    check_backend_format,
     choose_plan,
     plan_for_key,
     with_weight_tile,
@@ -154,12 +155,9 @@ def _check_inputs(x, weight, bias) -> None:
 
 def _check_backend_fits(backend: str, weight, device: torch.device) -> None:
     """Raise where a forced backend cannot run on this weight or device."""
-    if backend == "semi_structured" and not isinstance(weight, Sparse24Weight):
-        raise ValueError("the semi_structured backend needs a 2:4 weight")
+    check_backend_format(backend, weight.format)
     if backend == "semi_structured" and device.type != "cuda":
         raise ValueError(f"the semi_structured backend runs on CUDA tensors only, x is on {device}")
-    if backend == "streams" and not isinstance(weight, BitmapWeight):
-        raise ValueError("the streams backend needs a bitmap weight")
 
 
 def _empty_output(x2d, weight, bias, plan: Plan | None) -> torch.Tensor:

@@ -29,7 +29,8 @@ State dicts hold what the replaced ``nn.Linear`` modules held, under the same ke
 ``load_state_dict`` of a plain checkpoint into a swapped model repacks each weight in its
 module's format (a 2:4 module refuses weights that are not 2:4). The packed tensors are
 non-persistent buffers named ``packed_<field>``, so ``.to()`` / ``.half()`` move them.
-Inference only.
+The weights in a state dict are unpacked copies: editing them in place changes nothing
+(load the edited state dict, or unswap first). Inference only.
 """
 
 from __future__ import annotations
@@ -242,7 +243,17 @@ class PackedLinear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., K] -> [..., N]."""
+        """x [..., K] -> [..., N]. Under ``torch.autocast`` the output has autocast's dtype,
+        as an ``nn.Linear``'s would, but the product runs in the packed weight's dtype (x
+        is cast to it): a packed weight is not converted at every call."""
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
+                out = self._linear(x.to(self._packed.dtype))
+            return out.to(torch.get_autocast_dtype(device_type))
+        return self._linear(x)
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
         return lcc_kernels.sparse_linear(
             x, self._packed, self.bias, backend=self.backend, decode_streams=self._decode_streams
         )

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 import lcc_kernels
-from lcc_kernels.dispatch import BACKENDS
+from lcc_kernels.dispatch import BACKENDS, check_backend_format
 from lcc_kernels.formats import check_bitmap_tile
 from restorelcc.hf import FORMATS, MIN_SPARSITY
 from restorelcc.hf.attention import (
@@ -199,6 +199,15 @@ def swap_attention(
         for i in chosen
         for plan in plan_layer(family, blocks[i], i, format, min_sparsity, mlp, bitmap_tile)
     ]
+    for plan in plans:
+        if plan.format != "dense":
+            try:
+                check_backend_format(backend, plan.format)
+            except ValueError as error:
+                raise SwapError(
+                    f"layer {plan.layer} {plan.group.name} packs as {plan.format}: {error} "
+                    "(pass backend='auto', or a format= this backend runs)"
+                ) from error
     report = SwapReport(format, backend, decode_streams=decode_streams, mlp=mlp, dry_run=dry_run)
     if dry_run:
         report.groups = [_planned_row(plan, decode_streams) for plan in plans]

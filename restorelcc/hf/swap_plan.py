@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
+from torch.nn.utils import parametrize, prune
 
 from lcc_kernels.formats import packed_nbytes
 from restorelcc.errors import RestoreLCCError
@@ -82,6 +84,11 @@ def check_layers(layers: Iterable[int] | None, count: int) -> list[int]:
     """The chosen decoder layer indices, sorted (all ``count`` of them for None)."""
     if layers is None:
         return list(range(count))
+    if isinstance(layers, str) or not isinstance(layers, Iterable):
+        raise ValueError(
+            f"layers must be an iterable of decoder layer indices (e.g. [0, 1]), got "
+            f"{type(layers).__name__} {layers!r}"
+        )
     chosen = []
     for i in layers:
         try:  # any integer type (numpy's, a 0-d tensor's item) but bool
@@ -131,12 +138,23 @@ def _check_replaceable(module: nn.Module | None, what: str) -> None:
     """Raise ``SwapError`` unless ``module`` is a plain ``nn.Linear`` without hooks."""
     if module is None:
         raise SwapError(f"{what} is missing")
-    if not isinstance(module, nn.Linear):
+    if parametrize.is_parametrized(module):
+        raise SwapError(
+            f"{what} has parametrizations ({', '.join(module.parametrizations)}), which the "
+            "packed module would drop: remove them first (torch.nn.utils.parametrize."
+            "remove_parametrizations, or a torch.ao sparsifier's squash_mask())"
+        )
+    # a subclass may compute something else (fake quantization, scaling): refused, not lost
+    if type(module) not in (nn.Linear, NonDynamicallyQuantizableLinear):
         cls = type(module)
         hint = ""
         if cls.__module__.split(".")[0] == "peft":
             hint = "; a peft adapter wraps it: merge it first with model.merge_and_unload()"
-        raise SwapError(f"{what} is {cls.__module__}.{cls.__qualname__}, not an nn.Linear{hint}")
+        elif isinstance(module, nn.Linear):
+            hint = " (a subclass, whose forward the packed module would not keep)"
+        raise SwapError(
+            f"{what} is {cls.__module__}.{cls.__qualname__}, not a plain nn.Linear{hint}"
+        )
     check_no_hooks(module, what)
 
 
@@ -151,6 +169,18 @@ HOOKS = {
 def check_no_hooks(module: nn.Module, what: str) -> None:
     """Raise ``SwapError`` if ``module`` has hooks: replacing it would silently drop them."""
     found = [kind for attribute, kind in HOOKS.items() if getattr(module, attribute, None)]
+    pruning = [
+        hook
+        for hook in getattr(module, "_forward_pre_hooks", {}).values()
+        if isinstance(hook, prune.BasePruningMethod)
+    ]
+    if pruning:
+        name = pruning[0]._tensor_name
+        raise SwapError(
+            f"{what} is pruned with torch.nn.utils.prune (its mask is applied by a forward "
+            f"pre-hook): make the pruning permanent first with "
+            f"torch.nn.utils.prune.remove(module, {name!r})"
+        )
     if found:
         raise SwapError(
             f"{what} has {' and '.join(found)}, which would stop firing once the module is "

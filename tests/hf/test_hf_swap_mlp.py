@@ -105,7 +105,7 @@ def test_mlp_refusals_name_the_matrix():
         swap_attention(prune_attention(model, "2:4"), "2:4", mlp=True)
     assert all(type(getattr(mlp(model, 0), n)) is nn.Linear for n in MLP_PROJECTIONS)
     mlp(model, 1).up_proj = nn.Identity()
-    not_linear = r"layer 1 mlp\.up_proj is torch\.nn\..*\.Identity, not an nn\.Linear"
+    not_linear = r"layer 1 mlp\.up_proj is torch\.nn\..*\.Identity, not a plain nn\.Linear"
     with pytest.raises(SwapError, match=not_linear):
         swap_attention(model, mlp=True)
     swap_attention(model)  # the attention alone does not look at the MLP

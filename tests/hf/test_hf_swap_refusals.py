@@ -101,3 +101,71 @@ def test_unswap_refuses_a_swapped_module_with_hooks_and_changes_nothing():
     assert _modules(model) == before
     handle.remove()
     assert unswap_attention(model) == [0, 1]
+
+
+class ScaledLinear(nn.Linear):
+    """An nn.Linear subclass that computes something else (as fake-quantized QAT ones do)."""
+
+    def forward(self, x):
+        return super().forward(x) * 0.5
+
+
+def _replace_k_proj(model, layer: int, make) -> None:
+    old = attention(model, layer).k_proj
+    new = make(old.in_features, old.out_features, bias=old.bias is not None)
+    new.load_state_dict(old.state_dict())
+    attention(model, layer).k_proj = new
+
+
+def test_a_linear_subclass_is_refused_not_swapped_silently():
+    """isinstance(nn.Linear) had let it through: its forward was dropped (logits moved by 2)."""
+    model = _mixed_model()
+    _replace_k_proj(model, 1, ScaledLinear)
+    before = _modules(model)
+    with pytest.raises(SwapError, match="layer 1 self_attn.k_proj is .*ScaledLinear, not a plain"):
+        swap_attention(model)
+    assert _modules(model) == before
+
+
+def test_a_parametrized_projection_is_refused_naming_the_remedy():
+    from torch.nn.utils import parametrize
+
+    class Mask(nn.Module):
+        def forward(self, weight):
+            return weight * (weight != 0)
+
+    model = _mixed_model()
+    parametrize.register_parametrization(attention(model, 0).v_proj, "weight", Mask())
+    with pytest.raises(SwapError, match="layer 0 self_attn.v_proj has parametrizations .weight"):
+        swap_attention(model)
+    assert parametrize.is_parametrized(attention(model, 0).v_proj)
+
+
+def test_torch_pruning_hooks_are_refused_naming_prune_remove():
+    from torch.nn.utils import prune
+
+    model = _mixed_model()
+    prune.l1_unstructured(attention(model, 1).q_proj, "weight", 0.5)
+    with pytest.raises(SwapError, match=r"torch.nn.utils.prune.remove\(module, 'weight'\)"):
+        swap_attention(model)
+    prune.remove(attention(model, 1).q_proj, "weight")
+    swap_attention(model)
+
+
+@pytest.mark.parametrize(("backend", "layer"), [("semi_structured", 1), ("streams", 0)])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_backend_that_cannot_run_a_format_is_refused_at_the_swap(backend, layer, dry_run):
+    """It had been accepted, and failed at the first forward of the swapped model."""
+    model = _mixed_model()
+    before = _modules(model)
+    with pytest.raises(SwapError, match=f"layer {layer} .* the {backend} backend needs a"):
+        swap_attention(model, backend=backend, dry_run=dry_run)
+    assert _modules(model) == before
+    # a format the backend runs is fine
+    fitting = "2:4" if backend == "semi_structured" else "bitmap"
+    swap_attention(model, format=fitting, backend=backend, layers=[0], dry_run=True)
+
+
+def test_layers_must_be_an_iterable_of_indices():
+    with pytest.raises(ValueError, match="layers must be an iterable of decoder layer indices"):
+        swap_attention(_mixed_model(), layers=1)
