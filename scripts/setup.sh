@@ -15,7 +15,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
-quiet() { grep -v "^WARNING: Location" || true; }
+quiet() { grep -v -e "^WARNING: Location" -e "^WARNING: Retrying" || true; }
 if ! command -v nvidia-smi >/dev/null 2>&1; then
     # No GPU: a CPU build of torch first, from PyTorch's CPU index (PyPI's Linux wheel is
     # the CUDA build, GBs of CUDA libraries); where that index cannot be reached, the

@@ -45,8 +45,16 @@ def _write_marker(target, files, gguf=None):
 
 
 def test_unknown_name_says_what_was_tried(cache):
-    with pytest.raises(ModelNotFoundError, match="nonexistent.*smollm2-135m.*pip install"):
-        assets.resolve_model("/nonexistent")
+    with pytest.raises(ModelNotFoundError, match="no-such-model.*smollm2-135m.*pip install"):
+        assets.resolve_model("no-such-model")
+
+
+@pytest.mark.parametrize("name", ["/nonexistent", "./pruned-24", "runs/pruned", "~/m"])
+def test_a_mistyped_path_gets_no_install_hint(cache, name):
+    """The hint to install the default model had answered a mistyped output folder."""
+    with pytest.raises(ModelNotFoundError, match="no directory .*not a known name") as info:
+        assets.resolve_model(name)
+    assert "pip install" not in str(info.value)
 
 
 def test_directory_without_config(tmp_path):

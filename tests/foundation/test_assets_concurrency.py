@@ -128,6 +128,9 @@ def test_the_cache_directory_gets_the_usual_mode(cache, tmp_path):
     finally:
         os.umask(umask)
     assert (cache / "m").stat().st_mode & 0o777 == 0o755
+    # the weights too: safetensors writes 0600, unreadable to the users of a shared cache
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (cache / "m").iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o644}, modes
 
 
 def test_old_temporaries_of_killed_conversions_are_removed(cache, monkeypatch):
