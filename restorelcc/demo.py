@@ -37,7 +37,7 @@ from restorelcc.data import (
 )
 from restorelcc.demo_config import DemoConfig, flagged
 from restorelcc.evaluate import evaluate_model
-from restorelcc.hf.families import head_geometry
+from restorelcc.hf.families import family_of, head_geometry
 from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
 from restorelcc.latency import interleaved_rounds, median_ratios
 from restorelcc.lcc.pipeline import RestoreConfig, restore
@@ -74,11 +74,20 @@ class Row:
         return statistics.fmean(self.accuracy.values()) if self.accuracy else float("nan")
 
 
+def headline_metric(task: str) -> str:
+    """The metric that stands for ``task``'s accuracy in the demo: ``acc`` or ``acc_norm``."""
+    return HEADLINE_METRIC.get(task, "acc")
+
+
 def headline_accuracy(evaluation: dict) -> dict[str, float]:
-    return {
-        name: metrics[HEADLINE_METRIC.get(name, "acc")]
-        for name, metrics in evaluation["tasks"].items()
-    }
+    return {name: metrics[headline_metric(name)] for name, metrics in evaluation["tasks"].items()}
+
+
+def accuracy_column(task: str) -> str:
+    """The table's header for ``task``: its name, with the metric where it is not ``acc``
+    (``hellaswag (acc_norm)``)."""
+    metric = headline_metric(task)
+    return task if metric == "acc" else f"{task} ({metric})"
 
 
 def gap_closed(pruned: float, method: float, dense: float) -> float | None:
@@ -168,9 +177,11 @@ class Demo:
         """Every check that reads data or the model's config, before any model loads;
         returns the training pairs."""
         c = self.config
+        model_config = load_config(c.model)
+        flagged(f"--model {c.model}", family_of, model_config)  # every method needs its family
         if {"restorelcc", "lofit"} & set(c.methods):
-            geometry = head_geometry(load_config(c.model))
-            flagged("--heads", head_count, geometry, c.heads)
+            geometry = head_geometry(model_config)
+            flagged("--heads", head_count, geometry, c.heads, fields={"heads": "--heads"})
         flagged("--ppl-source", perplexity_texts, c.ppl_source, n=1)
         if c.prune_method in CALIBRATED_METHODS:
             flagged("--calibration-source", calibration_texts, c.calibration_source, n=1)
@@ -306,7 +317,7 @@ class Demo:
                 "method": entry["method"],
                 "ppl": entry["perplexity"],
             }
-            cells |= {task: acc for task, acc in entry["accuracy"].items()}
+            cells |= {accuracy_column(task): acc for task, acc in entry["accuracy"].items()}
             cells |= {
                 "mean acc": entry["mean_accuracy"],
                 "ppl gap closed": _percent(entry.get("ppl_gap_closed")),
@@ -323,6 +334,8 @@ class Demo:
     def report(self) -> dict:
         return {
             "config": asdict(self.config),
+            # which metric each task's number in rows[i]["accuracy"] is
+            "accuracy_metric": {task: headline_metric(task) for task in self.config.tasks},
             "rows": self.derived(),
             "stages": self.log["stages"],
             "run_metadata": run_metadata(),

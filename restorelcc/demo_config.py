@@ -3,18 +3,21 @@ when built (errors name the option), and the paper's budget."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from restorelcc.assets import DEFAULT_MODEL
+from restorelcc.commands.options import flag, name_flags
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.errors import RestoreLCCError
 from restorelcc.evaluate import PAPER_TASKS, resolve_tasks
-from restorelcc.lcc.pipeline import RestoreConfig
+from restorelcc.lcc.pipeline import MIN_PROBE_PAIRS, RestoreConfig
 from restorelcc.lcc.train import TrainConfig
 from restorelcc.prune.masks import parse_pattern
 from restorelcc.prune.sparsegpt import BLOCK_SIZE, DAMPENING
+from restorelcc.prune.validate import CALIBRATED_METHODS, PruneSpec, check_options, check_spec
 from restorelcc.prune.validate import METHODS as PRUNE_METHODS
-from restorelcc.prune.validate import PruneSpec, check_options, check_spec
 
 METHODS = ("lora", "lofit", "training-free", "restorelcc")
 DEFAULT_METHODS = ("lora", "training-free", "restorelcc")  # LoFiT trains twice: opt in
@@ -44,23 +47,41 @@ POSITIVE_FIELDS = (
     "latency_rounds",
 )
 
+# Methods that capture activations on the first probe_pairs of the training pairs.
+CAPTURING_METHODS = ("restorelcc", "training-free")
+CALIBRATION_FIELDS = ("calibration_source", "calibration_samples", "calibration_seqlen")
+
 
 class DemoArgumentError(RestoreLCCError, ValueError):
     """A demo setting that cannot be carried out; the message names its ``demo`` option."""
 
 
-def option(field_name: str) -> str:
-    """The ``restorelcc demo`` option of a ``DemoConfig`` field: ``train_pairs`` ->
-    ``--train-pairs``."""
-    return "--" + field_name.replace("_", "-")
+# The ``restorelcc demo`` option of a ``DemoConfig`` field: ``train_pairs`` -> ``--train-pairs``.
+option = flag
 
 
-def flagged(flag: str, check, *args, **kwargs):
-    """``check(*args, **kwargs)``, its error re-raised as one naming the option ``flag``."""
+def as_flags(message: str, fields: Mapping[str, str]) -> str:
+    """A library check's ``message`` with each of ``fields`` (the name the check gives a
+    setting -> the demo option it stands for) written as that option, as ``name_flags``
+    writes it: ``pass sparsity=0.6`` -> ``pass --sparsity 0.6``; ``lr must be positive``
+    -> ``--lora-lr must be positive`` (``{"lr": "--lora-lr"}``)."""
+    for field, demo_flag in fields.items():
+        named = name_flags(message, [field])
+        message = re.sub(rf"{re.escape(flag(field))}(?![\w-])", demo_flag, named)
+    return message
+
+
+def flagged(label: str, check, *args, fields: Mapping[str, str] | None = None, **kwargs):
+    """``check(*args, **kwargs)``, its error re-raised as a ``DemoArgumentError`` naming the
+    option(s) ``label``: its message ``as_flags(message, fields)``, after ``label:`` unless
+    it starts with ``label`` already (``--lr must be positive``)."""
     try:
         return check(*args, **kwargs)
     except (RestoreLCCError, ValueError) as exc:
-        raise DemoArgumentError(f"{flag}: {exc}") from None
+        message = as_flags(str(exc), fields or {})
+        raise DemoArgumentError(
+            message if message.startswith(label) else f"{label}: {message}"
+        ) from None
 
 
 @dataclass
@@ -117,12 +138,13 @@ class DemoConfig:
             raise DemoArgumentError(
                 f"--limit must be a positive count or 'all', got {self.limit!r}"
             )
-        # The training checks are TrainConfig's and RestoreConfig's, one setting at a time.
-        flagged("--max-length", TrainConfig, max_length=self.max_length)
-        flagged("--lr", TrainConfig, lr=self.lr)
-        flagged("--lora-lr", TrainConfig, lr=self.lora_lr)
-        if "restorelcc" in self.methods:
-            flagged("--probe-pairs", RestoreConfig, probe_pairs=self.probe_pairs)
+        # The training checks are TrainConfig's and RestoreConfig's, one setting at a time
+        # (``fields``: the names their messages give the options).
+        length = {"max_length": "--max-length"}
+        flagged("--max-length", TrainConfig, max_length=self.max_length, fields=length)
+        flagged("--lr", TrainConfig, lr=self.lr, fields={"lr": "--lr"})
+        flagged("--lora-lr", TrainConfig, lr=self.lora_lr, fields={"lr": "--lora-lr"})
+        self._check_pair_counts()
         if self.prune_method not in PRUNE_METHODS:
             raise DemoArgumentError(
                 f"--prune-method must be one of {', '.join(PRUNE_METHODS)}, "
@@ -131,9 +153,61 @@ class DemoConfig:
         if not self.patterns:
             raise DemoArgumentError("--patterns: give at least one sparsity pattern")
         self.patterns = tuple(str(self.prune_spec(pattern).pattern) for pattern in self.patterns)
+        repeated = sorted({p for p in self.patterns if self.patterns.count(p) > 1})
+        if repeated:
+            raise DemoArgumentError(f"--patterns: {', '.join(repeated)} given more than once")
         self.tasks = tuple(flagged("--tasks", resolve_tasks, self.tasks))
         if not self.tasks:
             raise DemoArgumentError("--tasks: the demo compares accuracy: give at least one task")
+
+    def _check_pair_counts(self) -> None:
+        """RestoreLCC's probes need ``MIN_PROBE_PAIRS`` pairs (a 70/30 split, both sides
+        non-empty); RestoreLCC and training-free capture the first ``probe_pairs`` of the
+        ``train_pairs``, so there must be as many. LoRA and LoFiT train on any pair count."""
+        if "restorelcc" in self.methods:
+            if self.train_pairs < MIN_PROBE_PAIRS:
+                raise DemoArgumentError(
+                    f"--train-pairs must be at least {MIN_PROBE_PAIRS} for --methods "
+                    "restorelcc (its probes train on 70% of them and score heads on the "
+                    f"rest), got {self.train_pairs}"
+                )
+            fields = {"probe_pairs": "--probe-pairs"}
+            flagged("--probe-pairs", RestoreConfig, probe_pairs=self.probe_pairs, fields=fields)
+        capturing = [m for m in CAPTURING_METHODS if m in self.methods]
+        if capturing and self.probe_pairs > self.train_pairs:
+            verb = "captures" if len(capturing) == 1 else "capture"
+            raise DemoArgumentError(
+                f"--probe-pairs {self.probe_pairs} exceeds --train-pairs {self.train_pairs}: "
+                f"{' and '.join(capturing)} {verb} activations on --probe-pairs of the "
+                f"training pairs; give --probe-pairs {self.train_pairs} or fewer, or more "
+                "--train-pairs"
+            )
+
+    def unused_options(self) -> list[tuple[tuple[str, ...], str]]:
+        """The fields that this run ignores, in groups, each with why: ``restorelcc demo``
+        refuses those typed on its command line (``refuse_unused``)."""
+        methods = set(self.methods)
+        chosen = f"--methods {','.join(self.methods)}"
+        patterns = {parse_pattern(p).kind for p in self.patterns}
+        unused = []
+        if not methods & {"restorelcc", "lofit"}:
+            why = f"{chosen} trains no heads (only restorelcc and lofit do)"
+            unused.append((("heads", "lr"), why))
+        if "lora" not in methods:
+            unused.append((("lora_rank", "lora_lr"), f"{chosen} trains no LoRA"))
+        if not methods & set(CAPTURING_METHODS):
+            why = f"{chosen} captures no activations (only restorelcc and training-free do)"
+            unused.append((("probe_pairs",), why))
+        if methods == {"training-free"}:
+            unused.append((("epochs", "batch_size"), f"{chosen} trains nothing"))
+        if self.prune_method not in CALIBRATED_METHODS:
+            why = f"--prune-method {self.prune_method} uses no calibration data"
+            unused.append((CALIBRATION_FIELDS, why))
+        if "heads" not in patterns:
+            unused.append((("structured_sparsity",), "only --patterns heads uses it"))
+        if patterns == {"heads"}:
+            unused.append((("sparsity",), "--patterns heads takes --structured-sparsity"))
+        return unused
 
     def prune_spec(self, pattern: str) -> PruneSpec:
         """The pruning request for one of ``patterns``, checked by ``check_spec`` and
@@ -141,13 +215,15 @@ class DemoConfig:
         ``--structured-sparsity``)."""
         parsed = flagged("--patterns", parse_pattern, pattern)
         if parsed.kind == "heads":
-            flag, sparsity = "--structured-sparsity", self.structured_sparsity
+            sparsity_flag, sparsity = "--structured-sparsity", self.structured_sparsity
         else:
-            flag, sparsity = "--sparsity", self.sparsity
+            sparsity_flag, sparsity = "--sparsity", self.sparsity
+        named = {"sparsity": sparsity_flag}  # check_spec's name for it
         # the sparsity on its own first, so that its error names its own option
-        flagged(flag, check_spec, self.prune_method, sparsity, "unstructured")
-        label = f"--patterns {parsed} with {flag} {float(sparsity):g}"
-        spec = flagged(label, check_spec, self.prune_method, sparsity, parsed)
+        method = self.prune_method
+        flagged(sparsity_flag, check_spec, method, sparsity, "unstructured", fields=named)
+        label = f"--patterns {parsed} with {sparsity_flag} {float(sparsity):g}"
+        spec = flagged(label, check_spec, method, sparsity, parsed, fields=named)
         # prune_model's own settings, as the demo leaves them (e.g. SparseGPT's column block)
         flagged(label, check_options, spec, 1, BLOCK_SIZE, DAMPENING)
         return spec

@@ -12,12 +12,19 @@ from restorelcc.commands.options import (
     check_spares_inputs,
     data_input,
     limit_value,
+    refuse_unused,
     resolve_device,
 )
 from restorelcc.commands.restore import heads_value
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.demo import run_demo
-from restorelcc.demo_config import METHODS, PAPER_SETTINGS, DemoConfig, option
+from restorelcc.demo_config import (
+    METHODS,
+    PAPER_SETTINGS,
+    DemoArgumentError,
+    DemoConfig,
+    option,
+)
 from restorelcc.evaluate import PAPER_TASKS
 from restorelcc.io import check_output_directory
 from restorelcc.prune.validate import METHODS as PRUNE_METHODS
@@ -86,7 +93,13 @@ def register(subparsers) -> None:
     _add(p, "calibration_seqlen", "tokens per calibration sequence", type=int)
     _add(p, "pairs_source", "built-in source (squad, coqa, ..., mix) or an Alpaca JSON/JSONL file")
     _add(p, "train_pairs", "instruction pairs for training (every method)", type=int)
-    _add(p, "probe_pairs", "of those, pairs for capture and probing", type=int)
+    _add(
+        p,
+        "probe_pairs",
+        "of those, pairs for capture and probing (restorelcc, training-free); a preset is "
+        "lowered to --train-pairs",
+        type=int,
+    )
     _add(
         p,
         "heads",
@@ -118,11 +131,30 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def refuse_unused_options(args: argparse.Namespace, config: DemoConfig) -> None:
+    """Refuse the options typed that ``config``'s run would ignore
+    (``DemoConfig.unused_options``); the others' defaults (or --paper's) are fine. An
+    option not typed is "not given" (argparse.SUPPRESS) on ``args``: ``refuse_unused``
+    reads it so, on a namespace where that is every option's default."""
+    names = [f.name for f in fields(DemoConfig)]
+    typed = argparse.Namespace(
+        **{name: getattr(args, name, argparse.SUPPRESS) for name in names},
+        option_defaults=dict.fromkeys(names, argparse.SUPPRESS),
+    )
+    for unused, why in config.unused_options():
+        refuse_unused(typed, unused, why, DemoArgumentError)
+
+
 def run(args: argparse.Namespace) -> int:
     given = {f.name: getattr(args, f.name) for f in fields(DemoConfig) if hasattr(args, f.name)}
     given["progress"] = not args.quiet
     given["device"] = str(resolve_device(args.device))
+    if "train_pairs" in given and "probe_pairs" not in given:
+        # --probe-pairs' preset is at most the pairs there are (a larger one typed is refused)
+        preset = PAPER_SETTINGS["probe_pairs"] if args.paper else DEFAULTS.probe_pairs
+        given["probe_pairs"] = min(preset, given["train_pairs"])
     config = DemoConfig.paper(**given) if args.paper else DemoConfig(**given)
+    refuse_unused_options(args, config)
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     inputs = {option("model"): config.model} | {
         option(name): data_input(getattr(config, name))

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 from transformers import AutoModelForCausalLM
@@ -53,6 +54,26 @@ def test_an_overflowing_perplexity_reads_as_inf_in_the_rows():
     assert restored["perplexity"] == math.inf and restored["ppl_gap_closed"] == -math.inf
 
 
+def test_the_report_and_the_table_say_which_metric_each_accuracy_is():
+    demo = Demo(DemoConfig(tasks=("arc_easy", "hellaswag")))
+    scores = {"arc_easy": {"acc": 0.5, "acc_norm": 0.6}, "hellaswag": {"acc": 0.3, "acc_norm": 0.4}}
+    demo.add_row("-", "dense", {"perplexity": {"perplexity": 20.0}, "tasks": scores})
+    assert demo.derived()[0]["accuracy"] == {"arc_easy": 0.5, "hellaswag": 0.4}
+    assert demo.report()["accuracy_metric"] == {"arc_easy": "acc", "hellaswag": "acc_norm"}
+    header = [cell.strip() for cell in re.split(r"\s{2,}", demo.table().splitlines()[0])]
+    assert header[:5] == ["pattern", "method", "ppl", "arc_easy", "hellaswag (acc_norm)"]
+    paper = Demo(DemoConfig.paper())
+    scores = {task: {"acc": 0.5, "acc_norm": 0.5} for task in paper.config.tasks}
+    paper.add_row("-", "dense", {"perplexity": {"perplexity": 20.0}, "tasks": scores})
+    paper = paper.report()["accuracy_metric"]
+    assert {task for task, metric in paper.items() if metric == "acc_norm"} == {
+        "hellaswag",
+        "arc_challenge",
+        "openbookqa",
+    }
+    assert len(paper) == 7
+
+
 def test_demo_runs_end_to_end_and_keeps_sparsity(tiny_checkpoint, tmp_path):
     report = run_demo(tiny_config(tiny_checkpoint, patterns=("2:4",)), tmp_path / "out")
     rows = report["rows"]
@@ -71,6 +92,7 @@ def test_demo_runs_end_to_end_and_keeps_sparsity(tiny_checkpoint, tmp_path):
     assert "ppl_gap_closed" in restored and "acc_gap_closed" in restored
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(rows, default=str))
+    assert saved["accuracy_metric"] == {"arc_easy": "acc", "piqa": "acc"}
     assert (tmp_path / "out" / "plot.png").stat().st_size > 1000
     assert "restorelcc" in report["table"] and "acc gap closed" in report["table"]
 

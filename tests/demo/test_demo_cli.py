@@ -5,16 +5,23 @@ import json
 import re
 
 import pytest
+from transformers import GPT2Config
 
 from restorelcc import demo as demo_module
 from restorelcc.cli import build_parser, main
 from restorelcc.commands import demo as demo_command
-from restorelcc.demo_config import PAPER_SETTINGS, DemoArgumentError, DemoConfig, option
+from restorelcc.demo_config import (
+    METHODS,
+    PAPER_SETTINGS,
+    DemoArgumentError,
+    DemoConfig,
+    option,
+)
 from restorelcc.testing import byte_tokenizer, tiny_model
 
 TINY_FLAGS = [
     "--calibration-samples", "4", "--calibration-seqlen", "32", "--train-pairs", "12",
-    "--probe-pairs", "8", "--heads", "3", "--batch-size", "4", "--max-length", "48",
+    "--probe-pairs", "8", "--max-length", "48",
     "--tasks", "arc_easy", "--limit", "4", "--ppl-tokens", "256", "--latency-rounds", "1",
     "--patterns", "unstructured", "--methods", "training-free", "--quiet",
 ]  # fmt: skip
@@ -76,7 +83,26 @@ def test_paper_keeps_explicit_options_equal_to_the_defaults(
     config = captured_config("--paper", *flags, tmp_path=tmp_path)
     assert getattr(config, field) == value
     others = {k: v for k, v in PAPER_SETTINGS.items() if k != field}
+    if field == "train_pairs":  # --probe-pairs' preset is lowered to the pairs there are
+        others["probe_pairs"] = value
     assert {k: getattr(config, k) for k in others} == others
+
+
+@pytest.mark.parametrize(
+    ("flags", "probe_pairs"),
+    [
+        (["--train-pairs", "16"], 16),
+        (["--train-pairs", "500"], 128),
+        (["--paper", "--train-pairs", "500"], 500),
+        (["--paper", "--train-pairs", "5000"], 1000),
+        (["--train-pairs", "16", "--probe-pairs", "8"], 8),
+    ],
+)
+def test_the_probe_pairs_preset_is_at_most_the_train_pairs(
+    flags, probe_pairs, captured_config, tmp_path
+):
+    """The run once captured 16 pairs while its report said --probe-pairs 128."""
+    assert captured_config(*flags, tmp_path=tmp_path).probe_pairs == probe_pairs
 
 
 def test_paper_and_plain_defaults_without_options(captured_config, tmp_path):
@@ -94,7 +120,7 @@ def test_paper_and_plain_defaults_without_options(captured_config, tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--sparsity", "2"], "--sparsity: sparsity must lie strictly between 0 and 1, got 2"),
+        (["--sparsity", "2"], "--sparsity must lie strictly between 0 and 1, got 2"),
         (["--patterns", "3:2"], "--patterns: unknown sparsity pattern '3:2'"),
         (["--sparsity", "0.6"], "--patterns 2:4 with --sparsity 0.6: pattern 2:4 prunes 0.5"),
         (
@@ -103,21 +129,58 @@ def test_paper_and_plain_defaults_without_options(captured_config, tmp_path):
         ),
         (
             ["--patterns", "heads", "--structured-sparsity", "1.5"],
-            "--structured-sparsity: sparsity must lie strictly between 0 and 1, got 1.5",
+            "--structured-sparsity must lie strictly between 0 and 1, got 1.5",
         ),
         (["--patterns", "heads", "--prune-method", "sparsegpt"], "--patterns heads with"),
         (["--lora-rank", "0"], "--lora-rank must be positive, got 0"),
         (["--train-pairs", "0"], "--train-pairs must be positive, got 0"),
         (["--epochs", "-1"], "--epochs must be positive, got -1"),
         (["--latency-rounds", "0"], "--latency-rounds must be positive, got 0"),
-        (["--probe-pairs", "2"], "--probe-pairs: probe_pairs must be at least 4, got 2"),
-        (["--lr", "0"], "--lr: lr must be positive"),
-        (["--lora-lr", "-1"], "--lora-lr: lr must be positive"),
-        (["--lr", "inf"], "--lr: lr must be positive and finite, got inf"),
-        (["--lora-lr", "nan"], "--lora-lr: lr must be positive and finite, got nan"),
-        (["--max-length", "1"], "--max-length: max_length must be >= 2, got 1"),
-        (["--heads", "0"], "--heads: heads must be between 1 and 12 (all heads), got 0"),
-        (["--heads", "1.5"], "--heads: heads must be a count in [1, 12] or a fraction"),
+        (["--probe-pairs", "2"], "--probe-pairs must be at least 4, got 2"),
+        (["--lr", "0"], "--lr must be positive"),
+        (["--lora-lr", "-1"], "--lora-lr must be positive"),
+        (["--lr", "inf"], "--lr must be positive and finite, got inf"),
+        (["--lora-lr", "nan"], "--lora-lr must be positive and finite, got nan"),
+        (["--max-length", "1"], "--max-length must be >= 2, got 1"),
+        (["--heads", "0"], "--heads must be between 1 and 12 (all heads), got 0"),
+        (["--heads", "1.5"], "--heads must be a count in [1, 12] or a fraction"),
+        (
+            ["--patterns", "2:5"],
+            "--patterns 2:5 with --sparsity 0.5: pattern 2:5 prunes 0.6 of the weights, but "
+            "--sparsity 0.5 was requested; pass --sparsity 0.6",
+        ),
+        # RestoreLCC's probes split at least 4 pairs 70/30 (this failed after LoRA had trained)
+        (["--train-pairs", "3"], "--train-pairs must be at least 4 for --methods restorelcc"),
+        # the run captured 16 pairs while its report said 40
+        (["--train-pairs", "16", "--probe-pairs", "40"], "--probe-pairs 40 exceeds --train-pairs"),
+        (
+            ["--methods", "training-free", "--train-pairs", "8", "--probe-pairs", "9"],
+            "--probe-pairs 9 exceeds --train-pairs 8: training-free captures activations",
+        ),
+        (["--patterns", "2:4,2:4"], "--patterns: 2:4 given more than once"),
+        (["--patterns", "unstructured,2:4, 2:4,UNSTRUCTURED"], "2:4, unstructured given more"),
+        # options that the chosen methods, pruning method or patterns would ignore
+        (["--methods", "lora", "--heads", "3"], "--heads: --methods lora trains no heads"),
+        (
+            ["--methods", "lora,training-free", "--lr", "0.01", "--heads", "0.5"],
+            "--heads, --lr: --methods lora,training-free trains no heads (only restorelcc and",
+        ),
+        (["--methods", "restorelcc", "--lora-rank", "4"], "--lora-rank: --methods restorelcc"),
+        (["--methods", "lofit", "--lora-lr", "0.01"], "--lora-lr: --methods lofit trains no LoRA"),
+        (
+            ["--methods", "lora,lofit", "--probe-pairs", "8"],
+            "--probe-pairs: --methods lora,lofit captures no activations",
+        ),
+        (
+            ["--methods", "training-free", "--batch-size", "4", "--epochs", "2"],
+            "--epochs, --batch-size: --methods training-free trains nothing",
+        ),
+        (
+            ["--prune-method", "magnitude", "--calibration-seqlen", "64"],
+            "--calibration-seqlen: --prune-method magnitude uses no calibration data",
+        ),
+        (["--structured-sparsity", "0.3"], "--structured-sparsity: only --patterns heads uses it"),
+        (["--patterns", "heads", "--sparsity", "0.4"], "--sparsity: --patterns heads takes"),
         (["--pairs-source", "/nonexistent/pairs.json"], "--pairs-source: unknown data source"),
         (["--calibration-source", "/nonexistent/c.txt"], "--calibration-source: unknown data"),
     ],
@@ -141,6 +204,38 @@ def test_demo_config_errors_name_the_options_not_the_fields():
     assert DemoConfig(patterns=(" 2:4 ", "HEADS"), tasks=("paper",)).patterns == ("2:4", "heads")
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--methods", "lora"],  # --heads, --lr and --probe-pairs left at their defaults
+        ["--methods", "lora", "--paper", "--prune-method", "magnitude"],  # --paper's presets
+        ["--methods", "training-free", "--paper"],  # --paper's --epochs
+        ["--patterns", "heads"],  # the default --sparsity
+        ["--methods", "lofit,lora", "--train-pairs", "1"],  # they train on any pair count
+        ["--methods", "training-free", "--train-pairs", "8", "--probe-pairs", "8"],
+    ],
+)
+def test_demo_refuses_only_the_ignored_options_typed(flags, captured_config, tmp_path):
+    captured_config(*flags, tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("methods", METHODS)
+def test_demo_refuses_an_unsupported_family_before_loading_it(
+    methods, tmp_path, capsys, no_model_loads
+):
+    """A gpt2 checkpoint with --methods lora was found out after its weights loaded, and
+    the message blamed --patterns 2:4."""
+    model = tmp_path / "gpt2"
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=64)
+    config.bos_token_id = config.eos_token_id = 0
+    config.save_pretrained(model)
+    argv = ["demo", "--model", str(model), "--methods", methods, "--out", str(tmp_path / "o")]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {model}: model family 'gpt2' is not supported" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2"]
+
+
 # 3. --out: refused at once if a file or a non-empty folder; written atomically.
 
 
@@ -157,7 +252,7 @@ def test_bad_input_leaves_no_folder_behind(tiny_checkpoint, tmp_path, capsys, no
     out = tmp_path / "runs" / "demo-1"
     argv = ["demo", "--model", str(tiny_checkpoint), "--heads", "100000", "--out", str(out)]
     assert main([*argv, "--quiet"]) == 2
-    assert "--heads: heads must be between 1 and 12" in capsys.readouterr().err
+    assert "--heads must be between 1 and 12" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -276,7 +371,8 @@ def test_demo_help_defaults_parse_back_to_the_real_defaults(capsys, monkeypatch)
         assert plain == getattr(defaults, field), flag
         if shown.group(2) is not None:
             value = getattr(parser.parse_args(["demo", flag, shown.group(2)]), field)
-            assert DemoConfig(**{field: value}).__dict__[field] == getattr(paper, field), flag
+            normalised = getattr(DemoConfig.paper(**{field: value}), field)
+            assert normalised == getattr(paper, field), flag
 
 
 # 5. --limit takes the values eval takes.
