@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 
 from restorelcc.errors import CorruptCacheError, ModelNotFoundError
-from restorelcc.io import give_usual_modes
+from restorelcc.io import give_usual_modes, sync_files
 
 try:  # file locks (Linux, macOS); elsewhere concurrent conversions rely on the re-check
     import fcntl
@@ -207,6 +207,7 @@ def convert_gguf(gguf: Path, target: Path, distribution: str | None = None) -> N
         meta = {"format": CACHE_FORMAT, "source": str(gguf), "gguf": source, "files": files}
         (tmp / CACHE_MARKER).write_text(json.dumps(meta, indent=1))
         give_usual_modes(tmp)  # mkdtemp and safetensors make theirs 0700 / 0600
+        sync_files(tmp)
         _install(tmp, target, gguf, distribution)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

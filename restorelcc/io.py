@@ -30,6 +30,8 @@ def atomic_write_text(path: str | os.PathLike, text: str, replace: bool = True) 
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename publishes it (power loss)
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; use the usual file mode
         if replace:
             os.replace(tmp, path)
@@ -202,6 +204,20 @@ def give_usual_modes(folder: Path) -> None:
                     set_mode(path, mode)
 
 
+def sync_files(folder: Path) -> None:
+    """Flush every file under ``folder`` to disk, so that a rename publishing ``folder``
+    never names files a power loss would leave empty or cut short. Links are skipped."""
+    for root, _, files in os.walk(folder):
+        for entry in files:
+            path = os.path.join(root, entry)
+            if not os.path.islink(path):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+
 def _missing_folders(path: Path) -> list[Path]:
     """The ancestors of ``path`` that do not exist yet, the deepest first."""
     missing = []
@@ -222,7 +238,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     is deleted only once the new one is in its place. The current directory (empty: it is
     never replaced) is filled in place instead, from a temporary folder inside it, so that
     the shell working in it sees the output. What is written inside gets the usual modes
-    (``give_usual_modes``).
+    (``give_usual_modes``) and is flushed to disk before it is published (``sync_files``).
     """
     target = check_output_directory(target, overwrite)
     in_place = _is_current_directory(target)
@@ -234,6 +250,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     try:
         yield tmp
         give_usual_modes(tmp)
+        sync_files(tmp)
         if in_place:
             _move_entries(tmp, target)
             old = None

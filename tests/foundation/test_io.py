@@ -160,3 +160,25 @@ def test_a_leftover_of_an_interrupted_replacement_does_not_block_the_next(tmp_pa
         (tmp / "a").write_text("new result")
     assert (out / "a").read_text() == "new result" and _entries(out) == ["a"]
     assert _entries(tmp_path) == sorted(["out", stale.name])  # the leftover is not ours
+
+
+def test_outputs_are_flushed_to_disk_before_they_are_published(tmp_path, monkeypatch):
+    """A rename published files a power loss could have left empty or cut short."""
+    synced = []
+    real_fsync = io.os.fsync
+
+    def recording_fsync(fd):
+        # the file, and whether it already has its final name (it must not yet)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(io.os, "fsync", recording_fsync)
+    with atomic_directory(tmp_path / "run") as tmp:
+        (tmp / "model.safetensors").write_bytes(b"x" * 10)
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "config.json").write_text("{}")
+    atomic_write_text(tmp_path / "report.json", "{}")
+    assert len(synced) == 3
+    assert sorted(Path(path).name for path in synced[:2]) == ["config.json", "model.safetensors"]
+    assert not any(path.startswith(str(tmp_path / "run")) for path in synced)
+    assert Path(synced[-1]).name.startswith(".report.json-")
