@@ -37,7 +37,7 @@ from restorelcc.data import (
 )
 from restorelcc.demo_config import DemoConfig, flagged
 from restorelcc.evaluate import evaluate_model
-from restorelcc.hf.families import family_of, head_geometry
+from restorelcc.hf.families import check_length_fits, family_of, head_geometry
 from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
 from restorelcc.latency import interleaved_rounds, median_ratios
 from restorelcc.lcc.pipeline import RestoreConfig, restore
@@ -179,6 +179,9 @@ class Demo:
         c = self.config
         model_config = load_config(c.model)
         flagged(f"--model {c.model}", family_of, model_config)  # every method needs its family
+        if c.prune_method in CALIBRATED_METHODS:
+            label = f"--calibration-seqlen {c.calibration_seqlen}"
+            flagged(label, check_length_fits, c.calibration_seqlen, model_config, label)
         if {"restorelcc", "lofit"} & set(c.methods):
             geometry = head_geometry(model_config)
             flagged("--heads", head_count, geometry, c.heads, fields={"heads": "--heads"})

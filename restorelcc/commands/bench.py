@@ -166,25 +166,11 @@ def _swap(model, args: argparse.Namespace, dry_run: bool = False):
     return report
 
 
-def _positions(config) -> int | None:
-    """The positions a model serves: ``max_position_embeddings``, or where a RoPE scaling
-    with a ``factor`` is configured (YaRN, llama3, dynamic...) the length it extends to
-    (``original_max_position_embeddings`` x factor where given); None if unstated."""
-    text = config.get_text_config()
-    limit = getattr(text, "max_position_embeddings", None)
-    scaling = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None)
-    if limit is None or not isinstance(scaling, dict):
-        return limit
-    kind, factor = scaling.get("rope_type", scaling.get("type")), scaling.get("factor")
-    if kind in (None, "default") or not isinstance(factor, (int, float)) or factor <= 1:
-        return limit
-    original = scaling.get("original_max_position_embeddings") or limit
-    return max(limit, int(original * factor))
-
-
 def _check_positions(args: argparse.Namespace, config) -> None:
     """Refuse a ``--context`` or ``--prefill`` beyond the model's positions."""
-    limit = _positions(config)
+    from restorelcc.hf.families import model_positions
+
+    limit = model_positions(config)
     if limit is None:
         return
     if args.context + 1 > limit:

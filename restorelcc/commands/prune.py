@@ -138,7 +138,7 @@ def _run_summary(report) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from restorelcc.assets import load_config, load_model
-    from restorelcc.hf.families import family_of
+    from restorelcc.hf.families import check_length_fits, family_of
     from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
     from restorelcc.prune import prune_model
     from restorelcc.prune.validate import check_model
@@ -152,7 +152,10 @@ def run(args: argparse.Namespace) -> int:
         from restorelcc.data import perplexity_texts
 
         perplexity_texts(args.ppl_source, n=1)  # a missing or empty text fails here too
-    family_of(load_config(args.model))  # an unsupported family fails before the weights load
+    config = load_config(args.model)
+    family_of(config)  # an unsupported family fails before the weights load
+    if spec.needs_calibration:
+        check_length_fits(args.seqlen, config, f"--seqlen {args.seqlen}")
     model, tokenizer = load_model(args.model, device=resolve_device(args.device))
     check_model(model, spec)
     calibration = None

@@ -119,6 +119,31 @@ def family_of(model_or_config) -> Family:
     return FAMILIES[model_type]
 
 
+def model_positions(model_or_config) -> int | None:
+    """The positions a model serves: ``max_position_embeddings``, or where a RoPE scaling
+    with a ``factor`` is configured (YaRN, llama3, dynamic...) the length it extends to
+    (``original_max_position_embeddings`` x factor where given); None if unstated."""
+    config = getattr(model_or_config, "config", model_or_config)
+    text = config.get_text_config()
+    limit = getattr(text, "max_position_embeddings", None)
+    scaling = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None)
+    if limit is None or not isinstance(scaling, dict):
+        return limit
+    kind, factor = scaling.get("rope_type", scaling.get("type")), scaling.get("factor")
+    if kind in (None, "default") or not isinstance(factor, (int, float)) or factor <= 1:
+        return limit
+    original = scaling.get("original_max_position_embeddings") or limit
+    return max(limit, int(original * factor))
+
+
+def check_length_fits(length: int, model_or_config, what: str) -> None:
+    """Raise ``ValueError`` where ``length`` tokens (``what``, e.g. ``--seqlen 600``) exceed
+    the positions the model serves (``model_positions``)."""
+    limit = model_positions(model_or_config)
+    if limit is not None and length > limit:
+        raise ValueError(f"{what}: more tokens than the {limit} positions the model serves")
+
+
 def head_geometry(model_or_config) -> HeadGeometry:
     config = getattr(model_or_config, "config", model_or_config)
     family_of(config)

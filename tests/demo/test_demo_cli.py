@@ -183,6 +183,7 @@ def test_paper_and_plain_defaults_without_options(captured_config, tmp_path):
         (["--patterns", "heads", "--sparsity", "0.4"], "--sparsity: --patterns heads takes"),
         (["--pairs-source", "/nonexistent/pairs.json"], "--pairs-source: unknown data source"),
         (["--calibration-source", "/nonexistent/c.txt"], "--calibration-source: unknown data"),
+        (["--calibration-seqlen", "300"], "--calibration-seqlen 300: more tokens than the 256"),
     ],
 )
 def test_demo_checks_every_option_before_loading_a_model(

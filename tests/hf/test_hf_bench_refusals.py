@@ -64,11 +64,11 @@ def test_positions_follow_a_configured_rope_scaling(scaling, positions):
     """A YaRN model serves original x factor positions beyond max_position_embeddings."""
     from transformers import LlamaConfig
 
-    from restorelcc.commands.bench import _positions
+    from restorelcc.hf.families import model_positions
 
     config = LlamaConfig(max_position_embeddings=8192)
     config.rope_parameters = scaling
-    assert _positions(config) == positions
+    assert model_positions(config) == positions
 
 
 def test_cuda_timings_refuse_rounds_and_streams_without_bitmaps():

@@ -382,3 +382,21 @@ def test_the_checkpoint_is_readable_by_everyone_the_umask_allows(tiny_dir, tmp_p
         os.umask(previous)
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}
+
+
+def test_a_seqlen_beyond_the_models_positions_is_refused_before_the_weights_load(
+    tiny_dir, calib_file, tmp_path, monkeypatch, capsys
+):
+    """It had calibrated on 300-token windows of a model of 256 positions without a word."""
+    import restorelcc.assets
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before --seqlen was checked")
+
+    monkeypatch.setattr(restorelcc.assets, "load_model", no_weights)
+    rc = main(
+        ["prune", "--model", str(tiny_dir), "--method", "wanda", "--calibration", str(calib_file),
+         "--nsamples", "2", "--seqlen", "300", "--out", str(tmp_path / "o")]
+    )  # fmt: skip
+    assert rc == 2
+    assert "--seqlen 300: more tokens than the 256 positions" in capsys.readouterr().err
