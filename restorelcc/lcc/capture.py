@@ -79,7 +79,7 @@ def _check_batch(acts: torch.Tensor, model: nn.Module, what: str, batch: list[in
     check_finite_heads(_reshape(acts, model), what, samples=batch)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: callers may edit the results or train on them
 def capture_last_token(
     model: nn.Module,
     sequences: Sequence[Sequence[int]],
@@ -113,7 +113,7 @@ def capture_last_token(
     return _reshape(result, model)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: callers may edit the results or train on them
 def capture_with_continuations(
     model: nn.Module,
     prompts: Sequence[Sequence[int]],

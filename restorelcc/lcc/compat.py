@@ -27,7 +27,8 @@ def check_compatible(dense: nn.Module, pruned: nn.Module) -> torch.Tensor:
 
     Compatible: same family, layers, head_dim, hidden size, vocabulary and parameter names;
     every shape equal except that MLP intermediate channels may be fewer and, with
-    structured pruning that removed whole heads, the attention projections narrower. The
+    structured pruning that removed whole heads, the attention projections (and q/k norms
+    that span the heads) narrower. The
     heads are then paired by their ``o_proj`` columns (``match_heads``); otherwise the map
     is the identity.
     """
@@ -35,8 +36,12 @@ def check_compatible(dense: nn.Module, pruned: nn.Module) -> torch.Tensor:
         raise ValueError("dense and pruned are the same model object; pass two models")
     heads_removed = check_compatible_configs(dense, pruned)
     family = family_of(dense)
-    narrowable = family.mlp_linears + (family.attention_linears if heads_removed else ())
-    narrowable = tuple(f".{linear}." for linear in narrowable)
+    narrowable = family.mlp_linears
+    if heads_removed:
+        narrowable += family.attention_linears
+        if family.qk_norm in ("heads", "projection"):  # norms spanning the heads lose theirs
+            narrowable += (family.q_norm, family.k_norm)
+    narrowable = tuple(f".{module}." for module in narrowable)
     dense_shapes = {n: tuple(p.shape) for n, p in dense.named_parameters()}
     pruned_shapes = {n: tuple(p.shape) for n, p in pruned.named_parameters()}
     for name in sorted(dense_shapes.keys() | pruned_shapes.keys()):

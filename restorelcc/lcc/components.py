@@ -74,7 +74,11 @@ def lost_components(dense: torch.Tensor, pruned: torch.Tensor, k: int = PAPER_K)
         u, s, vh = torch.linalg.svd(diff, full_matrices=False)  # [h,N,r], [h,r], [h,r,d]
         weights = u[:, :, :top].mean(dim=1) * s[:, :top]  # [h, top]
         compensation[part] = torch.einsum("hk,hkd->hd", weights, vh[:, :top]).float()
-        directions[part, :rank] = vh.float()
+        # An SVD pair's sign is arbitrary (row order, LAPACK build): each direction is
+        # turned along the mean shift (its U column sums to >= 0), so that training, which
+        # starts from c = V^T beta + b with a seeded beta, starts from the same c.
+        sign = torch.where(u.sum(dim=1) < 0, -1.0, 1.0).to(vh.dtype)  # [h, r]
+        directions[part, :rank] = (vh * sign[:, :, None]).float()
         singular[part] = s.float()
         mean[part] = diff.mean(dim=1).float()
     return Components(

@@ -35,7 +35,7 @@ from restorelcc.lcc.probing import (
 from restorelcc.lcc.tokens import ProbeSequences
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: callers may edit the results or train on them
 def last_token_full_forward(model: nn.Module, ids: Sequence[int]) -> torch.Tensor:
     """One sequence, one full forward (LM head included); ``[L, H, d]`` fp32 at its end."""
     g = head_geometry(model)

@@ -23,6 +23,17 @@ def test_directions_are_orthonormal_in_fp32(n):
     assert (v[:, rank:] == 0).all()  # zero rows pad when N < d
 
 
+def test_directions_do_not_depend_on_the_order_of_the_samples():
+    """SVD signs had followed the row order: training started from another c."""
+    dense, pruned = activations(30)
+    order = torch.randperm(30, generator=torch.Generator().manual_seed(1))
+    a, b = lost_components(dense, pruned), lost_components(dense[order], pruned[order])
+    torch.testing.assert_close(a.directions, b.directions, rtol=0, atol=1e-5)
+    torch.testing.assert_close(a.compensation, b.compensation, rtol=0, atol=1e-5)
+    # each direction points along the mean shift of the samples (U column sums >= 0)
+    assert (torch.einsum("lhkd,lhd->lhk", a.directions, a.mean_difference) >= -1e-6).all()
+
+
 def test_svd_reconstructs_the_differences_per_head():
     dense, pruned = activations(30)
     comps = lost_components(dense, pruned)

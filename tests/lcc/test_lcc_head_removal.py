@@ -19,8 +19,8 @@ from restorelcc.testing import synthetic_pairs, tiny_model
 
 def head_removed(name="llama-gqa", unstructured=0.0):
     """(dense, pruned, expected map): one of the KV groups removed in every layer, the
-    remaining weights optionally magnitude-pruned as well."""
-    dense = tiny_model(name)
+    remaining weights optionally magnitude-pruned as well. Cohere with its q/k norms on."""
+    dense = tiny_model(name, **({"use_qk_norm": True} if name.startswith("cohere") else {}))
     pruned = copy.deepcopy(dense)
     report = prune_model(pruned, "magnitude", 0.3, "heads", head_fraction=0.5)
     if unstructured:
@@ -33,7 +33,10 @@ def head_removed(name="llama-gqa", unstructured=0.0):
     return dense, pruned, expected
 
 
-@pytest.mark.parametrize("name", ["llama-gqa", "qwen2-gqa", "llama-mha"])
+# olmo2/olmo3/cohere: q/k norms spanning the heads, cut with them (had been refused)
+@pytest.mark.parametrize(
+    "name", ["llama-gqa", "qwen2-gqa", "llama-mha", "olmo2-gqa", "olmo3-gqa", "cohere-gqa"]
+)
 @pytest.mark.parametrize("unstructured", [0.0, 0.5])
 def test_heads_are_paired_with_the_dense_heads_they_came_from(name, unstructured):
     dense, pruned, expected = head_removed(name, unstructured)
@@ -67,13 +70,15 @@ def test_probe_activations_use_the_pruned_heads(tokenizer):
         )
 
 
-def test_restore_and_fold_a_head_removed_model(tokenizer):
-    dense, pruned, expected = head_removed(unstructured=0.5)
+@pytest.mark.parametrize("name", ["llama-gqa", "cohere-gqa"])
+def test_restore_and_fold_a_head_removed_model(tokenizer, name):
+    dense, pruned, expected = head_removed(name, unstructured=0.5)
     train = TrainConfig(epochs=1, batch_size=4, progress=False)
     config = RestoreConfig(heads=3, probe_pairs=16, negatives="tfidf", train=train)
     restoration = restore(dense, pruned, tokenizer, synthetic_pairs(), config)
     geometry = head_geometry(pruned)
-    assert restoration.geometry == geometry and restoration.scores.shape == (2, 3)
+    assert restoration.geometry == geometry
+    assert restoration.scores.shape == (geometry.layers, geometry.heads)
     assert restoration.report["dense_heads"] == expected.tolist()
     ids = torch.tensor([[5, 9, 2, 7]])
     with torch.no_grad(), restoration.attached(pruned):
