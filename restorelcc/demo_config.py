@@ -47,6 +47,7 @@ POSITIVE_FIELDS = (
     "latency_rounds",
 )
 
+PROBE_PAIRS = 128  # DemoConfig.probe_pairs' preset
 # Methods that capture activations on the first probe_pairs of the training pairs.
 CAPTURING_METHODS = ("restorelcc", "training-free")
 CALIBRATION_FIELDS = ("calibration_source", "calibration_samples", "calibration_seqlen")
@@ -101,7 +102,9 @@ class DemoConfig:
     calibration_seqlen: int = 256
     pairs_source: str = "mix"
     train_pairs: int = 192
-    probe_pairs: int = 128
+    # None: PROBE_PAIRS, or train_pairs where fewer (a preset never exceeds the pairs there
+    # are; a larger value given is refused)
+    probe_pairs: int | None = None
     heads: int | float = 0.25  # a count, or a fraction of all heads
     lr: float = 1e-3
     lora_lr: float = 1e-3
@@ -121,10 +124,16 @@ class DemoConfig:
 
     @classmethod
     def paper(cls, **overrides) -> DemoConfig:
-        """The paper's budget (``PAPER_SETTINGS``); ``overrides`` win over it."""
-        return cls(**(PAPER_SETTINGS | overrides))
+        """The paper's budget (``PAPER_SETTINGS``); ``overrides`` win over it. Its probe
+        pairs are at most the ``train_pairs`` given."""
+        settings = PAPER_SETTINGS | overrides
+        if "probe_pairs" not in overrides:
+            settings["probe_pairs"] = min(settings["probe_pairs"], settings["train_pairs"])
+        return cls(**settings)
 
     def __post_init__(self) -> None:
+        if self.probe_pairs is None and isinstance(self.train_pairs, int):
+            self.probe_pairs = min(PROBE_PAIRS, self.train_pairs)
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise DemoArgumentError(

@@ -149,10 +149,6 @@ def run(args: argparse.Namespace) -> int:
     given = {f.name: getattr(args, f.name) for f in fields(DemoConfig) if hasattr(args, f.name)}
     given["progress"] = not args.quiet
     given["device"] = str(resolve_device(args.device))
-    if "train_pairs" in given and "probe_pairs" not in given:
-        # --probe-pairs' preset is at most the pairs there are (a larger one typed is refused)
-        preset = PAPER_SETTINGS["probe_pairs"] if args.paper else DEFAULTS.probe_pairs
-        given["probe_pairs"] = min(preset, given["train_pairs"])
     config = DemoConfig.paper(**given) if args.paper else DemoConfig(**given)
     refuse_unused_options(args, config)
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"

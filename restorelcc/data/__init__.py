@@ -31,7 +31,7 @@ from __future__ import annotations
 import numbers
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -215,6 +215,19 @@ def calibration_texts(source: str = MIX, n: int | None = None, seed: int = 0) ->
     return _sample(texts, n, seed, str(path))
 
 
+def _batches_of_chars(texts: list[str], chars: int) -> Iterator[list[str]]:
+    """``texts`` in consecutive lists of at most ``chars`` characters (one text at least)."""
+    batch, size = [], 0
+    for text in texts:
+        if batch and size + len(text) > chars:
+            yield batch
+            batch, size = [], 0
+        batch.append(text)
+        size += len(text)
+    if batch:
+        yield batch
+
+
 def calibration_batches(
     tokenizer, source: str = MIX, nsamples: int = 64, seqlen: int = 512, seed: int = 0
 ) -> torch.Tensor:
@@ -224,9 +237,9 @@ def calibration_batches(
     joined by a blank line, no special tokens) are tokenized until about
     ``2 * nsamples * seqlen`` tokens are at hand, then ``nsamples`` start positions are
     drawn uniformly with a seeded generator. A source of fewer than ``nsamples * seqlen``
-    tokens gives overlapping, repeated windows: a ``UserWarning`` says so. A document (or a
-    chunk of 64) longer than ``CHARS_PER_TOKEN_BOUND`` characters per token wanted is cut
-    there: a corpus file is not tokenized whole.
+    tokens gives overlapping, repeated windows: a ``UserWarning`` says so. A document longer
+    than ``CHARS_PER_TOKEN_BOUND`` characters per token wanted is cut there: a corpus file
+    is not tokenized whole.
 
     Returns a LongTensor ``[nsamples, seqlen]``.
     """
@@ -234,17 +247,15 @@ def calibration_batches(
     docs = calibration_texts(source)
     docs = [docs[i] for i in random.Random(seed).sample(range(len(docs)), len(docs))]
     target = 2 * nsamples * seqlen
-    chars = target * CHARS_PER_TOKEN_BOUND  # a document, or 64, cut to this: a corpus file
+    chars = target * CHARS_PER_TOKEN_BOUND  # a longer document is cut: a corpus file
     stream: list[int] = []
-    next_doc = 0
-    while next_doc < len(docs) and len(stream) < target:
-        chunk, chunk_chars = [], 0
-        while next_doc < len(docs) and len(chunk) < 64 and chunk_chars < chars:
-            chunk.append(docs[next_doc][:chars] + DOCUMENT_SEPARATOR)
-            chunk_chars += len(chunk[-1])
-            next_doc += 1
-        for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
-            stream.extend(ids)
+    for start in range(0, len(docs), 64):
+        chunk = [d[:chars] + DOCUMENT_SEPARATOR for d in docs[start : start + 64]]
+        for part in _batches_of_chars(chunk, chars):  # bounds the tokenizer's memory
+            for ids in tokenizer(part, add_special_tokens=False)["input_ids"]:
+                stream.extend(ids)
+        if len(stream) >= target:
+            break
     if len(stream) < seqlen:
         raise DataError(
             f"source {source!r} gives only {len(stream)} tokens; need at least seqlen={seqlen}"

@@ -147,7 +147,9 @@ def _last_logits(model, inputs: torch.Tensor, keep: int) -> torch.Tensor:
     if type(model) not in _NO_LOGITS_TO_KEEP:
         try:
             return model(input_ids=inputs, logits_to_keep=keep).logits[:, -keep:]
-        except TypeError:
+        except TypeError as error:
+            if "logits_to_keep" not in str(error):  # another fault: not the argument's
+                raise
             _NO_LOGITS_TO_KEEP.add(type(model))
     return model(input_ids=inputs).logits[:, -keep:]
 

@@ -246,8 +246,12 @@ class PackedLinear(nn.Module):
         """x [..., K] -> [..., N]. Under ``torch.autocast`` the output has autocast's dtype,
         as an ``nn.Linear``'s would, but the product runs in the packed weight's dtype (x
         is cast to it): a packed weight is not converted at every call."""
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
+        device_type = x.device.type if isinstance(x, torch.Tensor) else None
+        if (
+            device_type is not None
+            and torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type)
+        ):
             with torch.autocast(device_type, enabled=False):
                 out = self._linear(x.to(self._packed.dtype))
             return out.to(torch.get_autocast_dtype(device_type))
@@ -306,6 +310,8 @@ class PackedProjections(PackedLinear):
     def projection(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Output ``index`` for x: the pending fused result when x is the tensor it was
         computed from and this output was not handed out yet, else a new launch."""
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
         pending = self._pending
         if (
             pending is None

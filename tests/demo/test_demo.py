@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from restorelcc.cli import build_parser, main
 from restorelcc.demo import Demo, DemoConfig, forward_latency, gap_closed, run_demo
+from restorelcc.demo_config import DemoArgumentError
 from restorelcc.eval.perplexity import perplexity_report
 from restorelcc.testing import byte_tokenizer, tiny_model
 
@@ -174,3 +175,14 @@ def test_forward_latency_is_relative_to_the_baseline():
     ratios = forward_latency({"pruned": model, "other": model}, 64, rounds=3, baseline="pruned")
     assert set(ratios) == {"pruned", "other"}
     assert ratios["pruned"] == 1.0 and ratios["other"] > 0
+
+
+def test_the_probe_pairs_preset_is_at_most_the_train_pairs_in_the_api_too():
+    """The lowering had lived in the CLI only: DemoConfig(train_pairs=64) was refused over a
+    --probe-pairs 128 nobody gave."""
+    assert DemoConfig().probe_pairs == 128
+    assert DemoConfig(train_pairs=64).probe_pairs == 64
+    assert DemoConfig.paper(train_pairs=500).probe_pairs == 500
+    assert DemoConfig.paper().probe_pairs == 1000
+    with pytest.raises(DemoArgumentError, match="--probe-pairs 100 exceeds --train-pairs 64"):
+        DemoConfig(train_pairs=64, probe_pairs=100)

@@ -210,3 +210,27 @@ def test_evaluate_model_report_is_deterministic(model, tok):
     assert second["perplexity"]["perplexity"] == pytest.approx(third["perplexity"]["perplexity"])
     no_ppl = evaluate_model(model, tok, tasks="piqa", limit=1, perplexity=False, progress=False)
     assert no_ppl["perplexity"] is None
+
+
+class FailsOnce(torch.nn.Module):
+    """A model whose forward raises an unrelated TypeError once (a bug, a user hook)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.failed = model, False
+
+    def forward(self, input_ids, logits_to_keep=0):
+        if not self.failed:
+            self.failed = True
+            raise TypeError("a bug of its own")
+        return self.model(input_ids=input_ids, logits_to_keep=logits_to_keep)
+
+
+def test_an_unrelated_type_error_is_raised_not_taken_for_a_missing_argument(model, tok):
+    """It had turned logits_to_keep off for the model's class for the rest of the process."""
+    from restorelcc.eval import perplexity as perplexity_module
+
+    ids = token_stream(tok, TEXTS, tokens=40)
+    with pytest.raises(TypeError, match="a bug of its own"):
+        stream_nll(FailsOnce(model), ids, 16, 8, progress=False)
+    assert FailsOnce not in perplexity_module._NO_LOGITS_TO_KEEP

@@ -25,3 +25,15 @@ def test_a_swapped_model_runs_under_autocast(mlp):
     assert ours.dtype == theirs.dtype
     error, torch_error = (ours.double() - exact).abs().max(), (theirs.double() - exact).abs().max()
     assert error <= 2 * torch_error + 1e-2, (error, torch_error)
+
+
+def test_inputs_autocast_knows_nothing_of_still_run_or_fail_clearly():
+    """The autocast check had raised on the meta device and on a list."""
+    swapped = pruned_model("llama-gqa", "unstructured")
+    swap_attention(swapped)
+    q_proj = attention(swapped, 0).q_proj
+    meta = copy.deepcopy(q_proj.owner).to("meta")
+    assert meta(torch.randn(2, 96, device="meta"))[0].device.type == "meta"
+    for module in (q_proj, attention(swapped, 0).o_proj):
+        with pytest.raises(ValueError, match="x must be a torch.Tensor, got list"):
+            module([[0.0] * module.in_features])
