@@ -25,7 +25,7 @@ of running prompts with their continuations.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +34,12 @@ from tqdm.auto import tqdm
 
 from restorelcc.data import positive_count
 from restorelcc.hf.families import eval_mode, head_geometry
-from restorelcc.lcc.capture_strategies import STRATEGIES, continuation_strategy
+from restorelcc.lcc.capture_strategies import (
+    STRATEGIES,
+    Unit,
+    continuation_strategy,
+    strategy_units,
+)
 from restorelcc.lcc.capture_taps import (
     MAX_BATCH_ROWS,
     capture_rows,
@@ -127,8 +132,10 @@ def capture_with_continuations(
     ``prompt + continuation`` for every continuation set.
 
     ``continuations[k][i]`` continues ``prompts[i]``. Each prompt is run once, with all its
-    continuations as branches of one row (see the module docstring); ``batch_tokens``
-    (default: per device) bounds the padded tokens of a forward.
+    continuations as branches of one row, or, where a sliding window could cut that row,
+    once per continuation (see the module docstring). ``batch_tokens`` (default: per
+    device) bounds the padded tokens (rows x longest row) of each forward; a row longer
+    than it runs alone.
 
     Returns ``(prompt_acts, [continuation_acts per set])``, each ``[N, L, H, d]`` fp32.
     Raises ``NonFiniteError`` naming the model (``model_name``, default from ``desc``),
@@ -150,23 +157,66 @@ def capture_with_continuations(
     features = g.heads * g.head_dim
     prompt_acts = torch.zeros(len(prompts), g.layers, features)
     cont_acts = [torch.zeros(len(prompts), g.layers, features) for _ in range(sets)]
-    rows = [len(p) + sum(len(c[i]) for c in continuations) for i, p in enumerate(prompts)]
     what = f"the {_model_label(model_name, desc)} model's o_proj input"
 
-    bar = tqdm(total=len(prompts), desc=desc, unit="pair", disable=not progress)
+    def row(unit: Unit, strategy: str = "tree") -> int:
+        """Tokens the unit adds to a forward's rows: its prompt, then its continuations; for
+        ``cache``, the longer of its prompt and its continuations' rows (one per set, as
+        long as the longest), which run in two forwards."""
+        i = unit.prompt
+        lengths = [len(continuations[k][i]) for k in unit.sets]
+        if strategy == "cache":
+            return max(len(prompts[i]), len(lengths) * max(lengths, default=0))
+        return len(prompts[i]) + sum(lengths)
+
+    units: dict[str, list[Unit]] = {}  # strategy -> the units it runs
+    for i in range(len(prompts)):
+        strategy = continuation_strategy(model, row(Unit(i, tuple(range(sets)))))
+        units.setdefault(strategy, []).extend(strategy_units(strategy, i, sets))
+
+    def check(acts: torch.Tensor, where: str, samples: list[int]) -> None:
+        _check_batch(acts, model, f"{what} {where}", samples)
+
+    bar = tqdm(total=sum(map(len, units.values())), desc=desc, unit="row", disable=not progress)
     with eval_mode(model), bar:
-        for batch in length_batches(rows, batch_tokens, MAX_BATCH_ROWS):
-            conts = [[continuations[k][i] for k in range(sets)] for i in batch]  # [B][K]
-            batch_prompts = [prompts[i] for i in batch]
-            strategy = continuation_strategy(model, max(rows[i] for i in batch))
-            p_act, c_act = STRATEGIES[strategy](model, batch_prompts, conts)
-            _check_batch(p_act, model, f"{what} at the prompts' end", batch)
-            prompt_acts[batch] = p_act
-            for k in range(sets):
-                _check_batch(c_act[:, k], model, f"{what} after continuation set {k}", batch)
-                cont_acts[k][batch] = c_act[:, k]
-            bar.update(len(batch))
+        for strategy, todo in units.items():
+            rows = [row(u, strategy) for u in todo]
+            for batch in length_batches(rows, batch_tokens, MAX_BATCH_ROWS):
+                batch_units = [todo[b] for b in batch]
+                p_act, c_act = STRATEGIES[strategy](
+                    model,
+                    [prompts[u.prompt] for u in batch_units],
+                    [[continuations[k][u.prompt] for k in u.sets] for u in batch_units],
+                )
+                _store(batch_units, p_act, c_act, prompt_acts, cont_acts, check)
+                bar.update(len(batch))
     return _reshape(prompt_acts, model), [_reshape(c, model) for c in cont_acts]
+
+
+def _store(
+    units: list[Unit],
+    p_act: torch.Tensor,
+    c_act: torch.Tensor,
+    prompt_acts: torch.Tensor,
+    cont_acts: list[torch.Tensor],
+    check: Callable[[torch.Tensor, str, list[int]], None],
+) -> None:
+    """Write a batch's reads into the results, each part passing ``check(acts, where,
+    prompt indices)`` first: ``p_act [U, L, H*d]`` into ``prompt_acts [N, L, H*d]`` (read in
+    the unit holding set 0), ``c_act [U, S, L, H*d]`` (``S`` sets per unit) into
+    ``cont_acts[k] [N, L, H*d]``."""
+    first = [r for r, unit in enumerate(units) if unit.sets[0] == 0]
+    if first:
+        samples = [units[r].prompt for r in first]
+        check(p_act[first], "at the prompts' end", samples)
+        prompt_acts[samples] = p_act[first]
+    for k, target in enumerate(cont_acts):
+        hits = [(r, unit.sets.index(k)) for r, unit in enumerate(units) if k in unit.sets]
+        if hits:
+            rows, columns = (list(column) for column in zip(*hits, strict=True))
+            samples = [units[r].prompt for r in rows]
+            check(c_act[rows, columns], f"after continuation set {k}", samples)
+            target[samples] = c_act[rows, columns]
 
 
 @dataclass

@@ -7,9 +7,15 @@ L, H*d], continuation acts [B, K, L, H*d])`` fp32 for K continuation sets:
 - ``cache``: the prompts' forward fills a key/value cache, on which all continuations run
   in one forward (attention kernels that take no arbitrary mask);
 - ``full``: one row per ``prompt + continuation`` (a sliding window could cut the tree).
+
+capture.py batches ``Unit``s (``strategy_units``): a prompt with all its continuation sets
+for ``tree`` and ``cache``, a prompt with one set for ``full``, each sized on the row it
+adds to a forward.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -38,6 +44,23 @@ def continuation_strategy(model: nn.Module, longest_row: int) -> str:
     if getattr(model.config, "_attn_implementation", None) in TREE_ATTENTION:
         return "tree"
     return "cache"
+
+
+class Unit(NamedTuple):
+    """What a strategy runs in one row of a batch: ``prompt`` (its index) with the
+    continuations of ``sets`` (set indices, in order)."""
+
+    prompt: int
+    sets: tuple[int, ...]
+
+
+def strategy_units(strategy: str, prompt: int, sets: int) -> list[Unit]:
+    """The units ``strategy`` runs ``prompt`` with its ``sets`` continuations in: the prompt
+    with every continuation (``tree``: one row; ``cache``: a prompt row, then a row per
+    continuation), or one row per ``prompt + continuation`` (``full``)."""
+    if strategy == "full":
+        return [Unit(prompt, (k,)) for k in range(sets)]
+    return [Unit(prompt, tuple(range(sets)))]
 
 
 def _tree(model, prompts, conts) -> tuple[torch.Tensor, torch.Tensor]:
