@@ -57,7 +57,11 @@ def _print_swap(report, mlp: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from restorelcc.io import atomic_write_json, format_table, run_metadata
-    from restorelcc.prune.checkpoint import inspect_checkpoint
+    from restorelcc.prune.checkpoint import (
+        STRUCTURED_COUNTS,
+        STRUCTURED_FRACTION,
+        inspect_checkpoint,
+    )
     from restorelcc.prune.report import overall_sparsity, summarize
 
     check_mlp_needs_swap(args)
@@ -84,10 +88,10 @@ def run(args: argparse.Namespace) -> int:
     geometry = dict(result["geometry"])
     structured = result["structured"]
     if structured:
-        for key in ("heads", "kv_heads", "intermediate_size"):
+        for key in STRUCTURED_COUNTS:  # checked by read_prune_report
             before, after = structured[key]
             geometry[key] = f"{before}->{after}"
-        geometry["removed_of_block_params"] = structured["removed_fraction_of_blocks"]
+        geometry["removed_of_block_params"] = structured[STRUCTURED_FRACTION]
     geometry["sparsity"] = overall_sparsity(matrices)
     geometry["shapes_match_config"] = not result["shape_mismatches"]
     print(format_table([geometry]))

@@ -87,14 +87,20 @@ def _check_unused_options(args: argparse.Namespace, spec) -> None:
     check_eval_options(args, EVAL_OPTIONS, PruneArgumentError)
 
 
+def _with_flags(check, *args):
+    """``check(*args)``; a ``PruneArgumentError`` it raises names the flags (``SPEC_FIELDS``),
+    not the library's parameter names."""
+    try:
+        return check(*args)
+    except PruneArgumentError as exc:
+        raise PruneArgumentError(name_flags(str(exc), SPEC_FIELDS)) from None
+
+
 def _check_arguments(args: argparse.Namespace):
     from restorelcc.prune.sparsegpt import BLOCK_SIZE, DAMPENING
     from restorelcc.prune.validate import check_options, check_spec
 
-    try:
-        spec = check_spec(args.method, args.sparsity, args.pattern, args.head_fraction)
-    except PruneArgumentError as exc:
-        raise PruneArgumentError(name_flags(str(exc), SPEC_FIELDS)) from None
+    spec = _with_flags(check_spec, args.method, args.sparsity, args.pattern, args.head_fraction)
     _check_unused_options(args, spec)
     for name in ("nsamples", "seqlen", "chunk_size"):
         if getattr(args, name) <= 0:
@@ -141,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.hf.families import check_length_fits, family_of
     from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
     from restorelcc.prune import prune_model
-    from restorelcc.prune.validate import check_model
+    from restorelcc.prune.api import check_config
 
     spec = _check_arguments(args)
     if spec.needs_calibration:  # a bad source fails before a large model loads
@@ -156,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
     family_of(config)  # an unsupported family fails before the weights load
     if spec.needs_calibration:
         check_length_fits(args.seqlen, config, f"--seqlen {args.seqlen}")
+    _with_flags(check_config, config, spec)  # shapes and the structured plan, weights unread
     model, tokenizer = load_model(args.model, device=resolve_device(args.device))
-    check_model(model, spec)
     calibration = None
     if spec.needs_calibration:
         from restorelcc.data import calibration_batches

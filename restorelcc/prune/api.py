@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from restorelcc.hf.families import Family, block_linear, decoder_layers, eval_mode
+from restorelcc.hf.families import Family, block_linear, decoder_layers, eval_mode, family_of
 from restorelcc.prune.calibrate import collect_input_stats, input_sharing_groups, walk_blocks
 from restorelcc.prune.magnitude import magnitude_mask
 from restorelcc.prune.report import PruneReport, checked_patterns, matrix_report
@@ -66,7 +67,8 @@ def prune_model(
 
     All arguments are checked before any weight changes or calibration pass; bad ones
     raise ``PruneArgumentError`` (a ``ValueError``) naming the argument, or
-    ``UnsupportedModelError``.
+    ``UnsupportedModelError``. ``check_config`` makes the checks that need the model from
+    its config alone, before its weights load.
 
     Example::
 
@@ -118,6 +120,23 @@ def prune_model(
         calibration=calibration_info,
         structured=structured,
     )
+
+
+def check_config(config, spec: PruneSpec) -> None:
+    """Make ``prune_model``'s checks of the model on the one ``config`` describes, before
+    its weights load: N:M input widths, an unstructured sparsity that prunes something
+    (``check_model``) and, for ``heads``, the removal plan (``plan_removal``). They run on
+    a meta-device shell built from ``config`` (every shape and bias as loaded, no memory),
+    so they are the very checks ``prune_model`` makes. Raises ``PruneArgumentError`` /
+    ``UnsupportedModelError``."""
+    from transformers import AutoModelForCausalLM
+
+    family_of(config)  # an unsupported family is named before transformers builds anything
+    with torch.device("meta"):
+        shell = AutoModelForCausalLM.from_config(copy.deepcopy(config))
+    family = check_model(shell, spec)
+    if spec.pattern.kind == "heads":
+        plan_removal(shell, family, spec)
 
 
 def _prune_magnitude(model: nn.Module, family: Family, spec: PruneSpec, progress: bool) -> None:

@@ -59,7 +59,8 @@ def expected_shapes(config, family) -> dict[str, tuple[int, int]]:
 def read_prune_report(directory: Path) -> dict | None:
     """The checkpoint's ``prune_report.json`` as a dict, or None if it has none.
 
-    A file that is not a JSON object raises ``CorruptCacheError`` naming it.
+    A file that is not a JSON object, or whose ``structured`` part lacks what ``inspect``
+    reads from it (``_check_structured``), raises ``CorruptCacheError`` naming it.
     """
     path = directory / PRUNE_REPORT
     if not path.is_file():
@@ -70,7 +71,41 @@ def read_prune_report(directory: Path) -> dict | None:
         raise CorruptCacheError(f"{path} is not valid JSON ({exc})") from None
     if not isinstance(report, dict):
         raise CorruptCacheError(f"{path} holds a {type(report).__name__}, not a prune report")
+    _check_structured(report.get("structured"), path)
     return report
+
+
+# What a structured prune report holds as [before, after] counts, and as a fraction.
+STRUCTURED_COUNTS = ("heads", "kv_heads", "intermediate_size")
+STRUCTURED_FRACTION = "removed_fraction_of_blocks"
+
+
+def _check_structured(structured, path: Path) -> None:
+    """Raise ``CorruptCacheError`` naming ``path`` and the key unless ``structured`` is
+    None or a dict with ``STRUCTURED_COUNTS`` as ``[before, after]`` non-negative integers
+    and ``STRUCTURED_FRACTION`` as a number in [0, 1]."""
+    if structured is None:
+        return
+    if not isinstance(structured, dict):
+        raise CorruptCacheError(
+            f"{path}: 'structured' holds a {type(structured).__name__}, not a dict"
+        )
+    is_count = lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    for key in (*STRUCTURED_COUNTS, STRUCTURED_FRACTION):
+        if key not in structured:
+            raise CorruptCacheError(f"{path}: 'structured' lacks {key!r}")
+        value = structured[key]
+        if key == STRUCTURED_FRACTION:
+            fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+            fits = fits and 0 <= value <= 1
+            wanted = "a number in [0, 1]"
+        else:
+            fits = isinstance(value, list) and len(value) == 2 and all(map(is_count, value))
+            wanted = "[before, after] counts"
+        if not fits:
+            raise CorruptCacheError(
+                f"{path}: 'structured' {key!r} should be {wanted}, got {value!r}"
+            )
 
 
 def _requested_patterns(prune_report: dict | None) -> tuple[tuple[int, int], ...]:

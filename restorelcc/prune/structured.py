@@ -10,13 +10,15 @@ output projection: ``sum_j ||W_out[:, j]||^2 * ||X_j||^2`` over their input colu
 already-pruned layers), or ``sum_j ||W_out[:, j]||^2`` (``magnitude``, no data).
 
 ``sparsity`` is the fraction of the decoder blocks' linear parameters removed. By default
-``floor(sparsity * kv_heads)`` groups are removed (attention never loses a larger share
-than the target; at most all but one group), and MLP channels make up the rest;
-``head_fraction`` sets the number of groups directly (``head_fraction * kv_heads``, rounded
-half up; ``0`` removes MLP channels only). Llama and Gemma 2/3 configs must keep a head
-count that divides the hidden size (transformers refuses to save them otherwise, even with
-an explicit head_dim): the default then removes fewer groups (LLaMA-7B, 32 heads and hidden
-4096, keeps all its heads below 50%), and a ``head_fraction`` that breaks it is refused.
+``floor(sparsity * kv_heads)`` groups are removed (at most all but one), so attention
+never loses a larger share than the target, and MLP channels make up the rest (where even
+all but one channel cannot, the fewest more groups that let them); ``head_fraction`` sets
+the number of groups directly (``head_fraction * kv_heads``, rounded half up; ``0``
+removes MLP channels only). A plan that removes nothing is refused. Llama and Gemma 2/3
+configs must keep a head count that divides the hidden size (transformers refuses to save
+them otherwise, even with an explicit head_dim): the default then removes fewer groups
+(LLaMA-7B, 32 heads and hidden 4096, keeps all its heads below 50%), and a
+``head_fraction`` that breaks it is refused.
 Why floor: on SmolLM2-135M (3 KV groups), 20% structured with one KV group + 239 channels
 per layer measured LAMBADA perplexity 135.0, MLP channels only (410 per layer) 79.7 (dense
 40.4; benchmarks/results).
@@ -46,7 +48,7 @@ from torch import nn
 
 from restorelcc.hf.families import Family, block_linear, decoder_layers, head_geometry
 from restorelcc.prune.calibrate import collect_input_stats, walk_blocks
-from restorelcc.prune.validate import PruneArgumentError, PruneSpec
+from restorelcc.prune.validate import PruneArgumentError, PruneSpec, rounded_up
 
 
 def _params(linear: nn.Linear) -> int:
@@ -81,7 +83,12 @@ class StructuredPlan:
 
 
 def plan_removal(model: nn.Module, family: Family, spec: PruneSpec) -> StructuredPlan:
-    """Choose the KV groups and MLP channels removed per layer; raises if infeasible."""
+    """Choose how many KV groups and MLP channels every layer loses; raises
+    ``PruneArgumentError`` where no such plan reaches ``spec.sparsity``, or it removes nothing.
+
+    Reads only the linears' shapes and biases and the config, so a meta-device shell built
+    from a config (``prune.api.check_config``) gets the plan its loaded model will.
+    """
     geometry = head_geometry(model)
     layers = decoder_layers(model)
     first = layers[0]
@@ -109,42 +116,82 @@ def plan_removal(model: nn.Module, family: Family, spec: PruneSpec) -> Structure
     intermediate = down.in_features
 
     target = spec.sparsity * layer_params
+    channels_for = lambda groups: math.floor(
+        (target - groups * group_params) / channel_params + 0.5
+    )
+    savable = lambda groups: not _config_refusal(model.config, kv_heads - groups, group)
     if spec.head_fraction is not None:
-        groups = math.floor(spec.head_fraction * kv_heads + 0.5)
-        if groups >= kv_heads:
-            raise PruneArgumentError(
-                f"head_fraction {spec.head_fraction} removes all {kv_heads} KV groups"
-            )
-        refusal = _config_refusal(model.config, kv_heads - groups, group)
-        if groups and refusal:
-            raise PruneArgumentError(
-                f"head_fraction {spec.head_fraction} leaves {(kv_heads - groups) * group} "
-                f"attention heads, which transformers refuses to save: {refusal}"
-            )
+        groups = most_groups = _fixed_groups(model.config, spec, kv_heads, group)
         if groups * group_params > target:
             raise PruneArgumentError(
-                f"head_fraction {spec.head_fraction} removes {groups} KV groups, more than "
-                f"sparsity {spec.sparsity} allows"
+                f"head_fraction={spec.head_fraction} removes {groups} KV groups, more than "
+                f"sparsity={spec.sparsity} allows"
             )
     else:
-        groups = min(math.floor(spec.sparsity * kv_heads), kv_heads - 1)
-        # fewer groups (more MLP channels) where the config could not be saved
-        while groups > 0 and (
-            groups * group_params > target
-            or _config_refusal(model.config, kv_heads - groups, group)
-        ):
+        # all but one group at most; one group's heads divide the hidden size as all do
+        most_groups = kv_heads - 1
+        groups = min(math.floor(spec.sparsity * kv_heads), most_groups)
+        while groups > 0 and (groups * group_params > target or not savable(groups)):
             groups -= 1
-    channels = math.floor((target - groups * group_params) / channel_params + 0.5)
+        if channels_for(groups) >= intermediate:
+            # the MLP alone cannot make up the rest: attention loses more than its share
+            groups = next(
+                (
+                    g for g in range(groups + 1, most_groups + 1)
+                    if g * group_params <= target and channels_for(g) < intermediate
+                    and savable(g)
+                ),
+                groups,
+            )  # fmt: skip
+    channels = channels_for(groups)
     if channels >= intermediate:
-        most = ((kv_heads - 1) * group_params + (intermediate - 1) * channel_params) / layer_params
+        most = (most_groups * group_params + (intermediate - 1) * channel_params) / layer_params
+        raise PruneArgumentError(_out_of_reach(spec, most, kv_heads, most_groups))
+    if groups == 0 and channels == 0:
+        least = rounded_up(channel_params / (2 * layer_params))  # half a channel rounds up
         raise PruneArgumentError(
-            f"structured sparsity {spec.sparsity} is out of reach: keeping one KV group and one "
-            f"MLP channel per layer removes at most {most:.3f} of the block parameters"
+            f"structured sparsity={spec.sparsity} removes nothing: no KV group goes, and one "
+            f"MLP channel per layer is {channel_params / layer_params:.3g} of the block "
+            f"parameters; pass sparsity={least:.3g} or more"
         )
     return StructuredPlan(
         len(layers), heads, kv_heads, head_dim, intermediate, groups, channels,
         group_params, channel_params, layer_params,
     )  # fmt: skip
+
+
+def _fixed_groups(config, spec: PruneSpec, kv_heads: int, group: int) -> int:
+    """The KV groups ``spec.head_fraction`` removes per layer (rounded half up), checked
+    to leave one and a head count transformers saves."""
+    groups = math.floor(spec.head_fraction * kv_heads + 0.5)
+    if groups >= kv_heads:
+        raise PruneArgumentError(
+            f"head_fraction={spec.head_fraction} removes all {kv_heads} KV groups"
+        )
+    refusal = _config_refusal(config, kv_heads - groups, group) if groups else None
+    if refusal:
+        raise PruneArgumentError(
+            f"head_fraction={spec.head_fraction} leaves {(kv_heads - groups) * group} "
+            f"attention heads, which transformers refuses to save: {refusal}"
+        )
+    return groups
+
+
+def _out_of_reach(spec: PruneSpec, most: float, kv_heads: int, most_groups: int) -> str:
+    """Why ``spec.sparsity`` cannot be reached: at most ``most`` of the block parameters
+    go, removing ``most_groups`` KV groups (all but one unless ``head_fraction`` fixed
+    them) and all but one MLP channel per layer."""
+    reach = f"removes at most {most:.3f} of the block parameters"
+    if spec.head_fraction is not None:
+        return (
+            f"structured sparsity={spec.sparsity} is out of reach with "
+            f"head_fraction={spec.head_fraction}, which removes {most_groups} of {kv_heads} "
+            f"KV groups per layer: keeping one MLP channel per layer {reach}"
+        )
+    return (
+        f"structured sparsity={spec.sparsity} is out of reach: keeping one KV group and one "
+        f"MLP channel per layer {reach}"
+    )
 
 
 def _config_refusal(config, kv_heads: int, group: int) -> str | None:

@@ -11,7 +11,7 @@ from torch import nn
 from restorelcc.data import positive_count
 from restorelcc.errors import RestoreLCCError
 from restorelcc.hf.families import Family, block_linear, decoder_layers, family_of
-from restorelcc.prune.masks import Pattern, parse_pattern
+from restorelcc.prune.masks import Pattern, parse_pattern, prune_count
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 CALIBRATED_METHODS = ("wanda", "sparsegpt")
@@ -108,18 +108,47 @@ def check_options(
 
 
 def check_model(model: nn.Module, spec: PruneSpec) -> Family:
-    """Check the model has the family's decoder linears and the pattern fits their shapes."""
+    """Check the model has the family's decoder linears and the pattern fits their shapes
+    (N:M: inputs divisible by M; unstructured: ``sparsity`` rounds to at least one pruned
+    weight somewhere). Reads only shapes, so a meta-device shell does."""
     family = family_of(model)
     layers = decoder_layers(model)
+    shapes = []
     for index, layer in enumerate(layers):
         for name in family.block_linears:
             linear = block_linear(layer, name)
+            shapes.append((linear.out_features, linear.in_features))
             if spec.pattern.kind == "nm" and linear.in_features % spec.pattern.m:
                 raise PruneArgumentError(
                     f"pattern {spec.pattern} needs input dimensions divisible by "
                     f"{spec.pattern.m}, but layers.{index}.{name} has {linear.in_features}"
                 )
+    if spec.pattern.kind == "unstructured":
+        _check_prunes_something(spec, shapes)
     return family
+
+
+def _check_prunes_something(spec: PruneSpec, shapes: list[tuple[int, int]]) -> None:
+    """Refuse an unstructured ``spec.sparsity`` that rounds to no weight in any of the
+    linears' ``[out, in]`` shapes: magnitude and Wanda prune ``prune_count(in)`` per row,
+    SparseGPT ``prune_count(out * in)`` per matrix."""
+    per_matrix = spec.method == "sparsegpt"
+    largest = max(out * inputs if per_matrix else inputs for out, inputs in shapes)
+    if prune_count(largest, spec.sparsity) > 0:
+        return
+    unit = "weights of a matrix" if per_matrix else "inputs of a row"
+    raise PruneArgumentError(
+        f"sparsity={spec.sparsity} prunes no weight: {spec.method} prunes that share of the "
+        f"{unit} (at most {largest} here), rounded half up, which is 0; pass "
+        f"sparsity={rounded_up(0.5 / largest):.3g} or more"
+    )
+
+
+def rounded_up(value: float, digits: int = 3) -> float:
+    """``value`` (> 0) rounded up to ``digits`` significant digits: the smallest such
+    number that is no less than ``value``, for naming a bound the user can pass."""
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(value)))
+    return math.ceil(value * scale) / scale
 
 
 def check_calibration(calibration, spec: PruneSpec, vocab_size: int) -> torch.Tensor | None:
