@@ -54,9 +54,12 @@ def sparse_linear(
     backend: "auto" (measured dispatch table, else built-in rules; `reference` on a CPU)
         or one of dispatch.BACKENDS to force it; plan: an explicit `Plan` (benchmarks,
         tests). Accumulation is fp32; y has x's dtype.
-    Non-finite x at pruned positions: the paths that multiply kept values only (skinny
-        with block_m < 16 on 2:4 weights, streams) never read them; the others, like
-        F.linear on the dense weight, give NaN (0 * inf).
+    Non-finite x at pruned positions: like F.linear on the dense weight, the paths give
+        NaN (0 * inf) in the rows whose stored entries reach them. Dense tiles store every
+        position; the paths that walk stored entries only (skinny with block_m < 16 on 2:4
+        weights, streams) skip most pruned positions but not all (the zero slots of 2:4
+        groups with fewer than two kept, the streams' escape and padding entries), so
+        which rows turn NaN depends on the path. Check x where it matters.
     decode_streams: with "auto", a bitmap weight runs on its streams layout (built on
         first use and kept on the weight, ~1.1x the bitmap's bytes) up to
         dispatch.STREAMS_MAX_M rows where no measured entry says otherwise. Without it
