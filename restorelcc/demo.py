@@ -43,7 +43,8 @@ from restorelcc.latency import interleaved_rounds, median_ratios
 from restorelcc.lcc.pipeline import RestoreConfig, restore
 from restorelcc.lcc.probing import head_count
 from restorelcc.prune import prune_model
-from restorelcc.prune.validate import CALIBRATED_METHODS, check_model
+from restorelcc.prune.api import check_config
+from restorelcc.prune.validate import CALIBRATED_METHODS
 
 # One headline metric per task: length-normalised accuracy where the harness's convention
 # is to report it (answers of very different lengths), plain accuracy elsewhere.
@@ -182,6 +183,11 @@ class Demo:
         if c.prune_method in CALIBRATED_METHODS:
             label = f"--calibration-seqlen {c.calibration_seqlen}"
             flagged(label, check_length_fits, c.calibration_seqlen, model_config, label)
+        for pattern in c.patterns:  # N:M input widths, the structured plan: from the config
+            spec = c.prune_spec(pattern)
+            structured = spec.pattern.kind == "heads"
+            named = {"sparsity": "--structured-sparsity" if structured else "--sparsity"}
+            flagged(f"--patterns {pattern}", check_config, model_config, spec, fields=named)
         if {"restorelcc", "lofit"} & set(c.methods):
             geometry = head_geometry(model_config)
             flagged("--heads", head_count, geometry, c.heads, fields={"heads": "--heads"})
@@ -199,8 +205,6 @@ class Demo:
         torch.manual_seed(c.seed)
         pairs = self.check_inputs() if pairs is None else pairs
         dense, tokenizer = load_model(c.model, device=c.device)
-        for pattern in c.patterns:  # N:M needs input widths divisible by M
-            flagged(f"--patterns {pattern}", check_model, dense, c.prune_spec(pattern))
         calibration = None
         if c.prune_method in CALIBRATED_METHODS:
             calibration = calibration_batches(

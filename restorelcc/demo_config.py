@@ -127,8 +127,9 @@ class DemoConfig:
         """The paper's budget (``PAPER_SETTINGS``); ``overrides`` win over it. Its probe
         pairs are at most the ``train_pairs`` given."""
         settings = PAPER_SETTINGS | overrides
-        if "probe_pairs" not in overrides:
-            settings["probe_pairs"] = min(settings["probe_pairs"], settings["train_pairs"])
+        train = settings["train_pairs"]
+        if overrides.get("probe_pairs") is None and isinstance(train, int):
+            settings["probe_pairs"] = min(PAPER_SETTINGS["probe_pairs"], train)
         return cls(**settings)
 
     def __post_init__(self) -> None:

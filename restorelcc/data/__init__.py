@@ -250,10 +250,16 @@ def calibration_batches(
     chars = target * CHARS_PER_TOKEN_BOUND  # a longer document is cut: a corpus file
     stream: list[int] = []
     for start in range(0, len(docs), 64):
-        chunk = [d[:chars] + DOCUMENT_SEPARATOR for d in docs[start : start + 64]]
+        group = docs[start : start + 64]
+        # a group holding a cut document stops where the target is met (a folder of corpus
+        # files); others are taken whole, as the references do
+        cut = any(len(d) > chars for d in group)
+        chunk = [d[:chars] + DOCUMENT_SEPARATOR for d in group]
         for part in _batches_of_chars(chunk, chars):  # bounds the tokenizer's memory
             for ids in tokenizer(part, add_special_tokens=False)["input_ids"]:
                 stream.extend(ids)
+            if cut and len(stream) >= target:
+                break
         if len(stream) >= target:
             break
     if len(stream) < seqlen:

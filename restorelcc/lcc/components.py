@@ -41,6 +41,19 @@ class Components:
     k: int
 
 
+def _oriented(u: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:
+    """``vh [h, r, d]`` with each SVD pair's arbitrary sign (row order, LAPACK build) fixed,
+    so that training, which starts from ``c = V^T beta + b`` with a seeded beta, starts from
+    the same ``c``: each direction along the mean shift (its ``u [h, N, r]`` column sums to
+    > 0); one orthogonal to it (a sum within rounding of 0) with its largest entry positive.
+    Directions of zero singular values are any basis of what is left, whatever the sign."""
+    sums = u.sum(dim=1)  # [h, r]
+    largest = vh.gather(2, vh.abs().argmax(dim=2, keepdim=True)).squeeze(2)  # [h, r]
+    tie = sums.abs() <= 1e-6 * u.shape[1] ** 0.5
+    sign = torch.where(tie, largest.sign(), sums.sign())
+    return vh * torch.where(sign < 0, -1.0, 1.0).to(vh.dtype)[:, :, None]
+
+
 def lost_components(dense: torch.Tensor, pruned: torch.Tensor, k: int = PAPER_K) -> Components:
     """SVD of ``dense - pruned`` (both ``[N, L, H, d]``) for every head.
 
@@ -74,11 +87,7 @@ def lost_components(dense: torch.Tensor, pruned: torch.Tensor, k: int = PAPER_K)
         u, s, vh = torch.linalg.svd(diff, full_matrices=False)  # [h,N,r], [h,r], [h,r,d]
         weights = u[:, :, :top].mean(dim=1) * s[:, :top]  # [h, top]
         compensation[part] = torch.einsum("hk,hkd->hd", weights, vh[:, :top]).float()
-        # An SVD pair's sign is arbitrary (row order, LAPACK build): each direction is
-        # turned along the mean shift (its U column sums to >= 0), so that training, which
-        # starts from c = V^T beta + b with a seeded beta, starts from the same c.
-        sign = torch.where(u.sum(dim=1) < 0, -1.0, 1.0).to(vh.dtype)  # [h, r]
-        directions[part, :rank] = (vh * sign[:, :, None]).float()
+        directions[part, :rank] = _oriented(u, vh).float()
         singular[part] = s.float()
         mean[part] = diff.mean(dim=1).float()
     return Components(

@@ -146,11 +146,23 @@ def plan_removal(model: nn.Module, family: Family, spec: PruneSpec) -> Structure
     channels = channels_for(groups)
     if channels >= intermediate:
         most = (most_groups * group_params + (intermediate - 1) * channel_params) / layer_params
+        if spec.head_fraction is None and spec.sparsity < most:
+            # between two plans: these groups with all but one channel, the next groups alone
+            below = (groups * group_params + (intermediate - 1) * channel_params) / layer_params
+            above = next(g for g in range(groups + 1, most_groups + 1) if savable(g))
+            raise PruneArgumentError(
+                f"sparsity={spec.sparsity} (structured) falls between two plans: {groups} KV "
+                f"groups and all but one MLP channel per layer remove {below:.4f} of the "
+                f"block parameters, {above} KV groups alone "
+                f"{above * group_params / layer_params:.4f}; pass sparsity="
+                f"{math.floor(below * 1000) / 1000:g} or less, or "
+                f"{rounded_up(above * group_params / layer_params):g} or more"
+            )
         raise PruneArgumentError(_out_of_reach(spec, most, kv_heads, most_groups))
     if groups == 0 and channels == 0:
         least = rounded_up(channel_params / (2 * layer_params))  # half a channel rounds up
         raise PruneArgumentError(
-            f"structured sparsity={spec.sparsity} removes nothing: no KV group goes, and one "
+            f"sparsity={spec.sparsity} (structured) removes nothing: no KV group goes, and one "
             f"MLP channel per layer is {channel_params / layer_params:.3g} of the block "
             f"parameters; pass sparsity={least:.3g} or more"
         )
@@ -184,12 +196,12 @@ def _out_of_reach(spec: PruneSpec, most: float, kv_heads: int, most_groups: int)
     reach = f"removes at most {most:.3f} of the block parameters"
     if spec.head_fraction is not None:
         return (
-            f"structured sparsity={spec.sparsity} is out of reach with "
+            f"sparsity={spec.sparsity} (structured) is out of reach with "
             f"head_fraction={spec.head_fraction}, which removes {most_groups} of {kv_heads} "
             f"KV groups per layer: keeping one MLP channel per layer {reach}"
         )
     return (
-        f"structured sparsity={spec.sparsity} is out of reach: keeping one KV group and one "
+        f"sparsity={spec.sparsity} (structured) is out of reach: keeping one KV group and one "
         f"MLP channel per layer {reach}"
     )
 

@@ -186,3 +186,6 @@ def test_the_probe_pairs_preset_is_at_most_the_train_pairs_in_the_api_too():
     assert DemoConfig.paper().probe_pairs == 1000
     with pytest.raises(DemoArgumentError, match="--probe-pairs 100 exceeds --train-pairs 64"):
         DemoConfig(train_pairs=64, probe_pairs=100)
+    assert DemoConfig.paper(train_pairs=500, probe_pairs=None).probe_pairs == 500
+    with pytest.raises(DemoArgumentError, match="--train-pairs must be positive, got 'x'"):
+        DemoConfig.paper(train_pairs="x")

@@ -184,6 +184,10 @@ def test_paper_and_plain_defaults_without_options(captured_config, tmp_path):
         (["--pairs-source", "/nonexistent/pairs.json"], "--pairs-source: unknown data source"),
         (["--calibration-source", "/nonexistent/c.txt"], "--calibration-source: unknown data"),
         (["--calibration-seqlen", "300"], "--calibration-seqlen 300: more tokens than the 256"),
+        (
+            ["--patterns", "heads", "--structured-sparsity", "0.0001"],
+            "--patterns heads: --structured-sparsity 0.0001 (structured) removes nothing",
+        ),
     ],
 )
 def test_demo_checks_every_option_before_loading_a_model(

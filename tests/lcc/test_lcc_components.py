@@ -34,6 +34,21 @@ def test_directions_do_not_depend_on_the_order_of_the_samples():
     assert (torch.einsum("lhkd,lhd->lhk", a.directions, a.mean_difference) >= -1e-6).all()
 
 
+def test_directions_orthogonal_to_the_mean_shift_do_not_depend_on_the_order_either():
+    """Samples in +/- pairs around a shift along the first axis, spread over the others:
+    every direction but the first is orthogonal to the shift (its U column sums to 0),
+    where the mean-shift rule alone follows the order."""
+    g = torch.Generator().manual_seed(2)
+    spread = torch.randn(64, 3, 5, 16, generator=g)
+    spread[..., 0] = 0
+    diff = torch.cat([spread, -spread])
+    diff[..., 0] += 1.0
+    order = torch.randperm(128, generator=g)
+    zeros = torch.zeros_like(diff)
+    a, b = lost_components(diff, zeros), lost_components(diff[order], zeros)
+    torch.testing.assert_close(a.directions, b.directions, rtol=0, atol=1e-4)
+
+
 def test_svd_reconstructs_the_differences_per_head():
     dense, pruned = activations(30)
     comps = lost_components(dense, pruned)

@@ -30,11 +30,11 @@ def one_kv_group_dir(tmp_path):
         ),
         (
             ["--pattern", "heads", "--sparsity", "0.001"],
-            "structured --sparsity 0.001 removes nothing",
+            "--sparsity 0.001 (structured) removes nothing",
         ),
         (
             ["--pattern", "heads", "--sparsity", "0.95"],
-            "structured --sparsity 0.95 is out of reach",
+            "--sparsity 0.95 (structured) is out of reach",
         ),
         (["--sparsity", "0.002"], "--sparsity 0.002 prunes no weight"),
         (["--pattern", "4:8", "--sparsity", "0.5"], "divisible by 8, but layers.0"),

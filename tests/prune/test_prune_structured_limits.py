@@ -72,3 +72,17 @@ def test_an_unstructured_sparsity_that_rounds_to_no_weight_is_refused(method):
     least = _figure(r"pass sparsity=([0-9.e-]+) or more", str(error.value))
     report = prune_model(model, method, least, calibration=tokens, progress=False)
     assert 0 < report.overall_sparsity < 0.01
+
+
+@pytest.mark.parametrize("sparsity", [0.09, 0.3])
+def test_a_sparsity_between_two_plans_names_both_and_both_work(sparsity):
+    """llama-mha with an MLP of 8 channels: MLP channels alone reach 0.075, and one KV group
+    (3 heads do not divide the hidden size) cannot go, two can. It had said "out of reach
+    ... at most 0.761" for 0.09."""
+    with pytest.raises(PruneArgumentError, match="falls between two plans") as error:
+        prune_model(tiny_model("llama-mha", intermediate_size=8), "magnitude", sparsity, "heads")
+    below = _figure(r"pass sparsity=([0-9.]+) or less", str(error.value))
+    above = _figure(r"or ([0-9.]+) or more", str(error.value))
+    assert below < sparsity < above
+    for bound in (below, above):
+        prune_model(tiny_model("llama-mha", intermediate_size=8), "magnitude", bound, "heads")
