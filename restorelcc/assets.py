@@ -106,7 +106,10 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     if path.is_dir():
         if (path / "config.json").is_file():
             return path
-        raise ModelNotFoundError(f"{path} is a directory but holds no config.json")
+        from restorelcc.lcc.adapter import adapter_folder_message  # a restore --out?
+
+        message = adapter_folder_message(path) or f"{path} is a directory but holds no config.json"
+        raise ModelNotFoundError(message)
     key = str(name_or_path).lower()
     if key in KNOWN_MODELS:
         asset = KNOWN_MODELS[key]

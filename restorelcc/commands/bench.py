@@ -28,6 +28,7 @@ import time
 
 from restorelcc.commands.options import (
     DEFAULT_REPORT_HELP,
+    adapter_input,
     adapter_summary,
     add_adapter_argument,
     add_device_argument,
@@ -40,6 +41,7 @@ from restorelcc.commands.options import (
     remember_defaults,
     report_path,
     resolve_device,
+    swap_errors_named,
     swap_pruned_attention,
     write_report,
 )
@@ -151,17 +153,18 @@ def _swap(model, args: argparse.Namespace, dry_run: bool = False):
     """Swap ``model`` in place as the options ask (``dry_run``: the swap's checks only,
     nothing packed, the model unchanged); its ``SwapReport``. Raises
     ``NothingToSwapError`` where nothing is pruned, ``ValueError`` for
-    ``--decode-streams`` without bitmap weights."""
-    report = swap_pruned_attention(
-        model,
-        "--model",
-        args.model,
-        args.format,
-        args.min_sparsity,
-        args.decode_streams,
-        args.mlp,
-        dry_run=dry_run,
-    )
+    ``--decode-streams`` without bitmap weights, ``SwapError`` naming ``--format``."""
+    with swap_errors_named("--format", args.format):
+        report = swap_pruned_attention(
+            model,
+            "--model",
+            args.model,
+            args.format,
+            args.min_sparsity,
+            args.decode_streams,
+            args.mlp,
+            dry_run=dry_run,
+        )
     _check_decode_streams(args, report)
     return report
 
@@ -277,7 +280,8 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     out = report_path(args, "bench")
-    check_spares_inputs("--json", out, {"--model": args.model, "--adapter": args.adapter})
+    adapter = adapter_input(args.adapter)
+    check_spares_inputs("--json", out, {"--model": args.model, "--adapter": adapter})
     if not 0 <= args.min_sparsity < 1:
         raise ValueError(f"--min-sparsity must be in [0, 1), got {args.min_sparsity}")
     device = resolve_device(args.device)

@@ -7,6 +7,7 @@ import time
 
 from restorelcc.commands.options import (
     DEFAULT_REPORT_HELP,
+    adapter_input,
     adapter_summary,
     add_adapter_argument,
     add_device_argument,
@@ -16,7 +17,6 @@ from restorelcc.commands.options import (
     check_mlp_needs_swap,
     check_spares_inputs,
     data_input,
-    describe_swap,
     limit_value,
     positive_int,
     read_adapter,
@@ -24,6 +24,7 @@ from restorelcc.commands.options import (
     remember_defaults,
     report_path,
     resolve_device,
+    swap_errors_named,
     swap_pruned_attention,
     write_report,
 )
@@ -121,6 +122,34 @@ def perplexity_line(ppl: dict) -> str:
     )
 
 
+def compare_perplexity(models: dict, tokenizer, source: str, tokens: int, progress: bool) -> dict:
+    """Perplexity of each of ``models`` (name -> model, one tokenizer) on ``source``, and
+    each one's total NLL over the same ``tokens`` ids: a perplexity whose ``exp``
+    overflows a float is written as ``null`` (JSON has no infinity), and ``exp(nll /
+    tokens)`` is what is left of it (as in ``PerplexityResult.as_dict``)."""
+    from restorelcc.evaluate import perplexity_report
+
+    results = {
+        name: perplexity_report(model, tokenizer, source=source, tokens=tokens, progress=progress)
+        for name, model in models.items()
+    }
+    settings = next(iter(results.values())).as_dict()
+    return {
+        "perplexity": {name: result.perplexity for name, result in results.items()},
+        "nll": {name: result.nll for name, result in results.items()},
+        **{key: settings[key] for key in ("source", "tokens", "window", "stride")},
+    }
+
+
+def describe_swap(report) -> str:
+    """One line: the swapped layers, their formats and the bytes of what was swapped."""
+    return (
+        f"swapped layers {report.swapped_layers[0]}..{report.swapped_layers[-1]} "
+        f"({', '.join(sorted({g.format for g in report.groups}))}); {report.scope} weights "
+        f"{report.bytes_before / 2**20:.1f} -> {report.bytes_after / 2**20:.1f} MiB"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from restorelcc.assets import load_model
     from restorelcc.data import perplexity_texts
@@ -140,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
         perplexity_texts(args.ppl_source, n=1)  # a missing or empty source fails here too
     out = report_path(args, "eval")
     ppl_source = None if args.no_ppl else data_input(args.ppl_source)
-    inputs = {"--model": args.model, "--adapter": args.adapter, "--ppl-source": ppl_source}
+    adapter = adapter_input(args.adapter)
+    inputs = {"--model": args.model, "--adapter": adapter, "--ppl-source": ppl_source}
     check_spares_inputs("--json", out, inputs)
     device = resolve_device(args.device)
     restoration = read_adapter(args.adapter)
@@ -149,9 +179,10 @@ def run(args: argparse.Namespace) -> int:
         restoration.fold(model)
     swap = None
     if args.swap:
-        swap = swap_pruned_attention(
-            model, "--swap", args.model, args.swap, MIN_SPARSITY, mlp=args.mlp
-        )
+        with swap_errors_named("--swap", args.swap):
+            swap = swap_pruned_attention(
+                model, "--swap", args.model, args.swap, MIN_SPARSITY, mlp=args.mlp
+            )
         print(describe_swap(swap))
     report = evaluate_model(
         model,

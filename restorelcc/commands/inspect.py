@@ -8,10 +8,12 @@ from dataclasses import asdict
 
 from restorelcc.commands.options import (
     add_mlp_argument,
+    add_quiet_argument,
     check_json_path,
     check_mlp_needs_swap,
     check_spares_inputs,
     nothing_to_swap,
+    swap_errors_named,
 )
 from restorelcc.hf import FORMATS, MIN_SPARSITY
 
@@ -34,6 +36,7 @@ def register(subparsers) -> None:
         help="also load the model and show what swap_attention would pack, per layer",
     )
     add_mlp_argument(p)
+    add_quiet_argument(p)
     p.set_defaults(func=run)
 
 
@@ -46,13 +49,14 @@ def _swap_preview(directory: str, format: str, mlp: bool):
     from restorelcc.hf.swap import swap_attention
 
     model, _ = load_model(directory)
-    return swap_attention(model, format, mlp=mlp, dry_run=True)
+    with swap_errors_named("--swap", format):
+        return swap_attention(model, format, mlp=mlp, dry_run=True)
 
 
-def _print_swap(report, mlp: bool) -> None:
+def _print_swap(report, mlp: bool, structured: bool) -> None:
     print(report.table())
     if not report.swapped_layers:
-        print(f"nothing to swap: {nothing_to_swap(mlp, MIN_SPARSITY)}")
+        print(f"nothing to swap: {nothing_to_swap(mlp, MIN_SPARSITY, structured)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     for line in result["shape_mismatches"]:
         print(f"shape mismatch: {line}")
     if swap is not None:
-        _print_swap(swap, args.mlp)
+        _print_swap(swap, args.mlp, bool(structured))
     if args.json is not None:
         swapped = swap.to_dict() if swap is not None else None
         payload = {**result, "matrices": [asdict(m) for m in matrices], "swap": swapped}

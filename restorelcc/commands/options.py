@@ -7,6 +7,7 @@ rewritten to name flags, and the swap of a model's pruned attention (and, with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -293,8 +294,8 @@ def add_adapter_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--adapter",
         default=None,
-        help="a restore --out directory (or its adapter files): fold that restoration into "
-        "the model first; it must be the pruned model the adapter was made for",
+        help="a restore --out directory, or its adapter.json or adapter.safetensors: fold "
+        "that restoration into the model first (the pruned model it was made for)",
     )
 
 
@@ -306,6 +307,14 @@ def read_adapter(directory: str | None):
     from restorelcc.lcc import Restoration
 
     return Restoration.load(directory)
+
+
+def adapter_input(path: str | None):
+    """``--adapter`` as ``check_spares_inputs`` takes it: the adapter folder, also where
+    one of its files was given (a report must not replace the other)."""
+    from restorelcc.lcc.adapter import adapter_directory
+
+    return None if path is None else adapter_directory(path)
 
 
 def adapter_summary(directory: str | None, restoration) -> dict | None:
@@ -335,10 +344,38 @@ def check_mlp_needs_swap(args: argparse.Namespace) -> None:
         raise ValueError("--mlp swaps the MLP projections too: it needs --swap FORMAT")
 
 
-def nothing_to_swap(mlp: bool, min_sparsity: float) -> str:
-    """Why a swap found nothing to pack."""
+def nothing_to_swap(mlp: bool, min_sparsity: float, structured: bool = False) -> str:
+    """Why a swap found nothing to pack; ``structured``: it was pruned by removing heads."""
     what = "attention or MLP" if mlp else "attention"
-    return f"no {what} projection is pruned (none has {min_sparsity:.0%} zeros or more)"
+    why = f"no {what} projection is pruned (none has {min_sparsity:.0%} zeros or more)"
+    if structured:
+        return f"{why}; structured pruning (--pattern heads) leaves dense matrices: none to pack"
+    return f"{why}; prune it first (unstructured or N:M: --pattern heads leaves dense matrices)"
+
+
+def pruned_structurally(model: str) -> bool:
+    """Whether the checkpoint folder ``model`` has a prune report of ``--pattern heads``."""
+    from restorelcc.prune.checkpoint import read_prune_report
+
+    with contextlib.suppress(RestoreLCCError):  # an unreadable report: inspect names it
+        report = read_prune_report(Path(model)) if Path(model).is_dir() else None
+        return bool(report) and report.get("pattern") == "heads"
+    return False
+
+
+@contextlib.contextmanager
+def swap_errors_named(option: str, format: str):
+    """A ``SwapError`` inside again, after ``option`` and ``format``; for a weight that
+    does not fit 2:4, with the formats that take it."""
+    from restorelcc.hf.swap_plan import SwapError
+
+    try:
+        yield
+    except SwapError as error:
+        hint = ""
+        if "does not fit the 2:4 format" in str(error):
+            hint = f"; use {option} auto (2:4 where a layer fits, else bitmap) or {option} bitmap"
+        raise SwapError(f"{option} {format}: {error}{hint}") from error
 
 
 def swap_pruned_attention(
@@ -366,17 +403,6 @@ def swap_pruned_attention(
     )
     if not report.swapped_layers:
         what = "attention or MLP" if mlp else "attention"
-        raise NothingToSwapError(
-            f"{option}: {name} has no pruned {what} layer to swap: "
-            f"{nothing_to_swap(mlp, min_sparsity)}; prune the model first"
-        )
+        why = nothing_to_swap(mlp, min_sparsity, pruned_structurally(name))
+        raise NothingToSwapError(f"{option}: {name} has no pruned {what} layer to swap: {why}")
     return report
-
-
-def describe_swap(report) -> str:
-    """One line: the swapped layers, their formats and the bytes of what was swapped."""
-    return (
-        f"swapped layers {report.swapped_layers[0]}..{report.swapped_layers[-1]} "
-        f"({', '.join(sorted({g.format for g in report.groups}))}); {report.scope} weights "
-        f"{report.bytes_before / 2**20:.1f} -> {report.bytes_after / 2**20:.1f} MiB"
-    )

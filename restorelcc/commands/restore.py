@@ -2,7 +2,10 @@
 
 Writes into ``--out``: the adapter (``adapter.safetensors`` + ``adapter.json``), a report
 (``restore_report.json``) and, with ``--merged``, a plain ``transformers`` checkpoint with
-the restoration folded into the ``o_proj`` biases (``--out/merged``).
+the restoration folded into the ``o_proj`` biases (``--out/merged``), in the dtype that the
+pruned checkpoint is stored in (``merged_dtype`` in the report), not ``--dtype``'s: where
+they differ, the pruned weights are read again once the models in ``--dtype`` are freed,
+so that the merged checkpoint is the pruned one plus the restoration, to the last bit.
 """
 
 from __future__ import annotations
@@ -136,8 +139,16 @@ def register(subparsers) -> None:
     )
     p.add_argument("--standardize", action="store_true", help="standardise probe features")
     p.add_argument("--seed", type=int, default=0, help="data sampling, init and order")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="both models' dtype")
-    p.add_argument("--merged", action="store_true", help=f"also write --out/{MERGED_DIR}")
+    p.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="both models' dtype while restoring"
+    )
+    p.add_argument(
+        "--merged",
+        action="store_true",
+        help=f"also write --out/{MERGED_DIR}: the pruned checkpoint with the restoration folded "
+        "in, in the dtype the pruned checkpoint is stored in (read again in it where --dtype "
+        "differs)",
+    )
     p.add_argument(
         "--eval", action="store_true", help="perplexity of the dense, pruned and restored models"
     )
@@ -243,17 +254,19 @@ def _check_out(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"--pruned {args.pruned} is not a directory")
 
 
-def _check_models(args: argparse.Namespace, config) -> None:
+def _check_models(args: argparse.Namespace, config):
     """What the two configs tell before any weights load: both of supported families, the
     pruned one the dense one pruned (same family and attention, or fewer heads), the
-    ``--heads`` count within the pruned model's heads, and an ``o_proj`` that can hold
-    the bias ``--merged`` needs."""
+    ``--heads`` count within the pruned model's heads, ``--components-k`` within its
+    head_dim, and an ``o_proj`` that can hold the bias ``--merged`` needs. Returns the
+    pruned model's config."""
     from restorelcc.assets import load_config
     from restorelcc.errors import UnsupportedModelError
     from restorelcc.hf.families import head_geometry
     from restorelcc.lcc import head_count
     from restorelcc.lcc.adapter import check_mergeable
     from restorelcc.lcc.compat import check_compatible_configs
+    from restorelcc.lcc.pipeline import check_components_k
 
     pruned_config = load_config(args.pruned)
     try:
@@ -262,16 +275,23 @@ def _check_models(args: argparse.Namespace, config) -> None:
         raise UnsupportedModelError(
             f"--pruned {args.pruned} does not match --dense {args.dense}: {exc}"
         ) from None
+    geometry = head_geometry(pruned_config)
     if config is not None:  # training-free compensates every head
         try:
-            head_count(head_geometry(pruned_config), config.heads)
+            head_count(geometry, config.heads)
         except ValueError as exc:
             raise RestoreArgumentError(f"--heads: {exc}") from None
+    if args.method == "restorelcc":
+        try:
+            check_components_k(config.components_k, geometry)
+        except ValueError as exc:
+            raise RestoreArgumentError(name_flags(str(exc), CONFIG_FIELDS)) from None
     if args.merged:
         try:
             check_mergeable(pruned_config)
         except UnsupportedModelError as exc:
             raise UnsupportedModelError(f"--merged: {exc}") from None
+    return pruned_config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -291,8 +311,10 @@ def run(args: argparse.Namespace) -> int:
     pairs = instruction_pairs(args.data, n=args.pairs + args.validation_pairs, seed=args.seed)
     if args.eval:
         perplexity_texts(args.ppl_source, n=1)  # a missing or empty text fails here
-    _check_models(args, config)
+    pruned_config = _check_models(args, config)
     dtype = getattr(torch, args.dtype)
+    # --merged: the pruned checkpoint as stored plus the restoration, whatever --dtype
+    merged_dtype = _stored_dtype(pruned_config) or dtype
     dense, tokenizer = load_model(args.dense, dtype=dtype, device=device)
     pruned, _ = load_model(args.pruned, dtype=dtype, device=device)
     restoration = _restore(args, dense, pruned, tokenizer, pairs, config)
@@ -309,13 +331,18 @@ def run(args: argparse.Namespace) -> int:
         "config": config.to_dict() if args.method == "restorelcc" else restoration.hyperparameters,
         "report": restoration.report,
         "evaluation": evaluation,
+        "merged_dtype": str(merged_dtype).removeprefix("torch.") if args.merged else None,
         "run_metadata": run_metadata(),
     }
+    reread = args.merged and merged_dtype != dtype
+    if reread:  # read in its stored dtype once the --dtype models are let go (no more memory)
+        del dense, pruned
+        pruned, _ = load_model(args.pruned, dtype=merged_dtype, device="cpu")
     with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
         save_adapter(restoration, tmp, overwrite=True)
         if args.merged:
-            # made from this very model above: its fingerprint check would only repeat
-            export_merged(restoration, pruned, tmp / MERGED_DIR, tokenizer, check=False)
+            # unless read again, made from this very model above: its check would only repeat
+            export_merged(restoration, pruned, tmp / MERGED_DIR, tokenizer, check=reread)
         atomic_write_json(tmp / REPORT_NAME, report)
 
     stages = [{"stage": k, "seconds": v} for k, v in restoration.report["seconds"].items()]
@@ -336,17 +363,27 @@ def run(args: argparse.Namespace) -> int:
     if evaluation:
         summary.update({f"ppl_{k}": v for k, v in evaluation["perplexity"].items()})
     print(format_table([summary]))
-    written = f"{args.out} (adapter, {REPORT_NAME}" + (f", {MERGED_DIR}/)" if args.merged else ")")
+    merged = f", {MERGED_DIR}/ in {report['merged_dtype']}" if args.merged else ""
+    written = f"{args.out} (adapter, {REPORT_NAME}{merged})"
     print(f"wrote {written}")
     return 0
+
+
+def _stored_dtype(config):
+    """The dtype (of ``DTYPES``) that ``config`` records its weights in, or None."""
+    import torch
+
+    name = str(getattr(config, "dtype", None)).removeprefix("torch.")
+    return getattr(torch, name) if name in DTYPES else None
 
 
 def _restore(args: argparse.Namespace, dense, pruned, tokenizer, pairs, config):
     """The restoration that ``--method`` asks for."""
     from restorelcc.baselines import lofit_baseline, training_free
-    from restorelcc.lcc import restore
+    from restorelcc.lcc import check_compatible, restore
 
-    if args.method == "lofit":
+    if args.method == "lofit":  # trains on pruned alone: the pair is checked here (swapped?)
+        check_compatible(dense, pruned)
         l1 = {} if args.lofit_l1 is None else {"l1": args.lofit_l1}
         return lofit_baseline(pruned, tokenizer, pairs, config, **l1)
     if args.method == "training-free":
@@ -357,29 +394,14 @@ def _restore(args: argparse.Namespace, dense, pruned, tokenizer, pairs, config):
 
 
 def _evaluate(dense, pruned, tokenizer, restoration, args: argparse.Namespace) -> dict:
-    """Perplexity (on ``--ppl-source``) of the dense, pruned and restored (folded copy)
-    models, and each one's total NLL over the same ``tokens`` ids: a perplexity whose
-    ``exp`` overflows a float is written as ``null`` (JSON has no infinity), and
-    ``exp(nll / tokens)`` is what is left of it (as in ``PerplexityResult.as_dict``)."""
+    """``compare_perplexity`` (on ``--ppl-source``) of the dense, pruned and restored (a
+    folded copy) models."""
     import copy
 
-    from restorelcc.evaluate import perplexity_report
+    from restorelcc.commands.evaluate import compare_perplexity
 
     restored = restoration.fold(copy.deepcopy(pruned), check=False)  # made from pruned
     models = {"dense": dense, "pruned": pruned, "restored": restored}
-    results = {
-        name: perplexity_report(
-            model,
-            tokenizer,
-            source=args.ppl_source,
-            tokens=args.ppl_tokens,
-            progress=not args.quiet,
-        )
-        for name, model in models.items()
-    }
-    settings = results["dense"].as_dict()
-    return {
-        "perplexity": {name: result.perplexity for name, result in results.items()},
-        "nll": {name: result.nll for name, result in results.items()},
-        **{key: settings[key] for key in ("source", "tokens", "window", "stride")},
-    }
+    return compare_perplexity(
+        models, tokenizer, args.ppl_source, args.ppl_tokens, progress=not args.quiet
+    )

@@ -6,7 +6,7 @@ An adapter is a directory with ``adapter.safetensors`` (``heads [S, 2]`` int64,
 family and geometry, the selected heads, the fingerprint of the pruned model, its masks'
 hashes and per-parameter norms, hyper-parameters, the run's report and metadata), written
 atomically. Its size is mostly the fp32 directions, ``S * d * d * 4`` bytes: ~1 MB for
-SmolLM2-135M's 67 heads, ~17 MB for 256 heads of d = 128 (Llama-2-7B at 25%); a
+SmolLM2-135M's 68 heads, ~17 MB for 256 heads of d = 128 (Llama-2-7B at 25%); a
 training-free adapter holds every head.
 
 Format 2 (fingerprint v2: exact masks + value sketches, see ``restorelcc.lcc.fingerprint``)
@@ -76,12 +76,37 @@ def save_adapter(restoration: Restoration, directory: str | Path, overwrite: boo
     return Path(directory)
 
 
+def adapter_folder_message(path: Path) -> str | None:
+    """Where the folder ``path``, given as a model, is an adapter folder (a ``restore
+    --out``: it holds ``adapter.json``), a message saying so and what to give instead (the
+    pruned model with the adapter, or a merged checkpoint inside); else None."""
+    if not (path / ADAPTER_CONFIG).is_file():
+        return None
+    merged = [str(sub) for sub in sorted(path.iterdir()) if (sub / "config.json").is_file()]
+    checkpoints = f", or the merged checkpoint {' or '.join(merged)}" if merged else ""
+    return (
+        f"{path} is a restoration adapter folder ({ADAPTER_CONFIG}), not a model: give the "
+        f"pruned model it was made for as the model and {path} as the adapter (--adapter "
+        f"{path}){checkpoints}"
+    )
+
+
+def adapter_directory(path: str | Path) -> Path:
+    """The adapter folder ``path`` names: itself, or the folder of the adapter file
+    (``adapter.json``, ``adapter.safetensors``) it is."""
+    path = Path(path)
+    if path.name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG) and path.is_file():
+        return path.parent
+    return path
+
+
 def load_adapter(directory: str | Path) -> Restoration:
-    """Read an adapter written by ``save_adapter``; ``AdapterError`` if missing or malformed."""
+    """Read an adapter written by ``save_adapter`` (``directory``, or either of its two
+    files); ``AdapterError`` if missing or malformed."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    directory = Path(directory)
+    directory = adapter_directory(directory)
     weights, config = directory / ADAPTER_WEIGHTS, directory / ADAPTER_CONFIG
     if not weights.is_file() or not config.is_file():
         raise AdapterError(

@@ -30,7 +30,8 @@ def check_compatible(dense: nn.Module, pruned: nn.Module) -> torch.Tensor:
     structured pruning that removed whole heads, the attention projections (and q/k norms
     that span the heads) narrower. The
     heads are then paired by their ``o_proj`` columns (``match_heads``); otherwise the map
-    is the identity.
+    is the identity, and ``pruned`` must differ from ``dense`` by added zeros: an unpruned
+    copy, or the two models swapped, is refused (``_check_pruned_direction``).
     """
     if dense is pruned:
         raise ValueError("dense and pruned are the same model object; pass two models")
@@ -52,11 +53,7 @@ def check_compatible(dense: nn.Module, pruned: nn.Module) -> torch.Tensor:
                 "in the dense model; the pruned model must have the dense model's shapes"
             )
     if not heads_removed:
-        if _same_block_weights(dense, pruned):
-            raise UnsupportedModelError(
-                "the pruned model's decoder weights equal the dense model's: nothing was "
-                "pruned, so nothing was lost to restore (prune it first)"
-            )
+        _check_pruned_direction(dense, pruned)
         geometry = head_geometry(pruned)
         return torch.arange(geometry.heads).expand(geometry.layers, -1).clone()
     return match_heads(dense, pruned)
@@ -84,23 +81,57 @@ def check_compatible_configs(dense, pruned) -> bool:
 
 
 @torch.no_grad()
-def _same_block_weights(dense: nn.Module, pruned: nn.Module) -> bool:
-    """Whether every decoder-block linear weight is equal once both are in the coarser of
-    their two dtypes (so an unpruned copy cast to bf16 counts as equal); stops at the first
-    that is not, which for a pruned model is the first one."""
+def _check_pruned_direction(dense: nn.Module, pruned: nn.Module) -> None:
+    """Raise ``UnsupportedModelError`` unless ``pruned`` holds ``dense`` pruned, judged by
+    the decoder-block linear weights, each pair compared in the coarser of their two dtypes
+    (so an unpruned copy cast to bf16 counts as equal). All equal: nothing was pruned.
+    Otherwise the first pair that differs in its count of zeros decides, and the check
+    stops there (for a pruned model, at its first weight, so it costs one weight's read):
+    pruning only adds zeros, so fewer in the pruned weight than in the dense one means the
+    models were given the other way round. (SparseGPT also changes kept weights, exact
+    zeros among them, which a dense model holds few of.) A narrower pruned weight (MLP
+    channels removed) is pruned."""
     family = family_of(dense)
-    for dense_block, pruned_block in zip(
-        decoder_layers(dense), decoder_layers(pruned), strict=True
+    differ = False
+    for layer, (dense_block, pruned_block) in enumerate(
+        zip(decoder_layers(dense), decoder_layers(pruned), strict=True)
     ):
         for name in family.block_linears:
             a = block_linear(dense_block, name).weight
             b = block_linear(pruned_block, name).weight
             if a.shape != b.shape:
-                return False
+                return  # check_compatible let only a narrower pruned weight through
             dtype = _coarser(a.dtype, b.dtype)
-            if not torch.equal(a.to(dtype), b.to(a.device, dtype)):
-                return False
-    return True
+            a, b = a.to(dtype), b.to(a.device, dtype)
+            if torch.equal(a, b):
+                continue
+            differ = True
+            dense_zeros, pruned_zeros = a.numel() - a.count_nonzero(), b.numel() - b.count_nonzero()
+            if pruned_zeros > dense_zeros:
+                return
+            if pruned_zeros < dense_zeros:
+                dense_name, pruned_name = _folder_names(dense, pruned)
+                raise UnsupportedModelError(
+                    f"layer {layer} {name} holds {int(pruned_zeros)} zeros in the pruned model"
+                    f"{pruned_name} but {int(dense_zeros)} in the dense model{dense_name}; "
+                    "pruning only adds zeros: are the dense and pruned models (--dense/--pruned, "
+                    "dense=/pruned= in the API) swapped?"
+                )
+    if not differ:
+        raise UnsupportedModelError(
+            "the pruned model's decoder weights equal the dense model's: nothing was "
+            "pruned, so nothing was lost to restore (prune it first)"
+        )
+
+
+def _folder_names(dense: nn.Module, pruned: nn.Module) -> tuple[str, str]:
+    """`` (folder)`` for each model, from the ``name_or_path`` that loading from a folder
+    sets; ``("", "")`` unless both have one and they differ (a model pruned in memory
+    keeps the name of the folder its dense copy came from)."""
+    names = [str(getattr(model, "name_or_path", "") or "") for model in (dense, pruned)]
+    if not all(names) or names[0] == names[1]:
+        return "", ""
+    return f" ({names[0]})", f" ({names[1]})"
 
 
 def _coarser(a: torch.dtype, b: torch.dtype) -> torch.dtype:

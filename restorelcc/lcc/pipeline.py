@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from torch import nn
 
 from restorelcc.data import is_real, positive_count
-from restorelcc.hf.families import family_of, head_geometry, model_device
+from restorelcc.hf.families import HeadGeometry, family_of, head_geometry, model_device
 from restorelcc.lcc.capture import (
     capture_last_token,
     capture_probe_activations,
@@ -114,6 +114,17 @@ class RestoreConfig:
         return asdict(self)
 
 
+def check_components_k(components_k: int, geometry: HeadGeometry) -> None:
+    """``ValueError`` if ``components_k`` exceeds ``geometry.head_dim``: a head's lost
+    output has no more singular directions than that (``lost_components`` would use
+    ``head_dim`` of them while the config recorded more)."""
+    if components_k > geometry.head_dim:
+        raise ValueError(
+            f"components_k must be at most the head_dim, {geometry.head_dim}: a head's lost "
+            f"output has no more singular directions (components_k={components_k} given)"
+        )
+
+
 class StageTimer:
     """Wall time per named stage, in order."""
 
@@ -148,6 +159,7 @@ def restore(
     pairs = check_pairs(pairs, minimum=MIN_PROBE_PAIRS)
     geometry = head_geometry(pruned)
     count = head_count(geometry, config.heads)
+    check_components_k(config.components_k, geometry)
     # Held-out pairs (config.train.validation_pairs) take no part in head selection either.
     probe_set = check_pairs(
         config.train.split(pairs)[0],

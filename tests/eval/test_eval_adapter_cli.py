@@ -3,6 +3,7 @@ adapter gives the same results as its merged checkpoint, and a wrong one is refu
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 import torch
@@ -99,3 +100,47 @@ def test_a_wrong_adapter_is_refused(command, saved, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "made for a different pruned model" in err
     assert not out.exists()
+
+
+def test_an_adapter_file_stands_for_its_folder(saved, tmp_path, capsys):
+    """--adapter restored/adapter.json used to be refused as "not a restoration adapter",
+    though the help offered "(or its adapter files)"."""
+    perplexities = {}
+    for given in ("", "adapter.json", "adapter.safetensors"):
+        out = tmp_path / f"{given or 'folder'}.json"
+        adapter = str(saved / "adapter" / given)
+        argv = ["eval", "--model", str(saved / "pruned"), "--adapter", adapter, "--tasks", "none",
+                "--ppl-tokens", "60", "--json", str(out)]  # fmt: skip
+        assert _run(capsys, *argv) == 0
+        report = json.loads(out.read_text())
+        assert report["adapter"]["selected_heads"] == 3
+        perplexities[given] = report["perplexity"]["perplexity"]
+    assert len(set(perplexities.values())) == 1
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--model", str(saved / "pruned"), "--adapter",
+            str(saved / "adapter" / "adapter.json"), "--batches", "1", "--context", "6",
+            "--prefill", "8", "--rounds", "1", "--device", "cpu", "--json", str(out)]  # fmt: skip
+    assert _run(capsys, *argv) == 0
+    assert json.loads(out.read_text())["adapter"]["selected_heads"] == 3
+
+
+@pytest.mark.parametrize("command", ["eval", "bench"])
+def test_a_report_may_not_replace_the_other_adapter_file(saved, tmp_path, capsys, command):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(saved / "adapter", adapter)
+    weights = (adapter / "adapter.safetensors").read_bytes()
+    argv = [command, "--model", str(saved / "pruned"), "--adapter", str(adapter / "adapter.json"),
+            "--json", str(adapter / "adapter.safetensors")]  # fmt: skip
+    assert _run(capsys, *argv) == 2
+    err = capsys.readouterr().err
+    assert f"--json {adapter / 'adapter.safetensors'} is a file of --adapter {adapter}" in err
+    assert (adapter / "adapter.safetensors").read_bytes() == weights
+
+
+def test_an_adapter_folder_given_as_the_model_names_the_options_to_use(saved, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = ["eval", "--model", str(saved / "adapter"), "--tasks", "none", "--json", str(out)]
+    assert _run(capsys, *argv) == 2
+    err = capsys.readouterr().err
+    assert f"{saved / 'adapter'} is a restoration adapter folder (adapter.json), not a model" in err
+    assert f"(--adapter {saved / 'adapter'})" in err and not out.exists()

@@ -276,3 +276,23 @@ def test_an_unreadable_config_is_named(tmp_path):
         assets.load_config(model)
     with pytest.raises(CorruptCacheError, match="cannot read the config of"):
         assets.load_model(model)
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["adapter-only", "with-merged"])
+def test_an_adapter_folder_given_as_a_model_says_how_to_use_it(tmp_path, merged):
+    """A restore --out folder used to be "a directory but holds no config.json"."""
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    (restored / "adapter.json").write_text("{}")
+    if merged:
+        tiny_config().save_pretrained(restored / "merged")
+    with pytest.raises(ModelNotFoundError) as refused:
+        assets.resolve_model(restored)
+    expected = (
+        f"{restored} is a restoration adapter folder (adapter.json), not a model: give the "
+        f"pruned model it was made for as the model and {restored} as the adapter (--adapter "
+        f"{restored})"
+    )
+    if merged:
+        expected += f", or the merged checkpoint {restored / 'merged'}"
+    assert str(refused.value) == expected

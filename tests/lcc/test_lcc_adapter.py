@@ -162,3 +162,18 @@ def test_merged_export_refused_where_o_proj_cannot_hold_a_bias(tmp_path):
     with pytest.raises(UnsupportedModelError, match="mistral models cannot hold"):
         export_merged(trained_like(pruned), pruned, tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def test_the_documented_adapter_size_counts_the_heads_a_quarter_selects():
+    """The module's size figure is for SmolLM2-135M at --heads 0.25: 68 of its 270 heads
+    (30 layers x 9), which it had given as 67."""
+    import re
+
+    from restorelcc.hf.families import HeadGeometry
+    from restorelcc.lcc import adapter, head_count
+
+    smollm2 = HeadGeometry(layers=30, heads=9, kv_heads=3, head_dim=64, hidden_size=576)
+    text = " ".join(adapter.__doc__.split())
+    documented = int(re.search(r"SmolLM2-135M's (\d+) heads", text).group(1))
+    assert documented == head_count(smollm2, 0.25) == 68
+    assert f"~{documented * 64 * 64 * 4 / 1e6:.0f} MB for SmolLM2-135M's" in text

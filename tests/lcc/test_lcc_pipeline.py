@@ -208,3 +208,22 @@ def test_selection_breaks_accuracy_ties_by_held_out_probe_loss(
     # With 16 probe pairs (10 held-out examples) accuracies tie: the loss decided something.
     assert ties["heads"] > ties["selected"]
     assert not torch.equal(restoration.heads, select_heads(accuracy, 6))
+
+
+def test_components_k_beyond_head_dim_is_refused_before_capture(
+    models, tokenizer, pairs, monkeypatch
+):
+    """A head of head_dim 16 has at most 16 singular directions: components_k 17 used to
+    run with 16 while the config recorded 17."""
+    import restorelcc.lcc.pipeline as pipeline
+
+    def never(*args, **kwargs):
+        raise AssertionError("restore went on past its checks")
+
+    for stage in ("model_fingerprint", "mine_negatives", "capture_probe_activations"):
+        monkeypatch.setattr(pipeline, stage, never)
+    dense, pruned = models
+    with pytest.raises(ValueError, match=r"components_k must be at most the head_dim, 16: .*17"):
+        restore(dense, pruned, tokenizer, pairs, config(components_k=17))
+    with pytest.raises(AssertionError, match="went on past its checks"):  # 16 is allowed
+        restore(dense, pruned, tokenizer, pairs, config(components_k=16))

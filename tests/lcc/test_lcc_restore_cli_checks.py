@@ -142,3 +142,14 @@ def test_out_dot_in_a_non_empty_directory_is_refused_before_the_models_load(
     assert f"--out . is the current directory ({here})" in err
     assert ("--overwrite would delete" in err) == bool(overwrite)
     assert [p.name for p in here.iterdir()] == ["notes.txt"]
+
+
+def test_components_k_beyond_head_dim_is_refused_before_the_models_load(
+    restore_checkpoints, no_model_loads, capsys
+):
+    """llama-3x5 heads have head_dim 16: --components-k 100 used to run, recording 100."""
+    tmp_path, _ = restore_checkpoints
+    err = refused(restore_argv(tmp_path, "--components-k", "100"), capsys)
+    assert "--components-k must be at most the head_dim, 16: " in err
+    assert "(--components-k 100 given)" in err
+    assert not (tmp_path / "out").exists()

@@ -400,3 +400,22 @@ def test_a_seqlen_beyond_the_models_positions_is_refused_before_the_weights_load
     )  # fmt: skip
     assert rc == 2
     assert "--seqlen 300: more tokens than the 256 positions" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_inspect_swap_loads_the_model_without_bars_when_quiet(tiny_dir, monkeypatch, quiet):
+    """inspect --swap loads the model (transformers' loading bar) and had no --quiet."""
+    from transformers.utils import logging
+
+    import restorelcc.assets
+
+    load_model, bars = restorelcc.assets.load_model, []
+
+    def load(*args, **kwargs):
+        bars.append(logging.is_progress_bar_enabled())
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(restorelcc.assets, "load_model", load)
+    logging.enable_progress_bar()
+    assert main(["inspect", str(tiny_dir), "--swap", "auto", *(["--quiet"] if quiet else [])]) == 0
+    assert bars == [not quiet] and logging.is_progress_bar_enabled()

@@ -1,0 +1,100 @@
+"""``check_compatible`` tells the dense model from the pruned one: pruning only adds zeros,
+so a pair given the other way round (``restore --dense pruned --pruned dense``) is refused,
+while every pruning method and pattern passes the right way round."""
+
+import copy
+
+import pytest
+import torch
+
+from restorelcc.assets import load_model
+from restorelcc.errors import UnsupportedModelError
+from restorelcc.hf.families import head_geometry
+from restorelcc.lcc import check_compatible
+from restorelcc.prune import prune_model
+from restorelcc.testing import byte_tokenizer, tiny_model
+
+CALIBRATION = torch.randint(0, 259, (4, 32), generator=torch.Generator().manual_seed(0))
+
+
+def pruned_pair(method: str, pattern: str, sparsity: float = 0.5, **options):
+    """(dense llama-gqa, its copy pruned by ``method`` to ``pattern``)."""
+    dense = tiny_model("llama-gqa")
+    pruned = copy.deepcopy(dense)
+    if method != "magnitude":
+        options["calibration"] = CALIBRATION
+    prune_model(pruned, method, sparsity, pattern, progress=False, **options)
+    return dense, pruned
+
+
+PAIRS = [
+    ("magnitude", "unstructured", 0.5, {}),
+    ("wanda", "unstructured", 0.5, {}),
+    ("sparsegpt", "unstructured", 0.5, {}),
+    ("sparsegpt", "unstructured", 0.05, {}),
+    ("magnitude", "2:4", 0.5, {}),
+    ("wanda", "2:4", 0.5, {}),
+    ("sparsegpt", "2:4", 0.5, {}),
+    ("magnitude", "heads", 0.2, {"head_fraction": 0.0}),  # MLP channels only, all heads kept
+]
+
+
+@pytest.mark.parametrize(
+    "method, pattern, sparsity, options", PAIRS, ids=[f"{m}-{p}-{s}" for m, p, s, _ in PAIRS]
+)
+def test_a_pruned_model_passes_and_the_pair_swapped_is_refused(method, pattern, sparsity, options):
+    dense, pruned = pruned_pair(method, pattern, sparsity, **options)
+    geometry = head_geometry(pruned)
+    identity = torch.arange(geometry.heads).expand(geometry.layers, -1)
+    assert torch.equal(check_compatible(dense, pruned), identity)
+    assert torch.equal(check_compatible(dense, copy.deepcopy(pruned).to(torch.bfloat16)), identity)
+    # structured: the narrower MLP of the "dense" model already tells
+    match = "swapped" if pattern != "heads" else "must have the dense model's shapes"
+    with pytest.raises(UnsupportedModelError, match=match):
+        check_compatible(pruned, dense)
+
+
+def test_the_swapped_pair_message_names_the_weight_the_counts_and_both_folders(tmp_path):
+    dense, pruned = pruned_pair("magnitude", "unstructured")
+    for name, model in (("dense", dense), ("pruned", pruned)):
+        model.save_pretrained(tmp_path / name)
+        byte_tokenizer().save_pretrained(tmp_path / name)
+    dense, _ = load_model(tmp_path / "dense")
+    pruned, _ = load_model(tmp_path / "pruned")
+    weight = pruned.model.layers[0].self_attn.q_proj.weight
+    zeros = int((weight == 0).sum())
+    with pytest.raises(UnsupportedModelError) as refused:
+        check_compatible(pruned, dense)  # dense= and pruned= given the other way round
+    assert str(refused.value) == (
+        f"layer 0 self_attn.q_proj holds 0 zeros in the pruned model ({tmp_path / 'dense'}) "
+        f"but {zeros} in the dense model ({tmp_path / 'pruned'}); pruning only adds zeros: are "
+        "the dense and pruned models (--dense/--pruned, dense=/pruned= in the API) swapped?"
+    )
+
+
+def test_models_pruned_in_memory_are_not_named_by_the_folder_they_share(tmp_path):
+    """A model pruned in memory keeps its dense copy's ``name_or_path``: naming both by it
+    would say nothing."""
+    tiny_model("llama-gqa").save_pretrained(tmp_path / "dense")
+    byte_tokenizer().save_pretrained(tmp_path / "dense")
+    dense, _ = load_model(tmp_path / "dense")
+    pruned = copy.deepcopy(dense)
+    prune_model(pruned, "magnitude", 0.5, progress=False)
+    with pytest.raises(UnsupportedModelError, match=r"zeros in the pruned model but \d+ in"):
+        check_compatible(pruned, dense)
+
+
+def test_the_direction_is_decided_by_the_first_weight_that_differs():
+    """Only the MLP pruned: the attention weights are equal and skipped, the MLP ones
+    decide (an unpruned pair is still refused as such)."""
+    dense = tiny_model("llama-gqa")
+    pruned = copy.deepcopy(dense)
+    with torch.no_grad():
+        for layer in pruned.model.layers:
+            for linear in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+                linear.weight[:, ::2] = 0
+    check_compatible(dense, pruned)
+    with pytest.raises(UnsupportedModelError, match="layer 0 mlp.gate_proj holds 0 zeros.*swapped"):
+        check_compatible(pruned, dense)
+    with pytest.raises(UnsupportedModelError, match="nothing was pruned"):
+        check_compatible(dense, copy.deepcopy(dense))
