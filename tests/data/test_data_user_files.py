@@ -106,19 +106,24 @@ def test_calibration_batches_from_a_text_file(tmp_path):
         data.calibration_batches(tok, str(path), nsamples=2, seqlen=300)
 
 
+def _recording_byte_tokenizer():
+    """(the byte tokenizer for batches of texts, the characters of each call)."""
+    tok, lengths = byte_tokenizer(), []
+
+    def recording(texts, **kwargs):
+        lengths.append(sum(map(len, texts)))
+        return tok(texts, **kwargs)
+
+    return recording, lengths
+
+
 def test_calibration_batches_stop_in_a_folder_of_huge_files(tmp_path):
     """One document per file: each was cut, but all 64 of a group had been tokenized."""
     folder = tmp_path / "corpus"
     folder.mkdir()
     for i in range(12):
         (folder / f"{i:02}.txt").write_text(f"file {i} " + "abcdefghij" * 600)
-    tok = byte_tokenizer()
-    lengths = []
-
-    def recording(texts, **kwargs):
-        lengths.append(sum(map(len, texts)))
-        return tok(texts, **kwargs)
-
+    recording, lengths = _recording_byte_tokenizer()
     batch = data.calibration_batches(recording, str(folder), nsamples=4, seqlen=16, seed=1)
     assert batch.shape == (4, 16)
     assert sum(lengths) <= 2 * 2 * 4 * 16 * data.CHARS_PER_TOKEN_BOUND + 2
@@ -128,13 +133,7 @@ def test_calibration_batches_tokenize_a_bounded_part_of_a_huge_file(tmp_path):
     """A corpus file is one document: it had been tokenized whole for 2 x 4 x 16 tokens."""
     path = tmp_path / "corpus.txt"
     path.write_text("abcdefghij" * 100_000)
-    tok = byte_tokenizer()
-    lengths = []
-
-    def recording(texts, **kwargs):
-        lengths.append(sum(map(len, texts)))
-        return tok(texts, **kwargs)
-
+    recording, lengths = _recording_byte_tokenizer()
     batch = data.calibration_batches(recording, str(path), nsamples=4, seqlen=16, seed=1)
     assert batch.shape == (4, 16) and max(lengths) <= 2 * 4 * 16 * data.CHARS_PER_TOKEN_BOUND + 2
 
