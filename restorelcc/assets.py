@@ -313,7 +313,7 @@ def _read_config(directory: Path):
 
     try:
         return AutoConfig.from_pretrained(directory)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, AttributeError) as exc:  # "dtype": "auto": Attr.
         raise CorruptCacheError(
             f"cannot read the config of {directory}: {_one_line(exc)}"
         ) from None

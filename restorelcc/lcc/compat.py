@@ -85,11 +85,12 @@ def _check_pruned_direction(dense: nn.Module, pruned: nn.Module) -> None:
     """Raise ``UnsupportedModelError`` unless ``pruned`` holds ``dense`` pruned, judged by
     the decoder-block linear weights, each pair compared in the coarser of their two dtypes
     (so an unpruned copy cast to bf16 counts as equal). All equal: nothing was pruned.
-    Otherwise the first pair that differs in its count of zeros decides, and the check
-    stops there (for a pruned model, at its first weight, so it costs one weight's read):
-    pruning only adds zeros, so fewer in the pruned weight than in the dense one means the
-    models were given the other way round. (SparseGPT also changes kept weights, exact
-    zeros among them, which a dense model holds few of.) A narrower pruned weight (MLP
+    Otherwise the first pair that differs decides, and the check stops there (for a
+    pruned model, at its first weight, so it costs one weight's read): a zero where the
+    dense weight has none is pruning; none of those but values where the dense weight has
+    zeros means the models were given the other way round (SparseGPT may also turn a few of
+    a dense model's exact zeros into values, but it adds zeros of its own). Values changed
+    at the same zeros: undecided, the next pair is read. A narrower pruned weight (MLP
     channels removed) is pruned."""
     family = family_of(dense)
     differ = False
@@ -106,16 +107,17 @@ def _check_pruned_direction(dense: nn.Module, pruned: nn.Module) -> None:
             if torch.equal(a, b):
                 continue
             differ = True
-            dense_zeros, pruned_zeros = a.numel() - a.count_nonzero(), b.numel() - b.count_nonzero()
-            if pruned_zeros > dense_zeros:
+            added = int(((b == 0) & (a != 0)).sum())  # zeros where the dense weight has none
+            if added:
                 return
-            if pruned_zeros < dense_zeros:
+            removed = int(((a == 0) & (b != 0)).sum())
+            if removed:
                 dense_name, pruned_name = _folder_names(dense, pruned)
                 raise UnsupportedModelError(
-                    f"layer {layer} {name} holds {int(pruned_zeros)} zeros in the pruned model"
-                    f"{pruned_name} but {int(dense_zeros)} in the dense model{dense_name}; "
-                    "pruning only adds zeros: are the dense and pruned models (--dense/--pruned, "
-                    "dense=/pruned= in the API) swapped?"
+                    f"layer {layer} {name}: the pruned model{pruned_name} has no zero the dense "
+                    f"model{dense_name} lacks, but {removed} values where the dense one has "
+                    "zeros; pruning only adds zeros: are the dense and pruned models "
+                    "(--dense/--pruned, dense=/pruned= in the API) swapped?"
                 )
     if not differ:
         raise UnsupportedModelError(

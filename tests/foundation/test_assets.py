@@ -278,6 +278,15 @@ def test_an_unreadable_config_is_named(tmp_path):
         assets.load_model(model)
 
 
+def test_a_config_with_an_unknown_dtype_is_named(tmp_path):
+    """transformers raises AttributeError for "dtype": "auto": it had come as a traceback."""
+    model = _saved(tmp_path / "m")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "dtype": "auto"}))
+    with pytest.raises(CorruptCacheError, match="cannot read the config of"):
+        assets.load_config(model)
+
+
 @pytest.mark.parametrize("merged", [False, True], ids=["adapter-only", "with-merged"])
 def test_an_adapter_folder_given_as_a_model_says_how_to_use_it(tmp_path, merged):
     """A restore --out folder used to be "a directory but holds no config.json"."""

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from lcc_helpers import method_argv, restore_argv
+from lcc_helpers import method_argv, restore_argv, save_restore_inputs
 from safetensors.torch import load_file
 
 import restorelcc.assets
@@ -22,9 +22,9 @@ def test_dense_and_pruned_given_the_other_way_round_are_refused(restore_checkpoi
     argv[argv.index("--pruned") + 1] = str(tmp_path / "dense")
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("restorelcc restore: error: layer 0 self_attn.q_proj holds 0 zeros")
-    assert f"in the pruned model ({tmp_path / 'dense'}) but " in err
-    assert f"in the dense model ({tmp_path / 'pruned'}); pruning only adds zeros" in err
+    assert err.startswith("restorelcc restore: error: layer 0 self_attn.q_proj: the pruned")
+    assert f"the pruned model ({tmp_path / 'dense'}) has no zero the dense model " in err
+    assert f"dense model ({tmp_path / 'pruned'}) lacks" in err and "only adds zeros" in err
     assert err.endswith("are the dense and pruned models (--dense/--pruned, dense=/pruned= in "
                         "the API) swapped?")  # fmt: skip
     assert not (tmp_path / "out").exists()
@@ -73,3 +73,17 @@ def test_the_other_methods_refuse_the_pair_swapped_too(restore_checkpoints, caps
     assert main(argv) == 2
     assert "pruning only adds zeros" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_merged_after_float16_keeps_weights_float16_flushes(tmp_path, tokenizer):
+    """A kept weight below fp16's range (|w| < 3e-8) is a zero in the --dtype float16 model:
+    the export from the checkpoint read again had been refused by the fingerprint check,
+    after training, losing the run."""
+    pruned = save_restore_inputs(tmp_path, tokenizer)
+    with torch.no_grad():
+        weight = pruned.model.layers[1].mlp.down_proj.weight.view(-1)
+        weight[int((weight != 0).nonzero()[0])] = 1e-8
+    pruned.save_pretrained(tmp_path / "pruned")
+    assert main(restore_argv(tmp_path, "--dtype", "float16", "--merged", "--quiet")) == 0
+    merged = load_file(tmp_path / "out" / "merged" / "model.safetensors")
+    assert (merged["model.layers.1.mlp.down_proj.weight"] == 1e-8).sum() == 1
