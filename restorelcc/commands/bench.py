@@ -171,21 +171,16 @@ def _swap(model, args: argparse.Namespace, dry_run: bool = False):
 
 def _check_positions(args: argparse.Namespace, config) -> None:
     """Refuse a ``--context`` or ``--prefill`` beyond the model's positions."""
-    from restorelcc.hf.families import model_positions
+    from restorelcc.hf.families import check_length_fits, model_positions
 
     limit = model_positions(config)
-    if limit is None:
-        return
-    if args.context + 1 > limit:
+    if limit is not None and args.context + 1 > limit:
         raise ValueError(
             f"--context {args.context}: a decode step after {args.context} cached tokens "
             f"needs {args.context + 1} positions; {args.model} has {limit}"
         )
     longest = max(args.prefill, default=0)
-    if longest > limit:
-        raise ValueError(
-            f"--prefill {longest}: more tokens than the {limit} positions of {args.model}"
-        )
+    check_length_fits(longest, config, f"--prefill {longest}")
 
 
 def _dtype(name: str, device):
