@@ -89,6 +89,7 @@ __all__ = [
     "format_prompt",
     "instruction_pairs",
     "is_builtin_source",
+    "is_integer",
     "is_real",
     "load_saved_dataset",
     "make_pair",
@@ -104,9 +105,14 @@ def positive_count(value, name: str, error: type[ValueError] = ValueError) -> in
     """``value`` if it is an integer >= 1 (not a bool); ``error`` (a ``ValueError``
     subclass, e.g. a module's argument error) naming ``name`` otherwise, so that ``2.5``
     or ``True`` fails at once instead of deep in the work."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+    if not is_integer(value) or value <= 0:
         raise error(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def is_integer(value) -> bool:
+    """An integer (a Python or numpy int), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_real(value) -> bool:

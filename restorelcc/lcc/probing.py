@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 from typing import NamedTuple
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from restorelcc.data import is_integer
 from restorelcc.errors import DataError
 from restorelcc.hf.families import HeadGeometry
 from restorelcc.lcc.capture import ProbeActivations
@@ -246,7 +246,7 @@ def head_count(geometry: HeadGeometry, heads: int | float) -> int:
 
 
 def _count_in_range(count: int, total: int, name: str = "count") -> int:
-    if isinstance(count, bool) or not isinstance(count, numbers.Integral):
+    if not is_integer(count):
         raise ValueError(f"{name} must be an integer, got {count!r}")
     if not 1 <= count <= total:
         raise ValueError(f"{name} must be between 1 and {total} (all heads), got {count}")

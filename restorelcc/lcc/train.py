@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from restorelcc.data import InstructionPair, is_real, positive_count
+from restorelcc.data import InstructionPair, is_integer, is_real, positive_count
 from restorelcc.errors import DataError, NonFiniteError
 from restorelcc.hf.families import eval_mode, head_geometry, model_device
 from restorelcc.lcc.capture_taps import o_proj_taps, pad_right
@@ -57,10 +56,10 @@ class TrainConfig:
             positive_count(self.max_steps, "max_steps")
         if positive_count(self.max_length, "max_length") < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+        if not is_integer(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         pairs = self.validation_pairs
-        if isinstance(pairs, bool) or not isinstance(pairs, numbers.Integral) or pairs < 0:
+        if not is_integer(pairs) or pairs < 0:
             raise ValueError(f"validation_pairs must be an integer >= 0, got {pairs!r}")
         norm = self.max_grad_norm
         if norm is not None and not (is_real(norm) and math.isfinite(norm) and norm > 0):
