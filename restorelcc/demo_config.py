@@ -12,7 +12,7 @@ from restorelcc.commands.options import flag, name_flags
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.errors import RestoreLCCError
 from restorelcc.evaluate import PAPER_TASKS, resolve_tasks
-from restorelcc.lcc.pipeline import MIN_PROBE_PAIRS, RestoreConfig
+from restorelcc.lcc.pipeline import check_probe_counts
 from restorelcc.lcc.train import TrainConfig
 from restorelcc.prune.masks import parse_pattern
 from restorelcc.prune.sparsegpt import BLOCK_SIZE, DAMPENING
@@ -171,27 +171,14 @@ class DemoConfig:
             raise DemoArgumentError("--tasks: the demo compares accuracy: give at least one task")
 
     def _check_pair_counts(self) -> None:
-        """RestoreLCC's probes need ``MIN_PROBE_PAIRS`` pairs (a 70/30 split, both sides
-        non-empty); RestoreLCC and training-free capture the first ``probe_pairs`` of the
-        ``train_pairs``, so there must be as many. LoRA and LoFiT train on any pair count."""
-        if "restorelcc" in self.methods:
-            if self.train_pairs < MIN_PROBE_PAIRS:
-                raise DemoArgumentError(
-                    f"--train-pairs must be at least {MIN_PROBE_PAIRS} for --methods "
-                    "restorelcc (its probes train on 70% of them and score heads on the "
-                    f"rest), got {self.train_pairs}"
-                )
-            fields = {"probe_pairs": "--probe-pairs"}
-            flagged("--probe-pairs", RestoreConfig, probe_pairs=self.probe_pairs, fields=fields)
+        """RestoreLCC and training-free capture the first ``probe_pairs`` of the
+        ``train_pairs``; RestoreLCC's probes need ``MIN_PROBE_PAIRS`` of them. LoRA and LoFiT
+        train on any pair count."""
         capturing = [m for m in CAPTURING_METHODS if m in self.methods]
-        if capturing and self.probe_pairs > self.train_pairs:
-            verb = "captures" if len(capturing) == 1 else "capture"
-            raise DemoArgumentError(
-                f"--probe-pairs {self.probe_pairs} exceeds --train-pairs {self.train_pairs}: "
-                f"{' and '.join(capturing)} {verb} activations on --probe-pairs of the "
-                f"training pairs; give --probe-pairs {self.train_pairs} or fewer, or more "
-                "--train-pairs"
-            )
+        names = ("--probe-pairs", "--train-pairs", "--methods")
+        check_probe_counts(
+            self.probe_pairs, self.train_pairs, capturing, names=names, error=DemoArgumentError
+        )
 
     def unused_options(self) -> list[tuple[tuple[str, ...], str]]:
         """The fields that this run ignores, in groups, each with why: ``restorelcc demo``

@@ -192,26 +192,17 @@ def _config(args: argparse.Namespace):
     initialisation and training settings), checked; None for ``training-free``, which
     takes none (only ``--pairs`` and ``--max-length``, checked here too)."""
     from restorelcc.lcc import RestoreConfig, TrainConfig
-    from restorelcc.lcc.pipeline import MIN_PROBE_PAIRS
+    from restorelcc.lcc.pipeline import check_probe_counts
 
     _check_method_options(args)
     for name in ("pairs", "epochs", "batch_size", "max_length", "components_k"):
         if getattr(args, name) < 1:
             raise RestoreArgumentError(f"{flag(name)} must be positive")
     probe_pairs = args.probe_pairs if args.probe_pairs is not None else args.pairs
-    if args.method == "restorelcc":  # the other methods do not probe
-        if probe_pairs > args.pairs:
-            raise RestoreArgumentError(
-                f"--probe-pairs {probe_pairs} exceeds --pairs {args.pairs}: capture and "
-                "probing use some of the training pairs"
-            )
-        if probe_pairs < MIN_PROBE_PAIRS:
-            # --pairs stands for --probe-pairs where that is not given: name what was typed
-            given = "--probe-pairs" if args.probe_pairs is not None else "--pairs"
-            raise RestoreArgumentError(
-                f"{given} must be at least {MIN_PROBE_PAIRS} for --method restorelcc (its "
-                f"probes train on 70% of them and score heads on the rest), got {probe_pairs}"
-            )
+    # only restorelcc captures on --probe-pairs (training-free captures all --pairs)
+    capturing = ["restorelcc"] if args.method == "restorelcc" else []
+    names = ("--probe-pairs", "--pairs", "--method")
+    check_probe_counts(probe_pairs, args.pairs, capturing, names=names, error=RestoreArgumentError)
     try:
         train = TrainConfig(
             lr=args.lr,

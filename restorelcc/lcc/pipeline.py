@@ -48,6 +48,35 @@ from restorelcc.lcc.train import TrainConfig, train_response_lm
 MIN_PROBE_PAIRS = 4  # a 70/30 split with both sides holding at least one pair
 
 
+def check_probe_counts(
+    probe_pairs: int,
+    pairs: int,
+    capturing: Sequence[str],
+    *,
+    names: tuple[str, str, str] = ("probe_pairs", "pairs", "methods"),
+    error: type[Exception] = ValueError,
+) -> None:
+    """Check that the ``capturing`` methods (``restorelcc``, ``training-free``) can capture
+    activations on the first ``probe_pairs`` of ``pairs`` training pairs, and that RestoreLCC's
+    probes get ``MIN_PROBE_PAIRS`` of them. ``names``: what the caller calls the probe count,
+    the pair count and the methods (its command-line flags), for the messages."""
+    probe_name, pairs_name, methods_name = names
+    if "restorelcc" in capturing:
+        for count, name in ((pairs, pairs_name), (probe_pairs, probe_name)):
+            if count < MIN_PROBE_PAIRS:
+                raise error(
+                    f"{name} must be at least {MIN_PROBE_PAIRS} for {methods_name} restorelcc "
+                    f"(its probes train on 70% of them and score heads on the rest), got {count}"
+                )
+    if capturing and probe_pairs > pairs:
+        verb = "captures" if len(capturing) == 1 else "capture"
+        raise error(
+            f"{probe_name} {probe_pairs} exceeds {pairs_name} {pairs}: "
+            f"{' and '.join(capturing)} {verb} activations on {probe_name} of the training "
+            f"pairs; give {probe_name} {pairs} or fewer, or more {pairs_name}"
+        )
+
+
 @dataclass
 class RestoreConfig:
     """Hyper-parameters of RestoreLCC (defaults: the paper's, unless noted).

@@ -136,7 +136,7 @@ def test_paper_and_plain_defaults_without_options(captured_config, tmp_path):
         (["--train-pairs", "0"], "--train-pairs must be positive, got 0"),
         (["--epochs", "-1"], "--epochs must be positive, got -1"),
         (["--latency-rounds", "0"], "--latency-rounds must be positive, got 0"),
-        (["--probe-pairs", "2"], "--probe-pairs must be at least 4, got 2"),
+        (["--probe-pairs", "2"], "--probe-pairs must be at least 4 for --methods restorelcc"),
         (["--lr", "0"], "--lr must be positive"),
         (["--lora-lr", "-1"], "--lora-lr must be positive"),
         (["--lr", "inf"], "--lr must be positive and finite, got inf"),
