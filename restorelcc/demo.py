@@ -36,7 +36,7 @@ from restorelcc.data import (
     perplexity_texts,
 )
 from restorelcc.demo_config import DemoConfig, flagged
-from restorelcc.evaluate import evaluate_model
+from restorelcc.evaluate import evaluate_model, headline_metric
 from restorelcc.hf.families import check_length_fits, family_of, head_geometry
 from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
 from restorelcc.latency import interleaved_rounds, median_ratios
@@ -45,14 +45,6 @@ from restorelcc.lcc.probing import head_count
 from restorelcc.prune import prune_model
 from restorelcc.prune.api import check_config
 from restorelcc.prune.validate import CALIBRATED_METHODS
-
-# One headline metric per task: length-normalised accuracy where the harness's convention
-# is to report it (answers of very different lengths), plain accuracy elsewhere.
-HEADLINE_METRIC = {
-    "hellaswag": "acc_norm",
-    "arc_challenge": "acc_norm",
-    "openbookqa": "acc_norm",
-}
 
 
 @dataclass
@@ -73,11 +65,6 @@ class Row:
     @property
     def mean_accuracy(self) -> float:
         return statistics.fmean(self.accuracy.values()) if self.accuracy else float("nan")
-
-
-def headline_metric(task: str) -> str:
-    """The metric that stands for ``task``'s accuracy in the demo: ``acc`` or ``acc_norm``."""
-    return HEADLINE_METRIC.get(task, "acc")
 
 
 def headline_accuracy(evaluation: dict) -> dict[str, float]:

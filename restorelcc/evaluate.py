@@ -48,6 +48,20 @@ __all__ = [
 ]
 
 
+# One headline metric per task: length-normalised accuracy where the harness's convention
+# is to report it (answers of very different lengths), plain accuracy elsewhere.
+HEADLINE_METRIC = {
+    "hellaswag": "acc_norm",
+    "arc_challenge": "acc_norm",
+    "openbookqa": "acc_norm",
+}
+
+
+def headline_metric(task: str) -> str:
+    """The metric that stands for ``task``'s accuracy in summaries: ``acc`` or ``acc_norm``."""
+    return HEADLINE_METRIC.get(task, "acc")
+
+
 def _mean_and_stderr(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and the standard error of the mean (sample standard deviation, as the harness)."""
     n = len(values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 from restorelcc.commands.options import (
@@ -78,15 +79,23 @@ def register(subparsers) -> None:
 
 
 def mean_accuracy(tasks: dict) -> dict | None:
-    """The mean accuracy over the tasks (``tasks``, more than one) and their item count;
-    None for fewer than two tasks."""
+    """Means over the tasks (``tasks``, more than one) of ``acc``, of ``acc_norm`` (None
+    unless every task has it: winogrande has not) and of each task's headline metric
+    (``evaluate.headline_metric``: the demo's "mean acc"), with their item count; None for
+    fewer than two tasks."""
+    from restorelcc.evaluate import headline_metric
+
     if len(tasks) < 2:
         return None
-    accs = [metrics.get("acc") for metrics in tasks.values()]
+    norms = [metrics.get("acc_norm") for metrics in tasks.values()]
     return {
         "tasks": len(tasks),
         "items": sum(metrics["items"] for metrics in tasks.values()),
-        "acc": sum(accs) / len(accs),
+        "acc": statistics.fmean(metrics["acc"] for metrics in tasks.values()),
+        "acc_norm": None if None in norms else statistics.fmean(norms),
+        "headline": statistics.fmean(
+            metrics[headline_metric(name)] for name, metrics in tasks.items()
+        ),
     }
 
 
@@ -104,7 +113,14 @@ def summary_rows(report: dict) -> list[dict]:
     ]
     mean = mean_accuracy(report["tasks"])
     if mean:
-        rows.append({"task": "mean (acc)", "items": mean["items"], "acc": mean["acc"]})
+        rows.append(
+            {
+                "task": "mean",
+                "items": mean["items"],
+                "acc": mean["acc"],
+                "acc_norm": mean["acc_norm"],
+            }
+        )
     return rows
 
 
@@ -212,6 +228,10 @@ def run(args: argparse.Namespace) -> int:
     if report["tasks"]:
         columns = ["task", "items", "acc", "acc_stderr", "acc_norm", "seconds"]
         print(format_table(summary_rows(report), columns))
+        mean = payload["mean"]
+        if mean and mean["headline"] != mean["acc"]:
+            headline = mean["headline"]
+            print(f"mean of each task's headline metric (the demo's mean acc): {headline:.4f}")
     if report["perplexity"]:
         print(perplexity_line(report["perplexity"]))
     out = write_report(args, "eval", out, payload)

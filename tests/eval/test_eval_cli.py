@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from restorelcc import assets, cli
+from restorelcc.commands.evaluate import mean_accuracy, summary_rows
 from restorelcc.commands.options import ReportPathError, check_json_path, default_report_path
 from restorelcc.testing import byte_tokenizer, tiny_model
 
@@ -32,6 +33,21 @@ def one_line_error(capsys, argv) -> str:
 
 
 @needs_wheel
+def test_the_mean_row_averages_acc_and_acc_norm_and_the_headline_follows_the_demo():
+    tasks = {
+        "hellaswag": {"items": 4, "acc": 0.25, "acc_norm": 0.75},  # headline: acc_norm
+        "boolq": {"items": 6, "acc": 0.5, "acc_norm": 0.5},
+    }
+    mean = mean_accuracy(tasks)
+    assert mean == {"tasks": 2, "items": 10, "acc": 0.375, "acc_norm": 0.625, "headline": 0.625}
+    assert summary_rows({"tasks": tasks})[-1] == {
+        "task": "mean", "items": 10, "acc": 0.375, "acc_norm": 0.625,
+    }  # fmt: skip
+    assert mean_accuracy({"boolq": tasks["boolq"]}) is None
+    tasks["winogrande"] = {"items": 2, "acc": 0.5}  # no acc_norm
+    assert mean_accuracy(tasks)["acc_norm"] is None
+
+
 def test_full_run_prints_a_table_and_writes_the_report(tiny_dir, tmp_path, capsys):
     out = tmp_path / "report.json"
     argv = ["eval", "--model", str(tiny_dir), "--tasks", "arc_easy,winogrande", "--limit", "3",
@@ -42,8 +58,13 @@ def test_full_run_prints_a_table_and_writes_the_report(tiny_dir, tmp_path, capsy
     assert "perplexity (lambada, 48 tokens, window 256, stride 128)" in stdout
     report = json.loads(out.read_text())
     assert report["model"] == str(tiny_dir) and report["limit"] == 3
-    accs = [report["tasks"][t]["acc"] for t in ("arc_easy", "winogrande")]
-    assert report["mean"] == {"tasks": 2, "items": 6, "acc": sum(accs) / 2}  # as printed
+    tasks = [report["tasks"][t] for t in ("arc_easy", "winogrande")]
+    acc = sum(task["acc"] for task in tasks) / 2
+    assert "acc_norm" not in tasks[1]  # winogrande: so no mean acc_norm
+    assert report["mean"] == pytest.approx(  # as printed; both tasks' headline metric is acc
+        {"tasks": 2, "items": 6, "acc": acc, "acc_norm": None, "headline": acc}
+    )
+    assert "headline metric" not in stdout
     assert report["tasks"]["arc_easy"]["items"] == 3 and "acc_norm" in report["tasks"]["arc_easy"]
     assert report["tasks"]["winogrande"]["requests"] == 6
     assert report["perplexity"]["tokens"] == 48 and report["perplexity"]["perplexity"] > 1
