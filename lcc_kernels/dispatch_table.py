@@ -15,7 +15,6 @@ dispatch.py's (`load_table`, `register_table`).
 from __future__ import annotations
 
 import json
-import numbers
 import os
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .format_common import as_int
 from .formats import FORMAT_24, FORMAT_BITMAP, SUPPORTED_DTYPES, check_bitmap_tile
 
 BACKENDS = ("skinny", "tiled", "dense", "semi_structured", "streams", "reference")
@@ -112,15 +112,24 @@ def check_backend_format(backend: str, format: str) -> None:
 
 
 def _plan_field(name: str, kind: type, value):
-    """A Plan field's value as `kind`: an int field takes an integer (numpy's too) but no
-    bool, float, string or tensor; a bool field a bool (numpy's too), a str field a str."""
-    if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
+    """A Plan field's value as `kind`: an int field takes an integer scalar (Python, numpy
+    or a 0-d torch tensor: `as_int`) but no bool, float or string; a bool field a bool
+    (numpy's too), a str field a str."""
+    if kind is int and (number := _int_or_none(value)) is not None:
+        return number
     if kind is bool and isinstance(value, (bool, np.bool_)):
         return bool(value)
     if kind is str and isinstance(value, str):
         return str(value)
     raise ValueError(f"Plan.{name} must be of type {kind.__name__}, got {value!r}")
+
+
+def _int_or_none(value) -> int | None:
+    """`value` as an int where `as_int` takes it, else None."""
+    try:
+        return as_int(value)
+    except TypeError:
+        return None
 
 
 # A skinny plan whose fp32 split-K workspace [split, M, N] is larger is refused by the
@@ -252,36 +261,33 @@ def _parse_entry(entry) -> tuple[tuple, int, Plan]:
     missing = [name for name in _ENTRY_FIELDS if name not in entry]
     if missing:
         raise ValueError(f"missing {missing}")
-    fmt, dtype, bucket = entry["format"], entry["dtype"], entry["m_bucket"]
+    fmt, dtype = entry["format"], entry["dtype"]
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"dtype must be one of {DTYPE_NAMES}, got {dtype!r}")
-    for name in ("n", "k"):
-        if not _is_int(entry[name]) or entry[name] < 1:
+    n, k, bucket = (_int_or_none(entry[name]) for name in ("n", "k", "m_bucket"))
+    for name, value in (("n", n), ("k", k)):
+        if value is None or value < 1:
             raise ValueError(f"{name} must be a positive int, got {entry[name]!r}")
-    if not _is_int(bucket) or not 1 <= bucket <= MAX_M_BUCKET or bucket & (bucket - 1):
+    if bucket is None or not 1 <= bucket <= MAX_M_BUCKET or bucket & (bucket - 1):
         raise ValueError(
-            f"m_bucket must be a power of two from 1 to {MAX_M_BUCKET}, got {bucket!r}"
+            f"m_bucket must be a power of two from 1 to {MAX_M_BUCKET}, got {entry['m_bucket']!r}"
         )
     tile, density = entry.get("tile"), entry.get("density")
     if fmt == FORMAT_BITMAP:
         if tile is None or density is None:
             raise ValueError("bitmap entries need a tile and density")
-        check_bitmap_tile(tile)
+        tile = check_bitmap_tile(tile)
         if not isinstance(density, (int, float)) or isinstance(density, bool):
             raise ValueError(f"density must be a number, got {density!r}")
         if not 0 <= density <= 1:
             raise ValueError(f"density must be from 0 to 1, got {density!r}")
-        tile, density = tuple(tile), float(density)
+        density = float(density)
     elif tile is not None or density is not None:
         raise ValueError(f"{fmt} entries take no tile or density, got {tile!r} and {density!r}")
-    key = (fmt, dtype, entry["n"], entry["k"], tile, density)
+    key = (fmt, dtype, n, k, tile, density)
     return key, bucket, Plan.from_dict(entry["plan"])
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _describe(key: tuple) -> str:

@@ -30,6 +30,7 @@ from .format_common import (
     _pack_words,
     _round_up,
     _unpack_words,
+    as_int,
 )
 
 # 64 x 64 positions per bitmap tile: 512 bytes of bitmap and ~4 KB of fp16 values at 50%
@@ -46,20 +47,24 @@ MAX_BITMAP_VALUES = 2**31
 _EMPTY_RUN = VALUE_ALIGN
 
 
-def check_bitmap_tile(tile: tuple[int, int]) -> None:
-    """Refuse a tile that is not (tile_n, tile_k): Python ints, tile_n a power of two
+def check_bitmap_tile(tile) -> tuple[int, int]:
+    """`tile` as (tile_n, tile_k) Python ints; ValueError unless it is a pair of integers
+    (Python, numpy or torch scalars: `as_int`; no floats or bools), tile_n a power of two
     >= 1 rows, tile_k a power of two >= 32 columns (one int32 bitmap word or more)."""
-    if not (
-        isinstance(tile, (tuple, list))
-        and len(tile) == 2
-        and all(isinstance(t, int) and not isinstance(t, bool) for t in tile)
-    ):
-        raise ValueError(f"bitmap tile must be a pair of ints (rows, columns), got {tile!r}")
-    tile_n, tile_k = tile
+    try:
+        if not isinstance(tile, (tuple, list)) or len(tile) != 2:
+            raise TypeError
+        tile_n, tile_k = (as_int(t) for t in tile)
+    except TypeError:
+        raise ValueError(
+            f"bitmap tile must be a pair of ints (rows, columns), got {tile!r}"
+        ) from None
     if tile_n < 1 or tile_n & (tile_n - 1) or tile_k < 32 or tile_k & (tile_k - 1):
         raise ValueError(
-            f"bitmap tile must be (power of two >= 1 rows, power of two >= 32 columns), got {tile}"
+            f"bitmap tile must be (power of two >= 1 rows, power of two >= 32 columns), "
+            f"got {(tile_n, tile_k)}"
         )
+    return tile_n, tile_k
 
 
 @dataclass(eq=False)
@@ -82,7 +87,7 @@ class BitmapWeight(PackedContainer):
 
     def __post_init__(self) -> None:
         self.shape = (int(self.shape[0]), int(self.shape[1]))
-        self.tile = (int(self.tile[0]), int(self.tile[1]))
+        self.tile = check_bitmap_tile(self.tile)
         self.nnz = int(self.nnz)
         self.split_sizes = _check_split_sizes(self.split_sizes, self.shape[0])
         self.validate_layout()

@@ -61,16 +61,22 @@ def _is_integer(tensor: torch.Tensor) -> bool:
     return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
 
-def _size(value) -> int:
+def as_int(value) -> int:
+    """`value` as a Python int: an integer scalar of Python, numpy or torch (anything with
+    __index__; a torch tensor only 0-d), not a bool of any of them; TypeError otherwise
+    (floats included), for the caller to name what it wanted. The one integer check of
+    the sizes that pack, the containers, Plan and the dispatch tables take."""
     if isinstance(value, bool):  # operator.index would take True as 1
-        raise TypeError("a bool is not a size")
-    return operator.index(value)
+        raise TypeError("a bool is not an int")
+    if isinstance(value, torch.Tensor) and (value.dim() != 0 or value.dtype == torch.bool):
+        raise TypeError(f"only a 0-d integer tensor is an int, got {value!r}")
+    return operator.index(value)  # numpy's bools and floats raise
 
 
 def _check_split_sizes(split_sizes, n: int) -> tuple[int, ...]:
     """`split_sizes` as a tuple of ints, checked to be positive and to sum to N = n."""
     try:
-        sizes = tuple(_size(s) for s in split_sizes)
+        sizes = tuple(as_int(s) for s in split_sizes)
     except TypeError as error:
         raise ValueError(f"split_sizes must be a sequence of ints, got {split_sizes!r}") from error
     if not sizes or any(s <= 0 for s in sizes) or sum(sizes) != n:

@@ -146,7 +146,7 @@ def pack(
     if format == FORMAT_24:
         values, meta = _pack_24(weight)
         return Sparse24Weight(values, meta, tuple(weight.shape), sizes)
-    check_bitmap_tile(tile)
+    tile = check_bitmap_tile(tile)
     bits, values, offsets, nnz = _pack_bitmap(weight, tile)
     return BitmapWeight(bits, values, offsets, tuple(weight.shape), tile, nnz, sizes)
 
@@ -201,7 +201,7 @@ def packed_nbytes(
     if format == FORMAT_24:
         shape = (sum(w.shape[0] for w in weights), weights[0].shape[1])
         return _nbytes_24(shape, weights[0].dtype)
-    check_bitmap_tile(tile)
+    tile = check_bitmap_tile(tile)
     return _nbytes_bitmap(weights, tile)
 
 

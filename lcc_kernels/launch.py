@@ -30,7 +30,7 @@ from .kernels import (
     skinny_linear_kernel,
     tiled_linear_kernel,
 )
-from .launch_geometry import Geometry, operand_geometry, streams_geometry
+from .launch_geometry import Geometry, check_streams_block_m, operand_geometry, streams_geometry
 from .reference import check_bias
 from .stream_kernel import stream_linear_kernel
 
@@ -154,6 +154,26 @@ def run_streams(x: torch.Tensor, streams, bias: torch.Tensor | None, plan: Plan)
             part_x, part_out = (x, out) if rows is None else (x[rows], out[rows])
             _issue(stream_launches(part_x, streams, bias, plan, part_out), x.device)
     return out
+
+
+def check_without_rows(
+    x: torch.Tensor,
+    plan: Plan,
+    operand: Operand | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    streams_block_m: bool = True,
+) -> None:
+    """For x [0, K] (nothing to launch), what run_linear (`plan` on `operand`) or
+    run_streams (operand None) refuses before launching, with the same errors: kernels
+    that cannot run on x's device; a plan that does not fit the weight or the split-K
+    workspace bound; with streams_block_m, a streams block_m the kernel has no code for
+    (the plan's own is launched; the streams op picks one from M instead)."""
+    _check_runnable(x)
+    if operand is not None:
+        plan_launches(x, operand, bias, plan, x.new_empty((0, operand.n)))
+    elif streams_block_m:
+        check_streams_block_m(plan)
 
 
 _ALL_ROWS = (None,)

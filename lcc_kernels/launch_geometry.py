@@ -152,6 +152,12 @@ def operand_geometry(
     )
 
 
+def check_streams_block_m(plan: Plan) -> None:
+    """Refuse a streams plan whose block_m the kernel has no code for."""
+    if plan.block_m not in STREAMS_BLOCK_M:
+        raise ValueError(f"streams plans take block_m in {STREAMS_BLOCK_M}, got {plan.block_m}")
+
+
 @functools.lru_cache(maxsize=4096)
 def streams_geometry(
     plan: Plan, m: int, block_n: int, split: int, blocks: int, step_bits: int, has_bias: bool
@@ -162,8 +168,7 @@ def streams_geometry(
             f"streams built for block_n {block_n}, split {split} cannot run "
             f"plan block_n {plan.block_n}, split_k {plan.split_k}"
         )
-    if plan.block_m not in STREAMS_BLOCK_M:
-        raise ValueError(f"streams plans take block_m in {STREAMS_BLOCK_M}, got {plan.block_m}")
+    check_streams_block_m(plan)
     tiles_m = _row_tiles(m, plan.block_m, "streams")
     options = dict(
         BLOCK_M=plan.block_m,

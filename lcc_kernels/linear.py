@@ -97,19 +97,19 @@ def sparse_linear(
         x2d = x2d.contiguous()
     if bias is not None and bias.stride(0) != 1:
         bias = bias.contiguous()
-    if x2d.shape[0] == 0:
-        y = _empty_output(x2d, weight, bias, plan)
-    elif plan is None and _defer_to_op(backend, x):
+    rows = x2d.shape[0]
+    if rows > 0 and plan is None and _defer_to_op(backend, x):
         # While compiling: let the op choose its plan when it runs, so that no dispatcher
         # code is traced and a new M never recompiles the graph.
         y = _run_deferred(x2d, weight, bias, backend, decode_streams)
     else:
         if plan is None:
-            plan = choose_plan(x2d.shape[0], weight, x.dtype, x.device, backend, decode_streams)
+            plan = choose_plan(rows, weight, x.dtype, x.device, backend, decode_streams)
             if backend == "auto" and _needs_triton_plan(plan, x2d, weight, bias):
                 key = WeightKey.of(weight, x.dtype)
-                plan = plan_for_key(x2d.shape[0], key, x.device, triton_only=True)
-        y = _run(x2d, weight, bias, with_weight_tile(plan, weight))
+                plan = plan_for_key(rows, key, x.device, triton_only=True)
+        plan = with_weight_tile(plan, weight)
+        y = _run(x2d, weight, bias, plan) if rows > 0 else _empty_output(x2d, weight, bias, plan)
     return y.reshape(*x.shape[:-1], n)
 
 
@@ -163,15 +163,28 @@ def _check_backend_fits(backend: str, weight, device: torch.device) -> None:
         raise ValueError(f"the semi_structured backend runs on CUDA tensors only, x is on {device}")
 
 
-def _empty_output(x2d, weight, bias, plan: Plan | None) -> torch.Tensor:
-    """y [0, N] for x [0, K], without unpacking the weight: as from F.linear, part of the
-    autograd graph of x and the bias. A forced Triton plan is checked against the weight
-    (its launches at M = 0 are none)."""
-    if plan is not None and plan.backend in TRITON_BACKENDS:
-        out = x2d.new_empty((0, weight.shape[0]))
-        _launchers().plan_launches(x2d, _operand(weight), bias, with_weight_tile(plan, weight), out)
+def _empty_output(x2d, weight, bias, plan: Plan) -> torch.Tensor:
+    """y [0, N] for x [0, K], `plan` checked as `_run` checks it at M > 0 (same errors),
+    with nothing launched, the weight not unpacked and no copy of it built; as from
+    F.linear, part of the autograd graph of x and the bias."""
+    if plan.backend in (*TRITON_BACKENDS, "streams"):
+        _check_launch(x2d, weight, bias, plan)
     zero_weight = x2d.new_zeros(()).expand(weight.shape)
     return F.linear(x2d, zero_weight, None if bias is None else bias.to(x2d.dtype))
+
+
+def _check_launch(x2d, weight, bias, plan: Plan) -> None:
+    """What `_run` and the launchers refuse before a Triton or streams plan launches,
+    for x [0, K]: a derivative asked, a device the kernels cannot run on, a plan that
+    does not fit the weight (a streams block_m where the plan's own would be launched)."""
+    if not torch.compiler.is_compiling():
+        ops.check_inference_only(x2d, weight.values, bias)
+    launch = _launchers()
+    if plan.backend in TRITON_BACKENDS:
+        launch.check_without_rows(x2d, plan, _operand(weight), bias)
+    else:
+        direct = _launch_directly(x2d, weight, bias)
+        launch.check_without_rows(x2d, plan, streams_block_m=direct)
 
 
 def _bias_fits(bias, dtype: torch.dtype) -> bool:

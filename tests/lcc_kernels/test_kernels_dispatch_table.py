@@ -237,6 +237,25 @@ def test_valid_bitmap_entries_load():
     assert DispatchTable.from_dict(table).lookup(key, 1) == Plan("skinny", split_k=7)
 
 
+def test_entries_built_in_code_take_integer_scalars_of_any_kind():
+    """As Plan and pack do: numpy integers and 0-d torch tensors for N, K, the M bucket and
+    the tile become ints (the table's keys are ints); a float does not."""
+    sizes = dict(n=np.int64(64), k=torch.tensor(64), m_bucket=np.int32(2))
+    entry = _bitmap(**sizes, tile=(np.int64(64), torch.tensor(64)))
+    table = DispatchTable(DEVICE, [entry])
+    key = WeightKey("bitmap", "bfloat16", 64, 64, (64, 64), 0.3)
+    assert table.lookup(key, 2) == Plan("skinny", split_k=7)
+    ((fmt, dtype, *numbers, tile, density),) = table._plans
+    assert all(type(size) is int for size in (*numbers, *tile))
+    for bad, message in (
+        (dict(k=np.float64(64)), "k must be a positive int, got np.float64(64.0)"),
+        (dict(m_bucket=torch.tensor(True)), "m_bucket must be a power of two"),
+        (dict(tile=(64.0, 64)), "bitmap tile must be a pair of ints"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(f"entry 0: {message}")):
+            DispatchTable(DEVICE, [_bitmap(**bad)])
+
+
 def _recorded(action) -> list[str]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -271,16 +290,21 @@ def test_tables_from_another_gpu_or_other_versions_warn_once_per_file(tmp_path, 
         ({"split_k": 2.5}, "Plan.split_k must be of type int, got 2.5"),
         ({"block_m": True}, "Plan.block_m must be of type int, got True"),
         ({"serial_reduction": 1}, "Plan.serial_reduction must be of type bool, got 1"),
-        ({"block_m": torch.tensor(16)}, "Plan.block_m must be of type int, got tensor(16)"),
+        ({"block_m": torch.tensor(16.0)}, "Plan.block_m must be of type int, got tensor(16.)"),
+        ({"block_m": torch.tensor(True)}, "Plan.block_m must be of type int, got tensor(True)"),
+        ({"block_m": torch.tensor([16])}, "Plan.block_m must be of type int, got tensor([16])"),
         ({"block_m": np.bool_(True)}, "Plan.block_m must be of type int, got np.True_"),
     ],
 )
 def test_a_plan_built_in_code_checks_its_field_types(fields, message):
     """The same rule as for plans read from a table, at construction (not a TypeError from
-    deep in a launcher); an integer of another type (numpy's) becomes an int."""
+    deep in a launcher); an integer scalar of another type (numpy's, a 0-d torch tensor)
+    becomes an int, as in a bitmap tile (format_common.as_int)."""
     with pytest.raises(ValueError, match=re.escape(message)):
         Plan("skinny", **fields)
-    plan = Plan(np.str_("skinny"), block_m=np.int64(4), split_k=np.int32(3))
-    assert (type(plan.backend), type(plan.block_m), type(plan.split_k)) == (str, int, int)
-    assert plan == Plan("skinny", block_m=4, split_k=3)
+    integers = dict(block_m=np.int64(4), split_k=np.int32(3), group_m=torch.tensor(2))
+    plan = Plan(np.str_("skinny"), **integers)
+    types = (type(plan.backend), type(plan.block_m), type(plan.split_k), type(plan.group_m))
+    assert types == (str, int, int, int)
+    assert plan == Plan("skinny", block_m=4, split_k=3, group_m=2)
     assert Plan("skinny", serial_reduction=np.False_).serial_reduction is False

@@ -2,10 +2,12 @@
 (State dicts: test_kernels_formats_state.py.)"""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _kernels_helpers import random_24
@@ -20,6 +22,7 @@ from lcc_kernels import (
     format_bitmap,
     pack,
     pack_many,
+    packed_nbytes,
     split_output,
     unpack,
 )
@@ -187,6 +190,39 @@ def test_pack_refuses_a_weight_without_data():
         pack(torch.empty(4, 8, device="meta"))
     with pytest.raises(ValueError, match="meta device"):
         pack_many([torch.empty(4, 8, device="meta")], "bitmap")
+
+
+INTEGER_16 = [np.int64(16), np.uint8(16), np.array(16), torch.tensor(16)]
+NOT_INTEGERS = [16.0, np.float64(16), torch.tensor(16.0), True, np.True_, torch.tensor(True)]
+
+
+@pytest.mark.parametrize("rows", INTEGER_16, ids=repr)
+def test_a_tile_of_numpy_or_torch_integers_is_a_tile_of_ints(rows):
+    """As Plan takes them: any integer scalar becomes an int, in pack, packed_nbytes and
+    the container (which had truncated a float)."""
+    weight = random_24(32, 64)
+    expected = pack(weight, "bitmap", tile=(16, 32))
+    packed = pack(weight, "bitmap", tile=(rows, np.int32(32)))
+    assert packed.tile == (16, 32) and all(type(t) is int for t in packed.tile)
+    assert torch.equal(packed.bits, expected.bits) and torch.equal(packed.values, expected.values)
+    assert packed_nbytes(weight, "bitmap", tile=[rows, 32]) == expected.nbytes
+    fields = (expected.bits, expected.values, expected.offsets, (32, 64))
+    rebuilt = BitmapWeight(*fields, (rows, 32), expected.nnz, (32,))
+    assert rebuilt.tile == (16, 32) and all(type(t) is int for t in rebuilt.tile)
+
+
+@pytest.mark.parametrize("rows", NOT_INTEGERS, ids=repr)
+def test_a_tile_of_floats_or_bools_is_refused(rows):
+    weight = random_24(32, 64)
+    message = re.escape(f"bitmap tile must be a pair of ints (rows, columns), got ({rows!r}, 32)")
+    with pytest.raises(ValueError, match=message):
+        pack(weight, "bitmap", tile=(rows, 32))
+    with pytest.raises(ValueError, match=message):
+        packed_nbytes(weight, "bitmap", tile=(rows, 32))
+    packed = pack(weight, "bitmap", tile=(16, 32))
+    fields = (packed.bits, packed.values, packed.offsets, (32, 64))
+    with pytest.raises(ValueError, match=message):
+        BitmapWeight(*fields, (rows, 32), packed.nnz, (32,))
 
 
 @pytest.mark.parametrize("split_sizes", [(2.0, 2.0), (True, True, True, True), 4, ("4",)])

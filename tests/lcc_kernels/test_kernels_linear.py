@@ -261,8 +261,10 @@ def test_a_bias_wider_than_x_is_added_before_the_one_rounding(dtype, backend):
     """An fp32 bias that x's dtype cannot hold (a RestoreLCC-like compensation of ~1000,
     spread over a few ulps there): y is within half an ulp of the fp64 result (plus the
     fp32 accumulation's error), as for one rounding; rounding the bias first (or the
-    product) is up to one ulp off. (Not bf16 through the interpreted kernels: the
-    interpreter truncates fp32 to bf16 where a GPU rounds.)"""
+    product) is up to one ulp off. (Not bf16 through the interpreted kernels: triton
+    3.9's interpreter converts fp32 to bf16 (the kernels' `acc.to(bf16)` before the
+    store) by dropping the low 16 bits, rounding toward zero where a GPU rounds to
+    nearest, so its bf16 outputs are up to one ulp off, past this half-ulp bound.)"""
     dense, packed = packed_weight("2:4", dtype)
     x = torch.randn(33, K, dtype=dtype) * 0.01
     ulp = 512 * torch.finfo(dtype).eps  # of outputs in [512, 1024)

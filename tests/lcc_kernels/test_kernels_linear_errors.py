@@ -3,6 +3,8 @@ naming the shape, dtype, device, backend or plan at fault, refused before any wo
 calls with no rows, which still check what they are given.
 """
 
+import re
+
 import pytest
 import torch
 from _kernels_helpers import assert_matches_oracle, needs_triton
@@ -12,6 +14,7 @@ from lcc_kernels import (
     Plan,
     dense_linear_triton,
     dispatch_table,
+    pack,
     reference_linear,
     sparse_linear,
     unpack,
@@ -20,8 +23,6 @@ from lcc_kernels import (
 
 def test_no_rows_gives_an_empty_output():
     _, packed = packed_weight("2:4", torch.float32)
-    y = sparse_linear(torch.randn(0, K), packed, backend="skinny")
-    assert y.shape == (0, N)
     x, bias = torch.randn(2, 0, K, requires_grad=True), torch.randn(N, requires_grad=True)
     y = sparse_linear(x, packed, bias)  # as F.linear: still part of the autograd graph
     assert y.shape == (2, 0, N)
@@ -142,12 +143,66 @@ def test_no_rows_checks_the_call_and_unpacks_nothing(monkeypatch):
 
 
 @needs_triton
-def test_no_rows_checks_a_forced_triton_plan():
+def test_no_rows_checks_a_forced_triton_plan(monkeypatch):
+    from lcc_kernels import launch
+
     _, packed = packed_weight("2:4", torch.float32)
     with pytest.raises(ValueError, match="needs block_m, block_n and block_k >= 16"):
         sparse_linear(torch.randn(0, K), packed, plan=Plan("tiled", block_m=8))
+    monkeypatch.setattr(launch, "_issue", lambda *args: pytest.fail("launched at M = 0"))
     y = sparse_linear(torch.randn(0, K), packed, plan=small_plan("skinny", 3))
     assert y.shape == (0, N)
+    _, bitmap = packed_weight("bitmap", torch.float32)
+    for backend in ("skinny", "tiled", "streams"):
+        assert sparse_linear(torch.randn(2, 0, K), bitmap, backend=backend).shape == (2, 0, N)
+    assert bitmap.cache == {}  # no streams layout built for a call with no rows
+
+
+def _misfits():
+    """(what, weight, sparse_linear keywords): forced backends and plans that cannot run
+    on the weight."""
+    dense, bitmap = packed_weight("bitmap", torch.float32)
+    narrow = pack(dense, "bitmap", tile=(8, 32))
+    _, sparse24 = packed_weight("2:4", torch.float32)
+    return [
+        ("tiled on 8-row tiles", narrow, dict(backend="tiled")),
+        ("tiled plan on 8-row tiles", narrow, dict(plan=Plan("tiled", 16, 64, 64))),
+        ("semi_structured on bitmap", bitmap, dict(backend="semi_structured")),
+        ("streams block_m 8", bitmap, dict(plan=Plan("streams", 8, 32))),
+        ("streams block_m 16 (default)", bitmap, dict(plan=Plan("streams", block_n=32))),
+        ("streams on 2:4", sparse24, dict(plan=Plan("streams", 1, 32))),
+        ("2:4 block_k 16", sparse24, dict(plan=Plan("skinny", block_m=2, block_k=16))),
+    ]
+
+
+@needs_triton
+@pytest.mark.parametrize("case", _misfits(), ids=lambda case: case[0])
+def test_no_rows_refuses_what_a_row_refuses(case):
+    """x [0, K] and [2, 0, K] go through the checks of x [1, K], with the same error,
+    rather than return an empty output that the first real call then refuses."""
+    _, weight, kwargs = case
+    with pytest.raises(ValueError) as one_row:
+        sparse_linear(torch.randn(1, K), weight, **kwargs)
+    for shape in ((0, K), (2, 0, K)):
+        with pytest.raises(ValueError, match=re.escape(str(one_row.value))):
+            sparse_linear(torch.randn(*shape), weight, **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["skinny", "streams"])
+def test_no_rows_refuses_a_derivative_or_a_device_the_kernels_cannot_run_on(backend, monkeypatch):
+    import torch.autograd.forward_ad as fwAD
+
+    from lcc_kernels import launch
+
+    _, packed = packed_weight("bitmap", torch.float32)
+    for rows in (1, 0):
+        with fwAD.dual_level(), pytest.raises(ValueError, match="inference only"):
+            x = torch.randn(rows, K)
+            sparse_linear(fwAD.make_dual(x, torch.randn_like(x)), packed, backend=backend)
+    monkeypatch.setattr(launch, "INTERPRETED", False)  # CPU tensors, compiled kernels
+    for rows in (1, 0):
+        with pytest.raises(RuntimeError, match="the Triton kernels need a CUDA tensor"):
+            sparse_linear(torch.randn(rows, K), packed, backend=backend)
 
 
 def test_reference_checks_its_bias():
