@@ -27,7 +27,7 @@ DEFAULT_CALIBRATION = "mix"
 CALIBRATION_OPTIONS = ("calibration", "nsamples", "seqlen", "seed", "chunk_size")
 EVAL_OPTIONS = ("ppl_tokens", "ppl_source")
 # Parameters of the pruning checks whose messages name them: written as their flags.
-SPEC_FIELDS = ("sparsity", "head_fraction", "chunk_size")
+SPEC_FIELDS = ("sparsity", "head_fraction", "channel_multiple", "chunk_size")
 
 
 def register(subparsers) -> None:
@@ -57,6 +57,13 @@ def register(subparsers) -> None:
         default=None,
         help="heads only: fraction of KV groups removed per layer "
         "(default: floor(sparsity * KV heads) groups)",
+    )
+    p.add_argument(
+        "--channel-multiple",
+        type=int,
+        default=1,
+        help="heads only: keep a multiple of this many MLP channels per layer (8 suits "
+        "tensor cores; 4 lets a later 2:4 prune take down_proj)",
     )
     p.add_argument(
         "--calibration",
@@ -100,7 +107,14 @@ def _check_arguments(args: argparse.Namespace):
     from restorelcc.prune.sparsegpt import BLOCK_SIZE, DAMPENING
     from restorelcc.prune.validate import check_options, check_spec
 
-    spec = _with_flags(check_spec, args.method, args.sparsity, args.pattern, args.head_fraction)
+    spec = _with_flags(
+        check_spec,
+        args.method,
+        args.sparsity,
+        args.pattern,
+        args.head_fraction,
+        args.channel_multiple,
+    )
     _check_unused_options(args, spec)
     for name in ("nsamples", "seqlen", "chunk_size"):
         if getattr(args, name) <= 0:
@@ -180,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         calibration,
         calibration_source=args.calibration if calibration is not None else None,
         head_fraction=spec.head_fraction,
+        channel_multiple=spec.channel_multiple,
         chunk_size=args.chunk_size,
         progress=not args.quiet,
     )

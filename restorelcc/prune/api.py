@@ -20,7 +20,8 @@ from restorelcc.prune.sparsegpt import (
     inverse_hessian_factor,
     prune_with_factor,
 )
-from restorelcc.prune.structured import plan_removal, prune_structured, renormalisation_note
+from restorelcc.prune.structured import prune_structured, renormalisation_note
+from restorelcc.prune.structured_plan import plan_removal
 from restorelcc.prune.validate import (
     PruneSpec,
     check_calibration,
@@ -40,6 +41,7 @@ def prune_model(
     *,
     calibration_source: str | None = None,
     head_fraction: float | None = None,
+    channel_multiple: int = 1,
     chunk_size: int = 8,
     block_size: int = BLOCK_SIZE,
     dampening: float = DAMPENING,
@@ -57,7 +59,8 @@ def prune_model(
     reference), ``"N:M"`` (at most N nonzeros in every M consecutive inputs; ``sparsity``
     must be ``1 - N/M`` within 1e-4, and the exact value is used) or ``heads`` (structured:
     removes KV groups and MLP channels so that ``sparsity`` of the block parameters go;
-    ``magnitude`` or ``wanda`` scoring; ``head_fraction`` as in ``structured.py``; on OLMo
+    ``magnitude`` or ``wanda`` scoring; ``head_fraction`` and ``channel_multiple`` (kept MLP
+    channels per layer a multiple of it) as in ``structured_plan.py``; on OLMo
     2/3 removing heads also changes the kept ones, which warns and is noted in the report).
     SparseGPT only: ``block_size`` is the number of columns pruned together before the
     lazy update of the rest (an integer >= 1, a multiple of M for N:M); ``dampening`` is
@@ -75,7 +78,7 @@ def prune_model(
         report = prune_model(model, "wanda", 0.5, "2:4", calibration=tokens)
         print(report.overall_sparsity)
     """
-    spec = check_spec(method, sparsity, pattern, head_fraction)
+    spec = check_spec(method, sparsity, pattern, head_fraction, channel_multiple)
     chunk_size, block_size, dampening = check_options(spec, chunk_size, block_size, dampening)
     family = check_model(model, spec)
     vocab = model.get_input_embeddings().num_embeddings

@@ -33,6 +33,7 @@ class PruneSpec:
     sparsity: float
     pattern: Pattern
     head_fraction: float | None = None
+    channel_multiple: int = 1
 
     @property
     def needs_calibration(self) -> bool:
@@ -40,7 +41,11 @@ class PruneSpec:
 
 
 def check_spec(
-    method: str, sparsity: float, pattern: str | Pattern, head_fraction: float | None = None
+    method: str,
+    sparsity: float,
+    pattern: str | Pattern,
+    head_fraction: float | None = None,
+    channel_multiple: int = 1,
 ) -> PruneSpec:
     """Validate the model-independent arguments; raises ``PruneArgumentError``."""
     if method not in METHODS:
@@ -72,7 +77,10 @@ def check_spec(
                 raise PruneArgumentError(f"head_fraction must lie in [0, 1), got {head_fraction}")
     elif head_fraction is not None:
         raise PruneArgumentError("head_fraction only applies to the 'heads' pattern")
-    return PruneSpec(method, sparsity, parsed, head_fraction)
+    channel_multiple = positive_count(channel_multiple, "channel_multiple", PruneArgumentError)
+    if channel_multiple != 1 and parsed.kind != "heads":
+        raise PruneArgumentError("channel_multiple only applies to the 'heads' pattern")
+    return PruneSpec(method, sparsity, parsed, head_fraction, channel_multiple)
 
 
 def _number(name: str, value) -> float:
@@ -119,9 +127,15 @@ def check_model(model: nn.Module, spec: PruneSpec) -> Family:
             linear = block_linear(layer, name)
             shapes.append((linear.out_features, linear.in_features))
             if spec.pattern.kind == "nm" and linear.in_features % spec.pattern.m:
+                hint = ""
+                if name == f"{family.mlp}.{family.down_proj}":
+                    hint = (
+                        f" (structured pruning with channel_multiple={spec.pattern.m} keeps "
+                        "the MLP width divisible)"
+                    )
                 raise PruneArgumentError(
                     f"pattern {spec.pattern} needs input dimensions divisible by "
-                    f"{spec.pattern.m}, but layers.{index}.{name} has {linear.in_features}"
+                    f"{spec.pattern.m}, but layers.{index}.{name} has {linear.in_features}" + hint
                 )
     if spec.pattern.kind == "unstructured":
         _check_prunes_something(spec, shapes)
