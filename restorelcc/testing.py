@@ -6,6 +6,8 @@ confuse layers with heads, or query heads with key/value heads, cannot hide.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 # name -> (model_type, layers, attention heads, key/value heads, head_dim, hidden size)
@@ -89,6 +91,15 @@ def tiny_model(name: str = "llama-gqa", seed: int = 0, **overrides):
             if param.dim() == 2:
                 torch.nn.init.normal_(param, std=param.shape[1] ** -0.5)
     return model.eval()
+
+
+def save_checkpoint(model, path: str | Path) -> Path:
+    """``model`` and the byte tokenizer saved in the folder ``path`` (the layout the CLI
+    loads); returns ``path``."""
+    path = Path(path)
+    model.save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
 
 
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",

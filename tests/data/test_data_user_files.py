@@ -330,11 +330,10 @@ def test_a_truncated_request_file_is_a_data_error(tmp_path, monkeypatch):
 def test_the_prune_command_shows_the_short_calibration_warning(tmp_path, capsys):
     """Nothing on the command line's way filters the warning out."""
     from restorelcc.cli import main
-    from restorelcc.testing import tiny_model
+    from restorelcc.testing import save_checkpoint, tiny_model
 
     model_dir = tmp_path / "tiny"
-    tiny_model("llama-gqa").save_pretrained(model_dir)
-    byte_tokenizer().save_pretrained(model_dir)
+    save_checkpoint(tiny_model("llama-gqa"), model_dir)
     text = tmp_path / "small.txt"
     text.write_text("word " * 40)
     argv = ["prune", "--model", str(model_dir), "--method", "wanda", "--pattern", "2:4",

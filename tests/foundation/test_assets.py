@@ -6,7 +6,7 @@ from _assets_helpers import tiny_gguf_loading
 
 from restorelcc import assets
 from restorelcc.errors import CorruptCacheError, ModelNotFoundError
-from restorelcc.testing import byte_tokenizer, tiny_config, tiny_model
+from restorelcc.testing import byte_tokenizer, save_checkpoint, tiny_config, tiny_model
 
 
 @pytest.fixture
@@ -177,9 +177,10 @@ def test_without_the_wheel_an_existing_cache_is_used_as_it_is(cache, monkeypatch
 
 
 def _saved(path, model=None, tokenizer=True):
-    (model if model is not None else tiny_model("llama-gqa")).save_pretrained(path)
+    model = model if model is not None else tiny_model("llama-gqa")
     if tokenizer:
-        byte_tokenizer().save_pretrained(path)
+        return save_checkpoint(model, path)
+    model.save_pretrained(path)
     return path
 
 

@@ -1,6 +1,5 @@
 """Shared by the attention-swap tests: magnitude pruning of the attention projections of
-the tiny models, an o_proj bias, the error rule of kernels.md on logits, and a model saved
-with its tokenizer as a folder the CLI loads."""
+the tiny models, an o_proj bias and the error rule of kernels.md on logits."""
 
 import copy
 
@@ -9,7 +8,7 @@ from torch import nn
 
 from restorelcc.hf.families import decoder_layers, family_of
 from restorelcc.latency import LOGITS_ATOL
-from restorelcc.testing import TINY_SHAPES, byte_tokenizer, tiny_model
+from restorelcc.testing import TINY_SHAPES, tiny_model
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -132,10 +131,3 @@ def pruned_model(name: str, pattern: str, seed: int = 0, mlp: bool = False):
 
 def random_ids(batch: int = 2, length: int = 11) -> torch.Tensor:
     return torch.randint(0, 256, (batch, length))
-
-
-def save_with_tokenizer(model, path):
-    """``model`` and the byte tokenizer saved in the folder ``path``; returns ``path``."""
-    model.save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
-    return path

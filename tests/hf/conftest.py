@@ -2,11 +2,11 @@
 tokenizer, as ``restorelcc bench`` loads it."""
 
 import pytest
-from _hf_swap_helpers import prune_attention, save_with_tokenizer
+from _hf_swap_helpers import prune_attention
 
-from restorelcc.testing import tiny_model
+from restorelcc.testing import save_checkpoint, tiny_model
 
 
 @pytest.fixture
 def pruned_dir(tmp_path):
-    return save_with_tokenizer(prune_attention(tiny_model("llama-gqa"), "2:4"), tmp_path / "pruned")
+    return save_checkpoint(prune_attention(tiny_model("llama-gqa"), "2:4"), tmp_path / "pruned")

@@ -8,10 +8,10 @@ import types
 
 import pytest
 import torch
-from _hf_swap_helpers import attention, prune_attention, prune_mlp, save_with_tokenizer
+from _hf_swap_helpers import attention, prune_attention, prune_mlp
 
 from restorelcc.cli import main
-from restorelcc.testing import tiny_model
+from restorelcc.testing import save_checkpoint, tiny_model
 
 
 def _swap_then_shift_rows(shift_where):
@@ -100,7 +100,7 @@ def test_bench_reports_swapped_and_linear_timings(pruned_dir, tmp_path, capsys):
 @torch.no_grad()
 def test_bench_mlp_swaps_and_times_the_mlp_too(tmp_path, capsys):
     model = prune_mlp(prune_attention(tiny_model("llama-gqa"), "unstructured"), "unstructured")
-    folder = save_with_tokenizer(model, tmp_path / "pruned")
+    folder = save_checkpoint(model, tmp_path / "pruned")
     out = tmp_path / "bench.json"
     argv = ["bench", "--model", str(folder), "--batches", "1", "--context", "4", "--prefill",
             "--rounds", "1", "--device", "cpu", "--quiet", "--json", str(out)]  # fmt: skip

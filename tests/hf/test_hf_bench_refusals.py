@@ -8,10 +8,10 @@ import types
 
 import pytest
 import torch
-from _hf_swap_helpers import prune_attention, save_with_tokenizer
+from _hf_swap_helpers import prune_attention
 
 from restorelcc.cli import main
-from restorelcc.testing import tiny_model
+from restorelcc.testing import save_checkpoint, tiny_model
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_nothing_to_swap_fails_before_the_reference_logits(tmp_path, monkeypatch
         raise AssertionError("the reference logits were computed before the swap was checked")
 
     monkeypatch.setattr(bench, "_reference_logits", no_references)
-    dense = save_with_tokenizer(tiny_model("llama-gqa"), tmp_path / "dense")
+    dense = save_checkpoint(tiny_model("llama-gqa"), tmp_path / "dense")
     capsys.readouterr()
     argv = ["bench", "--model", str(dense), "--context", "8", "--prefill", "8", "--quiet"]
     assert main([*argv, "--json", str(tmp_path / "b")]) == 2
@@ -124,9 +124,9 @@ def test_nothing_to_swap_fails_before_the_reference_logits(tmp_path, monkeypatch
 def test_bench_refuses_with_one_line(make, arguments, message, tmp_path, capsys):
     path = tmp_path / make
     if make == "dense":
-        save_with_tokenizer(tiny_model("llama-gqa"), path)
+        save_checkpoint(tiny_model("llama-gqa"), path)
     elif make == "unstructured":
-        save_with_tokenizer(prune_attention(tiny_model("llama-gqa"), "unstructured"), path)
+        save_checkpoint(prune_attention(tiny_model("llama-gqa"), "unstructured"), path)
     out = tmp_path / "bench.json"
     capsys.readouterr()  # the saving above
     argv = ["bench", "--model", str(path), "--context", "8", "--prefill", "8", "--quiet"]
@@ -162,7 +162,7 @@ def test_an_unsupported_family_fails_before_the_weights_load(tmp_path, monkeypat
     import restorelcc.assets
 
     config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=259)
-    path = save_with_tokenizer(GPT2LMHeadModel(config), tmp_path / "gpt2")
+    path = save_checkpoint(GPT2LMHeadModel(config), tmp_path / "gpt2")
 
     def no_weights(*args, **kwargs):
         raise AssertionError("the weights were loaded before the family was checked")

@@ -227,11 +227,10 @@ def test_a_dry_run_packs_nothing(monkeypatch):
 def test_inspect_swap_previews_the_swap_without_packing(tmp_path, monkeypatch, capsys):
     """inspect --swap used to pack every weight of a throwaway model for its preview."""
     from restorelcc.cli import main
-    from restorelcc.testing import byte_tokenizer
+    from restorelcc.testing import save_checkpoint
 
     model = _mixed_model(o_bias=False)  # a llama checkpoint has none
-    model.save_pretrained(tmp_path / "pruned")
-    byte_tokenizer().save_pretrained(tmp_path / "pruned")
+    save_checkpoint(model, tmp_path / "pruned")
     expected = json.dumps(_without_dry_run(swap_attention(copy.deepcopy(model), mlp=True)))
     _refuse_packing(monkeypatch)
     out = tmp_path / "inspect.json"

@@ -6,7 +6,7 @@ import pytest
 
 from restorelcc import prune_model
 from restorelcc.cli import main
-from restorelcc.testing import byte_tokenizer, tiny_model
+from restorelcc.testing import save_checkpoint, tiny_model
 
 NOT_PRUNED = "no attention projection is pruned (none has 10% zeros or more)"
 STRUCTURED = "structured pruning (--pattern heads) leaves dense matrices: none to pack"
@@ -22,8 +22,7 @@ def checkpoints(tmp_path_factory):
         model = tiny_model("llama-gqa")
         if name == "unstructured":
             prune_model(model, "magnitude", 0.5, progress=False)
-        model.save_pretrained(root / name)
-        byte_tokenizer().save_pretrained(root / name)
+        save_checkpoint(model, root / name)
     argv = ["prune", "--model", str(root / "dense"), "--method", "magnitude", "--pattern", "heads",
             "--sparsity", "0.3", "--out", str(root / "heads"), "--quiet"]  # fmt: skip
     assert main(argv) == 0

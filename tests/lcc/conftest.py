@@ -29,6 +29,6 @@ def pairs():
 
 
 @pytest.fixture
-def restore_checkpoints(tmp_path, tokenizer):
+def restore_checkpoints(tmp_path):
     """(tmp_path, pruned model): the inputs ``restore_argv(tmp_path)`` names."""
-    return tmp_path, save_restore_inputs(tmp_path, tokenizer)
+    return tmp_path, save_restore_inputs(tmp_path)

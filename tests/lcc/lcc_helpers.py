@@ -12,7 +12,7 @@ from restorelcc.lcc.heads import HeadCompensation
 from restorelcc.lcc.restoration import Restoration
 from restorelcc.lcc.train import TrainConfig, train_response_lm
 from restorelcc.prune import prune_model
-from restorelcc.testing import WORDS, tiny_model
+from restorelcc.testing import WORDS, save_checkpoint, tiny_model
 
 
 def pruned_copy(dense, sparsity: float = 0.5):
@@ -47,15 +47,14 @@ def train(model, tokenizer, pairs, comp, **kw):
     )
 
 
-def save_restore_inputs(folder: Path, tokenizer, family: str = "llama-3x5", name: str = ""):
+def save_restore_inputs(folder: Path, family: str = "llama-3x5", name: str = ""):
     """A tiny dense checkpoint of ``family`` and its pruned copy, saved as ``folder /
     f"{name}dense"`` and ``f"{name}pruned"``, and 20 instruction pairs in ``folder /
     "pairs.jsonl"``, as ``restore_argv`` names them; the pruned model."""
     dense = tiny_model(family)
     pruned = pruned_copy(dense)
     for kind, model in (("dense", dense), ("pruned", pruned)):
-        model.save_pretrained(folder / f"{name}{kind}")
-        tokenizer.save_pretrained(folder / f"{name}{kind}")
+        save_checkpoint(model, folder / f"{name}{kind}")
     rows = [
         {
             "instruction": f"Name word {i}.",

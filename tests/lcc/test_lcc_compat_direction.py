@@ -12,7 +12,7 @@ from restorelcc.errors import UnsupportedModelError
 from restorelcc.hf.families import head_geometry
 from restorelcc.lcc import check_compatible
 from restorelcc.prune import prune_model
-from restorelcc.testing import byte_tokenizer, tiny_model
+from restorelcc.testing import save_checkpoint, tiny_model
 
 CALIBRATION = torch.randint(0, 259, (4, 32), generator=torch.Generator().manual_seed(0))
 
@@ -57,8 +57,7 @@ def test_a_pruned_model_passes_and_the_pair_swapped_is_refused(method, pattern, 
 def test_the_swapped_pair_message_names_the_weight_the_counts_and_both_folders(tmp_path):
     dense, pruned = pruned_pair("magnitude", "unstructured")
     for name, model in (("dense", dense), ("pruned", pruned)):
-        model.save_pretrained(tmp_path / name)
-        byte_tokenizer().save_pretrained(tmp_path / name)
+        save_checkpoint(model, tmp_path / name)
     dense, _ = load_model(tmp_path / "dense")
     pruned, _ = load_model(tmp_path / "pruned")
     weight = pruned.model.layers[0].self_attn.q_proj.weight
@@ -76,8 +75,7 @@ def test_the_swapped_pair_message_names_the_weight_the_counts_and_both_folders(t
 def test_models_pruned_in_memory_are_not_named_by_the_folder_they_share(tmp_path):
     """A model pruned in memory keeps its dense copy's ``name_or_path``: naming both by it
     would say nothing."""
-    tiny_model("llama-gqa").save_pretrained(tmp_path / "dense")
-    byte_tokenizer().save_pretrained(tmp_path / "dense")
+    save_checkpoint(tiny_model("llama-gqa"), tmp_path / "dense")
     dense, _ = load_model(tmp_path / "dense")
     pruned = copy.deepcopy(dense)
     prune_model(pruned, "magnitude", 0.5, progress=False)

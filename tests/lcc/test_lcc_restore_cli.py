@@ -7,7 +7,7 @@ from lcc_helpers import method_argv, pruned_copy, restore_argv
 
 from restorelcc.cli import main
 from restorelcc.lcc import Restoration
-from restorelcc.testing import WORDS, tiny_model
+from restorelcc.testing import WORDS, save_checkpoint, tiny_model
 
 
 def test_restore_command_writes_adapter_report_and_merged(restore_checkpoints, capsys):
@@ -71,10 +71,8 @@ def test_bad_arguments_give_one_line_errors(restore_checkpoints, capsys, extra, 
     assert not (tmp_path / "out").exists()
 
 
-def test_mismatched_pruned_model(restore_checkpoints, tmp_path, tokenizer, capsys):
-    other = pruned_copy(tiny_model("llama-gqa"))
-    other.save_pretrained(tmp_path / "other")
-    tokenizer.save_pretrained(tmp_path / "other")
+def test_mismatched_pruned_model(restore_checkpoints, tmp_path, capsys):
+    save_checkpoint(pruned_copy(tiny_model("llama-gqa")), tmp_path / "other")
     argv = restore_argv(tmp_path)
     argv[argv.index("--pruned") + 1] = str(tmp_path / "other")
     assert main(argv) == 2

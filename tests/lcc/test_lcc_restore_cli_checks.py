@@ -61,11 +61,11 @@ def test_minilm_negatives_without_their_wheel_name_the_value_to_use(
 
 
 @pytest.fixture
-def qwen2_checkpoints(restore_checkpoints, tokenizer):
+def qwen2_checkpoints(restore_checkpoints):
     """restore_checkpoints, with qwen2 ones beside them (``qwen2dense``, ``qwen2pruned``):
     a family whose o_proj cannot hold a bias."""
     tmp_path, _ = restore_checkpoints
-    save_restore_inputs(tmp_path, tokenizer, "qwen2-gqa", name="qwen2")
+    save_restore_inputs(tmp_path, "qwen2-gqa", name="qwen2")
     return tmp_path
 
 

@@ -75,11 +75,11 @@ def test_the_other_methods_refuse_the_pair_swapped_too(restore_checkpoints, caps
     assert not (tmp_path / "out").exists()
 
 
-def test_merged_after_float16_keeps_weights_float16_flushes(tmp_path, tokenizer):
+def test_merged_after_float16_keeps_weights_float16_flushes(tmp_path):
     """A kept weight below fp16's range (|w| < 3e-8) is a zero in the --dtype float16 model:
     the export from the checkpoint read again had been refused by the fingerprint check,
     after training, losing the run."""
-    pruned = save_restore_inputs(tmp_path, tokenizer)
+    pruned = save_restore_inputs(tmp_path)
     with torch.no_grad():
         weight = pruned.model.layers[1].mlp.down_proj.weight.view(-1)
         weight[int((weight != 0).nonzero()[0])] = 1e-8

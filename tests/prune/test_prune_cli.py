@@ -8,15 +8,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from restorelcc.cli import main
-from restorelcc.testing import byte_tokenizer, tiny_model
+from restorelcc.testing import save_checkpoint, tiny_model
 
 
 @pytest.fixture
 def tiny_dir(tmp_path):
-    path = tmp_path / "tiny"
-    tiny_model("llama-gqa").save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
-    return path
+    return save_checkpoint(tiny_model("llama-gqa"), tmp_path / "tiny")
 
 
 @pytest.fixture
@@ -117,8 +114,7 @@ def test_bad_input_leaves_output_untouched(tiny_dir, tmp_path, capsys, extra, me
     model = str(tiny_dir)
     if "3:8" in extra:  # a model whose hidden size (60) is not divisible by 8
         model = str(tmp_path / "t35")
-        tiny_model("llama-3x5").save_pretrained(model)
-        byte_tokenizer().save_pretrained(model)
+        save_checkpoint(tiny_model("llama-3x5"), model)
     args = ["prune", "--model", model, "--method", "wanda", "--nsamples", "2", "--seqlen", "16"]
     rc = main([*args, *extra, "--out", str(out), "--overwrite"])
     assert rc == 2
@@ -173,8 +169,7 @@ def test_inspect_swap_previews_what_swap_attention_would_pack(tiny_dir, tmp_path
     pruned = tmp_path / "pruned24"
     model = tiny_model("llama-gqa")
     prune_model(model, "magnitude", 0.5, "2:4", progress=False)
-    model.save_pretrained(pruned)
-    byte_tokenizer().save_pretrained(pruned)
+    save_checkpoint(model, pruned)
     capsys.readouterr()
     report = tmp_path / "inspect.json"
     assert main(["inspect", str(pruned), "--swap", "auto", "--json", str(report)]) == 0
@@ -207,8 +202,7 @@ def test_inspect_swap_refuses_before_printing_anything(tiny_dir, tmp_path, capsy
     pruned = tmp_path / "unstructured"
     model = tiny_model("llama-gqa")
     prune_model(model, "magnitude", 0.5, "unstructured", progress=False)
-    model.save_pretrained(pruned)
-    byte_tokenizer().save_pretrained(pruned)
+    save_checkpoint(model, pruned)
     capsys.readouterr()
     report = tmp_path / "inspect.json"
     assert main(["inspect", str(pruned), "--swap", "2:4", "--json", str(report)]) == 2
@@ -263,11 +257,8 @@ def test_prune_refuses_an_unsupported_family_before_the_weights_load(tmp_path, m
 
     import restorelcc.assets
 
-    path = tmp_path / "gpt2"
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=259)).save_pretrained(
-        path
-    )
-    byte_tokenizer().save_pretrained(path)
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=259)
+    path = save_checkpoint(GPT2LMHeadModel(config), tmp_path / "gpt2")
 
     def no_weights(*args, **kwargs):
         raise AssertionError("the weights were loaded before the family was checked")

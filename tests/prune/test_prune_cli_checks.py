@@ -9,16 +9,13 @@ import pytest
 from restorelcc.cli import main
 from restorelcc.errors import CorruptCacheError
 from restorelcc.prune.checkpoint import PRUNE_REPORT, inspect_checkpoint
-from restorelcc.testing import byte_tokenizer, tiny_model
+from restorelcc.testing import save_checkpoint, tiny_model
 
 
 @pytest.fixture
 def one_kv_group_dir(tmp_path):
     """llama-3x5: 3 layers, 5 heads sharing one KV head, hidden 60."""
-    path = tmp_path / "t35"
-    tiny_model("llama-3x5").save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
-    return path
+    return save_checkpoint(tiny_model("llama-3x5"), tmp_path / "t35")
 
 
 @pytest.mark.parametrize(

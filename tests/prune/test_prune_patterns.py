@@ -11,7 +11,7 @@ from restorelcc.errors import CorruptCacheError
 from restorelcc.prune import PruneArgumentError, prune_model
 from restorelcc.prune.checkpoint import PRUNE_REPORT, inspect_checkpoint
 from restorelcc.prune.validate import check_spec
-from restorelcc.testing import byte_tokenizer, tiny_model
+from restorelcc.testing import save_checkpoint, tiny_model
 
 
 @pytest.mark.parametrize("pattern", ["1:3", "2:3", "1:4", "3:7", "5:8", "1:6", "7:9"])
@@ -43,8 +43,7 @@ def test_a_requested_pattern_is_checked_in_the_report():
 
 def test_cli_and_inspect_check_the_requested_pattern(tmp_path, capsys):
     model = tmp_path / "tiny"
-    tiny_model("llama-gqa").save_pretrained(model)
-    byte_tokenizer().save_pretrained(model)
+    save_checkpoint(tiny_model("llama-gqa"), model)
     out = tmp_path / "out"
     argv = ["prune", "--model", str(model), "--method", "magnitude", "--pattern", "1:4",
             "--sparsity", "0.75", "--quiet", "--out", str(out)]  # fmt: skip

@@ -14,7 +14,7 @@ from restorelcc.cli import main
 from restorelcc.hf.families import decoder_layers, head_geometry
 from restorelcc.prune import prune_model
 from restorelcc.prune.calibrate import capture_block_inputs
-from restorelcc.testing import byte_tokenizer, tiny_model
+from restorelcc.testing import save_checkpoint, tiny_model
 
 RENORMALISED = "normalised over fewer dimensions"
 
@@ -63,8 +63,7 @@ def test_mlp_channels_only_does_not_warn(recwarn):
 
 def test_cli_warns_and_writes_the_note(tmp_path, capsys):
     model = tmp_path / "olmo2"
-    tiny_model("olmo2-gqa").save_pretrained(model)
-    byte_tokenizer().save_pretrained(model)
+    save_checkpoint(tiny_model("olmo2-gqa"), model)
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match=RENORMALISED):
         rc = main(
