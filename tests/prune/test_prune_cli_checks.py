@@ -33,6 +33,15 @@ def one_kv_group_dir(tmp_path):
             ["--pattern", "heads", "--sparsity", "0.95"],
             "--sparsity 0.95 (structured) is out of reach",
         ),
+        (
+            ["--pattern", "heads", "--sparsity", "0.3", "--channel-multiple", "200"],
+            "--channel-multiple 200 exceeds the 128 MLP channels per layer",
+        ),
+        (
+            ["--pattern", "heads", "--sparsity", "0.01", "--channel-multiple", "8"],
+            "8 MLP channels per layer are 0.0417 of the block parameters; pass --sparsity 0.0209",
+        ),
+        (["--channel-multiple", "8"], "--channel-multiple only applies to the 'heads' pattern"),
         (["--sparsity", "0.002"], "--sparsity 0.002 prunes no weight"),
         (["--pattern", "4:8", "--sparsity", "0.5"], "divisible by 8, but layers.0"),
     ],
@@ -55,7 +64,7 @@ def test_what_the_config_decides_is_refused_before_the_weights_load(
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
-    assert not re.search(r"\b(sparsity|head_fraction)=", err)  # flags, not fields
+    assert not re.search(r"\b(sparsity|head_fraction|channel_multiple)=", err)  # flags, not fields
     assert not out.exists()
 
 
