@@ -65,9 +65,14 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
 def assert_matches(swapped, pruned, ids, dtype) -> None:
     """max |swapped - fp64| <= 2 x max |plain PyTorch at dtype - fp64| + ATOL[dtype], where
     swapped is at dtype and pruned is the unswapped fp32 model."""
+    assert_logits_match(logits(swapped, ids), pruned, ids, dtype)
+
+
+def assert_logits_match(ours: torch.Tensor, pruned, ids, dtype) -> None:
+    """``assert_matches`` for logits [B, T, vocab] already computed by the swapped model
+    (under inference_mode, say) from ids [B, T]."""
     oracle = logits(copy.deepcopy(pruned).double(), ids)
     plain = logits(copy.deepcopy(pruned).to(dtype), ids)
-    ours = logits(swapped, ids)
     assert ours.dtype == dtype and not torch.isnan(ours).any()
     torch_error = (plain.double() - oracle).abs().max().item()
     error = (ours.double() - oracle).abs().max().item()

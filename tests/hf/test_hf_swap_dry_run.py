@@ -11,7 +11,10 @@ from torch import nn
 
 import lcc_kernels
 import lcc_kernels.formats
-from restorelcc.hf.swap import swap_attention
+from restorelcc.errors import UnsupportedModelError
+from restorelcc.hf import attention as attention_module
+from restorelcc.hf import swap as swap_module
+from restorelcc.hf.swap import SwapError, swap_attention
 from restorelcc.testing import tiny_model
 
 TILES = [(64, 64), (16, 32), (1, 32), (128, 128)]
@@ -157,44 +160,78 @@ def _unstructured(_):
 
 
 @pytest.mark.parametrize(
-    ("make", "kwargs"),
+    ("make", "kwargs", "error", "match"),
     [
-        (None, {"format": "3:4"}),
-        (None, {"backend": "fastest"}),
-        (None, {"bitmap_tile": (8, 48)}),
-        (None, {"min_sparsity": 1.0}),
-        (None, {"layers": [2]}),
-        (None, {"layers": [1, 1]}),
-        (_gpt2, {}),
-        (_hooked, {}),
-        (_already_swapped, {}),
-        (_float64_v, {}),
-        (_bf16_k, {}),
-        (_half_pruned_qkv, {}),
-        (_on_meta, {}),
-        (_empty_k, {}),
-        (_unstructured, {"format": "2:4"}),
+        (None, {"format": "3:4"}, ValueError, r"^unknown format '3:4'; expected one of auto,"),
+        (None, {"backend": "fastest"}, ValueError, r"^unknown backend 'fastest'; expected"),
+        (None, {"bitmap_tile": (8, 48)}, ValueError, r"^bitmap tile must be .* got \(8, 48\)$"),
+        (None, {"min_sparsity": 1.0}, ValueError, r"^min_sparsity must be in \[0, 1\), got 1.0$"),
+        (None, {"layers": [2]}, ValueError, r"^layer 2 is not a decoder layer index in 0..1$"),
+        (None, {"layers": [1, 1]}, ValueError, r"^layers \[1, 1\] name a layer twice$"),
+        (_gpt2, {}, UnsupportedModelError, r"^model family 'gpt2' is not supported"),
+        (_hooked, {}, SwapError, r"^layer 1 self_attn\.k_proj has forward hooks"),
+        (_already_swapped, {}, SwapError, r"^layer 1 is already swapped; unswap_attention"),
+        (
+            _float64_v,
+            {},
+            SwapError,
+            r"^layer 0 self_attn\.v_proj has dtype torch\.float64; packed weights are fp16/",
+        ),
+        (
+            _bf16_k,
+            {},
+            SwapError,
+            r"^layer 0 qkv matrices have different dtypes "
+            r"\['torch\.float32', 'torch\.bfloat16', 'torch\.float32'\]; they are packed as one$",
+        ),
+        (
+            _half_pruned_qkv,
+            {},
+            SwapError,
+            r"^layer 0 self_attn\.k_proj is not pruned .* while layer 0 self_attn\.q_proj is",
+        ),
+        (_on_meta, {}, SwapError, r"^layer 0 self_attn\.q_proj has its weight on the meta device"),
+        (
+            _empty_k,
+            {},
+            SwapError,
+            r"^layer 0 self_attn\.k_proj has an empty weight of shape \(0, 96\)$",
+        ),
+        (
+            _unstructured,
+            {"format": "2:4"},
+            SwapError,
+            r"^layer 1 self_attn\.q_proj does not fit the 2:4 format: row 0, columns 12\.\.15 ",
+        ),
     ],
     ids=lambda value: getattr(value, "__name__", None) or str(value),
 )
-def test_a_dry_run_raises_what_the_real_swap_raises(make, kwargs):
+def test_a_dry_run_raises_what_the_real_swap_raises(make, kwargs, error, match):
+    """Each refusal has its own type and message, and the dry run's is the real swap's."""
     model = prune_attention(tiny_model("llama-gqa"), "2:4")
     if make is not None:
         model = make(model)
     twin = copy.deepcopy(model)
-    with pytest.raises(Exception) as real:
+    with pytest.raises(error, match=match) as real:
         swap_attention(twin, **kwargs)
+    assert type(real.value) is error  # SwapError is a ValueError too
     before = _snapshot(model)
-    with pytest.raises(type(real.value)) as planned:
+    with pytest.raises(error) as planned:
         swap_attention(model, **kwargs, dry_run=True)
-    assert type(planned.value) is type(real.value) and str(planned.value) == str(real.value)
+    assert type(planned.value) is error and str(planned.value) == str(real.value)
     _assert_untouched(model, before)
 
 
 def test_a_bitmap_too_large_for_its_offsets_is_refused_by_both(monkeypatch):
     """Counted before any packing (int32 tile offsets; 100 values here, not 2**31)."""
     monkeypatch.setattr(lcc_kernels.format_bitmap, "MAX_BITMAP_VALUES", 100)
-    test_a_dry_run_raises_what_the_real_swap_raises(_unstructured, {"format": "bitmap"})
+    test_a_dry_run_raises_what_the_real_swap_raises(
+        _unstructured,
+        {"format": "bitmap"},
+        SwapError,
+        r"^layer 1 qkv cannot be packed as bitmap: weight \(160, 96\) has too many nonzeros "
+        r"for int32 tile offsets: .* 100 or more$",
+    )
 
 
 def _refuse_packing(monkeypatch) -> None:
@@ -242,13 +279,20 @@ def test_inspect_swap_previews_the_swap_without_packing(tmp_path, monkeypatch, c
     assert preview.pop("dry_run") is True and preview == json.loads(expected)
 
 
-@pytest.mark.gpu
-def test_a_dry_run_on_a_gpu_does_not_count_the_streams_layouts():
+def test_a_dry_run_does_not_count_the_streams_layouts(monkeypatch):
     """decode_streams builds a layout per bitmap group on a GPU: the real swap counts it,
-    the dry run leaves it None (not computed) rather than guessing."""
-    model = _mixed_model().cuda()
+    the dry run leaves it None (not computed) rather than guessing. (builds_streams stands
+    in for a GPU, where modules build one.)"""
+
+    def builds_streams(format, device, decode_streams):
+        return decode_streams and format == "bitmap"
+
+    monkeypatch.setattr(attention_module, "builds_streams", builds_streams)
+    monkeypatch.setattr(swap_module, "builds_streams", builds_streams)
+    model = _mixed_model()
     planned = swap_attention(model, mlp=True, decode_streams=True, dry_run=True)
     real = swap_attention(copy.deepcopy(model), mlp=True, decode_streams=True)
+    assert {g.format for g in planned.groups} == {"2:4", "bitmap"}
     for ours, theirs in zip(planned.groups, real.groups, strict=True):
         if ours.format == "bitmap":
             assert ours.bytes_streams is None and theirs.bytes_streams > 0

@@ -4,7 +4,7 @@ still share one launch, and the model's logits are the unswapped model's."""
 import copy
 
 import torch
-from _hf_swap_helpers import assert_matches, attention, pruned_model, random_ids
+from _hf_swap_helpers import assert_logits_match, attention, pruned_model, random_ids
 
 import lcc_kernels
 from restorelcc.hf.swap import swap_attention
@@ -33,6 +33,4 @@ def test_inference_mode_keeps_one_qkv_launch_and_right_logits(monkeypatch):
             torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
         ours_logits = model(ids).logits
     assert len(launches) == 1 + 2 * len(model.model.layers)  # q/k/v once, o_proj once
-    assert torch.isfinite(ours_logits).all()
-    with torch.no_grad():
-        assert_matches(model, pruned, ids, torch.float32)
+    assert_logits_match(ours_logits, pruned, ids, torch.float32)

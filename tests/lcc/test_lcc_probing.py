@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -88,8 +90,15 @@ def test_head_count_and_random_heads():
     assert head_count(GEOMETRY, 4) == 4
     assert head_count(GEOMETRY, 0.25) == 4  # round(0.25 * 15)
     assert head_count(GEOMETRY, 1.0) == 15
-    for bad in (0, 16, 0.0, 1.5, True, "3"):
-        with pytest.raises(ValueError):
+    for bad, message in [
+        (0, "heads must be between 1 and 15 (all heads), got 0"),
+        (16, "heads must be between 1 and 15 (all heads), got 16"),
+        (0.0, "heads must be a count in [1, 15] or a fraction in (0, 1], got 0.0"),
+        (1.5, "heads must be a count in [1, 15] or a fraction in (0, 1], got 1.5"),
+        (True, "heads must be a count or a fraction, got True"),
+        ("3", "heads must be a count in [1, 15] or a fraction in (0, 1], got '3'"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             head_count(GEOMETRY, bad)
     heads = random_heads(GEOMETRY, 6, seed=0)
     assert heads.shape == (6, 2)

@@ -1,10 +1,11 @@
 import copy
+import re
 
 import pytest
 import torch
 from lcc_helpers import compensation, train
 
-from restorelcc.errors import NonFiniteError
+from restorelcc.errors import DataError, NonFiniteError
 from restorelcc.lcc.tokens import encode_pair
 from restorelcc.lcc.train import TrainConfig, collate, response_loss, train_response_lm
 from restorelcc.testing import synthetic_pairs, tiny_model
@@ -125,32 +126,41 @@ def test_fp32_master_parameters_on_a_bf16_model(tokenizer):
     assert 0 < comp.b.abs().max() < 2e-3
 
 
-def test_bad_config_and_data(tokenizer):
-    for bad in (
-        dict(lr=0),
-        dict(lr=float("inf")),  # was accepted: inf > 0
-        dict(lr=float("nan")),
-        dict(epochs=0),
-        dict(batch_size=0),
-        dict(max_steps=0),
-        dict(max_length=1),
-        dict(max_grad_norm=0),
-        dict(max_grad_norm=float("inf")),  # was accepted: inf > 0 (None disables clipping)
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("lr", 0, "lr must be positive and finite, got 0"),
+        ("lr", float("inf"), "lr must be positive and finite, got inf"),  # was: inf > 0
+        ("lr", float("nan"), "lr must be positive and finite, got nan"),
+        ("epochs", 0, "epochs must be a positive integer, got 0"),
+        ("batch_size", 0, "batch_size must be a positive integer, got 0"),
+        ("max_steps", 0, "max_steps must be a positive integer, got 0"),
+        ("max_length", 1, "max_length must be >= 2, got 1"),
+        ("max_grad_norm", 0, "max_grad_norm must be a positive finite number, or None, got 0"),
+        # was accepted: inf > 0 (None disables clipping)
+        (
+            "max_grad_norm",
+            float("inf"),
+            "max_grad_norm must be a positive finite number, or None, got inf",
+        ),
         # wrong types had failed later with bare TypeErrors, or not at all (2.5 epochs)
-        dict(lr="1e-3"),
-        dict(epochs=2.5),
-        dict(batch_size=True),
-        dict(max_steps=1.0),
-        dict(seed=0.5),
-        dict(validation_pairs=1.5),
-        dict(max_grad_norm="1"),
-    ):
-        with pytest.raises(ValueError):
-            TrainConfig(**bad)
+        ("lr", "1e-3", "lr must be positive and finite, got '1e-3'"),
+        ("epochs", 2.5, "epochs must be a positive integer, got 2.5"),
+        ("batch_size", True, "batch_size must be a positive integer, got True"),
+        ("max_steps", 1.0, "max_steps must be a positive integer, got 1.0"),
+        ("seed", 0.5, "seed must be an integer, got 0.5"),
+        ("validation_pairs", 1.5, "validation_pairs must be an integer >= 0, got 1.5"),
+        ("max_grad_norm", "1", "max_grad_norm must be a positive finite number, or None, got '1'"),
+    ],
+)
+def test_bad_config_values_are_refused_naming_the_field(field, value, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        TrainConfig(**{field: value})
+
+
+def test_bad_data_and_no_trainable_parameters(tokenizer):
     model = tiny_model("llama-3x5")
     comp = compensation(model)
-    from restorelcc.errors import DataError
-
     with pytest.raises(DataError, match="need at least 1"):
         train(model, tokenizer, [], comp)
     with pytest.raises(DataError, match="empty response"):
