@@ -63,13 +63,16 @@ def _is_integer(tensor: torch.Tensor) -> bool:
 
 def as_int(value) -> int:
     """`value` as a Python int: an integer scalar of Python, numpy or torch (anything with
-    __index__; a torch tensor only 0-d), not a bool of any of them; TypeError otherwise
-    (floats included), for the caller to name what it wanted. The one integer check of
-    the sizes that pack, the containers, Plan and the dispatch tables take."""
+    __index__; a torch tensor only 0-d and on the CPU), not a bool of any of them;
+    TypeError otherwise (floats included), for the caller to name what it wanted. The one
+    integer check of the sizes that pack, the containers, Plan and the dispatch tables take."""
     if isinstance(value, bool):  # operator.index would take True as 1
         raise TypeError("a bool is not an int")
-    if isinstance(value, torch.Tensor) and (value.dim() != 0 or value.dtype == torch.bool):
-        raise TypeError(f"only a 0-d integer tensor is an int, got {value!r}")
+    if isinstance(value, torch.Tensor) and (
+        value.dim() != 0 or value.dtype == torch.bool or value.device.type != "cpu"
+    ):
+        # a size on a GPU would cost a sync (and fail inside CUDA-graph capture)
+        raise TypeError(f"only a 0-d integer tensor on the CPU is an int, got {value!r}")
     return operator.index(value)  # numpy's bools and floats raise
 
 

@@ -98,10 +98,13 @@ def sparse_linear(
     if bias is not None and bias.stride(0) != 1:
         bias = bias.contiguous()
     rows = x2d.shape[0]
-    if rows > 0 and plan is None and _defer_to_op(backend, x):
+    if plan is None and _defer_to_op(backend, x):
         # While compiling: let the op choose its plan when it runs, so that no dispatcher
-        # code is traced and a new M never recompiles the graph.
-        y = _run_deferred(x2d, weight, bias, backend, decode_streams)
+        # code is traced and a new M never recompiles the graph (M = 0 launches nothing).
+        if rows > 0:
+            y = _run_deferred(x2d, weight, bias, backend, decode_streams)
+        else:
+            y = _empty_output(x2d, weight, bias, None)
     else:
         if plan is None:
             plan = choose_plan(rows, weight, x.dtype, x.device, backend, decode_streams)
@@ -163,11 +166,12 @@ def _check_backend_fits(backend: str, weight, device: torch.device) -> None:
         raise ValueError(f"the semi_structured backend runs on CUDA tensors only, x is on {device}")
 
 
-def _empty_output(x2d, weight, bias, plan: Plan) -> torch.Tensor:
-    """y [0, N] for x [0, K], `plan` checked as `_run` checks it at M > 0 (same errors),
-    with nothing launched, the weight not unpacked and no copy of it built; as from
-    F.linear, part of the autograd graph of x and the bias."""
-    if plan.backend in (*TRITON_BACKENDS, "streams"):
+def _empty_output(x2d, weight, bias, plan: Plan | None) -> torch.Tensor:
+    """y [0, N] for x [0, K], `plan` checked as `_run` checks it at M > 0 (same errors;
+    None while compiling, where the op would choose it), with nothing launched, the weight
+    not unpacked and no copy of it built; as from F.linear, part of the autograd graph of
+    x and the bias."""
+    if plan is not None and plan.backend in (*TRITON_BACKENDS, "streams"):
         _check_launch(x2d, weight, bias, plan)
     zero_weight = x2d.new_zeros(()).expand(weight.shape)
     return F.linear(x2d, zero_weight, None if bias is None else bias.to(x2d.dtype))

@@ -193,7 +193,10 @@ def test_pack_refuses_a_weight_without_data():
 
 
 INTEGER_16 = [np.int64(16), np.uint8(16), np.array(16), torch.tensor(16)]
-NOT_INTEGERS = [16.0, np.float64(16), torch.tensor(16.0), True, np.True_, torch.tensor(True)]
+NOT_INTEGERS = [
+    16.0, np.float64(16), torch.tensor(16.0), True, np.True_, torch.tensor(True),
+    torch.tensor([16]), torch.tensor(16, device="meta"),  # a size on a device: a sync
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("rows", INTEGER_16, ids=repr)

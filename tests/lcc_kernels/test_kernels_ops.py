@@ -1,5 +1,6 @@
 """Custom ops: registration checks, torch.compile(fullgraph=True), and the CPU guard."""
 
+import json
 import os
 import subprocess
 import sys
@@ -161,6 +162,30 @@ def test_compiled_forced_backend_defers_the_plan_to_the_op():
     for m in (1, 3, 17):  # symbolic M: the plan is chosen inside the op at run time
         x = torch.randn(m, 64)
         assert_matches_oracle(compiled(x), x, dense, bias)
+
+
+@needs_triton
+@pytest.mark.parametrize("backend", ["skinny", "tiled"])
+def test_compiled_forced_backend_without_rows_reads_no_table(backend, tmp_path, monkeypatch):
+    # A table named in the environment and not yet read: the dispatcher would take the
+    # loading lock, which Dynamo cannot trace; at M = 0 the op has nothing to run.
+    from lcc_kernels import dispatch
+
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"schema": dispatch.TABLE_SCHEMA, "device": "cpu", "entries": []}))
+    monkeypatch.setenv(dispatch.TABLE_ENV, str(path))
+    monkeypatch.setattr(dispatch, "_ENV_LOADED", False)
+    dense = random_unstructured(40, 64, 0.4)
+    packed = pack(dense, "bitmap", tile=(16, 32))
+    bias = torch.randn(40)
+    compiled = torch.compile(
+        lambda x: sparse_linear(x, packed, bias, backend=backend),
+        fullgraph=True,
+        backend="aot_eager",
+    )
+    y = compiled(torch.randn(2, 0, 64))
+    assert y.shape == (2, 0, 40)
+    assert not dispatch._ENV_LOADED
 
 
 @needs_triton
