@@ -98,9 +98,10 @@ def plan_removal(model: nn.Module, family: Family, spec: PruneSpec) -> Structure
     # Kept channels come in whole units of ``multiple``: removed ones number the remainder
     # plus a whole count of units, rounded half up like a single channel.
     multiple = spec.channel_multiple
-    if multiple > intermediate:
+    if multiple > 1 and multiple >= intermediate:
         raise PruneArgumentError(
-            f"channel_multiple={multiple} exceeds the {intermediate} MLP channels per layer"
+            f"channel_multiple={multiple} leaves no MLP channel that can go: a layer has "
+            f"{intermediate}; pass fewer"
         )
     remainder = intermediate % multiple
     most_channels = intermediate - multiple
@@ -147,13 +148,15 @@ def plan_removal(model: nn.Module, family: Family, spec: PruneSpec) -> Structure
             # between two plans: these groups with all but one channel, the next groups alone
             below = (groups * group_params + most_channels * channel_params) / layer_params
             above = next(g for g in range(groups + 1, most_groups + 1) if savable(g))
+            # with a remainder, every plan also takes the channels over a whole multiple
+            alone = f"and the {remainder} channels beyond a multiple of {multiple}"
+            alone = alone if remainder else "alone"
+            least = (above * group_params + remainder * channel_params) / layer_params
             raise PruneArgumentError(
                 f"sparsity={spec.sparsity} (structured) falls between two plans: {groups} KV "
                 f"groups and all but {kept} per layer remove {below:.4f} of the "
-                f"block parameters, {above} KV groups alone "
-                f"{above * group_params / layer_params:.4f}; pass sparsity="
-                f"{math.floor(below * 1000) / 1000:g} or less, or "
-                f"{rounded_up(above * group_params / layer_params):g} or more"
+                f"block parameters, {above} KV groups {alone} {least:.4f}; pass sparsity="
+                f"{math.floor(below * 1000) / 1000:g} or less, or {rounded_up(least):g} or more"
             )
         raise PruneArgumentError(_out_of_reach(spec, most, kv_heads, most_groups, kept))
     if groups == 0 and channels == 0:

@@ -72,6 +72,26 @@ def test_limits_are_named_in_units_of_the_multiple():
     assert "keeping 50 MLP channels per layer removes at most 0.526" in str(error.value)
 
 
+def test_between_two_plans_counts_the_remainder_on_both_sides():
+    """gemma2-gqa with 37 MLP channels, kept in multiples of 16: 5 always go. The plan
+    with a KV group had been given as that group alone."""
+    with pytest.raises(PruneArgumentError, match="falls between two plans") as error:
+        prune_model(
+            tiny_model("gemma2-gqa", intermediate_size=37), "magnitude", 0.29, "heads",
+            channel_multiple=16,
+        )  # fmt: skip
+    message = str(error.value)
+    assert "1 KV groups and the 5 channels beyond a multiple of 16 0.3663" in message
+    above = float(re.search(r"or ([0-9.]+) or more", message).group(1))
+    report = prune_model(
+        tiny_model("gemma2-gqa", intermediate_size=37), "magnitude", above, "heads",
+        channel_multiple=16,
+    )  # fmt: skip
+    assert report.structured["plan"]["kv_groups_removed"] == 1
+    assert report.structured["intermediate_size"] == [37, 32]
+    assert report.structured["removed_fraction_of_blocks"] == pytest.approx(0.3663, abs=1e-4)
+
+
 @pytest.mark.parametrize(
     "pattern, multiple, message",
     [
@@ -79,7 +99,8 @@ def test_limits_are_named_in_units_of_the_multiple():
         ("heads", 2.5, "channel_multiple must be a positive integer, got 2.5"),
         ("heads", True, "channel_multiple must be a positive integer, got True"),
         ("2:4", 8, "channel_multiple only applies to the 'heads' pattern"),
-        ("heads", 201, "channel_multiple=201 exceeds the 200 MLP channels per layer"),
+        ("heads", 200, "channel_multiple=200 leaves no MLP channel that can go: a layer has 200"),
+        ("heads", 201, "channel_multiple=201 leaves no MLP channel that can go"),
     ],
 )
 def test_bad_multiples_are_refused_before_any_weight_changes(pattern, multiple, message):

@@ -35,7 +35,7 @@ def one_kv_group_dir(tmp_path):
         ),
         (
             ["--pattern", "heads", "--sparsity", "0.3", "--channel-multiple", "200"],
-            "--channel-multiple 200 exceeds the 128 MLP channels per layer",
+            "--channel-multiple 200 leaves no MLP channel that can go: a layer has 128",
         ),
         (
             ["--pattern", "heads", "--sparsity", "0.01", "--channel-multiple", "8"],
