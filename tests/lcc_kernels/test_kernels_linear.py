@@ -7,7 +7,12 @@ test_kernels_linear_errors.py; sizes and plans: _linear_helpers.py.
 import pytest
 import torch
 import torch.nn.functional as F
-from _kernels_helpers import assert_matches_oracle, needs_triton, random_unstructured
+from _kernels_helpers import (
+    assert_kernel_matches_oracle,
+    assert_matches_oracle,
+    needs_triton,
+    random_unstructured,
+)
 from _linear_helpers import K, N, packed_weight, small_plan
 
 from lcc_kernels import Plan, dense_linear_triton, launch, pack, sparse_linear, unpack
@@ -28,15 +33,18 @@ def test_kernel_matches_oracle(fmt, path, dtype, with_bias, m):
 
 
 @needs_triton
+@pytest.mark.parametrize("m", [1, 17])  # skinny plans: without tl.dot, then with it
 @pytest.mark.parametrize("path", ["skinny", "tiled"])
-def test_24_tiles_rebuilt_in_bf16(path):
+@pytest.mark.parametrize("fmt", ["2:4", "bitmap"])
+def test_kernel_matches_oracle_in_bf16(fmt, path, m):
     # 16-bit values are placed in their lanes by shifts of their bits (decode.py); bf16's
-    # bits take that path too (tl.dot runs in fp32 under the interpreter).
-    dense, packed = packed_weight("2:4", torch.bfloat16)
-    x = torch.randn(17, K, dtype=torch.bfloat16)
+    # bits take that path too (tl.dot runs in fp32 under the interpreter, whose rounding
+    # to bf16 has a rule of its own: assert_kernel_matches_oracle).
+    dense, packed = packed_weight(fmt, torch.bfloat16)
+    x = torch.randn(m, K, dtype=torch.bfloat16)
     bias = torch.randn(N)
-    y = sparse_linear(x, packed, bias, plan=small_plan(path, 17))
-    assert_matches_oracle(y, x, dense, bias)
+    y = sparse_linear(x, packed, bias, plan=small_plan(path, m))
+    assert_kernel_matches_oracle(y, x, dense, bias)
 
 
 @needs_triton
