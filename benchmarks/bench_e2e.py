@@ -130,6 +130,7 @@ class Bench:
                 self.result["status"] = f"budget spent before {variant}"
                 break
             info = self.result["variants"].setdefault(variant, {})
+            swapped = False
             try:
                 if spec is not None:
                     pattern, sparsity, fmt, mlp = spec
@@ -137,6 +138,7 @@ class Bench:
                     plain = model(ids).logits
                     oracle = copy.deepcopy(model).to(self.oracle_dtype)(ids).logits
                     report = swap_attention(model, fmt, mlp=mlp)
+                    swapped = True
                     info["swap"] = {k: v for k, v in report.to_dict().items() if k != "groups"}
                     info["formats"] = sorted({g.format for g in report.groups})
                     info["check"] = logits_check(model(ids).logits, plain, oracle, self.dtype)
@@ -146,7 +148,9 @@ class Bench:
             except Exception as error:  # one variant failing must not end the run
                 info["error"] = f"{type(error).__name__}: {error}"[:600]
             finally:
-                if spec is not None:  # also after a swap that failed part-way
+                # A swap that raised has put the model back itself (and unswap_attention
+                # refuses a model with nothing swapped): the next variant starts unswapped.
+                if swapped:
                     unswap_attention(model)
                 self.save()
             if self.result["status"] != "running":  # the budget ran out inside the variant

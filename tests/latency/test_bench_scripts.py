@@ -1,5 +1,6 @@
-"""The CPU benchmark scripts refuse bad options before any work, and
-bench_restore_quality never replaces a complete stored result with a partial one."""
+"""The CPU benchmark scripts refuse bad options before any work,
+bench_restore_quality never replaces a complete stored result with a partial one, and
+bench_e2e records a variant that fails and runs the rest."""
 
 import json
 from pathlib import Path
@@ -232,3 +233,29 @@ def test_benchmark_gpu_skip_reads_the_marker_not_directory_names(monkeypatch):
     plain, marked = Item(marked=False), Item(marked=True)
     conftest.pytest_collection_modifyitems(None, [plain, marked])
     assert plain.added == [] and len(marked.added) == 1
+
+
+def test_e2e_records_a_variant_whose_swap_fails_and_runs_the_rest(tmp_path, monkeypatch):
+    """bench_e2e: a swap that raises has put the model back itself, so the variant's error
+    is recorded and the next variants run (unswapping it again had raised, ending the run
+    with the error lost and e2e.json left "running")."""
+    import bench_e2e
+
+    import restorelcc.hf.swap as swap
+
+    real_swap = swap.swap_attention
+
+    def failing_swap(model, format, **options):
+        if format == "2:4" and not options.get("mlp"):
+            raise swap.SwapError("planted failure")
+        return real_swap(model, format, **options)
+
+    monkeypatch.setattr(swap, "swap_attention", failing_swap)
+    assert bench_e2e.main([str(tmp_path / "e2e"), "--smoke"]) == 0
+    result = json.loads((tmp_path / "e2e" / "e2e.json").read_text())
+    assert result["status"] == "complete"
+    variants = result["variants"]
+    assert variants["2:4"]["error"] == "SwapError: planted failure"
+    assert "2:4" not in {row["variant"] for row in result["rows"]}
+    for name in ("2:4+mlp", "bitmap50", "bitmap70"):
+        assert "error" not in variants[name] and variants[name]["check"]["ok"]
