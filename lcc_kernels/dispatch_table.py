@@ -137,7 +137,8 @@ def _int_or_none(value) -> int | None:
 # also serves every larger M). The dispatcher splits K only while the output has too few
 # tiles to fill the GPU, so its workspaces take a few MiB; a plan past this bound splits
 # many rows' worth of output tiles, where the tiled path (no workspace) is the faster one.
-# Streams plans are not bounded: their split is the one their layout was built for.
+# A streams layout's split is fixed when it is built: past the bound, run_streams launches
+# fewer rows at a time instead.
 MAX_SPLIT_K_WORKSPACE_BYTES = 1 << 30
 
 

@@ -119,9 +119,9 @@ def _store_output(acc, out_ptr, bias_ptr, rows, cols, M, N, stride_om, HAS_BIAS:
 @triton.jit
 def _partial_ptrs(partial_ptr, split, rows, cols, M, N):
     """Pointers [BM, BN] to partials[split, rows, cols] of the fp32 workspace [splits, M,
-    N], contiguous. Offsets in int64, split's included: a skinny workspace is bounded
-    (dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES, 2**28 floats) but a streams one is not,
-    and the dispatcher's cap of 32 splits binds only its own plans."""
+    N], contiguous. Offsets in int64, split's included: the workspace bound
+    (dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES, 2**28 floats) is a setting a user may
+    raise, and the dispatcher's cap of 32 splits binds only its own plans."""
     row = rows.to(tl.int64) + tl.cast(split, tl.int64) * M
     return partial_ptr + row[:, None] * N + cols[None, :]
 

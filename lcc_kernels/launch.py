@@ -148,9 +148,12 @@ def run_streams(x: torch.Tensor, streams, bias: torch.Tensor | None, plan: Plan)
     """y [M, N] in x's dtype = x [M, K] @ W^T (+ bias [N], added in fp32), W as the value
     streams (streams.BitmapStreams) built for plan.block_n and plan.split_k."""
     _check_runnable(x)
-    out = torch.empty((x.shape[0], streams.shape[0]), dtype=x.dtype, device=x.device)
+    n = streams.shape[0]
+    out = torch.empty((x.shape[0], n), dtype=x.dtype, device=x.device)
+    # the layout's split serves every M: its workspace is bounded by launching fewer rows
+    row_bytes = dispatch_table.split_workspace_bytes(streams.split, 1, n)
     with _on_device(x.device):
-        for rows in _row_parts(x.shape[0], plan):
+        for rows in _row_parts(x.shape[0], plan, row_bytes):
             part_x, part_out = (x, out) if rows is None else (x[rows], out[rows])
             _issue(stream_launches(part_x, streams, bias, plan, part_out), x.device)
     return out
@@ -179,13 +182,21 @@ def check_without_rows(
 _ALL_ROWS = (None,)
 
 
-def _row_parts(m: int, plan: Plan) -> tuple[slice | None, ...]:
+def _row_parts(m: int, plan: Plan, workspace_row_bytes: int = 0) -> tuple[slice | None, ...]:
     """The rows of x that each launch (or pair) takes, None for all M at once: in parts
     where the skinny and streams paths' row tiles would exceed their grid axis (M over
     65535 x block_m; a bitmap tile under 16 rows keeps "auto" on the skinny path at any
-    M). Eager decode asks at every call: the common answer is one shared tuple."""
+    M), or where a streams layout's split-K workspace, `workspace_row_bytes` per row,
+    would pass dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES (a layout split for decode, run
+    at prefill M: 48 GiB at M = 131072, N = 6144, 16 splits). Eager decode asks at every
+    call: the common answer is one shared tuple."""
+    if plan.backend == "tiled":
+        return _ALL_ROWS
     rows = launch_geometry.MAX_GRID_YZ * plan.block_m
-    if m <= rows or plan.backend == "tiled":
+    if workspace_row_bytes:
+        fit = dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES // workspace_row_bytes
+        rows = min(rows, max(plan.block_m, fit // plan.block_m * plan.block_m))
+    if m <= rows:
         return _ALL_ROWS
     return tuple(slice(start, start + rows) for start in range(0, m, rows))
 

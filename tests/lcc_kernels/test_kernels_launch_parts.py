@@ -1,6 +1,6 @@
-"""The Triton launchers past their limits: M whose row tiles exceed a grid axis runs in
-parts of rows, and a launch that raises part-way leaves no nonzero split-K counters for
-the next one."""
+"""The Triton launchers past their limits: M whose row tiles exceed a grid axis, or whose
+streams split-K workspace exceeds its bound, runs in parts of rows, and a launch that
+raises part-way leaves no nonzero split-K counters for the next one."""
 
 import pytest
 import torch
@@ -47,6 +47,20 @@ def test_streams_rows_past_the_grid_limit_run_in_parts(monkeypatch):
     x = torch.randn(11, K)
     assert_matches_oracle(sparse_linear(x, packed, backend="streams"), x, dense)
     assert launched == [8, 3]  # block_m 4 at M = 11
+
+
+def test_streams_rows_past_the_workspace_bound_run_in_parts(monkeypatch):
+    """A layout split for decode, run at a large M: its split-K workspace [split, M, N] fp32
+    is bounded by launching fewer rows at a time (here 4 rows of 3 x 72 floats fit)."""
+    from lcc_kernels import dispatch_table
+
+    dense, packed = packed_weight("bitmap", torch.float32)
+    monkeypatch.setattr(dispatch_table, "MAX_SPLIT_K_WORKSPACE_BYTES", 5 * 3 * N * 4)
+    launched = _spy(monkeypatch, "stream_launches")
+    x, bias = torch.randn(11, K), torch.randn(N)
+    plan = Plan("streams", 4, 32, split_k=3, num_warps=1)
+    assert_matches_oracle(sparse_linear(x, packed, bias, plan=plan), x, dense, bias)
+    assert launched == [4, 4, 3]
 
 
 def test_one_launch_past_the_grid_limit_is_refused():
