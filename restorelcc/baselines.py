@@ -219,7 +219,7 @@ def lofit_baseline(
     scales = nn.Parameter(start.to(device))
 
     def scaled(layer: int, z: torch.Tensor) -> torch.Tensor:
-        return z + z * scales[layer].to(z.dtype)  # not (1 + A): bf16 would round it to 1
+        return z + z * scales[layer].to(z.dtype)  # z (1 + A); A's gradient is exact either way
 
     select = train_response_lm(
         pruned,

@@ -35,7 +35,8 @@ from restorelcc.data import (
     positive_count,
 )
 from restorelcc.errors import DataError, NonFiniteError
-from restorelcc.eval.scoring import model_device, model_max_length
+from restorelcc.eval.scoring import model_max_length
+from restorelcc.hf.families import model_device
 
 DEFAULT_TOKENS = 8192
 DEFAULT_WINDOW = 512

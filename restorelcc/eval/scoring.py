@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from restorelcc.data import encode_unterminated, positive_count
 from restorelcc.errors import NonFiniteError
 from restorelcc.eval.packing import float_dtype, logit_positions, pack_requests, packed_inputs
+from restorelcc.hf.families import model_device
 
 TokenRequest = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation ids)
 
@@ -81,10 +82,6 @@ def model_max_length(model, tokenizer=None) -> int:
         limits.append(tokenizer.model_max_length)
     limits = [n for n in limits if n]
     return min(limits) if limits else 2048
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 def loglikelihoods(
@@ -196,8 +193,8 @@ def _score_packed(model, requests, indices, batch_size, scores, bar) -> list[int
                 model, keep, **{k: v.to(device) for k, v in inputs.items()}
             )
         except (RuntimeError, ValueError, TypeError) as exc:
-            if verified:
-                raise
+            if verified or isinstance(exc, torch.OutOfMemoryError):
+                raise  # out of memory is no refusal of packed rows
             warnings.warn(f"context sharing off: model refused packed rows ({exc})", stacklevel=3)
             return _unscored(indices, scores)
         flat = _flat_index(keep)

@@ -198,7 +198,18 @@ def o_proj_of(model: nn.Module, layer: int) -> nn.Linear:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """The one device of ``model``'s parameters; ``UnsupportedModelError`` for a model
+    spread over several (a ``device_map`` over GPUs, or with CPU/disk offload), which the
+    pipeline would fail on part-way with an error naming neither."""
+    devices = {param.device for param in model.parameters()}
+    if len(devices) > 1:
+        names = ", ".join(sorted(str(device) for device in devices))
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has parameters on {names} (a device_map spreading it "
+            "or offloading part of it): restorelcc runs a model on one device; load it "
+            "whole onto one (no device_map, or device_map set to that device)"
+        )
+    return devices.pop()
 
 
 @contextlib.contextmanager

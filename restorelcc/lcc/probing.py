@@ -93,7 +93,7 @@ def probe_features(
         (compensation[None], "the probing compensation"),
     ):
         check_finite_heads(tensor, what)
-    shifted = (acts.pruned + compensation).reshape(n, layers * heads, d)
+    shifted = (acts.pruned + compensation.to(acts.pruned.device)).reshape(n, layers * heads, d)
     pos = torch.cat([shifted, acts.positive.reshape(n, -1, d)], dim=-1)
     neg = torch.cat([shifted, acts.negative.reshape(n, -1, d)], dim=-1)
     return pos.transpose(0, 1).contiguous(), neg.transpose(0, 1).contiguous()
@@ -135,13 +135,15 @@ def train_probes(
         raise ValueError(
             f"positive {tuple(positive.shape)} and negative {tuple(negative.shape)} differ"
         )
+    device = positive.device  # the probes train where the features are; scores on the CPU
     weights, bias = init if init is not None else probe_init(heads, f, seed)
+    weights, bias = weights.to(device), bias.to(device)
     scores = torch.zeros(heads)
     losses = torch.zeros(heads)
     n_train = 2 * len(train_idx)
     chunk = max(1, PROBE_CHUNK_BYTES // (n_train * f * 4))
-    y_train = torch.cat([torch.ones(len(train_idx)), torch.zeros(len(train_idx))])
-    y_test = torch.cat([torch.ones(len(test_idx)), torch.zeros(len(test_idx))])
+    labels = lambda count: torch.cat([torch.ones(count), torch.zeros(count)]).to(device)
+    y_train, y_test = labels(len(train_idx)), labels(len(test_idx))
     small = heads * n_train * f * 4 <= SINGLE_THREAD_BYTES and positive.device.type == "cpu"
     with _threads(1) if small else contextlib.nullcontext():
         chunks = range(0, heads, chunk)
@@ -157,10 +159,14 @@ def train_probes(
             w, b = _fit_logistic(x_train, y_train, w0, b0, epochs, lr)
             logits = torch.einsum("hnf,hf->hn", x_test, w) + b[:, None]
             predicted = (torch.sigmoid(logits) >= 0.5).float()
-            scores[part] = (predicted == y_test).float().mean(dim=1)
-            losses[part] = nn.functional.binary_cross_entropy_with_logits(
-                logits, y_test.expand_as(logits), reduction="none"
-            ).mean(dim=1)
+            scores[part] = (predicted == y_test).float().mean(dim=1).cpu()
+            losses[part] = (
+                nn.functional.binary_cross_entropy_with_logits(
+                    logits, y_test.expand_as(logits), reduction="none"
+                )
+                .mean(dim=1)
+                .cpu()
+            )
     return ProbeScores(scores, losses)
 
 

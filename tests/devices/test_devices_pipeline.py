@@ -38,6 +38,9 @@ from restorelcc.lcc import (
     capture_probe_activations,
     restore,
 )
+from restorelcc.lcc.capture import ProbeActivations
+from restorelcc.lcc.components import lost_components
+from restorelcc.lcc.probing import score_heads
 from restorelcc.lcc.reference import capture_one_by_one
 from restorelcc.lcc.tokens import ProbeSequences
 from restorelcc.prune import prune_model
@@ -274,3 +277,22 @@ def test_training_free_random_heads_and_lofit_on_device(device, tokenizer):
     assert_restoration_on_cpu(lofit)
     assert lofit.scores.device.type == "cpu" and lofit.b.abs().min() > 0  # b starts at zero
     assert_fold_equals_attached(lofit, pruned, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_lost_components_and_probes_on_device(device):
+    """The probing API given activations on a device: the compensation lost_components
+    returns (on the CPU) and the probes' start and labels meet them there; the scores come
+    back on the CPU, equal to the CPU's within float rounding."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(24, 2, 3, 8)] * 4  # [N, layers, heads, head_dim]
+    cpu_acts = ProbeActivations(*(torch.randn(s, generator=generator) for s in shapes))
+    acts = ProbeActivations(*(t.to(device) for t in vars(cpu_acts).values()))
+    components = lost_components(acts.dense, acts.pruned, k=2)
+    scores = score_heads(acts, components.compensation, epochs=20)
+    assert scores.device.type == "cpu" and scores.shape == (2, 3)
+    expected = score_heads(
+        cpu_acts, lost_components(cpu_acts.dense, cpu_acts.pruned, k=2).compensation, epochs=20
+    )
+    # within one of the 16 held-out examples (8 pairs): float rounding may flip one
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1 / 16 + 1e-6)

@@ -1,5 +1,6 @@
 """Batched log-likelihood scoring against a direct per-request computation."""
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -300,3 +301,18 @@ def test_shared_contexts_longer_than_a_sliding_window_score_as_plain_rows(name):
     plain = score_tokens(model, requests, 16, progress=False, share_context=False)
     for a, b in zip(packed, plain, strict=True):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-5)
+
+
+def test_running_out_of_memory_is_no_refusal_of_packed_rows(model, tok, monkeypatch):
+    """A packed batch that runs out of memory must fail the run, not turn context sharing
+    off with a warning and go on scoring row by row."""
+    import restorelcc.eval.scoring as scoring
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+
+    monkeypatch.setattr(scoring, "_continuation_logits", out_of_memory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "context sharing off" would be raised here
+        with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate"):
+            loglikelihoods(model, tok, REQUESTS, progress=False)

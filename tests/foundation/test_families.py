@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from restorelcc.errors import UnsupportedModelError
+from restorelcc.eval.perplexity import stream_nll
 from restorelcc.hf import families
 from restorelcc.testing import TINY_SHAPES, tiny_model
 
@@ -31,3 +32,15 @@ def test_unknown_family_is_refused():
 
     with pytest.raises(UnsupportedModelError, match="'bert' is not supported"):
         families.family_of(Config())
+
+
+def test_a_model_spread_over_devices_is_named_not_run_part_way():
+    """A device_map spreading a model (or offloading part of it) is refused by the device
+    lookup every pipeline stage makes, naming the devices; here one layer on meta."""
+    model = tiny_model("llama-gqa")
+    assert families.model_device(model) == torch.device("cpu")
+    model.model.layers[1].to("meta")
+    with pytest.raises(UnsupportedModelError, match=r"on cpu, meta \(a device_map spreading"):
+        families.model_device(model)
+    with pytest.raises(UnsupportedModelError, match="restorelcc runs a model on one device"):
+        stream_nll(model, torch.randint(0, 259, (64,)), window=32, stride=16)
