@@ -26,6 +26,7 @@ import argparse
 import copy
 import time
 
+from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype
 from restorelcc.commands.options import (
     DEFAULT_REPORT_HELP,
     adapter_input,
@@ -48,7 +49,6 @@ from restorelcc.commands.options import (
 from restorelcc.errors import RestoreLCCError
 from restorelcc.hf import FORMATS, MIN_SPARSITY
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Timing options that one kind of device ignores: refused there (given other than defaults).
 CUDA_ONLY = ("rep_ms", "eager", "decode_streams")
 CPU_ONLY = ("rounds",)
@@ -86,9 +86,7 @@ def register(subparsers) -> None:
         "--context", type=positive_int, default=512, help="cached tokens before a decode step"
     )
     p.add_argument("--prefill", type=positive_int, nargs="*", default=[512], help="prefill lengths")
-    p.add_argument(
-        "--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on CUDA, else float32"
-    )
+    add_dtype_argument(p)
     p.add_argument("--rounds", type=positive_int, default=10, help="CPU only: timed calls per job")
     p.add_argument(
         "--rep-ms", type=positive_int, default=200, help="CUDA only: timing window per job (ms)"
@@ -183,14 +181,6 @@ def _check_positions(args: argparse.Namespace, config) -> None:
     check_length_fits(longest, config, f"--prefill {longest}")
 
 
-def _dtype(name: str, device):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
 def _jobs(args: argparse.Namespace) -> list[tuple[str, int, int]]:
     """(phase, batch, tokens) for every timed call."""
     return [("decode", b, args.context) for b in args.batches] + [
@@ -281,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--min-sparsity must be in [0, 1), got {args.min_sparsity}")
     device = resolve_device(args.device)
     _check_timing_options(args, device)
-    dtype = _dtype(args.dtype, device)
+    dtype = resolve_dtype(args.dtype, device)
     restoration = read_adapter(args.adapter)
     config = load_config(args.model)
     family_of(config)  # an unsupported family fails before the weights load

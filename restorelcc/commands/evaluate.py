@@ -6,6 +6,7 @@ import argparse
 import statistics
 import time
 
+from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype
 from restorelcc.commands.options import (
     DEFAULT_REPORT_HELP,
     adapter_input,
@@ -72,6 +73,7 @@ def register(subparsers) -> None:
     )
     add_mlp_argument(p)
     add_device_argument(p)
+    add_dtype_argument(p)
     p.add_argument("--json", default=None, help=DEFAULT_REPORT_HELP.format(command="eval"))
     add_quiet_argument(p)
     p.set_defaults(func=run)
@@ -190,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
     check_spares_inputs("--json", out, inputs)
     device = resolve_device(args.device)
     restoration = read_adapter(args.adapter)
-    model, tokenizer = load_model(args.model, device=device)
+    dtype = resolve_dtype(args.dtype, device)
+    model, tokenizer = load_model(args.model, dtype=dtype, device=device)
     if restoration is not None:
         restoration.fold(model)
     swap = None
@@ -218,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         "limit": args.limit if tasks else None,  # it limits nothing else
         "batch_size": args.batch_size,
         "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
         "adapter": adapter_summary(args.adapter, restoration),
         "swap": swap.to_dict() if swap else None,
         "perplexity": report["perplexity"],

@@ -239,5 +239,6 @@ def test_cli_prune_restore_bench_on_device(device, tmp_path, capsys):
     ) == 0  # fmt: skip
     scored = json.loads(evaluated.read_text())
     assert scored["device"].startswith(device) and scored["swap"]["format"] == "2:4"
+    assert scored["dtype"] == ("bfloat16" if device == "cuda" else "float32")  # --dtype auto
     assert scored["perplexity"]["tokens"] == 64
     assert math.isfinite(scored["perplexity"]["perplexity"])

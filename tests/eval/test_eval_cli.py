@@ -45,6 +45,22 @@ def test_the_mean_row_averages_acc_and_acc_norm_and_the_headline_follows_the_dem
     assert mean_accuracy(tasks)["acc_norm"] is None
 
 
+def test_dtype_sets_what_the_model_scores_in(tiny_dir, tmp_path):
+    """--dtype auto is float32 on the CPU (bfloat16 on CUDA: tests/devices); a dtype given
+    is the model's, and the report says which."""
+    perplexities = {}
+    for dtype in ("auto", "bfloat16"):
+        out = tmp_path / f"{dtype}.json"
+        argv = ["eval", "--model", str(tiny_dir), "--tasks", "none", "--ppl-tokens", "48",
+                "--dtype", dtype, "--json", str(out), "--quiet"]  # fmt: skip
+        assert cli.main(argv) == 0
+        report = json.loads(out.read_text())
+        perplexities[report["dtype"]] = report["perplexity"]["perplexity"]
+    assert set(perplexities) == {"float32", "bfloat16"}
+    assert perplexities["float32"] != perplexities["bfloat16"]  # bf16 weights round
+    assert perplexities["bfloat16"] == pytest.approx(perplexities["float32"], rel=0.05)
+
+
 def test_full_run_prints_a_table_and_writes_the_report(tiny_dir, tmp_path, capsys):
     out = tmp_path / "report.json"
     argv = ["eval", "--model", str(tiny_dir), "--tasks", "arc_easy,winogrande", "--limit", "3",

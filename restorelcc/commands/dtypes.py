@@ -1,0 +1,27 @@
+"""``--dtype`` of the commands that run a model for its outputs (``eval``, ``bench``):
+``auto`` is bfloat16 on CUDA (the dtype GPUs serve and score in), float32 on the CPU."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on CUDA, else float32"
+    )
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The torch dtype ``--dtype name`` means on ``device``."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
