@@ -1,5 +1,5 @@
-"""``--dtype`` of the commands that run a model for its outputs (``eval``, ``bench``):
-``auto`` is bfloat16 on CUDA (the dtype GPUs serve and score in), float32 on the CPU."""
+"""``--dtype`` of the commands that run a model (``eval``, ``bench``, ``restore``): ``auto``
+is bfloat16 on CUDA (the dtype GPUs serve, score and fine-tune in), float32 on the CPU."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ if TYPE_CHECKING:
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+def add_dtype_argument(parser: argparse.ArgumentParser, what: str = "the model's dtype") -> None:
     parser.add_argument(
-        "--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on CUDA, else float32"
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help=f"{what} (auto: bfloat16 on CUDA, else float32)",
     )
 
 

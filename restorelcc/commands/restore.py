@@ -14,6 +14,7 @@ import argparse
 import math
 from pathlib import Path
 
+from restorelcc.commands.dtypes import DTYPES, add_dtype_argument, resolve_dtype
 from restorelcc.commands.options import (
     add_device_argument,
     add_perplexity_arguments,
@@ -32,7 +33,6 @@ from restorelcc.io import check_output_directory
 
 REPORT_NAME = "restore_report.json"
 MERGED_DIR = "merged"
-DTYPES = ("float32", "bfloat16", "float16")
 METHODS = ("restorelcc", "lofit", "training-free")
 # Options that another method would ignore: it refuses them (given other than defaults).
 RESTORELCC_ONLY = ("selection", "probe_pairs", "components_k", "negatives", "standardize")
@@ -139,9 +139,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--standardize", action="store_true", help="standardise probe features")
     p.add_argument("--seed", type=int, default=0, help="data sampling, init and order")
-    p.add_argument(
-        "--dtype", choices=DTYPES, default="float32", help="both models' dtype while restoring"
-    )
+    add_dtype_argument(p, "both models' dtype while restoring")
     p.add_argument(
         "--merged",
         action="store_true",
@@ -286,7 +284,6 @@ def _check_models(args: argparse.Namespace, config):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from restorelcc.assets import load_model
     from restorelcc.data import instruction_pairs, perplexity_texts
@@ -303,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
     if args.eval:
         perplexity_texts(args.ppl_source, n=1)  # a missing or empty text fails here
     pruned_config = _check_models(args, config)
-    dtype = getattr(torch, args.dtype)
+    dtype = resolve_dtype(args.dtype, device)
     # --merged: the pruned checkpoint as stored plus the restoration, whatever --dtype
     merged_dtype = _stored_dtype(pruned_config) or dtype
     dense, tokenizer = load_model(args.dense, dtype=dtype, device=device)
@@ -366,7 +363,7 @@ def _stored_dtype(config):
     import torch
 
     name = str(getattr(config, "dtype", None)).removeprefix("torch.")
-    return getattr(torch, name) if name in DTYPES else None
+    return getattr(torch, name) if name in DTYPES and name != "auto" else None
 
 
 def _restore(args: argparse.Namespace, dense, pruned, tokenizer, pairs, config):
