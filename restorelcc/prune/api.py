@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import warnings
@@ -90,7 +91,7 @@ def prune_model(
 
     start = time.perf_counter()
     structured = None
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), _ieee_fp32_matmuls():
         if plan is not None:
             structured = prune_structured(model, family, spec, plan, tokens, chunk_size, progress)
         elif spec.method == "magnitude":
@@ -140,6 +141,20 @@ def check_config(config, spec: PruneSpec) -> None:
     family = check_model(shell, spec)
     if spec.pattern.kind == "heads":
         plan_removal(shell, family, spec)
+
+
+@contextlib.contextmanager
+def _ieee_fp32_matmuls():
+    """Full fp32 matmuls on CUDA for the block, whatever the caller set: TF32 (what
+    ``torch.set_float32_matmul_precision("high")`` turns on) keeps 10 mantissa bits, too
+    few for the Gram matrices and SparseGPT's updates (its reference code turns TF32 off)."""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = before
 
 
 def _prune_magnitude(model: nn.Module, family: Family, spec: PruneSpec, progress: bool) -> None:

@@ -139,3 +139,27 @@ def test_rejects_mismatched_hessian_and_block_size():
         sparsegpt_prune(torch.randn(4, 10), torch.eye(10), 0.5, parse_pattern("2:4"))
     with pytest.raises(ValueError, match="multiple of M=8"):
         sparsegpt_prune(torch.randn(4, 16), torch.eye(16), 0.5, parse_pattern("4:8"), block_size=12)
+
+
+def test_pruning_runs_with_full_fp32_matmuls_whatever_the_caller_set(monkeypatch):
+    """TF32 (set_float32_matmul_precision("high")) would give the Gram matrices and the
+    SparseGPT updates a 10-bit mantissa on a GPU: pruning turns it off, then back on."""
+    import restorelcc.prune.api as api
+
+    seen, real = [], api.prune_with_factor
+
+    def spied(*args, **kwargs):
+        seen.append(torch.backends.cuda.matmul.fp32_precision)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "prune_with_factor", spied)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        model = tiny_model("llama-gqa")
+        prune_model(model, "sparsegpt", 0.5, calibration=torch.randint(0, 259, (2, 16)),
+                    progress=False)  # fmt: skip
+        assert seen and set(seen) == {"ieee"}
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    finally:
+        torch.set_float32_matmul_precision(before)
