@@ -111,13 +111,15 @@ def capture_rows(
     """
     forward_kwargs.setdefault("use_cache", False)
     layers = head_geometry(model).layers
-    rows = torch.arange(ids.shape[0]).unsqueeze(1)
+    device = model_device(model)
+    # on the model's device once: CPU indices would be copied over at every layer's read
+    rows = torch.arange(ids.shape[0], device=device).unsqueeze(1)
+    positions = positions.to(device)
     out: list[torch.Tensor | None] = [None] * layers
 
     def read(layer: int, x: torch.Tensor) -> None:
         out[layer] = x[rows, positions].float()
 
-    device = model_device(model)
     with o_proj_taps(model, read):
         run_until_stopped(
             lambda: model(
