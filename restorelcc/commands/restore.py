@@ -319,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
         "config": config.to_dict() if args.method == "restorelcc" else restoration.hyperparameters,
         "report": restoration.report,
         "evaluation": evaluation,
+        "dtype": str(dtype).removeprefix("torch."),
         "merged_dtype": str(merged_dtype).removeprefix("torch.") if args.merged else None,
         "run_metadata": run_metadata(),
     }

@@ -194,7 +194,7 @@ def _score_packed(model, requests, indices, batch_size, scores, bar) -> list[int
             )
         except (RuntimeError, ValueError, TypeError) as exc:
             if verified or isinstance(exc, torch.OutOfMemoryError):
-                raise  # out of memory is no refusal of packed rows
+                raise  # (a device's) out of memory is no refusal of packed rows
             warnings.warn(f"context sharing off: model refused packed rows ({exc})", stacklevel=3)
             return _unscored(indices, scores)
         flat = _flat_index(keep)

@@ -145,16 +145,17 @@ def check_config(config, spec: PruneSpec) -> None:
 
 @contextlib.contextmanager
 def _ieee_fp32_matmuls():
-    """Full fp32 matmuls on CUDA for the block, whatever the caller set: TF32 (what
+    """Full fp32 matmuls for the block, whatever the caller set: TF32 (what
     ``torch.set_float32_matmul_precision("high")`` turns on) keeps 10 mantissa bits, too
-    few for the Gram matrices and SparseGPT's updates (its reference code turns TF32 off)."""
-    matmul = torch.backends.cuda.matmul
-    before = matmul.fp32_precision
-    matmul.fp32_precision = "ieee"
+    few for the Gram matrices and SparseGPT's updates (its reference code turns TF32 off).
+    The process-wide setting (other threads' matmuls too), through the API every supported
+    torch has; torch 2.9+ refuses cuBLAS calls where its legacy and new settings disagree."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
     try:
         yield
     finally:
-        matmul.fp32_precision = before
+        torch.set_float32_matmul_precision(before)
 
 
 def _prune_magnitude(model: nn.Module, family: Family, spec: PruneSpec, progress: bool) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from restorelcc.errors import NonFiniteError, UnsupportedModelError
-from restorelcc.hf.families import Family, block_linear, decoder_layers
+from restorelcc.hf.families import Family, block_linear, decoder_layers, model_device
 
 
 class _StopForward(Exception):
@@ -56,7 +56,7 @@ def capture_block_inputs(
     type its own mask or rotary embedding).
     """
     layers = decoder_layers(model)
-    device = next(model.parameters()).device
+    device = model_device(model)
     tokens = tokens.to(device)
     chunks: list[torch.Tensor] = []
 

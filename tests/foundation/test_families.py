@@ -44,3 +44,12 @@ def test_a_model_spread_over_devices_is_named_not_run_part_way():
         families.model_device(model)
     with pytest.raises(UnsupportedModelError, match="restorelcc runs a model on one device"):
         stream_nll(model, torch.randint(0, 259, (64,)), window=32, stride=16)
+
+
+def test_pruning_with_calibration_refuses_a_model_spread_over_devices():
+    from restorelcc.prune import prune_model
+
+    model = tiny_model("llama-gqa")
+    model.model.layers[1].to("meta")
+    with pytest.raises(UnsupportedModelError, match=r"on cpu, meta \(a device_map"):
+        prune_model(model, "wanda", 0.5, calibration=torch.randint(0, 259, (2, 8)))

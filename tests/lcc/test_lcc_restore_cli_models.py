@@ -54,7 +54,7 @@ def test_merged_is_the_stored_checkpoint_plus_the_restoration(
     merged_dir = tmp_path / "out" / "merged"
     assert json.loads((merged_dir / "config.json").read_text())["dtype"] == "float32"
     report = json.loads((tmp_path / "out" / "restore_report.json").read_text())
-    assert report["merged_dtype"] == "float32"
+    assert report["merged_dtype"] == "float32" and report["dtype"] == dtype
     merged = load_file(merged_dir / "model.safetensors")
     pruned, _ = load_model(tmp_path / "pruned")
     folded = Restoration.load(tmp_path / "out").fold(pruned).state_dict()

@@ -149,7 +149,7 @@ def test_pruning_runs_with_full_fp32_matmuls_whatever_the_caller_set(monkeypatch
     seen, real = [], api.prune_with_factor
 
     def spied(*args, **kwargs):
-        seen.append(torch.backends.cuda.matmul.fp32_precision)
+        seen.append((torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(api, "prune_with_factor", spied)
@@ -159,7 +159,7 @@ def test_pruning_runs_with_full_fp32_matmuls_whatever_the_caller_set(monkeypatch
         model = tiny_model("llama-gqa")
         prune_model(model, "sparsegpt", 0.5, calibration=torch.randint(0, 259, (2, 16)),
                     progress=False)  # fmt: skip
-        assert seen and set(seen) == {"ieee"}
-        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        assert seen and set(seen) == {("highest", False)}
+        assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision(before)
