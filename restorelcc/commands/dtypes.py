@@ -28,3 +28,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, name)
+
+
+def stored_dtype(config) -> torch.dtype | None:
+    """The dtype (of ``DTYPES``) that a checkpoint's ``config`` records its weights in, or
+    None where it records none (or ``auto``)."""
+    import torch
+
+    name = str(getattr(config, "dtype", None)).removeprefix("torch.")
+    return getattr(torch, name) if name in DTYPES and name != "auto" else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from restorelcc.commands.dtypes import stored_dtype
 from restorelcc.commands.options import (
     add_device_argument,
     add_perplexity_arguments,
@@ -200,9 +201,14 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.eval:
         report.evaluation = _evaluate(model, tokenizer, args)
+    # Pruned in float32, saved as the checkpoint was stored: a bf16 model stays bf16 (its
+    # kept weights exactly; SparseGPT's updated ones rounded), not twice its size.
+    saved_dtype = stored_dtype(config) or model.dtype
+    model.to(saved_dtype)
     payload = {
         "model": str(args.model),
         **report.to_dict(),
+        "saved_dtype": str(saved_dtype).removeprefix("torch."),
         "run_metadata": run_metadata(),
     }
     with atomic_directory(args.out, overwrite=args.overwrite) as tmp:

@@ -14,7 +14,7 @@ import argparse
 import math
 from pathlib import Path
 
-from restorelcc.commands.dtypes import DTYPES, add_dtype_argument, resolve_dtype
+from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype, stored_dtype
 from restorelcc.commands.options import (
     add_device_argument,
     add_perplexity_arguments,
@@ -302,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
     pruned_config = _check_models(args, config)
     dtype = resolve_dtype(args.dtype, device)
     # --merged: the pruned checkpoint as stored plus the restoration, whatever --dtype
-    merged_dtype = _stored_dtype(pruned_config) or dtype
+    merged_dtype = stored_dtype(pruned_config) or dtype
     dense, tokenizer = load_model(args.dense, dtype=dtype, device=device)
     pruned, _ = load_model(args.pruned, dtype=dtype, device=device)
     restoration = _restore(args, dense, pruned, tokenizer, pairs, config)
@@ -357,14 +357,6 @@ def run(args: argparse.Namespace) -> int:
     written = f"{args.out} (adapter, {REPORT_NAME}{merged})"
     print(f"wrote {written}")
     return 0
-
-
-def _stored_dtype(config):
-    """The dtype (of ``DTYPES``) that ``config`` records its weights in, or None."""
-    import torch
-
-    name = str(getattr(config, "dtype", None)).removeprefix("torch.")
-    return getattr(torch, name) if name in DTYPES and name != "auto" else None
 
 
 def _restore(args: argparse.Namespace, dense, pruned, tokenizer, pairs, config):
