@@ -143,8 +143,11 @@ def test_a_crashed_child_resumes_at_the_next_phase(tmp_path, monkeypatch):
 def test_the_lent_machine_script_brings_back_three_files(tmp_path):
     """benchmarks/gpu_run.sh, as one device call runs it (here its CPU smoke mode, the
     tests cut at 5 s): the suite's directory packed into one file, and both logs, in OUT
-    as given from where it is called; its status is pytest's (2: interrupted), not the
-    timeout's 124, which the device tool would read as a call past its limit."""
+    as given from where it is called; its status is pytest's, not the timeout's 124, which
+    the device tool would read as a call past its limit. Where the SIGINT lands decides
+    pytest's: 2 inside its session, 130 (an uncaught KeyboardInterrupt) where the session
+    ends just before the cut and the signal arrives as the process exits (CI saw both;
+    the skipped selection takes about 4 s here)."""
     out = tmp_path / "out dir"
     python_first = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     env = {**os.environ, "GPU_RUN_SMOKE": "1", "PATH": python_first}
@@ -153,8 +156,8 @@ def test_the_lent_machine_script_brings_back_three_files(tmp_path):
         ["bash", str(script), "out dir", "0123456789abcdef", "300", "5"],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
     )  # fmt: skip
-    assert done.returncode == 2, done.stdout[-2000:]
-    assert "gpu_run: suite exit 0, tests exit 2" in done.stdout
+    assert done.returncode in (2, 130), done.stdout[-2000:]
+    assert f"gpu_run: suite exit 0, tests exit {done.returncode};" in done.stdout
     files = sorted(p.name for p in out.iterdir())
     assert len(files) == 3 and files[1:] == ["pytest.log", "suite.log"], (files, done.stderr)
     packed = out / files[0]
