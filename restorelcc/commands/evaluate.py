@@ -140,17 +140,11 @@ def perplexity_line(ppl: dict) -> str:
     )
 
 
-def compare_perplexity(models: dict, tokenizer, source: str, tokens: int, progress: bool) -> dict:
-    """Perplexity of each of ``models`` (name -> model, one tokenizer) on ``source``, and
-    each one's total NLL over the same ``tokens`` ids: a perplexity whose ``exp``
-    overflows a float is written as ``null`` (JSON has no infinity), and ``exp(nll /
+def compare_perplexity(results: dict) -> dict:
+    """The report of several models' perplexities on one text: ``results`` maps each name
+    to its ``PerplexityResult`` (same tokenizer, source and tokens). A perplexity whose
+    ``exp`` overflows a float is written as ``null`` (JSON has no infinity), and ``exp(nll /
     tokens)`` is what is left of it (as in ``PerplexityResult.as_dict``)."""
-    from restorelcc.evaluate import perplexity_report
-
-    results = {
-        name: perplexity_report(model, tokenizer, source=source, tokens=tokens, progress=progress)
-        for name, model in models.items()
-    }
     settings = next(iter(results.values())).as_dict()
     return {
         "perplexity": {name: result.perplexity for name, result in results.items()},

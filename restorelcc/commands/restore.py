@@ -303,11 +303,12 @@ def run(args: argparse.Namespace) -> int:
     dtype = resolve_dtype(args.dtype, device)
     # --merged: the pruned checkpoint as stored plus the restoration, whatever --dtype
     merged_dtype = stored_dtype(pruned_config) or dtype
-    dense, tokenizer = load_model(args.dense, dtype=dtype, device=device)
+    models = {}  # the dense model, let go as soon as it is not needed
+    models["dense"], tokenizer = load_model(args.dense, dtype=dtype, device=device)
     pruned, _ = load_model(args.pruned, dtype=dtype, device=device)
-    restoration = _restore(args, dense, pruned, tokenizer, pairs, config)
-
-    evaluation = _evaluate(dense, pruned, tokenizer, restoration, args) if args.eval else None
+    restoration = _restore(args, models["dense"], pruned, tokenizer, pairs, config)
+    evaluation = _evaluate(models, pruned, tokenizer, restoration, args) if args.eval else None
+    models.clear()  # the dense model: capture and --eval were its only uses
     report = {
         "dense": str(args.dense),
         "pruned": str(args.pruned),
@@ -324,8 +325,8 @@ def run(args: argparse.Namespace) -> int:
         "run_metadata": run_metadata(),
     }
     reread = args.merged and merged_dtype != dtype
-    if reread:  # read in its stored dtype once the --dtype models are let go (no more memory)
-        del dense, pruned
+    if reread:  # read in its stored dtype once the --dtype model is let go (no more memory)
+        del pruned
         pruned, _ = load_model(args.pruned, dtype=merged_dtype, device="cpu")
     with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
         save_adapter(restoration, tmp, overwrite=True)
@@ -375,15 +376,25 @@ def _restore(args: argparse.Namespace, dense, pruned, tokenizer, pairs, config):
     return restore(dense, pruned, tokenizer, pairs, config)
 
 
-def _evaluate(dense, pruned, tokenizer, restoration, args: argparse.Namespace) -> dict:
-    """``compare_perplexity`` (on ``--ppl-source``) of the dense, pruned and restored (a
-    folded copy) models."""
-    import copy
-
+def _evaluate(models: dict, pruned, tokenizer, restoration, args: argparse.Namespace) -> dict:
+    """``compare_perplexity`` (on ``--ppl-source``) of the dense, pruned and restored models,
+    one at a time: the dense model (``models["dense"]``) is let go once scored, and the
+    restored one is ``pruned`` folded for the duration, not a copy, so that no more than one
+    model is held beside ``pruned``."""
     from restorelcc.commands.evaluate import compare_perplexity
+    from restorelcc.evaluate import perplexity_report
 
-    restored = restoration.fold(copy.deepcopy(pruned), check=False)  # made from pruned
-    models = {"dense": dense, "pruned": pruned, "restored": restored}
-    return compare_perplexity(
-        models, tokenizer, args.ppl_source, args.ppl_tokens, progress=not args.quiet
-    )
+    def score(model):
+        return perplexity_report(
+            model,
+            tokenizer,
+            source=args.ppl_source,
+            tokens=args.ppl_tokens,
+            progress=not args.quiet,
+        )
+
+    results = {"dense": score(models.pop("dense"))}
+    results["pruned"] = score(pruned)
+    with restoration.folded(pruned, check=False):  # made from pruned
+        results["restored"] = score(pruned)
+    return compare_perplexity(results)

@@ -23,7 +23,6 @@ the q/k/v biases that the flag also creates are saved as zeros.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from restorelcc.errors import NonFiniteError, UnsupportedModelError
-from restorelcc.hf.families import HeadGeometry, decoder_layers, family_of, o_proj_of
+from restorelcc.hf.families import HeadGeometry, family_of
 from restorelcc.io import atomic_directory, run_metadata
 from restorelcc.lcc.fingerprint import ModelFingerprint
 from restorelcc.lcc.restoration import AdapterError, Restoration
@@ -160,28 +159,6 @@ def load_adapter(directory: str | Path) -> Restoration:
     return restoration
 
 
-@contextlib.contextmanager
-def _temporarily_folded(model: nn.Module, restoration: Restoration):
-    """Fold for the duration; the original ``o_proj`` biases (or their absence) come back
-    exactly on exit."""
-    layers = range(len(decoder_layers(model)))
-    saved = []
-    for layer in layers:
-        bias = o_proj_of(model, layer).bias
-        saved.append(None if bias is None else bias.detach().clone())
-    try:
-        restoration.fold(model, check=False)
-        yield model
-    finally:
-        with torch.no_grad():
-            for layer, bias in zip(layers, saved, strict=True):
-                o_proj = o_proj_of(model, layer)
-                if bias is None:
-                    o_proj.bias = None
-                else:
-                    o_proj.bias.copy_(bias)
-
-
 def check_mergeable(model_or_config) -> None:
     """Raise ``UnsupportedModelError`` where the family of ``model_or_config`` (a model or
     its config: checked before the weights load) has an ``o_proj`` that cannot hold the
@@ -224,7 +201,7 @@ def export_merged(
         restoration.check_model(model)
     config = merged_config(model)
     dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
-    with _temporarily_folded(model, restoration):
+    with restoration.folded(model, check=False):
         state = model.state_dict()
         with torch.device("meta"):
             shell = AutoModelForCausalLM.from_config(config, dtype=dtype)

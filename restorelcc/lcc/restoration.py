@@ -16,7 +16,14 @@ import torch
 from torch import nn
 
 from restorelcc.errors import NonFiniteError, RestoreLCCError
-from restorelcc.hf.families import HeadGeometry, family_of, head_geometry, model_device
+from restorelcc.hf.families import (
+    HeadGeometry,
+    decoder_layers,
+    family_of,
+    head_geometry,
+    model_device,
+    o_proj_of,
+)
 from restorelcc.lcc.fingerprint import ModelFingerprint, model_fingerprint
 from restorelcc.lcc.fold import fold_offsets
 from restorelcc.lcc.heads import (
@@ -168,6 +175,28 @@ class Restoration:
             self.check_model(model)
         fold_offsets(model, self.layer_offsets())
         return model
+
+    @contextlib.contextmanager
+    def folded(self, model: nn.Module, check: bool = True):
+        """``fold`` for the duration, in place (no copy of the model); ``model``'s ``o_proj``
+        biases (or their absence) come back exactly on exit."""
+        if check:
+            self.check_model(model)
+        layers = range(len(decoder_layers(model)))
+        saved = []
+        for layer in layers:
+            bias = o_proj_of(model, layer).bias
+            saved.append(None if bias is None else bias.detach().clone())
+        try:
+            yield self.fold(model, check=False)
+        finally:
+            with torch.no_grad():
+                for layer, bias in zip(layers, saved, strict=True):
+                    o_proj = o_proj_of(model, layer)
+                    if bias is None:
+                        o_proj.bias = None
+                    else:
+                        o_proj.bias.copy_(bias)
 
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
         from restorelcc.lcc.adapter import save_adapter

@@ -59,3 +59,24 @@ def test_bf16_model_folds_in_fp32_and_stores_in_bf16():
     assert o_proj.bias.dtype == torch.bfloat16
     want = o_proj.weight.float() @ restoration.layer_offsets()[1]
     torch.testing.assert_close(o_proj.bias.float(), want.bfloat16().float())
+
+
+@pytest.mark.parametrize("existing_bias", [False, True])
+def test_folded_is_fold_for_the_duration_and_gives_the_biases_back(existing_bias):
+    pruned = pruned_copy(tiny_model("llama-3x5"))
+    if existing_bias:
+        o_proj_of(pruned, 1).bias = torch.nn.Parameter(torch.randn(60))
+    before = {n: p.detach().clone() for n, p in pruned.named_parameters()}
+    restoration = trained_like(pruned)
+    ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = restoration.fold(copy.deepcopy(pruned))(ids).logits
+        with restoration.folded(pruned) as model:
+            assert model is pruned
+            assert torch.equal(model(ids).logits, want)
+        with pytest.raises(KeyError), restoration.folded(pruned):
+            raise KeyError("the exit gives the biases back on an error too")
+    after = dict(pruned.named_parameters())
+    assert set(after) == set(before)  # no bias created where there was none
+    for name, value in before.items():
+        assert torch.equal(after[name], value), name

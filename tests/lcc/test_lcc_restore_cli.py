@@ -6,6 +6,7 @@ import torch
 from lcc_helpers import method_argv, pruned_copy, restore_argv
 
 from restorelcc.cli import main
+from restorelcc.hf.families import o_proj_of
 from restorelcc.lcc import Restoration
 from restorelcc.testing import WORDS, save_checkpoint, tiny_model
 
@@ -235,3 +236,39 @@ def test_an_unpruned_model_is_refused(restore_checkpoints, capsys):
     argv[argv.index("--pruned") + 1] = argv[argv.index("--dense") + 1]
     assert main(argv) == 2
     assert "nothing was pruned" in capsys.readouterr().err
+
+
+def test_eval_lets_the_dense_model_go_and_folds_pruned_in_place(restore_checkpoints, monkeypatch):
+    """--eval holds no more than one model beside the pruned one: the dense model is gone
+    once scored (capture and its perplexity are its only uses) and the restored model is
+    the pruned one folded, not a copy (three models at once would not fit an 8B run)."""
+    import gc
+    import weakref
+
+    import restorelcc.assets
+    import restorelcc.evaluate
+
+    tmp_path, _ = restore_checkpoints
+    loaded, scored = [], []
+    load_model, perplexity_report = (
+        restorelcc.assets.load_model,
+        restorelcc.evaluate.perplexity_report,
+    )
+
+    def recording_load(*args, **kwargs):
+        model, tokenizer = load_model(*args, **kwargs)
+        loaded.append(weakref.ref(model))
+        return model, tokenizer
+
+    def recording_report(model, *args, **kwargs):
+        gc.collect()
+        alive = [ref() for ref in loaded if ref() is not None]
+        biased = o_proj_of(model, 0).bias is not None
+        scored.append(([loaded.index(weakref.ref(m)) for m in alive], model is alive[-1], biased))
+        return perplexity_report(model, *args, **kwargs)
+
+    monkeypatch.setattr(restorelcc.assets, "load_model", recording_load)
+    monkeypatch.setattr(restorelcc.evaluate, "perplexity_report", recording_report)
+    assert main(restore_argv(tmp_path, "--eval", "--ppl-tokens", "64")) == 0
+    # dense, pruned, restored: (models alive by load order, scored one is pruned, o_proj bias)
+    assert scored == [([0, 1], False, False), ([1], True, False), ([1], True, True)]
