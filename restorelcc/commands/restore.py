@@ -286,6 +286,7 @@ def _check_models(args: argparse.Namespace, config):
 def run(args: argparse.Namespace) -> int:
 
     from restorelcc.assets import load_model
+    from restorelcc.commands.restore_models import compare_with_dense, method_restoration
     from restorelcc.data import instruction_pairs, perplexity_texts
     from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
     from restorelcc.lcc import save_adapter
@@ -303,12 +304,14 @@ def run(args: argparse.Namespace) -> int:
     dtype = resolve_dtype(args.dtype, device)
     # --merged: the pruned checkpoint as stored plus the restoration, whatever --dtype
     merged_dtype = stored_dtype(pruned_config) or dtype
-    models = {}  # the dense model, let go as soon as it is not needed
+    models = {}  # the dense model, until method_restoration lets it go
     models["dense"], tokenizer = load_model(args.dense, dtype=dtype, device=device)
     pruned, _ = load_model(args.pruned, dtype=dtype, device=device)
-    restoration = _restore(args, models["dense"], pruned, tokenizer, pairs, config)
-    evaluation = _evaluate(models, pruned, tokenizer, restoration, args) if args.eval else None
-    models.clear()  # the dense model: capture and --eval were its only uses
+    scored = {}  # --eval: perplexity results by model
+    restoration = method_restoration(args, models, pruned, tokenizer, pairs, config, scored)
+    evaluation = None
+    if args.eval:
+        evaluation = compare_with_dense(scored, pruned, tokenizer, restoration, args)
     report = {
         "dense": str(args.dense),
         "pruned": str(args.pruned),
@@ -358,43 +361,3 @@ def run(args: argparse.Namespace) -> int:
     written = f"{args.out} (adapter, {REPORT_NAME}{merged})"
     print(f"wrote {written}")
     return 0
-
-
-def _restore(args: argparse.Namespace, dense, pruned, tokenizer, pairs, config):
-    """The restoration that ``--method`` asks for."""
-    from restorelcc.baselines import lofit_baseline, training_free
-    from restorelcc.lcc import check_compatible, restore
-
-    if args.method == "lofit":  # trains on pruned alone: the pair is checked here (swapped?)
-        check_compatible(dense, pruned)
-        l1 = {} if args.lofit_l1 is None else {"l1": args.lofit_l1}
-        return lofit_baseline(pruned, tokenizer, pairs, config, **l1)
-    if args.method == "training-free":
-        return training_free(
-            dense, pruned, tokenizer, pairs, args.max_length, progress=not args.quiet
-        )
-    return restore(dense, pruned, tokenizer, pairs, config)
-
-
-def _evaluate(models: dict, pruned, tokenizer, restoration, args: argparse.Namespace) -> dict:
-    """``compare_perplexity`` (on ``--ppl-source``) of the dense, pruned and restored models,
-    one at a time: the dense model (``models["dense"]``) is let go once scored, and the
-    restored one is ``pruned`` folded for the duration, not a copy, so that no more than one
-    model is held beside ``pruned``."""
-    from restorelcc.commands.evaluate import compare_perplexity
-    from restorelcc.evaluate import perplexity_report
-
-    def score(model):
-        return perplexity_report(
-            model,
-            tokenizer,
-            source=args.ppl_source,
-            tokens=args.ppl_tokens,
-            progress=not args.quiet,
-        )
-
-    results = {"dense": score(models.pop("dense"))}
-    results["pruned"] = score(pruned)
-    with restoration.folded(pruned, check=False):  # made from pruned
-        results["restored"] = score(pruned)
-    return compare_perplexity(results)

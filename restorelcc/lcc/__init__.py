@@ -1,7 +1,8 @@
 """RestoreLCC, one step per file.
 
 capture -> components -> probing -> (select) -> train -> fold / adapter. The one call is
-``restore(dense, pruned, tokenizer, pairs, RestoreConfig(...)) -> Restoration``; a
+``restore(dense, pruned, tokenizer, pairs, RestoreConfig(...)) -> Restoration`` (or its two
+steps, ``plan_heads`` then ``train_heads``, which need the dense model for the first only); a
 ``Restoration`` folds into the pruned model (``.fold``), runs unfolded (``.attached``),
 saves as a small adapter (``.save`` / ``Restoration.load``) or exports a merged checkpoint
 that plain ``transformers`` loads (``.export_merged``).
@@ -20,7 +21,7 @@ from restorelcc.lcc.fingerprint import model_fingerprint
 from restorelcc.lcc.fold import fold_offsets
 from restorelcc.lcc.heads import HeadCompensation, o_proj_input_offsets
 from restorelcc.lcc.negatives import mine_negatives
-from restorelcc.lcc.pipeline import RestoreConfig, restore
+from restorelcc.lcc.pipeline import HeadPlan, RestoreConfig, plan_heads, restore, train_heads
 from restorelcc.lcc.probing import head_count, random_heads, score_heads, select_heads
 from restorelcc.lcc.restoration import AdapterError, AdapterMismatchError, Restoration
 from restorelcc.lcc.train import TrainConfig, TrainResult, train_response_lm
@@ -30,6 +31,7 @@ __all__ = [
     "AdapterMismatchError",
     "Components",
     "HeadCompensation",
+    "HeadPlan",
     "ProbeActivations",
     "RestoreConfig",
     "Restoration",
@@ -48,10 +50,12 @@ __all__ = [
     "mine_negatives",
     "model_fingerprint",
     "o_proj_input_offsets",
+    "plan_heads",
     "random_heads",
     "restore",
     "save_adapter",
     "score_heads",
     "select_heads",
+    "train_heads",
     "train_response_lm",
 ]

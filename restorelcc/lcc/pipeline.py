@@ -17,9 +17,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import torch
 from torch import nn
 
-from restorelcc.data import is_real, positive_count
+from restorelcc.data import InstructionPair, is_real, positive_count
 from restorelcc.hf.families import HeadGeometry, family_of, head_geometry, model_device
 from restorelcc.lcc.capture import (
     capture_last_token,
@@ -27,7 +28,7 @@ from restorelcc.lcc.capture import (
 )
 from restorelcc.lcc.compat import check_compatible, to_pruned_heads
 from restorelcc.lcc.components import PAPER_K, lost_components
-from restorelcc.lcc.fingerprint import model_fingerprint
+from restorelcc.lcc.fingerprint import ModelFingerprint, model_fingerprint
 from restorelcc.lcc.heads import INIT_STD, HeadCompensation
 from restorelcc.lcc.negatives import check_method as check_negatives_method
 from restorelcc.lcc.negatives import mine_negatives
@@ -169,6 +170,25 @@ class StageTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
+@dataclass
+class HeadPlan:
+    """What capture, components and probing decide before training: ``heads`` ``[S, 2]``
+    (layer, head) to compensate, their lost directions ``directions`` ``[S, d, d]``, the
+    probe accuracies ``scores`` ``[L, H]`` (None under random selection), the checked
+    ``pairs`` (training and held-out), the report and the seconds of each stage so far. It
+    holds neither model: the dense one can go once it is made."""
+
+    config: RestoreConfig
+    geometry: HeadGeometry
+    fingerprint: ModelFingerprint
+    pairs: list[InstructionPair]
+    heads: torch.Tensor
+    directions: torch.Tensor
+    scores: torch.Tensor | None
+    report: dict
+    seconds: dict[str, float]
+
+
 def restore(
     dense: nn.Module,
     pruned: nn.Module,
@@ -181,8 +201,20 @@ def restore(
     ``pairs``: instruction pairs (``.prompt`` in its template, ``.response``). Neither model
     is modified. Raises ``UnsupportedModelError`` for models that do not match and
     ``DataError`` for empty or malformed data. The result's ``report["seconds"]`` times each
-    stage.
+    stage. ``plan_heads`` then ``train_heads`` is the same in two steps, between which the
+    dense model (needed for capture only) can be let go.
     """
+    return train_heads(plan_heads(dense, pruned, tokenizer, pairs, config), pruned, tokenizer)
+
+
+def plan_heads(
+    dense: nn.Module,
+    pruned: nn.Module,
+    tokenizer,
+    pairs: Sequence,
+    config: RestoreConfig | None = None,
+) -> HeadPlan:
+    """``restore``'s first step: capture, lost components, probing and head selection."""
     config = config or RestoreConfig()
     head_map = check_compatible(dense, pruned)
     pairs = check_pairs(pairs, minimum=MIN_PROBE_PAIRS)
@@ -250,15 +282,28 @@ def restore(
     else:
         heads = random_heads(geometry, count, config.train.seed)
     directions = components.directions[heads[:, 0], heads[:, 1]]
-    del zd, zp, components
+    return HeadPlan(
+        config, geometry, fingerprint, pairs, heads, directions, scores, report, stage.seconds
+    )
 
-    module = HeadCompensation(geometry, heads, directions, config.init_std, config.train.seed)
+
+def train_heads(plan: HeadPlan, pruned: nn.Module, tokenizer) -> Restoration:
+    """``restore``'s second step: train the compensation of ``plan``'s heads on its pairs
+    through ``pruned``, the model ``plan`` was made for (``plan`` is not modified)."""
+    config, heads, scores = plan.config, plan.heads, plan.scores
+    geometry = head_geometry(pruned)
+    if geometry != plan.geometry:
+        raise ValueError(f"the plan is for {plan.geometry}, the pruned model has {geometry}")
+    report = dict(plan.report)
+    stage = StageTimer()
+    stage.seconds.update(plan.seconds)
+    module = HeadCompensation(geometry, heads, plan.directions, config.init_std, config.train.seed)
     module.to(model_device(pruned))
     with stage("train"):
         result = train_response_lm(
             pruned,
             tokenizer,
-            pairs,
+            plan.pairs,
             list(module.parameters()),
             config.train,
             context=lambda: module.attached(pruned),
@@ -278,7 +323,7 @@ def restore(
     return Restoration.from_compensation(
         module,
         family_of(pruned).model_type,
-        fingerprint,
+        plan.fingerprint,
         method=method,
         hyperparameters=config.to_dict(),
         scores=scores,

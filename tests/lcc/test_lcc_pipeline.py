@@ -5,7 +5,14 @@ import torch
 from lcc_helpers import pruned_copy
 
 from restorelcc.errors import DataError, UnsupportedModelError
-from restorelcc.lcc import RestoreConfig, TrainConfig, restore, select_heads
+from restorelcc.lcc import (
+    RestoreConfig,
+    TrainConfig,
+    plan_heads,
+    restore,
+    select_heads,
+    train_heads,
+)
 from restorelcc.lcc.tokens import encode_pair, encode_prompt
 from restorelcc.prune import prune_model
 from restorelcc.testing import synthetic_pairs, tiny_model
@@ -43,6 +50,31 @@ def test_deterministic(models, tokenizer, pairs):
     a = restore(dense, pruned, tokenizer, pairs, config())
     b = restore(dense, pruned, tokenizer, pairs, config())
     assert torch.equal(a.heads, b.heads) and torch.equal(a.beta, b.beta) and torch.equal(a.b, b.b)
+
+
+def test_plan_then_train_is_restore_and_holds_no_model(models, tokenizer, pairs):
+    """The two steps the CLI takes to let the dense model go before training."""
+    import gc
+    import weakref
+
+    dense, pruned = models
+    whole = restore(dense, pruned, tokenizer, pairs, config())
+    scratch = copy.deepcopy(dense)
+    plan = plan_heads(scratch, pruned, tokenizer, iter(pairs), config())  # any iterable
+    gone = weakref.ref(scratch)
+    del scratch
+    gc.collect()
+    assert gone() is None  # the plan does not hold the dense model
+    report, seconds = copy.deepcopy(plan.report), dict(plan.seconds)
+    first, second = train_heads(plan, pruned, tokenizer), train_heads(plan, pruned, tokenizer)
+    assert plan.report == report and plan.seconds == seconds  # a plan trains again the same
+    for steps in (first, second):
+        assert torch.equal(steps.heads, whole.heads) and torch.equal(steps.b, whole.b)
+        assert torch.equal(steps.beta, whole.beta) and torch.equal(steps.scores, whole.scores)
+        assert set(steps.report["seconds"]) == STAGES
+        assert steps.report["train"]["final_loss"] == whole.report["train"]["final_loss"]
+    with pytest.raises(ValueError, match="the plan is for .* the pruned model has"):
+        train_heads(plan, tiny_model("qwen2-gqa"), tokenizer)
 
 
 def test_random_heads_skip_probing(models, tokenizer, pairs):

@@ -238,22 +238,32 @@ def test_an_unpruned_model_is_refused(restore_checkpoints, capsys):
     assert "nothing was pruned" in capsys.readouterr().err
 
 
-def test_eval_lets_the_dense_model_go_and_folds_pruned_in_place(restore_checkpoints, monkeypatch):
-    """--eval holds no more than one model beside the pruned one: the dense model is gone
-    once scored (capture and its perplexity are its only uses) and the restored model is
-    the pruned one folded, not a copy (three models at once would not fit an 8B run)."""
+@pytest.mark.parametrize(
+    "method,trainings", [("restorelcc", 1), ("lofit", 2), ("training-free", 0)]
+)
+def test_dense_model_is_let_go_before_training_and_eval_folds_pruned_in_place(
+    restore_checkpoints, monkeypatch, method, trainings
+):
+    """restore holds both models for capture only: the dense model is gone before training
+    (--eval scores it first) and the restored model is the pruned one folded, not a copy
+    (three models at once would not fit an 8B run)."""
     import gc
     import weakref
 
     import restorelcc.assets
+    import restorelcc.baselines
     import restorelcc.evaluate
+    import restorelcc.lcc.pipeline
 
     tmp_path, _ = restore_checkpoints
-    loaded, scored = [], []
-    load_model, perplexity_report = (
-        restorelcc.assets.load_model,
-        restorelcc.evaluate.perplexity_report,
-    )
+    loaded, events = [], []
+    load_model = restorelcc.assets.load_model
+    perplexity_report = restorelcc.evaluate.perplexity_report
+    train_response_lm = restorelcc.lcc.pipeline.train_response_lm
+
+    def alive() -> list[int]:
+        gc.collect()
+        return [i for i, ref in enumerate(loaded) if ref() is not None]
 
     def recording_load(*args, **kwargs):
         model, tokenizer = load_model(*args, **kwargs)
@@ -261,14 +271,24 @@ def test_eval_lets_the_dense_model_go_and_folds_pruned_in_place(restore_checkpoi
         return model, tokenizer
 
     def recording_report(model, *args, **kwargs):
-        gc.collect()
-        alive = [ref() for ref in loaded if ref() is not None]
-        biased = o_proj_of(model, 0).bias is not None
-        scored.append(([loaded.index(weakref.ref(m)) for m in alive], model is alive[-1], biased))
+        which = [ref() for ref in loaded].index(model)
+        events.append(("perplexity", alive(), which, o_proj_of(model, 0).bias is not None))
         return perplexity_report(model, *args, **kwargs)
+
+    def recording_train(model, *args, **kwargs):
+        events.append(("train", alive(), [ref() for ref in loaded].index(model), False))
+        return train_response_lm(model, *args, **kwargs)
 
     monkeypatch.setattr(restorelcc.assets, "load_model", recording_load)
     monkeypatch.setattr(restorelcc.evaluate, "perplexity_report", recording_report)
-    assert main(restore_argv(tmp_path, "--eval", "--ppl-tokens", "64")) == 0
-    # dense, pruned, restored: (models alive by load order, scored one is pruned, o_proj bias)
-    assert scored == [([0, 1], False, False), ([1], True, False), ([1], True, True)]
+    monkeypatch.setattr(restorelcc.lcc.pipeline, "train_response_lm", recording_train)
+    monkeypatch.setattr(restorelcc.baselines, "train_response_lm", recording_train)
+    argv = method_argv(tmp_path, "--method", method, "--eval", "--ppl-tokens", "64")
+    assert main(argv) == 0
+    # (what, models alive by load order, which model, its o_proj bias folded in)
+    assert events == [
+        ("perplexity", [0, 1], 0, False),  # dense
+        *[("train", [1], 1, False)] * trainings,
+        ("perplexity", [1], 1, False),  # pruned
+        ("perplexity", [1], 1, True),  # restored: pruned, folded
+    ]

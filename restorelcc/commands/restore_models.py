@@ -1,0 +1,59 @@
+"""``restorelcc restore``'s models: the restoration ``--method`` asks for, with the dense
+model let go as soon as it is not needed (capture is its only use, and ``--eval``'s first
+perplexity), and ``--eval``'s perplexities of the dense, pruned and restored models. The
+two models are held together for capture only: training and the rest hold the pruned one."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def method_restoration(
+    args: argparse.Namespace, models: dict, pruned, tokenizer, pairs, config, scored: dict
+):
+    """The restoration of ``pruned`` that ``--method`` asks for, from the dense model
+    ``models["dense"]``, which is dropped from ``models`` before any training (``--eval``
+    scores it into ``scored["dense"]`` first)."""
+    from restorelcc.baselines import lofit_baseline, training_free
+    from restorelcc.lcc import check_compatible, plan_heads, train_heads
+
+    def let_go() -> None:
+        dense = models.pop("dense")
+        if args.eval:
+            scored["dense"] = _perplexity(dense, tokenizer, args)
+
+    if args.method == "lofit":  # trains on pruned alone: the pair is checked here (swapped?)
+        check_compatible(models["dense"], pruned)
+        let_go()
+        l1 = {} if args.lofit_l1 is None else {"l1": args.lofit_l1}
+        return lofit_baseline(pruned, tokenizer, pairs, config, **l1)
+    if args.method == "training-free":
+        restoration = training_free(
+            models["dense"], pruned, tokenizer, pairs, args.max_length, progress=not args.quiet
+        )
+        let_go()
+        return restoration
+    plan = plan_heads(models["dense"], pruned, tokenizer, pairs, config)
+    let_go()
+    return train_heads(plan, pruned, tokenizer)
+
+
+def compare_with_dense(scored: dict, pruned, tokenizer, restoration, args) -> dict:
+    """``compare_perplexity`` of the dense model (``scored["dense"]``, scored before it was
+    let go), the pruned one and the restored one: ``pruned`` folded for the duration, not a
+    copy, so that no model is held beside ``pruned``."""
+    from restorelcc.commands.evaluate import compare_perplexity
+
+    results = {"dense": scored["dense"], "pruned": _perplexity(pruned, tokenizer, args)}
+    with restoration.folded(pruned, check=False):  # made from pruned
+        results["restored"] = _perplexity(pruned, tokenizer, args)
+    return compare_perplexity(results)
+
+
+def _perplexity(model, tokenizer, args: argparse.Namespace):
+    """``perplexity_report`` of ``model`` on ``--ppl-source`` (``--ppl-tokens``)."""
+    from restorelcc.evaluate import perplexity_report
+
+    return perplexity_report(
+        model, tokenizer, source=args.ppl_source, tokens=args.ppl_tokens, progress=not args.quiet
+    )
