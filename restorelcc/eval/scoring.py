@@ -15,7 +15,8 @@ Requests that share their context (the choices of one question) run as one packe
 the context once, then each choice (``restorelcc.eval.packing``). The others run one
 right-padded row per distinct input sequence (one-token answers to the same question share
 a row). Rows are sorted by length (longest first) and run in batches; only the
-continuation positions reach the output projection and the log-softmax.
+continuation positions reach the output projection and the log-softmax, and each batch's
+scores come back from the device in one copy (``restorelcc.eval.gather``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 
 from restorelcc.data import encode_unterminated, positive_count
 from restorelcc.errors import NonFiniteError
+from restorelcc.eval.gather import Pick, continuation_scores
 from restorelcc.eval.packing import float_dtype, logit_positions, pack_requests, packed_inputs
 from restorelcc.hf.families import model_device
 
@@ -198,11 +200,15 @@ def _score_packed(model, requests, indices, batch_size, scores, bar) -> list[int
             warnings.warn(f"context sharing off: model refused packed rows ({exc})", stacklevel=3)
             return _unscored(indices, scores)
         flat = _flat_index(keep)
+        picks = [
+            ([flat[b][p] for p in positions], cont)
+            for b, row in enumerate(batch)
+            for (_, cont), positions in zip(row.members, logit_positions(row), strict=True)
+        ]
+        picked = iter(_scores(logits, picks))
         results = {}
-        for b, row in enumerate(batch):
-            members = {}
-            for (i, cont), positions in zip(row.members, logit_positions(row), strict=True):
-                members[i] = _pick(logits, flat[b, positions], cont)
+        for row in batch:
+            members = {i: next(picked) for i, _ in row.members}
             # Masks and position ids only matter with two or more continuation segments.
             if not verified and sum(bool(s) for s in row.segments) > 1:
                 if not _agrees_with_plain(model, requests, members, dtype):
@@ -236,20 +242,17 @@ def _agrees_with_plain(model, requests, results: dict[int, Score], dtype) -> boo
     return True
 
 
-def _flat_index(keep: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` LongTensor: each ``True`` position of ``keep`` ``[B, T]`` numbered in
-    row-major order (its row in the ``[keep.sum(), vocab]`` logits), -1 elsewhere."""
+def _flat_index(keep: torch.Tensor) -> list[list[int]]:
+    """``[B][T]`` lists: each ``True`` position of the CPU mask ``keep`` ``[B, T]`` numbered
+    in row-major order (its row in the ``[keep.sum(), vocab]`` logits), -1 elsewhere."""
     flat = torch.full(keep.shape, -1, dtype=torch.long)
     flat[keep] = torch.arange(int(keep.sum()))
-    return flat
+    return flat.tolist()
 
 
-def _pick(logits: torch.Tensor, rows: torch.Tensor, cont: Sequence[int]) -> Score:
-    """Score of continuation ``cont`` predicted by flattened logits ``rows``."""
-    target = torch.tensor(cont, device=logits.device)
-    picked = logits[rows.to(logits.device)].float().log_softmax(-1)
-    logprob = picked.gather(1, target[:, None]).sum().item()
-    return Score(logprob, bool((picked.argmax(-1) == target).all()))
+def _scores(logits: torch.Tensor, picks: Sequence[Pick]) -> list[Score]:
+    """``Score`` of each ``(logits rows, continuation ids)`` pick of one batch's logits."""
+    return [Score(*score) for score in continuation_scores(logits, picks)]
 
 
 def _score_plain(model, requests, indices, batch_size, max_length, scores, bar) -> None:
@@ -277,13 +280,15 @@ def _score_plain(model, requests, indices, batch_size, max_length, scores, bar) 
             model, keep, input_ids=input_ids.to(device), attention_mask=attention.to(device)
         )
         flat = _flat_index(keep)
-        for b, key in enumerate(batch):
-            for i in rows[key]:
-                cont = requests[i][1]
-                positions = list(range(len(key) - len(cont), len(key)))
-                scores[i] = _pick(logits, flat[b, positions], cont)
-                if bar is not None:
-                    bar.update(1)
+        members = [(b, i) for b, key in enumerate(batch) for i in rows[key]]
+        picks = []
+        for b, i in members:
+            cont, end = requests[i][1], len(batch[b])
+            picks.append((flat[b][end - len(cont) : end], cont))
+        for (_, i), score in zip(members, _scores(logits, picks), strict=True):
+            scores[i] = score
+        if bar is not None:
+            bar.update(len(members))
 
 
 # Model classes that refused a boolean ``logits_to_keep`` (no such argument, or a
