@@ -7,6 +7,9 @@ fold, and evaluate everything on the same perplexity text and zero-shot tasks. T
 gives, per method, the fraction of the perplexity gap and of the mean-accuracy gap closed,
 the trainable parameters, the sparsity kept and the measured inference latency against the
 pruned model.
+
+Every model runs in ``DemoConfig.dtype`` (``--dtype``); pruning alone computes in float32,
+on a float32 copy of the dense model, as ``restorelcc prune`` does.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from restorelcc.baselines import (
     merged_sparsity,
     training_free,
 )
+from restorelcc.commands.dtypes import resolve_dtype
 from restorelcc.data import (
     calibration_batches,
     calibration_texts,
@@ -36,6 +40,7 @@ from restorelcc.data import (
     perplexity_texts,
 )
 from restorelcc.demo_config import DemoConfig, flagged
+from restorelcc.demo_plot import plot
 from restorelcc.evaluate import evaluate_model, headline_metric
 from restorelcc.hf.families import check_length_fits, family_of, head_geometry
 from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
@@ -134,6 +139,8 @@ class Demo:
 
     def __init__(self, config: DemoConfig):
         self.config = config
+        # what --dtype means on the run's device: the models' dtype, pruning aside
+        self.dtype = resolve_dtype(config.dtype, torch.device(config.device))
         self.rows: list[Row] = []
         self.log: dict = {"stages": {}}
 
@@ -172,8 +179,7 @@ class Demo:
             flagged(label, check_length_fits, c.calibration_seqlen, model_config, label)
         for pattern in c.patterns:  # N:M input widths, the structured plan: from the config
             spec = c.prune_spec(pattern)
-            structured = spec.pattern.kind == "heads"
-            named = {"sparsity": "--structured-sparsity" if structured else "--sparsity"}
+            named = c.spec_flags(spec.pattern.kind)
             flagged(f"--patterns {pattern}", check_config, model_config, spec, fields=named)
         if {"restorelcc", "lofit"} & set(c.methods):
             geometry = head_geometry(model_config)
@@ -186,12 +192,17 @@ class Demo:
         )
 
     def run(self, pairs: list | None = None) -> dict:
-        """The job; ``pairs``: what ``check_inputs()`` returned, if it has run already."""
+        """The job; ``pairs``: what ``check_inputs()`` returned, if it has run already.
+
+        The dense model is read in float32 (``source``: each pattern prunes a copy of it);
+        for another ``self.dtype`` the dense row, the restorations and the baselines use a
+        copy in that dtype, and the run holds both."""
         c = self.config
         start = time.perf_counter()
         torch.manual_seed(c.seed)
         pairs = self.check_inputs() if pairs is None else pairs
-        dense, tokenizer = load_model(c.model, device=c.device)
+        source, tokenizer = load_model(c.model, dtype=torch.float32, device=c.device)
+        dense = source if self.dtype == torch.float32 else copy.deepcopy(source).to(self.dtype)
         calibration = None
         if c.prune_method in CALIBRATED_METHODS:
             calibration = calibration_batches(
@@ -203,14 +214,17 @@ class Demo:
             )
         self.add_row("-", "dense", self.evaluate(dense, tokenizer), sparsity=block_sparsity(dense))
         for pattern in c.patterns:
-            self.run_pattern(dense, tokenizer, pattern, calibration, pairs)
+            self.run_pattern(source, dense, tokenizer, pattern, calibration, pairs)
         report = self.report()
         report["wall_s"] = round(time.perf_counter() - start, 1)
         return report
 
-    def run_pattern(self, dense, tokenizer, pattern, calibration, pairs) -> None:
+    def run_pattern(self, source, dense, tokenizer, pattern, calibration, pairs) -> None:
+        """One pattern's rows: a copy of the float32 ``source`` pruned (in float32, as
+        ``prune_model`` computes), then cast to ``self.dtype``, restored and evaluated
+        beside ``dense`` (the source in that dtype)."""
         c = self.config
-        pruned = copy.deepcopy(dense)
+        pruned = copy.deepcopy(source)
         spec = c.prune_spec(pattern)
         prune_report = prune_model(
             pruned,
@@ -219,8 +233,10 @@ class Demo:
             str(spec.pattern),
             calibration,
             calibration_source=c.calibration_source,
+            channel_multiple=spec.channel_multiple,
             progress=c.progress,
         )
+        pruned.to(self.dtype)
         sparsity = block_sparsity(pruned)
         self.log["stages"][f"prune {pattern}"] = round(prune_report.seconds, 1)
         self.add_row(
@@ -328,6 +344,7 @@ class Demo:
     def report(self) -> dict:
         return {
             "config": asdict(self.config),
+            "dtype": str(self.dtype).removeprefix("torch."),  # what --dtype meant here
             # which metric each task's number in rows[i]["accuracy"] is
             "accuracy_metric": {task: headline_metric(task) for task in self.config.tasks},
             "rows": self.derived(),
@@ -338,40 +355,6 @@ class Demo:
 
 def _percent(value: float | None) -> str | None:
     return None if value is None else f"{100 * value:.0f}%"
-
-
-def plot(report: dict, path: str | Path) -> Path:
-    """Perplexity and mean accuracy per method and pattern, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = report["rows"]
-    dense = rows[0]
-    patterns = list(dict.fromkeys(r["pattern"] for r in rows[1:]))
-    fig, axes = plt.subplots(len(patterns), 2, figsize=(10, 3.2 * len(patterns)), squeeze=False)
-    for i, pattern in enumerate(patterns):
-        group = [r for r in rows if r["pattern"] == pattern]
-        names = [r["method"] for r in group]
-        for ax, key, label in (
-            (axes[i][0], "perplexity", "perplexity (lower is better)"),
-            (axes[i][1], "mean_accuracy", "mean zero-shot accuracy"),
-        ):
-            ax.bar(names, [r[key] for r in group], color="tab:blue")
-            ax.axhline(dense[key], color="tab:green", linestyle="--", label="dense")
-            ax.set_title(f"{pattern}: {label}", fontsize=10)
-            ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-            ax.legend(fontsize=8)
-        axes[i][0].set_yscale("log")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
 
 
 def run_demo(config: DemoConfig, out_dir: str | Path, overwrite: bool = False) -> dict:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from restorelcc.assets import DEFAULT_MODEL
+from restorelcc.commands.dtypes import DTYPES
 from restorelcc.commands.options import flag, name_flags
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.errors import RestoreLCCError
@@ -45,6 +46,7 @@ POSITIVE_FIELDS = (
     "max_length",
     "ppl_tokens",
     "latency_rounds",
+    "channel_multiple",
 )
 
 PROBE_PAIRS = 128  # DemoConfig.probe_pairs' preset
@@ -97,6 +99,7 @@ class DemoConfig:
     patterns: tuple[str, ...] = ("unstructured", "2:4")
     sparsity: float = 0.5
     structured_sparsity: float = 0.2  # for the "heads" pattern (paper: 20% structured)
+    channel_multiple: int = 1  # "heads": kept MLP channels per layer a multiple of it
     calibration_source: str = "mix"
     calibration_samples: int = 32
     calibration_seqlen: int = 256
@@ -121,6 +124,7 @@ class DemoConfig:
     seed: int = 0
     progress: bool = True
     device: str = "cpu"
+    dtype: str = "auto"  # every model's (DTYPES); pruning computes in float32 whatever it is
 
     @classmethod
     def paper(cls, **overrides) -> DemoConfig:
@@ -144,6 +148,9 @@ class DemoConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise DemoArgumentError(f"{option(name)} must be positive, got {value!r}")
+        if self.dtype not in DTYPES:
+            choices = ", ".join(DTYPES)
+            raise DemoArgumentError(f"--dtype must be one of {choices}, got {self.dtype!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise DemoArgumentError(
                 f"--limit must be a positive count or 'all', got {self.limit!r}"
@@ -201,29 +208,38 @@ class DemoConfig:
             why = f"--prune-method {self.prune_method} uses no calibration data"
             unused.append((CALIBRATION_FIELDS, why))
         if "heads" not in patterns:
-            unused.append((("structured_sparsity",), "only --patterns heads uses it"))
+            given = f"--patterns {','.join(self.patterns)}"
+            why = f"used by --patterns heads (structured pruning) only, and {given} has no heads"
+            unused.append((("structured_sparsity", "channel_multiple"), why))
         if patterns == {"heads"}:
             unused.append((("sparsity",), "--patterns heads takes --structured-sparsity"))
         return unused
 
     def prune_spec(self, pattern: str) -> PruneSpec:
         """The pruning request for one of ``patterns``, checked by ``check_spec`` and
-        ``check_options`` (errors name the option at fault: ``--patterns``, ``--sparsity`` or
-        ``--structured-sparsity``)."""
+        ``check_options`` (errors name the option at fault: ``--patterns``, ``--sparsity``,
+        ``--structured-sparsity`` or ``--channel-multiple``)."""
         parsed = flagged("--patterns", parse_pattern, pattern)
-        if parsed.kind == "heads":
-            sparsity_flag, sparsity = "--structured-sparsity", self.structured_sparsity
-        else:
-            sparsity_flag, sparsity = "--sparsity", self.sparsity
-        named = {"sparsity": sparsity_flag}  # check_spec's name for it
+        structured = parsed.kind == "heads"
+        named = self.spec_flags(parsed.kind)  # check_spec's names for the settings
+        sparsity_flag = named["sparsity"]
+        sparsity = self.structured_sparsity if structured else self.sparsity
+        multiple = self.channel_multiple if structured else 1  # it shapes the plan only
         # the sparsity on its own first, so that its error names its own option
         method = self.prune_method
         flagged(sparsity_flag, check_spec, method, sparsity, "unstructured", fields=named)
         label = f"--patterns {parsed} with {sparsity_flag} {float(sparsity):g}"
-        spec = flagged(label, check_spec, method, sparsity, parsed, fields=named)
+        spec = flagged(label, check_spec, method, sparsity, parsed, None, multiple, fields=named)
         # prune_model's own settings, as the demo leaves them (e.g. SparseGPT's column block)
         flagged(label, check_options, spec, 1, BLOCK_SIZE, DAMPENING)
         return spec
+
+    @staticmethod
+    def spec_flags(kind: str) -> dict[str, str]:
+        """The pruning checks' names for this demo's settings (``sparsity``,
+        ``channel_multiple``) -> the options they are, for a pattern of ``kind``."""
+        sparsity = "--structured-sparsity" if kind == "heads" else "--sparsity"
+        return {"sparsity": sparsity, "channel_multiple": option("channel_multiple")}
 
     def train_config(self, lr: float) -> TrainConfig:
         return TrainConfig(

@@ -6,6 +6,7 @@ import argparse
 import time
 from dataclasses import fields
 
+from restorelcc.commands.dtypes import add_dtype_argument
 from restorelcc.commands.options import (
     add_device_argument,
     add_quiet_argument,
@@ -86,6 +87,13 @@ def register(subparsers) -> None:
     )
     _add(
         p,
+        "channel_multiple",
+        "'heads' pattern: keep a multiple of this many MLP channels per layer, as prune's "
+        "--channel-multiple (8 suits tensor cores; 4 lets a later 2:4 prune take down_proj)",
+        type=int,
+    )
+    _add(
+        p,
         "calibration_source",
         "pruning calibration text: a training source, 'mix', or a file/folder",
     )
@@ -127,6 +135,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="output folder (default: runs/demo-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     add_device_argument(p)
+    add_dtype_argument(p, "every model's dtype; pruning computes in float32 (default: auto)")
     add_quiet_argument(p)
     p.set_defaults(func=run)
 

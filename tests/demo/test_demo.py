@@ -9,12 +9,7 @@ from restorelcc.cli import build_parser, main
 from restorelcc.demo import Demo, DemoConfig, forward_latency, gap_closed, run_demo
 from restorelcc.demo_config import DemoArgumentError
 from restorelcc.eval.perplexity import perplexity_report
-from restorelcc.testing import byte_tokenizer, save_checkpoint, tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    return save_checkpoint(tiny_model("llama-gqa"), tmp_path_factory.mktemp("tiny-llama"))
+from restorelcc.testing import byte_tokenizer, tiny_model
 
 
 def tiny_config(model, **overrides):

@@ -9,7 +9,6 @@ from transformers import GPT2Config
 
 from restorelcc import demo as demo_module
 from restorelcc.cli import build_parser, main
-from restorelcc.commands import demo as demo_command
 from restorelcc.demo_config import (
     METHODS,
     PAPER_SETTINGS,
@@ -17,7 +16,6 @@ from restorelcc.demo_config import (
     DemoConfig,
     option,
 )
-from restorelcc.testing import save_checkpoint, tiny_model
 
 TINY_FLAGS = [
     "--calibration-samples", "4", "--calibration-seqlen", "32", "--train-pairs", "12",
@@ -25,39 +23,6 @@ TINY_FLAGS = [
     "--tasks", "arc_easy", "--limit", "4", "--ppl-tokens", "256", "--latency-rounds", "1",
     "--patterns", "unstructured", "--methods", "training-free", "--quiet",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    return save_checkpoint(tiny_model("llama-gqa"), tmp_path_factory.mktemp("tiny-llama-cli"))
-
-
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """Loading a model (the first expensive step) fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the options were checked")
-
-    monkeypatch.setattr(demo_module, "load_model", refuse)
-
-
-@pytest.fixture
-def captured_config(monkeypatch):
-    """Runs ``demo`` on the command line up to ``run_demo``; returns the config it gets."""
-    seen = {}
-
-    def fake_run_demo(config, out, overwrite=False):
-        seen["config"] = config
-        return {"table": "", "wall_s": 0.0}
-
-    monkeypatch.setattr(demo_command, "run_demo", fake_run_demo)
-
-    def run(*flags, tmp_path):
-        assert main(["demo", *flags, "--out", str(tmp_path / "out"), "--quiet"]) == 0
-        return seen["config"]
-
-    return run
 
 
 # 1. --paper keeps what the user gave, even where it equals the plain default.
@@ -176,7 +141,22 @@ def test_paper_and_plain_defaults_without_options(captured_config, tmp_path):
             ["--prune-method", "magnitude", "--calibration-seqlen", "64"],
             "--calibration-seqlen: --prune-method magnitude uses no calibration data",
         ),
-        (["--structured-sparsity", "0.3"], "--structured-sparsity: only --patterns heads uses it"),
+        (
+            ["--structured-sparsity", "0.3"],
+            "--structured-sparsity: used by --patterns heads (structured pruning) only, and "
+            "--patterns unstructured,2:4 has no heads",
+        ),
+        (
+            ["--patterns", "2:4", "--channel-multiple", "8", "--structured-sparsity", "0.3"],
+            "--structured-sparsity, --channel-multiple: used by --patterns heads (structured",
+        ),
+        (["--channel-multiple", "1"], "--channel-multiple: used by --patterns heads"),
+        (["--patterns", "heads", "--channel-multiple", "0"], "--channel-multiple must be positive"),
+        (
+            ["--patterns", "heads", "--channel-multiple", "200"],  # the tiny model's MLP width
+            "--patterns heads: --channel-multiple 200 leaves no MLP channel that can go: a "
+            "layer has 200; pass fewer",
+        ),
         (["--patterns", "heads", "--sparsity", "0.4"], "--sparsity: --patterns heads takes"),
         (["--pairs-source", "/nonexistent/pairs.json"], "--pairs-source: unknown data source"),
         (["--calibration-source", "/nonexistent/c.txt"], "--calibration-source: unknown data"),
