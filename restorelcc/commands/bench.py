@@ -33,7 +33,6 @@ from restorelcc.commands.options import (
     adapter_summary,
     add_adapter_argument,
     add_device_argument,
-    add_mlp_argument,
     add_quiet_argument,
     check_spares_inputs,
     positive_int,
@@ -42,9 +41,12 @@ from restorelcc.commands.options import (
     remember_defaults,
     report_path,
     resolve_device,
+    write_report,
+)
+from restorelcc.commands.swap_options import (
+    add_mlp_argument,
     swap_errors_named,
     swap_pruned_attention,
-    write_report,
 )
 from restorelcc.errors import RestoreLCCError
 from restorelcc.hf import FORMATS, MIN_SPARSITY

@@ -13,10 +13,8 @@ from restorelcc.commands.options import (
     adapter_summary,
     add_adapter_argument,
     add_device_argument,
-    add_mlp_argument,
     add_perplexity_arguments,
     add_quiet_argument,
-    check_mlp_needs_swap,
     check_spares_inputs,
     data_input,
     limit_value,
@@ -26,9 +24,13 @@ from restorelcc.commands.options import (
     remember_defaults,
     report_path,
     resolve_device,
+    write_report,
+)
+from restorelcc.commands.swap_options import (
+    add_mlp_argument,
+    check_mlp_needs_swap,
     swap_errors_named,
     swap_pruned_attention,
-    write_report,
 )
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.hf import FORMATS, MIN_SPARSITY

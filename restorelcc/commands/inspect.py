@@ -7,11 +7,13 @@ import argparse
 from dataclasses import asdict
 
 from restorelcc.commands.options import (
-    add_mlp_argument,
     add_quiet_argument,
     check_json_path,
-    check_mlp_needs_swap,
     check_spares_inputs,
+)
+from restorelcc.commands.swap_options import (
+    add_mlp_argument,
+    check_mlp_needs_swap,
     nothing_to_swap,
     swap_errors_named,
 )
