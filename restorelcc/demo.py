@@ -196,13 +196,17 @@ class Demo:
 
         The dense model is read in float32 (``source``: each pattern prunes a copy of it);
         for another ``self.dtype`` the dense row, the restorations and the baselines use a
-        copy in that dtype, and the run holds both."""
+        copy in that dtype on the device, and ``source`` stays in host memory."""
         c = self.config
         start = time.perf_counter()
         torch.manual_seed(c.seed)
         pairs = self.check_inputs() if pairs is None else pairs
-        source, tokenizer = load_model(c.model, dtype=torch.float32, device=c.device)
-        dense = source if self.dtype == torch.float32 else copy.deepcopy(source).to(self.dtype)
+        if self.dtype == torch.float32:
+            source, tokenizer = load_model(c.model, dtype=torch.float32, device=c.device)
+            dense = source
+        else:
+            source, _ = load_model(c.model, dtype=torch.float32, device="cpu")
+            dense, tokenizer = load_model(c.model, dtype=self.dtype, device=c.device)
         calibration = None
         if c.prune_method in CALIBRATED_METHODS:
             calibration = calibration_batches(
@@ -224,7 +228,7 @@ class Demo:
         ``prune_model`` computes), then cast to ``self.dtype``, restored and evaluated
         beside ``dense`` (the source in that dtype)."""
         c = self.config
-        pruned = copy.deepcopy(source)
+        pruned = copy.deepcopy(source).to(c.device)
         spec = c.prune_spec(pattern)
         prune_report = prune_model(
             pruned,

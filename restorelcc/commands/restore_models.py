@@ -1,7 +1,8 @@
 """``restorelcc restore``'s models: the restoration ``--method`` asks for, with the dense
 model let go as soon as it is not needed (capture is its only use, and ``--eval``'s first
 perplexity), and ``--eval``'s perplexities of the dense, pruned and restored models. The
-two models are held together for capture only: training and the rest hold the pruned one."""
+two models are held together for capture (and ``--eval``'s dense perplexity) only:
+training and the rest hold the pruned one."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ def method_restoration(
     scores it into ``scored["dense"]`` first)."""
     from restorelcc.baselines import lofit_baseline, training_free
     from restorelcc.lcc import check_compatible, plan_heads, train_heads
+    from restorelcc.lcc.train import encode_training_pairs
+
+    if config is not None:  # what training would refuse: before capture and --eval
+        encode_training_pairs(tokenizer, pairs, config.train)
 
     def let_go() -> None:
         dense = models.pop("dense")
@@ -35,7 +40,7 @@ def method_restoration(
         return restoration
     plan = plan_heads(models["dense"], pruned, tokenizer, pairs, config)
     let_go()
-    return train_heads(plan, pruned, tokenizer)
+    return train_heads(plan, pruned, tokenizer, check=False)  # plan made from pruned
 
 
 def compare_with_dense(scored: dict, pruned, tokenizer, restoration, args) -> dict:

@@ -6,9 +6,11 @@ indices and targets of every request of a batch go to the device in one copy, a 
 number of ops per chunk of rows gather the log-probabilities and greedy matches, and one
 copy brings back all the sums and matches.
 
-The figures are bit for bit those of the per-request reading: the same float32
-log-softmax of each logits row, and each request's sum is ``.sum()`` over its own
-log-probabilities in continuation order. (A batched segment sum, whether over zero-padded
+On the CPU the figures are bit for bit those of the per-request reading: the same
+float32 log-softmax of each logits row, and each request's sum is ``.sum()`` over its own
+log-probabilities in continuation order. (On CUDA, whose reductions may split a sum by
+its memory alignment, a continuation of over 128 tokens may differ in the last bit; none
+has been compared there.) (A batched segment sum, whether over zero-padded
 rows, ``index_add_``, ``segment_reduce`` or cumulative sums, adds in another order and
 differs in the last bits, so the per-request sums stay separate ops: launched without a
 sync, and copied back together.)

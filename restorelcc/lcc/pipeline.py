@@ -42,7 +42,7 @@ from restorelcc.lcc.probing import (
     random_heads,
     select_heads,
 )
-from restorelcc.lcc.restoration import Restoration
+from restorelcc.lcc.restoration import AdapterMismatchError, Restoration
 from restorelcc.lcc.tokens import check_pairs, encode_probe_set, encode_prompt
 from restorelcc.lcc.train import TrainConfig, train_response_lm
 
@@ -204,7 +204,8 @@ def restore(
     stage. ``plan_heads`` then ``train_heads`` is the same in two steps, between which the
     dense model (needed for capture only) can be let go.
     """
-    return train_heads(plan_heads(dense, pruned, tokenizer, pairs, config), pruned, tokenizer)
+    plan = plan_heads(dense, pruned, tokenizer, pairs, config)
+    return train_heads(plan, pruned, tokenizer, check=False)  # made from pruned
 
 
 def plan_heads(
@@ -287,13 +288,22 @@ def plan_heads(
     )
 
 
-def train_heads(plan: HeadPlan, pruned: nn.Module, tokenizer) -> Restoration:
+def train_heads(plan: HeadPlan, pruned: nn.Module, tokenizer, check: bool = True) -> Restoration:
     """``restore``'s second step: train the compensation of ``plan``'s heads on its pairs
-    through ``pruned``, the model ``plan`` was made for (``plan`` is not modified)."""
+    through ``pruned``, the model ``plan`` was made for (``plan`` is not modified).
+    ``check=False`` skips comparing ``pruned`` with the plan's fingerprint (a pass over
+    every weight) where the caller made the plan from it."""
     config, heads, scores = plan.config, plan.heads, plan.scores
     geometry = head_geometry(pruned)
     if geometry != plan.geometry:
-        raise ValueError(f"the plan is for {plan.geometry}, the pruned model has {geometry}")
+        raise AdapterMismatchError(
+            f"the plan is for {plan.geometry}, the pruned model has {geometry}"
+        )
+    problems = plan.fingerprint.differences(model_fingerprint(pruned)) if check else []
+    if problems:
+        raise AdapterMismatchError(
+            f"the plan was made for another pruned model: {'; '.join(problems[:3])}"
+        )
     report = dict(plan.report)
     stage = StageTimer()
     stage.seconds.update(plan.seconds)

@@ -254,6 +254,21 @@ def _non_finite_loss_message(model, ids, mask, step, steps, value, total_value, 
     )
 
 
+def encode_training_pairs(
+    tokenizer, pairs: Sequence[InstructionPair], config: TrainConfig
+) -> tuple[list[tuple[list[int], list[int]]], list[InstructionPair]]:
+    """``pairs`` checked and split (``config.split``): the training ones encoded as
+    ``(prompt ids, response ids + EOS)`` within ``config.max_length``, and the held-out
+    ones. Raises the ``DataError`` that the data or the tokenizer would make
+    ``train_response_lm`` raise (a bad or empty pair, too few pairs, no EOS token) with no
+    model run: callers check here before their costly steps."""
+    pairs, held_out = config.split(check_pairs(pairs, what="training pairs"))
+    encoded = [encode_pair(tokenizer, p, config.max_length, eos=True) for p in pairs]
+    for pair in held_out:
+        encode_pair(tokenizer, pair, config.max_length, eos=True)
+    return encoded, held_out
+
+
 def train_response_lm(
     model: nn.Module,
     tokenizer,
@@ -281,8 +296,7 @@ def train_response_lm(
     parameters = list(parameters)
     if not parameters:
         raise ValueError("no trainable parameters given")
-    pairs, held_out = config.split(check_pairs(pairs, what="training pairs"))
-    encoded = [encode_pair(tokenizer, p, config.max_length, eos=True) for p in pairs]
+    encoded, held_out = encode_training_pairs(tokenizer, pairs, config)
     pad_id = _pad_id(tokenizer)
     steps = config.total_steps(len(encoded))
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)

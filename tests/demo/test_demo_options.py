@@ -98,8 +98,17 @@ def test_demo_runs_in_bfloat16_and_prunes_in_float32(
     record_eval = lambda model, kwargs: evaluated.append(model)
     _spy(monkeypatch, "prune_model", record_prune)
     _spy(monkeypatch, "evaluate_model", record_eval)
+    loads, load_model = [], demo_module.load_model
+
+    def recorded_load(name, dtype, device):
+        loads.append((dtype, str(device)))
+        return load_model(name, dtype=dtype, device=device)
+
+    monkeypatch.setattr(demo_module, "load_model", recorded_load)
     config = DemoConfig(model=str(tiny_checkpoint), patterns=("2:4",), dtype="bfloat16", **TINY)
     report = run_demo(config, tmp_path / "out")
+    # the float32 model that each pattern prunes a copy of stays in host memory
+    assert loads == [(torch.float32, "cpu"), (torch.bfloat16, config.device)]
 
     assert report["dtype"] == "bfloat16"
     assert json.loads((tmp_path / "out" / "report.json").read_text())["dtype"] == "bfloat16"

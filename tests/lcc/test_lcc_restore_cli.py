@@ -292,3 +292,35 @@ def test_dense_model_is_let_go_before_training_and_eval_folds_pruned_in_place(
         ("perplexity", [1], 1, False),  # pruned
         ("perplexity", [1], 1, True),  # restored: pruned, folded
     ]
+
+
+@pytest.mark.parametrize("method", ["restorelcc", "lofit"])
+def test_what_training_refuses_is_refused_before_capture_and_eval(
+    restore_checkpoints, monkeypatch, capsys, method
+):
+    """A tokenizer without EOS (training ends responses with it) fails before the costly
+    steps: capture, and --eval's dense perplexity, which now runs before training."""
+    import restorelcc.evaluate
+    import restorelcc.lcc
+    import restorelcc.lcc.train
+    from restorelcc.errors import DataError
+
+    tmp_path, _ = restore_checkpoints
+    ran = []
+    encode_pair = restorelcc.lcc.train.encode_pair
+
+    def no_eos(tokenizer, pair, max_length, eos=False):
+        if eos:
+            raise DataError("the tokenizer has no EOS token to end responses with")
+        return encode_pair(tokenizer, pair, max_length, eos)
+
+    def record(name):
+        return lambda *args, **kwargs: ran.append(name)
+
+    monkeypatch.setattr(restorelcc.lcc.train, "encode_pair", no_eos)
+    monkeypatch.setattr(restorelcc.evaluate, "perplexity_report", record("perplexity"))
+    monkeypatch.setattr(restorelcc.lcc, "plan_heads", record("capture"))
+    assert main(method_argv(tmp_path, "--method", method, "--eval")) == 2
+    assert "the tokenizer has no EOS token" in capsys.readouterr().err
+    assert ran == []
+    assert not (tmp_path / "out").exists()
