@@ -3,6 +3,7 @@ import math
 import re
 
 import pytest
+from demo_helpers import tiny_config
 from transformers import AutoModelForCausalLM
 
 from restorelcc.cli import build_parser, main
@@ -10,26 +11,6 @@ from restorelcc.demo import Demo, DemoConfig, forward_latency, gap_closed, run_d
 from restorelcc.demo_config import DemoArgumentError
 from restorelcc.eval.perplexity import perplexity_report
 from restorelcc.testing import byte_tokenizer, tiny_model
-
-
-def tiny_config(model, **overrides):
-    settings = dict(
-        model=str(model),
-        calibration_samples=4,
-        calibration_seqlen=32,
-        train_pairs=12,
-        probe_pairs=8,
-        heads=3,
-        batch_size=4,
-        max_length=48,
-        tasks=("arc_easy", "piqa"),
-        limit=4,
-        ppl_tokens=256,
-        latency_rounds=1,
-        progress=False,
-    )
-    settings.update(overrides)
-    return DemoConfig(**settings)
 
 
 def test_gap_closed():

@@ -8,27 +8,13 @@ import math
 
 import pytest
 import torch
+from demo_helpers import tiny_config
 
 from restorelcc import demo as demo_module
 from restorelcc.cli import main
 from restorelcc.demo import Demo, run_demo
 from restorelcc.demo_config import DemoArgumentError, DemoConfig
 from restorelcc.hf.families import decoder_layers
-
-TINY = dict(
-    calibration_samples=4,
-    calibration_seqlen=32,
-    train_pairs=12,
-    probe_pairs=8,
-    heads=3,
-    batch_size=4,
-    max_length=48,
-    tasks=("arc_easy",),
-    limit=4,
-    ppl_tokens=256,
-    latency_rounds=1,
-    progress=False,
-)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +91,7 @@ def test_demo_runs_in_bfloat16_and_prunes_in_float32(
         return load_model(name, dtype=dtype, device=device)
 
     monkeypatch.setattr(demo_module, "load_model", recorded_load)
-    config = DemoConfig(model=str(tiny_checkpoint), patterns=("2:4",), dtype="bfloat16", **TINY)
+    config = tiny_config(tiny_checkpoint, patterns=("2:4",), dtype="bfloat16", tasks=("arc_easy",))
     report = run_demo(config, tmp_path / "out")
     # the float32 model that each pattern prunes a copy of stays in host memory
     assert loads == [(torch.float32, "cpu"), (torch.bfloat16, config.device)]
@@ -145,12 +131,12 @@ def test_demo_keeps_a_multiple_of_channel_multiple_mlp_channels(
 
     _spy(monkeypatch, "prune_model", record)
     for multiple in (1, 8):
-        config = DemoConfig(
-            model=str(tiny_checkpoint),
+        config = tiny_config(
+            tiny_checkpoint,
             patterns=("heads",),
             channel_multiple=multiple,
             methods=("training-free",),
-            **TINY,
+            tasks=("arc_easy",),
         )
         report = run_demo(config, tmp_path / f"out{multiple}")
         assert report["config"]["channel_multiple"] == multiple
