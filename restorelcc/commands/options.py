@@ -124,11 +124,16 @@ def _report_stem(model: str) -> str:
     return re.sub(r"[^\w.+-]", "_", stem) or "model"
 
 
-def default_report_path(command: str, model: str) -> Path:
-    """``<command>_<model>.json`` in the current folder (``_report_stem``), with ``-2``,
-    ``-3``, ... added where that file exists: a default report never replaces another.
-    The report line at the end of the run names the file."""
+def default_report_path(command: str, model: str, adapter: str | None = None) -> Path:
+    """``<command>_<model>.json`` in the current folder (``_report_stem``), or
+    ``<command>_<model>+<adapter>.json`` with an adapter (its folder, also where one of its
+    files was given), with ``-2``, ``-3``, ... added where that file exists: a default
+    report never replaces another. The report line at the end of the run names the file."""
     stem = f"{command}_{_report_stem(model)}"
+    if adapter is not None:
+        from restorelcc.lcc.adapter import adapter_directory
+
+        stem += f"+{_report_stem(str(adapter_directory(adapter)))}"
     path, number = Path(f"{stem}.json"), 1
     while path.exists():
         number += 1
@@ -137,17 +142,19 @@ def default_report_path(command: str, model: str) -> Path:
 
 
 DEFAULT_REPORT_HELP = (
-    "report path (default: {command}_<model>.json in the current folder, <model> being a "
-    "local folder's parent and own name (b/merged -> b-merged) or the model's name; -2, "
-    "-3... is added rather than replace an existing file)"
+    "report path (default: {command}_<model>.json in the current folder, "
+    "{command}_<model>+<adapter>.json with --adapter, <model> being a local folder's parent "
+    "and own name (b/merged -> b-merged) or the model's name, <adapter> likewise; -2, -3... "
+    "is added rather than replace an existing file)"
 )
 
 
 def report_path(args: argparse.Namespace, command: str) -> Path:
-    """The checked ``--json`` path, or the default report path of ``args.model``."""
+    """The checked ``--json`` path, or the default report path of ``args.model`` and
+    ``args.adapter``."""
     if args.json is not None:
         return check_json_path(args.json)
-    return check_json_path(default_report_path(command, args.model))
+    return check_json_path(default_report_path(command, args.model, args.adapter))
 
 
 def write_report(args: argparse.Namespace, command: str, out: Path, payload) -> Path:
@@ -163,7 +170,7 @@ def write_report(args: argparse.Namespace, command: str, out: Path, payload) -> 
         try:
             return atomic_write_json(out, payload, replace=False)
         except FileExistsError:
-            out = default_report_path(command, args.model)
+            out = default_report_path(command, args.model, args.adapter)
 
 
 def _is_report(path: Path) -> bool:

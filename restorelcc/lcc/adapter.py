@@ -75,18 +75,21 @@ def save_adapter(restoration: Restoration, directory: str | Path, overwrite: boo
     return Path(directory)
 
 
-def adapter_folder_message(path: Path) -> str | None:
+def adapter_folder_message(path: Path, takes_adapter: bool = True) -> str | None:
     """Where the folder ``path``, given as a model, is an adapter folder (a ``restore
     --out``: it holds ``adapter.json``), a message saying so and what to give instead (the
-    pruned model with the adapter, or a merged checkpoint inside); else None."""
+    pruned model, with the adapter where the command ``takes_adapter``, or a merged
+    checkpoint inside); else None."""
     if not (path / ADAPTER_CONFIG).is_file():
         return None
     merged = [str(sub) for sub in sorted(path.iterdir()) if (sub / "config.json").is_file()]
     checkpoints = f", or the merged checkpoint {' or '.join(merged)}" if merged else ""
+    instead = "the pruned model it was made for"
+    if takes_adapter:
+        instead += f" as the model and {path} as the adapter (--adapter {path})"
     return (
-        f"{path} is a restoration adapter folder ({ADAPTER_CONFIG}), not a model: give the "
-        f"pruned model it was made for as the model and {path} as the adapter (--adapter "
-        f"{path}){checkpoints}"
+        f"{path} is a restoration adapter folder ({ADAPTER_CONFIG}), not a model: give "
+        f"{instead}{checkpoints}"
     )
 
 

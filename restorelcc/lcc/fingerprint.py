@@ -229,10 +229,14 @@ def _difference(
         shapes = f"{list(found.shape)}, the adapter's model had {list(expected.shape)}"
         return f"{expected.label} is {shapes}", None
     if expected.mask != found.mask:
-        line = (
-            f"the sparsity mask of {expected.label} differs ({expected.nonzeros} non-zeros in "
-            f"the adapter's model, {found.nonzeros} in this one)"
-        )
+        if expected.nonzeros == found.nonzeros:
+            counts = f"the same {found.nonzeros} non-zeros, at other positions"
+        else:
+            counts = (
+                f"{expected.nonzeros} non-zeros in the adapter's model, {found.nonzeros} in "
+                "this one"
+            )
+        line = f"the sparsity mask of {expected.label} differs ({counts})"
         if "float16" in (expected.dtype, found.dtype) and expected.dtype != found.dtype:
             line += (
                 f"; {dtypes}, and float16 flushes |w| < 3e-8 to zero: load both in float32 "

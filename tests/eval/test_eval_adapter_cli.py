@@ -135,6 +135,28 @@ def test_a_report_may_not_replace_the_other_adapter_file(saved, tmp_path, capsys
     assert (adapter / "adapter.safetensors").read_bytes() == weights
 
 
+def test_the_default_report_name_names_the_adapter(saved, tmp_path, monkeypatch, capsys):
+    """eval --adapter had written eval_<model>.json, and a later plain eval of the model
+    then took eval_<model>-2.json."""
+    monkeypatch.chdir(tmp_path)
+    model, adapter = str(saved / "pruned"), str(saved / "adapter")
+    runs = [["--adapter", adapter], [], ["--adapter", f"{adapter}/adapter.json"]]
+    for extra in runs:
+        argv = ["eval", "--model", model, "--tasks", "none", "--ppl-tokens", "60", *extra]
+        assert _run(capsys, *argv) == 0
+    argv = ["bench", "--model", model, "--adapter", adapter, "--batches", "1", "--context", "6",
+            "--prefill", "8", "--rounds", "1", "--device", "cpu"]  # fmt: skip
+    assert _run(capsys, *argv) == 0
+    written = {p.name: json.loads(p.read_text())["adapter"] for p in tmp_path.glob("*.json")}
+    stem, named = f"{saved.name}-pruned", f"{saved.name}-pruned+{saved.name}-adapter"
+    assert {name: entry and entry["path"] for name, entry in written.items()} == {
+        f"eval_{named}.json": adapter,
+        f"eval_{stem}.json": None,
+        f"eval_{named}-2.json": f"{adapter}/adapter.json",
+        f"bench_{named}.json": adapter,
+    }
+
+
 def test_an_adapter_folder_given_as_the_model_names_the_options_to_use(saved, tmp_path, capsys):
     out = tmp_path / "r.json"
     argv = ["eval", "--model", str(saved / "adapter"), "--tasks", "none", "--json", str(out)]

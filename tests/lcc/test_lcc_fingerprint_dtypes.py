@@ -110,6 +110,26 @@ def test_a_changed_mask_is_refused_naming_the_linear(checkpoints):
             adapter.check_model(model)
 
 
+def test_a_mask_with_the_same_count_at_other_positions_says_so(checkpoints):
+    """Two pruned checkpoints of one sparsity keep as many weights: the message says the
+    positions differ, not two equal counts as if they were a difference."""
+    checkpoint = checkpoints["llama-3x5"]
+    adapter = trained_like(checkpoint)
+    moved = copy.deepcopy(checkpoint)
+    weight = decoder_layers(moved)[0].self_attn.q_proj.weight.view(-1)
+    kept = int(torch.count_nonzero(weight))
+    kept_at, pruned_at = weight.nonzero()[0], (weight == 0).nonzero()[0]
+    with torch.no_grad():  # one kept weight moved to a pruned position
+        weight[pruned_at], weight[kept_at] = weight[kept_at], 0
+    assert int(torch.count_nonzero(weight)) == kept
+    with pytest.raises(AdapterMismatchError) as info:
+        adapter.check_model(moved)
+    assert (
+        f"sparsity mask of self_attn.q_proj in layer 0 differs (the same {kept} non-zeros, at "
+        "other positions)" in str(info.value)
+    )
+
+
 def test_float16_flushing_a_tiny_weight_is_named(checkpoints):
     checkpoint = copy.deepcopy(checkpoints["llama-3x5"])
     with torch.no_grad():
