@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
 from restorelcc.errors import UnsupportedModelError
+from restorelcc.hf import MIN_SPARSITY
 from restorelcc.hf.families import (
     HeadGeometry,
     block_linear,
@@ -109,6 +112,7 @@ def _check_pruned_direction(dense: nn.Module, pruned: nn.Module) -> None:
             differ = True
             added = int(((b == 0) & (a != 0)).sum())  # zeros where the dense weight has none
             if added:
+                _warn_if_pruned_already(a, layer, name, dense)
                 return
             removed = int(((a == 0) & (b != 0)).sum())
             if removed:
@@ -123,6 +127,21 @@ def _check_pruned_direction(dense: nn.Module, pruned: nn.Module) -> None:
         raise UnsupportedModelError(
             "the pruned model's decoder weights equal the dense model's: nothing was "
             "pruned, so nothing was lost to restore (prune it first)"
+        )
+
+
+def _warn_if_pruned_already(weight: torch.Tensor, layer: int, name: str, dense: nn.Module):
+    """Warn where the dense model's ``weight`` is as sparse as a pruned one (``MIN_SPARSITY``
+    zeros or more; real checkpoints hold ~0.05%): a pruned checkpoint given as the dense
+    model gets restored towards what its own pruning lost, not the original model's."""
+    zeros = float((weight == 0).float().mean())
+    if zeros >= MIN_SPARSITY:
+        folder = str(getattr(dense, "name_or_path", "") or "")
+        where = f" ({folder})" if folder else ""
+        warnings.warn(
+            f"the dense model{where} has {zeros:.0%} zeros in layer {layer} {name}: is it a "
+            "pruned checkpoint? RestoreLCC restores towards the dense model given",
+            stacklevel=4,
         )
 
 

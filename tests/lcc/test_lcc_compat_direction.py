@@ -3,6 +3,7 @@ so a pair given the other way round (``restore --dense pruned --pruned dense``) 
 while every pruning method and pattern passes the right way round."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -46,7 +47,9 @@ def test_a_pruned_model_passes_and_the_pair_swapped_is_refused(method, pattern, 
     dense, pruned = pruned_pair(method, pattern, sparsity, **options)
     geometry = head_geometry(pruned)
     identity = torch.arange(geometry.heads).expand(geometry.layers, -1)
-    assert torch.equal(check_compatible(dense, pruned), identity)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a real dense model: no "is it pruned?" warning
+        assert torch.equal(check_compatible(dense, pruned), identity)
     assert torch.equal(check_compatible(dense, copy.deepcopy(pruned).to(torch.bfloat16)), identity)
     # structured: the narrower MLP of the "dense" model already tells
     match = "swapped" if pattern != "heads" else "must have the dense model's shapes"
@@ -114,4 +117,16 @@ def test_sparsegpt_on_a_dense_model_with_zeros_of_its_own_is_not_called_swapped(
     calibration = torch.randint(0, 259, (4, 32), generator=torch.Generator().manual_seed(0))
     pruned = copy.deepcopy(dense)
     prune_model(pruned, "sparsegpt", 0.1, calibration=calibration, block_size=32, progress=False)
-    check_compatible(dense, pruned)
+    with pytest.warns(UserWarning, match="the dense model has 14% zeros in layer 0"):
+        check_compatible(dense, pruned)  # accepted: a warning of the dense model's zeros
+
+
+def test_a_pruned_checkpoint_given_as_the_dense_model_is_warned_of():
+    """restore --dense <a pruned checkpoint>: the pair passes (a further-pruned model does
+    add zeros) but the user is told that the "dense" model is already sparse."""
+    dense, pruned = pruned_pair("magnitude", "unstructured", 0.5)
+    pruned.name_or_path = "pruned-50"
+    more = copy.deepcopy(pruned)
+    prune_model(more, "magnitude", 0.7, progress=False)
+    with pytest.warns(UserWarning, match=r"the dense model \(pruned-50\) has 50% zeros in layer 0"):
+        check_compatible(pruned, more)
