@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 
 from restorelcc.errors import RestoreLCCError
@@ -77,6 +78,26 @@ def _library_progress_bars(enabled: bool) -> Iterator[None]:
             logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _plain_warnings(command: str) -> Iterator[None]:
+    """A warning shows as one line, ``restorelcc <command>: warning: <message>``, not as
+    Python's file, line number, category and source line (``RESTORELCC_DEBUG=1`` keeps
+    those). Only the text changes: which warnings show, and where, stays as it was."""
+    if os.environ.get("RESTORELCC_DEBUG"):
+        yield
+        return
+
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        return f"restorelcc {command}: warning: {' '.join(str(message).split())}\n"
+
+    previous = warnings.formatwarning
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is so that it unwinds as Ctrl-C does."""
 
@@ -102,7 +123,12 @@ def _terminate_as_interrupt() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with _terminate_as_interrupt(), _library_progress_bars(not getattr(args, "quiet", False)):
+        quiet = getattr(args, "quiet", False)
+        with (
+            _terminate_as_interrupt(),
+            _plain_warnings(args.command),
+            _library_progress_bars(not quiet),
+        ):
             return int(args.func(args) or 0)
     except (RestoreLCCError, ValueError, OSError) as exc:
         # Bad input, or a file that cannot be read or written (a full disk, a folder that

@@ -178,7 +178,15 @@ def run(args: argparse.Namespace) -> int:
     if spec.needs_calibration:
         check_length_fits(args.seqlen, config, f"--seqlen {args.seqlen}")
     _with_flags(check_config, config, spec)  # shapes and the structured plan, weights unread
-    model, tokenizer = load_model(args.model, device=resolve_device(args.device))
+    device = resolve_device(args.device)
+    if spec.needs_calibration:  # a calibration that cannot fit fails before the weights load
+        from restorelcc.prune.memory import check_calibration_memory
+
+        check_calibration_memory(
+            config, spec.method, args.nsamples, args.seqlen, device, args.chunk_size,
+            flags=("--nsamples", "--seqlen"),
+        )  # fmt: skip
+    model, tokenizer = load_model(args.model, device=device)
     calibration = None
     if spec.needs_calibration:
         from restorelcc.data import calibration_batches
