@@ -40,7 +40,7 @@ from restorelcc.baselines import (
 )
 from restorelcc.commands.restore import heads_value
 from restorelcc.data import instruction_pairs
-from restorelcc.demo import gap_closed, headline_accuracy
+from restorelcc.demo_table import gap_closed, headline_accuracy
 from restorelcc.errors import RestoreLCCError
 from restorelcc.eval.tasks import resolve_tasks
 from restorelcc.evaluate import evaluate_model, perplexity
@@ -291,11 +291,17 @@ def run_all(args, plan: Plan, train, heldout, result: dict) -> None:
     dense_row, pruned_row = result["rows"][0], result["rows"][1]
     for row in result["rows"]:
         row["gap_closed"] = gap_closed(
-            pruned_row["lambada_ppl"], row["lambada_ppl"], dense_row["lambada_ppl"]
+            pruned_row["lambada_ppl"],
+            row["lambada_ppl"],
+            dense_row["lambada_ppl"],
+            higher_is_better=False,
         )
         if plan.tasks:
             row["acc_gap_closed"] = gap_closed(
-                pruned_row["mean_accuracy"], row["mean_accuracy"], dense_row["mean_accuracy"]
+                pruned_row["mean_accuracy"],
+                row["mean_accuracy"],
+                dense_row["mean_accuracy"],
+                higher_is_better=True,
             )
 
 

@@ -4,9 +4,9 @@ For each sparsity pattern: prune the dense model with Wanda (or another method),
 restore it with RestoreLCC and with the baselines a user would otherwise pick (LoRA on
 q/k/v/o with the same data and steps, training-free mean compensation; LoFiT when asked),
 fold, and evaluate everything on the same perplexity text and zero-shot tasks. The report
-gives, per method, the fraction of the perplexity gap and of the mean-accuracy gap closed,
-the trainable parameters, the sparsity kept and the measured inference latency against the
-pruned model.
+gives, per method, the fraction of the perplexity gap and of the mean-accuracy gap closed
+(none where pruning lost nothing: ``gap_closed``), the trainable parameters, the sparsity
+kept, the measured inference latency against the pruned model and each step's time.
 
 Every model runs in ``DemoConfig.dtype`` (``--dtype``); pruning alone computes in float32,
 on a float32 copy of the dense model, as ``restorelcc prune`` does.
@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import copy
 import math
-import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -41,53 +40,26 @@ from restorelcc.data import (
 )
 from restorelcc.demo_config import DemoConfig, flagged
 from restorelcc.demo_plot import plot
+from restorelcc.demo_table import (
+    Row,
+    derived_rows,
+    format_rows,
+    headline_accuracy,
+    sparsity_kept,
+)
 from restorelcc.evaluate import evaluate_model, headline_metric
 from restorelcc.hf.families import check_length_fits, family_of, head_geometry
-from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
+from restorelcc.io import atomic_directory, atomic_write_json, run_metadata
 from restorelcc.latency import interleaved_rounds, median_ratios
-from restorelcc.lcc.pipeline import RestoreConfig, restore
+from restorelcc.lcc.pipeline import RestoreConfig, StageTimer, restore
 from restorelcc.lcc.probing import head_count
 from restorelcc.prune import prune_model
 from restorelcc.prune.api import check_config
+from restorelcc.prune.memory import check_calibration_memory
 from restorelcc.prune.validate import CALIBRATED_METHODS
 
-
-@dataclass
-class Row:
-    """One evaluated model of the demo table."""
-
-    pattern: str
-    method: str
-    perplexity: float
-    accuracy: dict[str, float]
-    trainable_parameters: int = 0
-    sparsity: float | None = None
-    sparsity_kept: float | None = None
-    latency_ratio: float | None = None
-    seconds: float = 0.0
-    notes: dict = field(default_factory=dict)
-
-    @property
-    def mean_accuracy(self) -> float:
-        return statistics.fmean(self.accuracy.values()) if self.accuracy else float("nan")
-
-
-def headline_accuracy(evaluation: dict) -> dict[str, float]:
-    return {name: metrics[headline_metric(name)] for name, metrics in evaluation["tasks"].items()}
-
-
-def accuracy_column(task: str) -> str:
-    """The table's header for ``task``: its name, with the metric where it is not ``acc``
-    (``hellaswag (acc_norm)``)."""
-    metric = headline_metric(task)
-    return task if metric == "acc" else f"{task} ({metric})"
-
-
-def gap_closed(pruned: float, method: float, dense: float) -> float | None:
-    """``(method - pruned) / (dense - pruned)``: 1 = back to dense, 0 = no better than
-    pruned, negative = worse. ``None`` when pruning left no gap."""
-    gap = dense - pruned
-    return None if abs(gap) < 1e-12 else (method - pruned) / gap
+# The order of each pattern's restored rows (DemoConfig.methods picks which).
+CANDIDATE_ORDER = ("lora", "training-free", "lofit", "restorelcc")
 
 
 def folded_candidate(restoration, pruned: nn.Module, sparsity: float) -> tuple[nn.Module, dict]:
@@ -127,13 +99,6 @@ def forward_latency(
     return median_ratios(times, baseline)
 
 
-def sparsity_kept(pruned: float, candidate: float) -> float | None:
-    """``candidate / pruned`` block sparsity: the fraction of the pruned model's zeros still
-    there. ``None`` when the pruned model has no zeros (structured pruning: its savings are
-    in the shapes, which every method here keeps)."""
-    return None if pruned == 0 else candidate / pruned
-
-
 class Demo:
     """Runs the configured job; ``run()`` returns the JSON-able report."""
 
@@ -142,19 +107,21 @@ class Demo:
         # what --dtype means on the run's device: the models' dtype, pruning aside
         self.dtype = resolve_dtype(config.dtype, torch.device(config.device))
         self.rows: list[Row] = []
-        self.log: dict = {"stages": {}}
+        self.stage = StageTimer()  # wall seconds of each step of run(), in order
 
-    def evaluate(self, model: nn.Module, tokenizer) -> dict:
+    def evaluate(self, model: nn.Module, tokenizer, stage: str) -> dict:
+        """``model`` evaluated on the configured text and tasks, timed as ``stage``."""
         c = self.config
-        return evaluate_model(
-            model,
-            tokenizer,
-            tasks=list(c.tasks),
-            limit=c.limit,
-            ppl_tokens=c.ppl_tokens,
-            ppl_source=c.ppl_source,
-            progress=c.progress,
-        )
+        with self.stage(stage):
+            return evaluate_model(
+                model,
+                tokenizer,
+                tasks=list(c.tasks),
+                limit=c.limit,
+                ppl_tokens=c.ppl_tokens,
+                ppl_source=c.ppl_source,
+                progress=c.progress,
+            )
 
     def add_row(self, pattern: str, method: str, evaluation: dict, **fields) -> Row:
         row = Row(
@@ -177,6 +144,11 @@ class Demo:
         if c.prune_method in CALIBRATED_METHODS:
             label = f"--calibration-seqlen {c.calibration_seqlen}"
             flagged(label, check_length_fits, c.calibration_seqlen, model_config, label)
+            flags = ("--calibration-samples", "--calibration-seqlen")
+            flagged(
+                flags[0], check_calibration_memory, model_config, c.prune_method,
+                c.calibration_samples, c.calibration_seqlen, c.device, flags=flags,
+            )  # fmt: skip
         for pattern in c.patterns:  # N:M input widths, the structured plan: from the config
             spec = c.prune_spec(pattern)
             named = c.spec_flags(spec.pattern.kind)
@@ -201,22 +173,25 @@ class Demo:
         start = time.perf_counter()
         torch.manual_seed(c.seed)
         pairs = self.check_inputs() if pairs is None else pairs
-        if self.dtype == torch.float32:
-            source, tokenizer = load_model(c.model, dtype=torch.float32, device=c.device)
-            dense = source
-        else:
-            source, _ = load_model(c.model, dtype=torch.float32, device="cpu")
-            dense, tokenizer = load_model(c.model, dtype=self.dtype, device=c.device)
+        with self.stage("load"):
+            if self.dtype == torch.float32:
+                source, tokenizer = load_model(c.model, dtype=torch.float32, device=c.device)
+                dense = source
+            else:
+                source, _ = load_model(c.model, dtype=torch.float32, device="cpu")
+                dense, tokenizer = load_model(c.model, dtype=self.dtype, device=c.device)
         calibration = None
         if c.prune_method in CALIBRATED_METHODS:
-            calibration = calibration_batches(
-                tokenizer,
-                c.calibration_source,
-                c.calibration_samples,
-                c.calibration_seqlen,
-                c.seed,
-            )
-        self.add_row("-", "dense", self.evaluate(dense, tokenizer), sparsity=block_sparsity(dense))
+            with self.stage("calibration data"):
+                calibration = calibration_batches(
+                    tokenizer,
+                    c.calibration_source,
+                    c.calibration_samples,
+                    c.calibration_seqlen,
+                    c.seed,
+                )
+        evaluation = self.evaluate(dense, tokenizer, "evaluate dense")
+        self.add_row("-", "dense", evaluation, sparsity=block_sparsity(dense))
         for pattern in c.patterns:
             self.run_pattern(source, dense, tokenizer, pattern, calibration, pairs)
         report = self.report()
@@ -228,50 +203,72 @@ class Demo:
         ``prune_model`` computes), then cast to ``self.dtype``, restored and evaluated
         beside ``dense`` (the source in that dtype)."""
         c = self.config
-        pruned = copy.deepcopy(source).to(c.device)
         spec = c.prune_spec(pattern)
-        prune_report = prune_model(
-            pruned,
-            spec.method,
-            spec.sparsity,
-            str(spec.pattern),
-            calibration,
-            calibration_source=c.calibration_source,
-            channel_multiple=spec.channel_multiple,
-            progress=c.progress,
-        )
-        pruned.to(self.dtype)
+        with self.stage(f"prune {pattern}"):
+            pruned = copy.deepcopy(source).to(c.device)
+            prune_model(
+                pruned,
+                spec.method,
+                spec.sparsity,
+                str(spec.pattern),
+                calibration,
+                calibration_source=c.calibration_source,
+                channel_multiple=spec.channel_multiple,
+                progress=c.progress,
+            )
+            pruned.to(self.dtype)
         sparsity = block_sparsity(pruned)
-        self.log["stages"][f"prune {pattern}"] = round(prune_report.seconds, 1)
+        label = f"pruned ({c.prune_method})"
         self.add_row(
             pattern,
-            f"pruned ({c.prune_method})",
-            self.evaluate(pruned, tokenizer),
+            label,
+            self.evaluate(pruned, tokenizer, f"evaluate {pattern} {label}"),
             sparsity=sparsity,
             sparsity_kept=sparsity_kept(sparsity, sparsity),
             latency_ratio=1.0,
         )
-        candidates: dict[str, tuple[nn.Module, dict]] = {}
-        if "lora" in c.methods:
+        candidates = {}
+        for method in (m for m in CANDIDATE_ORDER if m in c.methods):
+            with self.stage(f"restore {pattern} {method}"):
+                candidates[method] = self.candidate(
+                    method, dense, pruned, tokenizer, pairs, sparsity
+                )
+        with self.stage(f"latency {pattern}"):
+            latency = forward_latency(
+                {"pruned": pruned, **{k: m for k, (m, _) in candidates.items()}},
+                dense.config.vocab_size,
+                c.latency_rounds,
+                baseline="pruned",
+            )
+        for method, (model, fields) in candidates.items():
+            fields["latency_ratio"] = latency[method]
+            evaluation = self.evaluate(model, tokenizer, f"evaluate {pattern} {method}")
+            self.add_row(pattern, method, evaluation, **fields)
+
+    def candidate(
+        self, method: str, dense, pruned, tokenizer, pairs: list, sparsity: float
+    ) -> tuple[nn.Module, dict]:
+        """``pruned`` restored by ``method`` (one of ``CANDIDATE_ORDER``; ``pruned`` is left
+        as it is), and its demo row's fields; ``sparsity``: the pruned model's block
+        sparsity."""
+        c = self.config
+        if method == "lora":
             lora = lora_baseline(
                 pruned, tokenizer, pairs, c.train_config(c.lora_lr), rank=c.lora_rank
             )
-            candidates["lora"] = (
-                lora.model,
-                {
-                    "trainable_parameters": lora.trainable_parameters,
-                    "sparsity": block_sparsity(lora.model.get_base_model()),
-                    "sparsity_kept": sparsity_kept(sparsity, merged_sparsity(lora)),
-                    "seconds": lora.train.seconds,
-                    "notes": {
-                        "rank": c.lora_rank,
-                        "final_loss": lora.train.final_loss,
-                        "evaluated": "unmerged (merging would densify the weights)",
-                    },
+            return lora.model, {
+                "trainable_parameters": lora.trainable_parameters,
+                "sparsity": block_sparsity(lora.model.get_base_model()),
+                "sparsity_kept": sparsity_kept(sparsity, merged_sparsity(lora)),
+                "seconds": lora.train.seconds,
+                "notes": {
+                    "rank": c.lora_rank,
+                    "final_loss": lora.train.final_loss,
+                    "evaluated": "unmerged (merging would densify the weights)",
                 },
-            )
-        if "training-free" in c.methods:
-            free = training_free(
+            }
+        if method == "training-free":
+            restoration = training_free(
                 dense,
                 pruned,
                 tokenizer,
@@ -279,13 +276,10 @@ class Demo:
                 max_length=c.max_length,
                 progress=c.progress,
             )
-            candidates["training-free"] = folded_candidate(free, pruned, sparsity)
-        if "lofit" in c.methods:
-            lofit = lofit_baseline(
-                pruned, tokenizer, pairs, RestoreConfig(heads=c.heads, train=c.train_config(c.lr))
-            )
-            candidates["lofit"] = folded_candidate(lofit, pruned, sparsity)
-        if "restorelcc" in c.methods:
+        elif method == "lofit":
+            config = RestoreConfig(heads=c.heads, train=c.train_config(c.lr))
+            restoration = lofit_baseline(pruned, tokenizer, pairs, config)
+        elif method == "restorelcc":
             config = RestoreConfig(
                 heads=c.heads,
                 probe_pairs=c.probe_pairs,
@@ -293,57 +287,16 @@ class Demo:
                 train=c.train_config(c.lr),
             )
             restoration = restore(dense, pruned, tokenizer, pairs, config)
-            candidates["restorelcc"] = folded_candidate(restoration, pruned, sparsity)
-        latency = forward_latency(
-            {"pruned": pruned, **{k: m for k, (m, _) in candidates.items()}},
-            dense.config.vocab_size,
-            c.latency_rounds,
-            baseline="pruned",
-        )
-        for method, (model, fields) in candidates.items():
-            fields["latency_ratio"] = latency[method]
-            self.add_row(pattern, method, self.evaluate(model, tokenizer), **fields)
+        else:
+            raise ValueError(f"unknown method {method!r}; choose from {', '.join(CANDIDATE_ORDER)}")
+        return folded_candidate(restoration, pruned, sparsity)
 
     def derived(self) -> list[dict]:
-        """Rows with the gap-closed fractions, relative to dense and the pattern's pruned."""
-        dense = self.rows[0]
-        out = []
-        pruned = None
-        for row in self.rows:
-            if row.method.startswith("pruned"):
-                pruned = row
-            entry = asdict(row) | {"mean_accuracy": row.mean_accuracy}
-            if pruned is not None and row is not pruned and row.pattern == pruned.pattern:
-                entry["ppl_gap_closed"] = gap_closed(
-                    pruned.perplexity, row.perplexity, dense.perplexity
-                )
-                entry["acc_gap_closed"] = gap_closed(
-                    pruned.mean_accuracy, row.mean_accuracy, dense.mean_accuracy
-                )
-            out.append(entry)
-        return out
+        """The rows as JSON, with the gap-closed fractions (``demo_table.derived_rows``)."""
+        return derived_rows(self.rows)
 
     def table(self) -> str:
-        rows = []
-        for entry in self.derived():
-            cells = {
-                "pattern": entry["pattern"],
-                "method": entry["method"],
-                "ppl": entry["perplexity"],
-            }
-            cells |= {accuracy_column(task): acc for task, acc in entry["accuracy"].items()}
-            cells |= {
-                "mean acc": entry["mean_accuracy"],
-                "ppl gap closed": _percent(entry.get("ppl_gap_closed")),
-                "acc gap closed": _percent(entry.get("acc_gap_closed")),
-                "trainable": entry["trainable_parameters"],
-                "sparsity kept": _percent(entry["sparsity_kept"]),
-                "latency": None
-                if entry["latency_ratio"] is None
-                else f"{entry['latency_ratio']:.2f}x",
-            }
-            rows.append(cells)
-        return format_table(rows)
+        return format_rows(self.derived())
 
     def report(self) -> dict:
         return {
@@ -352,13 +305,12 @@ class Demo:
             # which metric each task's number in rows[i]["accuracy"] is
             "accuracy_metric": {task: headline_metric(task) for task in self.config.tasks},
             "rows": self.derived(),
-            "stages": self.log["stages"],
+            # wall seconds per step, in run order: load, calibration data, evaluate dense,
+            # then per pattern prune, evaluate <pattern> pruned (...), restore <pattern>
+            # <method>, latency <pattern>, evaluate <pattern> <method>
+            "stages": {name: round(t, 1) for name, t in self.stage.seconds.items()},
             "run_metadata": run_metadata(),
         }
-
-
-def _percent(value: float | None) -> str | None:
-    return None if value is None else f"{100 * value:.0f}%"
 
 
 def run_demo(config: DemoConfig, out_dir: str | Path, overwrite: bool = False) -> dict:

@@ -144,6 +144,11 @@ class DemoConfig:
             raise DemoArgumentError(
                 f"--methods: unknown {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}"
             )
+        if not self.methods:  # `--methods ''` ran the dense and pruned rows alone
+            raise DemoArgumentError(
+                "--methods: the demo compares restorations: give at least one of "
+                f"{', '.join(METHODS)}"
+            )
         for name in POSITIVE_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -7,16 +7,62 @@ from demo_helpers import tiny_config
 from transformers import AutoModelForCausalLM
 
 from restorelcc.cli import build_parser, main
-from restorelcc.demo import Demo, DemoConfig, forward_latency, gap_closed, run_demo
+from restorelcc.demo import Demo, DemoConfig, forward_latency, run_demo
 from restorelcc.demo_config import DemoArgumentError
+from restorelcc.demo_table import gap_closed
 from restorelcc.eval.perplexity import perplexity_report
 from restorelcc.testing import byte_tokenizer, tiny_model
 
 
-def test_gap_closed():
-    assert gap_closed(pruned=100.0, method=60.0, dense=20.0) == pytest.approx(0.5)
-    assert gap_closed(pruned=0.4, method=0.45, dense=0.5) == pytest.approx(0.5)
-    assert gap_closed(pruned=0.5, method=0.6, dense=0.5) is None
+def test_gap_closed_knows_which_way_is_better():
+    assert gap_closed(100.0, 60.0, 20.0, higher_is_better=False) == pytest.approx(0.5)
+    assert gap_closed(100.0, 120.0, 20.0, higher_is_better=False) == pytest.approx(-0.25)
+    assert gap_closed(0.4, 0.45, 0.5, higher_is_better=True) == pytest.approx(0.5)
+    assert gap_closed(0.4, 0.35, 0.5, higher_is_better=True) == pytest.approx(-0.5)
+    # pruning lost nothing, or gained: no gap to close, whichever way the method went
+    assert gap_closed(0.5, 0.6, 0.5, higher_is_better=True) is None
+    assert gap_closed(0.4, 0.3, 0.2, higher_is_better=True) is None  # read as 50% closed
+    assert gap_closed(10.0, 15.0, 20.0, higher_is_better=False) is None  # read as 50% closed
+    # a pruned perplexity that overflowed: no fraction of it measures anything
+    assert gap_closed(math.inf, 50.0, 20.0, higher_is_better=False) is None
+
+
+def scores(perplexity: float, accuracy: float) -> dict:
+    """An evaluation of one model on arc_easy alone."""
+    return {"perplexity": {"perplexity": perplexity}, "tasks": {"arc_easy": {"acc": accuracy}}}
+
+
+def table_cells(demo: Demo) -> list[dict[str, str]]:
+    """``demo.table()``'s rows, each as header -> cell text."""
+    header, _, *lines = demo.table().splitlines()
+    split = lambda line: re.split(r"\s{2,}", line.strip())
+    return [dict(zip(split(header), split(line), strict=True)) for line in lines]
+
+
+def test_a_regression_where_pruning_did_not_hurt_closes_no_gap():
+    """Dense accuracy 0.2, pruned 0.4 and restorelcc 0.3 printed "acc gap closed 50%"."""
+    demo = Demo(DemoConfig(tasks=("arc_easy",)))
+    demo.add_row("-", "dense", scores(20.0, 0.2))
+    demo.add_row("2:4", "pruned (wanda)", scores(18.0, 0.4))
+    demo.add_row("2:4", "restorelcc", scores(19.0, 0.3))
+    restored = demo.derived()[-1]
+    assert restored["acc_gap_closed"] is None and restored["ppl_gap_closed"] is None
+    cells = table_cells(demo)[-1]
+    assert cells["method"] == "restorelcc"
+    assert (cells["ppl gap closed"], cells["acc gap closed"]) == ("-", "-")
+
+
+def test_the_table_writes_counts_with_separators_and_no_negative_zero():
+    demo = Demo(DemoConfig(tasks=("arc_easy",)))
+    demo.add_row("-", "dense", scores(20.0, 0.5))
+    demo.add_row("2:4", "pruned (wanda)", scores(120.0, 0.3))
+    demo.add_row("2:4", "lora", scores(120.4, 0.29), trainable_parameters=921600)
+    cells = table_cells(demo)[-1]
+    assert cells["ppl gap closed"] == "0%"  # -0.4%: once printed "-0%"
+    assert cells["acc gap closed"] == "-5%"
+    assert cells["trainable"] == "921,600"  # as the README's table has it
+    assert [row["trainable"] for row in table_cells(demo)] == ["0", "0", "921,600"]
+    assert demo.report()["rows"][-1]["trainable_parameters"] == 921600  # JSON: a number
 
 
 def test_an_overflowing_perplexity_reads_as_inf_in_the_rows():
@@ -69,6 +115,20 @@ def test_demo_runs_end_to_end_and_keeps_sparsity(tiny_checkpoint, tmp_path):
     assert saved["accuracy_metric"] == {"arc_easy": "acc", "piqa": "acc"}
     assert (tmp_path / "out" / "plot.png").stat().st_size > 1000
     assert "restorelcc" in report["table"] and "acc gap closed" in report["table"]
+    # every step's time, in run order (only the pruning's had been recorded)
+    methods = ("lora", "training-free", "restorelcc")
+    assert list(saved["stages"]) == [
+        "load",
+        "calibration data",
+        "evaluate dense",
+        "prune 2:4",
+        "evaluate 2:4 pruned (wanda)",
+        *[f"restore 2:4 {method}" for method in methods],
+        "latency 2:4",
+        *[f"evaluate 2:4 {method}" for method in methods],
+    ]
+    assert all(seconds >= 0 for seconds in saved["stages"].values())
+    assert sum(saved["stages"].values()) <= saved["wall_s"] + 0.05 * (len(saved["stages"]) + 1)
 
 
 def test_demo_runs_lofit_when_asked_on_a_perplexity_text_of_its_own(tiny_checkpoint, tmp_path):

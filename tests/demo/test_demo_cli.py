@@ -120,6 +120,11 @@ def test_paper_and_plain_defaults_without_options(captured_config, tmp_path):
             "--probe-pairs 9 exceeds --train-pairs 8: training-free captures activations",
         ),
         (["--patterns", "2:4,2:4"], "--patterns: 2:4 given more than once"),
+        # nothing to compare: `--methods ''` ran the dense and pruned models alone (283 s)
+        (["--methods", ""], "--methods: the demo compares restorations: give at least one of"),
+        (["--methods", " , "], "--methods: the demo compares restorations: give at least one"),
+        (["--patterns", ""], "--patterns: give at least one sparsity pattern"),
+        (["--tasks", ""], "--tasks: the demo compares accuracy: give at least one task"),
         (["--patterns", "unstructured,2:4, 2:4,UNSTRUCTURED"], "2:4, unstructured given more"),
         # options that the chosen methods, pruning method or patterns would ignore
         (["--methods", "lora", "--heads", "3"], "--heads: --methods lora trains no heads"),
@@ -178,12 +183,29 @@ def test_demo_checks_every_option_before_loading_a_model(
     assert list(tmp_path.iterdir()) == []  # neither --out nor a temporary sibling
 
 
+def test_a_calibration_too_large_for_the_machine_is_refused_before_loading_a_model(
+    tiny_checkpoint, tmp_path, capsys, no_model_loads, monkeypatch
+):
+    import restorelcc.prune.memory as memory
+
+    monkeypatch.setattr(memory, "device_memory", lambda device: (2**20, "this machine has"))
+    flags = ["--calibration-samples", "64", "--calibration-seqlen", "128", "--quiet"]
+    out = tmp_path / "o"
+    assert main(["demo", "--model", str(tiny_checkpoint), *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--calibration-samples 64 x --calibration-seqlen 128: calibration would hold" in err
+    assert "this machine has 0.0 GiB; lower --calibration-samples or --calibration-seqlen" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_demo_config_errors_name_the_options_not_the_fields():
     with pytest.raises(DemoArgumentError, match="^--train-pairs must be positive, got 0$"):
         DemoConfig(train_pairs=0)
     with pytest.raises(DemoArgumentError, match="^--limit must be a positive count or 'all'"):
         DemoConfig(limit=0)
     assert DemoConfig(patterns=(" 2:4 ", "HEADS"), tasks=("paper",)).patterns == ("2:4", "heads")
+    with pytest.raises(DemoArgumentError, match="^--methods: the demo compares restorations: "):
+        DemoConfig(methods=())
 
 
 @pytest.mark.parametrize(

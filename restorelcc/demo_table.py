@@ -1,0 +1,119 @@
+"""The demo's rows and table: one ``Row`` per evaluated model, the fractions of the
+perplexity and accuracy gaps that each method closes, and the text table."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+
+from restorelcc.evaluate import headline_metric
+from restorelcc.io import format_table
+
+
+@dataclass
+class Row:
+    """One evaluated model of the demo table."""
+
+    pattern: str
+    method: str
+    perplexity: float
+    accuracy: dict[str, float]
+    trainable_parameters: int = 0
+    sparsity: float | None = None
+    sparsity_kept: float | None = None
+    latency_ratio: float | None = None
+    seconds: float = 0.0
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def mean_accuracy(self) -> float:
+        return statistics.fmean(self.accuracy.values()) if self.accuracy else float("nan")
+
+
+def headline_accuracy(evaluation: dict) -> dict[str, float]:
+    return {name: metrics[headline_metric(name)] for name, metrics in evaluation["tasks"].items()}
+
+
+def accuracy_column(task: str) -> str:
+    """The table's header for ``task``: its name, with the metric where it is not ``acc``
+    (``hellaswag (acc_norm)``)."""
+    metric = headline_metric(task)
+    return task if metric == "acc" else f"{task} ({metric})"
+
+
+def gap_closed(
+    pruned: float, method: float, dense: float, *, higher_is_better: bool
+) -> float | None:
+    """The fraction of what pruning lost that ``method`` wins back, ``(method - pruned) /
+    (dense - pruned)``: 1 = back to dense, 0 = no better than pruned, negative = worse.
+    ``higher_is_better``: the metric's direction (accuracy: ``True``, perplexity:
+    ``False``).
+
+    ``None`` when pruning lost nothing (the pruned score as good as the dense one or
+    better: the formula would read a method's regression there as a gain) or an infinite
+    amount (a pruned perplexity that overflowed)."""
+    loss = dense - pruned if higher_is_better else pruned - dense
+    return (method - pruned) / (dense - pruned) if 1e-12 < loss < math.inf else None
+
+
+def sparsity_kept(pruned: float, candidate: float) -> float | None:
+    """``candidate / pruned`` block sparsity: the fraction of the pruned model's zeros still
+    there. ``None`` when the pruned model has no zeros (structured pruning: its savings are
+    in the shapes, which every method here keeps)."""
+    return None if pruned == 0 else candidate / pruned
+
+
+def derived_rows(rows: list[Row]) -> list[dict]:
+    """``rows`` (dense first, then each pattern's pruned row and its methods' rows) as
+    dicts, with the gap-closed fractions relative to dense and the pattern's pruned row."""
+    dense = rows[0]
+    out = []
+    pruned = None
+    for row in rows:
+        if row.method.startswith("pruned"):
+            pruned = row
+        entry = asdict(row) | {"mean_accuracy": row.mean_accuracy}
+        if pruned is not None and row is not pruned and row.pattern == pruned.pattern:
+            entry["ppl_gap_closed"] = gap_closed(
+                pruned.perplexity, row.perplexity, dense.perplexity, higher_is_better=False
+            )
+            entry["acc_gap_closed"] = gap_closed(
+                pruned.mean_accuracy,
+                row.mean_accuracy,
+                dense.mean_accuracy,
+                higher_is_better=True,
+            )
+        out.append(entry)
+    return out
+
+
+def format_rows(entries: list[dict]) -> str:
+    """The demo table of ``derived_rows``' entries."""
+    rows = []
+    for entry in entries:
+        cells = {
+            "pattern": entry["pattern"],
+            "method": entry["method"],
+            "ppl": entry["perplexity"],
+        }
+        cells |= {accuracy_column(task): acc for task, acc in entry["accuracy"].items()}
+        cells |= {
+            "mean acc": entry["mean_accuracy"],
+            "ppl gap closed": _percent(entry.get("ppl_gap_closed")),
+            "acc gap closed": _percent(entry.get("acc_gap_closed")),
+            "trainable": f"{entry['trainable_parameters']:,}",  # 921,600
+            "sparsity kept": _percent(entry["sparsity_kept"]),
+            "latency": None if entry["latency_ratio"] is None else f"{entry['latency_ratio']:.2f}x",
+        }
+        rows.append(cells)
+    return format_table(rows)
+
+
+def _percent(value: float | None) -> str | None:
+    """``value`` as a whole percentage (``-0.07`` -> ``-7%``); one that rounds to zero is
+    ``0%``, never ``-0%``."""
+    if value is None:
+        return None
+    text = f"{100 * value:.0f}"
+    return f"{'0' if text == '-0' else text}%"
