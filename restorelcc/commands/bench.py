@@ -54,6 +54,8 @@ from restorelcc.hf import FORMATS, MIN_SPARSITY
 # Timing options that one kind of device ignores: refused there (given other than defaults).
 CUDA_ONLY = ("rep_ms", "eager", "decode_streams")
 CPU_ONLY = ("rounds",)
+# A row whose timings' p20..p80 range exceeds this fraction of their median is flagged.
+NOISY_SPREAD = 0.25
 
 
 class NotEnoughMemoryError(RestoreLCCError):
@@ -255,6 +257,11 @@ def _worst_check(jobs, checks) -> dict | None:
     return {**worst, "ok": all(c["ok"] for c in checks)}
 
 
+def timing_spread(timing: dict) -> float:
+    """``(p80 - p20) / median`` of a ``time_call`` result: how far its rounds scattered."""
+    return (timing["p80_ms"] - timing["p20_ms"]) / timing["median_ms"]
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
@@ -303,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
             "linear_ms": base["median_ms"],
             "swapped_ms": ours["median_ms"],
             "speedup": base["median_ms"] / ours["median_ms"],
+            "spread": max(timing_spread(base), timing_spread(ours)),
             "linear": base,
             "swapped": ours,
             "logits_check": checks[index] if checks else None,
@@ -330,8 +338,15 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": round(time.perf_counter() - start, 2),
         "run_metadata": run_metadata(),
     }
-    columns = ["phase", "batch", "tokens", "linear_ms", "swapped_ms", "speedup"]
-    print(format_table(rows, columns))
+    columns = ["phase", "batch", "tokens", "linear_ms", "swapped_ms", "speedup", "spread"]
+    print(format_table([row | {"spread": f"{row['spread']:.0%}"} for row in rows], columns))
+    noisy = [f"{row['phase']} {row['batch']}" for row in rows if row["spread"] > NOISY_SPREAD]
+    if noisy:
+        print(
+            f"timings of {', '.join(noisy)} spread over more than {NOISY_SPREAD:.0%} of their "
+            "median (p20 to p80): the machine was busy, so their speedups are noise; run "
+            "again on a quiet machine (OMP_NUM_THREADS=1 on a shared CPU)"
+        )
     streams, streams_read = "", ""
     if report.bytes_streams:
         streams = f" (+ {report.bytes_streams / 2**20:.1f} MiB of decode streams)"

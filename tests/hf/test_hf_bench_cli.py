@@ -97,6 +97,30 @@ def test_bench_reports_swapped_and_linear_timings(pruned_dir, tmp_path, capsys):
     assert {"torch", "commit"} <= set(report["run_metadata"])
 
 
+@pytest.mark.parametrize("p80", [1.1, 1.5])
+def test_rows_whose_timings_scatter_are_flagged(pruned_dir, tmp_path, capsys, monkeypatch, p80):
+    """A busy machine makes speedups noise: the spread (p20..p80 over the median) of each
+    row is reported, and rows past NOISY_SPREAD are named."""
+    import restorelcc.latency
+
+    def scattered(call, device, **options):
+        call()
+        return {"median_ms": 1.0, "p20_ms": 0.9, "p80_ms": p80, "method": "fake"}
+
+    monkeypatch.setattr(restorelcc.latency, "time_call", scattered)
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--model", str(pruned_dir), "--batches", "1", "--context", "8",
+            "--prefill", "12", "--rounds", "2", "--device", "cpu", "--quiet",
+            "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["spread"] for row in rows] == [pytest.approx(p80 - 0.9)] * 2
+    flagged = "timings of decode 1, prefill 1 spread over more than 25% of their median"
+    assert (flagged in printed) == (p80 - 0.9 > 0.25)
+    assert f"{p80 - 0.9:.0%}" in printed  # the table's spread column
+
+
 @torch.no_grad()
 def test_bench_mlp_swaps_and_times_the_mlp_too(tmp_path, capsys):
     model = prune_mlp(prune_attention(tiny_model("llama-gqa"), "unstructured"), "unstructured")
