@@ -82,7 +82,13 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", required=True, help="pruned model name or directory")
     add_adapter_argument(p)
-    p.add_argument("--format", choices=FORMATS, default="auto", help="packed format of the swap")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        type=str.lower,
+        default="auto",
+        help="packed format of the swap",
+    )
     p.add_argument(
         "--batches", type=positive_int, nargs="+", default=[1, 16], help="decode batch sizes"
     )

@@ -76,7 +76,7 @@ def register(subparsers) -> None:
         action="store_true",
         help=f"the paper's budget: {paper}; options given explicitly win",
     )
-    _add(p, "prune_method", "pruning method", choices=PRUNE_METHODS)
+    _add(p, "prune_method", "pruning method", choices=PRUNE_METHODS, type=str.lower)
     _add(p, "patterns", "comma-separated: unstructured, 2:4, 4:8, heads (structured)", type=_csv)
     _add(p, "sparsity", "fraction of the weights removed (unstructured, N:M)", type=float)
     _add(

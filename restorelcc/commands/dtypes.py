@@ -16,6 +16,7 @@ def add_dtype_argument(parser: argparse.ArgumentParser, what: str = "the model's
     parser.add_argument(
         "--dtype",
         choices=DTYPES,
+        type=str.lower,
         default="auto",
         help=f"{what} (auto: bfloat16 on CUDA, else float32)",
     )

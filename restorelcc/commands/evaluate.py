@@ -70,6 +70,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--swap",
         choices=FORMATS,
+        type=str.lower,
         default=None,
         help="evaluate with the pruned attention swapped for the packed sparse kernels",
     )

@@ -35,6 +35,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--swap",
         choices=FORMATS,
+        type=str.lower,
         default=None,
         help="also load the model and show what swap_attention would pack, per layer",
     )

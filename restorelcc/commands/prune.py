@@ -42,6 +42,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--method",
         choices=METHODS,
+        type=str.lower,
         default="wanda",
         help="magnitude: smallest |weight|; wanda: smallest |weight| x input norm (on "
         "--calibration); sparsegpt: with second-order weight updates (on --calibration)",

@@ -100,6 +100,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--method",
         choices=METHODS,
+        type=str.lower,
         default="restorelcc",
         help="restorelcc (default); lofit: heads picked by L1-penalised scales, then a bias "
         "per head (twice the training steps); training-free: mean dense-minus-pruned head "
@@ -111,6 +112,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--selection",
         choices=("probe", "random"),
+        type=str.lower,
         default="probe",
         help="how heads are picked: contrastive probes, or at random (ablation)",
     )
@@ -133,6 +135,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--negatives",
         choices=("auto", "minilm", "tfidf"),
+        type=str.lower,
         default="auto",
         help="how probing's negative responses are mined: sentence embeddings (minilm), "
         "tf-idf, or auto (minilm where its wheel is installed)",
