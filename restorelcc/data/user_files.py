@@ -118,6 +118,11 @@ def records_to_texts(
     ``text_column_only``."""
     if text_column_only or (records and "text" in records[0]):
         return [_field(r, "text", f"{source}: record {i}") for i, r in enumerate(records)]
+    if records and "instruction" not in records[0]:  # neither form: name both
+        raise DataError(
+            f"{source}: record 0 has neither a 'text' field nor Alpaca 'instruction' and "
+            f"'output' fields (has: {', '.join(map(str, records[0])) or 'none'})"
+        )
     return [p.text for p in records_to_pairs(records, source)]
 
 

@@ -341,3 +341,20 @@ def test_the_prune_command_shows_the_short_calibration_warning(tmp_path, capsys)
             "--out", str(tmp_path / "out")]  # fmt: skip
     with pytest.warns(UserWarning, match="gives only 202 tokens for 4 windows of 64"):
         assert main(argv) == 0
+
+
+def test_calibration_rows_of_neither_form_name_both(tmp_path):
+    """Calibration takes a 'text' column or Alpaca pairs: a row with neither names both
+    forms (it had named 'instruction' alone, as if only pairs would do)."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"body": "x", "title": "y"}\n')
+    message = "record 0 has neither a 'text' field nor Alpaca 'instruction' and 'output' fields"
+    with pytest.raises(DataError, match=f"{message} \\(has: body, title\\)"):
+        data.calibration_texts(str(rows))
+    rows.write_text('{"text": "plain text"}\n')
+    assert data.calibration_texts(str(rows)) == ["plain text"]
+    rows.write_text('{"instruction": "Say hi.", "output": "hi"}\n')
+    assert len(data.calibration_texts(str(rows))) == 1
+    rows.write_text('{"body": "x", "title": "y"}\n')
+    with pytest.raises(DataError, match="record 0 has no 'instruction' field"):
+        data.instruction_pairs(str(rows))  # pairs alone: as before
