@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
 
         check_calibration_memory(
             config, spec.method, args.nsamples, args.seqlen, device, args.chunk_size,
-            flags=("--nsamples", "--seqlen"),
+            flags=("--nsamples", "--seqlen"), chunk_flag="--chunk-size",
         )  # fmt: skip
     model, tokenizer = load_model(args.model, device=device)
     calibration = None

@@ -31,7 +31,7 @@ def test_the_estimate_holds_two_copies_of_the_hidden_states_and_the_tokens():
     assert large.hidden_states == 2 * 10 * 32 * 60 * 4  # float32 inputs and outputs
     assert large.tokens == 10 * 32 * 8  # int64 ids
     assert large.chunk_forward == small.chunk_forward  # one chunk of 4, whatever nsamples
-    per_token = 2 * 5 * 32 + 4 * config.intermediate_size + 8 * 60
+    per_token = 4 * config.intermediate_size + 8 * 60  # no attention scores: SDPA
     assert large.chunk_forward == 4 * 32 * per_token * 4
     assert calibration_memory(config, "wanda", 2, 32, chunk_size=4).chunk_forward == (
         2 * 32 * per_token * 4
@@ -70,10 +70,40 @@ def test_the_reported_request_is_refused_on_the_machine_it_was_killed_on(monkeyp
     with pytest.raises(CalibrationMemoryError) as caught:
         check_calibration_memory(config, "wanda", 100000, 2048, "cpu", flags=flags)
     assert str(caught.value) == (
-        "--nsamples 100000 x --seqlen 2048: calibration would hold about 883.3 GiB at once "
+        "--nsamples 100000 x --seqlen 2048: calibration would hold about 881.1 GiB at once "
         "(878.9 GiB of them a block's float32 inputs and outputs, 100000 x 2048 x 576 each) "
         "but this machine has 24.0 GiB; lower --nsamples or --seqlen"
     )
+
+
+def test_long_windows_that_fit_are_not_refused_and_a_large_chunk_names_chunk_size(monkeypatch):
+    """SDPA holds no attention scores: 64 x 8192 on the default model is about 5 GiB (the
+    estimate had counted eager attention's scores, 41 GiB, and refused it on 24 GiB); where
+    one chunk's forward is the larger part, the message names --chunk-size too."""
+    monkeypatch.setattr(memory, "device_memory", lambda device: (24 * GIB, "this machine has"))
+    config = tiny_config("llama-mha", **SMOLLM2)
+    assert check_calibration_memory(config, "wanda", 64, 8192, "cpu").total < 5 * GIB
+    monkeypatch.setattr(memory, "device_memory", lambda device: (GIB // 4, "this machine has"))
+    flags = ("--nsamples", "--seqlen")
+    with pytest.raises(CalibrationMemoryError, match="lower --chunk-size .one chunk's forward"):
+        check_calibration_memory(config, "wanda", 8, 8192, "cpu", 8, flags, "--chunk-size")
+    with pytest.raises(CalibrationMemoryError, match="; lower --nsamples or --seqlen$"):
+        check_calibration_memory(config, "wanda", 8, 8192, "cpu", 1, flags, "--chunk-size")
+
+
+def test_a_container_limit_below_the_physical_memory_is_the_limit(monkeypatch, tmp_path):
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 1000}
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    limit = tmp_path / "memory.max"
+    read = memory._container_limit
+    monkeypatch.setattr(memory, "_container_limit", lambda: read(str(limit)))
+    for text, expected in [
+        ("1000000\n", (1000000, "this container may use")),
+        ("max\n", (4096 * 1000, "this machine has")),
+        ("9999999\n", (4096 * 1000, "this machine has")),  # above the physical memory
+    ]:
+        limit.write_text(text)
+        assert device_memory(torch.device("cpu")) == expected
 
 
 def test_the_limit_is_the_physical_memory_or_the_cuda_device_total(monkeypatch):
@@ -124,7 +154,8 @@ def test_the_command_refuses_a_calibration_larger_than_memory_before_the_weights
     assert err.startswith(
         "restorelcc prune: error: --nsamples 64 x --seqlen 256: calibration would hold about "
     )
-    assert "64 x 256 x 96 each) but this machine has 0.0 GiB; lower --nsamples or --seqlen\n" in err
+    assert "64 x 256 x 96 each) but this machine has 0.0 GiB; lower --chunk-size (one " in err
+    assert "chunk's forward holds 0.0 GiB), --nsamples or --seqlen\n" in err
     assert not out.exists()
 
 
