@@ -17,7 +17,7 @@ from restorelcc.prune.memory import (
     check_calibration_memory,
     device_memory,
 )
-from restorelcc.testing import save_checkpoint, tiny_config, tiny_model
+from restorelcc.testing import tiny_config
 
 GIB = 2**30
 # smollm2-135m, the default model: hidden 576, MLP 1536, 9 query heads of 64
@@ -119,18 +119,6 @@ def test_the_limit_is_the_physical_memory_or_the_cuda_device_total(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
     assert device_memory(torch.device("cuda:1")) == (80 * GIB, "cuda:1 has")
     assert asked == [torch.device("cuda:1")]
-
-
-@pytest.fixture
-def tiny_dir(tmp_path):
-    return save_checkpoint(tiny_model("llama-gqa"), tmp_path / "tiny")
-
-
-@pytest.fixture
-def calib_file(tmp_path):
-    path = tmp_path / "calib.txt"
-    path.write_text(" ".join(f"word{i % 50}" for i in range(4000)))
-    return path
 
 
 def test_the_command_refuses_a_calibration_larger_than_memory_before_the_weights_load(
