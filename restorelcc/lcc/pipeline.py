@@ -42,7 +42,7 @@ from restorelcc.lcc.probing import (
     random_heads,
     select_heads,
 )
-from restorelcc.lcc.restoration import AdapterMismatchError, Restoration
+from restorelcc.lcc.restoration import Restoration, check_made_for
 from restorelcc.lcc.tokens import check_pairs, encode_probe_set, encode_prompt
 from restorelcc.lcc.train import TrainConfig, train_response_lm
 
@@ -293,17 +293,8 @@ def train_heads(plan: HeadPlan, pruned: nn.Module, tokenizer, check: bool = True
     through ``pruned``, the model ``plan`` was made for (``plan`` is not modified).
     ``check=False`` skips comparing ``pruned`` with the plan's fingerprint (a pass over
     every weight) where the caller made the plan from it."""
-    config, heads, scores = plan.config, plan.heads, plan.scores
-    geometry = head_geometry(pruned)
-    if geometry != plan.geometry:
-        raise AdapterMismatchError(
-            f"the plan is for {plan.geometry}, the pruned model has {geometry}"
-        )
-    problems = plan.fingerprint.differences(model_fingerprint(pruned)) if check else []
-    if problems:
-        raise AdapterMismatchError(
-            f"the plan was made for another pruned model: {'; '.join(problems[:3])}"
-        )
+    config, heads, scores, geometry = plan.config, plan.heads, plan.scores, plan.geometry
+    check_made_for(pruned, geometry, plan.fingerprint if check else None, "the plan")
     report = dict(plan.report)
     stage = StageTimer()
     stage.seconds.update(plan.seconds)

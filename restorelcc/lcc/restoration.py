@@ -52,6 +52,26 @@ class AdapterMismatchError(AdapterError):
     """A restoration applied to a model other than the pruned model it was made for."""
 
 
+def check_made_for(
+    model: nn.Module,
+    geometry: HeadGeometry,
+    fingerprint: ModelFingerprint | None,
+    subject: str,
+) -> None:
+    """Raise ``AdapterMismatchError`` unless ``model`` has ``geometry`` and (unless
+    ``fingerprint`` is None) the pruned weights ``fingerprint`` was taken of; the message
+    names what differs, after ``subject`` (what was made for the model)."""
+    found = head_geometry(model)
+    if found != geometry:
+        raise AdapterMismatchError(f"{subject} is for {geometry}, the model has {found}")
+    problems = [] if fingerprint is None else fingerprint.differences(model_fingerprint(model))
+    if problems:
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise AdapterMismatchError(
+            f"{subject} was made for a different pruned model: {'; '.join(problems[:3])}{more}"
+        )
+
+
 @dataclass
 class Restoration:
     """Per-head compensation ``c = V^T beta + b`` for ``heads [S, 2]`` (layer, head).
@@ -145,19 +165,7 @@ class Restoration:
             raise AdapterMismatchError(
                 f"restoration is for a {self.model_type} model, got a {family} model"
             )
-        geometry = head_geometry(model)
-        if geometry != self.geometry:
-            raise AdapterMismatchError(
-                f"restoration is for {self.geometry}, the model has {geometry}"
-            )
-        problems = self.fingerprint.differences(model_fingerprint(model))
-        if problems:
-            more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
-            raise AdapterMismatchError(
-                "restoration was made for a different pruned model: "
-                + "; ".join(problems[:3])
-                + more
-            )
+        check_made_for(model, self.geometry, self.fingerprint, "restoration")
 
     @contextlib.contextmanager
     def attached(self, model: nn.Module, check: bool = True):
