@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
-from pathlib import Path
 
 from restorelcc.commands.options import (
     add_quiet_argument,
@@ -63,23 +62,6 @@ def _print_swap(report, mlp: bool, structured: bool) -> None:
         print(f"nothing to swap: {nothing_to_swap(mlp, MIN_SPARSITY, structured)}")
 
 
-def _check_checkpoint_directory(directory: str) -> None:
-    """``ModelNotFoundError`` for a ``directory`` that does not exist, is a file, or is an
-    adapter folder (``adapter_folder_message``, as ``eval --model`` says); one without a
-    ``config.json`` is left to ``inspect_checkpoint``."""
-    from restorelcc.errors import ModelNotFoundError
-    from restorelcc.lcc.adapter import adapter_folder_message
-
-    path = Path(directory)
-    if not path.exists():
-        raise ModelNotFoundError(f"no such directory: {directory}")
-    if not path.is_dir():
-        raise ModelNotFoundError(f"{directory} is a file, not a checkpoint directory")
-    message = adapter_folder_message(path, takes_adapter=False)  # inspect has no --adapter
-    if message and not (path / "config.json").is_file():
-        raise ModelNotFoundError(message)
-
-
 def run(args: argparse.Namespace) -> int:
     from restorelcc.io import atomic_write_json, format_table, run_metadata
     from restorelcc.prune.checkpoint import (
@@ -90,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.prune.report import overall_sparsity, summarize
 
     check_mlp_needs_swap(args)
-    _check_checkpoint_directory(args.directory)
     if args.json is not None:
         check_json_path(args.json)
         check_spares_inputs("--json", args.json, {"the checkpoint": args.directory})

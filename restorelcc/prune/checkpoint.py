@@ -117,6 +117,20 @@ def _requested_patterns(prune_report: dict | None) -> tuple[tuple[int, int], ...
     return checked_patterns(requested)
 
 
+def _not_a_checkpoint(directory: Path) -> str:
+    """What ``directory``, which holds no ``config.json``, is instead: missing, a file, an
+    adapter folder (``adapter_folder_message``, as ``eval --model`` says, less its
+    ``--adapter``), or a folder of something else."""
+    from restorelcc.lcc.adapter import adapter_folder_message
+
+    if not directory.exists():
+        return f"no such directory: {directory}"
+    if not directory.is_dir():
+        return f"{directory} is a file, not a checkpoint directory"
+    adapter = adapter_folder_message(directory, takes_adapter=False)
+    return adapter or f"{directory} is not a checkpoint directory (no config.json)"
+
+
 def inspect_checkpoint(directory: str | Path) -> dict:
     """Per-matrix sparsity, N:M validity and shape consistency of a saved checkpoint.
 
@@ -130,7 +144,7 @@ def inspect_checkpoint(directory: str | Path) -> dict:
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():
-        raise ModelNotFoundError(f"{directory} is not a checkpoint directory (no config.json)")
+        raise ModelNotFoundError(_not_a_checkpoint(directory))
     config = load_config(directory)
     family = family_of(config)
     files = _tensor_files(directory)
