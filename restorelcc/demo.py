@@ -8,8 +8,8 @@ gives, per method, the fraction of the perplexity gap and of the mean-accuracy g
 (none where pruning lost nothing: ``gap_closed``), the trainable parameters, the sparsity
 kept, the measured inference latency against the pruned model and each step's time.
 
-Every model runs in ``DemoConfig.dtype`` (``--dtype``); pruning alone computes in float32,
-on a float32 copy of the dense model, as ``restorelcc prune`` does.
+Every model runs in ``DemoConfig.dtype`` (``--dtype``); pruning alone computes in float32
+(as ``restorelcc prune`` does), on a float32 copy of the dense model.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""``--dtype`` of the commands that run a model (``eval``, ``bench``, ``restore``): ``auto``
-is bfloat16 on CUDA (the dtype GPUs serve, score and fine-tune in), float32 on the CPU."""
+"""``--dtype`` of the commands that run a model (``eval``, ``bench``, ``restore``, ``demo``,
+``prune --eval``): ``auto`` is bfloat16 on CUDA (the dtype GPUs serve, score and fine-tune
+in), float32 on the CPU."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from restorelcc.commands.dtypes import stored_dtype
+from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype, stored_dtype
 from restorelcc.commands.options import (
     add_device_argument,
     add_perplexity_arguments,
@@ -26,7 +26,7 @@ DEFAULT_CALIBRATION = "mix"
 # Options only calibrated methods use, and options only --eval uses: refused when given
 # (other than their defaults) where they would be ignored, as restore refuses its own.
 CALIBRATION_OPTIONS = ("calibration", "nsamples", "seqlen", "seed", "chunk_size")
-EVAL_OPTIONS = ("ppl_tokens", "ppl_source")
+EVAL_OPTIONS = ("ppl_tokens", "ppl_source", "dtype")
 # Parameters of the pruning checks whose messages name them: written as their flags.
 SPEC_FIELDS = ("sparsity", "head_fraction", "channel_multiple", "chunk_size")
 
@@ -78,6 +78,7 @@ def register(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, default=8, help="calibration samples per forward")
     p.add_argument("--eval", action="store_true", help="evaluate the pruned model (perplexity)")
     add_perplexity_arguments(p, what="--eval's perplexity")
+    add_dtype_argument(p, what="the dtype --eval scores in")
     p.add_argument("--out", required=True, help="output checkpoint directory")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     add_device_argument(p)
@@ -132,14 +133,17 @@ def _check_arguments(args: argparse.Namespace):
     return spec
 
 
-def _evaluate(model, tokenizer, args: argparse.Namespace) -> dict:
-    """Sliding-window perplexity of the pruned model on ``--ppl-source``."""
+def _evaluate(model, tokenizer, args: argparse.Namespace, device) -> dict:
+    """Sliding-window perplexity of the pruned model on ``--ppl-source``, in ``--dtype``
+    (the model is cast in place: it has been saved)."""
     from restorelcc.evaluate import perplexity_report
 
+    dtype = resolve_dtype(args.dtype, device)
+    model.to(dtype)
     result = perplexity_report(
         model, tokenizer, source=args.ppl_source, tokens=args.ppl_tokens, progress=not args.quiet
     )
-    return {"perplexity": result.as_dict()}
+    return {"perplexity": result.as_dict(), "dtype": str(dtype).removeprefix("torch.")}
 
 
 def _run_summary(report) -> dict:
@@ -159,6 +163,8 @@ def _run_summary(report) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from restorelcc.assets import load_config, load_model
     from restorelcc.hf.families import check_length_fits, family_of
     from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
@@ -187,7 +193,11 @@ def run(args: argparse.Namespace) -> int:
             config, spec.method, args.nsamples, args.seqlen, device, args.chunk_size,
             flags=("--nsamples", "--seqlen"), chunk_flag="--chunk-size",
         )  # fmt: skip
-    model, tokenizer = load_model(args.model, device=device)
+    # Held as the checkpoint is stored (a bf16 model in bf16, not twice its size in
+    # float32); pruning computes in float32 one block at a time (prune/precision.py), so
+    # the kept weights come back bit for bit and SparseGPT's updated ones rounded once.
+    saved_dtype = stored_dtype(config) or torch.float32
+    model, tokenizer = load_model(args.model, dtype=saved_dtype, device=device)
     calibration = None
     if spec.needs_calibration:
         from restorelcc.data import calibration_batches
@@ -208,21 +218,17 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         progress=not args.quiet,
     )
-    if args.eval:
-        report.evaluation = _evaluate(model, tokenizer, args)
-    # Pruned in float32, saved as the checkpoint was stored: a bf16 model stays bf16 (its
-    # kept weights exactly; SparseGPT's updated ones rounded), not twice its size.
-    saved_dtype = stored_dtype(config) or model.dtype
-    model.to(saved_dtype)
-    payload = {
-        "model": str(args.model),
-        **report.to_dict(),
-        "saved_dtype": str(saved_dtype).removeprefix("torch."),
-        "run_metadata": run_metadata(),
-    }
     with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if args.eval:  # the saved weights, as `restorelcc eval` would score them
+            report.evaluation = _evaluate(model, tokenizer, args, device)
+        payload = {
+            "model": str(args.model),
+            **report.to_dict(),
+            "saved_dtype": str(saved_dtype).removeprefix("torch."),
+            "run_metadata": run_metadata(),
+        }
         atomic_write_json(tmp / PRUNE_REPORT, payload)
 
     print(format_table(report.summary_rows()))

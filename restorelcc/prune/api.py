@@ -67,7 +67,9 @@ def prune_model(
     lazy update of the rest (an integer >= 1, a multiple of M for N:M); ``dampening`` is
     the fraction of the mean Hessian diagonal added to the diagonal (finite, > 0).
     ``calibration_source`` is only recorded in the report (with ``calibration``);
-    ``progress``: a bar over layers.
+    ``progress``: a bar over layers. Calibrated methods compute in float32 whatever
+    ``model``'s dtype, which it keeps: only the block being pruned is cast
+    (``precision.py``), so a bf16 model prunes as its float32 copy would, bit for bit.
 
     All arguments are checked before any weight changes or calibration pass; bad ones
     raise ``PruneArgumentError`` (a ``ValueError``) naming the argument, or

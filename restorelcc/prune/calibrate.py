@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from restorelcc.errors import NonFiniteError, UnsupportedModelError
 from restorelcc.hf.families import Family, block_linear, decoder_layers, model_device
+from restorelcc.prune.precision import COMPUTE_DTYPE, capture_in_float32, parameters_in
 
 
 class _StopForward(Exception):
@@ -138,15 +139,18 @@ def walk_blocks(
     The caller collects statistics (``step.forward()`` under hooks) and modifies
     ``step.block``; when the caller asks for the next block, this block is re-run on the
     same inputs and its outputs become the next block's inputs (not after the last block:
-    nothing reads its outputs).
+    nothing reads its outputs). Everything computes in float32 whatever the model's dtype
+    (``precision.py``): the inputs are captured in float32, and the block at hand holds
+    float32 parameters from its step to its re-run, then goes back to its dtype.
     """
-    chunks, block_kwargs = capture_block_inputs(model, tokens, chunk_size)
+    with capture_in_float32(model):
+        chunks, block_kwargs = capture_block_inputs(model, tokens, chunk_size)
     layers = decoder_layers(model)
     for index in tqdm(range(len(layers)), desc=desc, unit="layer", disable=not progress):
-        step = BlockStep(index, layers[index], chunks, block_kwargs[index])
-        yield step
-        if index + 1 < len(layers):
-            chunks = run_block(layers[index], chunks, block_kwargs[index])
+        with parameters_in(layers[index], COMPUTE_DTYPE):
+            yield BlockStep(index, layers[index], chunks, block_kwargs[index])
+            if index + 1 < len(layers):
+                chunks = run_block(layers[index], chunks, block_kwargs[index])
 
 
 class InputStats:
@@ -209,8 +213,8 @@ def collect_input_stats(
 
     Linears that read the same input share one ``InputStats`` (computed once). ``names``
     limits collection to those linears (default: all of ``family.block_linears``). On
-    leaving, statistics that are not finite (inputs with inf or NaN: an fp16 overflow
-    upstream, say) raise ``NonFiniteError`` naming the linear (``where``: the block's
+    leaving, statistics that are not finite (inputs with inf or NaN: from a weight upstream
+    that is not finite, say) raise ``NonFiniteError`` naming the linear (``where``: the block's
     name, e.g. ``layers.3``), rather than choose masks from NaN scores.
     """
     wanted = set(names or family.block_linears)
@@ -235,6 +239,7 @@ def collect_input_stats(
     for name, stat in stats.items():
         if not stat.finite():
             raise NonFiniteError(
-                f"the calibration inputs of {where}.{name} are not finite (inf or NaN: an "
-                "overflow in an earlier layer?); prune in bfloat16 or float32"
+                f"the calibration inputs of {where}.{name} are not finite (inf or NaN, "
+                "although pruning computes in float32: a weight of an earlier layer that is "
+                "not finite?)"
             )
