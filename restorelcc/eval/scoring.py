@@ -176,6 +176,12 @@ def _split_packable(requests, max_length, window: int | None = None) -> tuple[li
     return sorted(packable), sorted(plain)
 
 
+def _out_of_memory(exc: Exception) -> bool:
+    """Whether ``exc`` says memory ran out: CUDA's has its own type, the CPU allocator's
+    is a plain RuntimeError."""
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)
+
+
 def _score_packed(model, requests, indices, batch_size, scores, bar) -> list[int]:
     """Score ``indices`` in packed rows. Returns the indices left unscored: none, or all
     from the first row where packing matters on, if the model disagrees there with
@@ -195,8 +201,8 @@ def _score_packed(model, requests, indices, batch_size, scores, bar) -> list[int
                 model, keep, **{k: v.to(device) for k, v in inputs.items()}
             )
         except (RuntimeError, ValueError, TypeError) as exc:
-            if verified or isinstance(exc, torch.OutOfMemoryError):
-                raise  # (a device's) out of memory is no refusal of packed rows
+            if verified or _out_of_memory(exc):
+                raise  # out of memory is no refusal of packed rows
             warnings.warn(f"context sharing off: model refused packed rows ({exc})", stacklevel=3)
             return _unscored(indices, scores)
         flat = _flat_index(keep)

@@ -303,16 +303,27 @@ def test_shared_contexts_longer_than_a_sliding_window_score_as_plain_rows(name):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-5)
 
 
-def test_running_out_of_memory_is_no_refusal_of_packed_rows(model, tok, monkeypatch):
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB"),
+        # the CPU allocator's, as torch words it: a plain RuntimeError
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+            "allocate memory: you tried to allocate 100000000000000 bytes. Error code 12"
+        ),
+    ],
+)
+def test_running_out_of_memory_is_no_refusal_of_packed_rows(model, tok, monkeypatch, error):
     """A packed batch that runs out of memory must fail the run, not turn context sharing
     off with a warning and go on scoring row by row."""
     import restorelcc.eval.scoring as scoring
 
     def out_of_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+        raise error
 
     monkeypatch.setattr(scoring, "_continuation_logits", out_of_memory)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "context sharing off" would be raised here
-        with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate"):
+        with pytest.raises(type(error), match="allocate"):
             loglikelihoods(model, tok, REQUESTS, progress=False)
