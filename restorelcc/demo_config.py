@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from restorelcc.assets import DEFAULT_MODEL
 from restorelcc.commands.dtypes import DTYPES
-from restorelcc.commands.options import flag, name_flags
+from restorelcc.commands.options import flag, name_flags, resolve_device
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.errors import RestoreLCCError
 from restorelcc.evaluate import PAPER_TASKS, resolve_tasks
@@ -87,6 +87,14 @@ def flagged(label: str, check, *args, fields: Mapping[str, str] | None = None, *
         ) from None
 
 
+def refuse_repeated(label: str, values: tuple[str, ...]) -> None:
+    """``DemoArgumentError`` naming the option ``label`` and each of ``values`` given
+    more than once: ``--patterns: 2:4 given more than once``."""
+    repeated = sorted({value for value in values if values.count(value) > 1})
+    if repeated:
+        raise DemoArgumentError(f"{label}: {', '.join(repeated)} given more than once")
+
+
 @dataclass
 class DemoConfig:
     """Budget of the demo. Defaults fit ~25-30 minutes on 2 CPU cores for ``smollm2-135m``;
@@ -123,7 +131,7 @@ class DemoConfig:
     latency_rounds: int = 15
     seed: int = 0
     progress: bool = True
-    device: str = "cpu"
+    device: str = "cpu"  # as --device takes it (cpu, cuda, cuda:1...), and checked as it is
     dtype: str = "auto"  # every model's (DTYPES); pruning computes in float32 whatever it is
 
     @classmethod
@@ -149,6 +157,10 @@ class DemoConfig:
                 "--methods: the demo compares restorations: give at least one of "
                 f"{', '.join(METHODS)}"
             )
+        refuse_repeated("--methods", self.methods)  # the report recorded each as given
+        # as the command line checks it (a missing CUDA device had ended in torch's bare
+        # AssertionError, from the calibration memory check)
+        self.device = str(flagged("--device", resolve_device, self.device))
         for name in POSITIVE_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -175,9 +187,7 @@ class DemoConfig:
         if not self.patterns:
             raise DemoArgumentError("--patterns: give at least one sparsity pattern")
         self.patterns = tuple(str(self.prune_spec(pattern).pattern) for pattern in self.patterns)
-        repeated = sorted({p for p in self.patterns if self.patterns.count(p) > 1})
-        if repeated:
-            raise DemoArgumentError(f"--patterns: {', '.join(repeated)} given more than once")
+        refuse_repeated("--patterns", self.patterns)
         self.tasks = tuple(flagged("--tasks", resolve_tasks, self.tasks))
         if not self.tasks:
             raise DemoArgumentError("--tasks: the demo compares accuracy: give at least one task")

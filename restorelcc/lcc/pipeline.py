@@ -41,6 +41,7 @@ from restorelcc.lcc.probing import (
     probe_heads,
     random_heads,
     select_heads,
+    warn_if_at_chance,
 )
 from restorelcc.lcc.restoration import Restoration, check_made_for
 from restorelcc.lcc.tokens import check_pairs, encode_probe_set, encode_prompt
@@ -279,6 +280,7 @@ def plan_heads(
             scores = probes.accuracy
             # Accuracies over few held-out pairs tie often: the lower held-out loss decides.
             heads = select_heads(scores, count, tie_break=probes.loss)
+            warn_if_at_chance(scores, len(probe_set), config.probe_test_fraction)
         del acts
     else:
         heads = random_heads(geometry, count, config.train.seed)

@@ -6,7 +6,9 @@ by pair, seed 42) with Adam (lr 0.01, 200 full-batch epochs, BCE) as in the rese
 The head's score is the probe's accuracy on the other 30%. Its held-out BCE is kept too:
 accuracies over ``2 * ceil(0.3 N)`` examples take few values, so many heads tie, and
 ``select_heads`` breaks those ties by the lower held-out loss rather than by index (which
-would always favour the earliest layers). Accuracy stays the ranking.
+would always favour the earliest layers). Accuracy stays the ranking. Where even the best
+head's accuracy is one that the best of as many probes guessing at random would reach, the
+pipeline warns (``warn_if_at_chance``): the selection is then as good as a random one.
 
 All heads train together: the weights are stacked ``[heads, 2d]`` and each head's loss is
 its own mean BCE, so every head gets exactly its own gradient and, Adam being elementwise,
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -49,6 +52,9 @@ TEST_FRACTION = 0.3
 SPLIT_SEED = 42
 PROBE_CHUNK_BYTES = 256 * 2**20  # training features per chunk of heads (bounds memory)
 SINGLE_THREAD_BYTES = 512 * 2**20  # below this, probes train on one CPU thread
+# warn_if_at_chance: the best score is taken for chance where the best of as many probes
+# guessing at random reaches it more often than this (a one-sided test at 5%)
+CHANCE_OF_BEST = 0.05
 
 
 class ProbeScores(NamedTuple):
@@ -57,6 +63,11 @@ class ProbeScores(NamedTuple):
 
     accuracy: torch.Tensor
     loss: torch.Tensor
+
+
+def held_out_pairs(n: int, test_fraction: float = TEST_FRACTION) -> int:
+    """How many of ``n`` probing pairs ``split_pairs`` holds out to score the probes."""
+    return math.ceil(test_fraction * n)
 
 
 def split_pairs(
@@ -68,7 +79,7 @@ def split_pairs(
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    n_test = math.ceil(test_fraction * n)
+    n_test = held_out_pairs(n, test_fraction)
     if n - n_test < 1 or n_test < 1:
         raise DataError(
             f"{n} probing pairs cannot be split {1 - test_fraction:.0%}/{test_fraction:.0%}"
@@ -235,6 +246,39 @@ def score_heads(
     return probe_heads(
         acts, compensation, epochs, lr, test_fraction, seed, standardize, progress
     ).accuracy
+
+
+def chance_of_best(best: float, examples: int, heads: int) -> float:
+    """The probability that the best of ``heads`` probes that guess at random scores
+    ``best`` or more on ``examples`` held-out examples: a guessing probe's correct count is
+    Binomial(``examples``, 1/2) (half the examples are positive: chance is 0.5), the
+    examples and the heads taken as independent."""
+    correct = round(best * examples)
+    one_head = sum(math.comb(examples, k) for k in range(correct, examples + 1)) / 2**examples
+    return 1.0 if one_head >= 1 else -math.expm1(heads * math.log1p(-one_head))
+
+
+def warn_if_at_chance(accuracy: torch.Tensor, pairs: int, test_fraction: float = TEST_FRACTION):
+    """Warn where the best probe ``accuracy`` ``[L, H]``, scored on the held-out part of
+    ``pairs`` probing pairs, is one that the best of as many probes guessing at random
+    reaches more often than ``CHANCE_OF_BEST`` (``chance_of_best``): no head was then found
+    to tell a prompt's own response from another's, and the heads selected are as good as
+    random ones."""
+    held_out = held_out_pairs(pairs, test_fraction)
+    examples = 2 * held_out  # each pair's positive and negative response
+    best, heads = float(accuracy.max()), accuracy.numel()
+    chance = chance_of_best(best, examples, heads)
+    if chance > CHANCE_OF_BEST:
+        percent = math.floor(chance * 1000) / 10  # floored: 99.9, not 100, below 1
+        warnings.warn(
+            f"probing found no head above chance: the best held-out probe accuracy, "
+            f"{best:.3f} ({round(best * examples)} of {examples} held-out examples), is "
+            f"reached by the best of {heads} heads guessing at random {percent:g}% of the "
+            "time, so the heads selected may be no better than random ones; more probe pairs "
+            f"({pairs} given, {held_out} of them held out to score the probes) may tell "
+            "heads apart",
+            stacklevel=3,  # plan_heads' caller
+        )
 
 
 def head_count(geometry: HeadGeometry, heads: int | float) -> int:

@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+import torch
 from transformers import GPT2Config
 
 from restorelcc import demo as demo_module
@@ -120,6 +121,12 @@ def test_paper_and_plain_defaults_without_options(captured_config, tmp_path):
             "--probe-pairs 9 exceeds --train-pairs 8: training-free captures activations",
         ),
         (["--patterns", "2:4,2:4"], "--patterns: 2:4 given more than once"),
+        # the report's config recorded the method twice
+        (["--methods", "lora,lora"], "--methods: lora given more than once"),
+        (
+            ["--methods", "restorelcc,training-free,restorelcc"],
+            "--methods: restorelcc given more than once",
+        ),
         # nothing to compare: `--methods ''` ran the dense and pruned models alone (283 s)
         (["--methods", ""], "--methods: the demo compares restorations: give at least one of"),
         (["--methods", " , "], "--methods: the demo compares restorations: give at least one"),
@@ -206,6 +213,24 @@ def test_demo_config_errors_name_the_options_not_the_fields():
     assert DemoConfig(patterns=(" 2:4 ", "HEADS"), tasks=("paper",)).patterns == ("2:4", "heads")
     with pytest.raises(DemoArgumentError, match="^--methods: the demo compares restorations: "):
         DemoConfig(methods=())
+    with pytest.raises(DemoArgumentError, match="^--methods: lofit given more than once$"):
+        DemoConfig(methods=("lofit", "lora", "lofit"))
+
+
+def test_the_api_refuses_an_unavailable_device_as_the_command_line_does(
+    tiny_checkpoint, tmp_path, capsys, monkeypatch, no_model_loads
+):
+    """DemoConfig(device="cuda") without CUDA ended in torch's bare AssertionError (from
+    the calibration memory check), where the command line names --device."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["demo", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--device", "cuda"]) == 2
+    command_line = capsys.readouterr().err
+    assert command_line.endswith("error: --device cuda: no CUDA device is available here\n")
+    with pytest.raises(DemoArgumentError) as refused:
+        DemoConfig(model=str(tiny_checkpoint), device="cuda")
+    assert command_line == f"restorelcc demo: error: {refused.value}\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

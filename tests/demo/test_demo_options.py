@@ -55,8 +55,10 @@ def test_channel_multiple_shapes_the_structured_pattern_only(captured_config, tm
         ("cpu", "float16", "float16"),
     ],
 )
-def test_the_report_records_the_dtype_the_models_ran_in(device, dtype, ran_in):
-    demo = Demo(DemoConfig(tasks=("arc_easy",), device=device, dtype=dtype))
+def test_the_report_records_the_dtype_the_models_ran_in(device, dtype, ran_in, monkeypatch):
+    with monkeypatch.context() as patched:  # DemoConfig checks the device (the report not)
+        patched.setattr(torch.cuda, "is_available", lambda: True)
+        demo = Demo(DemoConfig(tasks=("arc_easy",), device=device, dtype=dtype))
     scores = {"perplexity": {"perplexity": 20.0}, "tasks": {"arc_easy": {"acc": 0.5}}}
     demo.add_row("-", "dense", scores)
     report = demo.report()

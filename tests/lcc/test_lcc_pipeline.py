@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import pytest
 import torch
@@ -88,6 +89,27 @@ def test_random_heads_skip_probing(models, tokenizer, pairs):
     assert restoration.method == "restorelcc-random-heads"
     assert restoration.heads.shape == (6, 2) and restoration.scores is None
     assert set(restoration.report["seconds"]) == STAGES - {"negatives", "probing"}
+
+
+def test_probes_at_chance_are_warned_of_with_the_best_score(models, tokenizer, pairs):
+    """Nothing told the user that probing had found nothing. 16 probe pairs hold 5 out (10
+    examples); on the tiny random model no head beats 5 of 10, which the best of 15 heads
+    guessing at random reaches more than 99.9% of the time. Random selection scores no
+    heads."""
+    dense, pruned = models
+    message = (
+        "probing found no head above chance: the best held-out probe accuracy, 0.500 (5 of "
+        "10 held-out examples), is reached by the best of 15 heads guessing at random 99.9% "
+        "of the time, so the heads selected may be no better than random ones; more probe "
+        "pairs (16 given, 5 of them held out to score the probes) may tell heads apart"
+    )
+    with pytest.warns(UserWarning) as caught:
+        plan = plan_heads(dense, pruned, tokenizer, pairs, config())
+    assert [str(w.message) for w in caught] == [message]
+    assert float(plan.scores.max()) == 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan_heads(dense, pruned, tokenizer, pairs, config(selection="random"))
 
 
 class CaptureSeen(Exception):

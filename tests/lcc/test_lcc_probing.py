@@ -1,4 +1,6 @@
+import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -7,6 +9,7 @@ from restorelcc.errors import DataError
 from restorelcc.hf.families import HeadGeometry
 from restorelcc.lcc.capture import ProbeActivations
 from restorelcc.lcc.probing import (
+    chance_of_best,
     head_count,
     probe_features,
     probe_heads,
@@ -16,22 +19,23 @@ from restorelcc.lcc.probing import (
     select_heads,
     split_pairs,
     train_probes,
+    warn_if_at_chance,
 )
 from restorelcc.lcc.reference import _probe_one_head, components_and_probes_per_head
 
 GEOMETRY = HeadGeometry(layers=3, heads=5, kv_heads=1, head_dim=8, hidden_size=60)
 
 
-def planted(n=60, seed=0):
-    """Activations where only head (2, 1) separates r+ from r-."""
+def planted(n=60, seed=0, shift=3.0):
+    """Activations where only head (2, 1) separates r+ from r- (none with ``shift`` 0)."""
     g = torch.Generator().manual_seed(seed)
     shape = (n, 3, 5, 8)
     dense = torch.randn(shape, generator=g)
     pruned = dense + 0.1 * torch.randn(shape, generator=g)
     positive = torch.randn(shape, generator=g)
     negative = torch.randn(shape, generator=g)
-    positive[:, 2, 1, 0] += 3.0
-    negative[:, 2, 1, 0] -= 3.0
+    positive[:, 2, 1, 0] += shift
+    negative[:, 2, 1, 0] -= shift
     return ProbeActivations(dense, pruned, positive, negative)
 
 
@@ -58,6 +62,35 @@ def test_probing_recovers_a_planted_separable_head(standardize):
     others = torch.cat([scores.flatten()[:11], scores.flatten()[12:]])
     assert others.max() < 0.9
     assert select_heads(scores, 1).tolist() == [[2, 1]]
+
+
+def test_chance_of_best_is_the_binomial_tail_of_the_best_of_the_heads():
+    """A guessing probe gets each of n held-out examples right with probability 1/2."""
+    assert chance_of_best(1.0, 10, 1) == pytest.approx(1 / 1024)
+    assert chance_of_best(0.9, 10, 1) == pytest.approx(11 / 1024)  # 9 or 10 right
+    assert chance_of_best(0.9, 10, 15) == pytest.approx(1 - (1 - 11 / 1024) ** 15)
+    assert chance_of_best(0.0, 10, 15) == 1.0
+    assert chance_of_best(0.5, 600, 1) == pytest.approx(0.5 + math.comb(600, 300) / 2**601)
+    assert chance_of_best(1.0, 600, 1024) == pytest.approx(1024 / 2**600)
+
+
+def test_probes_at_chance_are_warned_of_and_a_separable_head_is_not():
+    """60 pairs hold 18 out: 36 examples per head. Without the planted head the best of 15
+    scores what 15 guessing probes reach; with it, head (2, 1) scores far above."""
+    compensation = torch.zeros(3, 5, 8)
+    noise = score_heads(planted(shift=0.0), compensation)
+    best = float(noise.max())
+    message = (
+        f"probing found no head above chance: the best held-out probe accuracy, {best:.3f} "
+        f"({round(best * 36)} of 36 held-out examples), is reached by the best of 15 heads "
+        "guessing at random"
+    )
+    with pytest.warns(UserWarning, match=f"^{re.escape(message)} [0-9.]+% of the time, so the"):
+        warn_if_at_chance(noise, 60)
+    separable = score_heads(planted(), compensation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_at_chance(separable, 60)
 
 
 def test_matches_the_research_protocol_per_head():

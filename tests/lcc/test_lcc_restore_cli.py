@@ -200,13 +200,18 @@ def test_eval_scores_ppl_tokens(restore_checkpoints):
     assert evaluation["tokens"] == 64
 
 
+@pytest.mark.parametrize("overwrite", [["--overwrite"], []])
 @pytest.mark.parametrize(
     "option, where", [("--pruned", "same"), ("--dense", "same"), ("--pruned", "parent")]
 )
-def test_an_out_that_would_delete_an_input_is_refused(restore_checkpoints, capsys, option, where):
-    """restore --out X --pruned X --overwrite used to delete the pruned checkpoint."""
+def test_an_out_that_would_delete_an_input_is_refused(
+    restore_checkpoints, capsys, option, where, overwrite
+):
+    """restore --out X --pruned X --overwrite used to delete the pruned checkpoint.
+    Without --overwrite the refusal is the same, not "is not empty (pass --overwrite to
+    replace it)", whose remedy would delete the input."""
     tmp_path, _ = restore_checkpoints
-    argv = restore_argv(tmp_path, "--overwrite")
+    argv = restore_argv(tmp_path, *overwrite)
     model = argv[argv.index(option) + 1]
     out = model if where == "same" else str(tmp_path)
     argv[argv.index("--out") + 1] = out
