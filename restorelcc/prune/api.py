@@ -26,6 +26,7 @@ from restorelcc.prune.structured_plan import plan_removal
 from restorelcc.prune.validate import (
     PruneSpec,
     check_calibration,
+    check_calibration_fits,
     check_model,
     check_options,
     check_spec,
@@ -86,6 +87,8 @@ def prune_model(
     family = check_model(model, spec)
     vocab = model.get_input_embeddings().num_embeddings
     tokens = check_calibration(calibration, spec, vocab)
+    if tokens is not None:  # as the command checks --seqlen and --nsamples
+        check_calibration_fits(model, spec, tokens, chunk_size)
     plan = plan_removal(model, family, spec) if spec.pattern.kind == "heads" else None
     note = renormalisation_note(family, plan) if plan is not None else None
     if note:  # OLMo 2/3: the kept heads change too (see structured.py)

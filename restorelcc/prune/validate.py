@@ -10,7 +10,14 @@ from torch import nn
 
 from restorelcc.data import positive_count
 from restorelcc.errors import RestoreLCCError
-from restorelcc.hf.families import Family, block_linear, decoder_layers, family_of
+from restorelcc.hf.families import (
+    Family,
+    block_linear,
+    check_length_fits,
+    decoder_layers,
+    family_of,
+    model_device,
+)
 from restorelcc.prune.masks import Pattern, parse_pattern, prune_count
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -193,3 +200,20 @@ def check_calibration(calibration, spec: PruneSpec, vocab_size: int) -> torch.Te
             f"calibration token ids span [{low}, {high}], outside the vocabulary [0, {vocab_size})"
         )
     return calibration.long()
+
+
+def check_calibration_fits(
+    model: nn.Module, spec: PruneSpec, tokens: torch.Tensor, chunk_size: int
+) -> None:
+    """Refuse calibration ``tokens`` ``[nsamples, seqlen]`` longer than the positions the
+    model serves (``PruneArgumentError``), or whose pass would not fit the memory of the
+    model's device (``CalibrationMemoryError``, from ``memory.check_calibration_memory``)."""
+    from restorelcc.prune.memory import check_calibration_memory  # it imports this module
+
+    nsamples, seqlen = tokens.shape
+    try:
+        check_length_fits(seqlen, model, f"calibration of {seqlen} tokens per sample")
+    except ValueError as exc:
+        raise PruneArgumentError(str(exc)) from None
+    device = model_device(model)
+    check_calibration_memory(model.config, spec.method, nsamples, seqlen, device, chunk_size)

@@ -147,6 +147,24 @@ def test_the_command_refuses_a_calibration_larger_than_memory_before_the_weights
     assert not out.exists()
 
 
+def test_prune_model_makes_the_commands_calibration_checks(monkeypatch):
+    """Through the Python API too: a calibration longer than the model's positions, or
+    larger than the device's memory, is refused before any weight changes."""
+    from restorelcc.prune import PruneArgumentError, prune_model
+    from restorelcc.testing import tiny_model
+
+    model = tiny_model("llama-gqa", max_position_embeddings=32)
+    weights = {name: param.clone() for name, param in model.named_parameters()}
+    too_long = torch.randint(0, 259, (2, 33))
+    with pytest.raises(PruneArgumentError, match=r"^calibration of 33 tokens per sample: more "
+                       r"tokens than the 32 positions the model serves$"):  # fmt: skip
+        prune_model(model, "wanda", 0.5, calibration=too_long, progress=False)
+    monkeypatch.setattr(memory, "device_memory", lambda device: (2**20, "this machine has"))
+    with pytest.raises(CalibrationMemoryError, match=r"^nsamples 64 x seqlen 32: calibration "):
+        prune_model(model, "sparsegpt", 0.5, calibration=torch.ones(64, 32).long())
+    assert all(torch.equal(param, weights[name]) for name, param in model.named_parameters())
+
+
 def test_a_warning_is_one_plain_line(tiny_dir, tmp_path):
     """A source shorter than asked warns: one line naming the command, not Python's
     file:line, category and source line."""
