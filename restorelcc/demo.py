@@ -56,6 +56,7 @@ from restorelcc.lcc.probing import head_count
 from restorelcc.prune import prune_model
 from restorelcc.prune.api import check_config
 from restorelcc.prune.memory import check_calibration_memory
+from restorelcc.prune.precision import cast_parameters
 from restorelcc.prune.validate import CALIBRATED_METHODS
 
 # The order of each pattern's restored rows (DemoConfig.methods picks which).
@@ -216,7 +217,7 @@ class Demo:
                 channel_multiple=spec.channel_multiple,
                 progress=c.progress,
             )
-            pruned.to(self.dtype)
+            cast_parameters(pruned, self.dtype)  # buffers as `dense` was loaded: inv_freq float32
         sparsity = block_sparsity(pruned)
         label = f"pruned ({c.prune_method})"
         self.add_row(

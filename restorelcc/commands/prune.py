@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype, stored_dtype
 from restorelcc.commands.options import (
@@ -133,13 +135,16 @@ def _check_arguments(args: argparse.Namespace):
     return spec
 
 
-def _evaluate(model, tokenizer, args: argparse.Namespace, device) -> dict:
-    """Sliding-window perplexity of the pruned model on ``--ppl-source``, in ``--dtype``
-    (the model is cast in place: it has been saved)."""
+def _evaluate_saved(args: argparse.Namespace, device) -> dict:
+    """Sliding-window perplexity on ``--ppl-source`` of the checkpoint written at
+    ``--out``, loaded in ``--dtype`` as ``restorelcc eval`` loads it (a cast of the pruned
+    model would differ: ``Module.to`` rounds rotary ``inv_freq``, which loading keeps in
+    float32)."""
+    from restorelcc.assets import load_model
     from restorelcc.evaluate import perplexity_report
 
     dtype = resolve_dtype(args.dtype, device)
-    model.to(dtype)
+    model, tokenizer = load_model(args.out, dtype=dtype, device=device)
     result = perplexity_report(
         model, tokenizer, source=args.ppl_source, tokens=args.ppl_tokens, progress=not args.quiet
     )
@@ -218,18 +223,24 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         progress=not args.quiet,
     )
+    payload = {
+        "model": str(args.model),
+        **report.to_dict(),
+        "saved_dtype": str(saved_dtype).removeprefix("torch."),
+        "run_metadata": run_metadata(),
+    }
     with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if args.eval:  # the saved weights, as `restorelcc eval` would score them
-            report.evaluation = _evaluate(model, tokenizer, args, device)
-        payload = {
-            "model": str(args.model),
-            **report.to_dict(),
-            "saved_dtype": str(saved_dtype).removeprefix("torch."),
-            "run_metadata": run_metadata(),
-        }
         atomic_write_json(tmp / PRUNE_REPORT, payload)
+    if args.eval:  # the checkpoint is kept whatever happens to its evaluation
+        del model  # one model in memory at a time
+        try:
+            report.evaluation = payload["evaluation"] = _evaluate_saved(args, device)
+        except BaseException:
+            print(f"restorelcc prune: wrote {args.out}; its --eval did not finish", file=sys.stderr)
+            raise
+        atomic_write_json(Path(args.out) / PRUNE_REPORT, payload)
 
     print(format_table(report.summary_rows()))
     print(format_table([_run_summary(report)]))

@@ -76,7 +76,8 @@ def capture_in_float32(model: nn.Module) -> Iterator[None]:
 
     def restore_block(index: int):
         def hook(module, args, output):
-            running.pop(index).close()
+            if index in running:  # not where the stopping hook came before the cast
+                running.pop(index).close()
 
         return hook
 
@@ -86,10 +87,21 @@ def capture_in_float32(model: nn.Module) -> Iterator[None]:
             for index, layer in enumerate(layers):
                 # prepended: a capture hook that stops the pass must find the block cast
                 handles.append(layer.register_forward_pre_hook(cast_block(index), prepend=True))
-                handles.append(layer.register_forward_hook(restore_block(index)))
+                # always_call: also where a capture hook stopped the forward
+                handles.append(layer.register_forward_hook(restore_block(index), always_call=True))
             yield
     finally:
         for handle in handles:
             handle.remove()
-        for stack in running.values():  # blocks whose forward a capture hook stopped
+        for stack in running.values():  # (none left but after an error in a hook)
             stack.close()
+
+
+def cast_parameters(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``module`` with its floating-point parameters cast to ``dtype``, in place, and its
+    buffers as they are (``Module.to`` would round rotary ``inv_freq``, which a model loaded
+    in bf16 keeps in float32)."""
+    for param in module.parameters():
+        if param.is_floating_point():
+            param.data = param.data.to(dtype)
+    return module

@@ -12,7 +12,7 @@ from restorelcc.cli import main
 from restorelcc.hf.families import decoder_layers
 from restorelcc.prune import prune_model
 from restorelcc.prune.calibrate import walk_blocks
-from restorelcc.prune.precision import parameters_in
+from restorelcc.prune.precision import cast_parameters, parameters_in
 from restorelcc.testing import save_checkpoint, tiny_model
 
 TOKENS = torch.randint(0, 259, (4, 16), generator=torch.Generator().manual_seed(0))
@@ -24,19 +24,32 @@ TOKENS = torch.randint(0, 259, (4, 16), generator=torch.Generator().manual_seed(
 @pytest.mark.parametrize(
     "method, pattern", [("wanda", "unstructured"), ("sparsegpt", "2:4"), ("wanda", "heads")]
 )
-def test_a_bf16_model_prunes_as_its_float32_copy_would(name, method, pattern, tmp_path):
-    source = save_checkpoint(tiny_model(name).to(torch.bfloat16), tmp_path / name)
-    bf16 = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
-    fp32 = copy.deepcopy(bf16)
-    for param in fp32.parameters():  # the same model with float32 weights (buffers as they
-        param.data = param.data.float()  # are: gemma3's embed_scale is rounded in bf16)
-    prune_model(fp32, method, 0.5, pattern, TOKENS, progress=False)
-    prune_model(bf16, method, 0.5, pattern, TOKENS, progress=False)
-    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+@pytest.mark.parametrize("dtype, chunk_size", [(torch.bfloat16, 8), (torch.float16, 3)])
+def test_a_half_model_prunes_as_its_float32_copy_would(
+    name, method, pattern, dtype, chunk_size, tmp_path
+):
+    source = save_checkpoint(tiny_model(name).to(dtype), tmp_path / name)
+    half = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    fp32 = copy.deepcopy(half)
+    # the same model with float32 parameters; buffers as loaded (gemma's embed_scale is
+    # rounded in bf16, rotary inv_freq float32)
+    cast_parameters(fp32, torch.float32)
+    prune_model(fp32, method, 0.5, pattern, TOKENS, chunk_size=chunk_size, progress=False)
+    prune_model(half, method, 0.5, pattern, TOKENS, chunk_size=chunk_size, progress=False)
+    assert {p.dtype for p in half.parameters()} == {dtype}
     expected = fp32.state_dict()
-    for key, value in bf16.state_dict().items():
+    for key, value in half.state_dict().items():
         # same masks; SparseGPT's updated weights rounded once, from the same float32 ones
         assert torch.equal(value, expected[key].to(value.dtype)), key
+
+
+def test_cast_parameters_leaves_buffers_as_they_are(tmp_path):
+    source = save_checkpoint(tiny_model("llama-gqa"), tmp_path / "fp32")
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    inv_freq = model.model.rotary_emb.inv_freq.clone()
+    assert cast_parameters(model, torch.bfloat16) is model
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert torch.equal(model.model.rotary_emb.inv_freq, inv_freq)  # float32, not rounded
 
 
 def test_only_the_block_at_hand_is_float32(tmp_path):
@@ -87,10 +100,15 @@ def test_parameters_go_back_to_their_own_dtypes_even_on_error():
     assert module.table.dtype == torch.float16  # buffers are never cast
 
 
-def test_prune_command_holds_a_bf16_checkpoint_in_bf16(tmp_path, monkeypatch, calib_file):
+@pytest.mark.parametrize(
+    "name, eval_dtype", [("llama-gqa", "auto"), ("llama-gqa", "bfloat16"), ("gemma3-gqa", "auto")]
+)
+def test_prune_command_holds_a_bf16_checkpoint_in_bf16(
+    name, eval_dtype, tmp_path, monkeypatch, calib_file
+):
     import restorelcc.assets as assets
 
-    source = save_checkpoint(tiny_model("llama-gqa").to(torch.bfloat16), tmp_path / "source")
+    source = save_checkpoint(tiny_model(name).to(torch.bfloat16), tmp_path / "source")
     loaded = []
     real_load = assets.load_model
     monkeypatch.setattr(
@@ -101,20 +119,41 @@ def test_prune_command_holds_a_bf16_checkpoint_in_bf16(tmp_path, monkeypatch, ca
     out = tmp_path / "pruned"
     argv = ["prune", "--model", str(source), "--method", "sparsegpt", "--pattern", "2:4",
             "--calibration", str(calib_file), "--nsamples", "4", "--seqlen", "16",
-            "--eval", "--ppl-tokens", "200", "--out", str(out), "--quiet"]  # fmt: skip
+            "--eval", "--dtype", eval_dtype, "--ppl-tokens", "200", "--out", str(out),
+            "--quiet"]  # fmt: skip
     assert main(argv) == 0
-    assert loaded == [torch.bfloat16]
+    scored_in = torch.float32 if eval_dtype == "auto" else torch.bfloat16  # auto: CPU's
+    assert loaded == [torch.bfloat16, scored_in]  # pruned as stored, then the output scored
     report = json.loads((out / "prune_report.json").read_text())
     assert report["saved_dtype"] == "bfloat16"
-    assert report["evaluation"]["dtype"] == "float32"  # --dtype auto on the CPU
+    assert report["evaluation"]["dtype"] == str(scored_in).removeprefix("torch.")
     assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
 
-    # --eval scored the weights it saved: `restorelcc eval` of the output agrees
+    # --eval scored the checkpoint it wrote, as `restorelcc eval` loads it (a cast of the
+    # pruned model would round rotary inv_freq in bf16; gemma3's embed_scale in float32)
     scored = tmp_path / "eval.json"
     assert main(["eval", "--model", str(out), "--tasks", "none", "--ppl-tokens", "200",
-                 "--json", str(scored), "--quiet"]) == 0  # fmt: skip
+                 "--dtype", eval_dtype, "--json", str(scored), "--quiet"]) == 0  # fmt: skip
     again = json.loads(scored.read_text())["perplexity"]["perplexity"]
     assert report["evaluation"]["perplexity"]["perplexity"] == again
+
+
+def test_the_checkpoint_stays_where_its_evaluation_fails(tiny_dir, tmp_path, monkeypatch, capsys):
+    import restorelcc.evaluate as evaluate
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(evaluate, "perplexity_report", out_of_memory)
+    out = tmp_path / "pruned"
+    argv = ["prune", "--model", str(tiny_dir), "--method", "magnitude", "--eval", "--out", str(out),
+            "--quiet"]  # fmt: skip
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        main(argv)
+    assert f"wrote {out}; its --eval did not finish" in capsys.readouterr().err
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["evaluation"] is None and report["method"] == "magnitude"
+    assert (out / "model.safetensors").exists()
 
 
 def test_dtype_needs_eval(tiny_dir, tmp_path, capsys):
