@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -27,7 +28,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from restorelcc.errors import CorruptCacheError, ModelNotFoundError
+from restorelcc.errors import CorruptCacheError, ModelNotFoundError, RestoreLCCError
+from restorelcc.hf.families import FAMILIES
 from restorelcc.io import give_usual_modes, sync_files
 
 try:  # file locks (Linux, macOS); elsewhere concurrent conversions rely on the re-check
@@ -39,6 +41,15 @@ DEFAULT_MODEL = "smollm2-135m"
 CACHE_MARKER = "restorelcc-cache.json"
 CACHE_FORMAT = 1
 STALE_TEMP_SECONDS = 6 * 3600  # a conversion's temporary directory older than this is junk
+# The dtypes a model loads in (transformers instantiates floating-point models only).
+LOAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+class CheckpointError(RestoreLCCError):
+    """A model folder that is whole but cannot be loaded as it stands: it has no
+    tokenizer, or it holds a folded restoration that its config does not enable (a model
+    saved with ``save_pretrained`` after ``Restoration.fold``). The message says how to
+    write one that loads."""
 
 
 @dataclass(frozen=True)
@@ -338,9 +349,11 @@ def _load_tokenizer(directory: Path):
         return AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError, RuntimeError) as exc:
         if not any((directory / name).is_file() for name in TOKENIZER_FILES):
-            raise CorruptCacheError(
-                f"no tokenizer files found in {directory}: expected {TOKENIZER_FILES[0]} "
-                f"(or {', '.join(TOKENIZER_FILES[1:])}); save the tokenizer with the weights"
+            raise CheckpointError(
+                f"{directory} has no tokenizer (no {TOKENIZER_FILES[0]}, nor "
+                f"{', '.join(TOKENIZER_FILES[1:])}): save the model's tokenizer beside its "
+                "weights (tokenizer.save_pretrained(folder)); a merged checkpoint gets one "
+                "with export_merged(..., tokenizer=tokenizer)"
             ) from exc
         raise CorruptCacheError(
             f"cannot load the tokenizer from {directory}: {_one_line(exc)}"
@@ -362,10 +375,49 @@ def _without_load_report():
         logger.removeFilter(keep)
 
 
+def _folded_biases_message(directory: Path, model, info: dict) -> str | None:
+    """Where the only weights the model did not use are its family's attention output
+    projection biases (``o_proj.bias``), which its config does not enable: a message
+    saying that this is a model with a restoration folded in (``Restoration.fold``) saved
+    with ``save_pretrained`` (transformers would drop the restoration), and how to save
+    one instead. Else None."""
+    family = FAMILIES.get(getattr(model.config, "model_type", None))
+    unexpected = info["unexpected_keys"]
+    if family is None or not unexpected or info["missing_keys"] or info["mismatched_keys"]:
+        return None
+    layers, attention, o_proj = map(
+        re.escape, (family.layers_path, family.attention, family.o_proj)
+    )
+    bias = re.compile(rf"{layers}\.\d+\.{attention}\.{o_proj}\.bias")
+    if not all(bias.fullmatch(key) for key in unexpected):
+        return None
+    found = (
+        f"{directory} holds {family.o_proj} biases ({_listed(unexpected)}) that its config does "
+        "not enable: a model with a restoration folded in (Restoration.fold) saved with "
+        "save_pretrained, whose restoration transformers would drop on loading"
+    )
+    if family.o_proj_bias_flag is None:
+        return (
+            f"{found}; {family.model_type} models cannot hold an {family.o_proj} bias in "
+            "transformers: save the restoration as an adapter (Restoration.save) and fold it "
+            "into the pruned model after loading"
+        )
+    return (
+        f"{found}. Save a folded model with Restoration.export_merged(model, folder, "
+        f"tokenizer), given the pruned model before folding: it sets "
+        f"{family.o_proj_bias_flag} in the config"
+    )
+
+
 def _check_loading_info(directory: Path, model, info: dict) -> None:
     """Raise ``CorruptCacheError`` if weights were missing from the checkpoint (so left
-    randomly initialised), unused by the model, or of the wrong shape. Tied weights and
-    buffers that transformers rebuilds are not reported as missing by transformers."""
+    randomly initialised), unused by the model, or of the wrong shape; ``CheckpointError``
+    where the unused ones are the ``o_proj`` biases of a folded model saved with
+    ``save_pretrained`` (``_folded_biases_message``). Tied weights and buffers that
+    transformers rebuilds are not reported as missing by transformers."""
+    folded = _folded_biases_message(directory, model, info)
+    if folded is not None:
+        raise CheckpointError(folded)
     problems = []
     if info["missing_keys"]:
         problems.append(f"missing tensors {_listed(info['missing_keys'])}")
@@ -391,11 +443,17 @@ def load_model(
 ):
     """Load ``(model, tokenizer)`` in eval mode; the tokenizer pads on the right.
 
-    Raises ``ModelNotFoundError`` / ``CorruptCacheError`` with the reason, including
-    weights the checkpoint lacks (which transformers would initialise randomly).
+    ``dtype``: one of ``LOAD_DTYPES`` (``torch.float32``, ``torch.bfloat16``...);
+    ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a ``torch.device``. Both are checked
+    before anything is read (``ValueError`` naming the argument). Raises
+    ``ModelNotFoundError`` / ``CorruptCacheError`` with the reason, including weights the
+    checkpoint lacks (which transformers would initialise randomly), and
+    ``CheckpointError`` for a folder without a tokenizer or a folded model saved with
+    ``save_pretrained`` (export those with ``Restoration.export_merged``).
     """
     from transformers import AutoModelForCausalLM
 
+    device = _check_load_arguments(dtype, device)
     directory = resolve_model(name_or_path)
     config = _read_config(directory)  # the small files before the (larger) weights
     tokenizer = _load_tokenizer(directory)
@@ -415,3 +473,21 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return model.to(device).eval(), tokenizer
+
+
+def _check_load_arguments(dtype, device) -> torch.device:
+    """``device`` as a ``torch.device``, after checking it and ``dtype`` as ``load_model``
+    takes them; ``ValueError`` naming the argument."""
+    from restorelcc.commands.options import resolve_device  # the --device checks
+
+    if not isinstance(dtype, torch.dtype) or dtype not in LOAD_DTYPES:
+        choices = ", ".join(map(str, LOAD_DTYPES))
+        raise ValueError(f"dtype must be one of {choices}; got {dtype!r}")
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(
+            f"device must be a str (cpu, cuda, cuda:1...) or a torch.device, got {device!r}"
+        )
+    try:
+        return resolve_device(str(device))
+    except ValueError as exc:  # its messages name --device, the command's option
+        raise ValueError(str(exc).replace("--device ", "device=", 1)) from None

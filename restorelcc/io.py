@@ -20,11 +20,12 @@ from restorelcc.errors import RestoreLCCError
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, replace: bool = True) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename. ``replace=False``
-    publishes with a hard link instead, which fails with ``FileExistsError`` (the
-    temporary file removed) where ``path`` exists, even if another process made it after
-    any check (on a file system without hard links: a check, then a rename)."""
-    path = Path(path)
+    """Write ``text`` to ``path`` (a leading ``~`` expanded) through a temporary file and a
+    rename; returns the path written. ``replace=False`` publishes with a hard link
+    instead, which fails with ``FileExistsError`` (the temporary file removed) where
+    ``path`` exists, even if another process made it after any check (on a file system
+    without hard links: a check, then a rename)."""
+    path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
@@ -101,10 +102,11 @@ class OutputPathError(RestoreLCCError, ValueError):
 
 def check_writable_location(path: str | os.PathLike, name: str | None = None) -> Path:
     """The nearest existing folder of ``path`` (its parent, or the nearest of that
-    parent's existing ancestors: the missing ones are made when writing), after checking
-    that something can be written there (``check_writable_folder``). Raises
-    ``OutputPathError`` naming ``name`` (default: ``path``)."""
-    parent = Path(path).absolute().parent
+    parent's existing ancestors: the missing ones are made when writing; a leading ``~``
+    expanded), after checking that something can be written there
+    (``check_writable_folder``). Raises ``OutputPathError`` naming ``name`` (default:
+    ``path``)."""
+    parent = Path(path).expanduser().absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     return check_writable_folder(parent, name or str(path))
@@ -126,10 +128,11 @@ def check_writable_folder(folder: Path, name: str) -> Path:
 
 def output_directory_path(target: str | os.PathLike) -> Path:
     """``target`` as the absolute path that writing it renames, as the operating system
-    reads it: ``.``, ``..`` and the links above the last name resolved (``--out .``: the
-    current directory); a link given as the last name kept (it is what is replaced, not
-    the folder it names). Only the file system root has an empty ``name``."""
-    path = Path(target)
+    reads it: a leading ``~`` expanded (as ``load_model`` reads it), ``.``, ``..`` and the
+    links above the last name resolved (``--out .``: the current directory); a link given
+    as the last name kept (it is what is replaced, not the folder it names). Only the file
+    system root has an empty ``name``."""
+    path = Path(target).expanduser()
     if path.name in ("", ".."):  # ".", "/", "a/..": no last name of its own
         return Path(os.path.realpath(path))
     return Path(os.path.realpath(path.parent)) / path.name
@@ -141,7 +144,10 @@ def _is_current_directory(target: Path) -> bool:
 
 
 def check_output_directory(
-    target: str | os.PathLike, overwrite: bool = False, option: str | None = None
+    target: str | os.PathLike,
+    overwrite: bool = False,
+    option: str | None = None,
+    replaces: str | None = None,
 ) -> Path:
     """``target`` as the absolute ``Path`` that ``atomic_directory`` writes
     (``output_directory_path``) if a directory may be written there: refuses the file
@@ -150,7 +156,10 @@ def check_output_directory(
     directory may be written while it is empty (``atomic_directory`` fills it in place),
     but it, or a folder that holds it, is never replaced: refused even with ``overwrite``.
     ``option`` (e.g. ``"--out"``) names the command-line option in the message, whose
-    remedy is then ``--overwrite``."""
+    remedy is then ``--overwrite``. ``replaces`` (a file name, e.g. ``"adapter.json"``):
+    ``overwrite`` replaces only a previous output of the kind that holds it; a non-empty
+    folder without it is refused (``FileExistsError``), as everything in it would be
+    deleted."""
     name = f"{option} {target}" if option else str(target)
     target = output_directory_path(target)
     if not target.name:
@@ -161,9 +170,16 @@ def check_output_directory(
     if target in here.parents or (target == here and any(target.iterdir())):
         what = "is the current directory" if target == here else "holds the current directory"
         _refuse_current_directory(f"{name} {what} ({here})", overwrite, option)
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        remedy = "--overwrite" if option else "overwrite"
-        raise FileExistsError(f"{name} is not empty (pass {remedy} to replace it)")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            remedy = "--overwrite" if option else "overwrite"
+            raise FileExistsError(f"{name} is not empty (pass {remedy} to replace it)")
+        if replaces is not None and not (target / replaces).is_file():
+            raise FileExistsError(
+                f"{name} is not empty and holds no {replaces}, so it is not a previous output "
+                "of this kind: overwrite would delete everything in it; choose another "
+                "folder, or empty it first"
+            )
     if target == here:  # filled in place: the temporary folder is made inside it
         check_writable_folder(target, name)
     else:  # the temporary sibling is made in its parent
@@ -229,18 +245,21 @@ def _missing_folders(path: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(
+    target: str | os.PathLike, overwrite: bool = False, replaces: str | None = None
+) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``target`` only on success.
 
     On any exception the temporary directory is removed, and so are the (empty) parent
     folders made for it; ``target`` is untouched. Refuses what ``check_output_directory``
-    refuses (an existing non-empty ``target`` unless ``overwrite``). A replaced ``target``
-    is deleted only once the new one is in its place. The current directory (empty: it is
+    refuses (an existing non-empty ``target`` unless ``overwrite``; with ``replaces``, one
+    that does not hold that file). A replaced ``target`` is deleted, with everything in it,
+    only once the new one is in its place. The current directory (empty: it is
     never replaced) is filled in place instead, from a temporary folder inside it, so that
     the shell working in it sees the output. What is written inside gets the usual modes
     (``give_usual_modes``) and is flushed to disk before it is published (``sync_files``).
     """
-    target = check_output_directory(target, overwrite)
+    target = check_output_directory(target, overwrite, replaces=replaces)
     in_place = _is_current_directory(target)
     made = _missing_folders(target)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,9 @@ is an ``AdapterError`` asking to re-create it with ``restorelcc restore``.
 A merged checkpoint is the pruned model with the restoration folded into its ``o_proj``
 biases, saved with ``save_pretrained`` so that plain ``transformers`` loads it: the family's
 config flag that gives ``o_proj`` a bias (``attention_bias`` for Llama) is switched on, and
-the q/k/v biases that the flag also creates are saved as zeros.
+the q/k/v biases that the flag also creates are saved as zeros. ``export_merged`` writes
+it; a model folded in place (``Restoration.fold``) and saved with its own
+``save_pretrained`` lacks that flag, so transformers drops the biases on loading.
 """
 
 from __future__ import annotations
@@ -45,7 +47,15 @@ MERGED_INFO = "restorelcc.json"
 
 
 def save_adapter(restoration: Restoration, directory: str | Path, overwrite: bool = False) -> Path:
-    """Write ``restoration`` into ``directory`` (atomically); returns the directory."""
+    """Write ``restoration`` into the folder ``directory`` (a leading ``~`` expanded), made
+    for it: ``adapter.safetensors`` and ``adapter.json`` (the module docstring), written
+    atomically (the folder appears only once complete); returns the directory.
+
+    An existing non-empty ``directory`` is refused (``FileExistsError``) unless
+    ``overwrite``, which replaces the whole folder: everything in it is deleted, not only
+    a previous adapter's files. So ``overwrite`` replaces only a previous adapter folder
+    (one holding ``adapter.json``, a ``restore --out`` included, whose report and merged
+    checkpoint go with it); any other non-empty folder is refused even then."""
     from safetensors.torch import save_file
 
     tensors = {
@@ -69,10 +79,10 @@ def save_adapter(restoration: Restoration, directory: str | Path, overwrite: boo
         "report": restoration.report,
         "metadata": run_metadata(),
     }
-    with atomic_directory(directory, overwrite=overwrite) as tmp:
+    with atomic_directory(directory, overwrite=overwrite, replaces=ADAPTER_CONFIG) as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS))
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    return Path(directory)
+    return Path(directory).expanduser()
 
 
 def adapter_folder_message(path: Path, takes_adapter: bool = True) -> str | None:
@@ -94,9 +104,9 @@ def adapter_folder_message(path: Path, takes_adapter: bool = True) -> str | None
 
 
 def adapter_directory(path: str | Path) -> Path:
-    """The adapter folder ``path`` names: itself, or the folder of the adapter file
-    (``adapter.json``, ``adapter.safetensors``) it is."""
-    path = Path(path)
+    """The adapter folder ``path`` (a leading ``~`` expanded) names: itself, or the folder
+    of the adapter file (``adapter.json``, ``adapter.safetensors``) it is."""
+    path = Path(path).expanduser()
     if path.name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG) and path.is_file():
         return path.parent
     return path
@@ -193,10 +203,21 @@ def export_merged(
 ) -> Path:
     """Save ``model`` with ``restoration`` folded in as a plain ``transformers`` checkpoint.
 
+    This is how a folded model is saved (``save_pretrained`` after ``Restoration.fold``
+    writes ``o_proj`` biases that its config does not enable: transformers drops them).
     ``model`` must be the pruned model the restoration was made for, not yet folded; it is
     left unchanged. Biases the new config implies but the model lacks (q/k/v) are zeros.
     ``check=False`` skips ``check_model`` (a pass over every weight) where the restoration
     was just made from ``model``, as ``fold`` and ``attached`` allow.
+
+    ``directory`` (a leading ``~`` expanded) gets the weights, config, generation config,
+    ``restorelcc.json`` (the restoration's summary) and, given ``tokenizer``, its files;
+    without one, ``load_model`` refuses the folder until a tokenizer is saved into it
+    (``tokenizer.save_pretrained(directory)``). Written atomically; returns the directory.
+    An existing non-empty ``directory`` is refused unless ``overwrite``, which replaces
+    the whole folder, everything in it deleted: so it replaces only a previous merged
+    export (a folder holding ``restorelcc.json``) and refuses any other non-empty folder
+    (``FileExistsError``), the pruned checkpoint it was made from included.
     """
     from transformers import AutoModelForCausalLM
 
@@ -218,10 +239,10 @@ def export_merged(
             state[name] = torch.zeros(param.shape, dtype=dtype, device=device)
         shell.load_state_dict(state, strict=True, assign=True)
         shell.generation_config = copy.deepcopy(model.generation_config)
-        with atomic_directory(directory, overwrite=overwrite) as tmp:
+        with atomic_directory(directory, overwrite=overwrite, replaces=MERGED_INFO) as tmp:
             shell.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             info = {"restoration": restoration.summary(), "metadata": run_metadata()}
             (tmp / MERGED_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
-    return Path(directory)
+    return Path(directory).expanduser()

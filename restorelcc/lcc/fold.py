@@ -4,6 +4,11 @@
 ``W_o @ c`` to its output. The bias is computed in fp32 and stored in the projection's
 bias (added to an existing one), in the model's dtype; the weight is not touched, so the
 pruned weights stay bit-identical and exactly as sparse.
+
+Folding changes the model in memory, not its config: a folded model saved with
+``save_pretrained`` has ``o_proj`` biases that its config does not enable, which
+transformers drops on loading. A folded model is saved with ``Restoration.export_merged``
+(``restorelcc.lcc.adapter``), which also sets the config flag.
 """
 
 from __future__ import annotations

@@ -178,7 +178,12 @@ class Restoration:
             yield model
 
     def fold(self, model: nn.Module, check: bool = True) -> nn.Module:
-        """Fold into ``model``'s ``o_proj`` biases in place (weights untouched); returns it."""
+        """Fold into ``model``'s ``o_proj`` biases in place (weights untouched); returns it.
+
+        The folded model is for use in memory: its config still says that ``o_proj`` has
+        no bias, so ``model.save_pretrained`` writes biases that transformers drops on
+        loading (and ``load_model`` refuses, ``CheckpointError``). To save a folded model,
+        call ``export_merged`` on the pruned model instead (before folding)."""
         if check:
             self.check_model(model)
         fold_offsets(model, self.layer_offsets())
@@ -207,6 +212,17 @@ class Restoration:
                         o_proj.bias.copy_(bias)
 
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """Save as an adapter: the folder ``directory`` (a leading ``~`` expanded) gets
+        ``adapter.safetensors`` (``heads [S, 2]``, ``directions [S, d, d]``, ``beta [S,
+        d]``, ``b [S, d]``, ``scores [L, H]`` if any, the fingerprint's sketches) and
+        ``adapter.json`` (method, family, geometry, fingerprint, hyper-parameters,
+        report), written atomically; ``Restoration.load(directory)`` reads it back.
+        Returns the directory.
+
+        A non-empty ``directory`` is refused (``FileExistsError``) unless ``overwrite``,
+        which replaces the whole folder, deleting everything in it: so it replaces only a
+        previous adapter folder (one holding ``adapter.json``) and refuses any other
+        non-empty folder even then. See ``restorelcc.lcc.adapter.save_adapter``."""
         from restorelcc.lcc.adapter import save_adapter
 
         return save_adapter(self, directory, overwrite)
@@ -225,6 +241,12 @@ class Restoration:
         overwrite: bool = False,
         check: bool = True,
     ) -> Path:
+        """Save the pruned ``model`` (not folded; left unchanged) with this restoration
+        folded in, as a checkpoint that plain transformers and ``load_model`` read: the
+        way to save a folded model (``save_pretrained`` after ``fold`` writes biases that
+        transformers drops). Pass ``tokenizer`` for a folder that ``load_model`` opens as
+        it is. ``overwrite`` replaces the whole folder, and only a previous merged export.
+        See ``restorelcc.lcc.adapter.export_merged``."""
         from restorelcc.lcc.adapter import export_merged
 
         return export_merged(self, model, directory, tokenizer, overwrite, check)

@@ -284,13 +284,21 @@ def test_tied_embeddings_load_without_their_lm_head(tmp_path):
     assert torch.equal(loaded.lm_head.weight, tied.model.embed_tokens.weight)
 
 
-def test_missing_tokenizer_files_are_named(tmp_path):
+def test_a_folder_without_a_tokenizer_says_to_save_one_not_that_it_is_corrupt(tmp_path):
+    """It had been a CorruptCacheError, "no tokenizer files found" (export_merged's
+    tokenizer is optional, so its folders met it)."""
     model = _saved(tmp_path / "m", tokenizer=False)
-    with pytest.raises(
-        CorruptCacheError,
-        match=r"no tokenizer files found in .*: expected tokenizer.json \(or tokenizer.model",
-    ):
+    with pytest.raises(assets.CheckpointError) as refused:
         assets.load_model(model)
+    assert not isinstance(refused.value, CorruptCacheError)
+    assert str(refused.value) == (
+        f"{model} has no tokenizer (no tokenizer.json, nor tokenizer.model, spiece.model, "
+        "sentencepiece.bpe.model, tiktoken.model, vocab.json, vocab.txt): save the model's "
+        "tokenizer beside its weights (tokenizer.save_pretrained(folder)); a merged "
+        "checkpoint gets one with export_merged(..., tokenizer=tokenizer)"
+    )
+    byte_tokenizer().save_pretrained(model)
+    assets.load_model(model)
 
 
 def test_an_unreadable_config_is_named(tmp_path):

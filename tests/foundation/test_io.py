@@ -2,6 +2,7 @@ import errno
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,55 @@ def test_outputs_are_flushed_to_disk_before_they_are_published(tmp_path, monkeyp
     assert sorted(Path(path).name for path in synced[:2]) == ["config.json", "model.safetensors"]
     assert not any(path.startswith(str(tmp_path / "run")) for path in synced)
     assert Path(synced[-1]).name.startswith(".report.json-")
+
+
+def test_a_leading_tilde_is_the_home_folder_when_writing_as_when_reading(tmp_path, monkeypatch):
+    """``~`` had been expanded when reading (load_model) but not when writing: an output
+    went to a folder named ``~`` in the current directory."""
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir()
+    here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    assert io.output_directory_path("~/out") == home / "out"
+    assert io.check_output_directory("~/out") == home / "out"
+    assert io.check_writable_location("~/new/report.json") == home
+    with atomic_directory("~/out") as tmp:
+        (tmp / "a").write_text("x")
+    assert atomic_write_text("~/report.json", "{}") == home / "report.json"
+    assert _entries(home) == ["out", "report.json"] and _entries(home / "out") == ["a"]
+    assert _entries(here) == []
+
+
+@pytest.mark.parametrize("previous", [False, True], ids=["other-folder", "previous-output"])
+def test_overwrite_that_replaces_one_kind_refuses_other_folders(tmp_path, previous):
+    """``overwrite`` replaces the whole folder; with ``replaces`` only a folder holding
+    that file (a previous output of the kind) is replaced: a user's notes or a checkpoint
+    are not deleted."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    if previous:
+        (out / "adapter.json").write_text("{}")
+        with atomic_directory(out, overwrite=True, replaces="adapter.json") as tmp:
+            (tmp / "adapter.json").write_text("new")
+        assert _entries(out) == ["adapter.json"]
+        return
+    message = (
+        f"{out} is not empty and holds no adapter.json, so it is not a previous output of "
+        "this kind: overwrite would delete everything in it; choose another folder, or "
+        "empty it first"
+    )
+    with pytest.raises(FileExistsError, match=f"^{re.escape(message)}$"):
+        io.check_output_directory(out, overwrite=True, replaces="adapter.json")
+    with (
+        pytest.raises(FileExistsError, match="holds no adapter.json"),
+        atomic_directory(out, overwrite=True, replaces="adapter.json"),
+    ):
+        raise AssertionError("entered an output that would delete another folder")
+    with pytest.raises(FileExistsError, match=r"is not empty \(pass overwrite"):
+        io.check_output_directory(out, replaces="adapter.json")  # no overwrite: as before
+    assert _entries(out) == ["notes.txt"] and _entries(tmp_path) == ["out"]
+    with atomic_directory(out, overwrite=True) as tmp:  # without replaces: the whole folder
+        (tmp / "adapter.json").write_text("new")
+    assert _entries(out) == ["adapter.json"]
