@@ -23,3 +23,13 @@ class UnsupportedModelError(RestoreLCCError):
 
 class NonFiniteError(RestoreLCCError):
     """Activations, differences or losses that became inf or NaN (e.g. fp16 overflow)."""
+
+
+class NotAModelError(UnsupportedModelError, TypeError):
+    """Something other than a model (or its config) where one is expected: the
+    ``(model, tokenizer)`` pair ``load_model`` returns, a name or path not loaded yet."""
+
+
+class ArgumentError(RestoreLCCError, ValueError):
+    """An API argument or config value that cannot be used: out of range, or of the wrong
+    kind (a ``ValueError``, as the configs' other checks raise)."""

@@ -32,7 +32,7 @@ from restorelcc.eval.tasks import (
     resolve_tasks,
     task_questions,
 )
-from restorelcc.hf.families import eval_mode
+from restorelcc.hf.families import check_is_model, eval_mode
 
 __all__ = [
     "DEFAULT_TOKENS",
@@ -103,9 +103,10 @@ def evaluate_task(
     ``task``: one task name (``DataError`` for anything else, e.g. ``"all"``; use
     ``evaluate_model`` for several). ``share_context=False`` scores every choice in its own
     row (slower; same results up to float rounding). Raises ``NonFiniteError`` if the model
-    gives a NaN or inf log-likelihood.
+    gives a NaN or inf log-likelihood, ``NotAModelError`` where ``model`` is not one.
     """
     name = resolve_task(task)
+    check_is_model(model)
     questions = task_questions(name, limit)
     requests = [
         (ctx, cont)
@@ -139,6 +140,8 @@ def evaluate_model(
     Returns ``{"tasks": {name: metrics}, "limit", "perplexity": PerplexityResult as a dict
     or None, "wall_s"}`` (JSON-ready: a perplexity that overflows a float is ``None``, see
     ``PerplexityResult.as_dict``). Deterministic for a given model, data and batch size.
+    ``NotAModelError`` where ``model`` is not one (e.g. ``load_model``'s whole
+    ``(model, tokenizer)`` pair).
     """
     names = resolve_tasks(tasks)
     # bad counts fail here, not after the tasks that run before perplexity
@@ -148,6 +151,7 @@ def evaluate_model(
     if perplexity:
         positive_count(ppl_tokens, "ppl_tokens")
         perplexity_texts(ppl_source, n=1)  # a missing or empty source, too
+    check_is_model(model)  # before the first task, not a failure deep in it
     start = time.perf_counter()
     report: dict = {"tasks": {}, "limit": limit, "perplexity": None}
     for name in names:

@@ -36,7 +36,7 @@ from restorelcc.data import (
 )
 from restorelcc.errors import DataError, NonFiniteError
 from restorelcc.eval.scoring import model_max_length
-from restorelcc.hf.families import model_device
+from restorelcc.hf.families import check_is_model, model_device
 
 DEFAULT_TOKENS = 8192
 DEFAULT_WINDOW = 512
@@ -170,10 +170,11 @@ def perplexity_report(
 
     ``batch_size`` windows run per forward; each keeps ``stride`` positions of logits
     over the vocabulary, which bounds the memory. Raises ``NonFiniteError`` (naming the
-    source) if the total NLL is NaN or inf.
+    source) if the total NLL is NaN or inf, ``NotAModelError`` where ``model`` is not one.
     """
     tokens = positive_count(tokens, "tokens")
     batch_size = positive_count(batch_size, "batch_size")
+    check_is_model(model)
     limit = model_max_length(model, tokenizer)
     if window > limit:  # shrink to the model's context, keeping the stride/window ratio
         stride, window = max(1, stride * limit // window), limit

@@ -8,13 +8,14 @@ common decoder layout is one entry in ``FAMILIES``.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from restorelcc.errors import UnsupportedModelError
+from restorelcc.errors import NotAModelError, UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,29 @@ class HeadGeometry:
         return torch.stack([flat // self.heads, flat % self.heads], dim=1)
 
 
+def check_is_model(obj, or_config: bool = False) -> None:
+    """Raise ``NotAModelError`` unless ``obj`` is a model: an ``nn.Module`` with a
+    Hugging Face ``config`` (or, ``or_config``, anything whose config, or itself, has a
+    ``model_type``). The message names the type received; a tuple and a name or path get
+    a hint (``load_model`` returns ``(model, tokenizer)``; a name must be loaded first)."""
+    if or_config and hasattr(getattr(obj, "config", obj), "model_type"):
+        return
+    if isinstance(obj, nn.Module) and hasattr(obj, "config"):
+        return
+    if isinstance(obj, tuple):
+        hint = (
+            "; load_model returns (model, tokenizer): unpack it "
+            "(model, tokenizer = load_model(...))"
+        )
+    elif isinstance(obj, (str, os.PathLike)):
+        hint = f"; {str(obj)!r} is a name or path: load it first with load_model({str(obj)!r})"
+    else:
+        hint = " (a Hugging Face causal LM: an nn.Module with a config)"
+    raise NotAModelError(f"expected a model, got a {type(obj).__name__}{hint}")
+
+
 def family_of(model_or_config) -> Family:
+    check_is_model(model_or_config, or_config=True)
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
     if model_type not in FAMILIES:
@@ -188,7 +211,10 @@ def block_linear(block: nn.Module, name: str) -> nn.Linear:
                 f"{name} is swapped for a packed sparse module; this needs the nn.Linear "
                 "weights: call unswap_attention(model) first (or swap after it)"
             )
-        raise UnsupportedModelError(f"decoder block has no linear layer {name!r}")
+        if module is None:
+            raise UnsupportedModelError(f"decoder block has no linear layer {name!r}")
+        kind = f"{type(module).__module__}.{type(module).__qualname__}"
+        raise UnsupportedModelError(f"{name} is a {kind}, not an nn.Linear")
     return module
 
 

@@ -33,10 +33,13 @@ def check_compatible(dense: nn.Module, pruned: nn.Module) -> torch.Tensor:
     that span the heads) narrower. The
     heads are then paired by their ``o_proj`` columns (``match_heads``); otherwise the map
     is the identity, and ``pruned`` must differ from ``dense`` by added zeros: an unpruned
-    copy, or the two models swapped, is refused (``_check_pruned_direction``).
+    copy, or the two models swapped, is refused (``_check_pruned_direction``). First, each
+    model must be one whose decoder linears can be read (``_check_linears``).
     """
     if dense is pruned:
         raise ValueError("dense and pruned are the same model object; pass two models")
+    _check_linears(dense, "dense")
+    _check_linears(pruned, "pruned")
     heads_removed = check_compatible_configs(dense, pruned)
     family = family_of(dense)
     narrowable = family.mlp_linears
@@ -59,6 +62,20 @@ def check_compatible(dense: nn.Module, pruned: nn.Module) -> torch.Tensor:
         geometry = head_geometry(pruned)
         return torch.arange(geometry.heads).expand(geometry.layers, -1).clone()
     return match_heads(dense, pruned)
+
+
+def _check_linears(model: nn.Module, role: str) -> None:
+    """Raise what ``decoder_layers`` and ``block_linear`` raise for ``model`` (something
+    other than a model, a peft model, a projection swapped for a packed module), the
+    message prefixed with ``the {role} model``: otherwise these surface later as parameter
+    names missing from one model."""
+    try:
+        family = family_of(model)
+        for block in decoder_layers(model):
+            for name in family.block_linears:
+                block_linear(block, name)
+    except UnsupportedModelError as error:
+        raise type(error)(f"the {role} model: {error}") from None
 
 
 def check_compatible_configs(dense, pruned) -> bool:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from restorelcc.data import InstructionPair, is_real, positive_count
+from restorelcc.errors import ArgumentError
 from restorelcc.hf.families import HeadGeometry, family_of, head_geometry, model_device
 from restorelcc.lcc.capture import (
     capture_last_token,
@@ -37,6 +38,7 @@ from restorelcc.lcc.probing import (
     PROBE_LR,
     SPLIT_SEED,
     TEST_FRACTION,
+    check_heads,
     head_count,
     probe_heads,
     random_heads,
@@ -83,13 +85,15 @@ def check_probe_counts(
 class RestoreConfig:
     """Hyper-parameters of RestoreLCC (defaults: the paper's, unless noted).
 
-    ``heads``: a count, or a fraction of all ``layers x heads`` (research code: 256 of 1,024
-    = 0.25). ``selection``: ``probe`` (the method) or ``random`` (the paper's ablation).
-    ``probe_pairs``: pairs used for capture and probing (the first ones; paper 1,000); all
-    pairs are used for training. ``components_k``: singular directions summed into the
-    probing compensation (paper 1, research code 10). ``probe_standardize``: scale probe
-    features per head (the research code does not). ``negatives``: ``auto``, ``minilm``
-    (needs its wheel: ``negatives.check_method``) or ``tfidf``.
+    ``heads``: a count (an integer), or a fraction of all ``layers x heads`` (a real in
+    (0, 1]; research code: 256 of 1,024 = 0.25); a count over the model's heads is refused
+    once the model is known, by ``plan_heads``. ``selection``: ``probe`` (the method) or
+    ``random`` (the paper's ablation). ``probe_pairs``: pairs used for capture and probing
+    (the first ones; paper 1,000); all pairs are used for training. ``components_k``:
+    singular directions summed into the probing compensation (paper 1, research code 10).
+    ``probe_standardize``: scale probe features per head (the research code does not).
+    ``negatives``: ``auto``, ``minilm`` (needs its wheel: ``negatives.check_method``) or
+    ``tfidf``.
     """
 
     heads: int | float = 0.25
@@ -111,6 +115,7 @@ class RestoreConfig:
         """Every value is checked here, before any capture: a bad one fails at once."""
         if not isinstance(self.train, TrainConfig):
             raise TypeError(f"train must be a TrainConfig, got {type(self.train).__name__}")
+        self.heads = check_heads(self.heads)  # a numpy count becomes an int (JSON-ready)
         if self.selection not in ("probe", "random"):
             raise ValueError(f"selection must be 'probe' or 'random', got {self.selection!r}")
         if positive_count(self.probe_pairs, "probe_pairs") < MIN_PROBE_PAIRS:
@@ -200,13 +205,38 @@ def restore(
     """Learn a RestoreLCC restoration of ``pruned`` towards ``dense`` from ``pairs``.
 
     ``pairs``: instruction pairs (``.prompt`` in its template, ``.response``). Neither model
-    is modified. Raises ``UnsupportedModelError`` for models that do not match and
-    ``DataError`` for empty or malformed data. The result's ``report["seconds"]`` times each
-    stage. ``plan_heads`` then ``train_heads`` is the same in two steps, between which the
-    dense model (needed for capture only) can be let go.
+    is modified. Raises ``UnsupportedModelError`` for models that do not match (or are
+    not models: ``NotAModelError``), ``DataError`` for empty or malformed data and
+    ``ArgumentError`` for a config or tokenizer of the wrong kind or more heads than the
+    model has. The result's ``report["seconds"]`` times each stage. ``plan_heads`` then
+    ``train_heads`` is the same in two steps, between which the dense model (needed for
+    capture only) can be let go.
     """
     plan = plan_heads(dense, pruned, tokenizer, pairs, config)
     return train_heads(plan, pruned, tokenizer, check=False)  # made from pruned
+
+
+def check_restore_config(config) -> RestoreConfig:
+    """``config``, or the default ``RestoreConfig()`` for None; ``ArgumentError`` for
+    anything else (a dict of its fields, say)."""
+    if config is None:
+        return RestoreConfig()
+    if not isinstance(config, RestoreConfig):
+        hint = ": RestoreConfig(**fields) makes one from a dict" if isinstance(config, dict) else ""
+        raise ArgumentError(
+            f"config must be a RestoreConfig (or None for the defaults), got a "
+            f"{type(config).__name__}{hint}"
+        )
+    return config
+
+
+def check_tokenizer(tokenizer) -> None:
+    """``ArgumentError`` unless ``tokenizer`` can be called as a Hugging Face tokenizer is."""
+    if not callable(tokenizer):
+        raise ArgumentError(
+            f"tokenizer must be the model's Hugging Face tokenizer (load_model returns "
+            f"(model, tokenizer)), got {tokenizer!r:.80}"
+        )
 
 
 def plan_heads(
@@ -217,7 +247,8 @@ def plan_heads(
     config: RestoreConfig | None = None,
 ) -> HeadPlan:
     """``restore``'s first step: capture, lost components, probing and head selection."""
-    config = config or RestoreConfig()
+    config = check_restore_config(config)
+    check_tokenizer(tokenizer)
     head_map = check_compatible(dense, pruned)
     pairs = check_pairs(pairs, minimum=MIN_PROBE_PAIRS)
     geometry = head_geometry(pruned)
@@ -296,6 +327,7 @@ def train_heads(plan: HeadPlan, pruned: nn.Module, tokenizer, check: bool = True
     ``check=False`` skips comparing ``pruned`` with the plan's fingerprint (a pass over
     every weight) where the caller made the plan from it."""
     config, heads, scores, geometry = plan.config, plan.heads, plan.scores, plan.geometry
+    check_tokenizer(tokenizer)
     check_made_for(pruned, geometry, plan.fingerprint if check else None, "the plan")
     report = dict(plan.report)
     stage = StageTimer()

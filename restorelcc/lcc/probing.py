@@ -40,8 +40,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from restorelcc.data import is_integer
-from restorelcc.errors import DataError
+from restorelcc.data import is_integer, is_real
+from restorelcc.errors import ArgumentError, DataError
 from restorelcc.hf.families import HeadGeometry
 from restorelcc.lcc.capture import ProbeActivations
 from restorelcc.lcc.finite import check_finite_heads
@@ -281,18 +281,30 @@ def warn_if_at_chance(accuracy: torch.Tensor, pairs: int, test_fraction: float =
         )
 
 
-def head_count(geometry: HeadGeometry, heads: int | float) -> int:
-    """``heads`` as a count: an int is a count, a float in (0, 1] a fraction of all heads."""
-    total = geometry.total_heads
+def check_heads(heads, total: int | None = None) -> int | float:
+    """``heads`` checked: an integer (a Python or numpy int, not a bool) from 1 to
+    ``total`` (None: no upper bound, for a check made before the model is known) is a count,
+    returned as an ``int``; a real in (0, 1] a fraction of all heads, returned as a
+    ``float``. ``ArgumentError`` otherwise."""
     if isinstance(heads, bool):
-        raise ValueError(f"heads must be a count or a fraction, got {heads!r}")
-    if isinstance(heads, int):
-        return _count_in_range(heads, total, "heads")
-    if isinstance(heads, float) and 0 < heads <= 1:
-        return max(1, round(heads * total))
-    raise ValueError(
-        f"heads must be a count in [1, {total}] or a fraction in (0, 1], got {heads!r}"
-    )
+        raise ArgumentError(f"heads must be a count or a fraction, got {heads!r}")
+    if is_integer(heads):
+        if heads < 1 or (total is not None and heads > total):
+            limit = "at least 1" if total is None else f"between 1 and {total} (all heads)"
+            raise ArgumentError(f"heads must be {limit}, got {heads}")
+        return int(heads)
+    if is_real(heads) and 0 < heads <= 1:
+        return float(heads)
+    count = "(an integer >= 1)" if total is None else f"in [1, {total}]"
+    raise ArgumentError(f"heads must be a count {count} or a fraction in (0, 1], got {heads!r}")
+
+
+def head_count(geometry: HeadGeometry, heads: int | float) -> int:
+    """``heads`` as a count of ``geometry``'s heads: an integer is a count, a real in
+    (0, 1] a fraction of all heads (``check_heads`` checks it)."""
+    total = geometry.total_heads
+    value = check_heads(heads, total)
+    return value if isinstance(value, int) else max(1, round(value * total))
 
 
 def _count_in_range(count: int, total: int, name: str = "count") -> int:

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from restorelcc.errors import DataError, NonFiniteError
+from restorelcc.errors import DataError, NonFiniteError, NotAModelError
 from restorelcc.eval.perplexity import perplexity_report, stream_nll, token_stream, window_plan
-from restorelcc.evaluate import evaluate_model, perplexity
+from restorelcc.evaluate import evaluate_model, evaluate_task, perplexity
 from restorelcc.testing import byte_tokenizer, tiny_model
 
 TEXTS = ["The first short document.", "A second one, a little longer than the first one."]
@@ -170,6 +170,26 @@ def test_evaluate_model_checks_the_perplexity_source_before_the_tasks(tmp_path):
     missing = tmp_path / "no_such.txt"
     with pytest.raises(DataError, match="unknown perplexity source"):  # None: no model touched
         evaluate_model(None, None, tasks="piqa", ppl_source=str(missing), progress=False)
+
+
+@pytest.mark.parametrize(
+    "entry_point",
+    [
+        lambda model, tok: evaluate_model(model, tok, tasks="piqa", limit=1, perplexity=False),
+        lambda model, tok: evaluate_task(model, tok, "piqa", limit=1),
+        lambda model, tok: perplexity_report(model, tok, texts=TEXTS, progress=False),
+        lambda model, tok: perplexity(model, tok, texts=TEXTS, progress=False),
+    ],
+    ids=["evaluate_model", "evaluate_task", "perplexity_report", "perplexity"],
+)
+def test_the_load_model_pair_or_a_name_is_refused_as_not_a_model(model, tok, entry_point):
+    """(model, tokenizer) as the model had failed deep in a task with an AttributeError."""
+    for wrong, hint in [
+        ((model, tok), r"got a tuple; load_model returns \(model, tokenizer\): unpack it"),
+        ("pruned", "got a str; 'pruned' is a name or path: load it first with load_model"),
+    ]:
+        with pytest.raises(NotAModelError, match=f"^expected a model, {hint}"):
+            entry_point(wrong, tok)
 
 
 class NoLogitsToKeep(torch.nn.Module):

@@ -1,7 +1,10 @@
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
-from restorelcc.errors import UnsupportedModelError
+from restorelcc.errors import NotAModelError, RestoreLCCError, UnsupportedModelError
 from restorelcc.eval.perplexity import stream_nll
 from restorelcc.hf import families
 from restorelcc.testing import TINY_SHAPES, tiny_model
@@ -53,3 +56,44 @@ def test_pruning_with_calibration_refuses_a_model_spread_over_devices():
     model.model.layers[1].to("meta")
     with pytest.raises(UnsupportedModelError, match=r"on cpu, meta \(a device_map"):
         prune_model(model, "wanda", 0.5, calibration=torch.randint(0, 259, (2, 8)))
+
+
+@pytest.mark.parametrize(
+    "wrong,message",
+    [
+        ("pruned-24", "got a str; 'pruned-24' is a name or path: load it first with load_model"),
+        (
+            Path("out/pruned"),
+            "got a PosixPath; 'out/pruned' is a name or path: load it first with load_model",
+        ),
+        ("pair", "got a tuple; load_model returns (model, tokenizer): unpack it"),
+        (torch.nn.Linear(2, 2), "got a Linear (a Hugging Face causal LM: an nn.Module with a"),
+        (None, "got a NoneType (a Hugging Face causal LM"),
+    ],
+    ids=["name", "path", "load-model-pair", "module", "none"],
+)
+def test_what_is_not_a_model_is_named_by_every_entry_point(wrong, message):
+    """These had read as 'model family None is not supported'."""
+    from restorelcc.hf.swap import swap_attention
+    from restorelcc.prune import prune_model
+    from restorelcc.testing import byte_tokenizer
+
+    if wrong == "pair":
+        wrong = (tiny_model("llama-gqa"), byte_tokenizer())
+    expected = f"^expected a model, {re.escape(message)}"
+    for entry_point in (
+        families.family_of,
+        families.head_geometry,
+        swap_attention,
+        lambda model: prune_model(model, "magnitude", 0.5, progress=False),
+    ):
+        with pytest.raises(NotAModelError, match=expected):
+            entry_point(wrong)
+    assert issubclass(NotAModelError, TypeError) and issubclass(NotAModelError, RestoreLCCError)
+
+
+def test_a_config_is_a_model_for_what_reads_only_the_config():
+    model = tiny_model("llama-gqa")
+    assert families.family_of(model.config) is families.family_of(model)
+    with pytest.raises(NotAModelError, match="^expected a model, got a LlamaConfig"):
+        families.check_is_model(model.config)

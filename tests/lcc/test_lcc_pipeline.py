@@ -1,11 +1,13 @@
 import copy
+import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from lcc_helpers import pruned_copy
 
-from restorelcc.errors import DataError, UnsupportedModelError
+from restorelcc.errors import DataError, RestoreLCCError, UnsupportedModelError
 from restorelcc.lcc import (
     AdapterMismatchError,
     RestoreConfig,
@@ -224,6 +226,65 @@ def test_bad_config_values_are_refused_when_the_config_is_made(field, value, mat
         RestoreConfig(**{field: value})
     good = {"probe_pairs": 8, "probe_lr": 1e-3, "probe_test_fraction": 0.5, "init_std": 0.0}
     RestoreConfig(**{field: good.get(field, 2)})
+
+
+NOT_A_COUNT = r"heads must be a count \(an integer >= 1\) or a fraction in \(0, 1\], got "
+
+
+@pytest.mark.parametrize(
+    "heads,match",
+    [
+        (0, r"heads must be at least 1, got 0$"),
+        (-3, r"heads must be at least 1, got -3$"),
+        (np.int64(0), r"heads must be at least 1, got 0$"),
+        (-0.5, NOT_A_COUNT + "-0.5$"),
+        (0.0, NOT_A_COUNT + "0.0$"),
+        (1.5, NOT_A_COUNT + "1.5$"),
+        (float("nan"), NOT_A_COUNT + "nan$"),
+        ("4", NOT_A_COUNT + "'4'$"),
+        (True, r"heads must be a count or a fraction, got True$"),
+    ],
+)
+def test_heads_of_the_wrong_kind_or_sign_are_refused_when_the_config_is_made(heads, match):
+    """They had been taken (heads=0, -0.5, True) and failed only once the model was known."""
+    with pytest.raises(RestoreLCCError, match=f"^{match}"):
+        RestoreConfig(heads=heads)
+
+
+def test_a_numpy_heads_count_is_a_count(models, tokenizer, pairs):
+    """np.int64(3) had been refused at restore as 'must be a count ..., got np.int64(3)'."""
+    made = RestoreConfig(heads=np.int64(3))
+    assert made.heads == 3 and type(made.heads) is int
+    assert json.loads(json.dumps(made.to_dict()))["heads"] == 3  # stored in the adapter
+    assert type(RestoreConfig(heads=np.float64(0.5)).heads) is float
+    plan = plan_heads(*models, tokenizer, pairs, config(heads=np.int64(3), selection="random"))
+    assert plan.heads.shape == (3, 2)
+
+
+def test_a_count_over_the_models_heads_is_refused_before_capture(models, tokenizer, pairs):
+    dense, pruned = models
+    with pytest.raises(RestoreLCCError, match=r"^heads must be between 1 and 15 \(all heads\)"):
+        restore(dense, pruned, tokenizer, pairs, config(heads=16))
+
+
+def test_a_config_or_tokenizer_of_the_wrong_kind_is_named(models, tokenizer, pairs):
+    """A dict config had failed as an AttributeError, a None tokenizer as "'NoneType'
+    object is not callable"."""
+    dense, pruned = models
+    with pytest.raises(
+        RestoreLCCError, match=r"^config must be a RestoreConfig .*got a dict: RestoreConfig\(\*\*"
+    ):
+        restore(dense, pruned, tokenizer, pairs, {"heads": 2})
+    with pytest.raises(
+        RestoreLCCError, match="^config must be a RestoreConfig .*got a TrainConfig$"
+    ):
+        restore(dense, pruned, tokenizer, pairs, TrainConfig())
+    no_tokenizer = r"^tokenizer must be the model's Hugging Face tokenizer .*got None$"
+    with pytest.raises(RestoreLCCError, match=no_tokenizer):
+        restore(dense, pruned, None, pairs, config())
+    plan = plan_heads(dense, pruned, tokenizer, pairs, config(selection="random"))
+    with pytest.raises(RestoreLCCError, match=no_tokenizer):
+        train_heads(plan, pruned, None)
 
 
 def test_mlp_channel_pruning_restores_and_folds(models, tokenizer, pairs):

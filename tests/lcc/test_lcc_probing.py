@@ -2,10 +2,11 @@ import math
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
-from restorelcc.errors import DataError
+from restorelcc.errors import DataError, RestoreLCCError
 from restorelcc.hf.families import HeadGeometry
 from restorelcc.lcc.capture import ProbeActivations
 from restorelcc.lcc.probing import (
@@ -131,13 +132,26 @@ def test_head_count_and_random_heads():
         (True, "heads must be a count or a fraction, got True"),
         ("3", "heads must be a count in [1, 15] or a fraction in (0, 1], got '3'"),
     ]:
-        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        with pytest.raises(RestoreLCCError, match=f"^{re.escape(message)}$"):
+            head_count(GEOMETRY, bad)
+        with pytest.raises(ValueError):  # as before: the CLI's wrappers catch ValueError
             head_count(GEOMETRY, bad)
     heads = random_heads(GEOMETRY, 6, seed=0)
     assert heads.shape == (6, 2)
     flat = heads[:, 0] * 5 + heads[:, 1]
     assert flat.unique().numel() == 6 and (heads[:, 0] < 3).all() and (heads[:, 1] < 5).all()
     assert torch.equal(heads, random_heads(GEOMETRY, 6, seed=0))
+
+
+def test_numpy_numbers_are_counts_and_fractions_like_python_ones():
+    """np.int64(3) had been refused as 'must be a count in [1, 15] ..., got np.int64(3)'."""
+    for count in (np.int64(4), np.int32(4), np.uint8(4)):
+        assert head_count(GEOMETRY, count) == 4 and type(head_count(GEOMETRY, count)) is int
+    assert head_count(GEOMETRY, np.float32(0.25)) == head_count(GEOMETRY, 0.25) == 4
+    with pytest.raises(RestoreLCCError, match=r"^heads must be between 1 and 15 .*got 16$"):
+        head_count(GEOMETRY, np.int64(16))
+    with pytest.raises(RestoreLCCError, match="^heads must be a count .*got np.True_$"):
+        head_count(GEOMETRY, np.bool_(True))  # not a count of 1
 
 
 @pytest.mark.parametrize("count", [0, -2, 16, 2.0, True])
