@@ -487,7 +487,4 @@ def _check_load_arguments(dtype, device) -> torch.device:
         raise ValueError(
             f"device must be a str (cpu, cuda, cuda:1...) or a torch.device, got {device!r}"
         )
-    try:
-        return resolve_device(str(device))
-    except ValueError as exc:  # its messages name --device, the command's option
-        raise ValueError(str(exc).replace("--device ", "device=", 1)) from None
+    return resolve_device(str(device), option="device=")

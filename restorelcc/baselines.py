@@ -30,7 +30,7 @@ from restorelcc.lcc.capture import capture_last_token
 from restorelcc.lcc.compat import check_compatible, to_pruned_heads
 from restorelcc.lcc.fingerprint import model_fingerprint
 from restorelcc.lcc.heads import HeadCompensation, o_proj_input_hooks
-from restorelcc.lcc.pipeline import RestoreConfig, restore
+from restorelcc.lcc.pipeline import RestoreConfig, check_tokenizer, checked_config, restore
 from restorelcc.lcc.probing import head_count
 from restorelcc.lcc.restoration import Restoration
 from restorelcc.lcc.tokens import check_pairs, encode_prompt
@@ -81,7 +81,8 @@ def lora_baseline(
     """
     from peft import LoraConfig, get_peft_model
 
-    config = config or TrainConfig()
+    config = checked_config(config, TrainConfig)
+    check_tokenizer(tokenizer)
     if rank < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
     family = family_of(pruned)
@@ -151,6 +152,7 @@ def training_free(
     Returned as a ``Restoration`` (identity directions, ``beta = 0``, ``b = c``) that folds,
     saves and exports like RestoreLCC's.
     """
+    check_tokenizer(tokenizer)
     head_map = check_compatible(dense, pruned)
     pairs = check_pairs(pairs, minimum=1)
     start = time.perf_counter()
@@ -184,7 +186,7 @@ def random_heads_restore(
     config: RestoreConfig | None = None,
 ) -> Restoration:
     """RestoreLCC with ``config.heads`` heads drawn at random (seed ``config.train.seed``)."""
-    config = dataclasses.replace(config or RestoreConfig(), selection="random")
+    config = dataclasses.replace(checked_config(config), selection="random")
     return restore(dense, pruned, tokenizer, pairs, config)
 
 
@@ -208,7 +210,8 @@ def lofit_baseline(
     ``A`` and ``b`` start from N(0, ``config.init_std``) drawn with ``config.train.seed``,
     as LoFiT's reference code starts them.
     """
-    config = config or RestoreConfig()
+    config = checked_config(config)
+    check_tokenizer(tokenizer)
     if not l1 >= 0:
         raise ValueError(f"l1 must be >= 0, got {l1}")
     g = head_geometry(pruned)

@@ -272,9 +272,10 @@ def add_perplexity_arguments(
     )
 
 
-def resolve_device(text: str | None) -> torch.device:
+def resolve_device(text: str | None, option: str = "--device ") -> torch.device:
     """The ``--device`` value as a ``torch.device``: CUDA when none is given and one is
-    available, else the CPU. Raises ``ValueError`` for a malformed or unavailable device."""
+    available, else the CPU. Raises ``ValueError`` for a malformed or unavailable device,
+    naming it as ``option`` followed by the value (``"device="`` for an API argument)."""
     import torch  # here, so that parsing the command line stays fast
 
     if text is None:
@@ -282,16 +283,16 @@ def resolve_device(text: str | None) -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise ValueError(f"--device {text!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+        raise ValueError(f"{option}{text!r} is not a device (cpu, cuda, cuda:1, ...)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {text}: no CUDA device is available here")
+            raise ValueError(f"{option}{text}: no CUDA device is available here")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(
-                f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) here"
+                f"{option}{text}: only {torch.cuda.device_count()} CUDA device(s) here"
             )
     elif device.type != "cpu":
-        raise ValueError(f"--device {text}: only cpu and cuda devices are supported")
+        raise ValueError(f"{option}{text}: only cpu and cuda devices are supported")
     return device
 
 

@@ -244,7 +244,7 @@ def unswap_attention(model: nn.Module) -> list[int]:
                     check_no_hooks(module, f"layer {index} {group.owner}.{name}")
     restored = [index for index, block in enumerate(blocks) if _unswap_block(family, block)]
     if not restored:
-        raise ValueError(f"{type(model).__name__} has no swapped attention layer to unswap")
+        raise SwapError(f"{type(model).__name__} has no swapped attention layer to unswap")
     return restored
 
 

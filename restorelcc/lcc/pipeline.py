@@ -216,15 +216,16 @@ def restore(
     return train_heads(plan, pruned, tokenizer, check=False)  # made from pruned
 
 
-def check_restore_config(config) -> RestoreConfig:
-    """``config``, or the default ``RestoreConfig()`` for None; ``ArgumentError`` for
-    anything else (a dict of its fields, say)."""
+def checked_config(config, kind: type = RestoreConfig):
+    """``config``, or the default ``kind()`` (``RestoreConfig``, ``TrainConfig``) for None;
+    ``ArgumentError`` for anything else (a dict of its fields, say)."""
     if config is None:
-        return RestoreConfig()
-    if not isinstance(config, RestoreConfig):
-        hint = ": RestoreConfig(**fields) makes one from a dict" if isinstance(config, dict) else ""
+        return kind()
+    if not isinstance(config, kind):
+        name = kind.__name__
+        hint = f": {name}(**fields) makes one from a dict" if isinstance(config, dict) else ""
         raise ArgumentError(
-            f"config must be a RestoreConfig (or None for the defaults), got a "
+            f"config must be a {name} (or None for the defaults), got a "
             f"{type(config).__name__}{hint}"
         )
     return config
@@ -247,7 +248,7 @@ def plan_heads(
     config: RestoreConfig | None = None,
 ) -> HeadPlan:
     """``restore``'s first step: capture, lost components, probing and head selection."""
-    config = check_restore_config(config)
+    config = checked_config(config)
     check_tokenizer(tokenizer)
     head_map = check_compatible(dense, pruned)
     pairs = check_pairs(pairs, minimum=MIN_PROBE_PAIRS)

@@ -181,3 +181,25 @@ def test_bad_rank(setup):
     _, pruned, tokenizer, pairs = setup
     with pytest.raises(ValueError, match="rank"):
         lora_baseline(pruned, tokenizer, pairs, TRAIN, rank=0)
+
+
+def test_every_baseline_names_a_config_or_tokenizer_of_the_wrong_kind(setup):
+    """As restore does: a dict config had failed deep in dataclasses.replace or at its
+    first attribute, a None tokenizer as "'NoneType' object is not callable"."""
+    from restorelcc.errors import ArgumentError
+
+    dense, pruned, tokenizer, pairs = setup
+    fields = {"heads": 2}
+    calls = {
+        "lora": lambda config, tok: lora_baseline(pruned, tok, pairs, config),
+        "random heads": lambda config, tok: random_heads_restore(dense, pruned, tok, pairs, config),
+        "lofit": lambda config, tok: lofit_baseline(pruned, tok, pairs, config),
+    }
+    for name, call in calls.items():
+        kind = "TrainConfig" if name == "lora" else "RestoreConfig"
+        with pytest.raises(ArgumentError, match=rf"^config must be a {kind} .*got a dict"):
+            call(fields, tokenizer)
+        with pytest.raises(ArgumentError, match="^tokenizer must be the model's"):
+            call(None, None)
+    with pytest.raises(ArgumentError, match="^tokenizer must be the model's"):
+        training_free(dense, pruned, None, pairs)

@@ -78,7 +78,7 @@ def test_swapping_twice_is_refused(model_24):
 
 
 def test_unswap_of_an_unswapped_model_is_refused(model_24):
-    with pytest.raises(ValueError, match="no swapped attention layer"):
+    with pytest.raises(SwapError, match="no swapped attention layer"):
         unswap_attention(model_24)
 
 
