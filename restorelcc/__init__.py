@@ -23,7 +23,7 @@ def _lazy_attributes(module_name: str, exports: dict[str, str]):
 
 
 _LAZY_EXPORTS: dict[str, str] = {
-    "load_model": "restorelcc.assets",
+    "load_model": "restorelcc.loading",
     "prune_model": "restorelcc.prune",
     "evaluate_model": "restorelcc.evaluate",
     "instruction_pairs": "restorelcc.data",
@@ -40,7 +40,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "SwapReport": "restorelcc.hf.swap",
     # the errors a caller catches that are defined beside what raises them; those of
     # restorelcc.errors (RestoreLCCError, the base of all, and the rest) are added below
-    "CheckpointError": "restorelcc.assets",
+    "CheckpointError": "restorelcc.loading",
     "AdapterError": "restorelcc.lcc",
     "AdapterMismatchError": "restorelcc.lcc",
     "SwapError": "restorelcc.hf.swap_plan",
