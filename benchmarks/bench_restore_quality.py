@@ -173,9 +173,9 @@ def plan_for(p: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
                 )
             except ValueError as error:
                 p.error(f"--lrs/--heads (lr {lr:g}, heads {choice:g}): {error}")
-    pattern_tag = "" if args.pattern == "unstructured" else args.pattern.replace(":", "of")
+    pattern_tag = args.pattern.replace(":", "of")  # 2of4, unstructured
     tag = args.tag or (
-        f"{args.data}_{args.prune}{int(args.sparsity * 100)}{pattern_tag}_steps{args.steps}"
+        f"{args.data}_{args.prune}{int(args.sparsity * 100)}_{pattern_tag}_steps{args.steps}"
     )
     out = Path(args.out) if args.out else RESULTS / f"restore_quality_{tag}.json"
     return Plan(methods, lrs, heads, tasks, configs, out)
