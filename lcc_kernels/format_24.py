@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .format_common import (
+    _SAME_SIZE_INT,
     FORMAT_24,
     PACK_BAND,
     SUPPORTED_DTYPES,
@@ -33,14 +34,6 @@ from .format_common import (
 # (32..256 positions, a power of two) straddles a metadata word.
 K_ALIGN_24 = 64  # >= 32: the kernels mask metadata by whole words (decode._sparse24_pairs)
 INDICES_PER_WORD = 16  # 2-bit in-group indices per int32 metadata word
-
-# Values are moved as integers of the same width: a float gather may rewrite NaN payloads
-# (bf16 on the CPU does).
-_SAME_SIZE_INT = {
-    torch.float16: torch.int16,
-    torch.bfloat16: torch.int16,
-    torch.float32: torch.int32,
-}
 
 
 @dataclass(eq=False)
@@ -149,12 +142,18 @@ def _check_24(weight: torch.Tensor, name: str = "weight") -> None:
         )
 
 
+def _band_rows(k: int) -> int:
+    """Rows of a weight [N, K] that pack and unpack take at a time: about PACK_BAND
+    positions (K padded to K_ALIGN_24), one row at least."""
+    return max(1, PACK_BAND // _round_up(k, K_ALIGN_24))
+
+
 def _pack_24(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense 2:4 weight [N, K] -> (values [N, Kp/2] in weight's dtype, meta [N, Kp/32]
     int32), Kp = K rounded up to K_ALIGN_24. Raises ValueError if it is not 2:4. Packed
-    a band of rows (about PACK_BAND positions) at a time."""
+    a band of rows (`_band_rows`) at a time."""
     _check_24(weight)
-    rows = max(1, PACK_BAND // _round_up(weight.shape[1], K_ALIGN_24))
+    rows = _band_rows(weight.shape[1])
     bands = [_pack_24_band(weight[row : row + rows]) for row in range(0, weight.shape[0], rows)]
     return torch.cat([values for values, _ in bands]), torch.cat([meta for _, meta in bands])
 
@@ -181,11 +180,27 @@ def _pack_24_band(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _unpack_24(packed: Sparse24Weight) -> torch.Tensor:
     """Sparse24Weight of shape (N, K) -> the dense weight [N, K] (contiguous); positions
-    that hold no value are +0.0."""
+    that hold no value are +0.0.
+
+    Unpacked a band of rows (`_band_rows`) at a time into the output, so that the working
+    tensors (~6 bytes per position in fp16, ~8 in fp32) cover one band, not the weight (all
+    of it at once took ~2x the fp16 weight on top of it)."""
     n, k = packed.shape
-    indices = _unpack_words(packed.meta, 2).view(n, -1, 2)
-    values = packed.values.view(n, -1, 2)
-    integer = _SAME_SIZE_INT[packed.dtype]
-    groups = torch.zeros(n, values.shape[1], 4, dtype=integer, device=packed.device)
-    groups.scatter_(-1, indices, values.view(integer))
-    return groups.view(packed.dtype).reshape(n, -1)[:, :k].contiguous()
+    dense = torch.empty(n, k, dtype=packed.dtype, device=packed.device)
+    bits = dense.view(_SAME_SIZE_INT[packed.dtype])
+    rows = _band_rows(k)
+    for row in range(0, n, rows):
+        band = _unpack_24_band(packed.values[row : row + rows], packed.meta[row : row + rows])
+        bits[row : row + rows] = band[:, :k]
+    return dense
+
+
+def _unpack_24_band(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """Rows of a 2:4 weight, values [R, Kp/2] and meta [R, Kp/32] int32 -> the dense rows
+    [R, Kp] as the same-size integers of their bits (_SAME_SIZE_INT)."""
+    rows = values.shape[0]
+    integer = _SAME_SIZE_INT[values.dtype]
+    indices = _unpack_words(meta, 2).view(rows, -1, 2)
+    groups = torch.zeros(rows, indices.shape[1], 4, dtype=integer, device=values.device)
+    groups.scatter_(-1, indices, values.view(integer).view(rows, -1, 2))
+    return groups.view(rows, -1)

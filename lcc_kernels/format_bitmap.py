@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .format_common import (
+    _SAME_SIZE_INT,
     FORMAT_BITMAP,
     PACK_BAND,
     SUPPORTED_DTYPES,
@@ -215,16 +216,22 @@ def _tiles_of(matrix: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:
     return blocks.reshape(-1, tile_n * tile_k)
 
 
+def _band_rows(k: int, tile: tuple[int, int]) -> int:
+    """Rows of a weight [N, K] that pack and unpack take at a time: whole row blocks of
+    about PACK_BAND positions (K padded to tile_k), one block at least."""
+    tile_n, tile_k = tile
+    return max(1, PACK_BAND // (tile_n * _round_up(k, tile_k))) * tile_n
+
+
 def _pack_bitmap(
     weight: torch.Tensor, tile: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Dense weight [N, K] -> (bits [T, tile_n*tile_k/32] int32, values [V] in weight's
     dtype, offsets [T] int32, nnz), T = ceil(N/tile_n) * ceil(K/tile_k) tiles.
 
-    Packed a band of whole row blocks (about PACK_BAND positions) at a time; the output is
-    built twice over (the bands' values, then joined)."""
-    tile_n, tile_k = tile
-    rows = max(1, PACK_BAND // (tile_n * _round_up(weight.shape[1], tile_k))) * tile_n
+    Packed a band of whole row blocks (`_band_rows`) at a time; the output is built twice
+    over (the bands' values, then joined)."""
+    rows = _band_rows(weight.shape[1], tile)
     bits, values, offsets, nnz, total = [], [], [], 0, 0
     for row in range(0, weight.shape[0], rows):
         band_bits, band_values, band_starts, band_nnz = _pack_band(weight[row : row + rows], tile)
@@ -297,19 +304,43 @@ def _nbytes_bitmap(weights: Sequence[torch.Tensor], tile: tuple[int, int]) -> in
 
 def _unpack_bitmap(packed: BitmapWeight) -> torch.Tensor:
     """BitmapWeight of shape (N, K) -> the dense weight [N, K] (contiguous); positions
-    that hold no value are +0.0."""
-    # One gather, static shapes only (no boolean indexing), so the reference path built on
-    # this traces under torch.compile(fullgraph=True). Pruned positions gather a +0.0
-    # appended to the values. int32 indices and index_select: int64 ones, a where or a
-    # masked_fill over every position each cost more than the rest (CPU, every call).
-    mask = _unpack_words(packed.bits, 1, torch.int32)  # [tiles, tile_n * tile_k]
-    rank = torch.cumsum(mask, -1, dtype=torch.int32)
-    zero_slot = packed.values.numel()
-    source = (packed.offsets.unsqueeze(-1) + (rank - 1 - zero_slot)) * mask + zero_slot
-    values = torch.cat([packed.values, packed.values.new_zeros(1)])
-    tiles = values.index_select(0, source.flatten()).view(source.shape)
-    row_blocks, k_tiles = packed.grid
-    tile_n, tile_k = packed.tile
-    dense = tiles.reshape(row_blocks, k_tiles, tile_n, tile_k).permute(0, 2, 1, 3)
+    that hold no value are +0.0.
+
+    Unpacked a band of whole row blocks (`_band_rows`) at a time into the output, so that
+    the working tensors (~12 bytes per position in fp16, ~16 in fp32) cover one band, not
+    the weight (all of it at once took ~7.5x the fp16 weight on top of it)."""
     n, k = packed.shape
-    return dense.reshape(row_blocks * tile_n, k_tiles * tile_k)[:n, :k].contiguous()
+    tile_n, tile_k = packed.tile
+    k_tiles = packed.grid[1]
+    if packed.values.numel() == 0:  # all zeros, stored without a run of zeros
+        return torch.zeros(n, k, dtype=packed.dtype, device=packed.device)
+    dense = torch.empty(n, k, dtype=packed.dtype, device=packed.device)
+    rows = _band_rows(k, packed.tile)
+    for row in range(0, n, rows):
+        band_tiles = slice(row // tile_n * k_tiles, (row + rows) // tile_n * k_tiles)
+        tiles = _gather_tiles(packed.bits[band_tiles], packed.offsets[band_tiles], packed.values)
+        blocks = tiles.view(-1, k_tiles, tile_n, tile_k).permute(0, 2, 1, 3)
+        band = blocks.reshape(-1, k_tiles * tile_k)  # [whole row blocks, padded K]
+        dense[row : row + rows] = band[: min(rows, n - row), :k]
+    return dense
+
+
+def _gather_tiles(bits: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Bitmaps [t, tile_n*tile_k/32] int32 and offsets [t] int32 of t tiles, and the
+    weight's values [V], V >= 1 -> the tiles' positions [t, tile_n*tile_k], row-major in
+    each tile; +0.0 where the bit is clear."""
+    # One gather, static shapes only (no boolean indexing), so the reference path built on
+    # this traces under torch.compile(fullgraph=True). Clear positions gather a neighbour
+    # and are cleared bitwise: a masked_fill, a where or int64 indices cost more than the
+    # rest (CPU, every call).
+    integer = _SAME_SIZE_INT[values.dtype]
+    stored = _unpack_words(bits, 1, integer)  # 1 where the tile stores a value
+    source = torch.cumsum(stored, -1, dtype=torch.int32)  # rank in the tile, from 1
+    # The slot in `values` of each stored value; a clear position gets the one of the
+    # value before it in its tile, or offset - 1 ahead of the first (-1 at offset 0, hence
+    # the clamp), gathered only to be cleared.
+    source += offsets.unsqueeze(-1) - 1
+    source.clamp_(min=0)
+    tiles = values.view(integer).index_select(0, source.flatten()).view(source.shape)
+    tiles &= stored.neg_()  # all bits (-1) where a value is stored, none (0) elsewhere
+    return tiles.view(values.dtype)

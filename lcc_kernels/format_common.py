@@ -21,10 +21,18 @@ FORMAT_24 = "2:4"
 FORMAT_BITMAP = "bitmap"
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FORMAT_IDS = {FORMAT_24: 1, FORMAT_BITMAP: 2}
-# Positions of a weight that pack compresses at a time (a band of whole rows, or of whole
-# row blocks): 2**20 keep its int64, int32 and bool working copies to a few tens of MiB
-# whatever the weight's size (all of them at once took ~14x the fp16 weight).
+# Positions of a weight that pack compresses, and unpack expands, at a time (a band of
+# whole rows, or of whole row blocks): 2**20 keep their int64, int32 and bool working
+# copies to a few tens of MiB whatever the weight's size (all of them at once took ~14x
+# the fp16 weight in pack, ~7.5x in the bitmap unpack).
 PACK_BAND = 1 << 20
+# Values are moved as integers of the same width: a float gather may rewrite NaN payloads
+# (bf16 on the CPU does).
+_SAME_SIZE_INT = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+}
 
 _Container = TypeVar("_Container", bound="PackedContainer")
 

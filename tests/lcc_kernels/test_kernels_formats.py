@@ -1,11 +1,8 @@
 """Formats: exact pack/unpack round trips, pattern validation, fused weights, bad input.
-(State dicts: test_kernels_formats_state.py.)"""
+(State dicts: test_kernels_formats_state.py; unpack in bands and the peak memory of
+pack and unpack: test_kernels_formats_bands.py.)"""
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,48 +271,3 @@ def test_packing_in_bands_equals_packing_at_once(case, weight_24, band):
         for name in one.TENSOR_FIELDS:
             assert torch.equal(getattr(one, name), getattr(other, name)), (one.format, name)
     assert banded[0].nnz == whole[0].nnz and torch.equal(unpack(banded[0]), weight)
-
-
-_PEAK_SCRIPT = """
-import sys
-import torch
-from lcc_kernels import pack
-
-def kib(field):
-    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field))
-
-torch.set_num_threads(1)
-weight = torch.ones(4096, 4096, dtype=torch.float16)
-weight[:, ::2] = 0
-try:
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")  # the peak resident size (VmHWM) restarts from the current one
-except OSError as exc:  # not permitted here, or a kernel before 4.0
-    print("cannot reset the peak:", exc)
-    sys.exit(77)
-before = kib("VmRSS")
-pack(weight, sys.argv[1])
-print(kib("VmHWM") - before)
-"""
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux /proc only")
-@pytest.mark.parametrize("fmt", ["2:4", "bitmap"])
-def test_pack_peak_memory_is_a_few_times_the_weight(fmt):
-    # A 32 MiB fp16 weight at 50%: the int64 copies over every position that pack made
-    # once took its peak to ~440 (2:4) and ~490 MiB (bitmap) above the weight; it packs in
-    # bands now (under 100 MiB each). Measured in a fresh process, whose peak resident size
-    # is pack's own.
-    repository = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": repository}
-    result = subprocess.run(
-        [sys.executable, "-c", _PEAK_SCRIPT, fmt],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    if result.returncode == 77:
-        pytest.skip(result.stdout.strip())
-    assert result.returncode == 0, result.stderr
-    peak_mib = int(result.stdout.split()[-1]) / 1024
-    assert peak_mib < 6 * 32, f"{fmt} pack peaked at +{peak_mib:.0f} MiB for a 32 MiB weight"
