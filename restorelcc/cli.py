@@ -121,7 +121,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _expand_home(build_parser().parse_args(argv))
     try:
         quiet = getattr(args, "quiet", False)
         with (
@@ -143,6 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"restorelcc {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _expand_home(args: argparse.Namespace) -> argparse.Namespace:
+    """Values given as ``~/path`` as the paths they name: the shell leaves ``--out=~/x``
+    as it is, and an output written to the home folder must be checked against the
+    inputs as the same path (no option value other than a path starts with ``~``)."""
+    for name, value in vars(args).items():
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
+    return args
 
 
 def _one_line(exc: BaseException) -> str:

@@ -38,7 +38,7 @@ from restorelcc.data import (
     instruction_pairs,
     perplexity_texts,
 )
-from restorelcc.demo_config import DemoConfig, flagged
+from restorelcc.demo_config import DEMO_REPORT, DemoConfig, flagged
 from restorelcc.demo_plot import plot
 from restorelcc.demo_table import (
     Row,
@@ -322,9 +322,9 @@ def run_demo(config: DemoConfig, out_dir: str | Path, overwrite: bool = False) -
     ``overwrite``; it appears (or is replaced) only when the whole job has succeeded."""
     demo = Demo(config)
     pairs = demo.check_inputs()  # before the folder is made: bad input leaves nothing
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite, replaces=DEMO_REPORT) as tmp:
         report = demo.run(pairs)
         report["table"] = demo.table()
-        atomic_write_json(tmp / "report.json", report)
+        atomic_write_json(tmp / DEMO_REPORT, report)
         plot(report, tmp / "plot.png")
     return report

@@ -49,6 +49,7 @@ POSITIVE_FIELDS = (
     "channel_multiple",
 )
 
+DEMO_REPORT = "report.json"  # what an --out folder holds: --overwrite replaces only such a one
 PROBE_PAIRS = 128  # DemoConfig.probe_pairs' preset
 # Methods that capture activations on the first probe_pairs of the training pairs.
 CAPTURING_METHODS = ("restorelcc", "training-free")

@@ -175,10 +175,14 @@ def check_output_directory(
             remedy = "--overwrite" if option else "overwrite"
             raise FileExistsError(f"{name} is not empty (pass {remedy} to replace it)")
         if replaces is not None and not (target / replaces).is_file():
+            remedy = (
+                f"--overwrite would delete everything in it; choose another {option}"
+                if option
+                else "overwrite would delete everything in it; choose another folder"
+            )
             raise FileExistsError(
-                f"{name} is not empty and holds no {replaces}, so it is not a previous output "
-                "of this kind: overwrite would delete everything in it; choose another "
-                "folder, or empty it first"
+                f"{name} is not empty and holds no {replaces}, so it is not an earlier output "
+                f"of this kind: {remedy}, or empty it first"
             )
     if target == here:  # filled in place: the temporary folder is made inside it
         check_writable_folder(target, name)

@@ -171,13 +171,14 @@ def _check_loading_info(directory: Path, model, info: dict) -> None:
 
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    device: str | int | torch.device = "cpu",
 ):
     """Load ``(model, tokenizer)`` in eval mode; the tokenizer pads on the right.
 
-    ``dtype``: one of ``LOAD_DTYPES`` (``torch.float32``, ``torch.bfloat16``...);
-    ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a ``torch.device``. Both are checked
+    ``dtype``: one of ``LOAD_DTYPES`` (``torch.float32``, ``torch.bfloat16``...) or its
+    name (``"bfloat16"``), or ``"auto"`` (the dtype the checkpoint records); ``device``:
+    ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a CUDA index or a ``torch.device``. Both are checked
     before anything is read (``ValueError`` naming the argument). Raises
     ``ModelNotFoundError`` / ``CorruptCacheError`` with the reason, including weights the
     checkpoint lacks (which transformers would initialise randomly), and
@@ -186,7 +187,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
-    device = _check_load_arguments(dtype, device)
+    dtype, device = _check_load_arguments(dtype, device)
     directory = resolve_model(name_or_path)
     config = _read_config(directory)  # the small files before the (larger) weights
     tokenizer = _load_tokenizer(directory)
@@ -208,16 +209,24 @@ def load_model(
     return model.to(device).eval(), tokenizer
 
 
-def _check_load_arguments(dtype, device) -> torch.device:
-    """``device`` as a ``torch.device``, after checking it and ``dtype`` as ``load_model``
-    takes them; ``ValueError`` naming the argument."""
+def _check_load_arguments(dtype, device) -> tuple[torch.dtype | str, torch.device]:
+    """``(dtype, device)`` as ``from_pretrained`` and ``.to`` take them, after checking
+    them as ``load_model`` takes them; ``ValueError`` naming the argument."""
     from restorelcc.commands.options import resolve_device  # the --device checks
 
-    if not isinstance(dtype, torch.dtype) or dtype not in LOAD_DTYPES:
-        choices = ", ".join(map(str, LOAD_DTYPES))
-        raise ValueError(f"dtype must be one of {choices}; got {dtype!r}")
+    names = {str(d).removeprefix("torch."): d for d in LOAD_DTYPES}
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = names.get(dtype, dtype)
+    if dtype != "auto" and dtype not in LOAD_DTYPES:
+        raise ValueError(
+            f"dtype must be one of {', '.join(names)} (a torch.dtype or its name) or 'auto' "
+            f"(the checkpoint's own); got {dtype!r}"
+        )
+    if isinstance(device, int) and not isinstance(device, bool):
+        device = f"cuda:{device}"  # as torch.device(1) reads it
     if not isinstance(device, (str, torch.device)):
         raise ValueError(
-            f"device must be a str (cpu, cuda, cuda:1...) or a torch.device, got {device!r}"
+            f"device must be a str (cpu, cuda, cuda:1...), a CUDA index or a torch.device, "
+            f"got {device!r}"
         )
-    return resolve_device(str(device), option="device=")
+    return dtype, resolve_device(str(device), option="device=")

@@ -20,6 +20,7 @@ from restorelcc.commands.restore import heads_value
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.demo import run_demo
 from restorelcc.demo_config import (
+    DEMO_REPORT,
     METHODS,
     PAPER_SETTINGS,
     DemoArgumentError,
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         for name in ("pairs_source", "calibration_source", "ppl_source")
     }
     check_spares_inputs("--out", out, inputs)
-    check_output_directory(out, args.overwrite, option="--out")
+    check_output_directory(out, args.overwrite, option="--out", replaces=DEMO_REPORT)
     report = run_demo(config, out, overwrite=args.overwrite)
     print(report["table"])
     print(f"\nreport: {out}/report.json  plot: {out}/plot.png  ({report['wall_s']:.0f} s)")

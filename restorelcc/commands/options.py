@@ -101,7 +101,7 @@ def check_json_path(path: str | Path, option: str = "--json") -> Path:
     the report is written to a temporary file there, then renamed)."""
     if not str(path).strip():
         raise ReportPathError(f"{option} is empty: give the report's file path")
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         raise FileExistsError(f"{option} {path} is a directory")
     try:
@@ -206,11 +206,11 @@ def check_spares_inputs(
     ``smollm2-135m`` or ``lambada``, are skipped): the output is the input, or holds it
     (an ``--out`` directory is replaced whole), or is an existing file inside an input
     folder (a checkpoint's ``config.json``) other than an earlier report."""
-    target = Path(path).resolve()
+    target = Path(path).expanduser().resolve()
     for name, given in inputs.items():
-        if given is None or not Path(given).exists():
+        if given is None or not Path(given).expanduser().exists():
             continue
-        source = Path(given).resolve()
+        source = Path(given).expanduser().resolve()
         if target == source:
             raise ValueError(f"{option} {path} is {name} {given}: writing it would replace it")
         if target in source.parents:

@@ -131,7 +131,7 @@ def _check_arguments(args: argparse.Namespace):
         "--ppl-source": data_input(args.ppl_source) if args.eval else None,
     }
     check_spares_inputs("--out", args.out, inputs)
-    check_output_directory(args.out, args.overwrite, option="--out")
+    check_output_directory(args.out, args.overwrite, option="--out", replaces=PRUNE_REPORT)
     return spec
 
 
@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         "saved_dtype": str(saved_dtype).removeprefix("torch."),
         "run_metadata": run_metadata(),
     }
-    with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
+    with atomic_directory(args.out, overwrite=args.overwrite, replaces=PRUNE_REPORT) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / PRUNE_REPORT, payload)

@@ -234,6 +234,8 @@ def _config(args: argparse.Namespace):
 
 
 def _check_out(args: argparse.Namespace) -> None:
+    from restorelcc.lcc.adapter import ADAPTER_CONFIG  # --overwrite replaces an earlier --out
+
     inputs = {
         "--pruned": args.pruned,
         "--dense": args.dense,
@@ -241,7 +243,7 @@ def _check_out(args: argparse.Namespace) -> None:
         "--ppl-source": data_input(args.ppl_source) if args.eval else None,
     }
     check_spares_inputs("--out", args.out, inputs)
-    check_output_directory(args.out, args.overwrite, option="--out")
+    check_output_directory(args.out, args.overwrite, option="--out", replaces=ADAPTER_CONFIG)
     if not Path(args.pruned).is_dir():
         raise FileNotFoundError(f"--pruned {args.pruned} is not a directory")
 
@@ -293,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.data import instruction_pairs, perplexity_texts
     from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
     from restorelcc.lcc import save_adapter
-    from restorelcc.lcc.adapter import export_merged
+    from restorelcc.lcc.adapter import ADAPTER_CONFIG, export_merged
 
     config = _config(args)
     device = resolve_device(args.device)
@@ -334,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
     if reread:  # read in its stored dtype once the --dtype model is let go (no more memory)
         del pruned
         pruned, _ = load_model(args.pruned, dtype=merged_dtype, device="cpu")
-    with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
+    with atomic_directory(args.out, overwrite=args.overwrite, replaces=ADAPTER_CONFIG) as tmp:
         save_adapter(restoration, tmp, overwrite=True)
         if args.merged:
             # made from this --pruned checkpoint (read again or not): no fingerprint check,

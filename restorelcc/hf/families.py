@@ -110,6 +110,9 @@ class HeadGeometry:
         return torch.stack([flat // self.heads, flat % self.heads], dim=1)
 
 
+NOT_A_MODEL = "expected a model (a Hugging Face causal LM: an nn.Module with a config)"
+
+
 def check_is_model(obj, or_config: bool = False) -> None:
     """Raise ``NotAModelError`` unless ``obj`` is a model: an ``nn.Module`` with a
     Hugging Face ``config`` (or, ``or_config``, anything whose config, or itself, has a
@@ -127,8 +130,8 @@ def check_is_model(obj, or_config: bool = False) -> None:
     elif isinstance(obj, (str, os.PathLike)):
         hint = f"; {str(obj)!r} is a name or path: load it first with load_model({str(obj)!r})"
     else:
-        hint = " (a Hugging Face causal LM: an nn.Module with a config)"
-    raise NotAModelError(f"expected a model, got a {type(obj).__name__}{hint}")
+        hint = ""
+    raise NotAModelError(f"{NOT_A_MODEL}, got {type(obj).__name__}{hint}")
 
 
 def family_of(model_or_config) -> Family:

@@ -328,7 +328,8 @@ def test_demo_refuses_a_non_empty_current_directory_as_out_at_once(
 
 def test_demo_overwrite_replaces_a_non_empty_out(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "run"
-    out.mkdir()
+    out.mkdir()  # an earlier demo's (--overwrite replaces only such a folder)
+    (out / "report.json").write_text("{}")
     (out / "old.txt").write_text("stale")
     argv = ["demo", "--model", str(tiny_checkpoint), *TINY_FLAGS, "--out", str(out)]
     assert main([*argv, "--overwrite"]) == 0

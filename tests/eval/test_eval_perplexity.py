@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from restorelcc.errors import DataError, NonFiniteError, NotAModelError
 from restorelcc.eval.perplexity import perplexity_report, stream_nll, token_stream, window_plan
 from restorelcc.evaluate import evaluate_model, evaluate_task, perplexity
+from restorelcc.hf.families import NOT_A_MODEL
 from restorelcc.testing import byte_tokenizer, tiny_model
 
 TEXTS = ["The first short document.", "A second one, a little longer than the first one."]
@@ -185,10 +187,10 @@ def test_evaluate_model_checks_the_perplexity_source_before_the_tasks(tmp_path):
 def test_the_load_model_pair_or_a_name_is_refused_as_not_a_model(model, tok, entry_point):
     """(model, tokenizer) as the model had failed deep in a task with an AttributeError."""
     for wrong, hint in [
-        ((model, tok), r"got a tuple; load_model returns \(model, tokenizer\): unpack it"),
-        ("pruned", "got a str; 'pruned' is a name or path: load it first with load_model"),
+        ((model, tok), r"got tuple; load_model returns \(model, tokenizer\): unpack it"),
+        ("pruned", "got str; 'pruned' is a name or path: load it first with load_model"),
     ]:
-        with pytest.raises(NotAModelError, match=f"^expected a model, {hint}"):
+        with pytest.raises(NotAModelError, match=f"^{re.escape(NOT_A_MODEL)}, {hint}"):
             entry_point(wrong, tok)
 
 

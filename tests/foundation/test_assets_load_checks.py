@@ -14,14 +14,14 @@ from restorelcc.lcc.fold import fold_offsets
 from restorelcc.testing import save_checkpoint, tiny_model
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "bfloat16", torch.int8, torch.bool, None], ids=str)
+@pytest.mark.parametrize("dtype", ["bf16", "int8", torch.int8, torch.bool, None], ids=str)
 def test_a_dtype_that_is_not_a_floating_torch_dtype_is_named_before_anything_is_read(
     tmp_path, dtype
 ):
     """'bf16' and torch.int8 had been reported as a corrupt checkpoint, after reading it.
     The folder does not exist: the check comes first."""
-    choices = "torch.float32, torch.bfloat16, torch.float16, torch.float64"
-    message = f"dtype must be one of {choices}; got {dtype!r}"
+    choices = "float32, bfloat16, float16, float64 (a torch.dtype or its name) or 'auto'"
+    message = f"dtype must be one of {choices} (the checkpoint's own); got {dtype!r}"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         assets.load_model(tmp_path / "nowhere", dtype=dtype)
 
@@ -32,7 +32,8 @@ def test_a_dtype_that_is_not_a_floating_torch_dtype_is_named_before_anything_is_
         ("cuda:99", r"^device=cuda:99: (no CUDA device is available|only \d+ CUDA device)"),
         ("gpu", r"^device='gpu' is not a device \(cpu, cuda, cuda:1, \.\.\.\)$"),
         ("mps", r"^device=mps: only cpu and cuda devices are supported$"),
-        (0.5, r"^device must be a str \(cpu, cuda, cuda:1\.\.\.\) or a torch.device, got 0.5$"),
+        (0.5, r"^device must be a str \(cpu, cuda, cuda:1\.\.\.\), a CUDA index or a torch"),
+        (3, r"^device=cuda:3: (no CUDA device is available|only \d+ CUDA device)"),
     ],
 )
 def test_a_device_that_cannot_be_used_is_named_before_anything_is_read(tmp_path, device, message):
@@ -50,6 +51,12 @@ def test_on_a_checkpoint_bad_arguments_are_named_and_good_ones_load(tmp_path):
     with pytest.raises(ValueError, match="^device=cuda:99: "):
         assets.load_model(path, device="cuda:99")
     model, _ = assets.load_model(path, dtype=torch.bfloat16, device=torch.device("cpu"))
+    assert next(model.parameters()).dtype == torch.bfloat16
+    # names, and "auto" (the checkpoint's own dtype), as from_pretrained had taken them
+    model, _ = assets.load_model(path, dtype="float16")
+    assert next(model.parameters()).dtype == torch.float16
+    save_checkpoint(tiny_model("llama-gqa").to(torch.bfloat16), tmp_path / "bf16")
+    model, _ = assets.load_model(tmp_path / "bf16", dtype="auto")
     assert next(model.parameters()).dtype == torch.bfloat16
 
 

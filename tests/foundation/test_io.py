@@ -218,7 +218,7 @@ def test_overwrite_that_replaces_one_kind_refuses_other_folders(tmp_path, previo
         assert _entries(out) == ["adapter.json"]
         return
     message = (
-        f"{out} is not empty and holds no adapter.json, so it is not a previous output of "
+        f"{out} is not empty and holds no adapter.json, so it is not an earlier output of "
         "this kind: overwrite would delete everything in it; choose another folder, or "
         "empty it first"
     )

@@ -4,12 +4,14 @@ with the remedy, naming which of the two models it is, instead of a parameter mi
 one model."""
 
 import copy
+import re
 
 import pytest
 import torch
 
 from restorelcc.baselines import training_free
 from restorelcc.errors import NotAModelError, UnsupportedModelError
+from restorelcc.hf.families import NOT_A_MODEL
 from restorelcc.hf.swap import swap_attention, unswap_attention
 from restorelcc.lcc import RestoreConfig, TrainConfig, restore
 from restorelcc.lcc.compat import check_compatible
@@ -68,9 +70,11 @@ def test_a_name_or_a_load_model_pair_is_named_with_the_argument(models_24, token
     dense, pruned = models_24
     given = {"dense": dense, "pruned": pruned}
     for wrong, hint in [
-        ("smollm2-135m", r"got a str; 'smollm2-135m' is a name or path: load it first"),
-        ((pruned, tokenizer), r"got a tuple; load_model returns \(model, tokenizer\)"),
+        ("smollm2-135m", r"got str; 'smollm2-135m' is a name or path: load it first"),
+        ((pruned, tokenizer), r"got tuple; load_model returns \(model, tokenizer\)"),
     ]:
         models = {**given, role: wrong}
-        with pytest.raises(NotAModelError, match=f"^the {role} model: expected a model, {hint}"):
+        with pytest.raises(
+            NotAModelError, match=f"^the {role} model: {re.escape(NOT_A_MODEL)}, {hint}"
+        ):
             check_compatible(models["dense"], models["pruned"])

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -329,3 +330,37 @@ def test_what_training_refuses_is_refused_before_capture_and_eval(
     assert "the tokenizer has no EOS token" in capsys.readouterr().err
     assert ran == []
     assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_replaces_only_an_earlier_restore_out(restore_checkpoints, capsys):
+    """--overwrite deletes the whole folder: a non-empty one without adapter.json (a
+    user's notes, another model) is refused, and left as it was."""
+    tmp_path, _ = restore_checkpoints
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep me")
+    argv = restore_argv(tmp_path, "--overwrite")
+    argv[argv.index("--out") + 1] = str(other)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--out {other} is not empty and holds no adapter.json" in err
+    assert "--overwrite would delete everything in it; choose another --out" in err
+    assert (other / "todo.txt").read_text() == "keep me"
+
+
+def test_an_out_given_with_a_tilde_is_checked_against_the_inputs(
+    restore_checkpoints, capsys, monkeypatch
+):
+    """The shell leaves --out=~/x as it is: written at the home folder's x, it must be
+    refused where it is an input, as the same path written out is."""
+    tmp_path, _ = restore_checkpoints
+    monkeypatch.setenv("HOME", str(tmp_path))
+    argv = restore_argv(tmp_path, "--overwrite")
+    pruned = argv[argv.index("--pruned") + 1]
+    relative = "~/" + str(Path(pruned).relative_to(tmp_path))
+    argv[argv.index("--out") + 1] = relative
+    argv[argv.index("--pruned") + 1] = relative
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(argv) == 2
+    assert f"--out {pruned} is --pruned {pruned}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before

@@ -94,9 +94,10 @@ def test_structured_checkpoint_is_smaller_and_reloads(tiny_dir, calib_file, tmp_
     ],
 )
 def test_bad_input_leaves_output_untouched(tiny_dir, tmp_path, capsys, extra, message):
-    out = tmp_path / "existing"
+    out = tmp_path / "existing"  # an earlier output, which --overwrite may replace
     out.mkdir()
     (out / "keep.txt").write_text("mine")
+    (out / "prune_report.json").write_text("{}")
     model = str(tiny_dir)
     if "3:8" in extra:  # a model whose hidden size (60) is not divisible by 8
         model = str(tmp_path / "t35")
@@ -105,7 +106,7 @@ def test_bad_input_leaves_output_untouched(tiny_dir, tmp_path, capsys, extra, me
     rc = main([*args, *extra, "--out", str(out), "--overwrite"])
     assert rc == 2
     assert message in capsys.readouterr().err
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "prune_report.json"]
     assert (out / "keep.txt").read_text() == "mine"
 
 
@@ -330,7 +331,7 @@ def test_a_local_folder_named_like_a_builtin_source_is_no_input(tiny_dir, tmp_pa
     monkeypatch.chdir(tmp_path)
     for name in ("mix", "lambada"):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "old.txt").write_text("an earlier output")
+        (tmp_path / name / "prune_report.json").write_text("{}")  # an earlier output
     argv = ["prune", "--model", str(tiny_dir), "--method", "magnitude", "--quiet", "--overwrite"]
     assert main([*argv, "--out", "mix"]) == 0  # --calibration mix is the default, unused here
     assert (tmp_path / "mix" / "prune_report.json").is_file()
@@ -396,3 +397,39 @@ def test_inspect_swap_loads_the_model_without_bars_when_quiet(tiny_dir, monkeypa
     logging.enable_progress_bar()
     assert main(["inspect", str(tiny_dir), "--swap", "auto", *(["--quiet"] if quiet else [])]) == 0
     assert bars == [not quiet] and logging.is_progress_bar_enabled()
+
+
+def test_overwrite_replaces_an_earlier_prune_out_and_nothing_else(tiny_dir, tmp_path, capsys):
+    """--overwrite deletes the whole --out folder: only an earlier output of prune (one
+    holding prune_report.json) is replaced; another non-empty folder is refused as is."""
+    out = tmp_path / "out"
+    argv = ["prune", "--model", str(tiny_dir), "--method", "magnitude", "--out", str(out),
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert main([*argv, "--sparsity", "0.6", "--overwrite"]) == 0  # an earlier output
+    assert json.loads((out / "prune_report.json").read_text())["sparsity"] == 0.6
+    capsys.readouterr()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    argv[argv.index("--out") + 1] = str(tmp_path / "notes")
+    assert main([*argv, "--overwrite"]) == 2
+    assert "holds no prune_report.json" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+
+
+def test_tilde_paths_are_the_home_folders_for_every_check(tiny_dir, tmp_path, capsys, monkeypatch):
+    """--model=~/x --out=~/x (the shell expands neither) had passed the check that --out
+    is not an input, then replaced the checkpoint; --json=~/folder had been refused only
+    after the work, naming a temporary file."""
+    monkeypatch.setenv("HOME", str(tiny_dir.parent))
+    home_model = f"~/{tiny_dir.name}"
+    argv = ["prune", f"--model={home_model}", "--method", "magnitude", f"--out={home_model}",
+            "--overwrite", "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    assert f"--out {tiny_dir} is --model {tiny_dir}" in capsys.readouterr().err
+    (tmp_path / "reports").mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    argv = ["eval", "--model", str(tiny_dir), "--tasks", "none", "--ppl-tokens", "50",
+            "--json=~/reports", "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    assert f"--json {tmp_path / 'reports'} is a directory" in capsys.readouterr().err
