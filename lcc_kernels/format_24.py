@@ -186,7 +186,7 @@ def _unpack_24(packed: Sparse24Weight) -> torch.Tensor:
     tensors (~6 bytes per position in fp16, ~8 in fp32) cover one band, not the weight (all
     of it at once took ~2x the fp16 weight on top of it)."""
     n, k = packed.shape
-    dense = torch.empty(n, k, dtype=packed.dtype, device=packed.device)
+    dense = packed.values.new_empty(n, k)  # not torch.empty: see _unpack_bitmap
     bits = dense.view(_SAME_SIZE_INT[packed.dtype])
     rows = _band_rows(k)
     for row in range(0, n, rows):

@@ -314,7 +314,9 @@ def _unpack_bitmap(packed: BitmapWeight) -> torch.Tensor:
     k_tiles = packed.grid[1]
     if packed.values.numel() == 0:  # all zeros, stored without a run of zeros
         return torch.zeros(n, k, dtype=packed.dtype, device=packed.device)
-    dense = torch.empty(n, k, dtype=packed.dtype, device=packed.device)
+    # new_empty, not torch.empty: a test that swaps torch.empty for its C function (to skip
+    # the NaN poisoning) would find it untraceable under torch.compile
+    dense = packed.values.new_empty(n, k)
     rows = _band_rows(k, packed.tile)
     for row in range(0, n, rows):
         band_tiles = slice(row // tile_n * k_tiles, (row + rows) // tile_n * k_tiles)
