@@ -35,7 +35,7 @@ from torch import nn
 
 from restorelcc.errors import NonFiniteError, UnsupportedModelError
 from restorelcc.hf.families import HeadGeometry, family_of
-from restorelcc.io import atomic_directory, run_metadata
+from restorelcc.io import atomic_directory, check_output_directory, run_metadata
 from restorelcc.lcc.fingerprint import ModelFingerprint
 from restorelcc.lcc.restoration import AdapterError, Restoration
 
@@ -221,6 +221,8 @@ def export_merged(
     """
     from transformers import AutoModelForCausalLM
 
+    # the folder first: a wrong one is refused before check_model's pass over the weights
+    check_output_directory(directory, overwrite, replaces=MERGED_INFO)
     if check:
         restoration.check_model(model)
     config = merged_config(model)

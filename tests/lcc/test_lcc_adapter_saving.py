@@ -123,3 +123,16 @@ def test_overwrite_replaces_a_previous_merged_export_but_not_the_pruned_checkpoi
     merged = restoration.export_merged(pruned, tmp_path / "merged")
     restoration.export_merged(pruned, merged, tokenizer, overwrite=True)
     assert (merged / "tokenizer.json").is_file() and (merged / MERGED_INFO).is_file()
+
+
+def test_export_merged_refuses_its_folder_before_reading_the_weights(pruned, tmp_path, monkeypatch):
+    """The folder's check had come after check_model's pass over every weight."""
+    restoration = trained_like(pruned)
+    notes = _folder_with_notes(tmp_path / "notes")
+
+    def no_weight_pass(model):
+        raise AssertionError("check_model ran before the folder was refused")
+
+    monkeypatch.setattr(restoration, "check_model", no_weight_pass)
+    with pytest.raises(FileExistsError, match=f"holds no {MERGED_INFO}"):
+        restoration.export_merged(pruned, notes, overwrite=True)
