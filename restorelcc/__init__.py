@@ -35,15 +35,16 @@ _LAZY_EXPORTS: dict[str, str] = {
     "RestoreConfig": "restorelcc.lcc",
     "TrainConfig": "restorelcc.lcc",
     "Restoration": "restorelcc.lcc",
-    "swap_attention": "restorelcc.hf.swap",
-    "unswap_attention": "restorelcc.hf.swap",
-    "SwapReport": "restorelcc.hf.swap",
+    # restorelcc.hf's own lazy exports say where the swap's names are defined
+    "swap_attention": "restorelcc.hf",
+    "unswap_attention": "restorelcc.hf",
+    "SwapReport": "restorelcc.hf",
     # the errors a caller catches that are defined beside what raises them; those of
     # restorelcc.errors (RestoreLCCError, the base of all, and the rest) are added below
     "CheckpointError": "restorelcc.loading",
     "AdapterError": "restorelcc.lcc",
     "AdapterMismatchError": "restorelcc.lcc",
-    "SwapError": "restorelcc.hf.swap_plan",
+    "SwapError": "restorelcc.hf",
     "PruneArgumentError": "restorelcc.prune",
     "OutputPathError": "restorelcc.io",
 }

@@ -289,9 +289,10 @@ def check_heads(heads, total: int | None = None) -> int | float:
     if isinstance(heads, bool):
         raise ArgumentError(f"heads must be a count or a fraction, got {heads!r}")
     if is_integer(heads):
-        if heads < 1 or (total is not None and heads > total):
-            limit = "at least 1" if total is None else f"between 1 and {total} (all heads)"
-            raise ArgumentError(f"heads must be {limit}, got {heads}")
+        if total is not None:
+            return _count_in_range(heads, total, "heads")
+        if heads < 1:
+            raise ArgumentError(f"heads must be at least 1, got {heads}")
         return int(heads)
     if is_real(heads) and 0 < heads <= 1:
         return float(heads)
@@ -309,9 +310,9 @@ def head_count(geometry: HeadGeometry, heads: int | float) -> int:
 
 def _count_in_range(count: int, total: int, name: str = "count") -> int:
     if not is_integer(count):
-        raise ValueError(f"{name} must be an integer, got {count!r}")
+        raise ArgumentError(f"{name} must be an integer, got {count!r}")
     if not 1 <= count <= total:
-        raise ValueError(f"{name} must be between 1 and {total} (all heads), got {count}")
+        raise ArgumentError(f"{name} must be between 1 and {total} (all heads), got {count}")
     return int(count)
 
 
