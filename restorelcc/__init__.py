@@ -39,6 +39,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "swap_attention": "restorelcc.hf",
     "unswap_attention": "restorelcc.hf",
     "SwapReport": "restorelcc.hf",
+    "save_packed": "restorelcc.hf",
+    "load_packed": "restorelcc.hf",
     # the errors a caller catches that are defined beside what raises them; those of
     # restorelcc.errors (RestoreLCCError, the base of all, and the rest) are added below
     "CheckpointError": "restorelcc.loading",

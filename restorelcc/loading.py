@@ -61,10 +61,10 @@ def load_config(name_or_path: str | os.PathLike = DEFAULT_MODEL):
     """The model's ``transformers`` config, without its weights (cheap checks first).
 
     Raises ``ModelNotFoundError`` / ``CorruptCacheError`` (an unreadable config.json)."""
-    return _read_config(resolve_model(name_or_path))
+    return read_config(resolve_model(name_or_path))
 
 
-def _read_config(directory: Path):
+def read_config(directory: Path):
     from transformers import AutoConfig
 
     try:
@@ -75,11 +75,13 @@ def _read_config(directory: Path):
         ) from None
 
 
-def _load_tokenizer(directory: Path):
+def load_tokenizer(directory: Path):
+    """The tokenizer saved in ``directory``, padding on the right (with its eos token if
+    it has no pad token); ``CheckpointError`` where the folder has none."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError, RuntimeError) as exc:
         if not any((directory / name).is_file() for name in TOKENIZER_FILES):
             raise CheckpointError(
@@ -91,6 +93,10 @@ def _load_tokenizer(directory: Path):
         raise CorruptCacheError(
             f"cannot load the tokenizer from {directory}: {_one_line(exc)}"
         ) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
 
 
 @contextmanager
@@ -182,15 +188,23 @@ def load_model(
     before anything is read (``ValueError`` naming the argument). Raises
     ``ModelNotFoundError`` / ``CorruptCacheError`` with the reason, including weights the
     checkpoint lacks (which transformers would initialise randomly), and
-    ``CheckpointError`` for a folder without a tokenizer or a folded model saved with
-    ``save_pretrained`` (export those with ``Restoration.export_merged``).
+    ``CheckpointError`` for a folder without a tokenizer, a folded model saved with
+    ``save_pretrained`` (export those with ``Restoration.export_merged``) or a packed
+    checkpoint (``restorelcc.hf.load_packed`` loads those).
     """
     from transformers import AutoModelForCausalLM
 
-    dtype, device = _check_load_arguments(dtype, device)
+    from restorelcc.hf.packed_checkpoint import PACKED_INFO
+
+    dtype, device = check_load_arguments(dtype, device)
     directory = resolve_model(name_or_path)
-    config = _read_config(directory)  # the small files before the (larger) weights
-    tokenizer = _load_tokenizer(directory)
+    if (directory / PACKED_INFO).is_file():
+        raise CheckpointError(
+            f"{directory} is a packed checkpoint ({PACKED_INFO}, written by save_packed): "
+            "load it with restorelcc.hf.load_packed"
+        )
+    config = read_config(directory)  # the small files before the (larger) weights
+    tokenizer = load_tokenizer(directory)
     try:
         with _without_load_report():
             model, info = AutoModelForCausalLM.from_pretrained(
@@ -203,13 +217,10 @@ def load_model(
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise CorruptCacheError(f"cannot load model from {directory}: {_one_line(exc)}") from exc
     _check_loading_info(directory, model, info)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
     return model.to(device).eval(), tokenizer
 
 
-def _check_load_arguments(dtype, device) -> tuple[torch.dtype | str, torch.device]:
+def check_load_arguments(dtype, device) -> tuple[torch.dtype | str, torch.device]:
     """``(dtype, device)`` as ``from_pretrained`` and ``.to`` take them, after checking
     them as ``load_model`` takes them; ``ValueError`` naming the argument."""
     from restorelcc.commands.options import resolve_device  # the --device checks

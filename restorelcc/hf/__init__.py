@@ -13,6 +13,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "unswap_attention": "restorelcc.hf.swap",
     "SwapReport": "restorelcc.hf.swap",
     "SwapError": "restorelcc.hf.swap_plan",
+    "save_packed": "restorelcc.hf.packed_checkpoint",
+    "load_packed": "restorelcc.hf.packed_checkpoint",
 }
 
 __all__ = ["FORMATS", "MIN_SPARSITY", *_LAZY_EXPORTS]

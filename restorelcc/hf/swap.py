@@ -219,7 +219,7 @@ def swap_attention(
             plan = plans.pop()
             result, module = _build_group(plan, backend, bitmap_tile, decode_streams)
             if module is not None:
-                _install_group(blocks[plan.layer], plan.group, module)
+                install_group(blocks[plan.layer], plan.group, module)
                 installed.add(plan.layer)
             report.groups.append(result)
     except BaseException:
@@ -335,7 +335,7 @@ def _build_group(
     return result, module
 
 
-def _install_group(block: nn.Module, group: ProjectionGroup, module: PackedLinear) -> None:
+def install_group(block: nn.Module, group: ProjectionGroup, module: PackedLinear) -> None:
     """Put ``module`` (from ``_build_group``) in place of the group's ``nn.Linear``s."""
     owner = block.get_submodule(group.owner)
     if group.packed is None:
