@@ -138,11 +138,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"restorelcc {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except Terminated:
-        print(f"restorelcc {args.command}: terminated", file=sys.stderr)
+        print(f"restorelcc {args.command}: terminated{_after_output(args)}", file=sys.stderr)
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print(f"restorelcc {args.command}: interrupted", file=sys.stderr)
+        print(f"restorelcc {args.command}: interrupted{_after_output(args)}", file=sys.stderr)
         return 130
+
+
+def _after_output(args: argparse.Namespace) -> str:
+    """What follows "interrupted" (or "terminated"): nothing, or, where the command had
+    already published its output in full (``options.mark_written``), that it did, so that
+    a stop while the summary prints is not read as a lost output. The exit status stays
+    the signal's: the run was stopped, as asked, before it returned."""
+    written = getattr(args, "written", None)
+    return "" if written is None else f" after {written} was written in full"
 
 
 def _expand_home(args: argparse.Namespace) -> argparse.Namespace:

@@ -61,6 +61,8 @@ from restorelcc.prune.validate import CALIBRATED_METHODS
 
 # The order of each pattern's restored rows (DemoConfig.methods picks which).
 CANDIDATE_ORDER = ("lora", "training-free", "lofit", "restorelcc")
+# How the calibration's messages name its sample count and length (DemoConfig's fields).
+CALIBRATION_FLAGS = ("--calibration-samples", "--calibration-seqlen")
 
 
 def folded_candidate(restoration, pruned: nn.Module, sparsity: float) -> tuple[nn.Module, dict]:
@@ -145,10 +147,9 @@ class Demo:
         if c.prune_method in CALIBRATED_METHODS:
             label = f"--calibration-seqlen {c.calibration_seqlen}"
             flagged(label, check_length_fits, c.calibration_seqlen, model_config, label)
-            flags = ("--calibration-samples", "--calibration-seqlen")
             flagged(
-                flags[0], check_calibration_memory, model_config, c.prune_method,
-                c.calibration_samples, c.calibration_seqlen, c.device, flags=flags,
+                CALIBRATION_FLAGS[0], check_calibration_memory, model_config, c.prune_method,
+                c.calibration_samples, c.calibration_seqlen, c.device, flags=CALIBRATION_FLAGS,
             )  # fmt: skip
         for pattern in c.patterns:  # N:M input widths, the structured plan: from the config
             spec = c.prune_spec(pattern)
@@ -190,6 +191,7 @@ class Demo:
                     c.calibration_samples,
                     c.calibration_seqlen,
                     c.seed,
+                    flags=CALIBRATION_FLAGS,
                 )
         evaluation = self.evaluate(dense, tokenizer, "evaluate dense")
         self.add_row("-", "dense", evaluation, sparsity=block_sparsity(dense))

@@ -303,7 +303,8 @@ def run(args: argparse.Namespace) -> int:
             references = _reference_logits(model, jobs, device)
         report = _swap(model, args)
         bytes_swapped = weight_bytes(model)
-        with tqdm(total=2 * len(jobs), desc="bench", disable=args.quiet) as bar:
+        # one job (phase, batch, tokens) timed on one of the two models per step
+        with tqdm(total=2 * len(jobs), desc="bench", unit="job", disable=args.quiet) as bar:
             swapped, checks = _time_jobs(model, jobs, device, args, "swapped", bar, references)
             unswap_attention(model)
             linear, _ = _time_jobs(model, jobs, device, args, "nn.Linear", bar)

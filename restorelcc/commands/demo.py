@@ -13,6 +13,7 @@ from restorelcc.commands.options import (
     check_spares_inputs,
     data_input,
     limit_value,
+    mark_written,
     refuse_unused,
     resolve_device,
 )
@@ -166,9 +167,10 @@ def run(args: argparse.Namespace) -> int:
         option(name): data_input(getattr(config, name))
         for name in ("pairs_source", "calibration_source", "ppl_source")
     }
-    check_spares_inputs("--out", out, inputs)
+    check_spares_inputs("--out", out, inputs, folder=True)
     check_output_directory(out, args.overwrite, option="--out", replaces=DEMO_REPORT)
     report = run_demo(config, out, overwrite=args.overwrite)
+    mark_written(args, out)
     print(report["table"])
     print(f"\nreport: {out}/report.json  plot: {out}/plot.png  ({report['wall_s']:.0f} s)")
     return 0

@@ -104,7 +104,10 @@ def mean_accuracy(tasks: dict) -> dict | None:
     }
 
 
-def summary_rows(report: dict) -> list[dict]:
+def summary_rows(tasks: dict, mean: dict | None) -> list[dict]:
+    """The printed table's rows: one per task of ``tasks`` (a report's metrics by task
+    name), then ``mean`` (``mean_accuracy(tasks)``, computed once for the report and the
+    table) unless it is None."""
     rows = [
         {
             "task": name,
@@ -114,9 +117,8 @@ def summary_rows(report: dict) -> list[dict]:
             "acc_norm": metrics.get("acc_norm"),
             "seconds": metrics.get("wall_s"),
         }
-        for name, metrics in report["tasks"].items()
+        for name, metrics in tasks.items()
     ]
-    mean = mean_accuracy(report["tasks"])
     if mean:
         rows.append(
             {
@@ -228,8 +230,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if report["tasks"]:
         columns = ["task", "items", "acc", "acc_stderr", "acc_norm", "seconds"]
-        print(format_table(summary_rows(report), columns))
         mean = payload["mean"]
+        print(format_table(summary_rows(report["tasks"], mean), columns))
         if mean and mean["headline"] != mean["acc"]:
             headline = mean["headline"]
             print(f"mean of each task's headline metric (the demo's mean acc): {headline:.4f}")

@@ -10,6 +10,7 @@ from restorelcc.commands.options import (
     add_quiet_argument,
     check_json_path,
     check_spares_inputs,
+    mark_written,
 )
 from restorelcc.commands.swap_options import (
     add_mlp_argument,
@@ -110,5 +111,6 @@ def run(args: argparse.Namespace) -> int:
         swapped = swap.to_dict() if swap is not None else None
         payload = {**result, "matrices": [asdict(m) for m in matrices], "swap": swapped}
         atomic_write_json(args.json, {**payload, "run_metadata": run_metadata()})
+        mark_written(args, args.json)
         print(f"wrote {args.json}")
     return 0 if not result["shape_mismatches"] else 1

@@ -165,12 +165,22 @@ def write_report(args: argparse.Namespace, command: str, out: Path, payload) -> 
     from restorelcc.io import atomic_write_json
 
     if args.json is not None:
-        return atomic_write_json(out, payload)
-    while True:
-        try:
-            return atomic_write_json(out, payload, replace=False)
-        except FileExistsError:
-            out = default_report_path(command, args.model, args.adapter)
+        written = atomic_write_json(out, payload)
+    else:
+        while True:
+            try:
+                written = atomic_write_json(out, payload, replace=False)
+                break
+            except FileExistsError:
+                out = default_report_path(command, args.model, args.adapter)
+    mark_written(args, written)
+    return written
+
+
+def mark_written(args: argparse.Namespace, output: str | os.PathLike) -> None:
+    """Record on ``args`` that the command's final output ``output`` is complete: a
+    Ctrl-C or SIGTERM from here on (while the summary prints) says so (``cli.main``)."""
+    args.written = str(output)
 
 
 def _is_report(path: Path) -> bool:
@@ -199,13 +209,19 @@ def data_input(source: str | None) -> str | None:
 
 
 def check_spares_inputs(
-    option: str, path: str | Path, inputs: Mapping[str, str | os.PathLike | None]
+    option: str,
+    path: str | Path,
+    inputs: Mapping[str, str | os.PathLike | None],
+    folder: bool = False,
 ) -> None:
     """Refuse an output ``path`` (``option``: ``--out`` or ``--json``) whose writing would
     delete one of ``inputs`` (flag -> the path given; names that are not paths, such as
     ``smollm2-135m`` or ``lambada``, are skipped): the output is the input, or holds it
     (an ``--out`` directory is replaced whole), or is an existing file inside an input
-    folder (a checkpoint's ``config.json``) other than an earlier report."""
+    folder (a checkpoint's ``config.json``) other than an earlier report. An output
+    ``folder`` (``--out``) is refused anywhere inside an input folder too: the input would
+    hold it from then on (a checkpoint with a second model's files in a subfolder, a data
+    folder whose next read takes the output's files as data)."""
     target = Path(path).expanduser().resolve()
     for name, given in inputs.items():
         if given is None or not Path(given).expanduser().exists():
@@ -217,6 +233,11 @@ def check_spares_inputs(
             raise ValueError(
                 f"{option} {path} holds {name} {given}: writing it would delete it; choose "
                 f"another {option}"
+            )
+        if folder and source in target.parents and source.is_dir():
+            raise ValueError(
+                f"{option} {path} is inside {name} {given}: the output would be written into "
+                f"that input; choose an {option} outside it"
             )
         if source in target.parents and target.is_file() and not _is_report(target):
             raise ValueError(

@@ -16,6 +16,7 @@ from restorelcc.commands.options import (
     data_input,
     flag,
     given_options,
+    mark_written,
     name_flags,
     remember_defaults,
     resolve_device,
@@ -130,7 +131,7 @@ def _check_arguments(args: argparse.Namespace):
         "--calibration": None if args.method == "magnitude" else data_input(args.calibration),
         "--ppl-source": data_input(args.ppl_source) if args.eval else None,
     }
-    check_spares_inputs("--out", args.out, inputs)
+    check_spares_inputs("--out", args.out, inputs, folder=True)
     check_output_directory(args.out, args.overwrite, option="--out", replaces=PRUNE_REPORT)
     return spec
 
@@ -209,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
 
         calibration = calibration_batches(
             tokenizer, source=args.calibration, nsamples=args.nsamples, seqlen=args.seqlen,
-            seed=args.seed,
+            seed=args.seed, flags=("--nsamples", "--seqlen"),
         )  # fmt: skip
     report = prune_model(
         model,
@@ -241,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"restorelcc prune: wrote {args.out}; its --eval did not finish", file=sys.stderr)
             raise
         atomic_write_json(Path(args.out) / PRUNE_REPORT, payload)
+    mark_written(args, args.out)
 
     print(format_table(report.summary_rows()))
     print(format_table([_run_summary(report)]))

@@ -24,6 +24,7 @@ from restorelcc.commands.options import (
     data_input,
     flag,
     given_options,
+    mark_written,
     name_flags,
     remember_defaults,
     resolve_device,
@@ -242,7 +243,7 @@ def _check_out(args: argparse.Namespace) -> None:
         "--data": data_input(args.data),
         "--ppl-source": data_input(args.ppl_source) if args.eval else None,
     }
-    check_spares_inputs("--out", args.out, inputs)
+    check_spares_inputs("--out", args.out, inputs, folder=True)
     check_output_directory(args.out, args.overwrite, option="--out", replaces=ADAPTER_CONFIG)
     if not Path(args.pruned).is_dir():
         raise FileNotFoundError(f"--pruned {args.pruned} is not a directory")
@@ -343,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
             # which fp16 would fail on weights it flushes to zero (|w| < 3e-8)
             export_merged(restoration, pruned, tmp / MERGED_DIR, tokenizer, check=False)
         atomic_write_json(tmp / REPORT_NAME, report)
+    mark_written(args, args.out)
 
     stages = [{"stage": k, "seconds": v} for k, v in restoration.report["seconds"].items()]
     print(format_table(stages))

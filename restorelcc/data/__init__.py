@@ -234,8 +234,19 @@ def _batches_of_chars(texts: list[str], chars: int) -> Iterator[list[str]]:
         yield batch
 
 
+def _setting(name: str, value) -> str:
+    """``value`` given for ``name``, as its user writes it: ``seqlen=512`` for an argument,
+    ``--seqlen 512`` for a flag."""
+    return f"{name} {value}" if name.startswith("--") else f"{name}={value}"
+
+
 def calibration_batches(
-    tokenizer, source: str = MIX, nsamples: int = 64, seqlen: int = 512, seed: int = 0
+    tokenizer,
+    source: str = MIX,
+    nsamples: int = 64,
+    seqlen: int = 512,
+    seed: int = 0,
+    flags: tuple[str, str] = ("nsamples", "seqlen"),
 ) -> torch.Tensor:
     """Random windows of ``seqlen`` tokens from shuffled, concatenated documents.
 
@@ -245,11 +256,13 @@ def calibration_batches(
     drawn uniformly with a seeded generator. A source of fewer than ``nsamples * seqlen``
     tokens gives overlapping, repeated windows: a ``UserWarning`` says so. A document longer
     than ``CHARS_PER_TOKEN_BOUND`` characters per token wanted is cut there: a corpus file
-    is not tokenized whole.
+    is not tokenized whole. Its messages name ``nsamples`` and ``seqlen`` as ``flags``
+    (how the caller's user gives them: ``("--nsamples", "--seqlen")`` on the command line).
 
     Returns a LongTensor ``[nsamples, seqlen]``.
     """
-    nsamples, seqlen = positive_count(nsamples, "nsamples"), positive_count(seqlen, "seqlen")
+    samples, length = flags
+    nsamples, seqlen = positive_count(nsamples, samples), positive_count(seqlen, length)
     docs = calibration_texts(source)
     docs = [docs[i] for i in random.Random(seed).sample(range(len(docs)), len(docs))]
     target = 2 * nsamples * seqlen
@@ -270,13 +283,14 @@ def calibration_batches(
             break
     if len(stream) < seqlen:
         raise DataError(
-            f"source {source!r} gives only {len(stream)} tokens; need at least seqlen={seqlen}"
+            f"source {source!r} gives only {len(stream)} tokens; need at least "
+            f"{_setting(length, seqlen)}"
         )
     if len(stream) < nsamples * seqlen:
         warnings.warn(
             f"calibration source {str(source)!r} gives only {len(stream)} tokens for "
             f"{nsamples} windows of {seqlen} ({nsamples * seqlen} tokens asked): the windows "
-            "overlap and repeat; give more text or lower nsamples/seqlen",
+            f"overlap and repeat; give more text or lower {samples}/{length}",
             stacklevel=2,
         )
     tokens = torch.tensor(stream, dtype=torch.long)

@@ -127,7 +127,8 @@ def stream_nll(
     for w in plan:
         groups.setdefault((w[1] - w[0], w[2]), []).append(w)
     batches = [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
-    for batch in tqdm(batches, desc="perplexity", disable=not progress, leave=False):
+    bar = tqdm(batches, desc="perplexity", unit="batch", disable=not progress, leave=False)
+    for batch in bar:  # a batch: up to batch_size windows
         inputs = torch.stack([ids[b:e] for b, e, _ in batch]).to(device)
         keep = max(s for _, _, s in batch)
         # logits at positions [-keep-1, -1) predict the last ``keep`` ids of each window

@@ -131,7 +131,9 @@ def score_tokens(
         packable, plain = _split_packable(requests, max_length, _sliding_window(model))
     else:
         packable, plain = [], list(range(len(requests)))
-    with tqdm(total=len(requests), desc=desc, disable=not progress, leave=False) as bar:
+    # a request is one answer choice of a task's question: the bar counts those
+    bar = tqdm(total=len(requests), desc=desc, unit="choice", disable=not progress, leave=False)
+    with bar:
         if packable:
             plain = sorted(
                 plain + _score_packed(model, requests, packable, batch_size, scores, bar)

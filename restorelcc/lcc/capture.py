@@ -25,6 +25,7 @@ of running prompts with their continuations.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -106,7 +107,8 @@ def capture_last_token(
     g = head_geometry(model)
     result = torch.zeros(len(sequences), g.layers, g.heads * g.head_dim)
     lengths = [len(s) for s in sequences]
-    bar = tqdm(total=len(sequences), desc=desc, unit="seq", disable=not progress)
+    # counted in prompts, as capture_with_continuations counts: a sequence is one here
+    bar = tqdm(total=len(sequences), desc=desc, unit="prompt", disable=not progress)
     with eval_mode(model), bar:
         for batch in length_batches(lengths, batch_tokens, MAX_BATCH_ROWS):
             ids, mask = pad_right([sequences[i] for i in batch])
@@ -177,7 +179,9 @@ def capture_with_continuations(
     def check(acts: torch.Tensor, where: str, samples: list[int]) -> None:
         _check_batch(acts, model, f"{what} {where}", samples)
 
-    bar = tqdm(total=sum(map(len, units.values())), desc=desc, unit="row", disable=not progress)
+    # counted in prompts, as capture_last_token counts: one is done with its last unit
+    units_left = Counter(u.prompt for todo in units.values() for u in todo)
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
     with eval_mode(model), bar:
         for strategy, todo in units.items():
             rows = [row(u, strategy) for u in todo]
@@ -189,7 +193,8 @@ def capture_with_continuations(
                     [[continuations[k][u.prompt] for k in u.sets] for u in batch_units],
                 )
                 _store(batch_units, p_act, c_act, prompt_acts, cont_acts, check)
-                bar.update(len(batch))
+                units_left.subtract(u.prompt for u in batch_units)
+                bar.update(len({u.prompt for u in batch_units if units_left[u.prompt] == 0}))
     return _reshape(prompt_acts, model), [_reshape(c, model) for c in cont_acts]
 
 

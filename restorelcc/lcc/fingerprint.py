@@ -383,7 +383,9 @@ def model_fingerprint(model: nn.Module, progress: bool = False) -> ModelFingerpr
     probes = _Probes()
     items, seen = [], set()
     linears = [(i, n) for i in range(len(layers)) for n in family.block_linears]
-    for index, linear_name in tqdm(linears, desc="fingerprint", disable=not progress):
+    for index, linear_name in tqdm(
+        linears, desc="fingerprint", unit="matrix", disable=not progress
+    ):
         linear = block_linear(layers[index], linear_name)
         prefix, label = (
             f"{family.layers_path}.{index}.{linear_name}",

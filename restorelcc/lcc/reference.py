@@ -59,6 +59,7 @@ def capture_one_by_one(
         zip(sequences.prompts, sequences.positives, sequences.negatives, strict=True),
         total=len(sequences),
         desc="capture one by one",
+        unit="prompt",  # as capture_probe_activations counts: one per pair
         disable=not progress,
     ):
         zd.append(last_token_full_forward(dense, q))
@@ -124,7 +125,8 @@ def components_and_probes_per_head(
     scores = torch.zeros(layers * heads)
     directions = torch.zeros(layers * heads, d, d)
     compensation = torch.zeros(layers * heads, d)
-    for index in tqdm(range(layers * heads), desc="probe per head", disable=not progress):
+    bar = tqdm(range(layers * heads), desc="probe per head", unit="head", disable=not progress)
+    for index in bar:
         layer, head = divmod(index, heads)
         zd, zp = acts.dense[:, layer, head], acts.pruned[:, layer, head]
         u, s, vh = torch.linalg.svd(zd - zp, full_matrices=False)

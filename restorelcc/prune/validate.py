@@ -216,4 +216,6 @@ def check_calibration_fits(
     except ValueError as exc:
         raise PruneArgumentError(str(exc)) from None
     device = model_device(model)
-    check_calibration_memory(model.config, spec.method, nsamples, seqlen, device, chunk_size)
+    check_calibration_memory(
+        model.config, spec.method, nsamples, seqlen, device, chunk_size, chunk_flag="chunk_size"
+    )

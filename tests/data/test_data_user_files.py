@@ -104,6 +104,9 @@ def test_calibration_batches_from_a_text_file(tmp_path):
     assert torch.equal(batch, again)
     with pytest.raises(DataError, match="gives only 202 tokens; need at least seqlen=300"):
         data.calibration_batches(tok, str(path), nsamples=2, seqlen=300)
+    flags = ("--nsamples", "--seqlen")  # as the command line gives them
+    with pytest.raises(DataError, match="gives only 202 tokens; need at least --seqlen 300$"):
+        data.calibration_batches(tok, str(path), nsamples=2, seqlen=300, flags=flags)
 
 
 def _recording_byte_tokenizer():

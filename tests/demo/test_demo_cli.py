@@ -296,6 +296,14 @@ def test_demo_refuses_an_out_that_would_replace_its_model(tiny_checkpoint, capsy
     assert sorted(p.name for p in tiny_checkpoint.iterdir()) == before
 
 
+def test_demo_refuses_an_out_inside_its_model_folder(tiny_checkpoint, capsys, no_model_loads):
+    out = tiny_checkpoint / "demo"
+    argv = ["demo", "--model", str(tiny_checkpoint), "--out", str(out)]
+    assert main([*argv, "--quiet"]) == 2
+    assert f"--out {out} is inside --model {tiny_checkpoint}: " in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_demo_refuses_an_unwritable_out_at_once(unwritable_dir, capsys, no_model_loads):
     out = unwritable_dir / "run"
     assert main(["demo", "--out", str(out), "--quiet"]) == 2

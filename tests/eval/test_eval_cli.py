@@ -37,7 +37,7 @@ def test_the_mean_row_averages_acc_and_acc_norm_and_the_headline_follows_the_dem
     }
     mean = mean_accuracy(tasks)
     assert mean == {"tasks": 2, "items": 10, "acc": 0.375, "acc_norm": 0.625, "headline": 0.625}
-    assert summary_rows({"tasks": tasks})[-1] == {
+    assert summary_rows(tasks, mean)[-1] == {
         "task": "mean", "items": 10, "acc": 0.375, "acc_norm": 0.625,
     }  # fmt: skip
     assert mean_accuracy({"boolq": tasks["boolq"]}) is None
@@ -61,11 +61,21 @@ def test_dtype_sets_what_the_model_scores_in(tiny_dir, tmp_path):
     assert perplexities["bfloat16"] == pytest.approx(perplexities["float32"], rel=0.05)
 
 
-def test_full_run_prints_a_table_and_writes_the_report(tiny_dir, tmp_path, capsys):
+def test_full_run_prints_a_table_and_writes_the_report(tiny_dir, tmp_path, capsys, monkeypatch):
+    from restorelcc.commands import evaluate as eval_command
+
+    means = []  # the mean row, computed once for the report and the table
+
+    def counted_mean(tasks):
+        means.append(tasks)
+        return mean_accuracy(tasks)
+
+    monkeypatch.setattr(eval_command, "mean_accuracy", counted_mean)
     out = tmp_path / "report.json"
     argv = ["eval", "--model", str(tiny_dir), "--tasks", "arc_easy,winogrande", "--limit", "3",
             "--ppl-tokens", "48", "--batch-size", "4", "--json", str(out), "--quiet"]  # fmt: skip
     assert cli.main(argv) == 0
+    assert len(means) == 1
     stdout = capsys.readouterr().out
     assert "arc_easy" in stdout and "winogrande" in stdout and "mean" in stdout
     assert "perplexity (lambada, 48 tokens, window 256, stride 128)" in stdout

@@ -327,3 +327,24 @@ def test_running_out_of_memory_is_no_refusal_of_packed_rows(model, tok, monkeypa
         warnings.simplefilter("error")  # "context sharing off" would be raised here
         with pytest.raises(type(error), match="allocate"):
             loglikelihoods(model, tok, REQUESTS, progress=False)
+
+
+def test_the_bar_says_it_counts_answer_choices(model, tok, monkeypatch):
+    """One request is one answer choice, not one question: the bar's unit says so."""
+    import io
+
+    from tqdm import tqdm
+
+    import restorelcc.eval.scoring as scoring
+
+    bars = []
+
+    def recording_bar(*args, **kwargs):  # shown, into a buffer: it keeps its counts
+        bars.append(tqdm(*args, **{**kwargs, "disable": False, "file": io.StringIO()}))
+        return bars[-1]
+
+    monkeypatch.setattr(scoring, "tqdm", recording_bar)
+    loglikelihoods(model, tok, REQUESTS, batch_size=3, progress=False, desc="arc_easy")
+    assert [(bar.desc, bar.unit, bar.total, bar.n) for bar in bars] == [
+        ("arc_easy", "choice", len(REQUESTS), len(REQUESTS))
+    ]

@@ -6,9 +6,11 @@ import time
 
 import pytest
 
-from restorelcc import cli
+from restorelcc import cli, io
 from restorelcc.commands import inspect as inspect_command
 from restorelcc.io import atomic_directory
+from restorelcc.prune.checkpoint import PRUNE_REPORT
+from restorelcc.testing import save_checkpoint, tiny_model
 
 
 @pytest.mark.parametrize(
@@ -40,3 +42,35 @@ def test_a_signal_mid_write_leaves_no_temporary_directory(
     assert f"restorelcc inspect: {word}" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither out nor .out-*
     assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
+
+
+def test_a_ctrl_c_once_the_output_is_written_says_it_is_complete(tmp_path, monkeypatch, capsys):
+    """A stop while the summary prints (after the output was published) says the output
+    was written in full, not only "interrupted"; the exit status stays the signal's."""
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    model = save_checkpoint(tiny_model("llama-gqa"), tmp_path / "model")
+    capsys.readouterr()  # its progress bar
+    out = tmp_path / "pruned"
+    monkeypatch.setattr(io, "format_table", stop)  # the summary, printed after the write
+    argv = ["prune", "--model", str(model), "--method", "magnitude", "--device", "cpu",
+            "--quiet", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert err == f"restorelcc prune: interrupted after {out} was written in full\n"
+    assert (out / PRUNE_REPORT).is_file()
+
+
+def test_a_ctrl_c_before_the_output_is_written_does_not_claim_it(tmp_path, monkeypatch, capsys):
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    model = save_checkpoint(tiny_model("llama-gqa"), tmp_path / "model")
+    capsys.readouterr()  # its progress bar
+    monkeypatch.setattr(io, "atomic_write_json", stop)  # the --json report
+    report = tmp_path / "inspect.json"
+    assert cli.main(["inspect", str(model), "--json", str(report)]) == 130
+    assert capsys.readouterr().err == "restorelcc inspect: interrupted\n"
+    assert not report.exists()

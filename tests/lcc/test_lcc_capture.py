@@ -170,6 +170,32 @@ def test_continuations_of_different_sets_and_lengths():
             torch.testing.assert_close(c_acts[k][i], want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("strategy", ["tree", "full"])
+def test_both_capture_bars_count_prompts(monkeypatch, strategy):
+    """The dense capture (prompts with continuations) and the pruned one (prompts alone)
+    count the same thing, prompts, also where ``full`` runs a prompt in several rows (the
+    dense bar had counted rows, the pruned one sequences)."""
+    import io
+
+    from tqdm import tqdm
+
+    import restorelcc.lcc.capture as capture
+
+    bars = []
+
+    def recording_bar(*args, **kwargs):  # shown, into a buffer: it keeps its counts
+        bars.append(tqdm(*args, **{**kwargs, "disable": False, "file": io.StringIO()}))
+        return bars[-1]
+
+    monkeypatch.setattr(capture, "tqdm", recording_bar)
+    monkeypatch.setattr(capture, "continuation_strategy", lambda model, longest: strategy)
+    dense = tiny_model("llama-3x5")
+    sequences = probe_sequences(9, seed=5)
+    capture_probe_activations(dense, pruned_copy(dense), sequences, batch_tokens=90)
+    counts = [(bar.desc, bar.unit, bar.total, bar.n) for bar in bars]
+    assert counts == [("capture dense", "prompt", 9, 9), ("capture pruned", "prompt", 9, 9)]
+
+
 def test_hooks_are_removed_even_on_error():
     model = tiny_model("llama-3x5")
 

@@ -224,6 +224,23 @@ def test_an_out_that_would_delete_an_input_is_refused(
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
+@pytest.mark.parametrize("option", ["--pruned", "--dense"])
+def test_an_out_inside_an_input_folder_is_refused(restore_checkpoints, capsys, option):
+    """--out pruned-24/sub used to write the adapter into the pruned checkpoint's folder."""
+    tmp_path, _ = restore_checkpoints
+    argv = restore_argv(tmp_path)
+    model = argv[argv.index(option) + 1]
+    out = str(Path(model) / "sub" / "out")
+    argv[argv.index("--out") + 1] = out
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"restorelcc restore: error: --out {out} is inside {option} {model}: the output "
+        "would be written into that input; choose an --out outside it\n"
+    )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
 def test_an_unwritable_out_fails_before_the_models_load(
     restore_checkpoints, unwritable_dir, capsys
 ):

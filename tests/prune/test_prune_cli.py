@@ -325,6 +325,18 @@ def test_an_out_that_would_delete_the_model_is_refused(tiny_dir, where, capsys):
     assert sorted(p.name for p in tiny_dir.iterdir()) == before
 
 
+def test_an_out_inside_the_model_folder_is_refused(tiny_dir, capsys):
+    out = tiny_dir / "pruned"
+    argv = ["prune", "--model", str(tiny_dir), "--method", "magnitude", "--out", str(out)]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"restorelcc prune: error: --out {out} is inside --model {tiny_dir}: the "
+        "output would be written into that input; choose an --out outside it"
+    )
+    assert not out.exists()
+
+
 def test_a_local_folder_named_like_a_builtin_source_is_no_input(tiny_dir, tmp_path, monkeypatch):
     """--calibration mix (or --ppl-source lambada) reads the built-in source, never a local
     folder of that name: an --out of that name replaces nothing the run reads."""

@@ -162,6 +162,9 @@ def test_prune_model_makes_the_commands_calibration_checks(monkeypatch):
     monkeypatch.setattr(memory, "device_memory", lambda device: (2**20, "this machine has"))
     with pytest.raises(CalibrationMemoryError, match=r"^nsamples 64 x seqlen 32: calibration "):
         prune_model(model, "sparsegpt", 0.5, calibration=torch.ones(64, 32).long())
+    with pytest.raises(CalibrationMemoryError, match=r"; lower chunk_size \(one chunk's forward "
+                       r"holds 0\.\d GiB\), nsamples or seqlen$"):  # fmt: skip
+        prune_model(model, "wanda", 0.5, calibration=torch.ones(64, 32).long(), chunk_size=64)
     assert all(torch.equal(param, weights[name]) for name, param in model.named_parameters())
 
 
@@ -181,5 +184,5 @@ def test_a_warning_is_one_plain_line(tiny_dir, tmp_path):
     assert run.stderr.splitlines() == [
         "restorelcc prune: warning: calibration source "
         f"'{text}' gives only 202 tokens for 4 windows of 64 (256 tokens asked): the windows "
-        "overlap and repeat; give more text or lower nsamples/seqlen"
+        "overlap and repeat; give more text or lower --nsamples/--seqlen"
     ]
