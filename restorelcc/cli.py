@@ -19,6 +19,7 @@ from restorelcc.errors import RestoreLCCError
 COMMANDS: dict[str, str] = {
     "prune": "restorelcc.commands.prune",
     "inspect": "restorelcc.commands.inspect",
+    "pack": "restorelcc.commands.pack",
     "eval": "restorelcc.commands.evaluate",
     "restore": "restorelcc.commands.restore",
     "demo": "restorelcc.commands.demo",

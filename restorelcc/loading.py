@@ -201,7 +201,7 @@ def load_model(
     if (directory / PACKED_INFO).is_file():
         raise CheckpointError(
             f"{directory} is a packed checkpoint ({PACKED_INFO}, written by save_packed): "
-            "load it with restorelcc.hf.load_packed"
+            "load it with restorelcc.hf.load_packed (restorelcc eval --model reads it too)"
         )
     config = read_config(directory)  # the small files before the (larger) weights
     tokenizer = load_tokenizer(directory)

@@ -167,15 +167,30 @@ def describe_swap(report) -> str:
     )
 
 
+def _check_packed_options(args: argparse.Namespace) -> None:
+    """A packed checkpoint (``restorelcc pack``) loads swapped, as it was packed."""
+    if args.swap:
+        raise ValueError(f"--swap: {args.model} is a packed checkpoint, swapped as it was packed")
+    if args.adapter is not None:
+        raise ValueError(
+            f"--adapter: {args.model} is a packed checkpoint; fold the restoration before "
+            "packing (restorelcc restore --merged, then restorelcc pack)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from restorelcc.assets import load_model
     from restorelcc.data import perplexity_texts
     from restorelcc.evaluate import evaluate_model, resolve_tasks
+    from restorelcc.hf.packed_checkpoint import is_packed_checkpoint, load_packed
     from restorelcc.io import format_table, run_metadata
 
     start = time.perf_counter()
     tasks = resolve_tasks(args.tasks)  # unknown names fail before the model loads
     check_mlp_needs_swap(args)
+    packed = is_packed_checkpoint(args.model)
+    if packed:
+        _check_packed_options(args)
     if not tasks and args.no_ppl:
         raise ValueError("nothing to evaluate: --tasks none with --no-ppl")
     if not tasks:
@@ -192,7 +207,10 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     restoration = read_adapter(args.adapter)
     dtype = resolve_dtype(args.dtype, device)
-    model, tokenizer = load_model(args.model, dtype=dtype, device=device)
+    if packed:
+        model, tokenizer = load_packed(args.model, device=device, dtype=dtype)
+    else:
+        model, tokenizer = load_model(args.model, dtype=dtype, device=device)
     if restoration is not None:
         restoration.fold(model)
     swap = None
@@ -223,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
         "dtype": str(dtype).removeprefix("torch."),
         "adapter": adapter_summary(args.adapter, restoration),
         "swap": swap.to_dict() if swap else None,
+        "packed_checkpoint": packed,
         "perplexity": report["perplexity"],
         "eval_wall_s": report["wall_s"],
         "wall_s": round(time.perf_counter() - start, 2),

@@ -37,26 +37,32 @@ from restorelcc.hf.attention import PackedLinear, PackedProjections, ProjectionV
 from restorelcc.hf.families import decoder_layers, family_of
 from restorelcc.hf.swap import install_group
 from restorelcc.hf.swap_plan import ProjectionGroup, SwapError, projection_groups
-from restorelcc.io import atomic_directory, atomic_write_json
+from restorelcc.io import atomic_directory, atomic_write_json, check_output_directory
 
 PACKED_INFO = "restorelcc_packed.json"
 WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 1
 
-__all__ = ["PACKED_INFO", "load_packed", "save_packed"]
+__all__ = ["PACKED_INFO", "is_packed_checkpoint", "load_packed", "save_packed"]
 
 
 def save_packed(
-    model: nn.Module, directory: str | os.PathLike, tokenizer=None, overwrite: bool = False
+    model: nn.Module,
+    directory: str | os.PathLike,
+    tokenizer=None,
+    overwrite: bool = False,
+    info: dict | None = None,
 ) -> Path:
     """Write the swapped ``model`` (``swap_attention``) to ``directory`` with its packed
     weights as they are; returns the directory. Written atomically. ``tokenizer``: saved
     beside the weights (``load_packed`` needs one). An existing non-empty ``directory`` is
     refused unless ``overwrite``, which replaces only an earlier packed checkpoint (a
-    folder holding ``restorelcc_packed.json``). Raises ``SwapError`` for a model with no
-    swapped module."""
+    folder holding ``restorelcc_packed.json``). ``info``: recorded as it is (JSON) under
+    ``"info"`` in ``restorelcc_packed.json`` (``restorelcc pack`` puts its swap report
+    there). Raises ``SwapError`` for a model with no swapped module."""
     from safetensors.torch import save_file
 
+    target = check_output_directory(directory, overwrite, replaces=PACKED_INFO)
     groups, tensors = _packed_groups(model)
     if not groups:
         raise SwapError(
@@ -69,6 +75,7 @@ def save_packed(
         "dtype": str(model.get_input_embeddings().weight.dtype).removeprefix("torch."),
         "groups": groups,
         "tied": tied,
+        "info": info,
     }
     with atomic_directory(directory, overwrite, replaces=PACKED_INFO) as tmp:
         model.config.save_pretrained(tmp)
@@ -78,7 +85,7 @@ def save_packed(
             tokenizer.save_pretrained(tmp)
         save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
         atomic_write_json(tmp / PACKED_INFO, manifest)
-    return Path(directory).expanduser().absolute()
+    return target
 
 
 def _packed_groups(model: nn.Module) -> tuple[list[dict], dict[str, torch.Tensor]]:
@@ -149,14 +156,25 @@ def _add_plain_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> di
     return tied
 
 
-def load_packed(directory: str | os.PathLike, device: str | int | torch.device = "cpu"):
+def is_packed_checkpoint(name_or_path: str | os.PathLike) -> bool:
+    """Whether ``name_or_path`` is a folder written by ``save_packed``."""
+    return (Path(name_or_path).expanduser() / PACKED_INFO).is_file()
+
+
+def load_packed(
+    directory: str | os.PathLike,
+    device: str | int | torch.device = "cpu",
+    dtype: torch.dtype | str = "auto",
+):
     """Load ``(model, tokenizer)`` written by ``save_packed``: the model swapped as it was
     saved (each packed module's format, backend and decode_streams), in eval mode, on
-    ``device``, in the dtypes it was saved in; the tokenizer pads on the right. No dense
-    copy of a packed weight is made. Raises ``ModelNotFoundError`` for a missing folder,
-    ``CheckpointError`` for one that is not a packed checkpoint or whose files disagree
-    (a tensor missing, unexpected or of the wrong shape, a malformed packed weight),
-    ``CorruptCacheError`` for an unreadable file."""
+    ``device``; the tokenizer pads on the right. ``dtype``: "auto" (the dtypes it was saved
+    in), or float32, bfloat16 or float16 (or their names), its floating-point tensors cast
+    as ``load_model`` casts a dense checkpoint (buffers such as rotary ``inv_freq`` kept as
+    transformers makes them). No dense copy of a packed weight is made. Raises
+    ``ModelNotFoundError`` for a missing folder, ``CheckpointError`` for one that is not a
+    packed checkpoint or whose files disagree (a tensor missing, unexpected or of the wrong
+    shape, a malformed packed weight), ``CorruptCacheError`` for an unreadable file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import GenerationConfig
@@ -165,7 +183,9 @@ def load_packed(directory: str | os.PathLike, device: str | int | torch.device =
     from restorelcc.errors import CorruptCacheError
     from restorelcc.loading import check_load_arguments, load_tokenizer, read_config
 
-    _, device = check_load_arguments("auto", device)
+    dtype, device = check_load_arguments(dtype, device)
+    if dtype == torch.float64:
+        raise ValueError("dtype: packed weights hold float32, bfloat16 or float16, not float64")
     folder = resolve_model(directory)
     manifest = _read_manifest(folder)
     config = read_config(folder)
@@ -174,8 +194,10 @@ def load_packed(directory: str | os.PathLike, device: str | int | torch.device =
         tensors = load_file(folder / WEIGHTS, device=str(device))
     except (OSError, SafetensorError) as exc:
         raise CorruptCacheError(f"cannot read {folder / WEIGHTS}: {exc}") from exc
-    model = _empty_model(config, manifest["dtype"], folder)
-    _fill(model, manifest, tensors, folder)
+    if dtype == "auto":
+        dtype = _stored_dtype(manifest["dtype"], folder)
+    model = _empty_model(config, dtype)
+    _fill(model, manifest, tensors, dtype, folder)
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
     return model.to(device).eval(), tokenizer
@@ -205,22 +227,30 @@ def _read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def _empty_model(config, dtype_name: str, folder: Path) -> nn.Module:
+def _stored_dtype(name: str, folder: Path) -> torch.dtype:
+    """The dtype the manifest names (``CheckpointError`` for another name)."""
+    from restorelcc.loading import CheckpointError
+
+    if name not in ("float32", "bfloat16", "float16"):
+        raise CheckpointError(f"{folder / PACKED_INFO}: unknown dtype {name!r}")
+    return getattr(torch, name)
+
+
+def _empty_model(config, dtype: torch.dtype) -> nn.Module:
     """The model of ``config`` with its parameters on the meta device and its buffers
-    computed (on the CPU), as from_pretrained builds it in ``dtype_name``."""
+    computed (on the CPU), as from_pretrained builds it in ``dtype``."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    from restorelcc.loading import CheckpointError
-
-    if dtype_name not in ("float32", "bfloat16", "float16"):
-        raise CheckpointError(f"{folder / PACKED_INFO}: unknown dtype {dtype_name!r}")
     with init_empty_weights(include_buffers=False):
-        return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype_name))
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
-def _fill(model: nn.Module, manifest: dict, tensors: dict[str, torch.Tensor], folder) -> None:
-    """Install the packed modules the manifest lists and assign every other tensor."""
+def _fill(
+    model: nn.Module, manifest: dict, tensors: dict[str, torch.Tensor], dtype, folder: Path
+) -> None:
+    """Install the packed modules the manifest lists and assign every other tensor, their
+    floating-point ones in ``dtype``."""
     from restorelcc.loading import CheckpointError
 
     where = folder / PACKED_INFO
@@ -238,8 +268,12 @@ def _fill(model: nn.Module, manifest: dict, tensors: dict[str, torch.Tensor], fo
         linears = [owner._modules.get(name) for name in group.projections]
         if not all(isinstance(linear, nn.Linear) for linear in linears):
             raise CheckpointError(f"{where}: {owner_path} has no {group.projections} to replace")
-        modules.append((blocks[layer], group, _packed_module(entry, linears, tensors, path, where)))
+        module = _packed_module(entry, linears, tensors, path, where).to(dtype)
+        modules.append((blocks[layer], group, module))
         replaced |= {f"{owner_path}.{n}.{w}" for n in group.projections for w in ("weight", "bias")}
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point():
+            tensors[key] = tensor.to(dtype)
     _assign_plain_tensors(model, tensors, manifest["tied"], replaced, folder)
     for block, group, module in modules:
         install_group(block, group, module)

@@ -63,16 +63,27 @@ def test_round_trip_is_bit_for_bit(tmp_path, name, pattern, overrides):
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
-def test_bf16_loads_as_load_model_then_swap(tmp_path):
+@pytest.mark.parametrize("dtype", ["auto", torch.float32])
+def test_loads_as_load_model_then_swap(tmp_path, dtype):
     """The buffers the empty model computes (rotary frequencies, Gemma's embed_scale) are
-    from_pretrained's in the same dtype: same logits as loading the dense checkpoint."""
-    dense = save_checkpoint(_pruned("gemma3-gqa", "2:4"), tmp_path / "dense")
-    model, tokenizer = load_model(dense, dtype=torch.bfloat16)
+    from_pretrained's in the same dtype, and a bf16 packed checkpoint loaded in float32
+    is the bf16 dense checkpoint loaded in float32: same logits."""
+    model = _pruned("gemma3-gqa", "2:4", torch.bfloat16)
+    dense = save_checkpoint(model, tmp_path / "dense")
     swap_attention(model)
-    save_packed(model, tmp_path / "packed", tokenizer)
-    loaded, _ = load_packed(tmp_path / "packed")
-    assert next(loaded.parameters()).dtype == torch.bfloat16
-    assert torch.equal(loaded(IDS).logits, model(IDS).logits)
+    save_packed(model, tmp_path / "packed", byte_tokenizer())
+    expected, _ = load_model(dense, dtype=torch.bfloat16 if dtype == "auto" else dtype)
+    swap_attention(expected)
+    loaded, _ = load_packed(tmp_path / "packed", dtype=dtype)
+    assert next(loaded.parameters()).dtype == next(expected.parameters()).dtype
+    buffers = dict(expected.named_buffers())
+    assert all(torch.equal(b, buffers[n]) for n, b in loaded.named_buffers())
+    assert torch.equal(loaded(IDS).logits, expected(IDS).logits)
+
+
+def test_refuses_float64(tmp_path):
+    with pytest.raises(ValueError, match="not float64"):
+        load_packed(_saved(tmp_path), dtype=torch.float64)
 
 
 def test_packed_file_holds_packed_bytes_not_dense_ones(tmp_path):

@@ -1,0 +1,90 @@
+"""``restorelcc pack``: a pruned checkpoint swapped for the packed sparse modules and saved
+with its weights packed (``restorelcc.hf.save_packed``), for ``eval`` and ``load_packed``."""
+
+from __future__ import annotations
+
+import argparse
+
+from restorelcc.commands.dtypes import DTYPES
+from restorelcc.commands.options import add_quiet_argument, check_spares_inputs, mark_written
+from restorelcc.commands.swap_options import (
+    add_mlp_argument,
+    swap_errors_named,
+    swap_pruned_attention,
+)
+from restorelcc.hf import FORMATS, MIN_SPARSITY
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "pack",
+        help="save a pruned checkpoint with its weights packed (2:4 or bitmap)",
+        description="Swap a pruned checkpoint's attention (and, with --mlp, MLP) projections "
+        "for the packed sparse modules and save it with the packed weights as they are: a "
+        "smaller folder that 'restorelcc eval --model' and restorelcc.hf.load_packed load "
+        "swapped, without a dense copy of the packed weights.",
+    )
+    p.add_argument("--model", required=True, help="a pruned (or restored and merged) checkpoint")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        type=str.lower,
+        default="auto",
+        help="auto: 2:4 where a layer fits, else bitmap",
+    )
+    add_mlp_argument(p)
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        type=str.lower,
+        default="auto",
+        help="dtype of the packed weights (auto: the one the checkpoint is stored in)",
+    )
+    p.add_argument(
+        "--decode-streams",
+        action="store_true",
+        help="record that bitmap weights run decode on a streams layout (built when loaded "
+        "on a GPU: ~1.1x the bitmap's bytes more memory)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier pack --out")
+    add_quiet_argument(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from restorelcc.assets import load_model
+    from restorelcc.commands.dtypes import stored_dtype
+    from restorelcc.hf.packed_checkpoint import PACKED_INFO, WEIGHTS, save_packed
+    from restorelcc.io import check_output_directory, format_table, run_metadata
+    from restorelcc.loading import load_config
+
+    check_spares_inputs("--out", args.out, {"--model": args.model}, folder=True)
+    check_output_directory(args.out, args.overwrite, option="--out", replaces=PACKED_INFO)
+    config = load_config(args.model)
+    auto = stored_dtype(config) or torch.float32
+    dtype = auto if args.dtype == "auto" else getattr(torch, args.dtype)
+    model, tokenizer = load_model(args.model, dtype=dtype)
+    dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    with swap_errors_named("--format", args.format):
+        report = swap_pruned_attention(
+            model, "--format", args.model, args.format, MIN_SPARSITY, args.decode_streams, args.mlp
+        )
+    if args.decode_streams and not any(g.format == "bitmap" for g in report.groups):
+        raise ValueError(f"--decode-streams: {args.model} has no weight packed as a bitmap")
+    info = {"model": str(args.model), "swap": report.to_dict(), "run_metadata": run_metadata()}
+    out = save_packed(model, args.out, tokenizer, overwrite=args.overwrite, info=info)
+    mark_written(args, out)
+    print(report.table())
+    weights = (out / WEIGHTS).stat().st_size
+    summary = {
+        "dtype": str(dtype).removeprefix("torch."),
+        "dense_MB": dense_bytes / 1e6,
+        "packed_file_MB": weights / 1e6,
+        "ratio": weights / dense_bytes,
+    }
+    print(format_table([summary]))
+    print(f"wrote {out} ({PACKED_INFO})")
+    return 0
