@@ -255,3 +255,23 @@ def test_load_peak_memory_is_the_packed_bytes_not_the_dense_ones(tmp_path):
     assert result.returncode == 0, result.stderr
     peak_mib = int(result.stdout.split()[-1]) / 1024
     assert peak_mib < 2 * file_mib + 16, f"load_packed peaked at +{peak_mib:.0f} MiB"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_loads_on_cuda_as_the_dense_checkpoint_swapped_there(tmp_path):
+    """Packed on the CPU, loaded on the GPU: the streams layout of decode_streams is built
+    there, and the kernels (deterministic: split-K partials summed in order) give the
+    logits of the dense checkpoint loaded on the GPU and swapped alike."""
+    model = _pruned("llama-gqa", "unstructured", torch.bfloat16)
+    dense = save_checkpoint(model, tmp_path / "dense")
+    swap_attention(model, mlp=True, decode_streams=True)
+    save_packed(model, tmp_path / "packed", byte_tokenizer())
+    loaded, _ = load_packed(tmp_path / "packed", device="cuda")
+    expected, _ = load_model(dense, dtype=torch.bfloat16, device="cuda")
+    swap_attention(expected, mlp=True, decode_streams=True)
+    streams = [m.streams_bytes for m in loaded.modules() if isinstance(m, PackedLinear)]
+    assert streams and all(size > 0 for size in streams)
+    for ids in (IDS, IDS[:, :1]):  # prefill on the bitmap tiles, one row on the streams
+        ids = ids.cuda()
+        assert torch.equal(loaded(ids).logits, expected(ids).logits)
