@@ -194,15 +194,13 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
-    from restorelcc.hf.packed_checkpoint import PACKED_INFO
+    from restorelcc.hf.packed_checkpoint import refuse_packed
 
     dtype, device = check_load_arguments(dtype, device)
     directory = resolve_model(name_or_path)
-    if (directory / PACKED_INFO).is_file():
-        raise CheckpointError(
-            f"{directory} is a packed checkpoint ({PACKED_INFO}, written by save_packed): "
-            "load it with restorelcc.hf.load_packed (restorelcc eval --model reads it too)"
-        )
+    refuse_packed(
+        directory, "load it with restorelcc.hf.load_packed (restorelcc eval --model reads it too)"
+    )
     config = read_config(directory)  # the small files before the (larger) weights
     tokenizer = load_tokenizer(directory)
     try:

@@ -182,13 +182,13 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.assets import load_model
     from restorelcc.data import perplexity_texts
     from restorelcc.evaluate import evaluate_model, resolve_tasks
-    from restorelcc.hf.packed_checkpoint import is_packed_checkpoint, load_packed
+    from restorelcc.hf.packed_checkpoint import is_packed_checkpoint, load_packed, packed_modules
     from restorelcc.io import format_table, run_metadata
 
     start = time.perf_counter()
     tasks = resolve_tasks(args.tasks)  # unknown names fail before the model loads
     check_mlp_needs_swap(args)
-    packed = is_packed_checkpoint(args.model)
+    packed = is_packed_checkpoint(args.model)  # then what it holds, for the report
     if packed:
         _check_packed_options(args)
     if not tasks and args.no_ppl:
@@ -209,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
     dtype = resolve_dtype(args.dtype, device)
     if packed:
         model, tokenizer = load_packed(args.model, device=device, dtype=dtype)
+        packed = packed_modules(model)
+        print(f"packed checkpoint: {packed['modules']} packed modules ({packed['formats']})")
     else:
         model, tokenizer = load_model(args.model, dtype=dtype, device=device)
     if restoration is not None:
@@ -241,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         "dtype": str(dtype).removeprefix("torch."),
         "adapter": adapter_summary(args.adapter, restoration),
         "swap": swap.to_dict() if swap else None,
-        "packed_checkpoint": packed,
+        "packed_checkpoint": packed or None,
         "perplexity": report["perplexity"],
         "eval_wall_s": report["wall_s"],
         "wall_s": round(time.perf_counter() - start, 2),

@@ -13,13 +13,14 @@ as the rotary frequencies, computed as transformers computes them), the swapped 
 are rebuilt from their packed tensors, and the other weights are assigned as read.
 
 The folder holds ``config.json``, ``generation_config.json``, the tokenizer's files if
-one is given, ``model.safetensors`` and ``restorelcc_packed.json`` (which modules are
-packed, in what format, with which options; tied weights). In ``model.safetensors``, a
+one is given, ``restorelcc_packed.safetensors`` and ``restorelcc_packed.json`` (which
+modules are packed, in what format, with which options; tied weights). In the former, a
 swapped module's tensors are its ``lcc_kernels`` state dict under
 ``<module path>.packed.`` (``info``, ``split_sizes`` and the format's tensors) and its
 bias under ``<module path>.bias``; every other tensor is under its usual key. Plain
-transformers cannot read it: ``unswap_attention`` the loaded model and ``save_pretrained``
-it for a dense checkpoint.
+transformers finds no weights file to read there (rather than loading the config with
+random projections): ``unswap_attention`` the loaded model and ``save_pretrained`` it for
+a dense checkpoint.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ from restorelcc.hf.swap_plan import ProjectionGroup, SwapError, projection_group
 from restorelcc.io import atomic_directory, atomic_write_json, check_output_directory
 
 PACKED_INFO = "restorelcc_packed.json"
-WEIGHTS = "model.safetensors"
+WEIGHTS = "restorelcc_packed.safetensors"  # not model.safetensors: transformers refuses it
 FORMAT_VERSION = 1
 
-__all__ = ["PACKED_INFO", "is_packed_checkpoint", "load_packed", "save_packed"]
+__all__ = ["PACKED_INFO", "is_packed_checkpoint", "load_packed", "packed_modules", "save_packed"]
 
 
 def save_packed(
@@ -161,6 +162,27 @@ def is_packed_checkpoint(name_or_path: str | os.PathLike) -> bool:
     return (Path(name_or_path).expanduser() / PACKED_INFO).is_file()
 
 
+def packed_modules(model: nn.Module) -> dict:
+    """How many packed modules ``model`` holds, and their formats (comma-separated)."""
+    modules = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    return {
+        "modules": len(modules),
+        "formats": ", ".join(sorted({m.packed.format for m in modules})),
+    }
+
+
+def refuse_packed(directory: str | os.PathLike, remedy: str) -> None:
+    """``CheckpointError`` naming ``remedy`` where ``directory`` is a packed checkpoint,
+    which readers of dense checkpoints would take for a damaged one."""
+    from restorelcc.loading import CheckpointError
+
+    if is_packed_checkpoint(directory):
+        raise CheckpointError(
+            f"{directory} is a packed checkpoint ({PACKED_INFO}, written by save_packed or "
+            f"restorelcc pack): {remedy}"
+        )
+
+
 def load_packed(
     directory: str | os.PathLike,
     device: str | int | torch.device = "cpu",
@@ -194,10 +216,10 @@ def load_packed(
         tensors = load_file(folder / WEIGHTS, device=str(device))
     except (OSError, SafetensorError) as exc:
         raise CorruptCacheError(f"cannot read {folder / WEIGHTS}: {exc}") from exc
-    if dtype == "auto":
-        dtype = _stored_dtype(manifest["dtype"], folder)
+    stored = _stored_dtype(manifest["dtype"], folder)
+    dtype = stored if dtype == "auto" else dtype
     model = _empty_model(config, dtype)
-    _fill(model, manifest, tensors, dtype, folder)
+    _fill(model, manifest, tensors, (stored, dtype), folder)
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
     return model.to(device).eval(), tokenizer
@@ -247,13 +269,14 @@ def _empty_model(config, dtype: torch.dtype) -> nn.Module:
 
 
 def _fill(
-    model: nn.Module, manifest: dict, tensors: dict[str, torch.Tensor], dtype, folder: Path
+    model: nn.Module, manifest: dict, tensors: dict[str, torch.Tensor], dtypes, folder: Path
 ) -> None:
-    """Install the packed modules the manifest lists and assign every other tensor, their
-    floating-point ones in ``dtype``."""
+    """Install the packed modules the manifest lists and assign every other tensor;
+    ``dtypes``: (the manifest's, the one to load in) for the floating-point ones."""
     from restorelcc.loading import CheckpointError
 
     where = folder / PACKED_INFO
+    stored, dtype = dtypes
     blocks = decoder_layers(model)
     names = {id(module): name for name, module in model.named_modules()}
     groups = {group.name: group for group in projection_groups(family_of(model), mlp=True)}
@@ -268,7 +291,12 @@ def _fill(
         linears = [owner._modules.get(name) for name in group.projections]
         if not all(isinstance(linear, nn.Linear) for linear in linears):
             raise CheckpointError(f"{where}: {owner_path} has no {group.projections} to replace")
-        module = _packed_module(entry, linears, tensors, path, where).to(dtype)
+        module = _packed_module(entry, linears, tensors, path, where)
+        if module.packed.dtype != stored:
+            raise CheckpointError(
+                f"{where}: {path} holds {module.packed.dtype}, not the {stored} it names"
+            )
+        module.to(dtype)
         modules.append((blocks[layer], group, module))
         replaced |= {f"{owner_path}.{n}.{w}" for n in group.projections for w in ("weight", "bias")}
     for key, tensor in tensors.items():
@@ -330,6 +358,12 @@ def _packed_module(
             f"{where}: {path} does not match its tensors (format {packed.format!r}, bias "
             f"{biases}): {entry}"
         )
+    for index, (size, flag) in enumerate(zip(sizes, has_bias, strict=True)):
+        start = sum(sizes[:index])
+        if not flag and bias is not None and bias[start : start + size].any():
+            raise CheckpointError(
+                f"{where}: {path}: projection {index} has a nonzero bias but has_bias false"
+            )
     backend, streams = entry.get("backend"), entry.get("decode_streams")
     try:
         if backend != "auto" and backend not in BACKENDS:
@@ -356,7 +390,9 @@ def _assign_plain_tensors(model, tensors, tied: dict, replaced: set[str], folder
         owner_name, _, name = key.rpartition(".")
         owner = modules.get(owner_name)
         if name == "bias" and isinstance(owner, nn.Linear) and owner.bias is None:
-            owner.bias = nn.Parameter(torch.empty_like(tensor, device="meta"))
+            size = owner.out_features  # a bias of another size fails the load's shape check
+            owner.bias = nn.Parameter(torch.empty(size, dtype=tensor.dtype, device="meta"))
+    _check_tied(modules, tensors, tied, folder / PACKED_INFO)
     try:
         result = model.load_state_dict(tensors, strict=False, assign=True)
     except RuntimeError as exc:
@@ -371,12 +407,26 @@ def _assign_plain_tensors(model, tensors, tied: dict, replaced: set[str], folder
         )
     for key, source in tied.items():
         owner_name, _, name = key.rpartition(".")
-        owner = model.get_submodule(owner_name)
-        tensor = tensors.get(source)
-        if tensor is None or not (name in owner._parameters or name in owner._buffers):
-            raise CheckpointError(f"{folder / PACKED_INFO}: cannot tie {key} to {source}")
+        owner = modules[owner_name]
         target = model.get_parameter(source) if source in dict(model.named_parameters()) else None
         if target is not None:
             owner._parameters[name] = target
         else:
             owner._buffers[name] = model.get_buffer(source)
+
+
+def _check_tied(modules: dict, tensors: dict, tied: dict, where: Path) -> None:
+    """Each tied name: a parameter or buffer of the model that is not stored, of the shape
+    of the stored tensor it is tied to (``CheckpointError`` otherwise)."""
+    from restorelcc.loading import CheckpointError
+
+    for key, source in tied.items():
+        owner_name, _, name = key.rpartition(".")
+        owner = modules.get(owner_name)
+        slot = None if owner is None else owner._parameters.get(name, owner._buffers.get(name))
+        tensor = tensors.get(source) if isinstance(source, str) else None
+        if key in tensors or slot is None or tensor is None or slot.shape != tensor.shape:
+            raise CheckpointError(
+                f"{where}: cannot tie {key} to {source} (a tied name is not stored, and has "
+                "the shape of a stored tensor of this model)"
+            )

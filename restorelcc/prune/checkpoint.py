@@ -141,10 +141,16 @@ def inspect_checkpoint(directory: str | Path) -> dict:
     from safetensors import SafetensorError
 
     from restorelcc.assets import load_config
+    from restorelcc.hf.packed_checkpoint import refuse_packed
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise ModelNotFoundError(_not_a_checkpoint(directory))
+    refuse_packed(
+        directory,
+        "inspect reads dense checkpoints (inspect the one it was packed from; its "
+        "restorelcc_packed.json lists the packed modules)",
+    )
     config = load_config(directory)
     family = family_of(config)
     files = _tensor_files(directory)

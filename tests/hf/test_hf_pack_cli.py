@@ -11,7 +11,7 @@ from _hf_swap_helpers import prune_attention
 from restorelcc.cli import main
 from restorelcc.hf import load_packed
 from restorelcc.hf.attention import PackedLinear
-from restorelcc.hf.packed_checkpoint import PACKED_INFO, WEIGHTS
+from restorelcc.hf.packed_checkpoint import PACKED_INFO
 from restorelcc.testing import save_checkpoint, tiny_model
 
 EVAL = ["--tasks", "none", "--ppl-tokens", "64", "--device", "cpu", "--quiet"]
@@ -37,7 +37,8 @@ def test_pack_then_eval_scores_as_eval_swap(pruned_dir, tmp_path, capsys, dtype)
         json_path = tmp_path / f"{name}.json"
         assert main(["eval", *extra, *EVAL, "--dtype", dtype, "--json", str(json_path)]) == 0
         reports[name] = json.loads(json_path.read_text())
-    assert reports["packed"]["packed_checkpoint"] and not reports["swap"]["packed_checkpoint"]
+    assert reports["packed"]["packed_checkpoint"] == {"modules": 4, "formats": "2:4"}
+    assert reports["swap"]["packed_checkpoint"] is None
     assert reports["packed"]["perplexity"] == reports["swap"]["perplexity"]
 
 
@@ -81,8 +82,16 @@ def test_pack_refusals(pruned_dir, tmp_path, capsys):
     assert "is inside --model" in capsys.readouterr().err
     assert main(["pack", "--model", str(pruned_dir), "--out", str(dense), "--overwrite"]) == 2
     assert f"holds no {PACKED_INFO}" in capsys.readouterr().err
-    assert (dense / WEIGHTS).is_file()  # left as it was
+    assert (dense / "model.safetensors").is_file()  # left as it was
     args = ["pack", "--model", str(pruned_dir), "--out", str(tmp_path / "y"), "--format", "2:4"]
     assert main([*args, "--decode-streams", "--quiet"]) == 2
     assert "no weight packed as a bitmap" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_inspect_names_a_packed_checkpoint(pruned_dir, tmp_path, capsys):
+    out = tmp_path / "packed"
+    assert main(["pack", "--model", str(pruned_dir), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 2
+    assert "is a packed checkpoint" in capsys.readouterr().err

@@ -101,7 +101,7 @@ def test_packed_file_holds_packed_bytes_not_dense_ones(tmp_path):
     assert not [k for k in keys if k.endswith(tuple(f"{p}.weight" for p in projections))]
     packed_bytes = sum(m.packed.nbytes for m in model.modules() if isinstance(m, PackedLinear))
     assert packed_bytes < dense_bytes  # 9/16 but for K padded to 64 (96 -> 128 here)
-    expected = (dense / WEIGHTS).stat().st_size - dense_bytes + packed_bytes
+    expected = (dense / "model.safetensors").stat().st_size - dense_bytes + packed_bytes
     saved = (tmp_path / "packed" / WEIGHTS).stat().st_size
     assert abs(saved - expected) < 8192  # the files' headers differ (keys, info tensors)
 
@@ -168,6 +168,10 @@ def _edit_weights(folder, edit) -> None:
         (lambda m: m["groups"][0].update(backend="fast"), "unknown backend 'fast'"),
         (lambda m: m["groups"].pop(), "unexpected.*o_proj.packed"),
         (lambda m: m["tied"].update({"lm_head.weight": "nowhere"}), "cannot tie"),
+        # stored, or of another shape: tying would ignore a tensor or fail at the forward
+        (lambda m: m["tied"].update({"lm_head.weight": "model.embed_tokens.weight"}), "tie"),
+        (lambda m: m["tied"].update({"model.norm.weight": "model.embed_tokens.weight"}), "tie"),
+        (lambda m: m.update(dtype="float16"), "holds torch.float32, not the torch.float16"),
     ],
 )
 def test_refuses_a_manifest_that_disagrees(tmp_path, edit, message):
@@ -186,6 +190,10 @@ def test_refuses_a_manifest_that_disagrees(tmp_path, edit, message):
         (
             lambda t: t.update({"model.norm.weight": torch.zeros(5)}),
             "does not fit the config.*size mismatch for model.norm.weight",
+        ),
+        (  # a folded bias on an unswapped layer is added, of its own size only
+            lambda t: t.update({"model.layers.1.mlp.down_proj.bias": torch.zeros(7)}),
+            "size mismatch for model.layers.1.mlp.down_proj.bias",
         ),
     ],
 )
@@ -275,3 +283,24 @@ def test_loads_on_cuda_as_the_dense_checkpoint_swapped_there(tmp_path):
     for ids in (IDS, IDS[:, :1]):  # prefill on the bitmap tiles, one row on the streams
         ids = ids.cuda()
         assert torch.equal(loaded(ids).logits, expected(ids).logits)
+
+
+def test_plain_transformers_finds_no_weights_to_load(tmp_path):
+    """Not a config with randomly initialised projections: no weights file it reads."""
+    from transformers import AutoModelForCausalLM
+
+    with pytest.raises(OSError, match="model.safetensors|no file named"):
+        AutoModelForCausalLM.from_pretrained(_saved(tmp_path))
+
+
+def test_refuses_a_bias_that_has_bias_says_is_absent(tmp_path):
+    model = _pruned("qwen2-gqa", "2:4")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("v_proj.bias"):
+                param.normal_()
+    swap_attention(model)
+    folder = save_packed(model, tmp_path / "packed", byte_tokenizer())
+    _edit_manifest(folder, lambda m: m["groups"][0].update(has_bias=[True, True, False]))
+    with pytest.raises(CheckpointError, match="projection 2 has a nonzero bias but has_bias"):
+        load_packed(folder)
