@@ -99,7 +99,8 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     converted from another GGUF than the one installed now (``gguf_identity``; a cache
     that records none, from before that was recorded, counts as another). With the wheel
     uninstalled, an existing cache is used as it is. Raises ``ModelNotFoundError`` saying
-    what was tried, ``CorruptCacheError`` for a damaged cache.
+    what was tried (for a file, ``is_a_file``: what ``inspect`` says of one),
+    ``CorruptCacheError`` for a damaged cache.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -126,6 +127,8 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
                     convert_gguf(gguf, target, asset.distribution)
         check_cache(target)
         return target
+    if path.exists():  # not a directory: a checkpoint's config.json, say
+        raise ModelNotFoundError(is_a_file(path))
     message = (
         f"cannot resolve model {str(name_or_path)!r}: no directory {path.resolve()} and not a "
         f"known name ({', '.join(KNOWN_MODELS)})"
@@ -140,6 +143,11 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
                 f"--no-deps {KNOWN_MODELS[DEFAULT_MODEL].pip_spec}"
             )
     raise ModelNotFoundError(message)
+
+
+def is_a_file(path: Path) -> str:
+    """What a model path that names a file is told (``resolve_model``, ``inspect``)."""
+    return f"{path} is a file, not a checkpoint directory"
 
 
 def _looks_like_a_path(name: str) -> bool:

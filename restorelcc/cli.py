@@ -121,7 +121,17 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# The exit status of a command whose standard output was closed by its reader (``| head``):
+# 128 + SIGPIPE, what a shell reports for a program that SIGPIPE stopped.
+STDOUT_CLOSED = 128 + 13
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command of ``argv`` (default: ``sys.argv``); its exit status. Bad input:
+    one error line, 2; Ctrl-C: 130; SIGTERM: 143. A reader that closes the standard
+    output early (``restorelcc inspect DIR | head -1``) ends the command quietly with
+    ``STDOUT_CLOSED`` (141), as a program stopped by SIGPIPE: no error line, and what it
+    wrote stays (the commands write their files before they print their tables)."""
     args = _expand_home(build_parser().parse_args(argv))
     try:
         quiet = getattr(args, "quiet", False)
@@ -130,7 +140,12 @@ def main(argv: list[str] | None = None) -> int:
             _plain_warnings(args.command),
             _library_progress_bars(not quiet),
         ):
-            return int(args.func(args) or 0)
+            status = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe fails here, not in Python's flush at exit
+            return status
+    except BrokenPipeError:
+        _discard_stdout()
+        return STDOUT_CLOSED
     except (RestoreLCCError, ValueError, OSError) as exc:
         # Bad input, or a file that cannot be read or written (a full disk, a folder that
         # refuses writes): one line for the user; RESTORELCC_DEBUG=1 shows the traceback.
@@ -144,6 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"restorelcc {args.command}: interrupted{_after_output(args)}", file=sys.stderr)
         return 130
+
+
+def _discard_stdout() -> None:
+    """Send what is left to print to the null device, so that Python's flush at exit does
+    not fail on the closed pipe again (the Python docs' "Note on SIGPIPE")."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's captured output)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - open until the process ends
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, descriptor)
+    os.close(null)
 
 
 def _after_output(args: argparse.Namespace) -> str:

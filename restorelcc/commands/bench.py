@@ -11,8 +11,10 @@ not interleaved: the swap is in place, and a second copy of the model would doub
 memory.
 On a GPU each call is timed from CUDA-graph replays for ``--rep-ms`` (no host overhead,
 as in compiled or captured decode); ``--eager`` times calls issued from Python instead. On
-a CPU, ``--rounds`` calls are timed by the wall clock. Options that the device would
-ignore are refused, as are ``--context``/``--prefill`` beyond the model's positions and
+a CPU, ``--rounds`` calls are timed by the wall clock (fewer than 3 leave the noise check,
+which names the rows whose timings scatter, nothing to judge: a warning says so). Options
+that the device would ignore are refused, as are a value given twice in ``--batches`` or
+``--prefill``, ``--context``/``--prefill`` beyond the model's positions and
 a model with nothing to swap or a weight the format does not fit: a dry run of the swap
 (``swap_attention(dry_run=True)``: its checks, nothing packed) finds them before the
 reference logits are computed, and the model is then swapped once.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+import warnings
 
 from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype
 from restorelcc.commands.options import (
@@ -45,6 +48,8 @@ from restorelcc.commands.options import (
 )
 from restorelcc.commands.swap_options import (
     add_mlp_argument,
+    describe_swap,
+    packed_formats,
     swap_errors_named,
     swap_pruned_attention,
 )
@@ -56,6 +61,8 @@ CUDA_ONLY = ("rep_ms", "eager", "decode_streams")
 CPU_ONLY = ("rounds",)
 # A row whose timings' p20..p80 range exceeds this fraction of their median is flagged.
 NOISY_SPREAD = 0.25
+# Fewer CPU rounds than this have no p20..p80 range to judge (1 round: none at all).
+NOISE_CHECK_ROUNDS = 3
 
 
 class NotEnoughMemoryError(RestoreLCCError):
@@ -90,14 +97,25 @@ def register(subparsers) -> None:
         help="packed format of the swap",
     )
     p.add_argument(
-        "--batches", type=positive_int, nargs="+", default=[1, 16], help="decode batch sizes"
+        "--batches",
+        type=positive_int,
+        nargs="+",
+        default=[1, 16],
+        help="decode batch sizes, each once",
     )
     p.add_argument(
         "--context", type=positive_int, default=512, help="cached tokens before a decode step"
     )
-    p.add_argument("--prefill", type=positive_int, nargs="*", default=[512], help="prefill lengths")
+    p.add_argument(
+        "--prefill", type=positive_int, nargs="*", default=[512], help="prefill lengths, each once"
+    )
     add_dtype_argument(p)
-    p.add_argument("--rounds", type=positive_int, default=10, help="CPU only: timed calls per job")
+    p.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=10,
+        help="CPU only: timed calls per job (3 or more for the noise check)",
+    )
     p.add_argument(
         "--rep-ms", type=positive_int, default=200, help="CUDA only: timing window per job (ms)"
     )
@@ -129,8 +147,22 @@ def register(subparsers) -> None:
     remember_defaults(p, (*CUDA_ONLY, *CPU_ONLY))
 
 
+def _check_job_values(args: argparse.Namespace) -> None:
+    """Refuse a value given twice in ``--batches`` or ``--prefill``: the same job would
+    be timed twice."""
+    for option, values in (("--batches", args.batches), ("--prefill", args.prefill)):
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            shown = " ".join(map(str, values))
+            raise ValueError(
+                f"{option} {shown}: {', '.join(map(str, repeated))} given more than once; "
+                "each value is one job, timed once"
+            )
+
+
 def _check_timing_options(args: argparse.Namespace, device) -> None:
-    """Refuse the timing options that ``device`` would ignore."""
+    """Refuse the timing options that ``device`` would ignore; on a CPU, warn that
+    ``--rounds`` below ``NOISE_CHECK_ROUNDS`` leaves the noise check nothing to judge."""
     if device.type == "cuda":
         refuse_unused(args, CPU_ONLY, "CPU only; on CUDA each job is timed for --rep-ms")
         if args.format == "2:4":
@@ -144,13 +176,20 @@ def _check_timing_options(args: argparse.Namespace, device) -> None:
             f"CUDA only; on the {device.type} the calls are timed by the wall clock "
             "(--rounds) on the PyTorch reference path",
         )
+        if args.rounds < NOISE_CHECK_ROUNDS:
+            warnings.warn(
+                f"--rounds {args.rounds}: the noise check (timings spread over more than "
+                f"{NOISY_SPREAD:.0%} of their median) needs --rounds {NOISE_CHECK_ROUNDS} or "
+                "more; these timings are not checked for noise",
+                stacklevel=2,
+            )
 
 
 def _check_decode_streams(args: argparse.Namespace, report) -> None:
     """Refuse ``--decode-streams`` where the swap packed (or, in a dry run, would pack) no
     weight as a bitmap."""
     if args.decode_streams and not any(g.format == "bitmap" for g in report.groups):
-        formats = ", ".join(sorted({g.format for g in report.groups}))
+        formats = ", ".join(packed_formats(report))
         raise ValueError(
             f"--decode-streams: {args.model} has no weight packed as a bitmap (formats: "
             f"{formats}); it lays out bitmap weights only"
@@ -198,6 +237,12 @@ def _jobs(args: argparse.Namespace) -> list[tuple[str, int, int]]:
     ]
 
 
+def job_label(phase: str, batch: int, tokens: int) -> str:
+    """A job as messages name it: ``prefill 1x64`` (batch x tokens: prompt tokens for a
+    prefill, cached tokens before a decode step), which tells every job apart."""
+    return f"{phase} {batch}x{tokens}"
+
+
 def _job_call(model, jobs, index: int, device):
     """The call that job ``index`` times on ``model``; its random tokens depend on the job
     alone, so the swapped, ``nn.Linear`` and wider models of a job see the same ones."""
@@ -212,23 +257,37 @@ def _job_call(model, jobs, index: int, device):
     return prefill(model, tokens, generator)
 
 
-def _reference_logits(model, jobs, device) -> list[tuple]:
+def _reference_logits(model, jobs, device, quiet: bool = False) -> list[tuple]:
     """Per job, the logits [batch, 1, vocab] of ``model`` (``nn.Linear`` projections) and
-    of a copy of it in ``oracle_dtype``."""
+    of a copy of it in ``oracle_dtype``; a progress bar (unless ``quiet``) counts the
+    calls, the longest silent phase otherwise (every job run twice, once on the wider
+    copy)."""
     import torch
+    from tqdm.auto import tqdm
 
     from restorelcc.latency import oracle_dtype
 
-    plain = [_job_call(model, jobs, i, device)() for i in range(len(jobs))]
     dtype = oracle_dtype(next(model.parameters()).dtype)
-    try:
-        wide = copy.deepcopy(model).to(dtype)
-        oracle = [_job_call(wide, jobs, i, device)() for i in range(len(jobs))]
-    except torch.OutOfMemoryError:
-        raise NotEnoughMemoryError(
-            f"no memory for the {dtype} copy of the model that the logits check "
-            "compares against; rerun with --no-check"
-        ) from None
+    bar = tqdm(total=2 * len(jobs), desc="reference logits", unit="call", disable=quiet)
+
+    def logits_of(on, label: str) -> list:
+        results = []
+        for index, job in enumerate(jobs):
+            bar.set_postfix_str(f"{label} {job_label(*job)}")
+            results.append(_job_call(on, jobs, index, device)())
+            bar.update()
+        return results
+
+    with bar:
+        plain = logits_of(model, "nn.Linear")
+        try:
+            wide = copy.deepcopy(model).to(dtype)
+            oracle = logits_of(wide, str(dtype).removeprefix("torch."))
+        except torch.OutOfMemoryError:
+            raise NotEnoughMemoryError(
+                f"no memory for the {dtype} copy of the model that the logits check "
+                "compares against; rerun with --no-check"
+            ) from None
     del wide
     return list(zip(plain, oracle, strict=True))
 
@@ -241,7 +300,7 @@ def _time_jobs(model, jobs, device, args, label: str, bar, references=None) -> t
     dtype = next(model.parameters()).dtype
     timings, checks = [], []
     for index, (phase, batch, tokens) in enumerate(jobs):
-        bar.set_postfix_str(f"{label} {phase} x{batch} {tokens}")
+        bar.set_postfix_str(f"{label} {job_label(phase, batch, tokens)}")
         call = _job_call(model, jobs, index, device)
         if references is not None:
             plain, oracle = references[index]
@@ -258,9 +317,15 @@ def _worst_check(jobs, checks) -> dict | None:
     if not checks:
         return None
     index = max(range(len(checks)), key=lambda i: checks[i]["error"] / checks[i]["limit"])
-    phase, batch, tokens = jobs[index]
-    worst = {**checks[index], "job": f"{phase} x{batch} {tokens}"}
+    worst = {**checks[index], "job": job_label(*jobs[index])}
     return {**worst, "ok": all(c["ok"] for c in checks)}
+
+
+def fewer_or_more(before: int, after: int) -> str:
+    """``after`` bytes against ``before``: ``1.50x fewer``, or ``1.03x more``."""
+    if after > before:
+        return f"{after / before:.2f}x more"
+    return f"{before / after:.2f}x fewer"
 
 
 def timing_spread(timing: dict) -> float:
@@ -284,6 +349,7 @@ def run(args: argparse.Namespace) -> int:
     check_spares_inputs("--json", out, {"--model": args.model, "--adapter": adapter})
     if not 0 <= args.min_sparsity < 1:
         raise ValueError(f"--min-sparsity must be in [0, 1), got {args.min_sparsity}")
+    _check_job_values(args)
     device = resolve_device(args.device)
     _check_timing_options(args, device)
     dtype = resolve_dtype(args.dtype, device)
@@ -300,7 +366,7 @@ def run(args: argparse.Namespace) -> int:
         references = None
         if not args.no_check:
             _swap(model, args, dry_run=True)  # what the swap refuses fails before these
-            references = _reference_logits(model, jobs, device)
+            references = _reference_logits(model, jobs, device, args.quiet)
         report = _swap(model, args)
         bytes_swapped = weight_bytes(model)
         # one job (phase, batch, tokens) timed on one of the two models per step
@@ -345,10 +411,14 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": round(time.perf_counter() - start, 2),
         "run_metadata": run_metadata(),
     }
+    out = write_report(args, "bench", out, payload)  # before the tables: see cli.main
     columns = ["phase", "batch", "tokens", "linear_ms", "swapped_ms", "speedup", "spread"]
     print(format_table([row | {"spread": f"{row['spread']:.0%}"} for row in rows], columns))
-    noisy = [f"{row['phase']} {row['batch']}" for row in rows if row["spread"] > NOISY_SPREAD]
-    if noisy:
+    judged = device.type == "cuda" or args.rounds >= NOISE_CHECK_ROUNDS
+    noisy = [
+        job_label(*job) for job, row in zip(jobs, rows, strict=True) if row["spread"] > NOISY_SPREAD
+    ]
+    if noisy and judged:
         print(
             f"timings of {', '.join(noisy)} spread over more than {NOISY_SPREAD:.0%} of their "
             "median (p20 to p80): the machine was busy, so their speedups are noise; run "
@@ -358,11 +428,11 @@ def run(args: argparse.Namespace) -> int:
     if report.bytes_streams:
         streams = f" (+ {report.bytes_streams / 2**20:.1f} MiB of decode streams)"
         decode_bytes = payload["weight_bytes"]["swapped_decode_streams"]
-        streams_read = f" ({bytes_linear / decode_bytes:.2f}x on the streams, batch <= 4)"
+        read = fewer_or_more(bytes_linear, decode_bytes)
+        streams_read = f" ({read} on the streams, batch <= 4)"
     print(
-        f"formats {', '.join(payload['formats'])}; {report.scope} weights "
-        f"{report.bytes_before / 2**20:.1f} -> {report.bytes_after / 2**20:.1f} MiB{streams}; "
-        f"weights read per decode step {bytes_linear / bytes_swapped:.2f}x fewer{streams_read}"
+        f"{describe_swap(report)}{streams}; weights read per decode step "
+        f"{fewer_or_more(bytes_linear, bytes_swapped)}{streams_read}"
     )
     if check is not None:
         verdict = "ok" if check["ok"] else "FAILED"
@@ -376,6 +446,5 @@ def run(args: argparse.Namespace) -> int:
             "CPU: the swapped modules run the PyTorch reference path; these timings say "
             "nothing of GPU speed."
         )
-    out = write_report(args, "bench", out, payload)
     print(f"report: {out}  ({payload['wall_s']:.1f} s)")
     return 0 if check is None or check["ok"] else 1

@@ -24,11 +24,13 @@ from restorelcc.commands.options import (
     remember_defaults,
     report_path,
     resolve_device,
+    warn_if_text_ran_out,
     write_report,
 )
 from restorelcc.commands.swap_options import (
     add_mlp_argument,
     check_mlp_needs_swap,
+    describe_swap,
     swap_errors_named,
     swap_pruned_attention,
 )
@@ -158,15 +160,6 @@ def compare_perplexity(results: dict) -> dict:
     }
 
 
-def describe_swap(report) -> str:
-    """One line: the swapped layers, their formats and the bytes of what was swapped."""
-    return (
-        f"swapped layers {report.swapped_layers[0]}..{report.swapped_layers[-1]} "
-        f"({', '.join(sorted({g.format for g in report.groups}))}); {report.scope} weights "
-        f"{report.bytes_before / 2**20:.1f} -> {report.bytes_after / 2**20:.1f} MiB"
-    )
-
-
 def _check_packed_options(args: argparse.Namespace) -> None:
     """A packed checkpoint (``restorelcc pack``) loads swapped, as it was packed."""
     if args.swap:
@@ -249,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": round(time.perf_counter() - start, 2),
         "run_metadata": run_metadata(),
     }
+    out = write_report(args, "eval", out, payload)  # before the tables: see cli.main
     if report["tasks"]:
         columns = ["task", "items", "acc", "acc_stderr", "acc_norm", "seconds"]
         mean = payload["mean"]
@@ -258,6 +252,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"mean of each task's headline metric (the demo's mean acc): {headline:.4f}")
     if report["perplexity"]:
         print(perplexity_line(report["perplexity"]))
-    out = write_report(args, "eval", out, payload)
+        warn_if_text_ran_out(report["perplexity"]["tokens"], args)
     print(f"report: {out}  ({payload['wall_s']:.1f} s)")
     return 0

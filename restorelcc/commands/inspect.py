@@ -79,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
     result = inspect_checkpoint(args.directory)
     swap = _swap_preview(args.directory, args.swap, args.mlp) if args.swap else None
     matrices = result["matrices"]
+    if args.json is not None:  # before the tables: a reader that stops early (| head)
+        swapped = swap.to_dict() if swap is not None else None
+        payload = {**result, "matrices": [asdict(m) for m in matrices], "swap": swapped}
+        atomic_write_json(args.json, {**payload, "run_metadata": run_metadata()})
+        mark_written(args, args.json)
     if args.per_matrix:
         rows = [
             {
@@ -108,9 +113,5 @@ def run(args: argparse.Namespace) -> int:
     if swap is not None:
         _print_swap(swap, args.mlp, bool(structured))
     if args.json is not None:
-        swapped = swap.to_dict() if swap is not None else None
-        payload = {**result, "matrices": [asdict(m) for m in matrices], "swap": swapped}
-        atomic_write_json(args.json, {**payload, "run_metadata": run_metadata()})
-        mark_written(args, args.json)
         print(f"wrote {args.json}")
     return 0 if not result["shape_mismatches"] else 1

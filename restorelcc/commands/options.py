@@ -1,7 +1,8 @@
 """Options shared by the subcommands: ``--device``, ``--adapter``, ``--quiet``, the
-perplexity options, positive integers, the ``--json`` report path and its default name,
-outputs that would replace an input, options a run would ignore, library messages
-rewritten to name flags. The swap's options: ``restorelcc.commands.swap_options``."""
+perplexity options (and the warning that their text ran out), positive integers, the
+``--json`` report path and its default name, outputs that would replace an input,
+options a run would ignore, library messages rewritten to name flags. The swap's
+options: ``restorelcc.commands.swap_options``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import argparse
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,12 +97,20 @@ class ReportPathError(OutputPathError):
 
 def check_json_path(path: str | Path, option: str = "--json") -> Path:
     """``path`` as a Path where the report can be written after the work (checked before
-    it): ``ReportPathError`` if it is empty; ``FileExistsError`` if it is a directory;
-    ``ReportPathError`` if its nearest existing parent is not a directory (the missing
-    ones are made when writing) or nothing can be written there (``check_writable_location``:
-    the report is written to a temporary file there, then renamed)."""
+    it): ``ReportPathError`` if it is empty or ends in a path separator (``out/`` names a
+    folder: it would be written as a file named ``out``); ``FileExistsError`` if it is a
+    directory; ``ReportPathError`` if its nearest existing parent is not a directory (the
+    missing ones are made when writing) or nothing can be written there
+    (``check_writable_location``: the report is written to a temporary file there, then
+    renamed)."""
     if not str(path).strip():
         raise ReportPathError(f"{option} is empty: give the report's file path")
+    separators = tuple(sep for sep in (os.sep, os.altsep, "/") if sep)
+    if isinstance(path, str) and path.endswith(separators):
+        raise ReportPathError(
+            f"{option} {path} ends in {path[-1]!r}, so it names a folder: give the report's "
+            f"file path (such as {path}report.json)"
+        )
     path = Path(path).expanduser()
     if path.is_dir():
         raise FileExistsError(f"{option} {path} is a directory")
@@ -175,6 +185,17 @@ def write_report(args: argparse.Namespace, command: str, out: Path, payload) -> 
                 out = default_report_path(command, args.model, args.adapter)
     mark_written(args, written)
     return written
+
+
+def warn_if_text_ran_out(scored: int, args: argparse.Namespace) -> None:
+    """Warn that the perplexity scored ``scored`` tokens, fewer than ``--ppl-tokens`` asked
+    for: the text of ``--ppl-source`` ran out (the figure stands, on fewer tokens)."""
+    if scored < args.ppl_tokens:
+        warnings.warn(
+            f"--ppl-tokens {args.ppl_tokens}: --ppl-source {args.ppl_source} ran out after "
+            f"{scored} scored tokens; the perplexity is of those {scored}",
+            stacklevel=2,
+        )
 
 
 def mark_written(args: argparse.Namespace, output: str | os.PathLike) -> None:

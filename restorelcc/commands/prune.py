@@ -20,6 +20,7 @@ from restorelcc.commands.options import (
     name_flags,
     remember_defaults,
     resolve_device,
+    warn_if_text_ran_out,
 )
 from restorelcc.io import check_output_directory
 from restorelcc.prune.checkpoint import PRUNE_REPORT
@@ -149,6 +150,7 @@ def _evaluate_saved(args: argparse.Namespace, device) -> dict:
     result = perplexity_report(
         model, tokenizer, source=args.ppl_source, tokens=args.ppl_tokens, progress=not args.quiet
     )
+    warn_if_text_ran_out(result.tokens, args)
     return {"perplexity": result.as_dict(), "dtype": str(dtype).removeprefix("torch.")}
 
 

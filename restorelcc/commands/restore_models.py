@@ -48,10 +48,12 @@ def compare_with_dense(scored: dict, pruned, tokenizer, restoration, args) -> di
     let go), the pruned one and the restored one: ``pruned`` folded for the duration, not a
     copy, so that no model is held beside ``pruned``."""
     from restorelcc.commands.evaluate import compare_perplexity
+    from restorelcc.commands.options import warn_if_text_ran_out
 
     results = {"dense": scored["dense"], "pruned": _perplexity(pruned, tokenizer, args)}
     with restoration.folded(pruned, check=False):  # made from pruned
         results["restored"] = _perplexity(pruned, tokenizer, args)
+    warn_if_text_ran_out(results["pruned"].tokens, args)  # one text: the same count for all
     return compare_perplexity(results)
 
 

@@ -1,14 +1,18 @@
 """Options of the commands that swap a model's pruned attention (and, with ``--mlp``,
 MLP) projections for the packed sparse modules (``eval --swap``, ``inspect --swap``,
-``bench``): ``--mlp``, and the swap with its errors named after the option."""
+``bench``): ``--mlp``, the swap with its errors named after the option, and the line
+that describes a swap."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from restorelcc.errors import RestoreLCCError
+from restorelcc.hf import MIN_SPARSITY
 
 
 class NothingToSwapError(RestoreLCCError, ValueError):
@@ -30,13 +34,62 @@ def check_mlp_needs_swap(args: argparse.Namespace) -> None:
         raise ValueError("--mlp swaps the MLP projections too: it needs --swap FORMAT")
 
 
-def nothing_to_swap(mlp: bool, min_sparsity: float, structured: bool = False) -> str:
-    """Why a swap found nothing to pack; ``structured``: it was pruned by removing heads."""
+def nothing_to_swap(
+    mlp: bool, min_sparsity: float, structured: bool = False, most_zeros: float = 0.0
+) -> str:
+    """Why a swap found nothing to pack; ``structured``: it was pruned by removing heads;
+    ``most_zeros``: the largest fraction of zeros of a group of projections (``SwapReport``
+    densities). Groups that the default ``MIN_SPARSITY`` counts as pruned, left dense by a
+    higher one (``bench --min-sparsity``, the one option that raises it), get the value that
+    packs them instead of "prune it first"."""
     what = "attention or MLP" if mlp else "attention"
+    if MIN_SPARSITY <= most_zeros < min_sparsity and not structured:
+        lower = math.floor(most_zeros * 100) / 100  # at most most_zeros: it packs them
+        return (
+            f"no {what} projection has {min_sparsity:.0%} zeros or more (--min-sparsity "
+            f"{min_sparsity:g}); the most pruned have {most_zeros:.1%}: lower --min-sparsity "
+            f"to {lower:.2f} or less to pack them"
+        )
     why = f"no {what} projection is pruned (none has {min_sparsity:.0%} zeros or more)"
     if structured:
         return f"{why}; structured pruning (--pattern heads) leaves dense matrices: none to pack"
     return f"{why}; prune it first (unstructured or N:M: --pattern heads leaves dense matrices)"
+
+
+def most_zeros_of(report) -> float:
+    """The largest fraction of zeros of a group of projections in ``report`` (a
+    ``SwapReport``: packed and dense groups alike); 0 for none."""
+    return max((1 - g.density for g in report.groups), default=0.0)
+
+
+def packed_formats(report) -> list[str]:
+    """The formats that ``report`` (a ``SwapReport``) packed weights in, sorted: not the
+    "dense" of the groups it left as ``nn.Linear``."""
+    return sorted({g.format for g in report.groups if g.format != "dense"})
+
+
+def layer_ranges(layers: Sequence[int]) -> str:
+    """Sorted layer indices as runs: ``[0, 1, 2, 5, 7, 8]`` -> ``"0..2, 5, 7..8"``."""
+    runs: list[list[int]] = []
+    for layer in layers:
+        if runs and layer == runs[-1][1] + 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    return ", ".join(f"{first}..{last}" if last > first else f"{first}" for first, last in runs)
+
+
+def describe_swap(report) -> str:
+    """One line: the swapped layers (as runs, ``0..9, 20..29``), the formats packed, how
+    many groups were left dense (where any were) and the bytes of what was swapped."""
+    formats = ", ".join(packed_formats(report))
+    dense = sum(g.format == "dense" for g in report.groups)
+    if dense:
+        formats += f"; {dense} of {len(report.groups)} groups left dense"
+    return (
+        f"swapped layers {layer_ranges(report.swapped_layers)} ({formats}); {report.scope} "
+        f"weights {report.bytes_before / 2**20:.1f} -> {report.bytes_after / 2**20:.1f} MiB"
+    )
 
 
 def pruned_structurally(model: str) -> bool:
@@ -76,7 +129,8 @@ def swap_pruned_attention(
 ):
     """``swap_attention(model, format, min_sparsity=..., decode_streams=..., mlp=...,
     dry_run=...)``; its ``SwapReport``. Raises ``NothingToSwapError`` (naming ``option``
-    and the model ``name``) if nothing was pruned, so nothing was (or would be) swapped."""
+    and the model ``name``, and why: ``nothing_to_swap``) if nothing was pruned, so nothing
+    was (or would be) swapped."""
     from restorelcc.hf.swap import swap_attention
 
     report = swap_attention(
@@ -89,6 +143,6 @@ def swap_pruned_attention(
     )
     if not report.swapped_layers:
         what = "attention or MLP" if mlp else "attention"
-        why = nothing_to_swap(mlp, min_sparsity, pruned_structurally(name))
+        why = nothing_to_swap(mlp, min_sparsity, pruned_structurally(name), most_zeros_of(report))
         raise NothingToSwapError(f"{option}: {name} has no pruned {what} layer to swap: {why}")
     return report

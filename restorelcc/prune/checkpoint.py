@@ -121,12 +121,13 @@ def _not_a_checkpoint(directory: Path) -> str:
     """What ``directory``, which holds no ``config.json``, is instead: missing, a file, an
     adapter folder (``adapter_folder_message``, as ``eval --model`` says, less its
     ``--adapter``), or a folder of something else."""
+    from restorelcc.assets import is_a_file
     from restorelcc.lcc.adapter import adapter_folder_message
 
     if not directory.exists():
         return f"no such directory: {directory}"
     if not directory.is_dir():
-        return f"{directory} is a file, not a checkpoint directory"
+        return is_a_file(directory)
     adapter = adapter_folder_message(directory, takes_adapter=False)
     return adapter or f"{directory} is not a checkpoint directory (no config.json)"
 

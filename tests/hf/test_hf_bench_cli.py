@@ -110,13 +110,16 @@ def test_rows_whose_timings_scatter_are_flagged(pruned_dir, tmp_path, capsys, mo
     monkeypatch.setattr(restorelcc.latency, "time_call", scattered)
     out = tmp_path / "bench.json"
     argv = ["bench", "--model", str(pruned_dir), "--batches", "1", "--context", "8",
-            "--prefill", "12", "--rounds", "2", "--device", "cpu", "--quiet",
+            "--prefill", "8", "12", "--rounds", "3", "--device", "cpu", "--quiet",
             "--json", str(out)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
-    assert [row["spread"] for row in rows] == [pytest.approx(p80 - 0.9)] * 2
-    flagged = "timings of decode 1, prefill 1 spread over more than 25% of their median"
+    assert [row["spread"] for row in rows] == [pytest.approx(p80 - 0.9)] * 3
+    # each row as batch x tokens: it said "prefill 1, prefill 1", the prefills not told apart
+    flagged = (
+        "timings of decode 1x8, prefill 1x8, prefill 1x12 spread over more than 25% of their median"
+    )
     assert (flagged in printed) == (p80 - 0.9 > 0.25)
     assert f"{p80 - 0.9:.0%}" in printed  # the table's spread column
 
