@@ -11,7 +11,7 @@ For weights [N, K] with at most 2 nonzeros in every group of 4 along K:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -27,6 +27,7 @@ from .format_common import (
     _pack_words,
     _round_up,
     _unpack_words,
+    check_tensors_together,
 )
 
 # 2:4 rows are padded along K to a multiple of 64 positions: every row of `values` then
@@ -38,12 +39,17 @@ INDICES_PER_WORD = 16  # 2-bit in-group indices per int32 metadata word
 
 @dataclass(eq=False)
 class Sparse24Weight(PackedContainer):
-    """A 2:4 sparse weight of logical shape (N, K); see the module docstring for layout."""
+    """A 2:4 sparse weight of logical shape (N, K); see the module docstring for layout.
+
+    Built from values [N, Kp/2] and meta [N, Kp/32] int32 (as `pack` makes them), it
+    checks their layout and, unless check_data=False, their data (`validate_data`): a
+    ValueError names what is wrong (see PackedContainer)."""
 
     values: torch.Tensor
     meta: torch.Tensor
     shape: tuple[int, int]
     split_sizes: tuple[int, ...]
+    check_data: InitVar[bool] = True
     format: ClassVar[str] = FORMAT_24
     TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("values", "meta")
     INFO_FIELDS: ClassVar[tuple[str, ...]] = ("N", "K")
@@ -51,10 +57,10 @@ class Sparse24Weight(PackedContainer):
     # starts an empty one.
     cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, check_data: bool) -> None:
         self.shape = (int(self.shape[0]), int(self.shape[1]))
         self.split_sizes = _check_split_sizes(self.split_sizes, self.shape[0])
-        self.validate_layout()
+        self._validate(check_data)
 
     def _info(self) -> tuple[int, ...]:
         return self.shape
@@ -71,23 +77,7 @@ class Sparse24Weight(PackedContainer):
 
     def validate_layout(self) -> None:
         """Check dtypes, shapes, devices and contiguity (no data is read)."""
-        self._check_tensors_together()
-        n, k = self.shape
-        if k % 4 or k <= 0 or n <= 0:
-            raise ValueError(f"2:4 weight needs N > 0 and K > 0 divisible by 4, got {self.shape}")
-        if self.values.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"2:4 values dtype must be fp16/bf16/fp32, got {self.values.dtype}")
-        expected_values, expected_meta = _shapes_24(self.shape)
-        if tuple(self.values.shape) != expected_values:
-            raise ValueError(
-                f"2:4 values must have shape {expected_values} for weight shape {self.shape}, "
-                f"got {tuple(self.values.shape)}"
-            )
-        if self.meta.dtype != torch.int32 or tuple(self.meta.shape) != expected_meta:
-            raise ValueError(
-                f"2:4 meta must be int32 of shape {expected_meta}, got "
-                f"{self.meta.dtype} {tuple(self.meta.shape)}"
-            )
+        check_24_layout(self.values, self.meta, self.shape)
 
     def validate_data(self) -> None:
         """Check that every group's two indices are distinct and in order, and that the
@@ -108,6 +98,29 @@ class Sparse24Weight(PackedContainer):
                 f"2:4 values are corrupt: row {row} holds nonzeros in the padding beyond "
                 f"K = {k} (the state dict's K does not match its values, or they were altered)"
             )
+
+
+def check_24_layout(values: torch.Tensor, meta: torch.Tensor, shape: tuple[int, int]) -> None:
+    """Raise a ValueError unless values and meta are the contiguous tensors, on one device,
+    of a 2:4 weight of logical shape (N, K): values [N, Kp/2] fp16/bf16/fp32, meta
+    [N, Kp/32] int32 (Kp = K rounded up to K_ALIGN_24). Reads no data: what the custom
+    ops check of the tensors they are given, at every call."""
+    check_tensors_together(FORMAT_24, {"values": values, "meta": meta})
+    n, k = shape
+    if k % 4 or k <= 0 or n <= 0:
+        raise ValueError(f"2:4 weight needs N > 0 and K > 0 divisible by 4, got {shape}")
+    if values.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"2:4 values dtype must be fp16/bf16/fp32, got {values.dtype}")
+    expected_values, expected_meta = _shapes_24(shape)
+    if values.shape != expected_values:
+        raise ValueError(
+            f"2:4 values must have shape {expected_values} for weight shape {shape}, "
+            f"got {tuple(values.shape)}"
+        )
+    if meta.dtype != torch.int32 or meta.shape != expected_meta:
+        raise ValueError(
+            f"2:4 meta must be int32 of shape {expected_meta}, got {meta.dtype} {tuple(meta.shape)}"
+        )
 
 
 def _shapes_24(shape: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:

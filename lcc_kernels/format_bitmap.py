@@ -15,7 +15,7 @@ than 16 rows cannot feed tl.dot, so their weights run the multiply-and-sum loop 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -32,6 +32,7 @@ from .format_common import (
     _round_up,
     _unpack_words,
     as_int,
+    check_tensors_together,
 )
 
 # 64 x 64 positions per bitmap tile: 512 bytes of bitmap and ~4 KB of fp16 values at 50%
@@ -60,17 +61,25 @@ def check_bitmap_tile(tile) -> tuple[int, int]:
         raise ValueError(
             f"bitmap tile must be a pair of ints (rows, columns), got {tile!r}"
         ) from None
+    _check_tile_sizes(tile_n, tile_k)
+    return tile_n, tile_k
+
+
+def _check_tile_sizes(tile_n: int, tile_k: int) -> None:
     if tile_n < 1 or tile_n & (tile_n - 1) or tile_k < 32 or tile_k & (tile_k - 1):
         raise ValueError(
             f"bitmap tile must be (power of two >= 1 rows, power of two >= 32 columns), "
             f"got {(tile_n, tile_k)}"
         )
-    return tile_n, tile_k
 
 
 @dataclass(eq=False)
 class BitmapWeight(PackedContainer):
-    """An unstructured sparse weight of logical shape (N, K) in tiled bitmap form."""
+    """An unstructured sparse weight of logical shape (N, K) in tiled bitmap form.
+
+    Built from bits, values and offsets (as `pack` makes them), it checks their layout
+    and, unless check_data=False, their data (`validate_data`): a ValueError names what
+    is wrong (see PackedContainer)."""
 
     bits: torch.Tensor
     values: torch.Tensor
@@ -79,6 +88,7 @@ class BitmapWeight(PackedContainer):
     tile: tuple[int, int]
     nnz: int
     split_sizes: tuple[int, ...]
+    check_data: InitVar[bool] = True
     format: ClassVar[str] = FORMAT_BITMAP
     TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("bits", "values", "offsets")
     INFO_FIELDS: ClassVar[tuple[str, ...]] = ("N", "K", "tile_n", "tile_k", "nnz")
@@ -86,12 +96,12 @@ class BitmapWeight(PackedContainer):
     # starts an empty one.
     cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, check_data: bool) -> None:
         self.shape = (int(self.shape[0]), int(self.shape[1]))
         self.tile = check_bitmap_tile(self.tile)
         self.nnz = int(self.nnz)
         self.split_sizes = _check_split_sizes(self.split_sizes, self.shape[0])
-        self.validate_layout()
+        self._validate(check_data)
 
     def _info(self) -> tuple[int, ...]:
         return (*self.shape, *self.tile, self.nnz)
@@ -122,28 +132,7 @@ class BitmapWeight(PackedContainer):
 
     def validate_layout(self) -> None:
         """Check dtypes, shapes, devices and contiguity (no data is read)."""
-        self._check_tensors_together()
-        check_bitmap_tile(self.tile)
-        n, k = self.shape
-        if n <= 0 or k <= 0:
-            raise ValueError(f"bitmap weight needs a non-empty shape, got {self.shape}")
-        tiles = self.grid[0] * self.grid[1]
-        words = _words_per_tile(self.tile)
-        if self.bits.dtype != torch.int32 or tuple(self.bits.shape) != (tiles, words):
-            raise ValueError(
-                f"bitmap bits must be int32 of shape {(tiles, words)}, got "
-                f"{self.bits.dtype} {tuple(self.bits.shape)}"
-            )
-        if self.offsets.dtype != torch.int32 or tuple(self.offsets.shape) != (tiles,):
-            raise ValueError(
-                f"bitmap offsets must be int32 of shape {(tiles,)}, got "
-                f"{self.offsets.dtype} {tuple(self.offsets.shape)}"
-            )
-        if self.values.dtype not in SUPPORTED_DTYPES or self.values.dim() != 1:
-            raise ValueError(
-                f"bitmap values must be a 1-D fp16/bf16/fp32 tensor, got "
-                f"{self.values.dtype} {tuple(self.values.shape)}"
-            )
+        check_bitmap_layout(self.bits, self.values, self.offsets, self.shape, self.tile, self.nnz)
 
     def validate_data(self) -> None:
         """Check offsets, alignment, nnz and padding against the bitmap (reads the data)."""
@@ -171,6 +160,45 @@ class BitmapWeight(PackedContainer):
         padding = _pack_words(_tiles_of(outside, self.tile).view(len(counts), -1, 32), 1)
         if bool((self.bits & padding).any()):
             raise ValueError("bitmap marks nonzeros in the padding beyond the weight's shape")
+
+
+def check_bitmap_layout(
+    bits: torch.Tensor,
+    values: torch.Tensor,
+    offsets: torch.Tensor,
+    shape: tuple[int, int],
+    tile: tuple[int, int],
+    nnz: int,
+) -> None:
+    """Raise a ValueError unless bits, values and offsets are the contiguous tensors, on one
+    device, of a bitmap weight of logical shape (N, K) cut into `tile` tiles (a pair of
+    ints), T of them: bits [T, tile_n*tile_k/32] int32, offsets [T] int32, values [V]
+    fp16/bf16/fp32; and 0 <= nnz <= N * K. Reads no data: what the custom ops check of
+    the tensors they are given, at every call."""
+    check_tensors_together(FORMAT_BITMAP, {"bits": bits, "values": values, "offsets": offsets})
+    _check_tile_sizes(*tile)
+    n, k = shape
+    if n <= 0 or k <= 0:
+        raise ValueError(f"bitmap weight needs a non-empty shape, got {shape}")
+    row_blocks, k_tiles = _grid(shape, tile)
+    tiles, words = row_blocks * k_tiles, _words_per_tile(tile)
+    if bits.dtype != torch.int32 or bits.shape != (tiles, words):
+        raise ValueError(
+            f"bitmap bits must be int32 of shape {(tiles, words)} for weight shape {shape} "
+            f"and tile {tuple(tile)}, got {bits.dtype} {tuple(bits.shape)}"
+        )
+    if offsets.dtype != torch.int32 or offsets.shape != (tiles,):
+        raise ValueError(
+            f"bitmap offsets must be int32 of shape {(tiles,)}, got "
+            f"{offsets.dtype} {tuple(offsets.shape)}"
+        )
+    if values.dtype not in SUPPORTED_DTYPES or values.dim() != 1:
+        raise ValueError(
+            f"bitmap values must be a 1-D fp16/bf16/fp32 tensor, got "
+            f"{values.dtype} {tuple(values.shape)}"
+        )
+    if not 0 <= nnz <= n * k:
+        raise ValueError(f"bitmap nnz must be in 0 .. N * K = {n * k}, got {nnz}")
 
 
 def _grid(shape: tuple[int, int], tile: tuple[int, int]) -> tuple[int, int]:

@@ -1,5 +1,6 @@
 """What the 2:4 and bitmap containers share: format names, int32 word packing, the
-split_sizes check, and `PackedContainer` (dtype / device, `.to()`, state dicts).
+split_sizes and tensor checks, and `PackedContainer` (dtype / device, `.to()`, state
+dicts, the checks run when one is built).
 
 A state dict holds tensors only (safetensors-friendly):
     info         int64 [1 + F]  format id, then the container's F `INFO_FIELDS` (N, K, ...)
@@ -123,11 +124,37 @@ def _check_entry(name: str, value: Any, format: str) -> None:
         raise ValueError(f"{format} state dict entry {name!r} is on the meta device (no data)")
 
 
+def check_tensors_together(format: str, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Raise a ValueError unless each of `tensors` (by field name, "values" among them) is
+    a torch.Tensor on the values' device, contiguous, and not a lazy negation view (whose
+    memory holds the values negated: the kernels read memory as it is). Reads no data."""
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{format} {name} must be a torch.Tensor, got {type(tensor).__name__}")
+    device = tensors["values"].device
+    for name, tensor in tensors.items():
+        if tensor.device != device:
+            raise ValueError(f"{format} {name} on {tensor.device} but values on {device}")
+        if not tensor.is_contiguous():
+            raise ValueError(f"{format} {name} must be contiguous")
+        if tensor.is_neg():
+            raise ValueError(f"{format} {name} is a lazy negation view: call .resolve_neg() first")
+
+
 class PackedContainer(abc.ABC):
     """Base of the containers (dataclasses with a `values` tensor, a logical `shape`
-    (N, K) and `split_sizes`): dtype and device, `.to()`, state dicts, and the device and
-    contiguity checks of their tensors. Subclasses name their tensors (`TENSOR_FIELDS`)
-    and the ints that `info` stores after the format id (`INFO_FIELDS`)."""
+    (N, K) and `split_sizes`): dtype and device, `.to()`, state dicts, and the checks
+    run when one is built. Subclasses name their tensors (`TENSOR_FIELDS`) and the ints
+    that `info` stores after the format id (`INFO_FIELDS`).
+
+    A container checks what it is built from (`_validate`): the layout always
+    (`validate_layout`: dtypes, shapes, one device, contiguity; reads no data), and the
+    data (`validate_data`: reads every tensor once, one host sync on a GPU) unless built
+    with check_data=False. Direct construction and dataclasses.replace() check both, so
+    that corrupt tensors are refused rather than computing garbage or reading out of
+    bounds. pack(), concat() and .to() skip the data check of data already checked; code
+    that rebuilds a container around copies of a checked one's tensors (a module's .to())
+    may pass check_data=False to replace() as well."""
 
     format: ClassVar[str]
     TENSOR_FIELDS: ClassVar[tuple[str, ...]]
@@ -158,23 +185,6 @@ class PackedContainer(abc.ABC):
     def device(self) -> torch.device:
         return self.values.device
 
-    def _check_tensors_together(self) -> None:
-        """Every tensor field is a tensor, on the values' device and contiguous."""
-        for name in self.TENSOR_FIELDS:
-            tensor = getattr(self, name)
-            if not isinstance(tensor, torch.Tensor):
-                raise ValueError(
-                    f"{self.format} {name} must be a torch.Tensor, got {type(tensor).__name__}"
-                )
-        for name in self.TENSOR_FIELDS:
-            tensor = getattr(self, name)
-            if tensor.device != self.values.device:
-                raise ValueError(
-                    f"{self.format} {name} on {tensor.device} but values on {self.values.device}"
-                )
-            if not tensor.is_contiguous():
-                raise ValueError(f"{self.format} {name} must be contiguous")
-
     def to(self: _Container, device: torch.device | str | int) -> _Container:
         """The same weight with every tensor on `device`. A device only: the values keep the
         dtype they were packed in (to change it, pack the unpacked weight again)."""
@@ -189,7 +199,7 @@ class PackedContainer(abc.ABC):
         except (RuntimeError, TypeError) as error:
             raise ValueError(f"{name}.to() takes a device, got {device!r}") from error
         moved = {field: getattr(self, field).to(device) for field in self.TENSOR_FIELDS}
-        return dataclasses.replace(self, **moved)
+        return dataclasses.replace(self, **moved, check_data=False)  # the data checked before
 
     def to_state_dict(self) -> dict[str, torch.Tensor]:
         """Copies of the tensors plus `info` int64 [1 + len(INFO_FIELDS)] and `split_sizes`
@@ -234,13 +244,18 @@ class PackedContainer(abc.ABC):
                 f"{cls.format} state dict 'split_sizes' must be 1-D integers (rows of each "
                 f"packed weight), got {sizes.dtype} of shape {tuple(sizes.shape)}"
             )
-        weight = cls(
+        return cls(  # checks the layout and the data
             **{name: state[name].contiguous() for name in cls.TENSOR_FIELDS},
             **cls._fields_of_info([int(v) for v in info[1:].tolist()]),
             split_sizes=tuple(int(s) for s in sizes.tolist()),
         )
-        weight.validate_data()
-        return weight
+
+    def _validate(self, check_data: bool) -> None:
+        """What a new container runs: validate_layout, then validate_data where
+        `check_data` asks for it and the tensors hold data (not on the meta device)."""
+        self.validate_layout()
+        if check_data and self.device.type != "meta":
+            self.validate_data()
 
     @abc.abstractmethod
     def validate_data(self) -> None:

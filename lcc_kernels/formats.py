@@ -145,10 +145,11 @@ def pack(
     sizes = (weight.shape[0],) if split_sizes is None else split_sizes
     if format == FORMAT_24:
         values, meta = _pack_24(weight)
-        return Sparse24Weight(values, meta, tuple(weight.shape), sizes)
+        return Sparse24Weight(values, meta, tuple(weight.shape), sizes, check_data=False)
     tile = check_bitmap_tile(tile)
     bits, values, offsets, nnz = _pack_bitmap(weight, tile)
-    return BitmapWeight(bits, values, offsets, tuple(weight.shape), tile, nnz, sizes)
+    shape = tuple(weight.shape)
+    return BitmapWeight(bits, values, offsets, shape, tile, nnz, sizes, check_data=False)
 
 
 def unpack(packed: PackedWeight) -> torch.Tensor:
@@ -226,7 +227,8 @@ def concat(packed: list[PackedWeight] | tuple[PackedWeight, ...]) -> PackedWeigh
     if isinstance(first, Sparse24Weight):
         values = torch.cat([p.values for p in packed])
         meta = torch.cat([p.meta for p in packed])
-        return Sparse24Weight(values, meta, (sum(sizes), first.shape[1]), sizes)
+        shape = (sum(sizes), first.shape[1])
+        return Sparse24Weight(values, meta, shape, sizes, check_data=False)  # checked parts
     if any(p.tile != first.tile for p in packed):
         raise ValueError(f"bitmap tiles differ: {[p.tile for p in packed]}")
     dense = torch.cat([unpack(p) for p in packed])

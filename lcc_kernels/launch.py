@@ -7,10 +7,11 @@ calls.
 `run_linear(x [M, K], operand, bias [N] | None, plan) -> y [M, N]` is what the custom ops
 and eager `sparse_linear` call; `run_streams` the same for a streams layout. Their inputs
 are checked by the caller: the ops pass theirs through `checked_inputs` (x 2-D with the
-weight's K, dtype and device, a bias of [N] on that device, both unit-stride, copied if
-not), `sparse_linear` checks its own before, so that an eager call, whose host time a
-decode step waits on, checks once. A plan is checked against the weight and the split-K
-workspace it would need in `launch_geometry`. Split-K counters: `counters.py`.
+weight's K, dtype and device, a bias of [N] on that device, both unit-stride and with a
+lazy negation resolved, copied if not), `sparse_linear` checks its own before, so that
+an eager call, whose host time a decode step waits on, checks once. A plan is checked
+against the weight and the split-K workspace it would need in `launch_geometry`.
+Split-K counters: `counters.py`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .kernels import (
     tiled_linear_kernel,
 )
 from .launch_geometry import Geometry, check_streams_block_m, operand_geometry, streams_geometry
-from .reference import check_bias
+from .reference import as_kernel_input, check_bias, check_strided
 from .stream_kernel import stream_linear_kernel
 
 
@@ -102,9 +103,10 @@ def _check_runnable(x: torch.Tensor) -> None:
 def checked_inputs(
     x: torch.Tensor, n: int, k: int, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """x [M, k] and bias [n] as the kernels read them (unit stride along K, and along the
-    bias), for an [n, k] weight whose values tensor is `weight`; a ValueError names any
-    mismatch (shape, dtype, device)."""
+    """x [M, k] and bias [n] as the kernels read them (`as_kernel_input`: unit stride
+    along K and along the bias, lazy negation resolved), for an [n, k] weight whose values
+    tensor is `weight`; a ValueError names any mismatch (layout, shape, dtype, device)."""
+    check_strided(x, "x")
     if x.dim() != 2 or x.shape[1] != k:
         raise ValueError(f"x must be [M, K = {k}] for this weight, got {tuple(x.shape)}")
     if x.dtype != weight.dtype or x.dtype not in SUPPORTED_DTYPES:
@@ -113,13 +115,10 @@ def checked_inputs(
         )
     if x.device != weight.device:
         raise ValueError(f"x is on {x.device} but the weight is on {weight.device}")
-    if x.stride(1) != 1:
-        x = x.contiguous()
     if bias is not None:
         check_bias(bias, n, x.device)
-        if bias.stride(0) != 1:
-            bias = bias.contiguous()
-    return x, bias
+        bias = as_kernel_input(bias)
+    return as_kernel_input(x), bias
 
 
 class Launch(NamedTuple):

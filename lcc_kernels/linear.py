@@ -21,7 +21,7 @@ from .dispatch import (
     with_weight_tile,
 )
 from .formats import SUPPORTED_DTYPES, BitmapWeight, Sparse24Weight
-from .reference import check_bias, reference_linear
+from .reference import as_kernel_input, check_bias, check_strided, reference_linear
 from .weight_cache import LAST_STREAMS, copy_missing, derived_copy, prepare_streams
 
 # derived_copy and prepare_streams are imported from here by callers (and the package).
@@ -43,9 +43,10 @@ def sparse_linear(
 ) -> torch.Tensor:
     """y [..., N] = x [..., K] @ W^T + bias, for a packed weight W of shape [N, K].
 
-    x: fp16, bf16 or fp32 with W's dtype and device, any leading dims. A view whose K axis
-        is not unit-stride (or that cannot be viewed as [M, K]) is copied to a contiguous
-        tensor first; other strides and unaligned storage offsets are used as they are.
+    x: fp16, bf16 or fp32 with W's dtype and device, any leading dims, dense (not sparse
+        or nested). A view whose K axis is not unit-stride (or that cannot be viewed as
+        [M, K]) is copied to a contiguous tensor first, and so is a lazy negation view (as
+        a bias); other strides and unaligned storage offsets are used as they are.
     bias: [N], any of the three float dtypes, added in fp32 to the fp32 product, which is
         then rounded once to x's dtype. One exception: torch's semi-structured kernels
         write x's dtype only, so a forced "semi_structured" backend adds a bias that x's
@@ -92,11 +93,9 @@ def sparse_linear(
         raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
     _check_backend_fits(backend if plan is None else plan.backend, weight, x.device)
     n, k = weight.shape
-    x2d = x.reshape(-1, k)
-    if x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
-    if bias is not None and bias.stride(0) != 1:
-        bias = bias.contiguous()
+    x2d = as_kernel_input(x.reshape(-1, k))
+    if bias is not None:
+        bias = as_kernel_input(bias)
     rows = x2d.shape[0]
     if plan is None and _defer_to_op(backend, x):
         # While compiling: let the op choose its plan when it runs, so that no dispatcher
@@ -121,6 +120,8 @@ def dense_linear_triton(
 ) -> torch.Tensor:
     """y [M, N] = x [M, K] @ weight [N, K]^T + bias with the sparse kernels' code and tiling,
     reading the weight densely: the baseline that isolates the cost of decompression."""
+    check_strided(x, "x")
+    check_strided(weight, "weight")
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(
             f"x {tuple(x.shape)} and weight {tuple(weight.shape)} must be [M, K] and [N, K]"
@@ -144,6 +145,7 @@ def _check_inputs(x, weight, bias) -> None:
         )
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_strided(x, "x")
     if x.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"x dtype must be float16, bfloat16 or float32, got {x.dtype}")
     if x.dtype != weight.dtype:
@@ -164,6 +166,12 @@ def _check_backend_fits(backend: str, weight, device: torch.device) -> None:
     check_backend_format(backend, weight.format)
     if backend == "semi_structured" and device.type != "cuda":
         raise ValueError(f"the semi_structured backend runs on CUDA tensors only, x is on {device}")
+    if device.type == "meta" and backend in (*TRITON_BACKENDS, "streams"):
+        raise ValueError(
+            f"x and the weight are on the meta device (shapes, no data): the {backend} "
+            "backend runs its kernels on data; 'auto', 'reference' and 'dense' give the "
+            "output's shape there"
+        )
 
 
 def _empty_output(x2d, weight, bias, plan: Plan | None) -> torch.Tensor:

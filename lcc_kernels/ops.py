@@ -4,9 +4,17 @@ Each op takes a 2-D x [M, K], the packed weight's tensors, the bias and a launch
 (a `Plan` encoded as ints by `plan_to_config`, or a `deferred_config` that lets the op
 pick the plan when it runs), and returns a fresh y [M, N]; `bitmap_streams_linear` also
 takes a streams layout of the weight, built beforehand (tracing cannot build it). Fake
-implementations give torch.compile the output shape without running anything. Each op
-checks what it is given (launch.checked_inputs: x's shape, dtype and device against the
-weight's, the bias; a K axis or bias that is not unit-stride is copied first).
+implementations give torch.compile the output shape without running anything.
+
+Each op checks what it is given at every call, reading no data (no sync): the weight's
+tensors against its n, k and tile as the containers check their layout (dtypes, shapes,
+one device, contiguity: format_24.check_24_layout, format_bitmap.check_bitmap_layout,
+BitmapStreams.validate_layout), the config, and x and the bias (launch.checked_inputs:
+x's shape, dtype and device against the weight's; a K axis or bias that is not
+unit-stride is copied first). Lazy negation views are resolved by the dispatcher before
+an op runs (PyTorch's fallback for ops without a rule of their own). The stored data
+(2:4 indices, bitmap offsets, stream groups) is trusted: the containers check it when
+built (`validate_data`).
 
 The ops are inference-only: they register no autograd formula, so a backward through one
 raises, and a forward-mode AD dual input is refused (`check_inference_only`). Inside a
@@ -22,7 +30,9 @@ import torch.autograd.forward_ad as fwAD
 from torch._C._functorch import is_functorch_wrapped_tensor, maybe_current_level
 
 from .dispatch import TRITON_BACKENDS, Plan, WeightKey, plan_for_key, streams_block_m
-from .streams import BitmapStreams
+from .format_24 import check_24_layout
+from .format_bitmap import check_bitmap_layout
+from .streams import LAYOUT_FIELDS, BitmapStreams
 
 # The Plan fields of a Triton config, in order, after the index of its backend.
 _CONFIG_FIELDS = (
@@ -35,6 +45,10 @@ _CONFIG_FIELDS = (
     "group_m",
     "serial_reduction",
 )
+# The lengths of a config: deferred_config's ([] or [backend]), plan_to_config's.
+_CONFIG_LENGTHS = (0, 1, 1 + len(_CONFIG_FIELDS))
+# streams_config's fields, in order.
+_STREAMS_CONFIG_FIELDS = ("block_n", "split", "step_bits", "num_warps", "num_stages", "serial")
 
 
 def plan_to_config(plan: Plan) -> list[int]:
@@ -53,7 +67,8 @@ def deferred_config(backend: str = "auto") -> list[int]:
 
 def resolve_config(config: list[int], m: int, key: WeightKey, device: torch.device) -> Plan:
     """The Plan a config (`plan_to_config` or `deferred_config`) stands for at M = m rows
-    of the weight `key` on `device`."""
+    of the weight `key` on `device`; a ValueError for a config of neither form."""
+    _check_config(config)
     if len(config) == 0:
         return plan_for_key(m, key, device, triton_only=True)
     if len(config) == 1:
@@ -62,6 +77,17 @@ def resolve_config(config: list[int], m: int, key: WeightKey, device: torch.devi
     fields = dict(zip(_CONFIG_FIELDS, values, strict=True))
     fields["serial_reduction"] = bool(fields["serial_reduction"])
     return Plan(TRITON_BACKENDS[backend], **fields)
+
+
+def _check_config(config: list[int]) -> None:
+    if len(config) not in _CONFIG_LENGTHS or (
+        len(config) > 0 and not 0 <= config[0] < len(TRITON_BACKENDS)
+    ):
+        raise ValueError(
+            f"config must be [] (any Triton plan), [i] (the rules' plan for "
+            f"TRITON_BACKENDS[i], 0 <= i < {len(TRITON_BACKENDS)}) or the "
+            f"{_CONFIG_LENGTHS[-1]} ints of plan_to_config; got {config}"
+        )
 
 
 def transformed(*tensors: torch.Tensor | None) -> bool:
@@ -107,10 +133,14 @@ def sparse24_linear(
     bias: torch.Tensor | None,
     config: list[int],
 ) -> torch.Tensor:
-    """y [M, N] = x [M, K] @ W^T + bias, W a 2:4 weight given by values and meta."""
+    """y [M, N] = x [M, K] @ W^T + bias, W a 2:4 weight given by values [N, Kp/2] and
+    meta [N, Kp/32] int32 (a Sparse24Weight's) of logical K = k."""
     from .launch import checked_inputs, run_linear, sparse24_operand
 
     check_inference_only(x, values, bias)
+    if values.dim() != 2:
+        raise ValueError(f"2:4 values must be 2-D [N, Kp/2], got shape {tuple(values.shape)}")
+    check_24_layout(values, meta, (values.shape[0], k))
     x, bias = checked_inputs(x, values.shape[0], k, values, bias)
     key = WeightKey("2:4", _dtype_name(x), values.shape[0], k)
     plan = resolve_config(config, x.shape[0], key, x.device)
@@ -136,10 +166,12 @@ def bitmap_linear(
     bias: torch.Tensor | None,
     config: list[int],
 ) -> torch.Tensor:
-    """y [M, n] = x [M, k] @ W^T + bias, W a bitmap weight given by bits/values/offsets."""
+    """y [M, n] = x [M, k] @ W^T + bias, W a bitmap weight given by bits/values/offsets
+    (a BitmapWeight's, of shape (n, k), tile (tile_n, tile_k) and nnz kept values)."""
     from .launch import bitmap_operand, checked_inputs, run_linear
 
     check_inference_only(x, values, bias)
+    check_bitmap_layout(bits, values, offsets, (n, k), (tile_n, tile_k), nnz)
     x, bias = checked_inputs(x, n, k, values, bias)
     plan = resolve_config(config, x.shape[0], _bitmap_key(x, n, k, tile_n, tile_k, nnz), x.device)
     return run_linear(x, bitmap_operand(bits, values, offsets, n, k, (tile_n, tile_k)), bias, plan)
@@ -214,7 +246,9 @@ def bitmap_streams_linear(
     from .launch import bitmap_operand, checked_inputs, run_linear, run_streams
 
     check_inference_only(x, values, bias)
+    check_bitmap_layout(bits, values, offsets, (n, k), (tile_n, tile_k), nnz)
     x, bias = checked_inputs(x, n, k, values, bias)
+    streams = _checked_streams(layout, layout_config, values, (n, k))
     m = x.shape[0]
     if not forced:
         key = _bitmap_key(x, n, k, tile_n, tile_k, nnz)
@@ -222,8 +256,7 @@ def bitmap_streams_linear(
         if plan.backend != "streams":
             operand = bitmap_operand(bits, values, offsets, n, k, (tile_n, tile_k))
             return run_linear(x, operand, bias, plan)
-    block_n, split, step_bits, warps, stages, serial = layout_config
-    streams = BitmapStreams(*layout, (n, k), block_n, split, step_bits)
+    block_n, split, _, warps, stages, serial = layout_config
     plan = Plan(
         "streams",
         streams_block_m(m),
@@ -234,6 +267,30 @@ def bitmap_streams_linear(
         serial_reduction=bool(serial),
     )
     return run_streams(x, streams, bias, plan)
+
+
+def _checked_streams(
+    layout: list[torch.Tensor],
+    layout_config: list[int],
+    values: torch.Tensor,
+    shape: tuple[int, int],
+) -> BitmapStreams:
+    """The BitmapStreams of the streams op's `layout` and `layout_config` for a bitmap
+    weight of `shape` whose values are `values`, its layout checked (no data read)."""
+    if len(layout) != len(LAYOUT_FIELDS) or len(layout_config) != len(_STREAMS_CONFIG_FIELDS):
+        raise ValueError(
+            f"a streams layout is {len(LAYOUT_FIELDS)} tensors ({', '.join(LAYOUT_FIELDS)}) "
+            f"and its config {len(_STREAMS_CONFIG_FIELDS)} ints (streams_config: "
+            f"{', '.join(_STREAMS_CONFIG_FIELDS)}); got {len(layout)} and {len(layout_config)}"
+        )
+    streams = BitmapStreams(*layout, shape, *layout_config[:3])
+    streams.validate_layout()
+    if streams.values.dtype != values.dtype or streams.values.device != values.device:
+        raise ValueError(
+            f"streams values ({streams.values.dtype}, {streams.values.device}) must have the "
+            f"bitmap values' dtype and device ({values.dtype}, {values.device})"
+        )
+    return streams
 
 
 @bitmap_streams_linear.register_fake

@@ -1,7 +1,8 @@
 """Plain-PyTorch sparse linear: the CPU execution path and the test oracle.
 
 It states what every kernel computes: unpack the weight, multiply in a wide dtype, add
-the bias in that dtype, round once to the output dtype.
+the bias in that dtype, round once to the output dtype. Also the input checks that every
+entry point shares (`check_bias`, `check_strided`, `as_kernel_input`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def check_bias(
     (shared by every entry point that takes a bias; any strides)."""
     if not isinstance(bias, torch.Tensor):
         raise ValueError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    check_strided(bias, "bias")
     if bias.dim() != 1 or bias.shape[0] != n:
         raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
     if bias.dtype not in dtypes:
@@ -62,3 +64,19 @@ def check_bias(
         raise ValueError(f"bias dtype must be one of {names}; got {bias.dtype}")
     if bias.device != device:
         raise ValueError(f"bias is on {bias.device} but the weight is on {device}")
+
+
+def check_strided(tensor: torch.Tensor, name: str) -> None:
+    """Raise a ValueError naming `name` unless `tensor` is a dense (strided) tensor: not
+    sparse (COO, CSR...) nor nested."""
+    if tensor.is_nested or tensor.layout != torch.strided:
+        kind = "a nested tensor" if tensor.is_nested else f"layout {tensor.layout}"
+        raise ValueError(f"{name} must be a dense (strided) tensor, got {kind}")
+
+
+def as_kernel_input(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` [..., L] as the Triton kernels read it: a lazy negation view (`is_neg()`,
+    whose memory holds the values negated) resolved, and unit-stride along L; copied
+    only where it is not so already."""
+    tensor = tensor.resolve_neg()  # itself where no negation is pending
+    return tensor if tensor.stride(-1) == 1 else tensor.contiguous()

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .format_common import PACK_BAND
+from .format_common import PACK_BAND, SUPPORTED_DTYPES, check_tensors_together
 from .formats import BitmapWeight, unpack
 
 # Kept values per position from which steps take 3 bits rather than 4. Per kept value a
@@ -59,6 +59,9 @@ from .formats import BitmapWeight, unpack
 STEP3_FROM_DENSITY = 0.4
 # Entries per group, by step width: one int32 word of 4-bit steps, three of 3-bit ones.
 GROUP_ENTRIES = {4: 8, 3: 32}
+# The layout's tensors, in BitmapStreams field order.
+LAYOUT_FIELDS = ("values", "steps", "starts", "group_base", "groups", "row_ids")
+_INT32 = (torch.int32,)
 
 
 def step_bits_for(density: float) -> int:
@@ -122,6 +125,39 @@ class BitmapStreams:
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The layout's tensors, in field order (values ... row_ids)."""
         return (self.values, self.steps, self.starts, self.group_base, self.groups, self.row_ids)
+
+    def validate_layout(self) -> None:
+        """Check block_n, split, step_bits and the tensors' dtypes, sizes, device and
+        contiguity (see the module docstring), as the streams op does at every call.
+        Reads no data: groups and group_base are trusted to index the values."""
+        block_n, split, step_bits = self.block_n, self.split, self.step_bits
+        if block_n < 1 or block_n & (block_n - 1) or split < 1 or step_bits not in GROUP_ENTRIES:
+            raise ValueError(
+                f"streams layout needs block_n a power of two, split >= 1 and step_bits in "
+                f"{sorted(GROUP_ENTRIES)}; got {block_n}, {split}, {step_bits}"
+            )
+        tensors = self.tensors
+        check_tensors_together("streams", dict(zip(LAYOUT_FIELDS, tensors, strict=True)))
+        blocks = -(-self.shape[0] // block_n)
+        entries = block_n * self.group_entries  # per group of all lanes
+        groups = self.values.numel() // entries
+        sizes = (
+            groups * entries,  # values
+            groups * self.words_per_group * block_n,  # steps
+            blocks * split * block_n,  # starts
+            blocks,  # group_base
+            blocks,  # groups
+            blocks * block_n,  # row_ids
+        )
+        for name, tensor, size in zip(LAYOUT_FIELDS, tensors, sizes, strict=True):
+            dtypes = SUPPORTED_DTYPES if name == "values" else _INT32
+            if tensor.dtype not in dtypes or tensor.shape != (size,):
+                names = "/".join(str(d).removeprefix("torch.") for d in dtypes)
+                raise ValueError(
+                    f"streams {name} must be 1-D {names} of {size} elements for weight shape "
+                    f"{self.shape}, block_n {block_n}, split {split}, step_bits {step_bits}; "
+                    f"got {tensor.dtype} {tuple(tensor.shape)}"
+                )
 
     @property
     def nbytes(self) -> int:

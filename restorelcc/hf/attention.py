@@ -141,7 +141,8 @@ class PackedLinear(nn.Module):
             if all(t is getattr(self._packed, n) for n, t in tensors.items()):
                 return  # a no-op .to()/.float(): keep the cached layouts and copies
             template = self._packed
-        self._packed = dataclasses.replace(template, **tensors)
+        # moved or cast copies of checked tensors: their data is not read again
+        self._packed = dataclasses.replace(template, check_data=False, **tensors)
         self._prepare_streams()
 
     @property

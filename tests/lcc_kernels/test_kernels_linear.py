@@ -144,6 +144,19 @@ def test_leading_dims_strided_and_misaligned_inputs():
     assert_matches_oracle(sparse_linear(wide, packed, bias, plan=plan), wide, dense, bias)
 
 
+@needs_triton
+@pytest.mark.parametrize(
+    "fmt, backend", [("2:4", "skinny"), ("2:4", "tiled"), ("bitmap", "streams")]
+)
+def test_negation_views_are_read_with_their_sign(fmt, backend):
+    """x._neg_view() (what conj().imag of a complex tensor is) holds -x in memory with the
+    negation pending: the kernels get it resolved, and a bias's, not the raw memory."""
+    dense, packed = packed_weight(fmt, torch.float32)
+    x, bias = torch.randn(3, K), torch.randn(N)
+    y = sparse_linear(x._neg_view(), packed, bias._neg_view(), backend=backend)
+    assert_matches_oracle(y, -x, dense, -bias)
+
+
 def test_cpu_auto_runs_the_reference_path(monkeypatch):
     from lcc_kernels import linear
 

@@ -4,6 +4,7 @@ calls with no rows, which still check what they are given.
 """
 
 import re
+import warnings
 
 import pytest
 import torch
@@ -58,6 +59,7 @@ def test_reference_refuses_integer_or_mismatched_inputs():
 def _bad_inputs():
     _, packed = packed_weight("2:4", torch.float16)
     x = torch.randn(3, K, dtype=torch.float16)
+    csr, nested = _quietly(lambda: (x.to_sparse_csr(), torch.nested.nested_tensor([x[:1], x[1:]])))
     return [
         ("x dtype", packed, x.float(), None, "x dtype torch.float32 does not match"),
         ("int x", packed, x.to(torch.int16), None, "x dtype must be"),
@@ -69,7 +71,23 @@ def _bad_inputs():
         ("bias dtype", packed, x, torch.zeros(N, dtype=torch.int32), "bias dtype"),
         ("bias device", packed, x, torch.zeros(N, device="meta"), "bias is on meta"),
         ("dense weight", unpack(packed), x, None, "Sparse24Weight or BitmapWeight"),
+        ("sparse x", packed, x.to_sparse(), None, _not_dense("x", "layout torch.sparse_coo")),
+        ("CSR x", packed, csr, None, _not_dense("x", "layout torch.sparse_csr")),
+        ("nested x", packed, nested, None, _not_dense("x", "a nested tensor")),
+        ("sparse bias", packed, x, torch.ones(N).to_sparse(), _not_dense("bias", "layout")),
     ]
+
+
+def _not_dense(name: str, got: str) -> str:
+    return rf"{name} must be a dense \(strided\) tensor, got {got}"
+
+
+def _quietly(make):
+    """make(), its warnings silenced (CSR tensors warn that they are beta, nested tensors
+    that they are a prototype)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make()
 
 
 @pytest.mark.parametrize("case", _bad_inputs(), ids=lambda case: case[0])
@@ -219,6 +237,20 @@ def test_reference_checks_its_bias():
                 reference_linear(x, weight, bias)
     bias = torch.randn(N, dtype=torch.float64)  # the oracle's own precision is fine
     assert_matches_oracle(reference_linear(x, packed, bias), x, dense, bias)
+
+
+@needs_triton
+@pytest.mark.parametrize("rows", [2, 0])
+@pytest.mark.parametrize("backend", ["skinny", "tiled", "streams"])
+def test_kernel_backends_name_a_weight_on_the_meta_device(backend, rows):
+    """A meta weight has shapes and no data: the kernels cannot run on it (with no rows
+    either, as a row refuses); reference and dense give the output's shape."""
+    _, packed = packed_weight("bitmap", torch.float32)
+    on_meta, x = packed.to("meta"), torch.randn(rows, K, device="meta")
+    with pytest.raises(ValueError, match=f"on the meta device .*: the {backend} backend runs"):
+        sparse_linear(x, on_meta, backend=backend)
+    for shapes_only in ("reference", "dense"):
+        assert sparse_linear(x, on_meta, backend=shapes_only).shape == (rows, N)
 
 
 @needs_triton
