@@ -47,6 +47,7 @@ from restorelcc.commands.options import (
     write_report,
 )
 from restorelcc.commands.swap_options import (
+    add_format_argument,
     add_mlp_argument,
     describe_swap,
     packed_formats,
@@ -54,7 +55,7 @@ from restorelcc.commands.swap_options import (
     swap_pruned_attention,
 )
 from restorelcc.errors import RestoreLCCError
-from restorelcc.hf import FORMATS, MIN_SPARSITY
+from restorelcc.hf import MIN_SPARSITY
 
 # Timing options that one kind of device ignores: refused there (given other than defaults).
 CUDA_ONLY = ("rep_ms", "eager", "decode_streams")
@@ -89,13 +90,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", required=True, help="pruned model name or directory")
     add_adapter_argument(p)
-    p.add_argument(
-        "--format",
-        choices=FORMATS,
-        type=str.lower,
-        default="auto",
-        help="packed format of the swap",
-    )
+    add_format_argument(p, "--format", "auto", "packed format of the swap")
     p.add_argument(
         "--batches",
         type=positive_int,

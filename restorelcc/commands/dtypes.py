@@ -13,13 +13,13 @@ if TYPE_CHECKING:
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def add_dtype_argument(parser: argparse.ArgumentParser, what: str = "the model's dtype") -> None:
+def add_dtype_argument(
+    parser: argparse.ArgumentParser,
+    what: str = "the model's dtype",
+    auto: str = "bfloat16 on CUDA, else float32",
+) -> None:
     parser.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        type=str.lower,
-        default="auto",
-        help=f"{what} (auto: bfloat16 on CUDA, else float32)",
+        "--dtype", choices=DTYPES, type=str.lower, default="auto", help=f"{what} (auto: {auto})"
     )
 
 

@@ -28,6 +28,7 @@ from restorelcc.commands.options import (
     write_report,
 )
 from restorelcc.commands.swap_options import (
+    add_format_argument,
     add_mlp_argument,
     check_mlp_needs_swap,
     describe_swap,
@@ -35,7 +36,7 @@ from restorelcc.commands.swap_options import (
     swap_pruned_attention,
 )
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
-from restorelcc.hf import FORMATS, MIN_SPARSITY
+from restorelcc.hf import MIN_SPARSITY
 
 DEFAULT_TASKS = "paper"
 DEFAULT_LIMIT = 100  # first items per task: the paper's 7 tasks + 8k-token perplexity in a
@@ -69,12 +70,11 @@ def register(subparsers) -> None:
         "--batch-size", type=positive_int, default=16, help="rows (questions) per forward"
     )
     add_adapter_argument(p)
-    p.add_argument(
+    add_format_argument(
+        p,
         "--swap",
-        choices=FORMATS,
-        type=str.lower,
-        default=None,
-        help="evaluate with the pruned attention swapped for the packed sparse kernels",
+        None,
+        "evaluate with the pruned attention swapped for the packed sparse kernels",
     )
     add_mlp_argument(p)
     add_device_argument(p)

@@ -13,12 +13,13 @@ from restorelcc.commands.options import (
     mark_written,
 )
 from restorelcc.commands.swap_options import (
+    add_format_argument,
     add_mlp_argument,
     check_mlp_needs_swap,
     nothing_to_swap,
     swap_errors_named,
 )
-from restorelcc.hf import FORMATS, MIN_SPARSITY
+from restorelcc.hf import MIN_SPARSITY
 
 
 def register(subparsers) -> None:
@@ -32,12 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("directory", help="a Hugging Face checkpoint directory")
     p.add_argument("--json", default=None, help="also write the full report to this file")
     p.add_argument("--per-matrix", action="store_true", help="one table row per matrix")
-    p.add_argument(
-        "--swap",
-        choices=FORMATS,
-        type=str.lower,
-        default=None,
-        help="also load the model and show what swap_attention would pack, per layer",
+    add_format_argument(
+        p, "--swap", None, "also load the model and show what swap_attention would pack, per layer"
     )
     add_mlp_argument(p)
     add_quiet_argument(p)

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-from restorelcc.commands.dtypes import DTYPES
+from restorelcc.commands.dtypes import add_dtype_argument
 from restorelcc.commands.options import add_quiet_argument, check_spares_inputs, mark_written
 from restorelcc.commands.swap_options import (
+    add_format_argument,
     add_mlp_argument,
     swap_errors_named,
     swap_pruned_attention,
 )
-from restorelcc.hf import FORMATS, MIN_SPARSITY
+from restorelcc.hf import MIN_SPARSITY
 
 
 def register(subparsers) -> None:
@@ -26,21 +27,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", required=True, help="a pruned (or restored and merged) checkpoint")
     p.add_argument("--out", required=True, help="folder to write")
-    p.add_argument(
-        "--format",
-        choices=FORMATS,
-        type=str.lower,
-        default="auto",
-        help="auto: 2:4 where a layer fits, else bitmap",
-    )
+    add_format_argument(p, "--format", "auto", "auto: 2:4 where a layer fits, else bitmap")
     add_mlp_argument(p)
-    p.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        type=str.lower,
-        default="auto",
-        help="dtype of the packed weights (auto: the one the checkpoint is stored in)",
-    )
+    add_dtype_argument(p, "dtype of the packed weights", auto="the one the checkpoint is stored in")
     p.add_argument(
         "--decode-streams",
         action="store_true",

@@ -12,11 +12,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from restorelcc.errors import RestoreLCCError
-from restorelcc.hf import MIN_SPARSITY
+from restorelcc.hf import FORMATS, MIN_SPARSITY
 
 
 class NothingToSwapError(RestoreLCCError, ValueError):
     """A model whose attention projections hold no pruned matrix."""
+
+
+def add_format_argument(
+    p: argparse.ArgumentParser, option: str, default: str | None, help: str
+) -> None:
+    """``option`` taking one of the swap's formats (``restorelcc.hf.FORMATS``)."""
+    p.add_argument(option, choices=FORMATS, type=str.lower, default=default, help=help)
 
 
 def add_mlp_argument(p: argparse.ArgumentParser) -> None:
