@@ -173,7 +173,7 @@ def check_bitmap_layout(
     """Raise a ValueError unless bits, values and offsets are the contiguous tensors, on one
     device, of a bitmap weight of logical shape (N, K) cut into `tile` tiles (a pair of
     ints), T of them: bits [T, tile_n*tile_k/32] int32, offsets [T] int32, values [V]
-    fp16/bf16/fp32; and 0 <= nnz <= N * K. Reads no data: what the custom ops check of
+    fp16/bf16/fp32 with V >= nnz; and 0 <= nnz <= N * K. Reads no data: what the custom ops check of
     the tensors they are given, at every call."""
     check_tensors_together(FORMAT_BITMAP, {"bits": bits, "values": values, "offsets": offsets})
     _check_tile_sizes(*tile)
@@ -199,6 +199,8 @@ def check_bitmap_layout(
         )
     if not 0 <= nnz <= n * k:
         raise ValueError(f"bitmap nnz must be in 0 .. N * K = {n * k}, got {nnz}")
+    if values.numel() < nnz:  # the offsets (data) are trusted, not a short values tensor
+        raise ValueError(f"bitmap values hold {values.numel()} values, fewer than nnz {nnz}")
 
 
 def _grid(shape: tuple[int, int], tile: tuple[int, int]) -> tuple[int, int]:

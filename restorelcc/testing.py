@@ -118,3 +118,16 @@ def synthetic_pairs(n: int = 24) -> list:
         )
         for i in range(n)
     ]
+
+
+class ClosedPipe:
+    """A standard output whose reader has gone (``| head``): every write fails as a closed
+    pipe's does, at once, as an unbuffered one would."""
+
+    def write(self, text):
+        import errno
+
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    def flush(self):
+        pass

@@ -203,7 +203,6 @@ def run(args: argparse.Namespace) -> int:
     if packed:
         model, tokenizer = load_packed(args.model, device=device, dtype=dtype)
         packed = packed_modules(model)
-        print(f"packed checkpoint: {packed['modules']} packed modules ({packed['formats']})")
     else:
         model, tokenizer = load_model(args.model, dtype=dtype, device=device)
     if restoration is not None:
@@ -214,7 +213,6 @@ def run(args: argparse.Namespace) -> int:
             swap = swap_pruned_attention(
                 model, "--swap", args.model, args.swap, MIN_SPARSITY, mlp=args.mlp
             )
-        print(describe_swap(swap))
     report = evaluate_model(
         model,
         tokenizer,
@@ -242,7 +240,11 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": round(time.perf_counter() - start, 2),
         "run_metadata": run_metadata(),
     }
-    out = write_report(args, "eval", out, payload)  # before the tables: see cli.main
+    out = write_report(args, "eval", out, payload)  # before any print: see cli.main
+    if packed:
+        print(f"packed checkpoint: {packed['modules']} packed modules ({packed['formats']})")
+    if swap:
+        print(describe_swap(swap))
     if report["tasks"]:
         columns = ["task", "items", "acc", "acc_stderr", "acc_norm", "seconds"]
         mean = payload["mean"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,15 +46,16 @@ def nothing_to_swap(
     """Why a swap found nothing to pack; ``structured``: it was pruned by removing heads;
     ``most_zeros``: the largest fraction of zeros of a group of projections (``SwapReport``
     densities). Groups that the default ``MIN_SPARSITY`` counts as pruned, left dense by a
-    higher one (``bench --min-sparsity``, the one option that raises it), get the value that
-    packs them instead of "prune it first"."""
+    higher one (``bench --min-sparsity``, the one option that raises it), are told to lower
+    it instead of "prune it first"; not to a value, as the swap compares each matrix of a
+    group with it, and a group's figure is of its matrices together."""
     what = "attention or MLP" if mlp else "attention"
     if MIN_SPARSITY <= most_zeros < min_sparsity and not structured:
-        lower = math.floor(most_zeros * 100) / 100  # at most most_zeros: it packs them
         return (
             f"no {what} projection has {min_sparsity:.0%} zeros or more (--min-sparsity "
-            f"{min_sparsity:g}); the most pruned have {most_zeros:.1%}: lower --min-sparsity "
-            f"to {lower:.2f} or less to pack them"
+            f"{min_sparsity:g}); the most pruned group has {most_zeros:.1%}: lower "
+            "--min-sparsity to at most the sparsity of each matrix to pack (restorelcc "
+            "inspect --per-matrix lists them)"
         )
     why = f"no {what} projection is pruned (none has {min_sparsity:.0%} zeros or more)"
     if structured:

@@ -2,23 +2,12 @@
 the command ends quietly with status 141 (128 + SIGPIPE), its JSON report written in
 full first; it had ended with "error: [Errno 32] Broken pipe" (status 2) and no report."""
 
-import errno
 import json
 import subprocess
 import sys
 
 from restorelcc import cli
-from restorelcc.testing import save_checkpoint, tiny_model
-
-
-class ClosedPipe:
-    """A standard output whose reader has gone: every write fails as a pipe's does."""
-
-    def write(self, text):
-        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
-
-    def flush(self):
-        pass
+from restorelcc.testing import ClosedPipe, save_checkpoint, tiny_model
 
 
 def test_inspect_writes_its_report_before_the_tables_and_ends_quietly(

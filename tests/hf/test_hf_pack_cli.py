@@ -3,6 +3,7 @@ swapped dense one scores; its refusals."""
 
 import json
 import re
+import sys
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from restorelcc.cli import main
 from restorelcc.hf import load_packed
 from restorelcc.hf.attention import PackedLinear
 from restorelcc.hf.packed_checkpoint import PACKED_INFO
-from restorelcc.testing import save_checkpoint, tiny_model
+from restorelcc.testing import ClosedPipe, save_checkpoint, tiny_model
 
 EVAL = ["--tasks", "none", "--ppl-tokens", "64", "--device", "cpu", "--quiet"]
 
@@ -95,3 +96,21 @@ def test_inspect_names_a_packed_checkpoint(pruned_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["inspect", str(out)]) == 2
     assert "is a packed checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("swap", [True, False], ids=["eval-swap", "eval-packed"])
+def test_eval_writes_its_report_before_any_line_when_stdout_is_closed(
+    pruned_dir, tmp_path, capsys, monkeypatch, swap
+):
+    """The swap and packed-checkpoint lines were printed before the evaluation: with an
+    unbuffered stdout closed by its reader, the run ended there, with no report."""
+    model = pruned_dir
+    if not swap:
+        model = tmp_path / "packed"
+        assert main(["pack", "--model", str(pruned_dir), "--out", str(model), "--quiet"]) == 0
+    capsys.readouterr()
+    report = tmp_path / "e.json"
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    extra = ["--swap", "auto"] if swap else []
+    assert main(["eval", "--model", str(model), *extra, *EVAL, "--json", str(report)]) == 141
+    assert json.loads(report.read_text())["perplexity"]

@@ -52,7 +52,7 @@ def test_bench_names_the_layers_swapped_and_the_groups_left_dense(partly_pruned,
     assert json.loads(out.read_text())["swap"]["bytes_after"] > 0
 
 
-def test_a_min_sparsity_above_the_zeros_found_says_which_value_packs_them(
+def test_a_min_sparsity_above_the_zeros_found_says_to_lower_it(
     pruned_dir, tmp_path, capsys
 ):
     """The 2:4-pruned model (50% zeros) under --min-sparsity 0.6 was told "no attention
@@ -66,6 +66,7 @@ def test_a_min_sparsity_above_the_zeros_found_says_which_value_packs_them(
     assert err == (
         f"restorelcc bench: error: --model: {pruned_dir} has no pruned attention layer to "
         "swap: no attention projection has 60% zeros or more (--min-sparsity 0.6); the most "
-        "pruned have 50.0%: lower --min-sparsity to 0.50 or less to pack them"
+        "pruned group has 50.0%: lower --min-sparsity to at most the sparsity of each matrix "
+        "to pack (restorelcc inspect --per-matrix lists them)"
     )
     assert "prune it first" not in err and not out.exists()

@@ -77,6 +77,7 @@ def _bitmap_cases():
         ("values strided", {"values": w.values.repeat_interleave(2)[::2]}, "values must be contig"),
         ("fewer tiles", {"bits": w.bits[:1].contiguous()}, r"shape \(6, 16\)"),
         ("nnz negative", {"nnz": -1}, r"nnz must be in 0 .. N \* K = 1728"),
+        ("values short", {"values": w.values[:8].clone()}, r"hold 8 values, fewer than nnz"),
     ]
     return [
         (what, tuple({**good, **changes}.values()), message) for what, changes, message in cases
