@@ -52,9 +52,7 @@ def test_bench_names_the_layers_swapped_and_the_groups_left_dense(partly_pruned,
     assert json.loads(out.read_text())["swap"]["bytes_after"] > 0
 
 
-def test_a_min_sparsity_above_the_zeros_found_says_to_lower_it(
-    pruned_dir, tmp_path, capsys
-):
+def test_a_min_sparsity_above_the_zeros_found_says_to_lower_it(pruned_dir, tmp_path, capsys):
     """The 2:4-pruned model (50% zeros) under --min-sparsity 0.6 was told "no attention
     projection is pruned ...; prune it first"."""
     out = tmp_path / "b.json"
