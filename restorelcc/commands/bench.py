@@ -49,8 +49,8 @@ from restorelcc.commands.options import (
 from restorelcc.commands.swap_options import (
     add_format_argument,
     add_mlp_argument,
+    check_decode_streams,
     describe_swap,
-    packed_formats,
     swap_errors_named,
     swap_pruned_attention,
 )
@@ -180,17 +180,6 @@ def _check_timing_options(args: argparse.Namespace, device) -> None:
             )
 
 
-def _check_decode_streams(args: argparse.Namespace, report) -> None:
-    """Refuse ``--decode-streams`` where the swap packed (or, in a dry run, would pack) no
-    weight as a bitmap."""
-    if args.decode_streams and not any(g.format == "bitmap" for g in report.groups):
-        formats = ", ".join(packed_formats(report))
-        raise ValueError(
-            f"--decode-streams: {args.model} has no weight packed as a bitmap (formats: "
-            f"{formats}); it lays out bitmap weights only"
-        )
-
-
 def _swap(model, args: argparse.Namespace, dry_run: bool = False):
     """Swap ``model`` in place as the options ask (``dry_run``: the swap's checks only,
     nothing packed, the model unchanged); its ``SwapReport``. Raises
@@ -207,7 +196,7 @@ def _swap(model, args: argparse.Namespace, dry_run: bool = False):
             args.mlp,
             dry_run=dry_run,
         )
-    _check_decode_streams(args, report)
+    check_decode_streams(args, report)
     return report
 
 

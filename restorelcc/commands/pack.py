@@ -10,6 +10,7 @@ from restorelcc.commands.options import add_quiet_argument, check_spares_inputs,
 from restorelcc.commands.swap_options import (
     add_format_argument,
     add_mlp_argument,
+    check_decode_streams,
     swap_errors_named,
     swap_pruned_attention,
 )
@@ -61,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
         report = swap_pruned_attention(
             model, "--format", args.model, args.format, MIN_SPARSITY, args.decode_streams, args.mlp
         )
-    if args.decode_streams and not any(g.format == "bitmap" for g in report.groups):
-        raise ValueError(f"--decode-streams: {args.model} has no weight packed as a bitmap")
+    check_decode_streams(args, report)
     info = {"model": str(args.model), "swap": report.to_dict(), "run_metadata": run_metadata()}
     out = save_packed(model, args.out, tokenizer, overwrite=args.overwrite, info=info)
     mark_written(args, out)

@@ -69,6 +69,17 @@ def most_zeros_of(report) -> float:
     return max((1 - g.density for g in report.groups), default=0.0)
 
 
+def check_decode_streams(args: argparse.Namespace, report) -> None:
+    """Refuse ``--decode-streams`` (``bench``, ``pack``) where the swap of ``report``
+    packed (or, in a dry run, would pack) no weight as a bitmap."""
+    if args.decode_streams and not any(g.format == "bitmap" for g in report.groups):
+        formats = ", ".join(packed_formats(report))
+        raise ValueError(
+            f"--decode-streams: {args.model} has no weight packed as a bitmap (formats: "
+            f"{formats}); it lays out bitmap weights only"
+        )
+
+
 def packed_formats(report) -> list[str]:
     """The formats that ``report`` (a ``SwapReport``) packed weights in, sorted: not the
     "dense" of the groups it left as ``nn.Linear``."""

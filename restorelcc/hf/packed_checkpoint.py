@@ -34,6 +34,7 @@ from torch import nn
 
 import lcc_kernels
 from lcc_kernels.dispatch import BACKENDS, check_backend_format
+from lcc_kernels.formats import SUPPORTED_DTYPES
 from restorelcc.hf.attention import PackedLinear, PackedProjections, ProjectionView, SparseLinear
 from restorelcc.hf.families import decoder_layers, family_of
 from restorelcc.hf.swap import install_group
@@ -206,8 +207,9 @@ def load_packed(
     from restorelcc.loading import check_load_arguments, load_tokenizer, read_config
 
     dtype, device = check_load_arguments(dtype, device)
-    if dtype == torch.float64:
-        raise ValueError("dtype: packed weights hold float32, bfloat16 or float16, not float64")
+    if dtype != "auto" and dtype not in SUPPORTED_DTYPES:
+        name = str(dtype).removeprefix("torch.")
+        raise ValueError(f"dtype: packed weights hold float32, bfloat16 or float16, not {name}")
     folder = resolve_model(directory)
     manifest = _read_manifest(folder)
     config = read_config(folder)
@@ -253,9 +255,10 @@ def _stored_dtype(name: str, folder: Path) -> torch.dtype:
     """The dtype the manifest names (``CheckpointError`` for another name)."""
     from restorelcc.loading import CheckpointError
 
-    if name not in ("float32", "bfloat16", "float16"):
+    dtypes = {str(dtype).removeprefix("torch."): dtype for dtype in SUPPORTED_DTYPES}
+    if name not in dtypes:
         raise CheckpointError(f"{folder / PACKED_INFO}: unknown dtype {name!r}")
-    return getattr(torch, name)
+    return dtypes[name]
 
 
 def _empty_model(config, dtype: torch.dtype) -> nn.Module:
@@ -387,8 +390,7 @@ def _assign_plain_tensors(model, tensors, tied: dict, replaced: set[str], folder
 
     modules = dict(model.named_modules())
     for key, tensor in tensors.items():  # a folded compensation on an unswapped o_proj
-        owner_name, _, name = key.rpartition(".")
-        owner = modules.get(owner_name)
+        owner, name = _slot(modules, key)
         if name == "bias" and isinstance(owner, nn.Linear) and owner.bias is None:
             size = owner.out_features  # a bias of another size fails the load's shape check
             owner.bias = nn.Parameter(torch.empty(size, dtype=tensor.dtype, device="meta"))
@@ -405,14 +407,18 @@ def _assign_plain_tensors(model, tensors, tied: dict, replaced: set[str], folder
             f"{folder / WEIGHTS} does not fit the config: unexpected "
             f"{result.unexpected_keys[:3] or 'none'}, missing {missing[:3] or 'none'}"
         )
-    for key, source in tied.items():
-        owner_name, _, name = key.rpartition(".")
-        owner = modules[owner_name]
-        target = model.get_parameter(source) if source in dict(model.named_parameters()) else None
-        if target is not None:
-            owner._parameters[name] = target
-        else:
-            owner._buffers[name] = model.get_buffer(source)
+    for key, source in tied.items():  # checked: both name slots of this model
+        owner, name = _slot(modules, key)
+        source_owner, source_name = _slot(modules, source)
+        kind = "_parameters" if source_name in source_owner._parameters else "_buffers"
+        getattr(owner, kind)[name] = getattr(source_owner, kind)[source_name]
+
+
+def _slot(modules: dict, key: str) -> tuple[nn.Module | None, str]:
+    """The module (None for no such module) and attribute that the state-dict ``key``
+    names."""
+    owner_name, _, name = key.rpartition(".")
+    return modules.get(owner_name), name
 
 
 def _check_tied(modules: dict, tensors: dict, tied: dict, where: Path) -> None:
@@ -421,8 +427,7 @@ def _check_tied(modules: dict, tensors: dict, tied: dict, where: Path) -> None:
     from restorelcc.loading import CheckpointError
 
     for key, source in tied.items():
-        owner_name, _, name = key.rpartition(".")
-        owner = modules.get(owner_name)
+        owner, name = _slot(modules, key)
         slot = None if owner is None else owner._parameters.get(name, owner._buffers.get(name))
         tensor = tensors.get(source) if isinstance(source, str) else None
         if key in tensors or slot is None or tensor is None or slot.shape != tensor.shape:

@@ -87,16 +87,16 @@ def test_cuda_timings_refuse_rounds_and_streams_without_bitmaps():
 
 
 def test_decode_streams_are_refused_where_no_weight_is_a_bitmap():
-    from restorelcc.commands.bench import _check_decode_streams
+    from restorelcc.commands.swap_options import check_decode_streams
     from restorelcc.hf.swap import SwappedGroup, SwapReport
 
     args = types.SimpleNamespace(decode_streams=True, model="m")
     bitmap = SwappedGroup(0, "qkv", "bitmap", (96, 64), 0.5, 12288, 4000, 4300)
     two_four = SwappedGroup(0, "o_proj", "2:4", (64, 64), 0.5, 8192, 2300)
-    _check_decode_streams(args, SwapReport("auto", "auto", [bitmap, two_four]))
+    check_decode_streams(args, SwapReport("auto", "auto", [bitmap, two_four]))
     with pytest.raises(ValueError, match=r"m has no weight packed as a bitmap \(formats: 2:4\)"):
-        _check_decode_streams(args, SwapReport("auto", "auto", [two_four]))
-    _check_decode_streams(types.SimpleNamespace(decode_streams=False), SwapReport("auto", "auto"))
+        check_decode_streams(args, SwapReport("auto", "auto", [two_four]))
+    check_decode_streams(types.SimpleNamespace(decode_streams=False), SwapReport("auto", "auto"))
 
 
 def test_nothing_to_swap_fails_before_the_reference_logits(tmp_path, monkeypatch, capsys):
@@ -174,14 +174,14 @@ def test_an_unsupported_family_fails_before_the_weights_load(tmp_path, monkeypat
 
 
 def test_decode_streams_are_checked_on_the_dry_run_report():
-    from restorelcc.commands.bench import _check_decode_streams
+    from restorelcc.commands.swap_options import check_decode_streams
     from restorelcc.hf.swap import swap_attention
 
     args = types.SimpleNamespace(decode_streams=True, model="m")
     model_24 = prune_attention(tiny_model("llama-gqa"), "2:4")
     planned = swap_attention(model_24, decode_streams=True, dry_run=True)
     with pytest.raises(ValueError, match=r"m has no weight packed as a bitmap \(formats: 2:4\)"):
-        _check_decode_streams(args, planned)
+        check_decode_streams(args, planned)
     unstructured = prune_attention(tiny_model("llama-gqa"), "unstructured", layers=[1])
     planned = swap_attention(unstructured, decode_streams=True, dry_run=True)
-    _check_decode_streams(args, planned)  # layer 1's groups would be bitmaps
+    check_decode_streams(args, planned)  # layer 1's groups would be bitmaps
