@@ -141,6 +141,14 @@ def check_tensors_together(format: str, tensors: Mapping[str, torch.Tensor]) -> 
             raise ValueError(f"{format} {name} is a lazy negation view: call .resolve_neg() first")
 
 
+def check_strided(tensor: torch.Tensor, name: str) -> None:
+    """Raise a ValueError naming `name` unless `tensor` is a dense (strided) tensor: not
+    sparse (COO, CSR...) nor nested."""
+    if tensor.is_nested or tensor.layout != torch.strided:
+        kind = "a nested tensor" if tensor.is_nested else f"layout {tensor.layout}"
+        raise ValueError(f"{name} must be a dense (strided) tensor, got {kind}")
+
+
 class PackedContainer(abc.ABC):
     """Base of the containers (dataclasses with a `values` tensor, a logical `shape`
     (N, K) and `split_sizes`): dtype and device, `.to()`, state dicts, and the checks

@@ -47,6 +47,7 @@ from .format_common import (
     FORMAT_IDS,
     SUPPORTED_DTYPES,
     PackedContainer,
+    check_strided,
     state_format_id,
 )
 
@@ -78,8 +79,7 @@ PackedWeight = Sparse24Weight | BitmapWeight
 def _check_dense(weight: torch.Tensor) -> None:
     if not isinstance(weight, torch.Tensor):
         raise ValueError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
-    if weight.layout != torch.strided:
-        raise ValueError(f"weight must be a dense (strided) tensor, got layout {weight.layout}")
+    check_strided(weight, "weight")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(weight.shape)}")
     if weight.dtype not in SUPPORTED_DTYPES:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .format_common import check_strided
 from .formats import SUPPORTED_DTYPES, BitmapWeight, Sparse24Weight, unpack
 
 # The reference also computes in (and takes a bias of) float64: the oracle's precision.
@@ -64,14 +65,6 @@ def check_bias(
         raise ValueError(f"bias dtype must be one of {names}; got {bias.dtype}")
     if bias.device != device:
         raise ValueError(f"bias is on {bias.device} but the weight is on {device}")
-
-
-def check_strided(tensor: torch.Tensor, name: str) -> None:
-    """Raise a ValueError naming `name` unless `tensor` is a dense (strided) tensor: not
-    sparse (COO, CSR...) nor nested."""
-    if tensor.is_nested or tensor.layout != torch.strided:
-        kind = "a nested tensor" if tensor.is_nested else f"layout {tensor.layout}"
-        raise ValueError(f"{name} must be a dense (strided) tensor, got {kind}")
 
 
 def as_kernel_input(tensor: torch.Tensor) -> torch.Tensor:
