@@ -71,6 +71,6 @@ def as_kernel_input(tensor: torch.Tensor) -> torch.Tensor:
     """`tensor` [..., L] as the Triton kernels read it: a lazy negation view (`is_neg()`,
     whose memory holds the values negated) resolved, and unit-stride along L; copied
     only where it is not so already."""
-    if tensor.is_neg():  # asked first: half the host time of resolve_neg() on every call
-        tensor = tensor.resolve_neg()
+    # resolve_neg() whatever the tensor: torch.compile cannot trace is_neg() (a bool)
+    tensor = tensor.resolve_neg()  # itself where no negation is pending
     return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
