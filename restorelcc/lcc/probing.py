@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import warnings
 from typing import NamedTuple
 
@@ -277,8 +278,25 @@ def warn_if_at_chance(accuracy: torch.Tensor, pairs: int, test_fraction: float =
             "time, so the heads selected may be no better than random ones; more probe pairs "
             f"({pairs} given, {held_out} of them held out to score the probes) may tell "
             "heads apart",
-            stacklevel=3,  # plan_heads' caller
+            stacklevel=_first_caller_outside_package(),
         )
+
+
+def _first_caller_outside_package() -> int:
+    """The ``stacklevel`` at which a ``warnings.warn`` made by this function's caller names
+    the first frame outside the ``restorelcc`` package: the user's call, however deep in the
+    package the warning is made (``plan_heads`` called directly, or through ``restore``).
+    What ``warnings.warn(skip_file_prefixes=...)`` does on Python 3.12+, for the 3.10 and
+    3.11 the project supports; frames are told by their module's name, not their file's
+    path. The outermost frame's level where every frame is the package's."""
+    package = __name__.partition(".")[0]
+    level, frame = 1, sys._getframe(1)
+    while (
+        frame.f_back is not None
+        and frame.f_globals.get("__name__", "").partition(".")[0] == package
+    ):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def check_heads(heads, total: int | None = None) -> int | float:

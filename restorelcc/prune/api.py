@@ -70,7 +70,10 @@ def prune_model(
     ``calibration_source`` is only recorded in the report (with ``calibration``);
     ``progress``: a bar over layers. Calibrated methods compute in float32 whatever
     ``model``'s dtype, which it keeps: only the block being pruned is cast
-    (``precision.py``), so a bf16 model prunes as its float32 copy would, bit for bit.
+    (``precision.py``), so a bf16 model prunes as its float32 copy would, bit for bit,
+    but for a weight SparseGPT keeps that rounds to zero in the model's dtype (below ~3e-8
+    in float16): it is stored as the dtype's smallest subnormal, with its sign, so that the
+    zeros of the model (and of the report) are the ones the pruning chose.
 
     All arguments are checked before any weight changes or calibration pass; bad ones
     raise ``PruneArgumentError`` (a ``ValueError``) naming the argument, or

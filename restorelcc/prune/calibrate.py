@@ -141,13 +141,16 @@ def walk_blocks(
     same inputs and its outputs become the next block's inputs (not after the last block:
     nothing reads its outputs). Everything computes in float32 whatever the model's dtype
     (``precision.py``): the inputs are captured in float32, and the block at hand holds
-    float32 parameters from its step to its re-run, then goes back to its dtype.
+    float32 parameters from its step to its re-run, then goes back to its dtype, where a
+    nonzero weight the caller left that would round to zero is stored as the dtype's
+    smallest subnormal with its sign (``cast_keeping_nonzeros``): the zeros the model
+    holds after are those the caller made.
     """
     with capture_in_float32(model):
         chunks, block_kwargs = capture_block_inputs(model, tokens, chunk_size)
     layers = decoder_layers(model)
     for index in tqdm(range(len(layers)), desc=desc, unit="layer", disable=not progress):
-        with parameters_in(layers[index], COMPUTE_DTYPE):
+        with parameters_in(layers[index], COMPUTE_DTYPE, keep_nonzeros=True):
             yield BlockStep(index, layers[index], chunks, block_kwargs[index])
             if index + 1 < len(layers):
                 chunks = run_block(layers[index], chunks, block_kwargs[index])

@@ -7,6 +7,12 @@ and update is the one a float32 copy of the whole model would give.
 
 Only parameters are cast, never buffers: models keep buffers such as rotary ``inv_freq``
 in float32 on purpose, and a round trip through bf16 would round them.
+
+Going back is exact but for weights pruning changed (SparseGPT updates the ones it keeps):
+those round once, and a kept one too small for the model's dtype (below ~3e-8 in float16,
+~5e-41 in bfloat16) would round to zero, a zero the pruning did not choose. The cast back
+after pruning (``parameters_in(..., keep_nonzeros=True)``) stores it as the dtype's
+smallest subnormal, with its sign, instead (``cast_keeping_nonzeros``).
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ def parameters_in(
     module: nn.Module,
     dtype: torch.dtype = COMPUTE_DTYPE,
     skip: Callable[[nn.Parameter], bool] = lambda param: False,
+    keep_nonzeros: bool = False,
 ) -> Iterator[None]:
     """``module``'s floating-point parameters (but those ``skip`` picks) cast to ``dtype``
     for the block, then each back to the dtype it had. A parameter the caller replaced
     meanwhile (structured pruning swaps in smaller ones) goes back to the dtype of the
-    name it took; one under a new name, to the dtype of the first parameter cast."""
+    name it took; one under a new name, to the dtype of the first parameter cast. With
+    ``keep_nonzeros``, a nonzero value that would round to zero on the way back is stored
+    as its dtype's smallest subnormal with its sign (``cast_keeping_nonzeros``): pruning
+    uses it so that the weights it kept stay nonzero."""
     original = {
         name: param.dtype
         for name, param in module.named_parameters()
@@ -39,6 +49,7 @@ def parameters_in(
     }
     cast = [name for name, was in original.items() if was != dtype]
     fallback = original[cast[0]] if cast else dtype
+    cast_back = cast_keeping_nonzeros if keep_nonzeros else torch.Tensor.to
     try:
         for name, param in module.named_parameters():
             if original.get(name, dtype) != dtype:
@@ -49,7 +60,29 @@ def parameters_in(
             if param.is_floating_point() and not skip(param):
                 wanted = original.get(name, fallback)
                 if param.dtype != wanted:
-                    param.data = param.data.to(wanted)
+                    param.data = cast_back(param.data, wanted)
+
+
+def smallest_subnormal(dtype: torch.dtype) -> float:
+    """The smallest positive value of the floating ``dtype``, a subnormal: its smallest
+    normal times its machine epsilon (2**-24 for float16, 2**-133 for bfloat16, 2**-149
+    for float32; powers of two, so the product is exact)."""
+    info = torch.finfo(dtype)
+    return info.smallest_normal * info.eps
+
+
+def cast_keeping_nonzeros(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` (any shape) cast to the floating ``dtype`` as ``Tensor.to`` casts them,
+    but for nonzeros that round to zero there (magnitude at most half of
+    ``smallest_subnormal(dtype)``): each becomes ``smallest_subnormal(dtype)`` with its
+    sign. A weight pruning kept, however small, stays nonzero; NaN and inf are cast as
+    they are."""
+    cast = values.to(dtype)
+    underflowed = (cast == 0) & (values != 0)
+    if not underflowed.any():  # the usual case: no second tensor of the values' size
+        return cast
+    smallest = torch.full((), smallest_subnormal(dtype), dtype=dtype, device=cast.device)
+    return torch.where(underflowed, torch.copysign(smallest, cast), cast)  # -0.0 keeps its sign
 
 
 @contextlib.contextmanager
