@@ -1,4 +1,8 @@
-"""Errors a user can act on. The CLI prints them as one line and exits non-zero."""
+"""Errors a user can act on. The CLI prints them as one line and exits non-zero.
+``warn_user``: a warning that names the user's line, not the package's."""
+
+import sys
+import warnings
 
 
 class RestoreLCCError(Exception):
@@ -33,3 +37,27 @@ class NotAModelError(UnsupportedModelError, TypeError):
 class ArgumentError(RestoreLCCError, ValueError):
     """An API argument or config value that cannot be used: out of range, or of the wrong
     kind (a ``ValueError``, as the configs' other checks raise)."""
+
+
+# Modules whose frames sit between a caller and the package's functions they wrap
+# (``@torch.no_grad()``, ``contextlib.contextmanager``): not the user's line either.
+_WRAPPER_MODULES = frozenset({"contextlib", "functools", "torch.utils._contextlib"})
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn(message, category)`` attributed to the first frame outside the
+    ``restorelcc`` package (and the decorators wrapping its functions): the user's call,
+    however deep in the package the warning is made (``plan_heads`` called directly or
+    through ``restore``). What ``warnings.warn``'s ``skip_file_prefixes`` does on Python
+    3.12+, for the 3.10 and 3.11 the project supports; frames are told by their module's
+    name, not their file's path."""
+    package = __name__.partition(".")[0]
+
+    def inside(frame) -> bool:
+        module = frame.f_globals.get("__name__", "")
+        return module.partition(".")[0] == package or module in _WRAPPER_MODULES
+
+    level, frame = 1, sys._getframe(0)
+    while frame.f_back is not None and inside(frame):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, category, stacklevel=level)

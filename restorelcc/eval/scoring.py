@@ -22,7 +22,6 @@ scores come back from the device in one copy (``restorelcc.eval.gather``).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from restorelcc.data import encode_unterminated, positive_count
-from restorelcc.errors import NonFiniteError
+from restorelcc.errors import NonFiniteError, warn_user
 from restorelcc.eval.gather import Pick, continuation_scores
 from restorelcc.eval.packing import float_dtype, logit_positions, pack_requests, packed_inputs
 from restorelcc.hf.families import model_device
@@ -205,7 +204,7 @@ def _score_packed(model, requests, indices, batch_size, scores, bar) -> list[int
         except (RuntimeError, ValueError, TypeError) as exc:
             if verified or _out_of_memory(exc):
                 raise  # out of memory is no refusal of packed rows
-            warnings.warn(f"context sharing off: model refused packed rows ({exc})", stacklevel=3)
+            warn_user(f"context sharing off: model refused packed rows ({exc})")
             return _unscored(indices, scores)
         flat = _flat_index(keep)
         picks = [
@@ -241,10 +240,9 @@ def _agrees_with_plain(model, requests, results: dict[int, Score], dtype) -> boo
     for i in indices:
         error = abs(results[i].logprob - check[i].logprob)
         if error > atol + rtol * abs(check[i].logprob):
-            warnings.warn(
+            warn_user(
                 f"context sharing off: packed rows differ from plain scoring by {error:.3g} "
-                "(custom attention that ignores 4-D masks or position ids?)",
-                stacklevel=3,
+                "(custom attention that ignores 4-D masks or position ids?)"
             )
             return False
     return True

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
-from restorelcc.errors import UnsupportedModelError
+from restorelcc.errors import UnsupportedModelError, warn_user
 from restorelcc.hf.families import (
     HeadGeometry,
     block_linear,
@@ -159,11 +157,10 @@ def _warn_if_pruned_already(weight: torch.Tensor, layer: int, name: str, dense: 
     if zeros >= DENSE_ZEROS_WARNING:
         folder = str(getattr(dense, "name_or_path", "") or "")
         where = f" ({folder})" if folder else ""
-        warnings.warn(
+        warn_user(
             f"the dense model{where} has {zeros:.0%} zeros in layer {layer} {name}: is it a "
             "pruned checkpoint (or a dequantized model of 3 bits or fewer)? RestoreLCC "
-            "restores towards the dense model given",
-            stacklevel=4,
+            "restores towards the dense model given"
         )
 
 

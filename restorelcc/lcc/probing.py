@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
-import warnings
 from typing import NamedTuple
 
 import torch
@@ -42,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from restorelcc.data import is_integer, is_real
-from restorelcc.errors import ArgumentError, DataError
+from restorelcc.errors import ArgumentError, DataError, warn_user
 from restorelcc.hf.families import HeadGeometry
 from restorelcc.lcc.capture import ProbeActivations
 from restorelcc.lcc.finite import check_finite_heads
@@ -271,32 +269,14 @@ def warn_if_at_chance(accuracy: torch.Tensor, pairs: int, test_fraction: float =
     chance = chance_of_best(best, examples, heads)
     if chance > CHANCE_OF_BEST:
         percent = math.floor(chance * 1000) / 10  # floored: 99.9, not 100, below 1
-        warnings.warn(
+        warn_user(
             f"probing found no head above chance: the best held-out probe accuracy, "
             f"{best:.3f} ({round(best * examples)} of {examples} held-out examples), is "
             f"reached by the best of {heads} heads guessing at random {percent:g}% of the "
             "time, so the heads selected may be no better than random ones; more probe pairs "
             f"({pairs} given, {held_out} of them held out to score the probes) may tell "
-            "heads apart",
-            stacklevel=_first_caller_outside_package(),
+            "heads apart"
         )
-
-
-def _first_caller_outside_package() -> int:
-    """The ``stacklevel`` at which a ``warnings.warn`` made by this function's caller names
-    the first frame outside the ``restorelcc`` package: the user's call, however deep in the
-    package the warning is made (``plan_heads`` called directly, or through ``restore``).
-    What ``warnings.warn(skip_file_prefixes=...)`` does on Python 3.12+, for the 3.10 and
-    3.11 the project supports; frames are told by their module's name, not their file's
-    path. The outermost frame's level where every frame is the package's."""
-    package = __name__.partition(".")[0]
-    level, frame = 1, sys._getframe(1)
-    while (
-        frame.f_back is not None
-        and frame.f_globals.get("__name__", "").partition(".")[0] == package
-    ):
-        level, frame = level + 1, frame.f_back
-    return level
 
 
 def check_heads(heads, total: int | None = None) -> int | float:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-import warnings
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from restorelcc.errors import warn_user
 from restorelcc.hf.families import Family, block_linear, decoder_layers, eval_mode, family_of
 from restorelcc.prune.calibrate import collect_input_stats, input_sharing_groups, walk_blocks
 from restorelcc.prune.magnitude import magnitude_mask
@@ -95,7 +95,7 @@ def prune_model(
     plan = plan_removal(model, family, spec) if spec.pattern.kind == "heads" else None
     note = renormalisation_note(family, plan) if plan is not None else None
     if note:  # OLMo 2/3: the kept heads change too (see structured.py)
-        warnings.warn(note, stacklevel=2)
+        warn_user(note)
 
     start = time.perf_counter()
     structured = None

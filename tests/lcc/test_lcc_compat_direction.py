@@ -129,5 +129,7 @@ def test_a_pruned_checkpoint_given_as_the_dense_model_is_warned_of():
     pruned.name_or_path = "pruned-50"
     more = copy.deepcopy(pruned)
     prune_model(more, "magnitude", 0.7, progress=False)
-    with pytest.warns(UserWarning, match=r"the dense model \(pruned-50\) has 50% zeros in layer 0"):
+    match = r"the dense model \(pruned-50\) has 50% zeros in layer 0"
+    with pytest.warns(UserWarning, match=match) as caught:
         check_compatible(pruned, more)
+    assert {w.filename for w in caught} == {__file__}  # the user's call, not the package's
