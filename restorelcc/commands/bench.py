@@ -18,6 +18,13 @@ that the device would ignore are refused, as are a value given twice in ``--batc
 a model with nothing to swap or a weight the format does not fit: a dry run of the swap
 (``swap_attention(dry_run=True)``: its checks, nothing packed) finds them before the
 reference logits are computed, and the model is then swapped once.
+A packed checkpoint (``restorelcc pack``) is read packed (``load_packed``) and unpacked in
+place (``unswap_attention``: its dense pruned weights exactly, one copy of the model held);
+from there it runs as a dense folder does, swapped again with the options it was packed
+with (``packed_swap``: format, ``--mlp``, decode streams), and the swap must pack the very
+groups, in the very formats, that the folder holds. Options that contradict the folder
+(``--format`` other than auto or its format, ``--mlp`` or ``--decode-streams`` where it was
+packed without them, ``--min-sparsity``, ``--adapter``) are refused.
 Speedup = ``nn.Linear`` time / swapped time. On a CPU the swapped modules run the
 PyTorch reference path, so CPU figures say nothing of GPU speed (the report says so).
 """
@@ -40,6 +47,7 @@ from restorelcc.commands.options import (
     check_spares_inputs,
     positive_int,
     read_adapter,
+    refuse_adapter_on_packed,
     refuse_unused,
     remember_defaults,
     report_path,
@@ -88,7 +96,12 @@ def register(subparsers) -> None:
         "attention swapped for the packed sparse kernels, against the same model with "
         "nn.Linear projections, after checking that both give the same logits.",
     )
-    p.add_argument("--model", required=True, help="pruned model name or directory")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="pruned model name or directory, or a packed checkpoint (restorelcc pack: "
+        "timed as it was packed)",
+    )
     add_adapter_argument(p)
     add_format_argument(p, "--format", "auto", "packed format of the swap")
     p.add_argument(
@@ -139,7 +152,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", default=None, help=DEFAULT_REPORT_HELP.format(command="bench"))
     add_quiet_argument(p)
     p.set_defaults(func=run)
-    remember_defaults(p, (*CUDA_ONLY, *CPU_ONLY))
+    remember_defaults(p, (*CUDA_ONLY, *CPU_ONLY, "min_sparsity"))
 
 
 def _check_job_values(args: argparse.Namespace) -> None:
@@ -180,11 +193,69 @@ def _check_timing_options(args: argparse.Namespace, device) -> None:
             )
 
 
-def _swap(model, args: argparse.Namespace, dry_run: bool = False):
+def _check_packed_options(args: argparse.Namespace, folder: dict) -> None:
+    """Refuse a swap option (``--format``, ``--mlp``, ``--decode-streams``) that
+    contradicts those the packed checkpoint ``--model`` was packed with (``folder``: its
+    ``packed_swap``), ``--min-sparsity`` (the folder's packed groups are the ones timed)
+    and ``--adapter``. ``--format`` may also name the one format all its groups are
+    packed in."""
+    model = args.model
+    refuse_adapter_on_packed(args)
+    formats = sorted({format for format, _, _ in folder["groups"].values()})
+    accepted = {"auto", folder["format"], *(formats if len(formats) == 1 else ())}
+    if args.format not in accepted:
+        raise ValueError(
+            f"--format {args.format}: {model} is a packed checkpoint packed with --format "
+            f"{folder['format']} (as {', '.join(formats)}), timed as it was packed (leave "
+            "--format out)"
+        )
+    for option, name in (("--mlp", "mlp"), ("--decode-streams", "decode_streams")):
+        if getattr(args, name) and not folder[name]:
+            raise ValueError(
+                f"{option}: {model} is a packed checkpoint packed without {option}, timed as "
+                "it was packed"
+            )
+    refuse_unused(
+        args,
+        ("min_sparsity",),
+        f"{model} is a packed checkpoint: the groups it holds packed are the ones timed",
+    )
+
+
+def _check_same_packing(report, folder: dict, model: str) -> None:
+    """Refuse a swap (``report``) of the packed checkpoint ``model``'s unpacked weights
+    that packs another group, or one otherwise (format, backend, decode streams), than
+    the folder holds (``folder``: its ``packed_swap``): it would time another model."""
+    swapped = {
+        (g.layer, g.group): (g.format, report.backend, report.decode_streams)
+        for g in report.groups
+        if g.format != "dense"
+    }
+    held = folder["groups"]
+    differ = sorted(k for k in swapped.keys() | held.keys() if swapped.get(k) != held.get(k))
+    if differ:
+        layer, group = differ[0]
+
+        def shown(packing) -> str:
+            if packing is None:
+                return "dense"
+            return "{} (backend {}, decode_streams {})".format(*packing)
+
+        raise ValueError(
+            f"--model {model}: swapped again as it was packed (--format {report.format}"
+            f"{' --mlp' * report.mlp}), its unpacked weights give layer {layer} {group} as "
+            f"{shown(swapped.get((layer, group)))} where the folder holds it as "
+            f"{shown(held.get((layer, group)))}: bench cannot time it as it was packed"
+        )
+
+
+def _swap(model, args: argparse.Namespace, dry_run: bool = False, packed: dict | None = None):
     """Swap ``model`` in place as the options ask (``dry_run``: the swap's checks only,
-    nothing packed, the model unchanged); its ``SwapReport``. Raises
-    ``NothingToSwapError`` where nothing is pruned, ``ValueError`` for
-    ``--decode-streams`` without bitmap weights, ``SwapError`` naming ``--format``."""
+    nothing packed, the model unchanged); its ``SwapReport``. ``packed``: the
+    ``packed_swap`` of the packed checkpoint ``--model``, whose groups the swap must pack
+    as it holds them. Raises ``NothingToSwapError`` where nothing is pruned,
+    ``ValueError`` for ``--decode-streams`` without bitmap weights or a packing other
+    than the folder's, ``SwapError`` naming ``--format``."""
     with swap_errors_named("--format", args.format):
         report = swap_pruned_attention(
             model,
@@ -197,6 +268,8 @@ def _swap(model, args: argparse.Namespace, dry_run: bool = False):
             dry_run=dry_run,
         )
     check_decode_streams(args, report)
+    if packed is not None:
+        _check_same_packing(report, packed, args.model)
     return report
 
 
@@ -323,11 +396,20 @@ def run(args: argparse.Namespace) -> int:
 
     from restorelcc.assets import load_config, load_model
     from restorelcc.hf.families import family_of
+    from restorelcc.hf.packed_checkpoint import (
+        is_packed_checkpoint,
+        load_packed,
+        packed_modules,
+        packed_swap,
+    )
     from restorelcc.hf.swap import unswap_attention
     from restorelcc.io import format_table, run_metadata
     from restorelcc.latency import weight_bytes
 
     start = time.perf_counter()
+    folder = packed_swap(args.model) if is_packed_checkpoint(args.model) else None
+    if folder is not None:
+        _check_packed_options(args, folder)
     out = report_path(args, "bench")
     adapter = adapter_input(args.adapter)
     check_spares_inputs("--json", out, {"--model": args.model, "--adapter": adapter})
@@ -336,12 +418,22 @@ def run(args: argparse.Namespace) -> int:
     _check_job_values(args)
     device = resolve_device(args.device)
     _check_timing_options(args, device)
+    if folder is not None:  # the swap as the folder was packed, where not given
+        if args.format == "auto":
+            args.format = folder["format"]
+        args.mlp, args.decode_streams = folder["mlp"], folder["decode_streams"]
     dtype = resolve_dtype(args.dtype, device)
     restoration = read_adapter(args.adapter)
     config = load_config(args.model)
     family_of(config)  # an unsupported family fails before the weights load
     _check_positions(args, config)
-    model, _ = load_model(args.model, dtype=dtype, device=device)
+    packed = None
+    if folder is not None:
+        model, _ = load_packed(args.model, device=device, dtype=dtype)
+        packed = packed_modules(model)
+        unswap_attention(model)  # in place, exactly: the dense pruned model
+    else:
+        model, _ = load_model(args.model, dtype=dtype, device=device)
     if restoration is not None:
         restoration.fold(model)
     bytes_linear = weight_bytes(model)
@@ -349,9 +441,9 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         references = None
         if not args.no_check:
-            _swap(model, args, dry_run=True)  # what the swap refuses fails before these
+            _swap(model, args, True, folder)  # what the swap refuses fails before these
             references = _reference_logits(model, jobs, device, args.quiet)
-        report = _swap(model, args)
+        report = _swap(model, args, packed=folder)
         bytes_swapped = weight_bytes(model)
         # one job (phase, batch, tokens) timed on one of the two models per step
         with tqdm(total=2 * len(jobs), desc="bench", unit="job", disable=args.quiet) as bar:
@@ -379,6 +471,7 @@ def run(args: argparse.Namespace) -> int:
     payload = {
         "model": str(args.model),
         "adapter": adapter_summary(args.adapter, restoration),
+        "packed_checkpoint": packed,
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "timing_claims": device.type == "cuda",
@@ -407,6 +500,11 @@ def run(args: argparse.Namespace) -> int:
             f"timings of {', '.join(noisy)} spread over more than {NOISY_SPREAD:.0%} of their "
             "median (p20 to p80): the machine was busy, so their speedups are noise; run "
             "again on a quiet machine (OMP_NUM_THREADS=1 on a shared CPU)"
+        )
+    if packed:
+        print(
+            f"packed checkpoint: read packed ({packed['modules']} packed modules, "
+            f"{packed['formats']}), unpacked for nn.Linear and swapped again as it was packed"
         )
     streams, streams_read = "", ""
     if report.bytes_streams:

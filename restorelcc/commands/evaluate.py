@@ -20,6 +20,7 @@ from restorelcc.commands.options import (
     limit_value,
     positive_int,
     read_adapter,
+    refuse_adapter_on_packed,
     refuse_unused,
     remember_defaults,
     report_path,
@@ -164,11 +165,7 @@ def _check_packed_options(args: argparse.Namespace) -> None:
     """A packed checkpoint (``restorelcc pack``) loads swapped, as it was packed."""
     if args.swap:
         raise ValueError(f"--swap: {args.model} is a packed checkpoint, swapped as it was packed")
-    if args.adapter is not None:
-        raise ValueError(
-            f"--adapter: {args.model} is a packed checkpoint; fold the restoration before "
-            "packing (restorelcc restore --merged, then restorelcc pack)"
-        )
+    refuse_adapter_on_packed(args)
 
 
 def run(args: argparse.Namespace) -> int:

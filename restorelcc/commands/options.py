@@ -357,6 +357,16 @@ def read_adapter(directory: str | None):
     return Restoration.load(directory)
 
 
+def refuse_adapter_on_packed(args: argparse.Namespace) -> None:
+    """``--adapter`` refused for a packed checkpoint ``--model``: its o_proj biases are
+    packed with it, so a restoration is folded in before packing."""
+    if args.adapter is not None:
+        raise ValueError(
+            f"--adapter: {args.model} is a packed checkpoint; fold the restoration before "
+            "packing (restorelcc restore --merged, then restorelcc pack)"
+        )
+
+
 def adapter_input(path: str | None):
     """``--adapter`` as ``check_spares_inputs`` takes it: the adapter folder, also where
     one of its files was given (a report must not replace the other)."""

@@ -35,6 +35,7 @@ from torch import nn
 import lcc_kernels
 from lcc_kernels.dispatch import BACKENDS, check_backend_format
 from lcc_kernels.formats import SUPPORTED_DTYPES
+from restorelcc.hf import FORMATS
 from restorelcc.hf.attention import PackedLinear, PackedProjections, ProjectionView, SparseLinear
 from restorelcc.hf.families import decoder_layers, family_of
 from restorelcc.hf.swap import install_group
@@ -45,7 +46,14 @@ PACKED_INFO = "restorelcc_packed.json"
 WEIGHTS = "restorelcc_packed.safetensors"  # not model.safetensors: transformers refuses it
 FORMAT_VERSION = 1
 
-__all__ = ["PACKED_INFO", "is_packed_checkpoint", "load_packed", "packed_modules", "save_packed"]
+__all__ = [
+    "PACKED_INFO",
+    "is_packed_checkpoint",
+    "load_packed",
+    "packed_modules",
+    "packed_swap",
+    "save_packed",
+]
 
 
 def save_packed(
@@ -170,6 +178,48 @@ def packed_modules(model: nn.Module) -> dict:
         "modules": len(modules),
         "formats": ", ".join(sorted({m.packed.format for m in modules})),
     }
+
+
+def packed_swap(directory: str | os.PathLike) -> dict:
+    """How the packed checkpoint ``directory`` was swapped, from its ``restorelcc_packed.json``
+    (no weights read): ``format``, ``mlp`` and ``decode_streams``, the options of the swap
+    that ``restorelcc pack`` records (its report under ``info``), or, where ``info`` holds
+    no such report, as the groups show them (their one format, or "auto" where they mix;
+    whether an MLP group is packed; whether a group runs decode streams); and ``groups``:
+    each packed group's (layer, group name) -> (format, backend, decode_streams). Raises
+    ``CheckpointError`` for a folder that is not a packed checkpoint, or a group entry
+    that names no layer and group."""
+    from restorelcc.loading import CheckpointError, read_config
+
+    folder = Path(directory).expanduser()
+    manifest = _read_manifest(folder)
+    groups = {}
+    for entry in manifest["groups"]:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("layer"), int)
+            and isinstance(entry.get("group"), str)
+        ):
+            raise CheckpointError(f"{folder / PACKED_INFO}: group entry {entry!r} names no layer")
+        key = (entry["layer"], entry["group"])
+        groups[key] = (entry.get("format"), entry.get("backend"), entry.get("decode_streams"))
+    attention = {g.name for g in projection_groups(family_of(read_config(folder)), mlp=False)}
+    formats = {format for format, _, _ in groups.values()}
+    options = {
+        "format": formats.pop() if len(formats) == 1 else "auto",
+        "mlp": any(group not in attention for _, group in groups),
+        "decode_streams": any(streams is True for _, _, streams in groups.values()),
+    }
+    info = manifest.get("info")
+    recorded = info.get("swap") if isinstance(info, dict) else None
+    if (
+        isinstance(recorded, dict)
+        and recorded.get("format") in FORMATS
+        and isinstance(recorded.get("mlp"), bool)
+        and isinstance(recorded.get("decode_streams"), bool)
+    ):
+        options = {key: recorded[key] for key in options}
+    return {**options, "groups": groups}
 
 
 def refuse_packed(directory: str | os.PathLike, remedy: str) -> None:
