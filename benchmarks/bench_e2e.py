@@ -140,7 +140,7 @@ class Bench:
                     report = swap_attention(model, fmt, mlp=mlp)
                     swapped = True
                     info["swap"] = {k: v for k, v in report.to_dict().items() if k != "groups"}
-                    info["formats"] = sorted({g.format for g in report.groups})
+                    info["formats"] = report.packed_formats
                     info["check"] = logits_check(model(ids).logits, plain, oracle, self.dtype)
                 info["weight_bytes"] = weight_bytes(model)
                 self.save()

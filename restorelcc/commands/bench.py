@@ -477,7 +477,7 @@ def run(args: argparse.Namespace) -> int:
         "timing_claims": device.type == "cuda",
         "eager": args.eager,
         "swap": report.to_dict(),
-        "formats": sorted({g.format for g in report.groups}),
+        "formats": report.packed_formats,
         "weight_bytes": {
             "linear": bytes_linear,
             "swapped": bytes_swapped,

@@ -73,17 +73,11 @@ def check_decode_streams(args: argparse.Namespace, report) -> None:
     """Refuse ``--decode-streams`` (``bench``, ``pack``) where the swap of ``report``
     packed (or, in a dry run, would pack) no weight as a bitmap."""
     if args.decode_streams and not any(g.format == "bitmap" for g in report.groups):
-        formats = ", ".join(packed_formats(report))
+        formats = ", ".join(report.packed_formats)
         raise ValueError(
             f"--decode-streams: {args.model} has no weight packed as a bitmap (formats: "
             f"{formats}); it lays out bitmap weights only"
         )
-
-
-def packed_formats(report) -> list[str]:
-    """The formats that ``report`` (a ``SwapReport``) packed weights in, sorted: not the
-    "dense" of the groups it left as ``nn.Linear``."""
-    return sorted({g.format for g in report.groups if g.format != "dense"})
 
 
 def layer_ranges(layers: Sequence[int]) -> str:
@@ -100,7 +94,7 @@ def layer_ranges(layers: Sequence[int]) -> str:
 def describe_swap(report) -> str:
     """One line: the swapped layers (as runs, ``0..9, 20..29``), the formats packed, how
     many groups were left dense (where any were) and the bytes of what was swapped."""
-    formats = ", ".join(packed_formats(report))
+    formats = ", ".join(report.packed_formats)
     dense = sum(g.format == "dense" for g in report.groups)
     if dense:
         formats += f"; {dense} of {len(report.groups)} groups left dense"

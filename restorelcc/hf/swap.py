@@ -119,6 +119,12 @@ class SwapReport:
         return "attention and MLP" if self.mlp else "attention"
 
     @property
+    def packed_formats(self) -> list[str]:
+        """The formats the groups were packed in, sorted; not "dense" (groups left as
+        ``nn.Linear``)."""
+        return sorted({g.format for g in self.groups if g.format != "dense"})
+
+    @property
     def swapped_layers(self) -> list[int]:
         return sorted({g.layer for g in self.groups if g.format != "dense"})
 

@@ -49,7 +49,9 @@ def test_bench_names_the_layers_swapped_and_the_groups_left_dense(partly_pruned,
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert SWAP_LINE in printed and "formats 2:4, dense" not in printed
-    assert json.loads(out.read_text())["swap"]["bytes_after"] > 0
+    report = json.loads(out.read_text())
+    assert report["swap"]["bytes_after"] > 0
+    assert report["formats"] == ["2:4"]  # the formats packed; it listed "dense" too
 
 
 def test_a_min_sparsity_above_the_zeros_found_says_to_lower_it(pruned_dir, tmp_path, capsys):
