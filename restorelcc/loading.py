@@ -199,7 +199,9 @@ def load_model(
     dtype, device = check_load_arguments(dtype, device)
     directory = resolve_model(name_or_path)
     refuse_packed(
-        directory, "load it with restorelcc.hf.load_packed (restorelcc eval --model reads it too)"
+        directory,
+        "load it with restorelcc.hf.load_packed (restorelcc eval --model and bench --model "
+        "read it too); the other commands need the dense checkpoint it was packed from",
     )
     config = read_config(directory)  # the small files before the (larger) weights
     tokenizer = load_tokenizer(directory)

@@ -1,5 +1,6 @@
 """``restorelcc pack``: a pruned checkpoint swapped for the packed sparse modules and saved
-with its weights packed (``restorelcc.hf.save_packed``), for ``eval`` and ``load_packed``."""
+with its weights packed (``restorelcc.hf.save_packed``), for ``eval``, ``bench`` and
+``load_packed``."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ def register(subparsers) -> None:
         help="save a pruned checkpoint with its weights packed (2:4 or bitmap)",
         description="Swap a pruned checkpoint's attention (and, with --mlp, MLP) projections "
         "for the packed sparse modules and save it with the packed weights as they are: a "
-        "smaller folder that 'restorelcc eval --model' and restorelcc.hf.load_packed load "
-        "swapped, without a dense copy of the packed weights.",
+        "smaller folder that 'restorelcc eval --model', 'restorelcc bench --model' and "
+        "restorelcc.hf.load_packed load swapped, without a dense copy of the packed weights.",
     )
     p.add_argument("--model", required=True, help="a pruned (or restored and merged) checkpoint")
     p.add_argument("--out", required=True, help="folder to write")
@@ -47,10 +48,16 @@ def run(args: argparse.Namespace) -> int:
 
     from restorelcc.assets import load_model
     from restorelcc.commands.dtypes import stored_dtype
-    from restorelcc.hf.packed_checkpoint import PACKED_INFO, WEIGHTS, save_packed
+    from restorelcc.hf.packed_checkpoint import PACKED_INFO, WEIGHTS, refuse_packed, save_packed
     from restorelcc.io import check_output_directory, format_table, run_metadata
     from restorelcc.loading import load_config
 
+    refuse_packed(
+        args.model,
+        "it is already packed (restorelcc eval --model and bench --model read it); to pack "
+        "it otherwise, pack the dense checkpoint it was packed from",
+        option="--model",
+    )
     check_spares_inputs("--out", args.out, {"--model": args.model}, folder=True)
     check_output_directory(args.out, args.overwrite, option="--out", replaces=PACKED_INFO)
     config = load_config(args.model)
@@ -60,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     with swap_errors_named("--format", args.format):
         report = swap_pruned_attention(
-            model, "--format", args.model, args.format, MIN_SPARSITY, args.decode_streams, args.mlp
+            model, "--model", args.model, args.format, MIN_SPARSITY, args.decode_streams, args.mlp
         )
     check_decode_streams(args, report)
     info = {"model": str(args.model), "swap": report.to_dict(), "run_metadata": run_metadata()}

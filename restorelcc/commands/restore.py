@@ -235,7 +235,23 @@ def _config(args: argparse.Namespace):
 
 
 def _check_out(args: argparse.Namespace) -> None:
+    """Refuse, before any model loads: a packed checkpoint (``restorelcc pack``) as
+    ``--dense`` or ``--pruned``; an ``--out`` that would delete an input or that
+    ``check_output_directory`` refuses; a ``--pruned`` that is no directory."""
+    from restorelcc.hf.packed_checkpoint import refuse_packed
     from restorelcc.lcc.adapter import ADAPTER_CONFIG  # --overwrite replaces an earlier --out
+
+    read_by = "restorelcc eval --model and bench --model read a packed one"
+    refuse_packed(
+        args.dense,
+        f"--dense is the unpruned model, a dense checkpoint ({read_by})",
+        option="--dense",
+    )
+    refuse_packed(
+        args.pruned,
+        f"restore needs the dense pruned checkpoint it was packed from ({read_by})",
+        option="--pruned",
+    )
 
     inputs = {
         "--pruned": args.pruned,

@@ -183,16 +183,20 @@ def packed_modules(model: nn.Module) -> dict:
 def packed_swap(directory: str | os.PathLike) -> dict:
     """How the packed checkpoint ``directory`` was swapped, from its ``restorelcc_packed.json``
     (no weights read): ``format``, ``mlp`` and ``decode_streams``, the options of the swap
-    that ``restorelcc pack`` records (its report under ``info``), or, where ``info`` holds
-    no such report, as the groups show them (their one format, or "auto" where they mix;
-    whether an MLP group is packed; whether a group runs decode streams); and ``groups``:
-    each packed group's (layer, group name) -> (format, backend, decode_streams). Raises
-    ``CheckpointError`` for a folder that is not a packed checkpoint, or a group entry
-    that names no layer and group."""
+    that ``restorelcc pack`` records (its report under ``info``; ``recorded`` True), or,
+    where ``info`` holds no such report (``recorded`` False: a ``save_packed`` folder), as
+    the groups show them (their one format, or "auto" where they mix; whether an MLP group
+    is packed; whether a group runs decode streams); ``dtype``: the name of the dtype its
+    weights are stored in; and ``groups``: each packed group's (layer, group name) ->
+    (format, backend, decode_streams). Raises ``ModelNotFoundError`` for a missing folder
+    or one without config.json, ``CheckpointError`` for a folder that is not a packed
+    checkpoint, or a group entry that names no layer and group or an unknown dtype."""
+    from restorelcc.assets import resolve_model
     from restorelcc.loading import CheckpointError, read_config
 
-    folder = Path(directory).expanduser()
+    folder = resolve_model(directory)
     manifest = _read_manifest(folder)
+    dtype = str(_stored_dtype(manifest["dtype"], folder)).removeprefix("torch.")
     groups = {}
     for entry in manifest["groups"]:
         if not (
@@ -211,25 +215,28 @@ def packed_swap(directory: str | os.PathLike) -> dict:
         "decode_streams": any(streams is True for _, _, streams in groups.values()),
     }
     info = manifest.get("info")
-    recorded = info.get("swap") if isinstance(info, dict) else None
-    if (
-        isinstance(recorded, dict)
-        and recorded.get("format") in FORMATS
-        and isinstance(recorded.get("mlp"), bool)
-        and isinstance(recorded.get("decode_streams"), bool)
-    ):
-        options = {key: recorded[key] for key in options}
-    return {**options, "groups": groups}
+    swap = info.get("swap") if isinstance(info, dict) else None
+    recorded = (
+        isinstance(swap, dict)
+        and swap.get("format") in FORMATS
+        and isinstance(swap.get("mlp"), bool)
+        and isinstance(swap.get("decode_streams"), bool)
+    )
+    if recorded:
+        options = {key: swap[key] for key in options}
+    return {**options, "recorded": recorded, "dtype": dtype, "groups": groups}
 
 
-def refuse_packed(directory: str | os.PathLike, remedy: str) -> None:
+def refuse_packed(directory: str | os.PathLike, remedy: str, option: str | None = None) -> None:
     """``CheckpointError`` naming ``remedy`` where ``directory`` is a packed checkpoint,
-    which readers of dense checkpoints would take for a damaged one."""
+    which readers of dense checkpoints would take for a damaged one; ``option``: the
+    command-line option that named it, put first."""
     from restorelcc.loading import CheckpointError
 
     if is_packed_checkpoint(directory):
+        named = f"{option} {directory}" if option else str(directory)
         raise CheckpointError(
-            f"{directory} is a packed checkpoint ({PACKED_INFO}, written by save_packed or "
+            f"{named} is a packed checkpoint ({PACKED_INFO}, written by save_packed or "
             f"restorelcc pack): {remedy}"
         )
 

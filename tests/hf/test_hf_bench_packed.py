@@ -59,7 +59,11 @@ def test_bench_of_a_packed_folder_reports_what_the_pruned_folder_does(
     ]
     modules = 4 if case == "2:4 attention" else 8
     formats = "2:4" if case == "2:4 attention" else "bitmap"
-    assert packed["packed_checkpoint"] == {"modules": modules, "formats": formats}
+    assert packed["packed_checkpoint"] == {
+        "modules": modules,
+        "formats": formats,
+        "stored_dtype": "float32",
+    }
     assert dense["packed_checkpoint"] is None
 
 
@@ -144,9 +148,13 @@ def test_a_packing_the_swap_does_not_give_back_is_refused_before_the_references(
     assert _bench(folder, tmp_path / "b.json") == 2
     err = capsys.readouterr().err
     assert (
-        f"--model {folder}: swapped again as it was packed (--format auto), its unpacked "
-        "weights give layer 0 o_proj as 2:4 (backend auto, decode_streams False) where the "
-        "folder holds it as bitmap (backend auto, decode_streams False)"
+        f"--model {folder}: swapped again with format='auto', mlp=False, decode_streams=False "
+        "(as its groups show: it holds 2:4 and bitmap weights and records no pack options), "
+        "its unpacked weights give layer 0 o_proj as 2:4 (backend auto, decode_streams False) "
+        "where the folder holds it as bitmap (backend auto, decode_streams False): bench "
+        "cannot time it as it was packed. Folders saved by save_packed with swap options that "
+        "restorelcc pack does not record (layers=, min_sparsity, backend, formats mixed beyond "
+        "what --format auto gives) can be evaluated (restorelcc eval --model) but not benched"
     ) in err
 
 
