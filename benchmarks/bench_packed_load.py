@@ -69,6 +69,7 @@ import argparse
 import gc
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -221,7 +222,7 @@ def write_packed(model_dir: Path, folder: Path, fmt: str, mlp: bool, dtype: str)
     model, tokenizer = load_model(model_dir, dtype=dtype)
     with swap_errors_named("--format", fmt):
         report = swap_pruned_attention(
-            model, "--format", str(model_dir), fmt, MIN_SPARSITY, mlp=mlp
+            model, "--model", str(model_dir), fmt, MIN_SPARSITY, mlp=mlp
         )
     save_packed(model, folder, tokenizer)
     del model
@@ -244,7 +245,7 @@ def checkpoint_files(model_dir: Path, packed_dir: Path, dtype: str) -> dict:
             for key in f.keys():  # noqa: SIM118 (safe_open is no mapping)
                 piece = f.get_slice(key)
                 dtypes.add(piece.get_dtype())
-                elements += _product(piece.get_shape())
+                elements += math.prod(piece.get_shape())
     packed_bytes = (packed_dir / WEIGHTS).stat().st_size
     dense_bytes = elements * getattr(torch, dtype).itemsize
     return {
@@ -255,13 +256,6 @@ def checkpoint_files(model_dir: Path, packed_dir: Path, dtype: str) -> dict:
         "packed_vs_pruned_file": packed_bytes / pruned_bytes,
         "packed_vs_dense_at_dtype": packed_bytes / dense_bytes,
     }
-
-
-def _product(shape) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 # --- in the child process -------------------------------------------------------------

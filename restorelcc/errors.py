@@ -39,9 +39,10 @@ class ArgumentError(RestoreLCCError, ValueError):
     kind (a ``ValueError``, as the configs' other checks raise)."""
 
 
-# Modules whose frames sit between a caller and the package's functions they wrap
-# (``@torch.no_grad()``, ``contextlib.contextmanager``): not the user's line either.
-_WRAPPER_MODULES = frozenset({"contextlib", "functools", "torch.utils._contextlib"})
+# Modules whose frames sit between a caller and the package's functions they wrap, not
+# the user's line either: ``@torch.no_grad()``, ``contextlib.contextmanager``, tqdm
+# iterating a package generator.
+_WRAPPER_MODULES = frozenset({"contextlib", "functools", "torch.utils._contextlib", "tqdm.std"})
 
 
 def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
@@ -50,7 +51,8 @@ def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
     however deep in the package the warning is made (``plan_heads`` called directly or
     through ``restore``). What ``warnings.warn``'s ``skip_file_prefixes`` does on Python
     3.12+, for the 3.10 and 3.11 the project supports; frames are told by their module's
-    name, not their file's path."""
+    name, not their file's path. Not for code that runs under ``torch.compile`` (Dynamo
+    cannot trace ``sys._getframe``: a graph break)."""
     package = __name__.partition(".")[0]
 
     def inside(frame) -> bool:

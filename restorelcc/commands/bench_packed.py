@@ -1,8 +1,9 @@
 """``restorelcc bench --model PACKED``: the checks of a packed checkpoint (``restorelcc
 pack``) that bench times as it was packed. Bench reads it packed, unpacks it in place for
 the ``nn.Linear`` side and swaps it again with the options it was packed with
-(``restorelcc.hf.packed_swap``: those ``pack`` recorded, or those its groups show); the
-swap must pack the very groups, in the very formats, that the folder holds."""
+(``restorelcc.hf.packed_checkpoint.packed_swap``: those ``pack`` recorded, or those its
+groups show); the swap must pack the very groups, in the very formats, that the folder
+holds."""
 
 from __future__ import annotations
 

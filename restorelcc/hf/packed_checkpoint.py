@@ -34,7 +34,7 @@ from torch import nn
 
 import lcc_kernels
 from lcc_kernels.dispatch import BACKENDS, check_backend_format
-from lcc_kernels.formats import SUPPORTED_DTYPES
+from lcc_kernels.formats import FORMAT_24, FORMAT_BITMAP, SUPPORTED_DTYPES
 from restorelcc.hf import FORMATS
 from restorelcc.hf.attention import PackedLinear, PackedProjections, ProjectionView, SparseLinear
 from restorelcc.hf.families import decoder_layers, family_of
@@ -190,24 +190,22 @@ def packed_swap(directory: str | os.PathLike) -> dict:
     weights are stored in; and ``groups``: each packed group's (layer, group name) ->
     (format, backend, decode_streams). Raises ``ModelNotFoundError`` for a missing folder
     or one without config.json, ``CheckpointError`` for a folder that is not a packed
-    checkpoint, or a group entry that names no layer and group or an unknown dtype."""
+    checkpoint, a group entry that names no group of the model or records no valid
+    format, backend and decode_streams, or an unknown dtype."""
     from restorelcc.assets import resolve_model
-    from restorelcc.loading import CheckpointError, read_config
+    from restorelcc.loading import read_config
 
     folder = resolve_model(directory)
     manifest = _read_manifest(folder)
     dtype = str(_stored_dtype(manifest["dtype"], folder)).removeprefix("torch.")
+    config, where = read_config(folder), folder / PACKED_INFO
+    family = family_of(config)
+    known = {group.name: group for group in projection_groups(family, mlp=True)}
     groups = {}
     for entry in manifest["groups"]:
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("layer"), int)
-            and isinstance(entry.get("group"), str)
-        ):
-            raise CheckpointError(f"{folder / PACKED_INFO}: group entry {entry!r} names no layer")
-        key = (entry["layer"], entry["group"])
-        groups[key] = (entry.get("format"), entry.get("backend"), entry.get("decode_streams"))
-    attention = {g.name for g in projection_groups(family_of(read_config(folder)), mlp=False)}
+        layer, group = _entry_target(entry, known, config.num_hidden_layers, where)
+        groups[(layer, group.name)] = _entry_packing(entry, where)
+    attention = {g.name for g in projection_groups(family, mlp=False)}
     formats = {format for format, _, _ in groups.values()}
     options = {
         "format": formats.pop() if len(formats) == 1 else "auto",
@@ -385,6 +383,25 @@ def _entry_target(entry, groups: dict, layers: int, where: Path) -> tuple[int, P
     return layer, group
 
 
+def _entry_packing(entry: dict, where) -> tuple[str, str, bool]:
+    """The (format, backend, decode_streams) a manifest entry records, checked
+    (``CheckpointError`` naming ``where``)."""
+    from restorelcc.loading import CheckpointError
+
+    format, backend, streams = (entry.get(k) for k in ("format", "backend", "decode_streams"))
+    try:
+        if format not in (FORMAT_24, FORMAT_BITMAP):
+            raise ValueError(f"unknown format {format!r}")
+        if backend != "auto" and backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}")
+        check_backend_format(backend, format)
+        if not isinstance(streams, bool):
+            raise ValueError(f"decode_streams must be true or false, got {streams!r}")
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: {exc}") from exc
+    return format, backend, streams
+
+
 def _packed_module(
     entry: dict, linears: list[nn.Linear], tensors: dict[str, torch.Tensor], path: str, where
 ) -> PackedLinear:
@@ -424,15 +441,7 @@ def _packed_module(
             raise CheckpointError(
                 f"{where}: {path}: projection {index} has a nonzero bias but has_bias false"
             )
-    backend, streams = entry.get("backend"), entry.get("decode_streams")
-    try:
-        if backend != "auto" and backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}")
-        check_backend_format(backend, packed.format)
-        if not isinstance(streams, bool):
-            raise ValueError(f"decode_streams must be true or false, got {streams!r}")
-    except ValueError as exc:
-        raise CheckpointError(f"{where}: {path}: {exc}") from exc
+    _, backend, streams = _entry_packing(entry, f"{where}: {path}")
     if len(linears) == 1:
         return SparseLinear(packed, bias, backend, decode_streams=streams)
     return PackedProjections(packed, bias, has_bias, backend, decode_streams=streams)

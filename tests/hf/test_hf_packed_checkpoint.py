@@ -184,6 +184,28 @@ def test_refuses_a_manifest_that_disagrees(tmp_path, edit, message):
 @pytest.mark.parametrize(
     "edit, message",
     [
+        (lambda m: m["groups"][0].pop("format"), "unknown format None"),
+        (lambda m: m["groups"][1].update(format=["2:4"]), r"unknown format \['2:4'\]"),
+        (lambda m: m["groups"][0].update(decode_streams="yes"), "decode_streams must be"),
+        (lambda m: m["groups"][0].update(backend="fast"), "unknown backend 'fast'"),
+        (lambda m: m["groups"][0].update(group="qkv_proj"), "names no group of this model"),
+        (lambda m: m["groups"][0].update(layer="0"), "names no group of this model"),
+    ],
+)
+def test_packed_swap_refuses_a_malformed_group_entry(tmp_path, edit, message):
+    """What bench reads of the manifest before loading: a group without a format had
+    raised a TypeError (sorting None with "2:4") out of bench as a traceback."""
+    from restorelcc.hf.packed_checkpoint import packed_swap
+
+    folder = _saved(tmp_path)
+    _edit_manifest(folder, edit)
+    with pytest.raises(CheckpointError, match=message):
+        packed_swap(folder)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
         (lambda t: t.pop("model.norm.weight"), "missing.*model.norm.weight"),
         (lambda t: t.update(extra=torch.zeros(1)), "unexpected.*extra"),
         (lambda t: t.pop("model.layers.1.self_attn.o_proj.packed.values"), "no valid packed"),
