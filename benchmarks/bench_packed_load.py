@@ -221,9 +221,7 @@ def write_packed(model_dir: Path, folder: Path, fmt: str, mlp: bool, dtype: str)
 
     model, tokenizer = load_model(model_dir, dtype=dtype)
     with swap_errors_named("--format", fmt):
-        report = swap_pruned_attention(
-            model, "--model", str(model_dir), fmt, MIN_SPARSITY, mlp=mlp
-        )
+        report = swap_pruned_attention(model, "--model", str(model_dir), fmt, MIN_SPARSITY, mlp=mlp)
     save_packed(model, folder, tokenizer)
     del model
     gc.collect()
