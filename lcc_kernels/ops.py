@@ -4,7 +4,9 @@ Each op takes a 2-D x [M, K], the packed weight's tensors, the bias and a launch
 (a `Plan` encoded as ints by `plan_to_config`, or a `deferred_config` that lets the op
 pick the plan when it runs), and returns a fresh y [M, N]; `bitmap_streams_linear` also
 takes a streams layout of the weight, built beforehand (tracing cannot build it). Fake
-implementations give torch.compile the output shape without running anything.
+implementations give torch.compile the output shape without running anything; as they
+also run in the op's place wherever an argument is on the meta device, they refuse a
+tensor off x's device.
 
 Each op checks what it is given at every call, reading no data (no sync): the weight's
 tensors against its n, k and tile as the containers check their layout (dtypes, shapes,
@@ -149,6 +151,7 @@ def sparse24_linear(
 
 @sparse24_linear.register_fake
 def _sparse24_linear_fake(x, values, meta, k, bias, config):
+    _check_fake_devices("sparse24_linear", x, values=values, meta=meta, bias=bias)
     return x.new_empty((x.shape[0], values.shape[0]))
 
 
@@ -179,6 +182,7 @@ def bitmap_linear(
 
 @bitmap_linear.register_fake
 def _bitmap_linear_fake(x, bits, values, offsets, n, k, tile_n, tile_k, nnz, bias, config):
+    _check_fake_devices("bitmap_linear", x, bits=bits, values=values, offsets=offsets, bias=bias)
     return x.new_empty((x.shape[0], n))
 
 
@@ -199,6 +203,7 @@ def dense_linear(
 
 @dense_linear.register_fake
 def _dense_linear_fake(x, weight, bias, config):
+    _check_fake_devices("dense_linear", x, weight=weight, bias=bias)
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
@@ -297,4 +302,17 @@ def _checked_streams(
 def _bitmap_streams_linear_fake(
     x, bits, values, offsets, n, k, tile_n, tile_k, nnz, layout, layout_config, bias, forced
 ):
+    tensors = {"bits": bits, "values": values, "offsets": offsets, "bias": bias}
+    tensors |= {f"streams {name}": t for name, t in zip(LAYOUT_FIELDS, layout, strict=False)}
+    _check_fake_devices("bitmap_streams_linear", x, **tensors)
     return x.new_empty((x.shape[0], n))
+
+
+def _check_fake_devices(op: str, x: torch.Tensor, **tensors: torch.Tensor | None) -> None:
+    """Raise a ValueError unless each of `tensors` (None: absent) is on x's device. The
+    fakes run not only under torch.compile but wherever one argument is on the meta
+    device: a call mixing meta tensors with others would otherwise return uninitialised
+    memory on x's device, as if computed."""
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.device != x.device:
+            raise ValueError(f"lcc_kernels.{op}: {name} on {tensor.device} but x on {x.device}")
