@@ -67,17 +67,18 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import json
 import math
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from packed_load_child import PROC_STATUS, TOKENS
+
 RESULTS = Path(__file__).resolve().parent / "results"
+CHILD = Path(__file__).resolve().parent / "packed_load_child.py"  # one load, measured
 REPOSITORY = Path(__file__).resolve().parents[1]
 PATHS = {
     "packed": "load_packed(packed folder)",
@@ -85,7 +86,6 @@ PATHS = {
     "dense": "load_model(pruned), no swap",
 }
 DTYPES = ("bfloat16", "float16", "float32")
-TOKENS = 8  # the forward that makes a model ready: [1, TOKENS] token ids
 METRICS = (
     "ready_s",
     "load_s",
@@ -102,7 +102,6 @@ PRUNE_OPTIONS = (
     "--method", "wanda", "--pattern", "2:4", "--sparsity", "0.5",
     "--nsamples", "4", "--seqlen", "64",
 )  # fmt: skip
-PROC_STATUS = Path("/proc/self/status")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -256,119 +255,15 @@ def checkpoint_files(model_dir: Path, packed_dir: Path, dtype: str) -> dict:
     }
 
 
-# --- in the child process -------------------------------------------------------------
-
-
-def _status_kib(field: str) -> int:
-    """A ``kB`` line of ``/proc/self/status`` (``VmRSS``: the resident size now)."""
-    with open(PROC_STATUS) as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{PROC_STATUS} has no {field} line")
-
-
-def _import_model_code(model_type: str) -> None:
-    """Import what every path runs (torch, transformers and the model's class, safetensors,
-    accelerate, the kernels and restorelcc's loaders), so the timed part imports nothing."""
-    import accelerate  # noqa: F401 (load_packed builds the model empty with it)
-    import safetensors.torch  # noqa: F401
-    import transformers
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    import lcc_kernels  # noqa: F401
-    import restorelcc.hf.packed_checkpoint  # noqa: F401
-    import restorelcc.hf.swap  # noqa: F401
-    import restorelcc.loading  # noqa: F401
-
-    getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type])
-
-
-def _load(path: str, spec: dict):
-    """The model ``path`` (a key of ``PATHS``) loads, as ``spec`` says."""
-    from restorelcc.assets import load_model
-    from restorelcc.hf import load_packed, swap_attention
-
-    if path == "packed":
-        return load_packed(spec["packed"], device="cpu", dtype=spec["dtype"])[0]
-    model, _ = load_model(spec["model"], dtype=spec["dtype"])
-    if path == "load_swap":
-        swap_attention(model, spec["format"], mlp=spec["mlp"])
-    return model
-
-
-def _reset_peak() -> bool:
-    """Reset this process's peak resident size (``VmHWM``) to its resident size now
-    (Linux >= 4.0); False where that is not permitted."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def measure_load(path: str, spec: dict) -> dict:
-    """Load ``path`` in this process and run one forward of ``TOKENS`` tokens: seconds,
-    resident sizes (MiB) around it, the packed modules and a digest of the logits."""
-    import torch
-
-    from restorelcc.hf.packed_checkpoint import packed_modules
-
-    _import_model_code(spec["model_type"])
-    gc.collect()
-    peak_reset = _reset_peak()
-    rss_before = _status_kib("VmRSS")
-    start = time.perf_counter()
-    model = _load(path, spec)
-    loaded = time.perf_counter()
-    load_peak = _status_kib("VmHWM")
-    ids = torch.arange(TOKENS).unsqueeze(0) % model.config.vocab_size
-    with torch.inference_mode():
-        logits = model(input_ids=ids).logits
-    ready = time.perf_counter()
-    peak = _status_kib("VmHWM")
-    return {
-        "path": path,
-        "ready_s": ready - start,
-        "load_s": loaded - start,
-        "forward_s": ready - loaded,
-        "rss_before_mib": rss_before / 1024,
-        "load_peak_mib": load_peak / 1024,
-        "peak_mib": peak / 1024,
-        "peak_increase_mib": (peak - rss_before) / 1024,
-        "peak_reset": peak_reset,
-        "resident_after_mib": _status_kib("VmRSS") / 1024,
-        "torch_threads": torch.get_num_threads(),
-        "packed_modules": packed_modules(model),
-        "logits_sha256": hashlib.sha256(logits.float().numpy().tobytes()).hexdigest(),
-    }
-
-
-def child_main(argv: list[str]) -> int:
-    """The child's entry: ``PATH SPEC_JSON OUT``; writes ``measure_load``'s dict to OUT."""
-    from restorelcc.io import atomic_write_json
-
-    path, spec, out = argv
-    atomic_write_json(out, measure_load(path, json.loads(spec)))
-    return 0
-
-
-CHILD = (
-    "import sys; sys.path.insert(0, {directory!r}); "
-    "from bench_packed_load import child_main; raise SystemExit(child_main(sys.argv[1:]))"
-)
-
-
 # --- in the parent --------------------------------------------------------------------
 
 
 def run_child(path: str, spec: dict, threads: int, scratch: Path) -> dict:
-    """``measure_load(path, spec)`` in a fresh Python process with ``threads`` threads."""
+    """``packed_load_child.measure_load(path, spec)`` in a fresh Python process with
+    ``threads`` threads."""
     out = scratch / f"child-{path}.json"
     out.unlink(missing_ok=True)
-    code = CHILD.format(directory=str(Path(__file__).resolve().parent))
-    command = [sys.executable, "-c", code, path, json.dumps(spec), str(out)]
+    command = [sys.executable, str(CHILD), path, json.dumps(spec), str(out)]
     run_checked(command, f"the {path} child", threads)
     return json.loads(out.read_text())
 
