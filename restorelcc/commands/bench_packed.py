@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 
 from restorelcc.commands.options import refuse_adapter_on_packed, refuse_unused
-from restorelcc.commands.swap_options import NothingToSwapError, check_decode_streams
+from restorelcc.commands.swap_options import (
+    NothingToSwapError,
+    check_decode_streams,
+    too_few_zeros,
+)
 
 # Why bench may fail to time a packed checkpoint as it was packed, and what reads it.
 NOT_BENCHED = (
@@ -120,8 +124,7 @@ def swap_as_packed(swap, args: argparse.Namespace, folder: dict):
     try:
         report = swap()
     except NothingToSwapError:
-        what = "attention or MLP" if args.mlp else "attention"
-        reason = f"no {what} projection has {args.min_sparsity:.0%} zeros or more"
+        reason = too_few_zeros(args.mlp, args.min_sparsity)
     except SwapError as error:
         reason = str(error)
     else:

@@ -40,6 +40,16 @@ def check_mlp_needs_swap(args: argparse.Namespace) -> None:
         raise ValueError("--mlp swaps the MLP projections too: it needs --swap FORMAT")
 
 
+def _scope(mlp: bool) -> str:
+    """The projections a swap covers, as its messages name them."""
+    return "attention or MLP" if mlp else "attention"
+
+
+def too_few_zeros(mlp: bool, min_sparsity: float) -> str:
+    """Why no projection was packed: none has ``min_sparsity`` zeros."""
+    return f"no {_scope(mlp)} projection has {min_sparsity:.0%} zeros or more"
+
+
 def nothing_to_swap(
     mlp: bool, min_sparsity: float, structured: bool = False, most_zeros: float = 0.0
 ) -> str:
@@ -49,15 +59,14 @@ def nothing_to_swap(
     higher one (``bench --min-sparsity``, the one option that raises it), are told to lower
     it instead of "prune it first"; not to a value, as the swap compares each matrix of a
     group with it, and a group's figure is of its matrices together."""
-    what = "attention or MLP" if mlp else "attention"
     if MIN_SPARSITY <= most_zeros < min_sparsity and not structured:
         return (
-            f"no {what} projection has {min_sparsity:.0%} zeros or more (--min-sparsity "
+            f"{too_few_zeros(mlp, min_sparsity)} (--min-sparsity "
             f"{min_sparsity:g}); the most pruned group has {most_zeros:.1%}: lower "
             "--min-sparsity to at most the sparsity of each matrix to pack (restorelcc "
             "inspect --per-matrix lists them)"
         )
-    why = f"no {what} projection is pruned (none has {min_sparsity:.0%} zeros or more)"
+    why = f"no {_scope(mlp)} projection is pruned (none has {min_sparsity:.0%} zeros or more)"
     if structured:
         return f"{why}; structured pruning (--pattern heads) leaves dense matrices: none to pack"
     return f"{why}; prune it first (unstructured or N:M: --pattern heads leaves dense matrices)"
