@@ -141,22 +141,28 @@ def test_a_crashed_child_resumes_at_the_next_phase(tmp_path, monkeypatch):
 
 
 def test_the_lent_machine_script_brings_back_three_files(tmp_path):
-    """benchmarks/gpu_run.sh, as one device call runs it (here its CPU smoke mode, the
-    tests cut at 5 s): the suite's directory packed into one file, and both logs, in OUT
-    as given from where it is called; its status is pytest's, not the timeout's 124, which
-    the device tool would read as a call past its limit. Where the SIGINT lands decides
-    pytest's: 2 inside its session, 130 (an uncaught KeyboardInterrupt) where the session
-    ends just before the cut and the signal arrives as the process exits (CI saw both;
-    the skipped selection takes about 4 s here)."""
+    """benchmarks/gpu_run.sh, as one device call runs it (here its CPU smoke mode): the
+    suite's directory packed into one file, and both logs, in OUT as given from where it is
+    called; its status is pytest's, not the timeout's 124, which the device tool would read
+    as a call past its limit. A test that sleeps past the tests' 20 s cut runs first (the
+    usual selection is collected, ~6 s, not run), so the SIGINT lands inside pytest's
+    session: 2. (A cut racing the session's end had given 130, or 1 where pytest itself
+    failed while reporting the interrupt.)"""
     out = tmp_path / "out dir"
     python_first = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     env = {**os.environ, "GPU_RUN_SMOKE": "1", "PATH": python_first}
     script = SUITE.parent / "gpu_run.sh"
+    usual = [str(SUITE.parent.parent / "tests" / name) for name in ("lcc_kernels", "hf", "devices")]
+    slow = "test_outlasts_the_cut.py"  # relative: read from the caller's directory
+    (tmp_path / slow).write_text(
+        "import time\n\nimport pytest\n\n\n@pytest.mark.triton\n"
+        "def test_outlasts_the_cut():\n    time.sleep(3600)\n"
+    )
     done = subprocess.run(
-        ["bash", str(script), "out dir", "0123456789abcdef", "300", "5"],
+        ["bash", str(script), "out dir", "0123456789abcdef", "300", "20", slow, *usual],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
     )  # fmt: skip
-    assert done.returncode in (2, 130), done.stdout[-2000:]
+    assert done.returncode == 2, done.stdout[-2000:]
     assert f"gpu_run: suite exit 0, tests exit {done.returncode};" in done.stdout
     files = sorted(p.name for p in out.iterdir())
     assert len(files) == 3 and files[1:] == ["pytest.log", "suite.log"], (files, done.stderr)
@@ -168,5 +174,7 @@ def test_the_lent_machine_script_brings_back_three_files(tmp_path):
     expected = {"env.json", "summary.json", "timings.jsonl", "dispatch_table.json", "e2e/e2e.json"}
     assert expected <= names
     assert "e2e end {'status': 'ok'}" in (out / "suite.log").read_text()
-    # stopped by SIGINT, pytest still ends with its summary line ("... in 4.9s")
-    assert re.search(r" in [0-9.]+s", (out / "pytest.log").read_text().splitlines()[-1])
+    # stopped by SIGINT in the sleeping test, pytest still ends with its summary line
+    log = (out / "pytest.log").read_text()
+    assert "test_outlasts_the_cut.py" in log and "KeyboardInterrupt" in log, log[-2000:]
+    assert re.search(r" in [0-9.]+s", log.splitlines()[-1])
