@@ -153,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"restorelcc {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except Terminated:
-        print(f"restorelcc {args.command}: terminated{_after_output(args)}", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        print(f"restorelcc {args.command}: interrupted{_after_output(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        word = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"restorelcc {args.command}: {word}{_after_output(args)}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", ()):  # what the stop left behind (io)
+            print(f"restorelcc {args.command}: {note}", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
 
 
 def _discard_stdout() -> None:

@@ -281,13 +281,28 @@ def atomic_directory(
             old = _replace_directory(tmp, target)
         done = True  # the output is in place: what follows only tidies up
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)  # a link in it is removed, not followed
+            _delete_replaced(old, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if not done:
             for folder in made:  # deepest first; one that holds something else stays
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+
+
+def _delete_replaced(holder: Path, target: Path) -> None:
+    """Delete ``holder``, the hidden folder holding what ``target`` replaced (a link in it
+    is removed, not followed). A Ctrl-C or SIGTERM meanwhile still stops the program; its
+    exception then notes that ``target`` is complete and where the rest of the old
+    folder is left (``cli.main`` prints the notes)."""
+    try:
+        shutil.rmtree(holder, ignore_errors=True)
+    except BaseException as exc:
+        exc.add_note(
+            f"{target} was written in full; what it replaced is left, partly deleted, "
+            f"in {holder}: delete that folder"
+        )
+        raise
 
 
 def _replace_directory(new: Path, target: Path) -> Path | None:

@@ -3,6 +3,7 @@
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,36 @@ def test_a_ctrl_c_before_the_output_is_written_does_not_claim_it(tmp_path, monke
     assert cli.main(["inspect", str(model), "--json", str(report)]) == 130
     assert capsys.readouterr().err == "restorelcc inspect: interrupted\n"
     assert not report.exists()
+
+
+def test_a_ctrl_c_while_the_replaced_output_is_deleted_says_what_is_left(
+    tmp_path, monkeypatch, capsys
+):
+    """--overwrite: the new output is in place before the old one is deleted; a stop in
+    that deletion says the output is complete and names the folder left to delete."""
+    real_rmtree = io.shutil.rmtree
+
+    def stop_in_the_old_folder(path, *args, **kwargs):
+        if "-old-" in Path(path).name:
+            (Path(path) / "out" / "kept.txt").unlink()  # partly deleted, then Ctrl-C
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    model = save_checkpoint(tiny_model("llama-gqa"), tmp_path / "model")
+    out = tmp_path / "out"
+    argv = ["prune", "--model", str(model), "--method", "magnitude", "--device", "cpu",
+            "--quiet", "--out", str(out), "--overwrite"]  # fmt: skip
+    assert cli.main(argv) == 0
+    (out / "kept.txt").write_text("old")
+    capsys.readouterr()
+    monkeypatch.setattr(io.shutil, "rmtree", stop_in_the_old_folder)
+    assert cli.main(argv) == 130
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".out-old-")]
+    assert len(left) == 1 and (left[0] / "out" / PRUNE_REPORT).is_file()
+    assert not (left[0] / "out" / "kept.txt").exists()
+    assert capsys.readouterr().err == (
+        "restorelcc prune: interrupted\n"
+        f"restorelcc prune: {out} was written in full; what it replaced is left, partly "
+        f"deleted, in {left[0]}: delete that folder\n"
+    )
+    assert (out / PRUNE_REPORT).is_file() and not (out / "kept.txt").exists()
