@@ -6,8 +6,8 @@ mixed folder's formats is refused before the weights load."""
 
 import pytest
 import torch
+from _hf_packed_helpers import NOT_BENCHED, NOTHING_RECORDED, bench_refusal
 from _hf_swap_helpers import MLP_PROJECTIONS, mlp, prune_attention
-from test_hf_bench_packed_reswap import NOT_BENCHED, NOTHING_RECORDED, _refused
 
 from restorelcc.hf import save_packed, swap_attention
 from restorelcc.hf.families import decoder_layers
@@ -25,7 +25,7 @@ def test_a_group_held_packed_that_the_reswap_leaves_dense_is_refused(tmp_path, c
             weight[weight.abs() <= weight.abs().flatten().quantile(0.05)] = 0
     swap_attention(model, "bitmap", mlp=True, min_sparsity=0.01)
     folder = save_packed(model, tmp_path / "low-mlp", byte_tokenizer())
-    assert _refused(tmp_path, capsys, folder) == (
+    assert bench_refusal(tmp_path, capsys, folder) == (
         f"--model {folder}: swapped again with format='bitmap', mlp=True, decode_streams=False "
         f"(as its groups show: it holds bitmap weights and {NOTHING_RECORDED}), its unpacked "
         "weights give layer 0 down_proj as dense where the folder holds it as bitmap (backend "
@@ -39,7 +39,7 @@ def test_a_folder_swapped_with_another_backend_is_refused(tmp_path, capsys):
     model = prune_attention(tiny_model("llama-gqa"), "2:4")
     swap_attention(model, backend="dense")
     folder = save_packed(model, tmp_path / "dense-backend", byte_tokenizer())
-    assert _refused(tmp_path, capsys, folder) == (
+    assert bench_refusal(tmp_path, capsys, folder) == (
         f"--model {folder}: swapped again with format='2:4', mlp=False, decode_streams=False "
         f"(as its groups show: it holds 2:4 weights and {NOTHING_RECORDED}), its unpacked "
         "weights give layer 0 o_proj as 2:4 (backend auto, decode_streams False) where the "
@@ -61,7 +61,7 @@ def mixed_folder(tmp_path):
 def test_a_mixed_folder_is_refused_without_the_logits_check_too(mixed_folder, tmp_path, capsys):
     """--no-check leaves out the dry run before the reference logits: the swap that is
     timed is checked against the folder itself."""
-    assert _refused(tmp_path, capsys, mixed_folder, "--no-check") == (
+    assert bench_refusal(tmp_path, capsys, mixed_folder, "--no-check") == (
         f"--model {mixed_folder}: swapped again with format='auto', mlp=False, "
         "decode_streams=False (as its groups show: it holds 2:4 and bitmap weights and "
         f"{NOTHING_RECORDED}), its unpacked weights give layer 0 o_proj as 2:4 (backend auto, "
@@ -81,7 +81,7 @@ def test_format_naming_one_of_a_mixed_folders_formats_is_refused_before_loading(
         raise AssertionError("the weights were loaded before --format was checked")
 
     monkeypatch.setattr(restorelcc.hf.packed_checkpoint, "load_packed", refuse)
-    assert _refused(tmp_path, capsys, mixed_folder, "--format", format) == (
+    assert bench_refusal(tmp_path, capsys, mixed_folder, "--format", format) == (
         f"--format {format}: {mixed_folder} is a packed checkpoint holding 2:4 and bitmap "
         "weights (no pack options recorded), timed as it was packed (leave --format out)"
     )

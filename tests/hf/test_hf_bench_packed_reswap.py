@@ -9,36 +9,13 @@ import json
 
 import pytest
 import torch
+from _hf_packed_helpers import NOT_BENCHED, NOTHING_RECORDED, bench_folder, bench_refusal
 from _hf_swap_helpers import PROJECTIONS, attention, prune_attention
 
 from restorelcc.cli import main
 from restorelcc.hf import save_packed, swap_attention
 from restorelcc.hf.families import decoder_layers
 from restorelcc.testing import byte_tokenizer, tiny_model
-
-BENCH = ["--batches", "1", "--context", "8", "--prefill", "12", "--rounds", "3",
-         "--device", "cpu", "--quiet"]  # fmt: skip
-NOT_BENCHED = (
-    "Folders saved by save_packed with swap options that restorelcc pack does not record "
-    "(layers=, min_sparsity, backend, formats mixed beyond what --format auto gives) can be "
-    "evaluated (restorelcc eval --model) but not benched"
-)
-NOTHING_RECORDED = "records no pack options"
-
-
-def _bench(model, tmp_path, *options) -> int:
-    return main(["bench", "--model", str(model), *BENCH, "--json", str(tmp_path / "b.json"),
-                 *options])  # fmt: skip
-
-
-def _refused(tmp_path, capsys, folder, *options) -> str:
-    """bench's one-line error on ``folder``, the reference logits never computed."""
-    capsys.readouterr()
-    assert _bench(folder, tmp_path, *options) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("restorelcc bench: error:") and len(err.splitlines()) == 1
-    assert not (tmp_path / "b.json").exists()
-    return err.removeprefix("restorelcc bench: error: ")
 
 
 @pytest.fixture
@@ -70,7 +47,7 @@ def test_a_reswap_that_fails_says_bench_cannot_time_the_folder(
     --format bitmap', both of which bench then replaced or refused."""
     info = {"swap": {"format": "2:4", "mlp": False, "decode_streams": False}}
     folder = _mixed_layers(tmp_path, info if recorded else None)
-    err = _refused(tmp_path, capsys, folder, *given)
+    err = bench_refusal(tmp_path, capsys, folder, *given)
     options = (
         "--format 2:4 (as it records)"
         if recorded
@@ -93,12 +70,12 @@ def test_a_recorded_auto_folder_names_the_format_given_and_the_one_recorded(
     folder holds it dense; with --format 2:4 (its one format), layer 0 does not fit."""
     info = {"swap": {"format": "auto", "mlp": False, "decode_streams": False}}
     folder = _mixed_layers(tmp_path, info)
-    assert _refused(tmp_path, capsys, folder) == (
+    assert bench_refusal(tmp_path, capsys, folder) == (
         f"--model {folder}: swapped again with --format auto (as it records), its unpacked "
         "weights give layer 0 o_proj as bitmap (backend auto, decode_streams False) where the "
         f"folder holds it as dense: bench cannot time it as it was packed. {NOT_BENCHED}"
     )
-    err = _refused(tmp_path, capsys, folder, "--format", "2:4")
+    err = bench_refusal(tmp_path, capsys, folder, "--format", "2:4")
     assert err.startswith(
         f"--model {folder}: bench cannot time this folder as it was packed: swapping its "
         "unpacked weights again with --format 2:4 (it records --format auto) fails: layer 0 "
@@ -120,7 +97,7 @@ def test_a_folder_packed_below_the_default_min_sparsity_is_refused_so(
             weight[weight.abs() <= weight.abs().flatten().quantile(0.05)] = 0
     swap_attention(model, min_sparsity=0.01)
     folder = save_packed(model, tmp_path / "low", byte_tokenizer())
-    err = _refused(tmp_path, capsys, folder)
+    err = bench_refusal(tmp_path, capsys, folder)
     assert err == (
         f"--model {folder}: bench cannot time this folder as it was packed: swapping its "
         "unpacked weights again with format='bitmap', mlp=False, decode_streams=False (as its "
@@ -140,7 +117,7 @@ def test_decode_streams_a_reswap_gives_no_bitmap_for_are_refused_so(
     swap_attention(model, "bitmap", layers=[0], decode_streams=True)
     swap_attention(model, "2:4", layers=[1])
     folder = save_packed(model, tmp_path / "streams", byte_tokenizer())
-    err = _refused(tmp_path, capsys, folder)
+    err = bench_refusal(tmp_path, capsys, folder)
     assert err == (
         f"--model {folder}: bench cannot time this folder as it was packed: swapping its "
         "unpacked weights again with format='auto', mlp=False, decode_streams=True (as its "
@@ -168,7 +145,7 @@ def test_options_contradicting_a_save_packed_folder_name_what_it_holds(
     model = prune_attention(tiny_model("llama-gqa"), "2:4")
     swap_attention(model)
     folder = save_packed(model, tmp_path / "saved", byte_tokenizer())
-    err = _refused(tmp_path, capsys, folder, *given)
+    err = bench_refusal(tmp_path, capsys, folder, *given)
     assert err == message.format(folder)
 
 
@@ -183,7 +160,7 @@ def test_a_packed_folder_without_config_is_named_as_a_dense_one_is(pruned_dir, t
     (folder / "config.json").unlink()
     with pytest.raises(ModelNotFoundError, match="is a directory but holds no config.json"):
         packed_swap(folder)
-    err = _refused(tmp_path, capsys, folder)
+    err = bench_refusal(tmp_path, capsys, folder)
     assert err == f"{folder} is a directory but holds no config.json"
 
 
@@ -200,7 +177,7 @@ def test_bench_names_the_stored_dtype_and_the_one_run_in(
     pack = ["pack", "--model", str(pruned_dir), "--out", str(folder), "--dtype", "bfloat16"]
     assert main([*pack, "--quiet"]) == 0
     capsys.readouterr()
-    assert _bench(folder, tmp_path, "--dtype", dtype) == 0
+    assert bench_folder(folder, tmp_path, "--dtype", dtype) == 0
     printed = capsys.readouterr().out
     assert (
         f"packed checkpoint: read packed (4 packed modules, 2:4; {shown}), unpacked for "

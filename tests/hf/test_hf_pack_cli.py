@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from _hf_packed_helpers import EVAL
 from _hf_swap_helpers import prune_attention
 
 from restorelcc.cli import main
@@ -14,8 +15,6 @@ from restorelcc.hf import load_packed
 from restorelcc.hf.attention import PackedLinear
 from restorelcc.hf.packed_checkpoint import PACKED_INFO
 from restorelcc.testing import ClosedPipe, save_checkpoint, tiny_model
-
-EVAL = ["--tasks", "none", "--ppl-tokens", "64", "--device", "cpu", "--quiet"]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

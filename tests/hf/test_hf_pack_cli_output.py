@@ -5,8 +5,7 @@ before any model loads."""
 
 import pytest
 import torch
-from test_hf_pack_cli import EVAL
-from test_hf_packed_refusals import _error
+from _hf_packed_helpers import EVAL, cli_error
 
 import restorelcc.assets
 from restorelcc.cli import main
@@ -30,7 +29,7 @@ def test_pack_refuses_a_non_empty_out_before_any_model_loads(
     (out / "notes.txt").write_text("mine")
     capsys.readouterr()
     assert main(_pack(pruned_dir, out)) == 2
-    assert _error("pack", capsys) == f"--out {out} is not empty (pass --overwrite to replace it)"
+    assert cli_error("pack", capsys) == f"--out {out} is not empty (pass --overwrite to replace it)"
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 

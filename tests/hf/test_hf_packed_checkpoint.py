@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _hf_packed_helpers import IDS, edit_manifest, edit_weights, saved_packed, tiny_pruned
 from _hf_swap_helpers import MLP_PROJECTIONS, PROJECTIONS, add_o_bias, mlp, prune_attention
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from restorelcc.errors import ModelNotFoundError
 from restorelcc.hf import load_packed, save_packed, swap_attention, unswap_attention
@@ -19,14 +20,6 @@ from restorelcc.hf.packed_checkpoint import PACKED_INFO, WEIGHTS
 from restorelcc.hf.swap_plan import SwapError
 from restorelcc.loading import CheckpointError, load_model
 from restorelcc.testing import byte_tokenizer, save_checkpoint, tiny_model
-
-IDS = torch.tensor([[256, 5, 77, 190, 3, 41, 12, 99, 250]])
-
-
-def _pruned(name: str, pattern: str, dtype=torch.float32, **overrides):
-    model = prune_attention(tiny_model(name, **overrides), pattern)
-    prune_attention(model, pattern, names=MLP_PROJECTIONS, owner=mlp)
-    return model.to(dtype)
 
 
 def _state(model) -> dict[str, torch.Tensor]:
@@ -43,7 +36,7 @@ def _state(model) -> dict[str, torch.Tensor]:
     ],
 )
 def test_round_trip_is_bit_for_bit(tmp_path, name, pattern, overrides):
-    model = add_o_bias(_pruned(name, pattern, **overrides))
+    model = add_o_bias(tiny_pruned(name, pattern, **overrides))
     report = swap_attention(model, mlp=True, layers=[0] if name == "llama-3x5" else None)
     before = model(IDS).logits
     save_packed(model, tmp_path / "packed", byte_tokenizer())
@@ -68,7 +61,7 @@ def test_loads_as_load_model_then_swap(tmp_path, dtype):
     """The buffers the empty model computes (rotary frequencies, Gemma's embed_scale) are
     from_pretrained's in the same dtype, and a bf16 packed checkpoint loaded in float32
     is the bf16 dense checkpoint loaded in float32: same logits."""
-    model = _pruned("gemma3-gqa", "2:4", torch.bfloat16)
+    model = tiny_pruned("gemma3-gqa", "2:4", torch.bfloat16)
     dense = save_checkpoint(model, tmp_path / "dense")
     swap_attention(model)
     save_packed(model, tmp_path / "packed", byte_tokenizer())
@@ -83,11 +76,11 @@ def test_loads_as_load_model_then_swap(tmp_path, dtype):
 
 def test_refuses_float64(tmp_path):
     with pytest.raises(ValueError, match="not float64"):
-        load_packed(_saved(tmp_path), dtype=torch.float64)
+        load_packed(saved_packed(tmp_path), dtype=torch.float64)
 
 
 def test_packed_file_holds_packed_bytes_not_dense_ones(tmp_path):
-    model = _pruned("llama-gqa", "2:4", torch.float16)
+    model = tiny_pruned("llama-gqa", "2:4", torch.float16)
     dense = save_checkpoint(model, tmp_path / "dense")
     projections = (*PROJECTIONS, *MLP_PROJECTIONS)
     dense_bytes = sum(
@@ -107,7 +100,7 @@ def test_packed_file_holds_packed_bytes_not_dense_ones(tmp_path):
 
 
 def test_keeps_swap_options(tmp_path):
-    model = _pruned("llama-gqa", "unstructured")
+    model = tiny_pruned("llama-gqa", "unstructured")
     swap_attention(model, format="bitmap", backend="dense")
     save_packed(model, tmp_path / "packed", byte_tokenizer())
     loaded, _ = load_packed(tmp_path / "packed")
@@ -115,7 +108,7 @@ def test_keeps_swap_options(tmp_path):
 
 
 def test_refuses_unswapped_model_and_non_packed_folder(tmp_path):
-    model = _pruned("llama-gqa", "2:4")
+    model = tiny_pruned("llama-gqa", "2:4")
     with pytest.raises(SwapError, match="no swapped projection.*swap_attention"):
         save_packed(model, tmp_path / "packed")
     assert not (tmp_path / "packed").exists()
@@ -127,7 +120,7 @@ def test_refuses_unswapped_model_and_non_packed_folder(tmp_path):
 
 
 def test_overwrite_replaces_only_a_packed_checkpoint(tmp_path):
-    model = _pruned("llama-gqa", "2:4")
+    model = tiny_pruned("llama-gqa", "2:4")
     dense = save_checkpoint(model, tmp_path / "dense")
     swap_attention(model)
     with pytest.raises(FileExistsError, match="not empty"):
@@ -139,24 +132,6 @@ def test_overwrite_replaces_only_a_packed_checkpoint(tmp_path):
     load_packed(tmp_path / "packed")
     with pytest.raises(CheckpointError, match="is a packed checkpoint.*load_packed"):
         load_model(tmp_path / "packed")
-
-
-def _saved(tmp_path):
-    model = _pruned("llama-gqa", "2:4")
-    swap_attention(model)
-    return save_packed(model, tmp_path / "packed", byte_tokenizer())
-
-
-def _edit_manifest(folder, edit) -> None:
-    manifest = json.loads((folder / PACKED_INFO).read_text())
-    edit(manifest)
-    (folder / PACKED_INFO).write_text(json.dumps(manifest))
-
-
-def _edit_weights(folder, edit) -> None:
-    tensors = load_file(folder / WEIGHTS)
-    edit(tensors)
-    save_file(tensors, folder / WEIGHTS)
 
 
 @pytest.mark.parametrize(
@@ -174,8 +149,8 @@ def _edit_weights(folder, edit) -> None:
     ],
 )
 def test_refuses_a_manifest_that_disagrees(tmp_path, edit, message):
-    folder = _saved(tmp_path)
-    _edit_manifest(folder, edit)
+    folder = saved_packed(tmp_path)
+    edit_manifest(folder, edit)
     with pytest.raises(CheckpointError, match=message):
         load_packed(folder)
 
@@ -184,9 +159,9 @@ def test_refuses_a_tie_of_another_shape(tmp_path):
     """model.norm.weight [96] not stored and tied to the embeddings [259, 96]: the load
     would assign it and the forward fail. (Tied while stored, as this case was, it was
     refused as stored before its shape was looked at.)"""
-    folder = _saved(tmp_path)
-    _edit_weights(folder, lambda t: t.pop("model.norm.weight"))
-    _edit_manifest(
+    folder = saved_packed(tmp_path)
+    edit_weights(folder, lambda t: t.pop("model.norm.weight"))
+    edit_manifest(
         folder, lambda m: m["tied"].update({"model.norm.weight": "model.embed_tokens.weight"})
     )
     with pytest.raises(
@@ -211,8 +186,8 @@ def test_packed_swap_refuses_a_malformed_group_entry(tmp_path, edit, message):
     raised a TypeError (sorting None with "2:4") out of bench as a traceback."""
     from restorelcc.hf.packed_checkpoint import packed_swap
 
-    folder = _saved(tmp_path)
-    _edit_manifest(folder, edit)
+    folder = saved_packed(tmp_path)
+    edit_manifest(folder, edit)
     with pytest.raises(CheckpointError, match=message):
         packed_swap(folder)
 
@@ -234,14 +209,14 @@ def test_packed_swap_refuses_a_malformed_group_entry(tmp_path, edit, message):
     ],
 )
 def test_refuses_weights_that_disagree(tmp_path, edit, message):
-    folder = _saved(tmp_path)
-    _edit_weights(folder, edit)
+    folder = saved_packed(tmp_path)
+    edit_weights(folder, edit)
     with pytest.raises(CheckpointError, match=message):
         load_packed(folder)
 
 
 def test_refuses_a_config_of_another_shape(tmp_path):
-    folder = _saved(tmp_path)
+    folder = saved_packed(tmp_path)
     config = json.loads((folder / "config.json").read_text())
     config["num_key_value_heads"] = 1  # k and v: 16 rows each, not 32
     (folder / "config.json").write_text(json.dumps(config))
@@ -307,7 +282,7 @@ def test_loads_on_cuda_as_the_dense_checkpoint_swapped_there(tmp_path):
     """Packed on the CPU, loaded on the GPU: the streams layout of decode_streams is built
     there, and the kernels (deterministic: split-K partials summed in order) give the
     logits of the dense checkpoint loaded on the GPU and swapped alike."""
-    model = _pruned("llama-gqa", "unstructured", torch.bfloat16)
+    model = tiny_pruned("llama-gqa", "unstructured", torch.bfloat16)
     dense = save_checkpoint(model, tmp_path / "dense")
     swap_attention(model, mlp=True, decode_streams=True)
     save_packed(model, tmp_path / "packed", byte_tokenizer())
@@ -326,17 +301,17 @@ def test_plain_transformers_finds_no_weights_to_load(tmp_path):
     from transformers import AutoModelForCausalLM
 
     with pytest.raises(OSError, match="model.safetensors|no file named"):
-        AutoModelForCausalLM.from_pretrained(_saved(tmp_path))
+        AutoModelForCausalLM.from_pretrained(saved_packed(tmp_path))
 
 
 def test_refuses_a_bias_that_has_bias_says_is_absent(tmp_path):
-    model = _pruned("qwen2-gqa", "2:4")
+    model = tiny_pruned("qwen2-gqa", "2:4")
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("v_proj.bias"):
                 param.normal_()
     swap_attention(model)
     folder = save_packed(model, tmp_path / "packed", byte_tokenizer())
-    _edit_manifest(folder, lambda m: m["groups"][0].update(has_bias=[True, True, False]))
+    edit_manifest(folder, lambda m: m["groups"][0].update(has_bias=[True, True, False]))
     with pytest.raises(CheckpointError, match="projection 2 has a nonzero bias but has_bias"):
         load_packed(folder)

@@ -10,14 +10,14 @@ import json
 
 import pytest
 import torch
-from test_hf_packed_checkpoint import _edit_manifest, _edit_weights, _saved
+from _hf_packed_helpers import edit_manifest, edit_weights, saved_packed
 
 from restorelcc.hf import load_packed
 from restorelcc.hf.packed_checkpoint import PACKED_INFO, packed_swap
 from restorelcc.loading import CheckpointError
 
 READERS = pytest.mark.parametrize("read", [load_packed, packed_swap], ids=["load", "swap"])
-# _saved: llama-gqa (2 layers; q 96, k 32, v 32 rows; hidden 96), attention swapped 2:4;
+# saved_packed: llama-gqa (2 layers; q 96, k 32, v 32 rows; hidden 96), attention swapped 2:4;
 # its groups in order: layer 0 qkv, layer 0 o_proj, layer 1 qkv, layer 1 o_proj.
 QKV, O_PROJ = 0, 1
 
@@ -27,23 +27,23 @@ QKV, O_PROJ = 0, 1
 def test_a_layer_outside_the_model_names_no_group(tmp_path, read, layer):
     """Layer 2 of 2 layers indexed past the blocks; -1 took the last block (and read an
     entry of layer 1 as one of layer 0's)."""
-    folder = _saved(tmp_path)
-    _edit_manifest(folder, lambda m: m["groups"][QKV].update(layer=layer))
+    folder = saved_packed(tmp_path)
+    edit_manifest(folder, lambda m: m["groups"][QKV].update(layer=layer))
     with pytest.raises(CheckpointError, match=r"names no group of this model \(2 layers;"):
         read(folder)
 
 
 @READERS
 def test_a_group_entry_that_is_not_an_object_is_refused(tmp_path, read):
-    folder = _saved(tmp_path)
-    _edit_manifest(folder, lambda m: m["groups"].append(3))
+    folder = saved_packed(tmp_path)
+    edit_manifest(folder, lambda m: m["groups"].append(3))
     with pytest.raises(CheckpointError, match="a group entry must be an object, got 3"):
         read(folder)
 
 
 def test_an_entry_at_another_module_path_is_refused(tmp_path):
-    folder = _saved(tmp_path)
-    _edit_manifest(folder, lambda m: m["groups"][QKV].update(module="foo.bar"))
+    folder = saved_packed(tmp_path)
+    edit_manifest(folder, lambda m: m["groups"][QKV].update(module="foo.bar"))
     with pytest.raises(
         CheckpointError, match="layer 0 qkv is at model.layers.0.self_attn.packed_qkv, not"
     ):
@@ -70,7 +70,7 @@ def _edit_config(folder, **fields) -> None:
     ids=["same-rows-other-split", "same-split-other-in-features"],
 )
 def test_a_config_that_differs_in_the_split_or_the_in_features_alone(tmp_path, fields, made):
-    folder = _saved(tmp_path)
+    folder = saved_packed(tmp_path)
     _edit_config(folder, head_dim=16, **fields)
     with pytest.raises(
         CheckpointError,
@@ -90,9 +90,9 @@ def test_a_config_that_differs_in_the_split_or_the_in_features_alone(tmp_path, f
     ids=["flags-of-another-count", "flagged-but-absent", "bias-of-another-size"],
 )
 def test_has_bias_that_disagrees_with_the_stored_bias(tmp_path, group, has_bias, weights, biases):
-    folder = _saved(tmp_path)
-    _edit_manifest(folder, lambda m: m["groups"][group].update(has_bias=has_bias))
-    _edit_weights(folder, lambda t: t.update(weights))
+    folder = saved_packed(tmp_path)
+    edit_manifest(folder, lambda m: m["groups"][group].update(has_bias=has_bias))
+    edit_weights(folder, lambda t: t.update(weights))
     with pytest.raises(
         CheckpointError, match=rf"does not match its tensors \(format '2:4', bias {biases}\)"
     ):
@@ -101,8 +101,8 @@ def test_has_bias_that_disagrees_with_the_stored_bias(tmp_path, group, has_bias,
 
 @READERS
 def test_a_backend_that_cannot_run_the_groups_format_is_refused(tmp_path, read):
-    folder = _saved(tmp_path)
-    _edit_manifest(folder, lambda m: m["groups"][QKV].update(backend="streams"))
+    folder = saved_packed(tmp_path)
+    edit_manifest(folder, lambda m: m["groups"][QKV].update(backend="streams"))
     with pytest.raises(
         CheckpointError, match="the streams backend needs a bitmap weight, got a 2:4 one"
     ):
@@ -110,8 +110,8 @@ def test_a_backend_that_cannot_run_the_groups_format_is_refused(tmp_path, read):
 
 
 def test_refuses_a_tie_of_a_name_the_model_does_not_have(tmp_path):
-    folder = _saved(tmp_path)
-    _edit_manifest(
+    folder = saved_packed(tmp_path)
+    edit_manifest(
         folder, lambda m: m["tied"].update({"model.bogus.weight": "model.embed_tokens.weight"})
     )
     with pytest.raises(CheckpointError, match="cannot tie model.bogus.weight to"):
@@ -131,7 +131,7 @@ def test_refuses_a_tie_of_a_name_the_model_does_not_have(tmp_path):
 def test_refuses_manifest_fields_of_the_wrong_type_or_an_unknown_dtype(
     tmp_path, read, field, value, message
 ):
-    folder = _saved(tmp_path)
-    _edit_manifest(folder, lambda m: m.update({field: value}))
+    folder = saved_packed(tmp_path)
+    edit_manifest(folder, lambda m: m.update({field: value}))
     with pytest.raises(CheckpointError, match=f"{PACKED_INFO}: {message}"):
         read(folder)

@@ -7,6 +7,7 @@ it has nothing to swap."""
 import json
 
 import pytest
+from _hf_packed_helpers import cli_error
 
 import restorelcc.assets
 from restorelcc.cli import main
@@ -32,12 +33,6 @@ def no_model_loads(monkeypatch):
     monkeypatch.setattr(restorelcc.assets, "load_model", refuse)
 
 
-def _error(command: str, capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"restorelcc {command}: error: ") and len(err.splitlines()) == 1
-    return err.removeprefix(f"restorelcc {command}: error: ")
-
-
 def test_load_model_names_eval_and_bench_and_the_dense_checkpoint(packed_dir):
     """It said 'restorelcc eval --model reads it too': bench reads it too, and prune or
     restore need the dense checkpoint it was packed from, not load_packed."""
@@ -55,7 +50,7 @@ def test_pack_says_a_packed_folder_is_already_packed(packed_dir, tmp_path, capsy
     capsys.readouterr()
     out = tmp_path / "again"
     assert main(["pack", "--model", str(packed_dir), "--out", str(out), "--quiet"]) == 2
-    assert _error("pack", capsys) == (
+    assert cli_error("pack", capsys) == (
         f"--model {packed_dir} is a packed checkpoint ({PACKED_INFO}, written by save_packed "
         f"or restorelcc pack): it is already packed ({READERS} it); to pack it otherwise, "
         "pack the dense checkpoint it was packed from"
@@ -75,7 +70,7 @@ def test_pack_names_model_when_nothing_is_pruned(tmp_path, capsys):
     dense = save_checkpoint(tiny_model("llama-gqa"), tmp_path / "dense")
     capsys.readouterr()
     assert main(["pack", "--model", str(dense), "--out", str(tmp_path / "x"), "--quiet"]) == 2
-    assert _error("pack", capsys).startswith(
+    assert cli_error("pack", capsys).startswith(
         f"--model: {dense} has no pruned attention layer to swap: "
     )
 
@@ -101,7 +96,7 @@ def test_restore_refuses_a_packed_folder_before_any_model_loads(
         "--dense": "--dense is the unpruned model, a dense checkpoint",
         "--pruned": "restore needs the dense pruned checkpoint it was packed from",
     }[which]
-    assert _error("restore", capsys) == (
+    assert cli_error("restore", capsys) == (
         f"{which} {packed_dir} is a packed checkpoint ({PACKED_INFO}, written by save_packed "
         f"or restorelcc pack): {remedy} ({READERS} a packed one)"
     )

@@ -5,8 +5,8 @@ the pack options recorded under ``info`` only where they are valid; and the orde
 
 import pytest
 import torch
+from _hf_packed_helpers import IDS, edit_manifest, saved_packed
 from _hf_swap_helpers import prune_attention, prune_mlp
-from test_hf_packed_checkpoint import IDS, _edit_manifest, _saved
 
 from restorelcc.hf import load_packed, save_packed, swap_attention
 from restorelcc.hf.attention import PackedLinear
@@ -16,7 +16,7 @@ from restorelcc.testing import byte_tokenizer, tiny_model
 
 def test_loads_in_eval_mode(tmp_path):
     """from_config builds a model in training mode: dropout would be live."""
-    loaded, _ = load_packed(_saved(tmp_path))
+    loaded, _ = load_packed(saved_packed(tmp_path))
     assert not [name for name, module in loaded.named_modules() if module.training]
 
 
@@ -71,8 +71,8 @@ VALID = {"format": "2:4", "mlp": False, "decode_streams": False}
 def test_pack_options_recorded_invalid_are_read_from_the_groups(tmp_path, info):
     """A swap report that is not what restorelcc pack records: the options are those the
     groups show (their one format 2:4, no MLP, no decode streams), not the report's."""
-    folder = _saved(tmp_path)
-    _edit_manifest(folder, lambda m: m.update(info=info))
+    folder = saved_packed(tmp_path)
+    edit_manifest(folder, lambda m: m.update(info=info))
     options = packed_swap(folder)
     assert options["recorded"] is False
     assert (options["format"], options["mlp"], options["decode_streams"]) == ("2:4", False, False)
@@ -81,8 +81,8 @@ def test_pack_options_recorded_invalid_are_read_from_the_groups(tmp_path, info):
 
 def test_pack_options_recorded_valid_are_taken(tmp_path):
     """The counterpart of the above: the same folder with a valid report is read so."""
-    folder = _saved(tmp_path)
-    _edit_manifest(folder, lambda m: m.update(info={"swap": {**VALID, "format": "auto"}}))
+    folder = saved_packed(tmp_path)
+    edit_manifest(folder, lambda m: m.update(info={"swap": {**VALID, "format": "auto"}}))
     options = packed_swap(folder)
     assert (options["recorded"], options["format"]) == (True, "auto")
 

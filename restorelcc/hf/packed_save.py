@@ -1,0 +1,122 @@
+"""``save_packed``: a swapped model written as a packed checkpoint (the folder's layout:
+``restorelcc.hf.packed_checkpoint``), each swapped module's packed tensors as they are and
+every other tensor stored once (the names tied to it recorded in the manifest)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from restorelcc.hf.attention import PackedLinear, PackedProjections, ProjectionView, SparseLinear
+from restorelcc.hf.families import decoder_layers, family_of
+from restorelcc.hf.packed_manifest import FORMAT_VERSION, PACKED_INFO, WEIGHTS, _module_name
+from restorelcc.hf.swap_plan import ProjectionGroup, SwapError, projection_groups
+from restorelcc.io import atomic_directory, atomic_write_json, check_output_directory
+
+
+def save_packed(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    tokenizer=None,
+    overwrite: bool = False,
+    info: dict | None = None,
+) -> Path:
+    """Write the swapped ``model`` (``swap_attention``) to ``directory`` with its packed
+    weights as they are; returns the directory. Written atomically. ``tokenizer``: saved
+    beside the weights (``load_packed`` needs one). An existing non-empty ``directory`` is
+    refused unless ``overwrite``, which replaces only an earlier packed checkpoint (a
+    folder holding ``restorelcc_packed.json``). ``info``: recorded as it is (JSON) under
+    ``"info"`` in ``restorelcc_packed.json`` (``restorelcc pack`` puts its swap report
+    there). Raises ``SwapError`` for a model with no swapped module."""
+    from safetensors.torch import save_file
+
+    target = check_output_directory(directory, overwrite, replaces=PACKED_INFO)
+    groups, tensors = _packed_groups(model)
+    if not groups:
+        raise SwapError(
+            f"{type(model).__name__} has no swapped projection: call swap_attention(model) "
+            "first (a model that is not swapped saves with save_pretrained)"
+        )
+    tied = _add_plain_tensors(model, tensors)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dtype": str(model.get_input_embeddings().weight.dtype).removeprefix("torch."),
+        "groups": groups,
+        "tied": tied,
+        "info": info,
+    }
+    with atomic_directory(directory, overwrite, replaces=PACKED_INFO) as tmp:
+        model.config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
+        atomic_write_json(tmp / PACKED_INFO, manifest)
+    return target
+
+
+def _packed_groups(model: nn.Module) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """The manifest entry of every swapped group, and their tensors (on the CPU) by key."""
+    family = family_of(model)
+    names = {id(module): name for name, module in model.named_modules()}
+    groups, tensors = [], {}
+    for layer, block in enumerate(decoder_layers(model)):
+        for group in projection_groups(family, mlp=True):
+            module = _swapped_module(block, group)
+            if module is None:
+                continue
+            path = f"{names[id(block.get_submodule(group.owner))]}.{_module_name(group)}"
+            for key, tensor in module.packed.to_state_dict().items():
+                tensors[f"{path}.packed.{key}"] = tensor.detach().to("cpu").contiguous()
+            if module.bias is not None:
+                tensors[f"{path}.bias"] = module.bias.detach().to("cpu").contiguous()
+            has_bias = getattr(module, "has_bias", (module.bias is not None,))
+            groups.append(
+                {
+                    "layer": layer,
+                    "group": group.name,
+                    "module": path,
+                    "format": module.packed.format,
+                    "backend": module.backend,
+                    "decode_streams": module.decode_streams,
+                    "has_bias": list(has_bias),
+                }
+            )
+    return groups, tensors
+
+
+def _swapped_module(block: nn.Module, group: ProjectionGroup) -> PackedLinear | None:
+    """The group's packed module in ``block``, or None where it is not swapped."""
+    module = block.get_submodule(group.owner)._modules.get(_module_name(group))
+    kind = SparseLinear if group.packed is None else PackedProjections
+    return module if isinstance(module, kind) else None
+
+
+def _add_plain_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Add the model's tensors other than the swapped modules' (parameters and persistent
+    buffers, as ``state_dict`` names them) to ``tensors``; returns the tied names (a
+    tensor met again under another name -> its first name), each stored once."""
+    seen: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, (PackedLinear, ProjectionView)):
+            continue
+        persistent = [
+            (name, buffer)
+            for name, buffer in module._buffers.items()
+            if name not in module._non_persistent_buffers_set
+        ]
+        for name, tensor in [*module._parameters.items(), *persistent]:
+            if tensor is None:
+                continue
+            key = f"{prefix}.{name}" if prefix else name
+            if id(tensor) in seen:
+                tied[key] = seen[id(tensor)]
+                continue
+            seen[id(tensor)] = key
+            tensors[key] = tensor.detach().to("cpu").contiguous()
+    return tied
