@@ -93,7 +93,8 @@ class RestoreConfig:
     singular directions summed into the probing compensation (paper 1, research code 10).
     ``probe_standardize``: scale probe features per head (the research code does not).
     ``negatives``: ``auto``, ``minilm`` (needs its wheel: ``negatives.check_method``) or
-    ``tfidf``.
+    ``tfidf``; each probe pair's negative is the most similar other response among all the
+    training pairs (the held-out validation pairs excepted), as the paper mines its 2,000.
     """
 
     heads: int | float = 0.25
@@ -256,12 +257,12 @@ def plan_heads(
     count = head_count(geometry, config.heads)
     check_components_k(config.components_k, geometry)
     # Held-out pairs (config.train.validation_pairs) take no part in head selection either.
-    probe_set = check_pairs(
+    training_set = check_pairs(
         config.train.split(pairs)[0],
         minimum=MIN_PROBE_PAIRS,
         what=f"pairs left for probing after validation_pairs={config.train.validation_pairs}",
     )
-    probe_set = probe_set[: config.probe_pairs]
+    probe_set = training_set[: config.probe_pairs]
     stage = StageTimer()
     progress = config.progress
     train_pairs = len(pairs) - config.train.validation_pairs
@@ -273,13 +274,17 @@ def plan_heads(
         fingerprint = model_fingerprint(pruned)
     scores = None
     if config.selection == "probe":
-        with stage("negatives"):
+        with stage("negatives"):  # among all training pairs, as the paper mines its 2,000
             negative_index, report["negatives"] = mine_negatives(
-                [p.response for p in probe_set], config.negatives
+                [p.response for p in training_set], config.negatives
             )
         with stage("capture"):
             sequences = encode_probe_set(
-                tokenizer, probe_set, negative_index, config.capture_max_length
+                tokenizer,
+                probe_set,
+                negative_index[: len(probe_set)],
+                config.capture_max_length,
+                pool=training_set,
             )
             acts = capture_probe_activations(
                 dense, pruned, sequences, config.capture_batch_tokens, progress, head_map

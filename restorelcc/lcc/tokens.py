@@ -139,19 +139,25 @@ class ProbeSequences:
 
 
 def encode_probe_set(
-    tokenizer, pairs: Sequence[InstructionPair], negative_index: Sequence[int], max_length: int
+    tokenizer,
+    pairs: Sequence[InstructionPair],
+    negative_index: Sequence[int],
+    max_length: int,
+    pool: Sequence[InstructionPair] | None = None,
 ) -> ProbeSequences:
-    """Tokenize prompts, responses and the mined negatives (``pairs[negative_index[i]]``).
+    """Tokenize prompts, responses and the mined negatives (``pool[negative_index[i]]``,
+    ``pool`` the pairs the negatives were mined among: ``pairs`` unless given).
 
     Pair ``i``'s prompt ids and ``r+`` are ``encode_pair(tokenizer, pairs[i], max_length)``,
     whatever its negative; ``r-`` (the negative's response tokenized after this prompt)
     keeps its first ``max_length - len(prompt)`` tokens.
     """
+    pool = pairs if pool is None else pool
     prompts, positives, negatives = [], [], []
     for pair, j in zip(pairs, negative_index, strict=True):
         prompt, positive = encode_pair(tokenizer, pair, max_length)
         # tokenize_pair's prompt ids are the prompt's own tokenization, whatever follows it
-        _, negative = _tokenize(tokenizer, InstructionPair(pair.prompt, pairs[j].response))
+        _, negative = _tokenize(tokenizer, InstructionPair(pair.prompt, pool[j].response))
         prompts.append(prompt)
         positives.append(positive)
         negatives.append(negative[: max_length - len(prompt)])
