@@ -5,8 +5,10 @@ restore it with RestoreLCC and with the baselines a user would otherwise pick (L
 q/k/v/o with the same data and steps, training-free mean compensation; LoFiT when asked),
 fold, and evaluate everything on the same perplexity text and zero-shot tasks. The report
 gives, per method, the fraction of the perplexity gap and of the mean-accuracy gap closed
-(none where pruning lost nothing: ``gap_closed``), the trainable parameters, the sparsity
-kept, the measured inference latency against the pruned model and each step's time.
+(none where pruning lost nothing: ``gap_closed``; the accuracy on each task's headline
+metric and on plain ``acc``, the paper's: ``demo_table``), every metric of every task, the
+trainable parameters, the sparsity kept, the measured inference latency against the pruned
+model and each step's time, and how the perplexity was measured (its windows included).
 
 Every model runs in ``DemoConfig.dtype`` (``--dtype``); pruning alone computes in float32
 (as ``restorelcc prune`` does), on a float32 copy of the dense model.
@@ -47,6 +49,7 @@ from restorelcc.demo_table import (
     headline_accuracy,
     sparsity_kept,
 )
+from restorelcc.eval.scoring import model_max_length
 from restorelcc.evaluate import evaluate_model, headline_metric
 from restorelcc.hf.families import check_length_fits, family_of, head_geometry
 from restorelcc.io import atomic_directory, atomic_write_json, run_metadata
@@ -111,12 +114,15 @@ class Demo:
         self.dtype = resolve_dtype(config.dtype, torch.device(config.device))
         self.rows: list[Row] = []
         self.stage = StageTimer()  # wall seconds of each step of run(), in order
+        # how the perplexities were measured (source, tokens, window, stride): every model
+        # of the run alike; None until one is evaluated
+        self.perplexity_protocol: dict | None = None
 
     def evaluate(self, model: nn.Module, tokenizer, stage: str) -> dict:
         """``model`` evaluated on the configured text and tasks, timed as ``stage``."""
         c = self.config
         with self.stage(stage):
-            return evaluate_model(
+            evaluation = evaluate_model(
                 model,
                 tokenizer,
                 tasks=list(c.tasks),
@@ -124,7 +130,12 @@ class Demo:
                 ppl_tokens=c.ppl_tokens,
                 ppl_source=c.ppl_source,
                 progress=c.progress,
+                ppl_window=c.ppl_window,
+                ppl_stride=c.ppl_stride,
             )
+        ppl = evaluation["perplexity"]
+        self.perplexity_protocol = {k: ppl[k] for k in ("source", "tokens", "window", "stride")}
+        return evaluation
 
     def add_row(self, pattern: str, method: str, evaluation: dict, **fields) -> Row:
         row = Row(
@@ -133,6 +144,7 @@ class Demo:
             # None: exp(mean NLL) overflowed a float (PerplexityResult.as_dict)
             perplexity=evaluation["perplexity"]["perplexity"] or math.inf,
             accuracy=headline_accuracy(evaluation),
+            metrics={task: dict(metrics) for task, metrics in evaluation["tasks"].items()},
             **fields,
         )
         self.rows.append(row)
@@ -159,6 +171,7 @@ class Demo:
             geometry = head_geometry(model_config)
             flagged("--heads", head_count, geometry, c.heads, fields={"heads": "--heads"})
         flagged("--ppl-source", perplexity_texts, c.ppl_source, n=1)
+        c.perplexity_windows(model_max_length(model_config))
         if c.prune_method in CALIBRATED_METHODS:
             flagged("--calibration-source", calibration_texts, c.calibration_source, n=1)
         return flagged(
@@ -299,14 +312,18 @@ class Demo:
         return derived_rows(self.rows)
 
     def table(self) -> str:
-        return format_rows(self.derived())
+        """The text table, with its notes (``demo_table.format_rows``)."""
+        return format_rows(self.derived(), self.perplexity_protocol)
 
     def report(self) -> dict:
         return {
             "config": asdict(self.config),
             "dtype": str(self.dtype).removeprefix("torch."),  # what --dtype meant here
-            # which metric each task's number in rows[i]["accuracy"] is
+            # which metric each task's number in rows[i]["accuracy"] is (and so what
+            # mean_accuracy and acc_gap_closed average); rows[i]["metrics"] holds them all,
+            # mean_plain_acc and plain_acc_gap_closed are on plain acc: the paper's
             "accuracy_metric": {task: headline_metric(task) for task in self.config.tasks},
+            "perplexity_protocol": self.perplexity_protocol,
             "rows": self.derived(),
             # wall seconds per step, in run order: load, calibration data, evaluate dense,
             # then per pattern prune, evaluate <pattern> pruned (...), restore <pattern>

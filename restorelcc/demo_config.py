@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 from restorelcc.assets import DEFAULT_MODEL
 from restorelcc.commands.dtypes import DTYPES
-from restorelcc.commands.options import flag, name_flags, resolve_device
+from restorelcc.commands.options import PERPLEXITY_FLAGS, flag, name_flags, resolve_device
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.errors import RestoreLCCError
+from restorelcc.eval.perplexity import perplexity_windows
 from restorelcc.evaluate import PAPER_TASKS, resolve_tasks
 from restorelcc.lcc.pipeline import check_probe_counts
 from restorelcc.lcc.train import TrainConfig
@@ -128,6 +129,10 @@ class DemoConfig:
     limit: int | None = 100
     ppl_tokens: int = 4096
     ppl_source: str = DEFAULT_PERPLEXITY_SOURCE  # or user text (perplexity_texts): WikiText-2
+    # None: 512 or the model's length, half the window (perplexity_windows); the paper's
+    # WikiText-2 protocol: 2048 and 2048 (disjoint windows of LLaMA's length)
+    ppl_window: int | None = None
+    ppl_stride: int | None = None
     methods: tuple[str, ...] = DEFAULT_METHODS
     latency_rounds: int = 15
     seed: int = 0
@@ -180,6 +185,7 @@ class DemoConfig:
         flagged("--lr", TrainConfig, lr=self.lr, fields={"lr": "--lr"})
         flagged("--lora-lr", TrainConfig, lr=self.lora_lr, fields={"lr": "--lora-lr"})
         self._check_pair_counts()
+        self.perplexity_windows()
         if self.prune_method not in PRUNE_METHODS:
             raise DemoArgumentError(
                 f"--prune-method must be one of {', '.join(PRUNE_METHODS)}, "
@@ -202,6 +208,15 @@ class DemoConfig:
         check_probe_counts(
             self.probe_pairs, self.train_pairs, capturing, names=names, error=DemoArgumentError
         )
+
+    def perplexity_windows(self, limit: int | None = None) -> tuple[int, int]:
+        """The perplexity's ``(window, stride)`` for a model that takes ``limit`` tokens
+        (None: not known yet); ``DemoArgumentError`` naming ``--ppl-window`` or
+        ``--ppl-stride``."""
+        try:
+            return perplexity_windows(self.ppl_window, self.ppl_stride, limit, PERPLEXITY_FLAGS)
+        except ValueError as exc:
+            raise DemoArgumentError(str(exc)) from None
 
     def unused_options(self) -> list[tuple[tuple[str, ...], str]]:
         """The fields that this run ignores, in groups, each with why: ``restorelcc demo``

@@ -4,8 +4,8 @@
 items of each task by log-likelihood exactly as lm-evaluation-harness does (see
 ``restorelcc.eval.tasks`` for the prompts, ``restorelcc.eval.scoring`` for the batching)
 and, unless turned off, the sliding-window perplexity on LAMBADA passages
-(``restorelcc.eval.perplexity``). Works for any Hugging Face causal LM, including pruned and
-restored ones and the tiny test models.
+(``restorelcc.eval.perplexity``; ``ppl_window`` and ``ppl_stride`` set its windows). Works
+for any Hugging Face causal LM, including pruned and restored ones and the tiny test models.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from collections.abc import Sequence
 
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE, perplexity_texts, positive_count
 from restorelcc.eval.perplexity import (
-    DEFAULT_STRIDE,
     DEFAULT_TOKENS,
     DEFAULT_WINDOW,
     PerplexityResult,
     perplexity,
     perplexity_report,
+    perplexity_windows,
 )
-from restorelcc.eval.scoring import Score, loglikelihoods
+from restorelcc.eval.scoring import Score, loglikelihoods, model_max_length
 from restorelcc.eval.tasks import (
     PAPER_TASKS,
     TASKS,
@@ -43,6 +43,7 @@ __all__ = [
     "evaluate_task",
     "loglikelihoods",
     "perplexity",
+    "perplexity_protocol",
     "perplexity_report",
     "resolve_tasks",
 ]
@@ -60,6 +61,14 @@ HEADLINE_METRIC = {
 def headline_metric(task: str) -> str:
     """The metric that stands for ``task``'s accuracy in summaries: ``acc`` or ``acc_norm``."""
     return HEADLINE_METRIC.get(task, "acc")
+
+
+def perplexity_protocol(ppl: dict) -> str:
+    """How a perplexity (``PerplexityResult.as_dict``) was measured, as the summaries print
+    it: ``lambada, 4096 tokens, window 512, stride 256``."""
+    return (
+        f"{ppl['source']}, {ppl['tokens']} tokens, window {ppl['window']}, stride {ppl['stride']}"
+    )
 
 
 def _mean_and_stderr(values: Sequence[float]) -> tuple[float, float | None]:
@@ -134,9 +143,13 @@ def evaluate_model(
     ppl_source: str = DEFAULT_PERPLEXITY_SOURCE,
     batch_size: int = 16,
     progress: bool = True,
+    ppl_window: int | None = None,
+    ppl_stride: int | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``tasks`` (names, ``"all"`` or ``"paper"``) and perplexity.
 
+    ``ppl_window``, ``ppl_stride``: the perplexity's windows (``perplexity_report``'s
+    ``window`` and ``stride``; None: 512 or the model's length, and half the window).
     Returns ``{"tasks": {name: metrics}, "limit", "perplexity": PerplexityResult as a dict
     or None, "wall_s"}`` (JSON-ready: a perplexity that overflows a float is ``None``, see
     ``PerplexityResult.as_dict``). Deterministic for a given model, data and batch size.
@@ -152,6 +165,14 @@ def evaluate_model(
         positive_count(ppl_tokens, "ppl_tokens")
         perplexity_texts(ppl_source, n=1)  # a missing or empty source, too
     check_is_model(model)  # before the first task, not a failure deep in it
+    if perplexity:  # a window and stride the model cannot take fail before the tasks
+        window, _ = perplexity_windows(
+            ppl_window, ppl_stride, model_max_length(model, tokenizer), ("ppl_window", "ppl_stride")
+        )
+        # a window keeps up to `window` positions of logits over the vocabulary: 4 windows
+        # of 512 per forward keep peak memory near 1 GB for a 49k vocabulary; longer
+        # windows run fewer at a time
+        ppl_batch = max(1, batch_size // 4 * DEFAULT_WINDOW // max(window, DEFAULT_WINDOW))
     start = time.perf_counter()
     report: dict = {"tasks": {}, "limit": limit, "perplexity": None}
     for name in names:
@@ -165,11 +186,9 @@ def evaluate_model(
                 tokenizer,
                 source=ppl_source,
                 tokens=ppl_tokens,
-                window=DEFAULT_WINDOW,
-                stride=DEFAULT_STRIDE,
-                # a window is 512 ids whose logits over the vocabulary are kept: 4 per
-                # forward keeps peak memory near 1 GB for a 49k vocabulary
-                batch_size=max(1, batch_size // 4),
+                window=ppl_window,
+                stride=ppl_stride,
+                batch_size=ppl_batch,
                 progress=progress,
             )
         report["perplexity"] = result.as_dict()

@@ -8,8 +8,11 @@ from dataclasses import fields
 
 from restorelcc.commands.dtypes import add_dtype_argument
 from restorelcc.commands.options import (
+    PPL_STRIDE_HELP,
+    PPL_WINDOW_HELP,
     add_device_argument,
     add_quiet_argument,
+    auto_count,
     check_spares_inputs,
     data_input,
     limit_value,
@@ -51,9 +54,12 @@ def _readable(value) -> str:
     return "all" if value is None else str(value)
 
 
-def _add(parser: argparse.ArgumentParser, name: str, text: str, **kwargs) -> None:
-    """The option of the ``DemoConfig`` field ``name``, its default (and --paper's) in help."""
-    default = f"default: {_readable(getattr(DEFAULTS, name))}"
+def _add(
+    parser: argparse.ArgumentParser, name: str, text: str, shown: str | None = None, **kwargs
+) -> None:
+    """The option of the ``DemoConfig`` field ``name``, its default (and --paper's) in help;
+    ``shown``: the default as typed, where ``_readable`` cannot tell (``auto``)."""
+    default = f"default: {shown or _readable(getattr(DEFAULTS, name))}"
     if name in PAPER_SETTINGS:
         default += f"; --paper: {_readable(PAPER_SETTINGS[name])}"
     parser.add_argument(
@@ -131,6 +137,8 @@ def register(subparsers) -> None:
         f"perplexity text: '{DEFAULT_PERPLEXITY_SOURCE}' or a text file/folder/JSON(L) with a "
         "'text' column",
     )
+    _add(p, "ppl_window", f"perplexity: {PPL_WINDOW_HELP}", "auto", type=auto_count, metavar="N")
+    _add(p, "ppl_stride", f"perplexity: {PPL_STRIDE_HELP}", "auto", type=auto_count, metavar="N")
     _add(p, "methods", f"comma-separated, from {','.join(METHODS)}", type=_csv)
     _add(p, "latency_rounds", "interleaved rounds of the forward-latency measurement", type=int)
     _add(p, "seed", "data sampling, initialisation and order", type=int)

@@ -9,14 +9,17 @@ import time
 from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype
 from restorelcc.commands.options import (
     DEFAULT_REPORT_HELP,
+    PERPLEXITY_WINDOWS,
     adapter_input,
     adapter_summary,
     add_adapter_argument,
     add_device_argument,
     add_perplexity_arguments,
     add_quiet_argument,
+    check_perplexity_options,
     check_spares_inputs,
     data_input,
+    given_options,
     limit_value,
     positive_int,
     read_adapter,
@@ -83,7 +86,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", default=None, help=DEFAULT_REPORT_HELP.format(command="eval"))
     add_quiet_argument(p)
     p.set_defaults(func=run)
-    remember_defaults(p, ("limit",))
+    remember_defaults(p, ("limit", *PERPLEXITY_WINDOWS))
 
 
 def mean_accuracy(tasks: dict) -> dict | None:
@@ -142,10 +145,9 @@ def perplexity_line(ppl: dict) -> str:
         shown = f"inf (mean NLL {ppl['nll'] / ppl['tokens']:.1f} nats per token)"
     else:
         shown = f"{figure:.3f}"
-    return (
-        f"perplexity ({ppl['source']}, {ppl['tokens']} tokens, window {ppl['window']}, "
-        f"stride {ppl['stride']}): {shown}"
-    )
+    from restorelcc.evaluate import perplexity_protocol
+
+    return f"perplexity ({perplexity_protocol(ppl)}): {shown}"
 
 
 def compare_perplexity(results: dict) -> dict:
@@ -169,7 +171,7 @@ def _check_packed_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from restorelcc.assets import load_model
+    from restorelcc.assets import load_config, load_model
     from restorelcc.data import perplexity_texts
     from restorelcc.evaluate import evaluate_model, resolve_tasks
     from restorelcc.hf.packed_checkpoint import is_packed_checkpoint, load_packed, packed_modules
@@ -187,8 +189,12 @@ def run(args: argparse.Namespace) -> int:
         refuse_unused(args, ("limit",), "--tasks none runs no task for it to limit")
     if args.no_ppl and args.ppl_source != DEFAULT_PERPLEXITY_SOURCE:
         raise ValueError("--ppl-source is the perplexity text: it has no use with --no-ppl")
-    if not args.no_ppl:
+    if args.no_ppl:
+        refuse_unused(args, PERPLEXITY_WINDOWS, "--no-ppl scores no perplexity for them to set")
+    else:
         perplexity_texts(args.ppl_source, n=1)  # a missing or empty source fails here too
+        if given_options(args, PERPLEXITY_WINDOWS):  # against the model's length, unloaded
+            check_perplexity_options(args, load_config(args.model))
     out = report_path(args, "eval")
     ppl_source = None if args.no_ppl else data_input(args.ppl_source)
     adapter = adapter_input(args.adapter)
@@ -220,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
         ppl_source=args.ppl_source,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        ppl_window=args.ppl_window,
+        ppl_stride=args.ppl_stride,
     )
     payload = {
         "model": str(args.model),
@@ -247,10 +255,12 @@ def run(args: argparse.Namespace) -> int:
         mean = payload["mean"]
         print(format_table(summary_rows(report["tasks"], mean), columns))
         if mean and mean["headline"] != mean["acc"]:
-            headline = mean["headline"]
-            print(f"mean of each task's headline metric (the demo's mean acc): {headline:.4f}")
+            print(
+                "mean of each task's headline metric (the demo's mean acc; the paper's mean is "
+                f"the mean row's acc): {mean['headline']:.4f}"
+            )
     if report["perplexity"]:
         print(perplexity_line(report["perplexity"]))
-        warn_if_text_ran_out(report["perplexity"]["tokens"], args)
+        warn_if_text_ran_out(report["perplexity"], args)
     print(f"report: {out}  ({payload['wall_s']:.1f} s)")
     return 0

@@ -1,7 +1,7 @@
 """Options shared by the subcommands: ``--device``, ``--adapter``, ``--quiet``, the
-perplexity options (and the warning that their text ran out), positive integers, the
-``--json`` report path and its default name, outputs that would replace an input,
-options a run would ignore, library messages rewritten to name flags. The swap's
+perplexity options (their windows' checks, the warning that their text ran out), positive
+integers, the ``--json`` report path and its default name, outputs that would replace an
+input, options a run would ignore, library messages rewritten to name flags. The swap's
 options: ``restorelcc.commands.swap_options``."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.errors import RestoreLCCError
-from restorelcc.eval.perplexity import DEFAULT_TOKENS
+from restorelcc.eval.perplexity import DEFAULT_TOKENS, DEFAULT_WINDOW, perplexity_windows
+from restorelcc.eval.scoring import model_max_length
 from restorelcc.io import OutputPathError, check_writable_location
 
 if TYPE_CHECKING:
@@ -33,6 +34,11 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} is not positive")
     return value
+
+
+def auto_count(text: str) -> int | None:
+    """An argparse ``type`` for ``--ppl-window``, ``--ppl-stride``: a count, or ``auto`` (None)."""
+    return None if text.strip().lower() == "auto" else positive_int(text)
 
 
 def limit_value(text: str) -> int | None:
@@ -68,8 +74,14 @@ def refuse_unused(args: argparse.Namespace, names: Iterable[str], why: str, erro
 
 
 def check_eval_options(args: argparse.Namespace, names: Iterable[str], error=ValueError):
-    """Refuse (``error``) the ``--eval``-only options ``names`` given without ``--eval``."""
-    given = [] if args.eval else given_options(args, names)
+    """Refuse (``error``) the ``--eval``-only options ``names`` given without ``--eval``, and
+    ``--ppl-window``, ``--ppl-stride`` whether ``names`` lists them or not; with ``--eval``,
+    check those two as far as they can be without the model (``check_perplexity_options``)."""
+    if args.eval:
+        check_perplexity_options(args, error=error)
+        return
+    windows = [name for name in PERPLEXITY_WINDOWS if name not in names]
+    given = [*given_options(args, names), *(flag(n) for n in windows if getattr(args, n, None))]
     if given:
         verb = "applies" if len(given) == 1 else "apply"
         raise error(f"{', '.join(given)} {verb} only to --eval: give --eval too")
@@ -187,10 +199,13 @@ def write_report(args: argparse.Namespace, command: str, out: Path, payload) -> 
     return written
 
 
-def warn_if_text_ran_out(scored: int, args: argparse.Namespace) -> None:
-    """Warn that the perplexity scored ``scored`` tokens, fewer than ``--ppl-tokens`` asked
-    for: the text of ``--ppl-source`` ran out (the figure stands, on fewer tokens)."""
-    if scored < args.ppl_tokens:
+def warn_if_text_ran_out(ppl: dict, args: argparse.Namespace) -> None:
+    """Warn that the perplexity ``ppl`` (``PerplexityResult.as_dict``) scored fewer tokens than
+    ``--ppl-tokens`` give at its windows: ``--ppl-source`` ran out (the figure stands)."""
+    from restorelcc.eval.perplexity import scored_count
+
+    scored = ppl["tokens"]
+    if scored < scored_count(args.ppl_tokens, ppl["window"], ppl["stride"]):
         warnings.warn(
             f"--ppl-tokens {args.ppl_tokens}: --ppl-source {args.ppl_source} ran out after "
             f"{scored} scored tokens; the perplexity is of those {scored}",
@@ -294,16 +309,27 @@ def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+# The perplexity's window options (default None: "auto"), and their flags.
+PERPLEXITY_WINDOWS = ("ppl_window", "ppl_stride")
+PERPLEXITY_FLAGS = ("--ppl-window", "--ppl-stride")
+PPL_WINDOW_HELP = f"tokens per window; auto: {DEFAULT_WINDOW}, or the model's length where shorter"
+PPL_STRIDE_HELP = (
+    "tokens from a window's start to the next's, at most the window (each scores the tokens "
+    "the one before did not reach; --ppl-window's value gives disjoint windows: the paper's "
+    "WikiText-2 protocol with 2048); auto: half the window"
+)
+
+
 def add_perplexity_arguments(
     parser: argparse.ArgumentParser, what: str = "perplexity", tokens_group=None
 ) -> None:
-    """``--ppl-tokens`` (into ``tokens_group`` if given: a mutually exclusive group) and
-    ``--ppl-source``; ``what`` starts their help (``--eval's perplexity``)."""
+    """``--ppl-tokens`` (into ``tokens_group`` if given: a mutually exclusive group),
+    ``--ppl-source``, ``--ppl-window``, ``--ppl-stride``; ``what`` starts their help."""
     (tokens_group or parser).add_argument(
         "--ppl-tokens",
         type=positive_int,
         default=DEFAULT_TOKENS,
-        help=f"{what}: tokens scored",
+        help=f"{what}: tokens scored (less each later window's first where windows are disjoint)",
     )
     parser.add_argument(
         "--ppl-source",
@@ -312,6 +338,19 @@ def add_perplexity_arguments(
         "file, a folder of text files, or JSON/JSONL/save_to_disk rows with a 'text' column "
         "(e.g. WikiText-2's test split)",
     )
+    for option, text in zip(PERPLEXITY_FLAGS, (PPL_WINDOW_HELP, PPL_STRIDE_HELP), strict=True):
+        text = f"{what}: {text} (default: auto)"
+        parser.add_argument(option, type=auto_count, default=None, metavar="N", help=text)
+
+
+def check_perplexity_options(args: argparse.Namespace, config=None, error=ValueError):
+    """The ``(window, stride)`` of ``--ppl-window``, ``--ppl-stride`` (``perplexity_windows``)
+    for the model of ``config`` if given (before the weights load); ``error`` names a fault."""
+    limit = None if config is None else model_max_length(config)
+    try:
+        return perplexity_windows(args.ppl_window, args.ppl_stride, limit, PERPLEXITY_FLAGS)
+    except ValueError as exc:
+        raise error(str(exc)) from None
 
 
 def resolve_device(text: str | None, option: str = "--device ") -> torch.device:

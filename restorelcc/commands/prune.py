@@ -12,6 +12,7 @@ from restorelcc.commands.options import (
     add_perplexity_arguments,
     add_quiet_argument,
     check_eval_options,
+    check_perplexity_options,
     check_spares_inputs,
     data_input,
     flag,
@@ -30,7 +31,7 @@ DEFAULT_CALIBRATION = "mix"
 # Options only calibrated methods use, and options only --eval uses: refused when given
 # (other than their defaults) where they would be ignored, as restore refuses its own.
 CALIBRATION_OPTIONS = ("calibration", "nsamples", "seqlen", "seed", "chunk_size")
-EVAL_OPTIONS = ("ppl_tokens", "ppl_source", "dtype")
+EVAL_OPTIONS = ("ppl_tokens", "ppl_source", "ppl_window", "ppl_stride", "dtype")
 # Parameters of the pruning checks whose messages name them: written as their flags.
 SPEC_FIELDS = ("sparsity", "head_fraction", "channel_multiple", "chunk_size")
 
@@ -138,7 +139,8 @@ def _check_arguments(args: argparse.Namespace):
 
 
 def _evaluate_saved(args: argparse.Namespace, device) -> dict:
-    """Sliding-window perplexity on ``--ppl-source`` of the checkpoint written at
+    """Sliding-window perplexity on ``--ppl-source`` (``--ppl-tokens``, ``--ppl-window``,
+    ``--ppl-stride``) of the checkpoint written at
     ``--out``, loaded in ``--dtype`` as ``restorelcc eval`` loads it (a cast of the pruned
     model would differ: ``Module.to`` rounds rotary ``inv_freq``, which loading keeps in
     float32)."""
@@ -148,9 +150,15 @@ def _evaluate_saved(args: argparse.Namespace, device) -> dict:
     dtype = resolve_dtype(args.dtype, device)
     model, tokenizer = load_model(args.out, dtype=dtype, device=device)
     result = perplexity_report(
-        model, tokenizer, source=args.ppl_source, tokens=args.ppl_tokens, progress=not args.quiet
+        model,
+        tokenizer,
+        source=args.ppl_source,
+        tokens=args.ppl_tokens,
+        window=args.ppl_window,
+        stride=args.ppl_stride,
+        progress=not args.quiet,
     )
-    warn_if_text_ran_out(result.tokens, args)
+    warn_if_text_ran_out(result.as_dict(), args)
     return {"perplexity": result.as_dict(), "dtype": str(dtype).removeprefix("torch.")}
 
 
@@ -190,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
         perplexity_texts(args.ppl_source, n=1)  # a missing or empty text fails here too
     config = load_config(args.model)
     family_of(config)  # an unsupported family fails before the weights load
+    if args.eval:  # --ppl-window against the model's length, too
+        check_perplexity_options(args, config, PruneArgumentError)
     if spec.needs_calibration:
         check_length_fits(args.seqlen, config, f"--seqlen {args.seqlen}")
     _with_flags(check_config, config, spec)  # shapes and the structured plan, weights unread

@@ -16,11 +16,14 @@ def method_restoration(
     ``models["dense"]``, which is dropped from ``models`` before any training (``--eval``
     scores it into ``scored["dense"]`` first)."""
     from restorelcc.baselines import lofit_baseline, training_free
+    from restorelcc.commands.options import check_perplexity_options
     from restorelcc.lcc import check_compatible, plan_heads, train_heads
     from restorelcc.lcc.train import encode_training_pairs
 
     if config is not None:  # what training would refuse: before capture and --eval
         encode_training_pairs(tokenizer, pairs, config.train)
+    if args.eval:  # --ppl-window against the model's length: before capture too
+        check_perplexity_options(args, models["dense"].config)
 
     def let_go() -> None:
         dense = models.pop("dense")
@@ -53,14 +56,21 @@ def compare_with_dense(scored: dict, pruned, tokenizer, restoration, args) -> di
     results = {"dense": scored["dense"], "pruned": _perplexity(pruned, tokenizer, args)}
     with restoration.folded(pruned, check=False):  # made from pruned
         results["restored"] = _perplexity(pruned, tokenizer, args)
-    warn_if_text_ran_out(results["pruned"].tokens, args)  # one text: the same count for all
+    warn_if_text_ran_out(results["pruned"].as_dict(), args)  # one text: alike for all
     return compare_perplexity(results)
 
 
 def _perplexity(model, tokenizer, args: argparse.Namespace):
-    """``perplexity_report`` of ``model`` on ``--ppl-source`` (``--ppl-tokens``)."""
+    """``perplexity_report`` of ``model`` on ``--ppl-source`` (``--ppl-tokens``,
+    ``--ppl-window``, ``--ppl-stride``)."""
     from restorelcc.evaluate import perplexity_report
 
     return perplexity_report(
-        model, tokenizer, source=args.ppl_source, tokens=args.ppl_tokens, progress=not args.quiet
+        model,
+        tokenizer,
+        source=args.ppl_source,
+        tokens=args.ppl_tokens,
+        window=args.ppl_window,
+        stride=args.ppl_stride,
+        progress=not args.quiet,
     )

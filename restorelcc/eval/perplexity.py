@@ -6,7 +6,8 @@ appends, e.g. an EOS, left out: they are no text to score), cut to ``tokens + 1`
 Windows of ``window`` ids start every ``stride`` ids; each window scores only the ids the
 previous window did not reach, so every id after the first is predicted exactly once, and
 all but the first window's ids see at least ``window - stride`` ids of context (the Hugging
-Face "perplexity of fixed-length models" scheme). Perplexity is ``exp(total negative
+Face "perplexity of fixed-length models" scheme; ``stride == window`` gives disjoint windows,
+the protocol of the pruning papers' WikiText-2 figures). Perplexity is ``exp(total negative
 log-likelihood / scored ids)``. Joined passages see the end of the previous passage, so the
 figure is lower than scoring each passage alone.
 
@@ -39,8 +40,7 @@ from restorelcc.eval.scoring import model_max_length
 from restorelcc.hf.families import check_is_model, model_device
 
 DEFAULT_TOKENS = 8192
-DEFAULT_WINDOW = 512
-DEFAULT_STRIDE = 256
+DEFAULT_WINDOW = 512  # shortened to the model's length where that is less
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,47 @@ def token_stream(tokenizer, texts: Sequence[str], tokens: int) -> torch.Tensor:
     return torch.tensor(ids[: tokens + 1], dtype=torch.long)
 
 
+def perplexity_windows(
+    window: int | None,
+    stride: int | None,
+    limit: int | None = None,
+    names: tuple[str, str] = ("window", "stride"),
+) -> tuple[int, int]:
+    """The ``(window, stride)`` a perplexity uses, for a model that takes ``limit`` tokens.
+
+    ``window`` None: ``DEFAULT_WINDOW``, or ``limit`` where that is less; ``stride`` None:
+    half the window. A ``window`` given must be 2 to ``limit``, a ``stride`` given 1 to the
+    window: ``ValueError`` otherwise, naming them as ``names`` (the command line's
+    ``--ppl-window``, ``--ppl-stride``). ``limit`` None: the model is not known yet, and a
+    window given is not checked against it."""
+    window_name, stride_name = names
+    cut = ""  # why the window is what it is, where the stride is refused for it
+    if window is None:
+        window = DEFAULT_WINDOW
+        if limit is not None and limit < window:
+            window, cut = limit, f" (the default {DEFAULT_WINDOW} cut to the model's length)"
+    else:
+        window = positive_count(window, window_name)
+        if window < 2:
+            raise ValueError(
+                f"{window_name} must be at least 2 (one id predicts nothing), got {window}"
+            )
+        if limit is not None and window > limit:
+            raise ValueError(
+                f"{window_name} {window}: longer than the {limit} tokens the model takes "
+                f"(its max_position_embeddings, or its tokenizer's limit); give {limit} or less"
+            )
+    if stride is None:
+        return window, max(1, window // 2)
+    stride = positive_count(stride, stride_name)
+    if stride > window:
+        raise ValueError(
+            f"{stride_name} {stride}: longer than the window, {window}{cut}, so tokens between "
+            f"windows would go unscored; give {stride_name} {window} or less"
+        )
+    return window, stride
+
+
 def window_plan(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     """``(begin, end, scored)`` per window over a stream of ``length`` ids.
 
@@ -109,6 +150,13 @@ def window_plan(length: int, window: int, stride: int) -> list[tuple[int, int, i
         if end == length:
             break
     return plan
+
+
+def scored_count(tokens: int, window: int, stride: int) -> int:
+    """The ids a full budget of ``tokens`` scores (a stream of ``tokens + 1`` ids, as
+    ``token_stream`` cuts it): ``tokens``, less one per window after the first where the
+    windows are disjoint (``stride == window``)."""
+    return sum(scored for _, _, scored in window_plan(tokens + 1, window, stride))
 
 
 @torch.inference_mode()
@@ -162,23 +210,25 @@ def perplexity_report(
     texts: Sequence[str] | None = None,
     source: str = DEFAULT_PERPLEXITY_SOURCE,
     tokens: int = DEFAULT_TOKENS,
-    window: int = DEFAULT_WINDOW,
-    stride: int = DEFAULT_STRIDE,
+    window: int | None = None,
+    stride: int | None = None,
     batch_size: int = 4,
     progress: bool = True,
 ) -> PerplexityResult:
     """Sliding-window perplexity of ``texts`` (else of ``perplexity_texts(source)``).
 
-    ``batch_size`` windows run per forward; each keeps ``stride`` positions of logits
-    over the vocabulary, which bounds the memory. Raises ``NonFiniteError`` (naming the
-    source) if the total NLL is NaN or inf, ``NotAModelError`` where ``model`` is not one.
+    ``window``, ``stride``: ids per window and between window starts; None for
+    ``perplexity_windows``' defaults (512 or the model's length, half the window). A window
+    longer than the model takes is refused (``ValueError``), not cut: the result records the
+    window and stride used. ``batch_size`` windows run per forward; each keeps ``stride``
+    positions of logits over the vocabulary, which bounds the memory. Raises
+    ``NonFiniteError`` (naming the source) if the total NLL is NaN or inf,
+    ``NotAModelError`` where ``model`` is not one.
     """
     tokens = positive_count(tokens, "tokens")
     batch_size = positive_count(batch_size, "batch_size")
     check_is_model(model)
-    limit = model_max_length(model, tokenizer)
-    if window > limit:  # shrink to the model's context, keeping the stride/window ratio
-        stride, window = max(1, stride * limit // window), limit
+    window, stride = perplexity_windows(window, stride, model_max_length(model, tokenizer))
     if texts is None:
         texts = perplexity_texts(source)
     else:

@@ -76,9 +76,11 @@ def encode_request(tokenizer, context: str, continuation: str) -> tuple[list[int
     return list(ctx), list(cont)
 
 
-def model_max_length(model, tokenizer=None) -> int:
-    """The longest input the model takes: its position limit, or a sane tokenizer limit."""
-    limits = [getattr(model.config, "max_position_embeddings", None)]
+def model_max_length(model_or_config, tokenizer=None) -> int:
+    """The longest input the model (or its config, before the weights load) takes: its
+    position limit, or a sane tokenizer limit where lower."""
+    config = getattr(model_or_config, "config", model_or_config)
+    limits = [getattr(config, "max_position_embeddings", None)]
     if tokenizer is not None and getattr(tokenizer, "model_max_length", 0) < 1_000_000:
         limits.append(tokenizer.model_max_length)
     limits = [n for n in limits if n]

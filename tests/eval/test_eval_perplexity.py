@@ -107,11 +107,12 @@ def test_token_budget_and_report(model, tok):
     )
     assert report.tokens == 30 and report.window == 16 and report.stride == 8
     assert report.perplexity == pytest.approx(math.exp(report.nll / 30))
-    # the window never exceeds the model's position limit (256 for the tiny models)
-    clamped = perplexity_report(
-        model, tok, texts=TEXTS * 40, tokens=600, window=1024, stride=512, progress=False
-    )
+    # the default window is cut to the model's position limit (256 for the tiny models),
+    # the stride to half of it; a window asked for beyond it is refused, not cut
+    clamped = perplexity_report(model, tok, texts=TEXTS * 40, tokens=600, progress=False)
     assert (clamped.window, clamped.stride, clamped.tokens) == (256, 128, 600)
+    with pytest.raises(ValueError, match="window 1024: longer than the 256 tokens the model"):
+        perplexity_report(model, tok, texts=TEXTS, tokens=30, window=1024, progress=False)
     assert (
         perplexity(model, tok, texts=TEXTS, tokens=30, window=16, stride=8, progress=False)
         == report.perplexity

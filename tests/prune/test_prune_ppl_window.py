@@ -1,0 +1,46 @@
+"""``restorelcc prune --eval --ppl-window N --ppl-stride N``: the perplexity's windows,
+refused without ``--eval`` and where the model cannot take them, recorded in the report."""
+
+import json
+
+import pytest
+
+from restorelcc.cli import main
+
+
+def prune_argv(tiny_dir, out, *extra) -> list[str]:
+    return ["prune", "--model", str(tiny_dir), "--method", "magnitude", "--out", str(out),
+            "--quiet", *extra]  # fmt: skip
+
+
+def test_eval_scores_with_the_window_and_stride_asked_for(tiny_dir, tmp_path):
+    out = tmp_path / "pruned"
+    flags = ["--eval", "--ppl-tokens", "100", "--ppl-window", "32", "--ppl-stride", "32"]
+    assert main(prune_argv(tiny_dir, out, *flags)) == 0
+    ppl = json.loads((out / "prune_report.json").read_text())["evaluation"]["perplexity"]
+    # 100 tokens, less the first of each later window: 4 disjoint windows of 32
+    assert (ppl["window"], ppl["stride"], ppl["tokens"]) == (32, 32, 97)
+    assert 1 < ppl["perplexity"] < float("inf")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ppl-window", "64"], "--ppl-window applies only to --eval: give --eval too"),
+        (
+            ["--ppl-tokens", "64", "--ppl-stride", "16"],
+            "--ppl-tokens, --ppl-stride apply only to --eval: give --eval too",
+        ),
+        (["--eval", "--ppl-window", "16", "--ppl-stride", "32"], "--ppl-stride 32: longer than"),
+        (["--eval", "--ppl-window", "1024"], "--ppl-window 1024: longer than the 256 tokens"),
+        (["--eval", "--ppl-stride", "300"], "--ppl-stride 300: longer than the window, 256 (the"),
+    ],
+)
+def test_bad_or_unused_windows_are_refused_before_pruning(
+    tiny_dir, tmp_path, capsys, flags, message
+):
+    out = tmp_path / "pruned"
+    assert main(prune_argv(tiny_dir, out, *flags)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("restorelcc prune: error: ") and message in err
+    assert len(err.splitlines()) == 1 and not out.exists()
