@@ -343,10 +343,13 @@ def add_perplexity_arguments(
         parser.add_argument(option, type=auto_count, default=None, metavar="N", help=text)
 
 
-def check_perplexity_options(args: argparse.Namespace, config=None, error=ValueError):
+def check_perplexity_options(
+    args: argparse.Namespace, config=None, error=ValueError, tokenizer=None
+):
     """The ``(window, stride)`` of ``--ppl-window``, ``--ppl-stride`` (``perplexity_windows``)
-    for the model of ``config`` if given (before the weights load); ``error`` names a fault."""
-    limit = None if config is None else model_max_length(config)
+    for the model of ``config`` if given (before the weights load; with its ``tokenizer``'s
+    limit too where given); ``error`` names a fault."""
+    limit = None if config is None else model_max_length(config, tokenizer)
     try:
         return perplexity_windows(args.ppl_window, args.ppl_stride, limit, PERPLEXITY_FLAGS)
     except ValueError as exc:

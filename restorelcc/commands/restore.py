@@ -20,6 +20,7 @@ from restorelcc.commands.options import (
     add_perplexity_arguments,
     add_quiet_argument,
     check_eval_options,
+    check_perplexity_options,
     check_spares_inputs,
     data_input,
     flag,
@@ -310,6 +311,7 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.assets import load_model
     from restorelcc.commands.restore_models import compare_with_dense, method_restoration
     from restorelcc.data import instruction_pairs, perplexity_texts
+    from restorelcc.evaluate import perplexity_protocol
     from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
     from restorelcc.lcc import save_adapter
     from restorelcc.lcc.adapter import ADAPTER_CONFIG, export_merged
@@ -323,6 +325,8 @@ def run(args: argparse.Namespace) -> int:
     if args.eval:
         perplexity_texts(args.ppl_source, n=1)  # a missing or empty text fails here
     pruned_config = _check_models(args, config)
+    if args.eval:  # against the model's length before it loads (its tokenizer's: once loaded)
+        check_perplexity_options(args, pruned_config, RestoreArgumentError)
     dtype = resolve_dtype(args.dtype, device)
     # --merged: the pruned checkpoint as stored plus the restoration, whatever --dtype
     merged_dtype = stored_dtype(pruned_config) or dtype
@@ -380,6 +384,8 @@ def run(args: argparse.Namespace) -> int:
     if evaluation:
         summary.update({f"ppl_{k}": v for k, v in evaluation["perplexity"].items()})
     print(format_table([summary]))
+    if evaluation:
+        print(f"perplexity: {perplexity_protocol(evaluation)}")
     merged = f", {MERGED_DIR}/ in {report['merged_dtype']}" if args.merged else ""
     written = f"{args.out} (adapter, {REPORT_NAME}{merged})"
     print(f"wrote {written}")

@@ -22,8 +22,8 @@ def method_restoration(
 
     if config is not None:  # what training would refuse: before capture and --eval
         encode_training_pairs(tokenizer, pairs, config.train)
-    if args.eval:  # --ppl-window against the model's length: before capture too
-        check_perplexity_options(args, models["dense"].config)
+    if args.eval:  # --ppl-window against the model's and tokenizer's length: before capture
+        check_perplexity_options(args, models["dense"].config, tokenizer=tokenizer)
 
     def let_go() -> None:
         dense = models.pop("dense")

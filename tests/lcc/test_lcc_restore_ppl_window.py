@@ -39,3 +39,48 @@ def test_bad_or_unused_windows_are_refused(restore_checkpoints, capsys, flags, m
     err = capsys.readouterr().err.strip()
     assert err.startswith("restorelcc restore: error: ") and message in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_the_summary_names_the_windows(restore_checkpoints, capsys):
+    tmp_path, _ = restore_checkpoints
+    flags = ["--eval", "--ppl-tokens", "100", "--ppl-window", "32", "--ppl-stride", "16"]
+    assert main(method_argv(tmp_path, *TRAINING_FREE, "--quiet", *flags)) == 0
+    out = capsys.readouterr().out
+    assert "perplexity: lambada, 100 tokens, window 32, stride 16\n" in out
+
+
+def test_a_window_the_model_cannot_take_is_refused_before_it_loads(
+    restore_checkpoints, capsys, monkeypatch
+):
+    import restorelcc.assets
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(restorelcc.assets, "load_model", no_load)
+    tmp_path, _ = restore_checkpoints
+    assert main(method_argv(tmp_path, *TRAINING_FREE, "--eval", "--ppl-window", "1024")) == 2
+    assert "--ppl-window 1024: longer than the 256 tokens" in capsys.readouterr().err
+
+
+def test_the_tokenizers_limit_is_checked_before_capture(restore_checkpoints, capsys, monkeypatch):
+    """A tokenizer that takes fewer tokens than the model's positions: refused once loaded,
+    before the (here training-free) restoration captures anything."""
+    import restorelcc.baselines
+    import restorelcc.loading
+
+    real = restorelcc.loading.load_tokenizer
+
+    def short_tokenizer(*args, **kwargs):
+        tokenizer = real(*args, **kwargs)
+        tokenizer.model_max_length = 48
+        return tokenizer
+
+    def no_capture(*args, **kwargs):
+        raise AssertionError("captured")
+
+    monkeypatch.setattr(restorelcc.loading, "load_tokenizer", short_tokenizer)
+    monkeypatch.setattr(restorelcc.baselines, "training_free", no_capture)
+    tmp_path, _ = restore_checkpoints
+    assert main(method_argv(tmp_path, *TRAINING_FREE, "--eval", "--ppl-window", "64")) == 2
+    assert "--ppl-window 64: longer than the 48 tokens" in capsys.readouterr().err
