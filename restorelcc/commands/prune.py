@@ -216,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
     # the kept weights come back bit for bit and SparseGPT's updated ones rounded once.
     saved_dtype = stored_dtype(config) or torch.float32
     model, tokenizer = load_model(args.model, dtype=saved_dtype, device=device)
+    if args.eval:  # and against its tokenizer's, before the pruning
+        check_perplexity_options(args, config, PruneArgumentError, tokenizer=tokenizer)
     calibration = None
     if spec.needs_calibration:
         from restorelcc.data import calibration_batches
