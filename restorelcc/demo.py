@@ -195,6 +195,7 @@ class Demo:
             else:
                 source, _ = load_model(c.model, dtype=torch.float32, device="cpu")
                 dense, tokenizer = load_model(c.model, dtype=self.dtype, device=c.device)
+        c.perplexity_windows(model_max_length(dense, tokenizer))  # its tokenizer's limit too
         calibration = None
         if c.prune_method in CALIBRATED_METHODS:
             with self.stage("calibration data"):

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE, perplexity_texts, positive_count
 from restorelcc.eval.perplexity import (
     DEFAULT_TOKENS,
-    DEFAULT_WINDOW,
     PerplexityResult,
     perplexity,
     perplexity_report,
     perplexity_windows,
+    windows_per_forward,
 )
 from restorelcc.eval.scoring import Score, loglikelihoods, model_max_length
 from restorelcc.eval.tasks import (
@@ -169,10 +169,7 @@ def evaluate_model(
         window, _ = perplexity_windows(
             ppl_window, ppl_stride, model_max_length(model, tokenizer), ("ppl_window", "ppl_stride")
         )
-        # a window keeps up to `window` positions of logits over the vocabulary: 4 windows
-        # of 512 per forward keep peak memory near 1 GB for a 49k vocabulary; longer
-        # windows run fewer at a time
-        ppl_batch = max(1, batch_size // 4 * DEFAULT_WINDOW // max(window, DEFAULT_WINDOW))
+        ppl_batch = windows_per_forward(window, batch_size // 4)
     start = time.perf_counter()
     report: dict = {"tasks": {}, "limit": limit, "perplexity": None}
     for name in names:

@@ -208,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
         packed = packed_modules(model)
     else:
         model, tokenizer = load_model(args.model, dtype=dtype, device=device)
+    if not args.no_ppl:  # and against its tokenizer's length, named as flags
+        check_perplexity_options(args, model.config, tokenizer=tokenizer)
     if restoration is not None:
         restoration.fold(model)
     swap = None

@@ -182,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from restorelcc.assets import load_config, load_model
+    from restorelcc.evaluate import perplexity_protocol
     from restorelcc.hf.families import check_length_fits, family_of
     from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
     from restorelcc.prune import prune_model
@@ -260,5 +261,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(format_table(report.summary_rows()))
     print(format_table([_run_summary(report)]))
+    if report.evaluation:
+        print(f"perplexity: {perplexity_protocol(report.evaluation['perplexity'])}")
     print(f"wrote {args.out} ({PRUNE_REPORT})")
     return 0

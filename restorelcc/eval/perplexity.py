@@ -4,10 +4,11 @@ The documents (LAMBADA passages by default) are joined by a blank line and token
 stream (the special tokens the tokenizer puts in front, e.g. a BOS, included; those it
 appends, e.g. an EOS, left out: they are no text to score), cut to ``tokens + 1`` ids.
 Windows of ``window`` ids start every ``stride`` ids; each window scores only the ids the
-previous window did not reach, so every id after the first is predicted exactly once, and
-all but the first window's ids see at least ``window - stride`` ids of context (the Hugging
-Face "perplexity of fixed-length models" scheme; ``stride == window`` gives disjoint windows,
-the protocol of the pruning papers' WikiText-2 figures). Perplexity is ``exp(total negative
+previous window did not reach: with ``stride < window`` every id after the first is
+predicted exactly once, and all but the first window's ids see at least ``window - stride``
+ids of context (the Hugging Face "perplexity of fixed-length models" scheme); with
+``stride == window`` the windows are disjoint (the protocol of the pruning papers'
+WikiText-2 figures) and each window's first id goes unscored. Perplexity is ``exp(total negative
 log-likelihood / scored ids)``. Joined passages see the end of the previous passage, so the
 figure is lower than scoring each passage alone.
 
@@ -152,6 +153,15 @@ def window_plan(length: int, window: int, stride: int) -> list[tuple[int, int, i
     return plan
 
 
+def windows_per_forward(window: int, per_default_window: int = 4) -> int:
+    """How many windows of ``window`` ids run per forward: ``per_default_window`` for windows
+    of ``DEFAULT_WINDOW`` ids or fewer, fewer for longer ones, so that the logits over the
+    vocabulary they keep (up to ``window`` positions each) stay near what
+    ``per_default_window`` windows of ``DEFAULT_WINDOW`` keep (4 of 512: ~1 GB for a 49k
+    vocabulary in float32). At least 1."""
+    return max(1, per_default_window * DEFAULT_WINDOW // max(window, DEFAULT_WINDOW))
+
+
 def scored_count(tokens: int, window: int, stride: int) -> int:
     """The ids a full budget of ``tokens`` scores (a stream of ``tokens + 1`` ids, as
     ``token_stream`` cuts it): ``tokens``, less one per window after the first where the
@@ -212,7 +222,7 @@ def perplexity_report(
     tokens: int = DEFAULT_TOKENS,
     window: int | None = None,
     stride: int | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> PerplexityResult:
     """Sliding-window perplexity of ``texts`` (else of ``perplexity_texts(source)``).
@@ -220,15 +230,18 @@ def perplexity_report(
     ``window``, ``stride``: ids per window and between window starts; None for
     ``perplexity_windows``' defaults (512 or the model's length, half the window). A window
     longer than the model takes is refused (``ValueError``), not cut: the result records the
-    window and stride used. ``batch_size`` windows run per forward; each keeps ``stride``
-    positions of logits over the vocabulary, which bounds the memory. Raises
+    window and stride used. ``batch_size`` windows run per forward (None:
+    ``windows_per_forward(window)``); each keeps up to ``window`` positions of logits over the
+    vocabulary, which bounds the memory. Raises
     ``NonFiniteError`` (naming the source) if the total NLL is NaN or inf,
     ``NotAModelError`` where ``model`` is not one.
     """
     tokens = positive_count(tokens, "tokens")
-    batch_size = positive_count(batch_size, "batch_size")
+    if batch_size is not None:
+        batch_size = positive_count(batch_size, "batch_size")
     check_is_model(model)
     window, stride = perplexity_windows(window, stride, model_max_length(model, tokenizer))
+    batch_size = batch_size or windows_per_forward(window)
     if texts is None:
         texts = perplexity_texts(source)
     else:

@@ -84,3 +84,25 @@ def test_the_tokenizers_limit_is_checked_before_capture(restore_checkpoints, cap
     tmp_path, _ = restore_checkpoints
     assert main(method_argv(tmp_path, *TRAINING_FREE, "--eval", "--ppl-window", "64")) == 2
     assert "--ppl-window 64: longer than the 48 tokens" in capsys.readouterr().err
+
+
+def test_long_windows_run_fewer_at_a_time(restore_checkpoints, monkeypatch):
+    """As eval's and prune's (tests/eval/test_eval_ppl_batches.py): 1 window of 2048 per
+    forward, not 4."""
+    import restorelcc.eval.perplexity as perplexity_module
+
+    tmp_path, _ = restore_checkpoints
+    for kind in ("dense", "pruned"):  # rotary models: any position works
+        config = json.loads((tmp_path / kind / "config.json").read_text())
+        config["max_position_embeddings"] = 4096
+        (tmp_path / kind / "config.json").write_text(json.dumps(config))
+    seen, real = [], perplexity_module.stream_nll
+
+    def spy(model, ids, window, stride, batch_size, *args, **kwargs):
+        seen.append(batch_size)
+        return real(model, ids, window, stride, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(perplexity_module, "stream_nll", spy)
+    flags = ["--eval", "--ppl-tokens", "4096", "--ppl-window", "2048", "--quiet"]
+    assert main(method_argv(tmp_path, *TRAINING_FREE, *flags)) == 0
+    assert seen == [1, 1, 1]  # dense, pruned, restored

@@ -68,3 +68,22 @@ def test_the_tokenizers_limit_is_checked_before_pruning(tiny_dir, tmp_path, caps
     assert main(prune_argv(tiny_dir, out, "--eval", "--ppl-window", "64")) == 2
     assert "--ppl-window 64: longer than the 48 tokens" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_window_the_model_cannot_take_is_refused_before_it_loads(
+    tiny_dir, tmp_path, capsys, monkeypatch
+):
+    import restorelcc.assets
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(restorelcc.assets, "load_model", no_load)
+    assert main(prune_argv(tiny_dir, tmp_path / "pruned", "--eval", "--ppl-window", "1024")) == 2
+    assert "--ppl-window 1024: longer than the 256 tokens" in capsys.readouterr().err
+
+
+def test_the_summary_names_the_windows(tiny_dir, tmp_path, capsys):
+    flags = ["--eval", "--ppl-tokens", "100", "--ppl-window", "32", "--ppl-stride", "16"]
+    assert main(prune_argv(tiny_dir, tmp_path / "pruned", *flags)) == 0
+    assert "perplexity: lambada, 100 tokens, window 32, stride 16\n" in capsys.readouterr().out
