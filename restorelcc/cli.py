@@ -132,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     output early (``restorelcc inspect DIR | head -1``) ends the command quietly with
     ``STDOUT_CLOSED`` (141), as a program stopped by SIGPIPE: no error line, and what it
     wrote stays (the commands write their files before they print their tables)."""
-    args = _expand_home(build_parser().parse_args(argv))
+    try:
+        args = _expand_home(build_parser().parse_args(argv))
+    except KeyboardInterrupt:  # while the commands' modules import torch (a second or so)
+        print("restorelcc: interrupted", file=sys.stderr)
+        return 130
     try:
         quiet = getattr(args, "quiet", False)
         with (

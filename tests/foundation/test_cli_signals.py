@@ -108,3 +108,15 @@ def test_a_ctrl_c_while_the_replaced_output_is_deleted_says_what_is_left(
         f"deleted, in {left[0]}: delete that folder\n"
     )
     assert (out / PRUNE_REPORT).is_file() and not (out / "kept.txt").exists()
+
+
+def test_a_ctrl_c_while_the_commands_load_is_one_line(monkeypatch, capsys):
+    """The first second or so imports every command's module (torch with them): a Ctrl-C
+    there ends as any other, without a traceback."""
+
+    def importing(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.importlib, "import_module", importing)
+    assert cli.main(["eval", "--model", "x"]) == 130
+    assert capsys.readouterr().err == "restorelcc: interrupted\n"
