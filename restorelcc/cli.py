@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import functools
@@ -121,6 +122,40 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _stops_in_finalizers_kept() -> Iterator[None]:
+    """A Ctrl-C (or SIGTERM's ``Terminated``) that lands while the garbage collector runs a
+    finalizer (a ``__del__``: a tokenizer's regex objects, say) is one Python reports as
+    "Exception ignored" and drops, and the command would run on to its end. The stop is
+    signalled to the main thread again instead, to be raised where the program is: from
+    another thread once this hook is done, since a signal the main thread sends itself is
+    raised at its next instruction, still inside the hook, where it would be dropped again
+    (one landing in another finalizer comes back here)."""
+    previous = sys.unraisablehook
+
+    def signal_when_done(hook_done: threading.Event, signum: int) -> None:
+        hook_done.wait()
+        _thread.interrupt_main(signum)
+
+    def raise_again(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous(unraisable)
+            return
+        terminated = isinstance(unraisable.exc_value, Terminated)
+        hook_done = threading.Event()
+        # not threading.Thread: its start() waits for the thread, which would signal in it
+        _thread.start_new_thread(
+            signal_when_done, (hook_done, signal.SIGTERM if terminated else signal.SIGINT)
+        )
+        hook_done.set()
+
+    sys.unraisablehook = raise_again
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
 # The exit status of a command whose standard output was closed by its reader (``| head``):
 # 128 + SIGPIPE, what a shell reports for a program that SIGPIPE stopped.
 STDOUT_CLOSED = 128 + 13
@@ -141,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet = getattr(args, "quiet", False)
         with (
             _terminate_as_interrupt(),
+            _stops_in_finalizers_kept(),
             _plain_warnings(args.command),
             _library_progress_bars(not quiet),
         ):

@@ -120,3 +120,42 @@ def test_a_ctrl_c_while_the_commands_load_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli.importlib, "import_module", importing)
     assert cli.main(["eval", "--model", "x"]) == 130
     assert capsys.readouterr().err == "restorelcc: interrupted\n"
+
+
+class _StopsWhenCollected:
+    """An object whose finalizer raises ``stop``, as a signal landing in it would."""
+
+    def __init__(self, stop):
+        self.stop = stop
+
+    def __del__(self):
+        raise self.stop
+
+
+@pytest.mark.parametrize(
+    "stop, code, word",
+    [(KeyboardInterrupt, 130, "interrupted"), (cli.Terminated, 143, "terminated")],
+    ids=["sigint", "sigterm"],
+)
+def test_a_stop_that_lands_in_a_finalizer_still_stops_the_command(
+    tmp_path, monkeypatch, capsys, stop, code, word
+):
+    """Python drops an exception raised in a finalizer ("Exception ignored in ..."): the
+    command would run on to its end. It is raised again where the program is."""
+    import gc
+
+    ran_on = []
+
+    def collect_then_work(args):
+        _StopsWhenCollected(stop)  # dropped at once: its finalizer raises
+        gc.collect()
+        for step in range(200):
+            time.sleep(0.01)
+            ran_on.append(step)
+        raise AssertionError("the stop was lost in the finalizer")
+
+    monkeypatch.setattr(inspect_command, "run", collect_then_work)
+    assert cli.main(["inspect", str(tmp_path)]) == code
+    err = capsys.readouterr().err
+    assert err == f"restorelcc inspect: {word}\n"  # no "Exception ignored" report
+    assert len(ran_on) < 5
