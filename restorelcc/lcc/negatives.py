@@ -57,8 +57,11 @@ def check_method(method: str, mined: bool = True) -> str:
     return method
 
 
-def mine_negatives(responses: Sequence[str], method: str = "auto") -> tuple[list[int], str]:
-    """Index of the most similar other response for each response, and the method used.
+def mine_negatives(
+    responses: Sequence[str], method: str = "auto", queries: int | None = None
+) -> tuple[list[int], str]:
+    """Index of the most similar other response for each of the first ``queries``
+    responses (None: all), among all of them, and the method used.
 
     ``method``: ``auto`` (MiniLM if installed, else TF-IDF), ``minilm`` or ``tfidf``.
     Raises ``DataError`` for fewer than two distinct responses (``check_method``: for a
@@ -71,26 +74,30 @@ def mine_negatives(responses: Sequence[str], method: str = "auto") -> tuple[list
             f"negatives need at least two distinct responses, got {len(set(texts))} "
             f"among {len(texts)} pairs"
         )
+    queries = len(texts) if queries is None else min(queries, len(texts))
     if method == "minilm" or (method == "auto" and embedder_dir() is not None):
-        similarity, used = minilm_similarity(texts), "minilm"
+        similarity, used = minilm_similarity(texts, queries=queries), "minilm"
     else:
-        similarity, used = tfidf_similarity(texts), "tfidf"
+        similarity, used = tfidf_similarity(texts, queries=queries), "tfidf"
     return most_similar_other(similarity, texts), used
 
 
 def most_similar_other(similarity: torch.Tensor, texts: Sequence[str]) -> list[int]:
-    """Row-wise argmax of ``similarity [N, N]`` over columns with a different text
-    (ties go to the lower index)."""
+    """Row-wise argmax of ``similarity [Q, N]`` (row ``i``: ``texts[i]`` against all ``N``)
+    over columns with a different text (ties go to the lower index)."""
     keys = {t: i for i, t in enumerate(dict.fromkeys(texts))}
     ids = torch.tensor([keys[t] for t in texts])
-    same = ids[:, None] == ids[None, :]
+    same = ids[: similarity.shape[0], None] == ids[None, :]
     masked = similarity.double().masked_fill(same, -math.inf)
     return masked.argmax(dim=1).tolist()
 
 
 @torch.inference_mode()
-def minilm_similarity(texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-    """Cosine similarity ``[N, N]`` of all-MiniLM-L6-v2 sentence embeddings."""
+def minilm_similarity(
+    texts: Sequence[str], batch_size: int = 64, queries: int | None = None
+) -> torch.Tensor:
+    """Cosine similarity ``[Q, N]`` of all-MiniLM-L6-v2 sentence embeddings: the first
+    ``queries`` texts (None: all ``N``) against all."""
     from transformers import AutoModel, AutoTokenizer
 
     check_method("minilm")
@@ -111,7 +118,7 @@ def minilm_similarity(texts: Sequence[str], batch_size: int = 64) -> torch.Tenso
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
         chunks.append(torch.nn.functional.normalize(pooled, dim=-1))
     embeddings = torch.cat(chunks)
-    return embeddings @ embeddings.T
+    return embeddings[:queries] @ embeddings.T
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -122,9 +129,10 @@ def _terms(text: str) -> list[str]:
     return words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
 
 
-def tfidf_similarity(texts: Sequence[str]) -> torch.Tensor:
-    """Cosine similarity ``[N, N]`` of TF-IDF vectors (unigrams + bigrams, sublinear tf,
-    smoothed idf ``log((1 + N) / (1 + df)) + 1``)."""
+def tfidf_similarity(texts: Sequence[str], queries: int | None = None) -> torch.Tensor:
+    """Cosine similarity ``[Q, N]`` of TF-IDF vectors (unigrams + bigrams, sublinear tf,
+    smoothed idf ``log((1 + N) / (1 + df)) + 1`` over all ``N``): the first ``queries``
+    texts (None: all) against all."""
     counts = [Counter(_terms(t)) for t in texts]
     vocab: dict[str, int] = {}
     rows, cols, tfs = [], [], []
@@ -141,10 +149,14 @@ def tfidf_similarity(texts: Sequence[str]) -> torch.Tensor:
     rows_t = torch.tensor(rows, dtype=torch.long)
     norms = torch.zeros(n, dtype=torch.float64).index_add_(0, rows_t, values**2).sqrt()
     values = values / norms[rows_t].clamp_min(1e-12)
-    shape = (n, max(len(vocab), 1))
-    matrix = torch.sparse_coo_tensor(
-        torch.stack([rows_t, cols_t]), values, shape, check_invariants=True
-    )
+    queries = n if queries is None else queries
+
+    def rows_below(count: int) -> torch.Tensor:
+        kept = rows_t < count
+        indices = torch.stack([rows_t[kept], cols_t[kept]])
+        shape = (count, max(len(vocab), 1))
+        return torch.sparse_coo_tensor(indices, values[kept], shape, check_invariants=True)
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse.mm(matrix, matrix.t()).to_dense()
+        return torch.sparse.mm(rows_below(queries), rows_below(n).t()).to_dense()

@@ -276,13 +276,13 @@ def plan_heads(
     if config.selection == "probe":
         with stage("negatives"):  # among all training pairs, as the paper mines its 2,000
             negative_index, report["negatives"] = mine_negatives(
-                [p.response for p in training_set], config.negatives
+                [p.response for p in training_set], config.negatives, queries=len(probe_set)
             )
         with stage("capture"):
             sequences = encode_probe_set(
                 tokenizer,
                 probe_set,
-                negative_index[: len(probe_set)],
+                negative_index,
                 config.capture_max_length,
                 pool=training_set,
             )

