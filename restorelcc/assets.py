@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from restorelcc.errors import CorruptCacheError, ModelNotFoundError
+from restorelcc.errors import CorruptCacheError, ModelNotFoundError, RestoreLCCError
 from restorelcc.io import give_usual_modes, sync_files
 
 try:  # file locks (Linux, macOS); elsewhere concurrent conversions rely on the re-check
@@ -85,6 +85,11 @@ KNOWN_MODELS: dict[str, GgufAsset] = {
 }
 
 
+class CacheLocationError(RestoreLCCError, OSError):
+    """A model cache folder that cannot be created or written in; an ``OSError`` too, as
+    the failure it reports."""
+
+
 def cache_root() -> Path:
     if env := os.environ.get("RESTORELCC_CACHE"):
         return Path(env).expanduser()
@@ -100,7 +105,8 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     that records none, from before that was recorded, counts as another). With the wheel
     uninstalled, an existing cache is used as it is. Raises ``ModelNotFoundError`` saying
     what was tried (for a file, ``is_a_file``: what ``inspect`` says of one),
-    ``CorruptCacheError`` for a damaged cache.
+    ``CorruptCacheError`` for a damaged cache, ``CacheLocationError`` for a cache folder
+    that cannot be created or written in.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -266,8 +272,7 @@ def _conversion_lock(target: Path):
     """Hold an exclusive lock on ``.<name>.lock`` beside ``target`` (where ``fcntl``
     exists), so one process converts while others wait; also removes temporary
     directories that killed conversions of ``target`` left behind."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "a") as lock:
+    with _open_lock(target) as lock:
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -276,6 +281,38 @@ def _conversion_lock(target: Path):
         finally:
             if fcntl is not None:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _open_lock(target: Path):
+    """``target``'s lock file, opened for appending, its folder (the cache) created first.
+    Raises ``CacheLocationError`` naming the cache and where its location came from
+    where that folder cannot be created or written in."""
+    root = target.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "it is a file" if root.is_file() else exc.strerror or str(exc)
+        raise _unusable_cache(root, f"cannot create it: {why}") from exc
+    lock = root / f".{target.name}.lock"
+    try:
+        return open(lock, "a")  # noqa: SIM115 - the caller closes it
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise _unusable_cache(root, f"cannot write {lock.name} in it: {why}") from exc
+
+
+def _unusable_cache(root: Path, problem: str) -> CacheLocationError:
+    """The error for the cache folder ``root``: ``problem``, and which of ``cache_root``'s
+    sources gave its location."""
+    if os.environ.get("RESTORELCC_CACHE"):
+        origin = "RESTORELCC_CACHE"
+    elif os.environ.get("XDG_CACHE_HOME"):
+        origin = "$XDG_CACHE_HOME/restorelcc, as RESTORELCC_CACHE is unset"
+    else:
+        origin = "the default, as RESTORELCC_CACHE is unset"
+    return CacheLocationError(
+        f"model cache {root} ({origin}): {problem}; set RESTORELCC_CACHE to a writable folder"
+    )
 
 
 def _remove_stale_temps(target: Path) -> None:

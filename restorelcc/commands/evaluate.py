@@ -164,9 +164,15 @@ def compare_perplexity(results: dict) -> dict:
 
 
 def _check_packed_options(args: argparse.Namespace) -> None:
-    """A packed checkpoint (``restorelcc pack``) loads swapped, as it was packed."""
-    if args.swap:
-        raise ValueError(f"--swap: {args.model} is a packed checkpoint, swapped as it was packed")
+    """A packed checkpoint (``restorelcc pack``) loads swapped as it was packed, its MLP
+    packed or not as the pack chose: ``--swap`` and ``--mlp`` have nothing to choose."""
+    given = [flag for flag, value in (("--swap", args.swap), ("--mlp", args.mlp)) if value]
+    if given:
+        raise ValueError(
+            f"{' and '.join(given)}: {args.model} is a packed checkpoint, loaded swapped as it "
+            "was packed (its MLP packed or not as restorelcc pack --mlp chose then); to swap "
+            "it otherwise, evaluate the checkpoint it was packed from with --swap FORMAT [--mlp]"
+        )
     refuse_adapter_on_packed(args)
 
 
@@ -179,10 +185,10 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     tasks = resolve_tasks(args.tasks)  # unknown names fail before the model loads
-    check_mlp_needs_swap(args)
     packed = is_packed_checkpoint(args.model)  # then what it holds, for the report
     if packed:
         _check_packed_options(args)
+    check_mlp_needs_swap(args)
     if not tasks and args.no_ppl:
         raise ValueError("nothing to evaluate: --tasks none with --no-ppl")
     if not tasks:

@@ -1,5 +1,5 @@
-"""``restorelcc inspect DIR``: per-matrix sparsity, N:M validity, structured shape changes,
-and (``--swap``) what ``swap_attention`` would pack."""
+"""``restorelcc inspect DIR`` (or a built-in model name): per-matrix sparsity, N:M
+validity, structured shape changes, and (``--swap``) what ``swap_attention`` would pack."""
 
 from __future__ import annotations
 
@@ -30,7 +30,11 @@ def register(subparsers) -> None:
         "exactly 2:4 / 4:8 (and the N:M pattern they were pruned to), and structured shape "
         "changes.",
     )
-    p.add_argument("directory", help="a Hugging Face checkpoint directory")
+    p.add_argument(
+        "directory",
+        help="a Hugging Face checkpoint directory, or a built-in model name (smollm2-135m: "
+        "its converted checkpoint in the model cache)",
+    )
     p.add_argument("--json", default=None, help="also write the full report to this file")
     p.add_argument("--per-matrix", action="store_true", help="one table row per matrix")
     add_format_argument(
@@ -66,15 +70,17 @@ def run(args: argparse.Namespace) -> int:
         STRUCTURED_COUNTS,
         STRUCTURED_FRACTION,
         inspect_checkpoint,
+        refuse_packed_checkpoint,
     )
     from restorelcc.prune.report import overall_sparsity, summarize
 
+    refuse_packed_checkpoint(args.directory)  # before --mlp's check: no detour via --swap
     check_mlp_needs_swap(args)
     if args.json is not None:
         check_json_path(args.json)
         check_spares_inputs("--json", args.json, {"the checkpoint": args.directory})
     result = inspect_checkpoint(args.directory)
-    swap = _swap_preview(args.directory, args.swap, args.mlp) if args.swap else None
+    swap = _swap_preview(result["directory"], args.swap, args.mlp) if args.swap else None
     matrices = result["matrices"]
     if args.json is not None:  # before the tables: a reader that stops early (| head)
         swapped = swap.to_dict() if swap is not None else None

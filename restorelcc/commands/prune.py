@@ -234,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
         str(spec.pattern),
         calibration,
         calibration_source=args.calibration if calibration is not None else None,
+        calibration_seed=args.seed if calibration is not None else None,
         head_fraction=spec.head_fraction,
         channel_multiple=spec.channel_multiple,
         chunk_size=args.chunk_size,

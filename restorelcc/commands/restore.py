@@ -236,9 +236,11 @@ def _config(args: argparse.Namespace):
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    """Refuse, before any model loads: a packed checkpoint (``restorelcc pack``) as
-    ``--dense`` or ``--pruned``; an ``--out`` that would delete an input or that
+    """Refuse, before any model loads: a packed checkpoint (``restorelcc pack``) or a
+    merged restoration as ``--dense`` or ``--pruned``, or both the same folder
+    (``check_model_folders``); an ``--out`` that would delete an input or that
     ``check_output_directory`` refuses; a ``--pruned`` that is no directory."""
+    from restorelcc.commands.restore_models import check_model_folders
     from restorelcc.hf.packed_checkpoint import refuse_packed
     from restorelcc.lcc.adapter import ADAPTER_CONFIG  # --overwrite replaces an earlier --out
 
@@ -253,6 +255,7 @@ def _check_out(args: argparse.Namespace) -> None:
         f"restore needs the dense pruned checkpoint it was packed from ({read_by})",
         option="--pruned",
     )
+    check_model_folders(args, RestoreArgumentError)
 
     inputs = {
         "--pruned": args.pruned,
@@ -306,11 +309,30 @@ def _check_models(args: argparse.Namespace, config):
     return pruned_config
 
 
+def _pairs(args: argparse.Namespace) -> list:
+    """``--pairs`` training pairs then ``--validation-pairs`` held-out ones, of ``--data``;
+    a source holding fewer is refused naming the options (and their sum)."""
+    from restorelcc.data import instruction_pairs
+    from restorelcc.errors import DataError
+
+    wanted = args.pairs + args.validation_pairs
+    try:
+        return instruction_pairs(args.data, n=wanted, seed=args.seed)
+    except DataError:
+        held = len(instruction_pairs(args.data))  # every pair, counted where n is too many
+        if held >= wanted:
+            raise
+        asked = f"--pairs {args.pairs}"
+        if args.validation_pairs:
+            asked += f" + --validation-pairs {args.validation_pairs} = {wanted} pairs"
+        raise RestoreArgumentError(f"{asked}, but --data {args.data} holds {held}") from None
+
+
 def run(args: argparse.Namespace) -> int:
 
     from restorelcc.assets import load_model
     from restorelcc.commands.restore_models import compare_with_dense, method_restoration
-    from restorelcc.data import instruction_pairs, perplexity_texts
+    from restorelcc.data import perplexity_texts
     from restorelcc.evaluate import perplexity_protocol
     from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
     from restorelcc.lcc import save_adapter
@@ -321,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
     _check_out(args)
     # Cheap checks first: the data, then the models' configs.
     # The held-out pairs come last (TrainConfig.split): training keeps --pairs pairs.
-    pairs = instruction_pairs(args.data, n=args.pairs + args.validation_pairs, seed=args.seed)
+    pairs = _pairs(args)
     if args.eval:
         perplexity_texts(args.ppl_source, n=1)  # a missing or empty text fails here
     pruned_config = _check_models(args, config)

@@ -2,11 +2,39 @@
 model let go as soon as it is not needed (capture is its only use, and ``--eval``'s first
 perplexity), and ``--eval``'s perplexities of the dense, pruned and restored models. The
 two models are held together for capture (and ``--eval``'s dense perplexity) only:
-training and the rest hold the pruned one."""
+training and the rest hold the pruned one. First, ``check_model_folders``: what the
+folders ``--dense`` and ``--pruned`` name tells before they load."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+
+def check_model_folders(args: argparse.Namespace, error: type[Exception]) -> None:
+    """Raise ``error`` where ``--dense`` or ``--pruned`` is a merged restoration (a folder
+    holding ``restorelcc.json``: ``restore --merged``'s ``--out/merged``, ``export_merged``'s
+    folder), which restoring would compare with the other model as a pruned or dense one
+    (failing on its added biases), or where the two name the same folder."""
+    from restorelcc.lcc.adapter import MERGED_INFO
+
+    wanted = {
+        "--dense": "the unpruned model that the pruned checkpoint was pruned from",
+        "--pruned": "the pruned checkpoint it was made from",
+    }
+    for option, what in wanted.items():
+        given = getattr(args, option.removeprefix("--"))
+        if (Path(given).expanduser() / MERGED_INFO).is_file():
+            raise error(
+                f"{option} {given} is a merged restoration ({MERGED_INFO}: restore --merged, "
+                f"export_merged), a pruned model with a restoration folded in: give {what}"
+            )
+    dense, pruned = Path(args.dense).expanduser(), Path(args.pruned).expanduser()
+    if dense.is_dir() and pruned.is_dir() and dense.samefile(pruned):
+        raise error(
+            f"--dense {args.dense} and --pruned {args.pruned} are the same folder: --dense is "
+            "the unpruned model, --pruned the checkpoint pruned from it"
+        )
 
 
 def method_restoration(

@@ -14,6 +14,7 @@ from restorelcc.hf.families import (
     head_geometry,
     o_proj_of,
 )
+from restorelcc.prune.report import first_pruned_weight, model_folder, pruned_zeros
 
 # A pruned head is the dense head whose o_proj columns point the same way; structured
 # pruning copies those columns unchanged (cosine 1), and unstructured pruning on top keeps
@@ -101,7 +102,8 @@ def check_compatible_configs(dense, pruned) -> bool:
 def _check_pruned_direction(dense: nn.Module, pruned: nn.Module) -> None:
     """Raise ``UnsupportedModelError`` unless ``pruned`` holds ``dense`` pruned, judged by
     the decoder-block linear weights, each pair compared in the coarser of their two dtypes
-    (so an unpruned copy cast to bf16 counts as equal). All equal: nothing was pruned.
+    (so an unpruned copy cast to bf16 counts as equal). All equal: refused, as unpruned
+    or as a dense model that is pruned itself (``_equal_weights_message``).
     Otherwise the first pair that differs decides, and the check stops there (for a
     pruned model, at its first weight, so it costs one weight's read): a zero where the
     dense weight has none is pruning; none of those but values where the dense weight has
@@ -138,29 +140,39 @@ def _check_pruned_direction(dense: nn.Module, pruned: nn.Module) -> None:
                     "(--dense/--pruned, dense=/pruned= in the API) swapped?"
                 )
     if not differ:
-        raise UnsupportedModelError(
+        raise UnsupportedModelError(_equal_weights_message(dense))
+
+
+def _equal_weights_message(dense: nn.Module) -> str:
+    """Why a pruned model whose decoder weights equal the dense model's is refused: the
+    dense model is itself pruned (a weight of it ``first_pruned_weight`` reads as pruned:
+    the same checkpoint given twice, or pruned again to the pattern it has), or nothing
+    was pruned."""
+    sparse = first_pruned_weight(dense)
+    if sparse is None:
+        return (
             "the pruned model's decoder weights equal the dense model's: nothing was "
             "pruned, so nothing was lost to restore (prune it first)"
         )
-
-
-# The dense model's zeros in a weight from which it reads as pruned: real checkpoints hold
-# ~0.05%, symmetric 4-bit quantization maps 11-16% of weights to 0, pruning 50% or more.
-DENSE_ZEROS_WARNING = 0.25
+    layer, name, zeros = sparse
+    return (
+        f"the pruned model's decoder weights equal the dense model's, and the dense "
+        f"model{model_folder(dense)} has {zeros:.0%} zeros in layer {layer} {name}: it looks "
+        "pruned already (the same pruned checkpoint given as both?); give the unpruned model "
+        "it was pruned from as the dense one (restore --dense, demo --model, dense= in the API)"
+    )
 
 
 def _warn_if_pruned_already(weight: torch.Tensor, layer: int, name: str, dense: nn.Module):
     """Warn where the dense model's ``weight`` is as sparse as a pruned one
-    (``DENSE_ZEROS_WARNING`` zeros or more): a pruned checkpoint given as the dense model
-    gets restored towards what its own pruning lost, not the original model's."""
-    zeros = float((weight == 0).float().mean())
-    if zeros >= DENSE_ZEROS_WARNING:
-        folder = str(getattr(dense, "name_or_path", "") or "")
-        where = f" ({folder})" if folder else ""
+    (``pruned_zeros``): a pruned checkpoint given as the dense model gets restored towards
+    what its own pruning lost, not the original model's."""
+    zeros = pruned_zeros(weight)
+    if zeros is not None:
         warn_user(
-            f"the dense model{where} has {zeros:.0%} zeros in layer {layer} {name}: is it a "
-            "pruned checkpoint (or a dequantized model of 3 bits or fewer)? RestoreLCC "
-            "restores towards the dense model given"
+            f"the dense model{model_folder(dense)} has {zeros:.0%} zeros in layer {layer} "
+            f"{name}: is it a pruned checkpoint (or a dequantized model of 3 bits or fewer)? "
+            "RestoreLCC restores towards the dense model given"
         )
 
 

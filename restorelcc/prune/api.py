@@ -14,7 +14,13 @@ from restorelcc.errors import warn_user
 from restorelcc.hf.families import Family, block_linear, decoder_layers, eval_mode, family_of
 from restorelcc.prune.calibrate import collect_input_stats, input_sharing_groups, walk_blocks
 from restorelcc.prune.magnitude import magnitude_mask
-from restorelcc.prune.report import PruneReport, checked_patterns, matrix_report
+from restorelcc.prune.report import (
+    PruneReport,
+    checked_patterns,
+    first_pruned_weight,
+    matrix_report,
+    model_folder,
+)
 from restorelcc.prune.sparsegpt import (
     BLOCK_SIZE,
     DAMPENING,
@@ -42,6 +48,7 @@ def prune_model(
     calibration: torch.Tensor | None = None,
     *,
     calibration_source: str | None = None,
+    calibration_seed: int | None = None,
     head_fraction: float | None = None,
     channel_multiple: int = 1,
     chunk_size: int = 8,
@@ -67,13 +74,17 @@ def prune_model(
     SparseGPT only: ``block_size`` is the number of columns pruned together before the
     lazy update of the rest (an integer >= 1, a multiple of M for N:M); ``dampening`` is
     the fraction of the mean Hessian diagonal added to the diagonal (finite, > 0).
-    ``calibration_source`` is only recorded in the report (with ``calibration``);
-    ``progress``: a bar over layers. Calibrated methods compute in float32 whatever
-    ``model``'s dtype, which it keeps: only the block being pruned is cast
-    (``precision.py``), so a bf16 model prunes as its float32 copy would, bit for bit,
+    ``calibration_source`` and ``calibration_seed`` (what sampled ``calibration``) are only
+    recorded in the report, with ``calibration``'s shape and ``chunk_size``; ``progress``:
+    a bar over layers. Calibrated methods compute in float32 whatever ``model``'s dtype,
+    which it keeps: only the block being pruned is cast (``precision.py``), so a bf16
+    model prunes as its float32 copy would, bit for bit,
     but for a weight SparseGPT keeps that rounds to zero in the model's dtype (below ~3e-8
     in float16): it is stored as the dtype's smallest subnormal, with its sign, so that the
-    zeros of the model (and of the report) are the ones the pruning chose.
+    zeros of the model (and of the report) are the ones the pruning chose. A ``model`` that
+    is sparse already (a weight with ``PRUNED_ZEROS`` zeros or more: a pruned checkpoint)
+    is pruned all the same, with a warning: its zeros are kept and count as pruned
+    (SparseGPT's updates may turn a few into values).
 
     All arguments are checked before any weight changes or calibration pass; bad ones
     raise ``PruneArgumentError`` (a ``ValueError``) naming the argument, or
@@ -96,6 +107,7 @@ def prune_model(
     note = renormalisation_note(family, plan) if plan is not None else None
     if note:  # OLMo 2/3: the kept heads change too (see structured.py)
         warn_user(note)
+    _warn_if_sparse_already(model, spec)
 
     start = time.perf_counter()
     structured = None
@@ -120,8 +132,10 @@ def prune_model(
     if tokens is not None:
         calibration_info = {
             "source": calibration_source,
+            "seed": calibration_seed,
             "nsamples": int(tokens.shape[0]),
             "seqlen": int(tokens.shape[1]),
+            "chunk_size": chunk_size,
         }
     return PruneReport(
         method=spec.method,
@@ -149,6 +163,29 @@ def check_config(config, spec: PruneSpec) -> None:
     family = check_model(shell, spec)
     if spec.pattern.kind == "heads":
         plan_removal(shell, family, spec)
+
+
+def _warn_if_sparse_already(model: nn.Module, spec: PruneSpec) -> None:
+    """Warn where ``model`` already has a weight as sparse as a pruned one
+    (``first_pruned_weight``): pruning a pruned checkpoint keeps its zeros and counts them
+    as pruned, so it prunes only what the sparsity asks beyond them (2:4 again: nothing)."""
+    sparse = first_pruned_weight(model)
+    if sparse is None:
+        return
+    layer, name, zeros = sparse
+    if spec.pattern.kind == "heads":
+        kept = "Its zeros are kept in the weights that removing heads and channels leaves"
+    else:
+        kept = (
+            f"Its zeros are kept and counted in the sparsity ({spec.sparsity:g}), so only "
+            "what it asks beyond them is pruned"
+        )
+        if spec.method == "sparsegpt":  # its updates reach the columns not pruned yet
+            kept += " (SparseGPT's weight updates may turn a few of them into values)"
+    warn_user(
+        f"the model{model_folder(model)} already has {zeros:.0%} zeros in layer {layer} "
+        f"{name}: is it a pruned checkpoint? {kept}; prune the unpruned model to start from it"
+    )
 
 
 @contextlib.contextmanager

@@ -132,26 +132,48 @@ def _not_a_checkpoint(directory: Path) -> str:
     return adapter or f"{directory} is not a checkpoint directory (no config.json)"
 
 
-def inspect_checkpoint(directory: str | Path) -> dict:
-    """Per-matrix sparsity, N:M validity and shape consistency of a saved checkpoint.
-
-    Returns ``{"matrices": [MatrixReport...], "geometry": {...}, "shape_mismatches": [...],
-    "structured": {...} | None}`` (``structured`` from the checkpoint's prune report). N:M
-    validity covers 2:4, 4:8 and the pattern the prune report names.
-    """
-    from safetensors import SafetensorError
-
-    from restorelcc.assets import load_config
+def refuse_packed_checkpoint(directory: str | Path) -> None:
+    """``CheckpointError`` where ``directory`` is a packed checkpoint, which ``inspect``
+    cannot read (``refuse_packed``); a file check, made before anything else is."""
     from restorelcc.hf.packed_checkpoint import refuse_packed
 
-    directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise ModelNotFoundError(_not_a_checkpoint(directory))
     refuse_packed(
         directory,
         "inspect reads dense checkpoints (inspect the one it was packed from; its "
         "restorelcc_packed.json lists the packed modules)",
     )
+
+
+def checkpoint_directory(directory: str | Path) -> Path:
+    """The checkpoint folder ``directory`` names: itself, or for a built-in model name
+    (``smollm2-135m``) that is no path, its converted checkpoint in the model cache
+    (``resolve_model``: converted on first use, as every command that loads it does).
+    Otherwise ``ModelNotFoundError`` saying what ``directory`` is instead."""
+    from restorelcc.assets import KNOWN_MODELS, resolve_model
+
+    path = Path(directory)
+    if (path / "config.json").is_file():
+        return path
+    if not path.exists() and str(directory).lower() in KNOWN_MODELS:
+        return resolve_model(directory)
+    raise ModelNotFoundError(_not_a_checkpoint(path))
+
+
+def inspect_checkpoint(directory: str | Path) -> dict:
+    """Per-matrix sparsity, N:M validity and shape consistency of a saved checkpoint
+    (a folder, or a built-in model name: ``checkpoint_directory``).
+
+    Returns ``{"directory": the folder read, "matrices": [MatrixReport...], "geometry":
+    {...}, "shape_mismatches": [...], "structured": {...} | None}`` (``structured`` from
+    the checkpoint's prune report). N:M validity covers 2:4, 4:8 and the pattern the prune
+    report names.
+    """
+    from safetensors import SafetensorError
+
+    from restorelcc.assets import load_config
+
+    directory = checkpoint_directory(directory)
+    refuse_packed_checkpoint(directory)
     config = load_config(directory)
     family = family_of(config)
     files = _tensor_files(directory)

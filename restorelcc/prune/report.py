@@ -6,10 +6,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from restorelcc.hf.families import block_linear, decoder_layers, family_of
 from restorelcc.prune.masks import Pattern, is_nm
 
 # N:M patterns every report checks (what sparse kernels run); a requested one is added
 CHECKED_NM = ((2, 4), (4, 8))
+# The zeros in a weight from which a model reads as pruned already: real checkpoints hold
+# ~0.05%, symmetric 4-bit quantization maps 11-16% of weights to 0, pruning 50% or more.
+PRUNED_ZEROS = 0.25
 
 
 def checked_patterns(requested: Pattern | None = None) -> tuple[tuple[int, int], ...]:
@@ -17,6 +21,33 @@ def checked_patterns(requested: Pattern | None = None) -> tuple[tuple[int, int],
     if requested is None or requested.kind != "nm" or (requested.n, requested.m) in CHECKED_NM:
         return CHECKED_NM
     return (*CHECKED_NM, (requested.n, requested.m))
+
+
+def pruned_zeros(weight: torch.Tensor) -> float | None:
+    """The fraction of zeros of ``weight`` where it is as sparse as a pruned one
+    (``PRUNED_ZEROS`` or more); None where it has fewer."""
+    zeros = 1 - int(torch.count_nonzero(weight.detach())) / max(weight.numel(), 1)
+    return zeros if zeros >= PRUNED_ZEROS else None
+
+
+def first_pruned_weight(model: torch.nn.Module) -> tuple[int, str, float] | None:
+    """``(layer, linear name, fraction of zeros)`` of the first decoder-block linear weight
+    of ``model``, in layer order, that ``pruned_zeros`` reads as pruned; None where none
+    does (a dense model: every weight read)."""
+    family = family_of(model)
+    for layer, block in enumerate(decoder_layers(model)):
+        for name in family.block_linears:
+            zeros = pruned_zeros(block_linear(block, name).weight)
+            if zeros is not None:
+                return layer, name, zeros
+    return None
+
+
+def model_folder(model: torch.nn.Module) -> str:
+    """`` (folder)``: the ``name_or_path`` that loading ``model`` from a folder sets, or
+    ``""`` where it has none."""
+    folder = str(getattr(model, "name_or_path", "") or "")
+    return f" ({folder})" if folder else ""
 
 
 @dataclass
@@ -59,7 +90,8 @@ class PruneReport:
     sparsity: float  # requested: fraction of weights (or, for 'heads', of parameters) removed
     matrices: list[MatrixReport]
     seconds: float
-    calibration: dict | None = None  # {"source", "nsamples", "seqlen"} when used
+    # {"source", "seed", "nsamples", "seqlen", "chunk_size"} when used
+    calibration: dict | None = None
     structured: dict | None = None  # removed heads / channels and parameter counts
     evaluation: dict | None = field(default=None)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from restorelcc.cli import main
 from restorelcc.hf.families import head_geometry
 from restorelcc.lcc.fingerprint import model_fingerprint
 from restorelcc.lcc.heads import HeadCompensation
@@ -97,3 +98,11 @@ def method_argv(folder: Path, *extra) -> list[str]:
             at = argv.index(option)
             del argv[at : at + 2]
     return argv
+
+
+def refused(argv, capsys) -> str:
+    """The one-line error of ``restorelcc restore`` run with ``argv``."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("restorelcc restore: error: ") and err.count("\n") == 1
+    return err

@@ -128,7 +128,8 @@ def test_a_pruned_checkpoint_given_as_the_dense_model_is_warned_of():
     dense, pruned = pruned_pair("magnitude", "unstructured", 0.5)
     pruned.name_or_path = "pruned-50"
     more = copy.deepcopy(pruned)
-    prune_model(more, "magnitude", 0.7, progress=False)
+    with pytest.warns(UserWarning, match=r"the model \(pruned-50\) already has 50% zeros"):
+        prune_model(more, "magnitude", 0.7, progress=False)
     match = r"the dense model \(pruned-50\) has 50% zeros in layer 0"
     with pytest.warns(UserWarning, match=match) as caught:
         check_compatible(pruned, more)

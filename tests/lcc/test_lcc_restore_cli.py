@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,8 @@ def test_restore_command_writes_adapter_report_and_merged(restore_checkpoints, c
         (["--lr", "inf"], "error: --lr must be positive and finite, got inf"),
         (["--lr", "nan"], "error: --lr must be positive and finite, got nan"),
         (["--probe-pairs", "17"], "--probe-pairs 17 exceeds --pairs 16"),
-        (["--pairs", "500"], "holds 20 items; asked for 500"),
-        (["--validation-pairs", "8"], "holds 20 items; asked for 24"),
+        (["--pairs", "500"], "error: --pairs 500, but --data "),
+        (["--validation-pairs", "8"], "--pairs 16 + --validation-pairs 8 = 24 pairs, but --data"),
         (["--validation-pairs", "-1"], "--validation-pairs must be an integer >= 0, got -1"),
         (["--max-steps", "0"], "--max-steps must be a positive integer, got 0"),
         (["--max-grad-norm", "0"], "--max-grad-norm must be a finite number > 0, or 'none'"),
@@ -254,11 +255,15 @@ def test_an_unwritable_out_fails_before_the_models_load(
 
 
 def test_an_unpruned_model_is_refused(restore_checkpoints, capsys):
+    """A copy of the dense checkpoint (the same folder twice: test_lcc_restore_inputs)."""
     tmp_path, _ = restore_checkpoints
+    shutil.copytree(tmp_path / "dense", tmp_path / "dense-copy")
     argv = restore_argv(tmp_path)
-    argv[argv.index("--pruned") + 1] = argv[argv.index("--dense") + 1]
+    argv[argv.index("--pruned") + 1] = str(tmp_path / "dense-copy")
     assert main(argv) == 2
-    assert "nothing was pruned" in capsys.readouterr().err
+    assert "nothing was pruned, so nothing was lost to restore (prune it first)" in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(

@@ -5,29 +5,10 @@ table names."""
 import json
 
 import pytest
-from lcc_helpers import method_argv, restore_argv, save_restore_inputs
+from lcc_helpers import method_argv, refused, restore_argv, save_restore_inputs
 
-import restorelcc.assets
 from restorelcc.cli import main
 from restorelcc.lcc import negatives
-
-
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """Loading a model's weights (the first expensive step) fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the options were checked")
-
-    monkeypatch.setattr(restorelcc.assets, "load_model", refuse)
-
-
-def refused(argv, capsys) -> str:
-    """The one-line error of ``restorelcc restore`` run with ``argv``."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("restorelcc restore: error: ") and err.count("\n") == 1
-    return err
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,13 @@ def test_prune_writes_checkpoint_and_report(tiny_dir, calib_file, tmp_path, caps
     assert rc == 0
     report = json.loads((out / "prune_report.json").read_text())
     assert report["method"] == "sparsegpt" and report["pattern"] == "2:4"
-    assert report["calibration"] == {"source": str(calib_file), "nsamples": 4, "seqlen": 32}
+    assert report["calibration"] == {
+        "source": str(calib_file),
+        "seed": 0,
+        "nsamples": 4,
+        "seqlen": 32,
+        "chunk_size": 8,
+    }
     assert len(report["matrices"]) == 2 * 7
     assert all(m["nm"]["2:4"] for m in report["matrices"])
     assert "run_metadata" in report
