@@ -60,7 +60,12 @@ class RestoreArgumentError(RestoreLCCError, ValueError):
 
 def grad_norm_value(text: str) -> float | None:
     """``"none"`` -> None (no clipping); else a float (``TrainConfig`` checks its sign)."""
-    return None if text.strip().lower() == "none" else float(text)
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'none'") from None
 
 
 def heads_value(text: str) -> int | float:

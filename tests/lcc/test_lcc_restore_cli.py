@@ -386,3 +386,13 @@ def test_an_out_given_with_a_tilde_is_checked_against_the_inputs(
     assert main(argv) == 2
     assert f"--out {pruned} is --pruned {pruned}" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+
+def test_an_unreadable_max_grad_norm_is_named_as_the_option(restore_checkpoints, capsys):
+    tmp_path, _ = restore_checkpoints
+    with pytest.raises(SystemExit) as stop:
+        main(method_argv(tmp_path, "--max-grad-norm", "abc"))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.endswith("argument --max-grad-norm: 'abc' is neither a number nor 'none'")
