@@ -388,7 +388,6 @@ def test_an_out_given_with_a_tilde_is_checked_against_the_inputs(
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
-
 def test_an_unreadable_max_grad_norm_is_named_as_the_option(restore_checkpoints, capsys):
     tmp_path, _ = restore_checkpoints
     with pytest.raises(SystemExit) as stop:
