@@ -143,10 +143,8 @@ def _stops_in_finalizers_kept() -> Iterator[None]:
             return
         terminated = isinstance(unraisable.exc_value, Terminated)
         hook_done = threading.Event()
-        # not threading.Thread: its start() waits for the thread, which would signal in it
-        _thread.start_new_thread(
-            signal_when_done, (hook_done, signal.SIGTERM if terminated else signal.SIGINT)
-        )
+        signum = signal.SIGTERM if terminated else signal.SIGINT
+        threading.Thread(target=signal_when_done, args=(hook_done, signum), daemon=True).start()
         hook_done.set()
 
     sys.unraisablehook = raise_again

@@ -159,3 +159,46 @@ def test_a_stop_that_lands_in_a_finalizer_still_stops_the_command(
     err = capsys.readouterr().err
     assert err == f"restorelcc inspect: {word}\n"  # no "Exception ignored" report
     assert len(ran_on) < 5
+
+
+def test_finalizer_errors_other_than_stops_are_reported_as_before(tmp_path, monkeypatch):
+    """Only a stop is raised again; another error in a finalizer goes to the hook that was
+    there before (Python's report), which is put back once the command ends."""
+    import gc
+    import sys
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable))
+    before = sys.unraisablehook
+
+    def collect(args):
+        _StopsWhenCollected(ValueError("in a finalizer"))
+        gc.collect()
+
+    monkeypatch.setattr(inspect_command, "run", collect)
+    assert cli.main(["inspect", str(tmp_path)]) == 0
+    assert [type(u.exc_value) for u in seen] == [ValueError]
+    assert sys.unraisablehook is before
+
+
+def test_the_stop_is_signalled_once_the_hook_is_done(tmp_path, monkeypatch, capsys):
+    """A signal sent while the hook still runs would be raised inside it and dropped."""
+    import gc
+    import threading
+
+    class SlowToSet(threading.Event):
+        def set(self):
+            time.sleep(0.3)
+            super().set()
+
+    monkeypatch.setattr(cli.threading, "Event", SlowToSet)
+
+    def collect_then_work(args):
+        _StopsWhenCollected(KeyboardInterrupt)
+        gc.collect()
+        time.sleep(2)
+        raise AssertionError("the stop was lost")
+
+    monkeypatch.setattr(inspect_command, "run", collect_then_work)
+    assert cli.main(["inspect", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "restorelcc inspect: interrupted\n"
