@@ -150,6 +150,22 @@ def perplexity_line(ppl: dict) -> str:
     return f"perplexity ({perplexity_protocol(ppl)}): {shown}"
 
 
+def perplexity_of(model, tokenizer, args: argparse.Namespace):
+    """``perplexity_report`` of ``model`` as the perplexity options say: ``--ppl-source``,
+    ``--ppl-tokens``, ``--ppl-window``, ``--ppl-stride``; a bar unless ``--quiet``."""
+    from restorelcc.evaluate import perplexity_report
+
+    return perplexity_report(
+        model,
+        tokenizer,
+        source=args.ppl_source,
+        tokens=args.ppl_tokens,
+        window=args.ppl_window,
+        stride=args.ppl_stride,
+        progress=not args.quiet,
+    )
+
+
 def compare_perplexity(results: dict) -> dict:
     """The report of several models' perplexities on one text: ``results`` maps each name
     to its ``PerplexityResult`` (same tokenizer, source and tokens). A perplexity whose

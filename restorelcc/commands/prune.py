@@ -145,19 +145,11 @@ def _evaluate_saved(args: argparse.Namespace, device) -> dict:
     model would differ: ``Module.to`` rounds rotary ``inv_freq``, which loading keeps in
     float32)."""
     from restorelcc.assets import load_model
-    from restorelcc.evaluate import perplexity_report
+    from restorelcc.commands.evaluate import perplexity_of
 
     dtype = resolve_dtype(args.dtype, device)
     model, tokenizer = load_model(args.out, dtype=dtype, device=device)
-    result = perplexity_report(
-        model,
-        tokenizer,
-        source=args.ppl_source,
-        tokens=args.ppl_tokens,
-        window=args.ppl_window,
-        stride=args.ppl_stride,
-        progress=not args.quiet,
-    )
+    result = perplexity_of(model, tokenizer, args)
     warn_if_text_ran_out(result.as_dict(), args)
     return {"perplexity": result.as_dict(), "dtype": str(dtype).removeprefix("torch.")}
 

@@ -44,6 +44,7 @@ def method_restoration(
     ``models["dense"]``, which is dropped from ``models`` before any training (``--eval``
     scores it into ``scored["dense"]`` first)."""
     from restorelcc.baselines import lofit_baseline, training_free
+    from restorelcc.commands.evaluate import perplexity_of
     from restorelcc.commands.options import check_perplexity_options
     from restorelcc.lcc import check_compatible, plan_heads, train_heads
     from restorelcc.lcc.train import encode_training_pairs
@@ -56,7 +57,7 @@ def method_restoration(
     def let_go() -> None:
         dense = models.pop("dense")
         if args.eval:
-            scored["dense"] = _perplexity(dense, tokenizer, args)
+            scored["dense"] = perplexity_of(dense, tokenizer, args)
 
     if args.method == "lofit":  # trains on pruned alone: the pair is checked here (swapped?)
         check_compatible(models["dense"], pruned)
@@ -78,27 +79,11 @@ def compare_with_dense(scored: dict, pruned, tokenizer, restoration, args) -> di
     """``compare_perplexity`` of the dense model (``scored["dense"]``, scored before it was
     let go), the pruned one and the restored one: ``pruned`` folded for the duration, not a
     copy, so that no model is held beside ``pruned``."""
-    from restorelcc.commands.evaluate import compare_perplexity
+    from restorelcc.commands.evaluate import compare_perplexity, perplexity_of
     from restorelcc.commands.options import warn_if_text_ran_out
 
-    results = {"dense": scored["dense"], "pruned": _perplexity(pruned, tokenizer, args)}
+    results = {"dense": scored["dense"], "pruned": perplexity_of(pruned, tokenizer, args)}
     with restoration.folded(pruned, check=False):  # made from pruned
-        results["restored"] = _perplexity(pruned, tokenizer, args)
+        results["restored"] = perplexity_of(pruned, tokenizer, args)
     warn_if_text_ran_out(results["pruned"].as_dict(), args)  # one text: alike for all
     return compare_perplexity(results)
-
-
-def _perplexity(model, tokenizer, args: argparse.Namespace):
-    """``perplexity_report`` of ``model`` on ``--ppl-source`` (``--ppl-tokens``,
-    ``--ppl-window``, ``--ppl-stride``)."""
-    from restorelcc.evaluate import perplexity_report
-
-    return perplexity_report(
-        model,
-        tokenizer,
-        source=args.ppl_source,
-        tokens=args.ppl_tokens,
-        window=args.ppl_window,
-        stride=args.ppl_stride,
-        progress=not args.quiet,
-    )
