@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-import warnings
 
 from restorelcc.commands.bench_packed import check_packed_options, swap_as_packed
 from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype
@@ -66,7 +65,7 @@ from restorelcc.commands.swap_options import (
     swap_errors_named,
     swap_pruned_attention,
 )
-from restorelcc.errors import RestoreLCCError
+from restorelcc.errors import RestoreLCCError, warn_user
 from restorelcc.hf import MIN_SPARSITY
 
 # Timing options that one kind of device ignores: refused there (given other than defaults).
@@ -189,11 +188,10 @@ def _check_timing_options(args: argparse.Namespace, device) -> None:
             "(--rounds) on the PyTorch reference path",
         )
         if args.rounds < NOISE_CHECK_ROUNDS:
-            warnings.warn(
+            warn_user(
                 f"--rounds {args.rounds}: the noise check (timings spread over more than "
                 f"{NOISY_SPREAD:.0%} of their median) needs --rounds {NOISE_CHECK_ROUNDS} or "
                 "more; these timings are not checked for noise",
-                stacklevel=2,
             )
 
 

@@ -10,13 +10,12 @@ import argparse
 import json
 import os
 import re
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
-from restorelcc.errors import RestoreLCCError
+from restorelcc.errors import RestoreLCCError, warn_user
 from restorelcc.eval.perplexity import DEFAULT_TOKENS, DEFAULT_WINDOW, perplexity_windows
 from restorelcc.eval.scoring import model_max_length
 from restorelcc.io import OutputPathError, check_writable_location
@@ -206,10 +205,9 @@ def warn_if_text_ran_out(ppl: dict, args: argparse.Namespace) -> None:
 
     scored = ppl["tokens"]
     if scored < scored_count(args.ppl_tokens, ppl["window"], ppl["stride"]):
-        warnings.warn(
+        warn_user(
             f"--ppl-tokens {args.ppl_tokens}: --ppl-source {args.ppl_source} ran out after "
             f"{scored} scored tokens; the perplexity is of those {scored}",
-            stacklevel=2,
         )
 
 

@@ -10,7 +10,8 @@ import restorelcc.eval.perplexity as perplexity_module
 import restorelcc.loading
 from restorelcc import cli
 from restorelcc.eval.perplexity import windows_per_forward
-from restorelcc.testing import save_checkpoint, tiny_model
+from restorelcc.evaluate import evaluate_model
+from restorelcc.testing import byte_tokenizer, save_checkpoint, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +69,16 @@ def test_eval_names_the_option_a_short_tokenizer_refuses(long_model, monkeypatch
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("restorelcc eval: error: --ppl-window 64: longer than the 48 tokens")
+
+
+def test_evaluate_model_runs_windows_per_forward_by_its_batch_size(batches):
+    """``evaluate_model``'s ``batch_size`` sets the perplexity's windows per forward: a
+    quarter of it at windows of 512 or less, 4 -> 1, 8 -> 2, 16 -> 4 (here at the tiny
+    model's default window, 256), not 4 whatever the batch size."""
+    model, tok = tiny_model("llama-3x5"), byte_tokenizer()
+    for batch_size in (4, 8, 16):
+        report = evaluate_model(
+            model, tok, tasks="none", ppl_tokens=100, batch_size=batch_size, progress=False
+        )
+        assert report["perplexity"]["window"] == 256
+    assert batches == [1, 2, 4]

@@ -185,3 +185,52 @@ def test_a_text_that_runs_out_under_disjoint_windows_still_warns(tiny_dir, text_
             "--json", str(tmp_path / "r.json"), "--quiet"]  # fmt: skip
     with pytest.warns(UserWarning, match=r"--ppl-tokens 5000: .* ran out after \d+ scored"):
         assert cli.main(argv) == 0
+
+
+def test_a_limit_equal_to_the_default_window_does_not_cut_it():
+    """The default window is said to be cut only where the model's limit is below 512: a
+    limit of exactly 512 leaves it whole, and the stride's error says so."""
+    unscored = "so tokens between windows would go unscored; give --ppl-stride"
+    with pytest.raises(ValueError) as whole:
+        perplexity_windows(None, 600, 512, FLAGS)
+    message = f"--ppl-stride 600: longer than the window, 512, {unscored} 512 or less"
+    assert str(whole.value) == message
+    with pytest.raises(ValueError) as cut:
+        perplexity_windows(None, 600, 300, FLAGS)
+    assert str(cut.value) == (
+        "--ppl-stride 600: longer than the window, 300 (the default 512 cut to the model's "
+        f"length), {unscored} 300 or less"
+    )
+
+
+def test_the_default_window_follows_a_tokenizer_shorter_than_the_config():
+    """``perplexity_report``'s default window is the lesser of the model's positions (256)
+    and its tokenizer's limit (64), not the positions alone."""
+    model, tok = tiny_model("llama-3x5"), byte_tokenizer()
+    tok.model_max_length = 64
+    result = perplexity_report(model, tok, texts=[TEXT], tokens=100, progress=False)
+    assert (result.window, result.stride) == (64, 32)
+
+
+def test_evaluate_model_refuses_a_window_past_the_tokenizer_before_the_tasks(
+    text_file, monkeypatch
+):
+    """A ``ppl_window`` the model's positions take (256) but its tokenizer does not (64) is
+    refused before the first task runs, not after the tasks, at the perplexity."""
+
+    def no_task(*args, **kwargs):
+        raise AssertionError("a task ran before the window was checked")
+
+    monkeypatch.setattr(evaluate_module, "evaluate_task", no_task)
+    tok = byte_tokenizer()
+    tok.model_max_length = 64
+    with pytest.raises(ValueError, match="^ppl_window 128: longer than the 64 tokens the model"):
+        evaluate_model(
+            tiny_model("llama-3x5"),
+            tok,
+            tasks="arc_easy",
+            ppl_tokens=100,
+            ppl_source=str(text_file),
+            ppl_window=128,
+            progress=False,
+        )

@@ -2,7 +2,7 @@
 pack``): ``load_model`` names eval and bench as its readers and the dense checkpoint it was
 packed from for the others; ``pack`` says it is already packed and ``restore`` refuses it
 as ``--dense`` or ``--pruned``, both before any model loads; ``pack`` names ``--model`` when
-it has nothing to swap."""
+it has nothing to swap; ``inspect_checkpoint`` says that inspect reads dense checkpoints."""
 
 import json
 
@@ -13,6 +13,7 @@ import restorelcc.assets
 from restorelcc.cli import main
 from restorelcc.hf.packed_checkpoint import PACKED_INFO
 from restorelcc.loading import CheckpointError, load_model
+from restorelcc.prune.checkpoint import inspect_checkpoint
 from restorelcc.testing import WORDS, save_checkpoint, tiny_model
 
 READERS = "restorelcc eval --model and bench --model read"
@@ -101,3 +102,15 @@ def test_restore_refuses_a_packed_folder_before_any_model_loads(
         f"or restorelcc pack): {remedy} ({READERS} a packed one)"
     )
     assert not out.exists()
+
+
+def test_inspect_checkpoint_says_it_reads_dense_checkpoints(packed_dir):
+    """The library call refuses a packed folder as ``restorelcc inspect`` does, rather than
+    reading its packed weights as a damaged dense checkpoint."""
+    with pytest.raises(CheckpointError) as refused:
+        inspect_checkpoint(packed_dir)
+    assert str(refused.value) == (
+        f"{packed_dir} is a packed checkpoint ({PACKED_INFO}, written by save_packed or "
+        "restorelcc pack): inspect reads dense checkpoints (inspect the one it was packed "
+        f"from; its {PACKED_INFO} lists the packed modules)"
+    )

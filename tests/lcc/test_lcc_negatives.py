@@ -98,3 +98,10 @@ def test_tfidf_rows_of_the_queries_are_those_of_the_full_matrix():
     part = tfidf_similarity(texts, queries=2)
     assert part.shape == (2, 5)
     torch.testing.assert_close(part, tfidf_similarity(texts)[:2])
+
+
+def test_more_queries_than_responses_mine_them_all():
+    """``queries`` past the number of responses is clamped to it: every response gets its
+    negative, as with ``queries=None``."""
+    full = mine_negatives(RESPONSES, "tfidf")
+    assert mine_negatives(RESPONSES, "tfidf", queries=len(RESPONSES) + 3) == full

@@ -87,3 +87,15 @@ def test_the_summary_names_the_windows(tiny_dir, tmp_path, capsys):
     flags = ["--eval", "--ppl-tokens", "100", "--ppl-window", "32", "--ppl-stride", "16"]
     assert main(prune_argv(tiny_dir, tmp_path / "pruned", *flags)) == 0
     assert "perplexity: lambada, 100 tokens, window 32, stride 16\n" in capsys.readouterr().out
+
+
+def test_a_bad_window_is_named_before_the_model_is_looked_for(tmp_path, capsys):
+    """With ``--eval``, a stride longer than the window is refused first: a missing model
+    is not named before it."""
+    argv = prune_argv(tmp_path / "missing", tmp_path / "pruned", "--eval",
+                      "--ppl-window", "8", "--ppl-stride", "16")  # fmt: skip
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        "restorelcc prune: error: --ppl-stride 16: longer than the window, 8, so tokens "
+        "between windows would go unscored; give --ppl-stride 8 or less"
+    )
