@@ -99,3 +99,20 @@ def unwritable_dir(tmp_path):
         yield refusing
     finally:
         folder.chmod(0o755)
+
+
+@pytest.fixture
+def tokenizers_take_48(monkeypatch):
+    """Every tokenizer loaded from a checkpoint folder takes at most 48 tokens
+    (``model_max_length``), fewer than the tiny models' positions: for checks that must
+    heed the tokenizer's limit as well as the config's."""
+    import restorelcc.loading
+
+    real = restorelcc.loading.load_tokenizer
+
+    def short_tokenizer(*args, **kwargs):
+        tokenizer = real(*args, **kwargs)
+        tokenizer.model_max_length = 48
+        return tokenizer
+
+    monkeypatch.setattr(restorelcc.loading, "load_tokenizer", short_tokenizer)

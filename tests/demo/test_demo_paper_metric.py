@@ -144,24 +144,15 @@ def test_a_window_the_model_cannot_take_is_refused_before_it_loads(
 
 
 def test_a_window_the_tokenizer_cannot_take_is_refused_naming_the_option(
-    tiny_checkpoint, tmp_path, monkeypatch, capsys
+    tiny_checkpoint, tmp_path, monkeypatch, capsys, tokenizers_take_48
 ):
     """Checked once the model and tokenizer load, before the calibration data and the
     dense model's evaluation."""
     import restorelcc.demo as demo_module
-    import restorelcc.loading
-
-    real = restorelcc.loading.load_tokenizer
-
-    def short_tokenizer(*args, **kwargs):
-        tokenizer = real(*args, **kwargs)
-        tokenizer.model_max_length = 48
-        return tokenizer
 
     def no_evaluation(*args, **kwargs):
         raise AssertionError("evaluated")
 
-    monkeypatch.setattr(restorelcc.loading, "load_tokenizer", short_tokenizer)
     monkeypatch.setattr(demo_module, "evaluate_model", no_evaluation)
     argv = ["demo", "--model", str(tiny_checkpoint), "--ppl-window", "64", "--quiet",
             "--out", str(tmp_path / "out")]  # fmt: skip

@@ -7,7 +7,6 @@ import json
 import pytest
 
 import restorelcc.eval.perplexity as perplexity_module
-import restorelcc.loading
 from restorelcc import cli
 from restorelcc.eval.perplexity import windows_per_forward
 from restorelcc.evaluate import evaluate_model
@@ -56,15 +55,7 @@ def test_eval_and_prune_run_as_many_windows_per_forward(
     assert batches == [expected, expected]
 
 
-def test_eval_names_the_option_a_short_tokenizer_refuses(long_model, monkeypatch, capsys):
-    real = restorelcc.loading.load_tokenizer
-
-    def short_tokenizer(*args, **kwargs):
-        tokenizer = real(*args, **kwargs)
-        tokenizer.model_max_length = 48
-        return tokenizer
-
-    monkeypatch.setattr(restorelcc.loading, "load_tokenizer", short_tokenizer)
+def test_eval_names_the_option_a_short_tokenizer_refuses(long_model, capsys, tokenizers_take_48):
     argv = ["eval", "--model", str(long_model), "--tasks", "none", "--ppl-window", "64", "--quiet"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err

@@ -63,23 +63,16 @@ def test_a_window_the_model_cannot_take_is_refused_before_it_loads(
     assert "--ppl-window 1024: longer than the 256 tokens" in capsys.readouterr().err
 
 
-def test_the_tokenizers_limit_is_checked_before_capture(restore_checkpoints, capsys, monkeypatch):
+def test_the_tokenizers_limit_is_checked_before_capture(
+    restore_checkpoints, capsys, monkeypatch, tokenizers_take_48
+):
     """A tokenizer that takes fewer tokens than the model's positions: refused once loaded,
     before the (here training-free) restoration captures anything."""
     import restorelcc.baselines
-    import restorelcc.loading
-
-    real = restorelcc.loading.load_tokenizer
-
-    def short_tokenizer(*args, **kwargs):
-        tokenizer = real(*args, **kwargs)
-        tokenizer.model_max_length = 48
-        return tokenizer
 
     def no_capture(*args, **kwargs):
         raise AssertionError("captured")
 
-    monkeypatch.setattr(restorelcc.loading, "load_tokenizer", short_tokenizer)
     monkeypatch.setattr(restorelcc.baselines, "training_free", no_capture)
     tmp_path, _ = restore_checkpoints
     assert main(method_argv(tmp_path, *TRAINING_FREE, "--eval", "--ppl-window", "64")) == 2

@@ -46,23 +46,16 @@ def test_bad_or_unused_windows_are_refused_before_pruning(
     assert len(err.splitlines()) == 1 and not out.exists()
 
 
-def test_the_tokenizers_limit_is_checked_before_pruning(tiny_dir, tmp_path, capsys, monkeypatch):
+def test_the_tokenizers_limit_is_checked_before_pruning(
+    tiny_dir, tmp_path, capsys, monkeypatch, tokenizers_take_48
+):
     """A tokenizer that takes fewer tokens than the model's positions: refused once it is
     loaded, before any weight is pruned (no checkpoint written)."""
-    import restorelcc.loading
     import restorelcc.prune
-
-    real = restorelcc.loading.load_tokenizer
-
-    def short_tokenizer(*args, **kwargs):
-        tokenizer = real(*args, **kwargs)
-        tokenizer.model_max_length = 48
-        return tokenizer
 
     def no_pruning(*args, **kwargs):
         raise AssertionError("pruned")
 
-    monkeypatch.setattr(restorelcc.loading, "load_tokenizer", short_tokenizer)
     monkeypatch.setattr(restorelcc.prune, "prune_model", no_pruning)
     out = tmp_path / "pruned"
     assert main(prune_argv(tiny_dir, out, "--eval", "--ppl-window", "64")) == 2
