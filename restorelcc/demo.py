@@ -49,8 +49,7 @@ from restorelcc.demo_table import (
     headline_accuracy,
     sparsity_kept,
 )
-from restorelcc.eval.scoring import model_max_length
-from restorelcc.evaluate import evaluate_model, headline_metric
+from restorelcc.evaluate import evaluate_model, headline_metric, perplexity_settings
 from restorelcc.hf.families import check_length_fits, family_of, head_geometry
 from restorelcc.io import atomic_directory, atomic_write_json, run_metadata
 from restorelcc.latency import interleaved_rounds, median_ratios
@@ -133,8 +132,7 @@ class Demo:
                 ppl_window=c.ppl_window,
                 ppl_stride=c.ppl_stride,
             )
-        ppl = evaluation["perplexity"]
-        self.perplexity_protocol = {k: ppl[k] for k in ("source", "tokens", "window", "stride")}
+        self.perplexity_protocol = perplexity_settings(evaluation["perplexity"])
         return evaluation
 
     def add_row(self, pattern: str, method: str, evaluation: dict, **fields) -> Row:
@@ -171,7 +169,7 @@ class Demo:
             geometry = head_geometry(model_config)
             flagged("--heads", head_count, geometry, c.heads, fields={"heads": "--heads"})
         flagged("--ppl-source", perplexity_texts, c.ppl_source, n=1)
-        c.perplexity_windows(model_max_length(model_config))
+        c.perplexity_windows(model_config)
         if c.prune_method in CALIBRATED_METHODS:
             flagged("--calibration-source", calibration_texts, c.calibration_source, n=1)
         return flagged(
@@ -195,7 +193,7 @@ class Demo:
             else:
                 source, _ = load_model(c.model, dtype=torch.float32, device="cpu")
                 dense, tokenizer = load_model(c.model, dtype=self.dtype, device=c.device)
-        c.perplexity_windows(model_max_length(dense, tokenizer))  # its tokenizer's limit too
+        c.perplexity_windows(dense.config, tokenizer)  # its tokenizer's limit too
         calibration = None
         if c.prune_method in CALIBRATED_METHODS:
             with self.stage("calibration data"):

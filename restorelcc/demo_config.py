@@ -9,10 +9,14 @@ from dataclasses import dataclass
 
 from restorelcc.assets import DEFAULT_MODEL
 from restorelcc.commands.dtypes import DTYPES
-from restorelcc.commands.options import PERPLEXITY_FLAGS, flag, name_flags, resolve_device
+from restorelcc.commands.options import (
+    check_perplexity_options,
+    flag,
+    name_flags,
+    resolve_device,
+)
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.errors import RestoreLCCError
-from restorelcc.eval.perplexity import perplexity_windows
 from restorelcc.evaluate import PAPER_TASKS, resolve_tasks
 from restorelcc.lcc.pipeline import check_probe_counts
 from restorelcc.lcc.train import TrainConfig
@@ -209,14 +213,11 @@ class DemoConfig:
             self.probe_pairs, self.train_pairs, capturing, names=names, error=DemoArgumentError
         )
 
-    def perplexity_windows(self, limit: int | None = None) -> tuple[int, int]:
-        """The perplexity's ``(window, stride)`` for a model that takes ``limit`` tokens
-        (None: not known yet); ``DemoArgumentError`` naming ``--ppl-window`` or
-        ``--ppl-stride``."""
-        try:
-            return perplexity_windows(self.ppl_window, self.ppl_stride, limit, PERPLEXITY_FLAGS)
-        except ValueError as exc:
-            raise DemoArgumentError(str(exc)) from None
+    def perplexity_windows(self, model_config=None, tokenizer=None) -> tuple[int, int]:
+        """The perplexity's ``(window, stride)`` for the model of ``model_config`` (None: not
+        known yet) and its ``tokenizer``: ``check_perplexity_options``, a fault a
+        ``DemoArgumentError`` naming ``--ppl-window`` or ``--ppl-stride``."""
+        return check_perplexity_options(self, model_config, DemoArgumentError, tokenizer)
 
     def unused_options(self) -> list[tuple[tuple[str, ...], str]]:
         """The fields that this run ignores, in groups, each with why: ``restorelcc demo``

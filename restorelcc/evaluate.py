@@ -44,6 +44,7 @@ __all__ = [
     "loglikelihoods",
     "perplexity",
     "perplexity_protocol",
+    "perplexity_settings",
     "perplexity_report",
     "resolve_tasks",
 ]
@@ -63,9 +64,15 @@ def headline_metric(task: str) -> str:
     return HEADLINE_METRIC.get(task, "acc")
 
 
+def perplexity_settings(ppl: dict) -> dict:
+    """How a perplexity (``PerplexityResult.as_dict``) was measured: its ``source``,
+    ``tokens`` scored, ``window`` and ``stride``, as the reports record them."""
+    return {key: ppl[key] for key in ("source", "tokens", "window", "stride")}
+
+
 def perplexity_protocol(ppl: dict) -> str:
-    """How a perplexity (``PerplexityResult.as_dict``) was measured, as the summaries print
-    it: ``lambada, 4096 tokens, window 512, stride 256``."""
+    """``perplexity_settings`` as the summaries print them: ``lambada, 4096 tokens, window
+    512, stride 256``."""
     return (
         f"{ppl['source']}, {ppl['tokens']} tokens, window {ppl['window']}, stride {ppl['stride']}"
     )

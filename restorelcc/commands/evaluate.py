@@ -171,11 +171,12 @@ def compare_perplexity(results: dict) -> dict:
     to its ``PerplexityResult`` (same tokenizer, source and tokens). A perplexity whose
     ``exp`` overflows a float is written as ``null`` (JSON has no infinity), and ``exp(nll /
     tokens)`` is what is left of it (as in ``PerplexityResult.as_dict``)."""
-    settings = next(iter(results.values())).as_dict()
+    from restorelcc.evaluate import perplexity_settings
+
     return {
         "perplexity": {name: result.perplexity for name, result in results.items()},
         "nll": {name: result.nll for name, result in results.items()},
-        **{key: settings[key] for key in ("source", "tokens", "window", "stride")},
+        **perplexity_settings(next(iter(results.values())).as_dict()),
     }
 
 
