@@ -214,7 +214,7 @@ def _discard_stdout() -> None:
 
 def _after_output(args: argparse.Namespace) -> str:
     """What follows "interrupted" (or "terminated"): nothing, or, where the command had
-    already published its output in full (``options.mark_written``), that it did, so that
+    already published its output in full (``reports.mark_written``), that it did, so that
     a stop while the summary prints is not read as a lost output. The exit status stays
     the signal's: the run was stopped, as asked, before it returned."""
     written = getattr(args, "written", None)

@@ -31,64 +31,55 @@ contradict the folder (``--format`` other than auto or its format, ``--mlp`` or
 are refused.
 Speedup = ``nn.Linear`` time / swapped time. On a CPU the swapped modules run the
 PyTorch reference path, so CPU figures say nothing of GPU speed (the report says so).
+This module holds the options, their checks and the run; the timing and logits check:
+``bench_timing``; the report's rows and printed summary: ``bench_summary``; packed
+checkpoints: ``bench_packed``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
-from restorelcc.commands.bench_packed import check_packed_options, swap_as_packed
-from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype
-from restorelcc.commands.options import (
-    DEFAULT_REPORT_HELP,
+from restorelcc.commands.adapter_options import (
     adapter_input,
     adapter_summary,
     add_adapter_argument,
+    read_adapter,
+)
+from restorelcc.commands.bench_packed import check_packed_options, swap_as_packed
+from restorelcc.commands.bench_summary import (
+    NOISE_CHECK_ROUNDS,
+    NOISY_SPREAD,
+    decode_streams_bytes,
+    print_summary,
+    timing_rows,
+)
+from restorelcc.commands.bench_timing import reference_logits, time_jobs, worst_check
+from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype
+from restorelcc.commands.options import (
     add_device_argument,
     add_quiet_argument,
     check_spares_inputs,
     positive_int,
-    read_adapter,
     refuse_unused,
     remember_defaults,
-    report_path,
     resolve_device,
-    write_report,
 )
+from restorelcc.commands.reports import DEFAULT_REPORT_HELP, report_path, write_report
 from restorelcc.commands.swap_options import (
     add_format_argument,
     add_mlp_argument,
     check_decode_streams,
-    describe_swap,
     swap_errors_named,
     swap_pruned_attention,
 )
-from restorelcc.errors import RestoreLCCError, warn_user
+from restorelcc.errors import warn_user
 from restorelcc.hf import MIN_SPARSITY
 
 # Timing options that one kind of device ignores: refused there (given other than defaults).
 CUDA_ONLY = ("rep_ms", "eager", "decode_streams")
 CPU_ONLY = ("rounds",)
-# A row whose timings' p20..p80 range exceeds this fraction of their median is flagged.
-NOISY_SPREAD = 0.25
-# Fewer CPU rounds than this have no p20..p80 range to judge (1 round: none at all).
-NOISE_CHECK_ROUNDS = 3
-
-
-class NotEnoughMemoryError(RestoreLCCError):
-    """The logits check's wider copy of the model does not fit."""
-
-
-def decode_streams_bytes(report, swapped_bytes: int) -> int | None:
-    """Weight bytes a decode step of at most 4 rows reads when the bitmap groups run on
-    their streams layouts instead (``swapped_bytes`` counts the bitmaps); None when no
-    layout was built (no ``decode_streams``, or not on a GPU)."""
-    if not report.bytes_streams:
-        return None
-    replaced = sum(g.bytes_after for g in report.groups if g.bytes_streams)
-    return swapped_bytes - replaced + report.bytes_streams
 
 
 def register(subparsers) -> None:
@@ -244,102 +235,6 @@ def _jobs(args: argparse.Namespace) -> list[tuple[str, int, int]]:
     ]
 
 
-def job_label(phase: str, batch: int, tokens: int) -> str:
-    """A job as messages name it: ``prefill 1x64`` (batch x tokens: prompt tokens for a
-    prefill, cached tokens before a decode step), which tells every job apart."""
-    return f"{phase} {batch}x{tokens}"
-
-
-def _job_call(model, jobs, index: int, device):
-    """The call that job ``index`` times on ``model``; its random tokens depend on the job
-    alone, so the swapped, ``nn.Linear`` and wider models of a job see the same ones."""
-    import torch
-
-    from restorelcc.latency import decode_step, prefill
-
-    phase, batch, tokens = jobs[index]
-    generator = torch.Generator(device=device).manual_seed(index)
-    if phase == "decode":
-        return decode_step(model, batch, tokens, generator)
-    return prefill(model, tokens, generator)
-
-
-def _reference_logits(model, jobs, device, quiet: bool = False) -> list[tuple]:
-    """Per job, the logits [batch, 1, vocab] of ``model`` (``nn.Linear`` projections) and
-    of a copy of it in ``oracle_dtype``; a progress bar (unless ``quiet``) counts the
-    calls, the longest silent phase otherwise (every job run twice, once on the wider
-    copy)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from restorelcc.latency import oracle_dtype
-
-    dtype = oracle_dtype(next(model.parameters()).dtype)
-    bar = tqdm(total=2 * len(jobs), desc="reference logits", unit="call", disable=quiet)
-
-    def logits_of(on, label: str) -> list:
-        results = []
-        for index, job in enumerate(jobs):
-            bar.set_postfix_str(f"{label} {job_label(*job)}")
-            results.append(_job_call(on, jobs, index, device)())
-            bar.update()
-        return results
-
-    with bar:
-        plain = logits_of(model, "nn.Linear")
-        try:
-            wide = copy.deepcopy(model).to(dtype)
-            oracle = logits_of(wide, str(dtype).removeprefix("torch."))
-        except torch.OutOfMemoryError:
-            raise NotEnoughMemoryError(
-                f"no memory for the {dtype} copy of the model that the logits check "
-                "compares against; rerun with --no-check"
-            ) from None
-    del wide
-    return list(zip(plain, oracle, strict=True))
-
-
-def _time_jobs(model, jobs, device, args, label: str, bar, references=None) -> tuple[list, list]:
-    """Timings of every job's call on ``model``; with ``references`` (from
-    ``_reference_logits``), each call's logits are checked first: (timings, checks)."""
-    from restorelcc.latency import logits_check, time_call
-
-    dtype = next(model.parameters()).dtype
-    timings, checks = [], []
-    for index, (phase, batch, tokens) in enumerate(jobs):
-        bar.set_postfix_str(f"{label} {job_label(phase, batch, tokens)}")
-        call = _job_call(model, jobs, index, device)
-        if references is not None:
-            plain, oracle = references[index]
-            checks.append(logits_check(call(), plain, oracle, dtype))
-        timings.append(
-            time_call(call, device, rounds=args.rounds, rep_ms=args.rep_ms, eager=args.eager)
-        )
-        bar.update()
-    return timings, checks
-
-
-def _worst_check(jobs, checks) -> dict | None:
-    """The check of the job furthest from its limit, naming it; ``ok`` if every job's is."""
-    if not checks:
-        return None
-    index = max(range(len(checks)), key=lambda i: checks[i]["error"] / checks[i]["limit"])
-    worst = {**checks[index], "job": job_label(*jobs[index])}
-    return {**worst, "ok": all(c["ok"] for c in checks)}
-
-
-def fewer_or_more(before: int, after: int) -> str:
-    """``after`` bytes against ``before``: ``1.50x fewer``, or ``1.03x more``."""
-    if after > before:
-        return f"{after / before:.2f}x more"
-    return f"{before / after:.2f}x fewer"
-
-
-def timing_spread(timing: dict) -> float:
-    """``(p80 - p20) / median`` of a ``time_call`` result: how far its rounds scattered."""
-    return (timing["p80_ms"] - timing["p20_ms"]) / timing["median_ms"]
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
@@ -353,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
         packed_swap,
     )
     from restorelcc.hf.swap import unswap_attention
-    from restorelcc.io import format_table, run_metadata
+    from restorelcc.io import run_metadata
     from restorelcc.latency import weight_bytes
 
     start = time.perf_counter()
@@ -392,32 +287,16 @@ def run(args: argparse.Namespace) -> int:
         references = None
         if not args.no_check:
             _swap(model, args, True, folder)  # what the swap refuses fails before these
-            references = _reference_logits(model, jobs, device, args.quiet)
+            references = reference_logits(model, jobs, device, args.quiet)
         report = _swap(model, args, packed=folder)
         bytes_swapped = weight_bytes(model)
         # one job (phase, batch, tokens) timed on one of the two models per step
         with tqdm(total=2 * len(jobs), desc="bench", unit="job", disable=args.quiet) as bar:
-            swapped, checks = _time_jobs(model, jobs, device, args, "swapped", bar, references)
+            swapped, checks = time_jobs(model, jobs, device, args, "swapped", bar, references)
             unswap_attention(model)
-            linear, _ = _time_jobs(model, jobs, device, args, "nn.Linear", bar)
-    check = _worst_check(jobs, checks)
-    rows = [
-        {
-            "phase": phase,
-            "batch": batch,
-            "tokens": tokens,
-            "linear_ms": base["median_ms"],
-            "swapped_ms": ours["median_ms"],
-            "speedup": base["median_ms"] / ours["median_ms"],
-            "spread": max(timing_spread(base), timing_spread(ours)),
-            "linear": base,
-            "swapped": ours,
-            "logits_check": checks[index] if checks else None,
-        }
-        for index, ((phase, batch, tokens), base, ours) in enumerate(
-            zip(jobs, linear, swapped, strict=True)
-        )
-    ]
+            linear, _ = time_jobs(model, jobs, device, args, "nn.Linear", bar)
+    check = worst_check(jobs, checks)
+    rows = timing_rows(jobs, linear, swapped, checks)
     payload = {
         "model": str(args.model),
         "adapter": adapter_summary(args.adapter, restoration),
@@ -439,48 +318,5 @@ def run(args: argparse.Namespace) -> int:
         "run_metadata": run_metadata(),
     }
     out = write_report(args, "bench", out, payload)  # before the tables: see cli.main
-    columns = ["phase", "batch", "tokens", "linear_ms", "swapped_ms", "speedup", "spread"]
-    print(format_table([row | {"spread": f"{row['spread']:.0%}"} for row in rows], columns))
-    judged = device.type == "cuda" or args.rounds >= NOISE_CHECK_ROUNDS
-    noisy = [
-        job_label(*job) for job, row in zip(jobs, rows, strict=True) if row["spread"] > NOISY_SPREAD
-    ]
-    if noisy and judged:
-        print(
-            f"timings of {', '.join(noisy)} spread over more than {NOISY_SPREAD:.0%} of their "
-            "median (p20 to p80): the machine was busy, so their speedups are noise; run "
-            "again on a quiet machine (OMP_NUM_THREADS=1 on a shared CPU)"
-        )
-    if packed:
-        dtypes = f"stored {packed['stored_dtype']}"
-        if packed["stored_dtype"] != payload["dtype"]:
-            dtypes += f", run in {payload['dtype']}"
-        print(
-            f"packed checkpoint: read packed ({packed['modules']} packed modules, "
-            f"{packed['formats']}; {dtypes}), unpacked for nn.Linear and swapped again as it "
-            "was packed"
-        )
-    streams, streams_read = "", ""
-    if report.bytes_streams:
-        streams = f" (+ {report.bytes_streams / 2**20:.1f} MiB of decode streams)"
-        decode_bytes = payload["weight_bytes"]["swapped_decode_streams"]
-        read = fewer_or_more(bytes_linear, decode_bytes)
-        streams_read = f" ({read} on the streams, batch <= 4)"
-    print(
-        f"{describe_swap(report)}{streams}; weights read per decode step "
-        f"{fewer_or_more(bytes_linear, bytes_swapped)}{streams_read}"
-    )
-    if check is not None:
-        verdict = "ok" if check["ok"] else "FAILED"
-        print(
-            f"logits check {verdict} on every job's call; worst ({check['job']}): error "
-            f"{check['error']:.3g} (limit {check['limit']:.3g} = 2 x nn.Linear's "
-            f"{check['torch_error']:.3g} + atol)"
-        )
-    if device.type != "cuda":
-        print(
-            "CPU: the swapped modules run the PyTorch reference path; these timings say "
-            "nothing of GPU speed."
-        )
-    print(f"report: {out}  ({payload['wall_s']:.1f} s)")
+    print_summary(payload, report, out, device, args.rounds)
     return 0 if check is None or check["ok"] else 1

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from restorelcc.commands.options import refuse_adapter_on_packed, refuse_unused
+from restorelcc.commands.adapter_options import refuse_adapter_on_packed
+from restorelcc.commands.options import refuse_unused
 from restorelcc.commands.swap_options import (
     NothingToSwapError,
     check_decode_streams,

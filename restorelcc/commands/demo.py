@@ -16,10 +16,10 @@ from restorelcc.commands.options import (
     check_spares_inputs,
     data_input,
     limit_value,
-    mark_written,
     refuse_unused,
     resolve_device,
 )
+from restorelcc.commands.reports import mark_written
 from restorelcc.commands.restore import heads_value
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.demo import run_demo

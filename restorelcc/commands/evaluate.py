@@ -6,13 +6,16 @@ import argparse
 import statistics
 import time
 
-from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype
-from restorelcc.commands.options import (
-    DEFAULT_REPORT_HELP,
-    PERPLEXITY_WINDOWS,
+from restorelcc.commands.adapter_options import (
     adapter_input,
     adapter_summary,
     add_adapter_argument,
+    read_adapter,
+    refuse_adapter_on_packed,
+)
+from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype
+from restorelcc.commands.options import (
+    PERPLEXITY_WINDOWS,
     add_device_argument,
     add_perplexity_arguments,
     add_quiet_argument,
@@ -22,15 +25,12 @@ from restorelcc.commands.options import (
     given_options,
     limit_value,
     positive_int,
-    read_adapter,
-    refuse_adapter_on_packed,
     refuse_unused,
     remember_defaults,
-    report_path,
     resolve_device,
     warn_if_text_ran_out,
-    write_report,
 )
+from restorelcc.commands.reports import DEFAULT_REPORT_HELP, report_path, write_report
 from restorelcc.commands.swap_options import (
     add_format_argument,
     add_mlp_argument,

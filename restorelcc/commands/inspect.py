@@ -6,12 +6,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from restorelcc.commands.options import (
-    add_quiet_argument,
-    check_json_path,
-    check_spares_inputs,
-    mark_written,
-)
+from restorelcc.commands.options import add_quiet_argument, check_spares_inputs
+from restorelcc.commands.reports import check_json_path, mark_written
 from restorelcc.commands.swap_options import (
     add_format_argument,
     add_mlp_argument,

@@ -1,24 +1,24 @@
-"""Options shared by the subcommands: ``--device``, ``--adapter``, ``--quiet``, the
-perplexity options (their windows' checks, the warning that their text ran out), positive
-integers, the ``--json`` report path and its default name, outputs that would replace an
-input, options a run would ignore, library messages rewritten to name flags. The swap's
-options: ``restorelcc.commands.swap_options``."""
+"""Options shared by the subcommands: ``--device``, ``--quiet``, the perplexity options
+(their windows' checks, the warning that their text ran out), positive integers, outputs
+that would replace an input, options a run would ignore, library messages rewritten to
+name flags. The ``--json`` report's path and writing: ``restorelcc.commands.reports``;
+``--adapter``: ``restorelcc.commands.adapter_options``; the swap's options:
+``restorelcc.commands.swap_options``."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from restorelcc.commands.reports import is_report
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.errors import RestoreLCCError, warn_user
 from restorelcc.eval.perplexity import DEFAULT_TOKENS, DEFAULT_WINDOW, perplexity_windows
 from restorelcc.eval.scoring import model_max_length
-from restorelcc.io import OutputPathError, check_writable_location
 
 if TYPE_CHECKING:
     import torch
@@ -102,102 +102,6 @@ def name_flags(message: str, fields: Iterable[str]) -> str:
     return message
 
 
-class ReportPathError(OutputPathError):
-    """A ``--json`` report path that is empty, or whose folder cannot be made or written."""
-
-
-def check_json_path(path: str | Path, option: str = "--json") -> Path:
-    """``path`` as a Path where the report can be written after the work (checked before
-    it): ``ReportPathError`` if it is empty or ends in a path separator (``out/`` names a
-    folder: it would be written as a file named ``out``); ``FileExistsError`` if it is a
-    directory; ``ReportPathError`` if its nearest existing parent is not a directory (the
-    missing ones are made when writing) or nothing can be written there
-    (``check_writable_location``: the report is written to a temporary file there, then
-    renamed)."""
-    if not str(path).strip():
-        raise ReportPathError(f"{option} is empty: give the report's file path")
-    separators = tuple(sep for sep in (os.sep, os.altsep, "/") if sep)
-    if isinstance(path, str) and path.endswith(separators):
-        raise ReportPathError(
-            f"{option} {path} ends in {path[-1]!r}, so it names a folder: give the report's "
-            f"file path (such as {path}report.json)"
-        )
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise FileExistsError(f"{option} {path} is a directory")
-    try:
-        check_writable_location(path, f"{option} {path}")
-    except OutputPathError as exc:
-        raise ReportPathError(str(exc)) from None
-    return path
-
-
-def _report_stem(model: str) -> str:
-    """A file-name-safe name for ``model``: a local folder's parent and own name
-    (``b/merged`` -> ``b-merged``; ``.`` -> the current folder's), else the model's name
-    (``org/name`` -> ``org-name``)."""
-    if Path(model).exists():
-        absolute = Path(os.path.abspath(model))  # as typed: ".." resolved, links not
-        parts = [absolute.parent.name, absolute.name]
-    else:
-        parts = str(model).strip("/").split("/")[-2:]
-    stem = "-".join(part for part in parts if part)
-    return re.sub(r"[^\w.+-]", "_", stem) or "model"
-
-
-def default_report_path(command: str, model: str, adapter: str | None = None) -> Path:
-    """``<command>_<model>.json`` in the current folder (``_report_stem``), or
-    ``<command>_<model>+<adapter>.json`` with an adapter (its folder, also where one of its
-    files was given), with ``-2``, ``-3``, ... added where that file exists: a default
-    report never replaces another. The report line at the end of the run names the file."""
-    stem = f"{command}_{_report_stem(model)}"
-    if adapter is not None:
-        from restorelcc.lcc.adapter import adapter_directory
-
-        stem += f"+{_report_stem(str(adapter_directory(adapter)))}"
-    path, number = Path(f"{stem}.json"), 1
-    while path.exists():
-        number += 1
-        path = Path(f"{stem}-{number}.json")
-    return path
-
-
-DEFAULT_REPORT_HELP = (
-    "report path (default: {command}_<model>.json in the current folder, "
-    "{command}_<model>+<adapter>.json with --adapter, <model> being a local folder's parent "
-    "and own name (b/merged -> b-merged) or the model's name, <adapter> likewise; -2, -3... "
-    "is added rather than replace an existing file)"
-)
-
-
-def report_path(args: argparse.Namespace, command: str) -> Path:
-    """The checked ``--json`` path, or the default report path of ``args.model`` and
-    ``args.adapter``."""
-    if args.json is not None:
-        return check_json_path(args.json)
-    return check_json_path(default_report_path(command, args.model, args.adapter))
-
-
-def write_report(args: argparse.Namespace, command: str, out: Path, payload) -> Path:
-    """Write ``command``'s JSON report to ``out`` (``report_path``'s choice); the path
-    written. A ``--json`` file is replaced. A default name is taken only if still free
-    when the report is done: a run that chose the same name meanwhile keeps its report,
-    and this one takes the next free name."""
-    from restorelcc.io import atomic_write_json
-
-    if args.json is not None:
-        written = atomic_write_json(out, payload)
-    else:
-        while True:
-            try:
-                written = atomic_write_json(out, payload, replace=False)
-                break
-            except FileExistsError:
-                out = default_report_path(command, args.model, args.adapter)
-    mark_written(args, written)
-    return written
-
-
 def warn_if_text_ran_out(ppl: dict, args: argparse.Namespace) -> None:
     """Warn that the perplexity ``ppl`` (``PerplexityResult.as_dict``) scored fewer tokens than
     ``--ppl-tokens`` give at its windows: ``--ppl-source`` ran out (the figure stands)."""
@@ -209,28 +113,6 @@ def warn_if_text_ran_out(ppl: dict, args: argparse.Namespace) -> None:
             f"--ppl-tokens {args.ppl_tokens}: --ppl-source {args.ppl_source} ran out after "
             f"{scored} scored tokens; the perplexity is of those {scored}",
         )
-
-
-def mark_written(args: argparse.Namespace, output: str | os.PathLike) -> None:
-    """Record on ``args`` that the command's final output ``output`` is complete: a
-    Ctrl-C or SIGTERM from here on (while the summary prints) says so (``cli.main``)."""
-    args.written = str(output)
-
-
-def _is_report(path: Path) -> bool:
-    """Whether ``path`` holds a JSON report of a command (with ``run_metadata``) other than
-    the reports a checkpoint or adapter keeps (``prune_report.json``, read back by
-    ``inspect`` and ``restore``; ``restore_report.json``)."""
-    from restorelcc.commands.restore import REPORT_NAME
-    from restorelcc.prune.checkpoint import PRUNE_REPORT
-
-    if path.name in (PRUNE_REPORT, REPORT_NAME):
-        return False
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(report, dict) and "run_metadata" in report
 
 
 def data_input(source: str | None) -> str | None:
@@ -273,7 +155,7 @@ def check_spares_inputs(
                 f"{option} {path} is inside {name} {given}: the output would be written into "
                 f"that input; choose an {option} outside it"
             )
-        if source in target.parents and target.is_file() and not _is_report(target):
+        if source in target.parents and target.is_file() and not is_report(target):
             raise ValueError(
                 f"{option} {path} is a file of {name} {given}: writing it would replace it"
             )
@@ -376,48 +258,3 @@ def resolve_device(text: str | None, option: str = "--device ") -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"{option}{text}: only cpu and cuda devices are supported")
     return device
-
-
-def add_adapter_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--adapter",
-        default=None,
-        help="a restore --out directory, or its adapter.json or adapter.safetensors: fold "
-        "that restoration into the model first (the pruned model it was made for)",
-    )
-
-
-def read_adapter(directory: str | None):
-    """The ``Restoration`` saved in ``directory`` (read before any model loads, so a bad
-    path fails at once), or None without ``--adapter``; fold it with ``.fold(model)``."""
-    if directory is None:
-        return None
-    from restorelcc.lcc import Restoration
-
-    return Restoration.load(directory)
-
-
-def refuse_adapter_on_packed(args: argparse.Namespace) -> None:
-    """``--adapter`` refused for a packed checkpoint ``--model``: its o_proj biases are
-    packed with it, so a restoration is folded in before packing."""
-    if args.adapter is not None:
-        raise ValueError(
-            f"--adapter: {args.model} is a packed checkpoint; fold the restoration before "
-            "packing (restorelcc restore --merged, then restorelcc pack)"
-        )
-
-
-def adapter_input(path: str | None):
-    """``--adapter`` as ``check_spares_inputs`` takes it: the adapter folder, also where
-    one of its files was given (a report must not replace the other)."""
-    from restorelcc.lcc.adapter import adapter_directory
-
-    return None if path is None else adapter_directory(path)
-
-
-def adapter_summary(directory: str | None, restoration) -> dict | None:
-    """The report's ``adapter`` entry: its path and ``Restoration.summary()``; None
-    without ``--adapter``."""
-    if restoration is None:
-        return None
-    return {"path": str(directory), **restoration.summary()}

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 
 from restorelcc.commands.dtypes import add_dtype_argument
-from restorelcc.commands.options import add_quiet_argument, check_spares_inputs, mark_written
+from restorelcc.commands.options import add_quiet_argument, check_spares_inputs
+from restorelcc.commands.reports import mark_written
 from restorelcc.commands.swap_options import (
     add_format_argument,
     add_mlp_argument,

@@ -17,12 +17,12 @@ from restorelcc.commands.options import (
     data_input,
     flag,
     given_options,
-    mark_written,
     name_flags,
     remember_defaults,
     resolve_device,
     warn_if_text_ran_out,
 )
+from restorelcc.commands.reports import mark_written
 from restorelcc.io import check_output_directory
 from restorelcc.prune.checkpoint import PRUNE_REPORT
 from restorelcc.prune.validate import METHODS, PruneArgumentError

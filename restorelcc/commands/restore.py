@@ -25,11 +25,11 @@ from restorelcc.commands.options import (
     data_input,
     flag,
     given_options,
-    mark_written,
     name_flags,
     remember_defaults,
     resolve_device,
 )
+from restorelcc.commands.reports import mark_written
 from restorelcc.errors import RestoreLCCError
 from restorelcc.io import check_output_directory
 

@@ -9,7 +9,7 @@ import torch
 
 from restorelcc import assets, cli
 from restorelcc.commands.evaluate import mean_accuracy, summary_rows
-from restorelcc.commands.options import ReportPathError, check_json_path, default_report_path
+from restorelcc.commands.reports import ReportPathError, check_json_path, default_report_path
 from restorelcc.testing import byte_tokenizer, save_checkpoint, tiny_model
 
 needs_wheel = pytest.mark.skipif(

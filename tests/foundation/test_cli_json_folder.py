@@ -4,7 +4,7 @@
 import pytest
 
 from restorelcc import cli
-from restorelcc.commands.options import ReportPathError, check_json_path
+from restorelcc.commands.reports import ReportPathError, check_json_path
 
 COMMANDS = {
     "eval": ["eval", "--model", "/nonexistent", "--no-ppl"],

@@ -145,7 +145,8 @@ def test_bench_mlp_swaps_and_times_the_mlp_too(tmp_path, capsys):
 
 def test_eager_reaches_the_timer(pruned_dir, monkeypatch):
     import restorelcc.latency
-    from restorelcc.commands.bench import _jobs, _time_jobs
+    from restorelcc.commands.bench import _jobs
+    from restorelcc.commands.bench_timing import time_jobs
 
     seen = []
 
@@ -159,13 +160,13 @@ def test_eager_reaches_the_timer(pruned_dir, monkeypatch):
         args = types.SimpleNamespace(batches=[1], context=4, prefill=[], rounds=3, rep_ms=7,
                                      eager=eager)  # fmt: skip
         bar = types.SimpleNamespace(set_postfix_str=lambda text: None, update=lambda: None)
-        timings, checks = _time_jobs(model, _jobs(args), torch.device("cpu"), args, "x", bar)
+        timings, checks = time_jobs(model, _jobs(args), torch.device("cpu"), args, "x", bar)
         assert timings == [{"median_ms": 1.0, "method": "fake"}] and checks == []
     assert seen == [(3, 7, True), (3, 7, False)]
 
 
 def test_decode_streams_bytes_swap_the_bitmaps_for_their_layouts():
-    from restorelcc.commands.bench import decode_streams_bytes
+    from restorelcc.commands.bench_summary import decode_streams_bytes
     from restorelcc.hf.swap import SwappedGroup, SwapReport
 
     groups = [
@@ -186,7 +187,7 @@ def test_bench_checks_with_a_dry_run_and_packs_once_after_the_references(
     import restorelcc.commands.bench as bench
 
     events = []
-    real_pack, real_references = lcc_kernels.pack_many, bench._reference_logits
+    real_pack, real_references = lcc_kernels.pack_many, bench.reference_logits
 
     def pack_many(weights, format, **kwargs):
         events.append("pack")
@@ -197,7 +198,7 @@ def test_bench_checks_with_a_dry_run_and_packs_once_after_the_references(
         return real_references(*args)
 
     monkeypatch.setattr(lcc_kernels, "pack_many", pack_many)
-    monkeypatch.setattr(bench, "_reference_logits", references)
+    monkeypatch.setattr(bench, "reference_logits", references)
     argv = ["bench", "--model", str(pruned_dir), "--batches", "1", "--context", "4",
             "--prefill", "--rounds", "1", "--device", "cpu", "--quiet"]  # fmt: skip
     assert main([*argv, "--json", str(tmp_path / "b.json")]) == 0

@@ -55,7 +55,7 @@ def test_too_few_rounds_are_warned_of_and_not_judged_as_noise(
 
 def test_weights_read_are_said_to_be_fewer_or_more():
     """1.03x more bytes read had read "0.97x fewer"."""
-    from restorelcc.commands.bench import fewer_or_more
+    from restorelcc.commands.bench_summary import fewer_or_more
 
     assert fewer_or_more(300, 200) == "1.50x fewer"
     assert fewer_or_more(200, 206) == "1.03x more"

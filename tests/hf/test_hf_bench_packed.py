@@ -143,7 +143,7 @@ def test_a_packing_the_swap_does_not_give_back_is_refused_before_the_references(
     def no_references(*args):
         raise AssertionError("the reference logits were computed before the swap was checked")
 
-    monkeypatch.setattr(bench, "_reference_logits", no_references)
+    monkeypatch.setattr(bench, "reference_logits", no_references)
     capsys.readouterr()
     assert _bench(folder, tmp_path / "b.json") == 2
     err = capsys.readouterr().err

@@ -105,7 +105,7 @@ def test_nothing_to_swap_fails_before_the_reference_logits(tmp_path, monkeypatch
     def no_references(*args):
         raise AssertionError("the reference logits were computed before the swap was checked")
 
-    monkeypatch.setattr(bench, "_reference_logits", no_references)
+    monkeypatch.setattr(bench, "reference_logits", no_references)
     dense = save_checkpoint(tiny_model("llama-gqa"), tmp_path / "dense")
     capsys.readouterr()
     argv = ["bench", "--model", str(dense), "--context", "8", "--prefill", "8", "--quiet"]
@@ -145,12 +145,12 @@ def test_bench_rejects_bad_numbers(pruned_dir, capsys):
 
 
 def test_no_memory_for_the_check_says_to_skip_it(pruned_dir, tmp_path, monkeypatch, capsys):
-    import restorelcc.commands.bench as bench
+    import restorelcc.commands.bench_timing as bench_timing
 
     def out_of_memory(model):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(bench, "copy", types.SimpleNamespace(deepcopy=out_of_memory))
+    monkeypatch.setattr(bench_timing, "copy", types.SimpleNamespace(deepcopy=out_of_memory))
     argv = ["bench", "--model", str(pruned_dir), "--context", "8", "--prefill", "8"]
     assert main([*argv, "--quiet", "--json", str(tmp_path / "b.json")]) == 2
     assert "rerun with --no-check" in capsys.readouterr().err
