@@ -32,7 +32,7 @@ from restorelcc.data import encode_unterminated, positive_count
 from restorelcc.errors import NonFiniteError, warn_user
 from restorelcc.eval.gather import Pick, continuation_scores
 from restorelcc.eval.packing import float_dtype, logit_positions, pack_requests, packed_inputs
-from restorelcc.hf.families import model_device
+from restorelcc.hf.families import model_device, model_positions
 
 TokenRequest = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation ids)
 
@@ -77,10 +77,10 @@ def encode_request(tokenizer, context: str, continuation: str) -> tuple[list[int
 
 
 def model_max_length(model_or_config, tokenizer=None) -> int:
-    """The longest input the model (or its config, before the weights load) takes: its
-    position limit, or a sane tokenizer limit where lower."""
-    config = getattr(model_or_config, "config", model_or_config)
-    limits = [getattr(config, "max_position_embeddings", None)]
+    """The longest input the model (or its config, before the weights load) takes: the
+    positions it serves (``model_positions``: RoPE scaling included), or a sane tokenizer
+    limit where lower."""
+    limits = [model_positions(model_or_config)]
     if tokenizer is not None and getattr(tokenizer, "model_max_length", 0) < 1_000_000:
         limits.append(tokenizer.model_max_length)
     limits = [n for n in limits if n]

@@ -25,8 +25,10 @@ def checked_patterns(requested: Pattern | None = None) -> tuple[tuple[int, int],
 
 def pruned_zeros(weight: torch.Tensor) -> float | None:
     """The fraction of zeros of ``weight`` where it is as sparse as a pruned one
-    (``PRUNED_ZEROS`` or more); None where it has fewer."""
-    zeros = 1 - int(torch.count_nonzero(weight.detach())) / max(weight.numel(), 1)
+    (``PRUNED_ZEROS`` or more); None where it has fewer, or no entries at all."""
+    if weight.numel() == 0:
+        return None
+    zeros = 1 - int(torch.count_nonzero(weight.detach())) / weight.numel()
     return zeros if zeros >= PRUNED_ZEROS else None
 
 

@@ -240,6 +240,17 @@ def test_model_max_length_uses_the_position_limit(model, tok):
     assert model_max_length(model, tok) == model.config.max_position_embeddings
 
 
+def test_model_max_length_counts_the_positions_rope_scaling_extends_to():
+    """A config with YaRN (factor 4 over 1024 original positions) serves 4096 positions,
+    as prune's and restore's length checks read it; a tokenizer limit below still wins."""
+    from transformers import LlamaConfig
+
+    scaling = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024}
+    config = LlamaConfig(max_position_embeddings=1024, rope_scaling=scaling)
+    assert model_max_length(config) == 4096
+    assert model_max_length(config, SimpleNamespace(model_max_length=2048)) == 2048
+
+
 def test_acc_norm_divides_by_characters():
     q = Question(("c", "c"), (" a", " bbbbbbbb"), gold=1, choices=("a", "bbbbbbbb"))
     per = score_questions([q], [Score(-2.0, False), Score(-4.0, False)])

@@ -17,3 +17,8 @@ def test_a_weight_reads_as_pruned_from_a_quarter_zeros(zeros, expected):
     weight = torch.ones(10, 10)
     weight.view(-1)[:zeros] = 0
     assert pruned_zeros(weight) == expected
+
+
+def test_an_empty_weight_does_not_read_as_pruned():
+    """No entries, no zeros: an empty ``[0, 8]`` weight is not taken for a pruned one."""
+    assert pruned_zeros(torch.ones(0, 8)) is None
