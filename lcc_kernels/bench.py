@@ -113,8 +113,8 @@ def plan_tile(kind: str, plan: Plan | dict | None) -> tuple[int, int] | None:
 
 
 def pack_kind(dense: torch.Tensor, kind: str, tile: tuple[int, int] | None = None):
-    """`dense` (from make_dense) packed in the format of `kind`; bitmap in `tile` if given,
-    else in the default tile."""
+    """`dense` [N, K] (from make_dense) packed in the format of `kind`; bitmap in `tile`
+    if given, else in the default tile."""
     options = {"tile": tile} if tile is not None and packed_kind(kind) == "bitmap" else {}
     return pack(dense, packed_kind(kind), **options)
 
@@ -163,7 +163,8 @@ def build_calls(
     packed=None,
     generator: torch.Generator | None = None,
 ) -> tuple[list[Callable], int]:
-    """`copies` zero-argument calls of one provider, and the bytes one call must move.
+    """`copies` zero-argument calls of one provider on x [m, K] (and a bias [N] where
+    `bias`) for the weight `dense` [N, K], and the bytes one call must move.
 
     provider: "dense" (F.linear + bias, cuBLAS), "ours" (sparse_linear on `packed` with
     `plan`), "dense_triton" (our kernels reading `dense`, with `plan`), "cusparselt" or

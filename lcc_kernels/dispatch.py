@@ -396,5 +396,6 @@ def _with_tile(plan: Plan, tile: tuple[int, int] | None) -> Plan:
 
 
 def with_weight_tile(plan: Plan, weight) -> Plan:
-    """Bitmap kernels work on the stored tiles: force block_n x block_k to the weight tile."""
+    """Bitmap kernels work on the stored tiles: force block_n x block_k to the tile of
+    the packed [N, K] `weight` (a 2:4 weight leaves the plan as it is)."""
     return _with_tile(plan, weight.tile if weight.format == "bitmap" else None)

@@ -175,6 +175,7 @@ class WeightKey:
 
     @classmethod
     def of(cls, weight, dtype: torch.dtype) -> WeightKey:
+        """The key of a packed [N, K] weight run with x in `dtype`."""
         dtype_name = str(dtype).removeprefix("torch.")
         if weight.format == "bitmap":
             return cls("bitmap", dtype_name, *weight.shape, weight.tile, weight.density)

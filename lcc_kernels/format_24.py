@@ -11,7 +11,7 @@ For weights [N, K] with at most 2 nonzeros in every group of 4 along K:
 from __future__ import annotations
 
 import math
-from dataclasses import InitVar, dataclass, field
+from dataclasses import InitVar, dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from .format_common import (
     _SAME_SIZE_INT,
     FORMAT_24,
-    PACK_BAND,
     SUPPORTED_DTYPES,
     PackedContainer,
-    _check_split_sizes,
     _pack_words,
     _round_up,
     _unpack_words,
+    band_rows,
+    cache_field,
     check_tensors_together,
 )
 
@@ -53,14 +53,7 @@ class Sparse24Weight(PackedContainer):
     format: ClassVar[str] = FORMAT_24
     TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("values", "meta")
     INFO_FIELDS: ClassVar[tuple[str, ...]] = ("N", "K")
-    # Derived copies made on demand (weight_cache); not an init field, so that a replace()
-    # starts an empty one.
-    cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def __post_init__(self, check_data: bool) -> None:
-        self.shape = (int(self.shape[0]), int(self.shape[1]))
-        self.split_sizes = _check_split_sizes(self.split_sizes, self.shape[0])
-        self._validate(check_data)
+    cache: dict = cache_field()
 
     def _info(self) -> tuple[int, ...]:
         return self.shape
@@ -155,18 +148,11 @@ def _check_24(weight: torch.Tensor, name: str = "weight") -> None:
         )
 
 
-def _band_rows(k: int) -> int:
-    """Rows of a weight [N, K] that pack and unpack take at a time: about PACK_BAND
-    positions (K padded to K_ALIGN_24), one row at least."""
-    return max(1, PACK_BAND // _round_up(k, K_ALIGN_24))
-
-
 def _pack_24(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense 2:4 weight [N, K] -> (values [N, Kp/2] in weight's dtype, meta [N, Kp/32]
-    int32), Kp = K rounded up to K_ALIGN_24. Raises ValueError if it is not 2:4. Packed
-    a band of rows (`_band_rows`) at a time."""
-    _check_24(weight)
-    rows = _band_rows(weight.shape[1])
+    """Dense 2:4 weight [N, K] (checked by the caller: `_check_24`) -> (values [N, Kp/2]
+    in weight's dtype, meta [N, Kp/32] int32), Kp = K rounded up to K_ALIGN_24. Packed a
+    band of rows (`band_rows`, K padded to K_ALIGN_24) at a time."""
+    rows = band_rows(_round_up(weight.shape[1], K_ALIGN_24))
     bands = [_pack_24_band(weight[row : row + rows]) for row in range(0, weight.shape[0], rows)]
     return torch.cat([values for values, _ in bands]), torch.cat([meta for _, meta in bands])
 
@@ -195,13 +181,13 @@ def _unpack_24(packed: Sparse24Weight) -> torch.Tensor:
     """Sparse24Weight of shape (N, K) -> the dense weight [N, K] (contiguous); positions
     that hold no value are +0.0.
 
-    Unpacked a band of rows (`_band_rows`) at a time into the output, so that the working
+    Unpacked a band of rows (as `_pack_24`) at a time into the output, so that the working
     tensors (~6 bytes per position in fp16, ~8 in fp32) cover one band, not the weight (all
     of it at once took ~2x the fp16 weight on top of it)."""
     n, k = packed.shape
     dense = packed.values.new_empty(n, k)  # not torch.empty: see _unpack_bitmap
     bits = dense.view(_SAME_SIZE_INT[packed.dtype])
-    rows = _band_rows(k)
+    rows = band_rows(_round_up(k, K_ALIGN_24))
     for row in range(0, n, rows):
         band = _unpack_24_band(packed.values[row : row + rows], packed.meta[row : row + rows])
         bits[row : row + rows] = band[:, :k]

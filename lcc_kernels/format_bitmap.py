@@ -15,7 +15,7 @@ than 16 rows cannot feed tl.dot, so their weights run the multiply-and-sum loop 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import InitVar, dataclass, field
+from dataclasses import InitVar, dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -24,15 +24,16 @@ import torch.nn.functional as F
 from .format_common import (
     _SAME_SIZE_INT,
     FORMAT_BITMAP,
-    PACK_BAND,
     SUPPORTED_DTYPES,
     PackedContainer,
-    _check_split_sizes,
     _pack_words,
     _round_up,
     _unpack_words,
     as_int,
+    band_rows,
+    cache_field,
     check_tensors_together,
+    int_pair,
 )
 
 # 64 x 64 positions per bitmap tile: 512 bytes of bitmap and ~4 KB of fp16 values at 50%
@@ -53,14 +54,7 @@ def check_bitmap_tile(tile) -> tuple[int, int]:
     """`tile` as (tile_n, tile_k) Python ints; ValueError unless it is a pair of integers
     (Python, numpy or torch scalars: `as_int`; no floats or bools), tile_n a power of two
     >= 1 rows, tile_k a power of two >= 32 columns (one int32 bitmap word or more)."""
-    try:
-        if not isinstance(tile, (tuple, list)) or len(tile) != 2:
-            raise TypeError
-        tile_n, tile_k = (as_int(t) for t in tile)
-    except TypeError:
-        raise ValueError(
-            f"bitmap tile must be a pair of ints (rows, columns), got {tile!r}"
-        ) from None
+    tile_n, tile_k = int_pair(tile, "bitmap tile", "(rows, columns)")
     _check_tile_sizes(tile_n, tile_k)
     return tile_n, tile_k
 
@@ -92,16 +86,17 @@ class BitmapWeight(PackedContainer):
     format: ClassVar[str] = FORMAT_BITMAP
     TENSOR_FIELDS: ClassVar[tuple[str, ...]] = ("bits", "values", "offsets")
     INFO_FIELDS: ClassVar[tuple[str, ...]] = ("N", "K", "tile_n", "tile_k", "nnz")
-    # Derived copies made on demand (weight_cache); not an init field, so that a replace()
-    # starts an empty one.
-    cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    cache: dict = cache_field()
 
     def __post_init__(self, check_data: bool) -> None:
-        self.shape = (int(self.shape[0]), int(self.shape[1]))
+        """tile as `check_bitmap_tile` gives it, nnz as a Python int (`as_int`), then
+        what every container checks (PackedContainer.__post_init__)."""
         self.tile = check_bitmap_tile(self.tile)
-        self.nnz = int(self.nnz)
-        self.split_sizes = _check_split_sizes(self.split_sizes, self.shape[0])
-        self._validate(check_data)
+        try:
+            self.nnz = as_int(self.nnz)
+        except TypeError:
+            raise ValueError(f"bitmap nnz must be an int, got {self.nnz!r}") from None
+        super().__post_init__(check_data)
 
     def _info(self) -> tuple[int, ...]:
         return (*self.shape, *self.tile, self.nnz)
@@ -246,22 +241,15 @@ def _tiles_of(matrix: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:
     return blocks.reshape(-1, tile_n * tile_k)
 
 
-def _band_rows(k: int, tile: tuple[int, int]) -> int:
-    """Rows of a weight [N, K] that pack and unpack take at a time: whole row blocks of
-    about PACK_BAND positions (K padded to tile_k), one block at least."""
-    tile_n, tile_k = tile
-    return max(1, PACK_BAND // (tile_n * _round_up(k, tile_k))) * tile_n
-
-
 def _pack_bitmap(
     weight: torch.Tensor, tile: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Dense weight [N, K] -> (bits [T, tile_n*tile_k/32] int32, values [V] in weight's
     dtype, offsets [T] int32, nnz), T = ceil(N/tile_n) * ceil(K/tile_k) tiles.
 
-    Packed a band of whole row blocks (`_band_rows`) at a time; the output is built twice
-    over (the bands' values, then joined)."""
-    rows = _band_rows(weight.shape[1], tile)
+    Packed a band of whole row blocks (`band_rows`, K padded to tile_k) at a time; the
+    output is built twice over (the bands' values, then joined)."""
+    rows = band_rows(_round_up(weight.shape[1], tile[1]), tile[0])
     bits, values, offsets, nnz, total = [], [], [], 0, 0
     for row in range(0, weight.shape[0], rows):
         band_bits, band_values, band_starts, band_nnz = _pack_band(weight[row : row + rows], tile)
@@ -301,12 +289,13 @@ def _pack_band(
 def _tile_counts(weights: Sequence[torch.Tensor], tile: tuple[int, int]) -> torch.Tensor:
     """Weights [N_i, K] stacked along N -> nonzeros per tile [row blocks, K tiles] int64,
     counted as `_pack_band` keeps them (entries != 0: NaN counts, -0.0 does not). A tile
-    may hold rows of two weights. Counted a band of rows (about PACK_BAND positions) at a
-    time; the per-row counts [sum N_i, K tiles] are all that is kept."""
+    may hold rows of two weights. Counted a band of rows (`band_rows`: these need not
+    be whole row blocks) at a time; the per-row counts [sum N_i, K tiles] are all that is
+    kept."""
     tile_n, tile_k = tile
     k = weights[0].shape[1]
     pad_k = _round_up(k, tile_k) - k
-    rows = max(1, PACK_BAND // (k + pad_k))
+    rows = band_rows(k + pad_k)
     per_row = []
     for weight in weights:
         for row in range(0, weight.shape[0], rows):
@@ -336,7 +325,7 @@ def _unpack_bitmap(packed: BitmapWeight) -> torch.Tensor:
     """BitmapWeight of shape (N, K) -> the dense weight [N, K] (contiguous); positions
     that hold no value are +0.0.
 
-    Unpacked a band of whole row blocks (`_band_rows`) at a time into the output, so that
+    Unpacked a band of whole row blocks (as `_pack_bitmap`) at a time into the output, so that
     the working tensors (~12 bytes per position in fp16, ~16 in fp32) cover one band, not
     the weight (all of it at once took ~7.5x the fp16 weight on top of it)."""
     n, k = packed.shape
@@ -347,7 +336,7 @@ def _unpack_bitmap(packed: BitmapWeight) -> torch.Tensor:
     # new_empty, not torch.empty: a test that swaps torch.empty for its C function (to skip
     # the NaN poisoning) would find it untraceable under torch.compile
     dense = packed.values.new_empty(n, k)
-    rows = _band_rows(k, packed.tile)
+    rows = band_rows(_round_up(k, tile_k), tile_n)
     for row in range(0, n, rows):
         band_tiles = slice(row // tile_n * k_tiles, (row + rows) // tile_n * k_tiles)
         tiles = _gather_tiles(packed.bits[band_tiles], packed.offsets[band_tiles], packed.values)

@@ -1,6 +1,6 @@
-"""What the 2:4 and bitmap containers share: format names, int32 word packing, the
-split_sizes and tensor checks, and `PackedContainer` (dtype / device, `.to()`, state
-dicts, the checks run when one is built).
+"""What the 2:4 and bitmap containers share: format names, int32 word packing, the bands
+of rows that pack and unpack take, the shape, split_sizes and tensor checks, and
+`PackedContainer` (dtype / device, `.to()`, state dicts, the checks run when one is built).
 
 A state dict holds tensors only (safetensors-friendly):
     info         int64 [1 + F]  format id, then the container's F `INFO_FIELDS` (N, K, ...)
@@ -66,6 +66,7 @@ def _unpack_words(
 
 
 def _is_integer(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` (any shape) holds integers (not floats, complex or bools)."""
     dtype = tensor.dtype
     return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
@@ -83,6 +84,31 @@ def as_int(value) -> int:
         # a size on a GPU would cost a sync (and fail inside CUDA-graph capture)
         raise TypeError(f"only a 0-d integer tensor on the CPU is an int, got {value!r}")
     return operator.index(value)  # numpy's bools and floats raise
+
+
+def int_pair(value, what: str, names: str) -> tuple[int, int]:
+    """`value` as a pair of Python ints (`as_int` each); a ValueError naming `what` (and
+    its entries, `names`) unless it is a tuple or list of exactly two integers. The
+    containers' shape and the bitmap tile."""
+    try:
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise TypeError
+        return as_int(value[0]), as_int(value[1])
+    except TypeError:
+        raise ValueError(f"{what} must be a pair of ints {names}, got {value!r}") from None
+
+
+def band_rows(padded_k: int, block_rows: int = 1) -> int:
+    """Rows of a weight [N, K] that pack, unpack and build_streams take at a time: whole
+    blocks of `block_rows` rows of about PACK_BAND positions (a row being `padded_k`
+    positions, K padded as the format stores it), one block at least."""
+    return max(1, PACK_BAND // (block_rows * padded_k)) * block_rows
+
+
+def cache_field() -> Any:
+    """The containers' `cache` dataclass field: the derived copies made on demand
+    (weight_cache). Not an init field, so that a replace() starts an empty one."""
+    return dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 def _check_split_sizes(split_sizes, n: int) -> tuple[int, ...]:
@@ -125,9 +151,10 @@ def _check_entry(name: str, value: Any, format: str) -> None:
 
 
 def check_tensors_together(format: str, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Raise a ValueError unless each of `tensors` (by field name, "values" among them) is
-    a torch.Tensor on the values' device, contiguous, and not a lazy negation view (whose
-    memory holds the values negated: the kernels read memory as it is). Reads no data."""
+    """Raise a ValueError unless each of `tensors` (by field name, "values" among them;
+    any shapes: the format checks those) is a torch.Tensor on the values' device,
+    contiguous, and not a lazy negation view (whose memory holds the values negated: the
+    kernels read memory as it is). Reads no data."""
     for name, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor):
             raise ValueError(f"{format} {name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -142,8 +169,8 @@ def check_tensors_together(format: str, tensors: Mapping[str, torch.Tensor]) -> 
 
 
 def check_strided(tensor: torch.Tensor, name: str) -> None:
-    """Raise a ValueError naming `name` unless `tensor` is a dense (strided) tensor: not
-    sparse (COO, CSR...) nor nested."""
+    """Raise a ValueError naming `name` unless `tensor` (any shape) is a dense (strided)
+    tensor: not sparse (COO, CSR...) nor nested."""
     if tensor.is_nested or tensor.layout != torch.strided:
         kind = "a nested tensor" if tensor.is_nested else f"layout {tensor.layout}"
         raise ValueError(f"{name} must be a dense (strided) tensor, got {kind}")
@@ -170,6 +197,13 @@ class PackedContainer(abc.ABC):
     values: torch.Tensor
     shape: tuple[int, int]
     split_sizes: tuple[int, ...]
+
+    def __post_init__(self, check_data: bool) -> None:
+        """Run by the dataclass __init__ (and replace()), after a subclass's own fields are
+        normalised: shape as a pair of ints, split_sizes against N, then `_validate`."""
+        self.shape = int_pair(self.shape, f"{self.format} shape", "(N, K)")
+        self.split_sizes = _check_split_sizes(self.split_sizes, self.shape[0])
+        self._validate(check_data)
 
     @abc.abstractmethod
     def _info(self) -> tuple[int, ...]:
@@ -220,9 +254,10 @@ class PackedContainer(abc.ABC):
 
     @classmethod
     def from_state_dict(cls: type[_Container], state: Mapping[str, torch.Tensor]) -> _Container:
-        """Rebuild from `to_state_dict()` output. Refuses missing, unexpected or malformed
-        entries by name, then checks the layout and the data (`validate_data`). The
-        container uses the state's tensors (made contiguous), not copies."""
+        """Rebuild from `to_state_dict()` output (info int64 [1 + F], split_sizes int64
+        [P], the `TENSOR_FIELDS`: see the module docstring). Refuses missing, unexpected or
+        malformed entries by name, then checks the layout and the data (`validate_data`).
+        The container uses the state's tensors (made contiguous), not copies."""
         format_id = state_format_id(state)
         if format_id != FORMAT_IDS[cls.format]:
             raise ValueError(

@@ -77,6 +77,8 @@ PackedWeight = Sparse24Weight | BitmapWeight
 
 
 def _check_dense(weight: torch.Tensor) -> None:
+    """Refuse a weight to pack that is not a dense [N, K] fp16/bf16/fp32 tensor with data,
+    N and K > 0."""
     if not isinstance(weight, torch.Tensor):
         raise ValueError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
     check_strided(weight, "weight")
@@ -128,10 +130,14 @@ def pack(
     tile: tuple[int, int] = DEFAULT_BITMAP_TILE,
     split_sizes: tuple[int, ...] | None = None,
 ) -> PackedWeight:
-    """Compress a dense pruned weight [N, K]; its zeros are the pruning mask.
+    """Compress a dense pruned weight [N, K]; its zeros are the pruning mask. The packed
+    weight holds detached copies: no autograd history, and no gradient flows to it.
 
-    format: "2:4" (raises ValueError naming the first row/group with more than 2 nonzeros
-    in a group of 4 along K) or "bitmap" (any pattern; `tile` = (rows, columns) per tile).
+    format: "2:4" (K divisible by 4; a ValueError names the first row/group with more
+    than 2 nonzeros in a group of 4 along K) or "bitmap" (any pattern).
+    tile: (rows, columns) per bitmap tile (powers of two, columns >= 32). Checked for
+    either format, so that a bad tile is refused whatever the format; "2:4" does not use
+    it (one tile can then be given for weights packed in both formats).
     split_sizes: output sizes when `weight` is several weights stacked along N (see
     `pack_many`); default one weight.
 
@@ -141,14 +147,22 @@ def pack(
     """
     _check_dense(weight)
     _check_format(format)
-    weight = weight.detach()
+    tile = check_bitmap_tile(tile)
+    if format == FORMAT_24:
+        _check_24(weight)
     sizes = (weight.shape[0],) if split_sizes is None else split_sizes
+    return _pack_checked(weight.detach(), format, tile, sizes)
+
+
+def _pack_checked(
+    weight: torch.Tensor, format: str, tile: tuple[int, int], sizes: tuple[int, ...]
+) -> PackedWeight:
+    """`pack` of a weight [N, K] whose checks passed (dense, format, tile, 2:4 pattern)."""
+    shape = tuple(weight.shape)
     if format == FORMAT_24:
         values, meta = _pack_24(weight)
-        return Sparse24Weight(values, meta, tuple(weight.shape), sizes, check_data=False)
-    tile = check_bitmap_tile(tile)
+        return Sparse24Weight(values, meta, shape, sizes, check_data=False)
     bits, values, offsets, nnz = _pack_bitmap(weight, tile)
-    shape = tuple(weight.shape)
     return BitmapWeight(bits, values, offsets, shape, tile, nnz, sizes, check_data=False)
 
 
@@ -169,10 +183,13 @@ def pack_many(
     tile: tuple[int, int] = DEFAULT_BITMAP_TILE,
 ) -> PackedWeight:
     """Pack several weights [N_i, K] with the same K side by side (e.g. q, k, v) as one
-    [sum N_i, K] weight; `split_output` cuts the fused output back into the N_i parts."""
+    [sum N_i, K] weight, as `pack` does one (same checks, a 2:4 violation named by its
+    weight's index); `split_output` cuts the fused output back into the N_i parts."""
     _check_stack(weights, format, "pack_many")
+    _check_format(format)
+    tile = check_bitmap_tile(tile)
     stacked = torch.cat([w.detach() for w in weights], dim=0)
-    return pack(stacked, format, tile=tile, split_sizes=tuple(w.shape[0] for w in weights))
+    return _pack_checked(stacked, format, tile, tuple(w.shape[0] for w in weights))
 
 
 def packed_nbytes(
@@ -189,7 +206,8 @@ def packed_nbytes(
     the nonzeros of each tile (NaN counts, -0.0 does not, as pack keeps them), reading the
     weights a band of rows at a time. Raises the ValueError pack_many would raise: unknown
     format, a weight that is not dense 2-D fp16/bf16/fp32 with data, mismatched K, dtype
-    or device, a weight that is not 2:4 ("2:4"), a bad tile or too many values ("bitmap").
+    or device, a bad tile (either format, as pack), a weight that is not 2:4 ("2:4"), too
+    many values ("bitmap").
 
     >>> w = torch.tensor([[1.0, 0, 0, 2, 0, 3, 0, 0]])
     >>> packed_nbytes(w, "2:4") == pack(w, "2:4").nbytes
@@ -198,11 +216,11 @@ def packed_nbytes(
     weights = [weights] if isinstance(weights, torch.Tensor) else weights
     _check_stack(weights, format, "packed_nbytes")
     _check_format(format)  # after the weights, as pack_many
+    tile = check_bitmap_tile(tile)
     weights = [w.detach() for w in weights]
     if format == FORMAT_24:
         shape = (sum(w.shape[0] for w in weights), weights[0].shape[1])
         return _nbytes_24(shape, weights[0].dtype)
-    tile = check_bitmap_tile(tile)
     return _nbytes_bitmap(weights, tile)
 
 

@@ -23,7 +23,9 @@ Three paths, all accumulating in fp32 and writing y in x's dtype:
 - `stream_linear_kernel` (bitmap weights, 1-4 rows of x), in stream_kernel.py.
 
 The interpreter (TRITON_INTERPRET=1) multiplies bf16 dot operands wrongly, so launchers
-set DOT_IN_FP32 there: the same code then runs a true test in fp16/fp32.
+set DOT_IN_FP32 there: the same code then runs a true test in fp16/fp32. It also converts
+fp32 to bf16 by truncation (toward zero, where a GPU rounds to nearest), so every
+interpreted bf16 output, with or without tl.dot, may be one ulp off a GPU's.
 """
 
 import triton

@@ -8,8 +8,9 @@ calls.
 and eager `sparse_linear` call; `run_streams` the same for a streams layout. Their inputs
 are checked by the caller: the ops pass theirs through `checked_inputs` (x 2-D with the
 weight's K, dtype and device, a bias of [N] on that device, both unit-stride and with a
-lazy negation resolved, copied if not), `sparse_linear` checks its own before, so that
-an eager call, whose host time a decode step waits on, checks once. A plan is checked
+lazy negation resolved, copied if not), `sparse_linear` checks its own before (both with
+reference.check_operands), so that an eager call, whose host time a decode step waits
+on, checks once. A plan is checked
 against the weight and the split-K workspace it would need in `launch_geometry`.
 Split-K counters: `counters.py`.
 """
@@ -25,14 +26,13 @@ from . import decode, dispatch_table, launch_geometry
 from .counters import retire_stream_counters, split_k_counters
 from .decode import INTERPRETED
 from .dispatch import Plan
-from .formats import SUPPORTED_DTYPES
 from .kernels import (
     reduce_partials_kernel,
     skinny_linear_kernel,
     tiled_linear_kernel,
 )
 from .launch_geometry import Geometry, check_streams_block_m, operand_geometry, streams_geometry
-from .reference import as_kernel_input, check_bias, check_strided
+from .reference import as_kernel_input, check_operands
 from .stream_kernel import stream_linear_kernel
 
 
@@ -92,6 +92,8 @@ def bitmap_operand(
 
 
 def _check_runnable(x: torch.Tensor) -> None:
+    """Raise a RuntimeError unless the kernels can run on x [M, K]'s device (a GPU, or
+    any device under the interpreter)."""
     if x.device.type == "cuda" or INTERPRETED:
         return
     raise RuntimeError(
@@ -105,20 +107,10 @@ def checked_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """x [M, k] and bias [n] as the kernels read them (`as_kernel_input`: unit stride
     along K and along the bias, lazy negation resolved), for an [n, k] weight whose values
-    tensor is `weight`; a ValueError names any mismatch (layout, shape, dtype, device)."""
-    check_strided(x, "x")
-    if x.dim() != 2 or x.shape[1] != k:
-        raise ValueError(f"x must be [M, K = {k}] for this weight, got {tuple(x.shape)}")
-    if x.dtype != weight.dtype or x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(
-            f"x dtype {x.dtype} must be the weight's ({weight.dtype}): float16, bfloat16 or float32"
-        )
-    if x.device != weight.device:
-        raise ValueError(f"x is on {x.device} but the weight is on {weight.device}")
-    if bias is not None:
-        check_bias(bias, n, x.device)
-        bias = as_kernel_input(bias)
-    return as_kernel_input(x), bias
+    tensor is `weight`; a ValueError names any mismatch (`check_operands`: layout, shape,
+    dtype, device)."""
+    check_operands(x, n, k, weight, bias, two_d=True)
+    return as_kernel_input(x), None if bias is None else as_kernel_input(bias)
 
 
 class Launch(NamedTuple):
@@ -281,9 +273,10 @@ def stream_launches(x, streams, bias, plan: Plan, out) -> list[Launch]:
 
 
 def _split_k_launches(kernel, geometry: Geometry, x, out, bias, weight_args: tuple) -> list[Launch]:
-    """The kernel's launch (x, out, bias, split-K workspace, then the weight's and the
-    geometry's arguments) and, where the plan sums the partials apart, the second one.
-    `out` stands in for what a kernel never reads (no bias, one split)."""
+    """The kernel's launch (x [M, K], out [M, N], bias [N] | None, split-K workspace
+    [split, M, N] fp32, then the weight's and the geometry's arguments) and, where the
+    plan sums the partials apart, the second one. `out` stands in for what a kernel never
+    reads (no bias, one split)."""
     bias_arg = bias if bias is not None else out
     partials = counters = out
     if geometry.split > 1:

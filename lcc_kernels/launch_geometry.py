@@ -40,7 +40,8 @@ def _check_plan(plan: Plan, weight_format: int, tile: tuple[int, int] | None) ->
 
 def _dot_flags(dtype: torch.dtype) -> dict:
     return {
-        # bf16 tl.dot is wrong in the interpreter; fp32 operands are exact there.
+        # bf16 tl.dot is wrong in the interpreter; fp32 operands are exact there. (Its
+        # fp32 -> bf16 stores truncate, dot or not: interpreted bf16 outputs may be 1 ulp off.)
         "DOT_IN_FP32": INTERPRETED,
         # fp32 inputs get fp32 products as F.linear does (tf32 would be ~1e-3 off).
         "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",

@@ -1,5 +1,19 @@
 """Public entry point: `sparse_linear(x, weight, bias)`, checked, dispatched and launched.
-The copies of a weight that some backends run on are kept by `weight_cache`."""
+The copies of a weight that some backends run on are kept by `weight_cache`.
+
+Routing. The inputs are checked once per call (`_check_inputs`: the launchers do not
+check again, an eager decode step waits on host time). Eager, the dispatcher picks a
+Plan: reference, dense and semi_structured run in PyTorch; a Triton or streams plan
+launches its kernels directly where nothing must see the custom op (`_launch_directly`),
+else calls the op (ops.py), whose autograd node makes a backward raise. Under
+torch.compile (`_defer_to_op`) the call is one op that picks its plan when it runs
+(`_run_deferred`): no dispatcher code is traced and a new M never recompiles, so the
+dense and semi-structured copies eager dispatch may pick are not used there, and the
+streams only where their layout was built before tracing. Under CUDA-graph capture a
+copy of the weight not built before cannot be (it would hold data only once the graph
+replays): "auto" takes a Triton plan instead (`_needs_triton_plan`), a forced backend
+raises.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +34,8 @@ from .dispatch import (
     plan_for_key,
     with_weight_tile,
 )
-from .formats import SUPPORTED_DTYPES, BitmapWeight, Sparse24Weight
-from .reference import as_kernel_input, check_bias, check_strided, reference_linear
+from .formats import BitmapWeight, Sparse24Weight
+from .reference import as_kernel_input, check_dense_weight, check_operands, reference_linear
 from .weight_cache import LAST_STREAMS, copy_missing, derived_copy, prepare_streams
 
 # derived_copy and prepare_streams are imported from here by callers (and the package).
@@ -41,7 +55,8 @@ def sparse_linear(
     plan: Plan | None = None,
     decode_streams: bool = False,
 ) -> torch.Tensor:
-    """y [..., N] = x [..., K] @ W^T + bias, for a packed weight W of shape [N, K].
+    """y [..., N] = x [..., K] @ W^T + bias, for a packed weight W of shape [N, K],
+    accumulated in fp32 and returned in x's dtype.
 
     x: fp16, bf16 or fp32 with W's dtype and device, any leading dims, dense (not sparse
         or nested). A view whose K axis is not unit-stride (or that cannot be viewed as
@@ -53,40 +68,42 @@ def sparse_linear(
         dtype cannot hold exactly (fp32 for fp16 x, say) to the rounded product, rounding
         twice ("auto" runs a Triton plan there instead).
     backend: "auto" (measured dispatch table, else built-in rules; `reference` on a CPU)
-        or one of dispatch.BACKENDS to force it; plan: an explicit `Plan` (benchmarks,
-        tests). Accumulation is fp32; y has x's dtype.
-    Non-finite x at pruned positions: like F.linear on the dense weight, the paths give
-        NaN (0 * inf) in the rows whose stored entries reach them. Dense tiles store every
-        position; the paths that walk stored entries only (skinny with block_m < 16 on 2:4
-        weights, streams) skip most pruned positions but not all (the zero slots of 2:4
-        groups with fewer than two kept, the streams' escape and padding entries), so
-        which rows turn NaN depends on the path. Check x where it matters.
+        or one of dispatch.BACKENDS to force it.
+    plan: an explicit `lcc_kernels.Plan` (benchmarks, tests) instead of a backend.
     decode_streams: with "auto", a bitmap weight runs on its streams layout (built on
         first use and kept on the weight, ~1.1x the bitmap's bytes) up to
         dispatch.STREAMS_MAX_M rows where no measured entry says otherwise. Without it
         the rules never pick streams (a measured table still may, in eager calls).
 
-    Under torch.compile the call is one custom op; with backend "auto" on a GPU (or a
-    forced Triton backend) the op picks its Triton plan when it runs, so the backends on
-    a cached copy of the weight that eager dispatch may pick (dense and torch
-    semi-structured for large M) are not used there. Streams are, with decode_streams or
-    backend "streams", if the weight's layout was built before tracing (by
-    `prepare_streams` or an eager call): the op then gets it and picks streams or a
-    Triton plan when it runs. Under CUDA-graph capture the cached copies are used only if
-    they were built before: "auto" falls back to a Triton plan, a forced one raises.
+    Non-finite x at pruned positions: like F.linear on the dense weight, the paths give
+    NaN (0 * inf) in the rows whose stored entries reach them. Dense tiles store every
+    position; the paths that walk stored entries only (skinny with block_m < 16 on 2:4
+    weights, streams) skip most pruned positions but not all (the zero slots of 2:4
+    groups with fewer than two kept, the streams' escape and padding entries), so which
+    rows turn NaN depends on the path. Check x where it matters.
 
-    Inference only through the Triton backends (streams included). Where autograd would
-    record the call (or a tracer or dispatch mode must see it), they run through their
-    custom op, which has no autograd formula: a backward raises instead of silently giving
-    no gradient. Forward-mode AD (dual tensors) and torch.func transforms (jvp, grad,
-    vmap) raise a ValueError at the call. The reference and dense backends have
-    derivatives of every kind (the packed weight itself gets no gradient).
+    torch.compile traces the call as one custom op (no graph break). There the streams
+    backend needs the weight's layout built before tracing (`prepare_streams`, or an
+    eager call); under CUDA-graph capture, a forced dense, semi_structured or streams
+    backend needs its copy of the weight built before ("auto" falls back to a Triton
+    plan).
+
+    The Triton backends (streams included) are inference only: a backward through them
+    raises a RuntimeError, forward-mode AD (dual tensors) and torch.func transforms (jvp,
+    grad, vmap) a ValueError at the call, both naming backend "reference" or "dense",
+    which have derivatives of every kind (the packed weight itself gets no gradient).
+    Bad input raises a ValueError naming the shape, dtype, device, backend or plan.
 
     >>> w = pack(torch.tensor([[1.0, 0, 0, 2], [0, 3, 4, 0]]), "2:4")
     >>> sparse_linear(torch.ones(1, 4), w, torch.tensor([0.5, 0.0]))
     tensor([[3.5000, 7.0000]])
     """
     _check_inputs(x, weight, bias)
+    if plan is not None and not isinstance(plan, Plan):
+        raise ValueError(
+            f"plan must be an lcc_kernels.Plan, got {type(plan).__name__} {plan!r}; a "
+            f"backend is forced by name with backend= (one of {BACKENDS})"
+        )
     if plan is not None and backend != "auto":
         raise ValueError(f"give either backend ({backend!r}) or plan, not both")
     if plan is None and backend not in ("auto", *BACKENDS):
@@ -98,8 +115,7 @@ def sparse_linear(
         bias = as_kernel_input(bias)
     rows = x2d.shape[0]
     if plan is None and _defer_to_op(backend, x):
-        # While compiling: let the op choose its plan when it runs, so that no dispatcher
-        # code is traced and a new M never recompiles the graph (M = 0 launches nothing).
+        # While compiling (see the module docstring); M = 0 launches nothing.
         if rows > 0:
             y = _run_deferred(x2d, weight, bias, backend, decode_streams)
         else:
@@ -118,51 +134,29 @@ def sparse_linear(
 def dense_linear_triton(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: Plan
 ) -> torch.Tensor:
-    """y [M, N] = x [M, K] @ weight [N, K]^T + bias with the sparse kernels' code and tiling,
-    reading the weight densely: the baseline that isolates the cost of decompression."""
-    check_strided(x, "x")
-    check_strided(weight, "weight")
-    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"x {tuple(x.shape)} and weight {tuple(weight.shape)} must be [M, K] and [N, K]"
-        )
-    if x.dtype not in SUPPORTED_DTYPES or x.dtype != weight.dtype or x.device != weight.device:
-        raise ValueError(
-            f"x ({x.dtype}, {x.device}) and weight ({weight.dtype}, {weight.device}) must match, "
-            "in float16, bfloat16 or float32"
-        )
+    """y [M, N] = x [M, K] @ weight [N, K]^T + bias [N] with the sparse kernels' code and
+    tiling, reading the weight densely: the baseline that isolates the cost of
+    decompression."""
+    n, k = check_dense_weight(weight)
+    check_operands(x, n, k, weight, bias, two_d=True)
     if bias is not None:
-        check_bias(bias, weight.shape[0], weight.device)
         bias = bias.contiguous()
     return ops.dense_linear(x.contiguous(), weight.contiguous(), bias, ops.plan_to_config(plan))
 
 
 def _check_inputs(x, weight, bias) -> None:
+    """Refuse what sparse_linear cannot run: a weight that is not packed, x [..., K] or a
+    bias [N] that does not fit the packed [N, K] weight (`check_operands`)."""
     if not isinstance(weight, (Sparse24Weight, BitmapWeight)):
         raise ValueError(
             f"weight must be a Sparse24Weight or BitmapWeight (see pack), "
             f"got {type(weight).__name__}"
         )
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    check_strided(x, "x")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"x dtype must be float16, bfloat16 or float32, got {x.dtype}")
-    if x.dtype != weight.dtype:
-        raise ValueError(f"x dtype {x.dtype} does not match the weight dtype {weight.dtype}")
-    if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(
-            f"x has shape {tuple(x.shape)}; its last dim must be the weight's "
-            f"K = {weight.shape[1]} (weight shape {weight.shape})"
-        )
-    if x.device != weight.device:
-        raise ValueError(f"x is on {x.device} but the weight is on {weight.device}")
-    if bias is not None:
-        check_bias(bias, weight.shape[0], weight.device)
+    check_operands(x, *weight.shape, weight, bias)
 
 
 def _check_backend_fits(backend: str, weight, device: torch.device) -> None:
-    """Raise where a forced backend cannot run on this weight or device."""
+    """Raise where a forced backend cannot run on this packed [N, K] weight or device."""
     check_backend_format(backend, weight.format)
     if backend == "semi_structured" and device.type != "cuda":
         raise ValueError(f"the semi_structured backend runs on CUDA tensors only, x is on {device}")
@@ -200,21 +194,24 @@ def _check_launch(x2d, weight, bias, plan: Plan) -> None:
 
 
 def _bias_fits(bias, dtype: torch.dtype) -> bool:
-    """Whether `dtype` holds every value of the bias (None: no bias) exactly."""
+    """Whether `dtype` holds every value of the bias [N] (None: no bias) exactly."""
     return bias is None or bias.dtype == dtype or dtype == torch.float32
 
 
 def _needs_triton_plan(plan: Plan, x2d, weight, bias) -> bool:
-    """Where "auto" trades the plan it chose for a Triton one: torch's 2:4 kernels with a
-    bias that x's dtype cannot hold (see `_torch_linear`), or a copy of the weight still
-    missing under CUDA-graph capture (built there, it would hold data only once the graph
-    replays)."""
+    """Where "auto" trades the plan it chose for x2d [M, K], bias [N] | None and the
+    packed weight for a Triton one: torch's 2:4 kernels with a bias that x's dtype cannot
+    hold (see `_torch_linear`), or a copy of the weight still missing under CUDA-graph
+    capture (built there, it would hold data only once the graph replays)."""
     if plan.backend == "semi_structured" and not _bias_fits(bias, x2d.dtype):
         return True
     return copy_missing(weight, plan) and dispatch.capturing(x2d.device)
 
 
 def _run(x2d, weight, bias, plan: Plan) -> torch.Tensor:
+    """y [M, N] for x2d [M, K] (M > 0) and bias [N] | None, both checked (`_check_inputs`),
+    on the packed [N, K] weight, run by `plan` (a copy of the weight built where its
+    backend runs on one)."""
     if plan.backend == "reference":
         return reference_linear(x2d, weight, bias)
     if plan.backend in ("dense", "semi_structured"):
@@ -230,13 +227,15 @@ def _run(x2d, weight, bias, plan: Plan) -> torch.Tensor:
 
 
 def _torch_linear(x2d, copy, bias, backend: str) -> torch.Tensor:
-    """F.linear on the weight's dense or torch semi-structured copy. A bias that x's dtype
-    holds exactly goes in as x's dtype: the GEMM adds it to its fp32 product, rounding
-    once. A wider one (fp32 for fp16/bf16 x) is added to an fp32 product, which cuBLAS
-    writes on a GPU (torch.mm with out_dtype, torch >= 2.8, which has no derivative: where
-    one is asked, off a GPU, and on older torch, the reference computes in fp32). torch's
-    2:4 kernels cannot write fp32 from fp16/bf16, so semi_structured adds it to the
-    rounded product (two roundings; "auto" does not run them with such a bias)."""
+    """y [M, N] = F.linear of x2d [M, K] on the weight's dense [N, K] or torch
+    semi-structured copy (`backend` "dense" or "semi_structured"), bias [N] | None. A
+    bias that x's dtype holds exactly goes in as x's dtype: the GEMM adds it to its fp32
+    product, rounding once. A wider one (fp32 for fp16/bf16 x) is added to an fp32
+    product, which cuBLAS writes on a GPU (torch.mm with out_dtype, torch >= 2.8, which
+    has no derivative: where one is asked, off a GPU, and on older torch, the reference
+    computes in fp32). torch's 2:4 kernels cannot write fp32 from fp16/bf16, so
+    semi_structured adds it to the rounded product (two roundings; "auto" does not run
+    them with such a bias)."""
     if _bias_fits(bias, x2d.dtype):
         return F.linear(x2d, copy, None if bias is None else bias.to(x2d.dtype))
     if backend == "semi_structured":
@@ -248,7 +247,7 @@ def _torch_linear(x2d, copy, bias, backend: str) -> torch.Tensor:
 
 def _differentiated(x2d, bias) -> bool:
     """Whether autograd records the call or a forward-mode or torch.func derivative is
-    asked (of x or the bias: a packed weight gets no gradient)."""
+    asked of x2d [M, K] or the bias [N] (a packed weight gets no gradient)."""
     recorded = torch.is_grad_enabled() and (
         x2d.requires_grad or (bias is not None and bias.requires_grad)
     )
@@ -256,6 +255,9 @@ def _differentiated(x2d, bias) -> bool:
 
 
 def _defer_to_op(backend: str, x: torch.Tensor) -> bool:
+    """Whether the call, x [..., K] with `backend` (not a plan), is traced as one op
+    choosing its plan when it runs: while compiling, for the Triton and streams backends
+    or "auto" on a GPU (elsewhere "auto" is the reference)."""
     if not torch.compiler.is_compiling():
         return False
     return backend in (*TRITON_BACKENDS, "streams") or (
@@ -264,8 +266,9 @@ def _defer_to_op(backend: str, x: torch.Tensor) -> bool:
 
 
 def _run_deferred(x2d, weight, bias, backend: str, decode_streams: bool) -> torch.Tensor:
-    """Under torch.compile: one custom op that picks its plan when it runs; the streams op
-    where the weight has a layout and streams are asked for (forced, or decode_streams)."""
+    """y [M, N] for x2d [M, K] (M > 0) and bias [N] | None under torch.compile: one custom
+    op that picks its plan when it runs; the streams op where the weight has a layout and
+    streams are asked for (forced, or decode_streams)."""
     wants_streams = backend == "streams" or (
         backend == "auto" and decode_streams and isinstance(weight, BitmapWeight)
     )
@@ -282,8 +285,9 @@ def _run_deferred(x2d, weight, bias, backend: str, decode_streams: bool) -> torc
 
 
 def _streams_op(x2d, weight, bias, plan: Plan, layout, forced: bool) -> torch.Tensor:
-    """The streams custom op on `layout` (built for `plan`): the streams at any M if forced
-    (block_m chosen from M), else streams or a Triton plan as the dispatcher picks."""
+    """y [M, N] for x2d [M, K] and bias [N] | None from the streams custom op on `layout`
+    (the bitmap weight's streams.BitmapStreams, built for `plan`): the streams at any M if
+    forced (block_m chosen from M), else streams or a Triton plan as the dispatcher picks."""
     return ops.bitmap_streams_linear(
         x2d,
         *_bitmap_op_args(weight),
@@ -295,12 +299,12 @@ def _streams_op(x2d, weight, bias, plan: Plan, layout, forced: bool) -> torch.Te
 
 
 def _launch_directly(x2d, weight, bias) -> bool:
-    """Whether an eager call may launch the kernels itself rather than through the custom
-    op, whose dispatch costs more host time than the rest of the call (torch issue
-    177109). Only for plain tensors outside tracing: torch.compile, torch.jit.trace, a
-    dispatch mode (export, FLOP counters) or a tensor subclass must see the op; and when
-    autograd would record the call, the op's node is what makes a backward raise instead
-    of silently giving no gradient."""
+    """Whether an eager call on x2d [M, K] and bias [N] | None may launch the kernels
+    itself rather than through the custom op, whose dispatch costs more host time than
+    the rest of the call (torch issue 177109). Only for plain tensors outside tracing:
+    torch.compile, torch.jit.trace, a dispatch mode (export, FLOP counters) or a tensor
+    subclass must see the op; and when autograd would record the call, the op's node is
+    what makes a backward raise instead of silently giving no gradient."""
     if (
         torch.compiler.is_compiling()
         or torch.jit.is_tracing()
@@ -318,7 +322,9 @@ def _launch_directly(x2d, weight, bias) -> bool:
 
 
 def _run_triton(x2d, weight, bias, plan: Plan | None, backend: str = "auto") -> torch.Tensor:
-    """Run a Triton plan, or with plan None let the op pick one for `backend` when it runs."""
+    """y [M, N] for x2d [M, K] and bias [N] | None by a Triton plan (launched directly
+    where `_launch_directly`, else through the op), or with plan None by the op, which
+    picks one for `backend` when it runs."""
     if plan is not None and _launch_directly(x2d, weight, bias):
         return _launchers().run_linear(x2d, _operand(weight), bias, plan)
     config = ops.deferred_config(backend) if plan is None else ops.plan_to_config(plan)
@@ -328,7 +334,7 @@ def _run_triton(x2d, weight, bias, plan: Plan | None, backend: str = "auto") -> 
 
 
 def _operand(weight):
-    """The packed weight as the Triton launchers take it (launch.Operand)."""
+    """The packed [N, K] weight as the Triton launchers take it (launch.Operand)."""
     launch = _launchers()
     if isinstance(weight, Sparse24Weight):
         return launch.sparse24_operand(weight.values, weight.meta, weight.shape[1])
@@ -348,5 +354,6 @@ def _launchers():
 
 
 def _bitmap_op_args(weight: BitmapWeight) -> tuple:
-    """A bitmap weight as the bitmap ops take it: bits, values, offsets, n, k, tile, nnz."""
+    """A bitmap weight as the bitmap ops take it: bits [T, words], values [V], offsets
+    [T], n, k, tile_n, tile_k, nnz."""
     return (weight.bits, weight.values, weight.offsets, *weight.shape, *weight.tile, weight.nnz)

@@ -18,11 +18,12 @@ an op runs (PyTorch's fallback for ops without a rule of their own). The stored 
 (2:4 indices, bitmap offsets, stream groups) is trusted: the containers check it when
 built (`validate_data`).
 
-The ops are inference-only: they register no autograd formula, so a backward through one
-raises, and a forward-mode AD dual input is refused (`check_inference_only`). Inside a
-torch.func transform an op gets unwrapped tensors and cannot tell: torch.func.jvp of a
-bare op call gives a zero tangent (PyTorch's rule for a custom op without one), so
-`sparse_linear` refuses those transforms before calling an op.
+The ops are inference-only: their autograd formula raises (`_refuse_backward`, naming
+the backends that have derivatives), and a forward-mode AD dual input is refused
+(`check_inference_only`). Inside a torch.func transform an op gets unwrapped tensors and
+cannot tell: torch.func.jvp of a bare op call gives a zero tangent (PyTorch's rule for a
+custom op without a forward-mode formula), so `sparse_linear` refuses those transforms
+before calling an op.
 """
 
 from __future__ import annotations
@@ -108,21 +109,42 @@ def transformed(*tensors: torch.Tensor | None) -> bool:
 def check_inference_only(*tensors: torch.Tensor | None) -> None:
     """Raise a ValueError where a derivative (or a batch) is asked of the Triton kernels,
     which have no formula for one: where `transformed(*tensors)`. (Reverse mode records
-    the ops instead, so that the backward raises.)"""
+    the ops instead, so that the backward raises: `_refuse_backward`.)"""
     if transformed(*tensors):
-        raise ValueError(
-            "the Triton backends are inference only: forward-mode AD and torch.func "
-            "transforms (jvp, grad, vmap) cannot run through them; use "
-            "backend='reference' (or 'dense') for derivatives"
-        )
+        what = "forward-mode AD and torch.func transforms (jvp, grad, vmap) cannot run through them"
+        raise ValueError(_inference_only(what))
+
+
+def _inference_only(what: str) -> str:
+    """The refusal of a derivative through the Triton backends, `what` naming it."""
+    return (
+        f"the Triton backends are inference only: {what}; use backend='reference' (or "
+        "'dense') for training and other derivatives"
+    )
+
+
+def _refuse_backward(op) -> None:
+    """Register on the custom op `op` an autograd formula whose backward raises a
+    RuntimeError naming the fix (PyTorch's own, for an op without one, asks for a
+    formula). The forward records a node as before, so that the backward, not the
+    forward, raises; torch.compile traces the op as before (and, where an input
+    requires grad, raises while tracing the backward, as it did)."""
+
+    def backward(ctx, grad: torch.Tensor):
+        """grad: the [M, N] gradient of y; never used."""
+        what = f"a backward cannot run through them ({op._qualname} has no derivative)"
+        raise RuntimeError(_inference_only(what))
+
+    op.register_autograd(backward)
 
 
 def _dtype_name(x: torch.Tensor) -> str:
+    """x's dtype as the dispatch keys name it ("float16")."""
     return str(x.dtype).removeprefix("torch.")
 
 
 def _bitmap_key(x: torch.Tensor, n: int, k: int, tile_n: int, tile_k: int, nnz: int):
-    """WeightKey.of a bitmap weight given as the bitmap ops take it."""
+    """WeightKey.of a bitmap weight given as the bitmap ops take it, for x [M, k]."""
     return WeightKey("bitmap", _dtype_name(x), n, k, (tile_n, tile_k), nnz / (n * k))
 
 
@@ -151,6 +173,7 @@ def sparse24_linear(
 
 @sparse24_linear.register_fake
 def _sparse24_linear_fake(x, values, meta, k, bias, config):
+    """y [M, N] for x [M, K] and values [N, Kp/2], nothing run (devices checked)."""
     _check_fake_devices("sparse24_linear", x, values=values, meta=meta, bias=bias)
     return x.new_empty((x.shape[0], values.shape[0]))
 
@@ -182,6 +205,7 @@ def bitmap_linear(
 
 @bitmap_linear.register_fake
 def _bitmap_linear_fake(x, bits, values, offsets, n, k, tile_n, tile_k, nnz, bias, config):
+    """y [M, n] for x [M, k], nothing run (devices checked)."""
     _check_fake_devices("bitmap_linear", x, bits=bits, values=values, offsets=offsets, bias=bias)
     return x.new_empty((x.shape[0], n))
 
@@ -203,6 +227,7 @@ def dense_linear(
 
 @dense_linear.register_fake
 def _dense_linear_fake(x, weight, bias, config):
+    """y [M, N] for x [M, K] and weight [N, K], nothing run (devices checked)."""
     _check_fake_devices("dense_linear", x, weight=weight, bias=bias)
     return x.new_empty((x.shape[0], weight.shape[0]))
 
@@ -280,8 +305,9 @@ def _checked_streams(
     values: torch.Tensor,
     shape: tuple[int, int],
 ) -> BitmapStreams:
-    """The BitmapStreams of the streams op's `layout` and `layout_config` for a bitmap
-    weight of `shape` whose values are `values`, its layout checked (no data read)."""
+    """The BitmapStreams of the streams op's `layout` (its tensors, in LAYOUT_FIELDS
+    order) and `layout_config` for a bitmap weight of `shape` whose values are `values`
+    [V], its layout checked (no data read)."""
     if len(layout) != len(LAYOUT_FIELDS) or len(layout_config) != len(_STREAMS_CONFIG_FIELDS):
         raise ValueError(
             f"a streams layout is {len(LAYOUT_FIELDS)} tensors ({', '.join(LAYOUT_FIELDS)}) "
@@ -302,6 +328,7 @@ def _checked_streams(
 def _bitmap_streams_linear_fake(
     x, bits, values, offsets, n, k, tile_n, tile_k, nnz, layout, layout_config, bias, forced
 ):
+    """y [M, n] for x [M, k], nothing run (devices checked)."""
     tensors = {"bits": bits, "values": values, "offsets": offsets, "bias": bias}
     tensors |= {f"streams {name}": t for name, t in zip(LAYOUT_FIELDS, layout, strict=False)}
     _check_fake_devices("bitmap_streams_linear", x, **tensors)
@@ -309,10 +336,14 @@ def _bitmap_streams_linear_fake(
 
 
 def _check_fake_devices(op: str, x: torch.Tensor, **tensors: torch.Tensor | None) -> None:
-    """Raise a ValueError unless each of `tensors` (None: absent) is on x's device. The
-    fakes run not only under torch.compile but wherever one argument is on the meta
-    device: a call mixing meta tensors with others would otherwise return uninitialised
-    memory on x's device, as if computed."""
+    """Raise a ValueError unless each of `tensors` (None: absent) is on the device of x
+    [M, K]. The fakes run not only under torch.compile but wherever one argument is on
+    the meta device: a call mixing meta tensors with others would otherwise return
+    uninitialised memory on x's device, as if computed."""
     for name, tensor in tensors.items():
         if tensor is not None and tensor.device != x.device:
             raise ValueError(f"lcc_kernels.{op}: {name} on {tensor.device} but x on {x.device}")
+
+
+for _op in (sparse24_linear, bitmap_linear, dense_linear, bitmap_streams_linear):
+    _refuse_backward(_op)

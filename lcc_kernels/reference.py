@@ -2,7 +2,7 @@
 
 It states what every kernel computes: unpack the weight, multiply in a wide dtype, add
 the bias in that dtype, round once to the output dtype. Also the input checks that every
-entry point shares (`check_bias`, `check_strided`, `as_kernel_input`).
+entry point shares (`check_operands`, `check_bias`, `check_strided`, `as_kernel_input`).
 """
 
 from __future__ import annotations
@@ -27,27 +27,75 @@ def reference_linear(
 ) -> torch.Tensor:
     """y [..., N] = x [..., K] @ W[N, K]^T + bias [N], computed in `compute_dtype`.
 
-    weight: a packed weight or a dense [N, K] tensor. The result is returned in
-    `out_dtype` (default x's dtype). fp32 is the CPU path (the kernels' accumulation
+    weight: a packed weight or a dense [N, K] tensor. x, the weight and the bias may each
+    be fp16, bf16, fp32 or fp64 (`check_operands`), on one device. The result is returned
+    in `out_dtype` (default x's dtype). fp32 is the CPU path (the kernels' accumulation
     precision); fp64 is the oracle the tests compare against.
     """
     dense = weight if isinstance(weight, torch.Tensor) else unpack(weight)
-    if not (x.is_floating_point() and dense.is_floating_point()):
-        raise ValueError(f"x ({x.dtype}) and the weight ({dense.dtype}) must be floating point")
-    if dense.dim() != 2 or x.dim() == 0 or x.shape[-1] != dense.shape[1]:
-        raise ValueError(
-            f"x {tuple(x.shape)} and weight {tuple(dense.shape)} must be [..., K] and [N, K]"
-        )
-    if bias is not None:
-        check_bias(bias, dense.shape[0], dense.device, _REFERENCE_DTYPES)
+    n, k = check_dense_weight(dense)
+    check_operands(x, n, k, dense, bias, dtypes=_REFERENCE_DTYPES, same_dtype=False)
     wide_bias = None if bias is None else bias.to(compute_dtype)
     y = F.linear(x.to(compute_dtype), dense.to(compute_dtype), wide_bias)
     return y.to(out_dtype or x.dtype)
 
 
 def oracle_linear(x, weight, bias=None) -> torch.Tensor:
-    """The fp64 result of `reference_linear`, for error measurements."""
+    """y [..., N] in fp64 = x [..., K] @ W[N, K]^T + bias [N], all in fp64: the
+    `reference_linear` that error measurements compare against."""
     return reference_linear(x, weight, bias, compute_dtype=torch.float64, out_dtype=torch.float64)
+
+
+def check_operands(
+    x,
+    n: int,
+    k: int,
+    weight,
+    bias,
+    *,
+    two_d: bool = False,
+    dtypes: tuple[torch.dtype, ...] = SUPPORTED_DTYPES,
+    same_dtype: bool = True,
+) -> None:
+    """Raise a ValueError naming what is wrong unless x is a dense tensor [..., k] (with
+    `two_d`: [M, k]) of one of `dtypes`, with the dtype (where `same_dtype`; else any of
+    `dtypes`) and the device of the [n, k] `weight` (a packed weight or a tensor: its
+    dtype and device are read), and bias is None or [n] of one of `dtypes` on that
+    device (`check_bias`). Reads no data. The checks of every entry point:
+    sparse_linear (once per call), the custom ops, dense_linear_triton, the reference."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_strided(x, "x")
+    if x.dtype not in dtypes:
+        raise ValueError(f"x dtype must be {_dtype_names(dtypes)}, got {x.dtype}")
+    if same_dtype and x.dtype != weight.dtype:
+        raise ValueError(f"x dtype {x.dtype} does not match the weight dtype {weight.dtype}")
+    if weight.dtype not in dtypes:  # reached with same_dtype=False only
+        raise ValueError(f"the weight dtype must be {_dtype_names(dtypes)}, got {weight.dtype}")
+    if x.dim() == 0 or x.shape[-1] != k or (two_d and x.dim() != 2):
+        form = "[M, K]" if two_d else "[..., K]"
+        raise ValueError(
+            f"x must be {form} with the weight's K = {k} (weight shape {(n, k)}), "
+            f"got shape {tuple(x.shape)}"
+        )
+    if x.device != weight.device:
+        raise ValueError(f"x is on {x.device} but the weight is on {weight.device}")
+    if bias is not None:
+        check_bias(bias, n, weight.device, dtypes)
+
+
+def check_dense_weight(weight: torch.Tensor) -> tuple[int, int]:
+    """(N, K) of a dense weight [N, K]; a ValueError unless it is a 2-D strided tensor."""
+    check_strided(weight, "weight")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(weight.shape)}")
+    return weight.shape
+
+
+def _dtype_names(dtypes: tuple[torch.dtype, ...]) -> str:
+    """The names of two dtypes or more: "float16, bfloat16 or float32"."""
+    *names, last = (str(d).removeprefix("torch.") for d in dtypes)
+    return f"{', '.join(names)} or {last}"
 
 
 def check_bias(
@@ -61,8 +109,7 @@ def check_bias(
     if bias.dim() != 1 or bias.shape[0] != n:
         raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
     if bias.dtype not in dtypes:
-        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise ValueError(f"bias dtype must be one of {names}; got {bias.dtype}")
+        raise ValueError(f"bias dtype must be {_dtype_names(dtypes)}, got {bias.dtype}")
     if bias.device != device:
         raise ValueError(f"bias is on {bias.device} but the weight is on {device}")
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .format_common import PACK_BAND, SUPPORTED_DTYPES, check_tensors_together
+from .format_common import SUPPORTED_DTYPES, band_rows, check_tensors_together
 from .formats import BitmapWeight, unpack
 
 # Kept values per position from which steps take 3 bits rather than 4. Per kept value a
@@ -216,12 +216,12 @@ def build_streams(
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(dense.shape)}")
     n, k = dense.shape
     device = dense.device
-    band_rows = max(1, PACK_BAND // max(k, 1))  # weight rows of about PACK_BAND positions
+    rows = band_rows(max(k, 1))  # weight rows of about PACK_BAND positions
     if step_bits is None:
-        step_bits = step_bits_for(_kept_count(dense, band_rows) / max(n * k, 1))
+        step_bits = step_bits_for(_kept_count(dense, rows) / max(n * k, 1))
     if step_bits not in GROUP_ENTRIES:
         raise ValueError(f"step_bits must be one of {sorted(GROUP_ENTRIES)}, got {step_bits}")
-    lengths = _stream_lengths(dense, (1 << step_bits) - 1, band_rows)
+    lengths = _stream_lengths(dense, (1 << step_bits) - 1, rows)
 
     # Longest streams first, so that a block's rows need little padding.
     order = torch.sort(lengths, descending=True, stable=True).indices
@@ -251,7 +251,7 @@ def build_streams(
         split=split,
         step_bits=step_bits,
     )
-    for band in _bands(n, block_n, band_rows):
+    for band in _bands(n, block_n, rows):
         weight_rows = order[band.first_lane : band.first_lane + band.blocks * band.lanes]
         _fill_band(streams, band, dense.index_select(0, weight_rows), lengths[weight_rows])
     return streams
@@ -336,7 +336,8 @@ def _fill_band(
     entry = torch.cumsum(1 + escapes, 0) - 1 - row_first[rows_of]  # the value's own entry
 
     def place(row: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(group in band, lane in band, entry in group) of entry `index` of band row `row`."""
+        """(group in band, lane in band, entry in group) of entry `index` of band row `row`
+        (both [E] int64, one per entry placed)."""
         group = group_base[band.first_block + row // band.lanes] - first_group
         return group + index // entries, row % band.lanes, index % entries
 

@@ -27,9 +27,10 @@ LAST_STREAMS = "streams:last"
 
 
 def derived_copy(weight, plan: Plan):
-    """The copy of `weight` that `plan` runs on, built now if missing (dense tensor, torch
-    semi-structured tensor or streams.BitmapStreams); None for plans on the weight itself.
-    The last streams layout built is remembered with its plan: compiled calls run on it."""
+    """The copy of the packed [N, K] `weight` that `plan` runs on, built now if missing
+    (dense [N, K] tensor, torch semi-structured tensor or streams.BitmapStreams); None
+    for plans on the weight itself. The last streams layout built is remembered with its
+    plan: compiled calls run on it."""
     if plan.backend == "dense":
         return _cached(weight, plan, lambda: unpack(weight).contiguous())
     if plan.backend == "semi_structured":
@@ -44,17 +45,17 @@ def derived_copy(weight, plan: Plan):
 
 
 def copy_missing(weight, plan: Plan) -> bool:
-    """Whether `plan` runs on a copy of the weight that has not been built yet."""
+    """Whether `plan` runs on a copy of the packed [N, K] weight not built yet."""
     key = _cache_key(plan)
     return key is not None and key not in weight.cache
 
 
 def prepare_streams(weight: BitmapWeight, plan: Plan | None = None):
-    """Build (or find) `weight`'s streams layout now and make it the one that compiled
-    calls run on; returns it (streams.BitmapStreams). Do this before torch.compile or
-    CUDA-graph capture, which cannot build it. plan: a "streams" Plan; by default the one
-    a one-row call with decode_streams picks on the weight's device (the same layout
-    serves up to dispatch.STREAMS_MAX_M rows)."""
+    """Build (or find) the streams layout of the bitmap [N, K] `weight` now and make it the one
+    that compiled calls run on; returns it (streams.BitmapStreams). Do this before torch.compile
+    or CUDA-graph capture, which cannot build it. plan: a "streams" Plan; by default the one a
+    one-row call with decode_streams picks on the weight's device (the same layout serves up to
+    dispatch.STREAMS_MAX_M rows)."""
     if not isinstance(weight, BitmapWeight):
         raise ValueError(
             f"streams layouts are built for bitmap weights, got {type(weight).__name__}"
@@ -84,8 +85,8 @@ def _cache_key(plan: Plan) -> str | None:
 
 
 def _cached(weight, plan: Plan, build):
-    """The derived copy of the weight (dense, torch-converted, streams) that `plan` runs
-    on, built once and kept on the weight."""
+    """The derived copy of the packed [N, K] weight (dense [N, K], torch-converted,
+    streams) that `plan` runs on, built once and kept on the weight."""
     key = _cache_key(plan)
     if key not in weight.cache:
         if dispatch.capturing(weight.device):

@@ -15,8 +15,7 @@ from lcc_kernels import (
     BitmapWeight,
     Sparse24Weight,
     concat,
-    format_24,
-    format_bitmap,
+    format_common,
     pack,
     pack_many,
     packed_nbytes,
@@ -264,8 +263,7 @@ def test_packing_in_bands_equals_packing_at_once(case, weight_24, band):
     weight, tile = case
     whole = [pack(weight, "bitmap", tile=tile), pack(weight_24, "2:4")]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(format_bitmap, "PACK_BAND", band)
-        patch.setattr(format_24, "PACK_BAND", band)
+        patch.setattr(format_common, "PACK_BAND", band)
         banded = [pack(weight, "bitmap", tile=tile), pack(weight_24, "2:4")]
     for one, other in zip(banded, whole, strict=True):
         for name in one.TENSOR_FIELDS:

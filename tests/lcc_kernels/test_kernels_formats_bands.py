@@ -1,7 +1,7 @@
-"""Unpack a band of rows at a time (PACK_BAND positions; `_band_rows` in format_bitmap.py
-and format_24.py): small bands give the dense weight of one band, bit for bit, at shapes
-whose last band, row block or K tile is partial; and the peak memory of pack and unpack,
-measured in a fresh process. (Pack in bands: test_kernels_formats.py.)"""
+"""Unpack a band of rows at a time (PACK_BAND positions; format_common.band_rows): small
+bands give the dense weight of one band, bit for bit, at shapes whose last band, row
+block or K tile is partial; and the peak memory of pack and unpack, measured in a fresh
+process. (Pack in bands: test_kernels_formats.py.)"""
 
 import os
 import subprocess
@@ -12,7 +12,7 @@ import pytest
 import torch
 from _kernels_helpers import random_24, random_unstructured
 
-from lcc_kernels import BitmapWeight, format_24, format_bitmap, pack, unpack
+from lcc_kernels import BitmapWeight, format_24, format_bitmap, format_common, pack, unpack
 from lcc_kernels.format_common import _SAME_SIZE_INT
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
@@ -33,7 +33,7 @@ def _unpack_counting_bands(monkeypatch, packed, band_positions):
         return out
 
     with monkeypatch.context() as patch:
-        patch.setattr(module, "PACK_BAND", band_positions)
+        patch.setattr(format_common, "PACK_BAND", band_positions)
         patch.setattr(module, band_function, counting_band)
         return unpack(packed), bands
 
@@ -111,8 +111,8 @@ def test_unpack_in_bands_traces_whole(monkeypatch, fmt):
     # the bands must be cut by shape alone, never by the data.
     weight = random_24(40, 136, torch.bfloat16)
     packed = pack(weight, fmt, tile=(8, 32))
-    monkeypatch.setattr(format_bitmap, "PACK_BAND", 2 * 8 * 160)  # 3 bands of 16 rows
-    monkeypatch.setattr(format_24, "PACK_BAND", 3 * 192)  # 14 bands of 3 rows
+    # bitmap: 5 bands of one 8-row block (K padded to 160); 2:4: 14 bands of 3 rows (192)
+    monkeypatch.setattr(format_common, "PACK_BAND", 3 * 192)
     compiled = torch.compile(lambda: unpack(packed), fullgraph=True, backend="aot_eager")
     dense = compiled()
     assert torch.equal(_bits(dense), _bits(unpack(packed))) and torch.equal(dense, weight)

@@ -1,15 +1,27 @@
 """Containers built directly (Sparse24Weight(...), BitmapWeight(...)) or by
 dataclasses.replace check their data as load_state_dict does, so that corrupt tensors are
 refused instead of computing garbage or reading out of bounds; pack(), concat() and .to()
-do not read the data again, and check_data=False skips the check where asked."""
+do not read the data again, and check_data=False skips the check where asked. Their
+shape and nnz are integers, as a tile is; pack checks a tile and the 2:4 pattern once."""
 
 import dataclasses
+import re
 
+import numpy as np
 import pytest
 import torch
 from _kernels_helpers import random_24, random_unstructured
 
-from lcc_kernels import BitmapWeight, Sparse24Weight, concat, pack
+from lcc_kernels import (
+    BitmapWeight,
+    Sparse24Weight,
+    concat,
+    format_24,
+    formats,
+    pack,
+    pack_many,
+    packed_nbytes,
+)
 
 FORMATS = ["2:4", "bitmap"]
 
@@ -95,3 +107,67 @@ def test_containers_refuse_lazy_negation_views():
     bitmap = _bitmap()
     with pytest.raises(ValueError, match="bitmap values is a lazy negation view"):
         dataclasses.replace(bitmap, values=bitmap.values._neg_view())
+
+
+@pytest.mark.parametrize(
+    "shape", [(24.9, 72), (24, 72.0), ("24", "72"), (24, 72, 1), (24,), 24, (True, 72)], ids=repr
+)
+def test_a_shape_must_be_a_pair_of_ints(shape):
+    """int() of each entry had truncated floats, parsed strings and dropped a third."""
+    w24, bitmap = _w24(), _bitmap()
+    message = re.escape(f"shape must be a pair of ints (N, K), got {shape!r}")
+    with pytest.raises(ValueError, match="2:4 " + message):
+        Sparse24Weight(w24.values, w24.meta, shape, (24,))
+    fields = (bitmap.bits, bitmap.values, bitmap.offsets)
+    with pytest.raises(ValueError, match="bitmap " + message):
+        BitmapWeight(*fields, shape, bitmap.tile, bitmap.nnz, (24,))
+    rebuilt = Sparse24Weight(w24.values, w24.meta, (np.int64(24), torch.tensor(72)), (24,))
+    assert rebuilt.shape == (24, 72) and all(type(size) is int for size in rebuilt.shape)
+
+
+@pytest.mark.parametrize("nnz", [0.9, 0.0, "0", torch.tensor(0.0)], ids=repr)
+def test_a_bitmap_nnz_must_be_an_int(nnz):
+    bitmap = _bitmap()
+    fields = (bitmap.bits, bitmap.values, bitmap.offsets, bitmap.shape, bitmap.tile)
+    nnz = bitmap.nnz + nnz if isinstance(nnz, float) else nnz
+    with pytest.raises(ValueError, match=re.escape(f"bitmap nnz must be an int, got {nnz!r}")):
+        BitmapWeight(*fields, nnz, (24,))
+    rebuilt = BitmapWeight(*fields, np.int32(bitmap.nnz), (24,))
+    assert rebuilt.nnz == bitmap.nnz and type(rebuilt.nnz) is int
+
+
+@pytest.mark.parametrize("tile", [(3, 5), "junk", None, (16.0, 32)], ids=repr)
+def test_a_bad_tile_is_refused_for_24_weights_too(tile):
+    """A tile went unchecked (and unused) for 2:4: one is checked whatever the format."""
+    weight = random_24(8, 64)
+    with pytest.raises(ValueError, match="bitmap tile must be"):
+        pack(weight, "2:4", tile=tile)
+    with pytest.raises(ValueError, match="bitmap tile must be"):
+        pack_many([weight, weight], "2:4", tile=tile)
+    with pytest.raises(ValueError, match="bitmap tile must be"):
+        packed_nbytes(weight, "2:4", tile=tile)
+
+
+def test_a_good_tile_leaves_24_weights_as_they_are():
+    weight = random_24(8, 64)
+    default = pack(weight, "2:4")
+    for packed in (pack(weight, "2:4", tile=(16, 32)), pack_many([weight], "2:4", tile=[1, 32])):
+        assert torch.equal(packed.values, default.values) and torch.equal(packed.meta, default.meta)
+    assert packed_nbytes(weight, "2:4", tile=(16, 32)) == default.nbytes
+
+
+def test_the_24_pattern_is_checked_once_per_weight(monkeypatch):
+    """pack_many checked each weight, then pack checked the stacked copy again."""
+    checked, real = [], format_24._check_24
+
+    def counting(weight, name="weight"):
+        checked.append(name)
+        real(weight, name)
+
+    monkeypatch.setattr(formats, "_check_24", counting)
+    monkeypatch.setattr(format_24, "_check_24", counting)
+    packed = pack_many([random_24(8, 64), random_24(4, 64)], "2:4")
+    assert checked == ["weight 0", "weight 1"] and packed.split_sizes == (8, 4)
+    checked.clear()
+    pack(random_24(8, 64), "2:4")
+    assert checked == ["weight"]

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcc_kernels import format_bitmap, pack, pack_many, packed_nbytes
+from lcc_kernels import format_bitmap, format_common, pack, pack_many, packed_nbytes
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 TILES = [(1, 32), (4, 32), (16, 64), (64, 64), (8, 128), (32, 256)]
@@ -120,7 +120,7 @@ def test_counting_in_bands_of_rows_gives_the_same_bytes(band):
     weights = [torch.randn(9, 100) * (torch.rand(9, 100) < 0.3) for _ in range(2)]
     expected = pack_many(weights, "bitmap", tile=(4, 32)).nbytes
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(format_bitmap, "PACK_BAND", band)
+        patch.setattr(format_common, "PACK_BAND", band)
         assert packed_nbytes(weights, "bitmap", tile=(4, 32)) == expected
 
 

@@ -50,10 +50,21 @@ def test_dense_triton_baseline_checks_its_bias():
 
 def test_reference_refuses_integer_or_mismatched_inputs():
     _, packed = packed_weight("2:4", torch.float32)
-    with pytest.raises(ValueError, match="must be floating point"):
+    message = "x dtype must be float16, bfloat16, float32 or float64, got torch.int64"
+    with pytest.raises(ValueError, match=message):
         reference_linear(torch.ones(1, K, dtype=torch.int64), packed)
-    with pytest.raises(ValueError, match=r"must be \[..., K\] and \[N, K\]"):
+    message = r"x must be \[\.\.\., K\] with the weight's K = 136 \(weight shape \(72, 136\)\)"
+    with pytest.raises(ValueError, match=message):
         reference_linear(torch.ones(1, K - 4), packed)
+    with pytest.raises(ValueError, match="the weight dtype must be float16, .* got torch.int32"):
+        reference_linear(torch.ones(1, K), unpack(packed).int())
+    # checked as sparse_linear checks its inputs (F.linear gave its own errors, or none)
+    with pytest.raises(ValueError, match="x is on meta but the weight is on cpu"):
+        reference_linear(torch.ones(1, K, device="meta"), packed)
+    with pytest.raises(ValueError, match=_not_dense("x", "layout torch.sparse_coo")):
+        reference_linear(torch.ones(1, K).to_sparse(), packed)
+    with pytest.raises(ValueError, match=r"weight must be 2-D \[N, K\], got shape \(136,\)"):
+        reference_linear(torch.ones(1, K), torch.ones(K))
 
 
 def _bad_inputs():
@@ -63,8 +74,14 @@ def _bad_inputs():
     return [
         ("x dtype", packed, x.float(), None, "x dtype torch.float32 does not match"),
         ("int x", packed, x.to(torch.int16), None, "x dtype must be"),
-        ("wrong K", packed, x[:, :-4], None, "last dim must be the weight's K = 136"),
-        ("scalar x", packed, torch.tensor(1.0, dtype=torch.float16), None, "last dim"),
+        ("wrong K", packed, x[:, :-4], None, r"x must be \[\.\.\., K\] with the weight's K = 136"),
+        (
+            "scalar x",
+            packed,
+            torch.tensor(1.0, dtype=torch.float16),
+            None,
+            r"x must be \[\.\.\., K\] .* got shape \(\)",
+        ),
         ("x device", packed, x.to("meta"), None, "x is on meta"),
         ("bias shape", packed, x, torch.zeros(N + 1), r"bias must have shape \(72,\)"),
         ("bias 2-D", packed, x, torch.zeros(1, N), "bias must have shape"),
@@ -106,6 +123,12 @@ def test_bad_backend_or_plan_raises():
         sparse_linear(x, packed, backend="semi_structured")
     with pytest.raises(ValueError, match="not both"):
         sparse_linear(x, packed, backend="tiled", plan=Plan("tiled"))
+    # a backend name given as the plan (it raised AttributeError: 'str' ... 'backend')
+    message = r"plan must be an lcc_kernels.Plan, got str 'skinny'; .* with backend="
+    with pytest.raises(ValueError, match=message):
+        sparse_linear(x, packed, plan="skinny")
+    with pytest.raises(ValueError, match="plan must be an lcc_kernels.Plan, got dict"):
+        sparse_linear(x, packed, plan=Plan("skinny").to_dict())
     with pytest.raises(ValueError, match="power of two"):
         Plan("skinny", block_n=48)
     with pytest.raises(ValueError, match="block_k >= 32"):

@@ -93,10 +93,26 @@ def test_eager_calls_launch_directly_and_others_go_through_the_op(fmt, monkeypat
     # Autograd records the op, so that a backward fails loudly instead of giving no grad.
     y = sparse_linear(x, packed, bias, plan=SMALL_PLAN)
     assert y.requires_grad and len(op_calls) == 3
-    with pytest.raises(RuntimeError, match="no autograd formula"):
+    # The op's own formula: the fix named, not PyTorch's "use register_autograd to add one".
+    message = (
+        f"inference only: a backward cannot run through them \\(lcc_kernels::{op_name} has "
+        "no derivative\\); use backend='reference' \\(or 'dense'\\) for training"
+    )
+    with pytest.raises(RuntimeError, match=message):
         y.sum().backward()
     y = sparse_linear(x.detach(), packed, bias.requires_grad_(), plan=SMALL_PLAN)
     assert y.requires_grad and len(op_calls) == 4
+
+
+@needs_triton
+def test_a_backward_through_the_dense_baseline_op_names_the_fix():
+    from lcc_kernels import dense_linear_triton
+
+    x = torch.randn(3, 64, requires_grad=True)
+    y = dense_linear_triton(x, torch.randn(40, 64), None, Plan("tiled", 16, 16, 16))
+    message = r"\(lcc_kernels::dense_linear has no derivative\); use backend='reference'"
+    with pytest.raises(RuntimeError, match=message):
+        y.sum().backward()
 
 
 def test_compiled_reference_path_has_no_graph_break(monkeypatch):
@@ -293,9 +309,14 @@ def test_ops_check_and_copy_what_they_are_given(kind):
     call, dense = _op_calls(x, bias)[kind]
     assert_matches_oracle(call(x, bias), x, dense, bias)
     for bad_x, bad_bias, message in (
-        (torch.randn(3, 72), None, r"x must be \[M, K = 64\] for this weight, got \(3, 72\)"),
-        (torch.randn(2, 3, 64), None, r"x must be \[M, K = 64\]"),
-        (torch.randn(3, 64).half(), None, "x dtype torch.float16 must be the weight's"),
+        (
+            torch.randn(3, 72),
+            None,
+            r"x must be \[M, K\] with the weight's K = 64 \(weight shape "
+            r"\(40, 64\)\), got shape \(3, 72\)",
+        ),
+        (torch.randn(2, 3, 64), None, r"x must be \[M, K\] .* got shape \(2, 3, 64\)"),
+        (torch.randn(3, 64).half(), None, "x dtype torch.float16 does not match the weight dtype"),
         (x, torch.randn(41), r"bias must have shape \(40,\), got \(41,\)"),
         (x, torch.zeros(40, dtype=torch.int32), "bias dtype"),
     ):

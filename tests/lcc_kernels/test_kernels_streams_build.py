@@ -12,7 +12,7 @@ import torch
 from _kernels_helpers import random_unstructured
 
 import lcc_kernels.streams as streams_module
-from lcc_kernels import pack
+from lcc_kernels import format_common, pack
 from lcc_kernels.streams import build_streams
 
 N, K = 75, 136
@@ -36,7 +36,7 @@ def _build_counting_bands(monkeypatch, weight, block_n, split, step_bits, band_p
         fill_band(streams, band, rows, lengths)
 
     with monkeypatch.context() as patch:
-        patch.setattr(streams_module, "PACK_BAND", band_positions)
+        patch.setattr(format_common, "PACK_BAND", band_positions)
         patch.setattr(streams_module, "_fill_band", counting_fill_band)
         return build_streams(weight, block_n, split, step_bits), filled
 
