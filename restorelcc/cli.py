@@ -13,6 +13,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator
+from typing import NoReturn
 
 from restorelcc.errors import RestoreLCCError
 
@@ -45,8 +46,17 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A parser whose refusals read as the commands' own: one line, ``restorelcc <command>:
+    error: <argparse's message> (see restorelcc <command> --help)``, exit status 2, rather
+    than the whole usage block first. ``--help`` is argparse's, unchanged."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="restorelcc",
         description="Prune LLMs and restore their accuracy by lost-component compensation.",
     )
@@ -54,9 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command",
         required=True,
         metavar="COMMAND",
-        parser_class=functools.partial(
-            argparse.ArgumentParser, formatter_class=DefaultsHelpFormatter
-        ),
+        parser_class=functools.partial(OneLineErrorParser, formatter_class=DefaultsHelpFormatter),
     )
     for module in COMMANDS.values():
         importlib.import_module(module).register(sub)

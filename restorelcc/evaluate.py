@@ -73,9 +73,8 @@ def perplexity_settings(ppl: dict) -> dict:
 def perplexity_protocol(ppl: dict) -> str:
     """``perplexity_settings`` as the summaries print them: ``lambada, 4096 tokens, window
     512, stride 256``."""
-    return (
-        f"{ppl['source']}, {ppl['tokens']} tokens, window {ppl['window']}, stride {ppl['stride']}"
-    )
+    tokens = f"{ppl['tokens']} token{'' if ppl['tokens'] == 1 else 's'}"
+    return f"{ppl['source']}, {tokens}, window {ppl['window']}, stride {ppl['stride']}"
 
 
 def _mean_and_stderr(values: Sequence[float]) -> tuple[float, float | None]:

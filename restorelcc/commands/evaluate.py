@@ -137,14 +137,22 @@ def summary_rows(tasks: dict, mean: dict | None) -> list[dict]:
     return rows
 
 
+# Perplexities from here up print in scientific notation: in fixed point a pruned model's
+# 1.373e+46 was 47 digits, all but the first few noise.
+FIXED_POINT_BELOW = 1e6
+
+
 def perplexity_line(ppl: dict) -> str:
-    """The perplexity summary of a report (``PerplexityResult.as_dict``); its ``None``
+    """The perplexity summary of a report (``PerplexityResult.as_dict``): 3 decimals, or 4
+    significant digits from ``FIXED_POINT_BELOW`` up (``1.373e+46``); its ``None``
     perplexity (a mean NLL whose exp overflows a float) reads as inf, with the mean NLL."""
     figure = ppl["perplexity"]
     if figure is None:
         shown = f"inf (mean NLL {ppl['nll'] / ppl['tokens']:.1f} nats per token)"
-    else:
+    elif figure < FIXED_POINT_BELOW:
         shown = f"{figure:.3f}"
+    else:
+        shown = f"{figure:.3e}"
     from restorelcc.evaluate import perplexity_protocol
 
     return f"perplexity ({perplexity_protocol(ppl)}): {shown}"

@@ -109,9 +109,10 @@ def warn_if_text_ran_out(ppl: dict, args: argparse.Namespace) -> None:
 
     scored = ppl["tokens"]
     if scored < scored_count(args.ppl_tokens, ppl["window"], ppl["stride"]):
+        those = "that one" if scored == 1 else f"those {scored}"
         warn_user(
             f"--ppl-tokens {args.ppl_tokens}: --ppl-source {args.ppl_source} ran out after "
-            f"{scored} scored tokens; the perplexity is of those {scored}",
+            f"{scored} scored token{'' if scored == 1 else 's'}; the perplexity is of {those}",
         )
 
 

@@ -47,12 +47,14 @@ def check_json_path(path: str | Path, option: str = "--json") -> Path:
 
 
 def _report_stem(model: str) -> str:
-    """A file-name-safe name for ``model``: a local folder's parent and own name
-    (``b/merged`` -> ``b-merged``; ``.`` -> the current folder's), else the model's name
-    (``org/name`` -> ``org-name``)."""
+    """A file-name-safe name for ``model``: a local folder's name, with its parent's where
+    the path as typed names one (``runs/b/merged`` -> ``b-merged``, ``../x`` -> the parent
+    folder's name and ``x``; ``wanda24`` -> ``wanda24``; ``.`` -> the current folder's
+    name), else the model's name (``org/name`` -> ``org-name``)."""
     if Path(model).exists():
         absolute = Path(os.path.abspath(model))  # as typed: ".." resolved, links not
-        parts = [absolute.parent.name, absolute.name]
+        typed = Path(os.path.normpath(model)).parts  # "./a/" -> ("a",)
+        parts = [absolute.parent.name, absolute.name] if len(typed) > 1 else [absolute.name]
     else:
         parts = str(model).strip("/").split("/")[-2:]
     stem = "-".join(part for part in parts if part)
@@ -78,9 +80,10 @@ def default_report_path(command: str, model: str, adapter: str | None = None) ->
 
 DEFAULT_REPORT_HELP = (
     "report path (default: {command}_<model>.json in the current folder, "
-    "{command}_<model>+<adapter>.json with --adapter, <model> being a local folder's parent "
-    "and own name (b/merged -> b-merged) or the model's name, <adapter> likewise; -2, -3... "
-    "is added rather than replace an existing file)"
+    "{command}_<model>+<adapter>.json with --adapter, <model> being a local folder's name, "
+    "with its parent's where the path names one (b/merged -> b-merged, wanda24 -> wanda24), "
+    "or the model's name, <adapter> likewise; -2, -3... is added rather than replace an "
+    "existing file)"
 )
 
 

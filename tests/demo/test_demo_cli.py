@@ -424,7 +424,8 @@ def test_demo_limit_accepts_what_eval_accepts(text, capsys):
         try:
             return ("ok", parser.parse_args([command, "--limit", text]).limit)
         except SystemExit as exit:
-            return ("refused", exit.code, capsys.readouterr().err.splitlines()[-1].split(": ")[-1])
+            message = capsys.readouterr().err.split(": error: ")[-1]
+            return ("refused", exit.code, message.split(" (see restorelcc ")[0])
 
     assert parsed("demo") == parsed("eval")
     if text.lower() in ("all", "none"):

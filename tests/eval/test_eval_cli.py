@@ -196,7 +196,7 @@ def test_default_report_names_differ_per_model_and_replace_nothing(tmp_path, mon
     monkeypatch.chdir(tmp_path / "c")
     assert default_report_path("eval", "../a/merged").name == "eval_a-merged.json"
     assert default_report_path("eval", str(tmp_path / "b" / "merged")).name == "eval_b-merged.json"
-    assert default_report_path("bench", ".").name == f"bench_{tmp_path.name}-c.json"
+    assert default_report_path("bench", ".").name == "bench_c.json"
     assert default_report_path("eval", "smollm2-135m").name == "eval_smollm2-135m.json"
     assert default_report_path("eval", "Org/Model:v1").name == "eval_Org-Model_v1.json"
     (tmp_path / "c" / "eval_a-merged.json").write_text("{}")
@@ -208,16 +208,14 @@ def test_a_default_report_name_with_an_adapter_names_it_too(tmp_path, monkeypatc
     (tmp_path / "runs" / "restored-24").mkdir(parents=True)
     (tmp_path / "runs" / "restored-24" / "adapter.json").write_text("{}")
     monkeypatch.chdir(tmp_path / "runs")
-    named = "eval_smollm2-135m+runs-restored-24.json"
+    named = "eval_smollm2-135m+restored-24.json"
     assert default_report_path("eval", "smollm2-135m", "restored-24").name == named
     assert default_report_path("eval", "smollm2-135m", "restored-24/adapter.json").name == named
-    assert default_report_path("bench", "a/m", "restored-24").name == (
-        "bench_a-m+runs-restored-24.json"
-    )
+    assert default_report_path("bench", "a/m", "restored-24").name == "bench_a-m+restored-24.json"
     assert default_report_path("eval", "smollm2-135m", None).name == "eval_smollm2-135m.json"
     (tmp_path / "runs" / named).write_text("{}")
     assert default_report_path("eval", "smollm2-135m", "restored-24").name == (
-        "eval_smollm2-135m+runs-restored-24-2.json"
+        "eval_smollm2-135m+restored-24-2.json"
     )
 
 

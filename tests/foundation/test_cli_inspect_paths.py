@@ -16,9 +16,13 @@ def _error(capsys, *argv) -> str:
 
 
 def test_a_missing_directory_is_named_as_missing(tmp_path, capsys, monkeypatch):
-    """It had read "nosuch is not a checkpoint directory (no config.json)"."""
+    """It had read "nosuch is not a checkpoint directory (no config.json)", then "no such
+    directory: nosuch" without the known names the other commands list."""
     monkeypatch.chdir(tmp_path)
-    assert _error(capsys, "nosuch") == "restorelcc inspect: error: no such directory: nosuch"
+    assert _error(capsys, "nosuch").startswith(
+        f"restorelcc inspect: error: cannot resolve model 'nosuch': no directory "
+        f"{tmp_path / 'nosuch'} and not a known name (smollm2-135m)"
+    )
 
 
 def test_a_file_is_not_a_checkpoint_directory(tmp_path, capsys):

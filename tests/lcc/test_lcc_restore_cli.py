@@ -394,4 +394,4 @@ def test_an_unreadable_max_grad_norm_is_named_as_the_option(restore_checkpoints,
         main(method_argv(tmp_path, "--max-grad-norm", "abc"))
     assert stop.value.code == 2
     err = capsys.readouterr().err.splitlines()[-1]
-    assert err.endswith("argument --max-grad-norm: 'abc' is neither a number nor 'none'")
+    assert "argument --max-grad-norm: 'abc' is neither a number nor 'none' (see" in err
