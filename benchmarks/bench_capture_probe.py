@@ -37,13 +37,14 @@ from restorelcc.assets import DEFAULT_MODEL, load_model
 from restorelcc.commands.options import model_head_count
 from restorelcc.commands.restore import heads_value
 from restorelcc.data import instruction_pairs
-from restorelcc.io import atomic_write_json, format_table, load_average, run_metadata
+from restorelcc.io import atomic_write_json, format_table
 from restorelcc.lcc.capture import ProbeActivations, capture_probe_activations
 from restorelcc.lcc.components import lost_components
 from restorelcc.lcc.negatives import mine_negatives
 from restorelcc.lcc.probing import score_heads, select_heads
 from restorelcc.lcc.reference import capture_one_by_one, components_and_probes_per_head
 from restorelcc.lcc.tokens import ProbeSequences, encode_probe_set
+from restorelcc.provenance import load_average, run_metadata
 from restorelcc.prune import prune_model
 
 RESULTS = Path(__file__).resolve().parent / "results"

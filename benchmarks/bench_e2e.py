@@ -77,8 +77,8 @@ class Bench:
         import torch
 
         from lcc_kernels.bench import environment
-        from restorelcc.io import run_metadata
         from restorelcc.latency import oracle_dtype
+        from restorelcc.provenance import run_metadata
 
         self.torch = torch
         self.out, self.setup, self.deadline = out, setup, deadline

@@ -124,7 +124,8 @@ def test_perplexity_throughput(benchmark, smollm2):
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from restorelcc.io import atomic_write_json, format_table, load_average, run_metadata
+    from restorelcc.io import atomic_write_json, format_table
+    from restorelcc.provenance import load_average, run_metadata
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL)

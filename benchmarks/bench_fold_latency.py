@@ -37,10 +37,11 @@ from restorelcc.commands.options import model_head_count
 from restorelcc.commands.restore import heads_value
 from restorelcc.data import instruction_pairs
 from restorelcc.hf.families import head_geometry
-from restorelcc.io import atomic_write_json, format_table, load_average, run_metadata
+from restorelcc.io import atomic_write_json, format_table
 from restorelcc.latency import interleaved_rounds, median_ratios
 from restorelcc.lcc import HeadCompensation, Restoration, TrainConfig, model_fingerprint
 from restorelcc.lcc.probing import head_count
+from restorelcc.provenance import load_average, run_metadata
 from restorelcc.prune import prune_model
 
 RESULTS = Path(__file__).resolve().parent / "results"

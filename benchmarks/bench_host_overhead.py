@@ -32,8 +32,9 @@ import torch.nn.functional as F
 
 import lcc_kernels
 from lcc_kernels import dispatch, launch
-from restorelcc.io import atomic_write_json, format_table, load_average, run_metadata
+from restorelcc.io import atomic_write_json, format_table
 from restorelcc.latency import interleaved_rounds, median_ratios
+from restorelcc.provenance import load_average, run_metadata
 
 RESULTS = Path(__file__).resolve().parent / "results"
 H200 = ("NVIDIA H200", 132)  # dispatch.device_info's (name, SM count)

@@ -351,7 +351,8 @@ def table_rows(paths: dict) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     from restorelcc.commands.swap_options import NothingToSwapError
     from restorelcc.hf.swap_plan import SwapError
-    from restorelcc.io import atomic_write_json, format_table, load_average, run_metadata
+    from restorelcc.io import atomic_write_json, format_table
+    from restorelcc.provenance import load_average, run_metadata
 
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-packed-load-") as tmp:

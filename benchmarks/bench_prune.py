@@ -24,7 +24,8 @@ from pathlib import Path
 from restorelcc.assets import DEFAULT_MODEL, load_model
 from restorelcc.data import calibration_batches
 from restorelcc.evaluate import perplexity_report
-from restorelcc.io import atomic_write_json, format_table, run_metadata
+from restorelcc.io import atomic_write_json, format_table
+from restorelcc.provenance import run_metadata
 from restorelcc.prune import prune_model
 
 ELEMENTWISE = [

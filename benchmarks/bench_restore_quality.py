@@ -45,10 +45,11 @@ from restorelcc.errors import RestoreLCCError
 from restorelcc.eval.tasks import resolve_tasks
 from restorelcc.evaluate import evaluate_model, perplexity
 from restorelcc.hf.families import head_geometry
-from restorelcc.io import atomic_write_json, format_table, load_average, run_metadata
+from restorelcc.io import atomic_write_json, format_table
 from restorelcc.lcc import RestoreConfig, TrainConfig, restore
 from restorelcc.lcc.probing import head_count
 from restorelcc.lcc.train import heldout_loss
+from restorelcc.provenance import load_average, run_metadata
 from restorelcc.prune import prune_model
 from restorelcc.prune.validate import check_spec
 

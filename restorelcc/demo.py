@@ -51,10 +51,11 @@ from restorelcc.demo_table import (
 )
 from restorelcc.evaluate import evaluate_model, headline_metric, perplexity_settings
 from restorelcc.hf.families import check_length_fits, family_of, head_geometry
-from restorelcc.io import atomic_directory, atomic_write_json, run_metadata
+from restorelcc.io import atomic_directory, atomic_write_json
 from restorelcc.latency import interleaved_rounds, median_ratios
 from restorelcc.lcc.pipeline import RestoreConfig, StageTimer, restore
 from restorelcc.lcc.probing import head_count
+from restorelcc.provenance import run_metadata
 from restorelcc.prune import prune_model
 from restorelcc.prune.api import check_config
 from restorelcc.prune.memory import check_calibration_memory

@@ -1,4 +1,4 @@
-"""Atomic file output, run metadata and plain-text summary tables."""
+"""Atomic file output and plain-text summary tables (run metadata: ``restorelcc.provenance``)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import errno
 import json
 import math
 import os
-import platform
 import shutil
 import stat
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -344,47 +341,6 @@ def _move_entries(source: Path, target: Path) -> None:
         for entry in reversed(moved):
             os.rename(target / entry, source / entry)
         raise
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def load_average() -> list[float] | None:
-    """The host's 1, 5 and 15-minute load averages (None where the OS has none): on a
-    shared machine other jobs slow every timing down."""
-    try:
-        return list(os.getloadavg())
-    except (AttributeError, OSError):
-        return None
-
-
-def run_metadata() -> dict:
-    """Versions, host, commit and the load average when called, for every JSON report."""
-    import torch
-    import transformers
-
-    return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": platform.node(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "cpu_threads": torch.get_num_threads(),
-        "load_average": load_average(),
-        "commit": git_commit(),
-    }
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:

@@ -248,8 +248,8 @@ def run(args: argparse.Namespace) -> int:
         packed_swap,
     )
     from restorelcc.hf.swap import unswap_attention
-    from restorelcc.io import run_metadata
     from restorelcc.latency import weight_bytes
+    from restorelcc.provenance import run_metadata
 
     start = time.perf_counter()
     folder = packed_swap(args.model) if is_packed_checkpoint(args.model) else None

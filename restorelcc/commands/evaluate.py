@@ -206,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.data import perplexity_texts
     from restorelcc.evaluate import evaluate_model, resolve_tasks
     from restorelcc.hf.packed_checkpoint import is_packed_checkpoint, load_packed, packed_modules
-    from restorelcc.io import format_table, run_metadata
+    from restorelcc.io import format_table
+    from restorelcc.provenance import run_metadata
 
     start = time.perf_counter()
     tasks = resolve_tasks(args.tasks)  # unknown names fail before the model loads

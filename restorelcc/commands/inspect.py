@@ -71,7 +71,8 @@ def _print_swap(report, mlp: bool, structured: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from restorelcc.io import atomic_write_json, format_table, run_metadata
+    from restorelcc.io import atomic_write_json, format_table
+    from restorelcc.provenance import run_metadata
     from restorelcc.prune.checkpoint import (
         STRUCTURED_COUNTS,
         STRUCTURED_FRACTION,

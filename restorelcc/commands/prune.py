@@ -176,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.assets import load_config, load_model
     from restorelcc.evaluate import perplexity_protocol
     from restorelcc.hf.families import check_length_fits, family_of
-    from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
+    from restorelcc.io import atomic_directory, atomic_write_json, format_table
+    from restorelcc.provenance import run_metadata
     from restorelcc.prune import prune_model
     from restorelcc.prune.api import check_config
 

@@ -339,9 +339,10 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.commands.restore_models import compare_with_dense, method_restoration
     from restorelcc.data import perplexity_texts
     from restorelcc.evaluate import perplexity_protocol
-    from restorelcc.io import atomic_directory, atomic_write_json, format_table, run_metadata
+    from restorelcc.io import atomic_directory, atomic_write_json, format_table
     from restorelcc.lcc import save_adapter
     from restorelcc.lcc.adapter import ADAPTER_CONFIG, export_merged
+    from restorelcc.provenance import run_metadata
 
     config = _config(args)
     device = resolve_device(args.device)

@@ -92,7 +92,7 @@ class PruneReport:
     sparsity: float  # requested: fraction of weights (or, for 'heads', of parameters) removed
     matrices: list[MatrixReport]
     seconds: float
-    # {"source", "seed", "nsamples", "seqlen", "chunk_size"} when used
+    # {"source", "origin", "seed", "nsamples", "seqlen", "chunk_size"} when used
     calibration: dict | None = None
     structured: dict | None = None  # removed heads / channels and parameter counts
     evaluation: dict | None = field(default=None)

@@ -125,7 +125,8 @@ def check_options(
 def check_model(model: nn.Module, spec: PruneSpec) -> Family:
     """Check the model has the family's decoder linears and the pattern fits their shapes
     (N:M: inputs divisible by M; unstructured: ``sparsity`` rounds to at least one pruned
-    weight somewhere). Reads only shapes, so a meta-device shell does."""
+    weight somewhere and to at least one kept weight everywhere). Reads only shapes, so a
+    meta-device shell does."""
     family = family_of(model)
     layers = decoder_layers(model)
     shapes = []
@@ -146,22 +147,49 @@ def check_model(model: nn.Module, spec: PruneSpec) -> Family:
                 )
     if spec.pattern.kind == "unstructured":
         _check_prunes_something(spec, shapes)
+        _check_keeps_something(spec, shapes)
     return family
+
+
+def _counted_sizes(spec: PruneSpec, shapes: list[tuple[int, int]]) -> tuple[list[int], str]:
+    """What ``spec.method`` takes its unstructured ``prune_count`` of, for each linear's
+    ``[out, in]`` in ``shapes``, and its name: magnitude and Wanda a row's ``in`` inputs,
+    SparseGPT a matrix's ``out * in`` weights."""
+    if spec.method == "sparsegpt":
+        return [out * inputs for out, inputs in shapes], "matrix"
+    return [inputs for _, inputs in shapes], "row"
 
 
 def _check_prunes_something(spec: PruneSpec, shapes: list[tuple[int, int]]) -> None:
     """Refuse an unstructured ``spec.sparsity`` that rounds to no weight in any of the
-    linears' ``[out, in]`` shapes: magnitude and Wanda prune ``prune_count(in)`` per row,
-    SparseGPT ``prune_count(out * in)`` per matrix."""
-    per_matrix = spec.method == "sparsegpt"
-    largest = max(out * inputs if per_matrix else inputs for out, inputs in shapes)
+    linears' ``[out, in]`` shapes (``_counted_sizes``)."""
+    sizes, unit = _counted_sizes(spec, shapes)
+    largest = max(sizes)
     if prune_count(largest, spec.sparsity) > 0:
         return
-    unit = "weights of a matrix" if per_matrix else "inputs of a row"
     raise PruneArgumentError(
         f"sparsity={spec.sparsity} prunes no weight: {spec.method} prunes that share of the "
-        f"{unit} (at most {largest} here), rounded half up, which is 0; pass "
+        f"weights of a {unit} (at most {largest} here), rounded half up, which is 0; pass "
         f"sparsity={rounded_up(0.5 / largest):.3g} or more"
+    )
+
+
+def _check_keeps_something(spec: PruneSpec, shapes: list[tuple[int, int]]) -> None:
+    """Refuse an unstructured ``spec.sparsity`` that rounds to every weight of the smallest
+    row (magnitude, Wanda) or matrix (SparseGPT) of the linears' ``[out, in]`` shapes: that
+    linear would pass nothing on (below 1, ``sparsity * size`` rounds half up to ``size``
+    from ``1 - 0.5 / size``: 0.99913 for 576 inputs)."""
+    sizes, unit = _counted_sizes(spec, shapes)
+    smallest = min(sizes)
+    if prune_count(smallest, spec.sparsity) < smallest:
+        return
+    most = rounded_down(1 - 0.5 / smallest)
+    while prune_count(smallest, most) >= smallest:  # 1 - 0.5 / size itself rounds up to all
+        most = rounded_down(most * (1 - 1e-9))
+    raise PruneArgumentError(
+        f"sparsity={spec.sparsity} prunes every weight of a {unit}: {spec.method} prunes that "
+        f"share of the weights of a {unit} (at least {smallest} here), rounded half up, which "
+        f"is all {smallest}; pass sparsity={most:.3g} or less"
     )
 
 
@@ -170,6 +198,13 @@ def rounded_up(value: float, digits: int = 3) -> float:
     number that is no less than ``value``, for naming a bound the user can pass."""
     scale = 10.0 ** (digits - 1 - math.floor(math.log10(value)))
     return math.ceil(value * scale) / scale
+
+
+def rounded_down(value: float, digits: int = 3) -> float:
+    """``value`` (> 0) rounded down to ``digits`` significant digits: the largest such
+    number that is no more than ``value``, for naming a bound the user can pass."""
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(value)))
+    return math.floor(value * scale) / scale
 
 
 def check_calibration(calibration, spec: PruneSpec, vocab_size: int) -> torch.Tensor | None:

@@ -20,6 +20,7 @@ def test_prune_writes_checkpoint_and_report(tiny_dir, calib_file, tmp_path, caps
     assert rc == 0
     report = json.loads((out / "prune_report.json").read_text())
     assert report["method"] == "sparsegpt" and report["pattern"] == "2:4"
+    assert report["calibration"].pop("origin")["path"] == str(calib_file.resolve())
     assert report["calibration"] == {
         "source": str(calib_file),
         "seed": 0,

@@ -75,6 +75,7 @@ def test_the_report_records_the_calibration_seed_and_chunk_size(tiny_dir, tmp_pa
     flags = ["--calibration", str(calib_file), "--nsamples", "4", "--seqlen", "32"]
     prune(tiny_dir, tmp_path / "out", *flags, "--seed", "3", "--chunk-size", "2")
     report = json.loads((tmp_path / "out" / "prune_report.json").read_text())
+    assert report["calibration"].pop("origin")["path"] == str(calib_file.resolve())
     assert report["calibration"] == {
         "source": str(calib_file),
         "seed": 3,
