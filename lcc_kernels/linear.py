@@ -82,7 +82,9 @@ def sparse_linear(
     groups with fewer than two kept, the streams' escape and padding entries), so which
     rows turn NaN depends on the path. Check x where it matters.
 
-    torch.compile traces the call as one custom op (no graph break). There the streams
+    torch.compile traces a Triton or streams call ("auto" on a GPU) as one custom op, a
+    PyTorch backend's ("reference", "dense", "auto" on the CPU) as its PyTorch ops: no
+    graph break either way. There the streams
     backend needs the weight's layout built before tracing (`prepare_streams`, or an
     eager call); under CUDA-graph capture, a forced dense, semi_structured or streams
     backend needs its copy of the weight built before ("auto" falls back to a Triton

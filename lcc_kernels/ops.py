@@ -123,16 +123,16 @@ def _inference_only(what: str) -> str:
     )
 
 
-def _refuse_backward(op) -> None:
-    """Register on the custom op `op` an autograd formula whose backward raises a
-    RuntimeError naming the fix (PyTorch's own, for an op without one, asks for a
-    formula). The forward records a node as before, so that the backward, not the
+def _refuse_backward(op, name: str) -> None:
+    """Register on the custom op `op` (`lcc_kernels::name`) an autograd formula whose
+    backward raises a RuntimeError naming the fix (PyTorch's own, for an op without one,
+    asks for a formula). The forward records a node as before, so that the backward, not the
     forward, raises; torch.compile traces the op as before (and, where an input
     requires grad, raises while tracing the backward, as it did)."""
 
     def backward(ctx, grad: torch.Tensor):
         """grad: the [M, N] gradient of y; never used."""
-        what = f"a backward cannot run through them ({op._qualname} has no derivative)"
+        what = f"a backward cannot run through them (lcc_kernels::{name} has no derivative)"
         raise RuntimeError(_inference_only(what))
 
     op.register_autograd(backward)
@@ -345,5 +345,10 @@ def _check_fake_devices(op: str, x: torch.Tensor, **tensors: torch.Tensor | None
             raise ValueError(f"lcc_kernels.{op}: {name} on {tensor.device} but x on {x.device}")
 
 
-for _op in (sparse24_linear, bitmap_linear, dense_linear, bitmap_streams_linear):
-    _refuse_backward(_op)
+for _name, _op in [
+    ("sparse24_linear", sparse24_linear),
+    ("bitmap_linear", bitmap_linear),
+    ("dense_linear", dense_linear),
+    ("bitmap_streams_linear", bitmap_streams_linear),
+]:
+    _refuse_backward(_op, _name)

@@ -86,6 +86,8 @@ def check_operands(
 
 def check_dense_weight(weight: torch.Tensor) -> tuple[int, int]:
     """(N, K) of a dense weight [N, K]; a ValueError unless it is a 2-D strided tensor."""
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"weight must be a torch.Tensor [N, K], got {type(weight).__name__}")
     check_strided(weight, "weight")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(weight.shape)}")

@@ -51,8 +51,22 @@ class OneLineErrorParser(argparse.ArgumentParser):
     error: <argparse's message> (see restorelcc <command> --help)``, exit status 2, rather
     than the whole usage block first. ``--help`` is argparse's, unchanged."""
 
+    # The top parser's {command name: its parser}, set by build_parser.
+    command_parsers: dict[str, argparse.ArgumentParser] = {}
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+        line = " ".join(message.splitlines())  # the user's values as typed
+        self.exit(2, f"{self.prog}: error: {line} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None) -> argparse.Namespace:
+        """As argparse's, but an option the command does not know is refused by the
+        command's parser (``restorelcc eval: ... (see restorelcc eval --help)``), whose
+        help lists its options, not by the top one."""
+        namespace, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            command = self.command_parsers.get(getattr(namespace, "command", None), self)
+            command.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return namespace
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for module in COMMANDS.values():
         importlib.import_module(module).register(sub)
+    parser.command_parsers = dict(sub.choices)
     return parser
 
 

@@ -33,6 +33,7 @@ from restorelcc.eval.tasks import (
     task_questions,
 )
 from restorelcc.hf.families import check_is_model, eval_mode
+from restorelcc.io import counted
 
 __all__ = [
     "DEFAULT_TOKENS",
@@ -73,7 +74,7 @@ def perplexity_settings(ppl: dict) -> dict:
 def perplexity_protocol(ppl: dict) -> str:
     """``perplexity_settings`` as the summaries print them: ``lambada, 4096 tokens, window
     512, stride 256``."""
-    tokens = f"{ppl['tokens']} token{'' if ppl['tokens'] == 1 else 's'}"
+    tokens = counted(ppl["tokens"], "token")
     return f"{ppl['source']}, {tokens}, window {ppl['window']}, stride {ppl['stride']}"
 
 

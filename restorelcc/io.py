@@ -343,6 +343,11 @@ def _move_entries(source: Path, target: Path) -> None:
         raise
 
 
+def counted(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural unless one: ``counted(1, "token")`` is "1 token"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
     """A fixed-width text table; floats get 4 significant digits, missing cells a dash.
     Columns of numbers (headers included) are right-aligned, others left-aligned."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
-from pathlib import Path
 
 from restorelcc.commands.options import add_quiet_argument, check_spares_inputs
 from restorelcc.commands.reports import check_json_path, mark_written
@@ -55,15 +54,6 @@ def _swap_preview(directory: str, format: str, mlp: bool):
         return swap_attention(model, format, mlp=mlp, dry_run=True)
 
 
-def _checkpoint(directory: str) -> str | Path:
-    """``directory``, or where it names no file or folder, what ``resolve_model`` makes of
-    it, as ``--model`` of the other commands: a built-in name's checkpoint, else its error
-    (not a folder, not a known name; the close names)."""
-    from restorelcc.assets import resolve_model
-
-    return directory if Path(directory).exists() else resolve_model(directory)
-
-
 def _print_swap(report, mlp: bool, structured: bool) -> None:
     print(report.table())
     if not report.swapped_layers:
@@ -86,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         check_json_path(args.json)
         check_spares_inputs("--json", args.json, {"the checkpoint": args.directory})
-    result = inspect_checkpoint(_checkpoint(args.directory))
+    result = inspect_checkpoint(args.directory)
     swap = _swap_preview(result["directory"], args.swap, args.mlp) if args.swap else None
     matrices = result["matrices"]
     if args.json is not None:  # before the tables: a reader that stops early (| head)

@@ -19,6 +19,7 @@ from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.errors import RestoreLCCError, warn_user
 from restorelcc.eval.perplexity import DEFAULT_TOKENS, DEFAULT_WINDOW, perplexity_windows
 from restorelcc.eval.scoring import model_max_length
+from restorelcc.io import counted
 
 if TYPE_CHECKING:
     import torch
@@ -112,7 +113,7 @@ def warn_if_text_ran_out(ppl: dict, args: argparse.Namespace) -> None:
         those = "that one" if scored == 1 else f"those {scored}"
         warn_user(
             f"--ppl-tokens {args.ppl_tokens}: --ppl-source {args.ppl_source} ran out after "
-            f"{scored} scored token{'' if scored == 1 else 's'}; the perplexity is of {those}",
+            f"{counted(scored, 'scored token')}; the perplexity is of {those}",
         )
 
 

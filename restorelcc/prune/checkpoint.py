@@ -118,14 +118,12 @@ def _requested_patterns(prune_report: dict | None) -> tuple[tuple[int, int], ...
 
 
 def _not_a_checkpoint(directory: Path) -> str:
-    """What ``directory``, which holds no ``config.json``, is instead: missing, a file, an
-    adapter folder (``adapter_folder_message``, as ``eval --model`` says, less its
+    """What ``directory``, which exists and holds no ``config.json``, is instead: a file,
+    an adapter folder (``adapter_folder_message``, as ``eval --model`` says, less its
     ``--adapter``), or a folder of something else."""
     from restorelcc.assets import is_a_file
     from restorelcc.lcc.adapter import adapter_folder_message
 
-    if not directory.exists():
-        return f"no such directory: {directory}"
     if not directory.is_dir():
         return is_a_file(directory)
     adapter = adapter_folder_message(directory, takes_adapter=False)
@@ -149,12 +147,12 @@ def checkpoint_directory(directory: str | Path) -> Path:
     (``smollm2-135m``) that is no path, its converted checkpoint in the model cache
     (``resolve_model``: converted on first use, as every command that loads it does).
     Otherwise ``ModelNotFoundError`` saying what ``directory`` is instead."""
-    from restorelcc.assets import KNOWN_MODELS, resolve_model
+    from restorelcc.assets import resolve_model
 
     path = Path(directory)
     if (path / "config.json").is_file():
         return path
-    if not path.exists() and str(directory).lower() in KNOWN_MODELS:
+    if not path.exists():  # a built-in name, else resolve_model's error, as --model's
         return resolve_model(directory)
     raise ModelNotFoundError(_not_a_checkpoint(path))
 

@@ -31,3 +31,13 @@ def test_inspect_names_an_unknown_model_as_the_other_commands_do(
     assert "not a known name (smollm2-135m)" in message
     assert ("did you mean smollm2-135m?" in message) == (name == "smollm")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_checkpoint_names_an_unknown_model_as_the_cli_does(tmp_path, monkeypatch):
+    """The library call says what the command says (it had said "no such directory")."""
+    from restorelcc.errors import ModelNotFoundError
+    from restorelcc.prune.checkpoint import inspect_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match=r"not a known name \(smollm2-135m\)"):
+        inspect_checkpoint("nosuch")

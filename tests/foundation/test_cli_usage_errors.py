@@ -16,6 +16,10 @@ REFUSED = [
     (["inspect", "--swap", "foo"], "argument --swap: invalid choice: 'foo' (choose from"),
     (["restore", "--max-grad-norm", "abc"], "argument --max-grad-norm: 'abc' is neither"),
     (["demo", "--dtype", "float64"], "argument --dtype: invalid choice: 'float64'"),
+    # an option the command does not know: its own help lists the ones it does
+    (["eval", "--modle", "x"], "unrecognized arguments: --modle x"),
+    # the value as typed, spaces and all
+    (["prune", "--method", "a   b"], "argument --method: invalid choice: 'a   b'"),
 ]
 
 

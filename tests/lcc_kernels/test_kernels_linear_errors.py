@@ -48,6 +48,15 @@ def test_dense_triton_baseline_checks_its_bias():
         dense_linear_triton(x.double(), weight.double(), None, small_plan("skinny", 3))
 
 
+@pytest.mark.parametrize("weight", [[[1.0] * K] * N, None], ids=["list", "None"])
+def test_a_dense_weight_that_is_no_tensor_is_named(weight):
+    """The dense baseline and the reference take a tensor weight [N, K]: anything else is a
+    ValueError naming it, not an AttributeError from inside the checks."""
+    x = torch.ones(2, K)
+    with pytest.raises(ValueError, match="weight must be a torch.Tensor"):
+        dense_linear_triton(x, weight, None, small_plan("skinny", 3))
+
+
 def test_reference_refuses_integer_or_mismatched_inputs():
     _, packed = packed_weight("2:4", torch.float32)
     message = "x dtype must be float16, bfloat16, float32 or float64, got torch.int64"
