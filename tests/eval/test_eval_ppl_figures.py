@@ -6,6 +6,7 @@ import pytest
 
 from restorelcc import cli
 from restorelcc.commands.evaluate import perplexity_line
+from restorelcc.evaluate import perplexity_protocol
 from restorelcc.testing import save_checkpoint, tiny_model
 
 SETTINGS = {"source": "short.txt", "tokens": 2, "window": 512, "stride": 256}
@@ -55,6 +56,17 @@ def test_a_text_of_two_tokens_scores_one_with_the_ran_out_warning(tmp_path, caps
     report = tmp_path / "r.json"
     argv = ["eval", "--model", str(model), "--tasks", "none", "--ppl-source", str(text),
             "--json", str(report), "--quiet"]  # fmt: skip
-    with pytest.warns(UserWarning, match=f"--ppl-source {text} ran out after 1 scored"):
+    capsys.readouterr()  # the checkpoint's writing bar
+    ran_out = f"--ppl-source {text} ran out after 1 scored token; the perplexity is of that one"
+    with pytest.warns(UserWarning) as record:
         assert cli.main(argv) == 0
     assert json.loads(report.read_text())["perplexity"]["tokens"] == 1
+    # in the singular: it had printed "1 tokens" and "of those 1"
+    assert [str(w.message).split(": ", 1)[1] for w in record] == [ran_out]
+    assert f"perplexity ({text}, 1 token, window " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tokens, shown", [(1, "1 token"), (2, "2 tokens"), (8192, "8192 tokens")])
+def test_the_protocol_counts_tokens_in_the_singular_for_one(tokens, shown):
+    settings = {"source": "short.txt", "tokens": tokens, "window": 512, "stride": 256}
+    assert perplexity_protocol(settings) == f"short.txt, {shown}, window 512, stride 256"

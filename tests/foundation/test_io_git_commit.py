@@ -1,11 +1,14 @@
 """``git_commit`` (``run_metadata``'s ``commit``): the short HEAD, marked ``-dirty`` where
-tracked files differ from it; None without a repository or git."""
+tracked files differ from it or where git cannot tell (a corrupt index); None without a
+repository or git; by default of this package's checkout, not the current folder's."""
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
+import restorelcc
 import restorelcc.provenance
 from restorelcc.provenance import git_commit, run_metadata
 
@@ -70,3 +73,18 @@ def test_a_git_that_hangs_gives_none(monkeypatch, tmp_path):
 
 def test_run_metadata_records_the_package_checkout():
     assert run_metadata()["commit"] == git_commit()
+
+
+def test_a_tree_whose_state_cannot_be_told_is_marked_dirty(repo):
+    head = _git(repo, "rev-parse", "--short=12", "HEAD").strip()
+    (repo / ".git" / "index").write_bytes(b"garbage")  # git status now fails (exit 128)
+    status = ["git", "status", "--porcelain", "--untracked-files=no"]
+    assert subprocess.run(status, cwd=repo, capture_output=True).returncode != 0
+    assert git_commit(repo) == f"{head}-dirty"
+
+
+def test_the_default_is_this_packages_checkout_not_the_current_folder(repo, monkeypatch):
+    monkeypatch.chdir(repo)
+    package = Path(restorelcc.__file__).resolve().parent
+    assert git_commit() == git_commit(package)
+    assert git_commit() != _git(repo, "rev-parse", "--short=12", "HEAD").strip()
