@@ -12,14 +12,13 @@ model directory works too. Loading a resolved folder: ``restorelcc.loading``.
 from __future__ import annotations
 
 import difflib
-import importlib.metadata
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 
 from restorelcc.errors import CorruptCacheError, ModelNotFoundError, RestoreLCCError
 from restorelcc.io import give_usual_modes, sync_files
+from restorelcc.provenance import installed_version
 
 try:  # file locks (Linux, macOS); elsewhere concurrent conversions rely on the re-check
     import fcntl
@@ -66,10 +66,7 @@ def gguf_identity(gguf: Path, distribution: str | None = None) -> dict:
     as a distribution). A wheel version's files never change on PyPI, so these tell two
     GGUFs apart without hashing ~100 MB on every load (sha256: 0.1-0.2 s warm). The path is
     left out: the same wheel installed in two environments may share one cache."""
-    version = None
-    if distribution is not None:
-        with suppress(importlib.metadata.PackageNotFoundError):
-            version = importlib.metadata.version(distribution)
+    version = None if distribution is None else installed_version(distribution)
     return {
         "file": gguf.name,
         "size": gguf.stat().st_size,

