@@ -84,11 +84,10 @@ def sparse_linear(
 
     torch.compile traces a Triton or streams call ("auto" on a GPU) as one custom op, a
     PyTorch backend's ("reference", "dense", "auto" on the CPU) as its PyTorch ops: no
-    graph break either way. There the streams
-    backend needs the weight's layout built before tracing (`prepare_streams`, or an
-    eager call); under CUDA-graph capture, a forced dense, semi_structured or streams
-    backend needs its copy of the weight built before ("auto" falls back to a Triton
-    plan).
+    graph break either way. There the streams backend needs the weight's layout built
+    before tracing (`prepare_streams`, or an eager call); under CUDA-graph capture, a
+    forced dense, semi_structured or streams backend needs its copy of the weight built
+    before ("auto" falls back to a Triton plan).
 
     The Triton backends (streams included) are inference only: a backward through them
     raises a RuntimeError, forward-mode AD (dual tensors) and torch.func transforms (jvp,
