@@ -95,6 +95,7 @@ def sparse_linear(
     which have derivatives of every kind (the packed weight itself gets no gradient).
     Bad input raises a ValueError naming the shape, dtype, device, backend or plan.
 
+    >>> from lcc_kernels import pack
     >>> w = pack(torch.tensor([[1.0, 0, 0, 2], [0, 3, 4, 0]]), "2:4")
     >>> sparse_linear(torch.ones(1, 4), w, torch.tensor([0.5, 0.0]))
     tensor([[3.5000, 7.0000]])
