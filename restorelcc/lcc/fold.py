@@ -1,9 +1,9 @@
 """Fold ``o_proj`` input offsets into ``o_proj`` biases.
 
 ``o_proj`` is linear, so adding a constant ``c`` (``[H*d]``) to its input equals adding
-``W_o @ c`` to its output. The bias is computed in fp32 and stored in the projection's
-bias (added to an existing one), in the model's dtype; the weight is not touched, so the
-pruned weights stay bit-identical and exactly as sparse.
+``W_o @ c`` to its output. The bias is computed in fp32 (fp64 for an fp64 model) and
+stored in the projection's bias (added to an existing one), in the model's dtype; the
+weight is not touched, so the pruned weights stay bit-identical and exactly as sparse.
 
 Folding changes the model in memory, not its config: a folded model saved with
 ``save_pretrained`` has ``o_proj`` biases that its config does not enable, which
@@ -20,12 +20,14 @@ from restorelcc.hf.families import head_geometry, o_proj_of
 
 
 def folded_bias(weight: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """``W_o [hidden, H*d] @ offset [H*d]`` in fp32 -> ``[hidden]``."""
+    """``W_o [hidden, H*d] @ offset [H*d]`` -> ``[hidden]``, in fp32 or the weight's dtype
+    where that is wider (an fp64 model's fold is then exact)."""
     if weight.shape[1] != offset.shape[0]:
         raise ValueError(
             f"offset of {offset.shape[0]} does not fit o_proj input of {weight.shape[1]}"
         )
-    return weight.detach().float() @ offset.detach().float().to(weight.device)
+    dtype = torch.promote_types(weight.dtype, torch.float32)
+    return weight.detach().to(dtype) @ offset.detach().to(weight.device, dtype)
 
 
 @torch.no_grad()
@@ -47,4 +49,4 @@ def fold_offsets(model: nn.Module, offsets: torch.Tensor) -> None:
         if o_proj.bias is None:
             o_proj.bias = nn.Parameter(bias.to(o_proj.weight.dtype), requires_grad=False)
         else:
-            o_proj.bias.copy_((o_proj.bias.float() + bias).to(o_proj.bias.dtype))
+            o_proj.bias.copy_((o_proj.bias.to(bias.dtype) + bias).to(o_proj.bias.dtype))

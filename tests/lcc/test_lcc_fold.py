@@ -61,6 +61,19 @@ def test_bf16_model_folds_in_fp32_and_stores_in_bf16():
     torch.testing.assert_close(o_proj.bias.float(), want.bfloat16().float())
 
 
+def test_fp64_model_folds_exactly():
+    pruned = pruned_copy(tiny_model("llama-3x5")).double()
+    restoration = trained_like(pruned)
+    ids = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        with restoration.attached(pruned):
+            hooked = pruned(ids).logits
+        with restoration.folded(pruned):
+            folded = pruned(ids).logits
+    assert folded.dtype == torch.float64
+    torch.testing.assert_close(folded, hooked, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("existing_bias", [False, True])
 def test_folded_is_fold_for_the_duration_and_gives_the_biases_back(existing_bias):
     pruned = pruned_copy(tiny_model("llama-3x5"))
