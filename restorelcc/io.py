@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
 import json
 import math
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from restorelcc.errors import RestoreLCCError
+
+RENAME_EXCHANGE, _AT_FDCWD = 2, -100  # renameat2's flag and "the current directory"
+# renameat2's errors for "no exchange here": no such call (kernel), no such flag (file system)
+_NO_EXCHANGE = (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, replace: bool = True) -> Path:
@@ -303,15 +310,19 @@ def _delete_replaced(holder: Path, target: Path) -> None:
 
 
 def _replace_directory(new: Path, target: Path) -> Path | None:
-    """Rename ``new`` to ``target``. An existing ``target`` is first moved into a hidden
-    folder of a name of its own beside it (``.<name>-old-XXXX``: a leftover of an
-    interrupted run never blocks this), which is returned for deleting; if the new one
-    cannot be put in place, the old one is put back (and None is left behind)."""
+    """Rename ``new`` to ``target``. An existing ``target`` ends up in a hidden folder of a
+    name of its own beside it (``.<name>-old-XXXX``: a leftover of an interrupted run
+    never blocks this), returned for deleting: exchanged with ``new`` in one step where
+    ``_exchange`` can (``target`` then names a whole folder even if the process is
+    killed), else first moved aside, and put back if the new one cannot be put in place."""
     holder = old = None
     try:
         if os.path.lexists(target):
             holder = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
             old = holder / target.name
+            if _exchange(new, target):
+                os.replace(new, old)  # the old one, under new's name now
+                return holder
             os.replace(target, old)
         os.replace(new, target)
     except BaseException:  # an interrupt between the renames included
@@ -322,6 +333,35 @@ def _replace_directory(new: Path, target: Path) -> Path | None:
                 holder.rmdir()  # empty again, unless the old one could not be put back
         raise
     return holder
+
+
+@functools.cache
+def _renameat2():
+    """libc's ``renameat2`` through ctypes (Linux, glibc 2.28+; ``os`` has none), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p] * 2 + [ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    return renameat2
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap the names ``first`` and ``second`` (both existing) in one step; False, nothing
+    changed, where the system or file system cannot; ``OSError`` for another failure."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    paths = os.fsencode(first), os.fsencode(second)
+    if renameat2(_AT_FDCWD, paths[0], _AT_FDCWD, paths[1], RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _NO_EXCHANGE:
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
 
 
 def _move_entries(source: Path, target: Path) -> None:

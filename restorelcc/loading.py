@@ -220,15 +220,18 @@ def load_model(
     return model.to(device).eval(), tokenizer
 
 
-def check_load_arguments(dtype, device) -> tuple[torch.dtype | str, torch.device]:
+def check_load_arguments(
+    dtype, device, dtypes: tuple[torch.dtype, ...] = LOAD_DTYPES
+) -> tuple[torch.dtype | str, torch.device]:
     """``(dtype, device)`` as ``from_pretrained`` and ``.to`` take them, after checking
-    them as ``load_model`` takes them; ``ValueError`` naming the argument."""
+    them as ``load_model`` takes them: ``dtype`` one of the caller's ``dtypes`` (which the
+    message lists) or "auto"; ``ValueError`` naming the argument."""
     from restorelcc.commands.options import resolve_device  # the --device checks
 
-    names = {str(d).removeprefix("torch."): d for d in LOAD_DTYPES}
+    names = {str(d).removeprefix("torch."): d for d in dtypes}
     if isinstance(dtype, str) and dtype != "auto":
         dtype = names.get(dtype, dtype)
-    if dtype != "auto" and dtype not in LOAD_DTYPES:
+    if dtype != "auto" and dtype not in dtypes:
         raise ValueError(
             f"dtype must be one of {', '.join(names)} (a torch.dtype or its name) or 'auto' "
             f"(the checkpoint's own); got {dtype!r}"

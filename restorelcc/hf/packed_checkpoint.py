@@ -12,9 +12,10 @@ projection: the model is made with its parameters on the meta device (its buffer
 as the rotary frequencies, computed as transformers computes them), the swapped modules
 are rebuilt from their packed tensors, and the other weights are assigned as read.
 
-The folder holds ``config.json``, ``generation_config.json``, the tokenizer's files if
-one is given, ``restorelcc_packed.safetensors`` and ``restorelcc_packed.json`` (which
-modules are packed, in what format, with which options; tied weights). In the former, a
+The folder holds ``config.json``, ``generation_config.json``, the tokenizer's files,
+``restorelcc_packed.safetensors`` and ``restorelcc_packed.json`` (which modules are
+packed, in what format and dtype, with which options; tied weights; the embeddings'
+dtype, the model's as ``dtype="auto"`` builds it). In the former, a
 swapped module's tensors are its ``lcc_kernels`` state dict under
 ``<module path>.packed.`` (``info``, ``split_sizes`` and the format's tensors) and its
 bias under ``<module path>.bias``; every other tensor is under its usual key. Plain
@@ -77,17 +78,18 @@ def packed_modules(model: nn.Module) -> dict:
 
 
 def packed_swap(directory: str | os.PathLike) -> dict:
-    """How the packed checkpoint ``directory`` was swapped, from its ``restorelcc_packed.json``
-    (no weights read): ``format``, ``mlp`` and ``decode_streams``, the options of the swap
-    that ``restorelcc pack`` records (its report under ``info``; ``recorded`` True), or,
-    where ``info`` holds no such report (``recorded`` False: a ``save_packed`` folder), as
-    the groups show them (their one format, or "auto" where they mix; whether an MLP group
-    is packed; whether a group runs decode streams); ``dtype``: the name of the dtype its
-    weights are stored in; and ``groups``: each packed group's (layer, group name) ->
-    (format, backend, decode_streams). Raises ``ModelNotFoundError`` for a missing folder
-    or one without config.json, ``CheckpointError`` for a folder that is not a packed
-    checkpoint, a group entry that names no group of the model or records no valid
-    format, backend and decode_streams, or an unknown dtype."""
+    """How the packed checkpoint ``directory`` was swapped, from its
+    ``restorelcc_packed.json`` (no weights read): ``format``, ``mlp`` and
+    ``decode_streams``, the options of the swap that ``restorelcc pack`` records (its report
+    under ``info``; ``recorded`` True), or, where ``info`` holds no such report
+    (``recorded`` False: a ``save_packed`` folder), as the groups show them (their one
+    format, or "auto" where they mix; whether an MLP group is packed; whether a group runs
+    decode streams); ``dtype``: the name of the dtype its embeddings are stored in (the
+    model's, unless parts of it were cast otherwise); and ``groups``: each packed group's
+    (layer, group name) -> (format, backend, decode_streams). Raises ``ModelNotFoundError``
+    for a missing folder or one without config.json, ``CheckpointError`` for a folder that
+    is not a packed checkpoint, a group entry that names no group of the model or records no
+    valid format, backend and decode_streams, or an unknown dtype."""
     from restorelcc.assets import resolve_model
     from restorelcc.loading import read_config
 

@@ -36,10 +36,12 @@ def load_packed(
 ):
     """Load ``(model, tokenizer)`` written by ``save_packed``: the model swapped as it was
     saved (each packed module's format, backend and decode_streams), in eval mode, on
-    ``device``; the tokenizer pads on the right. ``dtype``: "auto" (the dtypes it was saved
-    in), or float32, bfloat16 or float16 (or their names), its floating-point tensors cast
-    as ``load_model`` casts a dense checkpoint (buffers such as rotary ``inv_freq`` kept as
-    transformers makes them). No dense copy of a packed weight is made. Raises
+    ``device``; the tokenizer pads on the right. ``dtype``: "auto" (each tensor in the
+    dtype it was saved in: a bf16 model's fp32 bias stays fp32; the buffers the model
+    computes, such as rotary ``inv_freq``, made as for its embeddings' dtype), or float32,
+    bfloat16 or float16 (or their names), every floating-point tensor cast to it as
+    ``load_model`` casts a dense checkpoint (buffers kept as transformers makes them). No
+    dense copy of a packed weight is made. Raises
     ``ModelNotFoundError`` for a missing folder, ``CheckpointError`` for one that is not a
     packed checkpoint or whose files disagree (a tensor missing, unexpected or of the wrong
     shape, a malformed packed weight), ``CorruptCacheError`` for an unreadable file."""
@@ -51,10 +53,7 @@ def load_packed(
     from restorelcc.errors import CorruptCacheError
     from restorelcc.loading import check_load_arguments, load_tokenizer, read_config
 
-    dtype, device = check_load_arguments(dtype, device)
-    if dtype != "auto" and dtype not in SUPPORTED_DTYPES:
-        name = str(dtype).removeprefix("torch.")
-        raise ValueError(f"dtype: packed weights hold float32, bfloat16 or float16, not {name}")
+    dtype, device = check_load_arguments(dtype, device, SUPPORTED_DTYPES)
     folder = resolve_model(directory)
     manifest = _read_manifest(folder)
     config = read_config(folder)
@@ -64,9 +63,8 @@ def load_packed(
     except (OSError, SafetensorError) as exc:
         raise CorruptCacheError(f"cannot read {folder / WEIGHTS}: {exc}") from exc
     stored = _stored_dtype(manifest["dtype"], folder)
-    dtype = stored if dtype == "auto" else dtype
-    model = _empty_model(config, dtype)
-    _fill(model, manifest, tensors, (stored, dtype), folder)
+    model = _empty_model(config, stored if dtype == "auto" else dtype)
+    _fill(model, manifest, tensors, dtype, folder)
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
     return model.to(device).eval(), tokenizer
@@ -83,16 +81,20 @@ def _empty_model(config, dtype: torch.dtype) -> nn.Module:
 
 
 def _fill(
-    model: nn.Module, manifest: dict, tensors: dict[str, torch.Tensor], dtypes, folder: Path
+    model: nn.Module, manifest: dict, tensors: dict[str, torch.Tensor], dtype, folder: Path
 ) -> None:
-    """Install the packed modules the manifest lists and assign every other tensor;
-    ``dtypes``: (the manifest's, the one to load in) for the floating-point ones."""
+    """Install the packed modules the manifest lists and assign every other tensor, the
+    embeddings and each packed module checked to hold the dtype the manifest names for
+    them (the manifest's, which is the embeddings'; a group's own where it names one);
+    ``dtype``: "auto" (each tensor as stored), or the one to cast the floating-point ones
+    to."""
     from restorelcc.loading import CheckpointError
 
     where = folder / PACKED_INFO
-    stored, dtype = dtypes
     blocks = decoder_layers(model)
     names = {id(module): name for name, module in model.named_modules()}
+    embeddings = f"{names[id(model.get_input_embeddings())]}.weight"
+    _check_dtype(tensors.get(embeddings), manifest["dtype"], embeddings, folder)
     groups = {group.name: group for group in projection_groups(family_of(model), mlp=True)}
     modules, replaced = [], set()
     for entry in manifest["groups"]:
@@ -106,15 +108,13 @@ def _fill(
         if not all(isinstance(linear, nn.Linear) for linear in linears):
             raise CheckpointError(f"{where}: {owner_path} has no {group.projections} to replace")
         module = _packed_module(entry, linears, tensors, path, where)
-        if module.packed.dtype != stored:
-            raise CheckpointError(
-                f"{where}: {path} holds {module.packed.dtype}, not the {stored} it names"
-            )
-        module.to(dtype)
+        _check_dtype(module.packed, entry.get("dtype", manifest["dtype"]), path, folder)
+        if dtype != "auto":
+            module.to(dtype)
         modules.append((blocks[layer], group, module))
         replaced |= {f"{owner_path}.{n}.{w}" for n in group.projections for w in ("weight", "bias")}
     for key, tensor in tensors.items():
-        if tensor.is_floating_point():
+        if dtype != "auto" and tensor.is_floating_point():
             tensors[key] = tensor.to(dtype)
     _assign_plain_tensors(model, tensors, manifest["tied"], replaced, folder)
     for block, group, module in modules:
@@ -122,6 +122,19 @@ def _fill(
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise CheckpointError(f"{folder / WEIGHTS} lacks {len(left)} tensor(s): {left[:3]}")
+
+
+def _check_dtype(tensor, name, key: str, folder: Path) -> None:
+    """``CheckpointError`` where ``tensor`` (a tensor or packed weight; None: not stored,
+    which the load reports) does not hold the dtype ``name`` that the manifest gives
+    ``key``, or that is not a dtype name."""
+    from restorelcc.loading import CheckpointError
+
+    named = _stored_dtype(name, folder)
+    if tensor is not None and tensor.dtype != named:
+        raise CheckpointError(
+            f"{folder / PACKED_INFO}: {key} holds {tensor.dtype}, not the {named} it names"
+        )
 
 
 def _packed_module(

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from restorelcc.errors import UnsupportedModelError
 from restorelcc.hf.attention import PackedLinear, PackedProjections, ProjectionView, SparseLinear
 from restorelcc.hf.families import decoder_layers, family_of
 from restorelcc.hf.packed_manifest import FORMAT_VERSION, PACKED_INFO, WEIGHTS, _module_name
@@ -26,14 +27,28 @@ def save_packed(
 ) -> Path:
     """Write the swapped ``model`` (``swap_attention``) to ``directory`` with its packed
     weights as they are; returns the directory. Written atomically. ``tokenizer``: saved
-    beside the weights (``load_packed`` needs one). An existing non-empty ``directory`` is
-    refused unless ``overwrite``, which replaces only an earlier packed checkpoint (a
-    folder holding ``restorelcc_packed.json``). ``info``: recorded as it is (JSON) under
-    ``"info"`` in ``restorelcc_packed.json`` (``restorelcc pack`` puts its swap report
-    there). Raises ``SwapError`` for a model with no swapped module."""
+    beside the weights; required (``load_packed`` needs one). An existing non-empty
+    ``directory`` is refused unless ``overwrite``, which replaces only an earlier packed
+    checkpoint (a folder holding ``restorelcc_packed.json``). ``info``: recorded as it is
+    (JSON) under ``"info"`` in ``restorelcc_packed.json`` (``restorelcc pack`` puts its
+    swap report there). A ``torch.compile`` wrapper is saved as the model it wraps. Raises
+    ``ValueError`` without a tokenizer, ``UnsupportedModelError`` for a model other than
+    a causal LM (``AutoModelForCausalLM``'s class for its config, which ``load_packed``
+    builds) and ``SwapError`` for a model with no swapped module, each before anything
+    is written."""
     from safetensors.torch import save_file
+    from torch._dynamo.eval_frame import OptimizedModule
 
     target = check_output_directory(directory, overwrite, replaces=PACKED_INFO)
+    if not callable(getattr(tokenizer, "save_pretrained", None)):
+        got = "none" if tokenizer is None else f"a {type(tokenizer).__name__}"
+        raise ValueError(
+            f"save_packed needs the model's tokenizer, got {got}: load_packed reads it from "
+            "the folder; pass it as save_packed(model, folder, tokenizer)"
+        )
+    while isinstance(model, OptimizedModule):  # its names all start with "_orig_mod."
+        model = model._orig_mod
+    _check_causal_lm(model)
     groups, tensors = _packed_groups(model)
     if not groups:
         raise SwapError(
@@ -52,11 +67,26 @@ def save_packed(
         model.config.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
         atomic_write_json(tmp / PACKED_INFO, manifest)
     return target
+
+
+def _check_causal_lm(model: nn.Module) -> None:
+    """``UnsupportedModelError`` unless ``model`` is of a known family and a causal LM: an
+    instance of the class ``AutoModelForCausalLM`` makes for its config."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    family_of(model)
+    causal = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(model.config), None)
+    if causal is None or not isinstance(model, causal):
+        named = f" ({causal.__name__} for this config)" if causal is not None else ""
+        raise UnsupportedModelError(
+            f"save_packed: {type(model).__name__} is not a causal language model; packed "
+            f"folders hold causal LMs, which load_packed builds with AutoModelForCausalLM"
+            f"{named}: unswap_attention(model) and save it with save_pretrained instead"
+        )
 
 
 def _packed_groups(model: nn.Module) -> tuple[list[dict], dict[str, torch.Tensor]]:
@@ -81,6 +111,7 @@ def _packed_groups(model: nn.Module) -> tuple[list[dict], dict[str, torch.Tensor
                     "group": group.name,
                     "module": path,
                     "format": module.packed.format,
+                    "dtype": str(module.packed.dtype).removeprefix("torch."),
                     "backend": module.backend,
                     "decode_streams": module.decode_streams,
                     "has_bias": list(has_bias),

@@ -185,10 +185,12 @@ def swap_attention(
     bitmap's bytes more (not counted in the report's bytes) for the faster decode path
     (``lcc_kernels.streams``); prefill still runs on the bitmap tiles.
     min_sparsity: the fraction of zeros from which a matrix counts as pruned (0 packs any
-    matrix with a zero). Raises ``SwapError`` for weights that do not fit and projections
-    that are not plain ``nn.Linear`` modules (peft-wrapped, with hooks, offloaded to the
-    meta device), ``ValueError`` for bad arguments, ``UnsupportedModelError`` for unknown
-    families (and for a peft ``PeftModel``: merge or unwrap it first).
+    matrix with a zero). Raises ``SwapError`` for weights that do not fit (their format,
+    or for semi_structured a device other than CUDA, that the forced backend cannot run
+    included) and projections that are not plain ``nn.Linear`` modules (peft-wrapped,
+    with hooks, offloaded to the meta device), ``ValueError`` for bad arguments,
+    ``UnsupportedModelError`` for unknown families (and for a peft ``PeftModel``: merge or
+    unwrap it first).
     """
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
@@ -205,15 +207,7 @@ def swap_attention(
         for i in chosen
         for plan in plan_layer(family, blocks[i], i, format, min_sparsity, mlp, bitmap_tile)
     ]
-    for plan in plans:
-        if plan.format != "dense":
-            try:
-                check_backend_format(backend, plan.format)
-            except ValueError as error:
-                raise SwapError(
-                    f"layer {plan.layer} {plan.group.name} packs as {plan.format}: {error} "
-                    "(pass backend='auto', or a format= this backend runs)"
-                ) from error
+    _check_backend([plan for plan in plans if plan.format != "dense"], backend)
     report = SwapReport(format, backend, decode_streams=decode_streams, mlp=mlp, dry_run=dry_run)
     if dry_run:
         report.groups = [_planned_row(plan, decode_streams) for plan in plans]
@@ -237,8 +231,11 @@ def swap_attention(
 
 def unswap_attention(model: nn.Module) -> list[int]:
     """Put back ``nn.Linear`` modules for every swapped projection (q/k/v/o and, if they
-    were swapped, the MLP's) in every swapped layer; returns those layers. Raises
-    ``SwapError``, changing nothing, if a swapped module has hooks (they would be dropped)."""
+    were swapped, the MLP's) in every swapped layer; returns those layers. Their weights
+    and biases get back the ``requires_grad`` flags captured at the swap: a
+    ``requires_grad_`` call on the swapped model since does not reach them. Raises
+    ``SwapError``, changing nothing, if a swapped module has hooks (they would be
+    dropped)."""
     family = family_of(model)
     blocks = decoder_layers(model)
     for index, block in enumerate(blocks):
@@ -300,6 +297,27 @@ def _planned_row(plan: GroupPlan, decode_streams: bool) -> SwappedGroup:
         plan.bytes_after,
         streams,
     )
+
+
+def _check_backend(plans: list[GroupPlan], backend: str) -> None:
+    """``SwapError`` where the forced ``backend`` cannot run a group planned for packing:
+    its format first, then (semi_structured runs on CUDA only) its weights' device."""
+    for plan in plans:
+        try:
+            check_backend_format(backend, plan.format)
+        except ValueError as error:
+            raise SwapError(
+                f"layer {plan.layer} {plan.group.name} packs as {plan.format}: {error} "
+                "(pass backend='auto', or a format= this backend runs)"
+            ) from error
+    for plan in plans:
+        device = plan.linears[0].weight.device
+        if backend == "semi_structured" and device.type != "cuda":
+            raise SwapError(
+                f"layer {plan.layer} {plan.group.name}: the semi_structured backend runs on "
+                f"CUDA only, and its weights are on {device} (move the model to a GPU before "
+                "the swap, or pass backend='auto')"
+            )
 
 
 def _build_group(

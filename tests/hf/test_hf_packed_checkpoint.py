@@ -74,11 +74,6 @@ def test_loads_as_load_model_then_swap(tmp_path, dtype):
     assert torch.equal(loaded(IDS).logits, expected(IDS).logits)
 
 
-def test_refuses_float64(tmp_path):
-    with pytest.raises(ValueError, match="not float64"):
-        load_packed(saved_packed(tmp_path), dtype=torch.float64)
-
-
 def test_packed_file_holds_packed_bytes_not_dense_ones(tmp_path):
     model = tiny_pruned("llama-gqa", "2:4", torch.float16)
     dense = save_checkpoint(model, tmp_path / "dense")
@@ -89,7 +84,7 @@ def test_packed_file_holds_packed_bytes_not_dense_ones(tmp_path):
         if n.endswith(tuple(f"{name}.weight" for name in projections))
     )
     swap_attention(model, mlp=True)
-    save_packed(model, tmp_path / "packed")
+    save_packed(model, tmp_path / "packed", byte_tokenizer())
     keys = load_file(tmp_path / "packed" / WEIGHTS).keys()
     assert not [k for k in keys if k.endswith(tuple(f"{p}.weight" for p in projections))]
     packed_bytes = sum(m.packed.nbytes for m in model.modules() if isinstance(m, PackedLinear))
@@ -110,7 +105,7 @@ def test_keeps_swap_options(tmp_path):
 def test_refuses_unswapped_model_and_non_packed_folder(tmp_path):
     model = tiny_pruned("llama-gqa", "2:4")
     with pytest.raises(SwapError, match="no swapped projection.*swap_attention"):
-        save_packed(model, tmp_path / "packed")
+        save_packed(model, tmp_path / "packed", byte_tokenizer())
     assert not (tmp_path / "packed").exists()
     dense = save_checkpoint(model, tmp_path / "dense")
     with pytest.raises(CheckpointError, match=f"not a packed checkpoint.*{PACKED_INFO}"):
@@ -127,7 +122,7 @@ def test_overwrite_replaces_only_a_packed_checkpoint(tmp_path):
         save_packed(model, dense)
     with pytest.raises(FileExistsError, match=f"holds no {PACKED_INFO}"):
         save_packed(model, dense, overwrite=True)
-    save_packed(model, tmp_path / "packed")
+    save_packed(model, tmp_path / "packed", byte_tokenizer())
     save_packed(model, tmp_path / "packed", byte_tokenizer(), overwrite=True)
     load_packed(tmp_path / "packed")
     with pytest.raises(CheckpointError, match="is a packed checkpoint.*load_packed"):
@@ -145,7 +140,10 @@ def test_overwrite_replaces_only_a_packed_checkpoint(tmp_path):
         (lambda m: m["tied"].update({"lm_head.weight": "nowhere"}), "cannot tie"),
         # stored: tying would ignore a tensor (of another shape: test_refuses_a_tie_of_...)
         (lambda m: m["tied"].update({"lm_head.weight": "model.embed_tokens.weight"}), "tie"),
-        (lambda m: m.update(dtype="float16"), "holds torch.float32, not the torch.float16"),
+        (  # the manifest's dtype is the embeddings'; a packed module's is in its entry
+            lambda m: m.update(dtype="float16"),
+            "model.embed_tokens.weight holds torch.float32, not the torch.float16",
+        ),
     ],
 )
 def test_refuses_a_manifest_that_disagrees(tmp_path, edit, message):

@@ -161,9 +161,25 @@ def test_a_backend_that_cannot_run_a_format_is_refused_at_the_swap(backend, laye
     with pytest.raises(SwapError, match=f"layer {layer} .* the {backend} backend needs a"):
         swap_attention(model, backend=backend, dry_run=dry_run)
     assert _modules(model) == before
-    # a format the backend runs is fine
-    fitting = "2:4" if backend == "semi_structured" else "bitmap"
-    swap_attention(model, format=fitting, backend=backend, layers=[0], dry_run=True)
+    # a format the backend runs is fine (semi_structured on CUDA only: the test below)
+    if backend == "streams":
+        swap_attention(model, format="bitmap", backend=backend, layers=[0], dry_run=True)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_semi_structured_on_cpu_weights_is_refused_at_the_swap(dry_run):
+    """It was accepted, and failed at the first forward ("the semi_structured backend runs
+    on CUDA tensors only, x is on cpu"). "auto" runs the same weights there."""
+    model = _mixed_model()
+    before = _modules(model)
+    with pytest.raises(SwapError) as refused:
+        swap_attention(model, format="2:4", layers=[0], backend="semi_structured", dry_run=dry_run)
+    assert str(refused.value) == (
+        "layer 0 qkv: the semi_structured backend runs on CUDA only, and its weights are on "
+        "cpu (move the model to a GPU before the swap, or pass backend='auto')"
+    )
+    assert _modules(model) == before
+    swap_attention(model, format="2:4", layers=[0], dry_run=dry_run)
 
 
 def test_layers_must_be_an_iterable_of_indices():
