@@ -17,18 +17,22 @@ Phases, most important first (each also stops at its own cap, PHASE_CAPS):
                (suite_plans.phase_passes): first the rows every check reads (dense
                F.linear + bias, torch semi-structured (cuSPARSELt; CUTLASS on 8.x only),
                ours with the built-in rules' plans, the dense Triton kernel in the 2:4
-               rules' tiling), then our other candidates (2:4, bitmap 50% and 70% each in
-               two tiles, a sweep of block configs) while PAIRED_RESERVE_S of the cap
-               and of the budget is left, then the verdict (each kind's fastest plan,
-               dense and torch semi-structured re-timed in turn, 5 rounds: the decode
-               checks judge these medians) and the bias-epilogue cost (fastest plan
-               without / with, 5 rounds), then M = 1 calls issued eagerly (no graph,
-               info), then the dense Triton kernel in the other tilings
-  prefill      M = 1024 and 4096 on the same shapes: required rows, candidates, tilings
+               rules' tiling), then the same rows at the prefill phase's M (the large-M
+               checks read them: timed before any optional work, so that slow compiles
+               cost candidates, not checks), then our other candidates (2:4, bitmap 50%
+               and 70% each in two tiles, a sweep of block configs) while
+               PAIRED_RESERVE_S of the cap and of the budget is left, then the verdict
+               (each kind's fastest plan, dense and torch semi-structured re-timed in
+               turn, 5 rounds: the decode checks judge these medians) and the
+               bias-epilogue cost (fastest plan without / with, 5 rounds), then M = 1
+               calls issued eagerly (no graph, info), then the dense Triton kernel in the
+               other tilings
+  prefill      M = 1024 and 4096 on the same shapes: required rows the acceptance phase
+               did not record (normally none), candidates, tilings
   sweep        the other M of kernels.md on the same shapes: required rows, candidates
   shapes       Llama-2-7B, Llama-3-70B and its TP splits, the rules' plans, as time allows
 Optional passes (candidates, eager, tilings) of the acceptance phase leave
-LATER_RESERVE_S of the budget for the prefill phase's required rows.
+LATER_RESERVE_S of the budget for the prefill phase's candidates.
 Optional last phase, off by default: --e2e-budget-s S keeps the last S seconds of the
 budget for benchmarks/bench_e2e.py (swapped attention, and attention + MLP, in a
 Llama-3-8B-shaped model, decode and prefill, with this run's dispatch table) in its own
@@ -48,7 +52,8 @@ lcc_kernels.load_table) and summary.json (each acceptance check pass / fail / fa
 unmeasured with the measured ratio; lcc_kernels.bench_report). Schema:
 benchmarks/results/README.md.
 Timings are per call, from CUDA-graph replays of calls that rotate over weight copies
-(L2 cannot serve them), timed with triton.testing.do_bench (median, 20% and 80%).
+(L2 cannot serve them), timed back to back between CUDA events with no L2 flush
+(lcc_kernels.bench.time_calls says why; median, 20% and 80%).
 
 This file drives the run (child processes, resume, summary); what is timed is in
 suite_plans.py, how a job runs in suite_runner.py, the phases in suite_phases.py, the
@@ -82,8 +87,8 @@ from suite_runner import Runner, describe_error, exit_if_fatal, log_phase  # noq
 PHASE_CAPS = {
     "env": 30,
     "correctness": 75,
-    "acceptance": 110,
-    "prefill": 50,
+    "acceptance": 125,  # with the prefill phase's required rows (~15 s)
+    "prefill": 35,
     "sweep": 70,
     "shapes": 10**6,
 }
@@ -93,8 +98,8 @@ TIMING_PHASES = ("acceptance", "prefill", "sweep")
 # left (its launches compiled, the wait ends; the workers are stopped while the phase
 # times, and killed before the sweep).
 PRECOMPILE_WAIT_S = {"acceptance": 60, "prefill": 20}
-# Seconds of the budget a phase's optional passes leave for the later phases' required
-# rows (the prefill phase's, which the large-M checks read).
+# Seconds of the budget a phase's optional passes leave for the later phases (the
+# prefill phase's candidates: the large-M checks' Triton ratio and the table read them).
 LATER_RESERVE_S = {"acceptance": 20.0}
 # A phase whose child died this many times is not resumed again: its rest is skipped.
 MAX_FAULTS_PER_PHASE = 3

@@ -1,10 +1,12 @@
 """What the GPU suite (gpu_suite.py) times: its configuration, per problem the plans and
 providers, and per timing phase its passes, most important first: the rows every
-acceptance check reads, then the other candidate plans, then (acceptance) the paired
-re-timings the decode and bias checks judge on, then what is information only."""
+acceptance check reads (the acceptance phase also times the prefill phase's, before any
+optional work), then the other candidate plans, then (acceptance) the paired re-timings
+the decode and bias checks judge on, then what is information only."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -28,8 +30,8 @@ EXTRA_BITMAP_TILES = ((128, 64),)
 VERDICT_ROUNDS = 5
 BIAS_ROUNDS = 5
 # Seconds the acceptance candidates leave of the phase cap for its paired re-timings
-# (verdict: ~80 timings, bias cost: ~120, ~0.15 s each on an H200).
-PAIRED_RESERVE_S = 35.0
+# (verdict: ~80 timings, bias cost: ~120, ~0.2 s each on an H200: ~37-46 s).
+PAIRED_RESERVE_S = 45.0
 
 
 @dataclass(frozen=True)
@@ -291,25 +293,38 @@ class Pass:
 
 
 def phase_passes(cfg: Config, phase: str, sms: int) -> list[Pass]:
-    """The passes of a timing phase ([] for another phase name)."""
+    """The passes of a timing phase ([] for another phase name). The acceptance phase
+    times the prefill phase's required rows (the large-M checks') right after its own,
+    so that a slow start costs candidates, not checks; the prefill phase's required
+    pass times those of them the acceptance phase did not record (normally none)."""
     ms = {"acceptance": cfg.acceptance_m, "prefill": cfg.prefill_m, "sweep": cfg.sweep_m}
     if phase not in ms:
         return []
     problems = [(shape, m) for m in ms[phase] for shape in cfg.main_shapes]
+    prefill = [(shape, m) for m in cfg.prefill_m for shape in cfg.main_shapes]
     extra = phase != "sweep"
 
-    def each(jobs_of):
-        return lambda rows: [job for shape, m in problems for job in jobs_of(shape, m)]
+    def each(jobs_of, these=problems):
+        return lambda rows: [job for shape, m in these for job in jobs_of(shape, m)]
 
-    passes = [
-        Pass("required", each(lambda shape, m: required_jobs(cfg, shape, m, sms))),
+    def required(shape, m):
+        return required_jobs(cfg, shape, m, sms)
+
+    passes = [Pass("required", each(required))]
+    if phase == "prefill":  # the acceptance phase's rows only: the list stays put on resume
+        passes = [
+            Pass("required", lambda rows: unrecorded(each(required)(rows), rows, "acceptance"))
+        ]
+    if phase == "acceptance":
+        passes.append(Pass("prefill_required", each(required, prefill)))
+    passes.append(
         Pass(
             "candidates",
             each(lambda shape, m: candidate_jobs(cfg, shape, m, sms, extra)),
             PAIRED_RESERVE_S if phase == "acceptance" else 0.0,
             optional=True,
-        ),
-    ]
+        )
+    )
     if phase == "acceptance":
         passes += [
             Pass(
@@ -333,6 +348,21 @@ def phase_passes(cfg: Config, phase: str, sms: int) -> list[Pass]:
             )
         )
     return passes
+
+
+def unrecorded(jobs: list[Job], rows: list[dict], phase: str) -> list[Job]:
+    """The jobs with no timing row (of any status) from `phase`."""
+    fields = ("shape", "m", "kind", "provider", "plan", "bias", "tag")
+    recorded = {
+        json.dumps([r[f] for f in fields], sort_keys=True) for r in rows if r["phase"] == phase
+    }
+
+    def key(job: Job) -> str:
+        plan = job.plan.to_dict() if job.plan else None
+        values = [job.shape, job.m, job.kind, job.provider, plan, job.bias, job.tag]
+        return json.dumps(values, sort_keys=True)
+
+    return [job for job in jobs if key(job) not in recorded]
 
 
 def _present(items) -> list:

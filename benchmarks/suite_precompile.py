@@ -1,8 +1,9 @@
 """Compile workers of the GPU suite: processes that run each timing job's launch once, so
 that Triton's on-disk cache holds its kernel before the timing phase needs it.
 
-Jobs go in groups, most needed first (PRECOMPILE_GROUPS): the acceptance phase's required
-rows and candidates, the prefill phase's, then the rest (dense Triton tilings, sweep). A
+Jobs go in groups, most needed first (PRECOMPILE_GROUPS), in the order the phases time
+them: the acceptance phase's (its required rows, the prefill M's required rows, its
+candidates), the prefill phase's candidates, then the rest (dense Triton tilings, sweep). A
 worker takes every count-th job of that list and, as it enters a group, writes which
 groups it has finished to the scratch directory; `Precompiler.wait_for(group)` returns as
 soon as every worker is past that group, and stops the workers (SIGSTOP) while the phase
@@ -36,10 +37,12 @@ def precompile_jobs(cfg: Config, sms: int) -> list[tuple[str, Job]]:
     """(group, job) of every Triton launch the timing phases make, each launch once (the
     same provider, kind, plan and M compile alike at either main shape), in group order."""
     groups = {"acceptance": [], "prefill": [], "rest": []}
+    for m in cfg.acceptance_m + cfg.prefill_m:  # the acceptance phase's first two passes
+        for shape in cfg.main_shapes:
+            groups["acceptance"] += required_jobs(cfg, shape, m, sms)
     for phase, ms in (("acceptance", cfg.acceptance_m), ("prefill", cfg.prefill_m)):
         for m in ms:
             for shape in cfg.main_shapes:
-                groups[phase] += required_jobs(cfg, shape, m, sms)
                 groups[phase] += candidate_jobs(cfg, shape, m, sms, extra_tiles=True)
                 groups["rest"] += dense_tiling_jobs(cfg, shape, m, sms)
     for step in phase_passes(cfg, "sweep", sms):

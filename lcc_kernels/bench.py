@@ -8,8 +8,13 @@
   consecutive calls never find their weight in L2 (a 4096 x 4096 bf16 matrix fits the
   50-60 MB L2 of an H100/H200).
 - `time_calls`: captures the calls in one CUDA graph (no CPU launch overhead in the
-  numbers, as in graph-captured decode) and times its replays with
-  triton.testing.do_bench, which also flushes L2 before each replay; per-call quantiles.
+  numbers, as in graph-captured decode) and times its replays back to back with CUDA
+  events between them (`replay_times`); per-call quantiles. L2 is not flushed between
+  replays: the weight copies already keep weights out of L2, and a flush
+  (triton.testing.do_bench zeroes 256 MB before each replay) leaves L2 full of dirty
+  lines whose write-back the next replay pays (~14 us per replay on an H200 by the
+  review's estimate: M = 1 and 16 per-call times ~30% high).
+  The device-copy reference (`copy_bandwidth`) is timed the same way.
   With eager=True (and on a CPU, smoke runs) it times the calls issued from Python in a
   loop instead: what an uncaptured call costs, host overhead included.
 - `environment`: GPU name, versions and git commit to store with every result.
@@ -17,6 +22,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import platform
 import subprocess
@@ -58,6 +64,10 @@ KINDS = {
     "bitmap70": ("bitmap", 0.3),
 }
 QUANTILES = (0.5, 0.2, 0.8)
+# Graph replays (replay_times): a few to estimate one's time, then at most this many to
+# warm up and this many timed.
+ESTIMATE_CALLS = 5
+MAX_TIMED_CALLS = 10_000
 
 
 def kind_key(kind: str, dtype: str, n: int, k: int) -> WeightKey:
@@ -217,12 +227,10 @@ def time_calls(
         return _wall_clock(calls)
     if eager:
         return _wall_clock(calls, rounds=7, repeat=None)
-    import triton.testing
-
     torch.cuda.synchronize()
     run, method = _graph_of(calls)
-    times = triton.testing.do_bench(run, warmup=warmup_ms, rep=rep_ms, quantiles=list(QUANTILES))
-    per_call = [t / len(calls) for t in times]
+    times = torch.tensor(replay_times(run, warmup_ms=warmup_ms, rep_ms=rep_ms), dtype=torch.float64)
+    per_call = (times.quantile(torch.tensor(QUANTILES, dtype=times.dtype)) / len(calls)).tolist()
     return {
         "median_ms": per_call[0],
         "p20_ms": per_call[1],
@@ -230,6 +238,31 @@ def time_calls(
         "method": method,
         "copies": len(calls),
     }
+
+
+def replay_times(run: Callable[[], object], *, warmup_ms: float, rep_ms: float) -> list[float]:
+    """Milliseconds of each of `run`'s timed calls: ESTIMATE_CALLS calls to size the rest,
+    ~warmup_ms of untimed calls, then as many as fill ~rep_ms (each at most MAX_TIMED_CALLS),
+    back to back with a CUDA event recorded on the current stream between consecutive
+    calls and one synchronisation after the last (none between: the queue stays full)."""
+    torch.cuda.synchronize()
+    marks = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+    marks[0].record()
+    for _ in range(ESTIMATE_CALLS):
+        run()
+    marks[1].record()
+    torch.cuda.synchronize()
+    estimate = max(marks[0].elapsed_time(marks[1]) / ESTIMATE_CALLS, 1e-6)
+    for _ in range(min(MAX_TIMED_CALLS, math.ceil(warmup_ms / estimate))):
+        run()
+    count = min(MAX_TIMED_CALLS, math.ceil(rep_ms / estimate))
+    marks = [torch.cuda.Event(enable_timing=True) for _ in range(count + 1)]
+    marks[0].record()
+    for mark in marks[1:]:
+        run()
+        mark.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in itertools.pairwise(marks)]
 
 
 def _graph_of(calls):
@@ -289,14 +322,15 @@ def copy_bandwidth(device, nbytes: int = 2**30) -> float | None:
     (None on a CPU)."""
     if torch.device(device).type != "cuda":
         return None
-    import triton.testing
-
     src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
-    dst = torch.empty_like(src)
-    # return_mode="median": do_bench returns a float (with quantiles=[0.5] too: one
-    # quantile is returned unwrapped, not as a list).
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
-    return 2 * nbytes / (ms * 1e-3)
+    return copy_rate(src, torch.empty_like(src))
+
+
+def copy_rate(src: torch.Tensor, dst: torch.Tensor) -> float:
+    """Bytes per second (read + written) of dst.copy_(src), timed as `time_calls` times a
+    call (the median), so that a call's fraction of it compares like with like."""
+    ms = time_calls([lambda: dst.copy_(src)], rep_ms=200, warmup_ms=25)["median_ms"]
+    return 2 * src.nbytes / (ms * 1e-3)
 
 
 # Added to twice PyTorch's own error: covers the rounding of an output that PyTorch's

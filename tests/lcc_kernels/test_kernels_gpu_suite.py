@@ -62,7 +62,11 @@ def test_smoke_run_writes_every_result(tmp_path):
         "bitmap50",
         "bitmap70",
     }
-    assert {t["phase"] for t in ok} == {"acceptance", "prefill", "sweep", "shapes"}
+    # The acceptance phase times the prefill M's (33) required rows too, leaving the prefill
+    # phase its candidates (none in a smoke run: the rules' plans only).
+    assert {t["phase"] for t in ok} == {"acceptance", "sweep", "shapes"}
+    assert {t["m"] for t in ok if t["phase"] == "acceptance"} == {1, 33}
+    assert suite_plans.phase_passes(suite_plans.config(True), "prefill", 4)[0].build(timings) == []
     assert any(t["tag"] == "bias_cost" for t in ok)
     verdict = [t for t in ok if t["tag"] == "verdict"]  # dense and each kind's best, in turn
     assert {(t["provider"], t["kind"]) for t in verdict} == {
@@ -173,7 +177,9 @@ def test_the_lent_machine_script_brings_back_three_files(tmp_path):
         names = {Path(n).relative_to(run).as_posix() for n in tar.getnames()}
     expected = {"env.json", "summary.json", "timings.jsonl", "dispatch_table.json", "e2e/e2e.json"}
     assert expected <= names
-    assert "e2e end {'status': 'ok'}" in (out / "suite.log").read_text()
+    suite_log = (out / "suite.log").read_text()
+    assert suite_log.startswith("gpu_run: pre-flight, nvidia-smi --query-gpu=name,")
+    assert "e2e end {'status': 'ok'}" in suite_log
     # stopped by SIGINT in the sleeping test, pytest still ends with its summary line
     log = (out / "pytest.log").read_text()
     assert "test_outlasts_the_cut.py" in log and "KeyboardInterrupt" in log, log[-2000:]

@@ -1,12 +1,13 @@
 """The plans benchmarks/gpu_suite.py times and how the report sets them against each other:
 bitmap plans in every tile of EXTRA_BITMAP_TILES (packed per tile, tabled apart), streams
-plans competing in every bitmap tile, and the rules' own plans judged against dense."""
+plans competing in every bitmap tile, the rules' own plans judged against dense, and the
+order of the acceptance phase's passes (every required row before optional work)."""
 
 import pytest
 import torch
 from _suite_helpers import suite_plans, suite_runner, timing, write
 
-from lcc_kernels import bench_report
+from lcc_kernels import acceptance, bench_report
 from lcc_kernels.dispatch import DispatchTable, Plan, WeightKey
 
 
@@ -144,3 +145,54 @@ def test_rules_checks_read_the_plans_the_rules_pick_among_those_the_suite_times(
     assert checks["rules_vs_dense (info)", 8]["threshold"] == 1.0
     write(tmp_path, {"gpu": "NVIDIA H200"}, timings)  # no SM count: no rules to replay
     assert not [c for c in bench_report.summarize(tmp_path)["acceptance"] if "rules" in c["check"]]
+
+
+def test_acceptance_times_every_required_row_before_optional_work():
+    """The prefill M's required rows (the large-M checks') too, right after its own: a
+    slow start costs candidates, not checks. The prefill phase then times only those of
+    them the acceptance phase left out."""
+    cfg = suite_plans.config(smoke=False)
+    passes = suite_plans.phase_passes(cfg, "acceptance", 132)
+    names = [p.name for p in passes]
+    assert names == [
+        "required",
+        "prefill_required",
+        "candidates",
+        "verdict",
+        "bias",
+        "eager",
+        "tilings",
+    ]
+    assert [p.name for p in passes if p.optional] == ["candidates", "eager", "tilings"]
+    assert passes[2].phase_reserve_s == suite_plans.PAIRED_RESERVE_S >= 45
+    required, large, candidates, *_, tilings = (p.build([]) for p in passes)
+    expected = [
+        job
+        for m in cfg.prefill_m
+        for shape in cfg.main_shapes
+        for job in suite_plans.required_jobs(cfg, shape, m, 132)
+    ]
+    assert large == expected
+    (catch_up, *rest) = suite_plans.phase_passes(cfg, "prefill", 132)
+    assert catch_up.name == "required" and [p.name for p in rest] == ["candidates", "tilings"]
+    recorded = [
+        dict(timing(j.shape, j.m, j.provider, 1.0, j.kind, plan=j.plan and j.plan.to_dict()))
+        for j in expected[::2]
+    ]
+    assert catch_up.build(recorded) == expected[1::2]
+    assert catch_up.build([dict(r, phase="prefill") for r in recorded]) == expected
+    for shape in cfg.main_shapes:
+        for m in cfg.acceptance_m:
+            mine = [j for j in required if (j.shape, j.m) == (shape, m)]
+            assert [j.provider for j in mine][:3] == ["dense", "cusparselt", "cutlass"]
+            n, k = cfg.main_shapes[shape]
+            for kind in acceptance.SPARSE_KINDS:
+                rules = suite_plans.rules_plans(kind, n, k, m, 132)
+                assert [j.plan for j in mine if (j.provider, j.kind) == ("ours", kind)] == rules
+            (dense_triton,) = [j for j in mine if j.provider == "dense_triton"]
+            assert dense_triton.plan == suite_plans.rules_plans("2:4", n, k, m, 132)[0]
+    assert all(j.provider == "ours" for j in candidates)
+    assert not {(j.shape, j.m, j.kind, j.plan) for j in candidates} & {
+        (j.shape, j.m, j.kind, j.plan) for j in required
+    }
+    assert tilings and all(j.provider == "dense_triton" for j in tilings)

@@ -21,7 +21,7 @@ from _suite_helpers import (
     suite_runner,
 )
 
-from lcc_kernels import acceptance, bench_report
+from lcc_kernels import bench_report
 from lcc_kernels.dispatch import Plan
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -170,30 +170,6 @@ def test_required_and_paired_passes_keep_their_time(tmp_path):
     assert runner.ran == ["rounds", "eager"]  # resumed after the first candidate
 
 
-def test_acceptance_times_every_required_row_before_optional_work():
-    cfg = suite_plans.config(smoke=False)
-    passes = suite_plans.phase_passes(cfg, "acceptance", 132)
-    names = [p.name for p in passes]
-    assert names == ["required", "candidates", "verdict", "bias", "eager", "tilings"]
-    assert [p.name for p in passes if p.optional] == ["candidates", "eager", "tilings"]
-    required, candidates, *_, tilings = (p.build([]) for p in passes)
-    for shape in cfg.main_shapes:
-        for m in cfg.acceptance_m:
-            mine = [j for j in required if (j.shape, j.m) == (shape, m)]
-            assert [j.provider for j in mine][:3] == ["dense", "cusparselt", "cutlass"]
-            n, k = cfg.main_shapes[shape]
-            for kind in acceptance.SPARSE_KINDS:
-                rules = suite_plans.rules_plans(kind, n, k, m, 132)
-                assert [j.plan for j in mine if (j.provider, j.kind) == ("ours", kind)] == rules
-            (dense_triton,) = [j for j in mine if j.provider == "dense_triton"]
-            assert dense_triton.plan == suite_plans.rules_plans("2:4", n, k, m, 132)[0]
-    assert all(j.provider == "ours" for j in candidates)
-    assert not {(j.shape, j.m, j.kind, j.plan) for j in candidates} & {
-        (j.shape, j.m, j.kind, j.plan) for j in required
-    }
-    assert tilings and all(j.provider == "dense_triton" for j in tilings)
-
-
 def test_verdict_and_bias_rounds_re_time_the_fastest_plan_so_far():
     cfg = suite_plans.config(smoke=False)
     fast, slow = Plan("skinny", 1, 64, 128, 8), Plan("skinny", 1, 64, 128, 4)
@@ -283,7 +259,25 @@ def test_precompile_jobs_go_acceptance_first_each_launch_once():
     }
     dense_triton = [(g, (j.m, j.plan)) for g, j in jobs if j.provider == "dense_triton"]
     assert {g for g, key in dense_triton if key not in rules} == {"rest"}  # other tilings last
-    assert {g for g, key in dense_triton if key in rules} == {"acceptance", "prefill"}
+    assert {g for g, key in dense_triton if key in rules} == {"acceptance"}
+    # In the order the acceptance phase times them: the prefill M's required launches
+    # before its candidates.
+    order = [(j.m, j.kind, j.provider, j.plan) for g, j in jobs if g == "acceptance"]
+    large = [
+        (m, j.kind, j.provider, j.plan)
+        for shape in cfg.main_shapes
+        for m in cfg.prefill_m
+        for j in suite_plans.required_jobs(cfg, shape, m, 132)
+        if j.provider in ("ours", "dense_triton")
+    ]
+    first_candidate = min(
+        order.index((m, j.kind, j.provider, j.plan))
+        for shape in cfg.main_shapes
+        for m in cfg.acceptance_m
+        for j in suite_plans.candidate_jobs(cfg, shape, m, 132, extra_tiles=True)
+        if (m, j.kind, j.provider, j.plan) in order
+    )
+    assert all(order.index(key) < first_candidate for key in large)
 
 
 def _worker_command(out, scratch, deadline, parent_pid):

@@ -114,3 +114,25 @@ def test_the_compiled_check_starts_only_with_its_reserve_of_the_correctness_cap(
         assert row["name"] == "compiled_cuda_graphs"
         reasons.append(row.get("reason"))
     assert reasons[0] == "budget" and reasons[1] != "budget"  # "needs CUDA" on a CPU
+
+
+def test_semi_structured_checks_are_required_only_at_the_issues_m(tmp_path):
+    """Issue 5's "M <= 16" problems are M = 1 and 16 (SEMI_STRUCTURED_M): the sweep's rows
+    at M = 2, 4 and 8 give informational checks, which acceptance_counts leaves out, so
+    that it counts each main shape's required checks once."""
+    from lcc_kernels import acceptance
+
+    shape = "llama3-8b-o"
+    providers = (("dense", 10.0, "dense"), ("cusparselt", 20.0, "2:4"), ("ours", 6.0, "2:4"))
+    timings = [timing(shape, m, p, us, kind) for m in (1, 2, 4, 8, 16) for p, us, kind in providers]
+    write(tmp_path, {"gpu": "NVIDIA H200", "sm_count": 132}, timings)
+    summary = bench_report.summarize(tmp_path)
+    semi = {
+        c["m"]: c["check"]
+        for c in summary["acceptance"]
+        if c["check"].startswith("speedup_vs_torch_semi_structured") and c["shape"] == shape
+    }
+    name = "speedup_vs_torch_semi_structured"
+    assert semi == {m: name + ("" if m in (1, 16) else " (info)") for m in (1, 2, 4, 8, 16)}
+    required = len(acceptance.MAIN_SHAPES) * len(acceptance.required_checks())
+    assert sum(summary["acceptance_counts"].values()) == required

@@ -1,7 +1,9 @@
 """The GPU suite's timing harness (lcc_kernels.bench, benchmarks/): eager rounds issue calls
-for their time budget, the environment describes the device it is given, and CUTLASS 2:4
-jobs and benchmarks are left out where torch's CUTLASS matmul cannot run."""
+for their time budget, graph replays and the device copy are timed back to back between
+events (on a stand-in CUDA here), the environment describes the device it is given, and
+CUTLASS 2:4 jobs and benchmarks are left out where torch's CUTLASS matmul cannot run."""
 
+import itertools
 import math
 
 import pytest
@@ -71,3 +73,91 @@ def test_the_pytest_benchmarks_skip_cutlass_where_its_matmul_cannot_run(monkeypa
     monkeypatch.setattr(bench_kernels, "cutlass_matmul_supported", lambda device: False)
     with pytest.raises(pytest.skip.Exception, match="compute capability 8.x"):
         bench_kernels._provider_setup("cutlass", "llama3-8b-o", 1, weights=None)
+
+
+class _FakeDevice:
+    """A stream whose calls cost `costs` ms in turn, and the log of what reached it: "run"
+    (a call), "event" (an event recorded) and "sync" (the host waiting for it)."""
+
+    def __init__(self, costs):
+        self.clock, self.costs, self.log = 0.0, itertools.cycle(costs), []
+
+    def run(self):
+        self.clock += next(self.costs)
+        self.log.append("run")
+
+    def synchronize(self):
+        self.log.append("sync")
+
+    def event(self, enable_timing=False):
+        device = self
+
+        class Event:
+            def record(self):
+                self.at, self.logged = device.clock, len(device.log)
+                device.log.append("event")
+
+            def elapsed_time(self, end):
+                assert enable_timing and "sync" in device.log[end.logged :], "not synchronised"
+                return end.at - self.at
+
+        return Event()
+
+
+def _fake_cuda(monkeypatch, costs):
+    from lcc_kernels import bench
+
+    device = _FakeDevice(costs)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", device.synchronize)
+    monkeypatch.setattr(torch.cuda, "Event", device.event)
+    monkeypatch.setattr(bench, "_graph_of", lambda calls: (device.run, "cuda_graph"))
+    return device
+
+
+def test_replays_are_timed_back_to_back_between_events(monkeypatch):
+    """No flush and no synchronisation between the timed replays (a flush leaves dirty
+    lines in L2 whose write-back the next replay pays): five replays size the rest, ~20 ms
+    of them warm up, ~100 ms of them are timed, each between two events, one sync after."""
+    from lcc_kernels import bench
+
+    device = _fake_cuda(monkeypatch, [1.0, 3.0])
+    times = bench.replay_times(device.run, warmup_ms=20, rep_ms=100)
+    estimate = (1 + 3 + 1 + 3 + 1) / bench.ESTIMATE_CALLS
+    warmup, timed = math.ceil(20 / estimate), math.ceil(100 / estimate)
+    assert device.log == (
+        ["sync", "event", *["run"] * bench.ESTIMATE_CALLS, "event", "sync", *["run"] * warmup]
+        + ["event", *["run", "event"] * timed, "sync"]
+    )
+    first = bench.ESTIMATE_CALLS + warmup  # the costs go on alternating
+    assert times == [(1.0, 3.0)[i % 2] for i in range(first, first + timed)]
+
+
+def test_time_calls_gives_per_call_quantiles_of_the_replays(monkeypatch):
+    """Quantiles (QUANTILES) of the replay times, divided by the calls in one replay; each
+    call runs once first (compiles) and the fields stay those the suite records."""
+    from lcc_kernels import bench
+
+    device = _fake_cuda(monkeypatch, [1.0, 3.0])
+    ran = []
+    timing = bench.time_calls([lambda: ran.append(1)] * 4, rep_ms=100, warmup_ms=20)
+    assert ran == [1] * 4 and device.log.count("sync") == 4
+    assert timing == {
+        "median_ms": pytest.approx(2.0 / 4),  # 28 replays of 1 ms and 28 of 3 ms
+        "p20_ms": pytest.approx(1.0 / 4),
+        "p80_ms": pytest.approx(3.0 / 4),
+        "method": "cuda_graph",
+        "copies": 4,
+    }
+
+
+def test_the_device_copy_is_timed_as_the_calls_are(monkeypatch):
+    """The bandwidth check's reference: the copy's median replay time, the same timing as
+    the calls' (no flush either), bytes read plus written."""
+    from lcc_kernels import bench
+
+    device = _fake_cuda(monkeypatch, [0.5])
+    src = torch.ones(2**20, dtype=torch.bfloat16)
+    dst = torch.zeros_like(src)
+    assert bench.copy_rate(src, dst) == pytest.approx(2 * src.nbytes / 0.5e-3)
+    assert torch.equal(dst, src) and device.log.count("sync") == 4
