@@ -20,8 +20,8 @@ variant, swapped with ``swap_attention`` and timed, then unswapped and restored:
     bitmap70   70% unstructured attention, packed bitmap
 
 Timings: a decode step (batch B, one new token after a context of C tokens in a static
-KV cache) and a prefill (T tokens), each from CUDA-graph replays timed with
-triton.testing.do_bench (``restorelcc.latency``, shared with ``restorelcc bench``; eager
+KV cache) and a prefill (T tokens), each from CUDA-graph replays timed back to
+back (``restorelcc.latency``, shared with ``restorelcc bench``; eager
 if capture fails, which the row's ``method`` says); then ``decode_eager``, the first
 decode batch stepped from Python without a graph (``eager_loop``), as an uncompiled
 ``generate`` runs, host overhead included. The lm_head (and but for ``+mlp``, the

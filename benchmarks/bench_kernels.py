@@ -10,7 +10,7 @@ STREAMS_MAX_M), dense F.linear (cuBLAS), torch semi-structured (cuSPARSELt and C
 and the dense Triton kernel with the tiling our 2:4 plan uses.
 Every benchmark round replays a CUDA graph of calls that rotate over weight copies (so L2
 never serves the weight) and synchronises; `extra_info` holds the per-call
-times from triton's do_bench (L2 flushed before each replay), the bytes each call must
+times of back-to-back replays (`lcc_kernels.bench.time_calls`), the bytes each call must
 move and the bandwidth floor from a measured device copy. The JSON that
 --benchmark-json writes also carries GPU name, torch/triton versions and the commit
 (benchmarks/conftest.py). Ours runs the plan `choose_plan` picks: a measured table named in

@@ -91,9 +91,10 @@ def time_call(
     rep_ms: int = 100,
     eager: bool = False,
 ) -> dict:
-    """Time quantiles (ms) of ``call``: a CUDA-graph replay timed by ``do_bench`` for
-    ``rep_ms`` on a GPU (with ``eager``: calls issued from Python back to back, host time
-    included), or the wall time of ``rounds`` calls after one warm-up on a CPU."""
+    """Time quantiles (ms) of ``call``: on a GPU, CUDA-graph replays timed back to back for
+    ``rep_ms`` (``lcc_kernels.bench.time_calls``; L2 not flushed between them, as between
+    consecutive decode steps; with ``eager``, calls issued from Python, host time
+    included); on a CPU, the wall time of ``rounds`` calls after one warm-up."""
     if device.type == "cuda":
         from lcc_kernels.bench import time_calls
 
