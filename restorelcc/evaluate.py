@@ -73,9 +73,11 @@ def perplexity_settings(ppl: dict) -> dict:
 
 def perplexity_protocol(ppl: dict) -> str:
     """``perplexity_settings`` as the summaries print them: ``lambada, 4096 tokens, window
-    512, stride 256``."""
+    512, stride 256``, then ``, in bfloat16`` where ``ppl`` records the ``dtype`` the
+    models were scored in (``prune --eval``'s and ``restore --eval``'s evaluations)."""
     tokens = counted(ppl["tokens"], "token")
-    return f"{ppl['source']}, {tokens}, window {ppl['window']}, stride {ppl['stride']}"
+    dtype = f", in {ppl['dtype']}" if ppl.get("dtype") else ""
+    return f"{ppl['source']}, {tokens}, window {ppl['window']}, stride {ppl['stride']}{dtype}"
 
 
 def _mean_and_stderr(values: Sequence[float]) -> tuple[float, float | None]:

@@ -5,6 +5,7 @@ as an input that an output must not replace, and its entry in a report."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_adapter_argument(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +46,10 @@ def adapter_input(path: str | None):
 
 
 def adapter_summary(directory: str | None, restoration) -> dict | None:
-    """The report's ``adapter`` entry: its path and ``Restoration.summary()``; None
+    """The report's ``adapter`` entry: its path as typed, its ``origin`` (the absolute
+    path, as ``model_origin`` records a model folder) and ``Restoration.summary()``; None
     without ``--adapter``."""
     if restoration is None:
         return None
-    return {"path": str(directory), **restoration.summary()}
+    origin = {"path": str(Path(directory).expanduser().resolve())}
+    return {"path": str(directory), "origin": origin, **restoration.summary()}

@@ -57,6 +57,7 @@ from restorelcc.commands.bench_summary import (
 )
 from restorelcc.commands.bench_timing import reference_logits, time_jobs, worst_check
 from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype
+from restorelcc.commands.model_options import check_adapter_options
 from restorelcc.commands.options import (
     add_device_argument,
     add_quiet_argument,
@@ -239,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from restorelcc.assets import load_config, load_model
+    from restorelcc.assets import load_config, load_model, model_origin
     from restorelcc.hf.families import family_of
     from restorelcc.hf.packed_checkpoint import (
         is_packed_checkpoint,
@@ -252,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.provenance import run_metadata
 
     start = time.perf_counter()
+    check_adapter_options(args, "time")
     folder = packed_swap(args.model) if is_packed_checkpoint(args.model) else None
     if folder is not None:
         check_packed_options(args, folder)
@@ -299,6 +301,7 @@ def run(args: argparse.Namespace) -> int:
     rows = timing_rows(jobs, linear, swapped, checks)
     payload = {
         "model": str(args.model),
+        "model_origin": model_origin(args.model),
         "adapter": adapter_summary(args.adapter, restoration),
         "packed_checkpoint": packed,
         "device": str(device),

@@ -7,6 +7,7 @@ import time
 from dataclasses import fields
 
 from restorelcc.commands.dtypes import add_dtype_argument
+from restorelcc.commands.model_options import MODEL_TO_PRUNE, refuse_adapter_folder
 from restorelcc.commands.options import (
     PPL_STRIDE_HELP,
     PPL_WINDOW_HELP,
@@ -172,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
     given["device"] = str(resolve_device(args.device))
     config = DemoConfig.paper(**given) if args.paper else DemoConfig(**given)
     refuse_unused_options(args, config)
+    refuse_adapter_folder(option("model"), config.model, MODEL_TO_PRUNE)
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     inputs = {option("model"): config.model} | {
         option(name): data_input(getattr(config, name))

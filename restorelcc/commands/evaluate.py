@@ -14,6 +14,7 @@ from restorelcc.commands.adapter_options import (
     refuse_adapter_on_packed,
 )
 from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype
+from restorelcc.commands.model_options import check_adapter_options
 from restorelcc.commands.options import (
     PERPLEXITY_WINDOWS,
     add_device_argument,
@@ -202,17 +203,24 @@ def _check_packed_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from restorelcc.assets import load_config, load_model
+    from restorelcc.assets import load_config, load_model, model_origin
     from restorelcc.data import perplexity_texts
     from restorelcc.evaluate import evaluate_model, resolve_tasks
-    from restorelcc.hf.packed_checkpoint import is_packed_checkpoint, load_packed, packed_modules
+    from restorelcc.hf.packed_checkpoint import (
+        is_packed_checkpoint,
+        load_packed,
+        packed_modules,
+        packed_swap,
+    )
     from restorelcc.io import format_table
     from restorelcc.provenance import run_metadata
 
     start = time.perf_counter()
     tasks = resolve_tasks(args.tasks)  # unknown names fail before the model loads
-    packed = is_packed_checkpoint(args.model)  # then what it holds, for the report
-    if packed:
+    check_adapter_options(args, "evaluate")
+    # a packed checkpoint's manifest, checked before it loads, then what it holds: the report's
+    held = packed_swap(args.model) if is_packed_checkpoint(args.model) else None
+    if held:
         _check_packed_options(args)
     check_mlp_needs_swap(args)
     if not tasks and args.no_ppl:
@@ -235,9 +243,10 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     restoration = read_adapter(args.adapter)
     dtype = resolve_dtype(args.dtype, device)
-    if packed:
+    packed = None
+    if held:
         model, tokenizer = load_packed(args.model, device=device, dtype=dtype)
-        packed = packed_modules(model)
+        packed = {**packed_modules(model), "stored_dtype": held["dtype"], "mlp": held["mlp"]}
     else:
         model, tokenizer = load_model(args.model, dtype=dtype, device=device)
     if not args.no_ppl:  # and against its tokenizer's length, named as flags
@@ -265,6 +274,7 @@ def run(args: argparse.Namespace) -> int:
     )
     payload = {
         "model": str(args.model),
+        "model_origin": model_origin(args.model),
         "tasks": report["tasks"],
         "mean": mean_accuracy(report["tasks"]),
         "limit": args.limit if tasks else None,  # it limits nothing else
@@ -273,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
         "dtype": str(dtype).removeprefix("torch."),
         "adapter": adapter_summary(args.adapter, restoration),
         "swap": swap.to_dict() if swap else None,
-        "packed_checkpoint": packed or None,
+        "packed_checkpoint": packed,
         "perplexity": report["perplexity"],
         "eval_wall_s": report["wall_s"],
         "wall_s": round(time.perf_counter() - start, 2),

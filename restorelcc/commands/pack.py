@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from restorelcc.commands.dtypes import add_dtype_argument
+from restorelcc.commands.model_options import refuse_adapter_folder
 from restorelcc.commands.options import add_quiet_argument, check_spares_inputs
 from restorelcc.commands.reports import mark_written
 from restorelcc.commands.swap_options import (
@@ -17,6 +18,8 @@ from restorelcc.commands.swap_options import (
     swap_pruned_attention,
 )
 from restorelcc.hf import MIN_SPARSITY
+
+PHASES = ("swap", "save")  # pack's progress bar: the swap packs the weights, then the save
 
 
 def register(subparsers) -> None:
@@ -46,6 +49,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+    from tqdm.auto import tqdm
 
     from restorelcc.assets import load_model
     from restorelcc.commands.dtypes import stored_dtype
@@ -54,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.loading import load_config
     from restorelcc.provenance import run_metadata
 
+    refuse_adapter_folder(
+        "--model",
+        args.model,
+        "the pruned model it was made for",
+        merged_as=" to pack the restored model",
+    )
     refuse_packed(
         args.model,
         "it is already packed (restorelcc eval --model and bench --model read it); to pack "
@@ -67,13 +77,25 @@ def run(args: argparse.Namespace) -> int:
     dtype = auto if args.dtype == "auto" else getattr(torch, args.dtype)
     model, tokenizer = load_model(args.model, dtype=dtype)
     dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    with swap_errors_named("--format", args.format):
-        report = swap_pruned_attention(
-            model, "--model", args.model, args.format, MIN_SPARSITY, args.decode_streams, args.mlp
-        )
-    check_decode_streams(args, report)
-    info = {"model": str(args.model), "swap": report.to_dict(), "run_metadata": run_metadata()}
-    out = save_packed(model, args.out, tokenizer, overwrite=args.overwrite, info=info)
+    # the two phases that take a while on a real model (seconds to a minute each)
+    with tqdm(total=len(PHASES), desc="pack", unit="phase", disable=args.quiet) as bar:
+        bar.set_postfix_str(PHASES[0])
+        with swap_errors_named("--format", args.format):
+            report = swap_pruned_attention(
+                model,
+                "--model",
+                args.model,
+                args.format,
+                MIN_SPARSITY,
+                args.decode_streams,
+                args.mlp,
+            )
+        check_decode_streams(args, report)
+        bar.update()
+        bar.set_postfix_str(PHASES[1])
+        info = {"model": str(args.model), "swap": report.to_dict(), "run_metadata": run_metadata()}
+        out = save_packed(model, args.out, tokenizer, overwrite=args.overwrite, info=info)
+        bar.update()
     mark_written(args, out)
     print(report.table())
     weights = (out / WEIGHTS).stat().st_size

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype, stored_dtype
+from restorelcc.commands.model_options import MODEL_TO_PRUNE, refuse_adapter_folder
 from restorelcc.commands.options import (
     add_device_argument,
     add_perplexity_arguments,
@@ -128,6 +129,7 @@ def _check_arguments(args: argparse.Namespace):
         if getattr(args, name) <= 0:
             raise PruneArgumentError(f"{flag(name)} must be positive")
     check_options(spec, args.chunk_size, BLOCK_SIZE, DAMPENING)  # as prune_model will use them
+    refuse_adapter_folder("--model", args.model, MODEL_TO_PRUNE)
     inputs = {
         "--model": args.model,
         "--calibration": None if args.method == "magnitude" else data_input(args.calibration),
@@ -155,15 +157,17 @@ def _evaluate_saved(args: argparse.Namespace, device) -> dict:
 
 
 def _run_summary(report) -> dict:
-    """One table row for the run. Structured runs shrink the matrices, so what they
-    removed (a fraction of the block parameters) and the zeros left in the kept weights
-    are two different numbers, each in its own column."""
+    """One table row for the run: the sparsity requested and the one reached (the
+    report's ``sparsity`` and ``overall_sparsity``). Structured runs shrink the matrices,
+    so what they removed (a fraction of the block parameters) and the zeros left in the
+    kept weights are two different numbers, each in its own column."""
     summary = {"method": report.method, "pattern": report.pattern}
     if report.structured:
         summary["removed_of_block_params"] = report.structured["removed_fraction_of_blocks"]
         summary["zeros_in_kept_weights"] = report.overall_sparsity
-    else:
-        summary["sparsity"] = report.overall_sparsity
+    else:  # --sparsity rounds to whole weights per row or group: the two may differ
+        summary["requested_sparsity"] = report.sparsity
+        summary["reached_sparsity"] = report.overall_sparsity
     summary["seconds"] = report.seconds
     if report.evaluation:
         summary["ppl"] = report.evaluation["perplexity"]["perplexity"]
@@ -173,7 +177,7 @@ def _run_summary(report) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from restorelcc.assets import load_config, load_model
+    from restorelcc.assets import load_config, load_model, model_origin
     from restorelcc.evaluate import perplexity_protocol
     from restorelcc.hf.families import check_length_fits, family_of
     from restorelcc.io import atomic_directory, atomic_write_json, format_table
@@ -235,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
     )
     payload = {
         "model": str(args.model),
+        "model_origin": model_origin(args.model),
         **report.to_dict(),
         "saved_dtype": str(saved_dtype).removeprefix("torch."),
         "run_metadata": run_metadata(),
@@ -256,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(report.summary_rows()))
     print(format_table([_run_summary(report)]))
     if report.evaluation:
-        print(f"perplexity: {perplexity_protocol(report.evaluation['perplexity'])}")
+        scored = {**report.evaluation["perplexity"], "dtype": report.evaluation["dtype"]}
+        print(f"perplexity: {perplexity_protocol(scored)}")
     print(f"wrote {args.out} ({PRUNE_REPORT})")
     return 0

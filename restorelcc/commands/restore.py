@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 from restorelcc.commands.dtypes import add_dtype_argument, resolve_dtype, stored_dtype
 from restorelcc.commands.options import (
@@ -241,11 +240,12 @@ def _config(args: argparse.Namespace):
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    """Refuse, before any model loads: a packed checkpoint (``restorelcc pack``) or a
-    merged restoration as ``--dense`` or ``--pruned``, or both the same folder
-    (``check_model_folders``); an ``--out`` that would delete an input or that
-    ``check_output_directory`` refuses; a ``--pruned`` that is no directory."""
-    from restorelcc.commands.restore_models import check_model_folders
+    """Refuse, before any model loads: a packed checkpoint (``restorelcc pack``), a
+    merged restoration or an adapter folder as ``--dense`` or ``--pruned``, or both the
+    same folder (``check_model_folders``); an ``--out`` that would delete an input or that
+    ``check_output_directory`` refuses; a ``--pruned`` that is no directory, or a built-in
+    model's name (``check_pruned_folder``)."""
+    from restorelcc.commands.restore_models import check_model_folders, check_pruned_folder
     from restorelcc.hf.packed_checkpoint import refuse_packed
     from restorelcc.lcc.adapter import ADAPTER_CONFIG  # --overwrite replaces an earlier --out
 
@@ -270,8 +270,7 @@ def _check_out(args: argparse.Namespace) -> None:
     }
     check_spares_inputs("--out", args.out, inputs, folder=True)
     check_output_directory(args.out, args.overwrite, option="--out", replaces=ADAPTER_CONFIG)
-    if not Path(args.pruned).is_dir():
-        raise FileNotFoundError(f"--pruned {args.pruned} is not a directory")
+    check_pruned_folder(args, RestoreArgumentError)
 
 
 def _check_models(args: argparse.Namespace, config):
@@ -334,15 +333,13 @@ def _pairs(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from restorelcc.assets import load_model
     from restorelcc.commands.restore_models import compare_with_dense, method_restoration
+    from restorelcc.commands.restore_report import print_summary, restore_report
     from restorelcc.data import perplexity_texts
-    from restorelcc.evaluate import perplexity_protocol
-    from restorelcc.io import atomic_directory, atomic_write_json, format_table
+    from restorelcc.io import atomic_directory, atomic_write_json
     from restorelcc.lcc import save_adapter
     from restorelcc.lcc.adapter import ADAPTER_CONFIG, export_merged
-    from restorelcc.provenance import run_metadata
 
     config = _config(args)
     device = resolve_device(args.device)
@@ -366,21 +363,8 @@ def run(args: argparse.Namespace) -> int:
     evaluation = None
     if args.eval:
         evaluation = compare_with_dense(scored, pruned, tokenizer, restoration, args)
-    report = {
-        "dense": str(args.dense),
-        "pruned": str(args.pruned),
-        "data": str(args.data),
-        "train_pairs": len(pairs) - args.validation_pairs,
-        "validation_pairs": args.validation_pairs,
-        **restoration.summary(),
-        # another method's settings are its hyper-parameters (RestoreConfig's are not)
-        "config": config.to_dict() if args.method == "restorelcc" else restoration.hyperparameters,
-        "report": restoration.report,
-        "evaluation": evaluation,
-        "dtype": str(dtype).removeprefix("torch."),
-        "merged_dtype": str(merged_dtype).removeprefix("torch.") if args.merged else None,
-        "run_metadata": run_metadata(),
-    }
+        evaluation["dtype"] = str(dtype).removeprefix("torch.")  # merged/ may be stored in another
+    report = restore_report(args, pairs, config, restoration, evaluation, dtype, merged_dtype)
     reread = args.merged and merged_dtype != dtype
     if reread:  # read in its stored dtype once the --dtype model is let go (no more memory)
         del pruned
@@ -394,27 +378,5 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(tmp / REPORT_NAME, report)
     mark_written(args, args.out)
 
-    stages = [{"stage": k, "seconds": v} for k, v in restoration.report["seconds"].items()]
-    print(format_table(stages))
-    train = restoration.report.get("train")
-    summary = {
-        "method": restoration.method,  # as the report: restorelcc-random-heads too
-        "heads": f"{restoration.heads.shape[0]}/{restoration.geometry.total_heads}",
-        "trainable": restoration.trainable_parameters,
-    }
-    if train:
-        summary.update(
-            steps=train["steps"], first_loss=train["first_loss"], final_loss=train["final_loss"]
-        )
-    if train and train["validation"]:
-        summary["heldout_before"] = train["validation"]["before"]
-        summary["heldout_after"] = train["validation"]["after"]
-    if evaluation:
-        summary.update({f"ppl_{k}": v for k, v in evaluation["perplexity"].items()})
-    print(format_table([summary]))
-    if evaluation:
-        print(f"perplexity: {perplexity_protocol(evaluation)}")
-    merged = f", {MERGED_DIR}/ in {report['merged_dtype']}" if args.merged else ""
-    written = f"{args.out} (adapter, {REPORT_NAME}{merged})"
-    print(f"wrote {written}")
+    print_summary(args, restoration, evaluation, report)
     return 0

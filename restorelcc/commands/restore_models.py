@@ -15,16 +15,21 @@ def check_model_folders(args: argparse.Namespace, error: type[Exception]) -> Non
     """Raise ``error`` where ``--dense`` or ``--pruned`` is a merged restoration (a folder
     holding ``restorelcc.json``: ``restore --merged``'s ``--out/merged``, ``export_merged``'s
     folder), which restoring would compare with the other model as a pruned or dense one
-    (failing on its added biases), or where the two name the same folder."""
+    (failing on its added biases), or where the two name the same folder;
+    ``ModelNotFoundError`` where either is an adapter folder (``restore --out``)."""
+    from restorelcc.commands.model_options import (
+        DENSE_MODEL,
+        PRUNED_MODEL,
+        is_merged_restoration,
+        refuse_adapter_folder,
+    )
     from restorelcc.lcc.adapter import MERGED_INFO
 
-    wanted = {
-        "--dense": "the unpruned model that the pruned checkpoint was pruned from",
-        "--pruned": "the pruned checkpoint it was made from",
-    }
+    wanted = {"--dense": DENSE_MODEL, "--pruned": PRUNED_MODEL}
     for option, what in wanted.items():
         given = getattr(args, option.removeprefix("--"))
-        if (Path(given).expanduser() / MERGED_INFO).is_file():
+        refuse_adapter_folder(option, given, what)
+        if is_merged_restoration(given):
             raise error(
                 f"{option} {given} is a merged restoration ({MERGED_INFO}: restore --merged, "
                 f"export_merged), a pruned model with a restoration folded in: give {what}"
@@ -35,6 +40,16 @@ def check_model_folders(args: argparse.Namespace, error: type[Exception]) -> Non
             f"--dense {args.dense} and --pruned {args.pruned} are the same folder: --dense is "
             "the unpruned model, --pruned the checkpoint pruned from it"
         )
+
+
+def check_pruned_folder(args: argparse.Namespace, error: type[Exception]) -> None:
+    """Raise ``error`` where ``--pruned`` names a built-in model (``refuse_builtin_pruned``),
+    ``FileNotFoundError`` where it names no directory."""
+    from restorelcc.commands.model_options import refuse_builtin_pruned
+
+    refuse_builtin_pruned(args, error)
+    if not Path(args.pruned).expanduser().is_dir():
+        raise FileNotFoundError(f"--pruned {args.pruned} is not a directory")
 
 
 def method_restoration(

@@ -86,22 +86,25 @@ def save_adapter(restoration: Restoration, directory: str | Path, overwrite: boo
     return Path(directory).expanduser()
 
 
-def adapter_folder_message(path: Path, takes_adapter: bool = True) -> str | None:
+def adapter_folder_message(path: Path) -> str | None:
     """Where the folder ``path``, given as a model, is an adapter folder (a ``restore
     --out``: it holds ``adapter.json``), a message saying so and what to give instead (the
-    pruned model, with the adapter where the command ``takes_adapter``, or a merged
-    checkpoint inside); else None."""
+    pruned model, or a merged checkpoint inside); else None. Commands name the option and
+    what it takes themselves (``restorelcc.commands.model_options``)."""
     if not (path / ADAPTER_CONFIG).is_file():
         return None
-    merged = [str(sub) for sub in sorted(path.iterdir()) if (sub / "config.json").is_file()]
+    merged = merged_checkpoints(path)
     checkpoints = f", or the merged checkpoint {' or '.join(merged)}" if merged else ""
-    instead = "the pruned model it was made for"
-    if takes_adapter:
-        instead += f" as the model and {path} as the adapter (--adapter {path})"
     return (
         f"{path} is a restoration adapter folder ({ADAPTER_CONFIG}), not a model: give "
-        f"{instead}{checkpoints}"
+        f"the pruned model it was made for{checkpoints}"
     )
+
+
+def merged_checkpoints(path: Path) -> list[str]:
+    """The checkpoint folders (holding ``config.json``) inside the folder ``path``: an
+    adapter folder's ``merged``."""
+    return [str(sub) for sub in sorted(path.iterdir()) if (sub / "config.json").is_file()]
 
 
 def adapter_directory(path: str | Path) -> Path:

@@ -14,12 +14,23 @@ from restorelcc.hf.families import (
     head_geometry,
     o_proj_of,
 )
+from restorelcc.io import counted
 from restorelcc.prune.report import first_pruned_weight, model_folder, pruned_zeros
 
 # A pruned head is the dense head whose o_proj columns point the same way; structured
 # pruning copies those columns unchanged (cosine 1), and unstructured pruning on top keeps
 # most of their energy (50% magnitude: ~0.9), while other heads are near 0.
 MIN_HEAD_COSINE = 0.5
+
+
+def describe_geometry(geometry: HeadGeometry) -> str:
+    """``geometry`` as messages print it: ``2 layers x 6 heads (2 KV heads) of head_dim 16,
+    hidden size 96``."""
+    g = geometry
+    return (
+        f"{counted(g.layers, 'layer')} x {counted(g.heads, 'head')} "
+        f"({counted(g.kv_heads, 'KV head')}) of head_dim {g.head_dim}, hidden size {g.hidden_size}"
+    )
 
 
 def check_compatible(dense: nn.Module, pruned: nn.Module) -> torch.Tensor:
@@ -92,8 +103,8 @@ def check_compatible_configs(dense, pruned) -> bool:
     heads_removed = dense_geo != pruned_geo
     if heads_removed and not _fewer_heads(dense_geo, pruned_geo):
         raise UnsupportedModelError(
-            f"the pruned model's attention ({pruned_geo}) differs from the dense model's "
-            f"({dense_geo}) by more than removed heads"
+            f"the pruned model's attention ({describe_geometry(pruned_geo)}) differs from the "
+            f"dense model's ({describe_geometry(dense_geo)}) by more than removed heads"
         )
     return heads_removed
 

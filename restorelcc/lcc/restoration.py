@@ -24,6 +24,7 @@ from restorelcc.hf.families import (
     model_device,
     o_proj_of,
 )
+from restorelcc.lcc.compat import describe_geometry
 from restorelcc.lcc.fingerprint import ModelFingerprint, model_fingerprint
 from restorelcc.lcc.fold import fold_offsets
 from restorelcc.lcc.heads import (
@@ -63,7 +64,10 @@ def check_made_for(
     names what differs, after ``subject`` (what was made for the model)."""
     found = head_geometry(model)
     if found != geometry:
-        raise AdapterMismatchError(f"{subject} is for {geometry}, the model has {found}")
+        raise AdapterMismatchError(
+            f"{subject} is for {describe_geometry(geometry)}, the model has "
+            f"{describe_geometry(found)}"
+        )
     problems = [] if fingerprint is None else fingerprint.differences(model_fingerprint(model))
     if problems:
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""

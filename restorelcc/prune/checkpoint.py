@@ -119,14 +119,14 @@ def _requested_patterns(prune_report: dict | None) -> tuple[tuple[int, int], ...
 
 def _not_a_checkpoint(directory: Path) -> str:
     """What ``directory``, which exists and holds no ``config.json``, is instead: a file,
-    an adapter folder (``adapter_folder_message``, as ``eval --model`` says, less its
-    ``--adapter``), or a folder of something else."""
+    an adapter folder (``adapter_folder_message``, as ``resolve_model`` says: no option
+    to suggest), or a folder of something else."""
     from restorelcc.assets import is_a_file
     from restorelcc.lcc.adapter import adapter_folder_message
 
     if not directory.is_dir():
         return is_a_file(directory)
-    adapter = adapter_folder_message(directory, takes_adapter=False)
+    adapter = adapter_folder_message(directory)
     return adapter or f"{directory} is not a checkpoint directory (no config.json)"
 
 

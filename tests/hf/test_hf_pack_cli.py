@@ -37,7 +37,8 @@ def test_pack_then_eval_scores_as_eval_swap(pruned_dir, tmp_path, capsys, dtype)
         json_path = tmp_path / f"{name}.json"
         assert main(["eval", *extra, *EVAL, "--dtype", dtype, "--json", str(json_path)]) == 0
         reports[name] = json.loads(json_path.read_text())
-    assert reports["packed"]["packed_checkpoint"] == {"modules": 4, "formats": "2:4"}
+    packed = {"modules": 4, "formats": "2:4", "stored_dtype": dtype, "mlp": False}
+    assert reports["packed"]["packed_checkpoint"] == packed
     assert reports["swap"]["packed_checkpoint"] is None
     assert reports["packed"]["perplexity"] == reports["swap"]["perplexity"]
 

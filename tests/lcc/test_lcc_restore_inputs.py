@@ -27,7 +27,7 @@ def merged_restoration(folder, pruned):
     "option, instead",
     [
         ("--pruned", "give the pruned checkpoint it was made from"),
-        ("--dense", "give the unpruned model that the pruned checkpoint was pruned from"),
+        ("--dense", "give the unpruned (dense) model that the pruned checkpoint was pruned from"),
     ],
 )
 def test_a_merged_restoration_is_refused_before_the_models_load(

@@ -46,7 +46,7 @@ def test_the_summary_names_the_windows(restore_checkpoints, capsys):
     flags = ["--eval", "--ppl-tokens", "100", "--ppl-window", "32", "--ppl-stride", "16"]
     assert main(method_argv(tmp_path, *TRAINING_FREE, "--quiet", *flags)) == 0
     out = capsys.readouterr().out
-    assert "perplexity: lambada, 100 tokens, window 32, stride 16\n" in out
+    assert "perplexity: lambada, 100 tokens, window 32, stride 16, in float32\n" in out
 
 
 def test_a_window_the_model_cannot_take_is_refused_before_it_loads(

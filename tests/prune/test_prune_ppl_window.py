@@ -79,7 +79,8 @@ def test_a_window_the_model_cannot_take_is_refused_before_it_loads(
 def test_the_summary_names_the_windows(tiny_dir, tmp_path, capsys):
     flags = ["--eval", "--ppl-tokens", "100", "--ppl-window", "32", "--ppl-stride", "16"]
     assert main(prune_argv(tiny_dir, tmp_path / "pruned", *flags)) == 0
-    assert "perplexity: lambada, 100 tokens, window 32, stride 16\n" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "perplexity: lambada, 100 tokens, window 32, stride 16, in float32\n" in out
 
 
 def test_a_bad_window_is_named_before_the_model_is_looked_for(tmp_path, capsys):
