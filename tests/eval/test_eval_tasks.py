@@ -15,22 +15,15 @@ needs_wheel = pytest.mark.skipif(
 
 
 def test_arc_format():
-    row = {
-        "question": "Which is a gas?",
-        "choices": {"text": ["ice", "steam"], "label": ["A", "B"]},
-        "answerKey": "B",
-    }
+    row = {"id": "x", "question": "Which is a gas?", "choices": ["ice", "steam"], "gold": 1}
     q = TASKS["arc_easy"].question(row)
     assert q.contexts == ("Question: Which is a gas?\nAnswer:",) * 2
     assert q.continuations == (" ice", " steam") and q.gold == 1 and q.choices == ("ice", "steam")
 
 
-def test_openbookqa_uses_the_bare_stem_and_strips_the_key():
-    row = {
-        "question_stem": "Plants need",
-        "choices": {"text": ["sun", "salt"], "label": ["A", "B"]},
-    }
-    q = TASKS["openbookqa"].question({**row, "answerKey": " A"})
+def test_openbookqa_uses_the_bare_stem():
+    row = {"id": "x", "question_stem": "Plants need", "choices": ["sun", "salt"], "gold": 0}
+    q = TASKS["openbookqa"].question(row)
     assert q.contexts == ("Plants need",) * 2 and q.continuations == (" sun", " salt")
     assert q.gold == 0
 
@@ -43,8 +36,8 @@ def test_piqa_boolq_rte_formats():
         " twist",
         " sing",
     )
-    boolq = TASKS["boolq"].question({"passage": "P.", "question": "is it", "answer": True})
-    assert boolq.contexts[0] == "P.\nQuestion: is it?\nAnswer:"
+    boolq = TASKS["boolq"].question({"passage": "T -- P.", "question": "is it", "label": 1})
+    assert boolq.contexts[0] == "T -- P.\nQuestion: is it?\nAnswer:"
     assert boolq.continuations == (" no", " yes") and boolq.gold == 1
     rte = TASKS["rte"].question({"sentence1": "A.", "sentence2": "B.", "label": 1})
     assert rte.contexts[0] == "A.\nQuestion: B. True or False?\nAnswer:"
@@ -99,10 +92,11 @@ def test_real_rows_make_valid_questions(name):
 def test_limit_takes_the_first_items_in_order():
     first = task_questions("arc_easy", limit=3)
     assert first == task_questions("arc_easy", limit=10)[:3]
-    assert (
-        first[0].contexts[0] == "Question: Which technology was developed most recently?\nAnswer:"
+    assert first[0].contexts[0] == (
+        "Question: Which statement best explains why photosynthesis is the foundation of most "
+        "food webs?\nAnswer:"
     )
-    assert len(task_questions("arc_challenge", limit=10_000)) == 299
+    assert len(task_questions("arc_challenge", limit=10_000)) == 1172
     with pytest.raises(ValueError, match="limit must be a positive integer, got 0"):
         task_questions("arc_easy", limit=0)
 
