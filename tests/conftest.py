@@ -116,3 +116,15 @@ def tokenizers_take_48(monkeypatch):
         return tokenizer
 
     monkeypatch.setattr(restorelcc.loading, "load_tokenizer", short_tokenizer)
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Loading a model's weights (``restorelcc.assets.load_model``, the first expensive
+    step of a command) fails the test: what it checks is refused before."""
+    import restorelcc.assets
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(restorelcc.assets, "load_model", refuse)

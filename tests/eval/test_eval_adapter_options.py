@@ -10,7 +10,6 @@ import json
 
 import pytest
 
-import restorelcc.assets
 from restorelcc import cli, prune_model
 from restorelcc.baselines import training_free
 from restorelcc.lcc.adapter import export_merged
@@ -38,14 +37,6 @@ def folders(tmp_path_factory):
     assert cli.main(["pack", "--model", str(root / "pruned"), "--out", str(root / "packed"),
                      "--quiet"]) == 0  # fmt: skip
     return root
-
-
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before --model and --adapter were checked")
-
-    monkeypatch.setattr(restorelcc.assets, "load_model", refuse)
 
 
 def _error(capsys, tmp_path, command, model, adapter) -> str:

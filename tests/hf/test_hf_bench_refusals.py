@@ -14,16 +14,6 @@ from restorelcc.cli import main
 from restorelcc.testing import save_checkpoint, tiny_model
 
 
-@pytest.fixture
-def no_weights_load(monkeypatch):
-    import restorelcc.assets
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the weights were loaded before the options were checked")
-
-    monkeypatch.setattr(restorelcc.assets, "load_model", refuse)
-
-
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -38,7 +28,7 @@ def no_weights_load(monkeypatch):
     ],
 )
 def test_bench_refuses_what_it_would_ignore_or_cannot_run_before_loading(
-    pruned_dir, tmp_path, capsys, no_weights_load, arguments, message
+    pruned_dir, tmp_path, capsys, no_model_loads, arguments, message
 ):
     """--eager and --rep-ms used to be ignored on a CPU (the report saying eager: true);
     a --context beyond max_position_embeddings (256) ran."""

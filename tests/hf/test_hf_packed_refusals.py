@@ -9,7 +9,6 @@ import json
 import pytest
 from _hf_packed_helpers import cli_error
 
-import restorelcc.assets
 from restorelcc.cli import main
 from restorelcc.hf.packed_checkpoint import PACKED_INFO
 from restorelcc.loading import CheckpointError, load_model
@@ -24,14 +23,6 @@ def packed_dir(pruned_dir, tmp_path):
     folder = tmp_path / "packed"
     assert main(["pack", "--model", str(pruned_dir), "--out", str(folder), "--quiet"]) == 0
     return folder
-
-
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the packed folder was refused")
-
-    monkeypatch.setattr(restorelcc.assets, "load_model", refuse)
 
 
 def test_load_model_names_eval_and_bench_and_the_dense_checkpoint(packed_dir):

@@ -3,7 +3,6 @@
 import pytest
 from lcc_helpers import pruned_copy, save_restore_inputs
 
-import restorelcc.assets
 from restorelcc.testing import byte_tokenizer, synthetic_pairs, tiny_model
 
 
@@ -33,13 +32,3 @@ def pairs():
 def restore_checkpoints(tmp_path):
     """(tmp_path, pruned model): the inputs ``restore_argv(tmp_path)`` names."""
     return tmp_path, save_restore_inputs(tmp_path)
-
-
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """Loading a model's weights (the first expensive step) fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the options were checked")
-
-    monkeypatch.setattr(restorelcc.assets, "load_model", refuse)
