@@ -72,6 +72,18 @@ def _row_tiles(m: int, block_m: int, path: str) -> int:
     return tiles_m
 
 
+def _check_split(split: int, plan: Plan) -> None:
+    """Refuse a plan whose K splits (the grid's y) exceed CUDA's limit: the dispatcher's
+    rules split at most dispatch.MAX_SPLIT_K ways, so only a plan given, or one of a
+    measured table, can."""
+    if split > MAX_GRID_YZ:
+        raise ValueError(
+            f"the {plan.backend} plan's split_k = {plan.split_k} splits K {split} ways, over "
+            f"the {MAX_GRID_YZ} one launch's grid can hold (CUDA's limit on its y dimension); "
+            f"give split_k <= {MAX_GRID_YZ}"
+        )
+
+
 def _check_workspace(split: int, m: int, n: int, bound: int) -> None:
     """Refuse a skinny split-K workspace [split, m, n] fp32 over `bound` bytes
     (dispatch_table.MAX_SPLIT_K_WORKSPACE_BYTES; the dispatcher passes over measured
@@ -132,6 +144,7 @@ def operand_geometry(
         options = dict(common, GROUP_M=plan.group_m, **_dot_flags(dtype))
         return Geometry(grid, (k_tiles,), options, 1, 0, None)
     split = skinny_split(plan, k)
+    _check_split(split, plan)
     tiles_per_split = -(-k_tiles // split)
     _check_workspace(split, m, n, workspace_bound)
     tiles_n, tiles_m = -(-n // plan.block_n), _row_tiles(m, plan.block_m, "skinny")
@@ -170,6 +183,7 @@ def streams_geometry(
             f"plan block_n {plan.block_n}, split_k {plan.split_k}"
         )
     check_streams_block_m(plan)
+    _check_split(split, plan)
     tiles_m = _row_tiles(m, plan.block_m, "streams")
     options = dict(
         BLOCK_M=plan.block_m,

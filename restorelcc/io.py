@@ -125,7 +125,13 @@ def check_writable_folder(folder: Path, name: str) -> Path:
     try:
         probe = tempfile.mkdtemp(prefix=".restorelcc-probe-", dir=folder)
     except OSError as exc:
-        raise OutputPathError(f"{name}: cannot write in {folder} ({exc.strerror or exc})") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and folder.is_dir():  # /proc's answer
+            why = "it is not on a regular file system: nothing can be made there"
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            why = f"the folder is not writable: {exc.strerror}"
+        else:  # a folder removed meanwhile: "No such file or directory" is then right
+            why = exc.strerror or str(exc)
+        raise OutputPathError(f"{name}: cannot write in {folder} ({why})") from None
     os.rmdir(probe)
     return folder
 

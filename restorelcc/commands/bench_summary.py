@@ -7,6 +7,7 @@ report is written (``print_summary``: the table, the rows whose timings are nois
 from __future__ import annotations
 
 from restorelcc.commands.bench_timing import job_label
+from restorelcc.commands.reports import mib
 from restorelcc.commands.swap_options import describe_swap
 
 # A row whose timings' p20..p80 range exceeds this fraction of their median is flagged.
@@ -94,7 +95,7 @@ def print_summary(payload: dict, report, out, device, rounds: int) -> None:
         )
     streams, streams_read = "", ""
     if report.bytes_streams:
-        streams = f" (+ {report.bytes_streams / 2**20:.1f} MiB of decode streams)"
+        streams = f" (+ {mib(report.bytes_streams)} of decode streams)"
         decode_bytes = payload["weight_bytes"]["swapped_decode_streams"]
         read = fewer_or_more(bytes_linear, decode_bytes)
         streams_read = f" ({read} on the streams, batch <= 4)"

@@ -9,7 +9,7 @@ import argparse
 from restorelcc.commands.dtypes import add_dtype_argument
 from restorelcc.commands.model_options import refuse_adapter_folder
 from restorelcc.commands.options import add_quiet_argument, check_spares_inputs
-from restorelcc.commands.reports import mark_written
+from restorelcc.commands.reports import mark_written, mib
 from restorelcc.commands.swap_options import (
     add_format_argument,
     add_mlp_argument,
@@ -96,15 +96,15 @@ def run(args: argparse.Namespace) -> int:
         info = {"model": str(args.model), "swap": report.to_dict(), "run_metadata": run_metadata()}
         out = save_packed(model, args.out, tokenizer, overwrite=args.overwrite, info=info)
         bar.update()
-    mark_written(args, out)
+    mark_written(args, args.out)
     print(report.table())
     weights = (out / WEIGHTS).stat().st_size
     summary = {
         "dtype": str(dtype).removeprefix("torch."),
-        "dense_MB": dense_bytes / 1e6,
-        "packed_file_MB": weights / 1e6,
+        "dense": mib(dense_bytes),
+        "packed_file": mib(weights),
         "ratio": weights / dense_bytes,
     }
     print(format_table([summary]))
-    print(f"wrote {out} ({PACKED_INFO})")
+    print(f"wrote {args.out} ({PACKED_INFO})")
     return 0

@@ -3,7 +3,8 @@ before the work, so a path that cannot be written fails at once), its default na
 (``<command>_<model>.json``, never replacing another report), its atomic writing, the
 mark that the command's final output is complete (``mark_written``, read by
 ``cli.main``), and what counts as an earlier report (``is_report``: an output that
-``options.check_spares_inputs`` lets replace a file inside an input folder)."""
+``options.check_spares_inputs`` lets replace a file inside an input folder). Sizes in
+the printed summaries: ``mib``."""
 
 from __future__ import annotations
 
@@ -119,6 +120,11 @@ def mark_written(args: argparse.Namespace, output: str | os.PathLike) -> None:
     """Record on ``args`` that the command's final output ``output`` is complete: a
     Ctrl-C or SIGTERM from here on (while the summary prints) says so (``cli.main``)."""
     args.written = str(output)
+
+
+def mib(size: int) -> str:
+    """``size`` bytes as the commands print sizes: ``12.3 MiB``."""
+    return f"{size / 2**20:.1f} MiB"
 
 
 def is_report(path: Path) -> bool:

@@ -44,8 +44,10 @@ from restorelcc.hf.packed_load import load_packed
 from restorelcc.hf.packed_manifest import (
     PACKED_INFO,
     WEIGHTS,
+    _check_group_dtype,
     _entry_packing,
     _entry_target,
+    _packed_dtypes,
     _read_manifest,
     _stored_dtype,
 )
@@ -79,17 +81,20 @@ def packed_modules(model: nn.Module) -> dict:
 
 def packed_swap(directory: str | os.PathLike) -> dict:
     """How the packed checkpoint ``directory`` was swapped, from its
-    ``restorelcc_packed.json`` (no weights read): ``format``, ``mlp`` and
-    ``decode_streams``, the options of the swap that ``restorelcc pack`` records (its report
-    under ``info``; ``recorded`` True), or, where ``info`` holds no such report
-    (``recorded`` False: a ``save_packed`` folder), as the groups show them (their one
-    format, or "auto" where they mix; whether an MLP group is packed; whether a group runs
-    decode streams); ``dtype``: the name of the dtype its embeddings are stored in (the
-    model's, unless parts of it were cast otherwise); and ``groups``: each packed group's
-    (layer, group name) -> (format, backend, decode_streams). Raises ``ModelNotFoundError``
-    for a missing folder or one without config.json, ``CheckpointError`` for a folder that
-    is not a packed checkpoint, a group entry that names no group of the model or records no
-    valid format, backend and decode_streams, or an unknown dtype."""
+    ``restorelcc_packed.json`` (no weights read: of the weights file, only the dtypes of
+    the packed weights, checked against their entries as ``load_packed`` checks them):
+    ``format``, ``mlp`` and ``decode_streams``, the options of the swap that ``restorelcc
+    pack`` records (its report under ``info``; ``recorded`` True), or, where ``info`` holds
+    no such report (``recorded`` False: a ``save_packed`` folder), as the groups show them
+    (their one format, or "auto" where they mix; whether an MLP group is packed; whether a
+    group runs decode streams); ``dtype``: the name of the dtype its embeddings are stored
+    in (the model's, unless parts of it were cast otherwise); and ``groups``: each packed
+    group's (layer, group name) -> (format, backend, decode_streams). Raises
+    ``ModelNotFoundError`` for a missing folder or one without config.json,
+    ``CheckpointError`` for a folder that is not a packed checkpoint, a group entry that
+    names no group of the model or records no valid format, backend and decode_streams, an
+    unknown dtype or a packed weight of another dtype than its entry records, and
+    ``CorruptCacheError`` for a weights file that cannot be read."""
     from restorelcc.assets import resolve_model
     from restorelcc.loading import read_config
 
@@ -99,10 +104,14 @@ def packed_swap(directory: str | os.PathLike) -> dict:
     config, where = read_config(folder), folder / PACKED_INFO
     family = family_of(config)
     known = {group.name: group for group in projection_groups(family, mlp=True)}
-    groups = {}
+    groups, targets = {}, []
     for entry in manifest["groups"]:
         layer, group = _entry_target(entry, known, config.num_hidden_layers, where)
         groups[(layer, group.name)] = _entry_packing(entry, where)
+        targets.append((entry, layer, group))
+    stored = _packed_dtypes(folder, [entry.get("module") for entry, _, _ in targets])
+    for entry, layer, group in targets:
+        _check_group_dtype(entry, layer, group, stored.get(entry.get("module")), manifest, folder)
     attention = {g.name for g in projection_groups(family, mlp=False)}
     formats = {format for format, _, _ in groups.values()}
     options = {

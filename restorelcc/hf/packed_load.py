@@ -19,6 +19,8 @@ from restorelcc.hf.families import decoder_layers, family_of
 from restorelcc.hf.packed_manifest import (
     PACKED_INFO,
     WEIGHTS,
+    _check_dtype,
+    _check_group_dtype,
     _entry_packing,
     _entry_target,
     _module_name,
@@ -94,7 +96,8 @@ def _fill(
     blocks = decoder_layers(model)
     names = {id(module): name for name, module in model.named_modules()}
     embeddings = f"{names[id(model.get_input_embeddings())]}.weight"
-    _check_dtype(tensors.get(embeddings), manifest["dtype"], embeddings, folder)
+    stored = getattr(tensors.get(embeddings), "dtype", None)  # None: not stored
+    _check_dtype(stored, manifest["dtype"], embeddings, folder)
     groups = {group.name: group for group in projection_groups(family_of(model), mlp=True)}
     modules, replaced = [], set()
     for entry in manifest["groups"]:
@@ -108,7 +111,7 @@ def _fill(
         if not all(isinstance(linear, nn.Linear) for linear in linears):
             raise CheckpointError(f"{where}: {owner_path} has no {group.projections} to replace")
         module = _packed_module(entry, linears, tensors, path, where)
-        _check_dtype(module.packed, entry.get("dtype", manifest["dtype"]), path, folder)
+        _check_group_dtype(entry, layer, group, module.packed.dtype, manifest, folder)
         if dtype != "auto":
             module.to(dtype)
         modules.append((blocks[layer], group, module))
@@ -122,19 +125,6 @@ def _fill(
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise CheckpointError(f"{folder / WEIGHTS} lacks {len(left)} tensor(s): {left[:3]}")
-
-
-def _check_dtype(tensor, name, key: str, folder: Path) -> None:
-    """``CheckpointError`` where ``tensor`` (a tensor or packed weight; None: not stored,
-    which the load reports) does not hold the dtype ``name`` that the manifest gives
-    ``key``, or that is not a dtype name."""
-    from restorelcc.loading import CheckpointError
-
-    named = _stored_dtype(name, folder)
-    if tensor is not None and tensor.dtype != named:
-        raise CheckpointError(
-            f"{folder / PACKED_INFO}: {key} holds {tensor.dtype}, not the {named} it names"
-        )
 
 
 def _packed_module(

@@ -58,6 +58,46 @@ def _stored_dtype(name: str, folder: Path) -> torch.dtype:
     return dtypes[name]
 
 
+def _check_dtype(dtype: torch.dtype | None, name, what: str, folder: Path) -> None:
+    """``CheckpointError`` where ``dtype`` (that of the tensor stored for ``what``; None:
+    none stored, which the load reports) is not the dtype ``name`` that the manifest gives
+    ``what``, or where ``name`` is not a dtype name."""
+    from restorelcc.loading import CheckpointError
+
+    named = _stored_dtype(name, folder)
+    if dtype is not None and dtype != named:
+        raise CheckpointError(
+            f"{folder / PACKED_INFO}: {what} holds {dtype}, not the {named} it names"
+        )
+
+
+def _check_group_dtype(
+    entry: dict, layer: int, group: ProjectionGroup, dtype, manifest: dict, folder: Path
+) -> None:
+    """``_check_dtype`` of a group's packed weight: ``dtype`` (as stored; None: not stored)
+    against the dtype its entry records (an entry without one, from before entries recorded
+    theirs: the manifest's)."""
+    what = f"the layer {layer} {group.name} group at {entry.get('module')}"
+    _check_dtype(dtype, entry.get("dtype", manifest["dtype"]), what, folder)
+
+
+def _packed_dtypes(folder: Path, modules: list) -> dict:
+    """The dtype of the packed weight stored for each of ``modules`` (entries' ``module``
+    paths) in the folder's weights file: its values' (``<module>.packed.values``), read
+    from the file's header with an empty slice (no weights read); a module with none
+    stored is left out. ``CorruptCacheError`` for a file that cannot be read."""
+    from restorelcc.prune.checkpoint import _open_safetensors
+
+    with _open_safetensors(folder / WEIGHTS) as file:
+        keys, dtypes = set(file.keys()), {}
+        for module in modules:
+            key = f"{module}.packed.values"
+            if key in keys:
+                part = file.get_slice(key)  # a 0-d tensor has no slice: one number read
+                dtypes[module] = (part[:0] if part.get_shape() else file.get_tensor(key)).dtype
+    return dtypes
+
+
 def _entry_target(entry, groups: dict, layers: int, where: Path) -> tuple[int, ProjectionGroup]:
     """The (layer, group) a manifest entry names, checked."""
     from restorelcc.loading import CheckpointError

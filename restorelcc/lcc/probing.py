@@ -274,8 +274,8 @@ def warn_if_at_chance(accuracy: torch.Tensor, pairs: int, test_fraction: float =
             f"{best:.3f} ({round(best * examples)} of {examples} held-out examples), is "
             f"reached by the best of {heads} heads guessing at random {percent:g}% of the "
             "time, so the heads selected may be no better than random ones; more probe pairs "
-            f"({pairs} given, {held_out} of them held out to score the probes) may tell "
-            "heads apart"
+            f"may tell heads apart ({pairs} given; the probes are scored on {held_out} of them, "
+            "a positive and a negative example each)"
         )
 
 

@@ -25,7 +25,7 @@ def test_pack_then_eval_scores_as_eval_swap(pruned_dir, tmp_path, capsys, dtype)
     args = ["pack", "--model", str(pruned_dir), "--out", str(out), "--dtype", dtype]
     assert main([*args, "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert f"wrote {out} ({PACKED_INFO})" in printed and "packed_file_MB" in printed
+    assert f"wrote {out} ({PACKED_INFO})" in printed and "packed_file" in printed
     manifest = json.loads((out / PACKED_INFO).read_text())
     assert manifest["dtype"] == dtype and manifest["info"]["model"] == str(pruned_dir)
     assert {g["format"] for g in manifest["groups"]} == {"2:4"}

@@ -3,12 +3,15 @@ size and packed-to-dense ratio are of the model's parameter bytes before the swa
 names the packed modules it loaded; pack refuses a non-empty ``--out`` by that option
 before any model loads."""
 
+import re
+
 import pytest
 import torch
 from _hf_packed_helpers import EVAL, cli_error
 
 import restorelcc.assets
 from restorelcc.cli import main
+from restorelcc.commands.reports import mib
 from restorelcc.hf.packed_checkpoint import WEIGHTS
 from restorelcc.loading import load_model
 
@@ -35,20 +38,20 @@ def test_pack_refuses_a_non_empty_out_before_any_model_loads(
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_pack_prints_the_dense_bytes_of_the_model_it_packed(pruned_dir, tmp_path, capsys, dtype):
-    """dense_MB: every parameter of the checkpoint as loaded in --dtype, the packed
+    """dense: every parameter of the checkpoint as loaded in --dtype, the packed
     projections' dense weights included; ratio: the packed file over those bytes."""
     model, _ = load_model(pruned_dir, dtype=getattr(torch, dtype))
     dense = sum(p.numel() * p.element_size() for p in model.parameters())
     capsys.readouterr()
     assert main(_pack(pruned_dir, tmp_path / "packed", "--dtype", dtype)) == 0
     lines = capsys.readouterr().out.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["dtype", "dense_MB"])
-    row = dict(zip(lines[header].split(), lines[header + 2].split(), strict=True))
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["dtype", "dense"])
+    row = dict(zip(lines[header].split(), re.split(r"\s{2,}", lines[header + 2]), strict=True))
     weights = (tmp_path / "packed" / WEIGHTS).stat().st_size
     assert row == {
         "dtype": dtype,
-        "dense_MB": f"{dense / 1e6:.4g}",
-        "packed_file_MB": f"{weights / 1e6:.4g}",
+        "dense": mib(dense),
+        "packed_file": mib(weights),
         "ratio": f"{weights / dense:.4g}",
     }
 

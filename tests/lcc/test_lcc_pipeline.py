@@ -103,7 +103,8 @@ def test_probes_at_chance_are_warned_of_with_the_best_score(models, tokenizer, p
         "probing found no head above chance: the best held-out probe accuracy, 0.500 (5 of "
         "10 held-out examples), is reached by the best of 15 heads guessing at random 99.9% "
         "of the time, so the heads selected may be no better than random ones; more probe "
-        "pairs (16 given, 5 of them held out to score the probes) may tell heads apart"
+        "pairs may tell heads apart (16 given; the probes are scored on 5 of them, a positive "
+        "and a negative example each)"
     )
     with pytest.warns(UserWarning) as caught:
         plan = plan_heads(dense, pruned, tokenizer, pairs, config())
