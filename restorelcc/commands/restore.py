@@ -31,12 +31,20 @@ from restorelcc.commands.options import (
 from restorelcc.commands.reports import mark_written
 from restorelcc.errors import RestoreLCCError
 from restorelcc.io import check_output_directory
+from restorelcc.lcc.capture_precision import CAPTURE_DTYPES
 
 REPORT_NAME = "restore_report.json"
 MERGED_DIR = "merged"
 METHODS = ("restorelcc", "lofit", "training-free")
 # Options that another method would ignore: it refuses them (given other than defaults).
-RESTORELCC_ONLY = ("selection", "probe_pairs", "components_k", "negatives", "standardize")
+RESTORELCC_ONLY = (
+    "selection",
+    "probe_pairs",
+    "components_k",
+    "negatives",
+    "standardize",
+    "capture_dtype",
+)
 # Of those, the ones that only score heads by probes: --selection random ignores them.
 PROBING_ONLY = ("components_k", "negatives", "standardize")
 TRAINING = ("heads", "lr", "epochs", "max_steps", "batch_size", "validation_pairs", "max_grad_norm")
@@ -50,6 +58,7 @@ CONFIG_FIELDS = (
     "probe_pairs",
     "components_k",
     "negatives",
+    "capture_dtype",
 )
 
 
@@ -147,6 +156,15 @@ def register(subparsers) -> None:
         "tf-idf, or auto (minilm where its wheel is installed)",
     )
     p.add_argument("--standardize", action="store_true", help="standardise probe features")
+    p.add_argument(
+        "--capture-dtype",
+        choices=CAPTURE_DTYPES,
+        type=str.lower,
+        default="float32",
+        help="what the activations behind the SVD are captured in: float32 (default: a "
+        "bf16/fp16 model is cast to fp32 for its capture and back, one model at a time, "
+        "so capture holds one model in fp32 beside the other), or model (--dtype's)",
+    )
     p.add_argument("--seed", type=int, default=0, help="data sampling, init and order")
     add_dtype_argument(p, "both models' dtype while restoring")
     p.add_argument(
@@ -233,6 +251,7 @@ def _config(args: argparse.Namespace):
             components_k=args.components_k,
             probe_standardize=args.standardize,
             negatives=args.negatives,
+            capture_dtype=args.capture_dtype,
             train=train,
         )
     except ValueError as exc:  # the configs name their fields; the user typed flags

@@ -13,17 +13,23 @@ def restore_report(
     name's wheel version), the pairs, the restoration's summary, its settings (``config``:
     the ``RestoreConfig``, or another method's hyper-parameters; training-free's with the
     ``--seed`` that drew its pairs), its report, ``evaluation`` (``--eval``'s perplexities
-    and the dtype they were scored in), ``dtype``, ``merged_dtype`` (with ``--merged``)
-    and the run's metadata."""
+    and the dtype they were scored in), ``dtype``, ``capture_dtype`` (what each model's
+    activations were captured in; None for LoFiT, which captures none), ``merged_dtype``
+    (with ``--merged``) and the run's metadata."""
     from restorelcc.assets import model_origin
     from restorelcc.data import source_origin
     from restorelcc.provenance import run_metadata
 
+    name = str(dtype).removeprefix("torch.")
     if args.method == "restorelcc":
         settings = config.to_dict()
+        captured = restoration.report["capture_dtype"]
     else:  # another method's settings are its hyper-parameters (RestoreConfig's are not)
         settings = dict(restoration.hyperparameters)
-        if args.method == "training-free":  # its only use of --seed: which pairs are drawn
+        # training-free captures as the models run (its only use of --seed: which pairs
+        # are drawn); LoFiT captures nothing
+        captured = {"dense": name, "pruned": name} if args.method == "training-free" else None
+        if args.method == "training-free":
             settings["seed"] = args.seed
     return {
         "dense": str(args.dense),
@@ -38,7 +44,8 @@ def restore_report(
         "config": settings,
         "report": restoration.report,
         "evaluation": evaluation,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": name,
+        "capture_dtype": captured,
         "merged_dtype": str(merged_dtype).removeprefix("torch.") if args.merged else None,
         "run_metadata": run_metadata(),
     }

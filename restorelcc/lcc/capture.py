@@ -18,6 +18,10 @@ Where the time goes, and how it is saved (see ``capture_probe_activations``):
   continuations run on the prompt's key/value cache instead; where a sliding window could
   cut the tree, the full sequences are run.
 
+Each capture runs its model in the dtype it is in (``capture_dtype="model"``) or, with
+``capture_dtype="float32"``, a bf16/fp16 model cast to fp32 for the capture and back after
+it (capture_precision.py; ``RestoreConfig``'s default): the two models one at a time.
+
 This module holds the captures themselves; capture_taps.py the ``o_proj`` hooks, the
 batching and one forward's reads; capture_strategies.py the three ways (tree, cache, full)
 of running prompts with their continuations.
@@ -35,6 +39,11 @@ from tqdm.auto import tqdm
 
 from restorelcc.data import positive_count
 from restorelcc.hf.families import eval_mode, head_geometry
+from restorelcc.lcc.capture_precision import (
+    capture_precision,
+    check_capture_attention,
+    check_capture_dtype,
+)
 from restorelcc.lcc.capture_strategies import (
     STRATEGIES,
     Unit,
@@ -93,23 +102,28 @@ def capture_last_token(
     progress: bool = True,
     desc: str = "capture",
     model_name: str | None = None,
+    capture_dtype: str = "model",
 ) -> torch.Tensor:
     """Per-head ``o_proj`` inputs at the last token of each sequence.
 
     ``sequences``: token id lists (no padding). Returns ``[N, layers, heads, head_dim]``
     fp32, in the order of ``sequences``. Raises ``NonFiniteError`` naming the model
     (``model_name``, default from ``desc``), layer, head and sequence on an inf/NaN. The
-    model runs in eval mode (no dropout); its training flag is restored afterwards.
+    model runs in eval mode (no dropout), in the dtype it is in or, with ``capture_dtype=
+    "float32"``, cast to fp32 (``capture_precision``); its training flag and weights are
+    restored afterwards.
     """
     _check_sequences(sequences, "sequences")
+    check_capture_dtype(capture_dtype)
     batch_tokens = _batch_tokens(model, batch_tokens)
-    what = f"the {_model_label(model_name, desc)} model's o_proj input"
+    label = _model_label(model_name, desc)
+    what = f"the {label} model's o_proj input"
     g = head_geometry(model)
     result = torch.zeros(len(sequences), g.layers, g.heads * g.head_dim)
     lengths = [len(s) for s in sequences]
     # counted in prompts, as capture_with_continuations counts: a sequence is one here
     bar = tqdm(total=len(sequences), desc=desc, unit="prompt", disable=not progress)
-    with eval_mode(model), bar:
+    with capture_precision(model, capture_dtype, label), eval_mode(model), bar:
         for batch in length_batches(lengths, batch_tokens, MAX_BATCH_ROWS):
             ids, mask = pad_right([sequences[i] for i in batch])
             last = torch.tensor([lengths[i] - 1 for i in batch]).unsqueeze(1)
@@ -129,6 +143,7 @@ def capture_with_continuations(
     progress: bool = True,
     desc: str = "capture",
     model_name: str | None = None,
+    capture_dtype: str = "model",
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Per-head ``o_proj`` inputs at the last token of each prompt, and of each
     ``prompt + continuation`` for every continuation set.
@@ -142,9 +157,11 @@ def capture_with_continuations(
     Returns ``(prompt_acts, [continuation_acts per set])``, each ``[N, L, H, d]`` fp32.
     Raises ``NonFiniteError`` naming the model (``model_name``, default from ``desc``),
     the input, layer, head and prompt on an inf/NaN. The model runs in eval mode (no
-    dropout); its training flag is restored afterwards.
+    dropout), at ``capture_dtype`` as ``capture_last_token`` runs it; its training flag
+    and weights are restored afterwards.
     """
     _check_sequences(prompts, "prompts")
+    check_capture_dtype(capture_dtype)
     if len(continuations) == 0:
         raise ValueError("no continuation sets given (use capture_last_token for prompts alone)")
     for k, conts in enumerate(continuations):
@@ -159,7 +176,8 @@ def capture_with_continuations(
     features = g.heads * g.head_dim
     prompt_acts = torch.zeros(len(prompts), g.layers, features)
     cont_acts = [torch.zeros(len(prompts), g.layers, features) for _ in range(sets)]
-    what = f"the {_model_label(model_name, desc)} model's o_proj input"
+    label = _model_label(model_name, desc)
+    what = f"the {label} model's o_proj input"
 
     def row(unit: Unit, strategy: str = "tree") -> int:
         """Tokens the unit adds to a forward's rows: its prompt, then its continuations; for
@@ -182,7 +200,7 @@ def capture_with_continuations(
     # counted in prompts, as capture_last_token counts: one is done with its last unit
     units_left = Counter(u.prompt for todo in units.values() for u in todo)
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
-    with eval_mode(model), bar:
+    with capture_precision(model, capture_dtype, label), eval_mode(model), bar:
         for strategy, todo in units.items():
             rows = [row(u, strategy) for u in todo]
             for batch in length_batches(rows, batch_tokens, MAX_BATCH_ROWS):
@@ -250,6 +268,7 @@ def capture_probe_activations(
     batch_tokens: int | None = None,
     progress: bool = True,
     head_map: torch.Tensor | None = None,
+    capture_dtype: str = "model",
 ) -> ProbeActivations:
     """``Zd``, ``Zp``, ``Z+``, ``Z-`` for every pair, on the pruned model's heads: with
     ``head_map`` (``[layers, pruned heads]``, see ``compat.check_compatible``) the dense
@@ -258,7 +277,11 @@ def capture_probe_activations(
     Two forwards over the prompt tokens (the dense one, shared by the three dense reads, and
     the pruned one) plus one over both continuations, none of them computing the LM head;
     the research code's protocol runs four full forwards per pair, one pair at a time.
+    ``capture_dtype="float32"`` casts a bf16/fp16 model to fp32 for its capture: the dense
+    one for all its reads, back, then the pruned one (one model in fp32 at a time).
     """
+    for model, name in ((dense, "dense"), (pruned, "pruned")):  # both before any capture
+        check_capture_attention(model, capture_dtype, name)
     zd, (zpos, zneg) = capture_with_continuations(
         dense,
         sequences.prompts,
@@ -267,9 +290,16 @@ def capture_probe_activations(
         progress,
         desc="capture dense",
         model_name="dense",
+        capture_dtype=capture_dtype,
     )
     zp = capture_last_token(
-        pruned, sequences.prompts, batch_tokens, progress, "capture pruned", "pruned"
+        pruned,
+        sequences.prompts,
+        batch_tokens,
+        progress,
+        "capture pruned",
+        "pruned",
+        capture_dtype,
     )
     if head_map is not None:
         zd, zpos, zneg = (to_pruned_heads(z, head_map) for z in (zd, zpos, zneg))

@@ -27,6 +27,11 @@ from restorelcc.lcc.capture import (
     capture_last_token,
     capture_probe_activations,
 )
+from restorelcc.lcc.capture_precision import (
+    captured_dtype,
+    check_capture_attention,
+    check_capture_dtype,
+)
 from restorelcc.lcc.compat import check_compatible, to_pruned_heads
 from restorelcc.lcc.components import PAPER_K, lost_components
 from restorelcc.lcc.fingerprint import ModelFingerprint, model_fingerprint
@@ -95,6 +100,9 @@ class RestoreConfig:
     ``negatives``: ``auto``, ``minilm`` (needs its wheel: ``negatives.check_method``) or
     ``tfidf``; each probe pair's negative is the most similar other response among all the
     training pairs (the held-out validation pairs excepted), as the paper mines its 2,000.
+    ``capture_dtype``: ``float32`` (the research code captures in fp16) captures a bf16 or
+    fp16 model cast to fp32, one model at a time, and casts it back (``capture_precision``);
+    ``model`` captures in the dtype the models run in.
     """
 
     heads: int | float = 0.25
@@ -109,6 +117,7 @@ class RestoreConfig:
     negatives: str = "auto"
     capture_max_length: int = 512
     capture_batch_tokens: int | None = None  # None: per device (capture_taps.default_batch_tokens)
+    capture_dtype: str = "float32"
     init_std: float = INIT_STD
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -140,6 +149,7 @@ class RestoreConfig:
             )
         if self.capture_batch_tokens is not None:
             positive_count(self.capture_batch_tokens, "capture_batch_tokens")
+        check_capture_dtype(self.capture_dtype)
         if not is_real(self.init_std) or not 0 <= self.init_std < math.inf:
             raise ValueError(f"init_std must be a finite number >= 0, got {self.init_std!r}")
 
@@ -252,6 +262,8 @@ def plan_heads(
     config = checked_config(config)
     check_tokenizer(tokenizer)
     head_map = check_compatible(dense, pruned)
+    for model, name in ((dense, "dense"), (pruned, "pruned")):
+        check_capture_attention(model, config.capture_dtype, name)
     pairs = check_pairs(pairs, minimum=MIN_PROBE_PAIRS)
     geometry = head_geometry(pruned)
     count = head_count(geometry, config.heads)
@@ -267,6 +279,10 @@ def plan_heads(
     progress = config.progress
     train_pairs = len(pairs) - config.train.validation_pairs
     report: dict = {"train_pairs": train_pairs, "probe_pairs": len(probe_set)}
+    report["capture_dtype"] = {  # what the captures ran in, the models' or float32
+        name: captured_dtype(model, config.capture_dtype)
+        for name, model in (("dense", dense), ("pruned", pruned))
+    }
     if head_geometry(dense) != geometry:
         report["dense_heads"] = head_map.tolist()  # per layer, the dense head of each head
 
@@ -287,19 +303,31 @@ def plan_heads(
                 pool=training_set,
             )
             acts = capture_probe_activations(
-                dense, pruned, sequences, config.capture_batch_tokens, progress, head_map
+                dense,
+                pruned,
+                sequences,
+                config.capture_batch_tokens,
+                progress,
+                head_map,
+                config.capture_dtype,
             )
             zd, zp = acts.dense, acts.pruned
     else:
         with stage("capture"):
             prompts = [encode_prompt(tokenizer, p, config.capture_max_length) for p in probe_set]
-            zd = capture_last_token(
-                dense, prompts, config.capture_batch_tokens, progress, "capture dense", "dense"
+            zd, zp = (
+                capture_last_token(
+                    model,
+                    prompts,
+                    config.capture_batch_tokens,
+                    progress,
+                    f"capture {name}",
+                    name,
+                    config.capture_dtype,
+                )
+                for model, name in ((dense, "dense"), (pruned, "pruned"))
             )
             zd = to_pruned_heads(zd, head_map)
-            zp = capture_last_token(
-                pruned, prompts, config.capture_batch_tokens, progress, "capture pruned", "pruned"
-            )
     with stage("components"):
         components = lost_components(zd, zp, config.components_k)
     if config.selection == "probe":
