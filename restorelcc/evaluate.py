@@ -2,8 +2,8 @@
 
 ``evaluate_model(model, tokenizer, tasks="paper", limit=200)`` scores the first ``limit``
 items of each task by log-likelihood, on the splits lm-evaluation-harness 0.4 scores, with
-its prompts (``restorelcc.eval.tasks``) and its tokenization of context and continuation,
-except that the BOS a tokenizer puts in front is kept (``restorelcc.eval.scoring``, which
+its prompts (``restorelcc.eval.tasks``) and its tokenization of context and continuation
+(no special tokens but, for Gemma, a BOS in front: ``restorelcc.eval.scoring``, which
 also batches), and, unless turned off, the sliding-window perplexity on LAMBADA passages
 (``restorelcc.eval.perplexity``; ``ppl_window`` and ``ppl_stride`` set its windows). Works
 for any Hugging Face causal LM, including pruned and restored ones and the tiny test models.

@@ -1,8 +1,10 @@
 """Perplexity over a fixed token budget with a sliding window.
 
 The documents (LAMBADA passages by default) are joined by a blank line and tokenized as one
-stream (the special tokens the tokenizer puts in front, e.g. a BOS, included; those it
-appends, e.g. an EOS, left out: they are no text to score), cut to ``tokens + 1`` ids.
+stream, cut to ``tokens + 1`` ids: with the special tokens the tokenizer puts in front (e.g.
+a BOS), as Wanda's and SparseGPT's scripts tokenize theirs (the zero-shot scoring,
+``restorelcc.eval.scoring``, follows lm-eval instead: no special token but Gemma's BOS),
+and without those it appends (e.g. an EOS: no text to score).
 Windows of ``window`` ids start every ``stride`` ids; each window scores only the ids the
 previous window did not reach: with ``stride < window`` every id after the first is
 predicted exactly once, and all but the first window's ids see at least ``window - stride``

@@ -1,15 +1,19 @@
 """Batched log-likelihood of continuations given contexts, as lm-evaluation-harness does.
 
-A request ``(context, continuation)`` is tokenized like the harness: trailing whitespace of
-the context moves to the continuation, ``context + continuation`` is tokenized whole and
-split after the context's own tokens, both with the special tokens the tokenizer puts in
-front (e.g. a BOS) but without those it appends (e.g. an EOS, which would otherwise end
-the context and be scored as the continuation's first token:
+A request ``(context, continuation)`` is tokenized as the harness 0.4 tokenizes it for a
+causal LM: trailing whitespace of the context moves to the continuation, and ``context +
+continuation`` is tokenized whole and split after the context's own tokens, both without
+special tokens (``add_special_tokens=False``: no Llama ``<s>`` or ``<|begin_of_text|>``).
+The exception, as in the harness (``add_bos_token``, which it sets for Gemma), is the
+families whose ``Family.eval_bos`` is set (``context_bos``): they keep the special tokens
+the tokenizer puts in front (its BOS) but not those it appends (an EOS would end the
+context and be scored as the continuation's first token:
 ``restorelcc.data.encode_unterminated``). An empty context is replaced by the BOS (else
 EOS) token, and so is a whitespace-only one (its whitespace moves to the continuation,
-which leaves it empty). Inputs longer than the model's context are cut from the left. A
-non-finite log-likelihood (a model with NaN or inf weights, fp16 overflow) raises
-``NonFiniteError`` instead of deciding an argmax.
+which leaves it empty); that continuation has no special token, Gemma's included (the
+harness's would open with a second BOS, scored as text). Inputs longer than the model's
+context are cut from the left. A non-finite log-likelihood (a model with NaN or inf
+weights, fp16 overflow) raises ``NonFiniteError`` instead of deciding an argmax.
 
 Requests that share their context (the choices of one question) run as one packed row:
 the context once, then each choice (``restorelcc.eval.packing``). The others run one
@@ -32,7 +36,7 @@ from restorelcc.data import encode_unterminated, positive_count
 from restorelcc.errors import NonFiniteError, warn_user
 from restorelcc.eval.gather import Pick, continuation_scores
 from restorelcc.eval.packing import float_dtype, logit_positions, pack_requests, packed_inputs
-from restorelcc.hf.families import model_device, model_positions
+from restorelcc.hf.families import FAMILIES, model_device, model_positions
 
 TokenRequest = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation ids)
 
@@ -55,18 +59,36 @@ def prefix_token_id(tokenizer) -> int:
     return token
 
 
-def encode_request(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Token ids ``(context_ids, continuation_ids)`` split the way the harness splits them."""
+def context_bos(model_or_config) -> bool:
+    """Whether lm-eval 0.4 scores this model's requests with a BOS in front of each context:
+    where its family says so (``Family.eval_bos``), the family read from the config's
+    ``model_type`` or its text model's (a multimodal Gemma 3 holds a ``gemma3_text`` one).
+    No other model gets one, whether or not restorelcc supports its family."""
+    config = getattr(model_or_config, "config", model_or_config)
+    types = {getattr(config, "model_type", None)}
+    if callable(getattr(config, "get_text_config", None)):
+        types.add(getattr(config.get_text_config(), "model_type", None))
+    return any(t in FAMILIES and FAMILIES[t].eval_bos for t in types)
+
+
+def encode_request(
+    tokenizer, context: str, continuation: str, bos: bool = False
+) -> tuple[list[int], list[int]]:
+    """Token ids ``(context_ids, continuation_ids)`` split the way the harness splits them.
+
+    ``bos``: keep the special tokens the tokenizer puts in front of the context (its BOS),
+    as the harness does for the families ``context_bos`` names; else none at all."""
     if not continuation:
         raise ValueError(f"empty continuation for context {context[-40:]!r}")
     stripped = context.rstrip()
     continuation = context[len(stripped) :] + continuation
     if not stripped:  # "" (the harness's case) or whitespace only, which becomes ""
-        cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        cont = _text_ids(tokenizer, continuation)
         ctx = [prefix_token_id(tokenizer)]
     else:
-        whole = encode_unterminated(tokenizer, stripped + continuation)
-        ctx = encode_unterminated(tokenizer, stripped)
+        encode = encode_unterminated if bos else _text_ids
+        whole = encode(tokenizer, stripped + continuation)
+        ctx = encode(tokenizer, stripped)
         cont = whole[len(ctx) :]
     if not ctx or not cont:
         raise ValueError(
@@ -74,6 +96,11 @@ def encode_request(tokenizer, context: str, continuation: str) -> tuple[list[int
             f"{'context' if not ctx else 'continuation'} token ids"
         )
     return list(ctx), list(cont)
+
+
+def _text_ids(tokenizer, text: str) -> list[int]:
+    """The ids of ``text`` alone, no special token added."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def model_max_length(model_or_config, tokenizer=None) -> int:
@@ -96,8 +123,10 @@ def loglikelihoods(
     desc: str = "loglikelihood",
     share_context: bool = True,
 ) -> list[Score]:
-    """``Score`` of every ``(context, continuation)`` request, in request order."""
-    encoded = [encode_request(tokenizer, ctx, cont) for ctx, cont in requests]
+    """``Score`` of every ``(context, continuation)`` request, in request order, each
+    tokenized by ``encode_request`` with a BOS only where ``context_bos(model)``."""
+    bos = context_bos(model)
+    encoded = [encode_request(tokenizer, ctx, cont, bos) for ctx, cont in requests]
     max_length = model_max_length(model, tokenizer)
     return score_tokens(model, encoded, batch_size, max_length, progress, desc, share_context)
 

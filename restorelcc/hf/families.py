@@ -44,6 +44,10 @@ class Family:
     # one, saved as zeros), so a folded restoration can be exported as a plain checkpoint;
     # None where the family's o_proj is always bias-free (Mistral, Qwen2, EXAONE 4).
     o_proj_bias_flag: str | None = None
+    # Whether lm-eval 0.4 scores this family's zero-shot requests with the special tokens
+    # the tokenizer puts in front (its BOS): Gemma's, which does poorly without one; every
+    # other family is scored on the text's own ids (``restorelcc.eval.scoring``).
+    eval_bos: bool = False
 
     @property
     def attention_linears(self) -> tuple[str, ...]:
@@ -68,9 +72,9 @@ FAMILIES: dict[str, Family] = {
         Family("mistral"),
         Family("qwen2"),
         Family("qwen3", qk_norm="head", o_proj_bias_flag="attention_bias"),
-        Family("gemma", o_proj_bias_flag="attention_bias"),
-        Family("gemma2", o_proj_bias_flag="attention_bias"),
-        Family("gemma3_text", qk_norm="head", o_proj_bias_flag="attention_bias"),
+        Family("gemma", o_proj_bias_flag="attention_bias", eval_bos=True),
+        Family("gemma2", o_proj_bias_flag="attention_bias", eval_bos=True),
+        Family("gemma3_text", qk_norm="head", o_proj_bias_flag="attention_bias", eval_bos=True),
         Family("olmo", o_proj_bias_flag="attention_bias"),
         Family("olmo2", qk_norm="projection", o_proj_bias_flag="attention_bias"),
         Family("olmo3", qk_norm="projection", o_proj_bias_flag="attention_bias"),

@@ -1,5 +1,7 @@
 """Scoring and perplexity with a tokenizer that appends EOS (a post-processor template, as
-``add_eos_token=True`` gives): the EOS must neither end a context nor be scored as text."""
+``add_eos_token=True`` gives): the EOS must neither end a context nor be scored as text,
+where the BOS the tokenizer puts in front is kept (Gemma's scoring, the perplexity stream)
+or not (every other family's scoring)."""
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -37,6 +39,7 @@ def _plain(tok, text):
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
+@pytest.mark.parametrize("bos", [False, True])
 @pytest.mark.parametrize(
     ("context", "continuation", "context_text", "continuation_text"),
     [
@@ -45,22 +48,24 @@ def _plain(tok, text):
     ],
 )
 def test_the_split_falls_before_the_continuation_not_at_the_eos(
-    eos_tok, context, continuation, context_text, continuation_text
+    eos_tok, context, continuation, context_text, continuation_text, bos
 ):
-    ctx, cont = encode_request(eos_tok, context, continuation)
-    assert ctx == [eos_tok.bos_token_id, *_plain(eos_tok, context_text)]
+    ctx, cont = encode_request(eos_tok, context, continuation, bos)
+    assert ctx == [eos_tok.bos_token_id] * bos + _plain(eos_tok, context_text)
     assert cont == _plain(eos_tok, continuation_text)
 
 
-def test_an_appended_eos_changes_no_score(eos_tok, bos_tok):
-    model = tiny_model("llama-gqa")
+@pytest.mark.parametrize("name", ["llama-gqa", "gemma-mha"])
+def test_an_appended_eos_changes_no_score(eos_tok, bos_tok, name):
+    model = tiny_model(name)
     requests = [("Question: what is red?\nAnswer:", " a colour"), ("Short", " x"), ("Hi ", "yo")]
     with_eos = loglikelihoods(model, eos_tok, requests, progress=False)
     without = loglikelihoods(model, bos_tok, requests, progress=False)
     assert with_eos == without
-    assert [encode_request(eos_tok, *r) for r in requests] == [
-        encode_request(bos_tok, *r) for r in requests
-    ]
+    for bos in (False, True):
+        assert [encode_request(eos_tok, *r, bos) for r in requests] == [
+            encode_request(bos_tok, *r, bos) for r in requests
+        ]
 
 
 def test_the_perplexity_stream_ends_in_text_not_in_the_eos(eos_tok):
@@ -90,6 +95,9 @@ def test_special_ids_the_text_itself_gives_stay():
     assert encode_unterminated(tok, "Answer: zebra") == [1, 3, 4, 0]
     assert encode_unterminated(tok, "Answer: </s>") == [1, 3, 4, 2]
     assert encode_unterminated(tok, "<s>") == [1, 1]  # the BOS put in front, then the text's
-    assert encode_request(tok, "<s>", " yes") == ([1, 1], [5])
-    assert encode_request(tok, "Answer:", " zebra") == ([1, 3, 4], [0])
-    assert encode_request(tok, "Answer: zebra", " yes") == ([1, 3, 4, 0], [5])
+    assert encode_request(tok, "<s>", " yes", bos=True) == ([1, 1], [5])
+    assert encode_request(tok, "Answer:", " zebra", bos=True) == ([1, 3, 4], [0])
+    assert encode_request(tok, "Answer: zebra", " yes", bos=True) == ([1, 3, 4, 0], [5])
+    # without the BOS put in front (every family but Gemma), the text's own "<s>" stays
+    assert encode_request(tok, "<s>", " yes") == ([1], [5])
+    assert encode_request(tok, "Answer: zebra", " </s>") == ([3, 4, 0], [2])
