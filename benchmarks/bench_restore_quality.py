@@ -19,7 +19,9 @@ configuration built, before the model loads.
         --lrs 1e-3,3e-3 --heads 0.25,1.0 --tasks arc_easy,piqa,hellaswag   # a sweep
 
 ``--heads`` and ``--lrs`` take lists (RestoreLCC and random heads run every combination,
-LoRA every lr); ``--tasks`` adds zero-shot accuracy and its gap closed to each row.
+LoRA and DoRA every lr, at ``--lora-rank``); ``--tasks`` adds zero-shot accuracy and its gap
+closed to each row. Training-free captures at 512 tokens, as RestoreLCC does
+(``RestoreConfig.capture_max_length``), whatever ``--max-length``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from restorelcc.baselines import (
 )
 from restorelcc.commands.restore import heads_value
 from restorelcc.data import instruction_pairs
-from restorelcc.demo_table import gap_closed, headline_accuracy
+from restorelcc.demo_table import UNMERGED_METHODS, gap_closed, headline_accuracy
 from restorelcc.errors import RestoreLCCError
 from restorelcc.eval.tasks import resolve_tasks
 from restorelcc.evaluate import evaluate_model, perplexity
@@ -54,8 +56,8 @@ from restorelcc.prune import prune_model
 from restorelcc.prune.validate import check_spec
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("restorelcc", "random-heads", "training-free", "lora", "lofit")
-DEFAULT_METHODS = METHODS[:4]  # LoFiT trains twice as many steps: opt in
+METHODS = ("restorelcc", "random-heads", "training-free", "lora", "lofit", "dora")
+DEFAULT_METHODS = METHODS[:4]  # LoFiT trains twice as many steps, DoRA is LoRA's variant
 COUNTS = (  # options that must be >= 1
     "train_pairs",
     "probe_pairs",
@@ -186,7 +188,7 @@ def runs(plan: Plan) -> list[tuple[str, float | None, int | float | None]]:
     """(method, lr, heads) of every trained or training-free run, in order."""
     out = [("training-free", None, None)] if "training-free" in plan.methods else []
     for method in plan.methods:
-        if method == "lora":
+        if method in UNMERGED_METHODS:  # lora, dora: one run per lr, no head count
             out += [(method, lr, None) for lr in plan.lrs]
         elif method != "training-free":
             out += [(method, lr, heads) for lr in plan.lrs for heads in plan.heads]
@@ -263,9 +265,11 @@ def run_all(args, plan: Plan, train, heldout, result: dict) -> None:
         if heads is not None and len(plan.heads) > 1:
             name += f" heads={heads:g}"
         start = time.perf_counter()
-        if method == "lora":
+        if method in UNMERGED_METHODS:
             train_config = plan.configs[lr, plan.heads[0]][0]
-            res = lora_baseline(pruned, tokenizer, train, train_config, rank=args.lora_rank)
+            res = lora_baseline(
+                pruned, tokenizer, train, train_config, args.lora_rank, dora=method == "dora"
+            )
             seconds = time.perf_counter() - start
             extra = {"trainable": res.trainable_parameters, "final_loss": res.train.final_loss}
             record(name, res.model, seconds, **extra)

@@ -5,12 +5,14 @@
   writes dense deltas into the pruned weights (``merged_sparsity`` measures what is left);
   unmerged, they cost extra matmuls at inference.
 - ``training_free``: ``c = mean(Zd - Zp)`` at the prompt's last token for every head, no
-  training, folded like RestoreLCC (the first-order bias correction method.md suggests).
+  training, folded like RestoreLCC (the first-order bias correction method.md suggests);
+  captured as RestoreLCC captures (``capture_dtype``, fp32 by default).
 - ``random_heads_restore``: RestoreLCC with heads drawn at random (the paper's ablation).
 - ``lofit_baseline``: LoFiT (Yin et al., 2024), the paper's other head-level baseline:
   per-head scaling vectors ``z <- (1 + A) * z`` trained with an L1 penalty pick the heads
-  (largest ``|A|_1``), then a free bias vector per picked head is trained; only the biases
-  are kept, so it folds like RestoreLCC's compensation.
+  (largest L2 norm ``|A(l, h)|_2``, as the authors' code ranks them), then a free bias
+  vector per picked head is trained; only the biases are kept, so it folds like
+  RestoreLCC's compensation.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from torch import nn
 
 from restorelcc.hf.families import decoder_layers, family_of, head_geometry, model_device
 from restorelcc.lcc.capture import capture_last_token
+from restorelcc.lcc.capture_precision import (
+    captured_dtype,
+    check_capture_attention,
+    check_capture_dtype,
+)
 from restorelcc.lcc.compat import check_compatible, to_pruned_heads
 from restorelcc.lcc.fingerprint import model_fingerprint
 from restorelcc.lcc.heads import HeadCompensation, o_proj_input_hooks
@@ -143,23 +150,40 @@ def training_free(
     pruned: nn.Module,
     tokenizer,
     pairs: Sequence,
-    max_length: int = 512,
+    max_length: int = RestoreConfig.capture_max_length,
     batch_tokens: int | None = None,
     progress: bool = True,
+    capture_dtype: str = RestoreConfig.capture_dtype,
 ) -> Restoration:
     """``c(l, h) = mean_i (Zd - Zp)`` at each prompt's last token, every head, no training.
 
-    Returned as a ``Restoration`` (identity directions, ``beta = 0``, ``b = c``) that folds,
-    saves and exports like RestoreLCC's.
+    The defaults capture as RestoreLCC does (``RestoreConfig``'s): ``max_length`` caps
+    each pair's tokens as ``capture_max_length`` does (512); ``Zd, Zp [N, layers, heads,
+    head_dim]`` are captured at ``capture_dtype``: ``"float32"`` casts a bf16/fp16 model to
+    fp32 for its capture and back, one model at a time, ``"model"`` captures in the dtype
+    the models run in. The report's ``capture_dtype`` records what each model was captured
+    in.
+
+    Returned as a ``Restoration`` (identity directions, ``beta = 0``, ``b = c [heads,
+    head_dim]``) that folds, saves and exports like RestoreLCC's.
     """
     check_tokenizer(tokenizer)
     head_map = check_compatible(dense, pruned)
+    check_capture_dtype(capture_dtype)
+    models = {"dense": dense, "pruned": pruned}
+    for name, model in models.items():  # both before the first capture: fail early
+        check_capture_attention(model, capture_dtype, name)
     pairs = check_pairs(pairs, minimum=1)
     start = time.perf_counter()
     prompts = [encode_prompt(tokenizer, p, max_length) for p in pairs]
-    zd = capture_last_token(dense, prompts, batch_tokens, progress, "capture dense")
+    captured = {name: captured_dtype(model, capture_dtype) for name, model in models.items()}
+    zd, zp = (
+        capture_last_token(
+            model, prompts, batch_tokens, progress, f"capture {name}", name, capture_dtype
+        )
+        for name, model in models.items()  # one after the other, as RestoreLCC's
+    )
     zd = to_pruned_heads(zd, head_map)
-    zp = capture_last_token(pruned, prompts, batch_tokens, progress, "capture pruned")
     g = head_geometry(pruned)
     mean = (zd.double() - zp.double()).mean(0).reshape(g.total_heads, g.head_dim).float()
     flat = torch.arange(g.total_heads)
@@ -173,8 +197,15 @@ def training_free(
         b=mean,
         fingerprint=model_fingerprint(pruned),
         method="training-free",
-        hyperparameters={"pairs": len(pairs), "max_length": max_length},
-        report={"seconds": {"capture+mean": time.perf_counter() - start}},
+        hyperparameters={
+            "pairs": len(pairs),
+            "max_length": max_length,
+            "capture_dtype": capture_dtype,
+        },
+        report={
+            "capture_dtype": captured,
+            "seconds": {"capture+mean": time.perf_counter() - start},
+        },
     )
 
 
@@ -202,7 +233,8 @@ def lofit_baseline(
 
     1. Head selection: ``A [L, H*d]`` scales every head's output,
        ``z <- (1 + A) * z``; trained on the response loss + ``l1 * |A|_1``. The heads with
-       the largest ``|A(l, h)|_1`` are picked (their norms are the result's ``scores``).
+       the largest L2 norm ``|A(l, h)|_2`` are picked, as the authors' code ranks them
+       (the norms ``[L, H]`` are the result's ``scores``).
     2. Bias tuning: a bias ``b [S, d]`` added to each picked head's output is trained;
        ``A`` is dropped. Returned as a ``Restoration`` (identity directions, ``beta = 0``)
        that folds, saves and exports like RestoreLCC's. ``pruned`` is not modified.
@@ -234,7 +266,7 @@ def lofit_baseline(
         desc="lofit: select heads",
         penalty=lambda: l1 * scales.abs().sum(),
     )
-    norms = scales.detach().reshape(g.total_heads, g.head_dim).abs().sum(1).cpu()
+    norms = scales.detach().reshape(g.total_heads, g.head_dim).norm(dim=1).cpu()
     flat = norms.topk(count).indices.sort().values
     heads = g.layer_and_head(flat)
     identity = torch.eye(g.head_dim).expand(count, -1, -1)
@@ -256,7 +288,12 @@ def lofit_baseline(
         family_of(pruned).model_type,
         model_fingerprint(pruned),
         method="lofit",
-        hyperparameters={"heads": config.heads, "l1": l1, "train": config.train.to_dict()},
+        hyperparameters={
+            "heads": config.heads,
+            "l1": l1,
+            "init_std": config.init_std,
+            "train": config.train.to_dict(),
+        },
         scores=norms.reshape(g.layers, g.heads),
         report={
             "selection": select.to_dict(),

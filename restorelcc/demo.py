@@ -2,13 +2,14 @@
 
 For each sparsity pattern: prune the dense model with Wanda (or another method), then
 restore it with RestoreLCC and with the baselines a user would otherwise pick (LoRA on
-q/k/v/o with the same data and steps, training-free mean compensation; LoFiT when asked),
-fold, and evaluate everything on the same perplexity text and zero-shot tasks. The report
-gives, per method, the fraction of the perplexity gap and of the mean-accuracy gap closed
-(none where pruning lost nothing: ``gap_closed``; the accuracy on each task's headline
-metric and on plain ``acc``, the paper's: ``demo_table``), every metric of every task, the
-trainable parameters, the sparsity kept, the measured inference latency against the pruned
-model and each step's time, and how the perplexity was measured (its windows included).
+q/k/v/o with the same data and steps, training-free mean compensation; DoRA and LoFiT when
+asked), fold, and evaluate everything on the same perplexity text and zero-shot tasks. The
+report gives, per method, the fraction of the perplexity gap and of the mean-accuracy gap
+closed (none where pruning lost nothing: ``gap_closed``; the accuracy on each task's
+headline metric and on plain ``acc``, the paper's: ``demo_table``), every metric of every
+task, the trainable parameters, the sparsity kept, the measured inference latency against
+the pruned model and each step's time, and how the perplexity was measured (its windows
+included).
 
 Every model runs in ``DemoConfig.dtype`` (``--dtype``); pruning alone computes in float32
 (as ``restorelcc prune`` does), on a float32 copy of the dense model.
@@ -43,6 +44,7 @@ from restorelcc.data import (
 from restorelcc.demo_config import DEMO_REPORT, DemoConfig, flagged
 from restorelcc.demo_plot import plot
 from restorelcc.demo_table import (
+    UNMERGED_METHODS,
     Row,
     derived_rows,
     format_rows,
@@ -63,7 +65,7 @@ from restorelcc.prune.precision import cast_parameters
 from restorelcc.prune.validate import CALIBRATED_METHODS
 
 # The order of each pattern's restored rows (DemoConfig.methods picks which).
-CANDIDATE_ORDER = ("lora", "training-free", "lofit", "restorelcc")
+CANDIDATE_ORDER = ("lora", "dora", "training-free", "lofit", "restorelcc")
 # How the calibration's messages name its sample count and length (DemoConfig's fields).
 CALIBRATION_FLAGS = ("--calibration-samples", "--calibration-seqlen")
 
@@ -268,19 +270,25 @@ class Demo:
         as it is), and its demo row's fields; ``sparsity``: the pruned model's block
         sparsity."""
         c = self.config
-        if method == "lora":
+        if method in UNMERGED_METHODS:  # lora, dora (DoRA's magnitudes are trainable too)
+            train = c.train_config(c.lora_lr)
             lora = lora_baseline(
-                pruned, tokenizer, pairs, c.train_config(c.lora_lr), rank=c.lora_rank
+                pruned, tokenizer, pairs, train, rank=c.lora_rank, dora=method == "dora"
             )
+            merged = merged_sparsity(lora)
             return lora.model, {
                 "trainable_parameters": lora.trainable_parameters,
+                # the model evaluated: the pruned weights, the adapters beside them
                 "sparsity": block_sparsity(lora.model.get_base_model()),
-                "sparsity_kept": sparsity_kept(sparsity, merged_sparsity(lora)),
+                "sparsity_kept": sparsity_kept(sparsity, merged),  # the adapters merged in
                 "seconds": lora.train.seconds,
                 "notes": {
                     "rank": c.lora_rank,
                     "final_loss": lora.train.final_loss,
                     "evaluated": "unmerged (merging would densify the weights)",
+                    "sparsity": "of the pruned weights, the unmerged adapters beside them",
+                    "sparsity_kept": "of the weights with the adapters merged into them",
+                    "merged_sparsity": merged,
                 },
             }
         if method == "training-free":

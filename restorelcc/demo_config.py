@@ -16,6 +16,7 @@ from restorelcc.commands.options import (
     resolve_device,
 )
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
+from restorelcc.demo_table import UNMERGED_METHODS
 from restorelcc.errors import RestoreLCCError
 from restorelcc.evaluate import PAPER_TASKS, resolve_tasks
 from restorelcc.lcc.pipeline import check_probe_counts
@@ -25,8 +26,9 @@ from restorelcc.prune.sparsegpt import BLOCK_SIZE, DAMPENING
 from restorelcc.prune.validate import CALIBRATED_METHODS, PruneSpec, check_options, check_spec
 from restorelcc.prune.validate import METHODS as PRUNE_METHODS
 
-METHODS = ("lora", "lofit", "training-free", "restorelcc")
-DEFAULT_METHODS = ("lora", "training-free", "restorelcc")  # LoFiT trains twice: opt in
+METHODS = ("lora", "dora", "lofit", "training-free", "restorelcc")
+# DoRA is LoRA's variant (the paper's tables have both); LoFiT trains twice: opt in
+DEFAULT_METHODS = ("lora", "training-free", "restorelcc")
 # What ``--paper`` changes: the paper's budget (hours on a CPU).
 PAPER_SETTINGS = dict(
     calibration_samples=128,
@@ -205,8 +207,8 @@ class DemoConfig:
 
     def _check_pair_counts(self) -> None:
         """RestoreLCC and training-free capture the first ``probe_pairs`` of the
-        ``train_pairs``; RestoreLCC's probes need ``MIN_PROBE_PAIRS`` of them. LoRA and LoFiT
-        train on any pair count."""
+        ``train_pairs``; RestoreLCC's probes need ``MIN_PROBE_PAIRS`` of them. LoRA, DoRA
+        and LoFiT train on any pair count."""
         capturing = [m for m in CAPTURING_METHODS if m in self.methods]
         names = ("--probe-pairs", "--train-pairs", "--methods")
         check_probe_counts(
@@ -229,8 +231,8 @@ class DemoConfig:
         if not methods & {"restorelcc", "lofit"}:
             why = f"{chosen} trains no heads (only restorelcc and lofit do)"
             unused.append((("heads", "lr"), why))
-        if "lora" not in methods:
-            unused.append((("lora_rank", "lora_lr"), f"{chosen} trains no LoRA"))
+        if not methods & set(UNMERGED_METHODS):
+            unused.append((("lora_rank", "lora_lr"), f"{chosen} trains no LoRA or DoRA"))
         if not methods & set(CAPTURING_METHODS):
             why = f"{chosen} captures no activations (only restorelcc and training-free do)"
             unused.append((("probe_pairs",), why))

@@ -16,6 +16,10 @@ from dataclasses import asdict, dataclass, field
 from restorelcc.evaluate import headline_metric, perplexity_protocol
 from restorelcc.io import format_table
 
+# Methods whose rows are evaluated and timed with their adapters unmerged, beside the
+# pruned weights, while their sparsity kept is of the adapters merged into them.
+UNMERGED_METHODS = ("lora", "dora")
+
 
 @dataclass
 class Row:
@@ -28,7 +32,11 @@ class Row:
     # every metric the scorer gives, by task: items, requests, acc, acc_stderr, acc_norm...
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     trainable_parameters: int = 0
+    # block sparsity of the model evaluated (lora, dora: of the pruned weights under their
+    # unmerged adapters)
     sparsity: float | None = None
+    # the share of the pruned model's zeros left with the restoration in the weights: folded
+    # (restorelcc, lofit, training-free) or merged (lora, dora: evaluated unmerged)
     sparsity_kept: float | None = None
     latency_ratio: float | None = None
     seconds: float = 0.0
@@ -112,8 +120,9 @@ def derived_rows(rows: list[Row]) -> list[dict]:
 
 def format_rows(entries: list[dict], perplexity: dict | None = None) -> str:
     """The demo table of ``derived_rows``' entries, then notes: which accuracy is the
-    paper's, where the headline is not, and how ``perplexity`` (a ``PerplexityResult``'s
-    fields: source, tokens, window, stride) was measured, if given."""
+    paper's, where the headline is not, which model the unmerged methods' (lora, dora)
+    sparsity kept is of, where they have rows, and how ``perplexity`` (a
+    ``PerplexityResult``'s fields: source, tokens, window, stride) was measured, if given."""
     plain = bool(entries) and differs_from_plain(entries[0]["accuracy"])
     rows = []
     for entry in entries:
@@ -143,6 +152,12 @@ def format_rows(entries: list[dict], perplexity: dict | None = None) -> str:
         notes.append(
             "paper mean acc, paper acc gap closed: plain acc on every task, the paper's metric; "
             "mean acc, acc gap closed: the task columns as headed (acc_norm where marked)"
+        )
+    unmerged = sorted({e["method"] for e in entries} & set(UNMERGED_METHODS))
+    if unmerged:
+        notes.append(
+            f"{', '.join(unmerged)}: evaluated and timed with the adapters unmerged, beside "
+            "the pruned weights; their sparsity kept is with the adapters merged into them"
         )
     if perplexity is not None:
         notes.append(f"ppl: perplexity ({perplexity_protocol(perplexity)})")

@@ -37,14 +37,9 @@ REPORT_NAME = "restore_report.json"
 MERGED_DIR = "merged"
 METHODS = ("restorelcc", "lofit", "training-free")
 # Options that another method would ignore: it refuses them (given other than defaults).
-RESTORELCC_ONLY = (
-    "selection",
-    "probe_pairs",
-    "components_k",
-    "negatives",
-    "standardize",
-    "capture_dtype",
-)
+RESTORELCC_ONLY = ("selection", "probe_pairs", "components_k", "negatives", "standardize")
+# restorelcc's and training-free's captures take it; LoFiT captures nothing
+CAPTURE_ONLY = ("capture_dtype",)
 # Of those, the ones that only score heads by probes: --selection random ignores them.
 PROBING_ONLY = ("components_k", "negatives", "standardize")
 TRAINING = ("heads", "lr", "epochs", "max_steps", "batch_size", "validation_pairs", "max_grad_norm")
@@ -161,9 +156,9 @@ def register(subparsers) -> None:
         choices=CAPTURE_DTYPES,
         type=str.lower,
         default="float32",
-        help="what the activations behind the SVD are captured in: float32 (default: a "
-        "bf16/fp16 model is cast to fp32 for its capture and back, one model at a time, "
-        "so capture holds one model in fp32 beside the other), or model (--dtype's)",
+        help="what restorelcc's and training-free's activations are captured in: float32 "
+        "(default: a bf16/fp16 model is cast to fp32 for its capture and back, one model at "
+        "a time, so capture holds one model in fp32 beside the other), or model (--dtype's)",
     )
     p.add_argument("--seed", type=int, default=0, help="data sampling, init and order")
     add_dtype_argument(p, "both models' dtype while restoring")
@@ -182,15 +177,18 @@ def register(subparsers) -> None:
     add_device_argument(p)
     add_quiet_argument(p)
     p.set_defaults(func=run)
-    remember_defaults(p, (*RESTORELCC_ONLY, *TRAINING, "lofit_l1", *EVAL_OPTIONS))
+    remember_defaults(
+        p, (*RESTORELCC_ONLY, *CAPTURE_ONLY, *TRAINING, "max_length", "lofit_l1", *EVAL_OPTIONS)
+    )
 
 
 def _check_method_options(args: argparse.Namespace) -> None:
     """Refuse options that the chosen method would silently ignore."""
     unused = {
         "restorelcc": ("lofit_l1",),
-        "lofit": RESTORELCC_ONLY,
-        "training-free": (*RESTORELCC_ONLY, *TRAINING, "lofit_l1"),
+        "lofit": (*RESTORELCC_ONLY, *CAPTURE_ONLY),
+        # it captures at RestoreConfig's capture_max_length, as restorelcc does
+        "training-free": (*RESTORELCC_ONLY, *TRAINING, "max_length", "lofit_l1"),
     }[args.method]
     given = given_options(args, unused)
     if given:
@@ -215,7 +213,7 @@ def _check_method_options(args: argparse.Namespace) -> None:
 def _config(args: argparse.Namespace):
     """The ``RestoreConfig`` of ``--method restorelcc`` or ``lofit`` (which uses its heads,
     initialisation and training settings), checked; None for ``training-free``, which
-    takes none (only ``--pairs`` and ``--max-length``, checked here too)."""
+    takes none (only ``--pairs``, checked here too, and ``--capture-dtype``)."""
     from restorelcc.lcc import RestoreConfig, TrainConfig
     from restorelcc.lcc.pipeline import check_probe_counts
 
@@ -241,7 +239,7 @@ def _config(args: argparse.Namespace):
             max_grad_norm=args.max_grad_norm,
         )
         if args.method == "training-free":
-            return None  # TrainConfig checked --max-length, which it uses
+            return None
         if args.method == "lofit":
             return RestoreConfig(heads=args.heads, train=train)
         return RestoreConfig(

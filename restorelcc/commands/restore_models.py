@@ -57,11 +57,13 @@ def method_restoration(
 ):
     """The restoration of ``pruned`` that ``--method`` asks for, from the dense model
     ``models["dense"]``, which is dropped from ``models`` before any training (``--eval``
-    scores it into ``scored["dense"]`` first)."""
+    scores it into ``scored["dense"]`` first). Training-free captures as restorelcc does:
+    at ``RestoreConfig``'s ``capture_max_length`` (not ``--max-length``, which caps
+    training) and ``--capture-dtype``."""
     from restorelcc.baselines import lofit_baseline, training_free
     from restorelcc.commands.evaluate import perplexity_of
     from restorelcc.commands.options import check_perplexity_options
-    from restorelcc.lcc import check_compatible, plan_heads, train_heads
+    from restorelcc.lcc import RestoreConfig, check_compatible, plan_heads, train_heads
     from restorelcc.lcc.train import encode_training_pairs
 
     if config is not None:  # what training would refuse: before capture and --eval
@@ -81,7 +83,13 @@ def method_restoration(
         return lofit_baseline(pruned, tokenizer, pairs, config, **l1)
     if args.method == "training-free":
         restoration = training_free(
-            models["dense"], pruned, tokenizer, pairs, args.max_length, progress=not args.quiet
+            models["dense"],
+            pruned,
+            tokenizer,
+            pairs,
+            RestoreConfig().capture_max_length,
+            progress=not args.quiet,
+            capture_dtype=args.capture_dtype,
         )
         let_go()
         return restoration

@@ -21,15 +21,14 @@ def restore_report(
     from restorelcc.provenance import run_metadata
 
     name = str(dtype).removeprefix("torch.")
+    # restorelcc and training-free record what each model was captured in
+    # (capture_precision.captured_dtype); LoFiT captures nothing
+    captured = None if args.method == "lofit" else restoration.report["capture_dtype"]
     if args.method == "restorelcc":
         settings = config.to_dict()
-        captured = restoration.report["capture_dtype"]
     else:  # another method's settings are its hyper-parameters (RestoreConfig's are not)
         settings = dict(restoration.hyperparameters)
-        # training-free captures as the models run (its only use of --seed: which pairs
-        # are drawn); LoFiT captures nothing
-        captured = {"dense": name, "pruned": name} if args.method == "training-free" else None
-        if args.method == "training-free":
+        if args.method == "training-free":  # its only use of --seed: which pairs are drawn
             settings["seed"] = args.seed
     return {
         "dense": str(args.dense),

@@ -81,7 +81,7 @@ class Restoration:
     """Per-head compensation ``c = V^T beta + b`` for ``heads [S, 2]`` (layer, head).
 
     ``directions [S, d, d]``, ``beta [S, d]``, ``b [S, d]``: fp32. ``scores [L, H]``: the
-    probe accuracies when heads were probed (LoFiT: its scales' L1 norms). ``method``:
+    probe accuracies when heads were probed (LoFiT: its scales' L2 norms). ``method``:
     one of ``METHODS`` (``restorelcc``, ``restorelcc-random-heads``, ``training-free``,
     ``lofit``).
 

