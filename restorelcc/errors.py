@@ -1,8 +1,10 @@
 """Errors a user can act on. The CLI prints them as one line and exits non-zero.
-``warn_user``: a warning that names the user's line, not the package's."""
+``warn_user``: a warning that names the user's line, not the package's; ``layer_ranges``:
+layer lists as messages write them."""
 
 import sys
 import warnings
+from collections.abc import Sequence
 
 
 class RestoreLCCError(Exception):
@@ -63,3 +65,14 @@ def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
     while frame.f_back is not None and inside(frame):
         level, frame = level + 1, frame.f_back
     warnings.warn(message, category, stacklevel=level)
+
+
+def layer_ranges(layers: Sequence[int]) -> str:
+    """Sorted layer indices as runs: ``[0, 1, 2, 5, 7, 8]`` -> ``"0..2, 5, 7..8"``."""
+    runs: list[list[int]] = []
+    for layer in layers:
+        if runs and layer == runs[-1][1] + 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    return ", ".join(f"{first}..{last}" if last > first else f"{first}" for first, last in runs)

@@ -71,7 +71,7 @@ def _add(
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="prune, restore (RestoreLCC vs LoRA vs training-free) and evaluate",
+        help="prune, restore (RestoreLCC vs LoRA vs training-free; LoFiT, DoRA) and evaluate",
         description=(
             "Prune a model with Wanda (50 percent unstructured and 2:4 by default), restore it "
             "with RestoreLCC and the baselines on the same data and steps, fold, and evaluate. "
@@ -126,8 +126,8 @@ def register(subparsers) -> None:
         type=heads_value,
     )
     _add(p, "lr", "RestoreLCC (and LoFiT) learning rate", type=float)
-    _add(p, "lora_lr", "LoRA learning rate", type=float)
-    _add(p, "lora_rank", "LoRA rank", type=int)
+    _add(p, "lora_lr", "LoRA's and DoRA's learning rate", type=float)
+    _add(p, "lora_rank", "LoRA's and DoRA's rank", type=int)
     _add(p, "epochs", "training epochs", type=int)
     _add(p, "batch_size", "training pairs per step", type=int)
     _add(p, "max_length", "tokens per training pair", type=int)

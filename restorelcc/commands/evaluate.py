@@ -204,7 +204,7 @@ def _check_packed_options(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from restorelcc.assets import load_config, load_model, model_origin
-    from restorelcc.data import perplexity_texts
+    from restorelcc.data import perplexity_texts, source_origin
     from restorelcc.evaluate import evaluate_model, resolve_tasks
     from restorelcc.hf.packed_checkpoint import (
         is_packed_checkpoint,
@@ -285,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
         "swap": swap.to_dict() if swap else None,
         "packed_checkpoint": packed,
         "perplexity": report["perplexity"],
+        "ppl_source_origin": None if args.no_ppl else source_origin(args.ppl_source),
         "eval_wall_s": report["wall_s"],
         "wall_s": round(time.perf_counter() - start, 2),
         "run_metadata": run_metadata(),

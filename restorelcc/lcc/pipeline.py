@@ -51,7 +51,7 @@ from restorelcc.lcc.probing import (
     warn_if_at_chance,
 )
 from restorelcc.lcc.restoration import Restoration, check_made_for
-from restorelcc.lcc.tokens import check_pairs, encode_probe_set, encode_prompt
+from restorelcc.lcc.tokens import check_pairs, encode_probe_set, encode_prompt, warn_cut_pairs
 from restorelcc.lcc.train import TrainConfig, train_response_lm
 
 MIN_PROBE_PAIRS = 4  # a 70/30 split with both sides holding at least one pair
@@ -285,6 +285,12 @@ def plan_heads(
     }
     if head_geometry(dense) != geometry:
         report["dense_heads"] = head_map.tolist()  # per layer, the dense head of each head
+    report["pairs_cut"] = {  # pairs longer than training's and capture's lengths (warned)
+        "max_length": warn_cut_pairs(tokenizer, pairs, config.train.max_length, eos=True),
+        "capture_max_length": warn_cut_pairs(
+            tokenizer, probe_set, config.capture_max_length, "capture_max_length"
+        ),
+    }
 
     with stage("fingerprint"):
         fingerprint = model_fingerprint(pruned)

@@ -11,7 +11,8 @@ together (``encode_pair``), and captures use that same prompt (``encode_prompt``
 ``encode_probe_set``), so the prompt whose last token gives ``Zd`` and ``Zp`` depends on
 the pair and ``max_length`` only: the probe path and the random-heads and training-free
 paths read the same position, whatever negative a probe pair is given. The negative's
-response (``r-``) is cut to the room left after that prompt.
+response (``r-``) is cut to the room left after that prompt. ``warn_cut_pairs`` counts
+(and warns of) the pairs a length cuts: cut prompts can become identical.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from restorelcc.data import InstructionPair, tokenize_pair
-from restorelcc.errors import DataError
+from restorelcc.errors import DataError, warn_user
 
 
 def check_pairs(
@@ -102,6 +103,16 @@ def _tokenize(tokenizer, pair: InstructionPair) -> tuple[list[int], list[int]]:
     return list(prompt), list(response)
 
 
+def _unfitted(tokenizer, pair: InstructionPair, eos: bool) -> tuple[list[int], list[int]]:
+    """``_tokenize`` with an EOS appended to the response if ``eos``, not yet fitted."""
+    prompt, response = _tokenize(tokenizer, pair)
+    if eos:
+        if tokenizer.eos_token_id is None:
+            raise DataError("the tokenizer has no EOS token to end responses with")
+        response.append(tokenizer.eos_token_id)
+    return prompt, response
+
+
 def encode_pair(
     tokenizer, pair: InstructionPair, max_length: int, eos: bool = False
 ) -> tuple[list[int], list[int]]:
@@ -110,12 +121,29 @@ def encode_pair(
     Truncation keeps the prompt's leading special tokens (e.g. the BOS that Llama, Mistral
     or Gemma tokenizers add): models are trained with them at position 0.
     """
-    prompt, response = _tokenize(tokenizer, pair)
-    if eos:
-        if tokenizer.eos_token_id is None:
-            raise DataError("the tokenizer has no EOS token to end responses with")
-        response.append(tokenizer.eos_token_id)
+    prompt, response = _unfitted(tokenizer, pair, eos)
     return fit_lengths(prompt, response, max_length, leading_special_tokens(tokenizer, prompt))
+
+
+def warn_cut_pairs(
+    tokenizer,
+    pairs: Sequence[InstructionPair],
+    max_length: int,
+    name: str = "max_length",
+    eos: bool = False,
+) -> int:
+    """How many of ``pairs`` ``encode_pair(..., max_length, eos)`` cuts (their prompt or
+    response, the EOS included, is longer than ``max_length`` tokens together), with a
+    warning naming the length as ``name`` when any is."""
+    cut = sum(sum(map(len, _unfitted(tokenizer, p, eos))) > max_length for p in pairs)
+    if cut:
+        warn_user(
+            f"{cut} of {len(pairs)} pairs were longer than {name} {max_length} tokens"
+            f"{' (with the EOS)' if eos else ''} and were cut: the prompt keeps its end (and "
+            "leading special tokens), the response its start, so cut prompts can become "
+            f"identical; raise {name} or give shorter pairs"
+        )
+    return cut
 
 
 def encode_prompt(tokenizer, pair: InstructionPair, max_length: int) -> list[int]:

@@ -34,9 +34,11 @@ from restorelcc.prune.validate import (
     PruneSpec,
     check_calibration,
     check_calibration_fits,
+    check_finite_weights,
     check_model,
     check_options,
     check_spec,
+    warn_if_left_dense,
 )
 from restorelcc.prune.wanda import wanda_mask
 
@@ -63,11 +65,13 @@ def prune_model(
     LM head). ``method``: ``magnitude`` (no data; ``calibration`` must be ``None``),
     ``wanda`` or ``sparsegpt`` (need ``calibration``, token ids ``[nsamples, seqlen]``,
     propagated block by block through the already-pruned blocks in chunks of ``chunk_size``
-    samples). ``pattern``: ``unstructured`` (magnitude and Wanda: each row loses
-    ``sparsity * in_features`` weights, rounded half up; SparseGPT: each matrix loses
-    ``sparsity`` of its weights, chosen per block of ``block_size`` columns as in the
-    reference), ``"N:M"`` (at most N nonzeros in every M consecutive inputs; ``sparsity``
-    must be ``1 - N/M`` within 1e-4, and the exact value is used) or ``heads`` (structured:
+    samples). ``pattern``: ``unstructured`` (Wanda: each row loses ``sparsity *
+    in_features`` weights, rounded half up; magnitude: each matrix loses ``sparsity`` of
+    its weights, rounded half up, the smallest ``|W|`` of the whole matrix; SparseGPT: each
+    matrix loses as many, chosen per block of ``block_size`` columns as in the reference;
+    a matrix where that rounds to none stays dense, with a warning), ``"N:M"`` (at most N
+    nonzeros in every M consecutive inputs; ``sparsity`` must be ``1 - N/M`` within 1e-4,
+    and the exact value is used) or ``heads`` (structured:
     removes KV groups and MLP channels so that ``sparsity`` of the block parameters go;
     ``magnitude`` or ``wanda`` scoring; ``head_fraction`` and ``channel_multiple`` (kept MLP
     channels per layer a multiple of it) as in ``structured_plan.py``; on OLMo
@@ -77,20 +81,22 @@ def prune_model(
     the fraction of the mean Hessian diagonal added to the diagonal (finite, > 0).
     ``calibration_source`` and ``calibration_seed`` (what sampled ``calibration``) are only
     recorded in the report, with what the source held (``source_origin``), ``calibration``'s
-    shape and ``chunk_size``; ``progress``:
-    a bar over layers. Calibrated methods compute in float32 whatever ``model``'s dtype,
-    which it keeps: only the block being pruned is cast (``precision.py``), so a bf16
-    model prunes as its float32 copy would, bit for bit,
-    but for a weight SparseGPT keeps that rounds to zero in the model's dtype (below ~3e-8
-    in float16): it is stored as the dtype's smallest subnormal, with its sign, so that the
-    zeros of the model (and of the report) are the ones the pruning chose. A ``model`` that
+    shape and ``chunk_size``; ``progress``: a bar over layers. Calibrated methods compute
+    in float32 whatever ``model``'s dtype, which it keeps: only the block being pruned is
+    cast (``precision.py``), so a bf16 model prunes as its float32 copy would, bit for bit,
+    but that SparseGPT's updated weights are rounded to the model's dtype (as it stores
+    them) before the next block's inputs are computed through them, and that a weight
+    SparseGPT keeps that rounds to zero in the model's dtype (below ~3e-8 in float16) is
+    stored as the dtype's smallest subnormal, with its sign, so that the zeros of the
+    model (and of the report) are the ones the pruning chose. A ``model`` that
     is sparse already (a weight with ``PRUNED_ZEROS`` zeros or more: a pruned checkpoint)
     is pruned all the same, with a warning: its zeros are kept and count as pruned
     (SparseGPT's updates may turn a few into values).
 
     All arguments are checked before any weight changes or calibration pass; bad ones
     raise ``PruneArgumentError`` (a ``ValueError``) naming the argument, or
-    ``UnsupportedModelError``. ``check_config`` makes the checks that need the model from
+    ``UnsupportedModelError``; a weight to prune that holds NaN or inf raises
+    ``NonFiniteError`` naming it. ``check_config`` makes the checks that need the model from
     its config alone, before its weights load.
 
     Example::
@@ -107,9 +113,11 @@ def prune_model(
         check_calibration_fits(model, spec, tokens, chunk_size)
     origin = source_origin(calibration_source) if tokens is not None else None
     plan = plan_removal(model, family, spec) if spec.pattern.kind == "heads" else None
+    check_finite_weights(model)  # after the argument checks, before any warning
     note = renormalisation_note(family, plan) if plan is not None else None
     if note:  # OLMo 2/3: the kept heads change too (see structured.py)
         warn_user(note)
+    warn_if_left_dense(model, spec)
     _warn_if_sparse_already(model, spec)
 
     start = time.perf_counter()

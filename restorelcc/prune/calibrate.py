@@ -141,10 +141,13 @@ def walk_blocks(
     same inputs and its outputs become the next block's inputs (not after the last block:
     nothing reads its outputs). Everything computes in float32 whatever the model's dtype
     (``precision.py``): the inputs are captured in float32, and the block at hand holds
-    float32 parameters from its step to its re-run, then goes back to its dtype, where a
-    nonzero weight the caller left that would round to zero is stored as the dtype's
-    smallest subnormal with its sign (``cast_keeping_nonzeros``): the zeros the model
-    holds after are those the caller made.
+    float32 parameters for its step, then goes back to its dtype, where a nonzero weight
+    the caller left that would round to zero is stored as the dtype's smallest subnormal
+    with its sign (``cast_keeping_nonzeros``): the zeros the model holds after are those
+    the caller made. The re-run casts those stored values to float32 again (exactly), so
+    the next block's inputs come from the weights as the model holds them (SparseGPT's
+    updated ones rounded to a bf16 model's dtype), as the reference code propagates
+    through the weights it has cast back.
     """
     with capture_in_float32(model):
         chunks, block_kwargs = capture_block_inputs(model, tokens, chunk_size)
@@ -152,7 +155,8 @@ def walk_blocks(
     for index in tqdm(range(len(layers)), desc=desc, unit="layer", disable=not progress):
         with parameters_in(layers[index], COMPUTE_DTYPE, keep_nonzeros=True):
             yield BlockStep(index, layers[index], chunks, block_kwargs[index])
-            if index + 1 < len(layers):
+        if index + 1 < len(layers):
+            with parameters_in(layers[index], COMPUTE_DTYPE):
                 chunks = run_block(layers[index], chunks, block_kwargs[index])
 
 
@@ -243,6 +247,6 @@ def collect_input_stats(
         if not stat.finite():
             raise NonFiniteError(
                 f"the calibration inputs of {where}.{name} are not finite (inf or NaN, "
-                "although pruning computes in float32: a weight of an earlier layer that is "
-                "not finite?)"
+                "although pruning computes in float32: a weight of this block or an earlier "
+                "one that is not finite?)"
             )

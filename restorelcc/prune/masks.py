@@ -1,9 +1,12 @@
 """Mask selection from a score, shared by every pruning method.
 
 A mask is a bool tensor shaped like the weight, ``True`` where the weight is pruned. Scores
-are compared within each output row (unstructured) or within each group of ``M``
-consecutive input columns of a row (N:M), so every row ends with the same number of zeros.
-Selection is by count (sort), not by threshold, so ties cannot change the sparsity.
+are compared within each output row (``row_mask``: Wanda, as its paper does), within the
+whole matrix (``matrix_mask``: magnitude, as the Wanda and SparseGPT reference baselines
+do, so rows of small weights lose more) or within each group of ``M`` consecutive input
+columns of a row (N:M). A row or matrix of ``size`` weights loses ``prune_count(size,
+sparsity)``: ``sparsity * size`` rounded half up, the one rounding rule of every method.
+Selection is by count, not by threshold, so ties cannot change the sparsity.
 """
 
 from __future__ import annotations
@@ -49,9 +52,9 @@ def parse_pattern(pattern: str | Pattern) -> Pattern:
     )
 
 
-def prune_count(columns: int, sparsity: float) -> int:
-    """Weights pruned per row of ``columns`` inputs: ``sparsity * columns`` rounded half up."""
-    return int(math.floor(sparsity * columns + 0.5))
+def prune_count(size: int, sparsity: float) -> int:
+    """Weights pruned of a row or matrix of ``size``: ``sparsity * size`` rounded half up."""
+    return int(math.floor(sparsity * size + 0.5))
 
 
 def row_mask(score: torch.Tensor, count: int) -> torch.Tensor:
@@ -61,6 +64,23 @@ def row_mask(score: torch.Tensor, count: int) -> torch.Tensor:
         lowest = torch.topk(score, count, dim=1, largest=False).indices
         mask.scatter_(1, lowest, True)
     return mask
+
+
+def matrix_mask(score: torch.Tensor, count: int) -> torch.Tensor:
+    """Prune the ``count`` lowest-scoring entries of the whole of ``score`` (any shape).
+
+    Ties at the cut are broken by position, the first in row-major order pruned first, so
+    the mask is the same on every device (``torch.topk`` leaves the choice among ties
+    unspecified) and holds exactly ``count`` entries.
+    """
+    if count <= 0:
+        return torch.zeros(score.shape, dtype=torch.bool, device=score.device)
+    flat = score.reshape(-1)
+    cut = flat.kthvalue(count).values  # the count-th lowest score
+    mask = flat < cut
+    tied = (flat == cut).nonzero().squeeze(1)  # in row-major order
+    mask[tied[: count - int(mask.sum())]] = True
+    return mask.reshape(score.shape)
 
 
 def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -79,7 +99,8 @@ def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 
 def mask_from_score(score: torch.Tensor, sparsity: float, pattern: Pattern) -> torch.Tensor:
-    """The pruning mask for ``score`` ``[out, in]`` under ``pattern`` (per row or N:M)."""
+    """The pruning mask for ``score`` ``[out, in]`` under ``pattern``: per row (unstructured)
+    or per group (N:M)."""
     if pattern.kind == "unstructured":
         return row_mask(score, prune_count(score.shape[1], sparsity))
     if pattern.kind == "nm":

@@ -11,6 +11,10 @@ already-pruned layers), or ``sum_j ||W_out[:, j]||^2`` (``magnitude``, no data).
 
 How many go is planned from the shapes alone (``structured_plan``).
 
+This is not the paper's structured baseline, SlimGPT, which also updates the weights that
+remain to compensate for what goes (Optimal Brain Surgeon): here the kept weights are left
+as they are (no compensation), so figures from this removal are not SlimGPT's.
+
 Removal is exact: the pruned model computes what the dense model computes with the
 group's ``o_proj`` columns (and a channel's ``down_proj`` column) zeroed, which is what the
 importance score measures. The exception is families whose q/k norm spans the whole

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from restorelcc.data import positive_count
-from restorelcc.errors import RestoreLCCError
+from restorelcc.errors import NonFiniteError, RestoreLCCError, layer_ranges, warn_user
 from restorelcc.hf.families import (
     Family,
     block_linear,
@@ -23,6 +23,8 @@ from restorelcc.prune.masks import Pattern, parse_pattern, prune_count
 METHODS = ("magnitude", "wanda", "sparsegpt")
 CALIBRATED_METHODS = ("wanda", "sparsegpt")
 STRUCTURED_METHODS = ("magnitude", "wanda")
+# Methods whose unstructured count is a share of each matrix (the others': of each row)
+PER_MATRIX_METHODS = ("magnitude", "sparsegpt")
 # How far a requested N:M sparsity may lie from 1 - N/M: far below the 1/M between two
 # patterns of the same M, and far above the rounding of a printed 6-digit value.
 NM_SPARSITY_TOLERANCE = 1e-4
@@ -128,23 +130,20 @@ def check_model(model: nn.Module, spec: PruneSpec) -> Family:
     weight somewhere and to at least one kept weight everywhere). Reads only shapes, so a
     meta-device shell does."""
     family = family_of(model)
-    layers = decoder_layers(model)
     shapes = []
-    for index, layer in enumerate(layers):
-        for name in family.block_linears:
-            linear = block_linear(layer, name)
-            shapes.append((linear.out_features, linear.in_features))
-            if spec.pattern.kind == "nm" and linear.in_features % spec.pattern.m:
-                hint = ""
-                if name == f"{family.mlp}.{family.down_proj}":
-                    hint = (
-                        f" (structured pruning with channel_multiple={spec.pattern.m} keeps "
-                        "the MLP width divisible)"
-                    )
-                raise PruneArgumentError(
-                    f"pattern {spec.pattern} needs input dimensions divisible by "
-                    f"{spec.pattern.m}, but layers.{index}.{name} has {linear.in_features}" + hint
+    for index, name, linear in _block_linears(model, family):
+        shapes.append((linear.out_features, linear.in_features))
+        if spec.pattern.kind == "nm" and linear.in_features % spec.pattern.m:
+            hint = ""
+            if name == f"{family.mlp}.{family.down_proj}":
+                hint = (
+                    f" (structured pruning with channel_multiple={spec.pattern.m} keeps "
+                    "the MLP width divisible)"
                 )
+            raise PruneArgumentError(
+                f"pattern {spec.pattern} needs input dimensions divisible by "
+                f"{spec.pattern.m}, but layers.{index}.{name} has {linear.in_features}" + hint
+            )
     if spec.pattern.kind == "unstructured":
         _check_prunes_something(spec, shapes)
         _check_keeps_something(spec, shapes)
@@ -153,9 +152,9 @@ def check_model(model: nn.Module, spec: PruneSpec) -> Family:
 
 def _counted_sizes(spec: PruneSpec, shapes: list[tuple[int, int]]) -> tuple[list[int], str]:
     """What ``spec.method`` takes its unstructured ``prune_count`` of, for each linear's
-    ``[out, in]`` in ``shapes``, and its name: magnitude and Wanda a row's ``in`` inputs,
+    ``[out, in]`` in ``shapes``, and its name: Wanda a row's ``in`` inputs, magnitude and
     SparseGPT a matrix's ``out * in`` weights."""
-    if spec.method == "sparsegpt":
+    if spec.method in PER_MATRIX_METHODS:
         return [out * inputs for out, inputs in shapes], "matrix"
     return [inputs for _, inputs in shapes], "row"
 
@@ -174,9 +173,65 @@ def _check_prunes_something(spec: PruneSpec, shapes: list[tuple[int, int]]) -> N
     )
 
 
+def _block_linears(model: nn.Module, family: Family) -> list[tuple[int, str, nn.Linear]]:
+    """``(layer index, name, linear)`` of every linear pruning takes, in layer order."""
+    return [
+        (index, name, block_linear(layer, name))
+        for index, layer in enumerate(decoder_layers(model))
+        for name in family.block_linears
+    ]
+
+
+def warn_if_left_dense(model: nn.Module, spec: PruneSpec) -> None:
+    """Warn (``warn_user``) where an unstructured ``spec.sparsity`` rounds to no weight of
+    some of ``model``'s block linears (``_counted_sizes``), naming them: they stay dense.
+    (Where it rounds to no weight of any, ``check_model`` refuses it.)"""
+    if spec.pattern.kind != "unstructured":
+        return
+    linears = _block_linears(model, family_of(model))
+    shapes = [(linear.out_features, linear.in_features) for _, _, linear in linears]
+    sizes, unit = _counted_sizes(spec, shapes)
+    layers_of: dict[str, list[int]] = {}
+    dense_sizes = []
+    for (index, name, _), size in zip(linears, sizes, strict=True):
+        if prune_count(size, spec.sparsity) == 0:
+            layers_of.setdefault(name, []).append(index)
+            dense_sizes.append(size)
+    if not dense_sizes:
+        return
+    names_of: dict[str, list[str]] = {}  # linears left dense in the same layers, together
+    for name, layers in layers_of.items():
+        names_of.setdefault(layer_ranges(layers), []).append(name)
+    which = "; ".join(f"{', '.join(ns)} of layers {ls}" for ls, ns in names_of.items())
+    warn_user(
+        f"sparsity {spec.sparsity:g} leaves {len(dense_sizes)} of {len(linears)} matrices "
+        f"dense: {spec.method} prunes that share of the weights of each {unit}, rounded half "
+        f"up, which is 0 for {which}; a sparsity of "
+        f"{rounded_up(0.5 / min(dense_sizes)):.3g} or more prunes them all"
+    )
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Refuse (``NonFiniteError``) block linears of ``model`` that hold NaN or inf, naming
+    each and how many such values it holds: no score ranks them (``topk`` puts NaN above
+    every value), so pruning would keep them and write them to the checkpoint."""
+    bad = []
+    for index, name, linear in _block_linears(model, family_of(model)):
+        weight = linear.weight.detach()
+        if not bool(torch.isfinite(weight).all()):
+            count = int(torch.count_nonzero(~torch.isfinite(weight)))
+            bad.append(f"layers.{index}.{name} ({count} of its {weight.numel()} weights)")
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise NonFiniteError(
+            f"weights that are not finite (NaN or inf) in {len(bad)} of the matrices to "
+            f"prune: {shown}; pruning would keep them and write them to the checkpoint"
+        )
+
+
 def _check_keeps_something(spec: PruneSpec, shapes: list[tuple[int, int]]) -> None:
     """Refuse an unstructured ``spec.sparsity`` that rounds to every weight of the smallest
-    row (magnitude, Wanda) or matrix (SparseGPT) of the linears' ``[out, in]`` shapes: that
+    row (Wanda) or matrix (magnitude, SparseGPT) of the linears' ``[out, in]`` shapes: that
     linear would pass nothing on (below 1, ``sparsity * size`` rounds half up to ``size``
     from ``1 - 0.5 / size``: 0.99913 for 576 inputs)."""
     sizes, unit = _counted_sizes(spec, shapes)

@@ -162,11 +162,11 @@ def test_missing_file(tmp_path):
         ("bad.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": oops}\n', "line 2"),
         ("scalar.jsonl", '{"instruction": "a", "output": "b"}\n[1, 2]\n', "line 2 is not a JSON"),
         ("object.json", '{"instruction": "a", "output": "b"}', "expected a JSON list of objects"),
-        ("cols.json", '[{"prompt": "a", "completion": "b"}]', "record 0 has no 'instruction'"),
+        ("cols.json", '[{"prompt": "a", "completion": "b"}]', r"element 1 .index 0. has no 'instr"),
         ("noout.jsonl", '{"instruction": "a"}\n', "has no 'output' field .has: instr"),
         ("null.jsonl", '{"instruction": "a", "output": null}\n', "field 'output' is null"),
         ("type.json", '[{"instruction": "a", "output": 3}]', "'output' is int, expected a string"),
-        ("blank.json", '[{"instruction": "a", "output": "  "}]', "record 0 has an empty 'output'"),
+        ("blank.json", '[{"instruction": "a", "output": "  "}]', "index 0. has an empty 'output'"),
         ("plain.txt", "just text", "is plain text; instruction pairs need"),
     ],
 )  # fmt: skip
@@ -263,10 +263,10 @@ def test_perplexity_rows_need_a_text_column(tmp_path):
     """Rows without 'text' used to be asked for 'instruction' (Alpaca), which perplexity
     does not read."""
     rows = write_jsonl(tmp_path / "wiki.jsonl", [{"page": "some text"}])
-    with pytest.raises(DataError, match=r"wiki.jsonl: record 0 has no 'text' field \(has: page"):
+    with pytest.raises(DataError, match=r"wiki.jsonl: line 1 has no 'text' field \(has: page"):
         data.perplexity_texts(str(rows))
     alpaca = write_json(tmp_path / "a.json", ROWS)
-    with pytest.raises(DataError, match="record 0 has no 'text' field"):
+    with pytest.raises(DataError, match=r"element 1 \(index 0\) has no 'text' field"):
         data.perplexity_texts(str(alpaca))
     assert data.calibration_texts(str(alpaca))[0].endswith("### Response:\nRed")
 
@@ -315,7 +315,11 @@ def test_saved_copies_of_evaluation_sets_are_refused_in_any_layout(tmp_path, eva
     for loader in (data.instruction_pairs, data.calibration_texts):
         with pytest.raises(DataError, match="is a saved copy of evaluation dataset glue/rte"):
             loader(str(folder))
-    assert data.perplexity_texts(str(folder)) == ["a passage"]  # evaluating on it is fine
+    if layout == "train_and_eval":  # perplexity asks which of several splits to score
+        with pytest.raises(DataError, match="DatasetDict of splits train, validation"):
+            data.perplexity_texts(str(folder))
+    else:
+        assert data.perplexity_texts(str(folder)) == ["a passage"]  # evaluating on it is fine
 
 
 def test_a_truncated_request_file_is_a_data_error(tmp_path, monkeypatch):
@@ -351,7 +355,7 @@ def test_calibration_rows_of_neither_form_name_both(tmp_path):
     forms (it had named 'instruction' alone, as if only pairs would do)."""
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"body": "x", "title": "y"}\n')
-    message = "record 0 has neither a 'text' field nor Alpaca 'instruction' and 'output' fields"
+    message = "line 1 has neither a 'text' field nor Alpaca 'instruction' and 'output' fields"
     with pytest.raises(DataError, match=f"{message} \\(has: body, title\\)"):
         data.calibration_texts(str(rows))
     rows.write_text('{"text": "plain text"}\n')
@@ -359,5 +363,5 @@ def test_calibration_rows_of_neither_form_name_both(tmp_path):
     rows.write_text('{"instruction": "Say hi.", "output": "hi"}\n')
     assert len(data.calibration_texts(str(rows))) == 1
     rows.write_text('{"body": "x", "title": "y"}\n')
-    with pytest.raises(DataError, match="record 0 has no 'instruction' field"):
+    with pytest.raises(DataError, match="line 1 has no 'instruction' field"):
         data.instruction_pairs(str(rows))  # pairs alone: as before

@@ -19,7 +19,7 @@ def partly_pruned(tmp_path_factory):
 
 
 def test_layer_ranges_are_runs_of_consecutive_layers():
-    from restorelcc.commands.swap_options import layer_ranges
+    from restorelcc.errors import layer_ranges
 
     assert layer_ranges([0, 1, 2, 5, 7, 8]) == "0..2, 5, 7..8"
     assert layer_ranges(list(range(10)) + list(range(20, 30))) == "0..9, 20..29"

@@ -183,6 +183,7 @@ def test_a_warning_is_one_plain_line(tiny_dir, tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stderr.splitlines() == [
         "restorelcc prune: warning: calibration source "
-        f"'{text}' gives only 202 tokens for 4 windows of 64 (256 tokens asked): the windows "
-        "overlap and repeat; give more text or lower --nsamples/--seqlen"
+        f"'{text}' gives only 202 tokens for 4 windows of 64 (256 tokens asked): it holds 3 "
+        "disjoint windows, so the windows overlap and repeat; give more text or lower "
+        "--nsamples/--seqlen"
     ]

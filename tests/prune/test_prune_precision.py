@@ -8,14 +8,28 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+import restorelcc.prune.api as api
 from restorelcc.cli import main
 from restorelcc.hf.families import decoder_layers
 from restorelcc.prune import prune_model
 from restorelcc.prune.calibrate import walk_blocks
-from restorelcc.prune.precision import cast_parameters, parameters_in
+from restorelcc.prune.precision import cast_keeping_nonzeros, cast_parameters, parameters_in
 from restorelcc.testing import save_checkpoint, tiny_model
 
 TOKENS = torch.randint(0, 259, (4, 16), generator=torch.Generator().manual_seed(0))
+
+
+def rounding_walk(walk, dtype: torch.dtype):
+    """``walk`` (``walk_blocks``) that, once the caller is done with a block, rounds its
+    float32 parameters through ``dtype`` and back (keeping nonzeros)."""
+
+    def rounding(*args, **kwargs):
+        for step in walk(*args, **kwargs):
+            yield step
+            for param in step.block.parameters():
+                param.data = cast_keeping_nonzeros(param.data, dtype).to(torch.float32)
+
+    return rounding
 
 
 # gemma3 scales its embeddings in the embedding's dtype, cohere2 gives block types their
@@ -26,7 +40,7 @@ TOKENS = torch.randint(0, 259, (4, 16), generator=torch.Generator().manual_seed(
 )
 @pytest.mark.parametrize("dtype, chunk_size", [(torch.bfloat16, 8), (torch.float16, 3)])
 def test_a_half_model_prunes_as_its_float32_copy_would(
-    name, method, pattern, dtype, chunk_size, tmp_path
+    name, method, pattern, dtype, chunk_size, tmp_path, monkeypatch
 ):
     source = save_checkpoint(tiny_model(name).to(dtype), tmp_path / name)
     half = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
@@ -34,7 +48,11 @@ def test_a_half_model_prunes_as_its_float32_copy_would(
     # the same model with float32 parameters; buffers as loaded (gemma's embed_scale is
     # rounded in bf16, rotary inv_freq float32)
     cast_parameters(fp32, torch.float32)
-    prune_model(fp32, method, 0.5, pattern, TOKENS, chunk_size=chunk_size, progress=False)
+    with monkeypatch.context() as patch:
+        # each pruned block stored as the half model stores it (SparseGPT's updated weights
+        # rounded) before it computes the next block's inputs, as the half model's walk does
+        patch.setattr(api, "walk_blocks", rounding_walk(api.walk_blocks, dtype))
+        prune_model(fp32, method, 0.5, pattern, TOKENS, chunk_size=chunk_size, progress=False)
     prune_model(half, method, 0.5, pattern, TOKENS, chunk_size=chunk_size, progress=False)
     assert {p.dtype for p in half.parameters()} == {dtype}
     expected = fp32.state_dict()

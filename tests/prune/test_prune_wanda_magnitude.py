@@ -17,10 +17,15 @@ from restorelcc.testing import tiny_model
 
 
 def loop_mask(weight: torch.Tensor, input_norms: list[float] | None, sparsity, nm):
-    """Positions to prune, by plain loops: |W| (times ||X_j||) ranked per row or per group."""
+    """Positions to prune, by plain loops: unstructured |W| ranked over the whole matrix
+    (magnitude), |W| * ||X_j|| per row (Wanda), either per group (N:M)."""
     rows, cols = weight.shape
     w = weight.tolist()
     pruned = set()
+    if nm is None and input_norms is None:
+        count = math.floor(sparsity * rows * cols + 0.5)
+        ranked = sorted((abs(w[r][j]), r, j) for r in range(rows) for j in range(cols))
+        return {(r, j) for _, r, j in ranked[:count]}
     for r in range(rows):
         score = [abs(w[r][j]) * (input_norms[j] if input_norms else 1.0) for j in range(cols)]
         if nm is None:
