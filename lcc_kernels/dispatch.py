@@ -43,6 +43,7 @@ from .dispatch_table import (
     BACKEND_FORMAT,
     BACKENDS,
     DENSITY_TOLERANCE,
+    DTYPE_NAMES,
     MAX_M_BUCKET,
     TABLE_ENV,
     TABLE_SCHEMA,
@@ -57,6 +58,7 @@ from .dispatch_table import (
     split_workspace_bytes,
     warn_if_foreign,
 )
+from .format_common import SUPPORTED_DTYPES, as_int
 from .streams import GROUP_ENTRIES, step_bits_for
 
 # Plans, keys and reading tables live in dispatch_table; they are used from here too.
@@ -374,7 +376,18 @@ def choose_plan(
     backend: str = "auto",
     decode_streams: bool = False,
 ) -> Plan:
-    """The plan for x [m, K] (dtype, on device) times `weight`; see the module docstring."""
+    """The plan for x [m, K] (dtype, on device) times `weight`; see the module docstring.
+    A ValueError names an m that is not a non-negative int (`as_int`: no bool or float)
+    or a dtype other than float16, bfloat16 or float32."""
+    if not torch.compiler.is_compiling():  # traced, M is a size: a check would specialise it
+        try:
+            valid = as_int(m) >= 0
+        except TypeError:
+            valid = False
+        if not valid:
+            raise ValueError(f"m (rows of x) must be a non-negative int, got {m!r}")
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPE_NAMES}, got {dtype!r}")
     # Decided before any I/O, so these trace under torch.compile: no table is consulted.
     if backend == "auto" and device.type != "cuda":
         return Plan("reference")

@@ -43,7 +43,9 @@ class Sparse24Weight(PackedContainer):
 
     Built from values [N, Kp/2] and meta [N, Kp/32] int32 (as `pack` makes them), it
     checks their layout and, unless check_data=False, their data (`validate_data`): a
-    ValueError names what is wrong (see PackedContainer)."""
+    ValueError names what is wrong (see PackedContainer). Do not modify values or meta
+    in place: the kernels trust the data checked then; after any such change, call
+    `validate()` (and `cache.clear()`)."""
 
     values: torch.Tensor
     meta: torch.Tensor
@@ -141,10 +143,12 @@ def _check_24(weight: torch.Tensor, name: str = "weight") -> None:
     violating = counts > 2
     if bool(violating.any()):
         row, group = violating.nonzero()[0].tolist()
+        bad = int(violating.sum())
+        groups = "1 group violates" if bad == 1 else f"{bad} groups violate"
         raise ValueError(
             f"{name} is not 2:4 sparse: row {row}, group {group} (columns {4 * group}.."
             f"{4 * group + 3}) has {int(counts[row, group])} nonzeros; at most 2 of every 4 "
-            f"consecutive values along K may be nonzero ({int(violating.sum())} groups violate it)"
+            f"consecutive values along K may be nonzero ({groups} it)"
         )
 
 

@@ -73,7 +73,9 @@ class BitmapWeight(PackedContainer):
 
     Built from bits, values and offsets (as `pack` makes them), it checks their layout
     and, unless check_data=False, their data (`validate_data`): a ValueError names what
-    is wrong (see PackedContainer)."""
+    is wrong (see PackedContainer). Do not modify bits, values or offsets in place: the
+    kernels trust the data checked then (a corrupt offset reads out of bounds); after any
+    such change, call `validate()` (and `cache.clear()`)."""
 
     bits: torch.Tensor
     values: torch.Tensor

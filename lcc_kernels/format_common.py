@@ -182,14 +182,20 @@ class PackedContainer(abc.ABC):
     run when one is built. Subclasses name their tensors (`TENSOR_FIELDS`) and the ints
     that `info` stores after the format id (`INFO_FIELDS`).
 
-    A container checks what it is built from (`_validate`): the layout always
+    A container checks what it is built from (`__post_init__`): the layout always
     (`validate_layout`: dtypes, shapes, one device, contiguity; reads no data), and the
     data (`validate_data`: reads every tensor once, one host sync on a GPU) unless built
-    with check_data=False. Direct construction and dataclasses.replace() check both, so
-    that corrupt tensors are refused rather than computing garbage or reading out of
-    bounds. pack(), concat() and .to() skip the data check of data already checked; code
-    that rebuilds a container around copies of a checked one's tensors (a module's .to())
-    may pass check_data=False to replace() as well."""
+    with check_data=False. Direct construction, dataclasses.replace() and unpickling
+    (torch.load, copy.deepcopy) check both, so that corrupt tensors are refused rather
+    than computing garbage or reading out of bounds. pack(), concat() and .to() skip the
+    data check of data already checked; code that rebuilds a container around copies of
+    a checked one's tensors (a module's .to()) may pass check_data=False to replace() as
+    well.
+
+    The packed tensors must not be modified in place: the kernels trust the data that
+    was checked when the container was built. After any in-place change, call
+    `validate()`, which runs those checks again, and `cache.clear()` (the copies derived
+    from the old data)."""
 
     format: ClassVar[str]
     TENSOR_FIELDS: ClassVar[tuple[str, ...]]
@@ -200,10 +206,23 @@ class PackedContainer(abc.ABC):
 
     def __post_init__(self, check_data: bool) -> None:
         """Run by the dataclass __init__ (and replace()), after a subclass's own fields are
-        normalised: shape as a pair of ints, split_sizes against N, then `_validate`."""
+        normalised: shape as a pair of ints, the layout (against N and K first, so that an
+        N that disagrees with the tensors is named as such), split_sizes against N, then
+        the data where `check_data` asks for it and the tensors hold data (not on the meta
+        device)."""
         self.shape = int_pair(self.shape, f"{self.format} shape", "(N, K)")
+        self.validate_layout()
         self.split_sizes = _check_split_sizes(self.split_sizes, self.shape[0])
-        self._validate(check_data)
+        if check_data and self.device.type != "meta":
+            self.validate_data()
+
+    def validate(self) -> None:
+        """Check the container again as it was checked when built: its ints (shape,
+        split_sizes and the format's own), the layout (`validate_layout`) and the data
+        (`validate_data`: reads every tensor once, one host sync on a GPU; skipped on the
+        meta device). A ValueError names what is wrong. Call it after any in-place change
+        of the packed tensors, which nothing else checks (see PackedContainer)."""
+        self.__post_init__(True)
 
     @abc.abstractmethod
     def _info(self) -> tuple[int, ...]:
@@ -222,6 +241,20 @@ class PackedContainer(abc.ABC):
         """Pickled (torch.save, copy.deepcopy) without `cache`: the derived copies there
         (dense, torch semi-structured, streams) are rebuilt on first use, not stored."""
         return {**self.__dict__, "cache": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled (torch.load, copy.deepcopy): the dataclass fields taken from `state`
+        (nothing else), an empty cache, then the checks of a new container (`validate`),
+        so that torch.load's weights_only mode, which may build the containers (formats.py
+        allows them), builds one from checked data only."""
+        names = [field.name for field in dataclasses.fields(self) if field.init]
+        missing = [name for name in names if name not in state]
+        if missing:
+            raise ValueError(
+                f"a pickled {type(self).__name__} lacks {', '.join(map(repr, missing))}"
+            )
+        self.__dict__.update({name: state[name] for name in names}, cache={})
+        self.validate()
 
     @property
     def device(self) -> torch.device:
@@ -256,8 +289,10 @@ class PackedContainer(abc.ABC):
     def from_state_dict(cls: type[_Container], state: Mapping[str, torch.Tensor]) -> _Container:
         """Rebuild from `to_state_dict()` output (info int64 [1 + F], split_sizes int64
         [P], the `TENSOR_FIELDS`: see the module docstring). Refuses missing, unexpected or
-        malformed entries by name, then checks the layout and the data (`validate_data`).
-        The container uses the state's tensors (made contiguous), not copies."""
+        malformed entries by name, then checks the layout and the data (`validate_data`);
+        an `info` or `split_sizes` that does not fit the tensors (an altered N, say) is
+        named as such. The container uses the state's tensors (made contiguous), not
+        copies."""
         format_id = state_format_id(state)
         if format_id != FORMAT_IDS[cls.format]:
             raise ValueError(
@@ -287,18 +322,21 @@ class PackedContainer(abc.ABC):
                 f"{cls.format} state dict 'split_sizes' must be 1-D integers (rows of each "
                 f"packed weight), got {sizes.dtype} of shape {tuple(sizes.shape)}"
             )
-        return cls(  # checks the layout and the data
-            **{name: state[name].contiguous() for name in cls.TENSOR_FIELDS},
-            **cls._fields_of_info([int(v) for v in info[1:].tolist()]),
-            split_sizes=tuple(int(s) for s in sizes.tolist()),
-        )
-
-    def _validate(self, check_data: bool) -> None:
-        """What a new container runs: validate_layout, then validate_data where
-        `check_data` asks for it and the tensors hold data (not on the meta device)."""
-        self.validate_layout()
-        if check_data and self.device.type != "meta":
-            self.validate_data()
+        stored = [int(v) for v in info[1:].tolist()]
+        tensors = {name: state[name].contiguous() for name in cls.TENSOR_FIELDS}
+        split_sizes = tuple(int(s) for s in sizes.tolist())
+        fields = cls._fields_of_info(stored)
+        try:
+            packed = cls(**tensors, **fields, split_sizes=split_sizes, check_data=False)
+        except ValueError as error:  # the ints against the tensors' layout and each other
+            ints = ", ".join(f"{f}={v}" for f, v in zip(cls.INFO_FIELDS, stored, strict=True))
+            shapes = ", ".join(f"{name} {list(t.shape)}" for name, t in tensors.items())
+            raise ValueError(
+                f"{cls.format} state dict: its tensors ({shapes}) do not fit the stored "
+                f"info ({ints}) and split_sizes {split_sizes}: {error}"
+            ) from None
+        packed.validate_data()  # entries on the meta device were refused above
+        return packed
 
     @abc.abstractmethod
     def validate_data(self) -> None:

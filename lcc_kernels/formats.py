@@ -11,6 +11,9 @@ containers; `unpack` gives the dense tensor back exactly, every zero as +0.0:
 
 Both hold plain tensors plus Python ints, so `to_state_dict()` gives tensors only
 (safetensors-friendly; format_common.py) and `load_state_dict()` rebuilds either container.
+A `torch.save`d container loads with torch.load's default weights_only=True once
+lcc_kernels is imported (both are registered as safe globals; unpickling checks them).
+Packed tensors must not be modified in place; after any such change, `validate()`.
 Several weights packed side by side (q, k and v) remember their `split_sizes`;
 `split_output` cuts the result of one fused launch back into the separate projections.
 `packed_nbytes` gives the `nbytes` a pack would have without packing (each format's rule
@@ -74,6 +77,10 @@ __all__ = [
 ]
 
 PackedWeight = Sparse24Weight | BitmapWeight
+
+# torch.load(weights_only=True), torch's default, builds only allowed classes; these
+# check what they are unpickled from (PackedContainer.__setstate__).
+torch.serialization.add_safe_globals([Sparse24Weight, BitmapWeight])
 
 
 def _check_dense(weight: torch.Tensor) -> None:

@@ -24,7 +24,8 @@ SEMI_STRUCTURED_BACKENDS = ("cusparselt", "cutlass")
 
 def to_torch_semi_structured(weight: Sparse24Weight, backend: str = "cusparselt"):
     """A torch SparseSemiStructuredTensor [N, K] holding the same weight (its split_sizes
-    are not carried: pass them back to `from_torch_semi_structured`)."""
+    are not carried: pass them back to `from_torch_semi_structured`). torch builds them
+    on CUDA only: a weight on another device is refused (ValueError)."""
     if not isinstance(weight, Sparse24Weight):
         raise ValueError(f"expected a Sparse24Weight, got {type(weight).__name__}")
     classes = {
@@ -33,6 +34,11 @@ def to_torch_semi_structured(weight: Sparse24Weight, backend: str = "cusparselt"
     }
     if backend not in classes:
         raise ValueError(f"backend must be one of {SEMI_STRUCTURED_BACKENDS}, got {backend!r}")
+    if weight.device.type != "cuda":
+        raise ValueError(
+            f"torch's semi-structured tensors are built on CUDA only, the weight is on "
+            f"{weight.device}: move it first (weight.to('cuda'))"
+        )
     return classes[backend].from_dense(unpack(weight).contiguous())
 
 

@@ -35,8 +35,20 @@ from .dispatch import (
     with_weight_tile,
 )
 from .formats import BitmapWeight, Sparse24Weight
-from .reference import as_kernel_input, check_dense_weight, check_operands, reference_linear
-from .weight_cache import LAST_STREAMS, copy_missing, derived_copy, prepare_streams
+from .reference import (
+    as_kernel_input,
+    autocast_off,
+    check_dense_weight,
+    check_operands,
+    reference_linear,
+)
+from .weight_cache import (
+    LAST_STREAMS,
+    check_holds_data,
+    copy_missing,
+    derived_copy,
+    prepare_streams,
+)
 
 # derived_copy and prepare_streams are imported from here by callers (and the package).
 __all__ = ["dense_linear_triton", "derived_copy", "prepare_streams", "sparse_linear"]
@@ -70,10 +82,14 @@ def sparse_linear(
     backend: "auto" (measured dispatch table, else built-in rules; `reference` on a CPU)
         or one of dispatch.BACKENDS to force it.
     plan: an explicit `lcc_kernels.Plan` (benchmarks, tests) instead of a backend.
-    decode_streams: with "auto", a bitmap weight runs on its streams layout (built on
-        first use and kept on the weight, ~1.1x the bitmap's bytes) up to
+    decode_streams: a bool; with "auto", a bitmap weight runs on its streams layout
+        (built on first use and kept on the weight, ~1.1x the bitmap's bytes) up to
         dispatch.STREAMS_MAX_M rows where no measured entry says otherwise. Without it
         the rules never pick streams (a measured table still may, in eager calls).
+
+    An active torch.autocast does not change the result: every backend computes as
+    stated here and returns x's dtype, with the values it gives without autocast (the
+    PyTorch backends run with autocast disabled for x's device type).
 
     Non-finite x at pruned positions: like F.linear on the dense weight, the paths give
     NaN (0 * inf) in the rows whose stored entries reach them. Dense tiles store every
@@ -110,6 +126,8 @@ def sparse_linear(
         raise ValueError(f"give either backend ({backend!r}) or plan, not both")
     if plan is None and backend not in ("auto", *BACKENDS):
         raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
+    if not isinstance(decode_streams, bool):
+        raise ValueError(f"decode_streams must be True or False, got {decode_streams!r}")
     _check_backend_fits(backend if plan is None else plan.backend, weight, x.device)
     n, k = weight.shape
     x2d = as_kernel_input(x.reshape(-1, k))
@@ -162,12 +180,7 @@ def _check_backend_fits(backend: str, weight, device: torch.device) -> None:
     check_backend_format(backend, weight.format)
     if backend == "semi_structured" and device.type != "cuda":
         raise ValueError(f"the semi_structured backend runs on CUDA tensors only, x is on {device}")
-    if device.type == "meta" and backend in (*TRITON_BACKENDS, "streams"):
-        raise ValueError(
-            f"x and the weight are on the meta device (shapes, no data): the {backend} "
-            "backend runs its kernels on data; 'auto', 'reference' and 'dense' give the "
-            "output's shape there"
-        )
+    check_holds_data(backend, device)
 
 
 def _empty_output(x2d, weight, bias, plan: Plan | None) -> torch.Tensor:
@@ -178,7 +191,8 @@ def _empty_output(x2d, weight, bias, plan: Plan | None) -> torch.Tensor:
     if plan is not None and plan.backend in (*TRITON_BACKENDS, "streams"):
         _check_launch(x2d, weight, bias, plan)
     zero_weight = x2d.new_zeros(()).expand(weight.shape)
-    return F.linear(x2d, zero_weight, None if bias is None else bias.to(x2d.dtype))
+    with autocast_off(x2d.device):
+        return F.linear(x2d, zero_weight, None if bias is None else bias.to(x2d.dtype))
 
 
 def _check_launch(x2d, weight, bias, plan: Plan) -> None:
@@ -237,14 +251,15 @@ def _torch_linear(x2d, copy, bias, backend: str) -> torch.Tensor:
     has no derivative: where one is asked, off a GPU, and on older torch, the reference
     computes in fp32). torch's 2:4 kernels cannot write fp32 from fp16/bf16, so
     semi_structured adds it to the rounded product (two roundings; "auto" does not run
-    them with such a bias)."""
-    if _bias_fits(bias, x2d.dtype):
-        return F.linear(x2d, copy, None if bias is None else bias.to(x2d.dtype))
-    if backend == "semi_structured":
-        return (F.linear(x2d, copy).float() + bias).to(x2d.dtype)
-    if x2d.device.type == "cuda" and _MM_WRITES_FP32 and not _differentiated(x2d, bias):
-        return torch.mm(x2d, copy.t(), out_dtype=torch.float32).add_(bias).to(x2d.dtype)
-    return reference_linear(x2d, copy, bias)
+    them with such a bias). An active torch.autocast does not apply (`autocast_off`)."""
+    with autocast_off(x2d.device):
+        if _bias_fits(bias, x2d.dtype):
+            return F.linear(x2d, copy, None if bias is None else bias.to(x2d.dtype))
+        if backend == "semi_structured":
+            return (F.linear(x2d, copy).float() + bias).to(x2d.dtype)
+        if x2d.device.type == "cuda" and _MM_WRITES_FP32 and not _differentiated(x2d, bias):
+            return torch.mm(x2d, copy.t(), out_dtype=torch.float32).add_(bias).to(x2d.dtype)
+        return reference_linear(x2d, copy, bias)
 
 
 def _differentiated(x2d, bias) -> bool:

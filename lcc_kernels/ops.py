@@ -16,7 +16,13 @@ x's shape, dtype and device against the weight's; a K axis or bias that is not
 unit-stride is copied first). Lazy negation views are resolved by the dispatcher before
 an op runs (PyTorch's fallback for ops without a rule of their own). The stored data
 (2:4 indices, bitmap offsets, stream groups) is trusted: the containers check it when
-built (`validate_data`).
+built (`validate_data`). So are the ints that describe it (k; n, k, tile and nnz): they
+must be the container's. The layout check catches most others, but not one whose
+padded shape is the same (a 2:4 k within the same K_ALIGN_24 columns, a bitmap n or k
+within the same tiles): the kernels then read the weight as that shape, dropping
+columns or reading padding, with no error. Telling them apart means reading the data
+(a host sync at every call, and none possible inside a CUDA graph), so the ops do not:
+`sparse_linear`, which takes the container, is the checked entry point.
 
 The ops are inference-only: their autograd formula raises (`_refuse_backward`, naming
 the backends that have derivatives), and a forward-mode AD dual input is refused
@@ -158,7 +164,11 @@ def sparse24_linear(
     config: list[int],
 ) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W^T + bias, W a 2:4 weight given by values [N, Kp/2] and
-    meta [N, Kp/32] int32 (a Sparse24Weight's) of logical K = k."""
+    meta [N, Kp/32] int32 (a Sparse24Weight's) of logical K = k.
+
+    k must be the container's (weight.shape[1]): another k with the same Kp passes the
+    layout check and the weight is read as K = k (see the module docstring: the data is
+    not read per call). `sparse_linear` is the checked entry point."""
     from .launch import checked_inputs, run_linear, sparse24_operand
 
     check_inference_only(x, values, bias)
@@ -193,7 +203,12 @@ def bitmap_linear(
     config: list[int],
 ) -> torch.Tensor:
     """y [M, n] = x [M, k] @ W^T + bias, W a bitmap weight given by bits/values/offsets
-    (a BitmapWeight's, of shape (n, k), tile (tile_n, tile_k) and nnz kept values)."""
+    (a BitmapWeight's, of shape (n, k), tile (tile_n, tile_k) and nnz kept values).
+
+    n, k, the tile and nnz must be the container's: another n or k within the same tiles
+    passes the layout check and the weight is read as that shape (see the module
+    docstring: the data is not read per call). `sparse_linear` is the checked entry
+    point."""
     from .launch import bitmap_operand, checked_inputs, run_linear
 
     check_inference_only(x, values, bias)
@@ -269,6 +284,8 @@ def bitmap_streams_linear(
     """y [M, n] = x [M, k] @ W^T + bias, W a bitmap weight (bits/values/offsets) whose
     streams layout is also given: `layout` the tensors of a streams.BitmapStreams (values,
     steps, starts, group_base, groups, row_ids), `layout_config` from `streams_config`.
+    n, k, the tile and nnz must be the container's and the layout built from it, as for
+    `bitmap_linear` (not read per call; `sparse_linear` is the checked entry point).
 
     forced: run the streams at any M. Otherwise the op asks the dispatcher (decode_streams
     on) when it runs: the streams where it picks a streams plan, else its Triton plan on

@@ -2,10 +2,13 @@
 
 It states what every kernel computes: unpack the weight, multiply in a wide dtype, add
 the bias in that dtype, round once to the output dtype. Also the input checks that every
-entry point shares (`check_operands`, `check_bias`, `check_strided`, `as_kernel_input`).
+entry point shares (`check_operands`, `check_bias`, `check_strided`, `as_kernel_input`),
+and `autocast_off`, under which the PyTorch backends ignore an active torch.autocast.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -30,14 +33,27 @@ def reference_linear(
     weight: a packed weight or a dense [N, K] tensor. x, the weight and the bias may each
     be fp16, bf16, fp32 or fp64 (`check_operands`), on one device. The result is returned
     in `out_dtype` (default x's dtype). fp32 is the CPU path (the kernels' accumulation
-    precision); fp64 is the oracle the tests compare against.
+    precision); fp64 is the oracle the tests compare against. An active torch.autocast
+    does not change the dtypes (`autocast_off`).
     """
     dense = weight if isinstance(weight, torch.Tensor) else unpack(weight)
     n, k = check_dense_weight(dense)
     check_operands(x, n, k, dense, bias, dtypes=_REFERENCE_DTYPES, same_dtype=False)
     wide_bias = None if bias is None else bias.to(compute_dtype)
-    y = F.linear(x.to(compute_dtype), dense.to(compute_dtype), wide_bias)
+    with autocast_off(x.device):
+        y = F.linear(x.to(compute_dtype), dense.to(compute_dtype), wide_bias)
     return y.to(out_dtype or x.dtype)
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context where a torch.autocast active for `device`'s type is disabled (else a
+    no-op): the PyTorch backends compute in the dtypes they state, as the Triton
+    kernels (custom ops, which autocast leaves alone) do, so that every backend returns
+    x's dtype with the same values under autocast as without."""
+    kind = device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
 
 
 def oracle_linear(x, weight, bias=None) -> torch.Tensor:

@@ -8,13 +8,14 @@ compiled calls, which cannot build one.
 
 A copy is of the weight's tensors as they were when it was built: a new container
 (`.to()`, `dataclasses.replace`, a pickle or deepcopy) starts with an empty cache, but
-after changing the tensors of one in place, `weight.cache.clear()`.
+after changing the tensors of one in place (which the containers forbid),
+`weight.cache.clear()` and `weight.validate()`.
 """
 
 from __future__ import annotations
 
 from . import dispatch
-from .dispatch import Plan, choose_plan
+from .dispatch import TRITON_BACKENDS, Plan, choose_plan
 from .formats import BitmapWeight, unpack
 from .interop import to_torch_semi_structured
 from .streams import build_streams
@@ -60,6 +61,7 @@ def prepare_streams(weight: BitmapWeight, plan: Plan | None = None):
         raise ValueError(
             f"streams layouts are built for bitmap weights, got {type(weight).__name__}"
         )
+    check_holds_data("streams", weight.device, "the weight is")
     if plan is None:
         plan = choose_plan(1, weight, weight.dtype, weight.device, "auto", True)
         if plan.backend != "streams":  # a measured entry (or the CPU) says otherwise
@@ -71,6 +73,16 @@ def prepare_streams(weight: BitmapWeight, plan: Plan | None = None):
     if weight.cache.get(LAST_STREAMS, (None, None))[1] is not layout:
         weight.cache[LAST_STREAMS] = (plan, layout)
     return layout
+
+
+def check_holds_data(backend: str, device, what: str = "x and the weight are") -> None:
+    """Raise a ValueError where `backend`, a Triton or streams one, would run on tensors
+    on the meta device (`what`: which), which hold shapes and no data."""
+    if device.type == "meta" and backend in (*TRITON_BACKENDS, "streams"):
+        raise ValueError(
+            f"{what} on the meta device (shapes, no data): the {backend} backend runs its "
+            "kernels on data; 'auto', 'reference' and 'dense' give the output's shape there"
+        )
 
 
 def _cache_key(plan: Plan) -> str | None:
