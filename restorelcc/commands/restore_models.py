@@ -63,7 +63,7 @@ def method_restoration(
     from restorelcc.baselines import lofit_baseline, training_free
     from restorelcc.commands.evaluate import perplexity_of
     from restorelcc.commands.options import check_perplexity_options
-    from restorelcc.lcc import RestoreConfig, check_compatible, plan_heads, train_heads
+    from restorelcc.lcc import check_compatible, plan_heads, train_heads
     from restorelcc.lcc.train import encode_training_pairs
 
     if config is not None:  # what training would refuse: before capture and --eval
@@ -87,7 +87,6 @@ def method_restoration(
             pruned,
             tokenizer,
             pairs,
-            RestoreConfig().capture_max_length,
             progress=not args.quiet,
             capture_dtype=args.capture_dtype,
         )

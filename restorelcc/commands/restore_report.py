@@ -20,7 +20,6 @@ def restore_report(
     from restorelcc.data import source_origin
     from restorelcc.provenance import run_metadata
 
-    name = str(dtype).removeprefix("torch.")
     # restorelcc and training-free record what each model was captured in
     # (capture_precision.captured_dtype); LoFiT captures nothing
     captured = None if args.method == "lofit" else restoration.report["capture_dtype"]
@@ -43,7 +42,7 @@ def restore_report(
         "config": settings,
         "report": restoration.report,
         "evaluation": evaluation,
-        "dtype": name,
+        "dtype": str(dtype).removeprefix("torch."),
         "capture_dtype": captured,
         "merged_dtype": str(merged_dtype).removeprefix("torch.") if args.merged else None,
         "run_metadata": run_metadata(),
