@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from restorelcc.errors import CorruptCacheError, ModelNotFoundError, RestoreLCCError
-from restorelcc.io import give_usual_modes, sync_files
+from restorelcc.output_dirs import give_usual_modes, sync_files
 from restorelcc.provenance import installed_version
 
 try:  # file locks (Linux, macOS); elsewhere concurrent conversions rely on the re-check

@@ -35,13 +35,25 @@ from restorelcc.lcc.capture_precision import (
     check_capture_dtype,
 )
 from restorelcc.lcc.compat import check_compatible, to_pruned_heads
+from restorelcc.lcc.config import RestoreConfig, checked_config
 from restorelcc.lcc.fingerprint import model_fingerprint
 from restorelcc.lcc.heads import HeadCompensation, o_proj_input_hooks
-from restorelcc.lcc.pipeline import RestoreConfig, check_tokenizer, checked_config, restore
+from restorelcc.lcc.pipeline import restore
 from restorelcc.lcc.probing import head_count
 from restorelcc.lcc.restoration import Restoration
-from restorelcc.lcc.tokens import check_pairs, encode_prompt
-from restorelcc.lcc.train import TrainConfig, TrainResult, train_response_lm
+from restorelcc.lcc.tokens import (
+    CAPTURE_LENGTH_FLAGS,
+    check_pairs,
+    check_tokenizer,
+    encode_prompts,
+    warn_pairs_cut,
+)
+from restorelcc.lcc.train import (
+    TrainConfig,
+    TrainResult,
+    encode_training_pairs,
+    train_response_lm,
+)
 
 DEFAULT_LORA_RANK = 8
 LOFIT_L1 = 1e-3  # weight of the L1 penalty on LoFiT's head-selection scales
@@ -49,12 +61,15 @@ LOFIT_L1 = 1e-3  # weight of the L1 penalty on LoFiT's head-selection scales
 
 @dataclass
 class LoraResult:
-    """A trained LoRA/DoRA baseline. ``model`` is the ``peft`` model (adapters unmerged)."""
+    """A trained LoRA/DoRA baseline. ``model`` is the ``peft`` model (adapters unmerged);
+    ``pairs_cut``: ``{"max_length": n}``, the pairs training's length cut (as RestoreLCC's
+    report counts them)."""
 
     name: str
     model: nn.Module
     rank: int
     train: TrainResult
+    pairs_cut: dict[str, int]
 
     @property
     def trainable_parameters(self) -> int:
@@ -67,6 +82,7 @@ class LoraResult:
             "trainable_parameters": self.trainable_parameters,
             "final_loss": self.train.final_loss,
             "seconds": self.train.seconds,
+            "pairs_cut": self.pairs_cut,
         }
 
 
@@ -92,6 +108,8 @@ def lora_baseline(
     check_tokenizer(tokenizer)
     if rank < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
+    training = encode_training_pairs(tokenizer, pairs, config)
+    pairs_cut = {"max_length": training.warn_cut()}
     family = family_of(pruned)
     model = copy.deepcopy(pruned) if copy_model else pruned
     peft_config = LoraConfig(
@@ -113,8 +131,8 @@ def lora_baseline(
             peft_model = get_peft_model(model, peft_config)
         base = peft_model.get_base_model()
         params = [p for p in base.parameters() if p.requires_grad]
-        result = train_response_lm(base, tokenizer, pairs, params, config, desc=f"train {name}")
-    return LoraResult(name=name, model=peft_model, rank=rank, train=result)
+        result = train_response_lm(base, tokenizer, training, params, config, desc=f"train {name}")
+    return LoraResult(name=name, model=peft_model, rank=rank, train=result, pairs_cut=pairs_cut)
 
 
 def dora_baseline(
@@ -162,7 +180,7 @@ def training_free(
     head_dim]`` are captured at ``capture_dtype``: ``"float32"`` casts a bf16/fp16 model to
     fp32 for its capture and back, one model at a time, ``"model"`` captures in the dtype
     the models run in. The report's ``capture_dtype`` records what each model was captured
-    in.
+    in, its ``pairs_cut`` ``{"max_length": n}`` how many pairs ``max_length`` cut (warned of).
 
     Returned as a ``Restoration`` (identity directions, ``beta = 0``, ``b = c [heads,
     head_dim]``) that folds, saves and exports like RestoreLCC's.
@@ -175,7 +193,8 @@ def training_free(
         check_capture_attention(model, capture_dtype, name)
     pairs = check_pairs(pairs, minimum=1)
     start = time.perf_counter()
-    prompts = [encode_prompt(tokenizer, p, max_length) for p in pairs]
+    prompts, cut = encode_prompts(tokenizer, pairs, max_length)
+    cut = warn_pairs_cut(cut, len(pairs), max_length, "max_length", CAPTURE_LENGTH_FLAGS)
     captured = {name: captured_dtype(model, capture_dtype) for name, model in models.items()}
     zd, zp = (
         capture_last_token(
@@ -204,6 +223,7 @@ def training_free(
         },
         report={
             "capture_dtype": captured,
+            "pairs_cut": {"max_length": cut},
             "seconds": {"capture+mean": time.perf_counter() - start},
         },
     )
@@ -240,7 +260,8 @@ def lofit_baseline(
        that folds, saves and exports like RestoreLCC's. ``pruned`` is not modified.
 
     ``A`` and ``b`` start from N(0, ``config.init_std``) drawn with ``config.train.seed``,
-    as LoFiT's reference code starts them.
+    as LoFiT's reference code starts them. The pairs are encoded once for both steps; the
+    report's ``pairs_cut`` ``{"max_length": n}`` counts those ``config.train`` cut.
     """
     config = checked_config(config)
     check_tokenizer(tokenizer)
@@ -248,6 +269,8 @@ def lofit_baseline(
         raise ValueError(f"l1 must be >= 0, got {l1}")
     g = head_geometry(pruned)
     count = head_count(g, config.heads)
+    training = encode_training_pairs(tokenizer, pairs, config.train)
+    pairs_cut = {"max_length": training.warn_cut()}
     device = model_device(pruned)
     generator = torch.Generator().manual_seed(config.train.seed)
     start = torch.randn(g.layers, g.heads * g.head_dim, generator=generator) * config.init_std
@@ -259,7 +282,7 @@ def lofit_baseline(
     select = train_response_lm(
         pruned,
         tokenizer,
-        pairs,
+        training,
         [scales],
         config.train,
         lambda: o_proj_input_hooks(pruned, scaled),
@@ -277,7 +300,7 @@ def lofit_baseline(
     tune = train_response_lm(
         pruned,
         tokenizer,
-        pairs,
+        training,
         [biases.b],
         config.train,
         lambda: biases.attached(pruned),
@@ -296,6 +319,7 @@ def lofit_baseline(
         },
         scores=norms.reshape(g.layers, g.heads),
         report={
+            "pairs_cut": pairs_cut,
             "selection": select.to_dict(),
             "train": tune.to_dict(),
             "seconds": {"select": select.seconds, "train": tune.seconds},

@@ -36,12 +36,19 @@ from restorelcc.baselines import (
 )
 from restorelcc.commands.dtypes import resolve_dtype
 from restorelcc.data import (
+    TooFewItemsError,
     calibration_batches,
     calibration_texts,
     instruction_pairs,
     perplexity_texts,
 )
-from restorelcc.demo_config import DEMO_REPORT, DemoConfig, flagged
+from restorelcc.demo_config import (
+    DATA_SOURCES,
+    DEMO_REPORT,
+    DemoArgumentError,
+    DemoConfig,
+    flagged,
+)
 from restorelcc.demo_plot import plot
 from restorelcc.demo_table import (
     UNMERGED_METHODS,
@@ -53,10 +60,12 @@ from restorelcc.demo_table import (
 )
 from restorelcc.evaluate import evaluate_model, headline_metric, perplexity_settings
 from restorelcc.hf.families import check_length_fits, family_of, head_geometry
-from restorelcc.io import atomic_directory, atomic_write_json
+from restorelcc.io import atomic_write_json
 from restorelcc.latency import interleaved_rounds, median_ratios
-from restorelcc.lcc.pipeline import RestoreConfig, StageTimer, restore
+from restorelcc.lcc.config import RestoreConfig
+from restorelcc.lcc.pipeline import StageTimer, restore
 from restorelcc.lcc.probing import head_count
+from restorelcc.output_dirs import atomic_directory
 from restorelcc.provenance import run_metadata
 from restorelcc.prune import prune_model
 from restorelcc.prune.api import check_config
@@ -119,6 +128,9 @@ class Demo:
         # how the perplexities were measured (source, tokens, window, stride): every model
         # of the run alike; None until one is evaluated
         self.perplexity_protocol: dict | None = None
+        # what each data source named when check_inputs() read it (Sourced.origin), by
+        # field; None for calibration where the pruning method takes none
+        self.origins: dict[str, dict | None] = dict.fromkeys(DATA_SOURCES)
 
     def evaluate(self, model: nn.Module, tokenizer, stage: str) -> dict:
         """``model`` evaluated on the configured text and tasks, timed as ``stage``."""
@@ -153,7 +165,8 @@ class Demo:
 
     def check_inputs(self) -> list:
         """Every check that reads data or the model's config, before any model loads;
-        returns the training pairs."""
+        returns the training pairs, and keeps what each data source named when it was read
+        here (``self.origins``: a file's sha256 of the bytes parsed)."""
         c = self.config
         model_config = load_config(c.model)
         flagged(f"--model {c.model}", family_of, model_config)  # every method needs its family
@@ -171,13 +184,25 @@ class Demo:
         if {"restorelcc", "lofit"} & set(c.methods):
             geometry = head_geometry(model_config)
             flagged("--heads", head_count, geometry, c.heads, fields={"heads": "--heads"})
-        flagged("--ppl-source", perplexity_texts, c.ppl_source, n=1)
+        texts = flagged("--ppl-source", perplexity_texts, c.ppl_source, n=1)
+        self.origins["ppl_source"] = texts.origin
         c.perplexity_windows(model_config)
         if c.prune_method in CALIBRATED_METHODS:
-            flagged("--calibration-source", calibration_texts, c.calibration_source, n=1)
-        return flagged(
-            "--pairs-source", instruction_pairs, c.pairs_source, n=c.train_pairs, seed=c.seed
-        )
+            texts = flagged("--calibration-source", calibration_texts, c.calibration_source, n=1)
+            self.origins["calibration_source"] = texts.origin
+
+        def train_pairs():
+            try:
+                return instruction_pairs(c.pairs_source, n=c.train_pairs, seed=c.seed)
+            except TooFewItemsError as exc:  # the count is --train-pairs', not the source's
+                raise DemoArgumentError(
+                    f"--train-pairs {c.train_pairs}, but --pairs-source {c.pairs_source} "
+                    f"holds {exc.held} pairs"
+                ) from None
+
+        pairs = flagged("--pairs-source", train_pairs)
+        self.origins["pairs_source"] = pairs.origin
+        return pairs
 
     def run(self, pairs: list | None = None) -> dict:
         """The job; ``pairs``: what ``check_inputs()`` returned, if it has run already.
@@ -326,6 +351,10 @@ class Demo:
     def report(self) -> dict:
         return {
             "config": asdict(self.config),
+            # what config's pairs_source, calibration_source and ppl_source named when
+            # check_inputs() read them (the pairs trained on; the perplexity text and the
+            # calibration are read again where used)
+            **{f"{name}_origin": origin for name, origin in self.origins.items()},
             "dtype": str(self.dtype).removeprefix("torch."),  # what --dtype meant here
             # which metric each task's number in rows[i]["accuracy"] is (and so what
             # mean_accuracy and acc_gap_closed average); rows[i]["metrics"] holds them all,

@@ -19,7 +19,7 @@ from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.demo_table import UNMERGED_METHODS
 from restorelcc.errors import RestoreLCCError
 from restorelcc.evaluate import PAPER_TASKS, resolve_tasks
-from restorelcc.lcc.pipeline import check_probe_counts
+from restorelcc.lcc.config import check_probe_counts
 from restorelcc.lcc.train import TrainConfig
 from restorelcc.prune.masks import parse_pattern
 from restorelcc.prune.sparsegpt import BLOCK_SIZE, DAMPENING
@@ -61,6 +61,8 @@ PROBE_PAIRS = 128  # DemoConfig.probe_pairs' preset
 # Methods that capture activations on the first probe_pairs of the training pairs.
 CAPTURING_METHODS = ("restorelcc", "training-free")
 CALIBRATION_FIELDS = ("calibration_source", "calibration_samples", "calibration_seqlen")
+# The fields that name data: the report records what each named when read (<field>_origin).
+DATA_SOURCES = ("pairs_source", "calibration_source", "ppl_source")
 
 
 class DemoArgumentError(RestoreLCCError, ValueError):
@@ -85,9 +87,12 @@ def as_flags(message: str, fields: Mapping[str, str]) -> str:
 def flagged(label: str, check, *args, fields: Mapping[str, str] | None = None, **kwargs):
     """``check(*args, **kwargs)``, its error re-raised as a ``DemoArgumentError`` naming the
     option(s) ``label``: its message ``as_flags(message, fields)``, after ``label:`` unless
-    it starts with ``label`` already (``--lr must be positive``)."""
+    it starts with ``label`` already (``--lr must be positive``). A ``DemoArgumentError``
+    names its options already: it goes through as it is."""
     try:
         return check(*args, **kwargs)
+    except DemoArgumentError:
+        raise
     except (RestoreLCCError, ValueError) as exc:
         message = as_flags(str(exc), fields or {})
         raise DemoArgumentError(

@@ -1,4 +1,6 @@
-"""Shared test set-up: a fixed seed per test and NaN-poisoned allocations.
+"""Shared test set-up: a fixed seed per test and NaN-poisoned allocations; the benchmark
+scripts of benchmarks/ importable as modules (tests/latency re-runs their measuring
+functions; tests/demo runs bench_restore_quality's DoRA rows).
 
 `torch.empty` / `torch.empty_like` return NaN-filled floating tensors during tests, so an
 output element that a kernel or a function never writes shows up as NaN and fails the
@@ -7,12 +9,17 @@ comparison instead of passing by luck (the fla conftest does the same).
 
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -59,6 +66,32 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_restore_quality(monkeypatch, tmp_path_factory):
+    """benchmarks/bench_restore_quality on the tiny ``llama-gqa`` model and synthetic pairs,
+    one step on a few pairs; returns its argv (``--methods training-free``: a later
+    ``--methods`` in the test's argv replaces it)."""
+    import bench_restore_quality
+
+    from restorelcc.testing import byte_tokenizer, synthetic_pairs, tiny_config, tiny_model
+
+    checkpoint = tmp_path_factory.mktemp("tiny-config")
+    tiny_config("llama-gqa").save_pretrained(checkpoint)  # what the option checks read
+    monkeypatch.setattr(
+        bench_restore_quality,
+        "load_model",
+        lambda name: (tiny_model("llama-gqa"), byte_tokenizer()),
+    )
+    monkeypatch.setattr(
+        bench_restore_quality, "instruction_pairs", lambda source, n, seed: synthetic_pairs(n)
+    )
+    sizes = {"--train-pairs": 8, "--probe-pairs": 8, "--heldout-pairs": 4, "--steps": 1}
+    argv = ["--model", str(checkpoint), "--methods", "training-free", "--ppl-tokens", "64"]
+    for option, value in sizes.items():
+        argv += [option, str(value)]
+    return argv + ["--batch-size", "4", "--max-length", "64"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -25,6 +25,7 @@ from restorelcc.commands.restore import heads_value
 from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE
 from restorelcc.demo import run_demo
 from restorelcc.demo_config import (
+    DATA_SOURCES,
     DEMO_REPORT,
     METHODS,
     PAPER_SETTINGS,
@@ -33,7 +34,7 @@ from restorelcc.demo_config import (
     option,
 )
 from restorelcc.evaluate import PAPER_TASKS
-from restorelcc.io import check_output_directory
+from restorelcc.output_dirs import check_output_directory
 from restorelcc.prune.validate import METHODS as PRUNE_METHODS
 
 DEFAULTS = DemoConfig()
@@ -176,8 +177,7 @@ def run(args: argparse.Namespace) -> int:
     refuse_adapter_folder(option("model"), config.model, MODEL_TO_PRUNE)
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     inputs = {option("model"): config.model} | {
-        option(name): data_input(getattr(config, name))
-        for name in ("pairs_source", "calibration_source", "ppl_source")
+        option(name): data_input(getattr(config, name)) for name in DATA_SOURCES
     }
     check_spares_inputs("--out", out, inputs, folder=True)
     check_output_directory(out, args.overwrite, option="--out", replaces=DEMO_REPORT)

@@ -54,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.assets import load_model
     from restorelcc.commands.dtypes import stored_dtype
     from restorelcc.hf.packed_checkpoint import PACKED_INFO, WEIGHTS, refuse_packed, save_packed
-    from restorelcc.io import check_output_directory, format_table
+    from restorelcc.io import format_table
     from restorelcc.loading import load_config
+    from restorelcc.output_dirs import check_output_directory
     from restorelcc.provenance import run_metadata
 
     refuse_adapter_folder(

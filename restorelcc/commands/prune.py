@@ -24,7 +24,7 @@ from restorelcc.commands.options import (
     warn_if_text_ran_out,
 )
 from restorelcc.commands.reports import mark_written
-from restorelcc.io import check_output_directory
+from restorelcc.output_dirs import check_output_directory
 from restorelcc.prune.checkpoint import PRUNE_REPORT
 from restorelcc.prune.validate import METHODS, PruneArgumentError
 
@@ -192,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.assets import load_config, load_model, model_origin
     from restorelcc.evaluate import perplexity_protocol
     from restorelcc.hf.families import check_length_fits, family_of
-    from restorelcc.io import atomic_directory, atomic_write_json, format_table
+    from restorelcc.io import atomic_write_json, format_table
+    from restorelcc.output_dirs import atomic_directory
     from restorelcc.provenance import run_metadata
     from restorelcc.prune import prune_model
     from restorelcc.prune.api import check_config

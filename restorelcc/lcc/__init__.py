@@ -17,11 +17,12 @@ from restorelcc.lcc.capture import (
 )
 from restorelcc.lcc.compat import check_compatible, match_heads
 from restorelcc.lcc.components import Components, lost_components
+from restorelcc.lcc.config import RestoreConfig
 from restorelcc.lcc.fingerprint import model_fingerprint
 from restorelcc.lcc.fold import fold_offsets
 from restorelcc.lcc.heads import HeadCompensation, o_proj_input_offsets
 from restorelcc.lcc.negatives import mine_negatives
-from restorelcc.lcc.pipeline import HeadPlan, RestoreConfig, plan_heads, restore, train_heads
+from restorelcc.lcc.pipeline import HeadPlan, plan_heads, restore, train_heads
 from restorelcc.lcc.probing import head_count, random_heads, score_heads, select_heads
 from restorelcc.lcc.restoration import AdapterError, AdapterMismatchError, Restoration
 from restorelcc.lcc.train import TrainConfig, TrainResult, train_response_lm

@@ -35,9 +35,9 @@ from torch import nn
 
 from restorelcc.errors import NonFiniteError, UnsupportedModelError
 from restorelcc.hf.families import HeadGeometry, family_of
-from restorelcc.io import atomic_directory, check_output_directory
 from restorelcc.lcc.fingerprint import ModelFingerprint
 from restorelcc.lcc.restoration import AdapterError, Restoration
+from restorelcc.output_dirs import atomic_directory, check_output_directory
 from restorelcc.provenance import run_metadata
 
 ADAPTER_FORMAT = 2

@@ -11,8 +11,9 @@ together (``encode_pair``), and captures use that same prompt (``encode_prompt``
 ``encode_probe_set``), so the prompt whose last token gives ``Zd`` and ``Zp`` depends on
 the pair and ``max_length`` only: the probe path and the random-heads and training-free
 paths read the same position, whatever negative a probe pair is given. The negative's
-response (``r-``) is cut to the room left after that prompt. ``warn_cut_pairs`` counts
-(and warns of) the pairs a length cuts: cut prompts can become identical.
+response (``r-``) is cut to the room left after that prompt. ``fit_pair`` tells which pairs a
+length cuts as it fits them (``encode_pairs``, ``encode_prompts`` and ``encode_probe_set``
+count them) and ``warn_pairs_cut`` warns of them: cut prompts can become identical.
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from restorelcc.data import InstructionPair, tokenize_pair
-from restorelcc.errors import DataError, warn_user
+from restorelcc.errors import ArgumentError, DataError, warn_user
+
+
+def check_tokenizer(tokenizer) -> None:
+    """``ArgumentError`` unless ``tokenizer`` can be called as a Hugging Face tokenizer is."""
+    if not callable(tokenizer):
+        raise ArgumentError(
+            f"tokenizer must be the model's Hugging Face tokenizer (load_model returns "
+            f"(model, tokenizer)), got {tokenizer!r:.80}"
+        )
 
 
 def check_pairs(
@@ -113,35 +123,57 @@ def _unfitted(tokenizer, pair: InstructionPair, eos: bool) -> tuple[list[int], l
     return prompt, response
 
 
-def encode_pair(
+def fit_pair(
     tokenizer, pair: InstructionPair, max_length: int, eos: bool = False
-) -> tuple[list[int], list[int]]:
-    """``(prompt ids, response ids)`` fitted to ``max_length``; ``eos`` appends EOS.
+) -> tuple[list[int], list[int], bool]:
+    """``(prompt ids, response ids, cut)``: the ids fitted to ``max_length`` (``eos``
+    appends EOS to the response first) and whether fitting cut them (their tokens were more
+    than ``max_length`` together).
 
     Truncation keeps the prompt's leading special tokens (e.g. the BOS that Llama, Mistral
     or Gemma tokenizers add): models are trained with them at position 0.
     """
     prompt, response = _unfitted(tokenizer, pair, eos)
-    return fit_lengths(prompt, response, max_length, leading_special_tokens(tokenizer, prompt))
+    cut = len(prompt) + len(response) > max_length
+    keep_start = leading_special_tokens(tokenizer, prompt)
+    return *fit_lengths(prompt, response, max_length, keep_start), cut
 
 
-def warn_cut_pairs(
-    tokenizer,
-    pairs: Sequence[InstructionPair],
-    max_length: int,
-    name: str = "max_length",
-    eos: bool = False,
+def encode_pair(
+    tokenizer, pair: InstructionPair, max_length: int, eos: bool = False
+) -> tuple[list[int], list[int]]:
+    """``(prompt ids, response ids)`` fitted to ``max_length`` (``fit_pair``); ``eos``
+    appends EOS."""
+    return fit_pair(tokenizer, pair, max_length, eos)[:2]
+
+
+def encode_pairs(
+    tokenizer, pairs: Sequence[InstructionPair], max_length: int, eos: bool = False
+) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """``encode_pair`` of each of ``pairs``, and how many of them it cut."""
+    fitted = [fit_pair(tokenizer, p, max_length, eos) for p in pairs]
+    return [(prompt, response) for prompt, response, _ in fitted], sum(c for *_, c in fitted)
+
+
+# What sets each length on the command line, for the warnings: ``--max-length`` is
+# training's in both commands; ``restorelcc restore`` captures (restorelcc's and
+# training-free's) at ``RestoreConfig``'s ``capture_max_length``, with no flag for it.
+TRAINING_LENGTH_FLAGS = "--max-length on the command line"
+CAPTURE_LENGTH_FLAGS = "restorelcc demo's --max-length sets it, restorelcc restore's does not"
+
+
+def warn_pairs_cut(
+    cut: int, total: int, max_length: int, name: str, flags: str, eos: bool = False
 ) -> int:
-    """How many of ``pairs`` ``encode_pair(..., max_length, eos)`` cuts (their prompt or
-    response, the EOS included, is longer than ``max_length`` tokens together), with a
-    warning naming the length as ``name`` when any is."""
-    cut = sum(sum(map(len, _unfitted(tokenizer, p, eos))) > max_length for p in pairs)
+    """Warn, when ``cut`` (of ``total``) pairs were longer than ``max_length`` tokens (the EOS
+    included if ``eos``) and were cut, naming the length as ``name`` (its API field) and
+    ``flags`` (what sets it on the command line). Returns ``cut``."""
     if cut:
         warn_user(
-            f"{cut} of {len(pairs)} pairs were longer than {name} {max_length} tokens"
+            f"{cut} of {total} pairs were longer than {name} {max_length} tokens"
             f"{' (with the EOS)' if eos else ''} and were cut: the prompt keeps its end (and "
             "leading special tokens), the response its start, so cut prompts can become "
-            f"identical; raise {name} or give shorter pairs"
+            f"identical; raise {name} ({flags}) or give shorter pairs"
         )
     return cut
 
@@ -154,13 +186,23 @@ def encode_prompt(tokenizer, pair: InstructionPair, max_length: int) -> list[int
     return encode_pair(tokenizer, pair, max_length)[0]
 
 
+def encode_prompts(
+    tokenizer, pairs: Sequence[InstructionPair], max_length: int
+) -> tuple[list[list[int]], int]:
+    """``encode_prompt`` of each of ``pairs``, and how many of the pairs ``encode_pair`` cut."""
+    encoded, cut = encode_pairs(tokenizer, pairs, max_length)
+    return [prompt for prompt, _ in encoded], cut
+
+
 @dataclass(frozen=True)
 class ProbeSequences:
-    """Token ids for probing: per pair a prompt and its two continuations (r+, r-)."""
+    """Token ids for probing: per pair a prompt and its two continuations (r+, r-).
+    ``cut``: how many of the pairs (prompt and r+) ``encode_probe_set`` cut."""
 
     prompts: list[list[int]]
     positives: list[list[int]]
     negatives: list[list[int]]
+    cut: int = 0
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -177,16 +219,19 @@ def encode_probe_set(
     ``pool`` the pairs the negatives were mined among: ``pairs`` unless given).
 
     Pair ``i``'s prompt ids and ``r+`` are ``encode_pair(tokenizer, pairs[i], max_length)``,
-    whatever its negative; ``r-`` (the negative's response tokenized after this prompt)
-    keeps its first ``max_length - len(prompt)`` tokens.
+    whatever its negative (the result's ``cut`` counts the pairs that cut); ``r-`` (the
+    negative's response tokenized after this prompt) keeps its first
+    ``max_length - len(prompt)`` tokens.
     """
     pool = pairs if pool is None else pool
     prompts, positives, negatives = [], [], []
+    cut = 0
     for pair, j in zip(pairs, negative_index, strict=True):
-        prompt, positive = encode_pair(tokenizer, pair, max_length)
+        prompt, positive, was_cut = fit_pair(tokenizer, pair, max_length)
         # tokenize_pair's prompt ids are the prompt's own tokenization, whatever follows it
         _, negative = _tokenize(tokenizer, InstructionPair(pair.prompt, pool[j].response))
         prompts.append(prompt)
         positives.append(positive)
         negatives.append(negative[: max_length - len(prompt)])
-    return ProbeSequences(prompts, positives, negatives)
+        cut += was_cut
+    return ProbeSequences(prompts, positives, negatives, cut)

@@ -21,11 +21,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from restorelcc.data import InstructionPair, is_integer, is_real, positive_count
-from restorelcc.errors import DataError, NonFiniteError
+from restorelcc.errors import ArgumentError, DataError, NonFiniteError
 from restorelcc.hf.families import eval_mode, head_geometry, model_device
 from restorelcc.lcc.capture_taps import o_proj_taps, pad_right
 from restorelcc.lcc.finite import LOW_PRECISION_HINT
-from restorelcc.lcc.tokens import check_pairs, encode_pair
+from restorelcc.lcc.tokens import (
+    TRAINING_LENGTH_FLAGS,
+    check_pairs,
+    encode_pairs,
+    warn_pairs_cut,
+)
 
 
 @dataclass
@@ -165,7 +170,6 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-@torch.no_grad()
 def heldout_loss(
     model: nn.Module,
     tokenizer,
@@ -174,8 +178,15 @@ def heldout_loss(
     max_length: int = 500,
 ) -> float:
     """Token-weighted response-only cross-entropy of ``model`` on ``pairs``."""
-    encoded = [encode_pair(tokenizer, p, max_length, eos=True) for p in pairs]
-    pad_id = _pad_id(tokenizer)
+    encoded, _ = encode_pairs(tokenizer, pairs, max_length, eos=True)
+    return _encoded_loss(model, encoded, _pad_id(tokenizer), batch_size)
+
+
+@torch.no_grad()
+def _encoded_loss(
+    model: nn.Module, encoded: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int
+) -> float:
+    """``heldout_loss`` of pairs already encoded as ``(prompt ids, response ids + EOS)``."""
     total = count = 0.0
     for start in range(0, len(encoded), batch_size):
         ids, mask, positions, targets = collate(encoded[start : start + batch_size], pad_id)
@@ -254,25 +265,54 @@ def _non_finite_loss_message(model, ids, mask, step, steps, value, total_value, 
     )
 
 
+@dataclass(frozen=True)
+class TrainingPairs:
+    """``encode_training_pairs``' result: the training pairs (``encoded``) and the held-out
+    ones (``held_out``), each as ``(prompt ids, response ids + EOS)`` within ``max_length``,
+    and how many of them all that length cut (``cut``)."""
+
+    encoded: list[tuple[list[int], list[int]]]
+    held_out: list[tuple[list[int], list[int]]]
+    max_length: int
+    cut: int
+
+    def warn_cut(self) -> int:
+        """Warn of the pairs ``max_length`` cut, if any; returns ``cut``."""
+        total = len(self.encoded) + len(self.held_out)
+        return warn_pairs_cut(
+            self.cut, total, self.max_length, "max_length", TRAINING_LENGTH_FLAGS, eos=True
+        )
+
+
 def encode_training_pairs(
     tokenizer, pairs: Sequence[InstructionPair], config: TrainConfig
-) -> tuple[list[tuple[list[int], list[int]]], list[InstructionPair]]:
-    """``pairs`` checked and split (``config.split``): the training ones encoded as
-    ``(prompt ids, response ids + EOS)`` within ``config.max_length``, and the held-out
-    ones. Raises the ``DataError`` that the data or the tokenizer would make
-    ``train_response_lm`` raise (a bad or empty pair, too few pairs, no EOS token) with no
-    model run: callers check here before their costly steps."""
+) -> TrainingPairs:
+    """``pairs`` checked, split (``config.split``) and encoded within ``config.max_length``,
+    the pairs it cut counted (not warned of: ``TrainingPairs.warn_cut``). Raises the
+    ``DataError`` that the data or the tokenizer would make ``train_response_lm`` raise (a
+    bad or empty pair, too few pairs, no EOS token) with no model run: callers check here
+    before their costly steps, and can hand the result to ``train_response_lm``."""
     pairs, held_out = config.split(check_pairs(pairs, what="training pairs"))
-    encoded = [encode_pair(tokenizer, p, config.max_length, eos=True) for p in pairs]
-    for pair in held_out:
-        encode_pair(tokenizer, pair, config.max_length, eos=True)
-    return encoded, held_out
+    encoded, cut = encode_pairs(tokenizer, pairs, config.max_length, eos=True)
+    held_out, held_out_cut = encode_pairs(tokenizer, held_out, config.max_length, eos=True)
+    return TrainingPairs(encoded, held_out, config.max_length, cut + held_out_cut)
+
+
+def _check_encoded_for(pairs: TrainingPairs, config: TrainConfig) -> None:
+    """``ArgumentError`` unless ``pairs`` were encoded as ``config`` encodes them."""
+    made = (pairs.max_length, len(pairs.held_out))
+    if made != (config.max_length, config.validation_pairs):
+        raise ArgumentError(
+            f"the encoded pairs have max_length {made[0]} and {made[1]} held-out pairs, the "
+            f"config max_length {config.max_length} and validation_pairs "
+            f"{config.validation_pairs}: encode them with this config"
+        )
 
 
 def train_response_lm(
     model: nn.Module,
     tokenizer,
-    pairs: Sequence[InstructionPair],
+    pairs: Sequence[InstructionPair] | TrainingPairs,
     parameters: Sequence[nn.Parameter],
     config: TrainConfig,
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
@@ -280,6 +320,10 @@ def train_response_lm(
     penalty: Callable[[], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``parameters`` on the response tokens of ``pairs``; returns the loss curve.
+
+    ``pairs``: instruction pairs (encoded here, a warning given if ``config.max_length``
+    cuts any), or ``encode_training_pairs(tokenizer, pairs, config)`` (its caller warns:
+    encoded once for several runs, or for a report of the pairs cut).
 
     ``model``: a causal LM whose forward already includes whatever ``parameters`` act
     through (LoRA layers), or ``context()`` adds it (RestoreLCC's hooks). AdamW (no weight
@@ -296,7 +340,12 @@ def train_response_lm(
     parameters = list(parameters)
     if not parameters:
         raise ValueError("no trainable parameters given")
-    encoded, held_out = encode_training_pairs(tokenizer, pairs, config)
+    if isinstance(pairs, TrainingPairs):
+        _check_encoded_for(pairs, config)
+    else:
+        pairs = encode_training_pairs(tokenizer, pairs, config)
+        pairs.warn_cut()
+    encoded, held_out = pairs.encoded, pairs.held_out
     pad_id = _pad_id(tokenizer)
     steps = config.total_steps(len(encoded))
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)
@@ -312,9 +361,7 @@ def train_response_lm(
         watched = _gradless(model, parameters)
         with frozen_except(model, parameters), context():
             if held_out:
-                before = heldout_loss(
-                    model, tokenizer, held_out, config.batch_size, config.max_length
-                )
+                before = _encoded_loss(model, held_out, pad_id, config.batch_size)
             bar = tqdm(range(steps), desc=desc, unit="step", disable=not config.progress)
             for step in bar:
                 ids, mask, positions, targets = collate([encoded[i] for i in next(batches)], pad_id)
@@ -343,9 +390,7 @@ def train_response_lm(
                 tokens += len(targets)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if held_out:
-                after = heldout_loss(
-                    model, tokenizer, held_out, config.batch_size, config.max_length
-                )
+                after = _encoded_loss(model, held_out, pad_id, config.batch_size)
                 validation = {"pairs": len(held_out), "before": before, "after": after}
     return TrainResult(
         steps=steps,

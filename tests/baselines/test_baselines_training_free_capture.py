@@ -70,14 +70,15 @@ def test_restore_takes_capture_dtype_for_training_free_and_records_it(folder, ca
 
 def test_both_capturing_methods_capture_at_restorelccs_length(folder, monkeypatch, capsys):
     """Training-free had captured at --max-length (default 500), RestoreLCC at 512."""
-    encode_pair = tokens.encode_pair
+    fit_pair = tokens.fit_pair
     lengths: list[int] = []
 
-    def recording(tokenizer, pair, max_length, *args, **kwargs):
-        lengths.append(max_length)  # what capture encodes (training has its own import)
-        return encode_pair(tokenizer, pair, max_length, *args, **kwargs)
+    def recording(tokenizer, pair, max_length, eos=False):
+        if not eos:  # what capture encodes (training ends the responses with EOS)
+            lengths.append(max_length)
+        return fit_pair(tokenizer, pair, max_length, eos)
 
-    monkeypatch.setattr(tokens, "encode_pair", recording)
+    monkeypatch.setattr(tokens, "fit_pair", recording)
     seen = {}
     for method in ("restorelcc", "training-free"):
         lengths.clear()

@@ -4,21 +4,14 @@ magnitude vectors as trainable. LoRA/DoRA rows say which model their sparsity is
 evaluated one is unmerged, the sparsity kept is with the adapters merged."""
 
 import json
-import sys
-from pathlib import Path
 
+import bench_restore_quality
 import pytest
 from demo_helpers import tiny_config
 
 from restorelcc.demo import Demo, run_demo
 from restorelcc.demo_config import DEFAULT_METHODS, METHODS, DemoConfig
-from restorelcc.testing import TINY_SHAPES, byte_tokenizer, synthetic_pairs, tiny_model
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-if str(BENCHMARKS) not in sys.path:
-    sys.path.insert(0, str(BENCHMARKS))
-
-import bench_restore_quality  # noqa: E402
+from restorelcc.testing import TINY_SHAPES
 
 
 def adapter_counts(rank: int) -> tuple[int, int]:
@@ -78,24 +71,12 @@ def test_the_table_says_which_model_the_lora_rows_sparsity_kept_is_of():
     )
 
 
-def test_bench_restore_quality_runs_dora(tmp_path, monkeypatch, one_torch_thread):
+def test_bench_restore_quality_runs_dora(tmp_path, tiny_restore_quality, one_torch_thread):
     assert "dora" in bench_restore_quality.METHODS
     assert "dora" not in bench_restore_quality.DEFAULT_METHODS
-    monkeypatch.setattr(
-        bench_restore_quality,
-        "load_model",
-        lambda name: (tiny_model("llama-gqa"), byte_tokenizer()),
-    )
-    monkeypatch.setattr(
-        bench_restore_quality, "instruction_pairs", lambda source, n, seed: synthetic_pairs(n)
-    )
-    model = tmp_path / "tiny"
-    tiny_model("llama-gqa").config.save_pretrained(model)  # what the option checks read
     out = tmp_path / "quality.json"
-    argv = ["--model", str(model), "--methods", "lora,dora", "--lora-rank", "2", "--out", str(out)]
-    sizes = ["--train-pairs", "8", "--probe-pairs", "8", "--heldout-pairs", "4", "--steps", "1"]
-    sizes += ["--batch-size", "4", "--max-length", "64", "--ppl-tokens", "64"]
-    assert bench_restore_quality.main([*argv, *sizes]) == 0
+    argv = ["--methods", "lora,dora", "--lora-rank", "2", "--out", str(out)]
+    assert bench_restore_quality.main([*tiny_restore_quality, *argv]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [row["method"] for row in rows] == ["dense", "pruned", "lora lr=0.001", "dora lr=0.001"]
     assert [row["trainable"] for row in rows[2:]] == list(adapter_counts(2))

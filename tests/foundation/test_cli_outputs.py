@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from restorelcc import cli, io
+from restorelcc import cli, output_dirs
 from restorelcc.commands import inspect as inspect_command
-from restorelcc.io import OutputPathError, atomic_directory, check_output_directory
+from restorelcc.io import OutputPathError
+from restorelcc.output_dirs import atomic_directory, check_output_directory
 
 
 @pytest.fixture
@@ -136,7 +137,7 @@ def test_a_linked_target_is_replaced_without_leftovers(tmp_path):
 
 def test_an_interrupt_between_the_renames_puts_the_old_output_back(tmp_path, monkeypatch):
     """Where the two are not exchanged in one step (test_io_replace.py), but renamed."""
-    monkeypatch.setattr(io, "_renameat2", lambda: None)
+    monkeypatch.setattr(output_dirs, "_renameat2", lambda: None)
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")

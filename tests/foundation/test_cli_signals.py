@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from restorelcc import cli, io
+from restorelcc import cli, io, output_dirs
 from restorelcc.commands import inspect as inspect_command
-from restorelcc.io import atomic_directory
+from restorelcc.output_dirs import atomic_directory
 from restorelcc.prune.checkpoint import PRUNE_REPORT
 from restorelcc.testing import save_checkpoint, tiny_model
 
@@ -82,7 +82,7 @@ def test_a_ctrl_c_while_the_replaced_output_is_deleted_says_what_is_left(
 ):
     """--overwrite: the new output is in place before the old one is deleted; a stop in
     that deletion says the output is complete and names the folder left to delete."""
-    real_rmtree = io.shutil.rmtree
+    real_rmtree = output_dirs.shutil.rmtree
 
     def stop_in_the_old_folder(path, *args, **kwargs):
         if "-old-" in Path(path).name:
@@ -97,7 +97,7 @@ def test_a_ctrl_c_while_the_replaced_output_is_deleted_says_what_is_left(
     assert cli.main(argv) == 0
     (out / "kept.txt").write_text("old")
     capsys.readouterr()
-    monkeypatch.setattr(io.shutil, "rmtree", stop_in_the_old_folder)
+    monkeypatch.setattr(output_dirs.shutil, "rmtree", stop_in_the_old_folder)
     assert cli.main(argv) == 130
     left = [p for p in tmp_path.iterdir() if p.name.startswith(".out-old-")]
     assert len(left) == 1 and (left[0] / "out" / PRUNE_REPORT).is_file()

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from restorelcc import io
+from restorelcc import io, output_dirs
 from restorelcc.io import (
-    atomic_directory,
     atomic_write_json,
     atomic_write_text,
     current_umask,
     format_table,
 )
+from restorelcc.output_dirs import atomic_directory
 
 
 def test_reports_are_strict_json_with_non_finite_floats_as_null(tmp_path):
@@ -85,7 +85,7 @@ def test_out_dot_fills_an_empty_current_directory_in_place(tmp_path, monkeypatch
     here.mkdir()
     monkeypatch.chdir(here)
     inode = os.stat(".").st_ino
-    assert io.check_output_directory(".", option="--out") == here
+    assert output_dirs.check_output_directory(".", option="--out") == here
     with atomic_directory(".") as tmp:
         (tmp / "report.json").write_text("{}")
         (tmp / "merged").mkdir()
@@ -119,7 +119,7 @@ def test_the_current_directory_and_its_ancestors_are_never_replaced(
     what = "holds" if given == ".." else "is"
     expected = io.OutputPathError if overwrite else FileExistsError
     with pytest.raises(expected) as info:
-        io.check_output_directory(given, overwrite, option="--out")
+        output_dirs.check_output_directory(given, overwrite, option="--out")
     message = str(info.value)
     assert message.startswith(f"--out {given} {what} the current directory ({here})")
     assert message.endswith("choose another --out") and "empty name" not in message
@@ -131,14 +131,14 @@ def test_the_current_directory_and_its_ancestors_are_never_replaced(
 
 def test_the_file_system_root_is_refused():
     with pytest.raises(io.OutputPathError, match="^--out / is the file system root"):
-        io.check_output_directory("/", overwrite=True, option="--out")
+        output_dirs.check_output_directory("/", overwrite=True, option="--out")
 
 
 def test_a_path_ending_in_dot_dot_names_the_folder_it_resolves_to(tmp_path):
     (tmp_path / "out" / "deeper").mkdir(parents=True)
     (tmp_path / "out" / "old.txt").write_text("old")
     given = tmp_path / "out" / "deeper" / ".."
-    assert io.check_output_directory(given, overwrite=True) == tmp_path / "out"
+    assert output_dirs.check_output_directory(given, overwrite=True) == tmp_path / "out"
     with atomic_directory(given, overwrite=True) as tmp:
         (tmp / "new.txt").write_text("new")
     assert _entries(tmp_path / "out") == ["new.txt"] and _entries(tmp_path) == ["out"]
@@ -193,8 +193,8 @@ def test_a_leading_tilde_is_the_home_folder_when_writing_as_when_reading(tmp_pat
     here.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(here)
-    assert io.output_directory_path("~/out") == home / "out"
-    assert io.check_output_directory("~/out") == home / "out"
+    assert output_dirs.output_directory_path("~/out") == home / "out"
+    assert output_dirs.check_output_directory("~/out") == home / "out"
     assert io.check_writable_location("~/new/report.json") == home
     with atomic_directory("~/out") as tmp:
         (tmp / "a").write_text("x")
@@ -223,14 +223,14 @@ def test_overwrite_that_replaces_one_kind_refuses_other_folders(tmp_path, previo
         "empty it first"
     )
     with pytest.raises(FileExistsError, match=f"^{re.escape(message)}$"):
-        io.check_output_directory(out, overwrite=True, replaces="adapter.json")
+        output_dirs.check_output_directory(out, overwrite=True, replaces="adapter.json")
     with (
         pytest.raises(FileExistsError, match="holds no adapter.json"),
         atomic_directory(out, overwrite=True, replaces="adapter.json"),
     ):
         raise AssertionError("entered an output that would delete another folder")
     with pytest.raises(FileExistsError, match=r"is not empty \(pass overwrite"):
-        io.check_output_directory(out, replaces="adapter.json")  # no overwrite: as before
+        output_dirs.check_output_directory(out, replaces="adapter.json")  # no overwrite: as before
     assert _entries(out) == ["notes.txt"] and _entries(tmp_path) == ["out"]
     with atomic_directory(out, overwrite=True) as tmp:  # without replaces: the whole folder
         (tmp / "adapter.json").write_text("new")

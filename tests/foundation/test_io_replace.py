@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from restorelcc import io
-from restorelcc.io import atomic_directory
+from restorelcc import output_dirs
+from restorelcc.output_dirs import atomic_directory
 
 # Overwrites "out" (holding "old") with "new", killed (os._exit, as SIGKILL would leave
 # it) right after its os.replace call number KILL_AT, if it makes that many.
 _KILLED = """
 import os, sys
 from pathlib import Path
-from restorelcc import io
+from restorelcc import io, output_dirs
 target, kill_at, calls = Path(sys.argv[1]), int(sys.argv[2]), []
 real = os.replace
 def replace(source, destination):
@@ -29,7 +29,7 @@ def replace(source, destination):
     if len(calls) == kill_at:
         os._exit(9)
 os.replace = replace
-with io.atomic_directory(target, overwrite=True, replaces="done.txt") as tmp:
+with output_dirs.atomic_directory(target, overwrite=True, replaces="done.txt") as tmp:
     (tmp / "data.txt").write_text("new")
     io.atomic_write_text(tmp / "done.txt", "new")
 """
@@ -48,7 +48,7 @@ def _exchange_here(tmp_path) -> bool:
     first, second = tmp_path / "probe-a", tmp_path / "probe-b"
     first.mkdir(), second.mkdir()
     try:
-        return io._exchange(first, second)
+        return output_dirs._exchange(first, second)
     finally:
         first.rmdir(), second.rmdir()
 
@@ -74,9 +74,9 @@ def test_the_exchange_is_used_where_there_is_one(tmp_path, monkeypatch):
         pytest.skip("no renameat2 exchange here (not Linux, or a file system without it)")
     out = _old_output(tmp_path)
     exchanged = []
-    real = io._exchange
+    real = output_dirs._exchange
     monkeypatch.setattr(
-        io, "_exchange", lambda *paths: exchanged.append(real(*paths)) or exchanged[-1]
+        output_dirs, "_exchange", lambda *paths: exchanged.append(real(*paths)) or exchanged[-1]
     )
     with atomic_directory(out, overwrite=True) as tmp:
         (tmp / "data.txt").write_text("new")
@@ -106,10 +106,12 @@ def test_without_the_exchange_two_renames_replace_the_output(tmp_path, monkeypat
     system that does not exchange (EINVAL, EOPNOTSUPP): the old folder is moved aside,
     then the new one put in place."""
     out = _old_output(tmp_path)
-    monkeypatch.setattr(io, "_renameat2", lambda: renameat2)
+    monkeypatch.setattr(output_dirs, "_renameat2", lambda: renameat2)
     renamed = []
-    real = io.os.replace
-    monkeypatch.setattr(io.os, "replace", lambda *paths: renamed.append(paths) or real(*paths))
+    real = output_dirs.os.replace
+    monkeypatch.setattr(
+        output_dirs.os, "replace", lambda *paths: renamed.append(paths) or real(*paths)
+    )
     with atomic_directory(out, overwrite=True) as tmp:
         (tmp / "data.txt").write_text("new")
     assert renamed[0][0] == out and renamed[1] == (tmp, out)
@@ -120,7 +122,7 @@ def test_without_the_exchange_two_renames_replace_the_output(tmp_path, monkeypat
 
 def test_another_failure_of_the_exchange_changes_nothing(tmp_path, monkeypatch):
     out = _old_output(tmp_path)
-    monkeypatch.setattr(io, "_renameat2", lambda: _failing_renameat2(errno.EACCES))
+    monkeypatch.setattr(output_dirs, "_renameat2", lambda: _failing_renameat2(errno.EACCES))
     with pytest.raises(PermissionError), atomic_directory(out, overwrite=True) as tmp:
         (tmp / "data.txt").write_text("new")
     assert (out / "data.txt").read_text() == "old" and (out / "done.txt").read_text() == "old"
@@ -134,7 +136,7 @@ def test_the_exchange_swaps_two_names_and_refuses_a_missing_one(tmp_path):
     first.mkdir()
     (first / "a.txt").write_text("a")
     second.write_text("a file")
-    assert io._exchange(first, second)
+    assert output_dirs._exchange(first, second)
     assert (second / "a.txt").read_text() == "a" and first.read_text() == "a file"
     with pytest.raises(FileNotFoundError):
-        io._exchange(second, tmp_path / "missing")
+        output_dirs._exchange(second, tmp_path / "missing")

@@ -12,7 +12,7 @@ import bench_restore_quality
 import pytest
 import torch
 
-from restorelcc.testing import byte_tokenizer, synthetic_pairs, tiny_config, tiny_model
+from restorelcc.testing import tiny_config
 
 
 @pytest.fixture
@@ -120,24 +120,6 @@ def test_restore_quality_checks_its_options_first(
 ):
     argv = ["--model", str(tiny_checkpoint), *argv]
     assert message in usage_error(capsys, bench_restore_quality.main, argv)
-
-
-@pytest.fixture
-def tiny_restore_quality(monkeypatch, tiny_checkpoint):
-    """bench_restore_quality on the tiny model and synthetic pairs; returns its argv."""
-    monkeypatch.setattr(
-        bench_restore_quality,
-        "load_model",
-        lambda name: (tiny_model("llama-gqa"), byte_tokenizer()),
-    )
-    monkeypatch.setattr(
-        bench_restore_quality, "instruction_pairs", lambda source, n, seed: synthetic_pairs(n)
-    )
-    sizes = {"--train-pairs": 8, "--probe-pairs": 8, "--heldout-pairs": 4, "--steps": 1}
-    argv = ["--model", str(tiny_checkpoint), "--methods", "training-free", "--ppl-tokens", "64"]
-    for option, value in sizes.items():
-        argv += [option, str(value)]
-    return argv + ["--batch-size", "4", "--max-length", "64"]
 
 
 def test_restore_quality_writes_a_complete_result_where_out_says(

@@ -335,17 +335,17 @@ def test_what_training_refuses_is_refused_before_capture_and_eval(
 
     tmp_path, _ = restore_checkpoints
     ran = []
-    encode_pair = restorelcc.lcc.train.encode_pair
+    encode_pairs = restorelcc.lcc.train.encode_pairs
 
-    def no_eos(tokenizer, pair, max_length, eos=False):
+    def no_eos(tokenizer, pairs, max_length, eos=False):
         if eos:
             raise DataError("the tokenizer has no EOS token to end responses with")
-        return encode_pair(tokenizer, pair, max_length, eos)
+        return encode_pairs(tokenizer, pairs, max_length, eos)
 
     def record(name):
         return lambda *args, **kwargs: ran.append(name)
 
-    monkeypatch.setattr(restorelcc.lcc.train, "encode_pair", no_eos)
+    monkeypatch.setattr(restorelcc.lcc.train, "encode_pairs", no_eos)
     monkeypatch.setattr(restorelcc.evaluate, "perplexity_report", record("perplexity"))
     monkeypatch.setattr(restorelcc.lcc, "plan_heads", record("capture"))
     assert main(method_argv(tmp_path, "--method", method, "--eval")) == 2
