@@ -7,9 +7,9 @@ norms), qwen2 with non-zero q/k/v biases, gemma2 under eager with a binding atte
 softcap (and a window: sliding and full layers in one cache). The rule is
 ``assert_matches``'s: max |swapped - fp64| <= 2 x max |unswapped fp32 - fp64| + ATOL, over
 the real (unpadded) positions, the fp64 logits coming from an uncached forward of each
-row without its pads. ``test_the_batch_exercises_what_it_claims`` checks that each input the rule
-could miss (the mask, the positions, the window, the softcap) moves the logits far more
-than that.
+row without its pads. ``test_the_batch_exercises_what_it_claims`` checks that each input
+a broken swap could drop (the mask, the positions, the window, the softcap) moves the
+logits far more than that.
 """
 
 import copy
@@ -31,8 +31,8 @@ CASES = {
     "mistral-gqa": {"sliding_window": 4},
     "qwen3-gqa": {"attn_implementation": "eager"},
     "qwen2-gqa": {},
-    # sdpa refuses (or, before transformers 5.2x, ignores) the softcap; at gemma2's default
-    # of 50 it barely binds on the tiny model's scores
+    # sdpa has no softcap (transformers 5.17 drops it silently, 5.24 refuses it); at
+    # gemma2's default of 50 it barely binds on the tiny model's scores
     "gemma2-gqa": {"attn_implementation": "eager", "attn_logit_softcapping": 2.0,
                    "sliding_window": 4},
 }  # fmt: skip
@@ -43,9 +43,10 @@ FEATURES_OFF = {
 }
 PADS = (0, 3, 5)  # left pads per row: the batch is [3, LENGTH]
 LENGTH, PREFILL = 10, 7  # then LENGTH - PREFILL one-token steps
-# How far a changed input must move the logits: hundreds of times the rule's fp32 limit.
+# How far a changed input must move the logits: thousands of times the rule's fp32 limit.
 MOVES = 1e-2
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @torch.no_grad()
@@ -88,10 +89,13 @@ def _unpadded(model, ids, positions) -> torch.Tensor:
     """Logits [real tokens, vocab], as ``logits[mask.bool()]`` orders them, from one
     forward per row without its pads. (Eager attention in float64 turns the fully masked
     rows of pads into NaN, as it takes the softmax in float32, and they spread.)"""
-    rows = [
-        _uncached(model, ids[row : row + 1, pads:], None, positions[row : row + 1, pads:])[0]
-        for row, pads in enumerate(PADS)
-    ]
+    rows = []
+    for row, pads in enumerate(PADS):
+        row_ids = ids[row : row + 1, pads:]
+        # A mask, even all ones: with none, transformers reads row 0's gap in positions as
+        # the start of a second packed sequence and masks across it.
+        mask = torch.ones_like(row_ids)
+        rows.append(_uncached(model, row_ids, mask, positions[row : row + 1, pads:])[0])
     return torch.cat(rows)
 
 
@@ -143,6 +147,7 @@ def _assert_swap_matches(pruned, swapped) -> None:
         assert ours.dtype == torch.float32 and ours.isfinite().all(), kind
         torch_error = (plain.double() - oracle).abs().max().item()
         error = (ours.double() - oracle).abs().max().item()
+        assert torch_error < MOVES / 100, f"{kind}: the unswapped model is {torch_error:.3g} off"
         limit = 2 * torch_error + ATOL[torch.float32]
         assert error <= limit, (
             f"{kind}: max error {error:.3g} > {limit:.3g} (PyTorch's: {torch_error:.3g})"
@@ -191,7 +196,7 @@ def _moved(name: str, change: str) -> float:
         changed = _uncached(_model(name, **FEATURES_OFF[change]), ids, mask, positions)
     elif change == "mask":
         changed = _uncached(_model(name), ids, torch.ones_like(mask), positions)
-    else:
+    else:  # "positions"
         changed = _uncached(_model(name), ids, mask, None)
     real = mask.bool()
     return (wanted[real] - changed[real]).abs().max().item()
@@ -207,6 +212,8 @@ def test_the_batch_exercises_what_it_claims(name, change):
     assert _moved(name, change) > MOVES
 
 
-def test_the_qkv_biases_are_non_zero():
-    owner = attention(_model("qwen2-gqa"), 0)
-    assert all(getattr(owner, n).bias.abs().min() > 0 for n in ("q_proj", "k_proj", "v_proj"))
+def test_the_cases_hold_what_they_claim():
+    biased, normed = attention(_model("qwen2-gqa"), 0), attention(_model("qwen3-gqa"), 0)
+    assert all(getattr(biased, n).bias.abs().min() > 0 for n in ("q_proj", "k_proj", "v_proj"))
+    assert hasattr(normed, "q_norm") and hasattr(normed, "k_norm")
+    assert _model("gemma2-gqa").config._attn_implementation == "eager"
