@@ -110,7 +110,7 @@ def refuse_repeated(label: str, values: tuple[str, ...]) -> None:
 
 @dataclass
 class DemoConfig:
-    """Budget of the demo. Defaults fit ~17 minutes on 2 idle CPU cores for ``smollm2-135m``;
+    """Budget of the demo. Defaults fit ~24 minutes on 2 idle CPU cores for ``smollm2-135m``;
     ``paper()`` gives the paper's settings (hours on a CPU). Each field is the ``restorelcc
     demo`` option of the same name (``option(name)``); construction checks every setting
     that needs no data or model, and its errors name those options."""

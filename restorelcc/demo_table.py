@@ -39,7 +39,10 @@ class Row:
     # (restorelcc, lofit, training-free) or merged (lora, dora: evaluated unmerged)
     sparsity_kept: float | None = None
     latency_ratio: float | None = None
-    seconds: float = 0.0
+    # wall seconds spent making the restoration (lora, dora: training; the others: the steps
+    # their report's "seconds" times); None on rows that have none (dense, pruned: the demo
+    # report's "stages" time those)
+    seconds: float | None = None
     notes: dict = field(default_factory=dict)
 
     @property

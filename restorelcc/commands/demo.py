@@ -76,8 +76,8 @@ def register(subparsers) -> None:
         description=(
             "Prune a model with Wanda (50 percent unstructured and 2:4 by default), restore it "
             "with RestoreLCC and the baselines on the same data and steps, fold, and evaluate. "
-            "Defaults fit ~17 minutes on 2 idle CPU cores with smollm2-135m (the stored run, "
-            "benchmarks/results/demo_smollm2-135m: 996 s); --paper scales to the paper's "
+            "Defaults fit ~24 minutes on 2 idle CPU cores with smollm2-135m (the stored run, "
+            "benchmarks/results/demo_smollm2-135m: 1468 s); --paper scales to the paper's "
             "settings."
         ),
     )

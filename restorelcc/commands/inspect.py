@@ -34,7 +34,11 @@ def register(subparsers) -> None:
     p.add_argument("--json", default=None, help="also write the full report to this file")
     p.add_argument("--per-matrix", action="store_true", help="one table row per matrix")
     add_format_argument(
-        p, "--swap", None, "also load the model and show what swap_attention would pack, per layer"
+        p,
+        "--swap",
+        None,
+        "also load the model and show what swap_attention would pack, per layer, in the "
+        "dtype the checkpoint is stored in (as pack --dtype auto)",
     )
     add_mlp_argument(p)
     add_quiet_argument(p)
@@ -42,19 +46,24 @@ def register(subparsers) -> None:
 
 
 def _swap_preview(directory: str, format: str, mlp: bool):
-    """The ``SwapReport`` of a dry run of the swap on the loaded model (printed by
-    ``_print_swap``): the real swap's checks and figures, its packed bytes counted from
+    """``(SwapReport, dtype name)`` of a dry run of the swap on the model loaded in the
+    dtype ``pack --dtype auto`` packs it in (``auto_dtype``: its bytes are pack's), printed
+    by ``_print_swap``: the real swap's checks and figures, its packed bytes counted from
     the formats' layouts, no weight packed. Made before anything is printed, so that
     weights the format does not fit fail first."""
-    from restorelcc.assets import load_model
+    from restorelcc.assets import load_config, load_model
+    from restorelcc.commands.pack import auto_dtype
     from restorelcc.hf.swap import swap_attention
 
-    model, _ = load_model(directory)
+    dtype = auto_dtype(load_config(directory))
+    model, _ = load_model(directory, dtype=dtype)
     with swap_errors_named("--swap", format):
-        return swap_attention(model, format, mlp=mlp, dry_run=True)
+        report = swap_attention(model, format, mlp=mlp, dry_run=True)
+    return report, str(dtype).removeprefix("torch.")
 
 
-def _print_swap(report, mlp: bool, structured: bool) -> None:
+def _print_swap(report, dtype: str, mlp: bool, structured: bool) -> None:
+    print(f"swap preview in {dtype}: the dtype pack --dtype auto packs this checkpoint in")
     print(report.table())
     if not report.swapped_layers:
         print(f"nothing to swap: {nothing_to_swap(mlp, MIN_SPARSITY, structured)}")
@@ -76,11 +85,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         check_json_path(args.json)
         check_spares_inputs("--json", args.json, {"the checkpoint": args.directory})
-    result = inspect_checkpoint(args.directory)
-    swap = _swap_preview(result["directory"], args.swap, args.mlp) if args.swap else None
+    result = inspect_checkpoint(args.directory, progress=not args.quiet)
+    swap = dtype = None
+    if args.swap:
+        swap, dtype = _swap_preview(result["directory"], args.swap, args.mlp)
     matrices = result["matrices"]
     if args.json is not None:  # before the tables: a reader that stops early (| head)
-        swapped = swap.to_dict() if swap is not None else None
+        swapped = {**swap.to_dict(), "dtype": dtype} if swap is not None else None
         payload = {**result, "matrices": [asdict(m) for m in matrices], "swap": swapped}
         atomic_write_json(args.json, {**payload, "run_metadata": run_metadata()})
         mark_written(args, args.json)
@@ -111,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     for line in result["shape_mismatches"]:
         print(f"shape mismatch: {line}")
     if swap is not None:
-        _print_swap(swap, args.mlp, bool(structured))
+        _print_swap(swap, dtype, args.mlp, bool(structured))
     if args.json is not None:
         print(f"wrote {args.json}")
     return 0 if not result["shape_mismatches"] else 1

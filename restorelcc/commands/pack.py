@@ -5,6 +5,7 @@ with its weights packed (``restorelcc.hf.save_packed``), for ``eval``, ``bench``
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from restorelcc.commands.dtypes import add_dtype_argument
 from restorelcc.commands.model_options import refuse_adapter_folder
@@ -18,6 +19,9 @@ from restorelcc.commands.swap_options import (
     swap_pruned_attention,
 )
 from restorelcc.hf import MIN_SPARSITY
+
+if TYPE_CHECKING:
+    import torch
 
 PHASES = ("swap", "save")  # pack's progress bar: the swap packs the weights, then the save
 
@@ -47,12 +51,22 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def auto_dtype(config) -> torch.dtype:
+    """The dtype ``pack --dtype auto`` packs a checkpoint of ``config`` in: the one it is
+    stored in (float32 where its config records none); ``inspect --swap`` previews in it."""
+    import torch
+
+    from restorelcc.commands.dtypes import stored_dtype
+
+    return stored_dtype(config) or torch.float32
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
     from restorelcc.assets import load_model
-    from restorelcc.commands.dtypes import stored_dtype
+    from restorelcc.hf.families import family_of
     from restorelcc.hf.packed_checkpoint import PACKED_INFO, WEIGHTS, refuse_packed, save_packed
     from restorelcc.io import format_table
     from restorelcc.loading import load_config
@@ -74,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
     check_spares_inputs("--out", args.out, {"--model": args.model}, folder=True)
     check_output_directory(args.out, args.overwrite, option="--out", replaces=PACKED_INFO)
     config = load_config(args.model)
-    auto = stored_dtype(config) or torch.float32
-    dtype = auto if args.dtype == "auto" else getattr(torch, args.dtype)
+    family_of(config)  # an unsupported family fails before the weights load
+    dtype = auto_dtype(config) if args.dtype == "auto" else getattr(torch, args.dtype)
     model, tokenizer = load_model(args.model, dtype=dtype)
     dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     # the two phases that take a while on a real model (seconds to a minute each)

@@ -157,9 +157,10 @@ def checkpoint_directory(directory: str | Path) -> Path:
     raise ModelNotFoundError(_not_a_checkpoint(path))
 
 
-def inspect_checkpoint(directory: str | Path) -> dict:
+def inspect_checkpoint(directory: str | Path, progress: bool = True) -> dict:
     """Per-matrix sparsity, N:M validity and shape consistency of a saved checkpoint
-    (a folder, or a built-in model name: ``checkpoint_directory``).
+    (a folder, or a built-in model name: ``checkpoint_directory``); ``progress``: a bar
+    over layers (each reads its block linears' tensors: minutes for an 8B model).
 
     Returns ``{"directory": the folder read, "matrices": [MatrixReport...], "geometry":
     {...}, "shape_mismatches": [...], "structured": {...} | None}`` (``structured`` from
@@ -167,6 +168,7 @@ def inspect_checkpoint(directory: str | Path) -> dict:
     report names.
     """
     from safetensors import SafetensorError
+    from tqdm.auto import tqdm
 
     from restorelcc.assets import load_config
 
@@ -182,7 +184,8 @@ def inspect_checkpoint(directory: str | Path) -> dict:
     mismatches: list[str] = []
     handles: dict[Path, object] = {}
     try:
-        for layer in range(config.num_hidden_layers):
+        layers = range(config.num_hidden_layers)
+        for layer in tqdm(layers, desc="inspect", unit="layer", disable=not progress):
             for name, shape in expected.items():
                 key = f"{family.layers_path}.{layer}.{name}.weight"
                 if key not in files:
