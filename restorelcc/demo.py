@@ -128,9 +128,10 @@ class Demo:
         # how the perplexities were measured (source, tokens, window, stride): every model
         # of the run alike; None until one is evaluated
         self.perplexity_protocol: dict | None = None
-        # what each data source named when check_inputs() read it (Sourced.origin), by
-        # field; None for calibration where the pruning method takes none
+        # what each data source named when read for the run (Sourced.origin), by field;
+        # None for calibration where the pruning method takes none
         self.origins: dict[str, dict | None] = dict.fromkeys(DATA_SOURCES)
+        self.ppl_texts: list[str] | None = None  # read by check_inputs(), scored for each row
 
     def evaluate(self, model: nn.Module, tokenizer, stage: str) -> dict:
         """``model`` evaluated on the configured text and tasks, timed as ``stage``."""
@@ -143,6 +144,7 @@ class Demo:
                 limit=c.limit,
                 ppl_tokens=c.ppl_tokens,
                 ppl_source=c.ppl_source,
+                ppl_texts=self.ppl_texts,
                 progress=c.progress,
                 ppl_window=c.ppl_window,
                 ppl_stride=c.ppl_stride,
@@ -165,8 +167,10 @@ class Demo:
 
     def check_inputs(self) -> list:
         """Every check that reads data or the model's config, before any model loads;
-        returns the training pairs, and keeps what each data source named when it was read
-        here (``self.origins``: a file's sha256 of the bytes parsed)."""
+        returns the training pairs, and keeps the perplexity text (``self.ppl_texts``, what
+        every row is scored on) and what each data source named when it was read here
+        (``self.origins``: a file's sha256 of the bytes parsed; the calibration's is replaced
+        by that of the read ``run`` tokenizes)."""
         c = self.config
         model_config = load_config(c.model)
         flagged(f"--model {c.model}", family_of, model_config)  # every method needs its family
@@ -184,8 +188,8 @@ class Demo:
         if {"restorelcc", "lofit"} & set(c.methods):
             geometry = head_geometry(model_config)
             flagged("--heads", head_count, geometry, c.heads, fields={"heads": "--heads"})
-        texts = flagged("--ppl-source", perplexity_texts, c.ppl_source, n=1)
-        self.origins["ppl_source"] = texts.origin
+        self.ppl_texts = flagged("--ppl-source", perplexity_texts, c.ppl_source)
+        self.origins["ppl_source"] = self.ppl_texts.origin
         c.perplexity_windows(model_config)
         if c.prune_method in CALIBRATED_METHODS:
             texts = flagged("--calibration-source", calibration_texts, c.calibration_source, n=1)
@@ -233,6 +237,7 @@ class Demo:
                     c.seed,
                     flags=CALIBRATION_FLAGS,
                 )
+            self.origins["calibration_source"] = calibration.origin  # the read it was made of
         evaluation = self.evaluate(dense, tokenizer, "evaluate dense")
         self.add_row("-", "dense", evaluation, sparsity=block_sparsity(dense))
         for pattern in c.patterns:
@@ -352,8 +357,7 @@ class Demo:
         return {
             "config": asdict(self.config),
             # what config's pairs_source, calibration_source and ppl_source named when
-            # check_inputs() read them (the pairs trained on; the perplexity text and the
-            # calibration are read again where used)
+            # read: the pairs trained on, the calibration tokenized, the text scored
             **{f"{name}_origin": origin for name, origin in self.origins.items()},
             "dtype": str(self.dtype).removeprefix("torch."),  # what --dtype meant here
             # which metric each task's number in rows[i]["accuracy"] is (and so what

@@ -19,6 +19,7 @@ from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE, perplexity_texts, positiv
 from restorelcc.eval.perplexity import (
     DEFAULT_TOKENS,
     PerplexityResult,
+    checked_texts,
     perplexity,
     perplexity_report,
     perplexity_windows,
@@ -150,14 +151,19 @@ def evaluate_model(
     limit: int | None = None,
     perplexity: bool = True,
     ppl_tokens: int = DEFAULT_TOKENS,
-    ppl_source: str = DEFAULT_PERPLEXITY_SOURCE,
+    ppl_source: str | None = None,
     batch_size: int = 16,
     progress: bool = True,
     ppl_window: int | None = None,
     ppl_stride: int | None = None,
+    ppl_texts: Sequence[str] | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``tasks`` (names, ``"all"`` or ``"paper"``) and perplexity.
 
+    The perplexity scores ``ppl_texts``, documents the caller read (``perplexity_texts``:
+    their ``origin`` then describes what was scored; ``ppl_source`` names them, None:
+    ``"texts"``), else ``perplexity_texts(ppl_source)`` (None: ``DEFAULT_PERPLEXITY_SOURCE``),
+    read once before the tasks, so that a missing or empty source fails before them.
     ``ppl_window``, ``ppl_stride``: the perplexity's windows (``perplexity_report``'s
     ``window`` and ``stride``; None: 512 or the model's length, and half the window).
     Returns ``{"tasks": {name: metrics}, "limit", "perplexity": PerplexityResult as a dict
@@ -173,7 +179,11 @@ def evaluate_model(
     positive_count(batch_size, "batch_size")
     if perplexity:
         positive_count(ppl_tokens, "ppl_tokens")
-        perplexity_texts(ppl_source, n=1)  # a missing or empty source, too
+        if ppl_texts is None:
+            ppl_source = DEFAULT_PERPLEXITY_SOURCE if ppl_source is None else ppl_source
+            ppl_texts = perplexity_texts(ppl_source)
+        else:
+            ppl_texts = checked_texts(ppl_texts, "texts" if ppl_source is None else ppl_source)
     check_is_model(model)  # before the first task, not a failure deep in it
     if perplexity:  # a window and stride the model cannot take fail before the tasks
         window, _ = perplexity_windows(
@@ -191,6 +201,7 @@ def evaluate_model(
             result = perplexity_report(
                 model,
                 tokenizer,
+                texts=ppl_texts,
                 source=ppl_source,
                 tokens=ppl_tokens,
                 window=ppl_window,

@@ -159,14 +159,17 @@ def perplexity_line(ppl: dict) -> str:
     return f"perplexity ({perplexity_protocol(ppl)}): {shown}"
 
 
-def perplexity_of(model, tokenizer, args: argparse.Namespace):
+def perplexity_of(model, tokenizer, args: argparse.Namespace, texts=None):
     """``perplexity_report`` of ``model`` as the perplexity options say: ``--ppl-source``,
-    ``--ppl-tokens``, ``--ppl-window``, ``--ppl-stride``; a bar unless ``--quiet``."""
+    ``--ppl-tokens``, ``--ppl-window``, ``--ppl-stride``; a bar unless ``--quiet``.
+    ``texts``: ``--ppl-source``'s documents as the caller read them (``perplexity_texts``,
+    whose ``origin`` its report records), or None to read them here."""
     from restorelcc.evaluate import perplexity_report
 
     return perplexity_report(
         model,
         tokenizer,
+        texts=texts,
         source=args.ppl_source,
         tokens=args.ppl_tokens,
         window=args.ppl_window,
@@ -204,7 +207,7 @@ def _check_packed_options(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from restorelcc.assets import load_config, load_model, model_origin
-    from restorelcc.data import perplexity_texts, source_origin
+    from restorelcc.data import perplexity_texts
     from restorelcc.evaluate import evaluate_model, resolve_tasks
     from restorelcc.hf.packed_checkpoint import (
         is_packed_checkpoint,
@@ -229,10 +232,11 @@ def run(args: argparse.Namespace) -> int:
         refuse_unused(args, ("limit",), "--tasks none runs no task for it to limit")
     if args.no_ppl and args.ppl_source != DEFAULT_PERPLEXITY_SOURCE:
         raise ValueError("--ppl-source is the perplexity text: it has no use with --no-ppl")
+    ppl_texts = None  # read once: what is checked here is what is scored and recorded
     if args.no_ppl:
         refuse_unused(args, PERPLEXITY_WINDOWS, "--no-ppl scores no perplexity for them to set")
     else:
-        perplexity_texts(args.ppl_source, n=1)  # a missing or empty source fails here too
+        ppl_texts = perplexity_texts(args.ppl_source)  # a missing or empty source fails here
         if given_options(args, PERPLEXITY_WINDOWS):  # against the model's length, unloaded
             check_perplexity_options(args, load_config(args.model))
     out = report_path(args, "eval")
@@ -271,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         ppl_window=args.ppl_window,
         ppl_stride=args.ppl_stride,
+        ppl_texts=ppl_texts,
     )
     payload = {
         "model": str(args.model),
@@ -285,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
         "swap": swap.to_dict() if swap else None,
         "packed_checkpoint": packed,
         "perplexity": report["perplexity"],
-        "ppl_source_origin": None if args.no_ppl else source_origin(args.ppl_source),
+        "ppl_source_origin": None if ppl_texts is None else ppl_texts.origin,
         "eval_wall_s": report["wall_s"],
         "wall_s": round(time.perf_counter() - start, 2),
         "run_metadata": run_metadata(),

@@ -362,8 +362,9 @@ def run(args: argparse.Namespace) -> int:
     # Cheap checks first: the data, then the models' configs.
     # The held-out pairs come last (TrainConfig.split): training keeps --pairs pairs.
     pairs = _pairs(args)
-    if args.eval:
-        perplexity_texts(args.ppl_source, n=1)  # a missing or empty text fails here
+    # --eval's text, read once: a missing or empty one fails here, and the three models are
+    # scored on what was read, which the report's ppl_source_origin describes
+    ppl_texts = perplexity_texts(args.ppl_source) if args.eval else None
     pruned_config = _check_models(args, config)
     if args.eval:  # against the model's length before it loads (its tokenizer's: once loaded)
         check_perplexity_options(args, pruned_config, RestoreArgumentError)
@@ -374,12 +375,16 @@ def run(args: argparse.Namespace) -> int:
     models["dense"], tokenizer = load_model(args.dense, dtype=dtype, device=device)
     pruned, _ = load_model(args.pruned, dtype=dtype, device=device)
     scored = {}  # --eval: perplexity results by model
-    restoration = method_restoration(args, models, pruned, tokenizer, pairs, config, scored)
+    restoration = method_restoration(
+        args, models, pruned, tokenizer, pairs, config, scored, ppl_texts
+    )
     evaluation = None
     if args.eval:
-        evaluation = compare_with_dense(scored, pruned, tokenizer, restoration, args)
+        evaluation = compare_with_dense(scored, pruned, tokenizer, restoration, args, ppl_texts)
         evaluation["dtype"] = str(dtype).removeprefix("torch.")  # merged/ may be stored in another
-    report = restore_report(args, pairs, config, restoration, evaluation, dtype, merged_dtype)
+    report = restore_report(
+        args, pairs, config, restoration, evaluation, dtype, merged_dtype, ppl_texts
+    )
     reread = args.merged and merged_dtype != dtype
     if reread:  # read in its stored dtype once the --dtype model is let go (no more memory)
         del pruned

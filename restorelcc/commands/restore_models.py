@@ -53,11 +53,19 @@ def check_pruned_folder(args: argparse.Namespace, error: type[Exception]) -> Non
 
 
 def method_restoration(
-    args: argparse.Namespace, models: dict, pruned, tokenizer, pairs, config, scored: dict
+    args: argparse.Namespace,
+    models: dict,
+    pruned,
+    tokenizer,
+    pairs,
+    config,
+    scored: dict,
+    ppl_texts=None,
 ):
     """The restoration of ``pruned`` that ``--method`` asks for, from the dense model
     ``models["dense"]``, which is dropped from ``models`` before any training (``--eval``
-    scores it into ``scored["dense"]`` first). Training-free captures as restorelcc does:
+    scores it on ``ppl_texts``, ``--ppl-source``'s documents as read, into
+    ``scored["dense"]`` first). Training-free captures as restorelcc does:
     at ``RestoreConfig``'s ``capture_max_length`` (not ``--max-length``, which caps
     training) and ``--capture-dtype``."""
     from restorelcc.baselines import lofit_baseline, training_free
@@ -74,7 +82,7 @@ def method_restoration(
     def let_go() -> None:
         dense = models.pop("dense")
         if args.eval:
-            scored["dense"] = perplexity_of(dense, tokenizer, args)
+            scored["dense"] = perplexity_of(dense, tokenizer, args, ppl_texts)
 
     if args.method == "lofit":  # trains on pruned alone: the pair is checked here (swapped?)
         check_compatible(models["dense"], pruned)
@@ -97,15 +105,19 @@ def method_restoration(
     return train_heads(plan, pruned, tokenizer, check=False)  # plan made from pruned
 
 
-def compare_with_dense(scored: dict, pruned, tokenizer, restoration, args) -> dict:
+def compare_with_dense(scored: dict, pruned, tokenizer, restoration, args, ppl_texts=None) -> dict:
     """``compare_perplexity`` of the dense model (``scored["dense"]``, scored before it was
-    let go), the pruned one and the restored one: ``pruned`` folded for the duration, not a
-    copy, so that no model is held beside ``pruned``."""
+    let go), the pruned one and the restored one, on ``ppl_texts`` (``--ppl-source``'s
+    documents as read, as the dense one): ``pruned`` folded for the duration, not a copy, so
+    that no model is held beside ``pruned``."""
     from restorelcc.commands.evaluate import compare_perplexity, perplexity_of
     from restorelcc.commands.options import warn_if_text_ran_out
 
-    results = {"dense": scored["dense"], "pruned": perplexity_of(pruned, tokenizer, args)}
+    results = {
+        "dense": scored["dense"],
+        "pruned": perplexity_of(pruned, tokenizer, args, ppl_texts),
+    }
     with restoration.folded(pruned, check=False):  # made from pruned
-        results["restored"] = perplexity_of(pruned, tokenizer, args)
+        results["restored"] = perplexity_of(pruned, tokenizer, args, ppl_texts)
     warn_if_text_ran_out(results["pruned"].as_dict(), args)  # one text: alike for all
     return compare_perplexity(results)

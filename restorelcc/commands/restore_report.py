@@ -6,16 +6,25 @@ import argparse
 
 
 def restore_report(
-    args: argparse.Namespace, pairs: list, config, restoration, evaluation, dtype, merged_dtype
+    args: argparse.Namespace,
+    pairs: list,
+    config,
+    restoration,
+    evaluation,
+    dtype,
+    merged_dtype,
+    ppl_texts=None,
 ) -> dict:
     """What ``restore_report.json`` records of a run: the models and data as typed and
-    what they named (``model_origin``, ``source_origin``: absolute paths, or a built-in
-    name's wheel version), the pairs, the restoration's summary, its settings (``config``:
-    the ``RestoreConfig``, or another method's hyper-parameters; training-free's with the
-    ``--seed`` that drew its pairs), its report, ``evaluation`` (``--eval``'s perplexities
-    and the dtype they were scored in), ``dtype``, ``capture_dtype`` (what each model's
-    activations were captured in; None for LoFiT, which captures none), ``merged_dtype``
-    (with ``--merged``) and the run's metadata."""
+    what they named (``model_origin``; the origins of ``pairs`` and of ``ppl_texts``,
+    ``--eval``'s documents, as they were read, ``Sourced.origin``: absolute paths, a file's
+    size and sha256, or a built-in name's wheel version), the pairs, the restoration's
+    summary, its settings (``config``: the ``RestoreConfig``, or another method's
+    hyper-parameters; training-free's with the ``--seed`` that drew its pairs), its
+    report, ``evaluation`` (``--eval``'s perplexities and the dtype they were scored in),
+    ``dtype``, ``capture_dtype`` (what each model's activations were captured in; None
+    for LoFiT, which captures none), ``merged_dtype`` (with ``--merged``) and the run's
+    metadata."""
     from restorelcc.assets import model_origin
     from restorelcc.provenance import run_metadata
 
@@ -41,6 +50,8 @@ def restore_report(
         "config": settings,
         "report": restoration.report,
         "evaluation": evaluation,
+        # what --eval scored, as read (perplexity_texts' Sourced); None without --eval
+        "ppl_source_origin": None if ppl_texts is None else ppl_texts.origin,
         "dtype": str(dtype).removeprefix("torch."),
         "capture_dtype": captured,
         "merged_dtype": str(merged_dtype).removeprefix("torch.") if args.merged else None,

@@ -291,12 +291,14 @@ def calibration_batches(
     ``nsamples`` and ``seqlen`` as ``flags`` (how the caller's user gives them:
     ``("--nsamples", "--seqlen")`` on the command line).
 
-    Returns a LongTensor ``[nsamples, seqlen]``.
+    Returns a LongTensor ``[nsamples, seqlen]`` whose ``origin`` attribute is the origin of
+    the documents read (``Sourced``), which ``prune_model`` records; a tensor made from it
+    (a slice, a copy on another device) has none.
     """
     samples, length = flags
     nsamples, seqlen = positive_count(nsamples, samples), positive_count(seqlen, length)
-    docs = calibration_texts(source)
-    docs = [docs[i] for i in random.Random(seed).sample(range(len(docs)), len(docs))]
+    read = calibration_texts(source)
+    docs = [read[i] for i in random.Random(seed).sample(range(len(read)), len(read))]
     target = 2 * nsamples * seqlen
     chars = target * CHARS_PER_TOKEN_BOUND  # a longer document is cut: a corpus file
     stream: list[int] = []
@@ -323,15 +325,18 @@ def calibration_batches(
     slots = len(stream) // seqlen
     if slots >= nsamples:
         chosen = torch.randperm(slots, generator=generator)[:nsamples]
-        return tokens[: slots * seqlen].reshape(slots, seqlen)[chosen]
-    warn_user(
-        f"calibration source {str(source)!r} gives only {len(stream)} tokens for "
-        f"{nsamples} windows of {seqlen} ({nsamples * seqlen} tokens asked): it holds "
-        f"{slots} disjoint windows, so the windows overlap and repeat; give more text or "
-        f"lower {samples}/{length}"
-    )
-    starts = torch.randint(0, len(tokens) - seqlen + 1, (nsamples,), generator=generator)
-    return torch.stack([tokens[s : s + seqlen] for s in starts.tolist()])
+        batch = tokens[: slots * seqlen].reshape(slots, seqlen)[chosen]
+    else:
+        warn_user(
+            f"calibration source {str(source)!r} gives only {len(stream)} tokens for "
+            f"{nsamples} windows of {seqlen} ({nsamples * seqlen} tokens asked): it holds "
+            f"{slots} disjoint windows, so the windows overlap and repeat; give more text or "
+            f"lower {samples}/{length}"
+        )
+        starts = torch.randint(0, len(tokens) - seqlen + 1, (nsamples,), generator=generator)
+        batch = torch.stack([tokens[s : s + seqlen] for s in starts.tolist()])
+    batch.origin = read.origin
+    return batch
 
 
 def perplexity_texts(source: str = DEFAULT_PERPLEXITY_SOURCE, n: int | None = None) -> Sourced:

@@ -23,7 +23,7 @@ mean NLL above ~709 nats gives a perplexity of ``inf`` (``exp`` overflows a floa
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -216,11 +216,26 @@ def _last_logits(model, inputs: torch.Tensor, keep: int) -> torch.Tensor:
     return model(input_ids=inputs).logits[:, -keep:]
 
 
+def checked_texts(texts: Iterable[str], source: str) -> list[str]:
+    """Perplexity documents given by a caller, as a list; refused where ``perplexity_texts``
+    would give no such thing: one string (a sequence of characters, each scored as a
+    document: ``TypeError``), or documents with no non-blank text (``DataError``). The
+    messages name them as ``source``."""
+    if isinstance(texts, str):
+        raise TypeError(
+            f"perplexity texts {source!r}: a sequence of documents, not one str (give [text])"
+        )
+    texts = list(texts)
+    if not any(text.strip() for text in texts):
+        raise DataError(f"perplexity source {source!r} holds no text")
+    return texts
+
+
 def perplexity_report(
     model,
     tokenizer,
     texts: Sequence[str] | None = None,
-    source: str = DEFAULT_PERPLEXITY_SOURCE,
+    source: str | None = None,
     tokens: int = DEFAULT_TOKENS,
     window: int | None = None,
     stride: int | None = None,
@@ -229,6 +244,11 @@ def perplexity_report(
 ) -> PerplexityResult:
     """Sliding-window perplexity of ``texts`` (else of ``perplexity_texts(source)``).
 
+    ``source`` names the documents in the result and the messages: with ``texts``, the
+    source the caller read them from (``perplexity_texts(source)``, read once: its
+    ``origin`` describes what is scored), or None for ``"texts"``; without, the source read
+    here (None: ``DEFAULT_PERPLEXITY_SOURCE``). ``texts`` must be documents, not one string
+    (``TypeError``), with some non-blank text (``DataError``, as ``perplexity_texts``).
     ``window``, ``stride``: ids per window and between window starts; None for
     ``perplexity_windows``' defaults (512 or the model's length, half the window). A window
     longer than the model takes is refused (``ValueError``), not cut: the result records the
@@ -245,10 +265,12 @@ def perplexity_report(
     window, stride = perplexity_windows(window, stride, model_max_length(model, tokenizer))
     batch_size = batch_size or windows_per_forward(window)
     if texts is None:
+        source = DEFAULT_PERPLEXITY_SOURCE if source is None else source
         texts = perplexity_texts(source)
     else:
-        source = "texts"
-    ids = token_stream(tokenizer, list(texts), tokens)
+        source = "texts" if source is None else source
+        texts = checked_texts(texts, source)
+    ids = token_stream(tokenizer, texts, tokens)
     if len(ids) < 2:
         raise DataError(f"perplexity source {source!r} gives fewer than 2 tokens")
     nll, count = stream_nll(model, ids, window, stride, batch_size, progress)

@@ -80,7 +80,8 @@ def prune_model(
     lazy update of the rest (an integer >= 1, a multiple of M for N:M); ``dampening`` is
     the fraction of the mean Hessian diagonal added to the diagonal (finite, > 0).
     ``calibration_source`` and ``calibration_seed`` (what sampled ``calibration``) are only
-    recorded in the report, with what the source held (``source_origin``), ``calibration``'s
+    recorded in the report, with what the source held (``calibration_origin``: the read
+    that made ``calibration`` where ``calibration_batches`` made it), ``calibration``'s
     shape and ``chunk_size``; ``progress``: a bar over layers. Calibrated methods compute
     in float32 whatever ``model``'s dtype, which it keeps: only the block being pruned is
     cast (``precision.py``), so a bf16 model prunes as its float32 copy would, bit for bit,
@@ -111,7 +112,7 @@ def prune_model(
     tokens = check_calibration(calibration, spec, vocab)
     if tokens is not None:  # as the command checks --seqlen and --nsamples
         check_calibration_fits(model, spec, tokens, chunk_size)
-    origin = source_origin(calibration_source) if tokens is not None else None
+    origin = calibration_origin(calibration, calibration_source) if tokens is not None else None
     plan = plan_removal(model, family, spec) if spec.pattern.kind == "heads" else None
     check_finite_weights(model)  # after the argument checks, before any warning
     note = renormalisation_note(family, plan) if plan is not None else None
@@ -158,6 +159,16 @@ def prune_model(
         calibration=calibration_info,
         structured=structured,
     )
+
+
+def calibration_origin(calibration: torch.Tensor, source: str | None) -> dict | None:
+    """What the calibration tokens ``[nsamples, seqlen]`` were read from: the ``origin``
+    that ``calibration_batches`` gives the tensor it returns (the read that made them: a
+    file's size and sha256 of the bytes parsed), else what ``source`` names now
+    (``source_origin``, read again: tokens made by other means, or a tensor made from
+    ``calibration_batches``' one)."""
+    origin = getattr(calibration, "origin", None)
+    return source_origin(source) if origin is None else origin
 
 
 def check_config(config, spec: PruneSpec) -> None:

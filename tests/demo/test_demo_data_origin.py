@@ -86,3 +86,41 @@ def test_too_few_pairs_names_the_train_pairs_asked_for(
         f"restorelcc demo: error: --train-pairs 12, but --pairs-source {pairs} holds 10 pairs"
     )
     assert not out.exists()
+
+
+def test_every_row_is_scored_on_the_text_read_and_calibration_recorded_as_tokenized(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    """The perplexity text was read again (and hashed) apart from what was scored, and the
+    calibration's origin was that of check_inputs' read, not of the one run() tokenizes."""
+    import restorelcc.demo as demo_module
+
+    ppl, corpus = tmp_path / "ppl.txt", tmp_path / "corpus.txt"
+    ppl.write_text("A passage the perplexity scores, read once. " * 40)
+    corpus.write_text("Calibration text for the pruning. " * 40)
+    config = tiny_config(
+        tiny_checkpoint,
+        patterns=("2:4",),
+        methods=("training-free",),
+        calibration_source=str(corpus),
+        ppl_source=str(ppl),
+        tasks=("arc_easy",),
+    )
+    scored_texts = []
+    evaluate_model = demo_module.evaluate_model
+
+    def recording(*args, **kwargs):
+        scored_texts.append(list(kwargs["ppl_texts"]))
+        return evaluate_model(*args, **kwargs)
+
+    monkeypatch.setattr(demo_module, "evaluate_model", recording)
+    demo = Demo(config)
+    pairs = demo.check_inputs()
+    read = ppl.read_text()
+    ppl.write_text("Another text altogether. " * 40)
+    corpus.write_text("Other calibration words. " * 40)  # before run() tokenizes it
+    demo.run(pairs)
+    assert scored_texts and all(texts == [read] for texts in scored_texts)
+    report = demo.report()
+    assert report["ppl_source_origin"]["sha256"] == hashlib.sha256(read.encode()).hexdigest()
+    assert report["calibration_source_origin"] == hashed(corpus, corpus.read_bytes())
