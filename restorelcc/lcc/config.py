@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from restorelcc.data import is_real, positive_count
+from restorelcc.data import is_integer, is_real, positive_count
 from restorelcc.errors import ArgumentError
 from restorelcc.hf.families import HeadGeometry
 from restorelcc.lcc.capture_precision import check_capture_dtype
@@ -97,6 +97,12 @@ class RestoreConfig:
                 f"probe_pairs must be at least {MIN_PROBE_PAIRS}, got {self.probe_pairs}"
             )
         positive_count(self.components_k, "components_k")
+        if not is_integer(self.probe_seed):
+            raise ValueError(f"probe_seed must be an integer, got {self.probe_seed!r}")
+        if not isinstance(self.probe_standardize, bool):  # "false" would switch it on
+            raise ValueError(
+                f"probe_standardize must be True or False, got {self.probe_standardize!r}"
+            )
         # minilm: its wheel, before any model loads (random selection mines no negatives)
         check_negatives_method(self.negatives, mined=self.selection == "probe")
         positive_count(self.probe_epochs, "probe_epochs")

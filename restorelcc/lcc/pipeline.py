@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from restorelcc.data import InstructionPair
+from restorelcc.errors import warn_user
 from restorelcc.hf.families import HeadGeometry, family_of, head_geometry, model_device
 from restorelcc.lcc.capture import (
     capture_last_token,
@@ -41,6 +42,7 @@ from restorelcc.lcc.fingerprint import ModelFingerprint, model_fingerprint
 from restorelcc.lcc.heads import HeadCompensation
 from restorelcc.lcc.negatives import mine_negatives
 from restorelcc.lcc.probing import (
+    check_split,
     head_count,
     probe_heads,
     random_heads,
@@ -152,6 +154,14 @@ def plan_heads(
         what=f"pairs left for probing after validation_pairs={config.train.validation_pairs}",
     )
     probe_set = training_set[: config.probe_pairs]
+    if config.selection == "probe":  # before the captures, not after them
+        check_split(len(probe_set), config.probe_test_fraction)
+    if config.selection == "probe" and config.components_k > len(probe_set):
+        warn_user(  # N differences have at most N directions
+            f"components_k {config.components_k} exceeds the {len(probe_set)} probe pairs: "
+            f"the probing compensation sums {min(len(probe_set), geometry.head_dim)} "
+            "directions (the report's components_k_used)"
+        )
     stage = StageTimer()
     progress = config.progress
     train_pairs = len(pairs) - config.train.validation_pairs
@@ -212,6 +222,7 @@ def plan_heads(
             zd = to_pruned_heads(zd, head_map)
     with stage("components"):
         components = lost_components(zd, zp, config.components_k)
+    report["components_k_used"] = components.k  # min(components_k, probe pairs, head_dim)
     if config.selection == "probe":
         with stage("probing"):
             probes = probe_heads(

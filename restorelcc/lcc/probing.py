@@ -69,6 +69,21 @@ def held_out_pairs(n: int, test_fraction: float = TEST_FRACTION) -> int:
     return math.ceil(test_fraction * n)
 
 
+def check_split(n: int, test_fraction: float = TEST_FRACTION) -> int:
+    """How many of ``n`` probing pairs ``split_pairs`` holds out; ``DataError`` if either
+    side of the split would be empty (``ValueError`` for a fraction outside (0, 1))."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    n_test = held_out_pairs(n, test_fraction)
+    if n - n_test < 1 or n_test < 1:
+        raise DataError(
+            f"{n} probing pairs cannot be split {1 - test_fraction:.0%}/{test_fraction:.0%} "
+            f"(probe_test_fraction {test_fraction}): both sides need a pair; give more "
+            "probe pairs or another probe_test_fraction"
+        )
+    return n_test
+
+
 def split_pairs(
     n: int, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,13 +91,7 @@ def split_pairs(
 
     Returns ``(train_idx, test_idx)``, LongTensors. Raises ``DataError`` if a side is empty.
     """
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    n_test = held_out_pairs(n, test_fraction)
-    if n - n_test < 1 or n_test < 1:
-        raise DataError(
-            f"{n} probing pairs cannot be split {1 - test_fraction:.0%}/{test_fraction:.0%}"
-        )
+    n_test = check_split(n, test_fraction)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[n_test:], perm[:n_test]
 
