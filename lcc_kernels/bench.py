@@ -16,7 +16,8 @@
   review's estimate: M = 1 and 16 per-call times ~30% high).
   The device-copy reference (`copy_bandwidth`) is timed the same way.
   With eager=True (and on a CPU, smoke runs) it times the calls issued from Python in a
-  loop instead: what an uncaptured call costs, host overhead included.
+  loop instead (for rep_ms on a GPU too): what an uncaptured call costs, host overhead
+  included.
 - `environment`: GPU name, versions and git commit to store with every result.
 """
 
@@ -81,9 +82,10 @@ def kind_key(kind: str, dtype: str, n: int, k: int) -> WeightKey:
 
 
 # Eager timings: each round issues calls for about EAGER_ROUND_MS (so that the device is
-# busy well past the first one), at most EAGER_CALLS_PER_ROUND of them.
+# busy well past the first one), at most EAGER_CALLS_PER_ROUND of them; EAGER_ROUNDS or more.
 EAGER_ROUND_MS = 20.0
 EAGER_CALLS_PER_ROUND = 200
+EAGER_ROUNDS = 7
 # Rotate over enough weight copies to cover this many times the L2 size.
 ROTATE_L2_MULTIPLE = 3
 MAX_COPIES = 32
@@ -220,13 +222,16 @@ def build_calls(
 def time_calls(
     calls: list[Callable], *, rep_ms: int = 100, warmup_ms: int = 25, eager: bool = False
 ) -> dict:
-    """Per-call time quantiles (ms) of running `calls` back to back; see the module doc."""
+    """Per-call time quantiles (ms) of running `calls` back to back; see the module doc.
+    On a GPU, ~warmup_ms untimed then ~rep_ms timed, graph replays or (eager) calls."""
     for call in calls:  # compile, allocate, initialise library handles
         call()
     if not torch.cuda.is_available():
         return _wall_clock(calls)
     if eager:
-        return _wall_clock(calls, rounds=7, repeat=None)
+        return _wall_clock(
+            calls, rounds=EAGER_ROUNDS, repeat=None, rep_ms=rep_ms, warmup_ms=warmup_ms
+        )
     torch.cuda.synchronize()
     run, method = _graph_of(calls)
     times = torch.tensor(replay_times(run, warmup_ms=warmup_ms, rep_ms=rep_ms), dtype=torch.float64)
@@ -285,11 +290,14 @@ def _graph_of(calls):
         return (lambda: [call() for call in calls]), f"eager ({type(error).__name__})"
 
 
-def _wall_clock(calls, rounds: int = 2, repeat: int | None = 1) -> dict:
+def _wall_clock(
+    calls, rounds: int = 2, repeat: int | None = 1, *, rep_ms: float = 0.0, warmup_ms: float = 0.0
+) -> dict:
     """Rounds of `repeat` passes over the calls issued from Python, each round from an idle
     device to its end (synchronised): per-call quantiles over the rounds. repeat None: as
     many passes as fill EAGER_ROUND_MS (one timed pass decides), at most
-    EAGER_CALLS_PER_ROUND calls."""
+    EAGER_CALLS_PER_ROUND calls. warmup_ms: untimed passes for about that long first;
+    rep_ms: more rounds where `rounds` would time less (at most MAX_TIMED_CALLS rounds)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
     def timed_passes(passes: int) -> float:
@@ -301,9 +309,14 @@ def _wall_clock(calls, rounds: int = 2, repeat: int | None = 1) -> dict:
         sync()
         return (time.perf_counter() - start) * 1e3
 
+    pass_ms = max(timed_passes(1), 1e-3) if repeat is None or rep_ms or warmup_ms else None
     if repeat is None:
         most = max(1, EAGER_CALLS_PER_ROUND // len(calls))
-        repeat = min(most, max(1, math.ceil(EAGER_ROUND_MS / max(timed_passes(1), 1e-3))))
+        repeat = min(most, max(1, math.ceil(EAGER_ROUND_MS / pass_ms)))
+    if warmup_ms:
+        timed_passes(min(MAX_TIMED_CALLS, math.ceil(warmup_ms / pass_ms)))
+    if rep_ms:
+        rounds = max(rounds, min(MAX_TIMED_CALLS, math.ceil(rep_ms / (pass_ms * repeat))))
     samples = []
     for _ in range(rounds):
         samples.append(timed_passes(repeat) / (len(calls) * repeat))

@@ -1,6 +1,7 @@
 """Errors a user can act on. The CLI prints them as one line and exits non-zero.
 ``warn_user``: a warning that names the user's line, not the package's; ``layer_ranges``:
-layer lists as messages write them."""
+layer lists as messages write them; ``out_of_memory``: whether an exception says memory ran
+out."""
 
 import sys
 import warnings
@@ -76,3 +77,11 @@ def layer_ranges(layers: Sequence[int]) -> str:
         else:
             runs.append([layer, layer])
     return ", ".join(f"{first}..{last}" if last > first else f"{first}" for first, last in runs)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says memory ran out: CUDA's has its own type, the CPU allocator's
+    is a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
+    import torch  # not at import time: the CLI parses its options before torch loads
+
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)

@@ -2,7 +2,8 @@
 speedup, how far the rounds scattered: ``timing_spread``), the weight bytes a decode step
 reads (``decode_streams_bytes``, ``fewer_or_more``), and the summary printed after the
 report is written (``print_summary``: the table, the rows whose timings are noise by
-``NOISY_SPREAD``, the packed checkpoint, the swap, the logits check)."""
+``NOISY_SPREAD``, the packed checkpoint, the swap, the check of the swapped calls:
+``check_lines``)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def timing_spread(timing: dict) -> float:
 
 def timing_rows(jobs, linear: list, swapped: list, checks: list) -> list[dict]:
     """A report row per job (phase, batch, tokens) from its ``nn.Linear`` and swapped
-    ``time_call`` results, with its logits check where ``checks`` has one."""
+    ``time_call`` results, with the check of its swapped call where ``checks`` has one."""
     return [
         {
             "phase": phase,
@@ -64,7 +65,8 @@ def print_summary(payload: dict, report, out, device, rounds: int) -> None:
     """Print the summary of the bench report ``payload`` written to ``out``: its rows as a
     table, the rows whose timings are noise (on a CPU only with ``rounds`` >=
     ``NOISE_CHECK_ROUNDS``), the packed checkpoint it read, the swap (``report``, a
-    ``SwapReport``) with the weight bytes a decode step reads, and the logits check."""
+    ``SwapReport``) with the weight bytes a decode step reads, and the check of the
+    swapped calls."""
     from restorelcc.io import format_table
 
     rows, check, packed = payload["rows"], payload["logits_check"], payload["packed_checkpoint"]
@@ -104,15 +106,45 @@ def print_summary(payload: dict, report, out, device, rounds: int) -> None:
         f"{fewer_or_more(bytes_linear, bytes_swapped)}{streams_read}"
     )
     if check is not None:
-        verdict = "ok" if check["ok"] else "FAILED"
-        print(
-            f"logits check {verdict} on every job's call; worst ({check['job']}): error "
-            f"{check['error']:.3g} (limit {check['limit']:.3g} = 2 x nn.Linear's "
-            f"{check['torch_error']:.3g} + atol)"
-        )
+        print(check_lines(check))
     if device.type != "cuda":
         print(
             "CPU: the swapped modules run the PyTorch reference path; these timings say "
             "nothing of GPU speed."
         )
     print(f"report: {out}  ({payload['wall_s']:.1f} s)")
+
+
+def _named(names: list[str], most: int = 3) -> str:
+    """``names`` joined, the first ``most`` of them and how many more."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def check_lines(check: dict) -> str:
+    """The summary's lines on the check of the swapped calls (``check``: the report's
+    ``logits_check``, from ``bench_timing.summarise_checks``): the verdict (how many jobs
+    failed, which, and on which projections or non-finite logits), the projection
+    furthest from its limit, and the logits' difference from ``nn.Linear``'s, labelled
+    as information."""
+    jobs, failed = check["jobs"], check["failed_jobs"]
+    if check["ok"]:
+        verdict = f"logits check ok on all {jobs} jobs' calls" if jobs > 1 else "logits check ok"
+    else:
+        verdict = f"logits check FAILED on {len(failed)} of {jobs} jobs ({', '.join(failed)})"
+        if check["failed_projections"]:
+            verdict += f": {_named(check['failed_projections'])} beyond the limit"
+        if check["non_finite_logits"]:
+            verdict += f"; non-finite logits in {', '.join(check['non_finite_logits'])}"
+    rule = (
+        f"{verdict}. Rule: each swapped projection's output ({check['projections']} per "
+        "call), on the input the call gave it, within 2 x nn.Linear's error + atol, both "
+        f"against float64; worst {check['module']} ({check['job']}): error "
+        f"{check['error']:.3g} (limit {check['limit']:.3g} = 2 x nn.Linear's "
+        f"{check['torch_error']:.3g} + atol)"
+    )
+    return (
+        f"{rule}\nfor information, not checked: the swapped logits differ from nn.Linear's "
+        f"by up to {check['logits_difference']:.3g} ({check['logits_difference_job']}); "
+        "rounding differences compound over the layers"
+    )

@@ -1,18 +1,47 @@
 """How ``restorelcc bench`` times its jobs: each job's call (a decode step or a prefill on
-random tokens that depend on the job alone), the reference logits of the ``nn.Linear``
-model and of a wider-dtype copy (``reference_logits``), the timing of every job with each
-swapped call's logits checked against those first (``time_jobs``), and the check furthest
-from its limit (``worst_check``). The command itself: ``restorelcc.commands.bench``."""
+random tokens that depend on the job alone), what the check of the swapped calls compares
+with (``reference_logits``: the ``nn.Linear`` model's logits of every job and its dense
+projections), the timing of every job with each swapped call checked first
+(``time_jobs``), and the summary of those checks (``summarise_checks``). Memory running
+out during the check says to rerun with ``--no-check`` (``memory_for_the_check``). The
+command itself: ``restorelcc.commands.bench``.
+
+The check of a swapped call (``restorelcc.latency.check_projections``) holds each swapped
+projection's output, on the input the call gave it, to kernels.md's rule against its
+dense weight in float64: the verdict. How far the call's logits are from the
+``nn.Linear`` model's is reported beside it, not judged: after many layers the two
+models' rounding differences compound, and a correct swap may differ more there than the
+rule allows one operation."""
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import math
+from typing import NamedTuple
 
-from restorelcc.errors import RestoreLCCError
+from restorelcc.errors import RestoreLCCError, out_of_memory
+
+# What the check holds in memory besides the model, as --no-check's help and the
+# out-of-memory message say it (64 MiB: restorelcc.latency.CHECK_BLOCK_BYTES).
+CHECK_MEMORY = (
+    "the dense weights of the swapped projections beside their packed copies (as many "
+    "bytes again as those weights, until the swapped calls are timed) and, while it checks "
+    "one projection, nn.Linear's output of it (an aligned copy of its weight too, where it "
+    "was loaded unaligned) and float64 blocks of about 64 MiB"
+)
 
 
 class NotEnoughMemoryError(RestoreLCCError):
-    """The logits check's wider copy of the model does not fit."""
+    """The check of the swapped calls does not fit in memory."""
+
+
+class References(NamedTuple):
+    """What ``time_jobs`` checks each swapped call against: per job the ``nn.Linear``
+    model's logits [batch, 1, vocab], and its dense projections by name
+    (``restorelcc.latency.dense_projections``), taken before the swap."""
+
+    logits: list
+    dense: dict
 
 
 def job_label(phase: str, batch: int, tokens: int) -> str:
@@ -21,9 +50,25 @@ def job_label(phase: str, batch: int, tokens: int) -> str:
     return f"{phase} {batch}x{tokens}"
 
 
+@contextlib.contextmanager
+def memory_for_the_check():
+    """Turn memory running out (CUDA's ``OutOfMemoryError`` or the CPU allocator's
+    ``RuntimeError``) into a ``NotEnoughMemoryError`` that says what the check holds and
+    to rerun with ``--no-check``."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not out_of_memory(error):
+            raise
+        raise NotEnoughMemoryError(
+            f"out of memory for the check of the swapped calls, which holds {CHECK_MEMORY}; "
+            "rerun with --no-check"
+        ) from error
+
+
 def _job_call(model, jobs, index: int, device):
     """The call that job ``index`` times on ``model``; its random tokens depend on the job
-    alone, so the swapped, ``nn.Linear`` and wider models of a job see the same ones."""
+    alone, so the swapped and ``nn.Linear`` models of a job see the same ones."""
     import torch
 
     from restorelcc.latency import decode_step, prefill
@@ -35,54 +80,58 @@ def _job_call(model, jobs, index: int, device):
     return prefill(model, tokens, generator)
 
 
-def reference_logits(model, jobs, device, quiet: bool = False) -> list[tuple]:
-    """Per job, the logits [batch, 1, vocab] of ``model`` (``nn.Linear`` projections) and
-    of a copy of it in ``oracle_dtype``; a progress bar (unless ``quiet``) counts the
-    calls, the longest silent phase otherwise (every job run twice, once on the wider
-    copy)."""
-    import torch
+def reference_logits(model, jobs, device, quiet: bool = False) -> References:
+    """Per job, the logits [batch, 1, vocab] of ``model`` (``nn.Linear`` projections, not
+    swapped yet), and its dense projections; a progress bar (unless ``quiet``) counts the
+    calls."""
     from tqdm.auto import tqdm
 
-    from restorelcc.latency import oracle_dtype
+    from restorelcc.latency import dense_projections
 
-    dtype = oracle_dtype(next(model.parameters()).dtype)
-    bar = tqdm(total=2 * len(jobs), desc="reference logits", unit="call", disable=quiet)
-
-    def logits_of(on, label: str) -> list:
-        results = []
+    logits = []
+    with tqdm(total=len(jobs), desc="reference logits", unit="call", disable=quiet) as bar:
         for index, job in enumerate(jobs):
-            bar.set_postfix_str(f"{label} {job_label(*job)}")
-            results.append(_job_call(on, jobs, index, device)())
+            bar.set_postfix_str(f"nn.Linear {job_label(*job)}")
+            logits.append(_job_call(model, jobs, index, device)())
             bar.update()
-        return results
-
-    with bar:
-        plain = logits_of(model, "nn.Linear")
-        try:
-            wide = copy.deepcopy(model).to(dtype)
-            oracle = logits_of(wide, str(dtype).removeprefix("torch."))
-        except torch.OutOfMemoryError:
-            raise NotEnoughMemoryError(
-                f"no memory for the {dtype} copy of the model that the logits check "
-                "compares against; rerun with --no-check"
-            ) from None
-    del wide
-    return list(zip(plain, oracle, strict=True))
+    return References(logits, dense_projections(model))
 
 
-def time_jobs(model, jobs, device, args, label: str, bar, references=None) -> tuple[list, list]:
+def _checked(model, call, label: str, references: References, index: int) -> dict:
+    """The check of ``call`` on the swapped ``model`` (job ``index``, named ``label``):
+    ``check_projections``' verdict, failed also where its logits are not finite while
+    the ``nn.Linear`` model's are; with how far those logits are from the ``nn.Linear``
+    model's (``logits_difference``: information, not judged)."""
+    from restorelcc.latency import check_projections
+
+    plain = references.logits[index]
+    with memory_for_the_check():
+        logits, check = check_projections(model, call, references.dense)
+    finite = bool(logits.isfinite().all()) or not bool(plain.isfinite().all())
+    difference = (logits.double() - plain.double()).abs().max().item()
+    return {
+        **check,
+        "ok": check["ok"] and finite,
+        "logits_finite": finite,
+        "job": label,
+        "logits_difference": difference,
+    }
+
+
+def time_jobs(
+    model, jobs, device, args, label: str, bar, references: References | None = None
+) -> tuple[list, list]:
     """Timings of every job's call on ``model``; with ``references`` (from
-    ``reference_logits``), each call's logits are checked first: (timings, checks)."""
-    from restorelcc.latency import logits_check, time_call
+    ``reference_logits``), each call is checked first (``_checked``): (timings, checks)."""
+    from restorelcc.latency import time_call
 
-    dtype = next(model.parameters()).dtype
     timings, checks = [], []
     for index, (phase, batch, tokens) in enumerate(jobs):
-        bar.set_postfix_str(f"{label} {job_label(phase, batch, tokens)}")
+        name = job_label(phase, batch, tokens)
+        bar.set_postfix_str(f"{label} {name}")
         call = _job_call(model, jobs, index, device)
         if references is not None:
-            plain, oracle = references[index]
-            checks.append(logits_check(call(), plain, oracle, dtype))
+            checks.append(_checked(model, call, name, references, index))
         timings.append(
             time_call(call, device, rounds=args.rounds, rep_ms=args.rep_ms, eager=args.eager)
         )
@@ -90,10 +139,32 @@ def time_jobs(model, jobs, device, args, label: str, bar, references=None) -> tu
     return timings, checks
 
 
-def worst_check(jobs, checks) -> dict | None:
-    """The check of the job furthest from its limit, naming it; ``ok`` if every job's is."""
+def summarise_checks(checks: list[dict]) -> dict | None:
+    """The checks of every job (``time_jobs``') in one: ``ok`` if every job's is, the jobs
+    that failed (``failed_jobs``, by label) and the projections that failed in any
+    (``failed_projections``), the projection furthest from its limit (``job``, ``module``,
+    ``error``, ``torch_error``, ``limit``) and the largest logits difference from the
+    ``nn.Linear`` model (``logits_difference``, ``logits_difference_job``). None
+    without checks."""
+    from restorelcc.latency import over_limit
+
     if not checks:
         return None
-    index = max(range(len(checks)), key=lambda i: checks[i]["error"] / checks[i]["limit"])
-    worst = {**checks[index], "job": job_label(*jobs[index])}
-    return {**worst, "ok": all(c["ok"] for c in checks)}
+    worst = max(checks, key=over_limit)
+    differences = [c["logits_difference"] for c in checks]
+    widest = max(range(len(checks)), key=lambda i: _or_inf(differences[i]))
+    return {
+        "ok": all(c["ok"] for c in checks),
+        "jobs": len(checks),
+        "failed_jobs": [c["job"] for c in checks if not c["ok"]],
+        "failed_projections": list(dict.fromkeys(m for c in checks for m in c["failed"])),
+        "non_finite_logits": [c["job"] for c in checks if not c["logits_finite"]],
+        "projections": worst["projections"],
+        **{key: worst[key] for key in ("job", "module", "error", "torch_error", "limit")},
+        "logits_difference": differences[widest],
+        "logits_difference_job": checks[widest]["job"],
+    }
+
+
+def _or_inf(value: float) -> float:
+    return value if math.isfinite(value) else math.inf

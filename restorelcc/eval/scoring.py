@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from restorelcc.data import encode_unterminated, positive_count
-from restorelcc.errors import NonFiniteError, warn_user
+from restorelcc.errors import NonFiniteError, out_of_memory, warn_user
 from restorelcc.eval.gather import Pick, continuation_scores
 from restorelcc.eval.packing import float_dtype, logit_positions, pack_requests, packed_inputs
 from restorelcc.hf.families import FAMILIES, model_device, model_positions
@@ -208,12 +208,6 @@ def _split_packable(requests, max_length, window: int | None = None) -> tuple[li
     return sorted(packable), sorted(plain)
 
 
-def _out_of_memory(exc: Exception) -> bool:
-    """Whether ``exc`` says memory ran out: CUDA's has its own type, the CPU allocator's
-    is a plain RuntimeError."""
-    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)
-
-
 def _score_packed(model, requests, indices, batch_size, scores, bar) -> list[int]:
     """Score ``indices`` in packed rows. Returns the indices left unscored: none, or all
     from the first row where packing matters on, if the model disagrees there with
@@ -233,7 +227,7 @@ def _score_packed(model, requests, indices, batch_size, scores, bar) -> list[int
                 model, keep, **{k: v.to(device) for k, v in inputs.items()}
             )
         except (RuntimeError, ValueError, TypeError) as exc:
-            if verified or _out_of_memory(exc):
+            if verified or out_of_memory(exc):
                 raise  # out of memory is no refusal of packed rows
             warn_user(f"context sharing off: model refused packed rows ({exc})")
             return _unscored(indices, scores)

@@ -38,15 +38,20 @@ def _swap_then_shift_rows(shift_where):
 
 
 @pytest.mark.parametrize(
-    ("shift_where", "failing"),
+    ("shift_where", "failing", "said"),
     [
-        (lambda out: True, {"decode", "prefill"}),
-        (lambda out: out.shape[-2] == 1, {"decode"}),  # decode rows only: a decode-only plan
+        (
+            lambda out: True,
+            {"decode", "prefill"},
+            "3 of 3 jobs (decode 1x8, decode 2x8, prefill 1x12)",
+        ),
+        # decode rows only (a decode-only plan): it said "FAILED on every job's call"
+        (lambda out: out.shape[-2] == 1, {"decode"}, "2 of 3 jobs (decode 1x8, decode 2x8)"),
     ],
     ids=["everywhere", "decode-only"],
 )
 def test_the_logits_check_runs_on_each_timed_call(
-    pruned_dir, tmp_path, monkeypatch, capsys, shift_where, failing
+    pruned_dir, tmp_path, monkeypatch, capsys, shift_where, failing, said
 ):
     import restorelcc.commands.bench as bench
 
@@ -56,7 +61,8 @@ def test_the_logits_check_runs_on_each_timed_call(
         ["bench", "--model", str(pruned_dir), "--batches", "1", "2", "--context", "8",
          "--prefill", "12", "--rounds", "1", "--device", "cpu", "--quiet", "--json", str(out)]
     )  # fmt: skip
-    assert rc == 1 and "logits check FAILED" in capsys.readouterr().out
+    failed = f"logits check FAILED on {said}: model.layers.1.self_attn.o_proj beyond the limit"
+    assert rc == 1 and failed in capsys.readouterr().out
     report = json.loads(out.read_text())
     assert not report["logits_check"]["ok"]
     for row in report["rows"]:

@@ -69,7 +69,7 @@ def test_cuda_timings_refuse_rounds_and_streams_without_bitmaps():
         args = build_parser().parse_args(["bench", "--model", "m", *arguments])
         _check_timing_options(args, torch.device("cuda"))
 
-    check("--eager", "--rep-ms", "5", "--decode-streams")  # all used on CUDA
+    check("--eager", "--rep-ms", "5", "--decode-streams")  # all used (--rep-ms by --eager too)
     with pytest.raises(ValueError, match="^--rounds: CPU only; on CUDA each job is timed for"):
         check("--rounds", "3")
     with pytest.raises(ValueError, match="--decode-streams: it lays out bitmap weights"):
@@ -134,16 +134,53 @@ def test_bench_rejects_bad_numbers(pruned_dir, capsys):
     assert "0 is not positive" in capsys.readouterr().err
 
 
-def test_no_memory_for_the_check_says_to_skip_it(pruned_dir, tmp_path, monkeypatch, capsys):
-    import restorelcc.commands.bench_timing as bench_timing
+# Memory running out as torch says it: CUDA's error, and the CPU allocator's RuntimeError.
+OUT_OF_MEMORY = {
+    "cuda": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    "cpu": lambda: RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+        "memory: you tried to allocate 100000000000000 bytes. Error code 12"
+    ),
+}
 
-    def out_of_memory(model):
-        raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(bench_timing, "copy", types.SimpleNamespace(deepcopy=out_of_memory))
+@pytest.mark.parametrize("kind", sorted(OUT_OF_MEMORY))
+def test_no_memory_for_the_check_says_what_it_holds_and_to_skip_it(
+    pruned_dir, tmp_path, monkeypatch, capsys, kind
+):
+    """The CPU allocator's error, a plain RuntimeError, went through as a traceback (only
+    CUDA's OutOfMemoryError was caught). Here the check's float64 copies fail."""
+
+    def out_of_memory(self, *args, **kwargs):
+        raise OUT_OF_MEMORY[kind]()
+
+    monkeypatch.setattr(torch.Tensor, "double", out_of_memory)
     argv = ["bench", "--model", str(pruned_dir), "--context", "8", "--prefill", "8"]
     assert main([*argv, "--quiet", "--json", str(tmp_path / "b.json")]) == 2
+    from restorelcc.commands.bench_timing import CHECK_MEMORY
+
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("restorelcc bench: error: out of memory for the check of the swapped")
+    assert f"which holds {CHECK_MEMORY}; rerun with --no-check" in err
+
+
+@pytest.mark.parametrize("kind", sorted(OUT_OF_MEMORY))
+def test_no_memory_to_swap_beside_the_dense_weights_says_to_skip_the_check(
+    pruned_dir, tmp_path, monkeypatch, capsys, kind
+):
+    """The check keeps the dense projections while the swap packs them; without it the
+    same error is the swap's own, not blamed on the check."""
+    import lcc_kernels
+
+    def out_of_memory(*args, **kwargs):
+        raise OUT_OF_MEMORY[kind]()
+
+    monkeypatch.setattr(lcc_kernels, "pack_many", out_of_memory)
+    argv = ["bench", "--model", str(pruned_dir), "--context", "8", "--prefill", "8", "--quiet"]
+    assert main([*argv, "--json", str(tmp_path / "b.json")]) == 2
     assert "rerun with --no-check" in capsys.readouterr().err
+    with pytest.raises(type(OUT_OF_MEMORY[kind]()), match="allocate"):
+        main([*argv, "--no-check", "--json", str(tmp_path / "b.json")])
 
 
 def test_an_unsupported_family_fails_before_the_weights_load(tmp_path, monkeypatch, capsys):
