@@ -161,3 +161,14 @@ def no_model_loads(monkeypatch):
         raise AssertionError("a model was loaded before the inputs were checked")
 
     monkeypatch.setattr(restorelcc.assets, "load_model", refuse)
+
+
+@pytest.fixture
+def gpt2_checkpoint(tmp_path) -> Path:
+    """A one-layer GPT-2 checkpoint: a model family restorelcc does not support."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from restorelcc.testing import save_checkpoint
+
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=259)
+    return save_checkpoint(GPT2LMHeadModel(config), tmp_path / "gpt2")

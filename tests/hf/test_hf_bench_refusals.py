@@ -183,18 +183,10 @@ def test_no_memory_to_swap_beside_the_dense_weights_says_to_skip_the_check(
         main([*argv, "--no-check", "--json", str(tmp_path / "b.json")])
 
 
-def test_an_unsupported_family_fails_before_the_weights_load(tmp_path, monkeypatch, capsys):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    import restorelcc.assets
-
-    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=259)
-    path = save_checkpoint(GPT2LMHeadModel(config), tmp_path / "gpt2")
-
-    def no_weights(*args, **kwargs):
-        raise AssertionError("the weights were loaded before the family was checked")
-
-    monkeypatch.setattr(restorelcc.assets, "load_model", no_weights)
+def test_an_unsupported_family_fails_before_the_weights_load(
+    tmp_path, gpt2_checkpoint, no_model_loads, capsys
+):
+    path = gpt2_checkpoint
     capsys.readouterr()
     assert main(["bench", "--model", str(path), "--json", str(tmp_path / "b.json")]) == 2
     assert "model family 'gpt2' is not supported" in capsys.readouterr().err

@@ -45,18 +45,10 @@ def test_inspect_shows_a_bar_over_layers_unless_quiet(tmp_path, capsys, quiet):
     assert bar is not quiet
 
 
-def test_pack_refuses_an_unsupported_family_before_the_weights_load(tmp_path, monkeypatch, capsys):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    import restorelcc.assets
-
-    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=259)
-    path = save_checkpoint(GPT2LMHeadModel(config), tmp_path / "gpt2")
-
-    def no_weights(*args, **kwargs):
-        raise AssertionError("the weights were loaded before the family was checked")
-
-    monkeypatch.setattr(restorelcc.assets, "load_model", no_weights)
+def test_pack_refuses_an_unsupported_family_before_the_weights_load(
+    tmp_path, gpt2_checkpoint, no_model_loads, capsys
+):
+    path = gpt2_checkpoint
     capsys.readouterr()
     assert main(["pack", "--model", str(path), "--out", str(tmp_path / "o")]) == 2
     assert "model family 'gpt2' is not supported" in capsys.readouterr().err

@@ -246,18 +246,10 @@ def test_inspect_refuses_a_json_directory_before_the_work(tiny_dir, tmp_path, ca
     assert list(folder.iterdir()) == []
 
 
-def test_prune_refuses_an_unsupported_family_before_the_weights_load(tmp_path, monkeypatch, capsys):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    import restorelcc.assets
-
-    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=259)
-    path = save_checkpoint(GPT2LMHeadModel(config), tmp_path / "gpt2")
-
-    def no_weights(*args, **kwargs):
-        raise AssertionError("the weights were loaded before the family was checked")
-
-    monkeypatch.setattr(restorelcc.assets, "load_model", no_weights)
+def test_prune_refuses_an_unsupported_family_before_the_weights_load(
+    tmp_path, gpt2_checkpoint, no_model_loads, capsys
+):
+    path = gpt2_checkpoint
     capsys.readouterr()
     rc = main(
         ["prune", "--model", str(path), "--method", "magnitude", "--out", str(tmp_path / "o")]
