@@ -152,9 +152,9 @@ def _check_arguments(args: argparse.Namespace):
     return spec
 
 
-def _evaluate_saved(args: argparse.Namespace, device) -> dict:
-    """Sliding-window perplexity on ``--ppl-source`` (``--ppl-tokens``, ``--ppl-window``,
-    ``--ppl-stride``) of the checkpoint written at
+def _evaluate_saved(args: argparse.Namespace, device, texts) -> dict:
+    """Sliding-window perplexity on ``texts``, ``--ppl-source``'s documents as ``run`` read
+    them (``--ppl-tokens``, ``--ppl-window``, ``--ppl-stride``) of the checkpoint written at
     ``--out``, loaded in ``--dtype`` as ``restorelcc eval`` loads it (a cast of the pruned
     model would differ: ``Module.to`` rounds rotary ``inv_freq``, which loading keeps in
     float32)."""
@@ -163,7 +163,7 @@ def _evaluate_saved(args: argparse.Namespace, device) -> dict:
 
     dtype = resolve_dtype(args.dtype, device)
     model, tokenizer = load_model(args.out, dtype=dtype, device=device)
-    result = perplexity_of(model, tokenizer, args)
+    result = perplexity_of(model, tokenizer, args, texts)
     warn_if_text_ran_out(result.as_dict(), args)
     return {"perplexity": result.as_dict(), "dtype": str(dtype).removeprefix("torch.")}
 
@@ -203,10 +203,11 @@ def run(args: argparse.Namespace) -> int:
         from restorelcc.data import calibration_texts
 
         calibration_texts(args.calibration, n=1)
+    ppl_texts = None  # read once: what fails here is what is scored, and its origin recorded
     if args.eval:
         from restorelcc.data import perplexity_texts
 
-        perplexity_texts(args.ppl_source, n=1)  # a missing or empty text fails here too
+        ppl_texts = perplexity_texts(args.ppl_source)  # a missing or empty text fails here
     config = load_config(args.model)
     family_of(config)  # an unsupported family fails before the weights load
     if args.eval:  # --ppl-window against the model's length, too
@@ -255,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
         "model_origin": model_origin(args.model),
         **report.to_dict(),
         "saved_dtype": str(saved_dtype).removeprefix("torch."),
+        "ppl_source_origin": None if ppl_texts is None else ppl_texts.origin,
         "run_metadata": run_metadata(),
     }
     with atomic_directory(args.out, overwrite=args.overwrite, replaces=PRUNE_REPORT) as tmp:
@@ -264,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
     if args.eval:  # the checkpoint is kept whatever happens to its evaluation
         del model  # one model in memory at a time
         try:
-            report.evaluation = payload["evaluation"] = _evaluate_saved(args, device)
+            evaluation = _evaluate_saved(args, device, ppl_texts)
+            report.evaluation = payload["evaluation"] = evaluation
         except BaseException:
             print(f"restorelcc prune: wrote {args.out}; its --eval did not finish", file=sys.stderr)
             raise
