@@ -109,6 +109,7 @@ __all__ = [
     "read_requests",
     "source_origin",
     "tokenize_pair",
+    "unique_pairs",
 ]
 
 

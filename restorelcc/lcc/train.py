@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from restorelcc.data import InstructionPair, is_integer, is_real, positive_count
-from restorelcc.errors import ArgumentError, DataError, NonFiniteError
+from restorelcc.data import InstructionPair, is_integer, is_real, positive_count, unique_pairs
+from restorelcc.errors import ArgumentError, DataError, NonFiniteError, warn_user
 from restorelcc.hf.families import eval_mode, head_geometry, model_device
 from restorelcc.lcc.capture_taps import o_proj_taps, pad_right
 from restorelcc.lcc.finite import LOW_PRECISION_HINT
@@ -292,7 +292,15 @@ def encode_training_pairs(
     ``DataError`` that the data or the tokenizer would make ``train_response_lm`` raise (a
     bad or empty pair, too few pairs, no EOS token) with no model run: callers check here
     before their costly steps, and can hand the result to ``train_response_lm``."""
-    pairs, held_out = config.split(check_pairs(pairs, what="training pairs"))
+    pairs = check_pairs(pairs, what="training pairs")
+    repeats = len(pairs) - len(unique_pairs(pairs))
+    if repeats:  # the data loaders drop them; a list given directly may hold some
+        warn_user(
+            f"{repeats} of {len(pairs)} training pairs repeat an earlier pair exactly: a repeat "
+            "can sit on both sides of the held-out (validation_pairs) and probe splits; "
+            "restorelcc.data.unique_pairs drops them, as the data loaders do"
+        )
+    pairs, held_out = config.split(pairs)
     encoded, cut = encode_pairs(tokenizer, pairs, config.max_length, eos=True)
     held_out, held_out_cut = encode_pairs(tokenizer, held_out, config.max_length, eos=True)
     return TrainingPairs(encoded, held_out, config.max_length, cut + held_out_cut)
