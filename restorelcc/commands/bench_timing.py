@@ -107,8 +107,8 @@ def _checked(model, call, label: str, references: References, index: int) -> dic
     plain = references.logits[index]
     with memory_for_the_check():
         logits, check = check_projections(model, call, references.dense)
+        difference = (logits.double() - plain.double()).abs().max().item()
     finite = bool(logits.isfinite().all()) or not bool(plain.isfinite().all())
-    difference = (logits.double() - plain.double()).abs().max().item()
     return {
         **check,
         "ok": check["ok"] and finite,

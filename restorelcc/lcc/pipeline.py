@@ -123,8 +123,9 @@ def restore(
 
 
 def _capture_cut(cut: int, pairs: int, config: RestoreConfig) -> dict[str, int]:
-    """The report's ``pairs_cut`` (``train_heads`` adds training's ``max_length``): ``cut``
-    of the ``pairs`` captured were longer than ``capture_max_length``, warned of."""
+    """The capture's entry of the report's ``pairs_cut`` (``plan_heads`` records training's
+    ``max_length`` first): ``cut`` of the ``pairs`` captured were longer than
+    ``capture_max_length``, warned of."""
     length = config.capture_max_length
     flags = CAPTURE_LENGTH_FLAGS
     return {"capture_max_length": warn_pairs_cut(cut, pairs, length, "capture_max_length", flags)}
@@ -261,7 +262,9 @@ def train_heads(plan: HeadPlan, pruned: nn.Module, tokenizer, check: bool = True
     """``restore``'s second step: train the compensation of ``plan``'s heads on its pairs
     through ``pruned``, the model ``plan`` was made for (``plan`` is not modified).
     ``check=False`` skips comparing ``pruned`` with the plan's fingerprint (a pass over
-    every weight) where the caller made the plan from it."""
+    every weight) where the caller made the plan from it. The pairs' ids are
+    ``plan.training``, encoded with the tokenizer ``plan_heads`` was given: ``tokenizer``
+    (its pad id) must be that one."""
     config, heads, scores, geometry = plan.config, plan.heads, plan.scores, plan.geometry
     check_tokenizer(tokenizer)
     check_made_for(pruned, geometry, plan.fingerprint if check else None, "the plan")
