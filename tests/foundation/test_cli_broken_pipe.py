@@ -17,7 +17,7 @@ def test_inspect_writes_its_report_before_the_tables_and_ends_quietly(
     capsys.readouterr()
     report = tmp_path / "i.json"
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
-    status = cli.main(["inspect", str(model), "--per-matrix", "--json", str(report)])
+    status = cli.main(["inspect", str(model), "--per-matrix", "--quiet", "--json", str(report)])
     assert (status, capsys.readouterr().err, report.exists()) == (141, "", True)
     assert len(json.loads(report.read_text())["matrices"]) == 2 * 7
     assert cli.STDOUT_CLOSED == 141
@@ -30,7 +30,7 @@ def test_a_closed_pipe_ends_the_process_quietly(tmp_path):
     model = save_checkpoint(tiny_model("llama-gqa"), tmp_path / "model")
     report = tmp_path / "i.json"
     command = [sys.executable, "-m", "restorelcc", "inspect", str(model), "--per-matrix",
-               "--json", str(report)]  # fmt: skip
+               "--quiet", "--json", str(report)]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.close()  # as `| head -0` would
     _, err = process.communicate(timeout=120)

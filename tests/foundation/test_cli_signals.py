@@ -72,7 +72,7 @@ def test_a_ctrl_c_before_the_output_is_written_does_not_claim_it(tmp_path, monke
     capsys.readouterr()  # its progress bar
     monkeypatch.setattr(io, "atomic_write_json", stop)  # the --json report
     report = tmp_path / "inspect.json"
-    assert cli.main(["inspect", str(model), "--json", str(report)]) == 130
+    assert cli.main(["inspect", str(model), "--quiet", "--json", str(report)]) == 130
     assert capsys.readouterr().err == "restorelcc inspect: interrupted\n"
     assert not report.exists()
 
