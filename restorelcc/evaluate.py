@@ -15,12 +15,12 @@ import math
 import time
 from collections.abc import Sequence
 
-from restorelcc.data import DEFAULT_PERPLEXITY_SOURCE, perplexity_texts, positive_count
+from restorelcc.data import positive_count
 from restorelcc.eval.perplexity import (
     DEFAULT_TOKENS,
     PerplexityResult,
-    checked_texts,
     perplexity,
+    perplexity_documents,
     perplexity_report,
     perplexity_windows,
     windows_per_forward,
@@ -179,11 +179,7 @@ def evaluate_model(
     positive_count(batch_size, "batch_size")
     if perplexity:
         positive_count(ppl_tokens, "ppl_tokens")
-        if ppl_texts is None:
-            ppl_source = DEFAULT_PERPLEXITY_SOURCE if ppl_source is None else ppl_source
-            ppl_texts = perplexity_texts(ppl_source)
-        else:
-            ppl_texts = checked_texts(ppl_texts, "texts" if ppl_source is None else ppl_source)
+        ppl_texts, ppl_source = perplexity_documents(ppl_texts, ppl_source)
     check_is_model(model)  # before the first task, not a failure deep in it
     if perplexity:  # a window and stride the model cannot take fail before the tasks
         window, _ = perplexity_windows(

@@ -216,6 +216,17 @@ def _last_logits(model, inputs: torch.Tensor, keep: int) -> torch.Tensor:
     return model(input_ids=inputs).logits[:, -keep:]
 
 
+def perplexity_documents(texts: Iterable[str] | None, source: str | None) -> tuple[list[str], str]:
+    """``(documents, name)`` that ``perplexity_report`` scores: ``texts`` checked
+    (``checked_texts``) and named ``source`` (None: ``"texts"``), or, without ``texts``,
+    ``perplexity_texts(source)`` (None: ``DEFAULT_PERPLEXITY_SOURCE``) named by it."""
+    if texts is None:
+        source = DEFAULT_PERPLEXITY_SOURCE if source is None else source
+        return perplexity_texts(source), source
+    source = "texts" if source is None else source
+    return checked_texts(texts, source), source
+
+
 def checked_texts(texts: Iterable[str], source: str) -> list[str]:
     """Perplexity documents given by a caller, as a list; refused where ``perplexity_texts``
     would give no such thing: one string (a sequence of characters, each scored as a
@@ -264,12 +275,7 @@ def perplexity_report(
     check_is_model(model)
     window, stride = perplexity_windows(window, stride, model_max_length(model, tokenizer))
     batch_size = batch_size or windows_per_forward(window)
-    if texts is None:
-        source = DEFAULT_PERPLEXITY_SOURCE if source is None else source
-        texts = perplexity_texts(source)
-    else:
-        source = "texts" if source is None else source
-        texts = checked_texts(texts, source)
+    texts, source = perplexity_documents(texts, source)
     ids = token_stream(tokenizer, texts, tokens)
     if len(ids) < 2:
         raise DataError(f"perplexity source {source!r} gives fewer than 2 tokens")
