@@ -43,7 +43,6 @@ model, e2e_report.py computes the speedups and the summary table.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from dataclasses import asdict
@@ -77,7 +76,6 @@ class Bench:
         import torch
 
         from lcc_kernels.bench import environment
-        from restorelcc.latency import oracle_dtype
         from restorelcc.provenance import run_metadata
 
         self.torch = torch
@@ -86,7 +84,6 @@ class Bench:
             "cuda" if torch.cuda.is_available() and not setup.smoke else "cpu"
         )
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.oracle_dtype = oracle_dtype(self.dtype)
         metadata = run_metadata()
         metadata["commit"] = commit or metadata["commit"]
         self.result = {
@@ -113,7 +110,7 @@ class Bench:
 
     def run(self) -> dict:
         from restorelcc.hf.swap import swap_attention, unswap_attention
-        from restorelcc.latency import logits_check, weight_bytes
+        from restorelcc.latency import check_call, dense_projections, weight_bytes
 
         torch = self.torch
         model = build_model(self.setup, self.device, self.dtype)
@@ -135,13 +132,13 @@ class Bench:
                 if spec is not None:
                     pattern, sparsity, fmt, mlp = spec
                     prune_blocks(model, originals, pattern, sparsity, mlp)
-                    plain = model(ids).logits
-                    oracle = copy.deepcopy(model).to(self.oracle_dtype)(ids).logits
+                    plain, dense = model(ids).logits, dense_projections(model)
                     report = swap_attention(model, fmt, mlp=mlp)
                     swapped = True
                     info["swap"] = {k: v for k, v in report.to_dict().items() if k != "groups"}
                     info["formats"] = report.packed_formats
-                    info["check"] = logits_check(model(ids).logits, plain, oracle, self.dtype)
+                    info["check"] = check_call(model, lambda: model(ids).logits, dense, plain)
+                    del plain, dense  # the dense weights stay alive while referenced
                 info["weight_bytes"] = weight_bytes(model)
                 self.save()
                 self.time_variant(variant, model)

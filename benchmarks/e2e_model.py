@@ -31,7 +31,7 @@ class Setup:
     context: int  # tokens already in the KV cache at a decode step
     decode_batches: tuple[int, ...]
     prefill_tokens: tuple[int, ...]
-    check_tokens: int  # prompt length of the logits check
+    check_tokens: int  # prompt length of the check of each swapped variant
     rep_ms: int
     smoke: bool
 

@@ -51,7 +51,7 @@ def summary_table(result: dict) -> str:
                 **row,
                 "speedup": ratio.get("speedup"),
                 "bytes_ratio": ratio.get("bytes_ratio"),
-                "logits_ok": check.get("ok"),
+                "check_ok": check.get("ok"),
             }
         )
     return format_table(
@@ -65,7 +65,7 @@ def summary_table(result: dict) -> str:
             "method",
             "speedup",
             "bytes_ratio",
-            "logits_ok",
+            "check_ok",
             "status",
         ],
     )

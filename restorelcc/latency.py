@@ -8,6 +8,7 @@ and interleaved timing rounds for ratios measured in one run.
     ratios = median_ratios(times, baseline="pruned")                   # {"folded": 1.01, ...}
     dense = dense_projections(model)          # before swap_attention(model)
     logits, check = check_projections(model, step, dense)              # check["ok"]
+    check = check_call(model, step, dense, plain_logits)   # and logits compared, not judged
 
 The error rule of kernels.md (an operation's error against float64 at most 2x plain
 PyTorch's at the same precision, plus a small atol) holds for one operation on one input.
@@ -15,8 +16,9 @@ PyTorch's at the same precision, plus a small atol) holds for one operation on o
 the very input the call gave it. It does not hold for logits after many layers, where
 the swapped and the ``nn.Linear`` model round differently from the first layer on and
 those differences compound (correct 2:4 swaps of SmolLM2 failed it: a float32 decode
-step, about 1 call in 20 in bfloat16); ``logits_check`` (the rule on logits) is kept for
-shallow models only.
+step, about 1 call in 20 in bfloat16); ``check_call`` adds how far the logits are from the
+``nn.Linear`` model's as information (non-finite logits fail it); ``logits_check`` (the
+rule on logits) is kept for shallow models only.
 
 Both calls run against a ``StaticCache`` that is reset before each run, so a call can be
 repeated (and captured in a CUDA graph: on a GPU ``time_call`` replays one, else it falls
@@ -330,6 +332,27 @@ def check_projections(
         **{key: results[worst][key] for key in ("error", "torch_error", "limit")},
     }
     return result, check
+
+
+def check_call(
+    model: nn.Module,
+    call: Callable[[], torch.Tensor],
+    dense: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]],
+    plain: torch.Tensor,
+) -> dict:
+    """``check_projections``' result for ``call`` on the swapped ``model``, failed also
+    where the call's logits are not finite while ``plain`` (the same call's logits
+    [..., vocab] on the ``nn.Linear`` model) are; with ``logits_finite`` and
+    ``logits_difference``, max |logits - plain|: information, not judged."""
+    logits, check = check_projections(model, call, dense)
+    difference = (logits.double() - plain.double()).abs().max().item()
+    finite = bool(logits.isfinite().all()) or not bool(plain.isfinite().all())
+    return {
+        **check,
+        "ok": check["ok"] and finite,
+        "logits_finite": finite,
+        "logits_difference": difference,
+    }
 
 
 def over_limit(check: dict) -> float:

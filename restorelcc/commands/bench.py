@@ -34,9 +34,9 @@ contradict the folder (``--format`` other than auto or its format, ``--mlp`` or
 are refused.
 Speedup = ``nn.Linear`` time / swapped time. On a CPU the swapped modules run the
 PyTorch reference path, so CPU figures say nothing of GPU speed (the report says so).
-This module holds the options, their checks and the run; the timing and logits check:
-``bench_timing``; the report's rows and printed summary: ``bench_summary``; packed
-checkpoints: ``bench_packed``.
+This module holds the options, their checks and the run; the timing and the check of the
+swapped calls: ``bench_timing``; the report's rows and printed summary:
+``bench_summary``; packed checkpoints: ``bench_packed``.
 """
 
 from __future__ import annotations
@@ -337,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
             "swapped": bytes_swapped,
             "swapped_decode_streams": decode_streams_bytes(report, bytes_swapped),
         },
-        "logits_check": check,
+        "check": check,
         "rows": rows,
         "wall_s": round(time.perf_counter() - start, 2),
         "run_metadata": run_metadata(),

@@ -53,7 +53,7 @@ def timing_rows(jobs, linear: list, swapped: list, checks: list) -> list[dict]:
             "spread": max(timing_spread(base), timing_spread(ours)),
             "linear": base,
             "swapped": ours,
-            "logits_check": checks[index] if checks else None,
+            "check": checks[index] if checks else None,
         }
         for index, ((phase, batch, tokens), base, ours) in enumerate(
             zip(jobs, linear, swapped, strict=True)
@@ -69,7 +69,7 @@ def print_summary(payload: dict, report, out, device, rounds: int) -> None:
     swapped calls."""
     from restorelcc.io import format_table
 
-    rows, check, packed = payload["rows"], payload["logits_check"], payload["packed_checkpoint"]
+    rows, check, packed = payload["rows"], payload["check"], payload["packed_checkpoint"]
     bytes_linear = payload["weight_bytes"]["linear"]
     bytes_swapped = payload["weight_bytes"]["swapped"]
     columns = ["phase", "batch", "tokens", "linear_ms", "swapped_ms", "speedup", "spread"]
@@ -123,15 +123,15 @@ def _named(names: list[str], most: int = 3) -> str:
 
 def check_lines(check: dict) -> str:
     """The summary's lines on the check of the swapped calls (``check``: the report's
-    ``logits_check``, from ``bench_timing.summarise_checks``): the verdict (how many jobs
+    ``check``, from ``bench_timing.summarise_checks``): the verdict (how many jobs
     failed, which, and on which projections or non-finite logits), the projection
     furthest from its limit, and the logits' difference from ``nn.Linear``'s, labelled
     as information."""
     jobs, failed = check["jobs"], check["failed_jobs"]
     if check["ok"]:
-        verdict = f"logits check ok on all {jobs} jobs' calls" if jobs > 1 else "logits check ok"
+        verdict = "projection check ok" + (f" on all {jobs} jobs' calls" if jobs > 1 else "")
     else:
-        verdict = f"logits check FAILED on {len(failed)} of {jobs} jobs ({', '.join(failed)})"
+        verdict = f"projection check FAILED on {len(failed)} of {jobs} jobs ({', '.join(failed)})"
         if check["failed_projections"]:
             verdict += f": {_named(check['failed_projections'])} beyond the limit"
         if check["non_finite_logits"]:

@@ -98,24 +98,13 @@ def reference_logits(model, jobs, device, quiet: bool = False) -> References:
 
 
 def _checked(model, call, label: str, references: References, index: int) -> dict:
-    """The check of ``call`` on the swapped ``model`` (job ``index``, named ``label``):
-    ``check_projections``' verdict, failed also where its logits are not finite while
-    the ``nn.Linear`` model's are; with how far those logits are from the ``nn.Linear``
-    model's (``logits_difference``: information, not judged)."""
-    from restorelcc.latency import check_projections
+    """``check_call``'s result for ``call`` on the swapped ``model`` (job ``index``, named
+    ``label``), against the ``nn.Linear`` model's logits and dense projections."""
+    from restorelcc.latency import check_call
 
-    plain = references.logits[index]
     with memory_for_the_check():
-        logits, check = check_projections(model, call, references.dense)
-        difference = (logits.double() - plain.double()).abs().max().item()
-    finite = bool(logits.isfinite().all()) or not bool(plain.isfinite().all())
-    return {
-        **check,
-        "ok": check["ok"] and finite,
-        "logits_finite": finite,
-        "job": label,
-        "logits_difference": difference,
-    }
+        check = check_call(model, call, references.dense, references.logits[index])
+    return {**check, "job": label}
 
 
 def time_jobs(

@@ -219,14 +219,14 @@ def test_cli_prune_restore_bench_on_device(device, tmp_path, capsys):
          "--context", "8", "--prefill", "8", *timing, "--mlp",
          "--device", device, "--json", str(bench), "--quiet"]
     ) == 0  # fmt: skip
-    assert "logits check ok" in capsys.readouterr().out
+    assert "projection check ok" in capsys.readouterr().out
     timed = json.loads(bench.read_text())
     assert timed["device"] == device and timed["timing_claims"] == (device == "cuda")
     assert timed["dtype"] == ("bfloat16" if device == "cuda" else "float32")
     assert timed["formats"] == ["2:4"] and timed["adapter"]["selected_heads"] == 3
     groups = {(g["group"], g["format"]) for g in timed["swap"]["groups"]}
     assert groups == {(g, "2:4") for g in ("qkv", "o_proj", "gate_up", "down_proj")}
-    assert timed["logits_check"]["ok"]
+    assert timed["check"]["ok"]
     assert [(r["phase"], r["batch"]) for r in timed["rows"]] == [("decode", 2), ("prefill", 1)]
     for row in timed["rows"]:
         assert row["linear_ms"] > 0 and row["swapped_ms"] > 0

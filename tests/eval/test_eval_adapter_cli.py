@@ -82,7 +82,7 @@ def test_bench_with_an_adapter_checks_the_restored_model(saved, tmp_path, capsys
             "--device", "cpu", "--json", str(out)]  # fmt: skip
     assert _run(capsys, *argv) == 0
     report = json.loads(out.read_text())
-    assert report["adapter"]["selected_heads"] == 3 and report["logits_check"]["ok"]
+    assert report["adapter"]["selected_heads"] == 3 and report["check"]["ok"]
 
 
 @pytest.mark.parametrize("command", ["eval", "bench"])

@@ -26,7 +26,8 @@ def test_a_correct_swap_of_a_deep_model_passes_where_the_logits_rule_failed(
     """SmolLM2 (16 of its 30 layers, magnitude 2:4, float32) with attention and MLP
     swapped: its decode 1x8 logits were 2.8 x nn.Linear's error from float64's, past the
     rule's 2x + atol (rounding differences compound over the layers), so a correct swap
-    exited 1. Every projection is within the rule: exit 0, the logits' difference only
+    exited 1 (on the CPU it was found on; where BLAS sums both models alike the logits
+    are equal). Every projection is within the rule: exit 0, the logits' difference only
     reported."""
     import restorelcc.assets
     from restorelcc.hf.families import decoder_layers
@@ -41,12 +42,12 @@ def test_a_correct_swap_of_a_deep_model_passes_where_the_logits_rule_failed(
     out = tmp_path / "bench.json"
     assert main(_bench("smollm2-135m", out, "--mlp")) == 0
     printed = capsys.readouterr().out
-    assert "logits check ok on all 2 jobs' calls" in printed
+    assert "projection check ok on all 2 jobs' calls" in printed
     assert "for information, not checked: the swapped logits differ from nn.Linear's" in printed
-    check = json.loads(out.read_text())["logits_check"]
+    check = json.loads(out.read_text())["check"]
     assert check["ok"] and check["failed_jobs"] == [] and check["projections"] == 16 * 7
     assert check["error"] <= check["limit"]
-    assert 0 < check["logits_difference"] < 1e-3  # not judged, but small
+    assert 0 <= check["logits_difference"] < 1e-3  # not judged, but small
 
 
 def _swap_then(edit):
@@ -95,10 +96,10 @@ def test_a_broken_swap_fails_naming_the_projection(tmp_path, monkeypatch, capsys
     out = tmp_path / "bench.json"
     assert main(_bench(str(folder), out)) == 1
     printed = capsys.readouterr().out
-    assert f"logits check FAILED on 2 of 2 jobs (decode 2x8, decode 1x8): {module} beyond" in (
+    assert f"projection check FAILED on 2 of 2 jobs (decode 2x8, decode 1x8): {module} beyond" in (
         printed
     )
-    check = json.loads(out.read_text())["logits_check"]
+    check = json.loads(out.read_text())["check"]
     assert check["failed_projections"] == [module] and check["module"] == module
     assert check["error"] > check["limit"]
 
@@ -120,11 +121,11 @@ def test_the_logits_difference_is_information_not_the_verdict(pruned_dir, tmp_pa
     monkeypatch.setattr(restorelcc.latency, "check_projections", shifted)
     out = tmp_path / "bench.json"
     assert main(_bench(str(pruned_dir), out)) == 0
-    check = json.loads(out.read_text())["logits_check"]
+    check = json.loads(out.read_text())["check"]
     assert check["ok"] and check["logits_difference"] == pytest.approx(0.5, abs=1e-5)
     shift["by"] = float("nan")
     assert main(_bench(str(pruned_dir), out)) == 1
-    check = json.loads(out.read_text())["logits_check"]
+    check = json.loads(out.read_text())["check"]
     assert check["non_finite_logits"] == ["decode 2x8", "decode 1x8"]
     assert check["failed_projections"] == [] and not check["ok"]
     assert bench_timing.summarise_checks([]) is None

@@ -1,4 +1,4 @@
-"""``restorelcc bench``: the report of swapped and linear timings, the logits check on each
+"""``restorelcc bench``: the report of swapped and linear timings, the check of each
 timed call, the MLP swap, the timing options reaching the timer, the decode-streams bytes,
 and a swap checked by a dry run and packed once. Its refusals: test_hf_bench_refusals.py;
 the timed calls: test_hf_bench_latency.py."""
@@ -50,7 +50,7 @@ def _swap_then_shift_rows(shift_where):
     ],
     ids=["everywhere", "decode-only"],
 )
-def test_the_logits_check_runs_on_each_timed_call(
+def test_the_check_runs_on_each_timed_call(
     pruned_dir, tmp_path, monkeypatch, capsys, shift_where, failing, said
 ):
     import restorelcc.commands.bench as bench
@@ -61,12 +61,12 @@ def test_the_logits_check_runs_on_each_timed_call(
         ["bench", "--model", str(pruned_dir), "--batches", "1", "2", "--context", "8",
          "--prefill", "12", "--rounds", "1", "--device", "cpu", "--quiet", "--json", str(out)]
     )  # fmt: skip
-    failed = f"logits check FAILED on {said}: model.layers.1.self_attn.o_proj beyond the limit"
+    failed = f"projection check FAILED on {said}: model.layers.1.self_attn.o_proj beyond the limit"
     assert rc == 1 and failed in capsys.readouterr().out
     report = json.loads(out.read_text())
-    assert not report["logits_check"]["ok"]
+    assert not report["check"]["ok"]
     for row in report["rows"]:
-        check = row["logits_check"]
+        check = row["check"]
         assert check["ok"] == (row["phase"] not in failing), row
         assert check["ok"] or check["error"] > check["limit"]
 
@@ -84,10 +84,10 @@ def test_bench_reports_swapped_and_linear_timings(pruned_dir, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err == ""
     printed = captured.out
-    assert "logits check ok" in printed and "CPU: the swapped modules" in printed
+    assert "projection check ok" in printed and "CPU: the swapped modules" in printed
     report = json.loads(out.read_text())
     assert report["formats"] == ["2:4"] and report["timing_claims"] is False
-    assert report["logits_check"]["ok"] and report["dtype"] == "float32"
+    assert report["check"]["ok"] and report["dtype"] == "float32"
     assert [(r["phase"], r["batch"], r["tokens"]) for r in report["rows"]] == [
         ("decode", 1, 8),
         ("decode", 3, 8),
@@ -96,7 +96,7 @@ def test_bench_reports_swapped_and_linear_timings(pruned_dir, tmp_path, capsys):
     for row in report["rows"]:
         assert row["speedup"] == row["linear_ms"] / row["swapped_ms"]
         assert row["linear"]["median_ms"] == row["linear_ms"] > 0
-        assert row["logits_check"]["ok"]
+        assert row["check"]["ok"]
     assert report["weight_bytes"]["swapped"] < report["weight_bytes"]["linear"]
     swap = report["swap"]
     assert swap["bytes_after"] < swap["bytes_before"] and len(swap["groups"]) == 4
@@ -140,7 +140,7 @@ def test_bench_mlp_swaps_and_times_the_mlp_too(tmp_path, capsys):
     assert main([*argv, "--mlp"]) == 0
     assert "attention and MLP weights" in capsys.readouterr().out
     report = json.loads(out.read_text())
-    assert report["logits_check"]["ok"] and report["swap"]["mlp"] is True
+    assert report["check"]["ok"] and report["swap"]["mlp"] is True
     groups = {(g["layer"], g["group"]): g["format"] for g in report["swap"]["groups"]}
     names = ("qkv", "o_proj", "gate_up", "down_proj")
     assert groups == {(i, n): "bitmap" for i in range(2) for n in names}

@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-import bench_e2e  # noqa: E402
-import e2e_report  # noqa: E402
+import bench_e2e  # benchmarks/ is on sys.path (tests/conftest.py)
+import e2e_report
+import pytest
+from _hf_swap_helpers import attention
+
+BENCHMARKS = Path(bench_e2e.__file__).parent
 
 
 def test_smoke_run_writes_every_variant(tmp_path):
@@ -29,13 +31,59 @@ def test_smoke_run_writes_every_variant(tmp_path):
     assert variants["2:4"]["formats"] == variants["2:4+mlp"]["formats"] == ["2:4"]
     assert variants["bitmap50"]["formats"] == variants["bitmap70"]["formats"] == ["bitmap"]
     for name in ("2:4", "2:4+mlp", "bitmap50", "bitmap70"):
-        assert variants[name]["check"]["ok"], variants[name]["check"]
+        check = variants[name]["check"]
+        assert check["ok"] and check["failed"] == [], check
+        # every swapped q/k/v/o (and gate/up/down) of the tiny model's two layers
+        assert check["projections"] == 2 * (7 if name == "2:4+mlp" else 4)
+        assert check["logits_finite"] and check["logits_difference"] < 1e-4
         swap = variants[name]["swap"]
         assert swap["bytes_after"] < swap["bytes_before"]
         assert swap["mlp"] == (name == "2:4+mlp")
     sizes = [variants[v]["weight_bytes"] for v in ("dense", "bitmap50", "bitmap70")]
     assert sizes == sorted(sizes, reverse=True)
     assert variants["2:4+mlp"]["weight_bytes"] < variants["2:4"]["weight_bytes"]
+
+
+def _drop_bias(model):
+    attention(model, 1).o_proj.bias = None  # layer 1's packed o_proj adds no bias
+
+
+def _wrong_value(model):
+    attention(model, 0).packed_qkv.packed.values[3, 5] += 0.25  # one q weight changed
+
+
+@pytest.mark.parametrize(
+    ("edit", "module"),
+    [
+        (_drop_bias, "model.layers.1.self_attn.o_proj"),
+        (_wrong_value, "model.layers.0.self_attn.q_proj"),
+    ],
+    ids=["bias-dropped", "wrong-value"],
+)
+def test_a_broken_swap_fails_its_variants_check_naming_the_projection(
+    tmp_path, monkeypatch, edit, module
+):
+    """Each projection is checked against the dense weight and bias nn.Linear held before
+    the swap: a packed o_proj that lost its bias, or one packed value that differs from
+    the pruned weight, fails the variant's check, named; the run still times it."""
+    import restorelcc.hf.swap
+
+    real = restorelcc.hf.swap.swap_attention
+
+    def broken(model, *args, **kwargs):
+        report = real(model, *args, **kwargs)
+        edit(model)
+        return report
+
+    monkeypatch.setattr(restorelcc.hf.swap, "swap_attention", broken)
+    monkeypatch.setattr(bench_e2e, "VARIANTS", {"2:4": bench_e2e.VARIANTS["2:4"]})
+    assert bench_e2e.main([str(tmp_path / "e2e"), "--smoke"]) == 0
+    result = json.loads((tmp_path / "e2e" / "e2e.json").read_text())
+    check = result["variants"]["2:4"]["check"]
+    assert not check["ok"] and check["failed"] == [module] and check["module"] == module
+    assert check["error"] > check["limit"]
+    assert {r["status"] for r in result["rows"]} == {"ok"}
+    assert e2e_report.summary_table(result).count("False") == len(result["rows"])
 
 
 def test_a_budget_spent_inside_the_last_variant_is_not_complete(tmp_path, monkeypatch):

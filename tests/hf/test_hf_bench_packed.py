@@ -1,6 +1,6 @@
 """``restorelcc bench --model`` on a packed checkpoint (``restorelcc pack``): read packed,
 unpacked in place and swapped again as it was packed, it reports what the pruned dense
-folder reports (same swap, bytes and logits checks), with ``packed_checkpoint``; options
+folder reports (same swap, bytes and checks), with ``packed_checkpoint``; options
 that contradict the folder are refused before the weights load, and a folder whose
 packing a swap of its unpacked weights does not give back is refused before the
 reference logits."""
@@ -50,10 +50,10 @@ def test_bench_of_a_packed_folder_reports_what_the_pruned_folder_does(
     packed = json.loads((tmp_path / "packed.json").read_text())
     swap_line = next(line for line in dense_printed.splitlines() if line.startswith("swapped"))
     assert swap_line in printed.splitlines()
-    assert "packed checkpoint: read packed" in printed and "logits check ok" in printed
-    for key in ("swap", "formats", "weight_bytes", "logits_check", "dtype"):
+    assert "packed checkpoint: read packed" in printed and "projection check ok" in printed
+    for key in ("swap", "formats", "weight_bytes", "check", "dtype"):
         assert packed[key] == dense[key], key
-    jobs = ("phase", "batch", "tokens", "logits_check")
+    jobs = ("phase", "batch", "tokens", "check")
     assert [[row[k] for k in jobs] for row in packed["rows"]] == [
         [row[k] for k in jobs] for row in dense["rows"]
     ]
@@ -172,4 +172,4 @@ def test_a_folder_saved_without_a_pack_report_is_swapped_as_its_groups_show(tmp_
     assert _bench(folder, tmp_path / "b.json") == 0
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["swap"]["format"] == "bitmap" and report["swap"]["mlp"] is True
-    assert report["logits_check"]["ok"]
+    assert report["check"]["ok"]

@@ -58,7 +58,7 @@ def mixed_folder(tmp_path):
     return save_packed(model, tmp_path / "mixed", byte_tokenizer())
 
 
-def test_a_mixed_folder_is_refused_without_the_logits_check_too(mixed_folder, tmp_path, capsys):
+def test_a_mixed_folder_is_refused_without_the_check_too(mixed_folder, tmp_path, capsys):
     """--no-check leaves out the dry run before the reference logits: the swap that is
     timed is checked against the folder itself."""
     assert bench_refusal(tmp_path, capsys, mixed_folder, "--no-check") == (

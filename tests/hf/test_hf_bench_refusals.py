@@ -2,7 +2,7 @@
 can: options it would ignore on the device or cannot run (positions beyond the model's,
 rope scaling counted), CUDA-only options, decode streams without bitmap weights, nothing
 pruned to swap, a weight that does not fit the format, a missing model, bad numbers, an
-unsupported family, and no memory left for the logits check."""
+unsupported family, and no memory left for the check."""
 
 import types
 

@@ -2,19 +2,16 @@
 hand-made timing rows, results directories, and a fault injected into suite processes."""
 
 import json
-import sys
 from pathlib import Path
+
+import gpu_suite  # the suite's modules, from benchmarks/ (on sys.path: tests/conftest.py)
+import suite_phases
+import suite_plans
+import suite_precompile
+import suite_runner
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SUITE = BENCHMARKS / "gpu_suite.py"
-if str(BENCHMARKS) not in sys.path:
-    sys.path.insert(0, str(BENCHMARKS))
-
-import gpu_suite  # noqa: E402  (the suite's modules, from benchmarks/)
-import suite_phases  # noqa: E402
-import suite_plans  # noqa: E402
-import suite_precompile  # noqa: E402
-import suite_runner  # noqa: E402
 
 __all__ = ["gpu_suite", "suite_phases", "suite_plans", "suite_precompile", "suite_runner"]
 
