@@ -250,7 +250,8 @@ def run(args: argparse.Namespace) -> int:
     packed = None
     if held:
         model, tokenizer = load_packed(args.model, device=device, dtype=dtype)
-        packed = {**packed_modules(model), "stored_dtype": held["dtype"], "mlp": held["mlp"]}
+        mlp = held["mlp_packed"]  # what it holds, not the --mlp that pack recorded
+        packed = {**packed_modules(model), "stored_dtype": held["dtype"], "mlp": mlp}
     else:
         model, tokenizer = load_model(args.model, dtype=dtype, device=device)
     if not args.no_ppl:  # and against its tokenizer's length, named as flags

@@ -87,14 +87,17 @@ def packed_swap(directory: str | os.PathLike) -> dict:
     pack`` records (its report under ``info``; ``recorded`` True), or, where ``info`` holds
     no such report (``recorded`` False: a ``save_packed`` folder), as the groups show them
     (their one format, or "auto" where they mix; whether an MLP group is packed; whether a
-    group runs decode streams); ``dtype``: the name of the dtype its embeddings are stored
-    in (the model's, unless parts of it were cast otherwise); and ``groups``: each packed
-    group's (layer, group name) -> (format, backend, decode_streams). Raises
+    group runs decode streams); ``mlp_packed``: whether an MLP group is packed, as the
+    groups show it whatever was recorded (``pack --mlp`` of a checkpoint whose MLP is not
+    pruned records ``mlp`` True and packs none); ``dtype``: the name of the dtype its
+    embeddings are stored in (the model's, unless parts of it were cast otherwise); and
+    ``groups``: each packed group's (layer, group name) -> (format, backend,
+    decode_streams). Raises
     ``ModelNotFoundError`` for a missing folder or one without config.json,
     ``CheckpointError`` for a folder that is not a packed checkpoint, a group entry that
-    names no group of the model or records no valid format, backend and decode_streams, an
-    unknown dtype or a packed weight of another dtype than its entry records, and
-    ``CorruptCacheError`` for a weights file that cannot be read."""
+    names no group of the model or records no valid format, backend, decode_streams and
+    has_bias, an unknown dtype or a packed weight of another dtype than its entry records,
+    and ``CorruptCacheError`` for a weights file that cannot be read."""
     from restorelcc.assets import resolve_model
     from restorelcc.loading import read_config
 
@@ -107,16 +110,17 @@ def packed_swap(directory: str | os.PathLike) -> dict:
     groups, targets = {}, []
     for entry in manifest["groups"]:
         layer, group = _entry_target(entry, known, config.num_hidden_layers, where)
-        groups[(layer, group.name)] = _entry_packing(entry, where)
+        groups[(layer, group.name)] = _entry_packing(entry, group, where)[:3]
         targets.append((entry, layer, group))
     stored = _packed_dtypes(folder, [entry.get("module") for entry, _, _ in targets])
     for entry, layer, group in targets:
         _check_group_dtype(entry, layer, group, stored.get(entry.get("module")), manifest, folder)
     attention = {g.name for g in projection_groups(family, mlp=False)}
     formats = {format for format, _, _ in groups.values()}
+    mlp_packed = any(group not in attention for _, group in groups)
     options = {
         "format": formats.pop() if len(formats) == 1 else "auto",
-        "mlp": any(group not in attention for _, group in groups),
+        "mlp": mlp_packed,
         "decode_streams": any(streams is True for _, _, streams in groups.values()),
     }
     info = manifest.get("info")
@@ -129,7 +133,13 @@ def packed_swap(directory: str | os.PathLike) -> dict:
     )
     if recorded:
         options = {key: swap[key] for key in options}
-    return {**options, "recorded": recorded, "dtype": dtype, "groups": groups}
+    return {
+        **options,
+        "recorded": recorded,
+        "mlp_packed": mlp_packed,
+        "dtype": dtype,
+        "groups": groups,
+    }
 
 
 def refuse_packed(directory: str | os.PathLike, remedy: str, option: str | None = None) -> None:

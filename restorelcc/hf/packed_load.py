@@ -110,7 +110,8 @@ def _fill(
         linears = [owner._modules.get(name) for name in group.projections]
         if not all(isinstance(linear, nn.Linear) for linear in linears):
             raise CheckpointError(f"{where}: {owner_path} has no {group.projections} to replace")
-        module = _packed_module(entry, linears, tensors, path, where)
+        packing = _entry_packing(entry, group, f"{where}: {path}")
+        module = _packed_module(entry, packing, linears, tensors, path, where)
         _check_group_dtype(entry, layer, group, module.packed.dtype, manifest, folder)
         if dtype != "auto":
             module.to(dtype)
@@ -128,10 +129,16 @@ def _fill(
 
 
 def _packed_module(
-    entry: dict, linears: list[nn.Linear], tensors: dict[str, torch.Tensor], path: str, where
+    entry: dict,
+    packing: tuple,
+    linears: list[nn.Linear],
+    tensors: dict[str, torch.Tensor],
+    path: str,
+    where,
 ) -> PackedLinear:
-    """The packed module of ``entry`` from its tensors (taken out of ``tensors``), checked
-    against the ``nn.Linear`` modules it replaces."""
+    """The packed module of ``entry`` (``packing``: its checked ``_entry_packing``) from its
+    tensors (taken out of ``tensors``), checked against the ``nn.Linear`` modules it
+    replaces."""
     from restorelcc.loading import CheckpointError
 
     prefix = f"{path}.packed."
@@ -148,10 +155,9 @@ def _packed_module(
             f"{path}: the packed weight is {packed.shape} split {list(packed.split_sizes)}; "
             f"this model's config makes {shape} split {sizes}"
         )
-    has_bias = tuple(bool(b) for b in entry.get("has_bias", ()))
+    format, backend, streams, has_bias = packing
     if (
-        packed.format != entry.get("format")
-        or len(has_bias) != len(linears)
+        packed.format != format
         or any(has_bias) != (bias is not None)
         or (bias is not None and tuple(bias.shape) != shape[:1])
     ):
@@ -166,7 +172,6 @@ def _packed_module(
             raise CheckpointError(
                 f"{where}: {path}: projection {index} has a nonzero bias but has_bias false"
             )
-    _, backend, streams = _entry_packing(entry, f"{where}: {path}")
     if len(linears) == 1:
         return SparseLinear(packed, bias, backend, decode_streams=streams)
     return PackedProjections(packed, bias, has_bias, backend, decode_streams=streams)

@@ -104,7 +104,10 @@ def _entry_target(entry, groups: dict, layers: int, where: Path) -> tuple[int, P
 
     if not isinstance(entry, dict):
         raise CheckpointError(f"{where}: a group entry must be an object, got {entry!r}")
-    layer, group = entry.get("layer"), groups.get(entry.get("group"))
+    name = entry.get("group")
+    if not isinstance(name, str):
+        raise CheckpointError(f"{where}: entry {entry}: group must be a string, got {name!r}")
+    layer, group = entry.get("layer"), groups.get(name)
     if not isinstance(layer, int) or not 0 <= layer < layers or group is None:
         raise CheckpointError(
             f"{where}: entry {entry} names no group of this model ({layers} layers; groups "
@@ -113,12 +116,17 @@ def _entry_target(entry, groups: dict, layers: int, where: Path) -> tuple[int, P
     return layer, group
 
 
-def _entry_packing(entry: dict, where) -> tuple[str, str, bool]:
-    """The (format, backend, decode_streams) a manifest entry records, checked
-    (``CheckpointError`` naming ``where``)."""
+def _entry_packing(
+    entry: dict, group: ProjectionGroup, where
+) -> tuple[str, str, bool, tuple[bool, ...]]:
+    """The (format, backend, decode_streams, has_bias) a manifest entry of ``group``
+    records, checked (``CheckpointError`` naming ``where`` and the entry); ``has_bias``:
+    whether each of the group's projections had a bias, one flag per projection."""
     from restorelcc.loading import CheckpointError
 
     format, backend, streams = (entry.get(k) for k in ("format", "backend", "decode_streams"))
+    has_bias = entry.get("has_bias")
+    count = len(group.projections)
     try:
         if format not in (FORMAT_24, FORMAT_BITMAP):
             raise ValueError(f"unknown format {format!r}")
@@ -127,6 +135,12 @@ def _entry_packing(entry: dict, where) -> tuple[str, str, bool]:
         check_backend_format(backend, format)
         if not isinstance(streams, bool):
             raise ValueError(f"decode_streams must be true or false, got {streams!r}")
+        flags = isinstance(has_bias, list) and all(isinstance(b, bool) for b in has_bias)
+        if not flags or len(has_bias) != count:
+            raise ValueError(
+                f"has_bias must be a list of {count} true/false flags (one per projection "
+                f"of {', '.join(group.projections)}), got {has_bias!r}"
+            )
     except ValueError as exc:
-        raise CheckpointError(f"{where}: {exc}") from exc
-    return format, backend, streams
+        raise CheckpointError(f"{where}: {exc} (entry {entry})") from exc
+    return format, backend, streams, tuple(has_bias)

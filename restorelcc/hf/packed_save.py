@@ -14,7 +14,7 @@ from restorelcc.errors import UnsupportedModelError
 from restorelcc.hf.attention import PackedLinear, PackedProjections, ProjectionView, SparseLinear
 from restorelcc.hf.families import decoder_layers, family_of
 from restorelcc.hf.packed_manifest import FORMAT_VERSION, PACKED_INFO, WEIGHTS, _module_name
-from restorelcc.hf.swap_plan import ProjectionGroup, SwapError, projection_groups
+from restorelcc.hf.swap_plan import ProjectionGroup, SwapError, hook_kinds, projection_groups
 from restorelcc.io import atomic_write_json
 from restorelcc.output_dirs import atomic_directory, check_output_directory
 
@@ -35,8 +35,8 @@ def save_packed(
     swap report there). A ``torch.compile`` wrapper is saved as the model it wraps. Raises
     ``ValueError`` without a tokenizer, ``UnsupportedModelError`` for a model other than
     a causal LM (``AutoModelForCausalLM``'s class for its config, which ``load_packed``
-    builds) and ``SwapError`` for a model with no swapped module, each before anything
-    is written."""
+    builds) and ``SwapError`` for a model with no swapped module or with a swapped module
+    that has hooks (which the folder cannot hold), each before anything is written."""
     from safetensors.torch import save_file
     from torch._dynamo.eval_frame import OptimizedModule
 
@@ -100,7 +100,9 @@ def _packed_groups(model: nn.Module) -> tuple[list[dict], dict[str, torch.Tensor
             module = _swapped_module(block, group)
             if module is None:
                 continue
-            path = f"{names[id(block.get_submodule(group.owner))]}.{_module_name(group)}"
+            owner = block.get_submodule(group.owner)
+            _refuse_hooks(owner, names[id(owner)], group)
+            path = f"{names[id(owner)]}.{_module_name(group)}"
             for key, tensor in module.packed.to_state_dict().items():
                 tensors[f"{path}.packed.{key}"] = tensor.detach().to("cpu").contiguous()
             if module.bias is not None:
@@ -126,6 +128,25 @@ def _swapped_module(block: nn.Module, group: ProjectionGroup) -> PackedLinear | 
     module = block.get_submodule(group.owner)._modules.get(_module_name(group))
     kind = SparseLinear if group.packed is None else PackedProjections
     return module if isinstance(module, kind) else None
+
+
+def _refuse_hooks(owner: nn.Module, owner_path: str, group: ProjectionGroup) -> None:
+    """``SwapError`` naming the module where a swapped module of ``group`` in ``owner``
+    (the packed module or a projection's view, as ``unswap_attention`` checks them) has
+    hooks: the saved folder would silently lack them (a restoration's unfolded
+    compensation, say), and ``load_packed`` would give a model that runs otherwise."""
+    for name in (*group.projections, group.packed):
+        module = owner._modules.get(name) if name else None
+        if not isinstance(module, (PackedLinear, ProjectionView)):
+            continue
+        found = hook_kinds(module)
+        if found:
+            raise SwapError(
+                f"save_packed: {owner_path}.{name} has {' and '.join(found)}, which a packed "
+                "checkpoint cannot hold (load_packed would give the model without them): "
+                "remove them (handle.remove()) before saving, and register them again on "
+                "the loaded model if needed"
+            )
 
 
 def _add_plain_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, str]:

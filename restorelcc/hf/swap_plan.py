@@ -166,9 +166,14 @@ HOOKS = {
 }
 
 
+def hook_kinds(module: nn.Module) -> list[str]:
+    """The kinds of hooks ``module`` holds (``HOOKS``' names), none: []."""
+    return [kind for attribute, kind in HOOKS.items() if getattr(module, attribute, None)]
+
+
 def check_no_hooks(module: nn.Module, what: str) -> None:
     """Raise ``SwapError`` if ``module`` has hooks: replacing it would silently drop them."""
-    found = [kind for attribute, kind in HOOKS.items() if getattr(module, attribute, None)]
+    found = hook_kinds(module)
     pruning = [
         hook
         for hook in getattr(module, "_forward_pre_hooks", {}).values()

@@ -2,8 +2,9 @@
 that each have a case of their own: a group entry that is not an object, names a layer
 outside the model or sits at another module path; a packed weight whose rows are split
 otherwise, or whose in-features differ, than the config makes; ``has_bias`` that disagrees
-with the stored bias; a backend the format cannot run; a tie of a name the model does not
-have; manifest keys of the wrong type and an unknown dtype. Where ``packed_swap`` (what
+with the stored bias, or is not one true/false flag per projection; a ``group`` that is not
+a string; a backend the format cannot run; a tie of a name the model does not have;
+manifest keys of the wrong type and an unknown dtype. Where ``packed_swap`` (what
 bench reads before loading) checks the same thing, both readers are tried."""
 
 import json
@@ -83,11 +84,10 @@ def test_a_config_that_differs_in_the_split_or_the_in_features_alone(tmp_path, f
 @pytest.mark.parametrize(
     "group, has_bias, weights, biases",
     [
-        (QKV, [False], {}, "None"),  # one flag for three projections
         (O_PROJ, [True], {}, "None"),  # a bias flagged, none stored
         (O_PROJ, [True], {"model.layers.0.self_attn.o_proj.bias": torch.zeros(7)}, r"\(7,\)"),
     ],
-    ids=["flags-of-another-count", "flagged-but-absent", "bias-of-another-size"],
+    ids=["flagged-but-absent", "bias-of-another-size"],
 )
 def test_has_bias_that_disagrees_with_the_stored_bias(tmp_path, group, has_bias, weights, biases):
     folder = saved_packed(tmp_path)
@@ -97,6 +97,52 @@ def test_has_bias_that_disagrees_with_the_stored_bias(tmp_path, group, has_bias,
         CheckpointError, match=rf"does not match its tensors \(format '2:4', bias {biases}\)"
     ):
         load_packed(folder)
+
+
+@READERS
+@pytest.mark.parametrize(
+    "group, has_bias",
+    [
+        (QKV, [False]),  # one flag for three projections
+        (O_PROJ, [False, False]),
+        (O_PROJ, 1),
+        (O_PROJ, None),
+        (QKV, [1, 0, 0]),
+        (QKV, "fff"),
+        (O_PROJ, ["false"]),
+    ],
+    ids=["too-few", "too-many", "a-number", "null", "numbers", "a-string", "a-string-flag"],
+)
+def test_has_bias_that_is_not_one_flag_per_projection_is_refused(tmp_path, read, group, has_bias):
+    """1 and null had raised a raw TypeError out of load_packed (and eval --model), and
+    packed_swap had accepted them; [1, 0, 0] loaded as flags."""
+    folder = saved_packed(tmp_path)
+    edit_manifest(folder, lambda m: m["groups"][group].update(has_bias=has_bias))
+    count, names = [(3, "q_proj, k_proj, v_proj"), (1, "o_proj")][group]
+    with pytest.raises(CheckpointError) as refused:
+        read(folder)
+    message = str(refused.value)
+    assert message.startswith(f"{folder / PACKED_INFO}: ")
+    assert (
+        f"has_bias must be a list of {count} true/false flags (one per projection of "
+        f"{names}), got {has_bias!r} (entry {{'layer': 0, "
+    ) in message
+
+
+@READERS
+@pytest.mark.parametrize("group", [["qkv"], {"qkv": 1}, None, 3], ids=str)
+def test_a_group_that_is_not_a_string_is_refused(tmp_path, read, group):
+    """["qkv"] and {"qkv": 1} had raised a raw TypeError (unhashable) out of both."""
+    folder = saved_packed(tmp_path)
+    edit_manifest(folder, lambda m: m["groups"][QKV].update(group=group))
+    with pytest.raises(CheckpointError) as refused:
+        read(folder)
+    assert str(refused.value) == (
+        f"{folder / PACKED_INFO}: entry {{'layer': 0, 'group': {group!r}, "
+        "'module': 'model.layers.0.self_attn.packed_qkv', 'format': '2:4', 'dtype': "
+        "'float32', 'backend': 'auto', 'decode_streams': False, 'has_bias': [False, False, "
+        f"False]}}: group must be a string, got {group!r}"
+    )
 
 
 @READERS

@@ -1,7 +1,7 @@
 """What ``save_packed`` refuses before writing anything, because ``load_packed`` could not
-read it back: a folder without the tokenizer, a model that is not a causal LM; and the
-``torch.compile`` wrapper it unwraps rather than writing names that ``load_packed``
-refuses."""
+read it back: a folder without the tokenizer, a model that is not a causal LM, a swapped
+module with hooks; and the ``torch.compile`` wrapper it unwraps rather than writing names
+that ``load_packed`` refuses."""
 
 import json
 
@@ -13,6 +13,7 @@ from _hf_swap_helpers import prune_attention
 from restorelcc.errors import UnsupportedModelError
 from restorelcc.hf import load_packed, save_packed, swap_attention
 from restorelcc.hf.packed_checkpoint import PACKED_INFO
+from restorelcc.hf.swap_plan import SwapError
 from restorelcc.testing import byte_tokenizer, tiny_config
 
 
@@ -65,4 +66,35 @@ def test_a_compiled_model_is_saved_as_the_model_it_wraps(tmp_path):
         "model.layers.0.self_attn.o_proj",
     ]
     loaded, _ = load_packed(folder)
+    assert torch.equal(loaded(IDS).logits, model(IDS).logits)
+
+
+@pytest.mark.parametrize(
+    "module, kind, found",
+    [
+        ("self_attn.o_proj", "forward", "forward hooks"),  # a SparseLinear
+        ("self_attn.q_proj", "forward_pre", "forward pre-hooks"),  # a ProjectionView
+        ("self_attn.packed_qkv", "forward", "forward hooks"),  # a PackedProjections
+        ("mlp.up_proj", "full_backward", "backward hooks"),
+    ],
+    ids=["sparse-linear", "view", "packed-projections", "mlp-view"],
+)
+@torch.no_grad()
+def test_a_swapped_module_with_hooks_is_refused_naming_it(tmp_path, module, kind, found):
+    """The hooks were left out of the folder without a word: a forward hook doubling
+    o_proj's output ran in the saved model and not in the one load_packed gave back."""
+    model = tiny_pruned("llama-gqa", "2:4")
+    swap_attention(model, mlp=True)
+    register = getattr(model.model.layers[1].get_submodule(module), f"register_{kind}_hook")
+    handle = register(lambda *args: None)
+    with pytest.raises(SwapError) as refused:
+        save_packed(model, tmp_path / "packed", byte_tokenizer())
+    assert str(refused.value) == (
+        f"save_packed: model.layers.1.{module} has {found}, which a packed checkpoint cannot "
+        "hold (load_packed would give the model without them): remove them (handle.remove()) "
+        "before saving, and register them again on the loaded model if needed"
+    )
+    assert list(tmp_path.iterdir()) == []
+    handle.remove()
+    loaded, _ = load_packed(save_packed(model, tmp_path / "packed", byte_tokenizer()))
     assert torch.equal(loaded(IDS).logits, model(IDS).logits)
