@@ -3,8 +3,10 @@
     pytest benchmarks/bench_kernels.py --benchmark-enable \
         --benchmark-json=benchmarks/results/kernels-<gpu>-<YYYYMMDD>.json
     LCC_BENCH_SHAPES=all pytest ...            # every shape of kernels.md, not just Llama-3-8B
+    LCC_BENCH_M=1,16,1024 pytest ...           # these M only (default: every M of kernels.md)
 
-Providers side by side for each (shape, M), all in bf16 with a bias: ours (2:4, and
+Providers side by side for each (shape, M), M by M (a run cut short keeps whole sets of
+providers for the M it reached), all in bf16 with a bias: ours (2:4, and
 bitmap at 50% and 70% sparsity), the streams backend on the bitmap weights (M <=
 STREAMS_MAX_M), dense F.linear (cuBLAS), torch semi-structured (cuSPARSELt and CUTLASS),
 and the dense Triton kernel with the tiling our 2:4 plan uses.
@@ -54,6 +56,23 @@ PROVIDERS = (
 # A benchmark round replays at least this long, so the synchronise ending it costs < 1%.
 ROUND_MS = 2.0
 ROUNDS = 20
+
+
+def bench_m(value: str | None) -> tuple[int, ...]:
+    """The M values to benchmark: LCC_BENCH_M's comma-separated positive integers, or
+    every M of kernels.md (M_VALUES) when it is unset or empty."""
+    if not value:
+        return M_VALUES
+    try:
+        ms = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        ms = ()
+    if not ms or min(ms) < 1:
+        raise ValueError(f"LCC_BENCH_M must be comma-separated positive integers, got {value!r}")
+    return ms
+
+
+BENCH_M = bench_m(os.environ.get("LCC_BENCH_M"))
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +153,10 @@ def _benchmark(benchmark, calls, nbytes, copy_bytes_per_s, info):
     benchmark.pedantic(one_round, rounds=ROUNDS, warmup_rounds=2)
 
 
-@pytest.mark.parametrize("m", M_VALUES)
-@pytest.mark.parametrize("shape", BENCH_SHAPES)
+# The decorator nearest the function varies slowest: M, then shape, then provider.
 @pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("shape", BENCH_SHAPES)
+@pytest.mark.parametrize("m", BENCH_M)
 def test_linear(benchmark, weights, copy_bytes_per_s, provider, shape, m):
     name, dense, packed, plan = _provider_setup(provider, shape, m, weights)
     weight_bytes = packed.nbytes if packed is not None else dense.numel() * dense.element_size()

@@ -1,5 +1,10 @@
 """pytest set-up for benchmarks/: collect bench_*.py, skip GPU benchmarks without CUDA, and
-store the GPU name, versions and commit with every pytest-benchmark result."""
+store the GPU name, versions and commit with every pytest-benchmark result. LCC_COMMIT
+names the commit where the tree has no .git (a copy sent to a lent machine; gpu_run.sh
+sets it): `machine_info.lcc_kernels.commit`, and pytest-benchmark's `commit_info` when
+git told it nothing."""
+
+import os
 
 import pytest
 import torch
@@ -29,4 +34,13 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     from lcc_kernels.bench import environment
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    machine_info["lcc_kernels"] = environment(device)
+    machine_info["lcc_kernels"] = environment(device, os.environ.get("LCC_COMMIT"))
+
+
+def pytest_benchmark_update_commit_info(config, commit_info):
+    from lcc_kernels.bench import dirty_from_commit
+
+    commit = os.environ.get("LCC_COMMIT")
+    # pytest-benchmark's ids without git ("unversioned", or "unknown" after an error)
+    if commit and commit_info.get("id") in ("unversioned", "unknown"):
+        commit_info.update(id=commit, dirty=dirty_from_commit(commit))

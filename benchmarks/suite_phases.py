@@ -17,7 +17,7 @@ from suite_plans import (
     phase_passes,
     shapes_jobs,
 )
-from suite_runner import Runner, describe_error, exit_if_fatal
+from suite_runner import Runner, describe_error, exit_if_fatal, log_phase
 
 from lcc_kernels.acceptance import SPARSE_KINDS
 from lcc_kernels.bench_report import load_rows
@@ -32,12 +32,25 @@ def phase_env(runner: Runner, commit: str | None) -> None:
     info["copy_bandwidth_bytes_per_s"] = copy_bandwidth(runner.device)
     info["smoke"] = runner.cfg.smoke
     info["main_shapes"] = list(runner.cfg.main_shapes)  # the report's required checks
+    info["cutlass_semi_structured"] = _cutlass_not_run(runner, info)
     atomic_write_json(runner.out / "env.json", info)
     runner.copy_bw = copy_bw = info["copy_bandwidth_bytes_per_s"]
     print(
         f"env: {info.get('gpu')} torch {info['torch']} triton {info['triton']} copy "
         f"{'-' if copy_bw is None else f'{copy_bw / 1e12:.2f} TB/s'}",
         flush=True,
+    )
+
+
+def _cutlass_not_run(runner: Runner, info: dict) -> str | None:
+    """Why the CUTLASS semi-structured jobs are left out (Runner.cutlass_matmul), or None
+    where they run: the summary says so, rather than their rows being silently absent."""
+    if runner.cutlass_matmul:
+        return None
+    capability = ".".join(map(str, info.get("capability") or [])) or "unknown"
+    return (
+        "not run: torch runs its CUTLASS 2:4 matmul on compute capability 8.x only, "
+        f"this device's is {capability}"
     )
 
 
@@ -147,7 +160,8 @@ def run_passes(
     """Run the items of `passes` in order, each after a progress marker. `resume` (from
     the orchestrator: "pass", "index", "skip_rest"): start at that item; with skip_rest,
     record it and every later item as skipped for that reason instead. Timing items stop
-    where the budget does; correctness checks left out are recorded as skipped.
+    where the budget does; correctness checks left out are recorded as skipped. Where
+    the budget cuts a pass, a "budget" event in phases.jsonl gives its items done / total.
     per_shape: forget the weights whenever the shape changes (the other shapes' phase)."""
     names = [p.name for p in passes]
     at = names.index(resume["pass"]) if resume and resume.get("pass") in names else 0
@@ -159,11 +173,10 @@ def run_passes(
         for index in range(first, len(items)):
             item = items[index]
             if skip_reason is None and not runner.time_left(step.phase_reserve_s, step.optional):
+                # phases.jsonl and the summary say what the budget left out (timings: no rows)
+                cut = {"pass": step.name, "done": index, "total": len(items)}
+                log_phase(runner.out, runner.phase, "budget", **cut)
                 if not isinstance(item, Check):
-                    print(
-                        f"{runner.phase} {step.name}: budget spent at {index}/{len(items)}",
-                        flush=True,
-                    )
                     break
                 skip_reason = "budget"
             if skip_reason is not None:

@@ -316,6 +316,9 @@ def phase_passes(cfg: Config, phase: str, sms: int) -> list[Pass]:
             Pass("required", lambda rows: unrecorded(each(required)(rows), rows, "acceptance"))
         ]
     if phase == "acceptance":
+        # Not the sweep's required rows too: their launches are compiled last by the
+        # workers (suite_precompile), so here they would compile in line, out of the
+        # candidates whose fastest plans the decode checks judge.
         passes.append(Pass("prefill_required", each(required, prefill)))
     passes.append(
         Pass(

@@ -375,7 +375,7 @@ def check_against_oracle(
 
 def environment(device, commit: str | None = None) -> dict:
     """Where a result was measured: device, versions, commit (`commit` overrides git, for
-    copies of the tree without .git)."""
+    copies of the tree without .git: `dirty` then comes from its "-dirty" suffix)."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     info = {
         "torch": torch.__version__,
@@ -383,7 +383,7 @@ def environment(device, commit: str | None = None) -> dict:
         "host": platform.node(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commit": commit or _git("rev-parse", "HEAD"),
-        "dirty": None if status is None else bool(status),
+        "dirty": dirty_from_commit(commit) if status is None else bool(status),
     }
     try:
         import triton
@@ -404,6 +404,12 @@ def environment(device, commit: str | None = None) -> dict:
     else:
         info.update(gpu="cpu", sm_count=0, l2_bytes=0, cuda=None)
     return info
+
+
+def dirty_from_commit(commit: str | None) -> bool | None:
+    """True for a commit named with a "-dirty" suffix (gpu_run.sh's callers append it to
+    `git rev-parse HEAD` for uncommitted edits), else None: a bare sha says nothing."""
+    return True if commit and commit.endswith("-dirty") else None
 
 
 def _git(*args: str) -> str | None:

@@ -51,6 +51,7 @@ def _summarize(out: Path, env: dict, all_rows: list[dict]) -> dict:
             check["status"] = "unmeasured (smoke run on a CPU)"
     correctness = load_rows(out, "correctness.jsonl")
     judged = [c["status"] for c in checks if not c["check"].endswith("(info)")]
+    phases = load_rows(out, "phases.jsonl")
     return {
         "env": env,
         "correctness": {
@@ -60,7 +61,13 @@ def _summarize(out: Path, env: dict, all_rows: list[dict]) -> dict:
         },
         "acceptance": checks,
         "acceptance_counts": {status: judged.count(status) for status in sorted(set(judged))},
-        "phases": load_rows(out, "phases.jsonl"),
+        "phases": phases,
+        # passes the budget stopped early: their later items have no row at all
+        "budget_cuts": [
+            {key: e[key] for key in ("phase", "pass", "done", "total")}
+            for e in phases
+            if e["event"] == "budget"
+        ],
         "timing_rows": len(all_rows),
         "timing_errors": sum(r["status"] == "error" for r in all_rows),
         "timing_skipped": sum(r["status"] == "skipped" for r in all_rows),
@@ -145,15 +152,24 @@ def format_summary(summary: dict) -> str:
     env = summary["env"]
     failed = summary["correctness"]["failed"]
     counts = ", ".join(f"{n} {status}" for status, n in summary["acceptance_counts"].items())
+    cuts = summary.get("budget_cuts", [])  # absent from summaries written before it
+    dirty = " (dirty)" if env.get("dirty") else ""
     lines = [
         f"=== lcc_kernels GPU suite: {env.get('gpu')} torch {env.get('torch')} triton "
-        f"{env.get('triton')} commit {str(env.get('commit'))[:10]} ===",
+        f"{env.get('triton')} commit {str(env.get('commit'))[:10]}{dirty} ===",
         f"correctness: {summary['correctness']['checks']} checks, {len(failed)} failed, "
         f"{len(summary['correctness']['skipped'])} skipped",
         *(f"  FAILED {row}" for row in failed),
         *(f"  skipped {row}" for row in summary["correctness"]["skipped"]),
         f"timings: {summary['timing_rows']} rows, {summary['timing_errors']} errors, "
         f"{summary['timing_skipped']} skipped",
+        *(
+            [f"torch semi-structured CUTLASS: {env['cutlass_semi_structured']}"]
+            if env.get("cutlass_semi_structured")
+            else []
+        ),
+        f"cut by the budget: {len(cuts)} passes" + (" (items done / listed)" if cuts else ""),
+        *(f"  {c['phase']} {c['pass']} {c['done']}/{c['total']}" for c in cuts),
         f"acceptance (info checks aside): {counts or 'no checks'}",
     ]
     for check in summary["acceptance"]:

@@ -144,17 +144,20 @@ def test_a_crashed_child_resumes_at_the_next_phase(tmp_path, monkeypatch):
     ]
 
 
-def test_the_lent_machine_script_brings_back_three_files(tmp_path):
+def test_the_lent_machine_script_brings_back_four_files(tmp_path):
     """benchmarks/gpu_run.sh, as one device call runs it (here its CPU smoke mode): the
-    suite's directory packed into one file, and both logs, in OUT as given from where it is
-    called; its status is pytest's, not the timeout's 124, which the device tool would read
-    as a call past its limit. A test that sleeps past the tests' 20 s cut runs first (the
-    usual selection is collected, ~6 s, not run), so the SIGINT lands inside pytest's
-    session: 2. (A cut racing the session's end had given 130, or 1 where pytest itself
-    failed while reporting the interrupt.)"""
+    suite's directory packed into one file, and the three logs, in OUT as given from where
+    it is called; its status is pytest's, not the timeout's 124, which the device tool would
+    read as a call past its limit. The benchmarks step runs and, every benchmark skipped
+    on a CPU, passes and says there is no JSON; the end-to-end phase is off by default. A
+    test that sleeps past the tests' 20 s cut runs first (the usual selection is
+    collected, ~6 s, not run), so the SIGINT lands inside pytest's session: 2. (A cut
+    racing the session's end had given 130, or 1 where pytest itself failed while
+    reporting the interrupt.)"""
     out = tmp_path / "out dir"
     python_first = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     env = {**os.environ, "GPU_RUN_SMOKE": "1", "PATH": python_first}
+    env.pop("GPU_RUN_E2E_S", None)
     script = SUITE.parent / "gpu_run.sh"
     usual = [str(SUITE.parent.parent / "tests" / name) for name in ("lcc_kernels", "hf", "devices")]
     slow = "test_outlasts_the_cut.py"  # relative: read from the caller's directory
@@ -163,23 +166,27 @@ def test_the_lent_machine_script_brings_back_three_files(tmp_path):
         "def test_outlasts_the_cut():\n    time.sleep(3600)\n"
     )
     done = subprocess.run(
-        ["bash", str(script), "out dir", "0123456789abcdef", "300", "20", slow, *usual],
+        ["bash", str(script), "out dir", "0123456789abcdef-dirty", "300", "20", slow, *usual],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 2, done.stdout[-2000:]
-    assert f"gpu_run: suite exit 0, tests exit {done.returncode};" in done.stdout
+    assert f"gpu_run: suite exit 0, benchmarks exit 0, tests exit {done.returncode};" in done.stdout
     files = sorted(p.name for p in out.iterdir())
-    assert len(files) == 3 and files[1:] == ["pytest.log", "suite.log"], (files, done.stderr)
-    packed = out / files[0]
-    assert packed.name.endswith("-0123456789.tgz")
+    assert len(files) == 4 and files[:1] + files[2:] == ["bench.log", "pytest.log", "suite.log"]
+    packed = out / files[1]
+    assert packed.name.endswith("-0123456789.tgz"), (files, done.stderr)
     run = packed.name.removesuffix(".tgz")
     with tarfile.open(packed) as tar:
         names = {Path(n).relative_to(run).as_posix() for n in tar.getnames()}
-    expected = {"env.json", "summary.json", "timings.jsonl", "dispatch_table.json", "e2e/e2e.json"}
-    assert expected <= names
+        env_json = json.loads(tar.extractfile(f"{run}/env.json").read())
+    assert {"env.json", "summary.json", "timings.jsonl", "dispatch_table.json"} <= names
+    assert not {"e2e", "bench_kernels.json"} & names
+    assert env_json["commit"] == "0123456789abcdef-dirty"  # the suffix kept
     suite_log = (out / "suite.log").read_text()
     assert suite_log.startswith("gpu_run: pre-flight, nvidia-smi --query-gpu=name,")
-    assert "e2e end {'status': 'ok'}" in suite_log
+    assert "e2e start" not in suite_log and "commit 0123456789" in suite_log
+    bench_log = (out / "bench.log").read_text()
+    assert "skipped" in bench_log and "bench_kernels skips them without a CUDA" in bench_log
     # stopped by SIGINT in the sleeping test, pytest still ends with its summary line
     log = (out / "pytest.log").read_text()
     assert "test_outlasts_the_cut.py" in log and "KeyboardInterrupt" in log, log[-2000:]

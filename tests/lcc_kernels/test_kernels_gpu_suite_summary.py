@@ -136,3 +136,61 @@ def test_semi_structured_checks_are_required_only_at_the_issues_m(tmp_path):
     assert semi == {m: name + ("" if m in (1, 16) else " (info)") for m in (1, 2, 4, 8, 16)}
     required = len(acceptance.MAIN_SHAPES) * len(acceptance.required_checks())
     assert sum(summary["acceptance_counts"].values()) == required
+
+
+def test_a_pass_cut_by_the_budget_is_logged_and_summarised(tmp_path, monkeypatch):
+    """The review's starved run: the budget stopped timing passes with no row, a phase
+    end "ok" and 0 skipped. Each cut pass now logs a "budget" event (items done / listed)
+    that summary.json and the text summary report."""
+    runner = suite_runner.Runner(tmp_path, suite_plans.config(True), deadline=float("inf"))
+    runner.phase = "sweep"
+    ran = []
+    monkeypatch.setattr(runner, "run", lambda job, quick=False: ran.append(job))
+    monkeypatch.setattr(runner, "time_left", lambda *args: len(ran) < 1)  # spent after one
+    jobs = [suite_plans.Job("smoke-o", m, "dense", "dense") for m in (2, 3, 4)]
+    passes = [suite_plans.Pass("required", lambda rows: jobs)]
+    passes.append(suite_plans.Pass("candidates", lambda rows: jobs[:2]))
+    suite_phases.run_passes(runner, passes)
+    assert ran == jobs[:1]
+    write(tmp_path, {"gpu": "NVIDIA H200"}, [])
+    summary = bench_report.write_results(tmp_path)
+    cuts = [
+        {"phase": "sweep", "pass": "required", "done": 1, "total": 3},
+        {"phase": "sweep", "pass": "candidates", "done": 0, "total": 2},
+    ]
+    assert summary["budget_cuts"] == cuts
+    assert json.loads((tmp_path / "summary.json").read_text())["budget_cuts"] == cuts
+    text = bench_report.format_summary(summary).splitlines()
+    at = text.index("cut by the budget: 2 passes (items done / listed)")
+    assert text[at + 1 : at + 3] == ["  sweep required 1/3", "  sweep candidates 0/2"]
+
+
+def test_a_run_the_budget_did_not_cut_says_so(tmp_path):
+    write(tmp_path, {"gpu": "NVIDIA H200"}, [])
+    summary = bench_report.summarize(tmp_path)
+    assert summary["budget_cuts"] == []
+    assert "cut by the budget: 0 passes" in bench_report.format_summary(summary).splitlines()
+
+
+def test_cutlass_left_out_on_hopper_is_recorded_and_said(tmp_path, monkeypatch):
+    """On sm_90 the CUTLASS 2:4 jobs make no row at all: env.json says why and the summary
+    prints it, where a GPU that runs them says nothing."""
+    runner = suite_runner.Runner(tmp_path, suite_plans.config(True), deadline=float("inf"))
+    monkeypatch.setattr("lcc_kernels.bench.copy_bandwidth", lambda device: 4e12)
+    monkeypatch.setattr(
+        "lcc_kernels.bench.environment",
+        lambda device, commit: {"gpu": "NVIDIA H200", "capability": [9, 0], "torch": "2.11",
+                                "triton": "3.6", "commit": commit},
+    )  # fmt: skip
+    texts = []
+    for supported in (False, True):
+        runner.cutlass_matmul = supported
+        suite_phases.phase_env(runner, "0123456789abcdef")
+        env = json.loads((tmp_path / "env.json").read_text())
+        texts.append(bench_report.format_summary(bench_report.summarize(tmp_path)))
+    expected = (
+        "torch semi-structured CUTLASS: not run: torch runs its CUTLASS 2:4 matmul on "
+        "compute capability 8.x only, this device's is 9.0"
+    )
+    assert expected in texts[0].splitlines()
+    assert env["cutlass_semi_structured"] is None and "CUTLASS" not in texts[1]
