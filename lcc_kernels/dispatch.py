@@ -262,16 +262,20 @@ def streams_block_m(m: int) -> int:
 def streams_plan(m: int, key: WeightKey, sm_count: int, block_n: int = 128) -> Plan:
     """A "streams" plan for M rows: one weight row per lane (block_n lanes, 4 warps per
     128), segments enough for STREAMS_PROGRAMS_PER_SM programs per SM while each keeps
-    STREAMS_MIN_GROUPS groups, and the next group's loads issued a stage ahead."""
+    STREAMS_MIN_GROUPS groups, and the next group's loads issued a stage ahead. Only
+    block_m follows M: the segments (split_k) are the layout's, built once and kept on the
+    weight, so they are chosen as for one block of STREAMS_MAX_M rows whatever M (a forced
+    backend at larger M reuses that layout rather than building one per M)."""
     check_backend_format("streams", key.format)
-    block_m = streams_block_m(m)
-    output_tiles = -(-key.n // block_n) * -(-m // block_m)
+    output_tiles = -(-key.n // block_n)
     entries = GROUP_ENTRIES[step_bits_for(key.density)]
     groups = -(-round(key.density * key.k) // entries)  # per row, without escapes
-    wanted = -(-STREAMS_PROGRAMS_PER_SM * sm_count // max(output_tiles, 1))  # 0 at M = 0
+    wanted = -(-STREAMS_PROGRAMS_PER_SM * sm_count // output_tiles)
     split = max(1, min(wanted, groups // STREAMS_MIN_GROUPS, MAX_SPLIT_K))
     warps = max(1, block_n // 32)
-    return Plan("streams", block_m, block_n, split_k=split, num_warps=warps, num_stages=2)
+    return Plan(
+        "streams", streams_block_m(m), block_n, split_k=split, num_warps=warps, num_stages=2
+    )
 
 
 def plan_for(
@@ -345,12 +349,10 @@ def _usable(
         plan.backend in TRITON_BACKENDS or (decode_streams and plan.backend == "streams")
     ):
         return False
+    # Reading the table refused plans for the other format or the other tile, or that the
+    # kernels cannot run (dispatch_table.check_entry_plan); the key has the entry's tile.
     if plan.backend == "semi_structured":
-        return key.format == "2:4" and key.dtype in ("float16", "bfloat16")
-    if plan.backend == "streams":
-        return key.format == "bitmap"
-    if plan.backend in TRITON_BACKENDS and key.tile is not None:
-        return (plan.block_n, plan.block_k) == key.tile and (_dot_fits(key) or not plan.uses_dot)
+        return key.dtype in ("float16", "bfloat16")
     return True
 
 

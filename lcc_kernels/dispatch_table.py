@@ -3,13 +3,14 @@ tables (`DispatchTable`) that `dispatch.plan_for` consults, and how they are rea
 
 A table is the JSON that `benchmarks/gpu_suite.py` writes (`dispatch_table.json`): for one
 device, entries of (format, dtype, N, K, bitmap tile and density, M bucket) -> plan. Every
-entry is checked on reading (fields, types, ranges); an error names the entry's index and
-the file. `read_env_tables` reads the files the LCC_KERNELS_DISPATCH_TABLE environment
-variable lists (os.pathsep-separated), all of them before any is used, and merges those for
-the same device (a (problem, M bucket) given two different plans is refused, naming both
-files). `warn_if_foreign` warns about a table measured on another GPU or with other torch /
-triton versions. The registry of tables in use, and when the environment is read, are
-dispatch.py's (`load_table`, `register_table`).
+entry is checked on reading (fields, types, ranges, and its plan against its format and
+tile by the rules the launchers apply: `check_entry_plan`); an error names the entry's
+index and the file. `read_env_tables` reads the files the LCC_KERNELS_DISPATCH_TABLE
+environment variable lists (os.pathsep-separated), all of them before any is used, and
+merges those for the same device (a (problem, M bucket) given two different plans is
+refused, naming both files). `warn_if_foreign` warns about a table measured on another GPU
+or with other torch / triton versions. The registry of tables in use, and when the
+environment is read, are dispatch.py's (`load_table`, `register_table`).
 """
 
 from __future__ import annotations
@@ -109,6 +110,49 @@ def check_backend_format(backend: str, format: str) -> None:
     needed = BACKEND_FORMAT.get(backend)
     if needed is not None and format != needed:
         raise ValueError(f"the {backend} backend needs a {needed} weight, got a {format} one")
+
+
+# Rows of x per streams program that the streams kernel has code for (stream_kernel._x_rows).
+STREAMS_BLOCK_M = (1, 2, 4)
+
+
+def check_streams_block_m(plan: Plan) -> None:
+    """Refuse a streams plan whose block_m the kernel has no code for."""
+    if plan.block_m not in STREAMS_BLOCK_M:
+        raise ValueError(f"streams plans take block_m in {STREAMS_BLOCK_M}, got {plan.block_m}")
+
+
+def check_kernel_plan(plan: Plan, format: str | None, tile: tuple[int, int] | None) -> None:
+    """Refuse a skinny or tiled plan that the kernels cannot run on a weight of `format`
+    ("2:4", "bitmap" stored in tiles of `tile` (rows, columns), or None: a dense weight,
+    the Triton baseline's). The launchers (launch_geometry) and the reading of a table
+    entry (`check_entry_plan`) both hold plans to these rules."""
+    if tile is not None and (plan.block_n, plan.block_k) != tile:
+        raise ValueError(
+            f"bitmap kernels need block_n x block_k = the weight tile {tile}, "
+            f"got {plan.block_n} x {plan.block_k}"
+        )
+    if format == FORMAT_24 and plan.block_k < 32:
+        raise ValueError(f"2:4 kernels need block_k >= 32 (one metadata word), got {plan.block_k}")
+    if format == FORMAT_BITMAP and plan.block_k < 32:
+        raise ValueError(f"bitmap kernels need block_k >= 32, got {plan.block_k}")
+    if plan.uses_dot and min(plan.block_m, plan.block_n, plan.block_k) < 16:
+        narrow = f" (the bitmap tile {tile} has fewer rows)" if tile and tile[0] < 16 else ""
+        raise ValueError(
+            f"tl.dot (the tiled backend, or skinny with block_m >= 16) needs block_m, block_n "
+            f"and block_k >= 16{narrow}, got {plan}"
+        )
+
+
+def check_entry_plan(plan: Plan, format: str, tile: tuple[int, int] | None) -> None:
+    """Refuse a plan that cannot run on a weight of `format` (bitmap: stored in tiles of
+    `tile`): a backend for the other format, a streams block_m the kernel has no code for,
+    a skinny or tiled plan the kernels refuse (`check_kernel_plan`)."""
+    check_backend_format(plan.backend, format)
+    if plan.backend == "streams":
+        check_streams_block_m(plan)
+    elif plan.backend in ("skinny", "tiled"):
+        check_kernel_plan(plan, format, tile)
 
 
 def _plan_field(name: str, kind: type, value):
@@ -289,7 +333,12 @@ def _parse_entry(entry) -> tuple[tuple, int, Plan]:
     elif tile is not None or density is not None:
         raise ValueError(f"{fmt} entries take no tile or density, got {tile!r} and {density!r}")
     key = (fmt, dtype, n, k, tile, density)
-    return key, bucket, Plan.from_dict(entry["plan"])
+    plan = Plan.from_dict(entry["plan"])
+    try:
+        check_entry_plan(plan, fmt, tile)
+    except ValueError as error:
+        raise ValueError(f"its plan cannot run on a {_describe(key)} weight: {error}") from None
+    return key, bucket, plan
 
 
 def _describe(key: tuple) -> str:

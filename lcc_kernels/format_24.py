@@ -45,7 +45,7 @@ class Sparse24Weight(PackedContainer):
     checks their layout and, unless check_data=False, their data (`validate_data`): a
     ValueError names what is wrong (see PackedContainer). Do not modify values or meta
     in place: the kernels trust the data checked then; after any such change, call
-    `validate()` (and `cache.clear()`)."""
+    `validate()` (it also drops the copies derived from the old data)."""
 
     values: torch.Tensor
     meta: torch.Tensor

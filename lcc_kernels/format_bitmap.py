@@ -75,7 +75,7 @@ class BitmapWeight(PackedContainer):
     and, unless check_data=False, their data (`validate_data`): a ValueError names what
     is wrong (see PackedContainer). Do not modify bits, values or offsets in place: the
     kernels trust the data checked then (a corrupt offset reads out of bounds); after any
-    such change, call `validate()` (and `cache.clear()`)."""
+    such change, call `validate()` (it also drops the copies derived from the old data)."""
 
     bits: torch.Tensor
     values: torch.Tensor

@@ -194,8 +194,8 @@ class PackedContainer(abc.ABC):
 
     The packed tensors must not be modified in place: the kernels trust the data that
     was checked when the container was built. After any in-place change, call
-    `validate()`, which runs those checks again, and `cache.clear()` (the copies derived
-    from the old data)."""
+    `validate()`, which runs those checks again and drops the copies derived from the old
+    data (`cache`)."""
 
     format: ClassVar[str]
     TENSOR_FIELDS: ClassVar[tuple[str, ...]]
@@ -220,8 +220,12 @@ class PackedContainer(abc.ABC):
         """Check the container again as it was checked when built: its ints (shape,
         split_sizes and the format's own), the layout (`validate_layout`) and the data
         (`validate_data`: reads every tensor once, one host sync on a GPU; skipped on the
-        meta device). A ValueError names what is wrong. Call it after any in-place change
-        of the packed tensors, which nothing else checks (see PackedContainer)."""
+        meta device). A ValueError names what is wrong. `cache` is emptied first, pass or
+        fail: its copies (dense, semi-structured, streams) are of the data as it was; they
+        are built again on first use (a streams layout for compiled calls by
+        `prepare_streams`). Call it after any in-place change of the packed tensors, which
+        nothing else checks (see PackedContainer)."""
+        self.cache.clear()
         self.__post_init__(True)
 
     @abc.abstractmethod

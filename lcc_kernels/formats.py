@@ -13,7 +13,8 @@ Both hold plain tensors plus Python ints, so `to_state_dict()` gives tensors onl
 (safetensors-friendly; format_common.py) and `load_state_dict()` rebuilds either container.
 A `torch.save`d container loads with torch.load's default weights_only=True once
 lcc_kernels is imported (both are registered as safe globals; unpickling checks them).
-Packed tensors must not be modified in place; after any such change, `validate()`.
+Packed tensors must not be modified in place; after any such change, `validate()` (which
+checks them again and drops the copies derived from the old data, `weight.cache`).
 Several weights packed side by side (q, k and v) remember their `split_sizes`;
 `split_output` cuts the result of one fused launch back into the separate projections.
 `packed_nbytes` gives the `nbytes` a pack would have without packing (each format's rule

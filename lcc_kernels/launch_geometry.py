@@ -14,28 +14,21 @@ import torch
 from . import decode
 from .decode import INTERPRETED
 from .dispatch import Plan
-from .dispatch_table import skinny_split, split_workspace_bytes
+from .dispatch_table import (
+    check_kernel_plan,
+    check_streams_block_m,
+    skinny_split,
+    split_workspace_bytes,
+)
+from .formats import FORMAT_24, FORMAT_BITMAP
 
 MAX_GRID_YZ = 65535  # CUDA's limit on a grid's y and z dimensions
-STREAMS_BLOCK_M = (1, 2, 4)  # rows of x per streams program (stream_kernel._x_rows)
-
-
-def _check_plan(plan: Plan, weight_format: int, tile: tuple[int, int] | None) -> None:
-    if tile is not None and (plan.block_n, plan.block_k) != tile:
-        raise ValueError(
-            f"bitmap kernels need block_n x block_k = the weight tile {tile}, "
-            f"got {plan.block_n} x {plan.block_k}"
-        )
-    if weight_format == decode.FORMAT_SPARSE24.value and plan.block_k < 32:
-        raise ValueError(f"2:4 kernels need block_k >= 32 (one metadata word), got {plan.block_k}")
-    if weight_format == decode.FORMAT_BITMAP.value and plan.block_k < 32:
-        raise ValueError(f"bitmap kernels need block_k >= 32, got {plan.block_k}")
-    if plan.uses_dot and min(plan.block_m, plan.block_n, plan.block_k) < 16:
-        narrow = f" (the bitmap tile {tile} has fewer rows)" if tile and tile[0] < 16 else ""
-        raise ValueError(
-            f"tl.dot (the tiled backend, or skinny with block_m >= 16) needs block_m, block_n "
-            f"and block_k >= 16{narrow}, got {plan}"
-        )
+# decode.FORMAT_*.value -> the format name the plan rules take (None: a dense weight).
+_FORMAT_NAMES = {
+    decode.FORMAT_DENSE.value: None,
+    decode.FORMAT_SPARSE24.value: FORMAT_24,
+    decode.FORMAT_BITMAP.value: FORMAT_BITMAP,
+}
 
 
 def _dot_flags(dtype: torch.dtype) -> dict:
@@ -128,7 +121,7 @@ def operand_geometry(
 ) -> Geometry:
     """A skinny or tiled plan's geometry on a weight operand (weight_format, tile) of
     [n, k]; a split-K workspace over `workspace_bound` bytes is refused."""
-    _check_plan(plan, weight_format, tile)
+    check_kernel_plan(plan, _FORMAT_NAMES[weight_format], tile)
     k_tiles = -(-k // plan.block_k)
     common = dict(
         FORMAT=weight_format,
@@ -164,12 +157,6 @@ def operand_geometry(
         tiles_n * tiles_m,
         _reduction(plan, split, has_bias, tiles_n, tiles_m),
     )
-
-
-def check_streams_block_m(plan: Plan) -> None:
-    """Refuse a streams plan whose block_m the kernel has no code for."""
-    if plan.block_m not in STREAMS_BLOCK_M:
-        raise ValueError(f"streams plans take block_m in {STREAMS_BLOCK_M}, got {plan.block_m}")
 
 
 @functools.lru_cache(maxsize=4096)

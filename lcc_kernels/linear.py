@@ -35,6 +35,7 @@ from .dispatch import (
     with_weight_tile,
 )
 from .formats import BitmapWeight, Sparse24Weight
+from .interop import check_semi_structured_fits
 from .reference import (
     as_kernel_input,
     autocast_off,
@@ -128,7 +129,7 @@ def sparse_linear(
         raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
     if not isinstance(decode_streams, bool):
         raise ValueError(f"decode_streams must be True or False, got {decode_streams!r}")
-    _check_backend_fits(backend if plan is None else plan.backend, weight, x.device)
+    _check_backend_fits(plan or backend, weight, x.device)
     n, k = weight.shape
     x2d = as_kernel_input(x.reshape(-1, k))
     if bias is not None:
@@ -175,11 +176,20 @@ def _check_inputs(x, weight, bias) -> None:
     check_operands(x, *weight.shape, weight, bias)
 
 
-def _check_backend_fits(backend: str, weight, device: torch.device) -> None:
-    """Raise where a forced backend cannot run on this packed [N, K] weight or device."""
+def _check_backend_fits(forced: str | Plan, weight, device: torch.device) -> None:
+    """Raise where a forced backend (a name, or a Plan given) cannot run on this packed
+    [N, K] weight or device: torch's semi-structured tensors need CUDA and the dtypes and
+    shapes torch converts (`check_semi_structured_fits`), checked before converting."""
+    plan = forced if isinstance(forced, Plan) else None
+    backend = forced if plan is None else plan.backend
     check_backend_format(backend, weight.format)
-    if backend == "semi_structured" and device.type != "cuda":
-        raise ValueError(f"the semi_structured backend runs on CUDA tensors only, x is on {device}")
+    if backend == "semi_structured":
+        if device.type != "cuda":
+            raise ValueError(
+                f"the semi_structured backend runs on CUDA tensors only, x is on {device}"
+            )
+        variant = (plan or Plan(backend)).semi_structured
+        check_semi_structured_fits(variant, weight.dtype, *weight.shape)
     check_holds_data(backend, device)
 
 

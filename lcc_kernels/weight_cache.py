@@ -9,7 +9,7 @@ compiled calls, which cannot build one.
 A copy is of the weight's tensors as they were when it was built: a new container
 (`.to()`, `dataclasses.replace`, a pickle or deepcopy) starts with an empty cache, but
 after changing the tensors of one in place (which the containers forbid),
-`weight.cache.clear()` and `weight.validate()`.
+`weight.validate()` checks them again and empties `weight.cache`.
 """
 
 from __future__ import annotations

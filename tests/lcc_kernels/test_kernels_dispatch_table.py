@@ -5,10 +5,13 @@ from another GPU or other versions warned about."""
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,12 +120,12 @@ def test_a_measured_split_k_plan_is_passed_over_where_its_workspace_would_be_too
     workspace [split, M, N] would there be over the launcher's bound gives way to the
     default plan, rather than to a refusal at launch. The bound is the one in force at
     the call, also for a plan memoised before it changed."""
-    plan = Plan("skinny", block_k=16, split_k=4)  # K = 64: 4 tiles, 4 splits
+    plan = Plan("skinny", block_k=32, split_k=2)  # K = 64: 2 tiles, 2 splits
     entry = _entry(m_bucket=dispatch_table.MAX_M_BUCKET, plan=plan.to_dict())
     table = {"schema": TABLE_SCHEMA, "device": DEVICE, "entries": [entry]}
     dispatch.register_table(DispatchTable.from_dict(table))
-    assert plan_for(5001, KEY, DEVICE, 132) == plan  # 5 MiB, under the real bound
-    monkeypatch.setattr(dispatch_table, "MAX_SPLIT_K_WORKSPACE_BYTES", 4 * 5000 * 64 * 4)
+    assert plan_for(5001, KEY, DEVICE, 132) == plan  # 2.4 MiB, under the real bound
+    monkeypatch.setattr(dispatch_table, "MAX_SPLIT_K_WORKSPACE_BYTES", 2 * 5000 * 64 * 4)
     assert plan_for(4096, KEY, DEVICE, 132) == plan
     assert plan_for(5000, KEY, DEVICE, 132) == plan  # exactly the bound
     fallback = plan_for(5001, KEY, DEVICE, 132)
@@ -210,6 +213,54 @@ def test_malformed_entries_are_named_with_their_file_and_index(tmp_path, entry, 
     with pytest.raises(ValueError, match=re.escape(f"cannot load {path}: entry 1: {message}")):
         dispatch.load_table(path)
     assert dispatch._TABLES == {}
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (
+            _entry(plan=Plan("skinny", block_m=1, block_k=16).to_dict()),
+            "2:4 kernels need block_k >= 32 (one metadata word), got 16",
+        ),
+        (
+            _entry(plan=Plan("tiled", block_m=8).to_dict(), m_bucket=16),
+            "tl.dot (the tiled backend, or skinny with block_m >= 16) needs block_m, block_n "
+            "and block_k >= 16",
+        ),
+        (
+            _bitmap(plan=Plan("streams", block_m=8, block_n=128).to_dict()),
+            "streams plans take block_m in (1, 2, 4), got 8",
+        ),
+        (
+            _bitmap(plan=Plan("skinny", block_m=1, block_n=32).to_dict()),
+            "bitmap kernels need block_n x block_k = the weight tile (64, 64), got 32 x 64",
+        ),
+        (_entry(plan=Plan("streams", 1, 128).to_dict()), "streams backend needs a bitmap"),
+        (_bitmap(plan=Plan("semi_structured").to_dict()), "semi_structured backend needs a 2:4"),
+    ],
+)
+def test_plans_that_cannot_run_on_their_entry_are_refused_by_rule(tmp_path, entry, message):
+    """An entry's plan is held to the rules the launchers apply on its format and tile:
+    refused on loading, naming the file, the entry and the rule, not at a user's call."""
+    path = _write(tmp_path / "t.json", [_entry(m_bucket=2), entry])
+    described = "bitmap bfloat16 N=64 K=64 tile [64, 64] density 0.3"
+    if entry["format"] == "2:4":
+        described = "2:4 bfloat16 N=64 K=64"
+    expected = f"cannot load {path}: entry 1: its plan cannot run on a {described} weight: "
+    with pytest.raises(ValueError, match=re.escape(expected) + ".*" + re.escape(message)):
+        dispatch.load_table(path)
+    assert dispatch._TABLES == {}
+
+
+def test_the_plan_rules_need_no_triton():
+    """Tables are read where triton is missing (CPU hosts): the rules live in dispatch_table,
+    which the launchers import them from."""
+    code = (
+        "import sys; from lcc_kernels import dispatch_table as t; "
+        "t.check_entry_plan(t.Plan('skinny'), '2:4', None); "
+        "assert 'triton' not in sys.modules, 'triton imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import torch
 from _kernels_helpers import random_24, random_unstructured
 from safetensors.torch import load_file, save_file
 
-from lcc_kernels import BitmapWeight, Sparse24Weight, load_state_dict, pack, unpack
+from lcc_kernels import BitmapWeight, Sparse24Weight, load_state_dict, pack, sparse_linear, unpack
 
 FORMATS = ["2:4", "bitmap"]
 
@@ -162,3 +162,28 @@ def test_new_containers_start_without_the_derived_copies_of_the_old(fmt):
     loaded = torch.load(buffer, weights_only=False)
     assert loaded.cache == {} and torch.equal(unpack(loaded), unpack(packed))
     assert packed.cache.keys() == {"dense"}  # the original keeps its own
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_validate_drops_the_copies_of_the_data_before_an_in_place_change(fmt):
+    """formats.py: after an in-place change of the packed tensors, validate(). It must also
+    drop the copies derived from the old data, else the dense backend keeps using them."""
+    packed = pack(random_24(8, 64), fmt, tile=(8, 32))
+    x = torch.randn(3, 64)
+    before = sparse_linear(x, packed, backend="dense")
+    assert "dense" in packed.cache
+    packed.values.mul_(3)
+    packed.validate()
+    after = sparse_linear(x, packed, backend="dense")
+    torch.testing.assert_close(after, sparse_linear(x, packed, backend="reference"))
+    torch.testing.assert_close(after, before * 3)
+    assert packed.cache.keys() == {"dense"}  # built again, from the new data
+
+
+def test_a_failing_validate_drops_the_copies_too():
+    packed = pack(random_24(8, 64), "2:4")
+    sparse_linear(torch.randn(2, 64), packed, backend="dense")
+    packed.meta[3, 1] = 0  # groups 8..15 of row 3: in-group indices (0, 0)
+    with pytest.raises(ValueError, match="row 3, group 8 "):
+        packed.validate()
+    assert packed.cache == {}  # no dense copy of data that no longer is the weight's

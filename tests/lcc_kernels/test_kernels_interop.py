@@ -8,7 +8,15 @@ import pytest
 import torch
 from _kernels_helpers import random_24
 
-from lcc_kernels import from_torch_semi_structured, pack, to_torch_semi_structured, unpack
+from lcc_kernels import (
+    Plan,
+    from_torch_semi_structured,
+    linear,
+    pack,
+    to_torch_semi_structured,
+    unpack,
+)
+from lcc_kernels.interop import check_semi_structured_fits
 
 
 class _MatmulDense(torch.sparse.SparseSemiStructuredTensorCUSPARSELT):
@@ -76,3 +84,46 @@ def test_conversions_refuse_other_inputs():
         from_torch_semi_structured(random_24(16, 64))
     with pytest.raises(ValueError, match="split_sizes"):
         from_torch_semi_structured(stand_in(_MatmulDense, weight_with(1.0)), split_sizes=(3,))
+
+
+@pytest.mark.parametrize("backend", ["cusparselt", "cutlass"])
+def test_semi_structured_takes_fp16_and_bf16_only(backend):
+    """torch's fp32 semi-structured tensor (CUTLASS) is 1:2 sparse: a 2:4 weight would lose
+    values; cuSPARSELt has none. Both refused by name, before any conversion."""
+    check_semi_structured_fits(backend, torch.bfloat16, 64, 128)
+    message = (
+        rf"semi_structured backend \({backend}\) runs float16 or bfloat16 .* got torch.float32"
+    )
+    with pytest.raises(ValueError, match=message):
+        check_semi_structured_fits(backend, torch.float32, 64, 128)
+
+
+@pytest.mark.parametrize(
+    "backend, rows, cols", [("cusparselt", 16, 16), ("cutlass", 32, 64)]
+)  # torch's _DTYPE_SHAPE_CONSTRAINTS (sparse_min_rows, sparse_min_cols) for fp16 / bf16
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_semi_structured_shapes_are_torchs(backend, rows, cols, dtype):
+    for n, k in ((rows, cols), (3 * rows, 5 * cols)):
+        check_semi_structured_fits(backend, dtype, n, k)
+    for n, k in ((rows + 8, cols), (rows, cols + 8), (rows // 2, cols), (rows, cols // 2)):
+        message = (
+            rf"semi_structured backend \({backend}\) needs a {dtype} weight \[N, K\] with N "
+            rf"a positive multiple of {rows} and K of {cols} .* got \[{n}, {k}\]"
+        )
+        with pytest.raises(ValueError, match=message):
+            check_semi_structured_fits(backend, dtype, n, k)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        check_semi_structured_fits("cusparse", dtype, rows, cols)
+
+
+def test_a_forced_semi_structured_backend_is_checked_before_converting():
+    """sparse_linear's own check of a forced backend (CUDA only: given the device here,
+    nothing runs on it) refuses what torch would, naming the backend chosen."""
+    cuda = torch.device("cuda")
+    with pytest.raises(ValueError, match=r"\(cusparselt\) runs float16 or bfloat16"):
+        linear._check_backend_fits("semi_structured", pack(random_24(16, 64)), cuda)
+    weight = pack(random_24(16, 96, torch.float16))
+    linear._check_backend_fits("semi_structured", weight, cuda)  # cuSPARSELt takes 16 x 96
+    cutlass = Plan("semi_structured", semi_structured="cutlass")
+    with pytest.raises(ValueError, match=r"\(cutlass\) needs .* multiple of 32 and K of 64"):
+        linear._check_backend_fits(cutlass, weight, cuda)

@@ -264,3 +264,21 @@ def test_streams_plan_fills_the_gpu_with_long_enough_segments():
     assert streams_plan(1, small, 132).split_k == 1  # ~1 group per row: nothing to split
     with pytest.raises(ValueError, match="needs a bitmap weight"):
         streams_plan(1, WeightKey("2:4", "bfloat16", 64, 64), 132)
+
+
+@needs_triton
+def test_forced_streams_keep_one_layout_whatever_m():
+    """A layout is built once per weight and kept (weight.cache): the forced backend at M
+    rows past STREAMS_MAX_M (more M tiles, which once asked for fewer segments) runs on
+    the same one, the one compiled calls find, instead of building one more per M."""
+    # ~26 groups of 8 kept values per row: 6 segments, 5 where M = 25 counted 7 M tiles.
+    dense = random_unstructured(5, 700, 0.3, torch.float16)
+    packed = pack(dense, "bitmap", tile=(4, 32))
+    layouts = set()
+    for m in (1, 17, 21, 25):
+        x = torch.randn(m, 700, dtype=torch.float16)
+        assert_kernel_matches_oracle(sparse_linear(x, packed, backend="streams"), x, dense)
+        layouts.update(key for key in packed.cache if key != "streams:last")
+        assert len(layouts) == 1 and packed.cache.keys() == {*layouts, "streams:last"}
+    (key,) = layouts
+    assert packed.cache["streams:last"][1] is packed.cache[key]
