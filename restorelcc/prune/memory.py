@@ -25,9 +25,10 @@ from restorelcc.prune.validate import PruneArgumentError
 FLOAT32_BYTES = 4  # hidden states and activations: pruning computes in float32
 TOKEN_BYTES = 8  # token ids are int64
 GRAM_BYTES = 8  # SparseGPT accumulates X^T X in float64
-# Matrices of the size of the largest Gram matrix alive while SparseGPT factorises it
-# (the Hessian, its dampened copy, its Cholesky factor, the inverse, the inverse's factor).
-FACTORISATION_COPIES = 4
+# Matrices of the size of the largest Gram matrix alive beside it while SparseGPT
+# factorises it: the scaled Hessian, and two of its dampened copy, its Cholesky factor, the
+# inverse and the inverse's factor (sparsegpt.inverse_hessian_factor drops each in turn).
+FACTORISATION_COPIES = 3
 
 
 class CalibrationMemoryError(PruneArgumentError):

@@ -36,8 +36,13 @@ def inverse_hessian_factor(hessian: torch.Tensor, dampening: float = DAMPENING) 
     dead = diagonal == 0
     diagonal[dead] = 1.0
     diagonal += dampening * diagonal.mean()
+    # each [in, in] matrix let go once the next exists: at most three beside the caller's
+    # (restorelcc.prune.memory.FACTORISATION_COPIES)
+    del diagonal
     lower = torch.linalg.cholesky(h)
+    del h
     inverse = torch.cholesky_inverse(lower)
+    del lower
     return torch.linalg.cholesky(inverse, upper=True)
 
 
