@@ -40,7 +40,7 @@ from restorelcc.data import (
 )
 from restorelcc.errors import DataError, NonFiniteError
 from restorelcc.eval.scoring import model_max_length
-from restorelcc.hf.families import check_is_model, model_device
+from restorelcc.hf.families import check_is_model, eval_mode, model_device
 
 DEFAULT_TOKENS = 8192
 DEFAULT_WINDOW = 512  # shortened to the model's length where that is less
@@ -267,7 +267,8 @@ def perplexity_report(
     ``windows_per_forward(window)``); each keeps up to ``window`` positions of logits over the
     vocabulary, which bounds the memory. Raises
     ``NonFiniteError`` (naming the source) if the total NLL is NaN or inf,
-    ``NotAModelError`` where ``model`` is not one.
+    ``NotAModelError`` where ``model`` is not one. Scored in eval mode (no dropout), the
+    model's mode restored after.
     """
     tokens = positive_count(tokens, "tokens")
     if batch_size is not None:
@@ -279,7 +280,8 @@ def perplexity_report(
     ids = token_stream(tokenizer, texts, tokens)
     if len(ids) < 2:
         raise DataError(f"perplexity source {source!r} gives fewer than 2 tokens")
-    nll, count = stream_nll(model, ids, window, stride, batch_size, progress)
+    with eval_mode(model):  # dropout off, as lm-eval-harness scores; the mode restored
+        nll, count = stream_nll(model, ids, window, stride, batch_size, progress)
     if not math.isfinite(nll):
         raise NonFiniteError(
             f"perplexity of {source!r}: the total negative log-likelihood over {count} "

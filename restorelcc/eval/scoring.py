@@ -36,7 +36,7 @@ from restorelcc.data import encode_unterminated, positive_count
 from restorelcc.errors import NonFiniteError, out_of_memory, warn_user
 from restorelcc.eval.gather import Pick, continuation_scores
 from restorelcc.eval.packing import float_dtype, logit_positions, pack_requests, packed_inputs
-from restorelcc.hf.families import FAMILIES, model_device, model_positions
+from restorelcc.hf.families import FAMILIES, eval_mode, model_device, model_positions
 
 TokenRequest = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation ids)
 
@@ -124,11 +124,13 @@ def loglikelihoods(
     share_context: bool = True,
 ) -> list[Score]:
     """``Score`` of every ``(context, continuation)`` request, in request order, each
-    tokenized by ``encode_request`` with a BOS only where ``context_bos(model)``."""
+    tokenized by ``encode_request`` with a BOS only where ``context_bos(model)``; scored
+    in eval mode (no dropout), the model's mode restored after."""
     bos = context_bos(model)
     encoded = [encode_request(tokenizer, ctx, cont, bos) for ctx, cont in requests]
     max_length = model_max_length(model, tokenizer)
-    return score_tokens(model, encoded, batch_size, max_length, progress, desc, share_context)
+    with eval_mode(model):
+        return score_tokens(model, encoded, batch_size, max_length, progress, desc, share_context)
 
 
 @torch.inference_mode()

@@ -257,3 +257,24 @@ def test_an_unrelated_type_error_is_raised_not_taken_for_a_missing_argument(mode
     with pytest.raises(TypeError, match="a bug of its own"):
         stream_nll(FailsOnce(model), ids, 16, 8, progress=False)
     assert FailsOnce not in perplexity_module._NO_LOGITS_TO_KEEP
+
+
+def test_scoring_a_model_in_train_mode_turns_dropout_off_and_restores_the_mode(tok):
+    """A model just trained (train mode, dropout 0.3) was scored with dropout on: two calls
+    gave two perplexities (599.5, 579.1) and two log-likelihoods. Now both score as in
+    eval mode, as lm-eval-harness does, and leave the model in train mode."""
+    from restorelcc.evaluate import loglikelihoods
+
+    model = tiny_model("llama-gqa", attention_dropout=0.3)
+    texts = ["The quick brown fox jumps over the lazy dog. " * 20]
+    request = [("Question: a\nAnswer:", " b c d")]
+
+    def scores():
+        ppl = perplexity_report(model, tok, texts=texts, tokens=300, progress=False)
+        return ppl.perplexity, loglikelihoods(model, tok, request, progress=False)[0].logprob
+
+    model.eval()
+    expected = scores()
+    model.train()
+    assert scores() == scores() == expected
+    assert model.training
