@@ -240,6 +240,10 @@ def run_all(args, plan: Plan, train, heldout, result: dict) -> None:
 
         calibration = calibration_batches(tokenizer, nsamples=32, seqlen=256)
     prune_model(pruned, args.prune, args.sparsity, args.pattern, calibration=calibration)
+    if "dora" in args.methods.split(","):  # a model DoRA cannot train: refused before scoring
+        from restorelcc.baselines import check_dora_rows
+
+        check_dora_rows(pruned)
 
     def record(name, model, seconds, **extra):
         row = {

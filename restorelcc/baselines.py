@@ -27,7 +27,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from restorelcc.hf.families import decoder_layers, family_of, head_geometry, model_device
+from restorelcc.errors import UnsupportedModelError, layer_ranges
+from restorelcc.hf.families import (
+    block_linear,
+    decoder_layers,
+    family_of,
+    head_geometry,
+    model_device,
+)
+from restorelcc.io import counted
 from restorelcc.lcc.capture import capture_last_token
 from restorelcc.lcc.capture_precision import (
     captured_dtype,
@@ -100,7 +108,8 @@ def lora_baseline(
 
     ``alpha`` defaults to ``2 * rank``; no dropout, and the adapters' initialisation is
     seeded with ``config.seed``: the same seed gives the same run. With ``copy_model``
-    (default) ``pruned`` itself is left untouched.
+    (default) ``pruned`` itself is left untouched. DoRA refuses, before any training, a
+    model with an all-zero q/k/v/o output row (``check_dora_rows``).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -108,6 +117,8 @@ def lora_baseline(
     check_tokenizer(tokenizer)
     if rank < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
+    if dora:
+        check_dora_rows(pruned)
     training = encode_training_pairs(tokenizer, pairs, config)
     pairs_cut = {"max_length": training.warn_cut()}
     family = family_of(pruned)
@@ -133,6 +144,35 @@ def lora_baseline(
         params = [p for p in base.parameters() if p.requires_grad]
         result = train_response_lm(base, tokenizer, training, params, config, desc=f"train {name}")
     return LoraResult(name=name, model=peft_model, rank=rank, train=result, pairs_cut=pairs_cut)
+
+
+def check_dora_rows(pruned: nn.Module) -> None:
+    """``UnsupportedModelError`` if a q/k/v/o weight ``[out, in]`` of ``pruned`` has an
+    all-zero output row: DoRA divides each row by its weight norm (``0 / 0``, NaN at the
+    first training step). Pruning with one threshold per matrix (magnitude) can zero whole
+    rows; per-row pruning (Wanda, N:M patterns) keeps a share of every row."""
+    family = family_of(pruned)
+    rows: dict[str, int] = {}
+    layers: dict[str, list[int]] = {}
+    for name in family.attention_linears:
+        for layer, block in enumerate(decoder_layers(pruned)):
+            zero = int((block_linear(block, name).weight == 0).all(dim=1).sum())
+            if zero:
+                rows[name] = rows.get(name, 0) + zero
+                layers.setdefault(name, []).append(layer)
+    if rows:
+        where = "; ".join(
+            f"{name}: {counted(count, 'row')} ({'layers' if len(layers[name]) > 1 else 'layer'}"
+            f" {layer_ranges(layers[name])})"
+            for name, count in rows.items()
+        )
+        raise UnsupportedModelError(
+            f"DoRA cannot train this model: {counted(sum(rows.values()), 'all-zero output row')}"
+            f" in its q/k/v/o weights ({where}); DoRA divides each row by its norm, which is "
+            "0 / 0 = NaN at the first step. Pruning with one threshold per matrix "
+            "(magnitude) zeroes whole rows: use LoRA instead, or prune per row (Wanda, or a "
+            "2:4 pattern)"
+        )
 
 
 def dora_baseline(
@@ -330,6 +370,7 @@ def lofit_baseline(
 __all__ = [
     "LoraResult",
     "block_sparsity",
+    "check_dora_rows",
     "dora_baseline",
     "lofit_baseline",
     "lora_baseline",

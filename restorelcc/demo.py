@@ -29,6 +29,7 @@ from torch import nn
 from restorelcc.assets import load_config, load_model
 from restorelcc.baselines import (
     block_sparsity,
+    check_dora_rows,
     lofit_baseline,
     lora_baseline,
     merged_sparsity,
@@ -265,6 +266,8 @@ class Demo:
                 progress=c.progress,
             )
             cast_parameters(pruned, self.dtype)  # buffers as `dense` was loaded: inv_freq float32
+        if "dora" in c.methods:  # a model DoRA cannot train: refused before it is scored
+            check_dora_rows(pruned)
         sparsity = block_sparsity(pruned)
         label = f"pruned ({c.prune_method})"
         self.add_row(

@@ -10,7 +10,14 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from restorelcc.hf.families import head_geometry, model_device, o_proj_of
+from restorelcc.hf.families import (
+    block_linear,
+    decoder_layers,
+    family_of,
+    head_geometry,
+    model_device,
+    o_proj_of,
+)
 
 # Padded tokens per forward. On a CPU, ~1k tokens is the measured sweet spot (SmolLM2 on 2
 # cores, 32 SQuAD prompts: 256 -> 14.3 s, 1024 -> 10.9 s, 4096 -> 13.9 s; one at a time
@@ -26,14 +33,19 @@ class _StopForward(Exception):
 
 @contextlib.contextmanager
 def o_proj_taps(
-    model: nn.Module, read: Callable[[int, torch.Tensor], None], stop_after_last: bool = True
+    model: nn.Module,
+    read: Callable[[int, torch.Tensor], None],
+    stop_after_last: bool = True,
+    through_adapters: bool = False,
 ) -> Iterator[None]:
     """Call ``read(layer, x)`` with each layer's ``o_proj`` input ``x [batch, seq, H*d]``.
 
     With ``stop_after_last`` the forward is cut short after the last layer's tap (wrap the
     forward in ``run_until_stopped``). Hooks see the input after hooks registered before
     them (e.g. a compensation added by ``heads.o_proj_input_offsets``); they are removed
-    on exit, also on error.
+    on exit, also on error. With ``through_adapters`` an adapter wrapper in ``o_proj``'s
+    place (the LoRA/DoRA baselines' ``peft`` layers) is tapped at its ``base_layer``, the
+    ``nn.Linear`` it runs on that same input; otherwise ``o_proj`` must be an ``nn.Linear``.
     """
     layers = head_geometry(model).layers
     handles = []
@@ -48,11 +60,25 @@ def o_proj_taps(
 
     try:
         for layer in range(layers):
-            handles.append(o_proj_of(model, layer).register_forward_pre_hook(tap(layer)))
+            module = _tapped_o_proj(model, layer, through_adapters)
+            handles.append(module.register_forward_pre_hook(tap(layer)))
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _tapped_o_proj(model: nn.Module, layer: int, through_adapters: bool) -> nn.Linear:
+    """``o_proj_of(model, layer)``, or with ``through_adapters`` the ``base_layer`` of an
+    adapter wrapper in its place."""
+    if through_adapters:
+        family = family_of(model)
+        block = decoder_layers(model)[layer]
+        name = f"{family.attention}.{family.o_proj}.base_layer"
+        with contextlib.suppress(AttributeError):  # no wrapper: o_proj_of's checks and errors
+            block.get_submodule(name)
+            return block_linear(block, name)
+    return o_proj_of(model, layer)
 
 
 def run_until_stopped(forward: Callable[[], object]) -> None:

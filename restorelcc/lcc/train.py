@@ -242,7 +242,8 @@ def _first_non_finite_o_proj_input(model: nn.Module, ids, mask) -> str | None:
         if heads:
             found.append(f"layer {layer}, heads {heads[:8]}")
 
-    with o_proj_taps(model, read, stop_after_last=False):
+    # the LoRA/DoRA baselines train a model whose o_proj is peft's wrapper
+    with o_proj_taps(model, read, stop_after_last=False, through_adapters=True):
         model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device))
     return found[0] if found else None
 

@@ -80,3 +80,52 @@ def test_bench_restore_quality_runs_dora(tmp_path, tiny_restore_quality, one_tor
     rows = json.loads(out.read_text())["rows"]
     assert [row["method"] for row in rows] == ["dense", "pruned", "lora lr=0.001", "dora lr=0.001"]
     assert [row["trainable"] for row in rows[2:]] == list(adapter_counts(2))
+
+
+def _zero_a_q_row(prune_model):
+    """``prune_model`` that also zeroes layer 0's first q_proj output row (as magnitude
+    pruning at 50% does to 27 SmolLM2 rows)."""
+
+    def prune(model, *args, **kwargs):
+        report = prune_model(model, *args, **kwargs)
+        model.model.layers[0].self_attn.q_proj.weight.data[0] = 0.0
+        return report
+
+    return prune
+
+
+def test_the_demo_refuses_dora_on_all_zero_rows_before_scoring_the_pruned_model(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    """DoRA divides each row by its norm (NaN at its first step): the demo said so only
+    after scoring the pruned model; now right after pruning."""
+    import restorelcc.demo
+    from restorelcc.errors import UnsupportedModelError
+
+    monkeypatch.setattr(restorelcc.demo, "prune_model", _zero_a_q_row(restorelcc.demo.prune_model))
+    stages, evaluate = [], Demo.evaluate
+
+    def recorded(self, model, tokenizer, stage):
+        stages.append(stage)
+        return evaluate(self, model, tokenizer, stage)
+
+    monkeypatch.setattr(Demo, "evaluate", recorded)
+    config = tiny_config(tiny_checkpoint, patterns=("2:4",), methods=("dora",))
+    with pytest.raises(UnsupportedModelError, match="DoRA cannot train this model: 1 all-zero"):
+        run_demo(config, tmp_path / "out")
+    assert stages and not any("pruned" in stage for stage in stages)
+
+
+def test_bench_restore_quality_refuses_dora_on_all_zero_rows_before_scoring(
+    tmp_path, tiny_restore_quality, monkeypatch
+):
+    from restorelcc.errors import UnsupportedModelError
+
+    prune = _zero_a_q_row(bench_restore_quality.prune_model)
+    monkeypatch.setattr(bench_restore_quality, "prune_model", prune)
+    monkeypatch.setattr(
+        bench_restore_quality, "measure", lambda *a, **k: pytest.fail("scored before refusing")
+    )
+    argv = ["--methods", "dora", "--lora-rank", "2", "--out", str(tmp_path / "q.json")]
+    with pytest.raises(UnsupportedModelError, match="DoRA cannot train this model"):
+        bench_restore_quality.main([*tiny_restore_quality, *argv])
